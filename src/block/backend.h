@@ -1,0 +1,136 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The block layer: a device is a 'struct blk' with an ops table.  Backends
+ * (file.c, mem.c) sit at the bottom; layers (track.c) stack on top of another
+ * blk and forward to it.  Engines and the NBD server only ever call the
+ * checked wrappers below (blk_pread() ...), which validate the range and
+ * dispatch; they never call ops directly.
+ *
+ * Errors: every function returns 0 or a negative errno and records a message
+ * with err_set() where the failure happened.
+ *
+ * Threads: a blk may be used from several threads at once; each backend
+ * documents what it serialises.  Reads and writes use positional I/O.
+ */
+#ifndef BLKMIG_BLOCK_BACKEND_H
+#define BLKMIG_BLOCK_BACKEND_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct blk;
+
+/* Flags for blk_zero(). */
+#define BLK_ZERO_MAY_TRIM (1U << 0) /* a hole may be punched (reads back zero) */
+
+struct blk_ops {
+	const char *name;
+	/* Whole-buffer I/O: short transfers are the op's job to finish. */
+	int (*pread)(struct blk *b, void *buf, size_t len, uint64_t off);
+	int (*pwrite)(struct blk *b, const void *buf, size_t len, uint64_t off);
+	int (*flush)(struct blk *b);
+	/* Make [off, off+len) read as zeros. */
+	int (*zero)(struct blk *b, uint64_t off, uint64_t len, unsigned flags);
+	/* Discard; contents afterwards are unspecified (backends give zeros). */
+	int (*trim)(struct blk *b, uint64_t off, uint64_t len);
+	/*
+	 * Allocation status of the extent that starts at off: sets *pnum to
+	 * the length (>= 1, <= len) of the run with the same status and
+	 * *allocated to whether it holds data (false: a hole, reads as zero).
+	 * Optional: when NULL everything is reported allocated.
+	 */
+	int (*block_status)(struct blk *b, uint64_t off, uint64_t len, uint64_t *pnum,
+			    bool *allocated);
+	/* Release this layer only (blk_close() walks the stack). */
+	void (*close)(struct blk *b);
+};
+
+/*
+ * Base of every backend and layer: implementations embed it first and
+ * container_of back.  'lower' is the next blk down the stack (NULL for a
+ * backend); closing a layer closes what is below it.
+ */
+struct blk {
+	const struct blk_ops *ops;
+	struct blk *lower;
+	uint64_t size;
+	bool readonly;
+};
+
+/* Checked wrappers: -EINVAL/-ERANGE on a bad range, -EROFS on a write to a
+ * read-only blk, else the op's result.  len 0 is a no-op returning 0. */
+int blk_pread(struct blk *b, void *buf, size_t len, uint64_t off);
+int blk_pwrite(struct blk *b, const void *buf, size_t len, uint64_t off);
+int blk_flush(struct blk *b);
+int blk_zero(struct blk *b, uint64_t off, uint64_t len, unsigned flags);
+int blk_trim(struct blk *b, uint64_t off, uint64_t len);
+int blk_block_status(struct blk *b, uint64_t off, uint64_t len, uint64_t *pnum, bool *allocated);
+static inline uint64_t blk_size(const struct blk *b)
+{
+	return b->size;
+}
+
+/* Close the whole stack from b down.  Accepts NULL. */
+void blk_close(struct blk *b);
+
+/* ---- backends ---------------------------------------------------------- */
+
+/* Flags for blk_file_open(). */
+#define BLK_OPEN_RDONLY (1U << 0)
+#define BLK_OPEN_CREATE (1U << 1) /* create (or extend an empty file) to create_size */
+
+/*
+ * Raw file or block device.  Size comes from fstat (regular file) or
+ * BLKGETSIZE64 (block device).  With BLK_OPEN_CREATE a missing file is
+ * created with size create_size (sparse); an existing one is opened as is.
+ * pread/pwrite/fdatasync; zero uses FALLOC_FL_PUNCH_HOLE (MAY_TRIM) or
+ * FALLOC_FL_ZERO_RANGE, falling back to writing zeros; block_status uses
+ * SEEK_DATA/SEEK_HOLE.  Thread-safe (positional I/O on one fd).
+ */
+int blk_file_open(const char *path, unsigned flags, uint64_t create_size, struct blk **out);
+
+/*
+ * In-memory device for tests.  Storage is allocated lazily in 64 KiB pages:
+ * a page never written reads as zeros and is reported unallocated; zero with
+ * MAY_TRIM and trim free whole pages.  Thread-safe (one mutex).
+ */
+int blk_mem_open(uint64_t size, struct blk **out);
+
+enum blk_mem_op { BLK_MEM_READ, BLK_MEM_WRITE, BLK_MEM_FLUSH, BLK_MEM_ZERO, BLK_MEM_TRIM };
+
+/*
+ * Fault injection: the nth (1 = next) call of 'op' from now fails with -err
+ * (e.g. EIO, ENOSPC) without touching the data; later calls succeed again.
+ * nth 0 cancels a pending fault for op.
+ */
+void blk_mem_inject(struct blk *b, enum blk_mem_op op, unsigned nth, int err);
+
+/* ---- tracking layer (track.c) ------------------------------------------ */
+
+struct dirty;
+
+/*
+ * Stack a tracking layer on 'lower' (taking ownership of it).  While a
+ * bitmap is attached, every write, zero and trim marks the chunks it touched
+ * after the lower layer returns (whether it succeeded or not: a failed write
+ * may have changed part of the range) and before returning to the caller.
+ *
+ * The layer is also the writers' gate: track_pause() makes new writes
+ * (write/zero/trim/flush) wait and returns once in-flight ones have drained;
+ * track_resume() lets them go; track_fence() makes every held and future
+ * write fail with -err (the split-brain guard after switch-over).  Reads are
+ * never held or fenced.
+ */
+int blk_track_open(struct blk *lower, struct blk **out);
+
+/* Attach (or with NULL detach) the bitmap to mark.  The caller keeps
+ * ownership and must detach before freeing it. */
+void track_set_dirty(struct blk *track, struct dirty *d);
+void track_pause(struct blk *track);
+void track_resume(struct blk *track);
+void track_fence(struct blk *track, int err);
+/* Writes completed through this layer since it was opened. */
+uint64_t track_writes(struct blk *track);
+
+#endif

@@ -1,0 +1,83 @@
+/* SPDX-License-Identifier: MIT */
+/* SIZE/RATE parsing and formatting; see util.h. */
+#include "util.h"
+#include "error.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+static int parse_scaled(const char *what, const char *s, uint64_t *out, bool rate)
+{
+	const char *p = s;
+	uint64_t v = 0, mult = 1;
+
+	if (!s || !*s)
+		return err_set(EINVAL, "empty %s", what);
+	if (!isdigit((unsigned char)*p))
+		return err_set(EINVAL, "invalid %s '%s': expected a number", what, s);
+	while (isdigit((unsigned char)*p)) {
+		if (ckd_mul_u64(&v, v, 10) || ckd_add_u64(&v, v, (uint64_t)(*p - '0')))
+			return err_set(EINVAL, "invalid %s '%s': too large", what, s);
+		p++;
+	}
+	switch (toupper((unsigned char)*p)) {
+	case 'K': mult = KiB; p++; break;
+	case 'M': mult = MiB; p++; break;
+	case 'G': mult = GiB; p++; break;
+	case 'T': mult = GiB * 1024; p++; break;
+	default: break;
+	}
+	if (mult > 1 && (*p == 'i' || *p == 'I'))
+		p++;
+	if (*p == 'B' || *p == 'b')
+		p++;
+	if (rate && strcmp(p, "/s") == 0)
+		p += 2;
+	if (*p)
+		return err_set(EINVAL, "invalid %s '%s': unknown suffix '%s' (use K, M, G or T)",
+			       what, s, p);
+	if (ckd_mul_u64(&v, v, mult))
+		return err_set(EINVAL, "invalid %s '%s': too large", what, s);
+	*out = v;
+	return 0;
+}
+
+int parse_size(const char *s, uint64_t *out)
+{
+	return parse_scaled("size", s, out, false);
+}
+
+int parse_rate(const char *s, uint64_t *bytes_per_sec)
+{
+	return parse_scaled("rate", s, bytes_per_sec, true);
+}
+
+const char *fmt_bytes(char *buf, size_t cap, uint64_t v)
+{
+	static const char *const unit[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+	double d = (double)v;
+	size_t i = 0;
+
+	while (d >= 1024 && i + 1 < ARRAY_SIZE(unit)) {
+		d /= 1024;
+		i++;
+	}
+	if (i == 0)
+		snprintf(buf, cap, "%llu B", (unsigned long long)v);
+	else
+		snprintf(buf, cap, "%.1f %s", d, unit[i]);
+	return buf;
+}
+
+void sleep_ns(uint64_t ns)
+{
+	struct timespec ts = {.tv_sec = (time_t)(ns / 1000000000u),
+			      .tv_nsec = (long)(ns % 1000000000u)};
+
+	while (nanosleep(&ts, &ts) == -1 && errno == EINTR)
+		;
+}

@@ -1,0 +1,104 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Small shared helpers: overflow-checked arithmetic, big-endian load/store,
+ * monotonic time, SIZE/RATE parsing and human-readable sizes.
+ *
+ * Everything here is header-only except the parsers, which live in util.c.
+ * Nothing here logs; the parsers record their failure with err_set().
+ */
+#ifndef BLKMIG_COMMON_UTIL_H
+#define BLKMIG_COMMON_UTIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+#define MIN(a, b) ((a) < (b) ? (a) : (b))
+#define MAX(a, b) ((a) > (b) ? (a) : (b))
+
+#define KiB (UINT64_C(1) << 10)
+#define MiB (UINT64_C(1) << 20)
+#define GiB (UINT64_C(1) << 30)
+
+/* Checked arithmetic: return true when the result overflowed. */
+#define ckd_add_u64(r, a, b) __builtin_add_overflow((uint64_t)(a), (uint64_t)(b), (r))
+#define ckd_mul_u64(r, a, b) __builtin_mul_overflow((uint64_t)(a), (uint64_t)(b), (r))
+
+/* True when [off, off + len) lies inside [0, size), without overflow. */
+static inline bool range_inside(uint64_t off, uint64_t len, uint64_t size)
+{
+	return off <= size && len <= size - off;
+}
+
+static inline bool is_pow2(uint64_t v)
+{
+	return v && !(v & (v - 1));
+}
+
+static inline uint64_t div_round_up(uint64_t a, uint64_t b)
+{
+	return a / b + (a % b != 0);
+}
+
+/* Big-endian load/store on unaligned buffers. */
+static inline void put_be16(uint8_t *p, uint16_t v)
+{
+	p[0] = (uint8_t)(v >> 8);
+	p[1] = (uint8_t)v;
+}
+
+static inline void put_be32(uint8_t *p, uint32_t v)
+{
+	p[0] = (uint8_t)(v >> 24);
+	p[1] = (uint8_t)(v >> 16);
+	p[2] = (uint8_t)(v >> 8);
+	p[3] = (uint8_t)v;
+}
+
+static inline void put_be64(uint8_t *p, uint64_t v)
+{
+	put_be32(p, (uint32_t)(v >> 32));
+	put_be32(p + 4, (uint32_t)v);
+}
+
+static inline uint16_t get_be16(const uint8_t *p)
+{
+	return (uint16_t)((uint16_t)p[0] << 8 | p[1]);
+}
+
+static inline uint32_t get_be32(const uint8_t *p)
+{
+	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static inline uint64_t get_be64(const uint8_t *p)
+{
+	return (uint64_t)get_be32(p) << 32 | get_be32(p + 4);
+}
+
+/* Monotonic clock in nanoseconds. */
+static inline uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/*
+ * Parse "64M", "1G", "512K", "4096" (binary multiples; an optional trailing
+ * "B", "iB" or, for rates, "/s" is accepted).  Returns 0, or -EINVAL with
+ * the reason recorded by err_set().
+ */
+int parse_size(const char *s, uint64_t *out);
+int parse_rate(const char *s, uint64_t *bytes_per_sec);
+
+/* "1.5 GiB"-style rendering into buf; returns buf. */
+const char *fmt_bytes(char *buf, size_t cap, uint64_t v);
+
+/* Sleep for ns nanoseconds, restarting after signals. */
+void sleep_ns(uint64_t ns);
+
+#endif

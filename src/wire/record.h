@@ -1,0 +1,89 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Block records: the payload format of QEMU's "block" migration section,
+ * reused unchanged inside blkmig's native envelope.  Pure encode/decode over
+ * buffers; no I/O, no allocation.
+ *
+ * Byte layout (all integers big-endian):
+ *
+ *   +--------------------------------+
+ *   | be64 word                      |  flags = word & 0x1ff
+ *   |                                |  offset = word & ~0x1ff (byte offset)
+ *   +--------------------------------+
+ *   DEVICE_BLOCK (0x01), optionally | ZERO_BLOCK (0x08):
+ *   +------+-------------------------+
+ *   | u8 n | n bytes device name     |  1 <= n <= 255, no NUL
+ *   +------+-------------------------+
+ *   | chunk_size bytes of data       |  absent when ZERO_BLOCK is set
+ *   +--------------------------------+
+ *   PROGRESS (0x04): offset >> 9 is a percentage (informational)
+ *   EOS (0x02): ends the current block payload
+ *
+ * Any other flag combination is an error.  The offset of a DEVICE_BLOCK
+ * record is a multiple of the chunk size; the payload is always a whole
+ * chunk, even for a device's partial last chunk (the receiver drops the
+ * bytes past the device end).  QEMU's chunk size is 1 MiB.
+ */
+#ifndef BLKMIG_WIRE_RECORD_H
+#define BLKMIG_WIRE_RECORD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define WIRE_F_DEVICE_BLOCK 0x01U
+#define WIRE_F_EOS          0x02U
+#define WIRE_F_PROGRESS     0x04U
+#define WIRE_F_ZERO_BLOCK   0x08U
+#define WIRE_FLAG_MASK      0x1ffU
+
+#define WIRE_QEMU_CHUNK_SIZE (1U << 20)
+#define WIRE_MIN_CHUNK_SIZE  (1U << 12)
+#define WIRE_MAX_CHUNK_SIZE  (1U << 24)
+#define WIRE_NAME_MAX        255
+
+/* The largest header: word + length byte + longest name. */
+#define WIRE_REC_HDR_MAX (8 + 1 + WIRE_NAME_MAX)
+
+enum wire_rec_kind {
+	WIRE_REC_DATA,     /* DEVICE_BLOCK with chunk_size bytes of payload */
+	WIRE_REC_ZERO,     /* DEVICE_BLOCK | ZERO_BLOCK: the chunk reads as zeros */
+	WIRE_REC_PROGRESS, /* PROGRESS: percent */
+	WIRE_REC_EOS,      /* EOS */
+};
+
+struct wire_record {
+	enum wire_rec_kind kind;
+	uint64_t offset;           /* DATA/ZERO: byte offset of the chunk */
+	uint64_t percent;          /* PROGRESS */
+	uint8_t name_len;          /* DATA/ZERO */
+	char name[WIRE_NAME_MAX + 1]; /* NUL-terminated copy of the name */
+	const uint8_t *data;       /* DATA: points into the decoded buffer */
+};
+
+/*
+ * Encode the header of a record (word, and the name for DATA/ZERO) into buf,
+ * which must hold WIRE_REC_HDR_MAX bytes.  For DATA the caller sends
+ * chunk_size payload bytes right after.  Returns the header length, or
+ * -EINVAL (with err_set) for an unencodable record: offset not a multiple of
+ * 512, empty or over-long name, percent out of range.
+ */
+int wire_rec_encode_header(uint8_t *buf, const struct wire_record *rec);
+
+/*
+ * Decode one record from buf[0..len).  chunk_size is the payload size of a
+ * DATA record (a power of two within WIRE_MIN/MAX_CHUNK_SIZE).
+ *
+ *  - 0: *rec is filled and *used is the whole record's length (for DATA,
+ *    rec->data points at the payload inside buf).
+ *  - -EAGAIN: buf holds a valid prefix; *used is the total number of bytes
+ *    needed before calling again (always more than len).
+ *  - -EBADMSG: malformed (unknown flag, bad combination, empty name, offset
+ *    not a multiple of chunk_size for DATA/ZERO); message via err_set.
+ *
+ * Device, offset and length checks against real devices are the caller's:
+ * this function knows nothing of devices.
+ */
+int wire_rec_decode(const uint8_t *buf, size_t len, uint32_t chunk_size, struct wire_record *rec,
+		    size_t *used);
+
+#endif
