@@ -86,7 +86,10 @@ struct native_error {
 /*
  * Encoders write a whole message (HELLO including magic; framed messages
  * including type and length) into buf of capacity cap and return its
- * length, or -ENOSPC / -EINVAL (with err_set).
+ * length, or -ENOSPC / -EINVAL (with err_set).  They refuse (-EINVAL) what
+ * the decoders would refuse: HELLO needs version == NATIVE_VERSION; device
+ * names are taken up to their NUL, 1..WIRE_NAME_MAX bytes, no duplicates;
+ * an ERROR/ABORT errno must be within 1..4095.
  */
 int native_hello_encode(uint8_t *buf, size_t cap, const struct native_hello *h);
 int native_complete_encode(uint8_t *buf, size_t cap, const struct native_complete *c);
@@ -112,6 +115,14 @@ int native_hello_decode(const uint8_t *buf, size_t len, struct native_hello *h, 
  * be32 len) and checks the type is one of 'allowed' (a bitmask built with
  * NATIVE_ALLOW(type)) and len <= NATIVE_MSG_MAX: 0, or -EBADMSG.  The body
  * decoders take exactly the body bytes.
+ *
+ * BLOCKS is not framed: for it only hdr[0] is the message header, *len is
+ * set to 0, and hdr[1..4] are already the first bytes of the first record.
+ * An unknown type byte is always -EBADMSG, whatever 'allowed' holds.  ACK
+ * has no body decoder, so a non-zero ACK length is rejected here.  Error
+ * bodies: an errno outside 1..4095 is -EBADMSG (the message still quotes the
+ * reason); a reason longer than NATIVE_REASON_MAX is truncated, and bytes
+ * that are not printable UTF-8 decode as '?'.
  */
 #define NATIVE_FRAME_HDR 5
 #define NATIVE_ALLOW(t)  (UINT64_C(1) << ((((t) >> 7) & 1) * 32 + ((t) & 0x1f)))

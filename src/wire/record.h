@@ -66,6 +66,10 @@ struct wire_record {
  * chunk_size payload bytes right after.  Returns the header length, or
  * -EINVAL (with err_set) for an unencodable record: offset not a multiple of
  * 512, empty or over-long name, percent out of range.
+ *
+ * The name is taken from rec->name up to its NUL; rec->name_len is ignored
+ * (it is an output of the decoder).  rec->offset is ignored for PROGRESS and
+ * EOS, which are encoded with no offset bits.
  */
 int wire_rec_encode_header(uint8_t *buf, const struct wire_record *rec);
 
@@ -79,6 +83,13 @@ int wire_rec_encode_header(uint8_t *buf, const struct wire_record *rec);
  *    needed before calling again (always more than len).
  *  - -EBADMSG: malformed (unknown flag, bad combination, empty name, offset
  *    not a multiple of chunk_size for DATA/ZERO); message via err_set.
+ *  - -EINVAL: chunk_size itself is invalid (a caller bug, not bad input).
+ *
+ * Errors are reported as early as the bytes allow: a bad word fails with 8
+ * bytes, a misaligned offset before the name is needed, and so on.  A NUL
+ * byte inside the name is -EBADMSG.  PROGRESS percentages above 100 are
+ * passed on unchanged (they are informational).  On failure *rec is
+ * unspecified.
  *
  * Device, offset and length checks against real devices are the caller's:
  * this function knows nothing of devices.

@@ -1,0 +1,391 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Raw file or block-device backend; see blk_file_open() in backend.h.  All
+ * I/O is positional on one descriptor, so the backend needs no lock.
+ *
+ * Zeroing tries the cheapest way the kernel offers and falls back step by
+ * step: punch a hole (only with BLK_ZERO_MAY_TRIM), FALLOC_FL_ZERO_RANGE,
+ * BLKZEROOUT (block devices), and finally plain writes of zeros.  A step the
+ * file system or driver does not support is remembered and not tried again.
+ * Trim is advisory: where punching or discarding is unsupported it succeeds
+ * without doing anything, and the old data may stay readable.
+ */
+#include "backend.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/error.h"
+#include "common/util.h"
+
+/* Largest piece written at once by the zero-writing fallback. */
+#define FILE_ZERO_BUF_SIZE (64 * 1024)
+
+static const uint8_t file_zero_buf[FILE_ZERO_BUF_SIZE];
+
+struct file_blk {
+	struct blk blk;
+	int fd;
+	bool is_bdev;
+	char *path; /* owned copy, for messages */
+	/* Kernel features found missing; set once, read without a lock. */
+	atomic_bool no_punch;
+	atomic_bool no_zero_range;
+	atomic_bool no_zeroout;
+	atomic_bool no_discard;
+	atomic_bool no_seek_data;
+};
+
+static const struct blk_ops file_ops;
+
+static struct file_blk *to_file(struct blk *b)
+{
+	return (struct file_blk *)b;
+}
+
+/* The errors meaning "this kernel, file system or device cannot do that". */
+static bool unsupported(int e)
+{
+	return e == EOPNOTSUPP || e == ENOSYS || e == ENOTTY;
+}
+
+/* ---- read, write, flush --------------------------------------------------- */
+
+static int file_pread(struct blk *b, void *buf, size_t len, uint64_t off)
+{
+	struct file_blk *f = to_file(b);
+	uint8_t *p = buf;
+
+	while (len > 0) {
+		ssize_t n = pread(f->fd, p, len, (off_t)off);
+
+		if (n < 0) {
+			int e = errno;
+
+			if (e == EINTR)
+				continue;
+			return err_set(e, "pread %s at offset %" PRIu64 ": %s", f->path, off,
+				       strerror(e));
+		}
+		if (n == 0)
+			return err_set(EIO, "pread %s at offset %" PRIu64 ": unexpected end of file",
+				       f->path, off);
+		p += n;
+		len -= (size_t)n;
+		off += (uint64_t)n;
+	}
+	return 0;
+}
+
+static int file_pwrite(struct blk *b, const void *buf, size_t len, uint64_t off)
+{
+	struct file_blk *f = to_file(b);
+	const uint8_t *p = buf;
+
+	while (len > 0) {
+		ssize_t n = pwrite(f->fd, p, len, (off_t)off);
+
+		if (n < 0) {
+			int e = errno;
+
+			if (e == EINTR)
+				continue;
+			return err_set(e, "pwrite %s at offset %" PRIu64 ": %s", f->path, off,
+				       strerror(e));
+		}
+		if (n == 0)
+			return err_set(EIO, "pwrite %s at offset %" PRIu64 ": no progress", f->path,
+				       off);
+		p += n;
+		len -= (size_t)n;
+		off += (uint64_t)n;
+	}
+	return 0;
+}
+
+static int file_flush(struct blk *b)
+{
+	struct file_blk *f = to_file(b);
+
+	if (fdatasync(f->fd) < 0) {
+		int e = errno;
+
+		return err_set(e, "fdatasync %s: %s", f->path, strerror(e));
+	}
+	return 0;
+}
+
+/* ---- zero and trim -------------------------------------------------------- */
+
+/*
+ * One fallocate() attempt: 0 done, 1 not done (try the next way), or a
+ * negative errno with the message recorded.  "Unsupported" is remembered in
+ * *no; EINVAL (e.g. a range a block device cannot handle at this alignment)
+ * only skips this attempt.
+ */
+static int try_fallocate(struct file_blk *f, atomic_bool *no, int mode, const char *what,
+			 uint64_t off, uint64_t len)
+{
+	int e;
+
+	if (atomic_load(no))
+		return 1;
+	do {
+		if (fallocate(f->fd, mode, (off_t)off, (off_t)len) == 0)
+			return 0;
+		e = errno;
+	} while (e == EINTR);
+	if (unsupported(e))
+		atomic_store(no, true);
+	if (unsupported(e) || e == EINVAL)
+		return 1;
+	return err_set(e, "%s %s at offset %" PRIu64 " length %" PRIu64 ": %s", what, f->path, off,
+		       len, strerror(e));
+}
+
+/* One ioctl on a block device over [off, off + len); same returns as above. */
+static int try_range_ioctl(struct file_blk *f, atomic_bool *no, unsigned long req,
+			   const char *what, uint64_t off, uint64_t len)
+{
+	uint64_t range[2] = {off, len};
+	int e;
+
+	if (atomic_load(no))
+		return 1;
+	if (ioctl(f->fd, req, range) == 0)
+		return 0;
+	e = errno;
+	if (unsupported(e))
+		atomic_store(no, true);
+	if (unsupported(e) || e == EINVAL)
+		return 1;
+	return err_set(e, "%s %s at offset %" PRIu64 " length %" PRIu64 ": %s", what, f->path, off,
+		       len, strerror(e));
+}
+
+static int write_zeros(struct file_blk *f, uint64_t off, uint64_t len)
+{
+	while (len > 0) {
+		size_t n = (size_t)MIN(len, (uint64_t)FILE_ZERO_BUF_SIZE);
+		int r = file_pwrite(&f->blk, file_zero_buf, n, off);
+
+		if (r < 0)
+			return r;
+		off += n;
+		len -= n;
+	}
+	return 0;
+}
+
+static int file_zero(struct blk *b, uint64_t off, uint64_t len, unsigned flags)
+{
+	struct file_blk *f = to_file(b);
+	int r;
+
+	if (flags & BLK_ZERO_MAY_TRIM) {
+		r = try_fallocate(f, &f->no_punch, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+				  "punch hole in", off, len);
+		if (r <= 0)
+			return r;
+	}
+	r = try_fallocate(f, &f->no_zero_range, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE,
+			  "zero range of", off, len);
+	if (r <= 0)
+		return r;
+	if (f->is_bdev) {
+		r = try_range_ioctl(f, &f->no_zeroout, BLKZEROOUT, "BLKZEROOUT on", off, len);
+		if (r <= 0)
+			return r;
+	}
+	return write_zeros(f, off, len);
+}
+
+static int file_trim(struct blk *b, uint64_t off, uint64_t len)
+{
+	struct file_blk *f = to_file(b);
+	int r;
+
+	if (f->is_bdev)
+		r = try_range_ioctl(f, &f->no_discard, BLKDISCARD, "BLKDISCARD on", off, len);
+	else
+		r = try_fallocate(f, &f->no_punch, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+				  "punch hole in", off, len);
+	return r < 0 ? r : 0;
+}
+
+/* ---- block status --------------------------------------------------------- */
+
+static int file_block_status(struct blk *b, uint64_t off, uint64_t len, uint64_t *pnum,
+			     bool *allocated)
+{
+	struct file_blk *f = to_file(b);
+	off_t data, hole;
+	int e;
+
+	/*
+	 * lseek() moves the shared file offset, but only pread()/pwrite()
+	 * use this descriptor, and they ignore it.
+	 */
+	if (atomic_load(&f->no_seek_data))
+		goto all_allocated;
+	data = lseek(f->fd, (off_t)off, SEEK_DATA);
+	if (data < 0) {
+		e = errno;
+		if (e == ENXIO) {
+			/* No data from off to the end of the file. */
+			*pnum = len;
+			*allocated = false;
+			return 0;
+		}
+		if (unsupported(e) || e == EINVAL) {
+			atomic_store(&f->no_seek_data, true);
+			goto all_allocated;
+		}
+		return err_set(e, "lseek SEEK_DATA %s at offset %" PRIu64 ": %s", f->path, off,
+			       strerror(e));
+	}
+	if ((uint64_t)data > off) {
+		*pnum = MIN((uint64_t)data - off, len);
+		*allocated = false;
+		return 0;
+	}
+	hole = lseek(f->fd, (off_t)off, SEEK_HOLE);
+	if (hole < 0) {
+		e = errno;
+		return err_set(e, "lseek SEEK_HOLE %s at offset %" PRIu64 ": %s", f->path, off,
+			       strerror(e));
+	}
+	/*
+	 * hole == off only if a hole was punched between the two calls;
+	 * reporting data is always safe, so say the whole range is data.
+	 */
+	*pnum = (uint64_t)hole > off ? MIN((uint64_t)hole - off, len) : len;
+	*allocated = true;
+	return 0;
+
+all_allocated:
+	*pnum = len;
+	*allocated = true;
+	return 0;
+}
+
+/* ---- open and close ------------------------------------------------------- */
+
+static void file_close(struct blk *b)
+{
+	struct file_blk *f = to_file(b);
+
+	close(f->fd);
+	free(f->path);
+	free(f);
+}
+
+/* Size of the open regular file or block device; creates/extends on request. */
+static int file_get_size(struct file_blk *f, unsigned flags, uint64_t create_size, uint64_t *size)
+{
+	struct stat st;
+	int e;
+
+	if (fstat(f->fd, &st) < 0) {
+		e = errno;
+		return err_set(e, "stat %s: %s", f->path, strerror(e));
+	}
+	if (S_ISBLK(st.st_mode)) {
+		f->is_bdev = true;
+		if (ioctl(f->fd, BLKGETSIZE64, size) < 0) {
+			e = errno;
+			return err_set(e, "BLKGETSIZE64 %s: %s", f->path, strerror(e));
+		}
+		return 0;
+	}
+	if (!S_ISREG(st.st_mode))
+		return err_set(EINVAL, "open %s: not a regular file or block device", f->path);
+	if ((flags & BLK_OPEN_CREATE) && st.st_size == 0 && create_size > 0) {
+		if (ftruncate(f->fd, (off_t)create_size) < 0) {
+			e = errno;
+			return err_set(e, "resize %s to %" PRIu64 " bytes: %s", f->path,
+				       create_size, strerror(e));
+		}
+		*size = create_size;
+		return 0;
+	}
+	*size = (uint64_t)st.st_size;
+	return 0;
+}
+
+int blk_file_open(const char *path, unsigned flags, uint64_t create_size, struct blk **out)
+{
+	struct file_blk *f;
+	int oflags = O_CLOEXEC;
+	uint64_t size;
+	int r;
+
+	if (flags & ~(BLK_OPEN_RDONLY | BLK_OPEN_CREATE))
+		return err_set(EINVAL, "open %s: unknown flags 0x%x", path, flags);
+	if ((flags & BLK_OPEN_RDONLY) && (flags & BLK_OPEN_CREATE))
+		return err_set(EINVAL, "open %s: cannot create a read-only device", path);
+	if (create_size > INT64_MAX)
+		return err_set(EINVAL, "open %s: size %" PRIu64 " too large", path, create_size);
+
+	f = calloc(1, sizeof(*f));
+	if (!f)
+		return err_set(ENOMEM, "open %s: out of memory", path);
+	f->path = strdup(path);
+	if (!f->path) {
+		r = err_set(ENOMEM, "open %s: out of memory", path);
+		goto err_free_f;
+	}
+	oflags |= (flags & BLK_OPEN_RDONLY) ? O_RDONLY : O_RDWR;
+	if (flags & BLK_OPEN_CREATE)
+		oflags |= O_CREAT;
+	f->fd = open(path, oflags, 0644);
+	if (f->fd < 0) {
+		int e = errno;
+
+		r = err_set(e, "open %s: %s", path, strerror(e));
+		goto err_free_path;
+	}
+	r = file_get_size(f, flags, create_size, &size);
+	if (r < 0)
+		goto err_close_fd;
+
+	atomic_init(&f->no_punch, false);
+	atomic_init(&f->no_zero_range, false);
+	atomic_init(&f->no_zeroout, false);
+	atomic_init(&f->no_discard, false);
+	atomic_init(&f->no_seek_data, false);
+	f->blk.ops = &file_ops;
+	f->blk.lower = NULL;
+	f->blk.size = size;
+	f->blk.readonly = flags & BLK_OPEN_RDONLY;
+	*out = &f->blk;
+	return 0;
+
+err_close_fd:
+	close(f->fd);
+err_free_path:
+	free(f->path);
+err_free_f:
+	free(f);
+	return r;
+}
+
+static const struct blk_ops file_ops = {
+	.name = "file",
+	.pread = file_pread,
+	.pwrite = file_pwrite,
+	.flush = file_flush,
+	.zero = file_zero,
+	.trim = file_trim,
+	.block_status = file_block_status,
+	.close = file_close,
+};

@@ -1,0 +1,412 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Destination engine: receive one native-format migration (see migrate.h,
+ * docs/wire-format.md).
+ *
+ *   HELLO -> open devices, mark incomplete, READY
+ *   BLOCKS* -> validate each record fully, then apply it (last wins)
+ *   COMPLETE -> fdatasync, compare digests, clear marks, ACK
+ *   ABORT, EOF, anything malformed -> ERROR to the source, fail
+ *
+ * Nothing is written before a record has passed every check (DESIGN.md
+ * rule 4): known device, chunk-aligned offset inside it, the part of the
+ * payload past the device end dropped.  One thread does everything.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "block/backend.h"
+#include "block/mark.h"
+#include "common/error.h"
+#include "common/util.h"
+#include "digest.h"
+#include "engine.h"
+#include "transport/transport.h"
+
+/* The destination syncs after a BLOCKS message once this much was written
+ * since the last sync, so the final fdatasync (inside the writers' pause on
+ * the source) has little left to do. */
+#define SYNC_EVERY (256 * MiB)
+
+struct dst_dev {
+	char name[WIRE_NAME_MAX + 1];
+	char path[4096];
+	struct blk *blk;
+	uint64_t size;
+	struct digest_table *dig;
+	bool marked;
+};
+
+struct dst {
+	const struct dst_params *p;
+	struct xport *x;
+	struct native_hello hello;
+	unsigned ndev;
+	struct dst_dev dev[NATIVE_MAX_DEVICES];
+	uint8_t *rec;    /* one whole record: header + chunk */
+	size_t rec_cap;
+	uint8_t body[NATIVE_MSG_MAX];
+	uint64_t written_since_sync;
+	uint64_t stream_off; /* bytes of the stream consumed, for messages */
+	struct mig_stats st;
+};
+
+static struct dst_dev *find_dev(struct dst *d, const char *name)
+{
+	for (unsigned i = 0; i < d->ndev; i++)
+		if (strcmp(d->dev[i].name, name) == 0)
+			return &d->dev[i];
+	return NULL;
+}
+
+/* Read exactly len bytes of the stream into buf, counting stream offset. */
+static int rd(struct dst *d, void *buf, size_t len)
+{
+	size_t got = 0;
+	int r = xport_read(d->x, buf, len, &got);
+
+	d->stream_off += got;
+	return r;
+}
+
+/* ---- handshake ------------------------------------------------------------ */
+
+static int read_hello(struct dst *d)
+{
+	static _Thread_local uint8_t buf[NATIVE_HELLO_MAX];
+	size_t have = 0, need = 8;
+	int r;
+
+	for (;;) {
+		if (need > sizeof(buf))
+			return err_set(EBADMSG, "handshake: HELLO too large");
+		r = rd(d, buf + have, need - have);
+		if (r < 0)
+			return err_prefix(-r, "handshake: ");
+		have = need;
+		r = native_hello_decode(buf, have, &d->hello, &need);
+		if (r == 0)
+			return 0;
+		if (r != -EAGAIN)
+			return err_prefix(-r, "handshake: ");
+	}
+}
+
+static int open_devices(struct dst *d)
+{
+	const struct native_hello *h = &d->hello;
+	int r;
+
+	for (unsigned i = 0; i < h->ndev; i++) {
+		struct dst_dev *dev = &d->dev[i];
+
+		snprintf(dev->name, sizeof(dev->name), "%s", h->dev[i].name);
+		dev->size = h->dev[i].size;
+		r = d->p->open(d->p->user, dev->name, dev->size, &dev->blk, dev->path,
+			       sizeof(dev->path));
+		if (r < 0)
+			return r;
+		d->ndev++;
+		if (blk_size(dev->blk) != dev->size) {
+			char a[32], b[32];
+
+			return err_set(EINVAL,
+				       "device %s: size mismatch: source %s (%llu bytes), "
+				       "destination %s (%llu bytes)",
+				       dev->name, fmt_bytes(a, sizeof(a), dev->size),
+				       (unsigned long long)dev->size,
+				       fmt_bytes(b, sizeof(b), blk_size(dev->blk)),
+				       (unsigned long long)blk_size(dev->blk));
+		}
+		dev->dig = digest_new(dev->size, h->chunk_size);
+		if (!dev->dig)
+			return -ENOMEM;
+		snprintf(d->st.dev[i].name, sizeof(d->st.dev[i].name), "%s", dev->name);
+		d->st.dev[i].size = dev->size;
+		d->st.total += dev->size;
+	}
+	d->st.ndev = d->ndev;
+	for (unsigned i = 0; i < d->p->nexpect; i++)
+		if (!find_dev(d, d->p->expect[i]))
+			return err_set(ENOENT, "device %s is not in the migration (the source "
+				       "sends: %s%s)", d->p->expect[i], h->dev[0].name,
+				       h->ndev > 1 ? ", ..." : "");
+	/* Only now, with everything checked, touch the images. */
+	for (unsigned i = 0; i < d->ndev; i++) {
+		if (!d->dev[i].path[0])
+			continue;
+		r = mark_incomplete(d->dev[i].path, "blkmig migration in progress");
+		if (r < 0)
+			return r;
+		d->dev[i].marked = true;
+	}
+	d->rec_cap = WIRE_REC_HDR_MAX + h->chunk_size;
+	d->rec = aligned_alloc(4096, div_round_up(d->rec_cap, 4096) * 4096);
+	return d->rec ? 0 : -ENOMEM;
+}
+
+static int send_frame(struct dst *d, int n, const uint8_t *buf)
+{
+	int r;
+
+	if (n < 0)
+		return n;
+	r = xport_write(d->x, buf, (size_t)n);
+	return r == 0 ? xport_flush(d->x) : r;
+}
+
+/* ---- records -------------------------------------------------------------- */
+
+static bool all_zero(const uint8_t *p, size_t len)
+{
+	static const uint8_t zeros[4096];
+
+	while (len >= sizeof(zeros)) {
+		if (memcmp(p, zeros, sizeof(zeros)) != 0)
+			return false;
+		p += sizeof(zeros);
+		len -= sizeof(zeros);
+	}
+	return memcmp(p, zeros, len) == 0;
+}
+
+static int apply(struct dst *d, const struct wire_record *rec, uint64_t rec_off)
+{
+	uint32_t cs = d->hello.chunk_size;
+	struct dst_dev *dev = find_dev(d, rec->name);
+	uint64_t idx;
+	size_t len;
+	int r;
+
+	if (!dev)
+		return err_set(ENOENT, "record at stream offset %llu: unknown device '%s'",
+			       (unsigned long long)rec_off, rec->name);
+	if (rec->offset >= dev->size)
+		return err_set(ERANGE,
+			       "record at stream offset %llu: offset 0x%llx beyond device %s "
+			       "(size %llu bytes)",
+			       (unsigned long long)rec_off, (unsigned long long)rec->offset,
+			       dev->name, (unsigned long long)dev->size);
+	/* ZERO_BLOCK is accepted whether or not the source announced the
+	 * capability, as QEMU does. */
+	idx = rec->offset / cs;
+	len = digest_chunk_len(dev->dig, idx); /* clips the device's last chunk */
+
+	if (rec->kind == WIRE_REC_ZERO || all_zero(rec->data, len)) {
+		r = blk_zero(dev->blk, rec->offset, len, BLK_ZERO_MAY_TRIM);
+		digest_set(dev->dig, idx, digest_zero_hash(dev->dig, idx));
+	} else {
+		r = blk_pwrite(dev->blk, rec->data, len, rec->offset);
+		digest_set(dev->dig, idx, digest_hash(rec->data, len));
+	}
+	if (r < 0)
+		return err_prefix(-r, "write %s at offset %llu: ", dev->name,
+				  (unsigned long long)rec->offset);
+	d->written_since_sync += len;
+	if (rec->kind == WIRE_REC_ZERO)
+		d->st.dev[dev - d->dev].zero_chunks++;
+	else
+		d->st.dev[dev - d->dev].data_chunks++;
+	return 0;
+}
+
+static int sync_all(struct dst *d)
+{
+	for (unsigned i = 0; i < d->ndev; i++) {
+		int r = blk_flush(d->dev[i].blk);
+
+		if (r < 0)
+			return err_prefix(-r, "sync %s: ", d->dev[i].name);
+	}
+	d->written_since_sync = 0;
+	return 0;
+}
+
+static int read_blocks(struct dst *d)
+{
+	uint32_t cs = d->hello.chunk_size;
+
+	for (;;) {
+		struct wire_record rec;
+		uint64_t rec_off = d->stream_off;
+		size_t have = 0, need = 8;
+		int r;
+
+		for (;;) {
+			r = rd(d, d->rec + have, need - have);
+			if (r < 0)
+				return err_prefix(-r, "record at stream offset %llu: ",
+						  (unsigned long long)rec_off);
+			have = need;
+			r = wire_rec_decode(d->rec, have, cs, &rec, &need);
+			if (r == 0)
+				break;
+			if (r != -EAGAIN)
+				return err_prefix(-r, "record at stream offset %llu: ",
+						  (unsigned long long)rec_off);
+			if (need > d->rec_cap)
+				return err_set(EBADMSG, "record at stream offset %llu too large",
+					       (unsigned long long)rec_off);
+		}
+		switch (rec.kind) {
+		case WIRE_REC_EOS:
+			d->st.iterations++;
+			if (d->written_since_sync >= SYNC_EVERY)
+				return sync_all(d);
+			return 0;
+		case WIRE_REC_PROGRESS:
+			break;
+		case WIRE_REC_DATA:
+		case WIRE_REC_ZERO:
+			r = apply(d, &rec, rec_off);
+			if (r < 0)
+				return r;
+			break;
+		}
+	}
+}
+
+/* ---- completion ------------------------------------------------------------- */
+
+static int complete(struct dst *d, uint32_t len)
+{
+	static _Thread_local struct native_complete c;
+	uint8_t buf[NATIVE_FRAME_HDR + 8];
+	int r = native_complete_decode(d->body, len, &c);
+
+	if (r < 0)
+		return err_prefix(-r, "completion: ");
+	if (c.ndev != d->ndev)
+		return err_set(EBADMSG, "completion: %u digests for %u devices", c.ndev, d->ndev);
+	r = sync_all(d);
+	if (r < 0)
+		return r;
+	for (unsigned i = 0; i < c.ndev; i++) {
+		struct dst_dev *dev = find_dev(d, c.dev[i].name);
+		uint8_t ours[DIGEST_LEN];
+		uint64_t chunks;
+
+		if (!dev)
+			return err_set(EBADMSG, "completion: digest for unknown device '%s'",
+				       c.dev[i].name);
+		digest_final(dev->dig, ours, &chunks);
+		if (chunks != c.dev[i].chunks || memcmp(ours, c.dev[i].digest, DIGEST_LEN) != 0)
+			return err_set(EILSEQ,
+				       "device %s: digest mismatch (source %llu chunks, "
+				       "destination %llu chunks): the image is not what was sent",
+				       dev->name, (unsigned long long)c.dev[i].chunks,
+				       (unsigned long long)chunks);
+	}
+	for (unsigned i = 0; i < d->ndev; i++) {
+		if (!d->dev[i].marked)
+			continue;
+		r = mark_clear(d->dev[i].path);
+		if (r < 0)
+			return r;
+		d->dev[i].marked = false;
+	}
+	return send_frame(d, native_ack_encode(buf, sizeof(buf)), buf);
+}
+
+static int run(struct dst *d)
+{
+	uint8_t buf[NATIVE_FRAME_HDR + 8];
+	int r = read_hello(d);
+
+	if (r < 0)
+		return r;
+	r = open_devices(d);
+	if (r < 0)
+		return r;
+	r = send_frame(d, native_ready_encode(buf, sizeof(buf), NATIVE_VERSION), buf);
+	if (r < 0)
+		return err_prefix(-r, "handshake: ");
+	d->st.state = MIG_BULK;
+
+	for (;;) {
+		uint64_t msg_off = d->stream_off;
+		uint8_t type;
+		uint32_t len;
+
+		r = rd(d, &type, 1);
+		if (r < 0)
+			return err_prefix(-r, "at stream offset %llu (expecting a message): ",
+					  (unsigned long long)msg_off);
+		if (type == NATIVE_MSG_BLOCKS) {
+			r = read_blocks(d);
+			if (r < 0)
+				return r;
+			continue;
+		}
+		if (type != NATIVE_MSG_COMPLETE && type != NATIVE_MSG_ABORT)
+			return err_set(EBADMSG, "at stream offset %llu: unexpected message type 0x%02x",
+				       (unsigned long long)msg_off, type);
+		{
+			uint8_t lenb[4];
+
+			r = rd(d, lenb, sizeof(lenb));
+			if (r < 0)
+				return err_prefix(-r, "%s message: ", native_msg_name(type));
+			len = get_be32(lenb);
+			if (len > NATIVE_MSG_MAX)
+				return err_set(EBADMSG, "%s message: length %u too large",
+					       native_msg_name(type), len);
+			r = rd(d, d->body, len);
+			if (r < 0)
+				return err_prefix(-r, "%s message: ", native_msg_name(type));
+		}
+		if (type == NATIVE_MSG_ABORT) {
+			struct native_error e;
+
+			r = native_error_decode(d->body, len, &e);
+			if (r < 0)
+				return r;
+			return err_set(e.err ? (int)e.err : ECANCELED, "source aborted: %s",
+				       e.reason);
+		}
+		d->st.state = MIG_FINAL;
+		return complete(d, len);
+	}
+}
+
+int dst_run(const struct dst_params *p, struct xport *x, const atomic_bool *cancel,
+	    struct mig_stats *st)
+{
+	struct dst *d = calloc(1, sizeof(*d));
+	uint64_t t0 = now_ns();
+	int r;
+
+	if (!d)
+		return -ENOMEM;
+	d->p = p;
+	d->x = x;
+	d->st.state = MIG_SETUP;
+	xport_set_cancel(x, cancel);
+	r = run(d);
+	if (r < 0) {
+		char msg[1024];
+
+		snprintf(msg, sizeof(msg), "%s", err_msg());
+		/* Best effort: the source may already be gone. */
+		xport_set_cancel(x, NULL);
+		xport_set_timeout(x, 2000);
+		if (r != -ECANCELED || !strstr(msg, "source aborted"))
+			engine_send_error(x, NATIVE_MSG_ERROR, -r, msg);
+		err_copy_in(msg);
+		d->st.state = r == -ECANCELED ? MIG_CANCELLED : MIG_FAILED;
+	} else {
+		d->st.state = MIG_COMPLETED;
+	}
+	d->st.transferred = xport_rx_bytes(x);
+	d->st.total_ns = now_ns() - t0;
+	for (unsigned i = 0; i < d->ndev; i++) {
+		blk_close(d->dev[i].blk);
+		digest_free(d->dev[i].dig);
+	}
+	if (st)
+		*st = d->st;
+	free(d->rec);
+	free(d);
+	return r;
+}

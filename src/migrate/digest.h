@@ -1,0 +1,41 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Device digests for the native format's completion check (definition in
+ * docs/wire-format.md): each chunk a migration carries gets an XXH3-64 hash
+ * of its bytes clipped to the device end; the device digest is XXH3-128 over
+ * { be64 index, be64 hash } of every carried chunk in index order.
+ *
+ * Both ends keep a table of the last hash per chunk: the source records what
+ * it last sent, the destination what it last applied.  Since every write
+ * after a chunk's last send leaves it dirty, and the final phase sends every
+ * dirty chunk, the source's table describes the device at switch-over.
+ *
+ * Not thread-safe: one engine thread owns a table.
+ */
+#ifndef BLKMIG_MIGRATE_DIGEST_H
+#define BLKMIG_MIGRATE_DIGEST_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define DIGEST_LEN 16
+
+struct digest_table;
+
+/* NULL on ENOMEM. */
+struct digest_table *digest_new(uint64_t dev_size, uint32_t chunk_size);
+void digest_free(struct digest_table *t);
+
+/* Bytes of chunk 'idx' inside the device (the last one may be short). */
+size_t digest_chunk_len(const struct digest_table *t, uint64_t idx);
+
+uint64_t digest_hash(const void *buf, size_t len);
+/* Hash of chunk idx when all zeros (cached per length). */
+uint64_t digest_zero_hash(struct digest_table *t, uint64_t idx);
+
+void digest_set(struct digest_table *t, uint64_t idx, uint64_t hash);
+
+/* The device digest and the number of chunks it covers. */
+void digest_final(const struct digest_table *t, uint8_t out[DIGEST_LEN], uint64_t *chunks);
+
+#endif

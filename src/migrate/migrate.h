@@ -1,0 +1,146 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Migration engines over the native format.
+ *
+ * Source (source.c): a state machine
+ *   SETUP -> BULK -> DIRTY (repeat) -> FINAL -> COMPLETED
+ * with FAILED and CANCELLED as terminal states reachable from any other.
+ * The devices are tracking-layer blks (block/backend.h); the engine attaches
+ * a dirty bitmap to each at SETUP, reads chunks with several reads in
+ * flight, and in FINAL pauses the writers, sends what is left, sends the
+ * digests and waits for the destination's ACK.  After the ACK the devices
+ * are fenced (further writes fail with -ESHUTDOWN); on failure or cancel the
+ * writers are resumed and the devices are left untouched.
+ *
+ * Destination (dest.c): accept HELLO, open devices through a callback,
+ * mark them incomplete, validate and apply every record, and on COMPLETE
+ * fdatasync, compare digests, clear the marks and ACK.
+ *
+ * Both run in the calling thread and block until done; src_cancel() may be
+ * called from any thread or a signal handler (it only stores an atomic).
+ */
+#ifndef BLKMIG_MIGRATE_MIGRATE_H
+#define BLKMIG_MIGRATE_MIGRATE_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "wire/native.h"
+
+struct blk;
+struct xport;
+
+enum mig_state {
+	MIG_SETUP,     /* attaching bitmaps, handshake */
+	MIG_BULK,      /* first pass over every device */
+	MIG_DIRTY,     /* resending chunks written meanwhile */
+	MIG_FINAL,     /* writers paused: last chunks, digests, waiting for ACK */
+	MIG_COMPLETED, /* destination acknowledged; source fenced */
+	MIG_FAILED,    /* an error; the source carries on untouched */
+	MIG_CANCELLED, /* cancelled; the source carries on untouched */
+};
+
+const char *mig_state_name(enum mig_state s);
+
+struct mig_dev_stats {
+	char name[WIRE_NAME_MAX + 1];
+	uint64_t size;
+	uint64_t data_chunks; /* DATA records sent/applied */
+	uint64_t zero_chunks; /* ZERO records sent/applied */
+	uint64_t skipped;     /* chunks not sent in the bulk pass (shared base) */
+};
+
+/* A consistent snapshot of progress, safe to take from another thread. */
+struct mig_stats {
+	enum mig_state state;
+	uint64_t total;         /* bytes of all devices */
+	uint64_t bulk_done;     /* bytes of the bulk pass done */
+	uint64_t remaining;     /* bulk bytes not yet read + dirty bytes */
+	uint64_t transferred;   /* bytes on the wire */
+	uint64_t data_bytes;    /* chunk payload bytes sent */
+	uint64_t iterations;    /* passes finished (bulk = 1) */
+	uint64_t bandwidth;     /* measured bytes/s */
+	uint64_t dirty_rate;    /* bytes/s dirtied during the last pass */
+	uint64_t expected_downtime_ns;
+	uint64_t downtime_ns;   /* writers paused, FINAL until ACK handled */
+	uint64_t setup_ns, total_ns;
+	unsigned ndev;
+	struct mig_dev_stats dev[NATIVE_MAX_DEVICES];
+};
+
+/* ---- source ------------------------------------------------------------- */
+
+struct src_params {
+	uint64_t max_bandwidth;   /* bytes/s, 0 = unlimited */
+	uint64_t max_downtime_ns; /* switch-over threshold, default 300 ms */
+	uint32_t chunk_size;      /* default 1 MiB */
+	unsigned readers;         /* reads in flight, default 4 */
+	bool shared_base;
+	bool zero_blocks;
+};
+
+#define SRC_DEFAULT_DOWNTIME_NS (300 * 1000000ull)
+#define SRC_DEFAULT_READERS     4
+
+struct src_device {
+	const char *name;
+	struct blk *blk; /* a tracking layer (blk_track_open) */
+};
+
+struct src_job;
+
+/* Progress callback, called from the engine thread at most every ~100 ms
+ * and on every state change. */
+typedef void (*mig_progress_fn)(const struct mig_stats *st, void *user);
+
+/* Allocate a job over ndev devices (read-only ones must already be left
+ * out).  0 or negative errno; the caller owns *out. */
+int src_new(const struct src_params *p, const struct src_device *devs, unsigned ndev,
+	    struct src_job **out);
+void src_free(struct src_job *j);
+void src_set_progress(struct src_job *j, mig_progress_fn fn, void *user);
+
+/*
+ * Run the migration over x (connected to the destination) until a terminal
+ * state.  0 when COMPLETED; negative errno otherwise (-ECANCELED when
+ * cancelled), with the message in err_msg().  Does not close x.
+ */
+int src_run(struct src_job *j, struct xport *x);
+
+/* Async-signal-safe. */
+void src_cancel(struct src_job *j);
+/* May be called from any thread. */
+void src_set_max_bandwidth(struct src_job *j, uint64_t bytes_per_sec);
+void src_stats(struct src_job *j, struct mig_stats *out);
+
+/* ---- destination -------------------------------------------------------- */
+
+/*
+ * Open the destination device 'name' that the source advertises with 'size'
+ * bytes: return a writable blk of exactly that size in *out, or a negative
+ * errno with err_set (unknown device, size mismatch, open failure).  'path'
+ * receives the image path for the incomplete marker (may stay empty).
+ */
+typedef int (*dst_open_fn)(void *user, const char *name, uint64_t size, struct blk **out,
+			   char *path, size_t path_cap);
+
+struct dst_params {
+	dst_open_fn open;
+	void *user;
+	/* Names the caller expects; a missing one is an error after HELLO. */
+	const char *const *expect;
+	unsigned nexpect;
+};
+
+/*
+ * Receive one migration from x.  0 after ACK (images durable, digests
+ * matched, marks cleared); negative errno otherwise, after telling the
+ * source (ERROR) when the connection still works.  Devices opened through
+ * the callback are closed before returning.  st (optional) receives the
+ * final figures.
+ */
+int dst_run(const struct dst_params *p, struct xport *x, const atomic_bool *cancel,
+	    struct mig_stats *st);
+
+#endif

@@ -1,0 +1,960 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Source engine: the sending half of a live migration over the native
+ * format (see migrate.h for the state machine, docs/wire-format.md for the
+ * bytes).
+ *
+ * Threads: the engine thread (src_run's caller) owns the state machine and
+ * the transport.  A pool of reader threads takes chunks from a shared
+ * cursor, clears their dirty bit, reads them and queues the results; the
+ * engine thread encodes and sends them in completion order.  Each pass
+ * drains completely before the next starts, so the last copy of a chunk the
+ * destination receives is the last one read here.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bitmap/dirty.h"
+#include "block/backend.h"
+#include "common/error.h"
+#include "common/util.h"
+#include "digest.h"
+#include "engine.h"
+#include "transport/transport.h"
+
+#define PROGRESS_INTERVAL_NS (100 * 1000000ull)
+/* How often (in records) the engine looks for a message from the destination. */
+#define PEER_CHECK_EVERY 16
+
+enum pass_kind {
+	PASS_BULK,  /* every chunk of every device */
+	PASS_DIRTY, /* chunks whose dirty bit is set */
+};
+
+enum result_kind {
+	RES_DATA, /* buf holds the chunk */
+	RES_ZERO, /* the chunk reads as zeros: send ZERO_BLOCK */
+	RES_SKIP, /* shared base: unallocated, not sent */
+};
+
+struct result {
+	enum result_kind kind;
+	unsigned dev;
+	uint64_t chunk;
+	uint8_t *buf; /* a pool buffer, held until the result is sent */
+	uint64_t hash;
+};
+
+struct src_dev {
+	const char *name;
+	struct blk *blk;
+	uint64_t size;
+	uint64_t nchunks;
+	struct dirty *dirty;
+	struct digest_table *dig;
+};
+
+struct src_job {
+	struct src_params p;
+	unsigned ndev;
+	struct src_dev dev[NATIVE_MAX_DEVICES];
+	atomic_bool cancel;
+	_Atomic uint64_t rate;
+	struct xport *x;
+
+	mig_progress_fn progress;
+	void *progress_user;
+	uint64_t last_progress_ns;
+
+	pthread_mutex_t stats_lock; /* guards stats */
+	struct mig_stats stats;
+
+	/* Pass machinery; everything below is guarded by lock. */
+	pthread_mutex_t lock;
+	pthread_cond_t work_cond; /* readers: a task or a buffer may be available */
+	pthread_cond_t done_cond; /* engine: a result or the end of the pass */
+	bool quit;
+	bool pass_active;
+	bool pass_exhausted;
+	enum pass_kind pass;
+	unsigned cur_dev;
+	uint64_t cur_chunk;
+	unsigned busy;   /* readers holding a task */
+	int read_err;    /* first reader failure, negative errno */
+	char read_msg[512];
+
+	unsigned nbufs;
+	uint8_t **bufs;  /* every buffer, for freeing */
+	uint8_t **free;  /* stack of free buffers */
+	unsigned nfree;
+	struct result *q; /* ring of finished reads */
+	unsigned qhead, qlen;
+
+	unsigned nthreads;
+	pthread_t *threads;
+	bool paused;
+	bool in_blocks; /* a BLOCKS message is open on the wire (no EOS yet) */
+	uint8_t *zero_buf; /* a zero chunk, for holes sent without ZERO_BLOCK */
+};
+
+/* ---- stats ---------------------------------------------------------------- */
+
+static void stats_update(struct src_job *j, void (*fn)(struct mig_stats *, void *), void *arg)
+{
+	pthread_mutex_lock(&j->stats_lock);
+	fn(&j->stats, arg);
+	pthread_mutex_unlock(&j->stats_lock);
+}
+
+static uint64_t dirty_total(const struct src_job *j)
+{
+	uint64_t n = 0;
+
+	for (unsigned i = 0; i < j->ndev; i++)
+		n += dirty_bytes(j->dev[i].dirty);
+	return n;
+}
+
+void src_stats(struct src_job *j, struct mig_stats *out)
+{
+	uint64_t dirty = dirty_total(j);
+
+	pthread_mutex_lock(&j->stats_lock);
+	*out = j->stats;
+	pthread_mutex_unlock(&j->stats_lock);
+	if (j->x)
+		out->transferred = xport_tx_bytes(j->x);
+	switch (out->state) {
+	case MIG_SETUP:
+	case MIG_BULK:
+		out->remaining = out->total - out->bulk_done + dirty;
+		break;
+	case MIG_COMPLETED:
+		out->remaining = 0;
+		break;
+	default:
+		out->remaining = dirty;
+		break;
+	}
+}
+
+static void report(struct src_job *j, bool force)
+{
+	uint64_t now = now_ns();
+	struct mig_stats st;
+
+	if (!j->progress || (!force && now - j->last_progress_ns < PROGRESS_INTERVAL_NS))
+		return;
+	j->last_progress_ns = now;
+	src_stats(j, &st);
+	j->progress(&st, j->progress_user);
+}
+
+static void set_state_fn(struct mig_stats *st, void *arg)
+{
+	st->state = *(enum mig_state *)arg;
+}
+
+static void set_state(struct src_job *j, enum mig_state s)
+{
+	stats_update(j, set_state_fn, &s);
+	report(j, true);
+}
+
+/* ---- reader threads ---------------------------------------------------------- */
+
+/*
+ * Claim the next chunk of the current pass and clear its dirty bit (before
+ * the read is issued: DESIGN.md rule 1).  false when the pass has no more.
+ */
+static bool next_task_locked(struct src_job *j, unsigned *dev, uint64_t *chunk)
+{
+	while (j->cur_dev < j->ndev) {
+		struct src_dev *d = &j->dev[j->cur_dev];
+
+		if (j->pass == PASS_BULK) {
+			if (j->cur_chunk < d->nchunks) {
+				*dev = j->cur_dev;
+				*chunk = j->cur_chunk++;
+				/* Whatever was written before this read is
+				 * carried by it; do not send it twice. */
+				dirty_test_and_clear(d->dirty, *chunk);
+				return true;
+			}
+		} else {
+			int64_t next = dirty_next(d->dirty, j->cur_chunk);
+
+			while (next >= 0) {
+				j->cur_chunk = (uint64_t)next + 1;
+				if (dirty_test_and_clear(d->dirty, (uint64_t)next)) {
+					*dev = j->cur_dev;
+					*chunk = (uint64_t)next;
+					return true;
+				}
+				next = dirty_next(d->dirty, j->cur_chunk);
+			}
+		}
+		j->cur_dev++;
+		j->cur_chunk = 0;
+	}
+	return false;
+}
+
+static bool is_zero(const uint8_t *p, size_t len)
+{
+	static const uint8_t zeros[4096];
+
+	while (len >= sizeof(zeros)) {
+		if (memcmp(p, zeros, sizeof(zeros)) != 0)
+			return false;
+		p += sizeof(zeros);
+		len -= sizeof(zeros);
+	}
+	return memcmp(p, zeros, len) == 0;
+}
+
+/*
+ * Is [off, off+len) wholly a hole?  Any failure to tell means "allocated":
+ * that only costs a read.
+ */
+static bool unallocated(struct blk *b, uint64_t off, uint64_t len)
+{
+	while (len > 0) {
+		uint64_t pnum = 0;
+		bool alloc = true;
+
+		if (blk_block_status(b, off, len, &pnum, &alloc) < 0 || alloc || pnum == 0)
+			return false;
+		off += pnum;
+		len -= MIN(pnum, len);
+	}
+	return true;
+}
+
+static int read_chunk(struct src_job *j, struct result *res)
+{
+	struct src_dev *d = &j->dev[res->dev];
+	uint64_t off = res->chunk * j->p.chunk_size;
+	size_t len = digest_chunk_len(d->dig, res->chunk);
+	int r;
+
+	/* Holes need no read: in shared-base mode the destination already
+	 * has them; otherwise they are zeros. */
+	if (unallocated(d->blk, off, len)) {
+		res->kind = j->p.shared_base && j->pass == PASS_BULK ? RES_SKIP : RES_ZERO;
+		return 0;
+	}
+	r = blk_pread(d->blk, res->buf, len, off);
+	if (r < 0)
+		return err_prefix(-r, "read %s at offset %llu: ", d->name,
+				  (unsigned long long)off);
+	if (len < j->p.chunk_size)
+		memset(res->buf + len, 0, j->p.chunk_size - len);
+	res->kind = is_zero(res->buf, len) ? RES_ZERO : RES_DATA;
+	res->hash = digest_hash(res->buf, len);
+	return 0;
+}
+
+static void *reader_main(void *arg)
+{
+	struct src_job *j = arg;
+
+	pthread_mutex_lock(&j->lock);
+	for (;;) {
+		struct result res = {0};
+		int r;
+
+		while (!j->quit &&
+		       !(j->pass_active && !j->pass_exhausted && j->nfree > 0 && !j->read_err))
+			pthread_cond_wait(&j->work_cond, &j->lock);
+		if (j->quit)
+			break;
+		if (!next_task_locked(j, &res.dev, &res.chunk)) {
+			j->pass_exhausted = true;
+			pthread_cond_broadcast(&j->done_cond);
+			continue;
+		}
+		res.buf = j->free[--j->nfree];
+		j->busy++;
+		pthread_mutex_unlock(&j->lock);
+
+		r = read_chunk(j, &res);
+
+		pthread_mutex_lock(&j->lock);
+		j->busy--;
+		if (r < 0) {
+			j->free[j->nfree++] = res.buf;
+			if (!j->read_err) {
+				j->read_err = r;
+				snprintf(j->read_msg, sizeof(j->read_msg), "%s", err_msg());
+			}
+		} else {
+			/* The buffer stays with the result even when unused, so
+			 * the queue never holds more results than there are
+			 * buffers. */
+			j->q[(j->qhead + j->qlen++) % j->nbufs] = res;
+		}
+		pthread_cond_broadcast(&j->done_cond);
+	}
+	pthread_mutex_unlock(&j->lock);
+	return NULL;
+}
+
+/* ---- setup and teardown ------------------------------------------------------- */
+
+int src_new(const struct src_params *p, const struct src_device *devs, unsigned ndev,
+	    struct src_job **out)
+{
+	struct src_job *j;
+
+	if (ndev == 0 || ndev > NATIVE_MAX_DEVICES)
+		return err_set(EINVAL, "need 1 to %d devices, got %u", NATIVE_MAX_DEVICES, ndev);
+	j = calloc(1, sizeof(*j));
+	if (!j)
+		return -ENOMEM;
+	j->p = *p;
+	if (!j->p.chunk_size)
+		j->p.chunk_size = WIRE_QEMU_CHUNK_SIZE;
+	if (!j->p.max_downtime_ns)
+		j->p.max_downtime_ns = SRC_DEFAULT_DOWNTIME_NS;
+	if (!j->p.readers)
+		j->p.readers = SRC_DEFAULT_READERS;
+	if (!is_pow2(j->p.chunk_size) || j->p.chunk_size < WIRE_MIN_CHUNK_SIZE ||
+	    j->p.chunk_size > WIRE_MAX_CHUNK_SIZE) {
+		uint32_t cs = j->p.chunk_size;
+
+		free(j);
+		return err_set(EINVAL, "chunk size %u is not a power of two between %u and %u", cs,
+			       WIRE_MIN_CHUNK_SIZE, WIRE_MAX_CHUNK_SIZE);
+	}
+	atomic_init(&j->cancel, false);
+	atomic_init(&j->rate, p->max_bandwidth);
+	pthread_mutex_init(&j->stats_lock, NULL);
+	pthread_mutex_init(&j->lock, NULL);
+	pthread_cond_init(&j->work_cond, NULL);
+	pthread_cond_init(&j->done_cond, NULL);
+	j->ndev = ndev;
+	j->stats.ndev = ndev;
+	for (unsigned i = 0; i < ndev; i++) {
+		struct src_dev *d = &j->dev[i];
+
+		d->name = devs[i].name;
+		d->blk = devs[i].blk;
+		d->size = blk_size(d->blk);
+		d->nchunks = div_round_up(d->size, j->p.chunk_size);
+		if (strlen(d->name) == 0 || strlen(d->name) > WIRE_NAME_MAX || d->size == 0) {
+			src_free(j);
+			return err_set(EINVAL, "device '%s': name must be 1-%d bytes and size > 0",
+				       d->name, WIRE_NAME_MAX);
+		}
+		for (unsigned k = 0; k < i; k++)
+			if (strcmp(j->dev[k].name, d->name) == 0) {
+				src_free(j);
+				return err_set(EINVAL, "device name '%s' given twice", d->name);
+			}
+		snprintf(j->stats.dev[i].name, sizeof(j->stats.dev[i].name), "%s", d->name);
+		j->stats.dev[i].size = d->size;
+		j->stats.total += d->size;
+		d->dirty = dirty_new(d->size, j->p.chunk_size);
+		d->dig = digest_new(d->size, j->p.chunk_size);
+		if (!d->dirty || !d->dig) {
+			src_free(j);
+			return -ENOMEM;
+		}
+	}
+	j->stats.remaining = j->stats.total;
+	*out = j;
+	return 0;
+}
+
+static void stop_readers(struct src_job *j)
+{
+	pthread_mutex_lock(&j->lock);
+	j->quit = true;
+	pthread_cond_broadcast(&j->work_cond);
+	pthread_mutex_unlock(&j->lock);
+	for (unsigned i = 0; i < j->nthreads; i++)
+		pthread_join(j->threads[i], NULL);
+	j->nthreads = 0;
+}
+
+void src_free(struct src_job *j)
+{
+	if (!j)
+		return;
+	stop_readers(j);
+	for (unsigned i = 0; i < j->ndev; i++) {
+		dirty_free(j->dev[i].dirty);
+		digest_free(j->dev[i].dig);
+	}
+	for (unsigned i = 0; i < j->nbufs; i++)
+		free(j->bufs[i]);
+	free(j->bufs);
+	free(j->free);
+	free(j->q);
+	free(j->threads);
+	free(j->zero_buf);
+	pthread_cond_destroy(&j->work_cond);
+	pthread_cond_destroy(&j->done_cond);
+	pthread_mutex_destroy(&j->lock);
+	pthread_mutex_destroy(&j->stats_lock);
+	free(j);
+}
+
+void src_set_progress(struct src_job *j, mig_progress_fn fn, void *user)
+{
+	j->progress = fn;
+	j->progress_user = user;
+}
+
+void src_cancel(struct src_job *j)
+{
+	atomic_store(&j->cancel, true);
+}
+
+void src_set_max_bandwidth(struct src_job *j, uint64_t bytes_per_sec)
+{
+	atomic_store(&j->rate, bytes_per_sec);
+	if (j->x)
+		xport_set_rate(j->x, bytes_per_sec);
+}
+
+static int start_readers(struct src_job *j)
+{
+	unsigned n = j->p.readers;
+
+	j->nbufs = n + 2;
+	j->bufs = calloc(j->nbufs, sizeof(*j->bufs));
+	j->free = calloc(j->nbufs, sizeof(*j->free));
+	j->q = calloc(j->nbufs, sizeof(*j->q));
+	j->threads = calloc(n, sizeof(*j->threads));
+	if (!j->bufs || !j->free || !j->q || !j->threads)
+		return -ENOMEM;
+	for (unsigned i = 0; i < j->nbufs; i++) {
+		j->bufs[i] = aligned_alloc(4096, j->p.chunk_size);
+		if (!j->bufs[i])
+			return -ENOMEM;
+		j->free[j->nfree++] = j->bufs[i];
+	}
+	for (unsigned i = 0; i < n; i++) {
+		int r = pthread_create(&j->threads[i], NULL, reader_main, j);
+
+		if (r)
+			return err_set(r, "cannot start reader thread: %s", strerror(r));
+		j->nthreads++;
+	}
+	return 0;
+}
+
+/* ---- talking to the destination ---------------------------------------------- */
+
+static bool cancelled(struct src_job *j)
+{
+	return atomic_load(&j->cancel);
+}
+
+/* Turn an ERROR message from the destination into this thread's error. */
+static int peer_error(const uint8_t *body, uint32_t len)
+{
+	struct native_error e;
+	int r = native_error_decode(body, len, &e);
+
+	if (r < 0)
+		return r;
+	return err_set(e.err ? (int)e.err : EIO, "destination failed: %s", e.reason);
+}
+
+/*
+ * The destination only speaks unprompted to report a failure.  If it has
+ * said something, read it and fail with its reason.
+ */
+static int check_peer(struct src_job *j, uint64_t allowed)
+{
+	static _Thread_local uint8_t body[NATIVE_MSG_MAX];
+	uint8_t type;
+	uint32_t len;
+	int r = xport_readable(j->x, 0);
+
+	if (r <= 0)
+		return r;
+	r = engine_read_frame(j->x, allowed | NATIVE_ALLOW(NATIVE_MSG_ERROR), &type, body, &len);
+	if (r < 0)
+		return err_prefix(-r, "destination: ");
+	if (type == NATIVE_MSG_ERROR)
+		return peer_error(body, len);
+	return 1;
+}
+
+/*
+ * A send failed: the destination may have closed after saying why (its
+ * ERROR is then waiting in our receive buffer).  Prefer its reason.
+ */
+static int explain_send_failure(struct src_job *j, int r)
+{
+	char ours[1024];
+	int rr;
+
+	if (r != -EPIPE && r != -ECONNRESET)
+		return r;
+	snprintf(ours, sizeof(ours), "%s", err_msg());
+	xport_set_cancel(j->x, NULL);
+	xport_set_timeout(j->x, 1000);
+	if (xport_readable(j->x, 1000) > 0) {
+		rr = check_peer(j, 0);
+		if (rr < 0 && strncmp(err_msg(), "destination failed:", 19) == 0)
+			return rr;
+	}
+	err_copy_in(ours);
+	return r;
+}
+
+static int send_hello(struct src_job *j)
+{
+	static _Thread_local uint8_t buf[NATIVE_HELLO_MAX];
+	static _Thread_local uint8_t body[NATIVE_MSG_MAX];
+	struct native_hello h = {
+		.version = NATIVE_VERSION,
+		.chunk_size = j->p.chunk_size,
+		.ndev = (uint16_t)j->ndev,
+	};
+	uint8_t type;
+	uint32_t len, version;
+	int n, r;
+
+	if (j->p.zero_blocks)
+		h.caps |= NATIVE_CAP_ZERO_BLOCKS;
+	if (j->p.shared_base)
+		h.caps |= NATIVE_CAP_SHARED_BASE;
+	for (unsigned i = 0; i < j->ndev; i++) {
+		snprintf(h.dev[i].name, sizeof(h.dev[i].name), "%s", j->dev[i].name);
+		h.dev[i].size = j->dev[i].size;
+	}
+	n = native_hello_encode(buf, sizeof(buf), &h);
+	if (n < 0)
+		return n;
+	r = xport_write(j->x, buf, (size_t)n);
+	if (r == 0)
+		r = xport_flush(j->x);
+	if (r < 0)
+		return err_prefix(-r, "handshake: ");
+	r = engine_read_frame(j->x, NATIVE_ALLOW(NATIVE_MSG_READY) | NATIVE_ALLOW(NATIVE_MSG_ERROR),
+			      &type, body, &len);
+	if (r < 0)
+		return err_prefix(-r, "handshake: ");
+	if (type == NATIVE_MSG_ERROR)
+		return peer_error(body, len);
+	r = native_ready_decode(body, len, &version);
+	if (r < 0)
+		return err_prefix(-r, "handshake: ");
+	return 0;
+}
+
+/* ---- passes ------------------------------------------------------------------- */
+
+struct sent_arg {
+	unsigned dev;
+	enum result_kind kind;
+	uint64_t bytes;
+	bool bulk;
+	uint64_t payload;
+};
+
+static void account_fn(struct mig_stats *st, void *arg)
+{
+	struct sent_arg *a = arg;
+
+	if (a->kind == RES_DATA)
+		st->dev[a->dev].data_chunks++;
+	else if (a->kind == RES_ZERO)
+		st->dev[a->dev].zero_chunks++;
+	else
+		st->dev[a->dev].skipped++;
+	st->data_bytes += a->payload;
+	if (a->bulk)
+		st->bulk_done += a->bytes;
+}
+
+static int send_result(struct src_job *j, const struct result *res, uint8_t *hdr, unsigned *pct)
+{
+	struct src_dev *d = &j->dev[res->dev];
+	struct wire_record rec = {.offset = res->chunk * j->p.chunk_size};
+	struct sent_arg a = {.dev = res->dev, .kind = res->kind, .bulk = j->pass == PASS_BULK};
+	uint64_t hash = res->hash;
+	int n, r = 0;
+
+	a.bytes = digest_chunk_len(d->dig, res->chunk);
+	if (res->kind == RES_ZERO)
+		hash = digest_zero_hash(d->dig, res->chunk);
+	if (res->kind != RES_SKIP) {
+		bool as_data = res->kind == RES_DATA || !j->p.zero_blocks;
+
+		rec.kind = as_data ? WIRE_REC_DATA : WIRE_REC_ZERO;
+		rec.name_len = (uint8_t)strlen(d->name);
+		memcpy(rec.name, d->name, rec.name_len + 1u);
+		n = wire_rec_encode_header(hdr, &rec);
+		if (n < 0)
+			return n;
+		if (res->kind == RES_DATA) {
+			r = xport_write2(j->x, hdr, (size_t)n, res->buf, j->p.chunk_size);
+			a.payload = j->p.chunk_size;
+		} else if (as_data) {
+			/* No ZERO_BLOCK: the zeros travel as data.  Holes
+			 * were not read, so send a zero chunk of our own. */
+			if (!j->zero_buf)
+				j->zero_buf = calloc(1, j->p.chunk_size);
+			if (!j->zero_buf)
+				return -ENOMEM;
+			r = xport_write2(j->x, hdr, (size_t)n, j->zero_buf, j->p.chunk_size);
+			a.payload = j->p.chunk_size;
+		} else {
+			r = xport_write(j->x, hdr, (size_t)n);
+		}
+		if (r < 0)
+			return r;
+		digest_set(d->dig, res->chunk, hash);
+	}
+	stats_update(j, account_fn, &a);
+
+	if (j->pass == PASS_BULK) {
+		struct mig_stats st;
+		unsigned now;
+
+		src_stats(j, &st);
+		now = (unsigned)(st.bulk_done * 100 / (st.total ? st.total : 1));
+		if (now != *pct) {
+			*pct = now;
+			rec = (struct wire_record){.kind = WIRE_REC_PROGRESS, .percent = now};
+			n = wire_rec_encode_header(hdr, &rec);
+			if (n < 0)
+				return n;
+			r = xport_write(j->x, hdr, (size_t)n);
+		}
+	}
+	return r;
+}
+
+struct pass_end {
+	uint64_t remaining, bandwidth, dirty_rate, expected_ns;
+	bool count_iteration;
+};
+
+static void pass_end_fn(struct mig_stats *st, void *arg)
+{
+	struct pass_end *e = arg;
+
+	st->remaining = e->remaining;
+	st->bandwidth = e->bandwidth;
+	st->dirty_rate = e->dirty_rate;
+	st->expected_downtime_ns = e->expected_ns;
+	if (e->count_iteration)
+		st->iterations++;
+}
+
+/*
+ * Run one pass as one BLOCKS message: readers feed chunks, this thread
+ * sends them, then EOS.  On return the pipeline is empty.
+ */
+static int run_pass(struct src_job *j, enum pass_kind kind)
+{
+	uint8_t hdr[WIRE_REC_HDR_MAX];
+	uint8_t type = NATIVE_MSG_BLOCKS;
+	unsigned pct = ~0u, since_check = 0;
+	int r = xport_write(j->x, &type, 1);
+
+	j->in_blocks = r == 0;
+	pthread_mutex_lock(&j->lock);
+	j->pass = kind;
+	j->cur_dev = 0;
+	j->cur_chunk = 0;
+	j->pass_exhausted = false;
+	j->pass_active = true;
+	pthread_cond_broadcast(&j->work_cond);
+
+	while (r == 0) {
+		struct result res;
+
+		while (j->qlen == 0 && !(j->pass_exhausted && j->busy == 0) && !j->read_err &&
+		       !cancelled(j)) {
+			struct timespec ts;
+
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ts.tv_nsec += 100 * 1000000;
+			if (ts.tv_nsec >= 1000000000) {
+				ts.tv_sec++;
+				ts.tv_nsec -= 1000000000;
+			}
+			pthread_cond_timedwait(&j->done_cond, &j->lock, &ts);
+		}
+		if (j->read_err) {
+			r = err_set(-j->read_err, "%s", j->read_msg);
+			break;
+		}
+		if (cancelled(j)) {
+			r = err_set(ECANCELED, "migration cancelled");
+			break;
+		}
+		if (j->qlen == 0)
+			break; /* exhausted and drained */
+		res = j->q[j->qhead];
+		j->qhead = (j->qhead + 1) % j->nbufs;
+		j->qlen--;
+		pthread_mutex_unlock(&j->lock);
+
+		r = send_result(j, &res, hdr, &pct);
+		if (r == 0 && ++since_check >= PEER_CHECK_EVERY) {
+			since_check = 0;
+			r = check_peer(j, 0);
+			r = r > 0 ? err_set(EPROTO, "destination sent an unexpected message") : r;
+		}
+		report(j, false);
+
+		pthread_mutex_lock(&j->lock);
+		j->free[j->nfree++] = res.buf;
+		pthread_cond_broadcast(&j->work_cond);
+	}
+	/* Stop handing out work and wait for readers still busy. */
+	j->pass_active = false;
+	while (j->busy > 0)
+		pthread_cond_wait(&j->done_cond, &j->lock);
+	while (j->qlen > 0) {
+		j->free[j->nfree++] = j->q[j->qhead].buf;
+		j->qhead = (j->qhead + 1) % j->nbufs;
+		j->qlen--;
+	}
+	pthread_mutex_unlock(&j->lock);
+	if (r < 0)
+		return r;
+
+	r = wire_rec_encode_header(hdr, &(struct wire_record){.kind = WIRE_REC_EOS});
+	if (r < 0)
+		return r;
+	r = xport_write(j->x, hdr, (size_t)r);
+	if (r == 0) {
+		j->in_blocks = false;
+		r = xport_flush(j->x);
+	}
+	return r;
+}
+
+/* ---- the state machine -------------------------------------------------------- */
+
+static void pause_writers(struct src_job *j)
+{
+	for (unsigned i = 0; i < j->ndev; i++)
+		track_pause(j->dev[i].blk);
+	j->paused = true;
+}
+
+static void resume_writers(struct src_job *j)
+{
+	if (!j->paused)
+		return;
+	for (unsigned i = 0; i < j->ndev; i++)
+		track_resume(j->dev[i].blk);
+	j->paused = false;
+}
+
+static void detach(struct src_job *j)
+{
+	for (unsigned i = 0; i < j->ndev; i++)
+		track_set_dirty(j->dev[i].blk, NULL);
+}
+
+static int send_complete(struct src_job *j)
+{
+	static _Thread_local struct native_complete c;
+	static _Thread_local uint8_t buf[NATIVE_MSG_MAX + NATIVE_FRAME_HDR];
+	int n, r;
+
+	memset(&c, 0, sizeof(c));
+	c.ndev = (uint16_t)j->ndev;
+	for (unsigned i = 0; i < j->ndev; i++) {
+		snprintf(c.dev[i].name, sizeof(c.dev[i].name), "%s", j->dev[i].name);
+		digest_final(j->dev[i].dig, c.dev[i].digest, &c.dev[i].chunks);
+	}
+	n = native_complete_encode(buf, sizeof(buf), &c);
+	if (n < 0)
+		return n;
+	r = xport_write(j->x, buf, (size_t)n);
+	return r == 0 ? xport_flush(j->x) : r;
+}
+
+static int wait_ack(struct src_job *j)
+{
+	static _Thread_local uint8_t body[NATIVE_MSG_MAX];
+	uint8_t type;
+	uint32_t len;
+	int r;
+
+	r = engine_read_frame(j->x, NATIVE_ALLOW(NATIVE_MSG_ACK) | NATIVE_ALLOW(NATIVE_MSG_ERROR),
+			      &type, body, &len);
+	if (r < 0)
+		return err_prefix(-r, "waiting for the destination's acknowledgement: ");
+	if (type == NATIVE_MSG_ERROR)
+		return peer_error(body, len);
+	return 0;
+}
+
+struct pass_timer {
+	uint64_t busy_ns;  /* time spent in passes */
+	uint64_t wire;     /* bytes sent in passes */
+};
+
+static uint64_t measured_bandwidth(const struct pass_timer *t)
+{
+	if (t->busy_ns == 0)
+		return 0;
+	return (uint64_t)((double)t->wire * 1e9 / (double)t->busy_ns);
+}
+
+static int timed_pass(struct src_job *j, enum pass_kind kind, struct pass_timer *t)
+{
+	uint64_t t0 = now_ns(), w0 = xport_tx_bytes(j->x);
+	struct pass_end e = {.count_iteration = true};
+	uint64_t elapsed;
+	int r = run_pass(j, kind);
+
+	if (r < 0)
+		return r;
+	elapsed = now_ns() - t0;
+	t->busy_ns += elapsed;
+	t->wire += xport_tx_bytes(j->x) - w0;
+	e.bandwidth = measured_bandwidth(t);
+	e.remaining = dirty_total(j);
+	e.dirty_rate = elapsed ? (uint64_t)((double)e.remaining * 1e9 / (double)elapsed) : 0;
+	e.expected_ns = e.bandwidth ? (uint64_t)((double)e.remaining * 1e9 / (double)e.bandwidth)
+				    : UINT64_MAX;
+	if (e.remaining == 0)
+		e.expected_ns = 0;
+	stats_update(j, pass_end_fn, &e);
+	return 0;
+}
+
+struct finish_arg {
+	uint64_t downtime, total, setup, transferred;
+};
+
+static void finish_fn(struct mig_stats *st, void *arg)
+{
+	struct finish_arg *f = arg;
+
+	st->downtime_ns = f->downtime;
+	st->transferred = f->transferred;
+	st->total_ns = f->total;
+	if (f->setup)
+		st->setup_ns = f->setup;
+	if (st->state == MIG_COMPLETED)
+		st->remaining = 0;
+}
+
+int src_run(struct src_job *j, struct xport *x)
+{
+	enum mig_state state = MIG_SETUP;
+	struct pass_timer timer = {0};
+	struct finish_arg fin = {0};
+	uint64_t t_start = now_ns(), t_pause = 0;
+	int r = 0;
+
+	j->x = x;
+	xport_set_rate(x, atomic_load(&j->rate));
+	xport_set_cancel(x, &j->cancel);
+	set_state(j, MIG_SETUP);
+
+	while (state != MIG_COMPLETED && state != MIG_FAILED && state != MIG_CANCELLED) {
+		if (r == 0 && cancelled(j))
+			r = err_set(ECANCELED, "migration cancelled");
+		if (r < 0) {
+			state = r == -ECANCELED ? MIG_CANCELLED : MIG_FAILED;
+			break;
+		}
+		switch (state) {
+		case MIG_SETUP:
+			/* Tracking starts before the first read, so every
+			 * write from here on is either read by the bulk pass
+			 * or left dirty. */
+			for (unsigned i = 0; i < j->ndev; i++)
+				track_set_dirty(j->dev[i].blk, j->dev[i].dirty);
+			r = start_readers(j);
+			if (r == 0)
+				r = send_hello(j);
+			fin.setup = now_ns() - t_start;
+			state = MIG_BULK;
+			break;
+		case MIG_BULK:
+			set_state(j, MIG_BULK);
+			r = timed_pass(j, PASS_BULK, &timer);
+			state = MIG_DIRTY;
+			break;
+		case MIG_DIRTY: {
+			struct mig_stats st;
+
+			src_stats(j, &st);
+			if (st.expected_downtime_ns <= j->p.max_downtime_ns) {
+				state = MIG_FINAL;
+				break;
+			}
+			set_state(j, MIG_DIRTY);
+			r = timed_pass(j, PASS_DIRTY, &timer);
+			break;
+		}
+		case MIG_FINAL:
+			set_state(j, MIG_FINAL);
+			t_pause = now_ns();
+			pause_writers(j);
+			r = run_pass(j, PASS_DIRTY);
+			if (r == 0)
+				r = send_complete(j);
+			if (r == 0)
+				r = wait_ack(j);
+			if (r == 0) {
+				/* The destination is authoritative now. */
+				for (unsigned i = 0; i < j->ndev; i++)
+					track_fence(j->dev[i].blk, ESHUTDOWN);
+				resume_writers(j);
+				fin.downtime = now_ns() - t_pause;
+				state = MIG_COMPLETED;
+			}
+			break;
+		default:
+			break;
+		}
+	}
+
+	if (state != MIG_COMPLETED) {
+		char msg[1024];
+
+		snprintf(msg, sizeof(msg), "%s", err_msg());
+		if (r == -ECANCELED) {
+			/* Tell the destination, if the stream is at a record
+			 * boundary; otherwise closing is all it gets. */
+			static const uint8_t eos[8] = {0, 0, 0, 0, 0, 0, 0, WIRE_F_EOS};
+
+			xport_set_cancel(x, NULL);
+			xport_set_timeout(x, 2000);
+			if (!j->in_blocks || xport_write(x, eos, sizeof(eos)) == 0)
+				engine_send_error(x, NATIVE_MSG_ABORT, ECANCELED,
+						  "migration cancelled by the source");
+		} else {
+			r = explain_send_failure(j, r);
+			snprintf(msg, sizeof(msg), "%s", err_msg());
+			xport_set_cancel(x, NULL);
+			xport_set_timeout(x, 2000);
+			if (!j->in_blocks)
+				engine_send_error(x, NATIVE_MSG_ABORT, -r, msg);
+		}
+		if (t_pause)
+			fin.downtime = now_ns() - t_pause;
+		resume_writers(j);
+		err_copy_in(msg);
+	}
+	detach(j);
+	stop_readers(j);
+	fin.total = now_ns() - t_start;
+	fin.transferred = xport_tx_bytes(x);
+	j->x = NULL;
+	stats_update(j, finish_fn, &fin);
+	set_state(j, state);
+	return state == MIG_COMPLETED ? 0 : (r < 0 ? r : -EIO);
+}

@@ -1,0 +1,53 @@
+/* SPDX-License-Identifier: MIT */
+/* Names shared by both engines, and the frame reader both use. */
+#include <errno.h>
+
+#include "common/error.h"
+#include "engine.h"
+#include "transport/transport.h"
+
+const char *mig_state_name(enum mig_state s)
+{
+	/* When you add a state, also update enum mig_state in migrate.h. */
+	static const char *const names[] = {
+		[MIG_SETUP] = "setup",         [MIG_BULK] = "active",
+		[MIG_DIRTY] = "active",        [MIG_FINAL] = "device",
+		[MIG_COMPLETED] = "completed", [MIG_FAILED] = "failed",
+		[MIG_CANCELLED] = "cancelled",
+	};
+
+	if ((unsigned)s >= sizeof(names) / sizeof(names[0]))
+		return "unknown";
+	return names[s];
+}
+
+int engine_read_frame(struct xport *x, uint64_t allowed, uint8_t *type, uint8_t *body,
+		      uint32_t *len)
+{
+	uint8_t hdr[NATIVE_FRAME_HDR];
+	int r;
+
+	r = xport_read(x, hdr, sizeof(hdr), NULL);
+	if (r < 0)
+		return r;
+	r = native_frame_header(hdr, allowed, type, len);
+	if (r < 0)
+		return r;
+	return xport_read(x, body, *len, NULL);
+}
+
+int engine_send_error(struct xport *x, enum native_msg type, int err, const char *reason)
+{
+	uint8_t buf[NATIVE_FRAME_HDR + 4 + NATIVE_REASON_MAX];
+	struct native_error e = {.err = (uint32_t)err};
+	int n;
+
+	snprintf(e.reason, sizeof(e.reason), "%s", reason);
+	n = native_error_encode(buf, sizeof(buf), type, &e);
+	if (n < 0)
+		return n;
+	n = xport_write(x, buf, (size_t)n);
+	if (n < 0)
+		return n;
+	return xport_flush(x);
+}

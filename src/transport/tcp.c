@@ -1,0 +1,72 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Plain TCP transport: non-blocking socket, sendmsg/recv.  Listening,
+ * accepting and connecting for every transport live in transport.c; this
+ * file is only the byte mover.
+ */
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "xport-impl.h"
+
+struct tcp_xport {
+	struct xport base;
+};
+
+static ssize_t tcp_sendv(struct xport *x, const struct iovec *iov, int iovcnt)
+{
+	struct msghdr m = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)iovcnt};
+	ssize_t n = sendmsg(x->fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
+
+	if (n < 0)
+		return (errno == EWOULDBLOCK) ? -EAGAIN : -errno;
+	return n;
+}
+
+static ssize_t tcp_recv(struct xport *x, void *buf, size_t len)
+{
+	ssize_t n = recv(x->fd, buf, len, MSG_DONTWAIT);
+
+	if (n < 0)
+		return (errno == EWOULDBLOCK) ? -EAGAIN : -errno;
+	return n;
+}
+
+static void tcp_close(struct xport *x)
+{
+	struct tcp_xport *t = (struct tcp_xport *)x;
+
+	close(x->fd);
+	xport_base_destroy(x);
+	free(t);
+}
+
+static const struct xport_ops tcp_ops = {
+	.name = "tcp",
+	.sendv = tcp_sendv,
+	.recv = tcp_recv,
+	.close = tcp_close,
+};
+
+int tcp_xport_new(int fd, const char *peer, struct xport **out)
+{
+	struct tcp_xport *t = calloc(1, sizeof(*t));
+	int one = 1, r;
+
+	if (!t)
+		return -ENOMEM;
+	r = xport_base_init(&t->base, &tcp_ops, fd, peer);
+	if (r < 0) {
+		free(t);
+		return r;
+	}
+	/* Coalescing is done by our own write buffer; small control messages
+	 * (READY, ACK) must not wait for Nagle. */
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	*out = &t->base;
+	return 0;
+}

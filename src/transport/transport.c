@@ -1,0 +1,553 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Transport-independent half of the transport: address parsing, listen /
+ * accept / connect, the buffered writer with its rate limiter, the buffered
+ * reader, sticky errors and cancel/timeout handling.  See transport.h.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "common/error.h"
+#include "common/util.h"
+#include "xport-impl.h"
+
+#define POLL_SLICE_MS 100
+/* The limiter forgives at most this much idle time, so a pause in sending
+ * does not turn into an unlimited burst afterwards. */
+#define RATE_BURST_NS (50 * 1000000ull)
+
+/* ---- addresses ----------------------------------------------------------- */
+
+static int split_hostport(const char *hp, char *host, size_t hcap, char *port, size_t pcap)
+{
+	const char *colon;
+	size_t hlen;
+
+	if (!hp || !*hp)
+		return err_set(EINVAL, "empty address (expected HOST:PORT)");
+	if (hp[0] == '[') {
+		const char *end = strchr(hp, ']');
+
+		if (!end || end[1] != ':')
+			return err_set(EINVAL, "invalid address '%s' (expected [V6ADDR]:PORT)", hp);
+		hlen = (size_t)(end - hp - 1);
+		if (hlen >= hcap)
+			return err_set(EINVAL, "invalid address '%s': host too long", hp);
+		memcpy(host, hp + 1, hlen);
+		host[hlen] = '\0';
+		colon = end + 1;
+	} else {
+		colon = strrchr(hp, ':');
+		if (!colon)
+			return err_set(EINVAL, "invalid address '%s' (expected HOST:PORT)", hp);
+		hlen = (size_t)(colon - hp);
+		if (hlen >= hcap)
+			return err_set(EINVAL, "invalid address '%s': host too long", hp);
+		memcpy(host, hp, hlen);
+		host[hlen] = '\0';
+	}
+	colon++;
+	if (!*colon || strlen(colon) >= pcap || strspn(colon, "0123456789") != strlen(colon) ||
+	    atol(colon) > 65535)
+		return err_set(EINVAL, "invalid port in address '%s'", hp);
+	strcpy(port, colon);
+	return 0;
+}
+
+static int resolve(const char *hp, bool passive, struct addrinfo **res)
+{
+	char host[256], port[8];
+	struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_family = AF_UNSPEC};
+	int r = split_hostport(hp, host, sizeof(host), port, sizeof(port));
+
+	if (r < 0)
+		return r;
+	if (passive)
+		hints.ai_flags = AI_PASSIVE;
+	r = getaddrinfo(host[0] ? host : NULL, port, &hints, res);
+	if (r != 0)
+		return err_set(EHOSTUNREACH, "cannot resolve '%s': %s", hp, gai_strerror(r));
+	return 0;
+}
+
+static void sockaddr_str(const struct sockaddr *sa, char *buf, size_t cap)
+{
+	char h[INET6_ADDRSTRLEN] = "?";
+	unsigned port = 0;
+
+	if (sa->sa_family == AF_INET) {
+		const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+
+		inet_ntop(AF_INET, &in->sin_addr, h, sizeof(h));
+		port = ntohs(in->sin_port);
+		snprintf(buf, cap, "%s:%u", h, port);
+	} else if (sa->sa_family == AF_INET6) {
+		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+
+		inet_ntop(AF_INET6, &in6->sin6_addr, h, sizeof(h));
+		port = ntohs(in6->sin6_port);
+		snprintf(buf, cap, "[%s]:%u", h, port);
+	} else {
+		snprintf(buf, cap, "?");
+	}
+}
+
+int xport_listen(const char *hostport, int *lfd, char *bound, size_t bound_cap)
+{
+	struct addrinfo *res, *ai;
+	int fd = -1, r, e = 0, one = 1;
+
+	r = resolve(hostport, true, &res);
+	if (r < 0)
+		return r;
+	for (ai = res; ai; ai = ai->ai_next) {
+		fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+		if (fd < 0) {
+			e = errno;
+			continue;
+		}
+		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+		if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 8) == 0)
+			break;
+		e = errno;
+		close(fd);
+		fd = -1;
+	}
+	freeaddrinfo(res);
+	if (fd < 0)
+		return err_set(e, "listen on %s: %s", hostport, strerror(e));
+	if (bound) {
+		struct sockaddr_storage ss;
+		socklen_t sl = sizeof(ss);
+
+		getsockname(fd, (struct sockaddr *)&ss, &sl);
+		sockaddr_str((struct sockaddr *)&ss, bound, bound_cap);
+	}
+	*lfd = fd;
+	return 0;
+}
+
+static bool cancelled(const atomic_bool *c)
+{
+	return c && atomic_load(c);
+}
+
+int xport_accept(int lfd, int timeout_ms, const atomic_bool *cancel, struct xport **out)
+{
+	uint64_t deadline = timeout_ms < 0 ? 0 : now_ns() + (uint64_t)timeout_ms * 1000000u;
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	char peer[80];
+	int fd, r;
+
+	for (;;) {
+		struct pollfd p = {.fd = lfd, .events = POLLIN};
+
+		if (cancelled(cancel))
+			return err_set(ECANCELED, "cancelled while waiting for a connection");
+		if (deadline && now_ns() >= deadline)
+			return err_set(ETIMEDOUT, "no connection within %d ms", timeout_ms);
+		r = poll(&p, 1, POLL_SLICE_MS);
+		if (r < 0 && errno != EINTR)
+			return err_set(errno, "poll: %s", strerror(errno));
+		if (r > 0)
+			break;
+	}
+	fd = accept4(lfd, (struct sockaddr *)&ss, &sl, SOCK_CLOEXEC);
+	if (fd < 0)
+		return err_set(errno, "accept: %s", strerror(errno));
+	sockaddr_str((struct sockaddr *)&ss, peer, sizeof(peer));
+	r = tcp_xport_new(fd, peer, out);
+	if (r < 0)
+		close(fd);
+	return r;
+}
+
+int xport_connect(const char *hostport, int timeout_ms, const atomic_bool *cancel,
+		  struct xport **out)
+{
+	uint64_t deadline = now_ns() + (uint64_t)MAX(timeout_ms, 0) * 1000000u;
+	struct addrinfo *res, *ai;
+	int fd = -1, r, e = 0;
+
+	r = resolve(hostport, false, &res);
+	if (r < 0)
+		return r;
+	for (;;) {
+		for (ai = res; ai; ai = ai->ai_next) {
+			fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+			if (fd < 0) {
+				e = errno;
+				continue;
+			}
+			if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
+				goto connected;
+			e = errno;
+			close(fd);
+			fd = -1;
+		}
+		if (e != ECONNREFUSED || now_ns() >= deadline || cancelled(cancel))
+			break;
+		sleep_ns(50 * 1000000ull);
+	}
+	freeaddrinfo(res);
+	if (cancelled(cancel))
+		return err_set(ECANCELED, "cancelled while connecting to %s", hostport);
+	return err_set(e, "connect to %s: %s", hostport, strerror(e));
+
+connected:
+	freeaddrinfo(res);
+	r = tcp_xport_new(fd, hostport, out);
+	if (r < 0)
+		close(fd);
+	return r;
+}
+
+/* ---- base object --------------------------------------------------------- */
+
+int xport_base_init(struct xport *x, const struct xport_ops *ops, int fd, const char *peer)
+{
+	x->ops = ops;
+	x->fd = fd;
+	snprintf(x->peer, sizeof(x->peer), "%s", peer);
+	x->timeout_ms = XPORT_DEFAULT_TIMEOUT_MS;
+	x->wbuf = malloc(XPORT_WBUF_SIZE);
+	x->rbuf = malloc(XPORT_RBUF_SIZE);
+	if (!x->wbuf || !x->rbuf) {
+		free(x->wbuf);
+		free(x->rbuf);
+		return -ENOMEM;
+	}
+	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+	return 0;
+}
+
+void xport_base_destroy(struct xport *x)
+{
+	free(x->wbuf);
+	free(x->rbuf);
+}
+
+void xport_close(struct xport *x)
+{
+	if (x)
+		x->ops->close(x);
+}
+
+void xport_set_cancel(struct xport *x, const atomic_bool *cancel)
+{
+	x->cancel = cancel;
+}
+
+void xport_set_timeout(struct xport *x, int idle_timeout_ms)
+{
+	x->timeout_ms = idle_timeout_ms;
+}
+
+void xport_set_rate(struct xport *x, uint64_t bytes_per_sec)
+{
+	atomic_store(&x->rate, bytes_per_sec);
+}
+
+uint64_t xport_tx_bytes(const struct xport *x)
+{
+	return atomic_load(&((struct xport *)x)->tx);
+}
+
+uint64_t xport_rx_bytes(const struct xport *x)
+{
+	return atomic_load(&((struct xport *)x)->rx);
+}
+
+const char *xport_peer(const struct xport *x)
+{
+	return x->peer;
+}
+
+/* Failure is sticky per direction: a peer that closed after sending its
+ * reason can still be read after our sends start failing. */
+static int fail(struct xport *x, short dir, int r)
+{
+	int *slot = dir == POLLOUT ? &x->werr : &x->rerr;
+
+	if (!*slot)
+		*slot = r;
+	return r;
+}
+
+/*
+ * Wait until fd is ready for 'events', in slices so that cancel and the idle
+ * timeout are noticed.  0 when ready.
+ */
+static int wait_ready(struct xport *x, short events, uint64_t *idle_since)
+{
+	for (;;) {
+		struct pollfd p = {.fd = x->fd, .events = events};
+		int r;
+
+		if (cancelled(x->cancel))
+			return fail(x, events, err_set(ECANCELED, "cancelled"));
+		if (x->timeout_ms > 0 &&
+		    now_ns() - *idle_since > (uint64_t)x->timeout_ms * 1000000u)
+			return fail(x, events, err_set(ETIMEDOUT, "connection to %s idle for %d s", x->peer,
+					       x->timeout_ms / 1000));
+		r = poll(&p, 1, POLL_SLICE_MS);
+		if (r < 0 && errno != EINTR)
+			return fail(x, events, err_set(errno, "poll: %s", strerror(errno)));
+		if (r > 0)
+			return 0;
+	}
+}
+
+/* Hold the sender back to the configured rate before sending n bytes. */
+static int rate_limit(struct xport *x, size_t n)
+{
+	uint64_t rate = atomic_load(&x->rate), now = now_ns();
+
+	if (!rate)
+		return 0;
+	if (x->next_ok_ns + RATE_BURST_NS < now)
+		x->next_ok_ns = now;
+	while (x->next_ok_ns > now) {
+		uint64_t wait = MIN(x->next_ok_ns - now, (uint64_t)POLL_SLICE_MS * 1000000u);
+
+		if (cancelled(x->cancel))
+			return fail(x, POLLOUT, err_set(ECANCELED, "cancelled"));
+		sleep_ns(wait);
+		now = now_ns();
+	}
+	x->next_ok_ns += (uint64_t)((double)n * 1e9 / (double)rate);
+	return 0;
+}
+
+static int send_all(struct xport *x, struct iovec *iov, int iovcnt)
+{
+	uint64_t idle_since = now_ns();
+
+	while (iovcnt > 0) {
+		size_t total = 0;
+		ssize_t n;
+		int r;
+
+		for (int i = 0; i < iovcnt; i++)
+			total += iov[i].iov_len;
+		r = rate_limit(x, total);
+		if (r < 0)
+			return r;
+		n = x->ops->sendv(x, iov, iovcnt);
+		if (n == -EAGAIN || n == -EINTR) {
+			r = wait_ready(x, POLLOUT, &idle_since);
+			if (r < 0)
+				return r;
+			continue;
+		}
+		if (n < 0)
+			return fail(x, POLLOUT, err_set((int)-n, "send to %s: %s", x->peer,
+					       strerror((int)-n)));
+		/* Unsent bytes were charged to the limiter; refund them. */
+		if (atomic_load(&x->rate) && (size_t)n < total)
+			x->next_ok_ns -= (uint64_t)((double)(total - (size_t)n) * 1e9 /
+						    (double)atomic_load(&x->rate));
+		atomic_fetch_add(&x->tx, (uint64_t)n);
+		idle_since = now_ns();
+		while (iovcnt > 0 && (size_t)n >= iov->iov_len) {
+			n -= (ssize_t)iov->iov_len;
+			iov++;
+			iovcnt--;
+		}
+		if (iovcnt > 0) {
+			iov->iov_base = (uint8_t *)iov->iov_base + n;
+			iov->iov_len -= (size_t)n;
+		}
+	}
+	return 0;
+}
+
+int xport_flush(struct xport *x)
+{
+	struct iovec iov;
+	int r;
+
+	if (x->werr)
+		return x->werr;
+	if (!x->wlen)
+		return 0;
+	iov.iov_base = x->wbuf;
+	iov.iov_len = x->wlen;
+	r = send_all(x, &iov, 1);
+	x->wlen = 0;
+	return r;
+}
+
+int xport_write(struct xport *x, const void *buf, size_t len)
+{
+	if (x->werr)
+		return x->werr;
+	if (x->wlen + len > XPORT_WBUF_SIZE) {
+		int r = xport_flush(x);
+
+		if (r < 0)
+			return r;
+	}
+	if (len > XPORT_WBUF_SIZE) {
+		struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
+
+		return send_all(x, &iov, 1);
+	}
+	memcpy(x->wbuf + x->wlen, buf, len);
+	x->wlen += len;
+	return 0;
+}
+
+int xport_write2(struct xport *x, const void *hdr, size_t hlen, const void *payload, size_t plen)
+{
+	struct iovec iov[3];
+	int n = 0;
+
+	if (x->werr)
+		return x->werr;
+	/* The header rides along with whatever is buffered in one sendmsg. */
+	if (x->wlen + hlen <= XPORT_WBUF_SIZE) {
+		memcpy(x->wbuf + x->wlen, hdr, hlen);
+		x->wlen += hlen;
+	} else {
+		iov[n++] = (struct iovec){.iov_base = x->wbuf, .iov_len = x->wlen};
+		x->wlen = 0;
+		iov[n++] = (struct iovec){.iov_base = (void *)hdr, .iov_len = hlen};
+	}
+	if (n == 0) {
+		iov[n++] = (struct iovec){.iov_base = x->wbuf, .iov_len = x->wlen};
+		x->wlen = 0;
+	}
+	iov[n++] = (struct iovec){.iov_base = (void *)payload, .iov_len = plen};
+	return send_all(x, iov, n);
+}
+
+int xport_shutdown_write(struct xport *x)
+{
+	int r = xport_flush(x);
+
+	if (r < 0)
+		return r;
+	shutdown(x->fd, SHUT_WR);
+	return 0;
+}
+
+/* ---- reading ------------------------------------------------------------- */
+
+/* Refill the read buffer with what is available; 0 at EOF sets *eof. */
+static int fill(struct xport *x, bool *eof)
+{
+	uint64_t idle_since = now_ns();
+
+	for (;;) {
+		ssize_t n = x->ops->recv(x, x->rbuf, XPORT_RBUF_SIZE);
+
+		if (n > 0) {
+			x->rpos = 0;
+			x->rlen = (size_t)n;
+			atomic_fetch_add(&x->rx, (uint64_t)n);
+			return 0;
+		}
+		if (n == 0) {
+			*eof = true;
+			return 0;
+		}
+		if (n != -EAGAIN && n != -EINTR)
+			return fail(x, POLLIN, err_set((int)-n, "receive from %s: %s", x->peer,
+					       strerror((int)-n)));
+		n = wait_ready(x, POLLIN, &idle_since);
+		if (n < 0)
+			return (int)n;
+	}
+}
+
+int xport_read(struct xport *x, void *buf, size_t len, size_t *got)
+{
+	uint8_t *p = buf;
+	size_t done = 0;
+	uint64_t idle_since = now_ns();
+	int r;
+
+	if (got)
+		*got = 0;
+	if (x->rerr)
+		return x->rerr;
+	while (done < len) {
+		size_t avail = x->rlen - x->rpos;
+		bool eof = false;
+
+		if (avail) {
+			size_t k = MIN(avail, len - done);
+
+			memcpy(p + done, x->rbuf + x->rpos, k);
+			x->rpos += k;
+			done += k;
+			continue;
+		}
+		/* Large reads bypass the buffer. */
+		if (len - done >= XPORT_RBUF_SIZE) {
+			ssize_t n = x->ops->recv(x, p + done, len - done);
+
+			if (n > 0) {
+				atomic_fetch_add(&x->rx, (uint64_t)n);
+				done += (size_t)n;
+				idle_since = now_ns();
+				continue;
+			}
+			if (n == 0) {
+				eof = true;
+			} else if (n == -EAGAIN || n == -EINTR) {
+				r = wait_ready(x, POLLIN, &idle_since);
+				if (r < 0)
+					goto out_fail;
+				continue;
+			} else {
+				r = fail(x, POLLIN, err_set((int)-n, "receive from %s: %s", x->peer,
+						    strerror((int)-n)));
+				goto out_fail;
+			}
+		} else {
+			r = fill(x, &eof);
+			if (r < 0)
+				goto out_fail;
+		}
+		if (eof) {
+			r = fail(x, POLLIN, err_set(ECONNRESET,
+					    "connection closed by %s with %zu of %zu bytes missing",
+					    x->peer, len - done, len));
+			goto out_fail;
+		}
+	}
+	if (got)
+		*got = done;
+	return 0;
+
+out_fail:
+	if (got)
+		*got = done;
+	return r;
+}
+
+int xport_readable(struct xport *x, int timeout_ms)
+{
+	struct pollfd p = {.fd = x->fd, .events = POLLIN};
+	int r;
+
+	if (x->rerr)
+		return x->rerr;
+	if (x->rpos < x->rlen)
+		return 1;
+	r = poll(&p, 1, timeout_ms);
+	if (r < 0)
+		return errno == EINTR ? 0 : fail(x, POLLIN, err_set(errno, "poll: %s", strerror(errno)));
+	return r > 0;
+}

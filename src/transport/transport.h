@@ -1,0 +1,82 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Transport: a byte stream between source and destination engines.  An ops
+ * table (tcp.c now, tls.c later) under one buffered, rate-limited writer and
+ * buffered reader with byte counters.
+ *
+ * Every call blocks, but in slices: it polls with a short timeout, so it
+ * notices a cancel request (xport_set_cancel) within ~100 ms and gives up
+ * after the idle timeout with no progress.  Failure is sticky: after the
+ * first error every later call returns the same negative errno.
+ *
+ * One thread writes and one thread reads at a time; the byte counters may
+ * be read from any thread.
+ */
+#ifndef BLKMIG_TRANSPORT_TRANSPORT_H
+#define BLKMIG_TRANSPORT_TRANSPORT_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+struct xport;
+
+struct xport_ops {
+	const char *name;
+	/* One non-blocking attempt: bytes moved, or -EAGAIN, or -errno.
+	 * recv returns 0 at end of stream. */
+	ssize_t (*sendv)(struct xport *x, const struct iovec *iov, int iovcnt);
+	ssize_t (*recv)(struct xport *x, void *buf, size_t len);
+	void (*close)(struct xport *x);
+};
+
+#define XPORT_DEFAULT_TIMEOUT_MS 120000
+
+/*
+ * Parse "HOST:PORT" (or "[v6]:PORT"); HOST may be empty for "any".  Listen
+ * on it (port 0 picks a free one).  *lfd is the listening socket; 'bound'
+ * receives "HOST:PORT" with the real port.  0 or negative errno.
+ */
+int xport_listen(const char *hostport, int *lfd, char *bound, size_t bound_cap);
+
+/* Wait up to timeout_ms (-1: forever) for one connection on lfd, honouring
+ * *cancel if given.  The caller owns *out. */
+int xport_accept(int lfd, int timeout_ms, const atomic_bool *cancel, struct xport **out);
+
+/* Connect, retrying refused connections until timeout_ms has passed. */
+int xport_connect(const char *hostport, int timeout_ms, const atomic_bool *cancel,
+		  struct xport **out);
+
+void xport_close(struct xport *x); /* accepts NULL */
+
+/* Behaviour. */
+void xport_set_cancel(struct xport *x, const atomic_bool *cancel);
+void xport_set_timeout(struct xport *x, int idle_timeout_ms);
+/* Bytes per second, 0 for unlimited.  May be changed at any time. */
+void xport_set_rate(struct xport *x, uint64_t bytes_per_sec);
+
+/* Buffered write: small items are coalesced until xport_flush() or a
+ * large write.  Returns 0 or negative errno. */
+int xport_write(struct xport *x, const void *buf, size_t len);
+/* Flush buffered bytes, then send hdr and payload without copying. */
+int xport_write2(struct xport *x, const void *hdr, size_t hlen, const void *payload,
+		 size_t plen);
+int xport_flush(struct xport *x);
+/* Half-close the write side after flushing. */
+int xport_shutdown_write(struct xport *x);
+
+/* Read exactly len bytes.  At end of stream: -ECONNRESET with a message
+ * saying how many bytes were missing.  *got (optional) receives the bytes
+ * read even on failure, so a caller can tell "clean EOF at a boundary". */
+int xport_read(struct xport *x, void *buf, size_t len, size_t *got);
+/* 1 if a read would not block (buffered bytes, data or EOF), 0 if not
+ * within timeout_ms, negative errno on failure. */
+int xport_readable(struct xport *x, int timeout_ms);
+
+uint64_t xport_tx_bytes(const struct xport *x);
+uint64_t xport_rx_bytes(const struct xport *x);
+const char *xport_peer(const struct xport *x);
+
+#endif

@@ -1,0 +1,524 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * blkmig's native envelope: HELLO, the framed control messages (COMPLETE,
+ * ABORT, READY, ACK, ERROR) and the BLOCKS message type byte.  See native.h
+ * for the contract and docs/wire-format.md for the byte diagrams and the
+ * conversation.
+ *
+ * Pure encode/decode over caller buffers; the engines do the I/O.  Decoders
+ * treat every byte as hostile: lengths are checked against what remains
+ * before anything is read, names are checked for emptiness, NUL bytes and
+ * duplicates, and text that may end up on a terminal is sanitised.  Encoders
+ * apply the same rules (with -EINVAL) so that blkmig never sends what it
+ * would itself refuse.
+ */
+#include "native.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "common/error.h"
+#include "common/util.h"
+
+/* HELLO fixed part: magic, version, caps, chunk_size, ndev. */
+#define HELLO_FIXED (8 + 4 + 4 + 4 + 2)
+/* Per-device bytes after the name: HELLO be64 size; COMPLETE be64 chunks +
+ * digest. */
+#define HELLO_DEV_TAIL    8
+#define COMPLETE_DEV_TAIL (8 + NATIVE_DIGEST_LEN)
+
+/* Largest errno value accepted in ERROR/ABORT (Linux's MAX_ERRNO). */
+#define ERRNO_MAX 4095
+
+/* ------------------------------------------------------------------------ */
+/* Shared helpers                                                           */
+
+/*
+ * Copy a name into out (WIRE_NAME_MAX + 1 bytes) for use in a message, with
+ * bytes outside printable ASCII replaced by '?' so that a hostile peer cannot
+ * put control sequences on the operator's terminal.
+ */
+static const char *show_name(char *out, const char *name)
+{
+	size_t i;
+
+	for (i = 0; i < WIRE_NAME_MAX && name[i]; i++) {
+		unsigned char c = (unsigned char)name[i];
+		out[i] = c >= 0x20 && c < 0x7f ? (char)c : '?';
+	}
+	out[i] = '\0';
+	return out;
+}
+
+static bool chunk_size_valid(uint32_t chunk_size)
+{
+	return is_pow2(chunk_size) && chunk_size >= WIRE_MIN_CHUNK_SIZE &&
+	       chunk_size <= WIRE_MAX_CHUNK_SIZE;
+}
+
+/*
+ * Length of a NUL-terminated name held in a WIRE_NAME_MAX + 1 array, for an
+ * encoder: 1..WIRE_NAME_MAX, or -EINVAL.
+ */
+static int name_len_for_encode(const char *what, unsigned int i, const char *name)
+{
+	size_t n = strnlen(name, WIRE_NAME_MAX + 1);
+
+	if (n == 0)
+		return err_set(EINVAL, "%s: device %u has an empty name", what, i);
+	if (n > WIRE_NAME_MAX)
+		return err_set(EINVAL, "%s: device %u name is longer than %d bytes", what, i,
+			       WIRE_NAME_MAX);
+	return (int)n;
+}
+
+/* Write a frame header (type, be32 len) after checking the capacity. */
+static int frame_put(uint8_t *buf, size_t cap, uint8_t type, size_t body_len)
+{
+	if (body_len > NATIVE_MSG_MAX)
+		return err_set(EINVAL, "encode %s: body of %zu bytes exceeds the maximum %u",
+			       native_msg_name(type), body_len, NATIVE_MSG_MAX);
+	if (cap < NATIVE_FRAME_HDR || cap - NATIVE_FRAME_HDR < body_len)
+		return err_set(ENOSPC, "encode %s: buffer of %zu bytes is too small (need %zu)",
+			       native_msg_name(type), cap, NATIVE_FRAME_HDR + body_len);
+	buf[0] = type;
+	put_be32(buf + 1, (uint32_t)body_len);
+	return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Message names                                                            */
+
+/* When you add a message type, also update docs/wire-format.md. */
+static const struct {
+	uint8_t type;
+	const char *name;
+} msg_names[] = {
+	{NATIVE_MSG_BLOCKS, "BLOCKS"}, {NATIVE_MSG_COMPLETE, "COMPLETE"},
+	{NATIVE_MSG_ABORT, "ABORT"},   {NATIVE_MSG_READY, "READY"},
+	{NATIVE_MSG_ACK, "ACK"},       {NATIVE_MSG_ERROR, "ERROR"},
+};
+
+const char *native_msg_name(uint8_t type)
+{
+	for (size_t i = 0; i < ARRAY_SIZE(msg_names); i++)
+		if (msg_names[i].type == type)
+			return msg_names[i].name;
+	return "unknown";
+}
+
+static bool msg_known(uint8_t type)
+{
+	for (size_t i = 0; i < ARRAY_SIZE(msg_names); i++)
+		if (msg_names[i].type == type)
+			return true;
+	return false;
+}
+
+/* ------------------------------------------------------------------------ */
+/* HELLO                                                                    */
+
+/* The fixed-field rules, shared by encoder (-EINVAL) and decoder. */
+static int hello_check_fixed(int err, uint32_t caps, uint32_t chunk_size, uint32_t ndev)
+{
+	if (caps & ~NATIVE_CAP_KNOWN)
+		return err_set(err, "hello: unknown capability bits 0x%" PRIx32 " (known 0x%x)",
+			       caps & ~NATIVE_CAP_KNOWN, NATIVE_CAP_KNOWN);
+	if (!chunk_size_valid(chunk_size))
+		return err_set(err,
+			       "hello: invalid chunk size %" PRIu32
+			       " (must be a power of two from %u to %u)",
+			       chunk_size, WIRE_MIN_CHUNK_SIZE, WIRE_MAX_CHUNK_SIZE);
+	if (ndev < 1 || ndev > NATIVE_MAX_DEVICES)
+		return err_set(err, "hello: invalid device count %" PRIu32 " (must be 1..%d)", ndev,
+			       NATIVE_MAX_DEVICES);
+	return 0;
+}
+
+/* Is name already used by one of the first i devices? */
+static bool hello_dup(const struct native_hello *h, unsigned int i, const char *name)
+{
+	for (unsigned int j = 0; j < i; j++)
+		if (strcmp(h->dev[j].name, name) == 0)
+			return true;
+	return false;
+}
+
+int native_hello_encode(uint8_t *buf, size_t cap, const struct native_hello *h)
+{
+	char shown[WIRE_NAME_MAX + 1];
+	size_t total = HELLO_FIXED, pos;
+	int r;
+
+	if (h->version != NATIVE_VERSION)
+		return err_set(EINVAL, "hello: cannot encode version %" PRIu32 " (this blkmig speaks %u)",
+			       h->version, NATIVE_VERSION);
+	r = hello_check_fixed(EINVAL, h->caps, h->chunk_size, h->ndev);
+	if (r < 0)
+		return r;
+	for (unsigned int i = 0; i < h->ndev; i++) {
+		r = name_len_for_encode("hello", i, h->dev[i].name);
+		if (r < 0)
+			return r;
+		if (hello_dup(h, i, h->dev[i].name))
+			return err_set(EINVAL, "hello: duplicate device name '%s'",
+				       show_name(shown, h->dev[i].name));
+		if (h->dev[i].size == 0)
+			return err_set(EINVAL, "hello: device '%s' has size 0",
+				       show_name(shown, h->dev[i].name));
+		total += 1 + (size_t)r + HELLO_DEV_TAIL;
+	}
+	if (cap < total)
+		return err_set(ENOSPC, "encode HELLO: buffer of %zu bytes is too small (need %zu)",
+			       cap, total);
+
+	put_be64(buf, NATIVE_MAGIC);
+	put_be32(buf + 8, NATIVE_VERSION);
+	put_be32(buf + 12, h->caps);
+	put_be32(buf + 16, h->chunk_size);
+	put_be16(buf + 20, h->ndev);
+	pos = HELLO_FIXED;
+	for (unsigned int i = 0; i < h->ndev; i++) {
+		size_t n = strlen(h->dev[i].name);
+
+		buf[pos] = (uint8_t)n;
+		memcpy(buf + pos + 1, h->dev[i].name, n);
+		put_be64(buf + pos + 1 + n, h->dev[i].size);
+		pos += 1 + n + HELLO_DEV_TAIL;
+	}
+	return (int)pos;
+}
+
+int native_hello_decode(const uint8_t *buf, size_t len, struct native_hello *h, size_t *used)
+{
+	char shown[WIRE_NAME_MAX + 1];
+	uint64_t magic;
+	uint32_t version;
+	size_t pos;
+	int r;
+
+	if (len < 8) {
+		*used = 8;
+		return -EAGAIN;
+	}
+	magic = get_be64(buf);
+	if (magic != NATIVE_MAGIC) {
+		if (magic >> 32 == 0x5145564DU) /* "QEVM" */
+			return err_set(EBADMSG,
+				       "hello: bad magic 0x%016" PRIx64
+				       " (not a blkmig native stream; it looks like a QEMU "
+				       "migration stream)",
+				       magic);
+		return err_set(EBADMSG, "hello: bad magic 0x%016" PRIx64 " (not a blkmig native stream)",
+			       magic);
+	}
+	if (len < HELLO_FIXED) {
+		*used = HELLO_FIXED;
+		return -EAGAIN;
+	}
+	version = get_be32(buf + 8);
+	if (version != NATIVE_VERSION)
+		return err_set(EPROTONOSUPPORT, "hello: unsupported version %" PRIu32
+						" (this blkmig speaks %u)",
+			       version, NATIVE_VERSION);
+	h->version = version;
+	h->caps = get_be32(buf + 12);
+	h->chunk_size = get_be32(buf + 16);
+	h->ndev = get_be16(buf + 20);
+	r = hello_check_fixed(EBADMSG, h->caps, h->chunk_size, h->ndev);
+	if (r < 0)
+		return r;
+
+	/*
+	 * pos never exceeds NATIVE_HELLO_MAX and is always <= len, so the
+	 * "len - pos" comparisons cannot wrap and the sums below cannot
+	 * overflow.
+	 */
+	pos = HELLO_FIXED;
+	for (unsigned int i = 0; i < h->ndev; i++) {
+		struct native_dev *d = &h->dev[i];
+		size_t n;
+
+		if (len - pos < 1) {
+			*used = pos + 1;
+			return -EAGAIN;
+		}
+		n = buf[pos];
+		if (n == 0)
+			return err_set(EBADMSG, "hello: device %u has an empty name", i);
+		if (len - pos - 1 < n + HELLO_DEV_TAIL) {
+			*used = pos + 1 + n + HELLO_DEV_TAIL;
+			return -EAGAIN;
+		}
+		if (memchr(buf + pos + 1, '\0', n))
+			return err_set(EBADMSG, "hello: device %u name contains a NUL byte", i);
+		memcpy(d->name, buf + pos + 1, n);
+		d->name[n] = '\0';
+		if (hello_dup(h, i, d->name))
+			return err_set(EBADMSG, "hello: duplicate device name '%s'",
+				       show_name(shown, d->name));
+		d->size = get_be64(buf + pos + 1 + n);
+		if (d->size == 0)
+			return err_set(EBADMSG, "hello: device '%s' has size 0",
+				       show_name(shown, d->name));
+		pos += 1 + n + HELLO_DEV_TAIL;
+	}
+	*used = pos;
+	return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Frame header                                                             */
+
+int native_frame_header(const uint8_t hdr[NATIVE_FRAME_HDR], uint64_t allowed, uint8_t *type,
+			uint32_t *len)
+{
+	uint8_t t = hdr[0];
+	uint32_t l;
+
+	/* Check the type is known before using NATIVE_ALLOW(): the mask folds
+	 * unknown types onto known bits (0x21 and 0x01 share one). */
+	if (!msg_known(t))
+		return err_set(EBADMSG, "frame: unknown message type 0x%02x", t);
+	if (!(allowed & NATIVE_ALLOW(t)))
+		return err_set(EBADMSG, "frame: unexpected %s message (type 0x%02x)",
+			       native_msg_name(t), t);
+	*type = t;
+	if (t == NATIVE_MSG_BLOCKS) {
+		/* Unframed: the records start at hdr[1]. */
+		*len = 0;
+		return 0;
+	}
+	l = get_be32(hdr + 1);
+	if (l > NATIVE_MSG_MAX)
+		return err_set(EBADMSG, "frame: %s message length %" PRIu32 " exceeds the maximum %u",
+			       native_msg_name(t), l, NATIVE_MSG_MAX);
+	/* ACK has no body decoder, so its one rule is checked here. */
+	if (t == NATIVE_MSG_ACK && l != 0)
+		return err_set(EBADMSG, "frame: ACK message with a %" PRIu32 "-byte body (must be empty)",
+			       l);
+	*len = l;
+	return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* COMPLETE                                                                 */
+
+static bool complete_dup(const struct native_complete *c, unsigned int i, const char *name)
+{
+	for (unsigned int j = 0; j < i; j++)
+		if (strcmp(c->dev[j].name, name) == 0)
+			return true;
+	return false;
+}
+
+int native_complete_encode(uint8_t *buf, size_t cap, const struct native_complete *c)
+{
+	char shown[WIRE_NAME_MAX + 1];
+	size_t body = 2, pos;
+	int r;
+
+	if (c->ndev < 1 || c->ndev > NATIVE_MAX_DEVICES)
+		return err_set(EINVAL, "complete: invalid device count %u (must be 1..%d)",
+			       (unsigned int)c->ndev, NATIVE_MAX_DEVICES);
+	for (unsigned int i = 0; i < c->ndev; i++) {
+		r = name_len_for_encode("complete", i, c->dev[i].name);
+		if (r < 0)
+			return r;
+		if (complete_dup(c, i, c->dev[i].name))
+			return err_set(EINVAL, "complete: duplicate device name '%s'",
+				       show_name(shown, c->dev[i].name));
+		body += 1 + (size_t)r + COMPLETE_DEV_TAIL;
+	}
+	r = frame_put(buf, cap, NATIVE_MSG_COMPLETE, body);
+	if (r < 0)
+		return r;
+
+	pos = NATIVE_FRAME_HDR;
+	put_be16(buf + pos, c->ndev);
+	pos += 2;
+	for (unsigned int i = 0; i < c->ndev; i++) {
+		const struct native_dev_digest *d = &c->dev[i];
+		size_t n = strlen(d->name);
+
+		buf[pos] = (uint8_t)n;
+		memcpy(buf + pos + 1, d->name, n);
+		put_be64(buf + pos + 1 + n, d->chunks);
+		memcpy(buf + pos + 1 + n + 8, d->digest, NATIVE_DIGEST_LEN);
+		pos += 1 + n + COMPLETE_DEV_TAIL;
+	}
+	return (int)pos;
+}
+
+int native_complete_decode(const uint8_t *body, size_t len, struct native_complete *c)
+{
+	char shown[WIRE_NAME_MAX + 1];
+	size_t pos;
+
+	if (len < 2)
+		return err_set(EBADMSG, "complete: body truncated (%zu bytes)", len);
+	c->ndev = get_be16(body);
+	if (c->ndev < 1 || c->ndev > NATIVE_MAX_DEVICES)
+		return err_set(EBADMSG, "complete: invalid device count %u (must be 1..%d)",
+			       (unsigned int)c->ndev, NATIVE_MAX_DEVICES);
+
+	/* pos <= len throughout, so len - pos never wraps. */
+	pos = 2;
+	for (unsigned int i = 0; i < c->ndev; i++) {
+		struct native_dev_digest *d = &c->dev[i];
+		size_t n;
+
+		if (len - pos < 1)
+			return err_set(EBADMSG, "complete: body truncated at device %u of %u", i,
+				       (unsigned int)c->ndev);
+		n = body[pos];
+		if (n == 0)
+			return err_set(EBADMSG, "complete: device %u has an empty name", i);
+		if (len - pos - 1 < n + COMPLETE_DEV_TAIL)
+			return err_set(EBADMSG, "complete: body truncated at device %u of %u", i,
+				       (unsigned int)c->ndev);
+		if (memchr(body + pos + 1, '\0', n))
+			return err_set(EBADMSG, "complete: device %u name contains a NUL byte", i);
+		memcpy(d->name, body + pos + 1, n);
+		d->name[n] = '\0';
+		if (complete_dup(c, i, d->name))
+			return err_set(EBADMSG, "complete: duplicate device name '%s'",
+				       show_name(shown, d->name));
+		d->chunks = get_be64(body + pos + 1 + n);
+		memcpy(d->digest, body + pos + 1 + n + 8, NATIVE_DIGEST_LEN);
+		pos += 1 + n + COMPLETE_DEV_TAIL;
+	}
+	if (pos != len)
+		return err_set(EBADMSG, "complete: %zu trailing bytes after %u devices", len - pos,
+			       (unsigned int)c->ndev);
+	return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* ERROR / ABORT                                                            */
+
+/*
+ * Length of the well-formed, printable UTF-8 sequence at p[0..n), or 0 when
+ * p[0] starts anything else: ASCII controls and DEL, stray continuation
+ * bytes, overlong forms, surrogates, code points above U+10FFFF and the C1
+ * controls U+0080..U+009F (which some terminals obey).
+ */
+static size_t utf8_printable(const uint8_t *p, size_t n)
+{
+	static const uint32_t min_cp[] = {0, 0, 0x80, 0x800, 0x10000};
+	uint8_t c = p[0];
+	size_t seq;
+	uint32_t cp;
+
+	if (c >= 0x20 && c < 0x7f)
+		return 1;
+	if (c < 0xc2 || c > 0xf4)
+		return 0;
+	seq = c < 0xe0 ? 2 : c < 0xf0 ? 3 : 4;
+	if (n < seq)
+		return 0;
+	cp = c & (0x7fU >> seq);
+	for (size_t i = 1; i < seq; i++) {
+		if ((p[i] & 0xc0) != 0x80)
+			return 0;
+		cp = cp << 6 | (p[i] & 0x3fU);
+	}
+	if (cp < min_cp[seq] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff) || cp < 0xa0)
+		return 0;
+	return seq;
+}
+
+/*
+ * Copy the wire reason into out (NATIVE_REASON_MAX + 1 bytes), keeping
+ * printable UTF-8, replacing every other byte by '?', stopping at
+ * NATIVE_REASON_MAX bytes without splitting a sequence.
+ */
+static void reason_sanitise(char *out, const uint8_t *p, size_t n)
+{
+	size_t in = 0, o = 0;
+
+	while (in < n && o < NATIVE_REASON_MAX) {
+		size_t seq = utf8_printable(p + in, n - in);
+
+		if (seq == 0) {
+			out[o++] = '?';
+			in++;
+			continue;
+		}
+		if (seq > NATIVE_REASON_MAX - o)
+			break;
+		memcpy(out + o, p + in, seq);
+		o += seq;
+		in += seq;
+	}
+	out[o] = '\0';
+}
+
+int native_error_encode(uint8_t *buf, size_t cap, enum native_msg type,
+			const struct native_error *e)
+{
+	size_t n;
+	int r;
+
+	if (type != NATIVE_MSG_ABORT && type != NATIVE_MSG_ERROR)
+		return err_set(EINVAL, "encode ERROR/ABORT: wrong message type 0x%02x (%s)",
+			       (unsigned int)type, native_msg_name((uint8_t)type));
+	if (e->err < 1 || e->err > ERRNO_MAX)
+		return err_set(EINVAL, "encode %s: errno %" PRIu32 " out of range 1..%d",
+			       native_msg_name((uint8_t)type), e->err, ERRNO_MAX);
+	n = strnlen(e->reason, NATIVE_REASON_MAX);
+	r = frame_put(buf, cap, (uint8_t)type, 4 + n);
+	if (r < 0)
+		return r;
+	put_be32(buf + NATIVE_FRAME_HDR, e->err);
+	memcpy(buf + NATIVE_FRAME_HDR + 4, e->reason, n);
+	return (int)(NATIVE_FRAME_HDR + 4 + n);
+}
+
+int native_error_decode(const uint8_t *body, size_t len, struct native_error *e)
+{
+	uint32_t err;
+
+	if (len < 4)
+		return err_set(EBADMSG, "error/abort: body truncated (%zu bytes, need at least 4)",
+			       len);
+	err = get_be32(body);
+	/* The reason is decoded first so that a bad errno still shows it:
+	 * it is the only clue the peer gave. */
+	reason_sanitise(e->reason, body + 4, len - 4);
+	if (err < 1 || err > ERRNO_MAX)
+		return err_set(EBADMSG, "error/abort: errno %" PRIu32 " out of range 1..%d (reason: %s)",
+			       err, ERRNO_MAX, e->reason);
+	e->err = err;
+	return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* READY / ACK                                                              */
+
+int native_ready_encode(uint8_t *buf, size_t cap, uint32_t version)
+{
+	int r = frame_put(buf, cap, NATIVE_MSG_READY, 4);
+
+	if (r < 0)
+		return r;
+	put_be32(buf + NATIVE_FRAME_HDR, version);
+	return NATIVE_FRAME_HDR + 4;
+}
+
+int native_ready_decode(const uint8_t *body, size_t len, uint32_t *version)
+{
+	if (len != 4)
+		return err_set(EBADMSG, "ready: body of %zu bytes (expected 4)", len);
+	*version = get_be32(body);
+	return 0;
+}
+
+int native_ack_encode(uint8_t *buf, size_t cap)
+{
+	int r = frame_put(buf, cap, NATIVE_MSG_ACK, 0);
+
+	return r < 0 ? r : NATIVE_FRAME_HDR;
+}

@@ -1,0 +1,204 @@
+/* SPDX-License-Identifier: MIT */
+/* Shared CLI helpers: errors, --device, progress line, --json; see cli.h. */
+#include "cli.h"
+
+#include <errno.h>
+#include <json-c/json.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/error.h"
+#include "common/util.h"
+
+int cli_fail(const char *fmt, ...)
+{
+	va_list ap;
+
+	fputs("blkmig: ", stderr);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	return EXIT_FAIL;
+}
+
+int cli_usage_error(const char *cmd, const char *fmt, ...)
+{
+	va_list ap;
+
+	fprintf(stderr, "blkmig %s: ", cmd);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "\nTry 'blkmig %s --help'.\n", cmd);
+	return EXIT_USAGE;
+}
+
+int cli_parse_device(char *arg, struct cli_device *out)
+{
+	char *eq = strchr(arg, '=');
+	size_t n;
+
+	memset(out, 0, sizeof(*out));
+	if (!eq || eq == arg)
+		return err_set(EINVAL, "invalid --device '%s': expected NAME=PATH", arg);
+	n = (size_t)(eq - arg);
+	if (n > 255)
+		return err_set(EINVAL, "invalid --device '%s': name longer than 255 bytes", arg);
+	memcpy(out->name, arg, n);
+	out->name[n] = '\0';
+	out->path = eq + 1;
+	n = strlen(out->path);
+	if (n > 9 && strcmp(out->path + n - 9, ",readonly") == 0) {
+		out->readonly = true;
+		eq[1 + n - 9] = '\0';
+	}
+	if (!*out->path)
+		return err_set(EINVAL, "invalid --device '%s': empty path", arg);
+	return 0;
+}
+
+/* ---- progress line ------------------------------------------------------------ */
+
+void cli_progress_init(struct cli_progress *p, const char *label, bool allowed)
+{
+	p->enabled = allowed && isatty(STDOUT_FILENO);
+	p->drawn = false;
+	p->label = label;
+}
+
+void cli_progress_cb(const struct mig_stats *st, void *user)
+{
+	struct cli_progress *p = user;
+	char rate[32], left[32];
+	double pct;
+
+	if (!p->enabled)
+		return;
+	pct = st->total ? 100.0 * (double)(st->total - MIN(st->remaining, st->total)) /
+				  (double)st->total
+			: 0;
+	fmt_bytes(rate, sizeof(rate), st->bandwidth);
+	fmt_bytes(left, sizeof(left), st->remaining);
+	printf("\r%s: %-9s %5.1f%%  %s/s  %s left  pass %llu ", p->label,
+	       mig_state_name(st->state), pct, rate, left,
+	       (unsigned long long)st->iterations + 1);
+	if (st->bandwidth && st->remaining) {
+		uint64_t eta = st->remaining / st->bandwidth;
+
+		printf(" ETA %llu:%02llu", (unsigned long long)(eta / 60),
+		       (unsigned long long)(eta % 60));
+	}
+	printf("\033[K");
+	fflush(stdout);
+	p->drawn = true;
+}
+
+void cli_progress_done(struct cli_progress *p)
+{
+	if (p->enabled && p->drawn) {
+		printf("\r\033[K");
+		fflush(stdout);
+	}
+}
+
+/* ---- reports -------------------------------------------------------------------- */
+
+static int64_t ms(uint64_t ns)
+{
+	return (int64_t)(ns / 1000000u);
+}
+
+void cli_print_json(FILE *f, const struct mig_stats *st, const char *error, void *extra)
+{
+	json_object *o = json_object_new_object(), *devs = json_object_new_array();
+	double secs = (double)st->total_ns / 1e9;
+
+	json_object_object_add(o, "status", json_object_new_string(mig_state_name(st->state)));
+	if (error)
+		json_object_object_add(o, "error-desc", json_object_new_string(error));
+	json_object_object_add(o, "total-time", json_object_new_int64(ms(st->total_ns)));
+	json_object_object_add(o, "setup-time", json_object_new_int64(ms(st->setup_ns)));
+	json_object_object_add(o, "downtime", json_object_new_int64(ms(st->downtime_ns)));
+	json_object_object_add(o, "expected-downtime",
+			       json_object_new_int64(st->expected_downtime_ns == UINT64_MAX
+							     ? -1
+							     : ms(st->expected_downtime_ns)));
+	json_object_object_add(o, "transferred", json_object_new_int64((int64_t)st->transferred));
+	json_object_object_add(o, "data-bytes", json_object_new_int64((int64_t)st->data_bytes));
+	json_object_object_add(o, "total", json_object_new_int64((int64_t)st->total));
+	json_object_object_add(o, "remaining", json_object_new_int64((int64_t)st->remaining));
+	json_object_object_add(o, "iterations", json_object_new_int64((int64_t)st->iterations));
+	json_object_object_add(o, "mbps",
+			       json_object_new_double(secs > 0 ? (double)st->transferred * 8 /
+									 secs / 1e6
+								: 0));
+	json_object_object_add(o, "dirty-rate", json_object_new_int64((int64_t)st->dirty_rate));
+	for (unsigned i = 0; i < st->ndev; i++) {
+		json_object *d = json_object_new_object();
+
+		json_object_object_add(d, "name", json_object_new_string(st->dev[i].name));
+		json_object_object_add(d, "size", json_object_new_int64((int64_t)st->dev[i].size));
+		json_object_object_add(d, "data-chunks",
+				       json_object_new_int64((int64_t)st->dev[i].data_chunks));
+		json_object_object_add(d, "zero-chunks",
+				       json_object_new_int64((int64_t)st->dev[i].zero_chunks));
+		json_object_object_add(d, "skipped-chunks",
+				       json_object_new_int64((int64_t)st->dev[i].skipped));
+		json_object_array_add(devs, d);
+	}
+	json_object_object_add(o, "devices", devs);
+	if (extra) {
+		json_object_object_foreach((json_object *)extra, key, val)
+			json_object_object_add(o, key, json_object_get(val));
+	}
+	fprintf(f, "%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
+	json_object_put(o);
+}
+
+void cli_print_summary(FILE *f, const char *verb, const struct mig_stats *st)
+{
+	char tot[32], wire[32], rate[32];
+	double secs = (double)st->total_ns / 1e9;
+
+	fmt_bytes(tot, sizeof(tot), st->total);
+	fmt_bytes(wire, sizeof(wire), st->transferred);
+	fmt_bytes(rate, sizeof(rate), secs > 0 ? (uint64_t)((double)st->transferred / secs) : 0);
+	fprintf(f, "%s %s in %.2f s: %s on the wire (%s/s), %llu passes, downtime %.1f ms\n",
+		verb, tot, secs, wire, rate, (unsigned long long)st->iterations,
+		(double)st->downtime_ns / 1e6);
+}
+
+/* ---- signals ------------------------------------------------------------------------ */
+
+static atomic_bool signalled;
+static void (*sig_fn)(void *);
+static void *sig_arg;
+
+static void on_signal(int sig)
+{
+	(void)sig;
+	atomic_store(&signalled, true);
+	if (sig_fn)
+		sig_fn(sig_arg);
+}
+
+void cli_on_signal(void (*fn)(void *), void *arg)
+{
+	struct sigaction sa = {.sa_handler = on_signal};
+
+	sig_fn = fn;
+	sig_arg = arg;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
+}
+
+bool cli_signalled(void)
+{
+	return atomic_load(&signalled);
+}

@@ -1,0 +1,68 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Shared pieces of the blkmig command-line tool: the subcommand table,
+ * --device parsing, the progress line and the --json report.  Only tools/
+ * may print to the terminal or exit.
+ */
+#ifndef BLKMIG_TOOLS_CLI_H
+#define BLKMIG_TOOLS_CLI_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "migrate/migrate.h"
+
+/* Exit codes (DESIGN.md). */
+#define EXIT_OK    0
+#define EXIT_FAIL  1
+#define EXIT_USAGE 2
+
+struct cmd {
+	const char *name;
+	const char *summary;
+	int (*run)(int argc, char **argv);
+};
+
+int cmd_send(int argc, char **argv);
+int cmd_receive(int argc, char **argv);
+int cmd_demo(int argc, char **argv);
+
+/* Print "blkmig: <msg>" on stderr and return EXIT_FAIL. */
+int cli_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Print "blkmig <cmd>: <msg>" and a hint on stderr; return EXIT_USAGE. */
+int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#define CLI_MAX_DEVICES 64
+
+struct cli_device {
+	char name[256];
+	const char *path;
+	bool readonly;
+};
+
+/* Parse NAME=PATH[,readonly]; 0 or -EINVAL with err_set. */
+int cli_parse_device(char *arg, struct cli_device *out);
+
+/* Progress line on stdout, only when stdout is a terminal. */
+struct cli_progress {
+	bool enabled;
+	bool drawn;
+	const char *label;
+};
+void cli_progress_init(struct cli_progress *p, const char *label, bool allowed);
+void cli_progress_cb(const struct mig_stats *st, void *user);
+void cli_progress_done(struct cli_progress *p);
+
+/* The --json object: QEMU query-migrate names where one exists.  'error'
+ * may be NULL; extra (may be NULL) is a json_object* to merge in. */
+void cli_print_json(FILE *f, const struct mig_stats *st, const char *error, void *extra);
+
+/* A short human summary on f. */
+void cli_print_summary(FILE *f, const char *verb, const struct mig_stats *st);
+
+/* Signal handling: SIGINT/SIGTERM set *flag (and call fn(arg) if given). */
+void cli_on_signal(void (*fn)(void *), void *arg);
+bool cli_signalled(void);
+
+#endif

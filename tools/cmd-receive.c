@@ -1,0 +1,198 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * blkmig receive: accept exactly one migration into the named images and
+ * exit 0 only once it is complete, durable and verified.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "block/backend.h"
+#include "cli.h"
+#include "common/error.h"
+#include "common/util.h"
+#include "transport/transport.h"
+
+static const char receive_help[] =
+	"Usage: blkmig receive --listen HOST:PORT --device NAME=PATH [--device ...]\n"
+	"                      [--format native|qemu] [--create] [--port-file FILE]\n"
+	"                      [--timeout SECONDS] [--json]\n"
+	"\n"
+	"Accept one migration from `blkmig send` and write it into the named images.\n"
+	"Every record is checked before anything is written; the images are marked\n"
+	"incomplete (xattr user.blkmig.incomplete, or a PATH.blkmig-incomplete file)\n"
+	"until the data is durable and its digests match the source's.\n"
+	"\n"
+	"  --listen HOST:PORT    address to accept the migration on (port 0: any free)\n"
+	"  --device NAME=PATH    where the source's device NAME goes\n"
+	"  --format native|qemu  stream format (native; qemu is not available yet)\n"
+	"  --create              create missing images with the size the source sends\n"
+	"  --port-file FILE      write the port actually listened on to FILE\n"
+	"  --timeout SECONDS     give up when the connection is idle this long (120);\n"
+	"                        the wait for the source to connect is not limited\n"
+	"  --json                print a JSON report on stdout at the end\n"
+	"\n"
+	"Exit status: 0 migration complete and verified, 1 failed (one line on stderr\n"
+	"says why), 2 usage error.\n";
+
+struct recv_ctx {
+	struct cli_device *devs;
+	unsigned ndev;
+	bool create;
+};
+
+static int open_dev(void *user, const char *name, uint64_t size, struct blk **out, char *path,
+		    size_t path_cap)
+{
+	struct recv_ctx *c = user;
+	struct cli_device *d = NULL;
+	struct stat sb;
+	unsigned flags = 0;
+
+	for (unsigned i = 0; i < c->ndev; i++)
+		if (strcmp(c->devs[i].name, name) == 0)
+			d = &c->devs[i];
+	if (!d)
+		return err_set(ENOENT, "unknown device '%s': the source sends it, but no "
+			       "--device %s=PATH was given", name, name);
+	if (c->create) {
+		/* Create only what is missing or empty: an existing image of
+		 * another size is a mismatch, not something to resize. */
+		if (stat(d->path, &sb) < 0 || (S_ISREG(sb.st_mode) && sb.st_size == 0))
+			flags |= BLK_OPEN_CREATE;
+	}
+	snprintf(path, path_cap, "%s", d->path);
+	return blk_file_open(d->path, flags, size, out);
+}
+
+static atomic_bool recv_cancel;
+
+static void cancel_cb(void *arg)
+{
+	(void)arg;
+	atomic_store(&recv_cancel, true);
+}
+
+int cmd_receive(int argc, char **argv)
+{
+	enum { OPT_CREATE = 256, OPT_PORTFILE, OPT_TIMEOUT, OPT_JSON, OPT_FORMAT };
+	static const struct option opts[] = {
+		{"listen", required_argument, NULL, 'l'},
+		{"device", required_argument, NULL, 'd'},
+		{"format", required_argument, NULL, OPT_FORMAT},
+		{"create", no_argument, NULL, OPT_CREATE},
+		{"port-file", required_argument, NULL, OPT_PORTFILE},
+		{"timeout", required_argument, NULL, OPT_TIMEOUT},
+		{"json", no_argument, NULL, OPT_JSON},
+		{"help", no_argument, NULL, 'h'},
+		{0},
+	};
+	struct cli_device devs[CLI_MAX_DEVICES];
+	const char *names[CLI_MAX_DEVICES];
+	const char *listen_on = NULL, *port_file = NULL;
+	struct recv_ctx ctx = {.devs = devs};
+	struct dst_params p = {.open = open_dev, .user = &ctx, .expect = names};
+	struct mig_stats st = {0};
+	struct xport *x = NULL;
+	long timeout_s = XPORT_DEFAULT_TIMEOUT_MS / 1000;
+	bool json = false;
+	char bound[128];
+	int c, r, lfd = -1;
+
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'l':
+			listen_on = optarg;
+			break;
+		case 'd':
+			if (ctx.ndev == CLI_MAX_DEVICES)
+				return cli_usage_error("receive", "at most %d devices",
+						       CLI_MAX_DEVICES);
+			if (cli_parse_device(optarg, &devs[ctx.ndev]) < 0)
+				return cli_usage_error("receive", "%s", err_msg());
+			if (devs[ctx.ndev].readonly)
+				return cli_usage_error("receive", "a receiving device cannot be "
+						       "read-only: %s", optarg);
+			for (unsigned k = 0; k < ctx.ndev; k++)
+				if (strcmp(devs[k].name, devs[ctx.ndev].name) == 0)
+					return cli_usage_error("receive", "device name '%s' given "
+							       "twice", devs[k].name);
+			names[ctx.ndev] = devs[ctx.ndev].name;
+			ctx.ndev++;
+			break;
+		case OPT_FORMAT:
+			if (strcmp(optarg, "qemu") == 0)
+				return cli_fail("receive: --format qemu is not supported yet "
+						"(only the native format is)");
+			if (strcmp(optarg, "native") != 0)
+				return cli_usage_error("receive", "unknown format '%s' (native or "
+						       "qemu)", optarg);
+			break;
+		case OPT_CREATE:
+			ctx.create = true;
+			break;
+		case OPT_PORTFILE:
+			port_file = optarg;
+			break;
+		case OPT_TIMEOUT: {
+			char *end;
+
+			errno = 0;
+			timeout_s = strtol(optarg, &end, 10);
+			if (!*optarg || *end || errno || timeout_s <= 0 || timeout_s > 86400)
+				return cli_usage_error("receive", "--timeout: '%s' is not a number "
+						       "of seconds", optarg);
+			break;
+		}
+		case OPT_JSON:
+			json = true;
+			break;
+		case 'h':
+			fputs(receive_help, stdout);
+			return EXIT_OK;
+		default:
+			return cli_usage_error("receive", "invalid option");
+		}
+	}
+	if (optind < argc)
+		return cli_usage_error("receive", "unexpected argument '%s'", argv[optind]);
+	if (!listen_on)
+		return cli_usage_error("receive", "--listen HOST:PORT is required");
+	if (!ctx.ndev)
+		return cli_usage_error("receive", "at least one --device NAME=PATH is required");
+	p.nexpect = ctx.ndev;
+
+	cli_on_signal(cancel_cb, NULL);
+	r = xport_listen(listen_on, &lfd, bound, sizeof(bound));
+	if (r < 0)
+		return cli_fail("receive: %s", err_msg());
+	if (port_file) {
+		const char *colon = strrchr(bound, ':');
+		FILE *f = fopen(port_file, "w");
+
+		if (!f || fprintf(f, "%s\n", colon ? colon + 1 : bound) < 0 || fclose(f) != 0) {
+			close(lfd);
+			return cli_fail("receive: cannot write --port-file %s: %s", port_file,
+					strerror(errno));
+		}
+	}
+	r = xport_accept(lfd, -1, &recv_cancel, &x);
+	close(lfd);
+	if (r < 0)
+		return cli_fail("receive: %s", err_msg());
+	xport_set_timeout(x, (int)(timeout_s * 1000));
+	r = dst_run(&p, x, &recv_cancel, &st);
+	xport_close(x);
+	if (json)
+		cli_print_json(stdout, &st, r < 0 ? err_msg() : NULL, NULL);
+	else if (r == 0)
+		cli_print_summary(stdout, "received", &st);
+	if (r < 0)
+		return cli_fail("receive: %s", err_msg());
+	return EXIT_OK;
+}

@@ -1,0 +1,291 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * blkmig send: migrate local images to a `blkmig receive`.  The images are
+ * opened through the tracking layer, so the optional built-in workload's
+ * writes (--workload) are migrated live exactly as a client's would be.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <json-c/json.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "block/backend.h"
+#include "cli.h"
+#include "common/error.h"
+#include "common/util.h"
+#include "transport/transport.h"
+#include "workload/workload.h"
+
+static const char send_help[] =
+	"Usage: blkmig send --to HOST:PORT --device NAME=PATH[,readonly] [--device ...]\n"
+	"                   [--format native|qemu] [--shared-base] [--zero-blocks]\n"
+	"                   [--max-bandwidth RATE] [--max-downtime MS] [--chunk-size SIZE]\n"
+	"                   [--workload SPEC] [--timeout SECONDS] [--json]\n"
+	"\n"
+	"Migrate the named images to a `blkmig receive` at HOST:PORT: a bulk pass,\n"
+	"passes that resend chunks written meanwhile, and a final pass with writers\n"
+	"paused once the rest would take no longer than --max-downtime.  Success means\n"
+	"the receiver has made the data durable and its digests matched.\n"
+	"\n"
+	"  --to HOST:PORT        the receiver\n"
+	"  --device NAME=PATH    an image or block device to send under NAME; with\n"
+	"                        ',readonly' it is skipped (not migrated)\n"
+	"  --format native|qemu  stream format (native; qemu is not available yet)\n"
+	"  --shared-base         send only allocated ranges: the destination already\n"
+	"                        holds the rest (e.g. a common base image)\n"
+	"  --zero-blocks         send all-zero chunks as a flag, without payload\n"
+	"  --max-bandwidth RATE  cap the stream, e.g. 100M (per second; default none)\n"
+	"  --max-downtime MS     longest pause for writers (default 300)\n"
+	"  --chunk-size SIZE     migration granularity, 4K..16M power of two (default 1M)\n"
+	"  --workload SPEC       run the built-in writer during the migration:\n"
+	"                        NAME,bs=SIZE,rate=RATE[,seed=N][,pattern=random|sequential]\n"
+	"  --timeout SECONDS     give up when the connection is idle this long (120)\n"
+	"  --json                print a JSON report on stdout at the end\n"
+	"\n"
+	"Exit status: 0 migrated and verified, 1 failed or cancelled (SIGINT/SIGTERM\n"
+	"cancel cleanly: the source is untouched), 2 usage error.\n";
+
+static struct src_job *cancel_job;
+
+static void cancel_cb(void *arg)
+{
+	(void)arg;
+	if (cancel_job)
+		src_cancel(cancel_job);
+}
+
+int cmd_send(int argc, char **argv)
+{
+	enum { OPT_SHARED = 256, OPT_ZERO, OPT_BW, OPT_DOWNTIME, OPT_CHUNK, OPT_WORKLOAD,
+	       OPT_TIMEOUT, OPT_JSON, OPT_FORMAT };
+	static const struct option opts[] = {
+		{"to", required_argument, NULL, 't'},
+		{"device", required_argument, NULL, 'd'},
+		{"format", required_argument, NULL, OPT_FORMAT},
+		{"shared-base", no_argument, NULL, OPT_SHARED},
+		{"zero-blocks", no_argument, NULL, OPT_ZERO},
+		{"max-bandwidth", required_argument, NULL, OPT_BW},
+		{"max-downtime", required_argument, NULL, OPT_DOWNTIME},
+		{"chunk-size", required_argument, NULL, OPT_CHUNK},
+		{"workload", required_argument, NULL, OPT_WORKLOAD},
+		{"timeout", required_argument, NULL, OPT_TIMEOUT},
+		{"json", no_argument, NULL, OPT_JSON},
+		{"help", no_argument, NULL, 'h'},
+		{0},
+	};
+	struct cli_device devs[CLI_MAX_DEVICES];
+	struct src_device sdev[CLI_MAX_DEVICES];
+	struct blk *blks[CLI_MAX_DEVICES] = {0};
+	struct src_params p = {0};
+	struct workload_spec wspec;
+	struct workload *wl = NULL;
+	struct workload_stats wst = {0};
+	struct cli_progress prog;
+	struct src_job *job = NULL;
+	struct xport *x = NULL;
+	struct mig_stats st;
+	const char *to = NULL, *workload = NULL;
+	unsigned ndev = 0, nsend = 0;
+	bool json = false;
+	long timeout_s = XPORT_DEFAULT_TIMEOUT_MS / 1000;
+	uint64_t v;
+	int c, r, rc = EXIT_FAIL;
+	char errbuf[1024] = "";
+
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		switch (c) {
+		case 't':
+			to = optarg;
+			break;
+		case 'd':
+			if (ndev == CLI_MAX_DEVICES)
+				return cli_usage_error("send", "at most %d devices", CLI_MAX_DEVICES);
+			if (cli_parse_device(optarg, &devs[ndev]) < 0)
+				return cli_usage_error("send", "%s", err_msg());
+			ndev++;
+			break;
+		case OPT_FORMAT:
+			if (strcmp(optarg, "qemu") == 0)
+				return cli_fail("send: --format qemu is not supported yet "
+						"(only the native format is)");
+			if (strcmp(optarg, "native") != 0)
+				return cli_usage_error("send", "unknown format '%s' (native or qemu)",
+						       optarg);
+			break;
+		case OPT_SHARED:
+			p.shared_base = true;
+			break;
+		case OPT_ZERO:
+			p.zero_blocks = true;
+			break;
+		case OPT_BW:
+			if (parse_rate(optarg, &p.max_bandwidth) < 0)
+				return cli_usage_error("send", "--max-bandwidth: %s", err_msg());
+			break;
+		case OPT_DOWNTIME: {
+			char *end;
+
+			errno = 0;
+			v = strtoull(optarg, &end, 10);
+			if (!*optarg || *end || errno || v > 3600 * 1000)
+				return cli_usage_error("send", "--max-downtime: '%s' is not a "
+						       "number of milliseconds", optarg);
+			p.max_downtime_ns = v * 1000000u;
+			break;
+		}
+		case OPT_CHUNK:
+			if (parse_size(optarg, &v) < 0)
+				return cli_usage_error("send", "--chunk-size: %s", err_msg());
+			if (!is_pow2(v) || v < WIRE_MIN_CHUNK_SIZE || v > WIRE_MAX_CHUNK_SIZE)
+				return cli_usage_error("send", "--chunk-size must be a power of two "
+						       "from 4K to 16M");
+			p.chunk_size = (uint32_t)v;
+			break;
+		case OPT_WORKLOAD:
+			workload = optarg;
+			if (workload_parse(optarg, &wspec) < 0)
+				return cli_usage_error("send", "%s", err_msg());
+			break;
+		case OPT_TIMEOUT: {
+			char *end;
+
+			errno = 0;
+			timeout_s = strtol(optarg, &end, 10);
+			if (!*optarg || *end || errno || timeout_s <= 0 || timeout_s > 86400)
+				return cli_usage_error("send", "--timeout: '%s' is not a number of "
+						       "seconds", optarg);
+			break;
+		}
+		case OPT_JSON:
+			json = true;
+			break;
+		case 'h':
+			fputs(send_help, stdout);
+			return EXIT_OK;
+		default:
+			return cli_usage_error("send", "invalid option");
+		}
+	}
+	if (optind < argc)
+		return cli_usage_error("send", "unexpected argument '%s'", argv[optind]);
+	if (!to)
+		return cli_usage_error("send", "--to HOST:PORT is required");
+	if (!ndev)
+		return cli_usage_error("send", "at least one --device NAME=PATH is required");
+	if (p.max_downtime_ns == 0)
+		p.max_downtime_ns = SRC_DEFAULT_DOWNTIME_NS;
+
+	for (unsigned i = 0; i < ndev; i++) {
+		struct blk *base;
+		bool writer = workload && strcmp(wspec.name, devs[i].name) == 0;
+
+		for (unsigned k = 0; k < i; k++)
+			if (strcmp(devs[k].name, devs[i].name) == 0)
+				return cli_usage_error("send", "device name '%s' given twice",
+						       devs[i].name);
+		if (devs[i].readonly) {
+			if (!json)
+				fprintf(stderr, "blkmig: send: %s is read-only: skipped\n",
+					devs[i].name);
+			continue;
+		}
+		r = blk_file_open(devs[i].path, writer ? 0 : BLK_OPEN_RDONLY, 0, &base);
+		if (r < 0) {
+			cli_fail("send: %s", err_msg());
+			goto out;
+		}
+		r = blk_track_open(base, &blks[i]);
+		if (r < 0) {
+			blk_close(base);
+			cli_fail("send: %s", err_msg());
+			goto out;
+		}
+		sdev[nsend++] = (struct src_device){.name = devs[i].name, .blk = blks[i]};
+	}
+	if (!nsend) {
+		rc = cli_fail("send: every device is read-only: nothing to migrate");
+		goto out;
+	}
+	if (workload) {
+		struct blk *target = NULL;
+
+		for (unsigned i = 0; i < ndev; i++)
+			if (strcmp(devs[i].name, wspec.name) == 0)
+				target = blks[i];
+		if (!target) {
+			rc = cli_usage_error("send", "--workload names '%s', which is not a "
+					     "migrated --device", wspec.name);
+			goto out;
+		}
+		r = workload_start(&wspec, target, &wl);
+		if (r < 0) {
+			cli_fail("send: %s", err_msg());
+			goto out;
+		}
+	}
+
+	r = src_new(&p, sdev, nsend, &job);
+	if (r < 0) {
+		cli_fail("send: %s", err_msg());
+		goto out;
+	}
+	cancel_job = job;
+	cli_on_signal(cancel_cb, NULL);
+	cli_progress_init(&prog, "send", !json);
+	src_set_progress(job, cli_progress_cb, &prog);
+
+	r = xport_connect(to, 10000, NULL, &x);
+	if (r < 0) {
+		cli_progress_done(&prog);
+		snprintf(errbuf, sizeof(errbuf), "%s", err_msg());
+		src_stats(job, &st);
+		st.state = MIG_FAILED;
+		goto report;
+	}
+	xport_set_timeout(x, (int)(timeout_s * 1000));
+	r = src_run(job, x);
+	cli_progress_done(&prog);
+	if (r < 0)
+		snprintf(errbuf, sizeof(errbuf), "%s", err_msg());
+	src_stats(job, &st);
+
+report:
+	if (wl) {
+		workload_stop(wl, &wst);
+		wl = NULL;
+	}
+	if (json) {
+		json_object *extra = NULL;
+
+		if (workload) {
+			json_object *w = json_object_new_object();
+
+			extra = json_object_new_object();
+			json_object_object_add(w, "writes", json_object_new_int64((int64_t)wst.writes));
+			json_object_object_add(w, "bytes", json_object_new_int64((int64_t)wst.bytes));
+			json_object_object_add(w, "latency-p50-us",
+					       json_object_new_int64((int64_t)(wst.p50_ns / 1000)));
+			json_object_object_add(w, "latency-p99-us",
+					       json_object_new_int64((int64_t)(wst.p99_ns / 1000)));
+			json_object_object_add(extra, "workload", w);
+		}
+		cli_print_json(stdout, &st, r < 0 ? errbuf : NULL, extra);
+		json_object_put(extra);
+	} else if (r == 0) {
+		cli_print_summary(stdout, "migrated", &st);
+	}
+	if (r < 0)
+		cli_fail("send: %s", errbuf);
+	else
+		rc = EXIT_OK;
+out:
+	workload_stop(wl, NULL);
+	cancel_job = NULL;
+	src_free(job);
+	xport_close(x);
+	for (unsigned i = 0; i < ndev; i++)
+		blk_close(blks[i]);
+	return rc;
+}
