@@ -104,6 +104,10 @@ int cmd_send(int argc, char **argv)
 				return cli_usage_error("send", "at most %d devices", CLI_MAX_DEVICES);
 			if (cli_parse_device(optarg, &devs[ndev]) < 0)
 				return cli_usage_error("send", "%s", err_msg());
+			for (unsigned k = 0; k < ndev; k++)
+				if (strcmp(devs[k].name, devs[ndev].name) == 0)
+					return cli_usage_error("send", "device name '%s' given twice",
+							       devs[k].name);
 			ndev++;
 			break;
 		case OPT_FORMAT:
@@ -181,10 +185,6 @@ int cmd_send(int argc, char **argv)
 		struct blk *base;
 		bool writer = workload && strcmp(wspec.name, devs[i].name) == 0;
 
-		for (unsigned k = 0; k < i; k++)
-			if (strcmp(devs[k].name, devs[i].name) == 0)
-				return cli_usage_error("send", "device name '%s' given twice",
-						       devs[i].name);
 		if (devs[i].readonly) {
 			if (!json)
 				fprintf(stderr, "blkmig: send: %s is read-only: skipped\n",

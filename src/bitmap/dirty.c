@@ -24,7 +24,7 @@
 _Static_assert(ATOMIC_LLONG_LOCK_FREE == 2, "64-bit atomics must be lock-free");
 
 struct dirty {
-	uint64_t size;         /* device bytes */
+	uint64_t size;	       /* device bytes */
 	uint32_t granularity;  /* bytes per bit */
 	unsigned int shift;    /* log2(granularity) */
 	uint64_t nchunks;      /* bits in use */

@@ -36,10 +36,9 @@ static int check_range(const struct blk *b, const char *what, uint64_t off, uint
 static int check_write(const struct blk *b, const char *what, uint64_t off, uint64_t len)
 {
 	if (b->readonly)
-		return err_set(EROFS,
-			       "%s: %s at offset %" PRIu64 " length %" PRIu64
-			       ": device is read-only",
-			       b->ops->name, what, off, len);
+		return err_set(
+		    EROFS, "%s: %s at offset %" PRIu64 " length %" PRIu64 ": device is read-only",
+		    b->ops->name, what, off, len);
 	return check_range(b, what, off, len);
 }
 

@@ -77,7 +77,8 @@ static int file_pread(struct blk *b, void *buf, size_t len, uint64_t off)
 				       strerror(e));
 		}
 		if (n == 0)
-			return err_set(EIO, "pread %s at offset %" PRIu64 ": unexpected end of file",
+			return err_set(EIO,
+				       "pread %s at offset %" PRIu64 ": unexpected end of file",
 				       f->path, off);
 		p += n;
 		len -= (size_t)n;
@@ -153,8 +154,8 @@ static int try_fallocate(struct file_blk *f, atomic_bool *no, int mode, const ch
 }
 
 /* One ioctl on a block device over [off, off + len); same returns as above. */
-static int try_range_ioctl(struct file_blk *f, atomic_bool *no, unsigned long req,
-			   const char *what, uint64_t off, uint64_t len)
+static int try_range_ioctl(struct file_blk *f, atomic_bool *no, unsigned long req, const char *what,
+			   uint64_t off, uint64_t len)
 {
 	uint64_t range[2] = {off, len};
 	int e;
@@ -380,12 +381,12 @@ err_free_f:
 }
 
 static const struct blk_ops file_ops = {
-	.name = "file",
-	.pread = file_pread,
-	.pwrite = file_pwrite,
-	.flush = file_flush,
-	.zero = file_zero,
-	.trim = file_trim,
-	.block_status = file_block_status,
-	.close = file_close,
+    .name = "file",
+    .pread = file_pread,
+    .pwrite = file_pwrite,
+    .flush = file_flush,
+    .zero = file_zero,
+    .trim = file_trim,
+    .block_status = file_block_status,
+    .close = file_close,
 };

@@ -40,8 +40,8 @@ struct track_blk {
 	pthread_cond_t gate;  /* broadcast when paused/swapping clear or fence_err set */
 	pthread_cond_t idle;  /* broadcast when inflight drops to 0 */
 	bool paused;
-	bool swapping;    /* track_set_dirty() is waiting for in-flight ops */
-	int fence_err;    /* 0, or the positive errno every write now fails with */
+	bool swapping; /* track_set_dirty() is waiting for in-flight ops */
+	int fence_err; /* 0, or the positive errno every write now fails with */
 	unsigned inflight;
 	struct dirty *dirty; /* not owned; NULL = not tracking */
 	uint64_t writes;     /* write/zero/trim ops that reached the lower layer */
@@ -291,12 +291,12 @@ uint64_t track_writes(struct blk *track)
 }
 
 static const struct blk_ops track_ops = {
-	.name = "track",
-	.pread = track_pread,
-	.pwrite = track_pwrite,
-	.flush = track_flush,
-	.zero = track_zero,
-	.trim = track_trim,
-	.block_status = track_block_status,
-	.close = track_close,
+    .name = "track",
+    .pread = track_pread,
+    .pwrite = track_pwrite,
+    .flush = track_flush,
+    .zero = track_zero,
+    .trim = track_trim,
+    .block_status = track_block_status,
+    .close = track_close,
 };

@@ -35,7 +35,13 @@ int err_prefix(int err, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(pre, sizeof(pre), fmt, ap);
 	va_end(ap);
-	snprintf(err_buf, sizeof(err_buf), "%s%s", pre, old[0] ? old : strerror(err));
+	/* Truncation is acceptable: the message stays a valid string. */
+	size_t n = strlen(pre);
+
+	if (n >= sizeof(err_buf))
+		n = sizeof(err_buf) - 1;
+	memcpy(err_buf, pre, n);
+	snprintf(err_buf + n, sizeof(err_buf) - n, "%s", old[0] ? old : strerror(err));
 	return -err;
 }
 

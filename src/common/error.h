@@ -16,7 +16,7 @@
  * replaced.
  */
 int err_set(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-int err_vset(int err, const char *fmt, va_list ap);
+int err_vset(int err, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
 
 /*
  * Prepend context to this thread's message ("receive: " + old) and return

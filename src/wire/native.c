@@ -26,7 +26,7 @@
 #define HELLO_FIXED (8 + 4 + 4 + 4 + 2)
 /* Per-device bytes after the name: HELLO be64 size; COMPLETE be64 chunks +
  * digest. */
-#define HELLO_DEV_TAIL    8
+#define HELLO_DEV_TAIL	  8
 #define COMPLETE_DEV_TAIL (8 + NATIVE_DIGEST_LEN)
 
 /* Largest errno value accepted in ERROR/ABORT (Linux's MAX_ERRNO). */
@@ -96,9 +96,8 @@ static const struct {
 	uint8_t type;
 	const char *name;
 } msg_names[] = {
-	{NATIVE_MSG_BLOCKS, "BLOCKS"}, {NATIVE_MSG_COMPLETE, "COMPLETE"},
-	{NATIVE_MSG_ABORT, "ABORT"},   {NATIVE_MSG_READY, "READY"},
-	{NATIVE_MSG_ACK, "ACK"},       {NATIVE_MSG_ERROR, "ERROR"},
+    {NATIVE_MSG_BLOCKS, "BLOCKS"}, {NATIVE_MSG_COMPLETE, "COMPLETE"}, {NATIVE_MSG_ABORT, "ABORT"},
+    {NATIVE_MSG_READY, "READY"},   {NATIVE_MSG_ACK, "ACK"},	      {NATIVE_MSG_ERROR, "ERROR"},
 };
 
 const char *native_msg_name(uint8_t type)
@@ -153,7 +152,8 @@ int native_hello_encode(uint8_t *buf, size_t cap, const struct native_hello *h)
 	int r;
 
 	if (h->version != NATIVE_VERSION)
-		return err_set(EINVAL, "hello: cannot encode version %" PRIu32 " (this blkmig speaks %u)",
+		return err_set(EINVAL,
+			       "hello: cannot encode version %" PRIu32 " (this blkmig speaks %u)",
 			       h->version, NATIVE_VERSION);
 	r = hello_check_fixed(EINVAL, h->caps, h->chunk_size, h->ndev);
 	if (r < 0)
@@ -211,7 +211,8 @@ int native_hello_decode(const uint8_t *buf, size_t len, struct native_hello *h, 
 				       " (not a blkmig native stream; it looks like a QEMU "
 				       "migration stream)",
 				       magic);
-		return err_set(EBADMSG, "hello: bad magic 0x%016" PRIx64 " (not a blkmig native stream)",
+		return err_set(EBADMSG,
+			       "hello: bad magic 0x%016" PRIx64 " (not a blkmig native stream)",
 			       magic);
 	}
 	if (len < HELLO_FIXED) {
@@ -220,8 +221,8 @@ int native_hello_decode(const uint8_t *buf, size_t len, struct native_hello *h, 
 	}
 	version = get_be32(buf + 8);
 	if (version != NATIVE_VERSION)
-		return err_set(EPROTONOSUPPORT, "hello: unsupported version %" PRIu32
-						" (this blkmig speaks %u)",
+		return err_set(EPROTONOSUPPORT,
+			       "hello: unsupported version %" PRIu32 " (this blkmig speaks %u)",
 			       version, NATIVE_VERSION);
 	h->version = version;
 	h->caps = get_be32(buf + 12);
@@ -293,12 +294,13 @@ int native_frame_header(const uint8_t hdr[NATIVE_FRAME_HDR], uint64_t allowed, u
 	}
 	l = get_be32(hdr + 1);
 	if (l > NATIVE_MSG_MAX)
-		return err_set(EBADMSG, "frame: %s message length %" PRIu32 " exceeds the maximum %u",
+		return err_set(EBADMSG,
+			       "frame: %s message length %" PRIu32 " exceeds the maximum %u",
 			       native_msg_name(t), l, NATIVE_MSG_MAX);
 	/* ACK has no body decoder, so its one rule is checked here. */
 	if (t == NATIVE_MSG_ACK && l != 0)
-		return err_set(EBADMSG, "frame: ACK message with a %" PRIu32 "-byte body (must be empty)",
-			       l);
+		return err_set(
+		    EBADMSG, "frame: ACK message with a %" PRIu32 "-byte body (must be empty)", l);
 	*len = l;
 	return 0;
 }
@@ -489,7 +491,8 @@ int native_error_decode(const uint8_t *body, size_t len, struct native_error *e)
 	 * it is the only clue the peer gave. */
 	reason_sanitise(e->reason, body + 4, len - 4);
 	if (err < 1 || err > ERRNO_MAX)
-		return err_set(EBADMSG, "error/abort: errno %" PRIu32 " out of range 1..%d (reason: %s)",
+		return err_set(EBADMSG,
+			       "error/abort: errno %" PRIu32 " out of range 1..%d (reason: %s)",
 			       err, ERRNO_MAX, e->reason);
 	e->err = err;
 	return 0;

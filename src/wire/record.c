@@ -41,10 +41,10 @@ static const char *flag_names(char *buf, size_t cap, unsigned int f)
 		unsigned int bit;
 		const char *name;
 	} names[] = {
-		{WIRE_F_DEVICE_BLOCK, "DEVICE_BLOCK"},
-		{WIRE_F_EOS, "EOS"},
-		{WIRE_F_PROGRESS, "PROGRESS"},
-		{WIRE_F_ZERO_BLOCK, "ZERO_BLOCK"},
+	    {WIRE_F_DEVICE_BLOCK, "DEVICE_BLOCK"},
+	    {WIRE_F_EOS, "EOS"},
+	    {WIRE_F_PROGRESS, "PROGRESS"},
+	    {WIRE_F_ZERO_BLOCK, "ZERO_BLOCK"},
 	};
 	size_t pos = 0;
 
@@ -112,7 +112,8 @@ int wire_rec_encode_header(uint8_t *buf, const struct wire_record *rec)
 	case WIRE_REC_DATA:
 	case WIRE_REC_ZERO:
 		if (rec->offset & WIRE_FLAG_MASK)
-			return err_set(EINVAL, "record: offset 0x%" PRIx64 " is not a multiple of 512",
+			return err_set(EINVAL,
+				       "record: offset 0x%" PRIx64 " is not a multiple of 512",
 				       rec->offset);
 		/* The NUL-terminated name is authoritative; name_len is
 		 * an output of the decoder. */
@@ -123,8 +124,8 @@ int wire_rec_encode_header(uint8_t *buf, const struct wire_record *rec)
 			return err_set(EINVAL, "record: device name longer than %d bytes",
 				       WIRE_NAME_MAX);
 		put_be64(buf, rec->offset | (rec->kind == WIRE_REC_ZERO
-						     ? WIRE_F_DEVICE_BLOCK | WIRE_F_ZERO_BLOCK
-						     : WIRE_F_DEVICE_BLOCK));
+						 ? WIRE_F_DEVICE_BLOCK | WIRE_F_ZERO_BLOCK
+						 : WIRE_F_DEVICE_BLOCK));
 		buf[REC_WORD_LEN] = (uint8_t)n;
 		memcpy(buf + REC_NAME_POS, rec->name, n);
 		return (int)(REC_NAME_POS + n);
@@ -195,7 +196,8 @@ int wire_rec_decode(const uint8_t *buf, size_t len, uint32_t chunk_size, struct 
 	/* Reject a misaligned offset as soon as the word is known, before
 	 * asking the caller for a whole chunk of payload. */
 	if (offset & (chunk_size - 1))
-		return err_set(EBADMSG, "record: offset 0x%" PRIx64 " not aligned to chunk size %" PRIu32,
+		return err_set(EBADMSG,
+			       "record: offset 0x%" PRIx64 " not aligned to chunk size %" PRIu32,
 			       offset, chunk_size);
 	if (len < REC_NAME_POS) {
 		*used = REC_NAME_POS;
@@ -209,8 +211,8 @@ int wire_rec_decode(const uint8_t *buf, size_t len, uint32_t chunk_size, struct 
 		return -EAGAIN;
 	}
 	if (memchr(buf + REC_NAME_POS, '\0', n))
-		return err_set(EBADMSG, "record: device name contains a NUL byte (offset 0x%" PRIx64
-					")",
+		return err_set(EBADMSG,
+			       "record: device name contains a NUL byte (offset 0x%" PRIx64 ")",
 			       offset);
 
 	need = REC_NAME_POS + (uint64_t)n;

@@ -1,0 +1,207 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * libFuzzer target for the native envelope decoders (src/wire/native.c).
+ *
+ * Each input is tried three ways: as a HELLO; as a message stream the way a
+ * peer reads one (frame header, then the body decoder for that type, BLOCKS
+ * followed through its records up to EOS); and as a bare body for every
+ * body decoder.  Whatever decodes must re-encode to the same bytes, and
+ * every failure must be one of the documented codes with a message.
+ */
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/error.h"
+#include "wire/native.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+#define ALLOW_ALL                                                                                  \
+	(NATIVE_ALLOW(NATIVE_MSG_BLOCKS) | NATIVE_ALLOW(NATIVE_MSG_COMPLETE) |                     \
+	 NATIVE_ALLOW(NATIVE_MSG_ABORT) | NATIVE_ALLOW(NATIVE_MSG_READY) |                         \
+	 NATIVE_ALLOW(NATIVE_MSG_ACK) | NATIVE_ALLOW(NATIVE_MSG_ERROR))
+
+/* Large structs and buffers live here, not on the fuzzer's stack. */
+static struct native_hello hello;
+static struct native_complete complete;
+static struct native_error error;
+static uint8_t out[NATIVE_FRAME_HDR + NATIVE_MSG_MAX];
+
+static void check(int ok)
+{
+	if (!ok)
+		abort();
+}
+
+static void check_failure(int r)
+{
+	check(r == -EBADMSG || r == -EPROTONOSUPPORT);
+	check(err_msg()[0] != '\0');
+}
+
+static void try_hello(const uint8_t *data, size_t size)
+{
+	size_t used = 0;
+	int r = native_hello_decode(data, size, &hello, &used);
+
+	if (r == -EAGAIN) {
+		check(used > size && used <= NATIVE_HELLO_MAX);
+		return;
+	}
+	if (r < 0) {
+		check_failure(r);
+		return;
+	}
+	check(used <= size && used <= NATIVE_HELLO_MAX);
+	r = native_hello_encode(out, sizeof(out), &hello);
+	check(r > 0 && (size_t)r == used && memcmp(out, data, used) == 0);
+}
+
+/* Body decoders; re-encode what decoded and compare with the frame. */
+static void try_complete(const uint8_t *frame, size_t body_len)
+{
+	int r = native_complete_decode(frame + NATIVE_FRAME_HDR, body_len, &complete);
+
+	if (r < 0) {
+		check_failure(r);
+		return;
+	}
+	r = native_complete_encode(out, sizeof(out), &complete);
+	check(r > 0 && (size_t)r == NATIVE_FRAME_HDR + body_len);
+	check(memcmp(out + NATIVE_FRAME_HDR, frame + NATIVE_FRAME_HDR, body_len) == 0);
+}
+
+static void try_error(const uint8_t *frame, size_t body_len)
+{
+	size_t n;
+	int r = native_error_decode(frame + NATIVE_FRAME_HDR, body_len, &error);
+
+	if (r < 0) {
+		check_failure(r);
+		return;
+	}
+	n = strlen(error.reason);
+	check(n <= NATIVE_REASON_MAX && n <= body_len - 4);
+	/* Only an untouched reason can round-trip. */
+	if (n != body_len - 4 || memcmp(error.reason, frame + NATIVE_FRAME_HDR + 4, n) != 0)
+		return;
+	r = native_error_encode(out, sizeof(out), NATIVE_MSG_ERROR, &error);
+	check(r > 0 && (size_t)r == NATIVE_FRAME_HDR + body_len);
+	check(memcmp(out + NATIVE_FRAME_HDR, frame + NATIVE_FRAME_HDR, body_len) == 0);
+}
+
+static void try_ready(const uint8_t *frame, size_t body_len)
+{
+	uint32_t version;
+	int r = native_ready_decode(frame + NATIVE_FRAME_HDR, body_len, &version);
+
+	if (r < 0) {
+		check_failure(r);
+		return;
+	}
+	check(native_ready_encode(out, sizeof(out), version) == NATIVE_FRAME_HDR + 4);
+	check(memcmp(out + NATIVE_FRAME_HDR, frame + NATIVE_FRAME_HDR, 4) == 0);
+}
+
+/* BLOCKS: records from p up to and including an EOS.  Returns the bytes
+ * consumed, or 0 when the stream ends or fails first. */
+static size_t try_blocks(const uint8_t *p, size_t len)
+{
+	size_t pos = 0;
+
+	while (pos < len) {
+		struct wire_record rec;
+		size_t used = 0;
+		int r = wire_rec_decode(p + pos, len - pos, WIRE_MIN_CHUNK_SIZE, &rec, &used);
+
+		if (r == -EAGAIN) {
+			check(used > len - pos);
+			return 0;
+		}
+		if (r < 0) {
+			check_failure(r);
+			return 0;
+		}
+		check(used <= len - pos);
+		pos += used;
+		if (rec.kind == WIRE_REC_EOS)
+			return pos;
+	}
+	return 0;
+}
+
+static void try_stream(const uint8_t *data, size_t size)
+{
+	size_t pos = 0;
+
+	while (size - pos >= NATIVE_FRAME_HDR) {
+		const uint8_t *frame = data + pos;
+		uint8_t type = 0;
+		uint32_t len = 0;
+		size_t n;
+		int r = native_frame_header(frame, ALLOW_ALL, &type, &len);
+
+		if (r < 0) {
+			check_failure(r);
+			return;
+		}
+		check(len <= NATIVE_MSG_MAX);
+		if (type == NATIVE_MSG_BLOCKS) {
+			check(len == 0);
+			n = try_blocks(frame + 1, size - pos - 1);
+			if (n == 0)
+				return;
+			pos += 1 + n;
+			continue;
+		}
+		if (size - pos - NATIVE_FRAME_HDR < len)
+			return;
+		switch (type) {
+		case NATIVE_MSG_COMPLETE:
+			try_complete(frame, len);
+			break;
+		case NATIVE_MSG_ABORT:
+		case NATIVE_MSG_ERROR:
+			try_error(frame, len);
+			break;
+		case NATIVE_MSG_READY:
+			try_ready(frame, len);
+			break;
+		case NATIVE_MSG_ACK:
+			check(len == 0);
+			break;
+		default:
+			abort(); /* frame_header let an unknown type through */
+		}
+		pos += NATIVE_FRAME_HDR + len;
+	}
+}
+
+/* Every body decoder on the raw input, with a fake frame header in front
+ * so the helpers above can be shared. */
+static void try_bodies(const uint8_t *data, size_t size)
+{
+	uint8_t *frame;
+
+	if (size > NATIVE_MSG_MAX)
+		return;
+	frame = malloc(NATIVE_FRAME_HDR + size);
+	if (!frame)
+		return;
+	memset(frame, 0, NATIVE_FRAME_HDR);
+	memcpy(frame + NATIVE_FRAME_HDR, data, size);
+	try_complete(frame, size);
+	try_error(frame, size);
+	try_ready(frame, size);
+	free(frame);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	try_hello(data, size);
+	try_stream(data, size);
+	try_bodies(data, size);
+	return 0;
+}

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+# Install, from Debian 12's packages, whatever blkmig needs to build, test,
+# demo and benchmark and is not installed yet.  Safe to run again: it only
+# calls apt-get when something is missing.
+set -euo pipefail
+
+packages=(
+	# build
+	gcc make pkg-config meson ninja-build
+	libxxhash-dev libjson-c-dev
+	# tests
+	libcmocka-dev python3 attr
+	# peers used by the integration tests and benchmarks
+	qemu-utils socat netcat-openbsd
+)
+
+missing=()
+for p in "${packages[@]}"; do
+	if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+		missing+=("$p")
+	fi
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "install-deps: installing ${missing[*]}" >&2
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+	command -v sudo >/dev/null || { echo "install-deps: need root (or sudo) to install ${missing[*]}" >&2; exit 1; }
+	sudo="sudo"
+fi
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

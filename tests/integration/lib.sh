@@ -1,0 +1,91 @@
+# SPDX-License-Identifier: MIT
+# Shared helpers for the integration tests: requirements, a scratch
+# directory removed on exit, background processes killed on exit, image
+# makers and failure checks.  Each test sources this file.
+set -uo pipefail
+
+: "${BLKMIG:?BLKMIG must point at the blkmig binary}"
+T=$(mktemp -d "${TMPDIR:-/tmp}/blkmig-test.XXXXXX")
+BG_PIDS=()
+
+cleanup() {
+	for p in "${BG_PIDS[@]}"; do kill "$p" 2>/dev/null; done
+	wait 2>/dev/null
+	rm -rf "$T"
+}
+trap cleanup EXIT
+
+fail() { echo "FAIL: $*" >&2; exit 1; }
+skip() { echo "SKIP: $*" >&2; exit 77; }
+pass() { echo "PASS: $*"; }
+
+requires() { for c in "$@"; do command -v "$c" >/dev/null || skip "needs $c"; done; }
+
+# make_random PATH SIZE [SEED]: deterministic pseudo-random contents.
+make_random() {
+	python3 - "$1" "$2" "${3:-1}" <<'PY'
+import random, sys
+path, size, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+r = random.Random(seed)
+with open(path, "wb") as f:
+    left = size
+    while left:
+        n = min(left, 1 << 20)
+        f.write(r.randbytes(n))
+        left -= n
+PY
+}
+
+# make_sparse PATH SIZE "OFF:LEN[,OFF:LEN...]" [SEED]: holes but for the
+# listed random extents (sizes in bytes).
+make_sparse() {
+	python3 - "$1" "$2" "$3" "${4:-2}" <<'PY'
+import random, sys
+path, size, extents, seed = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+r = random.Random(seed)
+with open(path, "wb") as f:
+    f.truncate(size)
+    for e in filter(None, extents.split(",")):
+        off, ln = (int(x) for x in e.split(":"))
+        f.seek(off)
+        f.write(r.randbytes(ln))
+PY
+}
+
+MiB=$((1024 * 1024))
+
+# start_receiver LOGNAME ARGS...: runs `blkmig receive --listen 127.0.0.1:0`
+# in the background; sets RECV_PID and RECV_PORT.
+start_receiver() {
+	local name=$1
+	shift
+	rm -f "$T/$name.port"
+	"$BLKMIG" receive --listen 127.0.0.1:0 --port-file "$T/$name.port" "$@" \
+		>"$T/$name.out" 2>"$T/$name.err" &
+	RECV_PID=$!
+	BG_PIDS+=("$RECV_PID")
+	for _ in $(seq 1 400); do
+		[ -s "$T/$name.port" ] && break
+		kill -0 "$RECV_PID" 2>/dev/null || { cat "$T/$name.err" >&2; fail "receiver $name died at start"; }
+		sleep 0.025
+	done
+	[ -s "$T/$name.port" ] || fail "receiver $name did not start listening"
+	RECV_PORT=$(cat "$T/$name.port")
+}
+
+# wait_rc PID: sets RC to the exit status of a background process (it must
+# run in this shell, not in $(...), to be able to wait for its child).
+wait_rc() { RC=0; wait "$1" || RC=$?; }
+
+# expect_error RC WANT_RC ERRFILE PATTERN: the status and the one stderr line.
+expect_error() {
+	local rc=$1 want=$2 errf=$3 pat=$4
+	[ "$rc" = "$want" ] || { cat "$errf" >&2; fail "exit status $rc, expected $want ($pat)"; }
+	[ "$(grep -c . "$errf")" -ge 1 ] || fail "no message on stderr (expected /$pat/)"
+	grep -q "^blkmig" "$errf" || { cat "$errf" >&2; fail "message does not start with 'blkmig'"; }
+	grep -qE -- "$pat" "$errf" || { cat "$errf" >&2; fail "message does not match /$pat/"; }
+}
+
+is_marked() { python3 -c "import os,sys; os.getxattr(sys.argv[1], 'user.blkmig.incomplete')" "$1" 2>/dev/null || [ -e "$1.blkmig-incomplete" ]; }
+
+json_field() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(eval('d'+sys.argv[2]))" "$1" "$2"; }

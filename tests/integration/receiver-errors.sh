@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Every receiver error path, driven by `craft` (a deliberately broken
+# source): exit status 1, one clear message, nothing written outside the
+# device, and the image marked incomplete when the handshake had passed.
+. "$(dirname "$0")/lib.sh"
+: "${BLKMIG_CRAFT:?}"
+requires python3 md5sum
+
+size=$((5 * MiB))
+neighbour="$T/neighbour.img"
+make_random "$neighbour" $MiB 61
+nsum=$(md5sum <"$neighbour")
+
+check() { # fault, expected pattern, whether the image is marked afterwards
+	local fault=$1 pat=$2 marked=$3
+	rm -f "$T/d.img"
+	make_random "$T/d.img" $size 62
+	start_receiver "$fault" --device d0="$T/d.img" --timeout 10
+	"$BLKMIG_CRAFT" --to "127.0.0.1:$RECV_PORT" --size $size --fault "$fault" >"$T/$fault.craft" 2>&1 ||
+		{ cat "$T/$fault.craft" >&2; fail "$fault: craft saw an unexpected answer"; }
+	wait_rc "$RECV_PID"; rc=$RC
+	expect_error "$rc" 1 "$T/$fault.err" "$pat"
+	[ "$(wc -l <"$T/$fault.err")" = 1 ] || { cat "$T/$fault.err" >&2; fail "$fault: more than one line on stderr"; }
+	[ "$(stat -c %s "$T/d.img")" = $size ] || fail "$fault: the image changed size"
+	[ "$(md5sum <"$neighbour")" = "$nsum" ] || fail "$fault: a neighbouring file changed"
+	if [ "$marked" = yes ]; then
+		is_marked "$T/d.img" || fail "$fault: image not marked incomplete"
+	else
+		is_marked "$T/d.img" && fail "$fault: image marked although nothing was written"
+		make_random "$T/same.img" $size 62
+		cmp -s "$T/d.img" "$T/same.img" || fail "$fault: image written before the handshake passed"
+	fi
+	pass "$fault: $(cat "$T/$fault.err")"
+}
+
+check truncated "connection closed" yes
+check truncated-hello "handshake: .*connection closed" no
+check beyond "offset 0x[0-9a-f]+ beyond device d0" yes
+check unknown-device "unknown device 'nosuchdev'" yes
+check hello-device "unknown device 'stranger'" no
+check unknown-flag "unknown flags 0x10" yes
+check size-mismatch "size mismatch" no
+check digest-mismatch "digest mismatch" yes
+check bad-magic "bad magic" no
+check bad-version "unsupported version 99" no
+check abort "source aborted: craft aborts on purpose" yes
+check no-complete "connection closed" yes
+
+# The same stream, well formed, is accepted: the faults above are the cause.
+rm -f "$T/d.img"
+make_random "$T/d.img" $size 62
+start_receiver ok --device d0="$T/d.img"
+"$BLKMIG_CRAFT" --to "127.0.0.1:$RECV_PORT" --size $size --fault ok >"$T/ok.craft" 2>&1 || fail "ok: craft"
+wait_rc "$RECV_PID"; [ "$RC" = 0 ] || { cat "$T/ok.err" >&2; fail "ok: the well-formed stream was refused"; }
+python3 - "$T/d.img" <<'PY' || fail "ok: contents"
+import sys
+d = open(sys.argv[1], "rb").read()
+for i in range(5):
+    assert d[i << 20:(i + 1) << 20] == bytes([i + 1]) * (1 << 20), i
+PY
+is_marked "$T/d.img" && fail "ok: still marked"
+pass "well-formed crafted stream accepted"

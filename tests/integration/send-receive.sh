@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# send -> receive of dense, sparse, odd-sized and multi-device images, each
+# compared byte for byte with cmp; the --json report is checked too.
+. "$(dirname "$0")/lib.sh"
+requires cmp python3
+
+migrate_and_compare() { # label, then --device pairs as "NAME=SRC:DST"
+	local label=$1
+	shift
+	local sargs=() rargs=() pairs=("$@")
+	for p in "${pairs[@]}"; do
+		local name=${p%%=*} rest=${p#*=}
+		sargs+=(--device "$name=${rest%%:*}")
+		rargs+=(--device "$name=${rest#*:}")
+	done
+	start_receiver "$label" "${rargs[@]}" --create --json
+	"$BLKMIG" send --to "127.0.0.1:$RECV_PORT" "${sargs[@]}" --json >"$T/$label.send.json" 2>"$T/$label.send.err" ||
+		{ cat "$T/$label.send.err" "$T/$label.err" >&2; fail "$label: send failed"; }
+	wait_rc "$RECV_PID"; rc=$RC
+	[ "$rc" = 0 ] || { cat "$T/$label.err" >&2; fail "$label: receive exited $rc"; }
+	for p in "${pairs[@]}"; do
+		local rest=${p#*=}
+		cmp "${rest%%:*}" "${rest#*:}" || fail "$label: ${rest#*:} differs from ${rest%%:*}"
+		is_marked "${rest#*:}" && fail "$label: ${rest#*:} still marked incomplete"
+	done
+	[ "$(json_field "$T/$label.send.json" "['status']")" = completed ] || fail "$label: status not completed"
+	[ "$(json_field "$T/$label.out" "['status']")" = completed ] || fail "$label: receiver status not completed"
+	pass "$label"
+}
+
+make_random "$T/dense.img" $((32 * MiB)) 11
+migrate_and_compare dense "d0=$T/dense.img:$T/dense.dst"
+
+make_sparse "$T/sparse.img" $((64 * MiB)) "0:4096,$((5 * MiB + 100)):300000,$((63 * MiB)):$MiB" 12
+migrate_and_compare sparse "d0=$T/sparse.img:$T/sparse.dst"
+
+# 8.5 MiB plus 1234 bytes: neither a multiple of the chunk nor of a sector.
+make_random "$T/odd.img" $((8 * MiB + 512 * 1024 + 1234)) 13
+migrate_and_compare odd "d0=$T/odd.img:$T/odd.dst"
+[ "$(stat -c %s "$T/odd.dst")" = $((8 * MiB + 512 * 1024 + 1234)) ] || fail "odd: wrong size"
+
+make_random "$T/m1.img" $((3 * MiB)) 21
+make_sparse "$T/m2.img" $((17 * MiB)) "$((16 * MiB)):$MiB" 22
+make_random "$T/m3.img" 4096 23
+migrate_and_compare multi "alpha=$T/m1.img:$T/m1.dst" "beta=$T/m2.img:$T/m2.dst" "gamma=$T/m3.img:$T/m3.dst"
+[ "$(json_field "$T/multi.send.json" "['devices'][1]['name']")" = beta ] || fail "multi: per-device report"
+
+# An existing destination with other contents is overwritten completely.
+make_random "$T/over.dst" $((32 * MiB)) 99
+migrate_and_compare overwrite "d0=$T/dense.img:$T/over.dst"
+
+# Smaller chunks than QEMU's 1 MiB.
+start_receiver chunk --device d0="$T/chunk.dst" --create
+"$BLKMIG" send --to "127.0.0.1:$RECV_PORT" --device d0="$T/odd.img" --chunk-size 64K >/dev/null 2>"$T/chunk.send.err" ||
+	{ cat "$T/chunk.send.err" >&2; fail "chunk-size 64K: send failed"; }
+wait_rc "$RECV_PID"; [ "$RC" = 0 ] || fail "chunk-size 64K: receive failed"
+cmp "$T/odd.img" "$T/chunk.dst" || fail "chunk-size 64K: differs"
+pass "chunk-size 64K"

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Command-line mistakes and environment failures: exit 2 for usage, 1 for
+# failures, one 'blkmig' line saying what is wrong.
+. "$(dirname "$0")/lib.sh"
+
+run() { "$BLKMIG" "$@" >"$T/out" 2>"$T/err"; echo $?; }
+
+expect_error "$(run send --device d0=/x)" 2 "$T/err" "--to HOST:PORT is required"
+expect_error "$(run send --to 127.0.0.1:1)" 2 "$T/err" "--device"
+expect_error "$(run send --to 127.0.0.1:1 --device nopath)" 2 "$T/err" "expected NAME=PATH"
+expect_error "$(run send --to 127.0.0.1:1 --device d0=/x --max-bandwidth 12Q)" 2 "$T/err" "unknown suffix"
+expect_error "$(run send --to 127.0.0.1:1 --device d0=/x --chunk-size 3000)" 2 "$T/err" "power of two"
+expect_error "$(run send --to 127.0.0.1:1 --device d0=/x --workload d0,bs=4K)" 2 "$T/err" "rate= are required"
+expect_error "$(run send --to 127.0.0.1:1 --device d0=/x --device d0=/y)" 2 "$T/err" "given twice"
+expect_error "$(run receive --device d0=/x)" 2 "$T/err" "--listen"
+expect_error "$(run receive --listen 127.0.0.1:0 --device d0=/x,readonly)" 2 "$T/err" "read-only"
+expect_error "$(run frobnicate)" 2 "$T/err" "unknown command"
+pass "usage errors exit 2"
+
+expect_error "$(run send --to 127.0.0.1:1 --device d0="$T/missing.img")" 1 "$T/err" "missing.img"
+truncate -s 1M "$T/a.img"
+expect_error "$(run send --to 127.0.0.1:1 --device d0="$T/a.img" --timeout 1)" 1 "$T/err" "connect to 127.0.0.1:1"
+expect_error "$(run receive --listen 256.1.1.1:0 --device d0=/x)" 1 "$T/err" "cannot resolve|listen"
+expect_error "$(run send --to 127.0.0.1:1 --device d0="$T/a.img" --format qemu)" 1 "$T/err" "not supported yet"
+pass "failures exit 1"
+
+# A destination of another size: both ends fail, nothing is written.
+make_random "$T/src.img" $((4 * MiB)) 71
+make_random "$T/small.img" $((2 * MiB)) 72
+cp "$T/small.img" "$T/small.orig"
+start_receiver sm --device d0="$T/small.img" --create
+src_rc=$(run send --to "127.0.0.1:$RECV_PORT" --device d0="$T/src.img")
+expect_error "$src_rc" 1 "$T/err" "destination failed: device d0: size mismatch"
+wait_rc "$RECV_PID"; expect_error "$RC" 1 "$T/sm.err" "size mismatch"
+cmp "$T/small.img" "$T/small.orig" || fail "size mismatch: destination written"
+pass "size mismatch refused at both ends"
+
+# --help for each command.
+for c in send receive demo; do
+	"$BLKMIG" "$c" --help | grep -q "Usage: blkmig $c" || fail "$c --help"
+done
+pass "--help"

@@ -1,0 +1,226 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * craft: a deliberately misbehaving native-format source, for the receiver's
+ * error-path tests.  It connects to a `blkmig receive`, sends a stream with
+ * one chosen defect, prints what the receiver answered, and exits 0 if the
+ * receiver answered the way the fault predicts (ACK for "ok", ERROR or a
+ * closed connection for every fault).
+ *
+ *   craft --to HOST:PORT --name NAME --size BYTES --fault KIND
+ *
+ * Every chunk i of the well-formed part carries the byte (i + 1) & 0xff, so
+ * a test can tell which chunks were written.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/error.h"
+#include "common/util.h"
+#include "migrate/digest.h"
+#include "transport/transport.h"
+#include "wire/native.h"
+
+static const char *const faults[] = {
+	"ok",             /* a valid migration: must be acknowledged */
+	"truncated",      /* stream ends in the middle of a data record */
+	"truncated-hello", /* stream ends inside HELLO */
+	"beyond",         /* a record at an offset past the device end */
+	"unknown-device", /* a record for a device HELLO did not announce */
+	"hello-device",   /* HELLO announces a device the receiver lacks */
+	"unknown-flag",   /* a record word with flag 0x10 */
+	"size-mismatch",  /* HELLO size differs from the receiver's image */
+	"digest-mismatch", /* COMPLETE with a wrong digest */
+	"bad-magic",      /* not a blkmig stream */
+	"bad-version",    /* HELLO version 99 */
+	"abort",          /* the source aborts after one record */
+	"no-complete",    /* all records, then the connection closes */
+};
+
+static int send_all(struct xport *x, const void *p, size_t n)
+{
+	int r = xport_write(x, p, n);
+
+	return r ? r : xport_flush(x);
+}
+
+static void fill_chunk(uint8_t *buf, uint32_t cs, uint64_t idx)
+{
+	memset(buf, (int)((idx + 1) & 0xff), cs);
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"to", required_argument, NULL, 't'},
+		{"name", required_argument, NULL, 'n'},
+		{"size", required_argument, NULL, 's'},
+		{"fault", required_argument, NULL, 'f'},
+		{"chunk-size", required_argument, NULL, 'c'},
+		{0},
+	};
+	const char *to = NULL, *name = "d0", *fault = NULL;
+	uint64_t size = 0, cs64 = 1 << 20;
+	static struct native_hello h;
+	static uint8_t buf[NATIVE_HELLO_MAX + 64], body[NATIVE_MSG_MAX];
+	uint8_t hdr[WIRE_REC_HDR_MAX], type;
+	uint8_t *chunk;
+	struct digest_table *dig;
+	struct xport *x;
+	uint32_t cs, len;
+	uint64_t nchunks;
+	bool known = false;
+	int c, n, r;
+
+	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		switch (c) {
+		case 't': to = optarg; break;
+		case 'n': name = optarg; break;
+		case 's': if (parse_size(optarg, &size) < 0) return 2; break;
+		case 'c': if (parse_size(optarg, &cs64) < 0) return 2; break;
+		case 'f': fault = optarg; break;
+		default: return 2;
+		}
+	}
+	for (size_t i = 0; fault && i < ARRAY_SIZE(faults); i++)
+		known |= strcmp(fault, faults[i]) == 0;
+	if (!to || !size || !known) {
+		fprintf(stderr, "usage: craft --to HOST:PORT --name NAME --size BYTES --fault KIND\n");
+		return 2;
+	}
+	cs = (uint32_t)cs64;
+	nchunks = div_round_up(size, cs);
+	chunk = malloc(cs);
+	dig = digest_new(size, cs);
+	if (!chunk || !dig)
+		return 1;
+	if (xport_connect(to, 10000, NULL, &x) < 0) {
+		fprintf(stderr, "craft: %s\n", err_msg());
+		return 1;
+	}
+
+	/* Handshake. */
+	h.version = NATIVE_VERSION;
+	h.chunk_size = cs;
+	h.ndev = 1;
+	snprintf(h.dev[0].name, sizeof(h.dev[0].name), "%s",
+		 strcmp(fault, "hello-device") == 0 ? "stranger" : name);
+	h.dev[0].size = strcmp(fault, "size-mismatch") == 0 ? size + cs : size;
+	n = native_hello_encode(buf, sizeof(buf), &h);
+	if (n < 0)
+		return 1;
+	if (strcmp(fault, "bad-magic") == 0)
+		memcpy(buf, "GARBAGE!", 8);
+	if (strcmp(fault, "bad-version") == 0)
+		put_be32(buf + 8, 99);
+	if (strcmp(fault, "truncated-hello") == 0)
+		n = 13;
+	if (send_all(x, buf, (size_t)n) < 0)
+		goto closed;
+	if (strcmp(fault, "truncated-hello") == 0) {
+		xport_shutdown_write(x);
+		goto answer;
+	}
+	r = xport_read(x, hdr, NATIVE_FRAME_HDR, NULL);
+	if (r < 0)
+		goto closed;
+	if (hdr[0] != NATIVE_MSG_READY) {
+		len = get_be32(hdr + 1);
+		if (len <= sizeof(body) && xport_read(x, body, len, NULL) == 0 &&
+		    hdr[0] == NATIVE_MSG_ERROR) {
+			struct native_error e;
+
+			if (native_error_decode(body, len, &e) == 0)
+				printf("receiver refused: %s\n", e.reason);
+		}
+		return strcmp(fault, "ok") == 0 ? 1 : 0;
+	}
+	xport_read(x, body, get_be32(hdr + 1), NULL);
+
+	/* One pass over every chunk, with the fault in the middle. */
+	type = NATIVE_MSG_BLOCKS;
+	xport_write(x, &type, 1);
+	for (uint64_t i = 0; i < nchunks; i++) {
+		struct wire_record rec = {.kind = WIRE_REC_DATA, .offset = i * cs};
+		size_t clen = digest_chunk_len(dig, i);
+
+		rec.name_len = (uint8_t)strlen(name);
+		memcpy(rec.name, name, rec.name_len + 1u);
+		if (strcmp(fault, "unknown-device") == 0 && i == nchunks / 2) {
+			strcpy(rec.name, "nosuchdev");
+			rec.name_len = 9;
+		}
+		if (strcmp(fault, "beyond") == 0 && i == nchunks / 2)
+			rec.offset = div_round_up(size, cs) * cs + 64 * (uint64_t)cs;
+		n = wire_rec_encode_header(hdr, &rec);
+		if (n < 0)
+			return 1;
+		if (strcmp(fault, "unknown-flag") == 0 && i == nchunks / 2)
+			hdr[7] |= 0x10;
+		fill_chunk(chunk, cs, i);
+		digest_set(dig, i, digest_hash(chunk, clen));
+		if (strcmp(fault, "truncated") == 0 && i == nchunks / 2) {
+			xport_write2(x, hdr, (size_t)n, chunk, cs / 2);
+			xport_shutdown_write(x);
+			goto answer;
+		}
+		if (xport_write2(x, hdr, (size_t)n, chunk, cs) < 0)
+			goto closed;
+		if (strcmp(fault, "abort") == 0) {
+			static const uint8_t eos[8] = {0, 0, 0, 0, 0, 0, 0, WIRE_F_EOS};
+			struct native_error e = {.err = ECANCELED};
+
+			snprintf(e.reason, sizeof(e.reason), "craft aborts on purpose");
+			xport_write(x, eos, sizeof(eos));
+			n = native_error_encode(buf, sizeof(buf), NATIVE_MSG_ABORT, &e);
+			send_all(x, buf, (size_t)n);
+			goto answer;
+		}
+	}
+	n = wire_rec_encode_header(hdr, &(struct wire_record){.kind = WIRE_REC_EOS});
+	xport_write(x, hdr, (size_t)n);
+	if (strcmp(fault, "no-complete") == 0) {
+		xport_shutdown_write(x);
+		goto answer;
+	}
+	{
+		static struct native_complete comp;
+
+		comp.ndev = 1;
+		snprintf(comp.dev[0].name, sizeof(comp.dev[0].name), "%s", name);
+		digest_final(dig, comp.dev[0].digest, &comp.dev[0].chunks);
+		if (strcmp(fault, "digest-mismatch") == 0)
+			comp.dev[0].digest[0] ^= 0x5a;
+		n = native_complete_encode(body, sizeof(body), &comp);
+		if (n < 0 || send_all(x, body, (size_t)n) < 0)
+			goto closed;
+	}
+
+answer:
+	xport_set_timeout(x, 30000);
+	r = xport_read(x, hdr, NATIVE_FRAME_HDR, NULL);
+	if (r < 0)
+		goto closed;
+	len = get_be32(hdr + 1);
+	if (len > sizeof(body) || xport_read(x, body, len, NULL) < 0)
+		goto closed;
+	if (hdr[0] == NATIVE_MSG_ACK) {
+		printf("receiver acknowledged\n");
+		return strcmp(fault, "ok") == 0 ? 0 : 1;
+	}
+	if (hdr[0] == NATIVE_MSG_ERROR) {
+		struct native_error e;
+
+		if (native_error_decode(body, len, &e) == 0)
+			printf("receiver failed: %s\n", e.reason);
+		return strcmp(fault, "ok") == 0 ? 1 : 0;
+	}
+	printf("receiver sent message type 0x%02x\n", hdr[0]);
+	return 1;
+
+closed:
+	printf("receiver closed the connection: %s\n", err_msg());
+	return strcmp(fault, "ok") == 0 ? 1 : 0;
+}

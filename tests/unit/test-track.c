@@ -1,0 +1,600 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Unit tests for the tracking layer (src/block/track.c): marking after
+ * write/zero/trim (also when the lower op fails), attaching and detaching
+ * the bitmap, and the writers' gate: pause, resume, drain and fence.
+ *
+ * Waiting is done on conditions, never on time, except for the "not yet
+ * done after 50 ms" checks, which only assert that something blocked.  A
+ * test-only "hold" layer below the tracker keeps a write in flight until
+ * the test releases it.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bitmap/dirty.h"
+#include "block/backend.h"
+#include "common/error.h"
+#include "common/util.h"
+
+#define DEV_SIZE   MiB
+#define GRAN	   4096
+#define NOT_YET_NS (50 * 1000 * 1000)
+
+static void assert_msg_contains(const char *msg, const char *needle)
+{
+	if (!strstr(msg, needle))
+		fail_msg("message '%s' does not contain '%s'", msg, needle);
+}
+
+/* ---- a layer that holds writes on request --------------------------------- */
+
+struct hold_blk {
+	struct blk blk;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	bool holding;	  /* writes wait while set */
+	unsigned entered; /* writes that have arrived */
+};
+
+static int hold_pwrite(struct blk *b, const void *buf, size_t len, uint64_t off)
+{
+	struct hold_blk *h = (struct hold_blk *)b;
+
+	pthread_mutex_lock(&h->lock);
+	h->entered++;
+	pthread_cond_broadcast(&h->cond);
+	while (h->holding)
+		pthread_cond_wait(&h->cond, &h->lock);
+	pthread_mutex_unlock(&h->lock);
+	return blk_pwrite(b->lower, buf, len, off);
+}
+
+static int hold_pread(struct blk *b, void *buf, size_t len, uint64_t off)
+{
+	return blk_pread(b->lower, buf, len, off);
+}
+
+static int hold_flush(struct blk *b)
+{
+	return blk_flush(b->lower);
+}
+
+static int hold_zero(struct blk *b, uint64_t off, uint64_t len, unsigned flags)
+{
+	return blk_zero(b->lower, off, len, flags);
+}
+
+static int hold_trim(struct blk *b, uint64_t off, uint64_t len)
+{
+	return blk_trim(b->lower, off, len);
+}
+
+static void hold_close(struct blk *b)
+{
+	struct hold_blk *h = (struct hold_blk *)b;
+
+	pthread_cond_destroy(&h->cond);
+	pthread_mutex_destroy(&h->lock);
+	free(h);
+}
+
+static const struct blk_ops hold_ops = {
+    .name = "hold",
+    .pread = hold_pread,
+    .pwrite = hold_pwrite,
+    .flush = hold_flush,
+    .zero = hold_zero,
+    .trim = hold_trim,
+    .close = hold_close,
+};
+
+static struct hold_blk *hold_open(struct blk *lower)
+{
+	struct hold_blk *h = calloc(1, sizeof(*h));
+
+	assert_non_null(h);
+	pthread_mutex_init(&h->lock, NULL);
+	pthread_cond_init(&h->cond, NULL);
+	h->blk.ops = &hold_ops;
+	h->blk.lower = lower;
+	h->blk.size = lower->size;
+	h->holding = true;
+	return h;
+}
+
+static void hold_wait_entered(struct hold_blk *h, unsigned n)
+{
+	pthread_mutex_lock(&h->lock);
+	while (h->entered < n)
+		pthread_cond_wait(&h->cond, &h->lock);
+	pthread_mutex_unlock(&h->lock);
+}
+
+static void hold_release(struct hold_blk *h)
+{
+	pthread_mutex_lock(&h->lock);
+	h->holding = false;
+	pthread_cond_broadcast(&h->cond);
+	pthread_mutex_unlock(&h->lock);
+}
+
+/* ---- fixtures ------------------------------------------------------------- */
+
+struct stack {
+	struct blk *mem;
+	struct hold_blk *hold; /* NULL unless asked for */
+	struct blk *track;
+	struct dirty *d;
+};
+
+static void stack_open(struct stack *s, bool with_hold)
+{
+	struct blk *below;
+
+	memset(s, 0, sizeof(*s));
+	assert_int_equal(blk_mem_open(DEV_SIZE, &s->mem), 0);
+	below = s->mem;
+	if (with_hold) {
+		s->hold = hold_open(s->mem);
+		below = &s->hold->blk;
+	}
+	if (blk_track_open(below, &s->track) != 0)
+		fail_msg("blk_track_open: %s", err_msg());
+	s->d = dirty_new(DEV_SIZE, GRAN);
+	assert_non_null(s->d);
+}
+
+static void stack_close(struct stack *s)
+{
+	track_set_dirty(s->track, NULL);
+	blk_close(s->track); /* closes hold and mem too */
+	dirty_free(s->d);
+}
+
+/* An op run on its own thread, to see whether it blocks. */
+enum op_kind { OP_WRITE, OP_ZERO, OP_TRIM, OP_FLUSH, OP_PAUSE, OP_SET_DIRTY };
+
+struct async_op {
+	struct blk *b;
+	enum op_kind kind;
+	uint64_t off;
+	struct dirty *d; /* for OP_SET_DIRTY */
+	int r;
+	char msg[256];
+	atomic_bool done;
+	pthread_t th;
+};
+
+static void *async_main(void *p)
+{
+	struct async_op *a = p;
+	uint8_t buf[100];
+
+	memset(buf, 0xab, sizeof(buf));
+	a->r = 0;
+	switch (a->kind) {
+	case OP_WRITE:
+		a->r = blk_pwrite(a->b, buf, sizeof(buf), a->off);
+		break;
+	case OP_ZERO:
+		a->r = blk_zero(a->b, a->off, 100, 0);
+		break;
+	case OP_TRIM:
+		a->r = blk_trim(a->b, a->off, 100);
+		break;
+	case OP_FLUSH:
+		a->r = blk_flush(a->b);
+		break;
+	case OP_PAUSE:
+		track_pause(a->b);
+		break;
+	case OP_SET_DIRTY:
+		track_set_dirty(a->b, a->d);
+		break;
+	}
+	if (a->r < 0)
+		snprintf(a->msg, sizeof(a->msg), "%s", err_msg());
+	atomic_store(&a->done, true);
+	return NULL;
+}
+
+static void async_start(struct async_op *a, struct blk *b, enum op_kind kind, uint64_t off)
+{
+	a->b = b;
+	a->kind = kind;
+	a->off = off;
+	a->msg[0] = '\0';
+	atomic_init(&a->done, false);
+	assert_int_equal(pthread_create(&a->th, NULL, async_main, a), 0);
+}
+
+static int async_join(struct async_op *a)
+{
+	assert_int_equal(pthread_join(a->th, NULL), 0);
+	assert_true(atomic_load(&a->done));
+	return a->r;
+}
+
+/* The logical check "it is blocked": still not done after a while. */
+static void assert_not_done_yet(struct async_op *a)
+{
+	sleep_ns(NOT_YET_NS);
+	assert_false(atomic_load(&a->done));
+}
+
+/* ---- marking -------------------------------------------------------------- */
+
+static void test_open_props(void **state)
+{
+	struct stack s;
+
+	(void)state;
+	stack_open(&s, false);
+	assert_int_equal(blk_size(s.track), DEV_SIZE);
+	assert_ptr_equal(s.track->lower, s.mem);
+	assert_false(s.track->readonly);
+	assert_int_equal(track_writes(s.track), 0);
+	stack_close(&s);
+
+	/* readonly is copied from below, and enforced by the wrappers. */
+	assert_int_equal(blk_mem_open(DEV_SIZE, &s.mem), 0);
+	s.mem->readonly = true;
+	assert_int_equal(blk_track_open(s.mem, &s.track), 0);
+	assert_true(s.track->readonly);
+	assert_int_equal(blk_pwrite(s.track, "x", 1, 0), -EROFS);
+	blk_close(s.track);
+}
+
+static void test_marks(void **state)
+{
+	struct stack s;
+	uint8_t buf[GRAN];
+	uint64_t pnum;
+	bool alloc;
+
+	(void)state;
+	stack_open(&s, false);
+	track_set_dirty(s.track, s.d);
+	memset(buf, 0x5a, sizeof(buf));
+
+	/* 100 bytes inside chunk 1. */
+	assert_int_equal(blk_pwrite(s.track, buf, 100, GRAN + 5), 0);
+	assert_int_equal(dirty_count(s.d), 1);
+	assert_true(dirty_test(s.d, 1));
+	/* Straddling chunks 2 and 3. */
+	assert_int_equal(blk_pwrite(s.track, buf, 2, 3 * GRAN - 1), 0);
+	assert_true(dirty_test(s.d, 2));
+	assert_true(dirty_test(s.d, 3));
+	/* Zero marks chunks 8..9, with and without MAY_TRIM. */
+	assert_int_equal(blk_zero(s.track, 8 * GRAN, GRAN, 0), 0);
+	assert_int_equal(blk_zero(s.track, 9 * GRAN, GRAN, BLK_ZERO_MAY_TRIM), 0);
+	assert_true(dirty_test(s.d, 8));
+	assert_true(dirty_test(s.d, 9));
+	/* Trim marks chunk 20. */
+	assert_int_equal(blk_trim(s.track, 20 * GRAN + 10, 10), 0);
+	assert_true(dirty_test(s.d, 20));
+	assert_int_equal(dirty_count(s.d), 6);
+	assert_int_equal(track_writes(s.track), 5);
+
+	/* Flush, reads and block_status mark and count nothing. */
+	assert_int_equal(blk_flush(s.track), 0);
+	assert_int_equal(blk_pread(s.track, buf, sizeof(buf), 0), 0);
+	assert_int_equal(blk_block_status(s.track, 0, DEV_SIZE, &pnum, &alloc), 0);
+	assert_true(alloc); /* page 0 of the mem device was written */
+	assert_int_equal(dirty_count(s.d), 6);
+	assert_int_equal(track_writes(s.track), 5);
+
+	/* The data went through. */
+	assert_int_equal(blk_pread(s.track, buf, 100, GRAN + 5), 0);
+	assert_int_equal(buf[0], 0x5a);
+	assert_int_equal(buf[99], 0x5a);
+
+	/* Refused by the wrapper before reaching the layer: no mark. */
+	assert_int_equal(blk_pwrite(s.track, buf, 10, DEV_SIZE - 5), -ERANGE);
+	assert_false(dirty_test(s.d, DEV_SIZE / GRAN - 1));
+	stack_close(&s);
+}
+
+static void test_marks_on_lower_failure(void **state)
+{
+	struct stack s;
+	uint8_t buf[100];
+
+	(void)state;
+	stack_open(&s, false);
+	track_set_dirty(s.track, s.d);
+	memset(buf, 1, sizeof(buf));
+
+	blk_mem_inject(s.mem, BLK_MEM_WRITE, 1, EIO);
+	err_clear();
+	assert_int_equal(blk_pwrite(s.track, buf, sizeof(buf), 5 * GRAN), -EIO);
+	assert_msg_contains(err_msg(), "mem: injected write failure"); /* passed up as is */
+	assert_true(dirty_test(s.d, 5));
+
+	blk_mem_inject(s.mem, BLK_MEM_ZERO, 1, ENOSPC);
+	assert_int_equal(blk_zero(s.track, 6 * GRAN, 10, 0), -ENOSPC);
+	assert_true(dirty_test(s.d, 6));
+
+	blk_mem_inject(s.mem, BLK_MEM_TRIM, 1, EIO);
+	assert_int_equal(blk_trim(s.track, 7 * GRAN, 10), -EIO);
+	assert_true(dirty_test(s.d, 7));
+
+	blk_mem_inject(s.mem, BLK_MEM_FLUSH, 1, EIO);
+	assert_int_equal(blk_flush(s.track), -EIO);
+	assert_int_equal(dirty_count(s.d), 3);
+	/* Failed ops reached the device, so they count. */
+	assert_int_equal(track_writes(s.track), 3);
+	stack_close(&s);
+}
+
+static void test_attach_detach(void **state)
+{
+	struct stack s;
+	uint8_t buf[10] = {0};
+
+	(void)state;
+	stack_open(&s, false);
+	/* No bitmap: writes go through unmarked. */
+	assert_int_equal(blk_pwrite(s.track, buf, sizeof(buf), 0), 0);
+	assert_int_equal(blk_zero(s.track, GRAN, 10, 0), 0);
+	assert_int_equal(blk_trim(s.track, 2 * GRAN, 10), 0);
+	assert_int_equal(dirty_count(s.d), 0);
+	assert_int_equal(track_writes(s.track), 3);
+
+	track_set_dirty(s.track, s.d);
+	assert_int_equal(blk_pwrite(s.track, buf, sizeof(buf), 3 * GRAN), 0);
+	assert_int_equal(dirty_count(s.d), 1);
+
+	track_set_dirty(s.track, NULL);
+	assert_int_equal(blk_pwrite(s.track, buf, sizeof(buf), 4 * GRAN), 0);
+	assert_int_equal(blk_zero(s.track, 4 * GRAN, 10, 0), 0);
+	assert_int_equal(dirty_count(s.d), 1);
+	assert_false(dirty_test(s.d, 4));
+	stack_close(&s);
+}
+
+/* ---- the gate ------------------------------------------------------------- */
+
+static void test_pause_blocks_writers(void **state)
+{
+	static const enum op_kind kinds[] = {OP_WRITE, OP_ZERO, OP_TRIM, OP_FLUSH};
+	struct async_op ops[ARRAY_SIZE(kinds)];
+	struct stack s;
+	uint8_t buf[100];
+	uint64_t pnum;
+	bool alloc;
+	size_t i;
+
+	(void)state;
+	stack_open(&s, false);
+	track_set_dirty(s.track, s.d);
+	track_pause(s.track);
+	for (i = 0; i < ARRAY_SIZE(kinds); i++)
+		async_start(&ops[i], s.track, kinds[i], (i + 1) * GRAN);
+	for (i = 0; i < ARRAY_SIZE(kinds); i++)
+		assert_not_done_yet(&ops[i]);
+	assert_int_equal(dirty_count(s.d), 0);
+	assert_int_equal(track_writes(s.track), 0);
+
+	/* Reads and block_status are never held. */
+	assert_int_equal(blk_pread(s.track, buf, sizeof(buf), 0), 0);
+	assert_int_equal(blk_block_status(s.track, 0, DEV_SIZE, &pnum, &alloc), 0);
+
+	track_resume(s.track);
+	for (i = 0; i < ARRAY_SIZE(kinds); i++)
+		assert_int_equal(async_join(&ops[i]), 0);
+	assert_int_equal(dirty_count(s.d), 3);
+	assert_true(dirty_test(s.d, 1));
+	assert_true(dirty_test(s.d, 2));
+	assert_true(dirty_test(s.d, 3));
+	assert_int_equal(track_writes(s.track), 3);
+
+	/* After resume writes flow freely again. */
+	assert_int_equal(blk_pwrite(s.track, buf, sizeof(buf), 0), 0);
+	stack_close(&s);
+}
+
+static void test_pause_waits_for_inflight(void **state)
+{
+	struct async_op writer, pauser;
+	struct stack s;
+
+	(void)state;
+	stack_open(&s, true);
+	track_set_dirty(s.track, s.d);
+	async_start(&writer, s.track, OP_WRITE, 7 * GRAN);
+	hold_wait_entered(s.hold, 1); /* now in flight below the gate */
+
+	async_start(&pauser, s.track, OP_PAUSE, 0);
+	assert_not_done_yet(&pauser);
+	assert_false(atomic_load(&writer.done));
+
+	hold_release(s.hold);
+	async_join(&pauser);
+	/* Pause returned only after the write completed and was marked. */
+	assert_true(dirty_test(s.d, 7));
+	assert_int_equal(track_writes(s.track), 1);
+	assert_int_equal(async_join(&writer), 0);
+
+	track_resume(s.track);
+	stack_close(&s);
+}
+
+static void test_fence(void **state)
+{
+	struct async_op held;
+	struct stack s;
+	uint8_t buf[100];
+
+	(void)state;
+	stack_open(&s, false);
+	track_set_dirty(s.track, s.d);
+	track_pause(s.track);
+	async_start(&held, s.track, OP_WRITE, 3 * GRAN);
+	assert_not_done_yet(&held);
+
+	track_fence(s.track, EPERM);
+	assert_int_equal(async_join(&held), -EPERM);
+	assert_msg_contains(held.msg, "device is fenced");
+
+	/* New writes of every kind fail at once, with the same error. */
+	memset(buf, 0xff, sizeof(buf));
+	err_clear();
+	assert_int_equal(blk_pwrite(s.track, buf, sizeof(buf), 0), -EPERM);
+	assert_msg_contains(err_msg(), "device is fenced");
+	assert_int_equal(blk_zero(s.track, 0, 10, 0), -EPERM);
+	assert_int_equal(blk_trim(s.track, 0, 10), -EPERM);
+	assert_int_equal(blk_flush(s.track), -EPERM);
+
+	/* Resume does not lift a fence; the first error stays. */
+	track_resume(s.track);
+	track_fence(s.track, EIO);
+	assert_int_equal(blk_pwrite(s.track, buf, sizeof(buf), 0), -EPERM);
+
+	/* Nothing reached the device or the bitmap; reads still work. */
+	assert_int_equal(dirty_count(s.d), 0);
+	assert_int_equal(track_writes(s.track), 0);
+	assert_int_equal(blk_pread(s.track, buf, sizeof(buf), 0), 0);
+	assert_int_equal(buf[0], 0);
+	assert_int_equal(buf[99], 0);
+	stack_close(&s);
+}
+
+static void test_fence_unpaused(void **state)
+{
+	struct stack s;
+
+	(void)state;
+	stack_open(&s, false);
+	assert_int_equal(blk_pwrite(s.track, "a", 1, 0), 0);
+	track_fence(s.track, ESHUTDOWN);
+	assert_int_equal(blk_pwrite(s.track, "a", 1, 0), -ESHUTDOWN);
+	/* Pausing a fenced device does not hang. */
+	track_pause(s.track);
+	assert_int_equal(blk_pwrite(s.track, "a", 1, 0), -ESHUTDOWN);
+	assert_int_equal(track_writes(s.track), 1);
+	stack_close(&s);
+}
+
+/*
+ * set_dirty waits for writes in flight: after an attach returns, every
+ * unmarked write has landed; after a detach returns, nobody still marks the
+ * old bitmap.
+ */
+static void test_set_dirty_drains(void **state)
+{
+	struct async_op writer, setter;
+	struct stack s;
+
+	(void)state;
+	/* Attach while a write is in flight. */
+	stack_open(&s, true);
+	async_start(&writer, s.track, OP_WRITE, 2 * GRAN);
+	hold_wait_entered(s.hold, 1);
+	setter.d = s.d;
+	async_start(&setter, s.track, OP_SET_DIRTY, 0);
+	assert_not_done_yet(&setter);
+	hold_release(s.hold);
+	async_join(&setter);
+	assert_int_equal(async_join(&writer), 0);
+	assert_false(dirty_test(s.d, 2)); /* entered before the attach */
+	stack_close(&s);
+
+	/* Detach while a write is in flight: it marks before detach returns. */
+	stack_open(&s, true);
+	track_set_dirty(s.track, s.d);
+	async_start(&writer, s.track, OP_WRITE, 4 * GRAN);
+	hold_wait_entered(s.hold, 1);
+	setter.d = NULL;
+	async_start(&setter, s.track, OP_SET_DIRTY, 0);
+	assert_not_done_yet(&setter);
+	hold_release(s.hold);
+	async_join(&setter);
+	assert_true(dirty_test(s.d, 4));
+	assert_int_equal(async_join(&writer), 0);
+	stack_close(&s);
+}
+
+/* Writers race attach/detach; run under ASan/TSan to catch a stale bitmap. */
+#define RACE_WRITERS 4
+#define RACE_WRITES  2000
+
+struct race_arg {
+	struct blk *track;
+	unsigned seed;
+	int err;
+};
+
+static void *race_writer(void *p)
+{
+	struct race_arg *a = p;
+	uint8_t buf[512];
+	int i;
+
+	memset(buf, 0x44, sizeof(buf));
+	for (i = 0; i < RACE_WRITES && !a->err; i++) {
+		uint64_t off = (uint64_t)rand_r(&a->seed) % (DEV_SIZE - sizeof(buf));
+
+		a->err = blk_pwrite(a->track, buf, sizeof(buf), off);
+	}
+	return NULL;
+}
+
+static void test_attach_detach_race(void **state)
+{
+	struct race_arg args[RACE_WRITERS];
+	pthread_t th[RACE_WRITERS];
+	struct dirty *spare;
+	struct stack s;
+	unsigned i;
+
+	(void)state;
+	stack_open(&s, false);
+	for (i = 0; i < RACE_WRITERS; i++) {
+		args[i] = (struct race_arg){.track = s.track, .seed = i + 1};
+		assert_int_equal(pthread_create(&th[i], NULL, race_writer, &args[i]), 0);
+	}
+	for (i = 0; i < 200; i++) {
+		/* A fresh bitmap each time, freed right after detaching it. */
+		spare = dirty_new(DEV_SIZE, GRAN);
+		assert_non_null(spare);
+		track_set_dirty(s.track, spare);
+		track_set_dirty(s.track, NULL);
+		dirty_free(spare);
+	}
+	for (i = 0; i < RACE_WRITERS; i++) {
+		assert_int_equal(pthread_join(th[i], NULL), 0);
+		assert_int_equal(args[i].err, 0);
+	}
+	assert_int_equal(track_writes(s.track), RACE_WRITERS * RACE_WRITES);
+	stack_close(&s);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_open_props),
+	    cmocka_unit_test(test_marks),
+	    cmocka_unit_test(test_marks_on_lower_failure),
+	    cmocka_unit_test(test_attach_detach),
+	    cmocka_unit_test(test_pause_blocks_writers),
+	    cmocka_unit_test(test_pause_waits_for_inflight),
+	    cmocka_unit_test(test_fence),
+	    cmocka_unit_test(test_fence_unpaused),
+	    cmocka_unit_test(test_set_dirty_drains),
+	    cmocka_unit_test(test_attach_detach_race),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,252 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Unit tests for src/common/util.h: SIZE/RATE parsing and its error
+ * messages, fmt_bytes(), big-endian helpers, checked arithmetic and
+ * range_inside() at the edges of uint64_t.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <string.h>
+
+#include "common/error.h"
+#include "common/util.h"
+
+static void assert_msg_contains(const char *needle)
+{
+	if (!strstr(err_msg(), needle))
+		fail_msg("message '%s' does not contain '%s'", err_msg(), needle);
+}
+
+/* ---- parse_size / parse_rate ---------------------------------------------- */
+
+static void test_parse_size_ok(void **state)
+{
+	static const struct {
+		const char *s;
+		uint64_t v;
+	} cases[] = {
+	    {"0", 0},
+	    {"4096", 4096},
+	    {"10B", 10},
+	    {"512K", 512 * KiB},
+	    {"512k", 512 * KiB},
+	    {"1KiB", KiB},
+	    {"1kb", KiB},
+	    {"64M", 64 * MiB},
+	    {"64MiB", 64 * MiB},
+	    {"1G", GiB},
+	    {"3GB", 3 * GiB},
+	    {"2T", 2048 * GiB},
+	    {"16777215T", UINT64_C(16777215) << 40},
+	    {"18446744073709551615", UINT64_MAX},
+	};
+	size_t i;
+
+	(void)state;
+	for (i = 0; i < ARRAY_SIZE(cases); i++) {
+		uint64_t v = 12345;
+
+		if (parse_size(cases[i].s, &v) != 0)
+			fail_msg("parse_size('%s') failed: %s", cases[i].s, err_msg());
+		assert_int_equal(v, cases[i].v);
+	}
+}
+
+static void test_parse_size_errors(void **state)
+{
+	static const struct {
+		const char *s;
+		const char *msg; /* must appear in the message */
+	} cases[] = {
+	    {"", "empty size"},
+	    {"12X", "'12X'"},
+	    {"-1", "'-1'"},
+	    {" 1", "expected a number"},
+	    {"K", "expected a number"},
+	    {"1.5G", "unknown suffix"},
+	    {"1iB", "unknown suffix"},
+	    {"1G/s", "unknown suffix"},
+	    {"1MM", "unknown suffix"},
+	    {"99999999999T", "too large"},
+	    {"16777216T", "too large"},
+	    {"18446744073709551616", "too large"},
+	    {"99999999999999999999999", "too large"},
+	};
+	size_t i;
+
+	(void)state;
+	for (i = 0; i < ARRAY_SIZE(cases); i++) {
+		uint64_t v = 12345;
+
+		err_clear();
+		if (parse_size(cases[i].s, &v) != -EINVAL)
+			fail_msg("parse_size('%s') did not fail with -EINVAL", cases[i].s);
+		assert_int_equal(v, 12345); /* untouched */
+		assert_msg_contains(cases[i].msg);
+	}
+	assert_int_equal(parse_size(NULL, &(uint64_t){0}), -EINVAL);
+}
+
+static void test_parse_rate(void **state)
+{
+	uint64_t v;
+
+	(void)state;
+	assert_int_equal(parse_rate("100M/s", &v), 0);
+	assert_int_equal(v, 100 * MiB);
+	assert_int_equal(parse_rate("10MB/s", &v), 0);
+	assert_int_equal(v, 10 * MiB);
+	assert_int_equal(parse_rate("1G", &v), 0);
+	assert_int_equal(v, GiB);
+	assert_int_equal(parse_rate("4096", &v), 0);
+	assert_int_equal(v, 4096);
+	assert_int_equal(parse_rate("4096/s", &v), 0);
+	assert_int_equal(v, 4096);
+
+	assert_int_equal(parse_rate("", &v), -EINVAL);
+	assert_msg_contains("empty rate");
+	assert_int_equal(parse_rate("12X", &v), -EINVAL);
+	assert_msg_contains("invalid rate '12X'");
+	assert_int_equal(parse_rate("-1", &v), -EINVAL);
+	assert_int_equal(parse_rate("1M/h", &v), -EINVAL);
+	assert_int_equal(parse_rate("1M/s/s", &v), -EINVAL);
+	assert_int_equal(parse_rate("99999999999T", &v), -EINVAL);
+	assert_msg_contains("too large");
+}
+
+/* ---- fmt_bytes ------------------------------------------------------------ */
+
+static void test_fmt_bytes(void **state)
+{
+	char buf[32];
+
+	(void)state;
+	assert_string_equal(fmt_bytes(buf, sizeof(buf), 0), "0 B");
+	assert_string_equal(fmt_bytes(buf, sizeof(buf), 1023), "1023 B");
+	assert_string_equal(fmt_bytes(buf, sizeof(buf), 1024), "1.0 KiB");
+	assert_string_equal(fmt_bytes(buf, sizeof(buf), 1536), "1.5 KiB");
+	assert_string_equal(fmt_bytes(buf, sizeof(buf), 64 * MiB), "64.0 MiB");
+	assert_string_equal(fmt_bytes(buf, sizeof(buf), 3 * GiB / 2), "1.5 GiB");
+	assert_string_equal(fmt_bytes(buf, sizeof(buf), 5 * 1024 * GiB), "5.0 TiB");
+	/* TiB is the largest unit. */
+	assert_string_equal(fmt_bytes(buf, sizeof(buf), 2048 * 1024 * GiB), "2048.0 TiB");
+	/* Returns buf, and truncates to the capacity. */
+	assert_ptr_equal(fmt_bytes(buf, 4, 1536), buf);
+	assert_string_equal(buf, "1.5");
+}
+
+/* ---- big-endian helpers --------------------------------------------------- */
+
+static void test_be_layout(void **state)
+{
+	uint8_t b[8];
+
+	(void)state;
+	put_be16(b, 0x1234);
+	assert_int_equal(b[0], 0x12);
+	assert_int_equal(b[1], 0x34);
+	put_be32(b, 0x01020304);
+	assert_memory_equal(b, "\x01\x02\x03\x04", 4);
+	put_be64(b, UINT64_C(0x0102030405060708));
+	assert_memory_equal(b, "\x01\x02\x03\x04\x05\x06\x07\x08", 8);
+}
+
+static void test_be_round_trip(void **state)
+{
+	static const uint64_t vals[] = {
+	    0,
+	    1,
+	    0x7f,
+	    0x80,
+	    0xff,
+	    0x100,
+	    0x7fff,
+	    0x8000,
+	    0xffff,
+	    0x12345678,
+	    0x80000000,
+	    0xffffffff,
+	    UINT64_C(0x100000000),
+	    UINT64_C(0x8000000000000000),
+	    UINT64_C(0xfedcba9876543210),
+	    UINT64_MAX,
+	};
+	uint8_t buf[9];
+	size_t i;
+
+	(void)state;
+	for (i = 0; i < ARRAY_SIZE(vals); i++) {
+		/* Odd address: the helpers must work unaligned. */
+		uint8_t *p = buf + 1;
+
+		put_be16(p, (uint16_t)vals[i]);
+		assert_int_equal(get_be16(p), (uint16_t)vals[i]);
+		put_be32(p, (uint32_t)vals[i]);
+		assert_int_equal(get_be32(p), (uint32_t)vals[i]);
+		put_be64(p, vals[i]);
+		assert_int_equal(get_be64(p), vals[i]);
+	}
+}
+
+/* ---- arithmetic and ranges ------------------------------------------------ */
+
+static void test_range_inside(void **state)
+{
+	(void)state;
+	assert_true(range_inside(0, 0, 0));
+	assert_false(range_inside(0, 1, 0));
+	assert_false(range_inside(1, 0, 0));
+	assert_true(range_inside(0, 10, 10));
+	assert_true(range_inside(5, 5, 10));
+	assert_false(range_inside(5, 6, 10));
+	assert_true(range_inside(10, 0, 10)); /* empty range at the end */
+	assert_false(range_inside(11, 0, 10));
+	assert_true(range_inside(0, UINT64_MAX, UINT64_MAX));
+	assert_true(range_inside(UINT64_MAX, 0, UINT64_MAX));
+	assert_false(range_inside(UINT64_MAX, 1, UINT64_MAX));
+	/* off + len wraps around to a small number: still outside. */
+	assert_false(range_inside(1, UINT64_MAX, UINT64_MAX));
+	assert_false(range_inside(8, UINT64_MAX - 3, 100));
+	assert_false(range_inside(UINT64_MAX, UINT64_MAX, 100));
+}
+
+static void test_checked_arith(void **state)
+{
+	uint64_t r;
+
+	(void)state;
+	assert_false(ckd_add_u64(&r, UINT64_MAX - 1, 1));
+	assert_int_equal(r, UINT64_MAX);
+	assert_true(ckd_add_u64(&r, UINT64_MAX, 1));
+	assert_false(ckd_mul_u64(&r, UINT64_C(1) << 32, (UINT64_C(1) << 32) - 1));
+	assert_true(ckd_mul_u64(&r, UINT64_C(1) << 32, UINT64_C(1) << 32));
+
+	assert_false(is_pow2(0));
+	assert_true(is_pow2(1));
+	assert_true(is_pow2(512));
+	assert_false(is_pow2(513));
+	assert_true(is_pow2(UINT64_C(1) << 63));
+
+	assert_int_equal(div_round_up(0, 512), 0);
+	assert_int_equal(div_round_up(1, 512), 1);
+	assert_int_equal(div_round_up(512, 512), 1);
+	assert_int_equal(div_round_up(513, 512), 2);
+	assert_int_equal(div_round_up(UINT64_MAX, 2), UINT64_C(1) << 63);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_parse_size_ok), cmocka_unit_test(test_parse_size_errors),
+	    cmocka_unit_test(test_parse_rate),	  cmocka_unit_test(test_fmt_bytes),
+	    cmocka_unit_test(test_be_layout),	  cmocka_unit_test(test_be_round_trip),
+	    cmocka_unit_test(test_range_inside),  cmocka_unit_test(test_checked_arith),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
