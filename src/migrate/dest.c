@@ -24,11 +24,6 @@
 #include "engine.h"
 #include "transport/transport.h"
 
-/* The destination syncs after a BLOCKS message once this much was written
- * since the last sync, so the final fdatasync (inside the writers' pause on
- * the source) has little left to do. */
-#define SYNC_EVERY (256 * MiB)
-
 struct dst_dev {
 	char name[WIRE_NAME_MAX + 1];
 	char path[4096];
@@ -47,7 +42,6 @@ struct dst {
 	uint8_t *rec;    /* one whole record: header + chunk */
 	size_t rec_cap;
 	uint8_t body[NATIVE_MSG_MAX];
-	uint64_t written_since_sync;
 	uint64_t stream_off; /* bytes of the stream consumed, for messages */
 	struct mig_stats st;
 };
@@ -203,7 +197,6 @@ static int apply(struct dst *d, const struct wire_record *rec, uint64_t rec_off)
 	if (r < 0)
 		return err_prefix(-r, "write %s at offset %llu: ", dev->name,
 				  (unsigned long long)rec->offset);
-	d->written_since_sync += len;
 	if (rec->kind == WIRE_REC_ZERO)
 		d->st.dev[dev - d->dev].zero_chunks++;
 	else
@@ -219,7 +212,6 @@ static int sync_all(struct dst *d)
 		if (r < 0)
 			return err_prefix(-r, "sync %s: ", d->dev[i].name);
 	}
-	d->written_since_sync = 0;
 	return 0;
 }
 
@@ -252,8 +244,6 @@ static int read_blocks(struct dst *d)
 		switch (rec.kind) {
 		case WIRE_REC_EOS:
 			d->st.iterations++;
-			if (d->written_since_sync >= SYNC_EVERY)
-				return sync_all(d);
 			return 0;
 		case WIRE_REC_PROGRESS:
 			break;
@@ -334,7 +324,16 @@ static int run(struct dst *d)
 			return err_prefix(-r, "at stream offset %llu (expecting a message): ",
 					  (unsigned long long)msg_off);
 		if (type == NATIVE_MSG_BLOCKS) {
+			/* Each pass is made durable and confirmed before the
+			 * next: the source's bandwidth estimate then covers the
+			 * destination's disk, and the final pause never has to
+			 * wait for an earlier pass to reach it. */
 			r = read_blocks(d);
+			if (r == 0)
+				r = sync_all(d);
+			if (r == 0)
+				r = send_frame(d, native_synced_encode(buf, sizeof(buf),
+								       d->st.iterations), buf);
 			if (r < 0)
 				return r;
 			continue;

@@ -96,6 +96,7 @@ struct src_job {
 	pthread_t *threads;
 	bool paused;
 	bool in_blocks; /* a BLOCKS message is open on the wire (no EOS yet) */
+	uint64_t passes_sent; /* BLOCKS messages completed on the wire */
 	uint8_t *zero_buf; /* a zero chunk, for holes sent without ZERO_BLOCK */
 };
 
@@ -733,9 +734,34 @@ static int run_pass(struct src_job *j, enum pass_kind kind)
 	r = xport_write(j->x, hdr, (size_t)r);
 	if (r == 0) {
 		j->in_blocks = false;
+		j->passes_sent++;
 		r = xport_flush(j->x);
 	}
 	return r;
+}
+
+/* Wait until the destination has made every pass sent so far durable. */
+static int wait_synced(struct src_job *j)
+{
+	static _Thread_local uint8_t body[NATIVE_MSG_MAX];
+	uint64_t n;
+	uint8_t type;
+	uint32_t len;
+	int r;
+
+	r = engine_read_frame(j->x, NATIVE_ALLOW(NATIVE_MSG_SYNCED) | NATIVE_ALLOW(NATIVE_MSG_ERROR),
+			      &type, body, &len);
+	if (r < 0)
+		return err_prefix(-r, "waiting for the destination to sync: ");
+	if (type == NATIVE_MSG_ERROR)
+		return peer_error(body, len);
+	r = native_synced_decode(body, len, &n);
+	if (r < 0)
+		return r;
+	if (n != j->passes_sent)
+		return err_set(EPROTO, "destination synced %llu passes, %llu were sent",
+			       (unsigned long long)n, (unsigned long long)j->passes_sent);
+	return 0;
 }
 
 /* ---- the state machine -------------------------------------------------------- */
@@ -816,6 +842,8 @@ static int timed_pass(struct src_job *j, enum pass_kind kind, struct pass_timer 
 	uint64_t elapsed;
 	int r = run_pass(j, kind);
 
+	if (r == 0)
+		r = wait_synced(j);
 	if (r < 0)
 		return r;
 	elapsed = now_ns() - t0;
@@ -904,6 +932,8 @@ int src_run(struct src_job *j, struct xport *x)
 			t_pause = now_ns();
 			pause_writers(j);
 			r = run_pass(j, PASS_DIRTY);
+			if (r == 0)
+				r = wait_synced(j);
 			if (r == 0)
 				r = send_complete(j);
 			if (r == 0)

@@ -98,6 +98,7 @@ static const struct {
 } msg_names[] = {
     {NATIVE_MSG_BLOCKS, "BLOCKS"}, {NATIVE_MSG_COMPLETE, "COMPLETE"}, {NATIVE_MSG_ABORT, "ABORT"},
     {NATIVE_MSG_READY, "READY"},   {NATIVE_MSG_ACK, "ACK"},	      {NATIVE_MSG_ERROR, "ERROR"},
+    {NATIVE_MSG_SYNCED, "SYNCED"},
 };
 
 const char *native_msg_name(uint8_t type)
@@ -516,6 +517,24 @@ int native_ready_decode(const uint8_t *body, size_t len, uint32_t *version)
 	if (len != 4)
 		return err_set(EBADMSG, "ready: body of %zu bytes (expected 4)", len);
 	*version = get_be32(body);
+	return 0;
+}
+
+int native_synced_encode(uint8_t *buf, size_t cap, uint64_t passes)
+{
+	int r = frame_put(buf, cap, NATIVE_MSG_SYNCED, 8);
+
+	if (r < 0)
+		return r;
+	put_be64(buf + NATIVE_FRAME_HDR, passes);
+	return NATIVE_FRAME_HDR + 8;
+}
+
+int native_synced_decode(const uint8_t *body, size_t len, uint64_t *passes)
+{
+	if (len != 8)
+		return err_set(EBADMSG, "synced: body of %zu bytes (expected 8)", len);
+	*passes = get_be64(body);
 	return 0;
 }
 

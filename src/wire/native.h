@@ -18,6 +18,8 @@
  *   0x81 READY     body: be32 version          (HELLO accepted)
  *   0x82 ACK       body: empty                 (data durable, digests match)
  *   0x83 ERROR     body: be32 errno, reason    (the destination failed)
+ *   0x84 SYNCED    body: be64 n                (the first n BLOCKS messages
+ *                                               are applied and durable)
  *
  * Lengths of framed messages are capped at NATIVE_MSG_MAX.
  */
@@ -45,6 +47,7 @@ enum native_msg {
 	NATIVE_MSG_READY = 0x81,
 	NATIVE_MSG_ACK = 0x82,
 	NATIVE_MSG_ERROR = 0x83,
+	NATIVE_MSG_SYNCED = 0x84,
 };
 
 #define NATIVE_MAX_DEVICES 64
@@ -97,8 +100,9 @@ int native_complete_encode(uint8_t *buf, size_t cap, const struct native_complet
  * NATIVE_REASON_MAX bytes. */
 int native_error_encode(uint8_t *buf, size_t cap, enum native_msg type,
 			const struct native_error *e);
-/* READY carries the version; ACK is empty. */
+/* READY carries the version; ACK is empty; SYNCED carries a count. */
 int native_ready_encode(uint8_t *buf, size_t cap, uint32_t version);
+int native_synced_encode(uint8_t *buf, size_t cap, uint64_t passes);
 int native_ack_encode(uint8_t *buf, size_t cap);
 
 /*
@@ -131,6 +135,7 @@ int native_frame_header(const uint8_t hdr[NATIVE_FRAME_HDR], uint64_t allowed, u
 int native_complete_decode(const uint8_t *body, size_t len, struct native_complete *c);
 int native_error_decode(const uint8_t *body, size_t len, struct native_error *e);
 int native_ready_decode(const uint8_t *body, size_t len, uint32_t *version);
+int native_synced_decode(const uint8_t *body, size_t len, uint64_t *passes);
 
 /* Name for a message type ("BLOCKS", ...), or "unknown". */
 const char *native_msg_name(uint8_t type);

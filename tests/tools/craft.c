@@ -39,6 +39,18 @@ static const char *const faults[] = {
 	"no-complete",    /* all records, then the connection closes */
 };
 
+/* Released at exit, whichever way main() leaves. */
+static struct xport *g_x;
+static struct digest_table *g_dig;
+static uint8_t *g_chunk;
+
+static void release(void)
+{
+	xport_close(g_x);
+	digest_free(g_dig);
+	free(g_chunk);
+}
+
 static int send_all(struct xport *x, const void *p, size_t n)
 {
 	int r = xport_write(x, p, n);
@@ -92,14 +104,16 @@ int main(int argc, char **argv)
 	}
 	cs = (uint32_t)cs64;
 	nchunks = div_round_up(size, cs);
-	chunk = malloc(cs);
-	dig = digest_new(size, cs);
+	atexit(release);
+	chunk = g_chunk = malloc(cs);
+	dig = g_dig = digest_new(size, cs);
 	if (!chunk || !dig)
 		return 1;
 	if (xport_connect(to, 10000, NULL, &x) < 0) {
 		fprintf(stderr, "craft: %s\n", err_msg());
 		return 1;
 	}
+	g_x = x;
 
 	/* Handshake. */
 	h.version = NATIVE_VERSION;

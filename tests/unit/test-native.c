@@ -762,6 +762,33 @@ static void test_ready_ack(void **state)
 		     "ready: body of 0 bytes (expected 4)");
 }
 
+static void test_synced(void **state)
+{
+	static const uint8_t golden[] = {0x84, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 1, 2};
+	uint8_t buf[16], type = 0;
+	uint32_t len = 0;
+	uint64_t n = 0;
+	uint8_t *b;
+
+	(void)state;
+	assert_int_equal(native_synced_encode(buf, sizeof(buf), 0x102), 13);
+	assert_memory_equal(buf, golden, 13);
+	expect_error(native_synced_encode(buf, 12, 1), ENOSPC,
+		     "encode SYNCED: buffer of 12 bytes is too small (need 13)");
+	assert_int_equal(native_frame_header(golden, NATIVE_ALLOW(NATIVE_MSG_SYNCED), &type, &len),
+			 0);
+	assert_int_equal(type, NATIVE_MSG_SYNCED);
+	assert_int_equal(len, 8);
+	expect_error(native_frame_header(golden, NATIVE_ALLOW(NATIVE_MSG_ACK), &type, &len),
+		     EBADMSG, "frame: unexpected SYNCED message (type 0x84)");
+	b = heap_copy(golden + 5, 8);
+	assert_int_equal(native_synced_decode(b, 8, &n), 0);
+	assert_int_equal(n, 0x102);
+	expect_error(native_synced_decode(b, 7, &n), EBADMSG,
+		     "synced: body of 7 bytes (expected 8)");
+	free(b);
+}
+
 static void test_msg_names(void **state)
 {
 	(void)state;
@@ -771,6 +798,7 @@ static void test_msg_names(void **state)
 	assert_string_equal(native_msg_name(NATIVE_MSG_READY), "READY");
 	assert_string_equal(native_msg_name(NATIVE_MSG_ACK), "ACK");
 	assert_string_equal(native_msg_name(NATIVE_MSG_ERROR), "ERROR");
+	assert_string_equal(native_msg_name(NATIVE_MSG_SYNCED), "SYNCED");
 	assert_string_equal(native_msg_name(0), "unknown");
 	assert_string_equal(native_msg_name(0x21), "unknown");
 	assert_string_equal(native_msg_name(0xff), "unknown");
@@ -798,6 +826,7 @@ int main(void)
 	    cmocka_unit_test(test_error_sanitise),
 	    cmocka_unit_test(test_error_errors),
 	    cmocka_unit_test(test_ready_ack),
+	    cmocka_unit_test(test_synced),
 	    cmocka_unit_test(test_msg_names),
 	};
 
