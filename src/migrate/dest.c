@@ -320,6 +320,10 @@ static int run(struct dst *d)
 		uint32_t len;
 
 		r = rd(d, &type, 1);
+		if (r == -ECONNRESET)
+			return err_set(ECONNRESET, "the source closed the connection at stream offset "
+				       "%llu, before completing the migration",
+				       (unsigned long long)msg_off);
 		if (r < 0)
 			return err_prefix(-r, "at stream offset %llu (expecting a message): ",
 					  (unsigned long long)msg_off);

@@ -213,13 +213,16 @@ int main(int argc, char **argv)
 	}
 
 answer:
+	/* SYNCED answers each finished pass; the verdict comes after. */
 	xport_set_timeout(x, 30000);
-	r = xport_read(x, hdr, NATIVE_FRAME_HDR, NULL);
-	if (r < 0)
-		goto closed;
-	len = get_be32(hdr + 1);
-	if (len > sizeof(body) || xport_read(x, body, len, NULL) < 0)
-		goto closed;
+	do {
+		r = xport_read(x, hdr, NATIVE_FRAME_HDR, NULL);
+		if (r < 0)
+			goto closed;
+		len = get_be32(hdr + 1);
+		if (len > sizeof(body) || xport_read(x, body, len, NULL) < 0)
+			goto closed;
+	} while (hdr[0] == NATIVE_MSG_SYNCED);
 	if (hdr[0] == NATIVE_MSG_ACK) {
 		printf("receiver acknowledged\n");
 		return strcmp(fault, "ok") == 0 ? 0 : 1;
