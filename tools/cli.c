@@ -65,31 +65,54 @@ int cli_parse_device(char *arg, struct cli_device *out)
 
 void cli_progress_init(struct cli_progress *p, const char *label, bool allowed)
 {
+	memset(p, 0, sizeof(*p));
 	p->enabled = allowed && isatty(STDOUT_FILENO);
-	p->drawn = false;
 	p->label = label;
+}
+
+/* What the progress line calls each state (mig_state_name() keeps QEMU's
+ * names for the JSON report). */
+static const char *phase_name(enum mig_state s)
+{
+	switch (s) {
+	case MIG_SETUP: return "setup";
+	case MIG_BULK: return "bulk";
+	case MIG_DIRTY: return "dirty";
+	case MIG_FINAL: return "final";
+	default: return mig_state_name(s);
+	}
 }
 
 void cli_progress_cb(const struct mig_stats *st, void *user)
 {
 	struct cli_progress *p = user;
-	char rate[32], left[32];
+	uint64_t now = now_ns(), rate;
+	char rbuf[32], left[32];
 	double pct;
 
 	if (!p->enabled)
 		return;
+	/* The engine measures bandwidth per pass; the line wants it live. */
+	if (p->last_ns && now > p->last_ns) {
+		double inst = (double)(st->transferred - p->last_bytes) * 1e9 /
+			      (double)(now - p->last_ns);
+
+		p->rate = p->rate > 0 ? 0.7 * p->rate + 0.3 * inst : inst;
+	}
+	p->last_ns = now;
+	p->last_bytes = st->transferred;
+	rate = (uint64_t)p->rate;
 	pct = st->total ? 100.0 * (double)(st->total - MIN(st->remaining, st->total)) /
 				  (double)st->total
 			: 0;
-	fmt_bytes(rate, sizeof(rate), st->bandwidth);
+	fmt_bytes(rbuf, sizeof(rbuf), rate);
 	fmt_bytes(left, sizeof(left), st->remaining);
-	printf("\r%s: %-9s %5.1f%%  %s/s  %s left  pass %llu ", p->label,
-	       mig_state_name(st->state), pct, rate, left,
-	       (unsigned long long)st->iterations + 1);
-	if (st->bandwidth && st->remaining) {
-		uint64_t eta = st->remaining / st->bandwidth;
+	printf("\r%s: %-9s %5.1f%%  %s/s  %s left  pass %llu", p->label, phase_name(st->state),
+	       pct, rbuf, left, (unsigned long long)st->iterations + (st->state < MIG_COMPLETED));
+	if (rate && st->remaining && st->state < MIG_COMPLETED) {
+		uint64_t eta = st->remaining / rate;
 
-		printf(" ETA %llu:%02llu", (unsigned long long)(eta / 60),
+		printf("  ETA %llu:%02llu", (unsigned long long)(eta / 60),
 		       (unsigned long long)(eta % 60));
 	}
 	printf("\033[K");

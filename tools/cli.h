@@ -49,6 +49,8 @@ struct cli_progress {
 	bool enabled;
 	bool drawn;
 	const char *label;
+	uint64_t last_ns, last_bytes; /* for the live rate */
+	double rate;
 };
 void cli_progress_init(struct cli_progress *p, const char *label, bool allowed);
 void cli_progress_cb(const struct mig_stats *st, void *user);

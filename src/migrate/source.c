@@ -641,6 +641,12 @@ struct pass_end {
 	bool count_iteration;
 };
 
+static void count_pass_fn(struct mig_stats *st, void *arg)
+{
+	(void)arg;
+	st->iterations++;
+}
+
 static void pass_end_fn(struct mig_stats *st, void *arg)
 {
 	struct pass_end *e = arg;
@@ -934,8 +940,10 @@ int src_run(struct src_job *j, struct xport *x)
 			r = run_pass(j, PASS_DIRTY);
 			if (r == 0)
 				r = wait_synced(j);
-			if (r == 0)
+			if (r == 0) {
+				stats_update(j, count_pass_fn, NULL);
 				r = send_complete(j);
+			}
 			if (r == 0)
 				r = wait_ack(j);
 			if (r == 0) {
