@@ -77,6 +77,18 @@ int blk_flush(struct blk *b)
 	return b->ops->flush(b);
 }
 
+int blk_writeback(struct blk *b, uint64_t off, uint64_t len)
+{
+	assert(b && b->ops);
+	if (!b->ops->writeback || len == 0)
+		return 0;
+	if (!range_inside(off, len, b->size))
+		return err_set(ERANGE, "writeback at offset %llu length %llu: beyond end of device "
+			       "(size %llu)", (unsigned long long)off, (unsigned long long)len,
+			       (unsigned long long)b->size);
+	return b->ops->writeback(b, off, len);
+}
+
 int blk_zero(struct blk *b, uint64_t off, uint64_t len, unsigned flags)
 {
 	int r;

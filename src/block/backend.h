@@ -42,6 +42,12 @@ struct blk_ops {
 	 */
 	int (*block_status)(struct blk *b, uint64_t off, uint64_t len, uint64_t *pnum,
 			    bool *allocated);
+	/*
+	 * Optional hint: start writing [off, off+len) back to stable storage
+	 * without waiting, so a later flush has less to do.  Durability still
+	 * needs flush.  NULL: nothing to start.
+	 */
+	int (*writeback)(struct blk *b, uint64_t off, uint64_t len);
 	/* Release this layer only (blk_close() walks the stack). */
 	void (*close)(struct blk *b);
 };
@@ -66,6 +72,8 @@ int blk_flush(struct blk *b);
 int blk_zero(struct blk *b, uint64_t off, uint64_t len, unsigned flags);
 int blk_trim(struct blk *b, uint64_t off, uint64_t len);
 int blk_block_status(struct blk *b, uint64_t off, uint64_t len, uint64_t *pnum, bool *allocated);
+/* Start writeback of a range (a hint; 0 when the backend has no such op). */
+int blk_writeback(struct blk *b, uint64_t off, uint64_t len);
 static inline uint64_t blk_size(const struct blk *b)
 {
 	return b->size;

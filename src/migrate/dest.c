@@ -193,6 +193,10 @@ static int apply(struct dst *d, const struct wire_record *rec, uint64_t rec_off)
 	} else {
 		r = blk_pwrite(dev->blk, rec->data, len, rec->offset);
 		digest_set(dev->dig, idx, digest_hash(rec->data, len));
+		/* Overlap the disk with the network: the pass's fdatasync then
+		 * waits only for the last few chunks. */
+		if (r == 0)
+			blk_writeback(dev->blk, rec->offset, len);
 	}
 	if (r < 0)
 		return err_prefix(-r, "write %s at offset %llu: ", dev->name,
