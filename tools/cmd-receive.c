@@ -19,18 +19,24 @@
 
 static const char receive_help[] =
 	"Usage: blkmig receive --listen HOST:PORT --device NAME=PATH [--device ...]\n"
-	"                      [--format native|qemu] [--create] [--port-file FILE]\n"
+	"                      [--format native|qemu] [--create] [--shared-base]\n"
+	"                      [--port-file FILE]\n"
 	"                      [--timeout SECONDS] [--json]\n"
 	"\n"
 	"Accept one migration from `blkmig send` and write it into the named images.\n"
-	"Every record is checked before anything is written; the images are marked\n"
-	"incomplete (xattr user.blkmig.incomplete, or a PATH.blkmig-incomplete file)\n"
-	"until the data is durable and its digests match the source's.\n"
+	"Every record is checked before anything is written; each pass is made\n"
+	"durable and read back; the images are marked incomplete (xattr\n"
+	"user.blkmig.incomplete, or a PATH.blkmig-incomplete file) until every chunk\n"
+	"has arrived, the digests match the source's and the source has handed the\n"
+	"devices over.\n"
 	"\n"
 	"  --listen HOST:PORT    address to accept the migration on (port 0: any free)\n"
 	"  --device NAME=PATH    where the source's device NAME goes\n"
 	"  --format native|qemu  stream format (native; qemu is not available yet)\n"
 	"  --create              create missing images with the size the source sends\n"
+	"  --shared-base         accept a `send --shared-base` migration: only the\n"
+	"                        source's allocated data comes; the images must\n"
+	"                        already hold the base (refused without this flag)\n"
 	"  --port-file FILE      write the port actually listened on to FILE\n"
 	"  --timeout SECONDS     give up when the connection is idle this long (120);\n"
 	"                        the wait for the source to connect is not limited\n"
@@ -79,12 +85,13 @@ static void cancel_cb(void *arg)
 
 int cmd_receive(int argc, char **argv)
 {
-	enum { OPT_CREATE = 256, OPT_PORTFILE, OPT_TIMEOUT, OPT_JSON, OPT_FORMAT };
+	enum { OPT_CREATE = 256, OPT_PORTFILE, OPT_TIMEOUT, OPT_JSON, OPT_FORMAT, OPT_SHARED };
 	static const struct option opts[] = {
 		{"listen", required_argument, NULL, 'l'},
 		{"device", required_argument, NULL, 'd'},
 		{"format", required_argument, NULL, OPT_FORMAT},
 		{"create", no_argument, NULL, OPT_CREATE},
+		{"shared-base", no_argument, NULL, OPT_SHARED},
 		{"port-file", required_argument, NULL, OPT_PORTFILE},
 		{"timeout", required_argument, NULL, OPT_TIMEOUT},
 		{"json", no_argument, NULL, OPT_JSON},
@@ -136,6 +143,9 @@ int cmd_receive(int argc, char **argv)
 		case OPT_CREATE:
 			ctx.create = true;
 			break;
+		case OPT_SHARED:
+			p.allow_shared_base = true;
+			break;
 		case OPT_PORTFILE:
 			port_file = optarg;
 			break;
@@ -166,6 +176,20 @@ int cmd_receive(int argc, char **argv)
 	if (!ctx.ndev)
 		return cli_usage_error("receive", "at least one --device NAME=PATH is required");
 	p.nexpect = ctx.ndev;
+	/* Two names on one image would have each overwrite the other. */
+	for (unsigned i = 0; i < ctx.ndev; i++) {
+		struct stat a, b;
+
+		for (unsigned k = 0; k < i; k++) {
+			bool same = strcmp(devs[i].path, devs[k].path) == 0;
+
+			if (!same && stat(devs[i].path, &a) == 0 && stat(devs[k].path, &b) == 0)
+				same = a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+			if (same)
+				return cli_usage_error("receive", "devices %s and %s are the same "
+						       "image", devs[k].name, devs[i].name);
+		}
+	}
 
 	cli_on_signal(cancel_cb, NULL);
 	r = xport_listen(listen_on, &lfd, bound, sizeof(bound));

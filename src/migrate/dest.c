@@ -3,9 +3,11 @@
  * Destination engine: receive one native-format migration (see migrate.h,
  * docs/wire-format.md).
  *
- *   HELLO -> open devices, mark incomplete, READY
- *   BLOCKS* -> validate each record fully, then apply it (last wins)
- *   COMPLETE -> fdatasync, compare digests, clear marks, ACK
+ *   HELLO -> open each device, check it, mark it incomplete; READY
+ *   BLOCKS -> validate each record fully, then apply it (last wins);
+ *             at EOS fdatasync, read back what the pass wrote, SYNCED
+ *   COMPLETE -> every chunk carried? digests match? ACK
+ *   COMMIT -> the source has fenced itself: clear the marks, succeed
  *   ABORT, EOF, anything malformed -> ERROR to the source, fail
  *
  * Nothing is written before a record has passed every check (DESIGN.md
@@ -16,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bitmap/dirty.h"
 #include "block/backend.h"
 #include "block/mark.h"
 #include "common/error.h"
@@ -30,6 +33,7 @@ struct dst_dev {
 	struct blk *blk;
 	uint64_t size;
 	struct digest_table *dig;
+	struct dirty *pass; /* chunks written in the current pass */
 	bool marked;
 };
 
@@ -92,6 +96,10 @@ static int open_devices(struct dst *d)
 	const struct native_hello *h = &d->hello;
 	int r;
 
+	if ((h->caps & NATIVE_CAP_SHARED_BASE) && !d->p->allow_shared_base)
+		return err_set(EPERM, "the source sends a shared-base migration (only allocated "
+			       "data; the image must already hold the base): accept it with "
+			       "receive --shared-base");
 	for (unsigned i = 0; i < h->ndev; i++) {
 		struct dst_dev *dev = &d->dev[i];
 
@@ -114,8 +122,20 @@ static int open_devices(struct dst *d)
 				       (unsigned long long)blk_size(dev->blk));
 		}
 		dev->dig = digest_new(dev->size, h->chunk_size);
-		if (!dev->dig)
-			return -ENOMEM;
+		dev->pass = dirty_new(dev->size, h->chunk_size);
+		if (!dev->dig || !dev->pass)
+			return err_set(ENOMEM, "device %s: no memory for the tables of %llu chunks",
+				       dev->name,
+				       (unsigned long long)div_round_up(dev->size, h->chunk_size));
+		/* Marked as soon as it is ours, before anything else can fail:
+		 * an image this run created or will write is never left
+		 * looking complete. */
+		if (dev->path[0]) {
+			r = mark_incomplete(dev->path, "blkmig migration in progress");
+			if (r < 0)
+				return r;
+			dev->marked = true;
+		}
 		snprintf(d->st.dev[i].name, sizeof(d->st.dev[i].name), "%s", dev->name);
 		d->st.dev[i].size = dev->size;
 		d->st.total += dev->size;
@@ -126,18 +146,11 @@ static int open_devices(struct dst *d)
 			return err_set(ENOENT, "device %s is not in the migration (the source "
 				       "sends: %s%s)", d->p->expect[i], h->dev[0].name,
 				       h->ndev > 1 ? ", ..." : "");
-	/* Only now, with everything checked, touch the images. */
-	for (unsigned i = 0; i < d->ndev; i++) {
-		if (!d->dev[i].path[0])
-			continue;
-		r = mark_incomplete(d->dev[i].path, "blkmig migration in progress");
-		if (r < 0)
-			return r;
-		d->dev[i].marked = true;
-	}
 	d->rec_cap = WIRE_REC_HDR_MAX + h->chunk_size;
 	d->rec = aligned_alloc(4096, div_round_up(d->rec_cap, 4096) * 4096);
-	return d->rec ? 0 : -ENOMEM;
+	if (!d->rec)
+		return err_set(ENOMEM, "no memory for a %u-byte chunk buffer", h->chunk_size);
+	return 0;
 }
 
 static int send_frame(struct dst *d, int n, const uint8_t *buf)
@@ -201,6 +214,7 @@ static int apply(struct dst *d, const struct wire_record *rec, uint64_t rec_off)
 	if (r < 0)
 		return err_prefix(-r, "write %s at offset %llu: ", dev->name,
 				  (unsigned long long)rec->offset);
+	dirty_mark(dev->pass, rec->offset, len);
 	if (rec->kind == WIRE_REC_ZERO)
 		d->st.dev[dev - d->dev].zero_chunks++;
 	else
@@ -215,6 +229,41 @@ static int sync_all(struct dst *d)
 
 		if (r < 0)
 			return err_prefix(-r, "sync %s: ", d->dev[i].name);
+	}
+	return 0;
+}
+
+/*
+ * After a pass is durable, read back every chunk it wrote and compare with
+ * what was applied.  This is what makes the final digests describe the
+ * images rather than the stream: a write that landed elsewhere (two
+ * --device names on one file, a zeroing fallback that did not zero) shows
+ * up here.  Later passes' writes replace earlier hashes, so each chunk is
+ * checked in its final state by the pass that last wrote it.
+ */
+static int verify_pass(struct dst *d)
+{
+	uint32_t cs = d->hello.chunk_size;
+
+	for (unsigned i = 0; i < d->ndev; i++) {
+		struct dst_dev *dev = &d->dev[i];
+		int64_t idx;
+
+		while ((idx = dirty_next(dev->pass, 0)) >= 0) {
+			uint64_t off = (uint64_t)idx * cs;
+			size_t len = digest_chunk_len(dev->dig, (uint64_t)idx);
+			int r;
+
+			dirty_test_and_clear(dev->pass, (uint64_t)idx);
+			r = blk_pread(dev->blk, d->rec, len, off);
+			if (r < 0)
+				return err_prefix(-r, "read back %s at offset %llu: ", dev->name,
+						  (unsigned long long)off);
+			if (digest_hash(d->rec, len) != digest_get(dev->dig, (uint64_t)idx))
+				return err_set(EILSEQ, "device %s: the chunk at offset %llu does not "
+					       "read back as it was written", dev->name,
+					       (unsigned long long)off);
+		}
 	}
 	return 0;
 }
@@ -263,6 +312,37 @@ static int read_blocks(struct dst *d)
 
 /* ---- completion ------------------------------------------------------------- */
 
+/* Read the framed message after the ACK: COMMIT, or ABORT. */
+static int await_commit(struct dst *d)
+{
+	uint8_t hdr[NATIVE_FRAME_HDR], type;
+	uint32_t len;
+	int r = rd(d, hdr, sizeof(hdr));
+
+	if (r == -ECONNRESET)
+		return err_set(ECONNRESET, "the source closed the connection after the "
+			       "acknowledgement without committing: it keeps the devices");
+	if (r < 0)
+		return err_prefix(-r, "waiting for the source to commit: ");
+	r = native_frame_header(hdr, NATIVE_ALLOW(NATIVE_MSG_COMMIT) | NATIVE_ALLOW(NATIVE_MSG_ABORT),
+				&type, &len);
+	if (r < 0)
+		return err_prefix(-r, "waiting for the source to commit: ");
+	r = rd(d, d->body, len);
+	if (r < 0)
+		return err_prefix(-r, "waiting for the source to commit: ");
+	if (type == NATIVE_MSG_ABORT) {
+		struct native_error e;
+
+		r = native_error_decode(d->body, len, &e);
+		if (r < 0)
+			return r;
+		return err_set((int)e.err, "source aborted after the acknowledgement: %s",
+			       e.reason);
+	}
+	return 0;
+}
+
 static int complete(struct dst *d, uint32_t len)
 {
 	static _Thread_local struct native_complete c;
@@ -273,9 +353,6 @@ static int complete(struct dst *d, uint32_t len)
 		return err_prefix(-r, "completion: ");
 	if (c.ndev != d->ndev)
 		return err_set(EBADMSG, "completion: %u digests for %u devices", c.ndev, d->ndev);
-	r = sync_all(d);
-	if (r < 0)
-		return r;
 	for (unsigned i = 0; i < c.ndev; i++) {
 		struct dst_dev *dev = find_dev(d, c.dev[i].name);
 		uint8_t ours[DIGEST_LEN];
@@ -285,6 +362,14 @@ static int complete(struct dst *d, uint32_t len)
 			return err_set(EBADMSG, "completion: digest for unknown device '%s'",
 				       c.dev[i].name);
 		digest_final(dev->dig, ours, &chunks);
+		/* Without a shared base, every chunk must have been carried
+		 * at least once, or part of the image is simply old data. */
+		if (!(d->hello.caps & NATIVE_CAP_SHARED_BASE) &&
+		    chunks != digest_nchunks(dev->dig))
+			return err_set(EBADMSG, "device %s: the source carried %llu of %llu chunks: "
+				       "the migration is incomplete", dev->name,
+				       (unsigned long long)chunks,
+				       (unsigned long long)digest_nchunks(dev->dig));
 		if (chunks != c.dev[i].chunks || memcmp(ours, c.dev[i].digest, DIGEST_LEN) != 0)
 			return err_set(EILSEQ,
 				       "device %s: digest mismatch (source %llu chunks, "
@@ -292,6 +377,14 @@ static int complete(struct dst *d, uint32_t len)
 				       dev->name, (unsigned long long)c.dev[i].chunks,
 				       (unsigned long long)chunks);
 	}
+	/* Everything is durable and verified, but the source still owns the
+	 * devices until it has fenced itself and says so. */
+	r = send_frame(d, native_ack_encode(buf, sizeof(buf)), buf);
+	if (r < 0)
+		return err_prefix(-r, "acknowledgement: ");
+	r = await_commit(d);
+	if (r < 0)
+		return r;
 	for (unsigned i = 0; i < d->ndev; i++) {
 		if (!d->dev[i].marked)
 			continue;
@@ -300,7 +393,7 @@ static int complete(struct dst *d, uint32_t len)
 			return r;
 		d->dev[i].marked = false;
 	}
-	return send_frame(d, native_ack_encode(buf, sizeof(buf)), buf);
+	return 0;
 }
 
 static int run(struct dst *d)
@@ -339,6 +432,8 @@ static int run(struct dst *d)
 			r = read_blocks(d);
 			if (r == 0)
 				r = sync_all(d);
+			if (r == 0)
+				r = verify_pass(d);
 			if (r == 0)
 				r = send_frame(d, native_synced_encode(buf, sizeof(buf),
 								       d->st.iterations), buf);
@@ -385,7 +480,7 @@ int dst_run(const struct dst_params *p, struct xport *x, const atomic_bool *canc
 	int r;
 
 	if (!d)
-		return -ENOMEM;
+		return err_set(ENOMEM, "no memory for the destination engine");
 	d->p = p;
 	d->x = x;
 	d->st.state = MIG_SETUP;
@@ -410,6 +505,7 @@ int dst_run(const struct dst_params *p, struct xport *x, const atomic_bool *canc
 	for (unsigned i = 0; i < d->ndev; i++) {
 		blk_close(d->dev[i].blk);
 		digest_free(d->dev[i].dig);
+		dirty_free(d->dev[i].pass);
 	}
 	if (st)
 		*st = d->st;

@@ -85,6 +85,16 @@ void digest_set(struct digest_table *t, uint64_t idx, uint64_t hash)
 	t->covered[idx] = 1;
 }
 
+uint64_t digest_get(const struct digest_table *t, uint64_t idx)
+{
+	return t->hash[idx];
+}
+
+uint64_t digest_nchunks(const struct digest_table *t)
+{
+	return t->nchunks;
+}
+
 void digest_final(const struct digest_table *t, uint8_t out[DIGEST_LEN], uint64_t *chunks)
 {
 	XXH3_state_t st;

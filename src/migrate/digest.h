@@ -34,6 +34,9 @@ uint64_t digest_hash(const void *buf, size_t len);
 uint64_t digest_zero_hash(struct digest_table *t, uint64_t idx);
 
 void digest_set(struct digest_table *t, uint64_t idx, uint64_t hash);
+/* The hash last set for idx (0 if never set). */
+uint64_t digest_get(const struct digest_table *t, uint64_t idx);
+uint64_t digest_nchunks(const struct digest_table *t);
 
 /* The device digest and the number of chunks it covers. */
 void digest_final(const struct digest_table *t, uint8_t out[DIGEST_LEN], uint64_t *chunks);

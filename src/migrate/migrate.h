@@ -13,8 +13,10 @@
  * writers are resumed and the devices are left untouched.
  *
  * Destination (dest.c): accept HELLO, open devices through a callback,
- * mark them incomplete, validate and apply every record, and on COMPLETE
- * fdatasync, compare digests, clear the marks and ACK.
+ * mark them incomplete, validate and apply every record; after each pass
+ * fdatasync, read back what the pass wrote and confirm (SYNCED); on
+ * COMPLETE check that every chunk was carried and the digests match, ACK,
+ * and clear the marks only when the source COMMITs (after fencing itself).
  *
  * Both run in the calling thread and block until done; src_cancel() may be
  * called from any thread or a signal handler (it only stores an atomic).
@@ -131,11 +133,14 @@ struct dst_params {
 	/* Names the caller expects; a missing one is an error after HELLO. */
 	const char *const *expect;
 	unsigned nexpect;
+	/* Accept a shared-base migration (only allocated data is sent; the
+	 * images must already hold the base).  Refused otherwise. */
+	bool allow_shared_base;
 };
 
 /*
- * Receive one migration from x.  0 after ACK (images durable, digests
- * matched, marks cleared); negative errno otherwise, after telling the
+ * Receive one migration from x.  0 after COMMIT (images durable, read back,
+ * digests matched, marks cleared); negative errno otherwise, after telling the
  * source (ERROR) when the connection still works.  Devices opened through
  * the callback are closed before returning.  st (optional) receives the
  * final figures.

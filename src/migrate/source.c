@@ -829,6 +829,22 @@ static int wait_ack(struct src_job *j)
 	return 0;
 }
 
+/* Tell the destination it owns the devices now (after fencing them). */
+static int send_commit(struct src_job *j)
+{
+	uint8_t buf[NATIVE_FRAME_HDR];
+	int n = native_commit_encode(buf, sizeof(buf));
+	int r = n < 0 ? n : xport_write(j->x, buf, (size_t)n);
+
+	if (r == 0)
+		r = xport_flush(j->x);
+	if (r < 0)
+		return err_prefix(-r, "the destination acknowledged, but the commit could not be "
+				  "sent (the source stays fenced; the destination stays marked "
+				  "incomplete): ");
+	return 0;
+}
+
 struct pass_timer {
 	uint64_t busy_ns;  /* time spent in passes */
 	uint64_t wire;     /* bytes sent in passes */
@@ -889,6 +905,7 @@ int src_run(struct src_job *j, struct xport *x)
 	struct pass_timer timer = {0};
 	struct finish_arg fin = {0};
 	uint64_t t_start = now_ns(), t_pause = 0;
+	bool committing = false;
 	int r = 0;
 
 	j->x = x;
@@ -947,13 +964,20 @@ int src_run(struct src_job *j, struct xport *x)
 			if (r == 0)
 				r = wait_ack(j);
 			if (r == 0) {
-				/* The destination is authoritative now. */
+				/* The point of no return: from here the source
+				 * never accepts a write again (held ones fail),
+				 * and only then does the destination, told by
+				 * COMMIT, take the devices over.  If COMMIT is
+				 * lost, both sides refuse: no split brain. */
 				for (unsigned i = 0; i < j->ndev; i++)
 					track_fence(j->dev[i].blk, ESHUTDOWN);
 				resume_writers(j);
 				fin.downtime = now_ns() - t_pause;
-				state = MIG_COMPLETED;
+				committing = true;
+				r = send_commit(j);
 			}
+			if (r == 0)
+				state = MIG_COMPLETED;
 			break;
 		default:
 			break;
@@ -961,28 +985,21 @@ int src_run(struct src_job *j, struct xport *x)
 	}
 
 	if (state != MIG_COMPLETED) {
+		static const uint8_t eos[8] = {0, 0, 0, 0, 0, 0, 0, WIRE_F_EOS};
 		char msg[1024];
 
-		snprintf(msg, sizeof(msg), "%s", err_msg());
-		if (r == -ECANCELED) {
-			/* Tell the destination, if the stream is at a record
-			 * boundary; otherwise closing is all it gets. */
-			static const uint8_t eos[8] = {0, 0, 0, 0, 0, 0, 0, WIRE_F_EOS};
-
-			xport_set_cancel(x, NULL);
-			xport_set_timeout(x, 2000);
-			if (!j->in_blocks || xport_write(x, eos, sizeof(eos)) == 0)
-				engine_send_error(x, NATIVE_MSG_ABORT, ECANCELED,
-						  "migration cancelled by the source");
-		} else {
+		if (r != -ECANCELED && !committing)
 			r = explain_send_failure(j, r);
-			snprintf(msg, sizeof(msg), "%s", err_msg());
-			xport_set_cancel(x, NULL);
-			xport_set_timeout(x, 2000);
-			if (!j->in_blocks)
-				engine_send_error(x, NATIVE_MSG_ABORT, -r, msg);
-		}
-		if (t_pause)
+		snprintf(msg, sizeof(msg), "%s", err_msg());
+		xport_set_cancel(x, NULL);
+		xport_set_timeout(x, 2000);
+		/* Tell the destination why, unless COMMIT may be out.  The
+		 * stream is at a record boundary unless a send failed midway,
+		 * and then the transport refuses to send anything more. */
+		if (!committing && (!j->in_blocks || xport_write(x, eos, sizeof(eos)) == 0))
+			engine_send_error(x, NATIVE_MSG_ABORT, -r,
+					  r == -ECANCELED ? "migration cancelled by the source" : msg);
+		if (t_pause && !committing)
 			fin.downtime = now_ns() - t_pause;
 		resume_writers(j);
 		err_copy_in(msg);

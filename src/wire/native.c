@@ -98,7 +98,7 @@ static const struct {
 } msg_names[] = {
     {NATIVE_MSG_BLOCKS, "BLOCKS"}, {NATIVE_MSG_COMPLETE, "COMPLETE"}, {NATIVE_MSG_ABORT, "ABORT"},
     {NATIVE_MSG_READY, "READY"},   {NATIVE_MSG_ACK, "ACK"},	      {NATIVE_MSG_ERROR, "ERROR"},
-    {NATIVE_MSG_SYNCED, "SYNCED"},
+    {NATIVE_MSG_SYNCED, "SYNCED"}, {NATIVE_MSG_COMMIT, "COMMIT"},
 };
 
 const char *native_msg_name(uint8_t type)
@@ -298,10 +298,12 @@ int native_frame_header(const uint8_t hdr[NATIVE_FRAME_HDR], uint64_t allowed, u
 		return err_set(EBADMSG,
 			       "frame: %s message length %" PRIu32 " exceeds the maximum %u",
 			       native_msg_name(t), l, NATIVE_MSG_MAX);
-	/* ACK has no body decoder, so its one rule is checked here. */
-	if (t == NATIVE_MSG_ACK && l != 0)
-		return err_set(
-		    EBADMSG, "frame: ACK message with a %" PRIu32 "-byte body (must be empty)", l);
+	/* ACK and COMMIT have no body decoder, so their one rule is checked
+	 * here. */
+	if ((t == NATIVE_MSG_ACK || t == NATIVE_MSG_COMMIT) && l != 0)
+		return err_set(EBADMSG,
+			       "frame: %s message with a %" PRIu32 "-byte body (must be empty)",
+			       native_msg_name(t), l);
 	*len = l;
 	return 0;
 }
@@ -536,6 +538,13 @@ int native_synced_decode(const uint8_t *body, size_t len, uint64_t *passes)
 		return err_set(EBADMSG, "synced: body of %zu bytes (expected 8)", len);
 	*passes = get_be64(body);
 	return 0;
+}
+
+int native_commit_encode(uint8_t *buf, size_t cap)
+{
+	int r = frame_put(buf, cap, NATIVE_MSG_COMMIT, 0);
+
+	return r < 0 ? r : NATIVE_FRAME_HDR;
 }
 
 int native_ack_encode(uint8_t *buf, size_t cap)

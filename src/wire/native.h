@@ -13,6 +13,8 @@
  *   0x02 COMPLETE  be32 len, body: be16 ndev,
  *                  ndev x { u8 n, name, be64 chunks, 16 bytes digest }
  *   0x03 ABORT     be32 len, body: be32 errno, UTF-8 reason (no NUL)
+ *   0x04 COMMIT    be32 len (0): the source has fenced its devices; the
+ *                  destination now owns them (sent only after ACK)
  *
  * Destination -> source (each: u8 type, be32 len, body):
  *   0x81 READY     body: be32 version          (HELLO accepted)
@@ -44,6 +46,7 @@ enum native_msg {
 	NATIVE_MSG_BLOCKS = 0x01,
 	NATIVE_MSG_COMPLETE = 0x02,
 	NATIVE_MSG_ABORT = 0x03,
+	NATIVE_MSG_COMMIT = 0x04,
 	NATIVE_MSG_READY = 0x81,
 	NATIVE_MSG_ACK = 0x82,
 	NATIVE_MSG_ERROR = 0x83,
@@ -104,6 +107,7 @@ int native_error_encode(uint8_t *buf, size_t cap, enum native_msg type,
 int native_ready_encode(uint8_t *buf, size_t cap, uint32_t version);
 int native_synced_encode(uint8_t *buf, size_t cap, uint64_t passes);
 int native_ack_encode(uint8_t *buf, size_t cap);
+int native_commit_encode(uint8_t *buf, size_t cap);
 
 /*
  * HELLO decode over buf[0..len): 0 with *used set; -EAGAIN with *used = the

@@ -45,6 +45,9 @@ check bad-magic "bad magic" no
 check bad-version "unsupported version 99" no
 check abort "source aborted: craft aborts on purpose" yes
 check no-complete "closed the connection at stream offset [0-9]+, before completing" yes
+check no-commit "after the acknowledgement without committing" yes
+check missing-chunk "carried 4 of 5 chunks: the migration is incomplete" yes
+check shared-base "accept it with receive --shared-base" no
 
 # The same stream, well formed, is accepted: the faults above are the cause.
 rm -f "$T/d.img"
@@ -60,3 +63,15 @@ for i in range(5):
 PY
 is_marked "$T/d.img" && fail "ok: still marked"
 pass "well-formed crafted stream accepted"
+
+# A shared-base stream is accepted when the receiver opts in; the chunk it
+# leaves out keeps the image's own data.
+rm -f "$T/d.img"
+make_random "$T/d.img" $size 62
+cp "$T/d.img" "$T/base.img"
+start_receiver sb --device d0="$T/d.img" --shared-base
+"$BLKMIG_CRAFT" --to "127.0.0.1:$RECV_PORT" --size $size --fault shared-base >"$T/sb.craft" 2>&1 || fail "shared-base: craft"
+wait_rc "$RECV_PID"; [ "$RC" = 0 ] || { cat "$T/sb.err" >&2; fail "shared-base: refused with --shared-base"; }
+cmp -n $MiB "$T/d.img" "$T/base.img" || fail "shared-base: the chunk not sent was changed"
+is_marked "$T/d.img" && fail "shared-base: still marked"
+pass "shared-base stream accepted with receive --shared-base"

@@ -10,7 +10,7 @@ cp "$T/base.img" "$T/dst.img"
 # The source's own data: three extents; the rest is unallocated.
 make_sparse "$T/src.img" $size "$((2 * MiB)):$MiB,$((10 * MiB + 4096)):8192,$((40 * MiB)):$((3 * MiB))" 32
 
-start_receiver sb --device d0="$T/dst.img"
+start_receiver sb --device d0="$T/dst.img" --shared-base
 "$BLKMIG" send --to "127.0.0.1:$RECV_PORT" --device d0="$T/src.img" --shared-base --json >"$T/sb.json" 2>"$T/sb.err2" ||
 	{ cat "$T/sb.err2" >&2; fail "send --shared-base failed"; }
 wait_rc "$RECV_PID"; [ "$RC" = 0 ] || { cat "$T/sb.err" >&2; fail "receive failed"; }

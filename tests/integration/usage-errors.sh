@@ -15,6 +15,9 @@ expect_error "$(run send --to 127.0.0.1:1 --device d0=/x --device d0=/y)" 2 "$T/
 expect_error "$(run receive --device d0=/x)" 2 "$T/err" "--listen"
 expect_error "$(run receive --listen 127.0.0.1:0 --device d0=/x,readonly)" 2 "$T/err" "read-only"
 expect_error "$(run frobnicate)" 2 "$T/err" "unknown command"
+truncate -s 1M "$T/one.img"
+ln -s "$T/one.img" "$T/link.img"
+expect_error "$(run receive --listen 127.0.0.1:0 --device a="$T/one.img" --device b="$T/link.img")" 2 "$T/err" "devices a and b are the same image"
 pass "usage errors exit 2"
 
 expect_error "$(run send --to 127.0.0.1:1 --device d0="$T/missing.img")" 1 "$T/err" "missing.img"

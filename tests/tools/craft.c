@@ -37,6 +37,9 @@ static const char *const faults[] = {
 	"bad-version",    /* HELLO version 99 */
 	"abort",          /* the source aborts after one record */
 	"no-complete",    /* all records, then the connection closes */
+	"no-commit",      /* a valid migration, but no COMMIT after the ACK */
+	"missing-chunk",  /* one chunk never sent (not shared base), digest of the rest */
+	"shared-base",    /* HELLO with the SHARED_BASE capability, chunk 0 skipped */
 };
 
 /* Released at exit, whichever way main() leaves. */
@@ -122,6 +125,8 @@ int main(int argc, char **argv)
 	snprintf(h.dev[0].name, sizeof(h.dev[0].name), "%s",
 		 strcmp(fault, "hello-device") == 0 ? "stranger" : name);
 	h.dev[0].size = strcmp(fault, "size-mismatch") == 0 ? size + cs : size;
+	if (strcmp(fault, "shared-base") == 0)
+		h.caps |= NATIVE_CAP_SHARED_BASE;
 	n = native_hello_encode(buf, sizeof(buf), &h);
 	if (n < 0)
 		return 1;
@@ -159,6 +164,10 @@ int main(int argc, char **argv)
 	for (uint64_t i = 0; i < nchunks; i++) {
 		struct wire_record rec = {.kind = WIRE_REC_DATA, .offset = i * cs};
 		size_t clen = digest_chunk_len(dig, i);
+
+		if ((strcmp(fault, "missing-chunk") == 0 && i == nchunks / 2) ||
+		    (strcmp(fault, "shared-base") == 0 && i == 0))
+			continue;
 
 		rec.name_len = (uint8_t)strlen(name);
 		memcpy(rec.name, name, rec.name_len + 1u);
@@ -224,8 +233,15 @@ answer:
 			goto closed;
 	} while (hdr[0] == NATIVE_MSG_SYNCED);
 	if (hdr[0] == NATIVE_MSG_ACK) {
+		bool good = strcmp(fault, "ok") == 0 || strcmp(fault, "shared-base") == 0;
+
 		printf("receiver acknowledged\n");
-		return strcmp(fault, "ok") == 0 ? 0 : 1;
+		if (strcmp(fault, "no-commit") == 0)
+			return 0; /* closing now is the fault */
+		n = native_commit_encode(buf, sizeof(buf));
+		if (n < 0 || send_all(x, buf, (size_t)n) < 0)
+			goto closed;
+		return good ? 0 : 1;
 	}
 	if (hdr[0] == NATIVE_MSG_ERROR) {
 		struct native_error e;
