@@ -225,3 +225,8 @@ bool cli_signalled(void)
 {
 	return atomic_load(&signalled);
 }
+
+const atomic_bool *cli_cancel_flag(void)
+{
+	return &signalled;
+}

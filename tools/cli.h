@@ -7,6 +7,7 @@
 #ifndef BLKMIG_TOOLS_CLI_H
 #define BLKMIG_TOOLS_CLI_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -66,5 +67,7 @@ void cli_print_summary(FILE *f, const char *verb, const struct mig_stats *st);
 /* Signal handling: SIGINT/SIGTERM set *flag (and call fn(arg) if given). */
 void cli_on_signal(void (*fn)(void *), void *arg);
 bool cli_signalled(void);
+/* The flag the handler sets, for calls that take a cancel flag. */
+const atomic_bool *cli_cancel_flag(void);
 
 #endif

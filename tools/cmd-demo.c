@@ -294,7 +294,7 @@ int cmd_demo(int argc, char **argv)
 		goto fail;
 	demo_job = job;
 	cli_on_signal(cancel_cb, NULL);
-	r = xport_connect(to, 10000, NULL, &x);
+	r = xport_connect(to, 10000, cli_cancel_flag(), &x);
 	if (r < 0)
 		goto fail;
 	if (!json) {

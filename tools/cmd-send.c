@@ -236,7 +236,7 @@ int cmd_send(int argc, char **argv)
 	cli_progress_init(&prog, "send", !json);
 	src_set_progress(job, cli_progress_cb, &prog);
 
-	r = xport_connect(to, 10000, NULL, &x);
+	r = xport_connect(to, 10000, cli_cancel_flag(), &x);
 	if (r < 0) {
 		cli_progress_done(&prog);
 		snprintf(errbuf, sizeof(errbuf), "%s", err_msg());

@@ -19,6 +19,36 @@ static int sidecar_path(char *buf, size_t cap, const char *path)
 	return 0;
 }
 
+/* Make a marker change durable: the file's inode (its xattrs) or, for a
+ * sidecar, the directory entry. */
+static int sync_path(const char *path, bool dir_of)
+{
+	char buf[PATH_MAX];
+	const char *p = path;
+	int fd, r = 0;
+
+	if (dir_of) {
+		char *slash;
+
+		snprintf(buf, sizeof(buf), "%s", path);
+		slash = strrchr(buf, '/');
+		if (slash == buf)
+			slash[1] = '\0';
+		else if (slash)
+			*slash = '\0';
+		else
+			snprintf(buf, sizeof(buf), ".");
+		p = buf;
+	}
+	fd = open(p, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return err_set(errno, "sync %s: %s", p, strerror(errno));
+	if (fsync(fd) < 0 && errno != EINVAL && errno != EROFS)
+		r = err_set(errno, "sync %s: %s", p, strerror(errno));
+	close(fd);
+	return r;
+}
+
 static bool xattr_unsupported(int e)
 {
 	return e == ENOTSUP || e == EOPNOTSUPP || e == EPERM;
@@ -31,7 +61,7 @@ int mark_incomplete(const char *path, const char *reason)
 	int fd, r;
 
 	if (setxattr(path, MARK_XATTR, reason, len, 0) == 0)
-		return 0;
+		return sync_path(path, false);
 	if (!xattr_unsupported(errno))
 		return err_set(errno, "mark %s incomplete: %s", path, strerror(errno));
 	r = sidecar_path(side, sizeof(side), path);
@@ -48,7 +78,7 @@ int mark_incomplete(const char *path, const char *reason)
 		return err_set(e, "mark %s incomplete: write %s: %s", path, side, strerror(e));
 	}
 	close(fd);
-	return 0;
+	return sync_path(side, true);
 }
 
 int mark_clear(const char *path)
@@ -56,12 +86,19 @@ int mark_clear(const char *path)
 	char side[PATH_MAX];
 	int r;
 
-	if (removexattr(path, MARK_XATTR) < 0 && errno != ENODATA && !xattr_unsupported(errno))
+	if (removexattr(path, MARK_XATTR) == 0) {
+		r = sync_path(path, false);
+		if (r < 0)
+			return r;
+	} else if (errno != ENODATA && !xattr_unsupported(errno)) {
 		return err_set(errno, "clear marker on %s: %s", path, strerror(errno));
+	}
 	r = sidecar_path(side, sizeof(side), path);
 	if (r < 0)
 		return r;
-	if (unlink(side) < 0 && errno != ENOENT)
+	if (unlink(side) == 0)
+		return sync_path(side, true);
+	if (errno != ENOENT)
 		return err_set(errno, "clear marker %s: %s", side, strerror(errno));
 	return 0;
 }

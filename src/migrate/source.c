@@ -127,18 +127,9 @@ void src_stats(struct src_job *j, struct mig_stats *out)
 	pthread_mutex_unlock(&j->stats_lock);
 	if (j->x)
 		out->transferred = xport_tx_bytes(j->x);
-	switch (out->state) {
-	case MIG_SETUP:
-	case MIG_BULK:
-		out->remaining = out->total - out->bulk_done + dirty;
-		break;
-	case MIG_COMPLETED:
-		out->remaining = 0;
-		break;
-	default:
-		out->remaining = dirty;
-		break;
-	}
+	/* The unread part of the bulk pass counts as pending, always (QEMU
+	 * 7.2 leaves it out and "completes" with data missing). */
+	out->remaining = out->state == MIG_COMPLETED ? 0 : out->total - out->bulk_done + dirty;
 }
 
 static void report(struct src_job *j, bool force)
@@ -335,7 +326,15 @@ int src_new(const struct src_params *p, const struct src_device *devs, unsigned 
 	pthread_mutex_init(&j->stats_lock, NULL);
 	pthread_mutex_init(&j->lock, NULL);
 	pthread_cond_init(&j->work_cond, NULL);
-	pthread_cond_init(&j->done_cond, NULL);
+	{
+		/* The engine's timed wait must not stall on a clock step. */
+		pthread_condattr_t ca;
+
+		pthread_condattr_init(&ca);
+		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+		pthread_cond_init(&j->done_cond, &ca);
+		pthread_condattr_destroy(&ca);
+	}
 	j->ndev = ndev;
 	j->stats.ndev = ndev;
 	for (unsigned i = 0; i < ndev; i++) {
@@ -424,19 +423,21 @@ void src_set_max_bandwidth(struct src_job *j, uint64_t bytes_per_sec)
 
 static int start_readers(struct src_job *j)
 {
-	unsigned n = j->p.readers;
+	unsigned n = j->p.readers, nbufs = n + 2;
 
-	j->nbufs = n + 2;
-	j->bufs = calloc(j->nbufs, sizeof(*j->bufs));
-	j->free = calloc(j->nbufs, sizeof(*j->free));
-	j->q = calloc(j->nbufs, sizeof(*j->q));
+	j->bufs = calloc(nbufs, sizeof(*j->bufs));
+	j->free = calloc(nbufs, sizeof(*j->free));
+	j->q = calloc(nbufs, sizeof(*j->q));
 	j->threads = calloc(n, sizeof(*j->threads));
 	if (!j->bufs || !j->free || !j->q || !j->threads)
-		return -ENOMEM;
-	for (unsigned i = 0; i < j->nbufs; i++) {
+		return err_set(ENOMEM, "no memory for %u read buffers", nbufs);
+	/* nbufs counts only buffers that exist, for src_free(). */
+	for (unsigned i = 0; i < nbufs; i++) {
 		j->bufs[i] = aligned_alloc(4096, j->p.chunk_size);
 		if (!j->bufs[i])
-			return -ENOMEM;
+			return err_set(ENOMEM, "no memory for %u read buffers of %u bytes", nbufs,
+				       j->p.chunk_size);
+		j->nbufs++;
 		j->free[j->nfree++] = j->bufs[i];
 	}
 	for (unsigned i = 0; i < n; i++) {
@@ -686,7 +687,7 @@ static int run_pass(struct src_job *j, enum pass_kind kind)
 		       !cancelled(j)) {
 			struct timespec ts;
 
-			clock_gettime(CLOCK_REALTIME, &ts);
+			clock_gettime(CLOCK_MONOTONIC, &ts);
 			ts.tv_nsec += 100 * 1000000;
 			if (ts.tv_nsec >= 1000000000) {
 				ts.tv_sec++;

@@ -171,6 +171,36 @@ int xport_accept(int lfd, int timeout_ms, const atomic_bool *cancel, struct xpor
 	return r;
 }
 
+/* A non-blocking connect, polled in slices: 0 or a positive errno. */
+static int connect_wait(int fd, const struct addrinfo *ai, uint64_t deadline,
+			const atomic_bool *cancel)
+{
+	socklen_t sl = sizeof(int);
+	int e = 0;
+
+	if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
+		return 0;
+	if (errno != EINPROGRESS)
+		return errno;
+	for (;;) {
+		struct pollfd p = {.fd = fd, .events = POLLOUT};
+		int r;
+
+		if (cancelled(cancel))
+			return ECANCELED;
+		if (now_ns() >= deadline)
+			return ETIMEDOUT;
+		r = poll(&p, 1, POLL_SLICE_MS);
+		if (r < 0 && errno != EINTR)
+			return errno;
+		if (r > 0)
+			break;
+	}
+	if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &sl) < 0)
+		return errno;
+	return e;
+}
+
 int xport_connect(const char *hostport, int timeout_ms, const atomic_bool *cancel,
 		  struct xport **out)
 {
@@ -183,16 +213,19 @@ int xport_connect(const char *hostport, int timeout_ms, const atomic_bool *cance
 		return r;
 	for (;;) {
 		for (ai = res; ai; ai = ai->ai_next) {
-			fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+			fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK,
+				    ai->ai_protocol);
 			if (fd < 0) {
 				e = errno;
 				continue;
 			}
-			if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
+			e = connect_wait(fd, ai, deadline, cancel);
+			if (e == 0)
 				goto connected;
-			e = errno;
 			close(fd);
 			fd = -1;
+			if (e == ECANCELED || e == ETIMEDOUT)
+				break;
 		}
 		if (e != ECONNREFUSED || now_ns() >= deadline || cancelled(cancel))
 			break;
@@ -308,9 +341,9 @@ static int wait_ready(struct xport *x, short events, uint64_t *idle_since)
 }
 
 /* Hold the sender back to the configured rate before sending n bytes. */
-static int rate_limit(struct xport *x, size_t n)
+static int rate_limit(struct xport *x, uint64_t rate, size_t n)
 {
-	uint64_t rate = atomic_load(&x->rate), now = now_ns();
+	uint64_t now = now_ns();
 
 	if (!rate)
 		return 0;
@@ -333,13 +366,14 @@ static int send_all(struct xport *x, struct iovec *iov, int iovcnt)
 	uint64_t idle_since = now_ns();
 
 	while (iovcnt > 0) {
+		uint64_t rate = atomic_load(&x->rate);
 		size_t total = 0;
 		ssize_t n;
 		int r;
 
 		for (int i = 0; i < iovcnt; i++)
 			total += iov[i].iov_len;
-		r = rate_limit(x, total);
+		r = rate_limit(x, rate, total);
 		if (r < 0)
 			return r;
 		n = x->ops->sendv(x, iov, iovcnt);
@@ -352,10 +386,10 @@ static int send_all(struct xport *x, struct iovec *iov, int iovcnt)
 		if (n < 0)
 			return fail(x, POLLOUT, err_set((int)-n, "send to %s: %s", x->peer,
 					       strerror((int)-n)));
-		/* Unsent bytes were charged to the limiter; refund them. */
-		if (atomic_load(&x->rate) && (size_t)n < total)
-			x->next_ok_ns -= (uint64_t)((double)(total - (size_t)n) * 1e9 /
-						    (double)atomic_load(&x->rate));
+		/* Unsent bytes were charged to the limiter; refund them at
+		 * the rate they were charged at. */
+		if (rate && (size_t)n < total)
+			x->next_ok_ns -= (uint64_t)((double)(total - (size_t)n) * 1e9 / (double)rate);
 		atomic_fetch_add(&x->tx, (uint64_t)n);
 		idle_since = now_ns();
 		while (iovcnt > 0 && (size_t)n >= iov->iov_len) {

@@ -36,3 +36,12 @@ expect_error "$src_rc" 1 "$T/killed.send.err" "send: "
 [ "$(md5sum <"$T/src.img")" = "$sum" ] || fail "destination killed: the source changed"
 is_marked "$T/dstK.img" || fail "destination killed: image not marked incomplete"
 pass "destination killed: source fails cleanly and is untouched"
+
+# SIGINT while still trying to connect is a cancel too, not a 10 s wait.
+"$BLKMIG" send --to 127.0.0.1:1 --device d0="$T/src.img" >/dev/null 2>"$T/conn.err" &
+spid=$!
+sleep 0.5
+kill -INT "$spid"
+wait_rc "$spid"
+expect_error "$RC" 1 "$T/conn.err" "cancelled while connecting"
+pass "SIGINT while connecting cancels"
