@@ -344,15 +344,16 @@ int src_new(const struct src_params *p, const struct src_device *devs, unsigned 
 		d->blk = devs[i].blk;
 		d->size = blk_size(d->blk);
 		d->nchunks = div_round_up(d->size, j->p.chunk_size);
+		/* Messages name devs[i], which outlives the job freed here. */
 		if (strlen(d->name) == 0 || strlen(d->name) > WIRE_NAME_MAX || d->size == 0) {
 			src_free(j);
 			return err_set(EINVAL, "device '%s': name must be 1-%d bytes and size > 0",
-				       d->name, WIRE_NAME_MAX);
+				       devs[i].name, WIRE_NAME_MAX);
 		}
 		for (unsigned k = 0; k < i; k++)
 			if (strcmp(j->dev[k].name, d->name) == 0) {
 				src_free(j);
-				return err_set(EINVAL, "device name '%s' given twice", d->name);
+				return err_set(EINVAL, "device name '%s' given twice", devs[i].name);
 			}
 		snprintf(j->stats.dev[i].name, sizeof(j->stats.dev[i].name), "%s", d->name);
 		j->stats.dev[i].size = d->size;
@@ -583,6 +584,10 @@ static int send_result(struct src_job *j, const struct result *res, uint8_t *hdr
 	struct src_dev *d = &j->dev[res->dev];
 	struct wire_record rec = {.offset = res->chunk * j->p.chunk_size};
 	struct sent_arg a = {.dev = res->dev, .kind = res->kind, .bulk = j->pass == PASS_BULK};
+	/* The figures count records as sent: zeros without ZERO_BLOCK are
+	 * data records. */
+	if (res->kind == RES_ZERO && !j->p.zero_blocks)
+		a.kind = RES_DATA;
 	uint64_t hash = res->hash;
 	int n, r = 0;
 

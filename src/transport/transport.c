@@ -5,6 +5,7 @@
  * reader, sticky errors and cancel/timeout handling.  See transport.h.
  */
 #include <arpa/inet.h>
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -188,13 +189,15 @@ static int connect_wait(int fd, const struct addrinfo *ai, uint64_t deadline,
 
 		if (cancelled(cancel))
 			return ECANCELED;
-		if (now_ns() >= deadline)
-			return ETIMEDOUT;
+		/* Poll at least once, so a refusal already answered is
+		 * reported as such even with no time left. */
 		r = poll(&p, 1, POLL_SLICE_MS);
 		if (r < 0 && errno != EINTR)
 			return errno;
 		if (r > 0)
 			break;
+		if (now_ns() >= deadline)
+			return ETIMEDOUT;
 	}
 	if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &sl) < 0)
 		return errno;
@@ -204,7 +207,7 @@ static int connect_wait(int fd, const struct addrinfo *ai, uint64_t deadline,
 int xport_connect(const char *hostport, int timeout_ms, const atomic_bool *cancel,
 		  struct xport **out)
 {
-	uint64_t deadline = now_ns() + (uint64_t)MAX(timeout_ms, 0) * 1000000u;
+	uint64_t now, deadline = now_ns() + (uint64_t)MAX(timeout_ms, 0) * 1000000u;
 	struct addrinfo *res, *ai;
 	int fd = -1, r, e = 0;
 
@@ -227,9 +230,16 @@ int xport_connect(const char *hostport, int timeout_ms, const atomic_bool *cance
 			if (e == ECANCELED || e == ETIMEDOUT)
 				break;
 		}
-		if (e != ECONNREFUSED || now_ns() >= deadline || cancelled(cancel))
+		if (e != ECONNREFUSED || cancelled(cancel))
 			break;
-		sleep_ns(50 * 1000000ull);
+		/* Refused: the listener may not be up yet.  Retry while time
+		 * is left; the refusal is what gets reported. */
+		now = now_ns();
+		if (now >= deadline)
+			break;
+		sleep_ns(MIN(50 * 1000000ull, deadline - now));
+		if (now_ns() >= deadline)
+			break;
 	}
 	freeaddrinfo(res);
 	if (cancelled(cancel))
@@ -330,8 +340,8 @@ static int wait_ready(struct xport *x, short events, uint64_t *idle_since)
 			return fail(x, events, err_set(ECANCELED, "cancelled"));
 		if (x->timeout_ms > 0 &&
 		    now_ns() - *idle_since > (uint64_t)x->timeout_ms * 1000000u)
-			return fail(x, events, err_set(ETIMEDOUT, "connection to %s idle for %d s", x->peer,
-					       x->timeout_ms / 1000));
+			return fail(x, events, err_set(ETIMEDOUT, "connection to %s idle for %.1f s",
+						       x->peer, x->timeout_ms / 1000.0));
 		r = poll(&p, 1, POLL_SLICE_MS);
 		if (r < 0 && errno != EINTR)
 			return fail(x, events, err_set(errno, "poll: %s", strerror(errno)));
@@ -361,35 +371,53 @@ static int rate_limit(struct xport *x, uint64_t rate, size_t n)
 	return 0;
 }
 
+/*
+ * Send everything in iov.  With a rate limit, each send is clipped to what
+ * the limiter allows in one slice (so one large payload is paced too, not
+ * pushed at line rate after being charged), and charged for what the kernel
+ * actually took.
+ */
 static int send_all(struct xport *x, struct iovec *iov, int iovcnt)
 {
 	uint64_t idle_since = now_ns();
 
+	assert(iovcnt <= 8);
 	while (iovcnt > 0) {
 		uint64_t rate = atomic_load(&x->rate);
-		size_t total = 0;
+		struct iovec clip[8];
+		size_t total = 0, budget, left;
 		ssize_t n;
-		int r;
+		int r, nclip = 0;
 
 		for (int i = 0; i < iovcnt; i++)
 			total += iov[i].iov_len;
-		r = rate_limit(x, rate, total);
+		budget = rate ? (size_t)MIN(total, MAX(rate * RATE_BURST_NS / 1000000000u,
+							 (uint64_t)64 * 1024))
+			      : total;
+		for (left = budget; left > 0 && nclip < iovcnt; nclip++) {
+			clip[nclip] = iov[nclip];
+			clip[nclip].iov_len = MIN(clip[nclip].iov_len, left);
+			left -= clip[nclip].iov_len;
+		}
+		r = rate_limit(x, rate, budget);
 		if (r < 0)
 			return r;
-		n = x->ops->sendv(x, iov, iovcnt);
-		if (n == -EAGAIN || n == -EINTR) {
+		n = x->ops->sendv(x, clip, nclip);
+		if (n == -EAGAIN || n == -EINTR)
+			n = 0;
+		if (n < 0)
+			return fail(x, POLLOUT, err_set((int)-n, "send to %s: %s", x->peer,
+							strerror((int)-n)));
+		/* Unsent bytes were charged to the limiter; refund them at
+		 * the rate they were charged at. */
+		if (rate && (size_t)n < budget)
+			x->next_ok_ns -= (uint64_t)((double)(budget - (size_t)n) * 1e9 / (double)rate);
+		if (n == 0) {
 			r = wait_ready(x, POLLOUT, &idle_since);
 			if (r < 0)
 				return r;
 			continue;
 		}
-		if (n < 0)
-			return fail(x, POLLOUT, err_set((int)-n, "send to %s: %s", x->peer,
-					       strerror((int)-n)));
-		/* Unsent bytes were charged to the limiter; refund them at
-		 * the rate they were charged at. */
-		if (rate && (size_t)n < total)
-			x->next_ok_ns -= (uint64_t)((double)(total - (size_t)n) * 1e9 / (double)rate);
 		atomic_fetch_add(&x->tx, (uint64_t)n);
 		idle_since = now_ns();
 		while (iovcnt > 0 && (size_t)n >= iov->iov_len) {

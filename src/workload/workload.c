@@ -220,8 +220,9 @@ void workload_get_stats(struct workload *w, struct workload_stats *st)
 	st->writes = w->writes;
 	st->bytes = w->bytes;
 	st->max_ns = w->max_ns;
-	st->p50_ns = hist_quantile(w->hist, w->writes, 0.50);
-	st->p99_ns = hist_quantile(w->hist, w->writes, 0.99);
+	/* A bucket's upper bound may lie above every sample in it. */
+	st->p50_ns = MIN(hist_quantile(w->hist, w->writes, 0.50), w->max_ns);
+	st->p99_ns = MIN(hist_quantile(w->hist, w->writes, 0.99), w->max_ns);
 	st->stopped_by = w->stopped_by;
 	pthread_mutex_unlock(&w->lock);
 }

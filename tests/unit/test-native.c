@@ -419,7 +419,7 @@ static void test_frame_errors(void **state)
 {
 	(void)state;
 	check_frame("\x00\0\0\0\0", ALLOW_ALL, "frame: unknown message type 0x00");
-	check_frame("\x04\0\0\0\0", ALLOW_ALL, "frame: unknown message type 0x04");
+	check_frame("\x05\0\0\0\0", ALLOW_ALL, "frame: unknown message type 0x05");
 	check_frame("\x80\0\0\0\0", ALLOW_ALL, "frame: unknown message type 0x80");
 	check_frame("\xff\0\0\0\0", ALLOW_ALL, "frame: unknown message type 0xff");
 	/* 0x21 and 0xa1 share allow bits with BLOCKS and READY. */

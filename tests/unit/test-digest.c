@@ -1,0 +1,408 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Unit tests for the per-chunk hash tables and device digests
+ * (src/migrate/digest.c, definition in docs/wire-format.md "Digests"):
+ * clipping of the last chunk, the cached zero hash against a real zero
+ * buffer, which chunks the digest covers, independence from the order of
+ * digest_set() calls, "last set wins", and the documented worked example.
+ *
+ * Expected digests are recomputed here straight from the definition (XXH3-128
+ * over { be64 index, be64 hash } in index order) with libxxhash, not through
+ * the code under test.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <xxhash.h>
+
+#include "common/util.h"
+#include "migrate/digest.h"
+
+static struct digest_table *table_new(uint64_t size, uint32_t chunk)
+{
+	struct digest_table *t = digest_new(size, chunk);
+
+	assert_non_null(t);
+	return t;
+}
+
+static uint8_t *zeros_new(size_t len)
+{
+	uint8_t *p = calloc(1, len ? len : 1);
+
+	assert_non_null(p);
+	return p;
+}
+
+/* The digest of 'n' (index, hash) pairs, which must be in ascending index
+ * order, computed from the definition. */
+static void reference_digest(const uint64_t *idx, const uint64_t *hash, size_t n,
+			     uint8_t out[DIGEST_LEN])
+{
+	uint8_t *in = malloc(n ? n * 16 : 1);
+	XXH128_hash_t h;
+
+	assert_non_null(in);
+	for (size_t i = 0; i < n; i++) {
+		if (i > 0)
+			assert_true(idx[i - 1] < idx[i]);
+		put_be64(in + i * 16, idx[i]);
+		put_be64(in + i * 16 + 8, hash[i]);
+	}
+	h = XXH3_128bits(in, n * 16);
+	put_be64(out, h.high64);
+	put_be64(out + 8, h.low64);
+	free(in);
+}
+
+static void assert_digest(const uint8_t *got, const uint8_t *want)
+{
+	if (memcmp(got, want, DIGEST_LEN) != 0) {
+		char g[2 * DIGEST_LEN + 1], w[2 * DIGEST_LEN + 1];
+
+		for (int i = 0; i < DIGEST_LEN; i++) {
+			static const char hex[] = "0123456789abcdef";
+
+			g[2 * i] = hex[got[i] >> 4];
+			g[2 * i + 1] = hex[got[i] & 15];
+			w[2 * i] = hex[want[i] >> 4];
+			w[2 * i + 1] = hex[want[i] & 15];
+		}
+		g[2 * DIGEST_LEN] = w[2 * DIGEST_LEN] = '\0';
+		fail_msg("digest %s, want %s", g, w);
+	}
+}
+
+static uint64_t mix(uint64_t v)
+{
+	v += 0x9E3779B97F4A7C15ull;
+	v = (v ^ (v >> 30)) * 0xBF58476D1CE4E5B9ull;
+	v = (v ^ (v >> 27)) * 0x94D049BB133111EBull;
+	return v ^ (v >> 31);
+}
+
+/* ---- chunk lengths -------------------------------------------------------- */
+
+static void test_chunk_len(void **state)
+{
+	static const struct {
+		uint64_t size;
+		uint32_t chunk;
+		uint64_t idx;
+		size_t want;
+	} cases[] = {
+	    /* a partial last chunk */
+	    {3 * MiB + 4097, (uint32_t)MiB, 0, MiB},
+	    {3 * MiB + 4097, (uint32_t)MiB, 2, MiB},
+	    {3 * MiB + 4097, (uint32_t)MiB, 3, 4097},
+	    /* a device that ends on a chunk boundary: the last chunk is whole */
+	    {4 * MiB, (uint32_t)MiB, 3, MiB},
+	    /* a device smaller than one chunk */
+	    {1000, 4096, 0, 1000},
+	    /* a one-byte last chunk */
+	    {64 * KiB + 1, (uint32_t)(64 * KiB), 1, 1},
+	    /* the largest chunk size */
+	    {16 * MiB + 512, (uint32_t)(16 * MiB), 0, 16 * MiB},
+	    {16 * MiB + 512, (uint32_t)(16 * MiB), 1, 512},
+	};
+
+	(void)state;
+	for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+		struct digest_table *t = table_new(cases[i].size, cases[i].chunk);
+		size_t got = digest_chunk_len(t, cases[i].idx);
+
+		if (got != cases[i].want)
+			fail_msg("size %llu chunk %u idx %llu: length %zu, want %zu",
+				 (unsigned long long)cases[i].size, cases[i].chunk,
+				 (unsigned long long)cases[i].idx, got, cases[i].want);
+		digest_free(t);
+	}
+	digest_free(NULL);
+}
+
+/* ---- zero hash ------------------------------------------------------------ */
+
+/* digest_zero_hash() for every chunk equals digest_hash() of that many real
+ * zero bytes, whichever of the full and partial lengths is asked first. */
+static void check_zero_hashes(uint64_t size, uint32_t chunk, bool last_first)
+{
+	struct digest_table *t = table_new(size, chunk);
+	uint64_t n = div_round_up(size, chunk);
+	uint8_t *zeros = zeros_new(chunk);
+
+	for (uint64_t k = 0; k < n; k++) {
+		uint64_t i = last_first ? n - 1 - k : k;
+		size_t len = digest_chunk_len(t, i);
+		uint64_t want = digest_hash(zeros, len);
+
+		if (digest_zero_hash(t, i) != want)
+			fail_msg("size %llu chunk %u: zero hash of chunk %llu (%zu bytes) is "
+				 "%016llx, want %016llx",
+				 (unsigned long long)size, chunk, (unsigned long long)i, len,
+				 (unsigned long long)digest_zero_hash(t, i),
+				 (unsigned long long)want);
+		/* Asking again gives the cached value. */
+		assert_int_equal(digest_zero_hash(t, i), want);
+	}
+	free(zeros);
+	digest_free(t);
+}
+
+static void test_zero_hash(void **state)
+{
+	(void)state;
+	/* Full chunks only, smaller and larger than the internal 64 KiB block. */
+	check_zero_hashes(8 * 4096, 4096, false);
+	check_zero_hashes(4 * MiB, (uint32_t)MiB, false);
+	/* A partial last chunk, asked last and asked first. */
+	check_zero_hashes(3 * MiB + 4097, (uint32_t)MiB, false);
+	check_zero_hashes(3 * MiB + 4097, (uint32_t)MiB, true);
+	/* Partial lengths that are, and are not, multiples of 64 KiB. */
+	check_zero_hashes(2 * MiB + 128 * KiB, (uint32_t)MiB, true);
+	check_zero_hashes(MiB + 64 * KiB + 1, (uint32_t)MiB, false);
+	/* Only a partial chunk. */
+	check_zero_hashes(1000, 4096, false);
+	/* The largest chunk size, 16 MiB, with a 4 MiB tail. */
+	check_zero_hashes(20 * MiB, (uint32_t)(16 * MiB), true);
+}
+
+/* The zero hash is not XXH3 of an empty buffer, nor the same for both
+ * lengths: the cache keeps the full and the partial length apart. */
+static void test_zero_hash_lengths_differ(void **state)
+{
+	struct digest_table *t = table_new(MiB + 512 * KiB, (uint32_t)MiB);
+
+	(void)state;
+	assert_int_not_equal(digest_zero_hash(t, 0), digest_zero_hash(t, 1));
+	assert_int_not_equal(digest_zero_hash(t, 1), digest_hash("", 0));
+	digest_free(t);
+}
+
+/* ---- digest_final ------------------------------------------------------- */
+
+static void test_final_empty(void **state)
+{
+	/* docs/wire-format.md: no chunk carried -> XXH3-128 of zero bytes. */
+	static const uint8_t empty[DIGEST_LEN] = {0x99, 0xaa, 0x06, 0xd3, 0x01, 0x47, 0x98, 0xd8,
+						  0x60, 0x01, 0xc3, 0x24, 0x46, 0x8d, 0x49, 0x7f};
+	struct digest_table *t = table_new(16 * MiB, (uint32_t)MiB);
+	uint8_t out[DIGEST_LEN], ref[DIGEST_LEN];
+	uint64_t chunks = 12345;
+
+	(void)state;
+	digest_final(t, out, &chunks);
+	assert_int_equal(chunks, 0);
+	assert_digest(out, empty);
+	reference_digest(NULL, NULL, 0, ref);
+	assert_digest(out, ref);
+	digest_free(t);
+}
+
+/* Only chunks given to digest_set() are covered, in index order. */
+static void test_final_covers_set_chunks(void **state)
+{
+	static const uint64_t idx[] = {0, 3, 7, 9};
+	struct digest_table *t = table_new(9 * MiB + 100, (uint32_t)MiB); /* 10 chunks */
+	uint8_t out[DIGEST_LEN], ref[DIGEST_LEN];
+	uint64_t hash[ARRAY_SIZE(idx)], chunks;
+
+	(void)state;
+	for (size_t i = 0; i < ARRAY_SIZE(idx); i++) {
+		hash[i] = mix(idx[i]);
+		digest_set(t, idx[i], hash[i]);
+	}
+	digest_final(t, out, &chunks);
+	assert_int_equal(chunks, ARRAY_SIZE(idx));
+	reference_digest(idx, hash, ARRAY_SIZE(idx), ref);
+	assert_digest(out, ref);
+
+	/* Covering one more chunk changes the digest and the count. */
+	digest_set(t, 5, 0);
+	digest_final(t, out, &chunks);
+	assert_int_equal(chunks, ARRAY_SIZE(idx) + 1);
+	if (memcmp(out, ref, DIGEST_LEN) == 0)
+		fail_msg("covering chunk 5 did not change the digest");
+	digest_free(t);
+}
+
+/* Every chunk covered, the zero ones with the zero hash: what a migration
+ * without SHARED_BASE produces. */
+static void test_final_all_chunks(void **state)
+{
+	const uint64_t size = 5 * 4096 + 100;
+	struct digest_table *t = table_new(size, 4096);
+	uint8_t *data = zeros_new(size);
+	uint64_t idx[6], hash[6], chunks;
+	uint8_t out[DIGEST_LEN], ref[DIGEST_LEN];
+
+	(void)state;
+	for (uint64_t i = 0; i < 6; i++) {
+		size_t len = digest_chunk_len(t, i);
+
+		idx[i] = i;
+		if (i % 2) {
+			memset(data + i * 4096, (int)(0x10 + i), len);
+			hash[i] = digest_hash(data + i * 4096, len);
+		} else {
+			hash[i] = digest_zero_hash(t, i);
+		}
+		digest_set(t, i, hash[i]);
+	}
+	/* The zero hashes agree with hashing the real (zero) bytes. */
+	for (uint64_t i = 0; i < 6; i += 2)
+		assert_int_equal(hash[i], digest_hash(data + i * 4096, digest_chunk_len(t, i)));
+	digest_final(t, out, &chunks);
+	assert_int_equal(chunks, 6);
+	reference_digest(idx, hash, 6, ref);
+	assert_digest(out, ref);
+	free(data);
+	digest_free(t);
+}
+
+/* The same (index, hash) pairs set in any order give the same digest. */
+static void test_order_independent(void **state)
+{
+	enum { N = 64 };
+	struct digest_table *asc = table_new(N * 4096, 4096);
+	struct digest_table *desc = table_new(N * 4096, 4096);
+	struct digest_table *shuf = table_new(N * 4096, 4096);
+	uint8_t a[DIGEST_LEN], d[DIGEST_LEN], s[DIGEST_LEN], ref[DIGEST_LEN];
+	uint64_t perm[N], idx[N], hash[N], ca, cd, cs, rng = 7;
+
+	(void)state;
+	for (uint64_t i = 0; i < N; i++) {
+		idx[i] = perm[i] = i;
+		hash[i] = mix(i * 31 + 5);
+	}
+	for (uint64_t i = N - 1; i > 0; i--) {
+		uint64_t k = (rng = mix(rng)) % (i + 1), tmp = perm[i];
+
+		perm[i] = perm[k];
+		perm[k] = tmp;
+	}
+	for (uint64_t i = 0; i < N; i++) {
+		digest_set(asc, i, hash[i]);
+		digest_set(desc, N - 1 - i, hash[N - 1 - i]);
+		digest_set(shuf, perm[i], hash[perm[i]]);
+	}
+	digest_final(asc, a, &ca);
+	digest_final(desc, d, &cd);
+	digest_final(shuf, s, &cs);
+	assert_int_equal(ca, N);
+	assert_int_equal(cd, N);
+	assert_int_equal(cs, N);
+	assert_digest(d, a);
+	assert_digest(s, a);
+	reference_digest(idx, hash, N, ref);
+	assert_digest(a, ref);
+	digest_free(asc);
+	digest_free(desc);
+	digest_free(shuf);
+}
+
+/* A chunk set several times counts once, with its last hash. */
+static void test_last_set_wins(void **state)
+{
+	static const uint64_t idx[] = {1, 2};
+	struct digest_table *t = table_new(4 * MiB, (uint32_t)MiB);
+	struct digest_table *once = table_new(4 * MiB, (uint32_t)MiB);
+	uint8_t out[DIGEST_LEN], want[DIGEST_LEN], ref[DIGEST_LEN];
+	uint64_t hash[] = {0x1111, 0x3333}, chunks, chunks_once;
+
+	(void)state;
+	digest_set(t, 2, 0xdead);
+	digest_set(t, 1, 0x1111);
+	digest_set(t, 2, 0xbeef);
+	digest_set(t, 2, 0x3333);
+	digest_final(t, out, &chunks);
+	assert_int_equal(chunks, 2);
+
+	digest_set(once, 1, 0x1111);
+	digest_set(once, 2, 0x3333);
+	digest_final(once, want, &chunks_once);
+	assert_int_equal(chunks_once, 2);
+	assert_digest(out, want);
+	reference_digest(idx, hash, 2, ref);
+	assert_digest(out, ref);
+
+	/* Setting a chunk back to its zero hash after data also just replaces. */
+	digest_set(t, 2, digest_zero_hash(t, 2));
+	hash[1] = digest_zero_hash(t, 2);
+	digest_final(t, out, &chunks);
+	assert_int_equal(chunks, 2);
+	reference_digest(idx, hash, 2, ref);
+	assert_digest(out, ref);
+	digest_free(t);
+	digest_free(once);
+}
+
+/* ---- the worked example in docs/wire-format.md ---------------------------- */
+
+static void test_worked_example(void **state)
+{
+	static const uint8_t doc_input[32] = {
+	    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x54, 0x73, 0xe5,
+	    0xed, 0x33, 0xe9, 0x6f, 0xf4, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+	    0x00, 0x01, 0xfd, 0x44, 0x4a, 0x4e, 0x0c, 0x1d, 0x4c, 0x46,
+	};
+	static const uint8_t doc_digest[DIGEST_LEN] = {0xd3, 0xc3, 0xc7, 0x57, 0x46, 0x46,
+						       0x31, 0x3b, 0x12, 0x17, 0x08, 0xd6,
+						       0x12, 0x21, 0x2d, 0x93};
+	struct digest_table *t = table_new(MiB + 512 * KiB, (uint32_t)MiB);
+	uint8_t *a5 = malloc(MiB), *zeros = zeros_new(512 * KiB);
+	uint8_t out[DIGEST_LEN], direct[DIGEST_LEN];
+	uint64_t h0, h1, chunks;
+	XXH128_hash_t x;
+
+	(void)state;
+	assert_non_null(a5);
+	memset(a5, 0xa5, MiB);
+	assert_int_equal(digest_chunk_len(t, 0), MiB);
+	assert_int_equal(digest_chunk_len(t, 1), 512 * KiB);
+
+	h0 = digest_hash(a5, digest_chunk_len(t, 0));
+	h1 = digest_zero_hash(t, 1);
+	assert_int_equal(h0, 0x5473e5ed33e96ff4ull);
+	assert_int_equal(h1, 0xfd444a4e0c1d4c46ull);
+	assert_int_equal(h1, digest_hash(zeros, 512 * KiB));
+
+	/* The documented input bytes hash to the documented digest ... */
+	x = XXH3_128bits(doc_input, sizeof(doc_input));
+	put_be64(direct, x.high64);
+	put_be64(direct + 8, x.low64);
+	assert_digest(direct, doc_digest);
+
+	/* ... and so does the table, whichever chunk is set first. */
+	digest_set(t, 1, h1);
+	digest_set(t, 0, h0);
+	digest_final(t, out, &chunks);
+	assert_int_equal(chunks, 2);
+	assert_digest(out, doc_digest);
+
+	free(a5);
+	free(zeros);
+	digest_free(t);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_chunk_len),
+	    cmocka_unit_test(test_zero_hash),
+	    cmocka_unit_test(test_zero_hash_lengths_differ),
+	    cmocka_unit_test(test_final_empty),
+	    cmocka_unit_test(test_final_covers_set_chunks),
+	    cmocka_unit_test(test_final_all_chunks),
+	    cmocka_unit_test(test_order_independent),
+	    cmocka_unit_test(test_last_set_wins),
+	    cmocka_unit_test(test_worked_example),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
