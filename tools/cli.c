@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <json-c/json.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <string.h>
@@ -59,6 +60,44 @@ int cli_parse_device(char *arg, struct cli_device *out)
 	if (!*out->path)
 		return err_set(EINVAL, "invalid --device '%s': empty path", arg);
 	return 0;
+}
+
+int cli_add_device(const char *cmd, char *arg, struct cli_device *devs, unsigned *n)
+{
+	if (*n == CLI_MAX_DEVICES)
+		return cli_usage_error(cmd, "at most %d devices", CLI_MAX_DEVICES);
+	if (cli_parse_device(arg, &devs[*n]) < 0)
+		return cli_usage_error(cmd, "%s", err_msg());
+	for (unsigned k = 0; k < *n; k++)
+		if (strcmp(devs[k].name, devs[*n].name) == 0)
+			return cli_usage_error(cmd, "device name '%s' given twice", devs[k].name);
+	(*n)++;
+	return 0;
+}
+
+int cli_parse_uint(const char *cmd, const char *opt, const char *arg, uint64_t min, uint64_t max,
+		   uint64_t *out)
+{
+	char *end;
+	unsigned long long v;
+
+	errno = 0;
+	v = strtoull(arg, &end, 10);
+	if (!*arg || *arg == '-' || *end || errno || v < min || v > max)
+		return cli_usage_error(cmd, "%s: '%s' is not a whole number from %llu to %llu", opt,
+				       arg, (unsigned long long)min, (unsigned long long)max);
+	*out = v;
+	return 0;
+}
+
+int cli_check_format(const char *cmd, const char *arg)
+{
+	if (strcmp(arg, "native") == 0)
+		return 0;
+	if (strcmp(arg, "qemu") == 0)
+		return cli_fail("%s: --format qemu is not supported yet (only the native format is)",
+				cmd);
+	return cli_usage_error(cmd, "unknown format '%s' (native or qemu)", arg);
 }
 
 /* ---- progress line ------------------------------------------------------------ */
@@ -200,6 +239,7 @@ void cli_print_summary(FILE *f, const char *verb, const struct mig_stats *st)
 static atomic_bool signalled;
 static void (*sig_fn)(void *);
 static void *sig_arg;
+static struct src_job *_Atomic sig_job;
 
 static void on_signal(int sig)
 {
@@ -224,6 +264,21 @@ void cli_on_signal(void (*fn)(void *), void *arg)
 bool cli_signalled(void)
 {
 	return atomic_load(&signalled);
+}
+
+static void cancel_job(void *arg)
+{
+	struct src_job *j = atomic_load(&sig_job);
+
+	(void)arg;
+	if (j)
+		src_cancel(j);
+}
+
+void cli_cancel_job_on_signal(struct src_job *j)
+{
+	atomic_store(&sig_job, j);
+	cli_on_signal(cancel_job, NULL);
 }
 
 const atomic_bool *cli_cancel_flag(void)

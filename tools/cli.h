@@ -45,6 +45,22 @@ struct cli_device {
 /* Parse NAME=PATH[,readonly]; 0 or -EINVAL with err_set. */
 int cli_parse_device(char *arg, struct cli_device *out);
 
+/*
+ * The option parsers below print the usage error themselves and return
+ * EXIT_USAGE (or EXIT_FAIL where noted); 0 when the argument is good.
+ */
+/* Append a --device to devs[*n]: parse, refuse a repeated name or too many. */
+int cli_add_device(const char *cmd, char *arg, struct cli_device *devs, unsigned *n);
+/* A whole number in [min, max] for option 'opt'. */
+int cli_parse_uint(const char *cmd, const char *opt, const char *arg, uint64_t min, uint64_t max,
+		   uint64_t *out);
+/* --format: native is accepted; qemu is refused (EXIT_FAIL) until it exists. */
+int cli_check_format(const char *cmd, const char *arg);
+
+struct src_job;
+/* SIGINT/SIGTERM cancel this job (NULL: nothing to cancel yet). */
+void cli_cancel_job_on_signal(struct src_job *j);
+
 /* Progress line on stdout, only when stdout is a terminal. */
 struct cli_progress {
 	bool enabled;

@@ -177,15 +177,6 @@ static pid_t start_receiver(const char *dir, const char *dst, char *port, size_t
 	return err_set(ETIMEDOUT, "the receiver did not start listening");
 }
 
-static struct src_job *demo_job;
-
-static void cancel_cb(void *arg)
-{
-	(void)arg;
-	if (demo_job)
-		src_cancel(demo_job);
-}
-
 int cmd_demo(int argc, char **argv)
 {
 	enum { OPT_SIZE = 256, OPT_RATE, OPT_BS, OPT_DIR, OPT_KEEP, OPT_JSON };
@@ -292,8 +283,7 @@ int cmd_demo(int argc, char **argv)
 	r = src_new(&p, &sdev, 1, &job);
 	if (r < 0)
 		goto fail;
-	demo_job = job;
-	cli_on_signal(cancel_cb, NULL);
+	cli_cancel_job_on_signal(job);
 	r = xport_connect(to, 10000, cli_cancel_flag(), &x);
 	if (r < 0)
 		goto fail;
@@ -374,7 +364,7 @@ report:
 		printf("verified: the destination is byte-identical to the source at the "
 		       "switch-over\n");
 	}
-	demo_job = NULL;
+	cli_cancel_job_on_signal(NULL);
 	src_free(job);
 	xport_close(x);
 	blk_close(btrack);

@@ -107,6 +107,7 @@ int cmd_receive(int argc, char **argv)
 	struct xport *x = NULL;
 	long timeout_s = XPORT_DEFAULT_TIMEOUT_MS / 1000;
 	bool json = false;
+	uint64_t v;
 	char bound[128];
 	int c, r, lfd = -1;
 
@@ -117,28 +118,18 @@ int cmd_receive(int argc, char **argv)
 			listen_on = optarg;
 			break;
 		case 'd':
-			if (ctx.ndev == CLI_MAX_DEVICES)
-				return cli_usage_error("receive", "at most %d devices",
-						       CLI_MAX_DEVICES);
-			if (cli_parse_device(optarg, &devs[ctx.ndev]) < 0)
-				return cli_usage_error("receive", "%s", err_msg());
-			if (devs[ctx.ndev].readonly)
+			r = cli_add_device("receive", optarg, devs, &ctx.ndev);
+			if (r)
+				return r;
+			if (devs[ctx.ndev - 1].readonly)
 				return cli_usage_error("receive", "a receiving device cannot be "
 						       "read-only: %s", optarg);
-			for (unsigned k = 0; k < ctx.ndev; k++)
-				if (strcmp(devs[k].name, devs[ctx.ndev].name) == 0)
-					return cli_usage_error("receive", "device name '%s' given "
-							       "twice", devs[k].name);
-			names[ctx.ndev] = devs[ctx.ndev].name;
-			ctx.ndev++;
+			names[ctx.ndev - 1] = devs[ctx.ndev - 1].name;
 			break;
 		case OPT_FORMAT:
-			if (strcmp(optarg, "qemu") == 0)
-				return cli_fail("receive: --format qemu is not supported yet "
-						"(only the native format is)");
-			if (strcmp(optarg, "native") != 0)
-				return cli_usage_error("receive", "unknown format '%s' (native or "
-						       "qemu)", optarg);
+			r = cli_check_format("receive", optarg);
+			if (r)
+				return r;
 			break;
 		case OPT_CREATE:
 			ctx.create = true;
@@ -149,16 +140,12 @@ int cmd_receive(int argc, char **argv)
 		case OPT_PORTFILE:
 			port_file = optarg;
 			break;
-		case OPT_TIMEOUT: {
-			char *end;
-
-			errno = 0;
-			timeout_s = strtol(optarg, &end, 10);
-			if (!*optarg || *end || errno || timeout_s <= 0 || timeout_s > 86400)
-				return cli_usage_error("receive", "--timeout: '%s' is not a number "
-						       "of seconds", optarg);
+		case OPT_TIMEOUT:
+			r = cli_parse_uint("receive", "--timeout", optarg, 1, 86400, &v);
+			if (r)
+				return r;
+			timeout_s = (long)v;
 			break;
-		}
 		case OPT_JSON:
 			json = true;
 			break;

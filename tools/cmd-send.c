@@ -46,15 +46,6 @@ static const char send_help[] =
 	"Exit status: 0 migrated and verified, 1 failed or cancelled (SIGINT/SIGTERM\n"
 	"cancel cleanly: the source is untouched), 2 usage error.\n";
 
-static struct src_job *cancel_job;
-
-static void cancel_cb(void *arg)
-{
-	(void)arg;
-	if (cancel_job)
-		src_cancel(cancel_job);
-}
-
 int cmd_send(int argc, char **argv)
 {
 	enum { OPT_SHARED = 256, OPT_ZERO, OPT_BW, OPT_DOWNTIME, OPT_CHUNK, OPT_WORKLOAD,
@@ -100,23 +91,14 @@ int cmd_send(int argc, char **argv)
 			to = optarg;
 			break;
 		case 'd':
-			if (ndev == CLI_MAX_DEVICES)
-				return cli_usage_error("send", "at most %d devices", CLI_MAX_DEVICES);
-			if (cli_parse_device(optarg, &devs[ndev]) < 0)
-				return cli_usage_error("send", "%s", err_msg());
-			for (unsigned k = 0; k < ndev; k++)
-				if (strcmp(devs[k].name, devs[ndev].name) == 0)
-					return cli_usage_error("send", "device name '%s' given twice",
-							       devs[k].name);
-			ndev++;
+			r = cli_add_device("send", optarg, devs, &ndev);
+			if (r)
+				return r;
 			break;
 		case OPT_FORMAT:
-			if (strcmp(optarg, "qemu") == 0)
-				return cli_fail("send: --format qemu is not supported yet "
-						"(only the native format is)");
-			if (strcmp(optarg, "native") != 0)
-				return cli_usage_error("send", "unknown format '%s' (native or qemu)",
-						       optarg);
+			r = cli_check_format("send", optarg);
+			if (r)
+				return r;
 			break;
 		case OPT_SHARED:
 			p.shared_base = true;
@@ -128,17 +110,12 @@ int cmd_send(int argc, char **argv)
 			if (parse_rate(optarg, &p.max_bandwidth) < 0)
 				return cli_usage_error("send", "--max-bandwidth: %s", err_msg());
 			break;
-		case OPT_DOWNTIME: {
-			char *end;
-
-			errno = 0;
-			v = strtoull(optarg, &end, 10);
-			if (!*optarg || *end || errno || v > 3600 * 1000)
-				return cli_usage_error("send", "--max-downtime: '%s' is not a "
-						       "number of milliseconds", optarg);
+		case OPT_DOWNTIME:
+			r = cli_parse_uint("send", "--max-downtime", optarg, 0, 3600 * 1000, &v);
+			if (r)
+				return r;
 			p.max_downtime_ns = v * 1000000u;
 			break;
-		}
 		case OPT_CHUNK:
 			if (parse_size(optarg, &v) < 0)
 				return cli_usage_error("send", "--chunk-size: %s", err_msg());
@@ -152,16 +129,12 @@ int cmd_send(int argc, char **argv)
 			if (workload_parse(optarg, &wspec) < 0)
 				return cli_usage_error("send", "%s", err_msg());
 			break;
-		case OPT_TIMEOUT: {
-			char *end;
-
-			errno = 0;
-			timeout_s = strtol(optarg, &end, 10);
-			if (!*optarg || *end || errno || timeout_s <= 0 || timeout_s > 86400)
-				return cli_usage_error("send", "--timeout: '%s' is not a number of "
-						       "seconds", optarg);
+		case OPT_TIMEOUT:
+			r = cli_parse_uint("send", "--timeout", optarg, 1, 86400, &v);
+			if (r)
+				return r;
+			timeout_s = (long)v;
 			break;
-		}
 		case OPT_JSON:
 			json = true;
 			break;
@@ -231,8 +204,7 @@ int cmd_send(int argc, char **argv)
 		cli_fail("send: %s", err_msg());
 		goto out;
 	}
-	cancel_job = job;
-	cli_on_signal(cancel_cb, NULL);
+	cli_cancel_job_on_signal(job);
 	cli_progress_init(&prog, "send", !json);
 	src_set_progress(job, cli_progress_cb, &prog);
 
@@ -282,7 +254,7 @@ report:
 		rc = EXIT_OK;
 out:
 	workload_stop(wl, NULL);
-	cancel_job = NULL;
+	cli_cancel_job_on_signal(NULL);
 	src_free(job);
 	xport_close(x);
 	for (unsigned i = 0; i < ndev; i++)

@@ -73,6 +73,20 @@ const char *fmt_bytes(char *buf, size_t cap, uint64_t v)
 	return buf;
 }
 
+bool mem_is_zero(const void *p, size_t len)
+{
+	static const uint8_t zeros[4096];
+	const uint8_t *b = p;
+
+	while (len >= sizeof(zeros)) {
+		if (memcmp(b, zeros, sizeof(zeros)) != 0)
+			return false;
+		b += sizeof(zeros);
+		len -= sizeof(zeros);
+	}
+	return memcmp(b, zeros, len) == 0;
+}
+
 void sleep_ns(uint64_t ns)
 {
 	struct timespec ts = {.tv_sec = (time_t)(ns / 1000000000u),

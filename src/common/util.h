@@ -98,6 +98,9 @@ int parse_rate(const char *s, uint64_t *bytes_per_sec);
 /* "1.5 GiB"-style rendering into buf; returns buf. */
 const char *fmt_bytes(char *buf, size_t cap, uint64_t v);
 
+/* Whether len bytes at p are all zero. */
+bool mem_is_zero(const void *p, size_t len);
+
 /* Sleep for ns nanoseconds, restarting after signals. */
 void sleep_ns(uint64_t ns);
 

@@ -165,19 +165,6 @@ static int send_frame(struct dst *d, int n, const uint8_t *buf)
 
 /* ---- records -------------------------------------------------------------- */
 
-static bool all_zero(const uint8_t *p, size_t len)
-{
-	static const uint8_t zeros[4096];
-
-	while (len >= sizeof(zeros)) {
-		if (memcmp(p, zeros, sizeof(zeros)) != 0)
-			return false;
-		p += sizeof(zeros);
-		len -= sizeof(zeros);
-	}
-	return memcmp(p, zeros, len) == 0;
-}
-
 static int apply(struct dst *d, const struct wire_record *rec, uint64_t rec_off)
 {
 	uint32_t cs = d->hello.chunk_size;
@@ -200,7 +187,7 @@ static int apply(struct dst *d, const struct wire_record *rec, uint64_t rec_off)
 	idx = rec->offset / cs;
 	len = digest_chunk_len(dev->dig, idx); /* clips the device's last chunk */
 
-	if (rec->kind == WIRE_REC_ZERO || all_zero(rec->data, len)) {
+	if (rec->kind == WIRE_REC_ZERO || mem_is_zero(rec->data, len)) {
 		r = blk_zero(dev->blk, rec->offset, len, BLK_ZERO_MAY_TRIM);
 		digest_set(dev->dig, idx, digest_zero_hash(dev->dig, idx));
 	} else {

@@ -97,6 +97,7 @@ struct src_job {
 	bool paused;
 	bool in_blocks; /* a BLOCKS message is open on the wire (no EOS yet) */
 	uint64_t passes_sent; /* BLOCKS messages completed on the wire */
+	uint8_t reply[NATIVE_MSG_MAX]; /* the destination's last framed message */
 	uint8_t *zero_buf; /* a zero chunk, for holes sent without ZERO_BLOCK */
 };
 
@@ -194,19 +195,6 @@ static bool next_task_locked(struct src_job *j, unsigned *dev, uint64_t *chunk)
 	return false;
 }
 
-static bool is_zero(const uint8_t *p, size_t len)
-{
-	static const uint8_t zeros[4096];
-
-	while (len >= sizeof(zeros)) {
-		if (memcmp(p, zeros, sizeof(zeros)) != 0)
-			return false;
-		p += sizeof(zeros);
-		len -= sizeof(zeros);
-	}
-	return memcmp(p, zeros, len) == 0;
-}
-
 /*
  * Is [off, off+len) wholly a hole?  Any failure to tell means "allocated":
  * that only costs a read.
@@ -244,7 +232,7 @@ static int read_chunk(struct src_job *j, struct result *res)
 				  (unsigned long long)off);
 	if (len < j->p.chunk_size)
 		memset(res->buf + len, 0, j->p.chunk_size - len);
-	res->kind = is_zero(res->buf, len) ? RES_ZERO : RES_DATA;
+	res->kind = mem_is_zero(res->buf, len) ? RES_ZERO : RES_DATA;
 	res->hash = digest_hash(res->buf, len);
 	return 0;
 }
@@ -470,23 +458,40 @@ static int peer_error(const uint8_t *body, uint32_t len)
 }
 
 /*
+ * Wait for the destination's answer of type 'want' (or its ERROR, which
+ * becomes our error).  The body stays in j->reply, len in *len.
+ */
+static int await_reply(struct src_job *j, uint8_t want, const char *what, uint32_t *len)
+{
+	uint8_t type;
+	int r = engine_read_frame(j->x, NATIVE_ALLOW(want) | NATIVE_ALLOW(NATIVE_MSG_ERROR), &type,
+				  j->reply, len);
+
+	if (r < 0)
+		return err_prefix(-r, "waiting for the destination %s: ", what);
+	if (type == NATIVE_MSG_ERROR)
+		return peer_error(j->reply, *len);
+	return 0;
+}
+
+/*
  * The destination only speaks unprompted to report a failure.  If it has
  * said something, read it and fail with its reason.
  */
 static int check_peer(struct src_job *j, uint64_t allowed)
 {
-	static _Thread_local uint8_t body[NATIVE_MSG_MAX];
 	uint8_t type;
 	uint32_t len;
 	int r = xport_readable(j->x, 0);
 
 	if (r <= 0)
 		return r;
-	r = engine_read_frame(j->x, allowed | NATIVE_ALLOW(NATIVE_MSG_ERROR), &type, body, &len);
+	r = engine_read_frame(j->x, allowed | NATIVE_ALLOW(NATIVE_MSG_ERROR), &type, j->reply,
+			      &len);
 	if (r < 0)
 		return err_prefix(-r, "destination: ");
 	if (type == NATIVE_MSG_ERROR)
-		return peer_error(body, len);
+		return peer_error(j->reply, len);
 	return 1;
 }
 
@@ -516,13 +521,11 @@ static int explain_send_failure(struct src_job *j, int r)
 static int send_hello(struct src_job *j)
 {
 	static _Thread_local uint8_t buf[NATIVE_HELLO_MAX];
-	static _Thread_local uint8_t body[NATIVE_MSG_MAX];
 	struct native_hello h = {
 		.version = NATIVE_VERSION,
 		.chunk_size = j->p.chunk_size,
 		.ndev = (uint16_t)j->ndev,
 	};
-	uint8_t type;
 	uint32_t len, version;
 	int n, r;
 
@@ -542,13 +545,10 @@ static int send_hello(struct src_job *j)
 		r = xport_flush(j->x);
 	if (r < 0)
 		return err_prefix(-r, "handshake: ");
-	r = engine_read_frame(j->x, NATIVE_ALLOW(NATIVE_MSG_READY) | NATIVE_ALLOW(NATIVE_MSG_ERROR),
-			      &type, body, &len);
+	r = await_reply(j, NATIVE_MSG_READY, "to accept the handshake", &len);
 	if (r < 0)
-		return err_prefix(-r, "handshake: ");
-	if (type == NATIVE_MSG_ERROR)
-		return peer_error(body, len);
-	r = native_ready_decode(body, len, &version);
+		return r;
+	r = native_ready_decode(j->reply, len, &version);
 	if (r < 0)
 		return err_prefix(-r, "handshake: ");
 	return 0;
@@ -755,19 +755,12 @@ static int run_pass(struct src_job *j, enum pass_kind kind)
 /* Wait until the destination has made every pass sent so far durable. */
 static int wait_synced(struct src_job *j)
 {
-	static _Thread_local uint8_t body[NATIVE_MSG_MAX];
-	uint64_t n;
-	uint8_t type;
 	uint32_t len;
-	int r;
+	uint64_t n;
+	int r = await_reply(j, NATIVE_MSG_SYNCED, "to sync", &len);
 
-	r = engine_read_frame(j->x, NATIVE_ALLOW(NATIVE_MSG_SYNCED) | NATIVE_ALLOW(NATIVE_MSG_ERROR),
-			      &type, body, &len);
-	if (r < 0)
-		return err_prefix(-r, "waiting for the destination to sync: ");
-	if (type == NATIVE_MSG_ERROR)
-		return peer_error(body, len);
-	r = native_synced_decode(body, len, &n);
+	if (r == 0)
+		r = native_synced_decode(j->reply, len, &n);
 	if (r < 0)
 		return r;
 	if (n != j->passes_sent)
@@ -821,18 +814,9 @@ static int send_complete(struct src_job *j)
 
 static int wait_ack(struct src_job *j)
 {
-	static _Thread_local uint8_t body[NATIVE_MSG_MAX];
-	uint8_t type;
 	uint32_t len;
-	int r;
 
-	r = engine_read_frame(j->x, NATIVE_ALLOW(NATIVE_MSG_ACK) | NATIVE_ALLOW(NATIVE_MSG_ERROR),
-			      &type, body, &len);
-	if (r < 0)
-		return err_prefix(-r, "waiting for the destination's acknowledgement: ");
-	if (type == NATIVE_MSG_ERROR)
-		return peer_error(body, len);
-	return 0;
+	return await_reply(j, NATIVE_MSG_ACK, "to acknowledge", &len);
 }
 
 /* Tell the destination it owns the devices now (after fencing them). */
