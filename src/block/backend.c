@@ -77,6 +77,20 @@ int blk_flush(struct blk *b)
 	return b->ops->flush(b);
 }
 
+bool blk_is_hole(struct blk *b, uint64_t off, uint64_t len)
+{
+	while (len > 0) {
+		uint64_t pnum = 0;
+		bool alloc = true;
+
+		if (blk_block_status(b, off, len, &pnum, &alloc) < 0 || alloc || pnum == 0)
+			return false;
+		off += pnum;
+		len -= pnum < len ? pnum : len;
+	}
+	return true;
+}
+
 int blk_writeback(struct blk *b, uint64_t off, uint64_t len)
 {
 	assert(b && b->ops);

@@ -72,6 +72,9 @@ int blk_flush(struct blk *b);
 int blk_zero(struct blk *b, uint64_t off, uint64_t len, unsigned flags);
 int blk_trim(struct blk *b, uint64_t off, uint64_t len);
 int blk_block_status(struct blk *b, uint64_t off, uint64_t len, uint64_t *pnum, bool *allocated);
+/* Whether [off, off+len) is wholly unallocated (reads as zeros).  Any
+ * failure to tell answers false: the caller then just reads. */
+bool blk_is_hole(struct blk *b, uint64_t off, uint64_t len);
 /* Start writeback of a range (a hint; 0 when the backend has no such op). */
 int blk_writeback(struct blk *b, uint64_t off, uint64_t len);
 static inline uint64_t blk_size(const struct blk *b)

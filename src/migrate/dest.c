@@ -234,14 +234,19 @@ static int verify_pass(struct dst *d)
 
 	for (unsigned i = 0; i < d->ndev; i++) {
 		struct dst_dev *dev = &d->dev[i];
-		int64_t idx;
+		int64_t idx = -1;
 
-		while ((idx = dirty_next(dev->pass, 0)) >= 0) {
+		while ((idx = dirty_next(dev->pass, (uint64_t)(idx + 1))) >= 0) {
 			uint64_t off = (uint64_t)idx * cs;
 			size_t len = digest_chunk_len(dev->dig, (uint64_t)idx);
 			int r;
 
 			dirty_test_and_clear(dev->pass, (uint64_t)idx);
+			/* A zero chunk that is a hole needs no read. */
+			if (digest_get(dev->dig, (uint64_t)idx) ==
+				    digest_zero_hash(dev->dig, (uint64_t)idx) &&
+			    blk_is_hole(dev->blk, off, len))
+				continue;
 			r = blk_pread(dev->blk, d->rec, len, off);
 			if (r < 0)
 				return err_prefix(-r, "read back %s at offset %llu: ", dev->name,

@@ -195,24 +195,6 @@ static bool next_task_locked(struct src_job *j, unsigned *dev, uint64_t *chunk)
 	return false;
 }
 
-/*
- * Is [off, off+len) wholly a hole?  Any failure to tell means "allocated":
- * that only costs a read.
- */
-static bool unallocated(struct blk *b, uint64_t off, uint64_t len)
-{
-	while (len > 0) {
-		uint64_t pnum = 0;
-		bool alloc = true;
-
-		if (blk_block_status(b, off, len, &pnum, &alloc) < 0 || alloc || pnum == 0)
-			return false;
-		off += pnum;
-		len -= MIN(pnum, len);
-	}
-	return true;
-}
-
 static int read_chunk(struct src_job *j, struct result *res)
 {
 	struct src_dev *d = &j->dev[res->dev];
@@ -222,7 +204,7 @@ static int read_chunk(struct src_job *j, struct result *res)
 
 	/* Holes need no read: in shared-base mode the destination already
 	 * has them; otherwise they are zeros. */
-	if (unallocated(d->blk, off, len)) {
+	if (blk_is_hole(d->blk, off, len)) {
 		res->kind = j->p.shared_base && j->pass == PASS_BULK ? RES_SKIP : RES_ZERO;
 		return 0;
 	}
