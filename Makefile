@@ -4,7 +4,7 @@
 
 BUILD ?= build
 
-.PHONY: all deps demo test bench clean
+.PHONY: all deps demo test bench format clean
 
 all: deps $(BUILD)/build.ninja
 	ninja -C $(BUILD)
@@ -23,6 +23,9 @@ test: deps
 
 bench: all
 	bench/run.sh
+
+format:
+	clang-format -i $$(git ls-files '*.c' '*.h')
 
 clean:
 	rm -rf $(BUILD) build-asan build*.log

@@ -10,7 +10,7 @@ packages=(
 	gcc make pkg-config meson ninja-build
 	libxxhash-dev libjson-c-dev
 	# tests
-	libcmocka-dev python3 attr coreutils
+	libcmocka-dev python3 attr coreutils clang-format
 	# peers used by the integration tests and benchmarks
 	qemu-utils socat netcat-openbsd
 )

@@ -49,6 +49,14 @@ MESON_TEST_ARGS=${MESON_TEST_ARGS:-}
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
 
+echo "== format =="
+scripts/check-format.sh
+case $? in
+0) passed=$((passed + 1)) ;;
+77) skipped=$((skipped + 1)) ;;
+*) failed=$((failed + 1)) ;;
+esac
+
 run_suite "build (-Werror)" build
 run_suite "build (ASan+UBSan)" build-asan -Db_sanitize=address,undefined -Db_lundef=false
 

@@ -95,8 +95,8 @@ int cli_check_format(const char *cmd, const char *arg)
 	if (strcmp(arg, "native") == 0)
 		return 0;
 	if (strcmp(arg, "qemu") == 0)
-		return cli_fail("%s: --format qemu is not supported yet (only the native format is)",
-				cmd);
+		return cli_fail(
+		    "%s: --format qemu is not supported yet (only the native format is)", cmd);
 	return cli_usage_error(cmd, "unknown format '%s' (native or qemu)", arg);
 }
 
@@ -114,11 +114,16 @@ void cli_progress_init(struct cli_progress *p, const char *label, bool allowed)
 static const char *phase_name(enum mig_state s)
 {
 	switch (s) {
-	case MIG_SETUP: return "setup";
-	case MIG_BULK: return "bulk";
-	case MIG_DIRTY: return "dirty";
-	case MIG_FINAL: return "final";
-	default: return mig_state_name(s);
+	case MIG_SETUP:
+		return "setup";
+	case MIG_BULK:
+		return "bulk";
+	case MIG_DIRTY:
+		return "dirty";
+	case MIG_FINAL:
+		return "final";
+	default:
+		return mig_state_name(s);
 	}
 }
 
@@ -133,21 +138,21 @@ void cli_progress_cb(const struct mig_stats *st, void *user)
 		return;
 	/* The engine measures bandwidth per pass; the line wants it live. */
 	if (p->last_ns && now > p->last_ns) {
-		double inst = (double)(st->transferred - p->last_bytes) * 1e9 /
-			      (double)(now - p->last_ns);
+		double inst =
+		    (double)(st->transferred - p->last_bytes) * 1e9 / (double)(now - p->last_ns);
 
 		p->rate = p->rate > 0 ? 0.7 * p->rate + 0.3 * inst : inst;
 	}
 	p->last_ns = now;
 	p->last_bytes = st->transferred;
 	rate = (uint64_t)p->rate;
-	pct = st->total ? 100.0 * (double)(st->total - MIN(st->remaining, st->total)) /
-				  (double)st->total
-			: 0;
+	pct = st->total
+		  ? 100.0 * (double)(st->total - MIN(st->remaining, st->total)) / (double)st->total
+		  : 0;
 	fmt_bytes(rbuf, sizeof(rbuf), rate);
 	fmt_bytes(left, sizeof(left), st->remaining);
-	printf("\r%s: %-9s %5.1f%%  %s/s  %s left  pass %llu", p->label, phase_name(st->state),
-	       pct, rbuf, left, (unsigned long long)st->iterations + (st->state < MIG_COMPLETED));
+	printf("\r%s: %-9s %5.1f%%  %s/s  %s left  pass %llu", p->label, phase_name(st->state), pct,
+	       rbuf, left, (unsigned long long)st->iterations + (st->state < MIG_COMPLETED));
 	if (rate && st->remaining && st->state < MIG_COMPLETED) {
 		uint64_t eta = st->remaining / rate;
 
@@ -187,17 +192,16 @@ void cli_print_json(FILE *f, const struct mig_stats *st, const char *error, void
 	json_object_object_add(o, "downtime", json_object_new_int64(ms(st->downtime_ns)));
 	json_object_object_add(o, "expected-downtime",
 			       json_object_new_int64(st->expected_downtime_ns == UINT64_MAX
-							     ? -1
-							     : ms(st->expected_downtime_ns)));
+							 ? -1
+							 : ms(st->expected_downtime_ns)));
 	json_object_object_add(o, "transferred", json_object_new_int64((int64_t)st->transferred));
 	json_object_object_add(o, "data-bytes", json_object_new_int64((int64_t)st->data_bytes));
 	json_object_object_add(o, "total", json_object_new_int64((int64_t)st->total));
 	json_object_object_add(o, "remaining", json_object_new_int64((int64_t)st->remaining));
 	json_object_object_add(o, "iterations", json_object_new_int64((int64_t)st->iterations));
-	json_object_object_add(o, "mbps",
-			       json_object_new_double(secs > 0 ? (double)st->transferred * 8 /
-									 secs / 1e6
-								: 0));
+	json_object_object_add(
+	    o, "mbps",
+	    json_object_new_double(secs > 0 ? (double)st->transferred * 8 / secs / 1e6 : 0));
 	json_object_object_add(o, "dirty-rate", json_object_new_int64((int64_t)st->dirty_rate));
 	for (unsigned i = 0; i < st->ndev; i++) {
 		json_object *d = json_object_new_object();
@@ -215,7 +219,7 @@ void cli_print_json(FILE *f, const struct mig_stats *st, const char *error, void
 	json_object_object_add(o, "devices", devs);
 	if (extra) {
 		json_object_object_foreach((json_object *)extra, key, val)
-			json_object_object_add(o, key, json_object_get(val));
+		    json_object_object_add(o, key, json_object_get(val));
 	}
 	fprintf(f, "%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
 	json_object_put(o);
@@ -229,8 +233,8 @@ void cli_print_summary(FILE *f, const char *verb, const struct mig_stats *st)
 	fmt_bytes(tot, sizeof(tot), st->total);
 	fmt_bytes(wire, sizeof(wire), st->transferred);
 	fmt_bytes(rate, sizeof(rate), secs > 0 ? (uint64_t)((double)st->transferred / secs) : 0);
-	fprintf(f, "%s %s in %.2f s: %s on the wire (%s/s), %llu passes, downtime %.1f ms\n",
-		verb, tot, secs, wire, rate, (unsigned long long)st->iterations,
+	fprintf(f, "%s %s in %.2f s: %s on the wire (%s/s), %llu passes, downtime %.1f ms\n", verb,
+		tot, secs, wire, rate, (unsigned long long)st->iterations,
 		(double)st->downtime_ns / 1e6);
 }
 
@@ -251,7 +255,7 @@ static void on_signal(int sig)
 
 void cli_on_signal(void (*fn)(void *), void *arg)
 {
-	struct sigaction sa = {.sa_handler = on_signal};
+	struct sigaction sa = { .sa_handler = on_signal };
 
 	sig_fn = fn;
 	sig_arg = arg;

@@ -15,7 +15,7 @@
 #include "migrate/migrate.h"
 
 /* Exit codes (DESIGN.md). */
-#define EXIT_OK    0
+#define EXIT_OK	   0
 #define EXIT_FAIL  1
 #define EXIT_USAGE 2
 

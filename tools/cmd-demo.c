@@ -27,22 +27,22 @@
 #include "workload/workload.h"
 
 static const char demo_help[] =
-	"Usage: blkmig demo [--size SIZE] [--write-rate RATE] [--block-size SIZE]\n"
-	"                   [--dir DIR] [--keep] [--json]\n"
-	"\n"
-	"Live-migrate an image on this host and prove it arrived: create an image\n"
-	"(40%% random data, 30%% written zeros, 30%% holes), start `blkmig receive` on\n"
-	"127.0.0.1, migrate with writes going on throughout, and compare the\n"
-	"destination with the source at the switch-over, byte for byte.\n"
-	"\n"
-	"  --size SIZE         image size (default 1G)\n"
-	"  --write-rate RATE   the workload's write rate (default 8M per second)\n"
-	"  --block-size SIZE   the workload's write size (default 64K)\n"
-	"  --dir DIR           where to put the images (default $TMPDIR or /tmp)\n"
-	"  --keep              keep the images afterwards\n"
-	"  --json              print a JSON report on stdout\n"
-	"\n"
-	"Exit status: 0 only if the destination was verified identical.\n";
+    "Usage: blkmig demo [--size SIZE] [--write-rate RATE] [--block-size SIZE]\n"
+    "                   [--dir DIR] [--keep] [--json]\n"
+    "\n"
+    "Live-migrate an image on this host and prove it arrived: create an image\n"
+    "(40%% random data, 30%% written zeros, 30%% holes), start `blkmig receive` on\n"
+    "127.0.0.1, migrate with writes going on throughout, and compare the\n"
+    "destination with the source at the switch-over, byte for byte.\n"
+    "\n"
+    "  --size SIZE         image size (default 1G)\n"
+    "  --write-rate RATE   the workload's write rate (default 8M per second)\n"
+    "  --block-size SIZE   the workload's write size (default 64K)\n"
+    "  --dir DIR           where to put the images (default $TMPDIR or /tmp)\n"
+    "  --keep              keep the images afterwards\n"
+    "  --json              print a JSON report on stdout\n"
+    "\n"
+    "Exit status: 0 only if the destination was verified identical.\n";
 
 static uint64_t splitmix(uint64_t *s)
 {
@@ -181,29 +181,29 @@ int cmd_demo(int argc, char **argv)
 {
 	enum { OPT_SIZE = 256, OPT_RATE, OPT_BS, OPT_DIR, OPT_KEEP, OPT_JSON };
 	static const struct option opts[] = {
-		{"size", required_argument, NULL, OPT_SIZE},
-		{"write-rate", required_argument, NULL, OPT_RATE},
-		{"block-size", required_argument, NULL, OPT_BS},
-		{"dir", required_argument, NULL, OPT_DIR},
-		{"keep", no_argument, NULL, OPT_KEEP},
-		{"json", no_argument, NULL, OPT_JSON},
-		{"help", no_argument, NULL, 'h'},
-		{0},
+		{ "size", required_argument, NULL, OPT_SIZE },
+		{ "write-rate", required_argument, NULL, OPT_RATE },
+		{ "block-size", required_argument, NULL, OPT_BS },
+		{ "dir", required_argument, NULL, OPT_DIR },
+		{ "keep", no_argument, NULL, OPT_KEEP },
+		{ "json", no_argument, NULL, OPT_JSON },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
 	};
 	uint64_t size = GiB, rate = 8 * MiB, bs = 64 * KiB, diff = 0;
 	const char *base = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
 	char dir[PATH_MAX], src[PATH_MAX + 16], dst[PATH_MAX + 16], to[64], port[16];
 	char errbuf[1024] = "";
 	bool keep = false, json = false, same = false;
-	struct workload_spec wspec = {.name = "disk0", .seed = 7};
+	struct workload_spec wspec = { .name = "disk0", .seed = 7 };
 	struct workload *wl = NULL;
-	struct workload_stats wst = {0};
-	struct src_params p = {.zero_blocks = true};
+	struct workload_stats wst = { 0 };
+	struct src_params p = { .zero_blocks = true };
 	struct src_device sdev;
 	struct src_job *job = NULL;
 	struct blk *bfile = NULL, *btrack = NULL;
 	struct xport *x = NULL;
-	struct mig_stats st = {0};
+	struct mig_stats st = { 0 };
 	struct cli_progress prog;
 	pid_t child = -1;
 	int c, r, status = 0, rc = EXIT_FAIL;
@@ -224,7 +224,7 @@ int cmd_demo(int argc, char **argv)
 		case OPT_BS:
 			if (parse_size(optarg, &bs) < 0 || bs == 0 || bs % 512 || bs > 64 * MiB)
 				return cli_usage_error("demo", "--block-size must be a multiple of "
-						       "512 up to 64M");
+							       "512 up to 64M");
 			break;
 		case OPT_DIR:
 			base = optarg;
@@ -279,7 +279,7 @@ int cmd_demo(int argc, char **argv)
 		blk_close(bfile);
 		goto fail;
 	}
-	sdev = (struct src_device){.name = "disk0", .blk = btrack};
+	sdev = (struct src_device){ .name = "disk0", .blk = btrack };
 	r = src_new(&p, &sdev, 1, &job);
 	if (r < 0)
 		goto fail;
@@ -306,8 +306,7 @@ int cmd_demo(int argc, char **argv)
 	src_stats(job, &st);
 	if (r < 0)
 		goto fail;
-	if (waitpid(child, &status, 0) != child || !WIFEXITED(status) ||
-	    WEXITSTATUS(status) != 0) {
+	if (waitpid(child, &status, 0) != child || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
 		child = -1;
 		r = err_set(EIO, "the receiver did not confirm the migration (status %d)", status);
 		goto fail;

@@ -18,32 +18,32 @@
 #include "transport/transport.h"
 
 static const char receive_help[] =
-	"Usage: blkmig receive --listen HOST:PORT --device NAME=PATH [--device ...]\n"
-	"                      [--format native|qemu] [--create] [--shared-base]\n"
-	"                      [--port-file FILE]\n"
-	"                      [--timeout SECONDS] [--json]\n"
-	"\n"
-	"Accept one migration from `blkmig send` and write it into the named images.\n"
-	"Every record is checked before anything is written; each pass is made\n"
-	"durable and read back; the images are marked incomplete (xattr\n"
-	"user.blkmig.incomplete, or a PATH.blkmig-incomplete file) until every chunk\n"
-	"has arrived, the digests match the source's and the source has handed the\n"
-	"devices over.\n"
-	"\n"
-	"  --listen HOST:PORT    address to accept the migration on (port 0: any free)\n"
-	"  --device NAME=PATH    where the source's device NAME goes\n"
-	"  --format native|qemu  stream format (native; qemu is not available yet)\n"
-	"  --create              create missing images with the size the source sends\n"
-	"  --shared-base         accept a `send --shared-base` migration: only the\n"
-	"                        source's allocated data comes; the images must\n"
-	"                        already hold the base (refused without this flag)\n"
-	"  --port-file FILE      write the port actually listened on to FILE\n"
-	"  --timeout SECONDS     give up when the connection is idle this long (120);\n"
-	"                        the wait for the source to connect is not limited\n"
-	"  --json                print a JSON report on stdout at the end\n"
-	"\n"
-	"Exit status: 0 migration complete and verified, 1 failed (one line on stderr\n"
-	"says why), 2 usage error.\n";
+    "Usage: blkmig receive --listen HOST:PORT --device NAME=PATH [--device ...]\n"
+    "                      [--format native|qemu] [--create] [--shared-base]\n"
+    "                      [--port-file FILE]\n"
+    "                      [--timeout SECONDS] [--json]\n"
+    "\n"
+    "Accept one migration from `blkmig send` and write it into the named images.\n"
+    "Every record is checked before anything is written; each pass is made\n"
+    "durable and read back; the images are marked incomplete (xattr\n"
+    "user.blkmig.incomplete, or a PATH.blkmig-incomplete file) until every chunk\n"
+    "has arrived, the digests match the source's and the source has handed the\n"
+    "devices over.\n"
+    "\n"
+    "  --listen HOST:PORT    address to accept the migration on (port 0: any free)\n"
+    "  --device NAME=PATH    where the source's device NAME goes\n"
+    "  --format native|qemu  stream format (native; qemu is not available yet)\n"
+    "  --create              create missing images with the size the source sends\n"
+    "  --shared-base         accept a `send --shared-base` migration: only the\n"
+    "                        source's allocated data comes; the images must\n"
+    "                        already hold the base (refused without this flag)\n"
+    "  --port-file FILE      write the port actually listened on to FILE\n"
+    "  --timeout SECONDS     give up when the connection is idle this long (120);\n"
+    "                        the wait for the source to connect is not limited\n"
+    "  --json                print a JSON report on stdout at the end\n"
+    "\n"
+    "Exit status: 0 migration complete and verified, 1 failed (one line on stderr\n"
+    "says why), 2 usage error.\n";
 
 struct recv_ctx {
 	struct cli_device *devs;
@@ -63,8 +63,10 @@ static int open_dev(void *user, const char *name, uint64_t size, struct blk **ou
 		if (strcmp(c->devs[i].name, name) == 0)
 			d = &c->devs[i];
 	if (!d)
-		return err_set(ENOENT, "unknown device '%s': the source sends it, but no "
-			       "--device %s=PATH was given", name, name);
+		return err_set(ENOENT,
+			       "unknown device '%s': the source sends it, but no "
+			       "--device %s=PATH was given",
+			       name, name);
 	if (c->create) {
 		/* Create only what is missing or empty: an existing image of
 		 * another size is a mismatch, not something to resize. */
@@ -87,23 +89,23 @@ int cmd_receive(int argc, char **argv)
 {
 	enum { OPT_CREATE = 256, OPT_PORTFILE, OPT_TIMEOUT, OPT_JSON, OPT_FORMAT, OPT_SHARED };
 	static const struct option opts[] = {
-		{"listen", required_argument, NULL, 'l'},
-		{"device", required_argument, NULL, 'd'},
-		{"format", required_argument, NULL, OPT_FORMAT},
-		{"create", no_argument, NULL, OPT_CREATE},
-		{"shared-base", no_argument, NULL, OPT_SHARED},
-		{"port-file", required_argument, NULL, OPT_PORTFILE},
-		{"timeout", required_argument, NULL, OPT_TIMEOUT},
-		{"json", no_argument, NULL, OPT_JSON},
-		{"help", no_argument, NULL, 'h'},
-		{0},
+		{ "listen", required_argument, NULL, 'l' },
+		{ "device", required_argument, NULL, 'd' },
+		{ "format", required_argument, NULL, OPT_FORMAT },
+		{ "create", no_argument, NULL, OPT_CREATE },
+		{ "shared-base", no_argument, NULL, OPT_SHARED },
+		{ "port-file", required_argument, NULL, OPT_PORTFILE },
+		{ "timeout", required_argument, NULL, OPT_TIMEOUT },
+		{ "json", no_argument, NULL, OPT_JSON },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
 	};
 	struct cli_device devs[CLI_MAX_DEVICES];
 	const char *names[CLI_MAX_DEVICES];
 	const char *listen_on = NULL, *port_file = NULL;
-	struct recv_ctx ctx = {.devs = devs};
-	struct dst_params p = {.open = open_dev, .user = &ctx, .expect = names};
-	struct mig_stats st = {0};
+	struct recv_ctx ctx = { .devs = devs };
+	struct dst_params p = { .open = open_dev, .user = &ctx, .expect = names };
+	struct mig_stats st = { 0 };
 	struct xport *x = NULL;
 	long timeout_s = XPORT_DEFAULT_TIMEOUT_MS / 1000;
 	bool json = false;
@@ -122,8 +124,10 @@ int cmd_receive(int argc, char **argv)
 			if (r)
 				return r;
 			if (devs[ctx.ndev - 1].readonly)
-				return cli_usage_error("receive", "a receiving device cannot be "
-						       "read-only: %s", optarg);
+				return cli_usage_error("receive",
+						       "a receiving device cannot be "
+						       "read-only: %s",
+						       optarg);
 			names[ctx.ndev - 1] = devs[ctx.ndev - 1].name;
 			break;
 		case OPT_FORMAT:
@@ -173,8 +177,10 @@ int cmd_receive(int argc, char **argv)
 			if (!same && stat(devs[i].path, &a) == 0 && stat(devs[k].path, &b) == 0)
 				same = a.st_dev == b.st_dev && a.st_ino == b.st_ino;
 			if (same)
-				return cli_usage_error("receive", "devices %s and %s are the same "
-						       "image", devs[k].name, devs[i].name);
+				return cli_usage_error("receive",
+						       "devices %s and %s are the same "
+						       "image",
+						       devs[k].name, devs[i].name);
 		}
 	}
 

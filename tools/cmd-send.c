@@ -18,60 +18,69 @@
 #include "workload/workload.h"
 
 static const char send_help[] =
-	"Usage: blkmig send --to HOST:PORT --device NAME=PATH[,readonly] [--device ...]\n"
-	"                   [--format native|qemu] [--shared-base] [--zero-blocks]\n"
-	"                   [--max-bandwidth RATE] [--max-downtime MS] [--chunk-size SIZE]\n"
-	"                   [--workload SPEC] [--timeout SECONDS] [--json]\n"
-	"\n"
-	"Migrate the named images to a `blkmig receive` at HOST:PORT: a bulk pass,\n"
-	"passes that resend chunks written meanwhile, and a final pass with writers\n"
-	"paused once the rest would take no longer than --max-downtime.  Success means\n"
-	"the receiver has made the data durable and its digests matched.\n"
-	"\n"
-	"  --to HOST:PORT        the receiver\n"
-	"  --device NAME=PATH    an image or block device to send under NAME; with\n"
-	"                        ',readonly' it is skipped (not migrated)\n"
-	"  --format native|qemu  stream format (native; qemu is not available yet)\n"
-	"  --shared-base         send only allocated ranges: the destination already\n"
-	"                        holds the rest (e.g. a common base image)\n"
-	"  --zero-blocks         send all-zero chunks as a flag, without payload\n"
-	"  --max-bandwidth RATE  cap the stream, e.g. 100M (per second; default none)\n"
-	"  --max-downtime MS     longest pause for writers (default 300)\n"
-	"  --chunk-size SIZE     migration granularity, 4K..16M power of two (default 1M)\n"
-	"  --workload SPEC       run the built-in writer during the migration:\n"
-	"                        NAME,bs=SIZE,rate=RATE[,seed=N][,pattern=random|sequential]\n"
-	"  --timeout SECONDS     give up when the connection is idle this long (120)\n"
-	"  --json                print a JSON report on stdout at the end\n"
-	"\n"
-	"Exit status: 0 migrated and verified, 1 failed or cancelled (SIGINT/SIGTERM\n"
-	"cancel cleanly: the source is untouched), 2 usage error.\n";
+    "Usage: blkmig send --to HOST:PORT --device NAME=PATH[,readonly] [--device ...]\n"
+    "                   [--format native|qemu] [--shared-base] [--zero-blocks]\n"
+    "                   [--max-bandwidth RATE] [--max-downtime MS] [--chunk-size SIZE]\n"
+    "                   [--workload SPEC] [--timeout SECONDS] [--json]\n"
+    "\n"
+    "Migrate the named images to a `blkmig receive` at HOST:PORT: a bulk pass,\n"
+    "passes that resend chunks written meanwhile, and a final pass with writers\n"
+    "paused once the rest would take no longer than --max-downtime.  Success means\n"
+    "the receiver has made the data durable and its digests matched.\n"
+    "\n"
+    "  --to HOST:PORT        the receiver\n"
+    "  --device NAME=PATH    an image or block device to send under NAME; with\n"
+    "                        ',readonly' it is skipped (not migrated)\n"
+    "  --format native|qemu  stream format (native; qemu is not available yet)\n"
+    "  --shared-base         send only allocated ranges: the destination already\n"
+    "                        holds the rest (e.g. a common base image)\n"
+    "  --zero-blocks         send all-zero chunks as a flag, without payload\n"
+    "  --max-bandwidth RATE  cap the stream, e.g. 100M (per second; default none)\n"
+    "  --max-downtime MS     longest pause for writers (default 300)\n"
+    "  --chunk-size SIZE     migration granularity, 4K..16M power of two (default 1M)\n"
+    "  --workload SPEC       run the built-in writer during the migration:\n"
+    "                        NAME,bs=SIZE,rate=RATE[,seed=N][,pattern=random|sequential]\n"
+    "  --timeout SECONDS     give up when the connection is idle this long (120)\n"
+    "  --json                print a JSON report on stdout at the end\n"
+    "\n"
+    "Exit status: 0 migrated and verified, 1 failed or cancelled (SIGINT/SIGTERM\n"
+    "cancel cleanly: the source is untouched), 2 usage error.\n";
 
 int cmd_send(int argc, char **argv)
 {
-	enum { OPT_SHARED = 256, OPT_ZERO, OPT_BW, OPT_DOWNTIME, OPT_CHUNK, OPT_WORKLOAD,
-	       OPT_TIMEOUT, OPT_JSON, OPT_FORMAT };
+	enum {
+		OPT_SHARED = 256,
+		OPT_ZERO,
+		OPT_BW,
+		OPT_DOWNTIME,
+		OPT_CHUNK,
+		OPT_WORKLOAD,
+		OPT_TIMEOUT,
+		OPT_JSON,
+		OPT_FORMAT
+	};
 	static const struct option opts[] = {
-		{"to", required_argument, NULL, 't'},
-		{"device", required_argument, NULL, 'd'},
-		{"format", required_argument, NULL, OPT_FORMAT},
-		{"shared-base", no_argument, NULL, OPT_SHARED},
-		{"zero-blocks", no_argument, NULL, OPT_ZERO},
-		{"max-bandwidth", required_argument, NULL, OPT_BW},
-		{"max-downtime", required_argument, NULL, OPT_DOWNTIME},
-		{"chunk-size", required_argument, NULL, OPT_CHUNK},
-		{"workload", required_argument, NULL, OPT_WORKLOAD},
-		{"timeout", required_argument, NULL, OPT_TIMEOUT},
-		{"json", no_argument, NULL, OPT_JSON},
-		{"help", no_argument, NULL, 'h'},
-		{0},
+		{ "to", required_argument, NULL, 't' },
+		{ "device", required_argument, NULL, 'd' },
+		{ "format", required_argument, NULL, OPT_FORMAT },
+		{ "shared-base", no_argument, NULL, OPT_SHARED },
+		{ "zero-blocks", no_argument, NULL, OPT_ZERO },
+		{ "max-bandwidth", required_argument, NULL, OPT_BW },
+		{ "max-downtime", required_argument, NULL, OPT_DOWNTIME },
+		{ "chunk-size", required_argument, NULL, OPT_CHUNK },
+		{ "workload", required_argument, NULL, OPT_WORKLOAD },
+		{ "timeout", required_argument, NULL, OPT_TIMEOUT },
+		{ "json", no_argument, NULL, OPT_JSON },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
 	};
 	struct cli_device devs[CLI_MAX_DEVICES];
 	struct src_device sdev[CLI_MAX_DEVICES];
-	struct blk *blks[CLI_MAX_DEVICES] = {0};
-	struct src_params p = {0};
+	struct blk *blks[CLI_MAX_DEVICES] = { 0 };
+	struct src_params p = { 0 };
 	struct workload_spec wspec;
 	struct workload *wl = NULL;
-	struct workload_stats wst = {0};
+	struct workload_stats wst = { 0 };
 	struct cli_progress prog;
 	struct src_job *job = NULL;
 	struct xport *x = NULL;
@@ -120,7 +129,8 @@ int cmd_send(int argc, char **argv)
 			if (parse_size(optarg, &v) < 0)
 				return cli_usage_error("send", "--chunk-size: %s", err_msg());
 			if (!is_pow2(v) || v < WIRE_MIN_CHUNK_SIZE || v > WIRE_MAX_CHUNK_SIZE)
-				return cli_usage_error("send", "--chunk-size must be a power of two "
+				return cli_usage_error("send",
+						       "--chunk-size must be a power of two "
 						       "from 4K to 16M");
 			p.chunk_size = (uint32_t)v;
 			break;
@@ -175,7 +185,7 @@ int cmd_send(int argc, char **argv)
 			cli_fail("send: %s", err_msg());
 			goto out;
 		}
-		sdev[nsend++] = (struct src_device){.name = devs[i].name, .blk = blks[i]};
+		sdev[nsend++] = (struct src_device){ .name = devs[i].name, .blk = blks[i] };
 	}
 	if (!nsend) {
 		rc = cli_fail("send: every device is read-only: nothing to migrate");
@@ -188,8 +198,10 @@ int cmd_send(int argc, char **argv)
 			if (strcmp(devs[i].name, wspec.name) == 0)
 				target = blks[i];
 		if (!target) {
-			rc = cli_usage_error("send", "--workload names '%s', which is not a "
-					     "migrated --device", wspec.name);
+			rc = cli_usage_error("send",
+					     "--workload names '%s', which is not a "
+					     "migrated --device",
+					     wspec.name);
 			goto out;
 		}
 		r = workload_start(&wspec, target, &wl);
@@ -235,8 +247,10 @@ report:
 			json_object *w = json_object_new_object();
 
 			extra = json_object_new_object();
-			json_object_object_add(w, "writes", json_object_new_int64((int64_t)wst.writes));
-			json_object_object_add(w, "bytes", json_object_new_int64((int64_t)wst.bytes));
+			json_object_object_add(w, "writes",
+					       json_object_new_int64((int64_t)wst.writes));
+			json_object_object_add(w, "bytes",
+					       json_object_new_int64((int64_t)wst.bytes));
 			json_object_object_add(w, "latency-p50-us",
 					       json_object_new_int64((int64_t)(wst.p50_ns / 1000)));
 			json_object_object_add(w, "latency-p99-us",

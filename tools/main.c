@@ -9,9 +9,9 @@
 #include "cli.h"
 
 static const struct cmd commands[] = {
-	{"send", "migrate images that nobody else writes to a receiver", cmd_send},
-	{"receive", "accept one migration into local images", cmd_receive},
-	{"demo", "live-migrate a 1 GiB image under writes on this host and verify it", cmd_demo},
+	{ "send", "migrate images that nobody else writes to a receiver", cmd_send },
+	{ "receive", "accept one migration into local images", cmd_receive },
+	{ "demo", "live-migrate a 1 GiB image under writes on this host and verify it", cmd_demo },
 };
 
 static void usage(FILE *f)

@@ -29,9 +29,9 @@ struct dirty;
 struct dirty *dirty_new(uint64_t size, uint32_t granularity);
 void dirty_free(struct dirty *d);
 
-uint64_t dirty_size(const struct dirty *d);        /* device size in bytes */
+uint64_t dirty_size(const struct dirty *d);	   /* device size in bytes */
 uint32_t dirty_granularity(const struct dirty *d); /* bytes per bit */
-uint64_t dirty_nchunks(const struct dirty *d);     /* bits in the map */
+uint64_t dirty_nchunks(const struct dirty *d);	   /* bits in the map */
 
 /* Mark every chunk overlapping [off, off + len); len 0 marks nothing.
  * The range is clipped to the device size. */

@@ -97,8 +97,10 @@ int blk_writeback(struct blk *b, uint64_t off, uint64_t len)
 	if (!b->ops->writeback || len == 0)
 		return 0;
 	if (!range_inside(off, len, b->size))
-		return err_set(ERANGE, "writeback at offset %llu length %llu: beyond end of device "
-			       "(size %llu)", (unsigned long long)off, (unsigned long long)len,
+		return err_set(ERANGE,
+			       "writeback at offset %llu length %llu: beyond end of device "
+			       "(size %llu)",
+			       (unsigned long long)off, (unsigned long long)len,
 			       (unsigned long long)b->size);
 	return b->ops->writeback(b, off, len);
 }

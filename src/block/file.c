@@ -168,7 +168,7 @@ static int try_fallocate(struct file_blk *f, atomic_bool *no, int mode, const ch
 static int try_range_ioctl(struct file_blk *f, atomic_bool *no, unsigned long req, const char *what,
 			   uint64_t off, uint64_t len)
 {
-	uint64_t range[2] = {off, len};
+	uint64_t range[2] = { off, len };
 	int e;
 
 	if (atomic_load(no))
@@ -392,13 +392,13 @@ err_free_f:
 }
 
 static const struct blk_ops file_ops = {
-    .name = "file",
-    .pread = file_pread,
-    .pwrite = file_pwrite,
-    .flush = file_flush,
-    .zero = file_zero,
-    .trim = file_trim,
-    .block_status = file_block_status,
-    .writeback = file_writeback,
-    .close = file_close,
+	.name = "file",
+	.pread = file_pread,
+	.pwrite = file_pwrite,
+	.flush = file_flush,
+	.zero = file_zero,
+	.trim = file_trim,
+	.block_status = file_block_status,
+	.writeback = file_writeback,
+	.close = file_close,
 };

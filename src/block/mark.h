@@ -15,8 +15,8 @@
 
 #include <stdbool.h>
 
-#define MARK_XATTR   "user.blkmig.incomplete"
-#define MARK_SUFFIX  ".blkmig-incomplete"
+#define MARK_XATTR  "user.blkmig.incomplete"
+#define MARK_SUFFIX ".blkmig-incomplete"
 
 /* Set the marker with a short reason.  0 or negative errno (err_set). */
 int mark_incomplete(const char *path, const char *reason);

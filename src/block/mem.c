@@ -46,8 +46,8 @@ struct mem_blk {
 static const struct blk_ops mem_ops;
 
 static const char *const mem_op_name[MEM_NOPS] = {
-    [BLK_MEM_READ] = "read", [BLK_MEM_WRITE] = "write", [BLK_MEM_FLUSH] = "flush",
-    [BLK_MEM_ZERO] = "zero", [BLK_MEM_TRIM] = "trim",
+	[BLK_MEM_READ] = "read", [BLK_MEM_WRITE] = "write", [BLK_MEM_FLUSH] = "flush",
+	[BLK_MEM_ZERO] = "zero", [BLK_MEM_TRIM] = "trim",
 };
 
 static struct mem_blk *to_mem(struct blk *b)
@@ -279,12 +279,12 @@ void blk_mem_inject(struct blk *b, enum blk_mem_op op, unsigned nth, int err)
 }
 
 static const struct blk_ops mem_ops = {
-    .name = "mem",
-    .pread = mem_pread,
-    .pwrite = mem_pwrite,
-    .flush = mem_flush,
-    .zero = mem_zero,
-    .trim = mem_trim,
-    .block_status = mem_block_status,
-    .close = mem_close,
+	.name = "mem",
+	.pread = mem_pread,
+	.pwrite = mem_pwrite,
+	.flush = mem_flush,
+	.zero = mem_zero,
+	.trim = mem_trim,
+	.block_status = mem_block_status,
+	.close = mem_close,
 };

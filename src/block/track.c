@@ -291,12 +291,12 @@ uint64_t track_writes(struct blk *track)
 }
 
 static const struct blk_ops track_ops = {
-    .name = "track",
-    .pread = track_pread,
-    .pwrite = track_pwrite,
-    .flush = track_flush,
-    .zero = track_zero,
-    .trim = track_trim,
-    .block_status = track_block_status,
-    .close = track_close,
+	.name = "track",
+	.pread = track_pread,
+	.pwrite = track_pwrite,
+	.flush = track_flush,
+	.zero = track_zero,
+	.trim = track_trim,
+	.block_status = track_block_status,
+	.close = track_close,
 };

@@ -25,11 +25,24 @@ static int parse_scaled(const char *what, const char *s, uint64_t *out, bool rat
 		p++;
 	}
 	switch (toupper((unsigned char)*p)) {
-	case 'K': mult = KiB; p++; break;
-	case 'M': mult = MiB; p++; break;
-	case 'G': mult = GiB; p++; break;
-	case 'T': mult = GiB * 1024; p++; break;
-	default: break;
+	case 'K':
+		mult = KiB;
+		p++;
+		break;
+	case 'M':
+		mult = MiB;
+		p++;
+		break;
+	case 'G':
+		mult = GiB;
+		p++;
+		break;
+	case 'T':
+		mult = GiB * 1024;
+		p++;
+		break;
+	default:
+		break;
 	}
 	if (mult > 1 && (*p == 'i' || *p == 'I'))
 		p++;
@@ -58,7 +71,7 @@ int parse_rate(const char *s, uint64_t *bytes_per_sec)
 
 const char *fmt_bytes(char *buf, size_t cap, uint64_t v)
 {
-	static const char *const unit[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+	static const char *const unit[] = { "B", "KiB", "MiB", "GiB", "TiB" };
 	double d = (double)v;
 	size_t i = 0;
 
@@ -89,8 +102,8 @@ bool mem_is_zero(const void *p, size_t len)
 
 void sleep_ns(uint64_t ns)
 {
-	struct timespec ts = {.tv_sec = (time_t)(ns / 1000000000u),
-			      .tv_nsec = (long)(ns % 1000000000u)};
+	struct timespec ts = { .tv_sec = (time_t)(ns / 1000000000u),
+			       .tv_nsec = (long)(ns % 1000000000u) };
 
 	while (nanosleep(&ts, &ts) == -1 && errno == EINTR)
 		;

@@ -43,7 +43,7 @@ struct dst {
 	struct native_hello hello;
 	unsigned ndev;
 	struct dst_dev dev[NATIVE_MAX_DEVICES];
-	uint8_t *rec;    /* one whole record: header + chunk */
+	uint8_t *rec; /* one whole record: header + chunk */
 	size_t rec_cap;
 	uint8_t body[NATIVE_MSG_MAX];
 	uint64_t stream_off; /* bytes of the stream consumed, for messages */
@@ -98,8 +98,8 @@ static int open_devices(struct dst *d)
 
 	if ((h->caps & NATIVE_CAP_SHARED_BASE) && !d->p->allow_shared_base)
 		return err_set(EPERM, "the source sends a shared-base migration (only allocated "
-			       "data; the image must already hold the base): accept it with "
-			       "receive --shared-base");
+				      "data; the image must already hold the base): accept it with "
+				      "receive --shared-base");
 	for (unsigned i = 0; i < h->ndev; i++) {
 		struct dst_dev *dev = &d->dev[i];
 
@@ -143,9 +143,10 @@ static int open_devices(struct dst *d)
 	d->st.ndev = d->ndev;
 	for (unsigned i = 0; i < d->p->nexpect; i++)
 		if (!find_dev(d, d->p->expect[i]))
-			return err_set(ENOENT, "device %s is not in the migration (the source "
-				       "sends: %s%s)", d->p->expect[i], h->dev[0].name,
-				       h->ndev > 1 ? ", ..." : "");
+			return err_set(ENOENT,
+				       "device %s is not in the migration (the source "
+				       "sends: %s%s)",
+				       d->p->expect[i], h->dev[0].name, h->ndev > 1 ? ", ..." : "");
 	d->rec_cap = WIRE_REC_HDR_MAX + h->chunk_size;
 	d->rec = aligned_alloc(4096, div_round_up(d->rec_cap, 4096) * 4096);
 	if (!d->rec)
@@ -244,7 +245,7 @@ static int verify_pass(struct dst *d)
 			dirty_test_and_clear(dev->pass, (uint64_t)idx);
 			/* A zero chunk that is a hole needs no read. */
 			if (digest_get(dev->dig, (uint64_t)idx) ==
-				    digest_zero_hash(dev->dig, (uint64_t)idx) &&
+				digest_zero_hash(dev->dig, (uint64_t)idx) &&
 			    blk_is_hole(dev->blk, off, len))
 				continue;
 			r = blk_pread(dev->blk, d->rec, len, off);
@@ -252,9 +253,10 @@ static int verify_pass(struct dst *d)
 				return err_prefix(-r, "read back %s at offset %llu: ", dev->name,
 						  (unsigned long long)off);
 			if (digest_hash(d->rec, len) != digest_get(dev->dig, (uint64_t)idx))
-				return err_set(EILSEQ, "device %s: the chunk at offset %llu does not "
-					       "read back as it was written", dev->name,
-					       (unsigned long long)off);
+				return err_set(EILSEQ,
+					       "device %s: the chunk at offset %llu does not "
+					       "read back as it was written",
+					       dev->name, (unsigned long long)off);
 		}
 	}
 	return 0;
@@ -312,12 +314,13 @@ static int await_commit(struct dst *d)
 	int r = rd(d, hdr, sizeof(hdr));
 
 	if (r == -ECONNRESET)
-		return err_set(ECONNRESET, "the source closed the connection after the "
+		return err_set(ECONNRESET,
+			       "the source closed the connection after the "
 			       "acknowledgement without committing: it keeps the devices");
 	if (r < 0)
 		return err_prefix(-r, "waiting for the source to commit: ");
-	r = native_frame_header(hdr, NATIVE_ALLOW(NATIVE_MSG_COMMIT) | NATIVE_ALLOW(NATIVE_MSG_ABORT),
-				&type, &len);
+	r = native_frame_header(
+	    hdr, NATIVE_ALLOW(NATIVE_MSG_COMMIT) | NATIVE_ALLOW(NATIVE_MSG_ABORT), &type, &len);
 	if (r < 0)
 		return err_prefix(-r, "waiting for the source to commit: ");
 	r = rd(d, d->body, len);
@@ -356,11 +359,11 @@ static int complete(struct dst *d, uint32_t len)
 		digest_final(dev->dig, ours, &chunks);
 		/* Without a shared base, every chunk must have been carried
 		 * at least once, or part of the image is simply old data. */
-		if (!(d->hello.caps & NATIVE_CAP_SHARED_BASE) &&
-		    chunks != digest_nchunks(dev->dig))
-			return err_set(EBADMSG, "device %s: the source carried %llu of %llu chunks: "
-				       "the migration is incomplete", dev->name,
-				       (unsigned long long)chunks,
+		if (!(d->hello.caps & NATIVE_CAP_SHARED_BASE) && chunks != digest_nchunks(dev->dig))
+			return err_set(EBADMSG,
+				       "device %s: the source carried %llu of %llu chunks: "
+				       "the migration is incomplete",
+				       dev->name, (unsigned long long)chunks,
 				       (unsigned long long)digest_nchunks(dev->dig));
 		if (chunks != c.dev[i].chunks || memcmp(ours, c.dev[i].digest, DIGEST_LEN) != 0)
 			return err_set(EILSEQ,
@@ -410,7 +413,8 @@ static int run(struct dst *d)
 
 		r = rd(d, &type, 1);
 		if (r == -ECONNRESET)
-			return err_set(ECONNRESET, "the source closed the connection at stream offset "
+			return err_set(ECONNRESET,
+				       "the source closed the connection at stream offset "
 				       "%llu, before completing the migration",
 				       (unsigned long long)msg_off);
 		if (r < 0)
@@ -427,14 +431,16 @@ static int run(struct dst *d)
 			if (r == 0)
 				r = verify_pass(d);
 			if (r == 0)
-				r = send_frame(d, native_synced_encode(buf, sizeof(buf),
-								       d->st.iterations), buf);
+				r = send_frame(
+				    d, native_synced_encode(buf, sizeof(buf), d->st.iterations),
+				    buf);
 			if (r < 0)
 				return r;
 			continue;
 		}
 		if (type != NATIVE_MSG_COMPLETE && type != NATIVE_MSG_ABORT)
-			return err_set(EBADMSG, "at stream offset %llu: unexpected message type 0x%02x",
+			return err_set(EBADMSG,
+				       "at stream offset %llu: unexpected message type 0x%02x",
 				       (unsigned long long)msg_off, type);
 		{
 			uint8_t lenb[4];

@@ -56,16 +56,16 @@ struct mig_dev_stats {
 /* A consistent snapshot of progress, safe to take from another thread. */
 struct mig_stats {
 	enum mig_state state;
-	uint64_t total;         /* bytes of all devices */
-	uint64_t bulk_done;     /* bytes of the bulk pass done */
-	uint64_t remaining;     /* bulk bytes not yet read + dirty bytes */
-	uint64_t transferred;   /* bytes on the wire */
-	uint64_t data_bytes;    /* chunk payload bytes sent */
-	uint64_t iterations;    /* passes finished (bulk = 1) */
-	uint64_t bandwidth;     /* measured bytes/s */
-	uint64_t dirty_rate;    /* bytes/s dirtied during the last pass */
+	uint64_t total;	      /* bytes of all devices */
+	uint64_t bulk_done;   /* bytes of the bulk pass done */
+	uint64_t remaining;   /* bulk bytes not yet read + dirty bytes */
+	uint64_t transferred; /* bytes on the wire */
+	uint64_t data_bytes;  /* chunk payload bytes sent */
+	uint64_t iterations;  /* passes finished (bulk = 1) */
+	uint64_t bandwidth;   /* measured bytes/s */
+	uint64_t dirty_rate;  /* bytes/s dirtied during the last pass */
 	uint64_t expected_downtime_ns;
-	uint64_t downtime_ns;   /* writers paused, FINAL until ACK handled */
+	uint64_t downtime_ns; /* writers paused, FINAL until ACK handled */
 	uint64_t setup_ns, total_ns;
 	unsigned ndev;
 	struct mig_dev_stats dev[NATIVE_MAX_DEVICES];
@@ -74,16 +74,16 @@ struct mig_stats {
 /* ---- source ------------------------------------------------------------- */
 
 struct src_params {
-	uint64_t max_bandwidth;   /* bytes/s, 0 = unlimited */
+	uint64_t max_bandwidth;	  /* bytes/s, 0 = unlimited */
 	uint64_t max_downtime_ns; /* switch-over threshold, default 300 ms */
-	uint32_t chunk_size;      /* default 1 MiB */
-	unsigned readers;         /* reads in flight, default 4 */
+	uint32_t chunk_size;	  /* default 1 MiB */
+	unsigned readers;	  /* reads in flight, default 4 */
 	bool shared_base;
 	bool zero_blocks;
 };
 
 #define SRC_DEFAULT_DOWNTIME_NS (300 * 1000000ull)
-#define SRC_DEFAULT_READERS     4
+#define SRC_DEFAULT_READERS	4
 
 struct src_device {
 	const char *name;

@@ -81,13 +81,13 @@ struct src_job {
 	enum pass_kind pass;
 	unsigned cur_dev;
 	uint64_t cur_chunk;
-	unsigned busy;   /* readers holding a task */
-	int read_err;    /* first reader failure, negative errno */
+	unsigned busy; /* readers holding a task */
+	int read_err;  /* first reader failure, negative errno */
 	char read_msg[512];
 
 	unsigned nbufs;
-	uint8_t **bufs;  /* every buffer, for freeing */
-	uint8_t **free;  /* stack of free buffers */
+	uint8_t **bufs; /* every buffer, for freeing */
+	uint8_t **free; /* stack of free buffers */
 	unsigned nfree;
 	struct result *q; /* ring of finished reads */
 	unsigned qhead, qlen;
@@ -95,10 +95,10 @@ struct src_job {
 	unsigned nthreads;
 	pthread_t *threads;
 	bool paused;
-	bool in_blocks; /* a BLOCKS message is open on the wire (no EOS yet) */
-	uint64_t passes_sent; /* BLOCKS messages completed on the wire */
+	bool in_blocks;		       /* a BLOCKS message is open on the wire (no EOS yet) */
+	uint64_t passes_sent;	       /* BLOCKS messages completed on the wire */
 	uint8_t reply[NATIVE_MSG_MAX]; /* the destination's last framed message */
-	uint8_t *zero_buf; /* a zero chunk, for holes sent without ZERO_BLOCK */
+	uint8_t *zero_buf;	       /* a zero chunk, for holes sent without ZERO_BLOCK */
 };
 
 /* ---- stats ---------------------------------------------------------------- */
@@ -210,8 +210,7 @@ static int read_chunk(struct src_job *j, struct result *res)
 	}
 	r = blk_pread(d->blk, res->buf, len, off);
 	if (r < 0)
-		return err_prefix(-r, "read %s at offset %llu: ", d->name,
-				  (unsigned long long)off);
+		return err_prefix(-r, "read %s at offset %llu: ", d->name, (unsigned long long)off);
 	if (len < j->p.chunk_size)
 		memset(res->buf + len, 0, j->p.chunk_size - len);
 	res->kind = mem_is_zero(res->buf, len) ? RES_ZERO : RES_DATA;
@@ -225,7 +224,7 @@ static void *reader_main(void *arg)
 
 	pthread_mutex_lock(&j->lock);
 	for (;;) {
-		struct result res = {0};
+		struct result res = { 0 };
 		int r;
 
 		while (!j->quit &&
@@ -323,7 +322,8 @@ int src_new(const struct src_params *p, const struct src_device *devs, unsigned 
 		for (unsigned k = 0; k < i; k++)
 			if (strcmp(j->dev[k].name, d->name) == 0) {
 				src_free(j);
-				return err_set(EINVAL, "device name '%s' given twice", devs[i].name);
+				return err_set(EINVAL, "device name '%s' given twice",
+					       devs[i].name);
 			}
 		snprintf(j->stats.dev[i].name, sizeof(j->stats.dev[i].name), "%s", d->name);
 		j->stats.dev[i].size = d->size;
@@ -564,8 +564,8 @@ static void account_fn(struct mig_stats *st, void *arg)
 static int send_result(struct src_job *j, const struct result *res, uint8_t *hdr, unsigned *pct)
 {
 	struct src_dev *d = &j->dev[res->dev];
-	struct wire_record rec = {.offset = res->chunk * j->p.chunk_size};
-	struct sent_arg a = {.dev = res->dev, .kind = res->kind, .bulk = j->pass == PASS_BULK};
+	struct wire_record rec = { .offset = res->chunk * j->p.chunk_size };
+	struct sent_arg a = { .dev = res->dev, .kind = res->kind, .bulk = j->pass == PASS_BULK };
 	/* The figures count records as sent: zeros without ZERO_BLOCK are
 	 * data records. */
 	if (res->kind == RES_ZERO && !j->p.zero_blocks)
@@ -614,7 +614,7 @@ static int send_result(struct src_job *j, const struct result *res, uint8_t *hdr
 		now = (unsigned)(st.bulk_done * 100 / (st.total ? st.total : 1));
 		if (now != *pct) {
 			*pct = now;
-			rec = (struct wire_record){.kind = WIRE_REC_PROGRESS, .percent = now};
+			rec = (struct wire_record){ .kind = WIRE_REC_PROGRESS, .percent = now };
 			n = wire_rec_encode_header(hdr, &rec);
 			if (n < 0)
 				return n;
@@ -722,7 +722,7 @@ static int run_pass(struct src_job *j, enum pass_kind kind)
 	if (r < 0)
 		return r;
 
-	r = wire_rec_encode_header(hdr, &(struct wire_record){.kind = WIRE_REC_EOS});
+	r = wire_rec_encode_header(hdr, &(struct wire_record){ .kind = WIRE_REC_EOS });
 	if (r < 0)
 		return r;
 	r = xport_write(j->x, hdr, (size_t)r);
@@ -812,14 +812,14 @@ static int send_commit(struct src_job *j)
 		r = xport_flush(j->x);
 	if (r < 0)
 		return err_prefix(-r, "the destination acknowledged, but the commit could not be "
-				  "sent (the source stays fenced; the destination stays marked "
-				  "incomplete): ");
+				      "sent (the source stays fenced; the destination stays marked "
+				      "incomplete): ");
 	return 0;
 }
 
 struct pass_timer {
-	uint64_t busy_ns;  /* time spent in passes */
-	uint64_t wire;     /* bytes sent in passes */
+	uint64_t busy_ns; /* time spent in passes */
+	uint64_t wire;	  /* bytes sent in passes */
 };
 
 static uint64_t measured_bandwidth(const struct pass_timer *t)
@@ -832,7 +832,7 @@ static uint64_t measured_bandwidth(const struct pass_timer *t)
 static int timed_pass(struct src_job *j, enum pass_kind kind, struct pass_timer *t)
 {
 	uint64_t t0 = now_ns(), w0 = xport_tx_bytes(j->x);
-	struct pass_end e = {.count_iteration = true};
+	struct pass_end e = { .count_iteration = true };
 	uint64_t elapsed;
 	int r = run_pass(j, kind);
 
@@ -846,8 +846,8 @@ static int timed_pass(struct src_job *j, enum pass_kind kind, struct pass_timer 
 	e.bandwidth = measured_bandwidth(t);
 	e.remaining = dirty_total(j);
 	e.dirty_rate = elapsed ? (uint64_t)((double)e.remaining * 1e9 / (double)elapsed) : 0;
-	e.expected_ns = e.bandwidth ? (uint64_t)((double)e.remaining * 1e9 / (double)e.bandwidth)
-				    : UINT64_MAX;
+	e.expected_ns =
+	    e.bandwidth ? (uint64_t)((double)e.remaining * 1e9 / (double)e.bandwidth) : UINT64_MAX;
 	if (e.remaining == 0)
 		e.expected_ns = 0;
 	stats_update(j, pass_end_fn, &e);
@@ -874,8 +874,8 @@ static void finish_fn(struct mig_stats *st, void *arg)
 int src_run(struct src_job *j, struct xport *x)
 {
 	enum mig_state state = MIG_SETUP;
-	struct pass_timer timer = {0};
-	struct finish_arg fin = {0};
+	struct pass_timer timer = { 0 };
+	struct finish_arg fin = { 0 };
 	uint64_t t_start = now_ns(), t_pause = 0;
 	bool committing = false;
 	int r = 0;
@@ -957,7 +957,7 @@ int src_run(struct src_job *j, struct xport *x)
 	}
 
 	if (state != MIG_COMPLETED) {
-		static const uint8_t eos[8] = {0, 0, 0, 0, 0, 0, 0, WIRE_F_EOS};
+		static const uint8_t eos[8] = { 0, 0, 0, 0, 0, 0, 0, WIRE_F_EOS };
 		char msg[1024];
 
 		if (r != -ECANCELED && !committing)
@@ -970,7 +970,8 @@ int src_run(struct src_job *j, struct xport *x)
 		 * and then the transport refuses to send anything more. */
 		if (!committing && (!j->in_blocks || xport_write(x, eos, sizeof(eos)) == 0))
 			engine_send_error(x, NATIVE_MSG_ABORT, -r,
-					  r == -ECANCELED ? "migration cancelled by the source" : msg);
+					  r == -ECANCELED ? "migration cancelled by the source"
+							  : msg);
 		if (t_pause && !committing)
 			fin.downtime = now_ns() - t_pause;
 		resume_writers(j);

@@ -10,8 +10,8 @@ const char *mig_state_name(enum mig_state s)
 {
 	/* When you add a state, also update enum mig_state in migrate.h. */
 	static const char *const names[] = {
-		[MIG_SETUP] = "setup",         [MIG_BULK] = "active",
-		[MIG_DIRTY] = "active",        [MIG_FINAL] = "device",
+		[MIG_SETUP] = "setup",	       [MIG_BULK] = "active",
+		[MIG_DIRTY] = "active",	       [MIG_FINAL] = "device",
 		[MIG_COMPLETED] = "completed", [MIG_FAILED] = "failed",
 		[MIG_CANCELLED] = "cancelled",
 	};
@@ -39,7 +39,7 @@ int engine_read_frame(struct xport *x, uint64_t allowed, uint8_t *type, uint8_t 
 int engine_send_error(struct xport *x, enum native_msg type, int err, const char *reason)
 {
 	uint8_t buf[NATIVE_FRAME_HDR + 4 + NATIVE_REASON_MAX];
-	struct native_error e = {.err = (uint32_t)err};
+	struct native_error e = { .err = (uint32_t)err };
 	int n;
 
 	snprintf(e.reason, sizeof(e.reason), "%s", reason);

@@ -19,7 +19,7 @@ struct tcp_xport {
 
 static ssize_t tcp_sendv(struct xport *x, const struct iovec *iov, int iovcnt)
 {
-	struct msghdr m = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)iovcnt};
+	struct msghdr m = { .msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)iovcnt };
 	ssize_t n = sendmsg(x->fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
 
 	if (n < 0)

@@ -66,7 +66,7 @@ static int split_hostport(const char *hp, char *host, size_t hcap, char *port, s
 static int resolve(const char *hp, bool passive, struct addrinfo **res)
 {
 	char host[256], port[8];
-	struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_family = AF_UNSPEC};
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_family = AF_UNSPEC };
 	int r = split_hostport(hp, host, sizeof(host), port, sizeof(port));
 
 	if (r < 0)
@@ -150,7 +150,7 @@ int xport_accept(int lfd, int timeout_ms, const atomic_bool *cancel, struct xpor
 	int fd, r;
 
 	for (;;) {
-		struct pollfd p = {.fd = lfd, .events = POLLIN};
+		struct pollfd p = { .fd = lfd, .events = POLLIN };
 
 		if (cancelled(cancel))
 			return err_set(ECANCELED, "cancelled while waiting for a connection");
@@ -184,7 +184,7 @@ static int connect_wait(int fd, const struct addrinfo *ai, uint64_t deadline,
 	if (errno != EINPROGRESS)
 		return errno;
 	for (;;) {
-		struct pollfd p = {.fd = fd, .events = POLLOUT};
+		struct pollfd p = { .fd = fd, .events = POLLOUT };
 		int r;
 
 		if (cancelled(cancel))
@@ -333,15 +333,16 @@ static int fail(struct xport *x, short dir, int r)
 static int wait_ready(struct xport *x, short events, uint64_t *idle_since)
 {
 	for (;;) {
-		struct pollfd p = {.fd = x->fd, .events = events};
+		struct pollfd p = { .fd = x->fd, .events = events };
 		int r;
 
 		if (cancelled(x->cancel))
 			return fail(x, events, err_set(ECANCELED, "cancelled"));
 		if (x->timeout_ms > 0 &&
 		    now_ns() - *idle_since > (uint64_t)x->timeout_ms * 1000000u)
-			return fail(x, events, err_set(ETIMEDOUT, "connection to %s idle for %.1f s",
-						       x->peer, x->timeout_ms / 1000.0));
+			return fail(x, events,
+				    err_set(ETIMEDOUT, "connection to %s idle for %.1f s", x->peer,
+					    x->timeout_ms / 1000.0));
 		r = poll(&p, 1, POLL_SLICE_MS);
 		if (r < 0 && errno != EINTR)
 			return fail(x, events, err_set(errno, "poll: %s", strerror(errno)));
@@ -392,7 +393,7 @@ static int send_all(struct xport *x, struct iovec *iov, int iovcnt)
 		for (int i = 0; i < iovcnt; i++)
 			total += iov[i].iov_len;
 		budget = rate ? (size_t)MIN(total, MAX(rate * RATE_BURST_NS / 1000000000u,
-							 (uint64_t)64 * 1024))
+						       (uint64_t)64 * 1024))
 			      : total;
 		for (left = budget; left > 0 && nclip < iovcnt; nclip++) {
 			clip[nclip] = iov[nclip];
@@ -406,12 +407,13 @@ static int send_all(struct xport *x, struct iovec *iov, int iovcnt)
 		if (n == -EAGAIN || n == -EINTR)
 			n = 0;
 		if (n < 0)
-			return fail(x, POLLOUT, err_set((int)-n, "send to %s: %s", x->peer,
-							strerror((int)-n)));
+			return fail(x, POLLOUT,
+				    err_set((int)-n, "send to %s: %s", x->peer, strerror((int)-n)));
 		/* Unsent bytes were charged to the limiter; refund them at
 		 * the rate they were charged at. */
 		if (rate && (size_t)n < budget)
-			x->next_ok_ns -= (uint64_t)((double)(budget - (size_t)n) * 1e9 / (double)rate);
+			x->next_ok_ns -=
+			    (uint64_t)((double)(budget - (size_t)n) * 1e9 / (double)rate);
 		if (n == 0) {
 			r = wait_ready(x, POLLOUT, &idle_since);
 			if (r < 0)
@@ -460,7 +462,7 @@ int xport_write(struct xport *x, const void *buf, size_t len)
 			return r;
 	}
 	if (len > XPORT_WBUF_SIZE) {
-		struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
+		struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
 
 		return send_all(x, &iov, 1);
 	}
@@ -481,15 +483,15 @@ int xport_write2(struct xport *x, const void *hdr, size_t hlen, const void *payl
 		memcpy(x->wbuf + x->wlen, hdr, hlen);
 		x->wlen += hlen;
 	} else {
-		iov[n++] = (struct iovec){.iov_base = x->wbuf, .iov_len = x->wlen};
+		iov[n++] = (struct iovec){ .iov_base = x->wbuf, .iov_len = x->wlen };
 		x->wlen = 0;
-		iov[n++] = (struct iovec){.iov_base = (void *)hdr, .iov_len = hlen};
+		iov[n++] = (struct iovec){ .iov_base = (void *)hdr, .iov_len = hlen };
 	}
 	if (n == 0) {
-		iov[n++] = (struct iovec){.iov_base = x->wbuf, .iov_len = x->wlen};
+		iov[n++] = (struct iovec){ .iov_base = x->wbuf, .iov_len = x->wlen };
 		x->wlen = 0;
 	}
-	iov[n++] = (struct iovec){.iov_base = (void *)payload, .iov_len = plen};
+	iov[n++] = (struct iovec){ .iov_base = (void *)payload, .iov_len = plen };
 	return send_all(x, iov, n);
 }
 
@@ -524,8 +526,9 @@ static int fill(struct xport *x, bool *eof)
 			return 0;
 		}
 		if (n != -EAGAIN && n != -EINTR)
-			return fail(x, POLLIN, err_set((int)-n, "receive from %s: %s", x->peer,
-					       strerror((int)-n)));
+			return fail(
+			    x, POLLIN,
+			    err_set((int)-n, "receive from %s: %s", x->peer, strerror((int)-n)));
 		n = wait_ready(x, POLLIN, &idle_since);
 		if (n < 0)
 			return (int)n;
@@ -573,8 +576,9 @@ int xport_read(struct xport *x, void *buf, size_t len, size_t *got)
 					goto out_fail;
 				continue;
 			} else {
-				r = fail(x, POLLIN, err_set((int)-n, "receive from %s: %s", x->peer,
-						    strerror((int)-n)));
+				r = fail(x, POLLIN,
+					 err_set((int)-n, "receive from %s: %s", x->peer,
+						 strerror((int)-n)));
 				goto out_fail;
 			}
 		} else {
@@ -583,9 +587,10 @@ int xport_read(struct xport *x, void *buf, size_t len, size_t *got)
 				goto out_fail;
 		}
 		if (eof) {
-			r = fail(x, POLLIN, err_set(ECONNRESET,
-					    "connection closed by %s with %zu of %zu bytes missing",
-					    x->peer, len - done, len));
+			r = fail(x, POLLIN,
+				 err_set(ECONNRESET,
+					 "connection closed by %s with %zu of %zu bytes missing",
+					 x->peer, len - done, len));
 			goto out_fail;
 		}
 	}
@@ -601,7 +606,7 @@ out_fail:
 
 int xport_readable(struct xport *x, int timeout_ms)
 {
-	struct pollfd p = {.fd = x->fd, .events = POLLIN};
+	struct pollfd p = { .fd = x->fd, .events = POLLIN };
 	int r;
 
 	if (x->rerr)
@@ -610,6 +615,8 @@ int xport_readable(struct xport *x, int timeout_ms)
 		return 1;
 	r = poll(&p, 1, timeout_ms);
 	if (r < 0)
-		return errno == EINTR ? 0 : fail(x, POLLIN, err_set(errno, "poll: %s", strerror(errno)));
+		return errno == EINTR
+			   ? 0
+			   : fail(x, POLLIN, err_set(errno, "poll: %s", strerror(errno)));
 	return r > 0;
 }

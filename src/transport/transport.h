@@ -61,8 +61,7 @@ void xport_set_rate(struct xport *x, uint64_t bytes_per_sec);
  * large write.  Returns 0 or negative errno. */
 int xport_write(struct xport *x, const void *buf, size_t len);
 /* Flush buffered bytes, then send hdr and payload without copying. */
-int xport_write2(struct xport *x, const void *hdr, size_t hlen, const void *payload,
-		 size_t plen);
+int xport_write2(struct xport *x, const void *hdr, size_t hlen, const void *payload, size_t plen);
 int xport_flush(struct xport *x);
 /* Half-close the write side after flushing. */
 int xport_shutdown_write(struct xport *x);

@@ -96,9 +96,10 @@ static const struct {
 	uint8_t type;
 	const char *name;
 } msg_names[] = {
-    {NATIVE_MSG_BLOCKS, "BLOCKS"}, {NATIVE_MSG_COMPLETE, "COMPLETE"}, {NATIVE_MSG_ABORT, "ABORT"},
-    {NATIVE_MSG_READY, "READY"},   {NATIVE_MSG_ACK, "ACK"},	      {NATIVE_MSG_ERROR, "ERROR"},
-    {NATIVE_MSG_SYNCED, "SYNCED"}, {NATIVE_MSG_COMMIT, "COMMIT"},
+	{ NATIVE_MSG_BLOCKS, "BLOCKS" }, { NATIVE_MSG_COMPLETE, "COMPLETE" },
+	{ NATIVE_MSG_ABORT, "ABORT" },	 { NATIVE_MSG_READY, "READY" },
+	{ NATIVE_MSG_ACK, "ACK" },	 { NATIVE_MSG_ERROR, "ERROR" },
+	{ NATIVE_MSG_SYNCED, "SYNCED" }, { NATIVE_MSG_COMMIT, "COMMIT" },
 };
 
 const char *native_msg_name(uint8_t type)
@@ -412,7 +413,7 @@ int native_complete_decode(const uint8_t *body, size_t len, struct native_comple
  */
 static size_t utf8_printable(const uint8_t *p, size_t n)
 {
-	static const uint32_t min_cp[] = {0, 0, 0x80, 0x800, 0x10000};
+	static const uint32_t min_cp[] = { 0, 0, 0x80, 0x800, 0x10000 };
 	uint8_t c = p[0];
 	size_t seq;
 	uint32_t cp;

@@ -54,7 +54,7 @@ enum native_msg {
 };
 
 #define NATIVE_MAX_DEVICES 64
-#define NATIVE_MSG_MAX     65536U /* largest framed body */
+#define NATIVE_MSG_MAX	   65536U /* largest framed body */
 #define NATIVE_DIGEST_LEN  16
 #define NATIVE_HELLO_MAX   (8 + 4 + 4 + 4 + 2 + NATIVE_MAX_DEVICES * (1 + WIRE_NAME_MAX + 8))
 #define NATIVE_REASON_MAX  1024
@@ -133,7 +133,7 @@ int native_hello_decode(const uint8_t *buf, size_t len, struct native_hello *h, 
  * that are not printable UTF-8 decode as '?'.
  */
 #define NATIVE_FRAME_HDR 5
-#define NATIVE_ALLOW(t)  (UINT64_C(1) << ((((t) >> 7) & 1) * 32 + ((t) & 0x1f)))
+#define NATIVE_ALLOW(t)	 (UINT64_C(1) << ((((t) >> 7) & 1) * 32 + ((t)&0x1f)))
 int native_frame_header(const uint8_t hdr[NATIVE_FRAME_HDR], uint64_t allowed, uint8_t *type,
 			uint32_t *len);
 int native_complete_decode(const uint8_t *body, size_t len, struct native_complete *c);

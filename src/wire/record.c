@@ -41,10 +41,10 @@ static const char *flag_names(char *buf, size_t cap, unsigned int f)
 		unsigned int bit;
 		const char *name;
 	} names[] = {
-	    {WIRE_F_DEVICE_BLOCK, "DEVICE_BLOCK"},
-	    {WIRE_F_EOS, "EOS"},
-	    {WIRE_F_PROGRESS, "PROGRESS"},
-	    {WIRE_F_ZERO_BLOCK, "ZERO_BLOCK"},
+		{ WIRE_F_DEVICE_BLOCK, "DEVICE_BLOCK" },
+		{ WIRE_F_EOS, "EOS" },
+		{ WIRE_F_PROGRESS, "PROGRESS" },
+		{ WIRE_F_ZERO_BLOCK, "ZERO_BLOCK" },
 	};
 	size_t pos = 0;
 

@@ -31,33 +31,33 @@
 #include <stdint.h>
 
 #define WIRE_F_DEVICE_BLOCK 0x01U
-#define WIRE_F_EOS          0x02U
-#define WIRE_F_PROGRESS     0x04U
+#define WIRE_F_EOS	    0x02U
+#define WIRE_F_PROGRESS	    0x04U
 #define WIRE_F_ZERO_BLOCK   0x08U
-#define WIRE_FLAG_MASK      0x1ffU
+#define WIRE_FLAG_MASK	    0x1ffU
 
 #define WIRE_QEMU_CHUNK_SIZE (1U << 20)
 #define WIRE_MIN_CHUNK_SIZE  (1U << 12)
 #define WIRE_MAX_CHUNK_SIZE  (1U << 24)
-#define WIRE_NAME_MAX        255
+#define WIRE_NAME_MAX	     255
 
 /* The largest header: word + length byte + longest name. */
 #define WIRE_REC_HDR_MAX (8 + 1 + WIRE_NAME_MAX)
 
 enum wire_rec_kind {
-	WIRE_REC_DATA,     /* DEVICE_BLOCK with chunk_size bytes of payload */
-	WIRE_REC_ZERO,     /* DEVICE_BLOCK | ZERO_BLOCK: the chunk reads as zeros */
+	WIRE_REC_DATA,	   /* DEVICE_BLOCK with chunk_size bytes of payload */
+	WIRE_REC_ZERO,	   /* DEVICE_BLOCK | ZERO_BLOCK: the chunk reads as zeros */
 	WIRE_REC_PROGRESS, /* PROGRESS: percent */
-	WIRE_REC_EOS,      /* EOS */
+	WIRE_REC_EOS,	   /* EOS */
 };
 
 struct wire_record {
 	enum wire_rec_kind kind;
-	uint64_t offset;           /* DATA/ZERO: byte offset of the chunk */
-	uint64_t percent;          /* PROGRESS */
-	uint8_t name_len;          /* DATA/ZERO */
+	uint64_t offset;	      /* DATA/ZERO: byte offset of the chunk */
+	uint64_t percent;	      /* PROGRESS */
+	uint8_t name_len;	      /* DATA/ZERO */
 	char name[WIRE_NAME_MAX + 1]; /* NUL-terminated copy of the name */
-	const uint8_t *data;       /* DATA: points into the decoded buffer */
+	const uint8_t *data;	      /* DATA: points into the decoded buffer */
 };
 
 /*

@@ -69,19 +69,21 @@ int workload_parse(const char *spec, struct workload_spec *out)
 
 			errno = 0;
 			out->seed = strtoull(eq, &end, 0);
-			r = (*eq && !*end && !errno) ? 0 :
-				err_set(EINVAL, "invalid seed '%s'", eq);
+			r = (*eq && !*end && !errno) ? 0 : err_set(EINVAL, "invalid seed '%s'", eq);
 		} else if (strcmp(tok, "pattern") == 0) {
 			if (strcmp(eq, "random") == 0)
 				out->sequential = false;
 			else if (strcmp(eq, "sequential") == 0)
 				out->sequential = true;
 			else
-				return err_set(EINVAL, "invalid workload '%s': pattern must be "
-					       "random or sequential", spec);
+				return err_set(EINVAL,
+					       "invalid workload '%s': pattern must be "
+					       "random or sequential",
+					       spec);
 			r = 0;
 		} else {
-			return err_set(EINVAL, "invalid workload '%s': unknown key '%s'", spec, tok);
+			return err_set(EINVAL, "invalid workload '%s': unknown key '%s'", spec,
+				       tok);
 		}
 		if (r < 0)
 			return err_prefix(EINVAL, "invalid workload '%s': ", spec);
@@ -89,8 +91,10 @@ int workload_parse(const char *spec, struct workload_spec *out)
 	if (!have_bs || !have_rate)
 		return err_set(EINVAL, "invalid workload '%s': bs= and rate= are required", spec);
 	if (out->bs == 0 || out->bs > 64 * MiB || out->bs % 512)
-		return err_set(EINVAL, "invalid workload '%s': bs must be a multiple of 512 "
-			       "up to 64M", spec);
+		return err_set(EINVAL,
+			       "invalid workload '%s': bs must be a multiple of 512 "
+			       "up to 64M",
+			       spec);
 	if (out->rate == 0)
 		return err_set(EINVAL, "invalid workload '%s': rate must be above 0", spec);
 	return 0;

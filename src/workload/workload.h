@@ -32,7 +32,7 @@ struct workload_stats {
 	uint64_t writes;
 	uint64_t bytes;
 	uint64_t p50_ns, p99_ns, max_ns; /* write latency */
-	int stopped_by;                  /* 0, or the negative errno that stopped it */
+	int stopped_by;			 /* 0, or the negative errno that stopped it */
 };
 
 /*

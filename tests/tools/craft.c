@@ -24,22 +24,22 @@
 #include "wire/native.h"
 
 static const char *const faults[] = {
-	"ok",             /* a valid migration: must be acknowledged */
-	"truncated",      /* stream ends in the middle of a data record */
+	"ok",		   /* a valid migration: must be acknowledged */
+	"truncated",	   /* stream ends in the middle of a data record */
 	"truncated-hello", /* stream ends inside HELLO */
-	"beyond",         /* a record at an offset past the device end */
-	"unknown-device", /* a record for a device HELLO did not announce */
-	"hello-device",   /* HELLO announces a device the receiver lacks */
-	"unknown-flag",   /* a record word with flag 0x10 */
-	"size-mismatch",  /* HELLO size differs from the receiver's image */
+	"beyond",	   /* a record at an offset past the device end */
+	"unknown-device",  /* a record for a device HELLO did not announce */
+	"hello-device",	   /* HELLO announces a device the receiver lacks */
+	"unknown-flag",	   /* a record word with flag 0x10 */
+	"size-mismatch",   /* HELLO size differs from the receiver's image */
 	"digest-mismatch", /* COMPLETE with a wrong digest */
-	"bad-magic",      /* not a blkmig stream */
-	"bad-version",    /* HELLO version 99 */
-	"abort",          /* the source aborts after one record */
-	"no-complete",    /* all records, then the connection closes */
-	"no-commit",      /* a valid migration, but no COMMIT after the ACK */
-	"missing-chunk",  /* one chunk never sent (not shared base), digest of the rest */
-	"shared-base",    /* HELLO with the SHARED_BASE capability, chunk 0 skipped */
+	"bad-magic",	   /* not a blkmig stream */
+	"bad-version",	   /* HELLO version 99 */
+	"abort",	   /* the source aborts after one record */
+	"no-complete",	   /* all records, then the connection closes */
+	"no-commit",	   /* a valid migration, but no COMMIT after the ACK */
+	"missing-chunk",   /* one chunk never sent (not shared base), digest of the rest */
+	"shared-base",	   /* HELLO with the SHARED_BASE capability, chunk 0 skipped */
 };
 
 /* Released at exit, whichever way main() leaves. */
@@ -69,12 +69,12 @@ static void fill_chunk(uint8_t *buf, uint32_t cs, uint64_t idx)
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{"to", required_argument, NULL, 't'},
-		{"name", required_argument, NULL, 'n'},
-		{"size", required_argument, NULL, 's'},
-		{"fault", required_argument, NULL, 'f'},
-		{"chunk-size", required_argument, NULL, 'c'},
-		{0},
+		{ "to", required_argument, NULL, 't' },
+		{ "name", required_argument, NULL, 'n' },
+		{ "size", required_argument, NULL, 's' },
+		{ "fault", required_argument, NULL, 'f' },
+		{ "chunk-size", required_argument, NULL, 'c' },
+		{ 0 },
 	};
 	const char *to = NULL, *name = "d0", *fault = NULL;
 	uint64_t size = 0, cs64 = 1 << 20;
@@ -91,18 +91,32 @@ int main(int argc, char **argv)
 
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (c) {
-		case 't': to = optarg; break;
-		case 'n': name = optarg; break;
-		case 's': if (parse_size(optarg, &size) < 0) return 2; break;
-		case 'c': if (parse_size(optarg, &cs64) < 0) return 2; break;
-		case 'f': fault = optarg; break;
-		default: return 2;
+		case 't':
+			to = optarg;
+			break;
+		case 'n':
+			name = optarg;
+			break;
+		case 's':
+			if (parse_size(optarg, &size) < 0)
+				return 2;
+			break;
+		case 'c':
+			if (parse_size(optarg, &cs64) < 0)
+				return 2;
+			break;
+		case 'f':
+			fault = optarg;
+			break;
+		default:
+			return 2;
 		}
 	}
 	for (size_t i = 0; fault && i < ARRAY_SIZE(faults); i++)
 		known |= strcmp(fault, faults[i]) == 0;
 	if (!to || !size || !known) {
-		fprintf(stderr, "usage: craft --to HOST:PORT --name NAME --size BYTES --fault KIND\n");
+		fprintf(stderr,
+			"usage: craft --to HOST:PORT --name NAME --size BYTES --fault KIND\n");
 		return 2;
 	}
 	cs = (uint32_t)cs64;
@@ -162,7 +176,7 @@ int main(int argc, char **argv)
 	type = NATIVE_MSG_BLOCKS;
 	xport_write(x, &type, 1);
 	for (uint64_t i = 0; i < nchunks; i++) {
-		struct wire_record rec = {.kind = WIRE_REC_DATA, .offset = i * cs};
+		struct wire_record rec = { .kind = WIRE_REC_DATA, .offset = i * cs };
 		size_t clen = digest_chunk_len(dig, i);
 
 		if ((strcmp(fault, "missing-chunk") == 0 && i == nchunks / 2) ||
@@ -192,8 +206,8 @@ int main(int argc, char **argv)
 		if (xport_write2(x, hdr, (size_t)n, chunk, cs) < 0)
 			goto closed;
 		if (strcmp(fault, "abort") == 0) {
-			static const uint8_t eos[8] = {0, 0, 0, 0, 0, 0, 0, WIRE_F_EOS};
-			struct native_error e = {.err = ECANCELED};
+			static const uint8_t eos[8] = { 0, 0, 0, 0, 0, 0, 0, WIRE_F_EOS };
+			struct native_error e = { .err = ECANCELED };
 
 			snprintf(e.reason, sizeof(e.reason), "craft aborts on purpose");
 			xport_write(x, eos, sizeof(eos));
@@ -202,7 +216,7 @@ int main(int argc, char **argv)
 			goto answer;
 		}
 	}
-	n = wire_rec_encode_header(hdr, &(struct wire_record){.kind = WIRE_REC_EOS});
+	n = wire_rec_encode_header(hdr, &(struct wire_record){ .kind = WIRE_REC_EOS });
 	xport_write(x, hdr, (size_t)n);
 	if (strcmp(fault, "no-complete") == 0) {
 		xport_shutdown_write(x);

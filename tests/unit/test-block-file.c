@@ -468,19 +468,19 @@ static void test_write_error_message(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    FT(test_create_new),
-	    FT(test_create_extends_empty),
-	    FT(test_create_keeps_existing),
-	    FT(test_open_missing),
-	    FT(test_open_bad_args),
-	    FT(test_rw_round_trip),
-	    FT(test_zero),
-	    FT(test_zero_may_trim_makes_hole),
-	    FT(test_trim),
-	    FT(test_block_status),
-	    FT(test_range_errors),
-	    FT(test_readonly),
-	    FT(test_write_error_message),
+		FT(test_create_new),
+		FT(test_create_extends_empty),
+		FT(test_create_keeps_existing),
+		FT(test_open_missing),
+		FT(test_open_bad_args),
+		FT(test_rw_round_trip),
+		FT(test_zero),
+		FT(test_zero_may_trim_makes_hole),
+		FT(test_trim),
+		FT(test_block_status),
+		FT(test_range_errors),
+		FT(test_readonly),
+		FT(test_write_error_message),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

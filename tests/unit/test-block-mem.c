@@ -191,7 +191,7 @@ static void test_trim(void **state)
 
 /* ---- fault injection ------------------------------------------------------ */
 
-static const char *const op_name[] = {"read", "write", "flush", "zero", "trim"};
+static const char *const op_name[] = { "read", "write", "flush", "zero", "trim" };
 
 /* Issue one call of op over [PAGE, 2 * PAGE) (flush: the whole device). */
 static int do_op(struct blk *b, enum blk_mem_op op, uint8_t *buf)
@@ -213,7 +213,7 @@ static int do_op(struct blk *b, enum blk_mem_op op, uint8_t *buf)
 
 static void test_inject_each_op(void **state)
 {
-	static const int errs[] = {EIO, ENOSPC};
+	static const int errs[] = { EIO, ENOSPC };
 	uint8_t buf[PAGE];
 	unsigned op;
 	size_t e, i;
@@ -325,7 +325,7 @@ static void test_threads(void **state)
 
 	(void)state;
 	for (i = 0; i < MT_THREADS; i++) {
-		args[i] = (struct mt_arg){.b = b, .idx = i};
+		args[i] = (struct mt_arg){ .b = b, .idx = i };
 		assert_int_equal(pthread_create(&th[i], NULL, mt_writer, &args[i]), 0);
 	}
 	for (i = 0; i < MT_THREADS; i++) {
@@ -340,10 +340,10 @@ static void test_threads(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_open),	  cmocka_unit_test(test_lazy_pages),
-	    cmocka_unit_test(test_zero_may_trim), cmocka_unit_test(test_zero_no_trim_allocates),
-	    cmocka_unit_test(test_trim),	  cmocka_unit_test(test_inject_each_op),
-	    cmocka_unit_test(test_inject_nth),	  cmocka_unit_test(test_threads),
+		cmocka_unit_test(test_open),	      cmocka_unit_test(test_lazy_pages),
+		cmocka_unit_test(test_zero_may_trim), cmocka_unit_test(test_zero_no_trim_allocates),
+		cmocka_unit_test(test_trim),	      cmocka_unit_test(test_inject_each_op),
+		cmocka_unit_test(test_inject_nth),    cmocka_unit_test(test_threads),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -97,19 +97,19 @@ static void test_chunk_len(void **state)
 		uint64_t idx;
 		size_t want;
 	} cases[] = {
-	    /* a partial last chunk */
-	    {3 * MiB + 4097, (uint32_t)MiB, 0, MiB},
-	    {3 * MiB + 4097, (uint32_t)MiB, 2, MiB},
-	    {3 * MiB + 4097, (uint32_t)MiB, 3, 4097},
-	    /* a device that ends on a chunk boundary: the last chunk is whole */
-	    {4 * MiB, (uint32_t)MiB, 3, MiB},
-	    /* a device smaller than one chunk */
-	    {1000, 4096, 0, 1000},
-	    /* a one-byte last chunk */
-	    {64 * KiB + 1, (uint32_t)(64 * KiB), 1, 1},
-	    /* the largest chunk size */
-	    {16 * MiB + 512, (uint32_t)(16 * MiB), 0, 16 * MiB},
-	    {16 * MiB + 512, (uint32_t)(16 * MiB), 1, 512},
+		/* a partial last chunk */
+		{ 3 * MiB + 4097, (uint32_t)MiB, 0, MiB },
+		{ 3 * MiB + 4097, (uint32_t)MiB, 2, MiB },
+		{ 3 * MiB + 4097, (uint32_t)MiB, 3, 4097 },
+		/* a device that ends on a chunk boundary: the last chunk is whole */
+		{ 4 * MiB, (uint32_t)MiB, 3, MiB },
+		/* a device smaller than one chunk */
+		{ 1000, 4096, 0, 1000 },
+		/* a one-byte last chunk */
+		{ 64 * KiB + 1, (uint32_t)(64 * KiB), 1, 1 },
+		/* the largest chunk size */
+		{ 16 * MiB + 512, (uint32_t)(16 * MiB), 0, 16 * MiB },
+		{ 16 * MiB + 512, (uint32_t)(16 * MiB), 1, 512 },
 	};
 
 	(void)state;
@@ -189,8 +189,8 @@ static void test_zero_hash_lengths_differ(void **state)
 static void test_final_empty(void **state)
 {
 	/* docs/wire-format.md: no chunk carried -> XXH3-128 of zero bytes. */
-	static const uint8_t empty[DIGEST_LEN] = {0x99, 0xaa, 0x06, 0xd3, 0x01, 0x47, 0x98, 0xd8,
-						  0x60, 0x01, 0xc3, 0x24, 0x46, 0x8d, 0x49, 0x7f};
+	static const uint8_t empty[DIGEST_LEN] = { 0x99, 0xaa, 0x06, 0xd3, 0x01, 0x47, 0x98, 0xd8,
+						   0x60, 0x01, 0xc3, 0x24, 0x46, 0x8d, 0x49, 0x7f };
 	struct digest_table *t = table_new(16 * MiB, (uint32_t)MiB);
 	uint8_t out[DIGEST_LEN], ref[DIGEST_LEN];
 	uint64_t chunks = 12345;
@@ -207,7 +207,7 @@ static void test_final_empty(void **state)
 /* Only chunks given to digest_set() are covered, in index order. */
 static void test_final_covers_set_chunks(void **state)
 {
-	static const uint64_t idx[] = {0, 3, 7, 9};
+	static const uint64_t idx[] = { 0, 3, 7, 9 };
 	struct digest_table *t = table_new(9 * MiB + 100, (uint32_t)MiB); /* 10 chunks */
 	uint8_t out[DIGEST_LEN], ref[DIGEST_LEN];
 	uint64_t hash[ARRAY_SIZE(idx)], chunks;
@@ -309,11 +309,11 @@ static void test_order_independent(void **state)
 /* A chunk set several times counts once, with its last hash. */
 static void test_last_set_wins(void **state)
 {
-	static const uint64_t idx[] = {1, 2};
+	static const uint64_t idx[] = { 1, 2 };
 	struct digest_table *t = table_new(4 * MiB, (uint32_t)MiB);
 	struct digest_table *once = table_new(4 * MiB, (uint32_t)MiB);
 	uint8_t out[DIGEST_LEN], want[DIGEST_LEN], ref[DIGEST_LEN];
-	uint64_t hash[] = {0x1111, 0x3333}, chunks, chunks_once;
+	uint64_t hash[] = { 0x1111, 0x3333 }, chunks, chunks_once;
 
 	(void)state;
 	digest_set(t, 2, 0xdead);
@@ -347,13 +347,13 @@ static void test_last_set_wins(void **state)
 static void test_worked_example(void **state)
 {
 	static const uint8_t doc_input[32] = {
-	    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x54, 0x73, 0xe5,
-	    0xed, 0x33, 0xe9, 0x6f, 0xf4, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
-	    0x00, 0x01, 0xfd, 0x44, 0x4a, 0x4e, 0x0c, 0x1d, 0x4c, 0x46,
+		0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x54, 0x73, 0xe5,
+		0xed, 0x33, 0xe9, 0x6f, 0xf4, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+		0x00, 0x01, 0xfd, 0x44, 0x4a, 0x4e, 0x0c, 0x1d, 0x4c, 0x46,
 	};
-	static const uint8_t doc_digest[DIGEST_LEN] = {0xd3, 0xc3, 0xc7, 0x57, 0x46, 0x46,
-						       0x31, 0x3b, 0x12, 0x17, 0x08, 0xd6,
-						       0x12, 0x21, 0x2d, 0x93};
+	static const uint8_t doc_digest[DIGEST_LEN] = { 0xd3, 0xc3, 0xc7, 0x57, 0x46, 0x46,
+							0x31, 0x3b, 0x12, 0x17, 0x08, 0xd6,
+							0x12, 0x21, 0x2d, 0x93 };
 	struct digest_table *t = table_new(MiB + 512 * KiB, (uint32_t)MiB);
 	uint8_t *a5 = malloc(MiB), *zeros = zeros_new(512 * KiB);
 	uint8_t out[DIGEST_LEN], direct[DIGEST_LEN];
@@ -393,15 +393,15 @@ static void test_worked_example(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_chunk_len),
-	    cmocka_unit_test(test_zero_hash),
-	    cmocka_unit_test(test_zero_hash_lengths_differ),
-	    cmocka_unit_test(test_final_empty),
-	    cmocka_unit_test(test_final_covers_set_chunks),
-	    cmocka_unit_test(test_final_all_chunks),
-	    cmocka_unit_test(test_order_independent),
-	    cmocka_unit_test(test_last_set_wins),
-	    cmocka_unit_test(test_worked_example),
+		cmocka_unit_test(test_chunk_len),
+		cmocka_unit_test(test_zero_hash),
+		cmocka_unit_test(test_zero_hash_lengths_differ),
+		cmocka_unit_test(test_final_empty),
+		cmocka_unit_test(test_final_covers_set_chunks),
+		cmocka_unit_test(test_final_all_chunks),
+		cmocka_unit_test(test_order_independent),
+		cmocka_unit_test(test_last_set_wins),
+		cmocka_unit_test(test_worked_example),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

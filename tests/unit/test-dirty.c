@@ -43,7 +43,8 @@ static void test_new_errors(void **state)
 		uint64_t size;
 		uint32_t gran;
 	} bad[] = {
-	    {0, 4096}, {MiB, 0}, {MiB, 256}, {MiB, 511}, {MiB, 1000}, {MiB, 4097}, {MiB, 3u << 20},
+		{ 0, 4096 },   { MiB, 0 },    { MiB, 256 },	 { MiB, 511 },
+		{ MiB, 1000 }, { MiB, 4097 }, { MiB, 3u << 20 },
 	};
 	size_t i;
 
@@ -187,7 +188,7 @@ static void test_word_boundaries(void **state)
 static void test_next_and_clear(void **state)
 {
 	struct dirty *d = new_or_fail(1000 * 4096, 4096);
-	static const uint64_t set[] = {0, 1, 63, 64, 200, 511, 512, 999};
+	static const uint64_t set[] = { 0, 1, 63, 64, 200, 511, 512, 999 };
 	uint64_t n = 0;
 	int64_t c;
 	size_t i;
@@ -215,7 +216,7 @@ static void test_next_and_clear(void **state)
 static void test_mark_all_clear_all(void **state)
 {
 	/* Chunk counts around word sizes, with and without a partial tail. */
-	static const uint64_t nchunks[] = {1, 63, 64, 65, 127, 128, 129, 1000};
+	static const uint64_t nchunks[] = { 1, 63, 64, 65, 127, 128, 129, 1000 };
 	size_t i;
 
 	(void)state;
@@ -379,7 +380,7 @@ static void test_threads(void **state)
 	(void)state;
 	for (i = 0; i <= MT_MARKERS; i++)
 		ctx[i] =
-		    (struct mt_ctx){.d = d, .seed = 1000u + (unsigned)i, .markers_left = &left};
+		    (struct mt_ctx){ .d = d, .seed = 1000u + (unsigned)i, .markers_left = &left };
 	assert_int_equal(pthread_create(&th[MT_MARKERS], NULL, mt_clearer, &ctx[MT_MARKERS]), 0);
 	for (i = 0; i < MT_MARKERS; i++)
 		assert_int_equal(pthread_create(&th[i], NULL, mt_marker, &ctx[i]), 0);
@@ -401,11 +402,16 @@ static void test_threads(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_new_errors),	       cmocka_unit_test(test_geometry),
-	    cmocka_unit_test(test_mark_basic),	       cmocka_unit_test(test_mark_clipping),
-	    cmocka_unit_test(test_word_boundaries),    cmocka_unit_test(test_next_and_clear),
-	    cmocka_unit_test(test_mark_all_clear_all), cmocka_unit_test(test_bytes_partial_last),
-	    cmocka_unit_test(test_against_model),      cmocka_unit_test(test_threads),
+		cmocka_unit_test(test_new_errors),
+		cmocka_unit_test(test_geometry),
+		cmocka_unit_test(test_mark_basic),
+		cmocka_unit_test(test_mark_clipping),
+		cmocka_unit_test(test_word_boundaries),
+		cmocka_unit_test(test_next_and_clear),
+		cmocka_unit_test(test_mark_all_clear_all),
+		cmocka_unit_test(test_bytes_partial_last),
+		cmocka_unit_test(test_against_model),
+		cmocka_unit_test(test_threads),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

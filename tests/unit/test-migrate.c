@@ -175,7 +175,7 @@ static struct blk *open_file_ro(const char *path)
  * destination before. */
 static void prefill_file(const char *path, uint64_t size, enum fill f, uint64_t seed)
 {
-	struct extent e = {0, size, f};
+	struct extent e = { 0, size, f };
 	struct blk *b;
 
 	if (blk_file_open(path, BLK_OPEN_CREATE, size, &b) != 0)
@@ -303,11 +303,11 @@ static void *dst_main(void *arg)
 {
 	struct mig *m = arg;
 	struct dst_params p = {
-	    .open = open_cb,
-	    .user = &m->dst,
-	    .expect = m->dst.expect,
-	    .nexpect = m->dst.nexpect,
-	    .allow_shared_base = m->dst.allow_shared_base,
+		.open = open_cb,
+		.user = &m->dst,
+		.expect = m->dst.expect,
+		.nexpect = m->dst.nexpect,
+		.allow_shared_base = m->dst.allow_shared_base,
 	};
 	struct xport *x = NULL;
 
@@ -415,7 +415,7 @@ static void assert_success(const struct mig *m)
 /* After switch-over the source is fenced: writes fail, reads work. */
 static void assert_fenced(struct sdev *s)
 {
-	uint8_t buf[512] = {0};
+	uint8_t buf[512] = { 0 };
 
 	assert_int_equal(blk_pwrite(s->track, buf, sizeof(buf), 0), -ESHUTDOWN);
 	assert_int_equal(blk_zero(s->track, 0, 512, 0), -ESHUTDOWN);
@@ -531,16 +531,16 @@ static void prog_cb(const struct mig_stats *st, void *user)
 static void test_one_device(void **state)
 {
 	static const struct extent layout[] = {
-	    {0, 4 * MiB, FILL_RANDOM},			/* chunks 0-3 */
-	    {5 * MiB, 512 * KiB, FILL_RANDOM},		/* half of chunk 5 */
-	    {6 * MiB, MiB, FILL_ZEROS},			/* chunk 6: written zeros */
-	    {7 * MiB, 3 * MiB, FILL_RANDOM},		/* chunks 7-9 */
-	    {13 * MiB + 8 * KiB, 4 * KiB, FILL_RANDOM}, /* a little of chunk 13 */
-	    {16 * MiB - 100, 100, FILL_RANDOM},		/* the tail of chunk 15 */
+		{ 0, 4 * MiB, FILL_RANDOM },		      /* chunks 0-3 */
+		{ 5 * MiB, 512 * KiB, FILL_RANDOM },	      /* half of chunk 5 */
+		{ 6 * MiB, MiB, FILL_ZEROS },		      /* chunk 6: written zeros */
+		{ 7 * MiB, 3 * MiB, FILL_RANDOM },	      /* chunks 7-9 */
+		{ 13 * MiB + 8 * KiB, 4 * KiB, FILL_RANDOM }, /* a little of chunk 13 */
+		{ 16 * MiB - 100, 100, FILL_RANDOM },	      /* the tail of chunk 15 */
 	};
 	struct sdev s;
 	struct mig m;
-	struct prog p = {0};
+	struct prog p = { 0 };
 
 	(void)state;
 	sdev_open_file(&s, "disk0", 16 * MiB);
@@ -583,13 +583,13 @@ static void test_one_device(void **state)
 static void test_two_devices(void **state)
 {
 	static const struct extent la[] = {
-	    {0, 3 * MiB, FILL_RANDOM},
-	    {5 * MiB, 3 * MiB, FILL_RANDOM},
+		{ 0, 3 * MiB, FILL_RANDOM },
+		{ 5 * MiB, 3 * MiB, FILL_RANDOM },
 	};
 	/* 5 MiB + 12345 bytes: the last 256 KiB chunk is partial. */
 	static const struct extent lb[] = {
-	    {MiB, 2 * MiB, FILL_RANDOM},
-	    {5 * MiB, 12345, FILL_RANDOM},
+		{ MiB, 2 * MiB, FILL_RANDOM },
+		{ 5 * MiB, 12345, FILL_RANDOM },
 	};
 	struct sdev a, b;
 	struct mig m;
@@ -637,10 +637,10 @@ static void test_two_devices(void **state)
  */
 static void test_dirty_pass(void **state)
 {
-	static const struct extent layout[] = {{0, 16 * MiB, FILL_RANDOM}};
+	static const struct extent layout[] = { { 0, 16 * MiB, FILL_RANDOM } };
 	struct sdev s;
 	struct mig m;
-	struct prog p = {0};
+	struct prog p = { 0 };
 	uint8_t buf[4096];
 
 	(void)state;
@@ -693,8 +693,8 @@ static void test_dirty_pass(void **state)
 static void test_live_writer(void **state)
 {
 	static const struct extent layout[] = {
-	    {0, 6 * MiB, FILL_RANDOM},
-	    {10 * MiB, 6 * MiB, FILL_RANDOM},
+		{ 0, 6 * MiB, FILL_RANDOM },
+		{ 10 * MiB, 6 * MiB, FILL_RANDOM },
 	};
 	struct workload_spec ws;
 	struct workload_stats wst;
@@ -749,7 +749,7 @@ static void test_live_writer(void **state)
 
 static void setup_fault_run(struct mig *m, struct sdev *s, const char *name)
 {
-	static const struct extent layout[] = {{0, 16 * MiB, FILL_RANDOM}};
+	static const struct extent layout[] = { { 0, 16 * MiB, FILL_RANDOM } };
 
 	sdev_open_mem(s, name, 16 * MiB);
 	write_extents(s->base, layout, 1, 6);
@@ -802,7 +802,7 @@ static void test_source_read_error_final(void **state)
 {
 	struct sdev s;
 	struct mig m;
-	struct prog p = {0};
+	struct prog p = { 0 };
 
 	(void)state;
 	setup_fault_run(&m, &s, "faulty-disk");
@@ -833,7 +833,7 @@ static void test_source_read_error_final(void **state)
 
 static void test_destination_write_error(void **state)
 {
-	static const struct extent layout[] = {{0, 16 * MiB, FILL_RANDOM}};
+	static const struct extent layout[] = { { 0, 16 * MiB, FILL_RANDOM } };
 	struct sdev s;
 	struct mig m;
 
@@ -897,7 +897,7 @@ static void *cancel_main(void *arg)
 
 static void test_cancel_from_thread(void **state)
 {
-	struct cancel_thread c = {0};
+	struct cancel_thread c = { 0 };
 	struct sdev s;
 	struct mig m;
 
@@ -933,7 +933,7 @@ static void test_cancel_at_boundary(void **state)
 {
 	struct sdev s;
 	struct mig m;
-	struct prog p = {0};
+	struct prog p = { 0 };
 
 	(void)state;
 	setup_fault_run(&m, &s, "disk0");
@@ -964,11 +964,11 @@ static void test_shared_base(void **state)
 {
 	/* 1 MiB chunks; allocated: 2, 10, 12 and 13. */
 	static const struct extent layout[] = {
-	    {2 * MiB, MiB, FILL_RANDOM},
-	    {10 * MiB + 4096, 8192, FILL_RANDOM},
-	    {13 * MiB - 4096, 8192, FILL_RANDOM},
+		{ 2 * MiB, MiB, FILL_RANDOM },
+		{ 10 * MiB + 4096, 8192, FILL_RANDOM },
+		{ 13 * MiB - 4096, 8192, FILL_RANDOM },
 	};
-	static const bool sent[16] = {[2] = true, [10] = true, [12] = true, [13] = true};
+	static const bool sent[16] = { [2] = true, [10] = true, [12] = true, [13] = true };
 	char base_path[PATH_CAP];
 	struct blk *base, *dst;
 	uint64_t pnum;
@@ -1054,9 +1054,9 @@ static void test_shared_base_refused(void **state)
 /* ---- (h) zero blocks ----------------------------------------------------------------- */
 
 static const struct extent zero_layout[] = {
-    {0, 6 * MiB, FILL_RANDOM},	      /* chunks 0-5 */
-    {10 * MiB, 2 * MiB, FILL_ZEROS},  /* chunks 10-11: written zeros */
-    {12 * MiB, 4 * MiB, FILL_RANDOM}, /* chunks 12-15; 6-9 are holes */
+	{ 0, 6 * MiB, FILL_RANDOM },	    /* chunks 0-5 */
+	{ 10 * MiB, 2 * MiB, FILL_ZEROS },  /* chunks 10-11: written zeros */
+	{ 12 * MiB, 4 * MiB, FILL_RANDOM }, /* chunks 12-15; 6-9 are holes */
 };
 
 static void setup_zero_run(struct mig *m, struct sdev *s)
@@ -1163,7 +1163,7 @@ static void test_size_mismatch(void **state)
 
 static void test_unknown_device(void **state)
 {
-	static const char *const expect[] = {"disk0", "disk9"};
+	static const char *const expect[] = { "disk0", "disk9" };
 	struct sdev s;
 	struct mig m;
 
@@ -1203,7 +1203,7 @@ static void test_unknown_device(void **state)
 
 static void test_src_new_errors(void **state)
 {
-	struct src_params p = {0};
+	struct src_params p = { 0 };
 	struct src_device devs[2];
 	struct src_job *j = NULL;
 	struct mig_stats st;
@@ -1212,8 +1212,8 @@ static void test_src_new_errors(void **state)
 	(void)state;
 	sdev_open_mem(&a, "a", MiB);
 	sdev_open_mem(&b, "b", MiB);
-	devs[0] = (struct src_device){"a", a.track};
-	devs[1] = (struct src_device){"b", b.track};
+	devs[0] = (struct src_device){ "a", a.track };
+	devs[1] = (struct src_device){ "b", b.track };
 
 	assert_int_equal(src_new(&p, devs, 0, &j), -EINVAL);
 	assert_contains("src_new", err_msg(), "need 1 to 64 devices, got 0");
@@ -1253,7 +1253,7 @@ static void test_src_new_errors(void **state)
  */
 static void test_src_new_bad_names(void **state)
 {
-	struct src_params p = {0};
+	struct src_params p = { 0 };
 	struct src_device devs[2];
 	struct src_job *j = NULL;
 	struct sdev a, b;
@@ -1262,8 +1262,8 @@ static void test_src_new_bad_names(void **state)
 	(void)state;
 	sdev_open_mem(&a, "a", MiB);
 	sdev_open_mem(&b, "b", MiB);
-	devs[0] = (struct src_device){"a", a.track};
-	devs[1] = (struct src_device){"a", b.track};
+	devs[0] = (struct src_device){ "a", a.track };
+	devs[1] = (struct src_device){ "a", b.track };
 	assert_int_equal(src_new(&p, devs, 2, &j), -EINVAL);
 	assert_contains("src_new", err_msg(), "device name 'a' given twice");
 	devs[1].name = "";
@@ -1297,25 +1297,25 @@ static void test_state_names(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    T(test_one_device),
-	    T(test_two_devices),
-	    T(test_dirty_pass),
-	    T(test_live_writer),
-	    T(test_source_read_error),
-	    T(test_source_read_error_final),
-	    T(test_destination_write_error),
-	    T(test_cancel_from_thread),
-	    T(test_cancel_at_boundary),
-	    T(test_shared_base),
-	    T(test_shared_base_refused),
-	    T(test_zero_blocks),
-	    T(test_no_zero_blocks),
-	    T(test_no_zero_blocks_stats_agree),
-	    T(test_size_mismatch),
-	    T(test_unknown_device),
-	    T(test_src_new_errors),
-	    T(test_src_new_bad_names),
-	    T(test_state_names),
+		T(test_one_device),
+		T(test_two_devices),
+		T(test_dirty_pass),
+		T(test_live_writer),
+		T(test_source_read_error),
+		T(test_source_read_error_final),
+		T(test_destination_write_error),
+		T(test_cancel_from_thread),
+		T(test_cancel_at_boundary),
+		T(test_shared_base),
+		T(test_shared_base_refused),
+		T(test_zero_blocks),
+		T(test_no_zero_blocks),
+		T(test_no_zero_blocks_stats_agree),
+		T(test_size_mismatch),
+		T(test_unknown_device),
+		T(test_src_new_errors),
+		T(test_src_new_bad_names),
+		T(test_state_names),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -369,8 +369,8 @@ static void test_hello_encode_errors(void **state)
 
 static void test_frame_ok(void **state)
 {
-	static const uint8_t types[] = {NATIVE_MSG_COMPLETE, NATIVE_MSG_ABORT, NATIVE_MSG_READY,
-					NATIVE_MSG_ERROR};
+	static const uint8_t types[] = { NATIVE_MSG_COMPLETE, NATIVE_MSG_ABORT, NATIVE_MSG_READY,
+					 NATIVE_MSG_ERROR };
 	uint8_t hdr[NATIVE_FRAME_HDR];
 	uint8_t type = 0;
 	uint32_t len = 1;
@@ -555,9 +555,9 @@ static void complete_patched(size_t at, const char *bytes, size_t n, const char 
 static void test_complete_errors(void **state)
 {
 	static const uint8_t dup[] = {
-	    0x00, 0x02, 0x01, 'a', 0, 0, 0, 0, 0, 0, 0,	   1,	0, 0, 0, 0, 0, 0,
-	    0,	  0,	0,    0,   0, 0, 0, 0, 0, 0, 0x01, 'a', 0, 0, 0, 0, 0, 0,
-	    0,	  1,	0,    0,   0, 0, 0, 0, 0, 0, 0,	   0,	0, 0, 0, 0, 0, 0,
+		0x00, 0x02, 0x01, 'a', 0, 0, 0, 0, 0, 0, 0,    1,   0, 0, 0, 0, 0, 0,
+		0,    0,    0,	  0,   0, 0, 0, 0, 0, 0, 0x01, 'a', 0, 0, 0, 0, 0, 0,
+		0,    1,    0,	  0,   0, 0, 0, 0, 0, 0, 0,    0,   0, 0, 0, 0, 0, 0,
 	};
 	static struct native_complete c, d;
 	uint8_t buf[128];
@@ -732,8 +732,8 @@ static void test_error_errors(void **state)
 
 static void test_ready_ack(void **state)
 {
-	static const uint8_t golden_ready[] = {0x81, 0, 0, 0, 4, 0, 0, 0, 1};
-	static const uint8_t golden_ack[] = {0x82, 0, 0, 0, 0};
+	static const uint8_t golden_ready[] = { 0x81, 0, 0, 0, 4, 0, 0, 0, 1 };
+	static const uint8_t golden_ack[] = { 0x82, 0, 0, 0, 0 };
 	uint8_t buf[16];
 	uint32_t version = 0;
 	uint8_t *b;
@@ -764,7 +764,7 @@ static void test_ready_ack(void **state)
 
 static void test_synced(void **state)
 {
-	static const uint8_t golden[] = {0x84, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 1, 2};
+	static const uint8_t golden[] = { 0x84, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 1, 2 };
 	uint8_t buf[16], type = 0;
 	uint32_t len = 0;
 	uint64_t n = 0;
@@ -807,27 +807,27 @@ static void test_msg_names(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_hello_golden),
-	    cmocka_unit_test(test_hello_trailing),
-	    cmocka_unit_test(test_hello_round_trip_max),
-	    cmocka_unit_test(test_hello_round_trip_small),
-	    cmocka_unit_test(test_hello_prefixes),
-	    cmocka_unit_test(test_hello_errors),
-	    cmocka_unit_test(test_hello_duplicate),
-	    cmocka_unit_test(test_hello_encode_errors),
-	    cmocka_unit_test(test_frame_ok),
-	    cmocka_unit_test(test_frame_errors),
-	    cmocka_unit_test(test_complete_golden),
-	    cmocka_unit_test(test_complete_round_trip_max),
-	    cmocka_unit_test(test_complete_truncated),
-	    cmocka_unit_test(test_complete_errors),
-	    cmocka_unit_test(test_error_golden),
-	    cmocka_unit_test(test_error_long_reason),
-	    cmocka_unit_test(test_error_sanitise),
-	    cmocka_unit_test(test_error_errors),
-	    cmocka_unit_test(test_ready_ack),
-	    cmocka_unit_test(test_synced),
-	    cmocka_unit_test(test_msg_names),
+		cmocka_unit_test(test_hello_golden),
+		cmocka_unit_test(test_hello_trailing),
+		cmocka_unit_test(test_hello_round_trip_max),
+		cmocka_unit_test(test_hello_round_trip_small),
+		cmocka_unit_test(test_hello_prefixes),
+		cmocka_unit_test(test_hello_errors),
+		cmocka_unit_test(test_hello_duplicate),
+		cmocka_unit_test(test_hello_encode_errors),
+		cmocka_unit_test(test_frame_ok),
+		cmocka_unit_test(test_frame_errors),
+		cmocka_unit_test(test_complete_golden),
+		cmocka_unit_test(test_complete_round_trip_max),
+		cmocka_unit_test(test_complete_truncated),
+		cmocka_unit_test(test_complete_errors),
+		cmocka_unit_test(test_error_golden),
+		cmocka_unit_test(test_error_long_reason),
+		cmocka_unit_test(test_error_sanitise),
+		cmocka_unit_test(test_error_errors),
+		cmocka_unit_test(test_ready_ack),
+		cmocka_unit_test(test_synced),
+		cmocka_unit_test(test_msg_names),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

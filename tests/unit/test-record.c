@@ -81,7 +81,7 @@ static const uint8_t golden_eos[] = {
 
 static void test_golden_data_encode(void **state)
 {
-	struct wire_record rec = {.kind = WIRE_REC_DATA, .offset = MiB};
+	struct wire_record rec = { .kind = WIRE_REC_DATA, .offset = MiB };
 	uint8_t buf[WIRE_REC_HDR_MAX];
 
 	(void)state;
@@ -113,7 +113,7 @@ static void test_golden_data_decode(void **state)
 
 static void test_golden_zero(void **state)
 {
-	struct wire_record rec = {.kind = WIRE_REC_ZERO, .offset = 3 * MiB};
+	struct wire_record rec = { .kind = WIRE_REC_ZERO, .offset = 3 * MiB };
 	uint8_t buf[WIRE_REC_HDR_MAX];
 	size_t used = 0;
 
@@ -134,7 +134,7 @@ static void test_golden_zero(void **state)
 
 static void test_golden_progress(void **state)
 {
-	struct wire_record rec = {.kind = WIRE_REC_PROGRESS, .percent = 100};
+	struct wire_record rec = { .kind = WIRE_REC_PROGRESS, .percent = 100 };
 	uint8_t buf[WIRE_REC_HDR_MAX];
 	size_t used = 0;
 
@@ -152,7 +152,7 @@ static void test_golden_progress(void **state)
 
 static void test_golden_eos(void **state)
 {
-	struct wire_record rec = {.kind = WIRE_REC_EOS, .offset = 12345 * 512};
+	struct wire_record rec = { .kind = WIRE_REC_EOS, .offset = 12345 * 512 };
 	uint8_t buf[WIRE_REC_HDR_MAX];
 	size_t used = 0;
 
@@ -169,8 +169,8 @@ static void test_golden_eos(void **state)
 /* PROGRESS is informational: values above 100 are passed on, not refused. */
 static void test_progress_over_100(void **state)
 {
-	const uint8_t p250[] = {0, 0, 0, 0, 0, 0x01, 0xf4, 0x04}; /* 250 << 9 | 4 */
-	const uint8_t pmax[] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfe, 0x04};
+	const uint8_t p250[] = { 0, 0, 0, 0, 0, 0x01, 0xf4, 0x04 }; /* 250 << 9 | 4 */
+	const uint8_t pmax[] = { 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfe, 0x04 };
 	struct wire_record rec;
 	size_t used;
 
@@ -185,7 +185,7 @@ static void test_progress_over_100(void **state)
 /* A QEMU-style EOS with stray offset bits is still an EOS. */
 static void test_eos_with_offset_bits(void **state)
 {
-	const uint8_t eos[] = {0, 0, 0, 0, 0, 0x10, 0x00, 0x02};
+	const uint8_t eos[] = { 0, 0, 0, 0, 0, 0x10, 0x00, 0x02 };
 	struct wire_record rec;
 	size_t used;
 
@@ -201,7 +201,7 @@ static void test_eos_with_offset_bits(void **state)
 static void round_trip(enum wire_rec_kind kind, uint64_t offset, const char *name, uint64_t percent,
 		       uint32_t chunk)
 {
-	struct wire_record in = {.kind = kind, .offset = offset, .percent = percent};
+	struct wire_record in = { .kind = kind, .offset = offset, .percent = percent };
 	struct wire_record out;
 	uint8_t hdr[WIRE_REC_HDR_MAX];
 	size_t payload = kind == WIRE_REC_DATA ? chunk : 0, used = 0;
@@ -263,10 +263,10 @@ static void test_round_trips(void **state)
 static void test_consecutive(void **state)
 {
 	struct wire_record recs[4] = {
-	    {.kind = WIRE_REC_DATA, .offset = 2 * CHUNK_4K, .name = "a"},
-	    {.kind = WIRE_REC_ZERO, .offset = 0, .name = "bb"},
-	    {.kind = WIRE_REC_PROGRESS, .percent = 42},
-	    {.kind = WIRE_REC_EOS},
+		{ .kind = WIRE_REC_DATA, .offset = 2 * CHUNK_4K, .name = "a" },
+		{ .kind = WIRE_REC_ZERO, .offset = 0, .name = "bb" },
+		{ .kind = WIRE_REC_PROGRESS, .percent = 42 },
+		{ .kind = WIRE_REC_EOS },
 	};
 	uint8_t *b = malloc(4 * (WIRE_REC_HDR_MAX + CHUNK_4K));
 	size_t len = 0, pos = 0;
@@ -368,7 +368,7 @@ static void test_prefixes_1m(void **state)
 {
 	const size_t total = sizeof(golden_data_hdr) + CHUNK_1M;
 	uint8_t *b = make_buf(golden_data_hdr, sizeof(golden_data_hdr), CHUNK_1M, 0);
-	const size_t lens[] = {0, 7, 8, 9, 14, 15, 16, total / 2, total - 1};
+	const size_t lens[] = { 0, 7, 8, 9, 14, 15, 16, total / 2, total - 1 };
 	struct wire_record rec;
 
 	(void)state;
@@ -419,7 +419,7 @@ static void test_bad_flags(void **state)
 
 static void test_empty_name(void **state)
 {
-	uint8_t b[8 + 1 + CHUNK_4K] = {0, 0, 0, 0, 0, 0x10, 0x00, 0x01, 0x00};
+	uint8_t b[8 + 1 + CHUNK_4K] = { 0, 0, 0, 0, 0, 0x10, 0x00, 0x01, 0x00 };
 	struct wire_record rec;
 	size_t used;
 
@@ -478,7 +478,7 @@ static void test_nul_in_name(void **state)
 
 static void test_bad_chunk_size(void **state)
 {
-	const uint32_t bad[] = {0, 1, 512, 2048, 4095, 4097, 3 * 4096, 1U << 25, UINT32_MAX};
+	const uint32_t bad[] = { 0, 1, 512, 2048, 4095, 4097, 3 * 4096, 1U << 25, UINT32_MAX };
 	struct wire_record rec;
 	size_t used;
 
@@ -495,7 +495,7 @@ static void test_bad_chunk_size(void **state)
 
 static void test_encode_errors(void **state)
 {
-	struct wire_record rec = {.kind = WIRE_REC_DATA, .offset = MiB + 256};
+	struct wire_record rec = { .kind = WIRE_REC_DATA, .offset = MiB + 256 };
 	uint8_t buf[WIRE_REC_HDR_MAX];
 
 	(void)state;
@@ -525,15 +525,23 @@ static void test_encode_errors(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_golden_data_encode),	 cmocka_unit_test(test_golden_data_decode),
-	    cmocka_unit_test(test_golden_zero),		 cmocka_unit_test(test_golden_progress),
-	    cmocka_unit_test(test_golden_eos),		 cmocka_unit_test(test_progress_over_100),
-	    cmocka_unit_test(test_eos_with_offset_bits), cmocka_unit_test(test_round_trips),
-	    cmocka_unit_test(test_consecutive),		 cmocka_unit_test(test_prefixes),
-	    cmocka_unit_test(test_prefixes_1m),		 cmocka_unit_test(test_bad_flags),
-	    cmocka_unit_test(test_empty_name),		 cmocka_unit_test(test_unaligned_offset),
-	    cmocka_unit_test(test_nul_in_name),		 cmocka_unit_test(test_bad_chunk_size),
-	    cmocka_unit_test(test_encode_errors),
+		cmocka_unit_test(test_golden_data_encode),
+		cmocka_unit_test(test_golden_data_decode),
+		cmocka_unit_test(test_golden_zero),
+		cmocka_unit_test(test_golden_progress),
+		cmocka_unit_test(test_golden_eos),
+		cmocka_unit_test(test_progress_over_100),
+		cmocka_unit_test(test_eos_with_offset_bits),
+		cmocka_unit_test(test_round_trips),
+		cmocka_unit_test(test_consecutive),
+		cmocka_unit_test(test_prefixes),
+		cmocka_unit_test(test_prefixes_1m),
+		cmocka_unit_test(test_bad_flags),
+		cmocka_unit_test(test_empty_name),
+		cmocka_unit_test(test_unaligned_offset),
+		cmocka_unit_test(test_nul_in_name),
+		cmocka_unit_test(test_bad_chunk_size),
+		cmocka_unit_test(test_encode_errors),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -90,13 +90,13 @@ static void hold_close(struct blk *b)
 }
 
 static const struct blk_ops hold_ops = {
-    .name = "hold",
-    .pread = hold_pread,
-    .pwrite = hold_pwrite,
-    .flush = hold_flush,
-    .zero = hold_zero,
-    .trim = hold_trim,
-    .close = hold_close,
+	.name = "hold",
+	.pread = hold_pread,
+	.pwrite = hold_pwrite,
+	.flush = hold_flush,
+	.zero = hold_zero,
+	.trim = hold_trim,
+	.close = hold_close,
 };
 
 static struct hold_blk *hold_open(struct blk *lower)
@@ -341,7 +341,7 @@ static void test_marks_on_lower_failure(void **state)
 static void test_attach_detach(void **state)
 {
 	struct stack s;
-	uint8_t buf[10] = {0};
+	uint8_t buf[10] = { 0 };
 
 	(void)state;
 	stack_open(&s, false);
@@ -368,7 +368,7 @@ static void test_attach_detach(void **state)
 
 static void test_pause_blocks_writers(void **state)
 {
-	static const enum op_kind kinds[] = {OP_WRITE, OP_ZERO, OP_TRIM, OP_FLUSH};
+	static const enum op_kind kinds[] = { OP_WRITE, OP_ZERO, OP_TRIM, OP_FLUSH };
 	struct async_op ops[ARRAY_SIZE(kinds)];
 	struct stack s;
 	uint8_t buf[100];
@@ -562,7 +562,7 @@ static void test_attach_detach_race(void **state)
 	(void)state;
 	stack_open(&s, false);
 	for (i = 0; i < RACE_WRITERS; i++) {
-		args[i] = (struct race_arg){.track = s.track, .seed = i + 1};
+		args[i] = (struct race_arg){ .track = s.track, .seed = i + 1 };
 		assert_int_equal(pthread_create(&th[i], NULL, race_writer, &args[i]), 0);
 	}
 	for (i = 0; i < 200; i++) {
@@ -584,16 +584,16 @@ static void test_attach_detach_race(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_open_props),
-	    cmocka_unit_test(test_marks),
-	    cmocka_unit_test(test_marks_on_lower_failure),
-	    cmocka_unit_test(test_attach_detach),
-	    cmocka_unit_test(test_pause_blocks_writers),
-	    cmocka_unit_test(test_pause_waits_for_inflight),
-	    cmocka_unit_test(test_fence),
-	    cmocka_unit_test(test_fence_unpaused),
-	    cmocka_unit_test(test_set_dirty_drains),
-	    cmocka_unit_test(test_attach_detach_race),
+		cmocka_unit_test(test_open_props),
+		cmocka_unit_test(test_marks),
+		cmocka_unit_test(test_marks_on_lower_failure),
+		cmocka_unit_test(test_attach_detach),
+		cmocka_unit_test(test_pause_blocks_writers),
+		cmocka_unit_test(test_pause_waits_for_inflight),
+		cmocka_unit_test(test_fence),
+		cmocka_unit_test(test_fence_unpaused),
+		cmocka_unit_test(test_set_dirty_drains),
+		cmocka_unit_test(test_attach_detach_race),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -761,19 +761,19 @@ static void test_address_errors(void **state)
 		const char *addr;
 		const char *msg;
 	} cases[] = {
-	    {"nohostport", "invalid address 'nohostport' (expected HOST:PORT)"},
-	    {"[::1", "invalid address '[::1' (expected [V6ADDR]:PORT)"},
-	    {"[::1]", "invalid address '[::1]' (expected [V6ADDR]:PORT)"},
-	    {"[::1]80", "invalid address '[::1]80' (expected [V6ADDR]:PORT)"},
-	    {"[::1]:", "invalid port in address '[::1]:'"},
-	    {"host:99999", "invalid port in address 'host:99999'"},
-	    {"host:65536", "invalid port in address 'host:65536'"},
-	    {"host:", "invalid port in address 'host:'"},
-	    {"host:12a", "invalid port in address 'host:12a'"},
-	    {"host:-1", "invalid port in address 'host:-1'"},
-	    {"host: 80", "invalid port in address 'host: 80'"},
-	    {"host:123456789", "invalid port in address 'host:123456789'"},
-	    {"", "empty address"},
+		{ "nohostport", "invalid address 'nohostport' (expected HOST:PORT)" },
+		{ "[::1", "invalid address '[::1' (expected [V6ADDR]:PORT)" },
+		{ "[::1]", "invalid address '[::1]' (expected [V6ADDR]:PORT)" },
+		{ "[::1]80", "invalid address '[::1]80' (expected [V6ADDR]:PORT)" },
+		{ "[::1]:", "invalid port in address '[::1]:'" },
+		{ "host:99999", "invalid port in address 'host:99999'" },
+		{ "host:65536", "invalid port in address 'host:65536'" },
+		{ "host:", "invalid port in address 'host:'" },
+		{ "host:12a", "invalid port in address 'host:12a'" },
+		{ "host:-1", "invalid port in address 'host:-1'" },
+		{ "host: 80", "invalid port in address 'host: 80'" },
+		{ "host:123456789", "invalid port in address 'host:123456789'" },
+		{ "", "empty address" },
 	};
 	struct xport *x = NULL;
 	char bound[ADDR_CAP];
@@ -921,7 +921,7 @@ static void *late_listener_main(void *arg)
 static void test_connect_retries(void **state)
 {
 	char addr[ADDR_CAP];
-	struct late_listener l = {.addr = addr};
+	struct late_listener l = { .addr = addr };
 	struct xport *c = NULL;
 
 	(void)state;
@@ -945,29 +945,29 @@ static void test_connect_retries(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_listen_connect),
-	    cmocka_unit_test(test_accept_timeout_and_cancel),
-	    cmocka_unit_test(test_small_buffered),
-	    cmocka_unit_test(test_large_roundtrip),
-	    cmocka_unit_test(test_write2),
-	    cmocka_unit_test(test_eof_mid_read),
-	    cmocka_unit_test(test_eof_at_boundary),
-	    cmocka_unit_test(test_eof_large_read),
-	    cmocka_unit_test(test_write_error_sticky),
-	    cmocka_unit_test(test_readable),
-	    cmocka_unit_test(test_idle_timeout_read),
-	    cmocka_unit_test(test_idle_timeout_partial),
-	    cmocka_unit_test(test_idle_timeout_write),
-	    cmocka_unit_test(test_idle_timeout_message),
-	    cmocka_unit_test(test_cancel_read),
-	    cmocka_unit_test(test_cancel_write),
-	    cmocka_unit_test(test_rate_limit_small_writes),
-	    cmocka_unit_test(test_rate_limit_large_sends),
-	    cmocka_unit_test(test_address_errors),
-	    cmocka_unit_test(test_address_forms),
-	    cmocka_unit_test(test_connect_closed_port),
-	    cmocka_unit_test(test_connect_refused),
-	    cmocka_unit_test(test_connect_retries),
+		cmocka_unit_test(test_listen_connect),
+		cmocka_unit_test(test_accept_timeout_and_cancel),
+		cmocka_unit_test(test_small_buffered),
+		cmocka_unit_test(test_large_roundtrip),
+		cmocka_unit_test(test_write2),
+		cmocka_unit_test(test_eof_mid_read),
+		cmocka_unit_test(test_eof_at_boundary),
+		cmocka_unit_test(test_eof_large_read),
+		cmocka_unit_test(test_write_error_sticky),
+		cmocka_unit_test(test_readable),
+		cmocka_unit_test(test_idle_timeout_read),
+		cmocka_unit_test(test_idle_timeout_partial),
+		cmocka_unit_test(test_idle_timeout_write),
+		cmocka_unit_test(test_idle_timeout_message),
+		cmocka_unit_test(test_cancel_read),
+		cmocka_unit_test(test_cancel_write),
+		cmocka_unit_test(test_rate_limit_small_writes),
+		cmocka_unit_test(test_rate_limit_large_sends),
+		cmocka_unit_test(test_address_errors),
+		cmocka_unit_test(test_address_forms),
+		cmocka_unit_test(test_connect_closed_port),
+		cmocka_unit_test(test_connect_refused),
+		cmocka_unit_test(test_connect_retries),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -30,20 +30,20 @@ static void test_parse_size_ok(void **state)
 		const char *s;
 		uint64_t v;
 	} cases[] = {
-	    {"0", 0},
-	    {"4096", 4096},
-	    {"10B", 10},
-	    {"512K", 512 * KiB},
-	    {"512k", 512 * KiB},
-	    {"1KiB", KiB},
-	    {"1kb", KiB},
-	    {"64M", 64 * MiB},
-	    {"64MiB", 64 * MiB},
-	    {"1G", GiB},
-	    {"3GB", 3 * GiB},
-	    {"2T", 2048 * GiB},
-	    {"16777215T", UINT64_C(16777215) << 40},
-	    {"18446744073709551615", UINT64_MAX},
+		{ "0", 0 },
+		{ "4096", 4096 },
+		{ "10B", 10 },
+		{ "512K", 512 * KiB },
+		{ "512k", 512 * KiB },
+		{ "1KiB", KiB },
+		{ "1kb", KiB },
+		{ "64M", 64 * MiB },
+		{ "64MiB", 64 * MiB },
+		{ "1G", GiB },
+		{ "3GB", 3 * GiB },
+		{ "2T", 2048 * GiB },
+		{ "16777215T", UINT64_C(16777215) << 40 },
+		{ "18446744073709551615", UINT64_MAX },
 	};
 	size_t i;
 
@@ -63,19 +63,19 @@ static void test_parse_size_errors(void **state)
 		const char *s;
 		const char *msg; /* must appear in the message */
 	} cases[] = {
-	    {"", "empty size"},
-	    {"12X", "'12X'"},
-	    {"-1", "'-1'"},
-	    {" 1", "expected a number"},
-	    {"K", "expected a number"},
-	    {"1.5G", "unknown suffix"},
-	    {"1iB", "unknown suffix"},
-	    {"1G/s", "unknown suffix"},
-	    {"1MM", "unknown suffix"},
-	    {"99999999999T", "too large"},
-	    {"16777216T", "too large"},
-	    {"18446744073709551616", "too large"},
-	    {"99999999999999999999999", "too large"},
+		{ "", "empty size" },
+		{ "12X", "'12X'" },
+		{ "-1", "'-1'" },
+		{ " 1", "expected a number" },
+		{ "K", "expected a number" },
+		{ "1.5G", "unknown suffix" },
+		{ "1iB", "unknown suffix" },
+		{ "1G/s", "unknown suffix" },
+		{ "1MM", "unknown suffix" },
+		{ "99999999999T", "too large" },
+		{ "16777216T", "too large" },
+		{ "18446744073709551616", "too large" },
+		{ "99999999999999999999999", "too large" },
 	};
 	size_t i;
 
@@ -89,7 +89,7 @@ static void test_parse_size_errors(void **state)
 		assert_int_equal(v, 12345); /* untouched */
 		assert_msg_contains(cases[i].msg);
 	}
-	assert_int_equal(parse_size(NULL, &(uint64_t){0}), -EINVAL);
+	assert_int_equal(parse_size(NULL, &(uint64_t){ 0 }), -EINVAL);
 }
 
 static void test_parse_rate(void **state)
@@ -159,22 +159,22 @@ static void test_be_layout(void **state)
 static void test_be_round_trip(void **state)
 {
 	static const uint64_t vals[] = {
-	    0,
-	    1,
-	    0x7f,
-	    0x80,
-	    0xff,
-	    0x100,
-	    0x7fff,
-	    0x8000,
-	    0xffff,
-	    0x12345678,
-	    0x80000000,
-	    0xffffffff,
-	    UINT64_C(0x100000000),
-	    UINT64_C(0x8000000000000000),
-	    UINT64_C(0xfedcba9876543210),
-	    UINT64_MAX,
+		0,
+		1,
+		0x7f,
+		0x80,
+		0xff,
+		0x100,
+		0x7fff,
+		0x8000,
+		0xffff,
+		0x12345678,
+		0x80000000,
+		0xffffffff,
+		UINT64_C(0x100000000),
+		UINT64_C(0x8000000000000000),
+		UINT64_C(0xfedcba9876543210),
+		UINT64_MAX,
 	};
 	uint8_t buf[9];
 	size_t i;
@@ -242,10 +242,10 @@ static void test_checked_arith(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_parse_size_ok), cmocka_unit_test(test_parse_size_errors),
-	    cmocka_unit_test(test_parse_rate),	  cmocka_unit_test(test_fmt_bytes),
-	    cmocka_unit_test(test_be_layout),	  cmocka_unit_test(test_be_round_trip),
-	    cmocka_unit_test(test_range_inside),  cmocka_unit_test(test_checked_arith),
+		cmocka_unit_test(test_parse_size_ok), cmocka_unit_test(test_parse_size_errors),
+		cmocka_unit_test(test_parse_rate),    cmocka_unit_test(test_fmt_bytes),
+		cmocka_unit_test(test_be_layout),     cmocka_unit_test(test_be_round_trip),
+		cmocka_unit_test(test_range_inside),  cmocka_unit_test(test_checked_arith),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -49,22 +49,22 @@ static void test_parse_ok(void **state)
 		uint64_t bs, rate, seed;
 		bool sequential;
 	} cases[] = {
-	    {"d0,bs=4K,rate=4M", "d0", 4096, 4 * MiB, 1, false},
-	    {"d0,rate=4M,bs=4K", "d0", 4096, 4 * MiB, 1, false},
-	    {"drive-1,bs=512,rate=1", "drive-1", 512, 1, 1, false},
-	    {"d,bs=64M,rate=1G", "d", 64 * MiB, GiB, 1, false},
-	    {"d,bs=4KiB,rate=10MB/s", "d", 4096, 10 * MiB, 1, false},
-	    {"d,bs=1m,rate=2g/s", "d", MiB, 2 * GiB, 1, false},
-	    {"d,bs=4K,rate=1M,seed=42", "d", 4096, MiB, 42, false},
-	    {"d,bs=4K,rate=1M,seed=0", "d", 4096, MiB, 0, false},
-	    {"d,bs=4K,rate=1M,seed=0x10", "d", 4096, MiB, 16, false},
-	    {"d,bs=4K,rate=1M,seed=18446744073709551615", "d", 4096, MiB, UINT64_MAX, false},
-	    {"d,bs=4K,rate=1M,pattern=sequential", "d", 4096, MiB, 1, true},
-	    {"d,bs=4K,rate=1M,pattern=random", "d", 4096, MiB, 1, false},
-	    {"d,pattern=sequential,seed=9,rate=8K,bs=1K", "d", 1024, 8 * KiB, 9, true},
-	    /* a later key overrides an earlier one */
-	    {"d,bs=4K,rate=1M,pattern=sequential,pattern=random", "d", 4096, MiB, 1, false},
-	    {"d,bs=1K,bs=8K,rate=1M", "d", 8 * KiB, MiB, 1, false},
+		{ "d0,bs=4K,rate=4M", "d0", 4096, 4 * MiB, 1, false },
+		{ "d0,rate=4M,bs=4K", "d0", 4096, 4 * MiB, 1, false },
+		{ "drive-1,bs=512,rate=1", "drive-1", 512, 1, 1, false },
+		{ "d,bs=64M,rate=1G", "d", 64 * MiB, GiB, 1, false },
+		{ "d,bs=4KiB,rate=10MB/s", "d", 4096, 10 * MiB, 1, false },
+		{ "d,bs=1m,rate=2g/s", "d", MiB, 2 * GiB, 1, false },
+		{ "d,bs=4K,rate=1M,seed=42", "d", 4096, MiB, 42, false },
+		{ "d,bs=4K,rate=1M,seed=0", "d", 4096, MiB, 0, false },
+		{ "d,bs=4K,rate=1M,seed=0x10", "d", 4096, MiB, 16, false },
+		{ "d,bs=4K,rate=1M,seed=18446744073709551615", "d", 4096, MiB, UINT64_MAX, false },
+		{ "d,bs=4K,rate=1M,pattern=sequential", "d", 4096, MiB, 1, true },
+		{ "d,bs=4K,rate=1M,pattern=random", "d", 4096, MiB, 1, false },
+		{ "d,pattern=sequential,seed=9,rate=8K,bs=1K", "d", 1024, 8 * KiB, 9, true },
+		/* a later key overrides an earlier one */
+		{ "d,bs=4K,rate=1M,pattern=sequential,pattern=random", "d", 4096, MiB, 1, false },
+		{ "d,bs=1K,bs=8K,rate=1M", "d", 8 * KiB, MiB, 1, false },
 	};
 
 	(void)state;
@@ -107,46 +107,46 @@ static void test_parse_errors(void **state)
 		const char *spec;
 		const char *msg; /* a substring of the recorded message */
 	} cases[] = {
-	    /* name missing */
-	    {"", "it must start with a device name"},
-	    {"bs=4K,rate=1M", "it must start with a device name"},
-	    {",bs=4K,rate=1M", "it must start with a device name"},
-	    {",,,", "it must start with a device name"},
-	    /* bs or rate missing */
-	    {"d", "bs= and rate= are required"},
-	    {"d,rate=1M", "bs= and rate= are required"},
-	    {"d,bs=4K", "bs= and rate= are required"},
-	    /* bad numbers and suffixes */
-	    {"d,bs=4X,rate=1M", "unknown suffix 'X'"},
-	    {"d,bs=4K,rate=1Q", "unknown suffix 'Q'"},
-	    {"d,bs=4K/s,rate=1M", "unknown suffix"},
-	    {"d,bs=,rate=1M", "empty size"},
-	    {"d,bs=4K,rate=", "empty rate"},
-	    {"d,bs=K,rate=1M", "expected a number"},
-	    {"d,bs=-4K,rate=1M", "expected a number"},
-	    {"d,bs=4K,rate=99999999999999999999", "too large"},
-	    /* unknown key, not KEY=VALUE */
-	    {"d,bs=4K,rate=1M,foo=1", "unknown key 'foo'"},
-	    {"d,bs=4K,rate=1M,BS=4K", "unknown key 'BS'"},
-	    {"d,bs=4K,rate=1M,seed", "'seed' is not KEY=VALUE"},
-	    {"d,bs=4K,rate=1M,=5", "unknown key ''"},
-	    /* bs range */
-	    {"d,bs=1000,rate=1M", "bs must be a multiple of 512 up to 64M"},
-	    {"d,bs=4097,rate=1M", "bs must be a multiple of 512 up to 64M"},
-	    {"d,bs=0,rate=1M", "bs must be a multiple of 512 up to 64M"},
-	    {"d,bs=128M,rate=1M", "bs must be a multiple of 512 up to 64M"},
-	    {"d,bs=65537K,rate=1M", "bs must be a multiple of 512 up to 64M"},
-	    /* rate 0 */
-	    {"d,bs=4K,rate=0", "rate must be above 0"},
-	    {"d,bs=4K,rate=0M/s", "rate must be above 0"},
-	    /* pattern, seed */
-	    {"d,bs=4K,rate=1M,pattern=zigzag", "pattern must be random or sequential"},
-	    {"d,bs=4K,rate=1M,pattern=", "pattern must be random or sequential"},
-	    {"d,bs=4K,rate=1M,pattern=Random", "pattern must be random or sequential"},
-	    {"d,bs=4K,rate=1M,seed=abc", "invalid seed 'abc'"},
-	    {"d,bs=4K,rate=1M,seed=", "invalid seed ''"},
-	    {"d,bs=4K,rate=1M,seed=12x", "invalid seed '12x'"},
-	    {"d,bs=4K,rate=1M,seed=99999999999999999999", "invalid seed"},
+		/* name missing */
+		{ "", "it must start with a device name" },
+		{ "bs=4K,rate=1M", "it must start with a device name" },
+		{ ",bs=4K,rate=1M", "it must start with a device name" },
+		{ ",,,", "it must start with a device name" },
+		/* bs or rate missing */
+		{ "d", "bs= and rate= are required" },
+		{ "d,rate=1M", "bs= and rate= are required" },
+		{ "d,bs=4K", "bs= and rate= are required" },
+		/* bad numbers and suffixes */
+		{ "d,bs=4X,rate=1M", "unknown suffix 'X'" },
+		{ "d,bs=4K,rate=1Q", "unknown suffix 'Q'" },
+		{ "d,bs=4K/s,rate=1M", "unknown suffix" },
+		{ "d,bs=,rate=1M", "empty size" },
+		{ "d,bs=4K,rate=", "empty rate" },
+		{ "d,bs=K,rate=1M", "expected a number" },
+		{ "d,bs=-4K,rate=1M", "expected a number" },
+		{ "d,bs=4K,rate=99999999999999999999", "too large" },
+		/* unknown key, not KEY=VALUE */
+		{ "d,bs=4K,rate=1M,foo=1", "unknown key 'foo'" },
+		{ "d,bs=4K,rate=1M,BS=4K", "unknown key 'BS'" },
+		{ "d,bs=4K,rate=1M,seed", "'seed' is not KEY=VALUE" },
+		{ "d,bs=4K,rate=1M,=5", "unknown key ''" },
+		/* bs range */
+		{ "d,bs=1000,rate=1M", "bs must be a multiple of 512 up to 64M" },
+		{ "d,bs=4097,rate=1M", "bs must be a multiple of 512 up to 64M" },
+		{ "d,bs=0,rate=1M", "bs must be a multiple of 512 up to 64M" },
+		{ "d,bs=128M,rate=1M", "bs must be a multiple of 512 up to 64M" },
+		{ "d,bs=65537K,rate=1M", "bs must be a multiple of 512 up to 64M" },
+		/* rate 0 */
+		{ "d,bs=4K,rate=0", "rate must be above 0" },
+		{ "d,bs=4K,rate=0M/s", "rate must be above 0" },
+		/* pattern, seed */
+		{ "d,bs=4K,rate=1M,pattern=zigzag", "pattern must be random or sequential" },
+		{ "d,bs=4K,rate=1M,pattern=", "pattern must be random or sequential" },
+		{ "d,bs=4K,rate=1M,pattern=Random", "pattern must be random or sequential" },
+		{ "d,bs=4K,rate=1M,seed=abc", "invalid seed 'abc'" },
+		{ "d,bs=4K,rate=1M,seed=", "invalid seed ''" },
+		{ "d,bs=4K,rate=1M,seed=12x", "invalid seed '12x'" },
+		{ "d,bs=4K,rate=1M,seed=99999999999999999999", "invalid seed" },
 	};
 
 	(void)state;
@@ -476,17 +476,17 @@ static void test_quantiles_not_above_max(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_parse_ok),
-	    cmocka_unit_test(test_parse_long_name),
-	    cmocka_unit_test(test_parse_errors),
-	    cmocka_unit_test(test_parse_errors_length),
-	    cmocka_unit_test(test_run_random),
-	    cmocka_unit_test(test_run_sequential),
-	    cmocka_unit_test(test_fenced_before_start),
-	    cmocka_unit_test(test_fenced_while_running),
-	    cmocka_unit_test(test_write_error_stops),
-	    cmocka_unit_test(test_bs_larger_than_device),
-	    cmocka_unit_test(test_quantiles_not_above_max),
+		cmocka_unit_test(test_parse_ok),
+		cmocka_unit_test(test_parse_long_name),
+		cmocka_unit_test(test_parse_errors),
+		cmocka_unit_test(test_parse_errors_length),
+		cmocka_unit_test(test_run_random),
+		cmocka_unit_test(test_run_sequential),
+		cmocka_unit_test(test_fenced_before_start),
+		cmocka_unit_test(test_fenced_while_running),
+		cmocka_unit_test(test_write_error_stops),
+		cmocka_unit_test(test_bs_larger_than_device),
+		cmocka_unit_test(test_quantiles_not_above_max),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
