@@ -73,6 +73,11 @@ void cli_progress_init(struct cli_progress *p, const char *label, bool allowed);
 void cli_progress_cb(const struct mig_stats *st, void *user);
 void cli_progress_done(struct cli_progress *p);
 
+/* The report object (QEMU query-migrate names where one exists), shared by
+ * --json and the control socket's query-migrate.  Caller puts it. */
+struct json_object;
+struct json_object *cli_stats_json(const struct mig_stats *st, const char *error);
+
 /* The --json object: QEMU query-migrate names where one exists.  'error'
  * may be NULL; extra (may be NULL) is a json_object* to merge in. */
 void cli_print_json(FILE *f, const struct mig_stats *st, const char *error, void *extra);

@@ -89,3 +89,41 @@ expect_error() {
 is_marked() { python3 -c "import os,sys; os.getxattr(sys.argv[1], 'user.blkmig.incomplete')" "$1" 2>/dev/null || [ -e "$1.blkmig-incomplete" ]; }
 
 json_field() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(eval('d'+sys.argv[2]))" "$1" "$2"; }
+
+# start_serve NAME ARGS...: runs `blkmig serve --nbd 127.0.0.1:0 --port-file`
+# in the background; sets SERVE_PID and, once listening, NBD_PORT (and
+# INCOMING_PORT when --incoming was given).
+start_serve() {
+	local name=$1 want_incoming=0
+	shift
+	case " $* " in *" --incoming "*) want_incoming=1 ;; esac
+	rm -f "$T/$name.ports"
+	"$BLKMIG" serve --nbd 127.0.0.1:0 --port-file "$T/$name.ports" "$@" \
+		>"$T/$name.out" 2>"$T/$name.err" &
+	SERVE_PID=$!
+	BG_PIDS+=("$SERVE_PID")
+	for _ in $(seq 1 400); do
+		if [ -s "$T/$name.ports" ] && grep -q '^nbd=' "$T/$name.ports" &&
+			{ [ $want_incoming = 0 ] || grep -q '^incoming=' "$T/$name.ports"; }; then
+			break
+		fi
+		kill -0 "$SERVE_PID" 2>/dev/null || { cat "$T/$name.err" >&2; fail "serve $name died at start"; }
+		sleep 0.025
+	done
+	NBD_PORT=$(sed -n 's/^nbd=//p' "$T/$name.ports")
+	INCOMING_PORT=$(sed -n 's/^incoming=//p' "$T/$name.ports")
+	[ -n "$NBD_PORT" ] || fail "serve $name did not start listening"
+}
+
+# wait_export PORT NAME: until the export answers (an incoming daemon
+# starts serving only after its migration).
+wait_export() {
+	for _ in $(seq 1 400); do
+		nbdinfo --size "nbd://127.0.0.1:$1/$2" >/dev/null 2>&1 && return 0
+		sleep 0.05
+	done
+	fail "export $2 on port $1 never became available"
+}
+
+# stop PID: SIGTERM and wait; prints nothing, sets RC.
+stop() { kill -TERM "$1" 2>/dev/null; wait_rc "$1"; }

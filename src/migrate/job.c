@@ -1,0 +1,218 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Background migration attempts for a serving daemon; see job.h.
+ *
+ * An attempt: connect (cancellable), src_new, src_run, keep the final
+ * figures.  The engine's progress callback doubles as the state-change
+ * detector, so events fire exactly when the engine changes state.
+ */
+#include "job.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/error.h"
+#include "common/util.h"
+#include "transport/transport.h"
+
+struct job {
+	const struct src_device *devs;
+	unsigned ndev;
+	job_event_fn fn;
+	void *user;
+
+	pthread_mutex_t lock; /* guards everything below */
+	bool running;          /* an attempt's thread exists and is not joined */
+	bool started;          /* at least one attempt was made */
+	bool completed;        /* an attempt completed: the devices are fenced */
+	pthread_t thread;
+	struct src_job *src;   /* the running attempt's engine, or NULL */
+	atomic_bool cancel;    /* for the connect phase */
+	char to[256];
+	struct src_params p;
+	struct mig_stats last; /* figures of the last state change / the end */
+	enum mig_state last_state;
+	char error[1024];
+	int result;
+};
+
+int job_new(const struct src_device *devs, unsigned ndev, job_event_fn fn, void *user,
+	    struct job **out)
+{
+	struct job *j = calloc(1, sizeof(*j));
+
+	if (!j)
+		return err_set(ENOMEM, "no memory for a migration job");
+	j->devs = devs;
+	j->ndev = ndev;
+	j->fn = fn;
+	j->user = user;
+	atomic_init(&j->cancel, false);
+	pthread_mutex_init(&j->lock, NULL);
+	*out = j;
+	return 0;
+}
+
+/* Engine thread: remember the figures; announce state changes. */
+static void on_progress(const struct mig_stats *st, void *user)
+{
+	struct job *j = user;
+	bool changed;
+
+	pthread_mutex_lock(&j->lock);
+	changed = st->state != j->last_state;
+	j->last = *st;
+	j->last_state = st->state;
+	pthread_mutex_unlock(&j->lock);
+	if (changed && j->fn && st->state != MIG_COMPLETED && st->state != MIG_FAILED &&
+	    st->state != MIG_CANCELLED)
+		j->fn(j->user, st, "");
+}
+
+static void *job_main(void *arg)
+{
+	struct job *j = arg;
+	struct src_job *src = NULL;
+	struct xport *x = NULL;
+	struct mig_stats st = {0};
+	int r;
+
+	r = src_new(&j->p, j->devs, j->ndev, &src);
+	if (r == 0) {
+		src_set_progress(src, on_progress, j);
+		pthread_mutex_lock(&j->lock);
+		j->src = src;
+		pthread_mutex_unlock(&j->lock);
+		r = xport_connect(j->to, 10000, &j->cancel, &x);
+	}
+	if (r == 0 && atomic_load(&j->cancel))
+		r = err_set(ECANCELED, "migration cancelled");
+	if (r == 0)
+		r = src_run(src, x);
+	if (src)
+		src_stats(src, &st);
+	if (r < 0 && st.state != MIG_FAILED && st.state != MIG_CANCELLED)
+		st.state = r == -ECANCELED ? MIG_CANCELLED : MIG_FAILED;
+
+	pthread_mutex_lock(&j->lock);
+	j->last = st;
+	j->last_state = st.state;
+	j->result = r;
+	snprintf(j->error, sizeof(j->error), "%s", r < 0 ? err_msg() : "");
+	j->completed = r == 0;
+	j->src = NULL;
+	pthread_mutex_unlock(&j->lock);
+	if (j->fn)
+		j->fn(j->user, &st, r < 0 ? j->error : "");
+	src_free(src);
+	xport_close(x);
+	return NULL;
+}
+
+/* Join a finished attempt's thread; lock held. */
+static void reap_locked(struct job *j)
+{
+	if (j->running && !j->src && j->last_state >= MIG_COMPLETED) {
+		pthread_t t = j->thread;
+
+		j->running = false;
+		pthread_mutex_unlock(&j->lock);
+		pthread_join(t, NULL);
+		pthread_mutex_lock(&j->lock);
+	}
+}
+
+int job_start(struct job *j, const char *to, const struct src_params *p)
+{
+	int r;
+
+	if (strlen(to) >= sizeof(j->to))
+		return err_set(EINVAL, "address too long: %s", to);
+	pthread_mutex_lock(&j->lock);
+	reap_locked(j);
+	if (j->completed) {
+		pthread_mutex_unlock(&j->lock);
+		return err_set(ESHUTDOWN, "the devices were already migrated: this daemon no "
+					  "longer owns them");
+	}
+	if (j->running) {
+		pthread_mutex_unlock(&j->lock);
+		return err_set(EBUSY, "a migration is already running");
+	}
+	snprintf(j->to, sizeof(j->to), "%s", to);
+	j->p = *p;
+	j->started = true;
+	j->error[0] = '\0';
+	memset(&j->last, 0, sizeof(j->last));
+	j->last_state = MIG_SETUP;
+	atomic_store(&j->cancel, false);
+	r = pthread_create(&j->thread, NULL, job_main, j);
+	if (r == 0)
+		j->running = true;
+	pthread_mutex_unlock(&j->lock);
+	if (r)
+		return err_set(r, "cannot start the migration thread: %s", strerror(r));
+	return 0;
+}
+
+void job_cancel(struct job *j)
+{
+	pthread_mutex_lock(&j->lock);
+	atomic_store(&j->cancel, true);
+	if (j->src)
+		src_cancel(j->src);
+	pthread_mutex_unlock(&j->lock);
+}
+
+void job_set_max_bandwidth(struct job *j, uint64_t bytes_per_sec)
+{
+	pthread_mutex_lock(&j->lock);
+	j->p.max_bandwidth = bytes_per_sec;
+	if (j->src)
+		src_set_max_bandwidth(j->src, bytes_per_sec);
+	pthread_mutex_unlock(&j->lock);
+}
+
+int job_wait(struct job *j)
+{
+	pthread_t t;
+	bool running;
+	int r;
+
+	pthread_mutex_lock(&j->lock);
+	running = j->running;
+	t = j->thread;
+	j->running = false;
+	pthread_mutex_unlock(&j->lock);
+	if (running)
+		pthread_join(t, NULL);
+	pthread_mutex_lock(&j->lock);
+	r = j->result;
+	pthread_mutex_unlock(&j->lock);
+	return r;
+}
+
+void job_query(struct job *j, struct mig_stats *st, bool *started, char *error, size_t cap)
+{
+	pthread_mutex_lock(&j->lock);
+	if (j->src)
+		src_stats(j->src, st);
+	else
+		*st = j->last;
+	*started = j->started;
+	snprintf(error, cap, "%s", j->error);
+	pthread_mutex_unlock(&j->lock);
+}
+
+void job_free(struct job *j)
+{
+	if (!j)
+		return;
+	job_cancel(j);
+	job_wait(j);
+	pthread_mutex_destroy(&j->lock);
+	free(j);
+}
