@@ -192,8 +192,8 @@ json_object *cli_stats_json(const struct mig_stats *st, const char *error)
 	json_object_object_add(o, "downtime", json_object_new_int64(ms(st->downtime_ns)));
 	json_object_object_add(o, "expected-downtime",
 			       json_object_new_int64(st->expected_downtime_ns == UINT64_MAX
-							     ? -1
-							     : ms(st->expected_downtime_ns)));
+							 ? -1
+							 : ms(st->expected_downtime_ns)));
 	json_object_object_add(o, "transferred", json_object_new_int64((int64_t)st->transferred));
 	json_object_object_add(o, "data-bytes", json_object_new_int64((int64_t)st->data_bytes));
 	json_object_object_add(o, "total", json_object_new_int64((int64_t)st->total));
@@ -201,8 +201,8 @@ json_object *cli_stats_json(const struct mig_stats *st, const char *error)
 	json_object_object_add(o, "iterations", json_object_new_int64((int64_t)st->iterations));
 	json_object_object_add(o, "bandwidth", json_object_new_int64((int64_t)st->bandwidth));
 	json_object_object_add(
-		o, "mbps",
-		json_object_new_double(secs > 0 ? (double)st->transferred * 8 / secs / 1e6 : 0));
+	    o, "mbps",
+	    json_object_new_double(secs > 0 ? (double)st->transferred * 8 / secs / 1e6 : 0));
 	json_object_object_add(o, "dirty-rate", json_object_new_int64((int64_t)st->dirty_rate));
 	for (unsigned i = 0; i < st->ndev; i++) {
 		json_object *d = json_object_new_object();
@@ -227,7 +227,7 @@ void cli_print_json(FILE *f, const struct mig_stats *st, const char *error, void
 
 	if (extra) {
 		json_object_object_foreach((json_object *)extra, key, val)
-			json_object_object_add(o, key, json_object_get(val));
+		    json_object_object_add(o, key, json_object_get(val));
 	}
 	fprintf(f, "%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
 	json_object_put(o);

@@ -11,6 +11,10 @@
 static const struct cmd commands[] = {
 	{ "send", "migrate images that nobody else writes to a receiver", cmd_send },
 	{ "receive", "accept one migration into local images", cmd_receive },
+	{ "serve", "own images, export them over NBD, obey the control socket", cmd_serve },
+	{ "migrate", "ask a serving daemon to migrate its devices live", cmd_migrate },
+	{ "status", "show a serving daemon's migration", cmd_status },
+	{ "cancel", "cancel a serving daemon's migration", cmd_cancel },
 	{ "demo", "live-migrate a 1 GiB image under writes on this host and verify it", cmd_demo },
 };
 

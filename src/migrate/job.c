@@ -25,12 +25,12 @@ struct job {
 	void *user;
 
 	pthread_mutex_t lock; /* guards everything below */
-	bool running;          /* an attempt's thread exists and is not joined */
-	bool started;          /* at least one attempt was made */
-	bool completed;        /* an attempt completed: the devices are fenced */
+	bool running;	      /* an attempt's thread exists and is not joined */
+	bool started;	      /* at least one attempt was made */
+	bool completed;	      /* an attempt completed: the devices are fenced */
 	pthread_t thread;
-	struct src_job *src;   /* the running attempt's engine, or NULL */
-	atomic_bool cancel;    /* for the connect phase */
+	struct src_job *src; /* the running attempt's engine, or NULL */
+	atomic_bool cancel;  /* for the connect phase */
 	char to[256];
 	struct src_params p;
 	struct mig_stats last; /* figures of the last state change / the end */
@@ -77,7 +77,7 @@ static void *job_main(void *arg)
 	struct job *j = arg;
 	struct src_job *src = NULL;
 	struct xport *x = NULL;
-	struct mig_stats st = {0};
+	struct mig_stats st = { 0 };
 	int r;
 
 	r = src_new(&j->p, j->devs, j->ndev, &src);

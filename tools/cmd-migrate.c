@@ -1,0 +1,227 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * blkmig migrate: ask a serving daemon (over its control socket) to migrate
+ * its devices live to another daemon's --incoming address; with --wait,
+ * follow the migration to its end and report like `send`.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <json-c/json.h>
+#include <string.h>
+
+#include "cli.h"
+#include "common/error.h"
+#include "common/util.h"
+#include "control/control.h"
+
+static const char migrate_help[] =
+    "Usage: blkmig migrate --control PATH --to HOST:PORT [--shared-base] [--zero-blocks]\n"
+    "                      [--max-downtime MS] [--max-bandwidth RATE]\n"
+    "                      [--mode auto|dirty|active] [--format native|qemu]\n"
+    "                      [--wait] [--json]\n"
+    "\n"
+    "Start a live migration of a `blkmig serve` daemon's devices to another\n"
+    "daemon's --incoming address.  Without --wait it returns once the migration\n"
+    "has started; `blkmig status` follows it.\n"
+    "\n"
+    "  --control PATH        the source daemon's control socket\n"
+    "  --to HOST:PORT        the destination daemon's --incoming address\n"
+    "  --shared-base         send only allocated data (the destination holds the\n"
+    "                        base; start it with --shared-base)\n"
+    "  --zero-blocks         send all-zero chunks as a flag\n"
+    "  --max-downtime MS     longest pause for writers (default 300)\n"
+    "  --max-bandwidth RATE  cap the stream, e.g. 100M (per second)\n"
+    "  --mode MODE           dirty (resend passes); auto and active are not\n"
+    "                        available yet\n"
+    "  --format native|qemu  stream format (native; qemu not yet)\n"
+    "  --wait                wait for the end; exit 0 only if it completed\n"
+    "  --json                with --wait: print the final report as JSON\n";
+
+static bool terminal(const char *status)
+{
+	return strcmp(status, "completed") == 0 || strcmp(status, "failed") == 0 ||
+	       strcmp(status, "cancelled") == 0;
+}
+
+int cmd_migrate(int argc, char **argv)
+{
+	enum {
+		OPT_SHARED = 256,
+		OPT_ZERO,
+		OPT_DOWNTIME,
+		OPT_BW,
+		OPT_MODE,
+		OPT_FORMAT,
+		OPT_WAIT,
+		OPT_JSON
+	};
+	static const struct option opts[] = {
+		{ "control", required_argument, NULL, 'c' },
+		{ "to", required_argument, NULL, 't' },
+		{ "shared-base", no_argument, NULL, OPT_SHARED },
+		{ "zero-blocks", no_argument, NULL, OPT_ZERO },
+		{ "max-downtime", required_argument, NULL, OPT_DOWNTIME },
+		{ "max-bandwidth", required_argument, NULL, OPT_BW },
+		{ "mode", required_argument, NULL, OPT_MODE },
+		{ "format", required_argument, NULL, OPT_FORMAT },
+		{ "wait", no_argument, NULL, OPT_WAIT },
+		{ "json", no_argument, NULL, OPT_JSON },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	const char *control = NULL, *to = NULL;
+	json_object *args = json_object_new_object(), *ret = NULL;
+	struct ctl_client *cc = NULL;
+	bool wait = false, json = false;
+	uint64_t v;
+	int c, r, rc = EXIT_FAIL;
+
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'c':
+			control = optarg;
+			break;
+		case 't':
+			to = optarg;
+			break;
+		case OPT_SHARED:
+			json_object_object_add(args, "shared-base", json_object_new_boolean(1));
+			break;
+		case OPT_ZERO:
+			json_object_object_add(args, "zero-blocks", json_object_new_boolean(1));
+			break;
+		case OPT_DOWNTIME:
+			r = cli_parse_uint("migrate", "--max-downtime", optarg, 0, 3600 * 1000, &v);
+			if (r)
+				goto usage;
+			json_object_object_add(args, "max-downtime",
+					       json_object_new_int64((int64_t)v));
+			break;
+		case OPT_BW:
+			if (parse_rate(optarg, &v) < 0) {
+				r = cli_usage_error("migrate", "--max-bandwidth: %s", err_msg());
+				goto usage;
+			}
+			json_object_object_add(args, "max-bandwidth",
+					       json_object_new_int64((int64_t)v));
+			break;
+		case OPT_MODE:
+			if (strcmp(optarg, "dirty") != 0 && strcmp(optarg, "auto") != 0 &&
+			    strcmp(optarg, "active") != 0) {
+				r = cli_usage_error(
+				    "migrate", "unknown mode '%s' (auto, dirty or active)", optarg);
+				goto usage;
+			}
+			if (strcmp(optarg, "dirty") != 0) {
+				json_object_put(args);
+				return cli_fail(
+				    "migrate: --mode %s is not available yet (only dirty "
+				    "is)",
+				    optarg);
+			}
+			break;
+		case OPT_FORMAT:
+			r = cli_check_format("migrate", optarg);
+			if (r)
+				goto usage;
+			break;
+		case OPT_WAIT:
+			wait = true;
+			break;
+		case OPT_JSON:
+			json = true;
+			break;
+		case 'h':
+			fputs(migrate_help, stdout);
+			json_object_put(args);
+			return EXIT_OK;
+		default:
+			r = cli_usage_error("migrate", "invalid option");
+			goto usage;
+		}
+	}
+	r = EXIT_USAGE;
+	if (optind < argc) {
+		cli_usage_error("migrate", "unexpected argument '%s'", argv[optind]);
+		goto usage;
+	}
+	if (!control || !to) {
+		cli_usage_error("migrate", "--control PATH and --to HOST:PORT are required");
+		goto usage;
+	}
+	json_object_object_add(args, "to", json_object_new_string(to));
+
+	if (ctl_connect(control, 5000, &cc) < 0) {
+		json_object_put(args);
+		return cli_fail("migrate: %s", err_msg());
+	}
+	r = ctl_call(cc, "migrate", args, &ret, NULL, NULL);
+	args = NULL;
+	json_object_put(ret);
+	ret = NULL;
+	if (r < 0) {
+		cli_fail("migrate: %s", err_msg());
+		goto out;
+	}
+	if (!wait) {
+		rc = EXIT_OK;
+		goto out;
+	}
+	cli_on_signal(NULL, NULL);
+	for (;;) {
+		json_object *status;
+		const char *st;
+
+		r = ctl_call(cc, "query-migrate", NULL, &ret, NULL, NULL);
+		if (r < 0) {
+			cli_fail("migrate: %s", err_msg());
+			goto out;
+		}
+		st = json_object_object_get_ex(ret, "status", &status)
+			 ? json_object_get_string(status)
+			 : "unknown";
+		if (terminal(st))
+			break;
+		json_object_put(ret);
+		ret = NULL;
+		if (cli_signalled()) {
+			/* Interrupting the waiting client cancels the migration
+			 * it started. */
+			ctl_call(cc, "migrate-cancel", NULL, &ret, NULL, NULL);
+			json_object_put(ret);
+			ret = NULL;
+		}
+		sleep_ns(100 * 1000000ull);
+	}
+	if (json) {
+		printf("%s\n", json_object_to_json_string_ext(ret, JSON_C_TO_STRING_PLAIN));
+	} else {
+		json_object *o;
+
+		if (json_object_object_get_ex(ret, "total-time", &o))
+			printf("migration %s in %.2f s, downtime %lld ms\n",
+			       json_object_get_string(json_object_object_get(ret, "status")),
+			       (double)json_object_get_int64(o) / 1000,
+			       (long long)json_object_get_int64(
+				   json_object_object_get(ret, "downtime")));
+	}
+	{
+		json_object *status = json_object_object_get(ret, "status"),
+			    *desc = json_object_object_get(ret, "error-desc");
+
+		if (strcmp(json_object_get_string(status), "completed") == 0)
+			rc = EXIT_OK;
+		else
+			cli_fail("migrate: migration %s: %s", json_object_get_string(status),
+				 desc ? json_object_get_string(desc) : "no reason given");
+	}
+out:
+	json_object_put(ret);
+	json_object_put(args);
+	ctl_client_close(cc);
+	return rc;
+usage:
+	json_object_put(args);
+	return r;
+}
