@@ -75,6 +75,7 @@ struct serve {
 	pthread_mutex_t lock; /* guards migrated_to */
 	char migrated_to[256];
 	uint64_t max_bandwidth, max_downtime_ns;
+	struct workload *wl; /* --workload, or NULL */
 };
 
 /* Rewrite the port file with what is listening so far (atomically). */
@@ -317,6 +318,35 @@ static json_object *handle(void *user, const char *cmd, json_object *args, const
 		job_set_max_bandwidth(s->job, bw);
 		return json_object_new_object();
 	}
+	if (strcmp(cmd, "query-workload") == 0) {
+		struct workload_stats ws;
+		json_object *o;
+		bool reset = false;
+
+		*cls = "GenericError";
+		if (!s->wl) {
+			snprintf(err, cap, "no --workload runs in this daemon");
+			return NULL;
+		}
+		if (!get_bool(args, "reset", &reset, err, cap))
+			return NULL;
+		workload_get_stats(s->wl, &ws);
+		if (reset)
+			workload_reset_stats(s->wl);
+		o = json_object_new_object();
+		json_object_object_add(o, "writes", json_object_new_int64((int64_t)ws.writes));
+		json_object_object_add(o, "bytes", json_object_new_int64((int64_t)ws.bytes));
+		json_object_object_add(o, "latency-p50-us",
+				       json_object_new_int64((int64_t)(ws.p50_ns / 1000)));
+		json_object_object_add(o, "latency-p99-us",
+				       json_object_new_int64((int64_t)(ws.p99_ns / 1000)));
+		json_object_object_add(o, "latency-max-us",
+				       json_object_new_int64((int64_t)(ws.max_ns / 1000)));
+		json_object_object_add(
+		    o, "stopped-by",
+		    json_object_new_string(ws.stopped_by ? strerror(-ws.stopped_by) : ""));
+		return o;
+	}
 	if (strcmp(cmd, "query-exports") == 0) {
 		json_object *o = json_object_new_object();
 
@@ -480,13 +510,14 @@ int cmd_serve(int argc, char **argv)
 		r = nbds_add_export(s.nbd, s.devs[i].name, s.blks[i], s.devs[i].readonly);
 	if (r == 0)
 		r = job_new(s.sdev, s.nsend, job_event, &s, &s.job);
-	if (r == 0 && control)
-		r = ctl_listen(control, handle, &s, &s.ctl);
 	if (r == 0 && workload) {
 		for (unsigned i = 0; i < s.ndev; i++)
 			if (strcmp(s.devs[i].name, wspec.name) == 0)
 				r = workload_start(&wspec, s.blks[i], &wl);
+		s.wl = wl;
 	}
+	if (r == 0 && control)
+		r = ctl_listen(control, handle, &s, &s.ctl);
 	if (r < 0) {
 		cli_fail("serve: %s", err_msg());
 		goto out;
@@ -497,9 +528,11 @@ int cmd_serve(int argc, char **argv)
 		sleep_ns(100 * 1000000ull);
 	rc = EXIT_OK;
 out:
-	workload_stop(wl, NULL);
+	/* Reverse order of use: the job (which sends events), the control
+	 * socket (whose handlers read the workload), then the writers. */
 	job_free(s.job);
 	ctl_close(s.ctl);
+	workload_stop(wl, NULL);
 	nbds_free(s.nbd);
 	for (unsigned i = 0; i < s.ndev; i++)
 		blk_close(s.blks[i]);

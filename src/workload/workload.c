@@ -231,6 +231,16 @@ void workload_get_stats(struct workload *w, struct workload_stats *st)
 	pthread_mutex_unlock(&w->lock);
 }
 
+void workload_reset_stats(struct workload *w)
+{
+	pthread_mutex_lock(&w->lock);
+	w->writes = 0;
+	w->bytes = 0;
+	w->max_ns = 0;
+	memset(w->hist, 0, sizeof(w->hist));
+	pthread_mutex_unlock(&w->lock);
+}
+
 void workload_stop(struct workload *w, struct workload_stats *st)
 {
 	if (!w)

@@ -44,5 +44,7 @@ int workload_start(const struct workload_spec *s, struct blk *b, struct workload
 /* Stop, join and free; stats (optional) receives the final figures. */
 void workload_stop(struct workload *w, struct workload_stats *stats);
 void workload_get_stats(struct workload *w, struct workload_stats *stats);
+/* Start the figures afresh (for before/after comparisons). */
+void workload_reset_stats(struct workload *w);
 
 #endif

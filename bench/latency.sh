@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+# Client write latency with and without a live migration, and the
+# switch-over pause: a `blkmig serve` daemon runs the built-in writer
+# (--workload, through the same tracked path as NBD clients) on a 1 GiB
+# image; first N seconds with no migration, then a migration to a
+# `serve --incoming` daemon on 127.0.0.1.  Prints p50/p99/max for both
+# phases and the migration's downtime, per workload.
+#
+#   bench/latency.sh [--size 1G] [--quiet-secs 5]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+size=1G quiet=5
+while [ $# -gt 0 ]; do
+	case $1 in
+	--size) size=$2; shift 2 ;;
+	--quiet-secs) quiet=$2; shift 2 ;;
+	*) echo "usage: bench/latency.sh [--size SIZE] [--quiet-secs N]" >&2; exit 2 ;;
+	esac
+done
+BLKMIG=${BLKMIG:-build/tools/blkmig}
+[ -x "$BLKMIG" ] || { echo "bench: build first (make)" >&2; exit 1; }
+W=$(mktemp -d "${TMPDIR:-/var/tmp}/blkmig-lat.XXXXXX")
+trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$W"' EXIT
+bytes=$(python3 -c "import sys; m={'K':1<<10,'M':1<<20,'G':1<<30}; s=sys.argv[1]; print(int(s[:-1])*m[s[-1]] if s[-1] in m else int(s))" "$size")
+head -c "$bytes" /dev/urandom >"$W/base.img"
+
+ctl() { # SOCK COMMAND [ARGS-JSON]
+	python3 - "$@" <<'PY'
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); f = s.makefile("rw")
+f.readline()
+cmd = {"execute": sys.argv[2], "arguments": json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}}
+f.write(json.dumps(cmd) + "\n"); f.flush()
+while True:
+    r = json.loads(f.readline())
+    if "event" not in r:
+        break
+print(json.dumps(r.get("return", r)))
+PY
+}
+wait_ports() { for _ in $(seq 400); do grep -q "^$2=" "$1" 2>/dev/null && return; sleep 0.025; done; echo "bench: no $2 port" >&2; exit 1; }
+field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
+
+printf '%-22s %-14s %7s %7s %8s | %7s %7s %8s | %9s %7s %6s\n' workload phase p50us p99us maxus p50us p99us maxus downtime total passes
+for spec in "bs=4K,rate=256K" "bs=64K,rate=4M" "bs=64K,rate=16M"; do
+	cp "$W/base.img" "$W/src.img"; rm -f "$W/dst.img" "$W"/*.ports
+	"$BLKMIG" serve --nbd 127.0.0.1:0 --port-file "$W/dst.ports" --incoming 127.0.0.1:0 --device d0="$W/dst.img" --create 2>/dev/null &
+	dpid=$!
+	"$BLKMIG" serve --nbd 127.0.0.1:0 --port-file "$W/src.ports" --control "$W/src.sock" --device d0="$W/src.img" \
+		--workload "d0,$spec,seed=3" 2>/dev/null &
+	spid=$!
+	wait_ports "$W/dst.ports" incoming; wait_ports "$W/src.ports" nbd
+	for _ in $(seq 100); do [ -S "$W/src.sock" ] && break; sleep 0.05; done
+	ctl "$W/src.sock" query-workload '{"reset": true}' >/dev/null
+	sleep "$quiet"
+	base=$(ctl "$W/src.sock" query-workload '{"reset": true}')
+	"$BLKMIG" migrate --control "$W/src.sock" --to "127.0.0.1:$(sed -n 's/^incoming=//p' "$W/dst.ports")" --wait --json >"$W/mig.json"
+	during=$(ctl "$W/src.sock" query-workload)
+	mig=$(cat "$W/mig.json")
+	printf '%-22s %-14s %7s %7s %8s | %7s %7s %8s | %7sms %5.1fs %6s\n' "$spec" "none|migrating" \
+		"$(field "$base" latency-p50-us)" "$(field "$base" latency-p99-us)" "$(field "$base" latency-max-us)" \
+		"$(field "$during" latency-p50-us)" "$(field "$during" latency-p99-us)" "$(field "$during" latency-max-us)" \
+		"$(field "$mig" downtime)" "$(python3 -c "print($(field "$mig" total-time)/1000)")" "$(field "$mig" iterations)"
+	kill $spid $dpid 2>/dev/null; wait $spid $dpid 2>/dev/null || true
+done
