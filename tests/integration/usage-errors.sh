@@ -18,6 +18,13 @@ expect_error "$(run frobnicate)" 2 "$T/err" "unknown command"
 truncate -s 1M "$T/one.img"
 ln -s "$T/one.img" "$T/link.img"
 expect_error "$(run receive --listen 127.0.0.1:0 --device a="$T/one.img" --device b="$T/link.img")" 2 "$T/err" "devices a and b are the same image"
+expect_error "$(run serve --nbd 127.0.0.1:0)" 2 "$T/err" "at least one --device"
+expect_error "$(run serve --device d0=/x --create)" 2 "$T/err" "go with --incoming"
+expect_error "$(run serve --device d0=/x --workload nope,bs=4K,rate=1M)" 2 "$T/err" "not a writable --device"
+expect_error "$(run migrate --to 127.0.0.1:1)" 2 "$T/err" "--control PATH and --to"
+expect_error "$(run migrate --control /x --to 127.0.0.1:1 --mode sideways)" 2 "$T/err" "unknown mode"
+expect_error "$(run status)" 2 "$T/err" "--control PATH is required"
+expect_error "$(run cancel)" 2 "$T/err" "--control PATH is required"
 pass "usage errors exit 2"
 
 expect_error "$(run send --to 127.0.0.1:1 --device d0="$T/missing.img")" 1 "$T/err" "missing.img"
@@ -25,6 +32,10 @@ truncate -s 1M "$T/a.img"
 expect_error "$(run send --to 127.0.0.1:1 --device d0="$T/a.img" --timeout 1)" 1 "$T/err" "connect to 127.0.0.1:1"
 expect_error "$(run receive --listen 256.1.1.1:0 --device d0=/x)" 1 "$T/err" "cannot resolve|listen"
 expect_error "$(run send --to 127.0.0.1:1 --device d0="$T/a.img" --format qemu)" 1 "$T/err" "not supported yet"
+expect_error "$(run status --control "$T/no.sock")" 1 "$T/err" "no.sock"
+expect_error "$(run cancel --control "$T/no.sock")" 1 "$T/err" "no.sock"
+expect_error "$(run migrate --control "$T/no.sock" --to 127.0.0.1:1 --mode active)" 1 "$T/err" "not available yet"
+expect_error "$(run serve --nbd 127.0.0.1:0 --device d0="$T/missing.img")" 1 "$T/err" "missing.img"
 pass "failures exit 1"
 
 # A destination of another size: both ends fail, nothing is written.
@@ -39,7 +50,7 @@ cmp "$T/small.img" "$T/small.orig" || fail "size mismatch: destination written"
 pass "size mismatch refused at both ends"
 
 # --help for each command.
-for c in send receive demo; do
+for c in send receive demo serve migrate status cancel; do
 	"$BLKMIG" "$c" --help | grep -q "Usage: blkmig $c" || fail "$c --help"
 done
 pass "--help"
