@@ -9,10 +9,13 @@
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include "block/backend.h"
 #include "common/error.h"
 #include "common/util.h"
+#include "control/control.h"
 
 int cli_fail(const char *fmt, ...)
 {
@@ -98,6 +101,52 @@ int cli_check_format(const char *cmd, const char *arg)
 		return cli_fail(
 		    "%s: --format qemu is not supported yet (only the native format is)", cmd);
 	return cli_usage_error(cmd, "unknown format '%s' (native or qemu)", arg);
+}
+
+int cli_incoming_open(void *user, const char *name, uint64_t size, struct blk **out, char *path,
+		      size_t path_cap)
+{
+	const struct cli_incoming *c = user;
+	const struct cli_device *d = NULL;
+	struct stat sb;
+	unsigned flags = 0;
+
+	for (unsigned i = 0; i < c->ndev; i++)
+		if (strcmp(c->devs[i].name, name) == 0)
+			d = &c->devs[i];
+	if (!d)
+		return err_set(ENOENT,
+			       "unknown device '%s': the source sends it, but no --device %s=PATH "
+			       "was given",
+			       name, name);
+	if (d->readonly)
+		return err_set(EROFS, "device %s is read-only here: it cannot receive a migration",
+			       name);
+	if (c->create && (stat(d->path, &sb) < 0 || (S_ISREG(sb.st_mode) && sb.st_size == 0)))
+		flags |= BLK_OPEN_CREATE;
+	snprintf(path, path_cap, "%s", d->path);
+	return blk_file_open(d->path, flags, size, out);
+}
+
+int cli_control_call(const char *cmd, const char *path, const char *command, json_object *args,
+		     json_object **ret)
+{
+	struct ctl_client *cc = NULL;
+	json_object *r = NULL;
+	int rc = EXIT_OK;
+
+	if (ctl_connect(path, 5000, &cc) < 0) {
+		json_object_put(args);
+		return cli_fail("%s: %s", cmd, err_msg());
+	}
+	if (ctl_call(cc, command, args, &r, NULL, NULL) < 0)
+		rc = cli_fail("%s: %s", cmd, err_msg());
+	ctl_client_close(cc);
+	if (rc == EXIT_OK && ret)
+		*ret = r;
+	else
+		json_object_put(r);
+	return rc;
 }
 
 /* ---- progress line ------------------------------------------------------------ */

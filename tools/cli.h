@@ -14,6 +14,8 @@
 
 #include "migrate/migrate.h"
 
+struct json_object;
+
 /* Exit codes (DESIGN.md). */
 #define EXIT_OK	   0
 #define EXIT_FAIL  1
@@ -60,6 +62,27 @@ int cli_parse_uint(const char *cmd, const char *opt, const char *arg, uint64_t m
 		   uint64_t *out);
 /* --format: native is accepted; qemu is refused (EXIT_FAIL) until it exists. */
 int cli_check_format(const char *cmd, const char *arg);
+
+/*
+ * The destination's device opener (dst_open_fn) over --device entries: the
+ * source's NAME must have been given (and not read-only); with create, an
+ * image that is missing or empty is created with the source's size (one of
+ * another size is a mismatch, never resized).
+ */
+struct cli_incoming {
+	const struct cli_device *devs;
+	unsigned ndev;
+	bool create;
+};
+struct blk;
+int cli_incoming_open(void *user, const char *name, uint64_t size, struct blk **out, char *path,
+		      size_t path_cap);
+
+/* Connect to a daemon's control socket and run one command; prints the
+ * failure as "blkmig CMD: ..." and returns EXIT_FAIL, or EXIT_OK with *ret
+ * (caller puts it; may be NULL to drop the reply).  args is consumed. */
+int cli_control_call(const char *cmd, const char *path, const char *command,
+		     struct json_object *args, struct json_object **ret);
 
 struct src_job;
 /* SIGINT/SIGTERM cancel this job (NULL: nothing to cancel yet). */

@@ -22,9 +22,7 @@ int cmd_cancel(int argc, char **argv)
 		{ 0 },
 	};
 	const char *control = NULL;
-	struct ctl_client *cc = NULL;
-	json_object *ret = NULL;
-	int c, r;
+	int c;
 
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -43,12 +41,5 @@ int cmd_cancel(int argc, char **argv)
 		return cli_usage_error("cancel", "unexpected argument '%s'", argv[optind]);
 	if (!control)
 		return cli_usage_error("cancel", "--control PATH is required");
-	if (ctl_connect(control, 5000, &cc) < 0)
-		return cli_fail("cancel: %s", err_msg());
-	r = ctl_call(cc, "migrate-cancel", NULL, &ret, NULL, NULL);
-	json_object_put(ret);
-	ctl_client_close(cc);
-	if (r < 0)
-		return cli_fail("cancel: %s", err_msg());
-	return EXIT_OK;
+	return cli_control_call("cancel", control, "migrate-cancel", NULL, NULL);
 }

@@ -45,38 +45,6 @@ static const char receive_help[] =
     "Exit status: 0 migration complete and verified, 1 failed (one line on stderr\n"
     "says why), 2 usage error.\n";
 
-struct recv_ctx {
-	struct cli_device *devs;
-	unsigned ndev;
-	bool create;
-};
-
-static int open_dev(void *user, const char *name, uint64_t size, struct blk **out, char *path,
-		    size_t path_cap)
-{
-	struct recv_ctx *c = user;
-	struct cli_device *d = NULL;
-	struct stat sb;
-	unsigned flags = 0;
-
-	for (unsigned i = 0; i < c->ndev; i++)
-		if (strcmp(c->devs[i].name, name) == 0)
-			d = &c->devs[i];
-	if (!d)
-		return err_set(ENOENT,
-			       "unknown device '%s': the source sends it, but no "
-			       "--device %s=PATH was given",
-			       name, name);
-	if (c->create) {
-		/* Create only what is missing or empty: an existing image of
-		 * another size is a mismatch, not something to resize. */
-		if (stat(d->path, &sb) < 0 || (S_ISREG(sb.st_mode) && sb.st_size == 0))
-			flags |= BLK_OPEN_CREATE;
-	}
-	snprintf(path, path_cap, "%s", d->path);
-	return blk_file_open(d->path, flags, size, out);
-}
-
 static atomic_bool recv_cancel;
 
 static void cancel_cb(void *arg)
@@ -103,8 +71,8 @@ int cmd_receive(int argc, char **argv)
 	struct cli_device devs[CLI_MAX_DEVICES];
 	const char *names[CLI_MAX_DEVICES];
 	const char *listen_on = NULL, *port_file = NULL;
-	struct recv_ctx ctx = { .devs = devs };
-	struct dst_params p = { .open = open_dev, .user = &ctx, .expect = names };
+	struct cli_incoming ctx = { .devs = devs };
+	struct dst_params p = { .open = cli_incoming_open, .user = &ctx, .expect = names };
 	struct mig_stats st = { 0 };
 	struct xport *x = NULL;
 	long timeout_s = XPORT_DEFAULT_TIMEOUT_MS / 1000;

@@ -101,36 +101,12 @@ static int write_port_file(struct serve *s)
 
 /* ---- incoming ------------------------------------------------------------------- */
 
-static int incoming_open(void *user, const char *name, uint64_t size, struct blk **out, char *path,
-			 size_t path_cap)
-{
-	struct serve *s = user;
-	struct cli_device *d = NULL;
-	struct stat sb;
-	unsigned flags = 0;
-
-	for (unsigned i = 0; i < s->ndev; i++)
-		if (strcmp(s->devs[i].name, name) == 0)
-			d = &s->devs[i];
-	if (!d)
-		return err_set(ENOENT,
-			       "unknown device '%s': the source sends it, but no --device %s=PATH "
-			       "was given",
-			       name, name);
-	if (d->readonly)
-		return err_set(EROFS, "device %s is read-only here: it cannot receive a migration",
-			       name);
-	if (s->create && (stat(d->path, &sb) < 0 || (S_ISREG(sb.st_mode) && sb.st_size == 0)))
-		flags |= BLK_OPEN_CREATE;
-	snprintf(path, path_cap, "%s", d->path);
-	return blk_file_open(d->path, flags, size, out);
-}
-
 static int run_incoming(struct serve *s, const char *listen_on)
 {
 	const char *names[CLI_MAX_DEVICES];
-	struct dst_params p = { .open = incoming_open,
-				.user = s,
+	struct cli_incoming in = { .devs = s->devs, .ndev = s->ndev, .create = s->create };
+	struct dst_params p = { .open = cli_incoming_open,
+				.user = &in,
 				.expect = names,
 				.allow_shared_base = s->shared_base };
 	struct xport *x = NULL;

@@ -32,7 +32,6 @@ int cmd_status(int argc, char **argv)
 		{ 0 },
 	};
 	const char *control = NULL;
-	struct ctl_client *cc = NULL;
 	json_object *ret = NULL, *v;
 	bool json = false;
 	int c;
@@ -57,12 +56,9 @@ int cmd_status(int argc, char **argv)
 		return cli_usage_error("status", "unexpected argument '%s'", argv[optind]);
 	if (!control)
 		return cli_usage_error("status", "--control PATH is required");
-	if (ctl_connect(control, 5000, &cc) < 0)
-		return cli_fail("status: %s", err_msg());
-	if (ctl_call(cc, "query-migrate", NULL, &ret, NULL, NULL) < 0) {
-		ctl_client_close(cc);
-		return cli_fail("status: %s", err_msg());
-	}
+	c = cli_control_call("status", control, "query-migrate", NULL, &ret);
+	if (c != EXIT_OK)
+		return c;
 	if (json) {
 		printf("%s\n", json_object_to_json_string_ext(ret, JSON_C_TO_STRING_PLAIN));
 	} else {
@@ -87,6 +83,5 @@ int cmd_status(int argc, char **argv)
 			printf("error: %s\n", json_object_get_string(v));
 	}
 	json_object_put(ret);
-	ctl_client_close(cc);
 	return EXIT_OK;
 }
