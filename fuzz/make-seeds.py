@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: MIT
 """Write the seed corpora for the wire fuzzers.
 
-    python3 fuzz/make-seeds.py            # writes fuzz/corpus/{record,native}/
+    python3 fuzz/make-seeds.py            # writes fuzz/corpus/{record,native,savevm}/
 
 Every seed is a small valid input built from the byte layout in
 docs/wire-format.md, independently of the C encoders, so the fuzzers start
@@ -97,6 +97,55 @@ def native_seeds():
     }
 
 
+QEVM = 0x5145564D  # "QEVM"
+SV_EOF, SV_START, SV_PART, SV_END, SV_FULL = 0x00, 0x01, 0x02, 0x03, 0x04
+SV_VMDESC, SV_CONFIG, SV_FOOTER = 0x06, 0x07, 0x7E
+RAM_MEM_SIZE, RAM_EOS = 0x04, 0x10
+
+
+def sv_section(stype, sid, payload, idstr=None, instance=0, version=1):
+    if stype in (SV_START, SV_FULL):
+        head = struct.pack(">BI", stype, sid) + counted(idstr) + struct.pack(">II", instance, version)
+    else:
+        head = struct.pack(">BI", stype, sid)
+    return head + payload + struct.pack(">BI", SV_FOOTER, sid)
+
+
+def sv_stream(body, machine="none"):
+    m = machine.encode()
+    return struct.pack(">II", QEVM, 3) + struct.pack(">BI", SV_CONFIG, len(m)) + m + body
+
+
+def savevm_seeds():
+    json = b'{"page_size": 4096, "devices": []}'
+    vmdesc = struct.pack(">BI", SV_VMDESC, len(json)) + json
+    minimal = (sv_section(SV_START, 1, rec_eos(), "block")
+               + sv_section(SV_PART, 1, rec_zero("drive0", 0) + rec_eos())
+               + sv_section(SV_END, 1, rec_progress(100) + rec_eos())
+               + bytes([SV_EOF]))
+    ram_start = struct.pack(">QQ", RAM_MEM_SIZE, RAM_EOS)
+    ram_eos = struct.pack(">Q", RAM_EOS)
+    globalstate = struct.pack(">I", 8) + b"running".ljust(100, b"\0")
+    qemu_source = (sv_section(SV_START, 1, rec_eos(), "block")
+                   + sv_section(SV_START, 2, ram_start, "ram", version=4)
+                   + sv_section(SV_PART, 1, rec_data("drive0", CHUNK) + rec_eos())
+                   + sv_section(SV_PART, 2, ram_eos)
+                   + sv_section(SV_END, 1, rec_progress(100) + rec_eos())
+                   + sv_section(SV_END, 2, ram_eos)
+                   + sv_section(SV_FULL, 3, bytes(24), "timer", version=2)
+                   + sv_section(SV_FULL, 4, globalstate, "globalstate")
+                   + bytes([SV_EOF]) + vmdesc)
+    return {
+        "minimal": sv_stream(minimal),
+        "minimal-vmdesc": sv_stream(minimal + vmdesc),
+        "full-block": sv_stream(sv_section(SV_FULL, 7, rec_zero("drive0", 0) + rec_eos(),
+                                           "block") + bytes([SV_EOF])),
+        "qemu-source": sv_stream(qemu_source),
+        "ram-1g": sv_stream(sv_section(SV_START, 2, struct.pack(">QQ", (1 << 30) | RAM_MEM_SIZE,
+                                                                   RAM_EOS), "ram", version=4)),
+    }
+
+
 def write(directory, seeds):
     os.makedirs(directory, exist_ok=True)
     for name, data in sorted(seeds.items()):
@@ -109,6 +158,7 @@ def main():
     root = sys.argv[1] if len(sys.argv) > 1 else os.path.join(here, "corpus")
     write(os.path.join(root, "record"), record_seeds())
     write(os.path.join(root, "native"), native_seeds())
+    write(os.path.join(root, "savevm"), savevm_seeds())
 
 
 if __name__ == "__main__":
