@@ -12,7 +12,7 @@ packages=(
 	# tests
 	libcmocka-dev python3 attr coreutils clang-format
 	# peers used by the integration tests and benchmarks
-	qemu-utils libnbd-bin socat netcat-openbsd
+	qemu-utils qemu-system-x86 libnbd-bin socat netcat-openbsd
 )
 
 missing=()

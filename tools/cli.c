@@ -93,10 +93,16 @@ int cli_parse_uint(const char *cmd, const char *opt, const char *arg, uint64_t m
 	return 0;
 }
 
-int cli_check_format(const char *cmd, const char *arg)
+int cli_check_format(const char *cmd, const char *arg, bool qemu_ok, bool *qemu)
 {
+	if (qemu)
+		*qemu = false;
 	if (strcmp(arg, "native") == 0)
 		return 0;
+	if (strcmp(arg, "qemu") == 0 && qemu_ok) {
+		*qemu = true;
+		return 0;
+	}
 	if (strcmp(arg, "qemu") == 0)
 		return cli_fail(
 		    "%s: --format qemu is not supported yet (only the native format is)", cmd);

@@ -60,8 +60,9 @@ int cli_add_device(const char *cmd, char *arg, struct cli_device *devs, unsigned
 /* A whole number in [min, max] for option 'opt'. */
 int cli_parse_uint(const char *cmd, const char *opt, const char *arg, uint64_t min, uint64_t max,
 		   uint64_t *out);
-/* --format: native is accepted; qemu is refused (EXIT_FAIL) until it exists. */
-int cli_check_format(const char *cmd, const char *arg);
+/* --format: native, or qemu where the command supports it (*qemu set);
+ * qemu elsewhere is refused with EXIT_FAIL. */
+int cli_check_format(const char *cmd, const char *arg, bool qemu_ok, bool *qemu);
 
 /*
  * The destination's device opener (dst_open_fn) over --device entries: the

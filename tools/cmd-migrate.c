@@ -122,7 +122,7 @@ int cmd_migrate(int argc, char **argv)
 			}
 			break;
 		case OPT_FORMAT:
-			r = cli_check_format("migrate", optarg);
+			r = cli_check_format("migrate", optarg, false, NULL);
 			if (r)
 				goto usage;
 			break;

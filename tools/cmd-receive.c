@@ -99,7 +99,7 @@ int cmd_receive(int argc, char **argv)
 			names[ctx.ndev - 1] = devs[ctx.ndev - 1].name;
 			break;
 		case OPT_FORMAT:
-			r = cli_check_format("receive", optarg);
+			r = cli_check_format("receive", optarg, true, &p.qemu);
 			if (r)
 				return r;
 			break;
@@ -135,6 +135,9 @@ int cmd_receive(int argc, char **argv)
 	if (!ctx.ndev)
 		return cli_usage_error("receive", "at least one --device NAME=PATH is required");
 	p.nexpect = ctx.ndev;
+	if (p.qemu && ctx.create)
+		return cli_usage_error("receive", "--create needs the native format: a QEMU stream "
+						  "does not announce device sizes");
 	/* Two names on one image would have each overwrite the other. */
 	for (unsigned i = 0; i < ctx.ndev; i++) {
 		struct stat a, b;

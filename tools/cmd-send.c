@@ -105,7 +105,7 @@ int cmd_send(int argc, char **argv)
 				return r;
 			break;
 		case OPT_FORMAT:
-			r = cli_check_format("send", optarg);
+			r = cli_check_format("send", optarg, false, NULL);
 			if (r)
 				return r;
 			break;

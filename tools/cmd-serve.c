@@ -69,7 +69,7 @@ struct serve {
 	struct nbds *nbd;
 	struct ctl *ctl;
 	struct job *job;
-	bool create, shared_base;
+	bool create, shared_base, qemu;
 	const char *port_file;
 	char nbd_addr[128], incoming_addr[128];
 	pthread_mutex_t lock; /* guards migrated_to */
@@ -108,7 +108,8 @@ static int run_incoming(struct serve *s, const char *listen_on)
 	struct dst_params p = { .open = cli_incoming_open,
 				.user = &in,
 				.expect = names,
-				.allow_shared_base = s->shared_base };
+				.allow_shared_base = s->shared_base,
+				.qemu = s->qemu };
 	struct xport *x = NULL;
 	int lfd, r;
 
@@ -416,7 +417,7 @@ int cmd_serve(int argc, char **argv)
 			incoming = optarg;
 			break;
 		case OPT_FORMAT:
-			r = cli_check_format("serve", optarg);
+			r = cli_check_format("serve", optarg, true, &s.qemu);
 			if (r)
 				return r;
 			break;
@@ -445,8 +446,12 @@ int cmd_serve(int argc, char **argv)
 		return cli_usage_error("serve", "unexpected argument '%s'", argv[optind]);
 	if (!s.ndev)
 		return cli_usage_error("serve", "at least one --device NAME=PATH is required");
-	if ((s.create || s.shared_base) && !incoming)
-		return cli_usage_error("serve", "--create and --shared-base go with --incoming");
+	if (s.qemu && s.create)
+		return cli_usage_error("serve", "--create needs the native format: a QEMU stream "
+						"does not announce device sizes");
+	if ((s.create || s.shared_base || s.qemu) && !incoming)
+		return cli_usage_error("serve",
+				       "--create, --shared-base and --format go with --incoming");
 	if (workload) {
 		bool found = false;
 

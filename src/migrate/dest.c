@@ -26,6 +26,7 @@
 #include "digest.h"
 #include "engine.h"
 #include "transport/transport.h"
+#include "wire/savevm.h"
 
 struct dst_dev {
 	char name[WIRE_NAME_MAX + 1];
@@ -110,6 +111,8 @@ static int open_devices(struct dst *d)
 		if (r < 0)
 			return r;
 		d->ndev++;
+		if (d->p->qemu) /* QEMU announces no sizes: the image's own */
+			dev->size = blk_size(dev->blk);
 		if (blk_size(dev->blk) != dev->size) {
 			char a[32], b[32];
 
@@ -470,6 +473,165 @@ static int run(struct dst *d)
 	}
 }
 
+/* ---- QEMU 7.2 stream ------------------------------------------------------------- */
+
+#define QEMU_MAX_SECTIONS 64
+
+struct qsection {
+	uint32_t id;
+	char name[SAVEVM_NAME_MAX + 1];
+};
+
+/* Decode with a savevm decoder, reading more of the stream as it asks. */
+#define QREAD(d, buf, cap, call)                                                                   \
+	({                                                                                         \
+		size_t have_ = 0, need_ = 1;                                                       \
+		int r_;                                                                            \
+		for (;;) {                                                                         \
+			if (need_ > (cap)) {                                                       \
+				r_ = err_set(EBADMSG, "stream item too large");                    \
+				break;                                                             \
+			}                                                                          \
+			r_ = rd(d, (buf) + have_, need_ - have_);                                  \
+			if (r_ < 0)                                                                \
+				break;                                                             \
+			have_ = need_;                                                             \
+			size_t len_ = have_, *used_ = &need_;                                      \
+			r_ = (call);                                                               \
+			if (r_ != -EAGAIN)                                                         \
+				break;                                                             \
+		}                                                                                  \
+		r_;                                                                                \
+	})
+
+static int qemu_payload(struct dst *d, const struct savevm_section *s, const char *name)
+{
+	uint8_t buf[128];
+	uint32_t skip;
+	int r;
+
+	if (strcmp(name, "block") == 0)
+		return read_blocks(d);
+	if (strcmp(name, "ram") == 0)
+		return QREAD(d, buf, sizeof(buf),
+			     savevm_ram_decode(buf, len_, s->type == SAVEVM_START, used_));
+	r = savevm_skip_size(s, &skip);
+	if (r == -ENOENT)
+		return err_set(ENOTSUP,
+			       "section '%s' is not supported: blkmig receives block devices only "
+			       "(start QEMU with -M none)",
+			       name);
+	if (r < 0)
+		return r;
+	while (skip > 0) {
+		uint32_t n = MIN(skip, (uint32_t)sizeof(buf));
+
+		r = rd(d, buf, n);
+		if (r < 0)
+			return r;
+		skip -= n;
+	}
+	return 0;
+}
+
+static int run_qemu(struct dst *d)
+{
+	struct qsection sec[QEMU_MAX_SECTIONS];
+	unsigned nsec = 0;
+	bool config = false;
+	uint8_t buf[SAVEVM_SECTION_HDR_MAX + 16];
+	int r;
+
+	d->hello.chunk_size = WIRE_QEMU_CHUNK_SIZE;
+	d->hello.ndev = (uint16_t)d->p->nexpect;
+	for (unsigned i = 0; i < d->p->nexpect; i++)
+		snprintf(d->hello.dev[i].name, sizeof(d->hello.dev[i].name), "%s", d->p->expect[i]);
+	r = open_devices(d);
+	if (r < 0)
+		return r;
+	r = QREAD(d, buf, sizeof(buf), savevm_header_decode(buf, len_, used_));
+	if (r < 0)
+		return err_prefix(-r, "qemu stream: ");
+	d->st.state = MIG_BULK;
+	for (;;) {
+		struct savevm_section s;
+		const char *name = NULL;
+		uint64_t at = d->stream_off;
+
+		r = QREAD(d, buf, sizeof(buf), savevm_section_decode(buf, len_, &s, used_));
+		if (r < 0)
+			return err_prefix(-r,
+					  "qemu stream at offset %llu: ", (unsigned long long)at);
+		if (s.type == SAVEVM_CONFIGURATION) {
+			config = true;
+			continue;
+		}
+		if (s.type == SAVEVM_EOF)
+			break;
+		if (!config)
+			return err_set(EBADMSG, "qemu stream: configuration section missing");
+		if (s.type == SAVEVM_START || s.type == SAVEVM_FULL) {
+			for (unsigned i = 0; i < nsec; i++)
+				if (sec[i].id == s.section_id)
+					return err_set(EBADMSG,
+						       "qemu stream: section id %u started twice",
+						       s.section_id);
+			if (nsec == QEMU_MAX_SECTIONS)
+				return err_set(EBADMSG, "qemu stream: more than %d sections",
+					       QEMU_MAX_SECTIONS);
+			sec[nsec].id = s.section_id;
+			snprintf(sec[nsec].name, sizeof(sec[nsec].name), "%s", s.name);
+			name = sec[nsec++].name;
+		} else if (s.type == SAVEVM_PART || s.type == SAVEVM_END) {
+			for (unsigned i = 0; i < nsec; i++)
+				if (sec[i].id == s.section_id)
+					name = sec[i].name;
+			if (!name)
+				return err_set(EBADMSG,
+					       "qemu stream: section id %u was never started",
+					       s.section_id);
+		} else {
+			return err_set(EBADMSG, "qemu stream at offset %llu: unexpected %s section",
+				       (unsigned long long)at, savevm_type_name(s.type));
+		}
+		r = qemu_payload(d, &s, name);
+		if (r < 0)
+			return err_prefix(-r, "qemu stream, section '%s': ", name);
+		r = QREAD(d, buf, sizeof(buf),
+			  savevm_footer_decode(buf, len_, s.section_id, name, used_));
+		if (r < 0)
+			return err_prefix(-r, "qemu stream: ");
+	}
+	/* EOF: QEMU has sent everything and cannot hear us; make it durable,
+	 * check it reads back, then take the VMDESCRIPTION (or the close). */
+	d->st.state = MIG_FINAL;
+	r = sync_all(d);
+	if (r == 0)
+		r = verify_pass(d);
+	if (r < 0)
+		return r;
+	xport_set_timeout(d->x, 5000);
+	if (rd(d, buf, 1) == 0 && buf[0] == SAVEVM_VMDESCRIPTION) {
+		uint8_t lenb[4];
+
+		if (rd(d, lenb, 4) == 0) {
+			uint32_t left = MIN(get_be32(lenb), (uint32_t)SAVEVM_VMDESC_MAX);
+
+			while (left > 0 && rd(d, buf, MIN(left, (uint32_t)sizeof(buf))) == 0)
+				left -= MIN(left, (uint32_t)sizeof(buf));
+		}
+	}
+	for (unsigned i = 0; i < d->ndev; i++) {
+		if (!d->dev[i].marked)
+			continue;
+		r = mark_clear(d->dev[i].path);
+		if (r < 0)
+			return r;
+		d->dev[i].marked = false;
+	}
+	return 0;
+}
+
 int dst_run(const struct dst_params *p, struct xport *x, const atomic_bool *cancel,
 	    struct mig_stats *st)
 {
@@ -483,7 +645,7 @@ int dst_run(const struct dst_params *p, struct xport *x, const atomic_bool *canc
 	d->x = x;
 	d->st.state = MIG_SETUP;
 	xport_set_cancel(x, cancel);
-	r = run(d);
+	r = p->qemu ? run_qemu(d) : run(d);
 	if (r < 0) {
 		char msg[1024];
 
@@ -491,7 +653,7 @@ int dst_run(const struct dst_params *p, struct xport *x, const atomic_bool *canc
 		/* Best effort: the source may already be gone. */
 		xport_set_cancel(x, NULL);
 		xport_set_timeout(x, 2000);
-		if (r != -ECANCELED || !strstr(msg, "source aborted"))
+		if (!p->qemu && (r != -ECANCELED || !strstr(msg, "source aborted")))
 			engine_send_error(x, NATIVE_MSG_ERROR, -r, msg);
 		err_copy_in(msg);
 		d->st.state = r == -ECANCELED ? MIG_CANCELLED : MIG_FAILED;

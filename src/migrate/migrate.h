@@ -136,6 +136,14 @@ struct dst_params {
 	/* Accept a shared-base migration (only allocated data is sent; the
 	 * images must already hold the base).  Refused otherwise. */
 	bool allow_shared_base;
+	/*
+	 * The stream is QEMU 7.2's migration stream (savevm envelope, block
+	 * section only) instead of the native one.  The devices are opened by
+	 * the names in 'expect' with size 0 (their own size is used), nothing
+	 * is sent back (QEMU has no return path), there are no digests, and
+	 * success means: EOF reached, every device synced and read back.
+	 */
+	bool qemu;
 };
 
 /*
