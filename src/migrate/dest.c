@@ -482,27 +482,54 @@ struct qsection {
 	char name[SAVEVM_NAME_MAX + 1];
 };
 
-/* Decode with a savevm decoder, reading more of the stream as it asks. */
-#define QREAD(d, buf, cap, call)                                                                   \
-	({                                                                                         \
-		size_t have_ = 0, need_ = 1;                                                       \
-		int r_;                                                                            \
-		for (;;) {                                                                         \
-			if (need_ > (cap)) {                                                       \
-				r_ = err_set(EBADMSG, "stream item too large");                    \
-				break;                                                             \
-			}                                                                          \
-			r_ = rd(d, (buf) + have_, need_ - have_);                                  \
-			if (r_ < 0)                                                                \
-				break;                                                             \
-			have_ = need_;                                                             \
-			size_t len_ = have_, *used_ = &need_;                                      \
-			r_ = (call);                                                               \
-			if (r_ != -EAGAIN)                                                         \
-				break;                                                             \
-		}                                                                                  \
-		r_;                                                                                \
-	})
+/*
+ * Read one savevm item: call 'dec' on what has been read so far and read
+ * more while it answers -EAGAIN with the total it needs.
+ */
+typedef int (*qdec_fn)(const uint8_t *buf, size_t len, void *arg, size_t *used);
+
+static int qread(struct dst *d, uint8_t *buf, size_t cap, qdec_fn dec, void *arg)
+{
+	size_t have = 0, need = 1;
+	int r;
+
+	for (;;) {
+		if (need > cap)
+			return err_set(EBADMSG, "stream item of %zu bytes too large", need);
+		r = rd(d, buf + have, need - have);
+		if (r < 0)
+			return r;
+		have = need;
+		r = dec(buf, have, arg, &need);
+		if (r != -EAGAIN)
+			return r;
+	}
+}
+
+static int dec_header(const uint8_t *buf, size_t len, void *arg, size_t *used)
+{
+	(void)arg;
+	return savevm_header_decode(buf, len, used);
+}
+
+static int dec_section(const uint8_t *buf, size_t len, void *arg, size_t *used)
+{
+	return savevm_section_decode(buf, len, arg, used);
+}
+
+static int dec_footer(const uint8_t *buf, size_t len, void *arg, size_t *used)
+{
+	const struct savevm_section *s = arg;
+
+	return savevm_footer_decode(buf, len, s->section_id, s->name, used);
+}
+
+static int dec_ram(const uint8_t *buf, size_t len, void *arg, size_t *used)
+{
+	const struct savevm_section *s = arg;
+
+	return savevm_ram_decode(buf, len, s->type == SAVEVM_START, used);
+}
 
 static int qemu_payload(struct dst *d, const struct savevm_section *s, const char *name)
 {
@@ -513,8 +540,7 @@ static int qemu_payload(struct dst *d, const struct savevm_section *s, const cha
 	if (strcmp(name, "block") == 0)
 		return read_blocks(d);
 	if (strcmp(name, "ram") == 0)
-		return QREAD(d, buf, sizeof(buf),
-			     savevm_ram_decode(buf, len_, s->type == SAVEVM_START, used_));
+		return qread(d, buf, sizeof(buf), dec_ram, (void *)s);
 	r = savevm_skip_size(s, &skip);
 	if (r == -ENOENT)
 		return err_set(ENOTSUP,
@@ -549,7 +575,7 @@ static int run_qemu(struct dst *d)
 	r = open_devices(d);
 	if (r < 0)
 		return r;
-	r = QREAD(d, buf, sizeof(buf), savevm_header_decode(buf, len_, used_));
+	r = qread(d, buf, sizeof(buf), dec_header, NULL);
 	if (r < 0)
 		return err_prefix(-r, "qemu stream: ");
 	d->st.state = MIG_BULK;
@@ -558,7 +584,7 @@ static int run_qemu(struct dst *d)
 		const char *name = NULL;
 		uint64_t at = d->stream_off;
 
-		r = QREAD(d, buf, sizeof(buf), savevm_section_decode(buf, len_, &s, used_));
+		r = qread(d, buf, sizeof(buf), dec_section, &s);
 		if (r < 0)
 			return err_prefix(-r,
 					  "qemu stream at offset %llu: ", (unsigned long long)at);
@@ -597,8 +623,9 @@ static int run_qemu(struct dst *d)
 		r = qemu_payload(d, &s, name);
 		if (r < 0)
 			return err_prefix(-r, "qemu stream, section '%s': ", name);
-		r = QREAD(d, buf, sizeof(buf),
-			  savevm_footer_decode(buf, len_, s.section_id, name, used_));
+		/* The footer names the section by its START name. */
+		snprintf(s.name, sizeof(s.name), "%s", name);
+		r = qread(d, buf, sizeof(buf), dec_footer, &s);
 		if (r < 0)
 			return err_prefix(-r, "qemu stream: ");
 	}
