@@ -31,7 +31,11 @@ static const char send_help[] =
     "  --to HOST:PORT        the receiver\n"
     "  --device NAME=PATH    an image or block device to send under NAME; with\n"
     "                        ',readonly' it is skipped (not migrated)\n"
-    "  --format native|qemu  stream format (native; qemu is not available yet)\n"
+    "  --format native|qemu  stream format: native (to blkmig receive), or qemu:\n"
+    "                        QEMU 7.2's migration stream, for a -M none QEMU started\n"
+    "                        with -incoming (devices match its -drive ids).  QEMU\n"
+    "                        sends nothing back: success means everything was sent,\n"
+    "                        not that QEMU loaded it; check QEMU's query-migrate\n"
     "  --shared-base         send only allocated ranges: the destination already\n"
     "                        holds the rest (e.g. a common base image)\n"
     "  --zero-blocks         send all-zero chunks as a flag, without payload\n"
@@ -105,7 +109,7 @@ int cmd_send(int argc, char **argv)
 				return r;
 			break;
 		case OPT_FORMAT:
-			r = cli_check_format("send", optarg, false, NULL);
+			r = cli_check_format("send", optarg, true, &p.qemu);
 			if (r)
 				return r;
 			break;
@@ -161,6 +165,8 @@ int cmd_send(int argc, char **argv)
 		return cli_usage_error("send", "--to HOST:PORT is required");
 	if (!ndev)
 		return cli_usage_error("send", "at least one --device NAME=PATH is required");
+	if (p.qemu && p.chunk_size && p.chunk_size != WIRE_QEMU_CHUNK_SIZE)
+		return cli_usage_error("send", "--chunk-size: the QEMU format has 1M chunks");
 	if (p.max_downtime_ns == 0)
 		p.max_downtime_ns = SRC_DEFAULT_DOWNTIME_NS;
 

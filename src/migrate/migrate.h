@@ -80,6 +80,14 @@ struct src_params {
 	unsigned readers;	  /* reads in flight, default 4 */
 	bool shared_base;
 	bool zero_blocks;
+	/*
+	 * Speak QEMU 7.2's migration stream (a "block" section only, as for a
+	 * -M none QEMU destination) instead of the native one: 1 MiB chunks,
+	 * no handshake, no per-pass sync, no digests and no acknowledgement.
+	 * QEMU cannot report failure, so "completed" means everything was sent
+	 * and the stream closed; the devices are fenced all the same.
+	 */
+	bool qemu;
 };
 
 #define SRC_DEFAULT_DOWNTIME_NS (300 * 1000000ull)

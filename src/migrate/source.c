@@ -23,6 +23,7 @@
 #include "digest.h"
 #include "engine.h"
 #include "transport/transport.h"
+#include "wire/savevm.h"
 
 #define PROGRESS_INTERVAL_NS (100 * 1000000ull)
 /* How often (in records) the engine looks for a message from the destination. */
@@ -96,6 +97,7 @@ struct src_job {
 	pthread_t *threads;
 	bool paused;
 	bool in_blocks;		       /* a BLOCKS message is open on the wire (no EOS yet) */
+	bool final_pass;	       /* QEMU: this pass is the END section */
 	uint64_t passes_sent;	       /* BLOCKS messages completed on the wire */
 	uint8_t reply[NATIVE_MSG_MAX]; /* the destination's last framed message */
 	uint8_t *zero_buf;	       /* a zero chunk, for holes sent without ZERO_BLOCK */
@@ -325,6 +327,15 @@ int src_new(const struct src_params *p, const struct src_device *devs, unsigned 
 				return err_set(EINVAL, "device name '%s' given twice",
 					       devs[i].name);
 			}
+		/* QEMU 7.2's destination writes a last chunk's whole 1 MiB and
+		 * fails past the device end (QEMU-STREAM.md): refuse up front. */
+		if (j->p.qemu && d->size % WIRE_QEMU_CHUNK_SIZE) {
+			src_free(j);
+			return err_set(EINVAL,
+				       "device %s: %llu bytes is not a multiple of 1 MiB, which a "
+				       "QEMU 7.2 destination cannot load",
+				       devs[i].name, (unsigned long long)blk_size(devs[i].blk));
+		}
 		snprintf(j->stats.dev[i].name, sizeof(j->stats.dev[i].name), "%s", d->name);
 		j->stats.dev[i].size = d->size;
 		j->stats.total += d->size;
@@ -500,6 +511,76 @@ static int explain_send_failure(struct src_job *j, int r)
 	return r;
 }
 
+/* ---- the QEMU stream's envelope ------------------------------------------------ */
+
+#define QEMU_BLOCK_SECTION 1 /* the section id blkmig gives "block" */
+
+static int qemu_put_section(struct src_job *j, enum savevm_type type)
+{
+	uint8_t buf[SAVEVM_SECTION_HDR_MAX];
+	struct savevm_section sec = { .type = type,
+				      .section_id = QEMU_BLOCK_SECTION,
+				      .version_id = 1 };
+	int n;
+
+	snprintf(sec.name, sizeof(sec.name), "block");
+	n = savevm_section_encode(buf, sizeof(buf), &sec);
+	return n < 0 ? n : xport_write(j->x, buf, (size_t)n);
+}
+
+static int qemu_put_footer(struct src_job *j)
+{
+	uint8_t buf[16];
+	int n = savevm_footer_encode(buf, sizeof(buf), QEMU_BLOCK_SECTION);
+
+	return n < 0 ? n : xport_write(j->x, buf, (size_t)n);
+}
+
+/* Header, configuration "none", and a START block section holding EOS. */
+static int qemu_open_stream(struct src_job *j)
+{
+	static const uint8_t eos[8] = { 0, 0, 0, 0, 0, 0, 0, WIRE_F_EOS };
+	uint8_t buf[SAVEVM_SECTION_HDR_MAX];
+	struct savevm_section cfg = { .type = SAVEVM_CONFIGURATION };
+	int n, r;
+
+	if (j->p.chunk_size != WIRE_QEMU_CHUNK_SIZE)
+		return err_set(EINVAL, "the QEMU format has 1 MiB chunks, not %u bytes",
+			       j->p.chunk_size);
+	n = savevm_header_encode(buf, sizeof(buf));
+	r = n < 0 ? n : xport_write(j->x, buf, (size_t)n);
+	snprintf(cfg.name, sizeof(cfg.name), "none");
+	if (r == 0) {
+		n = savevm_section_encode(buf, sizeof(buf), &cfg);
+		r = n < 0 ? n : xport_write(j->x, buf, (size_t)n);
+	}
+	if (r == 0)
+		r = qemu_put_section(j, SAVEVM_START);
+	if (r == 0)
+		r = xport_write(j->x, eos, sizeof(eos));
+	if (r == 0)
+		r = qemu_put_footer(j);
+	if (r == 0)
+		r = xport_flush(j->x);
+	return r < 0 ? err_prefix(-r, "qemu stream: ") : 0;
+}
+
+/* EOF, the VMDESCRIPTION a 7.2 destination waits for, then close. */
+static int qemu_close_stream(struct src_job *j)
+{
+	static const char json[] = "{\"page_size\": 4096, \"devices\": []}";
+	uint8_t buf[64];
+	uint8_t eof = SAVEVM_EOF;
+	int n = savevm_vmdesc_encode(buf, sizeof(buf), json, sizeof(json) - 1);
+	int r = n < 0 ? n : xport_write(j->x, &eof, 1);
+
+	if (r == 0)
+		r = xport_write(j->x, buf, (size_t)n);
+	if (r == 0)
+		r = xport_shutdown_write(j->x);
+	return r < 0 ? err_prefix(-r, "qemu stream: ") : 0;
+}
+
 static int send_hello(struct src_job *j)
 {
 	static _Thread_local uint8_t buf[NATIVE_HELLO_MAX];
@@ -511,6 +592,8 @@ static int send_hello(struct src_job *j)
 	uint32_t len, version;
 	int n, r;
 
+	if (j->p.qemu)
+		return qemu_open_stream(j);
 	if (j->p.zero_blocks)
 		h.caps |= NATIVE_CAP_ZERO_BLOCKS;
 	if (j->p.shared_base)
@@ -656,7 +739,8 @@ static int run_pass(struct src_job *j, enum pass_kind kind)
 	uint8_t hdr[WIRE_REC_HDR_MAX];
 	uint8_t type = NATIVE_MSG_BLOCKS;
 	unsigned pct = ~0u, since_check = 0;
-	int r = xport_write(j->x, &type, 1);
+	int r = j->p.qemu ? qemu_put_section(j, j->final_pass ? SAVEVM_END : SAVEVM_PART)
+			  : xport_write(j->x, &type, 1);
 
 	j->in_blocks = r == 0;
 	pthread_mutex_lock(&j->lock);
@@ -722,10 +806,20 @@ static int run_pass(struct src_job *j, enum pass_kind kind)
 	if (r < 0)
 		return r;
 
+	if (j->p.qemu && j->final_pass) {
+		/* QEMU's own source ends its END section this way. */
+		r = wire_rec_encode_header(
+		    hdr, &(struct wire_record){ .kind = WIRE_REC_PROGRESS, .percent = 100 });
+		r = r < 0 ? r : xport_write(j->x, hdr, (size_t)r);
+		if (r < 0)
+			return r;
+	}
 	r = wire_rec_encode_header(hdr, &(struct wire_record){ .kind = WIRE_REC_EOS });
 	if (r < 0)
 		return r;
 	r = xport_write(j->x, hdr, (size_t)r);
+	if (r == 0 && j->p.qemu)
+		r = qemu_put_footer(j);
 	if (r == 0) {
 		j->in_blocks = false;
 		j->passes_sent++;
@@ -739,7 +833,11 @@ static int wait_synced(struct src_job *j)
 {
 	uint32_t len;
 	uint64_t n;
-	int r = await_reply(j, NATIVE_MSG_SYNCED, "to sync", &len);
+	int r;
+
+	if (j->p.qemu) /* no return path: nothing to wait for */
+		return 0;
+	r = await_reply(j, NATIVE_MSG_SYNCED, "to sync", &len);
 
 	if (r == 0)
 		r = native_synced_decode(j->reply, len, &n);
@@ -926,7 +1024,21 @@ int src_run(struct src_job *j, struct xport *x)
 			set_state(j, MIG_FINAL);
 			t_pause = now_ns();
 			pause_writers(j);
+			j->final_pass = true;
 			r = run_pass(j, PASS_DIRTY);
+			if (r == 0 && j->p.qemu) {
+				/* Nothing will confirm it: fence, then close. */
+				stats_update(j, count_pass_fn, NULL);
+				r = qemu_close_stream(j);
+				for (unsigned i = 0; r == 0 && i < j->ndev; i++)
+					track_fence(j->dev[i].blk, ESHUTDOWN);
+				if (r == 0) {
+					resume_writers(j);
+					fin.downtime = now_ns() - t_pause;
+					state = MIG_COMPLETED;
+				}
+				break;
+			}
 			if (r == 0)
 				r = wait_synced(j);
 			if (r == 0) {
@@ -960,7 +1072,7 @@ int src_run(struct src_job *j, struct xport *x)
 		static const uint8_t eos[8] = { 0, 0, 0, 0, 0, 0, 0, WIRE_F_EOS };
 		char msg[1024];
 
-		if (r != -ECANCELED && !committing)
+		if (r != -ECANCELED && !committing && !j->p.qemu)
 			r = explain_send_failure(j, r);
 		snprintf(msg, sizeof(msg), "%s", err_msg());
 		xport_set_cancel(x, NULL);
@@ -968,7 +1080,8 @@ int src_run(struct src_job *j, struct xport *x)
 		/* Tell the destination why, unless COMMIT may be out.  The
 		 * stream is at a record boundary unless a send failed midway,
 		 * and then the transport refuses to send anything more. */
-		if (!committing && (!j->in_blocks || xport_write(x, eos, sizeof(eos)) == 0))
+		if (!committing && !j->p.qemu &&
+		    (!j->in_blocks || xport_write(x, eos, sizeof(eos)) == 0))
 			engine_send_error(x, NATIVE_MSG_ABORT, -r,
 					  r == -ECANCELED ? "migration cancelled by the source"
 							  : msg);

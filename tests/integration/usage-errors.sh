@@ -31,7 +31,7 @@ expect_error "$(run send --to 127.0.0.1:1 --device d0="$T/missing.img")" 1 "$T/e
 truncate -s 1M "$T/a.img"
 expect_error "$(run send --to 127.0.0.1:1 --device d0="$T/a.img" --timeout 1)" 1 "$T/err" "connect to 127.0.0.1:1"
 expect_error "$(run receive --listen 256.1.1.1:0 --device d0=/x)" 1 "$T/err" "cannot resolve|listen"
-expect_error "$(run send --to 127.0.0.1:1 --device d0="$T/a.img" --format qemu)" 1 "$T/err" "not supported yet"
+expect_error "$(run send --to 127.0.0.1:1 --device d0="$T/a.img" --format qemu --chunk-size 64K)" 2 "$T/err" "QEMU format has 1M chunks"
 expect_error "$(run status --control "$T/no.sock")" 1 "$T/err" "no.sock"
 expect_error "$(run cancel --control "$T/no.sock")" 1 "$T/err" "no.sock"
 expect_error "$(run migrate --control "$T/no.sock" --to 127.0.0.1:1 --mode active)" 1 "$T/err" "not available yet"
