@@ -33,7 +33,9 @@ static const char migrate_help[] =
     "  --max-bandwidth RATE  cap the stream, e.g. 100M (per second)\n"
     "  --mode MODE           dirty (resend passes); auto and active are not\n"
     "                        available yet\n"
-    "  --format native|qemu  stream format (native; qemu not yet)\n"
+    "  --format native|qemu  stream format; qemu: to a -M none QEMU 7.2 started with\n"
+    "                        -incoming (QEMU cannot confirm success: check its\n"
+    "                        query-migrate)\n"
     "  --wait                wait for the end; exit 0 only if it completed\n"
     "  --json                with --wait: print the final report as JSON\n";
 
@@ -72,7 +74,7 @@ int cmd_migrate(int argc, char **argv)
 	const char *control = NULL, *to = NULL;
 	json_object *args = json_object_new_object(), *ret = NULL;
 	struct ctl_client *cc = NULL;
-	bool wait = false, json = false;
+	bool wait = false, json = false, qemu = false;
 	uint64_t v;
 	int c, r, rc = EXIT_FAIL;
 
@@ -122,9 +124,12 @@ int cmd_migrate(int argc, char **argv)
 			}
 			break;
 		case OPT_FORMAT:
-			r = cli_check_format("migrate", optarg, false, NULL);
+			r = cli_check_format("migrate", optarg, true, &qemu);
 			if (r)
 				goto usage;
+			if (qemu)
+				json_object_object_add(args, "format",
+						       json_object_new_string("qemu"));
 			break;
 		case OPT_WAIT:
 			wait = true;

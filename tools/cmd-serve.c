@@ -51,7 +51,8 @@ static const char serve_help[] =
     "                        are refused until it is complete and verified\n"
     "  --create              with --incoming: create missing images\n"
     "  --shared-base         with --incoming: accept a shared-base migration\n"
-    "  --format native|qemu  incoming stream format (native; qemu not yet)\n"
+    "  --format native|qemu  incoming stream format; qemu: QEMU 7.2's (migrate\n"
+    "                        with blk=true from a -M none QEMU; images must exist)\n"
     "  --workload SPEC       run the built-in writer against a device:\n"
     "                        NAME,bs=SIZE,rate=RATE[,seed=N][,pattern=random|sequential]\n"
     "  --port-file FILE      write 'incoming=PORT' and 'nbd=PORT' lines to FILE as\n"
@@ -221,8 +222,10 @@ static json_object *cmd_migrate_ctl(struct serve *s, json_object *args, const ch
 		snprintf(err, cap, "mode '%s' is not available yet (only 'dirty' is)", mode);
 		return NULL;
 	}
-	if (strcmp(format, "native") != 0) {
-		snprintf(err, cap, "format '%s' is not available yet (only 'native' is)", format);
+	if (strcmp(format, "qemu") == 0)
+		p.qemu = true;
+	else if (strcmp(format, "native") != 0) {
+		snprintf(err, cap, "unknown format '%s' (native or qemu)", format);
 		return NULL;
 	}
 	p.max_downtime_ns = ms * 1000000u;

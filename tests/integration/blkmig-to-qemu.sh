@@ -85,3 +85,19 @@ cmp "$T/l.img" "$T/l.dst" || fail "live: QEMU's image differs from the source at
 writes=$(json_field "$T/live.json" "['workload']['writes']")
 [ "$writes" -gt 10 ] || fail "live: only $writes writes"
 pass "blkmig -> QEMU live: $writes writes during the migration; QEMU's image equals the source"
+
+# From a serving daemon: qemu-io writes through its NBD export, then
+# `blkmig migrate --format qemu` moves the image into QEMU.
+requires qemu-io
+make_random "$T/d.img" $((32 * MiB)) 148
+truncate -s $((32 * MiB)) "$T/d.dst"
+start_serve srv --device drive0="$T/d.img" --control "$T/srv.sock"
+qemu-io -f raw "nbd://127.0.0.1:$NBD_PORT/drive0" -c "write -P 0x3c 5M 64k" >/dev/null || fail "daemon: qemu-io"
+start_qemu_dest daemon drive0="$T/d.dst"
+"$BLKMIG" migrate --control "$T/srv.sock" --to "127.0.0.1:$QPORT" --format qemu --wait >/dev/null 2>"$T/daemon.err" ||
+	{ cat "$T/daemon.err" "$T/srv.err" >&2; fail "daemon: migrate --format qemu"; }
+finish_qemu daemon
+cmp "$T/d.img" "$T/d.dst" || fail "daemon: QEMU's image differs"
+qemu-io -f raw "nbd://127.0.0.1:$NBD_PORT/drive0" -c "write 0 4k" >/dev/null 2>&1 && fail "daemon: source still takes writes"
+stop "$SERVE_PID"
+pass "serve + migrate --format qemu: QEMU completed with the client's writes; the source refuses writes"
