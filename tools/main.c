@@ -15,6 +15,7 @@ static const struct cmd commands[] = {
 	{ "migrate", "ask a serving daemon to migrate its devices live", cmd_migrate },
 	{ "status", "show a serving daemon's migration", cmd_status },
 	{ "cancel", "cancel a serving daemon's migration", cmd_cancel },
+	{ "inspect", "decode a captured migration stream (native or QEMU)", cmd_inspect },
 	{ "demo", "live-migrate a 1 GiB image under writes on this host and verify it", cmd_demo },
 };
 

@@ -70,3 +70,25 @@ qemu_migrate unknown false --device other="$T/u.dst" -- drive0="$T/a.img"
 expect_error "$RC" 1 "$T/unknown.err" "unknown device 'drive0'"
 is_marked "$T/u.dst" || fail "unknown: destination not marked incomplete"
 pass "a drive the receiver does not know: $(cat "$T/unknown.err")"
+
+# A capture made with migrate to exec:cat decodes with blkmig inspect, and
+# a truncated one is reported as such.
+make_sparse "$T/c.img" $((8 * MiB)) "0:$MiB,$((5 * MiB)):4096" 137
+qemu-system-x86_64 -M none -nodefaults -display none -drive "file=$T/c.img,format=raw,if=none,id=drive0" \
+	-qmp "unix:$T/cap.qmp,server=on,wait=off" 2>"$T/cap.qemu.err" &
+qpid=$!
+BG_PIDS+=("$qpid")
+timeout 20 $QMP "$T/cap.qmp" migrate-set-capabilities '{"capabilities": [{"capability": "zero-blocks", "state": true}]}' >/dev/null || fail "capture: qmp"
+timeout 20 $QMP "$T/cap.qmp" migrate-set-parameters '{"downtime-limit": 0}' >/dev/null || fail "capture: qmp"
+timeout 20 $QMP "$T/cap.qmp" migrate "{\"uri\": \"exec:cat > $T/cap.bin\", \"blk\": true}" >/dev/null || fail "capture: migrate"
+timeout 70 $QMP "$T/cap.qmp" wait-migration 60 >/dev/null || fail "capture: QEMU did not complete"
+kill "$qpid"; wait "$qpid" 2>/dev/null
+"$BLKMIG" inspect "$T/cap.bin" >"$T/cap.txt" 2>"$T/cap.err" || { cat "$T/cap.err" >&2; fail "inspect of a QEMU capture failed"; }
+grep -q "CONFIGURATION machine 'none'" "$T/cap.txt" || fail "inspect: no configuration"
+grep -q "START 'block'" "$T/cap.txt" && grep -q "VMDESCRIPTION" "$T/cap.txt" || fail "inspect: sections missing"
+grep -q "drive0: 2 data records, 6 zero records" "$T/cap.txt" || { tail -3 "$T/cap.txt" >&2; fail "inspect: wrong totals"; }
+grep -q "last progress 100%" "$T/cap.txt" || fail "inspect: progress"
+head -c 1500000 "$T/cap.bin" >"$T/cap-trunc.bin"
+"$BLKMIG" inspect --quiet "$T/cap-trunc.bin" >/dev/null 2>"$T/trunc.err"
+expect_error $? 1 "$T/trunc.err" "truncated at offset 1500000"
+pass "blkmig inspect decodes a QEMU capture (2 data, 6 zero records) and reports truncation"

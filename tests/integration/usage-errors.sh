@@ -50,7 +50,7 @@ cmp "$T/small.img" "$T/small.orig" || fail "size mismatch: destination written"
 pass "size mismatch refused at both ends"
 
 # --help for each command.
-for c in send receive demo serve migrate status cancel; do
+for c in send receive demo serve migrate status cancel inspect; do
 	"$BLKMIG" "$c" --help | grep -q "Usage: blkmig $c" || fail "$c --help"
 done
 pass "--help"
