@@ -267,6 +267,10 @@ report:
 		json_object_put(extra);
 	} else if (r == 0) {
 		cli_print_summary(stdout, "migrated", &st);
+		if (p.qemu)
+			printf(
+			    "note: a QEMU destination sends nothing back, so this cannot confirm "
+			    "that it loaded the stream; check its query-migrate\n");
 	}
 	if (r < 0)
 		cli_fail("send: %s", errbuf);

@@ -101,3 +101,42 @@ cmp "$T/d.img" "$T/d.dst" || fail "daemon: QEMU's image differs"
 qemu-io -f raw "nbd://127.0.0.1:$NBD_PORT/drive0" -c "write 0 4k" >/dev/null 2>&1 && fail "daemon: source still takes writes"
 stop "$SERVE_PID"
 pass "serve + migrate --format qemu: QEMU completed with the client's writes; the source refuses writes"
+
+# --shared-base to QEMU: only the allocated extents travel; QEMU's image
+# keeps its own base everywhere else.
+make_random "$T/base.img" $((16 * MiB)) 149
+cp "$T/base.img" "$T/sb.dst"
+make_sparse "$T/sb.img" $((16 * MiB)) "$((2 * MiB)):$MiB,$((9 * MiB)):4096" 150
+start_qemu_dest sb drive0="$T/sb.dst"
+"$BLKMIG" send --format qemu --shared-base --to "127.0.0.1:$QPORT" --device drive0="$T/sb.img" --json >"$T/sb.json" 2>"$T/sb.err" ||
+	{ cat "$T/sb.err" >&2; fail "shared-base: send"; }
+finish_qemu sb
+python3 - "$T/sb.img" "$T/base.img" "$T/sb.dst" <<'PY' || fail "shared-base: QEMU's image"
+import sys
+src, base, dst = (open(p, "rb").read() for p in sys.argv[1:])
+M = 1 << 20
+for c in range(16):
+    want = src if c in (2, 9) else base
+    assert dst[c * M:(c + 1) * M] == want[c * M:(c + 1) * M], c
+PY
+pass "blkmig -> QEMU --shared-base: 2 chunks sent, the rest of QEMU's image untouched"
+
+# serve --incoming --format qemu: a real QEMU source into a daemon, which
+# then serves the result over NBD.
+make_random "$T/in.img" $((8 * MiB)) 151
+truncate -s $((8 * MiB)) "$T/in.dst"
+start_serve indaemon --incoming 127.0.0.1:0 --format qemu --device drive0="$T/in.dst"
+qemu-system-x86_64 -M none -nodefaults -display none -drive "file=$T/in.img,format=raw,if=none,id=drive0" \
+	-qmp "unix:$T/insrc.qmp,server=on,wait=off" >/dev/null 2>&1 &
+qpid=$!
+BG_PIDS+=("$qpid")
+timeout 20 $QMP "$T/insrc.qmp" migrate-set-parameters '{"downtime-limit": 0}' >/dev/null || fail "incoming: qmp"
+timeout 20 $QMP "$T/insrc.qmp" migrate "{\"uri\": \"tcp:127.0.0.1:$INCOMING_PORT\", \"blk\": true}" >/dev/null || fail "incoming: migrate"
+timeout 70 $QMP "$T/insrc.qmp" wait-migration 60 >/dev/null || fail "incoming: QEMU did not complete"
+kill "$qpid"; wait "$qpid" 2>/dev/null
+requires nbdcopy
+wait_export "$NBD_PORT" drive0
+nbdcopy "nbd://127.0.0.1:$NBD_PORT/drive0" "$T/in.out" || fail "incoming: nbdcopy out"
+cmp "$T/in.img" "$T/in.out" || fail "incoming: the daemon serves other data"
+stop "$SERVE_PID"
+pass "QEMU -> serve --incoming --format qemu, then served over NBD: identical"
