@@ -13,6 +13,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -333,6 +334,7 @@ struct mt_ctx {
 	struct dirty *d;
 	unsigned seed;
 	_Atomic int *markers_left;
+	atomic_bool *clearer_started;
 	uint64_t cleared;
 	bool count_out_of_range; /* cmocka asserts only in the main thread */
 };
@@ -343,6 +345,9 @@ static void *mt_marker(void *arg)
 	uint64_t size = dirty_size(c->d);
 	int i;
 
+	/* Race the clearer, not an idle bitmap. */
+	while (!atomic_load(c->clearer_started))
+		;
 	for (i = 0; i < MT_ITERS; i++) {
 		uint64_t off = (uint64_t)rand_r(&c->seed) % size;
 		uint64_t len = (uint64_t)rand_r(&c->seed) % (200 * 512);
@@ -356,10 +361,16 @@ static void *mt_marker(void *arg)
 static void *mt_clearer(void *arg)
 {
 	struct mt_ctx *c = arg;
+	bool last = false;
 
-	while (*c->markers_left > 0) {
+	atomic_store(c->clearer_started, true);
+	/* Scan while markers run, then once more after they are done, so
+	 * there is always something to clear however the threads were
+	 * scheduled. */
+	while (!last) {
 		int64_t i;
 
+		last = *c->markers_left == 0;
 		for (i = dirty_next(c->d, 0); i >= 0; i = dirty_next(c->d, (uint64_t)i + 1))
 			c->cleared += dirty_test_and_clear(c->d, (uint64_t)i);
 		/* Readers may run at any time; the value must stay in range. */
@@ -373,14 +384,17 @@ static void test_threads(void **state)
 {
 	struct dirty *d = new_or_fail(4096 * 512 + 300, 512);
 	_Atomic int left = MT_MARKERS;
+	atomic_bool started = false;
 	struct mt_ctx ctx[MT_MARKERS + 1];
 	pthread_t th[MT_MARKERS + 1];
 	int i;
 
 	(void)state;
 	for (i = 0; i <= MT_MARKERS; i++)
-		ctx[i] =
-		    (struct mt_ctx){ .d = d, .seed = 1000u + (unsigned)i, .markers_left = &left };
+		ctx[i] = (struct mt_ctx){ .d = d,
+					  .seed = 1000u + (unsigned)i,
+					  .markers_left = &left,
+					  .clearer_started = &started };
 	assert_int_equal(pthread_create(&th[MT_MARKERS], NULL, mt_clearer, &ctx[MT_MARKERS]), 0);
 	for (i = 0; i < MT_MARKERS; i++)
 		assert_int_equal(pthread_create(&th[i], NULL, mt_marker, &ctx[i]), 0);
