@@ -309,6 +309,22 @@ static int read_blocks(struct dst *d)
 
 /* ---- completion ------------------------------------------------------------- */
 
+/* The migration is complete: the images may be served as such now. */
+static int clear_marks(struct dst *d)
+{
+	for (unsigned i = 0; i < d->ndev; i++) {
+		int r;
+
+		if (!d->dev[i].marked)
+			continue;
+		r = mark_clear(d->dev[i].path);
+		if (r < 0)
+			return r;
+		d->dev[i].marked = false;
+	}
+	return 0;
+}
+
 /* Read the framed message after the ACK: COMMIT, or ABORT. */
 static int await_commit(struct dst *d)
 {
@@ -383,15 +399,7 @@ static int complete(struct dst *d, uint32_t len)
 	r = await_commit(d);
 	if (r < 0)
 		return r;
-	for (unsigned i = 0; i < d->ndev; i++) {
-		if (!d->dev[i].marked)
-			continue;
-		r = mark_clear(d->dev[i].path);
-		if (r < 0)
-			return r;
-		d->dev[i].marked = false;
-	}
-	return 0;
+	return clear_marks(d);
 }
 
 static int run(struct dst *d)
@@ -648,15 +656,7 @@ static int run_qemu(struct dst *d)
 				left -= MIN(left, (uint32_t)sizeof(buf));
 		}
 	}
-	for (unsigned i = 0; i < d->ndev; i++) {
-		if (!d->dev[i].marked)
-			continue;
-		r = mark_clear(d->dev[i].path);
-		if (r < 0)
-			return r;
-		d->dev[i].marked = false;
-	}
-	return 0;
+	return clear_marks(d);
 }
 
 int dst_run(const struct dst_params *p, struct xport *x, const atomic_bool *cancel,
