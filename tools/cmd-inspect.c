@@ -46,6 +46,8 @@ struct walk {
 	struct totals dev[64];
 	unsigned ndev;
 	uint64_t progress, eos;
+	bool native;	 /* WRITE records may appear */
+	uint64_t writes; /* WRITE records (mirrored client writes) */
 };
 
 static struct totals *totals_for(struct walk *w, const char *name)
@@ -88,6 +90,17 @@ static int walk_records(struct walk *w)
 			w->progress = rec.percent;
 			if (!w->quiet)
 				printf("    %10zu  PROGRESS %" PRIu64 "%%\n", w->off, rec.percent);
+			break;
+		case WIRE_REC_WRITE:
+			if (!w->native)
+				return err_set(
+				    EBADMSG, "offset %zu: a WRITE record in a QEMU stream", w->off);
+			w->writes++;
+			if (!w->quiet)
+				printf("    %10zu  %-8s write %" PRIu64 " at %12" PRIu64
+				       " length %u  %s\n",
+				       w->off, rec.name, rec.seq, rec.offset, rec.length,
+				       rec.op == WIRE_WRITE_ZERO ? "zero" : "data");
 			break;
 		case WIRE_REC_DATA:
 		case WIRE_REC_ZERO:
@@ -319,13 +332,15 @@ int cmd_inspect(int argc, char **argv)
 	if (get_be32(w.p) == SAVEVM_MAGIC)
 		r = walk_qemu(&w);
 	else if (get_be64(w.p) == NATIVE_MAGIC)
-		r = walk_native(&w);
+		w.native = true, r = walk_native(&w);
 	else
 		r = err_set(EBADMSG, "neither a blkmig native stream nor a QEMU migration stream");
 	printf("totals:\n");
 	for (unsigned i = 0; i < w.ndev; i++)
 		printf("  %s: %" PRIu64 " data records, %" PRIu64 " zero records\n", w.dev[i].name,
 		       w.dev[i].data, w.dev[i].zero);
+	if (w.writes)
+		printf("  %" PRIu64 " mirrored writes\n", w.writes);
 	printf("  %" PRIu64 " EOS, last progress %" PRIu64 "%%, %zu of %zu bytes decoded\n", w.eos,
 	       w.progress, w.off, w.len);
 	munmap(map, w.len);

@@ -144,4 +144,30 @@ void track_fence(struct blk *track, int err);
 /* Writes completed through this layer since it was opened. */
 uint64_t track_writes(struct blk *track);
 
+/*
+ * Write mirroring (active migration).  While a mirror is set, the layer
+ * serialises its write-type ops (the lower op and submit() run under one
+ * lock, so the destination sees overlapping writes in the order they
+ * reached the backend) and, after the lower op succeeded, offers each to
+ * submit():
+ *   1: sent; *ticket identifies it.  The layer then calls wait(ticket)
+ *      outside the lock, before answering the writer; if that fails the
+ *      range is marked dirty instead (the migration is failing anyway).
+ *   0: not sent (the range has not been copied yet, or is being copied):
+ *      the layer marks the range dirty, as without a mirror.
+ * op is TRACK_OP_WRITE (buf holds len bytes) or TRACK_OP_ZERO (write
+ * zeroes or trim: the destination makes the range read as zeros).
+ */
+enum track_op { TRACK_OP_WRITE, TRACK_OP_ZERO };
+
+struct track_mirror {
+	int (*submit)(void *opaque, enum track_op op, const void *buf, uint64_t off, uint64_t len,
+		      uint64_t *ticket);
+	int (*wait)(void *opaque, uint64_t ticket);
+};
+
+/* Set (or with NULL clear) the mirror; like track_set_dirty() it waits for
+ * in-flight writes to drain first. */
+void track_set_mirror(struct blk *track, const struct track_mirror *m, void *opaque);
+
 #endif

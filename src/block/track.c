@@ -43,8 +43,11 @@ struct track_blk {
 	bool swapping; /* track_set_dirty() is waiting for in-flight ops */
 	int fence_err; /* 0, or the positive errno every write now fails with */
 	unsigned inflight;
-	struct dirty *dirty; /* not owned; NULL = not tracking */
-	uint64_t writes;     /* write/zero/trim ops that reached the lower layer */
+	struct dirty *dirty;		   /* not owned; NULL = not tracking */
+	const struct track_mirror *mirror; /* NULL = not mirroring */
+	void *mirror_opaque;
+	pthread_mutex_t order; /* held across lower op + submit while mirroring */
+	uint64_t writes;       /* write/zero/trim ops that reached the lower layer */
 };
 
 static const struct blk_ops track_ops;
@@ -55,12 +58,20 @@ static struct track_blk *to_track(struct blk *b)
 	return (struct track_blk *)b;
 }
 
+/* What a write-type op took from the gate. */
+struct gate_pass {
+	struct dirty *dirty;
+	const struct track_mirror *mirror;
+	void *mirror_opaque;
+};
+
 /*
- * Pass the gate: 0 with *d set to the bitmap to mark (maybe NULL), or the
- * fence error.  Blocks while paused or swapping.
+ * Pass the gate: 0 with *g set to the bitmap to mark and the mirror to
+ * offer the op to (each maybe NULL), or the fence error.  Blocks while
+ * paused or swapping.
  */
 static int gate_enter(struct track_blk *t, const char *what, uint64_t off, uint64_t len,
-		      struct dirty **d)
+		      struct gate_pass *g)
 {
 	int err;
 
@@ -70,7 +81,9 @@ static int gate_enter(struct track_blk *t, const char *what, uint64_t off, uint6
 	err = t->fence_err;
 	if (!err) {
 		t->inflight++;
-		*d = t->dirty;
+		g->dirty = t->dirty;
+		g->mirror = t->mirror;
+		g->mirror_opaque = t->mirror_opaque;
 	}
 	pthread_mutex_unlock(&t->lock);
 	if (err)
@@ -105,63 +118,80 @@ static int track_pread(struct blk *b, void *buf, size_t len, uint64_t off)
 	return blk_pread(b->lower, buf, len, off);
 }
 
-static int track_pwrite(struct blk *b, const void *buf, size_t len, uint64_t off)
-{
-	struct track_blk *t = to_track(b);
-	struct dirty *d;
-	int r;
+enum wop { WOP_WRITE, WOP_ZERO, WOP_TRIM };
 
-	r = gate_enter(t, "write", off, len, &d);
+static int lower_op(struct blk *lower, enum wop w, const void *buf, uint64_t off, uint64_t len,
+		    unsigned flags)
+{
+	switch (w) {
+	case WOP_WRITE:
+		return blk_pwrite(lower, buf, (size_t)len, off);
+	case WOP_ZERO:
+		return blk_zero(lower, off, len, flags);
+	case WOP_TRIM:
+		return blk_trim(lower, off, len);
+	}
+	return -EINVAL;
+}
+
+/*
+ * Every write-type op that changes data: through the gate, down, then
+ * either mirrored (and waited for) or marked dirty.  The range is marked
+ * even when the lower op failed: part of it may have changed.
+ */
+static int tracked_op(struct blk *b, enum wop w, const void *buf, uint64_t off, uint64_t len,
+		      unsigned flags)
+{
+	static const char *const what[] = { "write", "zero", "trim" };
+	struct track_blk *t = to_track(b);
+	struct gate_pass g;
+	uint64_t ticket = 0;
+	int r, sent = 0;
+
+	r = gate_enter(t, what[w], off, len, &g);
 	if (r < 0)
 		return r;
-	r = blk_pwrite(b->lower, buf, len, off);
-	/* Even on failure: part of the range may have changed. */
-	if (d)
-		dirty_mark(d, off, len);
+	if (g.mirror)
+		pthread_mutex_lock(&t->order);
+	r = lower_op(b->lower, w, buf, off, len, flags);
+	if (g.mirror && r == 0)
+		sent = g.mirror->submit(g.mirror_opaque,
+					w == WOP_WRITE ? TRACK_OP_WRITE : TRACK_OP_ZERO, buf, off,
+					len, &ticket);
+	if (sent <= 0 && g.dirty)
+		dirty_mark(g.dirty, off, len);
+	if (g.mirror)
+		pthread_mutex_unlock(&t->order);
+	/* The writer hears back only once the destination has the data. */
+	if (sent > 0 && g.mirror->wait(g.mirror_opaque, ticket) < 0 && g.dirty)
+		dirty_mark(g.dirty, off, len);
 	gate_leave(t, true);
 	return r;
+}
+
+static int track_pwrite(struct blk *b, const void *buf, size_t len, uint64_t off)
+{
+	return tracked_op(b, WOP_WRITE, buf, off, len, 0);
 }
 
 static int track_zero(struct blk *b, uint64_t off, uint64_t len, unsigned flags)
 {
-	struct track_blk *t = to_track(b);
-	struct dirty *d;
-	int r;
-
-	r = gate_enter(t, "zero", off, len, &d);
-	if (r < 0)
-		return r;
-	r = blk_zero(b->lower, off, len, flags);
-	if (d)
-		dirty_mark(d, off, len);
-	gate_leave(t, true);
-	return r;
+	return tracked_op(b, WOP_ZERO, NULL, off, len, flags);
 }
 
 static int track_trim(struct blk *b, uint64_t off, uint64_t len)
 {
-	struct track_blk *t = to_track(b);
-	struct dirty *d;
-	int r;
-
-	r = gate_enter(t, "trim", off, len, &d);
-	if (r < 0)
-		return r;
-	r = blk_trim(b->lower, off, len);
-	if (d)
-		dirty_mark(d, off, len);
-	gate_leave(t, true);
-	return r;
+	return tracked_op(b, WOP_TRIM, NULL, off, len, 0);
 }
 
 /* Held and fenced like a write (it orders writes), but marks nothing. */
 static int track_flush(struct blk *b)
 {
 	struct track_blk *t = to_track(b);
-	struct dirty *d;
+	struct gate_pass g;
 	int r;
 
-	r = gate_enter(t, "flush", 0, 0, &d);
+	r = gate_enter(t, "flush", 0, 0, &g);
 	if (r < 0)
 		return r;
 	r = blk_flush(b->lower);
@@ -183,6 +213,7 @@ static void track_close(struct blk *b)
 	assert(t->inflight == 0);
 	pthread_cond_destroy(&t->idle);
 	pthread_cond_destroy(&t->gate);
+	pthread_mutex_destroy(&t->order);
 	pthread_mutex_destroy(&t->lock);
 	free(t);
 }
@@ -214,6 +245,12 @@ int blk_track_open(struct blk *lower, struct blk **out)
 		r = err_set(r, "track: pthread_cond_init: %s", strerror(r));
 		goto err_destroy_gate;
 	}
+	r = pthread_mutex_init(&t->order, NULL);
+	if (r) {
+		pthread_cond_destroy(&t->idle);
+		r = err_set(r, "track: pthread_mutex_init: %s", strerror(r));
+		goto err_destroy_gate;
+	}
 	t->blk.ops = &track_ops;
 	t->blk.lower = lower;
 	t->blk.size = lower->size;
@@ -230,20 +267,40 @@ err_free_t:
 	return r;
 }
 
-/* Blocks until in-flight writes drain; new writes wait meanwhile. */
-void track_set_dirty(struct blk *track, struct dirty *d)
+/* Close the gate, wait for in-flight writes to drain, swap, reopen. */
+static void swap_locked(struct track_blk *t, bool set_dirty, struct dirty *d,
+			const struct track_mirror *m, void *opaque)
 {
-	struct track_blk *t = to_track(track);
-
-	pthread_mutex_lock(&t->lock);
 	/* One swap at a time: another caller may be draining already. */
 	while (t->swapping)
 		pthread_cond_wait(&t->gate, &t->lock);
 	t->swapping = true;
 	wait_idle_locked(t);
-	t->dirty = d;
+	if (set_dirty) {
+		t->dirty = d;
+	} else {
+		t->mirror = m;
+		t->mirror_opaque = opaque;
+	}
 	t->swapping = false;
 	pthread_cond_broadcast(&t->gate);
+}
+
+void track_set_dirty(struct blk *track, struct dirty *d)
+{
+	struct track_blk *t = to_track(track);
+
+	pthread_mutex_lock(&t->lock);
+	swap_locked(t, true, d, NULL, NULL);
+	pthread_mutex_unlock(&t->lock);
+}
+
+void track_set_mirror(struct blk *track, const struct track_mirror *m, void *opaque)
+{
+	struct track_blk *t = to_track(track);
+
+	pthread_mutex_lock(&t->lock);
+	swap_locked(t, false, NULL, m, opaque);
 	pthread_mutex_unlock(&t->lock);
 }
 

@@ -48,6 +48,8 @@ struct dst {
 	size_t rec_cap;
 	uint8_t body[NATIVE_MSG_MAX];
 	uint64_t stream_off; /* bytes of the stream consumed, for messages */
+	uint64_t wseq;	     /* the last WRITE record applied */
+	uint8_t *scratch;    /* a chunk, for WRITE records' digests */
 	struct mig_stats st;
 };
 
@@ -152,7 +154,8 @@ static int open_devices(struct dst *d)
 				       d->p->expect[i], h->dev[0].name, h->ndev > 1 ? ", ..." : "");
 	d->rec_cap = WIRE_REC_HDR_MAX + h->chunk_size;
 	d->rec = aligned_alloc(4096, div_round_up(d->rec_cap, 4096) * 4096);
-	if (!d->rec)
+	d->scratch = aligned_alloc(4096, h->chunk_size);
+	if (!d->rec || !d->scratch)
 		return err_set(ENOMEM, "no memory for a %u-byte chunk buffer", h->chunk_size);
 	return 0;
 }
@@ -210,6 +213,68 @@ static int apply(struct dst *d, const struct wire_record *rec, uint64_t rec_off)
 		d->st.dev[dev - d->dev].zero_chunks++;
 	else
 		d->st.dev[dev - d->dev].data_chunks++;
+	return 0;
+}
+
+/*
+ * A client write the source mirrored (active mode): validated like a
+ * chunk, applied in sequence, its chunks' digests taken again from what the
+ * image now holds, then acknowledged at once: the writer on the source is
+ * waiting for this WACK.
+ */
+static int apply_write(struct dst *d, const struct wire_record *rec, uint64_t rec_off)
+{
+	uint32_t cs = d->hello.chunk_size;
+	struct dst_dev *dev = find_dev(d, rec->name);
+	uint8_t buf[NATIVE_FRAME_HDR + 8];
+	uint64_t end;
+	int r;
+
+	if (d->p->qemu || !(d->hello.caps & NATIVE_CAP_MIRROR))
+		return err_set(EBADMSG,
+			       "record at stream offset %llu: a WRITE record, which this stream "
+			       "did not announce",
+			       (unsigned long long)rec_off);
+	if (!dev)
+		return err_set(ENOENT, "record at stream offset %llu: unknown device '%s'",
+			       (unsigned long long)rec_off, rec->name);
+	if (ckd_add_u64(&end, rec->offset, rec->length) || end > dev->size)
+		return err_set(ERANGE,
+			       "record at stream offset %llu: write of %u bytes at offset %llu "
+			       "beyond device %s (size %llu bytes)",
+			       (unsigned long long)rec_off, rec->length,
+			       (unsigned long long)rec->offset, dev->name,
+			       (unsigned long long)dev->size);
+	if (rec->seq != d->wseq + 1)
+		return err_set(EBADMSG,
+			       "record at stream offset %llu: write %llu out of sequence "
+			       "(expected %llu)",
+			       (unsigned long long)rec_off, (unsigned long long)rec->seq,
+			       (unsigned long long)d->wseq + 1);
+	if (rec->op == WIRE_WRITE_ZERO)
+		r = blk_zero(dev->blk, rec->offset, rec->length, BLK_ZERO_MAY_TRIM);
+	else
+		r = blk_pwrite(dev->blk, rec->data, rec->length, rec->offset);
+	if (r < 0)
+		return err_prefix(-r, "mirrored write to %s at offset %llu: ", dev->name,
+				  (unsigned long long)rec->offset);
+	d->wseq = rec->seq;
+	r = send_frame(d, native_wack_encode(buf, sizeof(buf), rec->seq), buf);
+	if (r < 0)
+		return err_prefix(-r, "acknowledging a write: ");
+	/* After the answer, so the writer does not wait for it: the digest
+	 * of each chunk touched, read from the image (a read-back too). */
+	for (uint64_t c = rec->offset / cs; c <= (end - 1) / cs; c++) {
+		size_t len = digest_chunk_len(dev->dig, c);
+
+		r = blk_pread(dev->blk, d->scratch, len, c * cs);
+		if (r < 0)
+			return err_prefix(-r, "read back %s at offset %llu: ", dev->name,
+					  (unsigned long long)(c * cs));
+		digest_set(dev->dig, c, digest_hash(d->scratch, len));
+	}
+	d->st.mirror_writes++;
+	d->st.mirror_bytes += rec->length;
 	return 0;
 }
 
@@ -300,6 +365,11 @@ static int read_blocks(struct dst *d)
 		case WIRE_REC_DATA:
 		case WIRE_REC_ZERO:
 			r = apply(d, &rec, rec_off);
+			if (r < 0)
+				return r;
+			break;
+		case WIRE_REC_WRITE:
+			r = apply_write(d, &rec, rec_off);
 			if (r < 0)
 				return r;
 			break;
@@ -697,6 +767,7 @@ int dst_run(const struct dst_params *p, struct xport *x, const atomic_bool *canc
 	if (st)
 		*st = d->st;
 	free(d->rec);
+	free(d->scratch);
 	free(d);
 	return r;
 }

@@ -45,6 +45,24 @@ enum mig_state {
 
 const char *mig_state_name(enum mig_state s);
 
+/*
+ * How the source keeps up with writes made during the migration.
+ *  DIRTY:  passes over the dirty bitmap until what is left fits in the
+ *          downtime (QEMU's block migration).  Under writes faster than
+ *          the link it never gets there; it says so (converging false)
+ *          and keeps trying rather than pausing the writers for longer.
+ *  ACTIVE: once a chunk has been copied, every write to it is sent to the
+ *          destination as part of the write and acknowledged to the writer
+ *          only when the destination has applied it (write-blocking
+ *          mirror), so the dirty set cannot grow.  Native format only.
+ *  AUTO:   DIRTY until passes stop shrinking the dirty set, then ACTIVE.
+ */
+enum mig_mode { MIG_MODE_AUTO, MIG_MODE_DIRTY, MIG_MODE_ACTIVE };
+
+const char *mig_mode_name(enum mig_mode m);
+/* "auto", "dirty", "active" -> 0 and *out; -EINVAL otherwise. */
+int mig_mode_parse(const char *s, enum mig_mode *out);
+
 struct mig_dev_stats {
 	char name[WIRE_NAME_MAX + 1];
 	uint64_t size;
@@ -67,6 +85,16 @@ struct mig_stats {
 	uint64_t expected_downtime_ns;
 	uint64_t downtime_ns; /* writers paused, FINAL until ACK handled */
 	uint64_t setup_ns, total_ns;
+	enum mig_mode mode;	/* as asked for */
+	bool active;		/* writes are mirrored now */
+	bool converging;	/* the dirty set is expected to fit the downtime */
+	uint64_t active_since;	/* iterations finished when mirroring began */
+	uint64_t mirror_writes; /* client writes sent as WRITE records */
+	uint64_t mirror_bytes;	/* their bytes */
+	uint64_t switchovers;	/* final passes begun (more than 1: some gave up) */
+	uint64_t max_pause_ns;	/* the longest pause of the writers, any attempt */
+	char mode_reason[160];	/* why mirroring began */
+	uint32_t chunk_size;
 	unsigned ndev;
 	struct mig_dev_stats dev[NATIVE_MAX_DEVICES];
 };
@@ -78,6 +106,7 @@ struct src_params {
 	uint64_t max_downtime_ns; /* switch-over threshold, default 300 ms */
 	uint32_t chunk_size;	  /* default 1 MiB */
 	unsigned readers;	  /* reads in flight, default 4 */
+	enum mig_mode mode;	  /* default AUTO (DIRTY with the QEMU format) */
 	bool shared_base;
 	bool zero_blocks;
 	/*
@@ -122,6 +151,13 @@ int src_run(struct src_job *j, struct xport *x);
 void src_cancel(struct src_job *j);
 /* May be called from any thread. */
 void src_set_max_bandwidth(struct src_job *j, uint64_t bytes_per_sec);
+/*
+ * Change the mode while running: ACTIVE begins mirroring at the next pass
+ * boundary, AUTO lets the engine decide; a job that mirrors already keeps
+ * mirroring (its dirty set is what it is because of it).  -EINVAL for
+ * ACTIVE or AUTO with the QEMU format.
+ */
+int src_set_mode(struct src_job *j, enum mig_mode m);
 void src_stats(struct src_job *j, struct mig_stats *out);
 
 /* ---- destination -------------------------------------------------------- */

@@ -10,6 +10,24 @@
  * engine thread encodes and sends them in completion order.  Each pass
  * drains completely before the next starts, so the last copy of a chunk the
  * destination receives is the last one read here.
+ *
+ * Native format: a return-path thread reads everything the destination
+ * says (SYNCED, ACK, ERROR, WACK) and hands it over, so the destination is
+ * heard while the engine is busy sending.
+ *
+ * Active mode: the devices' tracking layers offer every write to
+ * mirror_submit().  A write whose chunks have all been copied, are not
+ * being copied and are not dirty is sent as a WRITE record by the writer's
+ * own thread and the writer waits for its WACK; any other write is marked
+ * dirty as usual.  One ticket lock ("send lock") orders every sender on
+ * the transport in arrival order, so the background copy gets its turn
+ * between mirrored writes and keeps making progress.  Why the order is
+ * safe: a chunk being copied is "busy" from the moment a reader claims it
+ * until its record is on the wire, and writes to a busy chunk are not
+ * mirrored but marked dirty; a write is mirrored only after it reached the
+ * backend, under the device's write order, so any later read of that chunk
+ * sees it.  The digest of a mirrored chunk is taken again from the backend
+ * right after the write, under the same order.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -48,13 +66,18 @@ struct result {
 	uint64_t hash;
 };
 
+struct src_job;
+
 struct src_dev {
+	struct src_job *job;
 	const char *name;
 	struct blk *blk;
 	uint64_t size;
 	uint64_t nchunks;
 	struct dirty *dirty;
+	struct dirty *busy; /* chunks claimed and not yet on the wire (job lock) */
 	struct digest_table *dig;
+	uint8_t *scratch; /* a chunk, for mirrored writes' digests (write order) */
 };
 
 struct src_job {
@@ -96,6 +119,36 @@ struct src_job {
 	unsigned nthreads;
 	pthread_t *threads;
 	bool paused;
+	bool bulk_done;		/* the bulk pass has been sent whole (lock) */
+	uint64_t pass_deadline; /* now_ns() at which to cut the pass short, 0 never */
+	bool truncated;		/* the last pass was cut short */
+
+	/* Senders on the transport take turns (a ticket lock). */
+	pthread_mutex_t send_mu;
+	pthread_cond_t send_cond;
+	uint64_t send_next, send_serving;
+	uint64_t wseq; /* the last WRITE sequence number sent (send lock) */
+
+	/* The return path (native): the thread and what it received. */
+	pthread_mutex_t rp_mu;
+	pthread_cond_t rp_cond; /* a reply, a WACK, an error or the end */
+	pthread_t rp_thread;
+	bool rp_running, rp_quit;
+	bool rp_have;	   /* a SYNCED or ACK waits for the engine */
+	uint8_t rp_type;   /* its type */
+	uint64_t rp_value; /* SYNCED's count */
+	int rp_err;	   /* the destination's ERROR or a read failure */
+	char rp_msg[1024];
+	uint64_t wacked;    /* WACK: writes up to here are applied there */
+	uint64_t wseq_sent; /* the last WRITE put on the wire, as rp_mu sees it */
+	bool mirror_stop;   /* the migration is over: waiting writers give up */
+
+	/* Mode (engine thread, except 'want_mode'). */
+	_Atomic int want_mode; /* enum mig_mode, as asked for (src_set_mode) */
+	bool auto_active;      /* AUTO decided to mirror */
+	bool mirroring;	       /* the tracking layers have the mirror */
+	unsigned stalls;       /* dirty passes in a row that did not shrink the set */
+	char stall_reason[160];
 	bool in_blocks;		       /* a BLOCKS message is open on the wire (no EOS yet) */
 	bool final_pass;	       /* QEMU: this pass is the END section */
 	uint64_t passes_sent;	       /* BLOCKS messages completed on the wire */
@@ -162,7 +215,8 @@ static void set_state(struct src_job *j, enum mig_state s)
 
 /*
  * Claim the next chunk of the current pass and clear its dirty bit (before
- * the read is issued: DESIGN.md rule 1).  false when the pass has no more.
+ * the read is issued: DESIGN.md rule 1); it is busy until its record is on
+ * the wire.  false when the pass has no more.
  */
 static bool next_task_locked(struct src_job *j, unsigned *dev, uint64_t *chunk)
 {
@@ -176,6 +230,7 @@ static bool next_task_locked(struct src_job *j, unsigned *dev, uint64_t *chunk)
 				/* Whatever was written before this read is
 				 * carried by it; do not send it twice. */
 				dirty_test_and_clear(d->dirty, *chunk);
+				dirty_mark(d->busy, *chunk * j->p.chunk_size, 1);
 				return true;
 			}
 		} else {
@@ -186,6 +241,7 @@ static bool next_task_locked(struct src_job *j, unsigned *dev, uint64_t *chunk)
 				if (dirty_test_and_clear(d->dirty, (uint64_t)next)) {
 					*dev = j->cur_dev;
 					*chunk = (uint64_t)next;
+					dirty_mark(d->busy, *chunk * j->p.chunk_size, 1);
 					return true;
 				}
 				next = dirty_next(d->dirty, j->cur_chunk);
@@ -195,6 +251,24 @@ static bool next_task_locked(struct src_job *j, unsigned *dev, uint64_t *chunk)
 		j->cur_chunk = 0;
 	}
 	return false;
+}
+
+/*
+ * Whether the destination has chunk c of device di as it is now, but for
+ * writes still to come: copied by the bulk pass, not being copied, not
+ * dirty.  Only then may a write to it be mirrored.
+ */
+static bool copied_locked(struct src_job *j, unsigned di, uint64_t c)
+{
+	struct src_dev *d = &j->dev[di];
+
+	if (!j->bulk_done) {
+		if (j->pass != PASS_BULK || !j->pass_active)
+			return false;
+		if (di > j->cur_dev || (di == j->cur_dev && c >= j->cur_chunk))
+			return false;
+	}
+	return !dirty_test(d->busy, c) && !dirty_test(d->dirty, c);
 }
 
 static int read_chunk(struct src_job *j, struct result *res)
@@ -292,8 +366,19 @@ int src_new(const struct src_params *p, const struct src_device *devs, unsigned 
 		return err_set(EINVAL, "chunk size %u is not a power of two between %u and %u", cs,
 			       WIRE_MIN_CHUNK_SIZE, WIRE_MAX_CHUNK_SIZE);
 	}
+	if (j->p.qemu && j->p.mode == MIG_MODE_ACTIVE) {
+		free(j);
+		return err_set(EINVAL, "active mode needs the native format: a QEMU destination "
+				       "cannot acknowledge mirrored writes");
+	}
+	if (j->p.qemu)
+		j->p.mode = MIG_MODE_DIRTY; /* AUTO has nothing to switch to */
 	atomic_init(&j->cancel, false);
 	atomic_init(&j->rate, p->max_bandwidth);
+	atomic_init(&j->want_mode, (int)j->p.mode);
+	pthread_mutex_init(&j->send_mu, NULL);
+	pthread_cond_init(&j->send_cond, NULL);
+	pthread_mutex_init(&j->rp_mu, NULL);
 	pthread_mutex_init(&j->stats_lock, NULL);
 	pthread_mutex_init(&j->lock, NULL);
 	pthread_cond_init(&j->work_cond, NULL);
@@ -304,13 +389,18 @@ int src_new(const struct src_params *p, const struct src_device *devs, unsigned 
 		pthread_condattr_init(&ca);
 		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 		pthread_cond_init(&j->done_cond, &ca);
+		pthread_cond_init(&j->rp_cond, &ca);
 		pthread_condattr_destroy(&ca);
 	}
 	j->ndev = ndev;
 	j->stats.ndev = ndev;
+	j->stats.mode = j->p.mode;
+	j->stats.converging = true;
+	j->stats.chunk_size = j->p.chunk_size;
 	for (unsigned i = 0; i < ndev; i++) {
 		struct src_dev *d = &j->dev[i];
 
+		d->job = j;
 		d->name = devs[i].name;
 		d->blk = devs[i].blk;
 		d->size = blk_size(d->blk);
@@ -340,11 +430,16 @@ int src_new(const struct src_params *p, const struct src_device *devs, unsigned 
 		j->stats.dev[i].size = d->size;
 		j->stats.total += d->size;
 		d->dirty = dirty_new(d->size, j->p.chunk_size);
+		d->busy = dirty_new(d->size, j->p.chunk_size);
 		d->dig = digest_new(d->size, j->p.chunk_size);
-		if (!d->dirty || !d->dig) {
+		d->scratch = aligned_alloc(4096, j->p.chunk_size);
+		if (!d->dirty || !d->busy || !d->dig || !d->scratch) {
 			src_free(j);
 			return -ENOMEM;
 		}
+		/* Computed once here: mirrored writes' threads read them. */
+		digest_zero_hash(d->dig, 0);
+		digest_zero_hash(d->dig, d->nchunks - 1);
 	}
 	j->stats.remaining = j->stats.total;
 	*out = j;
@@ -369,7 +464,9 @@ void src_free(struct src_job *j)
 	stop_readers(j);
 	for (unsigned i = 0; i < j->ndev; i++) {
 		dirty_free(j->dev[i].dirty);
+		dirty_free(j->dev[i].busy);
 		digest_free(j->dev[i].dig);
+		free(j->dev[i].scratch);
 	}
 	for (unsigned i = 0; i < j->nbufs; i++)
 		free(j->bufs[i]);
@@ -380,7 +477,11 @@ void src_free(struct src_job *j)
 	free(j->zero_buf);
 	pthread_cond_destroy(&j->work_cond);
 	pthread_cond_destroy(&j->done_cond);
+	pthread_cond_destroy(&j->rp_cond);
+	pthread_cond_destroy(&j->send_cond);
 	pthread_mutex_destroy(&j->lock);
+	pthread_mutex_destroy(&j->rp_mu);
+	pthread_mutex_destroy(&j->send_mu);
 	pthread_mutex_destroy(&j->stats_lock);
 	free(j);
 }
@@ -450,65 +551,425 @@ static int peer_error(const uint8_t *body, uint32_t len)
 	return err_set(e.err ? (int)e.err : EIO, "destination failed: %s", e.reason);
 }
 
-/*
- * Wait for the destination's answer of type 'want' (or its ERROR, which
- * becomes our error).  The body stays in j->reply, len in *len.
- */
-static int await_reply(struct src_job *j, uint8_t want, const char *what, uint32_t *len)
+/* Read READY directly: the return path starts only after the handshake. */
+static int await_ready(struct src_job *j, uint32_t *len)
 {
 	uint8_t type;
-	int r = engine_read_frame(j->x, NATIVE_ALLOW(want) | NATIVE_ALLOW(NATIVE_MSG_ERROR), &type,
-				  j->reply, len);
+	int r =
+	    engine_read_frame(j->x, NATIVE_ALLOW(NATIVE_MSG_READY) | NATIVE_ALLOW(NATIVE_MSG_ERROR),
+			      &type, j->reply, len);
 
 	if (r < 0)
-		return err_prefix(-r, "waiting for the destination %s: ", what);
+		return err_prefix(-r, "waiting for the destination to accept the handshake: ");
 	if (type == NATIVE_MSG_ERROR)
 		return peer_error(j->reply, *len);
 	return 0;
 }
 
-/*
- * The destination only speaks unprompted to report a failure.  If it has
- * said something, read it and fail with its reason.
- */
-static int check_peer(struct src_job *j, uint64_t allowed)
-{
-	uint8_t type;
-	uint32_t len;
-	int r = xport_readable(j->x, 0);
+/* ---- the return path ------------------------------------------------------------ */
 
-	if (r <= 0)
-		return r;
-	r = engine_read_frame(j->x, allowed | NATIVE_ALLOW(NATIVE_MSG_ERROR), &type, j->reply,
-			      &len);
-	if (r < 0)
-		return err_prefix(-r, "destination: ");
-	if (type == NATIVE_MSG_ERROR)
-		return peer_error(j->reply, len);
-	return 1;
+/* Record the first failure heard (or of hearing) and wake every waiter. */
+static void rp_fail(struct src_job *j, int r)
+{
+	pthread_mutex_lock(&j->rp_mu);
+	if (!j->rp_err) {
+		j->rp_err = r;
+		snprintf(j->rp_msg, sizeof(j->rp_msg), "%s", err_msg());
+	}
+	pthread_cond_broadcast(&j->rp_cond);
+	pthread_mutex_unlock(&j->rp_mu);
+}
+
+static void *rp_main(void *arg)
+{
+	static const uint64_t allowed =
+	    NATIVE_ALLOW(NATIVE_MSG_SYNCED) | NATIVE_ALLOW(NATIVE_MSG_ACK) |
+	    NATIVE_ALLOW(NATIVE_MSG_WACK) | NATIVE_ALLOW(NATIVE_MSG_ERROR);
+	struct src_job *j = arg;
+	uint8_t *body = malloc(NATIVE_MSG_MAX);
+
+	if (!body) {
+		rp_fail(j, err_set(ENOMEM, "no memory for the return path"));
+		return NULL;
+	}
+	for (;;) {
+		uint8_t type;
+		uint32_t len;
+		uint64_t v = 0;
+		bool quit;
+		int r;
+
+		pthread_mutex_lock(&j->rp_mu);
+		quit = j->rp_quit;
+		pthread_mutex_unlock(&j->rp_mu);
+		if (quit)
+			break;
+		/* Waiting in slices: the destination may say nothing for as
+		 * long as a pass takes, which is no failure. */
+		r = xport_readable(j->x, 100);
+		if (r == 0)
+			continue;
+		if (r > 0)
+			r = engine_read_frame(j->x, allowed, &type, body, &len);
+		if (r < 0) {
+			rp_fail(j, err_prefix(-r, "destination: "));
+			break;
+		}
+		if (type == NATIVE_MSG_ERROR) {
+			rp_fail(j, peer_error(body, len));
+			break;
+		}
+		if (type == NATIVE_MSG_SYNCED)
+			r = native_synced_decode(body, len, &v);
+		else if (type == NATIVE_MSG_WACK)
+			r = native_wack_decode(body, len, &v);
+		if (r < 0) {
+			rp_fail(j, err_prefix(-r, "destination: "));
+			break;
+		}
+		pthread_mutex_lock(&j->rp_mu);
+		if (type == NATIVE_MSG_WACK) {
+			if (v <= j->wacked || v > j->wseq_sent) {
+				pthread_mutex_unlock(&j->rp_mu);
+				rp_fail(j, err_set(EPROTO,
+						   "destination acknowledged write %llu; %llu were "
+						   "acknowledged and %llu sent",
+						   (unsigned long long)v,
+						   (unsigned long long)j->wacked,
+						   (unsigned long long)j->wseq_sent));
+				break;
+			}
+			j->wacked = v;
+		} else if (j->rp_have) {
+			pthread_mutex_unlock(&j->rp_mu);
+			rp_fail(j, err_set(EPROTO,
+					   "destination sent %s before the last answer "
+					   "was expected",
+					   native_msg_name(type)));
+			break;
+		} else {
+			j->rp_have = true;
+			j->rp_type = type;
+			j->rp_value = v;
+		}
+		pthread_cond_broadcast(&j->rp_cond);
+		pthread_mutex_unlock(&j->rp_mu);
+	}
+	free(body);
+	return NULL;
+}
+
+static int rp_start(struct src_job *j)
+{
+	int r = pthread_create(&j->rp_thread, NULL, rp_main, j);
+
+	if (r)
+		return err_set(r, "cannot start the return path thread: %s", strerror(r));
+	j->rp_running = true;
+	return 0;
+}
+
+static void rp_stop(struct src_job *j)
+{
+	if (!j->rp_running)
+		return;
+	pthread_mutex_lock(&j->rp_mu);
+	j->rp_quit = true;
+	pthread_mutex_unlock(&j->rp_mu);
+	pthread_join(j->rp_thread, NULL);
+	j->rp_running = false;
+}
+
+/* Wait up to ms for cond (called with rp_mu held); false on timeout. */
+static bool rp_wait_ms(struct src_job *j, unsigned ms)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	ts.tv_nsec += (long)ms * 1000000;
+	while (ts.tv_nsec >= 1000000000) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000;
+	}
+	return pthread_cond_timedwait(&j->rp_cond, &j->rp_mu, &ts) == 0;
+}
+
+/*
+ * Wait for the destination's answer of type 'want' (SYNCED or ACK; its
+ * ERROR becomes our error); *value receives SYNCED's count.
+ */
+static int await_reply(struct src_job *j, uint8_t want, const char *what, uint64_t *value)
+{
+	int timeout = xport_get_timeout(j->x);
+	uint64_t deadline = now_ns() + (uint64_t)(timeout > 0 ? timeout : 0) * 1000000u;
+	int r = 0;
+
+	pthread_mutex_lock(&j->rp_mu);
+	while (!j->rp_have && !j->rp_err) {
+		if (cancelled(j)) {
+			r = err_set(ECANCELED, "migration cancelled");
+			break;
+		}
+		if (timeout > 0 && now_ns() > deadline) {
+			r = err_set(ETIMEDOUT, "waiting for the destination %s: no answer in %d s",
+				    what, timeout / 1000);
+			break;
+		}
+		rp_wait_ms(j, 100);
+	}
+	if (r == 0 && !j->rp_have) {
+		r = j->rp_err;
+		err_copy_in(j->rp_msg);
+	} else if (r == 0) {
+		if (j->rp_type != want)
+			r = err_set(EPROTO, "waiting for the destination %s: it sent %s", what,
+				    native_msg_name(j->rp_type));
+		*value = j->rp_value;
+		j->rp_have = false;
+	}
+	pthread_mutex_unlock(&j->rp_mu);
+	return r;
+}
+
+/* The destination only speaks unprompted to fail: has it? */
+static int check_peer(struct src_job *j)
+{
+	int r = 0;
+
+	if (!j->rp_running)
+		return 0;
+	pthread_mutex_lock(&j->rp_mu);
+	if (j->rp_err) {
+		r = j->rp_err;
+		err_copy_in(j->rp_msg);
+	} else if (j->rp_have) {
+		r = err_set(EPROTO, "destination sent %s, which nothing asked for",
+			    native_msg_name(j->rp_type));
+	}
+	pthread_mutex_unlock(&j->rp_mu);
+	return r;
 }
 
 /*
  * A send failed: the destination may have closed after saying why (its
- * ERROR is then waiting in our receive buffer).  Prefer its reason.
+ * ERROR then reaches the return path within a moment).  Prefer its reason.
  */
 static int explain_send_failure(struct src_job *j, int r)
 {
-	char ours[1024];
-	int rr;
-
-	if (r != -EPIPE && r != -ECONNRESET)
+	if ((r != -EPIPE && r != -ECONNRESET) || !j->rp_running)
 		return r;
-	snprintf(ours, sizeof(ours), "%s", err_msg());
-	xport_set_cancel(j->x, NULL);
-	xport_set_timeout(j->x, 1000);
-	if (xport_readable(j->x, 1000) > 0) {
-		rr = check_peer(j, 0);
-		if (rr < 0 && strncmp(err_msg(), "destination failed:", 19) == 0)
-			return rr;
+	pthread_mutex_lock(&j->rp_mu);
+	for (int i = 0; i < 10 && !j->rp_err; i++)
+		rp_wait_ms(j, 100);
+	if (j->rp_err && strncmp(j->rp_msg, "destination failed:", 19) == 0) {
+		r = j->rp_err;
+		err_copy_in(j->rp_msg);
 	}
-	err_copy_in(ours);
+	pthread_mutex_unlock(&j->rp_mu);
 	return r;
+}
+
+/* ---- the send side -------------------------------------------------------------- */
+
+/* Senders (the engine, mirrored writes) take the transport in turn. */
+static void send_lock(struct src_job *j)
+{
+	uint64_t me;
+
+	pthread_mutex_lock(&j->send_mu);
+	me = j->send_next++;
+	while (j->send_serving != me)
+		pthread_cond_wait(&j->send_cond, &j->send_mu);
+	pthread_mutex_unlock(&j->send_mu);
+}
+
+static void send_unlock(struct src_job *j)
+{
+	pthread_mutex_lock(&j->send_mu);
+	j->send_serving++;
+	pthread_cond_broadcast(&j->send_cond);
+	pthread_mutex_unlock(&j->send_mu);
+}
+
+/* Open a BLOCKS message unless one is open (send lock held). */
+static int open_blocks_locked(struct src_job *j)
+{
+	uint8_t type = NATIVE_MSG_BLOCKS;
+	int r;
+
+	if (j->in_blocks)
+		return 0;
+	r = xport_write(j->x, &type, 1);
+	if (r == 0)
+		j->in_blocks = true;
+	return r;
+}
+
+/* ---- mirrored writes (active mode) ---------------------------------------------- */
+
+struct mirror_arg {
+	uint64_t bytes;
+};
+
+static void mirror_fn(struct mig_stats *st, void *arg)
+{
+	st->mirror_writes++;
+	st->mirror_bytes += ((struct mirror_arg *)arg)->bytes;
+}
+
+/* Take chunk c's digest again from the backend (the device's writes are
+ * serialised by the caller). */
+static int rehash_chunk(struct src_dev *d, uint64_t c)
+{
+	uint32_t cs = d->job->p.chunk_size;
+	size_t len = digest_chunk_len(d->dig, c);
+	int r;
+
+	if (blk_is_hole(d->blk, c * cs, len)) {
+		digest_set(d->dig, c, digest_zero_hash(d->dig, c));
+		return 0;
+	}
+	r = blk_pread(d->blk, d->scratch, len, c * cs);
+	if (r < 0)
+		return r;
+	digest_set(d->dig, c, digest_hash(d->scratch, len));
+	return 0;
+}
+
+/* track_mirror.submit: see backend.h and the top of this file. */
+static int mirror_submit(void *opaque, enum track_op op, const void *buf, uint64_t off,
+			 uint64_t len, uint64_t *ticket)
+{
+	struct src_dev *d = opaque;
+	struct src_job *j = d->job;
+	uint32_t cs = j->p.chunk_size;
+	uint64_t c0 = off / cs, c1 = (off + len - 1) / cs, done = 0;
+	unsigned di = (unsigned)(d - j->dev);
+	bool ok = len > 0;
+	int r = 0;
+
+	pthread_mutex_lock(&j->lock);
+	for (uint64_t c = c0; ok && c <= c1; c++)
+		ok = copied_locked(j, di, c);
+	pthread_mutex_unlock(&j->lock);
+	if (!ok)
+		return 0;
+	for (uint64_t c = c0; c <= c1; c++)
+		if (rehash_chunk(d, c) < 0)
+			return 0; /* marked dirty instead: resent and hashed then */
+
+	send_lock(j);
+	while (r == 0 && done < len) {
+		uint8_t hdr[WIRE_REC_HDR_MAX];
+		struct wire_record rec = {
+			.kind = WIRE_REC_WRITE,
+			.offset = off + done,
+			.length = (uint32_t)MIN(len - done, (uint64_t)cs),
+			.op = op == TRACK_OP_WRITE ? WIRE_WRITE_DATA : WIRE_WRITE_ZERO,
+			.seq = j->wseq + 1,
+		};
+		int n;
+
+		snprintf(rec.name, sizeof(rec.name), "%s", d->name);
+		n = wire_rec_encode_header(hdr, &rec);
+		r = n < 0 ? n : open_blocks_locked(j);
+		if (r < 0)
+			break;
+		/* Known to the return path before the destination can answer. */
+		pthread_mutex_lock(&j->rp_mu);
+		j->wseq_sent = ++j->wseq;
+		pthread_mutex_unlock(&j->rp_mu);
+		if (rec.op == WIRE_WRITE_DATA)
+			r = xport_write2(j->x, hdr, (size_t)n, (const uint8_t *)buf + done,
+					 rec.length);
+		else
+			r = xport_write(j->x, hdr, (size_t)n);
+		done += rec.length;
+	}
+	if (r == 0)
+		r = xport_flush(j->x);
+	*ticket = j->wseq;
+	send_unlock(j);
+	if (r < 0)
+		return 0; /* the transport's error is sticky: the migration fails */
+	stats_update(j, mirror_fn, &(struct mirror_arg){ .bytes = len });
+	return 1;
+}
+
+/* track_mirror.wait: until the destination applied it, or the end. */
+static int mirror_wait(void *opaque, uint64_t ticket)
+{
+	struct src_job *j = ((struct src_dev *)opaque)->job;
+	int r;
+
+	pthread_mutex_lock(&j->rp_mu);
+	while (j->wacked < ticket && !j->rp_err && !j->mirror_stop)
+		rp_wait_ms(j, 100);
+	r = j->wacked >= ticket ? 0 : -EIO;
+	pthread_mutex_unlock(&j->rp_mu);
+	return r;
+}
+
+static const struct track_mirror src_mirror = {
+	.submit = mirror_submit,
+	.wait = mirror_wait,
+};
+
+struct mode_arg {
+	bool active, converging;
+	uint64_t since;
+	const char *reason; /* why mirroring began, or NULL */
+};
+
+static void mode_fn(struct mig_stats *st, void *arg)
+{
+	struct mode_arg *m = arg;
+
+	st->active = m->active;
+	st->converging = m->converging;
+	st->active_since = m->since;
+	if (m->reason)
+		snprintf(st->mode_reason, sizeof(st->mode_reason), "%s", m->reason);
+}
+
+static void set_mirroring(struct src_job *j, bool on, const char *why)
+{
+	struct mode_arg m = { .active = on, .converging = true };
+	struct mig_stats st;
+
+	if (on == j->mirroring)
+		return;
+	for (unsigned i = 0; i < j->ndev; i++)
+		track_set_mirror(j->dev[i].blk, on ? &src_mirror : NULL, on ? &j->dev[i] : NULL);
+	j->mirroring = on;
+	m.reason = why;
+	src_stats(j, &st);
+	m.since = st.iterations;
+	m.converging = on || st.converging;
+	stats_update(j, mode_fn, &m);
+	report(j, true);
+}
+
+/* The migration is over: wake mirrored writes still waiting, then detach. */
+static void stop_mirroring(struct src_job *j)
+{
+	pthread_mutex_lock(&j->rp_mu);
+	j->mirror_stop = true;
+	pthread_cond_broadcast(&j->rp_cond);
+	pthread_mutex_unlock(&j->rp_mu);
+	for (unsigned i = 0; i < j->ndev; i++)
+		track_set_mirror(j->dev[i].blk, NULL, NULL);
+	j->mirroring = false;
+}
+
+int src_set_mode(struct src_job *j, enum mig_mode m)
+{
+	if (j->p.qemu && m != MIG_MODE_DIRTY)
+		return err_set(EINVAL, "mode %s needs the native format", mig_mode_name(m));
+	if (m == MIG_MODE_DIRTY && j->mirroring)
+		return err_set(EBUSY, "writes are mirrored already; the migration stays active");
+	atomic_store(&j->want_mode, (int)m);
+	return 0;
 }
 
 /* ---- the QEMU stream's envelope ------------------------------------------------ */
@@ -598,6 +1059,8 @@ static int send_hello(struct src_job *j)
 		h.caps |= NATIVE_CAP_ZERO_BLOCKS;
 	if (j->p.shared_base)
 		h.caps |= NATIVE_CAP_SHARED_BASE;
+	/* Always offered: the mode may change to active while running. */
+	h.caps |= NATIVE_CAP_MIRROR;
 	for (unsigned i = 0; i < j->ndev; i++) {
 		snprintf(h.dev[i].name, sizeof(h.dev[i].name), "%s", j->dev[i].name);
 		h.dev[i].size = j->dev[i].size;
@@ -610,7 +1073,7 @@ static int send_hello(struct src_job *j)
 		r = xport_flush(j->x);
 	if (r < 0)
 		return err_prefix(-r, "handshake: ");
-	r = await_reply(j, NATIVE_MSG_READY, "to accept the handshake", &len);
+	r = await_ready(j, &len);
 	if (r < 0)
 		return r;
 	r = native_ready_decode(j->reply, len, &version);
@@ -730,19 +1193,52 @@ static void pass_end_fn(struct mig_stats *st, void *arg)
 		st->iterations++;
 }
 
+/* Wait on done_cond until an event or at most 100 ms (or the deadline). */
+static void wait_done_locked(struct src_job *j)
+{
+	uint64_t until = now_ns() + 100 * 1000000ull;
+	struct timespec ts;
+
+	if (j->pass_deadline && j->pass_deadline < until)
+		until = j->pass_deadline;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	{
+		uint64_t now = now_ns(), wait = until > now ? until - now : 0;
+
+		ts.tv_sec += (time_t)(wait / 1000000000u);
+		ts.tv_nsec += (long)(wait % 1000000000u);
+		if (ts.tv_nsec >= 1000000000) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000;
+		}
+	}
+	pthread_cond_timedwait(&j->done_cond, &j->lock, &ts);
+}
+
 /*
  * Run one pass as one BLOCKS message: readers feed chunks, this thread
- * sends them, then EOS.  On return the pipeline is empty.
+ * sends them, then EOS.  On return the pipeline is empty.  With a
+ * pass_deadline, the pass stops claiming chunks when it passes: what was
+ * read is sent, the rest stays dirty, and j->truncated says so.
  */
 static int run_pass(struct src_job *j, enum pass_kind kind)
 {
 	uint8_t hdr[WIRE_REC_HDR_MAX];
-	uint8_t type = NATIVE_MSG_BLOCKS;
 	unsigned pct = ~0u, since_check = 0;
-	int r = j->p.qemu ? qemu_put_section(j, j->final_pass ? SAVEVM_END : SAVEVM_PART)
-			  : xport_write(j->x, &type, 1);
+	uint64_t sent = 0;
+	bool deadline_hit = false;
+	int r;
 
-	j->in_blocks = r == 0;
+	send_lock(j);
+	if (j->p.qemu) {
+		r = qemu_put_section(j, j->final_pass ? SAVEVM_END : SAVEVM_PART);
+		j->in_blocks = r == 0;
+	} else {
+		/* A mirrored write may have opened it already. */
+		r = open_blocks_locked(j);
+	}
+	send_unlock(j);
+	j->truncated = false;
 	pthread_mutex_lock(&j->lock);
 	j->pass = kind;
 	j->cur_dev = 0;
@@ -756,15 +1252,16 @@ static int run_pass(struct src_job *j, enum pass_kind kind)
 
 		while (j->qlen == 0 && !(j->pass_exhausted && j->busy == 0) && !j->read_err &&
 		       !cancelled(j)) {
-			struct timespec ts;
-
-			clock_gettime(CLOCK_MONOTONIC, &ts);
-			ts.tv_nsec += 100 * 1000000;
-			if (ts.tv_nsec >= 1000000000) {
-				ts.tv_sec++;
-				ts.tv_nsec -= 1000000000;
+			/* Out of time: stop claiming, send what was read.
+			 * At least one chunk goes first, so a pass that is
+			 * cut short still makes headway. */
+			if (j->pass_deadline && !j->pass_exhausted && sent > 0 &&
+			    now_ns() >= j->pass_deadline) {
+				j->pass_exhausted = true;
+				deadline_hit = true;
+				continue;
 			}
-			pthread_cond_timedwait(&j->done_cond, &j->lock, &ts);
+			wait_done_locked(j);
 		}
 		if (j->read_err) {
 			r = err_set(-j->read_err, "%s", j->read_msg);
@@ -781,15 +1278,20 @@ static int run_pass(struct src_job *j, enum pass_kind kind)
 		j->qlen--;
 		pthread_mutex_unlock(&j->lock);
 
+		send_lock(j);
 		r = send_result(j, &res, hdr, &pct);
+		send_unlock(j);
+		sent++;
 		if (r == 0 && ++since_check >= PEER_CHECK_EVERY) {
 			since_check = 0;
-			r = check_peer(j, 0);
-			r = r > 0 ? err_set(EPROTO, "destination sent an unexpected message") : r;
+			r = check_peer(j);
 		}
 		report(j, false);
 
 		pthread_mutex_lock(&j->lock);
+		/* On the wire now (or the migration is failing): a write to it
+		 * may be mirrored from here on. */
+		dirty_test_and_clear(j->dev[res.dev].busy, res.chunk);
 		j->free[j->nfree++] = res.buf;
 		pthread_cond_broadcast(&j->work_cond);
 	}
@@ -798,26 +1300,34 @@ static int run_pass(struct src_job *j, enum pass_kind kind)
 	while (j->busy > 0)
 		pthread_cond_wait(&j->done_cond, &j->lock);
 	while (j->qlen > 0) {
-		j->free[j->nfree++] = j->q[j->qhead].buf;
+		struct result *q = &j->q[j->qhead];
+
+		/* Never sent: it must go in a later pass. */
+		dirty_test_and_clear(j->dev[q->dev].busy, q->chunk);
+		dirty_mark(j->dev[q->dev].dirty, q->chunk * j->p.chunk_size, 1);
+		j->free[j->nfree++] = q->buf;
 		j->qhead = (j->qhead + 1) % j->nbufs;
 		j->qlen--;
 	}
+	if (r == 0 && kind == PASS_BULK)
+		j->bulk_done = true;
 	pthread_mutex_unlock(&j->lock);
+	/* Cut short only if something was left behind. */
+	j->truncated = deadline_hit && dirty_total(j) > 0;
 	if (r < 0)
 		return r;
 
+	send_lock(j);
 	if (j->p.qemu && j->final_pass) {
 		/* QEMU's own source ends its END section this way. */
 		r = wire_rec_encode_header(
 		    hdr, &(struct wire_record){ .kind = WIRE_REC_PROGRESS, .percent = 100 });
 		r = r < 0 ? r : xport_write(j->x, hdr, (size_t)r);
-		if (r < 0)
-			return r;
 	}
-	r = wire_rec_encode_header(hdr, &(struct wire_record){ .kind = WIRE_REC_EOS });
-	if (r < 0)
-		return r;
-	r = xport_write(j->x, hdr, (size_t)r);
+	if (r >= 0)
+		r = wire_rec_encode_header(hdr, &(struct wire_record){ .kind = WIRE_REC_EOS });
+	if (r >= 0)
+		r = xport_write(j->x, hdr, (size_t)r);
 	if (r == 0 && j->p.qemu)
 		r = qemu_put_footer(j);
 	if (r == 0) {
@@ -825,22 +1335,19 @@ static int run_pass(struct src_job *j, enum pass_kind kind)
 		j->passes_sent++;
 		r = xport_flush(j->x);
 	}
+	send_unlock(j);
 	return r;
 }
 
 /* Wait until the destination has made every pass sent so far durable. */
 static int wait_synced(struct src_job *j)
 {
-	uint32_t len;
 	uint64_t n;
 	int r;
 
 	if (j->p.qemu) /* no return path: nothing to wait for */
 		return 0;
-	r = await_reply(j, NATIVE_MSG_SYNCED, "to sync", &len);
-
-	if (r == 0)
-		r = native_synced_decode(j->reply, len, &n);
+	r = await_reply(j, NATIVE_MSG_SYNCED, "to sync", &n);
 	if (r < 0)
 		return r;
 	if (n != j->passes_sent)
@@ -894,9 +1401,9 @@ static int send_complete(struct src_job *j)
 
 static int wait_ack(struct src_job *j)
 {
-	uint32_t len;
+	uint64_t unused;
 
-	return await_reply(j, NATIVE_MSG_ACK, "to acknowledge", &len);
+	return await_reply(j, NATIVE_MSG_ACK, "to acknowledge", &unused);
 }
 
 /* Tell the destination it owns the devices now (after fencing them). */
@@ -927,18 +1434,19 @@ static uint64_t measured_bandwidth(const struct pass_timer *t)
 	return (uint64_t)((double)t->wire * 1e9 / (double)t->busy_ns);
 }
 
-static int timed_pass(struct src_job *j, enum pass_kind kind, struct pass_timer *t)
+/*
+ * Account a pass that began at t0 with w0 bytes sent and 'before' bytes
+ * dirty: bandwidth, what is left, how fast it was dirtied, the expected
+ * pause, and whether the dirty passes are getting anywhere.
+ */
+static void end_of_pass(struct src_job *j, struct pass_timer *t, enum pass_kind kind, uint64_t t0,
+			uint64_t w0, uint64_t before)
 {
-	uint64_t t0 = now_ns(), w0 = xport_tx_bytes(j->x);
 	struct pass_end e = { .count_iteration = true };
-	uint64_t elapsed;
-	int r = run_pass(j, kind);
+	uint64_t elapsed = now_ns() - t0;
+	struct mode_arg m;
+	struct mig_stats st;
 
-	if (r == 0)
-		r = wait_synced(j);
-	if (r < 0)
-		return r;
-	elapsed = now_ns() - t0;
 	t->busy_ns += elapsed;
 	t->wire += xport_tx_bytes(j->x) - w0;
 	e.bandwidth = measured_bandwidth(t);
@@ -949,7 +1457,82 @@ static int timed_pass(struct src_job *j, enum pass_kind kind, struct pass_timer 
 	if (e.remaining == 0)
 		e.expected_ns = 0;
 	stats_update(j, pass_end_fn, &e);
-	return 0;
+
+	/* A dirty pass that took off less than 5% made no headway. */
+	if (kind == PASS_DIRTY && e.remaining * 20 >= before * 19)
+		j->stalls++;
+	else if (kind == PASS_DIRTY)
+		j->stalls = 0;
+	src_stats(j, &st);
+	m = (struct mode_arg){ .active = j->mirroring, .since = st.active_since };
+	m.converging = j->mirroring || e.expected_ns <= j->p.max_downtime_ns ||
+		       (e.dirty_rate < e.bandwidth && j->stalls < 2);
+	if (!m.converging) {
+		char a[32], b[32];
+
+		if (e.dirty_rate >= e.bandwidth)
+			snprintf(j->stall_reason, sizeof(j->stall_reason),
+				 "writes dirty %s/s, more than the %s/s the link carries",
+				 fmt_bytes(a, sizeof(a), e.dirty_rate),
+				 fmt_bytes(b, sizeof(b), e.bandwidth));
+		else
+			snprintf(j->stall_reason, sizeof(j->stall_reason),
+				 "%u passes in a row did not shrink the dirty set (%s left)",
+				 j->stalls, fmt_bytes(a, sizeof(a), e.remaining));
+	}
+	stats_update(j, mode_fn, &m);
+}
+
+static int timed_pass(struct src_job *j, enum pass_kind kind, struct pass_timer *t)
+{
+	uint64_t t0 = now_ns(), w0 = xport_tx_bytes(j->x), before = dirty_total(j);
+	int r = run_pass(j, kind);
+
+	if (r == 0)
+		r = wait_synced(j);
+	if (r == 0)
+		end_of_pass(j, t, kind, t0, w0, before);
+	return r;
+}
+
+struct pause_arg {
+	uint64_t ns;
+	bool begin;
+};
+
+static void pause_fn(struct mig_stats *st, void *arg)
+{
+	struct pause_arg *p = arg;
+
+	if (p->begin)
+		st->switchovers++;
+	else if (p->ns > st->max_pause_ns)
+		st->max_pause_ns = p->ns;
+}
+
+static void note_pause(struct src_job *j, bool begin, uint64_t ns)
+{
+	stats_update(j, pause_fn, &(struct pause_arg){ .ns = ns, .begin = begin });
+}
+
+static void want_mode_fn(struct mig_stats *st, void *arg)
+{
+	st->mode = *(enum mig_mode *)arg;
+}
+
+/* At a pass boundary: follow the mode asked for, and AUTO's judgement. */
+static void choose_mode(struct src_job *j, const struct mig_stats *st)
+{
+	enum mig_mode want = (enum mig_mode)atomic_load(&j->want_mode);
+
+	if (want != st->mode)
+		stats_update(j, want_mode_fn, &want);
+	if (j->mirroring)
+		return;
+	if (want == MIG_MODE_ACTIVE)
+		set_mirroring(j, true, "active mode asked for");
+	else if (want == MIG_MODE_AUTO && !st->converging)
+		set_mirroring(j, true, j->stall_reason);
 }
 
 struct finish_arg {
@@ -1000,6 +1583,10 @@ int src_run(struct src_job *j, struct xport *x)
 			r = start_readers(j);
 			if (r == 0)
 				r = send_hello(j);
+			if (r == 0 && !j->p.qemu)
+				r = rp_start(j);
+			if (r == 0 && atomic_load(&j->want_mode) == MIG_MODE_ACTIVE)
+				set_mirroring(j, true, "active mode asked for");
 			fin.setup = now_ns() - t_start;
 			state = MIG_BULK;
 			break;
@@ -1016,20 +1603,57 @@ int src_run(struct src_job *j, struct xport *x)
 				state = MIG_FINAL;
 				break;
 			}
+			choose_mode(j, &st);
 			set_state(j, MIG_DIRTY);
 			r = timed_pass(j, PASS_DIRTY, &timer);
 			break;
 		}
-		case MIG_FINAL:
+		case MIG_FINAL: {
+			uint64_t w0, before;
+
 			set_state(j, MIG_FINAL);
+			note_pause(j, true, 0);
 			t_pause = now_ns();
+			/* In active mode this also waits for mirrored writes in
+			 * flight: they are acknowledged before it returns. */
 			pause_writers(j);
 			j->final_pass = true;
+			/* Most of the pause is for the data; the rest covers the
+			 * destination's sync and the digests.  QEMU's END section
+			 * cannot be cut short. */
+			if (!j->p.qemu)
+				j->pass_deadline = t_pause + j->p.max_downtime_ns * 2 / 3;
+			w0 = xport_tx_bytes(x);
+			before = dirty_total(j);
 			r = run_pass(j, PASS_DIRTY);
+			j->pass_deadline = 0;
+			if (r == 0 && j->truncated) {
+				/* It would overrun the downtime: let the writers
+				 * go again; this was an ordinary pass after all. */
+				uint64_t t0 = t_pause;
+
+				resume_writers(j);
+				note_pause(j, false, now_ns() - t_pause);
+				t_pause = 0;
+				j->final_pass = false;
+				r = wait_synced(j);
+				if (r == 0) {
+					end_of_pass(j, &timer, PASS_DIRTY, t0, w0, before);
+					if (!j->mirroring &&
+					    atomic_load(&j->want_mode) == MIG_MODE_AUTO)
+						set_mirroring(j, true,
+							      "the final pass would have overrun "
+							      "the downtime");
+				}
+				state = MIG_DIRTY;
+				break;
+			}
 			if (r == 0 && j->p.qemu) {
 				/* Nothing will confirm it: fence, then close. */
 				stats_update(j, count_pass_fn, NULL);
+				send_lock(j);
 				r = qemu_close_stream(j);
+				send_unlock(j);
 				for (unsigned i = 0; r == 0 && i < j->ndev; i++)
 					track_fence(j->dev[i].blk, ESHUTDOWN);
 				if (r == 0) {
@@ -1063,6 +1687,7 @@ int src_run(struct src_job *j, struct xport *x)
 			if (r == 0)
 				state = MIG_COMPLETED;
 			break;
+		}
 		default:
 			break;
 		}
@@ -1075,6 +1700,9 @@ int src_run(struct src_job *j, struct xport *x)
 		if (r != -ECANCELED && !committing && !j->p.qemu)
 			r = explain_send_failure(j, r);
 		snprintf(msg, sizeof(msg), "%s", err_msg());
+		/* No sender but this thread from here on. */
+		stop_mirroring(j);
+		rp_stop(j);
 		xport_set_cancel(x, NULL);
 		xport_set_timeout(x, 2000);
 		/* Tell the destination why, unless COMMIT may be out.  The
@@ -1089,7 +1717,12 @@ int src_run(struct src_job *j, struct xport *x)
 			fin.downtime = now_ns() - t_pause;
 		resume_writers(j);
 		err_copy_in(msg);
+	} else {
+		stop_mirroring(j);
+		rp_stop(j);
 	}
+	if (fin.downtime)
+		note_pause(j, false, fin.downtime);
 	detach(j);
 	stop_readers(j);
 	fin.total = now_ns() - t_start;

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* Names shared by both engines, and the frame reader both use. */
 #include <errno.h>
+#include <string.h>
 
 #include "common/error.h"
 #include "engine.h"
@@ -19,6 +20,31 @@ const char *mig_state_name(enum mig_state s)
 	if ((unsigned)s >= sizeof(names) / sizeof(names[0]))
 		return "unknown";
 	return names[s];
+}
+
+const char *mig_mode_name(enum mig_mode m)
+{
+	switch (m) {
+	case MIG_MODE_AUTO:
+		return "auto";
+	case MIG_MODE_DIRTY:
+		return "dirty";
+	case MIG_MODE_ACTIVE:
+		return "active";
+	}
+	return "unknown";
+}
+
+int mig_mode_parse(const char *s, enum mig_mode *out)
+{
+	static const enum mig_mode all[] = { MIG_MODE_AUTO, MIG_MODE_DIRTY, MIG_MODE_ACTIVE };
+
+	for (unsigned i = 0; i < sizeof(all) / sizeof(all[0]); i++)
+		if (strcmp(s, mig_mode_name(all[i])) == 0) {
+			*out = all[i];
+			return 0;
+		}
+	return err_set(EINVAL, "unknown mode '%s' (auto, dirty or active)", s);
 }
 
 int engine_read_frame(struct xport *x, uint64_t allowed, uint8_t *type, uint8_t *body,

@@ -295,6 +295,11 @@ void xport_set_timeout(struct xport *x, int idle_timeout_ms)
 	x->timeout_ms = idle_timeout_ms;
 }
 
+int xport_get_timeout(const struct xport *x)
+{
+	return x->timeout_ms;
+}
+
 void xport_set_rate(struct xport *x, uint64_t bytes_per_sec)
 {
 	atomic_store(&x->rate, bytes_per_sec);

@@ -54,6 +54,7 @@ void xport_close(struct xport *x); /* accepts NULL */
 /* Behaviour. */
 void xport_set_cancel(struct xport *x, const atomic_bool *cancel);
 void xport_set_timeout(struct xport *x, int idle_timeout_ms);
+int xport_get_timeout(const struct xport *x);
 /* Bytes per second, 0 for unlimited.  May be changed at any time. */
 void xport_set_rate(struct xport *x, uint64_t bytes_per_sec);
 

@@ -100,6 +100,7 @@ static const struct {
 	{ NATIVE_MSG_ABORT, "ABORT" },	 { NATIVE_MSG_READY, "READY" },
 	{ NATIVE_MSG_ACK, "ACK" },	 { NATIVE_MSG_ERROR, "ERROR" },
 	{ NATIVE_MSG_SYNCED, "SYNCED" }, { NATIVE_MSG_COMMIT, "COMMIT" },
+	{ NATIVE_MSG_WACK, "WACK" },
 };
 
 const char *native_msg_name(uint8_t type)
@@ -538,6 +539,24 @@ int native_synced_decode(const uint8_t *body, size_t len, uint64_t *passes)
 	if (len != 8)
 		return err_set(EBADMSG, "synced: body of %zu bytes (expected 8)", len);
 	*passes = get_be64(body);
+	return 0;
+}
+
+int native_wack_encode(uint8_t *buf, size_t cap, uint64_t seq)
+{
+	int r = frame_put(buf, cap, NATIVE_MSG_WACK, 8);
+
+	if (r < 0)
+		return r;
+	put_be64(buf + NATIVE_FRAME_HDR, seq);
+	return NATIVE_FRAME_HDR + 8;
+}
+
+int native_wack_decode(const uint8_t *body, size_t len, uint64_t *seq)
+{
+	if (len != 8)
+		return err_set(EBADMSG, "wack: body of %zu bytes (expected 8)", len);
+	*seq = get_be64(body);
 	return 0;
 }
 

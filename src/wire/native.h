@@ -22,6 +22,8 @@
  *   0x83 ERROR     body: be32 errno, reason    (the destination failed)
  *   0x84 SYNCED    body: be64 n                (the first n BLOCKS messages
  *                                               are applied and durable)
+ *   0x85 WACK      body: be64 seq              (every WRITE record up to seq
+ *                                               is applied; MIRROR only)
  *
  * Lengths of framed messages are capped at NATIVE_MSG_MAX.
  */
@@ -40,7 +42,10 @@
 /* HELLO capability bits. */
 #define NATIVE_CAP_ZERO_BLOCKS (1U << 0) /* ZERO_BLOCK records may appear */
 #define NATIVE_CAP_SHARED_BASE (1U << 1) /* unallocated chunks are not sent */
-#define NATIVE_CAP_KNOWN       (NATIVE_CAP_ZERO_BLOCKS | NATIVE_CAP_SHARED_BASE)
+/* WRITE records (mirrored client writes, record.h) may appear inside BLOCKS
+ * messages; the destination answers each with WACK as soon as it is applied. */
+#define NATIVE_CAP_MIRROR (1U << 2)
+#define NATIVE_CAP_KNOWN  (NATIVE_CAP_ZERO_BLOCKS | NATIVE_CAP_SHARED_BASE | NATIVE_CAP_MIRROR)
 
 enum native_msg {
 	NATIVE_MSG_BLOCKS = 0x01,
@@ -51,6 +56,7 @@ enum native_msg {
 	NATIVE_MSG_ACK = 0x82,
 	NATIVE_MSG_ERROR = 0x83,
 	NATIVE_MSG_SYNCED = 0x84,
+	NATIVE_MSG_WACK = 0x85,
 };
 
 #define NATIVE_MAX_DEVICES 64
@@ -108,6 +114,8 @@ int native_ready_encode(uint8_t *buf, size_t cap, uint32_t version);
 int native_synced_encode(uint8_t *buf, size_t cap, uint64_t passes);
 int native_ack_encode(uint8_t *buf, size_t cap);
 int native_commit_encode(uint8_t *buf, size_t cap);
+/* WACK carries the highest WRITE sequence number applied. */
+int native_wack_encode(uint8_t *buf, size_t cap, uint64_t seq);
 
 /*
  * HELLO decode over buf[0..len): 0 with *used set; -EAGAIN with *used = the
@@ -140,6 +148,7 @@ int native_complete_decode(const uint8_t *body, size_t len, struct native_comple
 int native_error_decode(const uint8_t *body, size_t len, struct native_error *e);
 int native_ready_decode(const uint8_t *body, size_t len, uint32_t *version);
 int native_synced_decode(const uint8_t *body, size_t len, uint64_t *passes);
+int native_wack_decode(const uint8_t *body, size_t len, uint64_t *seq);
 
 /* Name for a message type ("BLOCKS", ...), or "unknown". */
 const char *native_msg_name(uint8_t type);

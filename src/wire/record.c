@@ -23,7 +23,10 @@
 #define REC_WORD_LEN 8 /* be64 word */
 #define REC_NAME_POS 9 /* word + u8 name length */
 
-#define REC_F_KNOWN (WIRE_F_DEVICE_BLOCK | WIRE_F_EOS | WIRE_F_PROGRESS | WIRE_F_ZERO_BLOCK)
+#define REC_F_KNOWN                                                                                \
+	(WIRE_F_DEVICE_BLOCK | WIRE_F_EOS | WIRE_F_PROGRESS | WIRE_F_ZERO_BLOCK | WIRE_F_WRITE)
+/* WRITE's fields after the name: seq, offset, length, op. */
+#define REC_WRITE_FIELDS (8 + 8 + 4 + 1)
 
 /* A PROGRESS percentage must fit in the word after the 9 flag bits. */
 #define REC_PERCENT_MAX 100
@@ -45,6 +48,7 @@ static const char *flag_names(char *buf, size_t cap, unsigned int f)
 		{ WIRE_F_EOS, "EOS" },
 		{ WIRE_F_PROGRESS, "PROGRESS" },
 		{ WIRE_F_ZERO_BLOCK, "ZERO_BLOCK" },
+		{ WIRE_F_WRITE, "WRITE" },
 	};
 	size_t pos = 0;
 
@@ -63,7 +67,7 @@ static const char *flag_names(char *buf, size_t cap, unsigned int f)
 }
 
 /*
- * Map the flag bits of a word to a record kind.  Exactly four combinations
+ * Map the flag bits of a word to a record kind.  Exactly five combinations
  * are valid; anything else is -EBADMSG with the flags named in the message.
  */
 static int flags_to_kind(unsigned int flags, enum wire_rec_kind *kind)
@@ -89,6 +93,9 @@ static int flags_to_kind(unsigned int flags, enum wire_rec_kind *kind)
 	case WIRE_F_EOS:
 		*kind = WIRE_REC_EOS;
 		return 0;
+	case WIRE_F_WRITE:
+		*kind = WIRE_REC_WRITE;
+		return 0;
 	default:
 		return err_set(EBADMSG, "record: invalid flag combination 0x%02x (%s)", flags,
 			       flag_names(names, sizeof(names), flags));
@@ -111,7 +118,8 @@ int wire_rec_encode_header(uint8_t *buf, const struct wire_record *rec)
 	switch (rec->kind) {
 	case WIRE_REC_DATA:
 	case WIRE_REC_ZERO:
-		if (rec->offset & WIRE_FLAG_MASK)
+	case WIRE_REC_WRITE:
+		if (rec->kind != WIRE_REC_WRITE && (rec->offset & WIRE_FLAG_MASK))
 			return err_set(EINVAL,
 				       "record: offset 0x%" PRIx64 " is not a multiple of 512",
 				       rec->offset);
@@ -123,12 +131,27 @@ int wire_rec_encode_header(uint8_t *buf, const struct wire_record *rec)
 		if (n > WIRE_NAME_MAX)
 			return err_set(EINVAL, "record: device name longer than %d bytes",
 				       WIRE_NAME_MAX);
-		put_be64(buf, rec->offset | (rec->kind == WIRE_REC_ZERO
-						 ? WIRE_F_DEVICE_BLOCK | WIRE_F_ZERO_BLOCK
-						 : WIRE_F_DEVICE_BLOCK));
+		if (rec->kind == WIRE_REC_WRITE) {
+			uint8_t *f = buf + REC_NAME_POS + n;
+
+			if (rec->seq == 0 || rec->length == 0 || rec->op > WIRE_WRITE_ZERO)
+				return err_set(EINVAL,
+					       "record: WRITE needs seq >= 1, length >= 1 and a "
+					       "known op");
+			put_be64(buf, WIRE_F_WRITE);
+			put_be64(f, rec->seq);
+			put_be64(f + 8, rec->offset);
+			put_be32(f + 16, rec->length);
+			f[20] = rec->op;
+		} else {
+			put_be64(buf, rec->offset | (rec->kind == WIRE_REC_ZERO
+							 ? WIRE_F_DEVICE_BLOCK | WIRE_F_ZERO_BLOCK
+							 : WIRE_F_DEVICE_BLOCK));
+		}
 		buf[REC_WORD_LEN] = (uint8_t)n;
 		memcpy(buf + REC_NAME_POS, rec->name, n);
-		return (int)(REC_NAME_POS + n);
+		return (int)(REC_NAME_POS + n +
+			     (rec->kind == WIRE_REC_WRITE ? REC_WRITE_FIELDS : 0));
 	case WIRE_REC_PROGRESS:
 		if (rec->percent > REC_PERCENT_MAX)
 			return err_set(EINVAL, "record: progress %" PRIu64 "%% out of range 0..%d",
@@ -177,6 +200,9 @@ int wire_rec_decode(const uint8_t *buf, size_t len, uint32_t chunk_size, struct 
 	rec->name_len = 0;
 	rec->name[0] = '\0';
 	rec->data = NULL;
+	rec->seq = 0;
+	rec->length = 0;
+	rec->op = 0;
 
 	switch (kind) {
 	case WIRE_REC_PROGRESS:
@@ -190,11 +216,16 @@ int wire_rec_decode(const uint8_t *buf, size_t len, uint32_t chunk_size, struct 
 		return 0;
 	case WIRE_REC_DATA:
 	case WIRE_REC_ZERO:
+	case WIRE_REC_WRITE:
 		break;
 	}
 
 	/* Reject a misaligned offset as soon as the word is known, before
-	 * asking the caller for a whole chunk of payload. */
+	 * asking the caller for a whole chunk of payload.  A WRITE carries
+	 * its offset after the name; its word has none. */
+	if (kind == WIRE_REC_WRITE && offset)
+		return err_set(EBADMSG, "record: WRITE with offset bits 0x%" PRIx64 " in its word",
+			       offset);
 	if (offset & (chunk_size - 1))
 		return err_set(EBADMSG,
 			       "record: offset 0x%" PRIx64 " not aligned to chunk size %" PRIu32,
@@ -224,6 +255,34 @@ int wire_rec_decode(const uint8_t *buf, size_t len, uint32_t chunk_size, struct 
 			return -EAGAIN;
 		}
 		rec->data = buf + REC_NAME_POS + n;
+	} else if (kind == WIRE_REC_WRITE) {
+		const uint8_t *f = buf + need;
+
+		need += REC_WRITE_FIELDS;
+		if (len < need) {
+			*used = (size_t)need;
+			return -EAGAIN;
+		}
+		rec->seq = get_be64(f);
+		offset = get_be64(f + 8);
+		rec->length = get_be32(f + 16);
+		rec->op = f[20];
+		if (rec->seq == 0)
+			return err_set(EBADMSG, "record: WRITE with sequence number 0");
+		if (rec->length == 0 || rec->length > chunk_size)
+			return err_set(
+			    EBADMSG, "record: WRITE of %" PRIu32 " bytes (must be 1..%" PRIu32 ")",
+			    rec->length, chunk_size);
+		if (rec->op > WIRE_WRITE_ZERO)
+			return err_set(EBADMSG, "record: WRITE with unknown op %u", rec->op);
+		if (rec->op == WIRE_WRITE_DATA) {
+			rec->data = buf + need;
+			need += rec->length;
+			if (len < need) {
+				*used = (size_t)need;
+				return -EAGAIN;
+			}
+		}
 	}
 
 	rec->offset = offset;

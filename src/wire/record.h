@@ -18,6 +18,15 @@
  *   +--------------------------------+
  *   PROGRESS (0x04): offset >> 9 is a percentage (informational)
  *   EOS (0x02): ends the current block payload
+ *   WRITE (0x10, native format only, offset bits 0): a client write
+ *   mirrored in active mode, at any byte offset and length:
+ *   +------+------------+---------+---------+--------+------+------------+
+ *   | u8 n | name       | be64    | be64    | be32   | u8   | length     |
+ *   |      |            | seq     | offset  | length | op   | bytes      |
+ *   +------+------------+---------+---------+--------+------+------------+
+ *   seq counts WRITE records from 1, one more each time; length is
+ *   1..chunk_size; op 0 = data (the payload follows), 1 = zeros (no
+ *   payload).
  *
  * Any other flag combination is an error.  The offset of a DEVICE_BLOCK
  * record is a multiple of the chunk size; the payload is always a whole
@@ -34,6 +43,7 @@
 #define WIRE_F_EOS	    0x02U
 #define WIRE_F_PROGRESS	    0x04U
 #define WIRE_F_ZERO_BLOCK   0x08U
+#define WIRE_F_WRITE	    0x10U /* native only */
 #define WIRE_FLAG_MASK	    0x1ffU
 
 #define WIRE_QEMU_CHUNK_SIZE (1U << 20)
@@ -41,14 +51,20 @@
 #define WIRE_MAX_CHUNK_SIZE  (1U << 24)
 #define WIRE_NAME_MAX	     255
 
-/* The largest header: word + length byte + longest name. */
-#define WIRE_REC_HDR_MAX (8 + 1 + WIRE_NAME_MAX)
+/* The largest header: word + length byte + longest name, and for WRITE
+ * seq, offset, length and op. */
+#define WIRE_REC_HDR_MAX (8 + 1 + WIRE_NAME_MAX + 8 + 8 + 4 + 1)
+
+/* WRITE ops. */
+#define WIRE_WRITE_DATA 0
+#define WIRE_WRITE_ZERO 1
 
 enum wire_rec_kind {
 	WIRE_REC_DATA,	   /* DEVICE_BLOCK with chunk_size bytes of payload */
 	WIRE_REC_ZERO,	   /* DEVICE_BLOCK | ZERO_BLOCK: the chunk reads as zeros */
 	WIRE_REC_PROGRESS, /* PROGRESS: percent */
 	WIRE_REC_EOS,	   /* EOS */
+	WIRE_REC_WRITE,	   /* WRITE: a mirrored client write (native only) */
 };
 
 struct wire_record {
@@ -57,13 +73,19 @@ struct wire_record {
 	uint64_t percent;	      /* PROGRESS */
 	uint8_t name_len;	      /* DATA/ZERO */
 	char name[WIRE_NAME_MAX + 1]; /* NUL-terminated copy of the name */
-	const uint8_t *data;	      /* DATA: points into the decoded buffer */
+	const uint8_t *data;	      /* DATA, WRITE data: points into the decoded buffer */
+	/* WRITE only (offset above is its byte offset): */
+	uint64_t seq;
+	uint32_t length;
+	uint8_t op; /* WIRE_WRITE_DATA or WIRE_WRITE_ZERO */
 };
 
 /*
- * Encode the header of a record (word, and the name for DATA/ZERO) into buf,
- * which must hold WIRE_REC_HDR_MAX bytes.  For DATA the caller sends
- * chunk_size payload bytes right after.  Returns the header length, or
+ * Encode the header of a record (word, and the name for DATA/ZERO/WRITE,
+ * and WRITE's fields) into buf, which must hold WIRE_REC_HDR_MAX bytes.  For
+ * DATA the caller sends chunk_size payload bytes right after, for a WRITE
+ * with op DATA 'length' bytes.  A WRITE needs seq >= 1 and length >= 1
+ * (its upper bound, the chunk size, is the decoder's to check).  Returns the header length, or
  * -EINVAL (with err_set) for an unencodable record: offset not a multiple of
  * 512, empty or over-long name, percent out of range.
  *
@@ -82,7 +104,10 @@ int wire_rec_encode_header(uint8_t *buf, const struct wire_record *rec);
  *  - -EAGAIN: buf holds a valid prefix; *used is the total number of bytes
  *    needed before calling again (always more than len).
  *  - -EBADMSG: malformed (unknown flag, bad combination, empty name, offset
- *    not a multiple of chunk_size for DATA/ZERO); message via err_set.
+ *    not a multiple of chunk_size for DATA/ZERO; a WRITE with offset bits
+ *    in its word, seq 0, length 0 or above chunk_size, or an unknown op);
+ *    message via err_set.  Whether a WRITE may appear at all is the
+ *    caller's decision (never in a QEMU stream).
  *  - -EINVAL: chunk_size itself is invalid (a caller bug, not bad input).
  *
  * Errors are reported as early as the bytes allow: a bad word fails with 8

@@ -73,14 +73,14 @@ pass "a drive the receiver does not know: $(cat "$T/unknown.err")"
 
 # A QEMU source that writes while it migrates (rate-limited so the writes
 # land mid-way): the dirty chunks are resent and the images end equal.
-make_random "$T/w.img" $((32 * MiB)) 138
-truncate -s $((32 * MiB)) "$T/w.dst"
+make_random "$T/w.img" $((128 * MiB)) 138
+truncate -s $((128 * MiB)) "$T/w.dst"
 start_receiver writing --format qemu --device drive0="$T/w.dst"
 qemu-system-x86_64 -M none -nodefaults -display none -drive "file=$T/w.img,format=raw,if=none,id=drive0" \
 	-qmp "unix:$T/w.qmp,server=on,wait=off" >/dev/null 2>"$T/w.qemu.err" &
 qpid=$!
 BG_PIDS+=("$qpid")
-timeout 20 $QMP "$T/w.qmp" migrate-set-parameters '{"downtime-limit": 0, "max-bandwidth": 8388608}' >/dev/null || fail "writing: qmp"
+timeout 20 $QMP "$T/w.qmp" migrate-set-parameters '{"downtime-limit": 0, "max-bandwidth": 4194304}' >/dev/null || fail "writing: qmp"
 timeout 20 $QMP "$T/w.qmp" migrate "{\"uri\": \"tcp:127.0.0.1:$RECV_PORT\", \"blk\": true}" >/dev/null || fail "writing: migrate"
 for i in 1 2 3 4 5 6; do
 	sleep 0.4
@@ -98,7 +98,7 @@ for i in range(1, 7):
     assert d[i * 3 << 20:(i * 3 << 20) + 65536] == bytes([0x40 + i]) * 65536, i
 PY
 cmp "$T/w.img" "$T/w.dst" || fail "writing: the destination misses writes made during the migration"
-pass "QEMU -> blkmig while QEMU writes (6 writes during an 8 MB/s migration): identical"
+pass "QEMU -> blkmig while QEMU writes (6 writes during a 4 MB/s migration): identical"
 
 # inc: true — qcow2 overlays on a shared base: only the overlay's data
 # travels, and the raw base on our side becomes the overlay's full view.

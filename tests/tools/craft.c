@@ -30,7 +30,7 @@ static const char *const faults[] = {
 	"beyond",	   /* a record at an offset past the device end */
 	"unknown-device",  /* a record for a device HELLO did not announce */
 	"hello-device",	   /* HELLO announces a device the receiver lacks */
-	"unknown-flag",	   /* a record word with flag 0x10 */
+	"unknown-flag",	   /* a record word with flag 0x20 */
 	"size-mismatch",   /* HELLO size differs from the receiver's image */
 	"digest-mismatch", /* COMPLETE with a wrong digest */
 	"bad-magic",	   /* not a blkmig stream */
@@ -195,7 +195,7 @@ int main(int argc, char **argv)
 		if (n < 0)
 			return 1;
 		if (strcmp(fault, "unknown-flag") == 0 && i == nchunks / 2)
-			hdr[7] |= 0x10;
+			hdr[7] |= 0x20;
 		fill_chunk(chunk, cs, i);
 		digest_set(dig, i, digest_hash(chunk, clen));
 		if (strcmp(fault, "truncated") == 0 && i == nchunks / 2) {

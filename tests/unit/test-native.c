@@ -255,10 +255,10 @@ static void test_hello_errors(void **state)
 	hello_patched(8, (const uint8_t *)"\xff\xff\xff\xff", 4, EPROTONOSUPPORT,
 		      "hello: unsupported version 4294967295 (this blkmig speaks 1)");
 
-	hello_patched(12, (const uint8_t *)"\0\0\0\x05", 4, EBADMSG,
-		      "hello: unknown capability bits 0x4 (known 0x3)");
+	hello_patched(12, (const uint8_t *)"\0\0\0\x09", 4, EBADMSG,
+		      "hello: unknown capability bits 0x8 (known 0x7)");
 	hello_patched(12, (const uint8_t *)"\x80\0\0\0", 4, EBADMSG,
-		      "hello: unknown capability bits 0x80000000 (known 0x3)");
+		      "hello: unknown capability bits 0x80000000 (known 0x7)");
 
 	hello_patched(16, (const uint8_t *)"\0\0\0\0", 4, EBADMSG,
 		      "hello: invalid chunk size 0 (must be a power of two from 4096 to 16777216)");
@@ -328,7 +328,7 @@ static void test_hello_encode_errors(void **state)
 	golden_hello_struct(&h);
 	h.caps = 0x10;
 	expect_error(native_hello_encode(buf, sizeof(buf), &h), EINVAL,
-		     "hello: unknown capability bits 0x10 (known 0x3)");
+		     "hello: unknown capability bits 0x10 (known 0x7)");
 	golden_hello_struct(&h);
 	h.chunk_size = 3U << 20;
 	assert_int_equal(native_hello_encode(buf, sizeof(buf), &h), -EINVAL);
@@ -789,6 +789,30 @@ static void test_synced(void **state)
 	free(b);
 }
 
+static void test_wack(void **state)
+{
+	static const uint8_t golden[] = { 0x85, 0, 0, 0, 8, 0, 0, 0, 0, 0, 1, 0, 9 };
+	uint8_t buf[16], type = 0;
+	uint32_t len = 0;
+	uint64_t n = 0;
+	uint8_t *b;
+
+	(void)state;
+	assert_int_equal(native_wack_encode(buf, sizeof(buf), 0x10009), 13);
+	assert_memory_equal(buf, golden, 13);
+	assert_int_equal(native_frame_header(golden, NATIVE_ALLOW(NATIVE_MSG_WACK), &type, &len),
+			 0);
+	assert_int_equal(type, NATIVE_MSG_WACK);
+	assert_int_equal(len, 8);
+	expect_error(native_frame_header(golden, NATIVE_ALLOW(NATIVE_MSG_SYNCED), &type, &len),
+		     EBADMSG, "frame: unexpected WACK message (type 0x85)");
+	b = heap_copy(golden + 5, 8);
+	assert_int_equal(native_wack_decode(b, 8, &n), 0);
+	assert_int_equal(n, 0x10009);
+	expect_error(native_wack_decode(b, 9, &n), EBADMSG, "wack: body of 9 bytes (expected 8)");
+	free(b);
+}
+
 static void test_msg_names(void **state)
 {
 	(void)state;
@@ -799,6 +823,7 @@ static void test_msg_names(void **state)
 	assert_string_equal(native_msg_name(NATIVE_MSG_ACK), "ACK");
 	assert_string_equal(native_msg_name(NATIVE_MSG_ERROR), "ERROR");
 	assert_string_equal(native_msg_name(NATIVE_MSG_SYNCED), "SYNCED");
+	assert_string_equal(native_msg_name(NATIVE_MSG_WACK), "WACK");
 	assert_string_equal(native_msg_name(0), "unknown");
 	assert_string_equal(native_msg_name(0x21), "unknown");
 	assert_string_equal(native_msg_name(0xff), "unknown");
@@ -827,6 +852,7 @@ int main(void)
 		cmocka_unit_test(test_error_errors),
 		cmocka_unit_test(test_ready_ack),
 		cmocka_unit_test(test_synced),
+		cmocka_unit_test(test_wack),
 		cmocka_unit_test(test_msg_names),
 	};
 

@@ -231,9 +231,85 @@ static void round_trip(enum wire_rec_kind kind, uint64_t offset, const char *nam
 		assert_int_equal(out.percent, percent);
 		break;
 	case WIRE_REC_EOS:
+	case WIRE_REC_WRITE: /* test_write */
 		break;
 	}
 	free(b);
+}
+
+/* WRITE (native only): golden bytes, every prefix, and each refusal. */
+static void test_write(void **state)
+{
+	static const uint8_t golden[] = {
+		0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x10, /* word: WRITE */
+		0x02, 'd',  '0',				/* name */
+		0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x07, /* seq 7 */
+		0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x02, 0x03, /* offset 0x10203 */
+		0x00, 0x00, 0x00, 0x05,				/* length 5 */
+		0x00,						/* op data */
+		'h',  'e',  'l',  'l',	'o',
+	};
+	struct wire_record in = { .kind = WIRE_REC_WRITE,
+				  .name = "d0",
+				  .seq = 7,
+				  .offset = 0x10203,
+				  .length = 5,
+				  .op = WIRE_WRITE_DATA };
+	struct wire_record out;
+	uint8_t hdr[WIRE_REC_HDR_MAX], bad[sizeof(golden)];
+	size_t used;
+	int n;
+
+	(void)state;
+	n = wire_rec_encode_header(hdr, &in);
+	assert_int_equal(n, sizeof(golden) - 5);
+	assert_memory_equal(hdr, golden, (size_t)n);
+	assert_int_equal(wire_rec_decode(golden, sizeof(golden), CHUNK_4K, &out, &used), 0);
+	assert_int_equal(used, sizeof(golden));
+	assert_int_equal(out.kind, WIRE_REC_WRITE);
+	assert_string_equal(out.name, "d0");
+	assert_int_equal(out.seq, 7);
+	assert_int_equal(out.offset, 0x10203);
+	assert_int_equal(out.length, 5);
+	assert_int_equal(out.op, WIRE_WRITE_DATA);
+	assert_memory_equal(out.data, "hello", 5);
+	/* Every prefix asks for more, and never for more than the whole. */
+	for (size_t p = 0; p < sizeof(golden); p++) {
+		used = 0;
+		assert_int_equal(wire_rec_decode(golden, p, CHUNK_4K, &out, &used), -EAGAIN);
+		assert_true(used > p && used <= sizeof(golden));
+	}
+	/* A zero WRITE has no payload. */
+	memcpy(bad, golden, sizeof(bad));
+	bad[31] = WIRE_WRITE_ZERO;
+	assert_int_equal(wire_rec_decode(bad, 32, CHUNK_4K, &out, &used), 0);
+	assert_int_equal(used, 32);
+	assert_null(out.data);
+	/* Refusals. */
+	memcpy(bad, golden, sizeof(bad));
+	bad[6] = 0x02; /* offset bits in the word */
+	assert_int_equal(wire_rec_decode(bad, sizeof(bad), CHUNK_4K, &out, &used), -EBADMSG);
+	memcpy(bad, golden, sizeof(bad));
+	bad[18] = 0; /* seq 0 */
+	assert_int_equal(wire_rec_decode(bad, sizeof(bad), CHUNK_4K, &out, &used), -EBADMSG);
+	memcpy(bad, golden, sizeof(bad));
+	bad[30] = 0; /* length 0 */
+	assert_int_equal(wire_rec_decode(bad, sizeof(bad), CHUNK_4K, &out, &used), -EBADMSG);
+	memcpy(bad, golden, sizeof(bad));
+	bad[28] = 0x01; /* length 65541 > chunk */
+	assert_int_equal(wire_rec_decode(bad, sizeof(bad), CHUNK_4K, &out, &used), -EBADMSG);
+	memcpy(bad, golden, sizeof(bad));
+	bad[31] = 2; /* op */
+	assert_int_equal(wire_rec_decode(bad, sizeof(bad), CHUNK_4K, &out, &used), -EBADMSG);
+	memcpy(bad, golden, sizeof(bad));
+	bad[7] = 0x11; /* WRITE | DEVICE_BLOCK */
+	assert_int_equal(wire_rec_decode(bad, sizeof(bad), CHUNK_4K, &out, &used), -EBADMSG);
+	/* The encoder refuses what the decoder would. */
+	in.seq = 0;
+	assert_int_equal(wire_rec_encode_header(hdr, &in), -EINVAL);
+	in.seq = 1;
+	in.length = 0;
+	assert_int_equal(wire_rec_encode_header(hdr, &in), -EINVAL);
 }
 
 static void test_round_trips(void **state)
@@ -400,11 +476,13 @@ static void check_bad_word(uint64_t word, const char *msg)
 static void test_bad_flags(void **state)
 {
 	(void)state;
-	check_bad_word(MiB | 0x10, "record: unknown flags 0x10");
+	check_bad_word(MiB | 0x20, "record: unknown flags 0x20");
 	check_bad_word(MiB | 0x100, "record: unknown flags 0x100");
-	check_bad_word(0x1f0, "record: unknown flags 0x1f0");
-	check_bad_word(MiB | 0x11, "record: unknown flags 0x10 (flags 0x11)");
-	check_bad_word(MiB | 0x1ff, "record: unknown flags 0x1f0 (flags 0x1ff)");
+	check_bad_word(0x1e0, "record: unknown flags 0x1e0");
+	check_bad_word(MiB | 0x21, "record: unknown flags 0x20 (flags 0x21)");
+	check_bad_word(MiB | 0x1ff, "record: unknown flags 0x1e0 (flags 0x1ff)");
+	check_bad_word(MiB | 0x11, "record: invalid flag combination 0x11 (DEVICE_BLOCK|WRITE)");
+	check_bad_word(MiB | 0x10, "record: WRITE with offset bits 0x100000 in its word");
 	check_bad_word(MiB | 0x03, "record: invalid flag combination 0x03 (DEVICE_BLOCK|EOS)");
 	check_bad_word(MiB | 0x05, "record: invalid flag combination 0x05 (DEVICE_BLOCK|PROGRESS)");
 	check_bad_word(MiB | 0x08, "record: invalid flag combination 0x08 (ZERO_BLOCK)");
@@ -533,6 +611,7 @@ int main(void)
 		cmocka_unit_test(test_progress_over_100),
 		cmocka_unit_test(test_eos_with_offset_bits),
 		cmocka_unit_test(test_round_trips),
+		cmocka_unit_test(test_write),
 		cmocka_unit_test(test_consecutive),
 		cmocka_unit_test(test_prefixes),
 		cmocka_unit_test(test_prefixes_1m),
