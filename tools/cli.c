@@ -259,6 +259,23 @@ json_object *cli_stats_json(const struct mig_stats *st, const char *error)
 	    o, "mbps",
 	    json_object_new_double(secs > 0 ? (double)st->transferred * 8 / secs / 1e6 : 0));
 	json_object_object_add(o, "dirty-rate", json_object_new_int64((int64_t)st->dirty_rate));
+	json_object_object_add(o, "mode", json_object_new_string(mig_mode_name(st->mode)));
+	json_object_object_add(o, "mirroring", json_object_new_boolean(st->active));
+	if (st->active && st->mode_reason[0])
+		json_object_object_add(o, "mirroring-reason",
+				       json_object_new_string(st->mode_reason));
+	if (st->active)
+		json_object_object_add(o, "mirroring-since-pass",
+				       json_object_new_int64((int64_t)st->active_since));
+	json_object_object_add(o, "converging", json_object_new_boolean(st->converging));
+	json_object_object_add(o, "mirrored-writes",
+			       json_object_new_int64((int64_t)st->mirror_writes));
+	json_object_object_add(o, "mirrored-bytes",
+			       json_object_new_int64((int64_t)st->mirror_bytes));
+	json_object_object_add(o, "switchover-attempts",
+			       json_object_new_int64((int64_t)st->switchovers));
+	json_object_object_add(o, "max-pause", json_object_new_int64(ms(st->max_pause_ns)));
+	json_object_object_add(o, "chunk-size", json_object_new_int64((int64_t)st->chunk_size));
 	for (unsigned i = 0; i < st->ndev; i++) {
 		json_object *d = json_object_new_object();
 

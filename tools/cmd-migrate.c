@@ -13,12 +13,13 @@
 #include "common/error.h"
 #include "common/util.h"
 #include "control/control.h"
+#include "migrate/migrate.h"
 
 static const char migrate_help[] =
     "Usage: blkmig migrate --control PATH --to HOST:PORT [--shared-base] [--zero-blocks]\n"
     "                      [--max-downtime MS] [--max-bandwidth RATE]\n"
-    "                      [--mode auto|dirty|active] [--format native|qemu]\n"
-    "                      [--wait] [--json]\n"
+    "                      [--mode auto|dirty|active] [--chunk-size SIZE]\n"
+    "                      [--format native|qemu] [--wait] [--json]\n"
     "\n"
     "Start a live migration of a `blkmig serve` daemon's devices to another\n"
     "daemon's --incoming address.  Without --wait it returns once the migration\n"
@@ -31,8 +32,14 @@ static const char migrate_help[] =
     "  --zero-blocks         send all-zero chunks as a flag\n"
     "  --max-downtime MS     longest pause for writers (default 300)\n"
     "  --max-bandwidth RATE  cap the stream, e.g. 100M (per second)\n"
-    "  --mode MODE           dirty (resend passes); auto and active are not\n"
-    "                        available yet\n"
+    "  --mode MODE           how to keep up with writes made meanwhile:\n"
+    "                        dirty: resend passes until the rest fits the downtime\n"
+    "                        active: once a chunk is copied, send each write to it\n"
+    "                        as part of the write (write-blocking mirror)\n"
+    "                        auto (default): dirty, then active when passes stop\n"
+    "                        shrinking what is left\n"
+    "  --chunk-size SIZE     tracking and resend granularity, 4K..16M power of two\n"
+    "                        (default 64K; the QEMU format has 1M)\n"
     "  --format native|qemu  stream format; qemu: to a -M none QEMU 7.2 started with\n"
     "                        -incoming (QEMU cannot confirm success: check its\n"
     "                        query-migrate)\n"
@@ -53,6 +60,7 @@ int cmd_migrate(int argc, char **argv)
 		OPT_DOWNTIME,
 		OPT_BW,
 		OPT_MODE,
+		OPT_CHUNK,
 		OPT_FORMAT,
 		OPT_WAIT,
 		OPT_JSON
@@ -65,6 +73,7 @@ int cmd_migrate(int argc, char **argv)
 		{ "max-downtime", required_argument, NULL, OPT_DOWNTIME },
 		{ "max-bandwidth", required_argument, NULL, OPT_BW },
 		{ "mode", required_argument, NULL, OPT_MODE },
+		{ "chunk-size", required_argument, NULL, OPT_CHUNK },
 		{ "format", required_argument, NULL, OPT_FORMAT },
 		{ "wait", no_argument, NULL, OPT_WAIT },
 		{ "json", no_argument, NULL, OPT_JSON },
@@ -108,20 +117,27 @@ int cmd_migrate(int argc, char **argv)
 			json_object_object_add(args, "max-bandwidth",
 					       json_object_new_int64((int64_t)v));
 			break;
-		case OPT_MODE:
-			if (strcmp(optarg, "dirty") != 0 && strcmp(optarg, "auto") != 0 &&
-			    strcmp(optarg, "active") != 0) {
-				r = cli_usage_error(
-				    "migrate", "unknown mode '%s' (auto, dirty or active)", optarg);
+		case OPT_MODE: {
+			enum mig_mode m;
+
+			if (mig_mode_parse(optarg, &m) < 0) {
+				r = cli_usage_error("migrate", "--mode: %s", err_msg());
 				goto usage;
 			}
-			if (strcmp(optarg, "dirty") != 0) {
-				json_object_put(args);
-				return cli_fail(
-				    "migrate: --mode %s is not available yet (only dirty "
-				    "is)",
-				    optarg);
+			json_object_object_add(args, "mode", json_object_new_string(optarg));
+			break;
+		}
+		case OPT_CHUNK:
+			if (parse_size(optarg, &v) < 0 || !is_pow2(v) || v < WIRE_MIN_CHUNK_SIZE ||
+			    v > WIRE_MAX_CHUNK_SIZE) {
+				r = cli_usage_error("migrate",
+						    "--chunk-size must be a power of two from 4K "
+						    "to 16M, not '%s'",
+						    optarg);
+				goto usage;
 			}
+			json_object_object_add(args, "chunk-size",
+					       json_object_new_int64((int64_t)v));
 			break;
 		case OPT_FORMAT:
 			r = cli_check_format("migrate", optarg, true, &qemu);

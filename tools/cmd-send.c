@@ -21,7 +21,8 @@ static const char send_help[] =
     "Usage: blkmig send --to HOST:PORT --device NAME=PATH[,readonly] [--device ...]\n"
     "                   [--format native|qemu] [--shared-base] [--zero-blocks]\n"
     "                   [--max-bandwidth RATE] [--max-downtime MS] [--chunk-size SIZE]\n"
-    "                   [--workload SPEC] [--timeout SECONDS] [--json]\n"
+    "                   [--mode auto|dirty|active] [--workload SPEC] [--timeout SECONDS]\n"
+    "                   [--json]\n"
     "\n"
     "Migrate the named images to a `blkmig receive` at HOST:PORT: a bulk pass,\n"
     "passes that resend chunks written meanwhile, and a final pass with writers\n"
@@ -42,6 +43,8 @@ static const char send_help[] =
     "  --max-bandwidth RATE  cap the stream, e.g. 100M (per second; default none)\n"
     "  --max-downtime MS     longest pause for writers (default 300)\n"
     "  --chunk-size SIZE     migration granularity, 4K..16M power of two (default 1M)\n"
+    "  --mode MODE           auto (default), dirty or active: how writes made during\n"
+    "                        the migration are carried (see blkmig migrate --help)\n"
     "  --workload SPEC       run the built-in writer during the migration:\n"
     "                        NAME,bs=SIZE,rate=RATE[,seed=N][,pattern=random|sequential]\n"
     "  --timeout SECONDS     give up when the connection is idle this long (120)\n"
@@ -61,7 +64,8 @@ int cmd_send(int argc, char **argv)
 		OPT_WORKLOAD,
 		OPT_TIMEOUT,
 		OPT_JSON,
-		OPT_FORMAT
+		OPT_FORMAT,
+		OPT_MODE
 	};
 	static const struct option opts[] = {
 		{ "to", required_argument, NULL, 't' },
@@ -72,6 +76,7 @@ int cmd_send(int argc, char **argv)
 		{ "max-bandwidth", required_argument, NULL, OPT_BW },
 		{ "max-downtime", required_argument, NULL, OPT_DOWNTIME },
 		{ "chunk-size", required_argument, NULL, OPT_CHUNK },
+		{ "mode", required_argument, NULL, OPT_MODE },
 		{ "workload", required_argument, NULL, OPT_WORKLOAD },
 		{ "timeout", required_argument, NULL, OPT_TIMEOUT },
 		{ "json", no_argument, NULL, OPT_JSON },
@@ -123,6 +128,10 @@ int cmd_send(int argc, char **argv)
 			if (parse_rate(optarg, &p.max_bandwidth) < 0)
 				return cli_usage_error("send", "--max-bandwidth: %s", err_msg());
 			break;
+		case OPT_MODE:
+			if (mig_mode_parse(optarg, &p.mode) < 0)
+				return cli_usage_error("send", "--mode: %s", err_msg());
+			break;
 		case OPT_DOWNTIME:
 			r = cli_parse_uint("send", "--max-downtime", optarg, 0, 3600 * 1000, &v);
 			if (r)
@@ -167,6 +176,9 @@ int cmd_send(int argc, char **argv)
 		return cli_usage_error("send", "at least one --device NAME=PATH is required");
 	if (p.qemu && p.chunk_size && p.chunk_size != WIRE_QEMU_CHUNK_SIZE)
 		return cli_usage_error("send", "--chunk-size: the QEMU format has 1M chunks");
+	if (p.qemu && p.mode == MIG_MODE_ACTIVE)
+		return cli_usage_error("send", "--mode active needs the native format (QEMU "
+					       "cannot acknowledge mirrored writes)");
 	if (p.max_downtime_ns == 0)
 		p.max_downtime_ns = SRC_DEFAULT_DOWNTIME_NS;
 

@@ -31,6 +31,9 @@
 #include "transport/transport.h"
 #include "workload/workload.h"
 
+/* Tracking granularity of a served disk's native migration. */
+#define SERVE_DEFAULT_CHUNK_SIZE (64 * 1024)
+
 static const char serve_help[] =
     "Usage: blkmig serve --device NAME=PATH[,readonly] [--device ...]\n"
     "                    [--nbd HOST:PORT] [--control PATH] [--incoming HOST:PORT]\n"
@@ -76,6 +79,7 @@ struct serve {
 	pthread_mutex_t lock; /* guards migrated_to */
 	char migrated_to[256];
 	uint64_t max_bandwidth, max_downtime_ns;
+	enum mig_mode mode;  /* for the next migrate without 'mode' */
 	struct workload *wl; /* --workload, or NULL */
 };
 
@@ -154,6 +158,11 @@ static void job_event(void *user, const struct mig_stats *st, const char *error)
 		nbds_shutdown(s->nbd, ESHUTDOWN, reason);
 	}
 	json_object_object_add(data, "status", json_object_new_string(mig_state_name(st->state)));
+	json_object_object_add(data, "mode", json_object_new_string(mig_mode_name(st->mode)));
+	json_object_object_add(data, "mirroring", json_object_new_boolean(st->active));
+	if (st->active && st->mode_reason[0])
+		json_object_object_add(data, "mirroring-reason",
+				       json_object_new_string(st->mode_reason));
 	if (error && *error)
 		json_object_object_add(data, "error-desc", json_object_new_string(error));
 	if (s->ctl)
@@ -199,8 +208,8 @@ static json_object *cmd_migrate_ctl(struct serve *s, json_object *args, const ch
 	struct src_params p = { .max_bandwidth = s->max_bandwidth,
 				.max_downtime_ns = s->max_downtime_ns };
 	json_object *v;
-	const char *to, *mode = "dirty", *format = "native";
-	uint64_t ms = s->max_downtime_ns / 1000000u;
+	const char *to, *mode = mig_mode_name(s->mode), *format = "native";
+	uint64_t ms = s->max_downtime_ns / 1000000u, chunk = 0;
 
 	*cls = "InvalidParameter";
 	if (!json_object_object_get_ex(args, "to", &v) ||
@@ -216,10 +225,11 @@ static json_object *cmd_migrate_ctl(struct serve *s, json_object *args, const ch
 	if (!get_bool(args, "shared-base", &p.shared_base, err, cap) ||
 	    !get_bool(args, "zero-blocks", &p.zero_blocks, err, cap) ||
 	    !get_u64(args, "max-bandwidth", &p.max_bandwidth, err, cap) ||
-	    !get_u64(args, "max-downtime", &ms, err, cap))
+	    !get_u64(args, "max-downtime", &ms, err, cap) ||
+	    !get_u64(args, "chunk-size", &chunk, err, cap))
 		return NULL;
-	if (strcmp(mode, "dirty") != 0) {
-		snprintf(err, cap, "mode '%s' is not available yet (only 'dirty' is)", mode);
+	if (mig_mode_parse(mode, &p.mode) < 0) {
+		snprintf(err, cap, "%s", err_msg());
 		return NULL;
 	}
 	if (strcmp(format, "qemu") == 0)
@@ -228,6 +238,25 @@ static json_object *cmd_migrate_ctl(struct serve *s, json_object *args, const ch
 		snprintf(err, cap, "unknown format '%s' (native or qemu)", format);
 		return NULL;
 	}
+	if (p.qemu && p.mode == MIG_MODE_ACTIVE) {
+		snprintf(err, cap,
+			 "mode active needs the native format (QEMU cannot acknowledge "
+			 "mirrored writes)");
+		return NULL;
+	}
+	if (p.qemu && chunk && chunk != WIRE_QEMU_CHUNK_SIZE) {
+		snprintf(err, cap, "the QEMU format has 1 MiB chunks");
+		return NULL;
+	}
+	if (chunk &&
+	    (!is_pow2(chunk) || chunk < WIRE_MIN_CHUNK_SIZE || chunk > WIRE_MAX_CHUNK_SIZE)) {
+		snprintf(err, cap, "'chunk-size' must be a power of two from 4K to 16M");
+		return NULL;
+	}
+	/* A served disk takes random writes: track and resend 64 KiB, not
+	 * 1 MiB, unless told otherwise.  QEMU's stream has 1 MiB. */
+	p.chunk_size =
+	    p.qemu ? WIRE_QEMU_CHUNK_SIZE : (uint32_t)(chunk ? chunk : SERVE_DEFAULT_CHUNK_SIZE);
 	p.max_downtime_ns = ms * 1000000u;
 	*cls = "GenericError";
 	pthread_mutex_lock(&s->lock);
@@ -289,10 +318,28 @@ static json_object *handle(void *user, const char *cmd, json_object *args, const
 	if (strcmp(cmd, "migrate-set-parameters") == 0) {
 		uint64_t bw = s->max_bandwidth, ms = s->max_downtime_ns / 1000000u;
 
+		json_object *mv;
+		enum mig_mode m;
+
 		*cls = "InvalidParameter";
 		if (!get_u64(args, "max-bandwidth", &bw, err, cap) ||
 		    !get_u64(args, "max-downtime", &ms, err, cap))
 			return NULL;
+		if (json_object_object_get_ex(args, "mode", &mv)) {
+			if (mig_mode_parse(json_object_get_string(mv), &m) < 0) {
+				snprintf(err, cap, "%s", err_msg());
+				return NULL;
+			}
+			*cls = "GenericError";
+			/* Not running: the default for the next migrate. */
+			int r = job_set_mode(s->job, m);
+
+			if (r < 0 && r != -ENOENT) {
+				snprintf(err, cap, "%s", err_msg());
+				return NULL;
+			}
+			s->mode = m;
+		}
 		s->max_bandwidth = bw;
 		s->max_downtime_ns = ms * 1000000u;
 		job_set_max_bandwidth(s->job, bw);

@@ -63,7 +63,8 @@ static void on_progress(const struct mig_stats *st, void *user)
 	bool changed;
 
 	pthread_mutex_lock(&j->lock);
-	changed = st->state != j->last_state;
+	/* Mirroring beginning is news too. */
+	changed = st->state != j->last_state || st->active != j->last.active;
 	j->last = *st;
 	j->last_state = st->state;
 	pthread_mutex_unlock(&j->lock);
@@ -174,6 +175,21 @@ void job_set_max_bandwidth(struct job *j, uint64_t bytes_per_sec)
 	if (j->src)
 		src_set_max_bandwidth(j->src, bytes_per_sec);
 	pthread_mutex_unlock(&j->lock);
+}
+
+int job_set_mode(struct job *j, enum mig_mode m)
+{
+	int r = 0;
+
+	pthread_mutex_lock(&j->lock);
+	if (j->src)
+		r = src_set_mode(j->src, m);
+	else
+		r = err_set(ENOENT, "no migration is running");
+	if (r == 0)
+		j->p.mode = m;
+	pthread_mutex_unlock(&j->lock);
+	return r;
 }
 
 int job_wait(struct job *j)

@@ -30,6 +30,7 @@
  * right after the write, under the same order.
  */
 #include <errno.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -148,6 +149,7 @@ struct src_job {
 	bool auto_active;      /* AUTO decided to mirror */
 	bool mirroring;	       /* the tracking layers have the mirror */
 	unsigned stalls;       /* dirty passes in a row that did not shrink the set */
+	bool should_mirror;    /* AUTO: the last pass says dirty passes will not do */
 	char stall_reason[160];
 	bool in_blocks;		       /* a BLOCKS message is open on the wire (no EOS yet) */
 	bool final_pass;	       /* QEMU: this pass is the END section */
@@ -1465,21 +1467,41 @@ static void end_of_pass(struct src_job *j, struct pass_timer *t, enum pass_kind 
 		j->stalls = 0;
 	src_stats(j, &st);
 	m = (struct mode_arg){ .active = j->mirroring, .since = st.active_since };
-	m.converging = j->mirroring || e.expected_ns <= j->p.max_downtime_ns ||
-		       (e.dirty_rate < e.bandwidth && j->stalls < 2);
-	if (!m.converging) {
+	/*
+	 * Each pass leaves about dirty_rate / bandwidth of what it sent: the
+	 * passes still needed until the rest fits the downtime follow.  More
+	 * than 10 (or a ratio of 1 or more, or two passes that took off next
+	 * to nothing) is "not converging"; AUTO does not wait for more than 2.
+	 */
+	if (e.expected_ns <= j->p.max_downtime_ns) {
+		m.converging = true;
+		j->should_mirror = false;
+	} else {
+		double f = e.bandwidth ? (double)e.dirty_rate / (double)e.bandwidth : 1.0;
+		double need = f >= 1.0 ? 1e9
+				       : log((double)e.expected_ns / (double)j->p.max_downtime_ns) /
+					     log(1.0 / f);
 		char a[32], b[32];
 
-		if (e.dirty_rate >= e.bandwidth)
+		m.converging = f < 1.0 && need <= 10.0 && j->stalls < 2;
+		j->should_mirror = !m.converging || need > 2.0;
+		if (f >= 1.0)
 			snprintf(j->stall_reason, sizeof(j->stall_reason),
-				 "writes dirty %s/s, more than the %s/s the link carries",
+				 "writes dirty %s/s, as much as the %s/s the link carries",
 				 fmt_bytes(a, sizeof(a), e.dirty_rate),
 				 fmt_bytes(b, sizeof(b), e.bandwidth));
-		else
+		else if (j->stalls >= 2)
 			snprintf(j->stall_reason, sizeof(j->stall_reason),
 				 "%u passes in a row did not shrink the dirty set (%s left)",
 				 j->stalls, fmt_bytes(a, sizeof(a), e.remaining));
+		else
+			snprintf(j->stall_reason, sizeof(j->stall_reason),
+				 "about %.0f more passes would be needed (writes dirty %s/s of the "
+				 "%s/s the link carries)",
+				 ceil(need), fmt_bytes(a, sizeof(a), e.dirty_rate),
+				 fmt_bytes(b, sizeof(b), e.bandwidth));
 	}
+	m.converging = m.converging || j->mirroring;
 	stats_update(j, mode_fn, &m);
 }
 
@@ -1531,7 +1553,7 @@ static void choose_mode(struct src_job *j, const struct mig_stats *st)
 		return;
 	if (want == MIG_MODE_ACTIVE)
 		set_mirroring(j, true, "active mode asked for");
-	else if (want == MIG_MODE_AUTO && !st->converging)
+	else if (want == MIG_MODE_AUTO && j->should_mirror)
 		set_mirroring(j, true, j->stall_reason);
 }
 

@@ -25,6 +25,9 @@ expect_error "$(run migrate --to 127.0.0.1:1)" 2 "$T/err" "--control PATH and --
 expect_error "$(run migrate --control /x --to 127.0.0.1:1 --mode sideways)" 2 "$T/err" "unknown mode"
 expect_error "$(run status)" 2 "$T/err" "--control PATH is required"
 expect_error "$(run cancel)" 2 "$T/err" "--control PATH is required"
+expect_error "$(run migrate --control /x --to 127.0.0.1:1 --chunk-size 3K)" 2 "$T/err" "power of two"
+expect_error "$(run send --to 127.0.0.1:1 --device a=/dev/null --mode sideways)" 2 "$T/err" "unknown mode"
+expect_error "$(run send --to 127.0.0.1:1 --device a=/dev/null --format qemu --mode active)" 2 "$T/err" "needs the native format"
 pass "usage errors exit 2"
 
 expect_error "$(run send --to 127.0.0.1:1 --device d0="$T/missing.img")" 1 "$T/err" "missing.img"
@@ -34,7 +37,6 @@ expect_error "$(run receive --listen 256.1.1.1:0 --device d0=/x)" 1 "$T/err" "ca
 expect_error "$(run send --to 127.0.0.1:1 --device d0="$T/a.img" --format qemu --chunk-size 64K)" 2 "$T/err" "QEMU format has 1M chunks"
 expect_error "$(run status --control "$T/no.sock")" 1 "$T/err" "no.sock"
 expect_error "$(run cancel --control "$T/no.sock")" 1 "$T/err" "no.sock"
-expect_error "$(run migrate --control "$T/no.sock" --to 127.0.0.1:1 --mode active)" 1 "$T/err" "not available yet"
 expect_error "$(run serve --nbd 127.0.0.1:0 --device d0="$T/missing.img")" 1 "$T/err" "missing.img"
 pass "failures exit 1"
 
