@@ -1485,9 +1485,9 @@ static void end_of_pass(struct src_job *j, struct pass_timer *t, enum pass_kind 
 
 		m.converging = f < 1.0 && need <= 10.0 && j->stalls < 2;
 		j->should_mirror = !m.converging || need > 2.0;
-		if (f >= 1.0)
+		if (f >= 0.95)
 			snprintf(j->stall_reason, sizeof(j->stall_reason),
-				 "writes dirty %s/s, as much as the %s/s the link carries",
+				 "writes dirty %s/s, about as much as the %s/s the link carries",
 				 fmt_bytes(a, sizeof(a), e.dirty_rate),
 				 fmt_bytes(b, sizeof(b), e.bandwidth));
 		else if (j->stalls >= 2)

@@ -48,6 +48,9 @@ check no-complete "closed the connection at stream offset [0-9]+, before complet
 check no-commit "after the acknowledgement without committing" yes
 check missing-chunk "carried 4 of 5 chunks: the migration is incomplete" yes
 check shared-base "accept it with receive --shared-base" no
+check write-unannounced "a WRITE record, which this stream did not announce" yes
+check write-sequence "write 2 out of sequence .expected 1." yes
+check write-beyond "write of 5 bytes at offset [0-9]+ beyond device d0" yes
 
 # The same stream, well formed, is accepted: the faults above are the cause.
 rm -f "$T/d.img"
@@ -75,3 +78,13 @@ wait_rc "$RECV_PID"; [ "$RC" = 0 ] || { cat "$T/sb.err" >&2; fail "shared-base: 
 cmp -n $MiB "$T/d.img" "$T/base.img" || fail "shared-base: the chunk not sent was changed"
 is_marked "$T/d.img" && fail "shared-base: still marked"
 pass "shared-base stream accepted with receive --shared-base"
+
+# A mirrored WRITE (active mode) is applied over the chunk it lands in,
+# acknowledged, and the digests agree.
+rm -f "$T/d.img"
+make_random "$T/d.img" $size 62
+start_receiver mo --device d0="$T/d.img"
+"$BLKMIG_CRAFT" --to "127.0.0.1:$RECV_PORT" --size $size --fault mirror-ok >"$T/mo.craft" 2>&1 || { cat "$T/mo.craft" >&2; fail "mirror-ok: craft"; }
+wait_rc "$RECV_PID"; [ "$RC" = 0 ] || { cat "$T/mo.err" >&2; fail "mirror-ok: refused"; }
+[ "$(dd if="$T/d.img" bs=1 skip=1000 count=5 status=none)" = hello ] || fail "mirror-ok: the WRITE is not in the image"
+pass "a mirrored WRITE is applied and acknowledged"

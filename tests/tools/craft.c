@@ -24,23 +24,32 @@
 #include "wire/native.h"
 
 static const char *const faults[] = {
-	"ok",		   /* a valid migration: must be acknowledged */
-	"truncated",	   /* stream ends in the middle of a data record */
-	"truncated-hello", /* stream ends inside HELLO */
-	"beyond",	   /* a record at an offset past the device end */
-	"unknown-device",  /* a record for a device HELLO did not announce */
-	"hello-device",	   /* HELLO announces a device the receiver lacks */
-	"unknown-flag",	   /* a record word with flag 0x20 */
-	"size-mismatch",   /* HELLO size differs from the receiver's image */
-	"digest-mismatch", /* COMPLETE with a wrong digest */
-	"bad-magic",	   /* not a blkmig stream */
-	"bad-version",	   /* HELLO version 99 */
-	"abort",	   /* the source aborts after one record */
-	"no-complete",	   /* all records, then the connection closes */
-	"no-commit",	   /* a valid migration, but no COMMIT after the ACK */
-	"missing-chunk",   /* one chunk never sent (not shared base), digest of the rest */
-	"shared-base",	   /* HELLO with the SHARED_BASE capability, chunk 0 skipped */
+	"ok",		     /* a valid migration: must be acknowledged */
+	"truncated",	     /* stream ends in the middle of a data record */
+	"truncated-hello",   /* stream ends inside HELLO */
+	"beyond",	     /* a record at an offset past the device end */
+	"unknown-device",    /* a record for a device HELLO did not announce */
+	"hello-device",	     /* HELLO announces a device the receiver lacks */
+	"unknown-flag",	     /* a record word with flag 0x20 */
+	"size-mismatch",     /* HELLO size differs from the receiver's image */
+	"digest-mismatch",   /* COMPLETE with a wrong digest */
+	"bad-magic",	     /* not a blkmig stream */
+	"bad-version",	     /* HELLO version 99 */
+	"abort",	     /* the source aborts after one record */
+	"no-complete",	     /* all records, then the connection closes */
+	"no-commit",	     /* a valid migration, but no COMMIT after the ACK */
+	"missing-chunk",     /* one chunk never sent (not shared base), digest of the rest */
+	"shared-base",	     /* HELLO with the SHARED_BASE capability, chunk 0 skipped */
+	"mirror-ok",	     /* MIRROR announced, a valid WRITE after the pass: accepted */
+	"write-unannounced", /* a WRITE record without MIRROR in HELLO */
+	"write-sequence",    /* MIRROR, but the first WRITE has sequence number 2 */
+	"write-beyond",	     /* MIRROR, a WRITE that runs past the device end */
 };
+
+static bool is(const char *fault, const char *name)
+{
+	return strcmp(fault, name) == 0;
+}
 
 /* Released at exit, whichever way main() leaves. */
 static struct xport *g_x;
@@ -141,6 +150,8 @@ int main(int argc, char **argv)
 	h.dev[0].size = strcmp(fault, "size-mismatch") == 0 ? size + cs : size;
 	if (strcmp(fault, "shared-base") == 0)
 		h.caps |= NATIVE_CAP_SHARED_BASE;
+	if (is(fault, "mirror-ok") || is(fault, "write-sequence") || is(fault, "write-beyond"))
+		h.caps |= NATIVE_CAP_MIRROR;
 	n = native_hello_encode(buf, sizeof(buf), &h);
 	if (n < 0)
 		return 1;
@@ -216,6 +227,22 @@ int main(int argc, char **argv)
 			goto answer;
 		}
 	}
+	if (is(fault, "mirror-ok") || strncmp(fault, "write-", 6) == 0) {
+		/* A mirrored client write of "hello" into chunk 0. */
+		struct wire_record rec = { .kind = WIRE_REC_WRITE,
+					   .seq = is(fault, "write-sequence") ? 2 : 1,
+					   .offset = is(fault, "write-beyond") ? size - 2 : 1000,
+					   .length = 5,
+					   .op = WIRE_WRITE_DATA };
+
+		snprintf(rec.name, sizeof(rec.name), "%s", name);
+		n = wire_rec_encode_header(hdr, &rec);
+		if (n < 0 || xport_write2(x, hdr, (size_t)n, "hello", 5) < 0)
+			goto closed;
+		fill_chunk(chunk, cs, 0);
+		memcpy(chunk + 1000, "hello", 5);
+		digest_set(dig, 0, digest_hash(chunk, digest_chunk_len(dig, 0)));
+	}
 	n = wire_rec_encode_header(hdr, &(struct wire_record){ .kind = WIRE_REC_EOS });
 	xport_write(x, hdr, (size_t)n);
 	if (strcmp(fault, "no-complete") == 0) {
@@ -245,9 +272,9 @@ answer:
 		len = get_be32(hdr + 1);
 		if (len > sizeof(body) || xport_read(x, body, len, NULL) < 0)
 			goto closed;
-	} while (hdr[0] == NATIVE_MSG_SYNCED);
+	} while (hdr[0] == NATIVE_MSG_SYNCED || hdr[0] == NATIVE_MSG_WACK);
 	if (hdr[0] == NATIVE_MSG_ACK) {
-		bool good = strcmp(fault, "ok") == 0 || strcmp(fault, "shared-base") == 0;
+		bool good = is(fault, "ok") || is(fault, "shared-base") || is(fault, "mirror-ok");
 
 		printf("receiver acknowledged\n");
 		if (strcmp(fault, "no-commit") == 0)

@@ -745,6 +745,150 @@ static void test_live_writer(void **state)
 	sdev_close(&s);
 }
 
+/* ---- (c2) writes faster than the link ---------------------------------------------- */
+
+static void setup_fault_run(struct mig *m, struct sdev *s, const char *name);
+struct cancel_thread {
+	pthread_t th;
+	struct src_job *job;
+	int r;
+};
+
+/*
+ * Two writers dirty 4 KiB random blocks at 16 MB/s together, over a link of
+ * 4 MB/s: dirty passes cannot converge.  In active and auto mode the
+ * migration completes anyway, writes were mirrored, and the destination
+ * equals the frozen source.
+ */
+static void run_outpaced(enum mig_mode mode, struct mig_stats *out)
+{
+	static const struct extent layout[] = { { 0, 8 * MiB, FILL_RANDOM } };
+	struct workload_spec ws[2];
+	struct workload_stats wst;
+	struct workload *w[2] = { NULL, NULL };
+	struct sdev s;
+	struct mig m;
+
+	sdev_open_mem(&s, "disk0", 8 * MiB);
+	write_extents(s.base, layout, ARRAY_SIZE(layout), 9);
+	mig_init(&m);
+	m.sp.chunk_size = 64 * KiB;
+	m.sp.max_bandwidth = 4 * MiB;
+	m.sp.mode = mode;
+	m.src[0] = &s;
+	m.nsrc = 1;
+	m.dst.n = 1;
+	m.dst.dev[0].name = "disk0";
+	tmp_new(m.dst.dev[0].path, PATH_CAP, "dst");
+	prefill_file(m.dst.dev[0].path, 8 * MiB, FILL_BYTE, 0);
+	if (workload_parse("disk0,bs=4K,rate=8M,seed=21", &ws[0]) != 0 ||
+	    workload_parse("disk0,bs=4K,rate=8M,seed=22", &ws[1]) != 0)
+		fail_msg("workload: %s", err_msg());
+	for (int i = 0; i < 2; i++)
+		assert_int_equal(workload_start(&ws[i], s.track, &w[i]), 0);
+	mig_run(&m);
+	assert_success(&m);
+	assert_fenced(&s);
+	for (int i = 0; i < 2; i++) {
+		workload_stop(w[i], &wst);
+		assert_true(wst.stopped_by == 0 || wst.stopped_by == -ESHUTDOWN);
+		assert_true(wst.writes > 0);
+	}
+	assert_same(&s, m.dst.dev[0].path);
+	assert_int_equal(mark_check(m.dst.dev[0].path), 0);
+	assert_true(m.src_st.active);
+	assert_true(m.src_st.mirror_writes > 0);
+	/* What the destination applied is what the source mirrored. */
+	assert_int_equal(m.dst_st.mirror_writes, m.src_st.mirror_writes);
+	*out = m.src_st;
+	sdev_close(&s);
+}
+
+static void test_active_outpaced(void **state)
+{
+	struct mig_stats st;
+
+	(void)state;
+	run_outpaced(MIG_MODE_ACTIVE, &st);
+	assert_int_equal(st.mode, MIG_MODE_ACTIVE);
+	assert_string_equal(st.mode_reason, "active mode asked for");
+	print_message("active: %" PRIu64 " passes, %" PRIu64 " mirrored writes\n", st.iterations,
+		      st.mirror_writes);
+}
+
+static void test_auto_outpaced(void **state)
+{
+	struct mig_stats st;
+
+	(void)state;
+	run_outpaced(MIG_MODE_AUTO, &st);
+	assert_int_equal(st.mode, MIG_MODE_AUTO);
+	assert_true(st.active_since >= 1); /* after the bulk pass at the earliest */
+	assert_true(strlen(st.mode_reason) > 0);
+	print_message("auto: mirroring since pass %" PRIu64 " (%s)\n", st.active_since,
+		      st.mode_reason);
+}
+
+/* Cancel once writes are being mirrored: the writers carry on, the source
+ * keeps every write, nothing hangs. */
+static void *cancel_when_mirroring(void *arg)
+{
+	struct cancel_thread *c = arg;
+	uint64_t t0 = now_ns();
+
+	for (;;) {
+		struct mig_stats st;
+
+		src_stats(c->job, &st);
+		if (st.mirror_writes >= 20)
+			break;
+		if (st.state >= MIG_COMPLETED || now_ns() - t0 > 20 * 1000000000ull) {
+			c->r = -1;
+			return NULL;
+		}
+		sleep_ns(1000000);
+	}
+	src_cancel(c->job);
+	return NULL;
+}
+
+static void test_active_cancel(void **state)
+{
+	struct cancel_thread c = { 0 };
+	struct workload_spec ws;
+	struct workload_stats wst;
+	struct workload *w = NULL;
+	uint64_t before;
+	struct sdev s;
+	struct mig m;
+
+	(void)state;
+	setup_fault_run(&m, &s, "disk0");
+	m.sp.chunk_size = 64 * KiB;
+	m.sp.max_bandwidth = 4 * MiB;
+	m.sp.mode = MIG_MODE_ACTIVE;
+	if (workload_parse("disk0,bs=4K,rate=8M,seed=23", &ws) != 0)
+		fail_msg("workload: %s", err_msg());
+	assert_int_equal(workload_start(&ws, s.track, &w), 0);
+	mig_start(&m);
+	c.job = m.job;
+	assert_int_equal(pthread_create(&c.th, NULL, cancel_when_mirroring, &c), 0);
+	mig_finish(&m);
+	pthread_join(c.th, NULL);
+	assert_int_equal(c.r, 0);
+	assert_int_equal(m.src_r, -ECANCELED);
+	assert_int_equal(m.src_st.state, MIG_CANCELLED);
+	assert_int_equal(mark_check(m.dst.dev[0].path), 1);
+	/* The writer goes on, unmirrored, at full speed. */
+	before = track_writes(s.track);
+	while (track_writes(s.track) < before + 100)
+		sleep_ns(1000000);
+	workload_stop(w, &wst);
+	assert_int_equal(wst.stopped_by, 0);
+	assert_writable(&s);
+	sdev_close(&s);
+}
+
 /* ---- (d) source read errors ------------------------------------------------------- */
 
 static void setup_fault_run(struct mig *m, struct sdev *s, const char *name)
@@ -865,12 +1009,6 @@ static void test_destination_write_error(void **state)
 }
 
 /* ---- (f) cancel ------------------------------------------------------------------- */
-
-struct cancel_thread {
-	pthread_t th;
-	struct src_job *job;
-	int r;
-};
 
 /* Cancel once the bulk pass is 2 MiB in (the job is rate-limited, so it
  * is still going). */
@@ -1239,8 +1377,22 @@ static void test_src_new_errors(void **state)
 	assert_string_equal(st.dev[1].name, "b");
 	assert_int_equal(st.dev[1].size, MiB);
 	src_set_max_bandwidth(j, MiB);
+	assert_int_equal(st.mode, MIG_MODE_AUTO);
+	assert_int_equal(src_set_mode(j, MIG_MODE_ACTIVE), 0);
 	src_free(j);
 	src_free(NULL);
+
+	/* Active mode needs the native format; auto with QEMU is dirty. */
+	p.qemu = true;
+	p.mode = MIG_MODE_ACTIVE;
+	assert_int_equal(src_new(&p, devs, 1, &j), -EINVAL);
+	assert_contains("src_new", err_msg(), "active mode needs the native format");
+	p.mode = MIG_MODE_AUTO;
+	assert_int_equal(src_new(&p, devs, 1, &j), 0);
+	src_stats(j, &st);
+	assert_int_equal(st.mode, MIG_MODE_DIRTY);
+	assert_int_equal(src_set_mode(j, MIG_MODE_ACTIVE), -EINVAL);
+	src_free(j);
 	sdev_close(&a);
 	sdev_close(&b);
 }
@@ -1301,6 +1453,9 @@ int main(void)
 		T(test_two_devices),
 		T(test_dirty_pass),
 		T(test_live_writer),
+		T(test_active_outpaced),
+		T(test_auto_outpaced),
+		T(test_active_cancel),
 		T(test_source_read_error),
 		T(test_source_read_error_final),
 		T(test_destination_write_error),

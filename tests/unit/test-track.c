@@ -306,6 +306,109 @@ static void test_marks(void **state)
 	stack_close(&s);
 }
 
+/* ---- mirroring -------------------------------------------------------------- */
+
+/* A mirror that records what it was offered and answers as told. */
+struct fake_mirror {
+	int answer;	 /* what submit returns */
+	int wait_answer; /* what wait returns */
+	unsigned submits, waits;
+	enum track_op op;
+	uint64_t off, len;
+	uint8_t first;	    /* first byte of the data, as the layer passed it */
+	bool data_was_down; /* the lower device had the data when submit ran */
+	struct blk *lower;
+};
+
+static int fake_submit(void *opaque, enum track_op op, const void *buf, uint64_t off, uint64_t len,
+		       uint64_t *ticket)
+{
+	struct fake_mirror *m = opaque;
+	uint8_t b = 0;
+
+	m->submits++;
+	m->op = op;
+	m->off = off;
+	m->len = len;
+	m->first = buf ? ((const uint8_t *)buf)[0] : 0;
+	blk_pread(m->lower, &b, 1, off);
+	m->data_was_down = buf ? b == m->first : b == 0;
+	*ticket = m->submits;
+	return m->answer;
+}
+
+static int fake_wait(void *opaque, uint64_t ticket)
+{
+	struct fake_mirror *m = opaque;
+
+	assert_int_equal(ticket, m->submits);
+	m->waits++;
+	return m->wait_answer;
+}
+
+static const struct track_mirror fake_ops = { .submit = fake_submit, .wait = fake_wait };
+
+static void test_mirror(void **state)
+{
+	struct fake_mirror m = { .answer = 1 };
+	struct stack s;
+	uint8_t buf[GRAN];
+
+	(void)state;
+	stack_open(&s, false);
+	m.lower = s.mem;
+	track_set_dirty(s.track, s.d);
+	track_set_mirror(s.track, &fake_ops, &m);
+	memset(buf, 0x77, sizeof(buf));
+
+	/* Sent and waited for: not marked; the data was down first. */
+	assert_int_equal(blk_pwrite(s.track, buf, 100, 3 * GRAN + 1), 0);
+	assert_int_equal(m.submits, 1);
+	assert_int_equal(m.waits, 1);
+	assert_int_equal(m.op, TRACK_OP_WRITE);
+	assert_int_equal(m.off, 3 * GRAN + 1);
+	assert_int_equal(m.len, 100);
+	assert_int_equal(m.first, 0x77);
+	assert_true(m.data_was_down);
+	assert_int_equal(dirty_count(s.d), 0);
+	/* Zero and trim are offered as zeroing. */
+	assert_int_equal(blk_zero(s.track, 3 * GRAN, 10, 0), 0);
+	assert_int_equal(m.op, TRACK_OP_ZERO);
+	assert_true(m.data_was_down);
+	assert_int_equal(blk_trim(s.track, 5 * GRAN, GRAN), 0);
+	assert_int_equal(m.op, TRACK_OP_ZERO);
+	assert_int_equal(dirty_count(s.d), 0);
+	assert_int_equal(m.waits, 3);
+
+	/* Not sent: marked, not waited for. */
+	m.answer = 0;
+	assert_int_equal(blk_pwrite(s.track, buf, 10, 7 * GRAN), 0);
+	assert_int_equal(m.waits, 3);
+	assert_true(dirty_test(s.d, 7));
+	/* Sent, but the wait failed: marked after all. */
+	m.answer = 1;
+	m.wait_answer = -EIO;
+	assert_int_equal(blk_pwrite(s.track, buf, 10, 9 * GRAN), 0);
+	assert_int_equal(m.waits, 4);
+	assert_true(dirty_test(s.d, 9));
+	/* A failed lower write is not offered, and is marked. */
+	m.wait_answer = 0;
+	blk_mem_inject(s.mem, BLK_MEM_WRITE, 1, EIO);
+	assert_int_equal(blk_pwrite(s.track, buf, 10, 11 * GRAN), -EIO);
+	assert_int_equal(m.submits, 5);
+	assert_true(dirty_test(s.d, 11));
+	/* Flush is never offered. */
+	assert_int_equal(blk_flush(s.track), 0);
+	assert_int_equal(m.submits, 5);
+
+	/* Detached: plain marking again. */
+	track_set_mirror(s.track, NULL, NULL);
+	assert_int_equal(blk_pwrite(s.track, buf, 10, 13 * GRAN), 0);
+	assert_int_equal(m.submits, 5);
+	assert_true(dirty_test(s.d, 13));
+	stack_close(&s);
+}
+
 static void test_marks_on_lower_failure(void **state)
 {
 	struct stack s;
@@ -587,6 +690,7 @@ int main(void)
 		cmocka_unit_test(test_open_props),
 		cmocka_unit_test(test_marks),
 		cmocka_unit_test(test_marks_on_lower_failure),
+		cmocka_unit_test(test_mirror),
 		cmocka_unit_test(test_attach_detach),
 		cmocka_unit_test(test_pause_blocks_writers),
 		cmocka_unit_test(test_pause_waits_for_inflight),

@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+# Convergence under writes: live migrations of a 1 GiB image over a link
+# capped with --max-bandwidth (100M) while the source daemon's built-in
+# writer issues 4 KiB or 64 KiB random writes at 20, 80 and 200 MB/s
+# (below, near and above the link), in each mode (dirty, active, auto).
+# For every run: converged or not (a run still going after --limit seconds
+# is cancelled), total time, bytes on the wire, passes, downtime (the pause
+# of the switch-over) and the longest pause of any attempt, mirrored
+# writes, the write rate the writer achieved during the migration, and its
+# write latency p50/p99 against the same writer with no migration.
+#
+#   bench/converge.sh [--size 1G] [--bandwidth 100M] [--limit 60]
+#                     [--rates "20M 80M 200M"] [--sizes "4K 64K"]
+#                     [--modes "dirty active auto"] [--quiet-secs 3]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+size=1G bw=100M limit=60 quiet=3
+rates="20M 80M 200M" sizes="4K 64K" modes="dirty active auto"
+while [ $# -gt 0 ]; do
+	case $1 in
+	--size) size=$2; shift 2 ;;
+	--bandwidth) bw=$2; shift 2 ;;
+	--limit) limit=$2; shift 2 ;;
+	--rates) rates=$2; shift 2 ;;
+	--sizes) sizes=$2; shift 2 ;;
+	--modes) modes=$2; shift 2 ;;
+	--quiet-secs) quiet=$2; shift 2 ;;
+	*) echo "usage: bench/converge.sh [--size SIZE] [--bandwidth RATE] [--limit SECS] [--rates LIST] [--sizes LIST] [--modes LIST] [--quiet-secs N]" >&2; exit 2 ;;
+	esac
+done
+BLKMIG=${BLKMIG:-build/tools/blkmig}
+[ -x "$BLKMIG" ] || { echo "bench: build first (make)" >&2; exit 1; }
+W=$(mktemp -d "${TMPDIR:-/var/tmp}/blkmig-conv.XXXXXX")
+trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$W"' EXIT
+bytes=$(python3 -c "import sys; m={'K':1<<10,'M':1<<20,'G':1<<30}; s=sys.argv[1]; print(int(s[:-1])*m[s[-1]] if s[-1] in m else int(s))" "$size")
+head -c "$bytes" /dev/urandom >"$W/base.img"
+
+ctl() { # SOCK COMMAND [ARGS-JSON]
+	python3 - "$@" <<'PY'
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); f = s.makefile("rw")
+f.readline()
+cmd = {"execute": sys.argv[2], "arguments": json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}}
+f.write(json.dumps(cmd) + "\n"); f.flush()
+while True:
+    r = json.loads(f.readline())
+    if "event" not in r:
+        break
+print(json.dumps(r.get("return", r)))
+PY
+}
+wait_ports() { for _ in $(seq 400); do grep -q "^$2=" "$1" 2>/dev/null && return; sleep 0.025; done; echo "bench: no $2 port" >&2; exit 1; }
+field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
+
+# start SPEC: a destination and a source daemon running the writer.
+start() {
+	cp "$W/base.img" "$W/src.img"; rm -f "$W/dst.img" "$W"/*.ports
+	"$BLKMIG" serve --nbd 127.0.0.1:0 --port-file "$W/dst.ports" --incoming 127.0.0.1:0 --device d0="$W/dst.img" --create 2>/dev/null &
+	dpid=$!
+	"$BLKMIG" serve --nbd 127.0.0.1:0 --port-file "$W/src.ports" --control "$W/src.sock" --device d0="$W/src.img" \
+		--workload "d0,$1,seed=3" 2>/dev/null &
+	spid=$!
+	wait_ports "$W/dst.ports" incoming; wait_ports "$W/src.ports" nbd
+	for _ in $(seq 100); do [ -S "$W/src.sock" ] && break; sleep 0.05; done
+}
+stop() { kill $spid $dpid 2>/dev/null; wait $spid $dpid 2>/dev/null || true; }
+
+echo "blkmig convergence: $size image, --max-bandwidth $bw, built-in writer (random offsets), limit ${limit}s"
+printf '%-4s %-5s %-6s | %-4s %7s %8s %6s %8s %8s %8s | %9s %9s %8s | %9s %9s %8s\n' \
+	bs rate mode conv total_s wire_MiB passes downtime maxpause mirrored \
+	base_p50 base_p99 base_MB/s mig_p50 mig_p99 mig_MB/s
+for bs in $sizes; do
+	for rate in $rates; do
+		spec="bs=$bs,rate=$rate"
+		for mode in $modes; do
+			start "$spec"
+			ctl "$W/src.sock" query-workload '{"reset": true}' >/dev/null
+			sleep "$quiet"
+			base=$(ctl "$W/src.sock" query-workload '{"reset": true}')
+			t0=$(date +%s.%N)
+			"$BLKMIG" migrate --control "$W/src.sock" --to "127.0.0.1:$(sed -n 's/^incoming=//p' "$W/dst.ports")" \
+				--max-bandwidth "$bw" --mode "$mode" >/dev/null
+			conv=yes
+			while :; do
+				sleep 0.2
+				st=$(ctl "$W/src.sock" query-migrate)
+				s=$(field "$st" status)
+				case $s in completed) break ;; failed | cancelled) conv=FAIL; break ;; esac
+				if python3 -c "import sys; sys.exit(0 if float(sys.argv[2]) - float(sys.argv[1]) > float(sys.argv[3]) else 1)" \
+					"$t0" "$(date +%s.%N)" "$limit"; then
+					conv=no
+					ctl "$W/src.sock" migrate-cancel >/dev/null
+					for _ in $(seq 100); do
+						sleep 0.1
+						st=$(ctl "$W/src.sock" query-migrate)
+						case $(field "$st" status) in completed | failed | cancelled) break ;; esac
+					done
+					break
+				fi
+			done
+			during=$(ctl "$W/src.sock" query-workload)
+			secs=$(python3 -c "print('%.1f' % ($(field "$st" total-time)/1000))")
+			printf '%-4s %-5s %-6s | %-4s %7s %8s %6s %6sms %6sms %8s | %7sus %7sus %8s | %7sus %7sus %8s\n' \
+				"$bs" "$rate" "$mode" "$conv" "$secs" \
+				"$(( $(field "$st" transferred) / 1048576 ))" "$(field "$st" iterations)" \
+				"$(field "$st" downtime)" "$(field "$st" max-pause)" "$(field "$st" mirrored-writes)" \
+				"$(field "$base" latency-p50-us)" "$(field "$base" latency-p99-us)" \
+				"$(python3 -c "import sys; print('%.1f' % (int(sys.argv[1]) / float(sys.argv[2]) / 1e6))" \
+					"$(field "$base" bytes)" "$quiet")" \
+				"$(field "$during" latency-p50-us)" "$(field "$during" latency-p99-us)" \
+				"$(python3 -c "import sys; t=float(sys.argv[2]); print('%.1f' % (int(sys.argv[1]) / t / 1e6 if t else 0))" \
+					"$(field "$during" bytes)" "$secs")"
+			stop
+		done
+	done
+done

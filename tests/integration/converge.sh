@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Convergence under writes faster than the link.  The source daemon's
+# built-in writer dirties 4 KiB random blocks at 8 MB/s while the migration
+# is capped at 4 MB/s:
+#  - active and auto complete, with the destination equal to the source at
+#    the switch-over (the source is fenced from then on, so its image stays
+#    as it was) and the pause within --max-downtime's reach;
+#  - dirty mode says it is not converging and keeps the writers running
+#    (no pause at all) until it is cancelled;
+#  - in active mode, writes from a real NBD client (qemu-io, to a second
+#    device the built-in writer leaves alone) made during the migration are
+#    all on the destination.
+. "$(dirname "$0")/lib.sh"
+requires python3 cmp qemu-io
+
+size=$((16 * MiB))
+load="d0,bs=4K,rate=8M,seed=7"
+
+# run_mode NAME: a fresh source and destination, with d0 (the built-in
+# writer's) and d1 (for a real client).
+run_mode() {
+	local name=$1
+	make_random "$T/$name.src" $size 201
+	make_random "$T/$name.src1" $((4 * MiB)) 202
+	start_serve "$name-dst" --incoming 127.0.0.1:0 --device d0="$T/$name.dst" \
+		--device d1="$T/$name.dst1" --create
+	DST_IN=$INCOMING_PORT DST_PID=$SERVE_PID DST_NBD=$NBD_PORT
+	start_serve "$name-src" --device d0="$T/$name.src" --device d1="$T/$name.src1" \
+		--control "$T/$name.sock" --workload "$load"
+	SRC_PID=$SERVE_PID SRC_NBD=$NBD_PORT
+	sleep 0.3
+}
+
+check_done() {
+	local name=$1
+	[ "$(json_field "$T/$name.json" "['status']")" = completed ] || fail "$name: not completed"
+	[ "$(json_field "$T/$name.json" "['mirroring']")" = True ] || fail "$name: writes were not mirrored"
+	[ "$(json_field "$T/$name.json" "['mirrored-writes']")" -gt 0 ] || fail "$name: no write was mirrored"
+	# The source refuses writes from the switch-over on, so its image is
+	# what the destination must hold.
+	wait_export "$DST_NBD" d0
+	stop "$SRC_PID"
+	stop "$DST_PID"
+	cmp "$T/$name.src" "$T/$name.dst" || fail "$name: destination differs from the source at the switch-over"
+	cmp "$T/$name.src1" "$T/$name.dst1" || fail "$name: d1 differs"
+}
+
+# ---- active --------------------------------------------------------------------
+run_mode active
+# A real client writes known patterns too; each acknowledged one must reach
+# the destination.
+(
+	i=0
+	while [ ! -e "$T/stop" ]; do
+		off=$(( (i * 7919 % 1000) * 4096 )) pat=$(( i % 250 + 1 ))
+		if qemu-io -f raw "nbd://127.0.0.1:$SRC_NBD/d1" -c "write -P $pat $off 4k" >/dev/null 2>&1; then
+			echo "$off $pat ok"
+		fi
+		i=$((i + 1))
+	done >"$T/client.log"
+) &
+CLIENT=$!
+"$BLKMIG" migrate --control "$T/active.sock" --to "127.0.0.1:$DST_IN" --max-bandwidth 4M \
+	--mode active --wait --json >"$T/active.json" 2>"$T/active.err" ||
+	{ cat "$T/active.err" "$T/active-src.err" "$T/active-dst.err" >&2; fail "active: migrate failed"; }
+touch "$T/stop"
+wait $CLIENT
+check_done active
+[ "$(json_field "$T/active.json" "['mode']")" = active ] || fail "active: mode not reported"
+# The last write to each offset wins; the destination has it.
+python3 - "$T/active.dst1" "$T/client.log" <<'PY' || fail "active: an acknowledged client write is missing on the destination"
+import sys
+d = open(sys.argv[1], "rb").read()
+last = {}
+for line in open(sys.argv[2]):
+    off, pat, _ = line.split()
+    last[int(off)] = int(pat)
+assert last, "no client write was acknowledged"
+for off, pat in last.items():
+    assert d[off:off + 4096] == bytes([pat]) * 4096, (off, pat, d[off], d[off + 4095], len(last))
+print(len(last), "client offsets checked")
+PY
+pass "active: completed under 8 MB/s of writes over a 4 MB/s link, $(json_field "$T/active.json" "['mirrored-writes']") writes mirrored, downtime $(json_field "$T/active.json" "['downtime']") ms; client writes all on the destination"
+
+# ---- auto ----------------------------------------------------------------------
+run_mode auto
+"$BLKMIG" migrate --control "$T/auto.sock" --to "127.0.0.1:$DST_IN" --max-bandwidth 4M \
+	--wait --json >"$T/auto.json" 2>"$T/auto.err" ||
+	{ cat "$T/auto.err" "$T/auto-src.err" "$T/auto-dst.err" >&2; fail "auto: migrate failed"; }
+[ "$(json_field "$T/auto.json" "['mode']")" = auto ] || fail "auto: the default mode is not auto"
+reason=$(json_field "$T/auto.json" "['mirroring-reason']")
+check_done auto
+pass "auto: switched to mirroring by itself ($reason) and completed, downtime $(json_field "$T/auto.json" "['downtime']") ms"
+
+# ---- dirty ---------------------------------------------------------------------
+run_mode dirty
+"$BLKMIG" migrate --control "$T/dirty.sock" --to "127.0.0.1:$DST_IN" --max-bandwidth 4M \
+	--mode dirty >/dev/null 2>"$T/dirty.err" || fail "dirty: migrate did not start"
+converging=True
+for _ in $(seq 1 120); do
+	sleep 0.25
+	"$BLKMIG" status --control "$T/dirty.sock" --json >"$T/dirty.json" || fail "dirty: status"
+	converging=$(json_field "$T/dirty.json" "['converging']")
+	[ "$converging" = False ] && break
+done
+[ "$converging" = False ] || fail "dirty: never reported that it is not converging"
+[ "$(json_field "$T/dirty.json" "['status']")" = active ] || fail "dirty: not running any more"
+[ "$(json_field "$T/dirty.json" "['max-pause']")" = 0 ] || fail "dirty: the writers were paused"
+[ "$(json_field "$T/dirty.json" "['mirroring']")" = False ] || fail "dirty: writes were mirrored"
+"$BLKMIG" cancel --control "$T/dirty.sock" || fail "dirty: cancel"
+for _ in $(seq 1 200); do
+	"$BLKMIG" status --control "$T/dirty.sock" --json >"$T/dirty2.json"
+	[ "$(json_field "$T/dirty2.json" "['status']")" = cancelled ] && break
+	sleep 0.05
+done
+[ "$(json_field "$T/dirty2.json" "['status']")" = cancelled ] || fail "dirty: not cancelled"
+[ "$(json_field "$T/dirty2.json" "['switchover-attempts']")" = 0 ] || fail "dirty: tried to switch over"
+# The source still takes writes.
+"$BLKMIG" status --control "$T/dirty.sock" >/dev/null || fail "dirty: source daemon gone"
+qemu-io -f raw "nbd://127.0.0.1:$SRC_NBD/d0" -c "write -P 9 0 4k" >/dev/null || fail "dirty: source refuses writes after the cancel"
+pass "dirty: reported not converging after $(json_field "$T/dirty.json" "['iterations']") passes without pausing the writers; cancelled, the source still serves"
