@@ -156,7 +156,8 @@ uint64_t track_writes(struct blk *track);
  *   0: not sent (the range has not been copied yet, or is being copied):
  *      the layer marks the range dirty, as without a mirror.
  * op is TRACK_OP_WRITE (buf holds len bytes) or TRACK_OP_ZERO (write
- * zeroes or trim: the destination makes the range read as zeros).
+ * zeroes: the range reads as zeros).  Discards are never offered (a backend
+ * need not zero what it discards); they are marked dirty.
  */
 enum track_op { TRACK_OP_WRITE, TRACK_OP_ZERO };
 

@@ -18,6 +18,12 @@
  * attach every write not marked in the new bitmap has already reached the
  * backend (a copy pass started now will read it).
  *
+ * While a mirror is set (active migration), write and zero ops are
+ * serialised by 'order' across the lower op and the mirror's submit(), so
+ * the destination receives overlapping writes in the order they reached
+ * the backend; the writer then waits for the destination outside that lock.
+ * Discards are never offered to the mirror, only marked.
+ *
  * Pause is not nested: one track_resume() undoes any number of pauses.
  * Fencing is terminal; the first error given is kept.  Reads and
  * block_status go straight down and are never held.
@@ -154,7 +160,9 @@ static int tracked_op(struct blk *b, enum wop w, const void *buf, uint64_t off, 
 	if (g.mirror)
 		pthread_mutex_lock(&t->order);
 	r = lower_op(b->lower, w, buf, off, len, flags);
-	if (g.mirror && r == 0)
+	/* A discard is not offered: the backend need not zero what it
+	 * discards, so only a read can tell what the range holds now. */
+	if (g.mirror && r == 0 && w != WOP_TRIM)
 		sent = g.mirror->submit(g.mirror_opaque,
 					w == WOP_WRITE ? TRACK_OP_WRITE : TRACK_OP_ZERO, buf, off,
 					len, &ticket);

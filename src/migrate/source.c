@@ -142,12 +142,13 @@ struct src_job {
 	char rp_msg[1024];
 	uint64_t wacked;    /* WACK: writes up to here are applied there */
 	uint64_t wseq_sent; /* the last WRITE put on the wire, as rp_mu sees it */
+	int timeout_ms;	    /* the transport's idle timeout, for mirrored writes */
 	bool mirror_stop;   /* the migration is over: waiting writers give up */
 
 	/* Mode (engine thread, except 'want_mode'). */
 	_Atomic int want_mode; /* enum mig_mode, as asked for (src_set_mode) */
 	bool auto_active;      /* AUTO decided to mirror */
-	bool mirroring;	       /* the tracking layers have the mirror */
+	atomic_bool mirroring; /* the tracking layers have the mirror */
 	unsigned stalls;       /* dirty passes in a row that did not shrink the set */
 	bool should_mirror;    /* AUTO: the last pass says dirty passes will not do */
 	char stall_reason[160];
@@ -378,6 +379,7 @@ int src_new(const struct src_params *p, const struct src_device *devs, unsigned 
 	atomic_init(&j->cancel, false);
 	atomic_init(&j->rate, p->max_bandwidth);
 	atomic_init(&j->want_mode, (int)j->p.mode);
+	atomic_init(&j->mirroring, false);
 	pthread_mutex_init(&j->send_mu, NULL);
 	pthread_cond_init(&j->send_cond, NULL);
 	pthread_mutex_init(&j->rp_mu, NULL);
@@ -838,6 +840,13 @@ static int rehash_chunk(struct src_dev *d, uint64_t c)
 	return 0;
 }
 
+/*
+ * A write over more chunks than this is marked dirty instead: mirroring it
+ * would hold the device's writes for as long as its chunks take to hash and
+ * send, and it costs the same bytes in a later pass.
+ */
+#define MIRROR_MAX_CHUNKS 16
+
 /* track_mirror.submit: see backend.h and the top of this file. */
 static int mirror_submit(void *opaque, enum track_op op, const void *buf, uint64_t off,
 			 uint64_t len, uint64_t *ticket)
@@ -847,7 +856,7 @@ static int mirror_submit(void *opaque, enum track_op op, const void *buf, uint64
 	uint32_t cs = j->p.chunk_size;
 	uint64_t c0 = off / cs, c1 = (off + len - 1) / cs, done = 0;
 	unsigned di = (unsigned)(d - j->dev);
-	bool ok = len > 0;
+	bool ok = len > 0 && c1 - c0 < MIRROR_MAX_CHUNKS;
 	int r = 0;
 
 	pthread_mutex_lock(&j->lock);
@@ -902,12 +911,30 @@ static int mirror_submit(void *opaque, enum track_op op, const void *buf, uint64
 static int mirror_wait(void *opaque, uint64_t ticket)
 {
 	struct src_job *j = ((struct src_dev *)opaque)->job;
-	int r;
+	uint64_t deadline = now_ns() + (uint64_t)j->timeout_ms * 1000000u;
+	int r = 0;
 
 	pthread_mutex_lock(&j->rp_mu);
-	while (j->wacked < ticket && !j->rp_err && !j->mirror_stop)
+	while (j->wacked < ticket && !j->rp_err && !j->mirror_stop) {
+		/* The engine may be waiting for this write to drain (the
+		 * final pause): a cancel or a silent destination must not
+		 * hold it, or the writers, for ever. */
+		if (cancelled(j)) {
+			r = -ECANCELED;
+			break;
+		}
+		if (j->timeout_ms > 0 && now_ns() > deadline) {
+			pthread_mutex_unlock(&j->rp_mu);
+			rp_fail(j, err_set(ETIMEDOUT,
+					   "the destination did not acknowledge a mirrored write "
+					   "in %d s",
+					   j->timeout_ms / 1000));
+			return -ETIMEDOUT;
+		}
 		rp_wait_ms(j, 100);
-	r = j->wacked >= ticket ? 0 : -EIO;
+	}
+	if (r == 0)
+		r = j->wacked >= ticket ? 0 : -EIO;
 	pthread_mutex_unlock(&j->rp_mu);
 	return r;
 }
@@ -1201,7 +1228,8 @@ static void wait_done_locked(struct src_job *j)
 	uint64_t until = now_ns() + 100 * 1000000ull;
 	struct timespec ts;
 
-	if (j->pass_deadline && j->pass_deadline < until)
+	/* Wake at the deadline, but not in a loop once it has passed. */
+	if (j->pass_deadline && !j->pass_exhausted && j->pass_deadline < until)
 		until = j->pass_deadline;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	{
@@ -1295,6 +1323,11 @@ static int run_pass(struct src_job *j, enum pass_kind kind)
 		 * may be mirrored from here on. */
 		dirty_test_and_clear(j->dev[res.dev].busy, res.chunk);
 		j->free[j->nfree++] = res.buf;
+		/* Reads may keep the queue full: look at the clock here too. */
+		if (j->pass_deadline && !j->pass_exhausted && now_ns() >= j->pass_deadline) {
+			j->pass_exhausted = true;
+			deadline_hit = true;
+		}
 		pthread_cond_broadcast(&j->work_cond);
 	}
 	/* Stop handing out work and wait for readers still busy. */
@@ -1547,6 +1580,11 @@ static void choose_mode(struct src_job *j, const struct mig_stats *st)
 {
 	enum mig_mode want = (enum mig_mode)atomic_load(&j->want_mode);
 
+	if (want == MIG_MODE_DIRTY && j->mirroring) {
+		/* Asked for while mirroring began: mirroring stays. */
+		want = st->mode;
+		atomic_store(&j->want_mode, (int)want);
+	}
 	if (want != st->mode)
 		stats_update(j, want_mode_fn, &want);
 	if (j->mirroring)
@@ -1584,6 +1622,7 @@ int src_run(struct src_job *j, struct xport *x)
 	int r = 0;
 
 	j->x = x;
+	j->timeout_ms = xport_get_timeout(x);
 	xport_set_rate(x, atomic_load(&j->rate));
 	xport_set_cancel(x, &j->cancel);
 	set_state(j, MIG_SETUP);

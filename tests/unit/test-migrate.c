@@ -238,8 +238,10 @@ static void assert_same(struct sdev *s, const char *dst_path)
 
 struct ddev {
 	const char *name;
-	char path[PATH_CAP];	 /* a file device; unused with mem */
-	bool mem;		 /* an in-memory device (contents not kept) */
+	char path[PATH_CAP]; /* a file device; unused with mem */
+	bool mem;	     /* an in-memory device (contents not kept) */
+	uint64_t stall_ns;   /* writes shorter than stall_below wait this long */
+	size_t stall_below;
 	unsigned write_fail_nth; /* mem: the nth write fails with write_fail_err */
 	int write_fail_err;
 };
@@ -251,6 +253,67 @@ struct dcfg {
 	unsigned nexpect;
 	bool allow_shared_base;
 };
+
+/* A layer that makes short writes (mirrored WRITEs) wait: a destination
+ * whose disk has stopped answering. */
+struct stall_blk {
+	struct blk blk;
+	uint64_t ns;
+	size_t below;
+};
+
+static int stall_pwrite(struct blk *b, const void *buf, size_t len, uint64_t off)
+{
+	struct stall_blk *s = (struct stall_blk *)b;
+
+	if (len < s->below)
+		sleep_ns(s->ns);
+	return blk_pwrite(b->lower, buf, len, off);
+}
+
+static int stall_pread(struct blk *b, void *buf, size_t len, uint64_t off)
+{
+	return blk_pread(b->lower, buf, len, off);
+}
+
+static int stall_flush(struct blk *b)
+{
+	return blk_flush(b->lower);
+}
+
+static int stall_zero(struct blk *b, uint64_t off, uint64_t len, unsigned flags)
+{
+	return blk_zero(b->lower, off, len, flags);
+}
+
+static void stall_close(struct blk *b)
+{
+	free(b);
+}
+
+static const struct blk_ops stall_ops = {
+	.name = "stall",
+	.pread = stall_pread,
+	.pwrite = stall_pwrite,
+	.flush = stall_flush,
+	.zero = stall_zero,
+	.close = stall_close,
+};
+
+static int stall_wrap(struct blk *lower, uint64_t ns, size_t below, struct blk **out)
+{
+	struct stall_blk *s = calloc(1, sizeof(*s));
+
+	if (!s) {
+		blk_close(lower);
+		return -ENOMEM;
+	}
+	s->blk = (struct blk){ .ops = &stall_ops, .lower = lower, .size = lower->size };
+	s->ns = ns;
+	s->below = below;
+	*out = &s->blk;
+	return 0;
+}
 
 static int open_cb(void *user, const char *name, uint64_t size, struct blk **out, char *path,
 		   size_t path_cap)
@@ -271,7 +334,10 @@ static int open_cb(void *user, const char *name, uint64_t size, struct blk **out
 			return r;
 		}
 		snprintf(path, path_cap, "%s", d->path);
-		return blk_file_open(d->path, BLK_OPEN_CREATE, size, out);
+		r = blk_file_open(d->path, BLK_OPEN_CREATE, size, out);
+		if (r == 0 && d->stall_ns)
+			r = stall_wrap(*out, d->stall_ns, d->stall_below, out);
+		return r;
 	}
 	return err_set(ENOENT, "test: no destination device '%s'", name);
 }
@@ -889,6 +955,45 @@ static void test_active_cancel(void **state)
 	sdev_close(&s);
 }
 
+/*
+ * The destination stops answering while a mirrored write waits for it: the
+ * source gives up after its timeout instead of holding the writer (or the
+ * final pause) for ever; the writer's writes all succeed locally.
+ */
+static void test_active_silent_destination(void **state)
+{
+	struct workload_spec ws;
+	struct workload_stats wst;
+	struct workload *w = NULL;
+	uint64_t t0;
+	struct sdev s;
+	struct mig m;
+
+	(void)state;
+	setup_fault_run(&m, &s, "disk0");
+	m.sp.chunk_size = 64 * KiB;
+	m.sp.max_bandwidth = 8 * MiB;
+	m.sp.mode = MIG_MODE_ACTIVE;
+	m.dst.dev[0].stall_ns = 5 * 1000000000ull;
+	m.dst.dev[0].stall_below = 64 * KiB;
+	if (workload_parse("disk0,bs=4K,rate=4M,seed=24", &ws) != 0)
+		fail_msg("workload: %s", err_msg());
+	assert_int_equal(workload_start(&ws, s.track, &w), 0);
+	mig_start(&m);
+	xport_set_timeout(m.x, 1500);
+	t0 = now_ns();
+	mig_finish(&m);
+	assert_int_equal(m.src_r, -ETIMEDOUT);
+	assert_int_equal(m.src_st.state, MIG_FAILED);
+	print_message("silent destination: %s (after %.1f s)\n", m.src_msg,
+		      (double)(now_ns() - t0) / 1e9);
+	assert_int_equal(mark_check(m.dst.dev[0].path), 1);
+	workload_stop(w, &wst);
+	assert_int_equal(wst.stopped_by, 0);
+	assert_writable(&s);
+	sdev_close(&s);
+}
+
 /* ---- (d) source read errors ------------------------------------------------------- */
 
 static void setup_fault_run(struct mig *m, struct sdev *s, const char *name)
@@ -1456,6 +1561,7 @@ int main(void)
 		T(test_active_outpaced),
 		T(test_auto_outpaced),
 		T(test_active_cancel),
+		T(test_active_silent_destination),
 		T(test_source_read_error),
 		T(test_source_read_error_final),
 		T(test_destination_write_error),
