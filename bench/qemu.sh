@@ -14,7 +14,7 @@ size=1G
 BLKMIG=${BLKMIG:-build/tools/blkmig}
 QMP="python3 tests/integration/qmp.py"
 W=$(mktemp -d "${TMPDIR:-/var/tmp}/blkmig-qbench.XXXXXX")
-trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$W"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$W"' EXIT
 bytes=$(python3 -c "import sys; m={'K':1<<10,'M':1<<20,'G':1<<30}; s=sys.argv[1]; print(int(s[:-1])*m[s[-1]] if s[-1] in m else int(s))" "$size")
 head -c "$bytes" /dev/urandom >"$W/src.img"
 cat "$W/src.img" >/dev/null

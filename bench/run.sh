@@ -29,7 +29,7 @@ for c in socat qemu-img qemu-nbd python3; do
 done
 
 W=$(mktemp -d "${TMPDIR:-/var/tmp}/blkmig-bench.XXXXXX")
-trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$W"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$W"' EXIT
 bytes=$(python3 -c "import sys; m={'K':1<<10,'M':1<<20,'G':1<<30}; s=sys.argv[1]; print(int(s[:-1])*m[s[-1]] if s[-1] in m else int(s))" "$size")
 
 if [ $sparse = 1 ]; then

@@ -93,8 +93,15 @@ struct src_job {
 	void *progress_user;
 	uint64_t last_progress_ns;
 
-	pthread_mutex_t stats_lock; /* guards stats */
+	pthread_mutex_t stats_lock; /* guards stats and live */
 	struct mig_stats stats;
+	/* The pass under way, so the figures move during it too: when it
+	 * began (0: none), bytes sent before it, and the time and bytes of
+	 * the passes before it. */
+	struct {
+		uint64_t t0, w0, busy_ns, wire;
+		bool bulk;
+	} live;
 
 	/* Pass machinery; everything below is guarded by lock. */
 	pthread_mutex_t lock;
@@ -181,14 +188,51 @@ void src_stats(struct src_job *j, struct mig_stats *out)
 {
 	uint64_t dirty = dirty_total(j);
 
+	uint64_t t0, w0, busy, wire;
+	bool bulk;
+
 	pthread_mutex_lock(&j->stats_lock);
 	*out = j->stats;
+	t0 = j->live.t0, w0 = j->live.w0, busy = j->live.busy_ns, wire = j->live.wire;
+	bulk = j->live.bulk;
 	pthread_mutex_unlock(&j->stats_lock);
 	if (j->x)
 		out->transferred = xport_tx_bytes(j->x);
 	/* The unread part of the bulk pass counts as pending, always (QEMU
 	 * 7.2 leaves it out and "completes" with data missing). */
 	out->remaining = out->state == MIG_COMPLETED ? 0 : out->total - out->bulk_done + dirty;
+	if (t0 && j->x && out->transferred >= w0) {
+		/* Mid-pass: the bandwidth so far, this pass included, and
+		 * during the bulk pass the rate writes dirty chunks at. */
+		uint64_t elapsed = now_ns() - t0;
+		double secs = (double)(busy + elapsed) / 1e9;
+
+		if (secs > 0.05) {
+			out->bandwidth = (uint64_t)((double)(wire + out->transferred - w0) / secs);
+			if (bulk && elapsed)
+				out->dirty_rate = (uint64_t)((double)dirty * 1e9 / (double)elapsed);
+			out->expected_downtime_ns =
+			    out->bandwidth
+				? (uint64_t)((double)out->remaining * 1e9 / (double)out->bandwidth)
+				: UINT64_MAX;
+		}
+	}
+}
+
+struct live_arg {
+	uint64_t t0, w0, busy_ns, wire;
+	bool bulk;
+};
+
+static void set_live(struct src_job *j, const struct live_arg *a)
+{
+	pthread_mutex_lock(&j->stats_lock);
+	j->live.t0 = a->t0;
+	j->live.w0 = a->w0;
+	j->live.busy_ns = a->busy_ns;
+	j->live.wire = a->wire;
+	j->live.bulk = a->bulk;
+	pthread_mutex_unlock(&j->stats_lock);
 }
 
 static void report(struct src_job *j, bool force)
@@ -1541,10 +1585,17 @@ static void end_of_pass(struct src_job *j, struct pass_timer *t, enum pass_kind 
 static int timed_pass(struct src_job *j, enum pass_kind kind, struct pass_timer *t)
 {
 	uint64_t t0 = now_ns(), w0 = xport_tx_bytes(j->x), before = dirty_total(j);
-	int r = run_pass(j, kind);
+	int r;
 
+	set_live(j, &(struct live_arg){ .t0 = t0,
+					.w0 = w0,
+					.busy_ns = t->busy_ns,
+					.wire = t->wire,
+					.bulk = kind == PASS_BULK });
+	r = run_pass(j, kind);
 	if (r == 0)
 		r = wait_synced(j);
+	set_live(j, &(struct live_arg){ 0 });
 	if (r == 0)
 		end_of_pass(j, t, kind, t0, w0, before);
 	return r;
