@@ -6,7 +6,9 @@ bench/converge.sh: a -M none QEMU with one raw drive migrates it
 --format qemu`, while a writer issues random writes through the HMP
 `qemu-io` command at a target rate.  Reports, per block size and rate:
 converged or not within the limit (QEMU has no other answer than to go on
-iterating), total time, bytes transferred, downtime as QEMU reports it,
+iterating), total time, bytes on the wire (as the receiving socket counted
+them), downtime as QEMU reports it, the dirty bytes QEMU had left when it
+was cancelled,
 the write rate reached and the writer's latency p50/p99 (one QMP round
 trip per write, measured the same way with no migration).
 
@@ -59,13 +61,15 @@ class QMP:
             return r["return"]
 
 
-def wchar(pid):
-    """Bytes the process has written through write(2) and friends, sockets
-    included: QEMU's side of the migration stream (query-migrate's disk
-    figures stop at the bulk pass)."""
-    for line in open(f"/proc/{pid}/io"):
-        if line.startswith("wchar:"):
-            return int(line.split()[1])
+def received(port):
+    """Bytes the receiver's end of the migration connection has received,
+    from the kernel (ss): QEMU's own query-migrate figures stop counting
+    after the bulk pass."""
+    out = subprocess.run(["ss", "-tinH", "state", "established", f"( sport = :{port} )"],
+                         capture_output=True, text=True).stdout
+    for tok in out.split():
+        if tok.startswith("bytes_received:"):
+            return int(tok.split(":")[1])
     return 0
 
 
@@ -124,7 +128,7 @@ def main():
             f.write(os.urandom(1 << 20))
     print(f"QEMU 7.2 block migration: {a.size} drive, max-bandwidth {a.bandwidth}, "
           f"writes via HMP qemu-io, limit {a.limit:.0f}s")
-    print(f"{'bs':4} {'rate':5} | {'conv':4} {'total_s':>7} {'wire_MiB':>8} {'downtime':>8} | "
+    print(f"{'bs':4} {'rate':5} | {'conv':4} {'total_s':>7} {'wire_MiB':>8} {'downtime':>8} {'left_MiB':>8} | "
           f"{'base_p50':>9} {'base_p99':>9} {'base_MB/s':>9} | {'mig_p50':>9} {'mig_p99':>9} {'mig_MB/s':>8}")
     try:
         for bs in a.sizes.split(","):
@@ -170,14 +174,18 @@ def run(a, w, blkmig, dev_size, bs, rate, bs_s, rate_s):
         b50, b99, bmb = base.figures(a.quiet_secs)
         q2.call("migrate-set-parameters", **{"max-bandwidth": size(a.bandwidth)})
         wr = Writer(q1, dev_size, bs, rate)
-        w0 = wchar(qemu.pid)
         t0 = time.monotonic()
         q2.call("migrate", uri=f"tcp:127.0.0.1:{port}", blk=True)
         wr.start()
         conv = "yes"
+        wire = 0
+        left = "-"
         while True:
             time.sleep(0.2)
             st = q2.call("query-migrate")
+            wire = max(wire, received(port))
+            if st.get("status") == "active":
+                left = st.get("disk", {}).get("remaining", 0) // (1 << 20)
             if st.get("status") == "completed":
                 break
             if st.get("status") in ("failed", "cancelled"):
@@ -193,12 +201,11 @@ def run(a, w, blkmig, dev_size, bs, rate, bs_s, rate_s):
                         break
                 break
         secs = time.monotonic() - t0
-        wire = wchar(qemu.pid) - w0
         wr.stop.set()
         wr.join(timeout=10)
         m50, m99, mmb = wr.figures(secs)
         print(f"{bs_s:4} {rate_s:5} | {conv:4} {st.get('total-time', secs * 1000) / 1000:7.1f} "
-              f"{wire // (1 << 20):8} {str(st.get('downtime', '-')) + 'ms':>8} | "
+              f"{wire // (1 << 20):8} {str(st.get('downtime', '-')) + 'ms':>8} {left:>8} | "
               f"{b50:7}us {b99:7}us {bmb:9.1f} | {m50:7}us {m99:7}us {mmb:8.1f}", flush=True)
     finally:
         qemu.kill()

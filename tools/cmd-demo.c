@@ -28,6 +28,7 @@
 
 static const char demo_help[] =
     "Usage: blkmig demo [--size SIZE] [--write-rate RATE] [--block-size SIZE]\n"
+    "                   [--max-bandwidth RATE] [--mode auto|dirty|active]\n"
     "                   [--dir DIR] [--keep] [--json]\n"
     "\n"
     "Live-migrate an image on this host and prove it arrived: create an image\n"
@@ -38,6 +39,9 @@ static const char demo_help[] =
     "  --size SIZE         image size (default 1G)\n"
     "  --write-rate RATE   the workload's write rate (default 8M per second)\n"
     "  --block-size SIZE   the workload's write size (default 64K)\n"
+    "  --max-bandwidth RATE  cap the migration stream (default none); below the\n"
+    "                      write rate it shows how each --mode copes\n"
+    "  --mode MODE         auto (default), dirty or active (see blkmig migrate)\n"
     "  --dir DIR           where to put the images (default $TMPDIR or /tmp)\n"
     "  --keep              keep the images afterwards\n"
     "  --json              print a JSON report on stdout\n"
@@ -179,7 +183,7 @@ static pid_t start_receiver(const char *dir, const char *dst, char *port, size_t
 
 int cmd_demo(int argc, char **argv)
 {
-	enum { OPT_SIZE = 256, OPT_RATE, OPT_BS, OPT_DIR, OPT_KEEP, OPT_JSON };
+	enum { OPT_SIZE = 256, OPT_RATE, OPT_BS, OPT_DIR, OPT_KEEP, OPT_JSON, OPT_BW, OPT_MODE };
 	static const struct option opts[] = {
 		{ "size", required_argument, NULL, OPT_SIZE },
 		{ "write-rate", required_argument, NULL, OPT_RATE },
@@ -187,6 +191,8 @@ int cmd_demo(int argc, char **argv)
 		{ "dir", required_argument, NULL, OPT_DIR },
 		{ "keep", no_argument, NULL, OPT_KEEP },
 		{ "json", no_argument, NULL, OPT_JSON },
+		{ "max-bandwidth", required_argument, NULL, OPT_BW },
+		{ "mode", required_argument, NULL, OPT_MODE },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
@@ -198,7 +204,8 @@ int cmd_demo(int argc, char **argv)
 	struct workload_spec wspec = { .name = "disk0", .seed = 7 };
 	struct workload *wl = NULL;
 	struct workload_stats wst = { 0 };
-	struct src_params p = { .zero_blocks = true };
+	/* Tracked like a served disk: 64 KiB chunks. */
+	struct src_params p = { .zero_blocks = true, .chunk_size = 64 * KiB };
 	struct src_device sdev;
 	struct src_job *job = NULL;
 	struct blk *bfile = NULL, *btrack = NULL;
@@ -228,6 +235,14 @@ int cmd_demo(int argc, char **argv)
 			break;
 		case OPT_DIR:
 			base = optarg;
+			break;
+		case OPT_BW:
+			if (parse_rate(optarg, &p.max_bandwidth) < 0)
+				return cli_usage_error("demo", "--max-bandwidth: %s", err_msg());
+			break;
+		case OPT_MODE:
+			if (mig_mode_parse(optarg, &p.mode) < 0)
+				return cli_usage_error("demo", "--mode: %s", err_msg());
 			break;
 		case OPT_KEEP:
 			keep = true;
@@ -355,6 +370,13 @@ report:
 		       fmt_bytes(tput, sizeof(tput),
 				 secs > 0 ? (uint64_t)((double)st.transferred / secs) : 0),
 		       (unsigned long long)st.iterations);
+		if (st.active)
+			printf("mode %s: writes mirrored from pass %llu on (%s); %llu writes "
+			       "mirrored\n",
+			       mig_mode_name(st.mode), (unsigned long long)st.active_since,
+			       st.mode_reason, (unsigned long long)st.mirror_writes);
+		else
+			printf("mode %s: dirty passes only\n", mig_mode_name(st.mode));
 		printf("writers paused for %.1f ms at the switch-over; %llu writes (%s) during the "
 		       "migration, p50 %.0f us, p99 %.0f us\n",
 		       (double)st.downtime_ns / 1e6, (unsigned long long)wst.writes,
