@@ -18,29 +18,8 @@ while [ $# -gt 0 ]; do
 	*) echo "usage: bench/latency.sh [--size SIZE] [--quiet-secs N]" >&2; exit 2 ;;
 	esac
 done
-BLKMIG=${BLKMIG:-build/tools/blkmig}
-[ -x "$BLKMIG" ] || { echo "bench: build first (make)" >&2; exit 1; }
-W=$(mktemp -d "${TMPDIR:-/var/tmp}/blkmig-lat.XXXXXX")
-trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$W"' EXIT
-bytes=$(python3 -c "import sys; m={'K':1<<10,'M':1<<20,'G':1<<30}; s=sys.argv[1]; print(int(s[:-1])*m[s[-1]] if s[-1] in m else int(s))" "$size")
-head -c "$bytes" /dev/urandom >"$W/base.img"
-
-ctl() { # SOCK COMMAND [ARGS-JSON]
-	python3 - "$@" <<'PY'
-import json, socket, sys
-s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); f = s.makefile("rw")
-f.readline()
-cmd = {"execute": sys.argv[2], "arguments": json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}}
-f.write(json.dumps(cmd) + "\n"); f.flush()
-while True:
-    r = json.loads(f.readline())
-    if "event" not in r:
-        break
-print(json.dumps(r.get("return", r)))
-PY
-}
-wait_ports() { for _ in $(seq 400); do grep -q "^$2=" "$1" 2>/dev/null && return; sleep 0.025; done; echo "bench: no $2 port" >&2; exit 1; }
-field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
+. bench/lib.sh
+bench_setup lat "$size"
 
 printf '%-22s %-14s %7s %7s %8s | %7s %7s %8s | %9s %7s %6s\n' workload phase p50us p99us maxus p50us p99us maxus downtime total passes
 for spec in "bs=4K,rate=256K" "bs=64K,rate=4M" "bs=64K,rate=16M"; do

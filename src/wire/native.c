@@ -524,40 +524,43 @@ int native_ready_decode(const uint8_t *body, size_t len, uint32_t *version)
 	return 0;
 }
 
-int native_synced_encode(uint8_t *buf, size_t cap, uint64_t passes)
+/* SYNCED and WACK: a framed be64. */
+static int u64_encode(uint8_t *buf, size_t cap, enum native_msg type, uint64_t v)
 {
-	int r = frame_put(buf, cap, NATIVE_MSG_SYNCED, 8);
+	int r = frame_put(buf, cap, type, 8);
 
 	if (r < 0)
 		return r;
-	put_be64(buf + NATIVE_FRAME_HDR, passes);
+	put_be64(buf + NATIVE_FRAME_HDR, v);
 	return NATIVE_FRAME_HDR + 8;
+}
+
+static int u64_decode(const char *what, const uint8_t *body, size_t len, uint64_t *v)
+{
+	if (len != 8)
+		return err_set(EBADMSG, "%s: body of %zu bytes (expected 8)", what, len);
+	*v = get_be64(body);
+	return 0;
+}
+
+int native_synced_encode(uint8_t *buf, size_t cap, uint64_t passes)
+{
+	return u64_encode(buf, cap, NATIVE_MSG_SYNCED, passes);
 }
 
 int native_synced_decode(const uint8_t *body, size_t len, uint64_t *passes)
 {
-	if (len != 8)
-		return err_set(EBADMSG, "synced: body of %zu bytes (expected 8)", len);
-	*passes = get_be64(body);
-	return 0;
+	return u64_decode("synced", body, len, passes);
 }
 
 int native_wack_encode(uint8_t *buf, size_t cap, uint64_t seq)
 {
-	int r = frame_put(buf, cap, NATIVE_MSG_WACK, 8);
-
-	if (r < 0)
-		return r;
-	put_be64(buf + NATIVE_FRAME_HDR, seq);
-	return NATIVE_FRAME_HDR + 8;
+	return u64_encode(buf, cap, NATIVE_MSG_WACK, seq);
 }
 
 int native_wack_decode(const uint8_t *body, size_t len, uint64_t *seq)
 {
-	if (len != 8)
-		return err_set(EBADMSG, "wack: body of %zu bytes (expected 8)", len);
-	*seq = get_be64(body);
-	return 0;
+	return u64_decode("wack", body, len, seq);
 }
 
 int native_commit_encode(uint8_t *buf, size_t cap)

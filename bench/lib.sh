@@ -1,0 +1,38 @@
+# SPDX-License-Identifier: MIT
+# Shared by the benchmarks that drive `blkmig serve` daemons (latency.sh,
+# converge.sh): source it from the repository root after parsing options.
+#
+#   bench_setup NAME SIZE   a work directory $W (removed at exit) holding
+#                           $W/base.img, SIZE bytes of random data
+#   ctl SOCK COMMAND [ARGS-JSON]   one control-socket command; prints its return
+#   wait_ports FILE KEY     until a --port-file has KEY=
+#   field JSON KEY          one member of a JSON object
+
+BLKMIG=${BLKMIG:-build/tools/blkmig}
+[ -x "$BLKMIG" ] || { echo "bench: build first (make)" >&2; exit 1; }
+
+bench_setup() {
+	local bytes
+	W=$(mktemp -d "${TMPDIR:-/var/tmp}/blkmig-$1.XXXXXX")
+	trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$W"' EXIT
+	bytes=$(python3 -c "import sys; m={'K':1<<10,'M':1<<20,'G':1<<30}; s=sys.argv[1]; print(int(s[:-1])*m[s[-1]] if s[-1] in m else int(s))" "$2")
+	head -c "$bytes" /dev/urandom >"$W/base.img"
+}
+
+ctl() {
+	python3 - "$@" <<'PY'
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); f = s.makefile("rw")
+f.readline()
+cmd = {"execute": sys.argv[2], "arguments": json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}}
+f.write(json.dumps(cmd) + "\n"); f.flush()
+while True:
+    r = json.loads(f.readline())
+    if "event" not in r:
+        break
+print(json.dumps(r.get("return", r)))
+PY
+}
+
+wait_ports() { for _ in $(seq 400); do grep -q "^$2=" "$1" 2>/dev/null && return; sleep 0.025; done; echo "bench: no $2 port" >&2; exit 1; }
+field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
