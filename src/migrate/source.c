@@ -22,8 +22,8 @@
  * dirty as usual.  One ticket lock ("send lock") orders every sender on
  * the transport in arrival order, so the background copy gets its turn
  * between mirrored writes and keeps making progress.  Why the order is
- * safe: a chunk being copied is "busy" from the moment a reader claims it
- * until its record is on the wire, and writes to a busy chunk are not
+ * safe: a chunk being copied is "claimed" from the moment a reader takes it
+ * until its record is on the wire, and writes to a claimed chunk are not
  * mirrored but marked dirty; a write is mirrored only after it reached the
  * backend, under the device's write order, so any later read of that chunk
  * sees it.  The digest of a mirrored chunk is taken again from the backend
@@ -76,7 +76,7 @@ struct src_dev {
 	uint64_t size;
 	uint64_t nchunks;
 	struct dirty *dirty;
-	struct dirty *busy; /* chunks claimed and not yet on the wire (job lock) */
+	struct dirty *claimed; /* chunks claimed and not yet on the wire (job lock) */
 	struct digest_table *dig;
 	uint8_t *scratch; /* a chunk, for mirrored writes' digests (write order) */
 };
@@ -262,7 +262,7 @@ static void set_state(struct src_job *j, enum mig_state s)
 
 /*
  * Claim the next chunk of the current pass and clear its dirty bit (before
- * the read is issued: DESIGN.md rule 1); it is busy until its record is on
+ * the read is issued: DESIGN.md rule 1); it is claimed until its record is on
  * the wire.  false when the pass has no more.
  */
 static bool next_task_locked(struct src_job *j, unsigned *dev, uint64_t *chunk)
@@ -277,7 +277,7 @@ static bool next_task_locked(struct src_job *j, unsigned *dev, uint64_t *chunk)
 				/* Whatever was written before this read is
 				 * carried by it; do not send it twice. */
 				dirty_test_and_clear(d->dirty, *chunk);
-				dirty_mark(d->busy, *chunk * j->p.chunk_size, 1);
+				dirty_mark(d->claimed, *chunk * j->p.chunk_size, 1);
 				return true;
 			}
 		} else {
@@ -288,7 +288,7 @@ static bool next_task_locked(struct src_job *j, unsigned *dev, uint64_t *chunk)
 				if (dirty_test_and_clear(d->dirty, (uint64_t)next)) {
 					*dev = j->cur_dev;
 					*chunk = (uint64_t)next;
-					dirty_mark(d->busy, *chunk * j->p.chunk_size, 1);
+					dirty_mark(d->claimed, *chunk * j->p.chunk_size, 1);
 					return true;
 				}
 				next = dirty_next(d->dirty, j->cur_chunk);
@@ -315,7 +315,7 @@ static bool copied_locked(struct src_job *j, unsigned di, uint64_t c)
 		if (di > j->cur_dev || (di == j->cur_dev && c >= j->cur_chunk))
 			return false;
 	}
-	return !dirty_test(d->busy, c) && !dirty_test(d->dirty, c);
+	return !dirty_test(d->claimed, c) && !dirty_test(d->dirty, c);
 }
 
 static int read_chunk(struct src_job *j, struct result *res)
@@ -369,6 +369,8 @@ static void *reader_main(void *arg)
 		pthread_mutex_lock(&j->lock);
 		j->busy--;
 		if (r < 0) {
+			/* Its chunk stays claimed: the pass, and the migration,
+			 * fail, so no write to it is ever mirrored. */
 			j->free[j->nfree++] = res.buf;
 			if (!j->read_err) {
 				j->read_err = r;
@@ -478,10 +480,10 @@ int src_new(const struct src_params *p, const struct src_device *devs, unsigned 
 		j->stats.dev[i].size = d->size;
 		j->stats.total += d->size;
 		d->dirty = dirty_new(d->size, j->p.chunk_size);
-		d->busy = dirty_new(d->size, j->p.chunk_size);
+		d->claimed = dirty_new(d->size, j->p.chunk_size);
 		d->dig = digest_new(d->size, j->p.chunk_size);
 		d->scratch = aligned_alloc(4096, j->p.chunk_size);
-		if (!d->dirty || !d->busy || !d->dig || !d->scratch) {
+		if (!d->dirty || !d->claimed || !d->dig || !d->scratch) {
 			src_free(j);
 			return -ENOMEM;
 		}
@@ -512,7 +514,7 @@ void src_free(struct src_job *j)
 	stop_readers(j);
 	for (unsigned i = 0; i < j->ndev; i++) {
 		dirty_free(j->dev[i].dirty);
-		dirty_free(j->dev[i].busy);
+		dirty_free(j->dev[i].claimed);
 		digest_free(j->dev[i].dig);
 		free(j->dev[i].scratch);
 	}
@@ -1365,7 +1367,7 @@ static int run_pass(struct src_job *j, enum pass_kind kind)
 		pthread_mutex_lock(&j->lock);
 		/* On the wire now (or the migration is failing): a write to it
 		 * may be mirrored from here on. */
-		dirty_test_and_clear(j->dev[res.dev].busy, res.chunk);
+		dirty_test_and_clear(j->dev[res.dev].claimed, res.chunk);
 		j->free[j->nfree++] = res.buf;
 		/* Reads may keep the queue full: look at the clock here too. */
 		if (j->pass_deadline && !j->pass_exhausted && now_ns() >= j->pass_deadline) {
@@ -1382,7 +1384,7 @@ static int run_pass(struct src_job *j, enum pass_kind kind)
 		struct result *q = &j->q[j->qhead];
 
 		/* Never sent: it must go in a later pass. */
-		dirty_test_and_clear(j->dev[q->dev].busy, q->chunk);
+		dirty_test_and_clear(j->dev[q->dev].claimed, q->chunk);
 		dirty_mark(j->dev[q->dev].dirty, q->chunk * j->p.chunk_size, 1);
 		j->free[j->nfree++] = q->buf;
 		j->qhead = (j->qhead + 1) % j->nbufs;
