@@ -317,10 +317,11 @@ static json_object *handle(void *user, const char *cmd, json_object *args, const
 	}
 	if (strcmp(cmd, "migrate-set-parameters") == 0) {
 		uint64_t bw = s->max_bandwidth, ms = s->max_downtime_ns / 1000000u;
-
 		json_object *mv;
 		enum mig_mode m;
 
+		/* Only what is given changes, for the running migration and
+		 * the next ones alike. */
 		*cls = "InvalidParameter";
 		if (!get_u64(args, "max-bandwidth", &bw, err, cap) ||
 		    !get_u64(args, "max-downtime", &ms, err, cap))
@@ -340,9 +341,14 @@ static json_object *handle(void *user, const char *cmd, json_object *args, const
 			}
 			s->mode = m;
 		}
-		s->max_bandwidth = bw;
-		s->max_downtime_ns = ms * 1000000u;
-		job_set_max_bandwidth(s->job, bw);
+		if (json_object_object_get_ex(args, "max-bandwidth", NULL)) {
+			s->max_bandwidth = bw;
+			job_set_max_bandwidth(s->job, bw);
+		}
+		if (json_object_object_get_ex(args, "max-downtime", NULL)) {
+			s->max_downtime_ns = ms * 1000000u;
+			job_set_max_downtime(s->job, s->max_downtime_ns);
+		}
 		return json_object_new_object();
 	}
 	if (strcmp(cmd, "query-workload") == 0) {
@@ -381,6 +387,9 @@ static json_object *handle(void *user, const char *cmd, json_object *args, const
 		json_object_object_add(o, "nbd", json_object_new_string(s->nbd_addr));
 		return o;
 	}
+	/* QMP clients open with it; there is no capability to negotiate. */
+	if (strcmp(cmd, "qmp_capabilities") == 0)
+		return json_object_new_object();
 	*cls = "CommandNotFound";
 	snprintf(err, cap, "unknown command '%s'", cmd);
 	return NULL;

@@ -177,6 +177,15 @@ void job_set_max_bandwidth(struct job *j, uint64_t bytes_per_sec)
 	pthread_mutex_unlock(&j->lock);
 }
 
+void job_set_max_downtime(struct job *j, uint64_t ns)
+{
+	pthread_mutex_lock(&j->lock);
+	j->p.max_downtime_ns = ns;
+	if (j->src)
+		src_set_max_downtime(j->src, ns);
+	pthread_mutex_unlock(&j->lock);
+}
+
 int job_set_mode(struct job *j, enum mig_mode m)
 {
 	int r = 0;

@@ -37,6 +37,7 @@ int job_start(struct job *j, const char *to, const struct src_params *p);
 /* Ask the running attempt to stop; a no-op when none runs. */
 void job_cancel(struct job *j);
 void job_set_max_bandwidth(struct job *j, uint64_t bytes_per_sec);
+void job_set_max_downtime(struct job *j, uint64_t ns);
 /* Change the running migration's mode (src_set_mode); -ENOENT if none runs. */
 int job_set_mode(struct job *j, enum mig_mode m);
 /* Wait for the running attempt (if any) to end; its result. */

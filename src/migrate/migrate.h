@@ -151,6 +151,8 @@ int src_run(struct src_job *j, struct xport *x);
 void src_cancel(struct src_job *j);
 /* May be called from any thread. */
 void src_set_max_bandwidth(struct src_job *j, uint64_t bytes_per_sec);
+/* The switch-over threshold (0: the default); used from the next decision. */
+void src_set_max_downtime(struct src_job *j, uint64_t ns);
 /*
  * Change the mode while running: ACTIVE begins mirroring at the next pass
  * boundary, AUTO lets the engine decide; a job that mirrors already keeps

@@ -27,7 +27,7 @@
  * mirrored but marked dirty; a write is mirrored only after it reached the
  * backend, under the device's write order, so any later read of that chunk
  * sees it.  The digest of a mirrored chunk is taken again from the backend
- * right after the write, under the same order.
+ * once its record is sent, still under the same order.
  */
 #include <errno.h>
 #include <math.h>
@@ -87,6 +87,7 @@ struct src_job {
 	struct src_dev dev[NATIVE_MAX_DEVICES];
 	atomic_bool cancel;
 	_Atomic uint64_t rate;
+	_Atomic uint64_t downtime_ns; /* max downtime; may change while running */
 	struct xport *x;
 
 	mig_progress_fn progress;
@@ -424,6 +425,7 @@ int src_new(const struct src_params *p, const struct src_device *devs, unsigned 
 		j->p.mode = MIG_MODE_DIRTY; /* AUTO has nothing to switch to */
 	atomic_init(&j->cancel, false);
 	atomic_init(&j->rate, p->max_bandwidth);
+	atomic_init(&j->downtime_ns, j->p.max_downtime_ns);
 	atomic_init(&j->want_mode, (int)j->p.mode);
 	atomic_init(&j->mirroring, false);
 	pthread_mutex_init(&j->send_mu, NULL);
@@ -911,9 +913,6 @@ static int mirror_submit(void *opaque, enum track_op op, const void *buf, uint64
 	pthread_mutex_unlock(&j->lock);
 	if (!ok)
 		return 0;
-	for (uint64_t c = c0; c <= c1; c++)
-		if (rehash_chunk(d, c) < 0)
-			return 0; /* marked dirty instead: resent and hashed then */
 
 	send_lock(j);
 	while (r == 0 && done < len) {
@@ -950,6 +949,12 @@ static int mirror_submit(void *opaque, enum track_op op, const void *buf, uint64
 	if (r < 0)
 		return 0; /* the transport's error is sticky: the migration fails */
 	stats_update(j, mirror_fn, &(struct mirror_arg){ .bytes = len });
+	/* The digests, while the record travels (the device's writes are
+	 * still held, so the chunks are as the destination will have them).
+	 * If that fails, the range is marked dirty: resent, hashed then. */
+	for (uint64_t c = c0; c <= c1; c++)
+		if (rehash_chunk(d, c) < 0)
+			return 0;
 	return 1;
 }
 
@@ -1035,6 +1040,16 @@ static void stop_mirroring(struct src_job *j)
 	for (unsigned i = 0; i < j->ndev; i++)
 		track_set_mirror(j->dev[i].blk, NULL, NULL);
 	j->mirroring = false;
+}
+
+static uint64_t max_downtime(struct src_job *j)
+{
+	return atomic_load(&j->downtime_ns);
+}
+
+void src_set_max_downtime(struct src_job *j, uint64_t ns)
+{
+	atomic_store(&j->downtime_ns, ns ? ns : SRC_DEFAULT_DOWNTIME_NS);
 }
 
 int src_set_mode(struct src_job *j, enum mig_mode m)
@@ -1552,14 +1567,14 @@ static void end_of_pass(struct src_job *j, struct pass_timer *t, enum pass_kind 
 	 * than 10 (or a ratio of 1 or more, or two passes that took off next
 	 * to nothing) is "not converging"; AUTO does not wait for more than 2.
 	 */
-	if (e.expected_ns <= j->p.max_downtime_ns) {
+	if (e.expected_ns <= max_downtime(j)) {
 		m.converging = true;
 		j->should_mirror = false;
 	} else {
 		double f = e.bandwidth ? (double)e.dirty_rate / (double)e.bandwidth : 1.0;
-		double need = f >= 1.0 ? 1e9
-				       : log((double)e.expected_ns / (double)j->p.max_downtime_ns) /
-					     log(1.0 / f);
+		double need =
+		    f >= 1.0 ? 1e9
+			     : log((double)e.expected_ns / (double)max_downtime(j)) / log(1.0 / f);
 		char a[32], b[32];
 
 		m.converging = f < 1.0 && need <= 10.0 && j->stalls < 2;
@@ -1713,7 +1728,7 @@ int src_run(struct src_job *j, struct xport *x)
 			struct mig_stats st;
 
 			src_stats(j, &st);
-			if (st.expected_downtime_ns <= j->p.max_downtime_ns) {
+			if (st.expected_downtime_ns <= max_downtime(j)) {
 				state = MIG_FINAL;
 				break;
 			}
@@ -1736,7 +1751,7 @@ int src_run(struct src_job *j, struct xport *x)
 			 * destination's sync and the digests.  QEMU's END section
 			 * cannot be cut short. */
 			if (!j->p.qemu)
-				j->pass_deadline = t_pause + j->p.max_downtime_ns * 2 / 3;
+				j->pass_deadline = t_pause + max_downtime(j) * 2 / 3;
 			w0 = xport_tx_bytes(x);
 			before = dirty_total(j);
 			r = run_pass(j, PASS_DIRTY);

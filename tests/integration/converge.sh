@@ -119,3 +119,32 @@ done
 "$BLKMIG" status --control "$T/dirty.sock" >/dev/null || fail "dirty: source daemon gone"
 qemu-io -f raw "nbd://127.0.0.1:$SRC_NBD/d0" -c "write -P 9 0 4k" >/dev/null || fail "dirty: source refuses writes after the cancel"
 pass "dirty: reported not converging after $(json_field "$T/dirty.json" "['iterations']") passes without pausing the writers; cancelled, the source still serves"
+
+# ---- dirty, then active on request ----------------------------------------------
+# migrate-set-parameters turns a running dirty migration that is not getting
+# anywhere into an active one, which then completes; asking for dirty again
+# once writes are mirrored is refused.
+QMP="python3 $(dirname "$0")/qmp.py"
+run_mode switch
+"$BLKMIG" migrate --control "$T/switch.sock" --to "127.0.0.1:$DST_IN" --max-bandwidth 4M \
+	--mode dirty >/dev/null 2>"$T/switch.err" || fail "switch: migrate did not start"
+for _ in $(seq 1 120); do
+	sleep 0.25
+	$QMP "$T/switch.sock" query-migrate >"$T/switch.q" || fail "switch: query-migrate"
+	[ "$(json_field "$T/switch.q" "['converging']")" = False ] && break
+done
+[ "$(json_field "$T/switch.q" "['converging']")" = False ] || fail "switch: dirty mode did not report that it is not converging"
+$QMP "$T/switch.sock" migrate-set-parameters '{"mode": "active"}' >/dev/null || fail "switch: mode active refused"
+for _ in $(seq 1 120); do
+	sleep 0.25
+	$QMP "$T/switch.sock" query-migrate >"$T/switch.q" || fail "switch: query-migrate"
+	[ "$(json_field "$T/switch.q" "['mirroring']")" = True ] && break
+done
+[ "$(json_field "$T/switch.q" "['mirroring']")" = True ] || fail "switch: writes never mirrored after mode active"
+[ "$(json_field "$T/switch.q" "['mode']")" = active ] || fail "switch: mode not reported as active"
+$QMP "$T/switch.sock" migrate-set-parameters '{"mode": "dirty"}' >"$T/switch.back" 2>&1 &&
+	fail "switch: going back to dirty while mirroring was accepted"
+grep -q "mirrored already" "$T/switch.back" || { cat "$T/switch.back" >&2; fail "switch: refusal does not say why"; }
+timeout 120 $QMP "$T/switch.sock" wait-migration 110 >"$T/switch.json" || fail "switch: did not complete after mode active"
+check_done switch
+pass "dirty -> active on request (migrate-set-parameters) completed; dirty again while mirroring is refused"
