@@ -44,6 +44,14 @@ def rec_eos():
     return struct.pack(">Q", EOS)
 
 
+def rec_write(name, seq, offset, payload=None, length=None):
+    """WRITE (0x10, native only): a mirrored client write; zeros when no payload."""
+    op = 0 if payload is not None else 1
+    n = len(payload) if payload is not None else length
+    return (struct.pack(">Q", 0x10) + counted(name) + struct.pack(">QQIB", seq, offset, n, op)
+            + (payload or b""))
+
+
 def hello(devs, caps=1, chunk=1 << 20):
     out = struct.pack(">QIIIH", MAGIC, 1, caps, chunk, len(devs))
     for name, size in devs:
@@ -77,6 +85,8 @@ def record_seeds():
                     + rec_zero("virtio-disk1", 5 * CHUNK) + rec_progress(57) + rec_eos()),
         "end-section": rec_data("d", 1 << 20, 0x00) + rec_progress(100) + rec_eos(),
         "long-name": rec_zero("n" * 255, 0) + rec_eos(),
+        "write": rec_write("d0", 7, 0x10203, b"hello") + rec_write("d0", 8, 4096, length=512)
+        + rec_eos(),
     }
 
 
@@ -86,6 +96,7 @@ def native_seeds():
     return {
         "hello-1": hello([("drive0", 64 << 20)]),
         "hello-2": hello([("drive0", 64 << 20), ("x", 4097)], caps=3, chunk=4096),
+        "hello-mirror": hello([("drive0", 64 << 20)], caps=5, chunk=65536),
         "source-stream": (blocks + bytes([BLOCKS]) + rec_progress(100) + rec_eos()
                           + complete([("drive0", 2, digest)])),
         "complete-2": complete([("drive0", 64, digest), ("drive1", 1, bytes(16))]),
@@ -94,6 +105,10 @@ def native_seeds():
         "dest-error": frame(READY, struct.pack(">I", 1))
         + error(ERROR, 5, "digest mismatch on drive0"),
         "error-utf8": error(ERROR, 28, "plus de place \u00e9 \u20ac"),
+        "mirror-stream": (bytes([BLOCKS]) + rec_data("drive0", 0)
+                          + rec_write("drive0", 1, 100, b"abc") + rec_eos()),
+        "dest-wack": frame(READY, struct.pack(">I", 1)) + frame(0x85, struct.pack(">Q", 1))
+        + frame(0x84, struct.pack(">Q", 1)),
     }
 
 
