@@ -1389,7 +1389,8 @@ static int run_pass(struct src_job *j, enum pass_kind kind)
 			j->pass_exhausted = true;
 			deadline_hit = true;
 		}
-		pthread_cond_broadcast(&j->work_cond);
+		/* One buffer is free again: one reader can go on. */
+		pthread_cond_signal(&j->work_cond);
 	}
 	/* Stop handing out work and wait for readers still busy. */
 	j->pass_active = false;
