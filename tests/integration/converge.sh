@@ -84,13 +84,33 @@ pass "active: completed under 8 MB/s of writes over a 4 MB/s link, $(json_field 
 
 # ---- auto ----------------------------------------------------------------------
 run_mode auto
+# Listen to the MIGRATION events while it runs.
+python3 - "$T/auto.sock" >"$T/auto.events" <<'PY' &
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); f = s.makefile("r")
+for line in f:
+    m = json.loads(line)
+    if m.get("event") == "MIGRATION":
+        print(json.dumps(m["data"]), flush=True)
+        if m["data"].get("status") in ("completed", "failed", "cancelled"):
+            break
+PY
+EVENTS=$!
+sleep 0.2
 "$BLKMIG" migrate --control "$T/auto.sock" --to "127.0.0.1:$DST_IN" --max-bandwidth 4M \
 	--wait --json >"$T/auto.json" 2>"$T/auto.err" ||
 	{ cat "$T/auto.err" "$T/auto-src.err" "$T/auto-dst.err" >&2; fail "auto: migrate failed"; }
 [ "$(json_field "$T/auto.json" "['mode']")" = auto ] || fail "auto: the default mode is not auto"
 reason=$(json_field "$T/auto.json" "['mirroring-reason']")
+timeout 10 tail --pid=$EVENTS -f /dev/null
+python3 - "$T/auto.events" <<'PY' || { cat "$T/auto.events" >&2; fail "auto: no MIGRATION event said that mirroring began, and why"; }
+import json, sys
+ev = [json.loads(l) for l in open(sys.argv[1])]
+assert any(e.get("mirroring") and e.get("mirroring-reason") and e.get("status") == "active" for e in ev), ev
+assert ev[-1]["status"] == "completed", ev[-1]
+PY
 check_done auto
-pass "auto: switched to mirroring by itself ($reason) and completed, downtime $(json_field "$T/auto.json" "['downtime']") ms"
+pass "auto: switched to mirroring by itself ($reason; said so in a MIGRATION event) and completed, downtime $(json_field "$T/auto.json" "['downtime']") ms"
 
 # ---- dirty ---------------------------------------------------------------------
 run_mode dirty
