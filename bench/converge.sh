@@ -32,19 +32,6 @@ done
 . bench/lib.sh
 bench_setup conv "$size"
 
-# start SPEC: a destination and a source daemon running the writer.
-start() {
-	cp "$W/base.img" "$W/src.img"; rm -f "$W/dst.img" "$W"/*.ports
-	"$BLKMIG" serve --nbd 127.0.0.1:0 --port-file "$W/dst.ports" --incoming 127.0.0.1:0 --device d0="$W/dst.img" --create 2>/dev/null &
-	dpid=$!
-	"$BLKMIG" serve --nbd 127.0.0.1:0 --port-file "$W/src.ports" --control "$W/src.sock" --device d0="$W/src.img" \
-		--workload "d0,$1,seed=3" 2>/dev/null &
-	spid=$!
-	wait_ports "$W/dst.ports" incoming; wait_ports "$W/src.ports" nbd
-	for _ in $(seq 100); do [ -S "$W/src.sock" ] && break; sleep 0.05; done
-}
-stop() { kill $spid $dpid 2>/dev/null; wait $spid $dpid 2>/dev/null || true; }
-
 echo "blkmig convergence: $size image, --max-bandwidth $bw, built-in writer (random offsets), limit ${limit}s"
 printf '%-4s %-5s %-6s | %-4s %7s %8s %6s %8s %8s %8s | %9s %9s %8s | %9s %9s %8s\n' \
 	bs rate mode conv total_s wire_MiB passes downtime maxpause mirrored \

@@ -23,14 +23,7 @@ bench_setup lat "$size"
 
 printf '%-22s %-14s %7s %7s %8s | %7s %7s %8s | %9s %7s %6s\n' workload phase p50us p99us maxus p50us p99us maxus downtime total passes
 for spec in "bs=4K,rate=256K" "bs=64K,rate=4M" "bs=64K,rate=16M"; do
-	cp "$W/base.img" "$W/src.img"; rm -f "$W/dst.img" "$W"/*.ports
-	"$BLKMIG" serve --nbd 127.0.0.1:0 --port-file "$W/dst.ports" --incoming 127.0.0.1:0 --device d0="$W/dst.img" --create 2>/dev/null &
-	dpid=$!
-	"$BLKMIG" serve --nbd 127.0.0.1:0 --port-file "$W/src.ports" --control "$W/src.sock" --device d0="$W/src.img" \
-		--workload "d0,$spec,seed=3" 2>/dev/null &
-	spid=$!
-	wait_ports "$W/dst.ports" incoming; wait_ports "$W/src.ports" nbd
-	for _ in $(seq 100); do [ -S "$W/src.sock" ] && break; sleep 0.05; done
+	start "$spec"
 	ctl "$W/src.sock" query-workload '{"reset": true}' >/dev/null
 	sleep "$quiet"
 	base=$(ctl "$W/src.sock" query-workload '{"reset": true}')
@@ -41,5 +34,5 @@ for spec in "bs=4K,rate=256K" "bs=64K,rate=4M" "bs=64K,rate=16M"; do
 		"$(field "$base" latency-p50-us)" "$(field "$base" latency-p99-us)" "$(field "$base" latency-max-us)" \
 		"$(field "$during" latency-p50-us)" "$(field "$during" latency-p99-us)" "$(field "$during" latency-max-us)" \
 		"$(field "$mig" downtime)" "$(python3 -c "print($(field "$mig" total-time)/1000)")" "$(field "$mig" iterations)"
-	kill $spid $dpid 2>/dev/null; wait $spid $dpid 2>/dev/null || true
+	stop
 done

@@ -7,6 +7,9 @@
 #   ctl SOCK COMMAND [ARGS-JSON]   one control-socket command; prints its return
 #   wait_ports FILE KEY     until a --port-file has KEY=
 #   field JSON KEY          one member of a JSON object
+#   start SPEC / stop       a destination `serve --incoming` and a source
+#                           `serve --workload d0,SPEC` on a copy of base.img
+#                           ($spid, $dpid; $W/src.sock, $W/dst.ports)
 
 BLKMIG=${BLKMIG:-build/tools/blkmig}
 [ -x "$BLKMIG" ] || { echo "bench: build first (make)" >&2; exit 1; }
@@ -36,3 +39,16 @@ PY
 
 wait_ports() { for _ in $(seq 400); do grep -q "^$2=" "$1" 2>/dev/null && return; sleep 0.025; done; echo "bench: no $2 port" >&2; exit 1; }
 field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
+
+start() {
+	cp "$W/base.img" "$W/src.img"; rm -f "$W/dst.img" "$W"/*.ports
+	"$BLKMIG" serve --nbd 127.0.0.1:0 --port-file "$W/dst.ports" --incoming 127.0.0.1:0 --device d0="$W/dst.img" --create 2>/dev/null &
+	dpid=$!
+	"$BLKMIG" serve --nbd 127.0.0.1:0 --port-file "$W/src.ports" --control "$W/src.sock" --device d0="$W/src.img" \
+		--workload "d0,$1,seed=3" 2>/dev/null &
+	spid=$!
+	wait_ports "$W/dst.ports" incoming; wait_ports "$W/src.ports" nbd
+	for _ in $(seq 100); do [ -S "$W/src.sock" ] && break; sleep 0.05; done
+}
+stop() { kill $spid $dpid 2>/dev/null; wait $spid $dpid 2>/dev/null || true; }
+
