@@ -647,7 +647,21 @@ static void test_oversized_without_newline(void **state)
 	r = raw_open(f->path);
 	assert_non_null(junk);
 	memset(junk, 'x', n);
-	raw_send(r, junk, n);
+	/* The server may close as soon as it has seen more than the limit,
+	 * so the rest of the send can fail; what matters is that the limit
+	 * was passed. */
+	{
+		size_t sent = 0;
+
+		while (sent < n) {
+			ssize_t k = send(r->fd, junk + sent, n - sent, MSG_NOSIGNAL);
+
+			if (k <= 0)
+				break;
+			sent += (size_t)k;
+		}
+		assert_true(sent > CTL_MAX_LINE);
+	}
 	free(junk);
 	o = raw_obj(r);
 	assert_error_reply(o, "GenericError", "line too long");
