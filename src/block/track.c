@@ -275,21 +275,21 @@ err_free_t:
 	return r;
 }
 
-/* Close the gate, wait for in-flight writes to drain, swap, reopen. */
-static void swap_locked(struct track_blk *t, bool set_dirty, struct dirty *d,
-			const struct track_mirror *m, void *opaque)
+/*
+ * Close the gate and wait for in-flight writes to drain (lock held), so the
+ * caller can swap what writers use; swap_end() reopens the gate.
+ */
+static void swap_begin(struct track_blk *t)
 {
 	/* One swap at a time: another caller may be draining already. */
 	while (t->swapping)
 		pthread_cond_wait(&t->gate, &t->lock);
 	t->swapping = true;
 	wait_idle_locked(t);
-	if (set_dirty) {
-		t->dirty = d;
-	} else {
-		t->mirror = m;
-		t->mirror_opaque = opaque;
-	}
+}
+
+static void swap_end(struct track_blk *t)
+{
 	t->swapping = false;
 	pthread_cond_broadcast(&t->gate);
 }
@@ -299,7 +299,9 @@ void track_set_dirty(struct blk *track, struct dirty *d)
 	struct track_blk *t = to_track(track);
 
 	pthread_mutex_lock(&t->lock);
-	swap_locked(t, true, d, NULL, NULL);
+	swap_begin(t);
+	t->dirty = d;
+	swap_end(t);
 	pthread_mutex_unlock(&t->lock);
 }
 
@@ -308,7 +310,10 @@ void track_set_mirror(struct blk *track, const struct track_mirror *m, void *opa
 	struct track_blk *t = to_track(track);
 
 	pthread_mutex_lock(&t->lock);
-	swap_locked(t, false, NULL, m, opaque);
+	swap_begin(t);
+	t->mirror = m;
+	t->mirror_opaque = opaque;
+	swap_end(t);
 	pthread_mutex_unlock(&t->lock);
 }
 

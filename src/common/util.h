@@ -102,6 +102,19 @@ const char *fmt_bytes(char *buf, size_t cap, uint64_t v);
 bool mem_is_zero(const void *p, size_t len);
 
 /* Sleep for ns nanoseconds, restarting after signals. */
+/* CLOCK_MONOTONIC now + ns, as pthread_cond_timedwait() wants it for a
+ * condition variable set to that clock. */
+static inline struct timespec mono_deadline(uint64_t ns)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	ns += (uint64_t)ts.tv_nsec;
+	ts.tv_sec += (time_t)(ns / 1000000000u);
+	ts.tv_nsec = (long)(ns % 1000000000u);
+	return ts;
+}
+
 void sleep_ns(uint64_t ns);
 
 #endif

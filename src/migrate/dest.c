@@ -49,7 +49,6 @@ struct dst {
 	uint8_t body[NATIVE_MSG_MAX];
 	uint64_t stream_off; /* bytes of the stream consumed, for messages */
 	uint64_t wseq;	     /* the last WRITE record applied */
-	uint8_t *scratch;    /* a chunk, for WRITE records' digests */
 	struct mig_stats st;
 };
 
@@ -154,8 +153,7 @@ static int open_devices(struct dst *d)
 				       d->p->expect[i], h->dev[0].name, h->ndev > 1 ? ", ..." : "");
 	d->rec_cap = WIRE_REC_HDR_MAX + h->chunk_size;
 	d->rec = aligned_alloc(4096, div_round_up(d->rec_cap, 4096) * 4096);
-	d->scratch = aligned_alloc(4096, h->chunk_size);
-	if (!d->rec || !d->scratch)
+	if (!d->rec)
 		return err_set(ENOMEM, "no memory for a %u-byte chunk buffer", h->chunk_size);
 	return 0;
 }
@@ -263,15 +261,16 @@ static int apply_write(struct dst *d, const struct wire_record *rec, uint64_t re
 	if (r < 0)
 		return err_prefix(-r, "acknowledging a write: ");
 	/* After the answer, so the writer does not wait for it: the digest
-	 * of each chunk touched, read from the image (a read-back too). */
+	 * of each chunk touched, read from the image (a read-back too) into
+	 * the record buffer, whose payload is written already. */
 	for (uint64_t c = rec->offset / cs; c <= (end - 1) / cs; c++) {
 		size_t len = digest_chunk_len(dev->dig, c);
 
-		r = blk_pread(dev->blk, d->scratch, len, c * cs);
+		r = blk_pread(dev->blk, d->rec, len, c * cs);
 		if (r < 0)
 			return err_prefix(-r, "read back %s at offset %llu: ", dev->name,
 					  (unsigned long long)(c * cs));
-		digest_set(dev->dig, c, digest_hash(d->scratch, len));
+		digest_set(dev->dig, c, digest_hash(d->rec, len));
 	}
 	d->st.mirror_writes++;
 	d->st.mirror_bytes += rec->length;
@@ -767,7 +766,6 @@ int dst_run(const struct dst_params *p, struct xport *x, const atomic_bool *canc
 	if (st)
 		*st = d->st;
 	free(d->rec);
-	free(d->scratch);
 	free(d);
 	return r;
 }

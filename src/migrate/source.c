@@ -81,6 +81,14 @@ struct src_dev {
 	uint8_t *scratch; /* a chunk, for mirrored writes' digests (write order) */
 };
 
+/* The pass under way, so the figures move during it too: when it began
+ * (0: none), bytes sent before it, and the time and bytes of the passes
+ * before it. */
+struct live_pass {
+	uint64_t t0, w0, busy_ns, wire;
+	bool bulk;
+};
+
 struct src_job {
 	struct src_params p;
 	unsigned ndev;
@@ -96,13 +104,7 @@ struct src_job {
 
 	pthread_mutex_t stats_lock; /* guards stats and live */
 	struct mig_stats stats;
-	/* The pass under way, so the figures move during it too: when it
-	 * began (0: none), bytes sent before it, and the time and bytes of
-	 * the passes before it. */
-	struct {
-		uint64_t t0, w0, busy_ns, wire;
-		bool bulk;
-	} live;
+	struct live_pass live;
 
 	/* Pass machinery; everything below is guarded by lock. */
 	pthread_mutex_t lock;
@@ -150,12 +152,11 @@ struct src_job {
 	char rp_msg[1024];
 	uint64_t wacked;    /* WACK: writes up to here are applied there */
 	uint64_t wseq_sent; /* the last WRITE put on the wire, as rp_mu sees it */
-	int timeout_ms;	    /* the transport's idle timeout, for mirrored writes */
+	int timeout_ms;	    /* the transport's idle timeout, for replies and WACKs */
 	bool mirror_stop;   /* the migration is over: waiting writers give up */
 
 	/* Mode (engine thread, except 'want_mode'). */
 	_Atomic int want_mode; /* enum mig_mode, as asked for (src_set_mode) */
-	bool auto_active;      /* AUTO decided to mirror */
 	atomic_bool mirroring; /* the tracking layers have the mirror */
 	unsigned stalls;       /* dirty passes in a row that did not shrink the set */
 	bool should_mirror;    /* AUTO: the last pass says dirty passes will not do */
@@ -188,29 +189,27 @@ static uint64_t dirty_total(const struct src_job *j)
 void src_stats(struct src_job *j, struct mig_stats *out)
 {
 	uint64_t dirty = dirty_total(j);
-
-	uint64_t t0, w0, busy, wire;
-	bool bulk;
+	struct live_pass live;
 
 	pthread_mutex_lock(&j->stats_lock);
 	*out = j->stats;
-	t0 = j->live.t0, w0 = j->live.w0, busy = j->live.busy_ns, wire = j->live.wire;
-	bulk = j->live.bulk;
+	live = j->live;
 	pthread_mutex_unlock(&j->stats_lock);
 	if (j->x)
 		out->transferred = xport_tx_bytes(j->x);
 	/* The unread part of the bulk pass counts as pending, always (QEMU
 	 * 7.2 leaves it out and "completes" with data missing). */
 	out->remaining = out->state == MIG_COMPLETED ? 0 : out->total - out->bulk_done + dirty;
-	if (t0 && j->x && out->transferred >= w0) {
+	if (live.t0 && j->x && out->transferred >= live.w0) {
 		/* Mid-pass: the bandwidth so far, this pass included, and
 		 * during the bulk pass the rate writes dirty chunks at. */
-		uint64_t elapsed = now_ns() - t0;
-		double secs = (double)(busy + elapsed) / 1e9;
+		uint64_t elapsed = now_ns() - live.t0;
+		double secs = (double)(live.busy_ns + elapsed) / 1e9;
 
 		if (secs > 0.05) {
-			out->bandwidth = (uint64_t)((double)(wire + out->transferred - w0) / secs);
-			if (bulk && elapsed)
+			out->bandwidth =
+			    (uint64_t)((double)(live.wire + out->transferred - live.w0) / secs);
+			if (live.bulk && elapsed)
 				out->dirty_rate = (uint64_t)((double)dirty * 1e9 / (double)elapsed);
 			out->expected_downtime_ns =
 			    out->bandwidth
@@ -220,19 +219,10 @@ void src_stats(struct src_job *j, struct mig_stats *out)
 	}
 }
 
-struct live_arg {
-	uint64_t t0, w0, busy_ns, wire;
-	bool bulk;
-};
-
-static void set_live(struct src_job *j, const struct live_arg *a)
+static void set_live(struct src_job *j, const struct live_pass *a)
 {
 	pthread_mutex_lock(&j->stats_lock);
-	j->live.t0 = a->t0;
-	j->live.w0 = a->w0;
-	j->live.busy_ns = a->busy_ns;
-	j->live.wire = a->wire;
-	j->live.bulk = a->bulk;
+	j->live = *a;
 	pthread_mutex_unlock(&j->stats_lock);
 }
 
@@ -682,13 +672,13 @@ static void *rp_main(void *arg)
 		pthread_mutex_lock(&j->rp_mu);
 		if (type == NATIVE_MSG_WACK) {
 			if (v <= j->wacked || v > j->wseq_sent) {
+				r = err_set(EPROTO,
+					    "destination acknowledged write %llu; %llu were "
+					    "acknowledged and %llu sent",
+					    (unsigned long long)v, (unsigned long long)j->wacked,
+					    (unsigned long long)j->wseq_sent);
 				pthread_mutex_unlock(&j->rp_mu);
-				rp_fail(j, err_set(EPROTO,
-						   "destination acknowledged write %llu; %llu were "
-						   "acknowledged and %llu sent",
-						   (unsigned long long)v,
-						   (unsigned long long)j->wacked,
-						   (unsigned long long)j->wseq_sent));
+				rp_fail(j, r);
 				break;
 			}
 			j->wacked = v;
@@ -732,18 +722,12 @@ static void rp_stop(struct src_job *j)
 	j->rp_running = false;
 }
 
-/* Wait up to ms for cond (called with rp_mu held); false on timeout. */
-static bool rp_wait_ms(struct src_job *j, unsigned ms)
+/* Wait up to ms for rp_cond (rp_mu held). */
+static void rp_wait_ms(struct src_job *j, unsigned ms)
 {
-	struct timespec ts;
+	struct timespec ts = mono_deadline((uint64_t)ms * 1000000u);
 
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	ts.tv_nsec += (long)ms * 1000000;
-	while (ts.tv_nsec >= 1000000000) {
-		ts.tv_sec++;
-		ts.tv_nsec -= 1000000000;
-	}
-	return pthread_cond_timedwait(&j->rp_cond, &j->rp_mu, &ts) == 0;
+	pthread_cond_timedwait(&j->rp_cond, &j->rp_mu, &ts);
 }
 
 /*
@@ -752,7 +736,7 @@ static bool rp_wait_ms(struct src_job *j, unsigned ms)
  */
 static int await_reply(struct src_job *j, uint8_t want, const char *what, uint64_t *value)
 {
-	int timeout = xport_get_timeout(j->x);
+	int timeout = j->timeout_ms;
 	uint64_t deadline = now_ns() + (uint64_t)(timeout > 0 ? timeout : 0) * 1000000u;
 	int r = 0;
 
@@ -859,14 +843,10 @@ static int open_blocks_locked(struct src_job *j)
 
 /* ---- mirrored writes (active mode) ---------------------------------------------- */
 
-struct mirror_arg {
-	uint64_t bytes;
-};
-
 static void mirror_fn(struct mig_stats *st, void *arg)
 {
 	st->mirror_writes++;
-	st->mirror_bytes += ((struct mirror_arg *)arg)->bytes;
+	st->mirror_bytes += *(uint64_t *)arg;
 }
 
 /* Take chunk c's digest again from the backend (the device's writes are
@@ -948,7 +928,7 @@ static int mirror_submit(void *opaque, enum track_op op, const void *buf, uint64
 	send_unlock(j);
 	if (r < 0)
 		return 0; /* the transport's error is sticky: the migration fails */
-	stats_update(j, mirror_fn, &(struct mirror_arg){ .bytes = len });
+	stats_update(j, mirror_fn, &len);
 	/* The digests, while the record travels (the device's writes are
 	 * still held, so the chunks are as the destination will have them).
 	 * If that fails, the range is marked dirty: resent, hashed then. */
@@ -1286,24 +1266,23 @@ static void pass_end_fn(struct mig_stats *st, void *arg)
 /* Wait on done_cond until an event or at most 100 ms (or the deadline). */
 static void wait_done_locked(struct src_job *j)
 {
-	uint64_t until = now_ns() + 100 * 1000000ull;
+	uint64_t now = now_ns(), wait = 100 * 1000000ull;
 	struct timespec ts;
 
 	/* Wake at the deadline, but not in a loop once it has passed. */
-	if (j->pass_deadline && !j->pass_exhausted && j->pass_deadline < until)
-		until = j->pass_deadline;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	{
-		uint64_t now = now_ns(), wait = until > now ? until - now : 0;
-
-		ts.tv_sec += (time_t)(wait / 1000000000u);
-		ts.tv_nsec += (long)(wait % 1000000000u);
-		if (ts.tv_nsec >= 1000000000) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000;
-		}
-	}
+	if (j->pass_deadline && !j->pass_exhausted && j->pass_deadline < now + wait)
+		wait = j->pass_deadline > now ? j->pass_deadline - now : 0;
+	ts = mono_deadline(wait);
 	pthread_cond_timedwait(&j->done_cond, &j->lock, &ts);
+}
+
+/* Past the pass's deadline: stop claiming chunks (lock held). */
+static bool deadline_passed_locked(struct src_job *j)
+{
+	if (!j->pass_deadline || j->pass_exhausted || now_ns() < j->pass_deadline)
+		return false;
+	j->pass_exhausted = true;
+	return true;
 }
 
 /*
@@ -1346,9 +1325,7 @@ static int run_pass(struct src_job *j, enum pass_kind kind)
 			/* Out of time: stop claiming, send what was read.
 			 * At least one chunk goes first, so a pass that is
 			 * cut short still makes headway. */
-			if (j->pass_deadline && !j->pass_exhausted && sent > 0 &&
-			    now_ns() >= j->pass_deadline) {
-				j->pass_exhausted = true;
+			if (sent > 0 && deadline_passed_locked(j)) {
 				deadline_hit = true;
 				continue;
 			}
@@ -1385,10 +1362,8 @@ static int run_pass(struct src_job *j, enum pass_kind kind)
 		dirty_test_and_clear(j->dev[res.dev].claimed, res.chunk);
 		j->free[j->nfree++] = res.buf;
 		/* Reads may keep the queue full: look at the clock here too. */
-		if (j->pass_deadline && !j->pass_exhausted && now_ns() >= j->pass_deadline) {
-			j->pass_exhausted = true;
+		if (deadline_passed_locked(j))
 			deadline_hit = true;
-		}
 		/* One buffer is free again: one reader can go on. */
 		pthread_cond_signal(&j->work_cond);
 	}
@@ -1605,15 +1580,15 @@ static int timed_pass(struct src_job *j, enum pass_kind kind, struct pass_timer 
 	uint64_t t0 = now_ns(), w0 = xport_tx_bytes(j->x), before = dirty_total(j);
 	int r;
 
-	set_live(j, &(struct live_arg){ .t0 = t0,
-					.w0 = w0,
-					.busy_ns = t->busy_ns,
-					.wire = t->wire,
-					.bulk = kind == PASS_BULK });
+	set_live(j, &(struct live_pass){ .t0 = t0,
+					 .w0 = w0,
+					 .busy_ns = t->busy_ns,
+					 .wire = t->wire,
+					 .bulk = kind == PASS_BULK });
 	r = run_pass(j, kind);
 	if (r == 0)
 		r = wait_synced(j);
-	set_live(j, &(struct live_arg){ 0 });
+	set_live(j, &(struct live_pass){ 0 });
 	if (r == 0)
 		end_of_pass(j, t, kind, t0, w0, before);
 	return r;
@@ -1823,16 +1798,17 @@ int src_run(struct src_job *j, struct xport *x)
 		}
 	}
 
+	/* The return path may still explain a failed send... */
+	if (state != MIG_COMPLETED && r != -ECANCELED && !committing && !j->p.qemu)
+		r = explain_send_failure(j, r);
+	/* ...and from here on no thread but this one uses the transport. */
+	stop_mirroring(j);
+	rp_stop(j);
 	if (state != MIG_COMPLETED) {
 		static const uint8_t eos[8] = { 0, 0, 0, 0, 0, 0, 0, WIRE_F_EOS };
 		char msg[1024];
 
-		if (r != -ECANCELED && !committing && !j->p.qemu)
-			r = explain_send_failure(j, r);
 		snprintf(msg, sizeof(msg), "%s", err_msg());
-		/* No sender but this thread from here on. */
-		stop_mirroring(j);
-		rp_stop(j);
 		xport_set_cancel(x, NULL);
 		xport_set_timeout(x, 2000);
 		/* Tell the destination why, unless COMMIT may be out.  The
@@ -1847,9 +1823,6 @@ int src_run(struct src_job *j, struct xport *x)
 			fin.downtime = now_ns() - t_pause;
 		resume_writers(j);
 		err_copy_in(msg);
-	} else {
-		stop_mirroring(j);
-		rp_stop(j);
 	}
 	if (fin.downtime)
 		note_pause(j, false, fin.downtime);
