@@ -128,8 +128,7 @@ int cmd_migrate(int argc, char **argv)
 			break;
 		}
 		case OPT_CHUNK:
-			if (parse_size(optarg, &v) < 0 || !is_pow2(v) || v < WIRE_MIN_CHUNK_SIZE ||
-			    v > WIRE_MAX_CHUNK_SIZE) {
+			if (parse_size(optarg, &v) < 0 || !wire_chunk_size_valid(v)) {
 				r = cli_usage_error("migrate",
 						    "--chunk-size must be a power of two from 4K "
 						    "to 16M, not '%s'",

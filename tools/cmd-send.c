@@ -141,7 +141,7 @@ int cmd_send(int argc, char **argv)
 		case OPT_CHUNK:
 			if (parse_size(optarg, &v) < 0)
 				return cli_usage_error("send", "--chunk-size: %s", err_msg());
-			if (!is_pow2(v) || v < WIRE_MIN_CHUNK_SIZE || v > WIRE_MAX_CHUNK_SIZE)
+			if (!wire_chunk_size_valid(v))
 				return cli_usage_error("send",
 						       "--chunk-size must be a power of two "
 						       "from 4K to 16M");
@@ -176,9 +176,8 @@ int cmd_send(int argc, char **argv)
 		return cli_usage_error("send", "at least one --device NAME=PATH is required");
 	if (p.qemu && p.chunk_size && p.chunk_size != WIRE_QEMU_CHUNK_SIZE)
 		return cli_usage_error("send", "--chunk-size: the QEMU format has 1M chunks");
-	if (p.qemu && p.mode == MIG_MODE_ACTIVE)
-		return cli_usage_error("send", "--mode active needs the native format (QEMU "
-					       "cannot acknowledge mirrored writes)");
+	if (mig_mode_check(p.mode, p.qemu) < 0)
+		return cli_usage_error("send", "--mode: %s", err_msg());
 	if (p.max_downtime_ns == 0)
 		p.max_downtime_ns = SRC_DEFAULT_DOWNTIME_NS;
 

@@ -238,18 +238,15 @@ static json_object *cmd_migrate_ctl(struct serve *s, json_object *args, const ch
 		snprintf(err, cap, "unknown format '%s' (native or qemu)", format);
 		return NULL;
 	}
-	if (p.qemu && p.mode == MIG_MODE_ACTIVE) {
-		snprintf(err, cap,
-			 "mode active needs the native format (QEMU cannot acknowledge "
-			 "mirrored writes)");
+	if (mig_mode_check(p.mode, p.qemu) < 0) {
+		snprintf(err, cap, "%s", err_msg());
 		return NULL;
 	}
 	if (p.qemu && chunk && chunk != WIRE_QEMU_CHUNK_SIZE) {
 		snprintf(err, cap, "the QEMU format has 1 MiB chunks");
 		return NULL;
 	}
-	if (chunk &&
-	    (!is_pow2(chunk) || chunk < WIRE_MIN_CHUNK_SIZE || chunk > WIRE_MAX_CHUNK_SIZE)) {
+	if (chunk && !wire_chunk_size_valid(chunk)) {
 		snprintf(err, cap, "'chunk-size' must be a power of two from 4K to 16M");
 		return NULL;
 	}

@@ -62,6 +62,9 @@ enum mig_mode { MIG_MODE_AUTO, MIG_MODE_DIRTY, MIG_MODE_ACTIVE };
 const char *mig_mode_name(enum mig_mode m);
 /* "auto", "dirty", "active" -> 0 and *out; -EINVAL otherwise. */
 int mig_mode_parse(const char *s, enum mig_mode *out);
+/* -EINVAL (with the reason) for a mode the stream format cannot carry:
+ * ACTIVE with the QEMU format. */
+int mig_mode_check(enum mig_mode m, bool qemu);
 
 struct mig_dev_stats {
 	char name[WIRE_NAME_MAX + 1];

@@ -398,18 +398,16 @@ int src_new(const struct src_params *p, const struct src_device *devs, unsigned 
 		j->p.max_downtime_ns = SRC_DEFAULT_DOWNTIME_NS;
 	if (!j->p.readers)
 		j->p.readers = SRC_DEFAULT_READERS;
-	if (!is_pow2(j->p.chunk_size) || j->p.chunk_size < WIRE_MIN_CHUNK_SIZE ||
-	    j->p.chunk_size > WIRE_MAX_CHUNK_SIZE) {
+	if (!wire_chunk_size_valid(j->p.chunk_size)) {
 		uint32_t cs = j->p.chunk_size;
 
 		free(j);
 		return err_set(EINVAL, "chunk size %u is not a power of two between %u and %u", cs,
 			       WIRE_MIN_CHUNK_SIZE, WIRE_MAX_CHUNK_SIZE);
 	}
-	if (j->p.qemu && j->p.mode == MIG_MODE_ACTIVE) {
+	if (mig_mode_check(j->p.mode, j->p.qemu) < 0) {
 		free(j);
-		return err_set(EINVAL, "active mode needs the native format: a QEMU destination "
-				       "cannot acknowledge mirrored writes");
+		return -EINVAL;
 	}
 	if (j->p.qemu)
 		j->p.mode = MIG_MODE_DIRTY; /* AUTO has nothing to switch to */

@@ -52,12 +52,6 @@ static const char *show_name(char *out, const char *name)
 	return out;
 }
 
-static bool chunk_size_valid(uint32_t chunk_size)
-{
-	return is_pow2(chunk_size) && chunk_size >= WIRE_MIN_CHUNK_SIZE &&
-	       chunk_size <= WIRE_MAX_CHUNK_SIZE;
-}
-
 /*
  * Length of a NUL-terminated name held in a WIRE_NAME_MAX + 1 array, for an
  * encoder: 1..WIRE_NAME_MAX, or -EINVAL.
@@ -128,7 +122,7 @@ static int hello_check_fixed(int err, uint32_t caps, uint32_t chunk_size, uint32
 	if (caps & ~NATIVE_CAP_KNOWN)
 		return err_set(err, "hello: unknown capability bits 0x%" PRIx32 " (known 0x%x)",
 			       caps & ~NATIVE_CAP_KNOWN, NATIVE_CAP_KNOWN);
-	if (!chunk_size_valid(chunk_size))
+	if (!wire_chunk_size_valid(chunk_size))
 		return err_set(err,
 			       "hello: invalid chunk size %" PRIu32
 			       " (must be a power of two from %u to %u)",

@@ -102,7 +102,7 @@ static int flags_to_kind(unsigned int flags, enum wire_rec_kind *kind)
 	}
 }
 
-static bool chunk_size_valid(uint32_t chunk_size)
+bool wire_chunk_size_valid(uint64_t chunk_size)
 {
 	return is_pow2(chunk_size) && chunk_size >= WIRE_MIN_CHUNK_SIZE &&
 	       chunk_size <= WIRE_MAX_CHUNK_SIZE;
@@ -177,7 +177,7 @@ int wire_rec_decode(const uint8_t *buf, size_t len, uint32_t chunk_size, struct 
 	uint8_t n;
 	int r;
 
-	if (!chunk_size_valid(chunk_size))
+	if (!wire_chunk_size_valid(chunk_size))
 		return err_set(EINVAL,
 			       "record: invalid chunk size %" PRIu32
 			       " (must be a power of two from %u to %u)",

@@ -36,6 +36,7 @@
 #ifndef BLKMIG_WIRE_RECORD_H
 #define BLKMIG_WIRE_RECORD_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -79,6 +80,10 @@ struct wire_record {
 	uint32_t length;
 	uint8_t op; /* WIRE_WRITE_DATA or WIRE_WRITE_ZERO */
 };
+
+/* Whether chunk_size is a power of two from WIRE_MIN_CHUNK_SIZE to
+ * WIRE_MAX_CHUNK_SIZE: the one rule for a chunk size, wherever it comes from. */
+bool wire_chunk_size_valid(uint64_t chunk_size);
 
 /*
  * Encode the header of a record (word, and the name for DATA/ZERO/WRITE,
