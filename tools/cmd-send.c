@@ -96,7 +96,7 @@ int cmd_send(int argc, char **argv)
 	struct mig_stats st;
 	const char *to = NULL, *workload = NULL;
 	unsigned ndev = 0, nsend = 0;
-	bool json = false;
+	bool json = false, qemu = false;
 	long timeout_s = XPORT_DEFAULT_TIMEOUT_MS / 1000;
 	uint64_t v;
 	int c, r, rc = EXIT_FAIL;
@@ -114,7 +114,8 @@ int cmd_send(int argc, char **argv)
 				return r;
 			break;
 		case OPT_FORMAT:
-			r = cli_check_format("send", optarg, true, &p.qemu);
+			r = cli_check_format("send", optarg, true, &qemu);
+			p.format = qemu ? MIG_FORMAT_QEMU : MIG_FORMAT_NATIVE;
 			if (r)
 				return r;
 			break;
@@ -174,10 +175,8 @@ int cmd_send(int argc, char **argv)
 		return cli_usage_error("send", "--to HOST:PORT is required");
 	if (!ndev)
 		return cli_usage_error("send", "at least one --device NAME=PATH is required");
-	if (p.qemu && p.chunk_size && p.chunk_size != WIRE_QEMU_CHUNK_SIZE)
-		return cli_usage_error("send", "--chunk-size: the QEMU format has 1M chunks");
-	if (mig_mode_check(p.mode, p.qemu) < 0)
-		return cli_usage_error("send", "--mode: %s", err_msg());
+	if (mig_format_check(p.format, p.mode, p.chunk_size) < 0)
+		return cli_usage_error("send", "%s", err_msg());
 	if (p.max_downtime_ns == 0)
 		p.max_downtime_ns = SRC_DEFAULT_DOWNTIME_NS;
 
@@ -278,7 +277,7 @@ report:
 		json_object_put(extra);
 	} else if (r == 0) {
 		cli_print_summary(stdout, "migrated", &st);
-		if (p.qemu)
+		if (p.format == MIG_FORMAT_QEMU)
 			printf(
 			    "note: a QEMU destination sends nothing back, so this cannot confirm "
 			    "that it loaded the stream; check its query-migrate\n");

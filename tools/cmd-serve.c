@@ -233,27 +233,20 @@ static json_object *cmd_migrate_ctl(struct serve *s, json_object *args, const ch
 		return NULL;
 	}
 	if (strcmp(format, "qemu") == 0)
-		p.qemu = true;
+		p.format = MIG_FORMAT_QEMU;
 	else if (strcmp(format, "native") != 0) {
 		snprintf(err, cap, "unknown format '%s' (native or qemu)", format);
 		return NULL;
 	}
-	if (mig_mode_check(p.mode, p.qemu) < 0) {
-		snprintf(err, cap, "%s", err_msg());
-		return NULL;
-	}
-	if (p.qemu && chunk && chunk != WIRE_QEMU_CHUNK_SIZE) {
-		snprintf(err, cap, "the QEMU format has 1 MiB chunks");
-		return NULL;
-	}
-	if (chunk && !wire_chunk_size_valid(chunk)) {
-		snprintf(err, cap, "'chunk-size' must be a power of two from 4K to 16M");
+	if (chunk > UINT32_MAX ||
+	    mig_format_check(p.format, p.mode, (uint32_t)chunk) < 0) {
+		snprintf(err, cap, "%s", chunk > UINT32_MAX ? "'chunk-size' is too large" : err_msg());
 		return NULL;
 	}
 	/* A served disk takes random writes: track and resend 64 KiB, not
 	 * 1 MiB, unless told otherwise.  QEMU's stream has 1 MiB. */
 	p.chunk_size =
-	    p.qemu ? WIRE_QEMU_CHUNK_SIZE : (uint32_t)(chunk ? chunk : SERVE_DEFAULT_CHUNK_SIZE);
+	    p.format == MIG_FORMAT_QEMU ? WIRE_QEMU_CHUNK_SIZE : (uint32_t)(chunk ? chunk : SERVE_DEFAULT_CHUNK_SIZE);
 	p.max_downtime_ns = ms * 1000000u;
 	*cls = "GenericError";
 	pthread_mutex_lock(&s->lock);

@@ -128,7 +128,9 @@ struct dirty;
  * may have changed part of the range) and before returning to the caller.
  *
  * The layer is also the writers' gate: track_pause() makes new writes
- * (write/zero/trim/flush) wait and returns once in-flight ones have drained;
+ * (write/zero/trim/flush) wait and returns once in-flight ones have drained
+ * (a mirrored write waiting for its mirror's answer has drained: its data
+ * reached the backend and the mirror has it);
  * track_resume() lets them go; track_fence() makes every held and future
  * write fail with -err (the split-brain guard after switch-over).  Reads are
  * never held or fenced.
@@ -150,9 +152,12 @@ uint64_t track_writes(struct blk *track);
  * lock, so the destination sees overlapping writes in the order they
  * reached the backend) and, after the lower op succeeded, offers each to
  * submit():
- *   1: sent; *ticket identifies it.  The layer then calls wait(ticket)
- *      outside the lock, before answering the writer; if that fails the
- *      range is marked dirty instead (the migration is failing anyway).
+ *   1: taken; *ticket identifies it.  The layer then calls wait(ticket)
+ *      outside the lock, exactly once, before answering the writer; if that
+ *      fails the range is marked dirty instead (the migration is failing
+ *      anyway).  submit() must not block on the network: track_pause()
+ *      does not wait for writes in wait(), so the mirror's owner may pause
+ *      the writers and still send what it was given.
  *   0: not sent (the range has not been copied yet, or is being copied):
  *      the layer marks the range dirty, as without a mirror.
  * op is TRACK_OP_WRITE (buf holds len bytes) or TRACK_OP_ZERO (write

@@ -22,7 +22,11 @@
  * serialised by 'order' across the lower op and the mirror's submit(), so
  * the destination receives overlapping writes in the order they reached
  * the backend; the writer then waits for the destination outside that lock.
- * Discards are never offered to the mirror, only marked.
+ * Discards are never offered to the mirror, only marked.  A write waiting
+ * for the mirror has reached the backend and is in the mirror's hands, so
+ * it no longer counts as in flight for a pause (the engine that pauses is
+ * the one that sends it: waiting for it would deadlock); it still holds
+ * the bitmap pointer, so a swap waits for it.
  *
  * Pause is not nested: one track_resume() undoes any number of pauses.
  * Fencing is terminal; the first error given is kept.  Reads and
@@ -49,6 +53,7 @@ struct track_blk {
 	bool swapping; /* track_set_dirty() is waiting for in-flight ops */
 	int fence_err; /* 0, or the positive errno every write now fails with */
 	unsigned inflight;
+	unsigned waiting; /* handed to the mirror, waiting for its answer */
 	struct dirty *dirty;		   /* not owned; NULL = not tracking */
 	const struct track_mirror *mirror; /* NULL = not mirroring */
 	void *mirror_opaque;
@@ -111,9 +116,31 @@ static void gate_leave(struct track_blk *t, bool count)
 	pthread_mutex_unlock(&t->lock);
 }
 
-static void wait_idle_locked(struct track_blk *t)
+/* The op is in the mirror's hands now: out of the in-flight count. */
+static void gate_hand_over(struct track_blk *t)
 {
-	while (t->inflight > 0)
+	pthread_mutex_lock(&t->lock);
+	assert(t->inflight > 0);
+	t->waiting++;
+	if (--t->inflight == 0)
+		pthread_cond_broadcast(&t->idle);
+	pthread_mutex_unlock(&t->lock);
+}
+
+static void gate_leave_waiting(struct track_blk *t)
+{
+	pthread_mutex_lock(&t->lock);
+	assert(t->waiting > 0);
+	t->writes++;
+	if (--t->waiting == 0)
+		pthread_cond_broadcast(&t->idle);
+	pthread_mutex_unlock(&t->lock);
+}
+
+/* Until no op has the lower layer or, with 'all', the mirror. */
+static void wait_idle_locked(struct track_blk *t, bool all)
+{
+	while (t->inflight > 0 || (all && t->waiting > 0))
 		pthread_cond_wait(&t->idle, &t->lock);
 }
 
@@ -170,10 +197,15 @@ static int tracked_op(struct blk *b, enum wop w, const void *buf, uint64_t off, 
 		dirty_mark(g.dirty, off, len);
 	if (g.mirror)
 		pthread_mutex_unlock(&t->order);
+	if (sent <= 0) {
+		gate_leave(t, true);
+		return r;
+	}
 	/* The writer hears back only once the destination has the data. */
-	if (sent > 0 && g.mirror->wait(g.mirror_opaque, ticket) < 0 && g.dirty)
+	gate_hand_over(t);
+	if (g.mirror->wait(g.mirror_opaque, ticket) < 0 && g.dirty)
 		dirty_mark(g.dirty, off, len);
-	gate_leave(t, true);
+	gate_leave_waiting(t);
 	return r;
 }
 
@@ -285,7 +317,7 @@ static void swap_begin(struct track_blk *t)
 	while (t->swapping)
 		pthread_cond_wait(&t->gate, &t->lock);
 	t->swapping = true;
-	wait_idle_locked(t);
+	wait_idle_locked(t, true);
 }
 
 static void swap_end(struct track_blk *t)
@@ -323,7 +355,7 @@ void track_pause(struct blk *track)
 
 	pthread_mutex_lock(&t->lock);
 	t->paused = true;
-	wait_idle_locked(t);
+	wait_idle_locked(t, false);
 	pthread_mutex_unlock(&t->lock);
 }
 

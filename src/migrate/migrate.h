@@ -62,9 +62,27 @@ enum mig_mode { MIG_MODE_AUTO, MIG_MODE_DIRTY, MIG_MODE_ACTIVE };
 const char *mig_mode_name(enum mig_mode m);
 /* "auto", "dirty", "active" -> 0 and *out; -EINVAL otherwise. */
 int mig_mode_parse(const char *s, enum mig_mode *out);
-/* -EINVAL (with the reason) for a mode the stream format cannot carry:
- * ACTIVE with the QEMU format. */
-int mig_mode_check(enum mig_mode m, bool qemu);
+
+/*
+ * The stream format a migration speaks.
+ *  NATIVE: blkmig's own (docs/wire-format.md): a handshake, a return path
+ *          (per-pass sync, digests, acknowledgement), mirrored writes, any
+ *          chunk size from 4 KiB to 16 MiB.
+ *  QEMU:   QEMU 7.2's migration stream carrying a "block" section only, as
+ *          for a -M none QEMU: 1 MiB chunks, device sizes in whole MiB, no
+ *          return path, so no digests, no mirroring and no acknowledgement
+ *          ("completed" means everything was sent and the stream closed).
+ */
+enum mig_format { MIG_FORMAT_NATIVE, MIG_FORMAT_QEMU };
+
+/*
+ * What a format cannot carry, checked in one place: -EINVAL with the
+ * reason for a mode (ACTIVE needs mirroring) or a chunk size (0: the
+ * default) the format cannot carry, or an invalid chunk size.
+ */
+int mig_format_check(enum mig_format f, enum mig_mode mode, uint32_t chunk_size);
+/* mig_format_check() for the mode alone. */
+int mig_mode_check(enum mig_mode m, enum mig_format f);
 
 struct mig_dev_stats {
 	char name[WIRE_NAME_MAX + 1];
@@ -112,14 +130,9 @@ struct src_params {
 	enum mig_mode mode;	  /* default AUTO (DIRTY with the QEMU format) */
 	bool shared_base;
 	bool zero_blocks;
-	/*
-	 * Speak QEMU 7.2's migration stream (a "block" section only, as for a
-	 * -M none QEMU destination) instead of the native one: 1 MiB chunks,
-	 * no handshake, no per-pass sync, no digests and no acknowledgement.
-	 * QEMU cannot report failure, so "completed" means everything was sent
-	 * and the stream closed; the devices are fenced all the same.
-	 */
-	bool qemu;
+	/* With QEMU, the devices are fenced all the same once the stream is
+	 * closed. */
+	enum mig_format format;
 };
 
 #define SRC_DEFAULT_DOWNTIME_NS (300 * 1000000ull)

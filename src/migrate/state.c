@@ -47,14 +47,6 @@ int mig_mode_parse(const char *s, enum mig_mode *out)
 	return err_set(EINVAL, "unknown mode '%s' (auto, dirty or active)", s);
 }
 
-int mig_mode_check(enum mig_mode m, bool qemu)
-{
-	if (qemu && m == MIG_MODE_ACTIVE)
-		return err_set(EINVAL, "active mode needs the native format: a QEMU destination "
-				       "cannot acknowledge mirrored writes");
-	return 0;
-}
-
 int engine_read_frame(struct xport *x, uint64_t allowed, uint8_t *type, uint8_t *body,
 		      uint32_t *len)
 {

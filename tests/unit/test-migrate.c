@@ -1488,7 +1488,7 @@ static void test_src_new_errors(void **state)
 	src_free(NULL);
 
 	/* Active mode needs the native format; auto with QEMU is dirty. */
-	p.qemu = true;
+	p.format = MIG_FORMAT_QEMU;
 	p.mode = MIG_MODE_ACTIVE;
 	assert_int_equal(src_new(&p, devs, 1, &j), -EINVAL);
 	assert_contains("src_new", err_msg(), "active mode needs the native format");

@@ -1,0 +1,283 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The source engine's private parts, shared by its files:
+ *
+ *   source.c      the public API, the figures and the state machine
+ *   src-pass.c    one pass: reader results and queued writes onto the wire
+ *   src-readers.c the reader pool: claims chunks, reads them, queues results
+ *   src-rpath.c   the return path: the thread that hears the destination
+ *   src-mirror.c  active mode: client writes queued to the engine, WACKs
+ *   src-native.c  the native stream format (struct src_format)
+ *   src-qemu.c    QEMU 7.2's stream format (struct src_format)
+ *
+ * Threads and locks (docs/architecture.md has the whole picture):
+ *  - The engine thread (src_run's caller) runs the state machine and is
+ *    the only thread that writes to the transport.
+ *  - Reader threads take chunks, read them and queue the results.
+ *  - The return-path thread (formats with a return path) reads what the
+ *    destination says and hands it over.
+ *  - Client threads (through the tracking layers) queue mirrored writes
+ *    and wait for their WACK; they never touch the transport.
+ *  - The cancel thread waits for src_cancel() and wakes every waiter.
+ *
+ * Lock order: a tracking layer's 'order' -> j->lock -> j->stats_lock.
+ * j->lock guards the pass machinery, the reader queue, the claimed sets,
+ * the mirror queue and what the return path received; done_cond wakes the
+ * engine (a result, the end of a pass, a queued write, an answer, an error,
+ * a cancel), work_cond the readers, wack_cond the mirrored writers.
+ * j->stats_lock is a leaf.  No lock of the job is held while the engine
+ * calls into a tracking layer (whose own lock is a leaf too) or writes to
+ * the transport.
+ */
+#ifndef BLKMIG_MIGRATE_SRC_IMPL_H
+#define BLKMIG_MIGRATE_SRC_IMPL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "block/backend.h"
+#include "engine.h"
+
+struct digest_table;
+struct src_job;
+
+enum pass_kind {
+	PASS_BULK,  /* every chunk of every device */
+	PASS_DIRTY, /* chunks whose dirty bit is set */
+};
+
+enum result_kind {
+	RES_DATA, /* buf holds the chunk */
+	RES_ZERO, /* the chunk reads as zeros: send ZERO_BLOCK */
+	RES_SKIP, /* shared base: unallocated, not sent */
+};
+
+/* A chunk read by the pool, waiting for the engine to send it. */
+struct result {
+	enum result_kind kind;
+	unsigned dev;
+	uint64_t chunk;
+	uint8_t *buf; /* a pool buffer, held until the result is sent */
+	uint64_t hash;
+};
+
+struct src_dev {
+	struct src_job *job;
+	const char *name;
+	struct blk *blk;
+	uint64_t size;
+	uint64_t nchunks;
+	struct dirty *dirty;
+	struct dirty *claimed; /* chunks claimed and not yet on the wire (j->lock) */
+	struct digest_table *dig;
+};
+
+/*
+ * A client write handed to the engine (active mode).  mirror_submit()
+ * allocates it and mirror_wait() frees it; buf is the writer's own buffer,
+ * valid until then.  The engine unlinks it before it
+ * sends it, and a writer that gives up while it is still queued unlinks it
+ * itself, so the engine never touches one whose writer has returned.
+ */
+struct mirror_req {
+	struct mirror_req *next;
+	unsigned dev;
+	enum track_op op;
+	const void *buf;
+	uint64_t off, len;
+	uint64_t seq;	/* the last WRITE sequence number it became (engine) */
+	bool queued;	/* still in the queue (j->lock) */
+	bool sending;	/* the engine is writing it (j->lock) */
+	bool sent;	/* on the wire, seq valid (j->lock) */
+	int err;	/* the send failed (j->lock) */
+};
+
+/*
+ * A stream format, source side.  The engine calls these and never asks
+ * which format it has; what a format cannot carry is declared here and
+ * checked once, in src_format_check().  When you add a format, add its
+ * table to src_format_of() too.
+ */
+struct src_format {
+	const char *name;
+	uint32_t fixed_chunk; /* the only chunk size it carries, or 0 for any */
+	uint64_t size_align;  /* device sizes must be multiples of this, or 0 */
+	bool return_path;     /* the destination answers (SYNCED, ACK, WACK, ERROR) */
+	bool mirror;	      /* WRITE records: active mode */
+	bool cut_final;	      /* a final pass may stop short and become an ordinary one */
+	bool auto_mode;	      /* AUTO has something to switch to */
+
+	/* Handshake or stream header, on a fresh transport. */
+	int (*open)(struct src_job *j);
+	/* Before the first record of a pass; final: the writers are paused. */
+	int (*pass_begin)(struct src_job *j, bool final);
+	/* After the last record of a pass: end it and flush. */
+	int (*pass_end)(struct src_job *j, bool final);
+	/* Until the destination has made every pass so far durable. */
+	int (*synced)(struct src_job *j);
+	/* After the final pass: hand over (digests, the acknowledgement). */
+	int (*complete)(struct src_job *j);
+	/* After the devices were fenced: the destination takes over. */
+	int (*commit)(struct src_job *j);
+	/* Tell the destination the migration failed (best effort). */
+	void (*abort)(struct src_job *j, int err, const char *reason);
+};
+
+extern const struct src_format src_format_native;
+extern const struct src_format src_format_qemu;
+
+/* The live pass, so the figures move during it too: when it began (0:
+ * none), bytes sent before it, and the time and bytes of the passes before
+ * it. */
+struct live_pass {
+	uint64_t t0, w0, busy_ns, wire;
+	bool bulk;
+};
+
+struct src_job {
+	struct src_params p;
+	const struct src_format *fmt;
+	unsigned ndev;
+	struct src_dev dev[NATIVE_MAX_DEVICES];
+	atomic_bool cancel;
+	int cancel_fd; /* an eventfd src_cancel() writes to */
+	_Atomic uint64_t rate;
+	_Atomic uint64_t downtime_ns; /* max downtime; may change while running */
+	/* The transport, set and cleared by the engine under stats_lock, so
+	 * src_stats() and src_set_max_bandwidth() may read it from any
+	 * thread. */
+	struct xport *x;
+
+	mig_progress_fn progress;
+	void *progress_user;
+	uint64_t last_progress_ns;
+
+	pthread_mutex_t stats_lock; /* guards stats, live and x */
+	struct mig_stats stats;
+	struct live_pass live;
+	uint64_t t_start; /* now_ns() when src_run began */
+
+	/* Everything below up to the engine-only part is guarded by lock. */
+	pthread_mutex_t lock;
+	pthread_cond_t work_cond; /* readers: a task or a buffer may be available */
+	pthread_cond_t done_cond; /* engine: result, pass end, write, answer, error */
+	pthread_cond_t wack_cond; /* mirrored writers: a WACK, an error or the end */
+
+	/* The reader pool and the pass (src-readers.c). */
+	bool quit;
+	bool pass_active;
+	bool pass_exhausted;
+	enum pass_kind pass;
+	unsigned cur_dev;
+	uint64_t cur_chunk;
+	unsigned busy; /* readers holding a task */
+	int read_err;  /* first reader failure, negative errno */
+	char read_msg[512];
+	unsigned nbufs;
+	uint8_t **bufs; /* every buffer, for freeing */
+	uint8_t **free; /* stack of free buffers */
+	unsigned nfree;
+	struct result *q; /* ring of finished reads */
+	unsigned qhead, qlen;
+	unsigned nthreads;
+	pthread_t *threads;
+	bool bulk_done;		/* the bulk pass has been sent whole */
+	uint64_t pass_deadline; /* now_ns() at which to cut the pass short, 0 never */
+
+	/* Mirrored writes waiting for the engine (src-mirror.c). */
+	struct mirror_req *mq_head, **mq_tail;
+	bool mirror_stop; /* the migration is over: writers give up */
+
+	/* What the return path received (src-rpath.c). */
+	bool rp_running, rp_quit;
+	bool rp_have;	   /* a SYNCED or ACK waits for the engine */
+	uint8_t rp_type;   /* its type */
+	uint64_t rp_value; /* SYNCED's count */
+	int rp_err;	   /* the destination's ERROR or a read failure */
+	char rp_msg[1024];
+	uint64_t wacked;    /* WACK: writes up to here are applied there */
+	uint64_t wseq_sent; /* the last WRITE on the wire */
+	pthread_t rp_thread;
+
+	/* Engine thread only. */
+	int timeout_ms;	       /* the transport's idle timeout, for answers and WACKs */
+	_Atomic int want_mode; /* enum mig_mode, as asked for (any thread) */
+	atomic_bool mirroring; /* the tracking layers have the mirror */
+	bool paused;
+	bool truncated;	 /* the last pass was cut short */
+	bool in_blocks;	 /* a pass or a write's message is open on the wire */
+	bool final_pass; /* this pass runs with the writers paused */
+	uint64_t passes_sent;
+	uint64_t wseq; /* the last WRITE sequence number used */
+	unsigned stalls;    /* dirty passes in a row that did not shrink the set */
+	bool should_mirror; /* AUTO: the last pass says dirty passes will not do */
+	char stall_reason[160];
+	uint8_t reply[NATIVE_MSG_MAX]; /* the destination's last framed message */
+	uint8_t *zero_buf;	       /* a zero chunk, for holes sent without ZERO_BLOCK */
+	uint8_t *scratch;	       /* a chunk, for mirrored writes' digests */
+	pthread_t cancel_thread;
+	bool cancel_running;
+	int stop_fd; /* an eventfd that ends the cancel thread */
+};
+
+/* ---- source.c ---------------------------------------------------------- */
+
+bool src_cancelled(struct src_job *j);
+void src_stats_update(struct src_job *j, void (*fn)(struct mig_stats *, void *), void *arg);
+uint64_t src_dirty_total(const struct src_job *j);
+void src_report(struct src_job *j, bool force);
+
+/* ---- src-readers.c ------------------------------------------------------ */
+
+int readers_start(struct src_job *j);
+void readers_stop(struct src_job *j);
+/* Begin a pass over 'kind' (j->lock held). */
+void readers_pass_begin_locked(struct src_job *j, enum pass_kind kind);
+/*
+ * The next result in *res: 1, or 0 when the pass has no more, or a
+ * negative errno (a read failed, the destination failed, cancel).  Sends
+ * queued mirrored writes first (j->lock held; dropped while sending).
+ * With may_stop, a pass past j->pass_deadline stops claiming chunks and
+ * *deadline_hit says so; what was read is still returned.
+ */
+int readers_next_locked(struct src_job *j, bool may_stop, struct result *res, bool *deadline_hit);
+/* The result is on the wire (or never will be: sent false): release its
+ * buffer and claim (j->lock held). */
+void readers_done_locked(struct src_job *j, const struct result *res, bool sent);
+/* End the pass: wait for busy readers, re-mark what was read and not sent
+ * (j->lock held). */
+void readers_pass_end_locked(struct src_job *j);
+/* Whether a write to chunk c of device di may be mirrored (j->lock held). */
+bool readers_copied_locked(struct src_job *j, unsigned di, uint64_t c);
+
+/* ---- src-pass.c --------------------------------------------------------- */
+
+/* Open a BLOCKS message unless one is open (engine). */
+int src_open_blocks(struct src_job *j);
+/* One pass, sent whole or cut short at j->pass_deadline (j->truncated). */
+int src_run_pass(struct src_job *j, enum pass_kind kind);
+
+/* ---- src-mirror.c ------------------------------------------------------- */
+
+/* Send every queued mirrored write (engine; j->lock held, dropped while
+ * sending).  0 or the transport's error. */
+int mirror_send_queued_locked(struct src_job *j);
+void mirror_start(struct src_job *j, const char *why);
+/* The migration is over: wake and release every writer, detach. */
+void mirror_stop(struct src_job *j);
+
+/* ---- src-rpath.c -------------------------------------------------------- */
+
+int rp_start(struct src_job *j);
+void rp_stop(struct src_job *j);
+/* Wait for the destination's answer 'want' (SYNCED or ACK), sending
+ * queued writes meanwhile; *value receives SYNCED's count. */
+int rp_await(struct src_job *j, uint8_t want, const char *what, uint64_t *value);
+/* A send failed: prefer the destination's own reason if it gave one. */
+int rp_explain(struct src_job *j, int r);
+/* Turn an ERROR message's body into this thread's error. */
+int rp_peer_error(const uint8_t *body, uint32_t len);
+
+#endif

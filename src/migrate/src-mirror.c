@@ -1,0 +1,283 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Active mode: client writes mirrored to the destination.
+ *
+ * The devices' tracking layers offer every write to mirror_submit() on the
+ * writer's thread, under the device's write order, after the write reached
+ * the backend.  A write whose chunks have all been copied, are not being
+ * copied and are not dirty is queued for the engine; any other write is
+ * marked dirty by the layer as usual.  The writer then waits in
+ * mirror_wait() for the destination's WACK.  Writer threads never touch
+ * the transport: the engine sends queued writes before anything else it
+ * has to send (mirror_send_queued_locked), in queue order, which is the
+ * order they reached the backend.
+ *
+ * Why the order is safe: a chunk being copied is "claimed" from the moment
+ * a reader takes it until its record is on the wire, and writes to a
+ * claimed chunk are not mirrored; a write queued before a chunk was
+ * claimed is sent before that chunk's record, because the engine empties
+ * the queue before it takes a result.  The engine takes a written chunk's
+ * digest again from the backend once its record is sent; a later write to
+ * the chunk is either queued behind it (and re-hashed later) or marked
+ * dirty (and resent later), so the last digest taken is the destination's.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bitmap/dirty.h"
+#include "common/error.h"
+#include "common/util.h"
+#include "digest.h"
+#include "src-impl.h"
+#include "transport/transport.h"
+
+/*
+ * A write over more chunks than this is marked dirty instead: mirroring it
+ * would make its writer wait for as long as its chunks take to send, and it
+ * costs the same bytes in a later pass.
+ */
+#define MIRROR_MAX_CHUNKS 16
+
+static void mirror_fn(struct mig_stats *st, void *arg)
+{
+	st->mirror_writes++;
+	st->mirror_bytes += *(uint64_t *)arg;
+}
+
+/* Take chunk c's digest again from the backend (engine). */
+static int rehash_chunk(struct src_job *j, struct src_dev *d, uint64_t c)
+{
+	uint32_t cs = j->p.chunk_size;
+	size_t len = digest_chunk_len(d->dig, c);
+	int r;
+
+	if (blk_is_hole(d->blk, c * cs, len)) {
+		digest_set(d->dig, c, digest_zero_hash(d->dig, c));
+		return 0;
+	}
+	r = blk_pread(d->blk, j->scratch, len, c * cs);
+	if (r < 0)
+		return r;
+	digest_set(d->dig, c, digest_hash(j->scratch, len));
+	return 0;
+}
+
+/* Put one write on the wire as WRITE records (engine, no lock held). */
+static int send_write(struct src_job *j, struct mirror_req *m, uint64_t *last_seq)
+{
+	struct src_dev *d = &j->dev[m->dev];
+	uint32_t cs = j->p.chunk_size;
+	uint64_t done = 0;
+	int r = src_open_blocks(j);
+
+	while (r == 0 && done < m->len) {
+		uint8_t hdr[WIRE_REC_HDR_MAX];
+		struct wire_record rec = {
+			.kind = WIRE_REC_WRITE,
+			.offset = m->off + done,
+			.length = (uint32_t)MIN(m->len - done, (uint64_t)cs),
+			.op = m->op == TRACK_OP_WRITE ? WIRE_WRITE_DATA : WIRE_WRITE_ZERO,
+			.seq = j->wseq + 1,
+		};
+		int n;
+
+		snprintf(rec.name, sizeof(rec.name), "%s", d->name);
+		n = wire_rec_encode_header(hdr, &rec);
+		if (n < 0)
+			return n;
+		j->wseq++;
+		if (rec.op == WIRE_WRITE_DATA)
+			r = xport_write2(j->x, hdr, (size_t)n, (const uint8_t *)m->buf + done,
+					 rec.length);
+		else
+			r = xport_write(j->x, hdr, (size_t)n);
+		done += rec.length;
+	}
+	if (r == 0)
+		r = xport_flush(j->x);
+	*last_seq = j->wseq;
+	return r;
+}
+
+int mirror_send_queued_locked(struct src_job *j)
+{
+	while (j->mq_head) {
+		struct mirror_req *m = j->mq_head;
+		struct src_dev *d = &j->dev[m->dev];
+		uint64_t c0 = m->off / j->p.chunk_size, c1 = (m->off + m->len - 1) / j->p.chunk_size;
+		uint64_t seq = 0, len = m->len;
+		int r;
+
+		j->mq_head = m->next;
+		if (!j->mq_head)
+			j->mq_tail = &j->mq_head;
+		m->queued = false;
+		m->sending = true;
+		/* Known to the return path before the destination can answer. */
+		j->wseq_sent = j->wseq + div_round_up(m->len, j->p.chunk_size);
+		pthread_mutex_unlock(&j->lock);
+
+		r = send_write(j, m, &seq);
+
+		pthread_mutex_lock(&j->lock);
+		m->sending = false;
+		m->sent = r == 0;
+		m->seq = seq;
+		m->err = r;
+		pthread_cond_broadcast(&j->wack_cond);
+		if (r < 0)
+			return r; /* the transport's error is sticky */
+		pthread_mutex_unlock(&j->lock);
+		/* m may be gone now (its writer may have given up): only the
+		 * copies taken above are used. */
+		src_stats_update(j, mirror_fn, &len);
+		/* If a digest cannot be taken the chunk is marked dirty:
+		 * resent, and hashed then. */
+		for (uint64_t c = c0; c <= c1; c++)
+			if (rehash_chunk(j, d, c) < 0)
+				dirty_mark(d->dirty, c * j->p.chunk_size, 1);
+		pthread_mutex_lock(&j->lock);
+	}
+	return 0;
+}
+
+/* track_mirror.submit: see backend.h and the top of this file. */
+static int mirror_submit(void *opaque, enum track_op op, const void *buf, uint64_t off,
+			 uint64_t len, uint64_t *ticket)
+{
+	struct src_dev *d = opaque;
+	struct src_job *j = d->job;
+	uint32_t cs = j->p.chunk_size;
+	uint64_t c0 = off / cs, c1 = (off + len - 1) / cs;
+	unsigned di = (unsigned)(d - j->dev);
+	bool ok = len > 0 && c1 - c0 < MIRROR_MAX_CHUNKS;
+	struct mirror_req *m;
+
+	m = ok ? calloc(1, sizeof(*m)) : NULL;
+	if (!m)
+		return 0;
+	*m = (struct mirror_req){ .dev = di, .op = op, .buf = buf, .off = off, .len = len };
+	pthread_mutex_lock(&j->lock);
+	for (uint64_t c = c0; ok && c <= c1; c++)
+		ok = readers_copied_locked(j, di, c);
+	ok = ok && !j->mirror_stop;
+	if (ok) {
+		m->queued = true;
+		*j->mq_tail = m;
+		j->mq_tail = &m->next;
+		pthread_cond_broadcast(&j->done_cond);
+	}
+	pthread_mutex_unlock(&j->lock);
+	if (!ok) {
+		free(m);
+		return 0;
+	}
+	*ticket = (uint64_t)(uintptr_t)m;
+	return 1;
+}
+
+/* Take a write that was never sent out of the queue (lock held). */
+static void unqueue_locked(struct src_job *j, struct mirror_req *m)
+{
+	struct mirror_req **pp = &j->mq_head;
+
+	while (*pp != m)
+		pp = &(*pp)->next;
+	*pp = m->next;
+	if (!m->next)
+		j->mq_tail = pp;
+	m->queued = false;
+}
+
+/* track_mirror.wait: until the destination applied it, or the end. */
+static int mirror_wait(void *opaque, uint64_t ticket)
+{
+	struct src_job *j = ((struct src_dev *)opaque)->job;
+	struct mirror_req *m = (struct mirror_req *)(uintptr_t)ticket;
+	bool timed = j->timeout_ms > 0;
+	struct timespec ts = mono_deadline((uint64_t)(timed ? j->timeout_ms : 0) * 1000000u);
+	bool timed_out = false;
+	int r = -EIO;
+
+	pthread_mutex_lock(&j->lock);
+	for (;;) {
+		if (m->sent && j->wacked >= m->seq) {
+			r = 0;
+			break;
+		}
+		/* The engine may be waiting for this write to drain: a cancel,
+		 * a failure or a silent destination must not hold it, or the
+		 * writer, for ever. */
+		if (m->err || j->rp_err || j->mirror_stop || src_cancelled(j) || timed_out)
+			break;
+		if (timed)
+			timed_out = pthread_cond_timedwait(&j->wack_cond, &j->lock, &ts) == ETIMEDOUT;
+		else
+			pthread_cond_wait(&j->wack_cond, &j->lock);
+	}
+	if (timed_out && !j->rp_err && !j->mirror_stop) {
+		j->rp_err = -ETIMEDOUT;
+		snprintf(j->rp_msg, sizeof(j->rp_msg),
+			 "the destination did not acknowledge a mirrored write in %d s",
+			 j->timeout_ms / 1000);
+		pthread_cond_broadcast(&j->done_cond);
+		pthread_cond_broadcast(&j->wack_cond);
+	}
+	/* Giving up: the engine must be done with the buffer first. */
+	if (m->queued)
+		unqueue_locked(j, m);
+	while (m->sending)
+		pthread_cond_wait(&j->wack_cond, &j->lock);
+	pthread_mutex_unlock(&j->lock);
+	free(m);
+	return r;
+}
+
+static const struct track_mirror src_mirror = {
+	.submit = mirror_submit,
+	.wait = mirror_wait,
+};
+
+struct mode_arg {
+	uint64_t since;
+	const char *reason;
+};
+
+static void mode_fn(struct mig_stats *st, void *arg)
+{
+	struct mode_arg *m = arg;
+
+	st->active = true;
+	st->converging = true;
+	st->active_since = m->since;
+	snprintf(st->mode_reason, sizeof(st->mode_reason), "%s", m->reason);
+}
+
+void mirror_start(struct src_job *j, const char *why)
+{
+	struct mode_arg m = { .reason = why };
+	struct mig_stats st;
+
+	if (atomic_load(&j->mirroring))
+		return;
+	for (unsigned i = 0; i < j->ndev; i++)
+		track_set_mirror(j->dev[i].blk, &src_mirror, &j->dev[i]);
+	atomic_store(&j->mirroring, true);
+	src_stats(j, &st);
+	m.since = st.iterations;
+	src_stats_update(j, mode_fn, &m);
+	src_report(j, true);
+}
+
+void mirror_stop(struct src_job *j)
+{
+	pthread_mutex_lock(&j->lock);
+	j->mirror_stop = true;
+	pthread_cond_broadcast(&j->wack_cond);
+	pthread_mutex_unlock(&j->lock);
+	/* Waits for every writer still in mirror_wait() to leave it. */
+	for (unsigned i = 0; i < j->ndev; i++)
+		track_set_mirror(j->dev[i].blk, NULL, NULL);
+	atomic_store(&j->mirroring, false);
+}

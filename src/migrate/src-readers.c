@@ -1,0 +1,289 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The source's reader pool: threads that take chunks of the current pass
+ * from a shared cursor, clear their dirty bit, read them and queue the
+ * results for the engine, which sends them in completion order.  Each
+ * pass drains completely before the next starts, so the last copy of a
+ * chunk the destination receives is the last one read here.
+ *
+ * A chunk is "claimed" from the moment a reader takes it until its record
+ * is on the wire (or the pass gives it back as dirty); writes to a claimed
+ * chunk are never mirrored (src-mirror.c), so a mirrored write can never
+ * reach the destination before an older copy of its chunk.
+ *
+ * Everything here runs under j->lock except the read itself.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bitmap/dirty.h"
+#include "common/error.h"
+#include "common/util.h"
+#include "digest.h"
+#include "src-impl.h"
+
+/*
+ * Claim the next chunk of the current pass and clear its dirty bit (before
+ * the read is issued: DESIGN.md rule 1).  false when the pass has no more.
+ */
+static bool next_task_locked(struct src_job *j, unsigned *dev, uint64_t *chunk)
+{
+	while (j->cur_dev < j->ndev) {
+		struct src_dev *d = &j->dev[j->cur_dev];
+
+		if (j->pass == PASS_BULK) {
+			if (j->cur_chunk < d->nchunks) {
+				*dev = j->cur_dev;
+				*chunk = j->cur_chunk++;
+				/* Whatever was written before this read is
+				 * carried by it; do not send it twice. */
+				dirty_test_and_clear(d->dirty, *chunk);
+				dirty_mark(d->claimed, *chunk * j->p.chunk_size, 1);
+				return true;
+			}
+		} else {
+			int64_t next = dirty_next(d->dirty, j->cur_chunk);
+
+			while (next >= 0) {
+				j->cur_chunk = (uint64_t)next + 1;
+				if (dirty_test_and_clear(d->dirty, (uint64_t)next)) {
+					*dev = j->cur_dev;
+					*chunk = (uint64_t)next;
+					dirty_mark(d->claimed, *chunk * j->p.chunk_size, 1);
+					return true;
+				}
+				next = dirty_next(d->dirty, j->cur_chunk);
+			}
+		}
+		j->cur_dev++;
+		j->cur_chunk = 0;
+	}
+	return false;
+}
+
+bool readers_copied_locked(struct src_job *j, unsigned di, uint64_t c)
+{
+	struct src_dev *d = &j->dev[di];
+
+	if (!j->bulk_done) {
+		if (j->pass != PASS_BULK || !j->pass_active)
+			return false;
+		if (di > j->cur_dev || (di == j->cur_dev && c >= j->cur_chunk))
+			return false;
+	}
+	return !dirty_test(d->claimed, c) && !dirty_test(d->dirty, c);
+}
+
+static int read_chunk(struct src_job *j, struct result *res, enum pass_kind pass)
+{
+	struct src_dev *d = &j->dev[res->dev];
+	uint64_t off = res->chunk * j->p.chunk_size;
+	size_t len = digest_chunk_len(d->dig, res->chunk);
+	int r;
+
+	/* Holes need no read: in shared-base mode the destination already
+	 * has them; otherwise they are zeros. */
+	if (blk_is_hole(d->blk, off, len)) {
+		res->kind = j->p.shared_base && pass == PASS_BULK ? RES_SKIP : RES_ZERO;
+		return 0;
+	}
+	r = blk_pread(d->blk, res->buf, len, off);
+	if (r < 0)
+		return err_prefix(-r, "read %s at offset %llu: ", d->name, (unsigned long long)off);
+	if (len < j->p.chunk_size)
+		memset(res->buf + len, 0, j->p.chunk_size - len);
+	res->kind = mem_is_zero(res->buf, len) ? RES_ZERO : RES_DATA;
+	res->hash = digest_hash(res->buf, len);
+	return 0;
+}
+
+static void *reader_main(void *arg)
+{
+	struct src_job *j = arg;
+
+	pthread_mutex_lock(&j->lock);
+	for (;;) {
+		struct result res = { 0 };
+		enum pass_kind pass;
+		int r;
+
+		while (!j->quit &&
+		       !(j->pass_active && !j->pass_exhausted && j->nfree > 0 && !j->read_err))
+			pthread_cond_wait(&j->work_cond, &j->lock);
+		if (j->quit)
+			break;
+		if (!next_task_locked(j, &res.dev, &res.chunk)) {
+			j->pass_exhausted = true;
+			pthread_cond_broadcast(&j->done_cond);
+			continue;
+		}
+		res.buf = j->free[--j->nfree];
+		pass = j->pass;
+		j->busy++;
+		pthread_mutex_unlock(&j->lock);
+
+		r = read_chunk(j, &res, pass);
+
+		pthread_mutex_lock(&j->lock);
+		j->busy--;
+		if (r < 0) {
+			/* Its chunk stays claimed: the pass, and the migration,
+			 * fail, so no write to it is ever mirrored. */
+			j->free[j->nfree++] = res.buf;
+			if (!j->read_err) {
+				j->read_err = r;
+				snprintf(j->read_msg, sizeof(j->read_msg), "%s", err_msg());
+			}
+		} else {
+			/* The buffer stays with the result even when unused, so
+			 * the queue never holds more results than there are
+			 * buffers. */
+			j->q[(j->qhead + j->qlen++) % j->nbufs] = res;
+		}
+		pthread_cond_broadcast(&j->done_cond);
+	}
+	pthread_mutex_unlock(&j->lock);
+	return NULL;
+}
+
+int readers_start(struct src_job *j)
+{
+	unsigned n = j->p.readers, nbufs = n + 2;
+
+	j->bufs = calloc(nbufs, sizeof(*j->bufs));
+	j->free = calloc(nbufs, sizeof(*j->free));
+	j->q = calloc(nbufs, sizeof(*j->q));
+	j->threads = calloc(n, sizeof(*j->threads));
+	if (!j->bufs || !j->free || !j->q || !j->threads)
+		return err_set(ENOMEM, "no memory for %u read buffers", nbufs);
+	/* nbufs counts only buffers that exist, for src_free(). */
+	for (unsigned i = 0; i < nbufs; i++) {
+		j->bufs[i] = aligned_alloc(4096, j->p.chunk_size);
+		if (!j->bufs[i])
+			return err_set(ENOMEM, "no memory for %u read buffers of %u bytes", nbufs,
+				       j->p.chunk_size);
+		j->nbufs++;
+		j->free[j->nfree++] = j->bufs[i];
+	}
+	for (unsigned i = 0; i < n; i++) {
+		int r = pthread_create(&j->threads[i], NULL, reader_main, j);
+
+		if (r)
+			return err_set(r, "cannot start reader thread: %s", strerror(r));
+		j->nthreads++;
+	}
+	return 0;
+}
+
+void readers_stop(struct src_job *j)
+{
+	pthread_mutex_lock(&j->lock);
+	j->quit = true;
+	pthread_cond_broadcast(&j->work_cond);
+	pthread_mutex_unlock(&j->lock);
+	for (unsigned i = 0; i < j->nthreads; i++)
+		pthread_join(j->threads[i], NULL);
+	j->nthreads = 0;
+}
+
+void readers_pass_begin_locked(struct src_job *j, enum pass_kind kind)
+{
+	j->pass = kind;
+	j->cur_dev = 0;
+	j->cur_chunk = 0;
+	j->pass_exhausted = false;
+	j->pass_active = true;
+	pthread_cond_broadcast(&j->work_cond);
+}
+
+/* Past the pass's deadline: stop claiming chunks. */
+static bool deadline_passed_locked(struct src_job *j)
+{
+	if (!j->pass_deadline || j->pass_exhausted || now_ns() < j->pass_deadline)
+		return false;
+	j->pass_exhausted = true;
+	return true;
+}
+
+/* Wait on done_cond for an event, or until the pass's deadline if it may
+ * stop there. */
+static void wait_done_locked(struct src_job *j, bool may_stop)
+{
+	struct timespec ts;
+	uint64_t now;
+
+	if (!may_stop || !j->pass_deadline || j->pass_exhausted) {
+		pthread_cond_wait(&j->done_cond, &j->lock);
+		return;
+	}
+	now = now_ns();
+	ts = mono_deadline(j->pass_deadline > now ? j->pass_deadline - now : 0);
+	pthread_cond_timedwait(&j->done_cond, &j->lock, &ts);
+}
+
+int readers_next_locked(struct src_job *j, bool may_stop, struct result *res, bool *deadline_hit)
+{
+	for (;;) {
+		/* Writes first: a client is waiting for each of them, and one
+		 * queued before a chunk was claimed must reach the wire before
+		 * that chunk's record. */
+		if (j->mq_head) {
+			int r = mirror_send_queued_locked(j);
+
+			if (r < 0)
+				return r;
+			continue;
+		}
+		if (j->read_err)
+			return err_set(-j->read_err, "%s", j->read_msg);
+		if (src_cancelled(j))
+			return err_set(ECANCELED, "migration cancelled");
+		if (j->rp_err) {
+			err_copy_in(j->rp_msg);
+			return j->rp_err;
+		}
+		if (j->rp_have)
+			return err_set(EPROTO, "destination sent %s, which nothing asked for",
+				       native_msg_name(j->rp_type));
+		/* Out of time: stop claiming, send what was read.  Reads may
+		 * keep the queue full, so the clock is read here every time. */
+		if (may_stop && deadline_passed_locked(j))
+			*deadline_hit = true;
+		if (j->qlen > 0) {
+			*res = j->q[j->qhead];
+			j->qhead = (j->qhead + 1) % j->nbufs;
+			j->qlen--;
+			return 1;
+		}
+		if (j->pass_exhausted && j->busy == 0)
+			return 0;
+		wait_done_locked(j, may_stop);
+	}
+}
+
+void readers_done_locked(struct src_job *j, const struct result *res, bool sent)
+{
+	struct src_dev *d = &j->dev[res->dev];
+
+	/* On the wire now: a write to it may be mirrored from here on. */
+	dirty_test_and_clear(d->claimed, res->chunk);
+	if (!sent)
+		dirty_mark(d->dirty, res->chunk * j->p.chunk_size, 1);
+	j->free[j->nfree++] = res->buf;
+	/* One buffer is free again: one reader can go on. */
+	pthread_cond_signal(&j->work_cond);
+}
+
+void readers_pass_end_locked(struct src_job *j)
+{
+	j->pass_active = false;
+	while (j->busy > 0)
+		pthread_cond_wait(&j->done_cond, &j->lock);
+	while (j->qlen > 0) {
+		/* Never sent: it must go in a later pass. */
+		readers_done_locked(j, &j->q[j->qhead], false);
+		j->qhead = (j->qhead + 1) % j->nbufs;
+		j->qlen--;
+	}
+}

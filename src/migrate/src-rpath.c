@@ -1,0 +1,215 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The source's return path (formats that have one): a thread that reads
+ * everything the destination says (SYNCED, ACK, ERROR, WACK) and hands it
+ * over under j->lock, so the destination is heard while the engine is busy
+ * sending.  SYNCED and ACK wait for the engine (rp_await); a WACK releases
+ * the mirrored writers it covers; an ERROR, or a failure to read, is kept
+ * as the first failure and wakes everyone.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/error.h"
+#include "common/util.h"
+#include "src-impl.h"
+#include "transport/transport.h"
+
+int rp_peer_error(const uint8_t *body, uint32_t len)
+{
+	struct native_error e;
+	int r = native_error_decode(body, len, &e);
+
+	if (r < 0)
+		return r;
+	return err_set(e.err ? (int)e.err : EIO, "destination failed: %s", e.reason);
+}
+
+/* Record the first failure heard (or of hearing) and wake every waiter
+ * (j->lock held). */
+static void fail_locked(struct src_job *j, int r)
+{
+	if (!j->rp_err) {
+		j->rp_err = r;
+		snprintf(j->rp_msg, sizeof(j->rp_msg), "%s", err_msg());
+	}
+	pthread_cond_broadcast(&j->done_cond);
+	pthread_cond_broadcast(&j->wack_cond);
+}
+
+static void rp_fail(struct src_job *j, int r)
+{
+	pthread_mutex_lock(&j->lock);
+	fail_locked(j, r);
+	pthread_mutex_unlock(&j->lock);
+}
+
+/* Take one decoded message (j->lock held); 0, or the error that ends the
+ * return path. */
+static int deliver_locked(struct src_job *j, uint8_t type, uint64_t v)
+{
+	if (type == NATIVE_MSG_WACK) {
+		if (v <= j->wacked || v > j->wseq_sent)
+			return err_set(EPROTO,
+				       "destination acknowledged write %llu; %llu were "
+				       "acknowledged and %llu sent",
+				       (unsigned long long)v, (unsigned long long)j->wacked,
+				       (unsigned long long)j->wseq_sent);
+		j->wacked = v;
+		pthread_cond_broadcast(&j->wack_cond);
+		return 0;
+	}
+	if (j->rp_have)
+		return err_set(EPROTO, "destination sent %s before the last answer was expected",
+			       native_msg_name(type));
+	j->rp_have = true;
+	j->rp_type = type;
+	j->rp_value = v;
+	pthread_cond_broadcast(&j->done_cond);
+	return 0;
+}
+
+static void *rp_main(void *arg)
+{
+	static const uint64_t allowed =
+	    NATIVE_ALLOW(NATIVE_MSG_SYNCED) | NATIVE_ALLOW(NATIVE_MSG_ACK) |
+	    NATIVE_ALLOW(NATIVE_MSG_WACK) | NATIVE_ALLOW(NATIVE_MSG_ERROR);
+	struct src_job *j = arg;
+	uint8_t *body = malloc(NATIVE_MSG_MAX);
+
+	if (!body) {
+		rp_fail(j, err_set(ENOMEM, "no memory for the return path"));
+		return NULL;
+	}
+	for (;;) {
+		uint8_t type;
+		uint32_t len;
+		uint64_t v = 0;
+		bool quit;
+		int r;
+
+		pthread_mutex_lock(&j->lock);
+		quit = j->rp_quit;
+		pthread_mutex_unlock(&j->lock);
+		if (quit)
+			break;
+		/* Waiting in slices for rp_stop(): the destination may say
+		 * nothing for as long as a pass takes, which is no failure. */
+		r = xport_readable(j->x, 100);
+		if (r == 0)
+			continue;
+		if (r > 0)
+			r = engine_read_frame(j->x, allowed, &type, body, &len);
+		if (r < 0) {
+			rp_fail(j, err_prefix(-r, "destination: "));
+			break;
+		}
+		if (type == NATIVE_MSG_ERROR) {
+			rp_fail(j, rp_peer_error(body, len));
+			break;
+		}
+		if (type == NATIVE_MSG_SYNCED)
+			r = native_synced_decode(body, len, &v);
+		else if (type == NATIVE_MSG_WACK)
+			r = native_wack_decode(body, len, &v);
+		if (r < 0) {
+			rp_fail(j, err_prefix(-r, "destination: "));
+			break;
+		}
+		pthread_mutex_lock(&j->lock);
+		r = deliver_locked(j, type, v);
+		if (r < 0)
+			fail_locked(j, r);
+		pthread_mutex_unlock(&j->lock);
+		if (r < 0)
+			break;
+	}
+	free(body);
+	return NULL;
+}
+
+int rp_start(struct src_job *j)
+{
+	int r = pthread_create(&j->rp_thread, NULL, rp_main, j);
+
+	if (r)
+		return err_set(r, "cannot start the return path thread: %s", strerror(r));
+	j->rp_running = true;
+	return 0;
+}
+
+void rp_stop(struct src_job *j)
+{
+	if (!j->rp_running)
+		return;
+	pthread_mutex_lock(&j->lock);
+	j->rp_quit = true;
+	pthread_mutex_unlock(&j->lock);
+	pthread_join(j->rp_thread, NULL);
+	j->rp_running = false;
+}
+
+int rp_await(struct src_job *j, uint8_t want, const char *what, uint64_t *value)
+{
+	int timeout = j->timeout_ms;
+	struct timespec ts = mono_deadline((uint64_t)(timeout > 0 ? timeout : 0) * 1000000u);
+	int r = 0;
+
+	pthread_mutex_lock(&j->lock);
+	for (;;) {
+		/* Writes still go out while the destination syncs. */
+		if (j->mq_head) {
+			r = mirror_send_queued_locked(j);
+			if (r < 0)
+				break;
+			continue;
+		}
+		if (j->rp_have || j->rp_err)
+			break;
+		if (src_cancelled(j)) {
+			r = err_set(ECANCELED, "migration cancelled");
+			break;
+		}
+		if (timeout <= 0) {
+			pthread_cond_wait(&j->done_cond, &j->lock);
+		} else if (pthread_cond_timedwait(&j->done_cond, &j->lock, &ts) == ETIMEDOUT &&
+			   !j->rp_have && !j->rp_err) {
+			r = err_set(ETIMEDOUT, "waiting for the destination %s: no answer in %d s",
+				    what, timeout / 1000);
+			break;
+		}
+	}
+	if (r == 0 && !j->rp_have) {
+		r = j->rp_err;
+		err_copy_in(j->rp_msg);
+	} else if (r == 0) {
+		if (j->rp_type != want)
+			r = err_set(EPROTO, "waiting for the destination %s: it sent %s", what,
+				    native_msg_name(j->rp_type));
+		*value = j->rp_value;
+		j->rp_have = false;
+	}
+	pthread_mutex_unlock(&j->lock);
+	return r;
+}
+
+int rp_explain(struct src_job *j, int r)
+{
+	struct timespec ts = mono_deadline(1000 * 1000000ull);
+
+	if ((r != -EPIPE && r != -ECONNRESET) || !j->rp_running)
+		return r;
+	/* The destination may have closed after saying why: its ERROR then
+	 * reaches the return path within a moment. */
+	pthread_mutex_lock(&j->lock);
+	while (!j->rp_err)
+		if (pthread_cond_timedwait(&j->done_cond, &j->lock, &ts) == ETIMEDOUT)
+			break;
+	if (j->rp_err && strncmp(j->rp_msg, "destination failed:", 19) == 0) {
+		r = j->rp_err;
+		err_copy_in(j->rp_msg);
+	}
+	pthread_mutex_unlock(&j->lock);
+	return r;
+}
