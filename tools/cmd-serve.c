@@ -238,15 +238,16 @@ static json_object *cmd_migrate_ctl(struct serve *s, json_object *args, const ch
 		snprintf(err, cap, "unknown format '%s' (native or qemu)", format);
 		return NULL;
 	}
-	if (chunk > UINT32_MAX ||
-	    mig_format_check(p.format, p.mode, (uint32_t)chunk) < 0) {
-		snprintf(err, cap, "%s", chunk > UINT32_MAX ? "'chunk-size' is too large" : err_msg());
+	if (chunk > UINT32_MAX || mig_format_check(p.format, p.mode, (uint32_t)chunk) < 0) {
+		snprintf(err, cap, "%s",
+			 chunk > UINT32_MAX ? "'chunk-size' is too large" : err_msg());
 		return NULL;
 	}
 	/* A served disk takes random writes: track and resend 64 KiB, not
 	 * 1 MiB, unless told otherwise.  QEMU's stream has 1 MiB. */
-	p.chunk_size =
-	    p.format == MIG_FORMAT_QEMU ? WIRE_QEMU_CHUNK_SIZE : (uint32_t)(chunk ? chunk : SERVE_DEFAULT_CHUNK_SIZE);
+	p.chunk_size = p.format == MIG_FORMAT_QEMU
+			   ? WIRE_QEMU_CHUNK_SIZE
+			   : (uint32_t)(chunk ? chunk : SERVE_DEFAULT_CHUNK_SIZE);
 	p.max_downtime_ns = ms * 1000000u;
 	*cls = "GenericError";
 	pthread_mutex_lock(&s->lock);

@@ -53,7 +53,7 @@ struct track_blk {
 	bool swapping; /* track_set_dirty() is waiting for in-flight ops */
 	int fence_err; /* 0, or the positive errno every write now fails with */
 	unsigned inflight;
-	unsigned waiting; /* handed to the mirror, waiting for its answer */
+	unsigned waiting;		   /* handed to the mirror, waiting for its answer */
 	struct dirty *dirty;		   /* not owned; NULL = not tracking */
 	const struct track_mirror *mirror; /* NULL = not mirroring */
 	void *mirror_opaque;

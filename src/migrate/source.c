@@ -129,12 +129,13 @@ int mig_format_check(enum mig_format f, enum mig_mode mode, uint32_t chunk_size)
 	const struct src_format *fmt = format_of(f);
 
 	if (!fmt->mirror && mode == MIG_MODE_ACTIVE)
-		return err_set(EINVAL, "active mode needs the native format: a %s destination "
-				       "cannot acknowledge mirrored writes",
+		return err_set(EINVAL,
+			       "active mode needs the native format: a %s destination "
+			       "cannot acknowledge mirrored writes",
 			       fmt->name == src_format_qemu.name ? "QEMU" : fmt->name);
 	if (fmt->fixed_chunk && chunk_size && chunk_size != fmt->fixed_chunk)
-		return err_set(EINVAL, "the %s format has %u KiB chunks, not %u bytes",
-			       fmt->name, fmt->fixed_chunk / 1024, chunk_size);
+		return err_set(EINVAL, "the %s format has %u KiB chunks, not %u bytes", fmt->name,
+			       fmt->fixed_chunk / 1024, chunk_size);
 	if (chunk_size && !wire_chunk_size_valid(chunk_size))
 		return err_set(EINVAL, "chunk size %u is not a power of two between %u and %u",
 			       chunk_size, WIRE_MIN_CHUNK_SIZE, WIRE_MAX_CHUNK_SIZE);
@@ -641,8 +642,7 @@ static enum mig_state final_cut_short(struct src_job *j, struct run *run, uint64
 	run->err = j->fmt->synced(j);
 	if (run->err == 0) {
 		end_of_pass(j, &run->timer, PASS_DIRTY, t0, w0, before);
-		if (!atomic_load(&j->mirroring) &&
-		    atomic_load(&j->want_mode) == MIG_MODE_AUTO)
+		if (!atomic_load(&j->mirroring) && atomic_load(&j->want_mode) == MIG_MODE_AUTO)
 			mirror_start(j, "the final pass would have overrun the downtime");
 	}
 	return MIG_DIRTY;

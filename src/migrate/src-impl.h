@@ -87,11 +87,11 @@ struct mirror_req {
 	enum track_op op;
 	const void *buf;
 	uint64_t off, len;
-	uint64_t seq;	/* the last WRITE sequence number it became (engine) */
-	bool queued;	/* still in the queue (j->lock) */
-	bool sending;	/* the engine is writing it (j->lock) */
-	bool sent;	/* on the wire, seq valid (j->lock) */
-	int err;	/* the send failed (j->lock) */
+	uint64_t seq; /* the last WRITE sequence number it became (engine) */
+	bool queued;  /* still in the queue (j->lock) */
+	bool sending; /* the engine is writing it (j->lock) */
+	bool sent;    /* on the wire, seq valid (j->lock) */
+	int err;      /* the send failed (j->lock) */
 };
 
 /*
@@ -210,7 +210,7 @@ struct src_job {
 	bool in_blocks;	 /* a pass or a write's message is open on the wire */
 	bool final_pass; /* this pass runs with the writers paused */
 	uint64_t passes_sent;
-	uint64_t wseq; /* the last WRITE sequence number used */
+	uint64_t wseq;	    /* the last WRITE sequence number used */
 	unsigned stalls;    /* dirty passes in a row that did not shrink the set */
 	bool should_mirror; /* AUTO: the last pass says dirty passes will not do */
 	char stall_reason[160];

@@ -105,7 +105,8 @@ int mirror_send_queued_locked(struct src_job *j)
 	while (j->mq_head) {
 		struct mirror_req *m = j->mq_head;
 		struct src_dev *d = &j->dev[m->dev];
-		uint64_t c0 = m->off / j->p.chunk_size, c1 = (m->off + m->len - 1) / j->p.chunk_size;
+		uint64_t c0 = m->off / j->p.chunk_size,
+			 c1 = (m->off + m->len - 1) / j->p.chunk_size;
 		uint64_t seq = 0, len = m->len;
 		int r;
 
@@ -212,7 +213,8 @@ static int mirror_wait(void *opaque, uint64_t ticket)
 		if (m->err || j->rp_err || j->mirror_stop || src_cancelled(j) || timed_out)
 			break;
 		if (timed)
-			timed_out = pthread_cond_timedwait(&j->wack_cond, &j->lock, &ts) == ETIMEDOUT;
+			timed_out =
+			    pthread_cond_timedwait(&j->wack_cond, &j->lock, &ts) == ETIMEDOUT;
 		else
 			pthread_cond_wait(&j->wack_cond, &j->lock);
 	}

@@ -69,7 +69,7 @@ static int native_open(struct src_job *j)
 
 static int native_pass_begin(struct src_job *j, bool final)
 {
-	(void)final;
+	(void) final;
 	/* A mirrored write may have opened it already. */
 	return src_open_blocks(j);
 }
@@ -79,7 +79,7 @@ static int native_pass_end(struct src_job *j, bool final)
 	uint8_t hdr[WIRE_REC_HDR_MAX];
 	int r = wire_rec_encode_header(hdr, &(struct wire_record){ .kind = WIRE_REC_EOS });
 
-	(void)final;
+	(void) final;
 	r = r < 0 ? r : xport_write(j->x, hdr, (size_t)r);
 	if (r == 0) {
 		j->in_blocks = false;

@@ -64,8 +64,8 @@ static int send_progress(struct src_job *j, unsigned *pct)
 	if (now == *pct)
 		return 0;
 	*pct = now;
-	n = wire_rec_encode_header(hdr, &(struct wire_record){ .kind = WIRE_REC_PROGRESS,
-							       .percent = now });
+	n = wire_rec_encode_header(
+	    hdr, &(struct wire_record){ .kind = WIRE_REC_PROGRESS, .percent = now });
 	return n < 0 ? n : xport_write(j->x, hdr, (size_t)n);
 }
 

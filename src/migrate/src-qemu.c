@@ -85,8 +85,8 @@ static int qemu_pass_end(struct src_job *j, bool final)
 
 	/* QEMU's own source ends its END section this way. */
 	if (final)
-		r = put_record(j, &(struct wire_record){ .kind = WIRE_REC_PROGRESS,
-							 .percent = 100 });
+		r = put_record(j,
+			       &(struct wire_record){ .kind = WIRE_REC_PROGRESS, .percent = 100 });
 	if (r == 0)
 		r = put_record(j, &(struct wire_record){ .kind = WIRE_REC_EOS });
 	if (r == 0)
