@@ -148,8 +148,10 @@ void policy_next(struct policy *p, const struct policy_input *in, struct policy_
 		return;
 	}
 	/* Asked for once mirroring had begun: mirroring stays, so does the mode. */
-	if (want == MIG_MODE_DIRTY && in->mirroring)
+	if (want == MIG_MODE_DIRTY && in->mirroring) {
 		want = p->mode;
+		out->dirty_refused = true;
+	}
 	p->mode = want;
 	out->mode = want;
 	if (in->mirroring)

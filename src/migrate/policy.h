@@ -85,9 +85,9 @@ enum policy_action {
 
 struct policy_decision {
 	enum policy_action action;
-	enum mig_mode mode;		/* the mode to show (mig_stats.mode); when it is not
-					 * in->mode (DIRTY asked for while mirroring), store
-					 * it back as the mode asked for */
+	enum mig_mode mode;		/* the mode to show (mig_stats.mode) */
+	bool dirty_refused;		/* DIRTY asked for while mirroring: ignored; store
+					 * 'mode' back as the mode asked for */
 	bool converging;		/* to show once the action is carried out */
 	struct policy_figures figures;	/* of the last pass accounted */
 	char reason[POLICY_REASON_MAX]; /* POLICY_MIRROR: why (mig_stats.mode_reason);
