@@ -544,25 +544,29 @@ static void test_progress(void **state)
  *                  --mode auto|dirty --wait --json
  *
  * (default 300 ms max downtime, 64 KiB chunks), with a client polling
- * query-migrate every 10 ms and logging the MIGRATION events; the dirty
- * runs never converge and were cancelled after 22 s.
+ * query-migrate every 10 ms and logging the MIGRATION events; the dirty 4K
+ * run never converges and was cancelled (migrate-cancel) after 22 s.
  *
  * The engine does not publish raw samples, so they are derived from those
  * figures.  Exact, as published: each pass's dirty rate (shown unchanged
  * while the next pass runs), the last pass's bandwidth and expected
- * downtime (shown while writers are paused, and at the end), converging,
- * mirroring and its reason, and the events' timestamps (server clock,
- * microseconds).  Derived: a pass's end is the event at that boundary (or
- * the middle of the two polls around it, 10 ms apart); the bytes dirty at
- * its end are the multiple of the chunk size that, with the exact dirty
- * rate, gives the duration closest to those timestamps (within 0.3 chunk
- * in every pass but one) and, for the last pass, the exact expected
- * downtime; the duration is then the one that gives the exact dirty rate;
- * the wire bytes are the "transferred" polls interpolated at the
- * boundaries, scaled (by 0.2% at most) so the last bandwidth comes out
- * exact; dirty before = dirty after the previous pass.  So the tables
- * reproduce every published figure that is exact, and the decisions the
- * runs took, but the other per-pass figures only approximately.
+ * downtime (shown while the writers are paused, and at the end),
+ * converging, mirroring and its reason, and the events' timestamps
+ * (server clock, microseconds).  Derived:
+ *  - when a pass ended: the event at that boundary, or else the middle of
+ *    the two polls around it (10 ms apart); when the bulk pass began: its
+ *    event, or, where the poller came too late for it, the poll time less
+ *    transferred / bandwidth (both live during the bulk pass);
+ *  - dirty after: the multiple of the chunk size that, at the exact dirty
+ *    rate, gives the duration closest to those times (within half a chunk
+ *    everywhere, except the last pass of the dirty 4K run, which the exact
+ *    expected downtime puts 4 chunks, 6 ms, away); dirty before: the
+ *    previous pass's dirty after;
+ *  - elapsed: the duration that gives the exact dirty rate from that;
+ *  - wire bytes: "transferred" interpolated at the boundaries, then scaled
+ *    (by 0.25% at most) so that the last bandwidth comes out exact.
+ * So the tables reproduce every published figure that is exact and the
+ * decisions the runs took; the other per-pass figures are approximate.
  */
 struct recorded_pass {
 	struct policy_sample s;
