@@ -10,7 +10,6 @@
  * machine never asks which one it has.
  */
 #include <errno.h>
-#include <math.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,18 +63,15 @@ void src_stats(struct src_job *j, struct mig_stats *out)
 	if (live.t0 && x && out->transferred >= live.w0) {
 		/* Mid-pass: the bandwidth so far, this pass included, and
 		 * during the bulk pass the rate writes dirty chunks at. */
-		uint64_t elapsed = now_ns() - live.t0;
-		double secs = (double)(live.busy_ns + elapsed) / 1e9;
+		struct policy_figures f = { .bandwidth = out->bandwidth,
+					    .dirty_rate = out->dirty_rate,
+					    .expected_downtime_ns = out->expected_downtime_ns };
 
-		if (secs > 0.05) {
-			out->bandwidth =
-			    (uint64_t)((double)(live.wire + out->transferred - live.w0) / secs);
-			if (live.bulk && elapsed)
-				out->dirty_rate = (uint64_t)((double)dirty * 1e9 / (double)elapsed);
-			out->expected_downtime_ns =
-			    out->bandwidth
-				? (uint64_t)((double)out->remaining * 1e9 / (double)out->bandwidth)
-				: UINT64_MAX;
+		if (policy_progress(&live.pol, now_ns() - live.t0, out->transferred - live.w0,
+				    out->remaining, dirty, live.bulk, &f)) {
+			out->bandwidth = f.bandwidth;
+			out->dirty_rate = f.dirty_rate;
+			out->expected_downtime_ns = f.expected_downtime_ns;
 		}
 	}
 }
@@ -161,10 +157,10 @@ static int check_device(struct src_job *j, unsigned i, const struct src_device *
 			return err_set(EINVAL, "device name '%s' given twice", dv->name);
 	if (j->fmt->size_align && d->size % j->fmt->size_align)
 		return err_set(EINVAL,
-			       "device %s: %llu bytes is not a multiple of %llu KiB, which a %s "
+			       "device %s: %llu bytes is not a multiple of %llu MiB, which a %s "
 			       "destination cannot load",
 			       dv->name, (unsigned long long)d->size,
-			       (unsigned long long)j->fmt->size_align / 1024,
+			       (unsigned long long)j->fmt->size_align >> 20,
 			       j->fmt == &src_format_qemu ? "QEMU 7.2" : j->fmt->name);
 	return 0;
 }
@@ -229,6 +225,7 @@ int src_new(const struct src_params *p, const struct src_device *devs, unsigned 
 	j->stats.ndev = ndev;
 	j->stats.mode = j->p.mode;
 	j->stats.converging = true;
+	policy_init(&j->pol, j->p.mode);
 	j->stats.chunk_size = j->p.chunk_size;
 	j->scratch = aligned_alloc(4096, j->p.chunk_size);
 	if (!j->scratch) {
@@ -396,10 +393,12 @@ int src_set_mode(struct src_job *j, enum mig_mode m)
 
 /* ---- convergence ------------------------------------------------------------ */
 
-struct pass_end {
-	uint64_t remaining, bandwidth, dirty_rate, expected_ns;
-	bool count_iteration;
-};
+static struct policy_input policy_in(struct src_job *j)
+{
+	return (struct policy_input){ .mode = (enum mig_mode)atomic_load(&j->want_mode),
+				      .mirroring = atomic_load(&j->mirroring),
+				      .max_downtime_ns = max_downtime(j) };
+}
 
 static void count_pass_fn(struct mig_stats *st, void *arg)
 {
@@ -407,131 +406,62 @@ static void count_pass_fn(struct mig_stats *st, void *arg)
 	st->iterations++;
 }
 
-static void pass_end_fn(struct mig_stats *st, void *arg)
-{
-	struct pass_end *e = arg;
-
-	st->remaining = e->remaining;
-	st->bandwidth = e->bandwidth;
-	st->dirty_rate = e->dirty_rate;
-	st->expected_downtime_ns = e->expected_ns;
-	if (e->count_iteration)
-		st->iterations++;
-}
-
-static void converging_fn(struct mig_stats *st, void *arg)
-{
-	st->converging = *(bool *)arg;
-}
-
-struct pass_timer {
-	uint64_t busy_ns; /* time spent in passes */
-	uint64_t wire;	  /* bytes sent in passes */
+struct figures_arg {
+	const struct policy_decision *d;
+	uint64_t remaining;
+	bool pass_ended;
 };
 
-static uint64_t measured_bandwidth(const struct pass_timer *t)
+static void figures_fn(struct mig_stats *st, void *arg)
 {
-	if (t->busy_ns == 0)
-		return 0;
-	return (uint64_t)((double)t->wire * 1e9 / (double)t->busy_ns);
-}
+	struct figures_arg *a = arg;
 
-/*
- * Account a pass that began at t0 with w0 bytes sent and 'before' bytes
- * dirty: bandwidth, what is left, how fast it was dirtied, the expected
- * pause, and whether the dirty passes are getting anywhere.
- */
-static void end_of_pass(struct src_job *j, struct pass_timer *t, enum pass_kind kind, uint64_t t0,
-			uint64_t w0, uint64_t before)
-{
-	struct pass_end e = { .count_iteration = true };
-	uint64_t elapsed = now_ns() - t0;
-	bool converging;
-
-	t->busy_ns += elapsed;
-	t->wire += xport_tx_bytes(j->x) - w0;
-	e.bandwidth = measured_bandwidth(t);
-	e.remaining = src_dirty_total(j);
-	e.dirty_rate = elapsed ? (uint64_t)((double)e.remaining * 1e9 / (double)elapsed) : 0;
-	e.expected_ns =
-	    e.bandwidth ? (uint64_t)((double)e.remaining * 1e9 / (double)e.bandwidth) : UINT64_MAX;
-	if (e.remaining == 0)
-		e.expected_ns = 0;
-	src_stats_update(j, pass_end_fn, &e);
-
-	/* A dirty pass that took off less than 5% made no headway. */
-	if (kind == PASS_DIRTY && e.remaining * 20 >= before * 19)
-		j->stalls++;
-	else if (kind == PASS_DIRTY)
-		j->stalls = 0;
-	/*
-	 * Each pass leaves about dirty_rate / bandwidth of what it sent: the
-	 * passes still needed until the rest fits the downtime follow.  More
-	 * than 10 (or a ratio of 1 or more, or two passes that took off next
-	 * to nothing) is "not converging"; AUTO does not wait for more than 2.
-	 */
-	if (e.expected_ns <= max_downtime(j)) {
-		converging = true;
-		j->should_mirror = false;
-	} else {
-		double f = e.bandwidth ? (double)e.dirty_rate / (double)e.bandwidth : 1.0;
-		double need =
-		    f >= 1.0 ? 1e9
-			     : log((double)e.expected_ns / (double)max_downtime(j)) / log(1.0 / f);
-		char a[32], b[32];
-
-		converging = f < 1.0 && need <= 10.0 && j->stalls < 2;
-		j->should_mirror = !converging || need > 2.0;
-		if (f >= 0.95)
-			snprintf(j->stall_reason, sizeof(j->stall_reason),
-				 "writes dirty %s/s, about as much as the %s/s the link carries",
-				 fmt_bytes(a, sizeof(a), e.dirty_rate),
-				 fmt_bytes(b, sizeof(b), e.bandwidth));
-		else if (j->stalls >= 2)
-			snprintf(j->stall_reason, sizeof(j->stall_reason),
-				 "%u passes in a row did not shrink the dirty set (%s left)",
-				 j->stalls, fmt_bytes(a, sizeof(a), e.remaining));
-		else
-			snprintf(j->stall_reason, sizeof(j->stall_reason),
-				 "about %.0f more passes would be needed (writes dirty %s/s of the "
-				 "%s/s the link carries)",
-				 ceil(need), fmt_bytes(a, sizeof(a), e.dirty_rate),
-				 fmt_bytes(b, sizeof(b), e.bandwidth));
+	if (a->pass_ended) {
+		st->remaining = a->remaining;
+		st->bandwidth = a->d->figures.bandwidth;
+		st->dirty_rate = a->d->figures.dirty_rate;
+		st->expected_downtime_ns = a->d->figures.expected_downtime_ns;
+		st->iterations++;
 	}
-	converging = converging || atomic_load(&j->mirroring);
-	src_stats_update(j, converging_fn, &converging);
+	st->mode = a->d->mode;
+	st->converging = a->d->converging;
 }
 
-static void want_mode_fn(struct mig_stats *st, void *arg)
+/* Carry out what the policy decided (but switching over, which is the
+ * state machine's). */
+static void follow(struct src_job *j, const struct policy_decision *d, uint64_t remaining,
+		   bool pass_ended)
 {
-	st->mode = *(enum mig_mode *)arg;
+	struct figures_arg a = { .d = d, .remaining = remaining, .pass_ended = pass_ended };
+
+	if (d->dirty_refused)
+		atomic_store(&j->want_mode, (int)d->mode);
+	src_stats_update(j, figures_fn, &a);
+	if (d->action == POLICY_MIRROR)
+		mirror_start(j, d->reason);
 }
 
-/* At a pass boundary: follow the mode asked for, and AUTO's judgement. */
-static void choose_mode(struct src_job *j, const struct mig_stats *st)
+/* Account a pass that began at t0 with w0 bytes sent and 'before' bytes
+ * dirty. */
+static void end_of_pass(struct src_job *j, enum policy_pass kind, uint64_t t0, uint64_t w0,
+			uint64_t before)
 {
-	enum mig_mode want = (enum mig_mode)atomic_load(&j->want_mode);
+	struct policy_sample s = { .kind = kind,
+				   .elapsed_ns = now_ns() - t0,
+				   .wire_bytes = xport_tx_bytes(j->x) - w0,
+				   .dirty_before = before,
+				   .dirty_after = src_dirty_total(j) };
+	struct policy_input in = policy_in(j);
+	struct policy_decision d;
 
-	if (want == MIG_MODE_DIRTY && atomic_load(&j->mirroring)) {
-		/* Asked for while mirroring began: mirroring stays. */
-		want = st->mode;
-		atomic_store(&j->want_mode, (int)want);
-	}
-	if (want != st->mode)
-		src_stats_update(j, want_mode_fn, &want);
-	if (atomic_load(&j->mirroring))
-		return;
-	if (want == MIG_MODE_ACTIVE)
-		mirror_start(j, "active mode asked for");
-	else if (want == MIG_MODE_AUTO && j->should_mirror)
-		mirror_start(j, j->stall_reason);
+	policy_pass_end(&j->pol, &s, &in, &d);
+	follow(j, &d, s.dirty_after, true);
 }
 
 /* ---- the state machine -------------------------------------------------------- */
 
 /* What the machine carries from state to state (engine thread only). */
 struct run {
-	struct pass_timer timer;
 	uint64_t t_start, t_pause;
 	uint64_t setup_ns, downtime_ns;
 	bool committing; /* COMMIT may be out: the destination is not told of a failure */
@@ -575,23 +505,35 @@ static void note_pause(struct src_job *j, bool begin, uint64_t ns)
 }
 
 /* A timed pass: run it, wait for the destination's sync, account it. */
-static int timed_pass(struct src_job *j, enum pass_kind kind, struct pass_timer *t)
+static int timed_pass(struct src_job *j, enum pass_kind kind)
 {
 	uint64_t t0 = now_ns(), w0 = xport_tx_bytes(j->x), before = src_dirty_total(j);
 	int r;
 
-	set_live(j, &(struct live_pass){ .t0 = t0,
-					 .w0 = w0,
-					 .busy_ns = t->busy_ns,
-					 .wire = t->wire,
-					 .bulk = kind == PASS_BULK });
+	set_live(
+	    j, &(struct live_pass){ .t0 = t0, .w0 = w0, .bulk = kind == PASS_BULK, .pol = j->pol });
 	r = src_run_pass(j, kind);
 	if (r == 0)
 		r = j->fmt->synced(j);
 	set_live(j, &(struct live_pass){ 0 });
 	if (r == 0)
-		end_of_pass(j, t, kind, t0, w0, before);
+		end_of_pass(j, kind == PASS_BULK ? POLICY_PASS_BULK : POLICY_PASS_DIRTY, t0, w0,
+			    before);
 	return r;
+}
+
+/* At a pass boundary: switch over, or follow the mode asked for and
+ * AUTO's judgement. */
+static bool boundary(struct src_job *j)
+{
+	struct policy_input in = policy_in(j);
+	struct policy_decision d;
+
+	policy_next(&j->pol, &in, &d);
+	if (d.action == POLICY_SWITCH_OVER)
+		return true;
+	follow(j, &d, 0, false);
+	return false;
 }
 
 /* SETUP: tracking starts before the first read, so every write from here
@@ -603,28 +545,24 @@ static enum mig_state state_setup(struct src_job *j, struct run *run)
 	run->err = readers_start(j);
 	if (run->err == 0)
 		run->err = j->fmt->open(j);
-	if (run->err == 0 && atomic_load(&j->want_mode) == MIG_MODE_ACTIVE)
-		mirror_start(j, "active mode asked for");
+	if (run->err == 0)
+		boundary(j); /* mirrors from the start if ACTIVE was asked */
 	run->setup_ns = now_ns() - run->t_start;
 	return MIG_BULK;
 }
 
 static enum mig_state state_bulk(struct src_job *j, struct run *run)
 {
-	run->err = timed_pass(j, PASS_BULK, &run->timer);
+	run->err = timed_pass(j, PASS_BULK);
 	return MIG_DIRTY;
 }
 
 static enum mig_state state_dirty(struct src_job *j, struct run *run)
 {
-	struct mig_stats st;
-
-	src_stats(j, &st);
-	if (st.expected_downtime_ns <= max_downtime(j))
+	if (boundary(j))
 		return MIG_FINAL;
-	choose_mode(j, &st);
 	set_state(j, MIG_DIRTY);
-	run->err = timed_pass(j, PASS_DIRTY, &run->timer);
+	run->err = timed_pass(j, PASS_DIRTY);
 	return MIG_DIRTY;
 }
 
@@ -640,11 +578,8 @@ static enum mig_state final_cut_short(struct src_job *j, struct run *run, uint64
 	run->t_pause = 0;
 	j->final_pass = false;
 	run->err = j->fmt->synced(j);
-	if (run->err == 0) {
-		end_of_pass(j, &run->timer, PASS_DIRTY, t0, w0, before);
-		if (!atomic_load(&j->mirroring) && atomic_load(&j->want_mode) == MIG_MODE_AUTO)
-			mirror_start(j, "the final pass would have overrun the downtime");
-	}
+	if (run->err == 0)
+		end_of_pass(j, POLICY_PASS_FINAL_CUT, t0, w0, before);
 	return MIG_DIRTY;
 }
 

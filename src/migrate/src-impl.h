@@ -39,6 +39,7 @@
 
 #include "block/backend.h"
 #include "engine.h"
+#include "policy.h"
 
 struct digest_table;
 struct src_job;
@@ -129,11 +130,12 @@ extern const struct src_format src_format_native;
 extern const struct src_format src_format_qemu;
 
 /* The live pass, so the figures move during it too: when it began (0:
- * none), bytes sent before it, and the time and bytes of the passes before
- * it. */
+ * none), bytes sent before it, and the policy as it stood then (for
+ * src_stats(), which runs on other threads). */
 struct live_pass {
-	uint64_t t0, w0, busy_ns, wire;
+	uint64_t t0, w0;
 	bool bulk;
+	struct policy pol;
 };
 
 struct src_job {
@@ -210,10 +212,8 @@ struct src_job {
 	bool in_blocks;	 /* a pass or a write's message is open on the wire */
 	bool final_pass; /* this pass runs with the writers paused */
 	uint64_t passes_sent;
-	uint64_t wseq;	    /* the last WRITE sequence number used */
-	unsigned stalls;    /* dirty passes in a row that did not shrink the set */
-	bool should_mirror; /* AUTO: the last pass says dirty passes will not do */
-	char stall_reason[160];
+	uint64_t wseq;		       /* the last WRITE sequence number used */
+	struct policy pol;	       /* convergence: see policy.h */
 	uint8_t reply[NATIVE_MSG_MAX]; /* the destination's last framed message */
 	uint8_t *zero_buf;	       /* a zero chunk, for holes sent without ZERO_BLOCK */
 	uint8_t *scratch;	       /* a chunk, for mirrored writes' digests */
