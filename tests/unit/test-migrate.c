@@ -350,6 +350,9 @@ struct mig {
 	struct dcfg dst;
 	mig_progress_fn progress;
 	void *progress_user;
+	/* A thread that uses the job (src_cancel, src_stats): joined after
+	 * src_run returns and before the job is freed. */
+	pthread_t *user_thread;
 
 	/* running */
 	int lfd;
@@ -441,6 +444,8 @@ static void mig_finish(struct mig *m)
 	m->x = NULL;
 	pthread_join(m->dth, NULL);
 	close(m->lfd);
+	if (m->user_thread)
+		pthread_join(*m->user_thread, NULL);
 	src_stats(m->job, &m->src_st);
 	src_free(m->job);
 	m->job = NULL;
@@ -939,8 +944,8 @@ static void test_active_cancel(void **state)
 	mig_start(&m);
 	c.job = m.job;
 	assert_int_equal(pthread_create(&c.th, NULL, cancel_when_mirroring, &c), 0);
+	m.user_thread = &c.th;
 	mig_finish(&m);
-	pthread_join(c.th, NULL);
 	assert_int_equal(c.r, 0);
 	assert_int_equal(m.src_r, -ECANCELED);
 	assert_int_equal(m.src_st.state, MIG_CANCELLED);
@@ -1150,8 +1155,8 @@ static void test_cancel_from_thread(void **state)
 	mig_start(&m);
 	c.job = m.job;
 	assert_int_equal(pthread_create(&c.th, NULL, cancel_main, &c), 0);
+	m.user_thread = &c.th;
 	mig_finish(&m);
-	pthread_join(c.th, NULL);
 	assert_int_equal(c.r, 0);
 
 	assert_int_equal(m.src_r, -ECANCELED);
