@@ -242,6 +242,7 @@ struct ddev {
 	bool mem;	     /* an in-memory device (contents not kept) */
 	uint64_t stall_ns;   /* writes shorter than stall_below wait this long */
 	size_t stall_below;
+	bool hold_flush;	 /* flushes wait until the source's src_run returned */
 	unsigned write_fail_nth; /* mem: the nth write fails with write_fail_err */
 	int write_fail_err;
 };
@@ -260,6 +261,7 @@ struct stall_blk {
 	struct blk blk;
 	uint64_t ns;
 	size_t below;
+	bool hold_flush;
 };
 
 static int stall_pwrite(struct blk *b, const void *buf, size_t len, uint64_t off)
@@ -276,8 +278,15 @@ static int stall_pread(struct blk *b, void *buf, size_t len, uint64_t off)
 	return blk_pread(b->lower, buf, len, off);
 }
 
+/* Set while a test holds its destination's flushes (hold_flush). */
+static atomic_bool flush_held;
+
 static int stall_flush(struct blk *b)
 {
+	struct stall_blk *s = (struct stall_blk *)b;
+
+	while (s->hold_flush && atomic_load(&flush_held))
+		sleep_ns(1000000);
 	return blk_flush(b->lower);
 }
 
@@ -335,8 +344,10 @@ static int open_cb(void *user, const char *name, uint64_t size, struct blk **out
 		}
 		snprintf(path, path_cap, "%s", d->path);
 		r = blk_file_open(d->path, BLK_OPEN_CREATE, size, out);
-		if (r == 0 && d->stall_ns)
+		if (r == 0 && (d->stall_ns || d->hold_flush))
 			r = stall_wrap(*out, d->stall_ns, d->stall_below, out);
+		if (r == 0 && d->hold_flush)
+			((struct stall_blk *)*out)->hold_flush = true;
 		return r;
 	}
 	return err_set(ENOENT, "test: no destination device '%s'", name);
@@ -440,6 +451,7 @@ static void mig_finish(struct mig *m)
 {
 	m->src_r = src_run(m->job, m->x);
 	snprintf(m->src_msg, sizeof(m->src_msg), "%s", m->src_r ? err_msg() : "");
+	atomic_store(&flush_held, false);
 	xport_close(m->x);
 	m->x = NULL;
 	pthread_join(m->dth, NULL);
@@ -1177,6 +1189,61 @@ static void test_cancel_from_thread(void **state)
 
 /* Cancelled between records (from the progress callback, on the engine
  * thread): the destination is told with ABORT. */
+/* Cancel once the bulk pass is on the wire: the source then waits for the
+ * destination's SYNCED. */
+static void *cancel_when_sent(void *arg)
+{
+	struct cancel_thread *c = arg;
+	uint64_t t0 = now_ns();
+
+	for (;;) {
+		struct mig_stats st;
+
+		src_stats(c->job, &st);
+		if (st.bulk_done == st.total)
+			break;
+		if (st.state >= MIG_COMPLETED || now_ns() - t0 > 20 * 1000000000ull) {
+			c->r = -1;
+			return NULL;
+		}
+		sleep_ns(1000000);
+	}
+	sleep_ns(20 * 1000000);
+	src_cancel(c->job);
+	return NULL;
+}
+
+/*
+ * A destination that never answers (its flush is held until the source
+ * returns), with no idle timeout: only the cancel can end the wait for
+ * SYNCED, and it must wake the engine itself (if it did not, this test
+ * would hang until its time limit).
+ */
+static void test_cancel_silent_no_timeout(void **state)
+{
+	struct cancel_thread c = { 0 };
+	struct sdev s;
+	struct mig m;
+
+	(void)state;
+	setup_fault_run(&m, &s, "disk0");
+	m.dst.dev[0].hold_flush = true;
+	atomic_store(&flush_held, true);
+	mig_start(&m);
+	xport_set_timeout(m.x, 0);
+	c.job = m.job;
+	assert_int_equal(pthread_create(&c.th, NULL, cancel_when_sent, &c), 0);
+	m.user_thread = &c.th;
+	mig_finish(&m);
+	assert_int_equal(c.r, 0);
+	assert_int_equal(m.src_r, -ECANCELED);
+	assert_int_equal(m.src_st.state, MIG_CANCELLED);
+	assert_int_equal(m.src_st.bulk_done, m.src_st.total);
+	assert_int_equal(mark_check(m.dst.dev[0].path), 1);
+	assert_writable(&s);
+	sdev_close(&s);
+}
+
 static void test_cancel_at_boundary(void **state)
 {
 	struct sdev s;
@@ -1571,6 +1638,7 @@ int main(void)
 		T(test_source_read_error_final),
 		T(test_destination_write_error),
 		T(test_cancel_from_thread),
+		T(test_cancel_silent_no_timeout),
 		T(test_cancel_at_boundary),
 		T(test_shared_base),
 		T(test_shared_base_refused),
