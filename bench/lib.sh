@@ -4,7 +4,8 @@
 #
 #   bench_setup NAME SIZE   a work directory $W (removed at exit) holding
 #                           $W/base.img, SIZE bytes of random data
-#   ctl SOCK COMMAND [ARGS-JSON]   one control-socket command; prints its return
+#   ctl SOCK COMMAND [ARGS-JSON]   one control-socket command (scripts/qmp.py);
+#                           prints its return, fails on an error reply
 #   wait_ports FILE KEY     until a --port-file has KEY=
 #   field JSON KEY          one member of a JSON object
 #   start SPEC / stop       a destination `serve --incoming` and a source
@@ -22,20 +23,7 @@ bench_setup() {
 	head -c "$bytes" /dev/urandom >"$W/base.img"
 }
 
-ctl() {
-	python3 - "$@" <<'PY'
-import json, socket, sys
-s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); f = s.makefile("rw")
-f.readline()
-cmd = {"execute": sys.argv[2], "arguments": json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}}
-f.write(json.dumps(cmd) + "\n"); f.flush()
-while True:
-    r = json.loads(f.readline())
-    if "event" not in r:
-        break
-print(json.dumps(r.get("return", r)))
-PY
-}
+ctl() { python3 scripts/qmp.py "$@"; }
 
 wait_ports() { for _ in $(seq 400); do grep -q "^$2=" "$1" 2>/dev/null && return; sleep 0.025; done; echo "bench: no $2 port" >&2; exit 1; }
 field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }

@@ -16,49 +16,23 @@ trip per write, measured the same way with no migration).
                            [--rates 20M,80M,200M] [--sizes 4K,64K]
 """
 import argparse
-import json
 import os
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts"))
+from qmp import QMP  # noqa: E402  (the shared client)
+
 UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 
 def size(s):
     return int(s[:-1]) * UNITS[s[-1]] if s[-1] in UNITS else int(s)
-
-
-class QMP:
-    def __init__(self, path):
-        for _ in range(200):
-            try:
-                self.s = socket.socket(socket.AF_UNIX)
-                self.s.connect(path)
-                break
-            except OSError:
-                time.sleep(0.05)
-        else:
-            raise RuntimeError("no QMP socket " + path)
-        self.f = self.s.makefile("rw")
-        self.f.readline()
-        self.call("qmp_capabilities")
-
-    def call(self, cmd, **args):
-        self.f.write(json.dumps({"execute": cmd, "arguments": args}) + "\n")
-        self.f.flush()
-        while True:
-            r = json.loads(self.f.readline())
-            if "event" in r:
-                continue
-            if "error" in r:
-                raise RuntimeError(f"{cmd}: {r['error']}")
-            return r["return"]
 
 
 def received(port):

@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 size=1G
 [ "${1:-}" = --size ] && size=$2
 BLKMIG=${BLKMIG:-build/tools/blkmig}
-QMP="python3 tests/integration/qmp.py"
+QMP="python3 scripts/qmp.py"
 W=$(mktemp -d "${TMPDIR:-/var/tmp}/blkmig-qbench.XXXXXX")
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$W"' EXIT
 bytes=$(python3 -c "import sys; m={'K':1<<10,'M':1<<20,'G':1<<30}; s=sys.argv[1]; print(int(s[:-1])*m[s[-1]] if s[-1] in m else int(s))" "$size")

@@ -18,8 +18,8 @@ DEVICE_BLOCK, EOS, PROGRESS, ZERO_BLOCK = 0x01, 0x02, 0x04, 0x08
 CHUNK = 4096
 
 MAGIC = 0x424C4B4D49470D0A  # "BLKMIG\r\n"
-BLOCKS, COMPLETE, ABORT = 0x01, 0x02, 0x03
-READY, ACK, ERROR = 0x81, 0x82, 0x83
+BLOCKS, COMPLETE, ABORT, COMMIT = 0x01, 0x02, 0x03, 0x04
+READY, ACK, ERROR, SYNCED, WACK = 0x81, 0x82, 0x83, 0x84, 0x85
 
 
 def counted(name):
@@ -107,8 +107,20 @@ def native_seeds():
         "error-utf8": error(ERROR, 28, "plus de place \u00e9 \u20ac"),
         "mirror-stream": (bytes([BLOCKS]) + rec_data("drive0", 0)
                           + rec_write("drive0", 1, 100, b"abc") + rec_eos()),
-        "dest-wack": frame(READY, struct.pack(">I", 1)) + frame(0x85, struct.pack(">Q", 1))
-        + frame(0x84, struct.pack(">Q", 1)),
+        "dest-wack": frame(READY, struct.pack(">I", 1)) + frame(WACK, struct.pack(">Q", 1))
+        + frame(SYNCED, struct.pack(">Q", 1)),
+        # The whole exchange of a migration with one dirty pass, each side
+        # as its peer reads it.
+        "source-commit": (blocks + bytes([BLOCKS]) + rec_data("drive0", 0, 0x3C) + rec_eos()
+                          + complete([("drive0", 2, digest)]) + frame(COMMIT, b"")),
+        "dest-synced": (frame(READY, struct.pack(">I", 1)) + frame(SYNCED, struct.pack(">Q", 1))
+                        + frame(SYNCED, struct.pack(">Q", 2)) + frame(ACK, b"")),
+        "dest-wack-many": (frame(READY, struct.pack(">I", 1))
+                           + frame(WACK, struct.pack(">Q", 1))
+                           + frame(WACK, struct.pack(">Q", 0xFFFFFFFFFFFFFFFF))
+                           + frame(SYNCED, struct.pack(">Q", 3)) + frame(ACK, b"")),
+        "commit": frame(COMMIT, b""),
+        "synced-body": struct.pack(">Q", 0x0102030405060708),
     }
 
 

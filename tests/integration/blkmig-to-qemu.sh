@@ -5,7 +5,6 @@
 # images must equal the source at the switch-over.
 . "$(dirname "$0")/lib.sh"
 requires qemu-system-x86_64 python3 cmp timeout
-QMP="python3 $(dirname "$0")/qmp.py"
 
 free_port() { python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])"; }
 

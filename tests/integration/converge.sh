@@ -144,7 +144,6 @@ pass "dirty: reported not converging after $(json_field "$T/dirty.json" "['itera
 # migrate-set-parameters turns a running dirty migration that is not getting
 # anywhere into an active one, which then completes; asking for dirty again
 # once writes are mirrored is refused.
-QMP="python3 $(dirname "$0")/qmp.py"
 run_mode switch
 "$BLKMIG" migrate --control "$T/switch.sock" --to "127.0.0.1:$DST_IN" --max-bandwidth 4M \
 	--mode dirty >/dev/null 2>"$T/switch.err" || fail "switch: migrate did not start"

@@ -19,6 +19,10 @@ fail() { echo "FAIL: $*" >&2; exit 1; }
 skip() { echo "SKIP: $*" >&2; exit 77; }
 pass() { echo "PASS: $*"; }
 
+# The shared QMP client (scripts/qmp.py), for QEMU's monitor and blkmig's
+# control socket: $QMP SOCK COMMAND [JSON-ARGS] | $QMP SOCK wait-migration [SECS]
+QMP="python3 $(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/scripts/qmp.py"
+
 requires() { for c in "$@"; do command -v "$c" >/dev/null || skip "needs $c"; done; }
 
 # make_random PATH SIZE [SEED]: deterministic pseudo-random contents.

@@ -6,7 +6,6 @@
 # left marked incomplete.
 . "$(dirname "$0")/lib.sh"
 requires qemu-system-x86_64 python3 timeout
-QMP="python3 $(dirname "$0")/qmp.py"
 
 make_random "$T/src.img" $((3 * MiB)) 151
 qemu-system-x86_64 -M none -nodefaults -display none -drive "file=$T/src.img,format=raw,if=none,id=drive0" \

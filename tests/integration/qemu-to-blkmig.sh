@@ -5,7 +5,6 @@
 # with cmp; and a drive the receiver does not know is refused.
 . "$(dirname "$0")/lib.sh"
 requires qemu-system-x86_64 python3 cmp timeout
-QMP="python3 $(dirname "$0")/qmp.py"
 
 # qemu_migrate LABEL ZERO_BLOCKS RECEIVER-ARGS -- DRIVE=IMG ...
 qemu_migrate() {

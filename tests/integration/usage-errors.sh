@@ -56,3 +56,16 @@ for c in send receive demo serve migrate status cancel inspect; do
 	"$BLKMIG" "$c" --help | grep -q "Usage: blkmig $c" || fail "$c --help"
 done
 pass "--help"
+
+# The QEMU format works in every direction: no help text (nor the manual
+# next to this test) may say it is missing.
+stale='(qemu|QEMU)[^.]*(not available|not supported|unsupported|not (implemented|yet))'
+for c in send receive serve migrate; do
+	"$BLKMIG" "$c" --help >"$T/help" || fail "$c --help"
+	grep -qE 'native\|qemu' "$T/help" || fail "$c --help does not list --format native|qemu"
+	! grep -iE "$stale" "$T/help" || fail "$c --help says the QEMU format is not available"
+done
+man=$(dirname "$0")/../../docs/blkmig.1
+[ -f "$man" ] || fail "no $man"
+! grep -iE "$stale" "$man" || fail "docs/blkmig.1 says the QEMU format is not available"
+pass "--help and the manual offer the QEMU format"

@@ -10,10 +10,10 @@
  *
  * Cases: one device with data, holes and zeros; two devices; a dirty pass
  * forced from the progress callback; a live writer during a rate-limited
- * migration; a source read error in the bulk and in the final pass; a
- * destination write error; cancel from another thread and at a record
- * boundary; shared base; zero blocks; handshake failures; src_new()
- * argument checks.
+ * migration, in dirty and in active mode; a source read error in the bulk
+ * and in the final pass; a destination write error; cancel from another
+ * thread and at a record boundary; shared base; zero blocks; handshake
+ * failures; src_new() argument checks.
  *
  * Engines record their messages per thread, so the destination thread
  * copies its err_msg() before it ends.  Sizes stay at 16 MiB or less (the
@@ -768,64 +768,325 @@ static void test_dirty_pass(void **state)
 	sdev_close(&s);
 }
 
+/* ---- what a writer was told ---------------------------------------------------- */
+
+/*
+ * A layer between the writer and the tracker that keeps its own account of
+ * what the device must hold: the contents before the writer started plus
+ * every write acknowledged to it, applied in the order acknowledged (the
+ * workload is one thread, so that is the order issued).  The destination
+ * is compared with this, not with the source, so a write the source lost
+ * or a write acknowledged and never carried both show.  It also counts
+ * writes acknowledged and refused, and lets the test wait for writes that
+ * land below a given offset.  Only the writer writes through it; it is not
+ * closed with blk_close() (that would close the tracker the test owns):
+ * ack_free() releases this layer alone.
+ */
+struct ack_blk {
+	struct blk blk;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	uint8_t *expect;	      /* blk.size bytes */
+	uint64_t acked;		      /* writes that returned 0 */
+	uint64_t refused;	      /* writes that failed */
+	int first_err;		      /* the first failure's negative errno */
+	uint64_t acked_after_refused; /* writes that succeeded after one failed */
+	uint64_t watch_end;	      /* count acknowledged writes wholly below this */
+	uint64_t watched;
+};
+
+static int ack_pread(struct blk *b, void *buf, size_t len, uint64_t off)
+{
+	return blk_pread(b->lower, buf, len, off);
+}
+
+static int ack_pwrite(struct blk *b, const void *buf, size_t len, uint64_t off)
+{
+	struct ack_blk *a = (struct ack_blk *)b;
+	int r = blk_pwrite(b->lower, buf, len, off);
+
+	pthread_mutex_lock(&a->lock);
+	if (r == 0) {
+		memcpy(a->expect + off, buf, len);
+		a->acked++;
+		if (a->refused)
+			a->acked_after_refused++;
+		if (off + len <= a->watch_end)
+			a->watched++;
+		pthread_cond_broadcast(&a->cond);
+	} else if (a->refused++ == 0) {
+		a->first_err = r;
+	}
+	pthread_mutex_unlock(&a->lock);
+	return r;
+}
+
+static int ack_flush(struct blk *b)
+{
+	return blk_flush(b->lower);
+}
+
+static const struct blk_ops ack_ops = {
+	.name = "ack",
+	.pread = ack_pread,
+	.pwrite = ack_pwrite,
+	.flush = ack_flush,
+};
+
+static struct ack_blk *ack_new(struct blk *lower)
+{
+	struct ack_blk *a = calloc(1, sizeof(*a));
+
+	assert_non_null(a);
+	a->blk = (struct blk){ .ops = &ack_ops, .lower = lower, .size = blk_size(lower) };
+	a->expect = malloc(blk_size(lower));
+	assert_non_null(a->expect);
+	assert_int_equal(blk_pread(lower, a->expect, blk_size(lower), 0), 0);
+	pthread_mutex_init(&a->lock, NULL);
+	pthread_cond_init(&a->cond, NULL);
+	return a;
+}
+
+static void ack_free(struct ack_blk *a)
+{
+	pthread_cond_destroy(&a->cond);
+	pthread_mutex_destroy(&a->lock);
+	free(a->expect);
+	free(a);
+}
+
+static uint64_t ack_count(struct ack_blk *a)
+{
+	uint64_t n;
+
+	pthread_mutex_lock(&a->lock);
+	n = a->acked;
+	pthread_mutex_unlock(&a->lock);
+	return n;
+}
+
+/* Wait up to 10 s for n acknowledged writes wholly below 'end', counted
+ * from now.  Whether they came. */
+static bool ack_wait_below(struct ack_blk *a, uint64_t end, uint64_t n)
+{
+	struct timespec ts;
+	bool ok;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += 10;
+	pthread_mutex_lock(&a->lock);
+	a->watch_end = end;
+	a->watched = 0;
+	while (a->watched < n)
+		if (pthread_cond_timedwait(&a->cond, &a->lock, &ts) == ETIMEDOUT)
+			break;
+	ok = a->watched >= n;
+	a->watch_end = 0;
+	pthread_mutex_unlock(&a->lock);
+	return ok;
+}
+
+/* The first offset where b differs from what a writer was told, or -1. */
+static int64_t first_difference_from(struct blk *b, const struct ack_blk *a)
+{
+	uint8_t *x = malloc(MiB);
+	int64_t at = -1;
+
+	assert_non_null(x);
+	assert_int_equal(blk_size(b), a->blk.size);
+	for (uint64_t done = 0; done < a->blk.size && at < 0; done += MiB) {
+		size_t n = (size_t)MIN(MiB, a->blk.size - done);
+
+		assert_int_equal(blk_pread(b, x, n, done), 0);
+		if (memcmp(x, a->expect + done, n) != 0)
+			for (size_t i = 0; i < n && at < 0; i++)
+				if (x[i] != a->expect[done + i])
+					at = (int64_t)(done + i);
+	}
+	free(x);
+	return at;
+}
+
+/*
+ * Called from the engine thread.  Once a quarter of the bulk pass is on
+ * the wire, it holds the engine (the writer is not held in BULK) until
+ * the writer has written where the pass has been: below the chunks sent,
+ * all of them claimed (bulk claims run in order from chunk 0) and so
+ * cleared in the bitmap before their read.  In dirty mode those writes
+ * must be resent; in active mode it waits for mirrored writes instead.
+ * Deterministic however slow the machine: nothing depends on the writer
+ * winning a race against the bulk pass.
+ */
+struct live_prog {
+	struct ack_blk *ack;
+	struct src_job **job;
+	uint64_t chunk_size;
+	bool active;
+	bool waited, wait_ok;
+	uint64_t acked_in_bulk; /* writes acknowledged before the wait ended */
+};
+
+static void live_prog_cb(const struct mig_stats *st, void *user)
+{
+	struct live_prog *p = user;
+	uint64_t t0;
+
+	if (p->waited || st->state != MIG_BULK || st->bulk_done * 4 < st->total)
+		return;
+	p->waited = true;
+	if (!p->active) {
+		uint64_t end = st->bulk_done / p->chunk_size * p->chunk_size;
+
+		p->wait_ok = ack_wait_below(p->ack, end, 2);
+	} else {
+		for (t0 = now_ns(); !p->wait_ok && now_ns() - t0 < 10 * 1000000000ull;
+		     sleep_ns(1000000)) {
+			struct mig_stats now;
+
+			src_stats(*p->job, &now);
+			p->wait_ok = now.mirror_writes >= 2;
+		}
+	}
+	p->acked_in_bulk = ack_count(p->ack);
+}
+
 /*
  * A writer running through the whole migration, rate-limited so that there
- * is time for several passes.  Once src_run() has returned 0 the source is
- * frozen (fenced) and the destination must equal it.
+ * is time for several passes.  What it must see: its writes land while the
+ * migration runs and are carried (resent after a dirty pass, or mirrored in
+ * active mode); every write acknowledged to it is on the destination;
+ * once src_run() has returned 0 the source is frozen at the switch-over
+ * (equal to the destination) and the writer's next write fails with
+ * -ESHUTDOWN, after which nothing it writes is acknowledged.
  */
-static void test_live_writer(void **state)
+static void run_live_writer(enum mig_mode mode)
 {
 	static const struct extent layout[] = {
 		{ 0, 6 * MiB, FILL_RANDOM },
 		{ 10 * MiB, 6 * MiB, FILL_RANDOM },
 	};
+	const uint64_t nchunks = 16 * MiB / (64 * KiB);
 	struct workload_spec ws;
 	struct workload_stats wst;
 	struct workload *w = NULL;
+	struct live_prog p = { 0 };
+	struct ack_blk *a;
+	uint64_t t0, before, at_switchover, sent;
+	int64_t at;
 	struct sdev s;
 	struct mig m;
-	uint64_t t0;
+	struct blk *d;
 
-	(void)state;
 	sdev_open_mem(&s, "disk0", 16 * MiB);
 	write_extents(s.base, layout, ARRAY_SIZE(layout), 5);
+	a = ack_new(s.track);
 	mig_init(&m);
 	m.sp.chunk_size = 64 * KiB;
 	m.sp.max_bandwidth = 32 * MiB;
 	/* Low enough that the writes of one pass usually call for another;
 	 * each pass is shorter than the last, so it converges. */
 	m.sp.max_downtime_ns = 20 * 1000000ull;
+	m.sp.mode = mode;
 	m.src[0] = &s;
 	m.nsrc = 1;
 	m.dst.n = 1;
 	m.dst.dev[0].name = "disk0";
 	tmp_new(m.dst.dev[0].path, PATH_CAP, "dst");
 	prefill_file(m.dst.dev[0].path, 16 * MiB, FILL_BYTE, 0);
+	p.ack = a;
+	p.job = &m.job;
+	p.chunk_size = m.sp.chunk_size;
+	p.active = mode == MIG_MODE_ACTIVE;
+	m.progress = live_prog_cb;
+	m.progress_user = &p;
 
 	if (workload_parse("disk0,bs=4K,rate=256K,seed=11", &ws) != 0)
 		fail_msg("workload: %s", err_msg());
-	assert_int_equal(workload_start(&ws, s.track, &w), 0);
+	assert_int_equal(workload_start(&ws, &a->blk, &w), 0);
 	/* The writer is going before the migration starts. */
 	t0 = now_ns();
-	while (track_writes(s.track) == 0) {
+	while (ack_count(a) == 0) {
 		if (now_ns() - t0 > 10 * 1000000000ull)
 			fail_msg("the writer made no write in 10 s");
 		sleep_ns(1000000);
 	}
+	before = ack_count(a);
 	mig_run(&m);
+	at_switchover = ack_count(a);
 	assert_success(&m);
-	print_message("live writer: %" PRIu64 " passes, %" PRIu64 " writes\n", m.src_st.iterations,
-		      track_writes(s.track));
+	sent = m.src_st.dev[0].data_chunks + m.src_st.dev[0].zero_chunks;
+	print_message("live writer (%s): %" PRIu64 " passes, %" PRIu64 " writes during the "
+		      "migration, %" PRIu64 " chunks resent, %" PRIu64 " mirrored writes\n",
+		      mig_mode_name(mode), m.src_st.iterations, at_switchover - before,
+		      sent - nchunks, m.src_st.mirror_writes);
 
-	/* The source is frozen: a write now fails, and so does the writer's
-	 * next one (unless it was stopped first). */
+	/* The writer wrote during the bulk pass, where the pass had been. */
+	assert_true(p.waited);
+	if (!p.wait_ok)
+		fail_msg("fewer than 2 %s writes behind the bulk pass within 10 s",
+			 p.active ? "mirrored" : "acknowledged");
+	assert_true(p.acked_in_bulk > before);
+	/* Every chunk went once, and what was written behind the bulk pass
+	 * went again (dirty) or as the write itself (active). */
+	assert_int_equal(m.dst_st.dev[0].data_chunks + m.dst_st.dev[0].zero_chunks, sent);
+	assert_int_equal(m.dst_st.mirror_writes, m.src_st.mirror_writes);
+	if (p.active) {
+		assert_true(m.src_st.active);
+		assert_true(m.src_st.mirror_writes >= 2);
+		/* 4 KiB writes at 4 KiB offsets never span two chunks. */
+		assert_int_equal(m.src_st.mirror_bytes, m.src_st.mirror_writes * 4 * KiB);
+		assert_true(m.src_st.mirror_writes <= at_switchover);
+	} else {
+		assert_false(m.src_st.active);
+		assert_int_equal(m.src_st.mirror_writes, 0);
+		assert_true(sent > nchunks);
+	}
+
+	/* Switch-over: the source is fenced, and the writer's next write
+	 * fails with -ESHUTDOWN; it stops there by itself. */
 	assert_fenced(&s);
+	t0 = now_ns();
+	do {
+		workload_get_stats(w, &wst);
+		if (wst.stopped_by != 0)
+			break;
+		sleep_ns(1000000);
+	} while (now_ns() - t0 < 10 * 1000000000ull);
 	workload_stop(w, &wst);
-	assert_true(wst.stopped_by == 0 || wst.stopped_by == -ESHUTDOWN);
-	assert_true(wst.writes > 0);
+	assert_int_equal(wst.stopped_by, -ESHUTDOWN);
+	assert_int_equal(a->first_err, -ESHUTDOWN);
+	assert_int_equal(a->refused, 1);
+	assert_int_equal(a->acked_after_refused, 0);
+	/* Nothing acknowledged once src_run() had returned. */
+	assert_int_equal(a->acked, at_switchover);
+	assert_int_equal(wst.writes, a->acked);
+
+	/* Every acknowledged write is on the destination, which equals the
+	 * source as the switch-over left it. */
+	d = open_file_ro(m.dst.dev[0].path);
+	at = first_difference_from(d, a);
+	if (at >= 0)
+		fail_msg("destination differs from the acknowledged writes at offset %" PRId64, at);
+	blk_close(d);
+	at = first_difference_from(s.track, a);
+	if (at >= 0)
+		fail_msg("source differs from the acknowledged writes at offset %" PRId64, at);
 	assert_same(&s, m.dst.dev[0].path);
 	assert_int_equal(mark_check(m.dst.dev[0].path), 0);
+	ack_free(a);
 	sdev_close(&s);
+}
+
+static void test_live_writer(void **state)
+{
+	(void)state;
+	run_live_writer(MIG_MODE_DIRTY);
+}
+
+static void test_live_writer_active(void **state)
+{
+	(void)state;
+	run_live_writer(MIG_MODE_ACTIVE);
 }
 
 /* ---- (c2) writes faster than the link ---------------------------------------------- */
@@ -1630,6 +1891,7 @@ int main(void)
 		T(test_two_devices),
 		T(test_dirty_pass),
 		T(test_live_writer),
+		T(test_live_writer_active),
 		T(test_active_outpaced),
 		T(test_auto_outpaced),
 		T(test_active_cancel),
