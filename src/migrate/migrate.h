@@ -87,7 +87,9 @@ struct mig_stats {
 	uint64_t dirty_rate;  /* bytes/s dirtied during the last pass */
 	uint64_t expected_downtime_ns;
 	uint64_t downtime_ns; /* writers paused, FINAL until ACK handled */
-	uint64_t setup_ns, total_ns;
+	uint64_t setup_ns;
+	uint64_t total_ns;	/* the whole run; the time so far while running (job.h) */
+	uint64_t rate;		/* bytes/s on the wire over the last seconds (job.h); 0: unknown */
 	enum mig_mode mode;	/* as asked for */
 	bool active;		/* writes are mirrored now */
 	bool converging;	/* the dirty set is expected to fit the downtime */

@@ -198,8 +198,10 @@ void src_stats(struct src_job *j, struct mig_stats *out)
 	if (j->x)
 		out->transferred = xport_tx_bytes(j->x);
 	/* The unread part of the bulk pass counts as pending, always (QEMU
-	 * 7.2 leaves it out and "completes" with data missing). */
-	out->remaining = out->state == MIG_COMPLETED ? 0 : out->total - out->bulk_done + dirty;
+	 * 7.2 leaves it out and "completes" with data missing).  A chunk
+	 * written before the bulk pass reached it is in both: cap the sum. */
+	out->remaining =
+	    out->state == MIG_COMPLETED ? 0 : MIN(out->total, out->total - out->bulk_done + dirty);
 	if (live.t0 && j->x && out->transferred >= live.w0) {
 		/* Mid-pass: the bandwidth so far, this pass included, and
 		 * during the bulk pass the rate writes dirty chunks at. */
