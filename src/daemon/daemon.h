@@ -97,7 +97,8 @@ int daemon_start(struct daemon *d);
  * one is refused with *err_class = CTL_ERR_INVALID_PARAM before the command
  * runs.  Returns the "return" value (caller puts it), or NULL with
  * *err_class set (CTL_ERR_*) and a message in err (err_cap >= 256).
- * Commands other than query-exports need daemon_start() to have succeeded.
+ * Before daemon_start() has succeeded, every well-formed command gets a
+ * GenericError ("the daemon is not serving yet").
  */
 json_object *daemon_execute(struct daemon *d, const char *cmd, json_object *args,
 			    const char **err_class, char *err, size_t err_cap);

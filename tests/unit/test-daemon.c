@@ -367,6 +367,24 @@ static void test_config_checks(void **state)
 	assert_int_equal(daemon_check_config(&n.cfg), 0);
 }
 
+/* Between daemon_new() and daemon_start() commands are checked, then
+ * refused: there is nothing to run them on yet. */
+static void test_before_start(void **state)
+{
+	struct node n;
+
+	(void)state;
+	node_init(&n, "early.img", false);
+	make_image(n.path, 7);
+	if (daemon_new(&n.cfg, &n.d) < 0)
+		fail_msg("daemon: %s", err_msg());
+	assert_string_equal(daemon_incoming_addr(n.d), "");
+	refused(&n, "query-migrate", NULL, CTL_ERR_GENERIC, "not serving yet");
+	refused(&n, "migrate", "{\"to\":null}", CTL_ERR_INVALID_PARAM, "not null");
+	daemon_free(n.d);
+	remove_image(n.path);
+}
+
 static void test_exports_and_idle_commands(void **state)
 {
 	struct node n;
@@ -605,6 +623,7 @@ int main(void)
 		cmocka_unit_test(test_config_checks),
 		cmocka_unit_test(test_schema_refusals),
 		cmocka_unit_test(test_workload),
+		cmocka_unit_test(test_before_start),
 		cmocka_unit_test(test_exports_and_idle_commands),
 		cmocka_unit_test(test_control_socket),
 		cmocka_unit_test(test_migrate_to_incoming_daemon),
