@@ -9,13 +9,14 @@
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "block/backend.h"
 #include "common/error.h"
 #include "common/util.h"
 #include "control/control.h"
+#include "daemon/daemon.h"
+#include "daemon/report.h"
 
 int cli_fail(const char *fmt, ...)
 {
@@ -113,25 +114,14 @@ int cli_incoming_open(void *user, const char *name, uint64_t size, struct blk **
 		      size_t path_cap)
 {
 	const struct cli_incoming *c = user;
-	const struct cli_device *d = NULL;
-	struct stat sb;
-	unsigned flags = 0;
+	struct daemon_device devs[CLI_MAX_DEVICES];
+	struct daemon_incoming in = { .devs = devs, .ndev = c->ndev, .create = c->create };
 
 	for (unsigned i = 0; i < c->ndev; i++)
-		if (strcmp(c->devs[i].name, name) == 0)
-			d = &c->devs[i];
-	if (!d)
-		return err_set(ENOENT,
-			       "unknown device '%s': the source sends it, but no --device %s=PATH "
-			       "was given",
-			       name, name);
-	if (d->readonly)
-		return err_set(EROFS, "device %s is read-only here: it cannot receive a migration",
-			       name);
-	if (c->create && (stat(d->path, &sb) < 0 || (S_ISREG(sb.st_mode) && sb.st_size == 0)))
-		flags |= BLK_OPEN_CREATE;
-	snprintf(path, path_cap, "%s", d->path);
-	return blk_file_open(d->path, flags, size, out);
+		devs[i] = (struct daemon_device){ .name = c->devs[i].name,
+						  .path = c->devs[i].path,
+						  .readonly = c->devs[i].readonly };
+	return daemon_incoming_open(&in, name, size, out, path, path_cap);
 }
 
 int cli_control_call(const char *cmd, const char *path, const char *command, json_object *args,
@@ -164,24 +154,6 @@ void cli_progress_init(struct cli_progress *p, const char *label, bool allowed)
 	p->label = label;
 }
 
-/* What the progress line calls each state (mig_state_name() keeps QEMU's
- * names for the JSON report). */
-static const char *phase_name(enum mig_state s)
-{
-	switch (s) {
-	case MIG_SETUP:
-		return "setup";
-	case MIG_BULK:
-		return "bulk";
-	case MIG_DIRTY:
-		return "dirty";
-	case MIG_FINAL:
-		return "final";
-	default:
-		return mig_state_name(s);
-	}
-}
-
 void cli_progress_cb(const struct mig_stats *st, void *user)
 {
 	struct cli_progress *p = user;
@@ -206,7 +178,7 @@ void cli_progress_cb(const struct mig_stats *st, void *user)
 		  : 0;
 	fmt_bytes(rbuf, sizeof(rbuf), rate);
 	fmt_bytes(left, sizeof(left), st->remaining);
-	printf("\r%s: %-9s %5.1f%%  %s/s  %s left  pass %llu", p->label, phase_name(st->state), pct,
+	printf("\r%s: %-9s %5.1f%%  %s/s  %s left  pass %llu", p->label, report_phase(st), pct,
 	       rbuf, left, (unsigned long long)st->iterations + (st->state < MIG_COMPLETED));
 	if (rate && st->remaining && st->state < MIG_COMPLETED) {
 		uint64_t eta = st->remaining / rate;
@@ -229,73 +201,12 @@ void cli_progress_done(struct cli_progress *p)
 
 /* ---- reports -------------------------------------------------------------------- */
 
-static int64_t ms(uint64_t ns)
-{
-	return (int64_t)(ns / 1000000u);
-}
-
-json_object *cli_stats_json(const struct mig_stats *st, const char *error)
-{
-	json_object *o = json_object_new_object(), *devs = json_object_new_array();
-	double secs = (double)st->total_ns / 1e9;
-
-	json_object_object_add(o, "status", json_object_new_string(mig_state_name(st->state)));
-	if (error && *error)
-		json_object_object_add(o, "error-desc", json_object_new_string(error));
-	json_object_object_add(o, "total-time", json_object_new_int64(ms(st->total_ns)));
-	json_object_object_add(o, "setup-time", json_object_new_int64(ms(st->setup_ns)));
-	json_object_object_add(o, "downtime", json_object_new_int64(ms(st->downtime_ns)));
-	json_object_object_add(o, "expected-downtime",
-			       json_object_new_int64(st->expected_downtime_ns == UINT64_MAX
-							 ? -1
-							 : ms(st->expected_downtime_ns)));
-	json_object_object_add(o, "transferred", json_object_new_int64((int64_t)st->transferred));
-	json_object_object_add(o, "data-bytes", json_object_new_int64((int64_t)st->data_bytes));
-	json_object_object_add(o, "total", json_object_new_int64((int64_t)st->total));
-	json_object_object_add(o, "remaining", json_object_new_int64((int64_t)st->remaining));
-	json_object_object_add(o, "iterations", json_object_new_int64((int64_t)st->iterations));
-	json_object_object_add(o, "bandwidth", json_object_new_int64((int64_t)st->bandwidth));
-	json_object_object_add(
-	    o, "mbps",
-	    json_object_new_double(secs > 0 ? (double)st->transferred * 8 / secs / 1e6 : 0));
-	json_object_object_add(o, "dirty-rate", json_object_new_int64((int64_t)st->dirty_rate));
-	json_object_object_add(o, "mode", json_object_new_string(mig_mode_name(st->mode)));
-	json_object_object_add(o, "mirroring", json_object_new_boolean(st->active));
-	if (st->active && st->mode_reason[0])
-		json_object_object_add(o, "mirroring-reason",
-				       json_object_new_string(st->mode_reason));
-	if (st->active)
-		json_object_object_add(o, "mirroring-since-pass",
-				       json_object_new_int64((int64_t)st->active_since));
-	json_object_object_add(o, "converging", json_object_new_boolean(st->converging));
-	json_object_object_add(o, "mirrored-writes",
-			       json_object_new_int64((int64_t)st->mirror_writes));
-	json_object_object_add(o, "mirrored-bytes",
-			       json_object_new_int64((int64_t)st->mirror_bytes));
-	json_object_object_add(o, "switchover-attempts",
-			       json_object_new_int64((int64_t)st->switchovers));
-	json_object_object_add(o, "max-pause", json_object_new_int64(ms(st->max_pause_ns)));
-	json_object_object_add(o, "chunk-size", json_object_new_int64((int64_t)st->chunk_size));
-	for (unsigned i = 0; i < st->ndev; i++) {
-		json_object *d = json_object_new_object();
-
-		json_object_object_add(d, "name", json_object_new_string(st->dev[i].name));
-		json_object_object_add(d, "size", json_object_new_int64((int64_t)st->dev[i].size));
-		json_object_object_add(d, "data-chunks",
-				       json_object_new_int64((int64_t)st->dev[i].data_chunks));
-		json_object_object_add(d, "zero-chunks",
-				       json_object_new_int64((int64_t)st->dev[i].zero_chunks));
-		json_object_object_add(d, "skipped-chunks",
-				       json_object_new_int64((int64_t)st->dev[i].skipped));
-		json_object_array_add(devs, d);
-	}
-	json_object_object_add(o, "devices", devs);
-	return o;
-}
-
 void cli_print_json(FILE *f, const struct mig_stats *st, const char *error, void *extra)
 {
-	json_object *o = cli_stats_json(st, error);
+	json_object *o = report_stats_json(st, error);
+
+	if (!o)
+		return;
 
 	if (extra) {
 		json_object_object_foreach((json_object *)extra, key, val)

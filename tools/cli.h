@@ -65,12 +65,8 @@ int cli_parse_uint(const char *cmd, const char *opt, const char *arg, uint64_t m
  * qemu elsewhere is refused with EXIT_FAIL. */
 int cli_check_format(const char *cmd, const char *arg, bool qemu_ok, bool *qemu);
 
-/*
- * The destination's device opener (dst_open_fn) over --device entries: the
- * source's NAME must have been given (and not read-only); with create, an
- * image that is missing or empty is created with the source's size (one of
- * another size is a mismatch, never resized).
- */
+/* The destination's device opener (dst_open_fn) over --device entries:
+ * daemon_incoming_open() (daemon/daemon.h) over them. */
 struct cli_incoming {
 	const struct cli_device *devs;
 	unsigned ndev;
@@ -102,13 +98,9 @@ void cli_progress_init(struct cli_progress *p, const char *label, bool allowed);
 void cli_progress_cb(const struct mig_stats *st, void *user);
 void cli_progress_done(struct cli_progress *p);
 
-/* The report object (QEMU query-migrate names where one exists), shared by
- * --json and the control socket's query-migrate.  Caller puts it. */
-struct json_object;
-struct json_object *cli_stats_json(const struct mig_stats *st, const char *error);
-
-/* The --json object: QEMU query-migrate names where one exists.  'error'
- * may be NULL; extra (may be NULL) is a json_object* to merge in. */
+/* The --json object: daemon/report.h's report_stats_json(), the same as
+ * query-migrate.  'error' may be NULL; extra (may be NULL) is a
+ * json_object* to merge in. */
 void cli_print_json(FILE *f, const struct mig_stats *st, const char *error, void *extra);
 
 /* A short human summary on f. */

@@ -21,6 +21,7 @@
 
 #include "block/backend.h"
 #include "cli.h"
+#include "daemon/report.h"
 #include "common/error.h"
 #include "common/util.h"
 #include "transport/transport.h"
@@ -348,15 +349,9 @@ report:
 		waitpid(child, NULL, 0);
 	}
 	if (json) {
-		json_object *extra = json_object_new_object(), *w = json_object_new_object();
+		json_object *extra = json_object_new_object(), *w = report_workload_json(&wst);
 
 		json_object_object_add(extra, "verified", json_object_new_boolean(same));
-		json_object_object_add(w, "writes", json_object_new_int64((int64_t)wst.writes));
-		json_object_object_add(w, "bytes", json_object_new_int64((int64_t)wst.bytes));
-		json_object_object_add(w, "latency-p50-us",
-				       json_object_new_int64((int64_t)(wst.p50_ns / 1000)));
-		json_object_object_add(w, "latency-p99-us",
-				       json_object_new_int64((int64_t)(wst.p99_ns / 1000)));
 		json_object_object_add(extra, "workload", w);
 		cli_print_json(stdout, &st, rc ? errbuf : NULL, extra);
 		json_object_put(extra);

@@ -12,6 +12,7 @@
 
 #include "block/backend.h"
 #include "cli.h"
+#include "daemon/report.h"
 #include "common/error.h"
 #include "common/util.h"
 #include "transport/transport.h"
@@ -260,17 +261,9 @@ report:
 		json_object *extra = NULL;
 
 		if (workload) {
-			json_object *w = json_object_new_object();
+			json_object *w = report_workload_json(&wst);
 
 			extra = json_object_new_object();
-			json_object_object_add(w, "writes",
-					       json_object_new_int64((int64_t)wst.writes));
-			json_object_object_add(w, "bytes",
-					       json_object_new_int64((int64_t)wst.bytes));
-			json_object_object_add(w, "latency-p50-us",
-					       json_object_new_int64((int64_t)(wst.p50_ns / 1000)));
-			json_object_object_add(w, "latency-p99-us",
-					       json_object_new_int64((int64_t)(wst.p99_ns / 1000)));
 			json_object_object_add(extra, "workload", w);
 		}
 		cli_print_json(stdout, &st, r < 0 ? errbuf : NULL, extra);

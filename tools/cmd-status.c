@@ -12,15 +12,82 @@
 static const char status_help[] =
     "Usage: blkmig status --control PATH [--json]\n"
     "\n"
-    "Show the state of the daemon's current or last migration: status, bytes\n"
-    "sent and remaining, passes, bandwidth, expected and actual downtime.\n"
-    "With --json, print the query-migrate object as is.\n";
+    "Show the state of the daemon's current or last migration: status, phase\n"
+    "(bulk, dirty pass N, mirroring, final), elapsed time, the rate now and on\n"
+    "average, what is left to send and an ETA, passes, expected and actual\n"
+    "downtime.  With --json, print the query-migrate object as is.\n";
 
 static long long field(json_object *o, const char *key)
 {
 	json_object *v;
 
 	return json_object_object_get_ex(o, key, &v) ? (long long)json_object_get_int64(v) : 0;
+}
+
+static const char *str_field(json_object *o, const char *key, const char *dflt)
+{
+	json_object *v;
+
+	return json_object_object_get_ex(o, key, &v) ? json_object_get_string(v) : dflt;
+}
+
+/* "1:05:03", "5:03" or "12.3 s". */
+static const char *fmt_duration(char *buf, size_t cap, long long ms)
+{
+	long long s = ms / 1000;
+
+	if (s >= 3600)
+		snprintf(buf, cap, "%lld:%02lld:%02lld", s / 3600, s / 60 % 60, s % 60);
+	else if (s >= 60)
+		snprintf(buf, cap, "%lld:%02lld", s / 60, s % 60);
+	else
+		snprintf(buf, cap, "%.1f s", (double)ms / 1000);
+	return buf;
+}
+
+static void print_status(json_object *o)
+{
+	const char *status = str_field(o, "status", "unknown"), *phase = str_field(o, "phase", "");
+	bool running =
+	    !strcmp(status, "setup") || !strcmp(status, "active") || !strcmp(status, "device");
+	long long total_ms = field(o, "total-time"), pass = field(o, "pass");
+	uint64_t total = (uint64_t)field(o, "total"), sent = (uint64_t)field(o, "transferred");
+	char a[32], b[32], c[32];
+	json_object *v;
+
+	printf("status: %s\n", status);
+	if (!json_object_object_get_ex(o, "total", &v))
+		goto error;
+	if (running) {
+		printf("phase: ");
+		if (!strcmp(phase, "dirty") || !strcmp(phase, "mirroring"))
+			printf("dirty pass %lld%s\n", pass - 1,
+			       !strcmp(phase, "mirroring") ? ", writes mirrored" : "");
+		else
+			printf("%s\n", phase);
+	}
+	printf("elapsed: %s, sent: %s, average rate: %s/s", fmt_duration(a, sizeof(a), total_ms),
+	       fmt_bytes(b, sizeof(b), sent),
+	       fmt_bytes(c, sizeof(c),
+			 total_ms > 0 ? (uint64_t)((double)sent * 1000 / (double)total_ms) : 0));
+	if (running)
+		printf(", rate now: %s/s", fmt_bytes(a, sizeof(a), (uint64_t)field(o, "rate")));
+	printf("\n");
+	if (running) {
+		long long eta = json_object_object_get_ex(o, "eta", &v) ? field(o, "eta") : -1;
+
+		printf("left to send: %s of %s, ETA: %s\n",
+		       fmt_bytes(a, sizeof(a), (uint64_t)field(o, "remaining")),
+		       fmt_bytes(b, sizeof(b), total),
+		       eta >= 0 ? fmt_duration(c, sizeof(c), eta) : "unknown");
+	} else {
+		printf("devices: %s\n", fmt_bytes(a, sizeof(a), total));
+	}
+	printf("passes: %lld, expected downtime: %lld ms, downtime: %lld ms\n",
+	       field(o, "iterations"), field(o, "expected-downtime"), field(o, "downtime"));
+error:
+	if (json_object_object_get_ex(o, "error-desc", &v))
+		printf("error: %s\n", json_object_get_string(v));
 }
 
 int cmd_status(int argc, char **argv)
@@ -32,7 +99,7 @@ int cmd_status(int argc, char **argv)
 		{ 0 },
 	};
 	const char *control = NULL;
-	json_object *ret = NULL, *v;
+	json_object *ret = NULL;
 	bool json = false;
 	int c;
 
@@ -59,29 +126,10 @@ int cmd_status(int argc, char **argv)
 	c = cli_control_call("status", control, "query-migrate", NULL, &ret);
 	if (c != EXIT_OK)
 		return c;
-	if (json) {
+	if (json)
 		printf("%s\n", json_object_to_json_string_ext(ret, JSON_C_TO_STRING_PLAIN));
-	} else {
-		char a[32], b[32], t[32];
-
-		printf("status: %s\n", json_object_object_get_ex(ret, "status", &v)
-					   ? json_object_get_string(v)
-					   : "unknown");
-		if (json_object_object_get_ex(ret, "total", &v)) {
-			printf("transferred: %s, remaining: %s of %s\n",
-			       fmt_bytes(a, sizeof(a), (uint64_t)field(ret, "transferred")),
-			       fmt_bytes(b, sizeof(b), (uint64_t)field(ret, "remaining")),
-			       fmt_bytes(t, sizeof(t), (uint64_t)field(ret, "total")));
-			printf("passes: %lld, bandwidth: %s/s, expected downtime: %lld ms, "
-			       "downtime: %lld ms, total time: %lld ms\n",
-			       field(ret, "iterations"),
-			       fmt_bytes(a, sizeof(a), (uint64_t)field(ret, "bandwidth")),
-			       field(ret, "expected-downtime"), field(ret, "downtime"),
-			       field(ret, "total-time"));
-		}
-		if (json_object_object_get_ex(ret, "error-desc", &v))
-			printf("error: %s\n", json_object_get_string(v));
-	}
+	else
+		print_status(ret);
 	json_object_put(ret);
 	return EXIT_OK;
 }

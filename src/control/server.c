@@ -1,25 +1,20 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Control socket, server half: the socket file, an accept thread, and one
- * thread per client that reads its lines, runs its commands through the
- * owner's handler and writes its output queue.  See control.h for the
- * contract and docs/control.md for the protocol.
+ * Control socket, server half: the socket file, and one thread per client
+ * (started and reaped by common/acceptor) that reads its lines, runs its
+ * commands through the owner's handler and writes its output queue.  See
+ * control.h for the contract and docs/control.md for the protocol.
  *
  * Locking, outermost first: ctl->handler_lock (serialises handler calls;
- * held by a client thread only around the call), ctl->lock (the client
- * list), conn->olock (one client's output queue).  A handler may call
- * ctl_event(), which takes the other two, because client threads never hold
- * them while calling the handler.
- *
- * The client list changes only in the accept thread (adding new clients,
- * reaping finished ones) and in ctl_close() after that thread is joined, so
- * a client's memory lives until it is reaped even after its thread ends.
+ * held by a client thread only around the call), the acceptor's list lock
+ * (taken by acc_foreach() in ctl_event()), conn->olock (one client's output
+ * queue).  A handler may call ctl_event(), which takes the other two,
+ * because client threads never hold them while calling the handler.
  */
 #include <assert.h>
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -32,6 +27,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/acceptor.h"
 #include "common/error.h"
 #include "common/util.h"
 #include "control.h"
@@ -42,17 +38,12 @@
 /* While this much output is unsent, the client's further lines wait: a
  * client that pipelines commands without reading answers stalls itself. */
 #define OUT_READ_LIMIT (256 * KiB)
-/* Pause after accept() fails for lack of resources, so it does not spin. */
-#define ACCEPT_RETRY_MS 100
-#define STALL_NS	((uint64_t)CTL_STALL_MS * 1000000u)
+#define STALL_NS       ((uint64_t)CTL_STALL_MS * 1000000u)
 
 struct ctl_conn {
 	struct ctl *ctl;
-	struct ctl_conn *next; /* ctl->conns */
-	pthread_t thread;
 	int fd;
-	int wake_fd;	  /* eventfd: output queued, or the server is stopping */
-	atomic_bool done; /* thread has ended; the accept thread reaps it */
+	int wake_fd; /* eventfd: output queued, or the server is stopping */
 
 	pthread_mutex_t olock; /* protects out* and drop */
 	char *out;
@@ -70,18 +61,14 @@ struct ctl {
 	dev_t dev; /* identity of our socket file, so close removes only it */
 	ino_t ino;
 	int lfd;
-	int wake_fd; /* eventfd: the accept thread should stop or reap */
 	ctl_handler_fn fn;
 	void *user;
 	char *greeting;
 	size_t greeting_len;
 	atomic_bool stopping;
-	pthread_t accept_thread;
+	struct acc *acc; /* accepts, runs and reaps the clients */
 
 	pthread_mutex_t handler_lock;
-	pthread_mutex_t lock; /* protects conns, nconns */
-	struct ctl_conn *conns;
-	unsigned nconns;
 };
 
 static void wake(int efd)
@@ -360,7 +347,7 @@ static int conn_next_line(struct ctl_conn *cn, bool at_eof)
  * the client goes away, after an over-long line, when output has been stuck
  * for CTL_STALL_MS or overflowed, or when the server stops.
  */
-static void *conn_main(void *arg)
+static void conn_main(void *arg)
 {
 	struct ctl_conn *cn = arg;
 	struct ctl *ctl = cn->ctl;
@@ -439,13 +426,12 @@ static void *conn_main(void *arg)
 	}
 	close(cn->fd);
 	cn->fd = -1;
-	atomic_store(&cn->done, true);
-	wake(ctl->wake_fd);
-	return NULL;
 }
 
-static void conn_free(struct ctl_conn *cn)
+static void conn_free(void *arg)
 {
+	struct ctl_conn *cn = arg;
+
 	if (cn->fd >= 0)
 		close(cn->fd);
 	close(cn->wake_fd);
@@ -454,113 +440,51 @@ static void conn_free(struct ctl_conn *cn)
 	free(cn);
 }
 
-/* Take over an accepted socket: queue the greeting, start its thread. */
-static void conn_start(struct ctl *ctl, int fd)
+static void conn_kick(void *arg)
 {
-	struct ctl_conn *cn;
-	bool full;
+	struct ctl_conn *cn = arg;
 
-	pthread_mutex_lock(&ctl->lock);
-	full = ctl->nconns >= CTL_MAX_CLIENTS;
-	pthread_mutex_unlock(&ctl->lock);
-	if (full) {
-		static const char refusal[] = "{\"error\":{\"class\":\"" CTL_ERR_GENERIC "\","
-					      "\"desc\":\"too many control clients\"}}\n";
+	wake(cn->wake_fd);
+}
 
-		(void)!send(fd, refusal, sizeof(refusal) - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
-		close(fd);
-		return;
-	}
-	cn = calloc(1, sizeof(*cn));
-	if (!cn) {
-		close(fd);
-		return;
-	}
+static void conn_refuse(void *user, int fd)
+{
+	static const char refusal[] = "{\"error\":{\"class\":\"" CTL_ERR_GENERIC "\","
+				      "\"desc\":\"too many control clients\"}}\n";
+
+	(void)user;
+	(void)!send(fd, refusal, sizeof(refusal) - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+}
+
+/* Take over an accepted socket and queue the greeting; NULL refuses it. */
+static void *conn_open(void *user, int fd)
+{
+	struct ctl *ctl = user;
+	struct ctl_conn *cn = calloc(1, sizeof(*cn));
+
+	if (!cn)
+		return NULL;
 	cn->ctl = ctl;
 	cn->fd = fd;
 	cn->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (cn->wake_fd < 0) {
 		free(cn);
-		close(fd);
-		return;
+		return NULL;
 	}
 	pthread_mutex_init(&cn->olock, NULL);
 	conn_queue(cn, ctl->greeting, ctl->greeting_len);
-
-	/* Listed before its thread starts, so no event can slip past it
-	 * after the greeting. */
-	pthread_mutex_lock(&ctl->lock);
-	cn->next = ctl->conns;
-	ctl->conns = cn;
-	ctl->nconns++;
-	pthread_mutex_unlock(&ctl->lock);
-	if (pthread_create(&cn->thread, NULL, conn_main, cn) != 0) {
-		pthread_mutex_lock(&ctl->lock);
-		ctl->conns = cn->next;
-		ctl->nconns--;
-		pthread_mutex_unlock(&ctl->lock);
-		conn_free(cn);
-	}
+	return cn;
 }
+
+static const struct acc_ops conn_ops = {
+	.open = conn_open,
+	.run = conn_main,
+	.free = conn_free,
+	.kick = conn_kick,
+	.refuse = conn_refuse,
+};
 
 /* ---- the server ---------------------------------------------------------- */
-
-/* Join and free the clients whose threads have ended.  Accept thread only. */
-static void reap_done(struct ctl *ctl)
-{
-	struct ctl_conn *dead = NULL, **pp, *cn;
-
-	pthread_mutex_lock(&ctl->lock);
-	for (pp = &ctl->conns; (cn = *pp);) {
-		if (atomic_load(&cn->done)) {
-			*pp = cn->next;
-			cn->next = dead;
-			dead = cn;
-			ctl->nconns--;
-		} else {
-			pp = &cn->next;
-		}
-	}
-	pthread_mutex_unlock(&ctl->lock);
-	while ((cn = dead)) {
-		dead = cn->next;
-		pthread_join(cn->thread, NULL);
-		conn_free(cn);
-	}
-}
-
-static void *accept_main(void *arg)
-{
-	struct ctl *ctl = arg;
-	bool backoff = false;
-
-	while (!atomic_load(&ctl->stopping)) {
-		struct pollfd p[2] = {
-			{ .fd = ctl->wake_fd, .events = POLLIN },
-			{ .fd = ctl->lfd, .events = backoff ? 0 : POLLIN },
-		};
-		int fd;
-
-		if (poll(p, 2, backoff ? ACCEPT_RETRY_MS : -1) < 0 && errno != EINTR)
-			backoff = true; /* only ENOMEM is possible; wait and retry */
-		else
-			backoff = false;
-		if (p[0].revents & POLLIN) {
-			eventfd_t v;
-
-			(void)eventfd_read(ctl->wake_fd, &v);
-		}
-		reap_done(ctl);
-		if (atomic_load(&ctl->stopping) || !(p[1].revents & POLLIN))
-			continue;
-		fd = accept4(ctl->lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
-		if (fd >= 0)
-			conn_start(ctl, fd);
-		else if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
-			backoff = true;
-	}
-	return NULL;
-}
 
 /*
  * Decide what to do about an existing file at path: nothing there, or a
@@ -630,7 +554,6 @@ int ctl_listen(const char *path, ctl_handler_fn fn, void *user, struct ctl **out
 {
 	struct sockaddr_un sa;
 	socklen_t salen;
-	sigset_t all, old;
 	struct stat st;
 	struct ctl *c;
 	int r, e;
@@ -691,31 +614,16 @@ int ctl_listen(const char *path, ctl_handler_fn fn, void *user, struct ctl **out
 		r = err_set(e, "control socket %s: listen: %s", path, strerror(e));
 		goto err_unlink;
 	}
-	c->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	if (c->wake_fd < 0) {
-		e = errno;
-		r = err_set(e, "control socket %s: eventfd: %s", path, strerror(e));
-		goto err_unlink;
-	}
 	pthread_mutex_init(&c->handler_lock, NULL);
-	pthread_mutex_init(&c->lock, NULL);
-
-	/* Signals stay with the application's threads, not ours. */
-	sigfillset(&all);
-	pthread_sigmask(SIG_SETMASK, &all, &old);
-	e = pthread_create(&c->accept_thread, NULL, accept_main, c);
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
-	if (e) {
-		r = err_set(e, "control socket %s: cannot start thread: %s", path, strerror(e));
+	r = acc_start("control socket", c->lfd, CTL_MAX_CLIENTS, SOCK_NONBLOCK, &conn_ops, c,
+		      &c->acc);
+	if (r < 0)
 		goto err_mutex;
-	}
 	*out = c;
 	return 0;
 
 err_mutex:
-	pthread_mutex_destroy(&c->lock);
 	pthread_mutex_destroy(&c->handler_lock);
-	close(c->wake_fd);
 err_unlink:
 	unlink(path);
 err_close:
@@ -725,6 +633,20 @@ err_free:
 	free(c->path);
 	free(c);
 	return r;
+}
+
+struct event_line {
+	const char *line;
+	size_t len;
+};
+
+static void queue_event(void *conn, void *arg)
+{
+	struct ctl_conn *cn = conn;
+	const struct event_line *ev = arg;
+
+	conn_queue(cn, ev->line, ev->len);
+	wake(cn->wake_fd);
 }
 
 void ctl_event(struct ctl *c, const char *event, json_object *data)
@@ -765,14 +687,7 @@ void ctl_event(struct ctl *c, const char *event, json_object *data)
 	if (!line)
 		goto out;
 
-	pthread_mutex_lock(&c->lock);
-	for (struct ctl_conn *cn = c->conns; cn; cn = cn->next) {
-		if (atomic_load(&cn->done))
-			continue;
-		conn_queue(cn, line, len);
-		wake(cn->wake_fd);
-	}
-	pthread_mutex_unlock(&c->lock);
+	acc_foreach(c->acc, queue_event, &(struct event_line){ line, len });
 out:
 	free(line);
 	json_object_put(ev);
@@ -780,14 +695,12 @@ out:
 
 void ctl_close(struct ctl *c)
 {
-	struct ctl_conn *cn, *conns;
 	struct stat st;
 
 	if (!c)
 		return;
 	atomic_store(&c->stopping, true);
-	wake(c->wake_fd);
-	pthread_join(c->accept_thread, NULL);
+	acc_stop(c->acc);
 
 	/* New clients now get ENOENT (or ECONNREFUSED while the file
 	 * exists), never a half-dead server. */
@@ -795,21 +708,8 @@ void ctl_close(struct ctl *c)
 	if (lstat(c->path, &st) == 0 && st.st_dev == c->dev && st.st_ino == c->ino)
 		unlink(c->path);
 
-	pthread_mutex_lock(&c->lock);
-	conns = c->conns;
-	c->conns = NULL;
-	c->nconns = 0;
-	for (cn = conns; cn; cn = cn->next)
-		wake(cn->wake_fd);
-	pthread_mutex_unlock(&c->lock);
-	while ((cn = conns)) {
-		conns = cn->next;
-		pthread_join(cn->thread, NULL);
-		conn_free(cn);
-	}
+	acc_free(c->acc);
 
-	close(c->wake_fd);
-	pthread_mutex_destroy(&c->lock);
 	pthread_mutex_destroy(&c->handler_lock);
 	free(c->greeting);
 	free(c->path);

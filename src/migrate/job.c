@@ -4,7 +4,10 @@
  *
  * An attempt: connect (cancellable), src_new, src_run, keep the final
  * figures.  The engine's progress callback doubles as the state-change
- * detector, so events fire exactly when the engine changes state.
+ * detector, so events fire exactly when the engine changes state.  It also
+ * feeds the live rate: a ring of (time, bytes on the wire) samples taken
+ * at least JOB_RATE_WINDOW_NS / RATE_SAMPLES apart, so the rate covers the
+ * last window whether the engine reports often or seldom.
  */
 #include "job.h"
 
@@ -17,6 +20,12 @@
 #include "common/error.h"
 #include "common/util.h"
 #include "transport/transport.h"
+
+#define RATE_SAMPLES 8
+
+struct rate_sample {
+	uint64_t t_ns, bytes;
+};
 
 struct job {
 	const struct src_device *devs;
@@ -37,7 +46,37 @@ struct job {
 	enum mig_state last_state;
 	char error[1024];
 	int result;
+	uint64_t start_ns;			  /* now_ns() when the running attempt began */
+	struct rate_sample samples[RATE_SAMPLES]; /* ring, oldest at 'sample_head' */
+	unsigned sample_head, nsamples;
 };
+
+/* Remember how much was on the wire at now; lock held. */
+static void sample_locked(struct job *j, uint64_t now, uint64_t bytes)
+{
+	const uint64_t gap = JOB_RATE_WINDOW_NS / RATE_SAMPLES;
+	unsigned newest = (j->sample_head + j->nsamples + RATE_SAMPLES - 1) % RATE_SAMPLES;
+
+	if (j->nsamples && now - j->samples[newest].t_ns < gap)
+		return;
+	if (j->nsamples == RATE_SAMPLES) {
+		j->sample_head = (j->sample_head + 1) % RATE_SAMPLES;
+		j->nsamples--;
+	}
+	j->samples[(j->sample_head + j->nsamples) % RATE_SAMPLES] =
+	    (struct rate_sample){ .t_ns = now, .bytes = bytes };
+	j->nsamples++;
+}
+
+/* The rate from the oldest sample to (now, bytes); lock held. */
+static uint64_t rate_locked(const struct job *j, uint64_t now, uint64_t bytes)
+{
+	const struct rate_sample *o = &j->samples[j->sample_head];
+
+	if (!j->nsamples || now <= o->t_ns || bytes < o->bytes)
+		return 0;
+	return (uint64_t)((double)(bytes - o->bytes) * 1e9 / (double)(now - o->t_ns));
+}
 
 int job_new(const struct src_device *devs, unsigned ndev, job_event_fn fn, void *user,
 	    struct job **out)
@@ -65,6 +104,7 @@ static void on_progress(const struct mig_stats *st, void *user)
 	pthread_mutex_lock(&j->lock);
 	/* Mirroring beginning is news too. */
 	changed = st->state != j->last_state || st->active != j->last.active;
+	sample_locked(j, now_ns(), st->transferred);
 	j->last = *st;
 	j->last_state = st->state;
 	pthread_mutex_unlock(&j->lock);
@@ -99,6 +139,8 @@ static void *job_main(void *arg)
 		st.state = r == -ECANCELED ? MIG_CANCELLED : MIG_FAILED;
 
 	pthread_mutex_lock(&j->lock);
+	if (!st.total_ns)
+		st.total_ns = now_ns() - j->start_ns; /* it ended before the engine ran */
 	j->last = st;
 	j->last_state = st.state;
 	j->result = r;
@@ -149,6 +191,8 @@ int job_start(struct job *j, const char *to, const struct src_params *p)
 	j->error[0] = '\0';
 	memset(&j->last, 0, sizeof(j->last));
 	j->last_state = MIG_SETUP;
+	j->start_ns = now_ns();
+	j->sample_head = j->nsamples = 0;
 	atomic_store(&j->cancel, false);
 	r = pthread_create(&j->thread, NULL, job_main, j);
 	if (r == 0)
@@ -223,10 +267,20 @@ int job_wait(struct job *j)
 void job_query(struct job *j, struct mig_stats *st, bool *started, char *error, size_t cap)
 {
 	pthread_mutex_lock(&j->lock);
-	if (j->src)
+	if (j->src) {
+		uint64_t now = now_ns();
+
 		src_stats(j->src, st);
-	else
+		if (st->state < MIG_COMPLETED) {
+			st->total_ns = now - j->start_ns;
+			sample_locked(j, now, st->transferred);
+			st->rate = rate_locked(j, now, st->transferred);
+		}
+	} else {
 		*st = j->last;
+		if (j->running && j->last_state < MIG_COMPLETED)
+			st->total_ns = now_ns() - j->start_ns; /* still connecting */
+	}
 	*started = j->started;
 	snprintf(error, cap, "%s", j->error);
 	pthread_mutex_unlock(&j->lock);

@@ -15,6 +15,9 @@
 
 struct job;
 
+/* The span the live rate is measured over. */
+#define JOB_RATE_WINDOW_NS (2 * 1000000000ull)
+
 /* Called on the job's thread on every state change of an attempt. */
 typedef void (*job_event_fn)(void *user, const struct mig_stats *st, const char *error);
 
@@ -47,6 +50,9 @@ int job_wait(struct job *j);
  * The current (or last) attempt's figures; st->state is MIG_SETUP with
  * everything zero before any attempt ("none" in query-migrate: *started
  * false).  error receives the last failure's message ("" otherwise).
+ * While an attempt runs, st->total_ns is the time since it started and
+ * st->rate the bytes per second put on the wire over the last
+ * JOB_RATE_WINDOW_NS or so (0 until there are two samples).
  */
 void job_query(struct job *j, struct mig_stats *st, bool *started, char *error, size_t cap);
 

@@ -81,8 +81,6 @@ enum mig_format { MIG_FORMAT_NATIVE, MIG_FORMAT_QEMU };
  * default) the format cannot carry, or an invalid chunk size.
  */
 int mig_format_check(enum mig_format f, enum mig_mode mode, uint32_t chunk_size);
-/* mig_format_check() for the mode alone. */
-int mig_mode_check(enum mig_mode m, enum mig_format f);
 
 struct mig_dev_stats {
 	char name[WIRE_NAME_MAX + 1];
@@ -105,7 +103,9 @@ struct mig_stats {
 	uint64_t dirty_rate;  /* bytes/s dirtied during the last pass */
 	uint64_t expected_downtime_ns;
 	uint64_t downtime_ns; /* writers paused, FINAL until ACK handled */
-	uint64_t setup_ns, total_ns;
+	uint64_t setup_ns;
+	uint64_t total_ns;	/* the whole run; the time so far while running (job.h) */
+	uint64_t rate;		/* bytes/s on the wire over the last seconds (job.h); 0: unknown */
 	enum mig_mode mode;	/* as asked for */
 	bool active;		/* writes are mirrored now */
 	bool converging;	/* the dirty set is expected to fit the downtime */

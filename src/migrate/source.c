@@ -58,8 +58,10 @@ void src_stats(struct src_job *j, struct mig_stats *out)
 		out->transferred = xport_tx_bytes(x);
 	pthread_mutex_unlock(&j->stats_lock);
 	/* The unread part of the bulk pass counts as pending, always (QEMU
-	 * 7.2 leaves it out and "completes" with data missing). */
-	out->remaining = out->state == MIG_COMPLETED ? 0 : out->total - out->bulk_done + dirty;
+	 * 7.2 leaves it out and "completes" with data missing).  A chunk
+	 * written before the bulk pass reached it is in both: cap the sum. */
+	out->remaining =
+	    out->state == MIG_COMPLETED ? 0 : MIN(out->total, out->total - out->bulk_done + dirty);
 	if (live.t0 && x && out->transferred >= live.w0) {
 		/* Mid-pass: the bandwidth so far, this pass included, and
 		 * during the bulk pass the rate writes dirty chunks at. */
@@ -136,11 +138,6 @@ int mig_format_check(enum mig_format f, enum mig_mode mode, uint32_t chunk_size)
 		return err_set(EINVAL, "chunk size %u is not a power of two between %u and %u",
 			       chunk_size, WIRE_MIN_CHUNK_SIZE, WIRE_MAX_CHUNK_SIZE);
 	return 0;
-}
-
-int mig_mode_check(enum mig_mode m, enum mig_format f)
-{
-	return mig_format_check(f, m, 0);
 }
 
 /* ---- setup and teardown ------------------------------------------------------- */

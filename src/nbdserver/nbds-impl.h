@@ -25,22 +25,17 @@ struct nbds_export {
 };
 
 struct nbds {
-	pthread_mutex_t lock; /* protects everything up to 'nlive' */
+	pthread_mutex_t lock; /* protects everything up to 'acc' */
 	struct nbds_export **exports;
 	size_t nexports, exports_cap;
-	struct nbds_conn *conns; /* every connection not yet joined */
-	unsigned nlive;		 /* connections whose thread has not finished */
-	bool stopping;		 /* nbds_free() has begun */
-	char *refuse;		 /* owned; non-NULL while refusing */
-	bool refusing;		 /* refuse may be NULL after a failed strdup */
-	char *shut_reason;	 /* owned; set with shut_err */
+	struct acc *acc;   /* the connections, once listening */
+	char *refuse;	   /* owned; non-NULL while refusing */
+	bool refusing;	   /* refuse may be NULL after a failed strdup */
+	char *shut_reason; /* owned; set with shut_err */
 
 	_Atomic int shut_err; /* 0, or the positive errno of nbds_shutdown() */
 	int lfd;	      /* listening socket, -1 before nbds_listen() */
-	int stop_pipe[2];     /* readable once nbds_free() begins: wakes the acceptor */
 	int shut_pipe[2];     /* readable once nbds_shutdown() was called: wakes clients */
-	bool accepting;	      /* the accept thread was started */
-	pthread_t acceptor;
 };
 
 /*
@@ -57,10 +52,7 @@ enum conn_state {
 
 struct nbds_conn {
 	struct nbds *srv;
-	struct nbds_conn *next; /* srv->conns, under srv->lock */
-	pthread_t thread;
-	int fd;	   /* closed only after the thread was joined */
-	bool done; /* thread finished (srv->lock): the reaper may join it */
+	int fd; /* closed only after the thread was joined (conn_free) */
 
 	/* Owned by the connection's thread. */
 	enum conn_state state;

@@ -1,20 +1,20 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * NBD server lifecycle: exports, the listening socket and its accept
- * thread, one thread per connection running the connection state machine
- * (enum conn_state), refusal and switch-over shutdown, and the blocking
- * socket I/O the protocol files use.  The protocol itself is in
- * handshake.c (greeting, options) and requests.c (transmission).
+ * NBD server lifecycle: exports, the listening socket, one thread per
+ * connection (started and reaped by common/acceptor) running the
+ * connection state machine (enum conn_state), refusal and switch-over
+ * shutdown, and the blocking socket I/O the protocol files use.  The
+ * protocol itself is in handshake.c (greeting, options) and requests.c
+ * (transmission).
  *
- * Waking threads: nbds_free() writes stop_pipe (the acceptor polls it) and
- * shuts every client socket down, which ends any blocked recv/send/poll on
- * it.  nbds_shutdown() writes shut_pipe, which every connection polls while
- * it waits for its next request.  Each pipe gets one byte, once, and is
- * never drained, so it stays readable (level-triggered) for every thread.
+ * Waking threads: nbds_free() stops the acceptor, which shuts every client
+ * socket down (conn_kick), ending any blocked recv/send/poll on it.
+ * nbds_shutdown() writes shut_pipe, which every connection polls while it
+ * waits for its next request.  The pipe gets one byte, once, and is never
+ * drained, so it stays readable (level-triggered) for every thread.
  *
- * A connection's descriptor is closed only by whoever joins its thread
- * (the acceptor, reaping finished connections before each new one, or
- * nbds_free()), so shutdown(fd) from nbds_free() can never hit a reused
+ * A connection's descriptor is closed only after its thread was joined
+ * (conn_free), so the shutdown(fd) of conn_kick can never hit a reused
  * descriptor.
  *
  * Set BLKMIG_NBDS_DEBUG=1 in the environment to have each connection's
@@ -36,6 +36,7 @@
 #include <unistd.h>
 
 #include "block/backend.h"
+#include "common/acceptor.h"
 #include "common/error.h"
 #include "common/util.h"
 #include "nbd-protocol.h"
@@ -63,9 +64,8 @@ int nbds_new(struct nbds **out)
 	if (!s)
 		return err_set(ENOMEM, "nbd server: out of memory");
 	s->lfd = -1;
-	s->stop_pipe[0] = s->stop_pipe[1] = -1;
 	s->shut_pipe[0] = s->shut_pipe[1] = -1;
-	if (pipe2(s->stop_pipe, O_CLOEXEC) < 0 || pipe2(s->shut_pipe, O_CLOEXEC) < 0) {
+	if (pipe2(s->shut_pipe, O_CLOEXEC) < 0) {
 		e = errno;
 		goto err_pipes;
 	}
@@ -76,12 +76,9 @@ int nbds_new(struct nbds **out)
 	return 0;
 
 err_pipes:
-	for (int i = 0; i < 2; i++) {
-		if (s->stop_pipe[i] >= 0)
-			close(s->stop_pipe[i]);
+	for (int i = 0; i < 2; i++)
 		if (s->shut_pipe[i] >= 0)
 			close(s->shut_pipe[i]);
-	}
 	free(s);
 	return err_set(e, "nbd server: %s", strerror(e));
 }
@@ -247,12 +244,12 @@ void nbds_shutdown(struct nbds *s, int err, const char *reason)
 
 unsigned nbds_clients(struct nbds *s)
 {
-	unsigned n;
+	struct acc *a;
 
 	pthread_mutex_lock(&s->lock);
-	n = s->nlive;
+	a = s->acc;
 	pthread_mutex_unlock(&s->lock);
-	return n;
+	return a ? acc_live(a) : 0;
 }
 
 /* ---- socket I/O ----------------------------------------------------------- */
@@ -455,10 +452,9 @@ static enum conn_state conn_step(struct nbds_conn *c)
 	return CONN_CLOSE;
 }
 
-static void *conn_main(void *arg)
+static void conn_main(void *arg)
 {
 	struct nbds_conn *c = arg;
-	struct nbds *s = c->srv;
 	bool debug = debug_enabled();
 
 	err_clear();
@@ -479,116 +475,54 @@ static void *conn_main(void *arg)
 	free(c->buf);
 	c->buf = NULL;
 	c->buf_cap = 0;
-
-	pthread_mutex_lock(&s->lock);
-	c->done = true;
-	s->nlive--;
-	pthread_mutex_unlock(&s->lock);
-	return NULL;
 }
 
-static void conn_free(struct nbds_conn *c)
+static void conn_free(void *arg)
 {
+	struct nbds_conn *c = arg;
+
 	close(c->fd);
 	free(c);
 }
 
-/* Join and free every finished connection.  Not with s->lock held. */
-static void reap(struct nbds *s)
+/* nbds_free(): end a blocked recv/send/poll. */
+static void conn_kick(void *arg)
 {
-	struct nbds_conn *dead = NULL, **pp;
+	struct nbds_conn *c = arg;
 
-	pthread_mutex_lock(&s->lock);
-	pp = &s->conns;
-	while (*pp) {
-		struct nbds_conn *c = *pp;
-
-		if (c->done) {
-			*pp = c->next;
-			c->next = dead;
-			dead = c;
-		} else {
-			pp = &c->next;
-		}
-	}
-	pthread_mutex_unlock(&s->lock);
-	while (dead) {
-		struct nbds_conn *c = dead;
-
-		dead = c->next;
-		pthread_join(c->thread, NULL);
-		conn_free(c);
-	}
+	shutdown(c->fd, SHUT_RDWR);
 }
 
-/* Take ownership of an accepted socket: start its thread, or close it. */
-static void conn_start(struct nbds *s, int fd)
+/* Take ownership of an accepted socket; NULL refuses it. */
+static void *conn_open(void *user, int fd)
 {
 	struct nbds_conn *c;
 	int one = 1;
 
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	c = calloc(1, sizeof(*c));
-	if (!c) {
-		close(fd);
-		return;
-	}
-	c->srv = s;
+	if (!c)
+		return NULL;
+	c->srv = user;
 	c->fd = fd;
-	pthread_mutex_lock(&s->lock);
-	if (s->stopping || s->nlive >= NBDS_MAX_CLIENTS ||
-	    pthread_create(&c->thread, NULL, conn_main, c) != 0) {
-		pthread_mutex_unlock(&s->lock);
-		conn_free(c);
-		return;
-	}
-	c->next = s->conns;
-	s->conns = c;
-	s->nlive++;
-	pthread_mutex_unlock(&s->lock);
+	return c;
 }
 
-static void *accept_main(void *arg)
-{
-	struct nbds *s = arg;
-
-	for (;;) {
-		struct pollfd p[2] = {
-			{ .fd = s->lfd, .events = POLLIN },
-			{ .fd = s->stop_pipe[0], .events = POLLIN },
-		};
-		int fd;
-
-		if (poll(p, 2, -1) < 0) {
-			if (errno == EINTR)
-				continue;
-			sleep_ns(100 * 1000 * 1000); /* should not happen; do not spin */
-			continue;
-		}
-		if (p[1].revents)
-			break;
-		if (!p[0].revents)
-			continue;
-		fd = accept4(s->lfd, NULL, NULL, SOCK_CLOEXEC);
-		if (fd < 0) {
-			/* Out of descriptors or memory: back off instead of spinning. */
-			if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
-			    errno == ENOMEM)
-				sleep_ns(100 * 1000 * 1000);
-			continue;
-		}
-		reap(s);
-		conn_start(s, fd);
-	}
-	return NULL;
-}
+static const struct acc_ops conn_ops = {
+	.open = conn_open,
+	.run = conn_main,
+	.free = conn_free,
+	.kick = conn_kick,
+};
 
 int nbds_listen(struct nbds *s, const char *hostport, char *bound, size_t bound_cap)
 {
 	int lfd, r;
 
+	struct acc *a;
+
 	pthread_mutex_lock(&s->lock);
-	if (s->lfd >= 0 || s->stopping) {
+	if (s->lfd >= 0) {
 		pthread_mutex_unlock(&s->lock);
 		return err_set(EBUSY, "nbd server: already listening");
 	}
@@ -597,14 +531,15 @@ int nbds_listen(struct nbds *s, const char *hostport, char *bound, size_t bound_
 	r = xport_listen(hostport, &lfd, bound, bound_cap);
 	if (r < 0)
 		return err_prefix(-r, "nbd server: ");
-	s->lfd = lfd;
-	r = pthread_create(&s->acceptor, NULL, accept_main, s);
-	if (r) {
+	r = acc_start("nbd server", lfd, NBDS_MAX_CLIENTS, 0, &conn_ops, s, &a);
+	if (r < 0) {
 		close(lfd);
-		s->lfd = -1;
-		return err_set(r, "nbd server: cannot start the accept thread: %s", strerror(r));
+		return r;
 	}
-	s->accepting = true;
+	pthread_mutex_lock(&s->lock);
+	s->lfd = lfd;
+	s->acc = a;
+	pthread_mutex_unlock(&s->lock);
 	return 0;
 }
 
@@ -612,32 +547,12 @@ void nbds_free(struct nbds *s)
 {
 	if (!s)
 		return;
-	pthread_mutex_lock(&s->lock);
-	s->stopping = true;
-	pthread_mutex_unlock(&s->lock);
-
-	poke(s->stop_pipe[1]);
-	if (s->accepting)
-		pthread_join(s->acceptor, NULL);
-	/* No new connections now: wake every existing one, then join all. */
-	pthread_mutex_lock(&s->lock);
-	for (struct nbds_conn *c = s->conns; c; c = c->next)
-		shutdown(c->fd, SHUT_RDWR);
-	pthread_mutex_unlock(&s->lock);
-	while (s->conns) {
-		struct nbds_conn *c = s->conns;
-
-		s->conns = c->next;
-		pthread_join(c->thread, NULL);
-		conn_free(c);
-	}
-
+	/* Stops accepting, then wakes every connection and joins them all. */
+	acc_free(s->acc);
 	if (s->lfd >= 0)
 		close(s->lfd);
-	for (int i = 0; i < 2; i++) {
-		close(s->stop_pipe[i]);
+	for (int i = 0; i < 2; i++)
 		close(s->shut_pipe[i]);
-	}
 	for (size_t i = 0; i < s->nexports; i++) {
 		free(s->exports[i]->name);
 		free(s->exports[i]);

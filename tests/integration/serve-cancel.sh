@@ -1,9 +1,56 @@
 #!/usr/bin/env bash
 # A cancelled migration, and one whose destination dies: the source daemon
 # carries on serving, no acknowledged write is lost, and the destination is
-# left marked incomplete (and would refuse to serve it).
+# left marked incomplete (and would refuse to serve it).  On the way: JSON
+# null arguments are refused without harm (they used to crash serve), and
+# `blkmig status` during the rate-limited migration shows a phase, the time
+# so far, the rate now, what is left and an ETA.
 . "$(dirname "$0")/lib.sh"
 requires qemu-io python3
+QMP="python3 $(dirname "$0")/qmp.py"
+
+# null_args SOCK PID: a null where a string belongs is an InvalidParameter
+# reply, and the daemon lives on.
+null_args() {
+	local sock=$1 pid=$2 cmd args
+	while read -r cmd args; do
+		$QMP "$sock" "$cmd" "$args" >"$T/null.out" 2>&1 && fail "$cmd $args was accepted"
+		grep -q "must be a string, not null" "$T/null.out" || { cat "$T/null.out" >&2; fail "$cmd $args: wrong message"; }
+	done <<-'EOF'
+	migrate {"to":"127.0.0.1:1","mode":null}
+	migrate {"to":"127.0.0.1:1","format":null}
+	migrate {"to":null}
+	migrate-set-parameters {"mode":null}
+	EOF
+	kill -0 "$pid" 2>/dev/null || fail "serve died on a null argument"
+	$QMP "$sock" query-migrate | grep -q '"status": "none"' || fail "a refused migrate started something"
+	pass "null arguments refused: $(cat "$T/null.out")"
+}
+
+# live_status SOCK: status while the migration runs (the rate is there once
+# the engine has reported twice, so wait for it).
+live_status() {
+	local sock=$1
+	for _ in $(seq 100); do
+		"$BLKMIG" status --control "$sock" --json >"$T/live.json" || fail "status --json"
+		[ "$(json_field "$T/live.json" "['rate']")" -gt 0 ] && break
+		sleep 0.1
+	done
+	python3 - "$T/live.json" <<-'EOF' || { cat "$T/live.json" >&2; fail "status during the migration"; }
+	import json, sys
+	q = json.load(open(sys.argv[1]))
+	checks = [q["status"] == "active", q["phase"] in ("bulk", "dirty", "mirroring"),
+	          q["pass"] >= 1, q["total-time"] > 0, q["rate"] > 0, q["mbps"] > 0,
+	          0 < q["remaining"] <= q["total"], q["eta"] >= 0]
+	sys.exit(0 if all(checks) else "failed: %s" % checks)
+	EOF
+	"$BLKMIG" status --control "$sock" >"$T/live.txt" || fail "status"
+	grep -q "^phase: \(bulk\|dirty pass [0-9]*\)" "$T/live.txt" &&
+		grep -q "^elapsed: [0-9.:]* s\?, sent: .*, rate now: [1-9][0-9.]* [KMG]\?i\?B/s" "$T/live.txt" &&
+		grep -q "^left to send: .* of 128.0 MiB, ETA: [0-9]" "$T/live.txt" ||
+		{ cat "$T/live.txt" >&2; fail "status text during the migration"; }
+	pass "status during the migration: $(tr '\n' ';' <"$T/live.txt")"
+}
 
 size=$((128 * MiB))
 make_random "$T/src.img" $size 111
@@ -15,10 +62,12 @@ run_pair() { # label, how to interrupt
 	local dpid=$SERVE_PID din=$INCOMING_PORT
 	start_serve "s$label" --device d0="$T/src.img" --control "$T/$label.sock"
 	local spid=$SERVE_PID snbd=$NBD_PORT
+	[ "$how" = cancel ] && null_args "$T/$label.sock" "$spid"
 	"$BLKMIG" migrate --control "$T/$label.sock" --to "127.0.0.1:$din" --max-bandwidth 16M 2>"$T/$label.mig.err" ||
 		{ cat "$T/$label.mig.err" >&2; fail "$label: migrate did not start"; }
 	sleep 1
 	qemu-io -f raw "nbd://127.0.0.1:$snbd/d0" -c "write -P 0x61 8M 64k" >/dev/null 2>&1 || fail "$label: write during the migration"
+	[ "$how" = cancel ] && live_status "$T/$label.sock"
 	case $how in
 	cancel) "$BLKMIG" cancel --control "$T/$label.sock" || fail "$label: cancel" ;;
 	kill) kill -KILL "$dpid" ;;

@@ -1,0 +1,488 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The control commands of a serving daemon: one table row per command
+ * {name, handler, argument schema}.  Each argument is declared once (name,
+ * type, required, range, allowed values), and check_args() holds the
+ * arguments against it before the handler runs, so a handler only ever
+ * sees arguments of the declared types, inside their ranges.  What the
+ * commands mean is documented in docs/control.md; when you add a command
+ * or an argument, also update that table.
+ */
+#include "daemon-impl.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "block/backend.h"
+#include "common/error.h"
+#include "common/util.h"
+#include "control/control.h"
+#include "migrate/job.h"
+#include "report.h"
+#include "wire/record.h"
+#include "workload/workload.h"
+
+/* ---- argument schemas ------------------------------------------------------------- */
+
+enum arg_type {
+	ARG_STRING, /* a JSON string without NUL bytes */
+	ARG_BOOL,   /* true or false */
+	ARG_INT,    /* a JSON integer in [min, max] */
+	ARG_SIZE,   /* a JSON integer, or a string such as "64K" or "100M", in [min, max] */
+};
+
+static const char *const arg_type_name[] = {
+	[ARG_STRING] = "a string",
+	[ARG_BOOL] = "true or false",
+	[ARG_INT] = "an integer",
+	[ARG_SIZE] = "an integer or a size such as \"64K\"",
+};
+
+struct arg_spec {
+	const char *name;
+	enum arg_type type;
+	bool required;
+	uint64_t min, max;	    /* ARG_INT, ARG_SIZE: the inclusive range */
+	const char *const *choices; /* ARG_STRING: allowed values (NULL-terminated), or NULL */
+};
+
+#define MAX_ARGS 12
+
+/* The arguments of one call, checked: slot i belongs to spec[i]. */
+struct args {
+	const struct arg_spec *spec;
+	bool given[MAX_ARGS];
+	const char *str[MAX_ARGS]; /* ARG_STRING, borrowed from the request */
+	bool b[MAX_ARGS];
+	uint64_t u[MAX_ARGS]; /* ARG_INT, ARG_SIZE */
+};
+
+/* Where a handler reports failure: the protocol's class and message. */
+struct cmd_err {
+	const char **cls;
+	char *msg;
+	size_t cap;
+};
+
+static json_object *fail(struct cmd_err *e, const char *cls, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static json_object *fail(struct cmd_err *e, const char *cls, const char *fmt, ...)
+{
+	va_list ap;
+
+	*e->cls = cls;
+	va_start(ap, fmt);
+	vsnprintf(e->msg, e->cap, fmt, ap);
+	va_end(ap);
+	return NULL;
+}
+
+static json_object *fail_errmsg(struct cmd_err *e, const char *cls)
+{
+	return fail(e, cls, "%s", err_msg());
+}
+
+static void list_names(char *buf, size_t cap, const struct arg_spec *spec)
+{
+	size_t n = 0;
+
+	buf[0] = '\0';
+	for (unsigned i = 0; spec && spec[i].name && n < cap; i++)
+		n += (size_t)snprintf(buf + n, cap - n, "%s%s", i ? ", " : "", spec[i].name);
+	if (!spec || !spec[0].name)
+		snprintf(buf, cap, "none");
+}
+
+static void list_choices(char *buf, size_t cap, const char *const *choices)
+{
+	size_t n = 0;
+
+	buf[0] = '\0';
+	for (unsigned i = 0; choices[i] && n < cap; i++)
+		n += (size_t)snprintf(buf + n, cap - n, "%s%s", i ? ", " : "", choices[i]);
+}
+
+/* fail() for the schema checks: -EINVAL. */
+#define bad(e, ...) (fail((e), CTL_ERR_INVALID_PARAM, __VA_ARGS__), -EINVAL)
+
+/* One value against its spec; fills slot i.  0, or -EINVAL with the reply
+ * written to e. */
+static int check_one(const struct arg_spec *s, json_object *v, struct args *a, unsigned i,
+		     struct cmd_err *e)
+{
+	const char *type = json_type_to_name(json_object_get_type(v));
+	uint64_t u = 0;
+	char list[256];
+
+	switch (s->type) {
+	case ARG_STRING:
+		if (!json_object_is_type(v, json_type_string))
+			break;
+		a->str[i] = json_object_get_string(v);
+		if (strlen(a->str[i]) != (size_t)json_object_get_string_len(v))
+			return bad(e, "'%s' must not contain a NUL byte", s->name);
+		if (!s->choices)
+			return 0;
+		for (unsigned k = 0; s->choices[k]; k++)
+			if (strcmp(a->str[i], s->choices[k]) == 0)
+				return 0;
+		list_choices(list, sizeof(list), s->choices);
+		return bad(e, "'%s' must be one of %s, not '%.64s'", s->name, list, a->str[i]);
+	case ARG_BOOL:
+		if (!json_object_is_type(v, json_type_boolean))
+			break;
+		a->b[i] = json_object_get_boolean(v);
+		return 0;
+	case ARG_INT:
+	case ARG_SIZE:
+		if (json_object_is_type(v, json_type_int)) {
+			int64_t x = json_object_get_int64(v);
+
+			if (x < 0)
+				return bad(
+				    e, "'%s' must be from %" PRIu64 " to %" PRIu64 ", not %" PRId64,
+				    s->name, s->min, s->max, x);
+			u = (uint64_t)x;
+		} else if (s->type == ARG_SIZE && json_object_is_type(v, json_type_string)) {
+			if (parse_rate(json_object_get_string(v), &u) < 0)
+				return bad(e, "'%s' must be %s, not '%.64s'", s->name,
+					   arg_type_name[s->type], json_object_get_string(v));
+		} else {
+			break;
+		}
+		if (u < s->min || u > s->max)
+			return bad(e, "'%s' must be from %" PRIu64 " to %" PRIu64 ", not %" PRIu64,
+				   s->name, s->min, s->max, u);
+		a->u[i] = u;
+		return 0;
+	}
+	return bad(e, "'%s' must be %s, not %s", s->name, arg_type_name[s->type], type);
+}
+
+/*
+ * Hold args against spec: every member known, of its type and in range,
+ * every required one there.  0, or -EINVAL with the InvalidParameter reply
+ * written to e.
+ */
+static int check_args(const char *cmd, const struct arg_spec *spec, json_object *args,
+		      struct args *a, struct cmd_err *e)
+{
+	char list[256];
+	unsigned n = 0;
+
+	memset(a, 0, sizeof(*a));
+	a->spec = spec;
+	while (spec && spec[n].name)
+		n++;
+	assert(n <= MAX_ARGS);
+	if (!args)
+		goto required;
+	json_object_object_foreach(args, key, val)
+	{
+		unsigned i;
+
+		for (i = 0; i < n && strcmp(spec[i].name, key) != 0; i++)
+			;
+		if (i == n) {
+			list_names(list, sizeof(list), spec);
+			fail(e, CTL_ERR_INVALID_PARAM,
+			     "'%s' has no argument '%.64s' (it takes: %s)", cmd, key, list);
+			return -EINVAL;
+		}
+		if (check_one(&spec[i], val, a, i, e) < 0)
+			return -EINVAL;
+		a->given[i] = true;
+	}
+required:
+	for (unsigned i = 0; i < n; i++)
+		if (spec[i].required && !a->given[i]) {
+			fail(e, CTL_ERR_INVALID_PARAM, "'%s' needs argument '%s' (%s)", cmd,
+			     spec[i].name, arg_type_name[spec[i].type]);
+			return -EINVAL;
+		}
+	return 0;
+}
+
+/* The slot of argument name; the schema must declare it with type t. */
+static unsigned slot(const struct args *a, const char *name, enum arg_type t)
+{
+	for (unsigned i = 0; a->spec && a->spec[i].name; i++)
+		if (strcmp(a->spec[i].name, name) == 0) {
+			assert(a->spec[i].type == t ||
+			       (t == ARG_INT && a->spec[i].type == ARG_SIZE));
+			return i;
+		}
+	assert(!"argument not in the schema");
+	return 0;
+}
+
+/* Whether the argument was given; if so *out receives it. */
+static bool arg_str(const struct args *a, const char *name, const char **out)
+{
+	unsigned i = slot(a, name, ARG_STRING);
+
+	if (a->given[i])
+		*out = a->str[i];
+	return a->given[i];
+}
+
+static bool arg_bool(const struct args *a, const char *name, bool *out)
+{
+	unsigned i = slot(a, name, ARG_BOOL);
+
+	if (a->given[i])
+		*out = a->b[i];
+	return a->given[i];
+}
+
+static bool arg_u64(const struct args *a, const char *name, uint64_t *out)
+{
+	unsigned i = slot(a, name, ARG_INT);
+
+	if (a->given[i])
+		*out = a->u[i];
+	return a->given[i];
+}
+
+/* ---- the commands ------------------------------------------------------------------ */
+
+static const char *const modes[] = { "auto", "dirty", "active", NULL };
+static const char *const formats[] = { "native", "qemu", NULL };
+
+/* The longest pause a user may ask for: an hour, as `blkmig migrate` allows. */
+#define MAX_DOWNTIME_MS (3600 * 1000ull)
+
+#define ARG_MAX_BANDWIDTH                                                                          \
+	{                                                                                          \
+		"max-bandwidth", ARG_SIZE, false, 0, INT64_MAX, NULL                               \
+	}
+#define ARG_MAX_DOWNTIME                                                                           \
+	{                                                                                          \
+		"max-downtime", ARG_INT, false, 0, MAX_DOWNTIME_MS, NULL                           \
+	}
+#define ARG_MODE                                                                                   \
+	{                                                                                          \
+		"mode", ARG_STRING, false, 0, 0, modes                                             \
+	}
+
+static const struct arg_spec migrate_args[] = {
+	{ "to", ARG_STRING, true, 0, 0, NULL },
+	{ "shared-base", ARG_BOOL, false, 0, 0, NULL },
+	{ "zero-blocks", ARG_BOOL, false, 0, 0, NULL },
+	ARG_MAX_BANDWIDTH,
+	ARG_MAX_DOWNTIME,
+	ARG_MODE,
+	{ "chunk-size", ARG_SIZE, false, WIRE_MIN_CHUNK_SIZE, WIRE_MAX_CHUNK_SIZE, NULL },
+	{ "format", ARG_STRING, false, 0, 0, formats },
+	{ NULL },
+};
+
+static json_object *cmd_migrate(struct daemon *d, const struct args *a, struct cmd_err *e)
+{
+	struct src_params p = { .max_bandwidth = d->max_bandwidth,
+				.max_downtime_ns = d->max_downtime_ns,
+				.mode = d->mode };
+	const char *to = NULL, *mode = NULL, *format = "native";
+	uint64_t ms = 0, chunk = 0;
+
+	arg_str(a, "to", &to);
+	arg_bool(a, "shared-base", &p.shared_base);
+	arg_bool(a, "zero-blocks", &p.zero_blocks);
+	arg_u64(a, "max-bandwidth", &p.max_bandwidth);
+	if (arg_u64(a, "max-downtime", &ms))
+		p.max_downtime_ns = ms * 1000000u;
+	if (arg_str(a, "mode", &mode) && mig_mode_parse(mode, &p.mode) < 0)
+		return fail_errmsg(e, CTL_ERR_INVALID_PARAM);
+	arg_str(a, "format", &format);
+	if (strcmp(format, "qemu") == 0)
+		p.format = MIG_FORMAT_QEMU;
+	/* The schema bounds chunk-size to 4K..16M. */
+	arg_u64(a, "chunk-size", &chunk);
+	if (mig_format_check(p.format, p.mode, (uint32_t)chunk) < 0)
+		return fail_errmsg(e, CTL_ERR_INVALID_PARAM);
+	/* A served disk takes random writes: track and resend 64 KiB, not
+	 * 1 MiB, unless told otherwise.  QEMU's stream has 1 MiB. */
+	p.chunk_size = p.format == MIG_FORMAT_QEMU ? WIRE_QEMU_CHUNK_SIZE
+		       : chunk			   ? (uint32_t)chunk
+						   : DAEMON_DEFAULT_CHUNK_SIZE;
+	pthread_mutex_lock(&d->lock);
+	snprintf(d->migrated_to, sizeof(d->migrated_to), "%s", to);
+	pthread_mutex_unlock(&d->lock);
+	if (job_start(d->job, to, &p) < 0)
+		return fail_errmsg(e, CTL_ERR_GENERIC);
+	return json_object_new_object();
+}
+
+static json_object *cmd_query_migrate(struct daemon *d, const struct args *a, struct cmd_err *e)
+{
+	struct mig_stats st;
+	char error[1024];
+	bool started;
+	json_object *o;
+
+	(void)a;
+	(void)e;
+	job_query(d->job, &st, &started, error, sizeof(error));
+	if (started)
+		return report_stats_json(&st, error);
+	o = json_object_new_object();
+	if (o && json_object_object_add(o, "status", json_object_new_string("none")) < 0) {
+		json_object_put(o);
+		return NULL;
+	}
+	return o;
+}
+
+static json_object *cmd_migrate_cancel(struct daemon *d, const struct args *a, struct cmd_err *e)
+{
+	(void)a;
+	(void)e;
+	job_cancel(d->job);
+	return json_object_new_object();
+}
+
+static const struct arg_spec set_parameters_args[] = {
+	ARG_MAX_BANDWIDTH,
+	ARG_MAX_DOWNTIME,
+	ARG_MODE,
+	{ NULL },
+};
+
+/* Only what is given changes, for the running migration and the next ones
+ * alike. */
+static json_object *cmd_set_parameters(struct daemon *d, const struct args *a, struct cmd_err *e)
+{
+	const char *mode;
+	uint64_t v;
+
+	if (arg_str(a, "mode", &mode)) {
+		enum mig_mode m;
+		int r;
+
+		if (mig_mode_parse(mode, &m) < 0)
+			return fail_errmsg(e, CTL_ERR_INVALID_PARAM);
+		/* Not running: the default for the next migrate. */
+		r = job_set_mode(d->job, m);
+		if (r < 0 && r != -ENOENT)
+			return fail_errmsg(e, CTL_ERR_GENERIC);
+		d->mode = m;
+	}
+	if (arg_u64(a, "max-bandwidth", &v)) {
+		d->max_bandwidth = v;
+		job_set_max_bandwidth(d->job, v);
+	}
+	if (arg_u64(a, "max-downtime", &v)) {
+		d->max_downtime_ns = v * 1000000u;
+		job_set_max_downtime(d->job, d->max_downtime_ns);
+	}
+	return json_object_new_object();
+}
+
+static json_object *cmd_query_exports(struct daemon *d, const struct args *a, struct cmd_err *e)
+{
+	json_object *o = json_object_new_object(), *arr = json_object_new_array();
+
+	(void)a;
+	(void)e;
+	if (!o || !arr)
+		goto fail;
+	for (unsigned i = 0; i < d->cfg.ndev; i++) {
+		json_object *x = json_object_new_object();
+
+		if (!x || json_object_array_add(arr, x) < 0) {
+			json_object_put(x);
+			goto fail;
+		}
+		json_object_object_add(x, "name", json_object_new_string(d->devs[i].name));
+		json_object_object_add(x, "path", json_object_new_string(d->devs[i].path));
+		json_object_object_add(x, "size",
+				       json_object_new_int64((int64_t)blk_size(d->blks[i])));
+		json_object_object_add(x, "readonly", json_object_new_boolean(d->devs[i].readonly));
+	}
+	if (json_object_object_add(o, "exports", arr) < 0)
+		goto fail;
+	arr = NULL;
+	json_object_object_add(o, "nbd", json_object_new_string(d->nbd_addr));
+	return o;
+fail:
+	json_object_put(arr);
+	json_object_put(o);
+	return NULL;
+}
+
+static json_object *cmd_qmp_capabilities(struct daemon *d, const struct args *a, struct cmd_err *e)
+{
+	/* QMP clients open with it; there is no capability to negotiate. */
+	(void)d;
+	(void)a;
+	(void)e;
+	return json_object_new_object();
+}
+
+static const struct arg_spec query_workload_args[] = {
+	{ "reset", ARG_BOOL, false, 0, 0, NULL },
+	{ NULL },
+};
+
+static json_object *cmd_query_workload(struct daemon *d, const struct args *a, struct cmd_err *e)
+{
+	struct workload_stats ws;
+	bool reset = false;
+
+	if (!d->wl)
+		return fail(e, CTL_ERR_GENERIC, "no --workload runs in this daemon");
+	arg_bool(a, "reset", &reset);
+	workload_get_stats(d->wl, &ws);
+	if (reset)
+		workload_reset_stats(d->wl);
+	return report_workload_json(&ws);
+}
+
+/* ---- the table ---------------------------------------------------------------------- */
+
+struct command {
+	const char *name;
+	json_object *(*fn)(struct daemon *d, const struct args *a, struct cmd_err *e);
+	const struct arg_spec *args; /* {NULL}-terminated; NULL: takes none */
+};
+
+/* When you add a command, also document it in docs/control.md. */
+static const struct command commands[] = {
+	{ "migrate", cmd_migrate, migrate_args },
+	{ "query-migrate", cmd_query_migrate, NULL },
+	{ "migrate-cancel", cmd_migrate_cancel, NULL },
+	{ "migrate-set-parameters", cmd_set_parameters, set_parameters_args },
+	{ "query-exports", cmd_query_exports, NULL },
+	{ "qmp_capabilities", cmd_qmp_capabilities, NULL },
+	{ "query-workload", cmd_query_workload, query_workload_args },
+};
+
+json_object *daemon_run_command_locked(struct daemon *d, const char *cmd, json_object *args,
+				       const char **err_class, char *err, size_t err_cap)
+{
+	struct cmd_err e = { .cls = err_class, .msg = err, .cap = err_cap };
+	const struct command *c = NULL;
+	struct args a;
+	json_object *ret;
+
+	for (size_t i = 0; i < ARRAY_SIZE(commands) && !c; i++)
+		if (strcmp(commands[i].name, cmd) == 0)
+			c = &commands[i];
+	if (!c)
+		return fail(&e, CTL_ERR_NOT_FOUND, "unknown command '%.64s'", cmd);
+	if (args && !json_object_is_type(args, json_type_object))
+		return fail(&e, CTL_ERR_INVALID_PARAM, "'arguments' must be an object");
+	if (check_args(cmd, c->args, args, &a, &e) < 0)
+		return NULL;
+	if (!d->started)
+		return fail(&e, CTL_ERR_GENERIC, "the daemon is not serving yet");
+	ret = c->fn(d, &a, &e);
+	if (!ret && !err[0])
+		fail(&e, CTL_ERR_GENERIC, "out of memory");
+	return ret;
+}

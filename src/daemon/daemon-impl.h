@@ -1,0 +1,47 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Inside the daemon module: struct daemon, shared by daemon.c (lifecycle,
+ * block stack, incoming, switch-over) and commands.c (the control command
+ * table and its argument schemas).  Not for use outside src/daemon/.
+ */
+#ifndef BLKMIG_DAEMON_DAEMON_IMPL_H
+#define BLKMIG_DAEMON_DAEMON_IMPL_H
+
+#include <pthread.h>
+
+#include "daemon.h"
+#include "migrate/migrate.h"
+
+struct ctl;
+struct job;
+struct nbds;
+struct workload;
+
+struct daemon {
+	struct daemon_config cfg; /* cfg.devs points at devs */
+	struct daemon_device devs[DAEMON_MAX_DEVICES];
+	struct blk *blks[DAEMON_MAX_DEVICES];	    /* tracking layers, once started */
+	struct src_device sdev[DAEMON_MAX_DEVICES]; /* the writable ones */
+	unsigned nsend;
+	struct nbds *nbd;
+	int incoming_lfd; /* -1 once used, or without cfg.incoming */
+	char nbd_addr[128], incoming_addr[128];
+	bool started; /* daemon_start() succeeded */
+	struct job *job;
+	struct workload *wl; /* or NULL */
+	struct ctl *ctl;     /* or NULL */
+
+	pthread_mutex_t cmd_lock; /* one command at a time; guards what follows */
+	uint64_t max_bandwidth;	  /* for the next migrate without it */
+	uint64_t max_downtime_ns;
+	enum mig_mode mode;
+
+	pthread_mutex_t lock;  /* guards migrated_to (read by the job's thread) */
+	char migrated_to[256]; /* the last migrate's destination */
+};
+
+/* commands.c: run one command (cmd_lock held). */
+json_object *daemon_run_command_locked(struct daemon *d, const char *cmd, json_object *args,
+				       const char **err_class, char *err, size_t err_cap);
+
+#endif

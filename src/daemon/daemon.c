@@ -1,0 +1,299 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The serving daemon's lifecycle; see daemon.h.  The order of start-up is
+ * the order of use: NBD listens from the first moment (refusing clients,
+ * so those of an incoming daemon hear why they must wait rather than
+ * finding nothing there), then the incoming migration, then the devices,
+ * the job, the writer and the control socket.  daemon_free() undoes it in
+ * reverse: the job (which sends events), the control socket (whose
+ * commands read the writer), the writer, NBD, the devices.
+ */
+#include "daemon-impl.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "block/backend.h"
+#include "block/mark.h"
+#include "common/error.h"
+#include "control/control.h"
+#include "migrate/job.h"
+#include "nbdserver/server.h"
+#include "transport/transport.h"
+#include "workload/workload.h"
+
+/* ---- incoming ---------------------------------------------------------------- */
+
+int daemon_incoming_open(void *user, const char *name, uint64_t size, struct blk **out, char *path,
+			 size_t path_cap)
+{
+	const struct daemon_incoming *c = user;
+	const struct daemon_device *d = NULL;
+	struct stat sb;
+	unsigned flags = 0;
+
+	for (unsigned i = 0; i < c->ndev; i++)
+		if (strcmp(c->devs[i].name, name) == 0)
+			d = &c->devs[i];
+	if (!d)
+		return err_set(ENOENT,
+			       "unknown device '%s': the source sends it, but no --device %s=PATH "
+			       "was given",
+			       name, name);
+	if (d->readonly)
+		return err_set(EROFS, "device %s is read-only here: it cannot receive a migration",
+			       name);
+	if (c->create && (stat(d->path, &sb) < 0 || (S_ISREG(sb.st_mode) && sb.st_size == 0)))
+		flags |= BLK_OPEN_CREATE;
+	snprintf(path, path_cap, "%s", d->path);
+	return blk_file_open(d->path, flags, size, out);
+}
+
+static int run_incoming(struct daemon *d)
+{
+	const char *names[DAEMON_MAX_DEVICES];
+	struct daemon_incoming in = { .devs = d->devs,
+				      .ndev = d->cfg.ndev,
+				      .create = d->cfg.create };
+	struct dst_params p = { .open = daemon_incoming_open,
+				.user = &in,
+				.expect = names,
+				.allow_shared_base = d->cfg.shared_base,
+				.qemu = d->cfg.qemu };
+	struct xport *x = NULL;
+	int r;
+
+	for (unsigned i = 0; i < d->cfg.ndev; i++)
+		if (!d->devs[i].readonly)
+			names[p.nexpect++] = d->devs[i].name;
+	r = xport_accept(d->incoming_lfd, -1, d->cfg.cancel, &x);
+	close(d->incoming_lfd);
+	d->incoming_lfd = -1;
+	if (r < 0)
+		return err_prefix(-r, "incoming: ");
+	r = dst_run(&p, x, d->cfg.cancel, NULL);
+	xport_close(x);
+	if (r < 0)
+		return err_prefix(-r, "incoming migration failed: ");
+	return 0;
+}
+
+/* ---- the migration's events and the switch-over ------------------------------- */
+
+static void job_event(void *user, const struct mig_stats *st, const char *error)
+{
+	struct daemon *d = user;
+	json_object *data = json_object_new_object();
+
+	if (st->state == MIG_COMPLETED) {
+		/* The destination owns the devices now: no client may go on
+		 * believing it writes here. */
+		char reason[512];
+
+		pthread_mutex_lock(&d->lock);
+		snprintf(reason, sizeof(reason),
+			 "this daemon's devices were migrated to %s: reconnect there",
+			 d->migrated_to);
+		pthread_mutex_unlock(&d->lock);
+		nbds_shutdown(d->nbd, ESHUTDOWN, reason);
+	}
+	if (!data)
+		return;
+	json_object_object_add(data, "status", json_object_new_string(mig_state_name(st->state)));
+	json_object_object_add(data, "mode", json_object_new_string(mig_mode_name(st->mode)));
+	json_object_object_add(data, "mirroring", json_object_new_boolean(st->active));
+	if (st->active && st->mode_reason[0])
+		json_object_object_add(data, "mirroring-reason",
+				       json_object_new_string(st->mode_reason));
+	if (error && *error)
+		json_object_object_add(data, "error-desc", json_object_new_string(error));
+	ctl_event(d->ctl, "MIGRATION", data); /* d->ctl may be NULL: data is freed */
+}
+
+/* ---- lifecycle ------------------------------------------------------------------- */
+
+int daemon_check_config(const struct daemon_config *c)
+{
+	bool found = false;
+
+	if (!c->ndev)
+		return err_set(EINVAL, "at least one device is required");
+	if (c->ndev > DAEMON_MAX_DEVICES)
+		return err_set(EINVAL, "at most %d devices", DAEMON_MAX_DEVICES);
+	for (unsigned i = 0; i < c->ndev; i++)
+		for (unsigned k = 0; k < i; k++)
+			if (strcmp(c->devs[i].name, c->devs[k].name) == 0)
+				return err_set(EINVAL, "device name '%s' given twice",
+					       c->devs[i].name);
+	if (c->qemu && c->create)
+		return err_set(EINVAL, "--create needs the native format: a QEMU stream does not "
+				       "announce device sizes");
+	if ((c->create || c->shared_base || c->qemu) && !c->incoming)
+		return err_set(EINVAL, "--create, --shared-base and --format go with --incoming");
+	if (!c->workload)
+		return 0;
+	for (unsigned i = 0; i < c->ndev; i++)
+		found |= strcmp(c->devs[i].name, c->workload->name) == 0 && !c->devs[i].readonly;
+	if (!found)
+		return err_set(EINVAL, "--workload names '%s', which is not a writable --device",
+			       c->workload->name);
+	return 0;
+}
+
+int daemon_new(const struct daemon_config *cfg, struct daemon **out)
+{
+	struct daemon *d;
+	int r;
+
+	r = daemon_check_config(cfg);
+	if (r < 0)
+		return r;
+	d = calloc(1, sizeof(*d));
+	if (!d)
+		return err_set(ENOMEM, "serve: out of memory");
+	d->cfg = *cfg;
+	memcpy(d->devs, cfg->devs, cfg->ndev * sizeof(*d->devs));
+	d->cfg.devs = d->devs;
+	if (!d->cfg.nbd)
+		d->cfg.nbd = "127.0.0.1:10809";
+	d->incoming_lfd = -1;
+	d->max_downtime_ns = SRC_DEFAULT_DOWNTIME_NS;
+	pthread_mutex_init(&d->cmd_lock, NULL);
+	pthread_mutex_init(&d->lock, NULL);
+
+	r = nbds_new(&d->nbd);
+	if (r < 0)
+		goto err_free;
+	nbds_refuse(d->nbd, d->cfg.incoming ? "an incoming migration is in progress: the exports "
+					      "are served once it is complete"
+					    : "the daemon is starting");
+	r = nbds_listen(d->nbd, d->cfg.nbd, d->nbd_addr, sizeof(d->nbd_addr));
+	if (r < 0)
+		goto err_nbd;
+	if (d->cfg.incoming) {
+		r = xport_listen(d->cfg.incoming, &d->incoming_lfd, d->incoming_addr,
+				 sizeof(d->incoming_addr));
+		if (r < 0) {
+			r = err_prefix(-r, "incoming: ");
+			goto err_nbd;
+		}
+	}
+	*out = d;
+	return 0;
+
+err_nbd:
+	nbds_free(d->nbd);
+err_free:
+	pthread_mutex_destroy(&d->lock);
+	pthread_mutex_destroy(&d->cmd_lock);
+	free(d);
+	return r;
+}
+
+const char *daemon_nbd_addr(const struct daemon *d)
+{
+	return d->nbd_addr;
+}
+
+const char *daemon_incoming_addr(const struct daemon *d)
+{
+	return d->incoming_addr;
+}
+
+/* Open every device under a tracking layer; the writable ones migrate. */
+static int open_devices(struct daemon *d)
+{
+	for (unsigned i = 0; i < d->cfg.ndev; i++) {
+		const struct daemon_device *dev = &d->devs[i];
+		struct blk *base;
+		int r = mark_check(dev->path);
+
+		if (r > 0)
+			return err_set(EUCLEAN,
+				       "%s is marked incomplete (a migration into it did not "
+				       "finish): refusing to serve it",
+				       dev->path);
+		r = blk_file_open(dev->path, dev->readonly ? BLK_OPEN_RDONLY : 0, 0, &base);
+		if (r < 0)
+			return r;
+		r = blk_track_open(base, &d->blks[i]);
+		if (r < 0) {
+			blk_close(base);
+			return r;
+		}
+		if (!dev->readonly)
+			d->sdev[d->nsend++] =
+			    (struct src_device){ .name = dev->name, .blk = d->blks[i] };
+	}
+	return 0;
+}
+
+static json_object *handle(void *user, const char *cmd, json_object *args, const char **cls,
+			   char *err, size_t cap)
+{
+	return daemon_execute(user, cmd, args, cls, err, cap);
+}
+
+int daemon_start(struct daemon *d)
+{
+	int r;
+
+	if (d->started)
+		return err_set(EALREADY, "serve: already started");
+	if (d->cfg.incoming) {
+		if (d->incoming_lfd < 0)
+			return err_set(EALREADY, "serve: the incoming migration was already tried");
+		r = run_incoming(d);
+		if (r < 0)
+			return r;
+	}
+	r = open_devices(d);
+	for (unsigned i = 0; r == 0 && i < d->cfg.ndev; i++)
+		r = nbds_add_export(d->nbd, d->devs[i].name, d->blks[i], d->devs[i].readonly);
+	if (r == 0)
+		r = job_new(d->sdev, d->nsend, job_event, d, &d->job);
+	for (unsigned i = 0; r == 0 && d->cfg.workload && i < d->cfg.ndev; i++)
+		if (strcmp(d->devs[i].name, d->cfg.workload->name) == 0)
+			r = workload_start(d->cfg.workload, d->blks[i], &d->wl);
+	if (r == 0 && d->cfg.control)
+		r = ctl_listen(d->cfg.control, handle, d, &d->ctl);
+	if (r < 0)
+		return r;
+	d->started = true;
+	nbds_refuse(d->nbd, NULL);
+	return 0;
+}
+
+json_object *daemon_execute(struct daemon *d, const char *cmd, json_object *args,
+			    const char **err_class, char *err, size_t err_cap)
+{
+	json_object *ret;
+
+	pthread_mutex_lock(&d->cmd_lock);
+	*err_class = CTL_ERR_GENERIC;
+	err[0] = '\0';
+	ret = daemon_run_command_locked(d, cmd, args, err_class, err, err_cap);
+	pthread_mutex_unlock(&d->cmd_lock);
+	return ret;
+}
+
+void daemon_free(struct daemon *d)
+{
+	if (!d)
+		return;
+	job_free(d->job);
+	ctl_close(d->ctl);
+	workload_stop(d->wl, NULL);
+	nbds_free(d->nbd);
+	for (unsigned i = 0; i < d->cfg.ndev; i++)
+		blk_close(d->blks[i]);
+	if (d->incoming_lfd >= 0)
+		close(d->incoming_lfd);
+	pthread_mutex_destroy(&d->lock);
+	pthread_mutex_destroy(&d->cmd_lock);
+	free(d);
+}

@@ -1,0 +1,127 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The serving daemon: what `blkmig serve` is, as a library.  A daemon owns
+ * the block stack (each --device opened as a file under a tracking layer,
+ * and the optional built-in workload writer), the NBD server exporting the
+ * devices, the incoming migration that may fill them first, the migration
+ * job that moves them away, and the control commands (commands.c) with the
+ * control socket that carries them.  tools/cmd-serve.c only parses options
+ * and calls daemon_new(), daemon_start() and daemon_free().
+ *
+ * Lifecycle: daemon_new() listens (NBD refusing clients while an incoming
+ * migration is awaited; the incoming address bound); daemon_start()
+ * receives the incoming migration if there is one (blocking), then opens
+ * and exports the devices and opens the control socket; commands then run
+ * until daemon_free().  When an outgoing migration completes, every NBD
+ * request is answered with ESHUTDOWN and the connection closed, so clients
+ * reconnect to the destination.
+ *
+ * Threads: daemon_execute() may be called from any thread; commands run one
+ * at a time.  The migration runs on the job's thread (migrate/job.h), the
+ * NBD and control servers on theirs.
+ */
+#ifndef BLKMIG_DAEMON_DAEMON_H
+#define BLKMIG_DAEMON_DAEMON_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <json-c/json.h>
+
+struct blk;
+struct daemon;
+struct workload_spec;
+
+/* Most devices one daemon serves. */
+#define DAEMON_MAX_DEVICES 64
+/* The tracking and resend granularity of a served disk's native migration. */
+#define DAEMON_DEFAULT_CHUNK_SIZE (64 * 1024)
+
+struct daemon_device {
+	const char *name; /* export and migration name */
+	const char *path; /* image file or block device */
+	bool readonly;	  /* exported read-only, left out of migrations */
+};
+
+/* Everything borrowed here must outlive the daemon. */
+struct daemon_config {
+	const struct daemon_device *devs;
+	unsigned ndev;
+	const char *nbd;      /* HOST:PORT for NBD (port 0: any); NULL: 127.0.0.1:10809 */
+	const char *control;  /* control socket path, or NULL for none */
+	const char *incoming; /* HOST:PORT to receive a migration on first, or NULL */
+	bool create;	      /* incoming: create missing or empty images */
+	bool shared_base;     /* incoming: accept a shared-base migration */
+	bool qemu;	      /* incoming: QEMU 7.2's stream, not the native one */
+	const struct workload_spec *workload; /* the built-in writer, or NULL */
+	/* Ends the wait for, or the receiving of, the incoming migration
+	 * (-ECANCELED); NULL: never. */
+	const atomic_bool *cancel;
+};
+
+/*
+ * Whether cfg makes sense: 0, or -EINVAL (err_set) for no devices, too
+ * many, a name given twice, a workload naming no writable device,
+ * create/shared-base/qemu without incoming, or create with qemu.
+ */
+int daemon_check_config(const struct daemon_config *cfg);
+
+/*
+ * Check cfg (daemon_check_config()) and start listening: NBD at cfg->nbd, refusing clients until
+ * daemon_start() has finished, and the incoming address.  0 with *out set (caller owns it,
+ * daemon_free()), or a negative errno with err_set().
+ */
+int daemon_new(const struct daemon_config *cfg, struct daemon **out);
+
+/* "HOST:PORT" with the real port; the incoming one is "" without
+ * cfg->incoming.  Valid until daemon_free(). */
+const char *daemon_nbd_addr(const struct daemon *d);
+const char *daemon_incoming_addr(const struct daemon *d);
+
+/*
+ * With cfg->incoming: accept one migration into the devices and wait until
+ * it is complete and verified (blocks; -ECANCELED through cfg->cancel).
+ * Then open the devices (refusing one marked incomplete, -EUCLEAN), export
+ * them, start the workload writer and the control socket, and let NBD
+ * clients in.  Once only.  0 or a negative errno with err_set(); on failure
+ * the daemon can only be freed.
+ */
+int daemon_start(struct daemon *d);
+
+/*
+ * Run control command cmd with args (borrowed; NULL: none) -- the same
+ * entry point the control socket uses.  The arguments are checked against
+ * the command's schema first; a missing, unknown, mistyped or out-of-range
+ * one is refused with *err_class = CTL_ERR_INVALID_PARAM before the command
+ * runs.  Returns the "return" value (caller puts it), or NULL with
+ * *err_class set (CTL_ERR_*) and a message in err (err_cap >= 256).
+ * Before daemon_start() has succeeded, every well-formed command gets a
+ * GenericError ("the daemon is not serving yet").
+ */
+json_object *daemon_execute(struct daemon *d, const char *cmd, json_object *args,
+			    const char **err_class, char *err, size_t err_cap);
+
+/*
+ * Cancel a running migration and wait for it, close the control socket,
+ * stop the writer, the NBD server and the devices, free.  Accepts NULL.
+ */
+void daemon_free(struct daemon *d);
+
+/*
+ * The destination's device opener (dst_open_fn) over a device list, for
+ * every receiver (serve --incoming, receive): the source's name must be
+ * listed and not read-only; with create, an image that is missing or empty
+ * is created with the source's size (one of another size is a mismatch,
+ * never resized).
+ */
+struct daemon_incoming {
+	const struct daemon_device *devs;
+	unsigned ndev;
+	bool create;
+};
+int daemon_incoming_open(void *user, const char *name, uint64_t size, struct blk **out, char *path,
+			 size_t path_cap);
+
+#endif
