@@ -128,15 +128,15 @@ int mig_format_check(enum mig_format f, enum mig_mode mode, uint32_t chunk_size)
 
 	if (!fmt->mirror && mode == MIG_MODE_ACTIVE)
 		return err_set(EINVAL,
-			       "active mode needs the native format: a %s destination "
-			       "cannot acknowledge mirrored writes",
-			       fmt->name == src_format_qemu.name ? "QEMU" : fmt->name);
+			       "active mode needs the native format: a %s destination cannot "
+			       "acknowledge mirrored writes",
+			       fmt->display);
 	if (fmt->fixed_chunk && chunk_size && chunk_size != fmt->fixed_chunk)
-		return err_set(EINVAL, "the %s format has %u KiB chunks, not %u bytes", fmt->name,
-			       fmt->fixed_chunk / 1024, chunk_size);
+		return err_set(EINVAL, "the %s format has %uM chunks, not %u bytes", fmt->display,
+			       fmt->fixed_chunk >> 20, chunk_size);
 	if (chunk_size && !wire_chunk_size_valid(chunk_size))
-		return err_set(EINVAL, "chunk size %u is not a power of two between %u and %u",
-			       chunk_size, WIRE_MIN_CHUNK_SIZE, WIRE_MAX_CHUNK_SIZE);
+		return err_set(EINVAL, "chunk size %u: must be a power of two from 4K to 16M",
+			       chunk_size);
 	return 0;
 }
 
@@ -157,8 +157,7 @@ static int check_device(struct src_job *j, unsigned i, const struct src_device *
 			       "device %s: %llu bytes is not a multiple of %llu MiB, which a %s "
 			       "destination cannot load",
 			       dv->name, (unsigned long long)d->size,
-			       (unsigned long long)j->fmt->size_align >> 20,
-			       j->fmt == &src_format_qemu ? "QEMU 7.2" : j->fmt->name);
+			       (unsigned long long)j->fmt->size_align >> 20, j->fmt->display);
 	return 0;
 }
 

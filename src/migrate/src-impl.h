@@ -102,7 +102,8 @@ struct mirror_req {
  * table to src_format_of() too.
  */
 struct src_format {
-	const char *name;
+	const char *name;     /* as --format spells it */
+	const char *display;  /* in messages: "a <display> destination" */
 	uint32_t fixed_chunk; /* the only chunk size it carries, or 0 for any */
 	uint64_t size_align;  /* device sizes must be multiples of this, or 0 */
 	bool return_path;     /* the destination answers (SYNCED, ACK, WACK, ERROR) */

@@ -157,6 +157,7 @@ static void native_abort(struct src_job *j, int err, const char *reason)
 
 const struct src_format src_format_native = {
 	.name = "native",
+	.display = "native",
 	.return_path = true,
 	.mirror = true,
 	.cut_final = true,

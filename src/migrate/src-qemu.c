@@ -135,6 +135,7 @@ static void qemu_abort(struct src_job *j, int err, const char *reason)
 
 const struct src_format src_format_qemu = {
 	.name = "qemu",
+	.display = "QEMU",
 	.fixed_chunk = WIRE_QEMU_CHUNK_SIZE,
 	/* QEMU 7.2's destination writes a last chunk's whole 1 MiB and fails
 	 * past the device end (QEMU-STREAM.md). */

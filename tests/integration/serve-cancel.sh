@@ -7,7 +7,6 @@
 # so far, the rate now, what is left and an ETA.
 . "$(dirname "$0")/lib.sh"
 requires qemu-io python3
-QMP="python3 $(dirname "$0")/qmp.py"
 
 # null_args SOCK PID: a null where a string belongs is an InvalidParameter
 # reply, and the daemon lives on.

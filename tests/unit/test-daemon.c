@@ -286,9 +286,9 @@ static const struct refusal refusals[] = {
 	  "'mode' must be one of auto, dirty, active, not ''" },
 	/* Well-typed, but refused by the command itself. */
 	{ "migrate", "{\"to\":\"x:1\",\"chunk-size\":12288}", CTL_ERR_INVALID_PARAM,
-	  "'chunk-size' must be a power of two" },
+	  "must be a power of two" },
 	{ "migrate", "{\"to\":\"x:1\",\"format\":\"qemu\",\"chunk-size\":65536}",
-	  CTL_ERR_INVALID_PARAM, "the QEMU format has 1 MiB chunks" },
+	  CTL_ERR_INVALID_PARAM, "format has 1M chunks" },
 	{ "migrate", "{\"to\":\"x:1\",\"format\":\"qemu\",\"mode\":\"active\"}",
 	  CTL_ERR_INVALID_PARAM, "" },
 	{ "query-workload", "{\"reset\":true}", CTL_ERR_GENERIC, "no --workload runs" },
