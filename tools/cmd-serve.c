@@ -114,7 +114,7 @@ static int run_incoming(struct serve *s, const char *listen_on)
 				.user = &in,
 				.expect = names,
 				.allow_shared_base = s->shared_base,
-				.qemu = s->qemu };
+				.format = s->qemu ? MIG_FORMAT_QEMU : MIG_FORMAT_NATIVE };
 	struct xport *x = NULL;
 	int lfd, r;
 

@@ -12,11 +12,12 @@
  * are fenced (further writes fail with -ESHUTDOWN); on failure or cancel the
  * writers are resumed and the devices are left untouched.
  *
- * Destination (dest.c): accept HELLO, open devices through a callback,
- * mark them incomplete, validate and apply every record; after each pass
- * fdatasync, read back what the pass wrote and confirm (SYNCED); on
- * COMPLETE check that every chunk was carried and the digests match, ACK,
- * and clear the marks only when the source COMMITs (after fencing itself).
+ * Destination (dest.c, over a stream format: dst-native.c, dst-qemu.c):
+ * accept HELLO, open devices through a callback, mark them incomplete,
+ * validate and apply every record; after each pass fdatasync, read back
+ * what the pass wrote and confirm (SYNCED); on COMPLETE check that every
+ * chunk was carried and the digests match, ACK, and clear the marks only
+ * when the source COMMITs (after fencing itself).
  *
  * Both run in the calling thread and block until done; src_cancel() may be
  * called from any thread or a signal handler (it only stores an atomic).
@@ -58,6 +59,10 @@ const char *mig_state_name(enum mig_state s);
  *  AUTO:   DIRTY until passes stop shrinking the dirty set, then ACTIVE.
  */
 enum mig_mode { MIG_MODE_AUTO, MIG_MODE_DIRTY, MIG_MODE_ACTIVE };
+
+/* The stream format a migration speaks: blkmig's own (docs/wire-format.md)
+ * or QEMU 7.2's (QEMU-STREAM.md). */
+enum mig_format { MIG_FORMAT_NATIVE, MIG_FORMAT_QEMU };
 
 const char *mig_mode_name(enum mig_mode m);
 /* "auto", "dirty", "active" -> 0 and *out; -EINVAL otherwise. */
@@ -186,13 +191,15 @@ struct dst_params {
 	 * images must already hold the base).  Refused otherwise. */
 	bool allow_shared_base;
 	/*
-	 * The stream is QEMU 7.2's migration stream (savevm envelope, block
-	 * section only) instead of the native one.  The devices are opened by
-	 * the names in 'expect' with size 0 (their own size is used), nothing
-	 * is sent back (QEMU has no return path), there are no digests, and
-	 * success means: EOF reached, every device synced and read back.
+	 * MIG_FORMAT_QEMU: the stream is QEMU 7.2's migration stream (savevm
+	 * envelope, block section only).  The devices are opened by the names
+	 * in 'expect' with size 0 (their own size is used), nothing is sent
+	 * back (QEMU has no return path), there are no digests, and success
+	 * means: EOF reached, every chunk of every device carried (unless
+	 * allow_shared_base: QEMU's inc mode leaves the base's chunks out),
+	 * every device synced and read back.
 	 */
-	bool qemu;
+	enum mig_format format;
 };
 
 /*
