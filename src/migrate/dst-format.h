@@ -92,8 +92,8 @@ struct dst_format_ops {
 	/* Everything is durable and checked: hand-over (0 = the devices are
 	 * ours now). */
 	int (*finish)(struct dst_fmt *f);
-	/* The migration failed with -err and msg; tell the source if it can
-	 * hear.  Best effort. */
+	/* The migration failed with -err and msg: tell the source.  Called
+	 * only with caps.return_path (then required).  Best effort. */
 	void (*fail)(struct dst_fmt *f, int err, const char *msg);
 	void (*close)(struct dst_fmt *f); /* accepts NULL */
 };

@@ -203,9 +203,12 @@ struct dst_params {
 };
 
 /*
- * Receive one migration from x.  0 after COMMIT (images durable, read back,
- * digests matched, marks cleared); negative errno otherwise, after telling the
- * source (ERROR) when the connection still works.  Devices opened through
+ * Receive one migration from x in p->format.  0 once it is complete and the
+ * marks are cleared: native, after COMMIT (images durable, read back, every
+ * chunk carried unless shared base, digests matched); QEMU, after EOF
+ * (durable, read back, every chunk carried unless allow_shared_base).
+ * Negative errno otherwise, after telling the source (native ERROR) when
+ * the connection still works.  Devices opened through
  * the callback are closed before returning.  st (optional) receives the
  * final figures.
  */

@@ -34,6 +34,18 @@ enum st_state {
 	ST_FAILED,	/* an error was returned; it is returned again */
 };
 
+static const char *const state_names[] = {
+	[ST_START] = "the start",
+	[ST_TOP] = "a message or section",
+	[ST_RECORDS] = "a block record",
+	[ST_PAYLOAD] = "a section payload",
+	[ST_FOOTER] = "a section footer",
+	[ST_AFTER_EOF] = "what follows EOF",
+	[ST_VMDESC_BODY] = "the VMDESCRIPTION",
+	[ST_DONE] = "the end",
+	[ST_FAILED] = "a failed stream",
+};
+
 /* What a QEMU section's payload is, decided from its idstr. */
 enum payload { PAY_BLOCK, PAY_RAM, PAY_SKIP };
 
@@ -48,9 +60,10 @@ struct wire_stream {
 	enum st_state state;
 	wire_read_fn read;
 	void *user;
-	uint64_t off;	 /* bytes consumed */
-	int err;	 /* the sticky error, negative */
-	uint64_t failed; /* where it happened */
+	uint64_t off;		 /* bytes consumed */
+	int err;		 /* the sticky error, negative */
+	uint64_t failed;	 /* where it happened */
+	enum st_state failed_in; /* reading what */
 	uint64_t allowed;
 	uint32_t chunk;	     /* payload of a DATA record; 0 until known */
 	uint32_t qemu_chunk; /* what a QEMU stream uses */
@@ -625,12 +638,13 @@ int wire_stream_next(struct wire_stream *s, struct wire_item *it)
 		it->kind = WIRE_ITEM_END;
 		break;
 	case ST_FAILED:
-		return err_set(-s->err, "the stream failed earlier, at offset %llu",
-			       (unsigned long long)s->failed);
+		return err_set(-s->err, "the stream failed earlier, at offset %llu (reading %s)",
+			       (unsigned long long)s->failed, state_names[s->failed_in]);
 	}
 	if (r < 0) {
 		s->err = r;
 		s->failed = it->offset;
+		s->failed_in = s->state;
 		s->state = ST_FAILED;
 	}
 	return r;
