@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: MIT
 """Write the seed corpora for the wire fuzzers.
 
-    python3 fuzz/make-seeds.py            # writes fuzz/corpus/{record,native,savevm}/
+    python3 fuzz/make-seeds.py            # writes fuzz/corpus/{record,native,savevm,stream}/
 
 Every seed is a small valid input built from the byte layout in
 docs/wire-format.md, independently of the C encoders, so the fuzzers start
@@ -173,6 +173,36 @@ def savevm_seeds():
     }
 
 
+def stream_seeds():
+    """Whole streams for fuzz-stream: both directions of a native conversation
+    (4 KiB chunks, MIRROR) and QEMU streams (fuzz-stream reads their block
+    records with 4 KiB chunks too)."""
+    digest = bytes(range(16))
+    source = (hello([("drive0", 3 * CHUNK), ("d1", CHUNK + 1)], caps=5, chunk=CHUNK)
+              + bytes([BLOCKS]) + rec_zero("drive0", 0) + rec_data("drive0", CHUNK)
+              + rec_write("drive0", 1, 100, b"abc") + rec_progress(50) + rec_eos()
+              + bytes([BLOCKS]) + rec_data("d1", CHUNK, 0x11) + rec_write("d1", 2, 0, length=9)
+              + rec_progress(100) + rec_eos()
+              + complete([("drive0", 2, digest), ("d1", 1, bytes(16))]) + frame(0x04, b""))
+    dest = (hello([("drive0", 64 << 20)]) + frame(READY, struct.pack(">I", 1))
+            + frame(0x84, struct.pack(">Q", 1)) + frame(0x85, struct.pack(">Q", 7))
+            + frame(ACK, b"") + error(ERROR, 5, "digest mismatch on drive0"))
+    two = (sv_section(SV_START, 1, rec_eos(), "block")
+           + sv_section(SV_PART, 1, rec_data("drive0", 0) + rec_zero("drive1", CHUNK)
+                        + rec_data("drive1", 0, 0x22) + rec_eos())
+           + sv_section(SV_END, 1, rec_progress(100) + rec_eos()) + bytes([SV_EOF]))
+    seeds = {
+        "native-source": source,
+        "native-dest": dest,
+        "native-abort": hello([("drive0", CHUNK)], chunk=CHUNK) + error(ABORT, 125, "cancelled"),
+        "qemu-two-devices": sv_stream(two),
+        "qemu-mouse": sv_stream(sv_section(SV_FULL, 9, b"", "mouse") + bytes([SV_EOF])),
+    }
+    for name, data in savevm_seeds().items():
+        seeds["qemu-" + name] = data
+    return seeds
+
+
 def write(directory, seeds):
     os.makedirs(directory, exist_ok=True)
     for name, data in sorted(seeds.items()):
@@ -186,6 +216,7 @@ def main():
     write(os.path.join(root, "record"), record_seeds())
     write(os.path.join(root, "native"), native_seeds())
     write(os.path.join(root, "savevm"), savevm_seeds())
+    write(os.path.join(root, "stream"), stream_seeds())
 
 
 if __name__ == "__main__":

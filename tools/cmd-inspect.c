@@ -3,8 +3,9 @@
  * blkmig inspect: decode a captured migration stream, native or QEMU, into
  * readable text: the envelope, every section or message, every record
  * (offset, device, data or zero, a short hash of the payload) and totals.
- * The file is mapped and walked with the same pure decoders the engines use,
- * so what inspect calls malformed is what a receiver would refuse.
+ * The file is mapped and walked with the same stream reader (wire/stream.h)
+ * the destination engine uses, so what inspect calls malformed is what a
+ * receiver would refuse.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -19,9 +20,7 @@
 #include "common/error.h"
 #include "common/util.h"
 #include "migrate/digest.h"
-#include "wire/native.h"
-#include "wire/record.h"
-#include "wire/savevm.h"
+#include "wire/stream.h"
 
 static const char inspect_help[] =
     "Usage: blkmig inspect [--quiet] FILE\n"
@@ -39,15 +38,13 @@ struct totals {
 };
 
 struct walk {
-	const uint8_t *p;
-	size_t len, off;
+	struct wire_stream *ws;
 	bool quiet;
-	uint32_t chunk;
 	struct totals dev[64];
 	unsigned ndev;
 	uint64_t progress, eos;
-	bool native;	 /* WRITE records may appear */
-	uint64_t writes; /* WRITE records (mirrored client writes) */
+	uint64_t writes;  /* WRITE records (mirrored client writes) */
+	uint64_t decoded; /* bytes of the items shown */
 };
 
 static struct totals *totals_for(struct walk *w, const char *name)
@@ -61,227 +58,161 @@ static struct totals *totals_for(struct walk *w, const char *name)
 	return &w->dev[w->ndev++];
 }
 
-static int truncated(struct walk *w, const char *what)
+static int show_record(struct walk *w, const struct wire_item *it)
 {
-	return err_set(EBADMSG, "truncated at offset %zu inside %s", w->len, what);
-}
+	const struct wire_record *rec = &it->rec;
+	uint64_t off = it->offset;
+	struct totals *t;
 
-/* Records up to and including EOS. */
-static int walk_records(struct walk *w)
-{
-	for (;;) {
-		struct wire_record rec;
-		size_t used;
-		int r = wire_rec_decode(w->p + w->off, w->len - w->off, w->chunk, &rec, &used);
-		struct totals *t;
-
-		if (r == -EAGAIN)
-			return truncated(w, "a block record");
-		if (r < 0)
-			return err_prefix(-r, "offset %zu: ", w->off);
-		switch (rec.kind) {
-		case WIRE_REC_EOS:
-			w->eos++;
-			if (!w->quiet)
-				printf("    %10zu  EOS\n", w->off);
-			w->off += used;
-			return 0;
-		case WIRE_REC_PROGRESS:
-			w->progress = rec.percent;
-			if (!w->quiet)
-				printf("    %10zu  PROGRESS %" PRIu64 "%%\n", w->off, rec.percent);
-			break;
-		case WIRE_REC_WRITE:
-			if (!w->native)
-				return err_set(
-				    EBADMSG, "offset %zu: a WRITE record in a QEMU stream", w->off);
-			w->writes++;
-			if (!w->quiet)
-				printf("    %10zu  %-8s write %" PRIu64 " at %12" PRIu64
-				       " length %u  %s\n",
-				       w->off, rec.name, rec.seq, rec.offset, rec.length,
-				       rec.op == WIRE_WRITE_ZERO ? "zero" : "data");
-			break;
-		case WIRE_REC_DATA:
-		case WIRE_REC_ZERO:
-			t = totals_for(w, rec.name);
-			if (!t)
-				return err_set(EBADMSG, "more than 64 device names");
-			if (rec.kind == WIRE_REC_DATA)
-				t->data++;
-			else
-				t->zero++;
-			if (!w->quiet) {
-				if (rec.kind == WIRE_REC_DATA)
-					printf("    %10zu  %-8s offset %12" PRIu64
-					       "  data  xxh3 %016" PRIx64 "\n",
-					       w->off, rec.name, rec.offset,
-					       digest_hash(rec.data, w->chunk));
-				else
-					printf("    %10zu  %-8s offset %12" PRIu64 "  zero\n",
-					       w->off, rec.name, rec.offset);
-			}
-			break;
-		}
-		w->off += used;
-	}
-}
-
-static int walk_native(struct walk *w)
-{
-	static struct native_hello h;
-	size_t used;
-	int r = native_hello_decode(w->p, w->len, &h, &used);
-
-	if (r == -EAGAIN)
-		return truncated(w, "HELLO");
-	if (r < 0)
-		return r;
-	w->chunk = h.chunk_size;
-	printf("native stream, version %u, chunk size %u, caps%s%s\n", h.version, h.chunk_size,
-	       h.caps & NATIVE_CAP_ZERO_BLOCKS ? " zero-blocks" : "",
-	       h.caps & NATIVE_CAP_SHARED_BASE ? " shared-base" : "");
-	for (unsigned i = 0; i < h.ndev; i++)
-		printf("  device %s: %" PRIu64 " bytes\n", h.dev[i].name, h.dev[i].size);
-	w->off = used;
-	while (w->off < w->len) {
-		uint8_t type = w->p[w->off];
-		uint32_t len;
-
-		if (type == NATIVE_MSG_BLOCKS) {
-			if (!w->quiet)
-				printf("  %10zu  BLOCKS\n", w->off);
-			w->off++;
-			r = walk_records(w);
-			if (r < 0)
-				return r;
-			continue;
-		}
-		if (w->len - w->off < NATIVE_FRAME_HDR)
-			return truncated(w, "a message header");
-		r = native_frame_header(w->p + w->off,
-					NATIVE_ALLOW(NATIVE_MSG_COMPLETE) |
-					    NATIVE_ALLOW(NATIVE_MSG_ABORT) |
-					    NATIVE_ALLOW(NATIVE_MSG_COMMIT),
-					&type, &len);
-		if (r < 0)
-			return err_prefix(-r, "offset %zu: ", w->off);
-		if (w->len - w->off - NATIVE_FRAME_HDR < len)
-			return truncated(w, native_msg_name(type));
-		printf("  %10zu  %s (%u bytes)\n", w->off, native_msg_name(type), len);
-		if (type == NATIVE_MSG_COMPLETE) {
-			static struct native_complete c;
-
-			r = native_complete_decode(w->p + w->off + NATIVE_FRAME_HDR, len, &c);
-			if (r < 0)
-				return err_prefix(-r, "offset %zu: ", w->off);
-			for (unsigned i = 0; i < c.ndev; i++) {
-				printf("    %s: %" PRIu64 " chunks, digest ", c.dev[i].name,
-				       c.dev[i].chunks);
-				for (unsigned k = 0; k < NATIVE_DIGEST_LEN; k++)
-					printf("%02x", c.dev[i].digest[k]);
-				printf("\n");
-			}
-		} else if (type == NATIVE_MSG_ABORT) {
-			struct native_error e;
-
-			if (native_error_decode(w->p + w->off + NATIVE_FRAME_HDR, len, &e) == 0)
-				printf("    reason: %s\n", e.reason);
-		}
-		w->off += NATIVE_FRAME_HDR + len;
-	}
-	return 0;
-}
-
-static int walk_qemu(struct walk *w)
-{
-	struct {
-		uint32_t id;
-		char name[SAVEVM_NAME_MAX + 1];
-	} sec[64];
-	unsigned nsec = 0;
-	size_t used;
-	int r = savevm_header_decode(w->p, w->len, &used);
-
-	if (r == -EAGAIN)
-		return truncated(w, "the header");
-	if (r < 0)
-		return r;
-	w->chunk = WIRE_QEMU_CHUNK_SIZE;
-	printf("QEMU migration stream, version %u\n", SAVEVM_VERSION);
-	w->off = used;
-	for (;;) {
-		struct savevm_section s;
-		const char *name = NULL;
-		uint32_t skip;
-
-		r = savevm_section_decode(w->p + w->off, w->len - w->off, &s, &used);
-		if (r == -EAGAIN)
-			return truncated(w, "a section header");
-		if (r < 0)
-			return err_prefix(-r, "offset %zu: ", w->off);
-		if (s.type == SAVEVM_CONFIGURATION || s.type == SAVEVM_EOF || !w->quiet)
-			printf("  %10zu  %s", w->off, savevm_type_name((uint8_t)s.type));
-		w->off += used;
-		if (s.type == SAVEVM_CONFIGURATION) {
-			printf(" machine '%s'\n", s.name);
-			continue;
-		}
-		if (s.type == SAVEVM_EOF) {
-			printf("\n");
-			break;
-		}
-		if (s.type == SAVEVM_START || s.type == SAVEVM_FULL) {
-			if (nsec == ARRAY_SIZE(sec))
-				return err_set(EBADMSG, "more than 64 sections");
-			sec[nsec].id = s.section_id;
-			snprintf(sec[nsec].name, sizeof(sec[nsec].name), "%s", s.name);
-			name = sec[nsec++].name;
-		} else {
-			for (unsigned i = 0; i < nsec; i++)
-				if (sec[i].id == s.section_id)
-					name = sec[i].name;
-		}
-		if (!name)
-			return err_set(EBADMSG, "offset %zu: section id %u was never started",
-				       w->off, s.section_id);
+	switch (rec->kind) {
+	case WIRE_REC_EOS:
+		w->eos++;
 		if (!w->quiet)
-			printf(" '%s' (id %u)\n", name, s.section_id);
-		if (strcmp(name, "block") == 0) {
-			r = walk_records(w);
-		} else if (strcmp(name, "ram") == 0) {
-			r = savevm_ram_decode(w->p + w->off, w->len - w->off,
-					      s.type == SAVEVM_START, &used);
-			if (r == 0)
-				w->off += used;
-		} else {
-			r = savevm_skip_size(&s, &skip);
-			if (r == 0 && w->len - w->off < skip)
-				return truncated(w, name);
-			if (r == 0)
-				w->off += skip;
-		}
-		if (r == -EAGAIN)
-			return truncated(w, name);
-		if (r < 0)
-			return err_prefix(-r, "section '%s': ", name);
-		snprintf(s.name, sizeof(s.name), "%s", name);
-		r = savevm_footer_decode(w->p + w->off, w->len - w->off, s.section_id, s.name,
-					 &used);
-		if (r == -EAGAIN)
-			return truncated(w, "a footer");
-		if (r < 0)
-			return err_prefix(-r, "offset %zu: ", w->off);
-		w->off += used;
-	}
-	if (w->off < w->len) {
-		struct savevm_section s;
-
-		r = savevm_section_decode(w->p + w->off, w->len - w->off, &s, &used);
-		if (r == 0 && s.type == SAVEVM_VMDESCRIPTION)
-			printf("  %10zu  VMDESCRIPTION (%u bytes of JSON)\n", w->off, s.len);
+			printf("    %10" PRIu64 "  EOS\n", off);
+		break;
+	case WIRE_REC_PROGRESS:
+		w->progress = rec->percent;
+		if (!w->quiet)
+			printf("    %10" PRIu64 "  PROGRESS %" PRIu64 "%%\n", off, rec->percent);
+		break;
+	case WIRE_REC_WRITE:
+		w->writes++;
+		if (!w->quiet)
+			printf("    %10" PRIu64 "  %-8s write %" PRIu64 " at %12" PRIu64
+			       " length %u  %s\n",
+			       off, rec->name, rec->seq, rec->offset, rec->length,
+			       rec->op == WIRE_WRITE_ZERO ? "zero" : "data");
+		break;
+	case WIRE_REC_DATA:
+	case WIRE_REC_ZERO:
+		t = totals_for(w, rec->name);
+		if (!t)
+			return err_set(EBADMSG, "more than 64 device names");
+		if (rec->kind == WIRE_REC_DATA)
+			t->data++;
+		else
+			t->zero++;
+		if (w->quiet)
+			break;
+		if (rec->kind == WIRE_REC_DATA)
+			printf("    %10" PRIu64 "  %-8s offset %12" PRIu64
+			       "  data  xxh3 %016" PRIx64 "\n",
+			       off, rec->name, rec->offset,
+			       digest_hash(rec->data, wire_stream_chunk_size(w->ws)));
+		else
+			printf("    %10" PRIu64 "  %-8s offset %12" PRIu64 "  zero\n", off,
+			       rec->name, rec->offset);
+		break;
 	}
 	return 0;
+}
+
+static void show_hello(const struct native_hello *h)
+{
+	printf("native stream, version %u, chunk size %u, caps%s%s\n", h->version, h->chunk_size,
+	       h->caps & NATIVE_CAP_ZERO_BLOCKS ? " zero-blocks" : "",
+	       h->caps & NATIVE_CAP_SHARED_BASE ? " shared-base" : "");
+	for (unsigned i = 0; i < h->ndev; i++)
+		printf("  device %s: %" PRIu64 " bytes\n", h->dev[i].name, h->dev[i].size);
+}
+
+/* COMPLETE, ABORT, COMMIT: shown even with --quiet. */
+static void show_message(struct walk *w, const struct wire_item *it, uint8_t type)
+{
+	uint64_t body = wire_stream_offset(w->ws) - it->offset - NATIVE_FRAME_HDR;
+
+	printf("  %10" PRIu64 "  %s (%" PRIu64 " bytes)\n", it->offset, native_msg_name(type),
+	       body);
+	if (it->kind == WIRE_ITEM_COMPLETE) {
+		const struct native_complete *c = it->complete;
+
+		for (unsigned i = 0; i < c->ndev; i++) {
+			printf("    %s: %" PRIu64 " chunks, digest ", c->dev[i].name,
+			       c->dev[i].chunks);
+			for (unsigned k = 0; k < NATIVE_DIGEST_LEN; k++)
+				printf("%02x", c->dev[i].digest[k]);
+			printf("\n");
+		}
+	} else if (it->kind == WIRE_ITEM_ABORT) {
+		printf("    reason: %s\n", it->error->reason);
+	}
+}
+
+/* One item; 1 when the walk is over. */
+static int show_item(struct walk *w, const struct wire_item *it)
+{
+	const struct savevm_section *s = &it->section;
+
+	switch (it->kind) {
+	case WIRE_ITEM_HELLO:
+		show_hello(it->hello);
+		break;
+	case WIRE_ITEM_QEMU_HEADER:
+		printf("QEMU migration stream, version %" PRIu64 "\n", it->value);
+		break;
+	case WIRE_ITEM_BLOCKS:
+		if (!w->quiet)
+			printf("  %10" PRIu64 "  BLOCKS\n", it->offset);
+		break;
+	case WIRE_ITEM_RECORD:
+		return show_record(w, it);
+	case WIRE_ITEM_COMPLETE:
+		show_message(w, it, NATIVE_MSG_COMPLETE);
+		break;
+	case WIRE_ITEM_ABORT:
+		show_message(w, it, NATIVE_MSG_ABORT);
+		break;
+	case WIRE_ITEM_COMMIT:
+		show_message(w, it, NATIVE_MSG_COMMIT);
+		break;
+	case WIRE_ITEM_CONFIG:
+		printf("  %10" PRIu64 "  CONFIGURATION machine '%s'\n", it->offset, s->name);
+		break;
+	case WIRE_ITEM_SECTION:
+		if (!w->quiet)
+			printf("  %10" PRIu64 "  %s '%s' (id %u)\n", it->offset,
+			       savevm_type_name((uint8_t)s->type), s->name, s->section_id);
+		break;
+	case WIRE_ITEM_EOF:
+		printf("  %10" PRIu64 "  EOF\n", it->offset);
+		break;
+	case WIRE_ITEM_VMDESC:
+		/* The JSON is not shown, nor read. */
+		printf("  %10" PRIu64 "  VMDESCRIPTION (%" PRIu64 " bytes of JSON)\n", it->offset,
+		       it->value);
+		return 1;
+	case WIRE_ITEM_END:
+		/* A QEMU stream ends with EOF (the walk stops there). */
+		if (wire_stream_format(w->ws) == WIRE_STREAM_QEMU)
+			return err_set(EBADMSG, "truncated at offset %" PRIu64 ": no EOF",
+				       it->offset);
+		return 1;
+	default: /* the reader lets no destination's message through */
+		break;
+	}
+	return 0;
+}
+
+static int walk(struct walk *w)
+{
+	bool after_eof = false;
+
+	for (;;) {
+		struct wire_item it;
+		int r = wire_stream_next(w->ws, &it);
+
+		/* After EOF only a VMDESCRIPTION is shown; the rest, whatever
+		 * it is, is not the stream's business. */
+		if (after_eof && (r < 0 || it.kind != WIRE_ITEM_VMDESC))
+			return 0;
+		if (r < 0)
+			return r;
+		r = show_item(w, &it);
+		if (r != 0)
+			return r < 0 ? r : 0;
+		w->decoded = wire_stream_offset(w->ws);
+		after_eof = it.kind == WIRE_ITEM_EOF;
+	}
 }
 
 int cmd_inspect(int argc, char **argv)
@@ -292,6 +223,7 @@ int cmd_inspect(int argc, char **argv)
 		{ 0 },
 	};
 	static struct walk w;
+	struct wire_membuf mb = { 0 };
 	struct stat sb;
 	void *map = MAP_FAILED;
 	int c, fd, r;
@@ -319,31 +251,34 @@ int cmd_inspect(int argc, char **argv)
 			close(fd);
 		return cli_fail("inspect: %s: %s", argv[optind], strerror(r));
 	}
-	w.len = (size_t)sb.st_size;
-	if (w.len > 0)
-		map = mmap(NULL, w.len, PROT_READ, MAP_PRIVATE, fd, 0);
+	mb.len = (size_t)sb.st_size;
+	if (mb.len > 0)
+		map = mmap(NULL, mb.len, PROT_READ, MAP_PRIVATE, fd, 0);
 	close(fd);
-	if (w.len < 8 || map == MAP_FAILED) {
+	if (mb.len < 8 || map == MAP_FAILED) {
 		if (map != MAP_FAILED)
-			munmap(map, w.len);
+			munmap(map, mb.len);
 		return cli_fail("inspect: %s: too short to be a migration stream", argv[optind]);
 	}
-	w.p = map;
-	if (get_be32(w.p) == SAVEVM_MAGIC)
-		r = walk_qemu(&w);
-	else if (get_be64(w.p) == NATIVE_MAGIC)
-		w.native = true, r = walk_native(&w);
-	else
-		r = err_set(EBADMSG, "neither a blkmig native stream nor a QEMU migration stream");
+	mb.p = map;
+	r = wire_stream_new(WIRE_STREAM_AUTO, wire_membuf_read, &mb, &w.ws);
+	if (r == 0) {
+		/* A capture is what a source sends. */
+		wire_stream_allow(
+		    w.ws, NATIVE_ALLOW(NATIVE_MSG_BLOCKS) | NATIVE_ALLOW(NATIVE_MSG_COMPLETE) |
+			      NATIVE_ALLOW(NATIVE_MSG_ABORT) | NATIVE_ALLOW(NATIVE_MSG_COMMIT));
+		r = walk(&w);
+	}
+	wire_stream_free(w.ws);
 	printf("totals:\n");
 	for (unsigned i = 0; i < w.ndev; i++)
 		printf("  %s: %" PRIu64 " data records, %" PRIu64 " zero records\n", w.dev[i].name,
 		       w.dev[i].data, w.dev[i].zero);
 	if (w.writes)
 		printf("  %" PRIu64 " mirrored writes\n", w.writes);
-	printf("  %" PRIu64 " EOS, last progress %" PRIu64 "%%, %zu of %zu bytes decoded\n", w.eos,
-	       w.progress, w.off, w.len);
-	munmap(map, w.len);
+	printf("  %" PRIu64 " EOS, last progress %" PRIu64 "%%, %" PRIu64 " of %zu bytes decoded\n",
+	       w.eos, w.progress, w.decoded, mb.len);
+	munmap(map, mb.len);
 	if (r < 0)
 		return cli_fail("inspect: %s: %s", argv[optind], err_msg());
 	return EXIT_OK;

@@ -78,7 +78,7 @@ int cmd_receive(int argc, char **argv)
 	struct mig_stats st = { 0 };
 	struct xport *x = NULL;
 	long timeout_s = XPORT_DEFAULT_TIMEOUT_MS / 1000;
-	bool json = false;
+	bool json = false, qemu = false;
 	uint64_t v;
 	char bound[128];
 	int c, r, lfd = -1;
@@ -101,7 +101,8 @@ int cmd_receive(int argc, char **argv)
 			names[ctx.ndev - 1] = devs[ctx.ndev - 1].name;
 			break;
 		case OPT_FORMAT:
-			r = cli_check_format("receive", optarg, true, &p.qemu);
+			r = cli_check_format("receive", optarg, true, &qemu);
+			p.format = qemu ? MIG_FORMAT_QEMU : MIG_FORMAT_NATIVE;
 			if (r)
 				return r;
 			break;
@@ -137,7 +138,7 @@ int cmd_receive(int argc, char **argv)
 	if (!ctx.ndev)
 		return cli_usage_error("receive", "at least one --device NAME=PATH is required");
 	p.nexpect = ctx.ndev;
-	if (p.qemu && ctx.create)
+	if (qemu && ctx.create)
 		return cli_usage_error("receive", "--create needs the native format: a QEMU stream "
 						  "does not announce device sizes");
 	/* Two names on one image would have each overwrite the other. */

@@ -63,7 +63,7 @@ static int run_incoming(struct daemon *d)
 				.user = &in,
 				.expect = names,
 				.allow_shared_base = d->cfg.shared_base,
-				.qemu = d->cfg.qemu };
+				.format = d->cfg.qemu ? MIG_FORMAT_QEMU : MIG_FORMAT_NATIVE };
 	struct xport *x = NULL;
 	int r;
 

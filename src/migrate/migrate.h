@@ -12,11 +12,12 @@
  * are fenced (further writes fail with -ESHUTDOWN); on failure or cancel the
  * writers are resumed and the devices are left untouched.
  *
- * Destination (dest.c): accept HELLO, open devices through a callback,
- * mark them incomplete, validate and apply every record; after each pass
- * fdatasync, read back what the pass wrote and confirm (SYNCED); on
- * COMPLETE check that every chunk was carried and the digests match, ACK,
- * and clear the marks only when the source COMMITs (after fencing itself).
+ * Destination (dest.c, over a stream format: dst-native.c, dst-qemu.c):
+ * accept HELLO, open devices through a callback, mark them incomplete,
+ * validate and apply every record; after each pass fdatasync, read back
+ * what the pass wrote and confirm (SYNCED); on COMPLETE check that every
+ * chunk was carried and the digests match, ACK, and clear the marks only
+ * when the source COMMITs (after fencing itself).
  *
  * Both run in the calling thread and block until done; src_cancel() may be
  * called from any thread or a signal handler (it only stores an atomic).
@@ -199,19 +200,24 @@ struct dst_params {
 	 * images must already hold the base).  Refused otherwise. */
 	bool allow_shared_base;
 	/*
-	 * The stream is QEMU 7.2's migration stream (savevm envelope, block
-	 * section only) instead of the native one.  The devices are opened by
-	 * the names in 'expect' with size 0 (their own size is used), nothing
-	 * is sent back (QEMU has no return path), there are no digests, and
-	 * success means: EOF reached, every device synced and read back.
+	 * MIG_FORMAT_QEMU: the stream is QEMU 7.2's migration stream (savevm
+	 * envelope, block section only).  The devices are opened by the names
+	 * in 'expect' with size 0 (their own size is used), nothing is sent
+	 * back (QEMU has no return path), there are no digests, and success
+	 * means: EOF reached, every chunk of every device carried (unless
+	 * allow_shared_base: QEMU's inc mode leaves the base's chunks out),
+	 * every device synced and read back.
 	 */
-	bool qemu;
+	enum mig_format format;
 };
 
 /*
- * Receive one migration from x.  0 after COMMIT (images durable, read back,
- * digests matched, marks cleared); negative errno otherwise, after telling the
- * source (ERROR) when the connection still works.  Devices opened through
+ * Receive one migration from x in p->format.  0 once it is complete and the
+ * marks are cleared: native, after COMMIT (images durable, read back, every
+ * chunk carried unless shared base, digests matched); QEMU, after EOF
+ * (durable, read back, every chunk carried unless allow_shared_base).
+ * Negative errno otherwise, after telling the source (native ERROR) when
+ * the connection still works.  Devices opened through
  * the callback are closed before returning.  st (optional) receives the
  * final figures.
  */

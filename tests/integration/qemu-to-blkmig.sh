@@ -101,12 +101,13 @@ pass "QEMU -> blkmig while QEMU writes (6 writes during a 4 MB/s migration): ide
 
 # inc: true — qcow2 overlays on a shared base: only the overlay's data
 # travels, and the raw base on our side becomes the overlay's full view.
+# The receiver is told so (--shared-base): the stream itself cannot say.
 requires qemu-img
 make_random "$T/base.raw" $((16 * MiB)) 139
 qemu-img create -q -f qcow2 -F raw -b "$T/base.raw" "$T/top.qcow2"
 qemu-io -f qcow2 "$T/top.qcow2" -c "write -P 0x5e 1M 2M" -c "write -P 0x6f 9M 64k" >/dev/null || fail "inc: overlay writes"
 cp "$T/base.raw" "$T/inc.dst"
-start_receiver inc --format qemu --device drive0="$T/inc.dst"
+start_receiver inc --format qemu --shared-base --device drive0="$T/inc.dst"
 qemu-system-x86_64 -M none -nodefaults -display none -drive "file=$T/top.qcow2,format=qcow2,if=none,id=drive0" \
 	-qmp "unix:$T/inc.qmp,server=on,wait=off" 2>"$T/inc.qemu.err" &
 qpid=$!

@@ -12,8 +12,10 @@
  * forced from the progress callback; a live writer during a rate-limited
  * migration, in dirty and in active mode; a source read error in the bulk
  * and in the final pass; a destination write error; cancel from another
- * thread and at a record boundary; shared base; zero blocks; handshake
- * failures; src_new() argument checks.
+ * thread, at a record boundary and while the destination is silent; shared
+ * base; zero blocks; handshake failures; src_new() argument checks; crafted
+ * QEMU-format streams into the destination, complete, incomplete (a chunk,
+ * a device, all block data missing) and with a shared base.
  *
  * Engines record their messages per thread, so the destination thread
  * copies its err_msg() before it ends.  Sizes stay at 16 MiB or less (the
@@ -41,6 +43,7 @@
 #include "common/util.h"
 #include "migrate/migrate.h"
 #include "transport/transport.h"
+#include "wire/savevm.h"
 #include "workload/workload.h"
 
 #define SAFETY_TIMEOUT_MS 30000
@@ -253,6 +256,7 @@ struct dcfg {
 	const char *const *expect;
 	unsigned nexpect;
 	bool allow_shared_base;
+	enum mig_format format;
 };
 
 /* A layer that makes short writes (mirrored WRITEs) wait: a destination
@@ -388,6 +392,7 @@ static void *dst_main(void *arg)
 		.expect = m->dst.expect,
 		.nexpect = m->dst.nexpect,
 		.allow_shared_base = m->dst.allow_shared_base,
+		.format = m->dst.format,
 	};
 	struct xport *x = NULL;
 
@@ -1775,6 +1780,284 @@ static void test_unknown_device(void **state)
 	sdev_close(&s);
 }
 
+/* ---- QEMU-format destination -------------------------------------------------------- */
+
+/*
+ * Crafted QEMU 7.2 streams (QEMU-STREAM.md) into dst_run(): header,
+ * configuration, one "block" section (START with EOS, PART with the
+ * records, END with PROGRESS 100 and EOS), EOF, VMDESCRIPTION.  Without a
+ * shared base QEMU sends every chunk of every device, so a stream that
+ * leaves one out is incomplete and refused; with one (QEMU's inc mode) the
+ * unsent chunks are the base's.
+ */
+struct qbuf {
+	uint8_t *p;
+	size_t len, cap;
+};
+
+static void qb_put(struct qbuf *q, const void *p, size_t n)
+{
+	if (q->len + n > q->cap) {
+		q->cap = (q->len + n) * 2;
+		q->p = realloc(q->p, q->cap);
+		assert_non_null(q->p);
+	}
+	memcpy(q->p + q->len, p, n);
+	q->len += n;
+}
+
+static void qb_enc(struct qbuf *q, int n, const uint8_t *tmp)
+{
+	assert_true(n > 0);
+	qb_put(q, tmp, (size_t)n);
+}
+
+static void qb_section(struct qbuf *q, enum savevm_type type)
+{
+	struct savevm_section sec = { .type = type, .section_id = 1, .version_id = 1 };
+	uint8_t tmp[SAVEVM_SECTION_HDR_MAX];
+
+	snprintf(sec.name, sizeof(sec.name), "block");
+	qb_enc(q, savevm_section_encode(tmp, sizeof(tmp), &sec), tmp);
+}
+
+static void qb_rec(struct qbuf *q, enum wire_rec_kind kind, const char *name, uint64_t off,
+		   uint8_t fill)
+{
+	struct wire_record rec = { .kind = kind, .offset = off, .percent = 100 };
+	uint8_t tmp[WIRE_REC_HDR_MAX];
+
+	snprintf(rec.name, sizeof(rec.name), "%s", name);
+	qb_enc(q, wire_rec_encode_header(tmp, &rec), tmp);
+	if (kind == WIRE_REC_DATA) {
+		uint8_t *chunk = malloc(MiB);
+
+		assert_non_null(chunk);
+		memset(chunk, fill, MiB);
+		qb_put(q, chunk, MiB);
+		free(chunk);
+	}
+}
+
+static void qb_footer(struct qbuf *q)
+{
+	uint8_t tmp[SAVEVM_FOOTER_LEN];
+
+	qb_enc(q, savevm_footer_encode(tmp, sizeof(tmp), 1), tmp);
+}
+
+/* Header, configuration, START block (EOS), PART block header. */
+static void qb_begin(struct qbuf *q)
+{
+	struct savevm_section cfg = { .type = SAVEVM_CONFIGURATION };
+	uint8_t tmp[SAVEVM_SECTION_HDR_MAX];
+
+	memset(q, 0, sizeof(*q));
+	qb_enc(q, savevm_header_encode(tmp, sizeof(tmp)), tmp);
+	snprintf(cfg.name, sizeof(cfg.name), "none");
+	qb_enc(q, savevm_section_encode(tmp, sizeof(tmp), &cfg), tmp);
+	qb_section(q, SAVEVM_START);
+	qb_rec(q, WIRE_REC_EOS, "", 0, 0);
+	qb_footer(q);
+	qb_section(q, SAVEVM_PART);
+}
+
+/* EOS and footer of the PART, END block, EOF, VMDESCRIPTION. */
+static void qb_end(struct qbuf *q)
+{
+	static const char json[] = "{\"page_size\": 4096, \"devices\": []}";
+	struct savevm_section eof = { .type = SAVEVM_EOF };
+	uint8_t tmp[128];
+
+	qb_rec(q, WIRE_REC_EOS, "", 0, 0);
+	qb_footer(q);
+	qb_section(q, SAVEVM_END);
+	qb_rec(q, WIRE_REC_PROGRESS, "", 0, 0);
+	qb_rec(q, WIRE_REC_EOS, "", 0, 0);
+	qb_footer(q);
+	qb_enc(q, savevm_section_encode(tmp, sizeof(tmp), &eof), tmp);
+	qb_enc(q, savevm_vmdesc_encode(tmp, sizeof(tmp), json, strlen(json)), tmp);
+}
+
+/* Two file devices, d0 of 3 MiB and d1 of 2.5 MiB, holding 0xee. */
+static const char *const qemu_names[] = { "d0", "d1" };
+
+static void qemu_setup(struct mig *m, bool shared_base)
+{
+	mig_init(m);
+	m->dst.format = MIG_FORMAT_QEMU;
+	m->dst.allow_shared_base = shared_base;
+	m->dst.n = 2;
+	m->dst.expect = qemu_names;
+	m->dst.nexpect = 2;
+	for (unsigned i = 0; i < 2; i++) {
+		m->dst.dev[i].name = qemu_names[i];
+		tmp_new(m->dst.dev[i].path, PATH_CAP, qemu_names[i]);
+		prefill_file(m->dst.dev[i].path, i ? 2 * MiB + MiB / 2 : 3 * MiB, FILL_BYTE, 0);
+	}
+}
+
+/* Send q from this thread into a destination thread; collect its result. */
+static void qemu_send(struct mig *m, struct qbuf *q)
+{
+	struct xport *x = NULL;
+
+	if (xport_listen("127.0.0.1:0", &m->lfd, m->bound, sizeof(m->bound)) != 0)
+		fail_msg("listen: %s", err_msg());
+	assert_int_equal(pthread_create(&m->dth, NULL, dst_main, m), 0);
+	if (xport_connect(m->bound, SAFETY_TIMEOUT_MS, NULL, &x) != 0)
+		mig_start_failed(m, "connect");
+	xport_set_timeout(x, SAFETY_TIMEOUT_MS);
+	/* QEMU hears nothing back: whatever the destination does, send all. */
+	(void)xport_write(x, q->p, q->len);
+	(void)xport_flush(x);
+	xport_close(x);
+	pthread_join(m->dth, NULL);
+	close(m->lfd);
+	free(q->p);
+}
+
+/* The byte at off in a destination image. */
+static uint8_t dst_byte(const struct mig *m, unsigned dev, uint64_t off)
+{
+	struct blk *b = open_file_ro(m->dst.dev[dev].path);
+	uint8_t v;
+
+	assert_int_equal(blk_pread(b, &v, 1, off), 0);
+	blk_close(b);
+	return v;
+}
+
+static void assert_qemu_refused(const struct mig *m, const char *msg)
+{
+	assert_int_equal(m->dst_r, -EBADMSG);
+	assert_string_equal(m->dst_msg, msg);
+	assert_int_equal(m->dst_st.state, MIG_FAILED);
+	/* Both images stay marked: neither may be served as complete. */
+	assert_int_equal(mark_check(m->dst.dev[0].path), 1);
+	assert_int_equal(mark_check(m->dst.dev[1].path), 1);
+}
+
+static void test_qemu_complete(void **state)
+{
+	struct qbuf q;
+	struct mig m;
+
+	(void)state;
+	qemu_setup(&m, false);
+	qb_begin(&q);
+	/* Any order, zero records, a chunk sent twice (the last wins), the
+	 * partial last chunk's excess dropped. */
+	qb_rec(&q, WIRE_REC_DATA, "d1", 2 * MiB, 0x21);
+	qb_rec(&q, WIRE_REC_DATA, "d0", 0, 0x01);
+	qb_rec(&q, WIRE_REC_ZERO, "d0", MiB, 0);
+	qb_rec(&q, WIRE_REC_DATA, "d0", 2 * MiB, 0x03);
+	qb_rec(&q, WIRE_REC_DATA, "d1", 0, 0x11);
+	qb_rec(&q, WIRE_REC_ZERO, "d1", MiB, 0);
+	qb_rec(&q, WIRE_REC_DATA, "d0", 0, 0x0f);
+	qb_end(&q);
+	qemu_send(&m, &q);
+
+	if (m.dst_r != 0)
+		fail_msg("destination failed: %s", m.dst_msg);
+	assert_int_equal(m.dst_st.state, MIG_COMPLETED);
+	assert_int_equal(m.dst_st.dev[0].data_chunks, 3);
+	assert_int_equal(m.dst_st.dev[0].zero_chunks, 1);
+	assert_int_equal(m.dst_st.dev[1].size, 2 * MiB + MiB / 2);
+	assert_int_equal(dst_byte(&m, 0, 0), 0x0f);
+	assert_int_equal(dst_byte(&m, 0, MiB), 0);
+	assert_int_equal(dst_byte(&m, 0, 3 * MiB - 1), 0x03);
+	assert_int_equal(dst_byte(&m, 1, 2 * MiB + MiB / 2 - 1), 0x21);
+	assert_int_equal(mark_check(m.dst.dev[0].path), 0);
+	assert_int_equal(mark_check(m.dst.dev[1].path), 0);
+}
+
+/* Regression: a stream that never sent one chunk was accepted, the mark
+ * cleared, and the chunk's old contents served as migrated. */
+static void test_qemu_missing_chunk(void **state)
+{
+	struct qbuf q;
+	struct mig m;
+
+	(void)state;
+	qemu_setup(&m, false);
+	qb_begin(&q);
+	qb_rec(&q, WIRE_REC_DATA, "d0", 0, 0x01);
+	qb_rec(&q, WIRE_REC_DATA, "d0", 2 * MiB, 0x03);
+	qb_rec(&q, WIRE_REC_DATA, "d1", 0, 0x11);
+	qb_rec(&q, WIRE_REC_ZERO, "d1", MiB, 0);
+	qb_rec(&q, WIRE_REC_ZERO, "d1", 2 * MiB, 0);
+	qb_end(&q);
+	qemu_send(&m, &q);
+	assert_qemu_refused(&m, "device d0: the source carried 2 of 3 chunks: the migration is "
+				"incomplete (first missing: 1.0 MiB at offset 1048576); if the "
+				"source sends only allocated data (QEMU migrate with inc: true), "
+				"the image must hold the base: accept it with --shared-base");
+	/* What did arrive was written; the rest is the old contents. */
+	assert_int_equal(dst_byte(&m, 0, 0), 0x01);
+	assert_int_equal(dst_byte(&m, 0, MiB), 0xee);
+}
+
+/* Regression: a configured device the stream never mentioned. */
+static void test_qemu_missing_device(void **state)
+{
+	struct qbuf q;
+	struct mig m;
+
+	(void)state;
+	qemu_setup(&m, false);
+	qb_begin(&q);
+	qb_rec(&q, WIRE_REC_DATA, "d0", 0, 0x01);
+	qb_rec(&q, WIRE_REC_ZERO, "d0", MiB, 0);
+	qb_rec(&q, WIRE_REC_DATA, "d0", 2 * MiB, 0x03);
+	qb_end(&q);
+	qemu_send(&m, &q);
+	assert_qemu_refused(&m, "device d1: the source carried 0 of 3 chunks: the migration is "
+				"incomplete (first missing: 2.5 MiB at offset 0); if the source "
+				"sends only allocated data (QEMU migrate with inc: true), the "
+				"image must hold the base: accept it with --shared-base");
+}
+
+/* Regression: no block data at all (what QEMU 7.2 sends when it
+ * "completes" at once with the default downtime limit and a slow link). */
+static void test_qemu_no_block_data(void **state)
+{
+	struct qbuf q;
+	struct mig m;
+
+	(void)state;
+	qemu_setup(&m, false);
+	qb_begin(&q);
+	qb_end(&q);
+	qemu_send(&m, &q);
+	assert_qemu_refused(&m, "device d0: the source carried 0 of 3 chunks: the migration is "
+				"incomplete (first missing: 3.0 MiB at offset 0); if the source "
+				"sends only allocated data (QEMU migrate with inc: true), the "
+				"image must hold the base: accept it with --shared-base");
+}
+
+/* With a shared base (QEMU's inc mode) the unsent chunks are the base's:
+ * accepted, and left as they are. */
+static void test_qemu_shared_base(void **state)
+{
+	struct qbuf q;
+	struct mig m;
+
+	(void)state;
+	qemu_setup(&m, true);
+	qb_begin(&q);
+	qb_rec(&q, WIRE_REC_DATA, "d0", MiB, 0x02);
+	qb_end(&q);
+	qemu_send(&m, &q);
+	if (m.dst_r != 0)
+		fail_msg("destination failed: %s", m.dst_msg);
+	assert_int_equal(dst_byte(&m, 0, 0), 0xee);
+	assert_int_equal(dst_byte(&m, 0, MiB), 0x02);
+	assert_int_equal(dst_byte(&m, 1, 0), 0xee);
+	assert_int_equal(mark_check(m.dst.dev[0].path), 0);
+	assert_int_equal(mark_check(m.dst.dev[1].path), 0);
+}
+
 /* ---- src_new and names ----------------------------------------------------------------- */
 
 static void test_src_new_errors(void **state)
@@ -1909,6 +2192,11 @@ int main(void)
 		T(test_no_zero_blocks_stats_agree),
 		T(test_size_mismatch),
 		T(test_unknown_device),
+		T(test_qemu_complete),
+		T(test_qemu_missing_chunk),
+		T(test_qemu_missing_device),
+		T(test_qemu_no_block_data),
+		T(test_qemu_shared_base),
 		T(test_src_new_errors),
 		T(test_src_new_bad_names),
 		T(test_state_names),

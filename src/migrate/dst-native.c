@@ -1,0 +1,202 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The destination's native format (docs/wire-format.md), behind
+ * dst-format.h: HELLO is the offer, READY accepts it, each BLOCKS message is
+ * a pass answered by SYNCED, each WRITE by WACK, COMPLETE carries the
+ * digests; ACK, then COMMIT hands the devices over.  Every failure is told
+ * to the source (ERROR) unless the source aborted.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/error.h"
+#include "dst-format.h"
+#include "engine.h"
+#include "transport/transport.h"
+
+struct native_fmt {
+	struct dst_fmt base;
+	bool aborted; /* the source sent ABORT: it hears nothing more */
+};
+
+static int send_frame(struct dst_fmt *f, int n, const uint8_t *buf)
+{
+	int r;
+
+	if (n < 0)
+		return n;
+	r = xport_write(f->x, buf, (size_t)n);
+	return r == 0 ? xport_flush(f->x) : r;
+}
+
+static int native_open(const struct dst_params *p, struct xport *x, struct dst_fmt **out)
+{
+	struct native_fmt *nf = calloc(1, sizeof(*nf));
+	int r;
+
+	if (!nf)
+		return err_set(ENOMEM, "no memory for the native format");
+	r = dst_fmt_init(&nf->base, &dst_native_ops, p, x);
+	if (r < 0) {
+		free(nf);
+		return r;
+	}
+	*out = &nf->base;
+	return 0;
+}
+
+static void native_close(struct dst_fmt *f)
+{
+	if (!f)
+		return;
+	dst_fmt_fini(f);
+	free(f);
+}
+
+static int native_handshake(struct dst_fmt *f, struct dst_offer *o)
+{
+	struct wire_item it;
+	const struct native_hello *h;
+	int r = wire_stream_next(f->ws, &it);
+
+	if (r < 0)
+		return r;
+	h = it.hello; /* a native stream starts with HELLO or fails */
+	o->chunk_size = h->chunk_size;
+	o->shared_base = h->caps & NATIVE_CAP_SHARED_BASE;
+	o->mirror = h->caps & NATIVE_CAP_MIRROR;
+	o->ndev = h->ndev;
+	memcpy(o->dev, h->dev, h->ndev * sizeof(h->dev[0]));
+	wire_stream_allow(f->ws, NATIVE_ALLOW(NATIVE_MSG_BLOCKS) |
+				     NATIVE_ALLOW(NATIVE_MSG_COMPLETE) |
+				     NATIVE_ALLOW(NATIVE_MSG_ABORT));
+	return 0;
+}
+
+static int native_accept(struct dst_fmt *f)
+{
+	uint8_t buf[NATIVE_FRAME_HDR + 8];
+	int r = send_frame(f, native_ready_encode(buf, sizeof(buf), NATIVE_VERSION), buf);
+
+	return r < 0 ? err_prefix(-r, "handshake: ") : 0;
+}
+
+static int aborted(struct dst_fmt *f, const struct native_error *e, const char *when)
+{
+	((struct native_fmt *)f)->aborted = true;
+	return err_set(e->err ? (int)e->err : ECANCELED, "source aborted%s: %s", when, e->reason);
+}
+
+static int native_next(struct dst_fmt *f, struct dst_event *ev)
+{
+	for (;;) {
+		struct wire_item it;
+		int r = wire_stream_next(f->ws, &it);
+
+		if (r < 0)
+			return r;
+		ev->offset = it.offset;
+		switch (it.kind) {
+		case WIRE_ITEM_BLOCKS:
+			continue;
+		case WIRE_ITEM_RECORD:
+			if (it.rec.kind == WIRE_REC_PROGRESS)
+				continue;
+			if (it.rec.kind == WIRE_REC_EOS) {
+				ev->kind = DST_EV_PASS_END;
+				return 0;
+			}
+			f->rec = it.rec;
+			ev->kind = DST_EV_RECORD;
+			ev->rec = &f->rec;
+			return 0;
+		case WIRE_ITEM_COMPLETE:
+			ev->kind = DST_EV_COMPLETE;
+			ev->digests = it.complete;
+			return 0;
+		case WIRE_ITEM_ABORT:
+			return aborted(f, it.error, "");
+		case WIRE_ITEM_END:
+			ev->kind = DST_EV_CLOSED;
+			return 0;
+		default:
+			/* wire_stream_allow() lets nothing else through. */
+			return err_set(EBADMSG, "at stream offset %llu: unexpected %s",
+				       (unsigned long long)it.offset, wire_item_name(it.kind));
+		}
+	}
+}
+
+/* Each pass is made durable and confirmed before the next: the source's
+ * bandwidth estimate then covers the destination's disk, and the final
+ * pause never has to wait for an earlier pass to reach it. */
+static int native_pass_end(struct dst_fmt *f, uint64_t passes)
+{
+	uint8_t buf[NATIVE_FRAME_HDR + 8];
+
+	return send_frame(f, native_synced_encode(buf, sizeof(buf), passes), buf);
+}
+
+/* The writer on the source is waiting for this. */
+static int native_write_applied(struct dst_fmt *f, uint64_t seq)
+{
+	uint8_t buf[NATIVE_FRAME_HDR + 8];
+	int r = send_frame(f, native_wack_encode(buf, sizeof(buf), seq), buf);
+
+	return r < 0 ? err_prefix(-r, "acknowledging a write: ") : 0;
+}
+
+/* ACK, then wait for COMMIT: the source still owns the devices until it
+ * has fenced itself and says so. */
+static int native_finish(struct dst_fmt *f)
+{
+	uint8_t buf[NATIVE_FRAME_HDR + 8];
+	struct wire_item it;
+	int r = send_frame(f, native_ack_encode(buf, sizeof(buf)), buf);
+
+	if (r < 0)
+		return err_prefix(-r, "acknowledgement: ");
+	wire_stream_allow(f->ws, NATIVE_ALLOW(NATIVE_MSG_COMMIT) | NATIVE_ALLOW(NATIVE_MSG_ABORT));
+	r = wire_stream_next(f->ws, &it);
+	if (r < 0)
+		return err_prefix(-r, "waiting for the source to commit: ");
+	if (it.kind == WIRE_ITEM_ABORT)
+		return aborted(f, it.error, " after the acknowledgement");
+	if (it.kind == WIRE_ITEM_END)
+		return err_set(ECONNRESET,
+			       "the source closed the connection after the "
+			       "acknowledgement without committing: it keeps the devices");
+	return 0; /* COMMIT */
+}
+
+static void native_fail(struct dst_fmt *f, int err, const char *msg)
+{
+	/* A source that aborted is not listening. */
+	if (((struct native_fmt *)f)->aborted && err == ECANCELED)
+		return;
+	/* Best effort: the source may already be gone. */
+	xport_set_cancel(f->x, NULL);
+	xport_set_timeout(f->x, 2000);
+	engine_send_error(f->x, NATIVE_MSG_ERROR, err, msg);
+}
+
+const struct dst_format_ops dst_native_ops = {
+	.name = "native",
+	.stream = WIRE_STREAM_NATIVE,
+	.caps = { .return_path = true,
+		  .sizes = true,
+		  .digests = true,
+		  .mirror = true,
+		  .pass_replies = true,
+		  .announces_base = true },
+	.open = native_open,
+	.handshake = native_handshake,
+	.accept = native_accept,
+	.next = native_next,
+	.pass_end = native_pass_end,
+	.write_applied = native_write_applied,
+	.finish = native_finish,
+	.fail = native_fail,
+	.close = native_close,
+};

@@ -1,0 +1,907 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Unit tests for the stream reader (src/wire/stream.c): golden streams of
+ * both formats, built byte by byte from docs/wire-format.md and
+ * QEMU-STREAM.md (not with the encoders), read back item by item; every
+ * truncation of each, which must end in a truncation error or, exactly at
+ * a top-level boundary, in END; oversized and invalid fields refused with
+ * the stream offset named; format detection and sticky failure.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/error.h"
+#include "common/util.h"
+#include "wire/stream.h"
+
+#define CHUNK 4096 /* the golden streams' chunk size */
+
+static void assert_contains(const char *msg, const char *needle)
+{
+	if (!strstr(msg, needle))
+		fail_msg("message '%s' does not contain '%s'", msg, needle);
+}
+
+/* ---- a byte builder ------------------------------------------------------------ */
+
+struct buf {
+	uint8_t *p;
+	size_t len, cap;
+};
+
+static void grow(struct buf *b, size_t n)
+{
+	if (b->len + n <= b->cap)
+		return;
+	b->cap = (b->len + n) * 2;
+	b->p = realloc(b->p, b->cap);
+	assert_non_null(b->p);
+}
+
+static void u8(struct buf *b, uint8_t v)
+{
+	grow(b, 1);
+	b->p[b->len++] = v;
+}
+
+static void be32(struct buf *b, uint32_t v)
+{
+	for (int i = 3; i >= 0; i--)
+		u8(b, (uint8_t)(v >> (i * 8)));
+}
+
+static void be64(struct buf *b, uint64_t v)
+{
+	for (int i = 7; i >= 0; i--)
+		u8(b, (uint8_t)(v >> (i * 8)));
+}
+
+static void bytes(struct buf *b, const void *p, size_t n)
+{
+	grow(b, n);
+	memcpy(b->p + b->len, p, n);
+	b->len += n;
+}
+
+static void fill(struct buf *b, uint8_t v, size_t n)
+{
+	grow(b, n);
+	memset(b->p + b->len, v, n);
+	b->len += n;
+}
+
+static void counted(struct buf *b, const char *s)
+{
+	u8(b, (uint8_t)strlen(s));
+	bytes(b, s, strlen(s));
+}
+
+static void rec_data(struct buf *b, const char *name, uint64_t off, uint8_t v)
+{
+	be64(b, off | 0x01);
+	counted(b, name);
+	fill(b, v, CHUNK);
+}
+
+static void rec_zero(struct buf *b, const char *name, uint64_t off)
+{
+	be64(b, off | 0x09);
+	counted(b, name);
+}
+
+static void rec_progress(struct buf *b, uint64_t pct)
+{
+	be64(b, pct << 9 | 0x04);
+}
+
+static void rec_eos(struct buf *b)
+{
+	be64(b, 0x02);
+}
+
+static void hello(struct buf *b, uint32_t caps, uint32_t chunk)
+{
+	bytes(b, "BLKMIG\r\n", 8);
+	be32(b, 1);
+	be32(b, caps);
+	be32(b, chunk);
+	u8(b, 0); /* be16 ndev */
+	u8(b, 1);
+	counted(b, "drive0");
+	be64(b, 64 << 20);
+}
+
+static void frame(struct buf *b, uint8_t type, const void *body, uint32_t len)
+{
+	u8(b, type);
+	be32(b, len);
+	bytes(b, body, len);
+}
+
+static void sv_start(struct buf *b, uint8_t type, uint32_t id, const char *idstr, uint32_t version)
+{
+	u8(b, type);
+	be32(b, id);
+	counted(b, idstr);
+	be32(b, 0);
+	be32(b, version);
+}
+
+static void sv_short(struct buf *b, uint8_t type, uint32_t id)
+{
+	u8(b, type);
+	be32(b, id);
+}
+
+static void sv_footer(struct buf *b, uint32_t id)
+{
+	sv_short(b, 0x7e, id);
+}
+
+static void qemu_head(struct buf *b)
+{
+	bytes(b, "QEVM", 4);
+	be32(b, 3);
+	u8(b, 0x07);
+	be32(b, 4);
+	bytes(b, "none", 4);
+}
+
+/* ---- reading a whole stream ---------------------------------------------------- */
+
+struct item_log {
+	enum wire_item_kind kind;
+	uint64_t offset;
+	enum wire_rec_kind rec;
+};
+
+#define MAX_ITEMS 512
+
+/*
+ * Read every item of b[0..len) (chunk: the QEMU chunk size); the items go
+ * to log[], the final result (0 after END, or the error) is returned.
+ */
+static int read_all(enum wire_stream_format fmt, const uint8_t *p, size_t len, struct item_log *log,
+		    unsigned *n)
+{
+	struct wire_membuf mb = { .p = p, .len = len };
+	struct wire_stream *s;
+	int r;
+
+	*n = 0;
+	assert_int_equal(wire_stream_new(fmt, wire_membuf_read, &mb, &s), 0);
+	assert_int_equal(wire_stream_set_qemu_chunk(s, CHUNK), 0);
+	for (;;) {
+		struct wire_item it;
+
+		r = wire_stream_next(s, &it);
+		if (r < 0)
+			break;
+		assert_true(*n < MAX_ITEMS);
+		log[*n].kind = it.kind;
+		log[*n].offset = it.offset;
+		log[*n].rec = it.rec.kind;
+		(*n)++;
+		if (it.kind == WIRE_ITEM_END)
+			break;
+	}
+	/* Sticky: a failed stream fails again (keeping the first message
+	 * for the caller). */
+	if (r < 0) {
+		struct wire_item it;
+		char msg[1024];
+
+		snprintf(msg, sizeof(msg), "%s", err_msg());
+		assert_int_equal(wire_stream_next(s, &it), r);
+		err_copy_in(msg);
+	}
+	wire_stream_free(s);
+	return r;
+}
+
+/* ---- golden streams ------------------------------------------------------------ */
+
+/* A source's native stream: HELLO (MIRROR), BLOCKS {ZERO, DATA, WRITE,
+ * PROGRESS, EOS}, COMPLETE, COMMIT; the offsets of its items in off[]. */
+static void native_source(struct buf *b, uint64_t *off, unsigned *n)
+{
+	static const uint8_t complete_body[] = {
+		0x00, 0x01, 0x06, 'd', 'r', 'i', 'v', 'e', '0', 0, 0,  0,  0,  0,  0,  0,  0x02,
+		0,    1,    2,	  3,   4,   5,	 6,   7,   8,	9, 10, 11, 12, 13, 14, 15,
+	};
+
+	*n = 0;
+	off[(*n)++] = b->len;
+	hello(b, 0x05, CHUNK); /* ZERO_BLOCKS | MIRROR */
+	off[(*n)++] = b->len;
+	u8(b, 0x01); /* BLOCKS */
+	off[(*n)++] = b->len;
+	rec_zero(b, "drive0", 0);
+	off[(*n)++] = b->len;
+	rec_data(b, "drive0", CHUNK, 0xa5);
+	off[(*n)++] = b->len;
+	be64(b, 0x10); /* WRITE "hi" at 100, seq 1 */
+	counted(b, "drive0");
+	be64(b, 1);
+	be64(b, 100);
+	be32(b, 2);
+	u8(b, 0);
+	bytes(b, "hi", 2);
+	off[(*n)++] = b->len;
+	rec_progress(b, 100);
+	off[(*n)++] = b->len;
+	rec_eos(b);
+	off[(*n)++] = b->len;
+	frame(b, 0x02, complete_body, sizeof(complete_body));
+	off[(*n)++] = b->len;
+	frame(b, 0x04, NULL, 0);
+	off[(*n)++] = b->len; /* END */
+}
+
+static void test_native_golden(void **state)
+{
+	static const enum wire_item_kind kinds[] = {
+		WIRE_ITEM_HELLO,  WIRE_ITEM_BLOCKS, WIRE_ITEM_RECORD, WIRE_ITEM_RECORD,
+		WIRE_ITEM_RECORD, WIRE_ITEM_RECORD, WIRE_ITEM_RECORD, WIRE_ITEM_COMPLETE,
+		WIRE_ITEM_COMMIT, WIRE_ITEM_END,
+	};
+	static const enum wire_rec_kind recs[] = { WIRE_REC_ZERO, WIRE_REC_DATA, WIRE_REC_WRITE,
+						   WIRE_REC_PROGRESS, WIRE_REC_EOS };
+	struct buf b = { 0 };
+	struct wire_membuf mb;
+	struct wire_stream *s;
+	struct wire_item it;
+	uint64_t off[16];
+	unsigned n;
+
+	(void)state;
+	native_source(&b, off, &n);
+	assert_int_equal(n, ARRAY_SIZE(kinds));
+	mb = (struct wire_membuf){ .p = b.p, .len = b.len };
+	assert_int_equal(wire_stream_new(WIRE_STREAM_NATIVE, wire_membuf_read, &mb, &s), 0);
+	for (unsigned i = 0; i < n; i++) {
+		assert_int_equal(wire_stream_next(s, &it), 0);
+		assert_int_equal(it.kind, kinds[i]);
+		assert_int_equal(it.offset, off[i]);
+		if (it.kind == WIRE_ITEM_RECORD)
+			assert_int_equal(it.rec.kind, recs[i - 2]);
+		switch (i) {
+		case 0:
+			assert_int_equal(it.hello->chunk_size, CHUNK);
+			assert_int_equal(it.hello->caps, 0x05);
+			assert_string_equal(it.hello->dev[0].name, "drive0");
+			assert_int_equal(it.hello->dev[0].size, 64 << 20);
+			assert_int_equal(wire_stream_chunk_size(s), CHUNK);
+			break;
+		case 3:
+			assert_int_equal(it.rec.offset, CHUNK);
+			assert_int_equal(it.rec.data[0], 0xa5);
+			assert_int_equal(it.rec.data[CHUNK - 1], 0xa5);
+			break;
+		case 4:
+			assert_int_equal(it.rec.seq, 1);
+			assert_int_equal(it.rec.offset, 100);
+			assert_memory_equal(it.rec.data, "hi", 2);
+			break;
+		case 5:
+			assert_int_equal(it.rec.percent, 100);
+			break;
+		case 7:
+			assert_int_equal(it.complete->ndev, 1);
+			assert_int_equal(it.complete->dev[0].chunks, 2);
+			assert_int_equal(it.complete->dev[0].digest[15], 15);
+			break;
+		}
+	}
+	assert_int_equal(wire_stream_offset(s), b.len);
+	assert_int_equal(wire_stream_format(s), WIRE_STREAM_NATIVE);
+	/* END again. */
+	assert_int_equal(wire_stream_next(s, &it), 0);
+	assert_int_equal(it.kind, WIRE_ITEM_END);
+	wire_stream_free(s);
+	free(b.p);
+}
+
+/* The destination's answers: READY, SYNCED, WACK, ACK, ERROR. */
+static void test_native_replies(void **state)
+{
+	static const uint8_t ready[] = { 0, 0, 0, 1 };
+	static const uint8_t synced[] = { 0, 0, 0, 0, 0, 0, 0, 2 };
+	static const uint8_t wack[] = { 0, 0, 0, 0, 0, 1, 0, 9 };
+	static const uint8_t error[] = { 0, 0, 0, 5, 'd', 'i', 's', 'k', ' ', 'f', 'u', 'l', 'l' };
+	struct buf b = { 0 };
+	struct wire_membuf mb;
+	struct wire_stream *s;
+	struct wire_item it;
+
+	(void)state;
+	hello(&b, 0, CHUNK);
+	frame(&b, 0x81, ready, sizeof(ready));
+	frame(&b, 0x84, synced, sizeof(synced));
+	frame(&b, 0x85, wack, sizeof(wack));
+	frame(&b, 0x82, NULL, 0);
+	frame(&b, 0x83, error, sizeof(error));
+	mb = (struct wire_membuf){ .p = b.p, .len = b.len };
+	assert_int_equal(wire_stream_new(WIRE_STREAM_AUTO, wire_membuf_read, &mb, &s), 0);
+	assert_int_equal(wire_stream_next(s, &it), 0);
+	assert_int_equal(it.kind, WIRE_ITEM_HELLO);
+	assert_int_equal(wire_stream_next(s, &it), 0);
+	assert_int_equal(it.kind, WIRE_ITEM_READY);
+	assert_int_equal(it.value, 1);
+	assert_int_equal(wire_stream_next(s, &it), 0);
+	assert_int_equal(it.kind, WIRE_ITEM_SYNCED);
+	assert_int_equal(it.value, 2);
+	assert_int_equal(wire_stream_next(s, &it), 0);
+	assert_int_equal(it.kind, WIRE_ITEM_WACK);
+	assert_int_equal(it.value, 65545);
+	assert_int_equal(wire_stream_next(s, &it), 0);
+	assert_int_equal(it.kind, WIRE_ITEM_ACK);
+	assert_int_equal(wire_stream_next(s, &it), 0);
+	assert_int_equal(it.kind, WIRE_ITEM_ERROR);
+	assert_int_equal(it.error->err, 5);
+	assert_string_equal(it.error->reason, "disk full");
+	assert_int_equal(wire_stream_next(s, &it), 0);
+	assert_int_equal(it.kind, WIRE_ITEM_END);
+	wire_stream_free(s);
+	free(b.p);
+}
+
+/* QEMU 7.2 -M none source, as QEMU-STREAM.md describes it. */
+static void qemu_source(struct buf *b, uint64_t *off, unsigned *n)
+{
+	static const char json[] = "{\"page_size\": 4096, \"devices\": []}";
+
+	*n = 0;
+	off[(*n)++] = b->len;
+	bytes(b, "QEVM", 4);
+	be32(b, 3);
+	off[(*n)++] = b->len;
+	u8(b, 0x07);
+	be32(b, 4);
+	bytes(b, "none", 4);
+	off[(*n)++] = b->len; /* 2: START block */
+	sv_start(b, 0x01, 1, "block", 1);
+	off[(*n)++] = b->len;
+	rec_eos(b);
+	off[(*n)++] = b->len;
+	sv_footer(b, 1);
+	off[(*n)++] = b->len; /* 5: START ram */
+	sv_start(b, 0x01, 2, "ram", 4);
+	be64(b, 0x04);
+	be64(b, 0x10);
+	off[(*n)++] = b->len; /* its footer */
+	sv_footer(b, 2);
+	off[(*n)++] = b->len; /* 7: PART block */
+	sv_short(b, 0x02, 1);
+	off[(*n)++] = b->len;
+	rec_data(b, "drive0", CHUNK, 0x5a);
+	off[(*n)++] = b->len;
+	rec_zero(b, "drive0", 0);
+	off[(*n)++] = b->len;
+	rec_eos(b);
+	off[(*n)++] = b->len;
+	sv_footer(b, 1);
+	off[(*n)++] = b->len; /* 12: PART ram */
+	sv_short(b, 0x02, 2);
+	be64(b, 0x10);
+	off[(*n)++] = b->len;
+	sv_footer(b, 2);
+	off[(*n)++] = b->len; /* 14: END block */
+	sv_short(b, 0x03, 1);
+	off[(*n)++] = b->len;
+	rec_progress(b, 100);
+	off[(*n)++] = b->len;
+	rec_eos(b);
+	off[(*n)++] = b->len;
+	sv_footer(b, 1);
+	off[(*n)++] = b->len; /* 18: FULL timer */
+	sv_start(b, 0x04, 3, "timer", 2);
+	fill(b, 0, 24);
+	off[(*n)++] = b->len;
+	sv_footer(b, 3);
+	off[(*n)++] = b->len; /* 20: FULL globalstate */
+	sv_start(b, 0x04, 4, "globalstate", 1);
+	be32(b, 8);
+	bytes(b, "running", 7);
+	fill(b, 0, 93);
+	off[(*n)++] = b->len;
+	sv_footer(b, 4);
+	off[(*n)++] = b->len; /* 22: EOF */
+	u8(b, 0x00);
+	off[(*n)++] = b->len; /* 23: VMDESCRIPTION */
+	u8(b, 0x06);
+	be32(b, (uint32_t)strlen(json));
+	bytes(b, json, strlen(json));
+	off[(*n)++] = b->len - strlen(json); /* END: right after the header */
+}
+
+static void test_qemu_golden(void **state)
+{
+	static const enum wire_item_kind kinds[] = {
+		WIRE_ITEM_QEMU_HEADER, WIRE_ITEM_CONFIG,  WIRE_ITEM_SECTION, WIRE_ITEM_RECORD,
+		WIRE_ITEM_FOOTER,      WIRE_ITEM_SECTION, WIRE_ITEM_FOOTER,  WIRE_ITEM_SECTION,
+		WIRE_ITEM_RECORD,      WIRE_ITEM_RECORD,  WIRE_ITEM_RECORD,  WIRE_ITEM_FOOTER,
+		WIRE_ITEM_SECTION,     WIRE_ITEM_FOOTER,  WIRE_ITEM_SECTION, WIRE_ITEM_RECORD,
+		WIRE_ITEM_RECORD,      WIRE_ITEM_FOOTER,  WIRE_ITEM_SECTION, WIRE_ITEM_FOOTER,
+		WIRE_ITEM_SECTION,     WIRE_ITEM_FOOTER,  WIRE_ITEM_EOF,     WIRE_ITEM_VMDESC,
+		WIRE_ITEM_END,
+	};
+	struct buf b = { 0 };
+	struct wire_membuf mb;
+	struct wire_stream *s;
+	struct wire_item it;
+	uint64_t off[32];
+	unsigned n;
+
+	(void)state;
+	qemu_source(&b, off, &n);
+	assert_int_equal(n, ARRAY_SIZE(kinds));
+	mb = (struct wire_membuf){ .p = b.p, .len = b.len };
+	assert_int_equal(wire_stream_new(WIRE_STREAM_QEMU, wire_membuf_read, &mb, &s), 0);
+	assert_int_equal(wire_stream_set_qemu_chunk(s, CHUNK), 0);
+	for (unsigned i = 0; i < n; i++) {
+		assert_int_equal(wire_stream_next(s, &it), 0);
+		if (it.kind != kinds[i] || it.offset != off[i])
+			fail_msg("item %u: %s at %llu, expected %s at %llu", i,
+				 wire_item_name(it.kind), (unsigned long long)it.offset,
+				 wire_item_name(kinds[i]), (unsigned long long)off[i]);
+		switch (i) {
+		case 0:
+			assert_int_equal(it.value, 3);
+			break;
+		case 1:
+			assert_string_equal(it.section.name, "none");
+			break;
+		case 2:
+		case 7:
+		case 14:
+			assert_string_equal(it.section.name, "block");
+			assert_int_equal(it.section.section_id, 1);
+			break;
+		case 5:
+			assert_string_equal(it.section.name, "ram");
+			assert_int_equal(it.section.version_id, 4);
+			break;
+		case 8:
+			assert_int_equal(it.rec.kind, WIRE_REC_DATA);
+			assert_string_equal(it.rec.name, "drive0");
+			assert_int_equal(it.rec.offset, CHUNK);
+			assert_int_equal(it.rec.data[CHUNK - 1], 0x5a);
+			break;
+		case 9:
+			assert_int_equal(it.rec.kind, WIRE_REC_ZERO);
+			break;
+		case 11:
+			assert_int_equal(it.section.section_id, 1);
+			assert_string_equal(it.section.name, "block");
+			break;
+		case 15:
+			assert_int_equal(it.rec.percent, 100);
+			break;
+		case 18:
+			assert_string_equal(it.section.name, "timer");
+			break;
+		case 23:
+			assert_int_equal(it.value, 34);
+			break;
+		}
+	}
+	assert_int_equal(wire_stream_offset(s), b.len);
+	wire_stream_free(s);
+	free(b.p);
+}
+
+/* ---- every truncation point ---------------------------------------------------- */
+
+/* Each prefix ends in END exactly at a top-level boundary (given in
+ * ends[]) and otherwise in a truncation error naming where the input
+ * ended; the items read are always the golden ones. */
+static void truncations(enum wire_stream_format fmt, const struct buf *b, const uint64_t *ends,
+			unsigned nends)
+{
+	struct item_log full[MAX_ITEMS], part[MAX_ITEMS];
+	unsigned nfull, npart;
+
+	assert_int_equal(read_all(fmt, b->p, b->len, full, &nfull), 0);
+	for (size_t len = 0; len < b->len; len++) {
+		bool boundary = false;
+		char want[64];
+		int r;
+
+		for (unsigned i = 0; i < nends; i++)
+			boundary |= ends[i] == len;
+		err_clear();
+		r = read_all(fmt, b->p, len, part, &npart);
+		if (boundary) {
+			if (r != 0)
+				fail_msg("prefix %zu: %d '%s', expected END", len, r, err_msg());
+			assert_int_equal(part[npart - 1].kind, WIRE_ITEM_END);
+			npart--;
+		} else {
+			if (r != -ECONNRESET)
+				fail_msg("prefix %zu: %d '%s', expected a truncation", len, r,
+					 r ? err_msg() : "END");
+			snprintf(want, sizeof(want), "truncated at offset %zu", len);
+			assert_contains(err_msg(), want);
+			assert_contains(err_msg(), "offset");
+		}
+		for (unsigned i = 0; i < npart; i++) {
+			assert_int_equal(part[i].kind, full[i].kind);
+			assert_int_equal(part[i].offset, full[i].offset);
+		}
+	}
+}
+
+static void test_native_truncated(void **state)
+{
+	struct buf b = { 0 };
+	uint64_t off[16], ends[16];
+	unsigned n, nends = 0;
+
+	(void)state;
+	native_source(&b, off, &n);
+	/* Between messages: after HELLO, after the EOS, after COMPLETE. */
+	ends[nends++] = off[1];
+	ends[nends++] = off[7];
+	ends[nends++] = off[8];
+	truncations(WIRE_STREAM_NATIVE, &b, ends, nends);
+	free(b.p);
+}
+
+static void test_qemu_truncated(void **state)
+{
+	struct buf b = { 0 };
+	uint64_t off[32], ends[32];
+	unsigned n, nends = 0;
+
+	(void)state;
+	qemu_source(&b, off, &n);
+	/* Before each top-level item after the header, and after EOF. */
+	ends[nends++] = off[1];
+	ends[nends++] = off[2];
+	ends[nends++] = off[5];
+	ends[nends++] = off[7];
+	ends[nends++] = off[12];
+	ends[nends++] = off[14];
+	ends[nends++] = off[18];
+	ends[nends++] = off[20];
+	ends[nends++] = off[22];
+	ends[nends++] = off[23];
+	truncations(WIRE_STREAM_QEMU, &b, ends, nends);
+	free(b.p);
+}
+
+/* ---- refused input ---------------------------------------------------------------- */
+
+/* Read b until an error; it must be err with the message containing
+ * each of the needles. */
+static void refused(enum wire_stream_format fmt, struct buf *b, int err, const char *needle,
+		    const char *needle2)
+{
+	struct item_log log[MAX_ITEMS];
+	unsigned n;
+	int r;
+
+	err_clear();
+	r = read_all(fmt, b->p, b->len, log, &n);
+	if (r != -err)
+		fail_msg("got %d '%s', expected %d with '%s'", r, r ? err_msg() : "", -err, needle);
+	assert_contains(err_msg(), needle);
+	if (needle2)
+		assert_contains(err_msg(), needle2);
+	free(b->p);
+	*b = (struct buf){ 0 };
+}
+
+static void test_native_refused(void **state)
+{
+	struct buf b = { 0 };
+	uint8_t body[8] = { 0 };
+
+	(void)state;
+	/* Chunk size not a power of two. */
+	bytes(&b, "BLKMIG\r\n", 8);
+	be32(&b, 1);
+	be32(&b, 0);
+	be32(&b, 3000);
+	u8(&b, 0);
+	u8(&b, 1);
+	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "handshake: ", "chunk");
+
+	/* 65 devices. */
+	bytes(&b, "BLKMIG\r\n", 8);
+	be32(&b, 1);
+	be32(&b, 0);
+	be32(&b, CHUNK);
+	u8(&b, 0);
+	u8(&b, 65);
+	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "handshake: ", NULL);
+
+	/* A framed message longer than NATIVE_MSG_MAX, refused before its
+	 * body is read. */
+	hello(&b, 0, CHUNK);
+	u8(&b, 0x02);
+	be32(&b, NATIVE_MSG_MAX + 1);
+	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "COMPLETE message at stream offset 37",
+		"exceeds the maximum");
+
+	/* An unknown type byte. */
+	hello(&b, 0, CHUNK);
+	u8(&b, 0x20);
+	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "message at stream offset 37",
+		"unknown message type 0x20");
+
+	/* A record with an unknown flag, and one with an empty name. */
+	hello(&b, 0, CHUNK);
+	u8(&b, 0x01);
+	be64(&b, 0x21);
+	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "record at stream offset 38", "unknown flags");
+	hello(&b, 0, CHUNK);
+	u8(&b, 0x01);
+	be64(&b, 0x01);
+	u8(&b, 0);
+	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "record at stream offset 38", NULL);
+
+	/* A WRITE record without MIRROR in HELLO. */
+	hello(&b, 0, CHUNK);
+	u8(&b, 0x01);
+	be64(&b, 0x10);
+	counted(&b, "drive0");
+	be64(&b, 1);
+	be64(&b, 0);
+	be32(&b, 1);
+	u8(&b, 1);
+	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "record at stream offset 38",
+		"a WRITE record, which this stream did not announce");
+
+	/* A WRITE longer than the chunk size. */
+	hello(&b, 0x04, CHUNK);
+	u8(&b, 0x01);
+	be64(&b, 0x10);
+	counted(&b, "drive0");
+	be64(&b, 1);
+	be64(&b, 0);
+	be32(&b, CHUNK + 1);
+	u8(&b, 0);
+	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "record at stream offset 38", NULL);
+
+	/* A COMPLETE whose body has a byte left over. */
+	hello(&b, 0, CHUNK);
+	u8(&b, 0x04);
+	be32(&b, 1);
+	u8(&b, 0);
+	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "message at stream offset 37", "must be empty");
+
+	/* SYNCED with a short body. */
+	hello(&b, 0, CHUNK);
+	frame(&b, 0x84, body, 4);
+	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "SYNCED message at stream offset 37", NULL);
+
+	/* A QEMU stream where a native one is expected. */
+	qemu_head(&b);
+	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "handshake: ", "QEMU migration stream");
+}
+
+static void test_native_allow(void **state)
+{
+	struct buf b = { 0 };
+	struct wire_membuf mb;
+	struct wire_stream *s;
+	struct wire_item it;
+
+	(void)state;
+	hello(&b, 0, CHUNK);
+	frame(&b, 0x84, (const uint8_t[8]){ 0 }, 8);
+	mb = (struct wire_membuf){ .p = b.p, .len = b.len };
+	assert_int_equal(wire_stream_new(WIRE_STREAM_NATIVE, wire_membuf_read, &mb, &s), 0);
+	wire_stream_allow(s, NATIVE_ALLOW(NATIVE_MSG_BLOCKS) | NATIVE_ALLOW(NATIVE_MSG_COMPLETE));
+	assert_int_equal(wire_stream_next(s, &it), 0);
+	assert_int_equal(wire_stream_next(s, &it), -EBADMSG);
+	assert_contains(err_msg(), "message at stream offset 37");
+	assert_contains(err_msg(), "unexpected SYNCED message");
+	/* Sticky. */
+	assert_int_equal(wire_stream_next(s, &it), -EBADMSG);
+	assert_contains(err_msg(), "failed earlier, at offset 37 (reading a message or section)");
+	wire_stream_free(s);
+	free(b.p);
+}
+
+static void test_qemu_refused(void **state)
+{
+	struct buf b = { 0 };
+
+	(void)state;
+	/* Version 2. */
+	bytes(&b, "QEVM", 4);
+	be32(&b, 2);
+	refused(WIRE_STREAM_QEMU, &b, EBADMSG, "qemu stream: ", "version 2");
+
+	/* A section before the configuration. */
+	bytes(&b, "QEVM", 4);
+	be32(&b, 3);
+	sv_start(&b, 0x01, 1, "block", 1);
+	refused(WIRE_STREAM_QEMU, &b, EBADMSG, "qemu stream at offset 8",
+		"configuration section missing");
+
+	/* EOF without a configuration. */
+	bytes(&b, "QEVM", 4);
+	be32(&b, 3);
+	u8(&b, 0x00);
+	refused(WIRE_STREAM_QEMU, &b, EBADMSG, "qemu stream at offset 8",
+		"configuration section missing");
+
+	/* A machine name longer than 255 bytes. */
+	bytes(&b, "QEVM", 4);
+	be32(&b, 3);
+	u8(&b, 0x07);
+	be32(&b, 256);
+	refused(WIRE_STREAM_QEMU, &b, EBADMSG, "qemu stream at offset 8", "exceeds");
+
+	/* A section QEMU -M none with block only does not send. */
+	qemu_head(&b);
+	sv_start(&b, 0x04, 9, "mouse", 1);
+	refused(WIRE_STREAM_QEMU, &b, ENOTSUP, "qemu stream at offset 17",
+		"section 'mouse' is not supported");
+
+	/* timer with another version. */
+	qemu_head(&b);
+	sv_start(&b, 0x04, 3, "timer", 7);
+	refused(WIRE_STREAM_QEMU, &b, ENOTSUP, "qemu stream at offset 17", "timer");
+
+	/* PART of a section never started. */
+	qemu_head(&b);
+	sv_short(&b, 0x02, 5);
+	refused(WIRE_STREAM_QEMU, &b, EBADMSG, "qemu stream at offset 17",
+		"section id 5 was never started");
+
+	/* A section id started twice. */
+	qemu_head(&b);
+	sv_start(&b, 0x01, 1, "block", 1);
+	rec_eos(&b);
+	sv_footer(&b, 1);
+	sv_start(&b, 0x01, 1, "block", 1);
+	refused(WIRE_STREAM_QEMU, &b, EBADMSG, "qemu stream at offset 49",
+		"section id 1 started twice");
+
+	/* More than WIRE_STREAM_MAX_SECTIONS sections. */
+	qemu_head(&b);
+	for (unsigned i = 0; i <= WIRE_STREAM_MAX_SECTIONS; i++) {
+		sv_start(&b, 0x01, i + 1, "block", 1);
+		rec_eos(&b);
+		sv_footer(&b, i + 1);
+	}
+	refused(WIRE_STREAM_QEMU, &b, EBADMSG, "qemu stream at offset", "more than 64 sections");
+
+	/* RAM being migrated. */
+	qemu_head(&b);
+	sv_start(&b, 0x01, 2, "ram", 4);
+	be64(&b, (1ULL << 30) | 0x04);
+	refused(WIRE_STREAM_QEMU, &b, ENOTSUP, "section 'ram' at offset 34", "RAM");
+
+	/* A missing footer, and a footer for another section. */
+	qemu_head(&b);
+	sv_start(&b, 0x01, 1, "block", 1);
+	rec_eos(&b);
+	u8(&b, 0x01);
+	refused(WIRE_STREAM_QEMU, &b, EBADMSG, "qemu stream at offset 44", "footer");
+	qemu_head(&b);
+	sv_start(&b, 0x01, 1, "block", 1);
+	rec_eos(&b);
+	sv_footer(&b, 7);
+	refused(WIRE_STREAM_QEMU, &b, EBADMSG, "qemu stream at offset 44", "footer");
+
+	/* A WRITE record: never in a QEMU stream. */
+	qemu_head(&b);
+	sv_start(&b, 0x01, 1, "block", 1);
+	be64(&b, 0x10);
+	counted(&b, "drive0");
+	be64(&b, 1);
+	be64(&b, 0);
+	be32(&b, 1);
+	u8(&b, 1);
+	refused(WIRE_STREAM_QEMU, &b, EBADMSG, "record at stream offset 36",
+		"a WRITE record, which this stream did not announce");
+
+	/* A misaligned DATA record. */
+	qemu_head(&b);
+	sv_start(&b, 0x01, 1, "block", 1);
+	be64(&b, 0x200 | 0x01);
+	refused(WIRE_STREAM_QEMU, &b, EBADMSG, "record at stream offset 36", "not aligned");
+
+	/* VMDESCRIPTION before EOF, and one too large after it. */
+	qemu_head(&b);
+	u8(&b, 0x06);
+	be32(&b, 2);
+	refused(WIRE_STREAM_QEMU, &b, EBADMSG, "qemu stream at offset 17",
+		"unexpected VMDESCRIPTION");
+	qemu_head(&b);
+	u8(&b, 0x00);
+	u8(&b, 0x06);
+	be32(&b, SAVEVM_VMDESC_MAX + 1);
+	refused(WIRE_STREAM_QEMU, &b, EBADMSG, "qemu stream at offset 18", "VMDESCRIPTION");
+
+	/* Something else after EOF. */
+	qemu_head(&b);
+	u8(&b, 0x00);
+	sv_short(&b, 0x02, 1);
+	refused(WIRE_STREAM_QEMU, &b, EBADMSG, "qemu stream at offset 18", "after EOF");
+}
+
+static void test_auto(void **state)
+{
+	struct buf b = { 0 };
+	struct wire_membuf mb;
+	struct wire_stream *s;
+	struct wire_item it;
+
+	(void)state;
+	bytes(&b, "GARBAGE!", 8);
+	refused(WIRE_STREAM_AUTO, &b, EBADMSG, "neither a blkmig native stream nor a QEMU", NULL);
+
+	qemu_head(&b);
+	u8(&b, 0x00);
+	mb = (struct wire_membuf){ .p = b.p, .len = b.len };
+	assert_int_equal(wire_stream_new(WIRE_STREAM_AUTO, wire_membuf_read, &mb, &s), 0);
+	assert_int_equal(wire_stream_format(s), WIRE_STREAM_AUTO);
+	assert_int_equal(wire_stream_next(s, &it), 0);
+	assert_int_equal(it.kind, WIRE_ITEM_QEMU_HEADER);
+	assert_int_equal(wire_stream_format(s), WIRE_STREAM_QEMU);
+	assert_int_equal(wire_stream_chunk_size(s), WIRE_QEMU_CHUNK_SIZE);
+	assert_int_equal(wire_stream_next(s, &it), 0);
+	assert_int_equal(it.kind, WIRE_ITEM_CONFIG);
+	assert_int_equal(wire_stream_next(s, &it), 0);
+	assert_int_equal(it.kind, WIRE_ITEM_EOF);
+	assert_int_equal(wire_stream_next(s, &it), 0);
+	assert_int_equal(it.kind, WIRE_ITEM_END);
+	assert_int_equal(wire_stream_set_qemu_chunk(s, 3000), -EINVAL);
+	wire_stream_free(s);
+	wire_stream_free(NULL);
+	free(b.p);
+
+	assert_string_equal(wire_item_name(WIRE_ITEM_VMDESC), "VMDESC");
+	assert_string_equal(wire_item_name((enum wire_item_kind)99), "unknown");
+}
+
+/* A read callback's own error passes through with the offset named. */
+static int failing_read(void *user, void *buf, size_t len, size_t *got)
+{
+	(void)user;
+	(void)buf;
+	(void)len;
+	*got = 0;
+	return err_set(EIO, "disk on fire");
+}
+
+static void test_read_error(void **state)
+{
+	struct wire_stream *s;
+	struct wire_item it;
+
+	(void)state;
+	assert_int_equal(wire_stream_new(WIRE_STREAM_NATIVE, failing_read, NULL, &s), 0);
+	assert_int_equal(wire_stream_next(s, &it), -EIO);
+	assert_contains(err_msg(), "handshake: disk on fire");
+	wire_stream_free(s);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_native_golden),  cmocka_unit_test(test_native_replies),
+		cmocka_unit_test(test_qemu_golden),    cmocka_unit_test(test_native_truncated),
+		cmocka_unit_test(test_qemu_truncated), cmocka_unit_test(test_native_refused),
+		cmocka_unit_test(test_native_allow),   cmocka_unit_test(test_qemu_refused),
+		cmocka_unit_test(test_auto),	       cmocka_unit_test(test_read_error),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
