@@ -33,6 +33,7 @@
 #include "common/util.h"
 #include "digest.h"
 #include "dst-format.h"
+#include "engine.h"
 #include "transport/transport.h"
 
 struct dst_dev {
@@ -61,18 +62,13 @@ struct dst {
 
 /* ---- the formats' shared part ---------------------------------------------------- */
 
-static int xport_reader(void *user, void *buf, size_t len, size_t *got)
-{
-	return xport_read(user, buf, len, got);
-}
-
 int dst_fmt_init(struct dst_fmt *f, const struct dst_format_ops *ops, const struct dst_params *p,
 		 struct xport *x)
 {
 	f->ops = ops;
 	f->p = p;
 	f->x = x;
-	return wire_stream_new(ops->stream, xport_reader, x, &f->ws);
+	return wire_stream_new(ops->stream, engine_xport_read, x, &f->ws);
 }
 
 void dst_fmt_fini(struct dst_fmt *f)

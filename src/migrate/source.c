@@ -135,7 +135,7 @@ int mig_format_check(enum mig_format f, enum mig_mode mode, uint32_t chunk_size)
 		return err_set(EINVAL, "the %s format has %uM chunks, not %u bytes", fmt->display,
 			       fmt->fixed_chunk >> 20, chunk_size);
 	if (chunk_size && !wire_chunk_size_valid(chunk_size))
-		return err_set(EINVAL, "chunk size %u: must be a power of two from 4K to 16M",
+		return err_set(EINVAL, "chunk size %u is not a power of two from 4K to 16M",
 			       chunk_size);
 	return 0;
 }
@@ -708,6 +708,8 @@ int src_run(struct src_job *j, struct xport *x)
 	/* From here on no thread but this one uses the transport. */
 	mirror_stop(j);
 	rp_stop(j);
+	wire_stream_free(j->rs);
+	j->rs = NULL;
 	if (state != MIG_COMPLETED)
 		fail(j, &run);
 	if (run.downtime_ns)

@@ -40,6 +40,7 @@
 #include "block/backend.h"
 #include "engine.h"
 #include "policy.h"
+#include "wire/stream.h"
 
 struct digest_table;
 struct src_job;
@@ -203,6 +204,8 @@ struct src_job {
 	uint64_t wacked;    /* WACK: writes up to here are applied there */
 	uint64_t wseq_sent; /* the last WRITE on the wire */
 	pthread_t rp_thread;
+	struct wire_stream *rs; /* what the destination says (native): read by
+				 * the engine until READY, then by the return path */
 
 	/* Engine thread only. */
 	int timeout_ms;	       /* the transport's idle timeout, for answers and WACKs */
@@ -213,11 +216,10 @@ struct src_job {
 	bool in_blocks;	 /* a pass or a write's message is open on the wire */
 	bool final_pass; /* this pass runs with the writers paused */
 	uint64_t passes_sent;
-	uint64_t wseq;		       /* the last WRITE sequence number used */
-	struct policy pol;	       /* convergence: see policy.h */
-	uint8_t reply[NATIVE_MSG_MAX]; /* the destination's last framed message */
-	uint8_t *zero_buf;	       /* a zero chunk, for holes sent without ZERO_BLOCK */
-	uint8_t *scratch;	       /* a chunk, for mirrored writes' digests */
+	uint64_t wseq;	   /* the last WRITE sequence number used */
+	struct policy pol; /* convergence: see policy.h */
+	uint8_t *zero_buf; /* a zero chunk, for holes sent without ZERO_BLOCK */
+	uint8_t *scratch;  /* a chunk, for mirrored writes' digests */
 	pthread_t cancel_thread;
 	bool cancel_running;
 	int stop_fd; /* an eventfd that ends the cancel thread */
@@ -278,7 +280,7 @@ void rp_stop(struct src_job *j);
 int rp_await(struct src_job *j, uint8_t want, const char *what, uint64_t *value);
 /* A send failed: prefer the destination's own reason if it gave one. */
 int rp_explain(struct src_job *j, int r);
-/* Turn an ERROR message's body into this thread's error. */
-int rp_peer_error(const uint8_t *body, uint32_t len);
+/* Turn the destination's ERROR into this thread's error. */
+int rp_peer_error(const struct native_error *e);
 
 #endif

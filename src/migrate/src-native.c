@@ -15,17 +15,23 @@
 #include "transport/transport.h"
 
 /* Read READY directly: the return path starts only after the handshake. */
-static int await_ready(struct src_job *j, uint32_t *len)
+static int await_ready(struct src_job *j, uint64_t *version)
 {
-	uint8_t type;
-	int r =
-	    engine_read_frame(j->x, NATIVE_ALLOW(NATIVE_MSG_READY) | NATIVE_ALLOW(NATIVE_MSG_ERROR),
-			      &type, j->reply, len);
+	struct wire_item it;
+	int r = wire_stream_new(WIRE_STREAM_NATIVE_REPLIES, engine_xport_read, j->x, &j->rs);
 
 	if (r < 0)
+		return r;
+	wire_stream_allow(j->rs, NATIVE_ALLOW(NATIVE_MSG_READY) | NATIVE_ALLOW(NATIVE_MSG_ERROR));
+	r = wire_stream_next(j->rs, &it);
+	if (r < 0)
 		return err_prefix(-r, "waiting for the destination to accept the handshake: ");
-	if (type == NATIVE_MSG_ERROR)
-		return rp_peer_error(j->reply, *len);
+	if (it.kind == WIRE_ITEM_ERROR)
+		return rp_peer_error(it.error);
+	if (it.kind != WIRE_ITEM_READY)
+		return err_set(EPROTO, "handshake: the destination answered with %s",
+			       wire_item_name(it.kind));
+	*version = it.value;
 	return 0;
 }
 
@@ -36,10 +42,12 @@ static int native_open(struct src_job *j)
 		.chunk_size = j->p.chunk_size,
 		.ndev = (uint16_t)j->ndev,
 	};
-	uint8_t *buf = j->reply; /* NATIVE_MSG_MAX >= NATIVE_HELLO_MAX */
-	uint32_t len, version;
+	uint8_t *buf = malloc(NATIVE_HELLO_MAX);
+	uint64_t version;
 	int n, r;
 
+	if (!buf)
+		return err_set(ENOMEM, "no memory for the handshake");
 	if (j->p.zero_blocks)
 		h.caps |= NATIVE_CAP_ZERO_BLOCKS;
 	if (j->p.shared_base)
@@ -50,20 +58,16 @@ static int native_open(struct src_job *j)
 		snprintf(h.dev[i].name, sizeof(h.dev[i].name), "%s", j->dev[i].name);
 		h.dev[i].size = j->dev[i].size;
 	}
-	n = native_hello_encode(buf, sizeof(j->reply), &h);
-	if (n < 0)
-		return n;
-	r = xport_write(j->x, buf, (size_t)n);
+	n = native_hello_encode(buf, NATIVE_HELLO_MAX, &h);
+	r = n < 0 ? n : xport_write(j->x, buf, (size_t)n);
+	free(buf);
 	if (r == 0)
 		r = xport_flush(j->x);
 	if (r < 0)
 		return err_prefix(-r, "handshake: ");
-	r = await_ready(j, &len);
+	r = await_ready(j, &version);
 	if (r < 0)
 		return r;
-	r = native_ready_decode(j->reply, len, &version);
-	if (r < 0)
-		return err_prefix(-r, "handshake: ");
 	return rp_start(j);
 }
 

@@ -16,14 +16,9 @@
 #include "src-impl.h"
 #include "transport/transport.h"
 
-int rp_peer_error(const uint8_t *body, uint32_t len)
+int rp_peer_error(const struct native_error *e)
 {
-	struct native_error e;
-	int r = native_error_decode(body, len, &e);
-
-	if (r < 0)
-		return r;
-	return err_set(e.err ? (int)e.err : EIO, "destination failed: %s", e.reason);
+	return err_set(e->err ? (int)e->err : EIO, "destination failed: %s", e->reason);
 }
 
 /* Record the first failure heard (or of hearing) and wake every waiter
@@ -72,20 +67,14 @@ static int deliver_locked(struct src_job *j, uint8_t type, uint64_t v)
 
 static void *rp_main(void *arg)
 {
-	static const uint64_t allowed =
-	    NATIVE_ALLOW(NATIVE_MSG_SYNCED) | NATIVE_ALLOW(NATIVE_MSG_ACK) |
-	    NATIVE_ALLOW(NATIVE_MSG_WACK) | NATIVE_ALLOW(NATIVE_MSG_ERROR);
 	struct src_job *j = arg;
-	uint8_t *body = malloc(NATIVE_MSG_MAX);
 
-	if (!body) {
-		rp_fail(j, err_set(ENOMEM, "no memory for the return path"));
-		return NULL;
-	}
+	wire_stream_allow(j->rs, NATIVE_ALLOW(NATIVE_MSG_SYNCED) | NATIVE_ALLOW(NATIVE_MSG_ACK) |
+				     NATIVE_ALLOW(NATIVE_MSG_WACK) |
+				     NATIVE_ALLOW(NATIVE_MSG_ERROR));
 	for (;;) {
+		struct wire_item it;
 		uint8_t type;
-		uint32_t len;
-		uint64_t v = 0;
 		bool quit;
 		int r;
 
@@ -100,32 +89,28 @@ static void *rp_main(void *arg)
 		if (r == 0)
 			continue;
 		if (r > 0)
-			r = engine_read_frame(j->x, allowed, &type, body, &len);
+			r = wire_stream_next(j->rs, &it);
+		if (r == 0 && it.kind == WIRE_ITEM_END)
+			r = err_set(ECONNRESET, "connection closed");
 		if (r < 0) {
 			rp_fail(j, err_prefix(-r, "destination: "));
 			break;
 		}
-		if (type == NATIVE_MSG_ERROR) {
-			rp_fail(j, rp_peer_error(body, len));
+		if (it.kind == WIRE_ITEM_ERROR) {
+			rp_fail(j, rp_peer_error(it.error));
 			break;
 		}
-		if (type == NATIVE_MSG_SYNCED)
-			r = native_synced_decode(body, len, &v);
-		else if (type == NATIVE_MSG_WACK)
-			r = native_wack_decode(body, len, &v);
-		if (r < 0) {
-			rp_fail(j, err_prefix(-r, "destination: "));
-			break;
-		}
+		type = it.kind == WIRE_ITEM_SYNCED ? NATIVE_MSG_SYNCED
+		       : it.kind == WIRE_ITEM_WACK ? NATIVE_MSG_WACK
+						   : NATIVE_MSG_ACK;
 		pthread_mutex_lock(&j->lock);
-		r = deliver_locked(j, type, v);
+		r = deliver_locked(j, type, it.value);
 		if (r < 0)
 			fail_locked(j, r);
 		pthread_mutex_unlock(&j->lock);
 		if (r < 0)
 			break;
 	}
-	free(body);
 	return NULL;
 }
 

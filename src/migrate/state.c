@@ -47,19 +47,9 @@ int mig_mode_parse(const char *s, enum mig_mode *out)
 	return err_set(EINVAL, "unknown mode '%s' (auto, dirty or active)", s);
 }
 
-int engine_read_frame(struct xport *x, uint64_t allowed, uint8_t *type, uint8_t *body,
-		      uint32_t *len)
+int engine_xport_read(void *user, void *buf, size_t len, size_t *got)
 {
-	uint8_t hdr[NATIVE_FRAME_HDR];
-	int r;
-
-	r = xport_read(x, hdr, sizeof(hdr), NULL);
-	if (r < 0)
-		return r;
-	r = native_frame_header(hdr, allowed, type, len);
-	if (r < 0)
-		return r;
-	return xport_read(x, body, *len, NULL);
+	return xport_read(user, buf, len, got);
 }
 
 int engine_send_error(struct xport *x, enum native_msg type, int err, const char *reason)

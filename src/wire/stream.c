@@ -104,6 +104,10 @@ int wire_stream_new(enum wire_stream_format format, wire_read_fn read, void *use
 	if (!s)
 		return err_set(ENOMEM, "no memory for a stream reader");
 	s->fmt = format;
+	if (format == WIRE_STREAM_NATIVE_REPLIES) {
+		s->fmt = WIRE_STREAM_NATIVE;
+		s->state = ST_TOP;
+	}
 	s->read = read;
 	s->user = user;
 	s->allowed = ALL_NATIVE;

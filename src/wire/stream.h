@@ -59,6 +59,10 @@ enum wire_stream_format {
 	WIRE_STREAM_AUTO,   /* decided by the first bytes: "BLKMIG\r\n" or "QEVM" */
 	WIRE_STREAM_NATIVE, /* docs/wire-format.md */
 	WIRE_STREAM_QEMU,   /* QEMU-STREAM.md */
+	/* The destination's half of a native connection, as its source reads
+	 * it: framed messages (READY, ERROR, SYNCED, ACK, WACK) from the
+	 * first byte, no HELLO.  wire_stream_format() says NATIVE. */
+	WIRE_STREAM_NATIVE_REPLIES,
 };
 
 /* When you add an item kind, also update wire_item_name(). */

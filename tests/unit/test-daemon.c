@@ -286,7 +286,7 @@ static const struct refusal refusals[] = {
 	  "'mode' must be one of auto, dirty, active, not ''" },
 	/* Well-typed, but refused by the command itself. */
 	{ "migrate", "{\"to\":\"x:1\",\"chunk-size\":12288}", CTL_ERR_INVALID_PARAM,
-	  "must be a power of two" },
+	  "is not a power of two" },
 	{ "migrate", "{\"to\":\"x:1\",\"format\":\"qemu\",\"chunk-size\":65536}",
 	  CTL_ERR_INVALID_PARAM, "format has 1M chunks" },
 	{ "migrate", "{\"to\":\"x:1\",\"format\":\"qemu\",\"mode\":\"active\"}",
