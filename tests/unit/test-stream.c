@@ -355,6 +355,50 @@ static void test_native_replies(void **state)
 	free(b.p);
 }
 
+/*
+ * The same answers as the source reads them (NATIVE_REPLIES): no HELLO,
+ * framed messages from the first byte, only what it allows; a HELLO or a
+ * BLOCKS message is refused.
+ */
+static void test_native_replies_side(void **state)
+{
+	static const uint8_t ready[] = { 0, 0, 0, 1 };
+	static const uint8_t synced[] = { 0, 0, 0, 0, 0, 0, 0, 2 };
+	struct buf b = { 0 }, h = { 0 };
+	struct wire_membuf mb;
+	struct wire_stream *s;
+	struct wire_item it;
+
+	(void)state;
+	frame(&b, 0x81, ready, sizeof(ready));
+	frame(&b, 0x84, synced, sizeof(synced));
+	frame(&b, 0x82, NULL, 0);
+	mb = (struct wire_membuf){ .p = b.p, .len = b.len };
+	assert_int_equal(wire_stream_new(WIRE_STREAM_NATIVE_REPLIES, wire_membuf_read, &mb, &s), 0);
+	assert_int_equal(wire_stream_format(s), WIRE_STREAM_NATIVE);
+	wire_stream_allow(s, NATIVE_ALLOW(NATIVE_MSG_READY));
+	assert_int_equal(wire_stream_next(s, &it), 0);
+	assert_int_equal(it.kind, WIRE_ITEM_READY);
+	assert_int_equal(it.value, 1);
+	wire_stream_allow(s, NATIVE_ALLOW(NATIVE_MSG_SYNCED) | NATIVE_ALLOW(NATIVE_MSG_WACK));
+	assert_int_equal(wire_stream_next(s, &it), 0);
+	assert_int_equal(it.kind, WIRE_ITEM_SYNCED);
+	assert_int_equal(it.value, 2);
+	/* ACK was not allowed. */
+	assert_int_equal(wire_stream_next(s, &it), -EBADMSG);
+	assert_contains(err_msg(), "unexpected");
+	wire_stream_free(s);
+
+	/* A HELLO is not a reply. */
+	hello(&h, 0, CHUNK);
+	mb = (struct wire_membuf){ .p = h.p, .len = h.len };
+	assert_int_equal(wire_stream_new(WIRE_STREAM_NATIVE_REPLIES, wire_membuf_read, &mb, &s), 0);
+	assert_true(wire_stream_next(s, &it) < 0);
+	wire_stream_free(s);
+	free(h.p);
+	free(b.p);
+}
+
 /* QEMU 7.2 -M none source, as QEMU-STREAM.md describes it. */
 static void qemu_source(struct buf *b, uint64_t *off, unsigned *n)
 {
@@ -896,11 +940,12 @@ static void test_read_error(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_native_golden),  cmocka_unit_test(test_native_replies),
-		cmocka_unit_test(test_qemu_golden),    cmocka_unit_test(test_native_truncated),
-		cmocka_unit_test(test_qemu_truncated), cmocka_unit_test(test_native_refused),
-		cmocka_unit_test(test_native_allow),   cmocka_unit_test(test_qemu_refused),
-		cmocka_unit_test(test_auto),	       cmocka_unit_test(test_read_error),
+		cmocka_unit_test(test_native_golden),	    cmocka_unit_test(test_native_replies),
+		cmocka_unit_test(test_native_replies_side), cmocka_unit_test(test_qemu_golden),
+		cmocka_unit_test(test_native_truncated),    cmocka_unit_test(test_qemu_truncated),
+		cmocka_unit_test(test_native_refused),	    cmocka_unit_test(test_native_allow),
+		cmocka_unit_test(test_qemu_refused),	    cmocka_unit_test(test_auto),
+		cmocka_unit_test(test_read_error),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
