@@ -76,7 +76,7 @@ struct serve {
 	bool create, shared_base, qemu;
 	const char *port_file;
 	char nbd_addr[128], incoming_addr[128];
-	pthread_mutex_t lock; /* guards migrated_to */
+	pthread_mutex_t lock; /* guards migrated_to and ctl */
 	char migrated_to[256];
 	uint64_t max_bandwidth, max_downtime_ns;
 	enum mig_mode mode;  /* for the next migrate without 'mode' */
@@ -143,6 +143,7 @@ static int run_incoming(struct serve *s, const char *listen_on)
 static void job_event(void *user, const struct mig_stats *st, const char *error)
 {
 	struct serve *s = user;
+	struct ctl *ctl;
 	json_object *data = json_object_new_object();
 
 	if (st->state == MIG_COMPLETED) {
@@ -165,10 +166,12 @@ static void job_event(void *user, const struct mig_stats *st, const char *error)
 				       json_object_new_string(st->mode_reason));
 	if (error && *error)
 		json_object_object_add(data, "error-desc", json_object_new_string(error));
-	if (s->ctl)
-		ctl_event(s->ctl, "MIGRATION", data);
-	else
-		json_object_put(data);
+	/* The control socket's threads may start a migration before
+	 * ctl_listen() has returned s->ctl: it is published under s->lock. */
+	pthread_mutex_lock(&s->lock);
+	ctl = s->ctl;
+	pthread_mutex_unlock(&s->lock);
+	ctl_event(ctl, "MIGRATION", data); /* ctl NULL: data is freed */
 }
 
 static bool get_u64(json_object *args, const char *key, uint64_t *out, char *err, size_t cap)
@@ -553,8 +556,11 @@ int cmd_serve(int argc, char **argv)
 				r = workload_start(&wspec, s.blks[i], &wl);
 		s.wl = wl;
 	}
-	if (r == 0 && control)
+	if (r == 0 && control) {
+		pthread_mutex_lock(&s.lock);
 		r = ctl_listen(control, handle, &s, &s.ctl);
+		pthread_mutex_unlock(&s.lock);
+	}
 	if (r < 0) {
 		cli_fail("serve: %s", err_msg());
 		goto out;
