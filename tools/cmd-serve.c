@@ -126,11 +126,11 @@ static int run_incoming(struct serve *s, const char *listen_on)
 		return err_prefix(-r, "incoming: ");
 	r = write_port_file(s);
 	if (r == 0)
-		r = xport_accept(lfd, -1, cli_cancel_flag(), &x);
+		r = xport_accept(lfd, -1, cli_cancel_token(), &x);
 	close(lfd);
 	if (r < 0)
 		return err_prefix(-r, "incoming: ");
-	r = dst_run(&p, x, cli_cancel_flag(), NULL);
+	r = dst_run(&p, x, cli_cancel_token(), NULL);
 	xport_close(x);
 	if (r < 0)
 		return err_prefix(-r, "incoming migration failed: ");

@@ -728,7 +728,7 @@ static int run_qemu(struct dst *d)
 	return clear_marks(d);
 }
 
-int dst_run(const struct dst_params *p, struct xport *x, const atomic_bool *cancel,
+int dst_run(const struct dst_params *p, struct xport *x, struct cancel *cancel,
 	    struct mig_stats *st)
 {
 	struct dst *d = calloc(1, sizeof(*d));

@@ -93,7 +93,7 @@ struct src_job {
 	struct src_params p;
 	unsigned ndev;
 	struct src_dev dev[NATIVE_MAX_DEVICES];
-	atomic_bool cancel;
+	struct cancel *cancel; /* src_cancel() fires it; the transport watches it */
 	_Atomic uint64_t rate;
 	_Atomic uint64_t downtime_ns; /* max downtime; may change while running */
 	struct xport *x;
@@ -385,6 +385,7 @@ int src_new(const struct src_params *p, const struct src_device *devs, unsigned 
 	    struct src_job **out)
 {
 	struct src_job *j;
+	int r;
 
 	if (ndev == 0 || ndev > NATIVE_MAX_DEVICES)
 		return err_set(EINVAL, "need 1 to %d devices, got %u", NATIVE_MAX_DEVICES, ndev);
@@ -411,7 +412,11 @@ int src_new(const struct src_params *p, const struct src_device *devs, unsigned 
 	}
 	if (j->p.qemu)
 		j->p.mode = MIG_MODE_DIRTY; /* AUTO has nothing to switch to */
-	atomic_init(&j->cancel, false);
+	r = cancel_new(&j->cancel);
+	if (r < 0) {
+		free(j);
+		return r;
+	}
 	atomic_init(&j->rate, p->max_bandwidth);
 	atomic_init(&j->downtime_ns, j->p.max_downtime_ns);
 	atomic_init(&j->want_mode, (int)j->p.mode);
@@ -515,6 +520,7 @@ void src_free(struct src_job *j)
 	free(j->q);
 	free(j->threads);
 	free(j->zero_buf);
+	cancel_free(j->cancel);
 	pthread_cond_destroy(&j->work_cond);
 	pthread_cond_destroy(&j->done_cond);
 	pthread_cond_destroy(&j->rp_cond);
@@ -534,7 +540,7 @@ void src_set_progress(struct src_job *j, mig_progress_fn fn, void *user)
 
 void src_cancel(struct src_job *j)
 {
-	atomic_store(&j->cancel, true);
+	cancel_fire(j->cancel);
 }
 
 void src_set_max_bandwidth(struct src_job *j, uint64_t bytes_per_sec)
@@ -577,7 +583,7 @@ static int start_readers(struct src_job *j)
 
 static bool cancelled(struct src_job *j)
 {
-	return atomic_load(&j->cancel);
+	return cancel_is_set(j->cancel);
 }
 
 /* Turn an ERROR message from the destination into this thread's error. */
@@ -1666,7 +1672,7 @@ int src_run(struct src_job *j, struct xport *x)
 	j->x = x;
 	j->timeout_ms = xport_get_timeout(x);
 	xport_set_rate(x, atomic_load(&j->rate));
-	xport_set_cancel(x, &j->cancel);
+	xport_set_cancel(x, j->cancel);
 	set_state(j, MIG_SETUP);
 
 	while (state != MIG_COMPLETED && state != MIG_FAILED && state != MIG_CANCELLED) {
