@@ -23,6 +23,7 @@
 #include "block/backend.h"
 #include "block/mark.h"
 #include "cli.h"
+#include "common/cancel.h"
 #include "common/error.h"
 #include "common/util.h"
 #include "control/control.h"
@@ -567,8 +568,7 @@ int cmd_serve(int argc, char **argv)
 	}
 	nbds_refuse(s.nbd, NULL);
 
-	while (!cli_signalled())
-		sleep_ns(100 * 1000000ull);
+	cancel_sleep(cli_cancel_token(), -1); /* until SIGINT or SIGTERM */
 	rc = EXIT_OK;
 out:
 	/* Reverse order of use: the job (which sends events), the control
