@@ -159,7 +159,9 @@ static void *writer_main(void *arg)
 	uint8_t *buf = malloc(bs);
 
 	if (!buf) {
+		pthread_mutex_lock(&w->lock); /* workload_get_stats() reads it */
 		w->stopped_by = -ENOMEM;
+		pthread_mutex_unlock(&w->lock);
 		return NULL;
 	}
 	while (!cancel_is_set(w->stop)) {
