@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Cancel token: an atomic flag and an eventfd that, once written, is never
- * read again, so it stays readable and wakes every poller; see cancel.h.
+ * Cancel token: an atomic flag and an eventfd that, once written, is not
+ * read again (until a reset), so it stays readable and wakes every poller;
+ * see cancel.h.  A poller woken by the fd may find the flag not yet set for
+ * an instant (fire sets it last) and simply polls again.
  */
 #include "cancel.h"
 #include "error.h"
@@ -55,11 +57,14 @@ void cancel_fire(struct cancel *c)
 	uint64_t one = 1;
 	int saved = errno;
 
-	if (!c || atomic_exchange(&c->fired, true))
+	if (!c || atomic_load(&c->fired))
 		return;
-	/* The counter starts at 0 and is written once per firing, so the
-	 * write cannot block (nor fail but for a closed fd, a caller's bug). */
+	/* The fd first, the flag last: whoever sees the flag set may free the
+	 * token at once, so the flag must be the last thing fire touches.
+	 * Two racing fires both write, which only adds 2 to the counter; it
+	 * cannot block or fail (but for a closed fd, a caller's bug). */
 	(void)!write(c->fd, &one, sizeof(one));
+	atomic_store(&c->fired, true);
 	errno = saved;
 }
 

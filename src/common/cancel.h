@@ -14,7 +14,10 @@
  * Threads: cancel_fire(), cancel_is_set(), cancel_fd() and cancel_sleep()
  * may be called from any thread (cancel_fire() also from a signal handler)
  * while the token exists.  cancel_new(), cancel_free() and cancel_reset()
- * need the token to be otherwise unused.
+ * need the token to be otherwise unused.  Setting the flag is the last
+ * thing cancel_fire() does to the token, so a thread that has seen it set
+ * (cancel_is_set(), or -ECANCELED from a wait on it) may free the token
+ * once no other cancel_fire() can still be starting.
  */
 #ifndef BLKMIG_COMMON_CANCEL_H
 #define BLKMIG_COMMON_CANCEL_H
@@ -29,8 +32,8 @@ struct cancel;
 int cancel_new(struct cancel **out);
 void cancel_free(struct cancel *c); /* accepts NULL */
 
-/* Fire: set the flag, then wake every waiter.  Idempotent, never blocks,
- * async-signal-safe (an atomic exchange and at most one write(2); errno is
+/* Fire: wake every waiter, then set the flag.  Idempotent, never blocks,
+ * async-signal-safe (atomics and at most one write(2); errno is
  * preserved).  Accepts NULL (does nothing). */
 void cancel_fire(struct cancel *c);
 
