@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <json-c/json.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <stdarg.h>
@@ -367,17 +368,26 @@ bool cli_signalled(void)
 	return cancel_is_set(atomic_load(&sig_token));
 }
 
+static atomic_uint sig_job_users; /* handlers between loading sig_job and done */
+
 static void cancel_job(void *arg)
 {
-	struct src_job *j = atomic_load(&sig_job);
+	struct src_job *j;
 
 	(void)arg;
+	atomic_fetch_add(&sig_job_users, 1);
+	j = atomic_load(&sig_job);
 	if (j)
 		src_cancel(j);
+	atomic_fetch_sub(&sig_job_users, 1);
 }
 
 void cli_cancel_job_on_signal(struct src_job *j)
 {
 	atomic_store(&sig_job, j);
+	/* The caller frees the old job next: wait out a handler on another
+	 * thread that loaded it before the store (it only fires a token). */
+	while (atomic_load(&sig_job_users))
+		sched_yield();
 	cli_on_signal(cancel_job, NULL);
 }
