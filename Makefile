@@ -28,4 +28,4 @@ format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
 
 clean:
-	rm -rf $(BUILD) build-asan build*.log
+	rm -rf $(BUILD) build-asan build-tsan build*.log

@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <json-c/json.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <stdarg.h>
@@ -12,6 +13,7 @@
 #include <unistd.h>
 
 #include "block/backend.h"
+#include "common/cancel.h"
 #include "common/error.h"
 #include "common/util.h"
 #include "control/control.h"
@@ -231,7 +233,7 @@ void cli_print_summary(FILE *f, const char *verb, const struct mig_stats *st)
 
 /* ---- signals ------------------------------------------------------------------------ */
 
-static atomic_bool signalled;
+static struct cancel *_Atomic sig_token; /* fired by SIGINT/SIGTERM */
 static void (*sig_fn)(void *);
 static void *sig_arg;
 static struct src_job *_Atomic sig_job;
@@ -239,15 +241,31 @@ static struct src_job *_Atomic sig_job;
 static void on_signal(int sig)
 {
 	(void)sig;
-	atomic_store(&signalled, true);
+	cancel_fire(atomic_load(&sig_token));
 	if (sig_fn)
 		sig_fn(sig_arg);
+}
+
+struct cancel *cli_cancel_token(void)
+{
+	struct cancel *c = atomic_load(&sig_token);
+
+	/* Made once, by the main thread, before any handler can run. */
+	if (!c) {
+		if (cancel_new(&c) < 0) {
+			cli_fail("%s", err_msg());
+			exit(EXIT_FAIL);
+		}
+		atomic_store(&sig_token, c);
+	}
+	return c;
 }
 
 void cli_on_signal(void (*fn)(void *), void *arg)
 {
 	struct sigaction sa = { .sa_handler = on_signal };
 
+	cli_cancel_token();
 	sig_fn = fn;
 	sig_arg = arg;
 	sigemptyset(&sa.sa_mask);
@@ -258,25 +276,29 @@ void cli_on_signal(void (*fn)(void *), void *arg)
 
 bool cli_signalled(void)
 {
-	return atomic_load(&signalled);
+	return cancel_is_set(atomic_load(&sig_token));
 }
+
+static atomic_uint sig_job_users; /* handlers between loading sig_job and done */
 
 static void cancel_job(void *arg)
 {
-	struct src_job *j = atomic_load(&sig_job);
+	struct src_job *j;
 
 	(void)arg;
+	atomic_fetch_add(&sig_job_users, 1);
+	j = atomic_load(&sig_job);
 	if (j)
 		src_cancel(j);
+	atomic_fetch_sub(&sig_job_users, 1);
 }
 
 void cli_cancel_job_on_signal(struct src_job *j)
 {
 	atomic_store(&sig_job, j);
+	/* The caller frees the old job next: wait out a handler on another
+	 * thread that loaded it before the store (it only fires a token). */
+	while (atomic_load(&sig_job_users))
+		sched_yield();
 	cli_on_signal(cancel_job, NULL);
-}
-
-const atomic_bool *cli_cancel_flag(void)
-{
-	return &signalled;
 }

@@ -106,10 +106,13 @@ void cli_print_json(FILE *f, const struct mig_stats *st, const char *error, void
 /* A short human summary on f. */
 void cli_print_summary(FILE *f, const char *verb, const struct mig_stats *st);
 
-/* Signal handling: SIGINT/SIGTERM set *flag (and call fn(arg) if given). */
+/* Signal handling: SIGINT/SIGTERM fire cli_cancel_token() (and call fn(arg)
+ * if given; fn must be async-signal-safe). */
 void cli_on_signal(void (*fn)(void *), void *arg);
 bool cli_signalled(void);
-/* The flag the handler sets, for calls that take a cancel flag. */
-const atomic_bool *cli_cancel_flag(void);
+struct cancel;
+/* The token the handler fires, for calls that take one; made on first use
+ * (exits if it cannot be), owned here, lives until exit. */
+struct cancel *cli_cancel_token(void);
 
 #endif

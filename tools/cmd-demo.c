@@ -300,7 +300,7 @@ int cmd_demo(int argc, char **argv)
 	if (r < 0)
 		goto fail;
 	cli_cancel_job_on_signal(job);
-	r = xport_connect(to, 10000, cli_cancel_flag(), &x);
+	r = xport_connect(to, 10000, cli_cancel_token(), &x);
 	if (r < 0)
 		goto fail;
 	if (!json) {

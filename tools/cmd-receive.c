@@ -47,14 +47,6 @@ static const char receive_help[] =
     "Exit status: 0 migration complete and verified, 1 failed (one line on stderr\n"
     "says why), 2 usage error.\n";
 
-static atomic_bool recv_cancel;
-
-static void cancel_cb(void *arg)
-{
-	(void)arg;
-	atomic_store(&recv_cancel, true);
-}
-
 int cmd_receive(int argc, char **argv)
 {
 	enum { OPT_CREATE = 256, OPT_PORTFILE, OPT_TIMEOUT, OPT_JSON, OPT_FORMAT, OPT_SHARED };
@@ -158,7 +150,7 @@ int cmd_receive(int argc, char **argv)
 		}
 	}
 
-	cli_on_signal(cancel_cb, NULL);
+	cli_on_signal(NULL, NULL);
 	r = xport_listen(listen_on, &lfd, bound, sizeof(bound));
 	if (r < 0)
 		return cli_fail("receive: %s", err_msg());
@@ -172,12 +164,12 @@ int cmd_receive(int argc, char **argv)
 					strerror(errno));
 		}
 	}
-	r = xport_accept(lfd, -1, &recv_cancel, &x);
+	r = xport_accept(lfd, -1, cli_cancel_token(), &x);
 	close(lfd);
 	if (r < 0)
 		return cli_fail("receive: %s", err_msg());
 	xport_set_timeout(x, (int)(timeout_s * 1000));
-	r = dst_run(&p, x, &recv_cancel, &st);
+	r = dst_run(&p, x, cli_cancel_token(), &st);
 	xport_close(x);
 	if (json)
 		cli_print_json(stdout, &st, r < 0 ? err_msg() : NULL, NULL);

@@ -237,7 +237,7 @@ int cmd_send(int argc, char **argv)
 	cli_progress_init(&prog, "send", !json);
 	src_set_progress(job, cli_progress_cb, &prog);
 
-	r = xport_connect(to, 10000, cli_cancel_flag(), &x);
+	r = xport_connect(to, 10000, cli_cancel_token(), &x);
 	if (r < 0) {
 		cli_progress_done(&prog);
 		snprintf(errbuf, sizeof(errbuf), "%s", err_msg());

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "common/cancel.h"
 #include "common/error.h"
 #include "common/util.h"
 #include "daemon/daemon.h"
@@ -95,7 +96,7 @@ int cmd_serve(int argc, char **argv)
 	};
 	static struct cli_device devs[CLI_MAX_DEVICES];
 	struct daemon_device ddevs[CLI_MAX_DEVICES];
-	struct daemon_config cfg = { .devs = ddevs, .cancel = cli_cancel_flag() };
+	struct daemon_config cfg = { .devs = ddevs, .cancel = cli_cancel_token() };
 	struct workload_spec wspec;
 	struct daemon *d = NULL;
 	const char *port_file = NULL;
@@ -169,8 +170,7 @@ int cmd_serve(int argc, char **argv)
 	}
 	if (cfg.incoming)
 		fprintf(stderr, "blkmig: serve: incoming migration complete; serving\n");
-	while (!cli_signalled())
-		sleep_ns(100 * 1000000ull);
+	cancel_sleep(cli_cancel_token(), -1); /* until SIGINT or SIGTERM */
 	rc = EXIT_OK;
 out:
 	daemon_free(d);

@@ -36,7 +36,7 @@ struct daemon {
 	uint64_t max_downtime_ns;
 	enum mig_mode mode;
 
-	pthread_mutex_t lock;  /* guards migrated_to (read by the job's thread) */
+	pthread_mutex_t lock;  /* guards migrated_to and ctl (read by the job's thread) */
 	char migrated_to[256]; /* the last migrate's destination */
 };
 

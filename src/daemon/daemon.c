@@ -88,6 +88,7 @@ static void job_event(void *user, const struct mig_stats *st, const char *error)
 {
 	struct daemon *d = user;
 	json_object *data = json_object_new_object();
+	struct ctl *ctl;
 
 	if (st->state == MIG_COMPLETED) {
 		/* The destination owns the devices now: no client may go on
@@ -111,7 +112,12 @@ static void job_event(void *user, const struct mig_stats *st, const char *error)
 				       json_object_new_string(st->mode_reason));
 	if (error && *error)
 		json_object_object_add(data, "error-desc", json_object_new_string(error));
-	ctl_event(d->ctl, "MIGRATION", data); /* d->ctl may be NULL: data is freed */
+	/* The control socket's threads may start a migration before
+	 * ctl_listen() has returned d->ctl: it is published under d->lock. */
+	pthread_mutex_lock(&d->lock);
+	ctl = d->ctl;
+	pthread_mutex_unlock(&d->lock);
+	ctl_event(ctl, "MIGRATION", data); /* ctl NULL: data is freed */
 }
 
 /* ---- lifecycle ------------------------------------------------------------------- */
@@ -259,8 +265,11 @@ int daemon_start(struct daemon *d)
 	for (unsigned i = 0; r == 0 && d->cfg.workload && i < d->cfg.ndev; i++)
 		if (strcmp(d->devs[i].name, d->cfg.workload->name) == 0)
 			r = workload_start(d->cfg.workload, d->blks[i], &d->wl);
-	if (r == 0 && d->cfg.control)
+	if (r == 0 && d->cfg.control) {
+		pthread_mutex_lock(&d->lock);
 		r = ctl_listen(d->cfg.control, handle, d, &d->ctl);
+		pthread_mutex_unlock(&d->lock);
+	}
 	if (r < 0)
 		return r;
 	d->started = true;

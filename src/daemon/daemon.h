@@ -31,6 +31,7 @@
 #include <json-c/json.h>
 
 struct blk;
+struct cancel;
 struct daemon;
 struct workload_spec;
 
@@ -58,7 +59,7 @@ struct daemon_config {
 	const struct workload_spec *workload; /* the built-in writer, or NULL */
 	/* Ends the wait for, or the receiving of, the incoming migration
 	 * (-ECANCELED); NULL: never. */
-	const atomic_bool *cancel;
+	struct cancel *cancel;
 };
 
 /*

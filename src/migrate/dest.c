@@ -487,7 +487,7 @@ static int run(struct dst *d)
 	}
 }
 
-int dst_run(const struct dst_params *p, struct xport *x, const atomic_bool *cancel,
+int dst_run(const struct dst_params *p, struct xport *x, struct cancel *cancel,
 	    struct mig_stats *st)
 {
 	const struct dst_format_ops *ops = format_ops(p->format);

@@ -38,8 +38,8 @@ struct job {
 	bool started;	      /* at least one attempt was made */
 	bool completed;	      /* an attempt completed: the devices are fenced */
 	pthread_t thread;
-	struct src_job *src; /* the running attempt's engine, or NULL */
-	atomic_bool cancel;  /* for the connect phase */
+	struct src_job *src;   /* the running attempt's engine, or NULL */
+	struct cancel *cancel; /* for the connect phase */
 	char to[256];
 	struct src_params p;
 	struct mig_stats last; /* figures of the last state change / the end */
@@ -82,14 +82,19 @@ int job_new(const struct src_device *devs, unsigned ndev, job_event_fn fn, void 
 	    struct job **out)
 {
 	struct job *j = calloc(1, sizeof(*j));
+	int r;
 
 	if (!j)
 		return err_set(ENOMEM, "no memory for a migration job");
+	r = cancel_new(&j->cancel);
+	if (r < 0) {
+		free(j);
+		return r;
+	}
 	j->devs = devs;
 	j->ndev = ndev;
 	j->fn = fn;
 	j->user = user;
-	atomic_init(&j->cancel, false);
 	pthread_mutex_init(&j->lock, NULL);
 	*out = j;
 	return 0;
@@ -127,9 +132,9 @@ static void *job_main(void *arg)
 		pthread_mutex_lock(&j->lock);
 		j->src = src;
 		pthread_mutex_unlock(&j->lock);
-		r = xport_connect(j->to, 10000, &j->cancel, &x);
+		r = xport_connect(j->to, 10000, j->cancel, &x);
 	}
-	if (r == 0 && atomic_load(&j->cancel))
+	if (r == 0 && cancel_is_set(j->cancel))
 		r = err_set(ECANCELED, "migration cancelled");
 	if (r == 0)
 		r = src_run(src, x);
@@ -193,7 +198,7 @@ int job_start(struct job *j, const char *to, const struct src_params *p)
 	j->last_state = MIG_SETUP;
 	j->start_ns = now_ns();
 	j->sample_head = j->nsamples = 0;
-	atomic_store(&j->cancel, false);
+	cancel_reset(j->cancel); /* no attempt's thread is left to use it */
 	r = pthread_create(&j->thread, NULL, job_main, j);
 	if (r == 0)
 		j->running = true;
@@ -206,7 +211,7 @@ int job_start(struct job *j, const char *to, const struct src_params *p)
 void job_cancel(struct job *j)
 {
 	pthread_mutex_lock(&j->lock);
-	atomic_store(&j->cancel, true);
+	cancel_fire(j->cancel);
 	if (j->src)
 		src_cancel(j->src);
 	pthread_mutex_unlock(&j->lock);
@@ -293,5 +298,6 @@ void job_free(struct job *j)
 	job_cancel(j);
 	job_wait(j);
 	pthread_mutex_destroy(&j->lock);
+	cancel_free(j->cancel);
 	free(j);
 }

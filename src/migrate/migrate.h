@@ -33,6 +33,7 @@
 
 struct blk;
 struct xport;
+struct cancel;
 
 enum mig_state {
 	MIG_SETUP,     /* attaching bitmaps, handshake */
@@ -219,9 +220,10 @@ struct dst_params {
  * Negative errno otherwise, after telling the source (native ERROR) when
  * the connection still works.  Devices opened through
  * the callback are closed before returning.  st (optional) receives the
- * final figures.
+ * final figures.  cancel (may be NULL; not owned) ends the migration with
+ * -ECANCELED once it fires: it wakes the transport's waits at once.
  */
-int dst_run(const struct dst_params *p, struct xport *x, const atomic_bool *cancel,
+int dst_run(const struct dst_params *p, struct xport *x, struct cancel *cancel,
 	    struct mig_stats *st);
 
 #endif

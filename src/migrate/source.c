@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "bitmap/dirty.h"
+#include "common/cancel.h"
 #include "common/error.h"
 #include "common/util.h"
 #include "digest.h"
@@ -164,10 +165,12 @@ static int check_device(struct src_job *j, unsigned i, const struct src_device *
 static int init_sync(struct src_job *j)
 {
 	pthread_condattr_t ca;
+	int r = cancel_new(&j->cancel);
 
-	j->cancel_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (r < 0)
+		return r;
 	j->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	if (j->cancel_fd < 0 || j->stop_fd < 0)
+	if (j->stop_fd < 0)
 		return err_set(errno, "eventfd: %s", strerror(errno));
 	pthread_mutex_init(&j->stats_lock, NULL);
 	pthread_mutex_init(&j->lock, NULL);
@@ -196,7 +199,7 @@ int src_new(const struct src_params *p, const struct src_device *devs, unsigned 
 	j = calloc(1, sizeof(*j));
 	if (!j)
 		return -ENOMEM;
-	j->cancel_fd = j->stop_fd = -1;
+	j->stop_fd = -1;
 	j->p = *p;
 	j->fmt = format_of(p->format);
 	if (!j->p.chunk_size)
@@ -207,7 +210,6 @@ int src_new(const struct src_params *p, const struct src_device *devs, unsigned 
 		j->p.readers = SRC_DEFAULT_READERS;
 	if (!j->fmt->auto_mode)
 		j->p.mode = MIG_MODE_DIRTY; /* AUTO has nothing to switch to */
-	atomic_init(&j->cancel, false);
 	atomic_init(&j->rate, p->max_bandwidth);
 	atomic_init(&j->downtime_ns, j->p.max_downtime_ns);
 	atomic_init(&j->want_mode, (int)j->p.mode);
@@ -262,7 +264,7 @@ void src_free(struct src_job *j)
 {
 	if (!j)
 		return;
-	if (j->cancel_fd >= 0 && j->stop_fd >= 0) {
+	if (j->stop_fd >= 0) {
 		readers_stop(j);
 		pthread_cond_destroy(&j->work_cond);
 		pthread_cond_destroy(&j->done_cond);
@@ -283,8 +285,7 @@ void src_free(struct src_job *j)
 	free(j->threads);
 	free(j->zero_buf);
 	free(j->scratch);
-	if (j->cancel_fd >= 0)
-		close(j->cancel_fd);
+	cancel_free(j->cancel);
 	if (j->stop_fd >= 0)
 		close(j->stop_fd);
 	free(j);
@@ -300,17 +301,12 @@ void src_set_progress(struct src_job *j, mig_progress_fn fn, void *user)
 
 bool src_cancelled(struct src_job *j)
 {
-	return atomic_load(&j->cancel);
+	return cancel_is_set(j->cancel);
 }
 
 void src_cancel(struct src_job *j)
 {
-	uint64_t one = 1;
-	ssize_t n;
-
-	atomic_store(&j->cancel, true);
-	n = write(j->cancel_fd, &one, sizeof(one)); /* async-signal-safe */
-	(void)n;
+	cancel_fire(j->cancel); /* async-signal-safe */
 }
 
 /* Waits for src_cancel() (or the end of src_run) and wakes every waiter of
@@ -318,7 +314,7 @@ void src_cancel(struct src_job *j)
 static void *cancel_main(void *arg)
 {
 	struct src_job *j = arg;
-	struct pollfd fds[2] = { { .fd = j->cancel_fd, .events = POLLIN },
+	struct pollfd fds[2] = { { .fd = cancel_fd(j->cancel), .events = POLLIN },
 				 { .fd = j->stop_fd, .events = POLLIN } };
 
 	while (poll(fds, 2, -1) < 0 && errno == EINTR)
@@ -685,7 +681,7 @@ int src_run(struct src_job *j, struct xport *x)
 	set_transport(j, x);
 	j->timeout_ms = xport_get_timeout(x);
 	xport_set_rate(x, atomic_load(&j->rate));
-	xport_set_cancel(x, &j->cancel);
+	xport_set_cancel(x, j->cancel);
 	set_state(j, MIG_SETUP);
 	run.err = cancel_start(j);
 

@@ -145,8 +145,7 @@ struct src_job {
 	const struct src_format *fmt;
 	unsigned ndev;
 	struct src_dev dev[NATIVE_MAX_DEVICES];
-	atomic_bool cancel;
-	int cancel_fd; /* an eventfd src_cancel() writes to */
+	struct cancel *cancel; /* src_cancel() fires it; the transport watches it */
 	_Atomic uint64_t rate;
 	_Atomic uint64_t downtime_ns; /* max downtime; may change while running */
 	/* The transport, set and cleared by the engine under stats_lock, so
@@ -222,7 +221,7 @@ struct src_job {
 	uint8_t *scratch;  /* a chunk, for mirrored writes' digests */
 	pthread_t cancel_thread;
 	bool cancel_running;
-	int stop_fd; /* an eventfd that ends the cancel thread */
+	int stop_fd; /* an eventfd that ends the cancel thread at the end of src_run */
 };
 
 /* ---- source.c ---------------------------------------------------------- */

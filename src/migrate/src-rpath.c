@@ -78,16 +78,18 @@ static void *rp_main(void *arg)
 		bool quit;
 		int r;
 
+		/* The destination may say nothing for as long as a pass
+		 * takes, which is no failure: wait without the idle timeout
+		 * until it says something (then a message that stops halfway
+		 * is one), or until rp_stop() shuts the read side. */
+		r = xport_readable(j->x, -1);
+		if (r == 0)
+			continue; /* EINTR */
 		pthread_mutex_lock(&j->lock);
 		quit = j->rp_quit;
 		pthread_mutex_unlock(&j->lock);
 		if (quit)
 			break;
-		/* Waiting in slices for rp_stop(): the destination may say
-		 * nothing for as long as a pass takes, which is no failure. */
-		r = xport_readable(j->x, 100);
-		if (r == 0)
-			continue;
 		if (r > 0)
 			r = wire_stream_next(j->rs, &it);
 		if (r == 0 && it.kind == WIRE_ITEM_END)
@@ -131,6 +133,7 @@ void rp_stop(struct src_job *j)
 	pthread_mutex_lock(&j->lock);
 	j->rp_quit = true;
 	pthread_mutex_unlock(&j->lock);
+	xport_shutdown_read(j->x);
 	pthread_join(j->rp_thread, NULL);
 	j->rp_running = false;
 }

@@ -8,6 +8,7 @@
 #include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <netdb.h>
 #include <poll.h>
 #include <stdio.h>
@@ -20,7 +21,6 @@
 #include "common/util.h"
 #include "xport-impl.h"
 
-#define POLL_SLICE_MS 100
 /* The limiter forgives at most this much idle time, so a pause in sending
  * does not turn into an unlimited burst afterwards. */
 #define RATE_BURST_NS (50 * 1000000ull)
@@ -136,12 +136,49 @@ int xport_listen(const char *hostport, int *lfd, char *bound, size_t bound_cap)
 	return 0;
 }
 
-static bool cancelled(const atomic_bool *c)
+/* Milliseconds from now to deadline (0: none) for poll(): -1 without a
+ * deadline, else >= 0, rounded up so a wait never ends just short of it. */
+static int ms_until(uint64_t deadline)
 {
-	return c && atomic_load(c);
+	uint64_t now;
+
+	if (!deadline)
+		return -1;
+	now = now_ns();
+	if (now >= deadline)
+		return 0;
+	return (int)MIN(div_round_up(deadline - now, 1000000u), (uint64_t)INT_MAX);
 }
 
-int xport_accept(int lfd, int timeout_ms, const atomic_bool *cancel, struct xport **out)
+/*
+ * Wait until fd is ready for 'events', the cancel token fires, or deadline
+ * (now_ns() value, 0: none) passes: 1 ready, 0 deadline, -ECANCELED, or a
+ * negative errno from poll (no message).  Cancel wins over readiness.
+ */
+static int poll_cancel(int fd, short events, struct cancel *cancel, uint64_t deadline)
+{
+	for (;;) {
+		struct pollfd p[2] = {
+			{ .fd = fd, .events = events },
+			{ .fd = cancel_fd(cancel), .events = POLLIN },
+		};
+		int r;
+
+		if (cancel_is_set(cancel))
+			return -ECANCELED;
+		r = poll(p, 2, ms_until(deadline));
+		if (r < 0 && errno != EINTR)
+			return -errno;
+		if (cancel_is_set(cancel))
+			return -ECANCELED;
+		if (r > 0 && p[0].revents)
+			return 1;
+		if (deadline && now_ns() >= deadline)
+			return 0;
+	}
+}
+
+int xport_accept(int lfd, int timeout_ms, struct cancel *cancel, struct xport **out)
 {
 	uint64_t deadline = timeout_ms < 0 ? 0 : now_ns() + (uint64_t)timeout_ms * 1000000u;
 	struct sockaddr_storage ss;
@@ -149,19 +186,13 @@ int xport_accept(int lfd, int timeout_ms, const atomic_bool *cancel, struct xpor
 	char peer[80];
 	int fd, r;
 
-	for (;;) {
-		struct pollfd p = { .fd = lfd, .events = POLLIN };
-
-		if (cancelled(cancel))
-			return err_set(ECANCELED, "cancelled while waiting for a connection");
-		if (deadline && now_ns() >= deadline)
-			return err_set(ETIMEDOUT, "no connection within %d ms", timeout_ms);
-		r = poll(&p, 1, POLL_SLICE_MS);
-		if (r < 0 && errno != EINTR)
-			return err_set(errno, "poll: %s", strerror(errno));
-		if (r > 0)
-			break;
-	}
+	r = poll_cancel(lfd, POLLIN, cancel, deadline);
+	if (r == -ECANCELED)
+		return err_set(ECANCELED, "cancelled while waiting for a connection");
+	if (r == 0)
+		return err_set(ETIMEDOUT, "no connection within %d ms", timeout_ms);
+	if (r < 0)
+		return err_set(-r, "poll: %s", strerror(-r));
 	fd = accept4(lfd, (struct sockaddr *)&ss, &sl, SOCK_CLOEXEC);
 	if (fd < 0)
 		return err_set(errno, "accept: %s", strerror(errno));
@@ -172,40 +203,29 @@ int xport_accept(int lfd, int timeout_ms, const atomic_bool *cancel, struct xpor
 	return r;
 }
 
-/* A non-blocking connect, polled in slices: 0 or a positive errno. */
-static int connect_wait(int fd, const struct addrinfo *ai, uint64_t deadline,
-			const atomic_bool *cancel)
+/* A non-blocking connect, waited for: 0 or a positive errno. */
+static int connect_wait(int fd, const struct addrinfo *ai, uint64_t deadline, struct cancel *cancel)
 {
 	socklen_t sl = sizeof(int);
-	int e = 0;
+	int e = 0, r;
 
 	if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
 		return 0;
 	if (errno != EINPROGRESS)
 		return errno;
-	for (;;) {
-		struct pollfd p = { .fd = fd, .events = POLLOUT };
-		int r;
-
-		if (cancelled(cancel))
-			return ECANCELED;
-		/* Poll at least once, so a refusal already answered is
-		 * reported as such even with no time left. */
-		r = poll(&p, 1, POLL_SLICE_MS);
-		if (r < 0 && errno != EINTR)
-			return errno;
-		if (r > 0)
-			break;
-		if (now_ns() >= deadline)
-			return ETIMEDOUT;
-	}
+	/* Polls at least once, so a refusal already answered is reported as
+	 * such even with no time left. */
+	r = poll_cancel(fd, POLLOUT, cancel, deadline);
+	if (r == 0)
+		return ETIMEDOUT;
+	if (r < 0)
+		return -r;
 	if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &sl) < 0)
 		return errno;
 	return e;
 }
 
-int xport_connect(const char *hostport, int timeout_ms, const atomic_bool *cancel,
-		  struct xport **out)
+int xport_connect(const char *hostport, int timeout_ms, struct cancel *cancel, struct xport **out)
 {
 	uint64_t now, deadline = now_ns() + (uint64_t)MAX(timeout_ms, 0) * 1000000u;
 	struct addrinfo *res, *ai;
@@ -230,19 +250,19 @@ int xport_connect(const char *hostport, int timeout_ms, const atomic_bool *cance
 			if (e == ECANCELED || e == ETIMEDOUT)
 				break;
 		}
-		if (e != ECONNREFUSED || cancelled(cancel))
+		if (e != ECONNREFUSED || cancel_is_set(cancel))
 			break;
 		/* Refused: the listener may not be up yet.  Retry while time
 		 * is left; the refusal is what gets reported. */
 		now = now_ns();
 		if (now >= deadline)
 			break;
-		sleep_ns(MIN(50 * 1000000ull, deadline - now));
-		if (now_ns() >= deadline)
+		if (cancel_sleep(cancel, (int64_t)MIN(50 * 1000000ull, deadline - now)) ||
+		    now_ns() >= deadline)
 			break;
 	}
 	freeaddrinfo(res);
-	if (cancelled(cancel))
+	if (cancel_is_set(cancel))
 		return err_set(ECANCELED, "cancelled while connecting to %s", hostport);
 	return err_set(e, "connect to %s: %s", hostport, strerror(e));
 
@@ -285,7 +305,7 @@ void xport_close(struct xport *x)
 		x->ops->close(x);
 }
 
-void xport_set_cancel(struct xport *x, const atomic_bool *cancel)
+void xport_set_cancel(struct xport *x, struct cancel *cancel)
 {
 	x->cancel = cancel;
 }
@@ -332,28 +352,24 @@ static int fail(struct xport *x, short dir, int r)
 }
 
 /*
- * Wait until fd is ready for 'events', in slices so that cancel and the idle
- * timeout are noticed.  0 when ready.
+ * Wait until fd is ready for 'events', the cancel token fires, or the idle
+ * timeout (counted from *idle_since) runs out.  0 when ready.
  */
 static int wait_ready(struct xport *x, short events, uint64_t *idle_since)
 {
-	for (;;) {
-		struct pollfd p = { .fd = x->fd, .events = events };
-		int r;
+	uint64_t deadline =
+	    x->timeout_ms > 0 ? *idle_since + (uint64_t)x->timeout_ms * 1000000u : 0;
+	int r = poll_cancel(x->fd, events, x->cancel, deadline);
 
-		if (cancelled(x->cancel))
-			return fail(x, events, err_set(ECANCELED, "cancelled"));
-		if (x->timeout_ms > 0 &&
-		    now_ns() - *idle_since > (uint64_t)x->timeout_ms * 1000000u)
-			return fail(x, events,
-				    err_set(ETIMEDOUT, "connection to %s idle for %.1f s", x->peer,
-					    x->timeout_ms / 1000.0));
-		r = poll(&p, 1, POLL_SLICE_MS);
-		if (r < 0 && errno != EINTR)
-			return fail(x, events, err_set(errno, "poll: %s", strerror(errno)));
-		if (r > 0)
-			return 0;
-	}
+	if (r == -ECANCELED)
+		return fail(x, events, err_set(ECANCELED, "cancelled"));
+	if (r == 0)
+		return fail(x, events,
+			    err_set(ETIMEDOUT, "connection to %s idle for %.1f s", x->peer,
+				    x->timeout_ms / 1000.0));
+	if (r < 0)
+		return fail(x, events, err_set(-r, "poll: %s", strerror(-r)));
+	return 0;
 }
 
 /* Hold the sender back to the configured rate before sending n bytes. */
@@ -365,14 +381,8 @@ static int rate_limit(struct xport *x, uint64_t rate, size_t n)
 		return 0;
 	if (x->next_ok_ns + RATE_BURST_NS < now)
 		x->next_ok_ns = now;
-	while (x->next_ok_ns > now) {
-		uint64_t wait = MIN(x->next_ok_ns - now, (uint64_t)POLL_SLICE_MS * 1000000u);
-
-		if (cancelled(x->cancel))
-			return fail(x, POLLOUT, err_set(ECANCELED, "cancelled"));
-		sleep_ns(wait);
-		now = now_ns();
-	}
+	if (x->next_ok_ns > now && cancel_sleep(x->cancel, (int64_t)(x->next_ok_ns - now)))
+		return fail(x, POLLOUT, err_set(ECANCELED, "cancelled"));
 	x->next_ok_ns += (uint64_t)((double)n * 1e9 / (double)rate);
 	return 0;
 }
@@ -508,6 +518,11 @@ int xport_shutdown_write(struct xport *x)
 		return r;
 	shutdown(x->fd, SHUT_WR);
 	return 0;
+}
+
+void xport_shutdown_read(struct xport *x)
+{
+	shutdown(x->fd, SHUT_RD);
 }
 
 /* ---- reading ------------------------------------------------------------- */

@@ -4,10 +4,11 @@
  * table (tcp.c now, tls.c later) under one buffered, rate-limited writer and
  * buffered reader with byte counters.
  *
- * Every call blocks, but in slices: it polls with a short timeout, so it
- * notices a cancel request (xport_set_cancel) within ~100 ms and gives up
- * after the idle timeout with no progress.  Failure is sticky: after the
- * first error every later call returns the same negative errno.
+ * Every call blocks, polling the socket together with the cancel token's
+ * descriptor (xport_set_cancel), so cancel_fire() ends every wait at once
+ * with -ECANCELED; with no progress for the idle timeout a wait ends with
+ * -ETIMEDOUT.  Failure is sticky: after the first error every later call
+ * returns the same negative errno.
  *
  * One thread writes and one thread reads at a time; the byte counters may
  * be read from any thread.
@@ -15,11 +16,12 @@
 #ifndef BLKMIG_TRANSPORT_TRANSPORT_H
 #define BLKMIG_TRANSPORT_TRANSPORT_H
 
-#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/uio.h>
+
+#include "common/cancel.h"
 
 struct xport;
 
@@ -41,18 +43,21 @@ struct xport_ops {
  */
 int xport_listen(const char *hostport, int *lfd, char *bound, size_t bound_cap);
 
-/* Wait up to timeout_ms (-1: forever) for one connection on lfd, honouring
- * *cancel if given.  The caller owns *out. */
-int xport_accept(int lfd, int timeout_ms, const atomic_bool *cancel, struct xport **out);
+/* Wait up to timeout_ms (-1: forever) for one connection on lfd; -ECANCELED
+ * as soon as cancel (may be NULL; not owned) fires.  The caller owns *out. */
+int xport_accept(int lfd, int timeout_ms, struct cancel *cancel, struct xport **out);
 
-/* Connect, retrying refused connections until timeout_ms has passed. */
-int xport_connect(const char *hostport, int timeout_ms, const atomic_bool *cancel,
-		  struct xport **out);
+/* Connect, retrying refused connections until timeout_ms has passed;
+ * -ECANCELED as soon as cancel (may be NULL; not owned) fires. */
+int xport_connect(const char *hostport, int timeout_ms, struct cancel *cancel, struct xport **out);
 
 void xport_close(struct xport *x); /* accepts NULL */
 
 /* Behaviour. */
-void xport_set_cancel(struct xport *x, const atomic_bool *cancel);
+/* Reads, writes and the rate limiter's waits end with -ECANCELED (sticky)
+ * once cancel fires.  Not owned: it must outlive its use here (NULL: none).
+ * Set it while no other thread uses x. */
+void xport_set_cancel(struct xport *x, struct cancel *cancel);
 void xport_set_timeout(struct xport *x, int idle_timeout_ms);
 int xport_get_timeout(const struct xport *x);
 /* Bytes per second, 0 for unlimited.  May be changed at any time. */
@@ -66,13 +71,17 @@ int xport_write2(struct xport *x, const void *hdr, size_t hlen, const void *payl
 int xport_flush(struct xport *x);
 /* Half-close the write side after flushing. */
 int xport_shutdown_write(struct xport *x);
+/* Stop reading: a read blocked in another thread, and every later one,
+ * sees the end of the stream at once.  Writing goes on.  Thread-safe. */
+void xport_shutdown_read(struct xport *x);
 
 /* Read exactly len bytes.  At end of stream: -ECONNRESET with a message
  * saying how many bytes were missing.  *got (optional) receives the bytes
  * read even on failure, so a caller can tell "clean EOF at a boundary". */
 int xport_read(struct xport *x, void *buf, size_t len, size_t *got);
 /* 1 if a read would not block (buffered bytes, data or EOF), 0 if not
- * within timeout_ms, negative errno on failure. */
+ * within timeout_ms, negative errno on failure.  A bounded probe: it does
+ * not watch the cancel token. */
 int xport_readable(struct xport *x, int timeout_ms);
 
 uint64_t xport_tx_bytes(const struct xport *x);

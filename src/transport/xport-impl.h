@@ -6,6 +6,8 @@
 #ifndef BLKMIG_TRANSPORT_XPORT_IMPL_H
 #define BLKMIG_TRANSPORT_XPORT_IMPL_H
 
+#include <stdatomic.h>
+
 #include "transport.h"
 
 #define XPORT_WBUF_SIZE (256 * 1024)
@@ -15,9 +17,9 @@ struct xport {
 	const struct xport_ops *ops;
 	int fd; /* polled for readiness */
 	char peer[80];
-	int werr; /* sticky: first send failure, negative errno */
-	int rerr; /* sticky: first receive failure */
-	const atomic_bool *cancel;
+	int werr;	       /* sticky: first send failure, negative errno */
+	int rerr;	       /* sticky: first receive failure */
+	struct cancel *cancel; /* not owned; NULL: none */
 	int timeout_ms;
 
 	_Atomic uint64_t rate; /* bytes per second, 0 unlimited */

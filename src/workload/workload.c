@@ -10,11 +10,11 @@
 
 #include <errno.h>
 #include <pthread.h>
-#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "block/backend.h"
+#include "common/cancel.h"
 #include "common/error.h"
 #include "common/util.h"
 
@@ -26,7 +26,7 @@ struct workload {
 	struct workload_spec s;
 	struct blk *b;
 	pthread_t thread;
-	atomic_bool stop;
+	struct cancel *stop;  /* fired by workload_stop(); wakes a waiting writer */
 	pthread_mutex_t lock; /* guards the figures below */
 	uint64_t writes, bytes, max_ns;
 	uint64_t hist[HIST_SIZE];
@@ -159,16 +159,18 @@ static void *writer_main(void *arg)
 	uint8_t *buf = malloc(bs);
 
 	if (!buf) {
+		pthread_mutex_lock(&w->lock); /* workload_get_stats() reads it */
 		w->stopped_by = -ENOMEM;
+		pthread_mutex_unlock(&w->lock);
 		return NULL;
 	}
-	while (!atomic_load(&w->stop)) {
+	while (!cancel_is_set(w->stop)) {
 		uint64_t due = start + (uint64_t)((double)n * (double)bs * 1e9 / (double)w->s.rate);
 		uint64_t now = now_ns(), off, t0, lat;
 		int r;
 
 		if (due > now) {
-			sleep_ns(MIN(due - now, 50 * 1000000ull));
+			cancel_sleep(w->stop, (int64_t)(due - now));
 			continue;
 		}
 		off = (w->s.sequential ? seq++ % nslots : splitmix(&rng) % nslots) * bs;
@@ -206,11 +208,16 @@ int workload_start(const struct workload_spec *s, struct blk *b, struct workload
 		return -ENOMEM;
 	w->s = *s;
 	w->b = b;
-	atomic_init(&w->stop, false);
+	r = cancel_new(&w->stop);
+	if (r < 0) {
+		free(w);
+		return r;
+	}
 	pthread_mutex_init(&w->lock, NULL);
 	r = pthread_create(&w->thread, NULL, writer_main, w);
 	if (r) {
 		pthread_mutex_destroy(&w->lock);
+		cancel_free(w->stop);
 		free(w);
 		return err_set(r, "cannot start the workload thread: %s", strerror(r));
 	}
@@ -245,10 +252,11 @@ void workload_stop(struct workload *w, struct workload_stats *st)
 {
 	if (!w)
 		return;
-	atomic_store(&w->stop, true);
+	cancel_fire(w->stop);
 	pthread_join(w->thread, NULL);
 	if (st)
 		workload_get_stats(w, st);
 	pthread_mutex_destroy(&w->lock);
+	cancel_free(w->stop);
 	free(w);
 }

@@ -24,6 +24,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/cancel.h"
 #include "common/error.h"
 #include "common/util.h"
 #include "control/control.h"
@@ -93,7 +94,7 @@ struct node {
 	char sock[512];
 	struct daemon_config cfg;
 	struct daemon *d;
-	atomic_bool cancel;
+	struct cancel *cancel;
 	pthread_t th; /* daemon_start() of an incoming daemon */
 	int start_r;
 };
@@ -105,10 +106,19 @@ static void node_init(struct node *n, const char *image, bool create_fresh)
 	if (create_fresh)
 		remove_image(n->path);
 	n->dev = (struct daemon_device){ .name = "d0", .path = n->path };
-	atomic_init(&n->cancel, false);
+	if (cancel_new(&n->cancel) < 0)
+		fail_msg("cancel: %s", err_msg());
 	n->cfg = (struct daemon_config){
-		.devs = &n->dev, .ndev = 1, .nbd = "127.0.0.1:0", .cancel = &n->cancel
+		.devs = &n->dev, .ndev = 1, .nbd = "127.0.0.1:0", .cancel = n->cancel
 	};
+}
+
+static void node_down(struct node *n)
+{
+	daemon_free(n->d);
+	n->d = NULL;
+	cancel_free(n->cancel);
+	n->cancel = NULL;
 }
 
 static void node_up(struct node *n)
@@ -310,7 +320,7 @@ static void test_schema_refusals(void **state)
 	q = ok(&n, "query-migrate", NULL);
 	assert_string_equal(str(q, "status"), "none");
 	json_object_put(q);
-	daemon_free(n.d);
+	node_down(&n);
 	remove_image(n.path);
 }
 
@@ -335,7 +345,7 @@ static void test_workload(void **state)
 	assert_true(num(w, "latency-max-us") >= num(w, "latency-p50-us"));
 	assert_string_equal(str(w, "stopped-by"), "");
 	json_object_put(w);
-	daemon_free(n.d);
+	node_down(&n);
 	remove_image(n.path);
 }
 
@@ -365,6 +375,7 @@ static void test_config_checks(void **state)
 	assert_int_equal(daemon_check_config(&n.cfg), -EINVAL);
 	n.dev.readonly = false;
 	assert_int_equal(daemon_check_config(&n.cfg), 0);
+	node_down(&n);
 }
 
 /* Between daemon_new() and daemon_start() commands are checked, then
@@ -381,7 +392,7 @@ static void test_before_start(void **state)
 	assert_string_equal(daemon_incoming_addr(n.d), "");
 	refused(&n, "query-migrate", NULL, CTL_ERR_GENERIC, "not serving yet");
 	refused(&n, "migrate", "{\"to\":null}", CTL_ERR_INVALID_PARAM, "not null");
-	daemon_free(n.d);
+	node_down(&n);
 	remove_image(n.path);
 }
 
@@ -410,7 +421,7 @@ static void test_exports_and_idle_commands(void **state)
 	o = ok(&n, "query-migrate", NULL);
 	assert_string_equal(str(o, "status"), "none");
 	json_object_put(o);
-	daemon_free(n.d);
+	node_down(&n);
 	remove_image(n.path);
 }
 
@@ -462,8 +473,8 @@ static void test_migrate_to_incoming_daemon(void **state)
 	/* The source handed its devices over. */
 	refused(&src, "migrate", args, CTL_ERR_GENERIC, "already migrated");
 
-	daemon_free(src.d);
-	daemon_free(dst.d);
+	node_down(&src);
+	node_down(&dst);
 	remove_image(src.path);
 	remove_image(dst.path);
 }
@@ -518,15 +529,15 @@ static void test_query_tune_cancel(void **state)
 	json_object_put(q);
 
 	/* The destination gives up when the source goes away. */
-	atomic_store(&dst.cancel, true);
+	cancel_fire(dst.cancel);
 	pthread_join(dst.th, NULL);
 	assert_true(dst.start_r < 0);
 	/* The source still owns its devices: it may migrate again later. */
 	q = ok(&src, "query-exports", NULL);
 	json_object_put(q);
 
-	daemon_free(src.d);
-	daemon_free(dst.d);
+	node_down(&src);
+	node_down(&dst);
 	remove_image(src.path);
 	remove_image(dst.path);
 }
@@ -561,7 +572,7 @@ static void test_control_socket(void **state)
 	assert_non_null(strstr(err_msg(), "unknown command 'frobnicate'"));
 
 	ctl_client_close(c);
-	daemon_free(n.d);
+	node_down(&n);
 	remove_image(n.path);
 }
 

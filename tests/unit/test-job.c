@@ -30,7 +30,7 @@ struct dst {
 	pthread_t th;
 	int lfd;
 	char bound[128];
-	atomic_bool cancel;
+	struct cancel *cancel;
 	int r;
 };
 
@@ -50,9 +50,9 @@ static void *dst_main(void *arg)
 	struct dst_params p = { .open = open_mem };
 	struct xport *x = NULL;
 
-	d->r = xport_accept(d->lfd, 20000, &d->cancel, &x);
+	d->r = xport_accept(d->lfd, 20000, d->cancel, &x);
 	if (d->r == 0)
-		d->r = dst_run(&p, x, &d->cancel, NULL);
+		d->r = dst_run(&p, x, d->cancel, NULL);
 	xport_close(x);
 	return NULL;
 }
@@ -60,7 +60,7 @@ static void *dst_main(void *arg)
 static void dst_start(struct dst *d)
 {
 	memset(d, 0, sizeof(*d));
-	atomic_init(&d->cancel, false);
+	assert_int_equal(cancel_new(&d->cancel), 0);
 	assert_int_equal(xport_listen("127.0.0.1:0", &d->lfd, d->bound, sizeof(d->bound)), 0);
 	assert_int_equal(pthread_create(&d->th, NULL, dst_main, d), 0);
 }
@@ -68,6 +68,7 @@ static void dst_start(struct dst *d)
 static void dst_join(struct dst *d)
 {
 	pthread_join(d->th, NULL);
+	cancel_free(d->cancel);
 	close(d->lfd);
 }
 

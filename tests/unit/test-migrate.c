@@ -373,7 +373,7 @@ struct mig {
 	int lfd;
 	char bound[128];
 	pthread_t dth;
-	atomic_bool dcancel;
+	struct cancel *dcancel; /* the destination's */
 	struct src_job *job;
 	struct xport *x;
 
@@ -396,10 +396,10 @@ static void *dst_main(void *arg)
 	};
 	struct xport *x = NULL;
 
-	m->dst_r = xport_accept(m->lfd, SAFETY_TIMEOUT_MS, &m->dcancel, &x);
+	m->dst_r = xport_accept(m->lfd, SAFETY_TIMEOUT_MS, m->dcancel, &x);
 	if (m->dst_r == 0) {
 		xport_set_timeout(x, SAFETY_TIMEOUT_MS);
-		m->dst_r = dst_run(&p, x, &m->dcancel, &m->dst_st);
+		m->dst_r = dst_run(&p, x, m->dcancel, &m->dst_st);
 	}
 	snprintf(m->dst_msg, sizeof(m->dst_msg), "%s", m->dst_r ? err_msg() : "");
 	xport_close(x);
@@ -410,7 +410,6 @@ static void mig_init(struct mig *m)
 {
 	memset(m, 0, sizeof(*m));
 	m->lfd = -1;
-	atomic_init(&m->dcancel, false);
 }
 
 /* A setup step failed with the destination thread already waiting:
@@ -420,8 +419,9 @@ static void mig_start_failed(struct mig *m, const char *what)
 	char msg[MSG_CAP];
 
 	snprintf(msg, sizeof(msg), "%s", err_msg());
-	atomic_store(&m->dcancel, true);
+	cancel_fire(m->dcancel);
 	pthread_join(m->dth, NULL);
+	cancel_free(m->dcancel);
 	close(m->lfd);
 	src_free(m->job);
 	m->job = NULL;
@@ -435,6 +435,7 @@ static void mig_start(struct mig *m)
 
 	if (xport_listen("127.0.0.1:0", &m->lfd, m->bound, sizeof(m->bound)) != 0)
 		fail_msg("listen: %s", err_msg());
+	assert_int_equal(cancel_new(&m->dcancel), 0);
 	assert_int_equal(pthread_create(&m->dth, NULL, dst_main, m), 0);
 	for (unsigned i = 0; i < m->nsrc; i++) {
 		devs[i].name = m->src[i]->name;
@@ -460,6 +461,8 @@ static void mig_finish(struct mig *m)
 	xport_close(m->x);
 	m->x = NULL;
 	pthread_join(m->dth, NULL);
+	cancel_free(m->dcancel);
+	m->dcancel = NULL;
 	close(m->lfd);
 	if (m->user_thread)
 		pthread_join(*m->user_thread, NULL);

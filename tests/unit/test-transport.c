@@ -4,14 +4,17 @@
  * TCP on 127.0.0.1: listen/accept/connect, round trips of small (buffered)
  * and large (direct) writes including xport_write2(), byte counters, end of
  * stream in the middle of a read, sticky errors in each direction,
- * xport_readable(), the idle timeout, the cancel flag, the rate limiter's
- * lower bound, address parsing errors and a refused connection.
+ * xport_readable(), the idle timeout, the cancel token (one fire wakes a
+ * blocked read, write, accept and connect at once, also from a signal
+ * handler), the rate limiter's lower bound, address parsing errors and a
+ * refused connection.
  *
  * The only timing assertions are lower bounds a correct implementation
  * cannot undercut (an idle timeout does not fire early; a limited sender is
  * not faster than its limit).  Waiting on a peer is done with a generous
  * idle timeout set on every connection, so a bug shows up as a failure
- * rather than a hang.
+ * rather than a hang: a cancel that does not wake a wait ends it with
+ * -ETIMEDOUT instead of -ECANCELED.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -21,6 +24,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -216,7 +220,7 @@ static void test_accept_timeout_and_cancel(void **state)
 {
 	char bound[ADDR_CAP];
 	struct xport *x = NULL;
-	atomic_bool cancel;
+	struct cancel *cancel;
 	uint64_t t0;
 	int lfd;
 
@@ -228,10 +232,12 @@ static void test_accept_timeout_and_cancel(void **state)
 	assert_msg_contains(err_msg(), "no connection within 200 ms");
 	assert_null(x);
 
-	atomic_init(&cancel, true);
-	assert_int_equal(xport_accept(lfd, -1, &cancel, &x), -ECANCELED);
+	assert_int_equal(cancel_new(&cancel), 0);
+	cancel_fire(cancel);
+	assert_int_equal(xport_accept(lfd, -1, cancel, &x), -ECANCELED);
 	assert_msg_contains(err_msg(), "cancelled");
 	assert_null(x);
+	cancel_free(cancel);
 	close(lfd);
 }
 
@@ -625,9 +631,11 @@ static void test_idle_timeout_message(void **state)
 	pair_close(&p);
 }
 
+/* Fires the token after a pause, so the waiter is most likely blocked by
+ * then (if not, it finds the token fired: the result is the same). */
 struct canceller {
 	pthread_t th;
-	atomic_bool *flag;
+	struct cancel *token;
 	uint64_t delay_ns;
 };
 
@@ -636,33 +644,28 @@ static void *canceller_main(void *arg)
 	struct canceller *c = arg;
 
 	sleep_ns(c->delay_ns);
-	atomic_store(c->flag, true);
+	cancel_fire(c->token);
 	return NULL;
 }
 
 static void test_cancel_read(void **state)
 {
 	struct canceller c;
-	atomic_bool flag;
 	struct pair p;
 	uint8_t got[4];
-	uint64_t t0;
 
 	(void)state;
-	atomic_init(&flag, false);
+	assert_int_equal(cancel_new(&c.token), 0);
 	pair_open(&p);
-	xport_set_cancel(p.s, &flag);
-	c.flag = &flag;
-	c.delay_ns = 200 * 1000000ull;
-	t0 = now_ns();
+	xport_set_cancel(p.s, c.token);
+	c.delay_ns = 100 * 1000000ull;
 	assert_int_equal(pthread_create(&c.th, NULL, canceller_main, &c), 0);
 	assert_int_equal(xport_read(p.s, got, 4, NULL), -ECANCELED);
-	assert_true(elapsed_s(t0) >= 0.2);
 	pthread_join(c.th, NULL);
 	assert_msg_contains(err_msg(), "cancelled");
 	assert_int_equal(xport_read(p.s, got, 4, NULL), -ECANCELED);
 
-	/* A connection without the flag is not affected. */
+	/* A connection without the token is not affected. */
 	assert_int_equal(xport_write(p.c, "ab", 2), 0);
 	assert_int_equal(xport_flush(p.c), 0);
 	assert_int_equal(xport_write(p.s, "cd", 2), 0);
@@ -670,33 +673,215 @@ static void test_cancel_read(void **state)
 	assert_int_equal(xport_read(p.c, got, 2, NULL), 0);
 	assert_memory_equal(got, "cd", 2);
 	pair_close(&p);
+	cancel_free(c.token);
 }
 
-/* A sender blocked on a full socket notices the flag too. */
+/* A sender blocked on a full socket is woken too. */
 static void test_cancel_write(void **state)
 {
 	static uint8_t chunk[1024 * 1024];
 	struct canceller c;
-	atomic_bool flag;
 	struct pair p;
 	int r = 0, i;
 
 	(void)state;
-	atomic_init(&flag, false);
+	assert_int_equal(cancel_new(&c.token), 0);
 	pair_open(&p);
-	xport_set_cancel(p.c, &flag);
-	c.flag = &flag;
-	c.delay_ns = 200 * 1000000ull;
+	xport_set_cancel(p.c, c.token);
+	c.delay_ns = 100 * 1000000ull;
 	assert_int_equal(pthread_create(&c.th, NULL, canceller_main, &c), 0);
 	for (i = 0; i < 256 && r == 0; i++)
 		r = xport_write(p.c, chunk, sizeof(chunk));
 	pthread_join(c.th, NULL);
 	assert_int_equal(r, -ECANCELED);
 	assert_int_equal(xport_flush(p.c), -ECANCELED);
-	/* Clearing the flag does not revive the connection. */
+	/* Dropping the token does not revive the connection. */
 	xport_set_cancel(p.c, NULL);
 	assert_int_equal(xport_write(p.c, "x", 1), -ECANCELED);
 	pair_close(&p);
+	cancel_free(c.token);
+}
+
+/* A sender held back by the rate limiter is woken too. */
+static void test_cancel_rate_limited(void **state)
+{
+	static uint8_t chunk[256 * 1024];
+	struct canceller c;
+	struct pair p;
+	int r = 0, i;
+
+	(void)state;
+	assert_int_equal(cancel_new(&c.token), 0);
+	pair_open(&p);
+	xport_set_cancel(p.c, c.token);
+	/* 256 KiB at 1 KiB/s: minutes of waiting, all of it in the limiter
+	 * (the socket buffers take it). */
+	xport_set_rate(p.c, 1024);
+	c.delay_ns = 100 * 1000000ull;
+	assert_int_equal(pthread_create(&c.th, NULL, canceller_main, &c), 0);
+	for (i = 0; i < 4 && r == 0; i++)
+		r = xport_write(p.c, chunk, sizeof(chunk));
+	pthread_join(c.th, NULL);
+	assert_int_equal(r, -ECANCELED);
+	pair_close(&p);
+	cancel_free(c.token);
+}
+
+/* ---- one token, every waiter ------------------------------------------------------- */
+
+enum wait_kind { WAIT_READ, WAIT_WRITE, WAIT_ACCEPT, WAIT_CONNECT };
+
+struct waiter {
+	pthread_t th;
+	enum wait_kind kind;
+	struct cancel *token;
+	struct xport *x;     /* READ, WRITE: the connection to block on */
+	int lfd;	     /* ACCEPT: a listener nobody connects to */
+	char addr[ADDR_CAP]; /* CONNECT: a port nobody listens on */
+	int r;
+	char msg[1024];
+};
+
+/* Block in one transport call until the token fires; nothing else can end
+ * it but the safety timeout (-ETIMEDOUT). */
+static void *waiter_main(void *arg)
+{
+	static uint8_t chunk[1024 * 1024];
+	struct waiter *w = arg;
+	struct xport *x = NULL;
+	uint8_t got[4];
+	int r = 0;
+
+	switch (w->kind) {
+	case WAIT_READ:
+		xport_set_cancel(w->x, w->token);
+		r = xport_read(w->x, got, sizeof(got), NULL);
+		break;
+	case WAIT_WRITE:
+		/* Until the socket buffers are full, then blocked. */
+		xport_set_cancel(w->x, w->token);
+		for (int i = 0; i < 256 && r == 0; i++)
+			r = xport_write(w->x, chunk, sizeof(chunk));
+		break;
+	case WAIT_ACCEPT:
+		r = xport_accept(w->lfd, SAFETY_TIMEOUT_MS, w->token, &x);
+		break;
+	case WAIT_CONNECT:
+		/* Refused, and retried until the timeout. */
+		r = xport_connect(w->addr, SAFETY_TIMEOUT_MS, w->token, &x);
+		break;
+	}
+	xport_close(x);
+	w->r = r;
+	snprintf(w->msg, sizeof(w->msg), "%s", err_msg());
+	return NULL;
+}
+
+/* READ waits on rp's accepted side, WRITE on wp's connecting side: two
+ * pairs, so the writer's bytes do not end the reader's wait. */
+static void waiters_start(struct waiter *w, unsigned n, struct cancel *token, struct pair *rp,
+			  struct pair *wp)
+{
+	for (unsigned i = 0; i < n; i++) {
+		w[i].token = token;
+		switch (w[i].kind) {
+		case WAIT_READ:
+			w[i].x = rp->s;
+			break;
+		case WAIT_WRITE:
+			w[i].x = wp->c;
+			break;
+		case WAIT_ACCEPT:
+			assert_int_equal(xport_listen("127.0.0.1:0", &w[i].lfd, NULL, 0), 0);
+			break;
+		case WAIT_CONNECT:
+			closed_port(w[i].addr, sizeof(w[i].addr));
+			break;
+		}
+		assert_int_equal(pthread_create(&w[i].th, NULL, waiter_main, &w[i]), 0);
+	}
+}
+
+static void waiters_check(struct waiter *w, unsigned n)
+{
+	for (unsigned i = 0; i < n; i++) {
+		pthread_join(w[i].th, NULL);
+		if (w[i].kind == WAIT_ACCEPT)
+			close(w[i].lfd);
+		if (w[i].r != -ECANCELED)
+			fail_msg("waiter %u: %d '%s', expected -ECANCELED", i, w[i].r, w[i].msg);
+		assert_msg_contains(w[i].msg, "cancelled");
+	}
+}
+
+/* Blocked in a read, a write, an accept and a connect, each in its own
+ * thread: one cancel_fire() from this thread ends all four. */
+static void test_cancel_wakes_every_waiter(void **state)
+{
+	struct waiter w[] = {
+		{ .kind = WAIT_READ },
+		{ .kind = WAIT_WRITE },
+		{ .kind = WAIT_ACCEPT },
+		{ .kind = WAIT_CONNECT },
+	};
+	struct cancel *token;
+	struct pair rp, wp;
+
+	(void)state;
+	assert_int_equal(cancel_new(&token), 0);
+	pair_open(&rp);
+	pair_open(&wp);
+	waiters_start(w, ARRAY_SIZE(w), token, &rp, &wp);
+	sleep_ns(100 * 1000000ull); /* let them block (not required) */
+	cancel_fire(token);
+	waiters_check(w, ARRAY_SIZE(w));
+	pair_close(&rp);
+	pair_close(&wp);
+	cancel_free(token);
+}
+
+static struct cancel *_Atomic sig_token;
+
+static void on_sigusr1(int sig)
+{
+	(void)sig;
+	cancel_fire(atomic_load(&sig_token));
+}
+
+/* The CLI's way: a signal handler fires the token.  The waiters block the
+ * signal, so it is handled on this thread and they are woken by the token
+ * alone, not by EINTR. */
+static void test_cancel_from_signal_handler(void **state)
+{
+	struct waiter w[] = {
+		{ .kind = WAIT_READ },
+		{ .kind = WAIT_ACCEPT },
+	};
+	struct sigaction sa = { .sa_handler = on_sigusr1 }, old_sa;
+	sigset_t usr1, old_mask;
+	struct cancel *token;
+	struct pair p;
+
+	(void)state;
+	assert_int_equal(cancel_new(&token), 0);
+	atomic_store(&sig_token, token);
+	sigemptyset(&sa.sa_mask);
+	assert_int_equal(sigaction(SIGUSR1, &sa, &old_sa), 0);
+	sigemptyset(&usr1);
+	sigaddset(&usr1, SIGUSR1);
+	pair_open(&p);
+	/* Threads inherit the mask: block while creating them. */
+	assert_int_equal(pthread_sigmask(SIG_BLOCK, &usr1, &old_mask), 0);
+	waiters_start(w, ARRAY_SIZE(w), token, &p, NULL);
+	assert_int_equal(pthread_sigmask(SIG_SETMASK, &old_mask, NULL), 0);
+	sleep_ns(100 * 1000000ull); /* let them block (not required) */
+	assert_int_equal(pthread_kill(pthread_self(), SIGUSR1), 0);
+	waiters_check(w, ARRAY_SIZE(w));
+	assert_true(cancel_is_set(token));
+	sigaction(SIGUSR1, &old_sa, NULL);
+	atomic_store(&sig_token, NULL);
+	pair_close(&p);
+	cancel_free(token);
 }
 
 /* ---- rate limit ------------------------------------------------------------------ */
@@ -839,12 +1024,12 @@ static void test_address_forms(void **state)
 }
 
 /* Nothing listening: connect keeps retrying until its timeout, then fails
- * naming the address; a cancel flag stops it at once. */
+ * naming the address; a fired cancel token stops it at once. */
 static void test_connect_closed_port(void **state)
 {
 	char addr[ADDR_CAP];
 	struct xport *x = NULL;
-	atomic_bool cancel;
+	struct cancel *cancel;
 	uint64_t t0;
 	int r;
 
@@ -858,10 +1043,12 @@ static void test_connect_closed_port(void **state)
 	assert_msg_contains(err_msg(), addr);
 	assert_null(x);
 
-	atomic_init(&cancel, true);
-	assert_int_equal(xport_connect(addr, SAFETY_TIMEOUT_MS, &cancel, &x), -ECANCELED);
+	assert_int_equal(cancel_new(&cancel), 0);
+	cancel_fire(cancel);
+	assert_int_equal(xport_connect(addr, SAFETY_TIMEOUT_MS, cancel, &x), -ECANCELED);
 	assert_msg_contains(err_msg(), "cancelled while connecting");
 	assert_null(x);
+	cancel_free(cancel);
 }
 
 /*
@@ -961,6 +1148,9 @@ int main(void)
 		cmocka_unit_test(test_idle_timeout_message),
 		cmocka_unit_test(test_cancel_read),
 		cmocka_unit_test(test_cancel_write),
+		cmocka_unit_test(test_cancel_rate_limited),
+		cmocka_unit_test(test_cancel_wakes_every_waiter),
+		cmocka_unit_test(test_cancel_from_signal_handler),
 		cmocka_unit_test(test_rate_limit_small_writes),
 		cmocka_unit_test(test_rate_limit_large_sends),
 		cmocka_unit_test(test_address_errors),
