@@ -74,8 +74,6 @@ tsan_reports=$PWD/build-tsan/tsan-reports
 mkdir -p "$tsan_reports"
 rm -f "$tsan_reports"/report*
 TSAN_OPTIONS="halt_on_error=1:exitcode=66:second_deadlock_stack=1:log_path=$tsan_reports/report"
-# Known races awaiting a fix, if any: see the file.
-[ -f tests/tsan-temporary.supp ] && TSAN_OPTIONS+=":suppressions=$PWD/tests/tsan-temporary.supp"
 export TSAN_OPTIONS
 failed_before=$failed
 run_suite "build (TSan)" build-tsan "--suite tsan" -Db_sanitize=thread
