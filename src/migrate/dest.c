@@ -36,6 +36,10 @@
 #include "engine.h"
 #include "transport/transport.h"
 
+_Static_assert(sizeof(((struct native_dev *)0)->name) == WIRE_NAME_MAX + 1 &&
+		   sizeof(((struct mig_dev_stats *)0)->name) == WIRE_NAME_MAX + 1,
+	       "device names are copied whole");
+
 struct dst_dev {
 	char name[WIRE_NAME_MAX + 1];
 	char path[4096];
@@ -62,19 +66,32 @@ struct dst {
 
 /* ---- the formats' shared part ---------------------------------------------------- */
 
-int dst_fmt_init(struct dst_fmt *f, const struct dst_format_ops *ops, const struct dst_params *p,
-		 struct xport *x)
+int dst_fmt_new(size_t size, const struct dst_format_ops *ops, const struct dst_params *p,
+		struct xport *x, struct dst_fmt **out)
 {
+	struct dst_fmt *f = calloc(1, size);
+	int r;
+
+	if (!f)
+		return err_set(ENOMEM, "no memory for the %s format", ops->name);
 	f->ops = ops;
 	f->p = p;
 	f->x = x;
-	return wire_stream_new(ops->stream, engine_xport_read, x, &f->ws);
+	r = wire_stream_new(ops->stream, engine_xport_read, x, &f->ws);
+	if (r < 0) {
+		free(f);
+		return r;
+	}
+	*out = f;
+	return 0;
 }
 
-void dst_fmt_fini(struct dst_fmt *f)
+void dst_fmt_free(struct dst_fmt *f)
 {
+	if (!f)
+		return;
 	wire_stream_free(f->ws);
-	f->ws = NULL;
+	free(f);
 }
 
 /* The one place a format is chosen.  When you add one, add its row. */
@@ -110,7 +127,9 @@ static int open_devices(struct dst *d)
 	for (unsigned i = 0; i < o->ndev; i++) {
 		struct dst_dev *dev = &d->dev[i];
 
-		snprintf(dev->name, sizeof(dev->name), "%s", o->dev[i].name);
+		/* Same size, NUL-terminated by the decoder (snprintf here
+		 * trips GCC's -Wrestrict: both live in *d). */
+		memcpy(dev->name, o->dev[i].name, sizeof(dev->name));
 		dev->size = o->dev[i].size;
 		r = d->p->open(d->p->user, dev->name, dev->size, &dev->blk, dev->path,
 			       sizeof(dev->path));
@@ -146,7 +165,7 @@ static int open_devices(struct dst *d)
 				return r;
 			dev->marked = true;
 		}
-		snprintf(d->st.dev[i].name, sizeof(d->st.dev[i].name), "%s", dev->name);
+		memcpy(d->st.dev[i].name, dev->name, sizeof(d->st.dev[i].name));
 		d->st.dev[i].size = dev->size;
 		d->st.total += dev->size;
 	}

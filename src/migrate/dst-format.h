@@ -101,10 +101,11 @@ struct dst_format_ops {
 extern const struct dst_format_ops dst_native_ops;
 extern const struct dst_format_ops dst_qemu_ops;
 
-/* Shared by the implementations: make the reader for f (after ops, p, x
- * are set), and the xport read callback it uses. */
-int dst_fmt_init(struct dst_fmt *f, const struct dst_format_ops *ops, const struct dst_params *p,
-		 struct xport *x);
-void dst_fmt_fini(struct dst_fmt *f);
+/* Shared by the implementations: allocate 'size' bytes (the
+ * implementation's struct, which starts with struct dst_fmt), zeroed, with
+ * ops, p, x and a reader over x set; and free it with its reader. */
+int dst_fmt_new(size_t size, const struct dst_format_ops *ops, const struct dst_params *p,
+		struct xport *x, struct dst_fmt **out);
+void dst_fmt_free(struct dst_fmt *f); /* accepts NULL */
 
 #endif

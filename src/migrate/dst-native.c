@@ -32,26 +32,7 @@ static int send_frame(struct dst_fmt *f, int n, const uint8_t *buf)
 
 static int native_open(const struct dst_params *p, struct xport *x, struct dst_fmt **out)
 {
-	struct native_fmt *nf = calloc(1, sizeof(*nf));
-	int r;
-
-	if (!nf)
-		return err_set(ENOMEM, "no memory for the native format");
-	r = dst_fmt_init(&nf->base, &dst_native_ops, p, x);
-	if (r < 0) {
-		free(nf);
-		return r;
-	}
-	*out = &nf->base;
-	return 0;
-}
-
-static void native_close(struct dst_fmt *f)
-{
-	if (!f)
-		return;
-	dst_fmt_fini(f);
-	free(f);
+	return dst_fmt_new(sizeof(struct native_fmt), &dst_native_ops, p, x, out);
 }
 
 static int native_handshake(struct dst_fmt *f, struct dst_offer *o)
@@ -198,5 +179,5 @@ const struct dst_format_ops dst_native_ops = {
 	.write_applied = native_write_applied,
 	.finish = native_finish,
 	.fail = native_fail,
-	.close = native_close,
+	.close = dst_fmt_free,
 };

@@ -22,26 +22,7 @@
 
 static int qemu_open(const struct dst_params *p, struct xport *x, struct dst_fmt **out)
 {
-	struct dst_fmt *f = calloc(1, sizeof(*f));
-	int r;
-
-	if (!f)
-		return err_set(ENOMEM, "no memory for the QEMU format");
-	r = dst_fmt_init(f, &dst_qemu_ops, p, x);
-	if (r < 0) {
-		free(f);
-		return r;
-	}
-	*out = f;
-	return 0;
-}
-
-static void qemu_close(struct dst_fmt *f)
-{
-	if (!f)
-		return;
-	dst_fmt_fini(f);
-	free(f);
+	return dst_fmt_new(sizeof(struct dst_fmt), &dst_qemu_ops, p, x, out);
 }
 
 /* The stream says nothing before the data: the offer is the operator's. */
@@ -131,5 +112,5 @@ const struct dst_format_ops dst_qemu_ops = {
 	.accept = qemu_accept,
 	.next = qemu_next,
 	.finish = qemu_finish,
-	.close = qemu_close,
+	.close = dst_fmt_free,
 };

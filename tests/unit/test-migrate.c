@@ -1100,11 +1100,48 @@ static void test_live_writer_active(void **state)
 /* ---- (c2) writes faster than the link ---------------------------------------------- */
 
 static void setup_fault_run(struct mig *m, struct sdev *s, const char *name);
+/*
+ * A thread that cancels the job once when() says so (r = -1 if the
+ * migration ended, or 20 s passed, first), after 'delay_ns' more.  Start it
+ * with start_canceller(); mig_finish() joins it.
+ */
 struct cancel_thread {
 	pthread_t th;
 	struct src_job *job;
+	bool (*when)(const struct mig_stats *st);
+	uint64_t delay_ns;
 	int r;
 };
+
+static void *canceller_main(void *arg)
+{
+	struct cancel_thread *c = arg;
+	uint64_t t0 = now_ns();
+
+	for (;;) {
+		struct mig_stats st;
+
+		src_stats(c->job, &st);
+		if (c->when(&st))
+			break;
+		if (st.state >= MIG_COMPLETED || now_ns() - t0 > 20 * 1000000000ull) {
+			c->r = -1;
+			return NULL;
+		}
+		sleep_ns(1000000);
+	}
+	sleep_ns(c->delay_ns);
+	src_cancel(c->job);
+	return NULL;
+}
+
+static void start_canceller(struct mig *m, struct cancel_thread *c,
+			    bool (*when)(const struct mig_stats *st), uint64_t delay_ns)
+{
+	*c = (struct cancel_thread){ .job = m->job, .when = when, .delay_ns = delay_ns };
+	assert_int_equal(pthread_create(&c->th, NULL, canceller_main, c), 0);
+	m->user_thread = &c->th;
+}
 
 /*
  * Two writers dirty 4 KiB random blocks at 16 MB/s together, over a link of
@@ -1183,25 +1220,9 @@ static void test_auto_outpaced(void **state)
 
 /* Cancel once writes are being mirrored: the writers carry on, the source
  * keeps every write, nothing hangs. */
-static void *cancel_when_mirroring(void *arg)
+static bool mirroring_20(const struct mig_stats *st)
 {
-	struct cancel_thread *c = arg;
-	uint64_t t0 = now_ns();
-
-	for (;;) {
-		struct mig_stats st;
-
-		src_stats(c->job, &st);
-		if (st.mirror_writes >= 20)
-			break;
-		if (st.state >= MIG_COMPLETED || now_ns() - t0 > 20 * 1000000000ull) {
-			c->r = -1;
-			return NULL;
-		}
-		sleep_ns(1000000);
-	}
-	src_cancel(c->job);
-	return NULL;
+	return st->mirror_writes >= 20;
 }
 
 static void test_active_cancel(void **state)
@@ -1223,9 +1244,7 @@ static void test_active_cancel(void **state)
 		fail_msg("workload: %s", err_msg());
 	assert_int_equal(workload_start(&ws, s.track, &w), 0);
 	mig_start(&m);
-	c.job = m.job;
-	assert_int_equal(pthread_create(&c.th, NULL, cancel_when_mirroring, &c), 0);
-	m.user_thread = &c.th;
+	start_canceller(&m, &c, mirroring_20, 0);
 	mig_finish(&m);
 	assert_int_equal(c.r, 0);
 	assert_int_equal(m.src_r, -ECANCELED);
@@ -1403,25 +1422,9 @@ static void test_destination_write_error(void **state)
 
 /* Cancel once the bulk pass is 2 MiB in (the job is rate-limited, so it
  * is still going). */
-static void *cancel_main(void *arg)
+static bool bulk_2m_in(const struct mig_stats *st)
 {
-	struct cancel_thread *c = arg;
-	uint64_t t0 = now_ns();
-
-	for (;;) {
-		struct mig_stats st;
-
-		src_stats(c->job, &st);
-		if (st.state == MIG_BULK && st.bulk_done >= 2 * MiB)
-			break;
-		if (st.state >= MIG_COMPLETED || now_ns() - t0 > 20 * 1000000000ull) {
-			c->r = -1;
-			return NULL;
-		}
-		sleep_ns(2 * 1000000);
-	}
-	src_cancel(c->job);
-	return NULL;
+	return st->state == MIG_BULK && st->bulk_done >= 2 * MiB;
 }
 
 static void test_cancel_from_thread(void **state)
@@ -1434,9 +1437,7 @@ static void test_cancel_from_thread(void **state)
 	setup_fault_run(&m, &s, "disk0");
 	m.sp.max_bandwidth = 32 * MiB;
 	mig_start(&m);
-	c.job = m.job;
-	assert_int_equal(pthread_create(&c.th, NULL, cancel_main, &c), 0);
-	m.user_thread = &c.th;
+	start_canceller(&m, &c, bulk_2m_in, 0);
 	mig_finish(&m);
 	assert_int_equal(c.r, 0);
 
@@ -1456,30 +1457,11 @@ static void test_cancel_from_thread(void **state)
 	sdev_close(&s);
 }
 
-/* Cancelled between records (from the progress callback, on the engine
- * thread): the destination is told with ABORT. */
-/* Cancel once the bulk pass is on the wire: the source then waits for the
- * destination's SYNCED. */
-static void *cancel_when_sent(void *arg)
+/* Cancel once the bulk pass is on the wire (and 20 ms more): the source
+ * then waits for the destination's SYNCED. */
+static bool bulk_sent(const struct mig_stats *st)
 {
-	struct cancel_thread *c = arg;
-	uint64_t t0 = now_ns();
-
-	for (;;) {
-		struct mig_stats st;
-
-		src_stats(c->job, &st);
-		if (st.bulk_done == st.total)
-			break;
-		if (st.state >= MIG_COMPLETED || now_ns() - t0 > 20 * 1000000000ull) {
-			c->r = -1;
-			return NULL;
-		}
-		sleep_ns(1000000);
-	}
-	sleep_ns(20 * 1000000);
-	src_cancel(c->job);
-	return NULL;
+	return st->bulk_done == st->total;
 }
 
 /*
@@ -1500,9 +1482,7 @@ static void test_cancel_silent_no_timeout(void **state)
 	atomic_store(&flush_held, true);
 	mig_start(&m);
 	xport_set_timeout(m.x, 0);
-	c.job = m.job;
-	assert_int_equal(pthread_create(&c.th, NULL, cancel_when_sent, &c), 0);
-	m.user_thread = &c.th;
+	start_canceller(&m, &c, bulk_sent, 20 * 1000000);
 	mig_finish(&m);
 	assert_int_equal(c.r, 0);
 	assert_int_equal(m.src_r, -ECANCELED);
@@ -1513,6 +1493,8 @@ static void test_cancel_silent_no_timeout(void **state)
 	sdev_close(&s);
 }
 
+/* Cancelled between records (from the progress callback, on the engine
+ * thread): the destination is told with ABORT. */
 static void test_cancel_at_boundary(void **state)
 {
 	struct sdev s;
