@@ -265,14 +265,20 @@ int daemon_start(struct daemon *d)
 	for (unsigned i = 0; r == 0 && d->cfg.workload && i < d->cfg.ndev; i++)
 		if (strcmp(d->devs[i].name, d->cfg.workload->name) == 0)
 			r = workload_start(d->cfg.workload, d->blks[i], &d->wl);
-	if (r == 0 && d->cfg.control) {
+	if (r < 0)
+		return r;
+	/* Before the control socket opens, so its first client is served;
+	 * under cmd_lock, which its commands run under. */
+	pthread_mutex_lock(&d->cmd_lock);
+	d->started = true;
+	pthread_mutex_unlock(&d->cmd_lock);
+	if (d->cfg.control) {
 		pthread_mutex_lock(&d->lock);
 		r = ctl_listen(d->cfg.control, handle, d, &d->ctl);
 		pthread_mutex_unlock(&d->lock);
+		if (r < 0)
+			return r;
 	}
-	if (r < 0)
-		return r;
-	d->started = true;
 	nbds_refuse(d->nbd, NULL);
 	return 0;
 }

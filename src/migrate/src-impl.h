@@ -89,11 +89,12 @@ struct mirror_req {
 	enum track_op op;
 	const void *buf;
 	uint64_t off, len;
-	uint64_t seq; /* the last WRITE sequence number it became (engine) */
-	bool queued;  /* still in the queue (j->lock) */
-	bool sending; /* the engine is writing it (j->lock) */
-	bool sent;    /* on the wire, seq valid (j->lock) */
-	int err;      /* the send failed (j->lock) */
+	uint64_t qseq; /* its place in the queue (j->mq_seq when queued) */
+	uint64_t seq;  /* the last WRITE sequence number it became (engine) */
+	bool queued;   /* still in the queue (j->lock) */
+	bool sending;  /* the engine is writing it (j->lock) */
+	bool sent;     /* on the wire, seq valid (j->lock) */
+	int err;       /* the send failed (j->lock) */
 };
 
 /*
@@ -191,6 +192,7 @@ struct src_job {
 
 	/* Mirrored writes waiting for the engine (src-mirror.c). */
 	struct mirror_req *mq_head, **mq_tail;
+	uint64_t mq_seq;  /* writes queued so far */
 	bool mirror_stop; /* the migration is over: writers give up */
 
 	/* What the return path received (src-rpath.c). */
@@ -240,7 +242,8 @@ void readers_pass_begin_locked(struct src_job *j, enum pass_kind kind);
 /*
  * The next result in *res: 1, or 0 when the pass has no more, or a
  * negative errno (a read failed, the destination failed, cancel).  Sends
- * queued mirrored writes first (j->lock held; dropped while sending).
+ * queued mirrored writes (j->lock held; dropped while sending): those queued
+ * before the result was taken go before it.
  * With may_stop, a pass past j->pass_deadline stops claiming chunks and
  * *deadline_hit says so; what was read is still returned.
  */
@@ -263,9 +266,10 @@ int src_run_pass(struct src_job *j, enum pass_kind kind);
 
 /* ---- src-mirror.c ------------------------------------------------------- */
 
-/* Send every queued mirrored write (engine; j->lock held, dropped while
- * sending).  0 or the transport's error. */
-int mirror_send_queued_locked(struct src_job *j);
+/* Send the queued mirrored writes up to the upto'th queued (UINT64_MAX:
+ * all), in order (engine; j->lock held, dropped while sending).  0 or the
+ * transport's error. */
+int mirror_send_queued_locked(struct src_job *j, uint64_t upto);
 void mirror_start(struct src_job *j, const char *why);
 /* The migration is over: wake and release every writer, detach. */
 void mirror_stop(struct src_job *j);

@@ -8,18 +8,22 @@
  * copied and are not dirty is queued for the engine; any other write is
  * marked dirty by the layer as usual.  The writer then waits in
  * mirror_wait() for the destination's WACK.  Writer threads never touch
- * the transport: the engine sends queued writes before anything else it
- * has to send (mirror_send_queued_locked), in queue order, which is the
- * order they reached the backend.
+ * the transport: the engine sends queued writes (mirror_send_queued_locked)
+ * in queue order, which is the order they reached the backend: before each
+ * chunk record, the writes queued until that chunk's result was taken, and
+ * whatever is queued while it has nothing else to send.  Writes queued
+ * later wait for the next record, so writers that keep the queue busy
+ * cannot starve the copy (they share the link about one write per writer
+ * per chunk record).
  *
  * Why the order is safe: a chunk being copied is "claimed" from the moment
  * a reader takes it until its record is on the wire, and writes to a
  * claimed chunk are not mirrored; a write queued before a chunk was
- * claimed is sent before that chunk's record, because the engine empties
- * the queue before it takes a result.  The engine takes a written chunk's
- * digest again from the backend once its record is sent; a later write to
- * the chunk is either queued behind it (and re-hashed later) or marked
- * dirty (and resent later), so the last digest taken is the destination's.
+ * claimed is sent before that chunk's record, because before it sends a
+ * result the engine sends every write queued until it took that result.  The engine takes a written
+ * chunk's digest again from the backend once its record is sent; a later write to the chunk is
+ * either queued behind it (and re-hashed later) or marked dirty (and resent later), so the last
+ * digest taken is the destination's.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -100,9 +104,9 @@ static int send_write(struct src_job *j, struct mirror_req *m, uint64_t *last_se
 	return r;
 }
 
-int mirror_send_queued_locked(struct src_job *j)
+int mirror_send_queued_locked(struct src_job *j, uint64_t upto)
 {
-	while (j->mq_head) {
+	while (j->mq_head && j->mq_head->qseq <= upto) {
 		struct mirror_req *m = j->mq_head;
 		struct src_dev *d = &j->dev[m->dev];
 		uint64_t c0 = m->off / j->p.chunk_size,
@@ -165,6 +169,7 @@ static int mirror_submit(void *opaque, enum track_op op, const void *buf, uint64
 	ok = ok && !j->mirror_stop;
 	if (ok) {
 		m->queued = true;
+		m->qseq = ++j->mq_seq;
 		*j->mq_tail = m;
 		j->mq_tail = &m->next;
 		pthread_cond_broadcast(&j->done_cond);

@@ -225,16 +225,8 @@ static void wait_done_locked(struct src_job *j, bool may_stop)
 int readers_next_locked(struct src_job *j, bool may_stop, struct result *res, bool *deadline_hit)
 {
 	for (;;) {
-		/* Writes first: a client is waiting for each of them, and one
-		 * queued before a chunk was claimed must reach the wire before
-		 * that chunk's record. */
-		if (j->mq_head) {
-			int r = mirror_send_queued_locked(j);
+		int r;
 
-			if (r < 0)
-				return r;
-			continue;
-		}
 		if (j->read_err)
 			return err_set(-j->read_err, "%s", j->read_msg);
 		if (src_cancelled(j))
@@ -251,10 +243,27 @@ int readers_next_locked(struct src_job *j, bool may_stop, struct result *res, bo
 		if (may_stop && deadline_passed_locked(j))
 			*deadline_hit = true;
 		if (j->qlen > 0) {
+			/* Every write queued until now goes first: one queued
+			 * before this chunk was claimed must reach the wire
+			 * before its record.  Later ones wait for the next. */
+			uint64_t upto = j->mq_seq;
+
 			*res = j->q[j->qhead];
 			j->qhead = (j->qhead + 1) % j->nbufs;
 			j->qlen--;
+			r = mirror_send_queued_locked(j, upto);
+			if (r < 0) {
+				readers_done_locked(j, res, false);
+				return r;
+			}
 			return 1;
+		}
+		/* Nothing else to send: the writes waiting go now. */
+		if (j->mq_head) {
+			r = mirror_send_queued_locked(j, UINT64_MAX);
+			if (r < 0)
+				return r;
+			continue;
 		}
 		if (j->pass_exhausted && j->busy == 0)
 			return 0;

@@ -148,7 +148,7 @@ int rp_await(struct src_job *j, uint8_t want, const char *what, uint64_t *value)
 	for (;;) {
 		/* Writes still go out while the destination syncs. */
 		if (j->mq_head) {
-			r = mirror_send_queued_locked(j);
+			r = mirror_send_queued_locked(j, UINT64_MAX);
 			if (r < 0)
 				break;
 			continue;

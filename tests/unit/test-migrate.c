@@ -1201,8 +1201,9 @@ static void test_active_outpaced(void **state)
 	run_outpaced(MIG_MODE_ACTIVE, &st);
 	assert_int_equal(st.mode, MIG_MODE_ACTIVE);
 	assert_string_equal(st.mode_reason, "active mode asked for");
-	print_message("active: %" PRIu64 " passes, %" PRIu64 " mirrored writes\n", st.iterations,
-		      st.mirror_writes);
+	print_message("active: %" PRIu64 " passes, %" PRIu64 " switch-over attempts, %" PRIu64
+		      " mirrored writes, %.1f s\n",
+		      st.iterations, st.switchovers, st.mirror_writes, (double)st.total_ns / 1e9);
 }
 
 static void test_auto_outpaced(void **state)
@@ -1214,8 +1215,10 @@ static void test_auto_outpaced(void **state)
 	assert_int_equal(st.mode, MIG_MODE_AUTO);
 	assert_true(st.active_since >= 1); /* after the bulk pass at the earliest */
 	assert_true(strlen(st.mode_reason) > 0);
-	print_message("auto: mirroring since pass %" PRIu64 " (%s)\n", st.active_since,
-		      st.mode_reason);
+	print_message("auto: mirroring since pass %" PRIu64 " (%s); %" PRIu64 " passes, %" PRIu64
+		      " switch-over attempts, %" PRIu64 " mirrored writes, %.1f s\n",
+		      st.active_since, st.mode_reason, st.iterations, st.switchovers,
+		      st.mirror_writes, (double)st.total_ns / 1e9);
 }
 
 /* Cancel once writes are being mirrored: the writers carry on, the source
@@ -2187,5 +2190,8 @@ int main(void)
 		T(test_state_names),
 	};
 
+	/* TEST_FILTER=pattern runs only the tests it matches (e.g. "*cancel*"). */
+	if (getenv("TEST_FILTER"))
+		cmocka_set_test_filter(getenv("TEST_FILTER"));
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -67,6 +67,8 @@ static void be64(struct buf *b, uint64_t v)
 
 static void bytes(struct buf *b, const void *p, size_t n)
 {
+	if (n == 0)
+		return; /* p may be NULL: an empty body */
 	grow(b, n);
 	memcpy(b->p + b->len, p, n);
 	b->len += n;
