@@ -250,7 +250,7 @@ static void track_close(struct blk *b)
 {
 	struct track_blk *t = to_track(b);
 
-	assert(t->inflight == 0);
+	assert(t->inflight == 0 && t->waiting == 0);
 	pthread_cond_destroy(&t->idle);
 	pthread_cond_destroy(&t->gate);
 	pthread_mutex_destroy(&t->order);

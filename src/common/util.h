@@ -101,7 +101,6 @@ const char *fmt_bytes(char *buf, size_t cap, uint64_t v);
 /* Whether len bytes at p are all zero. */
 bool mem_is_zero(const void *p, size_t len);
 
-/* Sleep for ns nanoseconds, restarting after signals. */
 /* CLOCK_MONOTONIC now + ns, as pthread_cond_timedwait() wants it for a
  * condition variable set to that clock. */
 static inline struct timespec mono_deadline(uint64_t ns)
@@ -115,6 +114,17 @@ static inline struct timespec mono_deadline(uint64_t ns)
 	return ts;
 }
 
+/* Whether CLOCK_MONOTONIC has reached a mono_deadline(). */
+static inline bool mono_passed(const struct timespec *deadline)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return now.tv_sec > deadline->tv_sec ||
+	       (now.tv_sec == deadline->tv_sec && now.tv_nsec >= deadline->tv_nsec);
+}
+
+/* Sleep for ns nanoseconds, restarting after signals. */
 void sleep_ns(uint64_t ns);
 
 #endif

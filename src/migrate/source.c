@@ -11,6 +11,7 @@
  */
 #include <errno.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -317,10 +318,18 @@ static void *cancel_main(void *arg)
 	struct pollfd fds[2] = { { .fd = cancel_fd(j->cancel), .events = POLLIN },
 				 { .fd = j->stop_fd, .events = POLLIN } };
 
-	while (poll(fds, 2, -1) < 0 && errno == EINTR)
-		;
-	if (!src_cancelled(j))
-		return NULL;
+	for (;;) {
+		if (poll(fds, 2, -1) < 0 && errno != EINTR)
+			return NULL;
+		if (fds[1].revents)
+			return NULL; /* src_run is ending */
+		if (src_cancelled(j))
+			break;
+		/* cancel_fire() wakes first and sets the flag last: it is
+		 * on its way. */
+		if (fds[0].revents)
+			sched_yield();
+	}
 	pthread_mutex_lock(&j->lock);
 	pthread_cond_broadcast(&j->done_cond);
 	pthread_cond_broadcast(&j->wack_cond);

@@ -166,7 +166,9 @@ static int mirror_submit(void *opaque, enum track_op op, const void *buf, uint64
 	pthread_mutex_lock(&j->lock);
 	for (uint64_t c = c0; ok && c <= c1; c++)
 		ok = readers_copied_locked(j, di, c);
-	ok = ok && !j->mirror_stop;
+	/* A failing or cancelled migration takes no more: the range is
+	 * marked dirty, and the writer does not come back for a WACK. */
+	ok = ok && !j->mirror_stop && !j->rp_err && !src_cancelled(j);
 	if (ok) {
 		m->queued = true;
 		m->qseq = ++j->mq_seq;

@@ -132,6 +132,8 @@ int src_run_pass(struct src_job *j, enum pass_kind kind)
 
 	r = j->fmt->pass_begin(j, j->final_pass);
 	j->truncated = false;
+	if (r < 0)
+		return r;
 	pthread_mutex_lock(&j->lock);
 	readers_pass_begin_locked(j, kind);
 	while (r == 0) {

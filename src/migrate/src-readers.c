@@ -258,15 +258,20 @@ int readers_next_locked(struct src_job *j, bool may_stop, struct result *res, bo
 			}
 			return 1;
 		}
-		/* Nothing else to send: the writes waiting go now. */
+		/* The pass is over.  Writes still queued go out after it,
+		 * except in the final pass: the writers are paused, so the
+		 * queue is finite, and all of it must precede the digests. */
+		if (j->pass_exhausted && j->busy == 0 && (!j->final_pass || !j->mq_head))
+			return 0;
+		/* Nothing else to send: the writes queued until now go, then
+		 * everything above is looked at again (a writer that queues
+		 * as fast as its WACKs come back cannot hold the engine). */
 		if (j->mq_head) {
-			r = mirror_send_queued_locked(j, UINT64_MAX);
+			r = mirror_send_queued_locked(j, j->mq_seq);
 			if (r < 0)
 				return r;
 			continue;
 		}
-		if (j->pass_exhausted && j->busy == 0)
-			return 0;
 		wait_done_locked(j, may_stop);
 	}
 }

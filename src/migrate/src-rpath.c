@@ -146,18 +146,24 @@ int rp_await(struct src_job *j, uint8_t want, const char *what, uint64_t *value)
 
 	pthread_mutex_lock(&j->lock);
 	for (;;) {
-		/* Writes still go out while the destination syncs. */
-		if (j->mq_head) {
-			r = mirror_send_queued_locked(j, UINT64_MAX);
-			if (r < 0)
-				break;
-			continue;
-		}
 		if (j->rp_have || j->rp_err)
 			break;
 		if (src_cancelled(j)) {
 			r = err_set(ECANCELED, "migration cancelled");
 			break;
+		}
+		if (timeout > 0 && mono_passed(&ts)) {
+			r = err_set(ETIMEDOUT, "waiting for the destination %s: no answer in %d s",
+				    what, timeout / 1000);
+			break;
+		}
+		/* Writes still go out while the destination syncs: those
+		 * queued until now, then the answer is looked for again. */
+		if (j->mq_head) {
+			r = mirror_send_queued_locked(j, j->mq_seq);
+			if (r < 0)
+				break;
+			continue;
 		}
 		if (timeout <= 0) {
 			pthread_cond_wait(&j->done_cond, &j->lock);
