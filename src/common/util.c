@@ -4,6 +4,7 @@
 #include "error.h"
 
 #include <ctype.h>
+#include <limits.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -98,6 +99,18 @@ bool mem_is_zero(const void *p, size_t len)
 		len -= sizeof(zeros);
 	}
 	return memcmp(b, zeros, len) == 0;
+}
+
+int poll_ms_until(uint64_t deadline)
+{
+	uint64_t now;
+
+	if (!deadline)
+		return -1;
+	now = now_ns();
+	if (now >= deadline)
+		return 0;
+	return (int)MIN(div_round_up(deadline - now, 1000000u), (uint64_t)INT_MAX);
 }
 
 void sleep_ns(uint64_t ns)

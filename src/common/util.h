@@ -87,6 +87,11 @@ static inline uint64_t now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+/* Milliseconds from now to a now_ns() deadline (0: none), for poll(): -1
+ * without a deadline, else >= 0, rounded up so a wait never ends just short
+ * of it. */
+int poll_ms_until(uint64_t deadline);
+
 /*
  * Parse "64M", "1G", "512K", "4096" (binary multiples; an optional trailing
  * "B", "iB" or, for rates, "/s" is accepted).  Returns 0, or -EINVAL with

@@ -45,19 +45,6 @@ static uint64_t deadline_after(int timeout_ms)
 	return timeout_ms < 0 ? 0 : now_ns() + (uint64_t)timeout_ms * 1000000u + 1;
 }
 
-/* Milliseconds left for poll(): -1 without a deadline, else >= 0. */
-static int ms_left(uint64_t deadline)
-{
-	uint64_t now;
-
-	if (!deadline)
-		return -1;
-	now = now_ns();
-	if (now >= deadline)
-		return 0;
-	return (int)MIN((deadline - now + 999999u) / 1000000u, (uint64_t)INT32_MAX);
-}
-
 /* Record a failure that leaves the stream unusable; returns r. */
 static int client_fail(struct ctl_client *c, int r)
 {
@@ -95,7 +82,7 @@ static int write_all(struct ctl_client *c, const char *p, size_t len, uint64_t d
 			    c, err_set(e, "control socket %s: send: %s", c->path, strerror(e)));
 		if (n < 0 && e == EINTR)
 			continue;
-		if (poll(&pfd, 1, ms_left(deadline)) == 0)
+		if (poll(&pfd, 1, poll_ms_until(deadline)) == 0)
 			/* Part of a line may be out: the stream cannot be reused. */
 			return client_fail(c, err_set(ETIMEDOUT,
 						      "control socket %s: server is not reading",
@@ -167,7 +154,7 @@ static int read_msg(struct ctl_client *c, uint64_t deadline, json_object **out)
 
 		struct pollfd pfd = { .fd = c->fd, .events = POLLIN };
 
-		r = poll(&pfd, 1, ms_left(deadline));
+		r = poll(&pfd, 1, poll_ms_until(deadline));
 		if (r == 0)
 			return err_set(ETIMEDOUT, "control socket %s: timed out", c->path);
 		if (r < 0 && errno == EINTR)
@@ -272,7 +259,7 @@ int ctl_connect(const char *path, int timeout_ms, struct ctl_client **out)
 	while (connect(c->fd, (struct sockaddr *)&sa, salen) < 0) {
 		e = errno;
 		/* EAGAIN: the server's backlog is full; it may drain. */
-		if (e == EINTR || (e == EAGAIN && ms_left(deadline) != 0)) {
+		if (e == EINTR || (e == EAGAIN && poll_ms_until(deadline) != 0)) {
 			sleep_ns(CONNECT_RETRY_NS);
 			continue;
 		}

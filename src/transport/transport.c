@@ -8,7 +8,6 @@
 #include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <limits.h>
 #include <netdb.h>
 #include <poll.h>
 #include <stdio.h>
@@ -136,20 +135,6 @@ int xport_listen(const char *hostport, int *lfd, char *bound, size_t bound_cap)
 	return 0;
 }
 
-/* Milliseconds from now to deadline (0: none) for poll(): -1 without a
- * deadline, else >= 0, rounded up so a wait never ends just short of it. */
-static int ms_until(uint64_t deadline)
-{
-	uint64_t now;
-
-	if (!deadline)
-		return -1;
-	now = now_ns();
-	if (now >= deadline)
-		return 0;
-	return (int)MIN(div_round_up(deadline - now, 1000000u), (uint64_t)INT_MAX);
-}
-
 /*
  * Wait until fd is ready for 'events', the cancel token fires, or deadline
  * (now_ns() value, 0: none) passes: 1 ready, 0 deadline, -ECANCELED, or a
@@ -166,7 +151,7 @@ static int poll_cancel(int fd, short events, struct cancel *cancel, uint64_t dea
 
 		if (cancel_is_set(cancel))
 			return -ECANCELED;
-		r = poll(p, 2, ms_until(deadline));
+		r = poll(p, 2, poll_ms_until(deadline));
 		if (r < 0 && errno != EINTR)
 			return -errno;
 		if (cancel_is_set(cancel))
