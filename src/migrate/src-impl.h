@@ -161,7 +161,6 @@ struct src_job {
 	pthread_mutex_t stats_lock; /* guards stats, live and x */
 	struct mig_stats stats;
 	struct live_pass live;
-	uint64_t t_start; /* now_ns() when src_run began */
 
 	/* Everything below up to the engine-only part is guarded by lock. */
 	pthread_mutex_t lock;
