@@ -19,6 +19,7 @@
 #include "control/control.h"
 #include "daemon/daemon.h"
 #include "daemon/report.h"
+#include "transport/transport.h"
 
 int cli_fail(const char *fmt, ...)
 {
@@ -301,4 +302,54 @@ void cli_cancel_job_on_signal(struct src_job *j)
 	while (atomic_load(&sig_job_users))
 		sched_yield();
 	cli_on_signal(cancel_job, NULL);
+}
+
+int cli_tls_option(int opt, const char *arg, struct cli_tls *t)
+{
+	switch (opt) {
+	case CLI_OPT_TLS_PSK:
+		t->o.psk_file = arg;
+		return 1;
+	case CLI_OPT_TLS_CREDS:
+		t->o.x509_dir = arg;
+		return 1;
+	case CLI_OPT_TLS_AUTHZ:
+		t->o.authz = arg;
+		return 1;
+	case CLI_OPT_TLS_HOSTNAME:
+		t->o.hostname = arg;
+		return 1;
+	case CLI_OPT_NO_TLS:
+		t->no_tls = true;
+		return 1;
+	default:
+		return 0;
+	}
+}
+
+int cli_tls_setup(const char *cmd, const struct cli_tls *t, const char *listen_addr,
+		  enum tls_role role, struct tls_creds **out)
+{
+	bool tls = tls_options_enabled(&t->o);
+
+	*out = NULL;
+	if (t->no_tls && (tls || t->o.authz || t->o.hostname))
+		return cli_usage_error(cmd, "--no-tls excludes the other --tls options");
+	if (t->o.psk_file && t->o.x509_dir)
+		return cli_usage_error(cmd, "--tls-psk and --tls-creds exclude each other");
+	if (!tls && t->o.authz)
+		return cli_usage_error(cmd, "--tls-authz needs --tls-psk or --tls-creds");
+	if (!tls && t->o.hostname)
+		return cli_usage_error(cmd, "--tls-hostname needs --tls-creds");
+	if (t->o.hostname && role == TLS_SERVER)
+		return cli_usage_error(cmd, "--tls-hostname is for the connecting side");
+	if (listen_addr && !tls && !t->no_tls && xport_addr_is_loopback(listen_addr) != 1)
+		return cli_usage_error(cmd,
+				       "%s is not a loopback address: anyone who reaches it could "
+				       "write these disks; give --tls-psk FILE or --tls-creds DIR "
+				       "(or --no-tls to accept that)",
+				       listen_addr);
+	if (tls_creds_new(&t->o, role, out) < 0)
+		return cli_fail("%s: %s", cmd, err_msg());
+	return 0;
 }

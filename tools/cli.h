@@ -13,6 +13,7 @@
 #include <stdio.h>
 
 #include "migrate/migrate.h"
+#include "tls/tls.h"
 
 struct json_object;
 
@@ -64,6 +65,46 @@ int cli_parse_uint(const char *cmd, const char *opt, const char *arg, uint64_t m
 /* --format: native, or qemu where the command supports it (*qemu set);
  * qemu elsewhere is refused with EXIT_FAIL. */
 int cli_check_format(const char *cmd, const char *arg, bool qemu_ok, bool *qemu);
+
+/* TLS options, the same for every command that makes or takes a
+ * migration connection. */
+enum {
+	CLI_OPT_TLS_PSK = 0x4000,
+	CLI_OPT_TLS_CREDS,
+	CLI_OPT_TLS_AUTHZ,
+	CLI_OPT_TLS_HOSTNAME,
+	CLI_OPT_NO_TLS,
+};
+#define CLI_TLS_OPTIONS                                                                            \
+	{ "tls-psk", required_argument, NULL, CLI_OPT_TLS_PSK },                                   \
+	    { "tls-creds", required_argument, NULL, CLI_OPT_TLS_CREDS },                           \
+	    { "tls-authz", required_argument, NULL, CLI_OPT_TLS_AUTHZ },                           \
+	    { "tls-hostname", required_argument, NULL, CLI_OPT_TLS_HOSTNAME },                     \
+	{                                                                                          \
+		"no-tls", no_argument, NULL, CLI_OPT_NO_TLS                                        \
+	}
+#define CLI_TLS_HELP                                                                               \
+	"  --tls-psk FILE        TLS 1.3 with the pre-shared keys in FILE (IDENTITY:HEXKEY\n"      \
+	"                        lines, as qemu and nbdkit read; a client uses the first)\n"       \
+	"  --tls-creds DIR       TLS 1.3 with X.509: DIR holds ca-cert.pem and\n"                  \
+	"                        server-cert.pem/server-key.pem (listening) or\n"                  \
+	"                        client-cert.pem/client-key.pem (connecting)\n"                    \
+	"  --tls-authz ID[,ID]   only these PSK identities, or certificate DNs (then\n"            \
+	"                        separated by ';'), may connect\n"
+struct cli_tls {
+	struct tls_options o;
+	bool no_tls;
+};
+/* 1 if opt was one of CLI_TLS_OPTIONS (arg stored in t), else 0. */
+int cli_tls_option(int opt, const char *arg, struct cli_tls *t);
+/*
+ * Check the TLS options of a command that listens on listen_addr (NULL: a
+ * command that connects): a listener off loopback needs credentials or
+ * --no-tls.  Then load the credentials for role (*out NULL without TLS).
+ * EXIT_USAGE or EXIT_FAIL with the message printed, or 0.
+ */
+int cli_tls_setup(const char *cmd, const struct cli_tls *t, const char *listen_addr,
+		  enum tls_role role, struct tls_creds **out);
 
 /* The destination's device opener (dst_open_fn) over --device entries:
  * daemon_incoming_open() (daemon/daemon.h) over them. */

@@ -15,13 +15,15 @@
 #include "cli.h"
 #include "common/error.h"
 #include "common/util.h"
+#include "migrate/incoming.h"
 #include "transport/transport.h"
 
 static const char receive_help[] =
     "Usage: blkmig receive --listen HOST:PORT --device NAME=PATH [--device ...]\n"
     "                      [--format native|qemu] [--create] [--shared-base]\n"
-    "                      [--port-file FILE]\n"
-    "                      [--timeout SECONDS] [--json]\n"
+    "                      [--port-file FILE] [--max-refused N]\n"
+    "                      [--tls-psk FILE | --tls-creds DIR] [--tls-authz ID,...]\n"
+    "                      [--no-tls] [--timeout SECONDS] [--json]\n"
     "\n"
     "Accept one migration from `blkmig send` and write it into the named images.\n"
     "Every record is checked before anything is written; each pass is made\n"
@@ -29,6 +31,10 @@ static const char receive_help[] =
     "user.blkmig.incomplete, or a PATH.blkmig-incomplete file) until every chunk\n"
     "has arrived, the digests match the source's and the source has handed the\n"
     "devices over.\n"
+    "\n"
+    "A connection that fails its TLS handshake, is not authorised, or whose\n"
+    "handshake is malformed or refused before anything was written is logged in\n"
+    "one line and the wait for the real source goes on.\n"
     "\n"
     "  --listen HOST:PORT    address to accept the migration on (port 0: any free)\n"
     "  --device NAME=PATH    where the source's device NAME goes\n"
@@ -40,6 +46,8 @@ static const char receive_help[] =
     "                        source's allocated data comes; the images must\n"
     "                        already hold the base (refused without this flag)\n"
     "  --port-file FILE      write the port actually listened on to FILE\n"
+    "  --max-refused N       give up after N refused connections (64)\n" CLI_TLS_HELP
+    "  --no-tls              listen off loopback without TLS (refused otherwise)\n"
     "  --timeout SECONDS     give up when the connection is idle this long (120);\n"
     "                        the wait for the source to connect is not limited\n"
     "  --json                print a JSON report on stdout at the end\n"
@@ -47,9 +55,23 @@ static const char receive_help[] =
     "Exit status: 0 migration complete and verified, 1 failed (one line on stderr\n"
     "says why), 2 usage error.\n";
 
+static void log_refused(void *user, const char *line)
+{
+	(void)user;
+	fprintf(stderr, "blkmig: receive: %s\n", line);
+}
+
 int cmd_receive(int argc, char **argv)
 {
-	enum { OPT_CREATE = 256, OPT_PORTFILE, OPT_TIMEOUT, OPT_JSON, OPT_FORMAT, OPT_SHARED };
+	enum {
+		OPT_CREATE = 256,
+		OPT_PORTFILE,
+		OPT_TIMEOUT,
+		OPT_JSON,
+		OPT_FORMAT,
+		OPT_SHARED,
+		OPT_MAXREFUSED
+	};
 	static const struct option opts[] = {
 		{ "listen", required_argument, NULL, 'l' },
 		{ "device", required_argument, NULL, 'd' },
@@ -59,6 +81,8 @@ int cmd_receive(int argc, char **argv)
 		{ "port-file", required_argument, NULL, OPT_PORTFILE },
 		{ "timeout", required_argument, NULL, OPT_TIMEOUT },
 		{ "json", no_argument, NULL, OPT_JSON },
+		{ "max-refused", required_argument, NULL, OPT_MAXREFUSED },
+		CLI_TLS_OPTIONS,
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
@@ -68,7 +92,9 @@ int cmd_receive(int argc, char **argv)
 	struct cli_incoming ctx = { .devs = devs };
 	struct dst_params p = { .open = cli_incoming_open, .user = &ctx, .expect = names };
 	struct mig_stats st = { 0 };
-	struct xport *x = NULL;
+	struct incoming_params ip = { .log = log_refused };
+	struct cli_tls tls = { 0 };
+	struct tls_creds *creds = NULL;
 	long timeout_s = XPORT_DEFAULT_TIMEOUT_MS / 1000;
 	bool json = false, qemu = false;
 	uint64_t v;
@@ -116,10 +142,18 @@ int cmd_receive(int argc, char **argv)
 		case OPT_JSON:
 			json = true;
 			break;
+		case OPT_MAXREFUSED:
+			r = cli_parse_uint("receive", "--max-refused", optarg, 1, 100000, &v);
+			if (r)
+				return r;
+			ip.max_failures = (unsigned)v;
+			break;
 		case 'h':
 			fputs(receive_help, stdout);
 			return EXIT_OK;
 		default:
+			if (cli_tls_option(c, optarg, &tls))
+				break;
 			return cli_usage_error("receive", "invalid option");
 		}
 	}
@@ -150,27 +184,33 @@ int cmd_receive(int argc, char **argv)
 		}
 	}
 
+	r = cli_tls_setup("receive", &tls, listen_on, TLS_SERVER, &creds);
+	if (r)
+		return r;
+
 	cli_on_signal(NULL, NULL);
 	r = xport_listen(listen_on, &lfd, bound, sizeof(bound));
-	if (r < 0)
+	if (r < 0) {
+		tls_creds_free(creds);
 		return cli_fail("receive: %s", err_msg());
+	}
 	if (port_file) {
 		const char *colon = strrchr(bound, ':');
 		FILE *f = fopen(port_file, "w");
 
 		if (!f || fprintf(f, "%s\n", colon ? colon + 1 : bound) < 0 || fclose(f) != 0) {
 			close(lfd);
+			tls_creds_free(creds);
 			return cli_fail("receive: cannot write --port-file %s: %s", port_file,
 					strerror(errno));
 		}
 	}
-	r = xport_accept(lfd, -1, cli_cancel_token(), &x);
+	ip.lfd = lfd;
+	ip.tls = creds;
+	ip.timeout_ms = (int)(timeout_s * 1000);
+	r = incoming_run(&p, &ip, cli_cancel_token(), &st);
 	close(lfd);
-	if (r < 0)
-		return cli_fail("receive: %s", err_msg());
-	xport_set_timeout(x, (int)(timeout_s * 1000));
-	r = dst_run(&p, x, cli_cancel_token(), &st);
-	xport_close(x);
+	tls_creds_free(creds);
 	if (json)
 		cli_print_json(stdout, &st, r < 0 ? err_msg() : NULL, NULL);
 	else if (r == 0)

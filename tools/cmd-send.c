@@ -23,7 +23,8 @@ static const char send_help[] =
     "                   [--format native|qemu] [--shared-base] [--zero-blocks]\n"
     "                   [--max-bandwidth RATE] [--max-downtime MS] [--chunk-size SIZE]\n"
     "                   [--mode auto|dirty|active] [--workload SPEC] [--timeout SECONDS]\n"
-    "                   [--json]\n"
+    "                   [--tls-psk FILE | --tls-creds DIR [--tls-hostname NAME]]\n"
+    "                   [--tls-authz ID,...] [--json]\n"
     "\n"
     "Migrate the named images to a `blkmig receive` at HOST:PORT: a bulk pass,\n"
     "passes that resend chunks written meanwhile, and a final pass with writers\n"
@@ -48,7 +49,9 @@ static const char send_help[] =
     "                        the migration are carried (see blkmig migrate --help)\n"
     "  --workload SPEC       run the built-in writer during the migration:\n"
     "                        NAME,bs=SIZE,rate=RATE[,seed=N][,pattern=random|sequential]\n"
-    "  --timeout SECONDS     give up when the connection is idle this long (120)\n"
+    "  --timeout SECONDS     give up when the connection is idle this long (120)\n" CLI_TLS_HELP
+    "  --tls-hostname NAME   the receiver's name in its certificate (default: the\n"
+    "                        host of --to)\n"
     "  --json                print a JSON report on stdout at the end\n"
     "\n"
     "Exit status: 0 migrated and verified, 1 failed or cancelled (SIGINT/SIGTERM\n"
@@ -81,6 +84,7 @@ int cmd_send(int argc, char **argv)
 		{ "workload", required_argument, NULL, OPT_WORKLOAD },
 		{ "timeout", required_argument, NULL, OPT_TIMEOUT },
 		{ "json", no_argument, NULL, OPT_JSON },
+		CLI_TLS_OPTIONS,
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
@@ -89,6 +93,8 @@ int cmd_send(int argc, char **argv)
 	struct blk *blks[CLI_MAX_DEVICES] = { 0 };
 	struct src_params p = { 0 };
 	struct workload_spec wspec;
+	struct cli_tls tls = { 0 };
+	struct tls_creds *creds = NULL;
 	struct workload *wl = NULL;
 	struct workload_stats wst = { 0 };
 	struct cli_progress prog;
@@ -167,6 +173,8 @@ int cmd_send(int argc, char **argv)
 			fputs(send_help, stdout);
 			return EXIT_OK;
 		default:
+			if (cli_tls_option(c, optarg, &tls))
+				break;
 			return cli_usage_error("send", "invalid option");
 		}
 	}
@@ -180,6 +188,11 @@ int cmd_send(int argc, char **argv)
 		return cli_usage_error("send", "%s", err_msg());
 	if (p.max_downtime_ns == 0)
 		p.max_downtime_ns = SRC_DEFAULT_DOWNTIME_NS;
+	if (tls.no_tls)
+		return cli_usage_error("send", "--no-tls is for listeners");
+	r = cli_tls_setup("send", &tls, NULL, TLS_CLIENT, &creds);
+	if (r)
+		return r;
 
 	for (unsigned i = 0; i < ndev; i++) {
 		struct blk *base;
@@ -237,7 +250,7 @@ int cmd_send(int argc, char **argv)
 	cli_progress_init(&prog, "send", !json);
 	src_set_progress(job, cli_progress_cb, &prog);
 
-	r = xport_connect(to, 10000, cli_cancel_token(), &x);
+	r = xport_dial(to, 10000, cli_cancel_token(), creds, &x);
 	if (r < 0) {
 		cli_progress_done(&prog);
 		snprintf(errbuf, sizeof(errbuf), "%s", err_msg());
@@ -284,6 +297,7 @@ out:
 	cli_cancel_job_on_signal(NULL);
 	src_free(job);
 	xport_close(x);
+	tls_creds_free(creds);
 	for (unsigned i = 0; i < ndev; i++)
 		blk_close(blks[i]);
 	return rc;

@@ -118,3 +118,26 @@ void cancel_reset(struct cancel *c)
 	(void)!read(c->fd, &v, sizeof(v));
 	atomic_store(&c->fired, false);
 }
+
+int cancel_poll(const struct cancel *c, int fd, short events, uint64_t deadline)
+{
+	for (;;) {
+		struct pollfd p[2] = {
+			{ .fd = fd, .events = events },
+			{ .fd = cancel_fd(c), .events = POLLIN },
+		};
+		int r;
+
+		if (cancel_is_set(c))
+			return -ECANCELED;
+		r = poll(p, 2, poll_ms_until(deadline));
+		if (r < 0 && errno != EINTR)
+			return -errno;
+		if (cancel_is_set(c))
+			return -ECANCELED;
+		if (r > 0 && p[0].revents)
+			return 1;
+		if (deadline && now_ns() >= deadline)
+			return 0;
+	}
+}

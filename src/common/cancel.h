@@ -50,6 +50,14 @@ int cancel_fd(const struct cancel *c);
  * for ns < 0), false. */
 bool cancel_sleep(const struct cancel *c, int64_t ns);
 
+/*
+ * Wait until fd is ready for 'events', the token fires, or deadline (a
+ * now_ns() value; 0: none) passes: 1 ready, 0 deadline, -ECANCELED, or a
+ * negative errno from poll(2) (no message).  Firing wins over readiness.
+ * c may be NULL.
+ */
+int cancel_poll(const struct cancel *c, int fd, short events, uint64_t deadline);
+
 /* Unfire, so the token can serve another attempt.  Only while no thread
  * waits on it or may fire it. */
 void cancel_reset(struct cancel *c);

@@ -49,6 +49,7 @@ struct dst_dev {
 	struct dirty *pass;    /* chunks written since the last read-back */
 	struct dirty *carried; /* chunks the stream carried, in any pass */
 	bool marked;
+	bool was_marked; /* by an earlier run: stays marked whatever happens */
 };
 
 struct dst {
@@ -60,6 +61,7 @@ struct dst {
 	struct dst_dev dev[NATIVE_MAX_DEVICES];
 	uint8_t *scratch; /* one chunk, for reading back */
 	bool unsynced;	  /* written since the last sync */
+	bool wrote;	  /* any device written, ever (st.written) */
 	uint64_t wseq;	  /* the last WRITE record applied */
 	struct mig_stats st;
 };
@@ -160,6 +162,7 @@ static int open_devices(struct dst *d)
 		 * an image this run created or will write is never left
 		 * looking complete. */
 		if (dev->path[0]) {
+			dev->was_marked = mark_check(dev->path) == 1;
 			r = mark_incomplete(dev->path, "blkmig migration in progress");
 			if (r < 0)
 				return r;
@@ -207,7 +210,7 @@ static int apply(struct dst *d, const struct wire_record *rec, uint64_t rec_off)
 	idx = rec->offset / cs;
 	len = digest_chunk_len(dev->dig, idx); /* clips the device's last chunk */
 
-	d->unsynced = true;
+	d->unsynced = d->wrote = true;
 	if (rec->kind == WIRE_REC_ZERO || mem_is_zero(rec->data, len)) {
 		r = blk_zero(dev->blk, rec->offset, len, BLK_ZERO_MAY_TRIM);
 		digest_set(dev->dig, idx, digest_zero_hash(dev->dig, idx));
@@ -262,7 +265,7 @@ static int apply_write(struct dst *d, const struct wire_record *rec, uint64_t re
 			       "(expected %llu)",
 			       (unsigned long long)rec_off, (unsigned long long)rec->seq,
 			       (unsigned long long)d->wseq + 1);
-	d->unsynced = true;
+	d->unsynced = d->wrote = true;
 	if (rec->op == WIRE_WRITE_ZERO)
 		r = blk_zero(dev->blk, rec->offset, rec->length, BLK_ZERO_MAY_TRIM);
 	else
@@ -445,6 +448,15 @@ static int clear_marks(struct dst *d)
 	return 0;
 }
 
+/* A failed run that wrote nothing leaves the images as they were: marks it
+ * set on images not marked before are taken off again. */
+static void unmark_untouched(struct dst *d)
+{
+	for (unsigned i = 0; i < d->ndev; i++)
+		if (d->dev[i].marked && !d->dev[i].was_marked && mark_clear(d->dev[i].path) == 0)
+			d->dev[i].marked = false;
+}
+
 static int complete(struct dst *d, const struct native_complete *digests)
 {
 	int r = 0;
@@ -469,6 +481,8 @@ static int run(struct dst *d)
 	const struct dst_format_ops *ops = d->f->ops;
 	int r = ops->handshake(d->f, &d->offer);
 
+	if (r == 0 && d->p->claim)
+		r = d->p->claim(d->p->claim_user);
 	if (r == 0)
 		r = open_devices(d);
 	if (r == 0)
@@ -534,10 +548,13 @@ int dst_run(const struct dst_params *p, struct xport *x, struct cancel *cancel,
 			ops->fail(d->f, -r, msg);
 		err_copy_in(msg);
 		d->st.state = r == -ECANCELED ? MIG_CANCELLED : MIG_FAILED;
+		if (!d->wrote)
+			unmark_untouched(d);
 	} else {
 		d->st.state = MIG_COMPLETED;
 	}
 	d->st.transferred = xport_rx_bytes(x);
+	d->st.written = d->wrote;
 	d->st.total_ns = now_ns() - t0;
 	for (unsigned i = 0; i < d->ndev; i++) {
 		blk_close(d->dev[i].blk);

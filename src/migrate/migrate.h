@@ -118,6 +118,9 @@ struct mig_stats {
 	uint64_t max_pause_ns;	/* the longest pause of the writers, any attempt */
 	char mode_reason[160];	/* why mirroring began */
 	uint32_t chunk_size;
+	/* Destination: whether any byte reached a device (a failed run that
+	 * wrote nothing left the images as they were). */
+	bool written;
 	unsigned ndev;
 	struct mig_dev_stats dev[NATIVE_MAX_DEVICES];
 };
@@ -210,6 +213,13 @@ struct dst_params {
 	 * every device synced and read back.
 	 */
 	enum mig_format format;
+	/*
+	 * Called once the source's handshake is valid, before any device is
+	 * opened: 0 lets this connection carry the migration, a negative
+	 * errno (with the message set) refuses it.  NULL: always allowed.
+	 */
+	int (*claim)(void *claim_user);
+	void *claim_user;
 };
 
 /*

@@ -28,6 +28,11 @@ static int await_ready(struct src_job *j, uint64_t *version)
 		return err_prefix(-r, "waiting for the destination to accept the handshake: ");
 	if (it.kind == WIRE_ITEM_ERROR)
 		return rp_peer_error(it.error);
+	if (it.kind == WIRE_ITEM_END)
+		return err_set(ECONNRESET,
+			       "handshake: the destination closed the connection without an "
+			       "answer (does it expect TLS%s?)",
+			       xport_is_tls(j->x) ? " with other credentials, or none" : "");
 	if (it.kind != WIRE_ITEM_READY)
 		return err_set(EPROTO, "handshake: the destination answered with %s",
 			       wire_item_name(it.kind));

@@ -45,7 +45,7 @@ static void tcp_close(struct xport *x)
 	free(t);
 }
 
-static const struct xport_ops tcp_ops = {
+const struct xport_ops tcp_xport_ops = {
 	.name = "tcp",
 	.sendv = tcp_sendv,
 	.recv = tcp_recv,
@@ -59,7 +59,7 @@ int tcp_xport_new(int fd, const char *peer, struct xport **out)
 
 	if (!t)
 		return -ENOMEM;
-	r = xport_base_init(&t->base, &tcp_ops, fd, peer);
+	r = xport_base_init(&t->base, &tcp_xport_ops, fd, peer);
 	if (r < 0) {
 		free(t);
 		return r;

@@ -100,6 +100,33 @@ static void sockaddr_str(const struct sockaddr *sa, char *buf, size_t cap)
 	}
 }
 
+int xport_addr_is_loopback(const char *hostport)
+{
+	struct addrinfo *res, *ai;
+	char host[256], port[8];
+	int r = split_hostport(hostport, host, sizeof(host), port, sizeof(port)), loop = 1;
+
+	if (r < 0)
+		return r;
+	if (!host[0])
+		return 0;
+	r = resolve(hostport, true, &res);
+	if (r < 0)
+		return r;
+	for (ai = res; ai; ai = ai->ai_next) {
+		if (ai->ai_family == AF_INET)
+			loop &= (ntohl(((struct sockaddr_in *)ai->ai_addr)->sin_addr.s_addr) >>
+				 24) == 127;
+		else if (ai->ai_family == AF_INET6)
+			loop &=
+			    IN6_IS_ADDR_LOOPBACK(&((struct sockaddr_in6 *)ai->ai_addr)->sin6_addr);
+		else
+			loop = 0;
+	}
+	freeaddrinfo(res);
+	return loop;
+}
+
 int xport_listen(const char *hostport, int *lfd, char *bound, size_t bound_cap)
 {
 	struct addrinfo *res, *ai;
@@ -135,34 +162,6 @@ int xport_listen(const char *hostport, int *lfd, char *bound, size_t bound_cap)
 	return 0;
 }
 
-/*
- * Wait until fd is ready for 'events', the cancel token fires, or deadline
- * (now_ns() value, 0: none) passes: 1 ready, 0 deadline, -ECANCELED, or a
- * negative errno from poll (no message).  Cancel wins over readiness.
- */
-static int poll_cancel(int fd, short events, struct cancel *cancel, uint64_t deadline)
-{
-	for (;;) {
-		struct pollfd p[2] = {
-			{ .fd = fd, .events = events },
-			{ .fd = cancel_fd(cancel), .events = POLLIN },
-		};
-		int r;
-
-		if (cancel_is_set(cancel))
-			return -ECANCELED;
-		r = poll(p, 2, poll_ms_until(deadline));
-		if (r < 0 && errno != EINTR)
-			return -errno;
-		if (cancel_is_set(cancel))
-			return -ECANCELED;
-		if (r > 0 && p[0].revents)
-			return 1;
-		if (deadline && now_ns() >= deadline)
-			return 0;
-	}
-}
-
 int xport_accept(int lfd, int timeout_ms, struct cancel *cancel, struct xport **out)
 {
 	uint64_t deadline = timeout_ms < 0 ? 0 : now_ns() + (uint64_t)timeout_ms * 1000000u;
@@ -171,7 +170,7 @@ int xport_accept(int lfd, int timeout_ms, struct cancel *cancel, struct xport **
 	char peer[80];
 	int fd, r;
 
-	r = poll_cancel(lfd, POLLIN, cancel, deadline);
+	r = cancel_poll(cancel, lfd, POLLIN, deadline);
 	if (r == -ECANCELED)
 		return err_set(ECANCELED, "cancelled while waiting for a connection");
 	if (r == 0)
@@ -200,7 +199,7 @@ static int connect_wait(int fd, const struct addrinfo *ai, uint64_t deadline, st
 		return errno;
 	/* Polls at least once, so a refusal already answered is reported as
 	 * such even with no time left. */
-	r = poll_cancel(fd, POLLOUT, cancel, deadline);
+	r = cancel_poll(cancel, fd, POLLOUT, deadline);
 	if (r == 0)
 		return ETIMEDOUT;
 	if (r < 0)
@@ -256,6 +255,25 @@ connected:
 	r = tcp_xport_new(fd, hostport, out);
 	if (r < 0)
 		close(fd);
+	return r;
+}
+
+int xport_dial(const char *hostport, int timeout_ms, struct cancel *cancel, struct tls_creds *c,
+	       struct xport **out)
+{
+	char host[256], port[8];
+	int r = split_hostport(hostport, host, sizeof(host), port, sizeof(port));
+
+	if (r == 0)
+		r = xport_connect(hostport, timeout_ms, cancel, out);
+	if (r < 0 || !c)
+		return r;
+	xport_set_cancel(*out, cancel);
+	r = xport_start_tls(*out, c, host, timeout_ms);
+	if (r < 0) {
+		xport_close(*out);
+		*out = NULL;
+	}
 	return r;
 }
 
@@ -344,7 +362,7 @@ static int wait_ready(struct xport *x, short events, uint64_t *idle_since)
 {
 	uint64_t deadline =
 	    x->timeout_ms > 0 ? *idle_since + (uint64_t)x->timeout_ms * 1000000u : 0;
-	int r = poll_cancel(x->fd, events, x->cancel, deadline);
+	int r = cancel_poll(x->cancel, x->fd, events, deadline);
 
 	if (r == -ECANCELED)
 		return fail(x, events, err_set(ECANCELED, "cancelled"));
@@ -616,7 +634,7 @@ int xport_readable(struct xport *x, int timeout_ms)
 
 	if (x->rerr)
 		return x->rerr;
-	if (x->rpos < x->rlen)
+	if (x->rpos < x->rlen || (x->ops->pending && x->ops->pending(x)))
 		return 1;
 	r = poll(&p, 1, timeout_ms);
 	if (r < 0)

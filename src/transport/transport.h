@@ -24,6 +24,7 @@
 #include "common/cancel.h"
 
 struct xport;
+struct tls_creds;
 
 struct xport_ops {
 	const char *name;
@@ -31,6 +32,9 @@ struct xport_ops {
 	 * recv returns 0 at end of stream. */
 	ssize_t (*sendv)(struct xport *x, const struct iovec *iov, int iovcnt);
 	ssize_t (*recv)(struct xport *x, void *buf, size_t len);
+	/* Bytes received and decoded but not yet returned by recv, which
+	 * poll cannot see; NULL: none ever. */
+	size_t (*pending)(struct xport *x);
 	void (*close)(struct xport *x);
 };
 
@@ -43,6 +47,11 @@ struct xport_ops {
  */
 int xport_listen(const char *hostport, int *lfd, char *bound, size_t bound_cap);
 
+/* Whether every address HOST:PORT resolves to is a loopback one: 1 yes, 0
+ * no (an empty HOST, "any", is not), negative errno if it cannot be
+ * resolved. */
+int xport_addr_is_loopback(const char *hostport);
+
 /* Wait up to timeout_ms (-1: forever) for one connection on lfd; -ECANCELED
  * as soon as cancel (may be NULL; not owned) fires.  The caller owns *out. */
 int xport_accept(int lfd, int timeout_ms, struct cancel *cancel, struct xport **out);
@@ -51,7 +60,30 @@ int xport_accept(int lfd, int timeout_ms, struct cancel *cancel, struct xport **
  * -ECANCELED as soon as cancel (may be NULL; not owned) fires. */
 int xport_connect(const char *hostport, int timeout_ms, struct cancel *cancel, struct xport **out);
 
+/*
+ * xport_connect(), then TLS with c (NULL: none) checking the server's
+ * certificate against the host part of hostport, unless the credentials
+ * name another (--tls-hostname).  The handshake has timeout_ms.
+ */
+int xport_dial(const char *hostport, int timeout_ms, struct cancel *cancel, struct tls_creds *c,
+	       struct xport **out);
+
 void xport_close(struct xport *x); /* accepts NULL */
+
+/*
+ * Turn a fresh connection (nothing sent or received on it yet) into a TLS
+ * 1.3 one with c (src/tls/tls.h): handshake, certificate and host name
+ * checks, the authorisation list; at most timeout_ms for the handshake,
+ * and the cancel token set on x ends it.  On failure x is still the plain
+ * connection (the caller closes it) and the message says why.
+ */
+int xport_start_tls(struct xport *x, struct tls_creds *c, const char *hostname, int timeout_ms);
+bool xport_is_tls(const struct xport *x);
+/* The TLS peer's PSK identity or certificate DN ("" without TLS); raw
+ * bytes from the peer: escape before printing. */
+const char *xport_peer_id(const struct xport *x);
+/* Whether the kernel does the TLS record layer (kTLS) both ways. */
+bool xport_ktls(const struct xport *x);
 
 /* Behaviour. */
 /* Reads, writes and the rate limiter's waits end with -ECANCELED (sticky)

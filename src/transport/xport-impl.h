@@ -15,7 +15,8 @@
 
 struct xport {
 	const struct xport_ops *ops;
-	int fd; /* polled for readiness */
+	void *priv; /* the implementation's (tls.c: the session) */
+	int fd;	    /* polled for readiness */
 	char peer[80];
 	int werr;	       /* sticky: first send failure, negative errno */
 	int rerr;	       /* sticky: first receive failure */
@@ -38,6 +39,7 @@ int xport_base_init(struct xport *x, const struct xport_ops *ops, int fd, const 
 void xport_base_destroy(struct xport *x);
 
 /* tcp.c */
+extern const struct xport_ops tcp_xport_ops;
 int tcp_xport_new(int fd, const char *peer, struct xport **out);
 
 #endif
