@@ -343,7 +343,8 @@ int cli_tls_setup(const char *cmd, const struct cli_tls *t, const char *listen_a
 		return cli_usage_error(cmd, "--tls-hostname needs --tls-creds");
 	if (t->o.hostname && role == TLS_SERVER)
 		return cli_usage_error(cmd, "--tls-hostname is for the connecting side");
-	if (listen_addr && !tls && !t->no_tls && xport_addr_is_loopback(listen_addr) != 1)
+	/* An address that does not resolve fails when listening, as it is. */
+	if (listen_addr && !tls && !t->no_tls && xport_addr_is_loopback(listen_addr) == 0)
 		return cli_usage_error(cmd,
 				       "%s is not a loopback address: anyone who reaches it could "
 				       "write these disks; give --tls-psk FILE or --tls-creds DIR "

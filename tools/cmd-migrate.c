@@ -20,6 +20,8 @@ static const char migrate_help[] =
     "                      [--max-downtime MS] [--max-bandwidth RATE]\n"
     "                      [--mode auto|dirty|active] [--chunk-size SIZE]\n"
     "                      [--format native|qemu] [--wait] [--json]\n"
+    "                      [--tls-psk FILE | --tls-creds DIR [--tls-hostname NAME]]\n"
+    "                      [--tls-authz ID,...]\n"
     "\n"
     "Start a live migration of a `blkmig serve` daemon's devices to another\n"
     "daemon's --incoming address.  Without --wait it returns once the migration\n"
@@ -44,7 +46,11 @@ static const char migrate_help[] =
     "                        -incoming (QEMU cannot confirm success: check its\n"
     "                        query-migrate)\n"
     "  --wait                wait for the end; exit 0 only if it completed\n"
-    "  --json                with --wait: print the final report as JSON\n";
+    "  --json                with --wait: print the final report as JSON\n" CLI_TLS_HELP
+    "  --tls-hostname NAME   the destination's name in its certificate (default:\n"
+    "                        the host of --to)\n"
+    "  Without --tls-* options the daemon's own (serve --tls-*) are used, if any.\n"
+    "  Paths are read by the daemon.\n";
 
 static bool terminal(const char *status)
 {
@@ -77,10 +83,12 @@ int cmd_migrate(int argc, char **argv)
 		{ "format", required_argument, NULL, OPT_FORMAT },
 		{ "wait", no_argument, NULL, OPT_WAIT },
 		{ "json", no_argument, NULL, OPT_JSON },
+		CLI_TLS_OPTIONS,
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
 	const char *control = NULL, *to = NULL;
+	struct cli_tls tls = { 0 };
 	json_object *args = json_object_new_object(), *ret = NULL;
 	struct ctl_client *cc = NULL;
 	bool wait = false, json = false, qemu = false;
@@ -157,6 +165,8 @@ int cmd_migrate(int argc, char **argv)
 			json_object_put(args);
 			return EXIT_OK;
 		default:
+			if (cli_tls_option(c, optarg, &tls))
+				break;
 			r = cli_usage_error("migrate", "invalid option");
 			goto usage;
 		}
@@ -171,6 +181,35 @@ int cmd_migrate(int argc, char **argv)
 		goto usage;
 	}
 	json_object_object_add(args, "to", json_object_new_string(to));
+	if (tls.no_tls) {
+		cli_usage_error("migrate", "--no-tls is for listeners");
+		goto usage;
+	}
+	if (tls.o.psk_file && tls.o.x509_dir) {
+		cli_usage_error("migrate", "--tls-psk and --tls-creds exclude each other");
+		goto usage;
+	}
+	/* The daemon reads the files, from its own working directory. */
+	for (int i = 0; i < 2; i++) {
+		const char *path = i ? tls.o.x509_dir : tls.o.psk_file;
+		char *abs;
+
+		if (!path)
+			continue;
+		abs = realpath(path, NULL);
+		if (!abs) {
+			r = cli_fail("migrate: %s: %s", path, strerror(errno));
+			goto usage;
+		}
+		json_object_object_add(args, i ? "tls-creds" : "tls-psk",
+				       json_object_new_string(abs));
+		free(abs);
+	}
+	if (tls.o.authz)
+		json_object_object_add(args, "tls-authz", json_object_new_string(tls.o.authz));
+	if (tls.o.hostname)
+		json_object_object_add(args, "tls-hostname",
+				       json_object_new_string(tls.o.hostname));
 
 	if (ctl_connect(control, 5000, &cc) < 0) {
 		json_object_put(args);

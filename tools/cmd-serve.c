@@ -25,6 +25,8 @@ static const char serve_help[] =
     "                    [--nbd HOST:PORT] [--control PATH] [--incoming HOST:PORT]\n"
     "                    [--format native|qemu] [--workload SPEC] [--create]\n"
     "                    [--shared-base] [--port-file FILE]\n"
+    "                    [--tls-psk FILE | --tls-creds DIR] [--tls-authz ID,...]\n"
+    "                    [--no-tls]\n"
     "\n"
     "Own the named images and export each over NBD under its NAME.  Every write\n"
     "goes through dirty tracking, so `blkmig migrate --control PATH --to ...`\n"
@@ -46,6 +48,11 @@ static const char serve_help[] =
     "                        NAME,bs=SIZE,rate=RATE[,seed=N][,pattern=random|sequential]\n"
     "  --port-file FILE      write 'incoming=PORT' and 'nbd=PORT' lines to FILE as\n"
     "                        each address starts listening\n"
+    "  --max-refused N       with --incoming: give up after N refused connections\n"
+    "                        (64); each is logged in one line\n" CLI_TLS_HELP
+    "                        TLS covers the incoming migration, the NBD exports,\n"
+    "                        and outgoing migrations that name no credentials\n"
+    "  --no-tls              listen off loopback without TLS (refused otherwise)\n"
     "\n"
     "Runs until SIGINT or SIGTERM (a running migration is cancelled first).\n"
     "Exit status: 0 stopped by a signal, 1 failure, 2 usage error.\n";
@@ -79,7 +86,8 @@ int cmd_serve(int argc, char **argv)
 		OPT_WORKLOAD,
 		OPT_CREATE,
 		OPT_SHARED,
-		OPT_PORTFILE
+		OPT_PORTFILE,
+		OPT_MAXREFUSED
 	};
 	static const struct option opts[] = {
 		{ "device", required_argument, NULL, 'd' },
@@ -91,6 +99,8 @@ int cmd_serve(int argc, char **argv)
 		{ "create", no_argument, NULL, OPT_CREATE },
 		{ "shared-base", no_argument, NULL, OPT_SHARED },
 		{ "port-file", required_argument, NULL, OPT_PORTFILE },
+		{ "max-refused", required_argument, NULL, OPT_MAXREFUSED },
+		CLI_TLS_OPTIONS,
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
@@ -100,6 +110,8 @@ int cmd_serve(int argc, char **argv)
 	struct workload_spec wspec;
 	struct daemon *d = NULL;
 	const char *port_file = NULL;
+	struct cli_tls tls = { 0 };
+	struct tls_creds *creds = NULL;
 	unsigned ndev = 0;
 	int c, r, rc = EXIT_FAIL;
 
@@ -139,10 +151,21 @@ int cmd_serve(int argc, char **argv)
 		case OPT_PORTFILE:
 			port_file = optarg;
 			break;
+		case OPT_MAXREFUSED: {
+			uint64_t v;
+
+			r = cli_parse_uint("serve", "--max-refused", optarg, 1, 100000, &v);
+			if (r)
+				return r;
+			cfg.max_refused = (unsigned)v;
+			break;
+		}
 		case 'h':
 			fputs(serve_help, stdout);
 			return EXIT_OK;
 		default:
+			if (cli_tls_option(c, optarg, &tls))
+				break;
 			return cli_usage_error("serve", "invalid option");
 		}
 	}
@@ -159,6 +182,16 @@ int cmd_serve(int argc, char **argv)
 
 	if (daemon_check_config(&cfg) < 0)
 		return cli_usage_error("serve", "%s", err_msg());
+	/* Both listeners can write the disks: off loopback, TLS or --no-tls. */
+	r = cli_tls_setup("serve", &tls, cfg.nbd ? cfg.nbd : "127.0.0.1:10809", TLS_SERVER, &creds);
+	if (r == 0 && cfg.incoming) {
+		tls_creds_free(creds);
+		r = cli_tls_setup("serve", &tls, cfg.incoming, TLS_SERVER, &creds);
+	}
+	tls_creds_free(creds); /* checked; the daemon loads its own */
+	if (r)
+		return r;
+	cfg.tls = tls.o;
 	r = daemon_new(&cfg, &d);
 	if (r == 0 && port_file)
 		r = write_port_file(port_file, d);

@@ -279,8 +279,42 @@ static const struct arg_spec migrate_args[] = {
 	ARG_MODE,
 	{ "chunk-size", ARG_SIZE, false, WIRE_MIN_CHUNK_SIZE, WIRE_MAX_CHUNK_SIZE, NULL },
 	{ "format", ARG_STRING, false, 0, 0, formats },
+	{ "tls-psk", ARG_STRING, false, 0, 0, NULL },
+	{ "tls-creds", ARG_STRING, false, 0, 0, NULL },
+	{ "tls-authz", ARG_STRING, false, 0, 0, NULL },
+	{ "tls-hostname", ARG_STRING, false, 0, 0, NULL },
 	{ NULL },
 };
+
+/*
+ * The client credentials of a migrate command: its own tls-* arguments,
+ * else the daemon's (serve --tls-*), else none.  0 with *out (NULL: plain
+ * TCP), or a negative errno with the message set.
+ */
+static int migrate_tls(struct daemon *d, const struct args *a, struct tls_creds **out)
+{
+	struct tls_options o = { 0 };
+
+	arg_str(a, "tls-psk", &o.psk_file);
+	arg_str(a, "tls-creds", &o.x509_dir);
+	arg_str(a, "tls-authz", &o.authz);
+	arg_str(a, "tls-hostname", &o.hostname);
+	if (!tls_options_enabled(&o) && (o.authz || o.hostname)) {
+		struct tls_options mine = d->cfg.tls;
+
+		if (!tls_options_enabled(&mine))
+			return err_set(EINVAL, "tls-authz and tls-hostname need tls-psk or "
+					       "tls-creds (here or in serve's options)");
+		/* The daemon's credentials, with this migration's checks. */
+		mine.authz = o.authz ? o.authz : mine.authz;
+		mine.hostname = o.hostname;
+		o = mine;
+	} else if (!tls_options_enabled(&o)) {
+		o = d->cfg.tls;
+		o.hostname = NULL;
+	}
+	return tls_creds_new(&o, TLS_CLIENT, out);
+}
 
 static json_object *cmd_migrate(struct daemon *d, const struct args *a, struct cmd_err *e)
 {
@@ -289,6 +323,7 @@ static json_object *cmd_migrate(struct daemon *d, const struct args *a, struct c
 				.mode = d->mode };
 	const char *to = NULL, *mode = NULL, *format = "native";
 	uint64_t ms = 0, chunk = 0;
+	struct tls_creds *tls = NULL;
 
 	arg_str(a, "to", &to);
 	arg_bool(a, "shared-base", &p.shared_base);
@@ -310,10 +345,12 @@ static json_object *cmd_migrate(struct daemon *d, const struct args *a, struct c
 	p.chunk_size = p.format == MIG_FORMAT_QEMU ? WIRE_QEMU_CHUNK_SIZE
 		       : chunk			   ? (uint32_t)chunk
 						   : DAEMON_DEFAULT_CHUNK_SIZE;
+	if (migrate_tls(d, a, &tls) < 0)
+		return fail_errmsg(e, CTL_ERR_INVALID_PARAM);
 	pthread_mutex_lock(&d->lock);
 	snprintf(d->migrated_to, sizeof(d->migrated_to), "%s", to);
 	pthread_mutex_unlock(&d->lock);
-	if (job_start(d->job, to, &p) < 0)
+	if (job_start(d->job, to, &p, tls) < 0)
 		return fail_errmsg(e, CTL_ERR_GENERIC);
 	return json_object_new_object();
 }

@@ -28,8 +28,9 @@ struct daemon {
 	char nbd_addr[128], incoming_addr[128];
 	bool started; /* daemon_start() succeeded */
 	struct job *job;
-	struct workload *wl; /* or NULL */
-	struct ctl *ctl;     /* or NULL */
+	struct workload *wl;	      /* or NULL */
+	struct ctl *ctl;	      /* or NULL */
+	struct tls_creds *tls_server; /* from cfg.tls; NULL without TLS */
 
 	pthread_mutex_t cmd_lock; /* one command at a time; guards what follows */
 	uint64_t max_bandwidth;	  /* for the next migrate without it */

@@ -21,6 +21,7 @@
 #include "block/mark.h"
 #include "common/error.h"
 #include "control/control.h"
+#include "migrate/incoming.h"
 #include "migrate/job.h"
 #include "nbdserver/server.h"
 #include "transport/transport.h"
@@ -53,6 +54,12 @@ int daemon_incoming_open(void *user, const char *name, uint64_t size, struct blk
 	return blk_file_open(d->path, flags, size, out);
 }
 
+static void log_refused(void *user, const char *line)
+{
+	(void)user;
+	fprintf(stderr, "blkmig: serve: incoming: %s\n", line);
+}
+
 static int run_incoming(struct daemon *d)
 {
 	const char *names[DAEMON_MAX_DEVICES];
@@ -64,19 +71,21 @@ static int run_incoming(struct daemon *d)
 				.expect = names,
 				.allow_shared_base = d->cfg.shared_base,
 				.format = d->cfg.qemu ? MIG_FORMAT_QEMU : MIG_FORMAT_NATIVE };
-	struct xport *x = NULL;
+	struct incoming_params ip = { .lfd = d->incoming_lfd,
+				      .tls = d->tls_server,
+				      .timeout_ms = XPORT_DEFAULT_TIMEOUT_MS,
+				      .max_failures = d->cfg.max_refused,
+				      .log = log_refused };
 	int r;
 
 	for (unsigned i = 0; i < d->cfg.ndev; i++)
 		if (!d->devs[i].readonly)
 			names[p.nexpect++] = d->devs[i].name;
-	r = xport_accept(d->incoming_lfd, -1, d->cfg.cancel, &x);
+	r = incoming_run(&p, &ip, d->cfg.cancel, NULL);
 	close(d->incoming_lfd);
 	d->incoming_lfd = -1;
-	if (r < 0)
+	if (r == -ECANCELED)
 		return err_prefix(-r, "incoming: ");
-	r = dst_run(&p, x, d->cfg.cancel, NULL);
-	xport_close(x);
 	if (r < 0)
 		return err_prefix(-r, "incoming migration failed: ");
 	return 0;
@@ -171,6 +180,9 @@ int daemon_new(const struct daemon_config *cfg, struct daemon **out)
 	pthread_mutex_init(&d->cmd_lock, NULL);
 	pthread_mutex_init(&d->lock, NULL);
 
+	r = tls_creds_new(&d->cfg.tls, TLS_SERVER, &d->tls_server);
+	if (r < 0)
+		goto err_free;
 	r = nbds_new(&d->nbd);
 	if (r < 0)
 		goto err_free;
@@ -194,6 +206,7 @@ int daemon_new(const struct daemon_config *cfg, struct daemon **out)
 err_nbd:
 	nbds_free(d->nbd);
 err_free:
+	tls_creds_free(d->tls_server);
 	pthread_mutex_destroy(&d->lock);
 	pthread_mutex_destroy(&d->cmd_lock);
 	free(d);
@@ -310,5 +323,6 @@ void daemon_free(struct daemon *d)
 		close(d->incoming_lfd);
 	pthread_mutex_destroy(&d->lock);
 	pthread_mutex_destroy(&d->cmd_lock);
+	tls_creds_free(d->tls_server);
 	free(d);
 }

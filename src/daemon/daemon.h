@@ -30,6 +30,8 @@
 
 #include <json-c/json.h>
 
+#include "tls/tls.h"
+
 struct blk;
 struct cancel;
 struct daemon;
@@ -56,7 +58,13 @@ struct daemon_config {
 	bool create;	      /* incoming: create missing or empty images */
 	bool shared_base;     /* incoming: accept a shared-base migration */
 	bool qemu;	      /* incoming: QEMU 7.2's stream, not the native one */
+	unsigned max_refused; /* incoming: give up after this many refused
+			       * connections (0: INCOMING_MAX_FAILURES) */
 	const struct workload_spec *workload; /* the built-in writer, or NULL */
+	/* TLS for the incoming migration (server credentials) and, unless a
+	 * migrate command names its own, for outgoing ones (client
+	 * credentials, loaded when a migration starts).  No files: none. */
+	struct tls_options tls;
 	/* Ends the wait for, or the receiving of, the incoming migration
 	 * (-ECANCELED); NULL: never. */
 	struct cancel *cancel;

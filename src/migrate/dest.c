@@ -49,7 +49,6 @@ struct dst_dev {
 	struct dirty *pass;    /* chunks written since the last read-back */
 	struct dirty *carried; /* chunks the stream carried, in any pass */
 	bool marked;
-	bool was_marked; /* by an earlier run: stays marked whatever happens */
 };
 
 struct dst {
@@ -162,7 +161,6 @@ static int open_devices(struct dst *d)
 		 * an image this run created or will write is never left
 		 * looking complete. */
 		if (dev->path[0]) {
-			dev->was_marked = mark_check(dev->path) == 1;
 			r = mark_incomplete(dev->path, "blkmig migration in progress");
 			if (r < 0)
 				return r;
@@ -448,15 +446,6 @@ static int clear_marks(struct dst *d)
 	return 0;
 }
 
-/* A failed run that wrote nothing leaves the images as they were: marks it
- * set on images not marked before are taken off again. */
-static void unmark_untouched(struct dst *d)
-{
-	for (unsigned i = 0; i < d->ndev; i++)
-		if (d->dev[i].marked && !d->dev[i].was_marked && mark_clear(d->dev[i].path) == 0)
-			d->dev[i].marked = false;
-}
-
 static int complete(struct dst *d, const struct native_complete *digests)
 {
 	int r = 0;
@@ -548,8 +537,6 @@ int dst_run(const struct dst_params *p, struct xport *x, struct cancel *cancel,
 			ops->fail(d->f, -r, msg);
 		err_copy_in(msg);
 		d->st.state = r == -ECANCELED ? MIG_CANCELLED : MIG_FAILED;
-		if (!d->wrote)
-			unmark_untouched(d);
 	} else {
 		d->st.state = MIG_COMPLETED;
 	}

@@ -77,7 +77,8 @@ static void settle_locked(struct incoming *in, struct conn *c, int r, const char
 		return;
 	}
 	in->failures++;
-	if (in->ip->log) {
+	/* The last one allowed is told in the final error instead. */
+	if (in->ip->log && in->failures < in->max_failures) {
 		char line[1400];
 
 		snprintf(line, sizeof(line), "refused a connection from %s: %s", xport_peer(c->x),

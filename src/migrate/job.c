@@ -19,6 +19,7 @@
 
 #include "common/error.h"
 #include "common/util.h"
+#include "tls/tls.h"
 #include "transport/transport.h"
 
 #define RATE_SAMPLES 8
@@ -42,6 +43,7 @@ struct job {
 	struct cancel *cancel; /* for the connect phase */
 	char to[256];
 	struct src_params p;
+	struct tls_creds *tls; /* the attempt's, owned by it; NULL: plain TCP */
 	struct mig_stats last; /* figures of the last state change / the end */
 	enum mig_state last_state;
 	char error[1024];
@@ -132,7 +134,7 @@ static void *job_main(void *arg)
 		pthread_mutex_lock(&j->lock);
 		j->src = src;
 		pthread_mutex_unlock(&j->lock);
-		r = xport_connect(j->to, 10000, j->cancel, &x);
+		r = xport_dial(j->to, 10000, j->cancel, j->tls, &x);
 	}
 	if (r == 0 && cancel_is_set(j->cancel))
 		r = err_set(ECANCELED, "migration cancelled");
@@ -157,6 +159,8 @@ static void *job_main(void *arg)
 		j->fn(j->user, &st, r < 0 ? j->error : "");
 	src_free(src);
 	xport_close(x);
+	tls_creds_free(j->tls);
+	j->tls = NULL;
 	return NULL;
 }
 
@@ -173,24 +177,26 @@ static void reap_locked(struct job *j)
 	}
 }
 
-int job_start(struct job *j, const char *to, const struct src_params *p)
+int job_start(struct job *j, const char *to, const struct src_params *p, struct tls_creds *tls)
 {
 	int r;
 
-	if (strlen(to) >= sizeof(j->to))
+	if (strlen(to) >= sizeof(j->to)) {
+		tls_creds_free(tls);
 		return err_set(EINVAL, "address too long: %s", to);
+	}
 	pthread_mutex_lock(&j->lock);
 	reap_locked(j);
-	if (j->completed) {
+	if (j->completed || j->running) {
 		pthread_mutex_unlock(&j->lock);
+		tls_creds_free(tls);
+		if (j->running)
+			return err_set(EBUSY, "a migration is already running");
 		return err_set(ESHUTDOWN, "the devices were already migrated: this daemon no "
 					  "longer owns them");
 	}
-	if (j->running) {
-		pthread_mutex_unlock(&j->lock);
-		return err_set(EBUSY, "a migration is already running");
-	}
 	snprintf(j->to, sizeof(j->to), "%s", to);
+	j->tls = tls;
 	j->p = *p;
 	j->started = true;
 	j->error[0] = '\0';
@@ -200,8 +206,12 @@ int job_start(struct job *j, const char *to, const struct src_params *p)
 	j->sample_head = j->nsamples = 0;
 	cancel_reset(j->cancel); /* no attempt's thread is left to use it */
 	r = pthread_create(&j->thread, NULL, job_main, j);
-	if (r == 0)
+	if (r == 0) {
 		j->running = true;
+	} else {
+		tls_creds_free(j->tls);
+		j->tls = NULL;
+	}
 	pthread_mutex_unlock(&j->lock);
 	if (r)
 		return err_set(r, "cannot start the migration thread: %s", strerror(r));

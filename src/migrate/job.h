@@ -34,9 +34,11 @@ void job_free(struct job *j);
  * Start an attempt to HOST:PORT with p (max_bandwidth may later change
  * through job_set_max_bandwidth).  -EBUSY while one runs, -ESHUTDOWN after
  * one completed (the devices are fenced), else 0: the attempt continues in
- * the background.
+ * the background.  tls (NULL: plain TCP) are the attempt's client
+ * credentials: the job owns them from this call on, whatever it returns.
  */
-int job_start(struct job *j, const char *to, const struct src_params *p);
+struct tls_creds;
+int job_start(struct job *j, const char *to, const struct src_params *p, struct tls_creds *tls);
 /* Ask the running attempt to stop; a no-op when none runs. */
 void job_cancel(struct job *j);
 void job_set_max_bandwidth(struct job *j, uint64_t bytes_per_sec);

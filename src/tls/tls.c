@@ -543,6 +543,12 @@ static int handshake_error(struct tls_session *s, int gr, const char *peer)
 		return err_set(EACCES, "TLS handshake with %s: the peer refused it: %s%s", peer,
 			       gnutls_alert_get_name(a), hint);
 	}
+	case GNUTLS_E_INSUFFICIENT_CREDENTIALS:
+	case GNUTLS_E_NO_CIPHER_SUITES:
+		return err_set(EACCES,
+			       "TLS handshake with %s: the peer uses the other kind of credentials "
+			       "(X.509 against a pre-shared key)",
+			       peer);
 	case GNUTLS_E_RECEIVED_ILLEGAL_PARAMETER:
 		if (s->c->psk)
 			return err_set(EACCES,
@@ -646,10 +652,20 @@ const char *tls_session_peer_id(const struct tls_session *s)
 	return s->peer_id;
 }
 
-static ssize_t io_error(ssize_t gr, const char *what)
+static ssize_t io_error(struct tls_session *s, ssize_t gr, const char *what)
 {
 	if (gr == GNUTLS_E_AGAIN || gr == GNUTLS_E_INTERRUPTED)
 		return -EAGAIN;
+	if (gr == GNUTLS_E_FATAL_ALERT_RECEIVED) {
+		gnutls_alert_description_t a = gnutls_alert_get(s->g);
+
+		return err_set(EACCES, "the peer ended TLS: %s%s", gnutls_alert_get_name(a),
+			       a == GNUTLS_A_BAD_CERTIFICATE || a == GNUTLS_A_UNKNOWN_CA ||
+				       a == GNUTLS_A_CERTIFICATE_UNKNOWN
+				   ? " (our certificate: signed by a CA it trusts?)"
+			       : a == GNUTLS_A_ACCESS_DENIED ? " (not authorised there)"
+							     : "");
+	}
 	return err_set(EPROTO, "TLS %s: %s", what, gnutls_strerror((int)gr));
 }
 
@@ -663,7 +679,7 @@ ssize_t tls_send(struct tls_session *s, const void *buf, size_t len)
 		 * plaintext size, which the caller offers again first. */
 		gr = gnutls_record_send(s->g, NULL, 0);
 		if (gr < 0)
-			return io_error(gr, "send");
+			return io_error(s, gr, "send");
 		s->send_again = false;
 		done = (size_t)gr;
 	}
@@ -673,8 +689,17 @@ ssize_t tls_send(struct tls_session *s, const void *buf, size_t len)
 			s->send_again = true;
 			break;
 		}
-		if (gr < 0)
-			return done ? (ssize_t)done : io_error(gr, "send");
+		if (gr < 0 && done)
+			return (ssize_t)done; /* the error comes again next time */
+		if (gr < 0) {
+			/* The peer may have said why before closing: a refused
+			 * certificate is only known once the handshake is over
+			 * for this side. */
+			uint8_t sink[256];
+			ssize_t rr = gnutls_record_recv(s->g, sink, sizeof(sink));
+
+			return io_error(s, rr == GNUTLS_E_FATAL_ALERT_RECEIVED ? rr : gr, "send");
+		}
 		done += (size_t)gr;
 	}
 	return done ? (ssize_t)done : -EAGAIN;
@@ -697,7 +722,7 @@ ssize_t tls_recv(struct tls_session *s, void *buf, size_t len)
 		 * ends the stream: the formats carry their own end marks. */
 		if (gr == 0 || gr == GNUTLS_E_PREMATURE_TERMINATION)
 			return 0;
-		return io_error(gr, "receive");
+		return io_error(s, gr, "receive");
 	}
 	return (ssize_t)done;
 }

@@ -9,8 +9,10 @@
 #include <netinet/tcp.h>
 #include <stdlib.h>
 #include <sys/socket.h>
+#include <string.h>
 #include <unistd.h>
 
+#include "common/error.h"
 #include "xport-impl.h"
 
 struct tcp_xport {
@@ -22,18 +24,18 @@ static ssize_t tcp_sendv(struct xport *x, const struct iovec *iov, int iovcnt)
 	struct msghdr m = { .msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)iovcnt };
 	ssize_t n = sendmsg(x->fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
 
-	if (n < 0)
-		return (errno == EWOULDBLOCK) ? -EAGAIN : -errno;
-	return n;
+	if (n < 0 && errno != EWOULDBLOCK && errno != EINTR)
+		return err_set(errno, "%s", strerror(errno));
+	return n < 0 ? -EAGAIN : n;
 }
 
 static ssize_t tcp_recv(struct xport *x, void *buf, size_t len)
 {
 	ssize_t n = recv(x->fd, buf, len, MSG_DONTWAIT);
 
-	if (n < 0)
-		return (errno == EWOULDBLOCK) ? -EAGAIN : -errno;
-	return n;
+	if (n < 0 && errno != EWOULDBLOCK && errno != EINTR)
+		return err_set(errno, "%s", strerror(errno));
+	return n < 0 ? -EAGAIN : n;
 }
 
 static void tcp_close(struct xport *x)

@@ -425,8 +425,7 @@ static int send_all(struct xport *x, struct iovec *iov, int iovcnt)
 		if (n == -EAGAIN || n == -EINTR)
 			n = 0;
 		if (n < 0)
-			return fail(x, POLLOUT,
-				    err_set((int)-n, "send to %s: %s", x->peer, strerror((int)-n)));
+			return fail(x, POLLOUT, err_prefix((int)-n, "send to %s: ", x->peer));
 		/* Unsent bytes were charged to the limiter; refund them at
 		 * the rate they were charged at. */
 		if (rate && (size_t)n < budget)
@@ -549,9 +548,7 @@ static int fill(struct xport *x, bool *eof)
 			return 0;
 		}
 		if (n != -EAGAIN && n != -EINTR)
-			return fail(
-			    x, POLLIN,
-			    err_set((int)-n, "receive from %s: %s", x->peer, strerror((int)-n)));
+			return fail(x, POLLIN, err_prefix((int)-n, "receive from %s: ", x->peer));
 		n = wait_ready(x, POLLIN, &idle_since);
 		if (n < 0)
 			return (int)n;
@@ -600,8 +597,7 @@ int xport_read(struct xport *x, void *buf, size_t len, size_t *got)
 				continue;
 			} else {
 				r = fail(x, POLLIN,
-					 err_set((int)-n, "receive from %s: %s", x->peer,
-						 strerror((int)-n)));
+					 err_prefix((int)-n, "receive from %s: ", x->peer));
 				goto out_fail;
 			}
 		} else {

@@ -28,8 +28,8 @@ struct tls_creds;
 
 struct xport_ops {
 	const char *name;
-	/* One non-blocking attempt: bytes moved, or -EAGAIN, or -errno.
-	 * recv returns 0 at end of stream. */
+	/* One non-blocking attempt: bytes moved, or -EAGAIN, or -errno with
+	 * the message set (err_set).  recv returns 0 at end of stream. */
 	ssize_t (*sendv)(struct xport *x, const struct iovec *iov, int iovcnt);
 	ssize_t (*recv)(struct xport *x, void *buf, size_t len);
 	/* Bytes received and decoded but not yet returned by recv, which

@@ -131,3 +131,38 @@ wait_export() {
 
 # stop PID: SIGTERM and wait; prints nothing, sets RC.
 stop() { kill -TERM "$1" 2>/dev/null; wait_rc "$1"; }
+
+# make_psk FILE IDENTITY: a fresh 256-bit pre-shared key, private to us.
+make_psk() {
+	(umask 077 && echo "$2:$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')" >"$1")
+}
+
+# make_x509 DIR [CA-DIR]: QEMU's tls-creds-x509 layout in DIR: a CA (made
+# here, or CA-DIR's), a server certificate for 127.0.0.1 and localhost, and a
+# client certificate with DN "CN=client,O=blkmig test".  Keys mode 0600.
+make_x509() {
+	local d=$1 ca=${2:-}
+	mkdir -p "$d"
+	(
+		umask 077
+		cd "$d" || exit 1
+		if [ -z "$ca" ]; then
+			certtool --generate-privkey --key-type=ecdsa --outfile ca-key.pem 2>/dev/null
+			printf 'cn = "blkmig test CA"\nca\ncert_signing_key\nexpiration_days = 30\n' >ca.tmpl
+			certtool --generate-self-signed --load-privkey ca-key.pem --template ca.tmpl \
+				--outfile ca-cert.pem 2>/dev/null
+		else
+			cp "$ca/ca-key.pem" "$ca/ca-cert.pem" .
+		fi
+		printf 'cn = "server"\norganization = "blkmig test"\ndns_name = "localhost"\nip_address = "127.0.0.1"\ntls_www_server\nencryption_key\nsigning_key\nexpiration_days = 30\n' >server.tmpl
+		printf 'cn = "client"\norganization = "blkmig test"\ntls_www_client\nencryption_key\nsigning_key\nexpiration_days = 30\n' >client.tmpl
+		for who in server client; do
+			certtool --generate-privkey --key-type=ecdsa --outfile $who-key.pem 2>/dev/null
+			certtool --generate-certificate --load-privkey $who-key.pem \
+				--load-ca-certificate ca-cert.pem --load-ca-privkey ca-key.pem \
+				--template $who.tmpl --outfile $who-cert.pem 2>/dev/null
+		done
+		chmod 644 ca-cert.pem server-cert.pem client-cert.pem
+	) || fail "make_x509 $d"
+	[ -s "$d/client-cert.pem" ] || fail "make_x509 $d: certtool failed"
+}

@@ -34,7 +34,8 @@ def feed(data):
     pf = T + "/p"
     if os.path.exists(pf): os.unlink(pf)
     p = subprocess.Popen([blkmig, "receive", "--format", "qemu", "--listen", "127.0.0.1:0",
-                          "--port-file", pf, "--device", "drive0=" + img, "--timeout", "3"],
+                          "--port-file", pf, "--device", "drive0=" + img, "--timeout", "3",
+                          "--max-refused", "1"],
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     for _ in range(400):
         if os.path.exists(pf) and open(pf).read().strip(): break

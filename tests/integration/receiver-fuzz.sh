@@ -84,7 +84,7 @@ for n in range(60):
     pf = f"{T}/m.port"
     if os.path.exists(pf): os.unlink(pf)
     p = subprocess.Popen([blkmig, "receive", "--listen", "127.0.0.1:0", "--port-file", pf,
-                          "--device", "d0=" + img, "--timeout", "3"],
+                          "--device", "d0=" + img, "--timeout", "3", "--max-refused", "1"],
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     for _ in range(400):
         if os.path.exists(pf) and open(pf).read().strip(): break
