@@ -573,7 +573,7 @@ static int handshake_error(struct tls_session *s, int gr, const char *peer)
 	case GNUTLS_E_PUSH_ERROR:
 		return err_set(ECONNRESET,
 			       "TLS handshake with %s: the connection was closed (does the peer "
-			       "use TLS, with the same kind of credentials?)",
+			       "use TLS, with the same kind of credentials and the same key?)",
 			       peer);
 	case GNUTLS_E_UNEXPECTED_PACKET_LENGTH:
 	case GNUTLS_E_UNSUPPORTED_VERSION_PACKET:
