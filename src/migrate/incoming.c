@@ -154,15 +154,19 @@ static void admit(struct incoming *in, struct xport *x)
 		pthread_attr_destroy(&attr);
 		free(c);
 	}
+	/* Turned away unread: logged, but not counted against max_failures,
+	 * so a flood of connections cannot make the receiver give up. */
 	pthread_mutex_lock(&in->lock);
 	if (!full)
 		in->nconn--;
-	settle_locked(in, &(struct conn){ .in = in, .x = x }, -EBUSY,
-		      full ? "too many connections are being tried at once"
-			   : "no memory or threads for another connection",
-		      &(struct mig_stats){ 0 });
-	if (in->done)
-		cancel_fire(in->stop);
+	if (in->ip->log) {
+		char line[256];
+
+		snprintf(line, sizeof(line), "refused a connection from %s: %s", xport_peer(x),
+			 full ? "too many connections are being tried at once"
+			      : "no memory or threads for another connection");
+		in->ip->log(in->ip->log_user, line);
+	}
 	pthread_mutex_unlock(&in->lock);
 	xport_close(x);
 }

@@ -33,7 +33,7 @@ struct incoming_params {
 	unsigned max_pending;  /* 0: INCOMING_MAX_PENDING */
 	unsigned max_failures; /* 0: INCOMING_MAX_FAILURES */
 	/* One line per refused connection (without "blkmig: " or newline);
-	 * may be NULL.  Called from the connections' threads, one at a time. */
+	 * may be NULL.  Called with the listener's lock held: one at a time. */
 	void (*log)(void *user, const char *line);
 	void *log_user;
 };

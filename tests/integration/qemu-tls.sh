@@ -8,6 +8,13 @@
 . "$(dirname "$0")/lib.sh"
 requires qemu-system-x86_64 python3 cmp timeout certtool
 
+# QEMU 7.2 as a TLS migration source, run with glibc's MALLOC_PERTURB_
+# (which meson sets), ends its stream before its last chunks and reports
+# "completed" anyway -- into another QEMU 7.2 too, which then holds a
+# different image.  blkmig's receiver refuses such a stream ("the source
+# carried 14 of 16 chunks"); these tests run QEMU without it.
+qemu-system-x86_64() { env -u MALLOC_PERTURB_ qemu-system-x86_64 "$@"; }
+
 free_port() { python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])"; }
 
 make_x509 "$T/pki"

@@ -5,7 +5,7 @@
 # sender with one 'blkmig:' line, writes nothing, and leaves the receiver
 # waiting for the real source, which then completes.
 . "$(dirname "$0")/lib.sh"
-requires certtool cmp nc python3
+requires certtool cmp nc python3 ss
 
 size=$((4 * MiB + 12288))
 make_random "$T/src.img" $size 101
@@ -118,6 +118,28 @@ send_refused hostile-key "keys|key" --tls-psk "$T/other.psk"
 send_ok hostile --tls-psk "$T/keys.psk"
 [ "$(grep -c 'refused a connection' "$T/hostile.err")" = 4 ] || { cat "$T/hostile.err" >&2; fail "hostile: refusals not logged one per line"; }
 pass "garbage, a port scan, a forged hello and a wrong key came first; the real source completed"
+
+# Four silent peers fill the handshake slots: a fifth connection is turned
+# away at once, and once their handshakes time out the real source gets in.
+make_random "$T/slots.img" $size 14
+DST="$T/slots.img"
+start_receiver slots --device d0="$DST" --tls-psk "$T/keys.psk" --timeout 2
+RECV_ERR="$T/slots.err"
+python3 - "$RECV_PORT" <<'PY' &
+import socket, sys, time
+held = [socket.create_connection(("127.0.0.1", int(sys.argv[1]))) for _ in range(4)]
+time.sleep(30)
+PY
+holder=$!
+BG_PIDS+=("$holder")
+for _ in $(seq 200); do [ "$(ss -tn state established "( dport = :$RECV_PORT )" | grep -c .)" -ge 5 ] && break; sleep 0.05; done
+send_refused slots-full "closed the connection without an answer|closed" --tls-psk "$T/keys.psk"
+grep -q "too many connections are being tried at once" "$T/slots.err" || { cat "$T/slots.err" >&2; fail "slots: the fifth was not turned away"; }
+for _ in $(seq 200); do [ "$(grep -c 'no answer within' "$T/slots.err")" = 4 ] && break; sleep 0.05; done
+[ "$(grep -c 'no answer within' "$T/slots.err")" = 4 ] || { cat "$T/slots.err" >&2; fail "slots: silent peers not timed out"; }
+send_ok slots --tls-psk "$T/keys.psk"
+kill "$holder" 2>/dev/null
+pass "four silent peers hold every handshake slot; a fifth is turned away; after their timeout the source completes"
 
 # Plaintext receiver (loopback): a forged valid HELLO whose device the
 # receiver lacks is refused before anything is written.
