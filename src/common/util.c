@@ -123,14 +123,6 @@ const char *str_escape(char *out, size_t cap, const char *s)
 	return out;
 }
 
-bool str_printable(const char *s)
-{
-	for (; *s; s++)
-		if ((unsigned char)*s < 0x20 || (unsigned char)*s >= 0x7f)
-			return false;
-	return true;
-}
-
 bool mem_is_zero(const void *p, size_t len)
 {
 	static const uint8_t zeros[4096];

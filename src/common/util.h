@@ -116,10 +116,6 @@ const char *fmt_bytes(char *buf, size_t cap, uint64_t v);
 #define STR_ESCAPE_CAP(n) ((size_t)(n)*4 + 1)
 const char *str_escape(char *out, size_t cap, const char *s);
 
-/* Whether every byte of s is printable ASCII (0x20-0x7e): what a device
- * name may hold. */
-bool str_printable(const char *s);
-
 /* Whether len bytes at p are all zero. */
 bool mem_is_zero(const void *p, size_t len);
 

@@ -44,6 +44,7 @@ static const char *const faults[] = {
 	"write-unannounced", /* a WRITE record without MIRROR in HELLO */
 	"write-sequence",    /* MIRROR, but the first WRITE has sequence number 2 */
 	"write-beyond",	     /* MIRROR, a WRITE that runs past the device end */
+	"record-name",	     /* a record whose device name holds a newline and an escape */
 };
 
 static bool is(const char *fault, const char *name)
@@ -199,6 +200,10 @@ int main(int argc, char **argv)
 		if (strcmp(fault, "unknown-device") == 0 && i == nchunks / 2) {
 			strcpy(rec.name, "nosuchdev");
 			rec.name_len = 9;
+		}
+		if (is(fault, "record-name") && i == nchunks / 2) {
+			strcpy(rec.name, "d0\n\033[2K");
+			rec.name_len = (uint8_t)strlen(rec.name);
 		}
 		if (strcmp(fault, "beyond") == 0 && i == nchunks / 2)
 			rec.offset = div_round_up(size, cs) * cs + 64 * (uint64_t)cs;

@@ -142,10 +142,6 @@ static void test_str_escape(void **state)
 	assert_string_equal(str_escape(small, sizeof(small), "abcdefghijk"), "abcdefghijk");
 	assert_string_equal(str_escape(small, 4, "abcd"), "...");
 	assert_ptr_equal(str_escape(small, sizeof(small), "x"), small);
-	assert_true(str_printable("drive-0_x.y z"));
-	assert_false(str_printable("a\nb"));
-	assert_false(str_printable("\x7f"));
-	assert_false(str_printable("caf\xc3\xa9"));
 }
 
 /* ---- fmt_bytes ------------------------------------------------------------ */
