@@ -3,6 +3,7 @@
 #include "cli.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <json-c/json.h>
 #include <sched.h>
 #include <signal.h>
@@ -10,6 +11,7 @@
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "block/backend.h"
@@ -124,6 +126,39 @@ int cli_incoming_open(void *user, const char *name, uint64_t size, struct blk **
 						  .path = c->devs[i].path,
 						  .readonly = c->devs[i].readonly };
 	return daemon_incoming_open(&in, name, size, out, path, path_cap);
+}
+
+int cli_write_file(const char *path, const char *text)
+{
+	size_t len = strlen(text);
+	char tmp[4096];
+	struct stat sb;
+	int fd, e;
+
+	if (lstat(path, &sb) == 0 && S_ISLNK(sb.st_mode))
+		return err_set(ELOOP, "%s is a symbolic link: refusing to write through it", path);
+	if (lstat(path, &sb) == 0 && !S_ISREG(sb.st_mode))
+		return err_set(EEXIST, "%s exists and is not a regular file", path);
+	if ((size_t)snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= sizeof(tmp))
+		return err_set(ENAMETOOLONG, "%s: path too long", path);
+	/* A stale one from a run that died; unlink never follows a link. */
+	if (unlink(tmp) < 0 && errno != ENOENT)
+		return err_set(errno, "cannot remove %s: %s", tmp, strerror(errno));
+	fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return err_set(errno, "cannot create %s: %s", tmp, strerror(errno));
+	if (write(fd, text, len) != (ssize_t)len || close(fd) < 0) {
+		e = errno ? errno : EIO;
+		close(fd);
+		unlink(tmp);
+		return err_set(e, "cannot write %s: %s", tmp, strerror(e));
+	}
+	if (rename(tmp, path) < 0) {
+		e = errno;
+		unlink(tmp);
+		return err_set(e, "cannot rename %s to %s: %s", tmp, path, strerror(e));
+	}
+	return 0;
 }
 
 int cli_control_call(const char *cmd, const char *path, const char *command, json_object *args,

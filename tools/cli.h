@@ -76,6 +76,15 @@ struct blk;
 int cli_incoming_open(void *user, const char *name, uint64_t size, struct blk **out, char *path,
 		      size_t path_cap);
 
+/*
+ * Write text to a file blkmig creates for others to read (--port-file):
+ * through a temporary PATH.tmp made with O_EXCL|O_NOFOLLOW, renamed over
+ * path, so a reader never sees half of it and nothing is written through a
+ * symlink.  A symlink (or anything but a regular file) already at path is
+ * refused rather than replaced.  0, or a negative errno with err_set().
+ */
+int cli_write_file(const char *path, const char *text);
+
 /* Connect to a daemon's control socket and run one command; prints the
  * failure as "blkmig CMD: ..." and returns EXIT_FAIL, or EXIT_OK with *ret
  * (caller puts it; may be NULL to drop the reply).  args is consumed. */

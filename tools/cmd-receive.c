@@ -156,12 +156,12 @@ int cmd_receive(int argc, char **argv)
 		return cli_fail("receive: %s", err_msg());
 	if (port_file) {
 		const char *colon = strrchr(bound, ':');
-		FILE *f = fopen(port_file, "w");
+		char text[sizeof(bound) + 2];
 
-		if (!f || fprintf(f, "%s\n", colon ? colon + 1 : bound) < 0 || fclose(f) != 0) {
+		snprintf(text, sizeof(text), "%s\n", colon ? colon + 1 : bound);
+		if (cli_write_file(port_file, text) < 0) {
 			close(lfd);
-			return cli_fail("receive: cannot write --port-file %s: %s", port_file,
-					strerror(errno));
+			return cli_fail("receive: --port-file: %s", err_msg());
 		}
 	}
 	r = xport_accept(lfd, -1, cli_cancel_token(), &x);

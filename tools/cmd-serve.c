@@ -54,19 +54,13 @@ static const char serve_help[] =
 static int write_port_file(const char *path, const struct daemon *d)
 {
 	const char *in = daemon_incoming_addr(d), *nbd = daemon_nbd_addr(d);
-	char tmp[4096];
-	FILE *f;
+	char text[128];
+	int r;
 
-	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-	f = fopen(tmp, "w");
-	if (!f)
-		return err_set(errno, "cannot write %s: %s", tmp, strerror(errno));
-	if (in[0])
-		fprintf(f, "incoming=%s\n", strrchr(in, ':') + 1);
-	fprintf(f, "nbd=%s\n", strrchr(nbd, ':') + 1);
-	if (fclose(f) != 0 || rename(tmp, path) < 0)
-		return err_set(errno, "cannot write %s: %s", path, strerror(errno));
-	return 0;
+	snprintf(text, sizeof(text), "%s%s%snbd=%s\n", in[0] ? "incoming=" : "",
+		 in[0] ? strrchr(in, ':') + 1 : "", in[0] ? "\n" : "", strrchr(nbd, ':') + 1);
+	r = cli_write_file(path, text);
+	return r < 0 ? err_prefix(-r, "--port-file: ") : 0;
 }
 
 int cmd_serve(int argc, char **argv)
@@ -101,6 +95,7 @@ int cmd_serve(int argc, char **argv)
 	struct daemon *d = NULL;
 	const char *port_file = NULL;
 	unsigned ndev = 0;
+	bool wrote_port_file = false;
 	int c, r, rc = EXIT_FAIL;
 
 	optind = 1;
@@ -160,8 +155,10 @@ int cmd_serve(int argc, char **argv)
 	if (daemon_check_config(&cfg) < 0)
 		return cli_usage_error("serve", "%s", err_msg());
 	r = daemon_new(&cfg, &d);
-	if (r == 0 && port_file)
+	if (r == 0 && port_file) {
 		r = write_port_file(port_file, d);
+		wrote_port_file = r == 0;
+	}
 	if (r == 0)
 		r = daemon_start(d);
 	if (r < 0) {
@@ -174,7 +171,7 @@ int cmd_serve(int argc, char **argv)
 	rc = EXIT_OK;
 out:
 	daemon_free(d);
-	if (port_file)
+	if (wrote_port_file)
 		unlink(port_file);
 	return rc;
 }

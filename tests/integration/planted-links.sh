@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Files blkmig creates never follow a symlink planted at their path (DESIGN.md
+# rule 8): --port-file of receive and serve, the control socket, an image
+# that --create makes.  Each is refused with one clear line, exit 1, and
+# the link's target is left untouched.
+. "$(dirname "$0")/lib.sh"
+requires python3 md5sum
+
+echo "precious contents" >"$T/precious"
+want=$(md5sum <"$T/precious")
+untouched() { [ "$(md5sum <"$T/precious")" = "$want" ] || fail "$1: the symlink's target was changed"; }
+make_random "$T/d.img" $MiB 5
+
+# receive --port-file onto a symlink.
+ln -s "$T/precious" "$T/recv.port"
+"$BLKMIG" receive --listen 127.0.0.1:0 --port-file "$T/recv.port" --device d0="$T/d.img" \
+	>"$T/recv.out" 2>"$T/recv.err"
+expect_error $? 1 "$T/recv.err" "receive: --port-file: .*recv.port is a symbolic link: refusing to write through it"
+untouched "receive --port-file"
+[ -L "$T/recv.port" ] || fail "receive --port-file: the link itself was replaced"
+pass "receive --port-file refuses a planted symlink"
+
+# serve --port-file onto a symlink.
+ln -s "$T/precious" "$T/serve.port"
+"$BLKMIG" serve --nbd 127.0.0.1:0 --port-file "$T/serve.port" --device d0="$T/d.img" \
+	>"$T/serve.out" 2>"$T/serve.err"
+expect_error $? 1 "$T/serve.err" "serve: --port-file: .*serve.port is a symbolic link: refusing to write through it"
+untouched "serve --port-file"
+[ -L "$T/serve.port" ] || fail "serve --port-file: the link was removed at exit"
+pass "serve --port-file refuses a planted symlink"
+
+# A symlink planted at the temporary name is not followed either.
+ln -s "$T/precious" "$T/tp.ports.tmp"
+start_serve tp --device d0="$T/d.img"
+stop "$SERVE_PID"
+untouched "--port-file's temporary"
+[ -L "$T/tp.ports.tmp" ] && fail "the temporary link is still there"
+pass "a symlink at PORTFILE.tmp is replaced, not followed"
