@@ -21,6 +21,7 @@
 #include "control/control.h"
 #include "daemon/daemon.h"
 #include "daemon/report.h"
+#include "wire/record.h"
 
 int cli_fail(const char *fmt, ...)
 {
@@ -48,25 +49,39 @@ int cli_usage_error(const char *cmd, const char *fmt, ...)
 
 int cli_parse_device(char *arg, struct cli_device *out)
 {
-	char *eq = strchr(arg, '=');
+	char *eq = strchr(arg, '='), *comma;
+	char whole[4096];
 	size_t n;
 
 	memset(out, 0, sizeof(*out));
+	snprintf(whole, sizeof(whole), "%s", arg); /* for messages: arg is cut up */
 	if (!eq || eq == arg)
-		return err_set(EINVAL, "invalid --device '%s': expected NAME=PATH", arg);
+		return err_set(EINVAL, "invalid --device '%s': expected NAME=PATH", whole);
 	n = (size_t)(eq - arg);
 	if (n > 255)
-		return err_set(EINVAL, "invalid --device '%s': name longer than 255 bytes", arg);
+		return err_set(EINVAL, "invalid --device '%s': name longer than 255 bytes", whole);
 	memcpy(out->name, arg, n);
 	out->name[n] = '\0';
+	if (wire_name_check((const uint8_t *)out->name, n) < 0)
+		return err_set(EINVAL, "invalid --device: name has control characters");
 	out->path = eq + 1;
-	n = strlen(out->path);
-	if (n > 9 && strcmp(out->path + n - 9, ",readonly") == 0) {
-		out->readonly = true;
-		eq[1 + n - 9] = '\0';
+	/* Options from the end: PATH itself may hold a comma. */
+	while ((comma = strrchr(out->path, ',')) != NULL) {
+		if (strcmp(comma, ",readonly") == 0) {
+			out->readonly = true;
+		} else if (strncmp(comma, ",size=", 6) == 0) {
+			if (parse_size(comma + 6, &out->size) < 0 || out->size == 0)
+				return err_set(EINVAL,
+					       "invalid --device '%s': size '%s' is not a size "
+					       "above 0 (like 10G)",
+					       whole, comma + 6);
+		} else {
+			break;
+		}
+		*comma = '\0';
 	}
 	if (!*out->path)
-		return err_set(EINVAL, "invalid --device '%s': empty path", arg);
+		return err_set(EINVAL, "invalid --device '%s': empty path", whole);
 	return 0;
 }
 
@@ -115,17 +130,20 @@ int cli_check_format(const char *cmd, const char *arg, bool qemu_ok, bool *qemu)
 }
 
 int cli_incoming_open(void *user, const char *name, uint64_t size, struct blk **out, char *path,
-		      size_t path_cap)
+		      size_t path_cap, bool *created)
 {
 	const struct cli_incoming *c = user;
 	struct daemon_device devs[CLI_MAX_DEVICES];
-	struct daemon_incoming in = { .devs = devs, .ndev = c->ndev, .create = c->create };
+	struct daemon_incoming in = {
+		.devs = devs, .ndev = c->ndev, .create = c->create, .max_size = c->max_size
+	};
 
 	for (unsigned i = 0; i < c->ndev; i++)
 		devs[i] = (struct daemon_device){ .name = c->devs[i].name,
 						  .path = c->devs[i].path,
-						  .readonly = c->devs[i].readonly };
-	return daemon_incoming_open(&in, name, size, out, path, path_cap);
+						  .readonly = c->devs[i].readonly,
+						  .size = c->devs[i].size };
+	return daemon_incoming_open(&in, name, size, out, path, path_cap, created);
 }
 
 int cli_write_file(const char *path, const char *text)

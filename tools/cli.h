@@ -47,9 +47,11 @@ struct cli_device {
 	char name[256];
 	const char *path;
 	bool readonly;
+	uint64_t size; /* size=: the only size a source may send (0: none given) */
 };
 
-/* Parse NAME=PATH[,readonly]; 0 or -EINVAL with err_set. */
+/* Parse NAME=PATH[,readonly][,size=SIZE] (options in any order, after the
+ * path); arg is cut up.  0 or -EINVAL with err_set. */
 int cli_parse_device(char *arg, struct cli_device *out);
 
 /*
@@ -71,10 +73,11 @@ struct cli_incoming {
 	const struct cli_device *devs;
 	unsigned ndev;
 	bool create;
+	uint64_t max_size; /* --max-size; 0: the default */
 };
 struct blk;
 int cli_incoming_open(void *user, const char *name, uint64_t size, struct blk **out, char *path,
-		      size_t path_cap);
+		      size_t path_cap, bool *created);
 
 /*
  * Write text to a file blkmig creates for others to read (--port-file):

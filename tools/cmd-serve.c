@@ -24,7 +24,7 @@ static const char serve_help[] =
     "Usage: blkmig serve --device NAME=PATH[,readonly] [--device ...]\n"
     "                    [--nbd HOST:PORT] [--control PATH] [--incoming HOST:PORT]\n"
     "                    [--format native|qemu] [--workload SPEC] [--create]\n"
-    "                    [--shared-base] [--port-file FILE]\n"
+    "                    [--max-size SIZE] [--shared-base] [--port-file FILE]\n"
     "\n"
     "Own the named images and export each over NBD under its NAME.  Every write\n"
     "goes through dirty tracking, so `blkmig migrate --control PATH --to ...`\n"
@@ -32,13 +32,20 @@ static const char serve_help[] =
     "completed migration this daemon answers every NBD request with ESHUTDOWN\n"
     "and closes, so clients reconnect to the destination.\n"
     "\n"
-    "  --device NAME=PATH    an image or block device; ',readonly' exports it\n"
-    "                        read-only and leaves it out of migrations\n"
+    "  --device NAME=PATH[,readonly][,size=SIZE]\n"
+    "                        an image or block device; ',readonly' exports it\n"
+    "                        read-only and leaves it out of migrations; with\n"
+    "                        --incoming, ',size=SIZE' is the only size a source\n"
+    "                        may send for it (and what --create makes)\n"
     "  --nbd HOST:PORT       NBD address (default 127.0.0.1:10809; port 0: any)\n"
     "  --control PATH        control socket (JSON lines, mode 0600)\n"
     "  --incoming HOST:PORT  first receive a migration into the images; NBD clients\n"
     "                        are refused until it is complete and verified\n"
-    "  --create              with --incoming: create missing images\n"
+    "  --create              with --incoming: create missing images (never through\n"
+    "                        a symlink), marked incomplete from the start; removed\n"
+    "                        if the migration fails before anything was written\n"
+    "  --max-size SIZE       with --create, the largest image a source may have\n"
+    "                        created for a device without size= (default 1T)\n"
     "  --shared-base         with --incoming: accept a shared-base migration\n"
     "  --format native|qemu  incoming stream format; qemu: QEMU 7.2's (migrate\n"
     "                        with blk=true from a -M none QEMU; images must exist)\n"
@@ -73,7 +80,8 @@ int cmd_serve(int argc, char **argv)
 		OPT_WORKLOAD,
 		OPT_CREATE,
 		OPT_SHARED,
-		OPT_PORTFILE
+		OPT_PORTFILE,
+		OPT_MAXSIZE
 	};
 	static const struct option opts[] = {
 		{ "device", required_argument, NULL, 'd' },
@@ -83,6 +91,7 @@ int cmd_serve(int argc, char **argv)
 		{ "format", required_argument, NULL, OPT_FORMAT },
 		{ "workload", required_argument, NULL, OPT_WORKLOAD },
 		{ "create", no_argument, NULL, OPT_CREATE },
+		{ "max-size", required_argument, NULL, OPT_MAXSIZE },
 		{ "shared-base", no_argument, NULL, OPT_SHARED },
 		{ "port-file", required_argument, NULL, OPT_PORTFILE },
 		{ "help", no_argument, NULL, 'h' },
@@ -131,6 +140,13 @@ int cmd_serve(int argc, char **argv)
 		case OPT_SHARED:
 			cfg.shared_base = true;
 			break;
+		case OPT_MAXSIZE:
+			if (parse_size(optarg, &cfg.max_size) < 0 || cfg.max_size == 0)
+				return cli_usage_error("serve",
+						       "--max-size: '%s' is not a size above 0 "
+						       "(like 1T)",
+						       optarg);
+			break;
 		case OPT_PORTFILE:
 			port_file = optarg;
 			break;
@@ -148,7 +164,8 @@ int cmd_serve(int argc, char **argv)
 	for (unsigned i = 0; i < ndev; i++)
 		ddevs[i] = (struct daemon_device){ .name = devs[i].name,
 						   .path = devs[i].path,
-						   .readonly = devs[i].readonly };
+						   .readonly = devs[i].readonly,
+						   .size = devs[i].size };
 	cfg.ndev = ndev;
 	cli_on_signal(NULL, NULL);
 

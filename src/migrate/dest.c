@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "bitmap/dirty.h"
 #include "block/backend.h"
@@ -50,6 +51,8 @@ struct dst_dev {
 	struct dirty *pass;    /* chunks written since the last read-back */
 	struct dirty *carried; /* chunks the stream carried, in any pass */
 	bool marked;
+	bool created; /* the opener made the image for this migration */
+	bool written; /* something was written to it */
 };
 
 struct dst {
@@ -119,6 +122,7 @@ static struct dst_dev *find_dev(struct dst *d, const char *name)
 static int open_devices(struct dst *d)
 {
 	char shown[STR_ESCAPE_CAP(WIRE_NAME_MAX)];
+	uint64_t chunks = 0;
 	const struct dst_offer *o = &d->offer;
 	int r;
 
@@ -135,7 +139,7 @@ static int open_devices(struct dst *d)
 		str_escape(dev->shown, sizeof(dev->shown), dev->name);
 		dev->size = o->dev[i].size;
 		r = d->p->open(d->p->user, dev->name, dev->size, &dev->blk, dev->path,
-			       sizeof(dev->path));
+			       sizeof(dev->path), &dev->created);
 		if (r < 0)
 			return r;
 		d->ndev++;
@@ -152,6 +156,15 @@ static int open_devices(struct dst *d)
 				       fmt_bytes(b, sizeof(b), blk_size(dev->blk)),
 				       (unsigned long long)blk_size(dev->blk));
 		}
+		/* The claim is checked (the opener, the size above): the
+		 * tables are sized by the operator's image, and bounded. */
+		chunks += div_round_up(dev->size, o->chunk_size);
+		if (chunks > DST_MAX_CHUNKS)
+			return err_set(EFBIG,
+				       "device %s: more than %llu chunks of %u bytes in the "
+				       "migration: too many to track (use a larger chunk size)",
+				       dev->shown, (unsigned long long)DST_MAX_CHUNKS,
+				       o->chunk_size);
 		dev->dig = digest_new(dev->size, o->chunk_size);
 		dev->pass = dirty_new(dev->size, o->chunk_size);
 		dev->carried = dirty_new(dev->size, o->chunk_size);
@@ -220,6 +233,7 @@ static int apply(struct dst *d, const struct wire_record *rec, uint64_t rec_off)
 	len = digest_chunk_len(dev->dig, idx); /* clips the device's last chunk */
 
 	d->unsynced = true;
+	dev->written = true;
 	if (rec->kind == WIRE_REC_ZERO || mem_is_zero(rec->data, len)) {
 		r = blk_zero(dev->blk, rec->offset, len, BLK_ZERO_MAY_TRIM);
 		digest_set(dev->dig, idx, digest_zero_hash(dev->dig, idx));
@@ -274,6 +288,7 @@ static int apply_write(struct dst *d, const struct wire_record *rec, uint64_t re
 			       (unsigned long long)rec_off, (unsigned long long)rec->seq,
 			       (unsigned long long)d->wseq + 1);
 	d->unsynced = true;
+	dev->written = true;
 	if (rec->op == WIRE_WRITE_ZERO)
 		r = blk_zero(dev->blk, rec->offset, rec->length, BLK_ZERO_MAY_TRIM);
 	else
@@ -475,6 +490,25 @@ static int complete(struct dst *d, const struct native_complete *digests)
 	return r < 0 ? r : clear_marks(d);
 }
 
+/*
+ * The migration failed: an image this run created and never wrote is
+ * removed, so a refused or failed migration leaves the directory as it
+ * was.  One that was written keeps its data, marked incomplete: a later
+ * run with the same size completes it, and nothing serves it meanwhile.
+ * Best effort, after the blk is closed; the failure's message stands.
+ */
+static void discard_created(struct dst_dev *dev)
+{
+	char msg[1024];
+
+	if (!dev->created || dev->written || !dev->path[0])
+		return;
+	snprintf(msg, sizeof(msg), "%s", err_msg());
+	if (unlink(dev->path) == 0)
+		mark_clear(dev->path);
+	err_copy_in(msg);
+}
+
 /* ---- the engine loop -------------------------------------------------------------- */
 
 static int run(struct dst *d)
@@ -554,6 +588,8 @@ int dst_run(const struct dst_params *p, struct xport *x, struct cancel *cancel,
 	d->st.total_ns = now_ns() - t0;
 	for (unsigned i = 0; i < d->ndev; i++) {
 		blk_close(d->dev[i].blk);
+		if (r < 0)
+			discard_created(&d->dev[i]);
 		digest_free(d->dev[i].dig);
 		dirty_free(d->dev[i].pass);
 		dirty_free(d->dev[i].carried);

@@ -36,3 +36,15 @@ stop "$SERVE_PID"
 untouched "--port-file's temporary"
 [ -L "$T/tp.ports.tmp" ] && fail "the temporary link is still there"
 pass "a symlink at PORTFILE.tmp is replaced, not followed"
+
+# A symlink planted where a created image's mark goes: refused before the
+# image exists, the link's target untouched, no image made.
+: "${BLKMIG_CRAFT:?}"
+ln -s "$T/precious" "$T/new.img.blkmig-incomplete"
+start_receiver side --device d0="$T/new.img" --create --timeout 10
+"$BLKMIG_CRAFT" --to "127.0.0.1:$RECV_PORT" --size $MiB --fault ok >"$T/side.craft" 2>&1
+wait_rc "$RECV_PID"
+expect_error "$RC" 1 "$T/side.err" "new.img.blkmig-incomplete is a symbolic link: refusing to write through it"
+untouched "the mark of a created image"
+[ -e "$T/new.img" ] && fail "the image was created although its mark could not be"
+pass "--create refuses a symlink planted at the image's mark"

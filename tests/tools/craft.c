@@ -132,10 +132,6 @@ int main(int argc, char **argv)
 	cs = (uint32_t)cs64;
 	nchunks = div_round_up(size, cs);
 	atexit(release);
-	chunk = g_chunk = malloc(cs);
-	dig = g_dig = digest_new(size, cs);
-	if (!chunk || !dig)
-		return 1;
 	if (xport_connect(to, 10000, NULL, &x) < 0) {
 		fprintf(stderr, "craft: %s\n", err_msg());
 		return 1;
@@ -183,6 +179,11 @@ int main(int argc, char **argv)
 		return strcmp(fault, "ok") == 0 ? 1 : 0;
 	}
 	xport_read(x, body, get_be32(hdr + 1), NULL);
+	/* Only now: a refused claim of terabytes costs no tables here. */
+	chunk = g_chunk = malloc(cs);
+	dig = g_dig = digest_new(size, cs);
+	if (!chunk || !dig)
+		return 1;
 
 	/* One pass over every chunk, with the fault in the middle. */
 	type = NATIVE_MSG_BLOCKS;
