@@ -71,7 +71,8 @@ struct daemon_config {
 /*
  * Whether cfg makes sense: 0, or -EINVAL (err_set) for no devices, too
  * many, a name given twice, a workload naming no writable device,
- * create/shared-base/qemu without incoming, or create with qemu.
+ * create/shared-base/qemu without incoming, create with qemu, max_size
+ * without create, or a size= without incoming or on a read-only device.
  */
 int daemon_check_config(const struct daemon_config *cfg);
 
