@@ -47,6 +47,35 @@ is_marked "$T/at.img" && fail "--max-size: still marked after success"
 [ -e "$T/at.img.blkmig-incomplete" ] && fail "--max-size: sidecar left after success"
 pass "--max-size bounds the claim; a claim at the bound is created"
 
+# An existing empty file is grown under the same bound: over it, refused
+# and left as it was; within it, grown and completed.
+: >"$T/empty.img"
+start_receiver empty --device d0="$T/empty.img" --create --max-size 1M --timeout 10
+craft_to empty ok $((2 * MiB))
+expect_error "$RC" 1 "$T/empty.err" "device d0: the source claims 2.0 MiB .*more than --max-size 1.0 MiB .*: not creating .*empty.img"
+[ -f "$T/empty.img" ] && [ ! -s "$T/empty.img" ] || fail "empty: the empty file was changed or removed"
+is_marked "$T/empty.img" && fail "empty: marked although refused"
+start_receiver empty2 --device d0="$T/empty.img" --create --timeout 10
+craft_to empty2 ok $((2 * MiB))
+[ "$RC" = 0 ] || { cat "$T/empty2.err" >&2; fail "empty: a claim within the bound was refused"; }
+[ "$(stat -c %s "$T/empty.img")" = $((2 * MiB)) ] || fail "empty: not grown"
+is_marked "$T/empty.img" && fail "empty: still marked after success"
+pass "an empty image is grown only within --max-size"
+
+# Created, then the resize fails (the file size limit): neither the image
+# nor its mark is left.
+rm -f "$T/fsz.port"
+(trap '' XFSZ; ulimit -f 1024; exec "$BLKMIG" receive --listen 127.0.0.1:0 --port-file "$T/fsz.port" \
+	--device d0="$T/fsz.img" --create --timeout 10 >"$T/fsz.out" 2>"$T/fsz.err") &
+RECV_PID=$!
+BG_PIDS+=("$RECV_PID")
+for _ in $(seq 1 400); do [ -s "$T/fsz.port" ] && break; sleep 0.025; done
+RECV_PORT=$(cat "$T/fsz.port")
+craft_to fsz ok $((4 * MiB))
+expect_error "$RC" 1 "$T/fsz.err" "resize .*fsz.img to 4194304 bytes: File too large"
+nothing_at "$T/fsz.img" "failed resize"
+pass "an image whose creation fails half way is removed with its mark"
+
 # size=: any other claim is refused, naming the device and both sizes.
 start_receiver sz --device d0="$T/sz.img,size=3M" --create --timeout 10
 craft_to sz ok $((5 * MiB))

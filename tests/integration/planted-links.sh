@@ -29,6 +29,14 @@ untouched "serve --port-file"
 [ -L "$T/serve.port" ] || fail "serve --port-file: the link was removed at exit"
 pass "serve --port-file refuses a planted symlink"
 
+# A directory where the port file goes: refused, not replaced.
+mkdir "$T/dir.port"
+"$BLKMIG" receive --listen 127.0.0.1:0 --port-file "$T/dir.port" --device d0="$T/d.img" \
+	>"$T/dir.out" 2>"$T/dir.err"
+expect_error $? 1 "$T/dir.err" "receive: --port-file: .*dir.port exists and is not a regular file"
+[ -d "$T/dir.port" ] || fail "the directory was replaced"
+pass "--port-file refuses a path that is not a regular file"
+
 # A symlink planted at the temporary name is not followed either.
 ln -s "$T/precious" "$T/tp.ports.tmp"
 start_serve tp --device d0="$T/d.img"
