@@ -3,6 +3,7 @@
 #include "cli.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <json-c/json.h>
 #include <sched.h>
 #include <signal.h>
@@ -10,6 +11,7 @@
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "block/backend.h"
@@ -20,6 +22,7 @@
 #include "daemon/daemon.h"
 #include "daemon/report.h"
 #include "transport/transport.h"
+#include "wire/record.h"
 
 int cli_fail(const char *fmt, ...)
 {
@@ -47,25 +50,39 @@ int cli_usage_error(const char *cmd, const char *fmt, ...)
 
 int cli_parse_device(char *arg, struct cli_device *out)
 {
-	char *eq = strchr(arg, '=');
+	char *eq = strchr(arg, '='), *comma;
+	char whole[4096];
 	size_t n;
 
 	memset(out, 0, sizeof(*out));
+	snprintf(whole, sizeof(whole), "%s", arg); /* for messages: arg is cut up */
 	if (!eq || eq == arg)
-		return err_set(EINVAL, "invalid --device '%s': expected NAME=PATH", arg);
+		return err_set(EINVAL, "invalid --device '%s': expected NAME=PATH", whole);
 	n = (size_t)(eq - arg);
 	if (n > 255)
-		return err_set(EINVAL, "invalid --device '%s': name longer than 255 bytes", arg);
+		return err_set(EINVAL, "invalid --device '%s': name longer than 255 bytes", whole);
 	memcpy(out->name, arg, n);
 	out->name[n] = '\0';
+	if (wire_name_check((const uint8_t *)out->name, n) < 0)
+		return err_set(EINVAL, "invalid --device: name has control characters");
 	out->path = eq + 1;
-	n = strlen(out->path);
-	if (n > 9 && strcmp(out->path + n - 9, ",readonly") == 0) {
-		out->readonly = true;
-		eq[1 + n - 9] = '\0';
+	/* Options from the end: PATH itself may hold a comma. */
+	while ((comma = strrchr(out->path, ',')) != NULL) {
+		if (strcmp(comma, ",readonly") == 0) {
+			out->readonly = true;
+		} else if (strncmp(comma, ",size=", 6) == 0) {
+			if (parse_size(comma + 6, &out->size) < 0 || out->size == 0)
+				return err_set(EINVAL,
+					       "invalid --device '%s': size '%s' is not a size "
+					       "above 0 (like 10G)",
+					       whole, comma + 6);
+		} else {
+			break;
+		}
+		*comma = '\0';
 	}
 	if (!*out->path)
-		return err_set(EINVAL, "invalid --device '%s': empty path", arg);
+		return err_set(EINVAL, "invalid --device '%s': empty path", whole);
 	return 0;
 }
 
@@ -114,17 +131,53 @@ int cli_check_format(const char *cmd, const char *arg, bool qemu_ok, bool *qemu)
 }
 
 int cli_incoming_open(void *user, const char *name, uint64_t size, struct blk **out, char *path,
-		      size_t path_cap)
+		      size_t path_cap, bool *created)
 {
 	const struct cli_incoming *c = user;
 	struct daemon_device devs[CLI_MAX_DEVICES];
-	struct daemon_incoming in = { .devs = devs, .ndev = c->ndev, .create = c->create };
+	struct daemon_incoming in = {
+		.devs = devs, .ndev = c->ndev, .create = c->create, .max_size = c->max_size
+	};
 
 	for (unsigned i = 0; i < c->ndev; i++)
 		devs[i] = (struct daemon_device){ .name = c->devs[i].name,
 						  .path = c->devs[i].path,
-						  .readonly = c->devs[i].readonly };
-	return daemon_incoming_open(&in, name, size, out, path, path_cap);
+						  .readonly = c->devs[i].readonly,
+						  .size = c->devs[i].size };
+	return daemon_incoming_open(&in, name, size, out, path, path_cap, created);
+}
+
+int cli_write_file(const char *path, const char *text)
+{
+	size_t len = strlen(text);
+	char tmp[4096];
+	struct stat sb;
+	int fd, e;
+
+	if (lstat(path, &sb) == 0 && S_ISLNK(sb.st_mode))
+		return err_set(ELOOP, "%s is a symbolic link: refusing to write through it", path);
+	if (lstat(path, &sb) == 0 && !S_ISREG(sb.st_mode))
+		return err_set(EEXIST, "%s exists and is not a regular file", path);
+	if ((size_t)snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= sizeof(tmp))
+		return err_set(ENAMETOOLONG, "%s: path too long", path);
+	/* A stale one from a run that died; unlink never follows a link. */
+	if (unlink(tmp) < 0 && errno != ENOENT)
+		return err_set(errno, "cannot remove %s: %s", tmp, strerror(errno));
+	fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return err_set(errno, "cannot create %s: %s", tmp, strerror(errno));
+	if (write(fd, text, len) != (ssize_t)len || close(fd) < 0) {
+		e = errno ? errno : EIO;
+		close(fd);
+		unlink(tmp);
+		return err_set(e, "cannot write %s: %s", tmp, strerror(e));
+	}
+	if (rename(tmp, path) < 0) {
+		e = errno;
+		unlink(tmp);
+		return err_set(e, "cannot rename %s to %s: %s", tmp, path, strerror(e));
+	}
+	return 0;
 }
 
 int cli_control_call(const char *cmd, const char *path, const char *command, json_object *args,

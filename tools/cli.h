@@ -48,9 +48,11 @@ struct cli_device {
 	char name[256];
 	const char *path;
 	bool readonly;
+	uint64_t size; /* size=: the only size a source may send (0: none given) */
 };
 
-/* Parse NAME=PATH[,readonly]; 0 or -EINVAL with err_set. */
+/* Parse NAME=PATH[,readonly][,size=SIZE] (options in any order, after the
+ * path); arg is cut up.  0 or -EINVAL with err_set. */
 int cli_parse_device(char *arg, struct cli_device *out);
 
 /*
@@ -112,10 +114,20 @@ struct cli_incoming {
 	const struct cli_device *devs;
 	unsigned ndev;
 	bool create;
+	uint64_t max_size; /* --max-size; 0: the default */
 };
 struct blk;
 int cli_incoming_open(void *user, const char *name, uint64_t size, struct blk **out, char *path,
-		      size_t path_cap);
+		      size_t path_cap, bool *created);
+
+/*
+ * Write text to a file blkmig creates for others to read (--port-file):
+ * through a temporary PATH.tmp made with O_EXCL|O_NOFOLLOW, renamed over
+ * path, so a reader never sees half of it and nothing is written through a
+ * symlink.  A symlink (or anything but a regular file) already at path is
+ * refused rather than replaced.  0, or a negative errno with err_set().
+ */
+int cli_write_file(const char *path, const char *text);
 
 /* Connect to a daemon's control socket and run one command; prints the
  * failure as "blkmig CMD: ..." and returns EXIT_FAIL, or EXIT_OK with *ret

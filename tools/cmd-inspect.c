@@ -22,6 +22,15 @@
 #include "migrate/digest.h"
 #include "wire/stream.h"
 
+/* A name or reason from the stream, escaped for the terminal (str_escape()):
+ * one printf's worth, from the one thread of this command. */
+static const char *esc(const char *s)
+{
+	static char buf[STR_ESCAPE_CAP(NATIVE_REASON_MAX)];
+
+	return str_escape(buf, sizeof(buf), s);
+}
+
 static const char inspect_help[] =
     "Usage: blkmig inspect [--quiet] FILE\n"
     "\n"
@@ -80,7 +89,7 @@ static int show_record(struct walk *w, const struct wire_item *it)
 		if (!w->quiet)
 			printf("    %10" PRIu64 "  %-8s write %" PRIu64 " at %12" PRIu64
 			       " length %u  %s\n",
-			       off, rec->name, rec->seq, rec->offset, rec->length,
+			       off, esc(rec->name), rec->seq, rec->offset, rec->length,
 			       rec->op == WIRE_WRITE_ZERO ? "zero" : "data");
 		break;
 	case WIRE_REC_DATA:
@@ -97,11 +106,11 @@ static int show_record(struct walk *w, const struct wire_item *it)
 		if (rec->kind == WIRE_REC_DATA)
 			printf("    %10" PRIu64 "  %-8s offset %12" PRIu64
 			       "  data  xxh3 %016" PRIx64 "\n",
-			       off, rec->name, rec->offset,
+			       off, esc(rec->name), rec->offset,
 			       digest_hash(rec->data, wire_stream_chunk_size(w->ws)));
 		else
 			printf("    %10" PRIu64 "  %-8s offset %12" PRIu64 "  zero\n", off,
-			       rec->name, rec->offset);
+			       esc(rec->name), rec->offset);
 		break;
 	}
 	return 0;
@@ -113,7 +122,7 @@ static void show_hello(const struct native_hello *h)
 	       h->caps & NATIVE_CAP_ZERO_BLOCKS ? " zero-blocks" : "",
 	       h->caps & NATIVE_CAP_SHARED_BASE ? " shared-base" : "");
 	for (unsigned i = 0; i < h->ndev; i++)
-		printf("  device %s: %" PRIu64 " bytes\n", h->dev[i].name, h->dev[i].size);
+		printf("  device %s: %" PRIu64 " bytes\n", esc(h->dev[i].name), h->dev[i].size);
 }
 
 /* COMPLETE, ABORT, COMMIT: shown even with --quiet. */
@@ -127,14 +136,14 @@ static void show_message(struct walk *w, const struct wire_item *it, uint8_t typ
 		const struct native_complete *c = it->complete;
 
 		for (unsigned i = 0; i < c->ndev; i++) {
-			printf("    %s: %" PRIu64 " chunks, digest ", c->dev[i].name,
+			printf("    %s: %" PRIu64 " chunks, digest ", esc(c->dev[i].name),
 			       c->dev[i].chunks);
 			for (unsigned k = 0; k < NATIVE_DIGEST_LEN; k++)
 				printf("%02x", c->dev[i].digest[k]);
 			printf("\n");
 		}
 	} else if (it->kind == WIRE_ITEM_ABORT) {
-		printf("    reason: %s\n", it->error->reason);
+		printf("    reason: %s\n", esc(it->error->reason));
 	}
 }
 
@@ -166,12 +175,12 @@ static int show_item(struct walk *w, const struct wire_item *it)
 		show_message(w, it, NATIVE_MSG_COMMIT);
 		break;
 	case WIRE_ITEM_CONFIG:
-		printf("  %10" PRIu64 "  CONFIGURATION machine '%s'\n", it->offset, s->name);
+		printf("  %10" PRIu64 "  CONFIGURATION machine '%s'\n", it->offset, esc(s->name));
 		break;
 	case WIRE_ITEM_SECTION:
 		if (!w->quiet)
 			printf("  %10" PRIu64 "  %s '%s' (id %u)\n", it->offset,
-			       savevm_type_name((uint8_t)s->type), s->name, s->section_id);
+			       savevm_type_name((uint8_t)s->type), esc(s->name), s->section_id);
 		break;
 	case WIRE_ITEM_EOF:
 		printf("  %10" PRIu64 "  EOF\n", it->offset);
@@ -272,8 +281,8 @@ int cmd_inspect(int argc, char **argv)
 	wire_stream_free(w.ws);
 	printf("totals:\n");
 	for (unsigned i = 0; i < w.ndev; i++)
-		printf("  %s: %" PRIu64 " data records, %" PRIu64 " zero records\n", w.dev[i].name,
-		       w.dev[i].data, w.dev[i].zero);
+		printf("  %s: %" PRIu64 " data records, %" PRIu64 " zero records\n",
+		       esc(w.dev[i].name), w.dev[i].data, w.dev[i].zero);
 	if (w.writes)
 		printf("  %" PRIu64 " mirrored writes\n", w.writes);
 	printf("  %" PRIu64 " EOS, last progress %" PRIu64 "%%, %" PRIu64 " of %zu bytes decoded\n",

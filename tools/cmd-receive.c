@@ -20,8 +20,8 @@
 
 static const char receive_help[] =
     "Usage: blkmig receive --listen HOST:PORT --device NAME=PATH [--device ...]\n"
-    "                      [--format native|qemu] [--create] [--shared-base]\n"
-    "                      [--port-file FILE] [--max-refused N]\n"
+    "                      [--format native|qemu] [--create] [--max-size SIZE]\n"
+    "                      [--shared-base] [--port-file FILE] [--max-refused N]\n"
     "                      [--tls-psk FILE | --tls-creds DIR] [--tls-authz ID,...]\n"
     "                      [--no-tls] [--timeout SECONDS] [--json]\n"
     "\n"
@@ -37,11 +37,19 @@ static const char receive_help[] =
     "one line and the wait for the real source goes on.\n"
     "\n"
     "  --listen HOST:PORT    address to accept the migration on (port 0: any free)\n"
-    "  --device NAME=PATH    where the source's device NAME goes\n"
+    "  --device NAME=PATH[,size=SIZE]\n"
+    "                        where the source's device NAME goes; with size=, the\n"
+    "                        source must send exactly SIZE bytes for it, and\n"
+    "                        --create makes it that size\n"
     "  --format native|qemu  stream format: native (from blkmig send), or qemu:\n"
     "                        QEMU 7.2's migration stream, from a QEMU migrating\n"
     "                        with blk=true (the images must exist: no --create)\n"
-    "  --create              create missing images with the size the source sends\n"
+    "  --create              create missing images (never through a symlink), marked\n"
+    "                        incomplete from the start, with the device's size= or\n"
+    "                        else the size the source sends; removed again if the\n"
+    "                        migration fails before anything was written to them\n"
+    "  --max-size SIZE       with --create, the largest image a source may have\n"
+    "                        created for a device without size= (default 1T)\n"
     "  --shared-base         accept a `send --shared-base` migration: only the\n"
     "                        source's allocated data comes; the images must\n"
     "                        already hold the base (refused without this flag)\n"
@@ -70,13 +78,15 @@ int cmd_receive(int argc, char **argv)
 		OPT_JSON,
 		OPT_FORMAT,
 		OPT_SHARED,
-		OPT_MAXREFUSED
+		OPT_MAXREFUSED,
+		OPT_MAXSIZE
 	};
 	static const struct option opts[] = {
 		{ "listen", required_argument, NULL, 'l' },
 		{ "device", required_argument, NULL, 'd' },
 		{ "format", required_argument, NULL, OPT_FORMAT },
 		{ "create", no_argument, NULL, OPT_CREATE },
+		{ "max-size", required_argument, NULL, OPT_MAXSIZE },
 		{ "shared-base", no_argument, NULL, OPT_SHARED },
 		{ "port-file", required_argument, NULL, OPT_PORTFILE },
 		{ "timeout", required_argument, NULL, OPT_TIMEOUT },
@@ -130,6 +140,13 @@ int cmd_receive(int argc, char **argv)
 		case OPT_SHARED:
 			p.allow_shared_base = true;
 			break;
+		case OPT_MAXSIZE:
+			if (parse_size(optarg, &ctx.max_size) < 0 || ctx.max_size == 0)
+				return cli_usage_error("receive",
+						       "--max-size: '%s' is not a size above 0 "
+						       "(like 1T)",
+						       optarg);
+			break;
 		case OPT_PORTFILE:
 			port_file = optarg;
 			break;
@@ -164,6 +181,8 @@ int cmd_receive(int argc, char **argv)
 	if (!ctx.ndev)
 		return cli_usage_error("receive", "at least one --device NAME=PATH is required");
 	p.nexpect = ctx.ndev;
+	if (ctx.max_size && !ctx.create)
+		return cli_usage_error("receive", "--max-size goes with --create");
 	if (qemu && ctx.create)
 		return cli_usage_error("receive", "--create needs the native format: a QEMU stream "
 						  "does not announce device sizes");
@@ -196,13 +215,13 @@ int cmd_receive(int argc, char **argv)
 	}
 	if (port_file) {
 		const char *colon = strrchr(bound, ':');
-		FILE *f = fopen(port_file, "w");
+		char text[sizeof(bound) + 2];
 
-		if (!f || fprintf(f, "%s\n", colon ? colon + 1 : bound) < 0 || fclose(f) != 0) {
+		snprintf(text, sizeof(text), "%s\n", colon ? colon + 1 : bound);
+		if (cli_write_file(port_file, text) < 0) {
 			close(lfd);
 			tls_creds_free(creds);
-			return cli_fail("receive: cannot write --port-file %s: %s", port_file,
-					strerror(errno));
+			return cli_fail("receive: --port-file: %s", err_msg());
 		}
 	}
 	ip.lfd = lfd;

@@ -119,6 +119,11 @@ int cmd_send(int argc, char **argv)
 			r = cli_add_device("send", optarg, devs, &ndev);
 			if (r)
 				return r;
+			if (devs[ndev - 1].size)
+				return cli_usage_error("send",
+						       "size= is for receiving devices (receive, "
+						       "serve --incoming): %s",
+						       devs[ndev - 1].name);
 			break;
 		case OPT_FORMAT:
 			r = cli_check_format("send", optarg, true, &qemu);

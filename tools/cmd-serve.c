@@ -24,9 +24,9 @@ static const char serve_help[] =
     "Usage: blkmig serve --device NAME=PATH[,readonly] [--device ...]\n"
     "                    [--nbd HOST:PORT] [--control PATH] [--incoming HOST:PORT]\n"
     "                    [--format native|qemu] [--workload SPEC] [--create]\n"
-    "                    [--shared-base] [--port-file FILE]\n"
-    "                    [--tls-psk FILE | --tls-creds DIR] [--tls-authz ID,...]\n"
-    "                    [--no-tls]\n"
+    "                    [--max-size SIZE] [--shared-base] [--port-file FILE]\n"
+    "                    [--max-refused N] [--tls-psk FILE | --tls-creds DIR]\n"
+    "                    [--tls-authz ID,...] [--no-tls]\n"
     "\n"
     "Own the named images and export each over NBD under its NAME.  Every write\n"
     "goes through dirty tracking, so `blkmig migrate --control PATH --to ...`\n"
@@ -34,13 +34,20 @@ static const char serve_help[] =
     "completed migration this daemon answers every NBD request with ESHUTDOWN\n"
     "and closes, so clients reconnect to the destination.\n"
     "\n"
-    "  --device NAME=PATH    an image or block device; ',readonly' exports it\n"
-    "                        read-only and leaves it out of migrations\n"
+    "  --device NAME=PATH[,readonly][,size=SIZE]\n"
+    "                        an image or block device; ',readonly' exports it\n"
+    "                        read-only and leaves it out of migrations; with\n"
+    "                        --incoming, ',size=SIZE' is the only size a source\n"
+    "                        may send for it (and what --create makes)\n"
     "  --nbd HOST:PORT       NBD address (default 127.0.0.1:10809; port 0: any)\n"
     "  --control PATH        control socket (JSON lines, mode 0600)\n"
     "  --incoming HOST:PORT  first receive a migration into the images; NBD clients\n"
     "                        are refused until it is complete and verified\n"
-    "  --create              with --incoming: create missing images\n"
+    "  --create              with --incoming: create missing images (never through\n"
+    "                        a symlink), marked incomplete from the start; removed\n"
+    "                        if the migration fails before anything was written\n"
+    "  --max-size SIZE       with --create, the largest image a source may have\n"
+    "                        created for a device without size= (default 1T)\n"
     "  --shared-base         with --incoming: accept a shared-base migration\n"
     "  --format native|qemu  incoming stream format; qemu: QEMU 7.2's (migrate\n"
     "                        with blk=true from a -M none QEMU; images must exist)\n"
@@ -61,19 +68,13 @@ static const char serve_help[] =
 static int write_port_file(const char *path, const struct daemon *d)
 {
 	const char *in = daemon_incoming_addr(d), *nbd = daemon_nbd_addr(d);
-	char tmp[4096];
-	FILE *f;
+	char text[128];
+	int r;
 
-	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-	f = fopen(tmp, "w");
-	if (!f)
-		return err_set(errno, "cannot write %s: %s", tmp, strerror(errno));
-	if (in[0])
-		fprintf(f, "incoming=%s\n", strrchr(in, ':') + 1);
-	fprintf(f, "nbd=%s\n", strrchr(nbd, ':') + 1);
-	if (fclose(f) != 0 || rename(tmp, path) < 0)
-		return err_set(errno, "cannot write %s: %s", path, strerror(errno));
-	return 0;
+	snprintf(text, sizeof(text), "%s%s%snbd=%s\n", in[0] ? "incoming=" : "",
+		 in[0] ? strrchr(in, ':') + 1 : "", in[0] ? "\n" : "", strrchr(nbd, ':') + 1);
+	r = cli_write_file(path, text);
+	return r < 0 ? err_prefix(-r, "--port-file: ") : 0;
 }
 
 int cmd_serve(int argc, char **argv)
@@ -87,7 +88,8 @@ int cmd_serve(int argc, char **argv)
 		OPT_CREATE,
 		OPT_SHARED,
 		OPT_PORTFILE,
-		OPT_MAXREFUSED
+		OPT_MAXREFUSED,
+		OPT_MAXSIZE
 	};
 	static const struct option opts[] = {
 		{ "device", required_argument, NULL, 'd' },
@@ -97,6 +99,7 @@ int cmd_serve(int argc, char **argv)
 		{ "format", required_argument, NULL, OPT_FORMAT },
 		{ "workload", required_argument, NULL, OPT_WORKLOAD },
 		{ "create", no_argument, NULL, OPT_CREATE },
+		{ "max-size", required_argument, NULL, OPT_MAXSIZE },
 		{ "shared-base", no_argument, NULL, OPT_SHARED },
 		{ "port-file", required_argument, NULL, OPT_PORTFILE },
 		{ "max-refused", required_argument, NULL, OPT_MAXREFUSED },
@@ -113,6 +116,7 @@ int cmd_serve(int argc, char **argv)
 	struct cli_tls tls = { 0 };
 	struct tls_creds *creds = NULL;
 	unsigned ndev = 0;
+	bool wrote_port_file = false;
 	int c, r, rc = EXIT_FAIL;
 
 	optind = 1;
@@ -148,6 +152,13 @@ int cmd_serve(int argc, char **argv)
 		case OPT_SHARED:
 			cfg.shared_base = true;
 			break;
+		case OPT_MAXSIZE:
+			if (parse_size(optarg, &cfg.max_size) < 0 || cfg.max_size == 0)
+				return cli_usage_error("serve",
+						       "--max-size: '%s' is not a size above 0 "
+						       "(like 1T)",
+						       optarg);
+			break;
 		case OPT_PORTFILE:
 			port_file = optarg;
 			break;
@@ -176,7 +187,8 @@ int cmd_serve(int argc, char **argv)
 	for (unsigned i = 0; i < ndev; i++)
 		ddevs[i] = (struct daemon_device){ .name = devs[i].name,
 						   .path = devs[i].path,
-						   .readonly = devs[i].readonly };
+						   .readonly = devs[i].readonly,
+						   .size = devs[i].size };
 	cfg.ndev = ndev;
 	cli_on_signal(NULL, NULL);
 
@@ -193,8 +205,10 @@ int cmd_serve(int argc, char **argv)
 		return r;
 	cfg.tls = tls.o;
 	r = daemon_new(&cfg, &d);
-	if (r == 0 && port_file)
+	if (r == 0 && port_file) {
 		r = write_port_file(port_file, d);
+		wrote_port_file = r == 0;
+	}
 	if (r == 0)
 		r = daemon_start(d);
 	if (r < 0) {
@@ -207,7 +221,7 @@ int cmd_serve(int argc, char **argv)
 	rc = EXIT_OK;
 out:
 	daemon_free(d);
-	if (port_file)
+	if (wrote_port_file)
 		unlink(port_file);
 	return rc;
 }

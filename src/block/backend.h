@@ -90,11 +90,15 @@ void blk_close(struct blk *b);
 /* Flags for blk_file_open(). */
 #define BLK_OPEN_RDONLY (1U << 0)
 #define BLK_OPEN_CREATE (1U << 1) /* create (or extend an empty file) to create_size */
+#define BLK_OPEN_EXCL	(1U << 2) /* with CREATE: only a new file, never through a symlink */
 
 /*
  * Raw file or block device.  Size comes from fstat (regular file) or
  * BLKGETSIZE64 (block device).  With BLK_OPEN_CREATE a missing file is
  * created with size create_size (sparse); an existing one is opened as is.
+ * With BLK_OPEN_CREATE | BLK_OPEN_EXCL the file must not exist: it is
+ * created with O_EXCL | O_NOFOLLOW (-EEXIST for anything at path, a
+ * symlink too), and removed again if the open fails after creating it.
  * pread/pwrite/fdatasync; zero uses FALLOC_FL_PUNCH_HOLE (MAY_TRIM) or
  * FALLOC_FL_ZERO_RANGE, falling back to writing zeros; block_status uses
  * SEEK_DATA/SEEK_HOLE.  Thread-safe (positional I/O on one fd).

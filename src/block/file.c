@@ -341,8 +341,10 @@ int blk_file_open(const char *path, unsigned flags, uint64_t create_size, struct
 	uint64_t size;
 	int r;
 
-	if (flags & ~(BLK_OPEN_RDONLY | BLK_OPEN_CREATE))
+	if (flags & ~(BLK_OPEN_RDONLY | BLK_OPEN_CREATE | BLK_OPEN_EXCL))
 		return err_set(EINVAL, "open %s: unknown flags 0x%x", path, flags);
+	if ((flags & BLK_OPEN_EXCL) && !(flags & BLK_OPEN_CREATE))
+		return err_set(EINVAL, "open %s: EXCL without CREATE", path);
 	if ((flags & BLK_OPEN_RDONLY) && (flags & BLK_OPEN_CREATE))
 		return err_set(EINVAL, "open %s: cannot create a read-only device", path);
 	if (create_size > INT64_MAX)
@@ -359,16 +361,21 @@ int blk_file_open(const char *path, unsigned flags, uint64_t create_size, struct
 	oflags |= (flags & BLK_OPEN_RDONLY) ? O_RDONLY : O_RDWR;
 	if (flags & BLK_OPEN_CREATE)
 		oflags |= O_CREAT;
+	if ((flags & BLK_OPEN_CREATE) && (flags & BLK_OPEN_EXCL))
+		oflags |= O_EXCL | O_NOFOLLOW;
 	f->fd = open(path, oflags, 0644);
 	if (f->fd < 0) {
 		int e = errno;
 
-		r = err_set(e, "open %s: %s", path, strerror(e));
+		if (e == EEXIST && (oflags & O_EXCL))
+			r = err_set(e, "create %s: it exists already (a symlink counts)", path);
+		else
+			r = err_set(e, "open %s: %s", path, strerror(e));
 		goto err_free_path;
 	}
 	r = file_get_size(f, flags, create_size, &size);
 	if (r < 0)
-		goto err_close_fd;
+		goto err_unlink;
 
 	atomic_init(&f->no_punch, false);
 	atomic_init(&f->no_zero_range, false);
@@ -382,7 +389,10 @@ int blk_file_open(const char *path, unsigned flags, uint64_t create_size, struct
 	*out = &f->blk;
 	return 0;
 
-err_close_fd:
+err_unlink:
+	/* Ours alone since O_EXCL: leave nothing half made behind. */
+	if (oflags & O_EXCL)
+		unlink(path);
 	close(f->fd);
 err_free_path:
 	free(f->path);

@@ -7,6 +7,7 @@
 #include <limits.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
@@ -54,20 +55,23 @@ static bool xattr_unsupported(int e)
 	return e == ENOTSUP || e == EOPNOTSUPP || e == EPERM;
 }
 
-int mark_incomplete(const char *path, const char *reason)
+/* The sidecar form.  A symlink planted at the sidecar's path is refused
+ * (O_NOFOLLOW), never written through. */
+static int write_sidecar(const char *path, const char *reason)
 {
 	char side[PATH_MAX];
 	size_t len = strlen(reason);
 	int fd, r;
 
-	if (setxattr(path, MARK_XATTR, reason, len, 0) == 0)
-		return sync_path(path, false);
-	if (!xattr_unsupported(errno))
-		return err_set(errno, "mark %s incomplete: %s", path, strerror(errno));
 	r = sidecar_path(side, sizeof(side), path);
 	if (r < 0)
 		return r;
-	fd = open(side, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	fd = open(side, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
+	if (fd < 0 && errno == ELOOP)
+		return err_set(ELOOP,
+			       "mark %s incomplete: %s is a symbolic link: refusing to write "
+			       "through it",
+			       path, side);
 	if (fd < 0)
 		return err_set(errno, "mark %s incomplete: create %s: %s", path, side,
 			       strerror(errno));
@@ -81,6 +85,20 @@ int mark_incomplete(const char *path, const char *reason)
 	return sync_path(side, true);
 }
 
+int mark_incomplete(const char *path, const char *reason)
+{
+	if (setxattr(path, MARK_XATTR, reason, strlen(reason), 0) == 0)
+		return sync_path(path, false);
+	if (!xattr_unsupported(errno))
+		return err_set(errno, "mark %s incomplete: %s", path, strerror(errno));
+	return write_sidecar(path, reason);
+}
+
+int mark_before_create(const char *path, const char *reason)
+{
+	return write_sidecar(path, reason);
+}
+
 int mark_clear(const char *path)
 {
 	char side[PATH_MAX];
@@ -90,7 +108,7 @@ int mark_clear(const char *path)
 		r = sync_path(path, false);
 		if (r < 0)
 			return r;
-	} else if (errno != ENODATA && !xattr_unsupported(errno)) {
+	} else if (errno != ENODATA && errno != ENOENT && !xattr_unsupported(errno)) {
 		return err_set(errno, "clear marker on %s: %s", path, strerror(errno));
 	}
 	r = sidecar_path(side, sizeof(side), path);
@@ -105,17 +123,22 @@ int mark_clear(const char *path)
 
 int mark_check(const char *path)
 {
+	struct stat sb;
 	char side[PATH_MAX];
 	int r;
 
 	if (getxattr(path, MARK_XATTR, NULL, 0) >= 0)
 		return 1;
-	if (errno != ENODATA && !xattr_unsupported(errno))
+	if (errno != ENODATA && errno != ENOENT && !xattr_unsupported(errno))
 		return err_set(errno, "read marker on %s: %s", path, strerror(errno));
 	r = sidecar_path(side, sizeof(side), path);
 	if (r < 0)
 		return r;
-	if (access(side, F_OK) == 0)
+	/* Anything there counts, a dangling symlink too: when in doubt, the
+	 * image is incomplete. */
+	if (lstat(side, &sb) == 0)
 		return 1;
+	if (errno != ENOENT)
+		return err_set(errno, "read marker %s: %s", side, strerror(errno));
 	return 0;
 }

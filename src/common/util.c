@@ -87,6 +87,42 @@ const char *fmt_bytes(char *buf, size_t cap, uint64_t v)
 	return buf;
 }
 
+static size_t escaped_len(unsigned char c)
+{
+	return c >= 0x20 && c < 0x7f && c != '\\' ? 1 : 4;
+}
+
+const char *str_escape(char *out, size_t cap, const char *s)
+{
+	static const char hex[] = "0123456789abcdef";
+	size_t total = 0, room, pos = 0;
+
+	for (const char *p = s; *p; p++)
+		total += escaped_len((unsigned char)*p);
+	/* All of it, or as much as leaves room for "..." and the NUL. */
+	room = total < cap ? total : cap - 4;
+	for (; *s; s++) {
+		unsigned char c = (unsigned char)*s;
+
+		if (pos + escaped_len(c) > room)
+			break;
+		if (escaped_len(c) == 1) {
+			out[pos++] = (char)c;
+		} else {
+			out[pos++] = '\\';
+			out[pos++] = 'x';
+			out[pos++] = hex[c >> 4];
+			out[pos++] = hex[c & 15];
+		}
+	}
+	if (*s) {
+		memcpy(out + pos, "...", 3);
+		pos += 3;
+	}
+	out[pos] = '\0';
+	return out;
+}
+
 bool mem_is_zero(const void *p, size_t len)
 {
 	static const uint8_t zeros[4096];

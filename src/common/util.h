@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Small shared helpers: overflow-checked arithmetic, big-endian load/store,
- * monotonic time, SIZE/RATE parsing and human-readable sizes.
+ * monotonic time, SIZE/RATE parsing, human-readable sizes and escaping
+ * untrusted strings for printing.
  *
  * Everything here is header-only except the parsers, which live in util.c.
  * Nothing here logs; the parsers record their failure with err_set().
@@ -102,6 +103,18 @@ int parse_rate(const char *s, uint64_t *bytes_per_sec);
 
 /* "1.5 GiB"-style rendering into buf; returns buf. */
 const char *fmt_bytes(char *buf, size_t cap, uint64_t v);
+
+/*
+ * A string from the wire (a device name, a peer's error reason, a QEMU
+ * section name), made safe to print: every byte outside printable ASCII
+ * (0x20-0x7e) and every backslash becomes "\xNN", so a peer can put
+ * neither a control sequence nor a line break on the operator's terminal
+ * or in a log.  The result is cut to fit cap (>= 4), ending in "..." when
+ * cut, never in the middle of an escape.  Returns out.
+ * STR_ESCAPE_CAP(n) holds any n-byte string whole.
+ */
+#define STR_ESCAPE_CAP(n) ((size_t)(n)*4 + 1)
+const char *str_escape(char *out, size_t cap, const char *s);
 
 /* Whether len bytes at p are all zero. */
 bool mem_is_zero(const void *p, size_t len);

@@ -447,21 +447,44 @@ static void conn_kick(void *arg)
 	wake(cn->wake_fd);
 }
 
-static void conn_refuse(void *user, int fd)
+/*
+ * Whether the peer may talk to this daemon at all: the socket's 0600 mode
+ * is one fence, the peer's credentials the other (a mode can be loosened,
+ * the directory can be shared).  Same user, or root; anyone else is closed
+ * on with nothing read, and one line says who was refused.
+ */
+static bool peer_allowed(const struct ctl *ctl, int fd)
 {
-	static const char refusal[] = "{\"error\":{\"class\":\"" CTL_ERR_GENERIC "\","
-				      "\"desc\":\"too many control clients\"}}\n";
+	struct ucred cred;
+	socklen_t len = sizeof(cred);
+	char shown[STR_ESCAPE_CAP(256)];
 
-	(void)user;
-	(void)!send(fd, refusal, sizeof(refusal) - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 || len != sizeof(cred)) {
+		fprintf(stderr,
+			"blkmig: control socket %s: refused a client: cannot read its "
+			"credentials: %s\n",
+			str_escape(shown, sizeof(shown), ctl->path), strerror(errno));
+		return false;
+	}
+	if (cred.uid == geteuid() || cred.uid == 0)
+		return true;
+	fprintf(stderr,
+		"blkmig: control socket %s: refused a client with uid %u (pid %d): only uid %u "
+		"or root may control this daemon\n",
+		str_escape(shown, sizeof(shown), ctl->path), (unsigned)cred.uid, (int)cred.pid,
+		(unsigned)geteuid());
+	return false;
 }
 
 /* Take over an accepted socket and queue the greeting; NULL refuses it. */
 static void *conn_open(void *user, int fd)
 {
 	struct ctl *ctl = user;
-	struct ctl_conn *cn = calloc(1, sizeof(*cn));
+	struct ctl_conn *cn;
 
+	if (!peer_allowed(ctl, fd))
+		return NULL;
+	cn = calloc(1, sizeof(*cn));
 	if (!cn)
 		return NULL;
 	cn->ctl = ctl;
@@ -474,6 +497,16 @@ static void *conn_open(void *user, int fd)
 	pthread_mutex_init(&cn->olock, NULL);
 	conn_queue(cn, ctl->greeting, ctl->greeting_len);
 	return cn;
+}
+
+static void conn_refuse(void *user, int fd)
+{
+	static const char refusal[] = "{\"error\":{\"class\":\"" CTL_ERR_GENERIC "\","
+				      "\"desc\":\"too many control clients\"}}\n";
+
+	/* Even this line only for those who may control the daemon. */
+	if (peer_allowed(user, fd))
+		(void)!send(fd, refusal, sizeof(refusal) - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
 }
 
 static const struct acc_ops conn_ops = {
@@ -502,6 +535,12 @@ static int claim_path(const char *path, const struct sockaddr_un *sa, socklen_t 
 			return 0;
 		return err_set(e, "control socket %s: %s", path, strerror(e));
 	}
+	/* lstat: a symlink is not a socket either, and is never followed. */
+	if (S_ISLNK(st.st_mode))
+		return err_set(EEXIST,
+			       "control socket %s: a symbolic link is there: refusing to replace "
+			       "it",
+			       path);
 	if (!S_ISSOCK(st.st_mode))
 		return err_set(EEXIST, "control socket %s: file exists and is not a socket", path);
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);

@@ -20,6 +20,7 @@
 #include "block/backend.h"
 #include "block/mark.h"
 #include "common/error.h"
+#include "common/util.h"
 #include "control/control.h"
 #include "migrate/incoming.h"
 #include "migrate/job.h"
@@ -29,14 +30,31 @@
 
 /* ---- incoming ---------------------------------------------------------------- */
 
+/* A claim larger than the operator allows for a device with no size=. */
+static int refuse_claim(const struct daemon_device *d, const char *shown, uint64_t size,
+			uint64_t max)
+{
+	char a[32], b[32];
+
+	return err_set(EFBIG,
+		       "device %s: the source claims %s (%llu bytes), more than --max-size %s "
+		       "(%llu bytes): not creating %s",
+		       shown, fmt_bytes(a, sizeof(a), size), (unsigned long long)size,
+		       fmt_bytes(b, sizeof(b), max), (unsigned long long)max, d->path);
+}
+
 int daemon_incoming_open(void *user, const char *name, uint64_t size, struct blk **out, char *path,
-			 size_t path_cap)
+			 size_t path_cap, bool *created)
 {
 	const struct daemon_incoming *c = user;
 	const struct daemon_device *d = NULL;
+	uint64_t max = c->max_size ? c->max_size : DAEMON_DEFAULT_MAX_SIZE, want;
+	char shown[STR_ESCAPE_CAP(256)], a[32], b[32];
 	struct stat sb;
-	unsigned flags = 0;
+	int r;
 
+	*created = false;
+	str_escape(shown, sizeof(shown), name);
 	for (unsigned i = 0; i < c->ndev; i++)
 		if (strcmp(c->devs[i].name, name) == 0)
 			d = &c->devs[i];
@@ -44,14 +62,63 @@ int daemon_incoming_open(void *user, const char *name, uint64_t size, struct blk
 		return err_set(ENOENT,
 			       "unknown device '%s': the source sends it, but no --device %s=PATH "
 			       "was given",
-			       name, name);
+			       shown, shown);
 	if (d->readonly)
 		return err_set(EROFS, "device %s is read-only here: it cannot receive a migration",
-			       name);
-	if (c->create && (stat(d->path, &sb) < 0 || (S_ISREG(sb.st_mode) && sb.st_size == 0)))
-		flags |= BLK_OPEN_CREATE;
+			       shown);
+	if (d->size && size && size != d->size)
+		return err_set(EINVAL,
+			       "device %s: the source sends %s (%llu bytes), but --device %s,size= "
+			       "allows exactly %s (%llu bytes)",
+			       shown, fmt_bytes(a, sizeof(a), size), (unsigned long long)size,
+			       shown, fmt_bytes(b, sizeof(b), d->size),
+			       (unsigned long long)d->size);
+	want = d->size ? d->size : size;
 	snprintf(path, path_cap, "%s", d->path);
-	return blk_file_open(d->path, flags, size, out);
+	if (c->create && lstat(d->path, &sb) < 0 && errno == ENOENT) {
+		if (!d->size && size > max)
+			return refuse_claim(d, shown, size, max);
+		/* Marked before it exists: no moment where it looks complete. */
+		r = mark_before_create(d->path, "blkmig: created for an incoming migration");
+		if (r < 0)
+			return r;
+		r = blk_file_open(d->path, BLK_OPEN_CREATE | BLK_OPEN_EXCL, want, out);
+		if (r < 0) {
+			char msg[1024];
+
+			/* EEXIST: someone else's file appeared; its mark is ours
+			 * to keep (it may be incomplete, for all we know). */
+			snprintf(msg, sizeof(msg), "%s", err_msg());
+			if (r != -EEXIST)
+				mark_clear(d->path);
+			err_copy_in(msg);
+			return r;
+		}
+		*created = true;
+		return 0;
+	}
+	if (c->create && stat(d->path, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_size == 0) {
+		if (!d->size && size > max)
+			return refuse_claim(d, shown, size, max);
+		r = mark_incomplete(d->path, "blkmig: grown for an incoming migration");
+		if (r < 0)
+			return r;
+		return blk_file_open(d->path, BLK_OPEN_CREATE, want, out);
+	}
+	r = blk_file_open(d->path, 0, 0, out);
+	if (r == 0 && d->size && blk_size(*out) != d->size) {
+		uint64_t have = blk_size(*out);
+
+		blk_close(*out);
+		*out = NULL;
+		return err_set(EINVAL,
+			       "device %s: %s is %s (%llu bytes), but --device %s,size= says %s "
+			       "(%llu bytes)",
+			       shown, d->path, fmt_bytes(a, sizeof(a), have),
+			       (unsigned long long)have, shown, fmt_bytes(b, sizeof(b), d->size),
+			       (unsigned long long)d->size);
+	}
+	return r;
 }
 
 static void log_refused(void *user, const char *line)
@@ -65,7 +132,8 @@ static int run_incoming(struct daemon *d)
 	const char *names[DAEMON_MAX_DEVICES];
 	struct daemon_incoming in = { .devs = d->devs,
 				      .ndev = d->cfg.ndev,
-				      .create = d->cfg.create };
+				      .create = d->cfg.create,
+				      .max_size = d->cfg.max_size };
 	struct dst_params p = { .open = daemon_incoming_open,
 				.user = &in,
 				.expect = names,
@@ -149,6 +217,13 @@ int daemon_check_config(const struct daemon_config *c)
 				       "announce device sizes");
 	if ((c->create || c->shared_base || c->qemu) && !c->incoming)
 		return err_set(EINVAL, "--create, --shared-base and --format go with --incoming");
+	if (c->max_size && !c->create)
+		return err_set(EINVAL, "--max-size goes with --create");
+	for (unsigned i = 0; i < c->ndev; i++)
+		if (c->devs[i].size && (!c->incoming || c->devs[i].readonly))
+			return err_set(
+			    EINVAL, "device %s: size= goes with --incoming, on a writable device",
+			    c->devs[i].name);
 	if (!c->workload)
 		return 0;
 	for (unsigned i = 0; i < c->ndev; i++)

@@ -46,7 +46,12 @@ struct daemon_device {
 	const char *name; /* export and migration name */
 	const char *path; /* image file or block device */
 	bool readonly;	  /* exported read-only, left out of migrations */
+	uint64_t size;	  /* incoming: the only size a source may send (0: any) */
 };
+
+/* The default of --max-size: the largest image --create makes for a source
+ * whose device has no size=. */
+#define DAEMON_DEFAULT_MAX_SIZE (UINT64_C(1) << 40)
 
 /* Everything borrowed here must outlive the daemon. */
 struct daemon_config {
@@ -56,6 +61,7 @@ struct daemon_config {
 	const char *control;  /* control socket path, or NULL for none */
 	const char *incoming; /* HOST:PORT to receive a migration on first, or NULL */
 	bool create;	      /* incoming: create missing or empty images */
+	uint64_t max_size;    /* incoming, create: the largest (0: DAEMON_DEFAULT_MAX_SIZE) */
 	bool shared_base;     /* incoming: accept a shared-base migration */
 	bool qemu;	      /* incoming: QEMU 7.2's stream, not the native one */
 	unsigned max_refused; /* incoming: give up after this many refused
@@ -73,7 +79,8 @@ struct daemon_config {
 /*
  * Whether cfg makes sense: 0, or -EINVAL (err_set) for no devices, too
  * many, a name given twice, a workload naming no writable device,
- * create/shared-base/qemu without incoming, or create with qemu.
+ * create/shared-base/qemu without incoming, create with qemu, max_size
+ * without create, or a size= without incoming or on a read-only device.
  */
 int daemon_check_config(const struct daemon_config *cfg);
 
@@ -120,17 +127,28 @@ void daemon_free(struct daemon *d);
 
 /*
  * The destination's device opener (dst_open_fn) over a device list, for
- * every receiver (serve --incoming, receive): the source's name must be
- * listed and not read-only; with create, an image that is missing or empty
- * is created with the source's size (one of another size is a mismatch,
- * never resized).
+ * every receiver (serve --incoming, receive).  The operator, not the
+ * source, bounds what is opened or made (DESIGN.md rule 8), and every
+ * claim is checked before a file is created:
+ *
+ *  - the source's name must be listed and not read-only;
+ *  - a device with a size (size=) takes exactly that size: another claim is
+ *    refused (-EINVAL), and so is an image of another size;
+ *  - with create, a path where nothing exists is created (O_EXCL |
+ *    O_NOFOLLOW, marked incomplete before it exists, *created set) with
+ *    the device's size, or the claim if it has none and the claim is at
+ *    most max_size (else -EFBIG, nothing created); an empty regular file
+ *    is marked, then grown, under the same bounds;
+ *  - an existing image is opened as it is (symlinks followed: /dev/disk/
+ *    by-id), its size checked by dst_run().
  */
 struct daemon_incoming {
 	const struct daemon_device *devs;
 	unsigned ndev;
 	bool create;
+	uint64_t max_size; /* 0: DAEMON_DEFAULT_MAX_SIZE */
 };
 int daemon_incoming_open(void *user, const char *name, uint64_t size, struct blk **out, char *path,
-			 size_t path_cap);
+			 size_t path_cap, bool *created);
 
 #endif

@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "bitmap/dirty.h"
 #include "block/backend.h"
@@ -42,6 +43,7 @@ _Static_assert(sizeof(((struct native_dev *)0)->name) == WIRE_NAME_MAX + 1 &&
 
 struct dst_dev {
 	char name[WIRE_NAME_MAX + 1];
+	char shown[STR_ESCAPE_CAP(WIRE_NAME_MAX)]; /* name, str_escape()d for messages */
 	char path[4096];
 	struct blk *blk;
 	uint64_t size;
@@ -49,6 +51,8 @@ struct dst_dev {
 	struct dirty *pass;    /* chunks written since the last read-back */
 	struct dirty *carried; /* chunks the stream carried, in any pass */
 	bool marked;
+	bool created; /* the opener made the image for this migration */
+	bool written; /* something was written to it */
 };
 
 struct dst {
@@ -118,6 +122,8 @@ static struct dst_dev *find_dev(struct dst *d, const char *name)
 
 static int open_devices(struct dst *d)
 {
+	char shown[STR_ESCAPE_CAP(WIRE_NAME_MAX)];
+	uint64_t chunks = 0;
 	const struct dst_offer *o = &d->offer;
 	int r;
 
@@ -131,9 +137,10 @@ static int open_devices(struct dst *d)
 		/* Same size, NUL-terminated by the decoder (snprintf here
 		 * trips GCC's -Wrestrict: both live in *d). */
 		memcpy(dev->name, o->dev[i].name, sizeof(dev->name));
+		str_escape(dev->shown, sizeof(dev->shown), dev->name);
 		dev->size = o->dev[i].size;
 		r = d->p->open(d->p->user, dev->name, dev->size, &dev->blk, dev->path,
-			       sizeof(dev->path));
+			       sizeof(dev->path), &dev->created);
 		if (r < 0)
 			return r;
 		d->ndev++;
@@ -145,17 +152,26 @@ static int open_devices(struct dst *d)
 			return err_set(EINVAL,
 				       "device %s: size mismatch: source %s (%llu bytes), "
 				       "destination %s (%llu bytes)",
-				       dev->name, fmt_bytes(a, sizeof(a), dev->size),
+				       dev->shown, fmt_bytes(a, sizeof(a), dev->size),
 				       (unsigned long long)dev->size,
 				       fmt_bytes(b, sizeof(b), blk_size(dev->blk)),
 				       (unsigned long long)blk_size(dev->blk));
 		}
+		/* The claim is checked (the opener, the size above): the
+		 * tables are sized by the operator's image, and bounded. */
+		chunks += div_round_up(dev->size, o->chunk_size);
+		if (chunks > DST_MAX_CHUNKS)
+			return err_set(EFBIG,
+				       "device %s: more than %llu chunks of %u bytes in the "
+				       "migration: too many to track (use a larger chunk size)",
+				       dev->shown, (unsigned long long)DST_MAX_CHUNKS,
+				       o->chunk_size);
 		dev->dig = digest_new(dev->size, o->chunk_size);
 		dev->pass = dirty_new(dev->size, o->chunk_size);
 		dev->carried = dirty_new(dev->size, o->chunk_size);
 		if (!dev->dig || !dev->pass || !dev->carried)
 			return err_set(ENOMEM, "device %s: no memory for the tables of %llu chunks",
-				       dev->name,
+				       dev->shown,
 				       (unsigned long long)div_round_up(dev->size, o->chunk_size));
 		/* Marked as soon as it is ours, before anything else can fail:
 		 * an image this run created or will write is never left
@@ -176,7 +192,9 @@ static int open_devices(struct dst *d)
 			return err_set(ENOENT,
 				       "device %s is not in the migration (the source "
 				       "sends: %s%s)",
-				       d->p->expect[i], o->ndev ? o->dev[0].name : "nothing",
+				       d->p->expect[i],
+				       o->ndev ? str_escape(shown, sizeof(shown), o->dev[0].name)
+					       : "nothing",
 				       o->ndev > 1 ? ", ..." : "");
 	d->scratch = aligned_alloc(4096, div_round_up(o->chunk_size, 4096) * 4096);
 	if (!d->scratch)
@@ -185,6 +203,14 @@ static int open_devices(struct dst *d)
 }
 
 /* ---- records -------------------------------------------------------------------- */
+
+static int unknown_device(const struct wire_record *rec, uint64_t rec_off)
+{
+	char shown[STR_ESCAPE_CAP(WIRE_NAME_MAX)];
+
+	return err_set(ENOENT, "record at stream offset %llu: unknown device '%s'",
+		       (unsigned long long)rec_off, str_escape(shown, sizeof(shown), rec->name));
+}
 
 static int apply(struct dst *d, const struct wire_record *rec, uint64_t rec_off)
 {
@@ -195,20 +221,20 @@ static int apply(struct dst *d, const struct wire_record *rec, uint64_t rec_off)
 	int r;
 
 	if (!dev)
-		return err_set(ENOENT, "record at stream offset %llu: unknown device '%s'",
-			       (unsigned long long)rec_off, rec->name);
+		return unknown_device(rec, rec_off);
 	if (rec->offset >= dev->size)
 		return err_set(ERANGE,
 			       "record at stream offset %llu: offset 0x%llx beyond device %s "
 			       "(size %llu bytes)",
 			       (unsigned long long)rec_off, (unsigned long long)rec->offset,
-			       dev->name, (unsigned long long)dev->size);
+			       dev->shown, (unsigned long long)dev->size);
 	/* ZERO_BLOCK is accepted whether or not the source announced the
 	 * capability, as QEMU does. */
 	idx = rec->offset / cs;
 	len = digest_chunk_len(dev->dig, idx); /* clips the device's last chunk */
 
 	d->unsynced = d->wrote = true;
+	dev->written = true;
 	if (rec->kind == WIRE_REC_ZERO || mem_is_zero(rec->data, len)) {
 		r = blk_zero(dev->blk, rec->offset, len, BLK_ZERO_MAY_TRIM);
 		digest_set(dev->dig, idx, digest_zero_hash(dev->dig, idx));
@@ -221,7 +247,7 @@ static int apply(struct dst *d, const struct wire_record *rec, uint64_t rec_off)
 			blk_writeback(dev->blk, rec->offset, len);
 	}
 	if (r < 0)
-		return err_prefix(-r, "write %s at offset %llu: ", dev->name,
+		return err_prefix(-r, "write %s at offset %llu: ", dev->shown,
 				  (unsigned long long)rec->offset);
 	dirty_mark(dev->pass, rec->offset, len);
 	dirty_mark(dev->carried, rec->offset, len);
@@ -248,14 +274,13 @@ static int apply_write(struct dst *d, const struct wire_record *rec, uint64_t re
 	/* The reader refuses WRITE records a handshake did not announce. */
 	assert(d->offer.mirror && d->f->ops->write_applied);
 	if (!dev)
-		return err_set(ENOENT, "record at stream offset %llu: unknown device '%s'",
-			       (unsigned long long)rec_off, rec->name);
+		return unknown_device(rec, rec_off);
 	if (ckd_add_u64(&end, rec->offset, rec->length) || end > dev->size)
 		return err_set(ERANGE,
 			       "record at stream offset %llu: write of %u bytes at offset %llu "
 			       "beyond device %s (size %llu bytes)",
 			       (unsigned long long)rec_off, rec->length,
-			       (unsigned long long)rec->offset, dev->name,
+			       (unsigned long long)rec->offset, dev->shown,
 			       (unsigned long long)dev->size);
 	if (rec->seq != d->wseq + 1)
 		return err_set(EBADMSG,
@@ -264,12 +289,13 @@ static int apply_write(struct dst *d, const struct wire_record *rec, uint64_t re
 			       (unsigned long long)rec_off, (unsigned long long)rec->seq,
 			       (unsigned long long)d->wseq + 1);
 	d->unsynced = d->wrote = true;
+	dev->written = true;
 	if (rec->op == WIRE_WRITE_ZERO)
 		r = blk_zero(dev->blk, rec->offset, rec->length, BLK_ZERO_MAY_TRIM);
 	else
 		r = blk_pwrite(dev->blk, rec->data, rec->length, rec->offset);
 	if (r < 0)
-		return err_prefix(-r, "mirrored write to %s at offset %llu: ", dev->name,
+		return err_prefix(-r, "mirrored write to %s at offset %llu: ", dev->shown,
 				  (unsigned long long)rec->offset);
 	d->wseq = rec->seq;
 	r = d->f->ops->write_applied(d->f, rec->seq);
@@ -282,7 +308,7 @@ static int apply_write(struct dst *d, const struct wire_record *rec, uint64_t re
 
 		r = blk_pread(dev->blk, d->scratch, len, c * cs);
 		if (r < 0)
-			return err_prefix(-r, "read back %s at offset %llu: ", dev->name,
+			return err_prefix(-r, "read back %s at offset %llu: ", dev->shown,
 					  (unsigned long long)(c * cs));
 		digest_set(dev->dig, c, digest_hash(d->scratch, len));
 		dirty_mark(dev->carried, c * cs, len);
@@ -298,7 +324,7 @@ static int sync_all(struct dst *d)
 		int r = blk_flush(d->dev[i].blk);
 
 		if (r < 0)
-			return err_prefix(-r, "sync %s: ", d->dev[i].name);
+			return err_prefix(-r, "sync %s: ", d->dev[i].shown);
 	}
 	d->unsynced = false;
 	return 0;
@@ -333,13 +359,13 @@ static int verify_pass(struct dst *d)
 				continue;
 			r = blk_pread(dev->blk, d->scratch, len, off);
 			if (r < 0)
-				return err_prefix(-r, "read back %s at offset %llu: ", dev->name,
+				return err_prefix(-r, "read back %s at offset %llu: ", dev->shown,
 						  (unsigned long long)off);
 			if (digest_hash(d->scratch, len) != digest_get(dev->dig, (uint64_t)idx))
 				return err_set(EILSEQ,
 					       "device %s: the chunk at offset %llu does not "
 					       "read back as it was written",
-					       dev->name, (unsigned long long)off);
+					       dev->shown, (unsigned long long)off);
 		}
 	}
 	return 0;
@@ -395,7 +421,7 @@ static int check_carried(struct dst *d)
 		return err_set(EBADMSG,
 			       "device %s: the source carried %llu of %llu chunks: the migration "
 			       "is incomplete (first missing: %s at offset %llu)%s",
-			       dev->name, (unsigned long long)dirty_count(dev->carried),
+			       dev->shown, (unsigned long long)dirty_count(dev->carried),
 			       (unsigned long long)n, fmt_bytes(lb, sizeof(lb), len),
 			       (unsigned long long)(first * cs),
 			       d->caps->announces_base
@@ -409,6 +435,8 @@ static int check_carried(struct dst *d)
 
 static int check_digests(struct dst *d, const struct native_complete *c)
 {
+	char shown[STR_ESCAPE_CAP(WIRE_NAME_MAX)];
+
 	if (c->ndev != d->ndev)
 		return err_set(EBADMSG, "completion: %u digests for %u devices", c->ndev, d->ndev);
 	for (unsigned i = 0; i < c->ndev; i++) {
@@ -418,13 +446,13 @@ static int check_digests(struct dst *d, const struct native_complete *c)
 
 		if (!dev)
 			return err_set(EBADMSG, "completion: digest for unknown device '%s'",
-				       c->dev[i].name);
+				       str_escape(shown, sizeof(shown), c->dev[i].name));
 		digest_final(dev->dig, ours, &chunks);
 		if (chunks != c->dev[i].chunks || memcmp(ours, c->dev[i].digest, DIGEST_LEN) != 0)
 			return err_set(EILSEQ,
 				       "device %s: digest mismatch (source %llu chunks, "
 				       "destination %llu chunks): the image is not what was sent",
-				       dev->name, (unsigned long long)c->dev[i].chunks,
+				       dev->shown, (unsigned long long)c->dev[i].chunks,
 				       (unsigned long long)chunks);
 	}
 	return 0;
@@ -461,6 +489,25 @@ static int complete(struct dst *d, const struct native_complete *digests)
 	if (r == 0)
 		r = d->f->ops->finish(d->f);
 	return r < 0 ? r : clear_marks(d);
+}
+
+/*
+ * The migration failed: an image this run created and never wrote is
+ * removed, so a refused or failed migration leaves the directory as it
+ * was.  One that was written keeps its data, marked incomplete: a later
+ * run with the same size completes it, and nothing serves it meanwhile.
+ * Best effort, after the blk is closed; the failure's message stands.
+ */
+static void discard_created(struct dst_dev *dev)
+{
+	char msg[1024];
+
+	if (!dev->created || dev->written || !dev->path[0])
+		return;
+	snprintf(msg, sizeof(msg), "%s", err_msg());
+	if (unlink(dev->path) == 0)
+		mark_clear(dev->path);
+	err_copy_in(msg);
 }
 
 /* ---- the engine loop -------------------------------------------------------------- */
@@ -545,6 +592,8 @@ int dst_run(const struct dst_params *p, struct xport *x, struct cancel *cancel,
 	d->st.total_ns = now_ns() - t0;
 	for (unsigned i = 0; i < d->ndev; i++) {
 		blk_close(d->dev[i].blk);
+		if (r < 0)
+			discard_created(&d->dev[i]);
 		digest_free(d->dev[i].dig);
 		dirty_free(d->dev[i].pass);
 		dirty_free(d->dev[i].carried);

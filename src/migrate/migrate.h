@@ -187,12 +187,26 @@ void src_stats(struct src_job *j, struct mig_stats *out);
 
 /*
  * Open the destination device 'name' that the source advertises with 'size'
- * bytes: return a writable blk of exactly that size in *out, or a negative
- * errno with err_set (unknown device, size mismatch, open failure).  'path'
- * receives the image path for the incomplete marker (may stay empty).
+ * bytes (0: not announced): return a writable blk of exactly that size in
+ * *out, or a negative errno with err_set (unknown device, a size the
+ * operator does not allow, size mismatch, open failure).  The opener, not
+ * the source, bounds what may be created: a claim is checked before any
+ * file is made.  'path' receives the image path for the incomplete marker
+ * (may stay empty).  *created is set when this call created the image (it
+ * is then already marked incomplete): if the migration fails before
+ * anything was written to it, dst_run() removes it again (unlink, and
+ * mark_clear()); once written, it stays, marked incomplete.
  */
 typedef int (*dst_open_fn)(void *user, const char *name, uint64_t size, struct blk **out,
-			   char *path, size_t path_cap);
+			   char *path, size_t path_cap, bool *created);
+
+/*
+ * Most chunks one destination tracks, over all its devices (a digest and
+ * two bitmap bits each, about 300 MiB at the limit): the tables are sized
+ * by the operator's images, never by a claim, and a source cannot make
+ * them larger by choosing small chunks.  2 TiB at 64 KiB, 32 TiB at 1 MiB.
+ */
+#define DST_MAX_CHUNKS (UINT64_C(1) << 25)
 
 struct dst_params {
 	dst_open_fn open;

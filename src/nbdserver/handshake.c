@@ -41,6 +41,21 @@
 /* Export names quoted in messages are cut to this many bytes. */
 #define NAME_QUOTE_MAX 256
 
+/* A client's export name for a message (its reply, the debug log):
+ * bounded and escaped (str_escape()), so it breaks no line. */
+struct quoted {
+	char s[STR_ESCAPE_CAP(NAME_QUOTE_MAX)];
+};
+static const char *quote_name(struct quoted *q, const void *p, size_t len)
+{
+	char raw[NAME_QUOTE_MAX + 1];
+
+	len = MIN(len, NAME_QUOTE_MAX);
+	memcpy(raw, p, len);
+	raw[len] = '\0';
+	return str_escape(q->s, sizeof(q->s), raw);
+}
+
 static const char *opt_name(uint32_t opt)
 {
 	switch (opt) {
@@ -181,8 +196,9 @@ static enum conn_state opt_export_name(struct nbds_conn *c, uint32_t len)
 	}
 	x = nbds_find_export(c->srv, (const char *)c->buf, len);
 	if (!x) {
-		err_set(ENOENT, "NBD_OPT_EXPORT_NAME: no export '%.*s'",
-			(int)MIN(len, NAME_QUOTE_MAX), (const char *)c->buf);
+		struct quoted q;
+
+		err_set(ENOENT, "NBD_OPT_EXPORT_NAME: no export '%s'", quote_name(&q, c->buf, len));
 		return CONN_CLOSE;
 	}
 	put_be64(info, blk_size(x->blk));
@@ -248,11 +264,14 @@ static enum conn_state opt_info_go(struct nbds_conn *c, uint32_t opt, uint32_t l
 	if (rep)
 		return opt_error(c, opt, rep, "%s", msg) < 0 ? CONN_CLOSE : CONN_OPTIONS;
 	x = nbds_find_export(c->srv, (const char *)d + 4, namelen);
-	if (!x)
-		return opt_error(c, opt, NBD_REP_ERR_UNKNOWN, "no export named '%.*s'",
-				 (int)MIN(namelen, NAME_QUOTE_MAX), (const char *)d + 4) < 0
+	if (!x) {
+		struct quoted q;
+
+		return opt_error(c, opt, NBD_REP_ERR_UNKNOWN, "no export named '%s'",
+				 quote_name(&q, d + 4, namelen)) < 0
 			   ? CONN_CLOSE
 			   : CONN_OPTIONS;
+	}
 
 	put_be16(ex, NBD_INFO_EXPORT);
 	put_be64(ex + 2, blk_size(x->blk));
@@ -337,11 +356,14 @@ static enum conn_state opt_meta(struct nbds_conn *c, uint32_t opt, uint32_t len)
 	if (p != len)
 		goto invalid;
 	x = nbds_find_export(c->srv, (const char *)d + 4, namelen);
-	if (!x)
-		return opt_error(c, opt, NBD_REP_ERR_UNKNOWN, "no export named '%.*s'",
-				 (int)MIN(namelen, NAME_QUOTE_MAX), (const char *)d + 4) < 0
+	if (!x) {
+		struct quoted q;
+
+		return opt_error(c, opt, NBD_REP_ERR_UNKNOWN, "no export named '%s'",
+				 quote_name(&q, d + 4, namelen)) < 0
 			   ? CONN_CLOSE
 			   : CONN_OPTIONS;
+	}
 	r = 0;
 	if (match) {
 		uint8_t id[4];

@@ -481,31 +481,15 @@ static int peer_dn(struct tls_session *s)
 	return gr < 0 ? gnutls_fail(gr, "the peer's certificate") : 0;
 }
 
-/* A peer's identity, printable: bytes outside printable ASCII as \xNN. */
-static void escape_id(char *dst, size_t cap, const char *src)
-{
-	size_t o = 0;
-
-	for (; *src && o + 5 < cap; src++) {
-		unsigned char ch = (unsigned char)*src;
-
-		if (ch >= 0x20 && ch < 0x7f && ch != '\\')
-			dst[o++] = (char)ch;
-		else
-			o += (size_t)snprintf(dst + o, cap - o, "\\x%02x", ch);
-	}
-	dst[o] = '\0';
-}
-
 static int handshake_error(struct tls_session *s, int gr, const char *peer)
 {
-	char esc[PEER_ID_MAX * 4];
+	char esc[STR_ESCAPE_CAP(PEER_ID_MAX)];
 
 	if (!peer)
 		peer = "the peer";
 	if (s->refused_authz) {
 		(void)gnutls_alert_send(s->g, GNUTLS_AL_FATAL, GNUTLS_A_ACCESS_DENIED);
-		escape_id(esc, sizeof(esc), s->peer_id);
+		str_escape(esc, sizeof(esc), s->peer_id);
 		return err_set(EACCES,
 			       "TLS peer %s with PSK identity '%s' is not authorised "
 			       "(--tls-authz)",
@@ -583,7 +567,7 @@ static int handshake_error(struct tls_session *s, int gr, const char *peer)
 			       "(%s)",
 			       peer, gnutls_strerror(gr));
 	case GNUTLS_E_KEYFILE_ERROR:
-		escape_id(esc, sizeof(esc), s->peer_id);
+		str_escape(esc, sizeof(esc), s->peer_id);
 		return err_set(EACCES, "TLS handshake with %s: unknown PSK identity '%s'", peer,
 			       esc);
 	case GNUTLS_E_DECRYPTION_FAILED:
@@ -597,7 +581,7 @@ static int handshake_error(struct tls_session *s, int gr, const char *peer)
 static int check_authz(struct tls_session *s, const char *peer)
 {
 	struct tls_creds *c = s->c;
-	char esc[PEER_ID_MAX * 4];
+	char esc[STR_ESCAPE_CAP(PEER_ID_MAX)];
 
 	if (!c->psk) {
 		int r = peer_dn(s);
@@ -613,7 +597,7 @@ static int check_authz(struct tls_session *s, const char *peer)
 	for (unsigned i = 0; i < c->nauthz; i++)
 		if (strcmp(c->authz[i], s->peer_id) == 0)
 			return 0;
-	escape_id(esc, sizeof(esc), s->peer_id);
+	str_escape(esc, sizeof(esc), s->peer_id);
 	return err_set(EACCES, "TLS peer %s ('%s') is not authorised (--tls-authz)",
 		       peer ? peer : "", esc);
 }

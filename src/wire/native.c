@@ -36,23 +36,6 @@
 /* Shared helpers                                                           */
 
 /*
- * Copy a name into out (WIRE_NAME_MAX + 1 bytes) for use in a message, with
- * bytes outside printable ASCII replaced by '?' so that a hostile peer cannot
- * put control sequences on the operator's terminal.
- */
-static const char *show_name(char *out, const char *name)
-{
-	size_t i;
-
-	for (i = 0; i < WIRE_NAME_MAX && name[i]; i++) {
-		unsigned char c = (unsigned char)name[i];
-		out[i] = c >= 0x20 && c < 0x7f ? (char)c : '?';
-	}
-	out[i] = '\0';
-	return out;
-}
-
-/*
  * Length of a NUL-terminated name held in a WIRE_NAME_MAX + 1 array, for an
  * encoder: 1..WIRE_NAME_MAX, or -EINVAL.
  */
@@ -144,7 +127,7 @@ static bool hello_dup(const struct native_hello *h, unsigned int i, const char *
 
 int native_hello_encode(uint8_t *buf, size_t cap, const struct native_hello *h)
 {
-	char shown[WIRE_NAME_MAX + 1];
+	char shown[STR_ESCAPE_CAP(WIRE_NAME_MAX)];
 	size_t total = HELLO_FIXED, pos;
 	int r;
 
@@ -161,10 +144,10 @@ int native_hello_encode(uint8_t *buf, size_t cap, const struct native_hello *h)
 			return r;
 		if (hello_dup(h, i, h->dev[i].name))
 			return err_set(EINVAL, "hello: duplicate device name '%s'",
-				       show_name(shown, h->dev[i].name));
+				       str_escape(shown, sizeof(shown), h->dev[i].name));
 		if (h->dev[i].size == 0)
 			return err_set(EINVAL, "hello: device '%s' has size 0",
-				       show_name(shown, h->dev[i].name));
+				       str_escape(shown, sizeof(shown), h->dev[i].name));
 		total += 1 + (size_t)r + HELLO_DEV_TAIL;
 	}
 	if (cap < total)
@@ -190,7 +173,7 @@ int native_hello_encode(uint8_t *buf, size_t cap, const struct native_hello *h)
 
 int native_hello_decode(const uint8_t *buf, size_t len, struct native_hello *h, size_t *used)
 {
-	char shown[WIRE_NAME_MAX + 1];
+	char shown[STR_ESCAPE_CAP(WIRE_NAME_MAX)], why[WIRE_NAME_WHY_CAP];
 	uint64_t magic;
 	uint32_t version;
 	size_t pos;
@@ -250,17 +233,18 @@ int native_hello_decode(const uint8_t *buf, size_t len, struct native_hello *h, 
 			*used = pos + 1 + n + HELLO_DEV_TAIL;
 			return -EAGAIN;
 		}
-		if (memchr(buf + pos + 1, '\0', n))
-			return err_set(EBADMSG, "hello: device %u name contains a NUL byte", i);
+		if (wire_name_check(buf + pos + 1, n) < 0)
+			return err_set(EBADMSG, "hello: device %u name %s", i,
+				       wire_name_why(buf + pos + 1, n, why, sizeof(why)));
 		memcpy(d->name, buf + pos + 1, n);
 		d->name[n] = '\0';
 		if (hello_dup(h, i, d->name))
 			return err_set(EBADMSG, "hello: duplicate device name '%s'",
-				       show_name(shown, d->name));
+				       str_escape(shown, sizeof(shown), d->name));
 		d->size = get_be64(buf + pos + 1 + n);
 		if (d->size == 0)
 			return err_set(EBADMSG, "hello: device '%s' has size 0",
-				       show_name(shown, d->name));
+				       str_escape(shown, sizeof(shown), d->name));
 		pos += 1 + n + HELLO_DEV_TAIL;
 	}
 	*used = pos;
@@ -317,7 +301,7 @@ static bool complete_dup(const struct native_complete *c, unsigned int i, const 
 
 int native_complete_encode(uint8_t *buf, size_t cap, const struct native_complete *c)
 {
-	char shown[WIRE_NAME_MAX + 1];
+	char shown[STR_ESCAPE_CAP(WIRE_NAME_MAX)];
 	size_t body = 2, pos;
 	int r;
 
@@ -330,7 +314,7 @@ int native_complete_encode(uint8_t *buf, size_t cap, const struct native_complet
 			return r;
 		if (complete_dup(c, i, c->dev[i].name))
 			return err_set(EINVAL, "complete: duplicate device name '%s'",
-				       show_name(shown, c->dev[i].name));
+				       str_escape(shown, sizeof(shown), c->dev[i].name));
 		body += 1 + (size_t)r + COMPLETE_DEV_TAIL;
 	}
 	r = frame_put(buf, cap, NATIVE_MSG_COMPLETE, body);
@@ -355,7 +339,7 @@ int native_complete_encode(uint8_t *buf, size_t cap, const struct native_complet
 
 int native_complete_decode(const uint8_t *body, size_t len, struct native_complete *c)
 {
-	char shown[WIRE_NAME_MAX + 1];
+	char shown[STR_ESCAPE_CAP(WIRE_NAME_MAX)], why[WIRE_NAME_WHY_CAP];
 	size_t pos;
 
 	if (len < 2)
@@ -380,13 +364,14 @@ int native_complete_decode(const uint8_t *body, size_t len, struct native_comple
 		if (len - pos - 1 < n + COMPLETE_DEV_TAIL)
 			return err_set(EBADMSG, "complete: body truncated at device %u of %u", i,
 				       (unsigned int)c->ndev);
-		if (memchr(body + pos + 1, '\0', n))
-			return err_set(EBADMSG, "complete: device %u name contains a NUL byte", i);
+		if (wire_name_check(body + pos + 1, n) < 0)
+			return err_set(EBADMSG, "complete: device %u name %s", i,
+				       wire_name_why(body + pos + 1, n, why, sizeof(why)));
 		memcpy(d->name, body + pos + 1, n);
 		d->name[n] = '\0';
 		if (complete_dup(c, i, d->name))
 			return err_set(EBADMSG, "complete: duplicate device name '%s'",
-				       show_name(shown, d->name));
+				       str_escape(shown, sizeof(shown), d->name));
 		d->chunks = get_be64(body + pos + 1 + n);
 		memcpy(d->digest, body + pos + 1 + n + 8, NATIVE_DIGEST_LEN);
 		pos += 1 + n + COMPLETE_DEV_TAIL;

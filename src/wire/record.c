@@ -172,6 +172,7 @@ int wire_rec_decode(const uint8_t *buf, size_t len, uint32_t chunk_size, struct 
 		    size_t *used)
 {
 	enum wire_rec_kind kind = WIRE_REC_EOS;
+	char why[WIRE_NAME_WHY_CAP];
 	uint64_t word, offset, need;
 	unsigned int flags;
 	uint8_t n;
@@ -241,10 +242,9 @@ int wire_rec_decode(const uint8_t *buf, size_t len, uint32_t chunk_size, struct 
 		*used = REC_NAME_POS + (size_t)n;
 		return -EAGAIN;
 	}
-	if (memchr(buf + REC_NAME_POS, '\0', n))
-		return err_set(EBADMSG,
-			       "record: device name contains a NUL byte (offset 0x%" PRIx64 ")",
-			       offset);
+	if (wire_name_check(buf + REC_NAME_POS, n) < 0)
+		return err_set(EBADMSG, "record: device name %s (offset 0x%" PRIx64 ")",
+			       wire_name_why(buf + REC_NAME_POS, n, why, sizeof(why)), offset);
 
 	need = REC_NAME_POS + (uint64_t)n;
 	if (kind == WIRE_REC_DATA) {
@@ -291,4 +291,25 @@ int wire_rec_decode(const uint8_t *buf, size_t len, uint32_t chunk_size, struct 
 	rec->name[n] = '\0';
 	*used = (size_t)need;
 	return 0;
+}
+
+int wire_name_check(const uint8_t *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (p[i] < 0x20 || p[i] == 0x7f)
+			return -EBADMSG;
+	return 0;
+}
+
+const char *wire_name_why(const uint8_t *p, size_t n, char *buf, size_t cap)
+{
+	char name[WIRE_NAME_MAX + 1], shown[STR_ESCAPE_CAP(WIRE_NAME_MAX)];
+
+	if (memchr(p, '\0', n))
+		return "contains a NUL byte";
+	n = MIN(n, WIRE_NAME_MAX);
+	memcpy(name, p, n);
+	name[n] = '\0';
+	snprintf(buf, cap, "'%s' has control characters", str_escape(shown, sizeof(shown), name));
+	return buf;
 }

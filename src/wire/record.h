@@ -40,6 +40,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/util.h"
+
 #define WIRE_F_DEVICE_BLOCK 0x01U
 #define WIRE_F_EOS	    0x02U
 #define WIRE_F_PROGRESS	    0x04U
@@ -117,7 +119,8 @@ int wire_rec_encode_header(uint8_t *buf, const struct wire_record *rec);
  *
  * Errors are reported as early as the bytes allow: a bad word fails with 8
  * bytes, a misaligned offset before the name is needed, and so on.  A NUL
- * byte inside the name is -EBADMSG.  PROGRESS percentages above 100 are
+ * byte or a control character inside the name is -EBADMSG
+ * (wire_name_check()).  PROGRESS percentages above 100 are
  * passed on unchanged (they are informational).  On failure *rec is
  * unspecified.
  *
@@ -126,5 +129,19 @@ int wire_rec_encode_header(uint8_t *buf, const struct wire_record *rec);
  */
 int wire_rec_decode(const uint8_t *buf, size_t len, uint32_t chunk_size, struct wire_record *rec,
 		    size_t *used);
+
+/*
+ * Device names from the wire (n bytes at p, 1..WIRE_NAME_MAX) are the
+ * operators' device names: a NUL or a control character (below 0x20, or
+ * 0x7f) in one is malformed, -EBADMSG from wire_name_check(), so no name
+ * that reaches a message or a log can move the cursor or break a line.
+ * (Bytes above 0x7f pass, as UTF-8; str_escape() shows them escaped.)
+ * wire_name_why() says why, into buf (WIRE_NAME_WHY_CAP), with the name
+ * escaped: "contains a NUL byte", "'a\x1bb' has control characters".
+ * Every decoder of a name calls them.
+ */
+#define WIRE_NAME_WHY_CAP (STR_ESCAPE_CAP(WIRE_NAME_MAX) + 32)
+int wire_name_check(const uint8_t *p, size_t n);
+const char *wire_name_why(const uint8_t *p, size_t n, char *buf, size_t cap);
 
 #endif

@@ -224,13 +224,20 @@ int savevm_header_decode(const uint8_t *buf, size_t len, size_t *used)
 	return 0;
 }
 
-/* Copy a name of n bytes at p into s->name, refusing a NUL inside it. */
+/* Copy a name of n bytes at p into s->name, refusing a NUL or a control
+ * character inside it (names end up in messages: DESIGN.md rule 8). */
 static int take_name(struct savevm_section *s, const uint8_t *p, size_t n, const char *what)
 {
+	char shown[STR_ESCAPE_CAP(sizeof(s->name))];
+
 	if (memchr(p, '\0', n))
 		return err_set(EBADMSG, "savevm: %s contains a NUL byte", what);
 	memcpy(s->name, p, n);
 	s->name[n] = '\0';
+	for (size_t i = 0; i < n; i++)
+		if (p[i] < 0x20 || p[i] == 0x7f)
+			return err_set(EBADMSG, "savevm: %s '%s' has control characters", what,
+				       str_escape(shown, sizeof(shown), s->name));
 	return 0;
 }
 

@@ -450,11 +450,14 @@ static int classify(struct wire_stream *s, unsigned long long at)
 		return 0;
 	}
 	r = savevm_skip_size(&s->cur, &s->cur_skip);
-	if (r == -ENOENT)
+	if (r == -ENOENT) {
+		char shown[STR_ESCAPE_CAP(sizeof(s->cur.name))];
+
 		return err_set(ENOTSUP,
 			       "qemu stream at offset %llu: section '%s' is not supported: blkmig "
 			       "receives block devices only (start QEMU with -M none)",
-			       at, s->cur.name);
+			       at, str_escape(shown, sizeof(shown), s->cur.name));
+	}
 	if (r < 0)
 		return err_prefix(-r, "qemu stream at offset %llu: ", at);
 	s->cur_pay = PAY_SKIP;

@@ -114,6 +114,21 @@ s.sendall(struct.pack(">IHHQQI", REQ, 0, WRITE, 1, 65536, 65536) + b"\xab" * 100
 s.close()
 print("client vanished mid-write")
 
+# 7. An export name with a newline and terminal escapes: the refusal's
+# message names it escaped, with no raw control byte.
+s = conn()
+assert recvn(s, 8) == b"NBDMAGIC"; recvn(s, 10)
+s.sendall(struct.pack(">I", 3))
+name = b"x\n\x1b[2Jblkmig: \\ok"
+data = struct.pack(">I", len(name)) + name + struct.pack(">H", 0)
+s.sendall(struct.pack(">QII", OPT, 7, len(data)) + data)
+magic, opt, typ, ln = struct.unpack(">QIII", recvn(s, 20))
+msg = recvn(s, ln)
+assert typ >= 0x80000000, hex(typ)
+assert msg == b"no export named 'x\\x0a\\x1b[2Jblkmig: \\x5cok'", msg
+print("unknown export name: refused, escaped:", msg.decode())
+
+
 # Another client is served normally throughout.
 s = conn(); handshake(s); works(s); s.close()
 PY

@@ -44,6 +44,7 @@ static const char *const faults[] = {
 	"write-unannounced", /* a WRITE record without MIRROR in HELLO */
 	"write-sequence",    /* MIRROR, but the first WRITE has sequence number 2 */
 	"write-beyond",	     /* MIRROR, a WRITE that runs past the device end */
+	"record-name",	     /* a record whose device name holds a newline and an escape */
 };
 
 static bool is(const char *fault, const char *name)
@@ -131,10 +132,6 @@ int main(int argc, char **argv)
 	cs = (uint32_t)cs64;
 	nchunks = div_round_up(size, cs);
 	atexit(release);
-	chunk = g_chunk = malloc(cs);
-	dig = g_dig = digest_new(size, cs);
-	if (!chunk || !dig)
-		return 1;
 	if (xport_connect(to, 10000, NULL, &x) < 0) {
 		fprintf(stderr, "craft: %s\n", err_msg());
 		return 1;
@@ -182,6 +179,11 @@ int main(int argc, char **argv)
 		return strcmp(fault, "ok") == 0 ? 1 : 0;
 	}
 	xport_read(x, body, get_be32(hdr + 1), NULL);
+	/* Only now: a refused claim of terabytes costs no tables here. */
+	chunk = g_chunk = malloc(cs);
+	dig = g_dig = digest_new(size, cs);
+	if (!chunk || !dig)
+		return 1;
 
 	/* One pass over every chunk, with the fault in the middle. */
 	type = NATIVE_MSG_BLOCKS;
@@ -199,6 +201,10 @@ int main(int argc, char **argv)
 		if (strcmp(fault, "unknown-device") == 0 && i == nchunks / 2) {
 			strcpy(rec.name, "nosuchdev");
 			rec.name_len = 9;
+		}
+		if (is(fault, "record-name") && i == nchunks / 2) {
+			strcpy(rec.name, "d0\n\033[2K");
+			rec.name_len = (uint8_t)strlen(rec.name);
 		}
 		if (strcmp(fault, "beyond") == 0 && i == nchunks / 2)
 			rec.offset = div_round_up(size, cs) * cs + 64 * (uint64_t)cs;

@@ -463,6 +463,55 @@ static void test_write_error_message(void **state)
 	blk_close(b);
 }
 
+/* CREATE | EXCL: a new file only, never through a symlink, nothing left
+ * behind when the open fails after creating it. */
+static void test_create_excl(void **state)
+{
+	struct fixture *fx = *state;
+	char path[4200], link[4200];
+	struct blk *b = NULL;
+	struct stat st;
+
+	/* The fixture's file exists: refused, and left as it was. */
+	assert_int_equal(blk_file_open(fx->path, BLK_OPEN_CREATE | BLK_OPEN_EXCL, MiB, &b),
+			 -EEXIST);
+	assert_msg_contains("it exists already");
+	assert_int_equal(file_size_of(fx->path), 0);
+
+	snprintf(path, sizeof(path), "%s.new", fx->path);
+	b = NULL;
+	assert_int_equal(blk_file_open(path, BLK_OPEN_CREATE | BLK_OPEN_EXCL, 2 * MiB, &b), 0);
+	assert_int_equal(blk_size(b), 2 * MiB);
+	blk_close(b);
+	assert_int_equal(file_size_of(path), 2 * MiB);
+	unlink(path);
+
+	/* A symlink, to a file or dangling, is not followed. */
+	snprintf(link, sizeof(link), "%s.link", fx->path);
+	assert_int_equal(symlink(fx->path, link), 0);
+	assert_int_equal(blk_file_open(link, BLK_OPEN_CREATE | BLK_OPEN_EXCL, MiB, &b), -EEXIST);
+	assert_int_equal(file_size_of(fx->path), 0);
+	unlink(link);
+	assert_int_equal(symlink(path, link), 0);
+	assert_int_equal(blk_file_open(link, BLK_OPEN_CREATE | BLK_OPEN_EXCL, MiB, &b), -EEXIST);
+	assert_int_equal(lstat(path, &st), -1);
+	unlink(link);
+
+	/* Created, then the resize fails (beyond the file size limit): gone. */
+	{
+		struct rlimit old, lim = { .rlim_cur = MiB, .rlim_max = RLIM_INFINITY };
+
+		getrlimit(RLIMIT_FSIZE, &old);
+		lim.rlim_max = old.rlim_max;
+		signal(SIGXFSZ, SIG_IGN);
+		assert_int_equal(setrlimit(RLIMIT_FSIZE, &lim), 0);
+		assert_true(blk_file_open(path, BLK_OPEN_CREATE | BLK_OPEN_EXCL, 4 * MiB, &b) < 0);
+		setrlimit(RLIMIT_FSIZE, &old);
+		assert_int_equal(lstat(path, &st), -1);
+	}
+	assert_int_equal(blk_file_open(path, BLK_OPEN_EXCL, MiB, &b), -EINVAL);
+}
+
 #define FT(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
 
 int main(void)
@@ -471,6 +520,7 @@ int main(void)
 		FT(test_create_new),
 		FT(test_create_extends_empty),
 		FT(test_create_keeps_existing),
+		FT(test_create_excl),
 		FT(test_open_missing),
 		FT(test_open_bad_args),
 		FT(test_rw_round_trip),

@@ -1141,6 +1141,34 @@ static void test_not_a_socket(void **state)
 	assert_int_equal(st.st_size, 8);
 }
 
+/* A symlink planted at the path is refused, never replaced or followed. */
+static void test_symlink_planted(void **state)
+{
+	struct fx *f = *state;
+	struct ctl *c = NULL;
+	char target[sizeof(f->path) + 16];
+	struct stat st;
+	FILE *fp;
+
+	snprintf(target, sizeof(target), "%s.target", f->path);
+	fp = fopen(target, "w");
+	assert_non_null(fp);
+	fputs("precious", fp);
+	fclose(fp);
+	assert_int_equal(symlink(target, f->path), 0);
+	assert_int_equal(ctl_listen(f->path, test_handler, &f->th, &c), -EEXIST);
+	assert_msg_contains(err_msg(), "a symbolic link is there: refusing to replace it");
+	assert_int_equal(lstat(f->path, &st), 0);
+	assert_true(S_ISLNK(st.st_mode));
+	assert_int_equal(stat(target, &st), 0);
+	assert_true(S_ISREG(st.st_mode));
+	assert_int_equal(st.st_size, 8);
+	unlink(target);
+	/* Dangling, too. */
+	assert_int_equal(ctl_listen(f->path, test_handler, &f->th, &c), -EEXIST);
+	assert_int_equal(lstat(target, &st), -1);
+}
+
 static void test_close_unlinks(void **state)
 {
 	struct fx *f = *state;
@@ -1360,6 +1388,7 @@ int main(void)
 		T(test_in_use),
 		T(test_stale_replaced),
 		T(test_not_a_socket),
+		T(test_symlink_planted),
 		T(test_close_unlinks),
 		T(test_close_keeps_foreign_file),
 		T(test_close_with_busy_clients),

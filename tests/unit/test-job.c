@@ -35,8 +35,9 @@ struct dst {
 };
 
 static int open_mem(void *user, const char *name, uint64_t size, struct blk **out, char *path,
-		    size_t path_cap)
+		    size_t path_cap, bool *created)
 {
+	*created = false;
 	(void)user;
 	(void)name;
 	(void)path_cap;

@@ -104,6 +104,57 @@ static void test_sidecar_is_honoured(void **state)
 	assert_int_equal(mark_check(path), 0);
 }
 
+/* A symlink planted where the sidecar goes is refused, its target left
+ * alone; it still counts as a mark (when in doubt, incomplete). */
+static void test_sidecar_symlink(void **state)
+{
+	char path[PATH_MAX], side[PATH_MAX + 32], target[PATH_MAX];
+	char buf[16];
+	int fd;
+
+	(void)state;
+	make_file(target, sizeof(target), "precious");
+	fd = open(target, O_WRONLY);
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, "keep", 4), 4);
+	close(fd);
+	snprintf(path, sizeof(path), "%s/new.img", dir);
+	snprintf(side, sizeof(side), "%s%s", path, MARK_SUFFIX);
+	assert_int_equal(symlink(target, side), 0);
+	assert_int_equal(mark_before_create(path, "x"), -ELOOP);
+	assert_non_null(strstr(err_msg(), "is a symbolic link: refusing to write through it"));
+	fd = open(target, O_RDONLY);
+	assert_int_equal(read(fd, buf, sizeof(buf)), 4);
+	close(fd);
+	assert_memory_equal(buf, "keep", 4);
+	assert_int_equal(mark_check(path), 1);
+	/* Dangling, too. */
+	unlink(side);
+	assert_int_equal(symlink("/nonexistent/blkmig", side), 0);
+	assert_int_equal(mark_check(path), 1);
+	assert_int_equal(mark_clear(path), 0); /* removes the link, not its target */
+	assert_int_equal(mark_check(path), 0);
+}
+
+/* An image about to be created is marked before it exists, and the mark
+ * can be cleared once it is gone again. */
+static void test_mark_before_create(void **state)
+{
+	char path[PATH_MAX], side[PATH_MAX + 32];
+
+	(void)state;
+	snprintf(path, sizeof(path), "%s/created.img", dir);
+	snprintf(side, sizeof(side), "%s%s", path, MARK_SUFFIX);
+	assert_int_equal(mark_before_create(path, "creating"), 0);
+	assert_int_equal(access(side, F_OK), 0);
+	assert_int_equal(mark_check(path), 1);
+	make_file(path, sizeof(path), "created.img");
+	assert_int_equal(mark_check(path), 1);
+	unlink(path);
+	assert_int_equal(mark_clear(path), 0);
+	assert_int_equal(access(side, F_OK), -1);
+}
+
 static void test_missing_file(void **state)
 {
 	char path[PATH_MAX];
@@ -117,8 +168,8 @@ static void test_missing_file(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_set_check_clear),
-		cmocka_unit_test(test_sidecar_is_honoured),
+		cmocka_unit_test(test_set_check_clear), cmocka_unit_test(test_sidecar_is_honoured),
+		cmocka_unit_test(test_sidecar_symlink), cmocka_unit_test(test_mark_before_create),
 		cmocka_unit_test(test_missing_file),
 	};
 

@@ -329,9 +329,11 @@ static int stall_wrap(struct blk *lower, uint64_t ns, size_t below, struct blk *
 }
 
 static int open_cb(void *user, const char *name, uint64_t size, struct blk **out, char *path,
-		   size_t path_cap)
+		   size_t path_cap, bool *created)
 {
 	struct dcfg *c = user;
+
+	*created = false;
 
 	for (unsigned i = 0; i < c->n; i++) {
 		struct ddev *d = &c->dev[i];

@@ -310,9 +310,9 @@ static void test_hello_duplicate(void **state)
 	(void)state;
 	expect_error(hello_decode_exact(dup, sizeof(dup), &d, &used), EBADMSG,
 		     "hello: duplicate device name 'hd'");
-	/* Control characters in a name are stored as sent, but shown as '?'. */
+	/* A control character in a name is refused, and shown escaped. */
 	expect_error(hello_decode_exact(ctl, sizeof(ctl), &d, &used), EBADMSG,
-		     "hello: device 'a?b' has size 0");
+		     "hello: device 0 name 'a\\x1bb' has control characters");
 }
 
 static void test_hello_encode_errors(void **state)
@@ -569,6 +569,7 @@ static void test_complete_errors(void **state)
 	complete_patched(0, "\0\x02", 2, "complete: body truncated at device 1 of 2");
 	complete_patched(2, "\0", 1, "complete: device 0 has an empty name");
 	complete_patched(3, "\0", 1, "complete: device 0 name contains a NUL byte");
+	complete_patched(3, "\n", 1, "complete: device 0 name '\\x0arive0' has control characters");
 	/* A shorter name leaves the body too long. */
 	complete_patched(2, "\x05", 1, "complete: 1 trailing bytes after 1 devices");
 	expect_error(complete_decode_exact(dup, sizeof(dup), &d), EBADMSG,

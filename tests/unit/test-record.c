@@ -554,6 +554,28 @@ static void test_nul_in_name(void **state)
 	assert_int_equal(used, 15);
 }
 
+/* Names are the operators' device names: no control characters, which
+ * could reach a terminal; bytes above 0x7f (UTF-8) pass. */
+static void test_control_in_name(void **state)
+{
+	uint8_t b[15];
+	struct wire_record rec;
+	size_t used;
+
+	(void)state;
+	memcpy(b, golden_zero, sizeof(b));
+	b[11] = '\n';
+	expect_error(decode_exact(b, sizeof(b), CHUNK_1M, &rec, &used), EBADMSG,
+		     "record: device name 'dr\\x0ave0' has control characters (offset 0x300000)");
+	b[11] = 0x1b;
+	expect_error(decode_exact(b, sizeof(b), CHUNK_1M, &rec, &used), EBADMSG,
+		     "record: device name 'dr\\x1bve0' has control characters (offset 0x300000)");
+	b[11] = 0x7f;
+	assert_int_equal(decode_exact(b, sizeof(b), CHUNK_1M, &rec, &used), -EBADMSG);
+	b[11] = 0xc3;
+	assert_int_equal(decode_exact(b, sizeof(b), CHUNK_1M, &rec, &used), 0);
+}
+
 static void test_bad_chunk_size(void **state)
 {
 	const uint32_t bad[] = { 0, 1, 512, 2048, 4095, 4097, 3 * 4096, 1U << 25, UINT32_MAX };
@@ -619,6 +641,7 @@ int main(void)
 		cmocka_unit_test(test_empty_name),
 		cmocka_unit_test(test_unaligned_offset),
 		cmocka_unit_test(test_nul_in_name),
+		cmocka_unit_test(test_control_in_name),
 		cmocka_unit_test(test_bad_chunk_size),
 		cmocka_unit_test(test_encode_errors),
 	};

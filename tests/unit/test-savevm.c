@@ -569,6 +569,9 @@ static void test_bad_names_and_lengths(void **state)
 	static const uint8_t start_empty[] = { 0x01, 0x00, 0x00, 0x00, 0x03, 0x00 };
 	static const uint8_t full_nul[] = { 0x04, 0x00, 0x00, 0x00, 0x03, 0x02, 'a',  0x00,
 					    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01 };
+	static const uint8_t full_esc[] = { 0x04, 0x00, 0x00, 0x00, 0x03, 0x02, 'a',  0x1b,
+					    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01 };
+	static const uint8_t cfg_nl[] = { 0x07, 0x00, 0x00, 0x00, 0x02, 'x', '\n' };
 	static const uint8_t vmdesc_big[] = { 0x06, 0x00, 0x10, 0x00, 0x01 };
 	static const uint8_t vmdesc_max[] = { 0x06, 0x00, 0x10, 0x00, 0x00 };
 	struct savevm_section s;
@@ -588,6 +591,10 @@ static void test_bad_names_and_lengths(void **state)
 		     EBADMSG, "savevm: START section 3 has an empty idstr");
 	expect_error(decode_exact(DEC_SECTION, full_nul, sizeof(full_nul), &s, &used), EBADMSG,
 		     "savevm: section idstr contains a NUL byte");
+	expect_error(decode_exact(DEC_SECTION, full_esc, sizeof(full_esc), &s, &used), EBADMSG,
+		     "savevm: section idstr 'a\\x1b' has control characters");
+	expect_error(decode_exact(DEC_SECTION, cfg_nl, sizeof(cfg_nl), &s, &used), EBADMSG,
+		     "savevm: configuration machine type 'x\\x0a' has control characters");
 	expect_error(decode_exact(DEC_SECTION, vmdesc_big, sizeof(vmdesc_big), &s, &used), EBADMSG,
 		     "savevm: VMDESCRIPTION of 1048577 bytes exceeds the maximum 1048576");
 	assert_int_equal(decode_exact(DEC_SECTION, vmdesc_max, sizeof(vmdesc_max), &s, &used), 0);

@@ -119,6 +119,31 @@ static void test_parse_rate(void **state)
 	assert_msg_contains("too large");
 }
 
+/* ---- str_escape ----------------------------------------------------------- */
+
+static void test_str_escape(void **state)
+{
+	char buf[STR_ESCAPE_CAP(16)], small[12];
+
+	(void)state;
+	assert_string_equal(str_escape(buf, sizeof(buf), "drive0"), "drive0");
+	assert_string_equal(str_escape(buf, sizeof(buf), ""), "");
+	assert_string_equal(str_escape(buf, sizeof(buf), "a\nb"), "a\\x0ab");
+	assert_string_equal(str_escape(buf, sizeof(buf), "\033[2K\r"), "\\x1b[2K\\x0d");
+	assert_string_equal(str_escape(buf, sizeof(buf), "a\\b"), "a\\x5cb");
+	assert_string_equal(str_escape(buf, sizeof(buf), "\x7f\xc3\xa9"), "\\x7f\\xc3\\xa9");
+	/* The largest input STR_ESCAPE_CAP promises to hold whole. */
+	assert_string_equal(str_escape(buf, sizeof(buf), "\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n"),
+			    "\\x0a\\x0a\\x0a\\x0a\\x0a\\x0a\\x0a\\x0a\\x0a\\x0a\\x0a\\x0a\\x0a\\x0a"
+			    "\\x0a\\x0a");
+	/* Cut: never inside an escape, always marked. */
+	assert_string_equal(str_escape(small, sizeof(small), "abcdefghijklmnop"), "abcdefgh...");
+	assert_string_equal(str_escape(small, sizeof(small), "abcdefg\nhij"), "abcdefg...");
+	assert_string_equal(str_escape(small, sizeof(small), "abcdefghijk"), "abcdefghijk");
+	assert_string_equal(str_escape(small, 4, "abcd"), "...");
+	assert_ptr_equal(str_escape(small, sizeof(small), "x"), small);
+}
+
 /* ---- fmt_bytes ------------------------------------------------------------ */
 
 static void test_fmt_bytes(void **state)
@@ -244,8 +269,9 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_parse_size_ok), cmocka_unit_test(test_parse_size_errors),
 		cmocka_unit_test(test_parse_rate),    cmocka_unit_test(test_fmt_bytes),
-		cmocka_unit_test(test_be_layout),     cmocka_unit_test(test_be_round_trip),
-		cmocka_unit_test(test_range_inside),  cmocka_unit_test(test_checked_arith),
+		cmocka_unit_test(test_str_escape),    cmocka_unit_test(test_be_layout),
+		cmocka_unit_test(test_be_round_trip), cmocka_unit_test(test_range_inside),
+		cmocka_unit_test(test_checked_arith),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
