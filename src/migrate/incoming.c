@@ -42,6 +42,7 @@ struct incoming {
 struct conn {
 	struct incoming *in;
 	struct xport *x;
+	char peer[80]; /* the address, kept for the log after x is closed */
 	bool claimed;
 };
 
@@ -81,8 +82,7 @@ static void settle_locked(struct incoming *in, struct conn *c, int r, const char
 	if (in->ip->log && in->failures < in->max_failures) {
 		char line[1400];
 
-		snprintf(line, sizeof(line), "refused a connection from %s: %s", xport_peer(c->x),
-			 msg);
+		snprintf(line, sizeof(line), "refused a connection from %s: %s", c->peer, msg);
 		in->ip->log(in->ip->log_user, line);
 	}
 	if (in->failures >= in->max_failures) {
@@ -145,6 +145,7 @@ static void admit(struct incoming *in, struct xport *x)
 	if (c) {
 		c->in = in;
 		c->x = x;
+		snprintf(c->peer, sizeof(c->peer), "%s", xport_peer(x));
 		pthread_attr_init(&attr);
 		pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
 		if (pthread_create(&t, &attr, conn_main, c) == 0) {
