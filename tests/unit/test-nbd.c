@@ -544,12 +544,13 @@ static void test_list_and_abort(void **state)
 	assert_int_equal(cl_opt_reply(fd, NBD_OPT_LIST, buf, sizeof(buf), NULL),
 			 NBD_REP_ERR_INVALID);
 
-	/* Unknown options and STARTTLS: UNSUP, and haggling goes on. */
+	/* Unknown options: UNSUP; STARTTLS without credentials: POLICY; and
+	 * haggling goes on. */
 	cl_opt(fd, 99, "abc", 3);
 	assert_int_equal(cl_opt_reply(fd, 99, buf, sizeof(buf), NULL), NBD_REP_ERR_UNSUP);
 	cl_opt(fd, NBD_OPT_STARTTLS, NULL, 0);
 	assert_int_equal(cl_opt_reply(fd, NBD_OPT_STARTTLS, buf, sizeof(buf), NULL),
-			 NBD_REP_ERR_UNSUP);
+			 NBD_REP_ERR_POLICY);
 
 	/* ABORT: acknowledged (data ignored), then closed. */
 	cl_opt(fd, NBD_OPT_ABORT, "zz", 2);
