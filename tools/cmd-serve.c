@@ -18,6 +18,7 @@
 #include "common/error.h"
 #include "common/util.h"
 #include "daemon/daemon.h"
+#include "nbdserver/server.h"
 #include "workload/workload.h"
 
 static const char serve_help[] =
@@ -25,6 +26,9 @@ static const char serve_help[] =
     "                    [--nbd HOST:PORT] [--control PATH] [--incoming HOST:PORT]\n"
     "                    [--format native|qemu] [--workload SPEC] [--create]\n"
     "                    [--shared-base] [--port-file FILE]\n"
+    "                    [--tls-psk FILE | --tls-creds DIR] [--tls-authz ID,...] [--no-tls]\n"
+    "                    [--nbd-max-per-peer N] [--nbd-max-unauth N]\n"
+    "                    [--nbd-idle-timeout SECONDS]\n"
     "\n"
     "Own the named images and export each over NBD under its NAME.  Every write\n"
     "goes through dirty tracking, so `blkmig migrate --control PATH --to ...`\n"
@@ -45,10 +49,26 @@ static const char serve_help[] =
     "  --workload SPEC       run the built-in writer against a device:\n"
     "                        NAME,bs=SIZE,rate=RATE[,seed=N][,pattern=random|sequential]\n"
     "  --port-file FILE      write 'incoming=PORT' and 'nbd=PORT' lines to FILE as\n"
-    "                        each address starts listening\n"
+    "                        each address starts listening\n" CLI_TLS_HELP
+    "                        With TLS, NBD clients must use it (NBD_OPT_STARTTLS).\n"
+    "  --no-tls              listen off loopback without TLS all the same\n"
+    "  --nbd-max-per-peer N  NBD connections open at once from one address\n"
+    "                        (default 16)\n"
+    "  --nbd-max-unauth N    NBD connections still in their (TLS) handshake, all\n"
+    "                        addresses together; one address may hold half (default 8)\n"
+    "  --nbd-idle-timeout SECONDS\n"
+    "                        close an NBD client that sends no request for this long\n"
+    "                        (default 600; 0: never)\n"
     "\n"
     "Runs until SIGINT or SIGTERM (a running migration is cancelled first).\n"
     "Exit status: 0 stopped by a signal, 1 failure, 2 usage error.\n";
+
+/* The daemon's lines for the operator. */
+static void log_line(void *user, const char *line)
+{
+	(void)user;
+	fprintf(stderr, "blkmig: serve: %s\n", line);
+}
 
 /* Write 'incoming=PORT' and 'nbd=PORT' lines to path (atomically). */
 static int write_port_file(const char *path, const struct daemon *d)
@@ -79,7 +99,10 @@ int cmd_serve(int argc, char **argv)
 		OPT_WORKLOAD,
 		OPT_CREATE,
 		OPT_SHARED,
-		OPT_PORTFILE
+		OPT_PORTFILE,
+		OPT_MAX_PER_PEER,
+		OPT_MAX_UNAUTH,
+		OPT_IDLE_TIMEOUT,
 	};
 	static const struct option opts[] = {
 		{ "device", required_argument, NULL, 'd' },
@@ -91,13 +114,20 @@ int cmd_serve(int argc, char **argv)
 		{ "create", no_argument, NULL, OPT_CREATE },
 		{ "shared-base", no_argument, NULL, OPT_SHARED },
 		{ "port-file", required_argument, NULL, OPT_PORTFILE },
+		{ "nbd-max-per-peer", required_argument, NULL, OPT_MAX_PER_PEER },
+		{ "nbd-max-unauth", required_argument, NULL, OPT_MAX_UNAUTH },
+		{ "nbd-idle-timeout", required_argument, NULL, OPT_IDLE_TIMEOUT },
+		CLI_TLS_OPTIONS,
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
 	static struct cli_device devs[CLI_MAX_DEVICES];
 	struct daemon_device ddevs[CLI_MAX_DEVICES];
-	struct daemon_config cfg = { .devs = ddevs, .cancel = cli_cancel_token() };
+	struct daemon_config cfg = { .devs = ddevs, .cancel = cli_cancel_token(), .log = log_line };
+	struct cli_tls tls = { 0 };
+	struct tls_creds *creds = NULL;
 	struct workload_spec wspec;
+	uint64_t v;
 	struct daemon *d = NULL;
 	const char *port_file = NULL;
 	unsigned ndev = 0;
@@ -139,10 +169,31 @@ int cmd_serve(int argc, char **argv)
 		case OPT_PORTFILE:
 			port_file = optarg;
 			break;
+		case OPT_MAX_PER_PEER:
+		case OPT_MAX_UNAUTH:
+			r = cli_parse_uint("serve",
+					   c == OPT_MAX_PER_PEER ? "--nbd-max-per-peer"
+								 : "--nbd-max-unauth",
+					   optarg, 1, NBDS_MAX_CLIENTS, &v);
+			if (r)
+				return r;
+			if (c == OPT_MAX_PER_PEER)
+				cfg.nbd_max_per_peer = (unsigned)v;
+			else
+				cfg.nbd_max_unauth = (unsigned)v;
+			break;
+		case OPT_IDLE_TIMEOUT:
+			r = cli_parse_uint("serve", "--nbd-idle-timeout", optarg, 0, 24 * 3600, &v);
+			if (r)
+				return r;
+			cfg.nbd_idle_timeout_ms = v ? (int)v * 1000 : -1;
+			break;
 		case 'h':
 			fputs(serve_help, stdout);
 			return EXIT_OK;
 		default:
+			if (cli_tls_option(c, optarg, &tls))
+				break;
 			return cli_usage_error("serve", "invalid option");
 		}
 	}
@@ -159,6 +210,12 @@ int cmd_serve(int argc, char **argv)
 
 	if (daemon_check_config(&cfg) < 0)
 		return cli_usage_error("serve", "%s", err_msg());
+	/* Checks the options and the files; the daemon loads its own copy. */
+	r = cli_tls_setup("serve", &tls, cfg.nbd ? cfg.nbd : "127.0.0.1:10809", TLS_SERVER, &creds);
+	if (r)
+		return r;
+	tls_creds_free(creds);
+	cfg.tls = tls.o;
 	r = daemon_new(&cfg, &d);
 	if (r == 0 && port_file)
 		r = write_port_file(port_file, d);

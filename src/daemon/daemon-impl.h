@@ -24,7 +24,8 @@ struct daemon {
 	struct src_device sdev[DAEMON_MAX_DEVICES]; /* the writable ones */
 	unsigned nsend;
 	struct nbds *nbd;
-	int incoming_lfd; /* -1 once used, or without cfg.incoming */
+	struct tls_creds *tls; /* server credentials from cfg.tls, or NULL */
+	int incoming_lfd;      /* -1 once used, or without cfg.incoming */
 	char nbd_addr[128], incoming_addr[128];
 	bool started; /* daemon_start() succeeded */
 	struct job *job;

@@ -150,6 +150,30 @@ int daemon_check_config(const struct daemon_config *c)
 	return 0;
 }
 
+/* NBD TLS and limits, before listening. */
+static int nbd_setup(struct daemon *d)
+{
+	const struct daemon_config *c = &d->cfg;
+	struct nbds_limits l = NBDS_LIMITS_DEFAULT;
+	int r;
+
+	if (c->nbd_max_per_peer)
+		l.per_peer = c->nbd_max_per_peer;
+	if (c->nbd_max_unauth)
+		l.unauth = c->nbd_max_unauth;
+	if (c->nbd_idle_timeout_ms)
+		l.idle_timeout_ms =
+		    c->nbd_idle_timeout_ms < 0 ? 0 : (unsigned)c->nbd_idle_timeout_ms;
+	r = tls_creds_new(&c->tls, TLS_SERVER, &d->tls);
+	if (r == 0)
+		r = nbds_set_tls(d->nbd, d->tls);
+	if (r == 0)
+		r = nbds_set_limits(d->nbd, &l);
+	if (r == 0)
+		nbds_set_log(d->nbd, c->log, c->log_user);
+	return r;
+}
+
 int daemon_new(const struct daemon_config *cfg, struct daemon **out)
 {
 	struct daemon *d;
@@ -177,7 +201,9 @@ int daemon_new(const struct daemon_config *cfg, struct daemon **out)
 	nbds_refuse(d->nbd, d->cfg.incoming ? "an incoming migration is in progress: the exports "
 					      "are served once it is complete"
 					    : "the daemon is starting");
-	r = nbds_listen(d->nbd, d->cfg.nbd, d->nbd_addr, sizeof(d->nbd_addr));
+	r = nbd_setup(d);
+	if (r == 0)
+		r = nbds_listen(d->nbd, d->cfg.nbd, d->nbd_addr, sizeof(d->nbd_addr));
 	if (r < 0)
 		goto err_nbd;
 	if (d->cfg.incoming) {
@@ -193,6 +219,7 @@ int daemon_new(const struct daemon_config *cfg, struct daemon **out)
 
 err_nbd:
 	nbds_free(d->nbd);
+	tls_creds_free(d->tls);
 err_free:
 	pthread_mutex_destroy(&d->lock);
 	pthread_mutex_destroy(&d->cmd_lock);
@@ -304,6 +331,7 @@ void daemon_free(struct daemon *d)
 	ctl_close(d->ctl);
 	workload_stop(d->wl, NULL);
 	nbds_free(d->nbd);
+	tls_creds_free(d->tls); /* after the server that used them */
 	for (unsigned i = 0; i < d->cfg.ndev; i++)
 		blk_close(d->blks[i]);
 	if (d->incoming_lfd >= 0)

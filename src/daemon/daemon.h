@@ -30,6 +30,8 @@
 
 #include <json-c/json.h>
 
+#include "tls/tls.h"
+
 struct blk;
 struct cancel;
 struct daemon;
@@ -60,6 +62,17 @@ struct daemon_config {
 	/* Ends the wait for, or the receiving of, the incoming migration
 	 * (-ECANCELED); NULL: never. */
 	struct cancel *cancel;
+	/* Server credentials (--tls-psk/--tls-creds/--tls-authz): with them
+	 * the NBD exports require TLS (nbds_set_tls()).  All NULL: none. */
+	struct tls_options tls;
+	/* NBD client limits (nbdserver/server.h's nbds_limits); 0: the
+	 * default.  nbd_idle_timeout_ms < 0: never close idle clients. */
+	unsigned nbd_max_per_peer, nbd_max_unauth;
+	int nbd_idle_timeout_ms;
+	/* Lines for the operator (refused NBD clients...), without "blkmig: "
+	 * or a newline; NULL: dropped.  Called from any thread, one at a time. */
+	void (*log)(void *user, const char *line);
+	void *log_user;
 };
 
 /*
@@ -70,7 +83,8 @@ struct daemon_config {
 int daemon_check_config(const struct daemon_config *cfg);
 
 /*
- * Check cfg (daemon_check_config()) and start listening: NBD at cfg->nbd, refusing clients until
+ * Check cfg (daemon_check_config()), load the TLS credentials, and start listening: NBD at
+ * cfg->nbd (with TLS and the limits set), refusing clients until
  * daemon_start() has finished, and the incoming address.  0 with *out set (caller owns it,
  * daemon_free()), or a negative errno with err_set().
  */
