@@ -235,3 +235,36 @@ assert c.read(0, 512)[0] == 0
 PY
 pass "server without TLS: STARTTLS gets NBD_REP_ERR_POLICY, plaintext goes on"
 stop "$SERVE_PID"
+
+# ---- both ends of a migration ------------------------------------------------------
+# The destination's export requires TLS while it waits (TLS first, then the
+# refusal) and once it serves; the source's answers over TLS until it hands
+# over, then tells TLS clients it has.
+make_random "$T/src.img" $size 204
+start_serve dst --incoming 127.0.0.1:0 --device d="$T/dst.img" --create --tls-psk "$T/psk/keys.psk"
+DST_NBD=$NBD_PORT DST_IN=$INCOMING_PORT
+NBD_PORT=$DST_NBD
+qemu-io -f raw "nbd://127.0.0.1:$DST_NBD/d" -c 'read 0 4k' >"$T/early.plain" 2>&1 && fail "destination served in plaintext"
+grep -q "TLS negotiation required" "$T/early.plain" || { cat "$T/early.plain" >&2; fail "destination: no TLS required before the refusal"; }
+qio_psk "$T/psk" -c 'read 0 4k' >"$T/early.tls" 2>&1 && fail "destination served before the migration"
+grep -q "incoming migration is in progress" "$T/early.tls" || { cat "$T/early.tls" >&2; fail "destination over TLS: no reason"; }
+pass "destination waiting for its migration: TLS first, then the refusal with its reason"
+
+start_serve src --device d="$T/src.img" --control "$T/src.sock" --tls-psk "$T/psk/keys.psk"
+SRC_NBD=$NBD_PORT
+qio_psk "$T/psk" -c 'write -P 0x3c 1M 64k' >/dev/null 2>&1 || fail "qemu-io over TLS to the source"
+"$BLKMIG" migrate --control "$T/src.sock" --to "127.0.0.1:$DST_IN" --wait --json >"$T/mig.json" 2>"$T/mig.err" ||
+	{ cat "$T/mig.err" "$T/src.err" "$T/dst.err" >&2; fail "migrate --wait failed"; }
+qio_psk "$T/psk" -c 'read 0 4k' >"$T/after.src" 2>&1 && fail "the source served after the handover"
+grep -q "migrated to" "$T/after.src" || { cat "$T/after.src" >&2; fail "source over TLS: no handover message"; }
+NBD_PORT=$DST_NBD
+for _ in $(seq 1 200); do
+	nbdinfo --size "nbds://alice@127.0.0.1:$DST_NBD/d?tls-psk-file=$T/psk/keys.psk" >/dev/null 2>&1 && break
+	sleep 0.05
+done
+qio_psk "$T/psk" -c 'read -P 0x3c 1M 64k' >"$T/after.dst" 2>&1 || { cat "$T/after.dst" >&2; fail "destination over TLS"; }
+grep -qi "verification failed" "$T/after.dst" && fail "destination: the source's write is not there"
+nbdcopy "nbds://alice@127.0.0.1:$DST_NBD/d?tls-psk-file=$T/psk/keys.psk" "$T/dst.out" || fail "nbdcopy from the destination"
+cmp "$T/src.img" "$T/dst.out" || fail "destination over TLS differs from the source image"
+qemu-io -f raw "nbd://127.0.0.1:$DST_NBD/d" -c 'read 0 4k' >/dev/null 2>&1 && fail "destination served in plaintext after the migration"
+pass "after the migration: the destination serves the source's data over TLS only, the source says where it went"
