@@ -268,3 +268,41 @@ nbdcopy "nbds://alice@127.0.0.1:$DST_NBD/d?tls-psk-file=$T/psk/keys.psk" "$T/dst
 cmp "$T/src.img" "$T/dst.out" || fail "destination over TLS differs from the source image"
 qemu-io -f raw "nbd://127.0.0.1:$DST_NBD/d" -c 'read 0 4k' >/dev/null 2>&1 && fail "destination served in plaintext after the migration"
 pass "after the migration: the destination serves the source's data over TLS only, the source says where it went"
+
+# A TLS client waiting in transmission when the source hands over is woken
+# and closed (not left until its idle timeout); one still connected when
+# the daemon stops does not hold it up.
+make_random "$T/src2.img" $((4 * MiB)) 205
+start_serve dst2 --incoming 127.0.0.1:0 --device d="$T/dst2.img" --create --tls-creds "$T/x509"
+DST_IN=$INCOMING_PORT DST_PID=$SERVE_PID
+start_serve src2 --device d="$T/src2.img" --control "$T/src2.sock" --tls-creds "$T/x509"
+SRC_PID=$SERVE_PID
+PYTHONPATH="$HERE" python3 - "$NBD_PORT" "$T/x509" "$BLKMIG" "$T/src2.sock" "127.0.0.1:$DST_IN" <<'PY' ||
+import subprocess, sys
+from nbdraw import *
+port, certs, blkmig, sock, to = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+c = Conn(port, timeout=60); c.greet(); c.starttls(certs); c.go()
+assert c.read(0, 4096)[0] == 0
+subprocess.run([blkmig, "migrate", "--control", sock, "--to", to, "--wait"], check=True,
+               stdout=subprocess.DEVNULL)
+assert c.closed(), "a TLS client in transmission was not woken by the handover"
+PY
+	fail "TLS client at the switch-over"
+pass "a TLS client waiting in transmission is closed at the handover"
+PYTHONPATH="$HERE" python3 - "$(sed -n 's/^nbd=//p' "$T/dst2.ports")" "$T/x509" "$DST_PID" <<'PY' || fail "stopping with a TLS client"
+import os, signal, sys, time
+from nbdraw import *
+port, certs, pid = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+for _ in range(200):
+    try:
+        c = Conn(port, timeout=60); c.greet(); c.starttls(certs); c.go()
+        break
+    except AssertionError:
+        time.sleep(0.05)  # still receiving
+os.kill(pid, signal.SIGTERM)
+assert c.closed(), "the daemon did not close a TLS client when stopping"
+PY
+stop "$DST_PID"
+[ "$RC" = 0 ] || fail "the destination exited with $RC after SIGTERM"
+pass "a daemon stopping with a TLS client in transmission closes it and exits"
+stop "$SRC_PID"
