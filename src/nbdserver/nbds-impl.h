@@ -43,10 +43,11 @@ struct nbds {
 	char *shut_reason;	 /* owned; set with shut_err */
 	struct nbds_peer *peers; /* one entry per address with connections */
 	size_t npeers, peers_cap;
-	unsigned unauth;	  /* connections not yet authenticated, all peers */
-	unsigned nrefusing;	  /* connections being told they are over a limit */
-	pthread_mutex_t log_lock; /* one log call at a time; guards the three below */
-	uint64_t log_window_ns;	  /* start of the current minute of logging */
+	unsigned unauth;	    /* connections not yet authenticated, all peers */
+	pthread_cond_t unauth_cond; /* an unauth slot was given back, or a kick */
+	unsigned nrefusing;	    /* connections being told they are over a limit */
+	pthread_mutex_t log_lock;   /* one log call at a time; guards the three below */
+	uint64_t log_window_ns;	    /* start of the current minute of logging */
 	unsigned log_lines, log_dropped;
 
 	/* Set before nbds_listen(), read-only after. */
@@ -82,7 +83,8 @@ struct nbds_conn {
 	/* Owned by the connection's thread. */
 	enum conn_state state;
 	struct tls_session *tls;   /* after NBD_OPT_STARTTLS; every byte goes through it */
-	bool authed;		   /* left the peer's and the server's unauth counts */
+	bool unauth;		   /* holds an unauthenticated slot (peer's and server's) */
+	bool kicked;		   /* nbds_free() wants it gone; server lock */
 	bool released;		   /* left the peer table (conn_release) */
 	uint64_t deadline_ns;	   /* handshake or request deadline; 0 for none */
 	unsigned deadline_ms;	   /* how long it was set for, for the message */
@@ -107,7 +109,7 @@ struct nbds_conn {
 /* ---- server.c ------------------------------------------------------------- */
 
 /* The connection is authenticated (TLS handshake done, or, without TLS,
- * in transmission): it leaves the unauth counts.  Idempotent. */
+ * in transmission): it gives its unauthenticated slot back.  Idempotent. */
 void nbds_authed(struct nbds_conn *c);
 /* One line for the operator (nbds_set_log()), rate-limited. */
 void nbds_log(struct nbds *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

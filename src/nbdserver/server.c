@@ -28,9 +28,13 @@
  * plaintext sent after the STARTTLS can leak into the TLS stream.
  *
  * Limits (server.h): the peer table, under the server's lock, counts each
- * address's connections and unauthenticated ones; conn_open() checks it
- * before a connection gets its thread, conn_release() gives the slots back
- * when the thread ends, nbds_authed() when it authenticates.
+ * address's connections and unauthenticated ones.  conn_open() checks the
+ * per-address limit before a connection gets its thread; the thread then
+ * waits on unauth_cond for an unauthenticated slot (unauth_acquire())
+ * before it greets; nbds_authed() gives that slot back when it
+ * authenticates, conn_release() the rest when the thread ends.  conn_kick
+ * takes the server lock to set 'kicked' and broadcast, so a waiting thread
+ * cannot miss it (lock order: the acceptor's list lock, then the server's).
  *
  * Set BLKMIG_NBDS_DEBUG=1 in the environment to have each connection's
  * state changes and the reason it closed printed on stderr.
@@ -71,6 +75,21 @@ static bool debug_enabled(void)
 	return e && *e && strcmp(e, "0") != 0;
 }
 
+/* A condition variable whose timed waits count on CLOCK_MONOTONIC. */
+static int cond_init_monotonic(pthread_cond_t *cv)
+{
+	pthread_condattr_t a;
+	int e = pthread_condattr_init(&a);
+
+	if (e)
+		return e;
+	e = pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+	if (!e)
+		e = pthread_cond_init(cv, &a);
+	pthread_condattr_destroy(&a);
+	return e;
+}
+
 /* ---- exports -------------------------------------------------------------- */
 
 int nbds_new(struct nbds **out)
@@ -93,9 +112,14 @@ int nbds_new(struct nbds **out)
 	e = pthread_mutex_init(&s->log_lock, NULL);
 	if (e)
 		goto err_lock;
+	e = cond_init_monotonic(&s->unauth_cond);
+	if (e)
+		goto err_log_lock;
 	*out = s;
 	return 0;
 
+err_log_lock:
+	pthread_mutex_destroy(&s->log_lock);
 err_lock:
 	pthread_mutex_destroy(&s->lock);
 err_pipes:
@@ -304,36 +328,96 @@ static unsigned unauth_per_peer(const struct nbds_limits *l)
 }
 
 /*
- * Count a new connection from c->addr, or say in why (cap bytes) which
- * limit it is over.  Server lock held.
+ * Count a new connection from c->addr, or say in why (cap bytes) that its
+ * address is over the limit.  Server lock held.
  */
 static bool peer_admit_locked(struct nbds *s, struct nbds_conn *c, char *why, size_t cap)
 {
 	const struct nbds_limits *l = &s->limits;
 	struct nbds_peer *e = peer_find_locked(s, c->addr, true);
 
-	if (!e)
+	if (!e) {
 		snprintf(why, cap, "the server is out of memory");
-	else if (e->conns >= l->per_peer)
+		return false;
+	}
+	if (e->conns >= l->per_peer) {
 		snprintf(why, cap, "too many connections from %s (at most %u per address)", c->addr,
 			 l->per_peer);
+		peer_forget_locked(s, e);
+		return false;
+	}
+	e->conns++;
+	return true;
+}
+
+/* Why no unauthenticated slot is free for e (in why), or NULL.  Server
+ * lock held. */
+static const char *unauth_full_locked(struct nbds *s, const struct nbds_peer *e, char *why,
+				      size_t cap)
+{
+	const struct nbds_limits *l = &s->limits;
+
+	/* The address's own share first: that is the limit it can act on. */
+	if (e->unauth >= unauth_per_peer(l))
+		snprintf(why, cap,
+			 "too many connections from %s are still in their handshake (at most %u "
+			 "per address)",
+			 e->addr, unauth_per_peer(l));
 	else if (s->unauth >= l->unauth)
 		snprintf(why, cap,
 			 "too many connections are still in their handshake (at most %u at once)",
 			 l->unauth);
-	else if (e->unauth >= unauth_per_peer(l))
-		snprintf(why, cap,
-			 "too many connections from %s are still in their handshake (at most %u "
-			 "per address)",
-			 c->addr, unauth_per_peer(l));
-	else {
-		e->conns++;
+	else
+		return NULL;
+	return why;
+}
+
+/*
+ * Take an unauthenticated slot, waiting up to NBDS_UNAUTH_WAIT_MS for one.
+ * True with it taken.  When none came, the connection becomes a refusal
+ * (c->refusal set, while the budget allows) and the reason is logged;
+ * false without c->refusal: close at once.
+ */
+static bool unauth_acquire(struct nbds_conn *c)
+{
+	struct nbds *s = c->srv;
+	uint64_t end = now_ns() + (uint64_t)NBDS_UNAUTH_WAIT_MS * 1000000u;
+	struct timespec ts = { .tv_sec = (time_t)(end / 1000000000u),
+			       .tv_nsec = (long)(end % 1000000000u) };
+	struct nbds_peer *e;
+	const char *full;
+	char why[256];
+	bool told = false;
+
+	pthread_mutex_lock(&s->lock);
+	for (;;) {
+		e = peer_find_locked(s, c->addr, false);
+		assert(e && e->conns > 0);
+		full = unauth_full_locked(s, e, why, sizeof(why));
+		if (!full || c->kicked ||
+		    pthread_cond_timedwait(&s->unauth_cond, &s->lock, &ts) == ETIMEDOUT)
+			break;
+	}
+	if (!full && !c->kicked) {
 		e->unauth++;
 		s->unauth++;
+		c->unauth = true;
+		pthread_mutex_unlock(&s->lock);
 		return true;
 	}
-	if (e)
+	/* From its address's connections to the refusals, or gone. */
+	if (full && !c->kicked && s->nrefusing < NBDS_MAX_REFUSING && (c->refusal = strdup(why))) {
+		e->conns--;
 		peer_forget_locked(s, e);
+		s->nrefusing++;
+		told = true;
+	}
+	pthread_mutex_unlock(&s->lock);
+	if (full && !c->kicked)
+		nbds_log(s, "nbd server: refused a connection from %s after %d ms: %s%s", c->peer,
+			 NBDS_UNAUTH_WAIT_MS, why, told ? "" : " (closed at once)");
+	else
+		err_set(ESHUTDOWN, "the server is stopping");
 	return false;
 }
 
@@ -342,16 +426,15 @@ void nbds_authed(struct nbds_conn *c)
 	struct nbds *s = c->srv;
 	struct nbds_peer *e;
 
-	if (c->authed)
+	if (!c->unauth)
 		return;
-	c->authed = true;
-	if (c->refusal)
-		return;
+	c->unauth = false;
 	pthread_mutex_lock(&s->lock);
 	e = peer_find_locked(s, c->addr, false);
 	assert(e && e->unauth > 0 && s->unauth > 0);
 	e->unauth--;
 	s->unauth--;
+	pthread_cond_broadcast(&s->unauth_cond);
 	pthread_mutex_unlock(&s->lock);
 }
 
@@ -776,6 +859,8 @@ static void conn_main(void *arg)
 
 	err_clear();
 	c->state = CONN_GREET;
+	if (!c->refusal && !unauth_acquire(c) && !c->refusal)
+		c->state = CONN_CLOSE;
 	if (c->refusal)
 		nbds_set_deadline(c, NBDS_REFUSE_TIMEOUT_MS, "refusal");
 	else
@@ -793,13 +878,14 @@ static void conn_main(void *arg)
 	/* Tell the client now; the descriptor is closed by whoever joins us. */
 	if (c->tls)
 		tls_bye(c->tls);
+	/* Slots first, so a client that sees the close may connect again. */
+	conn_release(c);
 	shutdown(c->fd, SHUT_RDWR);
 	tls_session_free(c->tls);
 	c->tls = NULL;
 	free(c->buf);
 	c->buf = NULL;
 	c->buf_cap = 0;
-	conn_release(c);
 }
 
 static void conn_free(void *arg)
@@ -812,11 +898,16 @@ static void conn_free(void *arg)
 	free(c);
 }
 
-/* nbds_free(): end a blocked recv/send/poll. */
+/* nbds_free(): end a blocked recv/send/poll, or the wait for a slot. */
 static void conn_kick(void *arg)
 {
 	struct nbds_conn *c = arg;
+	struct nbds *s = c->srv;
 
+	pthread_mutex_lock(&s->lock);
+	c->kicked = true;
+	pthread_cond_broadcast(&s->unauth_cond);
+	pthread_mutex_unlock(&s->lock);
 	shutdown(c->fd, SHUT_RDWR);
 }
 
@@ -943,6 +1034,7 @@ void nbds_free(struct nbds *s)
 	free(s->refuse);
 	free(s->shut_reason);
 	free(s->peers);
+	pthread_cond_destroy(&s->unauth_cond);
 	pthread_mutex_destroy(&s->log_lock);
 	pthread_mutex_destroy(&s->lock);
 	free(s);

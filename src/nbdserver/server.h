@@ -45,7 +45,10 @@ struct tls_creds;
  *     authenticated: with TLS, those that have not finished the TLS
  *     handshake; without, those not yet in transmission.  One address may
  *     hold at most half of them (at least 1), so that a second peer still
- *     gets in while the first stalls its handshakes;
+ *     gets in while the first stalls its handshakes.  A connection that
+ *     finds no slot free waits for one, ungreeted, for up to
+ *     NBDS_UNAUTH_WAIT_MS (so a burst of clients from one host queues
+ *     rather than fails), then is refused;
  *   - idle_timeout_ms: a connection in transmission that sends no request
  *     for this long is closed (0: never); a request whose header or
  *     payload takes longer than this to arrive closes it too.
@@ -61,6 +64,7 @@ struct tls_creds;
 #define NBDS_DEFAULT_MAX_UNAUTH	     8
 #define NBDS_DEFAULT_IDLE_TIMEOUT_MS (10 * 60 * 1000)
 #define NBDS_REFUSE_TIMEOUT_MS	     5000
+#define NBDS_UNAUTH_WAIT_MS	     5000
 #define NBDS_MAX_REFUSING	     4
 #define NBDS_LOG_BURST		     20
 

@@ -97,12 +97,12 @@ static bool logged(const char *what)
 	return r;
 }
 
-/* The fixture with one connection per address, two unauthenticated, the
- * idle timeout given, and logging. */
-static int setup_limited_idle(void **state, unsigned idle_ms)
+/* The fixture with per_peer connections per address, two unauthenticated
+ * (one per address), the idle timeout given, and logging. */
+static int setup_limited_idle(void **state, unsigned per_peer, unsigned idle_ms)
 {
 	struct fix *f = calloc(1, sizeof(*f));
-	struct nbds_limits l = { .per_peer = 1, .unauth = 2, .idle_timeout_ms = idle_ms };
+	struct nbds_limits l = { .per_peer = per_peer, .unauth = 2, .idle_timeout_ms = idle_ms };
 
 	assert_non_null(f);
 	assert_int_equal(blk_mem_open(DISK_SIZE, &f->disk), 0);
@@ -112,7 +112,7 @@ static int setup_limited_idle(void **state, unsigned idle_ms)
 	assert_int_equal(nbds_add_export(f->s, "disk", f->disk, false), 0);
 	l.per_peer = 0;
 	assert_int_equal(nbds_set_limits(f->s, &l), -EINVAL);
-	l.per_peer = 1;
+	l.per_peer = per_peer;
 	assert_int_equal(nbds_set_limits(f->s, &l), 0);
 	log_text[0] = '\0';
 	nbds_set_log(f->s, log_line, NULL);
@@ -124,12 +124,17 @@ static int setup_limited_idle(void **state, unsigned idle_ms)
 
 static int setup_limited(void **state)
 {
-	return setup_limited_idle(state, 0);
+	return setup_limited_idle(state, 1, 0);
 }
 
 static int setup_idle(void **state)
 {
-	return setup_limited_idle(state, 300);
+	return setup_limited_idle(state, 1, 300);
+}
+
+static int setup_unauth(void **state)
+{
+	return setup_limited_idle(state, 4, 0);
 }
 
 static int teardown(void **state)
@@ -1525,6 +1530,27 @@ static void test_limit_idle(void **state)
 	assert_true(logged("no request for 300 ms"));
 }
 
+/*
+ * A connection waiting for an unauthenticated slot (its address holds its
+ * share) is not greeted; nbds_free() ends the wait, and it is closed
+ * without a word rather than refused after the wait.
+ */
+static void test_limit_unauth_wait_free(void **state)
+{
+	struct fix *f = *state;
+	int a = cl_connect(f), b;
+	uint8_t g[NBD_GREETING_LEN];
+
+	cl_recv(a, g, sizeof(g)); /* a holds 127.0.0.1's one slot */
+	b = cl_connect(f);
+	wait_clients(f->s, 2);
+	nbds_free(f->s);
+	f->s = NULL;
+	assert_int_equal(recv(b, g, sizeof(g), 0), 0);
+	close(a);
+	close(b);
+}
+
 static void test_free_with_clients(void **state)
 {
 	struct fix *f = *state;
@@ -1577,6 +1603,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_free_with_clients, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_limit_refusals, setup_limited, teardown),
 		cmocka_unit_test_setup_teardown(test_limit_idle, setup_idle, teardown),
+		cmocka_unit_test_setup_teardown(test_limit_unauth_wait_free, setup_unauth,
+						teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
