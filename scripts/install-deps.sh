@@ -13,8 +13,8 @@ packages=(
 	libcmocka-dev python3 attr coreutils clang-format
 	# peers used by the integration tests and benchmarks
 	qemu-utils qemu-system-x86 libnbd-bin socat netcat-openbsd
-	# certtool and psktool, to make the TLS tests' keys and certificates
-	gnutls-bin
+	# certtool and psktool, openssl rand: the TLS tests' credentials
+	gnutls-bin openssl
 	# ss, for bench/qemu-converge.py's count of bytes on the wire
 	iproute2
 )

@@ -18,6 +18,7 @@
 #include "common/error.h"
 #include "common/util.h"
 #include "daemon/daemon.h"
+#include "nbdserver/server.h"
 #include "workload/workload.h"
 
 static const char serve_help[] =
@@ -27,6 +28,8 @@ static const char serve_help[] =
     "                    [--max-size SIZE] [--shared-base] [--port-file FILE]\n"
     "                    [--max-refused N] [--tls-psk FILE | --tls-creds DIR]\n"
     "                    [--tls-authz ID,...] [--no-tls]\n"
+    "                    [--nbd-max-per-peer N] [--nbd-max-unauth N]\n"
+    "                    [--nbd-idle-timeout SECONDS]\n"
     "\n"
     "Own the named images and export each over NBD under its NAME.  Every write\n"
     "goes through dirty tracking, so `blkmig migrate --control PATH --to ...`\n"
@@ -58,11 +61,27 @@ static const char serve_help[] =
     "  --max-refused N       with --incoming: give up after N refused connections\n"
     "                        (64); each is logged in one line\n" CLI_TLS_HELP
     "                        TLS covers the incoming migration, the NBD exports,\n"
-    "                        and outgoing migrations that name no credentials\n"
+    "                        and outgoing migrations that name no credentials;\n"
+    "                        NBD clients must use it (NBD_OPT_STARTTLS)\n"
     "  --no-tls              listen off loopback without TLS (refused otherwise)\n"
+    "  --nbd-max-per-peer N  NBD connections open at once from one address\n"
+    "                        (default 16)\n"
+    "  --nbd-max-unauth N    NBD connections still in their (TLS) handshake, all\n"
+    "                        addresses together; one address may hold half; more\n"
+    "                        wait up to 5 s for a slot (default 8)\n"
+    "  --nbd-idle-timeout SECONDS\n"
+    "                        close an NBD client that sends no request for this long\n"
+    "                        (default 600; 0: never)\n"
     "\n"
     "Runs until SIGINT or SIGTERM (a running migration is cancelled first).\n"
     "Exit status: 0 stopped by a signal, 1 failure, 2 usage error.\n";
+
+/* The daemon's lines for the operator. */
+static void log_line(void *user, const char *line)
+{
+	(void)user;
+	fprintf(stderr, "blkmig: serve: %s\n", line);
+}
 
 /* Write 'incoming=PORT' and 'nbd=PORT' lines to path (atomically). */
 static int write_port_file(const char *path, const struct daemon *d)
@@ -89,7 +108,10 @@ int cmd_serve(int argc, char **argv)
 		OPT_SHARED,
 		OPT_PORTFILE,
 		OPT_MAXREFUSED,
-		OPT_MAXSIZE
+		OPT_MAXSIZE,
+		OPT_MAX_PER_PEER,
+		OPT_MAX_UNAUTH,
+		OPT_IDLE_TIMEOUT,
 	};
 	static const struct option opts[] = {
 		{ "device", required_argument, NULL, 'd' },
@@ -103,14 +125,18 @@ int cmd_serve(int argc, char **argv)
 		{ "shared-base", no_argument, NULL, OPT_SHARED },
 		{ "port-file", required_argument, NULL, OPT_PORTFILE },
 		{ "max-refused", required_argument, NULL, OPT_MAXREFUSED },
+		{ "nbd-max-per-peer", required_argument, NULL, OPT_MAX_PER_PEER },
+		{ "nbd-max-unauth", required_argument, NULL, OPT_MAX_UNAUTH },
+		{ "nbd-idle-timeout", required_argument, NULL, OPT_IDLE_TIMEOUT },
 		CLI_TLS_OPTIONS,
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
 	static struct cli_device devs[CLI_MAX_DEVICES];
 	struct daemon_device ddevs[CLI_MAX_DEVICES];
-	struct daemon_config cfg = { .devs = ddevs, .cancel = cli_cancel_token() };
+	struct daemon_config cfg = { .devs = ddevs, .cancel = cli_cancel_token(), .log = log_line };
 	struct workload_spec wspec;
+	uint64_t v;
 	struct daemon *d = NULL;
 	const char *port_file = NULL;
 	struct cli_tls tls = { 0 };
@@ -162,15 +188,31 @@ int cmd_serve(int argc, char **argv)
 		case OPT_PORTFILE:
 			port_file = optarg;
 			break;
-		case OPT_MAXREFUSED: {
-			uint64_t v;
-
+		case OPT_MAXREFUSED:
 			r = cli_parse_uint("serve", "--max-refused", optarg, 1, 100000, &v);
 			if (r)
 				return r;
 			cfg.max_refused = (unsigned)v;
 			break;
-		}
+		case OPT_MAX_PER_PEER:
+		case OPT_MAX_UNAUTH:
+			r = cli_parse_uint("serve",
+					   c == OPT_MAX_PER_PEER ? "--nbd-max-per-peer"
+								 : "--nbd-max-unauth",
+					   optarg, 1, NBDS_MAX_CLIENTS, &v);
+			if (r)
+				return r;
+			if (c == OPT_MAX_PER_PEER)
+				cfg.nbd_max_per_peer = (unsigned)v;
+			else
+				cfg.nbd_max_unauth = (unsigned)v;
+			break;
+		case OPT_IDLE_TIMEOUT:
+			r = cli_parse_uint("serve", "--nbd-idle-timeout", optarg, 0, 24 * 3600, &v);
+			if (r)
+				return r;
+			cfg.nbd_idle_timeout_ms = v ? (int)v * 1000 : -1;
+			break;
 		case 'h':
 			fputs(serve_help, stdout);
 			return EXIT_OK;

@@ -121,10 +121,17 @@ int daemon_incoming_open(void *user, const char *name, uint64_t size, struct blk
 	return r;
 }
 
+/* A refused incoming connection, for the operator's log. */
 static void log_refused(void *user, const char *line)
 {
-	(void)user;
-	fprintf(stderr, "blkmig: serve: incoming: %s\n", line);
+	const struct daemon *d = user;
+
+	if (d->cfg.log) {
+		char buf[1600];
+
+		snprintf(buf, sizeof(buf), "incoming: %s", line);
+		d->cfg.log(d->cfg.log_user, buf);
+	}
 }
 
 static int run_incoming(struct daemon *d)
@@ -143,7 +150,8 @@ static int run_incoming(struct daemon *d)
 				      .tls = d->tls_server,
 				      .timeout_ms = XPORT_DEFAULT_TIMEOUT_MS,
 				      .max_failures = d->cfg.max_refused,
-				      .log = log_refused };
+				      .log = log_refused,
+				      .log_user = d };
 	int r;
 
 	for (unsigned i = 0; i < d->cfg.ndev; i++)
@@ -234,6 +242,28 @@ int daemon_check_config(const struct daemon_config *c)
 	return 0;
 }
 
+/* NBD TLS and limits, before listening. */
+static int nbd_setup(struct daemon *d)
+{
+	const struct daemon_config *c = &d->cfg;
+	struct nbds_limits l = NBDS_LIMITS_DEFAULT;
+	int r;
+
+	if (c->nbd_max_per_peer)
+		l.per_peer = c->nbd_max_per_peer;
+	if (c->nbd_max_unauth)
+		l.unauth = c->nbd_max_unauth;
+	if (c->nbd_idle_timeout_ms)
+		l.idle_timeout_ms =
+		    c->nbd_idle_timeout_ms < 0 ? 0 : (unsigned)c->nbd_idle_timeout_ms;
+	r = nbds_set_tls(d->nbd, d->tls_server);
+	if (r == 0)
+		r = nbds_set_limits(d->nbd, &l);
+	if (r == 0)
+		nbds_set_log(d->nbd, c->log, c->log_user);
+	return r;
+}
+
 int daemon_new(const struct daemon_config *cfg, struct daemon **out)
 {
 	struct daemon *d;
@@ -264,7 +294,9 @@ int daemon_new(const struct daemon_config *cfg, struct daemon **out)
 	nbds_refuse(d->nbd, d->cfg.incoming ? "an incoming migration is in progress: the exports "
 					      "are served once it is complete"
 					    : "the daemon is starting");
-	r = nbds_listen(d->nbd, d->cfg.nbd, d->nbd_addr, sizeof(d->nbd_addr));
+	r = nbd_setup(d);
+	if (r == 0)
+		r = nbds_listen(d->nbd, d->cfg.nbd, d->nbd_addr, sizeof(d->nbd_addr));
 	if (r < 0)
 		goto err_nbd;
 	if (d->cfg.incoming) {

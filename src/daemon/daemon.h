@@ -67,13 +67,23 @@ struct daemon_config {
 	unsigned max_refused; /* incoming: give up after this many refused
 			       * connections (0: INCOMING_MAX_FAILURES) */
 	const struct workload_spec *workload; /* the built-in writer, or NULL */
-	/* TLS for the incoming migration (server credentials) and, unless a
-	 * migrate command names its own, for outgoing ones (client
-	 * credentials, loaded when a migration starts).  No files: none. */
+	/* TLS (--tls-psk/--tls-creds/--tls-authz): server credentials for the
+	 * incoming migration and the NBD exports (which then require TLS:
+	 * nbds_set_tls()), and, unless a migrate command names its own,
+	 * client credentials for outgoing migrations, loaded when one
+	 * starts.  No files: none. */
 	struct tls_options tls;
 	/* Ends the wait for, or the receiving of, the incoming migration
 	 * (-ECANCELED); NULL: never. */
 	struct cancel *cancel;
+	/* NBD client limits (nbdserver/server.h's nbds_limits); 0: the
+	 * default.  nbd_idle_timeout_ms < 0: never close idle clients. */
+	unsigned nbd_max_per_peer, nbd_max_unauth;
+	int nbd_idle_timeout_ms;
+	/* Lines for the operator (refused NBD clients...), without "blkmig: "
+	 * or a newline; NULL: dropped.  Called from any thread, one at a time. */
+	void (*log)(void *user, const char *line);
+	void *log_user;
 };
 
 /*
@@ -85,7 +95,8 @@ struct daemon_config {
 int daemon_check_config(const struct daemon_config *cfg);
 
 /*
- * Check cfg (daemon_check_config()) and start listening: NBD at cfg->nbd, refusing clients until
+ * Check cfg (daemon_check_config()), load the TLS credentials, and start listening: NBD at
+ * cfg->nbd (with TLS and the limits set), refusing clients until
  * daemon_start() has finished, and the incoming address.  0 with *out set (caller owns it,
  * daemon_free()), or a negative errno with err_set().
  */

@@ -22,6 +22,17 @@
  *   - While refused (nbds_refuse): INFO/GO get NBD_REP_ERR_UNKNOWN with
  *     the reason; after nbds_shutdown every option but ABORT gets
  *     NBD_REP_ERR_SHUTDOWN with the reason.  EXPORT_NAME closes in both.
+ *   - TLS (nbds_set_tls): FORCEDTLS mode.  Before STARTTLS every option
+ *     but STARTTLS and ABORT gets NBD_REP_ERR_TLS_REQD, EXPORT_NAME
+ *     closes; this comes before the refusal and shutdown replies, so an
+ *     unauthenticated client learns nothing about the server.  After the
+ *     TLS handshake, whatever the plaintext phase negotiated is forgotten
+ *     (nbdkit's CVE-2021-3716 kept structured replies across it); the
+ *     client flags of the greeting stay.  Without credentials STARTTLS
+ *     gets NBD_REP_ERR_POLICY.
+ *   - A connection over a limit (server.h) gets NBD_REP_ERR_POLICY with
+ *     the reason for every option but ABORT, STARTTLS included (no TLS
+ *     handshake is spent on it); EXPORT_NAME closes.
  */
 #include "nbds-impl.h"
 
@@ -147,7 +158,8 @@ static enum conn_state enter_transmission(struct nbds_conn *c, const struct nbds
 	c->exp = x;
 	c->tflags = nbds_tflags(c, x);
 	c->meta = c->meta_export == x;
-	c->deadline_ns = 0;
+	nbds_set_deadline(c, 0, NULL);
+	nbds_authed(c); /* without TLS, reaching transmission is all there is */
 	return CONN_TRANSMIT;
 }
 
@@ -386,6 +398,30 @@ invalid:
 		   : CONN_OPTIONS;
 }
 
+static enum conn_state opt_starttls(struct nbds_conn *c, uint32_t len)
+{
+	const uint32_t opt = NBD_OPT_STARTTLS;
+	int r;
+
+	if (!c->srv->tls)
+		r = opt_error(c, opt, NBD_REP_ERR_POLICY,
+			      "TLS is not enabled on this server (blkmig serve --tls-psk or "
+			      "--tls-creds)");
+	else if (c->tls)
+		r = opt_error(c, opt, NBD_REP_ERR_INVALID, "TLS is already on");
+	else if (len != 0)
+		r = opt_error(c, opt, NBD_REP_ERR_INVALID, "NBD_OPT_STARTTLS takes no data");
+	else {
+		if (opt_reply(c, opt, NBD_REP_ACK, NULL, 0) < 0 || nbds_start_tls(c) < 0)
+			return CONN_CLOSE;
+		/* Nothing from before the handshake is trusted after it. */
+		c->structured = false;
+		c->meta_export = NULL;
+		return CONN_OPTIONS;
+	}
+	return r < 0 ? CONN_CLOSE : CONN_OPTIONS;
+}
+
 enum conn_state nbds_option(struct nbds_conn *c)
 {
 	uint8_t h[NBD_OPT_HDR_LEN];
@@ -413,6 +449,27 @@ enum conn_state nbds_option(struct nbds_conn *c)
 		err_set(ECONNABORTED, "client sent NBD_OPT_ABORT");
 		return CONN_CLOSE;
 	}
+	if (c->refusal) {
+		if (opt == NBD_OPT_EXPORT_NAME) {
+			err_set(EPERM, "NBD_OPT_EXPORT_NAME refused: %s", c->refusal);
+			return CONN_CLOSE;
+		}
+		return opt_error(c, opt, NBD_REP_ERR_POLICY, "%s", c->refusal) < 0 ? CONN_CLOSE
+										   : CONN_OPTIONS;
+	}
+	if (opt == NBD_OPT_STARTTLS)
+		return opt_starttls(c, len);
+	if (c->srv->tls && !c->tls) {
+		/* This option cannot carry an error: refusing means closing. */
+		if (opt == NBD_OPT_EXPORT_NAME) {
+			err_set(EACCES, "NBD_OPT_EXPORT_NAME without TLS, which is required");
+			return CONN_CLOSE;
+		}
+		return opt_error(c, opt, NBD_REP_ERR_TLS_REQD,
+				 "this server requires TLS: send NBD_OPT_STARTTLS first") < 0
+			   ? CONN_CLOSE
+			   : CONN_OPTIONS;
+	}
 	if (opt != NBD_OPT_EXPORT_NAME && nbds_shut_err(c->srv, msg, sizeof(msg)))
 		return opt_error(c, opt, NBD_REP_ERR_SHUTDOWN, "%s", msg) < 0 ? CONN_CLOSE
 									      : CONN_OPTIONS;
@@ -438,7 +495,6 @@ enum conn_state nbds_option(struct nbds_conn *c)
 	case NBD_OPT_SET_META_CONTEXT:
 		return opt_meta(c, opt, len);
 	default:
-		/* Includes NBD_OPT_STARTTLS: this server has no TLS. */
 		r = opt_error(c, opt, NBD_REP_ERR_UNSUP, "option %u (%s) is not supported", opt,
 			      opt_name(opt));
 		return r < 0 ? CONN_CLOSE : CONN_OPTIONS;

@@ -17,6 +17,8 @@
 
 #include "server.h"
 
+struct tls_session;
+
 struct nbds_export {
 	char *name; /* owned, NUL-terminated; never changes */
 	size_t namelen;
@@ -24,14 +26,35 @@ struct nbds_export {
 	bool readonly;
 };
 
+/* Connections from one IP address (server.c's peer table). */
+struct nbds_peer {
+	char addr[64];	 /* numeric, without the port */
+	unsigned conns;	 /* open, any phase (refused ones not counted) */
+	unsigned unauth; /* of those, not yet authenticated */
+};
+
 struct nbds {
 	pthread_mutex_t lock; /* protects everything up to 'acc' */
 	struct nbds_export **exports;
 	size_t nexports, exports_cap;
-	struct acc *acc;   /* the connections, once listening */
-	char *refuse;	   /* owned; non-NULL while refusing */
-	bool refusing;	   /* refuse may be NULL after a failed strdup */
-	char *shut_reason; /* owned; set with shut_err */
+	struct acc *acc;	 /* the connections, once listening */
+	char *refuse;		 /* owned; non-NULL while refusing */
+	bool refusing;		 /* refuse may be NULL after a failed strdup */
+	char *shut_reason;	 /* owned; set with shut_err */
+	struct nbds_peer *peers; /* one entry per address with connections */
+	size_t npeers, peers_cap;
+	unsigned unauth;	    /* connections not yet authenticated, all peers */
+	pthread_cond_t unauth_cond; /* an unauth slot was given back, or a kick */
+	unsigned nrefusing;	    /* connections being told they are over a limit */
+	pthread_mutex_t log_lock;   /* one log call at a time; guards the three below */
+	uint64_t log_window_ns;	    /* start of the current minute of logging */
+	unsigned log_lines, log_dropped;
+
+	/* Set before nbds_listen(), read-only after. */
+	struct tls_creds *tls; /* not owned; NULL: no TLS */
+	struct nbds_limits limits;
+	void (*log)(void *user, const char *line);
+	void *log_user;
 
 	_Atomic int shut_err; /* 0, or the positive errno of nbds_shutdown() */
 	int lfd;	      /* listening socket, -1 before nbds_listen() */
@@ -52,11 +75,20 @@ enum conn_state {
 
 struct nbds_conn {
 	struct nbds *srv;
-	int fd; /* closed only after the thread was joined (conn_free) */
+	int fd;	       /* closed only after the thread was joined (conn_free) */
+	char peer[80]; /* "ADDR:PORT" for messages */
+	char addr[64]; /* the peer table's key */
+	char *refusal; /* owned; non-NULL: over a limit, refuse every option */
 
 	/* Owned by the connection's thread. */
 	enum conn_state state;
-	uint64_t deadline_ns; /* handshake deadline; 0 once in transmission */
+	struct tls_session *tls;   /* after NBD_OPT_STARTTLS; every byte goes through it */
+	bool unauth;		   /* holds an unauthenticated slot (peer's and server's) */
+	bool kicked;		   /* nbds_free() wants it gone; server lock */
+	bool released;		   /* left the peer table (conn_release) */
+	uint64_t deadline_ns;	   /* handshake or request deadline; 0 for none */
+	unsigned deadline_ms;	   /* how long it was set for, for the message */
+	const char *deadline_what; /* what must finish by then, for the message */
 	uint64_t drain_end_ns;
 	bool saw_shutdown; /* stop watching shut_pipe */
 	bool no_zeroes;	   /* client set NBD_FLAG_C_NO_ZEROES */
@@ -75,6 +107,18 @@ struct nbds_conn {
 #define NBDS_META_ALLOCATION_ID 1
 
 /* ---- server.c ------------------------------------------------------------- */
+
+/* The connection is authenticated (TLS handshake done, or, without TLS,
+ * in transmission): it gives its unauthenticated slot back.  Idempotent. */
+void nbds_authed(struct nbds_conn *c);
+/* One line for the operator (nbds_set_log()), rate-limited. */
+void nbds_log(struct nbds *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* From now on, reads and writes must finish within ms (0: no deadline);
+ * what names the phase in the timeout's message (a string literal). */
+void nbds_set_deadline(struct nbds_conn *c, unsigned ms, const char *what);
+/* Set the socket non-blocking and run the TLS handshake within the
+ * handshake deadline; 0, or a negative errno (the connection must close). */
+int nbds_start_tls(struct nbds_conn *c);
 
 /*
  * Read exactly len bytes: 0, -ECONNRESET at end of stream, -ETIMEDOUT past

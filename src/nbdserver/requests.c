@@ -36,6 +36,9 @@
  * block layer before the first chunk goes out, so a read error is always
  * one clean error reply.
  *
+ * Idleness: a connection that sends no request for the server's idle
+ * timeout, or takes longer than it to send one, is closed (server.h).
+ *
  * Shutdown: a request finished after nbds_shutdown() is answered with the
  * shutdown error whatever its result, and the connection drains (see
  * nbds_drain()).
@@ -419,15 +422,26 @@ static int read_request(struct nbds_conn *c, struct nbd_request *req, bool keep_
 
 enum conn_state nbds_request(struct nbds_conn *c)
 {
+	unsigned idle = c->srv->limits.idle_timeout_ms;
 	struct nbd_request req;
 	int r;
 
-	r = nbds_wait(c, -1);
+	r = nbds_wait(c, idle ? (int)MIN(idle, (unsigned)INT32_MAX) : -1);
 	if (r == -ESHUTDOWN)
 		return CONN_DRAIN;
+	if (r == 0) {
+		nbds_log(c->srv, "nbd server: closed the connection from %s: no request for %u ms",
+			 c->peer, idle);
+		err_set(ETIMEDOUT, "no request for %u ms", idle);
+		return CONN_CLOSE;
+	}
 	if (r < 0)
 		return CONN_CLOSE;
-	if (read_request(c, &req, true) < 0)
+	/* A request trickling in holds the connection no longer than idleness. */
+	nbds_set_deadline(c, idle, "a request");
+	r = read_request(c, &req, true);
+	nbds_set_deadline(c, 0, NULL);
+	if (r < 0)
 		return CONN_CLOSE;
 	if (nbds_shut_err(c->srv, NULL, 0))
 		return finish(c, &req, 0);

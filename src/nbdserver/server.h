@@ -3,7 +3,9 @@
  * NBD server: exports block devices (struct blk, usually a tracking layer
  * over a file) to real NBD clients -- qemu, qemu-img, qemu-io, nbdcopy,
  * nbdinfo, the kernel's nbd-client -- and lets the migration engine stop
- * them at switch-over.  Fixed newstyle negotiation only, no TLS.
+ * them at switch-over.  Fixed newstyle negotiation; with credentials
+ * (nbds_set_tls()) TLS is forced: NBD_OPT_STARTTLS first, everything else
+ * after it, over TLS 1.3 (src/tls).
  *
  * Threads: one accept thread plus one thread per client.  A client's
  * requests are executed one at a time, in order, so all I/O of a
@@ -25,13 +27,56 @@
 
 struct blk;
 struct nbds;
+struct tls_creds;
 
 /* Longest export name accepted (the protocol's string limit), in bytes. */
 #define NBDS_MAX_NAME 4096
 /* Connections served at once; more are closed right after accept. */
 #define NBDS_MAX_CLIENTS 128
-/* A client must reach transmission (GO/EXPORT_NAME) within this time. */
+/* A client must reach transmission (GO/EXPORT_NAME) within this time,
+ * TLS handshake included. */
 #define NBDS_HANDSHAKE_TIMEOUT_MS 60000
+
+/*
+ * Limits that keep one peer from starving the others (nbds_set_limits()):
+ *   - per_peer: connections open at once from one IP address (whatever
+ *     their phase);
+ *   - unauth: connections, from all peers together, that are not yet
+ *     authenticated: with TLS, those that have not finished the TLS
+ *     handshake; without, those not yet in transmission.  One address may
+ *     hold at most half of them (at least 1), so that a second peer still
+ *     gets in while the first stalls its handshakes.  A connection that
+ *     finds no slot free waits for one, ungreeted, for up to
+ *     NBDS_UNAUTH_WAIT_MS (so a burst of clients from one host queues
+ *     rather than fails), then is refused;
+ *   - idle_timeout_ms: a connection in transmission that sends no request
+ *     for this long is closed (0: never); a request whose header or
+ *     payload takes longer than this to arrive closes it too.
+ * A connection over a limit is told why where the protocol allows: it is
+ * greeted and every option gets NBD_REP_ERR_POLICY with the reason as its
+ * message (NBD_OPT_EXPORT_NAME, which cannot carry an error, gets the
+ * connection closed), for at most NBDS_REFUSE_TIMEOUT_MS; beyond
+ * NBDS_MAX_REFUSING such conversations at once, it is closed at once.
+ * Either way the server logs one line (nbds_set_log()), at most
+ * NBDS_LOG_BURST lines a minute.
+ */
+#define NBDS_DEFAULT_MAX_PER_PEER    16
+#define NBDS_DEFAULT_MAX_UNAUTH	     8
+#define NBDS_DEFAULT_IDLE_TIMEOUT_MS (10 * 60 * 1000)
+#define NBDS_REFUSE_TIMEOUT_MS	     5000
+#define NBDS_UNAUTH_WAIT_MS	     5000
+#define NBDS_MAX_REFUSING	     4
+#define NBDS_LOG_BURST		     20
+
+struct nbds_limits {
+	unsigned per_peer;	  /* >= 1 */
+	unsigned unauth;	  /* >= 1 */
+	unsigned idle_timeout_ms; /* 0: never */
+};
+#define NBDS_LIMITS_DEFAULT                                                                        \
+	((struct nbds_limits){ .per_peer = NBDS_DEFAULT_MAX_PER_PEER,                              \
+			       .unauth = NBDS_DEFAULT_MAX_UNAUTH,                                  \
+			       .idle_timeout_ms = NBDS_DEFAULT_IDLE_TIMEOUT_MS })
 
 /* 0 or negative errno (err_set).  The caller owns *out (nbds_free()). */
 int nbds_new(struct nbds **out);
@@ -46,6 +91,35 @@ int nbds_new(struct nbds **out);
  * gets the export named "" if there is one, else the first export added.
  */
 int nbds_add_export(struct nbds *s, const char *name, struct blk *blk, bool readonly);
+
+/*
+ * Force TLS with these server credentials (tls_creds_new(..., TLS_SERVER,
+ * ...); not owned, they must outlive the server; NULL: no TLS).  Before
+ * nbds_listen() only: -EBUSY after.
+ *
+ * With TLS, a client must send NBD_OPT_STARTTLS before anything else:
+ * every other option but NBD_OPT_ABORT gets NBD_REP_ERR_TLS_REQD, and
+ * NBD_OPT_EXPORT_NAME closes the connection.  STARTTLS is acknowledged,
+ * then the TLS handshake runs within what is left of the handshake
+ * deadline (the credentials' authorisation list applies); a failed
+ * handshake closes the connection.  Nothing negotiated before it survives
+ * it (structured replies, meta contexts), and a second STARTTLS gets
+ * NBD_REP_ERR_INVALID.  Without TLS, STARTTLS gets NBD_REP_ERR_POLICY.
+ */
+int nbds_set_tls(struct nbds *s, struct tls_creds *c);
+
+/* Set the limits above (checked: -EINVAL for a zero per_peer or unauth).
+ * Before nbds_listen() only: -EBUSY after.  The defaults apply otherwise. */
+int nbds_set_limits(struct nbds *s, const struct nbds_limits *l);
+
+/*
+ * Where the server reports what the operator should hear of: connections
+ * refused by a limit, closed for idleness, or failing the TLS handshake.
+ * One line each, without "blkmig: " or a newline, anything from the peer
+ * escaped.  Called from the server's threads, one call at a time.  NULL
+ * (the default): nothing is reported.  Before nbds_listen() only.
+ */
+void nbds_set_log(struct nbds *s, void (*log)(void *user, const char *line), void *user);
 
 /*
  * Start listening on HOST:PORT ("[v6]:PORT"; port 0 picks a free port;

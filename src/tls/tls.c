@@ -410,7 +410,9 @@ static bool is_ip_literal(const char *h)
 int tls_session_new(struct tls_creds *c, int fd, const char *hostname, struct tls_session **out)
 {
 	struct tls_session *s = calloc(1, sizeof(*s));
-	unsigned flags = GNUTLS_NONBLOCK | GNUTLS_NO_TICKETS;
+	/* NO_SIGNAL: a peer gone mid-send is an error, not a SIGPIPE (not every
+	 * program using this library ignores it). */
+	unsigned flags = GNUTLS_NONBLOCK | GNUTLS_NO_TICKETS | GNUTLS_NO_SIGNAL;
 	int gr;
 
 	if (!s)

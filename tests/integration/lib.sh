@@ -132,37 +132,46 @@ wait_export() {
 # stop PID: SIGTERM and wait; prints nothing, sets RC.
 stop() { kill -TERM "$1" 2>/dev/null; wait_rc "$1"; }
 
-# make_psk FILE IDENTITY: a fresh 256-bit pre-shared key, private to us.
+# make_psk FILE NAME: a PSK file with one NAME:HEXKEY line, mode 0600 (the
+# format of psktool, qemu's keys.psk and blkmig's --tls-psk).
 make_psk() {
-	(umask 077 && echo "$2:$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')" >"$1")
+	(umask 077 && echo "$2:$(openssl rand -hex 32)" >"$1")
 }
 
-# make_x509 DIR [CA-DIR]: QEMU's tls-creds-x509 layout in DIR: a CA (made
-# here, or CA-DIR's), a server certificate for 127.0.0.1 and localhost, and a
-# client certificate with DN "CN=client,O=blkmig test".  Keys mode 0600.
+# make_x509 DIR [CLIENT_CN] [CA_NAME]: a CA and server and client
+# certificates in qemu's tls-creds-x509 layout (ca-cert.pem, server-*.pem,
+# client-*.pem; keys mode 0600).  The server's is for localhost and
+# 127.0.0.1.  With CA_NAME, the CA's files are kept as
+# $T/CA_NAME-ca-{cert,key}.pem and reused, so several dirs share one CA.
 make_x509() {
-	local d=$1 ca=${2:-}
+	local d=$1 cn=${2:-client} ca=${3:-}
 	mkdir -p "$d"
+	chmod 700 "$d"
 	(
+		set -e
 		umask 077
-		cd "$d" || exit 1
-		if [ -z "$ca" ]; then
-			certtool --generate-privkey --key-type=ecdsa --outfile ca-key.pem 2>/dev/null
-			printf 'cn = "blkmig test CA"\nca\ncert_signing_key\nexpiration_days = 30\n' >ca.tmpl
-			certtool --generate-self-signed --load-privkey ca-key.pem --template ca.tmpl \
-				--outfile ca-cert.pem 2>/dev/null
+		cd "$d"
+		if [ -n "$ca" ] && [ -s "$T/$ca-ca-cert.pem" ]; then
+			cp "$T/$ca-ca-key.pem" ca-key.pem
+			cp "$T/$ca-ca-cert.pem" ca-cert.pem
 		else
-			cp "$ca/ca-key.pem" "$ca/ca-cert.pem" .
+			certtool --generate-privkey --key-type=ecdsa --outfile ca-key.pem 2>/dev/null
+			printf 'cn = blkmig test CA %s\nca\ncert_signing_key\nexpiration_days = 2\n' "$ca" >ca.info
+			certtool --generate-self-signed --load-privkey ca-key.pem --template ca.info \
+				--outfile ca-cert.pem 2>/dev/null
+			if [ -n "$ca" ]; then
+				cp ca-key.pem "$T/$ca-ca-key.pem"
+				cp ca-cert.pem "$T/$ca-ca-cert.pem"
+			fi
 		fi
-		printf 'cn = "server"\norganization = "blkmig test"\ndns_name = "localhost"\nip_address = "127.0.0.1"\ntls_www_server\nencryption_key\nsigning_key\nexpiration_days = 30\n' >server.tmpl
-		printf 'cn = "client"\norganization = "blkmig test"\ntls_www_client\nencryption_key\nsigning_key\nexpiration_days = 30\n' >client.tmpl
+		printf 'cn = localhost\ndns_name = localhost\nip_address = 127.0.0.1\ntls_www_server\nsigning_key\nencryption_key\nexpiration_days = 2\n' >server.info
+		printf 'cn = %s\ntls_www_client\nsigning_key\nencryption_key\nexpiration_days = 2\n' "$cn" >client.info
 		for who in server client; do
 			certtool --generate-privkey --key-type=ecdsa --outfile $who-key.pem 2>/dev/null
 			certtool --generate-certificate --load-privkey $who-key.pem \
 				--load-ca-certificate ca-cert.pem --load-ca-privkey ca-key.pem \
-				--template $who.tmpl --outfile $who-cert.pem 2>/dev/null
+				--template $who.info --outfile $who-cert.pem 2>/dev/null
 		done
 		chmod 644 ca-cert.pem server-cert.pem client-cert.pem
-	) || fail "make_x509 $d"
-	[ -s "$d/client-cert.pem" ] || fail "make_x509 $d: certtool failed"
+	) || fail "make_x509 $d: certtool failed"
 }

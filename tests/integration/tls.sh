@@ -52,14 +52,14 @@ send_ok psk --tls-psk "$T/keys.psk"
 pass "PSK: send -> receive identical"
 
 start_receiver x509 --device d0="$T/x509.img" --create --tls-creds "$T/pki" \
-	--tls-authz "CN=client,O=blkmig test"
+	--tls-authz "CN=client"
 send_ok x509 --tls-creds "$T/pki"
 pass "X.509 with --tls-authz on the DN: send -> receive identical"
 
 # ---- wrong credentials: refused, nothing written, the real source then wins
 make_random "$T/guarded.img" $size 7
 DST="$T/guarded.img"
-start_receiver guarded --device d0="$DST" --tls-creds "$T/pki" --tls-authz "CN=client,O=blkmig test"
+start_receiver guarded --device d0="$DST" --tls-creds "$T/pki" --tls-authz "CN=client"
 RECV_ERR="$T/guarded.err"
 send_refused untrusted-ca "certificate was refused|peer refused it" --tls-creds "$T/pki2"
 send_refused client-ca "certificate|peer refused it|peer ended TLS" --tls-creds "$T/mixed"

@@ -8,8 +8,10 @@
  * oversized options), every command with and without structured replies,
  * each validation error with the connection still usable afterwards,
  * protocol violations that must close only the offending connection,
- * refusal, and switch-over shutdown (also with a write held by a paused
- * tracking layer).
+ * refusal, switch-over shutdown (also with a write held by a paused
+ * tracking layer), and the client limits (per address, unauthenticated,
+ * the budget of refusal conversations, idle; TLS itself is tested with
+ * real clients in tests/integration/nbd-tls.sh).
  *
  * Every client socket has a receive timeout, so a server that fails to
  * answer makes a test fail instead of hang.
@@ -71,6 +73,68 @@ static int setup(void **state)
 		fail_msg("listen: %s", err_msg());
 	*state = f;
 	return 0;
+}
+
+/* What the server logged, for the limit tests. */
+static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
+static char log_text[8192];
+
+static void log_line(void *user, const char *line)
+{
+	(void)user;
+	pthread_mutex_lock(&log_lock);
+	snprintf(log_text + strlen(log_text), sizeof(log_text) - strlen(log_text), "%s\n", line);
+	pthread_mutex_unlock(&log_lock);
+}
+
+static bool logged(const char *what)
+{
+	bool r;
+
+	pthread_mutex_lock(&log_lock);
+	r = strstr(log_text, what) != NULL;
+	pthread_mutex_unlock(&log_lock);
+	return r;
+}
+
+/* The fixture with per_peer connections per address, two unauthenticated
+ * (one per address), the idle timeout given, and logging. */
+static int setup_limited_idle(void **state, unsigned per_peer, unsigned idle_ms)
+{
+	struct fix *f = calloc(1, sizeof(*f));
+	struct nbds_limits l = { .per_peer = per_peer, .unauth = 2, .idle_timeout_ms = idle_ms };
+
+	assert_non_null(f);
+	assert_int_equal(blk_mem_open(DISK_SIZE, &f->disk), 0);
+	assert_int_equal(blk_mem_open(RO_SIZE, &f->ro), 0);
+	assert_int_equal(blk_mem_open(SPARSE_SIZE, &f->sparse), 0);
+	assert_int_equal(nbds_new(&f->s), 0);
+	assert_int_equal(nbds_add_export(f->s, "disk", f->disk, false), 0);
+	l.per_peer = 0;
+	assert_int_equal(nbds_set_limits(f->s, &l), -EINVAL);
+	l.per_peer = per_peer;
+	assert_int_equal(nbds_set_limits(f->s, &l), 0);
+	log_text[0] = '\0';
+	nbds_set_log(f->s, log_line, NULL);
+	if (nbds_listen(f->s, "127.0.0.1:0", f->bound, sizeof(f->bound)) != 0)
+		fail_msg("listen: %s", err_msg());
+	*state = f;
+	return 0;
+}
+
+static int setup_limited(void **state)
+{
+	return setup_limited_idle(state, 1, 0);
+}
+
+static int setup_idle(void **state)
+{
+	return setup_limited_idle(state, 1, 300);
+}
+
+static int setup_unauth(void **state)
+{
+	return setup_limited_idle(state, 4, 0);
 }
 
 static int teardown(void **state)
@@ -496,6 +560,9 @@ static void test_api_errors(void **state)
 	assert_int_equal(nbds_add_export(f->s, longname, f->disk, false), -EINVAL);
 	free(longname);
 	assert_int_equal(nbds_listen(f->s, "127.0.0.1:0", NULL, 0), -EBUSY);
+	/* TLS and limits are fixed once listening. */
+	assert_int_equal(nbds_set_tls(f->s, NULL), -EBUSY);
+	assert_int_equal(nbds_set_limits(f->s, &NBDS_LIMITS_DEFAULT), -EBUSY);
 	nbds_free(NULL);
 }
 
@@ -544,12 +611,13 @@ static void test_list_and_abort(void **state)
 	assert_int_equal(cl_opt_reply(fd, NBD_OPT_LIST, buf, sizeof(buf), NULL),
 			 NBD_REP_ERR_INVALID);
 
-	/* Unknown options and STARTTLS: UNSUP, and haggling goes on. */
+	/* Unknown options: UNSUP; STARTTLS without credentials: POLICY; and
+	 * haggling goes on. */
 	cl_opt(fd, 99, "abc", 3);
 	assert_int_equal(cl_opt_reply(fd, 99, buf, sizeof(buf), NULL), NBD_REP_ERR_UNSUP);
 	cl_opt(fd, NBD_OPT_STARTTLS, NULL, 0);
 	assert_int_equal(cl_opt_reply(fd, NBD_OPT_STARTTLS, buf, sizeof(buf), NULL),
-			 NBD_REP_ERR_UNSUP);
+			 NBD_REP_ERR_POLICY);
 
 	/* ABORT: acknowledged (data ignored), then closed. */
 	cl_opt(fd, NBD_OPT_ABORT, "zz", 2);
@@ -1413,6 +1481,76 @@ static void test_shutdown_later_request(void **state)
 	assert_true(mem_is_zero(w, sizeof(w)));
 }
 
+/* ---- limits ---------------------------------------------------------------------- */
+
+/*
+ * Over the per-address limit: a refusal conversation (POLICY with the
+ * reason for every option), at most NBDS_MAX_REFUSING at once; beyond,
+ * closed before the greeting.  Each logged.
+ */
+static void test_limit_refusals(void **state)
+{
+	struct fix *f = *state;
+	int first = cl_open(f, "disk", false, false, NULL), told[NBDS_MAX_REFUSING], fd;
+	uint8_t buf[512], g[NBD_GREETING_LEN];
+	uint32_t len;
+
+	for (int i = 0; i < NBDS_MAX_REFUSING; i++) {
+		told[i] = cl_connect(f);
+		cl_greet(told[i], NBD_FLAG_C_FIXED_NEWSTYLE);
+		cl_opt(told[i], NBD_OPT_LIST, NULL, 0);
+		assert_int_equal(cl_opt_reply(told[i], NBD_OPT_LIST, buf, sizeof(buf) - 1, &len),
+				 NBD_REP_ERR_POLICY);
+		buf[len] = '\0';
+		assert_non_null(strstr((char *)buf, "too many connections from 127.0.0.1"));
+	}
+	/* No more conversations: closed without a word. */
+	fd = cl_connect(f);
+	assert_true(recv(fd, g, sizeof(g), MSG_WAITALL) <= 0);
+	close(fd);
+	assert_true(logged("(closed at once)"));
+	assert_true(logged("refused a connection from 127.0.0.1:"));
+	/* EXPORT_NAME cannot carry the error: closed. */
+	cl_opt(told[0], NBD_OPT_EXPORT_NAME, "disk", 4);
+	assert_true(cl_closed(told[0]));
+	for (int i = 0; i < NBDS_MAX_REFUSING; i++)
+		close(told[i]);
+	cl_disc(first);
+}
+
+/* The idle timeout closes a client in transmission, and is logged. */
+static void test_limit_idle(void **state)
+{
+	struct fix *f = *state;
+	int fd = cl_open(f, "disk", false, false, NULL);
+
+	assert_true(cl_closed(fd)); /* within RECV_TIMEOUT_S */
+	close(fd);
+	wait_clients(f->s, 0);
+	assert_true(logged("no request for 300 ms"));
+}
+
+/*
+ * A connection waiting for an unauthenticated slot (its address holds its
+ * share) is not greeted; nbds_free() ends the wait, and it is closed
+ * without a word rather than refused after the wait.
+ */
+static void test_limit_unauth_wait_free(void **state)
+{
+	struct fix *f = *state;
+	int a = cl_connect(f), b;
+	uint8_t g[NBD_GREETING_LEN];
+
+	cl_recv(a, g, sizeof(g)); /* a holds 127.0.0.1's one slot */
+	b = cl_connect(f);
+	wait_clients(f->s, 2);
+	nbds_free(f->s);
+	f->s = NULL;
+	assert_int_equal(recv(b, g, sizeof(g), 0), 0);
+	close(a);
+	close(b);
+}
+
 static void test_free_with_clients(void **state)
 {
 	struct fix *f = *state;
@@ -1463,6 +1601,10 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_shutdown, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_shutdown_later_request, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_free_with_clients, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_limit_refusals, setup_limited, teardown),
+		cmocka_unit_test_setup_teardown(test_limit_idle, setup_idle, teardown),
+		cmocka_unit_test_setup_teardown(test_limit_unauth_wait_free, setup_unauth,
+						teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
