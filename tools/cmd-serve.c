@@ -71,7 +71,8 @@ static const char serve_help[] =
     "                        wait up to 5 s for a slot (default 8)\n"
     "  --nbd-idle-timeout SECONDS\n"
     "                        close an NBD client that sends no request for this long\n"
-    "                        (default 600; 0: never)\n"
+    "                        (default 0: never; one request must still arrive\n"
+    "                        within 120 s)\n"
     "\n"
     "Runs until SIGINT or SIGTERM (a running migration is cancelled first).\n"
     "Exit status: 0 stopped by a signal, 1 failure, 2 usage error.\n";

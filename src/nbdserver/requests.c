@@ -37,7 +37,8 @@
  * one clean error reply.
  *
  * Idleness: a connection that sends no request for the server's idle
- * timeout, or takes longer than it to send one, is closed (server.h).
+ * timeout (if it has one), or takes longer than it (or
+ * NBDS_REQUEST_TIMEOUT_MS) to send one, is closed (server.h).
  *
  * Shutdown: a request finished after nbds_shutdown() is answered with the
  * shutdown error whatever its result, and the connection drains (see
@@ -437,8 +438,9 @@ enum conn_state nbds_request(struct nbds_conn *c)
 	}
 	if (r < 0)
 		return CONN_CLOSE;
-	/* A request trickling in holds the connection no longer than idleness. */
-	nbds_set_deadline(c, idle, "a request");
+	/* A request trickling in holds the connection no longer than idleness,
+	 * or a bound of its own when idleness is not limited. */
+	nbds_set_deadline(c, idle ? idle : NBDS_REQUEST_TIMEOUT_MS, "a request");
 	r = read_request(c, &req, true);
 	nbds_set_deadline(c, 0, NULL);
 	if (r < 0)

@@ -50,8 +50,9 @@ struct tls_creds;
  *     NBDS_UNAUTH_WAIT_MS (so a burst of clients from one host queues
  *     rather than fails), then is refused;
  *   - idle_timeout_ms: a connection in transmission that sends no request
- *     for this long is closed (0: never); a request whose header or
- *     payload takes longer than this to arrive closes it too.
+ *     for this long is closed (0, the default: never, so a VM's quiet disk
+ *     is not cut off); a request whose header or payload takes longer
+ *     than this (NBDS_REQUEST_TIMEOUT_MS when 0) to arrive closes it too.
  * A connection over a limit is told why where the protocol allows: it is
  * greeted and every option gets NBD_REP_ERR_POLICY with the reason as its
  * message (NBD_OPT_EXPORT_NAME, which cannot carry an error, gets the
@@ -62,7 +63,8 @@ struct tls_creds;
  */
 #define NBDS_DEFAULT_MAX_PER_PEER    16
 #define NBDS_DEFAULT_MAX_UNAUTH	     8
-#define NBDS_DEFAULT_IDLE_TIMEOUT_MS (10 * 60 * 1000)
+#define NBDS_DEFAULT_IDLE_TIMEOUT_MS 0
+#define NBDS_REQUEST_TIMEOUT_MS	     120000
 #define NBDS_REFUSE_TIMEOUT_MS	     5000
 #define NBDS_UNAUTH_WAIT_MS	     5000
 #define NBDS_MAX_REFUSING	     4
