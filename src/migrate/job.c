@@ -188,9 +188,11 @@ int job_start(struct job *j, const char *to, const struct src_params *p, struct 
 	pthread_mutex_lock(&j->lock);
 	reap_locked(j);
 	if (j->completed || j->running) {
+		bool busy = j->running;
+
 		pthread_mutex_unlock(&j->lock);
 		tls_creds_free(tls);
-		if (j->running)
+		if (busy)
 			return err_set(EBUSY, "a migration is already running");
 		return err_set(ESHUTDOWN, "the devices were already migrated: this daemon no "
 					  "longer owns them");
