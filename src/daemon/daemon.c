@@ -160,7 +160,9 @@ static int run_incoming(struct daemon *d)
 	r = incoming_run(&p, &ip, d->cfg.cancel, NULL);
 	close(d->incoming_lfd);
 	d->incoming_lfd = -1;
-	if (r == -ECANCELED)
+	/* Our own cancel ended the wait; anything else (a source that
+	 * aborted says ECANCELED too) failed the migration. */
+	if (r == -ECANCELED && cancel_is_set(d->cfg.cancel))
 		return err_prefix(-r, "incoming: ");
 	if (r < 0)
 		return err_prefix(-r, "incoming migration failed: ");

@@ -69,8 +69,10 @@ static void settle_locked(struct incoming *in, struct conn *c, int r, const char
 		in->claimed = false;
 	if (in->done)
 		return; /* ended by the outcome of another, or cancelled */
-	if (r == 0 || (c->claimed && st->written) || r == -ECANCELED) {
-		/* Complete, or failed after writing: this was the migration. */
+	if (r == 0 || (c->claimed && st->written) || (r == -ECANCELED && cancel_is_set(in->stop))) {
+		/* Complete, failed after writing (this was the migration), or
+		 * cancelled here.  A peer's own ABORT is a refusal like any
+		 * other while nothing was written. */
 		in->done = true;
 		in->result = r;
 		in->st = *st;
