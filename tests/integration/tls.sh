@@ -151,9 +151,15 @@ RECV_ERR="$T/forged.err"
 	{ cat "$T/hd.craft" >&2; fail "hello-device: craft"; }
 "$BLKMIG_CRAFT" --to "127.0.0.1:$RECV_PORT" --size $size --fault bad-magic >"$T/bm.craft" 2>&1 ||
 	{ cat "$T/bm.craft" >&2; fail "bad-magic: craft"; }
+# A peer that says HELLO and then ABORT (which reads as ECANCELED, like a
+# cancel of our own) is refused like any other: the wait goes on.
+"$BLKMIG_CRAFT" --to "127.0.0.1:$RECV_PORT" --size $size --fault hello-abort >"$T/ha.craft" 2>&1 ||
+	{ cat "$T/ha.craft" >&2; fail "hello-abort: craft"; }
 kill -0 "$RECV_PID" || fail "forged: the receiver gave up"
+grep -q "refused a connection from .*craft aborts before any record" "$T/forged.err" ||
+	{ cat "$T/forged.err" >&2; fail "hello-abort: not logged as refused"; }
 send_ok forged
-pass "plaintext receiver: a forged hello and garbage refused; the real source completed"
+pass "plaintext receiver: a forged hello, garbage and a HELLO+ABORT refused; the real source completed"
 
 # While one migration runs, a second sender is refused and the first wins.
 DST="$T/busy.img"

@@ -36,6 +36,7 @@ static const char *const faults[] = {
 	"bad-magic",	     /* not a blkmig stream */
 	"bad-version",	     /* HELLO version 99 */
 	"abort",	     /* the source aborts after one record */
+	"hello-abort",	     /* the source aborts right after READY, writing nothing */
 	"no-complete",	     /* all records, then the connection closes */
 	"no-commit",	     /* a valid migration, but no COMMIT after the ACK */
 	"missing-chunk",     /* one chunk never sent (not shared base), digest of the rest */
@@ -185,6 +186,14 @@ int main(int argc, char **argv)
 	if (!chunk || !dig)
 		return 1;
 
+	if (is(fault, "hello-abort")) {
+		struct native_error e = { .err = ECANCELED };
+
+		snprintf(e.reason, sizeof(e.reason), "craft aborts before any record");
+		n = native_error_encode(buf, sizeof(buf), NATIVE_MSG_ABORT, &e);
+		send_all(x, buf, (size_t)n);
+		goto answer;
+	}
 	/* One pass over every chunk, with the fault in the middle. */
 	type = NATIVE_MSG_BLOCKS;
 	xport_write(x, &type, 1);
