@@ -8,11 +8,13 @@
 . "$(dirname "$0")/lib.sh"
 requires qemu-system-x86_64 python3 cmp timeout certtool
 
-# QEMU 7.2 as a TLS migration source, run with glibc's MALLOC_PERTURB_
-# (which meson sets), ends its stream before its last chunks and reports
-# "completed" anyway -- into another QEMU 7.2 too, which then holds a
-# different image.  blkmig's receiver refuses such a stream ("the source
-# carried 14 of 16 chunks"); these tests run QEMU without it.
+# QEMU 7.2 as a TLS migration source now and then ends its stream before
+# its last chunks and reports "completed" anyway -- into another QEMU 7.2
+# too, which then holds a different image.  glibc's MALLOC_PERTURB_ (which
+# meson sets) makes it happen nearly every time, a slow receiver (ASan)
+# sometimes.  blkmig's receiver refuses such a stream ("the source carried
+# 15 of 16 chunks"), which from_qemu_ok checks, then tries again (3 times at
+# most); QEMU runs without MALLOC_PERTURB_.
 qemu-system-x86_64() { env -u MALLOC_PERTURB_ qemu-system-x86_64 "$@"; }
 
 free_port() { python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])"; }
@@ -55,14 +57,26 @@ from_qemu() {
 	wait "$qpid" 2>/dev/null
 }
 
-from_qemu x509-in x509 --tls-creds "$T/pki" --tls-authz "CN=client"
-[ "$RC" = 0 ] || { cat "$T/x509-in.err" "$T/x509-in.qemu.err" >&2; fail "QEMU x509 -> receive: exit $RC"; }
-cmp "$T/src.img" "$T/x509-in.dst" || fail "QEMU x509 -> receive: images differ"
+# from_qemu_ok LABEL KIND RECEIVE-TLS-ARGS...: from_qemu until it completes
+# (see above: a short stream from QEMU must be refused, and is retried).
+from_qemu_ok() {
+	local label=$1
+	for try in 1 2 3; do
+		from_qemu "$@"
+		[ "$RC" = 0 ] && break
+		grep -q "the source carried [0-9]* of 16 chunks: the migration is incomplete" "$T/$label.err" ||
+			{ cat "$T/$label.err" "$T/$label.qemu.err" >&2; fail "$label: receive exited $RC"; }
+		echo "note: $label try $try: QEMU's TLS stream was short and was refused: $(cat "$T/$label.err")"
+		is_marked "$T/$label.dst" || fail "$label: a refused short stream left the image unmarked"
+	done
+	[ "$RC" = 0 ] || fail "$label: QEMU's TLS stream was short 3 times"
+	cmp "$T/src.img" "$T/$label.dst" || fail "$label: images differ"
+}
+
+from_qemu_ok x509-in x509 --tls-creds "$T/pki" --tls-authz "CN=client"
 pass "QEMU 7.2 (tls-creds-x509) -> receive --format qemu --tls-creds: identical"
 
-from_qemu psk-in psk --tls-psk "$T/psk/keys.psk"
-[ "$RC" = 0 ] || { cat "$T/psk-in.err" "$T/psk-in.qemu.err" >&2; fail "QEMU psk -> receive: exit $RC"; }
-cmp "$T/src.img" "$T/psk-in.dst" || fail "QEMU psk -> receive: images differ"
+from_qemu_ok psk-in psk --tls-psk "$T/psk/keys.psk"
 pass "QEMU 7.2 (tls-creds-psk) -> receive --format qemu --tls-psk: identical"
 
 from_qemu badkey badpsk --tls-psk "$T/psk/keys.psk"
