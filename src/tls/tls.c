@@ -8,7 +8,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <gnutls/gnutls.h>
-#include <gnutls/socket.h>
 #include <gnutls/x509.h>
 #include <poll.h>
 #include <stdio.h>
@@ -722,11 +721,6 @@ ssize_t tls_recv(struct tls_session *s, void *buf, size_t len)
 size_t tls_pending(struct tls_session *s)
 {
 	return gnutls_record_check_pending(s->g);
-}
-
-bool tls_session_ktls(struct tls_session *s)
-{
-	return gnutls_transport_is_ktls_enabled(s->g) == GNUTLS_KTLS_DUPLEX;
 }
 
 void tls_bye(struct tls_session *s)

@@ -87,9 +87,6 @@ ssize_t tls_send(struct tls_session *s, const void *buf, size_t len);
 ssize_t tls_recv(struct tls_session *s, void *buf, size_t len);
 /* Decrypted bytes waiting inside the session (poll does not see them). */
 size_t tls_pending(struct tls_session *s);
-/* Whether GnuTLS handed the record layer to the kernel (kTLS) for
- * sending and receiving. */
-bool tls_session_ktls(struct tls_session *s);
 /* Send close_notify, best effort, without waiting. */
 void tls_bye(struct tls_session *s);
 

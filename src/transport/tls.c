@@ -91,8 +91,3 @@ const char *xport_peer_id(const struct xport *x)
 {
 	return x->ops == &tls_ops ? tls_session_peer_id(x->priv) : "";
 }
-
-bool xport_ktls(const struct xport *x)
-{
-	return x->ops == &tls_ops && tls_session_ktls(x->priv);
-}

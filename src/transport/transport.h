@@ -82,8 +82,6 @@ bool xport_is_tls(const struct xport *x);
 /* The TLS peer's PSK identity or certificate DN ("" without TLS); raw
  * bytes from the peer: escape before printing. */
 const char *xport_peer_id(const struct xport *x);
-/* Whether the kernel does the TLS record layer (kTLS) both ways. */
-bool xport_ktls(const struct xport *x);
 
 /* Behaviour. */
 /* Reads, writes and the rate limiter's waits end with -ECANCELED (sticky)
