@@ -380,12 +380,13 @@ int cli_tls_option(int opt, const char *arg, struct cli_tls *t)
 	}
 }
 
-int cli_tls_setup(const char *cmd, const struct cli_tls *t, const char *listen_addr,
-		  enum tls_role role, struct tls_creds **out)
+int cli_tls_check(const char *cmd, const struct cli_tls *t, const char *listen_addr,
+		  enum tls_role role)
 {
 	bool tls = tls_options_enabled(&t->o);
 
-	*out = NULL;
+	if (t->no_tls && role == TLS_CLIENT)
+		return cli_usage_error(cmd, "--no-tls is for listeners");
 	if (t->no_tls && (tls || t->o.authz || t->o.hostname))
 		return cli_usage_error(cmd, "--no-tls excludes the other --tls options");
 	if (t->o.psk_file && t->o.x509_dir)
@@ -403,6 +404,17 @@ int cli_tls_setup(const char *cmd, const struct cli_tls *t, const char *listen_a
 				       "write these disks; give --tls-psk FILE or --tls-creds DIR "
 				       "(or --no-tls to accept that)",
 				       listen_addr);
+	return 0;
+}
+
+int cli_tls_setup(const char *cmd, const struct cli_tls *t, const char *listen_addr,
+		  enum tls_role role, struct tls_creds **out)
+{
+	int r = cli_tls_check(cmd, t, listen_addr, role);
+
+	*out = NULL;
+	if (r)
+		return r;
 	if (tls_creds_new(&t->o, role, out) < 0)
 		return cli_fail("%s: %s", cmd, err_msg());
 	return 0;

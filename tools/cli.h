@@ -101,10 +101,14 @@ struct cli_tls {
 int cli_tls_option(int opt, const char *arg, struct cli_tls *t);
 /*
  * Check the TLS options of a command that listens on listen_addr (NULL: a
- * command that connects): a listener off loopback needs credentials or
- * --no-tls.  Then load the credentials for role (*out NULL without TLS).
- * EXIT_USAGE or EXIT_FAIL with the message printed, or 0.
+ * command that connects, which --no-tls does not concern): they go
+ * together, and a listener off loopback needs credentials or --no-tls.
+ * EXIT_USAGE with the message printed, or 0.
  */
+int cli_tls_check(const char *cmd, const struct cli_tls *t, const char *listen_addr,
+		  enum tls_role role);
+/* cli_tls_check(), then load the credentials for role (*out NULL without
+ * TLS): EXIT_USAGE or EXIT_FAIL with the message printed, or 0. */
 int cli_tls_setup(const char *cmd, const struct cli_tls *t, const char *listen_addr,
 		  enum tls_role role, struct tls_creds **out);
 

@@ -193,8 +193,6 @@ int cmd_send(int argc, char **argv)
 		return cli_usage_error("send", "%s", err_msg());
 	if (p.max_downtime_ns == 0)
 		p.max_downtime_ns = SRC_DEFAULT_DOWNTIME_NS;
-	if (tls.no_tls)
-		return cli_usage_error("send", "--no-tls is for listeners");
 	r = cli_tls_setup("send", &tls, NULL, TLS_CLIENT, &creds);
 	if (r)
 		return r;

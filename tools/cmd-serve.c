@@ -141,7 +141,6 @@ int cmd_serve(int argc, char **argv)
 	struct daemon *d = NULL;
 	const char *port_file = NULL;
 	struct cli_tls tls = { 0 };
-	struct tls_creds *creds = NULL;
 	unsigned ndev = 0;
 	bool wrote_port_file = false;
 	int c, r, rc = EXIT_FAIL;
@@ -237,13 +236,12 @@ int cmd_serve(int argc, char **argv)
 
 	if (daemon_check_config(&cfg) < 0)
 		return cli_usage_error("serve", "%s", err_msg());
-	/* Both listeners can write the disks: off loopback, TLS or --no-tls. */
-	r = cli_tls_setup("serve", &tls, cfg.nbd ? cfg.nbd : "127.0.0.1:10809", TLS_SERVER, &creds);
-	if (r == 0 && cfg.incoming) {
-		tls_creds_free(creds);
-		r = cli_tls_setup("serve", &tls, cfg.incoming, TLS_SERVER, &creds);
-	}
-	tls_creds_free(creds); /* checked; the daemon loads its own */
+	/* Both listeners can write the disks: off loopback, TLS or --no-tls.
+	 * The daemon loads the credentials (and says what is wrong with
+	 * them). */
+	r = cli_tls_check("serve", &tls, cfg.nbd ? cfg.nbd : "127.0.0.1:10809", TLS_SERVER);
+	if (r == 0 && cfg.incoming)
+		r = cli_tls_check("serve", &tls, cfg.incoming, TLS_SERVER);
 	if (r)
 		return r;
 	cfg.tls = tls.o;
