@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,6 +62,24 @@ static int claim(void *user)
 	return r;
 }
 
+/* The wait's outcome is known: record it (st may be NULL) and end every
+ * connection; lock held. */
+static void end_locked(struct incoming *in, int r, const struct mig_stats *st, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void end_locked(struct incoming *in, int r, const struct mig_stats *st, const char *fmt, ...)
+{
+	va_list ap;
+
+	in->done = true;
+	in->result = r;
+	if (st)
+		in->st = *st;
+	va_start(ap, fmt);
+	vsnprintf(in->error, sizeof(in->error), fmt, ap);
+	va_end(ap);
+	cancel_fire(in->stop);
+}
+
 /* The outcome of one connection; lock held. */
 static void settle_locked(struct incoming *in, struct conn *c, int r, const char *msg,
 			  const struct mig_stats *st)
@@ -73,10 +92,7 @@ static void settle_locked(struct incoming *in, struct conn *c, int r, const char
 		/* Complete, failed after writing (this was the migration), or
 		 * cancelled here.  A peer's own ABORT is a refusal like any
 		 * other while nothing was written. */
-		in->done = true;
-		in->result = r;
-		in->st = *st;
-		snprintf(in->error, sizeof(in->error), "%s", msg);
+		end_locked(in, r, st, "%s", msg);
 		return;
 	}
 	in->failures++;
@@ -87,13 +103,9 @@ static void settle_locked(struct incoming *in, struct conn *c, int r, const char
 		snprintf(line, sizeof(line), "refused a connection from %s: %s", c->peer, msg);
 		in->ip->log(in->ip->log_user, line);
 	}
-	if (in->failures >= in->max_failures) {
-		in->done = true;
-		in->result = r;
-		in->st = *st;
-		snprintf(in->error, sizeof(in->error), "%s (gave up after %u refused connection%s)",
-			 msg, in->failures, in->failures == 1 ? "" : "s");
-	}
+	if (in->failures >= in->max_failures)
+		end_locked(in, r, st, "%s (gave up after %u refused connection%s)", msg,
+			   in->failures, in->failures == 1 ? "" : "s");
 }
 
 static void *conn_main(void *arg)
@@ -119,8 +131,6 @@ static void *conn_main(void *arg)
 
 	pthread_mutex_lock(&in->lock);
 	settle_locked(in, c, r, msg, &st);
-	if (in->done)
-		cancel_fire(in->stop);
 	in->nconn--;
 	pthread_cond_broadcast(&in->cond);
 	pthread_mutex_unlock(&in->lock);
@@ -203,11 +213,8 @@ int incoming_run(const struct dst_params *p, const struct incoming_params *ip,
 		if (poll(pf, 3, -1) < 0 && errno != EINTR) {
 			r = err_set(errno, "poll: %s", strerror(errno));
 			pthread_mutex_lock(&in.lock);
-			if (!in.done) {
-				in.done = true;
-				in.result = r;
-				snprintf(in.error, sizeof(in.error), "%s", err_msg());
-			}
+			if (!in.done)
+				end_locked(&in, r, NULL, "%s", err_msg());
 			pthread_mutex_unlock(&in.lock);
 			break;
 		}
@@ -222,10 +229,8 @@ int incoming_run(const struct dst_params *p, const struct incoming_params *ip,
 	pthread_mutex_lock(&in.lock);
 	while (in.nconn)
 		pthread_cond_wait(&in.cond, &in.lock);
-	if (!in.done) {
-		in.result = err_set(ECANCELED, "cancelled while waiting for the source");
-		snprintf(in.error, sizeof(in.error), "%s", err_msg());
-	}
+	if (!in.done)
+		end_locked(&in, -ECANCELED, NULL, "cancelled while waiting for the source");
 	pthread_mutex_unlock(&in.lock);
 	pthread_cond_destroy(&in.cond);
 	pthread_mutex_destroy(&in.lock);
