@@ -186,7 +186,7 @@ static int load_psk_file(struct tls_creds *c, const char *path)
 	close(fd);
 	while (pos < got && r == 0) {
 		char *nl = memchr(buf + pos, '\n', got - pos);
-		size_t len = (nl ? (size_t)(nl - buf) : got) - pos;
+		size_t end = nl ? (size_t)(nl - buf) : got, len = end - pos;
 
 		lineno++;
 		if (len && buf[pos + len - 1] == '\r')
@@ -198,9 +198,7 @@ static int load_psk_file(struct tls_creds *c, const char *path)
 				r = parse_psk_line(path, lineno, buf + pos, len,
 						   &c->keys[c->nkeys++]);
 		}
-		pos += len + (nl ? 1 : 0);
-		if (nl && buf[pos - 1] != '\n') /* skipped a '\r' */
-			pos++;
+		pos = end + 1;
 	}
 	explicit_bzero(buf, PSK_FILE_MAX + 1);
 	free(buf);
