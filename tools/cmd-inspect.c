@@ -136,7 +136,8 @@ static void show_message(struct walk *w, const struct wire_item *it, uint8_t typ
 		const struct native_complete *c = it->complete;
 
 		for (unsigned i = 0; i < c->ndev; i++) {
-			printf("    %s: %" PRIu64 " chunks, digest ", esc(c->dev[i].name),
+			printf("    attempt %" PRIu32 ", %s: %" PRIu64 " chunks, digest ", c->attempt,
+			       esc(c->dev[i].name),
 			       c->dev[i].chunks);
 			for (unsigned k = 0; k < NATIVE_DIGEST_LEN; k++)
 				printf("%02x", c->dev[i].digest[k]);
@@ -144,6 +145,12 @@ static void show_message(struct walk *w, const struct wire_item *it, uint8_t typ
 		}
 	} else if (it->kind == WIRE_ITEM_ABORT) {
 		printf("    reason: %s\n", esc(it->error->reason));
+	} else if (it->kind == WIRE_ITEM_VERDICT) {
+		const struct native_verdict *v = it->verdict;
+
+		for (unsigned i = 0; i < v->ndev; i++)
+			printf("    %s: %" PRIu64 " of %" PRIu64 " chunks differ\n",
+			       esc(v->dev[i].name), v->dev[i].differing, v->dev[i].checked);
 	}
 }
 
@@ -173,6 +180,9 @@ static int show_item(struct walk *w, const struct wire_item *it)
 		break;
 	case WIRE_ITEM_COMMIT:
 		show_message(w, it, NATIVE_MSG_COMMIT);
+		break;
+	case WIRE_ITEM_VERDICT:
+		show_message(w, it, NATIVE_MSG_VERDICT);
 		break;
 	case WIRE_ITEM_CONFIG:
 		printf("  %10" PRIu64 "  CONFIGURATION machine '%s'\n", it->offset, esc(s->name));
@@ -275,7 +285,8 @@ int cmd_inspect(int argc, char **argv)
 		/* A capture is what a source sends. */
 		wire_stream_allow(
 		    w.ws, NATIVE_ALLOW(NATIVE_MSG_BLOCKS) | NATIVE_ALLOW(NATIVE_MSG_COMPLETE) |
-			      NATIVE_ALLOW(NATIVE_MSG_ABORT) | NATIVE_ALLOW(NATIVE_MSG_COMMIT));
+			      NATIVE_ALLOW(NATIVE_MSG_ABORT) | NATIVE_ALLOW(NATIVE_MSG_COMMIT) |
+			      NATIVE_ALLOW(NATIVE_MSG_VERDICT));
 		r = walk(&w);
 	}
 	wire_stream_free(w.ws);

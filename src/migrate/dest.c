@@ -66,6 +66,8 @@ struct dst {
 	bool unsynced;	  /* written since the last sync */
 	bool wrote;	  /* any device written, ever (st.written) */
 	uint64_t wseq;	  /* the last WRITE record applied */
+	uint32_t acked;	  /* the attempt acknowledged and not yet committed (0: none) */
+	uint64_t differing; /* verify: chunks the source found different */
 	struct mig_stats st;
 };
 
@@ -127,6 +129,15 @@ static int open_devices(struct dst *d)
 	const struct dst_offer *o = &d->offer;
 	int r;
 
+	if (o->verify && !d->p->verify_only)
+		return err_set(EPERM, "the source only verifies (send --verify-only): compare with "
+				      "a receiver started with --verify-only");
+	if (!o->verify && d->p->verify_only)
+		return err_set(EPERM, "this receiver only verifies (--verify-only), but the source "
+				      "migrates: run the source with --verify-only");
+	if (o->delta && !d->p->allow_delta)
+		return err_set(EPERM, "the source asks for a delta sync (only chunks that differ "
+				      "from the image here are sent): accept it with --delta");
 	if (o->shared_base && !d->p->allow_shared_base)
 		return err_set(EPERM, "the source sends a shared-base migration (only allocated "
 				      "data; the image must already hold the base): accept it with "
@@ -176,7 +187,7 @@ static int open_devices(struct dst *d)
 		/* Marked as soon as it is ours, before anything else can fail:
 		 * an image this run created or will write is never left
 		 * looking complete. */
-		if (dev->path[0]) {
+		if (dev->path[0] && !d->p->verify_only) {
 			r = mark_incomplete(dev->path, "blkmig migration in progress");
 			if (r < 0)
 				return r;
@@ -200,6 +211,78 @@ static int open_devices(struct dst *d)
 	if (!d->scratch)
 		return err_set(ENOMEM, "no memory for a %u-byte chunk buffer", o->chunk_size);
 	return 0;
+}
+
+/* ---- what this side holds already ----------------------------------------------- */
+
+/* Digest of chunk c as the image holds it: SUMS's, and the completion
+ * check's (the chunk then counts as carried, as it is). */
+static int hold_chunk(struct dst *d, struct dst_dev *dev, uint64_t c, uint8_t sum[NATIVE_SUM_LEN])
+{
+	uint64_t off = c * d->offer.chunk_size;
+	size_t len = digest_chunk_len(dev->dig, c);
+	int r;
+
+	if (blk_is_hole(dev->blk, off, len)) {
+		digest_zero_sum(len, sum);
+		digest_set(dev->dig, c, digest_zero_hash(dev->dig, c));
+	} else {
+		r = blk_pread(dev->blk, d->scratch, len, off);
+		if (r < 0)
+			return err_prefix(-r, "read %s at offset %llu: ", dev->shown,
+					  (unsigned long long)off);
+		digest_sum(d->scratch, len, sum);
+		digest_set(dev->dig, c, digest_hash(d->scratch, len));
+	}
+	dirty_mark(dev->carried, off, len);
+	return 0;
+}
+
+/*
+ * Tell the source what this side holds (STATE), then the digest of each
+ * such chunk (SUMS), which its bulk pass compares before sending: every
+ * chunk of an image that existed before, for a delta sync or a verify.
+ */
+static int offer_held(struct dst *d)
+{
+	const struct dst_format_ops *ops = d->f->ops;
+	struct native_state st = { .held = NATIVE_HELD_NONE };
+	bool all = d->p->verify_only || d->offer.delta;
+	struct native_sums *m;
+	int r = 0;
+
+	if (!ops->state)
+		return 0;
+	for (unsigned i = 0; all && i < d->ndev; i++)
+		if (!d->dev[i].created)
+			st.sums += digest_nchunks(d->dev[i].dig);
+	if (st.sums)
+		st.held = NATIVE_HELD_ALL;
+	r = ops->state(d->f, &st);
+	if (r < 0 || !st.sums)
+		return r;
+	m = malloc(sizeof(*m));
+	if (!m)
+		return err_set(ENOMEM, "no memory for a SUMS message");
+	for (unsigned i = 0; r == 0 && i < d->ndev; i++) {
+		struct dst_dev *dev = &d->dev[i];
+		uint64_t n = digest_nchunks(dev->dig);
+
+		if (dev->created)
+			continue;
+		m->dev = (uint16_t)i;
+		m->count = 0;
+		for (uint64_t c = 0; r == 0 && c < n; c++) {
+			m->e[m->count].chunk = c;
+			r = hold_chunk(d, dev, c, m->e[m->count].sum);
+			if (r == 0 && (++m->count == NATIVE_SUMS_MAX || c + 1 == n)) {
+				r = ops->sums(d->f, m);
+				m->count = 0;
+			}
+		}
+	}
+	free(m);
+	return r;
 }
 
 /* ---- records -------------------------------------------------------------------- */
@@ -485,10 +568,47 @@ static int complete(struct dst *d, const struct native_complete *digests)
 		r = check_carried(d);
 	if (r == 0 && digests)
 		r = check_digests(d, digests);
-	/* Everything is durable and verified; the format hands over. */
-	if (r == 0)
-		r = d->f->ops->finish(d->f);
+	if (r < 0)
+		return r;
+	/* Everything is durable and verified.  With an acknowledgement, the
+	 * source hands over by a COMMIT of this attempt; without, the format
+	 * does now. */
+	if (d->f->ops->acknowledge) {
+		r = d->f->ops->acknowledge(d->f, digests->attempt);
+		if (r == 0)
+			d->acked = digests->attempt;
+		return r;
+	}
+	r = d->f->ops->finish(d->f);
 	return r < 0 ? r : clear_marks(d);
+}
+
+/* The source fenced itself after the acknowledgement: the images are ours. */
+static int commit(struct dst *d, uint32_t attempt)
+{
+	if (!d->acked || attempt != d->acked)
+		return err_set(EPROTO, "the source committed attempt %u, but %s", attempt,
+			       d->acked ? "another was acknowledged" : "none was acknowledged");
+	return clear_marks(d);
+}
+
+/* Verify only: what the source found. */
+static int verdict(struct dst *d, const struct native_verdict *v)
+{
+	char shown[STR_ESCAPE_CAP(WIRE_NAME_MAX)];
+
+	if (v->ndev != d->ndev)
+		return err_set(EPROTO, "verdict: %u devices of %u", v->ndev, d->ndev);
+	for (unsigned i = 0; i < v->ndev; i++) {
+		struct dst_dev *dev = find_dev(d, v->dev[i].name);
+
+		if (!dev)
+			return err_set(EPROTO, "verdict: unknown device '%s'",
+				       str_escape(shown, sizeof(shown), v->dev[i].name));
+		d->st.dev[dev - d->dev].differing = v->dev[i].differing;
+		d->differing += v->dev[i].differing;
+	}
+	return 0;
 }
 
 /*
@@ -523,6 +643,8 @@ static int run(struct dst *d)
 		r = open_devices(d);
 	if (r == 0)
 		r = ops->accept(d->f);
+	if (r == 0)
+		r = offer_held(d);
 	if (r < 0)
 		return r;
 	d->st.state = MIG_BULK;
@@ -532,8 +654,18 @@ static int run(struct dst *d)
 		r = ops->next(d->f, &ev);
 		if (r < 0)
 			return r;
+		/* Anything but COMMIT after an ACK: that attempt was abandoned
+		 * (the source resumed its writers), and the migration goes on. */
+		if (ev.kind != DST_EV_COMMIT && ev.kind != DST_EV_CLOSED && d->acked) {
+			d->acked = 0;
+			d->st.state = MIG_DIRTY;
+		}
 		switch (ev.kind) {
 		case DST_EV_RECORD:
+			if (d->p->verify_only)
+				return err_set(EPROTO, "record at stream offset %llu: a verify-only "
+						       "source sent data",
+					       (unsigned long long)ev.offset);
 			if (ev.rec->kind == WIRE_REC_WRITE)
 				r = apply_write(d, ev.rec, ev.offset);
 			else
@@ -544,8 +676,24 @@ static int run(struct dst *d)
 			break;
 		case DST_EV_COMPLETE:
 			assert(!d->caps->digests || ev.digests);
-			return complete(d, ev.digests);
+			if (d->p->verify_only)
+				return err_set(EPROTO, "a verify-only source asked to hand over");
+			r = complete(d, ev.digests);
+			if (r < 0 || !d->f->ops->acknowledge)
+				return r;
+			break;
+		case DST_EV_COMMIT:
+			return commit(d, ev.attempt);
+		case DST_EV_VERDICT:
+			if (!d->p->verify_only)
+				return err_set(EPROTO, "the source sent a verdict, but migrates");
+			return verdict(d, ev.verdict);
 		case DST_EV_CLOSED:
+			if (d->acked)
+				return err_set(ECONNRESET,
+					       "the source closed the connection after the "
+					       "acknowledgement without committing: it keeps the "
+					       "devices");
 			return err_set(ECONNRESET,
 				       "the source closed the connection at stream offset "
 				       "%llu, before completing the migration",
@@ -587,6 +735,11 @@ int dst_run(const struct dst_params *p, struct xport *x, struct cancel *cancel,
 	} else {
 		d->st.state = MIG_COMPLETED;
 	}
+	d->st.verify = p->verify_only;
+	if (r == 0 && d->differing)
+		r = err_set(EILSEQ, "%llu chunk%s differ%s from the source's",
+			    (unsigned long long)d->differing, d->differing == 1 ? "" : "s",
+			    d->differing == 1 ? "s" : "");
 	d->st.transferred = xport_rx_bytes(x);
 	d->st.written = d->wrote;
 	d->st.total_ns = now_ns() - t0;

@@ -79,6 +79,29 @@ uint64_t digest_zero_hash(struct digest_table *t, uint64_t idx)
 	return *slot;
 }
 
+static void sum_out(XXH128_hash_t h, uint8_t out[DIGEST_SUM_LEN])
+{
+	put_be64(out, h.high64);
+	put_be64(out + 8, h.low64);
+}
+
+void digest_sum(const void *buf, size_t len, uint8_t out[DIGEST_SUM_LEN])
+{
+	sum_out(XXH3_128bits(buf, len), out);
+}
+
+void digest_zero_sum(size_t len, uint8_t out[DIGEST_SUM_LEN])
+{
+	static const uint8_t zeros[64 * 1024];
+	XXH3_state_t st;
+
+	XXH3_INITSTATE(&st);
+	XXH3_128bits_reset(&st);
+	for (size_t done = 0; done < len; done += sizeof(zeros))
+		XXH3_128bits_update(&st, zeros, MIN(sizeof(zeros), len - done));
+	sum_out(XXH3_128bits_digest(&st), out);
+}
+
 void digest_set(struct digest_table *t, uint64_t idx, uint64_t hash)
 {
 	t->hash[idx] = hash;

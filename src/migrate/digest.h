@@ -38,6 +38,15 @@ void digest_set(struct digest_table *t, uint64_t idx, uint64_t hash);
 uint64_t digest_get(const struct digest_table *t, uint64_t idx);
 uint64_t digest_nchunks(const struct digest_table *t);
 
+/*
+ * A chunk's strong digest, as SUMS carries it (delta, resume, verify):
+ * XXH3-128 of its bytes clipped to the device end, high 64 bits first.
+ * Thread-safe.  digest_zero_sum() is the same for len zero bytes.
+ */
+#define DIGEST_SUM_LEN 16
+void digest_sum(const void *buf, size_t len, uint8_t out[DIGEST_SUM_LEN]);
+void digest_zero_sum(size_t len, uint8_t out[DIGEST_SUM_LEN]);
+
 /* The device digest and the number of chunks it covers. */
 void digest_final(const struct digest_table *t, uint8_t out[DIGEST_LEN], uint64_t *chunks);
 

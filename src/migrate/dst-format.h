@@ -36,6 +36,9 @@ struct dst_format_caps {
 /* What the source offers, from the handshake (or from dst_params when the
  * format has none). */
 struct dst_offer {
+	uint8_t id[NATIVE_ID_LEN]; /* the migration (all zeros: the format has none) */
+	bool delta;		   /* the source asks for a delta sync */
+	bool verify;		   /* the source only compares */
 	uint32_t chunk_size;
 	bool shared_base; /* chunks may be left out: the image holds the base */
 	bool mirror;	  /* WRITE records may come */
@@ -48,6 +51,8 @@ enum dst_event_kind {
 	DST_EV_PASS_END, /* the source finished a pass */
 	DST_EV_COMPLETE, /* the source has sent everything (.digests if caps.digests) */
 	DST_EV_CLOSED,	 /* the input ended between two items, before COMPLETE */
+	DST_EV_COMMIT,	 /* the source fenced itself after ACK of .attempt */
+	DST_EV_VERDICT,	 /* a verify's outcome (.verdict) */
 };
 
 struct dst_event {
@@ -55,6 +60,8 @@ struct dst_event {
 	uint64_t offset;		       /* stream offset, for messages */
 	const struct wire_record *rec;	       /* RECORD: valid until the next event */
 	const struct native_complete *digests; /* COMPLETE */
+	const struct native_verdict *verdict;  /* VERDICT */
+	uint32_t attempt;		       /* COMMIT */
 };
 
 /* The part every format shares; an implementation's struct starts with it. */
@@ -68,9 +75,11 @@ struct dst_fmt {
 
 /*
  * Every op returns 0 or a negative errno with the message set where the
- * failure happened.  Called in this order: open, handshake, accept, then
- * next until COMPLETE (pass_end after each PASS_END once the engine has
- * made the pass durable, write_applied after each WRITE applied), finish;
+ * failure happened.  Called in this order: open, handshake, accept, state
+ * and sums, then next until COMPLETE (pass_end after each PASS_END once
+ * the engine has made the pass durable, write_applied after each WRITE
+ * applied), then acknowledge and next until COMMIT (or more passes: the
+ * attempt was abandoned), or finish;
  * fail instead of whatever remains when anything failed; close always.
  */
 struct dst_format_ops {
@@ -89,8 +98,15 @@ struct dst_format_ops {
 	int (*pass_end)(struct dst_fmt *f, uint64_t passes);
 	/* Every WRITE up to seq is applied.  NULL when !caps.mirror. */
 	int (*write_applied)(struct dst_fmt *f, uint64_t seq);
-	/* Everything is durable and checked: hand-over (0 = the devices are
-	 * ours now). */
+	/* After the accept, formats with a return path: what this side holds
+	 * of the migration, then its chunks' digests (as many SUMS as STATE
+	 * announced).  NULL otherwise. */
+	int (*state)(struct dst_fmt *f, const struct native_state *st);
+	int (*sums)(struct dst_fmt *f, const struct native_sums *s);
+	/* Everything is durable and checked.  Formats with acknowledge: tell
+	 * the source (ACK of the attempt); the hand-over is a later COMMIT
+	 * event.  Otherwise finish: 0 = the devices are ours now. */
+	int (*acknowledge)(struct dst_fmt *f, uint32_t attempt);
 	int (*finish)(struct dst_fmt *f);
 	/* The migration failed with -err and msg: tell the source.  Called
 	 * only with caps.return_path (then required).  Best effort. */

@@ -44,15 +44,43 @@ static int native_handshake(struct dst_fmt *f, struct dst_offer *o)
 	if (r < 0)
 		return r;
 	h = it.hello; /* a native stream starts with HELLO or fails */
+	memcpy(o->id, h->id, NATIVE_ID_LEN);
+	o->delta = h->caps & NATIVE_CAP_DELTA;
+	o->verify = h->caps & NATIVE_CAP_VERIFY;
 	o->chunk_size = h->chunk_size;
 	o->shared_base = h->caps & NATIVE_CAP_SHARED_BASE;
 	o->mirror = h->caps & NATIVE_CAP_MIRROR;
 	o->ndev = h->ndev;
 	memcpy(o->dev, h->dev, h->ndev * sizeof(h->dev[0]));
+	/* The engine checks which of these may come when. */
 	wire_stream_allow(f->ws, NATIVE_ALLOW(NATIVE_MSG_BLOCKS) |
 				     NATIVE_ALLOW(NATIVE_MSG_COMPLETE) |
-				     NATIVE_ALLOW(NATIVE_MSG_ABORT));
+				     NATIVE_ALLOW(NATIVE_MSG_ABORT) | NATIVE_ALLOW(NATIVE_MSG_COMMIT) |
+				     NATIVE_ALLOW(NATIVE_MSG_VERDICT));
 	return 0;
+}
+
+static int native_state(struct dst_fmt *f, const struct native_state *st)
+{
+	uint8_t buf[NATIVE_FRAME_HDR + 16];
+	int r = send_frame(f, native_state_encode(buf, sizeof(buf), st), buf);
+
+	return r < 0 ? err_prefix(-r, "handshake: ") : 0;
+}
+
+static int native_sums(struct dst_fmt *f, const struct native_sums *s)
+{
+	uint8_t *buf = malloc(NATIVE_FRAME_HDR + NATIVE_MSG_MAX);
+	int n, r;
+
+	if (!buf)
+		return err_set(ENOMEM, "no memory for a SUMS message");
+	n = native_sums_encode(buf, NATIVE_FRAME_HDR + NATIVE_MSG_MAX, s);
+	r = n < 0 ? n : xport_write(f->x, buf, (size_t)n);
+	if (r == 0)
+		r = xport_flush(f->x);
+	free(buf);
+	return r < 0 ? err_prefix(-r, "sending digests: ") : 0;
 }
 
 static int native_accept(struct dst_fmt *f)
@@ -96,6 +124,14 @@ static int native_next(struct dst_fmt *f, struct dst_event *ev)
 			ev->kind = DST_EV_COMPLETE;
 			ev->digests = it.complete;
 			return 0;
+		case WIRE_ITEM_COMMIT:
+			ev->kind = DST_EV_COMMIT;
+			ev->attempt = (uint32_t)it.value;
+			return 0;
+		case WIRE_ITEM_VERDICT:
+			ev->kind = DST_EV_VERDICT;
+			ev->verdict = it.verdict;
+			return 0;
 		case WIRE_ITEM_ABORT:
 			return aborted(f, it.error, "");
 		case WIRE_ITEM_END:
@@ -128,27 +164,14 @@ static int native_write_applied(struct dst_fmt *f, uint64_t seq)
 	return r < 0 ? err_prefix(-r, "acknowledging a write: ") : 0;
 }
 
-/* ACK, then wait for COMMIT: the source still owns the devices until it
- * has fenced itself and says so. */
-static int native_finish(struct dst_fmt *f)
+/* The source still owns the devices until it has fenced itself and says
+ * so (COMMIT of this attempt). */
+static int native_acknowledge(struct dst_fmt *f, uint32_t attempt)
 {
-	uint8_t buf[NATIVE_FRAME_HDR + 8];
-	struct wire_item it;
-	int r = send_frame(f, native_ack_encode(buf, sizeof(buf)), buf);
+	uint8_t buf[NATIVE_FRAME_HDR + 4];
+	int r = send_frame(f, native_ack_encode(buf, sizeof(buf), attempt), buf);
 
-	if (r < 0)
-		return err_prefix(-r, "acknowledgement: ");
-	wire_stream_allow(f->ws, NATIVE_ALLOW(NATIVE_MSG_COMMIT) | NATIVE_ALLOW(NATIVE_MSG_ABORT));
-	r = wire_stream_next(f->ws, &it);
-	if (r < 0)
-		return err_prefix(-r, "waiting for the source to commit: ");
-	if (it.kind == WIRE_ITEM_ABORT)
-		return aborted(f, it.error, " after the acknowledgement");
-	if (it.kind == WIRE_ITEM_END)
-		return err_set(ECONNRESET,
-			       "the source closed the connection after the "
-			       "acknowledgement without committing: it keeps the devices");
-	return 0; /* COMMIT */
+	return r < 0 ? err_prefix(-r, "acknowledgement: ") : 0;
 }
 
 static void native_fail(struct dst_fmt *f, int err, const char *msg)
@@ -177,7 +200,9 @@ const struct dst_format_ops dst_native_ops = {
 	.next = native_next,
 	.pass_end = native_pass_end,
 	.write_applied = native_write_applied,
-	.finish = native_finish,
+	.state = native_state,
+	.sums = native_sums,
+	.acknowledge = native_acknowledge,
 	.fail = native_fail,
 	.close = dst_fmt_free,
 };

@@ -90,6 +90,9 @@ struct mig_dev_stats {
 	uint64_t data_chunks; /* DATA records sent/applied */
 	uint64_t zero_chunks; /* ZERO records sent/applied */
 	uint64_t skipped;     /* chunks not sent in the bulk pass (shared base) */
+	uint64_t matched;     /* chunks the destination held already (resume, delta) */
+	uint64_t differing;   /* verify: chunks that differ (as last compared) */
+	uint64_t unsettled;   /* verify: chunks written since they were last compared */
 };
 
 /* A consistent snapshot of progress, safe to take from another thread. */
@@ -116,6 +119,9 @@ struct mig_stats {
 	uint64_t mirror_bytes;	/* their bytes */
 	uint64_t switchovers;	/* final passes begun (more than 1: some gave up) */
 	uint64_t max_pause_ns;	/* the longest pause of the writers, any attempt */
+	uint64_t abandoned;	/* switch-over attempts given up unacknowledged */
+	uint32_t connections;	/* connections this migration used (1 + reconnections) */
+	bool verify;		/* a verify-only run: nothing was written */
 	char mode_reason[160];	/* why mirroring began */
 	uint32_t chunk_size;
 	/* Destination: whether any byte reached a device (a failed run that
@@ -126,6 +132,24 @@ struct mig_stats {
 };
 
 /* ---- source ------------------------------------------------------------- */
+
+/*
+ * What one migration carries from connection to connection (a dropped
+ * link, a restarted destination): its id, the switch-over attempts used,
+ * and whether the source has fenced itself after an acknowledgement whose
+ * COMMIT has yet to reach the destination.  The engine updates it; the
+ * caller keeps it between src_run() calls of new jobs.
+ */
+struct src_session {
+	uint8_t id[NATIVE_ID_LEN];
+	uint32_t attempts;   /* switch-over attempts begun so far */
+	uint32_t committing; /* fenced after ACK of this attempt; COMMIT pending (0: none) */
+	uint64_t transferred; /* bytes on the wire of the connections before this one */
+	uint32_t connections; /* connections begun so far */
+};
+
+/* A fresh session with a random id.  0 or negative errno. */
+int src_session_init(struct src_session *s);
 
 struct src_params {
 	uint64_t max_bandwidth;	  /* bytes/s, 0 = unlimited */
@@ -138,6 +162,17 @@ struct src_params {
 	/* With QEMU, the devices are fenced all the same once the stream is
 	 * closed. */
 	enum mig_format format;
+	/*
+	 * Native only.  delta: the destination holds an older copy; only
+	 * chunks whose digests differ are sent.  verify_only: compare every
+	 * chunk with the destination's by digest, re-compare chunks written
+	 * meanwhile, write nothing; src_run() returns 0 when identical and
+	 * -EILSEQ when not (the figures say how many differ).
+	 */
+	bool delta;
+	bool verify_only;
+	/* The migration this job continues (NULL: a one-off with its own). */
+	struct src_session *session;
 };
 
 #define SRC_DEFAULT_DOWNTIME_NS (300 * 1000000ull)
@@ -182,6 +217,12 @@ void src_set_max_downtime(struct src_job *j, uint64_t ns);
  */
 int src_set_mode(struct src_job *j, enum mig_mode m);
 void src_stats(struct src_job *j, struct mig_stats *out);
+/*
+ * Verify only, after src_run(): the differing chunks of device dev as byte
+ * ranges, from byte 'from' on: 1 with *off and *len of the next range, 0
+ * when there are no more.
+ */
+int src_differing(struct src_job *j, unsigned dev, uint64_t from, uint64_t *off, uint64_t *len);
 
 /* ---- destination -------------------------------------------------------- */
 
@@ -234,6 +275,12 @@ struct dst_params {
 	 */
 	int (*claim)(void *claim_user);
 	void *claim_user;
+	/* Accept a delta sync: the images exist and hold an older copy;
+	 * only chunks whose digests differ are sent. */
+	bool allow_delta;
+	/* Compare only (send --verify-only): nothing is written or marked;
+	 * dst_run() returns 0 when identical, -EILSEQ when not. */
+	bool verify_only;
 };
 
 /*

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/random.h>
 #include <unistd.h>
 
 #include "bitmap/dirty.h"
@@ -57,21 +58,22 @@ void src_stats(struct src_job *j, struct mig_stats *out)
 	x = j->x;
 	/* The transport cannot go away while stats_lock is held. */
 	if (x)
-		out->transferred = xport_tx_bytes(x);
+		out->transferred = j->prev_transferred + xport_tx_bytes(x);
 	pthread_mutex_unlock(&j->stats_lock);
 	/* The unread part of the bulk pass counts as pending, always (QEMU
 	 * 7.2 leaves it out and "completes" with data missing).  A chunk
 	 * written before the bulk pass reached it is in both: cap the sum. */
 	out->remaining =
 	    out->state == MIG_COMPLETED ? 0 : MIN(out->total, out->total - out->bulk_done + dirty);
-	if (live.t0 && x && out->transferred >= live.w0) {
+	if (live.t0 && x && out->transferred >= j->prev_transferred + live.w0) {
 		/* Mid-pass: the bandwidth so far, this pass included, and
 		 * during the bulk pass the rate writes dirty chunks at. */
 		struct policy_figures f = { .bandwidth = out->bandwidth,
 					    .dirty_rate = out->dirty_rate,
 					    .expected_downtime_ns = out->expected_downtime_ns };
 
-		if (policy_progress(&live.pol, now_ns() - live.t0, out->transferred - live.w0,
+		if (policy_progress(&live.pol, now_ns() - live.t0,
+				    out->transferred - j->prev_transferred - live.w0,
 				    out->remaining, dirty, live.bulk, &f)) {
 			out->bandwidth = f.bandwidth;
 			out->dirty_rate = f.dirty_rate;
@@ -144,6 +146,14 @@ int mig_format_check(enum mig_format f, enum mig_mode mode, uint32_t chunk_size)
 
 /* ---- setup and teardown ------------------------------------------------------- */
 
+int src_session_init(struct src_session *s)
+{
+	*s = (struct src_session){ 0 };
+	if (getrandom(s->id, sizeof(s->id), 0) != (ssize_t)sizeof(s->id))
+		return err_set(EIO, "cannot pick a migration id: %s", strerror(errno));
+	return 0;
+}
+
 static int check_device(struct src_job *j, unsigned i, const struct src_device *dv)
 {
 	struct src_dev *d = &j->dev[i];
@@ -209,8 +219,27 @@ int src_new(const struct src_params *p, const struct src_device *devs, unsigned 
 		j->p.max_downtime_ns = SRC_DEFAULT_DOWNTIME_NS;
 	if (!j->p.readers)
 		j->p.readers = SRC_DEFAULT_READERS;
-	if (!j->fmt->auto_mode)
+	if ((j->p.delta || j->p.verify_only) && p->format != MIG_FORMAT_NATIVE) {
+		free(j);
+		return err_set(EINVAL, "%s needs the native format",
+			       p->delta ? "a delta sync" : "verify-only");
+	}
+	if (j->p.delta && j->p.shared_base) {
+		free(j);
+		return err_set(EINVAL, "a delta sync compares every chunk: it cannot be a "
+				       "shared-base migration too");
+	}
+	if (!j->fmt->auto_mode || j->p.verify_only)
 		j->p.mode = MIG_MODE_DIRTY; /* AUTO has nothing to switch to */
+	j->sess = p->session ? p->session : &j->own_session;
+	j->prev_transferred = j->sess->transferred;
+	j->stats.connections = j->sess->connections + 1;
+	j->stats.verify = j->p.verify_only;
+	r = p->session ? 0 : src_session_init(&j->own_session);
+	if (r < 0) {
+		free(j);
+		return r;
+	}
 	atomic_init(&j->rate, p->max_bandwidth);
 	atomic_init(&j->downtime_ns, j->p.max_downtime_ns);
 	atomic_init(&j->want_mode, (int)j->p.mode);
@@ -251,7 +280,13 @@ int src_new(const struct src_params *p, const struct src_device *devs, unsigned 
 		d->dirty = dirty_new(d->size, j->p.chunk_size);
 		d->claimed = dirty_new(d->size, j->p.chunk_size);
 		d->dig = digest_new(d->size, j->p.chunk_size);
-		if (!d->dirty || !d->claimed || !d->dig) {
+		d->have = dirty_new(d->size, j->p.chunk_size);
+		if (j->p.verify_only)
+			d->differs = dirty_new(d->size, j->p.chunk_size);
+		digest_zero_sum(j->p.chunk_size, d->zero_sum[0]);
+		digest_zero_sum(digest_chunk_len(d->dig, d->nchunks - 1), d->zero_sum[1]);
+		if (!d->dirty || !d->claimed || !d->dig || !d->have ||
+		    (j->p.verify_only && !d->differs)) {
 			src_free(j);
 			return -ENOMEM;
 		}
@@ -277,6 +312,9 @@ void src_free(struct src_job *j)
 		dirty_free(j->dev[i].dirty);
 		dirty_free(j->dev[i].claimed);
 		digest_free(j->dev[i].dig);
+		dirty_free(j->dev[i].have);
+		dirty_free(j->dev[i].differs);
+		free(j->dev[i].sums);
 	}
 	for (unsigned i = 0; i < j->nbufs; i++)
 		free(j->bufs[i]);
@@ -296,6 +334,26 @@ void src_set_progress(struct src_job *j, mig_progress_fn fn, void *user)
 {
 	j->progress = fn;
 	j->progress_user = user;
+}
+
+int src_differing(struct src_job *j, unsigned dev, uint64_t from, uint64_t *off, uint64_t *len)
+{
+	struct src_dev *d;
+	uint64_t cs = j->p.chunk_size, c, end;
+	int64_t next;
+
+	if (dev >= j->ndev || !j->dev[dev].differs)
+		return 0;
+	d = &j->dev[dev];
+	next = dirty_next(d->differs, from / cs);
+	if (next < 0)
+		return 0;
+	for (c = (uint64_t)next; c < d->nchunks && dirty_test(d->differs, c); c++)
+		;
+	end = MIN(c * cs, d->size);
+	*off = (uint64_t)next * cs;
+	*len = end - *off;
+	return 1;
 }
 
 /* ---- cancel --------------------------------------------------------------- */
@@ -537,6 +595,20 @@ static bool boundary(struct src_job *j)
 	return false;
 }
 
+/* The devices were handed over on an earlier connection, whose COMMIT was
+ * lost: the destination has said it still awaits it.  Deliver it. */
+static enum mig_state commit_pending(struct src_job *j, struct run *run)
+{
+	for (unsigned i = 0; i < j->ndev; i++)
+		track_fence(j->dev[i].blk, ESHUTDOWN);
+	j->attempt = j->sess->committing;
+	run->committing = true;
+	run->err = j->fmt->commit(j);
+	if (run->err == 0)
+		j->sess->committing = 0;
+	return MIG_COMPLETED;
+}
+
 /* SETUP: tracking starts before the first read, so every write from here
  * on is either read by the bulk pass or left dirty. */
 static enum mig_state state_setup(struct src_job *j, struct run *run)
@@ -546,9 +618,11 @@ static enum mig_state state_setup(struct src_job *j, struct run *run)
 	run->err = readers_start(j);
 	if (run->err == 0)
 		run->err = j->fmt->open(j);
+	run->setup_ns = now_ns() - run->t_start;
+	if (run->err == 0 && j->commit_only)
+		return commit_pending(j, run);
 	if (run->err == 0)
 		boundary(j); /* mirrors from the start if ACTIVE was asked */
-	run->setup_ns = now_ns() - run->t_start;
 	return MIG_BULK;
 }
 
@@ -558,8 +632,57 @@ static enum mig_state state_bulk(struct src_job *j, struct run *run)
 	return MIG_DIRTY;
 }
 
+/* The most passes a verify makes over chunks written while it compares. */
+#define VERIFY_MAX_PASSES 8
+
+/* Verify only: tell the destination what differs (src_run() tells the
+ * caller). */
+static enum mig_state verify_end(struct src_job *j, struct run *run)
+{
+	run->err = j->fmt->complete(j);
+	return run->err < 0 ? MIG_FINAL : MIG_COMPLETED;
+}
+
+/* Verify only: the run's result, once it is over. */
+static int verify_result(struct src_job *j)
+{
+	uint64_t differing = 0, unsettled = 0;
+	struct mig_stats st;
+
+	src_stats(j, &st);
+	for (unsigned i = 0; i < j->ndev; i++) {
+		differing += st.dev[i].differing;
+		unsettled += st.dev[i].unsettled;
+	}
+	if (!differing)
+		return 0;
+	return err_set(EILSEQ, "%llu chunk%s differ%s%s", (unsigned long long)differing,
+		       differing == 1 ? "" : "s", differing == 1 ? "s" : "",
+		       unsettled ? " (some were still being written)" : "");
+}
+
+static void unsettled_fn(struct mig_stats *st, void *arg)
+{
+	struct src_job *j = arg;
+
+	for (unsigned i = 0; i < j->ndev; i++)
+		st->dev[i].unsettled = dirty_count(j->dev[i].dirty);
+}
+
 static enum mig_state state_dirty(struct src_job *j, struct run *run)
 {
+	if (j->p.verify_only) {
+		struct mig_stats st;
+
+		src_stats(j, &st);
+		if (src_dirty_total(j) == 0 || st.iterations >= VERIFY_MAX_PASSES) {
+			src_stats_update(j, unsettled_fn, j);
+			return verify_end(j, run);
+		}
+		set_state(j, MIG_DIRTY);
+		run->err = timed_pass(j, PASS_DIRTY);
+		return MIG_DIRTY;
+	}
 	if (boundary(j))
 		return MIG_FINAL;
 	set_state(j, MIG_DIRTY);
@@ -595,6 +718,7 @@ static enum mig_state state_final(struct src_job *j, struct run *run)
 {
 	uint64_t w0, before;
 
+	j->attempt = ++j->sess->attempts;
 	note_pause(j, true, 0);
 	run->t_pause = now_ns();
 	/* Writes in flight reach the backend first; mirrored ones waiting for
@@ -624,9 +748,14 @@ static enum mig_state state_final(struct src_job *j, struct run *run)
 	resume_writers(j);
 	run->downtime_ns = now_ns() - run->t_pause;
 	run->committing = true;
+	j->sess->committing = j->attempt;
 	run->err = j->fmt->commit(j);
+	if (run->err == 0)
+		j->sess->committing = 0;
 	return MIG_COMPLETED;
 }
+
+
 
 static enum mig_state step(struct src_job *j, enum mig_state s, struct run *run)
 {
@@ -688,6 +817,7 @@ int src_run(struct src_job *j, struct xport *x)
 	struct finish_arg fin;
 
 	set_transport(j, x);
+	j->sess->connections++;
 	j->timeout_ms = xport_get_timeout(x);
 	xport_set_rate(x, atomic_load(&j->rate));
 	xport_set_cancel(x, j->cancel);
@@ -726,9 +856,12 @@ int src_run(struct src_job *j, struct xport *x)
 	fin = (struct finish_arg){ .downtime = run.downtime_ns,
 				   .total = now_ns() - run.t_start,
 				   .setup = run.setup_ns,
-				   .transferred = xport_tx_bytes(x) };
+				   .transferred = j->prev_transferred + xport_tx_bytes(x) };
+	j->sess->transferred = fin.transferred;
 	set_transport(j, NULL);
 	src_stats_update(j, finish_fn, &fin);
 	set_state(j, state);
+	if (state == MIG_COMPLETED && j->p.verify_only)
+		return verify_result(j);
 	return state == MIG_COMPLETED ? 0 : (run.err < 0 ? run.err : -EIO);
 }

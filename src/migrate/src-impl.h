@@ -54,6 +54,8 @@ enum result_kind {
 	RES_DATA, /* buf holds the chunk */
 	RES_ZERO, /* the chunk reads as zeros: send ZERO_BLOCK */
 	RES_SKIP, /* shared base: unallocated, not sent */
+	RES_SAME, /* the destination holds it already (its SUMS): not sent */
+	RES_DIFF, /* verify: it differs from the destination's */
 };
 
 /* A chunk read by the pool, waiting for the engine to send it. */
@@ -63,6 +65,7 @@ struct result {
 	uint64_t chunk;
 	uint8_t *buf; /* a pool buffer, held until the result is sent */
 	uint64_t hash;
+	bool zero; /* SAME, DIFF: the chunk reads as zeros (hash not set) */
 };
 
 struct src_dev {
@@ -74,6 +77,13 @@ struct src_dev {
 	struct dirty *dirty;
 	struct dirty *claimed; /* chunks claimed and not yet on the wire (j->lock) */
 	struct digest_table *dig;
+	/* The destination's SUMS (resume, delta, verify): have marks the
+	 * chunks it offered, sums[] their digests.  Read-only once the
+	 * handshake is over; a bulk pass compares before sending. */
+	struct dirty *have;
+	uint8_t (*sums)[NATIVE_SUM_LEN];
+	uint8_t zero_sum[2][NATIVE_SUM_LEN]; /* of a zero chunk: [0] full, [1] the last */
+	struct dirty *differs;		     /* verify: differed when last compared (engine) */
 };
 
 /*
@@ -208,6 +218,12 @@ struct src_job {
 				 * the engine until READY, then by the return path */
 
 	/* Engine thread only. */
+	struct src_session *sess; /* p.session, or own_session */
+	struct src_session own_session;
+	uint64_t prev_transferred; /* bytes sent by earlier connections (immutable) */
+	uint32_t attempt;	  /* the switch-over attempt under way */
+	struct native_state held; /* what the destination said it holds */
+	bool commit_only;	  /* only COMMIT is left to deliver */
 	int timeout_ms;	       /* the transport's idle timeout, for answers and WACKs */
 	_Atomic int want_mode; /* enum mig_mode, as asked for (any thread) */
 	atomic_bool mirroring; /* the tracking layers have the mirror */

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bitmap/dirty.h"
 #include "common/error.h"
 #include "digest.h"
 #include "src-impl.h"
@@ -40,6 +41,100 @@ static int await_ready(struct src_job *j, uint64_t *version)
 	return 0;
 }
 
+/* Take one SUMS message: every entry names a chunk of ours, once. */
+static int take_sums(struct src_job *j, const struct native_sums *m, uint64_t *left)
+{
+	struct src_dev *d;
+
+	if (m->dev >= j->ndev)
+		return err_set(EPROTO, "the destination offered digests for device %u of %u",
+			       (unsigned)m->dev + 1, j->ndev);
+	if (m->count > *left)
+		return err_set(EPROTO, "the destination offered more digests than it announced");
+	d = &j->dev[m->dev];
+	if (!d->sums) {
+		d->sums = calloc(d->nchunks, NATIVE_SUM_LEN);
+		if (!d->sums)
+			return err_set(ENOMEM, "no memory for the digests of %llu chunks of %s",
+				       (unsigned long long)d->nchunks, d->name);
+	}
+	for (uint32_t i = 0; i < m->count; i++) {
+		uint64_t c = m->e[i].chunk;
+
+		if (c >= d->nchunks || dirty_test(d->have, c))
+			return err_set(EPROTO,
+				       "the destination offered a digest for chunk %llu of %s "
+				       "(%llu chunks), %s",
+				       (unsigned long long)c, d->name,
+				       (unsigned long long)d->nchunks,
+				       c >= d->nchunks ? "which does not exist" : "twice");
+		memcpy(d->sums[c], m->e[i].sum, NATIVE_SUM_LEN);
+		dirty_mark(d->have, c * j->p.chunk_size, 1);
+	}
+	*left -= m->count;
+	return 0;
+}
+
+/*
+ * After READY: what the destination holds of this migration (STATE), and
+ * the digests of those chunks (SUMS), which the bulk pass compares before
+ * sending.  A destination that has acknowledged the attempt this source
+ * fenced itself for needs only the COMMIT.
+ */
+static int await_state(struct src_job *j)
+{
+	struct src_session *s = j->sess;
+	uint64_t total = 0, left;
+	struct wire_item it;
+	int r;
+
+	wire_stream_allow(j->rs, NATIVE_ALLOW(NATIVE_MSG_STATE) | NATIVE_ALLOW(NATIVE_MSG_ERROR));
+	r = wire_stream_next(j->rs, &it);
+	if (r == 0 && it.kind == WIRE_ITEM_ERROR)
+		r = rp_peer_error(it.error);
+	else if (r == 0 && it.kind != WIRE_ITEM_STATE)
+		r = err_set(ECONNRESET, "handshake: the destination closed the connection");
+	if (r < 0)
+		return err_prefix(-r, "waiting for the destination's state: ");
+	j->held = *it.state;
+	for (unsigned i = 0; i < j->ndev; i++)
+		total += j->dev[i].nchunks;
+	if (j->held.sums > total)
+		return err_set(EPROTO, "the destination offers %llu digests for %llu chunks",
+			       (unsigned long long)j->held.sums, (unsigned long long)total);
+	if ((j->p.verify_only || j->p.delta) && j->held.held != NATIVE_HELD_ALL &&
+	    j->held.held != NATIVE_HELD_NONE)
+		return err_set(EPROTO, "the destination answered a %s with a partial state",
+			       j->p.verify_only ? "verify" : "delta sync");
+	if (j->p.verify_only && j->held.sums != total)
+		return err_set(EPROTO, "the destination offers %llu digests of %llu chunks to verify",
+			       (unsigned long long)j->held.sums, (unsigned long long)total);
+	if (s->committing) {
+		if (j->held.held != NATIVE_HELD_AWAITING || j->held.attempt != s->committing)
+			return err_set(ESTALE,
+				       "this source handed its devices over (attempt %u) and is "
+				       "fenced, but the destination no longer holds that copy: it "
+				       "needs an operator (serve --reclaim on the source)",
+				       s->committing);
+		j->commit_only = true;
+	}
+	if (j->held.held == NATIVE_HELD_AWAITING && j->held.attempt > s->attempts)
+		s->attempts = j->held.attempt; /* later attempts are numbered past it */
+	wire_stream_allow(j->rs, NATIVE_ALLOW(NATIVE_MSG_SUMS) | NATIVE_ALLOW(NATIVE_MSG_ERROR));
+	for (left = j->held.sums; left > 0;) {
+		r = wire_stream_next(j->rs, &it);
+		if (r == 0 && it.kind == WIRE_ITEM_ERROR)
+			r = rp_peer_error(it.error);
+		else if (r == 0 && it.kind != WIRE_ITEM_SUMS)
+			r = err_set(ECONNRESET, "the destination closed the connection");
+		if (r == 0)
+			r = take_sums(j, it.sums, &left);
+		if (r < 0)
+			return err_prefix(-r, "reading the destination's digests: ");
+	}
+	return 0;
+}
+
 static int native_open(struct src_job *j)
 {
 	struct native_hello h = {
@@ -57,8 +152,13 @@ static int native_open(struct src_job *j)
 		h.caps |= NATIVE_CAP_ZERO_BLOCKS;
 	if (j->p.shared_base)
 		h.caps |= NATIVE_CAP_SHARED_BASE;
-	/* Always offered: the mode may change to active while running. */
-	h.caps |= NATIVE_CAP_MIRROR;
+	if (j->p.delta)
+		h.caps |= NATIVE_CAP_DELTA;
+	if (j->p.verify_only)
+		h.caps |= NATIVE_CAP_VERIFY;
+	else /* offered: the mode may change to active while running */
+		h.caps |= NATIVE_CAP_MIRROR;
+	memcpy(h.id, j->sess->id, NATIVE_ID_LEN);
 	for (unsigned i = 0; i < j->ndev; i++) {
 		snprintf(h.dev[i].name, sizeof(h.dev[i].name), "%s", j->dev[i].name);
 		h.dev[i].size = j->dev[i].size;
@@ -71,6 +171,8 @@ static int native_open(struct src_job *j)
 	if (r < 0)
 		return err_prefix(-r, "handshake: ");
 	r = await_ready(j, &version);
+	if (r == 0)
+		r = await_state(j);
 	if (r < 0)
 		return r;
 	return rp_start(j);
@@ -111,18 +213,51 @@ static int native_synced(struct src_job *j)
 	return 0;
 }
 
+/* Verify only: instead of COMPLETE, what the comparison found. */
+static int native_verdict(struct src_job *j)
+{
+	struct native_verdict *v = calloc(1, sizeof(*v));
+	uint8_t *buf = malloc(NATIVE_MSG_MAX + NATIVE_FRAME_HDR);
+	struct mig_stats st;
+	int n, r;
+
+	if (!v || !buf) {
+		free(v);
+		free(buf);
+		return err_set(ENOMEM, "no memory for the verdict");
+	}
+	src_stats(j, &st);
+	v->ndev = (uint16_t)j->ndev;
+	for (unsigned i = 0; i < j->ndev; i++) {
+		snprintf(v->dev[i].name, sizeof(v->dev[i].name), "%s", j->dev[i].name);
+		v->dev[i].checked = j->dev[i].nchunks;
+		v->dev[i].differing = st.dev[i].differing;
+	}
+	n = native_verdict_encode(buf, NATIVE_MSG_MAX + NATIVE_FRAME_HDR, v);
+	r = n < 0 ? n : xport_write(j->x, buf, (size_t)n);
+	free(v);
+	free(buf);
+	return r == 0 ? xport_flush(j->x) : r;
+}
+
 static int native_complete(struct src_job *j)
 {
 	struct native_complete *c = calloc(1, sizeof(*c));
 	uint8_t *buf = malloc(NATIVE_MSG_MAX + NATIVE_FRAME_HDR);
-	uint64_t unused;
+	uint64_t acked;
 	int n, r;
 
+	if (j->p.verify_only) {
+		free(c);
+		free(buf);
+		return native_verdict(j);
+	}
 	if (!c || !buf) {
 		free(c);
 		free(buf);
 		return err_set(ENOMEM, "no memory for the digests");
 	}
+	c->attempt = j->attempt;
 	c->ndev = (uint16_t)j->ndev;
 	for (unsigned i = 0; i < j->ndev; i++) {
 		snprintf(c->dev[i].name, sizeof(c->dev[i].name), "%s", j->dev[i].name);
@@ -134,15 +269,22 @@ static int native_complete(struct src_job *j)
 	free(buf);
 	if (r == 0)
 		r = xport_flush(j->x);
-	if (r == 0)
-		r = rp_await(j, NATIVE_MSG_ACK, "to acknowledge", &unused);
+	/* An ACK of an earlier, abandoned attempt is no answer to this one. */
+	while (r == 0 && (r = rp_await(j, NATIVE_MSG_ACK, "to acknowledge", &acked)) == 0 &&
+	       acked != j->attempt) {
+		if (acked > j->attempt)
+			r = err_set(EPROTO, "the destination acknowledged attempt %llu of %u",
+				    (unsigned long long)acked, j->attempt);
+	}
 	return r;
 }
 
+
+
 static int native_commit(struct src_job *j)
 {
-	uint8_t buf[NATIVE_FRAME_HDR];
-	int n = native_commit_encode(buf, sizeof(buf));
+	uint8_t buf[NATIVE_FRAME_HDR + 4];
+	int n = native_commit_encode(buf, sizeof(buf), j->attempt);
 	int r = n < 0 ? n : xport_write(j->x, buf, (size_t)n);
 
 	if (r == 0)

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bitmap/dirty.h"
 #include "common/error.h"
 #include "common/util.h"
 #include "digest.h"
@@ -34,6 +35,8 @@ struct sent_arg {
 	uint64_t bytes;
 	bool bulk;
 	uint64_t payload;
+	bool verify;	    /* a comparison, not a send */
+	uint64_t differing; /* verify: the device's differing chunks now */
 };
 
 static void account_fn(struct mig_stats *st, void *arg)
@@ -44,8 +47,12 @@ static void account_fn(struct mig_stats *st, void *arg)
 		st->dev[a->dev].data_chunks++;
 	else if (a->kind == RES_ZERO)
 		st->dev[a->dev].zero_chunks++;
-	else
+	else if (a->kind == RES_SAME && !a->verify)
+		st->dev[a->dev].matched++;
+	else if (a->kind == RES_SKIP)
 		st->dev[a->dev].skipped++;
+	if (a->verify)
+		st->dev[a->dev].differing = a->differing;
 	st->data_bytes += a->payload;
 	if (a->bulk)
 		st->bulk_done += a->bytes;
@@ -83,9 +90,20 @@ static int send_result(struct src_job *j, const struct result *res, bool bulk, u
 	if (res->kind == RES_ZERO && !j->p.zero_blocks)
 		a.kind = RES_DATA;
 	a.bytes = digest_chunk_len(d->dig, res->chunk);
-	if (res->kind == RES_ZERO)
+	if (res->kind == RES_ZERO || res->zero)
 		hash = digest_zero_hash(d->dig, res->chunk);
-	if (res->kind != RES_SKIP) {
+	if (j->p.verify_only) {
+		/* Compared, never sent: note what it found. */
+		if (res->kind == RES_DIFF)
+			dirty_mark(d->differs, rec.offset, 1);
+		else
+			dirty_test_and_clear(d->differs, res->chunk);
+		a.verify = true;
+		a.differing = dirty_count(d->differs);
+	} else if (res->kind == RES_SAME) {
+		/* The destination holds it: it counts as carried, as it is. */
+		digest_set(d->dig, res->chunk, hash);
+	} else if (res->kind != RES_SKIP) {
 		bool as_data = res->kind == RES_DATA || !j->p.zero_blocks;
 
 		rec.kind = as_data ? WIRE_REC_DATA : WIRE_REC_ZERO;

@@ -86,15 +86,36 @@ static int read_chunk(struct src_job *j, struct result *res, enum pass_kind pass
 	 * has them; otherwise they are zeros. */
 	if (blk_is_hole(d->blk, off, len)) {
 		res->kind = j->p.shared_base && pass == PASS_BULK ? RES_SKIP : RES_ZERO;
-		return 0;
+	} else {
+		r = blk_pread(d->blk, res->buf, len, off);
+		if (r < 0)
+			return err_prefix(-r, "read %s at offset %llu: ", d->name,
+					  (unsigned long long)off);
+		if (len < j->p.chunk_size)
+			memset(res->buf + len, 0, j->p.chunk_size - len);
+		res->kind = mem_is_zero(res->buf, len) ? RES_ZERO : RES_DATA;
+		res->hash = digest_hash(res->buf, len);
 	}
-	r = blk_pread(d->blk, res->buf, len, off);
-	if (r < 0)
-		return err_prefix(-r, "read %s at offset %llu: ", d->name, (unsigned long long)off);
-	if (len < j->p.chunk_size)
-		memset(res->buf + len, 0, j->p.chunk_size - len);
-	res->kind = mem_is_zero(res->buf, len) ? RES_ZERO : RES_DATA;
-	res->hash = digest_hash(res->buf, len);
+	/* The destination offered its digest of this chunk: the bulk pass
+	 * sends it only if it differs (a verify compares in every pass, as
+	 * the destination's copy does not change). */
+	if ((pass == PASS_BULK || j->p.verify_only) && dirty_test(d->have, res->chunk) &&
+	    res->kind != RES_SKIP) {
+		const uint8_t *mine = d->zero_sum[res->chunk + 1 == d->nchunks];
+		uint8_t sum[NATIVE_SUM_LEN];
+		bool same;
+
+		if (res->kind == RES_DATA) {
+			digest_sum(res->buf, len, sum);
+			mine = sum;
+		}
+		same = memcmp(mine, d->sums[res->chunk], NATIVE_SUM_LEN) == 0;
+		res->zero = res->kind == RES_ZERO;
+		if (same)
+			res->kind = RES_SAME;
+		else if (j->p.verify_only)
+			res->kind = RES_DIFF;
+	}
 	return 0;
 }
 

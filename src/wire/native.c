@@ -22,8 +22,10 @@
 #include "common/error.h"
 #include "common/util.h"
 
-/* HELLO fixed part: magic, version, caps, chunk_size, ndev. */
-#define HELLO_FIXED (8 + 4 + 4 + 4 + 2)
+/* HELLO fixed part: magic, version, caps, chunk_size, id, ndev. */
+#define HELLO_FIXED  (8 + 4 + 4 + 4 + NATIVE_ID_LEN + 2)
+#define HELLO_AT_ID  20
+#define HELLO_AT_DEV (HELLO_AT_ID + NATIVE_ID_LEN)
 /* Per-device bytes after the name: HELLO be64 size; COMPLETE be64 chunks +
  * digest. */
 #define HELLO_DEV_TAIL	  8
@@ -77,7 +79,8 @@ static const struct {
 	{ NATIVE_MSG_ABORT, "ABORT" },	 { NATIVE_MSG_READY, "READY" },
 	{ NATIVE_MSG_ACK, "ACK" },	 { NATIVE_MSG_ERROR, "ERROR" },
 	{ NATIVE_MSG_SYNCED, "SYNCED" }, { NATIVE_MSG_COMMIT, "COMMIT" },
-	{ NATIVE_MSG_WACK, "WACK" },
+	{ NATIVE_MSG_WACK, "WACK" },	 { NATIVE_MSG_VERDICT, "VERDICT" },
+	{ NATIVE_MSG_STATE, "STATE" },	 { NATIVE_MSG_SUMS, "SUMS" },
 };
 
 const char *native_msg_name(uint8_t type)
@@ -158,7 +161,8 @@ int native_hello_encode(uint8_t *buf, size_t cap, const struct native_hello *h)
 	put_be32(buf + 8, NATIVE_VERSION);
 	put_be32(buf + 12, h->caps);
 	put_be32(buf + 16, h->chunk_size);
-	put_be16(buf + 20, h->ndev);
+	memcpy(buf + HELLO_AT_ID, h->id, NATIVE_ID_LEN);
+	put_be16(buf + HELLO_AT_DEV, h->ndev);
 	pos = HELLO_FIXED;
 	for (unsigned int i = 0; i < h->ndev; i++) {
 		size_t n = strlen(h->dev[i].name);
@@ -207,7 +211,8 @@ int native_hello_decode(const uint8_t *buf, size_t len, struct native_hello *h, 
 	h->version = version;
 	h->caps = get_be32(buf + 12);
 	h->chunk_size = get_be32(buf + 16);
-	h->ndev = get_be16(buf + 20);
+	memcpy(h->id, buf + HELLO_AT_ID, NATIVE_ID_LEN);
+	h->ndev = get_be16(buf + HELLO_AT_DEV);
 	r = hello_check_fixed(EBADMSG, h->caps, h->chunk_size, h->ndev);
 	if (r < 0)
 		return r;
@@ -278,12 +283,6 @@ int native_frame_header(const uint8_t hdr[NATIVE_FRAME_HDR], uint64_t allowed, u
 		return err_set(EBADMSG,
 			       "frame: %s message length %" PRIu32 " exceeds the maximum %u",
 			       native_msg_name(t), l, NATIVE_MSG_MAX);
-	/* ACK and COMMIT have no body decoder, so their one rule is checked
-	 * here. */
-	if ((t == NATIVE_MSG_ACK || t == NATIVE_MSG_COMMIT) && l != 0)
-		return err_set(EBADMSG,
-			       "frame: %s message with a %" PRIu32 "-byte body (must be empty)",
-			       native_msg_name(t), l);
 	*len = l;
 	return 0;
 }
@@ -302,9 +301,11 @@ static bool complete_dup(const struct native_complete *c, unsigned int i, const 
 int native_complete_encode(uint8_t *buf, size_t cap, const struct native_complete *c)
 {
 	char shown[STR_ESCAPE_CAP(WIRE_NAME_MAX)];
-	size_t body = 2, pos;
+	size_t body = 4 + 2, pos;
 	int r;
 
+	if (c->attempt < 1)
+		return err_set(EINVAL, "complete: attempt 0 (attempts count from 1)");
 	if (c->ndev < 1 || c->ndev > NATIVE_MAX_DEVICES)
 		return err_set(EINVAL, "complete: invalid device count %u (must be 1..%d)",
 			       (unsigned int)c->ndev, NATIVE_MAX_DEVICES);
@@ -322,8 +323,9 @@ int native_complete_encode(uint8_t *buf, size_t cap, const struct native_complet
 		return r;
 
 	pos = NATIVE_FRAME_HDR;
-	put_be16(buf + pos, c->ndev);
-	pos += 2;
+	put_be32(buf + pos, c->attempt);
+	put_be16(buf + pos + 4, c->ndev);
+	pos += 4 + 2;
 	for (unsigned int i = 0; i < c->ndev; i++) {
 		const struct native_dev_digest *d = &c->dev[i];
 		size_t n = strlen(d->name);
@@ -342,15 +344,18 @@ int native_complete_decode(const uint8_t *body, size_t len, struct native_comple
 	char shown[STR_ESCAPE_CAP(WIRE_NAME_MAX)], why[WIRE_NAME_WHY_CAP];
 	size_t pos;
 
-	if (len < 2)
+	if (len < 4 + 2)
 		return err_set(EBADMSG, "complete: body truncated (%zu bytes)", len);
-	c->ndev = get_be16(body);
+	c->attempt = get_be32(body);
+	if (c->attempt < 1)
+		return err_set(EBADMSG, "complete: attempt 0 (attempts count from 1)");
+	c->ndev = get_be16(body + 4);
 	if (c->ndev < 1 || c->ndev > NATIVE_MAX_DEVICES)
 		return err_set(EBADMSG, "complete: invalid device count %u (must be 1..%d)",
 			       (unsigned int)c->ndev, NATIVE_MAX_DEVICES);
 
 	/* pos <= len throughout, so len - pos never wraps. */
-	pos = 2;
+	pos = 4 + 2;
 	for (unsigned int i = 0; i < c->ndev; i++) {
 		struct native_dev_digest *d = &c->dev[i];
 		size_t n;
@@ -542,16 +547,207 @@ int native_wack_decode(const uint8_t *body, size_t len, uint64_t *seq)
 	return u64_decode("wack", body, len, seq);
 }
 
-int native_commit_encode(uint8_t *buf, size_t cap)
+/* ACK and COMMIT: a framed be32 attempt. */
+static int attempt_encode(uint8_t *buf, size_t cap, enum native_msg type, uint32_t attempt)
 {
-	int r = frame_put(buf, cap, NATIVE_MSG_COMMIT, 0);
+	int r;
 
-	return r < 0 ? r : NATIVE_FRAME_HDR;
+	if (attempt < 1)
+		return err_set(EINVAL, "encode %s: attempt 0 (attempts count from 1)",
+			       native_msg_name((uint8_t)type));
+	r = frame_put(buf, cap, type, 4);
+	if (r < 0)
+		return r;
+	put_be32(buf + NATIVE_FRAME_HDR, attempt);
+	return NATIVE_FRAME_HDR + 4;
 }
 
-int native_ack_encode(uint8_t *buf, size_t cap)
+int native_commit_encode(uint8_t *buf, size_t cap, uint32_t attempt)
 {
-	int r = frame_put(buf, cap, NATIVE_MSG_ACK, 0);
+	return attempt_encode(buf, cap, NATIVE_MSG_COMMIT, attempt);
+}
 
-	return r < 0 ? r : NATIVE_FRAME_HDR;
+int native_ack_encode(uint8_t *buf, size_t cap, uint32_t attempt)
+{
+	return attempt_encode(buf, cap, NATIVE_MSG_ACK, attempt);
+}
+
+int native_attempt_decode(const char *what, const uint8_t *body, size_t len, uint32_t *attempt)
+{
+	if (len != 4)
+		return err_set(EBADMSG, "%s: body of %zu bytes (expected 4)", what, len);
+	*attempt = get_be32(body);
+	if (*attempt < 1)
+		return err_set(EBADMSG, "%s: attempt 0 (attempts count from 1)", what);
+	return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* STATE / SUMS                                                             */
+
+int native_state_encode(uint8_t *buf, size_t cap, const struct native_state *st)
+{
+	int r;
+
+	if (st->held > NATIVE_HELD_AWAITING)
+		return err_set(EINVAL, "encode STATE: unknown held state %" PRIu32, st->held);
+	if ((st->held == NATIVE_HELD_AWAITING) != (st->attempt > 0))
+		return err_set(EINVAL, "encode STATE: an attempt goes with AWAITING, and only there");
+	r = frame_put(buf, cap, NATIVE_MSG_STATE, 16);
+	if (r < 0)
+		return r;
+	put_be32(buf + NATIVE_FRAME_HDR, st->held);
+	put_be32(buf + NATIVE_FRAME_HDR + 4, st->attempt);
+	put_be64(buf + NATIVE_FRAME_HDR + 8, st->sums);
+	return NATIVE_FRAME_HDR + 16;
+}
+
+int native_state_decode(const uint8_t *body, size_t len, struct native_state *st)
+{
+	if (len != 16)
+		return err_set(EBADMSG, "state: body of %zu bytes (expected 16)", len);
+	st->held = get_be32(body);
+	st->attempt = get_be32(body + 4);
+	st->sums = get_be64(body + 8);
+	if (st->held > NATIVE_HELD_AWAITING)
+		return err_set(EBADMSG, "state: unknown held state %" PRIu32, st->held);
+	if ((st->held == NATIVE_HELD_AWAITING) != (st->attempt > 0))
+		return err_set(EBADMSG,
+			       "state: attempt %" PRIu32 " with held state %" PRIu32
+			       " (an attempt goes with AWAITING, and only there)",
+			       st->attempt, st->held);
+	if (st->held == NATIVE_HELD_NONE && st->sums)
+		return err_set(EBADMSG, "state: %" PRIu64 " sums offered while holding nothing",
+			       st->sums);
+	return 0;
+}
+
+/* The rules both ends apply to one SUMS message. */
+static int sums_check(int err, const struct native_sums *s)
+{
+	if (s->count < 1 || s->count > NATIVE_SUMS_MAX)
+		return err_set(err, "sums: %" PRIu32 " entries (must be 1..%u)", s->count,
+			       (unsigned int)NATIVE_SUMS_MAX);
+	if (s->dev >= NATIVE_MAX_DEVICES)
+		return err_set(err, "sums: device %u (at most %d devices)", (unsigned int)s->dev,
+			       NATIVE_MAX_DEVICES);
+	for (uint32_t i = 1; i < s->count; i++)
+		if (s->e[i].chunk <= s->e[i - 1].chunk)
+			return err_set(err, "sums: chunk %" PRIu64 " after %" PRIu64 " (must ascend)",
+				       s->e[i].chunk, s->e[i - 1].chunk);
+	return 0;
+}
+
+int native_sums_encode(uint8_t *buf, size_t cap, const struct native_sums *s)
+{
+	int r = sums_check(EINVAL, s);
+	size_t pos;
+
+	if (r < 0)
+		return r;
+	r = frame_put(buf, cap, NATIVE_MSG_SUMS, 6 + (size_t)s->count * NATIVE_SUM_ITEM);
+	if (r < 0)
+		return r;
+	pos = NATIVE_FRAME_HDR;
+	put_be16(buf + pos, s->dev);
+	put_be32(buf + pos + 2, s->count);
+	pos += 6;
+	for (uint32_t i = 0; i < s->count; i++) {
+		put_be64(buf + pos, s->e[i].chunk);
+		memcpy(buf + pos + 8, s->e[i].sum, NATIVE_SUM_LEN);
+		pos += NATIVE_SUM_ITEM;
+	}
+	return (int)pos;
+}
+
+int native_sums_decode(const uint8_t *body, size_t len, struct native_sums *s)
+{
+	if (len < 6)
+		return err_set(EBADMSG, "sums: body truncated (%zu bytes)", len);
+	s->dev = get_be16(body);
+	s->count = get_be32(body + 2);
+	if (s->count < 1 || s->count > NATIVE_SUMS_MAX)
+		return err_set(EBADMSG, "sums: %" PRIu32 " entries (must be 1..%u)", s->count,
+			       (unsigned int)NATIVE_SUMS_MAX);
+	if (len != 6 + (size_t)s->count * NATIVE_SUM_ITEM)
+		return err_set(EBADMSG, "sums: body of %zu bytes for %" PRIu32 " entries", len,
+			       s->count);
+	for (uint32_t i = 0; i < s->count; i++) {
+		const uint8_t *p = body + 6 + (size_t)i * NATIVE_SUM_ITEM;
+
+		s->e[i].chunk = get_be64(p);
+		memcpy(s->e[i].sum, p + 8, NATIVE_SUM_LEN);
+	}
+	return sums_check(EBADMSG, s);
+}
+
+/* ------------------------------------------------------------------------ */
+/* VERDICT                                                                  */
+
+int native_verdict_encode(uint8_t *buf, size_t cap, const struct native_verdict *v)
+{
+	size_t body = 2, pos;
+	int r;
+
+	if (v->ndev < 1 || v->ndev > NATIVE_MAX_DEVICES)
+		return err_set(EINVAL, "verdict: invalid device count %u (must be 1..%d)",
+			       (unsigned int)v->ndev, NATIVE_MAX_DEVICES);
+	for (unsigned int i = 0; i < v->ndev; i++) {
+		r = name_len_for_encode("verdict", i, v->dev[i].name);
+		if (r < 0)
+			return r;
+		body += 1 + (size_t)r + 16;
+	}
+	r = frame_put(buf, cap, NATIVE_MSG_VERDICT, body);
+	if (r < 0)
+		return r;
+	pos = NATIVE_FRAME_HDR;
+	put_be16(buf + pos, v->ndev);
+	pos += 2;
+	for (unsigned int i = 0; i < v->ndev; i++) {
+		size_t n = strlen(v->dev[i].name);
+
+		buf[pos] = (uint8_t)n;
+		memcpy(buf + pos + 1, v->dev[i].name, n);
+		put_be64(buf + pos + 1 + n, v->dev[i].checked);
+		put_be64(buf + pos + 1 + n + 8, v->dev[i].differing);
+		pos += 1 + n + 16;
+	}
+	return (int)pos;
+}
+
+int native_verdict_decode(const uint8_t *body, size_t len, struct native_verdict *v)
+{
+	char why[WIRE_NAME_WHY_CAP];
+	size_t pos = 2;
+
+	if (len < 2)
+		return err_set(EBADMSG, "verdict: body truncated (%zu bytes)", len);
+	v->ndev = get_be16(body);
+	if (v->ndev < 1 || v->ndev > NATIVE_MAX_DEVICES)
+		return err_set(EBADMSG, "verdict: invalid device count %u (must be 1..%d)",
+			       (unsigned int)v->ndev, NATIVE_MAX_DEVICES);
+	for (unsigned int i = 0; i < v->ndev; i++) {
+		struct native_dev_verdict *d = &v->dev[i];
+		size_t n;
+
+		if (len - pos < 1 || (n = body[pos]) == 0 || len - pos - 1 < n + 16)
+			return err_set(EBADMSG, "verdict: device %u of %u truncated or unnamed", i,
+				       (unsigned int)v->ndev);
+		if (wire_name_check(body + pos + 1, n) < 0)
+			return err_set(EBADMSG, "verdict: device %u name %s", i,
+				       wire_name_why(body + pos + 1, n, why, sizeof(why)));
+		memcpy(d->name, body + pos + 1, n);
+		d->name[n] = '\0';
+		d->checked = get_be64(body + pos + 1 + n);
+		d->differing = get_be64(body + pos + 1 + n + 8);
+		if (d->differing > d->checked)
+			return err_set(EBADMSG, "verdict: device %u: %" PRIu64 " of %" PRIu64
+						" chunks differ",
+				       i, d->differing, d->checked);
+		pos += 1 + n + 16;
+	}
+	if (pos != len)
+		return err_set(EBADMSG, "verdict: %zu trailing bytes", len - pos);
+	return 0;
 }

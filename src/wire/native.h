@@ -5,25 +5,30 @@
  * diagrams; this header is the contract.  All integers big-endian.
  *
  * Source -> destination:
- *   HELLO    magic "BLKMIG\r\n" (0x424C4B4D49470D0A), be32 version (1),
- *            be32 caps, be32 chunk_size, be16 ndev,
+ *   HELLO    magic "BLKMIG\r\n" (0x424C4B4D49470D0A), be32 version (2),
+ *            be32 caps, be32 chunk_size, 16 bytes migration id, be16 ndev,
  *            ndev x { u8 n, n bytes name, be64 size }
  *   then messages, each starting with a u8 type:
  *   0x01 BLOCKS    block records (record.h) up to and including an EOS
- *   0x02 COMPLETE  be32 len, body: be16 ndev,
+ *   0x02 COMPLETE  be32 len, body: be32 attempt, be16 ndev,
  *                  ndev x { u8 n, name, be64 chunks, 16 bytes digest }
  *   0x03 ABORT     be32 len, body: be32 errno, UTF-8 reason (no NUL)
- *   0x04 COMMIT    be32 len (0): the source has fenced its devices; the
- *                  destination now owns them (sent only after ACK)
+ *   0x04 COMMIT    be32 len (4), be32 attempt: the source has fenced its
+ *                  devices; the destination now owns them (after ACK)
+ *   0x05 VERDICT   (VERIFY) body: be16 ndev, ndev x { u8 n, name,
+ *                  be64 chunks checked, be64 chunks differing }
  *
  * Destination -> source (each: u8 type, be32 len, body):
  *   0x81 READY     body: be32 version          (HELLO accepted)
- *   0x82 ACK       body: empty                 (data durable, digests match)
+ *   0x82 ACK       body: be32 attempt          (data durable, digests match)
  *   0x83 ERROR     body: be32 errno, reason    (the destination failed)
  *   0x84 SYNCED    body: be64 n                (the first n BLOCKS messages
  *                                               are applied and durable)
  *   0x85 WACK      body: be64 seq              (every WRITE record up to seq
  *                                               is applied; MIRROR only)
+ *   0x86 STATE     body: be32 held, be32 attempt, be64 sums  (after READY)
+ *   0x87 SUMS      body: be16 dev, be32 count, count x { be64 chunk,
+ *                  16 bytes XXH3-128 }         (after STATE)
  *
  * Lengths of framed messages are capped at NATIVE_MSG_MAX.
  */
@@ -37,7 +42,8 @@
 #include "record.h"
 
 #define NATIVE_MAGIC   UINT64_C(0x424C4B4D49470D0A) /* "BLKMIG\r\n" */
-#define NATIVE_VERSION 1U
+#define NATIVE_VERSION 2U
+#define NATIVE_ID_LEN  16 /* a migration's id, chosen by its source */
 
 /* HELLO capability bits. */
 #define NATIVE_CAP_ZERO_BLOCKS (1U << 0) /* ZERO_BLOCK records may appear */
@@ -45,24 +51,36 @@
 /* WRITE records (mirrored client writes, record.h) may appear inside BLOCKS
  * messages; the destination answers each with WACK as soon as it is applied. */
 #define NATIVE_CAP_MIRROR (1U << 2)
-#define NATIVE_CAP_KNOWN  (NATIVE_CAP_ZERO_BLOCKS | NATIVE_CAP_SHARED_BASE | NATIVE_CAP_MIRROR)
+/* The destination already holds an older copy: it sends the digest of
+ * every chunk (SUMS) and the source sends only chunks that differ. */
+#define NATIVE_CAP_DELTA (1U << 3)
+/* Compare only: the destination sends every chunk's digest, writes
+ * nothing, and the source ends with VERDICT instead of COMPLETE. */
+#define NATIVE_CAP_VERIFY (1U << 4)
+#define NATIVE_CAP_KNOWN                                                                           \
+	(NATIVE_CAP_ZERO_BLOCKS | NATIVE_CAP_SHARED_BASE | NATIVE_CAP_MIRROR | NATIVE_CAP_DELTA |  \
+	 NATIVE_CAP_VERIFY)
 
 enum native_msg {
 	NATIVE_MSG_BLOCKS = 0x01,
 	NATIVE_MSG_COMPLETE = 0x02,
 	NATIVE_MSG_ABORT = 0x03,
 	NATIVE_MSG_COMMIT = 0x04,
+	NATIVE_MSG_VERDICT = 0x05,
 	NATIVE_MSG_READY = 0x81,
 	NATIVE_MSG_ACK = 0x82,
 	NATIVE_MSG_ERROR = 0x83,
 	NATIVE_MSG_SYNCED = 0x84,
 	NATIVE_MSG_WACK = 0x85,
+	NATIVE_MSG_STATE = 0x86,
+	NATIVE_MSG_SUMS = 0x87,
 };
 
 #define NATIVE_MAX_DEVICES 64
 #define NATIVE_MSG_MAX	   65536U /* largest framed body */
 #define NATIVE_DIGEST_LEN  16
-#define NATIVE_HELLO_MAX   (8 + 4 + 4 + 4 + 2 + NATIVE_MAX_DEVICES * (1 + WIRE_NAME_MAX + 8))
+#define NATIVE_HELLO_MAX                                                                           \
+	(8 + 4 + 4 + 4 + NATIVE_ID_LEN + 2 + NATIVE_MAX_DEVICES * (1 + WIRE_NAME_MAX + 8))
 #define NATIVE_REASON_MAX  1024
 
 struct native_dev {
@@ -74,6 +92,9 @@ struct native_hello {
 	uint32_t version;
 	uint32_t caps;
 	uint32_t chunk_size;
+	/* The migration: the same id across reconnections and restarts of
+	 * one migration, a new one for another. */
+	uint8_t id[NATIVE_ID_LEN];
 	uint16_t ndev;
 	struct native_dev dev[NATIVE_MAX_DEVICES];
 };
@@ -85,8 +106,54 @@ struct native_dev_digest {
 };
 
 struct native_complete {
+	uint32_t attempt; /* the switch-over attempt, 1, 2, ... */
 	uint16_t ndev;
 	struct native_dev_digest dev[NATIVE_MAX_DEVICES];
+};
+
+/*
+ * STATE: what the destination holds of this migration, right after READY.
+ * 'sums' SUMS entries follow (over as many SUMS messages as it takes).
+ */
+enum native_held {
+	NATIVE_HELD_NONE = 0,	  /* nothing usable: every chunk is sent */
+	NATIVE_HELD_PARTIAL = 1,  /* chunks made durable by an earlier connection */
+	NATIVE_HELD_ALL = 2,	  /* an older copy (DELTA) or the image to check (VERIFY) */
+	NATIVE_HELD_AWAITING = 3, /* everything: it acknowledged attempt 'attempt' */
+};
+
+struct native_state {
+	uint32_t held;	  /* enum native_held */
+	uint32_t attempt; /* AWAITING: the attempt it acknowledged; else 0 */
+	uint64_t sums;	  /* SUMS entries that follow */
+};
+
+/* SUMS: digests of chunks the destination holds, ascending per message. */
+#define NATIVE_SUM_LEN	16 /* XXH3-128 of the chunk, high 64 bits first */
+#define NATIVE_SUM_ITEM (8 + NATIVE_SUM_LEN)
+#define NATIVE_SUMS_MAX ((NATIVE_MSG_MAX - 6) / NATIVE_SUM_ITEM)
+
+struct native_sum {
+	uint64_t chunk;
+	uint8_t sum[NATIVE_SUM_LEN];
+};
+
+struct native_sums {
+	uint16_t dev;	/* index into HELLO's devices */
+	uint32_t count; /* 1 .. NATIVE_SUMS_MAX */
+	struct native_sum e[NATIVE_SUMS_MAX];
+};
+
+/* VERDICT (verify only): per device, chunks compared and found different. */
+struct native_dev_verdict {
+	char name[WIRE_NAME_MAX + 1];
+	uint64_t checked;
+	uint64_t differing;
+};
+
+struct native_verdict {
+	uint16_t ndev;
+	struct native_dev_verdict dev[NATIVE_MAX_DEVICES];
 };
 
 /* ABORT and ERROR share one body. */
@@ -112,8 +179,12 @@ int native_error_encode(uint8_t *buf, size_t cap, enum native_msg type,
 /* READY carries the version; ACK is empty; SYNCED carries a count. */
 int native_ready_encode(uint8_t *buf, size_t cap, uint32_t version);
 int native_synced_encode(uint8_t *buf, size_t cap, uint64_t passes);
-int native_ack_encode(uint8_t *buf, size_t cap);
-int native_commit_encode(uint8_t *buf, size_t cap);
+/* ACK and COMMIT carry the switch-over attempt (>= 1) they answer. */
+int native_ack_encode(uint8_t *buf, size_t cap, uint32_t attempt);
+int native_commit_encode(uint8_t *buf, size_t cap, uint32_t attempt);
+int native_state_encode(uint8_t *buf, size_t cap, const struct native_state *st);
+int native_sums_encode(uint8_t *buf, size_t cap, const struct native_sums *s);
+int native_verdict_encode(uint8_t *buf, size_t cap, const struct native_verdict *v);
 /* WACK carries the highest WRITE sequence number applied. */
 int native_wack_encode(uint8_t *buf, size_t cap, uint64_t seq);
 
@@ -135,7 +206,7 @@ int native_hello_decode(const uint8_t *buf, size_t len, struct native_hello *h, 
  * BLOCKS is not framed: for it only hdr[0] is the message header, *len is
  * set to 0, and hdr[1..4] are already the first bytes of the first record.
  * An unknown type byte is always -EBADMSG, whatever 'allowed' holds.  ACK
- * has no body decoder, so a non-zero ACK length is rejected here.  Error
+ * and COMMIT bodies are a be32 attempt (native_attempt_decode).  Error
  * bodies: an errno outside 1..4095 is -EBADMSG (the message still quotes the
  * reason); a reason longer than NATIVE_REASON_MAX is truncated, and bytes
  * that are not printable UTF-8 decode as '?'.
@@ -149,6 +220,12 @@ int native_error_decode(const uint8_t *body, size_t len, struct native_error *e)
 int native_ready_decode(const uint8_t *body, size_t len, uint32_t *version);
 int native_synced_decode(const uint8_t *body, size_t len, uint64_t *passes);
 int native_wack_decode(const uint8_t *body, size_t len, uint64_t *seq);
+int native_attempt_decode(const char *what, const uint8_t *body, size_t len, uint32_t *attempt);
+int native_state_decode(const uint8_t *body, size_t len, struct native_state *st);
+/* Entries strictly ascending, count 1 .. NATIVE_SUMS_MAX; the chunk
+ * indices and the device are checked against HELLO by the engine. */
+int native_sums_decode(const uint8_t *body, size_t len, struct native_sums *s);
+int native_verdict_decode(const uint8_t *body, size_t len, struct native_verdict *v);
 
 /* Name for a message type ("BLOCKS", ...), or "unknown". */
 const char *native_msg_name(uint8_t type);

@@ -84,6 +84,9 @@ struct wire_stream {
 	struct native_hello hello;
 	struct native_complete complete;
 	struct native_error error;
+	struct native_state st;
+	struct native_sums *sums;	/* allocated on the first SUMS */
+	struct native_verdict verdict;
 	uint8_t hbuf[NATIVE_HELLO_MAX]; /* HELLO, section headers, footers */
 	uint8_t body[NATIVE_MSG_MAX];	/* framed bodies; scratch for skipping */
 };
@@ -93,7 +96,8 @@ struct wire_stream {
 	 NATIVE_ALLOW(NATIVE_MSG_ABORT) | NATIVE_ALLOW(NATIVE_MSG_COMMIT) |                        \
 	 NATIVE_ALLOW(NATIVE_MSG_READY) | NATIVE_ALLOW(NATIVE_MSG_ACK) |                           \
 	 NATIVE_ALLOW(NATIVE_MSG_ERROR) | NATIVE_ALLOW(NATIVE_MSG_SYNCED) |                        \
-	 NATIVE_ALLOW(NATIVE_MSG_WACK))
+	 NATIVE_ALLOW(NATIVE_MSG_WACK) | NATIVE_ALLOW(NATIVE_MSG_VERDICT) |                        \
+	 NATIVE_ALLOW(NATIVE_MSG_STATE) | NATIVE_ALLOW(NATIVE_MSG_SUMS))
 
 int wire_stream_new(enum wire_stream_format format, wire_read_fn read, void *user,
 		    struct wire_stream **out)
@@ -121,6 +125,7 @@ void wire_stream_free(struct wire_stream *s)
 	if (!s)
 		return;
 	free(s->rec);
+	free(s->sums);
 	free(s);
 }
 
@@ -167,6 +172,9 @@ const char *wire_item_name(enum wire_item_kind k)
 		[WIRE_ITEM_ERROR] = "ERROR",
 		[WIRE_ITEM_SYNCED] = "SYNCED",
 		[WIRE_ITEM_WACK] = "WACK",
+		[WIRE_ITEM_STATE] = "STATE",
+		[WIRE_ITEM_SUMS] = "SUMS",
+		[WIRE_ITEM_VERDICT] = "VERDICT",
 		[WIRE_ITEM_QEMU_HEADER] = "QEMU_HEADER",
 		[WIRE_ITEM_CONFIG] = "CONFIG",
 		[WIRE_ITEM_SECTION] = "SECTION",
@@ -406,10 +414,28 @@ static int read_message(struct wire_stream *s, struct wire_item *it)
 		r = native_error_decode(s->body, len, &s->error);
 		break;
 	case NATIVE_MSG_COMMIT:
-		it->kind = WIRE_ITEM_COMMIT;
-		break;
 	case NATIVE_MSG_ACK:
-		it->kind = WIRE_ITEM_ACK;
+		it->kind = type == NATIVE_MSG_ACK ? WIRE_ITEM_ACK : WIRE_ITEM_COMMIT;
+		r = native_attempt_decode(type == NATIVE_MSG_ACK ? "ack" : "commit", s->body, len,
+					  &v32);
+		it->value = v32;
+		break;
+	case NATIVE_MSG_STATE:
+		it->kind = WIRE_ITEM_STATE;
+		it->state = &s->st;
+		r = native_state_decode(s->body, len, &s->st);
+		break;
+	case NATIVE_MSG_SUMS:
+		if (!s->sums && !(s->sums = malloc(sizeof(*s->sums))))
+			return err_set(ENOMEM, "no memory for a SUMS message");
+		it->kind = WIRE_ITEM_SUMS;
+		it->sums = s->sums;
+		r = native_sums_decode(s->body, len, s->sums);
+		break;
+	case NATIVE_MSG_VERDICT:
+		it->kind = WIRE_ITEM_VERDICT;
+		it->verdict = &s->verdict;
+		r = native_verdict_decode(s->body, len, &s->verdict);
 		break;
 	case NATIVE_MSG_READY:
 		it->kind = WIRE_ITEM_READY;

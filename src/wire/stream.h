@@ -14,8 +14,8 @@
  * Item sequences (one wire_stream_next() call per item):
  *
  *   native  HELLO, then messages: BLOCKS RECORD... (up to and including a
- *           RECORD of kind EOS), COMPLETE, ABORT, COMMIT, READY, ACK,
- *           ERROR, SYNCED, WACK -- each only when wire_stream_allow() lets
+ *           RECORD of kind EOS), COMPLETE, ABORT, COMMIT, VERDICT, READY,
+ *           ACK, ERROR, SYNCED, WACK, STATE, SUMS -- each only when wire_stream_allow() lets
  *           that type through (every type by default)
  *   QEMU    QEMU_HEADER, CONFIG, then sections: SECTION (START/FULL/PART/
  *           END, with its idstr), its payload (RECORD... up to EOS for
@@ -73,12 +73,15 @@ enum wire_item_kind {
 	WIRE_ITEM_BLOCKS,      /* native: a BLOCKS message begins; RECORDs follow */
 	WIRE_ITEM_COMPLETE,    /* native: .complete */
 	WIRE_ITEM_ABORT,       /* native: .error */
-	WIRE_ITEM_COMMIT,      /* native */
+	WIRE_ITEM_COMMIT,      /* native: .value = attempt */
 	WIRE_ITEM_READY,       /* native: .value = version */
-	WIRE_ITEM_ACK,	       /* native */
+	WIRE_ITEM_ACK,	       /* native: .value = attempt */
 	WIRE_ITEM_ERROR,       /* native: .error */
 	WIRE_ITEM_SYNCED,      /* native: .value = passes */
 	WIRE_ITEM_WACK,	       /* native: .value = WRITE sequence number */
+	WIRE_ITEM_STATE,       /* native: .state */
+	WIRE_ITEM_SUMS,	       /* native: .sums */
+	WIRE_ITEM_VERDICT,     /* native: .verdict */
 	WIRE_ITEM_QEMU_HEADER, /* QEMU: .value = version (3) */
 	WIRE_ITEM_CONFIG,      /* QEMU: .section.name = machine type */
 	WIRE_ITEM_SECTION,     /* QEMU: .section, .section.name = the section's idstr */
@@ -90,7 +93,7 @@ enum wire_item_kind {
 struct wire_item {
 	enum wire_item_kind kind;
 	uint64_t offset; /* stream offset of the item's first byte */
-	uint64_t value;	 /* READY, SYNCED, WACK, QEMU_HEADER, VMDESC: see above */
+	uint64_t value;	 /* READY, ACK, COMMIT, SYNCED, WACK, QEMU_HEADER, VMDESC */
 	/* RECORD: rec.data points into the stream's buffer and stays valid
 	 * until the next call. */
 	struct wire_record rec;
@@ -99,6 +102,9 @@ struct wire_item {
 	const struct native_hello *hello;	/* HELLO */
 	const struct native_complete *complete; /* COMPLETE */
 	const struct native_error *error;	/* ABORT, ERROR */
+	const struct native_state *state;	/* STATE */
+	const struct native_sums *sums;		/* SUMS */
+	const struct native_verdict *verdict;	/* VERDICT */
 };
 
 /* Sections a QEMU stream may start (section ids bound at once). */

@@ -267,6 +267,7 @@ int main(int argc, char **argv)
 	{
 		static struct native_complete comp;
 
+		comp.attempt = 1;
 		comp.ndev = 1;
 		snprintf(comp.dev[0].name, sizeof(comp.dev[0].name), "%s", name);
 		digest_final(dig, comp.dev[0].digest, &comp.dev[0].chunks);
@@ -287,14 +288,15 @@ answer:
 		len = get_be32(hdr + 1);
 		if (len > sizeof(body) || xport_read(x, body, len, NULL) < 0)
 			goto closed;
-	} while (hdr[0] == NATIVE_MSG_SYNCED || hdr[0] == NATIVE_MSG_WACK);
+	} while (hdr[0] == NATIVE_MSG_SYNCED || hdr[0] == NATIVE_MSG_WACK ||
+		 hdr[0] == NATIVE_MSG_STATE || hdr[0] == NATIVE_MSG_SUMS);
 	if (hdr[0] == NATIVE_MSG_ACK) {
 		bool good = is(fault, "ok") || is(fault, "shared-base") || is(fault, "mirror-ok");
 
 		printf("receiver acknowledged\n");
 		if (strcmp(fault, "no-commit") == 0)
 			return 0; /* closing now is the fault */
-		n = native_commit_encode(buf, sizeof(buf));
+		n = native_commit_encode(buf, sizeof(buf), 1);
 		if (n < 0 || send_all(x, buf, (size_t)n) < 0)
 			goto closed;
 		return good ? 0 : 1;

@@ -74,9 +74,11 @@ static int error_decode_exact(const uint8_t *p, size_t len, struct native_error 
 /* clang-format off */
 static const uint8_t golden_hello[] = {
 	0x42, 0x4c, 0x4b, 0x4d, 0x49, 0x47, 0x0d, 0x0a, /* "BLKMIG\r\n" */
-	0x00, 0x00, 0x00, 0x01,                         /* version 1 */
+	0x00, 0x00, 0x00, 0x02,                         /* version 2 */
 	0x00, 0x00, 0x00, 0x01,                         /* caps ZERO_BLOCKS */
 	0x00, 0x10, 0x00, 0x00,                         /* chunk 1 MiB */
+	0xa0, 0xa1, 0xa2, 0xa3, 0xa4, 0xa5, 0xa6, 0xa7, /* migration id */
+	0xa8, 0xa9, 0xaa, 0xab, 0xac, 0xad, 0xae, 0xaf,
 	0x00, 0x02,                                     /* 2 devices */
 	0x06, 'd',  'r',  'i',  'v',  'e',  '0',        /* "drive0" */
 	0x00, 0x00, 0x00, 0x00, 0x04, 0x00, 0x00, 0x00, /* 64 MiB */
@@ -91,6 +93,8 @@ static void golden_hello_struct(struct native_hello *h)
 	h->version = NATIVE_VERSION;
 	h->caps = NATIVE_CAP_ZERO_BLOCKS;
 	h->chunk_size = 1U << 20;
+	for (int i = 0; i < NATIVE_ID_LEN; i++)
+		h->id[i] = (uint8_t)(0xa0 + i);
 	h->ndev = 2;
 	strcpy(h->dev[0].name, "drive0");
 	h->dev[0].size = 64 * MiB;
@@ -111,7 +115,9 @@ static void test_hello_golden(void **state)
 
 	assert_int_equal(hello_decode_exact(golden_hello, sizeof(golden_hello), &d, &used), 0);
 	assert_int_equal(used, sizeof(golden_hello));
-	assert_int_equal(d.version, 1);
+	assert_int_equal(d.version, 2);
+	assert_int_equal(d.id[0], 0xa0);
+	assert_int_equal(d.id[15], 0xaf);
 	assert_int_equal(d.caps, NATIVE_CAP_ZERO_BLOCKS);
 	assert_int_equal(d.chunk_size, 1U << 20);
 	assert_int_equal(d.ndev, 2);
@@ -248,17 +254,17 @@ static void test_hello_errors(void **state)
 	expect_error(hello_decode_exact((const uint8_t *)"GET / HT", 8, &d, &used), EBADMSG,
 		     "hello: bad magic 0x474554202f204854 (not a blkmig native stream)");
 
-	hello_patched(8, (const uint8_t *)"\0\0\0\2", 4, EPROTONOSUPPORT,
-		      "hello: unsupported version 2 (this blkmig speaks 1)");
+	hello_patched(8, (const uint8_t *)"\0\0\0\1", 4, EPROTONOSUPPORT,
+		      "hello: unsupported version 1 (this blkmig speaks 2)");
 	hello_patched(8, (const uint8_t *)"\0\0\0\0", 4, EPROTONOSUPPORT,
-		      "hello: unsupported version 0 (this blkmig speaks 1)");
+		      "hello: unsupported version 0 (this blkmig speaks 2)");
 	hello_patched(8, (const uint8_t *)"\xff\xff\xff\xff", 4, EPROTONOSUPPORT,
-		      "hello: unsupported version 4294967295 (this blkmig speaks 1)");
+		      "hello: unsupported version 4294967295 (this blkmig speaks 2)");
 
-	hello_patched(12, (const uint8_t *)"\0\0\0\x09", 4, EBADMSG,
-		      "hello: unknown capability bits 0x8 (known 0x7)");
+	hello_patched(12, (const uint8_t *)"\0\0\0\x29", 4, EBADMSG,
+		      "hello: unknown capability bits 0x20 (known 0x1f)");
 	hello_patched(12, (const uint8_t *)"\x80\0\0\0", 4, EBADMSG,
-		      "hello: unknown capability bits 0x80000000 (known 0x7)");
+		      "hello: unknown capability bits 0x80000000 (known 0x1f)");
 
 	hello_patched(16, (const uint8_t *)"\0\0\0\0", 4, EBADMSG,
 		      "hello: invalid chunk size 0 (must be a power of two from 4096 to 16777216)");
@@ -272,18 +278,18 @@ static void test_hello_errors(void **state)
 		      "hello: invalid chunk size 33554432 (must be a power of two from 4096 to "
 		      "16777216)");
 
-	hello_patched(20, (const uint8_t *)"\0\0", 2, EBADMSG,
+	hello_patched(36, (const uint8_t *)"\0\0", 2, EBADMSG,
 		      "hello: invalid device count 0 (must be 1..64)");
-	hello_patched(20, (const uint8_t *)"\0\x41", 2, EBADMSG,
+	hello_patched(36, (const uint8_t *)"\0\x41", 2, EBADMSG,
 		      "hello: invalid device count 65 (must be 1..64)");
-	hello_patched(20, (const uint8_t *)"\xff\xff", 2, EBADMSG,
+	hello_patched(36, (const uint8_t *)"\xff\xff", 2, EBADMSG,
 		      "hello: invalid device count 65535 (must be 1..64)");
 
-	hello_patched(37, (const uint8_t *)"\0", 1, EBADMSG, "hello: device 1 has an empty name");
-	hello_patched(22, (const uint8_t *)"\0", 1, EBADMSG, "hello: device 0 has an empty name");
-	hello_patched(25, (const uint8_t *)"\0", 1, EBADMSG,
+	hello_patched(53, (const uint8_t *)"\0", 1, EBADMSG, "hello: device 1 has an empty name");
+	hello_patched(38, (const uint8_t *)"\0", 1, EBADMSG, "hello: device 0 has an empty name");
+	hello_patched(41, (const uint8_t *)"\0", 1, EBADMSG,
 		      "hello: device 0 name contains a NUL byte");
-	hello_patched(29, (const uint8_t *)"\0\0\0\0\0\0\0\0", 8, EBADMSG,
+	hello_patched(45, (const uint8_t *)"\0\0\0\0\0\0\0\0", 8, EBADMSG,
 		      "hello: device 'drive0' has size 0");
 }
 
@@ -291,16 +297,18 @@ static void test_hello_duplicate(void **state)
 {
 	/* clang-format off */
 	static const uint8_t dup[] = {
-		0x42, 0x4c, 0x4b, 0x4d, 0x49, 0x47, 0x0d, 0x0a, 0, 0, 0, 1, 0, 0, 0, 0,
-		0x00, 0x00, 0x10, 0x00, 0x00, 0x02,
+		0x42, 0x4c, 0x4b, 0x4d, 0x49, 0x47, 0x0d, 0x0a, 0, 0, 0, 2, 0, 0, 0, 0,
+		0x00, 0x00, 0x10, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+		0x00, 0x02,
 		0x02, 'h', 'd', 0, 0, 0, 0, 0, 0, 0, 1,
 		0x02, 'h', 'd', 0, 0, 0, 0, 0, 0, 0, 2,
 	};
 	/* clang-format on */
 	/* clang-format off */
 	static const uint8_t ctl[] = {
-		0x42, 0x4c, 0x4b, 0x4d, 0x49, 0x47, 0x0d, 0x0a, 0, 0, 0, 1, 0, 0, 0, 0,
-		0x00, 0x00, 0x10, 0x00, 0x00, 0x01,
+		0x42, 0x4c, 0x4b, 0x4d, 0x49, 0x47, 0x0d, 0x0a, 0, 0, 0, 2, 0, 0, 0, 0,
+		0x00, 0x00, 0x10, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+		0x00, 0x01,
 		0x03, 'a', 0x1b, 'b', 0, 0, 0, 0, 0, 0, 0, 0,
 	};
 	/* clang-format on */
@@ -449,7 +457,8 @@ static void test_frame_errors(void **state)
 
 /* clang-format off */
 static const uint8_t golden_complete[] = {
-	0x02, 0x00, 0x00, 0x00, 0x21,                   /* COMPLETE, 33 bytes */
+	0x02, 0x00, 0x00, 0x00, 0x25,                   /* COMPLETE, 37 bytes */
+	0x00, 0x00, 0x00, 0x03,                         /* attempt 3 */
 	0x00, 0x01,                                     /* 1 device */
 	0x06, 'd',  'r',  'i',  'v',  'e',  '0',        /* "drive0" */
 	0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x40, /* 64 chunks */
@@ -465,6 +474,7 @@ static void test_complete_golden(void **state)
 
 	(void)state;
 	memset(&c, 0, sizeof(c));
+	c.attempt = 3;
 	c.ndev = 1;
 	strcpy(c.dev[0].name, "drive0");
 	c.dev[0].chunks = 64;
@@ -473,11 +483,12 @@ static void test_complete_golden(void **state)
 	assert_int_equal(native_complete_encode(buf, sizeof(buf), &c), sizeof(golden_complete));
 	assert_memory_equal(buf, golden_complete, sizeof(golden_complete));
 	expect_error(native_complete_encode(buf, sizeof(golden_complete) - 1, &c), ENOSPC,
-		     "encode COMPLETE: buffer of 37 bytes is too small (need 38)");
+		     "encode COMPLETE: buffer of 41 bytes is too small (need 42)");
 
 	assert_int_equal(complete_decode_exact(golden_complete + NATIVE_FRAME_HDR,
 					       sizeof(golden_complete) - NATIVE_FRAME_HDR, &d),
 			 0);
+	assert_int_equal(d.attempt, 3);
 	assert_int_equal(d.ndev, 1);
 	assert_string_equal(d.dev[0].name, "drive0");
 	assert_int_equal(d.dev[0].chunks, 64);
@@ -494,6 +505,7 @@ static void test_complete_round_trip_max(void **state)
 
 	(void)state;
 	memset(&c, 0, sizeof(c));
+	c.attempt = UINT32_MAX;
 	c.ndev = NATIVE_MAX_DEVICES;
 	for (int i = 0; i < NATIVE_MAX_DEVICES; i++) {
 		snprintf(c.dev[i].name, sizeof(c.dev[i].name), "dev%d", i);
@@ -531,7 +543,7 @@ static void test_complete_truncated(void **state)
 		assert_int_equal(complete_decode_exact(body, plen, &d), -EBADMSG);
 	expect_error(complete_decode_exact(body, 0, &d), EBADMSG,
 		     "complete: body truncated (0 bytes)");
-	expect_error(complete_decode_exact(body, 2, &d), EBADMSG,
+	expect_error(complete_decode_exact(body, 6, &d), EBADMSG,
 		     "complete: body truncated at device 0 of 1");
 	expect_error(complete_decode_exact(body, blen - 1, &d), EBADMSG,
 		     "complete: body truncated at device 0 of 1");
@@ -734,7 +746,7 @@ static void test_error_errors(void **state)
 static void test_ready_ack(void **state)
 {
 	static const uint8_t golden_ready[] = { 0x81, 0, 0, 0, 4, 0, 0, 0, 1 };
-	static const uint8_t golden_ack[] = { 0x82, 0, 0, 0, 0 };
+	static const uint8_t golden_ack[] = { 0x82, 0, 0, 0, 4, 0, 0, 0, 7 };
 	uint8_t buf[16];
 	uint32_t version = 0;
 	uint8_t *b;
@@ -744,10 +756,12 @@ static void test_ready_ack(void **state)
 	assert_memory_equal(buf, golden_ready, 9);
 	expect_error(native_ready_encode(buf, 8, NATIVE_VERSION), ENOSPC,
 		     "encode READY: buffer of 8 bytes is too small (need 9)");
-	assert_int_equal(native_ack_encode(buf, sizeof(buf)), 5);
-	assert_memory_equal(buf, golden_ack, 5);
-	expect_error(native_ack_encode(buf, 4), ENOSPC,
-		     "encode ACK: buffer of 4 bytes is too small (need 5)");
+	assert_int_equal(native_ack_encode(buf, sizeof(buf), 7), 9);
+	assert_memory_equal(buf, golden_ack, 9);
+	expect_error(native_ack_encode(buf, 8, 7), ENOSPC,
+		     "encode ACK: buffer of 8 bytes is too small (need 9)");
+	expect_error(native_ack_encode(buf, sizeof(buf), 0), EINVAL,
+		     "encode ACK: attempt 0 (attempts count from 1)");
 
 	b = heap_copy(golden_ready + 5, 4);
 	assert_int_equal(native_ready_decode(b, 4, &version), 0);
