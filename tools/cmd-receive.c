@@ -23,7 +23,8 @@ static const char receive_help[] =
     "                      [--format native|qemu] [--create] [--max-size SIZE]\n"
     "                      [--shared-base] [--port-file FILE] [--max-refused N]\n"
     "                      [--tls-psk FILE | --tls-creds DIR] [--tls-authz ID,...]\n"
-    "                      [--no-tls] [--timeout SECONDS] [--json]\n"
+    "                      [--no-tls] [--timeout SECONDS] [--retry-for DURATION]\n"
+    "                      [--delta] [--verify-only] [--json]\n"
     "\n"
     "Accept one migration from `blkmig send` and write it into the named images.\n"
     "Every record is checked before anything is written; each pass is made\n"
@@ -53,6 +54,13 @@ static const char receive_help[] =
     "  --shared-base         accept a `send --shared-base` migration: only the\n"
     "                        source's allocated data comes; the images must\n"
     "                        already hold the base (refused without this flag)\n"
+    "  --delta               accept a `send --delta`: the images hold an older copy;\n"
+    "                        only chunks whose digests differ are sent\n"
+    "  --verify-only         compare the images with a `send --verify-only` by\n"
+    "                        digest, write nothing (exit 0 identical, 1 not)\n"
+    "  --retry-for DURATION  when the migration's connection fails, wait this long\n"
+    "                        for the source to reconnect and resume (default 60s;\n"
+    "                        0: fail at once)\n"
     "  --port-file FILE      write the port actually listened on to FILE\n"
     "  --max-refused N       give up after N refused connections (64)\n" CLI_TLS_HELP
     "  --no-tls              listen off loopback without TLS (refused otherwise)\n"
@@ -79,7 +87,10 @@ int cmd_receive(int argc, char **argv)
 		OPT_FORMAT,
 		OPT_SHARED,
 		OPT_MAXREFUSED,
-		OPT_MAXSIZE
+		OPT_MAXSIZE,
+		OPT_RETRY,
+		OPT_DELTA,
+		OPT_VERIFY
 	};
 	static const struct option opts[] = {
 		{ "listen", required_argument, NULL, 'l' },
@@ -92,6 +103,9 @@ int cmd_receive(int argc, char **argv)
 		{ "timeout", required_argument, NULL, OPT_TIMEOUT },
 		{ "json", no_argument, NULL, OPT_JSON },
 		{ "max-refused", required_argument, NULL, OPT_MAXREFUSED },
+		{ "retry-for", required_argument, NULL, OPT_RETRY },
+		{ "delta", no_argument, NULL, OPT_DELTA },
+		{ "verify-only", no_argument, NULL, OPT_VERIFY },
 		CLI_TLS_OPTIONS,
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
@@ -102,7 +116,7 @@ int cmd_receive(int argc, char **argv)
 	struct cli_incoming ctx = { .devs = devs };
 	struct dst_params p = { .open = cli_incoming_open, .user = &ctx, .expect = names };
 	struct mig_stats st = { 0 };
-	struct incoming_params ip = { .log = log_refused };
+	struct incoming_params ip = { .log = log_refused, .retry_ns = 60 * 1000000000ull };
 	struct cli_tls tls = { 0 };
 	struct tls_creds *creds = NULL;
 	long timeout_s = XPORT_DEFAULT_TIMEOUT_MS / 1000;
@@ -165,6 +179,16 @@ int cmd_receive(int argc, char **argv)
 				return r;
 			ip.max_failures = (unsigned)v;
 			break;
+		case OPT_RETRY:
+			if (parse_duration(optarg, &ip.retry_ns) < 0)
+				return cli_usage_error("receive", "--retry-for: %s", err_msg());
+			break;
+		case OPT_DELTA:
+			p.allow_delta = true;
+			break;
+		case OPT_VERIFY:
+			p.verify_only = true;
+			break;
 		case 'h':
 			fputs(receive_help, stdout);
 			return EXIT_OK;
@@ -183,6 +207,14 @@ int cmd_receive(int argc, char **argv)
 	p.nexpect = ctx.ndev;
 	if (ctx.max_size && !ctx.create)
 		return cli_usage_error("receive", "--max-size goes with --create");
+	if (qemu && (p.allow_delta || p.verify_only))
+		return cli_usage_error("receive", "--%s needs the native format",
+				       p.allow_delta ? "delta" : "verify-only");
+	if (p.verify_only && (ctx.create || p.allow_delta))
+		return cli_usage_error("receive", "--verify-only writes nothing: it goes with "
+						  "neither --create nor --delta");
+	if (qemu)
+		ip.retry_ns = 0; /* QEMU does not reconnect */
 	if (qemu && ctx.create)
 		return cli_usage_error("receive", "--create needs the native format: a QEMU stream "
 						  "does not announce device sizes");
@@ -232,6 +264,8 @@ int cmd_receive(int argc, char **argv)
 	tls_creds_free(creds);
 	if (json)
 		cli_print_json(stdout, &st, r < 0 ? err_msg() : NULL, NULL);
+	else if (r == 0 && p.verify_only)
+		printf("identical: %llu bytes compared\n", (unsigned long long)st.total);
 	else if (r == 0)
 		cli_print_summary(stdout, "received", &st);
 	if (r < 0)

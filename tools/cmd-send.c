@@ -6,6 +6,7 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <inttypes.h>
 #include <json-c/json.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,7 +25,8 @@ static const char send_help[] =
     "                   [--max-bandwidth RATE] [--max-downtime MS] [--chunk-size SIZE]\n"
     "                   [--mode auto|dirty|active] [--workload SPEC] [--timeout SECONDS]\n"
     "                   [--tls-psk FILE | --tls-creds DIR [--tls-hostname NAME]]\n"
-    "                   [--tls-authz ID,...] [--json]\n"
+    "                   [--tls-authz ID,...] [--retry-for DURATION] [--delta]\n"
+    "                   [--verify-only] [--json]\n"
     "\n"
     "Migrate the named images to a `blkmig receive` at HOST:PORT: a bulk pass,\n"
     "passes that resend chunks written meanwhile, and a final pass with writers\n"
@@ -49,13 +51,83 @@ static const char send_help[] =
     "                        the migration are carried (see blkmig migrate --help)\n"
     "  --workload SPEC       run the built-in writer during the migration:\n"
     "                        NAME,bs=SIZE,rate=RATE[,seed=N][,pattern=random|sequential]\n"
-    "  --timeout SECONDS     give up when the connection is idle this long (120)\n" CLI_TLS_HELP
+    "  --timeout SECONDS     give up when the connection is idle this long (120)\n"
+    "  --retry-for DURATION  after a dropped or stalled connection, reconnect (with\n"
+    "                        back-off) for this long, e.g. 60s, 10m (default 60s;\n"
+    "                        0: never); each new connection resumes: the receiver\n"
+    "                        offers what it holds, and only the rest is sent\n"
+    "  --delta               the receiver (receive --delta) holds an older copy:\n"
+    "                        compare chunk digests and send only what differs\n"
+    "  --verify-only         compare with a `receive --verify-only` by digest while\n"
+    "                        the devices stay in use; write nothing; print the\n"
+    "                        ranges that differ (exit 0 identical, 1 not)\n" CLI_TLS_HELP
     "  --tls-hostname NAME   the receiver's name in its certificate (default: the\n"
     "                        host of --to)\n"
     "  --json                print a JSON report on stdout at the end\n"
     "\n"
     "Exit status: 0 migrated and verified, 1 failed or cancelled (SIGINT/SIGTERM\n"
     "cancel cleanly: the source is untouched), 2 usage error.\n";
+
+#define SEND_DEFAULT_RETRY_NS (60 * 1000000000ull)
+
+/* What each connection of one send needs (src_migrate's callbacks). */
+struct send_ctx {
+	const char *to;
+	struct tls_creds *creds;
+	int timeout_ms;
+	struct cli_progress *prog;
+	bool verify, json;
+	const struct src_device *sdev;
+};
+
+static int send_dial(void *user, struct xport **x)
+{
+	struct send_ctx *c = user;
+	int r = xport_dial(c->to, 10000, cli_cancel_token(), c->creds, x);
+
+	if (r == 0)
+		xport_set_timeout(*x, c->timeout_ms);
+	return r;
+}
+
+static void send_on_job(void *user, struct src_job *j)
+{
+	struct send_ctx *c = user;
+
+	cli_cancel_job_on_signal(j);
+	if (j)
+		src_set_progress(j, cli_progress_cb, c->prog);
+}
+
+/* A verify's differing ranges, on stdout. */
+static void send_on_end(void *user, struct src_job *j, int r)
+{
+	struct send_ctx *c = user;
+	struct mig_stats st;
+
+	if (!c->verify || r != -EILSEQ || c->json)
+		return;
+	src_stats(j, &st);
+	for (unsigned i = 0; i < st.ndev; i++) {
+		uint64_t from = 0, off, len;
+		unsigned shown = 0;
+
+		while (src_differing(j, i, from, &off, &len) == 1) {
+			if (shown++ < 100)
+				printf("differs: %s offset %" PRIu64 " length %" PRIu64 "\n",
+				       c->sdev[i].name, off, len);
+			from = off + len;
+		}
+		if (shown > 100)
+			printf("differs: %s: %u more ranges\n", c->sdev[i].name, shown - 100);
+	}
+}
+
+static void send_log(void *user, const char *line)
+{
+	(void)user;
+	fprintf(stderr, "blkmig: send: %s\n", line);
+}
 
 int cmd_send(int argc, char **argv)
 {
@@ -69,7 +141,10 @@ int cmd_send(int argc, char **argv)
 		OPT_TIMEOUT,
 		OPT_JSON,
 		OPT_FORMAT,
-		OPT_MODE
+		OPT_MODE,
+		OPT_RETRY,
+		OPT_DELTA,
+		OPT_VERIFY
 	};
 	static const struct option opts[] = {
 		{ "to", required_argument, NULL, 't' },
@@ -84,6 +159,9 @@ int cmd_send(int argc, char **argv)
 		{ "workload", required_argument, NULL, OPT_WORKLOAD },
 		{ "timeout", required_argument, NULL, OPT_TIMEOUT },
 		{ "json", no_argument, NULL, OPT_JSON },
+		{ "retry-for", required_argument, NULL, OPT_RETRY },
+		{ "delta", no_argument, NULL, OPT_DELTA },
+		{ "verify-only", no_argument, NULL, OPT_VERIFY },
 		CLI_TLS_OPTIONS,
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
@@ -98,14 +176,13 @@ int cmd_send(int argc, char **argv)
 	struct workload *wl = NULL;
 	struct workload_stats wst = { 0 };
 	struct cli_progress prog;
-	struct src_job *job = NULL;
-	struct xport *x = NULL;
-	struct mig_stats st;
+	struct mig_stats st = { 0 };
+	struct send_ctx ctx = { 0 };
 	const char *to = NULL, *workload = NULL;
 	unsigned ndev = 0, nsend = 0;
 	bool json = false, qemu = false;
 	long timeout_s = XPORT_DEFAULT_TIMEOUT_MS / 1000;
-	uint64_t v;
+	uint64_t v, retry_ns = SEND_DEFAULT_RETRY_NS;
 	int c, r, rc = EXIT_FAIL;
 	char errbuf[1024] = "";
 
@@ -174,6 +251,16 @@ int cmd_send(int argc, char **argv)
 		case OPT_JSON:
 			json = true;
 			break;
+		case OPT_RETRY:
+			if (parse_duration(optarg, &retry_ns) < 0)
+				return cli_usage_error("send", "--retry-for: %s", err_msg());
+			break;
+		case OPT_DELTA:
+			p.delta = true;
+			break;
+		case OPT_VERIFY:
+			p.verify_only = true;
+			break;
 		case 'h':
 			fputs(send_help, stdout);
 			return EXIT_OK;
@@ -191,6 +278,18 @@ int cmd_send(int argc, char **argv)
 		return cli_usage_error("send", "at least one --device NAME=PATH is required");
 	if (mig_format_check(p.format, p.mode, p.chunk_size) < 0)
 		return cli_usage_error("send", "%s", err_msg());
+	if ((p.delta || p.verify_only) && p.format != MIG_FORMAT_NATIVE)
+		return cli_usage_error("send", "--%s needs the native format",
+				       p.delta ? "delta" : "verify-only");
+	if (p.delta && (p.verify_only || p.shared_base))
+		return cli_usage_error("send", "--delta compares every chunk: it goes with neither "
+					       "--verify-only nor --shared-base");
+	if (p.verify_only && (p.shared_base || workload || p.mode == MIG_MODE_ACTIVE))
+		return cli_usage_error("send", "--verify-only compares every chunk and writes "
+					       "nothing: it goes with neither --shared-base, "
+					       "--workload nor --mode active");
+	if (p.format == MIG_FORMAT_QEMU)
+		retry_ns = 0; /* a QEMU destination cannot resume */
 	if (p.max_downtime_ns == 0)
 		p.max_downtime_ns = SRC_DEFAULT_DOWNTIME_NS;
 	r = cli_tls_setup("send", &tls, NULL, TLS_CLIENT, &creds);
@@ -244,31 +343,27 @@ int cmd_send(int argc, char **argv)
 		}
 	}
 
-	r = src_new(&p, sdev, nsend, &job);
-	if (r < 0) {
-		cli_fail("send: %s", err_msg());
-		goto out;
-	}
-	cli_cancel_job_on_signal(job);
 	cli_progress_init(&prog, "send", !json);
-	src_set_progress(job, cli_progress_cb, &prog);
-
-	r = xport_dial(to, 10000, cli_cancel_token(), creds, &x);
-	if (r < 0) {
-		cli_progress_done(&prog);
-		snprintf(errbuf, sizeof(errbuf), "%s", err_msg());
-		src_stats(job, &st);
-		st.state = MIG_FAILED;
-		goto report;
-	}
-	xport_set_timeout(x, (int)(timeout_s * 1000));
-	r = src_run(job, x);
+	ctx = (struct send_ctx){ .to = to,
+				 .creds = creds,
+				 .timeout_ms = (int)(timeout_s * 1000),
+				 .prog = &prog,
+				 .verify = p.verify_only,
+				 .json = json,
+				 .sdev = sdev };
+	r = src_migrate(&p, sdev, nsend,
+			&(struct src_retry){ .retry_ns = retry_ns,
+					     .dial = send_dial,
+					     .on_job = send_on_job,
+					     .on_end = send_on_end,
+					     .log = send_log,
+					     .user = &ctx,
+					     .cancel = cli_cancel_token() },
+			&st);
 	cli_progress_done(&prog);
 	if (r < 0)
 		snprintf(errbuf, sizeof(errbuf), "%s", err_msg());
-	src_stats(job, &st);
 
-report:
 	if (wl) {
 		workload_stop(wl, &wst);
 		wl = NULL;
@@ -284,6 +379,8 @@ report:
 		}
 		cli_print_json(stdout, &st, r < 0 ? errbuf : NULL, extra);
 		json_object_put(extra);
+	} else if (r == 0 && p.verify_only) {
+		printf("identical: %" PRIu64 " bytes compared\n", st.total);
 	} else if (r == 0) {
 		cli_print_summary(stdout, "migrated", &st);
 		if (p.format == MIG_FORMAT_QEMU)
@@ -298,8 +395,6 @@ report:
 out:
 	workload_stop(wl, NULL);
 	cli_cancel_job_on_signal(NULL);
-	src_free(job);
-	xport_close(x);
 	tls_creds_free(creds);
 	for (unsigned i = 0; i < ndev; i++)
 		blk_close(blks[i]);

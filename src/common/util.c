@@ -70,6 +70,35 @@ int parse_rate(const char *s, uint64_t *bytes_per_sec)
 	return parse_scaled("rate", s, bytes_per_sec, true);
 }
 
+int parse_duration(const char *s, uint64_t *ns)
+{
+	static const struct {
+		const char *unit;
+		uint64_t ns;
+	} units[] = { { "", 1000000000ull },	 { "s", 1000000000ull },
+		      { "ms", 1000000ull },	 { "m", 60 * 1000000000ull },
+		      { "h", 3600 * 1000000000ull } };
+	uint64_t v = 0;
+	const char *p = s;
+
+	if (*p < '0' || *p > '9')
+		return err_set(EINVAL, "duration '%s': expected a number, e.g. 60s or 500ms", s);
+	for (; *p >= '0' && *p <= '9'; p++) {
+		v = v * 10 + (uint64_t)(*p - '0');
+		if (v > 86400000)
+			return err_set(EINVAL, "duration '%s' is longer than a day", s);
+	}
+	for (size_t i = 0; i < ARRAY_SIZE(units); i++) {
+		if (strcmp(p, units[i].unit) == 0) {
+			if (v * units[i].ns > 86400 * 1000000000ull)
+				return err_set(EINVAL, "duration '%s' is longer than a day", s);
+			*ns = v * units[i].ns;
+			return 0;
+		}
+	}
+	return err_set(EINVAL, "duration '%s': unknown unit '%s' (ms, s, m or h)", s, p);
+}
+
 const char *fmt_bytes(char *buf, size_t cap, uint64_t v)
 {
 	static const char *const unit[] = { "B", "KiB", "MiB", "GiB", "TiB" };

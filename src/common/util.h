@@ -100,6 +100,12 @@ int poll_ms_until(uint64_t deadline);
  */
 int parse_size(const char *s, uint64_t *out);
 int parse_rate(const char *s, uint64_t *bytes_per_sec);
+/*
+ * Parse a duration: a whole number with an optional unit, "ms", "s" (the
+ * default), "m" or "h": "60", "90s", "500ms", "2m".  At most a day.
+ * 0 with *ns, or -EINVAL with the reason.
+ */
+int parse_duration(const char *s, uint64_t *ns);
 
 /* "1.5 GiB"-style rendering into buf; returns buf. */
 const char *fmt_bytes(char *buf, size_t cap, uint64_t v);

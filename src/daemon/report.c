@@ -69,7 +69,10 @@ static json_object *device_json(const struct mig_dev_stats *d)
 
 	if (o && add(o, "name", json_object_new_string(d->name)) && add_int(o, "size", d->size) &&
 	    add_int(o, "data-chunks", d->data_chunks) &&
-	    add_int(o, "zero-chunks", d->zero_chunks) && add_int(o, "skipped-chunks", d->skipped))
+	    add_int(o, "zero-chunks", d->zero_chunks) && add_int(o, "skipped-chunks", d->skipped) &&
+	    add_int(o, "matched-chunks", d->matched) &&
+	    add_int(o, "differing-chunks", d->differing) &&
+	    add_int(o, "unsettled-chunks", d->unsettled))
 		return o;
 	json_object_put(o);
 	return NULL;
@@ -114,6 +117,8 @@ json_object *report_stats_json(const struct mig_stats *st, const char *error)
 	     add_int(o, "mirrored-writes", st->mirror_writes) &&
 	     add_int(o, "mirrored-bytes", st->mirror_bytes) &&
 	     add_int(o, "switchover-attempts", st->switchovers) &&
+	     add_int(o, "abandoned-attempts", st->abandoned) &&
+	     add_int(o, "connections", st->connections) &&
 	     add_int(o, "max-pause", ms(st->max_pause_ns)) &&
 	     add_int(o, "chunk-size", st->chunk_size);
 	for (unsigned i = 0; ok && i < st->ndev; i++) {

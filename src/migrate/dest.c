@@ -638,7 +638,7 @@ static int run(struct dst *d)
 	int r = ops->handshake(d->f, &d->offer);
 
 	if (r == 0 && d->p->claim)
-		r = d->p->claim(d->p->claim_user);
+		r = d->p->claim(d->p->claim_user, d->offer.id);
 	if (r == 0)
 		r = open_devices(d);
 	if (r == 0)

@@ -38,26 +38,65 @@ struct incoming {
 	int result;
 	char error[1024];
 	struct mig_stats st;
+	struct conn *conns; /* every connection's thread alive */
+	struct conn *owner; /* the one carrying the migration */
+	uint8_t id[NATIVE_ID_LEN];
+	/* The migration's connection failed and the source may resume it
+	 * until then (now_ns(); 0: not waiting for that). */
+	uint64_t resume_until;
+	int resume_err;
+	char resume_msg[1024];
 };
 
 struct conn {
 	struct incoming *in;
+	struct conn *next;
 	struct xport *x;
-	char peer[80]; /* the address, kept for the log after x is closed */
+	struct cancel *stop; /* fired when the wait ends, or a resumed connection replaces this */
+	char peer[80];	     /* the address, kept for the log after x is closed */
 	bool claimed;
+	bool replaced; /* the source reconnected: this one gave way */
 };
 
-static int claim(void *user)
+static bool id_set(const uint8_t id[NATIVE_ID_LEN])
+{
+	for (unsigned i = 0; i < NATIVE_ID_LEN; i++)
+		if (id[i])
+			return true;
+	return false;
+}
+
+/*
+ * A connection whose handshake is valid asks to carry the migration.  The
+ * same migration (its id) arriving while its old connection still runs
+ * means the source reconnected over a link that went silent: the old one
+ * gives way.  Another migration waits its turn: refused.
+ */
+static int claim(void *user, const uint8_t id[NATIVE_ID_LEN])
 {
 	struct conn *c = user;
 	struct incoming *in = c->in;
 	int r = 0;
 
 	pthread_mutex_lock(&in->lock);
-	if (in->claimed || in->done)
+	if (in->claimed && !in->done && id_set(id) && memcmp(id, in->id, NATIVE_ID_LEN) == 0 &&
+	    in->owner) {
+		struct timespec ts = mono_deadline((uint64_t)in->ip->timeout_ms * 1000000u);
+
+		in->owner->replaced = true;
+		cancel_fire(in->owner->stop);
+		while (in->claimed && !in->done)
+			if (pthread_cond_timedwait(&in->cond, &in->lock, &ts) == ETIMEDOUT)
+				break;
+	}
+	if (in->claimed || in->done) {
 		r = err_set(EBUSY, "another migration is already being received here");
-	else
+	} else {
 		in->claimed = c->claimed = true;
+		in->owner = c;
+		memcpy(in->id, id, NATIVE_ID_LEN);
+		in->resume_until = 0;
+	}
 	pthread_mutex_unlock(&in->lock);
 	return r;
 }
@@ -78,16 +117,45 @@ static void end_locked(struct incoming *in, int r, const struct mig_stats *st, c
 	vsnprintf(in->error, sizeof(in->error), fmt, ap);
 	va_end(ap);
 	cancel_fire(in->stop);
+	for (struct conn *c = in->conns; c; c = c->next)
+		cancel_fire(c->stop);
+}
+
+/* Whether the destination waits for the source to resume after its
+ * connection failed with r: the link failed or carried garbage, or the
+ * source gave up on it for such a reason (its ABORT's errno). */
+static bool resumable(int r)
+{
+	return mig_error_retryable(r) || r == -EBADMSG || r == -EILSEQ || r == -EPROTO;
 }
 
 /* The outcome of one connection; lock held. */
 static void settle_locked(struct incoming *in, struct conn *c, int r, const char *msg,
 			  const struct mig_stats *st)
 {
-	if (c->claimed)
+	if (c->claimed) {
 		in->claimed = false;
-	if (in->done)
-		return; /* ended by the outcome of another, or cancelled */
+		in->owner = NULL;
+	}
+	if (in->done || c->replaced)
+		return; /* ended by the outcome of another, cancelled, or replaced */
+	if (c->claimed && r < 0 && in->ip->retry_ns && resumable(r) && !cancel_is_set(in->stop) &&
+	    !(st->verify && st->state == MIG_COMPLETED)) {
+		in->resume_until = now_ns() + in->ip->retry_ns;
+		in->resume_err = r;
+		snprintf(in->resume_msg, sizeof(in->resume_msg), "%s", msg);
+		in->st = *st;
+		if (in->ip->log) {
+			char line[1400];
+
+			snprintf(line, sizeof(line),
+				 "the migration's connection failed: %s; waiting up to %llu s for "
+				 "the source to resume it",
+				 msg, (unsigned long long)(in->ip->retry_ns / 1000000000ull));
+			in->ip->log(in->ip->log_user, line);
+		}
+		return;
+	}
 	if (r == 0 || (c->claimed && st->written) || (r == -ECANCELED && cancel_is_set(in->stop))) {
 		/* Complete, failed after writing (this was the migration), or
 		 * cancelled here.  A peer's own ABORT is a refusal like any
@@ -119,21 +187,27 @@ static void *conn_main(void *arg)
 
 	p.claim = claim;
 	p.claim_user = c;
-	xport_set_cancel(c->x, in->stop);
+	xport_set_cancel(c->x, c->stop);
 	xport_set_timeout(c->x, in->ip->timeout_ms);
 	if (in->ip->tls)
 		r = xport_start_tls(c->x, in->ip->tls, NULL, in->ip->timeout_ms);
 	if (r == 0)
-		r = dst_run(&p, c->x, in->stop, &st);
+		r = dst_run(&p, c->x, c->stop, &st);
 	if (r < 0)
 		snprintf(msg, sizeof(msg), "%s", err_msg());
 	xport_close(c->x);
 
 	pthread_mutex_lock(&in->lock);
 	settle_locked(in, c, r, msg, &st);
+	for (struct conn **pp = &in->conns; *pp; pp = &(*pp)->next)
+		if (*pp == c) {
+			*pp = c->next;
+			break;
+		}
 	in->nconn--;
 	pthread_cond_broadcast(&in->cond);
 	pthread_mutex_unlock(&in->lock);
+	cancel_free(c->stop);
 	free(c);
 	return NULL;
 }
@@ -154,10 +228,20 @@ static void admit(struct incoming *in, struct xport *x)
 	pthread_mutex_unlock(&in->lock);
 	if (!full)
 		c = calloc(1, sizeof(*c));
+	if (c && cancel_new(&c->stop) < 0) {
+		free(c);
+		c = NULL;
+	}
 	if (c) {
 		c->in = in;
 		c->x = x;
 		snprintf(c->peer, sizeof(c->peer), "%s", xport_peer(x));
+		pthread_mutex_lock(&in->lock);
+		c->next = in->conns;
+		in->conns = c;
+		if (in->done)
+			cancel_fire(c->stop);
+		pthread_mutex_unlock(&in->lock);
 		pthread_attr_init(&attr);
 		pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
 		if (pthread_create(&t, &attr, conn_main, c) == 0) {
@@ -165,6 +249,10 @@ static void admit(struct incoming *in, struct xport *x)
 			return;
 		}
 		pthread_attr_destroy(&attr);
+		pthread_mutex_lock(&in->lock);
+		in->conns = c->next;
+		pthread_mutex_unlock(&in->lock);
+		cancel_free(c->stop);
 		free(c);
 	}
 	/* Turned away unread: logged, but not counted against max_failures,
@@ -193,13 +281,18 @@ int incoming_run(const struct dst_params *p, const struct incoming_params *ip,
 		.max_pending = ip->max_pending ? ip->max_pending : INCOMING_MAX_PENDING,
 		.max_failures = ip->max_failures ? ip->max_failures : INCOMING_MAX_FAILURES,
 	};
+	pthread_condattr_t ca;
 	int r;
 
 	r = cancel_new(&in.stop);
 	if (r < 0)
 		return r;
 	pthread_mutex_init(&in.lock, NULL);
-	pthread_cond_init(&in.cond, NULL);
+	/* claim() waits with a monotonic deadline. */
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&in.cond, &ca);
+	pthread_condattr_destroy(&ca);
 	for (;;) {
 		struct pollfd pf[3] = {
 			{ .fd = ip->lfd, .events = POLLIN },
@@ -207,10 +300,24 @@ int incoming_run(const struct dst_params *p, const struct incoming_params *ip,
 			{ .fd = cancel_fd(in.stop), .events = POLLIN },
 		};
 		struct xport *x;
+		uint64_t until;
 
 		if (cancel_is_set(cancel) || cancel_is_set(in.stop))
 			break;
-		if (poll(pf, 3, -1) < 0 && errno != EINTR) {
+		pthread_mutex_lock(&in.lock);
+		until = in.resume_until;
+		if (until && now_ns() >= until && !in.claimed && !in.done)
+			end_locked(&in, in.resume_err, NULL,
+				   "%s (the source did not resume the migration within %llu s)",
+				   in.resume_msg, (unsigned long long)(ip->retry_ns / 1000000000ull));
+		pthread_mutex_unlock(&in.lock);
+		if (cancel_is_set(in.stop))
+			break;
+		/* A failure may start the resume wait at any time: look again
+		 * every second while that can happen. */
+		if (poll(pf, 3, until ? MIN(poll_ms_until(until), 1000) : ip->retry_ns ? 1000 : -1) <
+			0 &&
+		    errno != EINTR) {
 			r = err_set(errno, "poll: %s", strerror(errno));
 			pthread_mutex_lock(&in.lock);
 			if (!in.done)

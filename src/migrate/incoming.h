@@ -32,6 +32,10 @@ struct incoming_params {
 	int timeout_ms;	       /* the transport's idle timeout, and each handshake's limit */
 	unsigned max_pending;  /* 0: INCOMING_MAX_PENDING */
 	unsigned max_failures; /* 0: INCOMING_MAX_FAILURES */
+	/* When the migration's connection fails (the link, not a refusal),
+	 * wait this long for its source to reconnect and resume it (0: the
+	 * wait ends with the failure). */
+	uint64_t retry_ns;
 	/* One line per refused connection (without "blkmig: " or newline);
 	 * may be NULL.  Called with the listener's lock held: one at a time. */
 	void (*log)(void *user, const char *line);

@@ -122,6 +122,7 @@ struct mig_stats {
 	uint64_t abandoned;	/* switch-over attempts given up unacknowledged */
 	uint32_t connections;	/* connections this migration used (1 + reconnections) */
 	bool verify;		/* a verify-only run: nothing was written */
+	bool peer_error;	/* the failure is the destination's own (its ERROR) */
 	char mode_reason[160];	/* why mirroring began */
 	uint32_t chunk_size;
 	/* Destination: whether any byte reached a device (a failed run that
@@ -224,6 +225,44 @@ void src_stats(struct src_job *j, struct mig_stats *out);
  */
 int src_differing(struct src_job *j, unsigned dev, uint64_t from, uint64_t *off, uint64_t *len);
 
+/* ---- one migration over several connections ------------------------------ */
+
+/* Whether a failure with this errno may be cured by connecting again (the
+ * link failed, not the peer's judgement). */
+bool mig_error_retryable(int err);
+
+struct src_retry {
+	/* After a failure a new connection may cure, keep trying this long
+	 * (0: one connection only), with back-off from 0.2 s to 5 s. */
+	uint64_t retry_ns;
+	/* Connect to the destination (TLS included): 0 with *x, or a negative
+	 * errno with the message set. */
+	int (*dial)(void *user, struct xport **x);
+	/* Each connection's job before it runs, and NULL once it is freed:
+	 * for progress, cancel and tuning.  May be NULL. */
+	void (*on_job)(void *user, struct src_job *j);
+	/* Each connection's job once it has run (r: src_run's result), before
+	 * it is freed: e.g. for src_differing().  May be NULL. */
+	void (*on_end)(void *user, struct src_job *j, int r);
+	/* One line per failed connection that will be retried; may be NULL. */
+	void (*log)(void *user, const char *line);
+	void *user;
+	struct cancel *cancel; /* ends the waits between connections; may be NULL */
+};
+
+/*
+ * Migrate as src_new() + src_run() do, over a new connection and a new job
+ * after every failure worth another try, on one session (p->session, or
+ * one of its own), so that each connection resumes the migration: the
+ * destination offers what it holds durably, and only the rest and what
+ * was written since is sent.  Authentication, a refused device or size,
+ * any error the destination reports (but a digest mismatch, once), and
+ * cancel end it at once.  st receives the last connection's figures, with
+ * 'transferred' and 'connections' over all of them.
+ */
+int src_migrate(const struct src_params *p, const struct src_device *devs, unsigned ndev,
+		const struct src_retry *rt, struct mig_stats *st);
+
 /* ---- destination -------------------------------------------------------- */
 
 /*
@@ -270,10 +309,11 @@ struct dst_params {
 	enum mig_format format;
 	/*
 	 * Called once the source's handshake is valid, before any device is
-	 * opened: 0 lets this connection carry the migration, a negative
+	 * opened, with the migration's id (all zeros for a format without):
+	 * 0 lets this connection carry the migration, a negative
 	 * errno (with the message set) refuses it.  NULL: always allowed.
 	 */
-	int (*claim)(void *claim_user);
+	int (*claim)(void *claim_user, const uint8_t id[NATIVE_ID_LEN]);
 	void *claim_user;
 	/* Accept a delta sync: the images exist and hold an older copy;
 	 * only chunks whose digests differ are sent. */

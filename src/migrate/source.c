@@ -777,6 +777,7 @@ static enum mig_state step(struct src_job *j, enum mig_state s, struct run *run)
 
 struct finish_arg {
 	uint64_t downtime, total, setup, transferred;
+	bool peer_error;
 };
 
 static void finish_fn(struct mig_stats *st, void *arg)
@@ -790,6 +791,7 @@ static void finish_fn(struct mig_stats *st, void *arg)
 		st->setup_ns = f->setup;
 	if (st->state == MIG_COMPLETED)
 		st->remaining = 0;
+	st->peer_error = f->peer_error;
 }
 
 /* The migration did not complete: tell the destination why (unless COMMIT
@@ -858,6 +860,8 @@ int src_run(struct src_job *j, struct xport *x)
 				   .setup = run.setup_ns,
 				   .transferred = j->prev_transferred + xport_tx_bytes(x) };
 	j->sess->transferred = fin.transferred;
+	/* The destination's own ERROR is quoted as such (rp_peer_error). */
+	fin.peer_error = run.err < 0 && strncmp(err_msg(), "destination failed: ", 20) == 0;
 	set_transport(j, NULL);
 	src_stats_update(j, finish_fn, &fin);
 	set_state(j, state);

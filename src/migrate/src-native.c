@@ -29,8 +29,9 @@ static int await_ready(struct src_job *j, uint64_t *version)
 		return err_prefix(-r, "waiting for the destination to accept the handshake: ");
 	if (it.kind == WIRE_ITEM_ERROR)
 		return rp_peer_error(it.error);
+	/* A refusal, not a failed link: not worth reconnecting for. */
 	if (it.kind == WIRE_ITEM_END)
-		return err_set(ECONNRESET,
+		return err_set(EPROTO,
 			       "handshake: the destination closed the connection without an "
 			       "answer (does it expect TLS%s?)",
 			       xport_is_tls(j->x) ? " with other credentials, or none" : "");
@@ -91,8 +92,8 @@ static int await_state(struct src_job *j)
 	wire_stream_allow(j->rs, NATIVE_ALLOW(NATIVE_MSG_STATE) | NATIVE_ALLOW(NATIVE_MSG_ERROR));
 	r = wire_stream_next(j->rs, &it);
 	if (r == 0 && it.kind == WIRE_ITEM_ERROR)
-		r = rp_peer_error(it.error);
-	else if (r == 0 && it.kind != WIRE_ITEM_STATE)
+		return rp_peer_error(it.error);
+	if (r == 0 && it.kind != WIRE_ITEM_STATE)
 		r = err_set(ECONNRESET, "handshake: the destination closed the connection");
 	if (r < 0)
 		return err_prefix(-r, "waiting for the destination's state: ");
@@ -124,8 +125,8 @@ static int await_state(struct src_job *j)
 	for (left = j->held.sums; left > 0;) {
 		r = wire_stream_next(j->rs, &it);
 		if (r == 0 && it.kind == WIRE_ITEM_ERROR)
-			r = rp_peer_error(it.error);
-		else if (r == 0 && it.kind != WIRE_ITEM_SUMS)
+			return rp_peer_error(it.error);
+		if (r == 0 && it.kind != WIRE_ITEM_SUMS)
 			r = err_set(ECONNRESET, "the destination closed the connection");
 		if (r == 0)
 			r = take_sums(j, it.sums, &left);

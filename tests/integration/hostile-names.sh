@@ -22,7 +22,7 @@ PY
 
 # HELLO names a device with a newline and escapes.
 make_random "$T/d.img" $size 3
-start_receiver hello --device d0="$T/d.img" --timeout 10 --max-refused 1
+start_receiver hello --device d0="$T/d.img" --timeout 10 --max-refused 1 --retry-for 0
 "$BLKMIG_CRAFT" --to "127.0.0.1:$RECV_PORT" --name "$evil" --size $size --fault ok \
 	>"$T/hello.craft" 2>&1 || true
 wait_rc "$RECV_PID"
@@ -35,7 +35,7 @@ is_marked "$T/d.img" && fail "hello: image marked although refused at the handsh
 pass "a control character in a HELLO device name: $(cat "$T/hello.err")"
 
 # The --json report escapes the message too (json-c escapes control bytes).
-start_receiver hjson --device d0="$T/d.img" --timeout 10 --max-refused 1 --json
+start_receiver hjson --device d0="$T/d.img" --timeout 10 --max-refused 1 --retry-for 0 --json
 "$BLKMIG_CRAFT" --to "127.0.0.1:$RECV_PORT" --name "$evil" --size $size --fault ok \
 	>"$T/hjson.craft" 2>&1 || true
 wait_rc "$RECV_PID"
@@ -46,7 +46,7 @@ python3 -c "import json,sys; d=json.load(open(sys.argv[1])); assert 'control cha
 pass "the --json report of that refusal is clean JSON"
 
 # A record (after a good HELLO) names a device with a newline and an escape.
-start_receiver rec --device d0="$T/d.img" --timeout 10 --max-refused 1
+start_receiver rec --device d0="$T/d.img" --timeout 10 --max-refused 1 --retry-for 0
 "$BLKMIG_CRAFT" --to "127.0.0.1:$RECV_PORT" --size $size --fault record-name \
 	>"$T/rec.craft" 2>&1 || { cat "$T/rec.craft" >&2; fail "record-name: craft"; }
 wait_rc "$RECV_PID"

@@ -49,7 +49,7 @@ pass "a symlink at PORTFILE.tmp is replaced, not followed"
 # image exists, the link's target untouched, no image made.
 : "${BLKMIG_CRAFT:?}"
 ln -s "$T/precious" "$T/new.img.blkmig-incomplete"
-start_receiver side --device d0="$T/new.img" --create --timeout 10 --max-refused 1
+start_receiver side --device d0="$T/new.img" --create --timeout 10 --max-refused 1 --retry-for 0
 "$BLKMIG_CRAFT" --to "127.0.0.1:$RECV_PORT" --size $MiB --fault ok >"$T/side.craft" 2>&1
 wait_rc "$RECV_PID"
 expect_error "$RC" 1 "$T/side.err" "new.img.blkmig-incomplete is a symbolic link: refusing to write through it"

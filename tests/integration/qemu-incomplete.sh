@@ -59,7 +59,7 @@ receive_case() {
 	shift 4
 	fresh
 	craft "$T/$label.bin" "$spec"
-	start_receiver "$label" --format qemu --device d0="$T/a.img" --device d1="$T/b.img" --timeout 10 --max-refused 1 "$@"
+	start_receiver "$label" --format qemu --device d0="$T/a.img" --device d1="$T/b.img" --timeout 10 --max-refused 1 --retry-for 0 "$@"
 	feed "$RECV_PORT" "$T/$label.bin"
 	wait_rc "$RECV_PID"
 	if [ "$want" = 0 ]; then

@@ -39,7 +39,7 @@ from_qemu() {
 	local label=$1 kind=$2 qpid
 	shift 2
 	truncate -s $((16 * MiB)) "$T/$label.dst"
-	start_receiver "$label" --format qemu --device drive0="$T/$label.dst" --max-refused 1 "$@"
+	start_receiver "$label" --format qemu --device drive0="$T/$label.dst" --max-refused 1 --retry-for 0 "$@"
 	qemu-system-x86_64 -M none -nodefaults -display none \
 		-drive "file=$T/src.img,format=raw,if=none,id=drive0" \
 		-object "$(qemu_creds "$kind" client)" \

@@ -65,7 +65,7 @@ cmp "$T/a.img" "$T/a.dst" && cmp "$T/b.img" "$T/b.dst" || fail "two drives: imag
 pass "QEMU -> blkmig, two drives"
 
 truncate -s $((4 * MiB)) "$T/u.dst"
-qemu_migrate unknown false --device other="$T/u.dst" --max-refused 1 -- drive0="$T/a.img"
+qemu_migrate unknown false --device other="$T/u.dst" --max-refused 1 --retry-for 0 -- drive0="$T/a.img"
 expect_error "$RC" 1 "$T/unknown.err" "unknown device 'drive0'"
 is_marked "$T/u.dst" || fail "unknown: destination not marked incomplete"
 pass "a drive the receiver does not know: $(cat "$T/unknown.err")"

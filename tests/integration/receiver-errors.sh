@@ -15,7 +15,7 @@ check() { # fault, expected pattern, whether the image is marked afterwards
 	local fault=$1 pat=$2 marked=$3
 	rm -f "$T/d.img"
 	make_random "$T/d.img" $size 62
-	start_receiver "$fault" --device d0="$T/d.img" --timeout 10 --max-refused 1
+	start_receiver "$fault" --device d0="$T/d.img" --timeout 10 --max-refused 1 --retry-for 0
 	"$BLKMIG_CRAFT" --to "127.0.0.1:$RECV_PORT" --size $size --fault "$fault" >"$T/$fault.craft" 2>&1 ||
 		{ cat "$T/$fault.craft" >&2; fail "$fault: craft saw an unexpected answer"; }
 	wait_rc "$RECV_PID"; rc=$RC

@@ -133,7 +133,7 @@ PY
 holder=$!
 BG_PIDS+=("$holder")
 for _ in $(seq 200); do [ "$(ss -tn state established "( dport = :$RECV_PORT )" | grep -c .)" -ge 5 ] && break; sleep 0.05; done
-send_refused slots-full "closed the connection without an answer|closed" --tls-psk "$T/keys.psk"
+send_refused slots-full "closed the connection without an answer|closed" --tls-psk "$T/keys.psk" --retry-for 0
 grep -q "too many connections are being tried at once" "$T/slots.err" || { cat "$T/slots.err" >&2; fail "slots: the fifth was not turned away"; }
 for _ in $(seq 200); do [ "$(grep -c 'no answer within' "$T/slots.err")" = 4 ] && break; sleep 0.05; done
 [ "$(grep -c 'no answer within' "$T/slots.err")" = 4 ] || { cat "$T/slots.err" >&2; fail "slots: silent peers not timed out"; }

@@ -52,7 +52,7 @@ pass "failures exit 1"
 make_random "$T/src.img" $((4 * MiB)) 71
 make_random "$T/small.img" $((2 * MiB)) 72
 cp "$T/small.img" "$T/small.orig"
-start_receiver sm --device d0="$T/small.img" --create --max-refused 1
+start_receiver sm --device d0="$T/small.img" --create --max-refused 1 --retry-for 0
 src_rc=$(run send --to "127.0.0.1:$RECV_PORT" --device d0="$T/src.img")
 expect_error "$src_rc" 1 "$T/err" "destination failed: device d0: size mismatch"
 wait_rc "$RECV_PID"; expect_error "$RC" 1 "$T/sm.err" "size mismatch"

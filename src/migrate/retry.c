@@ -1,0 +1,130 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * One migration over as many connections as it takes (see migrate.h):
+ * every connection is a new engine job on the same session, so the
+ * destination recognises the migration (its id), offers the digests of
+ * what it already holds, and the bulk pass sends only what differs.
+ * Between connections the writers run freely; the next bulk pass reads
+ * every chunk again, so no write made meanwhile can be missed.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "common/cancel.h"
+#include "common/error.h"
+#include "common/util.h"
+#include "migrate.h"
+#include "transport/transport.h"
+
+#define RETRY_FIRST_NS (200 * 1000000ull)
+#define RETRY_MAX_NS   (5 * 1000000000ull)
+
+bool mig_error_retryable(int err)
+{
+	switch (err < 0 ? -err : err) {
+	case ECONNRESET:
+	case ECONNREFUSED:
+	case ECONNABORTED:
+	case EPIPE:
+	case ETIMEDOUT:
+	case ENOTCONN:
+	case EHOSTUNREACH:
+	case ENETUNREACH:
+	case ENETDOWN:
+	case EHOSTDOWN:
+	case ENETRESET:
+	case EBUSY: /* the destination still runs the connection that was cut */
+		return true;
+	default:
+		return false;
+	}
+}
+
+/* Whether the failure of one connection is worth another: the link, not
+ * the peer's judgement; a digest mismatch once (the next bulk pass
+ * compares every chunk and resends the bad one), not twice. */
+static bool worth_retry(int r, const struct mig_stats *st, unsigned *mismatches)
+{
+	if (st->verify && r == -EILSEQ)
+		return false; /* the verify's answer */
+	if (r == -EILSEQ && ++*mismatches < 2)
+		return true;
+	if (st->peer_error && r != -EBUSY)
+		return false;
+	return mig_error_retryable(r);
+}
+
+int src_migrate(const struct src_params *params, const struct src_device *devs, unsigned ndev,
+		const struct src_retry *rt, struct mig_stats *st)
+{
+	struct src_params p = *params;
+	struct src_session own;
+	uint64_t backoff = RETRY_FIRST_NS, give_up = 0;
+	unsigned mismatches = 0, tries = 0;
+	int r;
+
+	if (!p.session) {
+		r = src_session_init(&own);
+		if (r < 0)
+			return r;
+		p.session = &own;
+	}
+	for (;;) {
+		struct src_job *j = NULL;
+		struct xport *x = NULL;
+		char msg[1024];
+		uint64_t now, wait;
+
+		r = src_new(&p, devs, ndev, &j);
+		if (r < 0)
+			return r;
+		if (rt->on_job)
+			rt->on_job(rt->user, j);
+		tries++;
+		r = rt->dial(rt->user, &x);
+		if (r == 0 && cancel_is_set(rt->cancel))
+			r = err_set(ECANCELED, "migration cancelled");
+		if (r == 0)
+			r = src_run(j, x);
+		src_stats(j, st);
+		if (r < 0 && st->state != MIG_FAILED && st->state != MIG_CANCELLED)
+			st->state = r == -ECANCELED ? MIG_CANCELLED : MIG_FAILED;
+		snprintf(msg, sizeof(msg), "%s", r < 0 ? err_msg() : "");
+		if (rt->on_end)
+			rt->on_end(rt->user, j, r);
+		if (rt->on_job)
+			rt->on_job(rt->user, NULL);
+		src_free(j);
+		xport_close(x);
+		err_copy_in(msg);
+		if (r == 0 || r == -ECANCELED || !rt->retry_ns || !worth_retry(r, st, &mismatches))
+			return r;
+		now = now_ns();
+		if (!give_up)
+			give_up = now + rt->retry_ns;
+		if (now >= give_up)
+			return err_prefix(-r, "gave up after %u attempt%s to connect in %llu s: ", tries,
+					  tries == 1 ? "" : "s",
+					  (unsigned long long)(rt->retry_ns / 1000000000ull));
+		wait = MIN(backoff, give_up - now);
+		if (rt->log) {
+			char line[1400];
+
+			snprintf(line, sizeof(line),
+				 "connection %u failed: %s; %s in %.1f s (giving up in %.0f s)", tries,
+				 msg,
+				 p.session->committing ? "delivering the commit" : "resuming",
+				 (double)wait / 1e9, (double)(give_up - now) / 1e9);
+			rt->log(rt->user, line);
+		}
+		if (cancel_sleep(rt->cancel, (int64_t)wait)) {
+			st->state = MIG_CANCELLED;
+			return err_set(ECANCELED, "migration cancelled");
+		}
+		backoff = MIN(backoff * 2, RETRY_MAX_NS);
+		/* A connection that got going resets the back-off. */
+		if (st->transferred > 0 && p.session->connections > 0)
+			backoff = MIN(backoff, RETRY_FIRST_NS * 2);
+	}
+}
