@@ -608,6 +608,29 @@ static void test_symlink_not_followed(void **state)
 	assert_int_equal(lstat(rec, &sb), -1);
 }
 
+/* Where the record cannot be replaced or removed: an error naming it,
+ * and no temporary left behind. */
+static void test_replace_fails(void **state)
+{
+	char img[PATH_MAX], rec[PATH_MAX + 32], sub[PATH_MAX + 64];
+	struct src_rec s;
+
+	(void)state;
+	make_file(img, sizeof(img), "blocked.img", "");
+	snprintf(rec, sizeof(rec), "%s%s", img, SRC_REC_SUFFIX);
+	snprintf(sub, sizeof(sub), "%s/x", rec);
+	assert_int_equal(mkdir(rec, 0700), 0);
+	assert_int_equal(mkdir(sub, 0700), 0);
+	memset(&s, 0, sizeof(s));
+	assert_true(src_rec_save(img, &s) < 0);
+	assert_non_null(strstr(err_msg(), "rename"));
+	assert_int_equal(count_temps(), 0);
+	assert_true(src_rec_clear(img) < 0);
+	assert_non_null(strstr(err_msg(), "clear"));
+	assert_int_equal(rmdir(sub), 0);
+	assert_int_equal(rmdir(rec), 0);
+}
+
 static void test_replace_no_temp(void **state)
 {
 	char img[PATH_MAX];
@@ -707,13 +730,39 @@ static void test_path_unreadable(void **state)
 
 static char sys[PATH_MAX / 4 + 8];
 
-/* A block device node in dir for MAJ:MIN, or skip (not root, no CAP_MKNOD). */
-static void make_node(char *path, size_t cap, unsigned int maj, unsigned int min)
+static char devdir[64]; /* "dev/block/MAJ:MIN" of the node under test */
+static char devno[64];	/* and its fallback identity */
+
+/*
+ * A block device node at dir/node-MIN: made with mknod as 240:MIN (a number
+ * for local use), or without CAP_MKNOD a symlink to the first block device
+ * in /dev (only stat()ed, never opened); skip when neither works.  Sets
+ * devdir and devno for it.
+ */
+static void make_node(char *path, size_t cap, unsigned int min)
 {
-	snprintf(path, cap, "%s/node-%u-%u", dir, maj, min);
+	struct stat sb;
+
+	snprintf(path, cap, "%s/node-%u", dir, min);
 	unlink(path);
-	if (mknod(path, S_IFBLK | 0600, makedev(maj, min)) < 0)
-		skip();
+	if (mknod(path, S_IFBLK | 0600, makedev(240, min)) < 0) {
+		DIR *d = opendir("/dev");
+		struct dirent *e;
+		char dev[PATH_MAX];
+		bool found = false;
+
+		while (d && !found && (e = readdir(d))) {
+			snprintf(dev, sizeof(dev), "/dev/%s", e->d_name);
+			found = stat(dev, &sb) == 0 && S_ISBLK(sb.st_mode);
+		}
+		if (d)
+			closedir(d);
+		if (!found || symlink(dev, path) < 0)
+			skip();
+	}
+	assert_int_equal(stat(path, &sb), 0);
+	snprintf(devdir, sizeof(devdir), "dev/block/%u:%u", major(sb.st_rdev), minor(sb.st_rdev));
+	snprintf(devno, sizeof(devno), "devno-%u-%u", major(sb.st_rdev), minor(sb.st_rdev));
 }
 
 static void sys_write(const char *rel, const char *content)
@@ -731,6 +780,15 @@ static void sys_write(const char *rel, const char *content)
 	assert_true(fd >= 0);
 	assert_int_equal(write(fd, content, strlen(content)), (ssize_t)strlen(content));
 	close(fd);
+}
+
+/* Write attribute attr of the node under test. */
+static void dev_write(const char *attr, const char *content)
+{
+	char rel[PATH_MAX];
+
+	snprintf(rel, sizeof(rel), "%s/%s", devdir, attr);
+	sys_write(rel, content);
 }
 
 static void fresh_sysfs(void)
@@ -757,35 +815,42 @@ static void test_identity_sources(void **state)
 	struct stat sb;
 
 	(void)state;
-	make_node(node, sizeof(node), 240, 77);
+	make_node(node, sizeof(node), 77);
 	fresh_sysfs();
 	/* Nothing known: the device number. */
-	expect_identity(node, "devno-240-77");
+	expect_identity(node, devno);
 	/* Each source, the later ones shadowed by the earlier. */
-	sys_write("dev/block/240:77/device/serial", "  XYZ 1/2 \n");
+	dev_write("device/serial", "  XYZ 1/2 \n");
 	expect_identity(node, "serial-XYZ%201%2F2");
-	sys_write("dev/block/240:77/serial", "virt-7\n");
+	dev_write("serial", "virt-7\n");
 	expect_identity(node, "serial-virt-7");
-	sys_write("dev/block/240:77/device/wwid", "t10.ATA  disk\n");
+	dev_write("device/wwid", "t10.ATA  disk\n");
 	expect_identity(node, "wwid-t10.ATA%20%20disk");
-	sys_write("dev/block/240:77/wwid", "eui.0025\n");
+	dev_write("wwid", "eui.0025\n");
 	expect_identity(node, "wwid-eui.0025");
-	sys_write("dev/block/240:77/md/uuid", "a1b2:c3d4\n");
+	dev_write("md/uuid", "a1b2:c3d4\n");
 	expect_identity(node, "md-a1b2%3Ac3d4");
-	sys_write("dev/block/240:77/dm/uuid", "LVM-abc%def_\n");
+	dev_write("dm/uuid", "LVM-abc%def_\n");
 	expect_identity(node, "dm-LVM-abc%25def_");
 	/* An empty or blank attribute does not count. */
-	sys_write("dev/block/240:77/dm/uuid", "\n");
-	sys_write("dev/block/240:77/md/uuid", "   \n");
+	dev_write("dm/uuid", "\n");
+	dev_write("md/uuid", "   \n");
 	expect_identity(node, "wwid-eui.0025");
+	/* An attribute that cannot be read is an error, not a fallback. */
+	snprintf(want, sizeof(want), "%s/%s/dm/uuid", sys, devdir);
+	assert_int_equal(unlink(want), 0);
+	assert_int_equal(mkdir(want, 0700), 0);
+	assert_int_equal(state_identity(node, id, sizeof(id)), -EISDIR);
+	assert_non_null(strstr(err_msg(), "dm/uuid"));
+	assert_non_null(strstr(err_msg(), node));
 
 	/* A loop device: path, inode, offset. */
 	fresh_sysfs();
 	make_file(back, sizeof(back), "back ing.img", "x");
 	assert_int_equal(stat(back, &sb), 0);
-	sys_write("dev/block/240:77/loop/offset", "4096\n");
+	dev_write("loop/offset", "4096\n");
 	snprintf(want, sizeof(want), "%s\n", back);
-	sys_write("dev/block/240:77/loop/backing_file", want);
+	dev_write("loop/backing_file", want);
 	assert_int_equal(state_identity(node, id, sizeof(id)), 0);
 	assert_non_null(strstr(id, "loop-%2F"));
 	assert_non_null(strstr(id, "%2Fback%20ing.img-ino"));
@@ -793,8 +858,8 @@ static void test_identity_sources(void **state)
 	assert_non_null(strstr(id, want));
 	/* Its backing file deleted: nothing stable. */
 	snprintf(want, sizeof(want), "%s (deleted)\n", back);
-	sys_write("dev/block/240:77/loop/backing_file", want);
-	expect_identity(node, "devno-240-77");
+	dev_write("loop/backing_file", want);
+	expect_identity(node, devno);
 	unlink(back);
 }
 
@@ -803,19 +868,18 @@ static void test_identity_partition(void **state)
 	char node[PATH_MAX], link[PATH_MAX];
 
 	(void)state;
-	make_node(node, sizeof(node), 240, 78);
+	make_node(node, sizeof(node), 78);
 	fresh_sysfs();
-	sys_write("devices/disk/dev", "240:1\n");
 	sys_write("devices/disk/disk3/partition", "3\n");
-	snprintf(link, sizeof(link), "%s/dev/block/240:78", sys);
+	snprintf(link, sizeof(link), "%s/%s", sys, devdir);
 	assert_int_equal(symlink("../../devices/disk/disk3", link), 0);
 	/* The parent has nothing stable: the partition's own number. */
-	expect_identity(node, "devno-240-78");
+	expect_identity(node, devno);
 	sys_write("devices/disk/device/wwid", "naa.5000c5\n");
 	expect_identity(node, "wwid-naa.5000c5-part3");
 	/* A partition number that is not one. */
 	sys_write("devices/disk/disk3/partition", "3x\n");
-	expect_identity(node, "devno-240-78");
+	expect_identity(node, devno);
 }
 
 static void test_identity_long(void **state)
@@ -824,11 +888,11 @@ static void test_identity_long(void **state)
 	size_t len;
 
 	(void)state;
-	make_node(node, sizeof(node), 240, 79);
+	make_node(node, sizeof(node), 79);
 	fresh_sysfs();
 	memset(val, 'w', 400);
 	strcpy(val + 400, "-one\n");
-	sys_write("dev/block/240:79/wwid", val);
+	dev_write("wwid", val);
 	assert_int_equal(state_identity(node, id1, sizeof(id1)), 0);
 	len = strlen(id1);
 	assert_true(len <= STATE_IDENTITY_MAX);
@@ -839,14 +903,14 @@ static void test_identity_long(void **state)
 	assert_string_equal(id1, id2);
 	/* Same prefix, another tail: another identity. */
 	strcpy(val + 400, "-two\n");
-	sys_write("dev/block/240:79/wwid", val);
+	dev_write("wwid", val);
 	assert_int_equal(state_identity(node, id2, sizeof(id2)), 0);
 	assert_string_not_equal(id1, id2);
 	/* Escapes are not cut in half. */
 	memset(val, ' ', 400);
 	val[0] = 'a';
 	strcpy(val + 400, "z\n");
-	sys_write("dev/block/240:79/wwid", val);
+	dev_write("wwid", val);
 	assert_int_equal(state_identity(node, id1, sizeof(id1)), 0);
 	len = strlen(id1);
 	assert_true(len <= STATE_IDENTITY_MAX);
@@ -863,9 +927,9 @@ static void test_path_blockdev(void **state)
 	char big[PATH_MAX + 10];
 
 	(void)state;
-	make_node(node, sizeof(node), 240, 80);
+	make_node(node, sizeof(node), 80);
 	fresh_sysfs();
-	sys_write("dev/block/240:80/dm/uuid", "CRYPT-1\n");
+	dev_write("dm/uuid", "CRYPT-1\n");
 	snprintf(sdir, sizeof(sdir), "%s/state/a/b", dir);
 	state_set_dir(sdir);
 	/* Without create_dir, only the name. */
@@ -986,6 +1050,7 @@ int main(void)
 		cmocka_unit_test_teardown(test_save_refusals, reset),
 		cmocka_unit_test_teardown(test_symlink_not_followed, reset),
 		cmocka_unit_test_teardown(test_replace_no_temp, reset),
+		cmocka_unit_test_teardown(test_replace_fails, reset),
 		cmocka_unit_test_teardown(test_state_dir, reset),
 		cmocka_unit_test_teardown(test_path_regular, reset),
 		cmocka_unit_test_teardown(test_path_unreadable, reset),
