@@ -124,7 +124,8 @@ void state_set_sysfs(const char *root);
 
 #define STATE_ID_LEN 16
 
-/* When you add a state, also update the format comment above and dst_rec_load(). */
+/* When you add a state, also update the format comment above, dst_check()
+ * and dst_decode() in state.c. */
 enum dst_rec_state {
 	DST_REC_PARTIAL = 1,  /* receiving; held says which chunks are durable */
 	DST_REC_AWAITING = 2, /* acknowledged a switch-over, awaits the commit */
