@@ -219,3 +219,49 @@ uint64_t dirty_bytes(const struct dirty *d)
 		bytes -= d->granularity - tail;
 	return bytes;
 }
+
+/* ---- raw bytes ------------------------------------------------------------- */
+
+uint64_t dirty_raw_len(const struct dirty *d)
+{
+	return div_round_up(d->nchunks, 8);
+}
+
+void dirty_export(const struct dirty *d, uint8_t *out)
+{
+	uint64_t len = dirty_raw_len(d), w, i;
+
+	for (w = 0; w < d->nwords; w++) {
+		uint64_t word = atomic_load(&d->words[w]);
+
+		for (i = 0; i < 8 && w * 8 + i < len; i++)
+			out[w * 8 + i] = (uint8_t)(word >> (8 * i));
+	}
+}
+
+/* Word w of the raw bytes at in (len of them), missing bytes zero. */
+static uint64_t raw_word(const uint8_t *in, uint64_t len, uint64_t w)
+{
+	uint64_t word = 0, i;
+
+	for (i = 0; i < 8 && w * 8 + i < len; i++)
+		word |= (uint64_t)in[w * 8 + i] << (8 * i);
+	return word;
+}
+
+int dirty_import(struct dirty *d, const uint8_t *in)
+{
+	uint64_t len = dirty_raw_len(d), w, tail = d->nchunks % WORD_BITS;
+
+	if (tail && raw_word(in, len, d->nwords - 1) & (~UINT64_C(0) << tail))
+		return -EINVAL;
+	for (w = 0; w < d->nwords; w++) {
+		uint64_t word = raw_word(in, len, w);
+		uint64_t old = atomic_exchange(&d->words[w], word);
+		int64_t delta = __builtin_popcountll(word) - __builtin_popcountll(old);
+
+		if (delta)
+			atomic_fetch_add(&d->count, delta);
+	}
+	return 0;
+}

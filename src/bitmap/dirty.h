@@ -51,4 +51,16 @@ int64_t dirty_next(const struct dirty *d, uint64_t from);
 uint64_t dirty_count(const struct dirty *d);
 uint64_t dirty_bytes(const struct dirty *d);
 
+/*
+ * The bits as bytes, for saving (state/state.c): chunk i is bit (i % 8) of
+ * byte i / 8, dirty_raw_len() bytes, bits past the last chunk zero.
+ * dirty_export() reads each word once atomically, so bits that change
+ * meanwhile may or may not be included.  dirty_import() replaces every bit
+ * and adjusts the count; it returns -EINVAL, changing nothing, when a bit
+ * past the last chunk is set.
+ */
+uint64_t dirty_raw_len(const struct dirty *d);
+void dirty_export(const struct dirty *d, uint8_t *out);
+int dirty_import(struct dirty *d, const uint8_t *in);
+
 #endif

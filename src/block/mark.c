@@ -12,12 +12,31 @@
 #include <unistd.h>
 
 #include "common/error.h"
+#include "state/state.h"
 
-static int sidecar_path(char *buf, size_t cap, const char *path)
+/* Where the sidecar goes: beside a file, in the state directory for a block
+ * device (state_path()). */
+static int sidecar_path(char *buf, size_t cap, const char *path, bool create_dir)
+{
+	return state_path(path, MARK_SUFFIX, create_dir, buf, cap);
+}
+
+/* Where versions before the state directory put a block device's sidecar:
+ * beside the node, on devtmpfs. */
+static int legacy_sidecar_path(char *buf, size_t cap, const char *path)
 {
 	if ((size_t)snprintf(buf, cap, "%s%s", path, MARK_SUFFIX) >= cap)
 		return err_set(ENAMETOOLONG, "marker for %s: path too long", path);
 	return 0;
+}
+
+/* A block device never gets the xattr: device nodes live on devtmpfs,
+ * which refuses it or forgets it at reboot. */
+static bool is_blockdev(const char *path)
+{
+	struct stat sb;
+
+	return stat(path, &sb) == 0 && S_ISBLK(sb.st_mode);
 }
 
 /* Make a marker change durable: the file's inode (its xattrs) or, for a
@@ -63,7 +82,7 @@ static int write_sidecar(const char *path, const char *reason)
 	size_t len = strlen(reason);
 	int fd, r;
 
-	r = sidecar_path(side, sizeof(side), path);
+	r = sidecar_path(side, sizeof(side), path, true);
 	if (r < 0)
 		return r;
 	fd = open(side, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
@@ -87,6 +106,8 @@ static int write_sidecar(const char *path, const char *reason)
 
 int mark_incomplete(const char *path, const char *reason)
 {
+	if (is_blockdev(path))
+		return write_sidecar(path, reason);
 	if (setxattr(path, MARK_XATTR, reason, strlen(reason), 0) == 0)
 		return sync_path(path, false);
 	if (!xattr_unsupported(errno))
@@ -99,46 +120,72 @@ int mark_before_create(const char *path, const char *reason)
 	return write_sidecar(path, reason);
 }
 
+/* Remove the sidecar at side, durably; a missing one is fine. */
+static int unlink_sidecar(const char *side)
+{
+	if (unlink(side) == 0)
+		return sync_path(side, true);
+	if (errno != ENOENT && errno != ENOTDIR)
+		return err_set(errno, "clear marker %s: %s", side, strerror(errno));
+	return 0;
+}
+
 int mark_clear(const char *path)
 {
 	char side[PATH_MAX];
+	bool blk = is_blockdev(path);
 	int r;
 
-	if (removexattr(path, MARK_XATTR) == 0) {
+	if (blk) {
+		r = legacy_sidecar_path(side, sizeof(side), path);
+		if (r == 0)
+			r = unlink_sidecar(side);
+		if (r < 0)
+			return r;
+	} else if (removexattr(path, MARK_XATTR) == 0) {
 		r = sync_path(path, false);
 		if (r < 0)
 			return r;
 	} else if (errno != ENODATA && errno != ENOENT && !xattr_unsupported(errno)) {
 		return err_set(errno, "clear marker on %s: %s", path, strerror(errno));
 	}
-	r = sidecar_path(side, sizeof(side), path);
+	r = sidecar_path(side, sizeof(side), path, false);
 	if (r < 0)
 		return r;
-	if (unlink(side) == 0)
-		return sync_path(side, true);
-	if (errno != ENOENT)
-		return err_set(errno, "clear marker %s: %s", side, strerror(errno));
+	return unlink_sidecar(side);
+}
+
+/* Whether anything is at side: 1, 0, or negative errno.  Anything counts,
+ * a dangling symlink too: when in doubt, the image is incomplete. */
+static int sidecar_present(const char *side)
+{
+	struct stat sb;
+
+	if (lstat(side, &sb) == 0)
+		return 1;
+	if (errno != ENOENT && errno != ENOTDIR)
+		return err_set(errno, "read marker %s: %s", side, strerror(errno));
 	return 0;
 }
 
 int mark_check(const char *path)
 {
-	struct stat sb;
 	char side[PATH_MAX];
 	int r;
 
-	if (getxattr(path, MARK_XATTR, NULL, 0) >= 0)
+	if (is_blockdev(path)) {
+		r = legacy_sidecar_path(side, sizeof(side), path);
+		if (r == 0)
+			r = sidecar_present(side);
+		if (r != 0)
+			return r;
+	} else if (getxattr(path, MARK_XATTR, NULL, 0) >= 0) {
 		return 1;
-	if (errno != ENODATA && errno != ENOENT && !xattr_unsupported(errno))
+	} else if (errno != ENODATA && errno != ENOENT && !xattr_unsupported(errno)) {
 		return err_set(errno, "read marker on %s: %s", path, strerror(errno));
-	r = sidecar_path(side, sizeof(side), path);
+	}
+	r = sidecar_path(side, sizeof(side), path, false);
 	if (r < 0)
 		return r;
-	/* Anything there counts, a dangling symlink too: when in doubt, the
-	 * image is incomplete. */
-	if (lstat(side, &sb) == 0)
-		return 1;
-	if (errno != ENOENT)
-		return err_set(errno, "read marker %s: %s", side, strerror(errno));
-	return 0;
+	return sidecar_present(side);
 }

@@ -5,10 +5,15 @@
  * after the migration is durable and verified, so an image left by a failed
  * or cancelled migration is never mistaken for a complete one.
  *
- * The marker is the extended attribute "user.blkmig.incomplete" on the
- * image; where the file system has no user xattrs (block device nodes on
- * devtmpfs, some network file systems) it is a sidecar file
- * "PATH.blkmig-incomplete" beside it.  Both hold a one-line reason.  The
+ * For a regular file the marker is the extended attribute
+ * "user.blkmig.incomplete" on the image; where the file system has no user
+ * xattrs (some network file systems) it is a sidecar file
+ * "PATH.blkmig-incomplete" beside it.  For a block device it is always a
+ * file in the state directory, "STATEDIR/<identity>.blkmig-incomplete"
+ * (state/state.h: state_path()), since a sidecar beside the node would sit
+ * on devtmpfs and vanish at reboot; the xattr is never tried.  A sidecar
+ * left beside a block device node by an older blkmig still counts, and
+ * mark_clear() removes it.  The marker holds a one-line reason.  The
  * sidecar is never written through a symlink planted at its path (-ELOOP),
  * and anything at that path, a dangling symlink too, counts as a mark.
  */
