@@ -25,11 +25,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "bitmap/dirty.h"
 #include "block/backend.h"
 #include "block/mark.h"
+#include "state/state.h"
 #include "common/error.h"
 #include "common/util.h"
 #include "digest.h"
@@ -53,6 +55,12 @@ struct dst_dev {
 	bool marked;
 	bool created; /* the opener made the image for this migration */
 	bool written; /* something was written to it */
+	/* The image as opened (0, 0 for a block device), which the record
+	 * names and the hand-over checks the path still leads to. */
+	uint64_t st_dev, st_ino;
+	struct dirty *held; /* from this migration's record: chunks held durably */
+	bool recorded;	    /* a record of this migration exists for it */
+	struct dst_rec awaiting; /* state AWAITING: the acknowledged digest */
 };
 
 struct dst {
@@ -67,6 +75,8 @@ struct dst {
 	bool wrote;	  /* any device written, ever (st.written) */
 	uint64_t wseq;	  /* the last WRITE record applied */
 	uint32_t acked;	  /* the attempt acknowledged and not yet committed (0: none) */
+	uint32_t awaiting; /* restarted after acknowledging this attempt (records) */
+	uint64_t ck_bytes, ck_ns; /* written since the last checkpoint, and when it was */
 	uint64_t differing; /* verify: chunks the source found different */
 	struct mig_stats st;
 };
@@ -110,6 +120,136 @@ static const struct dst_format_ops *format_ops(enum mig_format format)
 	};
 
 	return (unsigned)format < ARRAY_SIZE(table) ? table[format] : NULL;
+}
+
+/* ---- the durable record of this migration ------------------------------------ */
+
+/* Remember which image the path named when it was opened. */
+static int note_identity(struct dst_dev *dev)
+{
+	struct stat sb;
+
+	if (stat(dev->path, &sb) < 0)
+		return err_set(errno, "device %s: stat %s: %s", dev->shown, dev->path,
+			       strerror(errno));
+	if (!S_ISBLK(sb.st_mode)) {
+		dev->st_dev = sb.st_dev;
+		dev->st_ino = sb.st_ino;
+	}
+	return 0;
+}
+
+/* The path still names the image this migration wrote: a file replaced or
+ * deleted meanwhile is never handed over as the verified copy. */
+static int check_identity(const struct dst_dev *dev, const char *when)
+{
+	struct stat sb;
+
+	if (!dev->path[0] || !dev->st_ino)
+		return 0;
+	if (stat(dev->path, &sb) < 0)
+		return err_set(ESTALE, "device %s: %s is gone (%s) %s: the image this migration "
+				       "wrote is no longer there",
+			       dev->shown, dev->path, strerror(errno), when);
+	if ((uint64_t)sb.st_dev != dev->st_dev || (uint64_t)sb.st_ino != dev->st_ino)
+		return err_set(ESTALE, "device %s: %s was replaced by another file %s: the image "
+				       "this migration wrote is no longer there",
+			       dev->shown, dev->path, when);
+	return 0;
+}
+
+/*
+ * What an earlier connection of this migration left: chunks held durably
+ * (PARTIAL), or an acknowledged hand-over (AWAITING).  A record of another
+ * migration, or one that does not describe this image, is discarded before
+ * anything is written: two migrations are never mixed into one image.
+ */
+static int load_record(struct dst *d, struct dst_dev *dev)
+{
+	struct dst_rec rec;
+	int r = dst_rec_load(dev->path, &rec);
+
+	if (r == -ENOENT)
+		return 0;
+	if (r == 0 && memcmp(rec.id, d->offer.id, NATIVE_ID_LEN) == 0 &&
+	    rec.chunk_size == d->offer.chunk_size && rec.size == dev->size &&
+	    rec.st_dev == dev->st_dev && rec.st_ino == dev->st_ino && !dev->created) {
+		dev->recorded = true;
+		if (rec.state == DST_REC_PARTIAL) {
+			dev->held = rec.held;
+			return 0;
+		}
+		dev->awaiting = rec;
+		return 0;
+	}
+	dst_rec_release(&rec);
+	/* Corrupt, or another migration's: not this one's to use. */
+	return dst_rec_clear(dev->path);
+}
+
+/* After a pass is durable: every chunk carried so far is on the disk. */
+static int save_partial(struct dst *d)
+{
+	for (unsigned i = 0; i < d->ndev; i++) {
+		struct dst_dev *dev = &d->dev[i];
+		struct dst_rec rec = { .state = DST_REC_PARTIAL,
+				       .chunk_size = d->offer.chunk_size,
+				       .size = dev->size,
+				       .st_dev = dev->st_dev,
+				       .st_ino = dev->st_ino,
+				       .held = dev->carried };
+		int r;
+
+		if (!dev->path[0])
+			continue;
+		memcpy(rec.id, d->offer.id, NATIVE_ID_LEN);
+		r = dst_rec_save(dev->path, &rec);
+		if (r < 0)
+			return err_prefix(-r, "device %s: ", dev->shown);
+		dev->recorded = true;
+	}
+	return 0;
+}
+
+/* Before the ACK: a restart after it still knows it acknowledged, and
+ * what. */
+static int save_awaiting(struct dst *d, const struct native_complete *c)
+{
+	for (unsigned i = 0; i < d->ndev; i++) {
+		struct dst_dev *dev = &d->dev[i];
+		struct dst_rec rec = { .state = DST_REC_AWAITING,
+				       .attempt = c->attempt,
+				       .chunk_size = d->offer.chunk_size,
+				       .size = dev->size,
+				       .st_dev = dev->st_dev,
+				       .st_ino = dev->st_ino };
+		int r;
+
+		if (!dev->path[0])
+			continue;
+		memcpy(rec.id, d->offer.id, NATIVE_ID_LEN);
+		digest_final(dev->dig, rec.digest, &rec.chunks);
+		r = dst_rec_save(dev->path, &rec);
+		if (r < 0)
+			return err_prefix(-r, "device %s: ", dev->shown);
+		dev->recorded = true;
+	}
+	return 0;
+}
+
+static int clear_records(struct dst *d)
+{
+	for (unsigned i = 0; i < d->ndev; i++) {
+		int r;
+
+		if (!d->dev[i].recorded)
+			continue;
+		r = dst_rec_clear(d->dev[i].path);
+		if (r < 0)
+			return r;
+		d->dev[i].recorded = false;
+	}
+	return 0;
 }
 
 /* ---- devices -------------------------------------------------------------------- */
@@ -192,6 +332,11 @@ static int open_devices(struct dst *d)
 			if (r < 0)
 				return r;
 			dev->marked = true;
+			r = note_identity(dev);
+			if (r == 0 && d->caps->digests)
+				r = load_record(d, dev);
+			if (r < 0)
+				return r;
 		}
 		memcpy(d->st.dev[i].name, dev->name, sizeof(d->st.dev[i].name));
 		d->st.dev[i].size = dev->size;
@@ -253,11 +398,28 @@ static int offer_held(struct dst *d)
 
 	if (!ops->state)
 		return 0;
-	for (unsigned i = 0; all && i < d->ndev; i++)
-		if (!d->dev[i].created)
-			st.sums += digest_nchunks(d->dev[i].dig);
+	/* Acknowledged before a restart, on every device: the source needs
+	 * only to commit (checked against the recorded digests then). */
+	d->awaiting = d->ndev && d->dev[0].awaiting.attempt ? d->dev[0].awaiting.attempt : 0;
+	for (unsigned i = 0; i < d->ndev; i++)
+		if (d->dev[i].awaiting.attempt != d->awaiting)
+			d->awaiting = 0;
+	if (d->awaiting && !all) {
+		st.held = NATIVE_HELD_AWAITING;
+		st.attempt = d->awaiting;
+		d->acked = d->awaiting;
+		return ops->state(d->f, &st);
+	}
+	for (unsigned i = 0; i < d->ndev; i++) {
+		struct dst_dev *dev = &d->dev[i];
+
+		if (all && !dev->created)
+			st.sums += digest_nchunks(dev->dig);
+		else if (dev->held)
+			st.sums += dirty_count(dev->held);
+	}
 	if (st.sums)
-		st.held = NATIVE_HELD_ALL;
+		st.held = all ? NATIVE_HELD_ALL : NATIVE_HELD_PARTIAL;
 	r = ops->state(d->f, &st);
 	if (r < 0 || !st.sums)
 		return r;
@@ -268,18 +430,22 @@ static int offer_held(struct dst *d)
 		struct dst_dev *dev = &d->dev[i];
 		uint64_t n = digest_nchunks(dev->dig);
 
-		if (dev->created)
+		if (all ? dev->created : !dev->held)
 			continue;
 		m->dev = (uint16_t)i;
 		m->count = 0;
 		for (uint64_t c = 0; r == 0 && c < n; c++) {
+			if (!all && !dirty_test(dev->held, c))
+				continue;
 			m->e[m->count].chunk = c;
 			r = hold_chunk(d, dev, c, m->e[m->count].sum);
-			if (r == 0 && (++m->count == NATIVE_SUMS_MAX || c + 1 == n)) {
+			if (r == 0 && ++m->count == NATIVE_SUMS_MAX) {
 				r = ops->sums(d->f, m);
 				m->count = 0;
 			}
 		}
+		if (r == 0 && m->count)
+			r = ops->sums(d->f, m);
 	}
 	free(m);
 	return r;
@@ -463,13 +629,46 @@ static int make_durable(struct dst *d)
 	return r < 0 ? r : verify_pass(d);
 }
 
+/*
+ * A pass can be gigabytes long: within one, what has arrived is made
+ * durable, read back and recorded every DST_CHECKPOINT_BYTES or
+ * DST_CHECKPOINT_NS, so a connection that drops midway loses at most that
+ * much.  Only where the format answers passes (and so has records).
+ */
+#define DST_CHECKPOINT_BYTES (32ull << 20)
+#define DST_CHECKPOINT_NS    (1000000000ull)
+
+static int checkpoint(struct dst *d, uint64_t bytes)
+{
+	uint64_t now;
+	int r;
+
+	if (!d->caps->pass_replies)
+		return 0;
+	d->ck_bytes += bytes;
+	if (d->ck_bytes < DST_CHECKPOINT_BYTES &&
+	    (now = now_ns()) - d->ck_ns < DST_CHECKPOINT_NS)
+		return 0;
+	r = make_durable(d);
+	if (r == 0)
+		r = save_partial(d);
+	d->ck_bytes = 0;
+	d->ck_ns = now_ns();
+	return r;
+}
+
 static int pass_end(struct dst *d)
 {
 	int r = 0;
 
 	d->st.iterations++;
+	d->ck_bytes = 0;
+	d->ck_ns = now_ns();
 	if (d->caps->pass_replies)
 		r = make_durable(d);
+	/* What a later connection of this migration need not be sent again. */
+	if (r == 0 && d->caps->pass_replies && !d->p->verify_only)
+		r = save_partial(d);
 	if (r == 0 && d->f->ops->pass_end)
 		r = d->f->ops->pass_end(d->f, d->st.iterations);
 	return r;
@@ -574,7 +773,12 @@ static int complete(struct dst *d, const struct native_complete *digests)
 	 * source hands over by a COMMIT of this attempt; without, the format
 	 * does now. */
 	if (d->f->ops->acknowledge) {
-		r = d->f->ops->acknowledge(d->f, digests->attempt);
+		for (unsigned i = 0; r == 0 && i < d->ndev; i++)
+			r = check_identity(&d->dev[i], "before the acknowledgement");
+		if (r == 0)
+			r = save_awaiting(d, digests);
+		if (r == 0)
+			r = d->f->ops->acknowledge(d->f, digests->attempt);
 		if (r == 0)
 			d->acked = digests->attempt;
 		return r;
@@ -586,10 +790,33 @@ static int complete(struct dst *d, const struct native_complete *digests)
 /* The source fenced itself after the acknowledgement: the images are ours. */
 static int commit(struct dst *d, uint32_t attempt)
 {
+	int r = 0;
+
 	if (!d->acked || attempt != d->acked)
 		return err_set(EPROTO, "the source committed attempt %u, but %s", attempt,
 			       d->acked ? "another was acknowledged" : "none was acknowledged");
-	return clear_marks(d);
+	/* Acknowledged before a restart: the images must still be what was
+	 * acknowledged, chunk for chunk. */
+	for (unsigned i = 0; r == 0 && d->awaiting && i < d->ndev; i++) {
+		struct dst_dev *dev = &d->dev[i];
+		uint8_t sum[NATIVE_SUM_LEN], digest[DIGEST_LEN];
+		uint64_t chunks;
+
+		for (uint64_t c = 0; r == 0 && c < digest_nchunks(dev->dig); c++)
+			r = hold_chunk(d, dev, c, sum);
+		digest_final(dev->dig, digest, &chunks);
+		if (r == 0 && (chunks != dev->awaiting.chunks ||
+			       memcmp(digest, dev->awaiting.digest, DIGEST_LEN) != 0))
+			r = err_set(EILSEQ,
+				    "device %s: the image no longer matches the digest it "
+				    "acknowledged before the restart",
+				    dev->shown);
+	}
+	for (unsigned i = 0; r == 0 && i < d->ndev; i++)
+		r = check_identity(&d->dev[i], "before the hand-over");
+	if (r == 0)
+		r = clear_marks(d);
+	return r < 0 ? r : clear_records(d);
 }
 
 /* Verify only: what the source found. */
@@ -648,6 +875,7 @@ static int run(struct dst *d)
 	if (r < 0)
 		return r;
 	d->st.state = MIG_BULK;
+	d->ck_ns = now_ns();
 	for (;;) {
 		struct dst_event ev = { 0 };
 
@@ -670,6 +898,10 @@ static int run(struct dst *d)
 				r = apply_write(d, ev.rec, ev.offset);
 			else
 				r = apply(d, ev.rec, ev.offset);
+			if (r == 0)
+				r = checkpoint(d, ev.rec->kind == WIRE_REC_WRITE
+						      ? ev.rec->length
+						      : d->offer.chunk_size);
 			break;
 		case DST_EV_PASS_END:
 			r = pass_end(d);
@@ -750,6 +982,7 @@ int dst_run(const struct dst_params *p, struct xport *x, struct cancel *cancel,
 		digest_free(d->dev[i].dig);
 		dirty_free(d->dev[i].pass);
 		dirty_free(d->dev[i].carried);
+		dirty_free(d->dev[i].held);
 	}
 	if (st)
 		*st = d->st;
