@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "common/error.h"
+#include "common/util.h"
 #include "wire/native.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -28,12 +29,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 	 NATIVE_ALLOW(NATIVE_MSG_ABORT) | NATIVE_ALLOW(NATIVE_MSG_COMMIT) |                        \
 	 NATIVE_ALLOW(NATIVE_MSG_READY) | NATIVE_ALLOW(NATIVE_MSG_ACK) |                           \
 	 NATIVE_ALLOW(NATIVE_MSG_ERROR) | NATIVE_ALLOW(NATIVE_MSG_SYNCED) |                        \
-	 NATIVE_ALLOW(NATIVE_MSG_WACK))
+	 NATIVE_ALLOW(NATIVE_MSG_WACK) | NATIVE_ALLOW(NATIVE_MSG_VERDICT) |                        \
+	 NATIVE_ALLOW(NATIVE_MSG_STATE) | NATIVE_ALLOW(NATIVE_MSG_SUMS))
 
 /* Large structs and buffers live here, not on the fuzzer's stack. */
 static struct native_hello hello;
 static struct native_complete complete;
 static struct native_error error;
+static struct native_state state;
+static struct native_sums sums;
+static struct native_verdict verdict;
 static uint8_t out[NATIVE_FRAME_HDR + NATIVE_MSG_MAX];
 
 static void check(int ok)
@@ -134,14 +139,77 @@ static void try_u64(const uint8_t *frame, size_t body_len, enum native_msg type)
 	check(memcmp(out + NATIVE_FRAME_HDR, frame + NATIVE_FRAME_HDR, 8) == 0);
 }
 
-/* ACK and COMMIT: the header is the whole message. */
-static void try_empty(const uint8_t *frame, uint32_t len, enum native_msg type)
+/* ACK and COMMIT: a be32 attempt, so any 4-byte body but 0 decodes and
+ * re-encodes exactly. */
+static void try_attempt(const uint8_t *frame, size_t body_len, enum native_msg type)
 {
-	int r = type == NATIVE_MSG_ACK ? native_ack_encode(out, sizeof(out))
-				       : native_commit_encode(out, sizeof(out));
+	uint32_t attempt;
+	int r = native_attempt_decode(type == NATIVE_MSG_ACK ? "ack" : "commit",
+				      frame + NATIVE_FRAME_HDR, body_len, &attempt);
 
-	check(len == 0);
-	check(r == NATIVE_FRAME_HDR && memcmp(out, frame, NATIVE_FRAME_HDR) == 0);
+	if (r < 0) {
+		check_failure(r);
+		check(body_len != 4 || get_be32(frame + NATIVE_FRAME_HDR) == 0);
+		return;
+	}
+	check(body_len == 4 && attempt >= 1);
+	r = type == NATIVE_MSG_ACK ? native_ack_encode(out, sizeof(out), attempt)
+				   : native_commit_encode(out, sizeof(out), attempt);
+	check(r == NATIVE_FRAME_HDR + 4);
+	check(out[0] == type);
+	check(memcmp(out + NATIVE_FRAME_HDR, frame + NATIVE_FRAME_HDR, 4) == 0);
+}
+
+/* STATE: what decodes obeys the held rules and re-encodes exactly. */
+static void try_state(const uint8_t *frame, size_t body_len)
+{
+	int r = native_state_decode(frame + NATIVE_FRAME_HDR, body_len, &state);
+
+	if (r < 0) {
+		check_failure(r);
+		return;
+	}
+	check(body_len == 16 && state.held <= NATIVE_HELD_AWAITING);
+	check((state.held == NATIVE_HELD_AWAITING) == (state.attempt > 0));
+	check(state.held != NATIVE_HELD_NONE || state.sums == 0);
+	r = native_state_encode(out, sizeof(out), &state);
+	check(r == NATIVE_FRAME_HDR + 16);
+	check(memcmp(out + NATIVE_FRAME_HDR, frame + NATIVE_FRAME_HDR, 16) == 0);
+}
+
+/* SUMS: 1..NATIVE_SUMS_MAX entries, strictly ascending, device < 64. */
+static void try_sums(const uint8_t *frame, size_t body_len)
+{
+	int r = native_sums_decode(frame + NATIVE_FRAME_HDR, body_len, &sums);
+
+	if (r < 0) {
+		check_failure(r);
+		return;
+	}
+	check(sums.count >= 1 && sums.count <= NATIVE_SUMS_MAX);
+	check(sums.dev < NATIVE_MAX_DEVICES);
+	check(body_len == 6 + (size_t)sums.count * NATIVE_SUM_ITEM);
+	for (uint32_t i = 1; i < sums.count; i++)
+		check(sums.e[i].chunk > sums.e[i - 1].chunk);
+	r = native_sums_encode(out, sizeof(out), &sums);
+	check(r > 0 && (size_t)r == NATIVE_FRAME_HDR + body_len);
+	check(memcmp(out + NATIVE_FRAME_HDR, frame + NATIVE_FRAME_HDR, body_len) == 0);
+}
+
+static void try_verdict(const uint8_t *frame, size_t body_len)
+{
+	int r = native_verdict_decode(frame + NATIVE_FRAME_HDR, body_len, &verdict);
+
+	if (r < 0) {
+		check_failure(r);
+		return;
+	}
+	check(verdict.ndev >= 1 && verdict.ndev <= NATIVE_MAX_DEVICES);
+	for (unsigned int i = 0; i < verdict.ndev; i++)
+		check(verdict.dev[i].differing <= verdict.dev[i].checked);
+	r = native_verdict_encode(out, sizeof(out), &verdict);
+	check(r > 0 && (size_t)r == NATIVE_FRAME_HDR + body_len);
+	check(memcmp(out + NATIVE_FRAME_HDR, frame + NATIVE_FRAME_HDR, body_len) == 0);
 }
 
 /* BLOCKS: records from p up to and including an EOS.  Returns the bytes
@@ -210,7 +278,16 @@ static void try_stream(const uint8_t *data, size_t size)
 			break;
 		case NATIVE_MSG_ACK:
 		case NATIVE_MSG_COMMIT:
-			try_empty(frame, len, (enum native_msg)type);
+			try_attempt(frame, len, (enum native_msg)type);
+			break;
+		case NATIVE_MSG_STATE:
+			try_state(frame, len);
+			break;
+		case NATIVE_MSG_SUMS:
+			try_sums(frame, len);
+			break;
+		case NATIVE_MSG_VERDICT:
+			try_verdict(frame, len);
 			break;
 		case NATIVE_MSG_SYNCED:
 		case NATIVE_MSG_WACK:
@@ -241,6 +318,11 @@ static void try_bodies(const uint8_t *data, size_t size)
 	try_ready(frame, size);
 	try_u64(frame, size, NATIVE_MSG_SYNCED);
 	try_u64(frame, size, NATIVE_MSG_WACK);
+	try_attempt(frame, size, NATIVE_MSG_ACK);
+	try_attempt(frame, size, NATIVE_MSG_COMMIT);
+	try_state(frame, size);
+	try_sums(frame, size);
+	try_verdict(frame, size);
 	free(frame);
 }
 

@@ -80,6 +80,27 @@ static void run(enum wire_stream_format fmt, const uint8_t *data, size_t size)
 			break;
 		case WIRE_ITEM_COMPLETE:
 			check(it.complete->ndev <= NATIVE_MAX_DEVICES);
+			check(it.complete->attempt >= 1);
+			break;
+		case WIRE_ITEM_ACK:
+		case WIRE_ITEM_COMMIT:
+			check(it.value >= 1 && it.value <= UINT32_MAX);
+			break;
+		case WIRE_ITEM_STATE:
+			check(it.state->held <= NATIVE_HELD_AWAITING);
+			check((it.state->held == NATIVE_HELD_AWAITING) == (it.state->attempt > 0));
+			check(it.state->held != NATIVE_HELD_NONE || it.state->sums == 0);
+			break;
+		case WIRE_ITEM_SUMS:
+			check(it.sums->count >= 1 && it.sums->count <= NATIVE_SUMS_MAX);
+			check(it.sums->dev < NATIVE_MAX_DEVICES);
+			for (uint32_t i = 1; i < it.sums->count; i++)
+				check(it.sums->e[i].chunk > it.sums->e[i - 1].chunk);
+			break;
+		case WIRE_ITEM_VERDICT:
+			check(it.verdict->ndev >= 1 && it.verdict->ndev <= NATIVE_MAX_DEVICES);
+			for (unsigned i = 0; i < it.verdict->ndev; i++)
+				check(it.verdict->dev[i].differing <= it.verdict->dev[i].checked);
 			break;
 		case WIRE_ITEM_ABORT:
 		case WIRE_ITEM_ERROR:

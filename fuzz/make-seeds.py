@@ -18,8 +18,13 @@ DEVICE_BLOCK, EOS, PROGRESS, ZERO_BLOCK = 0x01, 0x02, 0x04, 0x08
 CHUNK = 4096
 
 MAGIC = 0x424C4B4D49470D0A  # "BLKMIG\r\n"
-BLOCKS, COMPLETE, ABORT, COMMIT = 0x01, 0x02, 0x03, 0x04
-READY, ACK, ERROR, SYNCED, WACK = 0x81, 0x82, 0x83, 0x84, 0x85
+VERSION = 2
+BLOCKS, COMPLETE, ABORT, COMMIT, VERDICT = 0x01, 0x02, 0x03, 0x04, 0x05
+READY, ACK, ERROR, SYNCED, WACK, STATE, SUMS = 0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87
+CAP_ZERO_BLOCKS, CAP_SHARED_BASE, CAP_MIRROR, CAP_DELTA, CAP_VERIFY = 1, 2, 4, 8, 16
+HELD_NONE, HELD_PARTIAL, HELD_ALL, HELD_AWAITING = 0, 1, 2, 3
+MIGRATION_ID = bytes(range(0xA0, 0xB0))
+SUMS_MAX = (65536 - 6) // 24
 
 
 def counted(name):
@@ -52,8 +57,9 @@ def rec_write(name, seq, offset, payload=None, length=None):
             + (payload or b""))
 
 
-def hello(devs, caps=1, chunk=1 << 20):
-    out = struct.pack(">QIIIH", MAGIC, 1, caps, chunk, len(devs))
+def hello(devs, caps=1, chunk=1 << 20, mid=MIGRATION_ID):
+    assert len(mid) == 16
+    out = struct.pack(">QIII", MAGIC, VERSION, caps, chunk) + mid + struct.pack(">H", len(devs))
     for name, size in devs:
         out += counted(name) + struct.pack(">Q", size)
     return out
@@ -63,8 +69,9 @@ def frame(mtype, body):
     return struct.pack(">BI", mtype, len(body)) + body
 
 
-def complete(devs):
-    body = struct.pack(">H", len(devs))
+def complete(devs, attempt=1):
+    assert attempt >= 1
+    body = struct.pack(">IH", attempt, len(devs))
     for name, chunks, digest in devs:
         assert len(digest) == 16
         body += counted(name) + struct.pack(">Q", chunks) + digest
@@ -73,6 +80,43 @@ def complete(devs):
 
 def error(mtype, err, reason):
     return frame(mtype, struct.pack(">I", err) + reason.encode())
+
+
+def ready():
+    return frame(READY, struct.pack(">I", VERSION))
+
+
+def attempt(mtype, n):
+    """ACK or COMMIT of switch-over attempt n (>= 1)."""
+    assert mtype in (ACK, COMMIT) and n >= 1
+    return frame(mtype, struct.pack(">I", n))
+
+
+def state(held, attempt_n=0, sums=0):
+    assert (held == HELD_AWAITING) == (attempt_n > 0)
+    assert held != HELD_NONE or sums == 0
+    return frame(STATE, struct.pack(">IIQ", held, attempt_n, sums))
+
+
+def sums(dev, entries):
+    """entries: (chunk, 16-byte XXH3-128) pairs, strictly ascending."""
+    assert dev < 64 and 1 <= len(entries) <= SUMS_MAX
+    body = struct.pack(">HI", dev, len(entries))
+    last = -1
+    for chunk, digest in entries:
+        assert chunk > last and len(digest) == 16
+        last = chunk
+        body += struct.pack(">Q", chunk) + digest
+    return frame(SUMS, body)
+
+
+def verdict(devs):
+    """devs: (name, checked, differing) triples."""
+    body = struct.pack(">H", len(devs))
+    for name, checked, differing in devs:
+        assert differing <= checked
+        body += counted(name) + struct.pack(">QQ", checked, differing)
+    return frame(VERDICT, body)
 
 
 def record_seeds():
@@ -97,30 +141,55 @@ def native_seeds():
         "hello-1": hello([("drive0", 64 << 20)]),
         "hello-2": hello([("drive0", 64 << 20), ("x", 4097)], caps=3, chunk=4096),
         "hello-mirror": hello([("drive0", 64 << 20)], caps=5, chunk=65536),
+        "hello-delta": hello([("drive0", 64 << 20)], caps=CAP_ZERO_BLOCKS | CAP_DELTA,
+                             mid=bytes(16)),
+        "hello-verify": hello([("drive0", 64 << 20), ("d1", 4096)], caps=CAP_VERIFY,
+                              chunk=4096),
         "source-stream": (blocks + bytes([BLOCKS]) + rec_progress(100) + rec_eos()
                           + complete([("drive0", 2, digest)])),
-        "complete-2": complete([("drive0", 64, digest), ("drive1", 1, bytes(16))]),
+        "complete-2": complete([("drive0", 64, digest), ("drive1", 1, bytes(16))], attempt=2),
         "abort": error(ABORT, 125, "cancelled by operator"),
-        "dest-ok": frame(READY, struct.pack(">I", 1)) + frame(ACK, b""),
-        "dest-error": frame(READY, struct.pack(">I", 1))
-        + error(ERROR, 5, "digest mismatch on drive0"),
+        "dest-ok": ready() + state(HELD_NONE) + attempt(ACK, 1),
+        "dest-error": ready() + state(HELD_NONE) + error(ERROR, 5, "digest mismatch on drive0"),
         "error-utf8": error(ERROR, 28, "plus de place \u00e9 \u20ac"),
         "mirror-stream": (bytes([BLOCKS]) + rec_data("drive0", 0)
                           + rec_write("drive0", 1, 100, b"abc") + rec_eos()),
-        "dest-wack": frame(READY, struct.pack(">I", 1)) + frame(WACK, struct.pack(">Q", 1))
+        "dest-wack": ready() + state(HELD_NONE) + frame(WACK, struct.pack(">Q", 1))
         + frame(SYNCED, struct.pack(">Q", 1)),
         # The whole exchange of a migration with one dirty pass, each side
         # as its peer reads it.
         "source-commit": (blocks + bytes([BLOCKS]) + rec_data("drive0", 0, 0x3C) + rec_eos()
-                          + complete([("drive0", 2, digest)]) + frame(COMMIT, b"")),
-        "dest-synced": (frame(READY, struct.pack(">I", 1)) + frame(SYNCED, struct.pack(">Q", 1))
-                        + frame(SYNCED, struct.pack(">Q", 2)) + frame(ACK, b"")),
-        "dest-wack-many": (frame(READY, struct.pack(">I", 1))
+                          + complete([("drive0", 2, digest)]) + attempt(COMMIT, 1)),
+        "dest-synced": (ready() + state(HELD_NONE) + frame(SYNCED, struct.pack(">Q", 1))
+                        + frame(SYNCED, struct.pack(">Q", 2)) + attempt(ACK, 1)),
+        "dest-wack-many": (ready() + state(HELD_NONE)
                            + frame(WACK, struct.pack(">Q", 1))
                            + frame(WACK, struct.pack(">Q", 0xFFFFFFFFFFFFFFFF))
-                           + frame(SYNCED, struct.pack(">Q", 3)) + frame(ACK, b"")),
-        "commit": frame(COMMIT, b""),
+                           + frame(SYNCED, struct.pack(">Q", 3)) + attempt(ACK, 1)),
+        "commit": attempt(COMMIT, 1),
         "synced-body": struct.pack(">Q", 0x0102030405060708),
+        # Protocol v2: what the destination holds, its digests, verify-only
+        # verdicts, numbered switch-over attempts.
+        "dest-delta": (ready() + state(HELD_ALL, sums=3)
+                       + sums(0, [(0, digest), (1, bytes(16)), (7, b"\xff" * 16)])
+                       + frame(SYNCED, struct.pack(">Q", 1)) + attempt(ACK, 1)),
+        "dest-resume": (ready() + state(HELD_PARTIAL, sums=2) + sums(0, [(3, digest)])
+                        + sums(1, [(0xFFFFFFFFFFFFFFFF, digest)])
+                        + frame(SYNCED, struct.pack(">Q", 1)) + attempt(ACK, 3)),
+        "dest-awaiting": ready() + state(HELD_AWAITING, attempt_n=2),
+        "sums-max": sums(63, [(i, bytes([i & 0xFF]) * 16) for i in range(SUMS_MAX)]),
+        "verdict": verdict([("drive0", 64, 3), ("x", 1, 0)]),
+        "source-verify": (bytes([BLOCKS]) + rec_eos() + bytes([BLOCKS]) + rec_eos()
+                          + verdict([("drive0", 16384, 2)])),
+        # The source abandoned attempt 1 after its ACK: more BLOCKS, then
+        # COMPLETE and COMMIT of attempt 2.
+        "source-abandoned": (blocks + complete([("drive0", 2, digest)], attempt=1)
+                             + bytes([BLOCKS]) + rec_data("drive0", 0, 0x5A) + rec_eos()
+                             + complete([("drive0", 2, bytes(16))], attempt=2)
+                             + attempt(COMMIT, 2)),
+        "state-body": struct.pack(">IIQ", HELD_AWAITING, 7, 0),
+        "sums-body": struct.pack(">HI", 1, 1) + struct.pack(">Q", 9) + digest,
+        "attempt-body": struct.pack(">I", 1),
     }
 
 
@@ -183,10 +252,22 @@ def stream_seeds():
               + rec_write("drive0", 1, 100, b"abc") + rec_progress(50) + rec_eos()
               + bytes([BLOCKS]) + rec_data("d1", CHUNK, 0x11) + rec_write("d1", 2, 0, length=9)
               + rec_progress(100) + rec_eos()
-              + complete([("drive0", 2, digest), ("d1", 1, bytes(16))]) + frame(0x04, b""))
-    dest = (hello([("drive0", 64 << 20)]) + frame(READY, struct.pack(">I", 1))
+              + complete([("drive0", 2, digest), ("d1", 1, bytes(16))]) + attempt(COMMIT, 1))
+    dest = (hello([("drive0", 64 << 20)]) + ready() + state(HELD_NONE)
             + frame(0x84, struct.pack(">Q", 1)) + frame(0x85, struct.pack(">Q", 7))
-            + frame(ACK, b"") + error(ERROR, 5, "digest mismatch on drive0"))
+            + attempt(ACK, 1) + error(ERROR, 5, "digest mismatch on drive0"))
+    delta = (hello([("drive0", 3 * CHUNK)], caps=CAP_ZERO_BLOCKS | CAP_DELTA, chunk=CHUNK)
+             + ready() + state(HELD_ALL, sums=3)
+             + sums(0, [(0, digest), (1, bytes(16)), (2, digest)])
+             + frame(0x84, struct.pack(">Q", 1)) + attempt(ACK, 1))
+    verify = (hello([("drive0", 3 * CHUNK)], caps=CAP_VERIFY, chunk=CHUNK)
+              + bytes([BLOCKS]) + rec_eos() + bytes([BLOCKS]) + rec_eos()
+              + verdict([("drive0", 3, 1)]))
+    abandoned = (hello([("drive0", 2 * CHUNK)], chunk=CHUNK)
+                 + bytes([BLOCKS]) + rec_data("drive0", 0) + rec_zero("drive0", CHUNK) + rec_eos()
+                 + complete([("drive0", 2, digest)], attempt=1)
+                 + bytes([BLOCKS]) + rec_data("drive0", 0, 0x33) + rec_eos()
+                 + complete([("drive0", 2, bytes(16))], attempt=2) + attempt(COMMIT, 2))
     two = (sv_section(SV_START, 1, rec_eos(), "block")
            + sv_section(SV_PART, 1, rec_data("drive0", 0) + rec_zero("drive1", CHUNK)
                         + rec_data("drive1", 0, 0x22) + rec_eos())
@@ -194,6 +275,9 @@ def stream_seeds():
     seeds = {
         "native-source": source,
         "native-dest": dest,
+        "native-delta": delta,
+        "native-verify": verify,
+        "native-abandoned": abandoned,
         "native-abort": hello([("drive0", CHUNK)], chunk=CHUNK) + error(ABORT, 125, "cancelled"),
         "qemu-two-devices": sv_stream(two),
         "qemu-mouse": sv_stream(sv_section(SV_FULL, 9, b"", "mouse") + bytes([SV_EOF])),

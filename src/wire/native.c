@@ -593,6 +593,10 @@ int native_state_encode(uint8_t *buf, size_t cap, const struct native_state *st)
 		return err_set(EINVAL, "encode STATE: unknown held state %" PRIu32, st->held);
 	if ((st->held == NATIVE_HELD_AWAITING) != (st->attempt > 0))
 		return err_set(EINVAL, "encode STATE: an attempt goes with AWAITING, and only there");
+	if (st->held == NATIVE_HELD_NONE && st->sums)
+		return err_set(EINVAL,
+			       "encode STATE: %" PRIu64 " sums offered while holding nothing",
+			       st->sums);
 	r = frame_put(buf, cap, NATIVE_MSG_STATE, 16);
 	if (r < 0)
 		return r;
@@ -696,6 +700,10 @@ int native_verdict_encode(uint8_t *buf, size_t cap, const struct native_verdict 
 		r = name_len_for_encode("verdict", i, v->dev[i].name);
 		if (r < 0)
 			return r;
+		if (v->dev[i].differing > v->dev[i].checked)
+			return err_set(
+			    EINVAL, "verdict: device %u: %" PRIu64 " of %" PRIu64 " chunks differ",
+			    i, v->dev[i].differing, v->dev[i].checked);
 		body += 1 + (size_t)r + 16;
 	}
 	r = frame_put(buf, cap, NATIVE_MSG_VERDICT, body);

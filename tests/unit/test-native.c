@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Unit tests for the native envelope codec (src/wire/native.c): golden bytes
- * for every message, round trips, every -EAGAIN prefix of HELLO, each HELLO
- * and frame error with its message, and truncated or padded bodies.
+ * for every message, round trips (at the largest sizes where a message has
+ * a variable part), every -EAGAIN prefix of HELLO, each decoder and encoder
+ * error with its message, and truncated or padded bodies.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -53,6 +54,50 @@ static int complete_decode_exact(const uint8_t *p, size_t len, struct native_com
 
 	err_clear();
 	r = native_complete_decode(b, len, c);
+	free(b);
+	return r;
+}
+
+static int state_decode_exact(const uint8_t *p, size_t len, struct native_state *st)
+{
+	uint8_t *b = heap_copy(p, len);
+	int r;
+
+	err_clear();
+	r = native_state_decode(b, len, st);
+	free(b);
+	return r;
+}
+
+static int sums_decode_exact(const uint8_t *p, size_t len, struct native_sums *sm)
+{
+	uint8_t *b = heap_copy(p, len);
+	int r;
+
+	err_clear();
+	r = native_sums_decode(b, len, sm);
+	free(b);
+	return r;
+}
+
+static int verdict_decode_exact(const uint8_t *p, size_t len, struct native_verdict *v)
+{
+	uint8_t *b = heap_copy(p, len);
+	int r;
+
+	err_clear();
+	r = native_verdict_decode(b, len, v);
+	free(b);
+	return r;
+}
+
+static int attempt_decode_exact(const char *what, const uint8_t *p, size_t len, uint32_t *attempt)
+{
+	uint8_t *b = heap_copy(p, len);
+	int r;
+
+	err_clear();
+	r = native_attempt_decode(what, b, len, attempt);
 	free(b);
 	return r;
 }
@@ -188,17 +233,19 @@ static void test_hello_round_trip_small(void **state)
 	strcpy(h.dev[0].name, "d");
 	h.dev[0].size = 1;
 	n = native_hello_encode(buf, sizeof(buf), &h);
-	assert_int_equal(n, 22 + 1 + 1 + 8);
+	assert_int_equal(n, 38 + 1 + 1 + 8);
 	assert_int_equal(native_hello_encode(buf, (size_t)n - 1, &h), -ENOSPC);
 	assert_int_equal(native_hello_encode(buf, (size_t)n, &h), n);
 	assert_int_equal(native_hello_decode(buf, (size_t)n, &d, &used), 0);
 	assert_int_equal(d.caps, 0);
 	assert_int_equal(d.chunk_size, WIRE_MIN_CHUNK_SIZE);
+	for (int i = 0; i < NATIVE_ID_LEN; i++)
+		assert_int_equal(d.id[i], 0);
 	assert_string_equal(d.dev[0].name, "d");
 }
 
-/* Every prefix is -EAGAIN, asking for 8, then 22, then per device the
- * length byte, then name + size. */
+/* Every prefix is -EAGAIN, asking for 8, then 38 (the fixed part, migration
+ * id included), then per device the length byte, then name + size. */
 static void test_hello_prefixes(void **state)
 {
 	static struct native_hello d;
@@ -211,16 +258,16 @@ static void test_hello_prefixes(void **state)
 		assert_int_equal(hello_decode_exact(golden_hello, plen, &d, &used), -EAGAIN);
 		if (plen < 8)
 			want = 8;
-		else if (plen < 22)
-			want = 22;
-		else if (plen < 23)
-			want = 23;
-		else if (plen < 37)
-			want = 37; /* 23 + "drive0" + be64 */
 		else if (plen < 38)
 			want = 38;
+		else if (plen < 39)
+			want = 39;
+		else if (plen < 53)
+			want = 53; /* 39 + "drive0" + be64 */
+		else if (plen < 54)
+			want = 54;
 		else
-			want = 47; /* 38 + "x" + be64 */
+			want = 63; /* 54 + "x" + be64 */
 		assert_int_equal(used, want);
 		assert_true(used > plen);
 		assert_true(used >= prev);
@@ -332,11 +379,18 @@ static void test_hello_encode_errors(void **state)
 	golden_hello_struct(&h);
 	h.version = 0;
 	expect_error(native_hello_encode(buf, sizeof(buf), &h), EINVAL,
-		     "hello: cannot encode version 0 (this blkmig speaks 1)");
+		     "hello: cannot encode version 0 (this blkmig speaks 2)");
 	golden_hello_struct(&h);
-	h.caps = 0x10;
+	h.version = 1;
 	expect_error(native_hello_encode(buf, sizeof(buf), &h), EINVAL,
-		     "hello: unknown capability bits 0x10 (known 0x7)");
+		     "hello: cannot encode version 1 (this blkmig speaks 2)");
+	golden_hello_struct(&h);
+	h.caps = 0x30;
+	expect_error(native_hello_encode(buf, sizeof(buf), &h), EINVAL,
+		     "hello: unknown capability bits 0x20 (known 0x1f)");
+	/* DELTA and VERIFY are known bits now. */
+	h.caps = NATIVE_CAP_DELTA | NATIVE_CAP_VERIFY;
+	assert_int_equal(native_hello_encode(buf, sizeof(buf), &h), sizeof(golden_hello));
 	golden_hello_struct(&h);
 	h.chunk_size = 3U << 20;
 	assert_int_equal(native_hello_encode(buf, sizeof(buf), &h), -EINVAL);
@@ -364,7 +418,7 @@ static void test_hello_encode_errors(void **state)
 		     "hello: device 'drive0' has size 0");
 	golden_hello_struct(&h);
 	expect_error(native_hello_encode(buf, sizeof(golden_hello) - 1, &h), ENOSPC,
-		     "encode HELLO: buffer of 46 bytes is too small (need 47)");
+		     "encode HELLO: buffer of 62 bytes is too small (need 63)");
 }
 
 /* ------------------------------------------------------------------------ */
@@ -372,20 +426,25 @@ static void test_hello_encode_errors(void **state)
 
 #define ALLOW_ALL                                                                                  \
 	(NATIVE_ALLOW(NATIVE_MSG_BLOCKS) | NATIVE_ALLOW(NATIVE_MSG_COMPLETE) |                     \
-	 NATIVE_ALLOW(NATIVE_MSG_ABORT) | NATIVE_ALLOW(NATIVE_MSG_READY) |                         \
-	 NATIVE_ALLOW(NATIVE_MSG_ACK) | NATIVE_ALLOW(NATIVE_MSG_ERROR))
+	 NATIVE_ALLOW(NATIVE_MSG_ABORT) | NATIVE_ALLOW(NATIVE_MSG_COMMIT) |                        \
+	 NATIVE_ALLOW(NATIVE_MSG_VERDICT) | NATIVE_ALLOW(NATIVE_MSG_READY) |                       \
+	 NATIVE_ALLOW(NATIVE_MSG_ACK) | NATIVE_ALLOW(NATIVE_MSG_ERROR) |                           \
+	 NATIVE_ALLOW(NATIVE_MSG_SYNCED) | NATIVE_ALLOW(NATIVE_MSG_WACK) |                         \
+	 NATIVE_ALLOW(NATIVE_MSG_STATE) | NATIVE_ALLOW(NATIVE_MSG_SUMS))
 
 static void test_frame_ok(void **state)
 {
-	static const uint8_t types[] = { NATIVE_MSG_COMPLETE, NATIVE_MSG_ABORT, NATIVE_MSG_READY,
-					 NATIVE_MSG_ERROR };
+	static const uint8_t types[] = { NATIVE_MSG_COMPLETE, NATIVE_MSG_ABORT,	 NATIVE_MSG_COMMIT,
+					 NATIVE_MSG_VERDICT,  NATIVE_MSG_READY,	 NATIVE_MSG_ACK,
+					 NATIVE_MSG_ERROR,    NATIVE_MSG_SYNCED, NATIVE_MSG_WACK,
+					 NATIVE_MSG_STATE,    NATIVE_MSG_SUMS };
 	uint8_t hdr[NATIVE_FRAME_HDR];
 	uint8_t type = 0;
 	uint32_t len = 1;
 
 	(void)state;
-	/* The six allow bits are distinct. */
-	assert_int_equal(__builtin_popcountll(ALLOW_ALL), 6);
+	/* The twelve allow bits are distinct. */
+	assert_int_equal(__builtin_popcountll(ALLOW_ALL), 12);
 
 	for (size_t i = 0; i < ARRAY_SIZE(types); i++) {
 		hdr[0] = types[i];
@@ -398,10 +457,15 @@ static void test_frame_ok(void **state)
 		assert_int_equal(len, NATIVE_MSG_MAX);
 	}
 
-	/* ACK: empty body. */
-	memcpy(hdr, "\x82\0\0\0\0", 5);
+	/* ACK and COMMIT: a 4-byte body (the attempt).  The header does not
+	 * judge their length any more; native_attempt_decode() does. */
+	memcpy(hdr, "\x82\0\0\0\x04", 5);
 	assert_int_equal(native_frame_header(hdr, NATIVE_ALLOW(NATIVE_MSG_ACK), &type, &len), 0);
 	assert_int_equal(type, NATIVE_MSG_ACK);
+	assert_int_equal(len, 4);
+	memcpy(hdr, "\x04\0\0\0\0", 5);
+	assert_int_equal(native_frame_header(hdr, NATIVE_ALLOW(NATIVE_MSG_COMMIT), &type, &len), 0);
+	assert_int_equal(type, NATIVE_MSG_COMMIT);
 	assert_int_equal(len, 0);
 
 	/* BLOCKS is unframed: hdr[1..4] are record bytes, whatever they are. */
@@ -427,12 +491,17 @@ static void test_frame_errors(void **state)
 {
 	(void)state;
 	check_frame("\x00\0\0\0\0", ALLOW_ALL, "frame: unknown message type 0x00");
-	check_frame("\x05\0\0\0\0", ALLOW_ALL, "frame: unknown message type 0x05");
+	check_frame("\x06\0\0\0\0", ALLOW_ALL, "frame: unknown message type 0x06");
+	check_frame("\x88\0\0\0\0", ALLOW_ALL, "frame: unknown message type 0x88");
 	check_frame("\x80\0\0\0\0", ALLOW_ALL, "frame: unknown message type 0x80");
 	check_frame("\xff\0\0\0\0", ALLOW_ALL, "frame: unknown message type 0xff");
 	/* 0x21 and 0xa1 share allow bits with BLOCKS and READY. */
 	check_frame("\x21\0\0\0\0", ALLOW_ALL, "frame: unknown message type 0x21");
 	check_frame("\xa1\0\0\0\x04", ALLOW_ALL, "frame: unknown message type 0xa1");
+	/* Likewise 0x25 with VERDICT, 0xa6 and 0xc7 with STATE and SUMS. */
+	check_frame("\x25\0\0\0\0", ALLOW_ALL, "frame: unknown message type 0x25");
+	check_frame("\xa6\0\0\0\x10", ALLOW_ALL, "frame: unknown message type 0xa6");
+	check_frame("\xc7\0\0\0\x10", ALLOW_ALL, "frame: unknown message type 0xc7");
 
 	check_frame("\x02\0\0\0\x21", NATIVE_ALLOW(NATIVE_MSG_READY),
 		    "frame: unexpected COMPLETE message (type 0x02)");
@@ -443,13 +512,25 @@ static void test_frame_errors(void **state)
 	check_frame("\x01\0\0\0\0", NATIVE_ALLOW(NATIVE_MSG_ACK) | NATIVE_ALLOW(NATIVE_MSG_ERROR),
 		    "frame: unexpected BLOCKS message (type 0x01)");
 	check_frame("\x83\0\0\0\x04", 0, "frame: unexpected ERROR message (type 0x83)");
+	/* The new types are refused where they are not expected, like any. */
+	check_frame("\x86\0\0\0\x10",
+		    NATIVE_ALLOW(NATIVE_MSG_READY) | NATIVE_ALLOW(NATIVE_MSG_ERROR),
+		    "frame: unexpected STATE message (type 0x86)");
+	check_frame("\x87\0\0\0\x1e", NATIVE_ALLOW(NATIVE_MSG_STATE),
+		    "frame: unexpected SUMS message (type 0x87)");
+	check_frame("\x05\0\0\0\x13",
+		    NATIVE_ALLOW(NATIVE_MSG_BLOCKS) | NATIVE_ALLOW(NATIVE_MSG_COMPLETE) |
+			NATIVE_ALLOW(NATIVE_MSG_ABORT),
+		    "frame: unexpected VERDICT message (type 0x05)");
 
 	check_frame("\x83\x00\x01\x00\x01", ALLOW_ALL,
 		    "frame: ERROR message length 65537 exceeds the maximum 65536");
 	check_frame("\x02\xff\xff\xff\xff", ALLOW_ALL,
 		    "frame: COMPLETE message length 4294967295 exceeds the maximum 65536");
-	check_frame("\x82\0\0\0\x01", ALLOW_ALL,
-		    "frame: ACK message with a 1-byte body (must be empty)");
+	check_frame("\x87\x00\x01\x00\x01", ALLOW_ALL,
+		    "frame: SUMS message length 65537 exceeds the maximum 65536");
+	/* ACK and COMMIT are no longer special here: a wrong length passes the
+	 * header and is refused by native_attempt_decode() (test_attempt). */
 }
 
 /* ------------------------------------------------------------------------ */
@@ -566,28 +647,38 @@ static void complete_patched(size_t at, const char *bytes, size_t n, const char 
 
 static void test_complete_errors(void **state)
 {
+	/* clang-format off */
 	static const uint8_t dup[] = {
-		0x00, 0x02, 0x01, 'a', 0, 0, 0, 0, 0, 0, 0,    1,   0, 0, 0, 0, 0, 0,
-		0,    0,    0,	  0,   0, 0, 0, 0, 0, 0, 0x01, 'a', 0, 0, 0, 0, 0, 0,
-		0,    1,    0,	  0,   0, 0, 0, 0, 0, 0, 0,    0,   0, 0, 0, 0, 0, 0,
+		0x00, 0x00, 0x00, 0x01, 0x00, 0x02,		/* attempt 1, 2 devices */
+		0x01, 'a', 0, 0, 0, 0, 0, 0, 0, 1,		/* "a", 1 chunk */
+		0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+		0x01, 'a', 0, 0, 0, 0, 0, 0, 0, 1,		/* "a" again */
+		0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
 	};
+	/* clang-format on */
 	static struct native_complete c, d;
 	uint8_t buf[128];
 
 	(void)state;
-	complete_patched(0, "\0\0", 2, "complete: invalid device count 0 (must be 1..64)");
-	complete_patched(0, "\0\x41", 2, "complete: invalid device count 65 (must be 1..64)");
+	/* Attempts count from 1; 0 is refused before anything else. */
+	complete_patched(0, "\0\0\0\0", 4, "complete: attempt 0 (attempts count from 1)");
+	complete_patched(0, "\0\0\0\0\0\0", 6, "complete: attempt 0 (attempts count from 1)");
+	complete_patched(4, "\0\0", 2, "complete: invalid device count 0 (must be 1..64)");
+	complete_patched(4, "\0\x41", 2, "complete: invalid device count 65 (must be 1..64)");
 	/* Claiming two devices where one is sent is a truncation. */
-	complete_patched(0, "\0\x02", 2, "complete: body truncated at device 1 of 2");
-	complete_patched(2, "\0", 1, "complete: device 0 has an empty name");
-	complete_patched(3, "\0", 1, "complete: device 0 name contains a NUL byte");
-	complete_patched(3, "\n", 1, "complete: device 0 name '\\x0arive0' has control characters");
+	complete_patched(4, "\0\x02", 2, "complete: body truncated at device 1 of 2");
+	complete_patched(6, "\0", 1, "complete: device 0 has an empty name");
+	complete_patched(7, "\0", 1, "complete: device 0 name contains a NUL byte");
+	complete_patched(7, "\n", 1, "complete: device 0 name '\\x0arive0' has control characters");
 	/* A shorter name leaves the body too long. */
-	complete_patched(2, "\x05", 1, "complete: 1 trailing bytes after 1 devices");
+	complete_patched(6, "\x05", 1, "complete: 1 trailing bytes after 1 devices");
 	expect_error(complete_decode_exact(dup, sizeof(dup), &d), EBADMSG,
 		     "complete: duplicate device name 'a'");
 
 	memset(&c, 0, sizeof(c));
+	expect_error(native_complete_encode(buf, sizeof(buf), &c), EINVAL,
+		     "complete: attempt 0 (attempts count from 1)");
+	c.attempt = 1;
 	expect_error(native_complete_encode(buf, sizeof(buf), &c), EINVAL,
 		     "complete: invalid device count 0 (must be 1..64)");
 	c.ndev = 2;
@@ -741,11 +832,11 @@ static void test_error_errors(void **state)
 }
 
 /* ------------------------------------------------------------------------ */
-/* READY / ACK / names                                                      */
+/* READY / ACK / COMMIT / names                                             */
 
 static void test_ready_ack(void **state)
 {
-	static const uint8_t golden_ready[] = { 0x81, 0, 0, 0, 4, 0, 0, 0, 1 };
+	static const uint8_t golden_ready[] = { 0x81, 0, 0, 0, 4, 0, 0, 0, 2 };
 	static const uint8_t golden_ack[] = { 0x82, 0, 0, 0, 4, 0, 0, 0, 7 };
 	uint8_t buf[16];
 	uint32_t version = 0;
@@ -765,7 +856,7 @@ static void test_ready_ack(void **state)
 
 	b = heap_copy(golden_ready + 5, 4);
 	assert_int_equal(native_ready_decode(b, 4, &version), 0);
-	assert_int_equal(version, 1);
+	assert_int_equal(version, 2);
 	expect_error(native_ready_decode(b, 3, &version), EBADMSG,
 		     "ready: body of 3 bytes (expected 4)");
 	free(b);
@@ -828,6 +919,489 @@ static void test_wack(void **state)
 	free(b);
 }
 
+/* ACK and COMMIT: a be32 attempt, >= 1, exactly 4 bytes. */
+static void test_attempt(void **state)
+{
+	static const uint8_t golden_commit[] = { 0x04, 0, 0, 0, 4, 0, 0, 0, 1 };
+	static const uint8_t golden_ack_max[] = { 0x82, 0, 0, 0, 4, 0xff, 0xff, 0xff, 0xff };
+	static const uint8_t five[] = { 0, 0, 0, 1, 0 };
+	uint8_t buf[16], type = 0;
+	uint32_t len = 0, attempt = 0;
+
+	(void)state;
+	assert_int_equal(native_commit_encode(buf, sizeof(buf), 1), 9);
+	assert_memory_equal(buf, golden_commit, 9);
+	expect_error(native_commit_encode(buf, 8, 1), ENOSPC,
+		     "encode COMMIT: buffer of 8 bytes is too small (need 9)");
+	expect_error(native_commit_encode(buf, sizeof(buf), 0), EINVAL,
+		     "encode COMMIT: attempt 0 (attempts count from 1)");
+	assert_int_equal(native_ack_encode(buf, sizeof(buf), UINT32_MAX), 9);
+	assert_memory_equal(buf, golden_ack_max, 9);
+
+	assert_int_equal(
+	    native_frame_header(golden_commit, NATIVE_ALLOW(NATIVE_MSG_COMMIT), &type, &len), 0);
+	assert_int_equal(type, NATIVE_MSG_COMMIT);
+	assert_int_equal(len, 4);
+	assert_int_equal(attempt_decode_exact("commit", golden_commit + 5, 4, &attempt), 0);
+	assert_int_equal(attempt, 1);
+	assert_int_equal(attempt_decode_exact("ack", golden_ack_max + 5, 4, &attempt), 0);
+	assert_int_equal(attempt, UINT32_MAX);
+
+	/* The v1 empty body, a short one, a long one, and attempt 0. */
+	expect_error(attempt_decode_exact("commit", golden_commit + 5, 0, &attempt), EBADMSG,
+		     "commit: body of 0 bytes (expected 4)");
+	expect_error(attempt_decode_exact("ack", golden_commit + 5, 0, &attempt), EBADMSG,
+		     "ack: body of 0 bytes (expected 4)");
+	expect_error(attempt_decode_exact("ack", golden_commit + 5, 3, &attempt), EBADMSG,
+		     "ack: body of 3 bytes (expected 4)");
+	expect_error(attempt_decode_exact("commit", five, 5, &attempt), EBADMSG,
+		     "commit: body of 5 bytes (expected 4)");
+	expect_error(attempt_decode_exact("ack", (const uint8_t *)"\0\0\0\0", 4, &attempt), EBADMSG,
+		     "ack: attempt 0 (attempts count from 1)");
+	expect_error(attempt_decode_exact("commit", (const uint8_t *)"\0\0\0\0", 4, &attempt),
+		     EBADMSG, "commit: attempt 0 (attempts count from 1)");
+}
+
+/* ------------------------------------------------------------------------ */
+/* STATE                                                                    */
+
+/* clang-format off */
+static const uint8_t golden_state[] = {
+	0x86, 0x00, 0x00, 0x00, 0x10,                   /* STATE, 16 bytes */
+	0x00, 0x00, 0x00, 0x01,                         /* held PARTIAL */
+	0x00, 0x00, 0x00, 0x00,                         /* no attempt */
+	0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x12, 0x34, /* 4660 sums follow */
+};
+
+static const uint8_t golden_state_awaiting[] = {
+	0x86, 0x00, 0x00, 0x00, 0x10,                   /* STATE, 16 bytes */
+	0x00, 0x00, 0x00, 0x03,                         /* held AWAITING */
+	0x00, 0x00, 0x00, 0x02,                         /* acknowledged attempt 2 */
+	0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, /* no sums */
+};
+/* clang-format on */
+
+static void test_state_golden(void **state)
+{
+	struct native_state st = { .held = NATIVE_HELD_PARTIAL, .sums = 0x1234 }, d;
+	uint8_t buf[32], type = 0;
+	uint32_t len = 0;
+
+	(void)state;
+	assert_int_equal(native_state_encode(buf, sizeof(buf), &st), sizeof(golden_state));
+	assert_memory_equal(buf, golden_state, sizeof(golden_state));
+	expect_error(native_state_encode(buf, sizeof(golden_state) - 1, &st), ENOSPC,
+		     "encode STATE: buffer of 20 bytes is too small (need 21)");
+	assert_int_equal(
+	    native_frame_header(golden_state, NATIVE_ALLOW(NATIVE_MSG_STATE), &type, &len), 0);
+	assert_int_equal(type, NATIVE_MSG_STATE);
+	assert_int_equal(len, 16);
+	memset(&d, 0xff, sizeof(d));
+	assert_int_equal(state_decode_exact(golden_state + 5, 16, &d), 0);
+	assert_int_equal(d.held, NATIVE_HELD_PARTIAL);
+	assert_int_equal(d.attempt, 0);
+	assert_int_equal(d.sums, 0x1234);
+
+	st = (struct native_state){ .held = NATIVE_HELD_AWAITING, .attempt = 2 };
+	assert_int_equal(native_state_encode(buf, sizeof(buf), &st), sizeof(golden_state_awaiting));
+	assert_memory_equal(buf, golden_state_awaiting, sizeof(golden_state_awaiting));
+	assert_int_equal(state_decode_exact(golden_state_awaiting + 5, 16, &d), 0);
+	assert_int_equal(d.held, NATIVE_HELD_AWAITING);
+	assert_int_equal(d.attempt, 2);
+	assert_int_equal(d.sums, 0);
+
+	/* Every held state round-trips, with the extremes of its fields. */
+	for (uint32_t held = NATIVE_HELD_NONE; held <= NATIVE_HELD_AWAITING; held++) {
+		st.held = held;
+		st.attempt = held == NATIVE_HELD_AWAITING ? UINT32_MAX : 0;
+		st.sums = held == NATIVE_HELD_NONE ? 0 : UINT64_MAX;
+		assert_int_equal(native_state_encode(buf, sizeof(buf), &st), 21);
+		assert_int_equal(state_decode_exact(buf + 5, 16, &d), 0);
+		assert_int_equal(d.held, st.held);
+		assert_int_equal(d.attempt, st.attempt);
+		assert_int_equal(d.sums, st.sums);
+	}
+}
+
+static void state_patched(size_t at, const char *bytes, size_t n, const char *msg)
+{
+	struct native_state d;
+	uint8_t body[16];
+
+	memcpy(body, golden_state + 5, sizeof(body));
+	memcpy(body + at, bytes, n);
+	expect_error(state_decode_exact(body, sizeof(body), &d), EBADMSG, msg);
+}
+
+static void test_state_errors(void **state)
+{
+	struct native_state st, d;
+	uint8_t body[17] = { 0 };
+	uint8_t buf[32];
+
+	(void)state;
+	for (size_t plen = 0; plen < 16; plen++)
+		assert_int_equal(state_decode_exact(golden_state + 5, plen, &d), -EBADMSG);
+	expect_error(state_decode_exact(golden_state + 5, 15, &d), EBADMSG,
+		     "state: body of 15 bytes (expected 16)");
+	expect_error(state_decode_exact(golden_state + 5, 0, &d), EBADMSG,
+		     "state: body of 0 bytes (expected 16)");
+	memcpy(body, golden_state + 5, 16);
+	expect_error(state_decode_exact(body, 17, &d), EBADMSG,
+		     "state: body of 17 bytes (expected 16)");
+
+	state_patched(0, "\0\0\0\x04", 4, "state: unknown held state 4");
+	state_patched(0, "\xff\xff\xff\xff", 4, "state: unknown held state 4294967295");
+	/* An attempt goes with AWAITING, and AWAITING needs one. */
+	state_patched(4, "\0\0\0\x05", 4,
+		      "state: attempt 5 with held state 1 (an attempt goes with AWAITING, and only "
+		      "there)");
+	state_patched(0, "\0\0\0\x02\0\0\0\x01", 8,
+		      "state: attempt 1 with held state 2 (an attempt goes with AWAITING, and only "
+		      "there)");
+	state_patched(0, "\0\0\0\0\0\0\0\x01", 8,
+		      "state: attempt 1 with held state 0 (an attempt goes with AWAITING, and only "
+		      "there)");
+	state_patched(0, "\0\0\0\x03", 4,
+		      "state: attempt 0 with held state 3 (an attempt goes with AWAITING, and only "
+		      "there)");
+	/* Holding nothing, it has no digests to offer. */
+	state_patched(0, "\0\0\0\0", 4, "state: 4660 sums offered while holding nothing");
+	state_patched(0, "\0\0\0\0\0\0\0\0\xff\xff\xff\xff\xff\xff\xff\xff", 16,
+		      "state: 18446744073709551615 sums offered while holding nothing");
+
+	st = (struct native_state){ .held = 4 };
+	expect_error(native_state_encode(buf, sizeof(buf), &st), EINVAL,
+		     "encode STATE: unknown held state 4");
+	st = (struct native_state){ .held = NATIVE_HELD_ALL, .attempt = 1 };
+	expect_error(native_state_encode(buf, sizeof(buf), &st), EINVAL,
+		     "encode STATE: an attempt goes with AWAITING, and only there");
+	st = (struct native_state){ .held = NATIVE_HELD_AWAITING };
+	expect_error(native_state_encode(buf, sizeof(buf), &st), EINVAL,
+		     "encode STATE: an attempt goes with AWAITING, and only there");
+	/* What the decoder refuses, the encoder refuses too. */
+	st = (struct native_state){ .held = NATIVE_HELD_NONE, .sums = 1 };
+	expect_error(native_state_encode(buf, sizeof(buf), &st), EINVAL,
+		     "encode STATE: 1 sums offered while holding nothing");
+}
+
+/* ------------------------------------------------------------------------ */
+/* SUMS                                                                     */
+
+/* clang-format off */
+static const uint8_t golden_sums[] = {
+	0x87, 0x00, 0x00, 0x00, 0x36,                   /* SUMS, 54 bytes */
+	0x00, 0x01,                                     /* device 1 */
+	0x00, 0x00, 0x00, 0x02,                         /* 2 entries */
+	0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, /* chunk 0 */
+	0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, /* XXH3-128, high half */
+	0x08, 0x09, 0x0a, 0x0b, 0x0c, 0x0d, 0x0e, 0x0f, /* XXH3-128, low half */
+	0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x05, /* chunk 5 */
+	0xf0, 0xf1, 0xf2, 0xf3, 0xf4, 0xf5, 0xf6, 0xf7,
+	0xf8, 0xf9, 0xfa, 0xfb, 0xfc, 0xfd, 0xfe, 0xff,
+};
+/* clang-format on */
+
+static void golden_sums_struct(struct native_sums *sm)
+{
+	sm->dev = 1;
+	sm->count = 2;
+	sm->e[0].chunk = 0;
+	sm->e[1].chunk = 5;
+	for (int i = 0; i < NATIVE_SUM_LEN; i++) {
+		sm->e[0].sum[i] = (uint8_t)i;
+		sm->e[1].sum[i] = (uint8_t)(0xf0 + i);
+	}
+}
+
+static void test_sums_golden(void **state)
+{
+	static struct native_sums sm, d;
+	uint8_t buf[64], type = 0;
+	uint32_t len = 0;
+
+	(void)state;
+	assert_int_equal(NATIVE_SUMS_MAX, 2730);
+	golden_sums_struct(&sm);
+	assert_int_equal(native_sums_encode(buf, sizeof(buf), &sm), sizeof(golden_sums));
+	assert_memory_equal(buf, golden_sums, sizeof(golden_sums));
+	expect_error(native_sums_encode(buf, sizeof(golden_sums) - 1, &sm), ENOSPC,
+		     "encode SUMS: buffer of 58 bytes is too small (need 59)");
+	assert_int_equal(
+	    native_frame_header(golden_sums, NATIVE_ALLOW(NATIVE_MSG_SUMS), &type, &len), 0);
+	assert_int_equal(type, NATIVE_MSG_SUMS);
+	assert_int_equal(len, 54);
+	assert_int_equal(sums_decode_exact(golden_sums + 5, len, &d), 0);
+	assert_int_equal(d.dev, 1);
+	assert_int_equal(d.count, 2);
+	assert_int_equal(d.e[0].chunk, 0);
+	assert_int_equal(d.e[1].chunk, 5);
+	assert_memory_equal(d.e[0].sum, sm.e[0].sum, NATIVE_SUM_LEN);
+	assert_memory_equal(d.e[1].sum, sm.e[1].sum, NATIVE_SUM_LEN);
+}
+
+/* The largest SUMS: NATIVE_SUMS_MAX entries, the last at chunk 2^64 - 1,
+ * on the last device; one entry more does not fit a frame. */
+static void test_sums_round_trip_max(void **state)
+{
+	static struct native_sums sm, d;
+	static uint8_t buf[NATIVE_FRAME_HDR + NATIVE_MSG_MAX];
+	uint8_t type = 0;
+	uint32_t len = 0;
+	int n;
+
+	(void)state;
+	memset(&sm, 0, sizeof(sm));
+	sm.dev = NATIVE_MAX_DEVICES - 1;
+	sm.count = NATIVE_SUMS_MAX;
+	for (uint32_t i = 0; i < NATIVE_SUMS_MAX; i++) {
+		sm.e[i].chunk = i == NATIVE_SUMS_MAX - 1 ? UINT64_MAX : (uint64_t)i * 3 + 1;
+		for (int k = 0; k < NATIVE_SUM_LEN; k++)
+			sm.e[i].sum[k] = (uint8_t)(i * 7 + k);
+	}
+	n = native_sums_encode(buf, sizeof(buf), &sm);
+	assert_int_equal(n, NATIVE_FRAME_HDR + 6 + NATIVE_SUMS_MAX * NATIVE_SUM_ITEM);
+	assert_true((size_t)n - NATIVE_FRAME_HDR <= NATIVE_MSG_MAX);
+	assert_true((size_t)n - NATIVE_FRAME_HDR + NATIVE_SUM_ITEM > NATIVE_MSG_MAX);
+	assert_int_equal(native_sums_encode(buf, (size_t)n - 1, &sm), -ENOSPC);
+	assert_int_equal(native_frame_header(buf, NATIVE_ALLOW(NATIVE_MSG_SUMS), &type, &len), 0);
+	assert_int_equal(len, (uint32_t)n - NATIVE_FRAME_HDR);
+	assert_int_equal(sums_decode_exact(buf + NATIVE_FRAME_HDR, len, &d), 0);
+	assert_int_equal(d.dev, NATIVE_MAX_DEVICES - 1);
+	assert_int_equal(d.count, NATIVE_SUMS_MAX);
+	for (uint32_t i = 0; i < NATIVE_SUMS_MAX; i++) {
+		assert_int_equal(d.e[i].chunk, sm.e[i].chunk);
+		assert_memory_equal(d.e[i].sum, sm.e[i].sum, NATIVE_SUM_LEN);
+	}
+
+	/* NATIVE_SUMS_MAX + 1 entries: refused by count, whatever the length. */
+	put_be32(buf + NATIVE_FRAME_HDR + 2, NATIVE_SUMS_MAX + 1);
+	expect_error(sums_decode_exact(buf + NATIVE_FRAME_HDR, len, &d), EBADMSG,
+		     "sums: 2731 entries (must be 1..2730)");
+	sm.count = NATIVE_SUMS_MAX + 1;
+	expect_error(native_sums_encode(buf, sizeof(buf), &sm), EINVAL,
+		     "sums: 2731 entries (must be 1..2730)");
+}
+
+static void sums_patched(size_t at, const char *bytes, size_t n, const char *msg)
+{
+	static struct native_sums d;
+	uint8_t body[sizeof(golden_sums) - NATIVE_FRAME_HDR];
+
+	memcpy(body, golden_sums + NATIVE_FRAME_HDR, sizeof(body));
+	memcpy(body + at, bytes, n);
+	expect_error(sums_decode_exact(body, sizeof(body), &d), EBADMSG, msg);
+}
+
+static void test_sums_errors(void **state)
+{
+	static struct native_sums sm, d;
+	const uint8_t *body = golden_sums + NATIVE_FRAME_HDR;
+	const size_t blen = sizeof(golden_sums) - NATIVE_FRAME_HDR;
+	uint8_t padded[sizeof(golden_sums)];
+	uint8_t buf[64];
+
+	(void)state;
+	for (size_t plen = 0; plen < blen; plen++)
+		assert_int_equal(sums_decode_exact(body, plen, &d), -EBADMSG);
+	expect_error(sums_decode_exact(body, 0, &d), EBADMSG, "sums: body truncated (0 bytes)");
+	expect_error(sums_decode_exact(body, 5, &d), EBADMSG, "sums: body truncated (5 bytes)");
+	expect_error(sums_decode_exact(body, 6, &d), EBADMSG,
+		     "sums: body of 6 bytes for 2 entries");
+	expect_error(sums_decode_exact(body, blen - 1, &d), EBADMSG,
+		     "sums: body of 53 bytes for 2 entries");
+	memcpy(padded, body, blen);
+	padded[blen] = 0;
+	expect_error(sums_decode_exact(padded, blen + 1, &d), EBADMSG,
+		     "sums: body of 55 bytes for 2 entries");
+
+	sums_patched(2, "\0\0\0\0", 4, "sums: 0 entries (must be 1..2730)");
+	sums_patched(2, "\xff\xff\xff\xff", 4, "sums: 4294967295 entries (must be 1..2730)");
+	/* Claiming one entry where two are sent leaves bytes over. */
+	sums_patched(2, "\0\0\0\x01", 4, "sums: body of 54 bytes for 1 entries");
+	sums_patched(0, "\0\x40", 2, "sums: device 64 (at most 64 devices)");
+	sums_patched(0, "\xff\xff", 2, "sums: device 65535 (at most 64 devices)");
+	/* Chunks strictly ascend: neither a repeat nor a step back. */
+	sums_patched(30, "\0\0\0\0\0\0\0\0", 8, "sums: chunk 0 after 0 (must ascend)");
+	sums_patched(6, "\0\0\0\0\0\0\0\x09", 8, "sums: chunk 5 after 9 (must ascend)");
+
+	golden_sums_struct(&sm);
+	sm.count = 0;
+	expect_error(native_sums_encode(buf, sizeof(buf), &sm), EINVAL,
+		     "sums: 0 entries (must be 1..2730)");
+	golden_sums_struct(&sm);
+	sm.dev = NATIVE_MAX_DEVICES;
+	expect_error(native_sums_encode(buf, sizeof(buf), &sm), EINVAL,
+		     "sums: device 64 (at most 64 devices)");
+	golden_sums_struct(&sm);
+	sm.e[1].chunk = 0;
+	expect_error(native_sums_encode(buf, sizeof(buf), &sm), EINVAL,
+		     "sums: chunk 0 after 0 (must ascend)");
+}
+
+/* ------------------------------------------------------------------------ */
+/* VERDICT                                                                  */
+
+/* clang-format off */
+static const uint8_t golden_verdict[] = {
+	0x05, 0x00, 0x00, 0x00, 0x2b,                   /* VERDICT, 43 bytes */
+	0x00, 0x02,                                     /* 2 devices */
+	0x06, 'd',  'r',  'i',  'v',  'e',  '0',        /* "drive0" */
+	0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x40, /* 64 chunks checked */
+	0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x03, /* 3 differ */
+	0x01, 'x',                                      /* "x" */
+	0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, /* 1 checked */
+	0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, /* none differs */
+};
+/* clang-format on */
+
+static void golden_verdict_struct(struct native_verdict *v)
+{
+	memset(v, 0, sizeof(*v));
+	v->ndev = 2;
+	strcpy(v->dev[0].name, "drive0");
+	v->dev[0].checked = 64;
+	v->dev[0].differing = 3;
+	strcpy(v->dev[1].name, "x");
+	v->dev[1].checked = 1;
+}
+
+static void test_verdict_golden(void **state)
+{
+	static struct native_verdict v, d;
+	uint8_t buf[64], type = 0;
+	uint32_t len = 0;
+
+	(void)state;
+	golden_verdict_struct(&v);
+	assert_int_equal(native_verdict_encode(buf, sizeof(buf), &v), sizeof(golden_verdict));
+	assert_memory_equal(buf, golden_verdict, sizeof(golden_verdict));
+	expect_error(native_verdict_encode(buf, sizeof(golden_verdict) - 1, &v), ENOSPC,
+		     "encode VERDICT: buffer of 47 bytes is too small (need 48)");
+	assert_int_equal(
+	    native_frame_header(golden_verdict, NATIVE_ALLOW(NATIVE_MSG_VERDICT), &type, &len), 0);
+	assert_int_equal(type, NATIVE_MSG_VERDICT);
+	assert_int_equal(len, 43);
+	assert_int_equal(verdict_decode_exact(golden_verdict + 5, len, &d), 0);
+	assert_int_equal(d.ndev, 2);
+	assert_string_equal(d.dev[0].name, "drive0");
+	assert_int_equal(d.dev[0].checked, 64);
+	assert_int_equal(d.dev[0].differing, 3);
+	assert_string_equal(d.dev[1].name, "x");
+	assert_int_equal(d.dev[1].checked, 1);
+	assert_int_equal(d.dev[1].differing, 0);
+}
+
+/* The largest VERDICT: 64 devices with 255-byte names, extreme counts. */
+static void test_verdict_round_trip_max(void **state)
+{
+	static struct native_verdict v, d;
+	static uint8_t buf[NATIVE_FRAME_HDR + NATIVE_MSG_MAX];
+	uint8_t type = 0;
+	uint32_t len = 0;
+	int n;
+
+	(void)state;
+	memset(&v, 0, sizeof(v));
+	v.ndev = NATIVE_MAX_DEVICES;
+	for (int i = 0; i < NATIVE_MAX_DEVICES; i++) {
+		memset(v.dev[i].name, 'a' + i % 26, WIRE_NAME_MAX);
+		v.dev[i].name[0] = (char)('A' + i / 26);
+		v.dev[i].name[WIRE_NAME_MAX] = '\0';
+		v.dev[i].checked = i == 0 ? UINT64_MAX : (uint64_t)i * 1000;
+		v.dev[i].differing = i == 0 ? UINT64_MAX : (uint64_t)i;
+	}
+	n = native_verdict_encode(buf, sizeof(buf), &v);
+	assert_int_equal(n, NATIVE_FRAME_HDR + 2 + NATIVE_MAX_DEVICES * (1 + WIRE_NAME_MAX + 16));
+	assert_int_equal(native_verdict_encode(buf, (size_t)n - 1, &v), -ENOSPC);
+	assert_int_equal(native_frame_header(buf, NATIVE_ALLOW(NATIVE_MSG_VERDICT), &type, &len),
+			 0);
+	assert_int_equal(len, (uint32_t)n - NATIVE_FRAME_HDR);
+	assert_int_equal(verdict_decode_exact(buf + NATIVE_FRAME_HDR, len, &d), 0);
+	assert_int_equal(d.ndev, NATIVE_MAX_DEVICES);
+	for (int i = 0; i < NATIVE_MAX_DEVICES; i++) {
+		assert_string_equal(d.dev[i].name, v.dev[i].name);
+		assert_int_equal(d.dev[i].checked, v.dev[i].checked);
+		assert_int_equal(d.dev[i].differing, v.dev[i].differing);
+	}
+}
+
+static void verdict_patched(size_t at, const char *bytes, size_t n, const char *msg)
+{
+	static struct native_verdict d;
+	uint8_t body[sizeof(golden_verdict) - NATIVE_FRAME_HDR];
+
+	memcpy(body, golden_verdict + NATIVE_FRAME_HDR, sizeof(body));
+	memcpy(body + at, bytes, n);
+	expect_error(verdict_decode_exact(body, sizeof(body), &d), EBADMSG, msg);
+}
+
+static void test_verdict_errors(void **state)
+{
+	static struct native_verdict v, d;
+	const uint8_t *body = golden_verdict + NATIVE_FRAME_HDR;
+	const size_t blen = sizeof(golden_verdict) - NATIVE_FRAME_HDR;
+	uint8_t padded[sizeof(golden_verdict)];
+	uint8_t buf[128];
+
+	(void)state;
+	for (size_t plen = 0; plen < blen; plen++)
+		assert_int_equal(verdict_decode_exact(body, plen, &d), -EBADMSG);
+	expect_error(verdict_decode_exact(body, 0, &d), EBADMSG,
+		     "verdict: body truncated (0 bytes)");
+	expect_error(verdict_decode_exact(body, 1, &d), EBADMSG,
+		     "verdict: body truncated (1 bytes)");
+	expect_error(verdict_decode_exact(body, 2, &d), EBADMSG,
+		     "verdict: device 0 of 2 truncated or unnamed");
+	expect_error(verdict_decode_exact(body, 24, &d), EBADMSG,
+		     "verdict: device 0 of 2 truncated or unnamed");
+	expect_error(verdict_decode_exact(body, 25, &d), EBADMSG,
+		     "verdict: device 1 of 2 truncated or unnamed");
+	expect_error(verdict_decode_exact(body, blen - 1, &d), EBADMSG,
+		     "verdict: device 1 of 2 truncated or unnamed");
+	memcpy(padded, body, blen);
+	padded[blen] = 0;
+	expect_error(verdict_decode_exact(padded, blen + 1, &d), EBADMSG,
+		     "verdict: 1 trailing bytes");
+
+	verdict_patched(0, "\0\0", 2, "verdict: invalid device count 0 (must be 1..64)");
+	verdict_patched(0, "\0\x41", 2, "verdict: invalid device count 65 (must be 1..64)");
+	verdict_patched(0, "\xff\xff", 2, "verdict: invalid device count 65535 (must be 1..64)");
+	/* Claiming three devices where two are sent is a truncation; one,
+	 * leaves the second's bytes over. */
+	verdict_patched(0, "\0\x03", 2, "verdict: device 2 of 3 truncated or unnamed");
+	verdict_patched(0, "\0\x01", 2, "verdict: 18 trailing bytes");
+	verdict_patched(2, "\0", 1, "verdict: device 0 of 2 truncated or unnamed");
+	verdict_patched(25, "\0", 1, "verdict: device 1 of 2 truncated or unnamed");
+	verdict_patched(3, "\0", 1, "verdict: device 0 name contains a NUL byte");
+	verdict_patched(3, "\n", 1, "verdict: device 0 name '\\x0arive0' has control characters");
+	verdict_patched(26, "\x7f", 1, "verdict: device 1 name '\\x7f' has control characters");
+	/* More chunks differing than checked. */
+	verdict_patched(17, "\0\0\0\0\0\0\0\x41", 8, "verdict: device 0: 65 of 64 chunks differ");
+	verdict_patched(35, "\0\0\0\0\0\0\0\x02", 8, "verdict: device 1: 2 of 1 chunks differ");
+
+	golden_verdict_struct(&v);
+	v.ndev = 0;
+	expect_error(native_verdict_encode(buf, sizeof(buf), &v), EINVAL,
+		     "verdict: invalid device count 0 (must be 1..64)");
+	v.ndev = NATIVE_MAX_DEVICES + 1;
+	expect_error(native_verdict_encode(buf, sizeof(buf), &v), EINVAL,
+		     "verdict: invalid device count 65 (must be 1..64)");
+	golden_verdict_struct(&v);
+	v.dev[1].name[0] = '\0';
+	expect_error(native_verdict_encode(buf, sizeof(buf), &v), EINVAL,
+		     "verdict: device 1 has an empty name");
+	golden_verdict_struct(&v);
+	memset(v.dev[0].name, 'z', sizeof(v.dev[0].name));
+	expect_error(native_verdict_encode(buf, sizeof(buf), &v), EINVAL,
+		     "verdict: device 0 name is longer than 255 bytes");
+	/* What the decoder refuses, the encoder refuses too. */
+	golden_verdict_struct(&v);
+	v.dev[1].differing = 2;
+	expect_error(native_verdict_encode(buf, sizeof(buf), &v), EINVAL,
+		     "verdict: device 1: 2 of 1 chunks differ");
+}
+
 static void test_msg_names(void **state)
 {
 	(void)state;
@@ -839,6 +1413,12 @@ static void test_msg_names(void **state)
 	assert_string_equal(native_msg_name(NATIVE_MSG_ERROR), "ERROR");
 	assert_string_equal(native_msg_name(NATIVE_MSG_SYNCED), "SYNCED");
 	assert_string_equal(native_msg_name(NATIVE_MSG_WACK), "WACK");
+	assert_string_equal(native_msg_name(NATIVE_MSG_COMMIT), "COMMIT");
+	assert_string_equal(native_msg_name(NATIVE_MSG_VERDICT), "VERDICT");
+	assert_string_equal(native_msg_name(NATIVE_MSG_STATE), "STATE");
+	assert_string_equal(native_msg_name(NATIVE_MSG_SUMS), "SUMS");
+	assert_string_equal(native_msg_name(0x06), "unknown");
+	assert_string_equal(native_msg_name(0x88), "unknown");
 	assert_string_equal(native_msg_name(0), "unknown");
 	assert_string_equal(native_msg_name(0x21), "unknown");
 	assert_string_equal(native_msg_name(0xff), "unknown");
@@ -868,6 +1448,15 @@ int main(void)
 		cmocka_unit_test(test_ready_ack),
 		cmocka_unit_test(test_synced),
 		cmocka_unit_test(test_wack),
+		cmocka_unit_test(test_attempt),
+		cmocka_unit_test(test_state_golden),
+		cmocka_unit_test(test_state_errors),
+		cmocka_unit_test(test_sums_golden),
+		cmocka_unit_test(test_sums_round_trip_max),
+		cmocka_unit_test(test_sums_errors),
+		cmocka_unit_test(test_verdict_golden),
+		cmocka_unit_test(test_verdict_round_trip_max),
+		cmocka_unit_test(test_verdict_errors),
 		cmocka_unit_test(test_msg_names),
 	};
 

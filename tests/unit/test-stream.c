@@ -110,12 +110,23 @@ static void rec_eos(struct buf *b)
 	be64(b, 0x02);
 }
 
+/* HELLO, version 2: 38 fixed bytes (migration id 10 11 .. 1f), one device
+ * "drive0" of 64 MiB: 53 bytes in all. */
+#define HELLO_LEN 53
+
+static void hello_id(struct buf *b)
+{
+	for (uint8_t i = 0; i < 16; i++)
+		u8(b, 0x10 + i);
+}
+
 static void hello(struct buf *b, uint32_t caps, uint32_t chunk)
 {
 	bytes(b, "BLKMIG\r\n", 8);
-	be32(b, 1);
+	be32(b, 2);
 	be32(b, caps);
 	be32(b, chunk);
+	hello_id(b);
 	u8(b, 0); /* be16 ndev */
 	u8(b, 1);
 	counted(b, "drive0");
@@ -127,6 +138,38 @@ static void frame(struct buf *b, uint8_t type, const void *body, uint32_t len)
 	u8(b, type);
 	be32(b, len);
 	bytes(b, body, len);
+}
+
+/* ACK (0x82) or COMMIT (0x04) of a switch-over attempt. */
+static void attempt_frame(struct buf *b, uint8_t type, uint32_t attempt)
+{
+	u8(b, type);
+	be32(b, 4);
+	be32(b, attempt);
+}
+
+static void state_frame(struct buf *b, uint32_t held, uint32_t attempt, uint64_t sums)
+{
+	u8(b, 0x86);
+	be32(b, 16);
+	be32(b, held);
+	be32(b, attempt);
+	be64(b, sums);
+}
+
+/* SUMS for device dev: count entries at chunks first, first + step, ...,
+ * each digest 16 bytes of the chunk index's low byte. */
+static void sums_frame(struct buf *b, uint16_t dev, uint32_t count, uint64_t first, uint64_t step)
+{
+	u8(b, 0x87);
+	be32(b, 6 + count * 24);
+	u8(b, (uint8_t)(dev >> 8));
+	u8(b, (uint8_t)dev);
+	be32(b, count);
+	for (uint32_t i = 0; i < count; i++) {
+		be64(b, first + i * step);
+		fill(b, (uint8_t)(first + i * step), 16);
+	}
 }
 
 static void sv_start(struct buf *b, uint8_t type, uint32_t id, const char *idstr, uint32_t version)
@@ -213,13 +256,18 @@ static int read_all(enum wire_stream_format fmt, const uint8_t *p, size_t len, s
 /* ---- golden streams ------------------------------------------------------------ */
 
 /* A source's native stream: HELLO (MIRROR), BLOCKS {ZERO, DATA, WRITE,
- * PROGRESS, EOS}, COMPLETE, COMMIT; the offsets of its items in off[]. */
+ * PROGRESS, EOS}, COMPLETE (attempt 2), COMMIT 2; the offsets of its items
+ * in off[]. */
 static void native_source(struct buf *b, uint64_t *off, unsigned *n)
 {
+	/* clang-format off */
 	static const uint8_t complete_body[] = {
-		0x00, 0x01, 0x06, 'd', 'r', 'i', 'v', 'e', '0', 0, 0,  0,  0,  0,  0,  0,  0x02,
-		0,    1,    2,	  3,   4,   5,	 6,   7,   8,	9, 10, 11, 12, 13, 14, 15,
+		0x00, 0x00, 0x00, 0x02,                         /* attempt 2 */
+		0x00, 0x01, 0x06, 'd', 'r', 'i', 'v', 'e', '0', /* 1 device, "drive0" */
+		0, 0, 0, 0, 0, 0, 0, 0x02,                      /* 2 chunks */
+		0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,
 	};
+	/* clang-format on */
 
 	*n = 0;
 	off[(*n)++] = b->len;
@@ -245,7 +293,7 @@ static void native_source(struct buf *b, uint64_t *off, unsigned *n)
 	off[(*n)++] = b->len;
 	frame(b, 0x02, complete_body, sizeof(complete_body));
 	off[(*n)++] = b->len;
-	frame(b, 0x04, NULL, 0);
+	attempt_frame(b, 0x04, 2);
 	off[(*n)++] = b->len; /* END */
 }
 
@@ -278,8 +326,11 @@ static void test_native_golden(void **state)
 			assert_int_equal(it.rec.kind, recs[i - 2]);
 		switch (i) {
 		case 0:
+			assert_int_equal(it.hello->version, 2);
 			assert_int_equal(it.hello->chunk_size, CHUNK);
 			assert_int_equal(it.hello->caps, 0x05);
+			assert_int_equal(it.hello->id[0], 0x10);
+			assert_int_equal(it.hello->id[15], 0x1f);
 			assert_string_equal(it.hello->dev[0].name, "drive0");
 			assert_int_equal(it.hello->dev[0].size, 64 << 20);
 			assert_int_equal(wire_stream_chunk_size(s), CHUNK);
@@ -298,9 +349,13 @@ static void test_native_golden(void **state)
 			assert_int_equal(it.rec.percent, 100);
 			break;
 		case 7:
+			assert_int_equal(it.complete->attempt, 2);
 			assert_int_equal(it.complete->ndev, 1);
 			assert_int_equal(it.complete->dev[0].chunks, 2);
 			assert_int_equal(it.complete->dev[0].digest[15], 15);
+			break;
+		case 8:
+			assert_int_equal(it.value, 2); /* COMMIT's attempt */
 			break;
 		}
 	}
@@ -313,10 +368,10 @@ static void test_native_golden(void **state)
 	free(b.p);
 }
 
-/* The destination's answers: READY, SYNCED, WACK, ACK, ERROR. */
+/* The destination's answers: READY, STATE, SUMS, SYNCED, WACK, ACK, ERROR. */
 static void test_native_replies(void **state)
 {
-	static const uint8_t ready[] = { 0, 0, 0, 1 };
+	static const uint8_t ready[] = { 0, 0, 0, 2 };
 	static const uint8_t synced[] = { 0, 0, 0, 0, 0, 0, 0, 2 };
 	static const uint8_t wack[] = { 0, 0, 0, 0, 0, 1, 0, 9 };
 	static const uint8_t error[] = { 0, 0, 0, 5, 'd', 'i', 's', 'k', ' ', 'f', 'u', 'l', 'l' };
@@ -328,9 +383,11 @@ static void test_native_replies(void **state)
 	(void)state;
 	hello(&b, 0, CHUNK);
 	frame(&b, 0x81, ready, sizeof(ready));
+	state_frame(&b, 1, 0, 1);
+	sums_frame(&b, 0, 1, 7, 1);
 	frame(&b, 0x84, synced, sizeof(synced));
 	frame(&b, 0x85, wack, sizeof(wack));
-	frame(&b, 0x82, NULL, 0);
+	attempt_frame(&b, 0x82, 1);
 	frame(&b, 0x83, error, sizeof(error));
 	mb = (struct wire_membuf){ .p = b.p, .len = b.len };
 	assert_int_equal(wire_stream_new(WIRE_STREAM_AUTO, wire_membuf_read, &mb, &s), 0);
@@ -338,7 +395,18 @@ static void test_native_replies(void **state)
 	assert_int_equal(it.kind, WIRE_ITEM_HELLO);
 	assert_int_equal(wire_stream_next(s, &it), 0);
 	assert_int_equal(it.kind, WIRE_ITEM_READY);
-	assert_int_equal(it.value, 1);
+	assert_int_equal(it.value, 2);
+	assert_int_equal(wire_stream_next(s, &it), 0);
+	assert_int_equal(it.kind, WIRE_ITEM_STATE);
+	assert_int_equal(it.state->held, NATIVE_HELD_PARTIAL);
+	assert_int_equal(it.state->attempt, 0);
+	assert_int_equal(it.state->sums, 1);
+	assert_int_equal(wire_stream_next(s, &it), 0);
+	assert_int_equal(it.kind, WIRE_ITEM_SUMS);
+	assert_int_equal(it.sums->dev, 0);
+	assert_int_equal(it.sums->count, 1);
+	assert_int_equal(it.sums->e[0].chunk, 7);
+	assert_int_equal(it.sums->e[0].sum[15], 7);
 	assert_int_equal(wire_stream_next(s, &it), 0);
 	assert_int_equal(it.kind, WIRE_ITEM_SYNCED);
 	assert_int_equal(it.value, 2);
@@ -347,6 +415,7 @@ static void test_native_replies(void **state)
 	assert_int_equal(it.value, 65545);
 	assert_int_equal(wire_stream_next(s, &it), 0);
 	assert_int_equal(it.kind, WIRE_ITEM_ACK);
+	assert_int_equal(it.value, 1);
 	assert_int_equal(wire_stream_next(s, &it), 0);
 	assert_int_equal(it.kind, WIRE_ITEM_ERROR);
 	assert_int_equal(it.error->err, 5);
@@ -364,7 +433,7 @@ static void test_native_replies(void **state)
  */
 static void test_native_replies_side(void **state)
 {
-	static const uint8_t ready[] = { 0, 0, 0, 1 };
+	static const uint8_t ready[] = { 0, 0, 0, 2 };
 	static const uint8_t synced[] = { 0, 0, 0, 0, 0, 0, 0, 2 };
 	struct buf b = { 0 }, h = { 0 };
 	struct wire_membuf mb;
@@ -374,14 +443,14 @@ static void test_native_replies_side(void **state)
 	(void)state;
 	frame(&b, 0x81, ready, sizeof(ready));
 	frame(&b, 0x84, synced, sizeof(synced));
-	frame(&b, 0x82, NULL, 0);
+	attempt_frame(&b, 0x82, 1);
 	mb = (struct wire_membuf){ .p = b.p, .len = b.len };
 	assert_int_equal(wire_stream_new(WIRE_STREAM_NATIVE_REPLIES, wire_membuf_read, &mb, &s), 0);
 	assert_int_equal(wire_stream_format(s), WIRE_STREAM_NATIVE);
 	wire_stream_allow(s, NATIVE_ALLOW(NATIVE_MSG_READY));
 	assert_int_equal(wire_stream_next(s, &it), 0);
 	assert_int_equal(it.kind, WIRE_ITEM_READY);
-	assert_int_equal(it.value, 1);
+	assert_int_equal(it.value, 2);
 	wire_stream_allow(s, NATIVE_ALLOW(NATIVE_MSG_SYNCED) | NATIVE_ALLOW(NATIVE_MSG_WACK));
 	assert_int_equal(wire_stream_next(s, &it), 0);
 	assert_int_equal(it.kind, WIRE_ITEM_SYNCED);
@@ -648,54 +717,91 @@ static void refused(enum wire_stream_format fmt, struct buf *b, int err, const c
 	*b = (struct buf){ 0 };
 }
 
+/* Read b to its END without an error. */
+static void refused_not(enum wire_stream_format fmt, struct buf *b)
+{
+	struct item_log log[MAX_ITEMS];
+	unsigned n;
+	int r;
+
+	err_clear();
+	r = read_all(fmt, b->p, b->len, log, &n);
+	if (r != 0)
+		fail_msg("got %d '%s', expected END", r, err_msg());
+	assert_int_equal(log[n - 1].kind, WIRE_ITEM_END);
+	free(b->p);
+	*b = (struct buf){ 0 };
+}
+
 static void test_native_refused(void **state)
 {
 	struct buf b = { 0 };
 	uint8_t body[8] = { 0 };
 
 	(void)state;
-	/* Chunk size not a power of two. */
+	/* A version 1 HELLO (no migration id): refused on its version.  (It
+	 * needs 38 bytes for that, v2's fixed part, hence the longer name.) */
 	bytes(&b, "BLKMIG\r\n", 8);
 	be32(&b, 1);
 	be32(&b, 0);
+	be32(&b, CHUNK);
+	u8(&b, 0);
+	u8(&b, 1);
+	counted(&b, "virtio-disk0");
+	be64(&b, 64 << 20);
+	refused(WIRE_STREAM_NATIVE, &b, EPROTONOSUPPORT,
+		"handshake: ", "unsupported version 1 (this blkmig speaks 2)");
+
+	/* Chunk size not a power of two. */
+	bytes(&b, "BLKMIG\r\n", 8);
+	be32(&b, 2);
+	be32(&b, 0);
 	be32(&b, 3000);
+	hello_id(&b);
 	u8(&b, 0);
 	u8(&b, 1);
 	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "handshake: ", "chunk");
 
 	/* 65 devices. */
 	bytes(&b, "BLKMIG\r\n", 8);
-	be32(&b, 1);
+	be32(&b, 2);
 	be32(&b, 0);
 	be32(&b, CHUNK);
+	hello_id(&b);
 	u8(&b, 0);
 	u8(&b, 65);
-	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "handshake: ", NULL);
+	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "handshake: ", "invalid device count 65");
+
+	/* DELTA and VERIFY are known caps; the next bit is not. */
+	hello(&b, 0x18, CHUNK);
+	refused_not(WIRE_STREAM_NATIVE, &b);
+	hello(&b, 0x20, CHUNK);
+	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "handshake: ", "unknown capability bits 0x20");
 
 	/* A framed message longer than NATIVE_MSG_MAX, refused before its
 	 * body is read. */
 	hello(&b, 0, CHUNK);
 	u8(&b, 0x02);
 	be32(&b, NATIVE_MSG_MAX + 1);
-	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "COMPLETE message at stream offset 37",
+	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "COMPLETE message at stream offset 53",
 		"exceeds the maximum");
 
 	/* An unknown type byte. */
 	hello(&b, 0, CHUNK);
 	u8(&b, 0x20);
-	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "message at stream offset 37",
+	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "message at stream offset 53",
 		"unknown message type 0x20");
 
 	/* A record with an unknown flag, and one with an empty name. */
 	hello(&b, 0, CHUNK);
 	u8(&b, 0x01);
 	be64(&b, 0x21);
-	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "record at stream offset 38", "unknown flags");
+	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "record at stream offset 54", "unknown flags");
 	hello(&b, 0, CHUNK);
 	u8(&b, 0x01);
 	be64(&b, 0x01);
 	u8(&b, 0);
-	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "record at stream offset 38", NULL);
+	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "record at stream offset 54", NULL);
 
 	/* A WRITE record without MIRROR in HELLO. */
 	hello(&b, 0, CHUNK);
@@ -706,7 +812,7 @@ static void test_native_refused(void **state)
 	be64(&b, 0);
 	be32(&b, 1);
 	u8(&b, 1);
-	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "record at stream offset 38",
+	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "record at stream offset 54",
 		"a WRITE record, which this stream did not announce");
 
 	/* A WRITE longer than the chunk size. */
@@ -718,19 +824,98 @@ static void test_native_refused(void **state)
 	be64(&b, 0);
 	be32(&b, CHUNK + 1);
 	u8(&b, 0);
-	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "record at stream offset 38", NULL);
+	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "record at stream offset 54", NULL);
 
-	/* A COMPLETE whose body has a byte left over. */
+	/* COMMIT and ACK: a 4-byte attempt, never 0; the v1 empty body is
+	 * refused, as is one byte. */
 	hello(&b, 0, CHUNK);
 	u8(&b, 0x04);
 	be32(&b, 1);
 	u8(&b, 0);
-	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "message at stream offset 37", "must be empty");
+	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "COMMIT message at stream offset 53",
+		"commit: body of 1 bytes (expected 4)");
+	hello(&b, 0, CHUNK);
+	frame(&b, 0x04, NULL, 0);
+	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "COMMIT message at stream offset 53",
+		"commit: body of 0 bytes (expected 4)");
+	hello(&b, 0, CHUNK);
+	attempt_frame(&b, 0x04, 0);
+	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "COMMIT message at stream offset 53",
+		"commit: attempt 0 (attempts count from 1)");
+	hello(&b, 0, CHUNK);
+	frame(&b, 0x82, NULL, 0);
+	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "ACK message at stream offset 53",
+		"ack: body of 0 bytes (expected 4)");
+	hello(&b, 0, CHUNK);
+	attempt_frame(&b, 0x82, 0);
+	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "ACK message at stream offset 53",
+		"ack: attempt 0 (attempts count from 1)");
+
+	/* A COMPLETE of attempt 0, and a v1 COMPLETE (no attempt: its ndev
+	 * and name are taken for the attempt, then ndev reads 0). */
+	hello(&b, 0, CHUNK);
+	frame(&b, 0x02, (const uint8_t[]){ 0, 0, 0, 0, 0, 1, 1, 'd', 0, 0, 0, 0, 0, 0, 0, 0,
+					   0, 0, 0, 0, 0, 0, 0, 0,   0, 0, 0, 0, 0, 0, 0, 0 },
+	      32);
+	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "COMPLETE message at stream offset 53",
+		"complete: attempt 0 (attempts count from 1)");
+	hello(&b, 0, CHUNK);
+	frame(&b, 0x02, (const uint8_t[]){ 0, 1, 1, 'd', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+					   0, 0, 0, 0,	 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
+	      28);
+	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "COMPLETE message at stream offset 53",
+		"complete: invalid device count 0 (must be 1..64)");
+
+	/* STATE: the held rules. */
+	hello(&b, 0, CHUNK);
+	state_frame(&b, 4, 0, 0);
+	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "STATE message at stream offset 53",
+		"state: unknown held state 4");
+	hello(&b, 0, CHUNK);
+	state_frame(&b, NATIVE_HELD_AWAITING, 0, 0);
+	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "STATE message at stream offset 53",
+		"state: attempt 0 with held state 3");
+	hello(&b, 0, CHUNK);
+	state_frame(&b, NATIVE_HELD_NONE, 0, 9);
+	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "STATE message at stream offset 53",
+		"state: 9 sums offered while holding nothing");
+	hello(&b, 0, CHUNK);
+	frame(&b, 0x86, body, 8);
+	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "STATE message at stream offset 53",
+		"state: body of 8 bytes (expected 16)");
+
+	/* SUMS: descending chunks, a device past 63, a count the body does
+	 * not hold. */
+	hello(&b, 0, CHUNK);
+	sums_frame(&b, 0, 2, 9, (uint64_t)-1);
+	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "SUMS message at stream offset 53",
+		"sums: chunk 8 after 9 (must ascend)");
+	hello(&b, 0, CHUNK);
+	sums_frame(&b, 64, 1, 0, 1);
+	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "SUMS message at stream offset 53",
+		"sums: device 64 (at most 64 devices)");
+	hello(&b, 0, CHUNK);
+	sums_frame(&b, 0, 2, 0, 1);
+	b.p[HELLO_LEN + 5 + 5] = 3; /* be32 count 3, two entries sent */
+	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "SUMS message at stream offset 53",
+		"sums: body of 54 bytes for 3 entries");
+
+	/* VERDICT: more chunks differing than checked. */
+	hello(&b, NATIVE_CAP_VERIFY, CHUNK);
+	u8(&b, 0x05);
+	be32(&b, 2 + 1 + 6 + 16);
+	u8(&b, 0);
+	u8(&b, 1);
+	counted(&b, "drive0");
+	be64(&b, 4);
+	be64(&b, 5);
+	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "VERDICT message at stream offset 53",
+		"verdict: device 0: 5 of 4 chunks differ");
 
 	/* SYNCED with a short body. */
 	hello(&b, 0, CHUNK);
 	frame(&b, 0x84, body, 4);
-	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "SYNCED message at stream offset 37", NULL);
+	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "SYNCED message at stream offset 53", NULL);
 
 	/* A QEMU stream where a native one is expected. */
 	qemu_head(&b);
@@ -752,11 +937,11 @@ static void test_native_allow(void **state)
 	wire_stream_allow(s, NATIVE_ALLOW(NATIVE_MSG_BLOCKS) | NATIVE_ALLOW(NATIVE_MSG_COMPLETE));
 	assert_int_equal(wire_stream_next(s, &it), 0);
 	assert_int_equal(wire_stream_next(s, &it), -EBADMSG);
-	assert_contains(err_msg(), "message at stream offset 37");
+	assert_contains(err_msg(), "message at stream offset 53");
 	assert_contains(err_msg(), "unexpected SYNCED message");
 	/* Sticky. */
 	assert_int_equal(wire_stream_next(s, &it), -EBADMSG);
-	assert_contains(err_msg(), "failed earlier, at offset 37 (reading a message or section)");
+	assert_contains(err_msg(), "failed earlier, at offset 53 (reading a message or section)");
 	wire_stream_free(s);
 	free(b.p);
 }
@@ -939,15 +1124,283 @@ static void test_read_error(void **state)
 	wire_stream_free(s);
 }
 
+/* ---- protocol v2: STATE, SUMS, VERDICT, attempts ----------------------------------- */
+
+/* Read the next item, which must be of kind k. */
+static void next_is(struct wire_stream *s, struct wire_item *it, enum wire_item_kind k)
+{
+	int r = wire_stream_next(s, it);
+
+	if (r < 0)
+		fail_msg("expected %s, got %d '%s'", wire_item_name(k), r, err_msg());
+	if (it->kind != k)
+		fail_msg("expected %s, got %s", wire_item_name(k), wire_item_name(it->kind));
+}
+
+/*
+ * The destination's side of a delta sync as the source reads it
+ * (NATIVE_REPLIES), masked as the source masks it: READY, STATE (ALL, 2731
+ * sums), SUMS of NATIVE_SUMS_MAX entries for device 0 and one more for
+ * device 1, SYNCED, ACK 1.  A SUMS where the STATE belongs is refused.
+ */
+static void delta_replies(struct buf *b, uint64_t *off, unsigned *n)
+{
+	static const uint8_t ready[] = { 0, 0, 0, 2 };
+	static const uint8_t synced[] = { 0, 0, 0, 0, 0, 0, 0, 1 };
+
+	*n = 0;
+	off[(*n)++] = b->len;
+	frame(b, 0x81, ready, sizeof(ready));
+	off[(*n)++] = b->len;
+	state_frame(b, NATIVE_HELD_ALL, 0, NATIVE_SUMS_MAX + 1);
+	off[(*n)++] = b->len;
+	sums_frame(b, 0, NATIVE_SUMS_MAX, 0, 1);
+	off[(*n)++] = b->len;
+	sums_frame(b, 1, 1, 41, 1);
+	off[(*n)++] = b->len;
+	frame(b, 0x84, synced, sizeof(synced));
+	off[(*n)++] = b->len;
+	attempt_frame(b, 0x82, 1);
+	off[(*n)++] = b->len; /* END */
+}
+
+static void test_native_state_sums(void **state)
+{
+	const uint64_t err = NATIVE_ALLOW(NATIVE_MSG_ERROR);
+	struct buf b = { 0 };
+	struct wire_membuf mb;
+	struct wire_stream *s;
+	struct wire_item it;
+	uint64_t off[8];
+	unsigned n;
+
+	(void)state;
+	delta_replies(&b, off, &n);
+	assert_int_equal(off[3] - off[2], NATIVE_FRAME_HDR + 6 + NATIVE_SUMS_MAX * 24);
+	mb = (struct wire_membuf){ .p = b.p, .len = b.len };
+	assert_int_equal(wire_stream_new(WIRE_STREAM_NATIVE_REPLIES, wire_membuf_read, &mb, &s), 0);
+	wire_stream_allow(s, NATIVE_ALLOW(NATIVE_MSG_READY) | err);
+	next_is(s, &it, WIRE_ITEM_READY);
+	assert_int_equal(it.value, 2);
+	wire_stream_allow(s, NATIVE_ALLOW(NATIVE_MSG_STATE) | err);
+	next_is(s, &it, WIRE_ITEM_STATE);
+	assert_int_equal(it.offset, off[1]);
+	assert_int_equal(it.state->held, NATIVE_HELD_ALL);
+	assert_int_equal(it.state->attempt, 0);
+	assert_int_equal(it.state->sums, NATIVE_SUMS_MAX + 1);
+	wire_stream_allow(s, NATIVE_ALLOW(NATIVE_MSG_SUMS) | err);
+	next_is(s, &it, WIRE_ITEM_SUMS);
+	assert_int_equal(it.offset, off[2]);
+	assert_int_equal(it.sums->dev, 0);
+	assert_int_equal(it.sums->count, NATIVE_SUMS_MAX);
+	for (uint32_t i = 0; i < NATIVE_SUMS_MAX; i++) {
+		assert_int_equal(it.sums->e[i].chunk, i);
+		assert_int_equal(it.sums->e[i].sum[0], (uint8_t)i);
+		assert_int_equal(it.sums->e[i].sum[15], (uint8_t)i);
+	}
+	next_is(s, &it, WIRE_ITEM_SUMS);
+	assert_int_equal(it.offset, off[3]);
+	assert_int_equal(it.sums->dev, 1);
+	assert_int_equal(it.sums->count, 1);
+	assert_int_equal(it.sums->e[0].chunk, 41);
+	wire_stream_allow(s, NATIVE_ALLOW(NATIVE_MSG_SYNCED) | NATIVE_ALLOW(NATIVE_MSG_WACK) | err);
+	next_is(s, &it, WIRE_ITEM_SYNCED);
+	assert_int_equal(it.value, 1);
+	wire_stream_allow(s, NATIVE_ALLOW(NATIVE_MSG_ACK) | err);
+	next_is(s, &it, WIRE_ITEM_ACK);
+	assert_int_equal(it.value, 1);
+	next_is(s, &it, WIRE_ITEM_END);
+	assert_int_equal(wire_stream_offset(s), b.len);
+	wire_stream_free(s);
+
+	/* SUMS before STATE: not what the source allows. */
+	mb = (struct wire_membuf){ .p = b.p + off[2], .len = b.len - off[2] };
+	assert_int_equal(wire_stream_new(WIRE_STREAM_NATIVE_REPLIES, wire_membuf_read, &mb, &s), 0);
+	wire_stream_allow(s, NATIVE_ALLOW(NATIVE_MSG_STATE) | err);
+	assert_int_equal(wire_stream_next(s, &it), -EBADMSG);
+	assert_contains(err_msg(), "message at stream offset 0: frame: unexpected SUMS message");
+	wire_stream_free(s);
+	free(b.p);
+	b = (struct buf){ 0 };
+
+	/* A destination restarted after its ACK of attempt 3: AWAITING, no
+	 * sums, then the COMMIT it waits for is the source's business. */
+	state_frame(&b, NATIVE_HELD_AWAITING, 3, 0);
+	mb = (struct wire_membuf){ .p = b.p, .len = b.len };
+	assert_int_equal(wire_stream_new(WIRE_STREAM_NATIVE_REPLIES, wire_membuf_read, &mb, &s), 0);
+	next_is(s, &it, WIRE_ITEM_STATE);
+	assert_int_equal(it.state->held, NATIVE_HELD_AWAITING);
+	assert_int_equal(it.state->attempt, 3);
+	assert_int_equal(it.state->sums, 0);
+	next_is(s, &it, WIRE_ITEM_END);
+	wire_stream_free(s);
+	free(b.p);
+}
+
+/* Every prefix of the delta replies, including a SUMS cut anywhere in its
+ * 65,531 bytes: END between messages, a truncation error elsewhere. */
+static void test_native_sums_truncated(void **state)
+{
+	struct buf b = { 0 };
+	uint64_t off[8];
+	unsigned n;
+	struct item_log log[MAX_ITEMS];
+	unsigned nlog;
+
+	(void)state;
+	/* The small one, every byte: READY, STATE, SUMS (3 entries), ACK. */
+	frame(&b, 0x81, (const uint8_t[]){ 0, 0, 0, 2 }, 4);
+	off[0] = b.len;
+	state_frame(&b, NATIVE_HELD_PARTIAL, 0, 3);
+	off[1] = b.len;
+	sums_frame(&b, 2, 3, 10, 5);
+	off[2] = b.len;
+	attempt_frame(&b, 0x82, 4);
+	off[3] = b.len;
+	{
+		const uint64_t ends[] = { 0, 9, off[0], off[1], off[2] };
+
+		truncations(WIRE_STREAM_NATIVE_REPLIES, &b, ends, ARRAY_SIZE(ends));
+	}
+	/* The SUMS, cut in its header and in its last entry, named. */
+	err_clear();
+	assert_int_equal(read_all(WIRE_STREAM_NATIVE_REPLIES, b.p, off[1] + 3, log, &nlog),
+			 -ECONNRESET);
+	assert_contains(err_msg(), "message at stream offset 30");
+	assert_contains(err_msg(), "truncated at offset 33");
+	assert_int_equal(nlog, 2);
+	assert_int_equal(log[1].kind, WIRE_ITEM_STATE);
+	err_clear();
+	assert_int_equal(read_all(WIRE_STREAM_NATIVE_REPLIES, b.p, off[2] - 1, log, &nlog),
+			 -ECONNRESET);
+	assert_contains(err_msg(), "SUMS message at stream offset 30");
+	assert_contains(err_msg(), "truncated at offset 112");
+	free(b.p);
+	b = (struct buf){ 0 };
+
+	/* The largest SUMS, cut at a few places inside it. */
+	delta_replies(&b, off, &n);
+	for (uint64_t cut = off[2] + 1; cut < off[3]; cut += 4093) {
+		char want[64];
+
+		err_clear();
+		assert_int_equal(read_all(WIRE_STREAM_NATIVE_REPLIES, b.p, cut, log, &nlog),
+				 -ECONNRESET);
+		snprintf(want, sizeof(want), "truncated at offset %llu", (unsigned long long)cut);
+		assert_contains(err_msg(), want);
+		assert_int_equal(nlog, 2);
+	}
+	free(b.p);
+}
+
+/*
+ * A verify-only source: HELLO (VERIFY), an empty bulk pass and an empty
+ * re-compare pass (EOS only each), VERDICT.  And a source whose attempt 1
+ * was abandoned after ACK: more BLOCKS, COMPLETE 2, COMMIT 2.
+ */
+static void test_native_verify_and_attempts(void **state)
+{
+	/* clang-format off */
+	static const uint8_t verdict[] = {
+		0x00, 0x01, 0x06, 'd', 'r', 'i', 'v', 'e', '0',
+		0, 0, 0, 0, 0, 0, 0x40, 0x00,                   /* 16384 checked */
+		0, 0, 0, 0, 0, 0, 0x00, 0x02,                   /* 2 differ */
+	};
+	static const uint8_t complete1[] = {
+		0, 0, 0, 1, 0, 1, 6, 'd', 'r', 'i', 'v', 'e', '0',
+		0, 0, 0, 0, 0, 0, 0x40, 0,
+		0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+	};
+	/* clang-format on */
+	uint8_t complete2[sizeof(complete1)];
+	struct buf b = { 0 };
+	struct wire_membuf mb;
+	struct wire_stream *s;
+	struct wire_item it;
+	uint64_t at;
+
+	(void)state;
+	hello(&b, NATIVE_CAP_VERIFY, CHUNK);
+	u8(&b, 0x01);
+	rec_eos(&b);
+	u8(&b, 0x01);
+	rec_eos(&b);
+	at = b.len;
+	frame(&b, 0x05, verdict, sizeof(verdict));
+	mb = (struct wire_membuf){ .p = b.p, .len = b.len };
+	assert_int_equal(wire_stream_new(WIRE_STREAM_NATIVE, wire_membuf_read, &mb, &s), 0);
+	next_is(s, &it, WIRE_ITEM_HELLO);
+	assert_int_equal(it.hello->caps, NATIVE_CAP_VERIFY);
+	for (int pass = 0; pass < 2; pass++) {
+		next_is(s, &it, WIRE_ITEM_BLOCKS);
+		next_is(s, &it, WIRE_ITEM_RECORD);
+		assert_int_equal(it.rec.kind, WIRE_REC_EOS);
+	}
+	next_is(s, &it, WIRE_ITEM_VERDICT);
+	assert_int_equal(it.offset, at);
+	assert_int_equal(it.verdict->ndev, 1);
+	assert_string_equal(it.verdict->dev[0].name, "drive0");
+	assert_int_equal(it.verdict->dev[0].checked, 16384);
+	assert_int_equal(it.verdict->dev[0].differing, 2);
+	next_is(s, &it, WIRE_ITEM_END);
+	wire_stream_free(s);
+	free(b.p);
+	b = (struct buf){ 0 };
+
+	memcpy(complete2, complete1, sizeof(complete1));
+	complete2[3] = 2;
+	hello(&b, 0, CHUNK);
+	u8(&b, 0x01);
+	rec_eos(&b);
+	frame(&b, 0x02, complete1, sizeof(complete1));
+	u8(&b, 0x01);
+	rec_data(&b, "drive0", 0, 0x77);
+	rec_eos(&b);
+	frame(&b, 0x02, complete2, sizeof(complete2));
+	attempt_frame(&b, 0x04, 2);
+	mb = (struct wire_membuf){ .p = b.p, .len = b.len };
+	assert_int_equal(wire_stream_new(WIRE_STREAM_NATIVE, wire_membuf_read, &mb, &s), 0);
+	next_is(s, &it, WIRE_ITEM_HELLO);
+	next_is(s, &it, WIRE_ITEM_BLOCKS);
+	next_is(s, &it, WIRE_ITEM_RECORD);
+	next_is(s, &it, WIRE_ITEM_COMPLETE);
+	assert_int_equal(it.complete->attempt, 1);
+	assert_int_equal(it.complete->dev[0].chunks, 0x4000);
+	next_is(s, &it, WIRE_ITEM_BLOCKS);
+	next_is(s, &it, WIRE_ITEM_RECORD);
+	assert_int_equal(it.rec.kind, WIRE_REC_DATA);
+	next_is(s, &it, WIRE_ITEM_RECORD);
+	assert_int_equal(it.rec.kind, WIRE_REC_EOS);
+	next_is(s, &it, WIRE_ITEM_COMPLETE);
+	assert_int_equal(it.complete->attempt, 2);
+	next_is(s, &it, WIRE_ITEM_COMMIT);
+	assert_int_equal(it.value, 2);
+	next_is(s, &it, WIRE_ITEM_END);
+	wire_stream_free(s);
+	free(b.p);
+
+	assert_string_equal(wire_item_name(WIRE_ITEM_STATE), "STATE");
+	assert_string_equal(wire_item_name(WIRE_ITEM_SUMS), "SUMS");
+	assert_string_equal(wire_item_name(WIRE_ITEM_VERDICT), "VERDICT");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_native_golden),	    cmocka_unit_test(test_native_replies),
-		cmocka_unit_test(test_native_replies_side), cmocka_unit_test(test_qemu_golden),
-		cmocka_unit_test(test_native_truncated),    cmocka_unit_test(test_qemu_truncated),
-		cmocka_unit_test(test_native_refused),	    cmocka_unit_test(test_native_allow),
-		cmocka_unit_test(test_qemu_refused),	    cmocka_unit_test(test_auto),
+		cmocka_unit_test(test_native_golden),
+		cmocka_unit_test(test_native_replies),
+		cmocka_unit_test(test_native_replies_side),
+		cmocka_unit_test(test_qemu_golden),
+		cmocka_unit_test(test_native_truncated),
+		cmocka_unit_test(test_qemu_truncated),
+		cmocka_unit_test(test_native_refused),
+		cmocka_unit_test(test_native_allow),
+		cmocka_unit_test(test_qemu_refused),
+		cmocka_unit_test(test_auto),
 		cmocka_unit_test(test_read_error),
+		cmocka_unit_test(test_native_state_sums),
+		cmocka_unit_test(test_native_sums_truncated),
+		cmocka_unit_test(test_native_verify_and_attempts),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
