@@ -136,9 +136,8 @@ static void show_message(struct walk *w, const struct wire_item *it, uint8_t typ
 		const struct native_complete *c = it->complete;
 
 		for (unsigned i = 0; i < c->ndev; i++) {
-			printf("    attempt %" PRIu32 ", %s: %" PRIu64 " chunks, digest ", c->attempt,
-			       esc(c->dev[i].name),
-			       c->dev[i].chunks);
+			printf("    attempt %" PRIu32 ", %s: %" PRIu64 " chunks, digest ",
+			       c->attempt, esc(c->dev[i].name), c->dev[i].chunks);
 			for (unsigned k = 0; k < NATIVE_DIGEST_LEN; k++)
 				printf("%02x", c->dev[i].digest[k]);
 			printf("\n");

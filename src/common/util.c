@@ -75,8 +75,10 @@ int parse_duration(const char *s, uint64_t *ns)
 	static const struct {
 		const char *unit;
 		uint64_t ns;
-	} units[] = { { "", 1000000000ull },	 { "s", 1000000000ull },
-		      { "ms", 1000000ull },	 { "m", 60 * 1000000000ull },
+	} units[] = { { "", 1000000000ull },
+		      { "s", 1000000000ull },
+		      { "ms", 1000000ull },
+		      { "m", 60 * 1000000000ull },
 		      { "h", 3600 * 1000000000ull } };
 	uint64_t v = 0;
 	const char *p = s;

@@ -58,8 +58,8 @@ struct dst_dev {
 	/* The image as opened (0, 0 for a block device), which the record
 	 * names and the hand-over checks the path still leads to. */
 	uint64_t st_dev, st_ino;
-	struct dirty *held; /* from this migration's record: chunks held durably */
-	bool recorded;	    /* a record of this migration exists for it */
+	struct dirty *held;	 /* from this migration's record: chunks held durably */
+	bool recorded;		 /* a record of this migration exists for it */
 	struct dst_rec awaiting; /* state AWAITING: the acknowledged digest */
 };
 
@@ -70,14 +70,14 @@ struct dst {
 	struct dst_offer offer;
 	unsigned ndev;
 	struct dst_dev dev[NATIVE_MAX_DEVICES];
-	uint8_t *scratch; /* one chunk, for reading back */
-	bool unsynced;	  /* written since the last sync */
-	bool wrote;	  /* any device written, ever (st.written) */
-	uint64_t wseq;	  /* the last WRITE record applied */
-	uint32_t acked;	  /* the attempt acknowledged and not yet committed (0: none) */
-	uint32_t awaiting; /* restarted after acknowledging this attempt (records) */
+	uint8_t *scratch;	  /* one chunk, for reading back */
+	bool unsynced;		  /* written since the last sync */
+	bool wrote;		  /* any device written, ever (st.written) */
+	uint64_t wseq;		  /* the last WRITE record applied */
+	uint32_t acked;		  /* the attempt acknowledged and not yet committed (0: none) */
+	uint32_t awaiting;	  /* restarted after acknowledging this attempt (records) */
 	uint64_t ck_bytes, ck_ns; /* written since the last checkpoint, and when it was */
-	uint64_t differing; /* verify: chunks the source found different */
+	uint64_t differing;	  /* verify: chunks the source found different */
 	struct mig_stats st;
 };
 
@@ -148,12 +148,14 @@ static int check_identity(const struct dst_dev *dev, const char *when)
 	if (!dev->path[0] || !dev->st_ino)
 		return 0;
 	if (stat(dev->path, &sb) < 0)
-		return err_set(ESTALE, "device %s: %s is gone (%s) %s: the image this migration "
-				       "wrote is no longer there",
+		return err_set(ESTALE,
+			       "device %s: %s is gone (%s) %s: the image this migration "
+			       "wrote is no longer there",
 			       dev->shown, dev->path, strerror(errno), when);
 	if ((uint64_t)sb.st_dev != dev->st_dev || (uint64_t)sb.st_ino != dev->st_ino)
-		return err_set(ESTALE, "device %s: %s was replaced by another file %s: the image "
-				       "this migration wrote is no longer there",
+		return err_set(ESTALE,
+			       "device %s: %s was replaced by another file %s: the image "
+			       "this migration wrote is no longer there",
 			       dev->shown, dev->path, when);
 	return 0;
 }
@@ -646,8 +648,7 @@ static int checkpoint(struct dst *d, uint64_t bytes)
 	if (!d->caps->pass_replies)
 		return 0;
 	d->ck_bytes += bytes;
-	if (d->ck_bytes < DST_CHECKPOINT_BYTES &&
-	    (now = now_ns()) - d->ck_ns < DST_CHECKPOINT_NS)
+	if (d->ck_bytes < DST_CHECKPOINT_BYTES && (now = now_ns()) - d->ck_ns < DST_CHECKPOINT_NS)
 		return 0;
 	r = make_durable(d);
 	if (r == 0)
@@ -891,8 +892,9 @@ static int run(struct dst *d)
 		switch (ev.kind) {
 		case DST_EV_RECORD:
 			if (d->p->verify_only)
-				return err_set(EPROTO, "record at stream offset %llu: a verify-only "
-						       "source sent data",
+				return err_set(EPROTO,
+					       "record at stream offset %llu: a verify-only "
+					       "source sent data",
 					       (unsigned long long)ev.offset);
 			if (ev.rec->kind == WIRE_REC_WRITE)
 				r = apply_write(d, ev.rec, ev.offset);

@@ -53,10 +53,10 @@ static int native_handshake(struct dst_fmt *f, struct dst_offer *o)
 	o->ndev = h->ndev;
 	memcpy(o->dev, h->dev, h->ndev * sizeof(h->dev[0]));
 	/* The engine checks which of these may come when. */
-	wire_stream_allow(f->ws, NATIVE_ALLOW(NATIVE_MSG_BLOCKS) |
-				     NATIVE_ALLOW(NATIVE_MSG_COMPLETE) |
-				     NATIVE_ALLOW(NATIVE_MSG_ABORT) | NATIVE_ALLOW(NATIVE_MSG_COMMIT) |
-				     NATIVE_ALLOW(NATIVE_MSG_VERDICT));
+	wire_stream_allow(f->ws,
+			  NATIVE_ALLOW(NATIVE_MSG_BLOCKS) | NATIVE_ALLOW(NATIVE_MSG_COMPLETE) |
+			      NATIVE_ALLOW(NATIVE_MSG_ABORT) | NATIVE_ALLOW(NATIVE_MSG_COMMIT) |
+			      NATIVE_ALLOW(NATIVE_MSG_VERDICT));
 	return 0;
 }
 

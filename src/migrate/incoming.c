@@ -309,14 +309,17 @@ int incoming_run(const struct dst_params *p, const struct incoming_params *ip,
 		if (until && now_ns() >= until && !in.claimed && !in.done)
 			end_locked(&in, in.resume_err, NULL,
 				   "%s (the source did not resume the migration within %llu s)",
-				   in.resume_msg, (unsigned long long)(ip->retry_ns / 1000000000ull));
+				   in.resume_msg,
+				   (unsigned long long)(ip->retry_ns / 1000000000ull));
 		pthread_mutex_unlock(&in.lock);
 		if (cancel_is_set(in.stop))
 			break;
 		/* A failure may start the resume wait at any time: look again
 		 * every second while that can happen. */
-		if (poll(pf, 3, until ? MIN(poll_ms_until(until), 1000) : ip->retry_ns ? 1000 : -1) <
-			0 &&
+		if (poll(pf, 3,
+			 until		? MIN(poll_ms_until(until), 1000)
+			 : ip->retry_ns ? 1000
+					: -1) < 0 &&
 		    errno != EINTR) {
 			r = err_set(errno, "poll: %s", strerror(errno));
 			pthread_mutex_lock(&in.lock);

@@ -143,8 +143,8 @@ struct mig_stats {
  */
 struct src_session {
 	uint8_t id[NATIVE_ID_LEN];
-	uint32_t attempts;   /* switch-over attempts begun so far */
-	uint32_t committing; /* fenced after ACK of this attempt; COMMIT pending (0: none) */
+	uint32_t attempts;    /* switch-over attempts begun so far */
+	uint32_t committing;  /* fenced after ACK of this attempt; COMMIT pending (0: none) */
 	uint64_t transferred; /* bytes on the wire of the connections before this one */
 	uint32_t connections; /* connections begun so far */
 };

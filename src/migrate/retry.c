@@ -104,16 +104,16 @@ int src_migrate(const struct src_params *params, const struct src_device *devs, 
 		if (!give_up)
 			give_up = now + rt->retry_ns;
 		if (now >= give_up)
-			return err_prefix(-r, "gave up after %u attempt%s to connect in %llu s: ", tries,
-					  tries == 1 ? "" : "s",
+			return err_prefix(-r, "gave up after %u attempt%s to connect in %llu s: ",
+					  tries, tries == 1 ? "" : "s",
 					  (unsigned long long)(rt->retry_ns / 1000000000ull));
 		wait = MIN(backoff, give_up - now);
 		if (rt->log) {
 			char line[1400];
 
 			snprintf(line, sizeof(line),
-				 "connection %u failed: %s; %s in %.1f s (giving up in %.0f s)", tries,
-				 msg,
+				 "connection %u failed: %s; %s in %.1f s (giving up in %.0f s)",
+				 tries, msg,
 				 p.session->committing ? "delivering the commit" : "resuming",
 				 (double)wait / 1e9, (double)(give_up - now) / 1e9);
 			rt->log(rt->user, line);

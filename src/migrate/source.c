@@ -755,8 +755,6 @@ static enum mig_state state_final(struct src_job *j, struct run *run)
 	return MIG_COMPLETED;
 }
 
-
-
 static enum mig_state step(struct src_job *j, enum mig_state s, struct run *run)
 {
 	if (s != MIG_SETUP && s != MIG_DIRTY)

@@ -221,12 +221,12 @@ struct src_job {
 	struct src_session *sess; /* p.session, or own_session */
 	struct src_session own_session;
 	uint64_t prev_transferred; /* bytes sent by earlier connections (immutable) */
-	uint32_t attempt;	  /* the switch-over attempt under way */
-	struct native_state held; /* what the destination said it holds */
-	bool commit_only;	  /* only COMMIT is left to deliver */
-	int timeout_ms;	       /* the transport's idle timeout, for answers and WACKs */
-	_Atomic int want_mode; /* enum mig_mode, as asked for (any thread) */
-	atomic_bool mirroring; /* the tracking layers have the mirror */
+	uint32_t attempt;	   /* the switch-over attempt under way */
+	struct native_state held;  /* what the destination said it holds */
+	bool commit_only;	   /* only COMMIT is left to deliver */
+	int timeout_ms;		   /* the transport's idle timeout, for answers and WACKs */
+	_Atomic int want_mode;	   /* enum mig_mode, as asked for (any thread) */
+	atomic_bool mirroring;	   /* the tracking layers have the mirror */
 	bool paused;
 	bool truncated;	 /* the last pass was cut short */
 	bool in_blocks;	 /* a pass or a write's message is open on the wire */

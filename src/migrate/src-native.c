@@ -108,7 +108,8 @@ static int await_state(struct src_job *j)
 		return err_set(EPROTO, "the destination answered a %s with a partial state",
 			       j->p.verify_only ? "verify" : "delta sync");
 	if (j->p.verify_only && j->held.sums != total)
-		return err_set(EPROTO, "the destination offers %llu digests of %llu chunks to verify",
+		return err_set(EPROTO,
+			       "the destination offers %llu digests of %llu chunks to verify",
 			       (unsigned long long)j->held.sums, (unsigned long long)total);
 	if (s->committing) {
 		if (j->held.held != NATIVE_HELD_AWAITING || j->held.attempt != s->committing)
@@ -279,8 +280,6 @@ static int native_complete(struct src_job *j)
 	}
 	return r;
 }
-
-
 
 static int native_commit(struct src_job *j)
 {

@@ -199,8 +199,10 @@ int native_hello_decode(const uint8_t *buf, size_t len, struct native_hello *h, 
 			       "hello: bad magic 0x%016" PRIx64 " (not a blkmig native stream)",
 			       magic);
 	}
-	if (len < HELLO_FIXED) {
-		*used = HELLO_FIXED;
+	/* The version before the rest: an older HELLO may be shorter than
+	 * this one's fixed part, and would wait for bytes that never come. */
+	if (len < 12) {
+		*used = 12;
 		return -EAGAIN;
 	}
 	version = get_be32(buf + 8);
@@ -208,6 +210,10 @@ int native_hello_decode(const uint8_t *buf, size_t len, struct native_hello *h, 
 		return err_set(EPROTONOSUPPORT,
 			       "hello: unsupported version %" PRIu32 " (this blkmig speaks %u)",
 			       version, NATIVE_VERSION);
+	if (len < HELLO_FIXED) {
+		*used = HELLO_FIXED;
+		return -EAGAIN;
+	}
 	h->version = version;
 	h->caps = get_be32(buf + 12);
 	h->chunk_size = get_be32(buf + 16);
@@ -592,7 +598,8 @@ int native_state_encode(uint8_t *buf, size_t cap, const struct native_state *st)
 	if (st->held > NATIVE_HELD_AWAITING)
 		return err_set(EINVAL, "encode STATE: unknown held state %" PRIu32, st->held);
 	if ((st->held == NATIVE_HELD_AWAITING) != (st->attempt > 0))
-		return err_set(EINVAL, "encode STATE: an attempt goes with AWAITING, and only there");
+		return err_set(EINVAL,
+			       "encode STATE: an attempt goes with AWAITING, and only there");
 	if (st->held == NATIVE_HELD_NONE && st->sums)
 		return err_set(EINVAL,
 			       "encode STATE: %" PRIu64 " sums offered while holding nothing",
@@ -637,7 +644,8 @@ static int sums_check(int err, const struct native_sums *s)
 			       NATIVE_MAX_DEVICES);
 	for (uint32_t i = 1; i < s->count; i++)
 		if (s->e[i].chunk <= s->e[i - 1].chunk)
-			return err_set(err, "sums: chunk %" PRIu64 " after %" PRIu64 " (must ascend)",
+			return err_set(err,
+				       "sums: chunk %" PRIu64 " after %" PRIu64 " (must ascend)",
 				       s->e[i].chunk, s->e[i - 1].chunk);
 	return 0;
 }
@@ -688,6 +696,14 @@ int native_sums_decode(const uint8_t *body, size_t len, struct native_sums *s)
 /* ------------------------------------------------------------------------ */
 /* VERDICT                                                                  */
 
+static bool verdict_dup(const struct native_verdict *v, unsigned int i, const char *name)
+{
+	for (unsigned int j = 0; j < i; j++)
+		if (strcmp(v->dev[j].name, name) == 0)
+			return true;
+	return false;
+}
+
 int native_verdict_encode(uint8_t *buf, size_t cap, const struct native_verdict *v)
 {
 	size_t body = 2, pos;
@@ -700,6 +716,9 @@ int native_verdict_encode(uint8_t *buf, size_t cap, const struct native_verdict 
 		r = name_len_for_encode("verdict", i, v->dev[i].name);
 		if (r < 0)
 			return r;
+		if (verdict_dup(v, i, v->dev[i].name))
+			return err_set(EINVAL, "verdict: duplicate device name '%s'",
+				       v->dev[i].name);
 		if (v->dev[i].differing > v->dev[i].checked)
 			return err_set(
 			    EINVAL, "verdict: device %u: %" PRIu64 " of %" PRIu64 " chunks differ",
@@ -726,7 +745,7 @@ int native_verdict_encode(uint8_t *buf, size_t cap, const struct native_verdict 
 
 int native_verdict_decode(const uint8_t *body, size_t len, struct native_verdict *v)
 {
-	char why[WIRE_NAME_WHY_CAP];
+	char shown[STR_ESCAPE_CAP(WIRE_NAME_MAX)], why[WIRE_NAME_WHY_CAP];
 	size_t pos = 2;
 
 	if (len < 2)
@@ -747,12 +766,15 @@ int native_verdict_decode(const uint8_t *body, size_t len, struct native_verdict
 				       wire_name_why(body + pos + 1, n, why, sizeof(why)));
 		memcpy(d->name, body + pos + 1, n);
 		d->name[n] = '\0';
+		if (verdict_dup(v, i, d->name))
+			return err_set(EBADMSG, "verdict: duplicate device name '%s'",
+				       str_escape(shown, sizeof(shown), d->name));
 		d->checked = get_be64(body + pos + 1 + n);
 		d->differing = get_be64(body + pos + 1 + n + 8);
 		if (d->differing > d->checked)
-			return err_set(EBADMSG, "verdict: device %u: %" PRIu64 " of %" PRIu64
-						" chunks differ",
-				       i, d->differing, d->checked);
+			return err_set(
+			    EBADMSG, "verdict: device %u: %" PRIu64 " of %" PRIu64 " chunks differ",
+			    i, d->differing, d->checked);
 		pos += 1 + n + 16;
 	}
 	if (pos != len)

@@ -81,7 +81,7 @@ enum native_msg {
 #define NATIVE_DIGEST_LEN  16
 #define NATIVE_HELLO_MAX                                                                           \
 	(8 + 4 + 4 + 4 + NATIVE_ID_LEN + 2 + NATIVE_MAX_DEVICES * (1 + WIRE_NAME_MAX + 8))
-#define NATIVE_REASON_MAX  1024
+#define NATIVE_REASON_MAX 1024
 
 struct native_dev {
 	char name[WIRE_NAME_MAX + 1];

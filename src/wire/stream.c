@@ -85,7 +85,7 @@ struct wire_stream {
 	struct native_complete complete;
 	struct native_error error;
 	struct native_state st;
-	struct native_sums *sums;	/* allocated on the first SUMS */
+	struct native_sums *sums; /* allocated on the first SUMS */
 	struct native_verdict verdict;
 	uint8_t hbuf[NATIVE_HELLO_MAX]; /* HELLO, section headers, footers */
 	uint8_t body[NATIVE_MSG_MAX];	/* framed bodies; scratch for skipping */
@@ -160,26 +160,16 @@ uint32_t wire_stream_chunk_size(const struct wire_stream *s)
 const char *wire_item_name(enum wire_item_kind k)
 {
 	static const char *const names[] = {
-		[WIRE_ITEM_END] = "END",
-		[WIRE_ITEM_RECORD] = "RECORD",
-		[WIRE_ITEM_HELLO] = "HELLO",
-		[WIRE_ITEM_BLOCKS] = "BLOCKS",
-		[WIRE_ITEM_COMPLETE] = "COMPLETE",
-		[WIRE_ITEM_ABORT] = "ABORT",
-		[WIRE_ITEM_COMMIT] = "COMMIT",
-		[WIRE_ITEM_READY] = "READY",
-		[WIRE_ITEM_ACK] = "ACK",
-		[WIRE_ITEM_ERROR] = "ERROR",
-		[WIRE_ITEM_SYNCED] = "SYNCED",
-		[WIRE_ITEM_WACK] = "WACK",
-		[WIRE_ITEM_STATE] = "STATE",
-		[WIRE_ITEM_SUMS] = "SUMS",
-		[WIRE_ITEM_VERDICT] = "VERDICT",
-		[WIRE_ITEM_QEMU_HEADER] = "QEMU_HEADER",
-		[WIRE_ITEM_CONFIG] = "CONFIG",
-		[WIRE_ITEM_SECTION] = "SECTION",
-		[WIRE_ITEM_FOOTER] = "FOOTER",
-		[WIRE_ITEM_EOF] = "EOF",
+		[WIRE_ITEM_END] = "END",	   [WIRE_ITEM_RECORD] = "RECORD",
+		[WIRE_ITEM_HELLO] = "HELLO",	   [WIRE_ITEM_BLOCKS] = "BLOCKS",
+		[WIRE_ITEM_COMPLETE] = "COMPLETE", [WIRE_ITEM_ABORT] = "ABORT",
+		[WIRE_ITEM_COMMIT] = "COMMIT",	   [WIRE_ITEM_READY] = "READY",
+		[WIRE_ITEM_ACK] = "ACK",	   [WIRE_ITEM_ERROR] = "ERROR",
+		[WIRE_ITEM_SYNCED] = "SYNCED",	   [WIRE_ITEM_WACK] = "WACK",
+		[WIRE_ITEM_STATE] = "STATE",	   [WIRE_ITEM_SUMS] = "SUMS",
+		[WIRE_ITEM_VERDICT] = "VERDICT",   [WIRE_ITEM_QEMU_HEADER] = "QEMU_HEADER",
+		[WIRE_ITEM_CONFIG] = "CONFIG",	   [WIRE_ITEM_SECTION] = "SECTION",
+		[WIRE_ITEM_FOOTER] = "FOOTER",	   [WIRE_ITEM_EOF] = "EOF",
 		[WIRE_ITEM_VMDESC] = "VMDESC",
 	};
 

@@ -258,6 +258,8 @@ static void test_hello_prefixes(void **state)
 		assert_int_equal(hello_decode_exact(golden_hello, plen, &d, &used), -EAGAIN);
 		if (plen < 8)
 			want = 8;
+		else if (plen < 12)
+			want = 12; /* the version first */
 		else if (plen < 38)
 			want = 38;
 		else if (plen < 39)
@@ -288,10 +290,17 @@ static void hello_patched(size_t at, const uint8_t *bytes, size_t n, int err, co
 
 static void test_hello_errors(void **state)
 {
+	/* A version 1 HELLO for one short-named device is 37 bytes, less than
+	 * version 2's fixed part: refused, not waited on. */
+	static const uint8_t v1[37] = {
+		0x42, 0x4c, 0x4b, 0x4d, 0x49, 0x47, 0x0d, 0x0a, 0, 0, 0, 1
+	};
 	static struct native_hello d;
 	size_t used;
 
 	(void)state;
+	expect_error(hello_decode_exact(v1, sizeof(v1), &d, &used), EPROTONOSUPPORT,
+		     "hello: unsupported version 1 (this blkmig speaks 2)");
 	hello_patched(0, (const uint8_t *)"BLKMIG\n\r", 8, EBADMSG,
 		      "hello: bad magic 0x424c4b4d49470a0d (not a blkmig native stream)");
 	hello_patched(0, (const uint8_t *)"QEVM\0\0\0\3", 8, EBADMSG,
@@ -1344,7 +1353,21 @@ static void test_verdict_errors(void **state)
 	uint8_t padded[sizeof(golden_verdict)];
 	uint8_t buf[128];
 
+	static const uint8_t dup[] = { 0x00, 0x02, 0x06, 'd', 'r', 'i', 'v', 'e', '0', 0, 0, 0,
+				       0,    0,	   0,	 0,   4,   0,	0,   0,	  0,   0, 0, 0,
+				       1,    0x06, 'd',	 'r', 'i', 'v', 'e', '0', 0,   0, 0, 0,
+				       0,    0,	   0,	 4,   0,   0,	0,   0,	  0,   0, 0, 1 };
+
 	(void)state;
+	/* One device counted twice would hide the other's differences. */
+	expect_error(verdict_decode_exact(dup, sizeof(dup), &d), EBADMSG,
+		     "verdict: duplicate device name 'drive0'");
+	memset(&v, 0, sizeof(v));
+	v.ndev = 2;
+	strcpy(v.dev[0].name, "drive0");
+	strcpy(v.dev[1].name, "drive0");
+	expect_error(native_verdict_encode(buf, sizeof(buf), &v), EINVAL,
+		     "verdict: duplicate device name 'drive0'");
 	for (size_t plen = 0; plen < blen; plen++)
 		assert_int_equal(verdict_decode_exact(body, plen, &d), -EBADMSG);
 	expect_error(verdict_decode_exact(body, 0, &d), EBADMSG,
