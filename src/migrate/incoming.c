@@ -156,7 +156,8 @@ static void settle_locked(struct incoming *in, struct conn *c, int r, const char
 		}
 		return;
 	}
-	if (r == 0 || (c->claimed && st->written) || (r == -ECANCELED && cancel_is_set(in->stop))) {
+	if (r == 0 || (c->claimed && (st->written || st->verify)) ||
+	    (r == -ECANCELED && cancel_is_set(in->stop))) {
 		/* Complete, failed after writing (this was the migration), or
 		 * cancelled here.  A peer's own ABORT is a refusal like any
 		 * other while nothing was written. */
