@@ -471,9 +471,50 @@ class Conn:
             self.close("cut (fin)")
 
     def peer_error(self, who, e):
-        # Mirror an abort: the other side gets a RST too.
+        """Mirror an abort: the other side gets a RST too, but only after
+        what the failed peer sent before it (an ERROR, say) has been passed
+        on, as a direct connection would deliver it.  A send that fails
+        must not lose the replies still unread in our receive queue."""
         log("conn %d %s error %s %s" % (self.idx, who, errno.errorcode.get(e.errno, e.errno), self.offsets()))
+        if self.state == "open":
+            if who == "destination":
+                self.salvage(self.dst, self.rev, self.src)
+            else:
+                self.salvage(self.src, self.fwd, self.dst)
         self.close("%s %s" % (who, os.strerror(e.errno) if e.errno else e), rst=True)
+
+    def salvage(self, rd, side, wr):
+        """Forward, best effort, what is queued for wr and what rd still
+        has readable; fault actions are ignored from here on."""
+        pending = [bytes(x) for x in side.queue if not isinstance(x, Action)]
+        side.queue = []
+        try:
+            while True:
+                d = rd.recv(1 << 20)
+                if not d:
+                    break
+                if side is self.rev:
+                    self.parse_rev(d)
+                    pending += [x for x in side.queue if not isinstance(x, Action)]
+                    side.queue = []
+                else:
+                    side.count += len(d)
+                    pending.append(d)
+        except OSError:
+            pass
+        data = b"".join(pending)
+        if not data:
+            return
+        try:
+            wr.settimeout(1.0)
+            wr.sendall(data)
+            side.sent += len(data)
+            deadline = time.monotonic() + 1.0
+            while outq(wr) and time.monotonic() < deadline:
+                time.sleep(0.001)
+        except OSError:
+            pass
+        log("conn %d passed on %d bytes before the reset %s" % (self.idx, len(data), self.offsets()))
 
     def close(self, why, rst=False):
         if self.state == "closed":
