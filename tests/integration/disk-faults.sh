@@ -32,7 +32,7 @@ teardown() {
 	for p in "${BG_PIDS[@]}" "${QSDS[@]}"; do kill "$p" 2>/dev/null; done
 	wait 2>/dev/null
 	for d in "${DMS[@]}"; do
-		dmsetup remove --retry "$d" >/dev/null 2>&1 || echo "disk-faults: could not remove dm device $d" >&2
+		dmsetup remove --noudevsync --retry "$d" >/dev/null 2>&1 || echo "disk-faults: could not remove dm device $d" >&2
 		rm -f "/dev/mapper/$d.blkmig-incomplete"
 	done
 	for m in "${MOUNTS[@]}"; do
@@ -45,7 +45,8 @@ trap teardown EXIT
 
 # How to make a device that fails I/O in [errat, errat + 1 MiB): dm, else
 # qemu-storage-daemon's FUSE export of a blkdebug node, else nothing.
-if command -v dmsetup >/dev/null && command -v losetup >/dev/null && dmsetup version >/dev/null 2>&1; then
+if command -v dmsetup >/dev/null && command -v losetup >/dev/null &&
+	dmsetup targets 2>/dev/null | grep -q '^error '; then
 	ERRDEV=dm
 elif command -v qemu-storage-daemon >/dev/null && [ -c /dev/fuse ]; then
 	ERRDEV=fuse
@@ -66,10 +67,11 @@ error_device() {
 		local dm="blkmig-test-$$-$name"
 		printf '0 %d linear %s 0\n%d %d error\n%d %d linear %s %d\n' \
 			$e0 "$loop" $e0 $elen $((e0 + elen)) $((sectors - e0 - elen)) "$loop" $((e0 + elen)) |
-			dmsetup create "$dm" || fail "$name: dmsetup create"
+			dmsetup create --noudevsync "$dm" || fail "$name: dmsetup create"
 		DMS+=("$dm")
 		dmsetup mknodes "$dm" >/dev/null 2>&1
 		DEV="/dev/mapper/$dm"
+		for _ in $(seq 1 200); do [ -b "$DEV" ] && break; sleep 0.025; done
 		[ -b "$DEV" ] || fail "$name: $DEV did not appear"
 	else
 		# blkdebug fails every request that covers its sector: one rule
@@ -97,11 +99,13 @@ error_device() {
 }
 
 # ---- checks ---------------------------------------------------------------
-# one_line LABEL ERRFILE PATTERN: exactly one 'blkmig:' line, matching.
+# one_line LABEL ERRFILE PATTERN: stderr is exactly one 'blkmig:' line (so
+# no sanitizer report either), matching PATTERN.
 one_line() {
 	local n
 	n=$(grep -c '^blkmig:' "$2")
 	[ "$n" = 1 ] || { cat "$2" >&2; fail "$1: $n 'blkmig:' lines on stderr, expected exactly one"; }
+	[ "$(grep -c . "$2")" = 1 ] || { cat "$2" >&2; fail "$1: more than the one 'blkmig:' line on stderr"; }
 	grep -qE -- "$3" "$2" || { cat "$2" >&2; fail "$1: the message does not match /$3/"; }
 }
 
