@@ -27,18 +27,25 @@ DMS=()
 QSDS=()
 teardown() {
 	local d p m l
-	# The blkmig processes first, then the FUSE exports' daemons (which
-	# unmount on SIGTERM), then what is left, in the reverse of set-up.
-	for p in "${BG_PIDS[@]}" "${QSDS[@]}"; do kill "$p" 2>/dev/null; done
-	wait 2>/dev/null
+	# In the reverse of set-up: the blkmig processes, the dm devices, the
+	# loop devices (some over FUSE exports), the FUSE exports' daemons
+	# (which unmount on SIGTERM), the mounts left.  blkmig's sidecar marks
+	# beside device nodes in /dev go too.
+	for p in "${BG_PIDS[@]}"; do kill "$p" 2>/dev/null; done
+	for p in "${BG_PIDS[@]}"; do wait "$p" 2>/dev/null; done
 	for d in "${DMS[@]}"; do
 		dmsetup remove --noudevsync --retry "$d" >/dev/null 2>&1 || echo "disk-faults: could not remove dm device $d" >&2
 		rm -f "/dev/mapper/$d.blkmig-incomplete"
 	done
+	for l in "${LOOPS[@]}"; do
+		losetup -d "$l" 2>/dev/null
+		rm -f "$l.blkmig-incomplete"
+	done
+	for p in "${QSDS[@]}"; do kill "$p" 2>/dev/null; done
+	for p in "${QSDS[@]}"; do wait "$p" 2>/dev/null; done
 	for m in "${MOUNTS[@]}"; do
 		mountpoint -q "$m" && { umount "$m" || umount -l "$m"; }
 	done
-	for l in "${LOOPS[@]}"; do losetup -d "$l" 2>/dev/null; done
 	cleanup
 }
 trap teardown EXIT
@@ -187,17 +194,37 @@ fi
 echo "disk-faults: error devices through $ERRDEV"
 
 # ---- EIO at the destination -----------------------------------------------
+# eio_dest LABEL DEVICE RECEIVE-PATTERN: a migration into DEVICE, whose
+# faulty MiB fails it.
+eio_dest() {
+	local label=$1 dev=$2
+	make_random "$T/$label.src" $size 32
+	cp "$T/$label.src" "$T/$label.orig"
+	start_receiver "$label" --device d0="$dev" --max-refused 1 --timeout 30
+	send_with_writer "$label" "$T/$label.src"
+	check_failed "$label" "$SEND_RC" "$RECV_RC" "$dev" \
+		"^blkmig: send: destination failed: .*Input/output error" "$3"
+	check_source "$label" "$T/$label.orig" "$T/$label.src"
+}
 truncate -s $size "$T/eio.back"
 error_device eio "$T/eio.back"
-make_random "$T/eio.src" $size 32
-cp "$T/eio.src" "$T/eio.orig"
-start_receiver eio --device d0="$DEV" --max-refused 1 --timeout 30
-send_with_writer eio "$T/eio.src"
-check_failed eio "$SEND_RC" "$RECV_RC" "$DEV" \
-	"^blkmig: send: destination failed: .*Input/output error" \
-	"^blkmig: receive: .*d0 at offset $errat.*Input/output error"
-check_source eio "$T/eio.orig" "$T/eio.src"
+if [ "$ERRDEV" = dm ]; then
+	# A block device is written through the page cache: the error comes
+	# with the writeback, at the pass's fdatasync at the latest.
+	eio_dest eio "$DEV" "^blkmig: receive: .*d0.*Input/output error"
+else
+	# The FUSE export writes through: pwrite itself fails.
+	eio_dest eio "$DEV" "^blkmig: receive: .*d0 at offset $errat.*Input/output error"
+fi
 pass "EIO at the destination ($ERRDEV): $(cat "$T/eio.err")"
+if [ "$ERRDEV" = fuse ]; then
+	# What dm gives, a block device whose writeback fails: a loop device
+	# over the FUSE export.
+	loop=$(losetup -f --show "$DEV") || fail "eio-wb: losetup"
+	LOOPS+=("$loop")
+	eio_dest eio-wb "$loop" "^blkmig: receive: .*d0.*$loop.*Input/output error"
+	pass "EIO at the destination's writeback (loop over fuse): $(cat "$T/eio-wb.err")"
+fi
 
 # ---- read errors at the source --------------------------------------------
 make_random "$T/rd.back" $size 33
