@@ -8,7 +8,7 @@
 . "$(dirname "$0")/lib.sh"
 requires cmp /usr/bin/python3
 
-RELAY="/usr/bin/python3 $(cd "$(dirname "$0")/../tools" && pwd)/faultrelay.py"
+RELAY=$FAULTRELAY
 PEER="$T/peer.py"
 cat >"$PEER" <<'PY'
 # peer.py dest PORTFILE OUT REPLIES  |  peer.py src PORT IN OUT [PAUSE]
@@ -281,10 +281,11 @@ PY
 /usr/bin/python3 "$PY_MULTI" "$T/multi.port" "$T/multi" &
 mpid=$!
 for _ in $(seq 1 200); do [ -s "$T/multi.port" ] && break; sleep 0.025; done
-$RELAY --listen 0 --port-file "$T/m.rport" --to "127.0.0.1:$(cat "$T/multi.port")" \
-	--log "$T/m.log" --conn 2 --cut-at 100 --control "$T/ctl" --exit-after 3 &
-rpid=$!
-for _ in $(seq 1 200); do [ -s "$T/m.rport" ] && break; sleep 0.025; done
+# (lib.sh's start_relay: the log is $T/m.relay.log.)
+start_relay m "$(cat "$T/multi.port")" --conn 2 --cut-at 100 --control "$T/ctl" --exit-after 3
+rpid=$RELAY_PID
+echo "$RELAY_PORT" >"$T/m.rport"
+ln -s "$T/m.relay.log" "$T/m.log"
 for i in 1 2; do
 	timeout 60 /usr/bin/python3 "$PEER" src "$(cat "$T/m.rport")" "$T/big.in" "$T/m$i.src"
 	for _ in $(seq 1 200); do [ -s "$T/multi.$i" ] && break; sleep 0.025; done
