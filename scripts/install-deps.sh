@@ -17,6 +17,9 @@ packages=(
 	gnutls-bin openssl
 	# ss, for bench/qemu-converge.py's count of bytes on the wire
 	iproute2
+	# disk-faults.sh: device-mapper error segments over loop devices, or
+	# qemu-storage-daemon (qemu-system-x86) FUSE exports where there is no dm
+	dmsetup
 )
 
 missing=()

@@ -8,7 +8,7 @@
 . "$(dirname "$0")/lib.sh"
 requires cmp /usr/bin/python3
 
-RELAY="/usr/bin/python3 $(cd "$(dirname "$0")/../tools" && pwd)/faultrelay.py"
+RELAY=$FAULTRELAY
 PEER="$T/peer.py"
 cat >"$PEER" <<'PY'
 # peer.py dest PORTFILE OUT REPLIES  |  peer.py src PORT IN OUT [PAUSE]
@@ -47,6 +47,17 @@ if sys.argv[1] == "dest":
     open(sys.argv[2] + ".tmp", "w").write(str(ls.getsockname()[1]))
     import os; os.rename(sys.argv[2] + ".tmp", sys.argv[2])
     c, _ = ls.accept()
+    if sys.argv[4].endswith(",rst"):
+        # Read a little, answer, and reset the connection mid-stream (as a
+        # receiver that fails, sends ERROR and closes with data unread).
+        got = c.recv(65536)
+        open(sys.argv[3], "wb").write(got)
+        for m in messages(sys.argv[4][:-4]):
+            c.sendall(m)
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.close()
+        status(sys.argv[3], "sent-rst")
+        sys.exit(0)
     def replies():
         try:
             for m in messages(sys.argv[4]):
@@ -125,6 +136,16 @@ PY
 grep -q "close fwd=$((64 * MiB)) rev=[0-9]* replies=54: both sides finished" "$T/pass.log" ||
 	{ cat "$T/pass.log" >&2; fail "pass: log"; }
 pass "64 MiB forward and 54 framed replies (one of 200000 bytes) backward, intact"
+
+# A destination that answers ERROR and resets while the source is still
+# sending: the source still gets the ERROR before the reset, as it would
+# without the relay.
+run errrst "$T/big.in" "81:00000001,83:0000001c6469736b2066756c6c,rst" "" --conn all
+expect_err="$T/errrst.want"
+/usr/bin/python3 -c "import struct,sys; sys.stdout.buffer.write(struct.pack('>BI',0x81,4)+bytes.fromhex('00000001')+struct.pack('>BI',0x83,13)+bytes.fromhex('0000001c6469736b2066756c6c'))" >"$expect_err"
+cmp -s "$expect_err" "$T/errrst.src" || { cat "$T/errrst.log" >&2; fail "errrst: the source did not get READY and ERROR before the reset"; }
+[ "$(cat "$T/errrst.src.status")" = reset ] || fail "errrst: the source saw $(cat "$T/errrst.src.status")"
+pass "a destination's ERROR, then its reset, both reach the source in that order"
 
 # ---- cuts at a byte offset ------------------------------------------------
 for mode in rst fin; do
@@ -260,10 +281,11 @@ PY
 /usr/bin/python3 "$PY_MULTI" "$T/multi.port" "$T/multi" &
 mpid=$!
 for _ in $(seq 1 200); do [ -s "$T/multi.port" ] && break; sleep 0.025; done
-$RELAY --listen 0 --port-file "$T/m.rport" --to "127.0.0.1:$(cat "$T/multi.port")" \
-	--log "$T/m.log" --conn 2 --cut-at 100 --control "$T/ctl" --exit-after 3 &
-rpid=$!
-for _ in $(seq 1 200); do [ -s "$T/m.rport" ] && break; sleep 0.025; done
+# (lib.sh's start_relay: the log is $T/m.relay.log.)
+start_relay m "$(cat "$T/multi.port")" --conn 2 --cut-at 100 --control "$T/ctl" --exit-after 3
+rpid=$RELAY_PID
+echo "$RELAY_PORT" >"$T/m.rport"
+ln -s "$T/m.relay.log" "$T/m.log"
 for i in 1 2; do
 	timeout 60 /usr/bin/python3 "$PEER" src "$(cat "$T/m.rport")" "$T/big.in" "$T/m$i.src"
 	for _ in $(seq 1 200); do [ -s "$T/multi.$i" ] && break; sleep 0.025; done

@@ -175,3 +175,26 @@ make_x509() {
 		chmod 644 ca-cert.pem server-cert.pem client-cert.pem
 	) || fail "make_x509 $d: certtool failed"
 }
+
+# The fault-injecting relay (tests/tools/faultrelay.py; run it with Debian's
+# python3).  start_relay NAME TO-PORT [OPTIONS...]: relays a free port to
+# 127.0.0.1:TO-PORT with the faults in OPTIONS, logging to $T/NAME.relay.log;
+# sets RELAY_PID and RELAY_PORT.  `kill -USR1 $RELAY_PID` cuts its open
+# connections, -USR2 stalls them, -HUP resumes them.
+FAULTRELAY="/usr/bin/python3 $(cd "$(dirname "${BASH_SOURCE[0]}")/../tools" && pwd)/faultrelay.py"
+start_relay() {
+	local name=$1 to=$2
+	shift 2
+	rm -f "$T/$name.relay.port"
+	$FAULTRELAY --listen 0 --port-file "$T/$name.relay.port" --to "127.0.0.1:$to" \
+		--log "$T/$name.relay.log" "$@" 2>"$T/$name.relay.err" &
+	RELAY_PID=$!
+	BG_PIDS+=("$RELAY_PID")
+	for _ in $(seq 1 400); do
+		[ -s "$T/$name.relay.port" ] && break
+		kill -0 "$RELAY_PID" 2>/dev/null || { cat "$T/$name.relay.err" >&2; fail "relay $name died at start"; }
+		sleep 0.025
+	done
+	[ -s "$T/$name.relay.port" ] || fail "relay $name did not start listening"
+	RELAY_PORT=$(cat "$T/$name.relay.port")
+}

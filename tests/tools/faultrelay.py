@@ -37,14 +37,17 @@ once.  A cut waits (up to 2 s) for what was already forwarded to reach the
 peers' sockets, so the destination has received exactly the bytes before the
 cut point.
 
-Faults on demand, applied to every connection open at that moment:
+Faults on demand, applied to every connection open at that moment (a cut
+now drops what the relay has read but not yet passed on):
   SIGUSR1: cut now (--cut-mode); SIGUSR2: stall now, until SIGHUP.
   --control FIFO: lines "cut", "cut rst", "cut fin", "stall [SECONDS]",
   "resume" (the FIFO is created if it does not exist).
 
 --log FILE gets one line per connection opened and closed and per fault
-applied, with the forward (fwd=) and reverse (rev=) byte offsets at that
-moment, e.g. "conn 1 fault cut-at fwd=1048613 rev=9 mode=rst".
+applied, with the bytes passed on so far to the destination (fwd=) and to
+the source (rev=), e.g. "conn 1 fault cut-at fwd=1048613 rev=9"; the last
+line counts connections and faults: "exit: 3 connections, 2 faults applied"
+(only on a clean exit: --exit-after, SIGTERM, SIGINT).
 
 --exit-after N: exit 0 once N connections have ended (default: run until
 SIGTERM or SIGINT).
@@ -193,10 +196,11 @@ def parse_args(argv):
 # ---- one relayed connection ------------------------------------------------
 
 class Action:
-    """A fault to apply once everything queued before it has been sent."""
+    """A fault to apply once everything queued before it has been sent.
+    It is logged as HEAD, the offsets at that moment, TAIL."""
 
-    def __init__(self, kind, arg, what):
-        self.kind, self.arg, self.what = kind, arg, what
+    def __init__(self, kind, arg, head, tail=""):
+        self.kind, self.arg, self.head, self.tail = kind, arg, head, tail
 
 
 class Side:
@@ -237,7 +241,8 @@ class Conn:
         self.msgs = 0
 
     def offsets(self):
-        return "fwd=%d rev=%d" % (self.fwd.count, self.rev.count)
+        """Bytes passed on so far: to the destination, to the source."""
+        return "fwd=%d rev=%d" % (self.fwd.sent, self.rev.sent)
 
     def fault(self, what):
         self.relay.faults += 1
@@ -258,11 +263,9 @@ class Conn:
         self.fwd_points.pop(0)
         for kind, arg in self.relay.args.fwd_points[pt]:
             if kind == "cut-at":
-                what = "cut-at %s%s" % (self.offsets(), " (%s)" % arg if arg else "")
-                self.fwd.queue.append(Action("cut", None, what))
+                self.fwd.queue.append(Action("cut", None, "cut-at", " (%s)" % arg if arg else ""))
             else:
-                what = "stall-at %s seconds=%s" % (self.offsets(), arg)
-                self.fwd.queue.append(Action("stall", arg, what))
+                self.fwd.queue.append(Action("stall", arg, "stall-at", " seconds=%s" % arg))
 
     def read_fwd(self):
         side = self.fwd
@@ -347,10 +350,11 @@ class Conn:
             t, cnt = self.cur_type, self.cur_n
             self.cur_type = None
             self.msgs += 1
-            where = "type=0x%02x n=%d fwd=%d rev=%d" % (t, cnt, self.fwd.count, side.count + i)
+            where = "type=0x%02x n=%d" % (t, cnt)
             if self.cur_drop:
+                # Offsets: passed on to the destination, read from it.
                 self.cur_drop = False
-                self.fault("drop-reply " + where)
+                self.fault("drop-reply %s fwd=%d rev=%d" % (where, self.fwd.sent, side.count + i))
                 continue
             acts = self.reply_points.pop((t, cnt), None)
             if acts:
@@ -361,7 +365,7 @@ class Conn:
                     if kind == "cut-after-reply":
                         side.queue.append(Action("cut", None, "cut-after-reply " + where))
                     else:
-                        side.queue.append(Action("stall", arg, "stall-after-reply %s seconds=%s" % (where, arg)))
+                        side.queue.append(Action("stall", arg, "stall-after-reply " + where, " seconds=%s" % arg))
         if out:
             side.queue.append(b"".join(out))
         side.count += n
@@ -400,7 +404,7 @@ class Conn:
         return True
 
     def apply(self, act):
-        self.fault(act.what)
+        self.fault("%s %s%s" % (act.head, self.offsets(), act.tail))
         if act.kind == "cut":
             self.cut(self.cut_mode)
         elif act.kind == "stall":
@@ -471,9 +475,50 @@ class Conn:
             self.close("cut (fin)")
 
     def peer_error(self, who, e):
-        # Mirror an abort: the other side gets a RST too.
+        """Mirror an abort: the other side gets a RST too, but only after
+        what the failed peer sent before it (an ERROR, say) has been passed
+        on, as a direct connection would deliver it.  A send that fails
+        must not lose the replies still unread in our receive queue."""
         log("conn %d %s error %s %s" % (self.idx, who, errno.errorcode.get(e.errno, e.errno), self.offsets()))
+        if self.state == "open":
+            if who == "destination":
+                self.salvage(self.dst, self.rev, self.src)
+            else:
+                self.salvage(self.src, self.fwd, self.dst)
         self.close("%s %s" % (who, os.strerror(e.errno) if e.errno else e), rst=True)
+
+    def salvage(self, rd, side, wr):
+        """Forward, best effort, what is queued for wr and what rd still
+        has readable; fault actions are ignored from here on."""
+        pending = [bytes(x) for x in side.queue if not isinstance(x, Action)]
+        side.queue = []
+        try:
+            while True:
+                d = rd.recv(1 << 20)
+                if not d:
+                    break
+                if side is self.rev:
+                    self.parse_rev(d)
+                    pending += [x for x in side.queue if not isinstance(x, Action)]
+                    side.queue = []
+                else:
+                    side.count += len(d)
+                    pending.append(d)
+        except OSError:
+            pass
+        data = b"".join(pending)
+        if not data:
+            return
+        try:
+            wr.settimeout(1.0)
+            wr.sendall(data)
+            side.sent += len(data)
+            deadline = time.monotonic() + 1.0
+            while outq(wr) and time.monotonic() < deadline:
+                time.sleep(0.001)
+        except OSError:
+            pass
+        log("conn %d passed on %d bytes before the reset %s" % (self.idx, len(data), self.offsets()))
 
     def close(self, why, rst=False):
         if self.state == "closed":
