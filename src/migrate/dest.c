@@ -917,7 +917,10 @@ static int run(struct dst *d)
 				return r;
 			break;
 		case DST_EV_COMMIT:
-			return commit(d, ev.attempt);
+			r = commit(d, ev.attempt);
+			if (r == 0 && d->f->ops->committed)
+				d->f->ops->committed(d->f, ev.attempt);
+			return r;
 		case DST_EV_VERDICT:
 			if (!d->p->verify_only)
 				return err_set(EPROTO, "the source sent a verdict, but migrates");
@@ -925,9 +928,9 @@ static int run(struct dst *d)
 		case DST_EV_CLOSED:
 			if (d->acked)
 				return err_set(ECONNRESET,
-					       "the source closed the connection after the "
-					       "acknowledgement without committing: it keeps the "
-					       "devices");
+					       "the connection closed after the acknowledgement, "
+					       "before the source's commit: the image stays marked "
+					       "until the source says whether it handed over");
 			return err_set(ECONNRESET,
 				       "the source closed the connection at stream offset "
 				       "%llu, before completing the migration",

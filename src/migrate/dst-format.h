@@ -107,6 +107,9 @@ struct dst_format_ops {
 	 * the source (ACK of the attempt); the hand-over is a later COMMIT
 	 * event.  Otherwise finish: 0 = the devices are ours now. */
 	int (*acknowledge)(struct dst_fmt *f, uint32_t attempt);
+	/* With acknowledge: the COMMIT of attempt is taken, the images are
+	 * this side's (best effort: the source retries until it hears it). */
+	void (*committed)(struct dst_fmt *f, uint32_t attempt);
 	int (*finish)(struct dst_fmt *f);
 	/* The migration failed with -err and msg: tell the source.  Called
 	 * only with caps.return_path (then required).  Best effort. */

@@ -174,6 +174,13 @@ static int native_acknowledge(struct dst_fmt *f, uint32_t attempt)
 	return r < 0 ? err_prefix(-r, "acknowledgement: ") : 0;
 }
 
+static void native_committed(struct dst_fmt *f, uint32_t attempt)
+{
+	uint8_t buf[NATIVE_FRAME_HDR + 4];
+
+	send_frame(f, native_done_encode(buf, sizeof(buf), attempt), buf);
+}
+
 static void native_fail(struct dst_fmt *f, int err, const char *msg)
 {
 	/* A source that aborted is not listening. */
@@ -203,6 +210,7 @@ const struct dst_format_ops dst_native_ops = {
 	.state = native_state,
 	.sums = native_sums,
 	.acknowledge = native_acknowledge,
+	.committed = native_committed,
 	.fail = native_fail,
 	.close = dst_fmt_free,
 };

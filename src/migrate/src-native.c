@@ -287,12 +287,22 @@ static int native_commit(struct src_job *j)
 	int n = native_commit_encode(buf, sizeof(buf), j->attempt);
 	int r = n < 0 ? n : xport_write(j->x, buf, (size_t)n);
 
+	uint64_t done;
+
 	if (r == 0)
 		r = xport_flush(j->x);
+	/* Until the destination says it took over, the commit may be lost:
+	 * the session keeps it pending, and a new connection delivers it. */
+	if (r == 0)
+		r = rp_await(j, NATIVE_MSG_DONE, "to take over", &done);
+	if (r == 0 && done != j->attempt)
+		r = err_set(EPROTO, "the destination took over attempt %llu, not %u",
+			    (unsigned long long)done, j->attempt);
 	if (r < 0)
-		return err_prefix(-r, "the destination acknowledged, but the commit could not be "
-				      "sent (the source stays fenced; the destination stays marked "
-				      "incomplete): ");
+		return err_prefix(-r,
+				  "the destination acknowledged, but did not confirm the "
+				  "commit (the source stays fenced; the destination stays marked "
+				  "incomplete until the commit reaches it): ");
 	return 0;
 }
 

@@ -70,7 +70,7 @@ static void *rp_main(void *arg)
 	struct src_job *j = arg;
 
 	wire_stream_allow(j->rs, NATIVE_ALLOW(NATIVE_MSG_SYNCED) | NATIVE_ALLOW(NATIVE_MSG_ACK) |
-				     NATIVE_ALLOW(NATIVE_MSG_WACK) |
+				     NATIVE_ALLOW(NATIVE_MSG_WACK) | NATIVE_ALLOW(NATIVE_MSG_DONE) |
 				     NATIVE_ALLOW(NATIVE_MSG_ERROR));
 	for (;;) {
 		struct wire_item it;
@@ -104,6 +104,7 @@ static void *rp_main(void *arg)
 		}
 		type = it.kind == WIRE_ITEM_SYNCED ? NATIVE_MSG_SYNCED
 		       : it.kind == WIRE_ITEM_WACK ? NATIVE_MSG_WACK
+		       : it.kind == WIRE_ITEM_DONE ? NATIVE_MSG_DONE
 						   : NATIVE_MSG_ACK;
 		pthread_mutex_lock(&j->lock);
 		r = deliver_locked(j, type, it.value);

@@ -81,6 +81,7 @@ static const struct {
 	{ NATIVE_MSG_SYNCED, "SYNCED" }, { NATIVE_MSG_COMMIT, "COMMIT" },
 	{ NATIVE_MSG_WACK, "WACK" },	 { NATIVE_MSG_VERDICT, "VERDICT" },
 	{ NATIVE_MSG_STATE, "STATE" },	 { NATIVE_MSG_SUMS, "SUMS" },
+	{ NATIVE_MSG_DONE, "DONE" },
 };
 
 const char *native_msg_name(uint8_t type)
@@ -571,6 +572,11 @@ static int attempt_encode(uint8_t *buf, size_t cap, enum native_msg type, uint32
 int native_commit_encode(uint8_t *buf, size_t cap, uint32_t attempt)
 {
 	return attempt_encode(buf, cap, NATIVE_MSG_COMMIT, attempt);
+}
+
+int native_done_encode(uint8_t *buf, size_t cap, uint32_t attempt)
+{
+	return attempt_encode(buf, cap, NATIVE_MSG_DONE, attempt);
 }
 
 int native_ack_encode(uint8_t *buf, size_t cap, uint32_t attempt)

@@ -29,6 +29,8 @@
  *   0x86 STATE     body: be32 held, be32 attempt, be64 sums  (after READY)
  *   0x87 SUMS      body: be16 dev, be32 count, count x { be64 chunk,
  *                  16 bytes XXH3-128 }         (after STATE)
+ *   0x88 DONE      body: be32 attempt          (COMMIT taken: the marks are
+ *                                               cleared, the images are its)
  *
  * Lengths of framed messages are capped at NATIVE_MSG_MAX.
  */
@@ -74,6 +76,7 @@ enum native_msg {
 	NATIVE_MSG_WACK = 0x85,
 	NATIVE_MSG_STATE = 0x86,
 	NATIVE_MSG_SUMS = 0x87,
+	NATIVE_MSG_DONE = 0x88,
 };
 
 #define NATIVE_MAX_DEVICES 64
@@ -182,6 +185,7 @@ int native_synced_encode(uint8_t *buf, size_t cap, uint64_t passes);
 /* ACK and COMMIT carry the switch-over attempt (>= 1) they answer. */
 int native_ack_encode(uint8_t *buf, size_t cap, uint32_t attempt);
 int native_commit_encode(uint8_t *buf, size_t cap, uint32_t attempt);
+int native_done_encode(uint8_t *buf, size_t cap, uint32_t attempt);
 int native_state_encode(uint8_t *buf, size_t cap, const struct native_state *st);
 int native_sums_encode(uint8_t *buf, size_t cap, const struct native_sums *s);
 int native_verdict_encode(uint8_t *buf, size_t cap, const struct native_verdict *v);

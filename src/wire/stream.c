@@ -97,7 +97,8 @@ struct wire_stream {
 	 NATIVE_ALLOW(NATIVE_MSG_READY) | NATIVE_ALLOW(NATIVE_MSG_ACK) |                           \
 	 NATIVE_ALLOW(NATIVE_MSG_ERROR) | NATIVE_ALLOW(NATIVE_MSG_SYNCED) |                        \
 	 NATIVE_ALLOW(NATIVE_MSG_WACK) | NATIVE_ALLOW(NATIVE_MSG_VERDICT) |                        \
-	 NATIVE_ALLOW(NATIVE_MSG_STATE) | NATIVE_ALLOW(NATIVE_MSG_SUMS))
+	 NATIVE_ALLOW(NATIVE_MSG_STATE) | NATIVE_ALLOW(NATIVE_MSG_SUMS) |                          \
+	 NATIVE_ALLOW(NATIVE_MSG_DONE))
 
 int wire_stream_new(enum wire_stream_format format, wire_read_fn read, void *user,
 		    struct wire_stream **out)
@@ -160,16 +161,27 @@ uint32_t wire_stream_chunk_size(const struct wire_stream *s)
 const char *wire_item_name(enum wire_item_kind k)
 {
 	static const char *const names[] = {
-		[WIRE_ITEM_END] = "END",	   [WIRE_ITEM_RECORD] = "RECORD",
-		[WIRE_ITEM_HELLO] = "HELLO",	   [WIRE_ITEM_BLOCKS] = "BLOCKS",
-		[WIRE_ITEM_COMPLETE] = "COMPLETE", [WIRE_ITEM_ABORT] = "ABORT",
-		[WIRE_ITEM_COMMIT] = "COMMIT",	   [WIRE_ITEM_READY] = "READY",
-		[WIRE_ITEM_ACK] = "ACK",	   [WIRE_ITEM_ERROR] = "ERROR",
-		[WIRE_ITEM_SYNCED] = "SYNCED",	   [WIRE_ITEM_WACK] = "WACK",
-		[WIRE_ITEM_STATE] = "STATE",	   [WIRE_ITEM_SUMS] = "SUMS",
-		[WIRE_ITEM_VERDICT] = "VERDICT",   [WIRE_ITEM_QEMU_HEADER] = "QEMU_HEADER",
-		[WIRE_ITEM_CONFIG] = "CONFIG",	   [WIRE_ITEM_SECTION] = "SECTION",
-		[WIRE_ITEM_FOOTER] = "FOOTER",	   [WIRE_ITEM_EOF] = "EOF",
+		[WIRE_ITEM_END] = "END",
+		[WIRE_ITEM_RECORD] = "RECORD",
+		[WIRE_ITEM_HELLO] = "HELLO",
+		[WIRE_ITEM_BLOCKS] = "BLOCKS",
+		[WIRE_ITEM_COMPLETE] = "COMPLETE",
+		[WIRE_ITEM_ABORT] = "ABORT",
+		[WIRE_ITEM_COMMIT] = "COMMIT",
+		[WIRE_ITEM_READY] = "READY",
+		[WIRE_ITEM_ACK] = "ACK",
+		[WIRE_ITEM_ERROR] = "ERROR",
+		[WIRE_ITEM_SYNCED] = "SYNCED",
+		[WIRE_ITEM_WACK] = "WACK",
+		[WIRE_ITEM_STATE] = "STATE",
+		[WIRE_ITEM_SUMS] = "SUMS",
+		[WIRE_ITEM_VERDICT] = "VERDICT",
+		[WIRE_ITEM_DONE] = "DONE",
+		[WIRE_ITEM_QEMU_HEADER] = "QEMU_HEADER",
+		[WIRE_ITEM_CONFIG] = "CONFIG",
+		[WIRE_ITEM_SECTION] = "SECTION",
+		[WIRE_ITEM_FOOTER] = "FOOTER",
+		[WIRE_ITEM_EOF] = "EOF",
 		[WIRE_ITEM_VMDESC] = "VMDESC",
 	};
 
@@ -408,6 +420,11 @@ static int read_message(struct wire_stream *s, struct wire_item *it)
 		it->kind = type == NATIVE_MSG_ACK ? WIRE_ITEM_ACK : WIRE_ITEM_COMMIT;
 		r = native_attempt_decode(type == NATIVE_MSG_ACK ? "ack" : "commit", s->body, len,
 					  &v32);
+		it->value = v32;
+		break;
+	case NATIVE_MSG_DONE:
+		it->kind = WIRE_ITEM_DONE;
+		r = native_attempt_decode("done", s->body, len, &v32);
 		it->value = v32;
 		break;
 	case NATIVE_MSG_STATE:

@@ -82,6 +82,7 @@ enum wire_item_kind {
 	WIRE_ITEM_STATE,       /* native: .state */
 	WIRE_ITEM_SUMS,	       /* native: .sums */
 	WIRE_ITEM_VERDICT,     /* native: .verdict */
+	WIRE_ITEM_DONE,	       /* native: .value = attempt */
 	WIRE_ITEM_QEMU_HEADER, /* QEMU: .value = version (3) */
 	WIRE_ITEM_CONFIG,      /* QEMU: .section.name = machine type */
 	WIRE_ITEM_SECTION,     /* QEMU: .section, .section.name = the section's idstr */

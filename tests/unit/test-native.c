@@ -439,21 +439,22 @@ static void test_hello_encode_errors(void **state)
 	 NATIVE_ALLOW(NATIVE_MSG_VERDICT) | NATIVE_ALLOW(NATIVE_MSG_READY) |                       \
 	 NATIVE_ALLOW(NATIVE_MSG_ACK) | NATIVE_ALLOW(NATIVE_MSG_ERROR) |                           \
 	 NATIVE_ALLOW(NATIVE_MSG_SYNCED) | NATIVE_ALLOW(NATIVE_MSG_WACK) |                         \
-	 NATIVE_ALLOW(NATIVE_MSG_STATE) | NATIVE_ALLOW(NATIVE_MSG_SUMS))
+	 NATIVE_ALLOW(NATIVE_MSG_STATE) | NATIVE_ALLOW(NATIVE_MSG_SUMS) |                          \
+	 NATIVE_ALLOW(NATIVE_MSG_DONE))
 
 static void test_frame_ok(void **state)
 {
 	static const uint8_t types[] = { NATIVE_MSG_COMPLETE, NATIVE_MSG_ABORT,	 NATIVE_MSG_COMMIT,
 					 NATIVE_MSG_VERDICT,  NATIVE_MSG_READY,	 NATIVE_MSG_ACK,
 					 NATIVE_MSG_ERROR,    NATIVE_MSG_SYNCED, NATIVE_MSG_WACK,
-					 NATIVE_MSG_STATE,    NATIVE_MSG_SUMS };
+					 NATIVE_MSG_STATE,    NATIVE_MSG_SUMS,	 NATIVE_MSG_DONE };
 	uint8_t hdr[NATIVE_FRAME_HDR];
 	uint8_t type = 0;
 	uint32_t len = 1;
 
 	(void)state;
-	/* The twelve allow bits are distinct. */
-	assert_int_equal(__builtin_popcountll(ALLOW_ALL), 12);
+	/* The thirteen allow bits are distinct. */
+	assert_int_equal(__builtin_popcountll(ALLOW_ALL), 13);
 
 	for (size_t i = 0; i < ARRAY_SIZE(types); i++) {
 		hdr[0] = types[i];
@@ -501,7 +502,7 @@ static void test_frame_errors(void **state)
 	(void)state;
 	check_frame("\x00\0\0\0\0", ALLOW_ALL, "frame: unknown message type 0x00");
 	check_frame("\x06\0\0\0\0", ALLOW_ALL, "frame: unknown message type 0x06");
-	check_frame("\x88\0\0\0\0", ALLOW_ALL, "frame: unknown message type 0x88");
+	check_frame("\x89\0\0\0\0", ALLOW_ALL, "frame: unknown message type 0x89");
 	check_frame("\x80\0\0\0\0", ALLOW_ALL, "frame: unknown message type 0x80");
 	check_frame("\xff\0\0\0\0", ALLOW_ALL, "frame: unknown message type 0xff");
 	/* 0x21 and 0xa1 share allow bits with BLOCKS and READY. */
@@ -862,6 +863,19 @@ static void test_ready_ack(void **state)
 		     "encode ACK: buffer of 8 bytes is too small (need 9)");
 	expect_error(native_ack_encode(buf, sizeof(buf), 0), EINVAL,
 		     "encode ACK: attempt 0 (attempts count from 1)");
+	{
+		static const uint8_t golden_done[] = { 0x88, 0, 0, 0, 4, 0, 0, 1, 2 };
+		uint32_t attempt = 0;
+
+		assert_int_equal(native_done_encode(buf, sizeof(buf), 258), 9);
+		assert_memory_equal(buf, golden_done, 9);
+		expect_error(native_done_encode(buf, sizeof(buf), 0), EINVAL,
+			     "encode DONE: attempt 0 (attempts count from 1)");
+		assert_int_equal(native_attempt_decode("done", golden_done + 5, 4, &attempt), 0);
+		assert_int_equal(attempt, 258);
+		expect_error(native_attempt_decode("done", golden_done + 5, 3, &attempt), EBADMSG,
+			     "done: body of 3 bytes (expected 4)");
+	}
 
 	b = heap_copy(golden_ready + 5, 4);
 	assert_int_equal(native_ready_decode(b, 4, &version), 0);
@@ -1441,7 +1455,8 @@ static void test_msg_names(void **state)
 	assert_string_equal(native_msg_name(NATIVE_MSG_STATE), "STATE");
 	assert_string_equal(native_msg_name(NATIVE_MSG_SUMS), "SUMS");
 	assert_string_equal(native_msg_name(0x06), "unknown");
-	assert_string_equal(native_msg_name(0x88), "unknown");
+	assert_string_equal(native_msg_name(NATIVE_MSG_DONE), "DONE");
+	assert_string_equal(native_msg_name(0x89), "unknown");
 	assert_string_equal(native_msg_name(0), "unknown");
 	assert_string_equal(native_msg_name(0x21), "unknown");
 	assert_string_equal(native_msg_name(0xff), "unknown");
