@@ -400,17 +400,21 @@ static int offer_held(struct dst *d)
 
 	if (!ops->state)
 		return 0;
-	/* Acknowledged before a restart, on every device: the source needs
-	 * only to commit (checked against the recorded digests then). */
+	/*
+	 * Acknowledged on an earlier connection, on every device: a source
+	 * that fenced itself for that attempt needs only to commit; one that
+	 * abandoned it goes on, and compares every chunk.  Either way every
+	 * chunk is read (and its digest taken) here, which the commit then
+	 * checks against the acknowledged digests.
+	 */
 	d->awaiting = d->ndev && d->dev[0].awaiting.attempt ? d->dev[0].awaiting.attempt : 0;
 	for (unsigned i = 0; i < d->ndev; i++)
 		if (d->dev[i].awaiting.attempt != d->awaiting)
 			d->awaiting = 0;
-	if (d->awaiting && !all) {
-		st.held = NATIVE_HELD_AWAITING;
+	if (d->awaiting && !d->p->verify_only) {
+		all = true;
 		st.attempt = d->awaiting;
 		d->acked = d->awaiting;
-		return ops->state(d->f, &st);
 	}
 	for (unsigned i = 0; i < d->ndev; i++) {
 		struct dst_dev *dev = &d->dev[i];
@@ -422,6 +426,8 @@ static int offer_held(struct dst *d)
 	}
 	if (st.sums)
 		st.held = all ? NATIVE_HELD_ALL : NATIVE_HELD_PARTIAL;
+	if (st.attempt)
+		st.held = NATIVE_HELD_AWAITING;
 	r = ops->state(d->f, &st);
 	if (r < 0 || !st.sums)
 		return r;
@@ -796,15 +802,13 @@ static int commit(struct dst *d, uint32_t attempt)
 	if (!d->acked || attempt != d->acked)
 		return err_set(EPROTO, "the source committed attempt %u, but %s", attempt,
 			       d->acked ? "another was acknowledged" : "none was acknowledged");
-	/* Acknowledged before a restart: the images must still be what was
-	 * acknowledged, chunk for chunk. */
+	/* Acknowledged on an earlier connection: the images must still be
+	 * what was acknowledged, chunk for chunk (offer_held() read them). */
 	for (unsigned i = 0; r == 0 && d->awaiting && i < d->ndev; i++) {
 		struct dst_dev *dev = &d->dev[i];
-		uint8_t sum[NATIVE_SUM_LEN], digest[DIGEST_LEN];
+		uint8_t digest[DIGEST_LEN];
 		uint64_t chunks;
 
-		for (uint64_t c = 0; r == 0 && c < digest_nchunks(dev->dig); c++)
-			r = hold_chunk(d, dev, c, sum);
 		digest_final(dev->dig, digest, &chunks);
 		if (r == 0 && (chunks != dev->awaiting.chunks ||
 			       memcmp(digest, dev->awaiting.digest, DIGEST_LEN) != 0))
@@ -887,6 +891,7 @@ static int run(struct dst *d)
 		 * (the source resumed its writers), and the migration goes on. */
 		if (ev.kind != DST_EV_COMMIT && ev.kind != DST_EV_CLOSED && d->acked) {
 			d->acked = 0;
+			d->awaiting = 0;
 			d->st.state = MIG_DIRTY;
 		}
 		switch (ev.kind) {

@@ -147,6 +147,8 @@ struct src_session {
 	uint32_t committing;  /* fenced after ACK of this attempt; COMMIT pending (0: none) */
 	uint64_t transferred; /* bytes on the wire of the connections before this one */
 	uint32_t connections; /* connections begun so far */
+	/* Figures over every connection so far (the job's start from them). */
+	uint64_t switchovers, abandoned, max_pause_ns;
 };
 
 /* A fresh session with a random id.  0 or negative errno. */
@@ -178,6 +180,9 @@ struct src_params {
 
 #define SRC_DEFAULT_DOWNTIME_NS (300 * 1000000ull)
 #define SRC_DEFAULT_READERS	4
+/* A switch-over that holds the writers longer than the downtime plus this
+ * (or half the downtime, if more) is abandoned: the writers go on. */
+#define SRC_PAUSE_NOTICE_NS (200 * 1000000ull)
 
 struct src_device {
 	const char *name;

@@ -185,12 +185,14 @@ static int init_sync(struct src_job *j)
 		return err_set(errno, "eventfd: %s", strerror(errno));
 	pthread_mutex_init(&j->stats_lock, NULL);
 	pthread_mutex_init(&j->lock, NULL);
+	pthread_mutex_init(&j->pause_lock, NULL);
 	pthread_cond_init(&j->work_cond, NULL);
 	/* Timed waits must not stall on a clock step. */
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&j->done_cond, &ca);
 	pthread_cond_init(&j->wack_cond, &ca);
+	pthread_cond_init(&j->pause_cond, &ca);
 	pthread_condattr_destroy(&ca);
 	j->mq_tail = &j->mq_head;
 	return 0;
@@ -234,6 +236,9 @@ int src_new(const struct src_params *p, const struct src_device *devs, unsigned 
 	j->sess = p->session ? p->session : &j->own_session;
 	j->prev_transferred = j->sess->transferred;
 	j->stats.connections = j->sess->connections + 1;
+	j->stats.switchovers = j->sess->switchovers;
+	j->stats.abandoned = j->sess->abandoned;
+	j->stats.max_pause_ns = j->sess->max_pause_ns;
 	j->stats.verify = j->p.verify_only;
 	r = p->session ? 0 : src_session_init(&j->own_session);
 	if (r < 0) {
@@ -305,6 +310,8 @@ void src_free(struct src_job *j)
 		pthread_cond_destroy(&j->work_cond);
 		pthread_cond_destroy(&j->done_cond);
 		pthread_cond_destroy(&j->wack_cond);
+		pthread_cond_destroy(&j->pause_cond);
+		pthread_mutex_destroy(&j->pause_lock);
 		pthread_mutex_destroy(&j->lock);
 		pthread_mutex_destroy(&j->stats_lock);
 	}
@@ -527,20 +534,134 @@ struct run {
 	int err;
 };
 
+/*
+ * How long a switch-over may hold the writers: the downtime asked for, and
+ * the time to notice it is over (half as much again, at least 200 ms).
+ * Past that the attempt is abandoned and the writers go on.
+ */
+static uint64_t pause_limit(struct src_job *j)
+{
+	return max_downtime(j) + MAX(max_downtime(j) / 2, SRC_PAUSE_NOTICE_NS);
+}
+
 static void pause_writers(struct src_job *j)
 {
+	pthread_mutex_lock(&j->pause_lock);
 	for (unsigned i = 0; i < j->ndev; i++)
 		track_pause(j->dev[i].blk);
 	j->paused = true;
+	j->abandoned = false;
+	j->pause_t0 = now_ns();
+	j->pause_deadline = j->pause_t0 + pause_limit(j);
+	pthread_cond_signal(&j->pause_cond);
+	pthread_mutex_unlock(&j->pause_lock);
+}
+
+static void resume_locked(struct src_job *j)
+{
+	if (j->paused)
+		for (unsigned i = 0; i < j->ndev; i++)
+			track_resume(j->dev[i].blk);
+	j->paused = false;
+	j->pause_deadline = 0;
 }
 
 static void resume_writers(struct src_job *j)
 {
-	if (!j->paused)
+	pthread_mutex_lock(&j->pause_lock);
+	resume_locked(j);
+	pthread_mutex_unlock(&j->pause_lock);
+}
+
+static void abandoned_fn(struct mig_stats *st, void *arg)
+{
+	uint64_t ns = *(uint64_t *)arg;
+
+	st->abandoned++;
+	if (ns > st->max_pause_ns)
+		st->max_pause_ns = ns;
+}
+
+/* Lets the writers go when a switch-over overruns its pause (a stalled
+ * link, a destination that does not answer). */
+static void *watchdog_main(void *arg)
+{
+	struct src_job *j = arg;
+
+	pthread_mutex_lock(&j->pause_lock);
+	while (!j->watchdog_quit) {
+		uint64_t now = now_ns(), held;
+		struct timespec ts;
+
+		if (!j->pause_deadline) {
+			pthread_cond_wait(&j->pause_cond, &j->pause_lock);
+			continue;
+		}
+		if (now < j->pause_deadline) {
+			ts = mono_deadline(j->pause_deadline - now);
+			pthread_cond_timedwait(&j->pause_cond, &j->pause_lock, &ts);
+			continue;
+		}
+		if (j->paused && !j->handing_over) {
+			held = now - j->pause_t0;
+			resume_locked(j);
+			j->abandoned = true;
+			src_stats_update(j, abandoned_fn, &held);
+		}
+		j->pause_deadline = 0;
+	}
+	pthread_mutex_unlock(&j->pause_lock);
+	return NULL;
+}
+
+static int watchdog_start(struct src_job *j)
+{
+	int r = pthread_create(&j->watchdog, NULL, watchdog_main, j);
+
+	if (r)
+		return err_set(r, "cannot start the pause watchdog: %s", strerror(r));
+	j->watchdog_running = true;
+	return 0;
+}
+
+static void watchdog_stop(struct src_job *j)
+{
+	if (!j->watchdog_running)
 		return;
-	for (unsigned i = 0; i < j->ndev; i++)
-		track_resume(j->dev[i].blk);
-	j->paused = false;
+	pthread_mutex_lock(&j->pause_lock);
+	j->watchdog_quit = true;
+	pthread_cond_signal(&j->pause_cond);
+	pthread_mutex_unlock(&j->pause_lock);
+	pthread_join(j->watchdog, NULL);
+	j->watchdog_running = false;
+}
+
+/* After the ACK: hand over (fence) unless the watchdog has let the writers
+ * go already.  false: the attempt was abandoned. */
+static bool begin_hand_over(struct src_job *j)
+{
+	bool go;
+
+	pthread_mutex_lock(&j->pause_lock);
+	go = !j->abandoned;
+	if (go) {
+		j->handing_over = true;
+		j->pause_deadline = 0;
+		for (unsigned i = 0; i < j->ndev; i++)
+			track_fence(j->dev[i].blk, ESHUTDOWN);
+	}
+	pthread_mutex_unlock(&j->pause_lock);
+	return go;
+}
+
+static bool attempt_abandoned(struct src_job *j)
+{
+	bool a;
+
+	pthread_mutex_lock(&j->pause_lock);
+	a = j->abandoned;
+	pthread_mutex_unlock(&j->pause_lock);
+	return a;
 }
 
 struct pause_arg {
@@ -698,7 +819,8 @@ static enum mig_state final_cut_short(struct src_job *j, struct run *run, uint64
 	uint64_t t0 = run->t_pause;
 
 	resume_writers(j);
-	note_pause(j, false, now_ns() - run->t_pause);
+	if (!attempt_abandoned(j))
+		note_pause(j, false, now_ns() - run->t_pause);
 	run->t_pause = 0;
 	j->final_pass = false;
 	run->err = j->fmt->synced(j);
@@ -741,10 +863,16 @@ static enum mig_state state_final(struct src_job *j, struct run *run)
 		src_stats_update(j, count_pass_fn, NULL);
 		run->err = j->fmt->complete(j);
 	}
+	if (attempt_abandoned(j) || (run->err == 0 && !begin_hand_over(j))) {
+		/* Too late: the watchdog let the writers go on.  An ACK is for
+		 * an attempt that is over; the migration goes on, and a
+		 * failure is an ordinary one (the pause was counted). */
+		run->t_pause = 0;
+		j->final_pass = false;
+		return run->err < 0 ? MIG_FINAL : MIG_DIRTY;
+	}
 	if (run->err < 0)
 		return MIG_FINAL;
-	for (unsigned i = 0; i < j->ndev; i++)
-		track_fence(j->dev[i].blk, ESHUTDOWN);
 	resume_writers(j);
 	run->downtime_ns = now_ns() - run->t_pause;
 	run->committing = true;
@@ -804,7 +932,7 @@ static void fail(struct src_job *j, struct run *run)
 	if (!run->committing)
 		j->fmt->abort(j, -run->err,
 			      run->err == -ECANCELED ? "migration cancelled by the source" : msg);
-	if (run->t_pause && !run->committing)
+	if (run->t_pause && !run->committing && !attempt_abandoned(j))
 		run->downtime_ns = now_ns() - run->t_pause;
 	resume_writers(j);
 	err_copy_in(msg);
@@ -823,6 +951,8 @@ int src_run(struct src_job *j, struct xport *x)
 	xport_set_cancel(x, j->cancel);
 	set_state(j, MIG_SETUP);
 	run.err = cancel_start(j);
+	if (run.err == 0)
+		run.err = watchdog_start(j);
 
 	while (run.err == 0 && state != MIG_COMPLETED) {
 		if (src_cancelled(j)) {
@@ -852,6 +982,7 @@ int src_run(struct src_job *j, struct xport *x)
 	for (unsigned i = 0; i < j->ndev; i++)
 		track_set_dirty(j->dev[i].blk, NULL);
 	readers_stop(j);
+	watchdog_stop(j);
 	cancel_stop(j);
 	fin = (struct finish_arg){ .downtime = run.downtime_ns,
 				   .total = now_ns() - run.t_start,
@@ -862,6 +993,11 @@ int src_run(struct src_job *j, struct xport *x)
 	fin.peer_error = run.err < 0 && strncmp(err_msg(), "destination failed: ", 20) == 0;
 	set_transport(j, NULL);
 	src_stats_update(j, finish_fn, &fin);
+	pthread_mutex_lock(&j->stats_lock);
+	j->sess->switchovers = j->stats.switchovers;
+	j->sess->abandoned = j->stats.abandoned;
+	j->sess->max_pause_ns = j->stats.max_pause_ns;
+	pthread_mutex_unlock(&j->stats_lock);
 	set_state(j, state);
 	if (state == MIG_COMPLETED && j->p.verify_only)
 		return verify_result(j);

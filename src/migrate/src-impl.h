@@ -217,6 +217,22 @@ struct src_job {
 	struct wire_stream *rs; /* what the destination says (native): read by
 				 * the engine until READY, then by the return path */
 
+	/*
+	 * The switch-over's pause, under pause_lock (taken before a tracking
+	 * layer's own lock, never with j->lock or stats_lock held): the
+	 * watchdog lets paused writers go at pause_deadline unless the engine
+	 * is already handing over, so a stall can hold them no longer.
+	 */
+	pthread_mutex_t pause_lock;
+	pthread_cond_t pause_cond; /* the watchdog: a deadline was set, or quit */
+	pthread_t watchdog;
+	bool watchdog_running, watchdog_quit;
+	bool paused;
+	bool abandoned;		 /* the watchdog let the writers go: no hand-over this attempt */
+	bool handing_over;	 /* the engine is fencing: too late to abandon */
+	uint64_t pause_t0;	 /* when the writers were paused */
+	uint64_t pause_deadline; /* now_ns() to let them go at; 0: none */
+
 	/* Engine thread only. */
 	struct src_session *sess; /* p.session, or own_session */
 	struct src_session own_session;
@@ -227,7 +243,6 @@ struct src_job {
 	int timeout_ms;		   /* the transport's idle timeout, for answers and WACKs */
 	_Atomic int want_mode;	   /* enum mig_mode, as asked for (any thread) */
 	atomic_bool mirroring;	   /* the tracking layers have the mirror */
-	bool paused;
 	bool truncated;	 /* the last pass was cut short */
 	bool in_blocks;	 /* a pass or a write's message is open on the wire */
 	bool final_pass; /* this pass runs with the writers paused */
