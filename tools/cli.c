@@ -2,6 +2,8 @@
 /* Shared CLI helpers: errors, --device, progress line, --json; see cli.h. */
 #include "cli.h"
 
+#include "state/state.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <json-c/json.h>
@@ -418,4 +420,12 @@ int cli_tls_setup(const char *cmd, const struct cli_tls *t, const char *listen_a
 	if (tls_creds_new(&t->o, role, out) < 0)
 		return cli_fail("%s: %s", cmd, err_msg());
 	return 0;
+}
+
+int cli_state_option(int opt, const char *arg)
+{
+	if (opt != CLI_OPT_STATE_DIR)
+		return 0;
+	state_set_dir(arg);
+	return 1;
 }

@@ -97,6 +97,18 @@ struct cli_tls {
 	struct tls_options o;
 	bool no_tls;
 };
+/* --state-dir DIR: where marks and records of block devices live. */
+#define CLI_OPT_STATE_DIR 0x4100
+#define CLI_STATE_OPTION                                                                           \
+	{                                                                                          \
+		"state-dir", required_argument, NULL, CLI_OPT_STATE_DIR                            \
+	}
+#define CLI_STATE_HELP                                                                             \
+	"  --state-dir DIR       where the marks and records of block devices are kept\n"          \
+	"                        (default /var/lib/blkmig; a file's sit beside it)\n"
+/* 1 if opt was CLI_OPT_STATE_DIR (and the directory is now arg), else 0. */
+int cli_state_option(int opt, const char *arg);
+
 /* 1 if opt was one of CLI_TLS_OPTIONS (arg stored in t), else 0. */
 int cli_tls_option(int opt, const char *arg, struct cli_tls *t);
 /*

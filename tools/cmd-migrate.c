@@ -21,7 +21,8 @@ static const char migrate_help[] =
     "                      [--mode auto|dirty|active] [--chunk-size SIZE]\n"
     "                      [--format native|qemu] [--wait] [--json]\n"
     "                      [--tls-psk FILE | --tls-creds DIR [--tls-hostname NAME]]\n"
-    "                      [--tls-authz ID,...]\n"
+    "                      [--tls-authz ID,...] [--retry-for DURATION] [--resume]\n"
+    "                      [--delta]\n"
     "\n"
     "Start a live migration of a `blkmig serve` daemon's devices to another\n"
     "daemon's --incoming address.  Without --wait it returns once the migration\n"
@@ -45,6 +46,12 @@ static const char migrate_help[] =
     "  --format native|qemu  stream format; qemu: to a -M none QEMU 7.2 started with\n"
     "                        -incoming (QEMU cannot confirm success: check its\n"
     "                        query-migrate)\n"
+    "  --retry-for DURATION  after a dropped or stalled connection, reconnect and\n"
+    "                        resume for this long (default 60s; 0: never)\n"
+    "  --resume              continue the last migration, which had given up: the\n"
+    "                        destination offers what it holds, only the rest is sent\n"
+    "  --delta               the destination holds an older copy: send only chunks\n"
+    "                        whose digests differ\n"
     "  --wait                wait for the end; exit 0 only if it completed\n"
     "  --json                with --wait: print the final report as JSON\n" CLI_TLS_HELP
     "  --tls-hostname NAME   the destination's name in its certificate (default:\n"
@@ -69,7 +76,10 @@ int cmd_migrate(int argc, char **argv)
 		OPT_CHUNK,
 		OPT_FORMAT,
 		OPT_WAIT,
-		OPT_JSON
+		OPT_JSON,
+		OPT_RETRY,
+		OPT_RESUME,
+		OPT_DELTA
 	};
 	static const struct option opts[] = {
 		{ "control", required_argument, NULL, 'c' },
@@ -82,6 +92,9 @@ int cmd_migrate(int argc, char **argv)
 		{ "chunk-size", required_argument, NULL, OPT_CHUNK },
 		{ "format", required_argument, NULL, OPT_FORMAT },
 		{ "wait", no_argument, NULL, OPT_WAIT },
+		{ "retry-for", required_argument, NULL, OPT_RETRY },
+		{ "resume", no_argument, NULL, OPT_RESUME },
+		{ "delta", no_argument, NULL, OPT_DELTA },
 		{ "json", no_argument, NULL, OPT_JSON },
 		CLI_TLS_OPTIONS,
 		{ "help", no_argument, NULL, 'h' },
@@ -156,6 +169,20 @@ int cmd_migrate(int argc, char **argv)
 			break;
 		case OPT_WAIT:
 			wait = true;
+			break;
+		case OPT_RETRY:
+			if (parse_duration(optarg, &v) < 0) {
+				r = cli_usage_error("migrate", "--retry-for: %s", err_msg());
+				goto usage;
+			}
+			json_object_object_add(args, "retry-for",
+					       json_object_new_int64((int64_t)(v / 1000000u)));
+			break;
+		case OPT_RESUME:
+			json_object_object_add(args, "resume", json_object_new_boolean(1));
+			break;
+		case OPT_DELTA:
+			json_object_object_add(args, "delta", json_object_new_boolean(1));
 			break;
 		case OPT_JSON:
 			json = true;

@@ -24,7 +24,7 @@ static const char receive_help[] =
     "                      [--shared-base] [--port-file FILE] [--max-refused N]\n"
     "                      [--tls-psk FILE | --tls-creds DIR] [--tls-authz ID,...]\n"
     "                      [--no-tls] [--timeout SECONDS] [--retry-for DURATION]\n"
-    "                      [--delta] [--verify-only] [--json]\n"
+    "                      [--delta] [--verify-only] [--state-dir DIR] [--json]\n"
     "\n"
     "Accept one migration from `blkmig send` and write it into the named images.\n"
     "Every record is checked before anything is written; each pass is made\n"
@@ -61,7 +61,7 @@ static const char receive_help[] =
     "  --retry-for DURATION  when the migration's connection fails, wait this long\n"
     "                        for the source to reconnect and resume (default 60s;\n"
     "                        0: fail at once)\n"
-    "  --port-file FILE      write the port actually listened on to FILE\n"
+    "  --port-file FILE      write the port actually listened on to FILE\n" CLI_STATE_HELP
     "  --max-refused N       give up after N refused connections (64)\n" CLI_TLS_HELP
     "  --no-tls              listen off loopback without TLS (refused otherwise)\n"
     "  --timeout SECONDS     give up when the connection is idle this long (120);\n"
@@ -106,6 +106,7 @@ int cmd_receive(int argc, char **argv)
 		{ "retry-for", required_argument, NULL, OPT_RETRY },
 		{ "delta", no_argument, NULL, OPT_DELTA },
 		{ "verify-only", no_argument, NULL, OPT_VERIFY },
+		CLI_STATE_OPTION,
 		CLI_TLS_OPTIONS,
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
@@ -193,6 +194,8 @@ int cmd_receive(int argc, char **argv)
 			fputs(receive_help, stdout);
 			return EXIT_OK;
 		default:
+			if (cli_state_option(c, optarg))
+				break;
 			if (cli_tls_option(c, optarg, &tls))
 				break;
 			return cli_usage_error("receive", "invalid option");

@@ -10,6 +10,7 @@
 #include <json-c/json.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "block/backend.h"
 #include "cli.h"
@@ -17,6 +18,7 @@
 #include "common/error.h"
 #include "common/util.h"
 #include "transport/transport.h"
+#include "state/state.h"
 #include "workload/workload.h"
 
 static const char send_help[] =
@@ -26,7 +28,7 @@ static const char send_help[] =
     "                   [--mode auto|dirty|active] [--workload SPEC] [--timeout SECONDS]\n"
     "                   [--tls-psk FILE | --tls-creds DIR [--tls-hostname NAME]]\n"
     "                   [--tls-authz ID,...] [--retry-for DURATION] [--delta]\n"
-    "                   [--verify-only] [--json]\n"
+    "                   [--verify-only] [--state-dir DIR] [--json]\n"
     "\n"
     "Migrate the named images to a `blkmig receive` at HOST:PORT: a bulk pass,\n"
     "passes that resend chunks written meanwhile, and a final pass with writers\n"
@@ -60,7 +62,8 @@ static const char send_help[] =
     "                        compare chunk digests and send only what differs\n"
     "  --verify-only         compare with a `receive --verify-only` by digest while\n"
     "                        the devices stay in use; write nothing; print the\n"
-    "                        ranges that differ (exit 0 identical, 1 not)\n" CLI_TLS_HELP
+    "                        ranges that differ (exit 0 identical, 1 not)\n" CLI_STATE_HELP
+	CLI_TLS_HELP
     "  --tls-hostname NAME   the receiver's name in its certificate (default: the\n"
     "                        host of --to)\n"
     "  --json                print a JSON report on stdout at the end\n"
@@ -78,7 +81,64 @@ struct send_ctx {
 	struct cli_progress *prog;
 	bool verify, json;
 	const struct src_device *sdev;
+	const char *paths[CLI_MAX_DEVICES]; /* of sdev[], for their records */
+	unsigned npaths;
 };
+
+/*
+ * The migration id: the one an earlier send of these images to the same
+ * receiver left in their records (it had given up, or this host
+ * restarted: the receiver may hold part of it), or a new one, recorded
+ * before anything is sent.
+ */
+static int send_session(struct send_ctx *c, struct src_session *s)
+{
+	struct src_rec rec, first = { 0 };
+	bool reuse = true;
+	int r = src_session_init(s);
+
+	for (unsigned i = 0; r == 0 && i < c->npaths; i++) {
+		int l = src_rec_load(c->paths[i], &rec);
+
+		reuse = reuse && l == 0 && rec.attempt == 0 && strcmp(rec.dest, c->to) == 0 &&
+			(i == 0 || memcmp(rec.id, first.id, sizeof(rec.id)) == 0);
+		if (i == 0 && l == 0)
+			first = rec;
+	}
+	if (r < 0)
+		return r;
+	if (reuse && c->npaths)
+		memcpy(s->id, first.id, sizeof(s->id));
+	rec = (struct src_rec){ .when = (uint64_t)time(NULL) };
+	memcpy(rec.id, s->id, sizeof(rec.id));
+	for (size_t i = 0; c->to[i] && i + 1 < sizeof(rec.dest); i++)
+		rec.dest[i] = c->to[i] >= 0x20 && c->to[i] < 0x7f ? c->to[i] : '?';
+	for (unsigned i = 0; i < c->npaths; i++) {
+		r = src_rec_save(c->paths[i], &rec);
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
+/* src_params.handover: the images are the receiver's now (serve refuses
+ * them without --reclaim). */
+static int send_handover(void *user, const uint8_t id[NATIVE_ID_LEN], uint32_t attempt)
+{
+	struct send_ctx *c = user;
+	struct src_rec rec = { .attempt = attempt, .when = (uint64_t)time(NULL) };
+
+	memcpy(rec.id, id, sizeof(rec.id));
+	for (size_t i = 0; c->to[i] && i + 1 < sizeof(rec.dest); i++)
+		rec.dest[i] = c->to[i] >= 0x20 && c->to[i] < 0x7f ? c->to[i] : '?';
+	for (unsigned i = 0; i < c->npaths; i++) {
+		int r = src_rec_save(c->paths[i], &rec);
+
+		if (r < 0)
+			return err_prefix(-r, "recording the hand-over of %s: ", c->paths[i]);
+	}
+	return 0;
+}
 
 static int send_dial(void *user, struct xport **x)
 {
@@ -162,6 +222,7 @@ int cmd_send(int argc, char **argv)
 		{ "retry-for", required_argument, NULL, OPT_RETRY },
 		{ "delta", no_argument, NULL, OPT_DELTA },
 		{ "verify-only", no_argument, NULL, OPT_VERIFY },
+		CLI_STATE_OPTION,
 		CLI_TLS_OPTIONS,
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
@@ -178,6 +239,7 @@ int cmd_send(int argc, char **argv)
 	struct cli_progress prog;
 	struct mig_stats st = { 0 };
 	struct send_ctx ctx = { 0 };
+	struct src_session sess;
 	const char *to = NULL, *workload = NULL;
 	unsigned ndev = 0, nsend = 0;
 	bool json = false, qemu = false;
@@ -265,6 +327,8 @@ int cmd_send(int argc, char **argv)
 			fputs(send_help, stdout);
 			return EXIT_OK;
 		default:
+			if (cli_state_option(c, optarg))
+				break;
 			if (cli_tls_option(c, optarg, &tls))
 				break;
 			return cli_usage_error("send", "invalid option");
@@ -317,6 +381,7 @@ int cmd_send(int argc, char **argv)
 			cli_fail("send: %s", err_msg());
 			goto out;
 		}
+		ctx.paths[nsend] = devs[i].path;
 		sdev[nsend++] = (struct src_device){ .name = devs[i].name, .blk = blks[i] };
 	}
 	if (!nsend) {
@@ -344,13 +409,25 @@ int cmd_send(int argc, char **argv)
 	}
 
 	cli_progress_init(&prog, "send", !json);
-	ctx = (struct send_ctx){ .to = to,
-				 .creds = creds,
-				 .timeout_ms = (int)(timeout_s * 1000),
-				 .prog = &prog,
-				 .verify = p.verify_only,
-				 .json = json,
-				 .sdev = sdev };
+	ctx.to = to;
+	ctx.creds = creds;
+	ctx.timeout_ms = (int)(timeout_s * 1000);
+	ctx.prog = &prog;
+	ctx.verify = p.verify_only;
+	ctx.json = json;
+	ctx.sdev = sdev;
+	ctx.npaths = p.verify_only || p.format == MIG_FORMAT_QEMU ? 0 : nsend;
+	if (ctx.npaths) {
+		r = send_session(&ctx, &sess);
+		if (r < 0) {
+			cli_progress_done(&prog);
+			cli_fail("send: %s", err_msg());
+			goto out;
+		}
+		p.session = &sess;
+		p.handover = send_handover;
+		p.handover_user = &ctx;
+	}
 	r = src_migrate(&p, sdev, nsend,
 			&(struct src_retry){ .retry_ns = retry_ns,
 					     .dial = send_dial,

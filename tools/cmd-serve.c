@@ -29,7 +29,8 @@ static const char serve_help[] =
     "                    [--max-refused N] [--tls-psk FILE | --tls-creds DIR]\n"
     "                    [--tls-authz ID,...] [--no-tls]\n"
     "                    [--nbd-max-per-peer N] [--nbd-max-unauth N]\n"
-    "                    [--nbd-idle-timeout SECONDS]\n"
+    "                    [--nbd-idle-timeout SECONDS] [--retry-for DURATION]\n"
+    "                    [--reclaim] [--delta] [--state-dir DIR]\n"
     "\n"
     "Own the named images and export each over NBD under its NAME.  Every write\n"
     "goes through dirty tracking, so `blkmig migrate --control PATH --to ...`\n"
@@ -59,8 +60,14 @@ static const char serve_help[] =
     "  --port-file FILE      write 'incoming=PORT' and 'nbd=PORT' lines to FILE as\n"
     "                        each address starts listening\n"
     "  --max-refused N       with --incoming: give up after N refused connections\n"
-    "                        (64); each is logged in one line\n" CLI_TLS_HELP
-    "                        TLS covers the incoming migration, the NBD exports,\n"
+    "                        (64); each is logged in one line\n"
+    "  --retry-for DURATION  with --incoming: when the migration's connection fails,\n"
+    "                        wait this long for its source to resume it (60s)\n"
+    "  --delta               with --incoming: accept `migrate --delta` (the images\n"
+    "                        hold an older copy; only chunks that differ come)\n"
+    "  --reclaim             serve images this host handed over to another (their\n"
+    "                        hand-over record is removed); refused otherwise\n" CLI_STATE_HELP
+	CLI_TLS_HELP "                        TLS covers the incoming migration, the NBD exports,\n"
     "                        and outgoing migrations that name no credentials;\n"
     "                        NBD clients must use it (NBD_OPT_STARTTLS)\n"
     "  --no-tls              listen off loopback without TLS (refused otherwise)\n"
@@ -113,6 +120,9 @@ int cmd_serve(int argc, char **argv)
 		OPT_MAX_PER_PEER,
 		OPT_MAX_UNAUTH,
 		OPT_IDLE_TIMEOUT,
+		OPT_RETRY,
+		OPT_RECLAIM,
+		OPT_DELTA,
 	};
 	static const struct option opts[] = {
 		{ "device", required_argument, NULL, 'd' },
@@ -129,13 +139,20 @@ int cmd_serve(int argc, char **argv)
 		{ "nbd-max-per-peer", required_argument, NULL, OPT_MAX_PER_PEER },
 		{ "nbd-max-unauth", required_argument, NULL, OPT_MAX_UNAUTH },
 		{ "nbd-idle-timeout", required_argument, NULL, OPT_IDLE_TIMEOUT },
+		{ "retry-for", required_argument, NULL, OPT_RETRY },
+		{ "reclaim", no_argument, NULL, OPT_RECLAIM },
+		{ "delta", no_argument, NULL, OPT_DELTA },
+		CLI_STATE_OPTION,
 		CLI_TLS_OPTIONS,
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
 	static struct cli_device devs[CLI_MAX_DEVICES];
 	struct daemon_device ddevs[CLI_MAX_DEVICES];
-	struct daemon_config cfg = { .devs = ddevs, .cancel = cli_cancel_token(), .log = log_line };
+	struct daemon_config cfg = { .devs = ddevs,
+				     .cancel = cli_cancel_token(),
+				     .log = log_line,
+				     .retry_ns = DAEMON_DEFAULT_RETRY_MS * 1000000ull };
 	struct workload_spec wspec;
 	uint64_t v;
 	struct daemon *d = NULL;
@@ -188,6 +205,16 @@ int cmd_serve(int argc, char **argv)
 		case OPT_PORTFILE:
 			port_file = optarg;
 			break;
+		case OPT_RETRY:
+			if (parse_duration(optarg, &cfg.retry_ns) < 0)
+				return cli_usage_error("serve", "--retry-for: %s", err_msg());
+			break;
+		case OPT_RECLAIM:
+			cfg.reclaim = true;
+			break;
+		case OPT_DELTA:
+			cfg.delta = true;
+			break;
 		case OPT_MAXREFUSED:
 			r = cli_parse_uint("serve", "--max-refused", optarg, 1, 100000, &v);
 			if (r)
@@ -217,6 +244,8 @@ int cmd_serve(int argc, char **argv)
 			fputs(serve_help, stdout);
 			return EXIT_OK;
 		default:
+			if (cli_state_option(c, optarg))
+				break;
 			if (cli_tls_option(c, optarg, &tls))
 				break;
 			return cli_usage_error("serve", "invalid option");

@@ -50,7 +50,7 @@ struct arg_spec {
 	const char *const *choices; /* ARG_STRING: allowed values (NULL-terminated), or NULL */
 };
 
-#define MAX_ARGS 12
+#define MAX_ARGS 16
 
 /* The arguments of one call, checked: slot i belongs to spec[i]. */
 struct args {
@@ -283,6 +283,9 @@ static const struct arg_spec migrate_args[] = {
 	{ "tls-creds", ARG_STRING, false, 0, 0, NULL },
 	{ "tls-authz", ARG_STRING, false, 0, 0, NULL },
 	{ "tls-hostname", ARG_STRING, false, 0, 0, NULL },
+	{ "retry-for", ARG_INT, false, 0, 86400 * 1000, NULL },
+	{ "resume", ARG_BOOL, false, 0, 0, NULL },
+	{ "delta", ARG_BOOL, false, 0, 0, NULL },
 	{ NULL },
 };
 
@@ -322,10 +325,17 @@ static json_object *cmd_migrate(struct daemon *d, const struct args *a, struct c
 				.max_downtime_ns = d->max_downtime_ns,
 				.mode = d->mode };
 	const char *to = NULL, *mode = NULL, *format = "native";
-	uint64_t ms = 0, chunk = 0;
+	uint64_t ms = 0, chunk = 0, retry_ms = DAEMON_DEFAULT_RETRY_MS;
+	struct job_options jo = { 0 };
 	struct tls_creds *tls = NULL;
 
 	arg_str(a, "to", &to);
+	arg_u64(a, "retry-for", &retry_ms);
+	arg_bool(a, "resume", &jo.resume);
+	arg_bool(a, "delta", &p.delta);
+	jo.retry_ns = retry_ms * 1000000u;
+	p.handover = daemon_handover;
+	p.handover_user = d;
 	arg_bool(a, "shared-base", &p.shared_base);
 	arg_bool(a, "zero-blocks", &p.zero_blocks);
 	arg_u64(a, "max-bandwidth", &p.max_bandwidth);
@@ -350,7 +360,14 @@ static json_object *cmd_migrate(struct daemon *d, const struct args *a, struct c
 	pthread_mutex_lock(&d->lock);
 	snprintf(d->migrated_to, sizeof(d->migrated_to), "%s", to);
 	pthread_mutex_unlock(&d->lock);
-	if (job_start(d->job, to, &p, tls) < 0)
+	if (p.delta && (p.format != MIG_FORMAT_NATIVE || p.shared_base)) {
+		tls_creds_free(tls);
+		return fail(e, CTL_ERR_INVALID_PARAM, "%s",
+			    "delta needs the native format, and not shared-base");
+	}
+	if (p.format == MIG_FORMAT_QEMU)
+		jo.retry_ns = 0; /* QEMU cannot resume */
+	if (job_start(d->job, to, &p, tls, &jo) < 0)
 		return fail_errmsg(e, CTL_ERR_GENERIC);
 	return json_object_new_object();
 }

@@ -41,6 +41,10 @@ struct daemon {
 	char migrated_to[256]; /* the last migrate's destination */
 };
 
+/* daemon.c: the migrate job's hand-over hook (src_params.handover): record
+ * with every migrated image that it now belongs to the destination. */
+int daemon_handover(void *user, const uint8_t id[NATIVE_ID_LEN], uint32_t attempt);
+
 /* commands.c: run one command (cmd_lock held). */
 json_object *daemon_run_command_locked(struct daemon *d, const char *cmd, json_object *args,
 				       const char **err_class, char *err, size_t err_cap);

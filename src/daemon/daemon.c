@@ -14,11 +14,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "block/backend.h"
 #include "block/mark.h"
+#include "state/state.h"
 #include "common/error.h"
 #include "common/util.h"
 #include "control/control.h"
@@ -145,11 +147,13 @@ static int run_incoming(struct daemon *d)
 				.user = &in,
 				.expect = names,
 				.allow_shared_base = d->cfg.shared_base,
+				.allow_delta = d->cfg.delta,
 				.format = d->cfg.qemu ? MIG_FORMAT_QEMU : MIG_FORMAT_NATIVE };
 	struct incoming_params ip = { .lfd = d->incoming_lfd,
 				      .tls = d->tls_server,
 				      .timeout_ms = XPORT_DEFAULT_TIMEOUT_MS,
 				      .max_failures = d->cfg.max_refused,
+				      .retry_ns = d->cfg.qemu ? 0 : d->cfg.retry_ns,
 				      .log = log_refused,
 				      .log_user = d };
 	int r;
@@ -332,6 +336,70 @@ const char *daemon_incoming_addr(const struct daemon *d)
 	return d->incoming_addr;
 }
 
+int daemon_handover(void *user, const uint8_t id[NATIVE_ID_LEN], uint32_t attempt)
+{
+	struct daemon *d = user;
+	struct src_rec rec = { .attempt = attempt, .when = (uint64_t)time(NULL) };
+
+	memcpy(rec.id, id, NATIVE_ID_LEN);
+	pthread_mutex_lock(&d->lock);
+	for (size_t i = 0; d->migrated_to[i] && i + 1 < sizeof(rec.dest); i++)
+		rec.dest[i] =
+		    d->migrated_to[i] >= 0x20 && d->migrated_to[i] < 0x7f ? d->migrated_to[i] : '?';
+	pthread_mutex_unlock(&d->lock);
+	for (unsigned i = 0; i < d->cfg.ndev; i++) {
+		int r;
+
+		if (d->devs[i].readonly)
+			continue;
+		r = src_rec_save(d->devs[i].path, &rec);
+		if (r < 0)
+			return err_prefix(-r, "recording the hand-over of %s: ", d->devs[i].path);
+	}
+	return 0;
+}
+
+/*
+ * An image this daemon (or another blkmig) handed over belongs to its
+ * destination: serving it again would let two hosts write one disk.  Only
+ * the operator takes it back (--reclaim).
+ */
+static int check_handed_over(const struct daemon *d, const struct daemon_device *dev)
+{
+	struct src_rec rec;
+	char when[64];
+	time_t t;
+	int r = src_rec_load(dev->path, &rec);
+
+	if (r == -ENOENT || (r == 0 && rec.attempt == 0))
+		return 0;
+	if (r < 0 && r != -EBADMSG)
+		return r;
+	if (d->cfg.reclaim) {
+		r = src_rec_clear(dev->path);
+		if (r == 0 && d->cfg.log) {
+			char line[512];
+
+			snprintf(line, sizeof(line),
+				 "%s: reclaimed (its hand-over record is removed)", dev->path);
+			d->cfg.log(d->cfg.log_user, line);
+		}
+		return r;
+	}
+	if (r == -EBADMSG)
+		return err_set(EUCLEAN,
+			       "%s has an unreadable hand-over record: refusing to serve "
+			       "it (serve --reclaim takes it back)",
+			       dev->path);
+	t = (time_t)rec.when;
+	strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S UTC", gmtime(&t));
+	return err_set(EUCLEAN,
+		       "%s was handed over to %s at %s (switch-over attempt %u): it belongs to "
+		       "that host now; refusing to serve it (serve --reclaim takes it back, "
+		       "once the destination is known to be gone)",
+		       dev->path, rec.dest[0] ? rec.dest : "another host", when, rec.attempt);
+}
+
 /* Open every device under a tracking layer; the writable ones migrate. */
 static int open_devices(struct daemon *d)
 {
@@ -345,6 +413,9 @@ static int open_devices(struct daemon *d)
 				       "%s is marked incomplete (a migration into it did not "
 				       "finish): refusing to serve it",
 				       dev->path);
+		r = check_handed_over(d, dev);
+		if (r < 0)
+			return r;
 		r = blk_file_open(dev->path, dev->readonly ? BLK_OPEN_RDONLY : 0, 0, &base);
 		if (r < 0)
 			return r;

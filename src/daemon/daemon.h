@@ -41,6 +41,9 @@ struct workload_spec;
 #define DAEMON_MAX_DEVICES 64
 /* The tracking and resend granularity of a served disk's native migration. */
 #define DAEMON_DEFAULT_CHUNK_SIZE (64 * 1024)
+/* How long a migration reconnects and resumes after its link failed, and
+ * how long the incoming side waits for that (migrate's retry-for). */
+#define DAEMON_DEFAULT_RETRY_MS (60 * 1000)
 
 struct daemon_device {
 	const char *name; /* export and migration name */
@@ -63,9 +66,15 @@ struct daemon_config {
 	bool create;	      /* incoming: create missing or empty images */
 	uint64_t max_size;    /* incoming, create: the largest (0: DAEMON_DEFAULT_MAX_SIZE) */
 	bool shared_base;     /* incoming: accept a shared-base migration */
+	bool delta;	      /* incoming: accept a delta sync into the existing images */
 	bool qemu;	      /* incoming: QEMU 7.2's stream, not the native one */
 	unsigned max_refused; /* incoming: give up after this many refused
 			       * connections (0: INCOMING_MAX_FAILURES) */
+	uint64_t retry_ns;    /* incoming: wait this long for a source whose
+			       * connection failed to resume (0: fail at once) */
+	/* Serve images this daemon handed over to another (their record of
+	 * the hand-over is removed); without, they are refused. */
+	bool reclaim;
 	const struct workload_spec *workload; /* the built-in writer, or NULL */
 	/* TLS (--tls-psk/--tls-creds/--tls-authz): server credentials for the
 	 * incoming migration and the NBD exports (which then require TLS:

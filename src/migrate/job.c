@@ -43,6 +43,9 @@ struct job {
 	struct cancel *cancel; /* for the connect phase */
 	char to[256];
 	struct src_params p;
+	struct src_session sess; /* the migration (job_start(), kept for a resume) */
+	bool have_sess;
+	uint64_t retry_ns;
 	struct tls_creds *tls; /* the attempt's, owned by it; NULL: plain TCP */
 	struct mig_stats last; /* figures of the last state change / the end */
 	enum mig_state last_state;
@@ -108,6 +111,10 @@ static void on_progress(const struct mig_stats *st, void *user)
 	struct job *j = user;
 	bool changed;
 
+	/* A connection that failed may be followed by another: the attempt's
+	 * outcome is job_main()'s to report, not one connection's. */
+	if (st->state == MIG_FAILED || st->state == MIG_CANCELLED)
+		return;
 	pthread_mutex_lock(&j->lock);
 	/* Mirroring beginning is news too. */
 	changed = st->state != j->last_state || st->active != j->last.active;
@@ -120,28 +127,41 @@ static void on_progress(const struct mig_stats *st, void *user)
 		j->fn(j->user, st, "");
 }
 
+static int job_dial(void *user, struct xport **x)
+{
+	struct job *j = user;
+
+	return xport_dial(j->to, 10000, j->cancel, j->tls, x);
+}
+
+/* Each connection's engine, for status, tuning and cancel. */
+static void job_on_src(void *user, struct src_job *src)
+{
+	struct job *j = user;
+
+	if (src)
+		src_set_progress(src, on_progress, j);
+	pthread_mutex_lock(&j->lock);
+	j->src = src;
+	/* A cancel that came between two connections reaches the next. */
+	if (src && cancel_is_set(j->cancel))
+		src_cancel(src);
+	pthread_mutex_unlock(&j->lock);
+}
+
 static void *job_main(void *arg)
 {
 	struct job *j = arg;
-	struct src_job *src = NULL;
-	struct xport *x = NULL;
 	struct mig_stats st = { 0 };
+	struct src_retry rt = { .retry_ns = j->retry_ns,
+				.dial = job_dial,
+				.on_job = job_on_src,
+				.user = j,
+				.cancel = j->cancel };
 	int r;
 
-	r = src_new(&j->p, j->devs, j->ndev, &src);
-	if (r == 0) {
-		src_set_progress(src, on_progress, j);
-		pthread_mutex_lock(&j->lock);
-		j->src = src;
-		pthread_mutex_unlock(&j->lock);
-		r = xport_dial(j->to, 10000, j->cancel, j->tls, &x);
-	}
-	if (r == 0 && cancel_is_set(j->cancel))
-		r = err_set(ECANCELED, "migration cancelled");
-	if (r == 0)
-		r = src_run(src, x);
-	if (src)
-		src_stats(src, &st);
+	j->p.session = &j->sess;
+	r = src_migrate(&j->p, j->devs, j->ndev, &rt, &st);
 	if (r < 0 && st.state != MIG_FAILED && st.state != MIG_CANCELLED)
 		st.state = r == -ECANCELED ? MIG_CANCELLED : MIG_FAILED;
 
@@ -157,8 +177,6 @@ static void *job_main(void *arg)
 	pthread_mutex_unlock(&j->lock);
 	if (j->fn)
 		j->fn(j->user, &st, r < 0 ? j->error : "");
-	src_free(src);
-	xport_close(x);
 	tls_creds_free(j->tls);
 	j->tls = NULL;
 	return NULL;
@@ -177,7 +195,8 @@ static void reap_locked(struct job *j)
 	}
 }
 
-int job_start(struct job *j, const char *to, const struct src_params *p, struct tls_creds *tls)
+int job_start(struct job *j, const char *to, const struct src_params *p, struct tls_creds *tls,
+	      const struct job_options *o)
 {
 	int r;
 
@@ -197,6 +216,21 @@ int job_start(struct job *j, const char *to, const struct src_params *p, struct 
 		return err_set(ESHUTDOWN, "the devices were already migrated: this daemon no "
 					  "longer owns them");
 	}
+	if (o->resume && !j->have_sess) {
+		pthread_mutex_unlock(&j->lock);
+		tls_creds_free(tls);
+		return err_set(ENOENT, "no migration to resume: none was started");
+	}
+	if (!o->resume) {
+		r = src_session_init(&j->sess);
+		if (r < 0) {
+			pthread_mutex_unlock(&j->lock);
+			tls_creds_free(tls);
+			return r;
+		}
+		j->have_sess = true;
+	}
+	j->retry_ns = o->retry_ns;
 	snprintf(j->to, sizeof(j->to), "%s", to);
 	j->tls = tls;
 	j->p = *p;

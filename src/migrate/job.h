@@ -36,9 +36,16 @@ void job_free(struct job *j);
  * one completed (the devices are fenced), else 0: the attempt continues in
  * the background.  tls (NULL: plain TCP) are the attempt's client
  * credentials: the job owns them from this call on, whatever it returns.
+ * With o->resume, the attempt continues the last one's migration (the
+ * destination offers what it holds of it); -ENOENT when none was started.
  */
 struct tls_creds;
-int job_start(struct job *j, const char *to, const struct src_params *p, struct tls_creds *tls);
+struct job_options {
+	uint64_t retry_ns; /* reconnect and resume after a failed link this long (src_migrate) */
+	bool resume;	   /* continue the last migration (its id), which had given up */
+};
+int job_start(struct job *j, const char *to, const struct src_params *p, struct tls_creds *tls,
+	      const struct job_options *o);
 /* Ask the running attempt to stop; a no-op when none runs. */
 void job_cancel(struct job *j);
 void job_set_max_bandwidth(struct job *j, uint64_t bytes_per_sec);

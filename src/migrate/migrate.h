@@ -176,6 +176,15 @@ struct src_params {
 	bool verify_only;
 	/* The migration this job continues (NULL: a one-off with its own). */
 	struct src_session *session;
+	/*
+	 * After the destination's ACK, once the devices are fenced and before
+	 * COMMIT: record the hand-over durably with the images (so that a
+	 * restarted source refuses them).  0, or a negative errno with the
+	 * message set: then no COMMIT goes out and the devices stay fenced.
+	 * NULL: nothing to record.
+	 */
+	int (*handover)(void *user, const uint8_t id[NATIVE_ID_LEN], uint32_t attempt);
+	void *handover_user;
 };
 
 #define SRC_DEFAULT_DOWNTIME_NS (300 * 1000000ull)
@@ -257,7 +266,8 @@ struct src_retry {
 
 /*
  * Migrate as src_new() + src_run() do, over a new connection and a new job
- * after every failure worth another try, on one session (p->session, or
+ * after every failure worth another try once one connection got through
+ * (a first connect that fails is returned at once), on one session (p->session, or
  * one of its own), so that each connection resumes the migration: the
  * destination offers what it holds durably, and only the rest and what
  * was written since is sent.  Authentication, a refused device or size,

@@ -98,7 +98,11 @@ int src_migrate(const struct src_params *params, const struct src_device *devs, 
 		src_free(j);
 		xport_close(x);
 		err_copy_in(msg);
-		if (r == 0 || r == -ECANCELED || !rt->retry_ns || !worth_retry(r, st, &mismatches))
+		/* Only a migration that has begun is resumed: a first connect
+		 * that fails (a wrong address, a receiver not there) is the
+		 * operator's to fix, and says so at once. */
+		if (r == 0 || r == -ECANCELED || !rt->retry_ns || !p.session->connections ||
+		    !worth_retry(r, st, &mismatches))
 			return r;
 		now = now_ns();
 		if (!give_up)

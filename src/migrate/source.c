@@ -877,7 +877,10 @@ static enum mig_state state_final(struct src_job *j, struct run *run)
 	run->downtime_ns = now_ns() - run->t_pause;
 	run->committing = true;
 	j->sess->committing = j->attempt;
-	run->err = j->fmt->commit(j);
+	if (j->p.handover)
+		run->err = j->p.handover(j->p.handover_user, j->sess->id, j->attempt);
+	if (run->err == 0)
+		run->err = j->fmt->commit(j);
 	if (run->err == 0)
 		j->sess->committing = 0;
 	return MIG_COMPLETED;

@@ -243,9 +243,9 @@ struct src_job {
 	int timeout_ms;		   /* the transport's idle timeout, for answers and WACKs */
 	_Atomic int want_mode;	   /* enum mig_mode, as asked for (any thread) */
 	atomic_bool mirroring;	   /* the tracking layers have the mirror */
-	bool truncated;	 /* the last pass was cut short */
-	bool in_blocks;	 /* a pass or a write's message is open on the wire */
-	bool final_pass; /* this pass runs with the writers paused */
+	bool truncated;		   /* the last pass was cut short */
+	bool in_blocks;		   /* a pass or a write's message is open on the wire */
+	bool final_pass;	   /* this pass runs with the writers paused */
 	uint64_t passes_sent;
 	uint64_t wseq;	   /* the last WRITE sequence number used */
 	struct policy pol; /* convergence: see policy.h */

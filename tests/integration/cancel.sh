@@ -9,7 +9,7 @@ make_random "$T/src.img" $size 51
 sum=$(md5sum <"$T/src.img")
 
 for sig in INT TERM; do
-	start_receiver "c$sig" --device d0="$T/dst$sig.img" --create
+	start_receiver "c$sig" --device d0="$T/dst$sig.img" --create --retry-for 0
 	"$BLKMIG" send --to "127.0.0.1:$RECV_PORT" --device d0="$T/src.img" --max-bandwidth 32M \
 		>/dev/null 2>"$T/c$sig.send.err" &
 	spid=$!
@@ -25,8 +25,8 @@ for sig in INT TERM; do
 done
 
 # The destination dies mid-way: the source fails cleanly and is untouched.
-start_receiver killed --device d0="$T/dstK.img" --create
-"$BLKMIG" send --to "127.0.0.1:$RECV_PORT" --device d0="$T/src.img" --max-bandwidth 32M \
+start_receiver killed --device d0="$T/dstK.img" --create --retry-for 0
+"$BLKMIG" send --to "127.0.0.1:$RECV_PORT" --device d0="$T/src.img" --max-bandwidth 32M --retry-for 0 \
 	>/dev/null 2>"$T/killed.send.err" &
 spid=$!
 sleep 1.5

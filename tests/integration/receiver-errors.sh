@@ -45,7 +45,7 @@ check bad-magic "bad magic" no
 check bad-version "unsupported version 99" no
 check abort "source aborted: craft aborts on purpose" yes
 check no-complete "closed the connection at stream offset [0-9]+, before completing" yes
-check no-commit "after the acknowledgement without committing" yes
+check no-commit "after the acknowledgement, before the source.s commit" yes
 check missing-chunk "carried 4 of 5 chunks: the migration is incomplete" yes
 check shared-base "accept it with receive --shared-base" no
 check write-unannounced "a WRITE record, which this stream did not announce" yes

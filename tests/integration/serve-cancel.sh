@@ -57,7 +57,7 @@ make_random "$T/src.img" $size 111
 run_pair() { # label, how to interrupt
 	local label=$1 how=$2
 	rm -f "$T/dst.img"
-	start_serve "d$label" --incoming 127.0.0.1:0 --device d0="$T/dst.img" --create
+	start_serve "d$label" --incoming 127.0.0.1:0 --device d0="$T/dst.img" --create --retry-for 0
 	local dpid=$SERVE_PID din=$INCOMING_PORT
 	start_serve "s$label" --device d0="$T/src.img" --control "$T/$label.sock"
 	local spid=$SERVE_PID snbd=$NBD_PORT

@@ -61,7 +61,7 @@ pass "size mismatch refused at both ends"
 
 # --help for each command.
 for c in send receive demo serve migrate status cancel inspect; do
-	"$BLKMIG" "$c" --help | grep -q "Usage: blkmig $c" || fail "$c --help"
+	"$BLKMIG" "$c" --help >"$T/help.$c" && grep -q "Usage: blkmig $c" "$T/help.$c" || fail "$c --help"
 done
 pass "--help"
 

@@ -122,7 +122,7 @@ static void test_complete_then_refuse(void **state)
 	assert_false(started);
 
 	dst_start(&d);
-	assert_int_equal(job_start(j, d.bound, &p, NULL), 0);
+	assert_int_equal(job_start(j, d.bound, &p, NULL, &(struct job_options){ 0 }), 0);
 	assert_int_equal(job_wait(j), 0);
 	dst_join(&d);
 	assert_int_equal(d.r, 0);
@@ -138,7 +138,7 @@ static void test_complete_then_refuse(void **state)
 
 	/* The devices are fenced: writes fail, and no second attempt. */
 	assert_int_equal(blk_pwrite(t, buf, sizeof(buf), 0), -ESHUTDOWN);
-	assert_int_equal(job_start(j, d.bound, &p, NULL), -ESHUTDOWN);
+	assert_int_equal(job_start(j, d.bound, &p, NULL, &(struct job_options){ 0 }), -ESHUTDOWN);
 	assert_non_null(strstr(err_msg(), "already migrated"));
 	job_free(j);
 	blk_close(t);
@@ -160,8 +160,8 @@ static void test_busy_and_cancel(void **state)
 	(void)state;
 	assert_int_equal(job_new(&dev, 1, on_event, &ev, &j), 0);
 	dst_start(&d);
-	assert_int_equal(job_start(j, d.bound, &p, NULL), 0);
-	assert_int_equal(job_start(j, d.bound, &p, NULL), -EBUSY);
+	assert_int_equal(job_start(j, d.bound, &p, NULL, &(struct job_options){ 0 }), 0);
+	assert_int_equal(job_start(j, d.bound, &p, NULL, &(struct job_options){ 0 }), -EBUSY);
 	sleep_ns(300 * 1000000ull);
 	job_set_max_bandwidth(j, 2 * MiB);
 	job_cancel(j);
@@ -196,7 +196,7 @@ static void test_cancel_while_connecting(void **state)
 	assert_int_equal(job_new(&dev, 1, NULL, NULL, &j), 0);
 	/* Port 1 on loopback refuses; the job keeps retrying (a destination
 	 * may still be starting) until cancelled. */
-	assert_int_equal(job_start(j, "127.0.0.1:1", &p, NULL), 0);
+	assert_int_equal(job_start(j, "127.0.0.1:1", &p, NULL, &(struct job_options){ 0 }), 0);
 	sleep_ns(200 * 1000000ull);
 	job_cancel(j);
 	assert_int_equal(job_wait(j), -ECANCELED);
@@ -204,7 +204,7 @@ static void test_cancel_while_connecting(void **state)
 	assert_int_equal(st.state, MIG_CANCELLED);
 	assert_non_null(strstr(err, "127.0.0.1:1"));
 	/* A failed attempt may be retried. */
-	assert_int_equal(job_start(j, "127.0.0.1:1", &p, NULL), 0);
+	assert_int_equal(job_start(j, "127.0.0.1:1", &p, NULL, &(struct job_options){ 0 }), 0);
 	job_cancel(j);
 	assert_true(job_wait(j) < 0);
 	job_free(j);

@@ -119,6 +119,37 @@ static void test_parse_rate(void **state)
 	assert_msg_contains("too large");
 }
 
+static void test_parse_duration(void **state)
+{
+	uint64_t v = 0;
+
+	(void)state;
+	assert_int_equal(parse_duration("60", &v), 0);
+	assert_int_equal(v, 60000000000ull);
+	assert_int_equal(parse_duration("90s", &v), 0);
+	assert_int_equal(v, 90000000000ull);
+	assert_int_equal(parse_duration("500ms", &v), 0);
+	assert_int_equal(v, 500000000ull);
+	assert_int_equal(parse_duration("2m", &v), 0);
+	assert_int_equal(v, 120000000000ull);
+	assert_int_equal(parse_duration("24h", &v), 0);
+	assert_int_equal(v, 86400000000000ull);
+	assert_int_equal(parse_duration("0", &v), 0);
+	assert_int_equal(v, 0);
+
+	assert_int_equal(parse_duration("", &v), -EINVAL);
+	assert_msg_contains("expected a number");
+	assert_int_equal(parse_duration("s", &v), -EINVAL);
+	assert_int_equal(parse_duration("-1s", &v), -EINVAL);
+	assert_int_equal(parse_duration("10x", &v), -EINVAL);
+	assert_msg_contains("unknown unit 'x'");
+	assert_int_equal(parse_duration("1.5s", &v), -EINVAL);
+	assert_int_equal(parse_duration("25h", &v), -EINVAL);
+	assert_msg_contains("longer than a day");
+	assert_int_equal(parse_duration("99999999999999999999", &v), -EINVAL);
+	assert_msg_contains("longer than a day");
+}
+
 /* ---- str_escape ----------------------------------------------------------- */
 
 static void test_str_escape(void **state)
@@ -268,10 +299,10 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_parse_size_ok), cmocka_unit_test(test_parse_size_errors),
-		cmocka_unit_test(test_parse_rate),    cmocka_unit_test(test_fmt_bytes),
-		cmocka_unit_test(test_str_escape),    cmocka_unit_test(test_be_layout),
-		cmocka_unit_test(test_be_round_trip), cmocka_unit_test(test_range_inside),
-		cmocka_unit_test(test_checked_arith),
+		cmocka_unit_test(test_parse_rate),    cmocka_unit_test(test_parse_duration),
+		cmocka_unit_test(test_fmt_bytes),     cmocka_unit_test(test_str_escape),
+		cmocka_unit_test(test_be_layout),     cmocka_unit_test(test_be_round_trip),
+		cmocka_unit_test(test_range_inside),  cmocka_unit_test(test_checked_arith),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
