@@ -116,6 +116,7 @@ json_object *report_stats_json(const struct mig_stats *st, const char *error)
 	ok = ok && add(o, "converging", json_object_new_boolean(st->converging)) &&
 	     add_int(o, "mirrored-writes", st->mirror_writes) &&
 	     add_int(o, "mirrored-bytes", st->mirror_bytes) &&
+	     add_int(o, "mirror-suspensions", st->mirror_suspensions) &&
 	     add_int(o, "switchover-attempts", st->switchovers) &&
 	     add_int(o, "abandoned-attempts", st->abandoned) &&
 	     add_int(o, "connections", st->connections) &&

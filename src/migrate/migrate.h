@@ -117,13 +117,15 @@ struct mig_stats {
 	uint64_t active_since;	/* iterations finished when mirroring began */
 	uint64_t mirror_writes; /* client writes sent as WRITE records */
 	uint64_t mirror_bytes;	/* their bytes */
-	uint64_t switchovers;	/* final passes begun (more than 1: some gave up) */
-	uint64_t max_pause_ns;	/* the longest pause of the writers, any attempt */
-	uint64_t abandoned;	/* switch-over attempts given up unacknowledged */
-	uint32_t connections;	/* connections this migration used (1 + reconnections) */
-	bool verify;		/* a verify-only run: nothing was written */
-	bool peer_error;	/* the failure is the destination's own (its ERROR) */
-	char mode_reason[160];	/* why mirroring began */
+	uint64_t mirror_suspensions; /* a mirrored write went unacknowledged too long:
+				      * marked dirty, mirroring suspended until a WACK */
+	uint64_t switchovers;	     /* final passes begun (more than 1: some gave up) */
+	uint64_t max_pause_ns;	     /* the longest pause of the writers, any attempt */
+	uint64_t abandoned;	     /* switch-over attempts given up unacknowledged */
+	uint32_t connections;	     /* connections this migration used (1 + reconnections) */
+	bool verify;		     /* a verify-only run: nothing was written */
+	bool peer_error;	     /* the failure is the destination's own (its ERROR) */
+	char mode_reason[160];	     /* why mirroring began */
 	uint32_t chunk_size;
 	/* Destination: whether any byte reached a device (a failed run that
 	 * wrote nothing left the images as they were). */

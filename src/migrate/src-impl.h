@@ -203,6 +203,9 @@ struct src_job {
 	struct mirror_req *mq_head, **mq_tail;
 	uint64_t mq_seq;  /* writes queued so far */
 	bool mirror_stop; /* the migration is over: writers give up */
+	/* A mirrored write went unacknowledged past its patience: writes are
+	 * marked dirty instead of mirrored until the next WACK. */
+	bool mirror_suspended;
 
 	/* What the return path received (src-rpath.c). */
 	bool rp_running, rp_quit;

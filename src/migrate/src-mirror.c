@@ -43,6 +43,19 @@
  */
 #define MIRROR_MAX_CHUNKS 16
 
+/*
+ * How long a writer waits for its mirrored write's WACK before the write
+ * is marked dirty instead (it reached the source's backend; a later pass
+ * carries it): twice the downtime, at least MIRROR_PATIENCE_NS.  Mirroring
+ * is then suspended until the destination answers again, so a stalled link
+ * holds each writer that long at most, not for the idle timeout.
+ */
+#define MIRROR_PATIENCE_NS (2 * 1000000000ull)
+
+static uint64_t mirror_patience(struct src_job *j)
+{
+	return MAX(2 * atomic_load(&j->downtime_ns), MIRROR_PATIENCE_NS);
+}
 static void mirror_fn(struct mig_stats *st, void *arg)
 {
 	st->mirror_writes++;
@@ -168,7 +181,7 @@ static int mirror_submit(void *opaque, enum track_op op, const void *buf, uint64
 		ok = readers_copied_locked(j, di, c);
 	/* A failing or cancelled migration takes no more: the range is
 	 * marked dirty, and the writer does not come back for a WACK. */
-	ok = ok && !j->mirror_stop && !j->rp_err && !src_cancelled(j);
+	ok = ok && !j->mirror_stop && !j->rp_err && !j->mirror_suspended && !src_cancelled(j);
 	if (ok) {
 		m->queued = true;
 		m->qseq = ++j->mq_seq;
@@ -183,6 +196,12 @@ static int mirror_submit(void *opaque, enum track_op op, const void *buf, uint64
 	}
 	*ticket = (uint64_t)(uintptr_t)m;
 	return 1;
+}
+
+static void suspend_fn(struct mig_stats *st, void *arg)
+{
+	(void)arg;
+	st->mirror_suspensions++;
 }
 
 /* Take a write that was never sent out of the queue (lock held). */
@@ -203,8 +222,7 @@ static int mirror_wait(void *opaque, uint64_t ticket)
 {
 	struct src_job *j = ((struct src_dev *)opaque)->job;
 	struct mirror_req *m = (struct mirror_req *)(uintptr_t)ticket;
-	bool timed = j->timeout_ms > 0;
-	struct timespec ts = mono_deadline((uint64_t)(timed ? j->timeout_ms : 0) * 1000000u);
+	struct timespec ts = mono_deadline(mirror_patience(j));
 	bool timed_out = false;
 	int r = -EIO;
 
@@ -219,19 +237,15 @@ static int mirror_wait(void *opaque, uint64_t ticket)
 		 * writer, for ever. */
 		if (m->err || j->rp_err || j->mirror_stop || src_cancelled(j) || timed_out)
 			break;
-		if (timed)
-			timed_out =
-			    pthread_cond_timedwait(&j->wack_cond, &j->lock, &ts) == ETIMEDOUT;
-		else
-			pthread_cond_wait(&j->wack_cond, &j->lock);
+		timed_out = pthread_cond_timedwait(&j->wack_cond, &j->lock, &ts) == ETIMEDOUT;
 	}
-	if (timed_out && !j->rp_err && !j->mirror_stop) {
-		j->rp_err = -ETIMEDOUT;
-		snprintf(j->rp_msg, sizeof(j->rp_msg),
-			 "the destination did not acknowledge a mirrored write in %d s",
-			 j->timeout_ms / 1000);
-		pthread_cond_broadcast(&j->done_cond);
-		pthread_cond_broadcast(&j->wack_cond);
+	/* Not acknowledged in time: the write is marked dirty (by the tracking
+	 * layer, as r < 0 says), and later writes are not mirrored until the
+	 * destination answers again (a WACK, src-rpath.c).  A silent link is
+	 * the idle timeout's to end. */
+	if (timed_out && !j->mirror_suspended) {
+		j->mirror_suspended = true;
+		src_stats_update(j, suspend_fn, NULL);
 	}
 	/* Giving up: the engine must be done with the buffer first. */
 	if (m->queued)

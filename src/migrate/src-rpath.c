@@ -52,9 +52,11 @@ static int deliver_locked(struct src_job *j, uint8_t type, uint64_t v)
 				       (unsigned long long)v, (unsigned long long)j->wacked,
 				       (unsigned long long)j->wseq_sent);
 		j->wacked = v;
+		j->mirror_suspended = false; /* the link answers again */
 		pthread_cond_broadcast(&j->wack_cond);
 		return 0;
 	}
+	j->mirror_suspended = false; /* any answer: the link works again */
 	if (j->rp_have)
 		return err_set(EPROTO, "destination sent %s before the last answer was expected",
 			       native_msg_name(type));
