@@ -104,6 +104,12 @@ void blk_close(struct blk *b);
  * SEEK_DATA/SEEK_HOLE.  Thread-safe (positional I/O on one fd).
  */
 int blk_file_open(const char *path, unsigned flags, uint64_t create_size, struct blk **out);
+/*
+ * The file under a stack whose bottom is a file backend: its device and
+ * inode (fstat of the open descriptor), so that a path can be checked to
+ * still name it.  -ENOTSUP for other backends.
+ */
+int blk_file_identity(struct blk *b, uint64_t *dev, uint64_t *ino);
 
 /*
  * In-memory device for tests.  Storage is allocated lazily in 64 KiB pages:

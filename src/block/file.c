@@ -412,3 +412,18 @@ static const struct blk_ops file_ops = {
 	.writeback = file_writeback,
 	.close = file_close,
 };
+
+int blk_file_identity(struct blk *b, uint64_t *dev, uint64_t *ino)
+{
+	struct stat sb;
+
+	while (b && b->lower)
+		b = b->lower;
+	if (!b || b->ops != &file_ops)
+		return err_set(ENOTSUP, "not a file or block device");
+	if (fstat(to_file(b)->fd, &sb) < 0)
+		return err_set(errno, "fstat %s: %s", to_file(b)->path, strerror(errno));
+	*dev = (uint64_t)sb.st_dev;
+	*ino = (uint64_t)sb.st_ino;
+	return 0;
+}

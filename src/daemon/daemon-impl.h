@@ -31,6 +31,7 @@ struct daemon {
 	struct workload *wl;	      /* or NULL */
 	struct ctl *ctl;	      /* or NULL */
 	struct tls_creds *tls_server; /* from cfg.tls; NULL without TLS */
+	struct daemon_incoming in;    /* the incoming migration's devices */
 
 	pthread_mutex_t cmd_lock; /* one command at a time; guards what follows */
 	uint64_t max_bandwidth;	  /* for the next migrate without it */

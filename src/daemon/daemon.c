@@ -45,10 +45,9 @@ static int refuse_claim(const struct daemon_device *d, const char *shown, uint64
 		       fmt_bytes(b, sizeof(b), max), (unsigned long long)max, d->path);
 }
 
-int daemon_incoming_open(void *user, const char *name, uint64_t size, struct blk **out, char *path,
-			 size_t path_cap, bool *created)
+static int incoming_open(const struct daemon_incoming *c, const char *name, uint64_t size,
+			 struct blk **out, char *path, size_t path_cap, bool *created)
 {
-	const struct daemon_incoming *c = user;
 	const struct daemon_device *d = NULL;
 	uint64_t max = c->max_size ? c->max_size : DAEMON_DEFAULT_MAX_SIZE, want;
 	char shown[STR_ESCAPE_CAP(256)], a[32], b[32];
@@ -123,6 +122,18 @@ int daemon_incoming_open(void *user, const char *name, uint64_t size, struct blk
 	return r;
 }
 
+int daemon_incoming_open(void *user, const char *name, uint64_t size, struct blk **out, char *path,
+			 size_t path_cap, bool *created)
+{
+	struct daemon_incoming *c = user;
+	int r = incoming_open(c, name, size, out, path, path_cap, created);
+
+	for (unsigned i = 0; r == 0 && i < c->ndev; i++)
+		if (strcmp(c->devs[i].name, name) == 0)
+			c->known[i] = blk_file_identity(*out, &c->st_dev[i], &c->st_ino[i]) == 0;
+	return r;
+}
+
 /* A refused incoming connection, for the operator's log. */
 static void log_refused(void *user, const char *line)
 {
@@ -139,12 +150,10 @@ static void log_refused(void *user, const char *line)
 static int run_incoming(struct daemon *d)
 {
 	const char *names[DAEMON_MAX_DEVICES];
-	struct daemon_incoming in = { .devs = d->devs,
-				      .ndev = d->cfg.ndev,
-				      .create = d->cfg.create,
-				      .max_size = d->cfg.max_size };
+	struct daemon_incoming *in = &d->in;
+
 	struct dst_params p = { .open = daemon_incoming_open,
-				.user = &in,
+				.user = in,
 				.expect = names,
 				.allow_shared_base = d->cfg.shared_base,
 				.allow_delta = d->cfg.delta,
@@ -158,6 +167,10 @@ static int run_incoming(struct daemon *d)
 				      .log_user = d };
 	int r;
 
+	*in = (struct daemon_incoming){ .devs = d->devs,
+					.ndev = d->cfg.ndev,
+					.create = d->cfg.create,
+					.max_size = d->cfg.max_size };
 	for (unsigned i = 0; i < d->cfg.ndev; i++)
 		if (!d->devs[i].readonly)
 			names[p.nexpect++] = d->devs[i].name;
@@ -419,6 +432,24 @@ static int open_devices(struct daemon *d)
 		r = blk_file_open(dev->path, dev->readonly ? BLK_OPEN_RDONLY : 0, 0, &base);
 		if (r < 0)
 			return r;
+		/* The image the incoming migration verified, and no other: a
+		 * file put at its path since is not served as the copy. */
+		if (d->in.known[i]) {
+			uint64_t sdev, sino;
+
+			r = blk_file_identity(base, &sdev, &sino);
+			if (r == 0 && (sdev != d->in.st_dev[i] || sino != d->in.st_ino[i]))
+				r = err_set(
+				    ESTALE,
+				    "%s is no longer the image the incoming migration wrote "
+				    "and verified (the file was replaced): refusing to "
+				    "serve it",
+				    dev->path);
+			if (r < 0) {
+				blk_close(base);
+				return r;
+			}
+		}
 		r = blk_track_open(base, &d->blks[i]);
 		if (r < 0) {
 			blk_close(base);

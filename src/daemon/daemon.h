@@ -167,6 +167,10 @@ struct daemon_incoming {
 	unsigned ndev;
 	bool create;
 	uint64_t max_size; /* 0: DAEMON_DEFAULT_MAX_SIZE */
+	/* Filled in: the file each device was received into (device, inode),
+	 * which the daemon then serves and no other. */
+	bool known[DAEMON_MAX_DEVICES];
+	uint64_t st_dev[DAEMON_MAX_DEVICES], st_ino[DAEMON_MAX_DEVICES];
 };
 int daemon_incoming_open(void *user, const char *name, uint64_t size, struct blk **out, char *path,
 			 size_t path_cap, bool *created);
