@@ -22,7 +22,7 @@ static const char migrate_help[] =
     "                      [--format native|qemu] [--wait] [--json]\n"
     "                      [--tls-psk FILE | --tls-creds DIR [--tls-hostname NAME]]\n"
     "                      [--tls-authz ID,...] [--retry-for DURATION] [--resume]\n"
-    "                      [--delta]\n"
+    "                      [--delta] [--verify-only]\n"
     "\n"
     "Start a live migration of a `blkmig serve` daemon's devices to another\n"
     "daemon's --incoming address.  Without --wait it returns once the migration\n"
@@ -52,6 +52,9 @@ static const char migrate_help[] =
     "                        destination offers what it holds, only the rest is sent\n"
     "  --delta               the destination holds an older copy: send only chunks\n"
     "                        whose digests differ\n"
+    "  --verify-only         compare with a `serve --incoming --verify-only` by digest\n"
+    "                        while the devices stay in use; nothing is written or\n"
+    "                        handed over (with --wait: exit 0 identical, 1 not)\n"
     "  --wait                wait for the end; exit 0 only if it completed\n"
     "  --json                with --wait: print the final report as JSON\n" CLI_TLS_HELP
     "  --tls-hostname NAME   the destination's name in its certificate (default:\n"
@@ -79,7 +82,8 @@ int cmd_migrate(int argc, char **argv)
 		OPT_JSON,
 		OPT_RETRY,
 		OPT_RESUME,
-		OPT_DELTA
+		OPT_DELTA,
+		OPT_VERIFY
 	};
 	static const struct option opts[] = {
 		{ "control", required_argument, NULL, 'c' },
@@ -95,6 +99,7 @@ int cmd_migrate(int argc, char **argv)
 		{ "retry-for", required_argument, NULL, OPT_RETRY },
 		{ "resume", no_argument, NULL, OPT_RESUME },
 		{ "delta", no_argument, NULL, OPT_DELTA },
+		{ "verify-only", no_argument, NULL, OPT_VERIFY },
 		{ "json", no_argument, NULL, OPT_JSON },
 		CLI_TLS_OPTIONS,
 		{ "help", no_argument, NULL, 'h' },
@@ -183,6 +188,9 @@ int cmd_migrate(int argc, char **argv)
 			break;
 		case OPT_DELTA:
 			json_object_object_add(args, "delta", json_object_new_boolean(1));
+			break;
+		case OPT_VERIFY:
+			json_object_object_add(args, "verify-only", json_object_new_boolean(1));
 			break;
 		case OPT_JSON:
 			json = true;

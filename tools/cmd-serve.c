@@ -30,7 +30,7 @@ static const char serve_help[] =
     "                    [--tls-authz ID,...] [--no-tls]\n"
     "                    [--nbd-max-per-peer N] [--nbd-max-unauth N]\n"
     "                    [--nbd-idle-timeout SECONDS] [--retry-for DURATION]\n"
-    "                    [--reclaim] [--delta] [--state-dir DIR]\n"
+    "                    [--reclaim] [--delta] [--verify-only] [--state-dir DIR]\n"
     "\n"
     "Own the named images and export each over NBD under its NAME.  Every write\n"
     "goes through dirty tracking, so `blkmig migrate --control PATH --to ...`\n"
@@ -65,6 +65,9 @@ static const char serve_help[] =
     "                        wait this long for its source to resume it (60s)\n"
     "  --delta               with --incoming: accept `migrate --delta` (the images\n"
     "                        hold an older copy; only chunks that differ come)\n"
+    "  --verify-only         with --incoming: compare the images with a `migrate\n"
+    "                        --verify-only` by digest, write nothing, log the\n"
+    "                        verdict, then serve them\n"
     "  --reclaim             serve images this host handed over to another (their\n"
     "                        hand-over record is removed); refused otherwise\n" CLI_STATE_HELP
 	CLI_TLS_HELP "                        TLS covers the incoming migration, the NBD exports,\n"
@@ -123,6 +126,7 @@ int cmd_serve(int argc, char **argv)
 		OPT_RETRY,
 		OPT_RECLAIM,
 		OPT_DELTA,
+		OPT_VERIFY,
 	};
 	static const struct option opts[] = {
 		{ "device", required_argument, NULL, 'd' },
@@ -142,6 +146,7 @@ int cmd_serve(int argc, char **argv)
 		{ "retry-for", required_argument, NULL, OPT_RETRY },
 		{ "reclaim", no_argument, NULL, OPT_RECLAIM },
 		{ "delta", no_argument, NULL, OPT_DELTA },
+		{ "verify-only", no_argument, NULL, OPT_VERIFY },
 		CLI_STATE_OPTION,
 		CLI_TLS_OPTIONS,
 		{ "help", no_argument, NULL, 'h' },
@@ -214,6 +219,9 @@ int cmd_serve(int argc, char **argv)
 			break;
 		case OPT_DELTA:
 			cfg.delta = true;
+			break;
+		case OPT_VERIFY:
+			cfg.verify_only = true;
 			break;
 		case OPT_MAXREFUSED:
 			r = cli_parse_uint("serve", "--max-refused", optarg, 1, 100000, &v);

@@ -286,6 +286,7 @@ static const struct arg_spec migrate_args[] = {
 	{ "retry-for", ARG_INT, false, 0, 86400 * 1000, NULL },
 	{ "resume", ARG_BOOL, false, 0, 0, NULL },
 	{ "delta", ARG_BOOL, false, 0, 0, NULL },
+	{ "verify-only", ARG_BOOL, false, 0, 0, NULL },
 	{ NULL },
 };
 
@@ -333,6 +334,7 @@ static json_object *cmd_migrate(struct daemon *d, const struct args *a, struct c
 	arg_u64(a, "retry-for", &retry_ms);
 	arg_bool(a, "resume", &jo.resume);
 	arg_bool(a, "delta", &p.delta);
+	arg_bool(a, "verify-only", &p.verify_only);
 	jo.retry_ns = retry_ms * 1000000u;
 	p.handover = daemon_handover;
 	p.handover_user = d;
@@ -360,6 +362,15 @@ static json_object *cmd_migrate(struct daemon *d, const struct args *a, struct c
 	pthread_mutex_lock(&d->lock);
 	snprintf(d->migrated_to, sizeof(d->migrated_to), "%s", to);
 	pthread_mutex_unlock(&d->lock);
+	if (p.verify_only && (p.delta || p.shared_base || p.format != MIG_FORMAT_NATIVE ||
+			      p.mode == MIG_MODE_ACTIVE)) {
+		tls_creds_free(tls);
+		return fail(e, CTL_ERR_INVALID_PARAM, "%s",
+			    "verify-only needs the native format, and neither delta, "
+			    "shared-base nor active mode");
+	}
+	if (p.verify_only)
+		p.handover = NULL; /* nothing is handed over */
 	if (p.delta && (p.format != MIG_FORMAT_NATIVE || p.shared_base)) {
 		tls_creds_free(tls);
 		return fail(e, CTL_ERR_INVALID_PARAM, "%s",

@@ -157,6 +157,7 @@ static int run_incoming(struct daemon *d)
 				.expect = names,
 				.allow_shared_base = d->cfg.shared_base,
 				.allow_delta = d->cfg.delta,
+				.verify_only = d->cfg.verify_only,
 				.format = d->cfg.qemu ? MIG_FORMAT_QEMU : MIG_FORMAT_NATIVE };
 	struct incoming_params ip = { .lfd = d->incoming_lfd,
 				      .tls = d->tls_server,
@@ -177,6 +178,18 @@ static int run_incoming(struct daemon *d)
 	r = incoming_run(&p, &ip, d->cfg.cancel, NULL);
 	close(d->incoming_lfd);
 	d->incoming_lfd = -1;
+	/* A verify's verdict is news for the operator, not a failure of this
+	 * daemon: its images are as they were, and it serves them. */
+	if (d->cfg.verify_only && (r == 0 || r == -EILSEQ)) {
+		if (d->cfg.log) {
+			char line[1200];
+
+			snprintf(line, sizeof(line), "incoming: verify: %s",
+				 r == 0 ? "identical to the source" : err_msg());
+			d->cfg.log(d->cfg.log_user, line);
+		}
+		return 0;
+	}
 	/* Our own cancel ended the wait; anything else (a source that
 	 * aborted says ECANCELED too) failed the migration. */
 	if (r == -ECANCELED && cancel_is_set(d->cfg.cancel))
@@ -194,9 +207,9 @@ static void job_event(void *user, const struct mig_stats *st, const char *error)
 	json_object *data = json_object_new_object();
 	struct ctl *ctl;
 
-	if (st->state == MIG_COMPLETED) {
+	if (st->state == MIG_COMPLETED && !st->verify) {
 		/* The destination owns the devices now: no client may go on
-		 * believing it writes here. */
+		 * believing it writes here.  (A verify hands nothing over.) */
 		char reason[512];
 
 		pthread_mutex_lock(&d->lock);
@@ -242,8 +255,14 @@ int daemon_check_config(const struct daemon_config *c)
 	if (c->qemu && c->create)
 		return err_set(EINVAL, "--create needs the native format: a QEMU stream does not "
 				       "announce device sizes");
-	if ((c->create || c->shared_base || c->qemu) && !c->incoming)
-		return err_set(EINVAL, "--create, --shared-base and --format go with --incoming");
+	if ((c->create || c->shared_base || c->qemu || c->delta || c->verify_only) && !c->incoming)
+		return err_set(EINVAL,
+			       "--create, --shared-base, --delta, --verify-only and --format "
+			       "go with --incoming");
+	if (c->verify_only && (c->create || c->delta || c->shared_base || c->qemu))
+		return err_set(EINVAL,
+			       "--verify-only writes nothing: it goes with neither --create, "
+			       "--delta, --shared-base nor --format qemu");
 	if (c->max_size && !c->create)
 		return err_set(EINVAL, "--max-size goes with --create");
 	for (unsigned i = 0; i < c->ndev; i++)

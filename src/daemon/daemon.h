@@ -67,6 +67,8 @@ struct daemon_config {
 	uint64_t max_size;    /* incoming, create: the largest (0: DAEMON_DEFAULT_MAX_SIZE) */
 	bool shared_base;     /* incoming: accept a shared-base migration */
 	bool delta;	      /* incoming: accept a delta sync into the existing images */
+	bool verify_only;     /* incoming: compare with a `migrate --verify-only` source
+			       * (log the verdict), write nothing, then serve */
 	bool qemu;	      /* incoming: QEMU 7.2's stream, not the native one */
 	unsigned max_refused; /* incoming: give up after this many refused
 			       * connections (0: INCOMING_MAX_FAILURES) */

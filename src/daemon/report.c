@@ -87,7 +87,8 @@ json_object *report_stats_json(const struct mig_stats *st, const char *error)
 
 	if (!o || !devs)
 		goto fail;
-	ok = add(o, "status", json_object_new_string(mig_state_name(st->state)));
+	ok = add(o, "status",
+		 json_object_new_string(st->retrying ? "retrying" : mig_state_name(st->state)));
 	if (ok && error && *error)
 		ok = add(o, "error-desc", json_object_new_string(error));
 	/* total-time runs while the migration does (as in QEMU). */
@@ -120,6 +121,7 @@ json_object *report_stats_json(const struct mig_stats *st, const char *error)
 	     add_int(o, "switchover-attempts", st->switchovers) &&
 	     add_int(o, "abandoned-attempts", st->abandoned) &&
 	     add_int(o, "connections", st->connections) &&
+	     add(o, "verify", json_object_new_boolean(st->verify)) &&
 	     add_int(o, "max-pause", ms(st->max_pause_ns)) &&
 	     add_int(o, "chunk-size", st->chunk_size);
 	for (unsigned i = 0; ok && i < st->ndev; i++) {

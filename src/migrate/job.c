@@ -44,6 +44,8 @@ struct job {
 	char to[256];
 	struct src_params p;
 	struct src_session sess; /* the migration (job_start(), kept for a resume) */
+	bool retrying;		 /* a connection failed; another follows */
+	char retry_msg[1024];
 	bool have_sess;
 	uint64_t retry_ns;
 	struct tls_creds *tls; /* the attempt's, owned by it; NULL: plain TCP */
@@ -143,9 +145,22 @@ static void job_on_src(void *user, struct src_job *src)
 		src_set_progress(src, on_progress, j);
 	pthread_mutex_lock(&j->lock);
 	j->src = src;
+	if (src)
+		j->retrying = false;
 	/* A cancel that came between two connections reaches the next. */
 	if (src && cancel_is_set(j->cancel))
 		src_cancel(src);
+	pthread_mutex_unlock(&j->lock);
+}
+
+/* A connection failed and another will follow (src_migrate's log). */
+static void job_on_retry(void *user, const char *line)
+{
+	struct job *j = user;
+
+	pthread_mutex_lock(&j->lock);
+	j->retrying = true;
+	snprintf(j->retry_msg, sizeof(j->retry_msg), "%s", line);
 	pthread_mutex_unlock(&j->lock);
 }
 
@@ -156,6 +171,7 @@ static void *job_main(void *arg)
 	struct src_retry rt = { .retry_ns = j->retry_ns,
 				.dial = job_dial,
 				.on_job = job_on_src,
+				.log = job_on_retry,
 				.user = j,
 				.cancel = j->cancel };
 	int r;
@@ -172,7 +188,8 @@ static void *job_main(void *arg)
 	j->last_state = st.state;
 	j->result = r;
 	snprintf(j->error, sizeof(j->error), "%s", r < 0 ? err_msg() : "");
-	j->completed = r == 0;
+	j->completed = r == 0 && !j->p.verify_only; /* a verify hands nothing over */
+	j->retrying = false;
 	j->src = NULL;
 	pthread_mutex_unlock(&j->lock);
 	if (j->fn)
@@ -334,6 +351,10 @@ void job_query(struct job *j, struct mig_stats *st, bool *started, char *error, 
 	}
 	*started = j->started;
 	snprintf(error, cap, "%s", j->error);
+	if (j->retrying && !j->src) {
+		st->retrying = true;
+		snprintf(error, cap, "%s", j->retry_msg);
+	}
 	pthread_mutex_unlock(&j->lock);
 }
 

@@ -125,6 +125,7 @@ struct mig_stats {
 	uint32_t connections;	     /* connections this migration used (1 + reconnections) */
 	bool verify;		     /* a verify-only run: nothing was written */
 	bool peer_error;	     /* the failure is the destination's own (its ERROR) */
+	bool retrying;		     /* job.h: between connections, after a failure worth another */
 	char mode_reason[160];	     /* why mirroring began */
 	uint32_t chunk_size;
 	/* Destination: whether any byte reached a device (a failed run that

@@ -73,7 +73,7 @@ run_pair() { # label, how to interrupt
 	esac
 	for _ in $(seq 100); do
 		"$BLKMIG" status --control "$T/$label.sock" >"$T/$label.status" 2>&1
-		grep -q "status: \(cancelled\|failed\)" "$T/$label.status" && break
+		grep -q "status: \(cancelled\|failed\|retrying\)" "$T/$label.status" && break
 		sleep 0.1
 	done
 	grep -q "status: $3" "$T/$label.status" || { cat "$T/$label.status" >&2; fail "$label: status is not $3"; }
@@ -95,4 +95,6 @@ run_pair() { # label, how to interrupt
 }
 
 run_pair cancel cancel cancelled
-run_pair killed kill failed
+# The destination gone: the source keeps trying to resume (--retry-for),
+# and says so, while it goes on serving.
+run_pair killed kill retrying

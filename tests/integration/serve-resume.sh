@@ -77,3 +77,29 @@ start_serve fresh --device d0="$T/fresh.img" --control "$T/f.sock"
 "$BLKMIG" migrate --control "$T/f.sock" --to "127.0.0.1:1" --resume 2>"$T/f.err"
 expect_error $? 1 "$T/f.err" "no migration to resume"
 pass "migrate --resume with nothing to resume is refused"
+
+# ---- migrate --verify-only between daemons: the source keeps its devices
+make_random "$T/v.src" $size 24
+cp "$T/v.src" "$T/v.dst"
+start_serve vdst --incoming 127.0.0.1:0 --device d0="$T/v.dst" --verify-only
+VDST_PID=$SERVE_PID VDST_NBD=$NBD_PORT VDST_IN=$INCOMING_PORT
+start_serve vsrc --device d0="$T/v.src" --control "$T/v.sock"
+VSRC_PID=$SERVE_PID VSRC_NBD=$NBD_PORT
+"$BLKMIG" migrate --control "$T/v.sock" --to "127.0.0.1:$VDST_IN" --verify-only --wait --json \
+	>"$T/v.json" 2>"$T/v.err" || { cat "$T/v.err" "$T/vdst.err" >&2; fail "verify: identical daemons reported different"; }
+[ "$(json_field "$T/v.json" "['verify']")" = True ] || fail "verify: the report does not say verify"
+wait_export "$VDST_NBD" d0
+grep -q "verify: identical to the source" "$T/vdst.err" || { cat "$T/vdst.err" >&2; fail "verify: no verdict logged"; }
+! is_marked "$T/v.dst" || fail "verify: the destination marked its image"
+[ ! -e "$T/v.src.blkmig-handover" ] || fail "verify: a hand-over was recorded"
+qemu-io -f raw "nbd://127.0.0.1:$VSRC_NBD/d0" -c "write -P 9 0 4k" >/dev/null 2>&1 ||
+	fail "verify: the source no longer takes writes"
+pass "migrate --verify-only: identical, nothing handed over, the source still takes writes"
+stop "$VDST_PID"
+start_serve vdst2 --incoming 127.0.0.1:0 --device d0="$T/v.dst" --verify-only
+"$BLKMIG" migrate --control "$T/v.sock" --to "127.0.0.1:$INCOMING_PORT" --verify-only --wait \
+	>"$T/v2.out" 2>"$T/v2.err"
+expect_error $? 1 "$T/v2.err" "1 chunk differs"
+wait_export "$NBD_PORT" d0
+grep -q "verify: 1 chunk differs" "$T/vdst2.err" || { cat "$T/vdst2.err" >&2; fail "verify: the destination did not log the difference"; }
+pass "migrate --verify-only after one write on the source: 1 chunk differs, on both sides"
