@@ -13,17 +13,18 @@
 #
 # Prints each figure and its ratio to the reference; medians of N runs.
 #
-#   bench/resume.sh [--size 1G] [--runs 1] [--rate 4M]
+#   bench/resume.sh [--size 1G] [--runs 1] [--rate 4M] [--chunk 1M]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-size=1G runs=1 rate=4M
+size=1G runs=1 rate=4M chunk=1M
 while [ $# -gt 0 ]; do
 	case $1 in
 	--size) size=$2; shift 2 ;;
 	--runs) runs=$2; shift 2 ;;
 	--rate) rate=$2; shift 2 ;;
-	*) echo "usage: bench/resume.sh [--size SIZE] [--runs N] [--rate RATE]" >&2; exit 2 ;;
+	--chunk) chunk=$2; shift 2 ;;
+	*) echo "usage: bench/resume.sh [--size SIZE] [--runs N] [--rate RATE] [--chunk SIZE]" >&2; exit 2 ;;
 	esac
 done
 BLKMIG=${BLKMIG:-build/tools/blkmig}
@@ -65,6 +66,7 @@ migrate() {
 	fi
 	t0=$(now)
 	"$BLKMIG" send --to "127.0.0.1:$to" --device d0="$W/src.img" --workload "d0,bs=4K,rate=$rate,seed=5" \
+		--chunk-size "$chunk" \
 		--json >"$W/send.json" 2>"$W/send.err" &
 	spid=$!
 	if [ "$mode" = killed ]; then
@@ -90,7 +92,7 @@ for mode in uncut cut killed; do
 	done
 	B[$mode]=$(median "${bs[@]}") T[$mode]=$(median "${ts[@]}")
 done
-printf '%-34s %14s %8s %9s\n' "1 GiB-class image, writer at $rate/s" "bytes on wire" "ratio" "seconds"
+printf '%-34s %14s %8s %9s\n' "$size, writer 4K at $rate/s, $chunk chunks" "bytes on wire" "ratio" "seconds"
 for mode in uncut cut killed; do
 	printf '%-34s %14.0f %7.2fx %9.2f\n' "$mode" "${B[$mode]}" \
 		"$(python3 -c "print(${B[$mode]} / ${B[uncut]})")" "${T[$mode]}"
