@@ -34,7 +34,6 @@ bool mig_error_retryable(int err)
 	case ENETDOWN:
 	case EHOSTDOWN:
 	case ENETRESET:
-	case EBUSY: /* the destination still runs the connection that was cut */
 		return true;
 	default:
 		return false;
@@ -50,7 +49,9 @@ static bool worth_retry(int r, const struct mig_stats *st, unsigned *mismatches)
 		return false; /* the verify's answer */
 	if (r == -EILSEQ && ++*mismatches < 2)
 		return true;
-	if (st->peer_error && r != -EBUSY)
+	/* "Another migration is already being received" included: the same
+	 * migration reconnecting replaces its own old connection there. */
+	if (st->peer_error)
 		return false;
 	return mig_error_retryable(r);
 }
