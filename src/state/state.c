@@ -624,26 +624,42 @@ static int dst_decode(const char *path, const uint8_t *b, uint32_t blen, struct 
 	return 0;
 }
 
-int dst_rec_load(const char *image, struct dst_rec *r)
+/* Read IMAGE's record file named by SUFFIX, check its envelope for KIND
+ * and decode its body into r. */
+static int load_rec(const char *image, const char *suffix, int kind,
+		    int (*decode)(const char *path, const uint8_t *b, uint32_t blen, void *r),
+		    void *r)
 {
 	char path[PATH_MAX];
-	const uint8_t *body;
-	uint8_t *buf;
-	uint32_t blen;
-	size_t len;
-	int ret;
+	const uint8_t *body = NULL;
+	uint8_t *buf = NULL;
+	uint32_t blen = 0;
+	size_t len = 0;
+	int ret = state_path(image, suffix, false, path, sizeof(path));
 
-	memset(r, 0, sizeof(*r));
-	ret = state_path(image, DST_REC_SUFFIX, false, path, sizeof(path));
 	if (ret < 0)
 		return ret;
 	ret = read_file(path, &buf, &len);
 	if (ret < 0)
 		return ret;
-	ret = rec_open(path, buf, len, KIND_DST, &body, &blen);
+	ret = rec_open(path, buf, len, kind, &body, &blen);
 	if (ret == 0)
-		ret = dst_decode(path, body, blen, r);
+		ret = decode(path, body, blen, r);
 	free(buf);
+	return ret;
+}
+
+static int dst_decode_any(const char *path, const uint8_t *b, uint32_t blen, void *r)
+{
+	return dst_decode(path, b, blen, r);
+}
+
+int dst_rec_load(const char *image, struct dst_rec *r)
+{
+	int ret;
+
+	memset(r, 0, sizeof(*r));
+	ret = load_rec(image, DST_REC_SUFFIX, KIND_DST, dst_decode_any, r);
 	if (ret < 0) {
 		dst_rec_release(r);
 		memset(r, 0, sizeof(*r));
@@ -727,26 +743,17 @@ static int src_decode(const char *path, const uint8_t *b, uint32_t blen, struct 
 	return 0;
 }
 
+static int src_decode_any(const char *path, const uint8_t *b, uint32_t blen, void *r)
+{
+	return src_decode(path, b, blen, r);
+}
+
 int src_rec_load(const char *image, struct src_rec *r)
 {
-	char path[PATH_MAX];
-	const uint8_t *body;
-	uint8_t *buf;
-	uint32_t blen;
-	size_t len;
 	int ret;
 
 	memset(r, 0, sizeof(*r));
-	ret = state_path(image, SRC_REC_SUFFIX, false, path, sizeof(path));
-	if (ret < 0)
-		return ret;
-	ret = read_file(path, &buf, &len);
-	if (ret < 0)
-		return ret;
-	ret = rec_open(path, buf, len, KIND_SRC, &body, &blen);
-	if (ret == 0)
-		ret = src_decode(path, body, blen, r);
-	free(buf);
+	ret = load_rec(image, SRC_REC_SUFFIX, KIND_SRC, src_decode_any, r);
 	if (ret < 0)
 		memset(r, 0, sizeof(*r));
 	return ret;
