@@ -166,6 +166,16 @@ static int check_identity(const struct dst_dev *dev, const char *when)
  * migration, or one that does not describe this image, is discarded before
  * anything is written: two migrations are never mixed into one image.
  */
+/* An all-zero id names no migration: nothing is resumed or recorded for
+ * it (a source always picks a random one). */
+static bool has_id(const struct dst *d)
+{
+	for (unsigned i = 0; i < NATIVE_ID_LEN; i++)
+		if (d->offer.id[i])
+			return true;
+	return false;
+}
+
 static int load_record(struct dst *d, struct dst_dev *dev)
 {
 	struct dst_rec rec;
@@ -173,6 +183,11 @@ static int load_record(struct dst *d, struct dst_dev *dev)
 
 	if (r == -ENOENT)
 		return 0;
+	if (r == 0 && !has_id(d)) {
+		/* Not this migration's to use, whoever's it is. */
+		dst_rec_release(&rec);
+		return dst_rec_clear(dev->path);
+	}
 	if (r == 0 && memcmp(rec.id, d->offer.id, NATIVE_ID_LEN) == 0 &&
 	    rec.chunk_size == d->offer.chunk_size && rec.size == dev->size &&
 	    rec.st_dev == dev->st_dev && rec.st_ino == dev->st_ino && !dev->created) {
@@ -192,7 +207,7 @@ static int load_record(struct dst *d, struct dst_dev *dev)
 /* After a pass is durable: every chunk carried so far is on the disk. */
 static int save_partial(struct dst *d)
 {
-	for (unsigned i = 0; i < d->ndev; i++) {
+	for (unsigned i = 0; has_id(d) && i < d->ndev; i++) {
 		struct dst_dev *dev = &d->dev[i];
 		struct dst_rec rec = { .state = DST_REC_PARTIAL,
 				       .chunk_size = d->offer.chunk_size,
@@ -217,7 +232,7 @@ static int save_partial(struct dst *d)
  * what. */
 static int save_awaiting(struct dst *d, const struct native_complete *c)
 {
-	for (unsigned i = 0; i < d->ndev; i++) {
+	for (unsigned i = 0; has_id(d) && i < d->ndev; i++) {
 		struct dst_dev *dev = &d->dev[i];
 		struct dst_rec rec = { .state = DST_REC_AWAITING,
 				       .attempt = c->attempt,

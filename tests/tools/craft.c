@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 
 #include "common/error.h"
 #include "common/util.h"
@@ -142,6 +143,9 @@ int main(int argc, char **argv)
 	/* Handshake. */
 	h.version = NATIVE_VERSION;
 	h.chunk_size = cs;
+	/* A migration of its own each time, as a real source picks. */
+	if (getrandom(h.id, sizeof(h.id), 0) != (ssize_t)sizeof(h.id))
+		return 1;
 	h.ndev = 1;
 	snprintf(h.dev[0].name, sizeof(h.dev[0].name), "%s",
 		 strcmp(fault, "hello-device") == 0 ? "stranger" : name);
