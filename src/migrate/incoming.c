@@ -126,7 +126,7 @@ static void end_locked(struct incoming *in, int r, const struct mig_stats *st, c
  * source gave up on it for such a reason (its ABORT's errno). */
 static bool resumable(int r)
 {
-	return mig_error_retryable(r) || r == -EBADMSG || r == -EILSEQ || r == -EPROTO;
+	return mig_error_retryable(r) || mig_error_corruption(r);
 }
 
 /* The outcome of one connection; lock held. */

@@ -150,6 +150,8 @@ struct src_session {
 	uint32_t committing;  /* fenced after ACK of this attempt; COMMIT pending (0: none) */
 	uint64_t transferred; /* bytes on the wire of the connections before this one */
 	uint32_t connections; /* connections begun so far */
+	bool began;	      /* a connection got past the handshake: there is a
+			       * migration to resume */
 	/* Figures over every connection so far (the job's start from them). */
 	uint64_t switchovers, abandoned, max_pause_ns;
 };
@@ -247,6 +249,10 @@ int src_differing(struct src_job *j, unsigned dev, uint64_t from, uint64_t *off,
 /* Whether a failure with this errno may be cured by connecting again (the
  * link failed, not the peer's judgement). */
 bool mig_error_retryable(int err);
+/* Whether it is what a corrupted stream looks like to either side (a
+ * malformed item, a record that cannot be placed, a digest mismatch):
+ * cured by another connection, but not for ever. */
+bool mig_error_corruption(int err);
 
 struct src_retry {
 	/* After a failure a new connection may cure, keep trying this long
@@ -269,13 +275,13 @@ struct src_retry {
 
 /*
  * Migrate as src_new() + src_run() do, over a new connection and a new job
- * after every failure worth another try once one connection got through
- * (a first connect that fails is returned at once), on one session (p->session, or
+ * after every failure worth another try once one connection got past its
+ * handshake (a first one that fails is returned at once), on one session (p->session, or
  * one of its own), so that each connection resumes the migration: the
  * destination offers what it holds durably, and only the rest and what
  * was written since is sent.  Authentication, a refused device or size,
- * any error the destination reports (but a digest mismatch, once), and
- * cancel end it at once.  st receives the last connection's figures, with
+ * any error the destination reports (but a corrupted stream, up to twice),
+ * and cancel end it at once.  st receives the last connection's figures, with
  * 'transferred' and 'connections' over all of them.
  */
 int src_migrate(const struct src_params *p, const struct src_device *devs, unsigned ndev,

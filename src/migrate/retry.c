@@ -40,17 +40,36 @@ bool mig_error_retryable(int err)
 	}
 }
 
-/* Whether the failure of one connection is worth another: the link, not
- * the peer's judgement; a digest mismatch once (the next bulk pass
- * compares every chunk and resends the bad one), not twice. */
-static bool worth_retry(int r, const struct mig_stats *st, unsigned *mismatches)
+bool mig_error_corruption(int err)
+{
+	switch (err < 0 ? -err : err) {
+	case EBADMSG:
+	case EILSEQ:
+	case EPROTO:
+	case ERANGE:
+	case ENOENT:
+		return true;
+	default:
+		return false;
+	}
+}
+
+/*
+ * Whether the failure of one connection is worth another: the link, not
+ * the peer's judgement ("another migration is already being received"
+ * included: the same migration reconnecting replaces its own connection
+ * there).  A corrupted stream is cured by the next connection (its bulk
+ * pass compares every chunk and resends what differs), but not for ever:
+ * the third time it is the peer's, or the path's, fault.
+ */
+#define MAX_CORRUPTIONS 3
+
+static bool worth_retry(int r, const struct mig_stats *st, unsigned *corruptions)
 {
 	if (st->verify && r == -EILSEQ)
 		return false; /* the verify's answer */
-	if (r == -EILSEQ && ++*mismatches < 2)
-		return true;
-	/* "Another migration is already being received" included: the same
-	 * migration reconnecting replaces its own old connection there. */
+	if (mig_error_corruption(r))
+		return ++*corruptions < MAX_CORRUPTIONS;
 	if (st->peer_error)
 		return false;
 	return mig_error_retryable(r);
@@ -62,7 +81,7 @@ int src_migrate(const struct src_params *params, const struct src_device *devs, 
 	struct src_params p = *params;
 	struct src_session own;
 	uint64_t backoff = RETRY_FIRST_NS, give_up = 0;
-	unsigned mismatches = 0, tries = 0;
+	unsigned corruptions = 0, tries = 0;
 	int r;
 
 	if (!p.session) {
@@ -99,11 +118,12 @@ int src_migrate(const struct src_params *params, const struct src_device *devs, 
 		src_free(j);
 		xport_close(x);
 		err_copy_in(msg);
-		/* Only a migration that has begun is resumed: a first connect
-		 * that fails (a wrong address, a receiver not there) is the
+		/* Only a migration that has begun is resumed: a first
+		 * connection that fails in its connect or its handshake (a
+		 * wrong address, no receiver there, other credentials) is the
 		 * operator's to fix, and says so at once. */
-		if (r == 0 || r == -ECANCELED || !rt->retry_ns || !p.session->connections ||
-		    !worth_retry(r, st, &mismatches))
+		if (r == 0 || r == -ECANCELED || !rt->retry_ns || !p.session->began ||
+		    !worth_retry(r, st, &corruptions))
 			return r;
 		now = now_ns();
 		if (!give_up)

@@ -29,9 +29,10 @@ static int await_ready(struct src_job *j, uint64_t *version)
 		return err_prefix(-r, "waiting for the destination to accept the handshake: ");
 	if (it.kind == WIRE_ITEM_ERROR)
 		return rp_peer_error(it.error);
-	/* A refusal, not a failed link: not worth reconnecting for. */
+	/* A refusal, or a receiver restarting behind a proxy: the first
+	 * connection is not retried (src_migrate), a later one is. */
 	if (it.kind == WIRE_ITEM_END)
-		return err_set(EPROTO,
+		return err_set(ECONNRESET,
 			       "handshake: the destination closed the connection without an "
 			       "answer (does it expect TLS%s?)",
 			       xport_is_tls(j->x) ? " with other credentials, or none" : "");
@@ -177,6 +178,7 @@ static int native_open(struct src_job *j)
 		r = await_state(j);
 	if (r < 0)
 		return r;
+	j->sess->began = true;
 	return rp_start(j);
 }
 
