@@ -166,8 +166,10 @@ run_point() {
 		{
 			echo "=== $name (seed $SEED; relay options: $RELAY_OPTS; send extra: ${SEND_X[*]}; receive extra: ${RECV_X[*]})"
 			printf '  broke: %s\n' "${why[@]}"
+			[ ! -e "$p.tx1.err" ] || { echo "--- the killed send's stderr"; cat "$p.tx1.err"; }
 			echo "--- send stderr (exit $TX_RC)"; cat "$p.tx.err"
-			echo "--- receive stderr (exit $RX_RC)"; cat "$p".rx*.err
+			echo "--- receive stderr (exit $RX_RC)"; cat "$p.rx.err"
+			[ ! -e "$p.rx2.err" ] || { echo "--- the restarted receiver's stderr"; cat "$p.rx2.err"; }
 			echo "--- relay log"; cat "$p.relay.log"
 		} >>"$T/broken.txt"
 	fi
@@ -280,6 +282,26 @@ kill_rx_acked() {
 	kill -USR1 "$RELAY_PID"
 }
 
+# The ACK dropped and the receiver killed (-9) once it has sent it, then
+# started again: it finds its record "acknowledged attempt 1, awaiting
+# commit", but the source never saw that ACK, so it is not fenced and goes
+# on (abandoning attempt 1) to a later attempt, whose COMMIT the receiver
+# must take.
+kill_rx_ack_dropped() {
+	local c
+	for _ in $(seq 1 1500); do
+		grep -q "drop-reply type=0x82" "$P.relay.log" && break
+		kill -0 "$TX_PID" 2>/dev/null || break
+		sleep 0.02
+	done
+	grep -q "drop-reply type=0x82" "$P.relay.log" || { NOTE+=("no ACK seen"); return; }
+	c=$(child_of "$RX_PID")
+	[ -n "$c" ] && kill -9 "$c"
+	wait "$RX_PID" 2>/dev/null
+	is_marked "$P.dst" || WHY+=("I3: the receiver killed after its ACK, before COMMIT, left its image unmarked")
+	start_rx "${P##*/}" "$RX_PORT"
+}
+
 # The sender killed (-9) at half way and the same command run again.
 kill_tx_half() {
 	half_way || NOTE+=("half way not seen before the source ended")
@@ -311,6 +333,9 @@ for k in 1 2 3 4 5; do
 	s=$(rnd cut$k 1 1000000)
 	run_point "cut-$mode-$k" 1 - - --cut-at-random "$s:61:$HI" --cut-mode $mode
 done
+# Past the bulk pass: a dirty pass or a mirrored WRITE record, if the
+# stream gets that far (else the relay applies nothing and says so).
+run_point cut-rst-later 1 - - --cut-at-random "$(rnd cut6 1 1000000):$((size + MiB)):$((size * 3 / 2))"
 
 run_point cut-after-synced-1 1 - - --cut-after-reply 0x84:1
 run_point cut-after-synced-2 1 - - --cut-after-reply 0x84:2 --cut-mode fin
@@ -361,6 +386,7 @@ run_point drop-synced-1 1 - - --drop-reply 0x84:1
 SEND_X=(--timeout 3)
 RECV_X=(--timeout 3)
 run_point drop-ack 1 - - --drop-reply 0x82:1
+run_point drop-ack-kill-rx 1 - kill_rx_ack_dropped --drop-reply 0x82:1
 
 run_point cut-after-ack-rst 1 b - --cut-after-reply 0x82:1
 run_point cut-after-ack-fin 1 b - --cut-after-reply 0x82:1 --cut-mode fin
