@@ -215,11 +215,11 @@ print("connections %s, matched-chunks %s, transferred %s, abandoned-attempts %s,
 PY
 }
 
-# half_way: until the destination holds half the image (allocated bytes) and
-# its durable record exists.
+# half_way: until the destination holds half the image (allocated bytes:
+# the bulk pass writes the image in order, into a new sparse file).
 half_way() {
 	for _ in $(seq 1 600); do
-		[ -e "$P.dst.blkmig-state" ] && [ $(($(stat -c '%b * %B' "$P.dst" 2>/dev/null || echo 0))) -ge $((size / 2)) ] && return 0
+		[ $(($(stat -c '%b * %B' "$P.dst" 2>/dev/null || echo 0))) -ge $((size / 2)) ] && return 0
 		kill -0 "$TX_PID" 2>/dev/null || return 1
 		sleep 0.02
 	done
@@ -257,7 +257,16 @@ kill_rx_half() {
 	[ -n "$c" ] && kill -9 "$c"
 	wait "$RX_PID" 2>/dev/null
 	[ ! -e "$P.dst" ] || is_marked "$P.dst" || WHY+=("I3: the receiver killed at half way left its image unmarked")
+	sleep "${RESTART_DELAY:-0}"
 	start_rx "${P##*/}" "$RX_PORT"
+}
+
+# The same, restarted only after 1.5 s: the source's reconnections reach
+# the relay, which accepts them and, finding no receiver behind it, closes
+# them at once (as a proxy or load balancer in front of a restarting
+# receiver does).
+kill_rx_half_slow() {
+	RESTART_DELAY=1.5 kill_rx_half
 }
 
 # The receiver killed (-9) once it has acknowledged: the relay holds back
@@ -392,6 +401,7 @@ run_point cut-after-ack-rst 1 b - --cut-after-reply 0x82:1
 run_point cut-after-ack-fin 1 b - --cut-after-reply 0x82:1 --cut-mode fin
 
 run_point kill-rx-half 1 - kill_rx_half
+run_point kill-rx-half-slow-restart 1 - kill_rx_half_slow
 run_point kill-rx-after-ack 1 b kill_rx_acked --stall-after-reply 0x82:1
 run_point kill-tx-half 1 - kill_tx_half
 
