@@ -344,7 +344,8 @@ for k in 1 2 3 4 5; do
 done
 # Past the bulk pass: a dirty pass or a mirrored WRITE record, if the
 # stream gets that far (else the relay applies nothing and says so).
-run_point cut-rst-later 1 - - --cut-at-random "$(rnd cut6 1 1000000):$((size + MiB)):$((size * 3 / 2))"
+# The bulk pass is 32 MiB and 512 headers, and about 5 MiB more follow here.
+run_point cut-rst-later 1 - - --cut-at-random "$(rnd cut6 1 1000000):$((size + MiB)):$((size + 3 * MiB))"
 
 run_point cut-after-synced-1 1 - - --cut-after-reply 0x84:1
 run_point cut-after-synced-2 1 - - --cut-after-reply 0x84:2 --cut-mode fin
