@@ -274,66 +274,70 @@ check_abandoned() {
 
 # ---- hooks: kills in flight -------------------------------------------------------
 
-# The receiver killed (-9) at half way, started again on the same port.
-kill_rx_half() {
-	half_way || NOTE+=("half way not seen before the source ended")
-	local c
+# restart_rx WHEN: the receiver killed (-9) and started again on its port.
+# Unless RESTART_DELAY is set, the relay holds its connections still (a
+# stall) from before the kill until the new receiver listens, and then cuts
+# them: the source sees its connection fail only once a receiver is back,
+# so what is tried is the restarted receiver, not how the source takes a
+# relay that accepts its connection and closes it at once for want of a
+# receiver (kill-rx-half-slow-restart tries that).
+restart_rx() {
+	local when=$1 c
+	if [ -z "${RESTART_DELAY:-}" ]; then
+		kill -USR2 "$RELAY_PID"
+		sleep 0.1
+	fi
 	c=$(child_of "$RX_PID")
 	[ -n "$c" ] && kill -9 "$c"
 	wait "$RX_PID" 2>/dev/null
-	[ ! -e "$P.dst" ] || is_marked "$P.dst" || WHY+=("I3: the receiver killed at half way left its image unmarked")
-	sleep "${RESTART_DELAY:-0}"
+	[ ! -e "$P.dst" ] || is_marked "$P.dst" || WHY+=("I3: the receiver killed $when left its image unmarked")
+	[ -z "${RESTART_DELAY:-}" ] || sleep "$RESTART_DELAY"
 	start_rx "${P##*/}" "$RX_PORT"
+	[ -n "${RESTART_DELAY:-}" ] || kill -USR1 "$RELAY_PID"
 }
 
-# The same, restarted only after 1.5 s: the source's reconnections reach
-# the relay, which accepts them and, finding no receiver behind it, closes
-# them at once (as a proxy or load balancer in front of a restarting
-# receiver does).
+# wait_log PATTERN: until the relay has logged PATTERN (or the source ended).
+wait_log() {
+	for _ in $(seq 1 1500); do
+		grep -q "$1" "$P.relay.log" && return 0
+		kill -0 "$TX_PID" 2>/dev/null || break
+		sleep 0.02
+	done
+	grep -q "$1" "$P.relay.log"
+}
+
+# The receiver killed at half way (of the bulk pass, before its first
+# durable record, so it starts again from nothing held).
+kill_rx_half() {
+	half_way || NOTE+=("half way not seen before the source ended")
+	restart_rx "at half way"
+}
+
+# The same, restarted only after 1.5 s, the relay left alone: the source's
+# reconnections reach the relay, which accepts them and, finding no
+# receiver behind it, closes them at once, as an ssh tunnel, a proxy or a
+# load balancer in front of a restarting receiver does.
 kill_rx_half_slow() {
 	RESTART_DELAY=1.5 kill_rx_half
 }
 
-# The receiver killed (-9) once it has acknowledged: the relay holds back
-# everything after the ACK (the COMMIT too), the receiver dies, a new one
-# listens on its port, and the held connection is cut so the source
-# notices.  The new receiver finds its record "acknowledged, awaiting
-# commit" and needs (b) to take over.
+# The receiver killed once it has acknowledged: the relay holds back
+# everything after the ACK (the COMMIT too).  The new receiver finds its
+# record "acknowledged, awaiting commit" and needs (b) to take over on the
+# source's COMMIT.
 kill_rx_acked() {
-	local c
-	for _ in $(seq 1 1500); do
-		grep -q "stall-after-reply type=0x82" "$P.relay.log" && break
-		kill -0 "$TX_PID" 2>/dev/null || break
-		sleep 0.02
-	done
-	grep -q "stall-after-reply type=0x82" "$P.relay.log" || { NOTE+=("no ACK seen"); return; }
-	c=$(child_of "$RX_PID")
-	[ -n "$c" ] && kill -9 "$c"
-	wait "$RX_PID" 2>/dev/null
-	is_marked "$P.dst" || WHY+=("I3: the receiver killed after its ACK, before COMMIT, left its image unmarked")
+	wait_log "stall-after-reply type=0x82" || { NOTE+=("no ACK seen"); return; }
+	restart_rx "after its ACK, before the COMMIT,"
 	[ -e "$P.dst.blkmig-state" ] || NOTE+=("the killed receiver left no record")
-	start_rx "${P##*/}" "$RX_PORT"
-	kill -USR1 "$RELAY_PID"
 }
 
-# The ACK dropped and the receiver killed (-9) once it has sent it, then
-# started again: it finds its record "acknowledged attempt 1, awaiting
-# commit", but the source never saw that ACK, so it is not fenced and goes
-# on (abandoning attempt 1) to a later attempt, whose COMMIT the receiver
-# must take.
+# The ACK dropped and the receiver killed once it has sent it: it finds its
+# record "acknowledged attempt 1, awaiting commit", but the source never
+# saw that ACK, so it is not fenced and goes on (abandoning attempt 1) to a
+# later attempt, whose COMMIT the new receiver must take.
 kill_rx_ack_dropped() {
-	local c
-	for _ in $(seq 1 1500); do
-		grep -q "drop-reply type=0x82" "$P.relay.log" && break
-		kill -0 "$TX_PID" 2>/dev/null || break
-		sleep 0.02
-	done
-	grep -q "drop-reply type=0x82" "$P.relay.log" || { NOTE+=("no ACK seen"); return; }
-	c=$(child_of "$RX_PID")
-	[ -n "$c" ] && kill -9 "$c"
-	wait "$RX_PID" 2>/dev/null
-	is_marked "$P.dst" || WHY+=("I3: the receiver killed after its ACK, before COMMIT, left its image unmarked")
-	start_rx "${P##*/}" "$RX_PORT"
+	wait_log "drop-reply type=0x82" || { NOTE+=("no ACK seen"); return; }
+	restart_rx "after its (lost) ACK"
 }
 
 # The sender killed (-9) at half way and the same command run again.
