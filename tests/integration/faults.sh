@@ -14,7 +14,8 @@
 #   I4 a corrupted byte is never taken for good data: the end is identical
 #      images, or a failed migration with the image marked (I2 and I3).
 #
-# The fault points are drawn from one seed (FAULTS_SEED=N repeats a run).
+# The fault points are drawn from one seed (FAULTS_SEED=N repeats a run;
+# FAULTS_ONLY=REGEX runs only the points whose names match).
 # Timing is never asserted on: --max-bandwidth only widens the windows the
 # kills aim at.  Some checks need behaviour being built as this is written;
 # they are probed for and skipped with a note where the binary lacks it:
