@@ -96,6 +96,7 @@ run_point() {
 	if [ -n "$ONLY" ] && ! [[ $name =~ $ONLY ]]; then
 		SEND_X=()
 		RECV_X=()
+		CHECK=
 		return
 	fi
 	P=$p
@@ -241,10 +242,11 @@ half_way() {
 
 # rec_offset K: where the bulk pass's K'th record (from 0) starts in the
 # first connection's forward stream: HELLO (49 bytes for one device "d0"),
-# the BLOCKS type byte, then DATA records of 11 + chunk bytes in chunk
-# order, each followed by a PROGRESS record (8 bytes) when the percentage
-# moves (always after the first).  Random data: no zero chunks, and no
-# WRITE records in a bulk pass (mode auto mirrors from a later pass only).
+# the BLOCKS type byte, then DATA records of 11 + chunk bytes (of whichever
+# chunks the readers deliver first: not always in chunk order), each
+# followed by a PROGRESS record (8 bytes) when the percentage moves (always
+# after the first).  Random data: no zero chunks, and no WRITE records in a
+# bulk pass (mode auto mirrors from a later pass only).
 rec_offset() {
 	python3 -c "
 import sys
@@ -257,8 +259,12 @@ for i in range(1, k + 1):
 print(off)" "$1" $chunk $size
 }
 
-# The blkmig process under a timeout process.
-child_of() { pgrep -P "$1" | head -1; }
+# The blkmig process under a timeout process (no procps needed).
+child_of() {
+	local c
+	c=$(cat "/proc/$1/task/$1/children" 2>/dev/null)
+	echo "${c%% *}"
+}
 
 # ---- extra checks ------------------------------------------------------------------
 
@@ -289,7 +295,7 @@ restart_rx() {
 		sleep 0.1
 	fi
 	c=$(child_of "$RX_PID")
-	[ -n "$c" ] && kill -9 "$c"
+	if [ -n "$c" ]; then kill -9 "$c"; else NOTE+=("no receiver left to kill"); fi
 	wait "$RX_PID" 2>/dev/null
 	[ ! -e "$P.dst" ] || is_marked "$P.dst" || WHY+=("I3: the receiver killed $when left its image unmarked")
 	[ -z "${RESTART_DELAY:-}" ] || sleep "$RESTART_DELAY"
@@ -346,7 +352,7 @@ kill_tx_half() {
 	half_way || NOTE+=("half way not seen before the source ended")
 	local c
 	c=$(child_of "$TX_PID")
-	[ -n "$c" ] && kill -9 "$c"
+	if [ -n "$c" ]; then kill -9 "$c"; else NOTE+=("no sender left to kill"); fi
 	wait "$TX_PID" 2>/dev/null
 	mv "$P.tx.err" "$P.tx1.err"
 	timeout -k 5 $deadline "$BLKMIG" send --to "127.0.0.1:$RELAY_PORT" --device d0="$P.src" \
