@@ -32,6 +32,9 @@
 #       Checked at one point: a dropped ACK is abandoned (the pause limit,
 #       0.5 s, comes long before the 3 s idle timeout there); max-pause is
 #       reported at every point, never asserted (it is timing).
+#   A send run again after a crash resumes its migration (its id kept in
+#   IMAGE.blkmig-handover beside the source image): checked at kill-tx-held
+#   only where that record appears, else reported.
 . "$(dirname "$0")/lib.sh"
 requires cmp python3 timeout
 SEED=${FAULTS_SEED:-$((RANDOM * 32768 + RANDOM))}
@@ -347,10 +350,32 @@ kill_rx_ack_dropped() {
 	restart_rx "after its (lost) ACK"
 }
 
-# The sender killed (-9) at half way and the same command run again.
+# The sender killed (-9) at half way (of the bulk pass, before the
+# receiver holds anything durably) and the same command run again: it must
+# complete; whether it resumed or started over is reported.
 kill_tx_half() {
 	half_way || NOTE+=("half way not seen before the source ended")
-	local c
+	kill_tx_again 0
+}
+
+# The same once the receiver holds chunks durably (its record is written).
+# A send that keeps its migration id in a record beside the source image
+# (IMAGE.blkmig-handover, written when it starts) finds its migration again
+# and must resume from those chunks; without that record, reported only.
+kill_tx_held() {
+	for _ in $(seq 1 600); do
+		[ -e "$P.dst.blkmig-state" ] && break
+		kill -0 "$TX_PID" 2>/dev/null || break
+		sleep 0.02
+	done
+	[ -e "$P.dst.blkmig-state" ] || NOTE+=("no record seen before the source ended")
+	kill_tx_again 1
+}
+
+# kill_tx_again MUST_RESUME
+kill_tx_again() {
+	local c m must=$1
+	[ -e "$P.src.blkmig-handover" ] || must=0
 	c=$(child_of "$TX_PID")
 	if [ -n "$c" ]; then kill -9 "$c"; else NOTE+=("no sender left to kill"); fi
 	wait "$TX_PID" 2>/dev/null
@@ -360,13 +385,15 @@ kill_tx_half() {
 		--workload "d0,bs=4K,rate=1M,seed=$((SEED % 100000 + tried + 1))" --json \
 		>"$P.json" 2>"$P.tx.err"
 	TX_RC=$?
-	local m
 	m=$(json_field "$P.json" "['devices'][0]['matched-chunks']" 2>/dev/null)
 	if [ "${m:-0}" -gt 0 ]; then
 		NOTE+=("the second send resumed: $m chunks matched")
+	elif [ "$must" = 1 ]; then
+		WHY+=("the second send started over (matched-chunks ${m:-?}) though the receiver held chunks of its migration")
 	else
 		NOTE+=("the second send started over (matched-chunks ${m:-?})")
 	fi
+	[ "$1" = 0 ] || [ -e "$P.src.blkmig-handover" ] || NOTE+=("no source record (IMAGE.blkmig-handover): resuming not checked")
 }
 
 # ---- the points ----------------------------------------------------------------
@@ -442,6 +469,7 @@ run_point kill-rx-half 1 - kill_rx_half
 run_point kill-rx-half-slow-restart 1 - kill_rx_half_slow
 run_point kill-rx-after-ack 1 b kill_rx_acked --stall-after-reply 0x82:1
 run_point kill-tx-half 1 - kill_tx_half
+run_point kill-tx-held 1 - kill_tx_held
 
 echo "fault points tried: $tried, survived: $survived"
 if [ ${#BROKEN[@]} -gt 0 ]; then
