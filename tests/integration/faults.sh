@@ -166,7 +166,6 @@ run_point() {
 	CHECK=
 	why+=("${WHY[@]}")
 	WHY=()
-CHECK=
 	notes+=("${NOTE[@]}")
 
 	local applied figures
@@ -418,8 +417,9 @@ SEND_X=(--timeout 3)
 RECV_X=(--timeout 3)
 run_point stall-forever 1 - - --stall-at "$(rnd stallf 61 $HI)"
 
-# A payload byte: records are 11 + 256 KiB bytes here, so a random offset
-# lands in a payload but for a chance of 1 in 20,000.
+# A payload byte: a record here is 11 + 64 KiB bytes (and a PROGRESS record
+# of 8), so a random offset lands in a payload but for a chance of 1 in
+# 3,400.
 for k in 1 2; do
 	run_point "corrupt-payload-$k" 1 - - --corrupt-at "$(rnd corrupt$k 61 $HI)" --corrupt-bit "$(rnd cbit$k 0 7)"
 done
@@ -429,8 +429,9 @@ done
 # bit 16 is the chunk index's lowest with 64 KiB chunks), its name length
 # byte 8, the name 9..10.  What each flip makes of the record:
 #   chunk      5:0  a well-formed record for the neighbouring chunk: the
-#                   data lands in the wrong place, which only the digests
-#                   can tell (curable: "digest mismatch" once, both resume)
+#                   data lands in the wrong place.  COMPLETE then finds a
+#                   chunk never carried ("the source carried 511 of 512"),
+#                   or, if a later pass carried it, a digest mismatch
 #   unaligned  6:1  an offset 512 bytes off a chunk boundary (malformed; bit
 #                   8, byte 6:0, is a flag bit: flags are word & 0x1ff)
 #   flags      7:0  no flags at all (malformed)
@@ -438,10 +439,14 @@ done
 #   beyond     3:0  an offset 4 GiB past the device: well-formed, refused
 #                   by the receiver's rules
 #   name       9:0  device "e0": a well-formed record for an unknown device
-# A malformed stream fails the connection and both sides resume (as the
-# receiver's --help and the brief describe it), so those are curable; the
-# two that break the receiver's rules on a well-formed record are judged on
-# safety only (I2-I4).
+# A corrupted stream fails the connection and both sides resume: that is
+# what the receiver does (it waits --retry-for for the source) and what
+# this suite was asked to expect, so the first four are curable.  (The
+# source, as docs/resume.md has it, ends at once on any error the
+# destination reports but a digest mismatch; the two sides disagree, and
+# one of them must change.  To judge these on safety only, make their
+# last field 0.)  The two that break the receiver's rules on a well-formed
+# record are judged on safety only (I2-I4).
 declare -A HDR=([chunk]="5 0 1" [unaligned]="6 1 1" [flags]="7 0 1" [zero]="7 3 1" [beyond]="3 0 0" [name]="9 0 0")
 for v in chunk unaligned flags zero beyond name; do
 	set -- ${HDR[$v]}
