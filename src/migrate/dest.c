@@ -204,48 +204,30 @@ static int load_record(struct dst *d, struct dst_dev *dev)
 	return dst_rec_clear(dev->path);
 }
 
-/* After a pass is durable: every chunk carried so far is on the disk. */
-static int save_partial(struct dst *d)
+/*
+ * Record with every image what a later connection of this migration may
+ * rely on: after a pass (or checkpoint) is durable, the chunks carried so
+ * far (attempt 0: PARTIAL); before the ACK of attempt n, that it was
+ * acknowledged and with which digest (AWAITING).
+ */
+static int save_records(struct dst *d, uint32_t attempt)
 {
 	for (unsigned i = 0; has_id(d) && i < d->ndev; i++) {
 		struct dst_dev *dev = &d->dev[i];
-		struct dst_rec rec = { .state = DST_REC_PARTIAL,
+		struct dst_rec rec = { .state = attempt ? DST_REC_AWAITING : DST_REC_PARTIAL,
+				       .attempt = attempt,
 				       .chunk_size = d->offer.chunk_size,
 				       .size = dev->size,
 				       .st_dev = dev->st_dev,
 				       .st_ino = dev->st_ino,
-				       .held = dev->carried };
+				       .held = attempt ? NULL : dev->carried };
 		int r;
 
 		if (!dev->path[0])
 			continue;
 		memcpy(rec.id, d->offer.id, NATIVE_ID_LEN);
-		r = dst_rec_save(dev->path, &rec);
-		if (r < 0)
-			return err_prefix(-r, "device %s: ", dev->shown);
-		dev->recorded = true;
-	}
-	return 0;
-}
-
-/* Before the ACK: a restart after it still knows it acknowledged, and
- * what. */
-static int save_awaiting(struct dst *d, const struct native_complete *c)
-{
-	for (unsigned i = 0; has_id(d) && i < d->ndev; i++) {
-		struct dst_dev *dev = &d->dev[i];
-		struct dst_rec rec = { .state = DST_REC_AWAITING,
-				       .attempt = c->attempt,
-				       .chunk_size = d->offer.chunk_size,
-				       .size = dev->size,
-				       .st_dev = dev->st_dev,
-				       .st_ino = dev->st_ino };
-		int r;
-
-		if (!dev->path[0])
-			continue;
-		memcpy(rec.id, d->offer.id, NATIVE_ID_LEN);
-		digest_final(dev->dig, rec.digest, &rec.chunks);
+		if (attempt)
+			digest_final(dev->dig, rec.digest, &rec.chunks);
 		r = dst_rec_save(dev->path, &rec);
 		if (r < 0)
 			return err_prefix(-r, "device %s: ", dev->shown);
@@ -673,7 +655,7 @@ static int checkpoint(struct dst *d, uint64_t bytes)
 		return 0;
 	r = make_durable(d);
 	if (r == 0)
-		r = save_partial(d);
+		r = save_records(d, 0);
 	d->ck_bytes = 0;
 	d->ck_ns = now_ns();
 	return r;
@@ -690,7 +672,7 @@ static int pass_end(struct dst *d)
 		r = make_durable(d);
 	/* What a later connection of this migration need not be sent again. */
 	if (r == 0 && d->caps->pass_replies && !d->p->verify_only)
-		r = save_partial(d);
+		r = save_records(d, 0);
 	if (r == 0 && d->f->ops->pass_end)
 		r = d->f->ops->pass_end(d->f, d->st.iterations);
 	return r;
@@ -798,7 +780,7 @@ static int complete(struct dst *d, const struct native_complete *digests)
 		for (unsigned i = 0; r == 0 && i < d->ndev; i++)
 			r = check_identity(&d->dev[i], "before the acknowledgement");
 		if (r == 0)
-			r = save_awaiting(d, digests);
+			r = save_records(d, digests->attempt);
 		if (r == 0)
 			r = d->f->ops->acknowledge(d->f, digests->attempt);
 		if (r == 0)

@@ -249,6 +249,7 @@ int src_new(const struct src_params *p, const struct src_device *devs, unsigned 
 	atomic_init(&j->downtime_ns, j->p.max_downtime_ns);
 	atomic_init(&j->want_mode, (int)j->p.mode);
 	atomic_init(&j->mirroring, false);
+	atomic_init(&j->peer_failed, false);
 	r = init_sync(j);
 	if (r < 0) {
 		src_free(j);
@@ -716,6 +717,25 @@ static bool boundary(struct src_job *j)
 	return false;
 }
 
+/*
+ * The devices are fenced after the destination's ACK of j->attempt: record
+ * the hand-over durably (the caller's hook), then COMMIT.  Until the
+ * destination confirms it, the session keeps the commit pending, and a
+ * later connection delivers it (commit_pending()).
+ */
+static enum mig_state hand_over(struct src_job *j, struct run *run)
+{
+	run->committing = true;
+	j->sess->committing = j->attempt;
+	if (j->p.handover)
+		run->err = j->p.handover(j->p.handover_user, j->sess->id, j->attempt);
+	if (run->err == 0)
+		run->err = j->fmt->commit(j);
+	if (run->err == 0)
+		j->sess->committing = 0;
+	return MIG_COMPLETED;
+}
+
 /* The devices were handed over on an earlier connection, whose COMMIT was
  * lost: the destination has said it still awaits it.  Deliver it. */
 static enum mig_state commit_pending(struct src_job *j, struct run *run)
@@ -723,11 +743,7 @@ static enum mig_state commit_pending(struct src_job *j, struct run *run)
 	for (unsigned i = 0; i < j->ndev; i++)
 		track_fence(j->dev[i].blk, ESHUTDOWN);
 	j->attempt = j->sess->committing;
-	run->committing = true;
-	run->err = j->fmt->commit(j);
-	if (run->err == 0)
-		j->sess->committing = 0;
-	return MIG_COMPLETED;
+	return hand_over(j, run);
 }
 
 /* SETUP: tracking starts before the first read, so every write from here
@@ -875,15 +891,7 @@ static enum mig_state state_final(struct src_job *j, struct run *run)
 		return MIG_FINAL;
 	resume_writers(j);
 	run->downtime_ns = now_ns() - run->t_pause;
-	run->committing = true;
-	j->sess->committing = j->attempt;
-	if (j->p.handover)
-		run->err = j->p.handover(j->p.handover_user, j->sess->id, j->attempt);
-	if (run->err == 0)
-		run->err = j->fmt->commit(j);
-	if (run->err == 0)
-		j->sess->committing = 0;
-	return MIG_COMPLETED;
+	return hand_over(j, run);
 }
 
 static enum mig_state step(struct src_job *j, enum mig_state s, struct run *run)
@@ -992,8 +1000,7 @@ int src_run(struct src_job *j, struct xport *x)
 				   .setup = run.setup_ns,
 				   .transferred = j->prev_transferred + xport_tx_bytes(x) };
 	j->sess->transferred = fin.transferred;
-	/* The destination's own ERROR is quoted as such (rp_peer_error). */
-	fin.peer_error = run.err < 0 && strncmp(err_msg(), "destination failed: ", 20) == 0;
+	fin.peer_error = run.err < 0 && atomic_load(&j->peer_failed);
 	set_transport(j, NULL);
 	src_stats_update(j, finish_fn, &fin);
 	pthread_mutex_lock(&j->stats_lock);

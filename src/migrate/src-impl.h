@@ -245,6 +245,7 @@ struct src_job {
 	bool commit_only;	   /* only COMMIT is left to deliver */
 	int timeout_ms;		   /* the transport's idle timeout, for answers and WACKs */
 	_Atomic int want_mode;	   /* enum mig_mode, as asked for (any thread) */
+	atomic_bool peer_failed;   /* the destination sent ERROR (rp_peer_error) */
 	atomic_bool mirroring;	   /* the tracking layers have the mirror */
 	bool truncated;		   /* the last pass was cut short */
 	bool in_blocks;		   /* a pass or a write's message is open on the wire */
@@ -317,6 +318,6 @@ int rp_await(struct src_job *j, uint8_t want, const char *what, uint64_t *value)
 /* A send failed: prefer the destination's own reason if it gave one. */
 int rp_explain(struct src_job *j, int r);
 /* Turn the destination's ERROR into this thread's error. */
-int rp_peer_error(const struct native_error *e);
+int rp_peer_error(struct src_job *j, const struct native_error *e);
 
 #endif

@@ -28,7 +28,7 @@ static int await_ready(struct src_job *j, uint64_t *version)
 	if (r < 0)
 		return err_prefix(-r, "waiting for the destination to accept the handshake: ");
 	if (it.kind == WIRE_ITEM_ERROR)
-		return rp_peer_error(it.error);
+		return rp_peer_error(j, it.error);
 	/* A refusal, or a receiver restarting behind a proxy: the first
 	 * connection is not retried (src_migrate), a later one is. */
 	if (it.kind == WIRE_ITEM_END)
@@ -93,7 +93,7 @@ static int await_state(struct src_job *j)
 	wire_stream_allow(j->rs, NATIVE_ALLOW(NATIVE_MSG_STATE) | NATIVE_ALLOW(NATIVE_MSG_ERROR));
 	r = wire_stream_next(j->rs, &it);
 	if (r == 0 && it.kind == WIRE_ITEM_ERROR)
-		return rp_peer_error(it.error);
+		return rp_peer_error(j, it.error);
 	if (r == 0 && it.kind != WIRE_ITEM_STATE)
 		r = err_set(ECONNRESET, "handshake: the destination closed the connection");
 	if (r < 0)
@@ -127,7 +127,7 @@ static int await_state(struct src_job *j)
 	for (left = j->held.sums; left > 0;) {
 		r = wire_stream_next(j->rs, &it);
 		if (r == 0 && it.kind == WIRE_ITEM_ERROR)
-			return rp_peer_error(it.error);
+			return rp_peer_error(j, it.error);
 		if (r == 0 && it.kind != WIRE_ITEM_SUMS)
 			r = err_set(ECONNRESET, "the destination closed the connection");
 		if (r == 0)

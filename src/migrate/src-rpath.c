@@ -16,8 +16,9 @@
 #include "src-impl.h"
 #include "transport/transport.h"
 
-int rp_peer_error(const struct native_error *e)
+int rp_peer_error(struct src_job *j, const struct native_error *e)
 {
+	atomic_store(&j->peer_failed, true);
 	return err_set(e->err ? (int)e->err : EIO, "destination failed: %s", e->reason);
 }
 
@@ -101,7 +102,7 @@ static void *rp_main(void *arg)
 			break;
 		}
 		if (it.kind == WIRE_ITEM_ERROR) {
-			rp_fail(j, rp_peer_error(it.error));
+			rp_fail(j, rp_peer_error(j, it.error));
 			break;
 		}
 		type = it.kind == WIRE_ITEM_SYNCED ? NATIVE_MSG_SYNCED
@@ -203,7 +204,7 @@ int rp_explain(struct src_job *j, int r)
 	while (!j->rp_err)
 		if (pthread_cond_timedwait(&j->done_cond, &j->lock, &ts) == ETIMEDOUT)
 			break;
-	if (j->rp_err && strncmp(j->rp_msg, "destination failed:", 19) == 0) {
+	if (j->rp_err && atomic_load(&j->peer_failed)) {
 		r = j->rp_err;
 		err_copy_in(j->rp_msg);
 	}
