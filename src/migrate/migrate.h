@@ -150,8 +150,8 @@ struct src_session {
 	uint32_t committing;  /* fenced after ACK of this attempt; COMMIT pending (0: none) */
 	uint64_t transferred; /* bytes on the wire of the connections before this one */
 	uint32_t connections; /* connections begun so far */
-	bool began;	      /* a connection got past the handshake: there is a
-			       * migration to resume */
+	uint32_t accepted;    /* connections that got past the handshake (at least
+			       * one: there is a migration to resume) */
 	/* Figures over every connection so far (the job's start from them). */
 	uint64_t switchovers, abandoned, max_pause_ns;
 };

@@ -93,8 +93,9 @@ int src_migrate(const struct src_params *params, const struct src_device *devs, 
 	for (;;) {
 		struct src_job *j = NULL;
 		struct xport *x = NULL;
-		char msg[1024];
+		uint32_t accepted = p.session->accepted;
 		uint64_t now, wait;
+		char msg[1024];
 
 		r = src_new(&p, devs, ndev, &j);
 		if (r < 0)
@@ -122,12 +123,17 @@ int src_migrate(const struct src_params *params, const struct src_device *devs, 
 		 * connection that fails in its connect or its handshake (a
 		 * wrong address, no receiver there, other credentials) is the
 		 * operator's to fix, and says so at once. */
-		if (r == 0 || r == -ECANCELED || !rt->retry_ns || !p.session->began ||
+		if (r == 0 || r == -ECANCELED || !rt->retry_ns || !p.session->accepted ||
 		    !worth_retry(r, st, &corruptions))
 			return r;
 		now = now_ns();
-		if (!give_up)
+		/* Each outage gets its own --retry-for and back-off: a failure
+		 * after the destination accepted this connection starts a new
+		 * one; failures in a row double the wait. */
+		if (!give_up || p.session->accepted > accepted) {
 			give_up = now + rt->retry_ns;
+			backoff = RETRY_FIRST_NS;
+		}
 		if (now >= give_up)
 			return err_prefix(-r, "gave up after %u attempt%s to connect in %llu s: ",
 					  tries, tries == 1 ? "" : "s",
@@ -148,8 +154,5 @@ int src_migrate(const struct src_params *params, const struct src_device *devs, 
 			return err_set(ECANCELED, "migration cancelled");
 		}
 		backoff = MIN(backoff * 2, RETRY_MAX_NS);
-		/* A connection that got going resets the back-off. */
-		if (st->transferred > 0 && p.session->connections > 0)
-			backoff = MIN(backoff, RETRY_FIRST_NS * 2);
 	}
 }

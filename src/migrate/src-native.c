@@ -178,7 +178,7 @@ static int native_open(struct src_job *j)
 		r = await_state(j);
 	if (r < 0)
 		return r;
-	j->sess->began = true;
+	j->sess->accepted++;
 	return rp_start(j);
 }
 
