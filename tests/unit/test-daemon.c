@@ -78,13 +78,18 @@ static bool same_files(const char *a, const char *b)
 	return same;
 }
 
-/* An image and the incomplete mark a failed migration may leave beside it. */
+/* An image, and what a migration may leave beside it: the incomplete
+ * mark, the destination's record, the source's hand-over record. */
 static void remove_image(const char *path)
 {
+	static const char *const sides[] = { ".blkmig-incomplete", ".blkmig-state",
+					     ".blkmig-handover" };
 	char side[600];
 
-	snprintf(side, sizeof(side), "%s.blkmig-incomplete", path);
-	unlink(side);
+	for (size_t i = 0; i < sizeof(sides) / sizeof(sides[0]); i++) {
+		snprintf(side, sizeof(side), "%s%s", path, sides[i]);
+		unlink(side);
+	}
 	unlink(path);
 }
 

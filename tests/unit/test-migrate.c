@@ -39,6 +39,7 @@
 
 #include "block/backend.h"
 #include "block/mark.h"
+#include "state/state.h"
 #include "common/error.h"
 #include "common/util.h"
 #include "migrate/migrate.h"
@@ -84,8 +85,11 @@ static void tmp_new(char *path, size_t cap, const char *tag)
 static int tmp_cleanup(void **state)
 {
 	(void)state;
+	/* And what a failed migration leaves beside an image: its mark and
+	 * the destination's record. */
 	for (unsigned i = 0; i < ntmp; i++) {
 		mark_clear(tmp_paths[i]);
+		dst_rec_clear(tmp_paths[i]);
 		unlink(tmp_paths[i]);
 	}
 	ntmp = 0;
