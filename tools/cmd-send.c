@@ -340,18 +340,11 @@ int cmd_send(int argc, char **argv)
 		return cli_usage_error("send", "--to HOST:PORT is required");
 	if (!ndev)
 		return cli_usage_error("send", "at least one --device NAME=PATH is required");
-	if (mig_format_check(p.format, p.mode, p.chunk_size) < 0)
+	if (src_params_check(&p) < 0)
 		return cli_usage_error("send", "%s", err_msg());
-	if ((p.delta || p.verify_only) && p.format != MIG_FORMAT_NATIVE)
-		return cli_usage_error("send", "--%s needs the native format",
-				       p.delta ? "delta" : "verify-only");
-	if (p.delta && (p.verify_only || p.shared_base))
-		return cli_usage_error("send", "--delta compares every chunk: it goes with neither "
-					       "--verify-only nor --shared-base");
-	if (p.verify_only && (p.shared_base || workload || p.mode == MIG_MODE_ACTIVE))
-		return cli_usage_error("send", "--verify-only compares every chunk and writes "
-					       "nothing: it goes with neither --shared-base, "
-					       "--workload nor --mode active");
+	if (p.verify_only && workload)
+		return cli_usage_error("send", "--verify-only writes nothing: it does not go with "
+					       "--workload");
 	if (p.format == MIG_FORMAT_QEMU)
 		retry_ns = 0; /* a QEMU destination cannot resume */
 	if (p.max_downtime_ns == 0)

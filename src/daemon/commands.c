@@ -350,7 +350,8 @@ static json_object *cmd_migrate(struct daemon *d, const struct args *a, struct c
 		p.format = MIG_FORMAT_QEMU;
 	/* The schema bounds chunk-size to 4K..16M. */
 	arg_u64(a, "chunk-size", &chunk);
-	if (mig_format_check(p.format, p.mode, (uint32_t)chunk) < 0)
+	p.chunk_size = (uint32_t)chunk;
+	if (src_params_check(&p) < 0)
 		return fail_errmsg(e, CTL_ERR_INVALID_PARAM);
 	/* A served disk takes random writes: track and resend 64 KiB, not
 	 * 1 MiB, unless told otherwise.  QEMU's stream has 1 MiB. */
@@ -362,20 +363,8 @@ static json_object *cmd_migrate(struct daemon *d, const struct args *a, struct c
 	pthread_mutex_lock(&d->lock);
 	snprintf(d->migrated_to, sizeof(d->migrated_to), "%s", to);
 	pthread_mutex_unlock(&d->lock);
-	if (p.verify_only && (p.delta || p.shared_base || p.format != MIG_FORMAT_NATIVE ||
-			      p.mode == MIG_MODE_ACTIVE)) {
-		tls_creds_free(tls);
-		return fail(e, CTL_ERR_INVALID_PARAM, "%s",
-			    "verify-only needs the native format, and neither delta, "
-			    "shared-base nor active mode");
-	}
 	if (p.verify_only)
 		p.handover = NULL; /* nothing is handed over */
-	if (p.delta && (p.format != MIG_FORMAT_NATIVE || p.shared_base)) {
-		tls_creds_free(tls);
-		return fail(e, CTL_ERR_INVALID_PARAM, "%s",
-			    "delta needs the native format, and not shared-base");
-	}
 	if (p.format == MIG_FORMAT_QEMU)
 		jo.retry_ns = 0; /* QEMU cannot resume */
 	if (job_start(d->job, to, &p, tls, &jo) < 0)

@@ -84,6 +84,16 @@ enum mig_format { MIG_FORMAT_NATIVE, MIG_FORMAT_QEMU };
  */
 int mig_format_check(enum mig_format f, enum mig_mode mode, uint32_t chunk_size);
 
+struct src_params;
+/*
+ * Everything src_new() refuses in the parameters themselves, for callers
+ * that want to say so first (a usage error, an InvalidParameter):
+ * mig_format_check(), and delta and verify-only (native only; delta with
+ * neither verify-only nor shared-base; verify-only with neither
+ * shared-base nor active mode).  0 or -EINVAL with the reason.
+ */
+int src_params_check(const struct src_params *p);
+
 struct mig_dev_stats {
 	char name[WIRE_NAME_MAX + 1];
 	uint64_t size;

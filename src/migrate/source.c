@@ -144,6 +144,24 @@ int mig_format_check(enum mig_format f, enum mig_mode mode, uint32_t chunk_size)
 	return 0;
 }
 
+int src_params_check(const struct src_params *p)
+{
+	int r = mig_format_check(p->format, p->mode, p->chunk_size);
+
+	if (r < 0)
+		return r;
+	if ((p->delta || p->verify_only) && p->format != MIG_FORMAT_NATIVE)
+		return err_set(EINVAL, "%s needs the native format",
+			       p->delta ? "delta" : "verify-only");
+	if (p->delta && (p->verify_only || p->shared_base))
+		return err_set(EINVAL, "delta compares every chunk: it goes with neither "
+				       "verify-only nor shared-base");
+	if (p->verify_only && (p->shared_base || p->mode == MIG_MODE_ACTIVE))
+		return err_set(EINVAL, "verify-only compares every chunk and writes nothing: it "
+				       "goes with neither shared-base nor active mode");
+	return 0;
+}
+
 /* ---- setup and teardown ------------------------------------------------------- */
 
 int src_session_init(struct src_session *s)
@@ -206,7 +224,7 @@ int src_new(const struct src_params *p, const struct src_device *devs, unsigned 
 
 	if (ndev == 0 || ndev > NATIVE_MAX_DEVICES)
 		return err_set(EINVAL, "need 1 to %d devices, got %u", NATIVE_MAX_DEVICES, ndev);
-	r = mig_format_check(p->format, p->mode, p->chunk_size);
+	r = src_params_check(p);
 	if (r < 0)
 		return r;
 	j = calloc(1, sizeof(*j));
@@ -221,16 +239,6 @@ int src_new(const struct src_params *p, const struct src_device *devs, unsigned 
 		j->p.max_downtime_ns = SRC_DEFAULT_DOWNTIME_NS;
 	if (!j->p.readers)
 		j->p.readers = SRC_DEFAULT_READERS;
-	if ((j->p.delta || j->p.verify_only) && p->format != MIG_FORMAT_NATIVE) {
-		free(j);
-		return err_set(EINVAL, "%s needs the native format",
-			       p->delta ? "a delta sync" : "verify-only");
-	}
-	if (j->p.delta && j->p.shared_base) {
-		free(j);
-		return err_set(EINVAL, "a delta sync compares every chunk: it cannot be a "
-				       "shared-base migration too");
-	}
 	if (!j->fmt->auto_mode || j->p.verify_only)
 		j->p.mode = MIG_MODE_DIRTY; /* AUTO has nothing to switch to */
 	j->sess = p->session ? p->session : &j->own_session;
