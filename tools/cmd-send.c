@@ -10,7 +10,6 @@
 #include <json-c/json.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "block/backend.h"
 #include "cli.h"
@@ -86,6 +85,26 @@ struct send_ctx {
 };
 
 /*
+ * Record the migration with every image it sends: attempt 0 while it runs
+ * (a later send of them finds its id), and as src_params.handover, the
+ * attempt the receiver took over (serve refuses them without --reclaim).
+ */
+static int send_record(void *user, const uint8_t id[NATIVE_ID_LEN], uint32_t attempt)
+{
+	struct send_ctx *c = user;
+	struct src_rec rec;
+
+	src_rec_init(&rec, id, attempt, c->to);
+	for (unsigned i = 0; i < c->npaths; i++) {
+		int r = src_rec_save(c->paths[i], &rec);
+
+		if (r < 0)
+			return err_prefix(-r, "recording the migration with %s: ", c->paths[i]);
+	}
+	return 0;
+}
+
+/*
  * The migration id: the one an earlier send of these images to the same
  * receiver left in their records (it had given up, or this host
  * restarted: the receiver may hold part of it), or a new one, recorded
@@ -109,35 +128,7 @@ static int send_session(struct send_ctx *c, struct src_session *s)
 		return r;
 	if (reuse && c->npaths)
 		memcpy(s->id, first.id, sizeof(s->id));
-	rec = (struct src_rec){ .when = (uint64_t)time(NULL) };
-	memcpy(rec.id, s->id, sizeof(rec.id));
-	for (size_t i = 0; c->to[i] && i + 1 < sizeof(rec.dest); i++)
-		rec.dest[i] = c->to[i] >= 0x20 && c->to[i] < 0x7f ? c->to[i] : '?';
-	for (unsigned i = 0; i < c->npaths; i++) {
-		r = src_rec_save(c->paths[i], &rec);
-		if (r < 0)
-			return r;
-	}
-	return 0;
-}
-
-/* src_params.handover: the images are the receiver's now (serve refuses
- * them without --reclaim). */
-static int send_handover(void *user, const uint8_t id[NATIVE_ID_LEN], uint32_t attempt)
-{
-	struct send_ctx *c = user;
-	struct src_rec rec = { .attempt = attempt, .when = (uint64_t)time(NULL) };
-
-	memcpy(rec.id, id, sizeof(rec.id));
-	for (size_t i = 0; c->to[i] && i + 1 < sizeof(rec.dest); i++)
-		rec.dest[i] = c->to[i] >= 0x20 && c->to[i] < 0x7f ? c->to[i] : '?';
-	for (unsigned i = 0; i < c->npaths; i++) {
-		int r = src_rec_save(c->paths[i], &rec);
-
-		if (r < 0)
-			return err_prefix(-r, "recording the hand-over of %s: ", c->paths[i]);
-	}
-	return 0;
+	return send_record(c, s->id, 0);
 }
 
 static int send_dial(void *user, struct xport **x)
@@ -418,7 +409,7 @@ int cmd_send(int argc, char **argv)
 			goto out;
 		}
 		p.session = &sess;
-		p.handover = send_handover;
+		p.handover = send_record;
 		p.handover_user = &ctx;
 	}
 	r = src_migrate(&p, sdev, nsend,

@@ -371,13 +371,10 @@ const char *daemon_incoming_addr(const struct daemon *d)
 int daemon_handover(void *user, const uint8_t id[NATIVE_ID_LEN], uint32_t attempt)
 {
 	struct daemon *d = user;
-	struct src_rec rec = { .attempt = attempt, .when = (uint64_t)time(NULL) };
+	struct src_rec rec;
 
-	memcpy(rec.id, id, NATIVE_ID_LEN);
 	pthread_mutex_lock(&d->lock);
-	for (size_t i = 0; d->migrated_to[i] && i + 1 < sizeof(rec.dest); i++)
-		rec.dest[i] =
-		    d->migrated_to[i] >= 0x20 && d->migrated_to[i] < 0x7f ? d->migrated_to[i] : '?';
+	src_rec_init(&rec, id, attempt, d->migrated_to);
 	pthread_mutex_unlock(&d->lock);
 	for (unsigned i = 0; i < d->cfg.ndev; i++) {
 		int r;

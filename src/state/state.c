@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
@@ -689,6 +690,15 @@ static int dest_len(const char *s, size_t cap)
 		if ((unsigned char)s[i] < 0x20 || (unsigned char)s[i] > 0x7e)
 			return -1;
 	return i < cap ? (int)i : -1;
+}
+
+void src_rec_init(struct src_rec *r, const uint8_t id[STATE_ID_LEN], uint32_t attempt,
+		  const char *dest)
+{
+	*r = (struct src_rec){ .attempt = attempt, .when = (uint64_t)time(NULL) };
+	memcpy(r->id, id, STATE_ID_LEN);
+	for (size_t i = 0; dest[i] && i + 1 < sizeof(r->dest); i++)
+		r->dest[i] = dest[i] >= 0x20 && dest[i] < 0x7f ? dest[i] : '?';
 }
 
 int src_rec_save(const char *image, const struct src_rec *r)

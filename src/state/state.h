@@ -181,6 +181,11 @@ struct src_rec {
 /* As the dst_rec_* functions; save refuses (-EINVAL) a dest that is not
  * NUL-terminated printable ASCII. */
 int src_rec_save(const char *image, const struct src_rec *r);
+/* A record of migration id, attempt (0: in progress), dated now, to dest
+ * (which may come from the peer's side: bytes outside printable ASCII are
+ * stored as '?', and it is cut to fit). */
+void src_rec_init(struct src_rec *r, const uint8_t id[STATE_ID_LEN], uint32_t attempt,
+		  const char *dest);
 int src_rec_load(const char *image, struct src_rec *r);
 int src_rec_clear(const char *image);
 

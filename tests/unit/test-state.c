@@ -295,6 +295,33 @@ static void test_src_roundtrip(void **state)
 	assert_int_equal(src_rec_load(img, &back), -ENOENT);
 }
 
+/* src_rec_init(): a destination from anywhere is stored printable, and cut
+ * to fit, so that saving it never fails on it. */
+static void test_src_init(void **state)
+{
+	char img[PATH_MAX], longest[400];
+	uint8_t id[STATE_ID_LEN];
+	struct src_rec r, back;
+
+	(void)state;
+	make_file(img, sizeof(img), "init.img", "");
+	fill_id(id, 5);
+	src_rec_init(&r, id, 3, "host\x1b[2J:70\x7f\xc3\xa9");
+	assert_memory_equal(r.id, id, STATE_ID_LEN);
+	assert_int_equal(r.attempt, 3);
+	assert_true(r.when > 0);
+	assert_string_equal(r.dest, "host?[2J:70???");
+	assert_int_equal(src_rec_save(img, &r), 0);
+	assert_int_equal(src_rec_load(img, &back), 0);
+	assert_string_equal(back.dest, r.dest);
+	memset(longest, 'h', sizeof(longest) - 1);
+	longest[sizeof(longest) - 1] = '\0';
+	src_rec_init(&r, id, 0, longest);
+	assert_int_equal(strlen(r.dest), sizeof(r.dest) - 1);
+	assert_int_equal(src_rec_save(img, &r), 0);
+	assert_int_equal(src_rec_clear(img), 0);
+}
+
 /* ---- refusals -------------------------------------------------------------- */
 
 static void test_missing_and_clear(void **state)
@@ -1043,6 +1070,7 @@ int main(void)
 		cmocka_unit_test_teardown(test_partial_large, reset),
 		cmocka_unit_test_teardown(test_awaiting, reset),
 		cmocka_unit_test_teardown(test_src_roundtrip, reset),
+		cmocka_unit_test_teardown(test_src_init, reset),
 		cmocka_unit_test_teardown(test_missing_and_clear, reset),
 		cmocka_unit_test_teardown(test_corrupt_every_byte, reset),
 		cmocka_unit_test_teardown(test_truncated, reset),
