@@ -30,7 +30,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 	 NATIVE_ALLOW(NATIVE_MSG_READY) | NATIVE_ALLOW(NATIVE_MSG_ACK) |                           \
 	 NATIVE_ALLOW(NATIVE_MSG_ERROR) | NATIVE_ALLOW(NATIVE_MSG_SYNCED) |                        \
 	 NATIVE_ALLOW(NATIVE_MSG_WACK) | NATIVE_ALLOW(NATIVE_MSG_VERDICT) |                        \
-	 NATIVE_ALLOW(NATIVE_MSG_STATE) | NATIVE_ALLOW(NATIVE_MSG_SUMS))
+	 NATIVE_ALLOW(NATIVE_MSG_STATE) | NATIVE_ALLOW(NATIVE_MSG_SUMS) |                          \
+	 NATIVE_ALLOW(NATIVE_MSG_DONE))
 
 /* Large structs and buffers live here, not on the fuzzer's stack. */
 static struct native_hello hello;
@@ -139,13 +140,13 @@ static void try_u64(const uint8_t *frame, size_t body_len, enum native_msg type)
 	check(memcmp(out + NATIVE_FRAME_HDR, frame + NATIVE_FRAME_HDR, 8) == 0);
 }
 
-/* ACK and COMMIT: a be32 attempt, so any 4-byte body but 0 decodes and
- * re-encodes exactly. */
+/* ACK, COMMIT and DONE: a be32 attempt, so any 4-byte body but 0 decodes
+ * and re-encodes exactly. */
 static void try_attempt(const uint8_t *frame, size_t body_len, enum native_msg type)
 {
 	uint32_t attempt;
-	int r = native_attempt_decode(type == NATIVE_MSG_ACK ? "ack" : "commit",
-				      frame + NATIVE_FRAME_HDR, body_len, &attempt);
+	int r = native_attempt_decode(native_msg_name((uint8_t)type), frame + NATIVE_FRAME_HDR,
+				      body_len, &attempt);
 
 	if (r < 0) {
 		check_failure(r);
@@ -153,8 +154,9 @@ static void try_attempt(const uint8_t *frame, size_t body_len, enum native_msg t
 		return;
 	}
 	check(body_len == 4 && attempt >= 1);
-	r = type == NATIVE_MSG_ACK ? native_ack_encode(out, sizeof(out), attempt)
-				   : native_commit_encode(out, sizeof(out), attempt);
+	r = type == NATIVE_MSG_ACK	? native_ack_encode(out, sizeof(out), attempt)
+	    : type == NATIVE_MSG_COMMIT ? native_commit_encode(out, sizeof(out), attempt)
+					: native_done_encode(out, sizeof(out), attempt);
 	check(r == NATIVE_FRAME_HDR + 4);
 	check(out[0] == type);
 	check(memcmp(out + NATIVE_FRAME_HDR, frame + NATIVE_FRAME_HDR, 4) == 0);
@@ -278,6 +280,7 @@ static void try_stream(const uint8_t *data, size_t size)
 			break;
 		case NATIVE_MSG_ACK:
 		case NATIVE_MSG_COMMIT:
+		case NATIVE_MSG_DONE:
 			try_attempt(frame, len, (enum native_msg)type);
 			break;
 		case NATIVE_MSG_STATE:
@@ -320,6 +323,7 @@ static void try_bodies(const uint8_t *data, size_t size)
 	try_u64(frame, size, NATIVE_MSG_WACK);
 	try_attempt(frame, size, NATIVE_MSG_ACK);
 	try_attempt(frame, size, NATIVE_MSG_COMMIT);
+	try_attempt(frame, size, NATIVE_MSG_DONE);
 	try_state(frame, size);
 	try_sums(frame, size);
 	try_verdict(frame, size);

@@ -84,6 +84,7 @@ static void run(enum wire_stream_format fmt, const uint8_t *data, size_t size)
 			break;
 		case WIRE_ITEM_ACK:
 		case WIRE_ITEM_COMMIT:
+		case WIRE_ITEM_DONE:
 			check(it.value >= 1 && it.value <= UINT32_MAX);
 			break;
 		case WIRE_ITEM_STATE:
