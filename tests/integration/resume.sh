@@ -6,23 +6,9 @@
 # what was sent again.
 . "$(dirname "$0")/lib.sh"
 requires cmp python3
-RELAY="$(dirname "$0")/../tools/faultrelay.py"
 size=$((48 * MiB))
 tried=0
 
-# start_relay NAME TO_PORT FAULTS...: sets RELAY_PORT and RELAY_PID.
-start_relay() {
-	local name=$1 to=$2
-	shift 2
-	rm -f "$T/$name.rport"
-	/usr/bin/python3 "$RELAY" --listen 0 --port-file "$T/$name.rport" --to "127.0.0.1:$to" \
-		--log "$T/$name.rlog" "$@" 2>"$T/$name.rerr" &
-	RELAY_PID=$!
-	BG_PIDS+=("$RELAY_PID")
-	for _ in $(seq 1 200); do [ -s "$T/$name.rport" ] && break; sleep 0.025; done
-	[ -s "$T/$name.rport" ] || { cat "$T/$name.rerr" >&2; fail "relay $name did not start"; }
-	RELAY_PORT=$(cat "$T/$name.rport")
-}
 
 # ---- a cut inside the bulk pass, at seeded points: resumed, nothing lost
 for point in 5000 $((20 * MiB + 77)) $((35 * MiB + 4099)); do
@@ -41,7 +27,7 @@ for point in 5000 $((20 * MiB + 77)) $((35 * MiB + 4099)); do
 	cmp "$T/cut.src" "$T/cut.dst" || fail "cut at $point: images differ"
 	! is_marked "$T/cut.dst" || fail "cut at $point: still marked incomplete"
 	[ ! -e "$T/cut.dst.blkmig-state" ] || fail "cut at $point: the record was left behind"
-	grep -q "fault cut-at" "$T/cut.rlog" || fail "cut at $point: the relay did not cut"
+	grep -q "fault cut-at" "$T/cut.relay.log" || fail "cut at $point: the relay did not cut"
 	conns=$(json_field "$T/cut.json" "['connections']")
 	[ "$conns" = 2 ] || fail "cut at $point: $conns connections, expected 2"
 	grep -q "connection 1 failed: .*resuming" "$T/cut.err" || { cat "$T/cut.err" >&2; fail "cut at $point: no resume logged"; }

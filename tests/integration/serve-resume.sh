@@ -6,25 +6,13 @@
 # it until the operator says --reclaim (no split brain).
 . "$(dirname "$0")/lib.sh"
 requires nbdinfo qemu-io python3 cmp
-RELAY="$(dirname "$0")/../tools/faultrelay.py"
 size=$((48 * MiB))
-
-relay() { # NAME TO_PORT FAULTS...: sets RELAY_PORT
-	local name=$1 to=$2
-	shift 2
-	/usr/bin/python3 "$RELAY" --listen 0 --port-file "$T/$name.rport" --to "127.0.0.1:$to" \
-		--log "$T/$name.rlog" "$@" 2>"$T/$name.rerr" &
-	BG_PIDS+=($!)
-	for _ in $(seq 1 200); do [ -s "$T/$name.rport" ] && break; sleep 0.025; done
-	[ -s "$T/$name.rport" ] || fail "relay $name did not start"
-	RELAY_PORT=$(cat "$T/$name.rport")
-}
 
 # ---- a cut half way: resumed by the daemons themselves
 make_random "$T/a.src" $size 21
 start_serve adst --incoming 127.0.0.1:0 --device d0="$T/a.dst" --create
 ADST_NBD=$NBD_PORT ADST_PID=$SERVE_PID
-relay a "$INCOMING_PORT" --cut-at $((40 * MiB))
+start_relay a "$INCOMING_PORT" --cut-at $((40 * MiB))
 start_serve asrc --device d0="$T/a.src" --control "$T/a.sock"
 ASRC_PID=$SERVE_PID
 "$BLKMIG" migrate --control "$T/a.sock" --to "127.0.0.1:$RELAY_PORT" --wait --json \
@@ -35,7 +23,7 @@ conns=$(json_field "$T/a.json" "['connections']")
 matched=$(json_field "$T/a.json" "['devices'][0]['matched-chunks']")
 [ "$conns" = 2 ] || fail "cut: $conns connections, expected 2"
 [ "$matched" -gt 0 ] || fail "cut: the resumed connection sent everything again"
-grep -q "fault cut-at" "$T/a.rlog" || fail "cut: the relay did not cut"
+grep -q "fault cut-at" "$T/a.relay.log" || fail "cut: the relay did not cut"
 pass "migrate cut at 40 MiB resumed on its own: $matched chunks were not sent again, identical"
 
 # ---- the handed-over source refuses to serve the image when started again
@@ -57,7 +45,7 @@ stop "$ADST_PID"
 make_random "$T/b.src" $size 22
 start_serve bdst --incoming 127.0.0.1:0 --device d0="$T/b.dst" --create --retry-for 60s
 BDST_NBD=$NBD_PORT
-relay b "$INCOMING_PORT" --cut-at $((40 * MiB))
+start_relay b "$INCOMING_PORT" --cut-at $((40 * MiB))
 start_serve bsrc --device d0="$T/b.src" --control "$T/b.sock"
 "$BLKMIG" migrate --control "$T/b.sock" --to "127.0.0.1:$RELAY_PORT" --retry-for 0 --wait \
 	>"$T/b1.out" 2>"$T/b1.err"
