@@ -54,6 +54,15 @@ if sys.argv[1] == "dest":
         open(sys.argv[3], "wb").write(got)
         for m in messages(sys.argv[4][:-4]):
             c.sendall(m)
+        # Sent means on the wire: a reset discards what is still in our
+        # own send queue, which under load the ERROR may be.
+        import fcntl, termios
+        buf = bytearray(4)
+        for _ in range(2000):
+            fcntl.ioctl(c.fileno(), termios.TIOCOUTQ, buf)
+            if int.from_bytes(buf, "little") == 0:
+                break
+            time.sleep(0.001)
         c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         c.close()
         status(sys.argv[3], "sent-rst")
@@ -71,7 +80,13 @@ if sys.argv[1] == "dest":
     th.join()
     status(sys.argv[3], st)
 else:
-    c = socket.create_connection(("127.0.0.1", int(sys.argv[2])))
+    try:
+        c = socket.create_connection(("127.0.0.1", int(sys.argv[2])))
+    except ConnectionResetError:
+        # --cut-at 0 can reset the connection before connect() returns.
+        open(sys.argv[4], "wb").close()
+        status(sys.argv[4], "reset")
+        sys.exit(0)
     st = None
     try:
         with open(sys.argv[3], "rb") as f:
