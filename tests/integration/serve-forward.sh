@@ -89,13 +89,13 @@ oks=$(grep -c "wrote 4096/4096" "$T/qio.out")
 pass "qemu-io: $oks writes on one connection, $((oks - wrote_at_switch)) after the switch-over, none failed; nbdcopy streamed 24 MiB on one connection, exit 0"
 
 # The longest write qemu-io saw (1 / its ops per second).
-python3 - "$T/qio.out" "$wrote_at_switch" <<'PY'
+python3 - "$T/qio.out" "$wrote_at_switch" "$(json_field "$T/mig.json" "['downtime']")" <<'PY'
 import re, sys
 lat = [1000.0 / float(m.group(1)) for m in re.finditer(r"and ([0-9.]+) ops/sec", open(sys.argv[1]).read())]
 at = max(range(len(lat)), key=lambda i: lat[i])
 srt = sorted(lat)
-print("PASS: qemu-io write latency: median %.2f ms, p99 %.2f ms, longest %.1f ms (write %d; %s writes were acknowledged when migrate returned)"
-      % (srt[len(srt) // 2], srt[int(len(srt) * 0.99)], lat[at], at + 1, sys.argv[2]))
+print("PASS: qemu-io write latency: median %.2f ms, p99 %.2f ms, longest %.1f ms (write %d; %s writes were acknowledged when migrate returned; the final pass paused writers %s ms)"
+      % (srt[len(srt) // 2], srt[int(len(srt) * 0.99)], lat[at], at + 1, sys.argv[2], sys.argv[3]))
 PY
 
 # The source's images are as they were at the switch-over.
