@@ -158,7 +158,8 @@ static int run_incoming(struct daemon *d)
 				.allow_shared_base = d->cfg.shared_base,
 				.allow_delta = d->cfg.delta,
 				.verify_only = d->cfg.verify_only,
-				.format = d->cfg.qemu ? MIG_FORMAT_QEMU : MIG_FORMAT_NATIVE };
+				.format = d->cfg.qemu ? MIG_FORMAT_QEMU : MIG_FORMAT_NATIVE,
+				.nbd_addr = d->nbd_addr };
 	struct incoming_params ip = { .lfd = d->incoming_lfd,
 				      .tls = d->tls_server,
 				      .timeout_ms = XPORT_DEFAULT_TIMEOUT_MS,

@@ -355,6 +355,14 @@ struct dst_params {
 	/* Compare only (send --verify-only): nothing is written or marked;
 	 * dst_run() returns 0 when identical, -EILSEQ when not. */
 	bool verify_only;
+	/*
+	 * "HOST:PORT" (or "[v6]:PORT") this side's NBD server is bound to, as
+	 * xport_listen() gives it, announced (EXPORT) to a native source that
+	 * asks because it will forward its NBD clients here after the
+	 * switch-over.  NULL or "": no NBD export (EXPORT port 0).  Not owned;
+	 * valid for the whole dst_run().
+	 */
+	const char *nbd_addr;
 };
 
 /*

@@ -62,6 +62,17 @@ static int split_hostport(const char *hp, char *host, size_t hcap, char *port, s
 	return 0;
 }
 
+int xport_addr_split(const char *hostport, char *host, size_t host_cap, uint16_t *port)
+{
+	char p[8];
+	int r = split_hostport(hostport, host, host_cap, p, sizeof(p));
+
+	if (r < 0)
+		return r;
+	*port = (uint16_t)atol(p);
+	return 0;
+}
+
 static int resolve(const char *hp, bool passive, struct addrinfo **res)
 {
 	char host[256], port[8];
