@@ -338,6 +338,7 @@ static json_object *cmd_migrate(struct daemon *d, const struct args *a, struct c
 	jo.retry_ns = retry_ms * 1000000u;
 	p.handover = daemon_handover;
 	p.handover_user = d;
+	p.forward = true; /* TODO: migrate --after forward|refuse sets this (default forward) */
 	arg_bool(a, "shared-base", &p.shared_base);
 	arg_bool(a, "zero-blocks", &p.zero_blocks);
 	arg_u64(a, "max-bandwidth", &p.max_bandwidth);

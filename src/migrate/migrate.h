@@ -164,6 +164,18 @@ struct src_session {
 			       * one: there is a migration to resume) */
 	/* Figures over every connection so far (the job's start from them). */
 	uint64_t switchovers, abandoned, max_pause_ns;
+	/*
+	 * src_params.forward: where the destination's NBD export is, as its
+	 * EXPORT announced it on the latest connection that sent one (each
+	 * connection announces it again; a resume keeps the last).  The host
+	 * is as announced: [A-Za-z0-9.:_-], an IPv6 literal without brackets;
+	 * empty, "0.0.0.0" or "::" mean the host this source dialled.  Port 0:
+	 * the destination serves no NBD export.  dest_nbd_known is false until
+	 * an EXPORT arrived.  Written by the engine's thread in the handshake.
+	 */
+	char dest_nbd_host[NATIVE_HOST_MAX + 1];
+	uint16_t dest_nbd_port;
+	bool dest_nbd_known;
 };
 
 /* A fresh session with a random id.  0 or negative errno. */
@@ -189,6 +201,11 @@ struct src_params {
 	 */
 	bool delta;
 	bool verify_only;
+	/* Native only: the source will forward its NBD clients to the
+	 * destination after the switch-over, so it asks (HELLO's FORWARD) where
+	 * the destination's NBD export is; the answer goes to the session
+	 * (dest_nbd_*).  The QEMU format has no such question: ignored. */
+	bool forward;
 	/* The migration this job continues (NULL: a one-off with its own). */
 	struct src_session *session;
 	/*
