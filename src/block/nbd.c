@@ -40,12 +40,12 @@
 #include "common/error.h"
 #include "common/util.h"
 
-#define NBD_FWD_MAX_IO	  (32 * MiB) /* the NBD server's usual payload limit */
-#define NBD_FWD_MAX_ZERO  (1 * GiB)
-#define NBD_FWD_MAX_CONNS 16
+#define NBD_FWD_MAX_IO	     (32 * MiB) /* the NBD server's usual payload limit */
+#define NBD_FWD_MAX_ZERO     (1 * GiB)
+#define NBD_FWD_MAX_CONNS    16
 #define NBD_FWD_RETRY_MIN_NS (2 * 1000000ull)
-#define NBD_FWD_RETRY_NS  (100 * 1000000ull)
-#define NBD_FWD_GONE_NS	  (1000 * 1000000ull)
+#define NBD_FWD_RETRY_NS     (100 * 1000000ull)
+#define NBD_FWD_GONE_NS	     (1000 * 1000000ull)
 
 struct nbd_conn {
 	struct nbd_handle *h;
