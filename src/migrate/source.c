@@ -647,11 +647,11 @@ static void watchdog_stop(struct src_job *j)
 
 /* The split-brain guard: from now on no write reaches the devices.  With
  * forwarding the writes wait to be sent on (p.handover redirects them);
- * otherwise they fail. */
+ * otherwise, and with no hook to do that, they fail. */
 static void fence_all(struct src_job *j)
 {
 	for (unsigned i = 0; i < j->ndev; i++) {
-		if (j->p.forward)
+		if (j->p.forward && j->p.handover)
 			track_hold(j->dev[i].blk);
 		else
 			track_fence(j->dev[i].blk, ESHUTDOWN);
