@@ -22,7 +22,7 @@ set -euo pipefail
 packages=(
 	# build
 	gcc make pkg-config meson ninja-build
-	libxxhash-dev libjson-c-dev libgnutls28-dev
+	libxxhash-dev libjson-c-dev libgnutls28-dev libnbd-dev
 	# tests
 	libcmocka-dev python3 attr coreutils clang-format
 	# peers used by the integration tests and benchmarks

@@ -23,6 +23,7 @@ static const char migrate_help[] =
     "                      [--tls-psk FILE | --tls-creds DIR [--tls-hostname NAME]]\n"
     "                      [--tls-authz ID,...] [--retry-for DURATION] [--resume]\n"
     "                      [--delta] [--verify-only]\n"
+    "                      [--after forward|refuse] [--forward-to HOST:PORT]\n"
     "\n"
     "Start a live migration of a `blkmig serve` daemon's devices to another\n"
     "daemon's --incoming address.  Without --wait it returns once the migration\n"
@@ -55,6 +56,14 @@ static const char migrate_help[] =
     "  --verify-only         compare with a `serve --incoming --verify-only` by digest\n"
     "                        while the devices stay in use; nothing is written or\n"
     "                        handed over (with --wait: exit 0 identical, 1 not)\n"
+    "  --after forward|refuse  what the daemon's NBD clients get once the\n"
+    "                        destination has taken over: forward (default): their\n"
+    "                        requests, and those of clients connecting later, are\n"
+    "                        relayed to the destination's export of the same name,\n"
+    "                        so they see a pause, not an error; refuse: every\n"
+    "                        request fails (ESHUTDOWN) with where to reconnect\n"
+    "  --forward-to HOST:PORT  the destination's NBD server (default: the address\n"
+    "                        the destination announces)\n"
     "  --wait                wait for the end; exit 0 only if it completed\n"
     "  --json                with --wait: print the final report as JSON\n" CLI_TLS_HELP
     "  --tls-hostname NAME   the destination's name in its certificate (default:\n"
@@ -83,7 +92,9 @@ int cmd_migrate(int argc, char **argv)
 		OPT_RETRY,
 		OPT_RESUME,
 		OPT_DELTA,
-		OPT_VERIFY
+		OPT_VERIFY,
+		OPT_AFTER,
+		OPT_FORWARD_TO
 	};
 	static const struct option opts[] = {
 		{ "control", required_argument, NULL, 'c' },
@@ -100,6 +111,8 @@ int cmd_migrate(int argc, char **argv)
 		{ "resume", no_argument, NULL, OPT_RESUME },
 		{ "delta", no_argument, NULL, OPT_DELTA },
 		{ "verify-only", no_argument, NULL, OPT_VERIFY },
+		{ "after", required_argument, NULL, OPT_AFTER },
+		{ "forward-to", required_argument, NULL, OPT_FORWARD_TO },
 		{ "json", no_argument, NULL, OPT_JSON },
 		CLI_TLS_OPTIONS,
 		{ "help", no_argument, NULL, 'h' },
@@ -191,6 +204,23 @@ int cmd_migrate(int argc, char **argv)
 			break;
 		case OPT_VERIFY:
 			json_object_object_add(args, "verify-only", json_object_new_boolean(1));
+			break;
+		case OPT_AFTER:
+			if (strcmp(optarg, "forward") != 0 && strcmp(optarg, "refuse") != 0) {
+				r = cli_usage_error("migrate",
+						    "--after takes forward or refuse, not '%s'",
+						    optarg);
+				goto usage;
+			}
+			json_object_object_add(args, "after", json_object_new_string(optarg));
+			break;
+		case OPT_FORWARD_TO:
+			if (!strchr(optarg, ':')) {
+				r = cli_usage_error("migrate", "--forward-to takes HOST:PORT, not '%s'",
+						    optarg);
+				goto usage;
+			}
+			json_object_object_add(args, "forward-to", json_object_new_string(optarg));
 			break;
 		case OPT_JSON:
 			json = true;

@@ -104,6 +104,11 @@ static int send_record(void *user, const uint8_t id[NATIVE_ID_LEN], uint32_t att
 	return 0;
 }
 
+static int send_handover(void *user, const struct src_session *s, uint32_t attempt)
+{
+	return send_record(user, s->id, attempt);
+}
+
 /*
  * The migration id: the one an earlier send of these images to the same
  * receiver left in their records (it had given up, or this host
@@ -409,7 +414,7 @@ int cmd_send(int argc, char **argv)
 			goto out;
 		}
 		p.session = &sess;
-		p.handover = send_record;
+		p.handover = send_handover;
 		p.handover_user = &ctx;
 	}
 	r = src_migrate(&p, sdev, nsend,

@@ -85,6 +85,10 @@ static void print_status(json_object *o)
 	}
 	printf("passes: %lld, expected downtime: %lld ms, downtime: %lld ms\n",
 	       field(o, "iterations"), field(o, "expected-downtime"), field(o, "downtime"));
+	if (json_object_object_get_ex(o, "forwarding", &v))
+		printf("forwarding: %lld client%s to %s (%lld requests, %lld failed)\n",
+		       field(v, "clients"), field(v, "clients") == 1 ? "" : "s",
+		       str_field(v, "to", "?"), field(v, "requests"), field(v, "errors"));
 error:
 	if (json_object_object_get_ex(o, "error-desc", &v))
 		printf("error: %s\n", json_object_get_string(v));

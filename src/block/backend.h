@@ -127,6 +127,45 @@ enum blk_mem_op { BLK_MEM_READ, BLK_MEM_WRITE, BLK_MEM_FLUSH, BLK_MEM_ZERO, BLK_
  */
 void blk_mem_inject(struct blk *b, enum blk_mem_op op, unsigned nth, int err);
 
+/* ---- NBD client (nbd.c, libnbd) ----------------------------------------- */
+
+/* How long a forwarded command may go unanswered before it fails. */
+#define BLK_NBD_OP_TIMEOUT_NS (30 * 1000000000ull)
+
+struct blk_nbd_target {
+	const char *host, *port, *export;
+	/* TLS (either, or none): a PSK file and the identity to use from it,
+	 * or an X.509 directory with ca-cert.pem, client-cert.pem and
+	 * client-key.pem (the server's certificate is checked against host). */
+	const char *psk_file, *psk_user, *x509_dir;
+	/* How long one op keeps trying to connect while the export does not
+	 * take connections (a destination finishing its take-over); once a
+	 * connection has been made, at most a second. */
+	uint64_t patience_ns;
+	uint64_t op_timeout_ns; /* 0: BLK_NBD_OP_TIMEOUT_NS */
+	unsigned max_conns;	/* connections at most, 0: 4 */
+};
+
+/*
+ * A device that is an NBD export, reached with libnbd: every op is a
+ * command to it.  Nothing connects until the first op; each connection
+ * checks that the export has 'size' bytes and is writable.  Errors of the
+ * export or the link are the op's error (never retried on another
+ * connection); a command unanswered for op_timeout fails with -ETIMEDOUT.
+ * Thread-safe: ops run in parallel over up to max_conns connections.
+ */
+int blk_nbd_open(const struct blk_nbd_target *t, uint64_t size, struct blk **out);
+/* End every wait of the device's ops now (-ECANCELED) and from now on;
+ * for a daemon going away.  Thread-safe. */
+void blk_nbd_cancel(struct blk *b);
+
+struct blk_nbd_stats {
+	uint64_t requests; /* commands issued */
+	uint64_t errors;   /* of which failed (the client got an error) */
+	uint64_t connects; /* connections opened */
+};
+void blk_nbd_stats(struct blk *b, struct blk_nbd_stats *st);
+
 /* ---- tracking layer (track.c) ------------------------------------------ */
 
 struct dirty;
@@ -153,6 +192,19 @@ void track_set_dirty(struct blk *track, struct dirty *d);
 void track_pause(struct blk *track);
 void track_resume(struct blk *track);
 void track_fence(struct blk *track, int err);
+/*
+ * Hand-over with forwarding.  track_hold() makes the hand-over terminal
+ * without failing anyone: nothing reaches the lower layer again; writes
+ * (and reads, which must not see a copy that is no longer the device)
+ * wait at the gate, as in a pause that track_resume() does not end.
+ * track_redirect() then sends every op, held or new, to 'to' (a device of
+ * the same size, not owned; it must outlive every op, so close it only
+ * after the layer's users are gone): writes there are neither marked nor
+ * mirrored.  A fence still wins: fenced writes fail, and reads go below
+ * again.  track_redirect() needs track_hold() first and is called once.
+ */
+void track_hold(struct blk *track);
+void track_redirect(struct blk *track, struct blk *to);
 /* Writes completed through this layer since it was opened. */
 uint64_t track_writes(struct blk *track);
 

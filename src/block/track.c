@@ -38,6 +38,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -57,6 +58,11 @@ struct track_blk {
 	struct dirty *dirty;		   /* not owned; NULL = not tracking */
 	const struct track_mirror *mirror; /* NULL = not mirroring */
 	void *mirror_opaque;
+	/* Handed over (track_hold): nothing reaches 'lower' again; writes
+	 * wait at the gate until they are redirected or fenced. */
+	bool held;
+	atomic_bool held_any; /* held, readable without the lock (reads) */
+	struct blk *redirect; /* not owned; where ops go once handed over */
 	pthread_mutex_t order; /* held across lower op + submit while mirroring */
 	uint64_t writes;       /* write/zero/trim ops that reached the lower layer */
 };
@@ -71,6 +77,7 @@ static struct track_blk *to_track(struct blk *b)
 
 /* What a write-type op took from the gate. */
 struct gate_pass {
+	struct blk *redirect; /* set: the op goes there, nothing else happens */
 	struct dirty *dirty;
 	const struct track_mirror *mirror;
 	void *mirror_opaque;
@@ -87,11 +94,12 @@ static int gate_enter(struct track_blk *t, const char *what, uint64_t off, uint6
 	int err;
 
 	pthread_mutex_lock(&t->lock);
-	while ((t->paused || t->swapping) && !t->fence_err)
+	while ((t->paused || t->swapping || (t->held && !t->redirect)) && !t->fence_err)
 		pthread_cond_wait(&t->gate, &t->lock);
 	err = t->fence_err;
 	if (!err) {
 		t->inflight++;
+		g->redirect = t->redirect;
 		g->dirty = t->dirty;
 		g->mirror = t->mirror;
 		g->mirror_opaque = t->mirror_opaque;
@@ -146,9 +154,29 @@ static void wait_idle_locked(struct track_blk *t, bool all)
 
 /* ---- ops ------------------------------------------------------------------ */
 
+/*
+ * Where a read goes: below, or once handed over where writes go (waiting
+ * like them until that is known; after a fence, below: the server refuses
+ * its clients then anyway).
+ */
+static struct blk *read_target(struct blk *b)
+{
+	struct track_blk *t = to_track(b);
+	struct blk *to;
+
+	if (!atomic_load(&t->held_any))
+		return b->lower;
+	pthread_mutex_lock(&t->lock);
+	while (!t->redirect && !t->fence_err)
+		pthread_cond_wait(&t->gate, &t->lock);
+	to = t->fence_err ? b->lower : t->redirect;
+	pthread_mutex_unlock(&t->lock);
+	return to;
+}
+
 static int track_pread(struct blk *b, void *buf, size_t len, uint64_t off)
 {
-	return blk_pread(b->lower, buf, len, off);
+	return blk_pread(read_target(b), buf, len, off);
 }
 
 enum wop { WOP_WRITE, WOP_ZERO, WOP_TRIM };
@@ -184,6 +212,11 @@ static int tracked_op(struct blk *b, enum wop w, const void *buf, uint64_t off, 
 	r = gate_enter(t, what[w], off, len, &g);
 	if (r < 0)
 		return r;
+	if (g.redirect) {
+		r = lower_op(g.redirect, w, buf, off, len, flags);
+		gate_leave(t, false);
+		return r;
+	}
 	if (g.mirror)
 		pthread_mutex_lock(&t->order);
 	r = lower_op(b->lower, w, buf, off, len, flags);
@@ -234,7 +267,7 @@ static int track_flush(struct blk *b)
 	r = gate_enter(t, "flush", 0, 0, &g);
 	if (r < 0)
 		return r;
-	r = blk_flush(b->lower);
+	r = blk_flush(g.redirect ? g.redirect : b->lower);
 	gate_leave(t, false);
 	return r;
 }
@@ -242,7 +275,7 @@ static int track_flush(struct blk *b)
 static int track_block_status(struct blk *b, uint64_t off, uint64_t len, uint64_t *pnum,
 			      bool *allocated)
 {
-	return blk_block_status(b->lower, off, len, pnum, allocated);
+	return blk_block_status(read_target(b), off, len, pnum, allocated);
 }
 
 /* This layer only; blk_close() goes on to close the lower one. */
@@ -377,6 +410,28 @@ void track_fence(struct blk *track, int err)
 	pthread_mutex_lock(&t->lock);
 	if (!t->fence_err)
 		t->fence_err = err;
+	pthread_cond_broadcast(&t->gate);
+	pthread_mutex_unlock(&t->lock);
+}
+
+void track_hold(struct blk *track)
+{
+	struct track_blk *t = to_track(track);
+
+	pthread_mutex_lock(&t->lock);
+	t->held = true;
+	atomic_store(&t->held_any, true);
+	pthread_mutex_unlock(&t->lock);
+}
+
+void track_redirect(struct blk *track, struct blk *to)
+{
+	struct track_blk *t = to_track(track);
+
+	assert(to && to->size == track->size);
+	pthread_mutex_lock(&t->lock);
+	assert(t->held && !t->redirect);
+	t->redirect = to;
 	pthread_cond_broadcast(&t->gate);
 	pthread_mutex_unlock(&t->lock);
 }

@@ -22,7 +22,9 @@
 #include "common/util.h"
 #include "control/control.h"
 #include "migrate/job.h"
+#include "nbdserver/server.h"
 #include "report.h"
+#include "transport/transport.h"
 #include "wire/record.h"
 #include "workload/workload.h"
 
@@ -253,6 +255,7 @@ static bool arg_u64(const struct args *a, const char *name, uint64_t *out)
 
 static const char *const modes[] = { "auto", "dirty", "active", NULL };
 static const char *const formats[] = { "native", "qemu", NULL };
+static const char *const afters[] = { "forward", "refuse", NULL };
 
 /* The longest pause a user may ask for: an hour, as `blkmig migrate` allows. */
 #define MAX_DOWNTIME_MS (3600 * 1000ull)
@@ -287,6 +290,8 @@ static const struct arg_spec migrate_args[] = {
 	{ "resume", ARG_BOOL, false, 0, 0, NULL },
 	{ "delta", ARG_BOOL, false, 0, 0, NULL },
 	{ "verify-only", ARG_BOOL, false, 0, 0, NULL },
+	{ "after", ARG_STRING, false, 0, 0, afters },
+	{ "forward-to", ARG_STRING, false, 0, 0, NULL },
 	{ NULL },
 };
 
@@ -295,7 +300,8 @@ static const struct arg_spec migrate_args[] = {
  * else the daemon's (serve --tls-*), else none.  0 with *out (NULL: plain
  * TCP), or a negative errno with the message set.
  */
-static int migrate_tls(struct daemon *d, const struct args *a, struct tls_creds **out)
+static int migrate_tls(struct daemon *d, const struct args *a, struct tls_creds **out,
+		       struct tls_options *used)
 {
 	struct tls_options o = { 0 };
 
@@ -317,7 +323,33 @@ static int migrate_tls(struct daemon *d, const struct args *a, struct tls_creds 
 		o = d->cfg.tls;
 		o.hostname = NULL;
 	}
+	*used = o;
 	return tls_creds_new(&o, TLS_CLIENT, out);
+}
+
+/*
+ * What forwarding after the switch-over needs: whether to, where, and the
+ * migration's client credentials (the destination's NBD server takes the
+ * same as its incoming migration).  With the QEMU format nothing is
+ * announced: forward-to says where QEMU's NBD server is, or clients are
+ * refused.
+ */
+static void migrate_forward(struct daemon *d, const struct args *a, const struct tls_options *o,
+			    const struct tls_creds *tls, struct src_params *p)
+{
+	const char *after = "forward", *to = "";
+	const char *user = tls_creds_psk_identity(tls);
+
+	arg_str(a, "after", &after);
+	arg_str(a, "forward-to", &to);
+	p->forward = strcmp(after, "forward") == 0 && !p->verify_only;
+	pthread_mutex_lock(&d->lock);
+	d->fwd.wanted = p->forward;
+	snprintf(d->fwd.to, sizeof(d->fwd.to), "%s", to);
+	snprintf(d->fwd.psk_file, sizeof(d->fwd.psk_file), "%s", o->psk_file ? o->psk_file : "");
+	snprintf(d->fwd.x509_dir, sizeof(d->fwd.x509_dir), "%s", o->x509_dir ? o->x509_dir : "");
+	snprintf(d->fwd.psk_user, sizeof(d->fwd.psk_user), "%s", user ? user : "");
+	pthread_mutex_unlock(&d->lock);
 }
 
 static json_object *cmd_migrate(struct daemon *d, const struct args *a, struct cmd_err *e)
@@ -329,6 +361,9 @@ static json_object *cmd_migrate(struct daemon *d, const struct args *a, struct c
 	uint64_t ms = 0, chunk = 0, retry_ms = DAEMON_DEFAULT_RETRY_MS;
 	struct job_options jo = { 0 };
 	struct tls_creds *tls = NULL;
+	struct tls_options used = { 0 };
+	const char *fwd_to;
+	char host[256], port[16];
 
 	arg_str(a, "to", &to);
 	arg_u64(a, "retry-for", &retry_ms);
@@ -358,8 +393,12 @@ static json_object *cmd_migrate(struct daemon *d, const struct args *a, struct c
 	p.chunk_size = p.format == MIG_FORMAT_QEMU ? WIRE_QEMU_CHUNK_SIZE
 		       : chunk			   ? (uint32_t)chunk
 						   : DAEMON_DEFAULT_CHUNK_SIZE;
-	if (migrate_tls(d, a, &tls) < 0)
+	if (arg_str(a, "forward-to", &fwd_to) &&
+	    xport_split_hostport(fwd_to, host, sizeof(host), port, sizeof(port)) < 0)
 		return fail_errmsg(e, CTL_ERR_INVALID_PARAM);
+	if (migrate_tls(d, a, &tls, &used) < 0)
+		return fail_errmsg(e, CTL_ERR_INVALID_PARAM);
+	migrate_forward(d, a, &used, tls, &p);
 	pthread_mutex_lock(&d->lock);
 	snprintf(d->migrated_to, sizeof(d->migrated_to), "%s", to);
 	pthread_mutex_unlock(&d->lock);
@@ -372,6 +411,36 @@ static json_object *cmd_migrate(struct daemon *d, const struct args *a, struct c
 	return json_object_new_object();
 }
 
+/* "forwarding": the clients the source still relays to the destination. */
+static void add_forwarding(struct daemon *d, json_object *o)
+{
+	struct blk_nbd_stats sum = { 0 };
+	json_object *f;
+	char addr[300];
+	bool active;
+
+	pthread_mutex_lock(&d->lock);
+	active = d->fwd.active;
+	snprintf(addr, sizeof(addr), "%s", d->fwd.addr);
+	for (unsigned i = 0; active && i < d->nsend; i++) {
+		struct blk_nbd_stats one;
+
+		blk_nbd_stats(d->fwd.blk[i], &one);
+		sum.requests += one.requests;
+		sum.errors += one.errors;
+		sum.connects += one.connects;
+	}
+	pthread_mutex_unlock(&d->lock);
+	if (!active || !(f = json_object_new_object()))
+		return;
+	json_object_object_add(f, "clients", json_object_new_int64(nbds_clients(d->nbd)));
+	json_object_object_add(f, "to", json_object_new_string(addr));
+	json_object_object_add(f, "requests", json_object_new_int64((int64_t)sum.requests));
+	json_object_object_add(f, "errors", json_object_new_int64((int64_t)sum.errors));
+	json_object_object_add(f, "connections", json_object_new_int64((int64_t)sum.connects));
+	json_object_object_add(o, "forwarding", f);
+}
+
 static json_object *cmd_query_migrate(struct daemon *d, const struct args *a, struct cmd_err *e)
 {
 	struct mig_stats st;
@@ -382,8 +451,12 @@ static json_object *cmd_query_migrate(struct daemon *d, const struct args *a, st
 	(void)a;
 	(void)e;
 	job_query(d->job, &st, &started, error, sizeof(error));
-	if (started)
-		return report_stats_json(&st, error);
+	if (started) {
+		o = report_stats_json(&st, error);
+		if (o)
+			add_forwarding(d, o);
+		return o;
+	}
 	o = json_object_new_object();
 	if (o && json_object_object_add(o, "status", json_object_new_string("none")) < 0) {
 		json_object_put(o);

@@ -17,6 +17,23 @@ struct job;
 struct nbds;
 struct workload;
 
+/*
+ * Forwarding after the switch-over (migrate's after=forward): what the
+ * migrate command asked for, and once the hand-over hook has redirected
+ * the devices, where to.  Under daemon.lock; blk[] (one per sdev) is
+ * written once, by the hook, and closed by daemon_free().
+ */
+struct daemon_fwd {
+	bool wanted;		/* the running migration forwards */
+	char to[300];		/* forward-to, or "" for the announced export */
+	char psk_file[4096];	/* the migration's client credentials, for libnbd */
+	char x509_dir[4096];
+	char psk_user[130];
+	bool active;		/* devices redirected: clients are forwarded */
+	char addr[300];		/* where to, "HOST:PORT" */
+	struct blk *blk[DAEMON_MAX_DEVICES];
+};
+
 struct daemon {
 	struct daemon_config cfg; /* cfg.devs points at devs */
 	struct daemon_device devs[DAEMON_MAX_DEVICES];
@@ -38,13 +55,14 @@ struct daemon {
 	uint64_t max_downtime_ns;
 	enum mig_mode mode;
 
-	pthread_mutex_t lock;  /* guards migrated_to and ctl (read by the job's thread) */
+	pthread_mutex_t lock;  /* guards migrated_to, fwd and ctl (read by the job's thread) */
 	char migrated_to[256]; /* the last migrate's destination */
+	struct daemon_fwd fwd;
 };
 
 /* daemon.c: the migrate job's hand-over hook (src_params.handover): record
  * with every migrated image that it now belongs to the destination. */
-int daemon_handover(void *user, const uint8_t id[NATIVE_ID_LEN], uint32_t attempt);
+int daemon_handover(void *user, const struct src_session *s, uint32_t attempt);
 
 /* commands.c: run one command (cmd_lock held). */
 json_object *daemon_run_command_locked(struct daemon *d, const char *cmd, json_object *args,

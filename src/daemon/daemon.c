@@ -11,6 +11,7 @@
 #include "daemon-impl.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -201,6 +202,18 @@ static int run_incoming(struct daemon *d)
 
 /* ---- the migration's events and the switch-over ------------------------------- */
 
+/* Every request from now on fails, with where to go instead. */
+static void refuse_clients(struct daemon *d)
+{
+	char reason[512];
+
+	pthread_mutex_lock(&d->lock);
+	snprintf(reason, sizeof(reason), "this daemon's devices were migrated to %s: reconnect there",
+		 d->migrated_to);
+	pthread_mutex_unlock(&d->lock);
+	nbds_shutdown(d->nbd, ESHUTDOWN, reason);
+}
+
 static void job_event(void *user, const struct mig_stats *st, const char *error)
 {
 	struct daemon *d = user;
@@ -209,15 +222,15 @@ static void job_event(void *user, const struct mig_stats *st, const char *error)
 
 	if (st->state == MIG_COMPLETED && !st->verify) {
 		/* The destination owns the devices now: no client may go on
-		 * believing it writes here.  (A verify hands nothing over.) */
-		char reason[512];
+		 * believing it writes here, unless its requests are forwarded
+		 * there.  (A verify hands nothing over.) */
+		bool forwarding;
 
 		pthread_mutex_lock(&d->lock);
-		snprintf(reason, sizeof(reason),
-			 "this daemon's devices were migrated to %s: reconnect there",
-			 d->migrated_to);
+		forwarding = d->fwd.active;
 		pthread_mutex_unlock(&d->lock);
-		nbds_shutdown(d->nbd, ESHUTDOWN, reason);
+		if (!forwarding)
+			refuse_clients(d);
 	}
 	if (!data)
 		return;
@@ -368,13 +381,105 @@ const char *daemon_incoming_addr(const struct daemon *d)
 	return d->incoming_addr;
 }
 
-int daemon_handover(void *user, const uint8_t id[NATIVE_ID_LEN], uint32_t attempt)
+static void daemon_log(struct daemon *d, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void daemon_log(struct daemon *d, const char *fmt, ...)
+{
+	char line[1200];
+	va_list ap;
+
+	if (!d->cfg.log)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	d->cfg.log(d->cfg.log_user, line);
+}
+
+/*
+ * Where the clients go: forward-to, else the export the destination
+ * announced, on the host it was reached at when it announced none of its
+ * own (or a wildcard).  false when there is nowhere (a destination
+ * serving no NBD export).  d->lock held.
+ */
+static bool forward_target(struct daemon *d, const struct src_session *s, char *host,
+			   size_t hcap, char *port, size_t pcap)
+{
+	const char *h = s->dest_nbd_host;
+
+	if (d->fwd.to[0])
+		return xport_split_hostport(d->fwd.to, host, hcap, port, pcap) == 0;
+	if (!s->dest_nbd_known || !s->dest_nbd_port)
+		return false;
+	if (!*h || !strcmp(h, "0.0.0.0") || !strcmp(h, "::")) {
+		char dport[16];
+
+		if (xport_split_hostport(d->migrated_to, host, hcap, dport, sizeof(dport)) < 0)
+			return false;
+	} else {
+		snprintf(host, hcap, "%s", h);
+	}
+	snprintf(port, pcap, "%u", s->dest_nbd_port);
+	return true;
+}
+
+/*
+ * The devices are held (track_hold()): send their clients' requests to
+ * the destination's export from now on, or, with nowhere to send them,
+ * refuse them as without forwarding.  Each device's export there has its
+ * name.  d->lock held.
+ */
+static void start_forwarding(struct daemon *d, const struct src_session *s)
+{
+	char host[256], port[16];
+	bool v6;
+	unsigned i;
+
+	if (!forward_target(d, s, host, sizeof(host), port, sizeof(port))) {
+		daemon_log(d, "forwarding: the destination serves no NBD export and no forward-to "
+			      "was given: clients of the migrated devices are refused");
+		goto refuse;
+	}
+	for (i = 0; i < d->nsend; i++) {
+		struct blk_nbd_target t = {
+			.host = host,
+			.port = port,
+			.export = d->sdev[i].name,
+			.psk_file = d->fwd.psk_file[0] ? d->fwd.psk_file : NULL,
+			.psk_user = d->fwd.psk_user[0] ? d->fwd.psk_user : NULL,
+			.x509_dir = d->fwd.x509_dir[0] ? d->fwd.x509_dir : NULL,
+			.patience_ns = DAEMON_FORWARD_PATIENCE_NS,
+		};
+
+		if (blk_nbd_open(&t, blk_size(d->sdev[i].blk), &d->fwd.blk[i]) < 0) {
+			daemon_log(d, "forwarding: %s: clients of the migrated devices are refused",
+				   err_msg());
+			goto refuse;
+		}
+	}
+	v6 = strchr(host, ':') != NULL;
+	snprintf(d->fwd.addr, sizeof(d->fwd.addr), "%s%s%s:%s", v6 ? "[" : "", host, v6 ? "]" : "",
+		 port);
+	for (i = 0; i < d->nsend; i++)
+		track_redirect(d->sdev[i].blk, d->fwd.blk[i]);
+	d->fwd.active = true;
+	daemon_log(d, "forwarding the clients of %u device%s to %s", d->nsend,
+		   d->nsend == 1 ? "" : "s", d->fwd.addr);
+	return;
+
+refuse:
+	for (i = 0; i < d->nsend; i++)
+		track_fence(d->sdev[i].blk, ESHUTDOWN);
+}
+
+int daemon_handover(void *user, const struct src_session *s, uint32_t attempt)
 {
 	struct daemon *d = user;
 	struct src_rec rec;
 
 	pthread_mutex_lock(&d->lock);
-	src_rec_init(&rec, id, attempt, d->migrated_to);
+	src_rec_init(&rec, s->id, attempt, d->migrated_to);
 	pthread_mutex_unlock(&d->lock);
 	for (unsigned i = 0; i < d->cfg.ndev; i++) {
 		int r;
@@ -385,6 +490,13 @@ int daemon_handover(void *user, const uint8_t id[NATIVE_ID_LEN], uint32_t attemp
 		if (r < 0)
 			return err_prefix(-r, "recording the hand-over of %s: ", d->devs[i].path);
 	}
+	/* Recorded: the destination may take over now, so the held requests
+	 * may go there.  (A later connection delivering a lost COMMIT calls
+	 * this again: the devices are redirected once.) */
+	pthread_mutex_lock(&d->lock);
+	if (d->fwd.wanted && !d->fwd.active)
+		start_forwarding(d, s);
+	pthread_mutex_unlock(&d->lock);
 	return 0;
 }
 
@@ -543,9 +655,25 @@ void daemon_free(struct daemon *d)
 	job_free(d->job);
 	ctl_close(d->ctl);
 	workload_stop(d->wl, NULL);
+	/*
+	 * Forwarded clients get the refusal clients get without forwarding;
+	 * requests waiting for the destination end now.  Writes still held
+	 * after a hand-over (the daemon stops before forwarding began) fail:
+	 * no client thread may be left waiting at a gate.
+	 */
+	if (d->fwd.active)
+		refuse_clients(d);
+	for (unsigned i = 0; i < d->nsend; i++) {
+		if (d->fwd.blk[i])
+			blk_nbd_cancel(d->fwd.blk[i]);
+		if (d->fwd.wanted)
+			track_fence(d->sdev[i].blk, ESHUTDOWN);
+	}
 	nbds_free(d->nbd);
 	for (unsigned i = 0; i < d->cfg.ndev; i++)
 		blk_close(d->blks[i]);
+	for (unsigned i = 0; i < d->nsend; i++)
+		blk_close(d->fwd.blk[i]);
 	if (d->incoming_lfd >= 0)
 		close(d->incoming_lfd);
 	pthread_mutex_destroy(&d->lock);

@@ -44,6 +44,10 @@ struct workload_spec;
 /* How long a migration reconnects and resumes after its link failed, and
  * how long the incoming side waits for that (migrate's retry-for). */
 #define DAEMON_DEFAULT_RETRY_MS (60 * 1000)
+/* How long a forwarded request waits for the destination's export to take
+ * connections (it does once it has taken over, within moments of the
+ * COMMIT) before it fails. */
+#define DAEMON_FORWARD_PATIENCE_NS (30 * 1000000000ull)
 
 struct daemon_device {
 	const char *name; /* export and migration name */

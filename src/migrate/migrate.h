@@ -164,6 +164,11 @@ struct src_session {
 			       * one: there is a migration to resume) */
 	/* Figures over every connection so far (the job's start from them). */
 	uint64_t switchovers, abandoned, max_pause_ns;
+	/* The destination's NBD export as it announced it (native format,
+	 * src_params.forward); the latest connection's word counts. */
+	char dest_nbd_host[256]; /* "" or a wildcard: the address dialled */
+	uint16_t dest_nbd_port;	 /* 0: it serves none */
+	bool dest_nbd_known;
 };
 
 /* A fresh session with a random id.  0 or negative errno. */
@@ -189,6 +194,11 @@ struct src_params {
 	 */
 	bool delta;
 	bool verify_only;
+	/*
+	 * After the hand-over, writes wait (track_hold()) instead of failing,
+	 * for the handover hook to forward them to the destination.
+	 */
+	bool forward;
 	/* The migration this job continues (NULL: a one-off with its own). */
 	struct src_session *session;
 	/*
@@ -196,9 +206,10 @@ struct src_params {
 	 * COMMIT: record the hand-over durably with the images (so that a
 	 * restarted source refuses them).  0, or a negative errno with the
 	 * message set: then no COMMIT goes out and the devices stay fenced.
-	 * NULL: nothing to record.
+	 * NULL: nothing to record.  With 'forward' the hook also redirects
+	 * the held writes (track_redirect()), or fences the devices itself.
 	 */
-	int (*handover)(void *user, const uint8_t id[NATIVE_ID_LEN], uint32_t attempt);
+	int (*handover)(void *user, const struct src_session *s, uint32_t attempt);
 	void *handover_user;
 };
 

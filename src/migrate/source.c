@@ -645,6 +645,19 @@ static void watchdog_stop(struct src_job *j)
 	j->watchdog_running = false;
 }
 
+/* The split-brain guard: from now on no write reaches the devices.  With
+ * forwarding the writes wait to be sent on (p.handover redirects them);
+ * otherwise they fail. */
+static void fence_all(struct src_job *j)
+{
+	for (unsigned i = 0; i < j->ndev; i++) {
+		if (j->p.forward)
+			track_hold(j->dev[i].blk);
+		else
+			track_fence(j->dev[i].blk, ESHUTDOWN);
+	}
+}
+
 /* After the ACK: hand over (fence) unless the watchdog has let the writers
  * go already.  false: the attempt was abandoned. */
 static bool begin_hand_over(struct src_job *j)
@@ -656,8 +669,7 @@ static bool begin_hand_over(struct src_job *j)
 	if (go) {
 		j->handing_over = true;
 		j->pause_deadline = 0;
-		for (unsigned i = 0; i < j->ndev; i++)
-			track_fence(j->dev[i].blk, ESHUTDOWN);
+		fence_all(j);
 	}
 	pthread_mutex_unlock(&j->pause_lock);
 	return go;
@@ -736,7 +748,7 @@ static enum mig_state hand_over(struct src_job *j, struct run *run)
 	run->committing = true;
 	j->sess->committing = j->attempt;
 	if (j->p.handover)
-		run->err = j->p.handover(j->p.handover_user, j->sess->id, j->attempt);
+		run->err = j->p.handover(j->p.handover_user, j->sess, j->attempt);
 	if (run->err == 0)
 		run->err = j->fmt->commit(j);
 	if (run->err == 0)
@@ -748,8 +760,7 @@ static enum mig_state hand_over(struct src_job *j, struct run *run)
  * lost: the destination has said it still awaits it.  Deliver it. */
 static enum mig_state commit_pending(struct src_job *j, struct run *run)
 {
-	for (unsigned i = 0; i < j->ndev; i++)
-		track_fence(j->dev[i].blk, ESHUTDOWN);
+	fence_all(j);
 	j->attempt = j->sess->committing;
 	return hand_over(j, run);
 }

@@ -394,6 +394,11 @@ const char *tls_creds_kind(const struct tls_creds *c)
 	return c->psk ? "psk" : "x509";
 }
 
+const char *tls_creds_psk_identity(const struct tls_creds *c)
+{
+	return c && c->psk && c->role == TLS_CLIENT && c->nkeys ? c->keys[0].id : NULL;
+}
+
 /* ---- sessions ------------------------------------------------------------------ */
 
 static bool is_ip_literal(const char *h)

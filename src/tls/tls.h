@@ -58,6 +58,8 @@ int tls_creds_new(const struct tls_options *o, enum tls_role role, struct tls_cr
 void tls_creds_free(struct tls_creds *c); /* accepts NULL */
 /* "psk" or "x509". */
 const char *tls_creds_kind(const struct tls_creds *c);
+/* The identity a PSK client presents (the file's first); NULL otherwise. */
+const char *tls_creds_psk_identity(const struct tls_creds *c);
 
 /*
  * A session over fd (non-blocking, not owned).  A client checks the

@@ -26,7 +26,7 @@
 
 /* ---- addresses ----------------------------------------------------------- */
 
-static int split_hostport(const char *hp, char *host, size_t hcap, char *port, size_t pcap)
+int xport_split_hostport(const char *hp, char *host, size_t hcap, char *port, size_t pcap)
 {
 	const char *colon;
 	size_t hlen;
@@ -66,7 +66,7 @@ static int resolve(const char *hp, bool passive, struct addrinfo **res)
 {
 	char host[256], port[8];
 	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_family = AF_UNSPEC };
-	int r = split_hostport(hp, host, sizeof(host), port, sizeof(port));
+	int r = xport_split_hostport(hp, host, sizeof(host), port, sizeof(port));
 
 	if (r < 0)
 		return r;
@@ -104,7 +104,7 @@ int xport_addr_is_loopback(const char *hostport)
 {
 	struct addrinfo *res, *ai;
 	char host[256], port[8];
-	int r = split_hostport(hostport, host, sizeof(host), port, sizeof(port)), loop = 1;
+	int r = xport_split_hostport(hostport, host, sizeof(host), port, sizeof(port)), loop = 1;
 
 	if (r < 0)
 		return r;
@@ -262,7 +262,7 @@ int xport_dial(const char *hostport, int timeout_ms, struct cancel *cancel, stru
 	       struct xport **out)
 {
 	char host[256], port[8];
-	int r = split_hostport(hostport, host, sizeof(host), port, sizeof(port));
+	int r = xport_split_hostport(hostport, host, sizeof(host), port, sizeof(port));
 
 	if (r == 0)
 		r = xport_connect(hostport, timeout_ms, cancel, out);
