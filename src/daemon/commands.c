@@ -52,7 +52,7 @@ struct arg_spec {
 	const char *const *choices; /* ARG_STRING: allowed values (NULL-terminated), or NULL */
 };
 
-#define MAX_ARGS 16
+#define MAX_ARGS 24
 
 /* The arguments of one call, checked: slot i belongs to spec[i]. */
 struct args {
