@@ -18,8 +18,10 @@
  *
  *     SUMMARY blocks=N batches=N failed=N max-us=N max-at-batch=N max-at-ms=N
  *
- * It stops after writer.secs seconds or writer.batches batches (kernel
- * command line; whichever comes first), or when a 'q' arrives on stdin,
+ * Batches are writer.batch blocks (default 16), writer.pause-ms apart
+ * (default 0: back to back).  It stops after writer.secs seconds or
+ * writer.batches batches (kernel command line; whichever comes first), or
+ * when a 'q' arrives on stdin,
  * which lets the host end the run as soon as it has seen what it needs.
  * A failed batch is not retried: the run goes on with the next one, and the
  * host counts the failures.
@@ -29,6 +31,9 @@
  * wrote it put there (or, when a later batch to that block failed, what
  * that batch would have put there: a failed write may still have landed).
  * It prints one line and exits 0 when all is well, 1 otherwise.
+ * `writer --newest IMAGE` prints the highest seq of the valid blocks in
+ * IMAGE (-1 if none): run on the source's image after a migration, it
+ * tells which write was the last before the switch-over.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -132,7 +137,7 @@ static int stop_requested(void)
 static int run_writer(const char *dev)
 {
 	uint64_t secs = cmdline_param("secs", 60), max_batches = cmdline_param("batches", 0);
-	uint64_t bsz = cmdline_param("batch", 16), size = 0;
+	uint64_t bsz = cmdline_param("batch", 16), pause_ms = cmdline_param("pause-ms", 0), size = 0;
 	int fd = open(dev, O_RDWR | O_DIRECT);
 	if (fd < 0) {
 		printf("writer: open %s: %s\n", dev, strerror(errno));
@@ -185,6 +190,11 @@ static int run_writer(const char *dev)
 			max_us = lat, max_batch = batch, max_ms = ms;
 		seq += bsz;
 		batch++;
+		if (pause_ms) {
+			struct timespec ts = { .tv_sec = (time_t)(pause_ms / 1000),
+					       .tv_nsec = (long)(pause_ms % 1000) * 1000000 };
+			nanosleep(&ts, NULL);
+		}
 	}
 	printf("SUMMARY blocks=%" PRIu64 " batches=%" PRIu64 " failed=%" PRIu64 " max-us=%" PRIu64
 	       " max-at-batch=%" PRIu64 " max-at-ms=%" PRIu64 "\n",
@@ -279,12 +289,36 @@ static int run_verify(const char *image)
 	return 0;
 }
 
+static int run_newest(const char *image)
+{
+	unsigned char *buf = malloc(GW_BLOCK);
+	int fd = open(image, O_RDONLY);
+	if (fd < 0 || !buf) {
+		fprintf(stderr, "writer --newest: %s: %s\n", image, fd < 0 ? strerror(errno) : "out of memory");
+		return 1;
+	}
+	int64_t newest = -1;
+	for (uint64_t off = 0; pread(fd, buf, GW_BLOCK, (off_t)off) == (ssize_t)GW_BLOCK; off += GW_BLOCK) {
+		uint64_t v[4];
+		memcpy(v, buf, sizeof(v));
+		if (v[0] == GW_MAGIC && v[2] == off && v[1] <= INT64_MAX && (int64_t)v[1] > newest &&
+		    !check_block(buf, v[1], off))
+			newest = (int64_t)v[1];
+	}
+	printf("%" PRId64 "\n", newest);
+	free(buf);
+	close(fd);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc == 3 && strcmp(argv[1], "--verify") == 0)
 		return run_verify(argv[2]);
+	if (argc == 3 && strcmp(argv[1], "--newest") == 0)
+		return run_newest(argv[2]);
 	if (argc == 2 && argv[1][0] == '/')
 		return run_writer(argv[1]);
-	fprintf(stderr, "usage: writer /dev/DISK | writer --verify IMAGE < console.log\n");
+	fprintf(stderr, "usage: writer /dev/DISK | writer --verify IMAGE < console.log | writer --newest IMAGE\n");
 	return 1;
 }
