@@ -142,6 +142,7 @@ pass "the source forwards the guest's requests: $(json_field "$T/status1.json" "
 # A new nbd node on the destination's export; the raw node under the
 # virtio-blk device reopened with that node as its file; the old node
 # deleted, which closes QEMU's connection to the source.
+nr=$(batches)
 $QMP "$T/qmp.sock" blockdev-add "{\"driver\": \"nbd\", \"node-name\": \"nbd1\",
 	\"server\": {\"type\": \"inet\", \"host\": \"127.0.0.1\", \"port\": \"$DST_NBD\"}, \"export\": \"d0\"}" \
 	>"$T/qmp1.out" 2>&1 || { cat "$T/qmp1.out" >&2; fail "blockdev-add of the destination's export"; }
@@ -203,10 +204,11 @@ pass "destination image: $(cat "$T/verify.out")"
 pass "the source image has not changed since the switch-over"
 
 # ------------------------------------------------------------ figures
-python3 - "$T/console.txt" "$n0" "$src_newest" "$(json_field "$T/mig.json" "['downtime']")" <<'PY'
+python3 - "$T/console.txt" "$n0" "$src_newest" "$(json_field "$T/mig.json" "['downtime']")" "$nr" "$n2" <<'PY'
 import re, sys
 lines = [l.split() for l in open(sys.argv[1]) if re.match(r"B \d+ ", l)]
 n0, newest, downtime = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+nr, n2 = int(sys.argv[5]), int(sys.argv[6])
 # k: the batch that holds the first write after the switch-over (the one
 # held during the final pause, then forwarded).
 k = next((i for i, l in enumerate(lines) if int(l[2]) <= newest + 1 <= int(l[3])), len(lines))
@@ -222,4 +224,8 @@ print(f"PASS: blocks written before the migration {blocks(lines[:n0])}, during i
 print(f"PASS: longest write+fsync {ms(worst):.1f} ms (batch {worst[1]}, {int(worst[5]) / 1000:.1f} s into the run); "
       f"at the switch-over {ms(at):.1f} ms (batch {at[1]}; migrate reports a downtime of {downtime} ms); "
       f"median {lat[len(lat) // 2] / 1000:.1f} ms")
+# The re-pointing as the host saw it, and the 10 batches logged after (the
+# console lags the guest a little).
+rp = max(lines[nr:n2 + 10], key=lambda l: int(l[4]))
+print(f"PASS: longest write+fsync while QMP re-pointed the disk {ms(rp):.1f} ms (batch {rp[1]}, of {nr}..{n2 + 9})")
 PY
