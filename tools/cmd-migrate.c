@@ -207,17 +207,16 @@ int cmd_migrate(int argc, char **argv)
 			break;
 		case OPT_AFTER:
 			if (strcmp(optarg, "forward") != 0 && strcmp(optarg, "refuse") != 0) {
-				r = cli_usage_error("migrate",
-						    "--after takes forward or refuse, not '%s'",
-						    optarg);
+				r = cli_usage_error(
+				    "migrate", "--after takes forward or refuse, not '%s'", optarg);
 				goto usage;
 			}
 			json_object_object_add(args, "after", json_object_new_string(optarg));
 			break;
 		case OPT_FORWARD_TO:
 			if (!strchr(optarg, ':')) {
-				r = cli_usage_error("migrate", "--forward-to takes HOST:PORT, not '%s'",
-						    optarg);
+				r = cli_usage_error(
+				    "migrate", "--forward-to takes HOST:PORT, not '%s'", optarg);
 				goto usage;
 			}
 			json_object_object_add(args, "forward-to", json_object_new_string(optarg));

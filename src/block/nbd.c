@@ -169,8 +169,8 @@ static struct nbd_handle *connect_once(struct nbd_blk *n, uint64_t deadline, int
 	if (r == 0)
 		r = nbd_aio_connect_tcp(h, n->host, n->port);
 	if (r < 0) {
-		*err = err_set(nbd_err(EIO), "forwarding to %s:%s: %s", n->host, n->port,
-			       nbd_msg());
+		*err =
+		    err_set(nbd_err(EIO), "forwarding to %s:%s: %s", n->host, n->port, nbd_msg());
 		goto fail;
 	}
 	r = drive(n, h, is_connected, NULL, deadline);
@@ -179,8 +179,8 @@ static struct nbd_handle *connect_once(struct nbd_blk *n, uint64_t deadline, int
 			*err = err_set(ETIMEDOUT, "forwarding to %s:%s: no answer to the handshake",
 				       n->host, n->port);
 		else if (r == -ECANCELED)
-			*err = err_set(ECANCELED, "forwarding to %s:%s: cancelled", n->host,
-				       n->port);
+			*err =
+			    err_set(ECANCELED, "forwarding to %s:%s: cancelled", n->host, n->port);
 		else
 			*err = err_set(-r, "forwarding to %s:%s: %s", n->host, n->port, nbd_msg());
 		goto fail;
@@ -239,16 +239,16 @@ static struct nbd_conn *conn_get(struct nbd_blk *n, int *err)
 	for (;;) {
 		uint64_t deadline = now_ns() + n->op_timeout_ns;
 
-		c->h = connect_once(n, MIN(deadline, MAX(give_up, now_ns() + NBD_FWD_RETRY_NS)),
-				    err);
+		c->h =
+		    connect_once(n, MIN(deadline, MAX(give_up, now_ns() + NBD_FWD_RETRY_NS)), err);
 		if (c->h)
 			break;
 		if (*err == -ECANCELED || *err == -EMEDIUMTYPE || *err == -EROFS ||
 		    now_ns() + NBD_FWD_RETRY_NS >= give_up)
 			goto fail;
 		if (cancel_sleep(n->cancel, NBD_FWD_RETRY_NS)) {
-			*err = err_set(ECANCELED, "forwarding to %s:%s: cancelled", n->host,
-				       n->port);
+			*err =
+			    err_set(ECANCELED, "forwarding to %s:%s: cancelled", n->host, n->port);
 			goto fail;
 		}
 	}
@@ -309,8 +309,8 @@ static bool cmd_done(struct nbd_handle *h, void *arg)
 enum nbd_cmd { CMD_READ, CMD_WRITE, CMD_FLUSH, CMD_ZERO, CMD_TRIM, CMD_STATUS };
 
 static const char *const cmd_name[] = {
-	[CMD_READ] = "read",   [CMD_WRITE] = "write", [CMD_FLUSH] = "flush",
-	[CMD_ZERO] = "zero",   [CMD_TRIM] = "trim",   [CMD_STATUS] = "block status",
+	[CMD_READ] = "read", [CMD_WRITE] = "write", [CMD_FLUSH] = "flush",
+	[CMD_ZERO] = "zero", [CMD_TRIM] = "trim",   [CMD_STATUS] = "block status",
 };
 
 struct status_arg {
@@ -510,8 +510,7 @@ static int nbd_trim_op(struct blk *b, uint64_t off, uint64_t len)
 	return 0;
 }
 
-static int nbd_status_op(struct blk *b, uint64_t off, uint64_t len, uint64_t *pnum,
-			 bool *allocated)
+static int nbd_status_op(struct blk *b, uint64_t off, uint64_t len, uint64_t *pnum, bool *allocated)
 {
 	struct nbd_blk *n = to_nbd(b);
 	struct status_arg st = { 0 };

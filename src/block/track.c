@@ -61,8 +61,8 @@ struct track_blk {
 	/* Handed over (track_hold): nothing reaches 'lower' again; writes
 	 * wait at the gate until they are redirected or fenced. */
 	bool held;
-	atomic_bool held_any; /* held, readable without the lock (reads) */
-	struct blk *redirect; /* not owned; where ops go once handed over */
+	atomic_bool held_any;  /* held, readable without the lock (reads) */
+	struct blk *redirect;  /* not owned; where ops go once handed over */
 	pthread_mutex_t order; /* held across lower op + submit while mirroring */
 	uint64_t writes;       /* write/zero/trim ops that reached the lower layer */
 };

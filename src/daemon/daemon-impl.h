@@ -24,13 +24,13 @@ struct workload;
  * written once, by the hook, and closed by daemon_free().
  */
 struct daemon_fwd {
-	bool wanted;		/* the running migration forwards */
-	char to[300];		/* forward-to, or "" for the announced export */
-	char psk_file[4096];	/* the migration's client credentials, for libnbd */
+	bool wanted;	     /* the running migration forwards */
+	char to[300];	     /* forward-to, or "" for the announced export */
+	char psk_file[4096]; /* the migration's client credentials, for libnbd */
 	char x509_dir[4096];
 	char psk_user[130];
-	bool active;		/* devices redirected: clients are forwarded */
-	char addr[300];		/* where to, "HOST:PORT" */
+	bool active;	/* devices redirected: clients are forwarded */
+	char addr[300]; /* where to, "HOST:PORT" */
 	struct blk *blk[DAEMON_MAX_DEVICES];
 };
 

@@ -208,8 +208,8 @@ static void refuse_clients(struct daemon *d)
 	char reason[512];
 
 	pthread_mutex_lock(&d->lock);
-	snprintf(reason, sizeof(reason), "this daemon's devices were migrated to %s: reconnect there",
-		 d->migrated_to);
+	snprintf(reason, sizeof(reason),
+		 "this daemon's devices were migrated to %s: reconnect there", d->migrated_to);
 	pthread_mutex_unlock(&d->lock);
 	nbds_shutdown(d->nbd, ESHUTDOWN, reason);
 }
@@ -403,8 +403,8 @@ static void daemon_log(struct daemon *d, const char *fmt, ...)
  * own (or a wildcard).  false when there is nowhere (a destination
  * serving no NBD export).  d->lock held.
  */
-static bool forward_target(struct daemon *d, const struct src_session *s, char *host,
-			   size_t hcap, char *port, size_t pcap)
+static bool forward_target(struct daemon *d, const struct src_session *s, char *host, size_t hcap,
+			   char *port, size_t pcap)
 {
 	const char *h = s->dest_nbd_host;
 

@@ -39,7 +39,7 @@ writer() {
 writer 0 & W0=$!
 writer 1 & W1=$!
 sleep 0.5
-"$BLKMIG" migrate --control "$T/src.sock" --to "127.0.0.1:$DST_IN" --max-bandwidth 24M --wait --json \
+"$BLKMIG" migrate --control "$T/src.sock" --to "127.0.0.1:$DST_IN" --after refuse --max-bandwidth 24M --wait --json \
 	>"$T/mig.json" 2>"$T/mig.err" || { cat "$T/mig.err" "$T/src.err" "$T/dst.err" >&2; fail "migrate --wait failed"; }
 sleep 0.5
 touch "$T/stop"

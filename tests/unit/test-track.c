@@ -163,7 +163,7 @@ static void stack_close(struct stack *s)
 }
 
 /* An op run on its own thread, to see whether it blocks. */
-enum op_kind { OP_WRITE, OP_ZERO, OP_TRIM, OP_FLUSH, OP_PAUSE, OP_SET_DIRTY };
+enum op_kind { OP_WRITE, OP_ZERO, OP_TRIM, OP_FLUSH, OP_PAUSE, OP_SET_DIRTY, OP_READ };
 
 struct async_op {
 	struct blk *b;
@@ -171,6 +171,7 @@ struct async_op {
 	uint64_t off;
 	struct dirty *d; /* for OP_SET_DIRTY */
 	int r;
+	uint8_t byte; /* OP_READ: the first byte read */
 	char msg[256];
 	atomic_bool done;
 	pthread_t th;
@@ -201,6 +202,10 @@ static void *async_main(void *p)
 		break;
 	case OP_SET_DIRTY:
 		track_set_dirty(a->b, a->d);
+		break;
+	case OP_READ:
+		a->r = blk_pread(a->b, buf, sizeof(buf), a->off);
+		a->byte = buf[0];
 		break;
 	}
 	if (a->r < 0)
@@ -594,6 +599,89 @@ static void test_fence_unpaused(void **state)
 }
 
 /*
+ * Hand-over with forwarding: held writes (and reads) wait, also across a
+ * resume, until redirected; then they, and every later op, go to the
+ * other device, and neither the device below nor the bitmap sees them.
+ */
+static void test_hold_redirect(void **state)
+{
+	static const enum op_kind kinds[] = { OP_WRITE, OP_ZERO, OP_TRIM, OP_FLUSH, OP_READ };
+	struct async_op ops[ARRAY_SIZE(kinds)];
+	struct blk *other;
+	struct stack s;
+	uint8_t buf[100];
+	uint64_t pnum;
+	bool alloc;
+	size_t i;
+
+	(void)state;
+	stack_open(&s, false);
+	assert_int_equal(blk_mem_open(DEV_SIZE, &other), 0);
+	assert_int_equal(blk_pwrite(other, "\x5a", 1, 9 * GRAN), 0);
+	track_set_dirty(s.track, s.d);
+	track_pause(s.track);
+	track_hold(s.track);
+	for (i = 0; i < ARRAY_SIZE(kinds); i++)
+		async_start(&ops[i], s.track, kinds[i], (i + 1) * GRAN);
+	track_resume(s.track); /* the hand-over outlasts the pause */
+	for (i = 0; i < ARRAY_SIZE(kinds); i++)
+		assert_not_done_yet(&ops[i]);
+
+	track_redirect(s.track, other);
+	for (i = 0; i < ARRAY_SIZE(kinds); i++)
+		assert_int_equal(async_join(&ops[i]), 0);
+	/* The held write landed on the other device, nothing below. */
+	assert_int_equal(blk_pread(other, buf, sizeof(buf), GRAN), 0);
+	assert_int_equal(buf[0], 0xab);
+	assert_int_equal(blk_pread(s.mem, buf, sizeof(buf), GRAN), 0);
+	assert_int_equal(buf[0], 0);
+	assert_int_equal(dirty_count(s.d), 0);
+	assert_int_equal(track_writes(s.track), 0);
+
+	/* Later ops go there too, reads and block status included. */
+	assert_int_equal(blk_pwrite(s.track, "\x11", 1, 6 * GRAN), 0);
+	assert_int_equal(blk_pread(other, buf, 1, 6 * GRAN), 0);
+	assert_int_equal(buf[0], 0x11);
+	assert_int_equal(blk_pread(s.track, buf, 1, 9 * GRAN), 0);
+	assert_int_equal(buf[0], 0x5a);
+	assert_int_equal(blk_block_status(s.track, 9 * GRAN, GRAN, &pnum, &alloc), 0);
+	assert_true(alloc);
+	assert_int_equal(blk_pread(s.mem, buf, 1, 6 * GRAN), 0);
+	assert_int_equal(buf[0], 0);
+
+	/* A fence still wins: writes fail, reads go below again. */
+	track_fence(s.track, ESHUTDOWN);
+	assert_int_equal(blk_pwrite(s.track, "a", 1, 0), -ESHUTDOWN);
+	assert_int_equal(blk_pread(s.track, buf, 1, 9 * GRAN), 0);
+	assert_int_equal(buf[0], 0);
+	stack_close(&s);
+	blk_close(other);
+}
+
+/* Held and then fenced (forwarding could not start): the held ops end,
+ * writes with the fence's error, reads from below. */
+static void test_hold_then_fence(void **state)
+{
+	struct async_op w, r;
+	struct stack s;
+
+	(void)state;
+	stack_open(&s, false);
+	track_set_dirty(s.track, s.d);
+	track_hold(s.track);
+	async_start(&w, s.track, OP_WRITE, 2 * GRAN);
+	async_start(&r, s.track, OP_READ, 2 * GRAN);
+	assert_not_done_yet(&w);
+	assert_not_done_yet(&r);
+	track_fence(s.track, ESHUTDOWN);
+	assert_int_equal(async_join(&w), -ESHUTDOWN);
+	assert_int_equal(async_join(&r), 0);
+	assert_int_equal(r.byte, 0);
+	assert_int_equal(dirty_count(s.d), 0);
+	stack_close(&s);
+}
+
+/*
  * set_dirty waits for writes in flight: after an attach returns, every
  * unmarked write has landed; after a detach returns, nobody still marks the
  * old bitmap.
@@ -699,6 +787,8 @@ int main(void)
 		cmocka_unit_test(test_pause_waits_for_inflight),
 		cmocka_unit_test(test_fence),
 		cmocka_unit_test(test_fence_unpaused),
+		cmocka_unit_test(test_hold_redirect),
+		cmocka_unit_test(test_hold_then_fence),
 		cmocka_unit_test(test_set_dirty_drains),
 		cmocka_unit_test(test_attach_detach_race),
 	};

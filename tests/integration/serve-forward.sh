@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# Clients carry on through the switch-over: a qemu-io client and an nbdcopy
+# client each hold one NBD connection to the source daemon while `blkmig
+# migrate` moves its two devices live; after the switch-over the source
+# forwards their requests (and those of a client that connects later) to
+# the destination's exports.  Every write acknowledged before, during and
+# after it reads back from the destination, no write fails, and the
+# source's images do not change after the switch-over.  Then the error
+# paths: the destination gone while forwarding (clients get an error), and
+# the source stopped while forwarding (exit 0, clients refused).
+. "$(dirname "$0")/lib.sh"
+requires nbdinfo nbdcopy qemu-io python3 cmp md5sum
+
+size=$((32 * MiB))
+make_random "$T/src0.img" $size 301
+make_random "$T/src1.img" $size 302
+# What the nbdcopy client streams into d1, slowly, through one connection.
+make_random "$T/stream.bin" $((24 * MiB)) 303
+
+start_serve dst --incoming 127.0.0.1:0 --device d0="$T/dst0.img" --device d1="$T/dst1.img" --create
+DST_NBD=$NBD_PORT DST_IN=$INCOMING_PORT DST_PID=$SERVE_PID
+start_serve src --device d0="$T/src0.img" --device d1="$T/src1.img" --control "$T/src.sock"
+SRC_NBD=$NBD_PORT SRC_PID=$SERVE_PID
+
+# qemu-io on one connection, fed one write every 5 ms until told to stop;
+# each write has its own offset and pattern.  Its output says which were
+# acknowledged and how long each took.
+qio_feed() {
+	local i=0
+	while [ ! -e "$T/stop" ]; do
+		echo "write -P $(( i % 250 + 1 )) $(( i * 4096 )) 4k"
+		i=$((i + 1))
+		sleep 0.005
+	done
+	echo "flush"
+	echo "quit"
+}
+qio_feed | qemu-io -f raw "nbd://127.0.0.1:$SRC_NBD/d0" >"$T/qio.out" 2>&1 &
+QIO=$!
+BG_PIDS+=("$QIO")
+
+# nbdcopy on one connection, its input paced at 4 MiB/s, so the copy spans
+# the switch-over.
+pace() {
+	python3 - "$T/stream.bin" <<'PY'
+import sys, time
+with open(sys.argv[1], "rb") as f:
+    while True:
+        b = f.read(64 * 1024)
+        if not b:
+            break
+        sys.stdout.buffer.write(b)
+        sys.stdout.buffer.flush()
+        time.sleep(64 / 4096)
+PY
+}
+pace | nbdcopy --connections=1 --flush - "nbd://127.0.0.1:$SRC_NBD/d1" 2>"$T/nbdcopy.err" &
+NBDCOPY=$!
+BG_PIDS+=("$NBDCOPY")
+
+sleep 1
+"$BLKMIG" migrate --control "$T/src.sock" --to "127.0.0.1:$DST_IN" --forward-to "127.0.0.1:$DST_NBD" \
+	--max-bandwidth 40M --wait --json >"$T/mig.json" 2>"$T/mig.err" ||
+	{ cat "$T/mig.err" "$T/src.err" "$T/dst.err" >&2; fail "migrate --wait failed"; }
+[ "$(json_field "$T/mig.json" "['status']")" = completed ] || fail "status not completed"
+sum0=$(md5sum <"$T/src0.img") sum1=$(md5sum <"$T/src1.img")
+wrote_at_switch=$(grep -c "^wrote\|^qemu-io> wrote" "$T/qio.out")
+"$BLKMIG" status --control "$T/src.sock" --json >"$T/status.json"
+clients=$(json_field "$T/status.json" "['forwarding']['clients']")
+[ "$clients" -ge 2 ] || { cat "$T/status.json" >&2; fail "status shows $clients forwarded clients, 2 expected"; }
+pass "switch-over done with $wrote_at_switch qemu-io writes acknowledged; status: $clients clients forwarded to $(json_field "$T/status.json" "['forwarding']['to']")"
+
+# A client that connects after the switch-over is forwarded too.
+qemu-io -f raw "nbd://127.0.0.1:$SRC_NBD/d0" -c "write -P 77 $((30 * MiB)) 64k" >"$T/late.out" 2>&1 ||
+	{ cat "$T/late.out" >&2; fail "a client connecting after the switch-over was refused"; }
+pass "a client connecting after the switch-over writes through the source"
+
+sleep 1
+touch "$T/stop"
+wait_rc $QIO
+[ "$RC" = 0 ] || fail "qemu-io exited $RC"
+wait_rc $NBDCOPY
+[ "$RC" = 0 ] || { cat "$T/nbdcopy.err" >&2; fail "nbdcopy failed across the switch-over"; }
+
+# No write failed; count those after the switch-over.
+grep -qi "failed\|error" "$T/qio.out" && { grep -i -m3 "failed\|error" "$T/qio.out" >&2; fail "qemu-io saw an error"; }
+oks=$(grep -c "wrote 4096/4096" "$T/qio.out")
+[ "$oks" -gt "$wrote_at_switch" ] || fail "no qemu-io write after the switch-over"
+pass "qemu-io: $oks writes on one connection, $((oks - wrote_at_switch)) after the switch-over, none failed; nbdcopy streamed 24 MiB on one connection, exit 0"
+
+# The longest write qemu-io saw (1 / its ops per second).
+python3 - "$T/qio.out" "$wrote_at_switch" <<'PY'
+import re, sys
+lat = [1000.0 / float(m.group(1)) for m in re.finditer(r"and ([0-9.]+) ops/sec", open(sys.argv[1]).read())]
+at = max(range(len(lat)), key=lambda i: lat[i])
+srt = sorted(lat)
+print("PASS: qemu-io write latency: median %.2f ms, p99 %.2f ms, longest %.1f ms (write %d; %s writes were acknowledged when migrate returned)"
+      % (srt[len(srt) // 2], srt[int(len(srt) * 0.99)], lat[at], at + 1, sys.argv[2]))
+PY
+
+# The source's images are as they were at the switch-over.
+[ "$(md5sum <"$T/src0.img")" = "$sum0" ] && [ "$(md5sum <"$T/src1.img")" = "$sum1" ] ||
+	fail "a source image changed after the switch-over"
+pass "the source's images did not change after the switch-over"
+
+# Every acknowledged write reads back from the destination's exports.
+cmds=()
+n=$oks
+for ((i = 0; i < n; i++)); do cmds+=(-c "read -P $(( i % 250 + 1 )) $(( i * 4096 )) 4k"); done
+cmds+=(-c "read -P 77 $((30 * MiB)) 64k")
+qemu-io -f raw "nbd://127.0.0.1:$DST_NBD/d0" "${cmds[@]}" >"$T/verify.out" 2>&1 || fail "qemu-io on the destination"
+grep -qi "verification failed\|error" "$T/verify.out" && { grep -i -m3 "failed" "$T/verify.out" >&2; fail "an acknowledged write is missing on the destination"; }
+nbdcopy "nbd://127.0.0.1:$DST_NBD/d1" - 2>/dev/null | head -c $((24 * MiB)) >"$T/d1.out"
+cmp "$T/stream.bin" "$T/d1.out" || fail "the nbdcopy stream differs on the destination"
+pass "all $oks qemu-io writes, the late client's write and nbdcopy's 24 MiB read back from the destination"
+
+# Once the clients are gone, status says so.
+for _ in $(seq 1 100); do
+	"$BLKMIG" status --control "$T/src.sock" --json >"$T/status.json"
+	[ "$(json_field "$T/status.json" "['forwarding']['clients']")" = 0 ] && break
+	sleep 0.05
+done
+[ "$(json_field "$T/status.json" "['forwarding']['clients']")" = 0 ] || fail "forwarded clients never dropped to 0"
+"$BLKMIG" status --control "$T/src.sock" | grep -q "^forwarding: 0 clients to 127.0.0.1:$DST_NBD" ||
+	{ "$BLKMIG" status --control "$T/src.sock" >&2; fail "status text does not show forwarding"; }
+pass "status: $("$BLKMIG" status --control "$T/src.sock" | grep ^forwarding)"
+
+# A client connected and forwarded; then the destination goes away
+# (killed): its next write fails, nothing is kept on the source, and a new
+# client's write fails too.  Then the source is stopped while forwarding:
+# exit 0, and the client's next write fails as well.
+mkfifo "$T/hold.fifo"
+qemu-io -f raw "nbd://127.0.0.1:$SRC_NBD/d0" <"$T/hold.fifo" >"$T/hold.out" 2>&1 &
+HOLD=$!
+BG_PIDS+=("$HOLD")
+exec 7>"$T/hold.fifo"
+echo "write -P 88 $((31 * MiB)) 4k" >&7
+for _ in $(seq 1 100); do grep -q "wrote 4096" "$T/hold.out" && break; sleep 0.05; done
+grep -q "wrote 4096" "$T/hold.out" || fail "the held client's first write"
+kill -9 "$DST_PID"
+wait_rc "$DST_PID"
+echo "write -P 89 $((31 * MiB)) 4k" >&7
+for _ in $(seq 1 100); do grep -qi "write failed" "$T/hold.out" && break; sleep 0.05; done
+grep -qi "write failed" "$T/hold.out" || { cat "$T/hold.out" >&2; fail "no error on the held connection with the destination gone"; }
+qemu-io -f raw "nbd://127.0.0.1:$SRC_NBD/d0" -c "write -P 90 $((29 * MiB)) 4k" >"$T/gone.out" 2>&1
+grep -qi "failed\|error" "$T/gone.out" || { cat "$T/gone.out" >&2; fail "a new client's write succeeded with the destination gone"; }
+[ "$(md5sum <"$T/src0.img")" = "$sum0" ] || fail "the source wrote its own copy with the destination gone"
+"$BLKMIG" status --control "$T/src.sock" --json >"$T/status.json"
+[ "$(json_field "$T/status.json" "['forwarding']['errors']")" -ge 2 ] || fail "status counts no failed request"
+pass "destination gone: writes fail ($(grep -i -m1 "write failed" "$T/hold.out" | head -c 100)), the source's copy is untouched"
+
+stop "$SRC_PID"
+[ "$RC" = 0 ] || { cat "$T/src.err" >&2; fail "source serve exited $RC while forwarding"; }
+echo "write -P 91 $((31 * MiB)) 4k" >&7
+echo "quit" >&7
+exec 7>&-
+wait_rc $HOLD
+[ "$(grep -c "wrote 4096" "$T/hold.out")" = 1 ] || { cat "$T/hold.out" >&2; fail "a write succeeded after the destination went away"; }
+pass "source stopped while forwarding: exit 0; its client's writes keep failing"
+[ "$(md5sum <"$T/src0.img")" = "$sum0" ] || fail "source image changed"
