@@ -137,7 +137,8 @@ static int stop_requested(void)
 static int run_writer(const char *dev)
 {
 	uint64_t secs = cmdline_param("secs", 60), max_batches = cmdline_param("batches", 0);
-	uint64_t bsz = cmdline_param("batch", 16), pause_ms = cmdline_param("pause-ms", 0), size = 0;
+	uint64_t bsz = cmdline_param("batch", 16), pause_ms = cmdline_param("pause-ms", 0),
+		 size = 0;
 	int fd = open(dev, O_RDWR | O_DIRECT);
 	if (fd < 0) {
 		printf("writer: open %s: %s\n", dev, strerror(errno));
@@ -149,7 +150,8 @@ static int run_writer(const char *dev)
 	}
 	uint64_t nblocks = size / GW_BLOCK;
 	if (bsz == 0 || bsz > 256 || nblocks < bsz || nblocks % bsz) {
-		printf("writer: batch of %" PRIu64 " blocks does not divide %" PRIu64 " blocks\n", bsz, nblocks);
+		printf("writer: batch of %" PRIu64 " blocks does not divide %" PRIu64 " blocks\n",
+		       bsz, nblocks);
 		return 1;
 	}
 	unsigned char *buf;
@@ -157,11 +159,14 @@ static int run_writer(const char *dev)
 		printf("writer: out of memory\n");
 		return 1;
 	}
-	printf("writer: %s, %" PRIu64 " blocks, batches of %" PRIu64 ", for %" PRIu64 " s\n", dev, nblocks, bsz, secs);
+	printf("writer: %s, %" PRIu64 " blocks, batches of %" PRIu64 ", for %" PRIu64 " s\n", dev,
+	       nblocks, bsz, secs);
 	fflush(stdout);
 
-	uint64_t start = now_us(), seq = 0, batch = 0, failed = 0, max_us = 0, max_batch = 0, max_ms = 0;
-	while (!stop_requested() && now_us() - start < secs * 1000000 && (!max_batches || batch < max_batches)) {
+	uint64_t start = now_us(), seq = 0, batch = 0, failed = 0, max_us = 0, max_batch = 0,
+		 max_ms = 0;
+	while (!stop_requested() && now_us() - start < secs * 1000000 &&
+	       (!max_batches || batch < max_batches)) {
 		uint64_t off = (seq % nblocks) * GW_BLOCK;
 		for (uint64_t i = 0; i < bsz; i++)
 			fill_block(buf + i * GW_BLOCK, seq + i, off + i * GW_BLOCK);
@@ -179,7 +184,8 @@ static int run_writer(const char *dev)
 		uint64_t t1 = now_us(), lat = t1 - t0, ms = (t1 - start) / 1000;
 		if (what) {
 			failed++;
-			printf("B %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " FAIL %s: %s\n",
+			printf("B %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64
+			       " FAIL %s: %s\n",
 			       batch, seq, seq + bsz - 1, lat, ms, what, strerror(err));
 		} else {
 			printf("B %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " ok\n",
@@ -234,8 +240,9 @@ static int run_verify(const char *image)
 		char res[8];
 		/* The console may prefix a line with kernel output or a \r. */
 		char *p = strstr(line, "B ");
-		if (!p || sscanf(p, "B %" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64 " %7s",
-				 &b, &first, &last, &lat, &ms, res) != 6)
+		if (!p ||
+		    sscanf(p, "B %" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64 " %7s",
+			   &b, &first, &last, &lat, &ms, res) != 6)
 			continue;
 		int ok = strcmp(res, "ok") == 0;
 		if (!ok && strcmp(res, "FAIL") != 0)
@@ -262,10 +269,12 @@ static int run_verify(const char *image)
 		if (!e->have_ok && !e->have_failed)
 			continue;
 		if (pread(fd, buf, GW_BLOCK, (off_t)(i * GW_BLOCK)) != (ssize_t)GW_BLOCK) {
-			fprintf(stderr, "writer --verify: %s: short read at block %" PRIu64 "\n", image, i);
+			fprintf(stderr, "writer --verify: %s: short read at block %" PRIu64 "\n",
+				image, i);
 			return 1;
 		}
-		const char *why = e->have_ok ? check_block(buf, e->ok_seq, i * GW_BLOCK) : "not written";
+		const char *why =
+		    e->have_ok ? check_block(buf, e->ok_seq, i * GW_BLOCK) : "not written";
 		if (why && e->have_failed && !check_block(buf, e->failed_seq, i * GW_BLOCK)) {
 			why = NULL;
 			landed_failed++;
@@ -274,18 +283,22 @@ static int run_verify(const char *image)
 			continue; /* only failed writes went there: anything goes */
 		checked++;
 		if (why && bad++ < 5)
-			fprintf(stderr, "writer --verify: block %" PRIu64 " (offset %" PRIu64 "): %s, expected seq %" PRIu64 "\n",
+			fprintf(stderr,
+				"writer --verify: block %" PRIu64 " (offset %" PRIu64
+				"): %s, expected seq %" PRIu64 "\n",
 				i, i * GW_BLOCK, why, e->ok_seq);
 	}
 	free(buf);
 	free(ex);
 	close(fd);
 	if (bad) {
-		fprintf(stderr, "writer --verify: %" PRIu64 " of %" PRIu64 " blocks wrong in %s\n", bad, checked, image);
+		fprintf(stderr, "writer --verify: %" PRIu64 " of %" PRIu64 " blocks wrong in %s\n",
+			bad, checked, image);
 		return 1;
 	}
 	printf("verified %" PRIu64 " blocks (%" PRIu64 " written by %" PRIu64 " batches; %" PRIu64
-	       " hold a failed batch's data)\n", checked, okblocks, lines, landed_failed);
+	       " hold a failed batch's data)\n",
+	       checked, okblocks, lines, landed_failed);
 	return 0;
 }
 
@@ -294,15 +307,17 @@ static int run_newest(const char *image)
 	unsigned char *buf = malloc(GW_BLOCK);
 	int fd = open(image, O_RDONLY);
 	if (fd < 0 || !buf) {
-		fprintf(stderr, "writer --newest: %s: %s\n", image, fd < 0 ? strerror(errno) : "out of memory");
+		fprintf(stderr, "writer --newest: %s: %s\n", image,
+			fd < 0 ? strerror(errno) : "out of memory");
 		return 1;
 	}
 	int64_t newest = -1;
-	for (uint64_t off = 0; pread(fd, buf, GW_BLOCK, (off_t)off) == (ssize_t)GW_BLOCK; off += GW_BLOCK) {
+	for (uint64_t off = 0; pread(fd, buf, GW_BLOCK, (off_t)off) == (ssize_t)GW_BLOCK;
+	     off += GW_BLOCK) {
 		uint64_t v[4];
 		memcpy(v, buf, sizeof(v));
-		if (v[0] == GW_MAGIC && v[2] == off && v[1] <= INT64_MAX && (int64_t)v[1] > newest &&
-		    !check_block(buf, v[1], off))
+		if (v[0] == GW_MAGIC && v[2] == off && v[1] <= INT64_MAX &&
+		    (int64_t)v[1] > newest && !check_block(buf, v[1], off))
 			newest = (int64_t)v[1];
 	}
 	printf("%" PRId64 "\n", newest);
@@ -319,6 +334,7 @@ int main(int argc, char **argv)
 		return run_newest(argv[2]);
 	if (argc == 2 && argv[1][0] == '/')
 		return run_writer(argv[1]);
-	fprintf(stderr, "usage: writer /dev/DISK | writer --verify IMAGE < console.log | writer --newest IMAGE\n");
+	fprintf(stderr, "usage: writer /dev/DISK | writer --verify IMAGE < console.log | writer "
+			"--newest IMAGE\n");
 	return 1;
 }
