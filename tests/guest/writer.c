@@ -8,15 +8,17 @@
  * carries its seq, its byte offset and a 64-bit FNV-1a hash of the rest of
  * the block (layout at GW_MAGIC below).  Blocks go out in batches of
  * contiguous blocks, each one pwrite with O_DIRECT then fdatasync, so a
- * batch reported "ok" is on the disk as far as the guest can know.  Every
+ * batch reported "ok" is on the disk as far as the guest can know; it is
+ * then read back (O_DIRECT again, so from the disk's server) and compared,
+ * which puts reads through whatever serves the disk at that moment too.  Every
  * batch prints one line on stdout (the serial console):
  *
  *     B <batch> <first-seq> <last-seq> <write+sync µs> <ms since start> ok
- *     B <batch> <first-seq> <last-seq> <µs> <ms> FAIL <errno text>
+ *     B <batch> <first-seq> <last-seq> <µs> <ms> FAIL <what>: <errno text or mismatch>
  *
- * and at the end one summary line:
+ * and at the end one summary line (read-back: batches read back intact):
  *
- *     SUMMARY blocks=N batches=N failed=N max-us=N max-at-batch=N max-at-ms=N
+ *     SUMMARY blocks=N batches=N failed=N read-back=N max-us=N max-at-batch=N max-at-ms=N
  *
  * Batches are writer.batch blocks (default 16), writer.pause-ms apart
  * (default 0: back to back).  It stops after writer.secs seconds or
@@ -154,8 +156,9 @@ static int run_writer(const char *dev)
 		       bsz, nblocks);
 		return 1;
 	}
-	unsigned char *buf;
-	if (posix_memalign((void **)&buf, GW_BLOCK, bsz * GW_BLOCK)) {
+	unsigned char *buf, *rbuf;
+	if (posix_memalign((void **)&buf, GW_BLOCK, bsz * GW_BLOCK) ||
+	    posix_memalign((void **)&rbuf, GW_BLOCK, bsz * GW_BLOCK)) {
 		printf("writer: out of memory\n");
 		return 1;
 	}
@@ -164,7 +167,7 @@ static int run_writer(const char *dev)
 	fflush(stdout);
 
 	uint64_t start = now_us(), seq = 0, batch = 0, failed = 0, max_us = 0, max_batch = 0,
-		 max_ms = 0;
+		 max_ms = 0, reads = 0;
 	while (!stop_requested() && now_us() - start < secs * 1000000 &&
 	       (!max_batches || batch < max_batches)) {
 		uint64_t off = (seq % nblocks) * GW_BLOCK;
@@ -182,7 +185,35 @@ static int run_writer(const char *dev)
 			what = "fdatasync", err = errno;
 		}
 		uint64_t t1 = now_us(), lat = t1 - t0, ms = (t1 - start) / 1000;
-		if (what) {
+		char why[96] = "";
+		if (!what) {
+			n = pread(fd, rbuf, bsz * GW_BLOCK, (off_t)off);
+			if (n < 0) {
+				what = "read back", err = errno;
+			} else if ((uint64_t)n != bsz * GW_BLOCK) {
+				what = "short read back", err = EIO;
+			} else if (memcmp(rbuf, buf, bsz * GW_BLOCK) != 0) {
+				for (uint64_t i = 0; i < bsz && !what; i++) {
+					const char *r = check_block(rbuf + i * GW_BLOCK, seq + i,
+								    off + i * GW_BLOCK);
+					if (r || memcmp(rbuf + i * GW_BLOCK, buf + i * GW_BLOCK,
+							GW_BLOCK) != 0) {
+						snprintf(why, sizeof(why),
+							 "read back seq %" PRIu64 ": %s", seq + i,
+							 r ? r : "differs");
+						what = why;
+					}
+				}
+			} else {
+				reads++;
+			}
+		}
+		if (what && what == why) {
+			failed++;
+			printf("B %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64
+			       " FAIL %s\n",
+			       batch, seq, seq + bsz - 1, lat, ms, why);
+		} else if (what) {
 			failed++;
 			printf("B %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64
 			       " FAIL %s: %s\n",
@@ -202,10 +233,12 @@ static int run_writer(const char *dev)
 			nanosleep(&ts, NULL);
 		}
 	}
-	printf("SUMMARY blocks=%" PRIu64 " batches=%" PRIu64 " failed=%" PRIu64 " max-us=%" PRIu64
-	       " max-at-batch=%" PRIu64 " max-at-ms=%" PRIu64 "\n",
-	       seq - failed * bsz, batch, failed, max_us, max_batch, max_ms);
+	printf("SUMMARY blocks=%" PRIu64 " batches=%" PRIu64 " failed=%" PRIu64
+	       " read-back=%" PRIu64 " max-us=%" PRIu64 " max-at-batch=%" PRIu64
+	       " max-at-ms=%" PRIu64 "\n",
+	       seq - failed * bsz, batch, failed, reads, max_us, max_batch, max_ms);
 	fflush(stdout);
+	free(rbuf);
 	free(buf);
 	close(fd);
 	return failed ? 2 : 0;

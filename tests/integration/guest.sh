@@ -193,7 +193,10 @@ errs=$(grep -iE 'I/O error|blk_update_request|Buffer I/O|guest-dmesg:|print_req_
 [ -z "$errs" ] || { echo "$errs" | head -n 10 >&2; fail "I/O errors in the guest"; }
 failed=$(sed -n 's/.* failed=\([0-9]*\).*/\1/p' <<<"$summary")
 [ "$failed" = 0 ] || { grep -m5 ' FAIL ' "$T/console.txt" >&2; fail "the writer had $failed failed batches"; }
-pass "no I/O error in the guest's console or dmesg, no failed write"
+nb=$(sed -n 's/.* batches=\([0-9]*\).*/\1/p' <<<"$summary")
+rb=$(sed -n 's/.* read-back=\([0-9]*\).*/\1/p' <<<"$summary")
+[ "$rb" = "$nb" ] || fail "the writer read back $rb of its $nb batches intact"
+pass "no I/O error in the guest's console or dmesg, no failed write; all $nb batches read back intact in the guest"
 
 stop "$DST_PID"
 [ "$RC" = 0 ] || fail "the destination daemon exited $RC"
