@@ -492,10 +492,12 @@ int daemon_handover(void *user, const struct src_session *s, uint32_t attempt)
 	}
 	/* Recorded: the destination may take over now, so the held requests
 	 * may go there.  (A later connection delivering a lost COMMIT calls
-	 * this again: the devices are redirected once.) */
+	 * this again: the devices are redirected, or fenced, once.) */
 	pthread_mutex_lock(&d->lock);
-	if (d->fwd.wanted && !d->fwd.active)
+	if (d->fwd.wanted && !d->fwd.started) {
+		d->fwd.started = true;
 		start_forwarding(d, s);
+	}
 	pthread_mutex_unlock(&d->lock);
 	return 0;
 }

@@ -36,7 +36,8 @@ check_done() {
 	[ "$(json_field "$T/$name.json" "['status']")" = completed ] || fail "$name: not completed"
 	[ "$(json_field "$T/$name.json" "['mirroring']")" = True ] || fail "$name: writes were not mirrored"
 	[ "$(json_field "$T/$name.json" "['mirrored-writes']")" -gt 0 ] || fail "$name: no write was mirrored"
-	# The source refuses writes from the switch-over on, so its image is
+	# The source refuses writes from the switch-over on (--after refuse:
+	# forwarded writes would change the destination), so its image is
 	# what the destination must hold.
 	wait_export "$DST_NBD" d0
 	stop "$SRC_PID"
@@ -60,7 +61,7 @@ run_mode active
 	done >"$T/client.log"
 ) &
 CLIENT=$!
-"$BLKMIG" migrate --control "$T/active.sock" --to "127.0.0.1:$DST_IN" --max-bandwidth 4M \
+"$BLKMIG" migrate --control "$T/active.sock" --to "127.0.0.1:$DST_IN" --after refuse --max-bandwidth 4M \
 	--mode active --wait --json >"$T/active.json" 2>"$T/active.err" ||
 	{ cat "$T/active.err" "$T/active-src.err" "$T/active-dst.err" >&2; fail "active: migrate failed"; }
 touch "$T/stop"
@@ -97,7 +98,7 @@ for line in f:
 PY
 EVENTS=$!
 sleep 0.2
-"$BLKMIG" migrate --control "$T/auto.sock" --to "127.0.0.1:$DST_IN" --max-bandwidth 4M \
+"$BLKMIG" migrate --control "$T/auto.sock" --to "127.0.0.1:$DST_IN" --after refuse --max-bandwidth 4M \
 	--wait --json >"$T/auto.json" 2>"$T/auto.err" ||
 	{ cat "$T/auto.err" "$T/auto-src.err" "$T/auto-dst.err" >&2; fail "auto: migrate failed"; }
 [ "$(json_field "$T/auto.json" "['mode']")" = auto ] || fail "auto: the default mode is not auto"
@@ -114,7 +115,7 @@ pass "auto: switched to mirroring by itself ($reason; said so in a MIGRATION eve
 
 # ---- dirty ---------------------------------------------------------------------
 run_mode dirty
-"$BLKMIG" migrate --control "$T/dirty.sock" --to "127.0.0.1:$DST_IN" --max-bandwidth 4M \
+"$BLKMIG" migrate --control "$T/dirty.sock" --to "127.0.0.1:$DST_IN" --after refuse --max-bandwidth 4M \
 	--mode dirty >/dev/null 2>"$T/dirty.err" || fail "dirty: migrate did not start"
 converging=True
 for _ in $(seq 1 120); do
@@ -145,7 +146,7 @@ pass "dirty: reported not converging after $(json_field "$T/dirty.json" "['itera
 # anywhere into an active one, which then completes; asking for dirty again
 # once writes are mirrored is refused.
 run_mode switch
-"$BLKMIG" migrate --control "$T/switch.sock" --to "127.0.0.1:$DST_IN" --max-bandwidth 4M \
+"$BLKMIG" migrate --control "$T/switch.sock" --to "127.0.0.1:$DST_IN" --after refuse --max-bandwidth 4M \
 	--mode dirty >/dev/null 2>"$T/switch.err" || fail "switch: migrate did not start"
 for _ in $(seq 1 120); do
 	sleep 0.25

@@ -253,11 +253,23 @@ pass "destination waiting for its migration: TLS first, then the refusal with it
 start_serve src --device d="$T/src.img" --control "$T/src.sock" --tls-psk "$T/psk/keys.psk"
 SRC_NBD=$NBD_PORT
 qio_psk "$T/psk" -c 'write -P 0x3c 1M 64k' >/dev/null 2>&1 || fail "qemu-io over TLS to the source"
-"$BLKMIG" migrate --control "$T/src.sock" --to "127.0.0.1:$DST_IN" --wait --json >"$T/mig.json" 2>"$T/mig.err" ||
-	{ cat "$T/mig.err" "$T/src.err" "$T/dst.err" >&2; fail "migrate --wait failed"; }
-qio_psk "$T/psk" -c 'read 0 4k' >"$T/after.src" 2>&1 && fail "the source served after the handover"
-grep -q "migrated to" "$T/after.src" || { cat "$T/after.src" >&2; fail "source over TLS: no handover message"; }
+"$BLKMIG" migrate --control "$T/src.sock" --to "127.0.0.1:$DST_IN" --forward-to "127.0.0.1:$DST_NBD" --wait --json \
+	>"$T/mig.json" 2>"$T/mig.err" || { cat "$T/mig.err" "$T/src.err" "$T/dst.err" >&2; fail "migrate --wait failed"; }
+# The source forwards its TLS clients to the destination's TLS export, with
+# the PSK identity it migrated with.
+src_sum=$(md5sum <"$T/src.img")
+qio_psk "$T/psk" -c 'read -P 0x3c 1M 64k' -c 'write -P 0x3d 2M 64k' >"$T/after.src" 2>&1 ||
+	{ cat "$T/after.src" "$T/src.err" >&2; fail "the source did not forward a TLS client"; }
+grep -qi "verification failed\|error" "$T/after.src" && { cat "$T/after.src" >&2; fail "forwarded over TLS: wrong data"; }
+[ "$(md5sum <"$T/src.img")" = "$src_sum" ] || fail "the source wrote its own copy after the handover"
+"$BLKMIG" status --control "$T/src.sock" | grep -q "^forwarding: .* to 127.0.0.1:$DST_NBD (.*, 0 failed)" ||
+	{ "$BLKMIG" status --control "$T/src.sock" >&2; fail "status does not show forwarding"; }
+pass "after the handover the source forwards its TLS clients over TLS-PSK"
 NBD_PORT=$DST_NBD
+qio_psk "$T/psk" -c 'read -P 0x3d 2M 64k' >"$T/fwd.dst" 2>&1 || { cat "$T/fwd.dst" >&2; fail "destination over TLS"; }
+grep -qi "verification failed" "$T/fwd.dst" && fail "destination: the forwarded write is not there"
+qemu-io -f raw "nbd://127.0.0.1:$DST_NBD/d" -c 'write -P 0x3c 2M 64k' >/dev/null 2>&1 && fail "destination took a plaintext write"
+
 for _ in $(seq 1 200); do
 	nbdinfo --size "nbds://alice@127.0.0.1:$DST_NBD/d?tls-psk-file=$T/psk/keys.psk" >/dev/null 2>&1 && break
 	sleep 0.05
@@ -265,9 +277,14 @@ done
 qio_psk "$T/psk" -c 'read -P 0x3c 1M 64k' >"$T/after.dst" 2>&1 || { cat "$T/after.dst" >&2; fail "destination over TLS"; }
 grep -qi "verification failed" "$T/after.dst" && fail "destination: the source's write is not there"
 nbdcopy "nbds://alice@127.0.0.1:$DST_NBD/d?tls-psk-file=$T/psk/keys.psk" "$T/dst.out" || fail "nbdcopy from the destination"
-cmp "$T/src.img" "$T/dst.out" || fail "destination over TLS differs from the source image"
+python3 - "$T/src.img" "$T/dst.out" <<'PY' || fail "destination over TLS differs from the source image and the forwarded write"
+import sys
+a, b = bytearray(open(sys.argv[1], "rb").read()), open(sys.argv[2], "rb").read()
+a[2 << 20:(2 << 20) + 65536] = bytes([0x3d]) * 65536
+sys.exit(0 if bytes(a) == b else 1)
+PY
 qemu-io -f raw "nbd://127.0.0.1:$DST_NBD/d" -c 'read 0 4k' >/dev/null 2>&1 && fail "destination served in plaintext after the migration"
-pass "after the migration: the destination serves the source's data over TLS only, the source says where it went"
+pass "after the migration: the destination serves the source's data and the forwarded write over TLS only"
 
 # A TLS client waiting in transmission when the source hands over is woken
 # and closed (not left until its idle timeout); one still connected when
@@ -283,12 +300,12 @@ from nbdraw import *
 port, certs, blkmig, sock, to = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
 c = Conn(port, timeout=60); c.greet(); c.starttls(certs); c.go()
 assert c.read(0, 4096)[0] == 0
-subprocess.run([blkmig, "migrate", "--control", sock, "--to", to, "--wait"], check=True,
-               stdout=subprocess.DEVNULL)
+subprocess.run([blkmig, "migrate", "--control", sock, "--to", to, "--after", "refuse", "--wait"],
+               check=True, stdout=subprocess.DEVNULL)
 assert c.closed(), "a TLS client in transmission was not woken by the handover"
 PY
 	fail "TLS client at the switch-over"
-pass "a TLS client waiting in transmission is closed at the handover"
+pass "with --after refuse a TLS client waiting in transmission is closed at the handover"
 PYTHONPATH="$HERE" python3 - "$(sed -n 's/^nbd=//p' "$T/dst2.ports")" "$T/x509" "$DST_PID" <<'PY' || fail "stopping with a TLS client"
 import os, signal, sys, time
 from nbdraw import *
@@ -306,3 +323,20 @@ stop "$DST_PID"
 [ "$RC" = 0 ] || fail "the destination exited with $RC after SIGTERM"
 pass "a daemon stopping with a TLS client in transmission closes it and exits"
 stop "$SRC_PID"
+
+# Forwarding with X.509: the source presents its client certificate to the
+# destination's export and checks the destination's.
+make_random "$T/src3.img" $((4 * MiB)) 206
+start_serve dst3 --incoming 127.0.0.1:0 --device d="$T/dst3.img" --create --tls-creds "$T/x509"
+DST_IN=$INCOMING_PORT DST_NBD=$NBD_PORT DST_PID=$SERVE_PID
+start_serve src3 --device d="$T/src3.img" --control "$T/src3.sock" --tls-creds "$T/x509"
+SRC_PID=$SERVE_PID
+"$BLKMIG" migrate --control "$T/src3.sock" --to "127.0.0.1:$DST_IN" --forward-to "127.0.0.1:$DST_NBD" --wait \
+	>/dev/null 2>"$T/mig3.err" || { cat "$T/mig3.err" "$T/src3.err" >&2; fail "migrate with X.509"; }
+qio_x509 "$T/x509" -c 'write -P 0x5e 0 64k' -c 'read -P 0x5e 0 64k' >"$T/fwd3.out" 2>&1 ||
+	{ cat "$T/fwd3.out" "$T/src3.err" >&2; fail "the source did not forward an X.509 client"; }
+grep -qi "verification failed\|error" "$T/fwd3.out" && { cat "$T/fwd3.out" >&2; fail "forwarded over X.509: wrong data"; }
+cmp -n 65536 "$T/dst3.img" <(head -c 65536 /dev/zero | tr '\0' '\136') || fail "the forwarded write is not in the destination's image"
+pass "the source forwards its clients over X.509 too"
+stop "$SRC_PID"
+stop "$DST_PID"

@@ -52,6 +52,8 @@ expect_error "$(run receive --listen 127.0.0.1:0 --device a=/x --retry-for -1)" 
 expect_error "$(run serve --device a=/x --verify-only)" 2 "$T/err" "go with --incoming"
 expect_error "$(run serve --device a=/x --incoming 127.0.0.1:0 --verify-only --create)" 2 "$T/err" "writes nothing"
 expect_error "$(run migrate --control /x --to 127.0.0.1:1 --retry-for soon)" 2 "$T/err" "expected a number"
+expect_error "$(run migrate --control /x --to 127.0.0.1:1 --after drop)" 2 "$T/err" "--after takes forward or refuse, not 'drop'"
+expect_error "$(run migrate --control /x --to 127.0.0.1:1 --forward-to nohost)" 2 "$T/err" "--forward-to takes HOST:PORT, not 'nohost'"
 pass "usage errors exit 2"
 
 expect_error "$(run send --to 127.0.0.1:1 --device d0="$T/missing.img")" 1 "$T/err" "missing.img"

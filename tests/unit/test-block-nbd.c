@@ -184,8 +184,8 @@ static void test_parallel(void **state)
 		assert_int_equal(w[k].r, 0);
 	}
 	for (unsigned k = 0; k < 8; k++) {
-		assert_int_equal(blk_pread(f->disk, buf, sizeof(buf), ((uint64_t)k * 64 + 49) * 4096),
-				 0);
+		assert_int_equal(
+		    blk_pread(f->disk, buf, sizeof(buf), ((uint64_t)k * 64 + 49) * 4096), 0);
 		assert_int_equal(buf[0], (k * 50 + 49) & 0xff);
 	}
 	blk_nbd_stats(b, &st);
@@ -226,7 +226,8 @@ static void test_nothing_listening(void **state)
 	struct blk *b;
 	uint8_t buf[16];
 	int fd = socket(AF_INET, SOCK_STREAM, 0);
-	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	struct sockaddr_in sa = { .sin_family = AF_INET,
+				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
 	socklen_t len = sizeof(sa);
 
 	/* A port that was free a moment ago. */
@@ -283,7 +284,8 @@ struct silent {
 
 static void silent_open(struct silent *s)
 {
-	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	struct sockaddr_in sa = { .sin_family = AF_INET,
+				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
 	socklen_t len = sizeof(sa);
 
 	s->lfd = socket(AF_INET, SOCK_STREAM, 0);
