@@ -136,6 +136,8 @@ nfail=$(grep -ac '^B .* FAIL ' "$T/console.log")
 fwd_clients=$(json_field "$T/status1.json" "['forwarding']['clients']") || fail "status --json has no forwarding.clients"
 [ "$fwd_clients" -ge 1 ] || fail "the source forwards for $fwd_clients clients while QEMU is connected"
 [ "$(json_field "$T/status1.json" "['forwarding']['errors']")" = 0 ] || fail "forwarding errors: $(cat "$T/status1.json")"
+[ "$(json_field "$T/status1.json" "['forwarding']['to']")" = "127.0.0.1:$DST_NBD" ] ||
+	fail "the source forwards elsewhere than the destination's export: $(cat "$T/status1.json")"
 pass "the source forwards the guest's requests: $(json_field "$T/status1.json" "['forwarding']")"
 
 # ------------------------------------------------------------ re-pointing
