@@ -31,7 +31,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 	 NATIVE_ALLOW(NATIVE_MSG_ERROR) | NATIVE_ALLOW(NATIVE_MSG_SYNCED) |                        \
 	 NATIVE_ALLOW(NATIVE_MSG_WACK) | NATIVE_ALLOW(NATIVE_MSG_VERDICT) |                        \
 	 NATIVE_ALLOW(NATIVE_MSG_STATE) | NATIVE_ALLOW(NATIVE_MSG_SUMS) |                          \
-	 NATIVE_ALLOW(NATIVE_MSG_DONE))
+	 NATIVE_ALLOW(NATIVE_MSG_DONE) | NATIVE_ALLOW(NATIVE_MSG_EXPORT))
 
 /* Large structs and buffers live here, not on the fuzzer's stack. */
 static struct native_hello hello;
@@ -40,6 +40,7 @@ static struct native_error error;
 static struct native_state state;
 static struct native_sums sums;
 static struct native_verdict verdict;
+static struct native_export export;
 static uint8_t out[NATIVE_FRAME_HDR + NATIVE_MSG_MAX];
 
 static void check(int ok)
@@ -214,6 +215,21 @@ static void try_verdict(const uint8_t *frame, size_t body_len)
 	check(memcmp(out + NATIVE_FRAME_HDR, frame + NATIVE_FRAME_HDR, body_len) == 0);
 }
 
+static void try_export(const uint8_t *frame, size_t body_len)
+{
+	int r = native_export_decode(frame + NATIVE_FRAME_HDR, body_len, &export);
+
+	if (r < 0) {
+		check_failure(r);
+		return;
+	}
+	check(strlen(export.host) <= NATIVE_HOST_MAX);
+	check(export.port != 0 || export.host[0] == '\0');
+	r = native_export_encode(out, sizeof(out), &export);
+	check(r > 0 && (size_t)r == NATIVE_FRAME_HDR + body_len);
+	check(memcmp(out + NATIVE_FRAME_HDR, frame + NATIVE_FRAME_HDR, body_len) == 0);
+}
+
 /* BLOCKS: records from p up to and including an EOS.  Returns the bytes
  * consumed, or 0 when the stream ends or fails first. */
 static size_t try_blocks(const uint8_t *p, size_t len)
@@ -292,6 +308,9 @@ static void try_stream(const uint8_t *data, size_t size)
 		case NATIVE_MSG_VERDICT:
 			try_verdict(frame, len);
 			break;
+		case NATIVE_MSG_EXPORT:
+			try_export(frame, len);
+			break;
 		case NATIVE_MSG_SYNCED:
 		case NATIVE_MSG_WACK:
 			try_u64(frame, len, (enum native_msg)type);
@@ -327,6 +346,7 @@ static void try_bodies(const uint8_t *data, size_t size)
 	try_state(frame, size);
 	try_sums(frame, size);
 	try_verdict(frame, size);
+	try_export(frame, size);
 	free(frame);
 }
 

@@ -103,6 +103,10 @@ static void run(enum wire_stream_format fmt, const uint8_t *data, size_t size)
 			for (unsigned i = 0; i < it.verdict->ndev; i++)
 				check(it.verdict->dev[i].differing <= it.verdict->dev[i].checked);
 			break;
+		case WIRE_ITEM_EXPORT:
+			check(strlen(it.export->host) <= NATIVE_HOST_MAX);
+			check(it.export->port != 0 || it.export->host[0] == '\0');
+			break;
 		case WIRE_ITEM_ABORT:
 		case WIRE_ITEM_ERROR:
 			check(strlen(it.error->reason) <= NATIVE_REASON_MAX);

@@ -21,7 +21,9 @@ MAGIC = 0x424C4B4D49470D0A  # "BLKMIG\r\n"
 VERSION = 2
 BLOCKS, COMPLETE, ABORT, COMMIT, VERDICT = 0x01, 0x02, 0x03, 0x04, 0x05
 READY, ACK, ERROR, SYNCED, WACK, STATE, SUMS = 0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87
+EXPORT = 0x89
 CAP_ZERO_BLOCKS, CAP_SHARED_BASE, CAP_MIRROR, CAP_DELTA, CAP_VERIFY = 1, 2, 4, 8, 16
+CAP_FORWARD = 32
 HELD_NONE, HELD_PARTIAL, HELD_ALL, HELD_AWAITING = 0, 1, 2, 3
 MIGRATION_ID = bytes(range(0xA0, 0xB0))
 SUMS_MAX = (65536 - 6) // 24
@@ -110,6 +112,13 @@ def sums(dev, entries):
     return frame(SUMS, body)
 
 
+def export(port, host=""):
+    """Where the destination's NBD export is (FORWARD); port 0: none."""
+    h = host.encode()
+    assert len(h) <= 255 and (port or not h)
+    return frame(EXPORT, struct.pack(">HH", port, len(h)) + h)
+
+
 def verdict(devs):
     """devs: (name, checked, differing) triples."""
     body = struct.pack(">H", len(devs))
@@ -190,6 +199,15 @@ def native_seeds():
         "state-body": struct.pack(">IIQ", HELD_AWAITING, 7, 0),
         "sums-body": struct.pack(">HI", 1, 1) + struct.pack(">Q", 9) + digest,
         "attempt-body": struct.pack(">I", 1),
+        # FORWARD: the destination says where its NBD export is, right
+        # after READY.
+        "hello-forward": hello([("drive0", 64 << 20)], caps=CAP_MIRROR | CAP_FORWARD,
+                               chunk=65536),
+        "dest-forward": (ready() + export(10809, "127.0.0.1") + state(HELD_NONE)
+                         + frame(SYNCED, struct.pack(">Q", 1)) + attempt(ACK, 1)),
+        "dest-forward-none": ready() + export(0) + state(HELD_NONE),
+        "export-v6": export(65535, "fe80::1:2"),
+        "export-body": struct.pack(">HH", 10809, 9) + b"host-a_b.",
     }
 
 
@@ -260,6 +278,8 @@ def stream_seeds():
              + ready() + state(HELD_ALL, sums=3)
              + sums(0, [(0, digest), (1, bytes(16)), (2, digest)])
              + frame(0x84, struct.pack(">Q", 1)) + attempt(ACK, 1))
+    forward = (hello([("drive0", 64 << 20)], caps=CAP_FORWARD) + ready()
+               + export(10809, "dst.example") + state(HELD_NONE) + attempt(ACK, 1))
     verify = (hello([("drive0", 3 * CHUNK)], caps=CAP_VERIFY, chunk=CHUNK)
               + bytes([BLOCKS]) + rec_eos() + bytes([BLOCKS]) + rec_eos()
               + verdict([("drive0", 3, 1)]))
@@ -277,6 +297,7 @@ def stream_seeds():
         "native-dest": dest,
         "native-delta": delta,
         "native-verify": verify,
+        "native-forward": forward,
         "native-abandoned": abandoned,
         "native-abort": hello([("drive0", CHUNK)], chunk=CHUNK) + error(ABORT, 125, "cancelled"),
         "qemu-two-devices": sv_stream(two),

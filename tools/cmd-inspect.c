@@ -118,12 +118,13 @@ static int show_record(struct walk *w, const struct wire_item *it)
 
 static void show_hello(const struct native_hello *h)
 {
-	printf("native stream, version %u, chunk size %u, caps%s%s%s%s%s\n", h->version,
+	printf("native stream, version %u, chunk size %u, caps%s%s%s%s%s%s\n", h->version,
 	       h->chunk_size, h->caps & NATIVE_CAP_ZERO_BLOCKS ? " zero-blocks" : "",
 	       h->caps & NATIVE_CAP_SHARED_BASE ? " shared-base" : "",
 	       h->caps & NATIVE_CAP_MIRROR ? " mirror" : "",
 	       h->caps & NATIVE_CAP_DELTA ? " delta" : "",
-	       h->caps & NATIVE_CAP_VERIFY ? " verify" : "");
+	       h->caps & NATIVE_CAP_VERIFY ? " verify" : "",
+	       h->caps & NATIVE_CAP_FORWARD ? " forward" : "");
 	printf("  migration id ");
 	for (unsigned i = 0; i < NATIVE_ID_LEN; i++)
 		printf("%02x", h->id[i]);

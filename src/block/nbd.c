@@ -40,11 +40,12 @@
 #include "common/error.h"
 #include "common/util.h"
 
-#define NBD_FWD_MAX_IO	  (32 * MiB) /* the NBD server's usual payload limit */
-#define NBD_FWD_MAX_ZERO  (1 * GiB)
-#define NBD_FWD_MAX_CONNS 16
-#define NBD_FWD_RETRY_NS  (100 * 1000000ull)
-#define NBD_FWD_GONE_NS	  (1000 * 1000000ull)
+#define NBD_FWD_MAX_IO	     (32 * MiB) /* the NBD server's usual payload limit */
+#define NBD_FWD_MAX_ZERO     (1 * GiB)
+#define NBD_FWD_MAX_CONNS    16
+#define NBD_FWD_RETRY_MIN_NS (2 * 1000000ull)
+#define NBD_FWD_RETRY_NS     (100 * 1000000ull)
+#define NBD_FWD_GONE_NS	     (1000 * 1000000ull)
 
 struct nbd_conn {
 	struct nbd_handle *h;
@@ -236,17 +237,16 @@ static struct nbd_conn *conn_get(struct nbd_blk *n, int *err)
 		*err = err_set(ENOMEM, "forwarding: out of memory");
 		goto fail;
 	}
-	for (;;) {
-		uint64_t deadline = now_ns() + n->op_timeout_ns;
-
-		c->h =
-		    connect_once(n, MIN(deadline, MAX(give_up, now_ns() + NBD_FWD_RETRY_NS)), err);
+	/* Soon at first: every millisecond here is part of the clients'
+	 * pause at the switch-over. */
+	for (uint64_t delay = NBD_FWD_RETRY_MIN_NS;; delay = MIN(2 * delay, NBD_FWD_RETRY_NS)) {
+		c->h = connect_once(n, now_ns() + n->op_timeout_ns, err);
 		if (c->h)
 			break;
 		if (*err == -ECANCELED || *err == -EMEDIUMTYPE || *err == -EROFS ||
-		    now_ns() + NBD_FWD_RETRY_NS >= give_up)
+		    now_ns() + delay >= give_up)
 			goto fail;
-		if (cancel_sleep(n->cancel, NBD_FWD_RETRY_NS)) {
+		if (cancel_sleep(n->cancel, (int64_t)delay)) {
 			*err =
 			    err_set(ECANCELED, "forwarding to %s:%s: cancelled", n->host, n->port);
 			goto fail;

@@ -363,7 +363,8 @@ static json_object *cmd_migrate(struct daemon *d, const struct args *a, struct c
 	struct tls_creds *tls = NULL;
 	struct tls_options used = { 0 };
 	const char *fwd_to;
-	char host[256], port[16];
+	char host[256];
+	uint16_t port;
 
 	arg_str(a, "to", &to);
 	arg_u64(a, "retry-for", &retry_ms);
@@ -394,7 +395,8 @@ static json_object *cmd_migrate(struct daemon *d, const struct args *a, struct c
 		       : chunk			   ? (uint32_t)chunk
 						   : DAEMON_DEFAULT_CHUNK_SIZE;
 	if (arg_str(a, "forward-to", &fwd_to) &&
-	    xport_split_hostport(fwd_to, host, sizeof(host), port, sizeof(port)) < 0)
+	    (xport_addr_split(fwd_to, host, sizeof(host), &port) < 0 ||
+	     (port == 0 && err_set(EINVAL, "forward-to: port 0 is no NBD server") < 0)))
 		return fail_errmsg(e, CTL_ERR_INVALID_PARAM);
 	if (migrate_tls(d, a, &tls, &used) < 0)
 		return fail_errmsg(e, CTL_ERR_INVALID_PARAM);

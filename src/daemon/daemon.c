@@ -159,7 +159,8 @@ static int run_incoming(struct daemon *d)
 				.allow_shared_base = d->cfg.shared_base,
 				.allow_delta = d->cfg.delta,
 				.verify_only = d->cfg.verify_only,
-				.format = d->cfg.qemu ? MIG_FORMAT_QEMU : MIG_FORMAT_NATIVE };
+				.format = d->cfg.qemu ? MIG_FORMAT_QEMU : MIG_FORMAT_NATIVE,
+				.nbd_addr = d->nbd_addr };
 	struct incoming_params ip = { .lfd = d->incoming_lfd,
 				      .tls = d->tls_server,
 				      .timeout_ms = XPORT_DEFAULT_TIMEOUT_MS,
@@ -407,21 +408,21 @@ static bool forward_target(struct daemon *d, const struct src_session *s, char *
 			   char *port, size_t pcap)
 {
 	const char *h = s->dest_nbd_host;
+	uint16_t p = s->dest_nbd_port, dialled;
 
-	if (d->fwd.to[0])
-		return xport_split_hostport(d->fwd.to, host, hcap, port, pcap) == 0;
-	if (!s->dest_nbd_known || !s->dest_nbd_port)
+	if (d->fwd.to[0]) {
+		if (xport_addr_split(d->fwd.to, host, hcap, &p) < 0)
+			return false;
+	} else if (!s->dest_nbd_known || !p) {
 		return false;
-	if (!*h || !strcmp(h, "0.0.0.0") || !strcmp(h, "::")) {
-		char dport[16];
-
-		if (xport_split_hostport(d->migrated_to, host, hcap, dport, sizeof(dport)) < 0)
+	} else if (!*h || !strcmp(h, "0.0.0.0") || !strcmp(h, "::")) {
+		if (xport_addr_split(d->migrated_to, host, hcap, &dialled) < 0)
 			return false;
 	} else {
 		snprintf(host, hcap, "%s", h);
 	}
-	snprintf(port, pcap, "%u", s->dest_nbd_port);
-	return true;
+	snprintf(port, pcap, "%u", p);
+	return p != 0;
 }
 
 /*

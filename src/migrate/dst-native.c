@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * The destination's native format (docs/wire-format.md), behind
- * dst-format.h: HELLO is the offer, READY accepts it, each BLOCKS message is
+ * dst-format.h: HELLO is the offer, READY accepts it (followed by EXPORT,
+ * where this side's NBD export is, if the source asked), each BLOCKS message is
  * a pass answered by SYNCED, each WRITE by WACK, COMPLETE carries the
  * digests; ACK, then COMMIT hands the devices over.  Every failure is told
  * to the source (ERROR) unless the source aborted.
@@ -18,6 +19,7 @@
 struct native_fmt {
 	struct dst_fmt base;
 	bool aborted; /* the source sent ABORT: it hears nothing more */
+	bool forward; /* HELLO asked where the NBD export is (FORWARD) */
 };
 
 static int send_frame(struct dst_fmt *f, int n, const uint8_t *buf)
@@ -52,6 +54,7 @@ static int native_handshake(struct dst_fmt *f, struct dst_offer *o)
 	o->mirror = h->caps & NATIVE_CAP_MIRROR;
 	o->ndev = h->ndev;
 	memcpy(o->dev, h->dev, h->ndev * sizeof(h->dev[0]));
+	((struct native_fmt *)f)->forward = h->caps & NATIVE_CAP_FORWARD;
 	/* The engine checks which of these may come when. */
 	wire_stream_allow(f->ws,
 			  NATIVE_ALLOW(NATIVE_MSG_BLOCKS) | NATIVE_ALLOW(NATIVE_MSG_COMPLETE) |
@@ -83,11 +86,34 @@ static int native_sums(struct dst_fmt *f, const struct native_sums *s)
 	return r < 0 ? err_prefix(-r, "sending digests: ") : 0;
 }
 
+/* EXPORT: dst_params.nbd_addr as the wire has it (no brackets), or port 0
+ * when there is none. */
+static int send_export(struct dst_fmt *f)
+{
+	uint8_t buf[NATIVE_FRAME_HDR + 4 + NATIVE_HOST_MAX];
+	struct native_export e = { .port = 0 };
+	const char *addr = f->p->nbd_addr;
+	int r;
+
+	if (addr && addr[0]) {
+		r = xport_addr_split(addr, e.host, sizeof(e.host), &e.port);
+		if (r < 0)
+			return err_prefix(-r, "announcing the NBD export: ");
+	}
+	r = native_export_encode(buf, sizeof(buf), &e);
+	if (r < 0)
+		return err_prefix(-r, "announcing the NBD export: ");
+	return send_frame(f, r, buf);
+}
+
 static int native_accept(struct dst_fmt *f)
 {
 	uint8_t buf[NATIVE_FRAME_HDR + 8];
 	int r = send_frame(f, native_ready_encode(buf, sizeof(buf), NATIVE_VERSION), buf);
 
+	/* Right after READY, before STATE: the source reads it first. */
+	if (r == 0 && ((struct native_fmt *)f)->forward)
+		r = send_export(f);
 	return r < 0 ? err_prefix(-r, "handshake: ") : 0;
 }
 

@@ -164,10 +164,17 @@ struct src_session {
 			       * one: there is a migration to resume) */
 	/* Figures over every connection so far (the job's start from them). */
 	uint64_t switchovers, abandoned, max_pause_ns;
-	/* The destination's NBD export as it announced it (native format,
-	 * src_params.forward); the latest connection's word counts. */
-	char dest_nbd_host[256]; /* "" or a wildcard: the address dialled */
-	uint16_t dest_nbd_port;	 /* 0: it serves none */
+	/*
+	 * src_params.forward: where the destination's NBD export is, as its
+	 * EXPORT announced it on the latest connection that sent one (each
+	 * connection announces it again; a resume keeps the last).  The host
+	 * is as announced: [A-Za-z0-9.:_-], an IPv6 literal without brackets;
+	 * empty, "0.0.0.0" or "::" mean the host this source dialled.  Port 0:
+	 * the destination serves no NBD export.  dest_nbd_known is false until
+	 * an EXPORT arrived.  Written by the engine's thread in the handshake.
+	 */
+	char dest_nbd_host[NATIVE_HOST_MAX + 1];
+	uint16_t dest_nbd_port;
 	bool dest_nbd_known;
 };
 
@@ -195,8 +202,12 @@ struct src_params {
 	bool delta;
 	bool verify_only;
 	/*
-	 * After the hand-over, writes wait (track_hold()) instead of failing,
-	 * for the handover hook to forward them to the destination.
+	 * Forward the NBD clients to the destination after the switch-over:
+	 * at the hand-over writes wait (track_hold()) instead of failing, for
+	 * the handover hook to redirect them.  Native: the source also asks
+	 * (HELLO's FORWARD) where the destination's NBD export is; the answer
+	 * goes to the session (dest_nbd_*).  QEMU's stream has no such
+	 * question: the address comes from the operator, or there is none.
 	 */
 	bool forward;
 	/* The migration this job continues (NULL: a one-off with its own). */
@@ -366,6 +377,14 @@ struct dst_params {
 	/* Compare only (send --verify-only): nothing is written or marked;
 	 * dst_run() returns 0 when identical, -EILSEQ when not. */
 	bool verify_only;
+	/*
+	 * "HOST:PORT" (or "[v6]:PORT") this side's NBD server is bound to, as
+	 * xport_listen() gives it, announced (EXPORT) to a native source that
+	 * asks because it will forward its NBD clients here after the
+	 * switch-over.  NULL or "": no NBD export (EXPORT port 0).  Not owned;
+	 * valid for the whole dst_run().
+	 */
+	const char *nbd_addr;
 };
 
 /*

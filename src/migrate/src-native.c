@@ -78,7 +78,28 @@ static int take_sums(struct src_job *j, const struct native_sums *m, uint64_t *l
 }
 
 /*
- * After READY: what the destination holds of this migration (STATE), and
+ * FORWARD: the destination's EXPORT, once, before STATE, and only when
+ * asked.  The session keeps it across connections: the latest wins.
+ */
+static int take_export(struct src_job *j, const struct native_export *e, bool *seen)
+{
+	struct src_session *s = j->sess;
+
+	if (!j->p.forward)
+		return err_set(EPROTO, "the destination announced its NBD export (EXPORT), which "
+				       "this source did not ask for");
+	if (*seen)
+		return err_set(EPROTO, "the destination announced its NBD export (EXPORT) twice");
+	*seen = true;
+	/* The decoder bounded and checked it. */
+	snprintf(s->dest_nbd_host, sizeof(s->dest_nbd_host), "%s", e->host);
+	s->dest_nbd_port = e->port;
+	s->dest_nbd_known = true;
+	return 0;
+}
+
+/*
+ * After READY (and EXPORT): what the destination holds of this migration (STATE), and
  * the digests of those chunks (SUMS), which the bulk pass compares before
  * sending.  A destination that has acknowledged the attempt this source
  * fenced itself for needs only the COMMIT.
@@ -88,16 +109,27 @@ static int await_state(struct src_job *j)
 	struct src_session *s = j->sess;
 	uint64_t total = 0, left;
 	struct wire_item it;
+	bool exported = false;
 	int r;
 
-	wire_stream_allow(j->rs, NATIVE_ALLOW(NATIVE_MSG_STATE) | NATIVE_ALLOW(NATIVE_MSG_ERROR));
-	r = wire_stream_next(j->rs, &it);
+	/* EXPORT is let through whether asked for or not, so that an
+	 * unasked one is refused as such, not as a stray message. */
+	wire_stream_allow(j->rs, NATIVE_ALLOW(NATIVE_MSG_STATE) | NATIVE_ALLOW(NATIVE_MSG_EXPORT) |
+				     NATIVE_ALLOW(NATIVE_MSG_ERROR));
+	while ((r = wire_stream_next(j->rs, &it)) == 0 && it.kind == WIRE_ITEM_EXPORT) {
+		r = take_export(j, it.export, &exported);
+		if (r < 0)
+			return r;
+	}
 	if (r == 0 && it.kind == WIRE_ITEM_ERROR)
 		return rp_peer_error(j, it.error);
 	if (r == 0 && it.kind != WIRE_ITEM_STATE)
 		r = err_set(ECONNRESET, "handshake: the destination closed the connection");
 	if (r < 0)
 		return err_prefix(-r, "waiting for the destination's state: ");
+	if (j->p.forward && !exported)
+		return err_set(EPROTO, "the destination did not say where its NBD export is (no "
+				       "EXPORT before STATE)");
 	j->held = *it.state;
 	for (unsigned i = 0; i < j->ndev; i++)
 		total += j->dev[i].nchunks;
@@ -123,11 +155,15 @@ static int await_state(struct src_job *j)
 	}
 	if (j->held.held == NATIVE_HELD_AWAITING && j->held.attempt > s->attempts)
 		s->attempts = j->held.attempt; /* later attempts are numbered past it */
-	wire_stream_allow(j->rs, NATIVE_ALLOW(NATIVE_MSG_SUMS) | NATIVE_ALLOW(NATIVE_MSG_ERROR));
+	wire_stream_allow(j->rs, NATIVE_ALLOW(NATIVE_MSG_SUMS) | NATIVE_ALLOW(NATIVE_MSG_EXPORT) |
+				     NATIVE_ALLOW(NATIVE_MSG_ERROR));
 	for (left = j->held.sums; left > 0;) {
 		r = wire_stream_next(j->rs, &it);
 		if (r == 0 && it.kind == WIRE_ITEM_ERROR)
 			return rp_peer_error(j, it.error);
+		if (r == 0 && it.kind == WIRE_ITEM_EXPORT)
+			return err_set(EPROTO, "the destination announced its NBD export (EXPORT) "
+					       "after its STATE");
 		if (r == 0 && it.kind != WIRE_ITEM_SUMS)
 			r = err_set(ECONNRESET, "the destination closed the connection");
 		if (r == 0)
@@ -157,6 +193,8 @@ static int native_open(struct src_job *j)
 		h.caps |= NATIVE_CAP_SHARED_BASE;
 	if (j->p.delta)
 		h.caps |= NATIVE_CAP_DELTA;
+	if (j->p.forward)
+		h.caps |= NATIVE_CAP_FORWARD;
 	if (j->p.verify_only)
 		h.caps |= NATIVE_CAP_VERIFY;
 	else /* offered: the mode may change to active while running */

@@ -74,6 +74,7 @@ static void *rp_main(void *arg)
 
 	wire_stream_allow(j->rs, NATIVE_ALLOW(NATIVE_MSG_SYNCED) | NATIVE_ALLOW(NATIVE_MSG_ACK) |
 				     NATIVE_ALLOW(NATIVE_MSG_WACK) | NATIVE_ALLOW(NATIVE_MSG_DONE) |
+				     NATIVE_ALLOW(NATIVE_MSG_EXPORT) |
 				     NATIVE_ALLOW(NATIVE_MSG_ERROR));
 	for (;;) {
 		struct wire_item it;
@@ -103,6 +104,12 @@ static void *rp_main(void *arg)
 		}
 		if (it.kind == WIRE_ITEM_ERROR) {
 			rp_fail(j, rp_peer_error(j, it.error));
+			break;
+		}
+		/* Let through to be named: it belongs before STATE, if at all. */
+		if (it.kind == WIRE_ITEM_EXPORT) {
+			rp_fail(j, err_set(EPROTO, "the destination announced its NBD export "
+						   "(EXPORT) after its STATE"));
 			break;
 		}
 		type = it.kind == WIRE_ITEM_SYNCED ? NATIVE_MSG_SYNCED

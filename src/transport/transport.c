@@ -26,7 +26,7 @@
 
 /* ---- addresses ----------------------------------------------------------- */
 
-int xport_split_hostport(const char *hp, char *host, size_t hcap, char *port, size_t pcap)
+static int split_hostport(const char *hp, char *host, size_t hcap, char *port, size_t pcap)
 {
 	const char *colon;
 	size_t hlen;
@@ -62,11 +62,22 @@ int xport_split_hostport(const char *hp, char *host, size_t hcap, char *port, si
 	return 0;
 }
 
+int xport_addr_split(const char *hostport, char *host, size_t host_cap, uint16_t *port)
+{
+	char p[8];
+	int r = split_hostport(hostport, host, host_cap, p, sizeof(p));
+
+	if (r < 0)
+		return r;
+	*port = (uint16_t)atol(p);
+	return 0;
+}
+
 static int resolve(const char *hp, bool passive, struct addrinfo **res)
 {
 	char host[256], port[8];
 	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_family = AF_UNSPEC };
-	int r = xport_split_hostport(hp, host, sizeof(host), port, sizeof(port));
+	int r = split_hostport(hp, host, sizeof(host), port, sizeof(port));
 
 	if (r < 0)
 		return r;
@@ -104,7 +115,7 @@ int xport_addr_is_loopback(const char *hostport)
 {
 	struct addrinfo *res, *ai;
 	char host[256], port[8];
-	int r = xport_split_hostport(hostport, host, sizeof(host), port, sizeof(port)), loop = 1;
+	int r = split_hostport(hostport, host, sizeof(host), port, sizeof(port)), loop = 1;
 
 	if (r < 0)
 		return r;
@@ -262,7 +273,7 @@ int xport_dial(const char *hostport, int timeout_ms, struct cancel *cancel, stru
 	       struct xport **out)
 {
 	char host[256], port[8];
-	int r = xport_split_hostport(hostport, host, sizeof(host), port, sizeof(port));
+	int r = split_hostport(hostport, host, sizeof(host), port, sizeof(port));
 
 	if (r == 0)
 		r = xport_connect(hostport, timeout_ms, cancel, out);

@@ -45,10 +45,11 @@ struct xport_ops {
  * on it (port 0 picks a free one).  *lfd is the listening socket; 'bound'
  * receives "HOST:PORT" with the real port.  0 or negative errno.
  */
-/* "HOST:PORT" or "[V6ADDR]:PORT" into its parts (0, or -EINVAL with the
- * message set). */
-int xport_split_hostport(const char *hp, char *host, size_t hcap, char *port, size_t pcap);
 int xport_listen(const char *hostport, int *lfd, char *bound, size_t bound_cap);
+
+/* Split "HOST:PORT" (or "[v6]:PORT") into host, without brackets, and a
+ * port 0..65535: 0, or -EINVAL with the message set.  Nothing resolved. */
+int xport_addr_split(const char *hostport, char *host, size_t host_cap, uint16_t *port);
 
 /* Whether every address HOST:PORT resolves to is a loopback one: 1 yes, 0
  * no (an empty HOST, "any", is not), negative errno if it cannot be

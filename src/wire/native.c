@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * blkmig's native envelope: HELLO, the framed control messages (COMPLETE,
- * ABORT, READY, ACK, ERROR) and the BLOCKS message type byte.  See native.h
+ * ABORT, READY, ACK, ERROR, ... EXPORT) and the BLOCKS message type byte.  See native.h
  * for the contract and docs/wire-format.md for the byte diagrams and the
  * conversation.
  *
@@ -81,7 +81,7 @@ static const struct {
 	{ NATIVE_MSG_SYNCED, "SYNCED" }, { NATIVE_MSG_COMMIT, "COMMIT" },
 	{ NATIVE_MSG_WACK, "WACK" },	 { NATIVE_MSG_VERDICT, "VERDICT" },
 	{ NATIVE_MSG_STATE, "STATE" },	 { NATIVE_MSG_SUMS, "SUMS" },
-	{ NATIVE_MSG_DONE, "DONE" },
+	{ NATIVE_MSG_DONE, "DONE" },	 { NATIVE_MSG_EXPORT, "EXPORT" },
 };
 
 const char *native_msg_name(uint8_t type)
@@ -785,5 +785,88 @@ int native_verdict_decode(const uint8_t *body, size_t len, struct native_verdict
 	}
 	if (pos != len)
 		return err_set(EBADMSG, "verdict: %zu trailing bytes", len - pos);
+	return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* EXPORT                                                                   */
+
+#define EXPORT_FIXED 4 /* be16 port, be16 hostlen */
+
+static bool host_byte_ok(uint8_t c)
+{
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+	       c == '.' || c == ':' || c == '_' || c == '-';
+}
+
+/*
+ * The host rules, for encoder (-EINVAL, err) and decoder (-EBADMSG): the
+ * character set (which also keeps NUL, controls and brackets out), and no
+ * host without a port.  The host is shown with every other byte as \xNN.
+ */
+static int export_check(int err, uint16_t port, const uint8_t *host, size_t n)
+{
+	char shown[STR_ESCAPE_CAP(NATIVE_HOST_MAX)];
+	size_t o = 0, bad = n;
+
+	for (size_t i = 0; i < n; i++) {
+		if (host_byte_ok(host[i])) {
+			shown[o++] = (char)host[i];
+			continue;
+		}
+		if (bad == n)
+			bad = i;
+		o += (size_t)snprintf(shown + o, sizeof(shown) - o, "\\x%02x", host[i]);
+	}
+	shown[o] = '\0';
+	if (bad < n)
+		return err_set(err,
+			       "export: host '%s' has byte 0x%02x at %zu (only [A-Za-z0-9.:_-] "
+			       "are allowed)",
+			       shown, host[bad], bad);
+	if (port == 0 && n > 0)
+		return err_set(err, "export: host '%s' with port 0 (port 0 means no export)",
+			       shown);
+	return 0;
+}
+
+int native_export_encode(uint8_t *buf, size_t cap, const struct native_export *e)
+{
+	size_t n = strnlen(e->host, NATIVE_HOST_MAX + 1);
+	int r;
+
+	if (n > NATIVE_HOST_MAX)
+		return err_set(EINVAL, "export: host longer than %d bytes", NATIVE_HOST_MAX);
+	r = export_check(EINVAL, e->port, (const uint8_t *)e->host, n);
+	if (r == 0)
+		r = frame_put(buf, cap, NATIVE_MSG_EXPORT, EXPORT_FIXED + n);
+	if (r < 0)
+		return r;
+	put_be16(buf + NATIVE_FRAME_HDR, e->port);
+	put_be16(buf + NATIVE_FRAME_HDR + 2, (uint16_t)n);
+	memcpy(buf + NATIVE_FRAME_HDR + EXPORT_FIXED, e->host, n);
+	return (int)(NATIVE_FRAME_HDR + EXPORT_FIXED + n);
+}
+
+int native_export_decode(const uint8_t *body, size_t len, struct native_export *e)
+{
+	size_t n;
+	int r;
+
+	if (len < EXPORT_FIXED)
+		return err_set(EBADMSG, "export: body truncated (%zu bytes)", len);
+	n = get_be16(body + 2);
+	if (n > NATIVE_HOST_MAX)
+		return err_set(EBADMSG, "export: host of %zu bytes (at most %d)", n,
+			       NATIVE_HOST_MAX);
+	if (len - EXPORT_FIXED != n)
+		return err_set(EBADMSG, "export: body of %zu bytes for a host of %zu bytes", len,
+			       n);
+	e->port = get_be16(body);
+	r = export_check(EBADMSG, e->port, body + EXPORT_FIXED, n);
+	if (r < 0)
+		return r;
+	memcpy(e->host, body + EXPORT_FIXED, n);
+	e->host[n] = '\0';
 	return 0;
 }

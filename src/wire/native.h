@@ -31,6 +31,9 @@
  *                  16 bytes XXH3-128 }         (after STATE)
  *   0x88 DONE      body: be32 attempt          (COMMIT taken: the marks are
  *                                               cleared, the images are its)
+ *   0x89 EXPORT    body: be16 port, be16 hostlen, hostlen bytes host
+ *                  (FORWARD only: exactly one, right after READY, before
+ *                  STATE: where its NBD export is; port 0: none)
  *
  * Lengths of framed messages are capped at NATIVE_MSG_MAX.
  */
@@ -59,9 +62,12 @@
 /* Compare only: the destination sends every chunk's digest, writes
  * nothing, and the source ends with VERDICT instead of COMPLETE. */
 #define NATIVE_CAP_VERIFY (1U << 4)
+/* The source will forward its NBD clients to the destination after the
+ * switch-over: the destination says where its NBD export is (EXPORT). */
+#define NATIVE_CAP_FORWARD (1U << 5)
 #define NATIVE_CAP_KNOWN                                                                           \
 	(NATIVE_CAP_ZERO_BLOCKS | NATIVE_CAP_SHARED_BASE | NATIVE_CAP_MIRROR | NATIVE_CAP_DELTA |  \
-	 NATIVE_CAP_VERIFY)
+	 NATIVE_CAP_VERIFY | NATIVE_CAP_FORWARD)
 
 enum native_msg {
 	NATIVE_MSG_BLOCKS = 0x01,
@@ -77,6 +83,7 @@ enum native_msg {
 	NATIVE_MSG_STATE = 0x86,
 	NATIVE_MSG_SUMS = 0x87,
 	NATIVE_MSG_DONE = 0x88,
+	NATIVE_MSG_EXPORT = 0x89,
 };
 
 #define NATIVE_MAX_DEVICES 64
@@ -159,6 +166,20 @@ struct native_verdict {
 	struct native_dev_verdict dev[NATIVE_MAX_DEVICES];
 };
 
+/*
+ * EXPORT: where the destination's NBD server listens, for a source that
+ * asked (CAP_FORWARD).  host is an IPv4 or IPv6 literal (no brackets) or a
+ * host name, only [A-Za-z0-9.:_-]; empty, "0.0.0.0" or "::" mean the host
+ * the source reached the destination at.  port 0: no NBD export (and then
+ * host is empty).
+ */
+#define NATIVE_HOST_MAX 255
+
+struct native_export {
+	uint16_t port;
+	char host[NATIVE_HOST_MAX + 1]; /* NUL-terminated */
+};
+
 /* ABORT and ERROR share one body. */
 struct native_error {
 	uint32_t err; /* positive errno */
@@ -191,6 +212,8 @@ int native_sums_encode(uint8_t *buf, size_t cap, const struct native_sums *s);
 int native_verdict_encode(uint8_t *buf, size_t cap, const struct native_verdict *v);
 /* WACK carries the highest WRITE sequence number applied. */
 int native_wack_encode(uint8_t *buf, size_t cap, uint64_t seq);
+/* EXPORT: host up to its NUL, under the decoder's rules (-EINVAL). */
+int native_export_encode(uint8_t *buf, size_t cap, const struct native_export *e);
 
 /*
  * HELLO decode over buf[0..len): 0 with *used set; -EAGAIN with *used = the
@@ -230,6 +253,11 @@ int native_state_decode(const uint8_t *body, size_t len, struct native_state *st
  * indices and the device are checked against HELLO by the engine. */
 int native_sums_decode(const uint8_t *body, size_t len, struct native_sums *s);
 int native_verdict_decode(const uint8_t *body, size_t len, struct native_verdict *v);
+/* hostlen at most NATIVE_HOST_MAX and exactly the rest of the body, host in
+ * [A-Za-z0-9.:_-], no host with port 0.  Whether the source asked for it,
+ * and whether it comes once and before STATE, is the source engine's
+ * check. */
+int native_export_decode(const uint8_t *body, size_t len, struct native_export *e);
 
 /* Name for a message type ("BLOCKS", ...), or "unknown". */
 const char *native_msg_name(uint8_t type);

@@ -87,6 +87,7 @@ struct wire_stream {
 	struct native_state st;
 	struct native_sums *sums; /* allocated on the first SUMS */
 	struct native_verdict verdict;
+	struct native_export export;
 	uint8_t hbuf[NATIVE_HELLO_MAX]; /* HELLO, section headers, footers */
 	uint8_t body[NATIVE_MSG_MAX];	/* framed bodies; scratch for skipping */
 };
@@ -98,7 +99,7 @@ struct wire_stream {
 	 NATIVE_ALLOW(NATIVE_MSG_ERROR) | NATIVE_ALLOW(NATIVE_MSG_SYNCED) |                        \
 	 NATIVE_ALLOW(NATIVE_MSG_WACK) | NATIVE_ALLOW(NATIVE_MSG_VERDICT) |                        \
 	 NATIVE_ALLOW(NATIVE_MSG_STATE) | NATIVE_ALLOW(NATIVE_MSG_SUMS) |                          \
-	 NATIVE_ALLOW(NATIVE_MSG_DONE))
+	 NATIVE_ALLOW(NATIVE_MSG_DONE) | NATIVE_ALLOW(NATIVE_MSG_EXPORT))
 
 int wire_stream_new(enum wire_stream_format format, wire_read_fn read, void *user,
 		    struct wire_stream **out)
@@ -161,27 +162,17 @@ uint32_t wire_stream_chunk_size(const struct wire_stream *s)
 const char *wire_item_name(enum wire_item_kind k)
 {
 	static const char *const names[] = {
-		[WIRE_ITEM_END] = "END",
-		[WIRE_ITEM_RECORD] = "RECORD",
-		[WIRE_ITEM_HELLO] = "HELLO",
-		[WIRE_ITEM_BLOCKS] = "BLOCKS",
-		[WIRE_ITEM_COMPLETE] = "COMPLETE",
-		[WIRE_ITEM_ABORT] = "ABORT",
-		[WIRE_ITEM_COMMIT] = "COMMIT",
-		[WIRE_ITEM_READY] = "READY",
-		[WIRE_ITEM_ACK] = "ACK",
-		[WIRE_ITEM_ERROR] = "ERROR",
-		[WIRE_ITEM_SYNCED] = "SYNCED",
-		[WIRE_ITEM_WACK] = "WACK",
-		[WIRE_ITEM_STATE] = "STATE",
-		[WIRE_ITEM_SUMS] = "SUMS",
-		[WIRE_ITEM_VERDICT] = "VERDICT",
-		[WIRE_ITEM_DONE] = "DONE",
-		[WIRE_ITEM_QEMU_HEADER] = "QEMU_HEADER",
-		[WIRE_ITEM_CONFIG] = "CONFIG",
-		[WIRE_ITEM_SECTION] = "SECTION",
-		[WIRE_ITEM_FOOTER] = "FOOTER",
-		[WIRE_ITEM_EOF] = "EOF",
+		[WIRE_ITEM_END] = "END",	   [WIRE_ITEM_RECORD] = "RECORD",
+		[WIRE_ITEM_HELLO] = "HELLO",	   [WIRE_ITEM_BLOCKS] = "BLOCKS",
+		[WIRE_ITEM_COMPLETE] = "COMPLETE", [WIRE_ITEM_ABORT] = "ABORT",
+		[WIRE_ITEM_COMMIT] = "COMMIT",	   [WIRE_ITEM_READY] = "READY",
+		[WIRE_ITEM_ACK] = "ACK",	   [WIRE_ITEM_ERROR] = "ERROR",
+		[WIRE_ITEM_SYNCED] = "SYNCED",	   [WIRE_ITEM_WACK] = "WACK",
+		[WIRE_ITEM_STATE] = "STATE",	   [WIRE_ITEM_SUMS] = "SUMS",
+		[WIRE_ITEM_VERDICT] = "VERDICT",   [WIRE_ITEM_DONE] = "DONE",
+		[WIRE_ITEM_EXPORT] = "EXPORT",	   [WIRE_ITEM_QEMU_HEADER] = "QEMU_HEADER",
+		[WIRE_ITEM_CONFIG] = "CONFIG",	   [WIRE_ITEM_SECTION] = "SECTION",
+		[WIRE_ITEM_FOOTER] = "FOOTER",	   [WIRE_ITEM_EOF] = "EOF",
 		[WIRE_ITEM_VMDESC] = "VMDESC",
 	};
 
@@ -443,6 +434,11 @@ static int read_message(struct wire_stream *s, struct wire_item *it)
 		it->kind = WIRE_ITEM_VERDICT;
 		it->verdict = &s->verdict;
 		r = native_verdict_decode(s->body, len, &s->verdict);
+		break;
+	case NATIVE_MSG_EXPORT:
+		it->kind = WIRE_ITEM_EXPORT;
+		it->export = &s->export;
+		r = native_export_decode(s->body, len, &s->export);
 		break;
 	case NATIVE_MSG_READY:
 		it->kind = WIRE_ITEM_READY;

@@ -15,15 +15,12 @@
  *
  *   native  HELLO, then messages: BLOCKS RECORD... (up to and including a
  *           RECORD of kind EOS), COMPLETE, ABORT, COMMIT, VERDICT, READY,
- *           ACK, ERROR, SYNCED, WACK, STATE, SUMS -- each only when wire_stream_allow() lets
- *           that type through (every type by default)
- *   QEMU    QEMU_HEADER, CONFIG, then sections: SECTION (START/FULL/PART/
- *           END, with its idstr), its payload (RECORD... up to EOS for
- *           "block"; "ram" and the fixed-size "timer"/"globalstate"
- *           payloads are checked and consumed without an item), FOOTER;
- *           then EOF, optionally VMDESCRIPTION (its JSON is skipped by the
- *           next call, which then yields END)
- *   both    END when the input ends cleanly between two top-level items
+ *           ACK, ERROR, SYNCED, WACK, STATE, SUMS, DONE, EXPORT -- each only when
+ * wire_stream_allow() lets that type through (every type by default) QEMU    QEMU_HEADER, CONFIG,
+ * then sections: SECTION (START/FULL/PART/ END, with its idstr), its payload (RECORD... up to EOS
+ * for "block"; "ram" and the fixed-size "timer"/"globalstate" payloads are checked and consumed
+ * without an item), FOOTER; then EOF, optionally VMDESCRIPTION (its JSON is skipped by the next
+ * call, which then yields END) both    END when the input ends cleanly between two top-level items
  *           (never inside one: that is a truncation error)
  *
  * Errors are negative errnos with one message (err_set) that names the
@@ -83,6 +80,7 @@ enum wire_item_kind {
 	WIRE_ITEM_SUMS,	       /* native: .sums */
 	WIRE_ITEM_VERDICT,     /* native: .verdict */
 	WIRE_ITEM_DONE,	       /* native: .value = attempt */
+	WIRE_ITEM_EXPORT,      /* native: .export */
 	WIRE_ITEM_QEMU_HEADER, /* QEMU: .value = version (3) */
 	WIRE_ITEM_CONFIG,      /* QEMU: .section.name = machine type */
 	WIRE_ITEM_SECTION,     /* QEMU: .section, .section.name = the section's idstr */
@@ -106,6 +104,7 @@ struct wire_item {
 	const struct native_state *state;	/* STATE */
 	const struct native_sums *sums;		/* SUMS */
 	const struct native_verdict *verdict;	/* VERDICT */
+	const struct native_export *export;	/* EXPORT */
 };
 
 /* Sections a QEMU stream may start (section ids bound at once). */

@@ -333,6 +333,8 @@ static const struct refusal refusals[] = {
 	  "invalid address 'nohost' (expected HOST:PORT)" },
 	{ "migrate", "{\"to\":\"x:1\",\"forward-to\":\"h:99999\"}", CTL_ERR_INVALID_PARAM,
 	  "invalid port in address 'h:99999'" },
+	{ "migrate", "{\"to\":\"x:1\",\"forward-to\":\"h:0\"}", CTL_ERR_INVALID_PARAM,
+	  "forward-to: port 0 is no NBD server" },
 	{ "query-workload", "{\"reset\":true}", CTL_ERR_GENERIC, "no --workload runs" },
 	{ "frobnicate", NULL, CTL_ERR_NOT_FOUND, "unknown command 'frobnicate'" },
 };

@@ -261,6 +261,7 @@ struct dcfg {
 	unsigned nexpect;
 	bool allow_shared_base;
 	enum mig_format format;
+	const char *nbd_addr;
 };
 
 /* A layer that makes short writes (mirrored WRITEs) wait: a destination
@@ -399,6 +400,7 @@ static void *dst_main(void *arg)
 		.nexpect = m->dst.nexpect,
 		.allow_shared_base = m->dst.allow_shared_base,
 		.format = m->dst.format,
+		.nbd_addr = m->dst.nbd_addr,
 	};
 	struct xport *x = NULL;
 
@@ -673,6 +675,64 @@ static void test_one_device(void **state)
 	assert_false(p.states & ((1U << MIG_FAILED) | (1U << MIG_CANCELLED)));
 	assert_fenced(&s);
 	sdev_close(&s);
+}
+
+/* ---- FORWARD: the destination says where its NBD export is ----------------------- */
+
+/* One small migration on session sess, with or without forward, to a
+ * destination whose NBD server is bound to nbd_addr (NULL: none). */
+static void run_forward(struct src_session *sess, bool forward, const char *nbd_addr)
+{
+	struct sdev s;
+	struct mig m;
+
+	sdev_open_mem(&s, "disk0", 2 * MiB);
+	mig_init(&m);
+	m.sp.session = sess;
+	m.sp.forward = forward;
+	m.src[0] = &s;
+	m.nsrc = 1;
+	m.dst.n = 1;
+	m.dst.dev[0].name = "disk0";
+	m.dst.nbd_addr = nbd_addr;
+	tmp_new(m.dst.dev[0].path, PATH_CAP, "fwd");
+	mig_run(&m);
+	/* Not assert_success(): the session's byte count spans the runs. */
+	if (m.src_r != 0 || m.dst_r != 0)
+		fail_msg("migration failed: source %d '%s', destination %d '%s'", m.src_r,
+			 m.src_msg, m.dst_r, m.dst_msg);
+	assert_int_equal(m.src_st.state, MIG_COMPLETED);
+	assert_same(&s, m.dst.dev[0].path);
+	sdev_close(&s);
+}
+
+static void test_forward_export(void **state)
+{
+	struct src_session sess;
+
+	(void)state;
+	/* Not asked: nothing announced. */
+	assert_int_equal(src_session_init(&sess), 0);
+	run_forward(&sess, false, "127.0.0.1:10809");
+	assert_false(sess.dest_nbd_known);
+
+	/* Asked: the bound address as the wire has it, without brackets. */
+	run_forward(&sess, true, "[::1]:10809");
+	assert_true(sess.dest_nbd_known);
+	assert_string_equal(sess.dest_nbd_host, "::1");
+	assert_int_equal(sess.dest_nbd_port, 10809);
+
+	/* Each connection announces again; the latest wins.  A wildcard is
+	 * passed on as announced (the caller knows what it dialled). */
+	run_forward(&sess, true, "0.0.0.0:65535");
+	assert_string_equal(sess.dest_nbd_host, "0.0.0.0");
+	assert_int_equal(sess.dest_nbd_port, 65535);
+
+	/* A destination without an NBD export says so: port 0. */
+	run_forward(&sess, true, NULL);
+	assert_true(sess.dest_nbd_known);
+	assert_string_equal(sess.dest_nbd_host, "");
+	assert_int_equal(sess.dest_nbd_port, 0);
 }
 
 /* ---- (b) two devices ----------------------------------------------------------- */
@@ -2170,6 +2230,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		T(test_one_device),
+		T(test_forward_export),
 		T(test_two_devices),
 		T(test_dirty_pass),
 		T(test_live_writer),

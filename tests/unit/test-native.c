@@ -317,10 +317,10 @@ static void test_hello_errors(void **state)
 	hello_patched(8, (const uint8_t *)"\xff\xff\xff\xff", 4, EPROTONOSUPPORT,
 		      "hello: unsupported version 4294967295 (this blkmig speaks 2)");
 
-	hello_patched(12, (const uint8_t *)"\0\0\0\x29", 4, EBADMSG,
-		      "hello: unknown capability bits 0x20 (known 0x1f)");
+	hello_patched(12, (const uint8_t *)"\0\0\0\x49", 4, EBADMSG,
+		      "hello: unknown capability bits 0x40 (known 0x3f)");
 	hello_patched(12, (const uint8_t *)"\x80\0\0\0", 4, EBADMSG,
-		      "hello: unknown capability bits 0x80000000 (known 0x1f)");
+		      "hello: unknown capability bits 0x80000000 (known 0x3f)");
 
 	hello_patched(16, (const uint8_t *)"\0\0\0\0", 4, EBADMSG,
 		      "hello: invalid chunk size 0 (must be a power of two from 4096 to 16777216)");
@@ -394,9 +394,12 @@ static void test_hello_encode_errors(void **state)
 	expect_error(native_hello_encode(buf, sizeof(buf), &h), EINVAL,
 		     "hello: cannot encode version 1 (this blkmig speaks 2)");
 	golden_hello_struct(&h);
-	h.caps = 0x30;
+	h.caps = 0x70;
 	expect_error(native_hello_encode(buf, sizeof(buf), &h), EINVAL,
-		     "hello: unknown capability bits 0x20 (known 0x1f)");
+		     "hello: unknown capability bits 0x40 (known 0x3f)");
+	/* FORWARD is a known bit now. */
+	h.caps = NATIVE_CAP_FORWARD;
+	assert_int_equal(native_hello_encode(buf, sizeof(buf), &h), sizeof(golden_hello));
 	/* DELTA and VERIFY are known bits now. */
 	h.caps = NATIVE_CAP_DELTA | NATIVE_CAP_VERIFY;
 	assert_int_equal(native_hello_encode(buf, sizeof(buf), &h), sizeof(golden_hello));
@@ -440,21 +443,22 @@ static void test_hello_encode_errors(void **state)
 	 NATIVE_ALLOW(NATIVE_MSG_ACK) | NATIVE_ALLOW(NATIVE_MSG_ERROR) |                           \
 	 NATIVE_ALLOW(NATIVE_MSG_SYNCED) | NATIVE_ALLOW(NATIVE_MSG_WACK) |                         \
 	 NATIVE_ALLOW(NATIVE_MSG_STATE) | NATIVE_ALLOW(NATIVE_MSG_SUMS) |                          \
-	 NATIVE_ALLOW(NATIVE_MSG_DONE))
+	 NATIVE_ALLOW(NATIVE_MSG_DONE) | NATIVE_ALLOW(NATIVE_MSG_EXPORT))
 
 static void test_frame_ok(void **state)
 {
 	static const uint8_t types[] = { NATIVE_MSG_COMPLETE, NATIVE_MSG_ABORT,	 NATIVE_MSG_COMMIT,
 					 NATIVE_MSG_VERDICT,  NATIVE_MSG_READY,	 NATIVE_MSG_ACK,
 					 NATIVE_MSG_ERROR,    NATIVE_MSG_SYNCED, NATIVE_MSG_WACK,
-					 NATIVE_MSG_STATE,    NATIVE_MSG_SUMS,	 NATIVE_MSG_DONE };
+					 NATIVE_MSG_STATE,    NATIVE_MSG_SUMS,	 NATIVE_MSG_DONE,
+					 NATIVE_MSG_EXPORT };
 	uint8_t hdr[NATIVE_FRAME_HDR];
 	uint8_t type = 0;
 	uint32_t len = 1;
 
 	(void)state;
-	/* The thirteen allow bits are distinct. */
-	assert_int_equal(__builtin_popcountll(ALLOW_ALL), 13);
+	/* The fourteen allow bits are distinct. */
+	assert_int_equal(__builtin_popcountll(ALLOW_ALL), 14);
 
 	for (size_t i = 0; i < ARRAY_SIZE(types); i++) {
 		hdr[0] = types[i];
@@ -502,7 +506,9 @@ static void test_frame_errors(void **state)
 	(void)state;
 	check_frame("\x00\0\0\0\0", ALLOW_ALL, "frame: unknown message type 0x00");
 	check_frame("\x06\0\0\0\0", ALLOW_ALL, "frame: unknown message type 0x06");
-	check_frame("\x89\0\0\0\0", ALLOW_ALL, "frame: unknown message type 0x89");
+	check_frame("\x8a\0\0\0\0", ALLOW_ALL, "frame: unknown message type 0x8a");
+	/* 0xa9 shares EXPORT's allow bit. */
+	check_frame("\xa9\0\0\0\x04", ALLOW_ALL, "frame: unknown message type 0xa9");
 	check_frame("\x80\0\0\0\0", ALLOW_ALL, "frame: unknown message type 0x80");
 	check_frame("\xff\0\0\0\0", ALLOW_ALL, "frame: unknown message type 0xff");
 	/* 0x21 and 0xa1 share allow bits with BLOCKS and READY. */
@@ -532,6 +538,15 @@ static void test_frame_errors(void **state)
 		    NATIVE_ALLOW(NATIVE_MSG_BLOCKS) | NATIVE_ALLOW(NATIVE_MSG_COMPLETE) |
 			NATIVE_ALLOW(NATIVE_MSG_ABORT),
 		    "frame: unexpected VERDICT message (type 0x05)");
+	/* EXPORT from a source, or to a source that did not ask (the
+	 * engines' masks leave it out). */
+	check_frame("\x89\0\0\0\x04",
+		    NATIVE_ALLOW(NATIVE_MSG_BLOCKS) | NATIVE_ALLOW(NATIVE_MSG_COMPLETE) |
+			NATIVE_ALLOW(NATIVE_MSG_ABORT),
+		    "frame: unexpected EXPORT message (type 0x89)");
+	check_frame("\x89\0\0\0\x04",
+		    NATIVE_ALLOW(NATIVE_MSG_STATE) | NATIVE_ALLOW(NATIVE_MSG_ERROR),
+		    "frame: unexpected EXPORT message (type 0x89)");
 
 	check_frame("\x83\x00\x01\x00\x01", ALLOW_ALL,
 		    "frame: ERROR message length 65537 exceeds the maximum 65536");
@@ -1439,6 +1454,161 @@ static void test_verdict_errors(void **state)
 		     "verdict: device 1: 2 of 1 chunks differ");
 }
 
+/* ------------------------------------------------------------------------ */
+/* EXPORT                                                                   */
+
+/* clang-format off */
+static const uint8_t golden_export[] = {
+	0x89, 0x00, 0x00, 0x00, 0x0d,                   /* EXPORT, 13 bytes */
+	0x2a, 0x39,                                     /* port 10809 */
+	0x00, 0x09,                                     /* host of 9 bytes */
+	'1', '2', '7', '.', '0', '.', '0', '.', '1',     /* "127.0.0.1" */
+};
+static const uint8_t golden_export_none[] = {
+	0x89, 0x00, 0x00, 0x00, 0x04,                   /* EXPORT, 4 bytes */
+	0x00, 0x00, 0x00, 0x00,                         /* port 0, no host: no export */
+};
+/* clang-format on */
+
+static int export_decode_exact(const uint8_t *p, size_t len, struct native_export *e)
+{
+	uint8_t *b = heap_copy(p, len);
+	int r;
+
+	err_clear();
+	r = native_export_decode(b, len, e);
+	free(b);
+	return r;
+}
+
+static void test_export_golden(void **state)
+{
+	struct native_export e = { .port = 10809 }, d;
+	uint8_t buf[NATIVE_FRAME_HDR + 4 + NATIVE_HOST_MAX], type = 0;
+	uint32_t len = 0;
+
+	(void)state;
+	strcpy(e.host, "127.0.0.1");
+	assert_int_equal(native_export_encode(buf, sizeof(buf), &e), sizeof(golden_export));
+	assert_memory_equal(buf, golden_export, sizeof(golden_export));
+	expect_error(native_export_encode(buf, sizeof(golden_export) - 1, &e), ENOSPC,
+		     "encode EXPORT: buffer of 17 bytes is too small (need 18)");
+	assert_int_equal(
+	    native_frame_header(golden_export, NATIVE_ALLOW(NATIVE_MSG_EXPORT), &type, &len), 0);
+	assert_int_equal(type, NATIVE_MSG_EXPORT);
+	assert_int_equal(len, 13);
+	memset(&d, 0xff, sizeof(d));
+	assert_int_equal(export_decode_exact(golden_export + 5, 13, &d), 0);
+	assert_int_equal(d.port, 10809);
+	assert_string_equal(d.host, "127.0.0.1");
+
+	e = (struct native_export){ 0 };
+	assert_int_equal(native_export_encode(buf, sizeof(buf), &e), sizeof(golden_export_none));
+	assert_memory_equal(buf, golden_export_none, sizeof(golden_export_none));
+	memset(&d, 0xff, sizeof(d));
+	assert_int_equal(export_decode_exact(golden_export_none + 5, 4, &d), 0);
+	assert_int_equal(d.port, 0);
+	assert_string_equal(d.host, "");
+
+	/* The extremes: every allowed character, the longest host, an IPv6
+	 * literal, a wildcard, an empty host with a port. */
+	static const char *const hosts[] = {
+		"fe80::1:2", "::", "0.0.0.0", "", "A-Za_z.0-9:", "dst.example",
+	};
+	for (size_t i = 0; i <= ARRAY_SIZE(hosts); i++) {
+		e.port = i == 0 ? 65535 : (uint16_t)i;
+		if (i < ARRAY_SIZE(hosts)) {
+			strcpy(e.host, hosts[i]);
+		} else {
+			memset(e.host, 'h', NATIVE_HOST_MAX);
+			e.host[NATIVE_HOST_MAX] = '\0';
+		}
+		assert_int_equal(native_export_encode(buf, sizeof(buf), &e),
+				 NATIVE_FRAME_HDR + 4 + (int)strlen(e.host));
+		assert_int_equal(export_decode_exact(buf + 5, 4 + strlen(e.host), &d), 0);
+		assert_int_equal(d.port, e.port);
+		assert_string_equal(d.host, e.host);
+	}
+}
+
+static void export_bad(const char *body, size_t len, const char *msg)
+{
+	struct native_export d;
+
+	expect_error(export_decode_exact((const uint8_t *)body, len, &d), EBADMSG, msg);
+}
+
+static void test_export_errors(void **state)
+{
+	struct native_export e = { .port = 1 };
+	uint8_t body[4 + 300], buf[NATIVE_FRAME_HDR + 4 + 300];
+
+	(void)state;
+	for (size_t plen = 0; plen < 4; plen++) {
+		char msg[64];
+
+		snprintf(msg, sizeof(msg), "export: body truncated (%zu bytes)", plen);
+		export_bad("\x2a\x39\0\0", plen, msg);
+	}
+	/* hostlen beyond the body, short of it, and beyond the bound. */
+	export_bad("\x2a\x39\0\x0a"
+		   "127.0.0.1",
+		   13, "export: body of 13 bytes for a host of 10 bytes");
+	export_bad("\x2a\x39\0\x08"
+		   "127.0.0.1",
+		   13, "export: body of 13 bytes for a host of 8 bytes");
+	export_bad("\x2a\x39\0\0"
+		   "x",
+		   5, "export: body of 5 bytes for a host of 0 bytes");
+	export_bad("\x2a\x39\xff\xff", 4, "export: host of 65535 bytes (at most 255)");
+	memset(body, 'a', sizeof(body));
+	memcpy(body, "\x2a\x39\x01\x00", 4);
+	export_bad((const char *)body, 4 + 256, "export: host of 256 bytes (at most 255)");
+	/* The character set: controls, NUL, brackets, a slash, a space,
+	 * bytes above 0x7f; every bad byte is shown escaped, the first named. */
+	export_bad("\x2a\x39\0\x05"
+		   "a\nb\x1b]",
+		   9,
+		   "export: host 'a\\x0ab\\x1b\\x5d' has byte 0x0a at 1 (only [A-Za-z0-9.:_-] are "
+		   "allowed)");
+	export_bad("\x2a\x39\0\x03"
+		   "a\0b",
+		   7,
+		   "export: host 'a\\x00b' has byte 0x00 at 1 (only [A-Za-z0-9.:_-] are allowed)");
+	export_bad("\x2a\x39\0\x05"
+		   "[::1]",
+		   9,
+		   "export: host '\\x5b::1\\x5d' has byte 0x5b at 0 (only [A-Za-z0-9.:_-] are "
+		   "allowed)");
+	export_bad("\x2a\x39\0\x03"
+		   "a/b",
+		   7,
+		   "export: host 'a\\x2fb' has byte 0x2f at 1 (only [A-Za-z0-9.:_-] are allowed)");
+	export_bad("\x2a\x39\0\x03"
+		   "a b",
+		   7,
+		   "export: host 'a\\x20b' has byte 0x20 at 1 (only [A-Za-z0-9.:_-] are allowed)");
+	export_bad("\x2a\x39\0\x02"
+		   "\xc3\xa9",
+		   6,
+		   "export: host '\\xc3\\xa9' has byte 0xc3 at 0 (only [A-Za-z0-9.:_-] are "
+		   "allowed)");
+	/* Port 0 is "no export": a host with it is a contradiction. */
+	export_bad("\0\0\0\x01"
+		   "h",
+		   5, "export: host 'h' with port 0 (port 0 means no export)");
+
+	/* The encoder refuses the same. */
+	strcpy(e.host, "a b");
+	expect_error(native_export_encode(buf, sizeof(buf), &e), EINVAL,
+		     "export: host 'a\\x20b' has byte 0x20 at 1 (only [A-Za-z0-9.:_-] are "
+		     "allowed)");
+	e = (struct native_export){ .port = 0 };
+	strcpy(e.host, "localhost");
+	expect_error(native_export_encode(buf, sizeof(buf), &e), EINVAL,
+		     "export: host 'localhost' with port 0 (port 0 means no export)");
+}
+
 static void test_msg_names(void **state)
 {
 	(void)state;
@@ -1456,7 +1626,8 @@ static void test_msg_names(void **state)
 	assert_string_equal(native_msg_name(NATIVE_MSG_SUMS), "SUMS");
 	assert_string_equal(native_msg_name(0x06), "unknown");
 	assert_string_equal(native_msg_name(NATIVE_MSG_DONE), "DONE");
-	assert_string_equal(native_msg_name(0x89), "unknown");
+	assert_string_equal(native_msg_name(NATIVE_MSG_EXPORT), "EXPORT");
+	assert_string_equal(native_msg_name(0x8a), "unknown");
 	assert_string_equal(native_msg_name(0), "unknown");
 	assert_string_equal(native_msg_name(0x21), "unknown");
 	assert_string_equal(native_msg_name(0xff), "unknown");
@@ -1495,6 +1666,8 @@ int main(void)
 		cmocka_unit_test(test_verdict_golden),
 		cmocka_unit_test(test_verdict_round_trip_max),
 		cmocka_unit_test(test_verdict_errors),
+		cmocka_unit_test(test_export_golden),
+		cmocka_unit_test(test_export_errors),
 		cmocka_unit_test(test_msg_names),
 	};
 

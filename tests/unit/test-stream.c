@@ -772,11 +772,11 @@ static void test_native_refused(void **state)
 	u8(&b, 65);
 	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "handshake: ", "invalid device count 65");
 
-	/* DELTA and VERIFY are known caps; the next bit is not. */
-	hello(&b, 0x18, CHUNK);
+	/* DELTA, VERIFY and FORWARD are known caps; the next bit is not. */
+	hello(&b, 0x38, CHUNK);
 	refused_not(WIRE_STREAM_NATIVE, &b);
-	hello(&b, 0x20, CHUNK);
-	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "handshake: ", "unknown capability bits 0x20");
+	hello(&b, 0x40, CHUNK);
+	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "handshake: ", "unknown capability bits 0x40");
 
 	/* A framed message longer than NATIVE_MSG_MAX, refused before its
 	 * body is read. */
@@ -1384,6 +1384,89 @@ static void test_native_verify_and_attempts(void **state)
 	assert_string_equal(wire_item_name(WIRE_ITEM_VERDICT), "VERDICT");
 }
 
+/*
+ * FORWARD: the destination's EXPORT right after READY, as the source reads
+ * and masks it (golden bytes: port 10809, "dst-1.example"); truncated
+ * anywhere; a lying body refused with its offset; an EXPORT where the
+ * source expects STATE (not asked for, or a second one) refused by the
+ * mask.
+ */
+static void test_native_export(void **state)
+{
+	/* clang-format off */
+	static const uint8_t golden[] = {
+		0x81, 0x00, 0x00, 0x00, 0x04, 0x00, 0x00, 0x00, 0x02,   /* READY 2 */
+		0x89, 0x00, 0x00, 0x00, 0x11,                           /* EXPORT, 17 bytes */
+		0x2a, 0x39, 0x00, 0x0d,                                 /* 10809, 13 bytes */
+		'd', 's', 't', '-', '1', '.', 'e', 'x', 'a', 'm', 'p', 'l', 'e',
+		0x86, 0x00, 0x00, 0x00, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+	};
+	/* clang-format on */
+	const uint64_t err = NATIVE_ALLOW(NATIVE_MSG_ERROR);
+	const uint64_t ends[] = { 0, 9, 31, sizeof(golden) };
+	struct wire_membuf mb = { .p = golden, .len = sizeof(golden) };
+	struct buf b = { 0 };
+	struct wire_stream *s;
+	struct wire_item it;
+
+	(void)state;
+	assert_int_equal(wire_stream_new(WIRE_STREAM_NATIVE_REPLIES, wire_membuf_read, &mb, &s), 0);
+	wire_stream_allow(s, NATIVE_ALLOW(NATIVE_MSG_READY) | err);
+	next_is(s, &it, WIRE_ITEM_READY);
+	wire_stream_allow(s, NATIVE_ALLOW(NATIVE_MSG_EXPORT) | err);
+	next_is(s, &it, WIRE_ITEM_EXPORT);
+	assert_int_equal(it.offset, 9);
+	assert_int_equal(it.export->port, 10809);
+	assert_string_equal(it.export->host, "dst-1.example");
+	wire_stream_allow(s, NATIVE_ALLOW(NATIVE_MSG_STATE) | err);
+	next_is(s, &it, WIRE_ITEM_STATE);
+	assert_int_equal(it.offset, 31);
+	next_is(s, &it, WIRE_ITEM_END);
+	wire_stream_free(s);
+	b.p = (uint8_t *)golden;
+	b.len = sizeof(golden);
+	truncations(WIRE_STREAM_NATIVE_REPLIES, &b, ends, ARRAY_SIZE(ends));
+	b = (struct buf){ 0 };
+
+	/* Where the source expects STATE: an EXPORT it did not ask for, or a
+	 * second one. */
+	mb = (struct wire_membuf){ .p = golden + 9, .len = sizeof(golden) - 9 };
+	assert_int_equal(wire_stream_new(WIRE_STREAM_NATIVE_REPLIES, wire_membuf_read, &mb, &s), 0);
+	wire_stream_allow(s, NATIVE_ALLOW(NATIVE_MSG_STATE) | err);
+	assert_int_equal(wire_stream_next(s, &it), -EBADMSG);
+	assert_contains(err_msg(), "message at stream offset 0: frame: unexpected EXPORT message");
+	wire_stream_free(s);
+
+	/* A host longer than the body says, and a bad byte: the decoder's
+	 * message, behind the message's offset. */
+	frame(&b, 0x81, "\0\0\0\x02", 4);
+	frame(&b, 0x89,
+	      "\x2a\x39\0\x20"
+	      "h",
+	      5);
+	mb = (struct wire_membuf){ .p = b.p, .len = b.len };
+	assert_int_equal(wire_stream_new(WIRE_STREAM_NATIVE_REPLIES, wire_membuf_read, &mb, &s), 0);
+	next_is(s, &it, WIRE_ITEM_READY);
+	assert_int_equal(wire_stream_next(s, &it), -EBADMSG);
+	assert_string_equal(err_msg(), "EXPORT message at stream offset 9: export: body of 5 bytes "
+				       "for a host of 32 bytes");
+	wire_stream_free(s);
+	b.len = 0;
+	frame(&b, 0x89,
+	      "\x2a\x39\0\x03"
+	      "a\nb",
+	      7);
+	mb = (struct wire_membuf){ .p = b.p, .len = b.len };
+	assert_int_equal(wire_stream_new(WIRE_STREAM_NATIVE_REPLIES, wire_membuf_read, &mb, &s), 0);
+	assert_int_equal(wire_stream_next(s, &it), -EBADMSG);
+	assert_string_equal(err_msg(), "EXPORT message at stream offset 0: export: host "
+				       "'a\\x0ab' has byte 0x0a at 1 (only [A-Za-z0-9.:_-] "
+				       "are allowed)");
+	wire_stream_free(s);
+	free(b.p);
+	assert_string_equal(wire_item_name(WIRE_ITEM_EXPORT), "EXPORT");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1401,6 +1484,7 @@ int main(void)
 		cmocka_unit_test(test_native_state_sums),
 		cmocka_unit_test(test_native_sums_truncated),
 		cmocka_unit_test(test_native_verify_and_attempts),
+		cmocka_unit_test(test_native_export),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -981,6 +981,16 @@ static void test_address_errors(void **state)
 				 err_msg());
 		assert_msg_contains(err_msg(), cases[i].msg);
 		assert_null(x);
+
+		{
+			char host[ADDR_CAP];
+			uint16_t port;
+
+			err_clear();
+			assert_int_equal(xport_addr_split(cases[i].addr, host, sizeof(host), &port),
+					 -EINVAL);
+			assert_msg_contains(err_msg(), cases[i].msg);
+		}
 	}
 	assert_int_equal(xport_listen(NULL, &lfd, bound, sizeof(bound)), -EINVAL);
 	assert_int_equal(lfd, -1);
@@ -1021,6 +1031,36 @@ static void test_address_forms(void **state)
 	xport_close(c);
 	xport_close(s);
 	close(lfd);
+}
+
+/* xport_addr_split(): the host without brackets, the port as a number;
+ * a host that does not fit is refused, not cut. */
+static void test_address_split(void **state)
+{
+	static const struct {
+		const char *addr, *host;
+		uint16_t port;
+	} cases[] = {
+		{ "127.0.0.1:10809", "127.0.0.1", 10809 },   { "[::1]:0", "::1", 0 },
+		{ "[fe80::1:2]:65535", "fe80::1:2", 65535 }, { ":80", "", 80 },
+		{ "dst.example:1", "dst.example", 1 },	     { "0.0.0.0:007", "0.0.0.0", 7 },
+	};
+	char host[ADDR_CAP];
+	uint16_t port;
+
+	(void)state;
+	for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+		memset(host, 'x', sizeof(host));
+		port = 1234;
+		assert_int_equal(xport_addr_split(cases[i].addr, host, sizeof(host), &port), 0);
+		assert_string_equal(host, cases[i].host);
+		assert_int_equal(port, cases[i].port);
+	}
+	err_clear();
+	assert_int_equal(xport_addr_split("[fe80::1:2]:80", host, 9, &port), -EINVAL);
+	assert_msg_contains(err_msg(), "host too long");
+	assert_int_equal(xport_addr_split("[fe80::1:2]:80", host, 10, &port), 0);
+	assert_string_equal(host, "fe80::1:2");
 }
 
 /* Nothing listening: connect keeps retrying until its timeout, then fails
@@ -1155,6 +1195,7 @@ int main(void)
 		cmocka_unit_test(test_rate_limit_large_sends),
 		cmocka_unit_test(test_address_errors),
 		cmocka_unit_test(test_address_forms),
+		cmocka_unit_test(test_address_split),
 		cmocka_unit_test(test_connect_closed_port),
 		cmocka_unit_test(test_connect_refused),
 		cmocka_unit_test(test_connect_retries),
