@@ -532,6 +532,18 @@ static int nbd_status_op(struct blk *b, uint64_t off, uint64_t len, uint64_t *pn
 	return 0;
 }
 
+/* The copies of the target's strings, and n itself. */
+static void free_target(struct nbd_blk *n)
+{
+	free(n->host);
+	free(n->port);
+	free(n->export);
+	free(n->psk_file);
+	free(n->psk_user);
+	free(n->x509_dir);
+	free(n);
+}
+
 static void nbd_close_op(struct blk *b)
 {
 	struct nbd_blk *n = to_nbd(b);
@@ -548,13 +560,7 @@ static void nbd_close_op(struct blk *b)
 	cancel_free(n->cancel);
 	pthread_cond_destroy(&n->freed);
 	pthread_mutex_destroy(&n->lock);
-	free(n->host);
-	free(n->port);
-	free(n->export);
-	free(n->psk_file);
-	free(n->psk_user);
-	free(n->x509_dir);
-	free(n);
+	free_target(n);
 }
 
 static const struct blk_ops nbd_ops = {
@@ -615,13 +621,7 @@ int blk_nbd_open(const struct blk_nbd_target *t, uint64_t size, struct blk **out
 	return 0;
 
 err:
-	free(n->host);
-	free(n->port);
-	free(n->export);
-	free(n->psk_file);
-	free(n->psk_user);
-	free(n->x509_dir);
-	free(n);
+	free_target(n);
 	return r;
 }
 

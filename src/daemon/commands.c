@@ -398,6 +398,10 @@ static json_object *cmd_migrate(struct daemon *d, const struct args *a, struct c
 	    (xport_addr_split(fwd_to, host, sizeof(host), &port) < 0 ||
 	     (port == 0 && err_set(EINVAL, "forward-to: port 0 is no NBD server") < 0)))
 		return fail_errmsg(e, CTL_ERR_INVALID_PARAM);
+	/* What the running (or finished) migration's hook reads is not
+	 * touched by a migrate that cannot start. */
+	if (job_startable(d->job) < 0)
+		return fail_errmsg(e, CTL_ERR_GENERIC);
 	if (migrate_tls(d, a, &tls, &used) < 0)
 		return fail_errmsg(e, CTL_ERR_INVALID_PARAM);
 	migrate_forward(d, a, &used, tls, &p);

@@ -212,6 +212,28 @@ static void reap_locked(struct job *j)
 	}
 }
 
+/* Whether a migration may start (j->lock held): 0, or why not. */
+static int startable_locked(struct job *j)
+{
+	reap_locked(j);
+	if (j->running)
+		return err_set(EBUSY, "a migration is already running");
+	if (j->completed)
+		return err_set(ESHUTDOWN, "the devices were already migrated: this daemon no "
+					  "longer owns them");
+	return 0;
+}
+
+int job_startable(struct job *j)
+{
+	int r;
+
+	pthread_mutex_lock(&j->lock);
+	r = startable_locked(j);
+	pthread_mutex_unlock(&j->lock);
+	return r;
+}
+
 int job_start(struct job *j, const char *to, const struct src_params *p, struct tls_creds *tls,
 	      const struct job_options *o)
 {
@@ -222,16 +244,11 @@ int job_start(struct job *j, const char *to, const struct src_params *p, struct 
 		return err_set(EINVAL, "address too long: %s", to);
 	}
 	pthread_mutex_lock(&j->lock);
-	reap_locked(j);
-	if (j->completed || j->running) {
-		bool busy = j->running;
-
+	r = startable_locked(j);
+	if (r < 0) {
 		pthread_mutex_unlock(&j->lock);
 		tls_creds_free(tls);
-		if (busy)
-			return err_set(EBUSY, "a migration is already running");
-		return err_set(ESHUTDOWN, "the devices were already migrated: this daemon no "
-					  "longer owns them");
+		return r;
 	}
 	if (o->resume && !j->have_sess) {
 		pthread_mutex_unlock(&j->lock);

@@ -46,6 +46,12 @@ struct job_options {
 };
 int job_start(struct job *j, const char *to, const struct src_params *p, struct tls_creds *tls,
 	      const struct job_options *o);
+/*
+ * Whether job_start() could start now as far as the job goes: 0, -EBUSY
+ * (one runs) or -ESHUTDOWN (the devices were migrated), message set.  No
+ * migration thread runs while it says 0, until the caller starts one.
+ */
+int job_startable(struct job *j);
 /* Ask the running attempt to stop; a no-op when none runs. */
 void job_cancel(struct job *j);
 void job_set_max_bandwidth(struct job *j, uint64_t bytes_per_sec);

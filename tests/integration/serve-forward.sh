@@ -59,9 +59,14 @@ NBDCOPY=$!
 BG_PIDS+=("$NBDCOPY")
 
 sleep 1
-# No --forward-to: the destination announces where its export is.
-"$BLKMIG" migrate --control "$T/src.sock" --to "127.0.0.1:$DST_IN" --max-bandwidth 40M --wait --json >"$T/mig.json" 2>"$T/mig.err" ||
-	{ cat "$T/mig.err" "$T/src.err" "$T/dst.err" >&2; fail "migrate --wait failed"; }
+# No --forward-to: the destination announces where its export is.  A
+# second migrate while it runs (asking to refuse) is refused and changes
+# nothing.
+"$BLKMIG" migrate --control "$T/src.sock" --to "127.0.0.1:$DST_IN" --max-bandwidth 40M 2>"$T/mig.err" ||
+	{ cat "$T/mig.err" "$T/src.err" "$T/dst.err" >&2; fail "migrate failed"; }
+"$BLKMIG" migrate --control "$T/src.sock" --to "127.0.0.1:$DST_IN" --after refuse 2>"$T/mig2.err"
+expect_error $? 1 "$T/mig2.err" "already running"
+$QMP "$T/src.sock" wait-migration 120 >"$T/mig.json" || { cat "$T/mig.json" "$T/src.err" "$T/dst.err" >&2; fail "the migration did not complete"; }
 [ "$(json_field "$T/mig.json" "['status']")" = completed ] || fail "status not completed"
 sum0=$(md5sum <"$T/src0.img") sum1=$(md5sum <"$T/src1.img")
 wrote_at_switch=$(grep -c "^wrote\|^qemu-io> wrote" "$T/qio.out")
