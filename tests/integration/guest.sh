@@ -113,8 +113,9 @@ pass "the guest writes through the source's export ($t_boot)"
 
 # ------------------------------------------------------------ migration
 n0=$(batches)
+# The defaults: forward after the switch-over, to the export the
+# destination announces.
 timeout 120 "$BLKMIG" migrate --control "$T/src.sock" --to "127.0.0.1:$DST_IN" \
-	--after forward --forward-to "127.0.0.1:$DST_NBD" \
 	--wait --json >"$T/mig.json" 2>"$T/mig.err" || fail "migrate --wait failed"
 src_sum=$(md5sum <"$T/src.img")
 n1=$(batches)
