@@ -204,10 +204,10 @@ struct src_params {
 	/*
 	 * Forward the NBD clients to the destination after the switch-over:
 	 * at the hand-over writes wait (track_hold()) instead of failing, for
-	 * the handover hook to redirect them (without a hook they fail).  Native: the source also asks
-	 * (HELLO's FORWARD) where the destination's NBD export is; the answer
-	 * goes to the session (dest_nbd_*).  QEMU's stream has no such
-	 * question: the address comes from the operator, or there is none.
+	 * the handover hook to redirect them (without a hook they fail).  Native: the source also
+	 * asks (HELLO's FORWARD) where the destination's NBD export is; the answer goes to the
+	 * session (dest_nbd_*).  QEMU's stream has no such question: the address comes from the
+	 * operator, or there is none.
 	 */
 	bool forward;
 	/* The migration this job continues (NULL: a one-off with its own). */
