@@ -200,8 +200,11 @@ void track_fence(struct blk *track, int err);
  * track_redirect() then sends every op, held or new, to 'to' (a device of
  * the same size, not owned; it must outlive every op, so close it only
  * after the layer's users are gone): writes there are neither marked nor
- * mirrored.  A fence still wins: fenced writes fail, and reads go below
- * again.  track_redirect() needs track_hold() first and is called once.
+ * mirrored, and they are not in flight for track_pause() or a swap, which
+ * neither hold nor wait for them (the destination may keep them waiting
+ * while the engine still detaches its bitmap).  A fence still wins:
+ * fenced writes fail, and reads go below again.  track_redirect() needs
+ * track_hold() first and is called once.
  */
 void track_hold(struct blk *track);
 void track_redirect(struct blk *track, struct blk *to);

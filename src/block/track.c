@@ -86,7 +86,8 @@ struct gate_pass {
 /*
  * Pass the gate: 0 with *g set to the bitmap to mark and the mirror to
  * offer the op to (each maybe NULL), or the fence error.  Blocks while
- * paused or swapping.
+ * paused or swapping.  Once redirected: 0 with g->redirect set, the op is
+ * not in flight here (no gate_leave()), and nothing blocks it.
  */
 static int gate_enter(struct track_blk *t, const char *what, uint64_t off, uint64_t len,
 		      struct gate_pass *g)
@@ -94,12 +95,18 @@ static int gate_enter(struct track_blk *t, const char *what, uint64_t off, uint6
 	int err;
 
 	pthread_mutex_lock(&t->lock);
-	while ((t->paused || t->swapping || (t->held && !t->redirect)) && !t->fence_err)
+	/* Once redirected an op touches neither the device below nor the
+	 * bitmap or the mirror: a pause or a swap has nothing to wait for
+	 * in it, and it waits for neither (the engine may swap while the
+	 * destination, not yet serving, keeps forwarded ops waiting). */
+	while ((t->paused || t->swapping || t->held) && !t->redirect && !t->fence_err)
 		pthread_cond_wait(&t->gate, &t->lock);
 	err = t->fence_err;
-	if (!err) {
-		t->inflight++;
+	g->redirect = NULL;
+	if (!err && t->redirect) {
 		g->redirect = t->redirect;
+	} else if (!err) {
+		t->inflight++;
 		g->dirty = t->dirty;
 		g->mirror = t->mirror;
 		g->mirror_opaque = t->mirror_opaque;
@@ -212,11 +219,8 @@ static int tracked_op(struct blk *b, enum wop w, const void *buf, uint64_t off, 
 	r = gate_enter(t, what[w], off, len, &g);
 	if (r < 0)
 		return r;
-	if (g.redirect) {
-		r = lower_op(g.redirect, w, buf, off, len, flags);
-		gate_leave(t, false);
-		return r;
-	}
+	if (g.redirect)
+		return lower_op(g.redirect, w, buf, off, len, flags);
 	if (g.mirror)
 		pthread_mutex_lock(&t->order);
 	r = lower_op(b->lower, w, buf, off, len, flags);
@@ -267,7 +271,9 @@ static int track_flush(struct blk *b)
 	r = gate_enter(t, "flush", 0, 0, &g);
 	if (r < 0)
 		return r;
-	r = blk_flush(g.redirect ? g.redirect : b->lower);
+	if (g.redirect)
+		return blk_flush(g.redirect);
+	r = blk_flush(b->lower);
 	gate_leave(t, false);
 	return r;
 }

@@ -658,6 +658,41 @@ static void test_hold_redirect(void **state)
 	blk_close(other);
 }
 
+/*
+ * A redirected op is not in flight for the engine: detaching the bitmap
+ * (or pausing) returns while a forwarded write waits on the destination.
+ */
+static void test_redirected_not_in_flight(void **state)
+{
+	struct async_op w, detach;
+	struct blk *mem;
+	struct hold_blk *slow;
+	struct stack s;
+
+	(void)state;
+	stack_open(&s, false);
+	assert_int_equal(blk_mem_open(DEV_SIZE, &mem), 0);
+	slow = hold_open(mem);
+	track_set_dirty(s.track, s.d);
+	track_hold(s.track);
+	track_redirect(s.track, &slow->blk);
+	async_start(&w, s.track, OP_WRITE, 5 * GRAN);
+	hold_wait_entered(slow, 1);
+
+	detach.d = NULL;
+	async_start(&detach, s.track, OP_SET_DIRTY, 0);
+	assert_int_equal(async_join(&detach), 0);
+	track_pause(s.track);
+	track_resume(s.track);
+	assert_false(atomic_load(&w.done));
+
+	hold_release(slow);
+	assert_int_equal(async_join(&w), 0);
+	assert_int_equal(dirty_count(s.d), 0);
+	stack_close(&s);
+	blk_close(&slow->blk);
+}
+
 /* Held and then fenced (forwarding could not start): the held ops end,
  * writes with the fence's error, reads from below. */
 static void test_hold_then_fence(void **state)
@@ -789,6 +824,7 @@ int main(void)
 		cmocka_unit_test(test_fence_unpaused),
 		cmocka_unit_test(test_hold_redirect),
 		cmocka_unit_test(test_hold_then_fence),
+		cmocka_unit_test(test_redirected_not_in_flight),
 		cmocka_unit_test(test_set_dirty_drains),
 		cmocka_unit_test(test_attach_detach_race),
 	};
