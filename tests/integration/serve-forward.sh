@@ -164,6 +164,41 @@ wait_rc $HOLD
 pass "source stopped while forwarding: exit 0; its client's writes keep failing"
 [ "$(md5sum <"$T/src0.img")" = "$sum0" ] || fail "source image changed"
 
+# The COMMIT lost (the link cut right after the destination's ACK): the
+# source is handed over and its clients' requests wait for the destination,
+# which takes over once the source reconnects and delivers the COMMIT.  The
+# client sees a longer pause, and no error.
+make_random "$T/c.img" $((8 * MiB)) 305
+start_serve dstc --incoming 127.0.0.1:0 --device d0="$T/c.dst" --create
+DSTC_IN=$INCOMING_PORT DSTC_NBD=$NBD_PORT DSTC_PID=$SERVE_PID
+start_relay commit "$DSTC_IN" --cut-after-reply 0x82
+start_serve srcc --device d0="$T/c.img" --control "$T/srcc.sock"
+SRCC_NBD=$NBD_PORT SRCC_PID=$SERVE_PID
+rm -f "$T/stop"
+qio_feed | qemu-io -f raw "nbd://127.0.0.1:$SRCC_NBD/d0" >"$T/qioc.out" 2>&1 &
+QIOC=$!
+BG_PIDS+=("$QIOC")
+sleep 0.5
+"$BLKMIG" migrate --control "$T/srcc.sock" --to "127.0.0.1:$RELAY_PORT" --wait --json >"$T/migc.json" 2>"$T/migc.err" ||
+	{ cat "$T/migc.err" "$T/srcc.err" "$T/dstc.err" "$T/commit.relay.log" >&2; fail "migrate with the COMMIT lost"; }
+grep -q "fault cut-after-reply" "$T/commit.relay.log" || fail "the relay did not cut after the ACK"
+[ "$(json_field "$T/migc.json" "['connections']")" -ge 2 ] || fail "the COMMIT was not delivered on a new connection"
+sumc=$(md5sum <"$T/c.img")
+sleep 0.5
+touch "$T/stop"
+wait_rc $QIOC
+grep -qi "failed\|error" "$T/qioc.out" && { grep -i -m3 "failed\|error" "$T/qioc.out" >&2; fail "a client write failed with the COMMIT lost"; }
+okc=$(grep -c "wrote 4096/4096" "$T/qioc.out")
+cmds=()
+for ((i = 0; i < okc && i < 2048; i++)); do cmds+=(-c "read -P $(( i % 250 + 1 )) $(( i * 4096 )) 4k"); done
+qemu-io -f raw "nbd://127.0.0.1:$DSTC_NBD/d0" "${cmds[@]}" >"$T/verifyc.out" 2>&1 || fail "qemu-io on the destination"
+grep -qi "verification failed\|error" "$T/verifyc.out" && fail "an acknowledged write is missing on the destination"
+[ "$(md5sum <"$T/c.img")" = "$sumc" ] || fail "the source image changed"
+longest=$(python3 -c "import re,sys; print('%.0f' % max(1000.0 / float(m) for m in re.findall(r'and ([0-9.]+) ops/sec', open(sys.argv[1]).read())))" "$T/qioc.out")
+pass "COMMIT lost: delivered on connection $(json_field "$T/migc.json" "['connections']"), $okc client writes and none failed (longest $longest ms), all on the destination"
+stop "$SRCC_PID"
+stop "$DSTC_PID"
+
 # A destination without NBD (`blkmig receive`) announces none: the source
 # says so in its log and refuses its clients, naming the destination.
 make_random "$T/small.img" $((4 * MiB)) 304
