@@ -167,9 +167,11 @@ pass "source stopped while forwarding: exit 0; its client's writes keep failing"
 # The COMMIT lost (the link cut right after the destination's ACK): the
 # source is handed over and its clients' requests wait for the destination,
 # which takes over once the source reconnects and delivers the COMMIT.  The
-# client sees a longer pause, and no error.
+# client sees a longer pause, and no error.  This destination's NBD server
+# listens on the wildcard address, which it announces as such: the source
+# forwards to the host it dialled.
 make_random "$T/c.img" $((8 * MiB)) 305
-start_serve dstc --incoming 127.0.0.1:0 --device d0="$T/c.dst" --create
+start_serve dstc --incoming 127.0.0.1:0 --device d0="$T/c.dst" --create --nbd 0.0.0.0:0 --no-tls
 DSTC_IN=$INCOMING_PORT DSTC_NBD=$NBD_PORT DSTC_PID=$SERVE_PID
 start_relay commit "$DSTC_IN" --cut-after-reply 0x82
 start_serve srcc --device d0="$T/c.img" --control "$T/srcc.sock"
@@ -195,6 +197,9 @@ qemu-io -f raw "nbd://127.0.0.1:$DSTC_NBD/d0" "${cmds[@]}" >"$T/verifyc.out" 2>&
 grep -qi "verification failed\|error" "$T/verifyc.out" && fail "an acknowledged write is missing on the destination"
 [ "$(md5sum <"$T/c.img")" = "$sumc" ] || fail "the source image changed"
 longest=$(python3 -c "import re,sys; print('%.0f' % max(1000.0 / float(m) for m in re.findall(r'and ([0-9.]+) ops/sec', open(sys.argv[1]).read())))" "$T/qioc.out")
+[ "$(json_field "$T/migc.json" "['status']")" = completed ] || fail "COMMIT lost: not completed"
+"$BLKMIG" status --control "$T/srcc.sock" | grep -q "^forwarding: 0 clients to 127.0.0.1:$DSTC_NBD " ||
+	{ "$BLKMIG" status --control "$T/srcc.sock" >&2; fail "not forwarded to the dialled host for a wildcard announcement"; }
 pass "COMMIT lost: delivered on connection $(json_field "$T/migc.json" "['connections']"), $okc client writes and none failed (longest $longest ms), all on the destination"
 stop "$SRCC_PID"
 stop "$DSTC_PID"
