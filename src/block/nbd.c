@@ -46,6 +46,7 @@
 #define NBD_FWD_RETRY_MIN_NS (2 * 1000000ull)
 #define NBD_FWD_RETRY_NS     (100 * 1000000ull)
 #define NBD_FWD_GONE_NS	     (1000 * 1000000ull)
+#define NBD_FWD_BYE_NS	     (500 * 1000000ull)
 
 struct nbd_conn {
 	struct nbd_handle *h;
@@ -138,6 +139,12 @@ static int drive(struct nbd_blk *n, struct nbd_handle *h, bool (*done)(struct nb
 	}
 }
 
+static bool is_gone(struct nbd_handle *h, void *arg)
+{
+	(void)arg;
+	return nbd_aio_is_closed(h) || nbd_aio_is_dead(h);
+}
+
 static bool is_connected(struct nbd_handle *h, void *arg)
 {
 	(void)arg;
@@ -211,20 +218,54 @@ fail:
  * another op.  A new connection is retried (the export may not take
  * connections yet) until patience has passed.  NULL with *err set.
  */
-static struct nbd_conn *conn_get(struct nbd_blk *n, int *err)
+/*
+ * Whether an idle handle can still carry a command: while idle nothing
+ * should arrive, so input is the server closing (an idle timeout, a
+ * restart) or something libnbd must see (a TLS ticket): let it look.
+ */
+static bool conn_usable(struct nbd_handle *h)
+{
+	struct pollfd p = { .fd = nbd_aio_get_fd(h), .events = POLLIN };
+
+	if (p.fd < 0 || !nbd_aio_is_ready(h))
+		return false;
+	if (poll(&p, 1, 0) > 0)
+		nbd_aio_notify_read(h);
+	return nbd_aio_is_ready(h) && !nbd_aio_is_dead(h) && !nbd_aio_is_closed(h);
+}
+
+static struct nbd_conn *conn_get(struct nbd_blk *n, int *err, bool *reused)
 {
 	struct nbd_conn *c;
 	uint64_t give_up;
 
 	pthread_mutex_lock(&n->lock);
-	while (!n->idle && n->open >= n->max_conns)
-		pthread_cond_wait(&n->freed, &n->lock);
-	c = n->idle;
-	if (c) {
+	for (;;) {
+		while (!n->idle && n->open >= n->max_conns && !cancel_is_set(n->cancel))
+			pthread_cond_wait(&n->freed, &n->lock);
+		if (cancel_is_set(n->cancel)) {
+			pthread_mutex_unlock(&n->lock);
+			*err =
+			    err_set(ECANCELED, "forwarding to %s:%s: cancelled", n->host, n->port);
+			return NULL;
+		}
+		c = n->idle;
+		if (!c)
+			break;
 		n->idle = c->next;
+		if (conn_usable(c->h)) {
+			pthread_mutex_unlock(&n->lock);
+			*reused = true;
+			return c;
+		}
+		/* Closed by the server while idle: not worth an error. */
+		n->open--;
 		pthread_mutex_unlock(&n->lock);
-		return c;
+		nbd_close(c->h);
+		free(c);
+		pthread_mutex_lock(&n->lock);
 	}
+	*reused = false;
 	n->open++;
 	pthread_mutex_unlock(&n->lock);
 	/* Patience is for an export that does not take connections yet; one
@@ -258,6 +299,10 @@ static struct nbd_conn *conn_get(struct nbd_blk *n, int *err)
 		n->can_trim = nbd_can_trim(c->h) == 1;
 		n->can_zero = nbd_can_zero(c->h) == 1;
 		n->can_meta = nbd_can_meta_context(c->h, LIBNBD_CONTEXT_BASE_ALLOCATION) == 1;
+		/* Without multi-conn a flush covers only its own connection's
+		 * writes: then one connection carries everything. */
+		if (nbd_can_multi_conn(c->h) != 1)
+			n->max_conns = 1;
 		atomic_store(&n->caps_known, true);
 	}
 	pthread_mutex_unlock(&n->lock);
@@ -276,6 +321,7 @@ fail:
 static void conn_put(struct nbd_blk *n, struct nbd_conn *c, bool failed)
 {
 	pthread_mutex_lock(&n->lock);
+	failed = failed || n->open > n->max_conns; /* the pool shrank */
 	if (failed) {
 		n->open--;
 	} else {
@@ -334,20 +380,17 @@ static int extent_cb(void *user, const char *metacontext, uint64_t offset, uint3
 	return 0;
 }
 
-/* Issue one command of at most what NBD carries, wait for its answer. */
-static int nbd_cmd(struct nbd_blk *n, enum nbd_cmd cmd, void *buf, uint64_t len, uint64_t off,
-		   uint32_t flags, struct status_arg *st)
+/*
+ * One attempt of a command on one connection: 1 done (*res its result:
+ * 0 or a negative errno, message set), 0 the link failed before an
+ * answer (*res set too; the connection is gone).
+ */
+static int cmd_once(struct nbd_blk *n, struct nbd_conn *c, enum nbd_cmd cmd, void *buf,
+		    uint64_t len, uint64_t off, uint32_t flags, struct status_arg *st, int *res)
 {
-	struct nbd_conn *c;
 	struct cmd_wait w = { .cookie = -1 };
-	int err = 0, r;
+	int r;
 
-	atomic_fetch_add(&n->requests, 1);
-	c = conn_get(n, &err);
-	if (!c) {
-		atomic_fetch_add(&n->errors, 1);
-		return err;
-	}
 	switch (cmd) {
 	case CMD_READ:
 		w.cookie = nbd_aio_pread(c->h, buf, len, off, NBD_NULL_COMPLETION, 0);
@@ -371,39 +414,68 @@ static int nbd_cmd(struct nbd_blk *n, enum nbd_cmd cmd, void *buf, uint64_t len,
 		break;
 	}
 	if (w.cookie < 0) {
-		err = err_set(nbd_err(EIO), "forwarding %s to %s:%s: %s", cmd_name[cmd], n->host,
-			      n->port, nbd_msg());
+		*res = err_set(nbd_err(EIO), "forwarding %s to %s:%s: %s", cmd_name[cmd], n->host,
+			       n->port, nbd_msg());
 		conn_put(n, c, true);
-		atomic_fetch_add(&n->errors, 1);
-		return err;
+		return 0;
 	}
 	r = drive(n, c->h, cmd_done, &w, now_ns() + n->op_timeout_ns);
 	if (r == 1 && w.result == 0) {
 		conn_put(n, c, false);
-		return 0;
+		*res = 0;
+		return 1;
 	}
 	if (r == 1)
-		err = err_set(-w.result, "forwarding %s at offset %" PRIu64 " to %s:%s: %s",
-			      cmd_name[cmd], off, n->host, n->port, nbd_msg());
+		*res = err_set(-w.result, "forwarding %s at offset %" PRIu64 " to %s:%s: %s",
+			       cmd_name[cmd], off, n->host, n->port, nbd_msg());
 	else if (r == 0)
-		err = err_set(ETIMEDOUT,
-			      "forwarding %s at offset %" PRIu64 " to %s:%s: no answer in %" PRIu64
-			      " s",
-			      cmd_name[cmd], off, n->host, n->port, n->op_timeout_ns / 1000000000);
+		*res = err_set(ETIMEDOUT,
+			       "forwarding %s at offset %" PRIu64 " to %s:%s: no answer in %" PRIu64
+			       " s",
+			       cmd_name[cmd], off, n->host, n->port, n->op_timeout_ns / 1000000000);
 	else if (r == -ECANCELED)
-		err = err_set(ECANCELED, "forwarding %s to %s:%s: cancelled", cmd_name[cmd],
-			      n->host, n->port);
+		*res = err_set(ECANCELED, "forwarding %s to %s:%s: cancelled", cmd_name[cmd],
+			       n->host, n->port);
 	else
-		err = err_set(-r, "forwarding %s to %s:%s: %s", cmd_name[cmd], n->host, n->port,
-			      nbd_msg());
+		*res = err_set(-r, "forwarding %s to %s:%s: %s", cmd_name[cmd], n->host, n->port,
+			       nbd_msg());
 	/*
 	 * An error the server answered leaves the connection usable; anything
 	 * else (timeout, cancel, a dead link) may leave a reply in flight that
 	 * would be taken for the next command's: close it.
 	 */
-	conn_put(n, c, r != 1 || nbd_aio_is_dead(c->h) || nbd_aio_is_closed(c->h));
-	atomic_fetch_add(&n->errors, 1);
-	return err;
+	if (r == 1 && !nbd_aio_is_dead(c->h) && !nbd_aio_is_closed(c->h)) {
+		conn_put(n, c, false);
+		return 1;
+	}
+	conn_put(n, c, true);
+	return r == 1 || r == 0 || r == -ECANCELED ? 1 : 0;
+}
+
+/*
+ * Issue one command of at most what NBD carries, wait for its answer.  A
+ * connection that had been idle may have been closed by the server in a
+ * way only the command finds: then the command is tried once more on a
+ * fresh connection (every NBD command may be repeated).
+ */
+static int nbd_cmd(struct nbd_blk *n, enum nbd_cmd cmd, void *buf, uint64_t len, uint64_t off,
+		   uint32_t flags, struct status_arg *st)
+{
+	int res = 0;
+
+	atomic_fetch_add(&n->requests, 1);
+	for (int attempt = 0; attempt < 2; attempt++) {
+		bool reused = false;
+		struct nbd_conn *c = conn_get(n, &res, &reused);
+
+		if (!c)
+			break;
+		if (cmd_once(n, c, cmd, buf, len, off, flags, st, &res) || !reused)
+			break;
+	}
+	if (res < 0)
+		atomic_fetch_add(&n->errors, 1);
+	return res;
 }
 
 /* ---- ops ------------------------------------------------------------------ */
@@ -412,11 +484,12 @@ static int nbd_cmd(struct nbd_blk *n, enum nbd_cmd cmd, void *buf, uint64_t len,
 static int need_caps(struct nbd_blk *n)
 {
 	struct nbd_conn *c;
+	bool reused;
 	int err = 0;
 
 	if (atomic_load(&n->caps_known))
 		return 0;
-	c = conn_get(n, &err);
+	c = conn_get(n, &err, &reused);
 	if (!c)
 		return err;
 	conn_put(n, c, false);
@@ -552,8 +625,11 @@ static void nbd_close_op(struct blk *b)
 		struct nbd_conn *c = n->idle;
 
 		n->idle = c->next;
-		/* Polite: NBD_CMD_DISC, then close. */
-		nbd_shutdown(c->h, 0);
+		/* Polite: NBD_CMD_DISC and a moment for the server to close,
+		 * unless the device was cancelled (a daemon going away from a
+		 * destination that may not answer at all). */
+		if (!cancel_is_set(n->cancel) && nbd_aio_disconnect(c->h, 0) == 0)
+			drive(n, c->h, is_gone, NULL, now_ns() + NBD_FWD_BYE_NS);
 		nbd_close(c->h);
 		free(c);
 	}
@@ -627,7 +703,13 @@ err:
 
 void blk_nbd_cancel(struct blk *b)
 {
-	cancel_fire(to_nbd(b)->cancel);
+	struct nbd_blk *n = to_nbd(b);
+
+	cancel_fire(n->cancel);
+	/* Ops waiting for a connection of the pool too. */
+	pthread_mutex_lock(&n->lock);
+	pthread_cond_broadcast(&n->freed);
+	pthread_mutex_unlock(&n->lock);
 }
 
 void blk_nbd_stats(struct blk *b, struct blk_nbd_stats *st)

@@ -362,6 +362,7 @@ static json_object *cmd_migrate(struct daemon *d, const struct args *a, struct c
 	struct job_options jo = { 0 };
 	struct tls_creds *tls = NULL;
 	struct tls_options used = { 0 };
+	bool handed, other;
 	const char *fwd_to;
 	char host[256];
 	uint16_t port;
@@ -402,9 +403,27 @@ static json_object *cmd_migrate(struct daemon *d, const struct args *a, struct c
 	 * touched by a migrate that cannot start. */
 	if (job_startable(d->job) < 0)
 		return fail_errmsg(e, CTL_ERR_GENERIC);
+	/*
+	 * Handed over (its COMMIT lost): the devices belong to that
+	 * destination; only a resume of that migration, which delivers the
+	 * COMMIT, may run, the way chosen then (forward or refuse) stays.
+	 */
+	pthread_mutex_lock(&d->lock);
+	handed = d->fwd.started;
+	p.forward = d->fwd.wanted;
+	other = handed && (!jo.resume || strcmp(to, d->migrated_to) != 0);
+	if (other)
+		err_set(ESHUTDOWN,
+			"the devices were handed over to %s: only 'migrate --resume' to it may "
+			"run, to complete that hand-over",
+			d->migrated_to);
+	pthread_mutex_unlock(&d->lock);
+	if (other)
+		return fail_errmsg(e, CTL_ERR_GENERIC);
 	if (migrate_tls(d, a, &tls, &used) < 0)
 		return fail_errmsg(e, CTL_ERR_INVALID_PARAM);
-	migrate_forward(d, a, &used, tls, &p);
+	if (!handed)
+		migrate_forward(d, a, &used, tls, &p);
 	pthread_mutex_lock(&d->lock);
 	snprintf(d->migrated_to, sizeof(d->migrated_to), "%s", to);
 	pthread_mutex_unlock(&d->lock);

@@ -29,7 +29,7 @@ struct daemon_fwd {
 	char psk_file[4096]; /* the migration's client credentials, for libnbd */
 	char x509_dir[4096];
 	char psk_user[130];
-	bool started;	/* the hook has redirected or fenced the devices */
+	bool started;	/* handed over: the way (wanted) is fixed from now on */
 	bool active;	/* devices redirected: clients are forwarded */
 	char addr[300]; /* where to, "HOST:PORT" */
 	struct blk *blk[DAEMON_MAX_DEVICES];

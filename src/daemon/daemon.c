@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -398,50 +399,71 @@ static void daemon_log(struct daemon *d, const char *fmt, ...)
 	d->cfg.log(d->cfg.log_user, line);
 }
 
+/* None, a wildcard or loopback: an announced host that means "the host
+ * you dialled" (loopback is the destination's view of itself, useless
+ * from another host). */
+static bool local_or_any(const char *h)
+{
+	return !*h || !strcmp(h, "0.0.0.0") || !strcmp(h, "::") || !strncmp(h, "127.", 4) ||
+	       !strcmp(h, "::1") || !strcasecmp(h, "localhost");
+}
+
 /*
  * Where the clients go: forward-to, else the export the destination
- * announced, on the host it was reached at when it announced none of its
- * own (or a wildcard).  false when there is nowhere (a destination
- * serving no NBD export).  d->lock held.
+ * announced, on the host it was reached at when it announced no usable
+ * one of its own.  false, with the reason logged, when there is nowhere
+ * (a destination serving no NBD export) or it is this daemon's own NBD
+ * server.  d->lock held.
  */
 static bool forward_target(struct daemon *d, const struct src_session *s, char *host, size_t hcap,
 			   char *port, size_t pcap)
 {
 	const char *h = s->dest_nbd_host;
-	uint16_t p = s->dest_nbd_port, dialled;
+	uint16_t p = s->dest_nbd_port, dialled, own_port;
+	char own[256];
 
 	if (d->fwd.to[0]) {
 		if (xport_addr_split(d->fwd.to, host, hcap, &p) < 0)
 			return false;
 	} else if (!s->dest_nbd_known || !p) {
+		daemon_log(d, "forwarding: the destination serves no NBD export and no forward-to "
+			      "was given: clients of the migrated devices are refused");
 		return false;
-	} else if (!*h || !strcmp(h, "0.0.0.0") || !strcmp(h, "::")) {
+	} else if (local_or_any(h)) {
 		if (xport_addr_split(d->migrated_to, host, hcap, &dialled) < 0)
 			return false;
 	} else {
 		snprintf(host, hcap, "%s", h);
 	}
 	snprintf(port, pcap, "%u", p);
-	return p != 0;
+	if (xport_addr_split(d->nbd_addr, own, sizeof(own), &own_port) == 0 && own_port == p &&
+	    (!strcmp(own, host) || (local_or_any(own) && local_or_any(host)))) {
+		daemon_log(d,
+			   "forwarding: %s:%s is this daemon's own NBD server: clients of the "
+			   "migrated devices are refused",
+			   host, port);
+		return false;
+	}
+	return true;
 }
 
 /*
  * The devices are held (track_hold()): send their clients' requests to
- * the destination's export from now on, or, with nowhere to send them,
- * refuse them as without forwarding.  Each device's export there has its
- * name.  d->lock held.
+ * the destination's export from now on.  Each device's export there has
+ * its name.  false when that cannot be: the caller refuses them.  The
+ * connections are shared out so that all devices together open at most
+ * DAEMON_FORWARD_CONNS (the destination limits connections per address).
+ * d->lock held.
  */
-static void start_forwarding(struct daemon *d, const struct src_session *s)
+static bool start_forwarding(struct daemon *d, const struct src_session *s)
 {
+	unsigned conns = MAX(1u, MIN(4u, DAEMON_FORWARD_CONNS / MAX(d->nsend, 1u)));
 	char host[256], port[16];
 	bool v6;
 	unsigned i;
 
-	if (!forward_target(d, s, host, sizeof(host), port, sizeof(port))) {
-		daemon_log(d, "forwarding: the destination serves no NBD export and no forward-to "
-			      "was given: clients of the migrated devices are refused");
-		goto refuse;
-	}
+	if (!forward_target(d, s, host, sizeof(host), port, sizeof(port)))
+		return false;
 	for (i = 0; i < d->nsend; i++) {
 		struct blk_nbd_target t = {
 			.host = host,
@@ -451,12 +473,13 @@ static void start_forwarding(struct daemon *d, const struct src_session *s)
 			.psk_user = d->fwd.psk_user[0] ? d->fwd.psk_user : NULL,
 			.x509_dir = d->fwd.x509_dir[0] ? d->fwd.x509_dir : NULL,
 			.patience_ns = DAEMON_FORWARD_PATIENCE_NS,
+			.max_conns = conns,
 		};
 
 		if (blk_nbd_open(&t, blk_size(d->sdev[i].blk), &d->fwd.blk[i]) < 0) {
 			daemon_log(d, "forwarding: %s: clients of the migrated devices are refused",
 				   err_msg());
-			goto refuse;
+			return false;
 		}
 	}
 	v6 = strchr(host, ':') != NULL;
@@ -467,17 +490,22 @@ static void start_forwarding(struct daemon *d, const struct src_session *s)
 	d->fwd.active = true;
 	daemon_log(d, "forwarding the clients of %u device%s to %s", d->nsend,
 		   d->nsend == 1 ? "" : "s", d->fwd.addr);
-	return;
+	return true;
+}
 
-refuse:
-	for (i = 0; i < d->nsend; i++)
+/* No request reaches the devices again, and clients hear where they went. */
+static void fence_and_refuse(struct daemon *d)
+{
+	for (unsigned i = 0; i < d->nsend; i++)
 		track_fence(d->sdev[i].blk, ESHUTDOWN);
+	refuse_clients(d);
 }
 
 int daemon_handover(void *user, const struct src_session *s, uint32_t attempt)
 {
 	struct daemon *d = user;
 	struct src_rec rec;
+	bool forwarding;
 
 	pthread_mutex_lock(&d->lock);
 	src_rec_init(&rec, s->id, attempt, d->migrated_to);
@@ -488,18 +516,29 @@ int daemon_handover(void *user, const struct src_session *s, uint32_t attempt)
 		if (d->devs[i].readonly)
 			continue;
 		r = src_rec_save(d->devs[i].path, &rec);
-		if (r < 0)
-			return err_prefix(-r, "recording the hand-over of %s: ", d->devs[i].path);
+		if (r < 0) {
+			/* No COMMIT goes out; the devices stay handed over
+			 * (a resume delivers it), and nobody waits for them. */
+			r = err_prefix(-r, "recording the hand-over of %s: ", d->devs[i].path);
+			fence_and_refuse(d);
+			return r;
+		}
 	}
-	/* Recorded: the destination may take over now, so the held requests
-	 * may go there.  (A later connection delivering a lost COMMIT calls
-	 * this again: the devices are redirected, or fenced, once.) */
+	/*
+	 * Recorded: the destination may take over now, so the held requests
+	 * may go there.  The way chosen at the first hand-over stays: a later
+	 * connection delivering a lost COMMIT calls this again.
+	 */
 	pthread_mutex_lock(&d->lock);
-	if (d->fwd.wanted && !d->fwd.started) {
+	if (!d->fwd.started) {
 		d->fwd.started = true;
-		start_forwarding(d, s);
+		if (d->fwd.wanted)
+			start_forwarding(d, s);
 	}
+	forwarding = d->fwd.active;
 	pthread_mutex_unlock(&d->lock);
+	if (!forwarding)
+		fence_and_refuse(d);
 	return 0;
 }
 
@@ -653,25 +692,31 @@ json_object *daemon_execute(struct daemon *d, const char *cmd, json_object *args
 
 void daemon_free(struct daemon *d)
 {
+	bool forwarding;
+
 	if (!d)
 		return;
-	job_free(d->job);
-	ctl_close(d->ctl);
-	workload_stop(d->wl, NULL);
 	/*
-	 * Forwarded clients get the refusal clients get without forwarding;
-	 * requests waiting for the destination end now.  Writes still held
-	 * after a hand-over (the daemon stops before forwarding began) fail:
-	 * no client thread may be left waiting at a gate.
+	 * First, nothing may wait at a gate or on the destination any more:
+	 * held requests (a hand-over not yet forwarded), the workload writer
+	 * and a migration's readers would otherwise keep the threads joined
+	 * below.  Forwarded clients get the refusal clients get without
+	 * forwarding; requests waiting for the destination end now.
 	 */
-	if (d->fwd.active)
+	pthread_mutex_lock(&d->lock);
+	forwarding = d->fwd.active;
+	pthread_mutex_unlock(&d->lock);
+	if (forwarding)
 		refuse_clients(d);
 	for (unsigned i = 0; i < d->nsend; i++) {
 		if (d->fwd.blk[i])
 			blk_nbd_cancel(d->fwd.blk[i]);
-		if (d->fwd.wanted)
+		if (d->started)
 			track_fence(d->sdev[i].blk, ESHUTDOWN);
 	}
+	job_free(d->job);
+	ctl_close(d->ctl);
+	workload_stop(d->wl, NULL);
 	nbds_free(d->nbd);
 	for (unsigned i = 0; i < d->cfg.ndev; i++)
 		blk_close(d->blks[i]);

@@ -48,6 +48,10 @@ struct workload_spec;
  * connections (it does once it has taken over, within moments of the
  * COMMIT) before it fails. */
 #define DAEMON_FORWARD_PATIENCE_NS (30 * 1000000000ull)
+/* Connections the forwarding of all devices together opens at most (4 per
+ * device, fewer with more than 2 devices, at least 1): below the 16 per
+ * address a blkmig destination allows by default. */
+#define DAEMON_FORWARD_CONNS 8
 
 struct daemon_device {
 	const char *name; /* export and migration name */

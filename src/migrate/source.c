@@ -749,6 +749,10 @@ static enum mig_state hand_over(struct src_job *j, struct run *run)
 	j->sess->committing = j->attempt;
 	if (j->p.handover)
 		run->err = j->p.handover(j->p.handover_user, j->sess, j->attempt);
+	if (run->err < 0 && j->p.forward)
+		/* Nobody will redirect the held writes: they fail. */
+		for (unsigned i = 0; i < j->ndev; i++)
+			track_fence(j->dev[i].blk, ESHUTDOWN);
 	if (run->err == 0)
 		run->err = j->fmt->commit(j);
 	if (run->err == 0)

@@ -204,6 +204,50 @@ pass "COMMIT lost: delivered on connection $(json_field "$T/migc.json" "['connec
 stop "$SRCC_PID"
 stop "$DSTC_PID"
 
+# The same, but the source gives up (--retry-for 0) after the hand-over:
+# its clients' requests wait for the destination; no other migration may
+# start; a resume delivers the COMMIT, in the way chosen at the hand-over
+# (forward, though the resume asks to refuse), and the waiting write goes
+# through.  Then the destination stops answering (SIGSTOP) and the source
+# is stopped: it exits at once.
+make_random "$T/e.img" $((8 * MiB)) 306
+start_serve dste --incoming 127.0.0.1:0 --device d0="$T/e.dst" --create
+DSTE_IN=$INCOMING_PORT DSTE_NBD=$NBD_PORT DSTE_PID=$SERVE_PID
+start_relay giveup "$DSTE_IN" --cut-after-reply 0x82
+start_serve srce --device d0="$T/e.img" --control "$T/srce.sock"
+SRCE_NBD=$NBD_PORT SRCE_PID=$SERVE_PID
+"$BLKMIG" migrate --control "$T/srce.sock" --to "127.0.0.1:$RELAY_PORT" --retry-for 0 --wait >/dev/null 2>"$T/mige.err" &&
+	fail "the migration completed although its COMMIT was lost and retries were off"
+qemu-io -f raw "nbd://127.0.0.1:$SRCE_NBD/d0" -c "write -P 6 0 4k" >"$T/qioe.out" 2>&1 &
+QIOE=$!
+BG_PIDS+=("$QIOE")
+"$BLKMIG" migrate --control "$T/srce.sock" --to "127.0.0.1:$DSTE_IN" 2>"$T/mige2.err"
+expect_error $? 1 "$T/mige2.err" "handed over to 127.0.0.1:$RELAY_PORT"
+"$BLKMIG" migrate --control "$T/srce.sock" --to "127.0.0.1:$RELAY_PORT" 2>"$T/mige3.err"
+expect_error $? 1 "$T/mige3.err" "only 'migrate --resume' to it"
+kill -0 "$QIOE" 2>/dev/null || { cat "$T/qioe.out" >&2; fail "the client's write did not wait for the destination"; }
+"$BLKMIG" migrate --control "$T/srce.sock" --to "127.0.0.1:$RELAY_PORT" --resume --after refuse --wait \
+	>/dev/null 2>"$T/mige4.err" || { cat "$T/mige4.err" "$T/srce.err" >&2; fail "the resume did not deliver the COMMIT"; }
+wait_rc "$QIOE"
+[ "$RC" = 0 ] && grep -q "wrote 4096/4096" "$T/qioe.out" && ! grep -qi "failed\|error" "$T/qioe.out" ||
+	{ cat "$T/qioe.out" >&2; fail "the write held across the lost COMMIT failed"; }
+qemu-io -f raw "nbd://127.0.0.1:$DSTE_NBD/d0" -c "read -P 6 0 4k" >"$T/verifye.out" 2>&1 &&
+	! grep -qi "verification failed" "$T/verifye.out" || fail "the held write is not on the destination"
+"$BLKMIG" status --control "$T/srce.sock" | grep -q "^forwarding: .* to 127.0.0.1:$DSTE_NBD" ||
+	{ "$BLKMIG" status --control "$T/srce.sock" >&2; fail "the resume changed the way chosen at the hand-over"; }
+pass "COMMIT lost and the source gave up: its client's write waited, other migrations were refused, the resume delivered it and the write reached the destination"
+
+qemu-io -f raw "nbd://127.0.0.1:$SRCE_NBD/d0" -c "write -P 7 4k 4k" >/dev/null 2>&1 || fail "a forwarded write"
+kill -STOP "$DSTE_PID"
+kill -TERM "$SRCE_PID"
+for _ in $(seq 1 100); do kill -0 "$SRCE_PID" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$SRCE_PID" 2>/dev/null && { kill -CONT "$DSTE_PID"; fail "serve did not exit within 10 s of SIGTERM with the destination not answering"; }
+wait_rc "$SRCE_PID"
+kill -CONT "$DSTE_PID"
+[ "$RC" = 0 ] || fail "serve exited $RC"
+pass "SIGTERM while the destination does not answer: the source exits at once (status 0)"
+stop "$DSTE_PID"
+
 # A destination without NBD (`blkmig receive`) announces none: the source
 # says so in its log and refuses its clients, naming the destination.
 make_random "$T/small.img" $((4 * MiB)) 304

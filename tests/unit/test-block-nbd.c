@@ -40,16 +40,26 @@ struct fix {
 	char port[16];
 };
 
-static void start_server(struct fix *f)
+static void start_server_limits(struct fix *f, unsigned idle_ms)
 {
+	struct nbds_limits l = NBDS_LIMITS_DEFAULT;
 	char bound[128];
 
 	assert_int_equal(nbds_new(&f->s), 0);
 	assert_int_equal(nbds_add_export(f->s, "disk", f->disk, false), 0);
 	assert_int_equal(nbds_add_export(f->s, "ro", f->ro, true), 0);
+	if (idle_ms) {
+		l.idle_timeout_ms = idle_ms;
+		assert_int_equal(nbds_set_limits(f->s, &l), 0);
+	}
 	if (nbds_listen(f->s, "127.0.0.1:0", bound, sizeof(bound)) != 0)
 		fail_msg("nbds_listen: %s", err_msg());
 	snprintf(f->port, sizeof(f->port), "%s", strrchr(bound, ':') + 1);
+}
+
+static void start_server(struct fix *f)
+{
+	start_server_limits(f, 0);
 }
 
 static int setup(void **state)
@@ -367,6 +377,29 @@ static void test_server_gone(void **state)
 	start_server(f); /* for the teardown */
 }
 
+/* The server closes an idle connection (its idle timeout, a restart):
+ * the next op does not fail, it takes a fresh connection. */
+static void test_idle_closed_by_server(void **state)
+{
+	struct fix *f = *state;
+	struct blk_nbd_stats st;
+	struct blk *b;
+	uint8_t buf[4];
+
+	nbds_free(f->s);
+	start_server_limits(f, 200);
+	b = client(f, "disk", DISK_SIZE, 1000, 5000, 1);
+	assert_int_equal(blk_pwrite(b, "one", 3, 0), 0);
+	sleep_ns(600 * 1000000ull);
+	assert_int_equal(blk_pwrite(b, "two", 3, 4096), 0);
+	assert_int_equal(blk_pread(b, buf, 3, 0), 0);
+	assert_memory_equal(buf, "one", 3);
+	blk_nbd_stats(b, &st);
+	assert_int_equal(st.errors, 0);
+	assert_int_equal(st.connects, 2);
+	blk_close(b);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -378,6 +411,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_timeout, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_cancel, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_server_gone, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_idle_closed_by_server, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
