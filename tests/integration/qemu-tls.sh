@@ -15,7 +15,9 @@ requires qemu-system-x86_64 python3 cmp timeout certtool
 # sometimes.  blkmig's receiver refuses such a stream ("the source carried
 # 15 of 16 chunks"), which from_qemu_ok checks, then tries again (3 times at
 # most); QEMU runs without MALLOC_PERTURB_.
-qemu-system-x86_64() { env -u MALLOC_PERTURB_ qemu-system-x86_64 "$@"; }
+# It is started as `env -u MALLOC_PERTURB_ qemu-system-x86_64 ... &`: env
+# execs QEMU, so $! is QEMU itself and the cleanup's kill reaches it (a
+# shell function wrapping it left every QEMU running after the test).
 
 free_port() { python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])"; }
 
@@ -40,7 +42,7 @@ from_qemu() {
 	shift 2
 	truncate -s $((16 * MiB)) "$T/$label.dst"
 	start_receiver "$label" --format qemu --device drive0="$T/$label.dst" --max-refused 1 --retry-for 0 "$@"
-	qemu-system-x86_64 -M none -nodefaults -display none \
+	env -u MALLOC_PERTURB_ qemu-system-x86_64 -M none -nodefaults -display none \
 		-drive "file=$T/src.img,format=raw,if=none,id=drive0" \
 		-object "$(qemu_creds "$kind" client)" \
 		-qmp "unix:$T/$label.qmp,server=on,wait=off" >"$T/$label.qemu.out" 2>"$T/$label.qemu.err" &
@@ -91,7 +93,7 @@ to_qemu() {
 	shift 2
 	truncate -s $((16 * MiB)) "$T/$label.dst"
 	port=$(free_port)
-	qemu-system-x86_64 -M none -nodefaults -display none \
+	env -u MALLOC_PERTURB_ qemu-system-x86_64 -M none -nodefaults -display none \
 		-drive "file=$T/$label.dst,format=raw,if=none,id=drive0" \
 		-object "$(qemu_creds "$kind" server)" -incoming defer \
 		-qmp "unix:$T/$label.qmp,server=on,wait=off" >"$T/$label.qemu.out" 2>"$T/$label.qemu.err" &
