@@ -150,8 +150,9 @@ struct blk_nbd_target {
  * A device that is an NBD export, reached with libnbd: every op is a
  * command to it.  Nothing connects until the first op; each connection
  * checks that the export has 'size' bytes and is writable.  Errors of the
- * export or the link are the op's error (never retried on another
- * connection); a command unanswered for op_timeout fails with -ETIMEDOUT.
+ * export or the link are the op's error, except that a command whose
+ * reused idle connection turns out dead is tried once more on a fresh one;
+ * a command unanswered for op_timeout fails with -ETIMEDOUT.
  * Thread-safe: ops run in parallel over up to max_conns connections.
  */
 int blk_nbd_open(const struct blk_nbd_target *t, uint64_t size, struct blk **out);

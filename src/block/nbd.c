@@ -17,9 +17,11 @@
  * destination still finishing its take-over refuses them) is retried
  * until 'patience' has passed since the first attempt of this op.  A
  * handle that failed in any way is closed, never reused: the next op
- * opens a fresh one.  The op itself is not retried on another connection,
- * so a client sees the error (a write may or may not have reached the
- * export; the client decides, as with any NBD error).
+ * opens a fresh one.  An idle handle the server closed is found before
+ * use, and a command whose reused handle's link turns out dead is tried
+ * once more on a fresh connection (NBD commands may be repeated); any
+ * other failure is the client's to see (a write may or may not have
+ * reached the export; the client decides, as with any NBD error).
  *
  * Request sizes are split to what NBD carries (32 MiB reads and writes,
  * 1 GiB zeroes and trims) so the caller need not know.
@@ -214,11 +216,6 @@ fail:
 }
 
 /*
- * A handle for one op: an idle one, a new one, or one given back by
- * another op.  A new connection is retried (the export may not take
- * connections yet) until patience has passed.  NULL with *err set.
- */
-/*
  * Whether an idle handle can still carry a command: while idle nothing
  * should arrive, so input is the server closing (an idle timeout, a
  * restart) or something libnbd must see (a TLS ticket): let it look.
@@ -234,6 +231,11 @@ static bool conn_usable(struct nbd_handle *h)
 	return nbd_aio_is_ready(h) && !nbd_aio_is_dead(h) && !nbd_aio_is_closed(h);
 }
 
+/*
+ * A handle for one op: an idle one (*reused), a new one, or one given
+ * back by another op.  A new connection is retried (the export may not
+ * take connections yet) until patience has passed.  NULL with *err set.
+ */
 static struct nbd_conn *conn_get(struct nbd_blk *n, int *err, bool *reused)
 {
 	struct nbd_conn *c;

@@ -60,8 +60,7 @@ struct track_blk {
 	void *mirror_opaque;
 	/* Handed over (track_hold): nothing reaches 'lower' again; writes
 	 * wait at the gate until they are redirected or fenced. */
-	bool held;
-	atomic_bool held_any;  /* held, readable without the lock (reads) */
+	atomic_bool held;      /* set under the lock; reads look without it */
 	struct blk *redirect;  /* not owned; where ops go once handed over */
 	pthread_mutex_t order; /* held across lower op + submit while mirroring */
 	uint64_t writes;       /* write/zero/trim ops that reached the lower layer */
@@ -99,7 +98,7 @@ static int gate_enter(struct track_blk *t, const char *what, uint64_t off, uint6
 	 * bitmap or the mirror: a pause or a swap has nothing to wait for
 	 * in it, and it waits for neither (the engine may swap while the
 	 * destination, not yet serving, keeps forwarded ops waiting). */
-	while ((t->paused || t->swapping || t->held) && !t->redirect && !t->fence_err)
+	while ((t->paused || t->swapping || atomic_load(&t->held)) && !t->redirect && !t->fence_err)
 		pthread_cond_wait(&t->gate, &t->lock);
 	err = t->fence_err;
 	g->redirect = NULL;
@@ -171,7 +170,7 @@ static struct blk *read_target(struct blk *b)
 	struct track_blk *t = to_track(b);
 	struct blk *to;
 
-	if (!atomic_load(&t->held_any))
+	if (!atomic_load(&t->held))
 		return b->lower;
 	pthread_mutex_lock(&t->lock);
 	while (!t->redirect && !t->fence_err)
@@ -425,8 +424,7 @@ void track_hold(struct blk *track)
 	struct track_blk *t = to_track(track);
 
 	pthread_mutex_lock(&t->lock);
-	t->held = true;
-	atomic_store(&t->held_any, true);
+	atomic_store(&t->held, true);
 	pthread_mutex_unlock(&t->lock);
 }
 
@@ -436,7 +434,7 @@ void track_redirect(struct blk *track, struct blk *to)
 
 	assert(to && to->size == track->size);
 	pthread_mutex_lock(&t->lock);
-	assert(t->held && !t->redirect);
+	assert(atomic_load(&t->held) && !t->redirect);
 	t->redirect = to;
 	pthread_cond_broadcast(&t->gate);
 	pthread_mutex_unlock(&t->lock);

@@ -395,10 +395,14 @@ static json_object *cmd_migrate(struct daemon *d, const struct args *a, struct c
 	p.chunk_size = p.format == MIG_FORMAT_QEMU ? WIRE_QEMU_CHUNK_SIZE
 		       : chunk			   ? (uint32_t)chunk
 						   : DAEMON_DEFAULT_CHUNK_SIZE;
-	if (arg_str(a, "forward-to", &fwd_to) &&
-	    (xport_addr_split(fwd_to, host, sizeof(host), &port) < 0 ||
-	     (port == 0 && err_set(EINVAL, "forward-to: port 0 is no NBD server") < 0)))
-		return fail_errmsg(e, CTL_ERR_INVALID_PARAM);
+	if (arg_str(a, "forward-to", &fwd_to)) {
+		if (xport_addr_split(fwd_to, host, sizeof(host), &port) < 0)
+			return fail_errmsg(e, CTL_ERR_INVALID_PARAM);
+		if (port == 0) {
+			err_set(EINVAL, "forward-to: port 0 is no NBD server");
+			return fail_errmsg(e, CTL_ERR_INVALID_PARAM);
+		}
+	}
 	/* What the running (or finished) migration's hook reads is not
 	 * touched by a migrate that cannot start. */
 	if (job_startable(d->job) < 0)
@@ -410,7 +414,8 @@ static json_object *cmd_migrate(struct daemon *d, const struct args *a, struct c
 	 */
 	pthread_mutex_lock(&d->lock);
 	handed = d->fwd.started;
-	p.forward = d->fwd.wanted;
+	if (handed)
+		p.forward = d->fwd.wanted;
 	other = handed && (!jo.resume || strcmp(to, d->migrated_to) != 0);
 	if (other)
 		err_set(ESHUTDOWN,

@@ -136,17 +136,27 @@ int daemon_incoming_open(void *user, const char *name, uint64_t size, struct blk
 	return r;
 }
 
+/* One line in the daemon's log (none without a log). */
+static void daemon_log(const struct daemon *d, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void daemon_log(const struct daemon *d, const char *fmt, ...)
+{
+	char line[1600];
+	va_list ap;
+
+	if (!d->cfg.log)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	d->cfg.log(d->cfg.log_user, line);
+}
+
 /* A refused incoming connection, for the operator's log. */
 static void log_refused(void *user, const char *line)
 {
-	const struct daemon *d = user;
-
-	if (d->cfg.log) {
-		char buf[1600];
-
-		snprintf(buf, sizeof(buf), "incoming: %s", line);
-		d->cfg.log(d->cfg.log_user, buf);
-	}
+	daemon_log(user, "incoming: %s", line);
 }
 
 static int run_incoming(struct daemon *d)
@@ -184,13 +194,8 @@ static int run_incoming(struct daemon *d)
 	/* A verify's verdict is news for the operator, not a failure of this
 	 * daemon: its images are as they were, and it serves them. */
 	if (d->cfg.verify_only && (r == 0 || r == -EILSEQ)) {
-		if (d->cfg.log) {
-			char line[1200];
-
-			snprintf(line, sizeof(line), "incoming: verify: %s",
-				 r == 0 ? "identical to the source" : err_msg());
-			d->cfg.log(d->cfg.log_user, line);
-		}
+		daemon_log(d, "incoming: verify: %s",
+			   r == 0 ? "identical to the source" : err_msg());
 		return 0;
 	}
 	/* Our own cancel ended the wait; anything else (a source that
@@ -222,18 +227,8 @@ static void job_event(void *user, const struct mig_stats *st, const char *error)
 	json_object *data = json_object_new_object();
 	struct ctl *ctl;
 
-	if (st->state == MIG_COMPLETED && !st->verify) {
-		/* The destination owns the devices now: no client may go on
-		 * believing it writes here, unless its requests are forwarded
-		 * there.  (A verify hands nothing over.) */
-		bool forwarding;
-
-		pthread_mutex_lock(&d->lock);
-		forwarding = d->fwd.active;
-		pthread_mutex_unlock(&d->lock);
-		if (!forwarding)
-			refuse_clients(d);
-	}
+	/* Clients were refused or forwarded at the hand-over already
+	 * (daemon_handover()), before the COMMIT. */
 	if (!data)
 		return;
 	json_object_object_add(data, "status", json_object_new_string(mig_state_name(st->state)));
@@ -381,22 +376,6 @@ const char *daemon_nbd_addr(const struct daemon *d)
 const char *daemon_incoming_addr(const struct daemon *d)
 {
 	return d->incoming_addr;
-}
-
-static void daemon_log(struct daemon *d, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static void daemon_log(struct daemon *d, const char *fmt, ...)
-{
-	char line[1200];
-	va_list ap;
-
-	if (!d->cfg.log)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(line, sizeof(line), fmt, ap);
-	va_end(ap);
-	d->cfg.log(d->cfg.log_user, line);
 }
 
 /* None, a wildcard or loopback: an announced host that means "the host
@@ -560,13 +539,8 @@ static int check_handed_over(const struct daemon *d, const struct daemon_device 
 		return r;
 	if (d->cfg.reclaim) {
 		r = src_rec_clear(dev->path);
-		if (r == 0 && d->cfg.log) {
-			char line[512];
-
-			snprintf(line, sizeof(line),
-				 "%s: reclaimed (its hand-over record is removed)", dev->path);
-			d->cfg.log(d->cfg.log_user, line);
-		}
+		if (r == 0)
+			daemon_log(d, "%s: reclaimed (its hand-over record is removed)", dev->path);
 		return r;
 	}
 	if (r == -EBADMSG)

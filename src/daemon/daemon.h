@@ -12,9 +12,10 @@
  * migration is awaited; the incoming address bound); daemon_start()
  * receives the incoming migration if there is one (blocking), then opens
  * and exports the devices and opens the control socket; commands then run
- * until daemon_free().  When an outgoing migration completes, every NBD
- * request is answered with ESHUTDOWN and the connection closed, so clients
- * reconnect to the destination.
+ * until daemon_free().  Once an outgoing migration has handed the devices
+ * over, every NBD request is forwarded to the destination's export
+ * (migrate's after=forward, docs/forwarding.md) or answered with
+ * ESHUTDOWN and the connection closed, so clients reconnect there.
  *
  * Threads: daemon_execute() may be called from any thread; commands run one
  * at a time.  The migration runs on the job's thread (migrate/job.h), the

@@ -646,12 +646,12 @@ static void watchdog_stop(struct src_job *j)
 }
 
 /* The split-brain guard: from now on no write reaches the devices.  With
- * forwarding the writes wait to be sent on (p.handover redirects them);
- * otherwise, and with no hook to do that, they fail. */
-static void fence_all(struct src_job *j)
+ * forwarding (and 'hold') the writes wait to be sent on (p.handover
+ * redirects them); otherwise, and with no hook to do that, they fail. */
+static void fence_all(struct src_job *j, bool hold)
 {
 	for (unsigned i = 0; i < j->ndev; i++) {
-		if (j->p.forward && j->p.handover)
+		if (hold && j->p.forward && j->p.handover)
 			track_hold(j->dev[i].blk);
 		else
 			track_fence(j->dev[i].blk, ESHUTDOWN);
@@ -669,7 +669,7 @@ static bool begin_hand_over(struct src_job *j)
 	if (go) {
 		j->handing_over = true;
 		j->pause_deadline = 0;
-		fence_all(j);
+		fence_all(j, true);
 	}
 	pthread_mutex_unlock(&j->pause_lock);
 	return go;
@@ -749,10 +749,8 @@ static enum mig_state hand_over(struct src_job *j, struct run *run)
 	j->sess->committing = j->attempt;
 	if (j->p.handover)
 		run->err = j->p.handover(j->p.handover_user, j->sess, j->attempt);
-	if (run->err < 0 && j->p.forward)
-		/* Nobody will redirect the held writes: they fail. */
-		for (unsigned i = 0; i < j->ndev; i++)
-			track_fence(j->dev[i].blk, ESHUTDOWN);
+	if (run->err < 0)
+		fence_all(j, false); /* nobody will redirect held writes: they fail */
 	if (run->err == 0)
 		run->err = j->fmt->commit(j);
 	if (run->err == 0)
@@ -764,7 +762,7 @@ static enum mig_state hand_over(struct src_job *j, struct run *run)
  * lost: the destination has said it still awaits it.  Deliver it. */
 static enum mig_state commit_pending(struct src_job *j, struct run *run)
 {
-	fence_all(j);
+	fence_all(j, true);
 	j->attempt = j->sess->committing;
 	return hand_over(j, run);
 }
