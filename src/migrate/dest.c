@@ -512,15 +512,21 @@ static int apply(struct dst *d, const struct wire_record *rec, uint64_t rec_off)
 	return 0;
 }
 
+static int read_dev(void *arg, void *buf, size_t len, uint64_t off)
+{
+	return blk_pread(arg, buf, len, off);
+}
+
 /*
  * A client write the source mirrored (active mode): validated like a
  * chunk, applied in sequence, acknowledged at once (the writer on the
- * source is waiting), then its chunks' digests taken again from what the
- * image now holds.
+ * source is waiting), then its chunks' hashes updated from the written
+ * bytes.  The chunks join the pass's read-back set, so the end of the pass
+ * checks that the image holds what those hashes say (once per chunk,
+ * however many writes it had).
  */
 static int apply_write(struct dst *d, const struct wire_record *rec, uint64_t rec_off)
 {
-	uint32_t cs = d->offer.chunk_size;
 	struct dst_dev *dev = find_dev(d, rec->name);
 	uint64_t end;
 	int r;
@@ -555,18 +561,16 @@ static int apply_write(struct dst *d, const struct wire_record *rec, uint64_t re
 	r = d->f->ops->write_applied(d->f, rec->seq);
 	if (r < 0)
 		return r;
-	/* After the answer, so the writer does not wait for it: the digest
-	 * of each chunk touched, read from the image (a read-back too). */
-	for (uint64_t c = rec->offset / cs; c <= (end - 1) / cs; c++) {
-		size_t len = digest_chunk_len(dev->dig, c);
-
-		r = blk_pread(dev->blk, d->scratch, len, c * cs);
-		if (r < 0)
-			return err_prefix(-r, "read back %s at offset %llu: ", dev->shown,
-					  (unsigned long long)(c * cs));
-		digest_set(dev->dig, c, digest_hash(d->scratch, len));
-		dirty_mark(dev->carried, c * cs, len);
-	}
+	/* After the answer, so the writer does not wait for it: the hashes
+	 * of the chunks touched, from the written bytes (the chunk is read
+	 * only the first time, or a block written in part). */
+	r = digest_update(dev->dig, rec->offset, rec->length,
+			  rec->op == WIRE_WRITE_ZERO ? NULL : rec->data, read_dev, dev->blk);
+	if (r < 0)
+		return err_prefix(-r, "read back %s after a mirrored write at offset %llu: ",
+				  dev->shown, (unsigned long long)rec->offset);
+	dirty_mark(dev->pass, rec->offset, rec->length);
+	dirty_mark(dev->carried, rec->offset, rec->length);
 	d->st.mirror_writes++;
 	d->st.mirror_bytes += rec->length;
 	return 0;

@@ -1,16 +1,24 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Device digests for the native format's completion check (definition in
- * docs/wire-format.md): each chunk a migration carries gets an XXH3-64 hash
- * of its bytes clipped to the device end; the device digest is XXH3-128 over
- * { be64 index, be64 hash } of every carried chunk in index order.
+ * docs/wire-format.md): each chunk a migration carries gets a hash of its
+ * bytes clipped to the device end, in two levels: XXH3-64 of each 4 KiB
+ * block, then XXH3-64 of those block hashes (be64 each); the device digest
+ * is XXH3-128 over { be64 index, be64 hash } of every carried chunk in
+ * index order.
+ *
+ * The two levels are what let a small mirrored write update its chunk's
+ * hash without reading the chunk (digest_update()): the table keeps the
+ * block hashes of recently written chunks in a bounded cache.
  *
  * Both ends keep a table of the last hash per chunk: the source records what
  * it last sent, the destination what it last applied.  Since every write
  * after a chunk's last send leaves it dirty, and the final phase sends every
  * dirty chunk, the source's table describes the device at switch-over.
  *
- * Not thread-safe: one engine thread owns a table.
+ * Not thread-safe: one engine thread owns a table, except that
+ * digest_set() of different chunks may run on several threads at once
+ * (while no digest_update() runs).
  */
 #ifndef BLKMIG_MIGRATE_DIGEST_H
 #define BLKMIG_MIGRATE_DIGEST_H
@@ -29,6 +37,9 @@ void digest_free(struct digest_table *t);
 /* Bytes of chunk 'idx' inside the device (the last one may be short). */
 size_t digest_chunk_len(const struct digest_table *t, uint64_t idx);
 
+#define DIGEST_BLOCK 4096u
+
+/* The chunk hash of len bytes (two levels, above).  Thread-safe. */
 uint64_t digest_hash(const void *buf, size_t len);
 /* Hash of chunk idx when all zeros (cached per length). */
 uint64_t digest_zero_hash(struct digest_table *t, uint64_t idx);
@@ -37,6 +48,24 @@ void digest_set(struct digest_table *t, uint64_t idx, uint64_t hash);
 /* The hash last set for idx (0 if never set). */
 uint64_t digest_get(const struct digest_table *t, uint64_t idx);
 uint64_t digest_nchunks(const struct digest_table *t);
+
+/*
+ * Reads len bytes at byte offset off of the device into buf (the chunk
+ * or a block of it, as it is now): 0 or a negative errno.
+ */
+typedef int (*digest_read_fn)(void *arg, void *buf, size_t len, uint64_t off);
+
+/*
+ * A write of len bytes at device offset off has reached the device (data
+ * NULL: it wrote zeros): set the hash of every chunk it touched to what
+ * the device now holds, from the written bytes and the cached block hashes
+ * of the chunk.  Reads only what it cannot know: a block the write covers
+ * in part, or the whole chunk the first time (or when its cached hashes
+ * were dropped by a digest_set() or to make room).  0, or the read's error
+ * (the chunk's hash is then unchanged and its cache entry dropped).
+ */
+int digest_update(struct digest_table *t, uint64_t off, uint64_t len, const void *data,
+		  digest_read_fn read, void *arg);
 
 /*
  * A chunk's strong digest, as SUMS carries it (delta, resume, verify):

@@ -269,11 +269,6 @@ int src_new(const struct src_params *p, const struct src_device *devs, unsigned 
 	j->stats.converging = true;
 	policy_init(&j->pol, j->p.mode);
 	j->stats.chunk_size = j->p.chunk_size;
-	j->scratch = aligned_alloc(4096, j->p.chunk_size);
-	if (!j->scratch) {
-		src_free(j);
-		return -ENOMEM;
-	}
 	for (unsigned i = 0; i < ndev; i++) {
 		struct src_dev *d = &j->dev[i];
 
@@ -339,7 +334,6 @@ void src_free(struct src_job *j)
 	free(j->q);
 	free(j->threads);
 	free(j->zero_buf);
-	free(j->scratch);
 	cancel_free(j->cancel);
 	if (j->stop_fd >= 0)
 		close(j->stop_fd);

@@ -254,7 +254,6 @@ struct src_job {
 	uint64_t wseq;	   /* the last WRITE sequence number used */
 	struct policy pol; /* convergence: see policy.h */
 	uint8_t *zero_buf; /* a zero chunk, for holes sent without ZERO_BLOCK */
-	uint8_t *scratch;  /* a chunk, for mirrored writes' digests */
 	pthread_t cancel_thread;
 	bool cancel_running;
 	int stop_fd; /* an eventfd that ends the cancel thread at the end of src_run */

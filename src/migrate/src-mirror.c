@@ -20,10 +20,13 @@
  * a reader takes it until its record is on the wire, and writes to a
  * claimed chunk are not mirrored; a write queued before a chunk was
  * claimed is sent before that chunk's record, because before it sends a
- * result the engine sends every write queued until it took that result.  The engine takes a written
- * chunk's digest again from the backend once its record is sent; a later write to the chunk is
- * either queued behind it (and re-hashed later) or marked dirty (and resent later), so the last
- * digest taken is the destination's.
+ * result the engine sends every write queued until it took that result.
+ *
+ * Once a write is on the wire the engine updates its chunks' hashes from
+ * the write's bytes (digest_update(): the block hashes of the chunk, read
+ * once and cached); a later write to the chunk is either queued behind it
+ * (and hashed later) or marked dirty (and resent later), so the last hash
+ * set is the destination's.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -62,22 +65,9 @@ static void mirror_fn(struct mig_stats *st, void *arg)
 	st->mirror_bytes += *(uint64_t *)arg;
 }
 
-/* Take chunk c's digest again from the backend (engine). */
-static int rehash_chunk(struct src_job *j, struct src_dev *d, uint64_t c)
+static int read_dev(void *arg, void *buf, size_t len, uint64_t off)
 {
-	uint32_t cs = j->p.chunk_size;
-	size_t len = digest_chunk_len(d->dig, c);
-	int r;
-
-	if (blk_is_hole(d->blk, c * cs, len)) {
-		digest_set(d->dig, c, digest_zero_hash(d->dig, c));
-		return 0;
-	}
-	r = blk_pread(d->blk, j->scratch, len, c * cs);
-	if (r < 0)
-		return r;
-	digest_set(d->dig, c, digest_hash(j->scratch, len));
-	return 0;
+	return blk_pread(arg, buf, len, off);
 }
 
 /* Put one write on the wire as WRITE records (engine, no lock held). */
@@ -122,8 +112,6 @@ int mirror_send_queued_locked(struct src_job *j, uint64_t upto)
 	while (j->mq_head && j->mq_head->qseq <= upto) {
 		struct mirror_req *m = j->mq_head;
 		struct src_dev *d = &j->dev[m->dev];
-		uint64_t c0 = m->off / j->p.chunk_size,
-			 c1 = (m->off + m->len - 1) / j->p.chunk_size;
 		uint64_t seq = 0, len = m->len;
 		int r;
 
@@ -137,6 +125,14 @@ int mirror_send_queued_locked(struct src_job *j, uint64_t upto)
 		pthread_mutex_unlock(&j->lock);
 
 		r = send_write(j, m, &seq);
+		/* The chunks' hashes, from the write's own bytes while its
+		 * writer still waits (m->sending): the destination does the
+		 * same once it applied it.  A chunk whose hash cannot be
+		 * taken is marked dirty: resent, and hashed then. */
+		if (r == 0 &&
+		    digest_update(d->dig, m->off, m->len, m->op == TRACK_OP_WRITE ? m->buf : NULL,
+				  read_dev, d->blk) < 0)
+			dirty_mark(d->dirty, m->off, m->len);
 
 		pthread_mutex_lock(&j->lock);
 		m->sending = false;
@@ -150,11 +146,6 @@ int mirror_send_queued_locked(struct src_job *j, uint64_t upto)
 		/* m may be gone now (its writer may have given up): only the
 		 * copies taken above are used. */
 		src_stats_update(j, mirror_fn, &len);
-		/* If a digest cannot be taken the chunk is marked dirty:
-		 * resent, and hashed then. */
-		for (uint64_t c = c0; c <= c1; c++)
-			if (rehash_chunk(j, d, c) < 0)
-				dirty_mark(d->dirty, c * j->p.chunk_size, 1);
 		pthread_mutex_lock(&j->lock);
 	}
 	return 0;

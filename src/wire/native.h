@@ -5,7 +5,7 @@
  * diagrams; this header is the contract.  All integers big-endian.
  *
  * Source -> destination:
- *   HELLO    magic "BLKMIG\r\n" (0x424C4B4D49470D0A), be32 version (2),
+ *   HELLO    magic "BLKMIG\r\n" (0x424C4B4D49470D0A), be32 version (3),
  *            be32 caps, be32 chunk_size, 16 bytes migration id, be16 ndev,
  *            ndev x { u8 n, n bytes name, be64 size }
  *   then messages, each starting with a u8 type:
@@ -47,7 +47,7 @@
 #include "record.h"
 
 #define NATIVE_MAGIC   UINT64_C(0x424C4B4D49470D0A) /* "BLKMIG\r\n" */
-#define NATIVE_VERSION 2U
+#define NATIVE_VERSION 3U
 #define NATIVE_ID_LEN  16 /* a migration's id, chosen by its source */
 
 /* HELLO capability bits. */

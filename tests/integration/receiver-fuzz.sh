@@ -46,7 +46,7 @@ cmp "$T/src.img" "$T/good.img" || fail "capture: the proxied migration differs"
 [ -s "$T/stream.bin" ] || fail "capture: nothing recorded"
 pass "captured $(stat -c %s "$T/stream.bin") bytes of a real stream"
 "$BLKMIG" inspect "$T/stream.bin" >"$T/inspect.txt" 2>"$T/inspect.err" || { cat "$T/inspect.err" >&2; fail "inspect of a native capture"; }
-grep -q "native stream, version 2, chunk size 65536, caps zero-blocks mirror" "$T/inspect.txt" || { head -3 "$T/inspect.txt" >&2; fail "inspect: HELLO"; }
+grep -q "native stream, version 3, chunk size 65536, caps zero-blocks mirror" "$T/inspect.txt" || { head -3 "$T/inspect.txt" >&2; fail "inspect: HELLO"; }
 grep -q "COMPLETE" "$T/inspect.txt" && grep -q "d0: .* data records, .* zero records" "$T/inspect.txt" || fail "inspect: messages or totals"
 pass "blkmig inspect decodes the native capture"
 

@@ -119,7 +119,7 @@ static int error_decode_exact(const uint8_t *p, size_t len, struct native_error 
 /* clang-format off */
 static const uint8_t golden_hello[] = {
 	0x42, 0x4c, 0x4b, 0x4d, 0x49, 0x47, 0x0d, 0x0a, /* "BLKMIG\r\n" */
-	0x00, 0x00, 0x00, 0x02,                         /* version 2 */
+	0x00, 0x00, 0x00, 0x03,                         /* version 3 */
 	0x00, 0x00, 0x00, 0x01,                         /* caps ZERO_BLOCKS */
 	0x00, 0x10, 0x00, 0x00,                         /* chunk 1 MiB */
 	0xa0, 0xa1, 0xa2, 0xa3, 0xa4, 0xa5, 0xa6, 0xa7, /* migration id */
@@ -160,7 +160,7 @@ static void test_hello_golden(void **state)
 
 	assert_int_equal(hello_decode_exact(golden_hello, sizeof(golden_hello), &d, &used), 0);
 	assert_int_equal(used, sizeof(golden_hello));
-	assert_int_equal(d.version, 2);
+	assert_int_equal(d.version, 3);
 	assert_int_equal(d.id[0], 0xa0);
 	assert_int_equal(d.id[15], 0xaf);
 	assert_int_equal(d.caps, NATIVE_CAP_ZERO_BLOCKS);
@@ -300,7 +300,7 @@ static void test_hello_errors(void **state)
 
 	(void)state;
 	expect_error(hello_decode_exact(v1, sizeof(v1), &d, &used), EPROTONOSUPPORT,
-		     "hello: unsupported version 1 (this blkmig speaks 2)");
+		     "hello: unsupported version 1 (this blkmig speaks 3)");
 	hello_patched(0, (const uint8_t *)"BLKMIG\n\r", 8, EBADMSG,
 		      "hello: bad magic 0x424c4b4d49470a0d (not a blkmig native stream)");
 	hello_patched(0, (const uint8_t *)"QEVM\0\0\0\3", 8, EBADMSG,
@@ -311,11 +311,11 @@ static void test_hello_errors(void **state)
 		     "hello: bad magic 0x474554202f204854 (not a blkmig native stream)");
 
 	hello_patched(8, (const uint8_t *)"\0\0\0\1", 4, EPROTONOSUPPORT,
-		      "hello: unsupported version 1 (this blkmig speaks 2)");
+		      "hello: unsupported version 1 (this blkmig speaks 3)");
 	hello_patched(8, (const uint8_t *)"\0\0\0\0", 4, EPROTONOSUPPORT,
-		      "hello: unsupported version 0 (this blkmig speaks 2)");
+		      "hello: unsupported version 0 (this blkmig speaks 3)");
 	hello_patched(8, (const uint8_t *)"\xff\xff\xff\xff", 4, EPROTONOSUPPORT,
-		      "hello: unsupported version 4294967295 (this blkmig speaks 2)");
+		      "hello: unsupported version 4294967295 (this blkmig speaks 3)");
 
 	hello_patched(12, (const uint8_t *)"\0\0\0\x49", 4, EBADMSG,
 		      "hello: unknown capability bits 0x40 (known 0x3f)");
@@ -353,7 +353,7 @@ static void test_hello_duplicate(void **state)
 {
 	/* clang-format off */
 	static const uint8_t dup[] = {
-		0x42, 0x4c, 0x4b, 0x4d, 0x49, 0x47, 0x0d, 0x0a, 0, 0, 0, 2, 0, 0, 0, 0,
+		0x42, 0x4c, 0x4b, 0x4d, 0x49, 0x47, 0x0d, 0x0a, 0, 0, 0, 3, 0, 0, 0, 0,
 		0x00, 0x00, 0x10, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
 		0x00, 0x02,
 		0x02, 'h', 'd', 0, 0, 0, 0, 0, 0, 0, 1,
@@ -362,7 +362,7 @@ static void test_hello_duplicate(void **state)
 	/* clang-format on */
 	/* clang-format off */
 	static const uint8_t ctl[] = {
-		0x42, 0x4c, 0x4b, 0x4d, 0x49, 0x47, 0x0d, 0x0a, 0, 0, 0, 2, 0, 0, 0, 0,
+		0x42, 0x4c, 0x4b, 0x4d, 0x49, 0x47, 0x0d, 0x0a, 0, 0, 0, 3, 0, 0, 0, 0,
 		0x00, 0x00, 0x10, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
 		0x00, 0x01,
 		0x03, 'a', 0x1b, 'b', 0, 0, 0, 0, 0, 0, 0, 0,
@@ -388,11 +388,11 @@ static void test_hello_encode_errors(void **state)
 	golden_hello_struct(&h);
 	h.version = 0;
 	expect_error(native_hello_encode(buf, sizeof(buf), &h), EINVAL,
-		     "hello: cannot encode version 0 (this blkmig speaks 2)");
+		     "hello: cannot encode version 0 (this blkmig speaks 3)");
 	golden_hello_struct(&h);
 	h.version = 1;
 	expect_error(native_hello_encode(buf, sizeof(buf), &h), EINVAL,
-		     "hello: cannot encode version 1 (this blkmig speaks 2)");
+		     "hello: cannot encode version 1 (this blkmig speaks 3)");
 	golden_hello_struct(&h);
 	h.caps = 0x70;
 	expect_error(native_hello_encode(buf, sizeof(buf), &h), EINVAL,
@@ -861,7 +861,7 @@ static void test_error_errors(void **state)
 
 static void test_ready_ack(void **state)
 {
-	static const uint8_t golden_ready[] = { 0x81, 0, 0, 0, 4, 0, 0, 0, 2 };
+	static const uint8_t golden_ready[] = { 0x81, 0, 0, 0, 4, 0, 0, 0, 3 };
 	static const uint8_t golden_ack[] = { 0x82, 0, 0, 0, 4, 0, 0, 0, 7 };
 	uint8_t buf[16];
 	uint32_t version = 0;
@@ -894,7 +894,7 @@ static void test_ready_ack(void **state)
 
 	b = heap_copy(golden_ready + 5, 4);
 	assert_int_equal(native_ready_decode(b, 4, &version), 0);
-	assert_int_equal(version, 2);
+	assert_int_equal(version, 3);
 	expect_error(native_ready_decode(b, 3, &version), EBADMSG,
 		     "ready: body of 3 bytes (expected 4)");
 	free(b);

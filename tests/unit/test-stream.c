@@ -110,7 +110,7 @@ static void rec_eos(struct buf *b)
 	be64(b, 0x02);
 }
 
-/* HELLO, version 2: 38 fixed bytes (migration id 10 11 .. 1f), one device
+/* HELLO, version 3: 38 fixed bytes (migration id 10 11 .. 1f), one device
  * "drive0" of 64 MiB: 53 bytes in all. */
 #define HELLO_LEN 53
 
@@ -123,7 +123,7 @@ static void hello_id(struct buf *b)
 static void hello(struct buf *b, uint32_t caps, uint32_t chunk)
 {
 	bytes(b, "BLKMIG\r\n", 8);
-	be32(b, 2);
+	be32(b, NATIVE_VERSION);
 	be32(b, caps);
 	be32(b, chunk);
 	hello_id(b);
@@ -326,7 +326,7 @@ static void test_native_golden(void **state)
 			assert_int_equal(it.rec.kind, recs[i - 2]);
 		switch (i) {
 		case 0:
-			assert_int_equal(it.hello->version, 2);
+			assert_int_equal(it.hello->version, 3);
 			assert_int_equal(it.hello->chunk_size, CHUNK);
 			assert_int_equal(it.hello->caps, 0x05);
 			assert_int_equal(it.hello->id[0], 0x10);
@@ -750,11 +750,11 @@ static void test_native_refused(void **state)
 	counted(&b, "virtio-disk0");
 	be64(&b, 64 << 20);
 	refused(WIRE_STREAM_NATIVE, &b, EPROTONOSUPPORT,
-		"handshake: ", "unsupported version 1 (this blkmig speaks 2)");
+		"handshake: ", "unsupported version 1 (this blkmig speaks 3)");
 
 	/* Chunk size not a power of two. */
 	bytes(&b, "BLKMIG\r\n", 8);
-	be32(&b, 2);
+	be32(&b, NATIVE_VERSION);
 	be32(&b, 0);
 	be32(&b, 3000);
 	hello_id(&b);
@@ -764,7 +764,7 @@ static void test_native_refused(void **state)
 
 	/* 65 devices. */
 	bytes(&b, "BLKMIG\r\n", 8);
-	be32(&b, 2);
+	be32(&b, NATIVE_VERSION);
 	be32(&b, 0);
 	be32(&b, CHUNK);
 	hello_id(&b);
@@ -1395,7 +1395,7 @@ static void test_native_export(void **state)
 {
 	/* clang-format off */
 	static const uint8_t golden[] = {
-		0x81, 0x00, 0x00, 0x00, 0x04, 0x00, 0x00, 0x00, 0x02,   /* READY 2 */
+		0x81, 0x00, 0x00, 0x00, 0x04, 0x00, 0x00, 0x00, 0x03,   /* READY 3 */
 		0x89, 0x00, 0x00, 0x00, 0x11,                           /* EXPORT, 17 bytes */
 		0x2a, 0x39, 0x00, 0x0d,                                 /* 10809, 13 bytes */
 		'd', 's', 't', '-', '1', '.', 'e', 'x', 'a', 'm', 'p', 'l', 'e',
