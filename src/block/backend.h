@@ -214,10 +214,11 @@ uint64_t track_writes(struct blk *track);
 
 /*
  * Write mirroring (active migration).  While a mirror is set, the layer
- * serialises its write-type ops (the lower op and submit() run under one
- * lock, so the destination sees overlapping writes in the order they
- * reached the backend) and, after the lower op succeeded, offers each to
- * submit():
+ * serialises its write-type ops per 1 MiB granule of the device (the lower
+ * op and submit() run under the locks of the granules the op touches, so
+ * the destination sees overlapping writes in the order they reached the
+ * backend, and writes to other granules run in parallel) and, after the
+ * lower op succeeded, offers each to submit():
  *   1: taken; *ticket identifies it.  The layer then calls wait(ticket)
  *      outside the lock, exactly once, before answering the writer; if that
  *      fails the range is marked dirty instead (the migration is failing

@@ -18,10 +18,13 @@
  * attach every write not marked in the new bitmap has already reached the
  * backend (a copy pass started now will read it).
  *
- * While a mirror is set (active migration), write and zero ops are
- * serialised by 'order' across the lower op and the mirror's submit(), so
- * the destination receives overlapping writes in the order they reached
- * the backend; the writer then waits for the destination outside that lock.
+ * While a mirror is set (active migration), write and zero ops that touch
+ * the same 1 MiB granule of the device are serialised across the lower op
+ * and the mirror's submit() by that granule's stripe of 'order', so the
+ * destination receives overlapping writes in the order they reached the
+ * backend, while writes to other granules go on in parallel; the writer
+ * then waits for the destination outside those locks.  An op takes the
+ * stripes of every granule it touches, in ascending stripe order.
  * Discards are never offered to the mirror, only marked.  A write waiting
  * for the mirror has reached the backend and is in the mirror's hands, so
  * it no longer counts as in flight for a pause (the engine that pauses is
@@ -45,6 +48,14 @@
 #include "bitmap/dirty.h"
 #include "common/error.h"
 
+/*
+ * The write order stripes: granule g of the device (ORDER_GRANULE bytes)
+ * belongs to stripe g % ORDER_STRIPES.  Overlapping writes share a granule,
+ * so they share a stripe.
+ */
+#define ORDER_STRIPES	    64
+#define ORDER_GRANULE_SHIFT 20
+
 struct track_blk {
 	struct blk blk;
 	pthread_mutex_t lock; /* protects everything below */
@@ -60,10 +71,10 @@ struct track_blk {
 	void *mirror_opaque;
 	/* Handed over (track_hold): nothing reaches 'lower' again; writes
 	 * wait at the gate until they are redirected or fenced. */
-	atomic_bool held;      /* set under the lock; reads look without it */
-	struct blk *redirect;  /* not owned; where ops go once handed over */
-	pthread_mutex_t order; /* held across lower op + submit while mirroring */
-	uint64_t writes;       /* write/zero/trim ops that reached the lower layer */
+	atomic_bool held;		      /* set under the lock; reads look without it */
+	struct blk *redirect;		      /* not owned; where ops go once handed over */
+	pthread_mutex_t order[ORDER_STRIPES]; /* see ORDER_STRIPES; while mirroring */
+	uint64_t writes;		      /* write/zero/trim ops that reached the lower layer */
 };
 
 static const struct blk_ops track_ops;
@@ -201,6 +212,36 @@ static int lower_op(struct blk *lower, enum wop w, const void *buf, uint64_t off
 	return -EINVAL;
 }
 
+/* The stripes of 'order' that [off, off + len) takes, as a bit set. */
+static uint64_t order_stripes(uint64_t off, uint64_t len)
+{
+	uint64_t g0 = off >> ORDER_GRANULE_SHIFT;
+	uint64_t g1 = (off + (len ? len - 1 : 0)) >> ORDER_GRANULE_SHIFT;
+	uint64_t set = 0;
+
+	_Static_assert(ORDER_STRIPES == 64, "a stripe set is one uint64_t");
+	if (g1 - g0 >= ORDER_STRIPES - 1)
+		return ~UINT64_C(0);
+	for (uint64_t g = g0; g <= g1; g++)
+		set |= UINT64_C(1) << (g % ORDER_STRIPES);
+	return set;
+}
+
+/* Ascending stripe order, so two ops that share stripes cannot deadlock. */
+static void order_lock(struct track_blk *t, uint64_t set)
+{
+	for (unsigned i = 0; i < ORDER_STRIPES; i++)
+		if (set & (UINT64_C(1) << i))
+			pthread_mutex_lock(&t->order[i]);
+}
+
+static void order_unlock(struct track_blk *t, uint64_t set)
+{
+	for (unsigned i = 0; i < ORDER_STRIPES; i++)
+		if (set & (UINT64_C(1) << i))
+			pthread_mutex_unlock(&t->order[i]);
+}
+
 /*
  * Every write-type op that changes data: through the gate, down, then
  * either mirrored (and waited for) or marked dirty.  The range is marked
@@ -212,7 +253,7 @@ static int tracked_op(struct blk *b, enum wop w, const void *buf, uint64_t off, 
 	static const char *const what[] = { "write", "zero", "trim" };
 	struct track_blk *t = to_track(b);
 	struct gate_pass g;
-	uint64_t ticket = 0;
+	uint64_t ticket = 0, stripes = 0;
 	int r, sent = 0;
 
 	r = gate_enter(t, what[w], off, len, &g);
@@ -220,8 +261,10 @@ static int tracked_op(struct blk *b, enum wop w, const void *buf, uint64_t off, 
 		return r;
 	if (g.redirect)
 		return lower_op(g.redirect, w, buf, off, len, flags);
-	if (g.mirror)
-		pthread_mutex_lock(&t->order);
+	if (g.mirror) {
+		stripes = order_stripes(off, len);
+		order_lock(t, stripes);
+	}
 	r = lower_op(b->lower, w, buf, off, len, flags);
 	/* A discard is not offered: the backend need not zero what it
 	 * discards, so only a read can tell what the range holds now. */
@@ -232,7 +275,7 @@ static int tracked_op(struct blk *b, enum wop w, const void *buf, uint64_t off, 
 	if (sent <= 0 && g.dirty)
 		dirty_mark(g.dirty, off, len);
 	if (g.mirror)
-		pthread_mutex_unlock(&t->order);
+		order_unlock(t, stripes);
 	if (sent <= 0) {
 		gate_leave(t, true);
 		return r;
@@ -291,7 +334,8 @@ static void track_close(struct blk *b)
 	assert(t->inflight == 0 && t->waiting == 0);
 	pthread_cond_destroy(&t->idle);
 	pthread_cond_destroy(&t->gate);
-	pthread_mutex_destroy(&t->order);
+	for (unsigned i = 0; i < ORDER_STRIPES; i++)
+		pthread_mutex_destroy(&t->order[i]);
 	pthread_mutex_destroy(&t->lock);
 	free(t);
 }
@@ -323,11 +367,15 @@ int blk_track_open(struct blk *lower, struct blk **out)
 		r = err_set(r, "track: pthread_cond_init: %s", strerror(r));
 		goto err_destroy_gate;
 	}
-	r = pthread_mutex_init(&t->order, NULL);
-	if (r) {
-		pthread_cond_destroy(&t->idle);
-		r = err_set(r, "track: pthread_mutex_init: %s", strerror(r));
-		goto err_destroy_gate;
+	for (unsigned i = 0; i < ORDER_STRIPES; i++) {
+		r = pthread_mutex_init(&t->order[i], NULL);
+		if (r) {
+			while (i-- > 0)
+				pthread_mutex_destroy(&t->order[i]);
+			pthread_cond_destroy(&t->idle);
+			r = err_set(r, "track: pthread_mutex_init: %s", strerror(r));
+			goto err_destroy_gate;
+		}
 	}
 	t->blk.ops = &track_ops;
 	t->blk.lower = lower;

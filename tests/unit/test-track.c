@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "bitmap/dirty.h"
 #include "block/backend.h"
@@ -810,6 +811,206 @@ static void test_attach_detach_race(void **state)
 	stack_close(&s);
 }
 
+/* ---- write order while mirroring, several writers ------------------------------ */
+
+/*
+ * Several writers hammer a few hot spots that straddle the layer's 1 MiB
+ * order granules.  Below the layer a recorder notes the order in which the
+ * writes land; the mirror logs the order in which it is offered them (and
+ * sleeps now and then first, to give a wrong lock every chance to let
+ * another write overtake).  For every two writes that overlap, the two
+ * orders must agree: checked exactly, by replaying the mirror's log over a
+ * map of which write last landed on each byte.
+ */
+#define ORDER_DEV     (8 * MiB)
+#define ORDER_WRITERS 8
+#define ORDER_WRITES  1500
+#define ORDER_TOTAL   (ORDER_WRITERS * ORDER_WRITES)
+#define ORDER_MAXLEN  (12 * 1024)
+
+static _Thread_local uint32_t order_cur; /* the write this thread is doing, from 1 */
+
+struct order_rec {
+	struct blk blk;
+	pthread_mutex_t lock;
+	uint32_t landed;
+	uint32_t *landing; /* [write id] = its place in the landing order, from 1 */
+};
+
+static int order_rec_land(struct blk *b, int r)
+{
+	struct order_rec *o = (struct order_rec *)b;
+
+	o->landing[order_cur] = ++o->landed;
+	return r;
+}
+
+/* The lower op and its note under one lock: the notes are the data's order. */
+static int order_rec_pwrite(struct blk *b, const void *buf, size_t len, uint64_t off)
+{
+	struct order_rec *o = (struct order_rec *)b;
+	int r;
+
+	pthread_mutex_lock(&o->lock);
+	r = order_rec_land(b, blk_pwrite(b->lower, buf, len, off));
+	pthread_mutex_unlock(&o->lock);
+	return r;
+}
+
+static int order_rec_zero(struct blk *b, uint64_t off, uint64_t len, unsigned flags)
+{
+	struct order_rec *o = (struct order_rec *)b;
+	int r;
+
+	pthread_mutex_lock(&o->lock);
+	r = order_rec_land(b, blk_zero(b->lower, off, len, flags));
+	pthread_mutex_unlock(&o->lock);
+	return r;
+}
+
+static void order_rec_close(struct blk *b)
+{
+	struct order_rec *o = (struct order_rec *)b;
+
+	pthread_mutex_destroy(&o->lock);
+	free(o->landing);
+	free(o);
+}
+
+static const struct blk_ops order_rec_ops = {
+	.name = "order-recorder",
+	.pread = hold_pread,
+	.pwrite = order_rec_pwrite,
+	.flush = hold_flush,
+	.zero = order_rec_zero,
+	.trim = hold_trim,
+	.close = order_rec_close,
+};
+
+struct order_log {
+	pthread_mutex_t lock;
+	uint32_t *id; /* the writes in the order the mirror was offered them */
+	uint64_t *off, *len;
+	size_t n;
+	atomic_uint seed;
+};
+
+static int order_submit(void *opaque, enum track_op op, const void *buf, uint64_t off, uint64_t len,
+			uint64_t *ticket)
+{
+	struct order_log *l = opaque;
+	unsigned seed = atomic_fetch_add(&l->seed, 1);
+
+	(void)op;
+	(void)buf;
+	if (rand_r(&seed) % 2 == 0)
+		usleep(1 + (unsigned)rand_r(&seed) % 30);
+	pthread_mutex_lock(&l->lock);
+	assert_true(l->n < ORDER_TOTAL);
+	l->id[l->n] = order_cur;
+	l->off[l->n] = off;
+	l->len[l->n] = len;
+	l->n++;
+	pthread_mutex_unlock(&l->lock);
+	*ticket = 1;
+	return 1;
+}
+
+static int order_wait(void *opaque, uint64_t ticket)
+{
+	(void)opaque;
+	(void)ticket;
+	return 0;
+}
+
+static const struct track_mirror order_ops = { .submit = order_submit, .wait = order_wait };
+
+struct order_writer {
+	struct blk *track;
+	unsigned id, seed;
+	int err;
+};
+
+static void *order_writer_main(void *p)
+{
+	struct order_writer *w = p;
+	uint8_t buf[ORDER_MAXLEN];
+
+	memset(buf, (int)w->id, sizeof(buf));
+	for (unsigned i = 0; i < ORDER_WRITES && !w->err; i++) {
+		/* Hot spots: the boundaries between granules 0|1 and 5|6, and
+		 * the middle of granule 3. */
+		static const uint64_t spots[] = { MiB, 6 * MiB, 3 * MiB + MiB / 2 };
+		uint64_t spot = spots[rand_r(&w->seed) % 3];
+		uint64_t len = 1 + (uint64_t)rand_r(&w->seed) % ORDER_MAXLEN;
+		uint64_t off =
+		    spot - ORDER_MAXLEN + (uint64_t)rand_r(&w->seed) % (2 * ORDER_MAXLEN);
+
+		order_cur = 1 + w->id * ORDER_WRITES + i;
+		if (rand_r(&w->seed) % 8 == 0)
+			w->err = blk_zero(w->track, off, len, 0);
+		else
+			w->err = blk_pwrite(w->track, buf, len, off);
+	}
+	return NULL;
+}
+
+static void test_mirror_order_concurrent(void **state)
+{
+	struct order_log l = { 0 };
+	struct order_writer w[ORDER_WRITERS];
+	pthread_t th[ORDER_WRITERS];
+	struct order_rec *rec = calloc(1, sizeof(*rec));
+	uint32_t *last =
+	    calloc(ORDER_DEV, sizeof(*last)); /* landing place of the last write replayed */
+	struct blk *mem, *track;
+
+	(void)state;
+	assert_non_null(rec);
+	assert_non_null(last);
+	l.id = calloc(ORDER_TOTAL, sizeof(*l.id));
+	l.off = calloc(ORDER_TOTAL, sizeof(*l.off));
+	l.len = calloc(ORDER_TOTAL, sizeof(*l.len));
+	rec->landing = calloc(ORDER_TOTAL + 1, sizeof(*rec->landing));
+	assert_true(l.id && l.off && l.len && rec->landing);
+	assert_int_equal(pthread_mutex_init(&l.lock, NULL), 0);
+	assert_int_equal(pthread_mutex_init(&rec->lock, NULL), 0);
+	assert_int_equal(blk_mem_open(ORDER_DEV, &mem), 0);
+	rec->blk = (struct blk){ .ops = &order_rec_ops, .lower = mem, .size = ORDER_DEV };
+	assert_int_equal(blk_track_open(&rec->blk, &track), 0);
+	track_set_mirror(track, &order_ops, &l);
+	for (unsigned i = 0; i < ORDER_WRITERS; i++) {
+		w[i] = (struct order_writer){ .track = track, .id = i, .seed = 11 * i + 1 };
+		assert_int_equal(pthread_create(&th[i], NULL, order_writer_main, &w[i]), 0);
+	}
+	for (unsigned i = 0; i < ORDER_WRITERS; i++) {
+		assert_int_equal(pthread_join(th[i], NULL), 0);
+		assert_int_equal(w[i].err, 0);
+	}
+	track_set_mirror(track, NULL, NULL);
+	assert_int_equal(l.n, ORDER_TOTAL);
+	/* In the mirror's order, each write must have landed after every
+	 * earlier-offered write it overlaps. */
+	for (size_t i = 0; i < l.n; i++) {
+		uint32_t landed = rec->landing[l.id[i]];
+
+		assert_int_not_equal(landed, 0);
+		for (uint64_t b = l.off[i]; b < l.off[i] + l.len[i]; b++) {
+			if (last[b] > landed)
+				fail_msg("byte %llu: the mirror was offered write %u after one "
+					 "that landed later (landing places %u < %u)",
+					 (unsigned long long)b, l.id[i], landed, last[b]);
+			last[b] = landed;
+		}
+	}
+	blk_close(track);
+	pthread_mutex_destroy(&l.lock);
+	free(l.id);
+	free(l.off);
+	free(l.len);
+	free(last);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -827,6 +1028,7 @@ int main(void)
 		cmocka_unit_test(test_redirected_not_in_flight),
 		cmocka_unit_test(test_set_dirty_drains),
 		cmocka_unit_test(test_attach_detach_race),
+		cmocka_unit_test(test_mirror_order_concurrent),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
