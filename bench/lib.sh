@@ -25,15 +25,22 @@ bench_setup() {
 
 ctl() { python3 scripts/qmp.py "$@"; }
 
-wait_ports() { for _ in $(seq 400); do grep -q "^$2=" "$1" 2>/dev/null && return; sleep 0.025; done; echo "bench: no $2 port" >&2; exit 1; }
+wait_ports() {
+	for _ in $(seq 400); do grep -q "^$2=" "$1" 2>/dev/null && return; sleep 0.025; done
+	echo "bench: no $2 port in $1" >&2
+	cat "$W"/*.log >&2 2>/dev/null
+	exit 1
+}
 field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
 
 start() {
-	cp "$W/base.img" "$W/src.img"; rm -f "$W/dst.img" "$W"/*.ports
-	"$BLKMIG" serve --nbd 127.0.0.1:0 --port-file "$W/dst.ports" --incoming 127.0.0.1:0 --device d0="$W/dst.img" --create 2>/dev/null &
+	# The records a completed migration leaves (the source's hand-over
+	# fence, the destination's state) belong to the previous run.
+	cp "$W/base.img" "$W/src.img"; rm -f "$W/dst.img" "$W"/*.ports "$W"/*.blkmig-*
+	"$BLKMIG" serve --nbd 127.0.0.1:0 --port-file "$W/dst.ports" --incoming 127.0.0.1:0 --device d0="$W/dst.img" --create 2>"$W/dst.log" &
 	dpid=$!
 	"$BLKMIG" serve --nbd 127.0.0.1:0 --port-file "$W/src.ports" --control "$W/src.sock" --device d0="$W/src.img" \
-		--workload "d0,$1,seed=3" 2>/dev/null &
+		--workload "d0,$1,seed=3" 2>"$W/src.log" &
 	spid=$!
 	wait_ports "$W/dst.ports" incoming; wait_ports "$W/src.ports" nbd
 	for _ in $(seq 100); do [ -S "$W/src.sock" ] && break; sleep 0.05; done

@@ -78,6 +78,9 @@ static int send_write(struct src_job *j, struct mirror_req *m, uint64_t *last_se
 	uint64_t done = 0;
 	int r = src_open_blocks(j);
 
+	/* A writer waits for it: it goes before chunk records, within
+	 * half of the rate limit (xport_set_urgent()). */
+	xport_set_urgent(j->x, true);
 	while (r == 0 && done < m->len) {
 		uint8_t hdr[WIRE_REC_HDR_MAX];
 		struct wire_record rec = {
@@ -91,8 +94,10 @@ static int send_write(struct src_job *j, struct mirror_req *m, uint64_t *last_se
 
 		snprintf(rec.name, sizeof(rec.name), "%s", d->name);
 		n = wire_rec_encode_header(hdr, &rec);
-		if (n < 0)
-			return n;
+		if (n < 0) {
+			r = n;
+			break;
+		}
 		j->wseq++;
 		if (rec.op == WIRE_WRITE_DATA)
 			r = xport_write2(j->x, hdr, (size_t)n, (const uint8_t *)m->buf + done,
@@ -103,6 +108,7 @@ static int send_write(struct src_job *j, struct mirror_req *m, uint64_t *last_se
 	}
 	if (r == 0)
 		r = xport_flush(j->x);
+	xport_set_urgent(j->x, false);
 	*last_seq = j->wseq;
 	return r;
 }

@@ -22,6 +22,7 @@
 #include "common/util.h"
 #include "digest.h"
 #include "src-impl.h"
+#include "transport/transport.h"
 
 /*
  * Claim the next chunk of the current pass and clear its dirty bit (before
@@ -243,6 +244,36 @@ static void wait_done_locked(struct src_job *j, bool may_stop)
 	pthread_cond_timedwait(&j->done_cond, &j->lock, &ts);
 }
 
+/*
+ * Before a chunk record: wait here, not in the transport, for the rate
+ * limit to let it go, and meanwhile send every write that is queued.  They
+ * are urgent (xport_set_urgent(): they wait for no chunk's share of the
+ * link, and take at most half of it, so the copy always goes on).  Writes
+ * queued now are to chunks not claimed, so none of them needs to follow
+ * the record.
+ */
+static int await_rate_locked(struct src_job *j)
+{
+	uint64_t delay;
+
+	while ((delay = xport_send_delay(j->x)) > 0) {
+		struct timespec ts;
+		int r;
+
+		if (src_cancelled(j) || j->rp_err)
+			return 0; /* the caller's next look reports it */
+		if (j->mq_head) {
+			r = mirror_send_queued_locked(j, j->mq_seq);
+			if (r < 0)
+				return r;
+			continue;
+		}
+		ts = mono_deadline(delay);
+		pthread_cond_timedwait(&j->done_cond, &j->lock, &ts);
+	}
+	return 0;
+}
+
 int readers_next_locked(struct src_job *j, bool may_stop, struct result *res, bool *deadline_hit)
 {
 	for (;;) {
@@ -266,13 +297,16 @@ int readers_next_locked(struct src_job *j, bool may_stop, struct result *res, bo
 		if (j->qlen > 0) {
 			/* Every write queued until now goes first: one queued
 			 * before this chunk was claimed must reach the wire
-			 * before its record.  Later ones wait for the next. */
+			 * before its record.  Later ones wait for the next,
+			 * or go while the record waits for the rate limit. */
 			uint64_t upto = j->mq_seq;
 
 			*res = j->q[j->qhead];
 			j->qhead = (j->qhead + 1) % j->nbufs;
 			j->qlen--;
 			r = mirror_send_queued_locked(j, upto);
+			if (r == 0)
+				r = await_rate_locked(j);
 			if (r < 0) {
 				readers_done_locked(j, res, false);
 				return r;

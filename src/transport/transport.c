@@ -339,6 +339,20 @@ void xport_set_rate(struct xport *x, uint64_t bytes_per_sec)
 	atomic_store(&x->rate, bytes_per_sec);
 }
 
+uint64_t xport_send_delay(struct xport *x)
+{
+	uint64_t now = now_ns();
+
+	if (!atomic_load(&x->rate) || x->next_ok_ns <= now)
+		return 0;
+	return x->next_ok_ns - now;
+}
+
+void xport_set_urgent(struct xport *x, bool on)
+{
+	x->urgent = on;
+}
+
 uint64_t xport_tx_bytes(const struct xport *x)
 {
 	return atomic_load(&((struct xport *)x)->tx);
@@ -386,19 +400,45 @@ static int wait_ready(struct xport *x, short events, uint64_t *idle_since)
 	return 0;
 }
 
-/* Hold the sender back to the configured rate before sending n bytes. */
+/* The time n bytes take at rate (bytes per second). */
+static uint64_t rate_ns(uint64_t rate, size_t n)
+{
+	return (uint64_t)((double)n * 1e9 / (double)rate);
+}
+
+/*
+ * Hold the sender back to the configured rate before sending n bytes.
+ * Every send is charged to next_ok_ns.  An urgent one waits only for its
+ * own bucket, urgent_ok_ns, which runs at XPORT_URGENT_SHARE of the rate:
+ * urgent sends never wait behind others, and others keep the rest.
+ */
+#define XPORT_URGENT_SHARE 2 /* urgent sends: at most 1/2 of the rate */
+
 static int rate_limit(struct xport *x, uint64_t rate, size_t n)
 {
 	uint64_t now = now_ns();
+	uint64_t *ok = x->urgent ? &x->urgent_ok_ns : &x->next_ok_ns;
 
 	if (!rate)
 		return 0;
 	if (x->next_ok_ns + RATE_BURST_NS < now)
 		x->next_ok_ns = now;
-	if (x->next_ok_ns > now && cancel_sleep(x->cancel, (int64_t)(x->next_ok_ns - now)))
+	if (x->urgent_ok_ns + RATE_BURST_NS < now)
+		x->urgent_ok_ns = now;
+	if (*ok > now && cancel_sleep(x->cancel, (int64_t)(*ok - now)))
 		return fail(x, POLLOUT, err_set(ECANCELED, "cancelled"));
-	x->next_ok_ns += (uint64_t)((double)n * 1e9 / (double)rate);
+	x->next_ok_ns += rate_ns(rate, n);
+	if (x->urgent)
+		x->urgent_ok_ns += rate_ns(rate, n) * XPORT_URGENT_SHARE;
 	return 0;
+}
+
+/* Bytes charged by rate_limit() that the kernel did not take. */
+static void rate_refund(struct xport *x, uint64_t rate, size_t n)
+{
+	x->next_ok_ns -= rate_ns(rate, n);
+	if (x->urgent)
+		x->urgent_ok_ns -= rate_ns(rate, n) * XPORT_URGENT_SHARE;
 }
 
 /*
@@ -440,8 +480,7 @@ static int send_all(struct xport *x, struct iovec *iov, int iovcnt)
 		/* Unsent bytes were charged to the limiter; refund them at
 		 * the rate they were charged at. */
 		if (rate && (size_t)n < budget)
-			x->next_ok_ns -=
-			    (uint64_t)((double)(budget - (size_t)n) * 1e9 / (double)rate);
+			rate_refund(x, rate, budget - (size_t)n);
 		if (n == 0) {
 			r = wait_ready(x, POLLOUT, &idle_since);
 			if (r < 0)

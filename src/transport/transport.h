@@ -96,6 +96,19 @@ void xport_set_timeout(struct xport *x, int idle_timeout_ms);
 int xport_get_timeout(const struct xport *x);
 /* Bytes per second, 0 for unlimited.  May be changed at any time. */
 void xport_set_rate(struct xport *x, uint64_t bytes_per_sec);
+/*
+ * How long the rate limiter would hold the next send back (0: it may go
+ * now), so that the writer can wait for it elsewhere and send something
+ * urgent meanwhile.  The writer's thread only.
+ */
+uint64_t xport_send_delay(struct xport *x);
+/*
+ * Urgent sends (on) never wait behind other sends for the rate limit: they
+ * wait only while urgent sends alone would exceed half of it.  Everything
+ * sent is charged to the limit, so other sends wait longer, and the rate
+ * is kept.  The writer's thread only.
+ */
+void xport_set_urgent(struct xport *x, bool on);
 
 /* Buffered write: small items are coalesced until xport_flush() or a
  * large write.  Returns 0 or negative errno. */

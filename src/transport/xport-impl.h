@@ -25,6 +25,8 @@ struct xport {
 
 	_Atomic uint64_t rate; /* bytes per second, 0 unlimited */
 	uint64_t next_ok_ns;   /* rate limiter: earliest time of the next send */
+	uint64_t urgent_ok_ns; /* urgent sends' own bucket (xport_set_urgent) */
+	bool urgent;
 
 	_Atomic uint64_t tx, rx;
 
