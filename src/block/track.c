@@ -4,13 +4,20 @@
  * backend.h.  It sits directly above the device the guest (or NBD client)
  * writes to, so the engines and the server need not know it exists.
  *
- * Every write-type op (write, zero, trim, flush) passes the gate under the
- * mutex: it waits while the layer is paused or a bitmap is being swapped,
- * fails at once when fenced, and otherwise counts itself in flight and
- * takes the bitmap pointer in the same critical section.  The lower op then
- * runs unlocked; the range is marked in that bitmap after the lower op
- * returns and before the caller sees the result (DESIGN.md rule 1); only
- * then does the op leave the in-flight count.
+ * Every write-type op (write, zero, trim, flush) passes the gate: it waits
+ * while the layer is paused or a bitmap is being swapped, fails at once
+ * when fenced, and otherwise counts itself in flight and takes the bitmap
+ * pointer.  The lower op then runs unlocked; the range is marked in that
+ * bitmap after the lower op returns and before the caller sees the result
+ * (DESIGN.md rule 1); only then does the op leave the in-flight count.
+ *
+ * While nothing is set that an op must heed (no pause, swap, fence, hold
+ * or mirror: a plain dirty-tracking pass, or no migration at all) the gate
+ * takes no lock: an op counts itself in 'fast' and then checks 'open'; the
+ * side that closes the gate clears 'open' and then waits for 'fast' to
+ * drain.  Both are sequentially consistent atomics, so either the op sees
+ * the gate closed (and takes the locked way) or the closer sees the op and
+ * waits for it.  Otherwise ops take the mutex, as below.
  *
  * track_set_dirty() closes the gate, waits for in-flight ops to drain,
  * swaps the pointer and reopens it.  So once it returns: after a detach no
@@ -58,7 +65,7 @@
 
 struct track_blk {
 	struct blk blk;
-	pthread_mutex_t lock; /* protects everything below */
+	pthread_mutex_t lock; /* protects everything below but the atomics */
 	pthread_cond_t gate;  /* broadcast when paused/swapping clear or fence_err set */
 	pthread_cond_t idle;  /* broadcast when inflight drops to 0 */
 	bool paused;
@@ -74,7 +81,10 @@ struct track_blk {
 	atomic_bool held;		      /* set under the lock; reads look without it */
 	struct blk *redirect;		      /* not owned; where ops go once handed over */
 	pthread_mutex_t order[ORDER_STRIPES]; /* see ORDER_STRIPES; while mirroring */
-	uint64_t writes;		      /* write/zero/trim ops that reached the lower layer */
+	/* The lock-free way through the gate (see the top of this file). */
+	atomic_bool open;	 /* nothing set that an op must heed */
+	atomic_uint fast;	 /* ops in flight that came the lock-free way */
+	_Atomic uint64_t writes; /* write/zero/trim ops that reached the lower layer */
 };
 
 static const struct blk_ops track_ops;
@@ -91,7 +101,38 @@ struct gate_pass {
 	struct dirty *dirty;
 	const struct track_mirror *mirror;
 	void *mirror_opaque;
+	bool fast; /* came the lock-free way: counted in 'fast' */
 };
+
+/* After any change to what 'open' summarises (lock held). */
+static void reopen_locked(struct track_blk *t)
+{
+	atomic_store(&t->open, !t->paused && !t->swapping && !atomic_load(&t->held) &&
+				   !t->fence_err && !t->redirect && !t->mirror);
+}
+
+static void fast_leave(struct track_blk *t)
+{
+	/* The last one out while a closer may be waiting wakes it, under
+	 * the lock so that the wake-up cannot fall between its check and
+	 * its wait. */
+	if (atomic_fetch_sub(&t->fast, 1) == 1 && !atomic_load(&t->open)) {
+		pthread_mutex_lock(&t->lock);
+		pthread_cond_broadcast(&t->idle);
+		pthread_mutex_unlock(&t->lock);
+	}
+}
+
+static bool fast_enter(struct track_blk *t, struct gate_pass *g)
+{
+	atomic_fetch_add(&t->fast, 1);
+	if (!atomic_load(&t->open)) {
+		fast_leave(t);
+		return false;
+	}
+	*g = (struct gate_pass){ .dirty = t->dirty, .fast = true };
+	return true;
+}
 
 /*
  * Pass the gate: 0 with *g set to the bitmap to mark and the mirror to
@@ -104,6 +145,8 @@ static int gate_enter(struct track_blk *t, const char *what, uint64_t off, uint6
 {
 	int err;
 
+	if (fast_enter(t, g))
+		return 0;
 	pthread_mutex_lock(&t->lock);
 	/* Once redirected an op touches neither the device below nor the
 	 * bitmap or the mirror: a pause or a swap has nothing to wait for
@@ -113,6 +156,7 @@ static int gate_enter(struct track_blk *t, const char *what, uint64_t off, uint6
 		pthread_cond_wait(&t->gate, &t->lock);
 	err = t->fence_err;
 	g->redirect = NULL;
+	g->fast = false;
 	if (!err && t->redirect) {
 		g->redirect = t->redirect;
 	} else if (!err) {
@@ -130,12 +174,16 @@ static int gate_enter(struct track_blk *t, const char *what, uint64_t off, uint6
 	return 0;
 }
 
-static void gate_leave(struct track_blk *t, bool count)
+static void gate_leave(struct track_blk *t, const struct gate_pass *g, bool count)
 {
+	if (count)
+		atomic_fetch_add(&t->writes, 1);
+	if (g->fast) {
+		fast_leave(t);
+		return;
+	}
 	pthread_mutex_lock(&t->lock);
 	assert(t->inflight > 0);
-	if (count)
-		t->writes++;
 	if (--t->inflight == 0)
 		pthread_cond_broadcast(&t->idle);
 	pthread_mutex_unlock(&t->lock);
@@ -144,6 +192,7 @@ static void gate_leave(struct track_blk *t, bool count)
 /* The op is in the mirror's hands now: out of the in-flight count. */
 static void gate_hand_over(struct track_blk *t)
 {
+	/* Only with a mirror set, which keeps ops off the lock-free way. */
 	pthread_mutex_lock(&t->lock);
 	assert(t->inflight > 0);
 	t->waiting++;
@@ -156,7 +205,7 @@ static void gate_leave_waiting(struct track_blk *t)
 {
 	pthread_mutex_lock(&t->lock);
 	assert(t->waiting > 0);
-	t->writes++;
+	atomic_fetch_add(&t->writes, 1);
 	if (--t->waiting == 0)
 		pthread_cond_broadcast(&t->idle);
 	pthread_mutex_unlock(&t->lock);
@@ -165,7 +214,7 @@ static void gate_leave_waiting(struct track_blk *t)
 /* Until no op has the lower layer or, with 'all', the mirror. */
 static void wait_idle_locked(struct track_blk *t, bool all)
 {
-	while (t->inflight > 0 || (all && t->waiting > 0))
+	while (t->inflight > 0 || atomic_load(&t->fast) > 0 || (all && t->waiting > 0))
 		pthread_cond_wait(&t->idle, &t->lock);
 }
 
@@ -277,7 +326,7 @@ static int tracked_op(struct blk *b, enum wop w, const void *buf, uint64_t off, 
 	if (g.mirror)
 		order_unlock(t, stripes);
 	if (sent <= 0) {
-		gate_leave(t, true);
+		gate_leave(t, &g, true);
 		return r;
 	}
 	/* The writer hears back only once the destination has the data. */
@@ -316,7 +365,7 @@ static int track_flush(struct blk *b)
 	if (g.redirect)
 		return blk_flush(g.redirect);
 	r = blk_flush(b->lower);
-	gate_leave(t, false);
+	gate_leave(t, &g, false);
 	return r;
 }
 
@@ -331,7 +380,7 @@ static void track_close(struct blk *b)
 {
 	struct track_blk *t = to_track(b);
 
-	assert(t->inflight == 0 && t->waiting == 0);
+	assert(t->inflight == 0 && t->waiting == 0 && atomic_load(&t->fast) == 0);
 	pthread_cond_destroy(&t->idle);
 	pthread_cond_destroy(&t->gate);
 	for (unsigned i = 0; i < ORDER_STRIPES; i++)
@@ -377,6 +426,7 @@ int blk_track_open(struct blk *lower, struct blk **out)
 			goto err_destroy_gate;
 		}
 	}
+	atomic_store(&t->open, true);
 	t->blk.ops = &track_ops;
 	t->blk.lower = lower;
 	t->blk.size = lower->size;
@@ -403,12 +453,14 @@ static void swap_begin(struct track_blk *t)
 	while (t->swapping)
 		pthread_cond_wait(&t->gate, &t->lock);
 	t->swapping = true;
+	reopen_locked(t);
 	wait_idle_locked(t, true);
 }
 
 static void swap_end(struct track_blk *t)
 {
 	t->swapping = false;
+	reopen_locked(t);
 	pthread_cond_broadcast(&t->gate);
 }
 
@@ -441,6 +493,7 @@ void track_pause(struct blk *track)
 
 	pthread_mutex_lock(&t->lock);
 	t->paused = true;
+	reopen_locked(t);
 	wait_idle_locked(t, false);
 	pthread_mutex_unlock(&t->lock);
 }
@@ -451,6 +504,7 @@ void track_resume(struct blk *track)
 
 	pthread_mutex_lock(&t->lock);
 	t->paused = false;
+	reopen_locked(t);
 	pthread_cond_broadcast(&t->gate);
 	pthread_mutex_unlock(&t->lock);
 }
@@ -463,6 +517,7 @@ void track_fence(struct blk *track, int err)
 	pthread_mutex_lock(&t->lock);
 	if (!t->fence_err)
 		t->fence_err = err;
+	reopen_locked(t);
 	pthread_cond_broadcast(&t->gate);
 	pthread_mutex_unlock(&t->lock);
 }
@@ -473,6 +528,7 @@ void track_hold(struct blk *track)
 
 	pthread_mutex_lock(&t->lock);
 	atomic_store(&t->held, true);
+	reopen_locked(t);
 	pthread_mutex_unlock(&t->lock);
 }
 
@@ -484,6 +540,7 @@ void track_redirect(struct blk *track, struct blk *to)
 	pthread_mutex_lock(&t->lock);
 	assert(atomic_load(&t->held) && !t->redirect);
 	t->redirect = to;
+	reopen_locked(t);
 	pthread_cond_broadcast(&t->gate);
 	pthread_mutex_unlock(&t->lock);
 }
@@ -491,12 +548,7 @@ void track_redirect(struct blk *track, struct blk *to)
 uint64_t track_writes(struct blk *track)
 {
 	struct track_blk *t = to_track(track);
-	uint64_t n;
-
-	pthread_mutex_lock(&t->lock);
-	n = t->writes;
-	pthread_mutex_unlock(&t->lock);
-	return n;
+	return atomic_load(&t->writes);
 }
 
 static const struct blk_ops track_ops = {

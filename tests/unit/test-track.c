@@ -90,6 +90,12 @@ static void hold_close(struct blk *b)
 	free(h);
 }
 
+/* For wrappers that keep nothing of their own to free but themselves. */
+static void hold_close_plain(struct blk *b)
+{
+	free(b);
+}
+
 static const struct blk_ops hold_ops = {
 	.name = "hold",
 	.pread = hold_pread,
@@ -811,6 +817,95 @@ static void test_attach_detach_race(void **state)
 	stack_close(&s);
 }
 
+/* ---- pause against writers on the lock-free way ------------------------------- */
+
+/*
+ * Writers go through the gate without a lock while nothing is set; a pause
+ * must still stop every one of them: a device below counts writes that
+ * reach it while the test holds the layer paused (after track_pause()
+ * returned, before track_resume()), and there must be none.
+ */
+struct pause_probe {
+	struct blk blk;
+	atomic_bool paused;
+	atomic_uint leaks, writes, inside;
+};
+
+/* A slow device: a write stays in it for a while, so a pause that does
+ * not wait for it is seen. */
+static int probe_pwrite(struct blk *b, const void *buf, size_t len, uint64_t off)
+{
+	struct pause_probe *p = (struct pause_probe *)b;
+	int r;
+
+	atomic_fetch_add(&p->inside, 1);
+	if (atomic_load(&p->paused))
+		atomic_fetch_add(&p->leaks, 1);
+	usleep(5);
+	r = blk_pwrite(b->lower, buf, len, off);
+	if (atomic_load(&p->paused))
+		atomic_fetch_add(&p->leaks, 1);
+	atomic_fetch_add(&p->writes, 1);
+	atomic_fetch_sub(&p->inside, 1);
+	return r;
+}
+
+static const struct blk_ops probe_ops = {
+	.name = "pause-probe",
+	.pread = hold_pread,
+	.pwrite = probe_pwrite,
+	.flush = hold_flush,
+	.zero = hold_zero,
+	.trim = hold_trim,
+	.close = hold_close_plain,
+};
+
+static void test_pause_race(void **state)
+{
+	struct race_arg args[RACE_WRITERS];
+	pthread_t th[RACE_WRITERS];
+	struct pause_probe *p = calloc(1, sizeof(*p));
+	struct blk *mem, *track;
+	struct dirty *d = dirty_new(DEV_SIZE, GRAN);
+
+	(void)state;
+	assert_non_null(p);
+	assert_non_null(d);
+	assert_int_equal(blk_mem_open(DEV_SIZE, &mem), 0);
+	p->blk = (struct blk){ .ops = &probe_ops, .lower = mem, .size = DEV_SIZE };
+	assert_int_equal(blk_track_open(&p->blk, &track), 0);
+	track_set_dirty(track, d);
+	for (unsigned i = 0; i < RACE_WRITERS; i++) {
+		args[i] = (struct race_arg){ .track = track, .seed = i + 1 };
+		assert_int_equal(pthread_create(&th[i], NULL, race_writer, &args[i]), 0);
+	}
+	for (unsigned i = 0; i < 300; i++) {
+		unsigned before;
+
+		track_pause(track);
+		atomic_store(&p->paused, true);
+		assert_int_equal(atomic_load(&p->inside), 0);
+		before = atomic_load(&p->writes);
+		usleep(50);
+		/* Nothing got through while paused. */
+		assert_int_equal(atomic_load(&p->writes), before);
+		atomic_store(&p->paused, false);
+		track_resume(track);
+		usleep(20);
+	}
+	for (unsigned i = 0; i < RACE_WRITERS; i++) {
+		assert_int_equal(pthread_join(th[i], NULL), 0);
+		assert_int_equal(args[i].err, 0);
+	}
+	assert_int_equal(atomic_load(&p->leaks), 0);
+	assert_int_equal(track_writes(track), RACE_WRITERS * RACE_WRITES);
+	/* Every write was marked. */
+	assert_true(dirty_count(d) > 0);
+	track_set_dirty(track, NULL);
+	blk_close(track);
+	dirty_free(d);
+}
+
 /* ---- write order while mirroring, several writers ------------------------------ */
 
 /*
@@ -1028,6 +1123,7 @@ int main(void)
 		cmocka_unit_test(test_redirected_not_in_flight),
 		cmocka_unit_test(test_set_dirty_drains),
 		cmocka_unit_test(test_attach_detach_race),
+		cmocka_unit_test(test_pause_race),
 		cmocka_unit_test(test_mirror_order_concurrent),
 	};
 
