@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <zstd.h>
 
 #include "bitmap/dirty.h"
 #include "common/error.h"
@@ -35,6 +36,8 @@ struct sent_arg {
 	uint64_t bytes;
 	bool bulk;
 	uint64_t payload;
+	uint64_t wire_payload; /* payload as it went: the frame's bytes if compressed */
+	bool packed, ztried;
 	bool verify;	    /* a comparison, not a send */
 	uint64_t differing; /* verify: the device's differing chunks now */
 };
@@ -54,6 +57,13 @@ static void account_fn(struct mig_stats *st, void *arg)
 	if (a->verify)
 		st->dev[a->dev].differing = a->differing;
 	st->data_bytes += a->payload;
+	st->payload_bytes += a->wire_payload;
+	if (a->packed)
+		st->compressed_chunks++;
+	else if (a->payload)
+		st->raw_chunks++;
+	if (a->ztried && !a->packed)
+		st->incompressible++;
 	if (a->bulk)
 		st->bulk_done += a->bytes;
 }
@@ -105,16 +115,33 @@ static int send_result(struct src_job *j, const struct result *res, bool bulk, u
 		digest_set(d->dig, res->chunk, hash);
 	} else if (res->kind != RES_SKIP) {
 		bool as_data = res->kind == RES_DATA || !j->p.zero_blocks;
+		const uint8_t *frame = NULL; /* the chunk as a zstd frame, if so */
+		uint32_t flen = 0;
 
-		rec.kind = as_data ? WIRE_REC_DATA : WIRE_REC_ZERO;
+		if (res->kind == RES_DATA && res->zlen) {
+			frame = res->buf + j->p.chunk_size;
+			flen = res->zlen;
+		} else if (res->kind == RES_ZERO && as_data && j->zero_flen &&
+			   atomic_load(&j->zmode) != ZMODE_OFF) {
+			/* Zeros without ZERO_BLOCK: compressed once, at the start. */
+			frame = j->zero_frame;
+			flen = j->zero_flen;
+		}
+		rec.kind = frame ? WIRE_REC_ZSTD : as_data ? WIRE_REC_DATA : WIRE_REC_ZERO;
+		rec.length = flen;
 		rec.name_len = (uint8_t)strlen(d->name);
 		memcpy(rec.name, d->name, rec.name_len + 1u);
 		n = wire_rec_encode_header(hdr, &rec);
 		if (n < 0)
 			return n;
-		if (res->kind == RES_DATA) {
-			r = xport_write2(j->x, hdr, (size_t)n, res->buf, j->p.chunk_size);
+		if (frame) {
+			r = xport_write2(j->x, hdr, (size_t)n, frame, flen);
 			a.payload = j->p.chunk_size;
+			a.wire_payload = flen;
+			a.packed = true;
+		} else if (res->kind == RES_DATA) {
+			r = xport_write2(j->x, hdr, (size_t)n, res->buf, j->p.chunk_size);
+			a.payload = a.wire_payload = j->p.chunk_size;
 		} else if (as_data) {
 			/* No ZERO_BLOCK: the zeros travel as data.  Holes
 			 * were not read, so send a zero chunk of our own. */
@@ -123,7 +150,7 @@ static int send_result(struct src_job *j, const struct result *res, bool bulk, u
 			if (!j->zero_buf)
 				return -ENOMEM;
 			r = xport_write2(j->x, hdr, (size_t)n, j->zero_buf, j->p.chunk_size);
-			a.payload = j->p.chunk_size;
+			a.payload = a.wire_payload = j->p.chunk_size;
 		} else {
 			r = xport_write(j->x, hdr, (size_t)n);
 		}
@@ -131,8 +158,77 @@ static int send_result(struct src_job *j, const struct result *res, bool bulk, u
 			return r;
 		digest_set(d->dig, res->chunk, hash);
 	}
+	a.ztried = res->ztried;
 	src_stats_update(j, account_fn, &a);
 	return bulk ? send_progress(j, pct) : 0;
+}
+
+/* ---- compression --------------------------------------------------------------- */
+
+static void compressing_fn(struct mig_stats *st, void *arg)
+{
+	struct src_job *j = arg;
+
+	st->compressing = atomic_load(&j->zmode) == ZMODE_ON;
+	if (j->p.compress == MIG_COMPRESS_AUTO && j->sess->compress_refused)
+		st->compress = MIG_COMPRESS_OFF;
+}
+
+void src_compress_start(struct src_job *j, bool accepted)
+{
+	atomic_store(&j->zmode, accepted ? ZMODE_ON : ZMODE_OFF);
+	/* A zero chunk's frame, for zeros sent without ZERO_BLOCK (without
+	 * memory for it they go raw). */
+	if (accepted && !j->p.zero_blocks && !j->zero_frame) {
+		uint8_t *zeros = calloc(1, j->p.chunk_size);
+		size_t n;
+
+		j->zero_frame = malloc(j->p.chunk_size);
+		if (zeros && j->zero_frame) {
+			n = ZSTD_compress(j->zero_frame, j->p.chunk_size - 1, zeros,
+					  j->p.chunk_size, MIG_COMPRESS_DEFAULT_LEVEL);
+			if (!ZSTD_isError(n))
+				j->zero_flen = (uint32_t)n;
+		}
+		free(zeros);
+	}
+	j->zauto_t0 = now_ns();
+	src_stats_update(j, compressing_fn, j);
+}
+
+/*
+ * --compress auto, every MIG_COMPRESS_AUTO_MS of a pass, from what the
+ * engine thread saw in that time: compress while the link is the
+ * bottleneck (the engine spent more time sending, i.e. blocked on the
+ * socket or the rate limit, than waiting for the readers) and the chunks
+ * shrink (at least half of those tried did); otherwise send raw, with the
+ * readers still compressing one chunk in ZMODE_SAMPLE_EVERY so that the
+ * ratio stays known.  While the readers are the bottleneck compression
+ * would only slow them further; when they catch up the link is again the
+ * bottleneck and compression comes back: on a link as fast as the
+ * compressors the two alternate, which sends about as fast as either.
+ */
+static void compress_auto(struct src_job *j, const struct result *res, uint64_t wait_ns,
+			  uint64_t send_ns)
+{
+	uint64_t now = now_ns();
+	bool link_bound, shrinks;
+	int mode;
+
+	j->zauto_wait_ns += wait_ns;
+	j->zauto_send_ns += send_ns;
+	j->zauto_tried += res->ztried;
+	j->zauto_shrunk += res->ztried && res->zlen;
+	if (now - j->zauto_t0 < MIG_COMPRESS_AUTO_MS * 1000000ull)
+		return;
+	link_bound = j->zauto_send_ns > j->zauto_wait_ns;
+	/* Nothing tried (all zeros, say): the last verdict stands. */
+	mode = atomic_load(&j->zmode);
+	shrinks = j->zauto_tried ? j->zauto_shrunk * 2 >= j->zauto_tried : mode == ZMODE_ON;
+	atomic_store(&j->zmode, link_bound && shrinks ? ZMODE_ON : ZMODE_SAMPLE);
+	j->zauto_t0 = now;
+	j->zauto_send_ns = j->zauto_wait_ns = j->zauto_tried = j->zauto_shrunk = 0;
+	src_stats_update(j, compressing_fn, j);
 }
 
 /*
@@ -155,13 +251,19 @@ int src_run_pass(struct src_job *j, enum pass_kind kind)
 	pthread_mutex_lock(&j->lock);
 	readers_pass_begin_locked(j, kind);
 	while (r == 0) {
+		bool zauto = j->p.compress == MIG_COMPRESS_AUTO && atomic_load(&j->zmode);
+		uint64_t t0 = zauto ? now_ns() : 0, t1 = 0;
 		struct result res;
 
 		r = readers_next_locked(j, sent > 0, &res, &deadline_hit);
 		if (r <= 0)
 			break;
 		pthread_mutex_unlock(&j->lock);
+		if (zauto)
+			t1 = now_ns();
 		r = send_result(j, &res, kind == PASS_BULK, &pct);
+		if (zauto)
+			compress_auto(j, &res, t1 - t0, now_ns() - t1);
 		sent++;
 		src_report(j, false);
 		pthread_mutex_lock(&j->lock);
