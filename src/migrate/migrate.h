@@ -83,9 +83,10 @@ enum mig_format { MIG_FORMAT_NATIVE, MIG_FORMAT_QEMU };
  *  ZSTD: each chunk is compressed on the reader threads and travels as a
  *        zstd frame when that makes it at least 1/16 smaller, raw otherwise;
  *        a destination that does not accept compressed chunks is an error.
- *  AUTO: as ZSTD while the link is the bottleneck and the chunks shrink,
- *        raw while the readers are (decided every MIG_COMPRESS_AUTO_MS); a
- *        destination that does not accept them gets raw chunks.
+ *  AUTO: as ZSTD or raw, whichever carries the chunks faster as measured
+ *        (every MIG_COMPRESS_AUTO_MS: a slow link favours compression,
+ *        busy CPUs raw); raw when the chunks do not shrink; a destination
+ *        that does not accept compressed chunks gets raw ones.
  */
 enum mig_compress { MIG_COMPRESS_OFF, MIG_COMPRESS_ZSTD, MIG_COMPRESS_AUTO };
 

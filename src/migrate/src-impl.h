@@ -260,8 +260,13 @@ struct src_job {
 	bool final_pass;	   /* this pass runs with the writers paused */
 	uint64_t passes_sent;
 	uint64_t wseq; /* the last WRITE sequence number used */
-	/* --compress auto: what the engine saw since zauto_t0 (src-pass.c). */
-	uint64_t zauto_t0, zauto_send_ns, zauto_wait_ns, zauto_tried, zauto_shrunk;
+	/* --compress auto (src-pass.c): what the engine sent since zauto_t0,
+	 * the chunk bytes per second last measured raw [0] and compressed
+	 * [1], intervals since each was, and whether the chunks shrink. */
+	uint64_t zauto_t0, zauto_bytes, zauto_tried, zauto_shrunk;
+	uint64_t zauto_rate[2];
+	unsigned zauto_age[2];
+	bool zauto_shrinks;
 	struct policy pol;   /* convergence: see policy.h */
 	uint8_t *zero_buf;   /* a zero chunk, for holes sent without ZERO_BLOCK */
 	uint8_t *zero_frame; /* with compression: a zero chunk as a zstd frame */

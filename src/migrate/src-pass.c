@@ -192,42 +192,56 @@ void src_compress_start(struct src_job *j, bool accepted)
 		}
 		free(zeros);
 	}
-	j->zauto_t0 = now_ns();
+	j->zauto_shrinks = true; /* until measured */
 	src_stats_update(j, compressing_fn, j);
 }
 
 /*
- * --compress auto, every MIG_COMPRESS_AUTO_MS of a pass, from what the
- * engine thread saw in that time: compress while the link is the
- * bottleneck (the engine spent more time sending, i.e. blocked on the
- * socket or the rate limit, than waiting for the readers) and the chunks
- * shrink (at least half of those tried did); otherwise send raw, with the
- * readers still compressing one chunk in ZMODE_SAMPLE_EVERY so that the
- * ratio stays known.  While the readers are the bottleneck compression
- * would only slow them further; when they catch up the link is again the
- * bottleneck and compression comes back: on a link as fast as the
- * compressors the two alternate, which sends about as fast as either.
+ * --compress auto, every MIG_COMPRESS_AUTO_MS of a pass: keep whichever
+ * of the two ways carries the chunks faster, as measured.  The engine
+ * counts the chunk bytes it sent in the interval (their size before
+ * compression) and notes that rate for the way it was in: compressed
+ * (ZMODE_ON) or raw (ZMODE_SAMPLE, where the readers still compress one
+ * chunk in ZMODE_SAMPLE_EVERY, so that the ratio stays known).  Then:
+ *  - if fewer than half of the chunks tried shrank, raw: nothing to gain;
+ *  - else if the other way has no rate yet, or one older than
+ *    ZAUTO_PROBE_EVERY intervals, try it for one interval;
+ *  - else the faster of the two.
+ * A link that is slower than the compressors (or a rate limit) makes the
+ * compressed way faster; readers starved of CPU make the raw one faster.
+ * The price is one interval in ZAUTO_PROBE_EVERY + 1 spent the slower way.
+ * Comparing rates rather than asking "is the engine waiting on the socket
+ * or on the readers?" matters on loopback: there the socket is slow only
+ * because the receiver, on the same CPUs, is.
  */
-static void compress_auto(struct src_job *j, const struct result *res, uint64_t wait_ns,
-			  uint64_t send_ns)
-{
-	uint64_t now = now_ns();
-	bool link_bound, shrinks;
-	int mode;
+#define ZAUTO_PROBE_EVERY 8
 
-	j->zauto_wait_ns += wait_ns;
-	j->zauto_send_ns += send_ns;
+static void compress_auto(struct src_job *j, const struct result *res, uint64_t bytes)
+{
+	uint64_t now = now_ns(), ns = now - j->zauto_t0;
+	int mode = atomic_load(&j->zmode), next;
+	unsigned cur = mode == ZMODE_ON, other = !cur;
+
+	j->zauto_bytes += bytes;
 	j->zauto_tried += res->ztried;
 	j->zauto_shrunk += res->ztried && res->zlen;
-	if (now - j->zauto_t0 < MIG_COMPRESS_AUTO_MS * 1000000ull)
+	if (ns < MIG_COMPRESS_AUTO_MS * 1000000ull)
 		return;
-	link_bound = j->zauto_send_ns > j->zauto_wait_ns;
+	j->zauto_rate[cur] = (uint64_t)((double)j->zauto_bytes * 1e9 / (double)ns);
+	j->zauto_age[cur] = 0;
+	j->zauto_age[other]++;
 	/* Nothing tried (all zeros, say): the last verdict stands. */
-	mode = atomic_load(&j->zmode);
-	shrinks = j->zauto_tried ? j->zauto_shrunk * 2 >= j->zauto_tried : mode == ZMODE_ON;
-	atomic_store(&j->zmode, link_bound && shrinks ? ZMODE_ON : ZMODE_SAMPLE);
+	if (j->zauto_tried)
+		j->zauto_shrinks = j->zauto_shrunk * 2 >= j->zauto_tried;
+	if (!j->zauto_shrinks)
+		next = ZMODE_SAMPLE;
+	else if (!j->zauto_rate[other] || j->zauto_age[other] >= ZAUTO_PROBE_EVERY)
+		next = other ? ZMODE_ON : ZMODE_SAMPLE;
+	else
+		next = j->zauto_rate[1] > j->zauto_rate[0] ? ZMODE_ON : ZMODE_SAMPLE;
+	atomic_store(&j->zmode, next);
 	j->zauto_t0 = now;
-	j->zauto_send_ns = j->zauto_wait_ns = j->zauto_tried = j->zauto_shrunk = 0;
+	j->zauto_bytes = j->zauto_tried = j->zauto_shrunk = 0;
 	src_stats_update(j, compressing_fn, j);
 }
 
@@ -241,7 +255,7 @@ int src_run_pass(struct src_job *j, enum pass_kind kind)
 {
 	unsigned pct = ~0u;
 	uint64_t sent = 0;
-	bool deadline_hit = false;
+	bool deadline_hit = false, zauto;
 	int r;
 
 	r = j->fmt->pass_begin(j, j->final_pass);
@@ -250,20 +264,25 @@ int src_run_pass(struct src_job *j, enum pass_kind kind)
 		return r;
 	pthread_mutex_lock(&j->lock);
 	readers_pass_begin_locked(j, kind);
+	/* Auto's intervals are within passes: the waits between them (for
+	 * SYNCED) say nothing about either way. */
+	zauto = j->p.compress == MIG_COMPRESS_AUTO && atomic_load(&j->zmode) != ZMODE_OFF;
+	if (zauto) {
+		j->zauto_t0 = now_ns();
+		j->zauto_bytes = j->zauto_tried = j->zauto_shrunk = 0;
+	}
 	while (r == 0) {
-		bool zauto = j->p.compress == MIG_COMPRESS_AUTO && atomic_load(&j->zmode);
-		uint64_t t0 = zauto ? now_ns() : 0, t1 = 0;
 		struct result res;
 
 		r = readers_next_locked(j, sent > 0, &res, &deadline_hit);
 		if (r <= 0)
 			break;
 		pthread_mutex_unlock(&j->lock);
-		if (zauto)
-			t1 = now_ns();
 		r = send_result(j, &res, kind == PASS_BULK, &pct);
 		if (zauto)
-			compress_auto(j, &res, t1 - t0, now_ns() - t1);
+			compress_auto(j, &res,
+				      res.kind == RES_DATA || res.kind == RES_ZERO ? j->p.chunk_size
+										   : 0);
 		sent++;
 		src_report(j, false);
 		pthread_mutex_lock(&j->lock);
