@@ -199,14 +199,16 @@ void src_compress_start(struct src_job *j, bool accepted)
 /*
  * --compress auto, every MIG_COMPRESS_AUTO_MS of a pass: keep whichever
  * of the two ways carries the chunks faster, as measured.  The engine
- * counts the chunk bytes it sent in the interval (their size before
- * compression) and notes that rate for the way it was in: compressed
- * (ZMODE_ON) or raw (ZMODE_SAMPLE, where the readers still compress one
- * chunk in ZMODE_SAMPLE_EVERY, so that the ratio stays known).  Then:
+ * counts the bytes of DATA chunks it sent in the interval (their size
+ * before compression; zero chunks are cheap either way and would only
+ * blur it) and averages that rate into the one for the way it was in:
+ * compressed (ZMODE_ON) or raw (ZMODE_SAMPLE, where the readers still
+ * compress one chunk in ZMODE_SAMPLE_EVERY, so that the ratio stays
+ * known).  Then:
  *  - if fewer than half of the chunks tried shrank, raw: nothing to gain;
  *  - else if the other way has no rate yet, or one older than
  *    ZAUTO_PROBE_EVERY intervals, try it for one interval;
- *  - else the faster of the two.
+ *  - else compressed if it is at least 1/8 faster, raw otherwise.
  * A link that is slower than the compressors (or a rate limit) makes the
  * compressed way faster; readers starved of CPU make the raw one faster.
  * The price is one interval in ZAUTO_PROBE_EVERY + 1 spent the slower way.
@@ -218,7 +220,7 @@ void src_compress_start(struct src_job *j, bool accepted)
 
 static void compress_auto(struct src_job *j, const struct result *res, uint64_t bytes)
 {
-	uint64_t now = now_ns(), ns = now - j->zauto_t0;
+	uint64_t now = now_ns(), ns = now - j->zauto_t0, rate;
 	int mode = atomic_load(&j->zmode), next;
 	unsigned cur = mode == ZMODE_ON, other = !cur;
 
@@ -227,7 +229,9 @@ static void compress_auto(struct src_job *j, const struct result *res, uint64_t 
 	j->zauto_shrunk += res->ztried && res->zlen;
 	if (ns < MIG_COMPRESS_AUTO_MS * 1000000ull)
 		return;
-	j->zauto_rate[cur] = (uint64_t)((double)j->zauto_bytes * 1e9 / (double)ns);
+	rate = (uint64_t)((double)j->zauto_bytes * 1e9 / (double)ns);
+	/* Smoothed: the chunks differ along the disk, and so does the rate. */
+	j->zauto_rate[cur] = j->zauto_rate[cur] ? (j->zauto_rate[cur] + rate) / 2 : rate;
 	j->zauto_age[cur] = 0;
 	j->zauto_age[other]++;
 	/* Nothing tried (all zeros, say): the last verdict stands. */
@@ -238,7 +242,8 @@ static void compress_auto(struct src_job *j, const struct result *res, uint64_t 
 	else if (!j->zauto_rate[other] || j->zauto_age[other] >= ZAUTO_PROBE_EVERY)
 		next = other ? ZMODE_ON : ZMODE_SAMPLE;
 	else
-		next = j->zauto_rate[1] > j->zauto_rate[0] ? ZMODE_ON : ZMODE_SAMPLE;
+		next = j->zauto_rate[1] > j->zauto_rate[0] + j->zauto_rate[0] / 8 ? ZMODE_ON
+										  : ZMODE_SAMPLE;
 	atomic_store(&j->zmode, next);
 	j->zauto_t0 = now;
 	j->zauto_bytes = j->zauto_tried = j->zauto_shrunk = 0;
@@ -280,9 +285,7 @@ int src_run_pass(struct src_job *j, enum pass_kind kind)
 		pthread_mutex_unlock(&j->lock);
 		r = send_result(j, &res, kind == PASS_BULK, &pct);
 		if (zauto)
-			compress_auto(j, &res,
-				      res.kind == RES_DATA || res.kind == RES_ZERO ? j->p.chunk_size
-										   : 0);
+			compress_auto(j, &res, res.kind == RES_DATA ? j->p.chunk_size : 0);
 		sent++;
 		src_report(j, false);
 		pthread_mutex_lock(&j->lock);
