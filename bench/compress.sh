@@ -7,18 +7,19 @@
 # auto.  Prints time, bytes on the wire and the chunks compressed; medians
 # of N runs.  Use a release build (BLKMIG=build-rel/tools/blkmig).
 #
-#   bench/compress.sh [--size 1G] [--rate 100M] [--runs 1] [--level 1]
+#   bench/compress.sh [--size 1G] [--rate 100M] [--runs 1] [--level 1] [--images "fs random"]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-size=1G rate=100M runs=1 level=1
+size=1G rate=100M runs=1 level=1 images="fs random"
 while [ $# -gt 0 ]; do
 	case $1 in
 	--size) size=$2; shift 2 ;;
 	--rate) rate=$2; shift 2 ;;
 	--runs) runs=$2; shift 2 ;;
 	--level) level=$2; shift 2 ;;
-	*) echo "usage: bench/compress.sh [--size SIZE] [--rate RATE] [--runs N] [--level N]" >&2; exit 2 ;;
+	--images) images=$2; shift 2 ;;
+	*) echo "usage: bench/compress.sh [--size SIZE] [--rate RATE] [--runs N] [--level N] [--images \"fs random\"]" >&2; exit 2 ;;
 	esac
 done
 BLKMIG=${BLKMIG:-build/tools/blkmig}
@@ -53,7 +54,7 @@ print(f"bench: {used >> 20} MiB of /usr/share in the image", file=sys.stderr)
 PY
 mke2fs -q -t ext4 -d "$W/tree" -F "$W/fs.img" "$((bytes / 1024))k"
 rm -rf "$W/tree"
-head -c "$bytes" /dev/urandom >"$W/random.img"
+case " $images " in *" random "*) head -c "$bytes" /dev/urandom >"$W/random.img" ;; esac
 
 field() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(d[sys.argv[2]])" "$1" "$2"; }
 median() { python3 -c "import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))" "$@"; }
@@ -77,7 +78,7 @@ run() { # image compress cap: one send -> receive; prints "secs wire compressed"
 }
 
 printf "%-10s %-9s %-6s %9s %12s %11s %8s\n" image link mode seconds "wire MiB" compressed raw
-for img in fs random; do
+for img in $images; do
 	for cap in "$rate" none; do
 		for comp in off zstd auto; do
 			ts=() ws=() c=0 rw=0
