@@ -207,16 +207,28 @@ void src_compress_start(struct src_job *j, bool accepted)
  * known).  Then:
  *  - if fewer than half of the chunks tried shrank, raw: nothing to gain;
  *  - else if the other way has no rate yet, or one older than
- *    ZAUTO_PROBE_EVERY intervals, try it for one interval;
+ *    ZAUTO_PROBE_EVERY intervals (4 times that when it was less than half
+ *    as fast), try it for one interval;
  *  - else compressed if it is at least 1/8 faster, raw otherwise.
  * A link that is slower than the compressors (or a rate limit) makes the
  * compressed way faster; readers starved of CPU make the raw one faster.
- * The price is one interval in ZAUTO_PROBE_EVERY + 1 spent the slower way.
+ * The price is at most one interval in ZAUTO_PROBE_EVERY + 1 spent the
+ * slower way.
  * Comparing rates rather than asking "is the engine waiting on the socket
  * or on the readers?" matters on loopback: there the socket is slow only
  * because the receiver, on the same CPUs, is.
  */
 #define ZAUTO_PROBE_EVERY 8
+
+/* A way more than twice as slow as the other is tried 4 times less often:
+ * a slow link with compressible data should not pay for probes. */
+static unsigned probe_every(const struct src_job *j)
+{
+	uint64_t lo = MIN(j->zauto_rate[0], j->zauto_rate[1]);
+	uint64_t hi = MAX(j->zauto_rate[0], j->zauto_rate[1]);
+
+	return hi > 2 * lo ? 4 * ZAUTO_PROBE_EVERY : ZAUTO_PROBE_EVERY;
+}
 
 static void compress_auto(struct src_job *j, const struct result *res, uint64_t bytes)
 {
@@ -239,7 +251,7 @@ static void compress_auto(struct src_job *j, const struct result *res, uint64_t 
 		j->zauto_shrinks = j->zauto_shrunk * 2 >= j->zauto_tried;
 	if (!j->zauto_shrinks)
 		next = ZMODE_SAMPLE;
-	else if (!j->zauto_rate[other] || j->zauto_age[other] >= ZAUTO_PROBE_EVERY)
+	else if (!j->zauto_rate[other] || j->zauto_age[other] >= probe_every(j))
 		next = other ? ZMODE_ON : ZMODE_SAMPLE;
 	else
 		next = j->zauto_rate[1] > j->zauto_rate[0] + j->zauto_rate[0] / 8 ? ZMODE_ON
