@@ -42,6 +42,7 @@ static void check_reencode(const uint8_t *in, const struct wire_record *rec)
 		break;
 	case WIRE_REC_DATA:
 	case WIRE_REC_ZERO:
+	case WIRE_REC_ZSTD:
 		check(rec->name_len >= 1 && strlen(rec->name) == rec->name_len);
 		break;
 	}

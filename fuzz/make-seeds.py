@@ -24,6 +24,8 @@ READY, ACK, ERROR, SYNCED, WACK, STATE, SUMS = 0x81, 0x82, 0x83, 0x84, 0x85, 0x8
 EXPORT = 0x89
 CAP_ZERO_BLOCKS, CAP_SHARED_BASE, CAP_MIRROR, CAP_DELTA, CAP_VERIFY = 1, 2, 4, 8, 16
 CAP_FORWARD = 32
+CAP_COMPRESS = 0x80
+ZSTD = 0x20  # with DEVICE_BLOCK: a compressed chunk
 HELD_NONE, HELD_PARTIAL, HELD_ALL, HELD_AWAITING = 0, 1, 2, 3
 MIGRATION_ID = bytes(range(0xA0, 0xB0))
 SUMS_MAX = (65536 - 6) // 24
@@ -49,6 +51,19 @@ def rec_progress(pct):
 
 def rec_eos():
     return struct.pack(">Q", EOS)
+
+
+def zstd_frame_rle(byte, n=CHUNK):
+    """A zstd frame (RFC 8878) of n copies of byte, built by hand: magic,
+    a single-segment header with a 4-byte content size, one last RLE block."""
+    return (struct.pack("<I", 0xFD2FB528) + bytes([0xA0]) + struct.pack("<I", n)
+            + (1 | 1 << 1 | n << 3).to_bytes(3, "little") + bytes([byte]))
+
+
+def rec_zstd(name, offset, frame_bytes):
+    """ZSTD (0x21, native only, after COMPRESS): a chunk as one zstd frame."""
+    return (struct.pack(">Q", offset | DEVICE_BLOCK | ZSTD) + counted(name)
+            + struct.pack(">I", len(frame_bytes)) + frame_bytes)
 
 
 def rec_write(name, seq, offset, payload=None, length=None):
@@ -140,6 +155,7 @@ def record_seeds():
         "long-name": rec_zero("n" * 255, 0) + rec_eos(),
         "write": rec_write("d0", 7, 0x10203, b"hello") + rec_write("d0", 8, 4096, length=512)
         + rec_eos(),
+        "zstd": rec_zstd("drive0", CHUNK, zstd_frame_rle(0xA5)) + rec_eos(),
     }
 
 
@@ -292,7 +308,12 @@ def stream_seeds():
            + sv_section(SV_PART, 1, rec_data("drive0", 0) + rec_zero("drive1", CHUNK)
                         + rec_data("drive1", 0, 0x22) + rec_eos())
            + sv_section(SV_END, 1, rec_progress(100) + rec_eos()) + bytes([SV_EOF]))
+    compressed = (hello([("drive0", 3 * CHUNK)], caps=CAP_ZERO_BLOCKS | CAP_COMPRESS, chunk=CHUNK)
+                  + bytes([BLOCKS]) + rec_zstd("drive0", 0, zstd_frame_rle(0x5A))
+                  + rec_data("drive0", CHUNK) + rec_zstd("drive0", 2 * CHUNK, zstd_frame_rle(0))
+                  + rec_eos() + complete([("drive0", 3, digest)]) + attempt(COMMIT, 1))
     seeds = {
+        "native-compressed": compressed,
         "native-source": source,
         "native-dest": dest,
         "native-delta": delta,

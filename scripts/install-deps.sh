@@ -23,6 +23,8 @@ packages=(
 	# build
 	gcc make pkg-config meson ninja-build
 	libxxhash-dev libjson-c-dev libgnutls28-dev libnbd-dev
+	# --compress zstd (the native stream's compressed chunks)
+	libzstd-dev
 	# tests
 	libcmocka-dev python3 attr coreutils clang-format
 	# peers used by the integration tests and benchmarks

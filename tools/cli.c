@@ -285,6 +285,15 @@ void cli_print_summary(FILE *f, const char *verb, const struct mig_stats *st)
 	fprintf(f, "%s %s in %.2f s: %s on the wire (%s/s), %llu passes, downtime %.1f ms\n", verb,
 		tot, secs, wire, rate, (unsigned long long)st->iterations,
 		(double)st->downtime_ns / 1e6);
+	if (st->compress != MIG_COMPRESS_OFF) {
+		char data[32], payload[32];
+
+		fmt_bytes(data, sizeof(data), st->data_bytes);
+		fmt_bytes(payload, sizeof(payload), st->payload_bytes);
+		fprintf(f, "compression %s: %llu chunks compressed, %llu raw; %s of data as %s\n",
+			mig_compress_name(st->compress), (unsigned long long)st->compressed_chunks,
+			(unsigned long long)st->raw_chunks, data, payload);
+	}
 }
 
 /* ---- signals ------------------------------------------------------------------------ */

@@ -92,6 +92,8 @@ static int show_record(struct walk *w, const struct wire_item *it)
 			       off, esc(rec->name), rec->seq, rec->offset, rec->length,
 			       rec->op == WIRE_WRITE_ZERO ? "zero" : "data");
 		break;
+	case WIRE_REC_ZSTD: /* the stream yields a compressed chunk as DATA */
+		break;
 	case WIRE_REC_DATA:
 	case WIRE_REC_ZERO:
 		t = totals_for(w, rec->name);
@@ -105,9 +107,10 @@ static int show_record(struct walk *w, const struct wire_item *it)
 			break;
 		if (rec->kind == WIRE_REC_DATA)
 			printf("    %10" PRIu64 "  %-8s offset %12" PRIu64
-			       "  data  xxh3 %016" PRIx64 "\n",
+			       "  data  xxh3 %016" PRIx64 "%s\n",
 			       off, esc(rec->name), rec->offset,
-			       digest_hash(rec->data, wire_stream_chunk_size(w->ws)));
+			       digest_hash(rec->data, wire_stream_chunk_size(w->ws)),
+			       it->packed ? "  (compressed)" : "");
 		else
 			printf("    %10" PRIu64 "  %-8s offset %12" PRIu64 "  zero\n", off,
 			       esc(rec->name), rec->offset);
@@ -118,13 +121,14 @@ static int show_record(struct walk *w, const struct wire_item *it)
 
 static void show_hello(const struct native_hello *h)
 {
-	printf("native stream, version %u, chunk size %u, caps%s%s%s%s%s%s\n", h->version,
+	printf("native stream, version %u, chunk size %u, caps%s%s%s%s%s%s%s\n", h->version,
 	       h->chunk_size, h->caps & NATIVE_CAP_ZERO_BLOCKS ? " zero-blocks" : "",
 	       h->caps & NATIVE_CAP_SHARED_BASE ? " shared-base" : "",
 	       h->caps & NATIVE_CAP_MIRROR ? " mirror" : "",
 	       h->caps & NATIVE_CAP_DELTA ? " delta" : "",
 	       h->caps & NATIVE_CAP_VERIFY ? " verify" : "",
-	       h->caps & NATIVE_CAP_FORWARD ? " forward" : "");
+	       h->caps & NATIVE_CAP_FORWARD ? " forward" : "",
+	       h->caps & NATIVE_CAP_COMPRESS ? " compress" : "");
 	printf("  migration id ");
 	for (unsigned i = 0; i < NATIVE_ID_LEN; i++)
 		printf("%02x", h->id[i]);

@@ -22,7 +22,7 @@ static const char migrate_help[] =
     "                      [--format native|qemu] [--wait] [--json]\n"
     "                      [--tls-psk FILE | --tls-creds DIR [--tls-hostname NAME]]\n"
     "                      [--tls-authz ID,...] [--retry-for DURATION] [--resume]\n"
-    "                      [--delta] [--verify-only]\n"
+    "                      [--delta] [--verify-only] [--compress off|zstd[:LEVEL]|auto]\n"
     "                      [--after forward|refuse] [--forward-to HOST:PORT]\n"
     "\n"
     "Start a live migration of a `blkmig serve` daemon's devices to another\n"
@@ -34,6 +34,13 @@ static const char migrate_help[] =
     "  --shared-base         send only allocated data (the destination holds the\n"
     "                        base; start it with --shared-base)\n"
     "  --zero-blocks         send all-zero chunks as a flag\n"
+    "  --compress off|zstd[:LEVEL]|auto\n"
+    "                        compress chunks (native format; default off): zstd\n"
+    "                        compresses every chunk on the reader threads (LEVEL\n"
+    "                        -N..22, default 1) and sends it raw if it does not\n"
+    "                        shrink by 1/16; auto compresses only while the link,\n"
+    "                        not the CPU, is the bottleneck, and sends raw to a\n"
+    "                        destination that does not accept compressed chunks\n"
     "  --max-downtime MS     longest pause for writers (default 300)\n"
     "  --max-bandwidth RATE  cap the stream, e.g. 100M (per second)\n"
     "  --mode MODE           how to keep up with writes made meanwhile:\n"
@@ -94,7 +101,8 @@ int cmd_migrate(int argc, char **argv)
 		OPT_DELTA,
 		OPT_VERIFY,
 		OPT_AFTER,
-		OPT_FORWARD_TO
+		OPT_FORWARD_TO,
+		OPT_COMPRESS
 	};
 	static const struct option opts[] = {
 		{ "control", required_argument, NULL, 'c' },
@@ -111,6 +119,7 @@ int cmd_migrate(int argc, char **argv)
 		{ "resume", no_argument, NULL, OPT_RESUME },
 		{ "delta", no_argument, NULL, OPT_DELTA },
 		{ "verify-only", no_argument, NULL, OPT_VERIFY },
+		{ "compress", required_argument, NULL, OPT_COMPRESS },
 		{ "after", required_argument, NULL, OPT_AFTER },
 		{ "forward-to", required_argument, NULL, OPT_FORWARD_TO },
 		{ "json", no_argument, NULL, OPT_JSON },
@@ -188,6 +197,17 @@ int cmd_migrate(int argc, char **argv)
 		case OPT_WAIT:
 			wait = true;
 			break;
+		case OPT_COMPRESS: {
+			enum mig_compress cm;
+			int level;
+
+			if (mig_compress_parse(optarg, &cm, &level) < 0) {
+				r = cli_usage_error("migrate", "--compress: %s", err_msg());
+				goto usage;
+			}
+			json_object_object_add(args, "compress", json_object_new_string(optarg));
+			break;
+		}
 		case OPT_RETRY:
 			if (parse_duration(optarg, &v) < 0) {
 				r = cli_usage_error("migrate", "--retry-for: %s", err_msg());

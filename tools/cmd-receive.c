@@ -24,7 +24,8 @@ static const char receive_help[] =
     "                      [--shared-base] [--port-file FILE] [--max-refused N]\n"
     "                      [--tls-psk FILE | --tls-creds DIR] [--tls-authz ID,...]\n"
     "                      [--no-tls] [--timeout SECONDS] [--retry-for DURATION]\n"
-    "                      [--delta] [--verify-only] [--state-dir DIR] [--json]\n"
+    "                      [--delta] [--verify-only] [--no-compress] [--state-dir DIR]\n"
+    "                      [--json]\n"
     "\n"
     "Accept one migration from `blkmig send` and write it into the named images.\n"
     "Every record is checked before anything is written; each pass is made\n"
@@ -58,6 +59,8 @@ static const char receive_help[] =
     "                        only chunks whose digests differ are sent\n"
     "  --verify-only         compare the images with a `send --verify-only` by\n"
     "                        digest, write nothing (exit 0 identical, 1 not)\n"
+    "  --no-compress         refuse compressed chunks: a `send --compress zstd` is\n"
+    "                        refused at its handshake, `--compress auto` sends raw\n"
     "  --retry-for DURATION  when the migration's connection fails, wait this long\n"
     "                        for the source to reconnect and resume (default 60s;\n"
     "                        0: fail at once)\n"
@@ -90,7 +93,8 @@ int cmd_receive(int argc, char **argv)
 		OPT_MAXSIZE,
 		OPT_RETRY,
 		OPT_DELTA,
-		OPT_VERIFY
+		OPT_VERIFY,
+		OPT_NO_COMPRESS
 	};
 	static const struct option opts[] = {
 		{ "listen", required_argument, NULL, 'l' },
@@ -106,6 +110,7 @@ int cmd_receive(int argc, char **argv)
 		{ "retry-for", required_argument, NULL, OPT_RETRY },
 		{ "delta", no_argument, NULL, OPT_DELTA },
 		{ "verify-only", no_argument, NULL, OPT_VERIFY },
+		{ "no-compress", no_argument, NULL, OPT_NO_COMPRESS },
 		CLI_STATE_OPTION,
 		CLI_TLS_OPTIONS,
 		{ "help", no_argument, NULL, 'h' },
@@ -189,6 +194,9 @@ int cmd_receive(int argc, char **argv)
 			break;
 		case OPT_VERIFY:
 			p.verify_only = true;
+			break;
+		case OPT_NO_COMPRESS:
+			p.no_compress = true;
 			break;
 		case 'h':
 			fputs(receive_help, stdout);

@@ -27,7 +27,8 @@ static const char send_help[] =
     "                   [--mode auto|dirty|active] [--workload SPEC] [--timeout SECONDS]\n"
     "                   [--tls-psk FILE | --tls-creds DIR [--tls-hostname NAME]]\n"
     "                   [--tls-authz ID,...] [--retry-for DURATION] [--delta]\n"
-    "                   [--verify-only] [--state-dir DIR] [--json]\n"
+    "                   [--verify-only] [--compress off|zstd[:LEVEL]|auto]\n"
+    "                   [--state-dir DIR] [--json]\n"
     "\n"
     "Migrate the named images to a `blkmig receive` at HOST:PORT: a bulk pass,\n"
     "passes that resend chunks written meanwhile, and a final pass with writers\n"
@@ -45,6 +46,13 @@ static const char send_help[] =
     "  --shared-base         send only allocated ranges: the destination already\n"
     "                        holds the rest (e.g. a common base image)\n"
     "  --zero-blocks         send all-zero chunks as a flag, without payload\n"
+    "  --compress off|zstd[:LEVEL]|auto\n"
+    "                        compress chunks (native format; default off): zstd\n"
+    "                        compresses every chunk on the reader threads (LEVEL\n"
+    "                        -N..22, default 1) and sends it raw if it does not\n"
+    "                        shrink by 1/16; auto compresses only while the link,\n"
+    "                        not the CPU, is the bottleneck, and sends raw to a\n"
+    "                        destination that does not accept compressed chunks\n"
     "  --max-bandwidth RATE  cap the stream, e.g. 100M (per second; default none)\n"
     "  --max-downtime MS     longest pause for writers (default 300)\n"
     "  --chunk-size SIZE     migration granularity, 4K..16M power of two (default 1M)\n"
@@ -200,7 +208,8 @@ int cmd_send(int argc, char **argv)
 		OPT_MODE,
 		OPT_RETRY,
 		OPT_DELTA,
-		OPT_VERIFY
+		OPT_VERIFY,
+		OPT_COMPRESS
 	};
 	static const struct option opts[] = {
 		{ "to", required_argument, NULL, 't' },
@@ -218,6 +227,7 @@ int cmd_send(int argc, char **argv)
 		{ "retry-for", required_argument, NULL, OPT_RETRY },
 		{ "delta", no_argument, NULL, OPT_DELTA },
 		{ "verify-only", no_argument, NULL, OPT_VERIFY },
+		{ "compress", required_argument, NULL, OPT_COMPRESS },
 		CLI_STATE_OPTION,
 		CLI_TLS_OPTIONS,
 		{ "help", no_argument, NULL, 'h' },
@@ -279,6 +289,10 @@ int cmd_send(int argc, char **argv)
 		case OPT_MODE:
 			if (mig_mode_parse(optarg, &p.mode) < 0)
 				return cli_usage_error("send", "--mode: %s", err_msg());
+			break;
+		case OPT_COMPRESS:
+			if (mig_compress_parse(optarg, &p.compress, &p.compress_level) < 0)
+				return cli_usage_error("send", "--compress: %s", err_msg());
 			break;
 		case OPT_DOWNTIME:
 			r = cli_parse_uint("send", "--max-downtime", optarg, 0, 3600 * 1000, &v);

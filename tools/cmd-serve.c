@@ -30,7 +30,8 @@ static const char serve_help[] =
     "                    [--tls-authz ID,...] [--no-tls]\n"
     "                    [--nbd-max-per-peer N] [--nbd-max-unauth N]\n"
     "                    [--nbd-idle-timeout SECONDS] [--retry-for DURATION]\n"
-    "                    [--reclaim] [--delta] [--verify-only] [--state-dir DIR]\n"
+    "                    [--reclaim] [--delta] [--verify-only] [--no-compress]\n"
+    "                    [--state-dir DIR]\n"
     "\n"
     "Own the named images and export each over NBD under its NAME.  Every write\n"
     "goes through dirty tracking, so `blkmig migrate --control PATH --to ...`\n"
@@ -68,6 +69,8 @@ static const char serve_help[] =
     "  --verify-only         with --incoming: compare the images with a `migrate\n"
     "                        --verify-only` by digest, write nothing, log the\n"
     "                        verdict, then serve them\n"
+    "  --no-compress         with --incoming: refuse compressed chunks (a `migrate\n"
+    "                        --compress zstd` fails, `--compress auto` sends raw)\n"
     "  --reclaim             serve images this host handed over to another (their\n"
     "                        hand-over record is removed); refused otherwise\n" CLI_STATE_HELP
 	CLI_TLS_HELP "                        TLS covers the incoming migration, the NBD exports,\n"
@@ -127,6 +130,7 @@ int cmd_serve(int argc, char **argv)
 		OPT_RECLAIM,
 		OPT_DELTA,
 		OPT_VERIFY,
+		OPT_NO_COMPRESS,
 	};
 	static const struct option opts[] = {
 		{ "device", required_argument, NULL, 'd' },
@@ -147,6 +151,7 @@ int cmd_serve(int argc, char **argv)
 		{ "reclaim", no_argument, NULL, OPT_RECLAIM },
 		{ "delta", no_argument, NULL, OPT_DELTA },
 		{ "verify-only", no_argument, NULL, OPT_VERIFY },
+		{ "no-compress", no_argument, NULL, OPT_NO_COMPRESS },
 		CLI_STATE_OPTION,
 		CLI_TLS_OPTIONS,
 		{ "help", no_argument, NULL, 'h' },
@@ -222,6 +227,9 @@ int cmd_serve(int argc, char **argv)
 			break;
 		case OPT_VERIFY:
 			cfg.verify_only = true;
+			break;
+		case OPT_NO_COMPRESS:
+			cfg.no_compress = true;
 			break;
 		case OPT_MAXREFUSED:
 			r = cli_parse_uint("serve", "--max-refused", optarg, 1, 100000, &v);

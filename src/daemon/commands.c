@@ -292,6 +292,8 @@ static const struct arg_spec migrate_args[] = {
 	{ "verify-only", ARG_BOOL, false, 0, 0, NULL },
 	{ "after", ARG_STRING, false, 0, 0, afters },
 	{ "forward-to", ARG_STRING, false, 0, 0, NULL },
+	/* off, zstd, zstd:LEVEL or auto: mig_compress_parse() */
+	{ "compress", ARG_STRING, false, 0, 0, NULL },
 	{ NULL },
 };
 
@@ -357,7 +359,7 @@ static json_object *cmd_migrate(struct daemon *d, const struct args *a, struct c
 	struct src_params p = { .max_bandwidth = d->max_bandwidth,
 				.max_downtime_ns = d->max_downtime_ns,
 				.mode = d->mode };
-	const char *to = NULL, *mode = NULL, *format = "native";
+	const char *to = NULL, *mode = NULL, *format = "native", *compress = NULL;
 	uint64_t ms = 0, chunk = 0, retry_ms = DAEMON_DEFAULT_RETRY_MS;
 	struct job_options jo = { 0 };
 	struct tls_creds *tls = NULL;
@@ -381,6 +383,9 @@ static json_object *cmd_migrate(struct daemon *d, const struct args *a, struct c
 	if (arg_u64(a, "max-downtime", &ms))
 		p.max_downtime_ns = ms * 1000000u;
 	if (arg_str(a, "mode", &mode) && mig_mode_parse(mode, &p.mode) < 0)
+		return fail_errmsg(e, CTL_ERR_INVALID_PARAM);
+	if (arg_str(a, "compress", &compress) &&
+	    mig_compress_parse(compress, &p.compress, &p.compress_level) < 0)
 		return fail_errmsg(e, CTL_ERR_INVALID_PARAM);
 	arg_str(a, "format", &format);
 	if (strcmp(format, "qemu") == 0)

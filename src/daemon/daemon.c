@@ -170,6 +170,7 @@ static int run_incoming(struct daemon *d)
 				.allow_shared_base = d->cfg.shared_base,
 				.allow_delta = d->cfg.delta,
 				.verify_only = d->cfg.verify_only,
+				.no_compress = d->cfg.no_compress,
 				.format = d->cfg.qemu ? MIG_FORMAT_QEMU : MIG_FORMAT_NATIVE,
 				.nbd_addr = d->nbd_addr };
 	struct incoming_params ip = { .lfd = d->incoming_lfd,
@@ -265,10 +266,12 @@ int daemon_check_config(const struct daemon_config *c)
 	if (c->qemu && c->create)
 		return err_set(EINVAL, "--create needs the native format: a QEMU stream does not "
 				       "announce device sizes");
-	if ((c->create || c->shared_base || c->qemu || c->delta || c->verify_only) && !c->incoming)
+	if ((c->create || c->shared_base || c->qemu || c->delta || c->verify_only ||
+	     c->no_compress) &&
+	    !c->incoming)
 		return err_set(EINVAL,
-			       "--create, --shared-base, --delta, --verify-only and --format "
-			       "go with --incoming");
+			       "--create, --shared-base, --delta, --verify-only, --no-compress and "
+			       "--format go with --incoming");
 	if (c->verify_only && (c->create || c->delta || c->shared_base || c->qemu))
 		return err_set(EINVAL,
 			       "--verify-only writes nothing: it goes with neither --create, "

@@ -79,6 +79,7 @@ struct daemon_config {
 	bool verify_only;     /* incoming: compare with a `migrate --verify-only` source
 			       * (log the verdict), write nothing, then serve */
 	bool qemu;	      /* incoming: QEMU 7.2's stream, not the native one */
+	bool no_compress;     /* incoming: refuse compressed chunks (dst_params) */
 	unsigned max_refused; /* incoming: give up after this many refused
 			       * connections (0: INCOMING_MAX_FAILURES) */
 	uint64_t retry_ns;    /* incoming: wait this long for a source whose

@@ -123,7 +123,16 @@ json_object *report_stats_json(const struct mig_stats *st, const char *error)
 	     add_int(o, "connections", st->connections) &&
 	     add(o, "verify", json_object_new_boolean(st->verify)) &&
 	     add_int(o, "max-pause", ms(st->max_pause_ns)) &&
-	     add_int(o, "chunk-size", st->chunk_size);
+	     add_int(o, "chunk-size", st->chunk_size) &&
+	     add(o, "compress", json_object_new_string(mig_compress_name(st->compress))) &&
+	     add(o, "compressing", json_object_new_boolean(st->compressing)) &&
+	     add_int(o, "compressed-chunks", st->compressed_chunks) &&
+	     add_int(o, "raw-chunks", st->raw_chunks) &&
+	     add_int(o, "incompressible-chunks", st->incompressible) &&
+	     add_int(o, "payload-bytes", st->payload_bytes) &&
+	     add(o, "compression-ratio",
+		 json_object_new_double(
+		     st->payload_bytes ? (double)st->data_bytes / (double)st->payload_bytes : 1.0));
 	for (unsigned i = 0; ok && i < st->ndev; i++) {
 		json_object *d = device_json(&st->dev[i]);
 

@@ -46,6 +46,10 @@ static int native_handshake(struct dst_fmt *f, struct dst_offer *o)
 	if (r < 0)
 		return r;
 	h = it.hello; /* a native stream starts with HELLO or fails */
+	/* Refused as an older blkmig would refuse it (it fails the HELLO),
+	 * but with its own errno, which the source recognises. */
+	if ((h->caps & NATIVE_CAP_COMPRESS) && f->p->no_compress)
+		return err_set(ENOTSUP, "handshake: %s", NATIVE_NO_COMPRESS_REASON);
 	memcpy(o->id, h->id, NATIVE_ID_LEN);
 	o->delta = h->caps & NATIVE_CAP_DELTA;
 	o->verify = h->caps & NATIVE_CAP_VERIFY;

@@ -78,11 +78,35 @@ int mig_mode_parse(const char *s, enum mig_mode *out);
 enum mig_format { MIG_FORMAT_NATIVE, MIG_FORMAT_QEMU };
 
 /*
- * What a format cannot carry, checked in one place: -EINVAL with the
- * reason for a mode (ACTIVE needs mirroring) or a chunk size (0: the
- * default) the format cannot carry, or an invalid chunk size.
+ * Compression of the native stream's chunks (--compress, docs/architecture.md):
+ *  OFF:  every chunk travels as it is (the default).
+ *  ZSTD: each chunk is compressed on the reader threads and travels as a
+ *        zstd frame when that makes it at least 1/16 smaller, raw otherwise;
+ *        a destination that does not accept compressed chunks is an error.
+ *  AUTO: as ZSTD or raw, whichever carries the chunks faster as measured
+ *        (every MIG_COMPRESS_AUTO_MS: a slow link favours compression,
+ *        busy CPUs raw); raw when the chunks do not shrink; a destination
+ *        that does not accept compressed chunks gets raw ones.
  */
-int mig_format_check(enum mig_format f, enum mig_mode mode, uint32_t chunk_size);
+enum mig_compress { MIG_COMPRESS_OFF, MIG_COMPRESS_ZSTD, MIG_COMPRESS_AUTO };
+
+#define MIG_COMPRESS_DEFAULT_LEVEL 1 /* zstd's fastest positive level */
+#define MIG_COMPRESS_AUTO_MS	   500
+
+const char *mig_compress_name(enum mig_compress c);
+/* "off", "zstd", "zstd:LEVEL" (LEVEL within libzstd's ZSTD_minCLevel() ..
+ * ZSTD_maxCLevel()), "auto" -> 0 with *out and *level
+ * (MIG_COMPRESS_DEFAULT_LEVEL unless given); -EINVAL with the reason. */
+int mig_compress_parse(const char *s, enum mig_compress *out, int *level);
+
+/*
+ * What a format cannot carry, checked in one place: -EINVAL with the
+ * reason for a mode (ACTIVE needs mirroring), a chunk size (0: the
+ * default) or compression the format cannot carry, or an invalid chunk
+ * size.
+ */
+int mig_format_check(enum mig_format f, enum mig_mode mode, uint32_t chunk_size,
+		     enum mig_compress compress);
 
 struct src_params;
 /*
@@ -133,10 +157,20 @@ struct mig_stats {
 	uint64_t max_pause_ns;	     /* the longest pause of the writers, any attempt */
 	uint64_t abandoned;	     /* switch-over attempts given up unacknowledged */
 	uint32_t connections;	     /* connections this migration used (1 + reconnections) */
-	bool verify;		     /* a verify-only run: nothing was written */
-	bool peer_error;	     /* the failure is the destination's own (its ERROR) */
-	bool retrying;		     /* job.h: between connections, after a failure worth another */
-	char mode_reason[160];	     /* why mirroring began */
+	/* Compression (source): as asked for (OFF too when the destination
+	 * refused it and AUTO fell back), whether chunks are compressed now,
+	 * DATA chunks sent as zstd frames and as they are (of which
+	 * 'incompressible' were tried and did not shrink enough), and the
+	 * payload bytes on the wire (frames + raw chunks; data_bytes is what
+	 * they carry). */
+	enum mig_compress compress;
+	bool compressing;
+	uint64_t compressed_chunks, raw_chunks, incompressible;
+	uint64_t payload_bytes;
+	bool verify;	       /* a verify-only run: nothing was written */
+	bool peer_error;       /* the failure is the destination's own (its ERROR) */
+	bool retrying;	       /* job.h: between connections, after a failure worth another */
+	char mode_reason[160]; /* why mirroring began */
 	uint32_t chunk_size;
 	/* Destination: whether any byte reached a device (a failed run that
 	 * wrote nothing left the images as they were). */
@@ -162,6 +196,9 @@ struct src_session {
 	uint32_t connections; /* connections begun so far */
 	uint32_t accepted;    /* connections that got past the handshake (at least
 			       * one: there is a migration to resume) */
+	/* The destination refused compressed chunks (src_params.compress
+	 * AUTO): the next connection offers none.  Set by the engine. */
+	bool compress_refused;
 	/* Figures over every connection so far (the job's start from them). */
 	uint64_t switchovers, abandoned, max_pause_ns;
 	/*
@@ -201,6 +238,10 @@ struct src_params {
 	 */
 	bool delta;
 	bool verify_only;
+	/* Native only: compress chunks (enum mig_compress) at zstd level
+	 * compress_level (0: MIG_COMPRESS_DEFAULT_LEVEL). */
+	enum mig_compress compress;
+	int compress_level;
 	/*
 	 * Forward the NBD clients to the destination after the switch-over:
 	 * at the hand-over writes wait (track_hold()) instead of failing, for
@@ -385,6 +426,11 @@ struct dst_params {
 	 * valid for the whole dst_run().
 	 */
 	const char *nbd_addr;
+	/* Refuse a native source that offers compressed chunks (receive
+	 * --no-compress): its HELLO is answered with ERROR (ENOTSUP,
+	 * NATIVE_NO_COMPRESS_REASON), as an older blkmig would; a source
+	 * with --compress auto then sends raw chunks. */
+	bool no_compress;
 };
 
 /*

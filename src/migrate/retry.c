@@ -82,6 +82,7 @@ int src_migrate(const struct src_params *params, const struct src_device *devs, 
 	struct src_session own;
 	uint64_t backoff = RETRY_FIRST_NS, give_up = 0;
 	unsigned corruptions = 0, tries = 0;
+	bool refused = false;
 	int r;
 
 	if (!p.session) {
@@ -119,6 +120,15 @@ int src_migrate(const struct src_params *params, const struct src_device *devs, 
 		src_free(j);
 		xport_close(x);
 		err_copy_in(msg);
+		/* --compress auto offered compression to a destination that
+		 * does not take it: at once again, without (once). */
+		if (r < 0 && !refused && p.session->compress_refused) {
+			refused = true;
+			if (rt->log)
+				rt->log(rt->user, "the destination does not accept compressed "
+						  "chunks: sending them as they are");
+			continue;
+		}
 		/* Only a migration that has begun is resumed: a first
 		 * connection that fails in its connect or its handshake (a
 		 * wrong address, no receiver there, other credentials) is the

@@ -126,10 +126,16 @@ static const struct src_format *format_of(enum mig_format f)
 	return f == MIG_FORMAT_QEMU ? &src_format_qemu : &src_format_native;
 }
 
-int mig_format_check(enum mig_format f, enum mig_mode mode, uint32_t chunk_size)
+int mig_format_check(enum mig_format f, enum mig_mode mode, uint32_t chunk_size,
+		     enum mig_compress compress)
 {
 	const struct src_format *fmt = format_of(f);
 
+	if (!fmt->compress && compress != MIG_COMPRESS_OFF)
+		return err_set(EINVAL,
+			       "compression needs the native format: a %s destination cannot "
+			       "take compressed chunks",
+			       fmt->display);
 	if (!fmt->mirror && mode == MIG_MODE_ACTIVE)
 		return err_set(EINVAL,
 			       "active mode needs the native format: a %s destination cannot "
@@ -146,7 +152,7 @@ int mig_format_check(enum mig_format f, enum mig_mode mode, uint32_t chunk_size)
 
 int src_params_check(const struct src_params *p)
 {
-	int r = mig_format_check(p->format, p->mode, p->chunk_size);
+	int r = mig_format_check(p->format, p->mode, p->chunk_size, p->compress);
 
 	if (r < 0)
 		return r;
@@ -248,6 +254,9 @@ int src_new(const struct src_params *p, const struct src_device *devs, unsigned 
 	j->stats.abandoned = j->sess->abandoned;
 	j->stats.max_pause_ns = j->sess->max_pause_ns;
 	j->stats.verify = j->p.verify_only;
+	j->stats.compress = j->p.compress;
+	if (!j->p.compress_level)
+		j->p.compress_level = MIG_COMPRESS_DEFAULT_LEVEL;
 	r = p->session ? 0 : src_session_init(&j->own_session);
 	if (r < 0) {
 		free(j);
@@ -334,6 +343,7 @@ void src_free(struct src_job *j)
 	free(j->q);
 	free(j->threads);
 	free(j->zero_buf);
+	free(j->zero_frame);
 	cancel_free(j->cancel);
 	if (j->stop_fd >= 0)
 		close(j->stop_fd);

@@ -66,6 +66,10 @@ struct result {
 	uint8_t *buf; /* a pool buffer, held until the result is sent */
 	uint64_t hash;
 	bool zero; /* SAME, DIFF: the chunk reads as zeros (hash not set) */
+	/* DATA with compression on: the reader tried (ztried) and the chunk
+	 * shrank to zlen bytes at buf + chunk_size (0: it goes raw). */
+	bool ztried;
+	uint32_t zlen;
 };
 
 struct src_dev {
@@ -122,6 +126,7 @@ struct src_format {
 	bool mirror;	      /* WRITE records: active mode */
 	bool cut_final;	      /* a final pass may stop short and become an ordinary one */
 	bool auto_mode;	      /* AUTO has something to switch to */
+	bool compress;	      /* compressed chunks (--compress) */
 
 	/* Handshake or stream header, on a fresh transport. */
 	int (*open)(struct src_job *j);
@@ -196,7 +201,10 @@ struct src_job {
 	unsigned qhead, qlen;
 	unsigned nthreads;
 	pthread_t *threads;
-	bool bulk_done;		/* the bulk pass has been sent whole */
+	bool bulk_done; /* the bulk pass has been sent whole */
+	/* Compression: what the readers do with DATA chunks (enum zmode),
+	 * set by the engine (negotiated in the handshake; AUTO's decision). */
+	_Atomic int zmode;
 	uint64_t pass_deadline; /* now_ns() at which to cut the pass short, 0 never */
 
 	/* Mirrored writes waiting for the engine (src-mirror.c). */
@@ -251,9 +259,18 @@ struct src_job {
 	bool in_blocks;		   /* a pass or a write's message is open on the wire */
 	bool final_pass;	   /* this pass runs with the writers paused */
 	uint64_t passes_sent;
-	uint64_t wseq;	   /* the last WRITE sequence number used */
-	struct policy pol; /* convergence: see policy.h */
-	uint8_t *zero_buf; /* a zero chunk, for holes sent without ZERO_BLOCK */
+	uint64_t wseq; /* the last WRITE sequence number used */
+	/* --compress auto (src-pass.c): what the engine sent since zauto_t0,
+	 * the chunk bytes per second last measured raw [0] and compressed
+	 * [1], intervals since each was, and whether the chunks shrink. */
+	uint64_t zauto_t0, zauto_bytes, zauto_tried, zauto_shrunk;
+	uint64_t zauto_rate[2];
+	unsigned zauto_age[2];
+	bool zauto_shrinks;
+	struct policy pol;   /* convergence: see policy.h */
+	uint8_t *zero_buf;   /* a zero chunk, for holes sent without ZERO_BLOCK */
+	uint8_t *zero_frame; /* with compression: a zero chunk as a zstd frame */
+	uint32_t zero_flen;  /* its bytes (0: none) */
 	pthread_t cancel_thread;
 	bool cancel_running;
 	int stop_fd; /* an eventfd that ends the cancel thread at the end of src_run */
@@ -267,6 +284,14 @@ uint64_t src_dirty_total(const struct src_job *j);
 void src_report(struct src_job *j, bool force);
 
 /* ---- src-readers.c ------------------------------------------------------ */
+
+/* What readers do with a DATA chunk (j->zmode). */
+enum zmode {
+	ZMODE_OFF,    /* nothing: compression is off or was not accepted */
+	ZMODE_ON,     /* compress every chunk */
+	ZMODE_SAMPLE, /* AUTO while raw: compress one chunk in ZMODE_SAMPLE_EVERY */
+};
+#define ZMODE_SAMPLE_EVERY 16
 
 int readers_start(struct src_job *j);
 void readers_stop(struct src_job *j);
@@ -296,6 +321,8 @@ bool readers_copied_locked(struct src_job *j, unsigned di, uint64_t c);
 int src_open_blocks(struct src_job *j);
 /* One pass, sent whole or cut short at j->pass_deadline (j->truncated). */
 int src_run_pass(struct src_job *j, enum pass_kind kind);
+/* The handshake accepted compression (or not): set the readers going. */
+void src_compress_start(struct src_job *j, bool accepted);
 
 /* ---- src-mirror.c ------------------------------------------------------- */
 

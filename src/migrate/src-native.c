@@ -15,6 +15,39 @@
 #include "src-impl.h"
 #include "transport/transport.h"
 
+/* ---- compression ---- */
+
+/* Whether HELLO offered compressed chunks. */
+static bool compress_offered(const struct src_job *j)
+{
+	return j->p.compress != MIG_COMPRESS_OFF && !j->sess->compress_refused;
+}
+
+/*
+ * Whether the destination's answer to HELLO refuses compression: one told
+ * not to take it says ENOTSUP; an older one refuses the capability bit it
+ * does not know ("unknown capability bits", native.c's own words).
+ */
+static bool compress_refused(const struct src_job *j, const struct native_error *e)
+{
+	return compress_offered(j) &&
+	       (e->err == ENOTSUP || strstr(e->reason, "unknown capability bits"));
+}
+
+/* AUTO: the next connection (src_migrate) offers none.  ZSTD: an error. */
+static int refused_compression(struct src_job *j)
+{
+	if (j->p.compress == MIG_COMPRESS_AUTO) {
+		j->sess->compress_refused = true;
+		return err_set(EPROTONOSUPPORT, "the destination does not accept compressed "
+						"chunks: connecting again without compression");
+	}
+	return err_set(EPROTONOSUPPORT,
+		       "the destination does not accept compressed chunks (an older blkmig, or "
+		       "one started with --no-compress): run without --compress, or with "
+		       "--compress auto");
+}
+
 /* Read READY directly: the return path starts only after the handshake. */
 static int await_ready(struct src_job *j, uint64_t *version)
 {
@@ -27,6 +60,8 @@ static int await_ready(struct src_job *j, uint64_t *version)
 	r = wire_stream_next(j->rs, &it);
 	if (r < 0)
 		return err_prefix(-r, "waiting for the destination to accept the handshake: ");
+	if (it.kind == WIRE_ITEM_ERROR && compress_refused(j, it.error))
+		return refused_compression(j);
 	if (it.kind == WIRE_ITEM_ERROR)
 		return rp_peer_error(j, it.error);
 	/* A refusal, or a receiver restarting behind a proxy: the first
@@ -199,6 +234,9 @@ static int native_open(struct src_job *j)
 		h.caps |= NATIVE_CAP_VERIFY;
 	else /* offered: the mode may change to active while running */
 		h.caps |= NATIVE_CAP_MIRROR;
+	/* Nothing to compress in a verify. */
+	if (compress_offered(j) && !j->p.verify_only)
+		h.caps |= NATIVE_CAP_COMPRESS;
 	memcpy(h.id, j->sess->id, NATIVE_ID_LEN);
 	for (unsigned i = 0; i < j->ndev; i++) {
 		snprintf(h.dev[i].name, sizeof(h.dev[i].name), "%s", j->dev[i].name);
@@ -217,6 +255,7 @@ static int native_open(struct src_job *j)
 	if (r < 0)
 		return r;
 	j->sess->accepted++;
+	src_compress_start(j, h.caps & NATIVE_CAP_COMPRESS);
 	return rp_start(j);
 }
 
@@ -363,6 +402,7 @@ const struct src_format src_format_native = {
 	.mirror = true,
 	.cut_final = true,
 	.auto_mode = true,
+	.compress = true,
 	.open = native_open,
 	.pass_begin = native_pass_begin,
 	.pass_end = native_pass_end,

@@ -16,6 +16,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <zstd.h>
 
 #include "bitmap/dirty.h"
 #include "common/error.h"
@@ -120,9 +121,38 @@ static int read_chunk(struct src_job *j, struct result *res, enum pass_kind pass
 	return 0;
 }
 
+/*
+ * Compression, on the reader's own thread so that it scales with the
+ * readers and never holds the engine: a DATA chunk is compressed into the
+ * second half of its buffer, which holds chunk - chunk/16 bytes, so a
+ * chunk that does not shrink by at least 1/16 fails to fit and goes raw
+ * (zstd stops as soon as it runs out of room).  The frame states the
+ * chunk's size, which the destination checks.
+ */
+static void compress_chunk(struct src_job *j, ZSTD_CCtx *cctx, struct result *res, unsigned *seen)
+{
+	int mode = atomic_load(&j->zmode);
+	uint32_t chunk = j->p.chunk_size;
+	size_t n;
+
+	if (!cctx || res->kind != RES_DATA || mode == ZMODE_OFF)
+		return;
+	if (mode == ZMODE_SAMPLE && (*seen)++ % ZMODE_SAMPLE_EVERY)
+		return;
+	res->ztried = true;
+	n = ZSTD_compressCCtx(cctx, res->buf + chunk, chunk - chunk / 16, res->buf, chunk,
+			      j->p.compress_level);
+	if (!ZSTD_isError(n) && n > 0 && n < chunk)
+		res->zlen = (uint32_t)n;
+}
+
 static void *reader_main(void *arg)
 {
 	struct src_job *j = arg;
+	/* A reader's own context, made once: none when compression is off
+	 * (or no memory: the chunks go raw). */
+	ZSTD_CCtx *cctx = j->p.compress != MIG_COMPRESS_OFF ? ZSTD_createCCtx() : NULL;
+	unsigned seen = 0;
 
 	pthread_mutex_lock(&j->lock);
 	for (;;) {
@@ -146,6 +176,8 @@ static void *reader_main(void *arg)
 		pthread_mutex_unlock(&j->lock);
 
 		r = read_chunk(j, &res, pass);
+		if (r == 0)
+			compress_chunk(j, cctx, &res, &seen);
 
 		pthread_mutex_lock(&j->lock);
 		j->busy--;
@@ -166,12 +198,16 @@ static void *reader_main(void *arg)
 		pthread_cond_broadcast(&j->done_cond);
 	}
 	pthread_mutex_unlock(&j->lock);
+	ZSTD_freeCCtx(cctx);
 	return NULL;
 }
 
 int readers_start(struct src_job *j)
 {
 	unsigned n = j->p.readers, nbufs = n + 2;
+	/* With compression each buffer has room for the frame after the
+	 * chunk (compress_chunk()). */
+	size_t size = (size_t)j->p.chunk_size * (j->p.compress != MIG_COMPRESS_OFF ? 2 : 1);
 
 	j->bufs = calloc(nbufs, sizeof(*j->bufs));
 	j->free = calloc(nbufs, sizeof(*j->free));
@@ -181,10 +217,10 @@ int readers_start(struct src_job *j)
 		return err_set(ENOMEM, "no memory for %u read buffers", nbufs);
 	/* nbufs counts only buffers that exist, for src_free(). */
 	for (unsigned i = 0; i < nbufs; i++) {
-		j->bufs[i] = aligned_alloc(4096, j->p.chunk_size);
+		j->bufs[i] = aligned_alloc(4096, size);
 		if (!j->bufs[i])
-			return err_set(ENOMEM, "no memory for %u read buffers of %u bytes", nbufs,
-				       j->p.chunk_size);
+			return err_set(ENOMEM, "no memory for %u read buffers of %zu bytes", nbufs,
+				       size);
 		j->nbufs++;
 		j->free[j->nfree++] = j->bufs[i];
 	}

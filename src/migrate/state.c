@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /* Names shared by both engines, and the frame reader both use. */
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
+#include <zstd.h>
 
 #include "common/error.h"
 #include "engine.h"
@@ -45,6 +47,49 @@ int mig_mode_parse(const char *s, enum mig_mode *out)
 			return 0;
 		}
 	return err_set(EINVAL, "unknown mode '%s' (auto, dirty or active)", s);
+}
+
+const char *mig_compress_name(enum mig_compress c)
+{
+	switch (c) {
+	case MIG_COMPRESS_OFF:
+		return "off";
+	case MIG_COMPRESS_ZSTD:
+		return "zstd";
+	case MIG_COMPRESS_AUTO:
+		return "auto";
+	}
+	return "unknown";
+}
+
+int mig_compress_parse(const char *s, enum mig_compress *out, int *level)
+{
+	const char *colon = strchr(s, ':');
+	char *end;
+	long v;
+
+	*level = MIG_COMPRESS_DEFAULT_LEVEL;
+	if (strcmp(s, "off") == 0 || strcmp(s, "auto") == 0 || strcmp(s, "zstd") == 0) {
+		*out = s[0] == 'o'   ? MIG_COMPRESS_OFF
+		       : s[0] == 'a' ? MIG_COMPRESS_AUTO
+				     : MIG_COMPRESS_ZSTD;
+		return 0;
+	}
+	if (!colon || (size_t)(colon - s) != 4 || strncmp(s, "zstd", 4) != 0)
+		return err_set(EINVAL, "unknown compression '%s' (off, zstd, zstd:LEVEL or auto)",
+			       s);
+	if (!colon[1])
+		return err_set(EINVAL, "'%s': a level must follow 'zstd:' (%d to %d)", s,
+			       ZSTD_minCLevel(), ZSTD_maxCLevel());
+	errno = 0;
+	v = strtol(colon + 1, &end, 10);
+	if (*end || errno || v < ZSTD_minCLevel() || v > ZSTD_maxCLevel() || v == 0)
+		return err_set(EINVAL,
+			       "'%s': the zstd level must be a non-zero integer from %d to %d", s,
+			       ZSTD_minCLevel(), ZSTD_maxCLevel());
+	*out = MIG_COMPRESS_ZSTD;
+	*level = (int)v;
+	return 0;
 }
 
 int engine_xport_read(void *user, void *buf, size_t len, size_t *got)

@@ -65,9 +65,18 @@
 /* The source will forward its NBD clients to the destination after the
  * switch-over: the destination says where its NBD export is (EXPORT). */
 #define NATIVE_CAP_FORWARD (1U << 5)
+/* ---- compression (its own block; bit 7, leaving bit 6 free) ---- */
+/* ZSTD records (record.h: a chunk as one zstd frame) may appear in BLOCKS
+ * messages, never as mirrored writes.  A destination that does not take
+ * them refuses the HELLO (an older one: "unknown capability bits"; one
+ * told not to: ENOTSUP, NATIVE_NO_COMPRESS_REASON). */
+#define NATIVE_CAP_COMPRESS (1U << 7)
+#define NATIVE_NO_COMPRESS_REASON                                                                  \
+	"this destination does not accept compressed chunks (--no-compress)"
+/* ---- end of compression ---- */
 #define NATIVE_CAP_KNOWN                                                                           \
 	(NATIVE_CAP_ZERO_BLOCKS | NATIVE_CAP_SHARED_BASE | NATIVE_CAP_MIRROR | NATIVE_CAP_DELTA |  \
-	 NATIVE_CAP_VERIFY | NATIVE_CAP_FORWARD)
+	 NATIVE_CAP_VERIFY | NATIVE_CAP_FORWARD | NATIVE_CAP_COMPRESS)
 
 enum native_msg {
 	NATIVE_MSG_BLOCKS = 0x01,

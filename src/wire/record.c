@@ -24,9 +24,12 @@
 #define REC_NAME_POS 9 /* word + u8 name length */
 
 #define REC_F_KNOWN                                                                                \
-	(WIRE_F_DEVICE_BLOCK | WIRE_F_EOS | WIRE_F_PROGRESS | WIRE_F_ZERO_BLOCK | WIRE_F_WRITE)
+	(WIRE_F_DEVICE_BLOCK | WIRE_F_EOS | WIRE_F_PROGRESS | WIRE_F_ZERO_BLOCK | WIRE_F_WRITE |   \
+	 WIRE_F_ZSTD)
 /* WRITE's fields after the name: seq, offset, length, op. */
 #define REC_WRITE_FIELDS (8 + 8 + 4 + 1)
+/* ZSTD's field after the name: the frame's length. */
+#define REC_ZSTD_FIELDS 4
 
 /* A PROGRESS percentage must fit in the word after the 9 flag bits. */
 #define REC_PERCENT_MAX 100
@@ -49,6 +52,7 @@ static const char *flag_names(char *buf, size_t cap, unsigned int f)
 		{ WIRE_F_PROGRESS, "PROGRESS" },
 		{ WIRE_F_ZERO_BLOCK, "ZERO_BLOCK" },
 		{ WIRE_F_WRITE, "WRITE" },
+		{ WIRE_F_ZSTD, "ZSTD" },
 	};
 	size_t pos = 0;
 
@@ -67,7 +71,7 @@ static const char *flag_names(char *buf, size_t cap, unsigned int f)
 }
 
 /*
- * Map the flag bits of a word to a record kind.  Exactly five combinations
+ * Map the flag bits of a word to a record kind.  Exactly six combinations
  * are valid; anything else is -EBADMSG with the flags named in the message.
  */
 static int flags_to_kind(unsigned int flags, enum wire_rec_kind *kind)
@@ -96,6 +100,9 @@ static int flags_to_kind(unsigned int flags, enum wire_rec_kind *kind)
 	case WIRE_F_WRITE:
 		*kind = WIRE_REC_WRITE;
 		return 0;
+	case WIRE_F_DEVICE_BLOCK | WIRE_F_ZSTD:
+		*kind = WIRE_REC_ZSTD;
+		return 0;
 	default:
 		return err_set(EBADMSG, "record: invalid flag combination 0x%02x (%s)", flags,
 			       flag_names(names, sizeof(names), flags));
@@ -119,6 +126,7 @@ int wire_rec_encode_header(uint8_t *buf, const struct wire_record *rec)
 	case WIRE_REC_DATA:
 	case WIRE_REC_ZERO:
 	case WIRE_REC_WRITE:
+	case WIRE_REC_ZSTD:
 		if (rec->kind != WIRE_REC_WRITE && (rec->offset & WIRE_FLAG_MASK))
 			return err_set(EINVAL,
 				       "record: offset 0x%" PRIx64 " is not a multiple of 512",
@@ -143,6 +151,11 @@ int wire_rec_encode_header(uint8_t *buf, const struct wire_record *rec)
 			put_be64(f + 8, rec->offset);
 			put_be32(f + 16, rec->length);
 			f[20] = rec->op;
+		} else if (rec->kind == WIRE_REC_ZSTD) {
+			if (rec->length == 0)
+				return err_set(EINVAL, "record: ZSTD with an empty frame");
+			put_be64(buf, rec->offset | WIRE_F_DEVICE_BLOCK | WIRE_F_ZSTD);
+			put_be32(buf + REC_NAME_POS + n, rec->length);
 		} else {
 			put_be64(buf, rec->offset | (rec->kind == WIRE_REC_ZERO
 							 ? WIRE_F_DEVICE_BLOCK | WIRE_F_ZERO_BLOCK
@@ -151,7 +164,9 @@ int wire_rec_encode_header(uint8_t *buf, const struct wire_record *rec)
 		buf[REC_WORD_LEN] = (uint8_t)n;
 		memcpy(buf + REC_NAME_POS, rec->name, n);
 		return (int)(REC_NAME_POS + n +
-			     (rec->kind == WIRE_REC_WRITE ? REC_WRITE_FIELDS : 0));
+			     (rec->kind == WIRE_REC_WRITE  ? REC_WRITE_FIELDS
+			      : rec->kind == WIRE_REC_ZSTD ? REC_ZSTD_FIELDS
+							   : 0));
 	case WIRE_REC_PROGRESS:
 		if (rec->percent > REC_PERCENT_MAX)
 			return err_set(EINVAL, "record: progress %" PRIu64 "%% out of range 0..%d",
@@ -218,6 +233,7 @@ int wire_rec_decode(const uint8_t *buf, size_t len, uint32_t chunk_size, struct 
 	case WIRE_REC_DATA:
 	case WIRE_REC_ZERO:
 	case WIRE_REC_WRITE:
+	case WIRE_REC_ZSTD:
 		break;
 	}
 
@@ -255,6 +271,29 @@ int wire_rec_decode(const uint8_t *buf, size_t len, uint32_t chunk_size, struct 
 			return -EAGAIN;
 		}
 		rec->data = buf + REC_NAME_POS + n;
+	} else if (kind == WIRE_REC_ZSTD) {
+		const uint8_t *f = buf + need;
+
+		need += REC_ZSTD_FIELDS;
+		if (len < need) {
+			*used = (size_t)need;
+			return -EAGAIN;
+		}
+		/* Bounded before the frame is asked for: never more than a
+		 * chunk's worth, whatever the peer says. */
+		rec->length = get_be32(f);
+		if (rec->length == 0 || rec->length >= chunk_size)
+			return err_set(EBADMSG,
+				       "record: compressed chunk of %" PRIu32
+				       " bytes (must be 1..%" PRIu32
+				       ": a chunk that does not shrink travels as DATA)",
+				       rec->length, chunk_size - 1);
+		rec->data = buf + need;
+		need += rec->length;
+		if (len < need) {
+			*used = (size_t)need;
+			return -EAGAIN;
+		}
 	} else if (kind == WIRE_REC_WRITE) {
 		const uint8_t *f = buf + need;
 

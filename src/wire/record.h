@@ -27,6 +27,13 @@
  *   seq counts WRITE records from 1, one more each time; length is
  *   1..chunk_size; op 0 = data (the payload follows), 1 = zeros (no
  *   payload).
+ *   DEVICE_BLOCK | ZSTD (0x21, native only): a compressed chunk:
+ *   +------+-----------------+---------+-------------------------+
+ *   | u8 n | n bytes name    | be32 z  | z bytes: one zstd frame |
+ *   +------+-----------------+---------+-------------------------+
+ *   z is 1..chunk_size - 1 (a chunk that does not shrink travels as
+ *   DATA); the frame decompresses to exactly chunk_size bytes, which the
+ *   decoder here does not check (stream.c decompresses).
  *
  * Any other flag combination is an error.  The offset of a DEVICE_BLOCK
  * record is a multiple of the chunk size; the payload is always a whole
@@ -47,6 +54,7 @@
 #define WIRE_F_PROGRESS	    0x04U
 #define WIRE_F_ZERO_BLOCK   0x08U
 #define WIRE_F_WRITE	    0x10U /* native only */
+#define WIRE_F_ZSTD	    0x20U /* native only, with DEVICE_BLOCK */
 #define WIRE_FLAG_MASK	    0x1ffU
 
 #define WIRE_QEMU_CHUNK_SIZE (1U << 20)
@@ -68,6 +76,9 @@ enum wire_rec_kind {
 	WIRE_REC_PROGRESS, /* PROGRESS: percent */
 	WIRE_REC_EOS,	   /* EOS */
 	WIRE_REC_WRITE,	   /* WRITE: a mirrored client write (native only) */
+	/* DEVICE_BLOCK | ZSTD: a chunk as one zstd frame of 'length' bytes
+	 * at data (native only; stream.c turns it into DATA). */
+	WIRE_REC_ZSTD,
 };
 
 struct wire_record {
@@ -79,8 +90,8 @@ struct wire_record {
 	const uint8_t *data;	      /* DATA, WRITE data: points into the decoded buffer */
 	/* WRITE only (offset above is its byte offset): */
 	uint64_t seq;
-	uint32_t length;
-	uint8_t op; /* WIRE_WRITE_DATA or WIRE_WRITE_ZERO */
+	uint32_t length; /* WRITE: bytes written; ZSTD: bytes of the frame */
+	uint8_t op;	 /* WIRE_WRITE_DATA or WIRE_WRITE_ZERO */
 };
 
 /* Whether chunk_size is a power of two from WIRE_MIN_CHUNK_SIZE to
@@ -91,8 +102,9 @@ bool wire_chunk_size_valid(uint64_t chunk_size);
  * Encode the header of a record (word, and the name for DATA/ZERO/WRITE,
  * and WRITE's fields) into buf, which must hold WIRE_REC_HDR_MAX bytes.  For
  * DATA the caller sends chunk_size payload bytes right after, for a WRITE
- * with op DATA 'length' bytes.  A WRITE needs seq >= 1 and length >= 1
- * (its upper bound, the chunk size, is the decoder's to check).  Returns the header length, or
+ * with op DATA 'length' bytes, for a ZSTD record the 'length' bytes of its
+ * frame (1..chunk_size - 1, the decoder's to check above 0).  A WRITE needs seq >= 1 and length >=
+ * 1 (its upper bound, the chunk size, is the decoder's to check).  Returns the header length, or
  * -EINVAL (with err_set) for an unencodable record: offset not a multiple of
  * 512, empty or over-long name, percent out of range.
  *
@@ -112,9 +124,10 @@ int wire_rec_encode_header(uint8_t *buf, const struct wire_record *rec);
  *    needed before calling again (always more than len).
  *  - -EBADMSG: malformed (unknown flag, bad combination, empty name, offset
  *    not a multiple of chunk_size for DATA/ZERO; a WRITE with offset bits
- *    in its word, seq 0, length 0 or above chunk_size, or an unknown op);
- *    message via err_set.  Whether a WRITE may appear at all is the
- *    caller's decision (never in a QEMU stream).
+ *    in its word, seq 0, length 0 or above chunk_size, or an unknown op;
+ *    a ZSTD record whose frame is 0 bytes or not smaller than a chunk);
+ *    message via err_set.  Whether a WRITE or a ZSTD record may appear at
+ *    all is the caller's decision (never in a QEMU stream).
  *  - -EINVAL: chunk_size itself is invalid (a caller bug, not bad input).
  *
  * Errors are reported as early as the bytes allow: a bad word fails with 8

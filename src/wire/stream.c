@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <zstd.h>
 
 #include "common/error.h"
 #include "common/util.h"
@@ -80,6 +81,10 @@ struct wire_stream {
 	/* buffers, sized by the formats' limits */
 	uint8_t *rec; /* one record: header + chunk */
 	size_t rec_cap;
+	/* ZSTD records: the chunk they decompress to, and the context, made
+	 * on the first one and reused for the connection. */
+	uint8_t *unz;
+	ZSTD_DCtx *dctx;
 	struct wire_record cur_rec;
 	struct native_hello hello;
 	struct native_complete complete;
@@ -127,6 +132,8 @@ void wire_stream_free(struct wire_stream *s)
 	if (!s)
 		return;
 	free(s->rec);
+	free(s->unz);
+	ZSTD_freeDCtx(s->dctx);
 	free(s->sums);
 	free(s);
 }
@@ -328,6 +335,66 @@ static int read_start(struct wire_stream *s, struct wire_item *it)
 	return 0;
 }
 
+/*
+ * A ZSTD record becomes the DATA record it stands for: its frame must
+ * decompress to exactly one chunk (the frame says so in its header, and
+ * no byte may follow it), into a buffer sized by the chunk, never by the
+ * peer.  it->packed keeps the frame's length.
+ */
+static int unpack_record(struct wire_stream *s, struct wire_item *it)
+{
+	unsigned long long at = (unsigned long long)it->offset;
+	const struct wire_record *rec = &s->cur_rec;
+	unsigned long long content;
+	size_t n;
+
+	if (s->fmt != WIRE_STREAM_NATIVE || !(s->hello.caps & NATIVE_CAP_COMPRESS))
+		return err_set(EBADMSG,
+			       "record at stream offset %llu: a compressed chunk, which this "
+			       "stream did not announce",
+			       at);
+	if (!s->unz && !(s->unz = aligned_alloc(4096, div_round_up(s->chunk, 4096) * 4096)))
+		return err_set(ENOMEM, "no memory for a %u-byte chunk buffer", s->chunk);
+	if (!s->dctx && !(s->dctx = ZSTD_createDCtx()))
+		return err_set(ENOMEM, "no memory for a decompression context");
+	content = ZSTD_getFrameContentSize(rec->data, rec->length);
+	if (content == ZSTD_CONTENTSIZE_ERROR)
+		return err_set(EBADMSG,
+			       "record at stream offset %llu: the compressed chunk is not a zstd "
+			       "frame",
+			       at);
+	if (content != s->chunk)
+		return err_set(EBADMSG,
+			       "record at stream offset %llu: the compressed chunk %s (a chunk is "
+			       "%u bytes)",
+			       at,
+			       content == ZSTD_CONTENTSIZE_UNKNOWN ? "does not state its size"
+			       : content > s->chunk		   ? "is larger than a chunk"
+								   : "is smaller than a chunk",
+			       s->chunk);
+	n = ZSTD_findFrameCompressedSize(rec->data, rec->length);
+	if (!ZSTD_isError(n) && n != rec->length)
+		return err_set(EBADMSG,
+			       "record at stream offset %llu: %zu bytes follow the compressed "
+			       "chunk's frame",
+			       at, (size_t)rec->length - n);
+	n = ZSTD_decompressDCtx(s->dctx, s->unz, s->chunk, rec->data, rec->length);
+	if (ZSTD_isError(n))
+		return err_set(EBADMSG,
+			       "record at stream offset %llu: corrupt compressed chunk: %s", at,
+			       ZSTD_getErrorName(n));
+	if (n != s->chunk)
+		return err_set(EBADMSG,
+			       "record at stream offset %llu: the compressed chunk gave %zu bytes, "
+			       "not %u",
+			       at, n, s->chunk);
+	it->packed = rec->length;
+	it->rec.kind = WIRE_REC_DATA;
+	it->rec.data = s->unz;
+	it->rec.length = 0;
+	return 0;
+}
+
 /* ---- block records -------------------------------------------------------------- */
 
 static int read_record(struct wire_stream *s, struct wire_item *it)
@@ -353,6 +420,8 @@ static int read_record(struct wire_stream *s, struct wire_item *it)
 			       (unsigned long long)it->offset);
 	it->kind = WIRE_ITEM_RECORD;
 	it->rec = s->cur_rec;
+	if (s->cur_rec.kind == WIRE_REC_ZSTD)
+		return unpack_record(s, it);
 	if (s->cur_rec.kind == WIRE_REC_EOS)
 		s->state = s->fmt == WIRE_STREAM_NATIVE ? ST_TOP : ST_FOOTER;
 	return 0;

@@ -24,7 +24,9 @@
  *           (never inside one: that is a truncation error)
  *
  * Errors are negative errnos with one message (err_set) that names the
- * stream offset: -EBADMSG for malformed input, -EPROTONOSUPPORT for an
+ * stream offset: -EBADMSG for malformed input (a compressed chunk included:
+ * not announced by HELLO, not a zstd frame, a frame that does not state
+ * exactly one chunk as its size, bytes after the frame, corrupt data), -EPROTONOSUPPORT for an
  * unsupported native version, -ENOTSUP for a QEMU stream that carries more
  * than block devices (RAM, devices), or whatever the read callback
  * returned.  Failure is sticky: every later call returns the same code.
@@ -94,8 +96,11 @@ struct wire_item {
 	uint64_t offset; /* stream offset of the item's first byte */
 	uint64_t value;	 /* READY, ACK, COMMIT, SYNCED, WACK, QEMU_HEADER, VMDESC */
 	/* RECORD: rec.data points into the stream's buffer and stays valid
-	 * until the next call. */
+	 * until the next call.  A compressed chunk (ZSTD record, native only)
+	 * is yielded as the DATA record it decompresses to, with packed = the
+	 * bytes its frame took on the wire (0 for everything else). */
 	struct wire_record rec;
+	uint32_t packed;
 	struct savevm_section section; /* CONFIG, SECTION, FOOTER */
 	/* Owned by the stream, valid until the next call of the same kind: */
 	const struct native_hello *hello;	/* HELLO */

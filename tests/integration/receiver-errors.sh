@@ -38,7 +38,7 @@ check truncated-hello "handshake: .*connection closed" no
 check beyond "offset 0x[0-9a-f]+ beyond device d0" yes
 check unknown-device "unknown device 'nosuchdev'" yes
 check hello-device "unknown device 'stranger'" no
-check unknown-flag "unknown flags 0x20" yes
+check unknown-flag "unknown flags 0x40" yes
 check size-mismatch "size mismatch" no
 check digest-mismatch "digest mismatch" yes
 check bad-magic "bad magic" no

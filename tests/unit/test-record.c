@@ -232,6 +232,7 @@ static void round_trip(enum wire_rec_kind kind, uint64_t offset, const char *nam
 		break;
 	case WIRE_REC_EOS:
 	case WIRE_REC_WRITE: /* test_write */
+	case WIRE_REC_ZSTD:  /* test_zstd */
 		break;
 	}
 	free(b);
@@ -308,6 +309,70 @@ static void test_write(void **state)
 	in.seq = 0;
 	assert_int_equal(wire_rec_encode_header(hdr, &in), -EINVAL);
 	in.seq = 1;
+	in.length = 0;
+	assert_int_equal(wire_rec_encode_header(hdr, &in), -EINVAL);
+}
+
+/* ZSTD (native only): golden bytes, every prefix, and the frame's bounds,
+ * checked before the frame is asked for. */
+static void test_zstd(void **state)
+{
+	static const uint8_t golden[] = {
+		0x00, 0x00, 0x00, 0x00, 0x00, 0x10, 0x00, 0x21, /* word: 1 MiB, DEVICE_BLOCK|ZSTD */
+		0x06, 'd',  'r',  'i',	'v',  'e',  '0',	/* name */
+		0x00, 0x00, 0x00, 0x05,				/* frame of 5 bytes */
+		0xf0, 0xf1, 0xf2, 0xf3, 0xf4,			/* (the frame: not checked here) */
+	};
+	struct wire_record in = {
+		.kind = WIRE_REC_ZSTD, .name = "drive0", .offset = MiB, .length = 5
+	};
+	struct wire_record out;
+	uint8_t hdr[WIRE_REC_HDR_MAX], bad[sizeof(golden)];
+	size_t used;
+	int n;
+
+	(void)state;
+	n = wire_rec_encode_header(hdr, &in);
+	assert_int_equal(n, sizeof(golden) - 5);
+	assert_memory_equal(hdr, golden, (size_t)n);
+	assert_int_equal(decode_exact(golden, sizeof(golden), CHUNK_1M, &out, &used), 0);
+	assert_int_equal(used, sizeof(golden));
+	assert_int_equal(out.kind, WIRE_REC_ZSTD);
+	assert_string_equal(out.name, "drive0");
+	assert_int_equal(out.offset, MiB);
+	assert_int_equal(out.length, 5);
+	assert_int_equal(wire_rec_decode(golden, sizeof(golden), CHUNK_1M, &out, &used), 0);
+	assert_ptr_equal(out.data, golden + 19);
+	for (size_t p = 0; p < sizeof(golden); p++) {
+		used = 0;
+		assert_int_equal(decode_exact(golden, p, CHUNK_1M, &out, &used), -EAGAIN);
+		assert_true(used > p && used <= sizeof(golden));
+	}
+	/* An empty frame, and one as long as the chunk: refused with the 19
+	 * header bytes alone. */
+	memcpy(bad, golden, sizeof(bad));
+	bad[18] = 0;
+	expect_error(decode_exact(bad, 19, CHUNK_1M, &out, &used), EBADMSG,
+		     "record: compressed chunk of 0 bytes (must be 1..1048575: a chunk that "
+		     "does not shrink travels as DATA)");
+	put_be32(bad + 15, CHUNK_4K);
+	expect_error(decode_exact(bad, 19, CHUNK_4K, &out, &used), EBADMSG,
+		     "record: compressed chunk of 4096 bytes (must be 1..4095: a chunk that "
+		     "does not shrink travels as DATA)");
+	put_be32(bad + 15, UINT32_MAX);
+	expect_error(decode_exact(bad, 19, CHUNK_1M, &out, &used), EBADMSG,
+		     "record: compressed chunk of 4294967295 bytes (must be 1..1048575: a "
+		     "chunk that does not shrink travels as DATA)");
+	/* The largest allowed asks for exactly that much. */
+	put_be32(bad + 15, CHUNK_4K - 1);
+	assert_int_equal(decode_exact(bad, 19, CHUNK_4K, &out, &used), -EAGAIN);
+	assert_int_equal(used, 19 + CHUNK_4K - 1);
+	/* Misaligned, like DATA. */
+	memcpy(bad, golden, sizeof(bad));
+	bad[6] = 0x10;
+	expect_error(decode_exact(bad, 8, CHUNK_1M, &out, &used), EBADMSG,
+		     "record: offset 0x101000 not aligned to chunk size 1048576");
+	/* The encoder refuses an empty frame. */
 	in.length = 0;
 	assert_int_equal(wire_rec_encode_header(hdr, &in), -EINVAL);
 }
@@ -476,11 +541,14 @@ static void check_bad_word(uint64_t word, const char *msg)
 static void test_bad_flags(void **state)
 {
 	(void)state;
-	check_bad_word(MiB | 0x20, "record: unknown flags 0x20");
+	check_bad_word(MiB | 0x40, "record: unknown flags 0x40");
+	check_bad_word(MiB | 0x20, "record: invalid flag combination 0x20 (ZSTD)");
+	check_bad_word(MiB | 0x29,
+		       "record: invalid flag combination 0x29 (DEVICE_BLOCK|ZERO_BLOCK|ZSTD)");
 	check_bad_word(MiB | 0x100, "record: unknown flags 0x100");
-	check_bad_word(0x1e0, "record: unknown flags 0x1e0");
-	check_bad_word(MiB | 0x21, "record: unknown flags 0x20 (flags 0x21)");
-	check_bad_word(MiB | 0x1ff, "record: unknown flags 0x1e0 (flags 0x1ff)");
+	check_bad_word(0x1e0, "record: unknown flags 0x1c0 (flags 0x1e0)");
+	check_bad_word(MiB | 0x41, "record: unknown flags 0x40 (flags 0x41)");
+	check_bad_word(MiB | 0x1ff, "record: unknown flags 0x1c0 (flags 0x1ff)");
 	check_bad_word(MiB | 0x11, "record: invalid flag combination 0x11 (DEVICE_BLOCK|WRITE)");
 	check_bad_word(MiB | 0x10, "record: WRITE with offset bits 0x100000 in its word");
 	check_bad_word(MiB | 0x03, "record: invalid flag combination 0x03 (DEVICE_BLOCK|EOS)");
@@ -644,6 +712,7 @@ int main(void)
 		cmocka_unit_test(test_control_in_name),
 		cmocka_unit_test(test_bad_chunk_size),
 		cmocka_unit_test(test_encode_errors),
+		cmocka_unit_test(test_zstd),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

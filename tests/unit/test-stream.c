@@ -23,6 +23,8 @@
 #include "common/util.h"
 #include "wire/stream.h"
 
+#include <zstd.h>
+
 #define CHUNK 4096 /* the golden streams' chunk size */
 
 static void assert_contains(const char *msg, const char *needle)
@@ -795,7 +797,7 @@ static void test_native_refused(void **state)
 	/* A record with an unknown flag, and one with an empty name. */
 	hello(&b, 0, CHUNK);
 	u8(&b, 0x01);
-	be64(&b, 0x21);
+	be64(&b, 0x41);
 	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "record at stream offset 54", "unknown flags");
 	hello(&b, 0, CHUNK);
 	u8(&b, 0x01);
@@ -1467,6 +1469,179 @@ static void test_native_export(void **state)
 	assert_string_equal(wire_item_name(WIRE_ITEM_EXPORT), "EXPORT");
 }
 
+/* ---- compressed chunks ---------------------------------------------------------- */
+
+#define CAP_COMPRESS 0x80
+
+/* A zstd frame of n bytes of a text-like pattern, with or without its
+ * content size, in *frame (caller frees); its length. */
+static size_t make_frame(size_t n, bool with_size, uint8_t **frame)
+{
+	uint8_t *src = malloc(n);
+	size_t cap = ZSTD_compressBound(n), len;
+	ZSTD_CCtx *c = ZSTD_createCCtx();
+
+	assert_non_null(src);
+	assert_non_null(c);
+	for (size_t i = 0; i < n; i++)
+		src[i] = (uint8_t)("the quick brown fox "[i % 20] + (i / 512) % 3);
+	*frame = malloc(cap + 1);
+	assert_non_null(*frame);
+	assert_false(ZSTD_isError(ZSTD_CCtx_setParameter(c, ZSTD_c_contentSizeFlag, with_size)));
+	len = ZSTD_compress2(c, *frame, cap, src, n);
+	assert_false(ZSTD_isError(len));
+	ZSTD_freeCCtx(c);
+	free(src);
+	return len;
+}
+
+static void rec_zstd(struct buf *b, uint64_t off, const uint8_t *frame, uint32_t len)
+{
+	be64(b, off | 0x21);
+	counted(b, "drive0");
+	be32(b, len);
+	bytes(b, frame, len);
+}
+
+/* A compressed chunk is yielded as the DATA record it stands for. */
+static void test_native_zstd(void **state)
+{
+	struct wire_membuf mb = { 0 };
+	struct wire_stream *s;
+	struct wire_item it;
+	struct buf b = { 0 };
+	uint8_t *frame, *want;
+	size_t flen = make_frame(CHUNK, true, &frame), wlen;
+
+	(void)state;
+	wlen = make_frame(CHUNK, true, &want); /* the same bytes, to compare */
+	assert_int_equal(wlen, flen);
+	hello(&b, CAP_COMPRESS, CHUNK);
+	u8(&b, 0x01);
+	rec_zstd(&b, CHUNK, frame, (uint32_t)flen);
+	rec_zstd(&b, 0, frame, (uint32_t)flen); /* the context is reused */
+	rec_eos(&b);
+	mb.p = b.p;
+	mb.len = b.len;
+	assert_int_equal(wire_stream_new(WIRE_STREAM_NATIVE, wire_membuf_read, &mb, &s), 0);
+	assert_int_equal(wire_stream_next(s, &it), 0);
+	assert_int_equal(it.kind, WIRE_ITEM_HELLO);
+	assert_int_equal(wire_stream_next(s, &it), 0);
+	assert_int_equal(it.kind, WIRE_ITEM_BLOCKS);
+	for (unsigned i = 0; i < 2; i++) {
+		uint8_t *src = malloc(CHUNK);
+
+		assert_int_equal(wire_stream_next(s, &it), 0);
+		assert_int_equal(it.kind, WIRE_ITEM_RECORD);
+		assert_int_equal(it.rec.kind, WIRE_REC_DATA);
+		assert_int_equal(it.rec.offset, i ? 0 : CHUNK);
+		assert_string_equal(it.rec.name, "drive0");
+		assert_int_equal(it.packed, flen);
+		for (size_t k = 0; k < CHUNK; k++)
+			src[k] = (uint8_t)("the quick brown fox "[k % 20] + (k / 512) % 3);
+		assert_memory_equal(it.rec.data, src, CHUNK);
+		free(src);
+	}
+	assert_int_equal(wire_stream_next(s, &it), 0);
+	assert_int_equal(it.rec.kind, WIRE_REC_EOS);
+	assert_int_equal(it.packed, 0);
+	wire_stream_free(s);
+	free(b.p);
+	free(want);
+	free(frame);
+}
+
+/* Each way a compressed chunk can be wrong: one error naming its offset. */
+static void test_native_zstd_refused(void **state)
+{
+	uint8_t *frame, *small, *nosize;
+	size_t flen = make_frame(CHUNK, true, &frame);
+	size_t slen = make_frame(CHUNK / 2, true, &small);
+	size_t nlen = make_frame(CHUNK, false, &nosize);
+	struct buf b = { 0 };
+
+	(void)state;
+	/* Not announced in HELLO. */
+	hello(&b, 0, CHUNK);
+	u8(&b, 0x01);
+	rec_zstd(&b, 0, frame, (uint32_t)flen);
+	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "record at stream offset 54",
+		"a compressed chunk, which this stream did not announce");
+	/* In a QEMU stream: never (it announces nothing). */
+
+	/* Bounds, before the frame is read: 0 bytes, a whole chunk. */
+	hello(&b, CAP_COMPRESS, CHUNK);
+	u8(&b, 0x01);
+	be64(&b, 0x21);
+	counted(&b, "drive0");
+	be32(&b, 0);
+	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "record at stream offset 54",
+		"compressed chunk of 0 bytes (must be 1..4095");
+	hello(&b, CAP_COMPRESS, CHUNK);
+	u8(&b, 0x01);
+	be64(&b, 0x21);
+	counted(&b, "drive0");
+	be32(&b, CHUNK);
+	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "record at stream offset 54",
+		"compressed chunk of 4096 bytes (must be 1..4095");
+
+	/* Not a zstd frame. */
+	hello(&b, CAP_COMPRESS, CHUNK);
+	u8(&b, 0x01);
+	frame[0] ^= 0xff;
+	rec_zstd(&b, 0, frame, (uint32_t)flen);
+	frame[0] ^= 0xff;
+	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "record at stream offset 54",
+		"the compressed chunk is not a zstd frame");
+
+	/* A frame of half a chunk, and one that does not state its size. */
+	hello(&b, CAP_COMPRESS, CHUNK);
+	u8(&b, 0x01);
+	rec_zstd(&b, 0, small, (uint32_t)slen);
+	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "record at stream offset 54",
+		"the compressed chunk is smaller than a chunk (a chunk is 4096 bytes)");
+	hello(&b, CAP_COMPRESS, CHUNK);
+	u8(&b, 0x01);
+	rec_zstd(&b, 0, nosize, (uint32_t)nlen);
+	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "record at stream offset 54",
+		"the compressed chunk does not state its size");
+
+	/* Bytes after the frame. */
+	hello(&b, CAP_COMPRESS, CHUNK);
+	u8(&b, 0x01);
+	be64(&b, 0x21);
+	counted(&b, "drive0");
+	be32(&b, (uint32_t)flen + 3);
+	bytes(&b, frame, flen);
+	bytes(&b, "xyz", 3);
+	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "record at stream offset 54",
+		"3 bytes follow the compressed chunk's frame");
+
+	/* A frame cut short, and one with its blocks damaged. */
+	hello(&b, CAP_COMPRESS, CHUNK);
+	u8(&b, 0x01);
+	rec_zstd(&b, 0, frame, (uint32_t)flen - 1);
+	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "record at stream offset 54",
+		"corrupt compressed chunk");
+	hello(&b, CAP_COMPRESS, CHUNK);
+	u8(&b, 0x01);
+	memset(frame + 6, 0xff, 4); /* the first block's header */
+	rec_zstd(&b, 0, frame, (uint32_t)flen);
+	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "record at stream offset 54", "compressed chunk");
+
+	/* Truncated inside the frame: a truncation, not a decompression. */
+	hello(&b, CAP_COMPRESS, CHUNK);
+	u8(&b, 0x01);
+	be64(&b, 0x21);
+	counted(&b, "drive0");
+	be32(&b, (uint32_t)flen);
+	bytes(&b, frame, flen / 2);
+	refused(WIRE_STREAM_NATIVE, &b, ECONNRESET, "record at stream offset 54", "truncated");
+	free(frame);
+	free(small);
+	free(nosize);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1485,6 +1660,8 @@ int main(void)
 		cmocka_unit_test(test_native_sums_truncated),
 		cmocka_unit_test(test_native_verify_and_attempts),
 		cmocka_unit_test(test_native_export),
+		cmocka_unit_test(test_native_zstd),
+		cmocka_unit_test(test_native_zstd_refused),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
