@@ -2130,8 +2130,8 @@ static void test_src_new_errors(void **state)
 	(void)state;
 	sdev_open_mem(&a, "a", MiB);
 	sdev_open_mem(&b, "b", MiB);
-	devs[0] = (struct src_device){ "a", a.track };
-	devs[1] = (struct src_device){ "b", b.track };
+	devs[0] = (struct src_device){ .name = "a", .blk = a.track };
+	devs[1] = (struct src_device){ .name = "b", .blk = b.track };
 
 	assert_int_equal(src_new(&p, devs, 0, &j), -EINVAL);
 	assert_contains("src_new", err_msg(), "need 1 to 64 devices, got 0");
@@ -2194,8 +2194,8 @@ static void test_src_new_bad_names(void **state)
 	(void)state;
 	sdev_open_mem(&a, "a", MiB);
 	sdev_open_mem(&b, "b", MiB);
-	devs[0] = (struct src_device){ "a", a.track };
-	devs[1] = (struct src_device){ "a", b.track };
+	devs[0] = (struct src_device){ .name = "a", .blk = a.track };
+	devs[1] = (struct src_device){ .name = "a", .blk = b.track };
 	assert_int_equal(src_new(&p, devs, 2, &j), -EINVAL);
 	assert_contains("src_new", err_msg(), "device name 'a' given twice");
 	devs[1].name = "";
