@@ -31,6 +31,7 @@ static const char serve_help[] =
     "                    [--nbd-max-per-peer N] [--nbd-max-unauth N]\n"
     "                    [--nbd-idle-timeout SECONDS] [--retry-for DURATION]\n"
     "                    [--reclaim] [--delta] [--verify-only] [--state-dir DIR]\n"
+    "                    [--cache none|writeback]\n"
     "\n"
     "Own the named images and export each over NBD under its NAME.  Every write\n"
     "goes through dirty tracking, so `blkmig migrate --control PATH --to ...`\n"
@@ -68,6 +69,12 @@ static const char serve_help[] =
     "  --verify-only         with --incoming: compare the images with a `migrate\n"
     "                        --verify-only` by digest, write nothing, log the\n"
     "                        verdict, then serve them\n"
+    "  --cache none|writeback\n"
+    "                        with --incoming: how the migration writes the images:\n"
+    "                        none (default) bypasses the page cache (O_DIRECT;\n"
+    "                        buffered where the file system refuses it, logged in\n"
+    "                        one line); writeback goes through it.  The NBD\n"
+    "                        exports are always buffered\n"
     "  --reclaim             serve images this host handed over to another (their\n"
     "                        hand-over record is removed); refused otherwise\n" CLI_STATE_HELP
 	CLI_TLS_HELP "                        TLS covers the incoming migration, the NBD exports,\n"
@@ -127,6 +134,7 @@ int cmd_serve(int argc, char **argv)
 		OPT_RECLAIM,
 		OPT_DELTA,
 		OPT_VERIFY,
+		OPT_CACHE,
 	};
 	static const struct option opts[] = {
 		{ "device", required_argument, NULL, 'd' },
@@ -147,6 +155,7 @@ int cmd_serve(int argc, char **argv)
 		{ "reclaim", no_argument, NULL, OPT_RECLAIM },
 		{ "delta", no_argument, NULL, OPT_DELTA },
 		{ "verify-only", no_argument, NULL, OPT_VERIFY },
+		{ "cache", required_argument, NULL, OPT_CACHE },
 		CLI_STATE_OPTION,
 		CLI_TLS_OPTIONS,
 		{ "help", no_argument, NULL, 'h' },
@@ -222,6 +231,11 @@ int cmd_serve(int argc, char **argv)
 			break;
 		case OPT_VERIFY:
 			cfg.verify_only = true;
+			break;
+		case OPT_CACHE:
+			r = cli_parse_cache("serve", optarg, &cfg.cache_wb);
+			if (r)
+				return r;
 			break;
 		case OPT_MAXREFUSED:
 			r = cli_parse_uint("serve", "--max-refused", optarg, 1, 100000, &v);
