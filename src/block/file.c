@@ -12,7 +12,8 @@
  * and drops the page-cache pages of its range).  Where O_DIRECT is refused
  * (EINVAL: tmpfs before Linux 6.6, some FUSE file systems), at the open or
  * at the first direct I/O, the backend goes on buffered; blk_file_cache()
- * says which it is.
+ * says which it is.  BLK_OPEN_DIRECT_WRITES leaves reads on the buffered
+ * descriptor.
  *
  * Zeroing tries the cheapest way the kernel offers and falls back step by
  * step: punch a hole (only with BLK_ZERO_MAY_TRIM), FALLOC_FL_ZERO_RANGE,
@@ -55,6 +56,7 @@ struct file_blk {
 	uint32_t align; /* of direct I/O */
 	bool is_bdev;
 	bool direct_refused; /* asked for direct I/O, and it was refused */
+	bool direct_reads;   /* reads use dfd too (not BLK_OPEN_DIRECT_WRITES) */
 	/* Set when a direct I/O is refused after the open; the buffered
 	 * descriptor is used from then on. */
 	atomic_bool no_direct;
@@ -161,7 +163,7 @@ static bool direct_refused_now(struct file_blk *f, int r)
 static int file_pread(struct blk *b, void *buf, size_t len, uint64_t off)
 {
 	struct file_blk *f = to_file(b);
-	size_t n = direct_part(f, buf, len, off);
+	size_t n = f->direct_reads ? direct_part(f, buf, len, off) : 0;
 	int r;
 
 	if (n) {
@@ -474,7 +476,8 @@ int blk_file_open(const char *path, unsigned flags, uint64_t create_size, struct
 	uint64_t size;
 	int r;
 
-	if (flags & ~(BLK_OPEN_RDONLY | BLK_OPEN_CREATE | BLK_OPEN_EXCL | BLK_OPEN_DIRECT))
+	if (flags & ~(BLK_OPEN_RDONLY | BLK_OPEN_CREATE | BLK_OPEN_EXCL | BLK_OPEN_DIRECT |
+		      BLK_OPEN_DIRECT_WRITES))
 		return err_set(EINVAL, "open %s: unknown flags 0x%x", path, flags);
 	if ((flags & BLK_OPEN_EXCL) && !(flags & BLK_OPEN_CREATE))
 		return err_set(EINVAL, "open %s: EXCL without CREATE", path);
@@ -511,7 +514,8 @@ int blk_file_open(const char *path, unsigned flags, uint64_t create_size, struct
 	if (r < 0)
 		goto err_unlink;
 	f->blk.size = size;
-	if (flags & BLK_OPEN_DIRECT) {
+	if (flags & (BLK_OPEN_DIRECT | BLK_OPEN_DIRECT_WRITES)) {
+		f->direct_reads = flags & BLK_OPEN_DIRECT;
 		r = open_direct(f, flags);
 		if (r < 0)
 			goto err_close_direct;

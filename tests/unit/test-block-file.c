@@ -535,14 +535,15 @@ static void read_plain(const char *path, uint8_t *buf, size_t len)
  * buffer, offset and length, and the partial last block; the file holds
  * exactly what was written, and keeps its size.
  */
-static void check_direct_io(const char *path, enum blk_cache want1, enum blk_cache want2)
+static void check_direct_io(const char *path, unsigned flag, enum blk_cache want1,
+			    enum blk_cache want2)
 {
 	struct blk *b;
 	uint8_t *abuf, *want, *got;
 	enum blk_cache c;
 
 	unlink(path);
-	b = open_or_fail(path, BLK_OPEN_CREATE | BLK_OPEN_EXCL | BLK_OPEN_DIRECT, ODD_SIZE);
+	b = open_or_fail(path, BLK_OPEN_CREATE | BLK_OPEN_EXCL | flag, ODD_SIZE);
 	c = blk_file_cache(b);
 	if (c != want1 && c != want2)
 		fail_msg("cache mode %d, want %d or %d", (int)c, (int)want1, (int)want2);
@@ -602,7 +603,8 @@ static void test_direct_io(void **state)
 
 	/* A file system that refuses O_DIRECT falls back; either way the
 	 * data must be right. */
-	check_direct_io(fx->path, BLK_CACHE_NONE, BLK_CACHE_REFUSED);
+	check_direct_io(fx->path, BLK_OPEN_DIRECT, BLK_CACHE_NONE, BLK_CACHE_REFUSED);
+	check_direct_io(fx->path, BLK_OPEN_DIRECT_WRITES, BLK_CACHE_NONE, BLK_CACHE_REFUSED);
 }
 
 static void test_direct_refused(void **state)
@@ -610,7 +612,7 @@ static void test_direct_refused(void **state)
 	struct fixture *fx = *state;
 
 	setenv("BLKMIG_TEST_REFUSE_O_DIRECT", "1", 1);
-	check_direct_io(fx->path, BLK_CACHE_REFUSED, BLK_CACHE_REFUSED);
+	check_direct_io(fx->path, BLK_OPEN_DIRECT, BLK_CACHE_REFUSED, BLK_CACHE_REFUSED);
 	unsetenv("BLKMIG_TEST_REFUSE_O_DIRECT");
 }
 
@@ -628,7 +630,7 @@ static void test_direct_tmpfs(void **state)
 		skip();
 	}
 	close(fd);
-	check_direct_io(path, BLK_CACHE_NONE, BLK_CACHE_REFUSED);
+	check_direct_io(path, BLK_OPEN_DIRECT, BLK_CACHE_NONE, BLK_CACHE_REFUSED);
 }
 
 static void test_cache_mode_buffered(void **state)
