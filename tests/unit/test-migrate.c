@@ -446,8 +446,7 @@ static void mig_start(struct mig *m)
 	assert_int_equal(cancel_new(&m->dcancel), 0);
 	assert_int_equal(pthread_create(&m->dth, NULL, dst_main, m), 0);
 	for (unsigned i = 0; i < m->nsrc; i++) {
-		devs[i].name = m->src[i]->name;
-		devs[i].blk = m->src[i]->track;
+		devs[i] = (struct src_device){ .name = m->src[i]->name, .blk = m->src[i]->track };
 	}
 	if (src_new(&m->sp, devs, m->nsrc, &m->job) != 0)
 		mig_start_failed(m, "src_new");
