@@ -92,9 +92,6 @@ void blk_close(struct blk *b);
 #define BLK_OPEN_CREATE (1U << 1) /* create (or extend an empty file) to create_size */
 #define BLK_OPEN_EXCL	(1U << 2) /* with CREATE: only a new file, never through a symlink */
 #define BLK_OPEN_DIRECT (1U << 3) /* aligned I/O bypasses the page cache (O_DIRECT) */
-/* Only writes bypass it: reads stay buffered (a receiver, whose read-back
- * of a mirrored write must not first force that write to the disk). */
-#define BLK_OPEN_DIRECT_WRITES (1U << 4)
 
 /*
  * Raw file or block device.  Size comes from fstat (regular file) or
@@ -117,11 +114,10 @@ int blk_file_open(const char *path, unsigned flags, uint64_t create_size, struct
  * refuses O_DIRECT (EINVAL at the open or at the probing read that follows
  * it) the device is opened buffered and blk_file_cache() says REFUSED; a
  * direct I/O refused later switches the device to buffered for good.
- * BLK_OPEN_DIRECT_WRITES does the same for writes only: reads go through
- * the page cache, which a direct write has emptied for its range (so they
- * still come from the disk), while data just written through the page
- * cache is read from there rather than being written back first (a direct
- * read of a range with dirty pages waits for their writeback).
+ * Reads go buffered too while something written through the page cache
+ * since the last flush may be dirty there: a direct read of a range with
+ * dirty pages would first wait for their writeback (correct either way,
+ * but a receiver reading back a mirrored write would pay a disk write).
  * Test hook: with BLKMIG_TEST_REFUSE_O_DIRECT set in the environment,
  * O_DIRECT counts as refused.
  */

@@ -12,8 +12,8 @@
  * and drops the page-cache pages of its range).  Where O_DIRECT is refused
  * (EINVAL: tmpfs before Linux 6.6, some FUSE file systems), at the open or
  * at the first direct I/O, the backend goes on buffered; blk_file_cache()
- * says which it is.  BLK_OPEN_DIRECT_WRITES leaves reads on the buffered
- * descriptor.
+ * says which it is.  Reads stay buffered while buffered writes since the
+ * last flush may have left dirty pages (buffered_dirty).
  *
  * Zeroing tries the cheapest way the kernel offers and falls back step by
  * step: punch a hole (only with BLK_ZERO_MAY_TRIM), FALLOC_FL_ZERO_RANGE,
@@ -56,7 +56,9 @@ struct file_blk {
 	uint32_t align; /* of direct I/O */
 	bool is_bdev;
 	bool direct_refused; /* asked for direct I/O, and it was refused */
-	bool direct_reads;   /* reads use dfd too (not BLK_OPEN_DIRECT_WRITES) */
+	/* Written through the buffered descriptor since the last flush
+	 * began: reads stay buffered meanwhile (a hint; both are coherent). */
+	atomic_bool buffered_dirty;
 	/* Set when a direct I/O is refused after the open; the buffered
 	 * descriptor is used from then on. */
 	atomic_bool no_direct;
@@ -163,7 +165,9 @@ static bool direct_refused_now(struct file_blk *f, int r)
 static int file_pread(struct blk *b, void *buf, size_t len, uint64_t off)
 {
 	struct file_blk *f = to_file(b);
-	size_t n = f->direct_reads ? direct_part(f, buf, len, off) : 0;
+	size_t n = atomic_load_explicit(&f->buffered_dirty, memory_order_relaxed)
+		       ? 0
+		       : direct_part(f, buf, len, off);
 	int r;
 
 	if (n) {
@@ -189,6 +193,8 @@ static int file_pwrite(struct blk *b, const void *buf, size_t len, uint64_t off)
 		if (r < 0)
 			n = 0;
 	}
+	if (n < len && f->dfd >= 0)
+		atomic_store_explicit(&f->buffered_dirty, true, memory_order_relaxed);
 	return fd_pwrite(f, f->fd, (const uint8_t *)buf + n, len - n, off + n);
 }
 
@@ -196,6 +202,9 @@ static int file_flush(struct blk *b)
 {
 	struct file_blk *f = to_file(b);
 
+	/* Cleared before: a buffered write racing with the flush sets it
+	 * again. */
+	atomic_store(&f->buffered_dirty, false);
 	if (fdatasync(f->fd) < 0) {
 		int e = errno;
 
@@ -270,8 +279,11 @@ static int write_zeros(struct file_blk *f, uint64_t off, uint64_t len)
 {
 	while (len > 0) {
 		size_t n = (size_t)MIN(len, (uint64_t)FILE_ZERO_BUF_SIZE);
-		int r = fd_pwrite(f, f->fd, file_zero_buf, n, off);
+		int r;
 
+		if (f->dfd >= 0)
+			atomic_store_explicit(&f->buffered_dirty, true, memory_order_relaxed);
+		r = fd_pwrite(f, f->fd, file_zero_buf, n, off);
 		if (r < 0)
 			return r;
 		off += n;
@@ -476,8 +488,7 @@ int blk_file_open(const char *path, unsigned flags, uint64_t create_size, struct
 	uint64_t size;
 	int r;
 
-	if (flags & ~(BLK_OPEN_RDONLY | BLK_OPEN_CREATE | BLK_OPEN_EXCL | BLK_OPEN_DIRECT |
-		      BLK_OPEN_DIRECT_WRITES))
+	if (flags & ~(BLK_OPEN_RDONLY | BLK_OPEN_CREATE | BLK_OPEN_EXCL | BLK_OPEN_DIRECT))
 		return err_set(EINVAL, "open %s: unknown flags 0x%x", path, flags);
 	if ((flags & BLK_OPEN_EXCL) && !(flags & BLK_OPEN_CREATE))
 		return err_set(EINVAL, "open %s: EXCL without CREATE", path);
@@ -514,8 +525,7 @@ int blk_file_open(const char *path, unsigned flags, uint64_t create_size, struct
 	if (r < 0)
 		goto err_unlink;
 	f->blk.size = size;
-	if (flags & (BLK_OPEN_DIRECT | BLK_OPEN_DIRECT_WRITES)) {
-		f->direct_reads = flags & BLK_OPEN_DIRECT;
+	if (flags & BLK_OPEN_DIRECT) {
 		r = open_direct(f, flags);
 		if (r < 0)
 			goto err_close_direct;
@@ -527,6 +537,7 @@ int blk_file_open(const char *path, unsigned flags, uint64_t create_size, struct
 	atomic_init(&f->no_discard, false);
 	atomic_init(&f->no_seek_data, false);
 	atomic_init(&f->no_direct, false);
+	atomic_init(&f->buffered_dirty, false);
 	f->blk.ops = &file_ops;
 	f->blk.lower = NULL;
 	f->blk.readonly = flags & BLK_OPEN_RDONLY;

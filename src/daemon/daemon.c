@@ -50,8 +50,7 @@ static int refuse_claim(const struct daemon_device *d, const char *shown, uint64
 static int incoming_open(const struct daemon_incoming *c, const char *name, uint64_t size,
 			 struct blk **out, char *path, size_t path_cap, bool *created)
 {
-	/* Reads stay buffered: see BLK_OPEN_DIRECT_WRITES. */
-	unsigned direct = c->cache_wb ? 0 : BLK_OPEN_DIRECT_WRITES;
+	unsigned direct = c->cache_wb ? 0 : BLK_OPEN_DIRECT;
 	const struct daemon_device *d = NULL;
 	uint64_t max = c->max_size ? c->max_size : DAEMON_DEFAULT_MAX_SIZE, want;
 	char shown[STR_ESCAPE_CAP(256)], a[32], b[32];

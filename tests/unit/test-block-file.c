@@ -604,7 +604,6 @@ static void test_direct_io(void **state)
 	/* A file system that refuses O_DIRECT falls back; either way the
 	 * data must be right. */
 	check_direct_io(fx->path, BLK_OPEN_DIRECT, BLK_CACHE_NONE, BLK_CACHE_REFUSED);
-	check_direct_io(fx->path, BLK_OPEN_DIRECT_WRITES, BLK_CACHE_NONE, BLK_CACHE_REFUSED);
 }
 
 static void test_direct_refused(void **state)
