@@ -619,10 +619,12 @@ static int sync_all(struct dst *d)
  *
  * The writers read back, several chunks at once (with direct I/O the reads
  * come from the disk, not the page cache); each chunk's check is queued on
- * the writer that applied it, so it sees its final digest.  Returns once
- * every check is done, with the first failure.
+ * the writer that applied it, behind its writes and ahead of any later
+ * record for it, so it sees the digest of what the sync made durable.
+ * This only queues the checks: a failure surfaces at the next submit or
+ * barrier (make_durable() waits for them).
  */
-static int verify_pass(struct dst *d)
+static int queue_read_back(struct dst *d)
 {
 	uint32_t cs = d->offer.chunk_size;
 
@@ -648,7 +650,7 @@ static int verify_pass(struct dst *d)
 				return r;
 		}
 	}
-	return drain(d);
+	return 0;
 }
 
 /* Durable and read back: what every pass end promises where the format
@@ -657,7 +659,9 @@ static int make_durable(struct dst *d)
 {
 	int r = sync_all(d);
 
-	return r < 0 ? r : verify_pass(d);
+	if (r == 0)
+		r = queue_read_back(d);
+	return r < 0 ? r : drain(d);
 }
 
 /*
@@ -665,6 +669,13 @@ static int make_durable(struct dst *d)
  * durable, read back and recorded every DST_CHECKPOINT_BYTES or
  * DST_CHECKPOINT_NS, so a connection that drops midway loses at most that
  * much.  Only where the format answers passes (and so has records).
+ *
+ * The read-back of a checkpoint overlaps with the records that follow it
+ * (with direct I/O it reads the disk, about as long as the writes took):
+ * the next sync, pass end or completion waits for it first, and its
+ * failure fails the migration there.  The record saved meanwhile claims
+ * only what the sync made durable; a resumed connection compares every
+ * chunk it claims with the source's digest (SUMS) anyway.
  */
 #define DST_CHECKPOINT_BYTES (32ull << 20)
 #define DST_CHECKPOINT_NS    (1000000000ull)
@@ -679,9 +690,11 @@ static int checkpoint(struct dst *d, uint64_t bytes)
 	d->ck_bytes += bytes;
 	if (d->ck_bytes < DST_CHECKPOINT_BYTES && (now = now_ns()) - d->ck_ns < DST_CHECKPOINT_NS)
 		return 0;
-	r = make_durable(d);
+	r = sync_all(d);
 	if (r == 0)
 		r = save_records(d, 0);
+	if (r == 0)
+		r = queue_read_back(d);
 	d->ck_bytes = 0;
 	d->ck_ns = now_ns();
 	return r;
