@@ -8,9 +8,9 @@
 #   dd if=SRC of=DST bs=1M oflag=direct conv=fdatasync,notrunc    (existing)
 #
 # Prints a table of medians of N runs (seconds) and each blkmig figure's
-# ratio to dd's.  The source image is read from the page cache (it is read
-# once before); with --cold the caches are dropped before every run
-# (needs root), which then also compares send --cache none and writeback.
+# ratio to dd's.  The source image is read with send's default (--cache
+# none); with --cold the caches are dropped before every run (needs root),
+# and send --cache writeback is compared too.
 #
 #   bench/disk.sh [--size 1G] [--runs 3] [--dir /var/tmp] [--cold]
 #
@@ -81,8 +81,8 @@ printf "%-10s %-28s %8s %8s\n" target what seconds "x dd"
 for target in fresh existing; do
 	dd_t=$(measure run_dd $target)
 	printf "%-10s %-28s %8.2f %8s\n" $target "dd oflag=direct" "$dd_t" 1.00
-	sends=writeback
-	[ $cold = 1 ] && sends="writeback none"
+	sends=none
+	[ $cold = 1 ] && sends="none writeback"
 	for rc in none writeback; do
 		for sc in $sends; do
 			t=$(measure run_blkmig $target $rc $sc)
