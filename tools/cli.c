@@ -132,10 +132,10 @@ int cli_check_format(const char *cmd, const char *arg, bool qemu_ok, bool *qemu)
 	return cli_usage_error(cmd, "unknown format '%s' (native or qemu)", arg);
 }
 
-int cli_parse_cache(const char *cmd, const char *arg, bool *wb)
+int cli_parse_cache(const char *cmd, const char *arg, bool *none)
 {
 	if (strcmp(arg, "none") == 0 || strcmp(arg, "writeback") == 0) {
-		*wb = arg[0] == 'w';
+		*none = arg[0] == 'n';
 		return 0;
 	}
 	return cli_usage_error(cmd, "--cache: unknown mode '%s' (none or writeback)", arg);
@@ -156,7 +156,7 @@ int cli_incoming_open(void *user, const char *name, uint64_t size, struct blk **
 				      .ndev = c->ndev,
 				      .create = c->create,
 				      .max_size = c->max_size,
-				      .cache_wb = c->cache_wb,
+				      .cache_none = c->cache_none,
 				      .log = log_incoming };
 
 	for (unsigned i = 0; i < c->ndev; i++)

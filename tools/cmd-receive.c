@@ -195,7 +195,7 @@ int cmd_receive(int argc, char **argv)
 			p.verify_only = true;
 			break;
 		case OPT_CACHE:
-			r = cli_parse_cache("receive", optarg, &ctx.cache_wb);
+			r = cli_parse_cache("receive", optarg, &ctx.cache_none);
 			if (r)
 				return r;
 			break;

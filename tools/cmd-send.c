@@ -235,7 +235,7 @@ int cmd_send(int argc, char **argv)
 	struct src_device sdev[CLI_MAX_DEVICES];
 	struct blk *blks[CLI_MAX_DEVICES] = { 0 };
 	struct blk *rblks[CLI_MAX_DEVICES] = { 0 };
-	bool cache_wb = false;
+	bool cache_none = true;
 	struct src_params p = { 0 };
 	struct workload_spec wspec;
 	struct cli_tls tls = { 0 };
@@ -330,7 +330,7 @@ int cmd_send(int argc, char **argv)
 			p.verify_only = true;
 			break;
 		case OPT_CACHE:
-			r = cli_parse_cache("send", optarg, &cache_wb);
+			r = cli_parse_cache("send", optarg, &cache_none);
 			if (r)
 				return r;
 			break;
@@ -388,7 +388,7 @@ int cmd_send(int argc, char **argv)
 		/* The readers' own descriptor, O_DIRECT: a direct read first
 		 * writes back the page cache's dirty pages of its range, so it
 		 * sees every write that returned before it was issued. */
-		if (!cache_wb) {
+		if (cache_none) {
 			r = blk_file_open(devs[i].path, BLK_OPEN_RDONLY | BLK_OPEN_DIRECT, 0,
 					  &rblks[i]);
 			if (r < 0) {

@@ -71,10 +71,10 @@ static const char serve_help[] =
     "                        verdict, then serve them\n"
     "  --cache none|writeback\n"
     "                        with --incoming: how the migration writes the images:\n"
-    "                        none (default) bypasses the page cache (O_DIRECT;\n"
-    "                        buffered where the file system refuses it, logged in\n"
-    "                        one line); writeback goes through it.  The NBD\n"
-    "                        exports are always buffered\n"
+    "                        writeback (default) through the page cache; none\n"
+    "                        bypasses it (O_DIRECT; buffered where the file system\n"
+    "                        refuses it, logged in one line).  The NBD exports\n"
+    "                        are always buffered\n"
     "  --reclaim             serve images this host handed over to another (their\n"
     "                        hand-over record is removed); refused otherwise\n" CLI_STATE_HELP
 	CLI_TLS_HELP "                        TLS covers the incoming migration, the NBD exports,\n"
@@ -233,7 +233,7 @@ int cmd_serve(int argc, char **argv)
 			cfg.verify_only = true;
 			break;
 		case OPT_CACHE:
-			r = cli_parse_cache("serve", optarg, &cfg.cache_wb);
+			r = cli_parse_cache("serve", optarg, &cfg.cache_none);
 			if (r)
 				return r;
 			break;

@@ -50,7 +50,7 @@ static int refuse_claim(const struct daemon_device *d, const char *shown, uint64
 static int incoming_open(const struct daemon_incoming *c, const char *name, uint64_t size,
 			 struct blk **out, char *path, size_t path_cap, bool *created)
 {
-	unsigned direct = c->cache_wb ? 0 : BLK_OPEN_DIRECT;
+	unsigned direct = c->cache_none ? BLK_OPEN_DIRECT : 0;
 	const struct daemon_device *d = NULL;
 	uint64_t max = c->max_size ? c->max_size : DAEMON_DEFAULT_MAX_SIZE, want;
 	char shown[STR_ESCAPE_CAP(256)], a[32], b[32];
@@ -131,7 +131,7 @@ int daemon_incoming_open(void *user, const char *name, uint64_t size, struct blk
 	struct daemon_incoming *c = user;
 	int r = incoming_open(c, name, size, out, path, path_cap, created);
 
-	if (r == 0 && !c->cache_wb && c->log && blk_file_cache(*out) == BLK_CACHE_REFUSED) {
+	if (r == 0 && c->cache_none && c->log && blk_file_cache(*out) == BLK_CACHE_REFUSED) {
 		char shown[STR_ESCAPE_CAP(256)], line[4500];
 
 		snprintf(line, sizeof(line),
@@ -195,7 +195,7 @@ static int run_incoming(struct daemon *d)
 					.ndev = d->cfg.ndev,
 					.create = d->cfg.create,
 					.max_size = d->cfg.max_size,
-					.cache_wb = d->cfg.cache_wb,
+					.cache_none = d->cfg.cache_none,
 					.log = log_refused,
 					.log_user = d };
 	for (unsigned i = 0; i < d->cfg.ndev; i++)

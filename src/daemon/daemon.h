@@ -79,8 +79,8 @@ struct daemon_config {
 	bool verify_only;     /* incoming: compare with a `migrate --verify-only` source
 			       * (log the verdict), write nothing, then serve */
 	bool qemu;	      /* incoming: QEMU 7.2's stream, not the native one */
-	bool cache_wb;	      /* incoming: --cache writeback (through the page cache);
-			       * false: none (O_DIRECT where the file system takes it) */
+	bool cache_none;      /* incoming: --cache none (O_DIRECT where the file system
+			       * takes it); false: writeback, through the page cache */
 	unsigned max_refused; /* incoming: give up after this many refused
 			       * connections (0: INCOMING_MAX_FAILURES) */
 	uint64_t retry_ns;    /* incoming: wait this long for a source whose
@@ -180,7 +180,7 @@ struct daemon_incoming {
 	unsigned ndev;
 	bool create;
 	uint64_t max_size; /* 0: DAEMON_DEFAULT_MAX_SIZE */
-	bool cache_wb;	   /* write through the page cache; false: O_DIRECT if taken */
+	bool cache_none;   /* O_DIRECT where taken; false: through the page cache */
 	/* One line when an image refuses O_DIRECT (NULL: none). */
 	void (*log)(void *user, const char *line);
 	void *log_user;
