@@ -132,14 +132,32 @@ int cli_check_format(const char *cmd, const char *arg, bool qemu_ok, bool *qemu)
 	return cli_usage_error(cmd, "unknown format '%s' (native or qemu)", arg);
 }
 
+int cli_parse_cache(const char *cmd, const char *arg, bool *none)
+{
+	if (strcmp(arg, "none") == 0 || strcmp(arg, "writeback") == 0) {
+		*none = arg[0] == 'n';
+		return 0;
+	}
+	return cli_usage_error(cmd, "--cache: unknown mode '%s' (none or writeback)", arg);
+}
+
+static void log_incoming(void *user, const char *line)
+{
+	(void)user;
+	fprintf(stderr, "blkmig: receive: %s\n", line);
+}
+
 int cli_incoming_open(void *user, const char *name, uint64_t size, struct blk **out, char *path,
 		      size_t path_cap, bool *created)
 {
 	const struct cli_incoming *c = user;
 	struct daemon_device devs[CLI_MAX_DEVICES];
-	struct daemon_incoming in = {
-		.devs = devs, .ndev = c->ndev, .create = c->create, .max_size = c->max_size
-	};
+	struct daemon_incoming in = { .devs = devs,
+				      .ndev = c->ndev,
+				      .create = c->create,
+				      .max_size = c->max_size,
+				      .cache_none = c->cache_none,
+				      .log = log_incoming };
 
 	for (unsigned i = 0; i < c->ndev; i++)
 		devs[i] = (struct daemon_device){ .name = c->devs[i].name,

@@ -131,7 +131,18 @@ struct cli_incoming {
 	unsigned ndev;
 	bool create;
 	uint64_t max_size; /* --max-size; 0: the default */
+	bool cache_none;   /* --cache none */
 };
+/* --cache none|writeback (shared by receive, serve, send): *none set, 0,
+ * or EXIT_USAGE with the message printed. */
+int cli_parse_cache(const char *cmd, const char *arg, bool *none);
+#define CLI_CACHE_HELP                                                                             \
+	"  --cache none|writeback\n"                                                               \
+	"                        how the migration writes the images: writeback\n"                 \
+	"                        (default) through the page cache; none bypasses it\n"             \
+	"                        (O_DIRECT; buffered where the file system refuses\n"              \
+	"                        it, said in one line)\n"
+
 struct blk;
 int cli_incoming_open(void *user, const char *name, uint64_t size, struct blk **out, char *path,
 		      size_t path_cap, bool *created);

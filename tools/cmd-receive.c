@@ -24,8 +24,8 @@ static const char receive_help[] =
     "                      [--shared-base] [--port-file FILE] [--max-refused N]\n"
     "                      [--tls-psk FILE | --tls-creds DIR] [--tls-authz ID,...]\n"
     "                      [--no-tls] [--timeout SECONDS] [--retry-for DURATION]\n"
-    "                      [--delta] [--verify-only] [--no-compress] [--state-dir DIR]\n"
-    "                      [--json]\n"
+    "                      [--delta] [--verify-only] [--no-compress]\n"
+    "                      [--cache none|writeback] [--state-dir DIR] [--json]\n"
     "\n"
     "Accept one migration from `blkmig send` and write it into the named images.\n"
     "Every record is checked before anything is written; each pass is made\n"
@@ -64,7 +64,8 @@ static const char receive_help[] =
     "  --retry-for DURATION  when the migration's connection fails, wait this long\n"
     "                        for the source to reconnect and resume (default 60s;\n"
     "                        0: fail at once)\n"
-    "  --port-file FILE      write the port actually listened on to FILE\n" CLI_STATE_HELP
+    "  --port-file FILE      write the port actually listened on to FILE\n" CLI_CACHE_HELP
+	CLI_STATE_HELP
     "  --max-refused N       give up after N refused connections (64)\n" CLI_TLS_HELP
     "  --no-tls              listen off loopback without TLS (refused otherwise)\n"
     "  --timeout SECONDS     give up when the connection is idle this long (120);\n"
@@ -94,7 +95,8 @@ int cmd_receive(int argc, char **argv)
 		OPT_RETRY,
 		OPT_DELTA,
 		OPT_VERIFY,
-		OPT_NO_COMPRESS
+		OPT_NO_COMPRESS,
+		OPT_CACHE
 	};
 	static const struct option opts[] = {
 		{ "listen", required_argument, NULL, 'l' },
@@ -111,6 +113,7 @@ int cmd_receive(int argc, char **argv)
 		{ "delta", no_argument, NULL, OPT_DELTA },
 		{ "verify-only", no_argument, NULL, OPT_VERIFY },
 		{ "no-compress", no_argument, NULL, OPT_NO_COMPRESS },
+		{ "cache", required_argument, NULL, OPT_CACHE },
 		CLI_STATE_OPTION,
 		CLI_TLS_OPTIONS,
 		{ "help", no_argument, NULL, 'h' },
@@ -197,6 +200,11 @@ int cmd_receive(int argc, char **argv)
 			break;
 		case OPT_NO_COMPRESS:
 			p.no_compress = true;
+			break;
+		case OPT_CACHE:
+			r = cli_parse_cache("receive", optarg, &ctx.cache_none);
+			if (r)
+				return r;
 			break;
 		case 'h':
 			fputs(receive_help, stdout);

@@ -31,7 +31,7 @@ static const char serve_help[] =
     "                    [--nbd-max-per-peer N] [--nbd-max-unauth N]\n"
     "                    [--nbd-idle-timeout SECONDS] [--retry-for DURATION]\n"
     "                    [--reclaim] [--delta] [--verify-only] [--no-compress]\n"
-    "                    [--state-dir DIR]\n"
+    "                    [--state-dir DIR] [--cache none|writeback]\n"
     "\n"
     "Own the named images and export each over NBD under its NAME.  Every write\n"
     "goes through dirty tracking, so `blkmig migrate --control PATH --to ...`\n"
@@ -71,6 +71,12 @@ static const char serve_help[] =
     "                        verdict, then serve them\n"
     "  --no-compress         with --incoming: refuse compressed chunks (a `migrate\n"
     "                        --compress zstd` fails, `--compress auto` sends raw)\n"
+    "  --cache none|writeback\n"
+    "                        with --incoming: how the migration writes the images:\n"
+    "                        writeback (default) through the page cache; none\n"
+    "                        bypasses it (O_DIRECT; buffered where the file system\n"
+    "                        refuses it, logged in one line).  The NBD exports\n"
+    "                        are always buffered\n"
     "  --reclaim             serve images this host handed over to another (their\n"
     "                        hand-over record is removed); refused otherwise\n" CLI_STATE_HELP
 	CLI_TLS_HELP "                        TLS covers the incoming migration, the NBD exports,\n"
@@ -131,6 +137,7 @@ int cmd_serve(int argc, char **argv)
 		OPT_DELTA,
 		OPT_VERIFY,
 		OPT_NO_COMPRESS,
+		OPT_CACHE,
 	};
 	static const struct option opts[] = {
 		{ "device", required_argument, NULL, 'd' },
@@ -152,6 +159,7 @@ int cmd_serve(int argc, char **argv)
 		{ "delta", no_argument, NULL, OPT_DELTA },
 		{ "verify-only", no_argument, NULL, OPT_VERIFY },
 		{ "no-compress", no_argument, NULL, OPT_NO_COMPRESS },
+		{ "cache", required_argument, NULL, OPT_CACHE },
 		CLI_STATE_OPTION,
 		CLI_TLS_OPTIONS,
 		{ "help", no_argument, NULL, 'h' },
@@ -230,6 +238,11 @@ int cmd_serve(int argc, char **argv)
 			break;
 		case OPT_NO_COMPRESS:
 			cfg.no_compress = true;
+			break;
+		case OPT_CACHE:
+			r = cli_parse_cache("serve", optarg, &cfg.cache_none);
+			if (r)
+				return r;
 			break;
 		case OPT_MAXREFUSED:
 			r = cli_parse_uint("serve", "--max-refused", optarg, 1, 100000, &v);

@@ -91,6 +91,7 @@ void blk_close(struct blk *b);
 #define BLK_OPEN_RDONLY (1U << 0)
 #define BLK_OPEN_CREATE (1U << 1) /* create (or extend an empty file) to create_size */
 #define BLK_OPEN_EXCL	(1U << 2) /* with CREATE: only a new file, never through a symlink */
+#define BLK_OPEN_DIRECT (1U << 3) /* aligned I/O bypasses the page cache (O_DIRECT) */
 
 /*
  * Raw file or block device.  Size comes from fstat (regular file) or
@@ -104,6 +105,30 @@ void blk_close(struct blk *b);
  * SEEK_DATA/SEEK_HOLE.  Thread-safe (positional I/O on one fd).
  */
 int blk_file_open(const char *path, unsigned flags, uint64_t create_size, struct blk **out);
+/*
+ * With BLK_OPEN_DIRECT, reads and writes whose buffer, offset and length
+ * are aligned to 4096 (or the device's logical block size if larger) use a
+ * second descriptor opened with O_DIRECT; the rest (an unaligned buffer,
+ * the partial last block of a device whose size is not a multiple) goes
+ * through the buffered one.  fdatasync covers both.  Where the file system
+ * refuses O_DIRECT (EINVAL at the open or at the probing read that follows
+ * it) the device is opened buffered and blk_file_cache() says REFUSED; a
+ * direct I/O refused later switches the device to buffered for good.
+ * Reads go buffered too while something written through the page cache
+ * since the last flush may be dirty there: a direct read of a range with
+ * dirty pages would first wait for their writeback (correct either way,
+ * but a receiver reading back a mirrored write would pay a disk write).
+ * Test hook: with BLKMIG_TEST_REFUSE_O_DIRECT set in the environment,
+ * O_DIRECT counts as refused.
+ */
+enum blk_cache {
+	BLK_CACHE_WRITEBACK, /* buffered: through the page cache */
+	BLK_CACHE_NONE,	     /* O_DIRECT for aligned I/O */
+	BLK_CACHE_REFUSED,   /* O_DIRECT asked for and refused: buffered */
+};
+/* How the file under b (the bottom of its stack) does I/O now;
+ * WRITEBACK for other backends. */
+enum blk_cache blk_file_cache(struct blk *b);
 /*
  * The file under a stack whose bottom is a file backend: its device and
  * inode (fstat of the open descriptor), so that a path can be checked to

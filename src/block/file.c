@@ -1,7 +1,19 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Raw file or block-device backend; see blk_file_open() in backend.h.  All
- * I/O is positional on one descriptor, so the backend needs no lock.
+ * I/O is positional, so the backend needs no lock.
+ *
+ * Direct I/O (BLK_OPEN_DIRECT): a second descriptor with O_DIRECT, reopened
+ * from the first, carries every read and write whose buffer, offset and
+ * length are aligned to f->align; anything else (an unaligned buffer, the
+ * partial last block of an odd-sized device) goes through the buffered
+ * descriptor.  Both name one inode, so fdatasync on either covers both, and
+ * the kernel keeps them coherent (a direct read or write first writes back
+ * and drops the page-cache pages of its range).  Where O_DIRECT is refused
+ * (EINVAL: tmpfs before Linux 6.6, some FUSE file systems), at the open or
+ * at the first direct I/O, the backend goes on buffered; blk_file_cache()
+ * says which it is.  Reads stay buffered while buffered writes since the
+ * last flush may have left dirty pages (buffered_dirty).
  *
  * Zeroing tries the cheapest way the kernel offers and falls back step by
  * step: punch a hole (only with BLK_ZERO_MAY_TRIM), FALLOC_FL_ZERO_RANGE,
@@ -21,6 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <stdio.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -32,10 +45,23 @@
 
 static const uint8_t file_zero_buf[FILE_ZERO_BUF_SIZE];
 
+/* Alignment of direct I/O (buffer, offset, length): at least a page, or
+ * the device's logical block size if larger. */
+#define FILE_DIRECT_ALIGN 4096u
+
 struct file_blk {
 	struct blk blk;
-	int fd;
+	int fd;		/* buffered: everything but aligned direct I/O */
+	int dfd;	/* O_DIRECT, or -1 */
+	uint32_t align; /* of direct I/O */
 	bool is_bdev;
+	bool direct_refused; /* asked for direct I/O, and it was refused */
+	/* Written through the buffered descriptor since the last flush
+	 * began: reads stay buffered meanwhile (a hint; both are coherent). */
+	atomic_bool buffered_dirty;
+	/* Set when a direct I/O is refused after the open; the buffered
+	 * descriptor is used from then on. */
+	atomic_bool no_direct;
 	char *path; /* owned copy, for messages */
 	/* Kernel features found missing; set once, read without a lock. */
 	atomic_bool no_punch;
@@ -60,13 +86,12 @@ static bool unsupported(int e)
 
 /* ---- read, write, flush --------------------------------------------------- */
 
-static int file_pread(struct blk *b, void *buf, size_t len, uint64_t off)
+static int fd_pread(struct file_blk *f, int fd, void *buf, size_t len, uint64_t off)
 {
-	struct file_blk *f = to_file(b);
 	uint8_t *p = buf;
 
 	while (len > 0) {
-		ssize_t n = pread(f->fd, p, len, (off_t)off);
+		ssize_t n = pread(fd, p, len, (off_t)off);
 
 		if (n < 0) {
 			int e = errno;
@@ -87,13 +112,12 @@ static int file_pread(struct blk *b, void *buf, size_t len, uint64_t off)
 	return 0;
 }
 
-static int file_pwrite(struct blk *b, const void *buf, size_t len, uint64_t off)
+static int fd_pwrite(struct file_blk *f, int fd, const void *buf, size_t len, uint64_t off)
 {
-	struct file_blk *f = to_file(b);
 	const uint8_t *p = buf;
 
 	while (len > 0) {
-		ssize_t n = pwrite(f->fd, p, len, (off_t)off);
+		ssize_t n = pwrite(fd, p, len, (off_t)off);
 
 		if (n < 0) {
 			int e = errno;
@@ -113,10 +137,74 @@ static int file_pwrite(struct blk *b, const void *buf, size_t len, uint64_t off)
 	return 0;
 }
 
+/*
+ * How much of [buf, buf+len) at off may go through the direct descriptor:
+ * the aligned whole blocks from the start (the rest goes buffered), or 0
+ * when the buffer or offset is not aligned or there is no direct path.
+ */
+static size_t direct_part(struct file_blk *f, const void *buf, size_t len, uint64_t off)
+{
+	if (f->dfd < 0 || atomic_load_explicit(&f->no_direct, memory_order_relaxed))
+		return 0;
+	if (((uintptr_t)buf | off) & (f->align - 1))
+		return 0;
+	return len & ~(size_t)(f->align - 1);
+}
+
+/* A direct I/O refused with EINVAL although aligned: this file system does
+ * not do it after all; everything goes buffered from now on. */
+static bool direct_refused_now(struct file_blk *f, int r)
+{
+	if (r != -EINVAL)
+		return false;
+	atomic_store(&f->no_direct, true);
+	err_clear();
+	return true;
+}
+
+static int file_pread(struct blk *b, void *buf, size_t len, uint64_t off)
+{
+	struct file_blk *f = to_file(b);
+	size_t n = atomic_load_explicit(&f->buffered_dirty, memory_order_relaxed)
+		       ? 0
+		       : direct_part(f, buf, len, off);
+	int r;
+
+	if (n) {
+		r = fd_pread(f, f->dfd, buf, n, off);
+		if (r < 0 && !direct_refused_now(f, r))
+			return r;
+		if (r < 0)
+			n = 0;
+	}
+	return fd_pread(f, f->fd, (uint8_t *)buf + n, len - n, off + n);
+}
+
+static int file_pwrite(struct blk *b, const void *buf, size_t len, uint64_t off)
+{
+	struct file_blk *f = to_file(b);
+	size_t n = direct_part(f, buf, len, off);
+	int r;
+
+	if (n) {
+		r = fd_pwrite(f, f->dfd, buf, n, off);
+		if (r < 0 && !direct_refused_now(f, r))
+			return r;
+		if (r < 0)
+			n = 0;
+	}
+	if (n < len && f->dfd >= 0)
+		atomic_store_explicit(&f->buffered_dirty, true, memory_order_relaxed);
+	return fd_pwrite(f, f->fd, (const uint8_t *)buf + n, len - n, off + n);
+}
+
 static int file_flush(struct blk *b)
 {
 	struct file_blk *f = to_file(b);
 
+	/* Cleared before: a buffered write racing with the flush sets it
+	 * again. */
+	atomic_store(&f->buffered_dirty, false);
 	if (fdatasync(f->fd) < 0) {
 		int e = errno;
 
@@ -132,6 +220,9 @@ static int file_writeback(struct blk *b, uint64_t off, uint64_t len)
 {
 	struct file_blk *f = to_file(b);
 
+	/* Direct writes leave nothing to write back. */
+	if (f->dfd >= 0 && !atomic_load_explicit(&f->no_direct, memory_order_relaxed))
+		return 0;
 	(void)sync_file_range(f->fd, (off_t)off, (off_t)len, SYNC_FILE_RANGE_WRITE);
 	return 0;
 }
@@ -188,8 +279,11 @@ static int write_zeros(struct file_blk *f, uint64_t off, uint64_t len)
 {
 	while (len > 0) {
 		size_t n = (size_t)MIN(len, (uint64_t)FILE_ZERO_BUF_SIZE);
-		int r = file_pwrite(&f->blk, file_zero_buf, n, off);
+		int r;
 
+		if (f->dfd >= 0)
+			atomic_store_explicit(&f->buffered_dirty, true, memory_order_relaxed);
+		r = fd_pwrite(f, f->fd, file_zero_buf, n, off);
 		if (r < 0)
 			return r;
 		off += n;
@@ -296,6 +390,8 @@ static void file_close(struct blk *b)
 {
 	struct file_blk *f = to_file(b);
 
+	if (f->dfd >= 0)
+		close(f->dfd);
 	close(f->fd);
 	free(f->path);
 	free(f);
@@ -334,6 +430,57 @@ static int file_get_size(struct file_blk *f, unsigned flags, uint64_t create_siz
 	return 0;
 }
 
+/*
+ * The direct descriptor: the open file reopened with O_DIRECT (through
+ * /proc/self/fd, so that it is the same inode whatever happened to the
+ * path), then one aligned read to see that the file system takes it.  A
+ * refusal (EINVAL) leaves the backend buffered; other errors fail the open.
+ */
+static int open_direct(struct file_blk *f, unsigned flags)
+{
+	char proc[64];
+	int oflags = O_CLOEXEC | O_DIRECT | ((flags & BLK_OPEN_RDONLY) ? O_RDONLY : O_RDWR);
+	unsigned lbs = 0;
+	void *probe;
+	int e;
+
+	f->align = FILE_DIRECT_ALIGN;
+	if (f->is_bdev && ioctl(f->fd, BLKSSZGET, &lbs) == 0 && lbs > f->align &&
+	    (lbs & (lbs - 1)) == 0)
+		f->align = lbs;
+	if (getenv("BLKMIG_TEST_REFUSE_O_DIRECT")) {
+		f->direct_refused = true;
+		return 0;
+	}
+	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", f->fd);
+	f->dfd = open(proc, oflags);
+	if (f->dfd < 0 && errno == ENOENT) /* no /proc */
+		f->dfd = open(f->path, oflags | O_NOFOLLOW);
+	if (f->dfd < 0) {
+		e = errno;
+		if (e == EINVAL) {
+			f->direct_refused = true;
+			return 0;
+		}
+		return err_set(e, "open %s with O_DIRECT: %s", f->path, strerror(e));
+	}
+	if (f->blk.size < f->align)
+		return 0;
+	if (posix_memalign(&probe, f->align, f->align) != 0)
+		return err_set(ENOMEM, "open %s: out of memory", f->path);
+	e = pread(f->dfd, probe, f->align, 0) < 0 ? errno : 0;
+	free(probe);
+	if (e == EINVAL) {
+		close(f->dfd);
+		f->dfd = -1;
+		f->direct_refused = true;
+		return 0;
+	}
+	if (e)
+		return err_set(e, "pread %s with O_DIRECT at offset 0: %s", f->path, strerror(e));
+	return 0;
+}
+
 int blk_file_open(const char *path, unsigned flags, uint64_t create_size, struct blk **out)
 {
 	struct file_blk *f;
@@ -341,7 +488,7 @@ int blk_file_open(const char *path, unsigned flags, uint64_t create_size, struct
 	uint64_t size;
 	int r;
 
-	if (flags & ~(BLK_OPEN_RDONLY | BLK_OPEN_CREATE | BLK_OPEN_EXCL))
+	if (flags & ~(BLK_OPEN_RDONLY | BLK_OPEN_CREATE | BLK_OPEN_EXCL | BLK_OPEN_DIRECT))
 		return err_set(EINVAL, "open %s: unknown flags 0x%x", path, flags);
 	if ((flags & BLK_OPEN_EXCL) && !(flags & BLK_OPEN_CREATE))
 		return err_set(EINVAL, "open %s: EXCL without CREATE", path);
@@ -353,6 +500,7 @@ int blk_file_open(const char *path, unsigned flags, uint64_t create_size, struct
 	f = calloc(1, sizeof(*f));
 	if (!f)
 		return err_set(ENOMEM, "open %s: out of memory", path);
+	f->dfd = -1;
 	f->path = strdup(path);
 	if (!f->path) {
 		r = err_set(ENOMEM, "open %s: out of memory", path);
@@ -376,19 +524,29 @@ int blk_file_open(const char *path, unsigned flags, uint64_t create_size, struct
 	r = file_get_size(f, flags, create_size, &size);
 	if (r < 0)
 		goto err_unlink;
+	f->blk.size = size;
+	if (flags & BLK_OPEN_DIRECT) {
+		r = open_direct(f, flags);
+		if (r < 0)
+			goto err_close_direct;
+	}
 
 	atomic_init(&f->no_punch, false);
 	atomic_init(&f->no_zero_range, false);
 	atomic_init(&f->no_zeroout, false);
 	atomic_init(&f->no_discard, false);
 	atomic_init(&f->no_seek_data, false);
+	atomic_init(&f->no_direct, false);
+	atomic_init(&f->buffered_dirty, false);
 	f->blk.ops = &file_ops;
 	f->blk.lower = NULL;
-	f->blk.size = size;
 	f->blk.readonly = flags & BLK_OPEN_RDONLY;
 	*out = &f->blk;
 	return 0;
 
+err_close_direct:
+	if (f->dfd >= 0)
+		close(f->dfd);
 err_unlink:
 	/* Ours alone since O_EXCL: leave nothing half made behind. */
 	if (oflags & O_EXCL)
@@ -412,6 +570,22 @@ static const struct blk_ops file_ops = {
 	.writeback = file_writeback,
 	.close = file_close,
 };
+
+enum blk_cache blk_file_cache(struct blk *b)
+{
+	struct file_blk *f;
+
+	while (b && b->lower)
+		b = b->lower;
+	if (!b || b->ops != &file_ops)
+		return BLK_CACHE_WRITEBACK;
+	f = to_file(b);
+	if (f->direct_refused)
+		return BLK_CACHE_REFUSED;
+	if (f->dfd < 0 || atomic_load(&f->no_direct))
+		return BLK_CACHE_WRITEBACK;
+	return BLK_CACHE_NONE;
+}
 
 int blk_file_identity(struct blk *b, uint64_t *dev, uint64_t *ino)
 {

@@ -50,6 +50,7 @@ static int refuse_claim(const struct daemon_device *d, const char *shown, uint64
 static int incoming_open(const struct daemon_incoming *c, const char *name, uint64_t size,
 			 struct blk **out, char *path, size_t path_cap, bool *created)
 {
+	unsigned direct = c->cache_none ? BLK_OPEN_DIRECT : 0;
 	const struct daemon_device *d = NULL;
 	uint64_t max = c->max_size ? c->max_size : DAEMON_DEFAULT_MAX_SIZE, want;
 	char shown[STR_ESCAPE_CAP(256)], a[32], b[32];
@@ -85,7 +86,7 @@ static int incoming_open(const struct daemon_incoming *c, const char *name, uint
 		r = mark_before_create(d->path, "blkmig: created for an incoming migration");
 		if (r < 0)
 			return r;
-		r = blk_file_open(d->path, BLK_OPEN_CREATE | BLK_OPEN_EXCL, want, out);
+		r = blk_file_open(d->path, BLK_OPEN_CREATE | BLK_OPEN_EXCL | direct, want, out);
 		if (r < 0) {
 			char msg[1024];
 
@@ -106,9 +107,9 @@ static int incoming_open(const struct daemon_incoming *c, const char *name, uint
 		r = mark_incomplete(d->path, "blkmig: grown for an incoming migration");
 		if (r < 0)
 			return r;
-		return blk_file_open(d->path, BLK_OPEN_CREATE, want, out);
+		return blk_file_open(d->path, BLK_OPEN_CREATE | direct, want, out);
 	}
-	r = blk_file_open(d->path, 0, 0, out);
+	r = blk_file_open(d->path, direct, 0, out);
 	if (r == 0 && d->size && blk_size(*out) != d->size) {
 		uint64_t have = blk_size(*out);
 
@@ -130,6 +131,15 @@ int daemon_incoming_open(void *user, const char *name, uint64_t size, struct blk
 	struct daemon_incoming *c = user;
 	int r = incoming_open(c, name, size, out, path, path_cap, created);
 
+	if (r == 0 && c->cache_none && c->log && blk_file_cache(*out) == BLK_CACHE_REFUSED) {
+		char shown[STR_ESCAPE_CAP(256)], line[4500];
+
+		snprintf(line, sizeof(line),
+			 "device %s: %s refuses O_DIRECT: --cache none falls back to writing "
+			 "through the page cache",
+			 str_escape(shown, sizeof(shown), name), path);
+		c->log(c->log_user, line);
+	}
 	for (unsigned i = 0; r == 0 && i < c->ndev; i++)
 		if (strcmp(c->devs[i].name, name) == 0)
 			c->known[i] = blk_file_identity(*out, &c->st_dev[i], &c->st_ino[i]) == 0;
@@ -185,7 +195,10 @@ static int run_incoming(struct daemon *d)
 	*in = (struct daemon_incoming){ .devs = d->devs,
 					.ndev = d->cfg.ndev,
 					.create = d->cfg.create,
-					.max_size = d->cfg.max_size };
+					.max_size = d->cfg.max_size,
+					.cache_none = d->cfg.cache_none,
+					.log = log_refused,
+					.log_user = d };
 	for (unsigned i = 0; i < d->cfg.ndev; i++)
 		if (!d->devs[i].readonly)
 			names[p.nexpect++] = d->devs[i].name;

@@ -80,6 +80,8 @@ struct daemon_config {
 			       * (log the verdict), write nothing, then serve */
 	bool qemu;	      /* incoming: QEMU 7.2's stream, not the native one */
 	bool no_compress;     /* incoming: refuse compressed chunks (dst_params) */
+	bool cache_none;      /* incoming: --cache none (O_DIRECT where the file system
+			       * takes it); false: writeback, through the page cache */
 	unsigned max_refused; /* incoming: give up after this many refused
 			       * connections (0: INCOMING_MAX_FAILURES) */
 	uint64_t retry_ns;    /* incoming: wait this long for a source whose
@@ -179,6 +181,10 @@ struct daemon_incoming {
 	unsigned ndev;
 	bool create;
 	uint64_t max_size; /* 0: DAEMON_DEFAULT_MAX_SIZE */
+	bool cache_none;   /* O_DIRECT where taken; false: through the page cache */
+	/* One line when an image refuses O_DIRECT (NULL: none). */
+	void (*log)(void *user, const char *line);
+	void *log_user;
 	/* Filled in: the file each device was received into (device, inode),
 	 * which the daemon then serves and no other. */
 	bool known[DAEMON_MAX_DEVICES];

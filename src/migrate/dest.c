@@ -18,7 +18,12 @@
  *
  * Nothing is written before a record has passed every check (DESIGN.md
  * rule 4): known device, chunk-aligned offset inside it, the part of the
- * payload past the device end dropped.  One thread does everything.
+ * payload past the device end dropped.  The engine thread does everything
+ * but apply chunk records: it validates them and hands them to the writer
+ * pool (dst-writers.h), which hashes and writes them while the engine reads
+ * the next record.  The pool is drained (a barrier, its first failure
+ * reported) before anything that needs the writes done: a sync, the
+ * read-back, a mirrored WRITE, a pass end, completion.
  */
 #include <assert.h>
 #include <errno.h>
@@ -36,6 +41,7 @@
 #include "common/util.h"
 #include "digest.h"
 #include "dst-format.h"
+#include "dst-writers.h"
 #include "engine.h"
 #include "transport/transport.h"
 
@@ -71,6 +77,7 @@ struct dst {
 	unsigned ndev;
 	struct dst_dev dev[NATIVE_MAX_DEVICES];
 	uint8_t *scratch;	  /* one chunk, for reading back */
+	struct dstw *writers;	  /* apply chunk records */
 	bool unsynced;		  /* written since the last sync */
 	bool wrote;		  /* any device written, ever (st.written) */
 	uint64_t wseq;		  /* the last WRITE record applied */
@@ -354,7 +361,9 @@ static int open_devices(struct dst *d)
 	d->scratch = aligned_alloc(4096, div_round_up(o->chunk_size, 4096) * 4096);
 	if (!d->scratch)
 		return err_set(ENOMEM, "no memory for a %u-byte chunk buffer", o->chunk_size);
-	return 0;
+	if (d->p->verify_only)
+		return 0;
+	return dstw_new(0, o->chunk_size, &d->writers);
 }
 
 /* ---- what this side holds already ----------------------------------------------- */
@@ -470,6 +479,7 @@ static int apply(struct dst *d, const struct wire_record *rec, uint64_t rec_off)
 {
 	uint32_t cs = d->offer.chunk_size;
 	struct dst_dev *dev = find_dev(d, rec->name);
+	struct dstw_job job;
 	uint64_t idx;
 	size_t len;
 	int r;
@@ -489,20 +499,23 @@ static int apply(struct dst *d, const struct wire_record *rec, uint64_t rec_off)
 
 	d->unsynced = d->wrote = true;
 	dev->written = true;
-	if (rec->kind == WIRE_REC_ZERO || mem_is_zero(rec->data, len)) {
-		r = blk_zero(dev->blk, rec->offset, len, BLK_ZERO_MAY_TRIM);
-		digest_set(dev->dig, idx, digest_zero_hash(dev->dig, idx));
-	} else {
-		r = blk_pwrite(dev->blk, rec->data, len, rec->offset);
-		digest_set(dev->dig, idx, digest_hash(rec->data, len));
-		/* Overlap the disk with the network: the pass's fdatasync then
-		 * waits only for the last few chunks. */
-		if (r == 0)
-			blk_writeback(dev->blk, rec->offset, len);
+	job = (struct dstw_job){ .op = DSTW_ZERO,
+				 .blk = dev->blk,
+				 .dig = dev->dig,
+				 .shown = dev->shown,
+				 .idx = idx,
+				 .off = rec->offset,
+				 .len = len };
+	if (rec->kind != WIRE_REC_ZERO && !mem_is_zero(rec->data, len)) {
+		job.op = DSTW_WRITE;
+		job.data = rec->data;
 	}
+	/* Hashed and written by the chunk's writer (in order with any
+	 * earlier record for it); its failure surfaces at a later submit or
+	 * the next barrier, with this message. */
+	r = dstw_submit(d->writers, &job);
 	if (r < 0)
-		return err_prefix(-r, "write %s at offset %llu: ", dev->shown,
-				  (unsigned long long)rec->offset);
+		return r;
 	dirty_mark(dev->pass, rec->offset, len);
 	dirty_mark(dev->carried, rec->offset, len);
 	if (rec->kind == WIRE_REC_ZERO)
@@ -529,8 +542,10 @@ static int apply_write(struct dst *d, const struct wire_record *rec, uint64_t re
 {
 	struct dst_dev *dev = find_dev(d, rec->name);
 	uint64_t end;
-	int r;
+	int r = dstw_barrier(d->writers);
 
+	if (r < 0)
+		return r;
 	/* The reader refuses WRITE records a handshake did not announce. */
 	assert(d->offer.mirror && d->f->ops->write_applied);
 	if (!dev)
@@ -576,10 +591,20 @@ static int apply_write(struct dst *d, const struct wire_record *rec, uint64_t re
 	return 0;
 }
 
+/* Every chunk handed to the writers is applied (or the first failure). */
+static int drain(struct dst *d)
+{
+	return d->writers ? dstw_barrier(d->writers) : 0;
+}
+
 static int sync_all(struct dst *d)
 {
+	int r = drain(d);
+
+	if (r < 0)
+		return r;
 	for (unsigned i = 0; i < d->ndev; i++) {
-		int r = blk_flush(d->dev[i].blk);
+		r = blk_flush(d->dev[i].blk);
 
 		if (r < 0)
 			return err_prefix(-r, "sync %s: ", d->dev[i].shown);
@@ -595,8 +620,15 @@ static int sync_all(struct dst *d)
  * --device names on one file, a zeroing fallback that did not zero) shows
  * up here.  Later passes' writes replace earlier hashes, so each chunk is
  * checked in its final state by the pass that last wrote it.
+ *
+ * The writers read back, several chunks at once (with direct I/O the reads
+ * come from the disk, not the page cache); each chunk's check is queued on
+ * the writer that applied it, behind its writes and ahead of any later
+ * record for it, so it sees the digest of what the sync made durable.
+ * This only queues the checks: a failure surfaces at the next submit or
+ * barrier (make_durable() waits for them).
  */
-static int verify_pass(struct dst *d)
+static int queue_read_back(struct dst *d)
 {
 	uint32_t cs = d->offer.chunk_size;
 
@@ -604,26 +636,22 @@ static int verify_pass(struct dst *d)
 		struct dst_dev *dev = &d->dev[i];
 		int64_t idx = -1;
 
+		/* Verify only: nothing is written, so nothing is queued. */
+		assert(d->writers || !dirty_count(dev->pass));
 		while ((idx = dirty_next(dev->pass, (uint64_t)(idx + 1))) >= 0) {
-			uint64_t off = (uint64_t)idx * cs;
-			size_t len = digest_chunk_len(dev->dig, (uint64_t)idx);
+			struct dstw_job job = { .op = DSTW_CHECK,
+						.blk = dev->blk,
+						.dig = dev->dig,
+						.shown = dev->shown,
+						.idx = (uint64_t)idx,
+						.off = (uint64_t)idx * cs,
+						.len = digest_chunk_len(dev->dig, (uint64_t)idx) };
 			int r;
 
 			dirty_test_and_clear(dev->pass, (uint64_t)idx);
-			/* A zero chunk that is a hole needs no read. */
-			if (digest_get(dev->dig, (uint64_t)idx) ==
-				digest_zero_hash(dev->dig, (uint64_t)idx) &&
-			    blk_is_hole(dev->blk, off, len))
-				continue;
-			r = blk_pread(dev->blk, d->scratch, len, off);
+			r = dstw_submit(d->writers, &job);
 			if (r < 0)
-				return err_prefix(-r, "read back %s at offset %llu: ", dev->shown,
-						  (unsigned long long)off);
-			if (digest_hash(d->scratch, len) != digest_get(dev->dig, (uint64_t)idx))
-				return err_set(EILSEQ,
-					       "device %s: the chunk at offset %llu does not "
-					       "read back as it was written",
-					       dev->shown, (unsigned long long)off);
+				return r;
 		}
 	}
 	return 0;
@@ -635,7 +663,9 @@ static int make_durable(struct dst *d)
 {
 	int r = sync_all(d);
 
-	return r < 0 ? r : verify_pass(d);
+	if (r == 0)
+		r = queue_read_back(d);
+	return r < 0 ? r : drain(d);
 }
 
 /*
@@ -643,6 +673,13 @@ static int make_durable(struct dst *d)
  * durable, read back and recorded every DST_CHECKPOINT_BYTES or
  * DST_CHECKPOINT_NS, so a connection that drops midway loses at most that
  * much.  Only where the format answers passes (and so has records).
+ *
+ * The read-back of a checkpoint overlaps with the records that follow it
+ * (with direct I/O it reads the disk, about as long as the writes took):
+ * the next sync, pass end or completion waits for it first, and its
+ * failure fails the migration there.  The record saved meanwhile claims
+ * only what the sync made durable; a resumed connection compares every
+ * chunk it claims with the source's digest (SUMS) anyway.
  */
 #define DST_CHECKPOINT_BYTES (32ull << 20)
 #define DST_CHECKPOINT_NS    (1000000000ull)
@@ -657,9 +694,11 @@ static int checkpoint(struct dst *d, uint64_t bytes)
 	d->ck_bytes += bytes;
 	if (d->ck_bytes < DST_CHECKPOINT_BYTES && (now = now_ns()) - d->ck_ns < DST_CHECKPOINT_NS)
 		return 0;
-	r = make_durable(d);
+	r = sync_all(d);
 	if (r == 0)
 		r = save_records(d, 0);
+	if (r == 0)
+		r = queue_read_back(d);
 	d->ck_bytes = 0;
 	d->ck_ns = now_ns();
 	return r;
@@ -667,8 +706,10 @@ static int checkpoint(struct dst *d, uint64_t bytes)
 
 static int pass_end(struct dst *d)
 {
-	int r = 0;
+	int r = drain(d);
 
+	if (r < 0)
+		return r;
 	d->st.iterations++;
 	d->ck_bytes = 0;
 	d->ck_ns = now_ns();
@@ -769,7 +810,8 @@ static int complete(struct dst *d, const struct native_complete *digests)
 	int r = 0;
 
 	d->st.state = MIG_FINAL;
-	if (d->unsynced)
+	r = drain(d);
+	if (r == 0 && d->unsynced)
 		r = make_durable(d);
 	if (r == 0)
 		r = check_carried(d);
@@ -986,6 +1028,9 @@ int dst_run(const struct dst_params *p, struct xport *x, struct cancel *cancel,
 	d->st.transferred = xport_rx_bytes(x);
 	d->st.written = d->wrote;
 	d->st.total_ns = now_ns() - t0;
+	/* Before the devices close: writes still queued after a failure
+	 * are dropped. */
+	dstw_free(d->writers);
 	for (unsigned i = 0; i < d->ndev; i++) {
 		blk_close(d->dev[i].blk);
 		if (r < 0)

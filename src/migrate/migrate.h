@@ -274,6 +274,10 @@ struct src_params {
 struct src_device {
 	const char *name;
 	struct blk *blk; /* a tracking layer (blk_track_open) */
+	/* Optional: what the readers read the chunks through (the same image
+	 * opened with O_DIRECT: send --cache none); NULL: blk.  Writes and
+	 * the tracking stay on blk. */
+	struct blk *read_blk;
 };
 
 struct src_job;

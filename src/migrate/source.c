@@ -284,6 +284,7 @@ int src_new(const struct src_params *p, const struct src_device *devs, unsigned 
 		d->job = j;
 		d->name = devs[i].name;
 		d->blk = devs[i].blk;
+		d->rblk = devs[i].read_blk ? devs[i].read_blk : devs[i].blk;
 		d->size = blk_size(d->blk);
 		d->nchunks = div_round_up(d->size, j->p.chunk_size);
 		/* Messages name devs[i], which outlives the job freed here. */

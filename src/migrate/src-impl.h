@@ -76,6 +76,7 @@ struct src_dev {
 	struct src_job *job;
 	const char *name;
 	struct blk *blk;
+	struct blk *rblk; /* the readers' reads: src_device.read_blk, or blk */
 	uint64_t size;
 	uint64_t nchunks;
 	struct dirty *dirty;

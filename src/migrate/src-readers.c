@@ -89,7 +89,7 @@ static int read_chunk(struct src_job *j, struct result *res, enum pass_kind pass
 	if (blk_is_hole(d->blk, off, len)) {
 		res->kind = j->p.shared_base && pass == PASS_BULK ? RES_SKIP : RES_ZERO;
 	} else {
-		r = blk_pread(d->blk, res->buf, len, off);
+		r = blk_pread(d->rblk, res->buf, len, off);
 		if (r < 0)
 			return err_prefix(-r, "read %s at offset %llu: ", d->name,
 					  (unsigned long long)off);

@@ -514,6 +514,133 @@ static void test_create_excl(void **state)
 
 #define FT(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
 
+/* ---- direct I/O (BLK_OPEN_DIRECT) ----------------------------------------- */
+
+/* A size that is not a multiple of the direct-I/O alignment. */
+#define ODD_SIZE (3 * 4096 + 1000)
+
+/* The file's bytes as a plain buffered read sees them. */
+static void read_plain(const char *path, uint8_t *buf, size_t len)
+{
+	int fd = open(path, O_RDONLY);
+
+	assert_true(fd >= 0);
+	assert_int_equal(pread(fd, buf, len, 0), (ssize_t)len);
+	close(fd);
+}
+
+/*
+ * Writes and reads of every shape through a device opened for direct I/O
+ * (whichever way the file system took it): aligned ones, an unaligned
+ * buffer, offset and length, and the partial last block; the file holds
+ * exactly what was written, and keeps its size.
+ */
+static void check_direct_io(const char *path, unsigned flag, enum blk_cache want1,
+			    enum blk_cache want2)
+{
+	struct blk *b;
+	uint8_t *abuf, *want, *got;
+	enum blk_cache c;
+
+	unlink(path);
+	b = open_or_fail(path, BLK_OPEN_CREATE | BLK_OPEN_EXCL | flag, ODD_SIZE);
+	c = blk_file_cache(b);
+	if (c != want1 && c != want2)
+		fail_msg("cache mode %d, want %d or %d", (int)c, (int)want1, (int)want2);
+	assert_int_equal(posix_memalign((void **)&abuf, 4096, 4 * 4096), 0);
+	want = malloc(ODD_SIZE);
+	got = malloc(ODD_SIZE + 1);
+	assert_non_null(want);
+	assert_non_null(got);
+	for (size_t i = 0; i < ODD_SIZE; i++)
+		want[i] = (uint8_t)(i * 7 + 3);
+	/* The whole device from an aligned buffer: three blocks direct, the
+	 * 1000-byte tail buffered. */
+	memcpy(abuf, want, ODD_SIZE);
+	assert_int_equal(blk_pwrite(b, abuf, ODD_SIZE, 0), 0);
+	/* Aligned block in the middle. */
+	memset(want + 4096, 0x5a, 4096);
+	memset(abuf, 0x5a, 4096);
+	assert_int_equal(blk_pwrite(b, abuf, 4096, 4096), 0);
+	/* Unaligned buffer (goes buffered). */
+	memset(want + 8192, 0xa5, 4096);
+	memset(got + 1, 0xa5, 4096);
+	assert_int_equal(blk_pwrite(b, got + 1, 4096, 8192), 0);
+	/* Unaligned offset and length. */
+	memset(want + 100, 0x11, 5000);
+	memset(abuf, 0x11, 5000);
+	assert_int_equal(blk_pwrite(b, abuf, 5000, 100), 0);
+	/* Aligned offset, length ending in the tail. */
+	memset(want + 8192, 0x22, ODD_SIZE - 8192);
+	memset(abuf, 0x22, ODD_SIZE - 8192);
+	assert_int_equal(blk_pwrite(b, abuf, ODD_SIZE - 8192, 8192), 0);
+	assert_int_equal(blk_flush(b), 0);
+
+	/* Read back through the device: aligned, unaligned buffer, tail. */
+	memset(abuf, 0, 4 * 4096);
+	assert_int_equal(blk_pread(b, abuf, ODD_SIZE, 0), 0);
+	assert_memory_equal(abuf, want, ODD_SIZE);
+	assert_int_equal(blk_pread(b, got + 1, ODD_SIZE - 4096, 4096), 0);
+	assert_memory_equal(got + 1, want + 4096, ODD_SIZE - 4096);
+	assert_int_equal(blk_pread(b, abuf, 1000, 3 * 4096), 0);
+	assert_memory_equal(abuf, want + 3 * 4096, 1000);
+	/* Past the end: refused, nothing written. */
+	assert_int_equal(blk_pwrite(b, abuf, 4096, 3 * 4096), -ERANGE);
+	blk_close(b);
+
+	assert_int_equal(file_size_of(path), ODD_SIZE);
+	read_plain(path, got, ODD_SIZE);
+	assert_memory_equal(got, want, ODD_SIZE);
+	free(abuf);
+	free(want);
+	free(got);
+	unlink(path);
+}
+
+static void test_direct_io(void **state)
+{
+	struct fixture *fx = *state;
+
+	/* A file system that refuses O_DIRECT falls back; either way the
+	 * data must be right. */
+	check_direct_io(fx->path, BLK_OPEN_DIRECT, BLK_CACHE_NONE, BLK_CACHE_REFUSED);
+}
+
+static void test_direct_refused(void **state)
+{
+	struct fixture *fx = *state;
+
+	setenv("BLKMIG_TEST_REFUSE_O_DIRECT", "1", 1);
+	check_direct_io(fx->path, BLK_OPEN_DIRECT, BLK_CACHE_REFUSED, BLK_CACHE_REFUSED);
+	unsetenv("BLKMIG_TEST_REFUSE_O_DIRECT");
+}
+
+/* tmpfs refuses O_DIRECT before Linux 6.6 and takes it since. */
+static void test_direct_tmpfs(void **state)
+{
+	char path[64];
+	int fd;
+
+	(void)state;
+	snprintf(path, sizeof(path), "/dev/shm/blkmig-test-direct-XXXXXX");
+	fd = mkstemp(path);
+	if (fd < 0) {
+		print_message("no /dev/shm\n");
+		skip();
+	}
+	close(fd);
+	check_direct_io(path, BLK_OPEN_DIRECT, BLK_CACHE_NONE, BLK_CACHE_REFUSED);
+}
+
+static void test_cache_mode_buffered(void **state)
+{
+	struct fixture *fx = *state;
+	struct blk *b = open_or_fail(fx->path, BLK_OPEN_CREATE, 8192);
+
+	assert_int_equal(blk_file_cache(b), BLK_CACHE_WRITEBACK);
+	blk_close(b);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -531,6 +658,10 @@ int main(void)
 		FT(test_range_errors),
 		FT(test_readonly),
 		FT(test_write_error_message),
+		FT(test_direct_io),
+		FT(test_direct_refused),
+		FT(test_direct_tmpfs),
+		FT(test_cache_mode_buffered),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

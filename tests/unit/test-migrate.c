@@ -446,8 +446,7 @@ static void mig_start(struct mig *m)
 	assert_int_equal(cancel_new(&m->dcancel), 0);
 	assert_int_equal(pthread_create(&m->dth, NULL, dst_main, m), 0);
 	for (unsigned i = 0; i < m->nsrc; i++) {
-		devs[i].name = m->src[i]->name;
-		devs[i].blk = m->src[i]->track;
+		devs[i] = (struct src_device){ .name = m->src[i]->name, .blk = m->src[i]->track };
 	}
 	if (src_new(&m->sp, devs, m->nsrc, &m->job) != 0)
 		mig_start_failed(m, "src_new");
@@ -2130,8 +2129,8 @@ static void test_src_new_errors(void **state)
 	(void)state;
 	sdev_open_mem(&a, "a", MiB);
 	sdev_open_mem(&b, "b", MiB);
-	devs[0] = (struct src_device){ "a", a.track };
-	devs[1] = (struct src_device){ "b", b.track };
+	devs[0] = (struct src_device){ .name = "a", .blk = a.track };
+	devs[1] = (struct src_device){ .name = "b", .blk = b.track };
 
 	assert_int_equal(src_new(&p, devs, 0, &j), -EINVAL);
 	assert_contains("src_new", err_msg(), "need 1 to 64 devices, got 0");
@@ -2194,8 +2193,8 @@ static void test_src_new_bad_names(void **state)
 	(void)state;
 	sdev_open_mem(&a, "a", MiB);
 	sdev_open_mem(&b, "b", MiB);
-	devs[0] = (struct src_device){ "a", a.track };
-	devs[1] = (struct src_device){ "a", b.track };
+	devs[0] = (struct src_device){ .name = "a", .blk = a.track };
+	devs[1] = (struct src_device){ .name = "a", .blk = b.track };
 	assert_int_equal(src_new(&p, devs, 2, &j), -EINVAL);
 	assert_contains("src_new", err_msg(), "device name 'a' given twice");
 	devs[1].name = "";

@@ -1,0 +1,263 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The destination's writer pool; see dst-writers.h.  One lock guards every
+ * queue and the error: the engine takes it about twice per chunk, a writer
+ * twice per job, which is nothing next to a chunk's write.  The copy of a
+ * job's data into its slot happens outside the lock: only the engine fills
+ * slots, and a slot is not in the queue (count) until it is full.
+ */
+#include "dst-writers.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "block/backend.h"
+#include "common/error.h"
+#include "common/util.h"
+#include "digest.h"
+
+/* Slot buffers are aligned for direct I/O (file.c's alignment). */
+#define DSTW_ALIGN     4096u
+#define DSTW_MAX_SLOTS 64u
+
+struct dstw_slot {
+	struct dstw_job job;
+	uint8_t *buf; /* the job's data, chunk-sized, aligned */
+};
+
+struct dstw_writer {
+	struct dstw *pool;
+	pthread_t thread;
+	bool started;
+	pthread_cond_t work; /* the queue got a job, or stop */
+	struct dstw_slot *slot;
+	unsigned head, count; /* the queue: slot[head], ... (count of them) */
+};
+
+struct dstw {
+	pthread_mutex_t lock;
+	pthread_cond_t space; /* a writer finished a job */
+	unsigned nwriters, nslots;
+	uint32_t chunk_size;
+	bool stop;
+	int err; /* the first failure (positive errno), sticky */
+	char msg[1024];
+	struct dstw_writer wr[DSTW_WRITERS * 4];
+};
+
+/* Apply one job; 0 or a negative errno with the message recorded. */
+static int check_job(const struct dstw_job *job, uint8_t *buf)
+{
+	uint64_t want = digest_get(job->dig, job->idx);
+	int r;
+
+	/* A zero chunk that is a hole needs no read. */
+	if (want == digest_zero_hash(job->dig, job->idx) &&
+	    blk_is_hole(job->blk, job->off, job->len))
+		return 0;
+	r = blk_pread(job->blk, buf, job->len, job->off);
+	if (r < 0)
+		return err_prefix(-r, "read back %s at offset %llu: ", job->shown,
+				  (unsigned long long)job->off);
+	if (digest_hash(buf, job->len) != want)
+		return err_set(EILSEQ,
+			       "device %s: the chunk at offset %llu does not read back as it was "
+			       "written",
+			       job->shown, (unsigned long long)job->off);
+	return 0;
+}
+
+static int apply_job(const struct dstw_job *job, uint8_t *buf)
+{
+	int r;
+
+	if (job->op == DSTW_CHECK)
+		return check_job(job, buf);
+	if (job->op == DSTW_ZERO) {
+		r = blk_zero(job->blk, job->off, job->len, BLK_ZERO_MAY_TRIM);
+		if (r == 0)
+			digest_set(job->dig, job->idx, digest_zero_hash(job->dig, job->idx));
+	} else {
+		r = blk_pwrite(job->blk, buf, job->len, job->off);
+		if (r == 0) {
+			digest_set(job->dig, job->idx, digest_hash(buf, job->len));
+			/* Buffered: start writeback so the pass's fdatasync
+			 * waits only for the last few chunks (direct: nothing
+			 * to do). */
+			blk_writeback(job->blk, job->off, job->len);
+		}
+	}
+	if (r < 0)
+		return err_prefix(-r, "write %s at offset %llu: ", job->shown,
+				  (unsigned long long)job->off);
+	return 0;
+}
+
+static void *writer_main(void *arg)
+{
+	struct dstw_writer *wr = arg;
+	struct dstw *w = wr->pool;
+
+	pthread_mutex_lock(&w->lock);
+	for (;;) {
+		struct dstw_slot *s;
+		int r = 0;
+
+		while (!wr->count && !w->stop)
+			pthread_cond_wait(&wr->work, &w->lock);
+		if (!wr->count)
+			break;
+		s = &wr->slot[wr->head];
+		/* After a failure, or when the pool is freed with jobs still
+		 * queued, the rest is dropped: the migration fails. */
+		if (!w->err && !w->stop) {
+			pthread_mutex_unlock(&w->lock);
+			r = apply_job(&s->job, s->buf);
+			pthread_mutex_lock(&w->lock);
+		}
+		if (r < 0 && !w->err) {
+			w->err = -r;
+			snprintf(w->msg, sizeof(w->msg), "%s", err_msg());
+		}
+		wr->head = (wr->head + 1) % w->nslots;
+		wr->count--;
+		pthread_cond_broadcast(&w->space);
+	}
+	pthread_mutex_unlock(&w->lock);
+	return NULL;
+}
+
+/* The failure, as the caller's own error: 0 if none.  Lock held. */
+static int failed_locked(struct dstw *w)
+{
+	if (!w->err)
+		return 0;
+	err_copy_in(w->msg);
+	return -w->err;
+}
+
+int dstw_new(unsigned nwriters, uint32_t chunk_size, struct dstw **out)
+{
+	size_t bufsize = ((size_t)chunk_size + DSTW_ALIGN - 1) / DSTW_ALIGN * DSTW_ALIGN;
+	struct dstw *w;
+	int e;
+
+	if (!nwriters)
+		nwriters = DSTW_WRITERS;
+	if (nwriters > ARRAY_SIZE(w->wr) || !chunk_size)
+		return err_set(EINVAL, "writer pool: %u writers for %u-byte chunks", nwriters,
+			       chunk_size);
+	w = calloc(1, sizeof(*w));
+	if (!w)
+		return err_set(ENOMEM, "no memory for the writer pool");
+	pthread_mutex_init(&w->lock, NULL);
+	pthread_cond_init(&w->space, NULL);
+	w->nwriters = nwriters;
+	w->chunk_size = chunk_size;
+	w->nslots = (unsigned)MIN(MAX(DSTW_QUEUE_BYTES / chunk_size, 1u), DSTW_MAX_SLOTS);
+	for (unsigned i = 0; i < nwriters; i++) {
+		struct dstw_writer *wr = &w->wr[i];
+
+		wr->pool = w;
+		pthread_cond_init(&wr->work, NULL);
+		wr->slot = calloc(w->nslots, sizeof(*wr->slot));
+		if (!wr->slot)
+			goto err_nomem;
+		for (unsigned k = 0; k < w->nslots; k++) {
+			void *p;
+
+			if (posix_memalign(&p, DSTW_ALIGN, bufsize) != 0)
+				goto err_nomem;
+			wr->slot[k].buf = p;
+		}
+	}
+	for (unsigned i = 0; i < nwriters; i++) {
+		e = pthread_create(&w->wr[i].thread, NULL, writer_main, &w->wr[i]);
+		if (e) {
+			dstw_free(w);
+			return err_set(e, "cannot start a writer thread: %s", strerror(e));
+		}
+		w->wr[i].started = true;
+	}
+	*out = w;
+	return 0;
+
+err_nomem:
+	dstw_free(w);
+	return err_set(ENOMEM, "no memory for the writer pool's %u buffers of %u bytes",
+		       nwriters *
+			   (unsigned)MIN(MAX(DSTW_QUEUE_BYTES / chunk_size, 1u), DSTW_MAX_SLOTS),
+		       chunk_size);
+}
+
+int dstw_submit(struct dstw *w, const struct dstw_job *job)
+{
+	struct dstw_writer *wr = &w->wr[job->idx % w->nwriters];
+	struct dstw_slot *s;
+	unsigned tail;
+	int r;
+
+	if (job->len > w->chunk_size)
+		return err_set(EINVAL, "writer pool: a %zu-byte job for %u-byte chunks", job->len,
+			       w->chunk_size);
+	pthread_mutex_lock(&w->lock);
+	while (wr->count == w->nslots && !w->err)
+		pthread_cond_wait(&w->space, &w->lock);
+	r = failed_locked(w);
+	tail = (wr->head + wr->count) % w->nslots;
+	pthread_mutex_unlock(&w->lock);
+	if (r < 0)
+		return r;
+	/* Not in the queue yet (count): the writer does not touch it. */
+	s = &wr->slot[tail];
+	s->job = *job;
+	if (job->op == DSTW_WRITE) {
+		memcpy(s->buf, job->data, job->len);
+		s->job.data = s->buf;
+	}
+	pthread_mutex_lock(&w->lock);
+	wr->count++;
+	pthread_cond_signal(&wr->work);
+	pthread_mutex_unlock(&w->lock);
+	return 0;
+}
+
+int dstw_barrier(struct dstw *w)
+{
+	int r;
+
+	pthread_mutex_lock(&w->lock);
+	for (unsigned i = 0; i < w->nwriters; i++)
+		while (w->wr[i].count)
+			pthread_cond_wait(&w->space, &w->lock);
+	r = failed_locked(w);
+	pthread_mutex_unlock(&w->lock);
+	return r;
+}
+
+void dstw_free(struct dstw *w)
+{
+	if (!w)
+		return;
+	pthread_mutex_lock(&w->lock);
+	w->stop = true;
+	for (unsigned i = 0; i < w->nwriters; i++)
+		pthread_cond_signal(&w->wr[i].work);
+	pthread_mutex_unlock(&w->lock);
+	for (unsigned i = 0; i < w->nwriters; i++) {
+		struct dstw_writer *wr = &w->wr[i];
+
+		if (wr->started)
+			pthread_join(wr->thread, NULL);
+		for (unsigned k = 0; wr->slot && k < w->nslots; k++)
+			free(wr->slot[k].buf);
+		free(wr->slot);
+		pthread_cond_destroy(&wr->work);
+	}
+	pthread_cond_destroy(&w->space);
+	pthread_mutex_destroy(&w->lock);
+	free(w);
+}

@@ -1,0 +1,63 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The destination's writer pool: threads that apply chunk records (hash,
+ * then write or zero) while the engine thread reads the next record off the
+ * connection, so that several writes are in flight at once (which direct
+ * I/O needs to keep a disk busy) and the hashing leaves the engine thread.
+ * They also read chunks back after a sync (DSTW_CHECK), several at once.
+ *
+ * Order: a chunk always goes to the same writer (chunk index modulo the
+ * number of writers) and each writer applies its queue in order, so two
+ * records for one chunk land in the order they arrived.  Memory: each
+ * writer holds at most a few chunk buffers (about DSTW_QUEUE_BYTES); the
+ * engine waits when the chunk's writer is full.
+ *
+ * Errors: the first failure is kept (its message too) and returned by the
+ * next dstw_submit() or dstw_barrier(), once; writers skip the rest of
+ * their queues after it.  Everything after a failure fails.
+ */
+#ifndef BLKMIG_MIGRATE_DST_WRITERS_H
+#define BLKMIG_MIGRATE_DST_WRITERS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct blk;
+struct digest_table;
+
+#define DSTW_WRITERS	 4
+#define DSTW_QUEUE_BYTES (4u << 20) /* per writer, at least one chunk */
+
+struct dstw;
+
+enum dstw_op {
+	DSTW_WRITE, /* write data (a copy of len bytes is taken), set the digest */
+	DSTW_ZERO,  /* make the chunk read as zeros, set the digest */
+	/* Read the chunk back from the device and compare it with its digest
+	 * (a zero chunk that is a hole needs no read): EILSEQ if it differs. */
+	DSTW_CHECK,
+};
+
+/* One chunk to apply or check. */
+struct dstw_job {
+	enum dstw_op op;
+	struct blk *blk;
+	struct digest_table *dig; /* the chunk's digest is set here once applied */
+	const char *shown;	  /* the device's name, for messages (outlives the pool) */
+	uint64_t idx, off;
+	size_t len;
+	const void *data; /* DSTW_WRITE */
+};
+
+/* A pool of nwriters threads (0: DSTW_WRITERS) for chunks of chunk_size. */
+int dstw_new(unsigned nwriters, uint32_t chunk_size, struct dstw **out);
+/* Queue a job (waits while its writer's queue is full).  A failure of an
+ * earlier job is returned here (once) instead. */
+int dstw_submit(struct dstw *w, const struct dstw_job *job);
+/* Wait until every queued job is applied; the first failure, once. */
+int dstw_barrier(struct dstw *w);
+/* Stop and free (after a barrier, or abandoning what is queued).  NULL ok. */
+void dstw_free(struct dstw *w);
+
+#endif
