@@ -21,13 +21,18 @@
 # expected to under writes faster than the link.  Nothing else is
 # asserted: the other figures are for reading, and depend on the machine.
 #
+# With --baseline BLKMIG, every row runs first with that binary (an older
+# build, say) and then with this one, one after the other, and the table
+# shows both, marked 'before' and 'after', so that the two see the same
+# machine at nearly the same time.
+#
 #   bench/converge.sh [--size 1G] [--bandwidth 100M] [--limit 60]
 #                     [--rates "20M 80M 200M"] [--sizes "4K 64K"]
 #                     [--modes "dirty active auto"] [--quiet-secs 3]
-#                     [--max-downtime 300]
+#                     [--max-downtime 300] [--baseline BLKMIG]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-size=1G bw=100M limit=60 quiet=3 maxdt=300
+size=1G bw=100M limit=60 quiet=3 maxdt=300 baseline=
 rates="20M 80M 200M" sizes="4K 64K" modes="dirty active auto"
 while [ $# -gt 0 ]; do
 	case $1 in
@@ -39,7 +44,8 @@ while [ $# -gt 0 ]; do
 	--modes) modes=$2; shift 2 ;;
 	--quiet-secs) quiet=$2; shift 2 ;;
 	--max-downtime) maxdt=$2; shift 2 ;;
-	*) echo "usage: bench/converge.sh [--size SIZE] [--bandwidth RATE] [--limit SECS] [--rates LIST] [--sizes LIST] [--modes LIST] [--quiet-secs N] [--max-downtime MS]" >&2; exit 2 ;;
+	--baseline) baseline=$2; shift 2 ;;
+	*) echo "usage: bench/converge.sh [--size SIZE] [--bandwidth RATE] [--limit SECS] [--rates LIST] [--sizes LIST] [--modes LIST] [--quiet-secs N] [--max-downtime MS] [--baseline BLKMIG]" >&2; exit 2 ;;
 	esac
 done
 # 0 would mean "the default" to blkmig, and the goal checked would not be
@@ -50,8 +56,10 @@ bench_setup conv "$size"
 
 echo "blkmig convergence: $size image, --max-bandwidth $bw, --max-downtime ${maxdt}ms, built-in writer (random offsets), limit ${limit}s"
 checks=() failed=0
-printf '%-4s %-5s %-6s | %-4s %7s %8s %6s %8s %8s %8s | %9s %9s %8s | %9s %9s %8s\n' \
-	bs rate mode conv total_s wire_MiB passes downtime maxpause mirrored \
+[ -z "$baseline" ] || [ -x "$baseline" ] || { echo "bench/converge.sh: --baseline $baseline is not an executable" >&2; exit 2; }
+current=$BLKMIG
+printf '%-6s %-4s %-5s %-6s | %-4s %7s %8s %6s %8s %8s %8s | %9s %9s %8s | %9s %9s %8s\n' \
+	build bs rate mode conv total_s wire_MiB passes downtime maxpause mirrored \
 	base_p50 base_p99 base_MB/s mig_p50 mig_p99 mig_MB/s
 # pause_check CONV STATUS DOWNTIME MAXPAUSE: one verdict for a run.
 pause_check() {
@@ -74,6 +82,10 @@ for bs in $sizes; do
 	for rate in $rates; do
 		spec="bs=$bs,rate=$rate"
 		for mode in $modes; do
+		for build in ${baseline:+before} after; do
+			BLKMIG=$current
+			[ "$build" = before ] && BLKMIG=$baseline
+			[ -n "$baseline" ] || build=-
 			start "$spec"
 			ctl "$W/src.sock" query-workload '{"reset": true}' >/dev/null
 			sleep "$quiet"
@@ -101,8 +113,8 @@ for bs in $sizes; do
 			done
 			during=$(ctl "$W/src.sock" query-workload)
 			secs=$(python3 -c "print('%.1f' % ($(field "$st" total-time)/1000))")
-			printf '%-4s %-5s %-6s | %-4s %7s %8s %6s %6sms %6sms %8s | %7sus %7sus %8s | %7sus %7sus %8s\n' \
-				"$bs" "$rate" "$mode" "$conv" "$secs" \
+			printf '%-6s %-4s %-5s %-6s | %-4s %7s %8s %6s %6sms %6sms %8s | %7sus %7sus %8s | %7sus %7sus %8s\n' \
+				"$build" "$bs" "$rate" "$mode" "$conv" "$secs" \
 				"$(( $(field "$st" transferred) / 1048576 ))" "$(field "$st" iterations)" \
 				"$(field "$st" downtime)" "$(field "$st" max-pause)" "$(field "$st" mirrored-writes)" \
 				"$(field "$base" latency-p50-us)" "$(field "$base" latency-p99-us)" \
@@ -112,9 +124,10 @@ for bs in $sizes; do
 				"$(python3 -c "import sys; t=float(sys.argv[2]); print('%.1f' % (int(sys.argv[1]) / t / 1e6 if t else 0))" \
 					"$(field "$during" bytes)" "$secs")"
 			verdict=$(pause_check "$conv" "$(field "$st" status)" "$(field "$st" downtime)" "$(field "$st" max-pause)")
-			checks+=("$verdict  bs=$bs rate=$rate mode=$mode")
+			checks+=("$verdict  build=$build bs=$bs rate=$rate mode=$mode")
 			case $verdict in FAIL*) failed=$((failed + 1)) ;; esac
 			stop
+		done
 		done
 	done
 done
