@@ -32,14 +32,15 @@ struct digest_table {
 	uint64_t *hash;
 	uint8_t *covered;
 	uint32_t *gen; /* bumped whenever a chunk's hash is set from outside the cache */
-	bool zero_full_known, zero_last_known;
-	uint64_t zero_full, zero_last;
+	uint64_t zero_full, zero_last; /* hashes of a zero chunk, and of a zero last chunk */
 	/* digest_update()'s cache and read buffer, made on first use. */
 	struct sub_slot *slot;
 	uint64_t nslots;
 	uint64_t *subs;
 	void *scratch;
 };
+
+static uint64_t two_level(const uint8_t *buf, size_t len);
 
 struct digest_table *digest_new(uint64_t dev_size, uint32_t chunk_size)
 {
@@ -57,6 +58,9 @@ struct digest_table *digest_new(uint64_t dev_size, uint32_t chunk_size)
 		digest_free(t);
 		return NULL;
 	}
+	/* Now, so that digest_zero_hash() only reads (writer threads call it). */
+	t->zero_full = two_level(NULL, chunk_size);
+	t->zero_last = t->nchunks ? two_level(NULL, digest_chunk_len(t, t->nchunks - 1)) : 0;
 	return t;
 }
 
@@ -143,16 +147,7 @@ uint64_t digest_hash(const void *buf, size_t len)
 
 uint64_t digest_zero_hash(struct digest_table *t, uint64_t idx)
 {
-	size_t len = digest_chunk_len(t, idx);
-	bool full = len == t->chunk_size;
-	uint64_t *slot = full ? &t->zero_full : &t->zero_last;
-	bool *known = full ? &t->zero_full_known : &t->zero_last_known;
-
-	if (!*known) {
-		*slot = two_level(NULL, len);
-		*known = true;
-	}
-	return *slot;
+	return digest_chunk_len(t, idx) == t->chunk_size ? t->zero_full : t->zero_last;
 }
 
 static void sum_out(XXH128_hash_t h, uint8_t out[DIGEST_SUM_LEN])

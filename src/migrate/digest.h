@@ -17,8 +17,8 @@
  * dirty chunk, the source's table describes the device at switch-over.
  *
  * Not thread-safe: one engine thread owns a table, except that
- * digest_set() of different chunks may run on several threads at once
- * (while no digest_update() runs).
+ * digest_set(), digest_get() and digest_zero_hash() of different chunks
+ * may run on several threads at once (while no digest_update() runs).
  */
 #ifndef BLKMIG_MIGRATE_DIGEST_H
 #define BLKMIG_MIGRATE_DIGEST_H
@@ -41,7 +41,7 @@ size_t digest_chunk_len(const struct digest_table *t, uint64_t idx);
 
 /* The chunk hash of len bytes (two levels, above).  Thread-safe. */
 uint64_t digest_hash(const void *buf, size_t len);
-/* Hash of chunk idx when all zeros (cached per length). */
+/* Hash of chunk idx when all zeros (computed when the table is made). */
 uint64_t digest_zero_hash(struct digest_table *t, uint64_t idx);
 
 void digest_set(struct digest_table *t, uint64_t idx, uint64_t hash);
