@@ -24,7 +24,8 @@ static const char receive_help[] =
     "                      [--shared-base] [--port-file FILE] [--max-refused N]\n"
     "                      [--tls-psk FILE | --tls-creds DIR] [--tls-authz ID,...]\n"
     "                      [--no-tls] [--timeout SECONDS] [--retry-for DURATION]\n"
-    "                      [--delta] [--verify-only] [--state-dir DIR] [--json]\n"
+    "                      [--delta] [--verify-only] [--max-connections N]\n"
+    "                      [--state-dir DIR] [--json]\n"
     "\n"
     "Accept one migration from `blkmig send` and write it into the named images.\n"
     "Every record is checked before anything is written; each pass is made\n"
@@ -61,6 +62,8 @@ static const char receive_help[] =
     "  --retry-for DURATION  when the migration's connection fails, wait this long\n"
     "                        for the source to reconnect and resume (default 60s;\n"
     "                        0: fail at once)\n"
+    "  --max-connections N   the most TCP connections a source may stripe its\n"
+    "                        stream over (send --connections), 1..16 (default 8)\n"
     "  --port-file FILE      write the port actually listened on to FILE\n" CLI_STATE_HELP
     "  --max-refused N       give up after N refused connections (64)\n" CLI_TLS_HELP
     "  --no-tls              listen off loopback without TLS (refused otherwise)\n"
@@ -90,7 +93,8 @@ int cmd_receive(int argc, char **argv)
 		OPT_MAXSIZE,
 		OPT_RETRY,
 		OPT_DELTA,
-		OPT_VERIFY
+		OPT_VERIFY,
+		OPT_MAXCONN
 	};
 	static const struct option opts[] = {
 		{ "listen", required_argument, NULL, 'l' },
@@ -106,6 +110,7 @@ int cmd_receive(int argc, char **argv)
 		{ "retry-for", required_argument, NULL, OPT_RETRY },
 		{ "delta", no_argument, NULL, OPT_DELTA },
 		{ "verify-only", no_argument, NULL, OPT_VERIFY },
+		{ "max-connections", required_argument, NULL, OPT_MAXCONN },
 		CLI_STATE_OPTION,
 		CLI_TLS_OPTIONS,
 		{ "help", no_argument, NULL, 'h' },
@@ -189,6 +194,13 @@ int cmd_receive(int argc, char **argv)
 			break;
 		case OPT_VERIFY:
 			p.verify_only = true;
+			break;
+		case OPT_MAXCONN:
+			r = cli_parse_uint("receive", "--max-connections", optarg, 1,
+					   MIG_CONNECTIONS_MAX, &v);
+			if (r)
+				return r;
+			p.max_connections = (unsigned)v;
 			break;
 		case 'h':
 			fputs(receive_help, stdout);

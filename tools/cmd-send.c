@@ -27,7 +27,7 @@ static const char send_help[] =
     "                   [--mode auto|dirty|active] [--workload SPEC] [--timeout SECONDS]\n"
     "                   [--tls-psk FILE | --tls-creds DIR [--tls-hostname NAME]]\n"
     "                   [--tls-authz ID,...] [--retry-for DURATION] [--delta]\n"
-    "                   [--verify-only] [--state-dir DIR] [--json]\n"
+    "                   [--verify-only] [--connections N] [--state-dir DIR] [--json]\n"
     "\n"
     "Migrate the named images to a `blkmig receive` at HOST:PORT: a bulk pass,\n"
     "passes that resend chunks written meanwhile, and a final pass with writers\n"
@@ -46,6 +46,9 @@ static const char send_help[] =
     "                        holds the rest (e.g. a common base image)\n"
     "  --zero-blocks         send all-zero chunks as a flag, without payload\n"
     "  --max-bandwidth RATE  cap the stream, e.g. 100M (per second; default none)\n"
+    "  --connections N       stripe the stream over N TCP connections, 1..16\n"
+    "                        (default 1), for a long fat link one cannot fill; the\n"
+    "                        receiver may take fewer (receive --max-connections)\n"
     "  --max-downtime MS     longest pause for writers (default 300)\n"
     "  --chunk-size SIZE     migration granularity, 4K..16M power of two (default 1M)\n"
     "  --mode MODE           auto (default), dirty or active: how writes made during\n"
@@ -200,7 +203,8 @@ int cmd_send(int argc, char **argv)
 		OPT_MODE,
 		OPT_RETRY,
 		OPT_DELTA,
-		OPT_VERIFY
+		OPT_VERIFY,
+		OPT_CONNECTIONS
 	};
 	static const struct option opts[] = {
 		{ "to", required_argument, NULL, 't' },
@@ -218,6 +222,7 @@ int cmd_send(int argc, char **argv)
 		{ "retry-for", required_argument, NULL, OPT_RETRY },
 		{ "delta", no_argument, NULL, OPT_DELTA },
 		{ "verify-only", no_argument, NULL, OPT_VERIFY },
+		{ "connections", required_argument, NULL, OPT_CONNECTIONS },
 		CLI_STATE_OPTION,
 		CLI_TLS_OPTIONS,
 		{ "help", no_argument, NULL, 'h' },
@@ -318,6 +323,13 @@ int cmd_send(int argc, char **argv)
 			break;
 		case OPT_VERIFY:
 			p.verify_only = true;
+			break;
+		case OPT_CONNECTIONS:
+			r = cli_parse_uint("send", "--connections", optarg, 1, MIG_CONNECTIONS_MAX,
+					   &v);
+			if (r)
+				return r;
+			p.connections = (unsigned)v;
 			break;
 		case 'h':
 			fputs(send_help, stdout);

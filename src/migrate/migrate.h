@@ -133,10 +133,11 @@ struct mig_stats {
 	uint64_t max_pause_ns;	     /* the longest pause of the writers, any attempt */
 	uint64_t abandoned;	     /* switch-over attempts given up unacknowledged */
 	uint32_t connections;	     /* connections this migration used (1 + reconnections) */
-	bool verify;		     /* a verify-only run: nothing was written */
-	bool peer_error;	     /* the failure is the destination's own (its ERROR) */
-	bool retrying;		     /* job.h: between connections, after a failure worth another */
-	char mode_reason[160];	     /* why mirroring began */
+	uint32_t lanes;	       /* TCP connections the stream is striped over (--connections) */
+	bool verify;	       /* a verify-only run: nothing was written */
+	bool peer_error;       /* the failure is the destination's own (its ERROR) */
+	bool retrying;	       /* job.h: between connections, after a failure worth another */
+	char mode_reason[160]; /* why mirroring began */
 	uint32_t chunk_size;
 	/* Destination: whether any byte reached a device (a failed run that
 	 * wrote nothing left the images as they were). */
@@ -210,6 +211,14 @@ struct src_params {
 	 * operator, or there is none.
 	 */
 	bool forward;
+	/*
+	 * Native only: TCP connections to stripe the stream over (1 ..
+	 * MIG_CONNECTIONS_MAX; 0 means 1), for a long fat link that one
+	 * connection cannot fill.  The destination may accept fewer.  The x
+	 * given to src_run() must come from xport_dial(), which the other
+	 * connections repeat.
+	 */
+	unsigned connections;
 	/* The migration this job continues (NULL: a one-off with its own). */
 	struct src_session *session;
 	/*
@@ -224,8 +233,10 @@ struct src_params {
 	void *handover_user;
 };
 
-#define SRC_DEFAULT_DOWNTIME_NS (300 * 1000000ull)
-#define SRC_DEFAULT_READERS	4
+#define SRC_DEFAULT_DOWNTIME_NS	    (300 * 1000000ull)
+#define MIG_CONNECTIONS_MAX	    16 /* XPORT_LANES_MAX, NATIVE_LANES_MAX */
+#define MIG_DEFAULT_MAX_CONNECTIONS 8
+#define SRC_DEFAULT_READERS	    4
 /* A switch-over that holds the writers longer than the downtime plus this
  * (or half the downtime, if more) is abandoned: the writers go on. */
 #define SRC_PAUSE_NOTICE_NS (200 * 1000000ull)
@@ -385,6 +396,9 @@ struct dst_params {
 	 * valid for the whole dst_run().
 	 */
 	const char *nbd_addr;
+	/* Native: the most TCP connections one migration may use (a source
+	 * asking for more gets this many); 0: MIG_DEFAULT_MAX_CONNECTIONS. */
+	unsigned max_connections;
 };
 
 /*
