@@ -22,7 +22,7 @@ static const char migrate_help[] =
     "                      [--format native|qemu] [--wait] [--json]\n"
     "                      [--tls-psk FILE | --tls-creds DIR [--tls-hostname NAME]]\n"
     "                      [--tls-authz ID,...] [--retry-for DURATION] [--resume]\n"
-    "                      [--delta] [--verify-only]\n"
+    "                      [--delta] [--verify-only] [--connections N]\n"
     "                      [--after forward|refuse] [--forward-to HOST:PORT]\n"
     "\n"
     "Start a live migration of a `blkmig serve` daemon's devices to another\n"
@@ -36,6 +36,8 @@ static const char migrate_help[] =
     "  --zero-blocks         send all-zero chunks as a flag\n"
     "  --max-downtime MS     longest pause for writers (default 300)\n"
     "  --max-bandwidth RATE  cap the stream, e.g. 100M (per second)\n"
+    "  --connections N       stripe the stream over N TCP connections, 1..16\n"
+    "                        (default 1), for a long fat link one cannot fill\n"
     "  --mode MODE           how to keep up with writes made meanwhile:\n"
     "                        dirty: resend passes until the rest fits the downtime\n"
     "                        active: once a chunk is copied, send each write to it\n"
@@ -94,7 +96,8 @@ int cmd_migrate(int argc, char **argv)
 		OPT_DELTA,
 		OPT_VERIFY,
 		OPT_AFTER,
-		OPT_FORWARD_TO
+		OPT_FORWARD_TO,
+		OPT_CONNECTIONS
 	};
 	static const struct option opts[] = {
 		{ "control", required_argument, NULL, 'c' },
@@ -113,6 +116,7 @@ int cmd_migrate(int argc, char **argv)
 		{ "verify-only", no_argument, NULL, OPT_VERIFY },
 		{ "after", required_argument, NULL, OPT_AFTER },
 		{ "forward-to", required_argument, NULL, OPT_FORWARD_TO },
+		{ "connections", required_argument, NULL, OPT_CONNECTIONS },
 		{ "json", no_argument, NULL, OPT_JSON },
 		CLI_TLS_OPTIONS,
 		{ "help", no_argument, NULL, 'h' },
@@ -187,6 +191,14 @@ int cmd_migrate(int argc, char **argv)
 			break;
 		case OPT_WAIT:
 			wait = true;
+			break;
+		case OPT_CONNECTIONS:
+			r = cli_parse_uint("migrate", "--connections", optarg, 1,
+					   MIG_CONNECTIONS_MAX, &v);
+			if (r)
+				goto usage;
+			json_object_object_add(args, "connections",
+					       json_object_new_int64((int64_t)v));
 			break;
 		case OPT_RETRY:
 			if (parse_duration(optarg, &v) < 0) {
