@@ -159,14 +159,18 @@ static int read_joined(struct xport *lane)
 {
 	uint8_t hdr[XPORT_JOINED_HDR];
 	char reason[XPORT_JOIN_REASON_MAX + 1];
-	uint32_t e;
-	uint16_t len;
+	uint32_t e, len;
 	int r = xport_read(lane, hdr, sizeof(hdr), NULL);
 
 	if (r < 0)
 		return err_prefix(-r, "waiting for the answer to its join: ");
-	e = get_be32(hdr);
-	len = get_be16(hdr + 4);
+	len = get_be32(hdr + 1);
+	e = get_be32(hdr + 5);
+	if (hdr[0] != XPORT_JOINED_TYPE || len < 4)
+		return err_set(EPROTO,
+			       "the answer to its join is malformed (type 0x%02x, length %u)",
+			       hdr[0], len);
+	len -= 4;
 	if (len > XPORT_JOIN_REASON_MAX)
 		return err_set(EPROTO,
 			       "the answer to its join has a reason of %u bytes (at most %u)", len,
@@ -280,8 +284,9 @@ static int send_joined(struct xport *lane, int err, const char *reason)
 	size_t len = err ? MIN(strlen(reason), (size_t)XPORT_JOIN_REASON_MAX) : 0;
 	int r;
 
-	put_be32(buf, (uint32_t)err);
-	put_be16(buf + 4, (uint16_t)len);
+	buf[0] = XPORT_JOINED_TYPE;
+	put_be32(buf + 1, (uint32_t)(4 + len));
+	put_be32(buf + 5, (uint32_t)err);
 	memcpy(buf + XPORT_JOINED_HDR, reason, len);
 	r = xport_write(lane, buf, XPORT_JOINED_HDR + len);
 	return r == 0 ? xport_flush(lane) : r;

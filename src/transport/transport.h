@@ -143,8 +143,11 @@ const char *xport_peer(const struct xport *x);
 #define XPORT_FRAME_MAX	 (256 * 1024)
 #define XPORT_JOIN_LEN	 28
 #define XPORT_JOIN_MAGIC UINT64_C(0x424C4B4D4C414E45) /* "BLKMLANE" */
-/* The answer to a JOIN: be32 errno (0: joined), be16 reason length, reason. */
-#define XPORT_JOINED_HDR      6
+/* The answer to a JOIN, framed like the destination's messages: u8 type
+ * XPORT_JOINED_TYPE, be32 len (4 + reason length), be32 errno (0: joined),
+ * reason (none when joined). */
+#define XPORT_JOINED_TYPE     0x8B
+#define XPORT_JOINED_HDR      9
 #define XPORT_JOIN_REASON_MAX 512
 
 /* Pure codecs (unit-tested): a frame header; a JOIN; its answer's header.

@@ -34,6 +34,8 @@
  *   0x89 EXPORT    body: be16 port, be16 hostlen, hostlen bytes host
  *                  (FORWARD only: exactly one, right after READY, before
  *                  STATE: where its NBD export is; port 0: none)
+ *   0x8B JOINED    (reserved: the transport's answer to a joining
+ *                  connection's JOIN, on that connection; transport.h)
  *   0x8A LANES     body: be16 count, 16 bytes token  (LANES only: exactly
  *                  one, after READY and EXPORT, before STATE: how many
  *                  connections it accepts, and the token the others join
