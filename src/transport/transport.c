@@ -263,6 +263,7 @@ int xport_connect(const char *hostport, int timeout_ms, struct cancel *cancel, s
 
 connected:
 	freeaddrinfo(res);
+	tcp_size_sndbuf(fd);
 	r = tcp_xport_new(fd, hostport, out);
 	if (r < 0)
 		close(fd);

@@ -74,5 +74,12 @@ void xport_stripe_free(struct xport *x);
 /* tcp.c */
 extern const struct xport_ops tcp_xport_ops;
 int tcp_xport_new(int fd, const char *peer, struct xport **out);
+/*
+ * The dialling side (the source, which sends the bulk): a send buffer as
+ * large as net.core.wmem_max allows, but only where that exceeds what the
+ * kernel's autotuning reaches (net.ipv4.tcp_wmem's max); see
+ * docs/wire-format.md, "Several connections".
+ */
+void tcp_size_sndbuf(int fd);
 
 #endif
