@@ -680,32 +680,56 @@ int xport_read_raw(struct xport *x, void *buf, size_t len, _Atomic uint64_t *ctr
 	return 0;
 }
 
-/* Striped: the next frame, from its lane, into the read buffer.  The end
- * of the stream counts only at a frame boundary. */
-static int stripe_fill(struct xport *x, struct xport_stripe *s, bool *eof)
+/*
+ * Striped: up to max bytes of the stream into buf (*n of them), from the
+ * current frame, whose header is read first when the last one is used up.
+ * The end of the stream counts only at a frame boundary (*eof).
+ */
+static int stripe_read(struct xport *x, struct xport_stripe *s, uint8_t *buf, size_t max, size_t *n,
+		       bool *eof)
 {
-	unsigned li = (unsigned)(s->rseq % s->n);
-	struct xport *l = s->lane[li];
-	uint8_t hdr[XPORT_FRAME_HDR];
-	uint32_t len;
-	size_t got;
-	int r = xport_read_raw(l, hdr, sizeof(hdr), &s->bytes[li], &got);
+	unsigned li = s->rlane;
+	size_t got, k;
+	int r = 0;
 
-	if (r == -ECONNRESET && got == 0) {
-		*eof = true;
-		return 0;
+	*n = 0;
+	if (!s->rleft) {
+		uint8_t hdr[XPORT_FRAME_HDR];
+		uint32_t len = 0;
+
+		li = (unsigned)(s->rseq % s->n);
+		r = xport_read_raw(s->lane[li], hdr, sizeof(hdr), &s->bytes[li], &got);
+		if (r == -ECONNRESET && got == 0) {
+			*eof = true;
+			return 0;
+		}
+		if (r == 0)
+			r = xport_frame_decode(hdr, s->rseq, &len);
+		if (r < 0)
+			return fail(x, POLLIN,
+				    err_prefix(-r, "connection %u of %u: ", li + 1, s->n));
+		s->rlane = li;
+		s->rleft = len;
+		s->rseq++;
 	}
-	if (r == 0)
-		r = xport_frame_decode(hdr, s->rseq, &len);
-	if (r == 0)
-		r = xport_read_raw(l, x->rbuf, len, &s->bytes[li], &got);
+	k = MIN(max, (size_t)s->rleft);
+	r = xport_read_raw(s->lane[li], buf, k, &s->bytes[li], &got);
 	if (r < 0)
 		return fail(x, POLLIN, err_prefix(-r, "connection %u of %u: ", li + 1, s->n));
-	x->rpos = 0;
-	x->rlen = len;
-	s->rseq++;
-	atomic_fetch_add(&x->rx, (uint64_t)len);
+	s->rleft -= (uint32_t)k;
+	*n = k;
+	atomic_fetch_add(&x->rx, (uint64_t)k);
 	return 0;
+}
+
+static int stripe_fill(struct xport *x, struct xport_stripe *s, bool *eof)
+{
+	size_t n;
+	int r = stripe_read(x, s, x->rbuf, XPORT_RBUF_SIZE, &n, eof);
+
+	x->rpos = 0;
+	x->rlen = n;
+	return r;
 }
 
 /* Refill the read buffer with what is available; 0 at EOF sets *eof. */
@@ -742,6 +766,7 @@ int xport_read(struct xport *x, void *buf, size_t len, size_t *got)
 	uint8_t *p = buf;
 	size_t done = 0;
 	uint64_t idle_since = now_ns();
+	struct xport_stripe *s;
 	int r;
 
 	if (got)
@@ -760,8 +785,19 @@ int xport_read(struct xport *x, void *buf, size_t len, size_t *got)
 			done += k;
 			continue;
 		}
-		/* Large reads bypass the buffer (not the frames of lanes). */
-		if (len - done >= XPORT_RBUF_SIZE && !atomic_load(&x->stripe)) {
+		/* Large reads bypass the buffer; striped, they take the
+		 * frames' payload straight from their lanes. */
+		s = atomic_load(&x->stripe);
+		if (s && s->rx && len - done >= XPORT_STRIPE_DIRECT) {
+			size_t n;
+
+			r = stripe_read(x, s, p + done, len - done, &n, &eof);
+			if (r < 0)
+				goto out_fail;
+			done += n;
+			if (!eof)
+				continue;
+		} else if (len - done >= XPORT_RBUF_SIZE && (!s || !s->rx)) {
 			ssize_t n = x->ops->recv(x, p + done, len - done);
 
 			if (n > 0) {

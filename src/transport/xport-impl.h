@@ -13,6 +13,8 @@
 
 #define XPORT_WBUF_SIZE (256 * 1024)
 #define XPORT_RBUF_SIZE (256 * 1024)
+/* Striped reads this large take the payload straight from the lanes. */
+#define XPORT_STRIPE_DIRECT (64 * 1024)
 
 struct xport {
 	const struct xport_ops *ops;
@@ -57,6 +59,8 @@ struct xport_stripe {
 	unsigned joined; /* lanes other than 0 attached */
 	bool tx, rx;	 /* that direction of x is striped */
 	uint64_t tseq, rseq;
+	unsigned rlane;				 /* the frame being read: its lane, */
+	uint32_t rleft;				 /* and its payload bytes not yet read */
 	_Atomic uint64_t bytes[XPORT_LANES_MAX]; /* raw bytes moved per lane */
 };
 
