@@ -260,6 +260,10 @@ static int native_open(struct src_job *j)
 	if (r < 0)
 		return err_prefix(-r, "handshake: ");
 	r = await_ready(j, &version);
+	/* An older destination refuses the capability bit it does not know. */
+	if (r < 0 && j->p.connections > 1 && strstr(err_msg(), "unknown capability bits"))
+		r = err_prefix(-r, "the destination does not take --connections (an older blkmig? "
+				   "run with --connections 1): ");
 	if (r == 0)
 		r = await_state(j);
 	if (r < 0)
