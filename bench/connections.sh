@@ -42,7 +42,7 @@ bytes=$(numfmt --from=iec "$size")
 head -c "$bytes" /dev/urandom >"$dir/src.img"
 link_mbs=$(($(wan_rate_bps "$rate") / 8000000))
 rows=()
-row() { rows+=("$(printf '%-6s %-40s %9s %7s' "$1" "$2" "$3" "$4")"); }
+row() { rows+=("$(printf '%-6s %-40s %9s %7s %9s' "$1" "$2" "$3" "$4" "${5:-}")"); }
 pct() { awk -v a="$1" -v b="$link_mbs" 'BEGIN { printf "%.0f%%", 100 * a / b }'; }
 
 for rtt in $rtts; do
@@ -81,11 +81,13 @@ for rtt in $rtts; do
 		wait $bgp
 		cmp "$dir/src.img" "$dir/dst.img" || { echo "connections.sh: images differ" >&2; exit 1; }
 		mbs=$(python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print('%.1f' % (int(sys.argv[2]) / (d['total-time'] / 1000) / 1e6))" "$dir/send.json" "$bytes")
-		row "${rtt}ms" "blkmig --connections $n ($size)" "$mbs" "$(pct "$mbs")"
+		wire=$(python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print('%.1f' % (d['mbps'] / 8))" "$dir/send.json")
+		row "${rtt}ms" "blkmig --connections $n ($size)" "$mbs" "$(pct "$mbs")" "$wire"
 	done
 	wan_down >/dev/null
 done
 echo
-printf '%-6s %-40s %9s %7s\n' RTT "what" "MB/s" "of link"
+printf '%-6s %-40s %9s %7s %9s\n' RTT "what" "MB/s" "of link" "wire MB/s"
 printf '%s\n' "${rows[@]}"
-echo "(link: $rate = $link_mbs MB/s; tcp_wmem max $(cut -f3 /proc/sys/net/ipv4/tcp_wmem), net.core.wmem_max $(cat /proc/sys/net/core/wmem_max))"
+echo "(MB/s: the image over the whole run; wire MB/s: blkmig's own figure (mbps), the stream's rate"
+echo " while it sends; link: $rate = $link_mbs MB/s; tcp_wmem max $(cut -f3 /proc/sys/net/ipv4/tcp_wmem), net.core.wmem_max $(cat /proc/sys/net/core/wmem_max))"
