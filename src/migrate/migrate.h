@@ -133,12 +133,14 @@ struct mig_stats {
 	uint64_t max_pause_ns;	     /* the longest pause of the writers, any attempt */
 	uint64_t abandoned;	     /* switch-over attempts given up unacknowledged */
 	uint32_t connections;	     /* connections this migration used (1 + reconnections) */
-	uint32_t lanes;	       /* TCP connections the stream is striped over (--connections) */
-	bool verify;	       /* a verify-only run: nothing was written */
-	bool peer_error;       /* the failure is the destination's own (its ERROR) */
-	bool retrying;	       /* job.h: between connections, after a failure worth another */
-	char mode_reason[160]; /* why mirroring began */
+	bool verify;		     /* a verify-only run: nothing was written */
+	bool peer_error;	     /* the failure is the destination's own (its ERROR) */
+	bool retrying;		     /* job.h: between connections, after a failure worth another */
+	char mode_reason[160];	     /* why mirroring began */
 	uint32_t chunk_size;
+	/* TCP connections the stream is striped over (--connections); the
+	 * source's (0 in the destination's figures). */
+	uint32_t lanes;
 	/* Destination: whether any byte reached a device (a failed run that
 	 * wrote nothing left the images as they were). */
 	bool written;
@@ -233,13 +235,16 @@ struct src_params {
 	void *handover_user;
 };
 
-#define SRC_DEFAULT_DOWNTIME_NS	    (300 * 1000000ull)
-#define MIG_CONNECTIONS_MAX	    16 /* XPORT_LANES_MAX, NATIVE_LANES_MAX */
-#define MIG_DEFAULT_MAX_CONNECTIONS 8
-#define SRC_DEFAULT_READERS	    4
+#define SRC_DEFAULT_DOWNTIME_NS (300 * 1000000ull)
+#define SRC_DEFAULT_READERS	4
 /* A switch-over that holds the writers longer than the downtime plus this
  * (or half the downtime, if more) is abandoned: the writers go on. */
 #define SRC_PAUSE_NOTICE_NS (200 * 1000000ull)
+
+/* --connections: at most this many (XPORT_LANES_MAX, NATIVE_LANES_MAX);
+ * a destination allows this many unless told otherwise. */
+#define MIG_CONNECTIONS_MAX	    16
+#define MIG_DEFAULT_MAX_CONNECTIONS 8
 
 struct src_device {
 	const char *name;
