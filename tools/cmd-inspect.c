@@ -129,6 +129,9 @@ static void show_hello(const struct native_hello *h)
 	       h->caps & NATIVE_CAP_VERIFY ? " verify" : "",
 	       h->caps & NATIVE_CAP_FORWARD ? " forward" : "",
 	       h->caps & NATIVE_CAP_COMPRESS ? " compress" : "");
+	if (h->caps & NATIVE_CAP_LANES)
+		printf("  asks for %u connections (LANES): what follows is striped over them\n",
+		       h->lanes);
 	printf("  migration id ");
 	for (unsigned i = 0; i < NATIVE_ID_LEN; i++)
 		printf("%02x", h->id[i]);

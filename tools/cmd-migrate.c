@@ -23,6 +23,7 @@ static const char migrate_help[] =
     "                      [--tls-psk FILE | --tls-creds DIR [--tls-hostname NAME]]\n"
     "                      [--tls-authz ID,...] [--retry-for DURATION] [--resume]\n"
     "                      [--delta] [--verify-only] [--compress off|zstd[:LEVEL]|auto]\n"
+    "                      [--connections N]\n"
     "                      [--after forward|refuse] [--forward-to HOST:PORT]\n"
     "\n"
     "Start a live migration of a `blkmig serve` daemon's devices to another\n"
@@ -43,6 +44,8 @@ static const char migrate_help[] =
     "                        destination that does not accept compressed chunks\n"
     "  --max-downtime MS     longest pause for writers (default 300)\n"
     "  --max-bandwidth RATE  cap the stream, e.g. 100M (per second)\n"
+    "  --connections N       stripe the stream over N TCP connections, 1..16\n"
+    "                        (default 1), for a long fat link one cannot fill\n"
     "  --mode MODE           how to keep up with writes made meanwhile:\n"
     "                        dirty: resend passes until the rest fits the downtime\n"
     "                        active: once a chunk is copied, send each write to it\n"
@@ -102,7 +105,8 @@ int cmd_migrate(int argc, char **argv)
 		OPT_VERIFY,
 		OPT_AFTER,
 		OPT_FORWARD_TO,
-		OPT_COMPRESS
+		OPT_COMPRESS,
+		OPT_CONNECTIONS
 	};
 	static const struct option opts[] = {
 		{ "control", required_argument, NULL, 'c' },
@@ -122,6 +126,7 @@ int cmd_migrate(int argc, char **argv)
 		{ "compress", required_argument, NULL, OPT_COMPRESS },
 		{ "after", required_argument, NULL, OPT_AFTER },
 		{ "forward-to", required_argument, NULL, OPT_FORWARD_TO },
+		{ "connections", required_argument, NULL, OPT_CONNECTIONS },
 		{ "json", no_argument, NULL, OPT_JSON },
 		CLI_TLS_OPTIONS,
 		{ "help", no_argument, NULL, 'h' },
@@ -208,6 +213,14 @@ int cmd_migrate(int argc, char **argv)
 			json_object_object_add(args, "compress", json_object_new_string(optarg));
 			break;
 		}
+		case OPT_CONNECTIONS:
+			r = cli_parse_uint("migrate", "--connections", optarg, 1,
+					   MIG_CONNECTIONS_MAX, &v);
+			if (r)
+				goto usage;
+			json_object_object_add(args, "connections",
+					       json_object_new_int64((int64_t)v));
+			break;
 		case OPT_RETRY:
 			if (parse_duration(optarg, &v) < 0) {
 				r = cli_usage_error("migrate", "--retry-for: %s", err_msg());

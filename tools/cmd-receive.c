@@ -25,7 +25,8 @@ static const char receive_help[] =
     "                      [--tls-psk FILE | --tls-creds DIR] [--tls-authz ID,...]\n"
     "                      [--no-tls] [--timeout SECONDS] [--retry-for DURATION]\n"
     "                      [--delta] [--verify-only] [--no-compress]\n"
-    "                      [--cache none|writeback] [--state-dir DIR] [--json]\n"
+    "                      [--cache none|writeback] [--max-connections N]\n"
+    "                      [--state-dir DIR] [--json]\n"
     "\n"
     "Accept one migration from `blkmig send` and write it into the named images.\n"
     "Every record is checked before anything is written; each pass is made\n"
@@ -64,6 +65,8 @@ static const char receive_help[] =
     "  --retry-for DURATION  when the migration's connection fails, wait this long\n"
     "                        for the source to reconnect and resume (default 60s;\n"
     "                        0: fail at once)\n"
+    "  --max-connections N   the most TCP connections a source may stripe its\n"
+    "                        stream over (send --connections), 1..16 (default 8)\n"
     "  --port-file FILE      write the port actually listened on to FILE\n" CLI_CACHE_HELP
 	CLI_STATE_HELP
     "  --max-refused N       give up after N refused connections (64)\n" CLI_TLS_HELP
@@ -96,7 +99,8 @@ int cmd_receive(int argc, char **argv)
 		OPT_DELTA,
 		OPT_VERIFY,
 		OPT_NO_COMPRESS,
-		OPT_CACHE
+		OPT_CACHE,
+		OPT_MAXCONN
 	};
 	static const struct option opts[] = {
 		{ "listen", required_argument, NULL, 'l' },
@@ -114,6 +118,7 @@ int cmd_receive(int argc, char **argv)
 		{ "verify-only", no_argument, NULL, OPT_VERIFY },
 		{ "no-compress", no_argument, NULL, OPT_NO_COMPRESS },
 		{ "cache", required_argument, NULL, OPT_CACHE },
+		{ "max-connections", required_argument, NULL, OPT_MAXCONN },
 		CLI_STATE_OPTION,
 		CLI_TLS_OPTIONS,
 		{ "help", no_argument, NULL, 'h' },
@@ -205,6 +210,13 @@ int cmd_receive(int argc, char **argv)
 			r = cli_parse_cache("receive", optarg, &ctx.cache_none);
 			if (r)
 				return r;
+			break;
+		case OPT_MAXCONN:
+			r = cli_parse_uint("receive", "--max-connections", optarg, 1,
+					   MIG_CONNECTIONS_MAX, &v);
+			if (r)
+				return r;
+			p.max_connections = (unsigned)v;
 			break;
 		case 'h':
 			fputs(receive_help, stdout);

@@ -28,7 +28,8 @@ static const char send_help[] =
     "                   [--tls-psk FILE | --tls-creds DIR [--tls-hostname NAME]]\n"
     "                   [--tls-authz ID,...] [--retry-for DURATION] [--delta]\n"
     "                   [--verify-only] [--compress off|zstd[:LEVEL]|auto]\n"
-    "                   [--cache none|writeback] [--state-dir DIR] [--json]\n"
+    "                   [--cache none|writeback] [--connections N] [--state-dir DIR]\n"
+    "                   [--json]\n"
     "\n"
     "Migrate the named images to a `blkmig receive` at HOST:PORT: a bulk pass,\n"
     "passes that resend chunks written meanwhile, and a final pass with writers\n"
@@ -54,6 +55,9 @@ static const char send_help[] =
     "                        not the CPU, is the bottleneck, and sends raw to a\n"
     "                        destination that does not accept compressed chunks\n"
     "  --max-bandwidth RATE  cap the stream, e.g. 100M (per second; default none)\n"
+    "  --connections N       stripe the stream over N TCP connections, 1..16\n"
+    "                        (default 1), for a long fat link one cannot fill; the\n"
+    "                        receiver may take fewer (receive --max-connections)\n"
     "  --max-downtime MS     longest pause for writers (default 300)\n"
     "  --chunk-size SIZE     migration granularity, 4K..16M power of two (default 1M)\n"
     "  --mode MODE           auto (default), dirty or active: how writes made during\n"
@@ -215,7 +219,8 @@ int cmd_send(int argc, char **argv)
 		OPT_DELTA,
 		OPT_VERIFY,
 		OPT_COMPRESS,
-		OPT_CACHE
+		OPT_CACHE,
+		OPT_CONNECTIONS
 	};
 	static const struct option opts[] = {
 		{ "to", required_argument, NULL, 't' },
@@ -235,6 +240,7 @@ int cmd_send(int argc, char **argv)
 		{ "verify-only", no_argument, NULL, OPT_VERIFY },
 		{ "compress", required_argument, NULL, OPT_COMPRESS },
 		{ "cache", required_argument, NULL, OPT_CACHE },
+		{ "connections", required_argument, NULL, OPT_CONNECTIONS },
 		CLI_STATE_OPTION,
 		CLI_TLS_OPTIONS,
 		{ "help", no_argument, NULL, 'h' },
@@ -346,6 +352,13 @@ int cmd_send(int argc, char **argv)
 			r = cli_parse_cache("send", optarg, &cache_none);
 			if (r)
 				return r;
+			break;
+		case OPT_CONNECTIONS:
+			r = cli_parse_uint("send", "--connections", optarg, 1, MIG_CONNECTIONS_MAX,
+					   &v);
+			if (r)
+				return r;
+			p.connections = (unsigned)v;
 			break;
 		case 'h':
 			fputs(send_help, stdout);

@@ -294,6 +294,7 @@ static const struct arg_spec migrate_args[] = {
 	{ "forward-to", ARG_STRING, false, 0, 0, NULL },
 	/* off, zstd, zstd:LEVEL or auto: mig_compress_parse() */
 	{ "compress", ARG_STRING, false, 0, 0, NULL },
+	{ "connections", ARG_INT, false, 1, MIG_CONNECTIONS_MAX, NULL },
 	{ NULL },
 };
 
@@ -360,7 +361,7 @@ static json_object *cmd_migrate(struct daemon *d, const struct args *a, struct c
 				.max_downtime_ns = d->max_downtime_ns,
 				.mode = d->mode };
 	const char *to = NULL, *mode = NULL, *format = "native", *compress = NULL;
-	uint64_t ms = 0, chunk = 0, retry_ms = DAEMON_DEFAULT_RETRY_MS;
+	uint64_t ms = 0, chunk = 0, conns = 0, retry_ms = DAEMON_DEFAULT_RETRY_MS;
 	struct job_options jo = { 0 };
 	struct tls_creds *tls = NULL;
 	struct tls_options used = { 0 };
@@ -380,6 +381,8 @@ static json_object *cmd_migrate(struct daemon *d, const struct args *a, struct c
 	arg_bool(a, "shared-base", &p.shared_base);
 	arg_bool(a, "zero-blocks", &p.zero_blocks);
 	arg_u64(a, "max-bandwidth", &p.max_bandwidth);
+	if (arg_u64(a, "connections", &conns))
+		p.connections = (unsigned)conns;
 	if (arg_u64(a, "max-downtime", &ms))
 		p.max_downtime_ns = ms * 1000000u;
 	if (arg_str(a, "mode", &mode) && mig_mode_parse(mode, &p.mode) < 0)

@@ -121,6 +121,8 @@ json_object *report_stats_json(const struct mig_stats *st, const char *error)
 	     add_int(o, "switchover-attempts", st->switchovers) &&
 	     add_int(o, "abandoned-attempts", st->abandoned) &&
 	     add_int(o, "connections", st->connections) &&
+	     /* The source's; the destination's figures leave it out (0). */
+	     (!st->lanes || add_int(o, "parallel-connections", st->lanes)) &&
 	     add(o, "verify", json_object_new_boolean(st->verify)) &&
 	     add_int(o, "max-pause", ms(st->max_pause_ns)) &&
 	     add_int(o, "chunk-size", st->chunk_size) &&

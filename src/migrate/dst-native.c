@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 
 #include "common/error.h"
 #include "dst-format.h"
@@ -18,8 +19,9 @@
 
 struct native_fmt {
 	struct dst_fmt base;
-	bool aborted; /* the source sent ABORT: it hears nothing more */
-	bool forward; /* HELLO asked where the NBD export is (FORWARD) */
+	bool aborted;	/* the source sent ABORT: it hears nothing more */
+	bool forward;	/* HELLO asked where the NBD export is (FORWARD) */
+	unsigned lanes; /* connections HELLO asked for (LANES); 1: none */
 };
 
 static int send_frame(struct dst_fmt *f, int n, const uint8_t *buf)
@@ -59,6 +61,7 @@ static int native_handshake(struct dst_fmt *f, struct dst_offer *o)
 	o->ndev = h->ndev;
 	memcpy(o->dev, h->dev, h->ndev * sizeof(h->dev[0]));
 	((struct native_fmt *)f)->forward = h->caps & NATIVE_CAP_FORWARD;
+	((struct native_fmt *)f)->lanes = h->caps & NATIVE_CAP_LANES ? h->lanes : 1;
 	/* The engine checks which of these may come when. */
 	wire_stream_allow(f->ws,
 			  NATIVE_ALLOW(NATIVE_MSG_BLOCKS) | NATIVE_ALLOW(NATIVE_MSG_COMPLETE) |
@@ -110,14 +113,43 @@ static int send_export(struct dst_fmt *f)
 	return send_frame(f, r, buf);
 }
 
+/*
+ * LANES: as many of the connections asked for as this side allows, and a
+ * fresh token for them; STATE waits until they have all joined (the
+ * listener hands them to x), and from then on the source's bytes come
+ * striped over them.
+ */
+static int offer_lanes(struct dst_fmt *f, unsigned asked)
+{
+	uint8_t buf[NATIVE_FRAME_HDR + 2 + NATIVE_TOKEN_LEN];
+	unsigned max = f->p->max_connections ? f->p->max_connections : MIG_DEFAULT_MAX_CONNECTIONS;
+	struct native_lanes l = { .count = (uint16_t)MIN(asked, max) };
+	int r;
+
+	if (getrandom(l.token, sizeof(l.token), 0) != (ssize_t)sizeof(l.token))
+		return err_set(EIO, "cannot pick a join token: %s", strerror(errno));
+	if (l.count > 1) {
+		r = xport_lanes_offer(f->x, l.count, l.token);
+		if (r < 0)
+			return r;
+	}
+	r = send_frame(f, native_lanes_encode(buf, sizeof(buf), &l), buf);
+	if (r == 0 && l.count > 1)
+		r = xport_lanes_wait(f->x, xport_get_timeout(f->x));
+	return r;
+}
+
 static int native_accept(struct dst_fmt *f)
 {
 	uint8_t buf[NATIVE_FRAME_HDR + 8];
+	unsigned lanes = ((struct native_fmt *)f)->lanes;
 	int r = send_frame(f, native_ready_encode(buf, sizeof(buf), NATIVE_VERSION), buf);
 
 	/* Right after READY, before STATE: the source reads it first. */
 	if (r == 0 && ((struct native_fmt *)f)->forward)
 		r = send_export(f);
+	if (r == 0 && lanes > 1)
+		r = offer_lanes(f, lanes);
 	return r < 0 ? err_prefix(-r, "handshake: ") : 0;
 }
 

@@ -8,6 +8,11 @@
  * the caller waits on 'cond' for the connections' threads to be gone
  * before it returns.  The 'stop' token ends every connection's waits once
  * the outcome is known (or the caller's token fired).
+ *
+ * A connection that starts with a JOIN (transport.h) is not a source but
+ * one more lane of the migration running: it is handed to that
+ * migration's transport (join_x) if its token and index are right, and
+ * refused with one logged line otherwise.
  */
 #include "incoming.h"
 
@@ -40,6 +45,8 @@ struct incoming {
 	struct mig_stats st;
 	struct conn *conns; /* every connection's thread alive */
 	struct conn *owner; /* the one carrying the migration */
+	/* Its transport, which lanes join; cleared before it is closed. */
+	struct xport *join_x;
 	uint8_t id[NATIVE_ID_LEN];
 	/* The migration's connection failed and the source may resume it
 	 * until then (now_ns(); 0: not waiting for that). */
@@ -94,6 +101,7 @@ static int claim(void *user, const uint8_t id[NATIVE_ID_LEN])
 	} else {
 		in->claimed = c->claimed = true;
 		in->owner = c;
+		in->join_x = c->x;
 		memcpy(in->id, id, NATIVE_ID_LEN);
 		in->resume_until = 0;
 	}
@@ -177,6 +185,49 @@ static void settle_locked(struct incoming *in, struct conn *c, int r, const char
 			   in->failures, in->failures == 1 ? "" : "s");
 }
 
+/*
+ * A connection that began with a JOIN: hand it to the migration it names
+ * (*joined: it is that transport's now), or tell it why not.
+ */
+static int join(struct conn *c, bool *joined)
+{
+	struct incoming *in = c->in;
+	uint8_t buf[XPORT_JOIN_LEN], token[XPORT_TOKEN_LEN];
+	unsigned index = 0;
+	int r = xport_read(c->x, buf, sizeof(buf), NULL);
+
+	if (r < 0)
+		return err_prefix(-r, "join: ");
+	r = xport_join_decode(buf, &index, token);
+	if (r == 0) {
+		pthread_mutex_lock(&in->lock);
+		if (!in->join_x || in->done)
+			r = err_set(ENOENT,
+				    "join: connection %u asks to join a migration, but none "
+				    "is running here",
+				    index + 1);
+		else
+			r = xport_lanes_attach(in->join_x, index, token, c->x);
+		pthread_mutex_unlock(&in->lock);
+		if (r < 0)
+			r = err_prefix(-r, "join: ");
+	}
+	if (r == 0)
+		*joined = true;
+	else
+		xport_join_refuse(c->x, r, err_msg());
+	return r;
+}
+
+/* Whether x starts with a JOIN rather than a source's handshake. */
+static bool starts_with_join(struct xport *x)
+{
+	uint8_t magic[8];
+
+	return xport_peek(x, magic, sizeof(magic)) == (int)sizeof(magic) &&
+	       get_be64(magic) == XPORT_JOIN_MAGIC;
+}
+
 static void *conn_main(void *arg)
 {
 	struct conn *c = arg;
@@ -184,6 +235,7 @@ static void *conn_main(void *arg)
 	struct dst_params p = *in->p;
 	struct mig_stats st = { 0 };
 	char msg[1024] = "";
+	bool joined = false;
 	int r = 0;
 
 	p.claim = claim;
@@ -192,14 +244,22 @@ static void *conn_main(void *arg)
 	xport_set_timeout(c->x, in->ip->timeout_ms);
 	if (in->ip->tls)
 		r = xport_start_tls(c->x, in->ip->tls, NULL, in->ip->timeout_ms);
-	if (r == 0)
+	if (r == 0 && p.format == MIG_FORMAT_NATIVE && starts_with_join(c->x))
+		r = join(c, &joined);
+	else if (r == 0)
 		r = dst_run(&p, c->x, c->stop, &st);
 	if (r < 0)
 		snprintf(msg, sizeof(msg), "%s", err_msg());
-	xport_close(c->x);
+	pthread_mutex_lock(&in->lock);
+	if (in->join_x == c->x)
+		in->join_x = NULL;
+	pthread_mutex_unlock(&in->lock);
+	if (!joined)
+		xport_close(c->x);
 
 	pthread_mutex_lock(&in->lock);
-	settle_locked(in, c, r, msg, &st);
+	if (!joined)
+		settle_locked(in, c, r, msg, &st);
 	for (struct conn **pp = &in->conns; *pp; pp = &(*pp)->next)
 		if (*pp == c) {
 			*pp = c->next;
@@ -222,8 +282,10 @@ static void admit(struct incoming *in, struct xport *x)
 	bool full;
 
 	pthread_mutex_lock(&in->lock);
-	/* The one carrying the migration does not count. */
-	full = in->nconn - (in->claimed ? 1 : 0) >= in->max_pending;
+	/* The one carrying the migration does not count, and its lanes may
+	 * join on top. */
+	full = in->nconn - (in->claimed ? 1 : 0) >=
+	       in->max_pending + (in->join_x ? XPORT_LANES_MAX - 1 : 0);
 	if (!full)
 		in->nconn++;
 	pthread_mutex_unlock(&in->lock);

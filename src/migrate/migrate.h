@@ -172,6 +172,9 @@ struct mig_stats {
 	bool retrying;	       /* job.h: between connections, after a failure worth another */
 	char mode_reason[160]; /* why mirroring began */
 	uint32_t chunk_size;
+	/* TCP connections the stream is striped over (--connections); the
+	 * source's (0 in the destination's figures). */
+	uint32_t lanes;
 	/* Destination: whether any byte reached a device (a failed run that
 	 * wrote nothing left the images as they were). */
 	bool written;
@@ -251,6 +254,14 @@ struct src_params {
 	 * operator, or there is none.
 	 */
 	bool forward;
+	/*
+	 * Native only: TCP connections to stripe the stream over (1 ..
+	 * MIG_CONNECTIONS_MAX; 0 means 1), for a long fat link that one
+	 * connection cannot fill.  The destination may accept fewer.  The x
+	 * given to src_run() must come from xport_dial(), which the other
+	 * connections repeat.
+	 */
+	unsigned connections;
 	/* The migration this job continues (NULL: a one-off with its own). */
 	struct src_session *session;
 	/*
@@ -270,6 +281,11 @@ struct src_params {
 /* A switch-over that holds the writers longer than the downtime plus this
  * (or half the downtime, if more) is abandoned: the writers go on. */
 #define SRC_PAUSE_NOTICE_NS (200 * 1000000ull)
+
+/* --connections: at most this many (XPORT_LANES_MAX, NATIVE_LANES_MAX);
+ * a destination allows this many unless told otherwise. */
+#define MIG_CONNECTIONS_MAX	    16
+#define MIG_DEFAULT_MAX_CONNECTIONS 8
 
 struct src_device {
 	const char *name;
@@ -435,6 +451,9 @@ struct dst_params {
 	 * NATIVE_NO_COMPRESS_REASON), as an older blkmig would; a source
 	 * with --compress auto then sends raw chunks. */
 	bool no_compress;
+	/* Native: the most TCP connections one migration may use (a source
+	 * asking for more gets this many); 0: MIG_DEFAULT_MAX_CONNECTIONS. */
+	unsigned max_connections;
 };
 
 /*

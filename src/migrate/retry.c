@@ -55,12 +55,11 @@ bool mig_error_corruption(int err)
 }
 
 /*
- * Whether the failure of one connection is worth another: the link, not
- * the peer's judgement ("another migration is already being received"
- * included: the same migration reconnecting replaces its own connection
- * there).  A corrupted stream is cured by the next connection (its bulk
- * pass compares every chunk and resends what differs), but not for ever:
- * the third time it is the peer's, or the path's, fault.
+ * Whether the failure of one connection is worth another: the link (as
+ * this side or the destination saw it), not the peer's judgement ("another migration is already
+ * being received" included: the same migration reconnecting replaces its own connection there).  A
+ * corrupted stream is cured by the next connection (its bulk pass compares every chunk and resends
+ * what differs), but not for ever: the third time it is the peer's, or the path's, fault.
  */
 #define MAX_CORRUPTIONS 3
 
@@ -70,8 +69,9 @@ static bool worth_retry(int r, const struct mig_stats *st, unsigned *corruptions
 		return false; /* the verify's answer */
 	if (mig_error_corruption(r))
 		return ++*corruptions < MAX_CORRUPTIONS;
-	if (st->peer_error)
-		return false;
+	/* The destination's own failure is its judgement, unless it is the
+	 * link's: with several connections (--connections) one of them can
+	 * fail while the first still carries the destination's ERROR. */
 	return mig_error_retryable(r);
 }
 

@@ -162,6 +162,12 @@ int src_params_check(const struct src_params *p)
 	if (p->delta && (p->verify_only || p->shared_base))
 		return err_set(EINVAL, "delta compares every chunk: it goes with neither "
 				       "verify-only nor shared-base");
+	if (p->connections > MIG_CONNECTIONS_MAX)
+		return err_set(EINVAL, "%u connections (must be 1..%u)", p->connections,
+			       MIG_CONNECTIONS_MAX);
+	if (p->connections > 1 && p->format != MIG_FORMAT_NATIVE)
+		return err_set(EINVAL, "more than one connection needs the native format: QEMU's "
+				       "stream is one connection");
 	if (p->verify_only && (p->shared_base || p->mode == MIG_MODE_ACTIVE))
 		return err_set(EINVAL, "verify-only compares every chunk and writes nothing: it "
 				       "goes with neither shared-base nor active mode");
@@ -250,6 +256,7 @@ int src_new(const struct src_params *p, const struct src_device *devs, unsigned 
 	j->sess = p->session ? p->session : &j->own_session;
 	j->prev_transferred = j->sess->transferred;
 	j->stats.connections = j->sess->connections + 1;
+	j->stats.lanes = 1;
 	j->stats.switchovers = j->sess->switchovers;
 	j->stats.abandoned = j->sess->abandoned;
 	j->stats.max_pause_ns = j->sess->max_pause_ns;

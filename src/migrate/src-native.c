@@ -15,6 +15,10 @@
 #include "src-impl.h"
 #include "transport/transport.h"
 
+_Static_assert(NATIVE_TOKEN_LEN == XPORT_TOKEN_LEN && NATIVE_LANES_MAX == XPORT_LANES_MAX &&
+		   MIG_CONNECTIONS_MAX == XPORT_LANES_MAX,
+	       "one token and one bound for the lanes");
+
 /* ---- compression ---- */
 
 /* Whether HELLO offered compressed chunks. */
@@ -134,6 +138,35 @@ static int take_export(struct src_job *j, const struct native_export *e, bool *s
 }
 
 /*
+ * LANES: how many connections the destination takes of those HELLO asked
+ * for, and the token the others join with.  They are dialled here, before
+ * STATE, which the destination sends once they have all joined.
+ */
+static int take_lanes(struct src_job *j, const struct native_lanes *l, bool *seen)
+{
+	unsigned asked = MAX(j->p.connections, 1u);
+	int r;
+
+	if (asked < 2)
+		return err_set(EPROTO, "the destination offered connections (LANES), which this "
+				       "source did not ask for");
+	if (*seen)
+		return err_set(EPROTO, "the destination offered connections (LANES) twice");
+	*seen = true;
+	if (l->count > asked)
+		return err_set(EPROTO,
+			       "the destination accepts %u connections where %u were asked for",
+			       l->count, asked);
+	r = xport_lanes_connect(j->x, l->count, l->token);
+	if (r < 0)
+		return r;
+	pthread_mutex_lock(&j->stats_lock);
+	j->stats.lanes = l->count;
+	pthread_mutex_unlock(&j->stats_lock);
+	return 0;
+}
+
+/*
  * After READY (and EXPORT): what the destination holds of this migration (STATE), and
  * the digests of those chunks (SUMS), which the bulk pass compares before
  * sending.  A destination that has acknowledged the attempt this source
@@ -144,15 +177,21 @@ static int await_state(struct src_job *j)
 	struct src_session *s = j->sess;
 	uint64_t total = 0, left;
 	struct wire_item it;
-	bool exported = false;
+	bool exported = false, laned = false;
 	int r;
 
-	/* EXPORT is let through whether asked for or not, so that an
-	 * unasked one is refused as such, not as a stray message. */
+	/* EXPORT and LANES are let through whether asked for or not, so
+	 * that an unasked one is refused as such, not as a stray message. */
 	wire_stream_allow(j->rs, NATIVE_ALLOW(NATIVE_MSG_STATE) | NATIVE_ALLOW(NATIVE_MSG_EXPORT) |
+				     NATIVE_ALLOW(NATIVE_MSG_LANES) |
 				     NATIVE_ALLOW(NATIVE_MSG_ERROR));
-	while ((r = wire_stream_next(j->rs, &it)) == 0 && it.kind == WIRE_ITEM_EXPORT) {
-		r = take_export(j, it.export, &exported);
+	while ((r = wire_stream_next(j->rs, &it)) == 0 &&
+	       (it.kind == WIRE_ITEM_EXPORT || it.kind == WIRE_ITEM_LANES)) {
+		if (it.kind == WIRE_ITEM_LANES && exported == false && j->p.forward)
+			return err_set(EPROTO, "the destination offered connections (LANES) before "
+					       "its EXPORT");
+		r = it.kind == WIRE_ITEM_EXPORT ? take_export(j, it.export, &exported)
+						: take_lanes(j, it.lanes, &laned);
 		if (r < 0)
 			return r;
 	}
@@ -165,6 +204,11 @@ static int await_state(struct src_job *j)
 	if (j->p.forward && !exported)
 		return err_set(EPROTO, "the destination did not say where its NBD export is (no "
 				       "EXPORT before STATE)");
+	if (j->p.connections > 1 && !laned)
+		return err_set(EPROTO,
+			       "the destination did not answer the request for %u "
+			       "connections (no LANES before STATE)",
+			       j->p.connections);
 	j->held = *it.state;
 	for (unsigned i = 0; i < j->ndev; i++)
 		total += j->dev[i].nchunks;
@@ -230,6 +274,10 @@ static int native_open(struct src_job *j)
 		h.caps |= NATIVE_CAP_DELTA;
 	if (j->p.forward)
 		h.caps |= NATIVE_CAP_FORWARD;
+	if (j->p.connections > 1) {
+		h.caps |= NATIVE_CAP_LANES;
+		h.lanes = (uint16_t)j->p.connections;
+	}
 	if (j->p.verify_only)
 		h.caps |= NATIVE_CAP_VERIFY;
 	else /* offered: the mode may change to active while running */
@@ -250,6 +298,10 @@ static int native_open(struct src_job *j)
 	if (r < 0)
 		return err_prefix(-r, "handshake: ");
 	r = await_ready(j, &version);
+	/* An older destination refuses the capability bit it does not know. */
+	if (r < 0 && j->p.connections > 1 && strstr(err_msg(), "unknown capability bits"))
+		r = err_prefix(-r, "the destination does not take --connections (an older blkmig? "
+				   "run with --connections 1): ");
 	if (r == 0)
 		r = await_state(j);
 	if (r < 0)

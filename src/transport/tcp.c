@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <sys/socket.h>
 #include <string.h>
@@ -45,6 +46,39 @@ static void tcp_close(struct xport *x)
 	close(x->fd);
 	xport_base_destroy(x);
 	free(t);
+}
+
+/* Field 'field' (0-based) of a /proc/sys file of numbers; -1 if unreadable. */
+static long sysctl_field(const char *path, int field)
+{
+	FILE *f = fopen(path, "re");
+	long v = -1;
+
+	if (!f)
+		return -1;
+	for (int i = 0; i <= field; i++)
+		if (fscanf(f, "%ld", &v) != 1) {
+			v = -1;
+			break;
+		}
+	fclose(f);
+	return v;
+}
+
+void tcp_size_sndbuf(int fd)
+{
+	long core = sysctl_field("/proc/sys/net/core/wmem_max", 0);
+	long autotune = sysctl_field("/proc/sys/net/ipv4/tcp_wmem", 2);
+	int v;
+
+	/* The kernel doubles what it is asked for, up to twice core; its
+	 * autotuning stops at autotune.  Where asking gives more, ask (and
+	 * give up autotuning, which could not have gone further); else, as on
+	 * a stock kernel (core 208 KiB), leave it to the kernel. */
+	if (core <= 0 || autotune <= 0 || core > INT32_MAX / 2 || 2 * core <= autotune)
+		return;
+	v = (int)core;
+	setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &v, sizeof(v));
 }
 
 const struct xport_ops tcp_xport_ops = {

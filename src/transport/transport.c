@@ -263,6 +263,7 @@ int xport_connect(const char *hostport, int timeout_ms, struct cancel *cancel, s
 
 connected:
 	freeaddrinfo(res);
+	tcp_size_sndbuf(fd);
 	r = tcp_xport_new(fd, hostport, out);
 	if (r < 0)
 		close(fd);
@@ -277,8 +278,18 @@ int xport_dial(const char *hostport, int timeout_ms, struct cancel *cancel, stru
 
 	if (r == 0)
 		r = xport_connect(hostport, timeout_ms, cancel, out);
-	if (r < 0 || !c)
+	if (r < 0)
 		return r;
+	/* Remembered for more lanes (xport_lanes_connect). */
+	(*out)->dial_to = strdup(hostport);
+	(*out)->dial_tls = c;
+	if (!(*out)->dial_to) {
+		xport_close(*out);
+		*out = NULL;
+		return err_set(ENOMEM, "no memory");
+	}
+	if (!c)
+		return 0;
 	xport_set_cancel(*out, cancel);
 	r = xport_start_tls(*out, c, host, timeout_ms);
 	if (r < 0) {
@@ -315,18 +326,40 @@ void xport_base_destroy(struct xport *x)
 
 void xport_close(struct xport *x)
 {
-	if (x)
-		x->ops->close(x);
+	if (!x)
+		return;
+	xport_stripe_free(x);
+	free(x->dial_to);
+	x->ops->close(x);
 }
 
+/* Lanes follow lane 0's settings. */
 void xport_set_cancel(struct xport *x, struct cancel *cancel)
 {
+	struct xport_stripe *s = atomic_load(&x->stripe);
+
 	x->cancel = cancel;
+	if (!s)
+		return;
+	pthread_mutex_lock(&s->lock);
+	for (unsigned i = 1; i < s->n; i++)
+		if (s->lane[i])
+			s->lane[i]->cancel = cancel;
+	pthread_mutex_unlock(&s->lock);
 }
 
 void xport_set_timeout(struct xport *x, int idle_timeout_ms)
 {
+	struct xport_stripe *s = atomic_load(&x->stripe);
+
 	x->timeout_ms = idle_timeout_ms;
+	if (!s)
+		return;
+	pthread_mutex_lock(&s->lock);
+	for (unsigned i = 1; i < s->n; i++)
+		if (s->lane[i])
+			s->lane[i]->timeout_ms = idle_timeout_ms;
+	pthread_mutex_unlock(&s->lock);
 }
 
 int xport_get_timeout(const struct xport *x)
@@ -377,6 +410,11 @@ static int fail(struct xport *x, short dir, int r)
 	if (!*slot)
 		*slot = r;
 	return r;
+}
+
+int xport_fail(struct xport *x, short dir, int r)
+{
+	return fail(x, dir, r);
 }
 
 /*
@@ -442,18 +480,20 @@ static void rate_refund(struct xport *x, uint64_t rate, size_t n)
 }
 
 /*
- * Send everything in iov.  With a rate limit, each send is clipped to what
- * the limiter allows in one slice (so one large payload is paced too, not
- * pushed at line rate after being charged), and charged for what the kernel
- * actually took.
+ * Send everything in iov on x, paced by rl's rate limiter (rl is x, or the
+ * striped stream x is a lane of), counting the bytes in *ctr.  With a rate
+ * limit, each send is clipped to what the limiter allows in one slice (so
+ * one large payload is paced too, not pushed at line rate after being
+ * charged), and charged for what the kernel actually took.
  */
-static int send_all(struct xport *x, struct iovec *iov, int iovcnt)
+int xport_send_raw(struct xport *x, struct xport *rl, _Atomic uint64_t *ctr, struct iovec *iov,
+		   int iovcnt)
 {
 	uint64_t idle_since = now_ns();
 
 	assert(iovcnt <= 8);
 	while (iovcnt > 0) {
-		uint64_t rate = atomic_load(&x->rate);
+		uint64_t rate = atomic_load(&rl->rate);
 		struct iovec clip[8];
 		size_t total = 0, budget, left;
 		ssize_t n;
@@ -469,7 +509,7 @@ static int send_all(struct xport *x, struct iovec *iov, int iovcnt)
 			clip[nclip].iov_len = MIN(clip[nclip].iov_len, left);
 			left -= clip[nclip].iov_len;
 		}
-		r = rate_limit(x, rate, budget);
+		r = rate_limit(rl, rate, budget);
 		if (r < 0)
 			return r;
 		n = x->ops->sendv(x, clip, nclip);
@@ -480,14 +520,14 @@ static int send_all(struct xport *x, struct iovec *iov, int iovcnt)
 		/* Unsent bytes were charged to the limiter; refund them at
 		 * the rate they were charged at. */
 		if (rate && (size_t)n < budget)
-			rate_refund(x, rate, budget - (size_t)n);
+			rate_refund(rl, rate, budget - (size_t)n);
 		if (n == 0) {
 			r = wait_ready(x, POLLOUT, &idle_since);
 			if (r < 0)
 				return r;
 			continue;
 		}
-		atomic_fetch_add(&x->tx, (uint64_t)n);
+		atomic_fetch_add(ctr, (uint64_t)n);
 		idle_since = now_ns();
 		while (iovcnt > 0 && (size_t)n >= iov->iov_len) {
 			n -= (ssize_t)iov->iov_len;
@@ -500,6 +540,56 @@ static int send_all(struct xport *x, struct iovec *iov, int iovcnt)
 		}
 	}
 	return 0;
+}
+
+/*
+ * Striped: cut the bytes of iov into frames, each sent whole on its lane
+ * (frame k on lane k mod n).  The stream's counter counts the payload;
+ * each lane's, what it carried.
+ */
+static int stripe_send(struct xport *x, struct xport_stripe *s, struct iovec *iov, int iovcnt)
+{
+	while (iovcnt > 0) {
+		uint8_t hdr[XPORT_FRAME_HDR];
+		struct iovec f[8];
+		unsigned li = (unsigned)(s->tseq % s->n);
+		size_t len = 0;
+		int nf = 1, r;
+
+		while (iovcnt > 0 && nf < 8 && len < XPORT_FRAME_MAX) {
+			size_t k = MIN(iov->iov_len, (size_t)XPORT_FRAME_MAX - len);
+
+			if (k) {
+				f[nf++] = (struct iovec){ .iov_base = iov->iov_base, .iov_len = k };
+				len += k;
+			}
+			iov->iov_base = (uint8_t *)iov->iov_base + k;
+			iov->iov_len -= k;
+			if (!iov->iov_len) {
+				iov++;
+				iovcnt--;
+			}
+		}
+		if (!len)
+			break;
+		xport_frame_encode(hdr, s->tseq, (uint32_t)len);
+		f[0] = (struct iovec){ .iov_base = hdr, .iov_len = sizeof(hdr) };
+		r = xport_send_raw(s->lane[li], x, &s->bytes[li], f, nf);
+		if (r < 0)
+			return fail(x, POLLOUT, r);
+		s->tseq++;
+		atomic_fetch_add(&x->tx, (uint64_t)len);
+	}
+	return 0;
+}
+
+static int send_all(struct xport *x, struct iovec *iov, int iovcnt)
+{
+	struct xport_stripe *s = atomic_load(&x->stripe);
+
+	if (s && s->tx)
+		return stripe_send(x, s, iov, iovcnt);
+	return xport_send_raw(x, x, &x->tx, iov, iovcnt);
 }
 
 int xport_flush(struct xport *x)
@@ -564,26 +654,131 @@ int xport_write2(struct xport *x, const void *hdr, size_t hlen, const void *payl
 
 int xport_shutdown_write(struct xport *x)
 {
+	struct xport_stripe *s = atomic_load(&x->stripe);
 	int r = xport_flush(x);
 
 	if (r < 0)
 		return r;
 	shutdown(x->fd, SHUT_WR);
+	for (unsigned i = 1; s && s->tx && i < s->n; i++)
+		shutdown(s->lane[i]->fd, SHUT_WR);
 	return 0;
 }
 
 void xport_shutdown_read(struct xport *x)
 {
+	struct xport_stripe *s = atomic_load(&x->stripe);
+
 	shutdown(x->fd, SHUT_RD);
+	if (!s)
+		return;
+	pthread_mutex_lock(&s->lock);
+	for (unsigned i = 1; i < s->n; i++)
+		if (s->lane[i])
+			shutdown(s->lane[i]->fd, SHUT_RD);
+	pthread_mutex_unlock(&s->lock);
 }
 
 /* ---- reading ------------------------------------------------------------- */
+
+/*
+ * Read exactly len bytes from x's connection itself (not its buffer),
+ * counting them in *ctr.  *got: how many came, even on failure; the end
+ * of the stream before len is -ECONNRESET (the caller tells one at a
+ * boundary, *got == 0, from a cut).
+ */
+int xport_read_raw(struct xport *x, void *buf, size_t len, _Atomic uint64_t *ctr, size_t *got)
+{
+	uint64_t idle_since = now_ns();
+	uint8_t *p = buf;
+	int r;
+
+	*got = 0;
+	if (x->rerr)
+		return x->rerr;
+	while (*got < len) {
+		ssize_t n = x->ops->recv(x, p + *got, len - *got);
+
+		if (n > 0) {
+			atomic_fetch_add(ctr, (uint64_t)n);
+			*got += (size_t)n;
+			idle_since = now_ns();
+			continue;
+		}
+		if (n == 0)
+			return fail(x, POLLIN,
+				    err_set(ECONNRESET,
+					    "connection closed by %s with %zu of %zu bytes missing",
+					    x->peer, len - *got, len));
+		if (n != -EAGAIN && n != -EINTR)
+			return fail(x, POLLIN, err_prefix((int)-n, "receive from %s: ", x->peer));
+		r = wait_ready(x, POLLIN, &idle_since);
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
+/*
+ * Striped: up to max bytes of the stream into buf (*n of them), from the
+ * current frame, whose header is read first when the last one is used up.
+ * The end of the stream counts only at a frame boundary (*eof).
+ */
+static int stripe_read(struct xport *x, struct xport_stripe *s, uint8_t *buf, size_t max, size_t *n,
+		       bool *eof)
+{
+	unsigned li = s->rlane;
+	size_t got, k;
+	int r = 0;
+
+	*n = 0;
+	if (!s->rleft) {
+		uint8_t hdr[XPORT_FRAME_HDR];
+		uint32_t len = 0;
+
+		li = (unsigned)(s->rseq % s->n);
+		r = xport_read_raw(s->lane[li], hdr, sizeof(hdr), &s->bytes[li], &got);
+		if (r == -ECONNRESET && got == 0) {
+			*eof = true;
+			return 0;
+		}
+		if (r == 0)
+			r = xport_frame_decode(hdr, s->rseq, &len);
+		if (r < 0)
+			return fail(x, POLLIN,
+				    err_prefix(-r, "connection %u of %u: ", li + 1, s->n));
+		s->rlane = li;
+		s->rleft = len;
+		s->rseq++;
+	}
+	k = MIN(max, (size_t)s->rleft);
+	r = xport_read_raw(s->lane[li], buf, k, &s->bytes[li], &got);
+	if (r < 0)
+		return fail(x, POLLIN, err_prefix(-r, "connection %u of %u: ", li + 1, s->n));
+	s->rleft -= (uint32_t)k;
+	*n = k;
+	atomic_fetch_add(&x->rx, (uint64_t)k);
+	return 0;
+}
+
+static int stripe_fill(struct xport *x, struct xport_stripe *s, bool *eof)
+{
+	size_t n;
+	int r = stripe_read(x, s, x->rbuf, XPORT_RBUF_SIZE, &n, eof);
+
+	x->rpos = 0;
+	x->rlen = n;
+	return r;
+}
 
 /* Refill the read buffer with what is available; 0 at EOF sets *eof. */
 static int fill(struct xport *x, bool *eof)
 {
 	uint64_t idle_since = now_ns();
+	struct xport_stripe *s = atomic_load(&x->stripe);
 
+	if (s && s->rx)
+		return stripe_fill(x, s, eof);
 	for (;;) {
 		ssize_t n = x->ops->recv(x, x->rbuf, XPORT_RBUF_SIZE);
 
@@ -610,6 +805,7 @@ int xport_read(struct xport *x, void *buf, size_t len, size_t *got)
 	uint8_t *p = buf;
 	size_t done = 0;
 	uint64_t idle_since = now_ns();
+	struct xport_stripe *s;
 	int r;
 
 	if (got)
@@ -628,8 +824,19 @@ int xport_read(struct xport *x, void *buf, size_t len, size_t *got)
 			done += k;
 			continue;
 		}
-		/* Large reads bypass the buffer. */
-		if (len - done >= XPORT_RBUF_SIZE) {
+		/* Large reads bypass the buffer; striped, they take the
+		 * frames' payload straight from their lanes. */
+		s = atomic_load(&x->stripe);
+		if (s && s->rx && len - done >= XPORT_STRIPE_DIRECT) {
+			size_t n;
+
+			r = stripe_read(x, s, p + done, len - done, &n, &eof);
+			if (r < 0)
+				goto out_fail;
+			done += n;
+			if (!eof)
+				continue;
+		} else if (len - done >= XPORT_RBUF_SIZE && (!s || !s->rx)) {
 			ssize_t n = x->ops->recv(x, p + done, len - done);
 
 			if (n > 0) {
@@ -688,4 +895,40 @@ int xport_readable(struct xport *x, int timeout_ms)
 			   ? 0
 			   : fail(x, POLLIN, err_set(errno, "poll: %s", strerror(errno)));
 	return r > 0;
+}
+
+int xport_peek(struct xport *x, void *buf, size_t len)
+{
+	uint64_t idle_since = now_ns();
+
+	assert(len <= 64);
+	if (x->rerr)
+		return x->rerr;
+	while (x->rlen - x->rpos < len) {
+		ssize_t n;
+		int r;
+
+		if (x->rpos) {
+			memmove(x->rbuf, x->rbuf + x->rpos, x->rlen - x->rpos);
+			x->rlen -= x->rpos;
+			x->rpos = 0;
+		}
+		n = x->ops->recv(x, x->rbuf + x->rlen, XPORT_RBUF_SIZE - x->rlen);
+		if (n > 0) {
+			atomic_fetch_add(&x->rx, (uint64_t)n);
+			x->rlen += (size_t)n;
+			idle_since = now_ns();
+			continue;
+		}
+		if (n == 0)
+			break;
+		if (n != -EAGAIN && n != -EINTR)
+			return fail(x, POLLIN, err_prefix((int)-n, "receive from %s: ", x->peer));
+		r = wait_ready(x, POLLIN, &idle_since);
+		if (r < 0)
+			return r;
+	}
+	len = MIN(len, x->rlen - x->rpos);
+	memcpy(buf, x->rbuf + x->rpos, len);
+	return (int)len;
 }

@@ -135,4 +135,72 @@ uint64_t xport_tx_bytes(const struct xport *x);
 uint64_t xport_rx_bytes(const struct xport *x);
 const char *xport_peer(const struct xport *x);
 
+/* ---- lanes: one stream striped over several connections (stripe.c) -------
+ *
+ * With N lanes, everything the source writes after the handshake is cut
+ * into frames (be64 sequence number, be32 length, payload of 1 ..
+ * XPORT_FRAME_MAX bytes), frame k sent on lane k mod N; the destination
+ * reads them back in sequence order and its engine sees one ordered byte
+ * stream again.  The other direction (the destination's replies) stays
+ * unframed on lane 0, the connection the handshake used: it carries small
+ * messages whose latency matters more than their rate.  Lane 0 is x
+ * itself; the others join it with a JOIN message (the token x's peer was
+ * given, and their index) on fresh connections, each with its own TLS
+ * session when TLS is on.  Rate limiting, cancel and the idle timeout
+ * apply to the whole; any lane failing fails the whole stream (sticky).
+ * docs/wire-format.md has the bytes.
+ */
+#define XPORT_LANES_MAX	 16
+#define XPORT_TOKEN_LEN	 16
+#define XPORT_FRAME_HDR	 12
+#define XPORT_FRAME_MAX	 (256 * 1024)
+#define XPORT_JOIN_LEN	 28
+#define XPORT_JOIN_MAGIC UINT64_C(0x424C4B4D4C414E45) /* "BLKMLANE" */
+/* The answer to a JOIN, framed like the destination's messages: u8 type
+ * XPORT_JOINED_TYPE, be32 len (4 + reason length), be32 errno (0: joined),
+ * reason (none when joined). */
+#define XPORT_JOINED_TYPE     0x8B
+#define XPORT_JOINED_HDR      9
+#define XPORT_JOIN_REASON_MAX 512
+
+/* Pure codecs (unit-tested): a frame header; a JOIN; its answer's header.
+ * Decoders: 0, or -EPROTO with the message set. */
+void xport_frame_encode(uint8_t hdr[XPORT_FRAME_HDR], uint64_t seq, uint32_t len);
+int xport_frame_decode(const uint8_t hdr[XPORT_FRAME_HDR], uint64_t expect_seq, uint32_t *len);
+void xport_join_encode(uint8_t buf[XPORT_JOIN_LEN], unsigned lane,
+		       const uint8_t token[XPORT_TOKEN_LEN]);
+int xport_join_decode(const uint8_t buf[XPORT_JOIN_LEN], unsigned *lane,
+		      uint8_t token[XPORT_TOKEN_LEN]);
+
+/* Source: dial n - 1 more lanes to where x was dialled (xport_dial), in
+ * parallel, each presenting token; once every one has joined, writes on x
+ * are striped over all n.  0, or negative errno with the message set (no
+ * lane is kept then).  n == 1: nothing to do. */
+int xport_lanes_connect(struct xport *x, unsigned n, const uint8_t token[XPORT_TOKEN_LEN]);
+
+/* Destination: expect n - 1 lanes to join x with token (n 2 ..
+ * XPORT_LANES_MAX). */
+int xport_lanes_offer(struct xport *x, unsigned n, const uint8_t token[XPORT_TOKEN_LEN]);
+/* Destination, the listener's thread: lane (TLS done, its JOIN read) asks
+ * to be lane 'index' of x.  On success the JOINED answer is sent and x owns
+ * lane; on failure (wrong token, an index beyond those agreed, a lane that
+ * already joined, x expecting none) the message says why and the caller
+ * still owns lane (and tells it: xport_join_refuse).  Thread-safe against
+ * x's own thread; x must stay open meanwhile. */
+int xport_lanes_attach(struct xport *x, unsigned index, const uint8_t token[XPORT_TOKEN_LEN],
+		       struct xport *lane);
+/* Tell a refused lane why (best effort). */
+void xport_join_refuse(struct xport *lane, int err, const char *reason);
+/* Destination: wait (timeout_ms, the cancel token) until every lane
+ * offered has joined, then read x striped.  0 or negative errno. */
+int xport_lanes_wait(struct xport *x, int timeout_ms);
+/* Lanes of x (1 without striping), and the bytes each moved (index <
+ * xport_lanes()). */
+unsigned xport_lanes(const struct xport *x);
+uint64_t xport_lane_bytes(const struct xport *x, unsigned index);
+
+/* Look at the first len (<= 64) bytes without consuming them: how many are
+ * there (fewer only at the end of the stream), or negative errno. */
+int xport_peek(struct xport *x, void *buf, size_t len);
+
 #endif

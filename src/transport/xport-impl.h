@@ -6,12 +6,15 @@
 #ifndef BLKMIG_TRANSPORT_XPORT_IMPL_H
 #define BLKMIG_TRANSPORT_XPORT_IMPL_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 
 #include "transport.h"
 
 #define XPORT_WBUF_SIZE (256 * 1024)
 #define XPORT_RBUF_SIZE (256 * 1024)
+/* Striped reads this large take the payload straight from the lanes. */
+#define XPORT_STRIPE_DIRECT (64 * 1024)
 
 struct xport {
 	const struct xport_ops *ops;
@@ -34,14 +37,55 @@ struct xport {
 	size_t wlen;
 	uint8_t *rbuf;
 	size_t rpos, rlen;
+
+	/* Where xport_dial() dialled (for more lanes); NULL otherwise. */
+	char *dial_to;
+	struct tls_creds *dial_tls; /* not owned */
+	/* Lanes (stripe.c): NULL until offered or connected.  Set once by
+	 * x's own thread; read by the listener's (xport_lanes_attach). */
+	_Atomic(struct xport_stripe *) stripe;
+};
+
+/*
+ * The lanes of one striped stream.  lane[0] is the xport itself.  'lock'
+ * guards lane[], joined and the lanes' cancel/timeout settings against
+ * joins arriving from the listener's threads; tx/rx/seqs are the writer's
+ * and the reader's alone once set.
+ */
+struct xport_stripe {
+	pthread_mutex_t lock;
+	int evfd; /* an eventfd, signalled at each join */
+	unsigned n;
+	uint8_t token[XPORT_TOKEN_LEN];
+	struct xport *lane[XPORT_LANES_MAX];
+	unsigned joined; /* lanes other than 0 attached */
+	bool tx, rx;	 /* that direction of x is striped */
+	uint64_t tseq, rseq;
+	unsigned rlane;				 /* the frame being read: its lane, */
+	uint32_t rleft;				 /* and its payload bytes not yet read */
+	_Atomic uint64_t bytes[XPORT_LANES_MAX]; /* raw bytes moved per lane */
 };
 
 /* Initialise the base (buffers, defaults); 0 or -ENOMEM. */
 int xport_base_init(struct xport *x, const struct xport_ops *ops, int fd, const char *peer);
 void xport_base_destroy(struct xport *x);
 
+/* transport.c, for stripe.c */
+int xport_fail(struct xport *x, short dir, int r);
+int xport_send_raw(struct xport *x, struct xport *rl, _Atomic uint64_t *ctr, struct iovec *iov,
+		   int iovcnt);
+int xport_read_raw(struct xport *x, void *buf, size_t len, _Atomic uint64_t *ctr, size_t *got);
+void xport_stripe_free(struct xport *x);
+
 /* tcp.c */
 extern const struct xport_ops tcp_xport_ops;
 int tcp_xport_new(int fd, const char *peer, struct xport **out);
+/*
+ * The dialling side (the source, which sends the bulk): a send buffer as
+ * large as net.core.wmem_max allows, but only where that exceeds what the
+ * kernel's autotuning reaches (net.ipv4.tcp_wmem's max); see
+ * docs/wire-format.md, "Several connections".
+ */
+void tcp_size_sndbuf(int fd);
 
 #endif

@@ -82,6 +82,7 @@ static const struct {
 	{ NATIVE_MSG_WACK, "WACK" },	 { NATIVE_MSG_VERDICT, "VERDICT" },
 	{ NATIVE_MSG_STATE, "STATE" },	 { NATIVE_MSG_SUMS, "SUMS" },
 	{ NATIVE_MSG_DONE, "DONE" },	 { NATIVE_MSG_EXPORT, "EXPORT" },
+	{ NATIVE_MSG_LANES, "LANES" },
 };
 
 const char *native_msg_name(uint8_t type)
@@ -154,6 +155,12 @@ int native_hello_encode(uint8_t *buf, size_t cap, const struct native_hello *h)
 				       str_escape(shown, sizeof(shown), h->dev[i].name));
 		total += 1 + (size_t)r + HELLO_DEV_TAIL;
 	}
+	if (h->caps & NATIVE_CAP_LANES) {
+		if (h->lanes < 2 || h->lanes > NATIVE_LANES_MAX)
+			return err_set(EINVAL, "hello: %u connections (must be 2..%u)", h->lanes,
+				       NATIVE_LANES_MAX);
+		total += 2;
+	}
 	if (cap < total)
 		return err_set(ENOSPC, "encode HELLO: buffer of %zu bytes is too small (need %zu)",
 			       cap, total);
@@ -172,6 +179,10 @@ int native_hello_encode(uint8_t *buf, size_t cap, const struct native_hello *h)
 		memcpy(buf + pos + 1, h->dev[i].name, n);
 		put_be64(buf + pos + 1 + n, h->dev[i].size);
 		pos += 1 + n + HELLO_DEV_TAIL;
+	}
+	if (h->caps & NATIVE_CAP_LANES) {
+		put_be16(buf + pos, h->lanes);
+		pos += 2;
 	}
 	return (int)pos;
 }
@@ -258,6 +269,18 @@ int native_hello_decode(const uint8_t *buf, size_t len, struct native_hello *h, 
 			return err_set(EBADMSG, "hello: device '%s' has size 0",
 				       str_escape(shown, sizeof(shown), d->name));
 		pos += 1 + n + HELLO_DEV_TAIL;
+	}
+	h->lanes = 1;
+	if (h->caps & NATIVE_CAP_LANES) {
+		if (len - pos < 2) {
+			*used = pos + 2;
+			return -EAGAIN;
+		}
+		h->lanes = get_be16(buf + pos);
+		if (h->lanes < 2 || h->lanes > NATIVE_LANES_MAX)
+			return err_set(EBADMSG, "hello: asks for %u connections (must be 2..%u)",
+				       h->lanes, NATIVE_LANES_MAX);
+		pos += 2;
 	}
 	*used = pos;
 	return 0;
@@ -868,5 +891,37 @@ int native_export_decode(const uint8_t *body, size_t len, struct native_export *
 		return r;
 	memcpy(e->host, body + EXPORT_FIXED, n);
 	e->host[n] = '\0';
+	return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* LANES                                                                    */
+
+#define LANES_BODY (2 + NATIVE_TOKEN_LEN)
+
+int native_lanes_encode(uint8_t *buf, size_t cap, const struct native_lanes *l)
+{
+	int r;
+
+	if (l->count < 1 || l->count > NATIVE_LANES_MAX)
+		return err_set(EINVAL, "lanes: %u connections (must be 1..%u)", l->count,
+			       NATIVE_LANES_MAX);
+	r = frame_put(buf, cap, NATIVE_MSG_LANES, LANES_BODY);
+	if (r < 0)
+		return r;
+	put_be16(buf + NATIVE_FRAME_HDR, l->count);
+	memcpy(buf + NATIVE_FRAME_HDR + 2, l->token, NATIVE_TOKEN_LEN);
+	return NATIVE_FRAME_HDR + LANES_BODY;
+}
+
+int native_lanes_decode(const uint8_t *body, size_t len, struct native_lanes *l)
+{
+	if (len != LANES_BODY)
+		return err_set(EBADMSG, "lanes: body of %zu bytes (must be %u)", len, LANES_BODY);
+	l->count = get_be16(body);
+	if (l->count < 1 || l->count > NATIVE_LANES_MAX)
+		return err_set(EBADMSG, "lanes: %u connections (must be 1..%u)", l->count,
+			       NATIVE_LANES_MAX);
+	memcpy(l->token, body + 2, NATIVE_TOKEN_LEN);
 	return 0;
 }

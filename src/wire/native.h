@@ -34,6 +34,14 @@
  *   0x89 EXPORT    body: be16 port, be16 hostlen, hostlen bytes host
  *                  (FORWARD only: exactly one, right after READY, before
  *                  STATE: where its NBD export is; port 0: none)
+ *   0x8B JOINED    (reserved: the transport's answer to a joining
+ *                  connection's JOIN, on that connection; transport.h)
+ *   0x8A LANES     body: be16 count, 16 bytes token  (LANES only: exactly
+ *                  one, after READY and EXPORT, before STATE: how many
+ *                  connections it accepts, and the token the others join
+ *                  with; see transport.h)
+ *
+ * With LANES, HELLO ends with a be16: the connections the source asks for.
  *
  * Lengths of framed messages are capped at NATIVE_MSG_MAX.
  */
@@ -74,9 +82,16 @@
 #define NATIVE_NO_COMPRESS_REASON                                                                  \
 	"this destination does not accept compressed chunks (--no-compress)"
 /* ---- end of compression ---- */
+/* ---- lanes (--connections) ---- */
+/* The source asks for more connections (HELLO's trailing be16, 2 ..
+ * NATIVE_LANES_MAX); the destination says how many it takes (LANES). */
+#define NATIVE_CAP_LANES (1U << 8)
+#define NATIVE_LANES_MAX 16
+#define NATIVE_TOKEN_LEN 16
+/* ---- end lanes ---- */
 #define NATIVE_CAP_KNOWN                                                                           \
 	(NATIVE_CAP_ZERO_BLOCKS | NATIVE_CAP_SHARED_BASE | NATIVE_CAP_MIRROR | NATIVE_CAP_DELTA |  \
-	 NATIVE_CAP_VERIFY | NATIVE_CAP_FORWARD | NATIVE_CAP_COMPRESS)
+	 NATIVE_CAP_VERIFY | NATIVE_CAP_FORWARD | NATIVE_CAP_COMPRESS | NATIVE_CAP_LANES)
 
 enum native_msg {
 	NATIVE_MSG_BLOCKS = 0x01,
@@ -93,13 +108,14 @@ enum native_msg {
 	NATIVE_MSG_SUMS = 0x87,
 	NATIVE_MSG_DONE = 0x88,
 	NATIVE_MSG_EXPORT = 0x89,
+	NATIVE_MSG_LANES = 0x8A,
 };
 
 #define NATIVE_MAX_DEVICES 64
 #define NATIVE_MSG_MAX	   65536U /* largest framed body */
 #define NATIVE_DIGEST_LEN  16
 #define NATIVE_HELLO_MAX                                                                           \
-	(8 + 4 + 4 + 4 + NATIVE_ID_LEN + 2 + NATIVE_MAX_DEVICES * (1 + WIRE_NAME_MAX + 8))
+	(8 + 4 + 4 + 4 + NATIVE_ID_LEN + 2 + NATIVE_MAX_DEVICES * (1 + WIRE_NAME_MAX + 8) + 2)
 #define NATIVE_REASON_MAX 1024
 
 struct native_dev {
@@ -116,6 +132,7 @@ struct native_hello {
 	uint8_t id[NATIVE_ID_LEN];
 	uint16_t ndev;
 	struct native_dev dev[NATIVE_MAX_DEVICES];
+	uint16_t lanes; /* CAP_LANES: connections asked for, 2 .. NATIVE_LANES_MAX */
 };
 
 struct native_dev_digest {
@@ -188,6 +205,17 @@ struct native_export {
 	uint16_t port;
 	char host[NATIVE_HOST_MAX + 1]; /* NUL-terminated */
 };
+
+/* LANES: the connections the destination accepts (1 .. what HELLO asked
+ * for), and the token the other connections present when they join. */
+struct native_lanes {
+	uint16_t count;
+	uint8_t token[NATIVE_TOKEN_LEN];
+};
+
+int native_lanes_encode(uint8_t *buf, size_t cap, const struct native_lanes *l);
+/* Whether count is within what HELLO asked for is the engine's check. */
+int native_lanes_decode(const uint8_t *body, size_t len, struct native_lanes *l);
 
 /* ABORT and ERROR share one body. */
 struct native_error {

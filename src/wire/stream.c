@@ -93,6 +93,7 @@ struct wire_stream {
 	struct native_sums *sums; /* allocated on the first SUMS */
 	struct native_verdict verdict;
 	struct native_export export;
+	struct native_lanes lanes;
 	uint8_t hbuf[NATIVE_HELLO_MAX]; /* HELLO, section headers, footers */
 	uint8_t body[NATIVE_MSG_MAX];	/* framed bodies; scratch for skipping */
 };
@@ -104,7 +105,8 @@ struct wire_stream {
 	 NATIVE_ALLOW(NATIVE_MSG_ERROR) | NATIVE_ALLOW(NATIVE_MSG_SYNCED) |                        \
 	 NATIVE_ALLOW(NATIVE_MSG_WACK) | NATIVE_ALLOW(NATIVE_MSG_VERDICT) |                        \
 	 NATIVE_ALLOW(NATIVE_MSG_STATE) | NATIVE_ALLOW(NATIVE_MSG_SUMS) |                          \
-	 NATIVE_ALLOW(NATIVE_MSG_DONE) | NATIVE_ALLOW(NATIVE_MSG_EXPORT))
+	 NATIVE_ALLOW(NATIVE_MSG_DONE) | NATIVE_ALLOW(NATIVE_MSG_EXPORT) |                         \
+	 NATIVE_ALLOW(NATIVE_MSG_LANES))
 
 int wire_stream_new(enum wire_stream_format format, wire_read_fn read, void *user,
 		    struct wire_stream **out)
@@ -180,7 +182,7 @@ const char *wire_item_name(enum wire_item_kind k)
 		[WIRE_ITEM_EXPORT] = "EXPORT",	   [WIRE_ITEM_QEMU_HEADER] = "QEMU_HEADER",
 		[WIRE_ITEM_CONFIG] = "CONFIG",	   [WIRE_ITEM_SECTION] = "SECTION",
 		[WIRE_ITEM_FOOTER] = "FOOTER",	   [WIRE_ITEM_EOF] = "EOF",
-		[WIRE_ITEM_VMDESC] = "VMDESC",
+		[WIRE_ITEM_VMDESC] = "VMDESC",	   [WIRE_ITEM_LANES] = "LANES",
 	};
 
 	if ((unsigned)k < ARRAY_SIZE(names) && names[k])
@@ -508,6 +510,11 @@ static int read_message(struct wire_stream *s, struct wire_item *it)
 		it->kind = WIRE_ITEM_EXPORT;
 		it->export = &s->export;
 		r = native_export_decode(s->body, len, &s->export);
+		break;
+	case NATIVE_MSG_LANES:
+		it->kind = WIRE_ITEM_LANES;
+		it->lanes = &s->lanes;
+		r = native_lanes_decode(s->body, len, &s->lanes);
 		break;
 	case NATIVE_MSG_READY:
 		it->kind = WIRE_ITEM_READY;

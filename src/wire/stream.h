@@ -89,6 +89,7 @@ enum wire_item_kind {
 	WIRE_ITEM_FOOTER,      /* QEMU: .section.section_id and idstr of the section ended */
 	WIRE_ITEM_EOF,	       /* QEMU: the EOF byte */
 	WIRE_ITEM_VMDESC,      /* QEMU: .value = bytes of JSON (skipped by the next call) */
+	WIRE_ITEM_LANES,       /* native: .lanes */
 };
 
 struct wire_item {
@@ -110,6 +111,7 @@ struct wire_item {
 	const struct native_sums *sums;		/* SUMS */
 	const struct native_verdict *verdict;	/* VERDICT */
 	const struct native_export *export;	/* EXPORT */
+	const struct native_lanes *lanes;	/* LANES */
 };
 
 /* Sections a QEMU stream may start (section ids bound at once). */

@@ -199,6 +199,7 @@ static void test_hello_round_trip_max(void **state)
 	h.caps = NATIVE_CAP_KNOWN;
 	h.chunk_size = WIRE_MAX_CHUNK_SIZE;
 	h.ndev = NATIVE_MAX_DEVICES;
+	h.lanes = NATIVE_LANES_MAX;
 	for (int i = 0; i < NATIVE_MAX_DEVICES; i++) {
 		memset(h.dev[i].name, 'a' + i % 26, WIRE_NAME_MAX);
 		h.dev[i].name[0] = (char)('A' + i / 26);
@@ -318,9 +319,9 @@ static void test_hello_errors(void **state)
 		      "hello: unsupported version 4294967295 (this blkmig speaks 3)");
 
 	hello_patched(12, (const uint8_t *)"\0\0\0\x49", 4, EBADMSG,
-		      "hello: unknown capability bits 0x40 (known 0xbf)");
+		      "hello: unknown capability bits 0x40 (known 0x1bf)");
 	hello_patched(12, (const uint8_t *)"\x80\0\0\0", 4, EBADMSG,
-		      "hello: unknown capability bits 0x80000000 (known 0xbf)");
+		      "hello: unknown capability bits 0x80000000 (known 0x1bf)");
 
 	hello_patched(16, (const uint8_t *)"\0\0\0\0", 4, EBADMSG,
 		      "hello: invalid chunk size 0 (must be a power of two from 4096 to 16777216)");
@@ -396,7 +397,7 @@ static void test_hello_encode_errors(void **state)
 	golden_hello_struct(&h);
 	h.caps = 0x70;
 	expect_error(native_hello_encode(buf, sizeof(buf), &h), EINVAL,
-		     "hello: unknown capability bits 0x40 (known 0xbf)");
+		     "hello: unknown capability bits 0x40 (known 0x1bf)");
 	/* FORWARD is a known bit now. */
 	h.caps = NATIVE_CAP_FORWARD;
 	assert_int_equal(native_hello_encode(buf, sizeof(buf), &h), sizeof(golden_hello));
@@ -506,7 +507,7 @@ static void test_frame_errors(void **state)
 	(void)state;
 	check_frame("\x00\0\0\0\0", ALLOW_ALL, "frame: unknown message type 0x00");
 	check_frame("\x06\0\0\0\0", ALLOW_ALL, "frame: unknown message type 0x06");
-	check_frame("\x8a\0\0\0\0", ALLOW_ALL, "frame: unknown message type 0x8a");
+	check_frame("\x8c\0\0\0\0", ALLOW_ALL, "frame: unknown message type 0x8c");
 	/* 0xa9 shares EXPORT's allow bit. */
 	check_frame("\xa9\0\0\0\x04", ALLOW_ALL, "frame: unknown message type 0xa9");
 	check_frame("\x80\0\0\0\0", ALLOW_ALL, "frame: unknown message type 0x80");
@@ -1627,7 +1628,8 @@ static void test_msg_names(void **state)
 	assert_string_equal(native_msg_name(0x06), "unknown");
 	assert_string_equal(native_msg_name(NATIVE_MSG_DONE), "DONE");
 	assert_string_equal(native_msg_name(NATIVE_MSG_EXPORT), "EXPORT");
-	assert_string_equal(native_msg_name(0x8a), "unknown");
+	assert_string_equal(native_msg_name(0x8a), "LANES");
+	assert_string_equal(native_msg_name(0x8c), "unknown");
 	assert_string_equal(native_msg_name(0), "unknown");
 	assert_string_equal(native_msg_name(0x21), "unknown");
 	assert_string_equal(native_msg_name(0xff), "unknown");

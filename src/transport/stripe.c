@@ -1,0 +1,394 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Lanes: one byte stream over several connections (see transport.h).  The
+ * framing itself lives in transport.c's writer and reader; this file
+ * holds the codecs, the source's dialling of the lanes, and the
+ * destination's side of the join.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "common/error.h"
+#include "common/util.h"
+#include "xport-impl.h"
+
+/* ---- codecs --------------------------------------------------------------- */
+
+void xport_frame_encode(uint8_t hdr[XPORT_FRAME_HDR], uint64_t seq, uint32_t len)
+{
+	put_be64(hdr, seq);
+	put_be32(hdr + 8, len);
+}
+
+int xport_frame_decode(const uint8_t hdr[XPORT_FRAME_HDR], uint64_t expect_seq, uint32_t *len)
+{
+	uint64_t seq = get_be64(hdr);
+	uint32_t l = get_be32(hdr + 8);
+
+	if (seq != expect_seq)
+		return err_set(EPROTO, "frame %" PRIu64 " where frame %" PRIu64 " was expected",
+			       seq, expect_seq);
+	if (l == 0 || l > XPORT_FRAME_MAX)
+		return err_set(EPROTO, "frame %" PRIu64 " of %" PRIu32 " bytes (must be 1..%u)",
+			       seq, l, XPORT_FRAME_MAX);
+	*len = l;
+	return 0;
+}
+
+void xport_join_encode(uint8_t buf[XPORT_JOIN_LEN], unsigned lane,
+		       const uint8_t token[XPORT_TOKEN_LEN])
+{
+	put_be64(buf, XPORT_JOIN_MAGIC);
+	put_be16(buf + 8, (uint16_t)lane);
+	put_be16(buf + 10, 0);
+	memcpy(buf + 12, token, XPORT_TOKEN_LEN);
+}
+
+int xport_join_decode(const uint8_t buf[XPORT_JOIN_LEN], unsigned *lane,
+		      uint8_t token[XPORT_TOKEN_LEN])
+{
+	unsigned l = get_be16(buf + 8);
+
+	if (get_be64(buf) != XPORT_JOIN_MAGIC)
+		return err_set(EPROTO, "join: bad magic 0x%016" PRIx64, get_be64(buf));
+	if (get_be16(buf + 10) != 0)
+		return err_set(EPROTO, "join: reserved field 0x%04x is not zero",
+			       get_be16(buf + 10));
+	if (l == 0 || l >= XPORT_LANES_MAX)
+		return err_set(ERANGE, "join: connection index %u out of range (1..%u)", l,
+			       XPORT_LANES_MAX - 1);
+	*lane = l;
+	memcpy(token, buf + 12, XPORT_TOKEN_LEN);
+	return 0;
+}
+
+/* Peer text for the log: printable ASCII only. */
+static void printable(char *s)
+{
+	for (; *s; s++)
+		if (*s < 0x20 || *s > 0x7e)
+			*s = '?';
+}
+
+static void lane_name(struct xport *lane, const char *peer, unsigned index, unsigned n)
+{
+	char buf[sizeof(lane->peer) + 40];
+
+	snprintf(buf, sizeof(buf), "%s (connection %u of %u)", peer, index + 1, n);
+	buf[sizeof(lane->peer) - 1] = '\0';
+	memcpy(lane->peer, buf, sizeof(lane->peer));
+}
+
+static int stripe_new(struct xport *x, unsigned n, const uint8_t token[XPORT_TOKEN_LEN],
+		      struct xport_stripe **out)
+{
+	struct xport_stripe *s;
+
+	if (n < 2 || n > XPORT_LANES_MAX)
+		return err_set(EINVAL, "%u connections (must be 2..%u)", n, XPORT_LANES_MAX);
+	if (atomic_load(&x->stripe))
+		return err_set(EINVAL, "this connection already has lanes");
+	s = calloc(1, sizeof(*s));
+	if (!s)
+		return err_set(ENOMEM, "no memory for %u connections", n);
+	s->evfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (s->evfd < 0) {
+		int e = errno;
+
+		free(s);
+		return err_set(e, "eventfd: %s", strerror(e));
+	}
+	pthread_mutex_init(&s->lock, NULL);
+	s->n = n;
+	memcpy(s->token, token, XPORT_TOKEN_LEN);
+	s->lane[0] = x;
+	*out = s;
+	return 0;
+}
+
+void xport_stripe_free(struct xport *x)
+{
+	struct xport_stripe *s = atomic_load(&x->stripe);
+
+	if (!s)
+		return;
+	atomic_store(&x->stripe, NULL);
+	for (unsigned i = 1; i < s->n; i++)
+		xport_close(s->lane[i]);
+	close(s->evfd);
+	pthread_mutex_destroy(&s->lock);
+	free(s);
+}
+
+unsigned xport_lanes(const struct xport *x)
+{
+	struct xport_stripe *s = atomic_load(&((struct xport *)x)->stripe);
+
+	return s ? s->n : 1;
+}
+
+uint64_t xport_lane_bytes(const struct xport *x, unsigned index)
+{
+	struct xport_stripe *s = atomic_load(&((struct xport *)x)->stripe);
+
+	if (!s)
+		return index == 0 ? xport_tx_bytes(x) + xport_rx_bytes(x) : 0;
+	return index < s->n ? atomic_load(&s->bytes[index]) : 0;
+}
+
+/* ---- source --------------------------------------------------------------- */
+
+struct dialer {
+	struct xport *x;
+	unsigned index, n;
+	const uint8_t *token;
+	struct xport *lane;
+	int r;
+	char msg[1024];
+};
+
+/* Read the answer to a JOIN: 0 when joined. */
+static int read_joined(struct xport *lane)
+{
+	uint8_t hdr[XPORT_JOINED_HDR];
+	char reason[XPORT_JOIN_REASON_MAX + 1];
+	uint32_t e, len;
+	int r = xport_read(lane, hdr, sizeof(hdr), NULL);
+
+	if (r < 0)
+		return err_prefix(-r, "waiting for the answer to its join: ");
+	len = get_be32(hdr + 1);
+	e = get_be32(hdr + 5);
+	if (hdr[0] != XPORT_JOINED_TYPE || len < 4)
+		return err_set(EPROTO,
+			       "the answer to its join is malformed (type 0x%02x, length %u)",
+			       hdr[0], len);
+	len -= 4;
+	if (len > XPORT_JOIN_REASON_MAX)
+		return err_set(EPROTO,
+			       "the answer to its join has a reason of %u bytes (at most %u)", len,
+			       XPORT_JOIN_REASON_MAX);
+	r = xport_read(lane, reason, len, NULL);
+	if (r < 0)
+		return err_prefix(-r, "reading the answer to its join: ");
+	reason[len] = '\0';
+	printable(reason);
+	if (e == 0 && len == 0)
+		return 0;
+	if (e == 0 || e > 4095)
+		return err_set(EPROTO, "the answer to its join is malformed (errno %" PRIu32 ")",
+			       e);
+	return err_set((int)e, "the destination refused it: %s", reason);
+}
+
+static void *dial_main(void *arg)
+{
+	struct dialer *d = arg;
+	struct xport *x = d->x;
+	int timeout = x->timeout_ms > 0 ? x->timeout_ms : XPORT_DEFAULT_TIMEOUT_MS;
+	uint8_t join[XPORT_JOIN_LEN];
+
+	d->r = xport_dial(x->dial_to, timeout, x->cancel, x->dial_tls, &d->lane);
+	if (d->r == 0) {
+		xport_set_cancel(d->lane, x->cancel);
+		xport_set_timeout(d->lane, x->timeout_ms);
+		xport_join_encode(join, d->index, d->token);
+		d->r = xport_write(d->lane, join, sizeof(join));
+		if (d->r == 0)
+			d->r = xport_flush(d->lane);
+		if (d->r == 0)
+			d->r = read_joined(d->lane);
+	}
+	if (d->r < 0) {
+		snprintf(d->msg, sizeof(d->msg), "%s", err_msg());
+		xport_close(d->lane);
+		d->lane = NULL;
+	}
+	return NULL;
+}
+
+int xport_lanes_connect(struct xport *x, unsigned n, const uint8_t token[XPORT_TOKEN_LEN])
+{
+	struct dialer d[XPORT_LANES_MAX] = { { 0 } };
+	pthread_t t[XPORT_LANES_MAX];
+	bool started[XPORT_LANES_MAX] = { false };
+	struct xport_stripe *s = NULL;
+	int r = 0;
+
+	if (n == 1)
+		return 0;
+	if (!x->dial_to)
+		return err_set(EINVAL, "cannot open more connections: this one was not dialled");
+	r = stripe_new(x, n, token, &s);
+	if (r < 0)
+		return r;
+	for (unsigned i = 1; i < n; i++) {
+		d[i] = (struct dialer){ .x = x, .index = i, .n = n, .token = token };
+		if (pthread_create(&t[i], NULL, dial_main, &d[i]) == 0) {
+			started[i] = true;
+		} else {
+			d[i].r = -EAGAIN;
+			snprintf(d[i].msg, sizeof(d[i].msg), "no thread to dial it");
+		}
+	}
+	for (unsigned i = 1; i < n; i++)
+		if (started[i])
+			pthread_join(t[i], NULL);
+	for (unsigned i = 1; i < n; i++) {
+		if (d[i].r < 0 && r == 0)
+			r = err_set(-d[i].r, "opening connection %u of %u: %s", i + 1, n, d[i].msg);
+		s->lane[i] = d[i].lane;
+	}
+	if (r == 0) {
+		char peer[sizeof(x->peer)];
+
+		snprintf(peer, sizeof(peer), "%s", x->peer);
+		for (unsigned i = 0; i < n; i++)
+			lane_name(s->lane[i], peer, i, n);
+		s->joined = n - 1;
+		s->tx = true;
+		atomic_store(&x->stripe, s);
+		return 0;
+	}
+	for (unsigned i = 1; i < n; i++)
+		xport_close(s->lane[i]);
+	close(s->evfd);
+	pthread_mutex_destroy(&s->lock);
+	free(s);
+	return r;
+}
+
+/* ---- destination ---------------------------------------------------------- */
+
+int xport_lanes_offer(struct xport *x, unsigned n, const uint8_t token[XPORT_TOKEN_LEN])
+{
+	struct xport_stripe *s = NULL;
+	int r = stripe_new(x, n, token, &s);
+
+	if (r < 0)
+		return r;
+	atomic_store(&x->stripe, s);
+	return 0;
+}
+
+static int send_joined(struct xport *lane, int err, const char *reason)
+{
+	uint8_t buf[XPORT_JOINED_HDR + XPORT_JOIN_REASON_MAX];
+	size_t len = err ? MIN(strlen(reason), (size_t)XPORT_JOIN_REASON_MAX) : 0;
+	int r;
+
+	buf[0] = XPORT_JOINED_TYPE;
+	put_be32(buf + 1, (uint32_t)(4 + len));
+	put_be32(buf + 5, (uint32_t)err);
+	memcpy(buf + XPORT_JOINED_HDR, reason, len);
+	r = xport_write(lane, buf, XPORT_JOINED_HDR + len);
+	return r == 0 ? xport_flush(lane) : r;
+}
+
+void xport_join_refuse(struct xport *lane, int err, const char *reason)
+{
+	xport_set_timeout(lane, 2000);
+	send_joined(lane, err < 0 ? -err : err, reason);
+}
+
+/* Constant time: the token is the lanes' only credential. */
+static bool token_eq(const uint8_t *a, const uint8_t *b)
+{
+	uint8_t d = 0;
+
+	for (unsigned i = 0; i < XPORT_TOKEN_LEN; i++)
+		d |= a[i] ^ b[i];
+	return d == 0;
+}
+
+int xport_lanes_attach(struct xport *x, unsigned index, const uint8_t token[XPORT_TOKEN_LEN],
+		       struct xport *lane)
+{
+	struct xport_stripe *s = atomic_load(&x->stripe);
+	uint64_t one = 1;
+	int r = 0;
+
+	if (!s)
+		return err_set(EPROTO, "the migration it names asked for no more connections");
+	pthread_mutex_lock(&s->lock);
+	if (!token_eq(token, s->token))
+		r = err_set(EACCES, "wrong join token for connection %u", index + 1);
+	else if (index == 0 || index >= s->n)
+		r = err_set(ERANGE, "connection %u is beyond the %u agreed", index + 1, s->n);
+	else if (s->lane[index])
+		r = err_set(EEXIST, "connection %u of %u has already joined", index + 1, s->n);
+	else if (s->rx)
+		r = err_set(EPROTO, "the stream is already under way");
+	else if (lane->rpos != lane->rlen)
+		r = err_set(EPROTO, "connection %u sent bytes after its join", index + 1);
+	if (r == 0) {
+		r = send_joined(lane, 0, "");
+		if (r < 0)
+			r = err_prefix(-r, "answering the join of connection %u: ", index + 1);
+	}
+	if (r == 0) {
+		char peer[sizeof(lane->peer)];
+
+		snprintf(peer, sizeof(peer), "%s", lane->peer);
+		lane_name(lane, peer, index, s->n);
+		lane->cancel = x->cancel;
+		lane->timeout_ms = x->timeout_ms;
+		s->lane[index] = lane;
+		s->joined++;
+		if (write(s->evfd, &one, sizeof(one)) < 0) {
+			/* Cannot fail: the counter is far from its limit. */
+		}
+	}
+	pthread_mutex_unlock(&s->lock);
+	return r;
+}
+
+int xport_lanes_wait(struct xport *x, int timeout_ms)
+{
+	struct xport_stripe *s = atomic_load(&x->stripe);
+	uint64_t deadline = timeout_ms > 0 ? now_ns() + (uint64_t)timeout_ms * 1000000u : 0;
+	uint64_t v;
+
+	if (!s)
+		return 0;
+	for (;;) {
+		unsigned joined;
+		int r;
+
+		pthread_mutex_lock(&s->lock);
+		joined = s->joined;
+		pthread_mutex_unlock(&s->lock);
+		if (joined == s->n - 1)
+			break;
+		r = cancel_poll(x->cancel, s->evfd, POLLIN, deadline);
+		if (r == -ECANCELED)
+			return xport_fail(x, POLLIN,
+					  err_set(ECANCELED, "cancelled while waiting for the "
+							     "connections to join"));
+		if (r == 0)
+			return xport_fail(x, POLLIN,
+					  err_set(ETIMEDOUT,
+						  "only %u of %u connections joined within %.1f s",
+						  joined + 1, s->n, timeout_ms / 1000.0));
+		if (r < 0)
+			return xport_fail(x, POLLIN, err_set(-r, "poll: %s", strerror(-r)));
+		if (read(s->evfd, &v, sizeof(v)) < 0) {
+			/* EAGAIN: another look at the count decides. */
+		}
+	}
+	if (x->rpos != x->rlen)
+		return xport_fail(x, POLLIN,
+				  err_set(EPROTO, "the source sent data before its connections "
+						  "joined"));
+	pthread_mutex_lock(&s->lock);
+	s->rx = true;
+	pthread_mutex_unlock(&s->lock);
+	return 0;
+}
