@@ -42,11 +42,15 @@
 #   overheads.  --shaper htb gave the same figures within the noise.
 #
 # Sourced (. bench/wan.sh), it only defines wan_up, wan_down, wan_check,
-# wan_exec_a, wan_exec_b and WAN_A_IP/WAN_B_IP for other scripts.
+# wan_exec_a, wan_exec_b and WAN_A_IP/WAN_B_IP for other scripts.  Set
+# WAN_NAME first (default bmwan) for namespaces NAME-a, NAME-b, NAME-r and
+# state in /run/NAME: bench/compare uses bmcmp, so that it leaves a WAN
+# brought up by hand alone.
 
-WAN_A=bmwan-a WAN_B=bmwan-b WAN_R=bmwan-r
+WAN_NAME=${WAN_NAME:-bmwan}
+WAN_A=$WAN_NAME-a WAN_B=$WAN_NAME-b WAN_R=$WAN_NAME-r
 WAN_A_IP=10.77.0.1 WAN_B_IP=10.77.0.2
-WAN_STATE=${WAN_STATE:-/run/bmwan}
+WAN_STATE=${WAN_STATE:-/run/$WAN_NAME}
 WAN_SRC_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 wan_exec_a() { ip netns exec $WAN_A "$@"; }
