@@ -47,3 +47,58 @@ start() {
 }
 stop() { kill $spid $dpid 2>/dev/null; wait $spid $dpid 2>/dev/null || true; }
 
+
+# Also used by qemu.sh and compare (which do not call bench_setup):
+#
+#   size_bytes SIZE      "1G", "128M", "4096" as a number of bytes
+#   now                  seconds since the epoch, to the nanosecond
+#   QEMU 7.2 block migration, as ../shared/QEMU-STREAM.md describes; the
+#   optional PREFIX (e.g. `ip netns exec NS /usr/bin/time -o FILE`) is put
+#   before qemu-system-x86_64; each sets $qemu_pid (PREFIX's process):
+#   qemu_dst IMG HOST:PORT QMP [PREFIX...]   a -M none destination waiting
+#                           on -incoming, its drive given write permission
+#                           (the fix-up: a writable NBD export, opened once)
+#   qemu_src IMG QMP [PREFIX...]   a -M none source holding IMG
+#   qemu_migrate QMP HOST:PORT     start the block migration: uncapped (a
+#                           very large cap; 0 would mean none), downtime-limit 0
+#   qemu_wait QMP [SECS]    until the migration completes (fails otherwise);
+#                           polls every 10 ms
+
+size_bytes() { python3 -c "import sys; m={'K':1<<10,'M':1<<20,'G':1<<30,'T':1<<40}; s=sys.argv[1].upper(); print(int(s[:-1])*m[s[-1]] if s[-1] in m else int(s))" "$1"; }
+now() { date +%s.%N; }
+
+qemu_dst() {
+	local img=$1 addr=$2 qmp=$3; shift 3
+	"$@" qemu-system-x86_64 -M none -nodefaults -display none \
+		-drive "file=$img,format=raw,if=none,id=drive0" -incoming "tcp:$addr" \
+		-qmp "unix:$qmp,server=on,wait=off" </dev/null >/dev/null 2>&1 &
+	qemu_pid=$!
+	python3 scripts/qmp.py "$qmp" nbd-server-start "{\"addr\": {\"type\": \"unix\", \"data\": {\"path\": \"$qmp.nbd\"}}}" >/dev/null &&
+		python3 scripts/qmp.py "$qmp" nbd-server-add '{"device": "drive0", "writable": true}' >/dev/null &&
+		python3 scripts/qmp.py "$qmp" human-monitor-command '{"command-line": "qemu-io drive0 \"write 0 0\""}' >/dev/null &&
+		python3 scripts/qmp.py "$qmp" nbd-server-stop >/dev/null
+}
+
+qemu_src() {
+	local img=$1 qmp=$2; shift 2
+	"$@" qemu-system-x86_64 -M none -nodefaults -display none \
+		-drive "file=$img,format=raw,if=none,id=drive0" \
+		-qmp "unix:$qmp,server=on,wait=off" </dev/null >/dev/null 2>&1 &
+	qemu_pid=$!
+}
+
+qemu_migrate() {
+	python3 scripts/qmp.py "$1" migrate-set-parameters '{"downtime-limit": 0, "max-bandwidth": 107374182400}' >/dev/null &&
+		python3 scripts/qmp.py "$1" migrate "{\"uri\": \"tcp:$2\", \"blk\": true}" >/dev/null
+}
+
+qemu_wait() {
+	python3 - "$1" "${2:-600}" <<'PY'
+import sys
+sys.path.insert(0, "scripts")
+from qmp import QMP
+with QMP(sys.argv[1]) as q:
+    r = q.wait_migration(float(sys.argv[2]), poll=0.01)
+sys.exit(0 if r["status"] == "completed" else "qemu: migration " + r["status"])
+PY
+}

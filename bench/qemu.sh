@@ -11,45 +11,37 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 size=1G
 [ "${1:-}" = --size ] && size=$2
-BLKMIG=${BLKMIG:-build/tools/blkmig}
 QMP="python3 scripts/qmp.py"
+. bench/lib.sh
 W=$(mktemp -d "${TMPDIR:-/var/tmp}/blkmig-qbench.XXXXXX")
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$W"' EXIT
-bytes=$(python3 -c "import sys; m={'K':1<<10,'M':1<<20,'G':1<<30}; s=sys.argv[1]; print(int(s[:-1])*m[s[-1]] if s[-1] in m else int(s))" "$size")
+bytes=$(size_bytes "$size")
 head -c "$bytes" /dev/urandom >"$W/src.img"
 cat "$W/src.img" >/dev/null
 port() { python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])"; }
-now() { date +%s.%N; }
 
-qemu_src() { # PORT: migrate src.img from a QEMU source to 127.0.0.1:PORT
-	qemu-system-x86_64 -M none -nodefaults -display none -drive "file=$W/src.img,format=raw,if=none,id=drive0" \
-		-qmp "unix:$W/s.qmp,server=on,wait=off" >/dev/null 2>&1 &
-	SPID=$!
-	$QMP "$W/s.qmp" migrate-set-parameters '{"downtime-limit": 0, "max-bandwidth": 107374182400}' >/dev/null
-	$QMP "$W/s.qmp" migrate "{\"uri\": \"tcp:127.0.0.1:$1\", \"blk\": true}" >/dev/null
-	$QMP "$W/s.qmp" wait-migration 600 >/dev/null
+qemu_send() { # PORT: migrate src.img from a QEMU source to 127.0.0.1:PORT
+	qemu_src "$W/src.img" "$W/s.qmp"
+	SPID=$qemu_pid
+	qemu_migrate "$W/s.qmp" 127.0.0.1:$1
+	qemu_wait "$W/s.qmp"
 	kill $SPID; wait $SPID 2>/dev/null || true
 }
 
-qemu_dst() { # PORT: a QEMU destination on dst.img with write permission
-	qemu-system-x86_64 -M none -nodefaults -display none -drive "file=$W/dst.img,format=raw,if=none,id=drive0" \
-		-incoming "tcp:127.0.0.1:$1" -qmp "unix:$W/d.qmp,server=on,wait=off" >/dev/null 2>&1 &
-	DPID=$!
-	$QMP "$W/d.qmp" nbd-server-start "{\"addr\": {\"type\": \"unix\", \"data\": {\"path\": \"$W/n.sock\"}}}" >/dev/null
-	$QMP "$W/d.qmp" nbd-server-add '{"device": "drive0", "writable": true}' >/dev/null
-	$QMP "$W/d.qmp" human-monitor-command '{"command-line": "qemu-io drive0 \"write 0 0\""}' >/dev/null
-	$QMP "$W/d.qmp" nbd-server-stop >/dev/null
+qemu_recv() { # PORT: a QEMU destination on dst.img with write permission
+	qemu_dst "$W/dst.img" 127.0.0.1:$1 "$W/d.qmp"
+	DPID=$qemu_pid
 }
 
 run() { # label
-	rm -f "$W/dst.img" "$W"/*.qmp "$W/port"; truncate -s "$bytes" "$W/dst.img"
+	rm -f "$W/dst.img" "$W"/*.qmp* "$W/port"; truncate -s "$bytes" "$W/dst.img"
 	local p t0; p=$(port)
 	case $1 in
-	qemu-qemu) qemu_dst $p; t0=$(now); qemu_src $p; $QMP "$W/d.qmp" wait-migration 600 >/dev/null; kill $DPID ;;
+	qemu-qemu) qemu_recv $p; t0=$(now); qemu_send $p; $QMP "$W/d.qmp" wait-migration 600 >/dev/null; kill $DPID ;;
 	qemu-blkmig)
 		"$BLKMIG" receive --format qemu --listen 127.0.0.1:$p --device drive0="$W/dst.img" >/dev/null & local r=$!
-		sleep 0.2; t0=$(now); qemu_src $p; wait $r ;;
-	blkmig-qemu) qemu_dst $p; t0=$(now)
+		sleep 0.2; t0=$(now); qemu_send $p; wait $r ;;
+	blkmig-qemu) qemu_recv $p; t0=$(now)
 		"$BLKMIG" send --format qemu --to 127.0.0.1:$p --device drive0="$W/src.img" >/dev/null
 		$QMP "$W/d.qmp" wait-migration 600 >/dev/null; kill $DPID ;;
 	blkmig-blkmig)

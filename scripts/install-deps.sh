@@ -39,6 +39,9 @@ packages=(
 	# guest.sh: a QEMU guest's initramfs (busybox, a static writer, the
 	# virtio modules of the kernel kit below)
 	busybox-static libc6-dev kmod
+	# bench/wan.sh (emulated WAN: ping, iperf3, ethtool to inspect offloads)
+	# and bench/compare (nbdkit's file plugin, /usr/bin/time)
+	iputils-ping iperf3 ethtool nbdkit time
 )
 
 sudo=""
