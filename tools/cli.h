@@ -143,6 +143,16 @@ int cli_parse_cache(const char *cmd, const char *arg, bool *none);
 	"                        (O_DIRECT; buffered where the file system refuses\n"              \
 	"                        it, said in one line)\n"
 
+/* --compress, shared by send and migrate. */
+#define CLI_COMPRESS_HELP                                                                          \
+	"  --compress off|zstd[:LEVEL]|auto\n"                                                     \
+	"                        compress chunks (native format; default off): zstd\n"             \
+	"                        compresses every chunk on the reader threads (LEVEL\n"            \
+	"                        -N..22, default 1) and sends it raw if it does not\n"             \
+	"                        shrink by 1/16; auto compresses only while the link,\n"           \
+	"                        not the CPU, is the bottleneck, and sends raw to a\n"             \
+	"                        destination that does not accept compressed chunks\n"
+
 struct blk;
 int cli_incoming_open(void *user, const char *name, uint64_t size, struct blk **out, char *path,
 		      size_t path_cap, bool *created);
