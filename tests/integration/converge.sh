@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Convergence under writes faster than the link.  The source daemon's
-# built-in writer dirties 4 KiB random blocks at 8 MB/s while the migration
-# is capped at 4 MB/s:
+# built-in writer dirties 4 KiB random blocks at 16 MB/s while the migration
+# is capped at 8 MB/s:
 #  - active and auto complete, with the destination equal to the source at
 #    the switch-over (the source is fenced from then on, so its image stays
 #    as it was) and the pause within --max-downtime's reach;
@@ -14,7 +14,7 @@
 requires python3 cmp qemu-io
 
 size=$((16 * MiB))
-load="d0,bs=4K,rate=8M,seed=7"
+load="d0,bs=4K,rate=16M,seed=7"
 
 # run_mode NAME: a fresh source and destination, with d0 (the built-in
 # writer's) and d1 (for a real client).
@@ -61,7 +61,7 @@ run_mode active
 	done >"$T/client.log"
 ) &
 CLIENT=$!
-"$BLKMIG" migrate --control "$T/active.sock" --to "127.0.0.1:$DST_IN" --after refuse --max-bandwidth 4M \
+"$BLKMIG" migrate --control "$T/active.sock" --to "127.0.0.1:$DST_IN" --after refuse --max-bandwidth 8M \
 	--mode active --wait --json >"$T/active.json" 2>"$T/active.err" ||
 	{ cat "$T/active.err" "$T/active-src.err" "$T/active-dst.err" >&2; fail "active: migrate failed"; }
 touch "$T/stop"
@@ -81,7 +81,7 @@ for off, pat in last.items():
     assert d[off:off + 4096] == bytes([pat]) * 4096, (off, pat, d[off], d[off + 4095], len(last))
 print(len(last), "client offsets checked")
 PY
-pass "active: completed under 8 MB/s of writes over a 4 MB/s link, $(json_field "$T/active.json" "['mirrored-writes']") writes mirrored, downtime $(json_field "$T/active.json" "['downtime']") ms; client writes all on the destination"
+pass "active: completed under 16 MB/s of writes over an 8 MB/s link, $(json_field "$T/active.json" "['mirrored-writes']") writes mirrored, downtime $(json_field "$T/active.json" "['downtime']") ms; client writes all on the destination"
 
 # ---- auto ----------------------------------------------------------------------
 run_mode auto
@@ -98,7 +98,7 @@ for line in f:
 PY
 EVENTS=$!
 sleep 0.2
-"$BLKMIG" migrate --control "$T/auto.sock" --to "127.0.0.1:$DST_IN" --after refuse --max-bandwidth 4M \
+"$BLKMIG" migrate --control "$T/auto.sock" --to "127.0.0.1:$DST_IN" --after refuse --max-bandwidth 8M \
 	--wait --json >"$T/auto.json" 2>"$T/auto.err" ||
 	{ cat "$T/auto.err" "$T/auto-src.err" "$T/auto-dst.err" >&2; fail "auto: migrate failed"; }
 [ "$(json_field "$T/auto.json" "['mode']")" = auto ] || fail "auto: the default mode is not auto"
@@ -115,7 +115,7 @@ pass "auto: switched to mirroring by itself ($reason; said so in a MIGRATION eve
 
 # ---- dirty ---------------------------------------------------------------------
 run_mode dirty
-"$BLKMIG" migrate --control "$T/dirty.sock" --to "127.0.0.1:$DST_IN" --after refuse --max-bandwidth 4M \
+"$BLKMIG" migrate --control "$T/dirty.sock" --to "127.0.0.1:$DST_IN" --after refuse --max-bandwidth 8M \
 	--mode dirty >/dev/null 2>"$T/dirty.err" || fail "dirty: migrate did not start"
 converging=True
 for _ in $(seq 1 120); do
@@ -146,7 +146,7 @@ pass "dirty: reported not converging after $(json_field "$T/dirty.json" "['itera
 # anywhere into an active one, which then completes; asking for dirty again
 # once writes are mirrored is refused.
 run_mode switch
-"$BLKMIG" migrate --control "$T/switch.sock" --to "127.0.0.1:$DST_IN" --after refuse --max-bandwidth 4M \
+"$BLKMIG" migrate --control "$T/switch.sock" --to "127.0.0.1:$DST_IN" --after refuse --max-bandwidth 8M \
 	--mode dirty >/dev/null 2>"$T/switch.err" || fail "switch: migrate did not start"
 for _ in $(seq 1 120); do
 	sleep 0.25

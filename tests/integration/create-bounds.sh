@@ -116,12 +116,12 @@ expect_error $? 1 "$T/kserve.err" "kept.img is marked incomplete .*refusing to s
 pass "a created image that received data stays, marked, and is not served"
 
 # serve --incoming --create: the same bound, the same cleanup.
-start_serve sv --incoming 127.0.0.1:0 --max-refused 1 --create --max-size 1M --device d0="$T/sv.img" --device d1="$T/sv1.img,size=1M"
+start_serve sv --incoming 127.0.0.1:0 --max-refused 1 --retry-for 0 --create --max-size 1M --device d0="$T/sv.img" --device d1="$T/sv1.img,size=1M"
 RECV_PID=$SERVE_PID RECV_PORT=$INCOMING_PORT
 craft_to sv ok $((2 * MiB))
 expect_error "$RC" 1 "$T/sv.err" "incoming migration failed: device d0: the source claims 2.0 MiB .*more than --max-size 1.0 MiB"
 nothing_at "$T/sv.img" "serve --max-size"
-start_serve sv2 --incoming 127.0.0.1:0 --max-refused 1 --create --device d0="$T/sv2a.img" --device d1="$T/sv2b.img"
+start_serve sv2 --incoming 127.0.0.1:0 --max-refused 1 --retry-for 0 --create --device d0="$T/sv2a.img" --device d1="$T/sv2b.img"
 RECV_PID=$SERVE_PID RECV_PORT=$INCOMING_PORT
 craft_to sv2 ok $((2 * MiB))
 expect_error "$RC" 1 "$T/sv2.err" "device d1 is not in the migration"

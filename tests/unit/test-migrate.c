@@ -1210,7 +1210,7 @@ static void start_canceller(struct mig *m, struct cancel_thread *c,
 
 /*
  * Two writers dirty 4 KiB random blocks at 16 MB/s together, over a link of
- * 4 MB/s: dirty passes cannot converge.  In active and auto mode the
+ * 8 MB/s: dirty passes cannot converge.  In active and auto mode the
  * migration completes anyway, writes were mirrored, and the destination
  * equals the frozen source.
  */
@@ -1227,7 +1227,7 @@ static void run_outpaced(enum mig_mode mode, struct mig_stats *out)
 	write_extents(s.base, layout, ARRAY_SIZE(layout), 9);
 	mig_init(&m);
 	m.sp.chunk_size = 64 * KiB;
-	m.sp.max_bandwidth = 4 * MiB;
+	m.sp.max_bandwidth = 8 * MiB;
 	m.sp.mode = mode;
 	m.src[0] = &s;
 	m.nsrc = 1;
