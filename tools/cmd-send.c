@@ -408,8 +408,9 @@ int cmd_send(int argc, char **argv)
 		 * writes back the page cache's dirty pages of its range, so it
 		 * sees every write that returned before it was issued. */
 		if (cache_none) {
-			r = blk_file_open(devs[i].path, BLK_OPEN_RDONLY | BLK_OPEN_DIRECT, 0,
-					  &rblks[i]);
+			r = blk_file_open(devs[i].path,
+					  BLK_OPEN_RDONLY | BLK_OPEN_DIRECT | BLK_OPEN_CACHED_READS,
+					  0, &rblks[i]);
 			if (r < 0) {
 				cli_fail("send: %s", err_msg());
 				goto out;

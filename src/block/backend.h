@@ -92,6 +92,9 @@ void blk_close(struct blk *b);
 #define BLK_OPEN_CREATE (1U << 1) /* create (or extend an empty file) to create_size */
 #define BLK_OPEN_EXCL	(1U << 2) /* with CREATE: only a new file, never through a symlink */
 #define BLK_OPEN_DIRECT (1U << 3) /* aligned I/O bypasses the page cache (O_DIRECT) */
+/* With DIRECT: an aligned read of a range the page cache holds whole is
+ * served from it; only the rest reads the disk directly. */
+#define BLK_OPEN_CACHED_READS (1U << 4)
 
 /*
  * Raw file or block device.  Size comes from fstat (regular file) or
@@ -118,6 +121,11 @@ int blk_file_open(const char *path, unsigned flags, uint64_t create_size, struct
  * since the last flush may be dirty there: a direct read of a range with
  * dirty pages would first wait for their writeback (correct either way,
  * but a receiver reading back a mirrored write would pay a disk write).
+ * With BLK_OPEN_CACHED_READS as well, an aligned read whose every page the
+ * page cache holds (mincore() on a read-only mapping of the image, never
+ * touched) is buffered: a copy, where a direct read would read the disk
+ * again.  A source whose image is already in memory reads it from there; a
+ * cold one still reads the disk once, without filling the cache.
  * Test hook: with BLKMIG_TEST_REFUSE_O_DIRECT set in the environment,
  * O_DIRECT counts as refused.
  */

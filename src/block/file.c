@@ -33,6 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <stdio.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -62,6 +63,10 @@ struct file_blk {
 	/* Set when a direct I/O is refused after the open; the buffered
 	 * descriptor is used from then on. */
 	atomic_bool no_direct;
+	/* BLK_OPEN_CACHED_READS: a read-only mapping of the whole image,
+	 * never touched, only asked (mincore) what the page cache holds. */
+	uint8_t *map;
+	size_t map_len;
 	char *path; /* owned copy, for messages */
 	/* Kernel features found missing; set once, read without a lock. */
 	atomic_bool no_punch;
@@ -162,12 +167,44 @@ static bool direct_refused_now(struct file_blk *f, int r)
 	return true;
 }
 
+/*
+ * Whether the page cache holds every page of [off, off+len): then a
+ * buffered read costs a copy, while a direct one would read the disk again
+ * (and wait for the writeback of any dirty page in the range first).  A
+ * kernel that hides residency from this process (mincore reports every
+ * page of a file it may not write) makes every read buffered: the old way.
+ */
+static bool cached_whole(struct file_blk *f, size_t len, uint64_t off)
+{
+	unsigned char vec[256];
+	size_t pg = 4096;
+
+	if (!f->map || off % pg || off >= f->map_len || len > f->map_len - off)
+		return false;
+	while (len > 0) {
+		size_t n = MIN(len, sizeof(vec) * pg);
+		size_t pages = (n + pg - 1) / pg;
+
+		if (mincore(f->map + off, n, vec) < 0)
+			return false;
+		for (size_t i = 0; i < pages; i++)
+			if (!(vec[i] & 1))
+				return false;
+		off += n;
+		len -= n;
+	}
+	return true;
+}
+
 static int file_pread(struct blk *b, void *buf, size_t len, uint64_t off)
 {
 	struct file_blk *f = to_file(b);
 	size_t n = atomic_load_explicit(&f->buffered_dirty, memory_order_relaxed)
 		       ? 0
 		       : direct_part(f, buf, len, off);
+
+	if (n && f->map && cached_whole(f, n, off))
+		n = 0;
 	int r;
 
 	if (n) {
@@ -390,6 +427,8 @@ static void file_close(struct blk *b)
 {
 	struct file_blk *f = to_file(b);
 
+	if (f->map)
+		munmap(f->map, f->map_len);
 	if (f->dfd >= 0)
 		close(f->dfd);
 	close(f->fd);
@@ -481,6 +520,22 @@ static int open_direct(struct file_blk *f, unsigned flags)
 	return 0;
 }
 
+/* BLK_OPEN_CACHED_READS: the mapping cached_whole() asks.  Without one
+ * (too large for the address space, or mmap refused) reads are direct. */
+static void map_for_residency(struct file_blk *f, unsigned flags)
+{
+	void *p;
+
+	if (!(flags & BLK_OPEN_CACHED_READS) || f->dfd < 0 || !f->blk.size ||
+	    f->blk.size > SIZE_MAX)
+		return;
+	p = mmap(NULL, (size_t)f->blk.size, PROT_READ, MAP_SHARED, f->fd, 0);
+	if (p == MAP_FAILED)
+		return;
+	f->map = p;
+	f->map_len = (size_t)f->blk.size;
+}
+
 int blk_file_open(const char *path, unsigned flags, uint64_t create_size, struct blk **out)
 {
 	struct file_blk *f;
@@ -488,7 +543,8 @@ int blk_file_open(const char *path, unsigned flags, uint64_t create_size, struct
 	uint64_t size;
 	int r;
 
-	if (flags & ~(BLK_OPEN_RDONLY | BLK_OPEN_CREATE | BLK_OPEN_EXCL | BLK_OPEN_DIRECT))
+	if (flags & ~(BLK_OPEN_RDONLY | BLK_OPEN_CREATE | BLK_OPEN_EXCL | BLK_OPEN_DIRECT |
+		      BLK_OPEN_CACHED_READS))
 		return err_set(EINVAL, "open %s: unknown flags 0x%x", path, flags);
 	if ((flags & BLK_OPEN_EXCL) && !(flags & BLK_OPEN_CREATE))
 		return err_set(EINVAL, "open %s: EXCL without CREATE", path);
@@ -529,6 +585,7 @@ int blk_file_open(const char *path, unsigned flags, uint64_t create_size, struct
 		r = open_direct(f, flags);
 		if (r < 0)
 			goto err_close_direct;
+		map_for_residency(f, flags);
 	}
 
 	atomic_init(&f->no_punch, false);

@@ -158,11 +158,15 @@ int dstw_new(unsigned nwriters, uint32_t chunk_size, struct dstw **out)
 	w->nwriters = nwriters;
 	w->chunk_size = chunk_size;
 	w->nslots = (unsigned)MIN(MAX(DSTW_QUEUE_BYTES / chunk_size, 1u), DSTW_MAX_SLOTS);
+	/* Every condition before anything can fail: dstw_free() destroys
+	 * all of them. */
+	for (unsigned i = 0; i < nwriters; i++) {
+		w->wr[i].pool = w;
+		pthread_cond_init(&w->wr[i].work, NULL);
+	}
 	for (unsigned i = 0; i < nwriters; i++) {
 		struct dstw_writer *wr = &w->wr[i];
 
-		wr->pool = w;
-		pthread_cond_init(&wr->work, NULL);
 		wr->slot = calloc(w->nslots, sizeof(*wr->slot));
 		if (!wr->slot)
 			goto err_nomem;

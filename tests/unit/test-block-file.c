@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -518,6 +519,8 @@ static void test_create_excl(void **state)
 
 /* A size that is not a multiple of the direct-I/O alignment. */
 #define ODD_SIZE (3 * 4096 + 1000)
+/* The image of test_cached_reads(). */
+#define CACHED_SIZE (256 * 1024)
 
 /* The file's bytes as a plain buffered read sees them. */
 static void read_plain(const char *path, uint8_t *buf, size_t len)
@@ -632,6 +635,107 @@ static void test_direct_tmpfs(void **state)
 	check_direct_io(path, BLK_OPEN_DIRECT, BLK_CACHE_NONE, BLK_CACHE_REFUSED);
 }
 
+/* This process's read_bytes in /proc/self/io: what it made the block
+ * layer read (a direct read counts; a copy from the page cache does not). */
+static uint64_t io_read_bytes(void)
+{
+	FILE *f = fopen("/proc/self/io", "r");
+	char line[128];
+	uint64_t v = UINT64_MAX;
+
+	assert_non_null(f);
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "read_bytes: %" SCNu64, &v) == 1)
+			break;
+	fclose(f);
+	assert_true(v != UINT64_MAX);
+	return v;
+}
+
+/* How many of the pages of [0, len) of fd the page cache holds. */
+static size_t resident_pages(int fd, size_t len)
+{
+	unsigned char vec[CACHED_SIZE / 4096];
+	size_t n = 0;
+	void *m = mmap(NULL, len, PROT_READ, MAP_SHARED, fd, 0);
+
+	assert_true(m != MAP_FAILED);
+	assert_int_equal(mincore(m, len, vec), 0);
+	for (size_t i = 0; i < len / 4096; i++)
+		n += vec[i] & 1;
+	munmap(m, len);
+	return n;
+}
+
+/*
+ * BLK_OPEN_CACHED_READS: what the page cache holds whole is read from it
+ * (the disk is not read again; a page dirty there is seen at once), and
+ * what it does not hold is read directly (and not left in the cache).
+ */
+static void test_cached_reads(void **state)
+{
+	struct fixture *fx = *state;
+	struct blk *b;
+	uint8_t *want, *got;
+	uint64_t before;
+	int fd;
+
+	want = malloc(CACHED_SIZE);
+	assert_non_null(want);
+	assert_int_equal(posix_memalign((void **)&got, 4096, CACHED_SIZE), 0);
+	for (size_t i = 0; i < CACHED_SIZE; i++)
+		want[i] = (uint8_t)(i * 13 + 1);
+	fd = open(fx->path, O_RDWR);
+	assert_true(fd >= 0);
+	assert_int_equal(pwrite(fd, want, CACHED_SIZE, 0), CACHED_SIZE);
+	assert_int_equal(fdatasync(fd), 0);
+	b = open_or_fail(fx->path, BLK_OPEN_RDONLY | BLK_OPEN_DIRECT | BLK_OPEN_CACHED_READS, 0);
+	if (blk_file_cache(b) != BLK_CACHE_NONE) {
+		print_message("no O_DIRECT under %s\n", tmp_dir());
+		blk_close(b);
+		close(fd);
+		free(want);
+		free(got);
+		skip();
+	}
+
+	/* All in the cache, one page dirty: read from the cache. */
+	want[4096 * 3] ^= 0xff;
+	assert_int_equal(pwrite(fd, want + 4096 * 3, 1, 4096 * 3), 1);
+	before = io_read_bytes();
+	assert_int_equal(blk_pread(b, got, CACHED_SIZE, 0), 0);
+	assert_memory_equal(got, want, CACHED_SIZE);
+	assert_int_equal(io_read_bytes() - before, 0);
+
+	/* Out of the cache (where the file system lets it go): read from the
+	 * disk, and still not in the cache afterwards. */
+	assert_int_equal(fdatasync(fd), 0);
+	assert_int_equal(posix_fadvise(fd, 0, CACHED_SIZE, POSIX_FADV_DONTNEED), 0);
+	if (resident_pages(fd, CACHED_SIZE) == 0) {
+		before = io_read_bytes();
+		memset(got, 0, CACHED_SIZE);
+		assert_int_equal(blk_pread(b, got, CACHED_SIZE, 0), 0);
+		assert_memory_equal(got, want, CACHED_SIZE);
+		assert_true(io_read_bytes() - before >= CACHED_SIZE);
+		assert_int_equal(resident_pages(fd, CACHED_SIZE), 0);
+
+		/* Half of it back in the cache (no read-ahead beyond it): not
+		 * whole, so read directly. */
+		assert_int_equal(posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM), 0);
+		assert_int_equal(pread(fd, want, CACHED_SIZE / 2, 0), CACHED_SIZE / 2);
+		memset(got, 0, CACHED_SIZE);
+		assert_int_equal(blk_pread(b, got, CACHED_SIZE, 0), 0);
+		assert_memory_equal(got, want, CACHED_SIZE);
+		assert_int_equal(resident_pages(fd, CACHED_SIZE), CACHED_SIZE / 2 / 4096);
+	} else {
+		print_message("the file system under %s keeps pages in the cache\n", tmp_dir());
+	}
+	blk_close(b);
+	close(fd);
+	free(want);
+	free(got);
+}
+
 static void test_cache_mode_buffered(void **state)
 {
 	struct fixture *fx = *state;
@@ -661,6 +765,7 @@ int main(void)
 		FT(test_direct_io),
 		FT(test_direct_refused),
 		FT(test_direct_tmpfs),
+		FT(test_cached_reads),
 		FT(test_cache_mode_buffered),
 	};
 
