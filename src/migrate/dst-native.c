@@ -136,7 +136,9 @@ static int offer_lanes(struct dst_fmt *f, unsigned asked)
 	r = send_frame(f, native_lanes_encode(buf, sizeof(buf), &l), buf);
 	if (r == 0 && l.count > 1)
 		r = xport_lanes_wait(f->x, xport_get_timeout(f->x));
-	return r;
+	/* 1: the source spoke on this connection first (an ABORT, say, after
+	 * a join of its failed): the stream reads it, unstriped. */
+	return r < 0 ? r : 0;
 }
 
 static int native_accept(struct dst_fmt *f)

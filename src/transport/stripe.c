@@ -324,7 +324,7 @@ int xport_lanes_attach(struct xport *x, unsigned index, const uint8_t token[XPOR
 		r = err_set(ERANGE, "connection %u is beyond the %u agreed", index + 1, s->n);
 	else if (s->lane[index])
 		r = err_set(EEXIST, "connection %u of %u has already joined", index + 1, s->n);
-	else if (s->rx)
+	else if (s->rx || s->spoke)
 		r = err_set(EPROTO, "the stream is already under way");
 	else if (lane->rpos != lane->rlen)
 		r = err_set(EPROTO, "connection %u sent bytes after its join", index + 1);
@@ -350,6 +350,39 @@ int xport_lanes_attach(struct xport *x, unsigned index, const uint8_t token[XPOR
 	return r;
 }
 
+/*
+ * Until a lane joins (1), x's own connection has something to read (2:
+ * bytes, its end or an error), the cancel token fires (-ECANCELED) or the
+ * deadline passes (0).
+ */
+static int wait_join(struct xport *x, struct xport_stripe *s, uint64_t deadline)
+{
+	for (;;) {
+		struct pollfd p[3] = {
+			{ .fd = s->evfd, .events = POLLIN },
+			{ .fd = x->fd, .events = POLLIN },
+			{ .fd = cancel_fd(x->cancel), .events = POLLIN },
+		};
+		int r;
+
+		if (x->rpos != x->rlen)
+			return 2;
+		if (cancel_is_set(x->cancel))
+			return -ECANCELED;
+		r = poll(p, 3, poll_ms_until(deadline));
+		if (r < 0 && errno != EINTR)
+			return -errno;
+		if (cancel_is_set(x->cancel))
+			return -ECANCELED;
+		if (r > 0 && p[0].revents)
+			return 1;
+		if (r > 0 && p[1].revents)
+			return 2;
+		if (deadline && now_ns() >= deadline)
+			return 0;
+	}
+}
+
 int xport_lanes_wait(struct xport *x, int timeout_ms)
 {
 	struct xport_stripe *s = atomic_load(&x->stripe);
@@ -367,7 +400,13 @@ int xport_lanes_wait(struct xport *x, int timeout_ms)
 		pthread_mutex_unlock(&s->lock);
 		if (joined == s->n - 1)
 			break;
-		r = cancel_poll(x->cancel, s->evfd, POLLIN, deadline);
+		r = wait_join(x, s, deadline);
+		if (r == 2) {
+			pthread_mutex_lock(&s->lock);
+			s->spoke = true;
+			pthread_mutex_unlock(&s->lock);
+			return 1;
+		}
 		if (r == -ECANCELED)
 			return xport_fail(x, POLLIN,
 					  err_set(ECANCELED, "cancelled while waiting for the "

@@ -192,7 +192,10 @@ int xport_lanes_attach(struct xport *x, unsigned index, const uint8_t token[XPOR
 /* Tell a refused lane why (best effort). */
 void xport_join_refuse(struct xport *lane, int err, const char *reason);
 /* Destination: wait (timeout_ms, the cancel token) until every lane
- * offered has joined, then read x striped.  0 or negative errno. */
+ * offered has joined, then read x striped: 0.  1 when x's own connection
+ * has bytes (or its end) first: a source that gave up on its lanes says so
+ * there (ABORT), so x stays unstriped for the caller to read it, and no
+ * lane may join any more.  Or a negative errno. */
 int xport_lanes_wait(struct xport *x, int timeout_ms);
 /* Lanes of x (1 without striping), and the bytes each moved (index <
  * xport_lanes()). */

@@ -60,6 +60,7 @@ struct xport_stripe {
 	struct xport *lane[XPORT_LANES_MAX];
 	unsigned joined; /* lanes other than 0 attached */
 	bool tx, rx;	 /* that direction of x is striped */
+	bool spoke;	 /* lane 0 had bytes (or ended) before the others joined */
 	uint64_t tseq, rseq;
 	unsigned rlane;				 /* the frame being read: its lane, */
 	uint32_t rleft;				 /* and its payload bytes not yet read */

@@ -416,13 +416,47 @@ static void test_join_refusals(void **state)
 	pair_close(&p);
 }
 
+/*
+ * A source that gives up on its lanes says so on its first connection
+ * (ABORT): the wait ends there, not at its timeout, the connection is read
+ * unstriped, and a lane arriving late is refused.
+ */
+static void test_source_speaks_first(void **state)
+{
+	uint8_t got[5];
+	struct pair p;
+
+	(void)state;
+	pair_open(&p);
+	assert_int_equal(xport_lanes_offer(p.dst, 3, token), 0);
+	assert_int_equal(join_by_hand(&p, 1, token), 0);
+	assert_int_equal(xport_write(p.src, "abort", 5), 0);
+	assert_int_equal(xport_flush(p.src), 0);
+	assert_int_equal(xport_lanes_wait(p.dst, SAFETY_TIMEOUT_MS), 1);
+	assert_int_equal(join_by_hand(&p, 2, token), -EPROTO);
+	assert_string_equal(err_msg(), "the stream is already under way");
+	assert_int_equal(xport_read(p.dst, got, sizeof(got), NULL), 0);
+	assert_memory_equal(got, "abort", 5);
+	pair_close(&p);
+
+	/* Or it just goes away. */
+	pair_open(&p);
+	assert_int_equal(xport_lanes_offer(p.dst, 2, token), 0);
+	xport_close(p.src);
+	p.src = NULL;
+	assert_int_equal(xport_lanes_wait(p.dst, SAFETY_TIMEOUT_MS), 1);
+	assert_true(xport_read(p.dst, got, 1, NULL) < 0);
+	pair_close(&p);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_frame_golden),	 cmocka_unit_test(test_join_golden),
-		cmocka_unit_test(test_lanes_msg_golden), cmocka_unit_test(test_hello_lanes),
-		cmocka_unit_test(test_round_trip),	 cmocka_unit_test(test_sequence_gap),
-		cmocka_unit_test(test_bad_lengths),	 cmocka_unit_test(test_join_refusals),
+		cmocka_unit_test(test_frame_golden),	    cmocka_unit_test(test_join_golden),
+		cmocka_unit_test(test_lanes_msg_golden),    cmocka_unit_test(test_hello_lanes),
+		cmocka_unit_test(test_round_trip),	    cmocka_unit_test(test_sequence_gap),
+		cmocka_unit_test(test_bad_lengths),	    cmocka_unit_test(test_join_refusals),
+		cmocka_unit_test(test_source_speaks_first),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
