@@ -43,6 +43,10 @@ struct dstw {
 	unsigned nwriters, nslots;
 	uint32_t chunk_size;
 	bool stop;
+	/* No threads: dstw_submit() applies each job itself, from the
+	 * caller's buffer (a read-back reads into check_buf). */
+	bool is_inline;
+	uint8_t *check_buf;
 	int err; /* the first failure (positive errno), sticky */
 	char msg[1024];
 	struct dstw_writer wr[DSTW_WRITERS * 4];
@@ -145,8 +149,6 @@ int dstw_new(unsigned nwriters, uint32_t chunk_size, struct dstw **out)
 	struct dstw *w;
 	int e;
 
-	if (!nwriters)
-		nwriters = DSTW_WRITERS;
 	if (nwriters > ARRAY_SIZE(w->wr) || !chunk_size)
 		return err_set(EINVAL, "writer pool: %u writers for %u-byte chunks", nwriters,
 			       chunk_size);
@@ -163,6 +165,15 @@ int dstw_new(unsigned nwriters, uint32_t chunk_size, struct dstw **out)
 	for (unsigned i = 0; i < nwriters; i++) {
 		w->wr[i].pool = w;
 		pthread_cond_init(&w->wr[i].work, NULL);
+	}
+	if (!nwriters) {
+		w->is_inline = true;
+		if (posix_memalign((void **)&w->check_buf, DSTW_ALIGN, bufsize) != 0) {
+			dstw_free(w);
+			return err_set(ENOMEM, "no memory for a %u-byte chunk buffer", chunk_size);
+		}
+		*out = w;
+		return 0;
 	}
 	for (unsigned i = 0; i < nwriters; i++) {
 		struct dstw_writer *wr = &w->wr[i];
@@ -197,9 +208,25 @@ err_nomem:
 		       chunk_size);
 }
 
+/* Inline: the job at once, from the caller's buffer; a failure is kept
+ * as a pool's is (every later call returns it). */
+static int submit_inline(struct dstw *w, const struct dstw_job *job)
+{
+	int r;
+
+	if (w->err)
+		return failed_locked(w);
+	r = apply_job(job, job->op == DSTW_CHECK ? w->check_buf : (uint8_t *)job->data);
+	if (r < 0) {
+		w->err = -r;
+		snprintf(w->msg, sizeof(w->msg), "%s", err_msg());
+	}
+	return r;
+}
+
 int dstw_submit(struct dstw *w, const struct dstw_job *job)
 {
-	struct dstw_writer *wr = &w->wr[job->idx % w->nwriters];
+	struct dstw_writer *wr;
 	struct dstw_slot *s;
 	unsigned tail;
 	int r;
@@ -207,6 +234,9 @@ int dstw_submit(struct dstw *w, const struct dstw_job *job)
 	if (job->len > w->chunk_size)
 		return err_set(EINVAL, "writer pool: a %zu-byte job for %u-byte chunks", job->len,
 			       w->chunk_size);
+	if (w->is_inline)
+		return submit_inline(w, job);
+	wr = &w->wr[job->idx % w->nwriters];
 	pthread_mutex_lock(&w->lock);
 	while (wr->count == w->nslots && !w->err)
 		pthread_cond_wait(&w->space, &w->lock);
@@ -261,6 +291,7 @@ void dstw_free(struct dstw *w)
 		free(wr->slot);
 		pthread_cond_destroy(&wr->work);
 	}
+	free(w->check_buf);
 	pthread_cond_destroy(&w->space);
 	pthread_mutex_destroy(&w->lock);
 	free(w);

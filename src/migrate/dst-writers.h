@@ -13,8 +13,8 @@
  * engine waits when the chunk's writer is full.
  *
  * Errors: the first failure is kept (its message too) and returned by the
- * next dstw_submit() or dstw_barrier(), once; writers skip the rest of
- * their queues after it.  Everything after a failure fails.
+ * next dstw_submit() or dstw_barrier(), and every one after; writers skip
+ * the rest of their queues after it.
  */
 #ifndef BLKMIG_MIGRATE_DST_WRITERS_H
 #define BLKMIG_MIGRATE_DST_WRITERS_H
@@ -50,7 +50,9 @@ struct dstw_job {
 	const void *data; /* DSTW_WRITE */
 };
 
-/* A pool of nwriters threads (0: DSTW_WRITERS) for chunks of chunk_size. */
+/* A pool of nwriters threads for chunks of chunk_size; with 0, no threads:
+ * dstw_submit() applies each job itself, from the caller's buffer (for
+ * buffered images, where threads only add a copy). */
 int dstw_new(unsigned nwriters, uint32_t chunk_size, struct dstw **out);
 /* Queue a job (waits while its writer's queue is full).  A failure of an
  * earlier job is returned here (once) instead. */
