@@ -27,6 +27,8 @@
  */
 #include <assert.h>
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,6 +60,11 @@ struct dst_dev {
 	struct digest_table *dig;
 	struct dirty *pass;    /* chunks written since the last read-back */
 	struct dirty *carried; /* chunks the stream carried, in any pass */
+	/* Inline writers: chunks made durable by a checkpoint and not read
+	 * back yet; read_back_some() takes them a few at a time. */
+	struct dirty *check;
+	uint64_t check_from;   /* where read_back_some() looks next */
+	struct dirty *ck_held; /* the background checkpoint's copy of carried */
 	bool marked;
 	bool created; /* the opener made the image for this migration */
 	bool written; /* something was written to it */
@@ -84,7 +91,16 @@ struct dst {
 	uint32_t acked;		  /* the attempt acknowledged and not yet committed (0: none) */
 	uint32_t awaiting;	  /* restarted after acknowledging this attempt (records) */
 	uint64_t ck_bytes, ck_ns; /* written since the last checkpoint, and when it was */
-	uint64_t differing;	  /* verify: chunks the source found different */
+	uint64_t check_credit;	  /* bytes applied that read_back_some() may match */
+	/* The checkpoint running in the background (ck_sync_main): while
+	 * ck_running, ck_done says it has finished, and ck_err (ck_msg) how;
+	 * the engine joins it before any sync or record of its own. */
+	pthread_t ck_thread;
+	bool ck_running;
+	atomic_bool ck_done;
+	int ck_err;
+	char ck_msg[1024];
+	uint64_t differing; /* verify: chunks the source found different */
 	struct mig_stats st;
 };
 
@@ -217,8 +233,109 @@ static int load_record(struct dst *d, struct dst_dev *dev)
  * far (attempt 0: PARTIAL); before the ACK of attempt n, that it was
  * acknowledged and with which digest (AWAITING).
  */
+/* ---- checkpoints in the background ----------------------------------------------- */
+
+/*
+ * A checkpoint's sync and record (see checkpoint()), on a thread of its
+ * own while the engine goes on applying records: the engine's view of the
+ * devices is not touched here, only the blocks (fdatasync is safe beside
+ * the engine's writes, and covers those that returned before it started)
+ * and each device's copy of carried taken when it started.
+ */
+static void *ck_sync_main(void *arg)
+{
+	struct dst *d = arg;
+	int r = 0;
+
+	for (unsigned i = 0; r == 0 && i < d->ndev; i++) {
+		r = blk_flush(d->dev[i].blk);
+		if (r < 0)
+			r = err_prefix(-r, "checkpoint: sync %s: ", d->dev[i].shown);
+	}
+	for (unsigned i = 0; r == 0 && has_id(d) && i < d->ndev; i++) {
+		struct dst_dev *dev = &d->dev[i];
+		struct dst_rec rec = { .state = DST_REC_PARTIAL,
+				       .chunk_size = d->offer.chunk_size,
+				       .size = dev->size,
+				       .st_dev = dev->st_dev,
+				       .st_ino = dev->st_ino,
+				       .held = dev->ck_held };
+
+		if (!dev->path[0])
+			continue;
+		memcpy(rec.id, d->offer.id, NATIVE_ID_LEN);
+		r = dst_rec_save(dev->path, &rec);
+		if (r < 0)
+			r = err_prefix(-r, "checkpoint: device %s: ", dev->shown);
+	}
+	if (r < 0) {
+		d->ck_err = -r;
+		snprintf(d->ck_msg, sizeof(d->ck_msg), "%s", err_msg());
+	}
+	atomic_store(&d->ck_done, true);
+	return NULL;
+}
+
+/* Wait for the background checkpoint, if one runs: its failure, as ours
+ * (once), or 0. */
+static int ck_join(struct dst *d)
+{
+	if (!d->ck_running)
+		return 0;
+	pthread_join(d->ck_thread, NULL);
+	d->ck_running = false;
+	if (!d->ck_err)
+		return 0;
+	err_copy_in(d->ck_msg);
+	return -d->ck_err;
+}
+
+/* Start one: everything applied so far (the writers drained) is made
+ * durable, and the chunks carried until now recorded. */
+static int ck_start(struct dst *d)
+{
+	uint8_t *raw = NULL;
+	size_t cap = 0;
+	int e;
+
+	for (unsigned i = 0; i < d->ndev; i++) {
+		struct dst_dev *dev = &d->dev[i];
+		size_t n = dirty_raw_len(dev->carried);
+
+		if (n > cap) {
+			uint8_t *p = realloc(raw, n);
+
+			if (!p) {
+				free(raw);
+				return err_set(ENOMEM, "no memory for a checkpoint");
+			}
+			raw = p;
+			cap = n;
+		}
+		dirty_export(dev->carried, raw);
+		e = dirty_import(dev->ck_held, raw);
+		if (e < 0) {
+			free(raw);
+			return e;
+		}
+		dev->recorded = dev->recorded || (has_id(d) && dev->path[0]);
+	}
+	free(raw);
+	d->ck_err = 0;
+	atomic_store(&d->ck_done, false);
+	e = pthread_create(&d->ck_thread, NULL, ck_sync_main, d);
+	if (e)
+		return err_set(e, "cannot start a checkpoint thread: %s", strerror(e));
+	d->ck_running = true;
+	return 0;
+}
+
 static int save_records(struct dst *d, uint32_t attempt)
 {
+	int e = ck_join(d);
+
+	if (e < 0)
+		return e;
 	for (unsigned i = 0; has_id(d) && i < d->ndev; i++) {
 		struct dst_dev *dev = &d->dev[i];
 		struct dst_rec rec = { .state = attempt ? DST_REC_AWAITING : DST_REC_PARTIAL,
@@ -245,6 +362,10 @@ static int save_records(struct dst *d, uint32_t attempt)
 
 static int clear_records(struct dst *d)
 {
+	int e = ck_join(d);
+
+	if (e < 0)
+		return e;
 	for (unsigned i = 0; i < d->ndev; i++) {
 		int r;
 
@@ -340,8 +461,10 @@ static int open_devices(struct dst *d)
 				       o->chunk_size);
 		dev->dig = digest_new(dev->size, o->chunk_size);
 		dev->pass = dirty_new(dev->size, o->chunk_size);
+		dev->check = dirty_new(dev->size, o->chunk_size);
+		dev->ck_held = dirty_new(dev->size, o->chunk_size);
 		dev->carried = dirty_new(dev->size, o->chunk_size);
-		if (!dev->dig || !dev->pass || !dev->carried)
+		if (!dev->dig || !dev->pass || !dev->carried || !dev->check || !dev->ck_held)
 			return err_set(ENOMEM, "device %s: no memory for the tables of %llu chunks",
 				       dev->shown,
 				       (unsigned long long)div_round_up(dev->size, o->chunk_size));
@@ -616,6 +739,8 @@ static int sync_all(struct dst *d)
 {
 	int r = drain(d);
 
+	if (r == 0)
+		r = ck_join(d);
 	if (r < 0)
 		return r;
 	for (unsigned i = 0; i < d->ndev; i++) {
@@ -643,32 +768,84 @@ static int sync_all(struct dst *d)
  * This only queues the checks: a failure surfaces at the next submit or
  * barrier (make_durable() waits for them).
  */
+static int check_chunk(struct dst *d, struct dst_dev *dev, uint64_t idx)
+{
+	struct dstw_job job = { .op = DSTW_CHECK,
+				.blk = dev->blk,
+				.dig = dev->dig,
+				.shown = dev->shown,
+				.idx = idx,
+				.off = idx * d->offer.chunk_size,
+				.len = digest_chunk_len(dev->dig, idx) };
+
+	return dstw_submit(d->writers, &job);
+}
+
 static int queue_read_back(struct dst *d)
 {
-	uint32_t cs = d->offer.chunk_size;
-
 	for (unsigned i = 0; i < d->ndev; i++) {
 		struct dst_dev *dev = &d->dev[i];
 		int64_t idx = -1;
 
 		/* Verify only: nothing is written, so nothing is queued. */
-		assert(d->writers || !dirty_count(dev->pass));
+		assert(d->writers || (!dirty_count(dev->pass) && !dirty_count(dev->check)));
 		while ((idx = dirty_next(dev->pass, (uint64_t)(idx + 1))) >= 0) {
-			struct dstw_job job = { .op = DSTW_CHECK,
-						.blk = dev->blk,
-						.dig = dev->dig,
-						.shown = dev->shown,
-						.idx = (uint64_t)idx,
-						.off = (uint64_t)idx * cs,
-						.len = digest_chunk_len(dev->dig, (uint64_t)idx) };
 			int r;
 
 			dirty_test_and_clear(dev->pass, (uint64_t)idx);
-			r = dstw_submit(d->writers, &job);
+			dirty_test_and_clear(dev->check, (uint64_t)idx);
+			r = check_chunk(d, dev, (uint64_t)idx);
+			if (r < 0)
+				return r;
+		}
+		/* What checkpoints left to read_back_some(). */
+		idx = -1;
+		while ((idx = dirty_next(dev->check, (uint64_t)(idx + 1))) >= 0) {
+			int r;
+
+			dirty_test_and_clear(dev->check, (uint64_t)idx);
+			r = check_chunk(d, dev, (uint64_t)idx);
+			if (r < 0)
+				return r;
+		}
+		dev->check_from = 0;
+	}
+	return 0;
+}
+
+/*
+ * Inline writers: the read-back of the chunks checkpoints made durable, a
+ * chunk for every chunk's worth of records applied since, between records,
+ * so that no record (a client's write waiting for its WACK) waits behind a
+ * checkpoint's whole read-back.  On the engine's thread, like the writes:
+ * a chunk is read back in the state its digest describes.
+ */
+static int read_back_some(struct dst *d, uint64_t bytes)
+{
+	uint32_t cs = d->offer.chunk_size;
+
+	if (!d->writers || dstw_threaded(d->writers))
+		return 0;
+	d->check_credit += bytes;
+	for (unsigned i = 0; i < d->ndev && d->check_credit >= cs; i++) {
+		struct dst_dev *dev = &d->dev[i];
+		int64_t idx;
+
+		while (d->check_credit >= cs &&
+		       (idx = dirty_next(dev->check, dev->check_from)) >= 0) {
+			int r;
+
+			dirty_test_and_clear(dev->check, (uint64_t)idx);
+			dev->check_from = (uint64_t)idx + 1;
+			d->check_credit -= cs;
+			r = check_chunk(d, dev, (uint64_t)idx);
 			if (r < 0)
 				return r;
 		}
 	}
+	/* Nothing left to check: no credit is banked for later. */
+	if (d->check_credit >= cs)
+		d->check_credit = 0;
 	return 0;
 }
 
@@ -685,16 +862,23 @@ static int make_durable(struct dst *d)
 
 /*
  * A pass can be gigabytes long: within one, what has arrived is made
- * durable, read back and recorded every DST_CHECKPOINT_BYTES or
- * DST_CHECKPOINT_NS, so a connection that drops midway loses at most that
- * much.  Only where the format answers passes (and so has records).
+ * durable and recorded every DST_CHECKPOINT_BYTES or DST_CHECKPOINT_NS, so
+ * a connection that drops midway loses at most that much.  Only where the
+ * format answers passes (and so has records).
  *
- * The read-back of a checkpoint overlaps with the records that follow it
- * (with direct I/O it reads the disk, about as long as the writes took):
- * the next sync, pass end or completion waits for it first, and its
- * failure fails the migration there.  The record saved meanwhile claims
- * only what the sync made durable; a resumed connection compares every
- * chunk it claims with the source's digest (SUMS) anyway.
+ * The engine does not wait for a checkpoint: its fdatasync and record run
+ * on a thread of their own (ck_start()) while records go on being applied,
+ * so a client's mirrored write is not held behind them (they took 8-65 ms
+ * each on the development VM).  A checkpoint due while the last one still
+ * runs waits for a later record; any other sync or record waits for it
+ * first (ck_join()), and its failure fails the migration there.  The record
+ * claims what was carried when it started; a resumed connection compares
+ * every chunk it claims with the source's digest (SUMS) anyway.
+ *
+ * The read-back of a checkpoint's chunks trails it: queued to the writer
+ * threads (direct I/O, where it reads the disk), or, inline, a chunk at a
+ * time between records (read_back_some()).  Pass end and completion finish
+ * it before they answer.
  */
 #define DST_CHECKPOINT_BYTES (32ull << 20)
 #define DST_CHECKPOINT_NS    (1000000000ull)
@@ -709,10 +893,27 @@ static int checkpoint(struct dst *d, uint64_t bytes)
 	d->ck_bytes += bytes;
 	if (d->ck_bytes < DST_CHECKPOINT_BYTES && (now = now_ns()) - d->ck_ns < DST_CHECKPOINT_NS)
 		return 0;
-	r = sync_all(d);
+	/* The last one still syncing: look again after the next record. */
+	if (d->ck_running && !atomic_load(&d->ck_done))
+		return 0;
+	r = ck_join(d);
 	if (r == 0)
-		r = save_records(d, 0);
+		r = drain(d);
 	if (r == 0)
+		r = ck_start(d);
+	for (unsigned i = 0; r == 0 && i < d->ndev; i++) {
+		struct dst_dev *dev = &d->dev[i];
+		int64_t idx = -1;
+
+		if (dstw_threaded(d->writers))
+			break;
+		while ((idx = dirty_next(dev->pass, (uint64_t)(idx + 1))) >= 0) {
+			dirty_test_and_clear(dev->pass, (uint64_t)idx);
+			dirty_mark(dev->check, (uint64_t)idx * d->offer.chunk_size, 1);
+		}
+		dev->check_from = 0;
+	}
+	if (r == 0 && dstw_threaded(d->writers))
 		r = queue_read_back(d);
 	d->ck_bytes = 0;
 	d->ck_ns = now_ns();
@@ -967,6 +1168,10 @@ static int run(struct dst *d)
 				r = checkpoint(d, ev.rec->kind == WIRE_REC_WRITE
 						      ? ev.rec->length
 						      : d->offer.chunk_size);
+			if (r == 0)
+				r = read_back_some(d, ev.rec->kind == WIRE_REC_WRITE
+							  ? ev.rec->length
+							  : d->offer.chunk_size);
 			break;
 		case DST_EV_PASS_END:
 			r = pass_end(d);
@@ -1045,6 +1250,7 @@ int dst_run(const struct dst_params *p, struct xport *x, struct cancel *cancel,
 	d->st.total_ns = now_ns() - t0;
 	/* Before the devices close: writes still queued after a failure
 	 * are dropped. */
+	(void)ck_join(d);
 	dstw_free(d->writers);
 	for (unsigned i = 0; i < d->ndev; i++) {
 		blk_close(d->dev[i].blk);
@@ -1053,6 +1259,8 @@ int dst_run(const struct dst_params *p, struct xport *x, struct cancel *cancel,
 		digest_free(d->dev[i].dig);
 		dirty_free(d->dev[i].pass);
 		dirty_free(d->dev[i].carried);
+		dirty_free(d->dev[i].check);
+		dirty_free(d->dev[i].ck_held);
 		dirty_free(d->dev[i].held);
 	}
 	if (st)

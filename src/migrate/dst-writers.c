@@ -272,6 +272,11 @@ int dstw_barrier(struct dstw *w)
 	return r;
 }
 
+bool dstw_threaded(const struct dstw *w)
+{
+	return w && w->nwriters > 0;
+}
+
 void dstw_free(struct dstw *w)
 {
 	if (!w)

@@ -59,6 +59,8 @@ int dstw_new(unsigned nwriters, uint32_t chunk_size, struct dstw **out);
 int dstw_submit(struct dstw *w, const struct dstw_job *job);
 /* Wait until every queued job is applied; the first failure, once. */
 int dstw_barrier(struct dstw *w);
+/* Whether jobs run on threads of their own (not inline; false for NULL). */
+bool dstw_threaded(const struct dstw *w);
 /* Stop and free (after a barrier, or abandoning what is queued).  NULL ok. */
 void dstw_free(struct dstw *w);
 

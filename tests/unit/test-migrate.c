@@ -252,6 +252,7 @@ struct ddev {
 	bool hold_flush;	 /* flushes wait until the source's src_run returned */
 	unsigned write_fail_nth; /* mem: the nth write fails with write_fail_err */
 	int write_fail_err;
+	unsigned flush_fail_nth; /* mem: the nth flush fails with EIO */
 };
 
 struct dcfg {
@@ -351,6 +352,8 @@ static int open_cb(void *user, const char *name, uint64_t size, struct blk **out
 			if (r == 0 && d->write_fail_nth)
 				blk_mem_inject(*out, BLK_MEM_WRITE, d->write_fail_nth,
 					       d->write_fail_err);
+			if (r == 0 && d->flush_fail_nth)
+				blk_mem_inject(*out, BLK_MEM_FLUSH, d->flush_fail_nth, EIO);
 			return r;
 		}
 		snprintf(path, path_cap, "%s", d->path);
@@ -1491,6 +1494,39 @@ static void test_destination_write_error(void **state)
 	sdev_close(&s);
 }
 
+/*
+ * A checkpoint's sync fails (40 MiB: one checkpoint within the pass, whose
+ * sync runs beside the engine): the migration fails with its message, at
+ * the pass end at the latest, on both sides.
+ */
+static void test_destination_checkpoint_sync_error(void **state)
+{
+	static const struct extent layout[] = { { 0, 40 * MiB, FILL_RANDOM } };
+	struct sdev s;
+	struct mig m;
+
+	(void)state;
+	sdev_open_mem(&s, "disk0", 40 * MiB);
+	write_extents(s.base, layout, 1, 9);
+	mig_init(&m);
+	m.src[0] = &s;
+	m.nsrc = 1;
+	m.dst.n = 1;
+	m.dst.dev[0].name = "disk0";
+	m.dst.dev[0].mem = true;
+	m.dst.dev[0].flush_fail_nth = 1;
+	mig_run(&m);
+
+	assert_int_equal(m.dst_r, -EIO);
+	assert_contains("destination", m.dst_msg, "checkpoint: sync disk0: ");
+	assert_contains("destination", m.dst_msg, "injected flush failure");
+	assert_int_equal(m.src_r, -EIO);
+	assert_contains("source", m.src_msg, "injected flush failure");
+	assert_int_equal(m.src_st.state, MIG_FAILED);
+	assert_writable(&s);
+	sdev_close(&s);
+}
+
 /* ---- (f) cancel ------------------------------------------------------------------- */
 
 /* Cancel once the bulk pass is 2 MiB in (the job is rate-limited, so it
@@ -2241,6 +2277,7 @@ int main(void)
 		T(test_source_read_error),
 		T(test_source_read_error_final),
 		T(test_destination_write_error),
+		T(test_destination_checkpoint_sync_error),
 		T(test_cancel_from_thread),
 		T(test_cancel_silent_no_timeout),
 		T(test_cancel_at_boundary),
