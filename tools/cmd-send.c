@@ -69,10 +69,10 @@ static const char send_help[] =
     "                        ranges that differ (exit 0 identical, 1 not)\n"
     "  --cache none|writeback\n"
     "                        none (default): the migration reads the images with\n"
-    "                        O_DIRECT, bypassing the page cache (buffered where the\n"
-    "                        file system refuses it, said in one line); writeback:\n"
-    "                        through it.  The workload's writes stay buffered\n" CLI_STATE_HELP
-	CLI_TLS_HELP
+    "                        O_DIRECT, bypassing the page cache, except chunks it\n"
+    "                        holds whole (buffered where the file system refuses\n"
+    "                        O_DIRECT, said in one line); writeback: through it.\n"
+    "                        The workload's writes stay buffered\n" CLI_STATE_HELP CLI_TLS_HELP
     "  --tls-hostname NAME   the receiver's name in its certificate (default: the\n"
     "                        host of --to)\n"
     "  --json                print a JSON report on stdout at the end\n"
@@ -406,7 +406,8 @@ int cmd_send(int argc, char **argv)
 		}
 		/* The readers' own descriptor, O_DIRECT: a direct read first
 		 * writes back the page cache's dirty pages of its range, so it
-		 * sees every write that returned before it was issued. */
+		 * sees every write that returned before it was issued.  A chunk
+		 * the cache holds whole is read from it (CACHED_READS). */
 		if (cache_none) {
 			r = blk_file_open(devs[i].path,
 					  BLK_OPEN_RDONLY | BLK_OPEN_DIRECT | BLK_OPEN_CACHED_READS,
