@@ -19,8 +19,10 @@
 #include "common/util.h"
 #include "digest.h"
 
-/* Slot buffers are aligned for direct I/O (file.c's alignment). */
-#define DSTW_ALIGN     4096u
+/* Slot buffers are aligned for direct I/O: file.c takes a page, or a block
+ * device's logical block size if larger (up to 64 KiB), and sends anything
+ * less aligned through the page cache. */
+#define DSTW_ALIGN     (64u * 1024)
 #define DSTW_MAX_SLOTS 64u
 
 struct dstw_slot {
