@@ -92,6 +92,7 @@ struct dst {
 	uint32_t awaiting;	  /* restarted after acknowledging this attempt (records) */
 	uint64_t ck_bytes, ck_ns; /* written since the last checkpoint, and when it was */
 	uint64_t check_credit;	  /* bytes applied that read_back_some() may match */
+	uint64_t check_left;	  /* chunks in the devices' check sets */
 	/* The checkpoint running in the background (ck_sync_main): while
 	 * ck_running, ck_done says it has finished, and ck_err (ck_msg) how;
 	 * the engine joins it before any sync or record of its own. */
@@ -793,7 +794,8 @@ static int queue_read_back(struct dst *d)
 			int r;
 
 			dirty_test_and_clear(dev->pass, (uint64_t)idx);
-			dirty_test_and_clear(dev->check, (uint64_t)idx);
+			if (dirty_test_and_clear(dev->check, (uint64_t)idx))
+				d->check_left--;
 			r = check_chunk(d, dev, (uint64_t)idx);
 			if (r < 0)
 				return r;
@@ -804,44 +806,73 @@ static int queue_read_back(struct dst *d)
 			int r;
 
 			dirty_test_and_clear(dev->check, (uint64_t)idx);
+			d->check_left--;
 			r = check_chunk(d, dev, (uint64_t)idx);
 			if (r < 0)
 				return r;
 		}
 		dev->check_from = 0;
 	}
+	assert(d->check_left == 0);
 	return 0;
 }
 
+/* The next chunk a checkpoint left to read back, taken out of its set;
+ * false when there is none. */
+static bool next_check(struct dst *d, struct dst_dev **devp, uint64_t *idxp)
+{
+	for (unsigned i = 0; i < d->ndev; i++) {
+		struct dst_dev *dev = &d->dev[i];
+		int64_t idx = dirty_next(dev->check, dev->check_from);
+
+		if (idx < 0 && dev->check_from)
+			idx = dirty_next(dev->check, 0);
+		if (idx < 0)
+			continue;
+		dirty_test_and_clear(dev->check, (uint64_t)idx);
+		d->check_left--;
+		dev->check_from = (uint64_t)idx + 1;
+		*devp = dev;
+		*idxp = (uint64_t)idx;
+		return true;
+	}
+	return false;
+}
+
 /*
- * Inline writers: the read-back of the chunks checkpoints made durable, a
- * chunk for every chunk's worth of records applied since, between records,
- * so that no record (a client's write waiting for its WACK) waits behind a
- * checkpoint's whole read-back.  On the engine's thread, like the writes:
- * a chunk is read back in the state its digest describes.
+ * Inline writers: the read-back of the chunks checkpoints made durable,
+ * between records, so that no record (a client's write waiting for its
+ * WACK) waits behind a checkpoint's whole read-back: a chunk for every
+ * chunk's worth of records applied since, and more while nothing waits to
+ * be read.  So little is left for the pass end, whose read-back the source
+ * waits for (in the final pass, with its writers paused).  On the engine's
+ * thread, like the writes: a chunk is read back in the state its digest
+ * describes.
  */
 static int read_back_some(struct dst *d, uint64_t bytes)
 {
 	uint32_t cs = d->offer.chunk_size;
+	struct dst_dev *dev;
+	uint64_t idx;
 
-	if (!d->writers || dstw_threaded(d->writers))
+	if (!d->writers || dstw_threaded(d->writers) || !d->check_left)
 		return 0;
 	d->check_credit += bytes;
-	for (unsigned i = 0; i < d->ndev && d->check_credit >= cs; i++) {
-		struct dst_dev *dev = &d->dev[i];
-		int64_t idx;
+	for (;;) {
+		bool due = d->check_credit >= cs;
+		int r;
 
-		while (d->check_credit >= cs &&
-		       (idx = dirty_next(dev->check, dev->check_from)) >= 0) {
-			int r;
-
-			dirty_test_and_clear(dev->check, (uint64_t)idx);
-			dev->check_from = (uint64_t)idx + 1;
+		/* Nothing due: only while the connection has nothing for us
+		 * (an error there is the next read's to report). */
+		if (!due && xport_readable(d->f->x, 0) != 0)
+			break;
+		if (!next_check(d, &dev, &idx))
+			break;
+		if (due)
 			d->check_credit -= cs;
-			r = check_chunk(d, dev, (uint64_t)idx);
-			if (r < 0)
-				return r;
-		}
+		r = check_chunk(d, dev, idx);
+		if (r < 0)
+			return r;
 	}
 	/* Nothing left to check: no credit is banked for later. */
 	if (d->check_credit >= cs)
@@ -909,6 +940,8 @@ static int checkpoint(struct dst *d, uint64_t bytes)
 			break;
 		while ((idx = dirty_next(dev->pass, (uint64_t)(idx + 1))) >= 0) {
 			dirty_test_and_clear(dev->pass, (uint64_t)idx);
+			if (!dirty_test(dev->check, (uint64_t)idx))
+				d->check_left++;
 			dirty_mark(dev->check, (uint64_t)idx * d->offer.chunk_size, 1);
 		}
 		dev->check_from = 0;
