@@ -220,6 +220,43 @@ uint64_t dirty_bytes(const struct dirty *d)
 	return bytes;
 }
 
+/* ---- whole maps ------------------------------------------------------------ */
+
+static bool same_geometry(const struct dirty *a, const struct dirty *b)
+{
+	return a->size == b->size && a->granularity == b->granularity;
+}
+
+int dirty_move(struct dirty *dst, struct dirty *src)
+{
+	if (!same_geometry(dst, src))
+		return -EINVAL;
+	for (uint64_t w = 0; w < src->nwords; w++) {
+		uint64_t bits = atomic_load(&src->words[w]);
+
+		if (!bits)
+			continue;
+		set_mask(dst, w, bits);
+		clear_mask(src, w, bits);
+	}
+	return 0;
+}
+
+int dirty_copy(struct dirty *dst, const struct dirty *src)
+{
+	if (!same_geometry(dst, src))
+		return -EINVAL;
+	for (uint64_t w = 0; w < src->nwords; w++) {
+		uint64_t word = atomic_load(&src->words[w]);
+		uint64_t old = atomic_exchange(&dst->words[w], word);
+		int64_t delta = __builtin_popcountll(word) - __builtin_popcountll(old);
+
+		if (delta)
+			atomic_fetch_add(&dst->count, delta);
+	}
+	return 0;
+}
+
 /* ---- raw bytes ------------------------------------------------------------- */
 
 uint64_t dirty_raw_len(const struct dirty *d)

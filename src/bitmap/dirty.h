@@ -52,6 +52,17 @@ uint64_t dirty_count(const struct dirty *d);
 uint64_t dirty_bytes(const struct dirty *d);
 
 /*
+ * Whole-map operations between two maps of the same geometry (size and
+ * granularity; -EINVAL, changing nothing, otherwise).  dirty_move() sets
+ * in dst every bit set in src and clears it in src, a word at a time (a
+ * bit set in src meanwhile stays for the next move); dirty_copy() makes
+ * dst's bits src's, reading each of src's words once.  Both keep the
+ * counts exact.
+ */
+int dirty_move(struct dirty *dst, struct dirty *src);
+int dirty_copy(struct dirty *dst, const struct dirty *src);
+
+/*
  * The bits as bytes, for saving (state/state.c): chunk i is bit (i % 8) of
  * byte i / 8, dirty_raw_len() bytes, bits past the last chunk zero.
  * dirty_export() reads each word once atomically, so bits that change

@@ -202,11 +202,10 @@ static int file_pread(struct blk *b, void *buf, size_t len, uint64_t off)
 	size_t n = atomic_load_explicit(&f->buffered_dirty, memory_order_relaxed)
 		       ? 0
 		       : direct_part(f, buf, len, off);
-
-	if (n && f->map && cached_whole(f, n, off))
-		n = 0;
 	int r;
 
+	if (n && cached_whole(f, n, off))
+		n = 0;
 	if (n) {
 		r = fd_pread(f, f->dfd, buf, n, off);
 		if (r < 0 && !direct_refused_now(f, r))

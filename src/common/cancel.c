@@ -119,25 +119,42 @@ void cancel_reset(struct cancel *c)
 	atomic_store(&c->fired, false);
 }
 
-int cancel_poll(const struct cancel *c, int fd, short events, uint64_t deadline)
+int cancel_poll_fds(const struct cancel *c, struct pollfd *fds, unsigned n, uint64_t deadline)
 {
+	struct pollfd p[CANCEL_POLL_MAX + 1];
+
+	if (n > CANCEL_POLL_MAX)
+		return -EINVAL;
 	for (;;) {
-		struct pollfd p[2] = {
-			{ .fd = fd, .events = events },
-			{ .fd = cancel_fd(c), .events = POLLIN },
-		};
 		int r;
 
+		memcpy(p, fds, n * sizeof(*p));
+		p[n] = (struct pollfd){ .fd = cancel_fd(c), .events = POLLIN };
 		if (cancel_is_set(c))
 			return -ECANCELED;
-		r = poll(p, 2, poll_ms_until(deadline));
+		r = poll(p, n + 1, poll_ms_until(deadline));
 		if (r < 0 && errno != EINTR)
 			return -errno;
 		if (cancel_is_set(c))
 			return -ECANCELED;
-		if (r > 0 && p[0].revents)
-			return 1;
+		if (r > 0) {
+			int ready = 0;
+
+			for (unsigned i = 0; i < n; i++) {
+				fds[i].revents = p[i].revents;
+				ready += p[i].revents != 0;
+			}
+			if (ready)
+				return ready;
+		}
 		if (deadline && now_ns() >= deadline)
 			return 0;
 	}
+}
+
+int cancel_poll(const struct cancel *c, int fd, short events, uint64_t deadline)
+{
+	struct pollfd p = { .fd = fd, .events = events };
+
+	return cancel_poll_fds(c, &p, 1, deadline);
 }

@@ -22,6 +22,7 @@
 #ifndef BLKMIG_COMMON_CANCEL_H
 #define BLKMIG_COMMON_CANCEL_H
 
+#include <poll.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -57,6 +58,12 @@ bool cancel_sleep(const struct cancel *c, int64_t ns);
  * c may be NULL.
  */
 int cancel_poll(const struct cancel *c, int fd, short events, uint64_t deadline);
+
+/* The same for n (at most CANCEL_POLL_MAX) descriptors: how many are
+ * ready, their revents set as poll(2) sets them, or 0 at the deadline,
+ * -ECANCELED, -EINVAL (n too large), or a negative errno from poll(2). */
+#define CANCEL_POLL_MAX 32
+int cancel_poll_fds(const struct cancel *c, struct pollfd *fds, unsigned n, uint64_t deadline);
 
 /* Unfire, so the token can serve another attempt.  Only while no thread
  * waits on it or may fire it. */

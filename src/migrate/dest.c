@@ -92,7 +92,6 @@ struct dst {
 	uint32_t awaiting;	  /* restarted after acknowledging this attempt (records) */
 	uint64_t ck_bytes, ck_ns; /* written since the last checkpoint, and when it was */
 	uint64_t check_credit;	  /* bytes applied that read_back_some() may match */
-	uint64_t check_left;	  /* chunks in the devices' check sets */
 	/* The checkpoint running in the background (ck_sync_main): while
 	 * ck_running, ck_done says it has finished, and ck_err (ck_msg) how;
 	 * the engine joins it before any sync or record of its own. */
@@ -237,6 +236,28 @@ static int load_record(struct dst *d, struct dst_dev *dev)
 /* ---- checkpoints in the background ----------------------------------------------- */
 
 /*
+ * dev's record (if it has a path): attempt 0, PARTIAL with the chunks in
+ * held; otherwise AWAITING that attempt's answer, with the digest.
+ */
+static int save_rec(struct dst *d, struct dst_dev *dev, uint32_t attempt, struct dirty *held)
+{
+	struct dst_rec rec = { .state = attempt ? DST_REC_AWAITING : DST_REC_PARTIAL,
+			       .attempt = attempt,
+			       .chunk_size = d->offer.chunk_size,
+			       .size = dev->size,
+			       .st_dev = dev->st_dev,
+			       .st_ino = dev->st_ino,
+			       .held = held };
+
+	if (!dev->path[0])
+		return 0;
+	memcpy(rec.id, d->offer.id, NATIVE_ID_LEN);
+	if (attempt)
+		digest_final(dev->dig, rec.digest, &rec.chunks);
+	return dst_rec_save(dev->path, &rec);
+}
+
+/*
  * A checkpoint's sync and record (see checkpoint()), on a thread of its
  * own while the engine goes on applying records: the engine's view of the
  * devices is not touched here, only the blocks (fdatasync is safe beside
@@ -254,20 +275,9 @@ static void *ck_sync_main(void *arg)
 			r = err_prefix(-r, "checkpoint: sync %s: ", d->dev[i].shown);
 	}
 	for (unsigned i = 0; r == 0 && has_id(d) && i < d->ndev; i++) {
-		struct dst_dev *dev = &d->dev[i];
-		struct dst_rec rec = { .state = DST_REC_PARTIAL,
-				       .chunk_size = d->offer.chunk_size,
-				       .size = dev->size,
-				       .st_dev = dev->st_dev,
-				       .st_ino = dev->st_ino,
-				       .held = dev->ck_held };
-
-		if (!dev->path[0])
-			continue;
-		memcpy(rec.id, d->offer.id, NATIVE_ID_LEN);
-		r = dst_rec_save(dev->path, &rec);
+		r = save_rec(d, &d->dev[i], 0, d->dev[i].ck_held);
 		if (r < 0)
-			r = err_prefix(-r, "checkpoint: device %s: ", dev->shown);
+			r = err_prefix(-r, "checkpoint: device %s: ", d->dev[i].shown);
 	}
 	if (r < 0) {
 		d->ck_err = -r;
@@ -295,33 +305,14 @@ static int ck_join(struct dst *d)
  * durable, and the chunks carried until now recorded. */
 static int ck_start(struct dst *d)
 {
-	uint8_t *raw = NULL;
-	size_t cap = 0;
 	int e;
 
 	for (unsigned i = 0; i < d->ndev; i++) {
 		struct dst_dev *dev = &d->dev[i];
-		size_t n = dirty_raw_len(dev->carried);
 
-		if (n > cap) {
-			uint8_t *p = realloc(raw, n);
-
-			if (!p) {
-				free(raw);
-				return err_set(ENOMEM, "no memory for a checkpoint");
-			}
-			raw = p;
-			cap = n;
-		}
-		dirty_export(dev->carried, raw);
-		e = dirty_import(dev->ck_held, raw);
-		if (e < 0) {
-			free(raw);
-			return e;
-		}
+		dirty_copy(dev->ck_held, dev->carried);
 		dev->recorded = dev->recorded || (has_id(d) && dev->path[0]);
 	}
-	free(raw);
 	d->ck_err = 0;
 	atomic_store(&d->ck_done, false);
 	e = pthread_create(&d->ck_thread, NULL, ck_sync_main, d);
@@ -335,30 +326,14 @@ static int save_records(struct dst *d, uint32_t attempt)
 {
 	int e = ck_join(d);
 
-	if (e < 0)
-		return e;
-	for (unsigned i = 0; has_id(d) && i < d->ndev; i++) {
-		struct dst_dev *dev = &d->dev[i];
-		struct dst_rec rec = { .state = attempt ? DST_REC_AWAITING : DST_REC_PARTIAL,
-				       .attempt = attempt,
-				       .chunk_size = d->offer.chunk_size,
-				       .size = dev->size,
-				       .st_dev = dev->st_dev,
-				       .st_ino = dev->st_ino,
-				       .held = attempt ? NULL : dev->carried };
-		int r;
-
-		if (!dev->path[0])
-			continue;
-		memcpy(rec.id, d->offer.id, NATIVE_ID_LEN);
-		if (attempt)
-			digest_final(dev->dig, rec.digest, &rec.chunks);
-		r = dst_rec_save(dev->path, &rec);
-		if (r < 0)
-			return err_prefix(-r, "device %s: ", dev->shown);
-		dev->recorded = true;
+	for (unsigned i = 0; e == 0 && has_id(d) && i < d->ndev; i++) {
+		e = save_rec(d, &d->dev[i], attempt, attempt ? NULL : d->dev[i].carried);
+		if (e < 0)
+			e = err_prefix(-e, "device %s: ", d->dev[i].shown);
+		else if (d->dev[i].path[0])
+			d->dev[i].recorded = true;
 	}
-	return 0;
+	return e;
 }
 
 static int clear_records(struct dst *d)
@@ -782,41 +757,6 @@ static int check_chunk(struct dst *d, struct dst_dev *dev, uint64_t idx)
 	return dstw_submit(d->writers, &job);
 }
 
-static int queue_read_back(struct dst *d)
-{
-	for (unsigned i = 0; i < d->ndev; i++) {
-		struct dst_dev *dev = &d->dev[i];
-		int64_t idx = -1;
-
-		/* Verify only: nothing is written, so nothing is queued. */
-		assert(d->writers || (!dirty_count(dev->pass) && !dirty_count(dev->check)));
-		while ((idx = dirty_next(dev->pass, (uint64_t)(idx + 1))) >= 0) {
-			int r;
-
-			dirty_test_and_clear(dev->pass, (uint64_t)idx);
-			if (dirty_test_and_clear(dev->check, (uint64_t)idx))
-				d->check_left--;
-			r = check_chunk(d, dev, (uint64_t)idx);
-			if (r < 0)
-				return r;
-		}
-		/* What checkpoints left to read_back_some(). */
-		idx = -1;
-		while ((idx = dirty_next(dev->check, (uint64_t)(idx + 1))) >= 0) {
-			int r;
-
-			dirty_test_and_clear(dev->check, (uint64_t)idx);
-			d->check_left--;
-			r = check_chunk(d, dev, (uint64_t)idx);
-			if (r < 0)
-				return r;
-		}
-		dev->check_from = 0;
-	}
-	assert(d->check_left == 0);
-	return 0;
-}
-
 /* The next chunk a checkpoint left to read back, taken out of its set;
  * false when there is none. */
 static bool next_check(struct dst *d, struct dst_dev **devp, uint64_t *idxp)
@@ -830,13 +770,42 @@ static bool next_check(struct dst *d, struct dst_dev **devp, uint64_t *idxp)
 		if (idx < 0)
 			continue;
 		dirty_test_and_clear(dev->check, (uint64_t)idx);
-		d->check_left--;
 		dev->check_from = (uint64_t)idx + 1;
 		*devp = dev;
 		*idxp = (uint64_t)idx;
 		return true;
 	}
 	return false;
+}
+
+static bool checks_left(const struct dst *d)
+{
+	for (unsigned i = 0; i < d->ndev; i++)
+		if (dirty_count(d->dev[i].check))
+			return true;
+	return false;
+}
+
+/* Every chunk written since the last read-back (pass), and what
+ * checkpoints left to read_back_some() (check), to the writers. */
+static int queue_read_back(struct dst *d)
+{
+	struct dst_dev *dev;
+	uint64_t idx;
+
+	for (unsigned i = 0; i < d->ndev; i++) {
+		/* Verify only: nothing is written, so nothing is queued. */
+		assert(d->writers ||
+		       (!dirty_count(d->dev[i].pass) && !dirty_count(d->dev[i].check)));
+		dirty_move(d->dev[i].check, d->dev[i].pass);
+	}
+	while (next_check(d, &dev, &idx)) {
+		int r = check_chunk(d, dev, idx);
+
+		if (r < 0)
+			return r;
+	}
+	return 0;
 }
 
 /*
@@ -855,7 +824,7 @@ static int read_back_some(struct dst *d, uint64_t bytes)
 	struct dst_dev *dev;
 	uint64_t idx;
 
-	if (!d->writers || dstw_threaded(d->writers) || !d->check_left)
+	if (!d->writers || dstw_threaded(d->writers) || !checks_left(d))
 		return 0;
 	d->check_credit += bytes;
 	for (;;) {
@@ -932,22 +901,10 @@ static int checkpoint(struct dst *d, uint64_t bytes)
 		r = drain(d);
 	if (r == 0)
 		r = ck_start(d);
-	for (unsigned i = 0; r == 0 && i < d->ndev; i++) {
-		struct dst_dev *dev = &d->dev[i];
-		int64_t idx = -1;
-
-		if (dstw_threaded(d->writers))
-			break;
-		while ((idx = dirty_next(dev->pass, (uint64_t)(idx + 1))) >= 0) {
-			dirty_test_and_clear(dev->pass, (uint64_t)idx);
-			if (!dirty_test(dev->check, (uint64_t)idx))
-				d->check_left++;
-			dirty_mark(dev->check, (uint64_t)idx * d->offer.chunk_size, 1);
-		}
-		dev->check_from = 0;
-	}
 	if (r == 0 && dstw_threaded(d->writers))
 		r = queue_read_back(d);
+	for (unsigned i = 0; r == 0 && !dstw_threaded(d->writers) && i < d->ndev; i++)
+		dirty_move(d->dev[i].check, d->dev[i].pass);
 	d->ck_bytes = 0;
 	d->ck_ns = now_ns();
 	return r;

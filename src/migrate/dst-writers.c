@@ -42,12 +42,11 @@ struct dstw_writer {
 struct dstw {
 	pthread_mutex_t lock;
 	pthread_cond_t space; /* a writer finished a job */
+	/* nwriters 0, no threads: dstw_submit() applies each job itself,
+	 * from the caller's buffer (a read-back reads into check_buf). */
 	unsigned nwriters, nslots;
 	uint32_t chunk_size;
 	bool stop;
-	/* No threads: dstw_submit() applies each job itself, from the
-	 * caller's buffer (a read-back reads into check_buf). */
-	bool is_inline;
 	uint8_t *check_buf;
 	int err; /* the first failure (positive errno), sticky */
 	char msg[1024];
@@ -169,7 +168,6 @@ int dstw_new(unsigned nwriters, uint32_t chunk_size, struct dstw **out)
 		pthread_cond_init(&w->wr[i].work, NULL);
 	}
 	if (!nwriters) {
-		w->is_inline = true;
 		if (posix_memalign((void **)&w->check_buf, DSTW_ALIGN, bufsize) != 0) {
 			dstw_free(w);
 			return err_set(ENOMEM, "no memory for a %u-byte chunk buffer", chunk_size);
@@ -236,7 +234,7 @@ int dstw_submit(struct dstw *w, const struct dstw_job *job)
 	if (job->len > w->chunk_size)
 		return err_set(EINVAL, "writer pool: a %zu-byte job for %u-byte chunks", job->len,
 			       w->chunk_size);
-	if (w->is_inline)
+	if (!w->nwriters)
 		return submit_inline(w, job);
 	wr = &w->wr[job->idx % w->nwriters];
 	pthread_mutex_lock(&w->lock);

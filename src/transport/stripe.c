@@ -15,6 +15,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include "common/cancel.h"
 #include "common/error.h"
 #include "common/util.h"
 #include "xport-impl.h"
@@ -357,30 +358,18 @@ int xport_lanes_attach(struct xport *x, unsigned index, const uint8_t token[XPOR
  */
 static int wait_join(struct xport *x, struct xport_stripe *s, uint64_t deadline)
 {
-	for (;;) {
-		struct pollfd p[3] = {
-			{ .fd = s->evfd, .events = POLLIN },
-			{ .fd = x->fd, .events = POLLIN },
-			{ .fd = cancel_fd(x->cancel), .events = POLLIN },
-		};
-		int r;
+	struct pollfd p[2] = {
+		{ .fd = s->evfd, .events = POLLIN },
+		{ .fd = x->fd, .events = POLLIN },
+	};
+	int r;
 
-		if (x->rpos != x->rlen)
-			return 2;
-		if (cancel_is_set(x->cancel))
-			return -ECANCELED;
-		r = poll(p, 3, poll_ms_until(deadline));
-		if (r < 0 && errno != EINTR)
-			return -errno;
-		if (cancel_is_set(x->cancel))
-			return -ECANCELED;
-		if (r > 0 && p[0].revents)
-			return 1;
-		if (r > 0 && p[1].revents)
-			return 2;
-		if (deadline && now_ns() >= deadline)
-			return 0;
-	}
+	if (x->rpos != x->rlen)
+		return 2;
+	r = cancel_poll_fds(x->cancel, p, 2, deadline);
+	if (r <= 0)
+		return r;
+	return p[0].revents ? 1 : 2;
 }
 
 int xport_lanes_wait(struct xport *x, int timeout_ms)

@@ -473,12 +473,68 @@ static void test_raw_export_import(void **state)
 	}
 }
 
+/* dirty_move() and dirty_copy() against per-bit expectations, across word
+ * boundaries and a partial last word; mismatched geometry is refused. */
+static void test_move_copy(void **state)
+{
+	static const uint64_t nchunks[] = { 1, 63, 64, 65, 200 };
+	size_t i;
+
+	(void)state;
+	for (i = 0; i < ARRAY_SIZE(nchunks); i++) {
+		uint64_t n = nchunks[i], size = n * 4096 - 1, c;
+		struct dirty *a = new_or_fail(size, 4096), *b = new_or_fail(size, 4096);
+		struct dirty *copy = new_or_fail(size, 4096);
+
+		for (c = 0; c < n; c++) {
+			if (c % 3 == 0)
+				dirty_mark(a, c * 4096, 1);
+			if (c % 5 == 0)
+				dirty_mark(b, c * 4096, 1);
+		}
+		dirty_mark_all(copy); /* a copy replaces, not ORs */
+		assert_int_equal(dirty_copy(copy, b), 0);
+		for (c = 0; c < n; c++)
+			assert_int_equal(dirty_test(copy, c), c % 5 == 0);
+		assert_int_equal(dirty_count(copy), popcount_slow(copy));
+		assert_int_equal(dirty_count(b), popcount_slow(b)); /* untouched */
+
+		assert_int_equal(dirty_move(a, b), 0);
+		for (c = 0; c < n; c++) {
+			assert_int_equal(dirty_test(a, c), c % 3 == 0 || c % 5 == 0);
+			assert_false(dirty_test(b, c));
+		}
+		assert_int_equal(dirty_count(a), popcount_slow(a));
+		assert_int_equal(dirty_count(b), 0);
+		assert_int_equal(dirty_next(b, 0), -1);
+		dirty_free(a);
+		dirty_free(b);
+		dirty_free(copy);
+	}
+
+	{
+		struct dirty *a = new_or_fail(8192, 4096), *b = new_or_fail(8192, 512);
+		struct dirty *c = new_or_fail(4096, 4096);
+
+		dirty_mark_all(b);
+		assert_int_equal(dirty_move(a, b), -EINVAL);
+		assert_int_equal(dirty_copy(a, b), -EINVAL);
+		assert_int_equal(dirty_move(a, c), -EINVAL);
+		assert_int_equal(dirty_count(a), 0);
+		assert_int_equal(dirty_count(b), 16);
+		dirty_free(a);
+		dirty_free(b);
+		dirty_free(c);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_new_errors),
 		cmocka_unit_test(test_geometry),
 		cmocka_unit_test(test_raw_export_import),
+		cmocka_unit_test(test_move_copy),
 		cmocka_unit_test(test_mark_basic),
 		cmocka_unit_test(test_mark_clipping),
 		cmocka_unit_test(test_word_boundaries),
