@@ -5,7 +5,9 @@
  * holds the codecs, the source's dialling of the lanes, and the
  * destination's side of the join.
  */
+#include <assert.h>
 #include <errno.h>
+#include <linux/sockios.h>
 #include <inttypes.h>
 #include <poll.h>
 #include <pthread.h>
@@ -13,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include "common/cancel.h"
@@ -28,17 +31,15 @@ void xport_frame_encode(uint8_t hdr[XPORT_FRAME_HDR], uint64_t seq, uint32_t len
 	put_be32(hdr + 8, len);
 }
 
-int xport_frame_decode(const uint8_t hdr[XPORT_FRAME_HDR], uint64_t expect_seq, uint32_t *len)
+int xport_frame_decode(const uint8_t hdr[XPORT_FRAME_HDR], uint64_t *seq, uint32_t *len)
 {
-	uint64_t seq = get_be64(hdr);
+	uint64_t q = get_be64(hdr);
 	uint32_t l = get_be32(hdr + 8);
 
-	if (seq != expect_seq)
-		return err_set(EPROTO, "frame %" PRIu64 " where frame %" PRIu64 " was expected",
-			       seq, expect_seq);
 	if (l == 0 || l > XPORT_FRAME_MAX)
-		return err_set(EPROTO, "frame %" PRIu64 " of %" PRIu32 " bytes (must be 1..%u)",
-			       seq, l, XPORT_FRAME_MAX);
+		return err_set(EPROTO, "frame %" PRIu64 " of %" PRIu32 " bytes (must be 1..%u)", q,
+			       l, XPORT_FRAME_MAX);
+	*seq = q;
 	*len = l;
 	return 0;
 }
@@ -142,6 +143,242 @@ uint64_t xport_lane_bytes(const struct xport *x, unsigned index)
 	if (!s)
 		return index == 0 ? xport_tx_bytes(x) + xport_rx_bytes(x) : 0;
 	return index < s->n ? atomic_load(&s->bytes[index]) : 0;
+}
+
+/* ---- the writer: which lane takes the next frame ------------------------------ */
+
+/* Bytes queued on fd that TCP has not sent yet; 0 if it cannot say. */
+static uint64_t unsent(int fd)
+{
+	int n = 0;
+
+	if (ioctl(fd, SIOCOUTQNSD, &n) < 0 || n < 0)
+		return 0;
+	return (uint64_t)n;
+}
+
+/*
+ * The lane for the next frame: of those with room in their send buffer,
+ * the one with the fewest bytes TCP has not sent yet, which is the one
+ * whose connection moves fastest now (a lane slowed by a loss queues, and
+ * is passed over until it drains); among equals, the next in turn.  A lane
+ * whose connection failed counts as ready: the send on it reports why.
+ * Waits (the idle timeout, the cancel token) while every lane is full.
+ */
+int xport_stripe_pick(struct xport *x, struct xport_stripe *s, unsigned *lane)
+{
+	struct pollfd p[XPORT_LANES_MAX];
+	uint64_t idle_since = now_ns();
+	unsigned best = s->n;
+	uint64_t least = UINT64_MAX;
+	int r;
+
+	for (unsigned i = 0; i < s->n; i++)
+		p[i] = (struct pollfd){ .fd = s->lane[i]->fd, .events = POLLOUT };
+	r = poll(p, s->n, 0);
+	if (r < 0 && errno != EINTR)
+		return xport_fail(x, POLLOUT, err_set(errno, "poll: %s", strerror(errno)));
+	if (r <= 0) {
+		r = xport_wait_idle(x, p, s->n, &idle_since);
+		if (r < 0)
+			return r;
+	}
+	for (unsigned k = 0; k < s->n; k++) {
+		unsigned i = (s->tnext + k) % s->n;
+		uint64_t q;
+
+		if (!p[i].revents)
+			continue;
+		if (p[i].revents & (POLLERR | POLLHUP | POLLNVAL)) {
+			best = i;
+			break;
+		}
+		q = unsent(p[i].fd);
+		if (q < least) {
+			least = q;
+			best = i;
+		}
+	}
+	assert(best < s->n);
+	s->tnext = (best + 1) % s->n;
+	*lane = best;
+	return 0;
+}
+
+/* ---- the reader: which lane holds the next frame ------------------------------ */
+
+static int lane_fail(struct xport *x, struct xport_stripe *s, unsigned i, int r)
+{
+	return xport_fail(x, POLLIN, err_prefix(-r, "connection %u of %u: ", i + 1, s->n));
+}
+
+/*
+ * Read what has arrived of lane i's next header, without waiting: 1 if
+ * bytes came (or it ended), 0 if none, or the stream's failure.
+ */
+static int read_head(struct xport *x, struct xport_stripe *s, unsigned i)
+{
+	struct xport_lane_head *h = &s->head[i];
+	struct xport *l = s->lane[i];
+	ssize_t k = l->ops->recv(l, h->hdr + h->got, XPORT_FRAME_HDR - h->got);
+	int r;
+
+	if (k == -EAGAIN || k == -EINTR)
+		return 0;
+	if (k < 0)
+		return lane_fail(x, s, i, err_prefix((int)-k, "receive from %s: ", l->peer));
+	if (k == 0) {
+		if (h->got)
+			return lane_fail(x, s, i,
+					 err_set(ECONNRESET,
+						 "connection closed by %s inside a frame header",
+						 l->peer));
+		h->ended = true;
+		return 1;
+	}
+	atomic_fetch_add(&s->bytes[i], (uint64_t)k);
+	h->got += (uint8_t)k;
+	if (h->got < XPORT_FRAME_HDR)
+		return 1;
+	r = xport_frame_decode(h->hdr, &h->seq, &h->len);
+	if (r < 0)
+		return lane_fail(x, s, i, r);
+	return 1;
+}
+
+/* Whether lane i's head is the next frame; a head already passed (a
+ * number sent twice, or going back) fails the stream. */
+static int head_is_next(struct xport *x, struct xport_stripe *s, unsigned i)
+{
+	struct xport_lane_head *h = &s->head[i];
+
+	if (h->got < XPORT_FRAME_HDR)
+		return 0;
+	if (h->seq < s->rseq)
+		return lane_fail(x, s, i,
+				 err_set(EPROTO,
+					 "frame %" PRIu64 " where frame %" PRIu64
+					 " or later was expected",
+					 h->seq, s->rseq));
+	return h->seq == s->rseq;
+}
+
+static void take(struct xport_stripe *s, unsigned i)
+{
+	s->rlane = i;
+	s->rleft = s->head[i].len;
+	s->rseq++;
+	s->head[i].got = 0;
+}
+
+/*
+ * Find the lane whose head is frame rseq (each lane carries its frames in
+ * increasing order, so the next frame is at the head of one of them) and
+ * make it the frame being read.  Nothing is buffered beyond a header per
+ * lane: frames behind a lane's head wait in its socket.  *eof once every
+ * lane has ended at a frame boundary; a frame that no lane can still bring
+ * (every lane ended or holding a later one) fails the stream.
+ */
+int xport_stripe_next(struct xport *x, struct xport_stripe *s, bool *eof)
+{
+	uint64_t idle_since = now_ns();
+
+	for (;;) {
+		struct pollfd p[XPORT_LANES_MAX];
+		unsigned open = 0, later = s->n;
+		bool moved = false;
+		int r;
+
+		for (unsigned i = 0; i < s->n; i++) {
+			r = head_is_next(x, s, i);
+			if (r < 0)
+				return r;
+			if (r) {
+				take(s, i);
+				return 0;
+			}
+		}
+		for (unsigned i = 0; i < s->n; i++) {
+			struct xport_lane_head *h = &s->head[i];
+
+			if (!h->ended && h->got < XPORT_FRAME_HDR) {
+				r = read_head(x, s, i);
+				if (r < 0)
+					return r;
+				moved = moved || r;
+			}
+			r = head_is_next(x, s, i);
+			if (r < 0)
+				return r;
+			if (r) {
+				take(s, i);
+				return 0;
+			}
+			if (h->got == XPORT_FRAME_HDR) {
+				if (later == s->n || h->seq < s->head[later].seq)
+					later = i;
+			} else if (!h->ended) {
+				p[open++] =
+				    (struct pollfd){ .fd = s->lane[i]->fd, .events = POLLIN };
+			}
+		}
+		if (moved) {
+			idle_since = now_ns();
+			continue;
+		}
+		if (!open && later == s->n) {
+			*eof = true;
+			return 0;
+		}
+		if (!open)
+			return lane_fail(x, s, later,
+					 err_set(EPROTO,
+						 "frame %" PRIu64 " where frame %" PRIu64
+						 " was expected, and no connection can still "
+						 "bring it",
+						 s->head[later].seq, s->rseq));
+		r = xport_wait_idle(x, p, open, &idle_since);
+		if (r < 0)
+			return r;
+	}
+}
+
+/* xport_readable() of a striped stream: whether the frame being read, or
+ * the next frame's header, has bytes waiting. */
+int xport_stripe_readable(struct xport *x, struct xport_stripe *s, int timeout_ms)
+{
+	struct pollfd p[XPORT_LANES_MAX];
+	unsigned n = 0;
+	int r;
+
+	if (s->rleft) {
+		struct xport *l = s->lane[s->rlane];
+
+		if (l->ops->pending && l->ops->pending(l))
+			return 1;
+		p[n++] = (struct pollfd){ .fd = l->fd, .events = POLLIN };
+	} else {
+		for (unsigned i = 0; i < s->n; i++) {
+			struct xport_lane_head *h = &s->head[i];
+			struct xport *l = s->lane[i];
+
+			if (h->got == XPORT_FRAME_HDR && h->seq == s->rseq)
+				return 1;
+			if (h->ended || h->got == XPORT_FRAME_HDR)
+				continue;
+			if (l->ops->pending && l->ops->pending(l))
+				return 1;
+			p[n++] = (struct pollfd){ .fd = l->fd, .events = POLLIN };
+		}
+		if (!n)
+			return 1; /* the end, or a failure: the next read says */
+	}
+	r = poll(p, n, timeout_ms);
+	if (r < 0)
+		return errno == EINTR
+			   ? 0
+			   : xport_fail(x, POLLIN, err_set(errno, "poll: %s", strerror(errno)));
+	return r > 0;
 }
 
 /* ---- source --------------------------------------------------------------- */

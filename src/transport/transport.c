@@ -418,14 +418,17 @@ int xport_fail(struct xport *x, short dir, int r)
 }
 
 /*
- * Wait until fd is ready for 'events', the cancel token fires, or the idle
- * timeout (counted from *idle_since) runs out.  0 when ready.
+ * Wait until one of the n descriptors in p is ready for its events (their
+ * revents say which), the cancel token fires, or x's idle timeout (counted
+ * from *idle_since) runs out: 0 when ready, else x fails in the direction
+ * of p[0]'s events.
  */
-static int wait_ready(struct xport *x, short events, uint64_t *idle_since)
+int xport_wait_idle(struct xport *x, struct pollfd *p, unsigned n, uint64_t *idle_since)
 {
 	uint64_t deadline =
 	    x->timeout_ms > 0 ? *idle_since + (uint64_t)x->timeout_ms * 1000000u : 0;
-	int r = cancel_poll(x->cancel, x->fd, events, deadline);
+	short events = p[0].events;
+	int r = cancel_poll_fds(x->cancel, p, n, deadline);
 
 	if (r == -ECANCELED)
 		return fail(x, events, err_set(ECANCELED, "cancelled"));
@@ -436,6 +439,13 @@ static int wait_ready(struct xport *x, short events, uint64_t *idle_since)
 	if (r < 0)
 		return fail(x, events, err_set(-r, "poll: %s", strerror(-r)));
 	return 0;
+}
+
+static int wait_ready(struct xport *x, short events, uint64_t *idle_since)
+{
+	struct pollfd p = { .fd = x->fd, .events = events };
+
+	return xport_wait_idle(x, &p, 1, idle_since);
 }
 
 /* The time n bytes take at rate (bytes per second). */
@@ -543,16 +553,16 @@ int xport_send_raw(struct xport *x, struct xport *rl, _Atomic uint64_t *ctr, str
 }
 
 /*
- * Striped: cut the bytes of iov into frames, each sent whole on its lane
- * (frame k on lane k mod n).  The stream's counter counts the payload;
- * each lane's, what it carried.
+ * Striped: cut the bytes of iov into frames, each sent whole on the lane
+ * that can take it soonest (xport_stripe_pick()).  The stream's counter
+ * counts the payload; each lane's, what it carried.
  */
 static int stripe_send(struct xport *x, struct xport_stripe *s, struct iovec *iov, int iovcnt)
 {
 	while (iovcnt > 0) {
 		uint8_t hdr[XPORT_FRAME_HDR];
 		struct iovec f[8];
-		unsigned li = (unsigned)(s->tseq % s->n);
+		unsigned li;
 		size_t len = 0;
 		int nf = 1, r;
 
@@ -572,6 +582,9 @@ static int stripe_send(struct xport *x, struct xport_stripe *s, struct iovec *io
 		}
 		if (!len)
 			break;
+		r = xport_stripe_pick(x, s, &li);
+		if (r < 0)
+			return r;
 		xport_frame_encode(hdr, s->tseq, (uint32_t)len);
 		f[0] = (struct iovec){ .iov_base = hdr, .iov_len = sizeof(hdr) };
 		r = xport_send_raw(s->lane[li], x, &s->bytes[li], f, nf);
@@ -721,40 +734,26 @@ int xport_read_raw(struct xport *x, void *buf, size_t len, _Atomic uint64_t *ctr
 
 /*
  * Striped: up to max bytes of the stream into buf (*n of them), from the
- * current frame, whose header is read first when the last one is used up.
- * The end of the stream counts only at a frame boundary (*eof).
+ * current frame, whose lane is found first when the last one is used up.
+ * The end of the stream counts only once every lane has ended at a frame
+ * boundary (*eof).
  */
 static int stripe_read(struct xport *x, struct xport_stripe *s, uint8_t *buf, size_t max, size_t *n,
 		       bool *eof)
 {
-	unsigned li = s->rlane;
 	size_t got, k;
 	int r = 0;
 
 	*n = 0;
 	if (!s->rleft) {
-		uint8_t hdr[XPORT_FRAME_HDR];
-		uint32_t len = 0;
-
-		li = (unsigned)(s->rseq % s->n);
-		r = xport_read_raw(s->lane[li], hdr, sizeof(hdr), &s->bytes[li], &got);
-		if (r == -ECONNRESET && got == 0) {
-			*eof = true;
-			return 0;
-		}
-		if (r == 0)
-			r = xport_frame_decode(hdr, s->rseq, &len);
-		if (r < 0)
-			return fail(x, POLLIN,
-				    err_prefix(-r, "connection %u of %u: ", li + 1, s->n));
-		s->rlane = li;
-		s->rleft = len;
-		s->rseq++;
+		r = xport_stripe_next(x, s, eof);
+		if (r < 0 || *eof)
+			return r;
 	}
 	k = MIN(max, (size_t)s->rleft);
-	r = xport_read_raw(s->lane[li], buf, k, &s->bytes[li], &got);
+	r = xport_read_raw(s->lane[s->rlane], buf, k, &s->bytes[s->rlane], &got);
 	if (r < 0)
-		return fail(x, POLLIN, err_prefix(-r, "connection %u of %u: ", li + 1, s->n));
+		return fail(x, POLLIN, err_prefix(-r, "connection %u of %u: ", s->rlane + 1, s->n));
 	s->rleft -= (uint32_t)k;
 	*n = k;
 	atomic_fetch_add(&x->rx, (uint64_t)k);
@@ -883,11 +882,17 @@ out_fail:
 int xport_readable(struct xport *x, int timeout_ms)
 {
 	struct pollfd p = { .fd = x->fd, .events = POLLIN };
+	struct xport_stripe *s;
 	int r;
 
 	if (x->rerr)
 		return x->rerr;
-	if (x->rpos < x->rlen || (x->ops->pending && x->ops->pending(x)))
+	if (x->rpos < x->rlen)
+		return 1;
+	s = atomic_load(&x->stripe);
+	if (s && s->rx)
+		return xport_stripe_readable(x, s, timeout_ms);
+	if (x->ops->pending && x->ops->pending(x))
 		return 1;
 	r = poll(&p, 1, timeout_ms);
 	if (r < 0)

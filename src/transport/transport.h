@@ -139,16 +139,15 @@ const char *xport_peer(const struct xport *x);
  *
  * With N lanes, everything the source writes after the handshake is cut
  * into frames (be64 sequence number, be32 length, payload of 1 ..
- * XPORT_FRAME_MAX bytes), frame k sent on lane k mod N; the destination
- * reads them back in sequence order and its engine sees one ordered byte
- * stream again.  The other direction (the destination's replies) stays
- * unframed on lane 0, the connection the handshake used: it carries small
- * messages whose latency matters more than their rate.  Lane 0 is x
- * itself; the others join it with a JOIN message (the token x's peer was
- * given, and their index) on fresh connections, each with its own TLS
- * session when TLS is on.  Rate limiting, cancel and the idle timeout
- * apply to the whole; any lane failing fails the whole stream (sticky).
- * docs/wire-format.md has the bytes.
+ * XPORT_FRAME_MAX bytes), each sent on the lane that can take it soonest
+ * (numbers increase on each lane); the destination reads them back in
+ * sequence order, taking the next frame from whichever lane has it at its
+ * head, and its engine sees one ordered byte stream again.  The other direction (the destination's
+ * replies) stays unframed on lane 0, the connection the handshake used: it carries small messages
+ * whose latency matters more than their rate.  Lane 0 is x itself; the others join it with a JOIN
+ * message (the token x's peer was given, and their index) on fresh connections, each with its own
+ * TLS session when TLS is on.  Rate limiting, cancel and the idle timeout apply to the whole; any
+ * lane failing fails the whole stream (sticky). docs/wire-format.md has the bytes.
  */
 #define XPORT_LANES_MAX	 16
 #define XPORT_TOKEN_LEN	 16
@@ -166,7 +165,9 @@ const char *xport_peer(const struct xport *x);
 /* Pure codecs (unit-tested): a frame header; a JOIN; its answer's header.
  * Decoders: 0, or -EPROTO with the message set. */
 void xport_frame_encode(uint8_t hdr[XPORT_FRAME_HDR], uint64_t seq, uint32_t len);
-int xport_frame_decode(const uint8_t hdr[XPORT_FRAME_HDR], uint64_t expect_seq, uint32_t *len);
+/* Length checked (1 .. XPORT_FRAME_MAX, else -EPROTO); the sequence number
+ * is the reader's to judge. */
+int xport_frame_decode(const uint8_t hdr[XPORT_FRAME_HDR], uint64_t *seq, uint32_t *len);
 void xport_join_encode(uint8_t buf[XPORT_JOIN_LEN], unsigned lane,
 		       const uint8_t token[XPORT_TOKEN_LEN]);
 int xport_join_decode(const uint8_t buf[XPORT_JOIN_LEN], unsigned *lane,

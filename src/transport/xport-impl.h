@@ -46,6 +46,16 @@ struct xport {
 	_Atomic(struct xport_stripe *) stripe;
 };
 
+/* What the reader knows of a lane's next frame: its header, as far as it
+ * has arrived, or that the lane has ended (at a frame boundary). */
+struct xport_lane_head {
+	uint8_t hdr[XPORT_FRAME_HDR];
+	uint8_t got; /* header bytes read; all of them: seq and len hold */
+	bool ended;
+	uint64_t seq;
+	uint32_t len;
+};
+
 /*
  * The lanes of one striped stream.  lane[0] is the xport itself.  'lock'
  * guards lane[], joined and the lanes' cancel/timeout settings against
@@ -61,9 +71,16 @@ struct xport_stripe {
 	unsigned joined; /* lanes other than 0 attached */
 	bool tx, rx;	 /* that direction of x is striped */
 	bool spoke;	 /* lane 0 had bytes (or ended) before the others joined */
-	uint64_t tseq, rseq;
-	unsigned rlane;				 /* the frame being read: its lane, */
-	uint32_t rleft;				 /* and its payload bytes not yet read */
+	/* The writer's: the next frame's number, and the lane a tie between
+	 * equally empty lanes goes to. */
+	uint64_t tseq;
+	unsigned tnext;
+	/* The reader's: the next frame's number; the frame being read, its
+	 * lane and payload bytes not yet read; each lane's head. */
+	uint64_t rseq;
+	unsigned rlane;
+	uint32_t rleft;
+	struct xport_lane_head head[XPORT_LANES_MAX];
 	_Atomic uint64_t bytes[XPORT_LANES_MAX]; /* raw bytes moved per lane */
 };
 
@@ -76,6 +93,12 @@ int xport_fail(struct xport *x, short dir, int r);
 int xport_send_raw(struct xport *x, struct xport *rl, _Atomic uint64_t *ctr, struct iovec *iov,
 		   int iovcnt);
 int xport_read_raw(struct xport *x, void *buf, size_t len, _Atomic uint64_t *ctr, size_t *got);
+int xport_wait_idle(struct xport *x, struct pollfd *p, unsigned n, uint64_t *idle_since);
+
+/* stripe.c, for transport.c */
+int xport_stripe_pick(struct xport *x, struct xport_stripe *s, unsigned *lane);
+int xport_stripe_next(struct xport *x, struct xport_stripe *s, bool *eof);
+int xport_stripe_readable(struct xport *x, struct xport_stripe *s, int timeout_ms);
 void xport_stripe_free(struct xport *x);
 
 /* tcp.c */
