@@ -512,6 +512,7 @@ int xport_lanes_offer(struct xport *x, unsigned n, const uint8_t token[XPORT_TOK
 
 	if (r < 0)
 		return r;
+	tcp_fix_rcvbuf(x->fd);
 	atomic_store(&x->stripe, s);
 	return 0;
 }
@@ -578,6 +579,7 @@ int xport_lanes_attach(struct xport *x, unsigned index, const uint8_t token[XPOR
 		lane_name(lane, peer, index, s->n);
 		lane->cancel = x->cancel;
 		lane->timeout_ms = x->timeout_ms;
+		tcp_fix_rcvbuf(lane->fd);
 		s->lane[index] = lane;
 		s->joined++;
 		if (write(s->evfd, &one, sizeof(one)) < 0) {

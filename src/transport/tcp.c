@@ -81,6 +81,17 @@ void tcp_size_sndbuf(int fd)
 	setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &v, sizeof(v));
 }
 
+void tcp_fix_rcvbuf(int fd)
+{
+	long core = sysctl_field("/proc/sys/net/core/rmem_max", 0);
+	int v;
+
+	if (core <= 0 || core > INT32_MAX / 2 || 2 * core < TCP_LANE_RCVBUF_MIN)
+		return;
+	v = (int)core;
+	setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &v, sizeof(v));
+}
+
 const struct xport_ops tcp_xport_ops = {
 	.name = "tcp",
 	.sendv = tcp_sendv,
