@@ -36,7 +36,8 @@ static const char migrate_help[] =
     "                        base; start it with --shared-base)\n"
     "  --zero-blocks         send all-zero chunks as a flag\n" CLI_COMPRESS_HELP
     "  --max-downtime MS     longest pause for writers (default 300)\n"
-    "  --max-bandwidth RATE  cap the stream, e.g. 100M (per second)\n"
+    "  --max-bandwidth RATE  cap the stream, e.g. 100M (per second); the final\n"
+    "                        pass, writers paused, runs uncapped\n"
     "  --connections N       stripe the stream over N TCP connections, 1..16\n"
     "                        (default 1), for a long fat link one cannot fill\n"
     "  --mode MODE           how to keep up with writes made meanwhile:\n"

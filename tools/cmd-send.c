@@ -47,7 +47,8 @@ static const char send_help[] =
     "  --shared-base         send only allocated ranges: the destination already\n"
     "                        holds the rest (e.g. a common base image)\n"
     "  --zero-blocks         send all-zero chunks as a flag, without payload\n" CLI_COMPRESS_HELP
-    "  --max-bandwidth RATE  cap the stream, e.g. 100M (per second; default none)\n"
+    "  --max-bandwidth RATE  cap the stream, e.g. 100M (per second; default none);\n"
+    "                        the final pass, writers paused, runs uncapped\n"
     "  --connections N       stripe the stream over N TCP connections, 1..16\n"
     "                        (default 1), for a long fat link one cannot fill; the\n"
     "                        receiver may take fewer (receive --max-connections)\n"

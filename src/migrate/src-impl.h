@@ -169,6 +169,8 @@ struct src_job {
 	 * src_stats() and src_set_max_bandwidth() may read it from any
 	 * thread. */
 	struct xport *x;
+	/* The final pass runs unlimited (pause_rate()); under stats_lock. */
+	bool rate_lifted;
 
 	mig_progress_fn progress;
 	void *progress_user;

@@ -372,6 +372,11 @@ void xport_set_rate(struct xport *x, uint64_t bytes_per_sec)
 	atomic_store(&x->rate, bytes_per_sec);
 }
 
+uint64_t xport_get_rate(const struct xport *x)
+{
+	return atomic_load(&((struct xport *)x)->rate);
+}
+
 uint64_t xport_send_delay(struct xport *x)
 {
 	uint64_t now = now_ns();

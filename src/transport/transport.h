@@ -96,6 +96,7 @@ void xport_set_timeout(struct xport *x, int idle_timeout_ms);
 int xport_get_timeout(const struct xport *x);
 /* Bytes per second, 0 for unlimited.  May be changed at any time. */
 void xport_set_rate(struct xport *x, uint64_t bytes_per_sec);
+uint64_t xport_get_rate(const struct xport *x);
 /*
  * How long the rate limiter would hold the next send back (0: it may go
  * now), so that the writer can wait for it elsewhere and send something

@@ -389,6 +389,7 @@ struct mig {
 
 	/* results */
 	int src_r, dst_r;
+	uint64_t rate_after; /* the source's rate limit when src_run returned */
 	char src_msg[MSG_CAP], dst_msg[MSG_CAP];
 	struct mig_stats src_st, dst_st;
 };
@@ -467,6 +468,7 @@ static void mig_finish(struct mig *m)
 {
 	m->src_r = src_run(m->job, m->x);
 	snprintf(m->src_msg, sizeof(m->src_msg), "%s", m->src_r ? err_msg() : "");
+	m->rate_after = xport_get_rate(m->x);
 	atomic_store(&flush_held, false);
 	xport_close(m->x);
 	m->x = NULL;
@@ -838,6 +840,8 @@ static void test_dirty_pass(void **state)
 	/* Bulk, one dirty pass, and the (empty) final pass. */
 	assert_int_equal(m.src_st.iterations, 3);
 	assert_int_equal(m.dst_st.iterations, 3);
+	/* The final pass, writers paused, ran without the rate limit. */
+	assert_int_equal(m.rate_after, 0);
 	assert_int_equal(m.src_st.dev[0].data_chunks, 256 + 1);
 	assert_int_equal(m.dst_st.dev[0].data_chunks, 256 + 1);
 	assert_fenced(&s);
@@ -1455,6 +1459,8 @@ static void test_source_read_error_final(void **state)
 	assert_contains("destination", m.dst_msg, "source aborted");
 	assert_contains("destination", m.dst_msg, "read faulty-disk at offset");
 	assert_int_equal(p.last, MIG_FAILED);
+	/* The limit lifted for the final pass is back with the writers. */
+	assert_int_equal(m.rate_after, 32 * MiB);
 	assert_failed_untouched(&m, &s, 1);
 	sdev_close(&s);
 }
