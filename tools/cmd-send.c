@@ -196,6 +196,15 @@ static void send_log(void *user, const char *line)
 	fprintf(stderr, "blkmig: send: %s\n", line);
 }
 
+/* Whether a and b are open on the same file (device and inode). */
+static bool same_file(struct blk *a, struct blk *b)
+{
+	uint64_t da, ia, db, ib;
+
+	return blk_file_identity(a, &da, &ia) == 0 && blk_file_identity(b, &db, &ib) == 0 &&
+	       da == db && ia == ib;
+}
+
 int cmd_send(int argc, char **argv)
 {
 	enum {
@@ -415,6 +424,14 @@ int cmd_send(int argc, char **argv)
 					  0, &rblks[i]);
 			if (r < 0) {
 				cli_fail("send: %s", err_msg());
+				goto out;
+			}
+			/* Opened by path twice: both must be the file whose
+			 * writes are tracked, or another would be copied. */
+			if (!same_file(base, rblks[i])) {
+				cli_fail("send: %s was replaced while it was being opened",
+					 devs[i].path);
+				r = -ESTALE;
 				goto out;
 			}
 			if (blk_file_cache(rblks[i]) == BLK_CACHE_REFUSED && !json)

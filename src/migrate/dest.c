@@ -1154,9 +1154,13 @@ static int run(struct dst *d)
 				r = apply_write(d, ev.rec, ev.offset);
 			else
 				r = apply(d, ev.rec, ev.offset);
+			/* A checkpoint bounds what a dropped connection costs
+			 * again: a ZERO record costs next to nothing to resend
+			 * (only the clock triggers checkpoints for them). */
 			if (r == 0)
-				r = checkpoint(d, ev.rec->kind == WIRE_REC_WRITE
-						      ? ev.rec->length
+				r = checkpoint(d, ev.rec->kind == WIRE_REC_WRITE ? ev.rec->length
+						  : ev.rec->kind == WIRE_REC_ZERO
+						      ? 0
 						      : d->offer.chunk_size);
 			if (r == 0)
 				r = read_back_some(d, ev.rec->kind == WIRE_REC_WRITE

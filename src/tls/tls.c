@@ -10,6 +10,7 @@
 #include <gnutls/gnutls.h>
 #include <gnutls/x509.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,6 +64,10 @@ struct tls_session {
 	struct tls_creds *c;
 	gnutls_session_t g;
 	int fd;
+	/* Held by whoever is receiving: GnuTLS allows one sender and one
+	 * receiver at a time, and a failed send looks for the peer's alert
+	 * (tls_send) while another thread may be receiving. */
+	pthread_mutex_t rlock;
 	bool send_again;    /* the last send returned EAGAIN with a record queued */
 	bool refused_authz; /* a PSK identity was refused by the authz list */
 	char peer_id[PEER_ID_MAX];
@@ -421,10 +426,12 @@ int tls_session_new(struct tls_creds *c, int fd, const char *hostname, struct tl
 		return err_set(ENOMEM, "no memory for a TLS session");
 	s->c = c;
 	s->fd = fd;
+	pthread_mutex_init(&s->rlock, NULL);
 	if (c->hostname[0])
 		hostname = c->hostname;
 	gr = gnutls_init(&s->g, flags | (c->role == TLS_SERVER ? GNUTLS_SERVER : GNUTLS_CLIENT));
 	if (gr < 0) {
+		pthread_mutex_destroy(&s->rlock);
 		free(s);
 		return gnutls_fail(gr, "TLS session");
 	}
@@ -466,6 +473,7 @@ void tls_session_free(struct tls_session *s)
 	if (!s)
 		return;
 	gnutls_deinit(s->g);
+	pthread_mutex_destroy(&s->rlock);
 	free(s);
 }
 
@@ -690,8 +698,14 @@ ssize_t tls_send(struct tls_session *s, const void *buf, size_t len)
 			 * certificate is only known once the handshake is over
 			 * for this side. */
 			uint8_t sink[256];
-			ssize_t rr = gnutls_record_recv(s->g, sink, sizeof(sink));
+			ssize_t rr = 0;
 
+			/* Unless another thread is receiving: it will see the
+			 * alert itself. */
+			if (pthread_mutex_trylock(&s->rlock) == 0) {
+				rr = gnutls_record_recv(s->g, sink, sizeof(sink));
+				pthread_mutex_unlock(&s->rlock);
+			}
 			return io_error(s, rr == GNUTLS_E_FATAL_ALERT_RECEIVED ? rr : gr, "send");
 		}
 		done += (size_t)gr;
@@ -699,7 +713,7 @@ ssize_t tls_send(struct tls_session *s, const void *buf, size_t len)
 	return done ? (ssize_t)done : -EAGAIN;
 }
 
-ssize_t tls_recv(struct tls_session *s, void *buf, size_t len)
+static ssize_t recv_locked(struct tls_session *s, void *buf, size_t len)
 {
 	size_t done = 0;
 
@@ -719,6 +733,16 @@ ssize_t tls_recv(struct tls_session *s, void *buf, size_t len)
 		return io_error(s, gr, "receive");
 	}
 	return (ssize_t)done;
+}
+
+ssize_t tls_recv(struct tls_session *s, void *buf, size_t len)
+{
+	ssize_t n;
+
+	pthread_mutex_lock(&s->rlock);
+	n = recv_locked(s, buf, len);
+	pthread_mutex_unlock(&s->rlock);
+	return n;
 }
 
 size_t tls_pending(struct tls_session *s)

@@ -681,6 +681,33 @@ static void test_one_device(void **state)
 	sdev_close(&s);
 }
 
+/*
+ * A source asking for lanes from a destination run on its own (dst_run()
+ * without a listener, so no join could reach it): the destination takes
+ * one connection at once rather than waiting out its timeout.
+ */
+static void test_lanes_without_listener(void **state)
+{
+	struct sdev s;
+	struct mig m;
+
+	(void)state;
+	sdev_open_mem(&s, "disk0", 2 * MiB);
+	mig_init(&m);
+	m.sp.connections = 4;
+	m.src[0] = &s;
+	m.nsrc = 1;
+	m.dst.n = 1;
+	m.dst.dev[0].name = "disk0";
+	tmp_new(m.dst.dev[0].path, PATH_CAP, "dst");
+	mig_run(&m);
+
+	assert_success(&m);
+	assert_same(&s, m.dst.dev[0].path);
+	assert_int_equal(m.src_st.lanes, 1);
+	sdev_close(&s);
+}
+
 /* ---- FORWARD: the destination says where its NBD export is ----------------------- */
 
 /* One small migration on session sess, with or without forward, to a
@@ -2271,6 +2298,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		T(test_one_device),
+		T(test_lanes_without_listener),
 		T(test_forward_export),
 		T(test_two_devices),
 		T(test_dirty_pass),
