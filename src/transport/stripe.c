@@ -246,9 +246,12 @@ static int read_head(struct xport *x, struct xport_stripe *s, unsigned i)
 	return 1;
 }
 
-/* Whether lane i's head is the next frame; a head already passed (a
- * number sent twice, or going back) fails the stream. */
-static int head_is_next(struct xport *x, struct xport_stripe *s, unsigned i)
+/*
+ * If lane i's head is the next frame, make it the frame being read (1);
+ * 0 if not.  A head already passed (a number sent twice, or going back)
+ * fails the stream.
+ */
+static int take_if_next(struct xport *x, struct xport_stripe *s, unsigned i)
 {
 	struct xport_lane_head *h = &s->head[i];
 
@@ -260,15 +263,13 @@ static int head_is_next(struct xport *x, struct xport_stripe *s, unsigned i)
 					 "frame %" PRIu64 " where frame %" PRIu64
 					 " or later was expected",
 					 h->seq, s->rseq));
-	return h->seq == s->rseq;
-}
-
-static void take(struct xport_stripe *s, unsigned i)
-{
+	if (h->seq != s->rseq)
+		return 0;
 	s->rlane = i;
-	s->rleft = s->head[i].len;
+	s->rleft = h->len;
 	s->rseq++;
-	s->head[i].got = 0;
+	h->got = 0;
+	return 1;
 }
 
 /*
@@ -289,14 +290,11 @@ int xport_stripe_next(struct xport *x, struct xport_stripe *s, bool *eof)
 		bool moved = false;
 		int r;
 
+		/* Heads already read first: no system call. */
 		for (unsigned i = 0; i < s->n; i++) {
-			r = head_is_next(x, s, i);
-			if (r < 0)
-				return r;
-			if (r) {
-				take(s, i);
-				return 0;
-			}
+			r = take_if_next(x, s, i);
+			if (r)
+				return r < 0 ? r : 0;
 		}
 		for (unsigned i = 0; i < s->n; i++) {
 			struct xport_lane_head *h = &s->head[i];
@@ -306,13 +304,9 @@ int xport_stripe_next(struct xport *x, struct xport_stripe *s, bool *eof)
 				if (r < 0)
 					return r;
 				moved = moved || r;
-			}
-			r = head_is_next(x, s, i);
-			if (r < 0)
-				return r;
-			if (r) {
-				take(s, i);
-				return 0;
+				r = take_if_next(x, s, i);
+				if (r)
+					return r < 0 ? r : 0;
 			}
 			if (h->got == XPORT_FRAME_HDR) {
 				if (later == s->n || h->seq < s->head[later].seq)
