@@ -763,8 +763,11 @@ static bool next_check(struct dst *d, struct dst_dev **devp, uint64_t *idxp)
 {
 	for (unsigned i = 0; i < d->ndev; i++) {
 		struct dst_dev *dev = &d->dev[i];
-		int64_t idx = dirty_next(dev->check, dev->check_from);
+		int64_t idx;
 
+		if (!dirty_count(dev->check))
+			continue;
+		idx = dirty_next(dev->check, dev->check_from);
 		if (idx < 0 && dev->check_from)
 			idx = dirty_next(dev->check, 0);
 		if (idx < 0)

@@ -643,6 +643,9 @@ static void *watchdog_main(void *arg)
 		if (j->paused && !j->handing_over) {
 			held = now - j->pause_t0;
 			resume_locked(j);
+			/* The writers go: so does whatever the engine still
+			 * sends of this attempt, at the limit again. */
+			pause_rate(j, false);
 			j->abandoned = true;
 			src_stats_update(j, abandoned_fn, &held);
 		}

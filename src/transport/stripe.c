@@ -337,42 +337,57 @@ int xport_stripe_next(struct xport *x, struct xport_stripe *s, bool *eof)
 	}
 }
 
-/* xport_readable() of a striped stream: whether the frame being read, or
- * the next frame's header, has bytes waiting. */
-int xport_stripe_readable(struct xport *x, struct xport_stripe *s, int timeout_ms)
+/*
+ * Without waiting: 1 if the next frame can be read (the frame being read
+ * has bytes, or the next one's header has arrived and is taken), also at
+ * the end or on a failure (the next read says which); 0 if not, with the
+ * lanes worth polling in p (*n).
+ */
+static int next_ready(struct xport *x, struct xport_stripe *s, struct pollfd *p, unsigned *n)
 {
-	struct pollfd p[XPORT_LANES_MAX];
-	unsigned n = 0;
-	int r;
-
+	*n = 0;
 	if (s->rleft) {
 		struct xport *l = s->lane[s->rlane];
 
 		if (l->ops->pending && l->ops->pending(l))
 			return 1;
-		p[n++] = (struct pollfd){ .fd = l->fd, .events = POLLIN };
-	} else {
-		for (unsigned i = 0; i < s->n; i++) {
-			struct xport_lane_head *h = &s->head[i];
-			struct xport *l = s->lane[i];
-
-			if (h->got == XPORT_FRAME_HDR && h->seq == s->rseq)
-				return 1;
-			if (h->ended || h->got == XPORT_FRAME_HDR)
-				continue;
-			if (l->ops->pending && l->ops->pending(l))
-				return 1;
-			p[n++] = (struct pollfd){ .fd = l->fd, .events = POLLIN };
-		}
-		if (!n)
-			return 1; /* the end, or a failure: the next read says */
+		p[(*n)++] = (struct pollfd){ .fd = l->fd, .events = POLLIN };
+		return 0;
 	}
+	for (unsigned i = 0; i < s->n; i++) {
+		struct xport_lane_head *h = &s->head[i];
+		int r;
+
+		if (!h->ended && h->got < XPORT_FRAME_HDR && read_head(x, s, i) < 0)
+			return 1;
+		r = take_if_next(x, s, i);
+		if (r)
+			return 1;
+		if (!h->ended && h->got < XPORT_FRAME_HDR)
+			p[(*n)++] = (struct pollfd){ .fd = s->lane[i]->fd, .events = POLLIN };
+	}
+	return *n == 0; /* every lane ended or ahead: the next read says */
+}
+
+/* xport_readable() of a striped stream: whether the next read finds bytes
+ * of the stream (not just of some lane), waiting up to timeout_ms.  On the
+ * reader's thread: it may read a header and take the next frame. */
+int xport_stripe_readable(struct xport *x, struct xport_stripe *s, int timeout_ms)
+{
+	struct pollfd p[XPORT_LANES_MAX];
+	unsigned n;
+	int r;
+
+	if (next_ready(x, s, p, &n))
+		return 1;
+	if (timeout_ms == 0)
+		return 0;
 	r = poll(p, n, timeout_ms);
 	if (r < 0)
 		return errno == EINTR
 			   ? 0
 			   : xport_fail(x, POLLIN, err_set(errno, "poll: %s", strerror(errno)));
-	return r > 0;
+	return r > 0 && next_ready(x, s, p, &n);
 }
 
 /* ---- source --------------------------------------------------------------- */

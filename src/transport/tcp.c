@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "common/error.h"
+#include "common/util.h"
 #include "xport-impl.h"
 
 struct tcp_xport {
@@ -88,8 +89,12 @@ void tcp_fix_rcvbuf(int fd)
 
 	if (core <= 0 || core > INT32_MAX / 2 || 2 * core < TCP_LANE_RCVBUF_MIN)
 		return;
-	v = (int)core;
+	v = (int)MIN(core, (long)TCP_LANE_RCVBUF_MAX);
 	setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &v, sizeof(v));
+	/* Kernels before 6.11 keep the window clamp the connection was set
+	 * up with (about 64 KiB here) once the buffer is locked: raise it to
+	 * what the buffer now holds. */
+	setsockopt(fd, IPPROTO_TCP, TCP_WINDOW_CLAMP, &v, sizeof(v));
 }
 
 const struct xport_ops tcp_xport_ops = {

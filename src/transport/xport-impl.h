@@ -113,13 +113,15 @@ int tcp_xport_new(int fd, const char *peer, struct xport **out);
 void tcp_size_sndbuf(int fd);
 /*
  * The destination's lanes: a fixed receive buffer of net.core.rmem_max
- * (doubled by the kernel), where that gives at least TCP_LANE_RCVBUF_MIN.
+ * (doubled by the kernel; at most TCP_LANE_RCVBUF_MAX asked for), where
+ * that gives at least TCP_LANE_RCVBUF_MIN, and a window clamp to match.
  * Autotuning sizes a buffer by what the application read from it in the
  * last round trip, and the reader of lanes reads each in turn, when its
  * frame is next: their windows stayed small for seconds (docs/
  * wire-format.md, "Socket buffers").
  */
 #define TCP_LANE_RCVBUF_MIN (4 << 20)
+#define TCP_LANE_RCVBUF_MAX (16 << 20) /* asked for at most (the kernel doubles it) */
 void tcp_fix_rcvbuf(int fd);
 
 #endif

@@ -359,7 +359,10 @@ static void test_any_lane(void **state)
 	send_frame(p.raw[1], 2, 3, "ghi", 3);
 	send_frame(p.raw[1], 3, 2, "jk", 2);
 	send_frame(p.raw[2], 4, 1, "l", 1);
+	/* Bytes on lanes 1 and 2, but not the next frame: nothing to read. */
+	assert_int_equal(xport_readable(p.dst, 100), 0);
 	send_frame(p.src, 0, 3, "abc", 3);
+	assert_int_equal(xport_readable(p.dst, SAFETY_TIMEOUT_MS), 1);
 	send_frame(p.src, 6, 2, "op", 2);
 	send_frame(p.raw[1], 5, 2, "mn", 2);
 	assert_int_equal(xport_read(p.dst, buf, 16, NULL), 0);

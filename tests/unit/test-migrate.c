@@ -593,6 +593,7 @@ struct prog {
 	int write_r;
 	uint64_t write_off;
 	bool fault_in_final, faulted;
+	bool hold_in_final; /* the destination's flushes wait from MIG_FINAL on */
 	bool cancel_in_bulk, cancelled;
 	unsigned states; /* bit per state seen */
 	enum mig_state last;
@@ -623,6 +624,8 @@ static void prog_cb(const struct mig_stats *st, void *user)
 			p->cancelled = true;
 		}
 	}
+	if (st->state == MIG_FINAL && p->hold_in_final)
+		atomic_store(&flush_held, true);
 	if (st->state == MIG_FINAL && p->fault_in_final && !p->faulted) {
 		blk_mem_inject(p->mem, BLK_MEM_READ, 1, EIO);
 		p->faulted = true;
@@ -1210,6 +1213,8 @@ struct cancel_thread {
 	bool (*when)(const struct mig_stats *st);
 	uint64_t delay_ns;
 	int r;
+	struct xport *x;    /* if set: its rate limit when the cancel fires */
+	uint64_t rate_seen; /* that limit */
 };
 
 static void *canceller_main(void *arg)
@@ -1230,6 +1235,8 @@ static void *canceller_main(void *arg)
 		sleep_ns(1000000);
 	}
 	sleep_ns(c->delay_ns);
+	if (c->x)
+		c->rate_seen = xport_get_rate(c->x);
 	src_cancel(c->job);
 	return NULL;
 }
@@ -1237,7 +1244,7 @@ static void *canceller_main(void *arg)
 static void start_canceller(struct mig *m, struct cancel_thread *c,
 			    bool (*when)(const struct mig_stats *st), uint64_t delay_ns)
 {
-	*c = (struct cancel_thread){ .job = m->job, .when = when, .delay_ns = delay_ns };
+	*c = (struct cancel_thread){ .job = m->job, .when = when, .delay_ns = delay_ns, .x = c->x };
 	assert_int_equal(pthread_create(&c->th, NULL, canceller_main, c), 0);
 	m->user_thread = &c->th;
 }
@@ -1631,6 +1638,45 @@ static void test_cancel_silent_no_timeout(void **state)
 	assert_int_equal(m.src_st.state, MIG_CANCELLED);
 	assert_int_equal(m.src_st.bulk_done, m.src_st.total);
 	assert_int_equal(mark_check(m.dst.dev[0].path), 1);
+	assert_writable(&s);
+	sdev_close(&s);
+}
+
+static bool abandoned_once(const struct mig_stats *st)
+{
+	return st->abandoned >= 1;
+}
+
+/*
+ * The destination stops answering in the final pass (its flushes held from
+ * MIG_FINAL on): the watchdog lets the writers go once the pause overruns,
+ * and the rate limit lifted for the final pass is back at that moment,
+ * while the engine still waits for the destination (here until cancelled).
+ */
+static void test_abandoned_final_rate(void **state)
+{
+	struct cancel_thread c = { 0 };
+	struct prog p = { 0 };
+	struct sdev s;
+	struct mig m;
+
+	(void)state;
+	setup_fault_run(&m, &s, "disk0");
+	m.sp.max_bandwidth = 32 * MiB;
+	m.sp.max_downtime_ns = 50 * 1000000ull;
+	m.dst.dev[0].hold_flush = true;
+	p.hold_in_final = true;
+	m.progress = prog_cb;
+	m.progress_user = &p;
+	mig_start(&m);
+	xport_set_timeout(m.x, 0);
+	c.x = m.x;
+	start_canceller(&m, &c, abandoned_once, 20 * 1000000);
+	mig_finish(&m);
+	assert_int_equal(c.r, 0);
+	assert_int_equal(c.rate_seen, 32 * MiB);
+	assert_int_equal(m.src_r, -ECANCELED);
+	assert_true(m.src_st.abandoned >= 1);
 	assert_writable(&s);
 	sdev_close(&s);
 }
@@ -2315,6 +2361,7 @@ int main(void)
 		T(test_cancel_from_thread),
 		T(test_cancel_silent_no_timeout),
 		T(test_cancel_at_boundary),
+		T(test_abandoned_final_rate),
 		T(test_shared_base),
 		T(test_shared_base_refused),
 		T(test_zero_blocks),
