@@ -906,8 +906,9 @@ static int checkpoint(struct dst *d, uint64_t bytes)
 		r = ck_start(d);
 	if (r == 0 && dstw_threaded(d->writers))
 		r = queue_read_back(d);
-	for (unsigned i = 0; r == 0 && !dstw_threaded(d->writers) && i < d->ndev; i++)
-		dirty_move(d->dev[i].check, d->dev[i].pass);
+	else if (r == 0)
+		for (unsigned i = 0; i < d->ndev; i++)
+			dirty_move(d->dev[i].check, d->dev[i].pass);
 	d->ck_bytes = 0;
 	d->ck_ns = now_ns();
 	return r;
@@ -1135,6 +1136,7 @@ static int run(struct dst *d)
 	d->ck_ns = now_ns();
 	for (;;) {
 		struct dst_event ev = { 0 };
+		uint64_t bytes;
 
 		r = ops->next(d->f, &ev);
 		if (r < 0)
@@ -1160,15 +1162,12 @@ static int run(struct dst *d)
 			/* A checkpoint bounds what a dropped connection costs
 			 * again: a ZERO record costs next to nothing to resend
 			 * (only the clock triggers checkpoints for them). */
+			bytes =
+			    ev.rec->kind == WIRE_REC_WRITE ? ev.rec->length : d->offer.chunk_size;
 			if (r == 0)
-				r = checkpoint(d, ev.rec->kind == WIRE_REC_WRITE ? ev.rec->length
-						  : ev.rec->kind == WIRE_REC_ZERO
-						      ? 0
-						      : d->offer.chunk_size);
+				r = checkpoint(d, ev.rec->kind == WIRE_REC_ZERO ? 0 : bytes);
 			if (r == 0)
-				r = read_back_some(d, ev.rec->kind == WIRE_REC_WRITE
-							  ? ev.rec->length
-							  : d->offer.chunk_size);
+				r = read_back_some(d, bytes);
 			break;
 		case DST_EV_PASS_END:
 			r = pass_end(d);

@@ -124,12 +124,12 @@ static int offer_lanes(struct dst_fmt *f, unsigned asked)
 	uint8_t buf[NATIVE_FRAME_HDR + 2 + NATIVE_TOKEN_LEN];
 	unsigned max = f->p->max_connections ? f->p->max_connections : MIG_DEFAULT_MAX_CONNECTIONS;
 	struct native_lanes l = { .count = (uint16_t)MIN(asked, max) };
+	int r;
 
 	/* Without a listener to route joins here (dst_run() called on its
 	 * own), none could arrive: one connection. */
 	if (!f->p->claim)
 		l.count = 1;
-	int r;
 
 	if (getrandom(l.token, sizeof(l.token), 0) != (ssize_t)sizeof(l.token))
 		return err_set(EIO, "cannot pick a join token: %s", strerror(errno));

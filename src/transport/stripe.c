@@ -273,6 +273,48 @@ static int take_if_next(struct xport *x, struct xport_stripe *s, unsigned i)
 }
 
 /*
+ * One look at every lane, without waiting: heads already read first (no
+ * system call), then whatever has arrived of the others.  1 once the next
+ * frame is taken, 0 if not, or the stream's failure.  Otherwise *moved says
+ * whether any bytes came, *later is the lane holding the lowest later frame
+ * (s->n: none), and p holds the *open lanes still worth polling.
+ */
+static int sweep(struct xport *x, struct xport_stripe *s, struct pollfd *p, unsigned *open,
+		 unsigned *later, bool *moved)
+{
+	int r;
+
+	*open = 0;
+	*later = s->n;
+	*moved = false;
+	for (unsigned i = 0; i < s->n; i++) {
+		r = take_if_next(x, s, i);
+		if (r)
+			return r;
+	}
+	for (unsigned i = 0; i < s->n; i++) {
+		struct xport_lane_head *h = &s->head[i];
+
+		if (!h->ended && h->got < XPORT_FRAME_HDR) {
+			r = read_head(x, s, i);
+			if (r < 0)
+				return r;
+			*moved = *moved || r;
+			r = take_if_next(x, s, i);
+			if (r)
+				return r;
+		}
+		if (h->got == XPORT_FRAME_HDR) {
+			if (*later == s->n || h->seq < s->head[*later].seq)
+				*later = i;
+		} else if (!h->ended) {
+			p[(*open)++] = (struct pollfd){ .fd = s->lane[i]->fd, .events = POLLIN };
+		}
+	}
+	return 0;
+}
+
+/*
  * Find the lane whose head is frame rseq (each lane carries its frames in
  * increasing order, so the next frame is at the head of one of them) and
  * make it the frame being read.  Nothing is buffered beyond a header per
@@ -286,36 +328,12 @@ int xport_stripe_next(struct xport *x, struct xport_stripe *s, bool *eof)
 
 	for (;;) {
 		struct pollfd p[XPORT_LANES_MAX];
-		unsigned open = 0, later = s->n;
-		bool moved = false;
-		int r;
+		unsigned open, later;
+		bool moved;
+		int r = sweep(x, s, p, &open, &later, &moved);
 
-		/* Heads already read first: no system call. */
-		for (unsigned i = 0; i < s->n; i++) {
-			r = take_if_next(x, s, i);
-			if (r)
-				return r < 0 ? r : 0;
-		}
-		for (unsigned i = 0; i < s->n; i++) {
-			struct xport_lane_head *h = &s->head[i];
-
-			if (!h->ended && h->got < XPORT_FRAME_HDR) {
-				r = read_head(x, s, i);
-				if (r < 0)
-					return r;
-				moved = moved || r;
-				r = take_if_next(x, s, i);
-				if (r)
-					return r < 0 ? r : 0;
-			}
-			if (h->got == XPORT_FRAME_HDR) {
-				if (later == s->n || h->seq < s->head[later].seq)
-					later = i;
-			} else if (!h->ended) {
-				p[open++] =
-				    (struct pollfd){ .fd = s->lane[i]->fd, .events = POLLIN };
-			}
-		}
+		if (r)
+			return r < 0 ? r : 0;
 		if (moved) {
 			idle_since = now_ns();
 			continue;
@@ -345,28 +363,20 @@ int xport_stripe_next(struct xport *x, struct xport_stripe *s, bool *eof)
  */
 static int next_ready(struct xport *x, struct xport_stripe *s, struct pollfd *p, unsigned *n)
 {
-	*n = 0;
+	unsigned later;
+	bool moved;
+
 	if (s->rleft) {
 		struct xport *l = s->lane[s->rlane];
 
+		*n = 0;
 		if (l->ops->pending && l->ops->pending(l))
 			return 1;
 		p[(*n)++] = (struct pollfd){ .fd = l->fd, .events = POLLIN };
 		return 0;
 	}
-	for (unsigned i = 0; i < s->n; i++) {
-		struct xport_lane_head *h = &s->head[i];
-		int r;
-
-		if (!h->ended && h->got < XPORT_FRAME_HDR && read_head(x, s, i) < 0)
-			return 1;
-		r = take_if_next(x, s, i);
-		if (r)
-			return 1;
-		if (!h->ended && h->got < XPORT_FRAME_HDR)
-			p[(*n)++] = (struct pollfd){ .fd = s->lane[i]->fd, .events = POLLIN };
-	}
-	return *n == 0; /* every lane ended or ahead: the next read says */
+	/* Every lane ended or ahead: the next read says. */
+	return sweep(x, s, p, n, &later, &moved) != 0 || *n == 0;
 }
 
 /* xport_readable() of a striped stream: whether the next read finds bytes

@@ -143,12 +143,15 @@ const char *xport_peer(const struct xport *x);
  * XPORT_FRAME_MAX bytes), each sent on the lane that can take it soonest
  * (numbers increase on each lane); the destination reads them back in
  * sequence order, taking the next frame from whichever lane has it at its
- * head, and its engine sees one ordered byte stream again.  The other direction (the destination's
- * replies) stays unframed on lane 0, the connection the handshake used: it carries small messages
- * whose latency matters more than their rate.  Lane 0 is x itself; the others join it with a JOIN
- * message (the token x's peer was given, and their index) on fresh connections, each with its own
- * TLS session when TLS is on.  Rate limiting, cancel and the idle timeout apply to the whole; any
- * lane failing fails the whole stream (sticky). docs/wire-format.md has the bytes.
+ * head, and its engine sees one ordered byte stream again.  The other
+ * direction (the destination's replies) stays unframed on lane 0, the
+ * connection the handshake used: it carries small messages whose latency
+ * matters more than their rate.  Lane 0 is x itself; the others join it
+ * with a JOIN message (the token x's peer was given, and their index) on
+ * fresh connections, each with its own TLS session when TLS is on.  Rate
+ * limiting, cancel and the idle timeout apply to the whole; any lane
+ * failing fails the whole stream (sticky).  docs/wire-format.md has the
+ * bytes.
  */
 #define XPORT_LANES_MAX	 16
 #define XPORT_TOKEN_LEN	 16
