@@ -24,12 +24,14 @@
 # With --baseline BLKMIG, every row runs first with that binary (an older
 # build, say) and then with this one, one after the other, and the table
 # shows both, marked 'before' and 'after', so that the two see the same
-# machine at nearly the same time.
+# machine at nearly the same time.  --dst-opts adds options to the
+# destination's `serve --incoming` (its --cache, say).
 #
 #   bench/converge.sh [--size 1G] [--bandwidth 100M] [--limit 60]
 #                     [--rates "20M 80M 200M"] [--sizes "4K 64K"]
 #                     [--modes "dirty active auto"] [--quiet-secs 3]
 #                     [--max-downtime 300] [--baseline BLKMIG]
+#                     [--dst-opts "--cache none"]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 size=1G bw=100M limit=60 quiet=3 maxdt=300 baseline=
@@ -45,7 +47,8 @@ while [ $# -gt 0 ]; do
 	--quiet-secs) quiet=$2; shift 2 ;;
 	--max-downtime) maxdt=$2; shift 2 ;;
 	--baseline) baseline=$2; shift 2 ;;
-	*) echo "usage: bench/converge.sh [--size SIZE] [--bandwidth RATE] [--limit SECS] [--rates LIST] [--sizes LIST] [--modes LIST] [--quiet-secs N] [--max-downtime MS] [--baseline BLKMIG]" >&2; exit 2 ;;
+	--dst-opts) DST_OPTS=$2; shift 2 ;;
+	*) echo "usage: bench/converge.sh [--size SIZE] [--bandwidth RATE] [--limit SECS] [--rates LIST] [--sizes LIST] [--modes LIST] [--quiet-secs N] [--max-downtime MS] [--baseline BLKMIG] [--dst-opts OPTS]" >&2; exit 2 ;;
 	esac
 done
 # 0 would mean "the default" to blkmig, and the goal checked would not be
@@ -87,6 +90,7 @@ for bs in $sizes; do
 			[ "$build" = before ] && BLKMIG=$baseline
 			[ -n "$baseline" ] || build=-
 			start "$spec"
+			warm_memory "$W/base.img"
 			ctl "$W/src.sock" query-workload '{"reset": true}' >/dev/null
 			sleep "$quiet"
 			base=$(ctl "$W/src.sock" query-workload '{"reset": true}')

@@ -10,7 +10,10 @@
 #   field JSON KEY          one member of a JSON object
 #   start SPEC / stop       a destination `serve --incoming` and a source
 #                           `serve --workload d0,SPEC` on a copy of base.img
-#                           ($spid, $dpid; $W/src.sock, $W/dst.ports)
+#                           ($spid, $dpid; $W/src.sock, $W/dst.ports);
+#                           $DST_OPTS: more options for the destination
+#   warm_memory FILE        touch, and free, 1.5x FILE's allocated size
+#                           of page cache (see below)
 
 BLKMIG=${BLKMIG:-build/tools/blkmig}
 [ -x "$BLKMIG" ] || { echo "bench: build first (make)" >&2; exit 1; }
@@ -37,7 +40,7 @@ start() {
 	# The records a completed migration leaves (the source's hand-over
 	# fence, the destination's state) belong to the previous run.
 	cp "$W/base.img" "$W/src.img"; rm -f "$W/dst.img" "$W"/*.ports "$W"/*.blkmig-*
-	"$BLKMIG" serve --nbd 127.0.0.1:0 --port-file "$W/dst.ports" --incoming 127.0.0.1:0 --device d0="$W/dst.img" --create 2>"$W/dst.log" &
+	"$BLKMIG" serve --nbd 127.0.0.1:0 --port-file "$W/dst.ports" --incoming 127.0.0.1:0 --device d0="$W/dst.img" --create ${DST_OPTS:-} 2>"$W/dst.log" &
 	dpid=$!
 	"$BLKMIG" serve --nbd 127.0.0.1:0 --port-file "$W/src.ports" --control "$W/src.sock" --device d0="$W/src.img" \
 		--workload "d0,$1,seed=3" 2>"$W/src.log" &
@@ -101,4 +104,21 @@ with QMP(sys.argv[1]) as q:
     r = q.wait_migration(float(sys.argv[2]), poll=0.01)
 sys.exit(0 if r["status"] == "completed" else "qemu: migration " + r["status"])
 PY
+}
+
+# A virtual machine whose balloon reports free memory to its host (virtio
+# free page reporting, as this development VM's does) gets that memory
+# back only through a fault in the host at its first touch: a run that
+# fills the page cache with pages the host took back pays ~4 s of system
+# time per GiB for it (dd bs=1M of 1 GiB into a new file: 3.7-4.8 s, or
+# 0.5 s right after another such write), and which run pays depends on the
+# time since the last one.  Before each clock starts, the memory a run may
+# fill is touched the way the writers touch it (1 MiB writes into a file,
+# then freed), so every row starts from the same state (bench/compare
+# --no-warm skips it).
+warm_memory() { # SRC
+	local mib
+	mib=$(( $(stat -c '%b * %B' "$1") * 3 / 2 / 1048576 + 256 ))
+	dd if=/dev/zero of="$W/warm" bs=1M count="$mib" status=none
+	rm -f "$W/warm"
 }

@@ -9,21 +9,24 @@
 #    (no pause at all) until it is cancelled;
 #  - in active mode, writes from a real NBD client (qemu-io, to a second
 #    device the built-in writer leaves alone) made during the migration are
-#    all on the destination.
+#    all on the destination, whether it writes through its page cache or
+#    with --cache none (writer threads, which a mirrored write passes
+#    unless they hold one of its chunks).
 . "$(dirname "$0")/lib.sh"
 requires python3 cmp qemu-io
 
 size=$((16 * MiB))
 load="d0,bs=4K,rate=16M,seed=7"
 
-# run_mode NAME: a fresh source and destination, with d0 (the built-in
-# writer's) and d1 (for a real client).
+# run_mode NAME [DESTINATION-OPTION...]: a fresh source and destination,
+# with d0 (the built-in writer's) and d1 (for a real client).
 run_mode() {
 	local name=$1
+	shift
 	make_random "$T/$name.src" $size 201
 	make_random "$T/$name.src1" $((4 * MiB)) 202
 	start_serve "$name-dst" --incoming 127.0.0.1:0 --device d0="$T/$name.dst" \
-		--device d1="$T/$name.dst1" --create
+		--device d1="$T/$name.dst1" --create "$@"
 	DST_IN=$INCOMING_PORT DST_PID=$SERVE_PID DST_NBD=$NBD_PORT
 	start_serve "$name-src" --device d0="$T/$name.src" --device d1="$T/$name.src1" \
 		--control "$T/$name.sock" --workload "$load"
@@ -47,29 +50,33 @@ check_done() {
 }
 
 # ---- active --------------------------------------------------------------------
-run_mode active
-# A real client writes known patterns too; each acknowledged one must reach
-# the destination.
-(
-	i=0
-	while [ ! -e "$T/stop" ]; do
-		off=$(( (i * 7919 % 1000) * 4096 )) pat=$(( i % 250 + 1 ))
-		if qemu-io -f raw "nbd://127.0.0.1:$SRC_NBD/d1" -c "write -P $pat $off 4k" >/dev/null 2>&1; then
-			echo "$off $pat ok"
-		fi
-		i=$((i + 1))
-	done >"$T/client.log"
-) &
-CLIENT=$!
-"$BLKMIG" migrate --control "$T/active.sock" --to "127.0.0.1:$DST_IN" --after refuse --max-bandwidth 8M \
-	--mode active --wait --json >"$T/active.json" 2>"$T/active.err" ||
-	{ cat "$T/active.err" "$T/active-src.err" "$T/active-dst.err" >&2; fail "active: migrate failed"; }
-touch "$T/stop"
-wait $CLIENT
-check_done active
-[ "$(json_field "$T/active.json" "['mode']")" = active ] || fail "active: mode not reported"
-# The last write to each offset wins; the destination has it.
-python3 - "$T/active.dst1" "$T/client.log" <<'PY' || fail "active: an acknowledged client write is missing on the destination"
+# active_run NAME [DESTINATION-OPTION...]
+active_run() {
+	local name=$1
+	run_mode "$@"
+	rm -f "$T/stop"
+	# A real client writes known patterns too; each acknowledged one must reach
+	# the destination.
+	(
+		i=0
+		while [ ! -e "$T/stop" ]; do
+			off=$(( (i * 7919 % 1000) * 4096 )) pat=$(( i % 250 + 1 ))
+			if qemu-io -f raw "nbd://127.0.0.1:$SRC_NBD/d1" -c "write -P $pat $off 4k" >/dev/null 2>&1; then
+				echo "$off $pat ok"
+			fi
+			i=$((i + 1))
+		done >"$T/client.log"
+	) &
+	CLIENT=$!
+	"$BLKMIG" migrate --control "$T/$name.sock" --to "127.0.0.1:$DST_IN" --after refuse --max-bandwidth 8M \
+		--mode active --wait --json >"$T/$name.json" 2>"$T/$name.err" ||
+		{ cat "$T/$name.err" "$T/$name-src.err" "$T/$name-dst.err" >&2; fail "$name: migrate failed"; }
+	touch "$T/stop"
+	wait $CLIENT
+	check_done "$name"
+	[ "$(json_field "$T/$name.json" "['mode']")" = active ] || fail "$name: mode not reported"
+	# The last write to each offset wins; the destination has it.
+	python3 - "$T/$name.dst1" "$T/client.log" <<'PY' || fail "$name: an acknowledged client write is missing on the destination"
 import sys
 d = open(sys.argv[1], "rb").read()
 last = {}
@@ -81,7 +88,10 @@ for off, pat in last.items():
     assert d[off:off + 4096] == bytes([pat]) * 4096, (off, pat, d[off], d[off + 4095], len(last))
 print(len(last), "client offsets checked")
 PY
-pass "active: completed under 16 MB/s of writes over an 8 MB/s link, $(json_field "$T/active.json" "['mirrored-writes']") writes mirrored, downtime $(json_field "$T/active.json" "['downtime']") ms; client writes all on the destination"
+	pass "$name: completed under 16 MB/s of writes over an 8 MB/s link, $(json_field "$T/$name.json" "['mirrored-writes']") writes mirrored, downtime $(json_field "$T/$name.json" "['downtime']") ms; client writes all on the destination"
+}
+active_run active
+active_run active-direct --cache none
 
 # ---- auto ----------------------------------------------------------------------
 run_mode auto
