@@ -656,10 +656,8 @@ static int apply_write(struct dst *d, const struct wire_record *rec, uint64_t re
 {
 	struct dst_dev *dev = find_dev(d, rec->name);
 	uint64_t end;
-	int r = dstw_barrier(d->writers);
+	int r;
 
-	if (r < 0)
-		return r;
 	/* The reader refuses WRITE records a handshake did not announce. */
 	assert(d->offer.mirror && d->f->ops->write_applied);
 	if (!dev)
@@ -671,6 +669,11 @@ static int apply_write(struct dst *d, const struct wire_record *rec, uint64_t re
 			       (unsigned long long)rec_off, rec->length,
 			       (unsigned long long)rec->offset, dev->shown,
 			       (unsigned long long)dev->size);
+	/* After every record queued for its chunks, not behind the others. */
+	r = dstw_wait_chunks(d->writers, rec->offset / d->offer.chunk_size,
+			     (end - 1) / d->offer.chunk_size);
+	if (r < 0)
+		return r;
 	if (rec->seq != d->wseq + 1)
 		return err_set(EBADMSG,
 			       "record at stream offset %llu: write %llu out of sequence "

@@ -272,6 +272,38 @@ int dstw_barrier(struct dstw *w)
 	return r;
 }
 
+/* Whether a queued (or running) job of writer wr is for a chunk in
+ * [first, last].  Lock held. */
+static bool holds_locked(const struct dstw *w, const struct dstw_writer *wr, uint64_t first,
+			 uint64_t last)
+{
+	for (unsigned k = 0; k < wr->count; k++) {
+		uint64_t idx = wr->slot[(wr->head + k) % w->nslots].job.idx;
+
+		if (idx >= first && idx <= last)
+			return true;
+	}
+	return false;
+}
+
+int dstw_wait_chunks(struct dstw *w, uint64_t first, uint64_t last)
+{
+	int r;
+
+	if (!w->nwriters)
+		return failed_locked(w); /* inline: nothing is queued, no lock */
+	pthread_mutex_lock(&w->lock);
+	for (unsigned i = 0; i < w->nwriters; i++) {
+		const struct dstw_writer *wr = &w->wr[i];
+
+		while (!w->err && holds_locked(w, wr, first, last))
+			pthread_cond_wait(&w->space, &w->lock);
+	}
+	r = failed_locked(w);
+	pthread_mutex_unlock(&w->lock);
+	return r;
+}
+
 bool dstw_threaded(const struct dstw *w)
 {
 	return w && w->nwriters > 0;

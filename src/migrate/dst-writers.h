@@ -59,6 +59,9 @@ int dstw_new(unsigned nwriters, uint32_t chunk_size, struct dstw **out);
 int dstw_submit(struct dstw *w, const struct dstw_job *job);
 /* Wait until every queued job is applied; the first failure, once. */
 int dstw_barrier(struct dstw *w);
+/* Wait until no job for a chunk in [first, last] is queued or running (the
+ * rest may go on); the first failure, once. */
+int dstw_wait_chunks(struct dstw *w, uint64_t first, uint64_t last);
 /* Whether jobs run on threads of their own (not inline; false for NULL). */
 bool dstw_threaded(const struct dstw *w);
 /* Stop and free (after a barrier, or abandoning what is queued).  NULL ok. */

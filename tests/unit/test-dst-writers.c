@@ -3,8 +3,9 @@
  * Unit tests for the destination's writer pool (src/migrate/dst-writers.c)
  * over in-memory devices: records for one chunk land in order, digests are
  * set, the barrier waits for everything queued, a read-back check catches a
- * chunk that differs, and a writer's failure surfaces with its message,
- * sticky, at the next submit or barrier.
+ * chunk that differs, a writer's failure surfaces with its message,
+ * sticky, at the next submit or barrier, and a wait for some chunks waits
+ * for their jobs and for no others.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -13,8 +14,10 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "block/backend.h"
 #include "common/error.h"
@@ -149,6 +152,129 @@ static void test_error_surfaces(void **state)
 	assert_int_equal(dstw_barrier(f->w), -ENOSPC);
 }
 
+/* A layer over a device that holds a write at one offset until opened. */
+struct gate {
+	struct blk b; /* first */
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	uint64_t held_off;
+	bool holding, open;
+};
+
+static int gate_pread(struct blk *b, void *buf, size_t len, uint64_t off)
+{
+	return blk_pread(b->lower, buf, len, off);
+}
+
+static int gate_pwrite(struct blk *b, const void *buf, size_t len, uint64_t off)
+{
+	struct gate *g = (struct gate *)b;
+
+	pthread_mutex_lock(&g->lock);
+	if (off == g->held_off) {
+		g->holding = true;
+		pthread_cond_broadcast(&g->cond);
+		while (!g->open)
+			pthread_cond_wait(&g->cond, &g->lock);
+	}
+	pthread_mutex_unlock(&g->lock);
+	return blk_pwrite(b->lower, buf, len, off);
+}
+
+static void gate_close(struct blk *b)
+{
+	struct gate *g = (struct gate *)b;
+
+	pthread_cond_destroy(&g->cond);
+	pthread_mutex_destroy(&g->lock);
+	free(g);
+}
+
+static const struct blk_ops gate_ops = {
+	.name = "gate", .pread = gate_pread, .pwrite = gate_pwrite, .close = gate_close
+};
+
+struct waiter {
+	struct fx *f;
+	uint64_t first, last;
+	int r;
+	uint8_t seen[CS]; /* chunk 'first' as it was when the wait returned */
+};
+
+static void *wait_main(void *arg)
+{
+	struct waiter *w = arg;
+
+	w->r = dstw_wait_chunks(w->f->w, w->first, w->last);
+	if (blk_pread(w->f->blk, w->seen, CS, w->first * CS) != 0)
+		w->r = -EIO;
+	return NULL;
+}
+
+/*
+ * A mirrored write waits for the records of its own chunks, and not behind
+ * the rest: with chunk 3's write held in its writer (chunk 6 queued behind
+ * it), a wait for chunks 4..5 returns at once, and a wait for 2..3 only
+ * once chunk 3 is written.
+ */
+static void test_wait_chunks(void **state)
+{
+	struct fx *f = *state;
+	struct gate *g = calloc(1, sizeof(*g));
+	struct waiter wt = { .f = f, .first = 3, .last = 3 };
+	uint8_t want[CS];
+	pthread_t t;
+
+	alarm(30); /* a wait for the wrong jobs would hang here */
+	assert_non_null(g);
+	g->b = (struct blk){ .ops = &gate_ops, .lower = f->blk, .size = blk_size(f->blk) };
+	pthread_mutex_init(&g->lock, NULL);
+	pthread_cond_init(&g->cond, NULL);
+	g->held_off = 3 * CS;
+	f->blk = &g->b; /* teardown closes the stack */
+
+	memset(f->buf, 0x33, CS);
+	memcpy(want, f->buf, CS);
+	for (uint64_t c = 3; c <= 6; c++)
+		assert_int_equal(submit(f, DSTW_WRITE, c, f->buf), 0);
+	pthread_mutex_lock(&g->lock);
+	while (!g->holding)
+		pthread_cond_wait(&g->cond, &g->lock);
+	pthread_mutex_unlock(&g->lock);
+
+	/* Chunks 4 and 5 are on other writers: no wait for chunk 3. */
+	assert_int_equal(dstw_wait_chunks(f->w, 4, 5), 0);
+	assert_int_equal(blk_pread(f->blk, f->buf, CS, 4 * CS), 0);
+	assert_memory_equal(f->buf, want, CS);
+
+	assert_int_equal(pthread_create(&t, NULL, wait_main, &wt), 0);
+	usleep(20000); /* give a wrong wait the chance to return early */
+	pthread_mutex_lock(&g->lock);
+	g->open = true;
+	pthread_cond_broadcast(&g->cond);
+	pthread_mutex_unlock(&g->lock);
+	assert_int_equal(pthread_join(t, NULL), 0);
+	assert_int_equal(wt.r, 0);
+	assert_memory_equal(wt.seen, want, CS);
+	assert_int_equal(dstw_barrier(f->w), 0);
+	alarm(0);
+}
+
+/* Inline, nothing is ever queued: a wait returns at once, or the kept
+ * failure. */
+static void test_wait_chunks_inline(void **state)
+{
+	struct fx *f = *state;
+
+	memset(f->buf, 1, CS);
+	assert_int_equal(dstw_wait_chunks(f->w, 0, NCHUNK - 1), 0);
+	blk_mem_inject(f->blk, BLK_MEM_WRITE, 1, ENOSPC);
+	assert_int_equal(submit(f, DSTW_WRITE, 2, f->buf), -ENOSPC);
+	err_clear();
+	assert_int_equal(dstw_wait_chunks(f->w, 5, 5), -ENOSPC);
+	assert_non_null(strstr(err_msg(), "write d0 at offset "));
+}
+
 static void test_bad_args(void **state)
 {
 	struct fx *f = *state;
@@ -168,6 +294,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		FT(test_order_and_digests),  FT(test_check_catches_difference),
 		FT(test_error_surfaces),     FT(test_bad_args),
+		FT(test_wait_chunks),	     FT0(test_wait_chunks_inline),
 		FT0(test_order_and_digests), FT0(test_check_catches_difference),
 		FT0(test_error_surfaces),    FT0(test_bad_args),
 	};
