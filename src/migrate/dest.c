@@ -22,8 +22,9 @@
  * but apply chunk records: it validates them and hands them to the writer
  * pool (dst-writers.h), which hashes and writes them while the engine reads
  * the next record.  The pool is drained (a barrier, its first failure
- * reported) before anything that needs the writes done: a sync, the
- * read-back, a mirrored WRITE, a pass end, completion.
+ * reported) before anything that needs every write done: a sync, a pass
+ * end, completion.  A mirrored WRITE waits only for the jobs of its own
+ * chunks, a checkpoint's thread for the jobs submitted before it began.
  */
 #include <assert.h>
 #include <errno.h>
@@ -60,8 +61,8 @@ struct dst_dev {
 	struct digest_table *dig;
 	struct dirty *pass;    /* chunks written since the last read-back */
 	struct dirty *carried; /* chunks the stream carried, in any pass */
-	/* Inline writers: chunks made durable by a checkpoint and not read
-	 * back yet; read_back_some() takes them a few at a time. */
+	/* Chunks a checkpoint took and not read back yet;
+	 * read_back_some() takes them a few at a time. */
 	struct dirty *check;
 	uint64_t check_from;   /* where read_back_some() looks next */
 	struct dirty *ck_held; /* the background checkpoint's copy of carried */
@@ -96,6 +97,7 @@ struct dst {
 	 * ck_running, ck_done says it has finished, and ck_err (ck_msg) how;
 	 * the engine joins it before any sync or record of its own. */
 	pthread_t ck_thread;
+	uint64_t ck_upto; /* the last writer job it waits for before its sync */
 	bool ck_running;
 	atomic_bool ck_done;
 	int ck_err;
@@ -262,13 +264,17 @@ static int save_rec(struct dst *d, struct dst_dev *dev, uint32_t attempt, struct
  * own while the engine goes on applying records: the engine's view of the
  * devices is not touched here, only the blocks (fdatasync is safe beside
  * the engine's writes, and covers those that returned before it started)
- * and each device's copy of carried taken when it started.
+ * and each device's copy of carried taken when it started.  The writers'
+ * jobs submitted before it started are waited for here, not by the engine,
+ * which goes on queueing more (a client's mirrored write among them).
  */
 static void *ck_sync_main(void *arg)
 {
 	struct dst *d = arg;
-	int r = 0;
+	int r = d->writers ? dstw_wait_done(d->writers, d->ck_upto) : 0;
 
+	if (r < 0)
+		r = err_prefix(-r, "checkpoint: ");
 	for (unsigned i = 0; r == 0 && i < d->ndev; i++) {
 		r = blk_flush(d->dev[i].blk);
 		if (r < 0)
@@ -301,12 +307,13 @@ static int ck_join(struct dst *d)
 	return -d->ck_err;
 }
 
-/* Start one: everything applied so far (the writers drained) is made
- * durable, and the chunks carried until now recorded. */
+/* Start one: everything submitted to the writers so far is made durable
+ * once they have applied it, and the chunks carried until now recorded. */
 static int ck_start(struct dst *d)
 {
 	int e;
 
+	d->ck_upto = d->writers ? dstw_submitted(d->writers) : 0;
 	for (unsigned i = 0; i < d->ndev; i++) {
 		struct dst_dev *dev = &d->dev[i];
 
@@ -645,6 +652,34 @@ static int read_dev(void *arg, void *buf, size_t len, uint64_t off)
 }
 
 /*
+ * Buffered images have their chunk records applied on the engine's thread
+ * (writers_for()), which is cheapest while nobody waits.  Once clients'
+ * writes are mirrored, a client waits for its WACK behind every record
+ * ahead of its write: from the first WRITE record on, one writer thread
+ * applies the chunk records, and the engine only copies each into a slot
+ * (a 64 KiB buffered write into fresh page cache costs it 100-250 us on a
+ * busy 2-core VM; the copy ~10 us).
+ */
+static int writers_for_mirror(struct dst *d)
+{
+	struct dstw *w;
+	int r;
+
+	if (!d->writers || dstw_threaded(d->writers))
+		return 0;
+	/* The checkpoint's thread waits on the pool it started with; an
+	 * inline pool holds nothing that is not applied. */
+	r = ck_join(d);
+	if (r == 0)
+		r = dstw_new(1, d->offer.chunk_size, &w);
+	if (r < 0)
+		return r;
+	dstw_free(d->writers);
+	d->writers = w;
+	return 0;
+}
+
+/*
  * A client write the source mirrored (active mode): validated like a
  * chunk, applied in sequence, acknowledged at once (the writer on the
  * source is waiting), then its chunks' hashes updated from the written
@@ -656,8 +691,10 @@ static int apply_write(struct dst *d, const struct wire_record *rec, uint64_t re
 {
 	struct dst_dev *dev = find_dev(d, rec->name);
 	uint64_t end;
-	int r;
+	int r = writers_for_mirror(d);
 
+	if (r < 0)
+		return r;
 	/* The reader refuses WRITE records a handshake did not announce. */
 	assert(d->offer.mirror && d->f->ops->write_applied);
 	if (!dev)
@@ -815,14 +852,15 @@ static int queue_read_back(struct dst *d)
 }
 
 /*
- * Inline writers: the read-back of the chunks checkpoints made durable,
- * between records, so that no record (a client's write waiting for its
- * WACK) waits behind a checkpoint's whole read-back: a chunk for every
- * chunk's worth of records applied since, and more while nothing waits to
- * be read.  So little is left for the pass end, whose read-back the source
- * waits for (in the final pass, with its writers paused).  On the engine's
- * thread, like the writes: a chunk is read back in the state its digest
- * describes.
+ * The read-back of the chunks checkpoints took, between records, so that
+ * no record (a client's write waiting for its WACK) waits behind a
+ * checkpoint's whole read-back: a chunk for every chunk's worth of records
+ * applied since, and more while nothing waits to be read.  So little is
+ * left for the pass end, whose read-back the source waits for (in the
+ * final pass, with its writers paused).  Inline writers read on the
+ * engine's thread, like the writes; threads get each check queued behind
+ * the chunk's writes.  Either way a chunk is read back in the state its
+ * digest describes.
  */
 static int read_back_some(struct dst *d, uint64_t bytes)
 {
@@ -830,7 +868,7 @@ static int read_back_some(struct dst *d, uint64_t bytes)
 	struct dst_dev *dev;
 	uint64_t idx;
 
-	if (!d->writers || dstw_threaded(d->writers) || !checks_left(d))
+	if (!d->writers || !checks_left(d))
 		return 0;
 	d->check_credit += bytes;
 	for (;;) {
@@ -904,14 +942,10 @@ static int checkpoint(struct dst *d, uint64_t bytes)
 		return 0;
 	r = ck_join(d);
 	if (r == 0)
-		r = drain(d);
-	if (r == 0)
 		r = ck_start(d);
-	if (r == 0 && dstw_threaded(d->writers))
-		r = queue_read_back(d);
-	else if (r == 0)
-		for (unsigned i = 0; i < d->ndev; i++)
-			dirty_move(d->dev[i].check, d->dev[i].pass);
+	/* Read back a few at a time from now on (read_back_some()). */
+	for (unsigned i = 0; r == 0 && i < d->ndev; i++)
+		dirty_move(d->dev[i].check, d->dev[i].pass);
 	d->ck_bytes = 0;
 	d->ck_ns = now_ns();
 	return r;

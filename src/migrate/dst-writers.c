@@ -27,6 +27,7 @@
 
 struct dstw_slot {
 	struct dstw_job job;
+	uint64_t no;  /* its place among all jobs submitted (dstw_submitted()) */
 	uint8_t *buf; /* the job's data, chunk-sized, aligned */
 };
 
@@ -46,6 +47,7 @@ struct dstw {
 	 * from the caller's buffer (a read-back reads into check_buf). */
 	unsigned nwriters, nslots;
 	uint32_t chunk_size;
+	uint64_t submitted; /* jobs submitted so far (the engine's; read under lock) */
 	bool stop;
 	uint8_t *check_buf;
 	int err; /* the first failure (positive errno), sticky */
@@ -234,8 +236,10 @@ int dstw_submit(struct dstw *w, const struct dstw_job *job)
 	if (job->len > w->chunk_size)
 		return err_set(EINVAL, "writer pool: a %zu-byte job for %u-byte chunks", job->len,
 			       w->chunk_size);
-	if (!w->nwriters)
+	if (!w->nwriters) {
+		w->submitted++;
 		return submit_inline(w, job);
+	}
 	wr = &w->wr[job->idx % w->nwriters];
 	pthread_mutex_lock(&w->lock);
 	while (wr->count == w->nslots && !w->err)
@@ -253,6 +257,7 @@ int dstw_submit(struct dstw *w, const struct dstw_job *job)
 		s->job.data = s->buf;
 	}
 	pthread_mutex_lock(&w->lock);
+	s->no = ++w->submitted;
 	wr->count++;
 	pthread_cond_signal(&wr->work);
 	pthread_mutex_unlock(&w->lock);
@@ -297,6 +302,35 @@ int dstw_wait_chunks(struct dstw *w, uint64_t first, uint64_t last)
 		const struct dstw_writer *wr = &w->wr[i];
 
 		while (!w->err && holds_locked(w, wr, first, last))
+			pthread_cond_wait(&w->space, &w->lock);
+	}
+	r = failed_locked(w);
+	pthread_mutex_unlock(&w->lock);
+	return r;
+}
+
+uint64_t dstw_submitted(struct dstw *w)
+{
+	uint64_t n;
+
+	pthread_mutex_lock(&w->lock);
+	n = w->submitted;
+	pthread_mutex_unlock(&w->lock);
+	return n;
+}
+
+int dstw_wait_done(struct dstw *w, uint64_t upto)
+{
+	int r;
+
+	if (!w->nwriters)
+		return 0; /* inline: done when submitted, failures the engine's */
+	pthread_mutex_lock(&w->lock);
+	/* Each queue is in submission order: its head is its oldest job. */
+	for (unsigned i = 0; i < w->nwriters; i++) {
+		const struct dstw_writer *wr = &w->wr[i];
+
+		while (!w->err && wr->count && wr->slot[wr->head].no <= upto)
 			pthread_cond_wait(&w->space, &w->lock);
 	}
 	r = failed_locked(w);

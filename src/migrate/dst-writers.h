@@ -62,6 +62,15 @@ int dstw_barrier(struct dstw *w);
 /* Wait until no job for a chunk in [first, last] is queued or running (the
  * rest may go on); the first failure, once. */
 int dstw_wait_chunks(struct dstw *w, uint64_t first, uint64_t last);
+/*
+ * Jobs are numbered from 1 as they are submitted: the number of the last
+ * one (0: none yet), and a wait until every job up to 'upto' is applied,
+ * while later ones may still be queued, the first failure (once) if one
+ * came first.  Any thread may wait; inline, a job is done once submitted
+ * and its failure is the submitter's, so this returns 0 at once.
+ */
+uint64_t dstw_submitted(struct dstw *w);
+int dstw_wait_done(struct dstw *w, uint64_t upto);
 /* Whether jobs run on threads of their own (not inline; false for NULL). */
 bool dstw_threaded(const struct dstw *w);
 /* Stop and free (after a barrier, or abandoning what is queued).  NULL ok. */

@@ -4,8 +4,8 @@
  * over in-memory devices: records for one chunk land in order, digests are
  * set, the barrier waits for everything queued, a read-back check catches a
  * chunk that differs, a writer's failure surfaces with its message,
- * sticky, at the next submit or barrier, and a wait for some chunks waits
- * for their jobs and for no others.
+ * sticky, at the next submit or barrier, and a wait for some chunks, or
+ * for the jobs up to one, waits for those and for no others.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -196,7 +196,8 @@ static const struct blk_ops gate_ops = {
 
 struct waiter {
 	struct fx *f;
-	uint64_t first, last;
+	uint64_t first, last; /* dstw_wait_chunks(first, last), or with */
+	uint64_t upto;	      /* upto set dstw_wait_done(upto) */
 	int r;
 	uint8_t seen[CS]; /* chunk 'first' as it was when the wait returned */
 };
@@ -205,7 +206,8 @@ static void *wait_main(void *arg)
 {
 	struct waiter *w = arg;
 
-	w->r = dstw_wait_chunks(w->f->w, w->first, w->last);
+	w->r = w->upto ? dstw_wait_done(w->f->w, w->upto)
+		       : dstw_wait_chunks(w->f->w, w->first, w->last);
 	if (blk_pread(w->f->blk, w->seen, CS, w->first * CS) != 0)
 		w->r = -EIO;
 	return NULL;
@@ -217,30 +219,55 @@ static void *wait_main(void *arg)
  * it), a wait for chunks 4..5 returns at once, and a wait for 2..3 only
  * once chunk 3 is written.
  */
-static void test_wait_chunks(void **state)
+/* Put a gate over f's device, holding writes to chunk 'held'. */
+static struct gate *gate_over(struct fx *f, uint64_t held)
 {
-	struct fx *f = *state;
 	struct gate *g = calloc(1, sizeof(*g));
-	struct waiter wt = { .f = f, .first = 3, .last = 3 };
-	uint8_t want[CS];
-	pthread_t t;
 
-	alarm(30); /* a wait for the wrong jobs would hang here */
 	assert_non_null(g);
 	g->b = (struct blk){ .ops = &gate_ops, .lower = f->blk, .size = blk_size(f->blk) };
 	pthread_mutex_init(&g->lock, NULL);
 	pthread_cond_init(&g->cond, NULL);
-	g->held_off = 3 * CS;
+	g->held_off = held * CS;
 	f->blk = &g->b; /* teardown closes the stack */
+	return g;
+}
 
-	memset(f->buf, 0x33, CS);
-	memcpy(want, f->buf, CS);
-	for (uint64_t c = 3; c <= 6; c++)
-		assert_int_equal(submit(f, DSTW_WRITE, c, f->buf), 0);
+static void gate_wait_holding(struct gate *g)
+{
 	pthread_mutex_lock(&g->lock);
 	while (!g->holding)
 		pthread_cond_wait(&g->cond, &g->lock);
 	pthread_mutex_unlock(&g->lock);
+}
+
+/* Open the gate after giving a wrong wait in t the chance to return
+ * early, then join t. */
+static void gate_open_join(struct gate *g, pthread_t t)
+{
+	usleep(20000);
+	pthread_mutex_lock(&g->lock);
+	g->open = true;
+	pthread_cond_broadcast(&g->cond);
+	pthread_mutex_unlock(&g->lock);
+	assert_int_equal(pthread_join(t, NULL), 0);
+}
+
+static void test_wait_chunks(void **state)
+{
+	struct fx *f = *state;
+	struct waiter wt = { .f = f, .first = 3, .last = 3 };
+	uint8_t want[CS];
+	struct gate *g;
+	pthread_t t;
+
+	alarm(30); /* a wait for the wrong jobs would hang here */
+	g = gate_over(f, 3);
+	memset(f->buf, 0x33, CS);
+	memcpy(want, f->buf, CS);
+	for (uint64_t c = 3; c <= 6; c++)
+		assert_int_equal(submit(f, DSTW_WRITE, c, f->buf), 0);
+	gate_wait_holding(g);
 
 	/* Chunks 4 and 5 are on other writers: no wait for chunk 3. */
 	assert_int_equal(dstw_wait_chunks(f->w, 4, 5), 0);
@@ -248,26 +275,61 @@ static void test_wait_chunks(void **state)
 	assert_memory_equal(f->buf, want, CS);
 
 	assert_int_equal(pthread_create(&t, NULL, wait_main, &wt), 0);
-	usleep(20000); /* give a wrong wait the chance to return early */
-	pthread_mutex_lock(&g->lock);
-	g->open = true;
-	pthread_cond_broadcast(&g->cond);
-	pthread_mutex_unlock(&g->lock);
-	assert_int_equal(pthread_join(t, NULL), 0);
+	gate_open_join(g, t);
 	assert_int_equal(wt.r, 0);
 	assert_memory_equal(wt.seen, want, CS);
 	assert_int_equal(dstw_barrier(f->w), 0);
 	alarm(0);
 }
 
-/* Inline, nothing is ever queued: a wait returns at once, or the kept
- * failure. */
+/*
+ * A checkpoint waits for the jobs submitted before it, not for later ones:
+ * job 1 (chunk 4) and job 2 (chunk 3, held) are queued, then job 3 (chunk
+ * 5); a wait for job 1 returns while job 2 is held, one for job 2 only
+ * once chunk 3 is written, from another thread.
+ */
+static void test_wait_done(void **state)
+{
+	struct fx *f = *state;
+	struct waiter wt = { .f = f, .first = 3, .upto = 2 };
+	uint8_t want[CS];
+	struct gate *g;
+	pthread_t t;
+
+	alarm(30);
+	g = gate_over(f, 3);
+	memset(f->buf, 0x5a, CS);
+	memcpy(want, f->buf, CS);
+	assert_true(dstw_submitted(f->w) == 0);
+	assert_int_equal(submit(f, DSTW_WRITE, 4, f->buf), 0);
+	assert_int_equal(submit(f, DSTW_WRITE, 3, f->buf), 0);
+	gate_wait_holding(g);
+	assert_int_equal(submit(f, DSTW_WRITE, 5, f->buf), 0);
+	assert_true(dstw_submitted(f->w) == 3);
+
+	assert_int_equal(dstw_wait_done(f->w, 1), 0);
+	assert_int_equal(blk_pread(f->blk, f->buf, CS, 4 * CS), 0);
+	assert_memory_equal(f->buf, want, CS);
+
+	assert_int_equal(pthread_create(&t, NULL, wait_main, &wt), 0);
+	gate_open_join(g, t);
+	assert_int_equal(wt.r, 0);
+	assert_memory_equal(wt.seen, want, CS);
+	assert_int_equal(dstw_barrier(f->w), 0);
+	alarm(0);
+}
+
+/* Inline, nothing is ever queued: a wait returns at once (for chunks:
+ * or the kept failure). */
 static void test_wait_chunks_inline(void **state)
 {
 	struct fx *f = *state;
 
 	memset(f->buf, 1, CS);
 	assert_int_equal(dstw_wait_chunks(f->w, 0, NCHUNK - 1), 0);
+	assert_int_equal(submit(f, DSTW_WRITE, 1, f->buf), 0);
+	assert_true(dstw_submitted(f->w) == 1);
+	assert_int_equal(dstw_wait_done(f->w, 1), 0);
 	blk_mem_inject(f->blk, BLK_MEM_WRITE, 1, ENOSPC);
 	assert_int_equal(submit(f, DSTW_WRITE, 2, f->buf), -ENOSPC);
 	err_clear();
@@ -292,11 +354,17 @@ static void test_bad_args(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		FT(test_order_and_digests),  FT(test_check_catches_difference),
-		FT(test_error_surfaces),     FT(test_bad_args),
-		FT(test_wait_chunks),	     FT0(test_wait_chunks_inline),
-		FT0(test_order_and_digests), FT0(test_check_catches_difference),
-		FT0(test_error_surfaces),    FT0(test_bad_args),
+		FT(test_order_and_digests),
+		FT(test_check_catches_difference),
+		FT(test_error_surfaces),
+		FT(test_bad_args),
+		FT(test_wait_chunks),
+		FT0(test_wait_chunks_inline),
+		FT(test_wait_done),
+		FT0(test_order_and_digests),
+		FT0(test_check_catches_difference),
+		FT0(test_error_surfaces),
+		FT0(test_bad_args),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
