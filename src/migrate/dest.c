@@ -97,7 +97,8 @@ struct dst {
 	 * ck_running, ck_done says it has finished, and ck_err (ck_msg) how;
 	 * the engine joins it before any sync or record of its own. */
 	pthread_t ck_thread;
-	uint64_t ck_upto; /* the last writer job it waits for before its sync */
+	struct dstw *ck_pool; /* the writer threads it waits for (NULL: inline) */
+	uint64_t ck_upto;     /* up to that job, before its sync */
 	bool ck_running;
 	atomic_bool ck_done;
 	int ck_err;
@@ -271,10 +272,9 @@ static int save_rec(struct dst *d, struct dst_dev *dev, uint32_t attempt, struct
 static void *ck_sync_main(void *arg)
 {
 	struct dst *d = arg;
-	int r = d->writers ? dstw_wait_done(d->writers, d->ck_upto) : 0;
+	/* A writer's failure is its own (the write's message). */
+	int r = d->ck_pool ? dstw_wait_done(d->ck_pool, d->ck_upto) : 0;
 
-	if (r < 0)
-		r = err_prefix(-r, "checkpoint: ");
 	for (unsigned i = 0; r == 0 && i < d->ndev; i++) {
 		r = blk_flush(d->dev[i].blk);
 		if (r < 0)
@@ -313,7 +313,11 @@ static int ck_start(struct dst *d)
 {
 	int e;
 
-	d->ck_upto = d->writers ? dstw_submitted(d->writers) : 0;
+	/* An inline pool has applied everything submitted to it already; it
+	 * is not touched from the checkpoint's thread (writers_for_mirror()
+	 * may replace it meanwhile). */
+	d->ck_pool = dstw_threaded(d->writers) ? d->writers : NULL;
+	d->ck_upto = d->ck_pool ? dstw_submitted(d->ck_pool) : 0;
 	for (unsigned i = 0; i < d->ndev; i++) {
 		struct dst_dev *dev = &d->dev[i];
 
@@ -667,11 +671,9 @@ static int writers_for_mirror(struct dst *d)
 
 	if (!d->writers || dstw_threaded(d->writers))
 		return 0;
-	/* The checkpoint's thread waits on the pool it started with; an
-	 * inline pool holds nothing that is not applied. */
-	r = ck_join(d);
-	if (r == 0)
-		r = dstw_new(1, d->offer.chunk_size, &w);
+	/* An inline pool holds nothing that is not applied, and a running
+	 * checkpoint does not use it (ck_start()). */
+	r = dstw_new(1, d->offer.chunk_size, &w);
 	if (r < 0)
 		return r;
 	dstw_free(d->writers);
@@ -707,7 +709,7 @@ static int apply_write(struct dst *d, const struct wire_record *rec, uint64_t re
 			       (unsigned long long)rec->offset, dev->shown,
 			       (unsigned long long)dev->size);
 	/* After every record queued for its chunks, not behind the others. */
-	r = dstw_wait_chunks(d->writers, rec->offset / d->offer.chunk_size,
+	r = dstw_wait_chunks(d->writers, dev->blk, rec->offset / d->offer.chunk_size,
 			     (end - 1) / d->offer.chunk_size);
 	if (r < 0)
 		return r;
@@ -780,7 +782,8 @@ static int sync_all(struct dst *d)
  * The writers read back, several chunks at once (with direct I/O the reads
  * come from the disk, not the page cache); each chunk's check is queued on
  * the writer that applied it, behind its writes and ahead of any later
- * record for it, so it sees the digest of what the sync made durable.
+ * record for it (a mirrored write waits for it too), so it sees the digest
+ * of what that writer last applied.
  * This only queues the checks: a failure surfaces at the next submit or
  * barrier (make_durable() waits for them).
  */
@@ -876,8 +879,10 @@ static int read_back_some(struct dst *d, uint64_t bytes)
 		int r;
 
 		/* Nothing due: only while the connection has nothing for us
-		 * (an error there is the next read's to report). */
-		if (!due && xport_readable(d->f->x, 0) != 0)
+		 * (an error there is the next read's to report) and the
+		 * writers are nearly idle, so that the next record (a client's
+		 * write) finds at most one job ahead of it on a writer. */
+		if (!due && (xport_readable(d->f->x, 0) != 0 || dstw_backlog(d->writers) > 1))
 			break;
 		if (!next_check(d, &dev, &idx))
 			break;
@@ -919,10 +924,13 @@ static int make_durable(struct dst *d)
  * claims what was carried when it started; a resumed connection compares
  * every chunk it claims with the source's digest (SUMS) anyway.
  *
- * The read-back of a checkpoint's chunks trails it: queued to the writer
- * threads (direct I/O, where it reads the disk), or, inline, a chunk at a
- * time between records (read_back_some()).  Pass end and completion finish
- * it before they answer.
+ * The engine does not wait for the writers either: the checkpoint's thread
+ * waits for the jobs submitted before it started (dstw_wait_done()).
+ *
+ * The read-back of a checkpoint's chunks trails it, a chunk at a time
+ * between records (read_back_some()): queued to the writer threads (direct
+ * I/O, where it reads the disk), or read inline.  Pass end and completion
+ * finish it before they answer.
  */
 #define DST_CHECKPOINT_BYTES (32ull << 20)
 #define DST_CHECKPOINT_NS    (1000000000ull)

@@ -18,7 +18,9 @@
  *
  * Not thread-safe: one engine thread owns a table, except that
  * digest_set(), digest_get() and digest_zero_hash() of different chunks
- * may run on several threads at once (while no digest_update() runs).
+ * may run on several threads at once, and beside the owner's
+ * digest_update() of yet other chunks (the destination's writer threads
+ * and its engine: dstw_wait_chunks() keeps them apart).
  */
 #ifndef BLKMIG_MIGRATE_DIGEST_H
 #define BLKMIG_MIGRATE_DIGEST_H

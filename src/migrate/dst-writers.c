@@ -237,8 +237,9 @@ int dstw_submit(struct dstw *w, const struct dstw_job *job)
 		return err_set(EINVAL, "writer pool: a %zu-byte job for %u-byte chunks", job->len,
 			       w->chunk_size);
 	if (!w->nwriters) {
-		w->submitted++;
-		return submit_inline(w, job);
+		r = submit_inline(w, job);
+		w->submitted += r == 0;
+		return r;
 	}
 	wr = &w->wr[job->idx % w->nwriters];
 	pthread_mutex_lock(&w->lock);
@@ -277,36 +278,51 @@ int dstw_barrier(struct dstw *w)
 	return r;
 }
 
-/* Whether a queued (or running) job of writer wr is for a chunk in
- * [first, last].  Lock held. */
-static bool holds_locked(const struct dstw *w, const struct dstw_writer *wr, uint64_t first,
-			 uint64_t last)
+/* Whether a queued (or running) job of writer wr is for a chunk of blk
+ * in [first, last].  Lock held. */
+static bool holds_locked(const struct dstw *w, const struct dstw_writer *wr, const struct blk *blk,
+			 uint64_t first, uint64_t last)
 {
 	for (unsigned k = 0; k < wr->count; k++) {
-		uint64_t idx = wr->slot[(wr->head + k) % w->nslots].job.idx;
+		const struct dstw_job *job = &wr->slot[(wr->head + k) % w->nslots].job;
 
-		if (idx >= first && idx <= last)
+		if (job->blk == blk && job->idx >= first && job->idx <= last)
 			return true;
 	}
 	return false;
 }
 
-int dstw_wait_chunks(struct dstw *w, uint64_t first, uint64_t last)
+int dstw_wait_chunks(struct dstw *w, const struct blk *blk, uint64_t first, uint64_t last)
 {
 	int r;
 
 	if (!w->nwriters)
 		return failed_locked(w); /* inline: nothing is queued, no lock */
 	pthread_mutex_lock(&w->lock);
-	for (unsigned i = 0; i < w->nwriters; i++) {
-		const struct dstw_writer *wr = &w->wr[i];
+	/* Chunk c is on writer c % nwriters: those of the range, once each
+	 * (no new job comes meanwhile: the caller is the submitter). */
+	for (uint64_t c = first; c <= last && c - first < w->nwriters; c++) {
+		const struct dstw_writer *wr = &w->wr[c % w->nwriters];
 
-		while (!w->err && holds_locked(w, wr, first, last))
+		while (!w->err && holds_locked(w, wr, blk, first, last))
 			pthread_cond_wait(&w->space, &w->lock);
 	}
 	r = failed_locked(w);
 	pthread_mutex_unlock(&w->lock);
 	return r;
+}
+
+unsigned dstw_backlog(struct dstw *w)
+{
+	unsigned n = 0;
+
+	if (!w->nwriters)
+		return 0;
+	pthread_mutex_lock(&w->lock);
+	for (unsigned i = 0; i < w->nwriters; i++)
+		n = MAX(n, w->wr[i].count);
+	pthread_mutex_unlock(&w->lock);
+	return n;
 }
 
 uint64_t dstw_submitted(struct dstw *w)

@@ -13,8 +13,9 @@
  * engine waits when the chunk's writer is full.
  *
  * Errors: the first failure is kept (its message too) and returned by the
- * next dstw_submit() or dstw_barrier(), and every one after; writers skip
- * the rest of their queues after it.
+ * next dstw_submit(), dstw_barrier(), dstw_wait_chunks() or
+ * dstw_wait_done(), and every one after; writers skip the rest of their
+ * queues after it.
  */
 #ifndef BLKMIG_MIGRATE_DST_WRITERS_H
 #define BLKMIG_MIGRATE_DST_WRITERS_H
@@ -59,15 +60,19 @@ int dstw_new(unsigned nwriters, uint32_t chunk_size, struct dstw **out);
 int dstw_submit(struct dstw *w, const struct dstw_job *job);
 /* Wait until every queued job is applied; the first failure, once. */
 int dstw_barrier(struct dstw *w);
-/* Wait until no job for a chunk in [first, last] is queued or running (the
- * rest may go on); the first failure, once. */
-int dstw_wait_chunks(struct dstw *w, uint64_t first, uint64_t last);
+/* Wait until no job for a chunk of blk in [first, last] is queued or
+ * running (the rest may go on), or a failure.  The submitting thread only:
+ * jobs submitted meanwhile would not be waited for. */
+int dstw_wait_chunks(struct dstw *w, const struct blk *blk, uint64_t first, uint64_t last);
+/* The most jobs queued or running on any one writer (0 inline): how long
+ * a new job could wait. */
+unsigned dstw_backlog(struct dstw *w);
 /*
  * Jobs are numbered from 1 as they are submitted: the number of the last
  * one (0: none yet), and a wait until every job up to 'upto' is applied,
- * while later ones may still be queued, the first failure (once) if one
- * came first.  Any thread may wait; inline, a job is done once submitted
- * and its failure is the submitter's, so this returns 0 at once.
+ * while later ones may still be queued, or until any job failed.  Any
+ * thread may wait; inline, a job is done once submitted and its failure is
+ * the submitter's, so this returns 0 at once.
  */
 uint64_t dstw_submitted(struct dstw *w);
 int dstw_wait_done(struct dstw *w, uint64_t upto);

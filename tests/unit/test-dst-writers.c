@@ -159,6 +159,7 @@ struct gate {
 	pthread_cond_t cond;
 	uint64_t held_off;
 	bool holding, open;
+	bool returned; /* a waiter's wait has returned */
 };
 
 static int gate_pread(struct blk *b, void *buf, size_t len, uint64_t off)
@@ -194,43 +195,40 @@ static const struct blk_ops gate_ops = {
 	.name = "gate", .pread = gate_pread, .pwrite = gate_pwrite, .close = gate_close
 };
 
-struct waiter {
-	struct fx *f;
-	uint64_t first, last; /* dstw_wait_chunks(first, last), or with */
-	uint64_t upto;	      /* upto set dstw_wait_done(upto) */
-	int r;
-	uint8_t seen[CS]; /* chunk 'first' as it was when the wait returned */
-};
-
-static void *wait_main(void *arg)
+static void gate_open(struct gate *g)
 {
-	struct waiter *w = arg;
-
-	w->r = w->upto ? dstw_wait_done(w->f->w, w->upto)
-		       : dstw_wait_chunks(w->f->w, w->first, w->last);
-	if (blk_pread(w->f->blk, w->seen, CS, w->first * CS) != 0)
-		w->r = -EIO;
-	return NULL;
+	pthread_mutex_lock(&g->lock);
+	g->open = true;
+	pthread_cond_broadcast(&g->cond);
+	pthread_mutex_unlock(&g->lock);
 }
 
-/*
- * A mirrored write waits for the records of its own chunks, and not behind
- * the rest: with chunk 3's write held in its writer (chunk 6 queued behind
- * it), a wait for chunks 4..5 returns at once, and a wait for 2..3 only
- * once chunk 3 is written.
- */
-/* Put a gate over f's device, holding writes to chunk 'held'. */
-static struct gate *gate_over(struct fx *f, uint64_t held)
+/* Three writers, and a gate over the device holding writes to chunk 3.
+ * alarm(): a wait for the wrong jobs would hang. */
+static int setup_gate(void **state)
 {
+	struct fx *f;
 	struct gate *g = calloc(1, sizeof(*g));
 
-	assert_non_null(g);
+	if (!g || setup_n(state, 3) != 0)
+		return -1;
+	f = *state;
 	g->b = (struct blk){ .ops = &gate_ops, .lower = f->blk, .size = blk_size(f->blk) };
 	pthread_mutex_init(&g->lock, NULL);
 	pthread_cond_init(&g->cond, NULL);
-	g->held_off = held * CS;
+	g->held_off = 3 * CS;
 	f->blk = &g->b; /* teardown closes the stack */
-	return g;
+	alarm(30);
+	return 0;
+}
+
+/* Also after a failed assertion: the held writer must be let go before
+ * the pool is freed. */
+static int teardown_gate(void **state)
+{
+	gate_open((struct gate *)((struct fx *)*state)->blk);
+	alarm(0);
+	return teardown(state);
 }
 
 static void gate_wait_holding(struct gate *g)
@@ -241,28 +239,59 @@ static void gate_wait_holding(struct gate *g)
 	pthread_mutex_unlock(&g->lock);
 }
 
-/* Open the gate after giving a wrong wait in t the chance to return
- * early, then join t. */
-static void gate_open_join(struct gate *g, pthread_t t)
+struct waiter {
+	struct fx *f;
+	struct gate *g;
+	uint64_t first, last; /* dstw_wait_chunks(first, last), or with */
+	uint64_t upto;	      /* upto set dstw_wait_done(upto) */
+	int r;
+	uint8_t seen[CS]; /* chunk 3 as it was when the wait returned */
+};
+
+static void *wait_main(void *arg)
 {
-	usleep(20000);
-	pthread_mutex_lock(&g->lock);
-	g->open = true;
-	pthread_cond_broadcast(&g->cond);
-	pthread_mutex_unlock(&g->lock);
-	assert_int_equal(pthread_join(t, NULL), 0);
+	struct waiter *w = arg;
+
+	w->r = w->upto ? dstw_wait_done(w->f->w, w->upto)
+		       : dstw_wait_chunks(w->f->w, w->f->blk, w->first, w->last);
+	pthread_mutex_lock(&w->g->lock);
+	w->g->returned = true;
+	pthread_mutex_unlock(&w->g->lock);
+	if (blk_pread(w->f->blk, w->seen, CS, 3 * CS) != 0)
+		w->r = -EIO;
+	return NULL;
 }
 
+/* Start a waiter, give it the chance to return early (which must not
+ * happen: chunk 3's write is held), open the gate, join it. */
+static void wait_across_gate(struct waiter *wt)
+{
+	pthread_t t;
+	bool early;
+
+	assert_int_equal(pthread_create(&t, NULL, wait_main, wt), 0);
+	usleep(20000);
+	pthread_mutex_lock(&wt->g->lock);
+	early = wt->g->returned;
+	pthread_mutex_unlock(&wt->g->lock);
+	gate_open(wt->g);
+	assert_int_equal(pthread_join(t, NULL), 0);
+	assert_false(early);
+}
+
+/*
+ * A mirrored write waits for the records of its own chunks, and not behind
+ * the rest: with chunk 3's write held in its writer (chunk 6 queued behind
+ * it), a wait for chunks 4..5, or for chunk 3 of another device, returns at
+ * once, and a wait for 2..3 only once chunk 3 is written.
+ */
 static void test_wait_chunks(void **state)
 {
 	struct fx *f = *state;
-	struct waiter wt = { .f = f, .first = 3, .last = 3 };
+	struct gate *g = (struct gate *)f->blk;
+	struct waiter wt = { .f = f, .g = g, .first = 2, .last = 3 };
 	uint8_t want[CS];
-	struct gate *g;
-	pthread_t t;
 
-	alarm(30); /* a wait for the wrong jobs would hang here */
-	g = gate_over(f, 3);
 	memset(f->buf, 0x33, CS);
 	memcpy(want, f->buf, CS);
 	for (uint64_t c = 3; c <= 6; c++)
@@ -270,16 +299,15 @@ static void test_wait_chunks(void **state)
 	gate_wait_holding(g);
 
 	/* Chunks 4 and 5 are on other writers: no wait for chunk 3. */
-	assert_int_equal(dstw_wait_chunks(f->w, 4, 5), 0);
+	assert_int_equal(dstw_wait_chunks(f->w, f->blk, 4, 5), 0);
 	assert_int_equal(blk_pread(f->blk, f->buf, CS, 4 * CS), 0);
 	assert_memory_equal(f->buf, want, CS);
+	assert_int_equal(dstw_wait_chunks(f->w, g->b.lower, 3, 3), 0);
 
-	assert_int_equal(pthread_create(&t, NULL, wait_main, &wt), 0);
-	gate_open_join(g, t);
+	wait_across_gate(&wt);
 	assert_int_equal(wt.r, 0);
 	assert_memory_equal(wt.seen, want, CS);
 	assert_int_equal(dstw_barrier(f->w), 0);
-	alarm(0);
 }
 
 /*
@@ -291,13 +319,10 @@ static void test_wait_chunks(void **state)
 static void test_wait_done(void **state)
 {
 	struct fx *f = *state;
-	struct waiter wt = { .f = f, .first = 3, .upto = 2 };
+	struct gate *g = (struct gate *)f->blk;
+	struct waiter wt = { .f = f, .g = g, .upto = 2 };
 	uint8_t want[CS];
-	struct gate *g;
-	pthread_t t;
 
-	alarm(30);
-	g = gate_over(f, 3);
 	memset(f->buf, 0x5a, CS);
 	memcpy(want, f->buf, CS);
 	assert_true(dstw_submitted(f->w) == 0);
@@ -306,17 +331,38 @@ static void test_wait_done(void **state)
 	gate_wait_holding(g);
 	assert_int_equal(submit(f, DSTW_WRITE, 5, f->buf), 0);
 	assert_true(dstw_submitted(f->w) == 3);
+	assert_true(dstw_backlog(f->w) == 1);
 
 	assert_int_equal(dstw_wait_done(f->w, 1), 0);
 	assert_int_equal(blk_pread(f->blk, f->buf, CS, 4 * CS), 0);
 	assert_memory_equal(f->buf, want, CS);
 
-	assert_int_equal(pthread_create(&t, NULL, wait_main, &wt), 0);
-	gate_open_join(g, t);
+	wait_across_gate(&wt);
 	assert_int_equal(wt.r, 0);
 	assert_memory_equal(wt.seen, want, CS);
 	assert_int_equal(dstw_barrier(f->w), 0);
-	alarm(0);
+	assert_true(dstw_backlog(f->w) == 0);
+}
+
+/* Another writer's failure ends both waits at once, with its message,
+ * while the job they wait for is still held. */
+static void test_wait_ends_on_failure(void **state)
+{
+	struct fx *f = *state;
+	struct gate *g = (struct gate *)f->blk;
+
+	memset(f->buf, 7, CS);
+	assert_int_equal(submit(f, DSTW_WRITE, 3, f->buf), 0);
+	gate_wait_holding(g);
+	blk_mem_inject(g->b.lower, BLK_MEM_WRITE, 1, ENOSPC);
+	assert_int_equal(submit(f, DSTW_WRITE, 4, f->buf), 0);
+	err_clear();
+	assert_int_equal(dstw_wait_chunks(f->w, f->blk, 3, 3), -ENOSPC);
+	assert_non_null(strstr(err_msg(), "write d0 at offset 262144"));
+	assert_int_equal(dstw_wait_done(f->w, 1), -ENOSPC);
+	pthread_mutex_lock(&g->lock);
+	assert_false(g->open);
+	pthread_mutex_unlock(&g->lock);
 }
 
 /* Inline, nothing is ever queued: a wait returns at once (for chunks:
@@ -326,14 +372,15 @@ static void test_wait_chunks_inline(void **state)
 	struct fx *f = *state;
 
 	memset(f->buf, 1, CS);
-	assert_int_equal(dstw_wait_chunks(f->w, 0, NCHUNK - 1), 0);
+	assert_int_equal(dstw_wait_chunks(f->w, f->blk, 0, NCHUNK - 1), 0);
 	assert_int_equal(submit(f, DSTW_WRITE, 1, f->buf), 0);
-	assert_true(dstw_submitted(f->w) == 1);
 	assert_int_equal(dstw_wait_done(f->w, 1), 0);
+	assert_true(dstw_backlog(f->w) == 0);
 	blk_mem_inject(f->blk, BLK_MEM_WRITE, 1, ENOSPC);
 	assert_int_equal(submit(f, DSTW_WRITE, 2, f->buf), -ENOSPC);
+	assert_true(dstw_submitted(f->w) == 1); /* a failed job is not counted */
 	err_clear();
-	assert_int_equal(dstw_wait_chunks(f->w, 5, 5), -ENOSPC);
+	assert_int_equal(dstw_wait_chunks(f->w, f->blk, 5, 5), -ENOSPC);
 	assert_non_null(strstr(err_msg(), "write d0 at offset "));
 }
 
@@ -350,21 +397,17 @@ static void test_bad_args(void **state)
 
 #define FT(t)  cmocka_unit_test_setup_teardown(t, setup, teardown)
 #define FT0(t) cmocka_unit_test_setup_teardown(t, setup_inline, teardown)
+#define GT(t)  cmocka_unit_test_setup_teardown(t, setup_gate, teardown_gate)
 
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		FT(test_order_and_digests),
-		FT(test_check_catches_difference),
-		FT(test_error_surfaces),
-		FT(test_bad_args),
-		FT(test_wait_chunks),
-		FT0(test_wait_chunks_inline),
-		FT(test_wait_done),
-		FT0(test_order_and_digests),
-		FT0(test_check_catches_difference),
-		FT0(test_error_surfaces),
-		FT0(test_bad_args),
+		FT(test_order_and_digests),    FT(test_check_catches_difference),
+		FT(test_error_surfaces),       FT(test_bad_args),
+		GT(test_wait_chunks),	       GT(test_wait_done),
+		GT(test_wait_ends_on_failure), FT0(test_wait_chunks_inline),
+		FT0(test_order_and_digests),   FT0(test_check_catches_difference),
+		FT0(test_error_surfaces),      FT0(test_bad_args),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
