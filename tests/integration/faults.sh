@@ -476,8 +476,8 @@ run_point kill-rx-after-ack 1 b kill_rx_acked --stall-after-reply 0x82:1
 run_point kill-tx-half 1 - kill_tx_half
 # The receiver's first record comes with its first checkpoint (32 MiB or
 # 1 s): at 48M that is the end of the bulk pass, and the migration could
-# complete before the kill.  At 12M the 1 s checkpoint comes with a quarter
-# of the pass carried, and the kill lands well before the end.
+# complete before the kill.  At 12M the 1 s checkpoint comes with about a
+# third of the pass carried, and the kill lands well before the end.
 SEND_X=(--max-bandwidth 12M)
 run_point kill-tx-held 1 - kill_tx_held
 
