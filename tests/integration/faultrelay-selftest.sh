@@ -67,18 +67,24 @@ if sys.argv[1] == "dest":
         c.close()
         status(sys.argv[3], "sent-rst")
         sys.exit(0)
+    # A reset is reported once, to whichever call comes first: if the
+    # replies' send takes it, the reading side then sees only the end of
+    # the stream.  Either call seeing it means the peer saw a reset.
+    reset_seen = []
     def replies():
         try:
             for m in messages(sys.argv[4]):
                 time.sleep(0.05)
                 c.sendall(m[:3]); time.sleep(0.01); c.sendall(m[3:])
+        except ConnectionResetError:
+            reset_seen.append(True)
         except OSError:
             pass
     th = threading.Thread(target=replies)
     th.start()
     st = recv_all(c, sys.argv[3])
     th.join()
-    status(sys.argv[3], st)
+    status(sys.argv[3], "reset" if reset_seen else st)
 else:
     try:
         c = socket.create_connection(("127.0.0.1", int(sys.argv[2])))
