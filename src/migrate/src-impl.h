@@ -109,6 +109,7 @@ struct mirror_req {
 	bool queued;   /* still in the queue (j->lock) */
 	bool sending;  /* the engine is writing it (j->lock) */
 	bool sent;     /* on the wire, seq valid (j->lock) */
+	bool leaving;  /* its writer gave up and waits for !sending (j->lock) */
 	int err;       /* the send failed (j->lock) */
 };
 

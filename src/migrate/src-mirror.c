@@ -145,7 +145,12 @@ int mirror_send_queued_locked(struct src_job *j, uint64_t upto)
 		m->sent = r == 0;
 		m->seq = seq;
 		m->err = r;
-		pthread_cond_broadcast(&j->wack_cond);
+		/* Its writer waits for the WACK, which wakes it, unless that
+		 * came already, or the send failed, or the writer gave up:
+		 * waking it for nothing costs a busy machine two context
+		 * switches per write. */
+		if (r < 0 || m->leaving || j->wacked >= seq)
+			pthread_cond_broadcast(&j->wack_cond);
 		if (r < 0)
 			return r; /* the transport's error is sticky */
 		pthread_mutex_unlock(&j->lock);
@@ -247,6 +252,7 @@ static int mirror_wait(void *opaque, uint64_t ticket)
 	/* Giving up: the engine must be done with the buffer first. */
 	if (m->queued)
 		unqueue_locked(j, m);
+	m->leaving = true;
 	while (m->sending)
 		pthread_cond_wait(&j->wack_cond, &j->lock);
 	pthread_mutex_unlock(&j->lock);
