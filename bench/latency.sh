@@ -33,6 +33,6 @@ for spec in "bs=4K,rate=256K" "bs=64K,rate=4M" "bs=64K,rate=16M"; do
 	printf '%-22s %-14s %7s %7s %8s | %7s %7s %8s | %7sms %5.1fs %6s\n' "$spec" "none|migrating" \
 		"$(field "$base" latency-p50-us)" "$(field "$base" latency-p99-us)" "$(field "$base" latency-max-us)" \
 		"$(field "$during" latency-p50-us)" "$(field "$during" latency-p99-us)" "$(field "$during" latency-max-us)" \
-		"$(field "$mig" downtime)" "$(python3 -c "print($(field "$mig" total-time)/1000)")" "$(field "$mig" iterations)"
+		"$(field "$mig" downtime)" "$("$PY" -c "print($(field "$mig" total-time)/1000)")" "$(field "$mig" iterations)"
 	stop
 done

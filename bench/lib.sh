@@ -16,17 +16,21 @@
 #                           of page cache (see below)
 
 BLKMIG=${BLKMIG:-build/tools/blkmig}
+# Debian's interpreter where there is one: a python3 first on PATH may be
+# a version manager's shim, which runs shell scripts at every start.
+PY=/usr/bin/python3
+[ -x "$PY" ] || PY=python3
 [ -x "$BLKMIG" ] || { echo "bench: build first (make)" >&2; exit 1; }
 
 bench_setup() {
 	local bytes
 	W=$(mktemp -d "${TMPDIR:-/var/tmp}/blkmig-$1.XXXXXX")
 	trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$W"' EXIT
-	bytes=$(python3 -c "import sys; m={'K':1<<10,'M':1<<20,'G':1<<30}; s=sys.argv[1]; print(int(s[:-1])*m[s[-1]] if s[-1] in m else int(s))" "$2")
+	bytes=$("$PY" -c "import sys; m={'K':1<<10,'M':1<<20,'G':1<<30}; s=sys.argv[1]; print(int(s[:-1])*m[s[-1]] if s[-1] in m else int(s))" "$2")
 	head -c "$bytes" /dev/urandom >"$W/base.img"
 }
 
-ctl() { python3 scripts/qmp.py "$@"; }
+ctl() { "$PY" scripts/qmp.py "$@"; }
 
 wait_ports() {
 	for _ in $(seq 400); do grep -q "^$2=" "$1" 2>/dev/null && return; sleep 0.025; done
@@ -34,7 +38,7 @@ wait_ports() {
 	cat "$W"/*.log >&2 2>/dev/null
 	exit 1
 }
-field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
+field() { "$PY" -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
 
 start() {
 	# The records a completed migration leaves (the source's hand-over
@@ -67,7 +71,7 @@ stop() { kill $spid $dpid 2>/dev/null; wait $spid $dpid 2>/dev/null || true; }
 #   qemu_wait QMP [SECS]    until the migration completes (fails otherwise);
 #                           polls every 10 ms
 
-size_bytes() { python3 -c "import sys; m={'K':1<<10,'M':1<<20,'G':1<<30,'T':1<<40}; s=sys.argv[1].upper(); print(int(s[:-1])*m[s[-1]] if s[-1] in m else int(s))" "$1"; }
+size_bytes() { "$PY" -c "import sys; m={'K':1<<10,'M':1<<20,'G':1<<30,'T':1<<40}; s=sys.argv[1].upper(); print(int(s[:-1])*m[s[-1]] if s[-1] in m else int(s))" "$1"; }
 now() { date +%s.%N; }
 
 qemu_dst() {
@@ -76,10 +80,10 @@ qemu_dst() {
 		-drive "file=$img,format=raw,if=none,id=drive0" -incoming "tcp:$addr" \
 		-qmp "unix:$qmp,server=on,wait=off" </dev/null >/dev/null 2>&1 &
 	qemu_pid=$!
-	python3 scripts/qmp.py "$qmp" nbd-server-start "{\"addr\": {\"type\": \"unix\", \"data\": {\"path\": \"$qmp.nbd\"}}}" >/dev/null &&
-		python3 scripts/qmp.py "$qmp" nbd-server-add '{"device": "drive0", "writable": true}' >/dev/null &&
-		python3 scripts/qmp.py "$qmp" human-monitor-command '{"command-line": "qemu-io drive0 \"write 0 0\""}' >/dev/null &&
-		python3 scripts/qmp.py "$qmp" nbd-server-stop >/dev/null
+	"$PY" scripts/qmp.py "$qmp" nbd-server-start "{\"addr\": {\"type\": \"unix\", \"data\": {\"path\": \"$qmp.nbd\"}}}" >/dev/null &&
+		"$PY" scripts/qmp.py "$qmp" nbd-server-add '{"device": "drive0", "writable": true}' >/dev/null &&
+		"$PY" scripts/qmp.py "$qmp" human-monitor-command '{"command-line": "qemu-io drive0 \"write 0 0\""}' >/dev/null &&
+		"$PY" scripts/qmp.py "$qmp" nbd-server-stop >/dev/null
 }
 
 qemu_src() {
@@ -91,12 +95,12 @@ qemu_src() {
 }
 
 qemu_migrate() {
-	python3 scripts/qmp.py "$1" migrate-set-parameters '{"downtime-limit": 0, "max-bandwidth": 107374182400}' >/dev/null &&
-		python3 scripts/qmp.py "$1" migrate "{\"uri\": \"tcp:$2\", \"blk\": true}" >/dev/null
+	"$PY" scripts/qmp.py "$1" migrate-set-parameters '{"downtime-limit": 0, "max-bandwidth": 107374182400}' >/dev/null &&
+		"$PY" scripts/qmp.py "$1" migrate "{\"uri\": \"tcp:$2\", \"blk\": true}" >/dev/null
 }
 
 qemu_wait() {
-	python3 - "$1" "${2:-600}" <<'PY'
+	"$PY" - "$1" "${2:-600}" <<'PY'
 import sys
 sys.path.insert(0, "scripts")
 from qmp import QMP

@@ -164,6 +164,7 @@ json_object *report_workload_json(const struct workload_stats *ws)
 	    add_int(o, "latency-p50-us", ws->p50_ns / 1000) &&
 	    add_int(o, "latency-p99-us", ws->p99_ns / 1000) &&
 	    add_int(o, "latency-max-us", ws->max_ns / 1000) &&
+	    add_int(o, "elapsed-us", ws->elapsed_ns / 1000) &&
 	    add(o, "stopped-by",
 		json_object_new_string(ws->stopped_by ? strerror(-ws->stopped_by) : "")))
 		return o;

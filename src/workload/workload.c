@@ -31,6 +31,8 @@ struct workload {
 	uint64_t writes, bytes, max_ns;
 	uint64_t hist[HIST_SIZE];
 	int stopped_by;
+	uint64_t since_ns; /* start, or the last reset */
+	uint64_t ended_ns; /* when the writer stopped; 0 while it runs */
 };
 
 /* ---- spec ------------------------------------------------------------------- */
@@ -161,6 +163,7 @@ static void *writer_main(void *arg)
 	if (!buf) {
 		pthread_mutex_lock(&w->lock); /* workload_get_stats() reads it */
 		w->stopped_by = -ENOMEM;
+		w->ended_ns = now_ns();
 		pthread_mutex_unlock(&w->lock);
 		return NULL;
 	}
@@ -185,6 +188,7 @@ static void *writer_main(void *arg)
 		pthread_mutex_lock(&w->lock);
 		if (r < 0) {
 			w->stopped_by = r;
+			w->ended_ns = now_ns();
 			pthread_mutex_unlock(&w->lock);
 			break;
 		}
@@ -195,6 +199,10 @@ static void *writer_main(void *arg)
 		pthread_mutex_unlock(&w->lock);
 		n++;
 	}
+	pthread_mutex_lock(&w->lock);
+	if (!w->ended_ns)
+		w->ended_ns = now_ns();
+	pthread_mutex_unlock(&w->lock);
 	free(buf);
 	return NULL;
 }
@@ -208,6 +216,7 @@ int workload_start(const struct workload_spec *s, struct blk *b, struct workload
 		return -ENOMEM;
 	w->s = *s;
 	w->b = b;
+	w->since_ns = now_ns();
 	r = cancel_new(&w->stop);
 	if (r < 0) {
 		free(w);
@@ -227,6 +236,8 @@ int workload_start(const struct workload_spec *s, struct blk *b, struct workload
 
 void workload_get_stats(struct workload *w, struct workload_stats *st)
 {
+	uint64_t end;
+
 	pthread_mutex_lock(&w->lock);
 	st->writes = w->writes;
 	st->bytes = w->bytes;
@@ -235,6 +246,8 @@ void workload_get_stats(struct workload *w, struct workload_stats *st)
 	st->p50_ns = MIN(hist_quantile(w->hist, w->writes, 0.50), w->max_ns);
 	st->p99_ns = MIN(hist_quantile(w->hist, w->writes, 0.99), w->max_ns);
 	st->stopped_by = w->stopped_by;
+	end = w->ended_ns ? w->ended_ns : now_ns();
+	st->elapsed_ns = end > w->since_ns ? end - w->since_ns : 0;
 	pthread_mutex_unlock(&w->lock);
 }
 
@@ -245,6 +258,7 @@ void workload_reset_stats(struct workload *w)
 	w->bytes = 0;
 	w->max_ns = 0;
 	memset(w->hist, 0, sizeof(w->hist));
+	w->since_ns = now_ns();
 	pthread_mutex_unlock(&w->lock);
 }
 

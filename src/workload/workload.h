@@ -33,6 +33,9 @@ struct workload_stats {
 	uint64_t bytes;
 	uint64_t p50_ns, p99_ns, max_ns; /* write latency */
 	int stopped_by;			 /* 0, or the negative errno that stopped it */
+	/* Since the start or the last reset, until now or until the writer
+	 * stopped: what the counts above were made in. */
+	uint64_t elapsed_ns;
 };
 
 /*

@@ -283,7 +283,10 @@ static void test_run_random(void **state)
 	sleep_ns(RUN_NS);
 	wait_writes(w, 1, &mid);
 	assert_int_equal(mid.stopped_by, 0);
+	/* The figures were made since the start. */
+	assert_true(mid.elapsed_ns >= RUN_NS);
 	workload_stop(w, &st);
+	assert_true(st.elapsed_ns >= mid.elapsed_ns);
 
 	check_counts(&st, 4096);
 	assert_int_equal(st.stopped_by, 0);
@@ -379,7 +382,7 @@ static void test_fenced_while_running(void **state)
 	struct workload_stats st;
 	struct workload *w = NULL;
 	struct dev d;
-	uint64_t before;
+	uint64_t before, elapsed;
 
 	(void)state;
 	dev_open(&d, DEV_SIZE);
@@ -391,7 +394,14 @@ static void test_fenced_while_running(void **state)
 	assert_int_equal(st.stopped_by, -ESHUTDOWN);
 	before = st.writes;
 	assert_true(before >= 3);
+	/* Its time ends where its writing did. */
+	elapsed = st.elapsed_ns;
+	assert_true(elapsed > 0);
+	sleep_ns(4 * WAIT_SLICE);
+	workload_get_stats(w, &st);
+	assert_int_equal(st.elapsed_ns, elapsed);
 	workload_stop(w, &st);
+	assert_int_equal(st.elapsed_ns, elapsed);
 	assert_int_equal(st.stopped_by, -ESHUTDOWN);
 	assert_int_equal(st.writes, before);
 	assert_int_equal(st.bytes, before * 4096);
@@ -418,6 +428,32 @@ static void test_write_error_stops(void **state)
 	assert_int_equal(st.stopped_by, -EIO);
 	assert_int_equal(st.writes, 2);
 	assert_int_equal(st.bytes, 2 * 4096);
+	dev_close(&d);
+}
+
+/* A reset starts the figures afresh, the time they cover too. */
+static void test_reset_restarts(void **state)
+{
+	struct workload_spec s;
+	struct workload_stats before, after;
+	struct workload *w = NULL;
+	struct dev d;
+	uint64_t t0, t1;
+
+	(void)state;
+	dev_open(&d, DEV_SIZE);
+	spec_parse("d0,bs=4K,rate=4M", &s);
+	assert_int_equal(workload_start(&s, d.track, &w), 0);
+	sleep_ns(RUN_NS);
+	wait_writes(w, 1, &before);
+	assert_true(before.elapsed_ns >= RUN_NS);
+	t0 = now_ns();
+	workload_reset_stats(w);
+	workload_get_stats(w, &after);
+	t1 = now_ns();
+	assert_true(after.elapsed_ns <= t1 - t0);
+	assert_true(after.writes <= before.writes);
+	workload_stop(w, NULL);
 	dev_close(&d);
 }
 
@@ -485,6 +521,7 @@ int main(void)
 		cmocka_unit_test(test_fenced_before_start),
 		cmocka_unit_test(test_fenced_while_running),
 		cmocka_unit_test(test_write_error_stops),
+		cmocka_unit_test(test_reset_restarts),
 		cmocka_unit_test(test_bs_larger_than_device),
 		cmocka_unit_test(test_quantiles_not_above_max),
 	};
