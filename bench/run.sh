@@ -27,15 +27,20 @@ BLKMIG=${BLKMIG:-build/tools/blkmig}
 for c in socat qemu-img qemu-nbd python3; do
 	command -v $c >/dev/null || { echo "bench: needs $c (scripts/install-deps.sh)" >&2; exit 1; }
 done
+# Debian's interpreter where there is one: a python3 first on PATH may be a
+# version manager's shim, which runs shell scripts at every start (and
+# t_socat's fdatasync runs inside its timed window).
+PY=/usr/bin/python3
+[ -x "$PY" ] || PY=python3
 
 W=$(mktemp -d "${TMPDIR:-/var/tmp}/blkmig-bench.XXXXXX")
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$W"' EXIT
-bytes=$(python3 -c "import sys; m={'K':1<<10,'M':1<<20,'G':1<<30}; s=sys.argv[1]; print(int(s[:-1])*m[s[-1]] if s[-1] in m else int(s))" "$size")
+bytes=$("$PY" -c "import sys; m={'K':1<<10,'M':1<<20,'G':1<<30}; s=sys.argv[1]; print(int(s[:-1])*m[s[-1]] if s[-1] in m else int(s))" "$size")
 
 if [ $sparse = 1 ]; then
 	kind="sparse (1/16 data)"
 	truncate -s "$bytes" "$W/src.img"
-	python3 - "$W/src.img" "$bytes" <<'PY'
+	"$PY" - "$W/src.img" "$bytes" <<'PY'
 import os, sys
 path, size = sys.argv[1], int(sys.argv[2])
 with open(path, "r+b") as f:
@@ -50,7 +55,7 @@ else
 fi
 cat "$W/src.img" >/dev/null # warm the page cache for every contender alike
 
-port() { python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])"; }
+port() { "$PY" -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])"; }
 now() { date +%s.%N; }
 
 t_socat() {
@@ -60,8 +65,8 @@ t_socat() {
 	local t0; t0=$(now)
 	socat -u OPEN:"$W/src.img" TCP:127.0.0.1:$p
 	wait $l
-	[ "${1:-}" = sync ] && python3 -c "import os,sys; fd=os.open(sys.argv[1],os.O_RDWR); os.fdatasync(fd)" "$W/dst.img"
-	python3 -c "print($(now) - $t0)"
+	[ "${1:-}" = sync ] && "$PY" -c "import os,sys; fd=os.open(sys.argv[1],os.O_RDWR); os.fdatasync(fd)" "$W/dst.img"
+	"$PY" -c "print($(now) - $t0)"
 }
 
 t_blkmig() {
@@ -71,7 +76,7 @@ t_blkmig() {
 	local t0; t0=$(now)
 	"$BLKMIG" send --to 127.0.0.1:"$(cat "$W/port")" --device d0="$W/src.img" $extra >/dev/null
 	wait $l
-	python3 -c "print($(now) - $t0)"
+	"$PY" -c "print($(now) - $t0)"
 }
 
 # The same migration over TLS 1.3: the cost of encryption on this machine.
@@ -100,7 +105,7 @@ t_blkmig_tls() {
 	local t0; t0=$(now)
 	"$BLKMIG" send --to 127.0.0.1:"$(cat "$W/port")" --device d0="$W/src.img" "$opt" "$arg" >/dev/null
 	wait $l
-	python3 -c "print($(now) - $t0)"
+	"$PY" -c "print($(now) - $t0)"
 }
 
 t_qemu_img() {
@@ -109,11 +114,11 @@ t_qemu_img() {
 	sleep 0.3
 	local t0; t0=$(now)
 	qemu-img convert -n -f raw "$W/src.img" -O raw "nbd://127.0.0.1:$p"
-	python3 -c "print($(now) - $t0)"
+	"$PY" -c "print($(now) - $t0)"
 	kill $l; wait $l 2>/dev/null || true
 }
 
-median() { python3 -c "import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))" "$@"; }
+median() { "$PY" -c "import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))" "$@"; }
 
 declare -A res
 run() { # label, function, args
@@ -143,19 +148,19 @@ echo "blkmig bench: $size $kind image over 127.0.0.1, median of $runs runs"
 printf '%-32s %9s %11s %10s\n' contender seconds "MiB/s" "vs socat"
 base=${res["socat pipe"]}
 for label in "${labels[@]}"; do
-	python3 -c "
+	"$PY" -c "
 import sys
 t, b, n = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
 print('%-32s %9.2f %11.0f %9.2fx' % (sys.argv[4], t, n / t / 2**20, b / t))" "${res[$label]}" "$base" "$bytes" "$label"
 done
-python3 -c "
+"$PY" -c "
 import sys
 plain, tls = float(sys.argv[1]), float(sys.argv[2])
 print('TLS (PSK) costs %.0f%% of blkmig\'s throughput' % (100 * (1 - plain / tls)))" \
 	"${res["blkmig send/receive"]}" "${res["blkmig --tls-psk"]}"
 echo "kTLS: GnuTLS hands the record layer to the kernel only with the kernel's tls module and"
 echo "      'ktls = true' under [global] in /etc/gnutls/config; this kernel: $(
-	python3 -c "
+	"$PY" -c "
 import socket
 l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen(1)
 c = socket.create_connection(l.getsockname())
