@@ -26,7 +26,7 @@ bench_setup() {
 	local bytes
 	W=$(mktemp -d "${TMPDIR:-/var/tmp}/blkmig-$1.XXXXXX")
 	trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$W"' EXIT
-	bytes=$("$PY" -c "import sys; m={'K':1<<10,'M':1<<20,'G':1<<30}; s=sys.argv[1]; print(int(s[:-1])*m[s[-1]] if s[-1] in m else int(s))" "$2")
+	bytes=$(size_bytes "$2")
 	head -c "$bytes" /dev/urandom >"$W/base.img"
 }
 
@@ -55,7 +55,7 @@ start() {
 stop() { kill $spid $dpid 2>/dev/null; wait $spid $dpid 2>/dev/null || true; }
 
 
-# Also used by qemu.sh and compare (which do not call bench_setup):
+# Also used by bench_setup, and by qemu.sh and compare (which do not call it):
 #
 #   size_bytes SIZE      "1G", "128M", "4096" as a number of bytes
 #   now                  seconds since the epoch, to the nanosecond
