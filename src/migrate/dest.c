@@ -650,19 +650,19 @@ static int apply(struct dst *d, const struct wire_record *rec, uint64_t rec_off)
 	return 0;
 }
 
-static int read_dev(void *arg, void *buf, size_t len, uint64_t off)
-{
-	return blk_pread(arg, buf, len, off);
-}
-
 /*
  * Buffered images have their chunk records applied on the engine's thread
  * (writers_for()), which is cheapest while nobody waits.  Once clients'
  * writes are mirrored, a client waits for its WACK behind every record
- * ahead of its write: from the first WRITE record on, one writer thread
- * applies the chunk records, and the engine only copies each into a slot
- * (a 64 KiB buffered write into fresh page cache costs it 100-250 us on a
- * busy 2-core VM; the copy ~10 us).
+ * ahead of its write: from the first WRITE record on, writer threads apply
+ * the chunk records and the writes, and the engine only copies each into
+ * a slot (a 64 KiB buffered write into fresh page cache costs it 100-250 us
+ * on a busy 2-core VM; the copy ~10 us).  As many as with --cache none, for
+ * their queues more than for parallel writes: a buffered write into a
+ * fresh image can stall for tens of milliseconds (ext4 allocating blocks
+ * for writeback holds the inode's lock), and the engine reads on, and
+ * acknowledges writes, only while a queue has room; one writer's 4 MiB
+ * is 40 ms at 100 MB/s.
  */
 static int writers_for_mirror(struct dst *d)
 {
@@ -673,7 +673,7 @@ static int writers_for_mirror(struct dst *d)
 		return 0;
 	/* An inline pool holds nothing that is not applied, and a running
 	 * checkpoint does not use it (ck_start()). */
-	r = dstw_new(1, d->offer.chunk_size, &w);
+	r = dstw_new(DSTW_WRITERS, d->offer.chunk_size, &w);
 	if (r < 0)
 		return r;
 	dstw_free(d->writers);
@@ -683,22 +683,30 @@ static int writers_for_mirror(struct dst *d)
 
 /*
  * A client write the source mirrored (active mode): validated like a
- * chunk, applied in sequence, acknowledged at once (the writer on the
- * source is waiting), then its chunks' hashes updated from the written
- * bytes.  The chunks join the pass's read-back set, so the end of the pass
- * checks that the image holds what those hashes say (once per chunk,
- * however many writes it had).
+ * chunk, checked to be next in sequence, queued to the writers and
+ * acknowledged at once: the writer on the source waits for the WACK, and
+ * the disk may stall a write for tens of milliseconds (ext4 allocating
+ * what a checkpoint flushes, or a direct write's device).  Each chunk's
+ * part goes to that chunk's writer, behind every record before it for the
+ * chunk and ahead of every one after, which writes it and then updates
+ * the chunk's hash from the written bytes.  A failure there fails the
+ * migration at the next submit or barrier, before any SYNCED, as a chunk
+ * record's would; the source still holds the write.  The chunks join the
+ * pass's read-back set, so the end of the pass checks that the image
+ * holds what those hashes say (once per chunk, however many writes it
+ * had).
  */
 static int apply_write(struct dst *d, const struct wire_record *rec, uint64_t rec_off)
 {
 	struct dst_dev *dev = find_dev(d, rec->name);
-	uint64_t end;
+	uint32_t cs = d->offer.chunk_size;
+	uint64_t end, off;
 	int r = writers_for_mirror(d);
 
 	if (r < 0)
 		return r;
 	/* The reader refuses WRITE records a handshake did not announce. */
-	assert(d->offer.mirror && d->f->ops->write_applied);
+	assert(d->offer.mirror && d->f->ops->write_queued);
 	if (!dev)
 		return unknown_device(rec, rec_off);
 	if (ckd_add_u64(&end, rec->offset, rec->length) || end > dev->size)
@@ -708,11 +716,6 @@ static int apply_write(struct dst *d, const struct wire_record *rec, uint64_t re
 			       (unsigned long long)rec_off, rec->length,
 			       (unsigned long long)rec->offset, dev->shown,
 			       (unsigned long long)dev->size);
-	/* After every record queued for its chunks, not behind the others. */
-	r = dstw_wait_chunks(d->writers, dev->blk, rec->offset / d->offer.chunk_size,
-			     (end - 1) / d->offer.chunk_size);
-	if (r < 0)
-		return r;
 	if (rec->seq != d->wseq + 1)
 		return err_set(EBADMSG,
 			       "record at stream offset %llu: write %llu out of sequence "
@@ -721,25 +724,28 @@ static int apply_write(struct dst *d, const struct wire_record *rec, uint64_t re
 			       (unsigned long long)d->wseq + 1);
 	d->unsynced = d->wrote = true;
 	dev->written = true;
-	if (rec->op == WIRE_WRITE_ZERO)
-		r = blk_zero(dev->blk, rec->offset, rec->length, BLK_ZERO_MAY_TRIM);
-	else
-		r = blk_pwrite(dev->blk, rec->data, rec->length, rec->offset);
-	if (r < 0)
-		return err_prefix(-r, "mirrored write to %s at offset %llu: ", dev->shown,
-				  (unsigned long long)rec->offset);
+	for (off = rec->offset; off < end;) {
+		uint64_t next = MIN(end, (off / cs + 1) * cs);
+		struct dstw_job job = {
+			.op = DSTW_MIRROR,
+			.blk = dev->blk,
+			.dig = dev->dig,
+			.shown = dev->shown,
+			.idx = off / cs,
+			.off = off,
+			.len = (size_t)(next - off),
+			.data = rec->op == WIRE_WRITE_ZERO ? NULL : rec->data + (off - rec->offset),
+		};
+
+		r = dstw_submit(d->writers, &job);
+		if (r < 0)
+			return r;
+		off = next;
+	}
 	d->wseq = rec->seq;
-	r = d->f->ops->write_applied(d->f, rec->seq);
+	r = d->f->ops->write_queued(d->f, rec->seq);
 	if (r < 0)
 		return r;
-	/* After the answer, so the writer does not wait for it: the hashes
-	 * of the chunks touched, from the written bytes (the chunk is read
-	 * only the first time, or a block written in part). */
-	r = digest_update(dev->dig, rec->offset, rec->length,
-			  rec->op == WIRE_WRITE_ZERO ? NULL : rec->data, read_dev, dev->blk);
-	if (r < 0)
-		return err_prefix(-r, "read back %s after a mirrored write at offset %llu: ",
-				  dev->shown, (unsigned long long)rec->offset);
 	dirty_mark(dev->pass, rec->offset, rec->length);
 	dirty_mark(dev->carried, rec->offset, rec->length);
 	d->st.mirror_writes++;

@@ -18,9 +18,10 @@
  *
  * Not thread-safe: one engine thread owns a table, except that
  * digest_set(), digest_get() and digest_zero_hash() of different chunks
- * may run on several threads at once, and beside the owner's
- * digest_update() of yet other chunks (the destination's writer threads
- * and its engine: dstw_wait_chunks() keeps them apart).
+ * may run on several threads at once, and beside digest_update() of yet
+ * other chunks, which one thread at a time may call (the destination's
+ * writer threads: a chunk is always on the same writer, and the pool's
+ * dig_lock takes digest_update() calls in turn).
  */
 #ifndef BLKMIG_MIGRATE_DIGEST_H
 #define BLKMIG_MIGRATE_DIGEST_H

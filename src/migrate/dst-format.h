@@ -77,8 +77,8 @@ struct dst_fmt {
  * Every op returns 0 or a negative errno with the message set where the
  * failure happened.  Called in this order: open, handshake, accept, state
  * and sums, then next until COMPLETE (pass_end after each PASS_END once
- * the engine has made the pass durable, write_applied after each WRITE
- * applied), then acknowledge and next until COMMIT (or more passes: the
+ * the engine has made the pass durable, write_queued after each WRITE
+ * queued), then acknowledge and next until COMMIT (or more passes: the
  * attempt was abandoned), or finish;
  * fail instead of whatever remains when anything failed; close always.
  */
@@ -96,8 +96,10 @@ struct dst_format_ops {
 	/* Pass 'passes' is applied (and, with caps.pass_replies, durable and
 	 * read back).  May be NULL. */
 	int (*pass_end)(struct dst_fmt *f, uint64_t passes);
-	/* Every WRITE up to seq is applied.  NULL when !caps.mirror. */
-	int (*write_applied)(struct dst_fmt *f, uint64_t seq);
+	/* Every WRITE up to seq is checked and queued in order (applied, and
+	 * durable, before the next pass_end or acknowledge).  NULL when
+	 * !caps.mirror. */
+	int (*write_queued)(struct dst_fmt *f, uint64_t seq);
 	/* After the accept, formats with a return path: what this side holds
 	 * of the migration, then its chunks' digests (as many SUMS as STATE
 	 * announced).  NULL otherwise. */

@@ -225,7 +225,7 @@ static int native_pass_end(struct dst_fmt *f, uint64_t passes)
 }
 
 /* The writer on the source is waiting for this. */
-static int native_write_applied(struct dst_fmt *f, uint64_t seq)
+static int native_write_queued(struct dst_fmt *f, uint64_t seq)
 {
 	uint8_t buf[NATIVE_FRAME_HDR + 8];
 	int r = send_frame(f, native_wack_encode(buf, sizeof(buf), seq), buf);
@@ -275,7 +275,7 @@ const struct dst_format_ops dst_native_ops = {
 	.accept = native_accept,
 	.next = native_next,
 	.pass_end = native_pass_end,
-	.write_applied = native_write_applied,
+	.write_queued = native_write_queued,
 	.state = native_state,
 	.sums = native_sums,
 	.acknowledge = native_acknowledge,

@@ -48,6 +48,9 @@ struct dstw {
 	unsigned nwriters, nslots;
 	uint32_t chunk_size;
 	uint64_t submitted; /* jobs submitted so far (the engine's; read under lock) */
+	/* digest_update() keeps a cache and a buffer per table: DSTW_MIRROR
+	 * jobs of different writers take turns (a leaf, held alone). */
+	pthread_mutex_t dig_lock;
 	bool stop;
 	uint8_t *check_buf;
 	int err; /* the first failure (positive errno), sticky */
@@ -77,12 +80,37 @@ static int check_job(const struct dstw_job *job, uint8_t *buf)
 	return 0;
 }
 
-static int apply_job(const struct dstw_job *job, uint8_t *buf)
+static int read_blk(void *arg, void *buf, size_t len, uint64_t off)
+{
+	return blk_pread(arg, buf, len, off);
+}
+
+/* DSTW_MIRROR: the write, then the chunk's hash from its bytes. */
+static int mirror_job(struct dstw *w, const struct dstw_job *job, const uint8_t *buf)
+{
+	int r = buf ? blk_pwrite(job->blk, buf, job->len, job->off)
+		    : blk_zero(job->blk, job->off, job->len, BLK_ZERO_MAY_TRIM);
+
+	if (r < 0)
+		return err_prefix(-r, "mirrored write to %s at offset %llu: ", job->shown,
+				  (unsigned long long)job->off);
+	pthread_mutex_lock(&w->dig_lock);
+	r = digest_update(job->dig, job->off, job->len, buf, read_blk, job->blk);
+	pthread_mutex_unlock(&w->dig_lock);
+	if (r < 0)
+		return err_prefix(-r, "read back %s after a mirrored write at offset %llu: ",
+				  job->shown, (unsigned long long)job->off);
+	return 0;
+}
+
+static int apply_job(struct dstw *w, const struct dstw_job *job, uint8_t *buf)
 {
 	int r;
 
 	if (job->op == DSTW_CHECK)
 		return check_job(job, buf);
+	if (job->op == DSTW_MIRROR)
+		return mirror_job(w, job, job->data ? buf : NULL);
 	if (job->op == DSTW_ZERO) {
 		r = blk_zero(job->blk, job->off, job->len, BLK_ZERO_MAY_TRIM);
 		if (r == 0)
@@ -122,7 +150,7 @@ static void *writer_main(void *arg)
 		 * queued, the rest is dropped: the migration fails. */
 		if (!w->err && !w->stop) {
 			pthread_mutex_unlock(&w->lock);
-			r = apply_job(&s->job, s->buf);
+			r = apply_job(w, &s->job, s->buf);
 			pthread_mutex_lock(&w->lock);
 		}
 		if (r < 0 && !w->err) {
@@ -159,6 +187,7 @@ int dstw_new(unsigned nwriters, uint32_t chunk_size, struct dstw **out)
 	if (!w)
 		return err_set(ENOMEM, "no memory for the writer pool");
 	pthread_mutex_init(&w->lock, NULL);
+	pthread_mutex_init(&w->dig_lock, NULL);
 	pthread_cond_init(&w->space, NULL);
 	w->nwriters = nwriters;
 	w->chunk_size = chunk_size;
@@ -218,7 +247,7 @@ static int submit_inline(struct dstw *w, const struct dstw_job *job)
 
 	if (w->err)
 		return failed_locked(w);
-	r = apply_job(job, job->op == DSTW_CHECK ? w->check_buf : (uint8_t *)job->data);
+	r = apply_job(w, job, job->op == DSTW_CHECK ? w->check_buf : (uint8_t *)job->data);
 	if (r < 0) {
 		w->err = -r;
 		snprintf(w->msg, sizeof(w->msg), "%s", err_msg());
@@ -253,7 +282,7 @@ int dstw_submit(struct dstw *w, const struct dstw_job *job)
 	/* Not in the queue yet (count): the writer does not touch it. */
 	s = &wr->slot[tail];
 	s->job = *job;
-	if (job->op == DSTW_WRITE) {
+	if (job->data && (job->op == DSTW_WRITE || job->op == DSTW_MIRROR)) {
 		memcpy(s->buf, job->data, job->len);
 		s->job.data = s->buf;
 	}
@@ -273,40 +302,6 @@ int dstw_barrier(struct dstw *w)
 	for (unsigned i = 0; i < w->nwriters; i++)
 		while (w->wr[i].count)
 			pthread_cond_wait(&w->space, &w->lock);
-	r = failed_locked(w);
-	pthread_mutex_unlock(&w->lock);
-	return r;
-}
-
-/* Whether a queued (or running) job of writer wr is for a chunk of blk
- * in [first, last].  Lock held. */
-static bool holds_locked(const struct dstw *w, const struct dstw_writer *wr, const struct blk *blk,
-			 uint64_t first, uint64_t last)
-{
-	for (unsigned k = 0; k < wr->count; k++) {
-		const struct dstw_job *job = &wr->slot[(wr->head + k) % w->nslots].job;
-
-		if (job->blk == blk && job->idx >= first && job->idx <= last)
-			return true;
-	}
-	return false;
-}
-
-int dstw_wait_chunks(struct dstw *w, const struct blk *blk, uint64_t first, uint64_t last)
-{
-	int r;
-
-	if (!w->nwriters)
-		return failed_locked(w); /* inline: nothing is queued, no lock */
-	pthread_mutex_lock(&w->lock);
-	/* Chunk c is on writer c % nwriters: those of the range, once each
-	 * (no new job comes meanwhile: the caller is the submitter). */
-	for (uint64_t c = first; c <= last && c - first < w->nwriters; c++) {
-		const struct dstw_writer *wr = &w->wr[c % w->nwriters];
-
-		while (!w->err && holds_locked(w, wr, blk, first, last))
-			pthread_cond_wait(&w->space, &w->lock);
-	}
 	r = failed_locked(w);
 	pthread_mutex_unlock(&w->lock);
 	return r;
@@ -380,6 +375,7 @@ void dstw_free(struct dstw *w)
 	}
 	free(w->check_buf);
 	pthread_cond_destroy(&w->space);
+	pthread_mutex_destroy(&w->dig_lock);
 	pthread_mutex_destroy(&w->lock);
 	free(w);
 }

@@ -8,14 +8,14 @@
  *
  * Order: a chunk always goes to the same writer (chunk index modulo the
  * number of writers) and each writer applies its queue in order, so two
- * records for one chunk land in the order they arrived.  Memory: each
+ * records for one chunk (chunk records, or a mirrored client write's part
+ * in it) land in the order they arrived.  Memory: each
  * writer holds at most a few chunk buffers (about DSTW_QUEUE_BYTES); the
  * engine waits when the chunk's writer is full.
  *
  * Errors: the first failure is kept (its message too) and returned by the
- * next dstw_submit(), dstw_barrier(), dstw_wait_chunks() or
- * dstw_wait_done(), and every one after; writers skip the rest of their
- * queues after it.
+ * next dstw_submit(), dstw_barrier() or dstw_wait_done(), and every one after; writers skip the
+ * rest of their queues after it.
  */
 #ifndef BLKMIG_MIGRATE_DST_WRITERS_H
 #define BLKMIG_MIGRATE_DST_WRITERS_H
@@ -38,6 +38,11 @@ enum dstw_op {
 	/* Read the chunk back from the device and compare it with its digest
 	 * (a zero chunk that is a hole needs no read): EILSEQ if it differs. */
 	DSTW_CHECK,
+	/* A mirrored client write's part in one chunk: len bytes at off
+	 * (data NULL: zeros; otherwise a copy is taken), then the chunk's
+	 * digest brought up to date from the written bytes (digest_update(),
+	 * one thread at a time in a pool). */
+	DSTW_MIRROR,
 };
 
 /* One chunk to apply or check. */
@@ -48,7 +53,7 @@ struct dstw_job {
 	const char *shown;	  /* the device's name, for messages (outlives the pool) */
 	uint64_t idx, off;
 	size_t len;
-	const void *data; /* DSTW_WRITE */
+	const void *data; /* DSTW_WRITE; DSTW_MIRROR (NULL: zeros) */
 };
 
 /* A pool of nwriters threads for chunks of chunk_size; with 0, no threads:
@@ -60,10 +65,6 @@ int dstw_new(unsigned nwriters, uint32_t chunk_size, struct dstw **out);
 int dstw_submit(struct dstw *w, const struct dstw_job *job);
 /* Wait until every queued job is applied; the first failure, once. */
 int dstw_barrier(struct dstw *w);
-/* Wait until no job for a chunk of blk in [first, last] is queued or
- * running (the rest may go on), or a failure.  The submitting thread only:
- * jobs submitted meanwhile would not be waited for. */
-int dstw_wait_chunks(struct dstw *w, const struct blk *blk, uint64_t first, uint64_t last);
 /* The most jobs queued or running on any one writer (0 inline): how long
  * a new job could wait. */
 unsigned dstw_backlog(struct dstw *w);

@@ -4,8 +4,10 @@
  * over in-memory devices: records for one chunk land in order, digests are
  * set, the barrier waits for everything queued, a read-back check catches a
  * chunk that differs, a writer's failure surfaces with its message,
- * sticky, at the next submit or barrier, and a wait for some chunks, or
- * for the jobs up to one, waits for those and for no others.
+ * sticky, at the next submit or barrier, a mirrored write's part lands
+ * after the records before it for its chunk and not behind other chunks',
+ * with its chunk's digest brought up to date, and a wait for the jobs up
+ * to one waits for those and for no others.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -182,6 +184,11 @@ static int gate_pwrite(struct blk *b, const void *buf, size_t len, uint64_t off)
 	return blk_pwrite(b->lower, buf, len, off);
 }
 
+static int gate_zero(struct blk *b, uint64_t off, uint64_t len, unsigned flags)
+{
+	return blk_zero(b->lower, off, len, flags);
+}
+
 static void gate_close(struct blk *b)
 {
 	struct gate *g = (struct gate *)b;
@@ -192,7 +199,11 @@ static void gate_close(struct blk *b)
 }
 
 static const struct blk_ops gate_ops = {
-	.name = "gate", .pread = gate_pread, .pwrite = gate_pwrite, .close = gate_close
+	.name = "gate",
+	.pread = gate_pread,
+	.pwrite = gate_pwrite,
+	.zero = gate_zero,
+	.close = gate_close,
 };
 
 static void gate_open(struct gate *g)
@@ -242,8 +253,7 @@ static void gate_wait_holding(struct gate *g)
 struct waiter {
 	struct fx *f;
 	struct gate *g;
-	uint64_t first, last; /* dstw_wait_chunks(first, last), or with */
-	uint64_t upto;	      /* upto set dstw_wait_done(upto) */
+	uint64_t upto; /* dstw_wait_done(upto) */
 	int r;
 	uint8_t seen[CS]; /* chunk 3 as it was when the wait returned */
 };
@@ -252,8 +262,7 @@ static void *wait_main(void *arg)
 {
 	struct waiter *w = arg;
 
-	w->r = w->upto ? dstw_wait_done(w->f->w, w->upto)
-		       : dstw_wait_chunks(w->f->w, w->f->blk, w->first, w->last);
+	w->r = dstw_wait_done(w->f->w, w->upto);
 	pthread_mutex_lock(&w->g->lock);
 	w->g->returned = true;
 	pthread_mutex_unlock(&w->g->lock);
@@ -279,35 +288,106 @@ static void wait_across_gate(struct waiter *wt)
 	assert_false(early);
 }
 
+static int submit_mirror(struct fx *f, uint64_t off, size_t len, const void *data)
+{
+	struct dstw_job job = { .op = DSTW_MIRROR,
+				.blk = f->blk,
+				.dig = f->dig,
+				.shown = "d0",
+				.idx = off / CS,
+				.off = off,
+				.len = len,
+				.data = data };
+
+	return dstw_submit(f->w, &job);
+}
+
+/* Whether len bytes at off read as c. */
+static bool reads_as(struct fx *f, uint64_t off, size_t len, int c)
+{
+	uint8_t want[CS];
+
+	memset(want, c, len);
+	return blk_pread(f->blk, f->buf, len, off) == 0 && memcmp(f->buf, want, len) == 0;
+}
+
 /*
- * A mirrored write waits for the records of its own chunks, and not behind
- * the rest: with chunk 3's write held in its writer (chunk 6 queued behind
- * it), a wait for chunks 4..5, or for chunk 3 of another device, returns at
- * once, and a wait for 2..3 only once chunk 3 is written.
+ * A mirrored write's part in a chunk lands after the records queued
+ * before it for that chunk, and not behind other chunks': with chunk 3's
+ * record held in its writer and a write into chunk 3 queued behind it, a
+ * write into chunk 4 (another writer) lands, and chunk 3 is still
+ * untouched; once the gate opens, chunk 3 holds the record with the write
+ * over it (reversed, it would hold the record alone).  Each chunk's
+ * digest is what it now holds, zeros included; the pool copied the
+ * writes' bytes (the caller's buffer is overwritten after each submit).
  */
-static void test_wait_chunks(void **state)
+static void test_mirror_order(void **state)
 {
 	struct fx *f = *state;
 	struct gate *g = (struct gate *)f->blk;
-	struct waiter wt = { .f = f, .g = g, .first = 2, .last = 3 };
-	uint8_t want[CS];
+	uint8_t want[CS], src[2 * 4096];
+	bool landed = false;
 
 	memset(f->buf, 0x33, CS);
-	memcpy(want, f->buf, CS);
-	for (uint64_t c = 3; c <= 6; c++)
-		assert_int_equal(submit(f, DSTW_WRITE, c, f->buf), 0);
+	assert_int_equal(submit(f, DSTW_WRITE, 3, f->buf), 0);
 	gate_wait_holding(g);
+	memset(src, 0x77, 4096);
+	assert_int_equal(submit_mirror(f, 3 * CS + 4096, 4096, src), 0);
+	memset(src, 0x55, sizeof(src));
+	assert_int_equal(submit_mirror(f, 4 * CS, sizeof(src), src), 0);
+	memset(src, 0xee, sizeof(src));
 
-	/* Chunks 4 and 5 are on other writers: no wait for chunk 3. */
-	assert_int_equal(dstw_wait_chunks(f->w, f->blk, 4, 5), 0);
-	assert_int_equal(blk_pread(f->blk, f->buf, CS, 4 * CS), 0);
-	assert_memory_equal(f->buf, want, CS);
-	assert_int_equal(dstw_wait_chunks(f->w, g->b.lower, 3, 3), 0);
+	/* Chunk 4's writer is free: up to 10 s for it to get there. */
+	for (int i = 0; i < 1000 && !landed; i++) {
+		landed = reads_as(f, 4 * CS, 2 * 4096, 0x55);
+		if (!landed)
+			usleep(10000);
+	}
+	assert_true(landed);
+	pthread_mutex_lock(&g->lock);
+	assert_false(g->open);
+	pthread_mutex_unlock(&g->lock);
+	assert_true(reads_as(f, 3 * CS, CS, 0));
 
-	wait_across_gate(&wt);
-	assert_int_equal(wt.r, 0);
-	assert_memory_equal(wt.seen, want, CS);
+	gate_open(g);
 	assert_int_equal(dstw_barrier(f->w), 0);
+	memset(want, 0x33, CS);
+	memset(want + 4096, 0x77, 4096);
+	assert_int_equal(blk_pread(f->blk, f->buf, CS, 3 * CS), 0);
+	assert_memory_equal(f->buf, want, CS);
+	assert_true(digest_get(f->dig, 3) == digest_hash(want, CS));
+	memset(want, 0, CS);
+	memset(want, 0x55, 2 * 4096);
+	assert_true(digest_get(f->dig, 4) == digest_hash(want, CS));
+
+	/* Zeros: no data, the range reads as zeros, the digest follows. */
+	assert_int_equal(submit_mirror(f, 3 * CS, 4096, NULL), 0);
+	assert_int_equal(dstw_barrier(f->w), 0);
+	memset(want, 0x33, CS);
+	memset(want, 0, 4096);
+	memset(want + 4096, 0x77, 4096);
+	assert_int_equal(blk_pread(f->blk, f->buf, CS, 3 * CS), 0);
+	assert_memory_equal(f->buf, want, CS);
+	assert_true(digest_get(f->dig, 3) == digest_hash(want, CS));
+	assert_int_equal(submit(f, DSTW_CHECK, 3, NULL), 0);
+	assert_int_equal(dstw_barrier(f->w), 0);
+}
+
+/* Inline or threaded, a mirrored write that fails: its own message, at
+ * once or at the next barrier, and sticky. */
+static void test_mirror_failure(void **state)
+{
+	struct fx *f = *state;
+	int r;
+
+	memset(f->buf, 9, 4096);
+	blk_mem_inject(f->blk, BLK_MEM_WRITE, 1, EIO);
+	r = submit_mirror(f, 5 * CS + 8192, 4096, f->buf);
+	assert_true(r == 0 || r == -EIO);
+	err_clear();
+	assert_int_equal(dstw_barrier(f->w), -EIO);
+	assert_non_null(strstr(err_msg(), "mirrored write to d0 at offset 335872"));
+	assert_int_equal(submit_mirror(f, 0, 4096, f->buf), -EIO);
 }
 
 /*
@@ -357,22 +437,20 @@ static void test_wait_ends_on_failure(void **state)
 	blk_mem_inject(g->b.lower, BLK_MEM_WRITE, 1, ENOSPC);
 	assert_int_equal(submit(f, DSTW_WRITE, 4, f->buf), 0);
 	err_clear();
-	assert_int_equal(dstw_wait_chunks(f->w, f->blk, 3, 3), -ENOSPC);
-	assert_non_null(strstr(err_msg(), "write d0 at offset 262144"));
 	assert_int_equal(dstw_wait_done(f->w, 1), -ENOSPC);
+	assert_non_null(strstr(err_msg(), "write d0 at offset 262144"));
 	pthread_mutex_lock(&g->lock);
 	assert_false(g->open);
 	pthread_mutex_unlock(&g->lock);
 }
 
-/* Inline, nothing is ever queued: a wait returns at once (for chunks:
+/* Inline, nothing is ever queued: a wait returns at once (a barrier:
  * or the kept failure). */
-static void test_wait_chunks_inline(void **state)
+static void test_wait_inline(void **state)
 {
 	struct fx *f = *state;
 
 	memset(f->buf, 1, CS);
-	assert_int_equal(dstw_wait_chunks(f->w, f->blk, 0, NCHUNK - 1), 0);
 	assert_int_equal(submit(f, DSTW_WRITE, 1, f->buf), 0);
 	assert_int_equal(dstw_wait_done(f->w, 1), 0);
 	assert_true(dstw_backlog(f->w) == 0);
@@ -380,7 +458,7 @@ static void test_wait_chunks_inline(void **state)
 	assert_int_equal(submit(f, DSTW_WRITE, 2, f->buf), -ENOSPC);
 	assert_true(dstw_submitted(f->w) == 1); /* a failed job is not counted */
 	err_clear();
-	assert_int_equal(dstw_wait_chunks(f->w, f->blk, 5, 5), -ENOSPC);
+	assert_int_equal(dstw_barrier(f->w), -ENOSPC);
 	assert_non_null(strstr(err_msg(), "write d0 at offset "));
 }
 
@@ -404,8 +482,9 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		FT(test_order_and_digests),    FT(test_check_catches_difference),
 		FT(test_error_surfaces),       FT(test_bad_args),
-		GT(test_wait_chunks),	       GT(test_wait_done),
-		GT(test_wait_ends_on_failure), FT0(test_wait_chunks_inline),
+		GT(test_mirror_order),	       GT(test_wait_done),
+		GT(test_wait_ends_on_failure), FT0(test_wait_inline),
+		FT(test_mirror_failure),       FT0(test_mirror_failure),
 		FT0(test_order_and_digests),   FT0(test_check_catches_difference),
 		FT0(test_error_surfaces),      FT0(test_bad_args),
 	};

@@ -245,10 +245,10 @@ static void assert_same(struct sdev *s, const char *dst_path)
 
 struct ddev {
 	const char *name;
-	char path[PATH_CAP]; /* a file device; unused with mem */
-	bool mem;	     /* an in-memory device (contents not kept) */
-	uint64_t stall_ns;   /* writes shorter than stall_below wait this long */
-	size_t stall_below;
+	char path[PATH_CAP];	 /* a file device; unused with mem */
+	bool mem;		 /* an in-memory device (contents not kept) */
+	size_t hold_below;	 /* writes shorter than this wait until src_run returned */
+	size_t fail_below;	 /* writes shorter than this fail with EIO */
 	bool hold_flush;	 /* flushes wait until the source's src_run returned */
 	unsigned write_fail_nth; /* mem: the nth write fails with write_fail_err */
 	int write_fail_err;
@@ -265,12 +265,16 @@ struct dcfg {
 	const char *nbd_addr;
 };
 
-/* A layer that makes short writes (mirrored WRITEs) wait: a destination
- * whose disk has stopped answering. */
+/* Set while a test holds its destination's short writes (hold_below). */
+static atomic_bool writes_held;
+
+/* A layer that makes short writes (mirrored WRITEs), or flushes, wait
+ * while the test holds them: a destination whose disk has stopped
+ * answering. */
 struct stall_blk {
 	struct blk blk;
-	uint64_t ns;
 	size_t below;
+	size_t fail_below;
 	bool hold_flush;
 };
 
@@ -278,8 +282,10 @@ static int stall_pwrite(struct blk *b, const void *buf, size_t len, uint64_t off
 {
 	struct stall_blk *s = (struct stall_blk *)b;
 
-	if (len < s->below)
-		sleep_ns(s->ns);
+	while (len < s->below && atomic_load(&writes_held))
+		sleep_ns(1000000);
+	if (len < s->fail_below)
+		return err_set(EIO, "injected failure of a short write");
 	return blk_pwrite(b->lower, buf, len, off);
 }
 
@@ -319,7 +325,7 @@ static const struct blk_ops stall_ops = {
 	.close = stall_close,
 };
 
-static int stall_wrap(struct blk *lower, uint64_t ns, size_t below, struct blk **out)
+static int stall_wrap(struct blk *lower, size_t below, struct blk **out)
 {
 	struct stall_blk *s = calloc(1, sizeof(*s));
 
@@ -328,7 +334,6 @@ static int stall_wrap(struct blk *lower, uint64_t ns, size_t below, struct blk *
 		return -ENOMEM;
 	}
 	s->blk = (struct blk){ .ops = &stall_ops, .lower = lower, .size = lower->size };
-	s->ns = ns;
 	s->below = below;
 	*out = &s->blk;
 	return 0;
@@ -358,8 +363,10 @@ static int open_cb(void *user, const char *name, uint64_t size, struct blk **out
 		}
 		snprintf(path, path_cap, "%s", d->path);
 		r = blk_file_open(d->path, BLK_OPEN_CREATE, size, out);
-		if (r == 0 && (d->stall_ns || d->hold_flush))
-			r = stall_wrap(*out, d->stall_ns, d->stall_below, out);
+		if (r == 0 && (d->hold_below || d->fail_below || d->hold_flush))
+			r = stall_wrap(*out, d->hold_below, out);
+		if (r == 0 && d->fail_below)
+			((struct stall_blk *)*out)->fail_below = d->fail_below;
 		if (r == 0 && d->hold_flush)
 			((struct stall_blk *)*out)->hold_flush = true;
 		return r;
@@ -470,6 +477,7 @@ static void mig_finish(struct mig *m)
 	snprintf(m->src_msg, sizeof(m->src_msg), "%s", m->src_r ? err_msg() : "");
 	m->rate_after = xport_get_rate(m->x);
 	atomic_store(&flush_held, false);
+	atomic_store(&writes_held, false);
 	xport_close(m->x);
 	m->x = NULL;
 	pthread_join(m->dth, NULL);
@@ -1370,9 +1378,11 @@ static void test_active_cancel(void **state)
 }
 
 /*
- * The destination stops answering while a mirrored write waits for it: the
- * source gives up after its timeout instead of holding the writer (or the
- * final pause) for ever; the writer's writes all succeed locally.
+ * The destination's disk stops answering mirrored writes (they hang until
+ * the source has given up).  The destination acknowledges them as long as
+ * its writers' queues have room, then stops reading: the source gives up
+ * after its timeout instead of holding the writer (or the final pause)
+ * for ever; the writer's writes all succeed locally.
  */
 static void test_active_silent_destination(void **state)
 {
@@ -1388,8 +1398,8 @@ static void test_active_silent_destination(void **state)
 	m.sp.chunk_size = 64 * KiB;
 	m.sp.max_bandwidth = 8 * MiB;
 	m.sp.mode = MIG_MODE_ACTIVE;
-	m.dst.dev[0].stall_ns = 5 * 1000000000ull;
-	m.dst.dev[0].stall_below = 64 * KiB;
+	m.dst.dev[0].hold_below = 64 * KiB;
+	atomic_store(&writes_held, true);
 	if (workload_parse("disk0,bs=4K,rate=4M,seed=24", &ws) != 0)
 		fail_msg("workload: %s", err_msg());
 	assert_int_equal(workload_start(&ws, s.track, &w), 0);
@@ -1406,6 +1416,47 @@ static void test_active_silent_destination(void **state)
 	 * marked dirty, and mirroring suspended, long before the idle
 	 * timeout's verdict on the link. */
 	assert_true(m.src_st.mirror_suspensions > 0);
+	assert_int_equal(mark_check(m.dst.dev[0].path), 1);
+	workload_stop(w, &wst);
+	assert_int_equal(wst.stopped_by, 0);
+	assert_writable(&s);
+	sdev_close(&s);
+}
+
+/*
+ * The destination acknowledges a mirrored write before its disk has it;
+ * when the disk then refuses it, the migration fails with that message on
+ * both sides, before any switch-over: the destination stays marked
+ * incomplete, the source serves on, and the writer's writes all succeed
+ * there.
+ */
+static void test_active_destination_write_error(void **state)
+{
+	struct workload_spec ws;
+	struct workload_stats wst;
+	struct workload *w = NULL;
+	struct sdev s;
+	struct mig m;
+
+	(void)state;
+	setup_fault_run(&m, &s, "disk0");
+	m.sp.chunk_size = 64 * KiB;
+	m.sp.max_bandwidth = 8 * MiB;
+	m.sp.mode = MIG_MODE_ACTIVE;
+	m.dst.dev[0].fail_below = 64 * KiB;
+	if (workload_parse("disk0,bs=4K,rate=4M,seed=25", &ws) != 0)
+		fail_msg("workload: %s", err_msg());
+	assert_int_equal(workload_start(&ws, s.track, &w), 0);
+	mig_run(&m);
+	print_message("mirrored write refused: %s\n", m.src_msg);
+	assert_int_equal(m.dst_r, -EIO);
+	assert_contains("destination", m.dst_msg, "mirrored write to disk0 at offset ");
+	assert_contains("destination", m.dst_msg, "injected failure of a short write");
+	assert_int_equal(m.src_r, -EIO);
+	assert_contains("source", m.src_msg, "destination failed");
+	assert_contains("source", m.src_msg, "mirrored write to disk0");
+	assert_int_equal(m.src_st.state, MIG_FAILED);
+	assert_true(m.src_st.mirror_writes > 0);
 	assert_int_equal(mark_check(m.dst.dev[0].path), 1);
 	workload_stop(w, &wst);
 	assert_int_equal(wst.stopped_by, 0);
@@ -2354,6 +2405,7 @@ int main(void)
 		T(test_auto_outpaced),
 		T(test_active_cancel),
 		T(test_active_silent_destination),
+		T(test_active_destination_write_error),
 		T(test_source_read_error),
 		T(test_source_read_error_final),
 		T(test_destination_write_error),
