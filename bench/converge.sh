@@ -8,7 +8,9 @@
 # is cancelled), total time, bytes on the wire, passes, downtime (the pause
 # of the switch-over) and the longest pause of any attempt, mirrored
 # writes, the write rate the writer achieved during the migration, and its
-# write latency p50/p99 against the same writer with no migration.
+# write latency p50/p99 against the same writer with no migration, with
+# the p99.9 and the slowest write during the migration ('-': a build that
+# does not report p99.9).
 #
 # Then each run is held to the pause goal it asked for with --max-downtime
 # (300 ms, blkmig's default): the longest pause of the writers in any
@@ -61,9 +63,9 @@ echo "blkmig convergence: $size image, --max-bandwidth $bw, --max-downtime ${max
 checks=() failed=0
 [ -z "$baseline" ] || [ -x "$baseline" ] || { echo "bench/converge.sh: --baseline $baseline is not an executable" >&2; exit 2; }
 current=$BLKMIG
-printf '%-6s %-4s %-5s %-6s | %-4s %7s %8s %6s %8s %8s %8s | %9s %9s %8s | %9s %9s %8s\n' \
+printf '%-6s %-4s %-5s %-6s | %-4s %7s %8s %6s %8s %8s %8s | %9s %9s %8s | %9s %9s %9s %9s %8s\n' \
 	build bs rate mode conv total_s wire_MiB passes downtime maxpause mirrored \
-	base_p50 base_p99 base_MB/s mig_p50 mig_p99 mig_MB/s
+	base_p50 base_p99 base_MB/s mig_p50 mig_p99 mig_p99.9 mig_max mig_MB/s
 # pause_check CONV STATUS DOWNTIME MAXPAUSE: one verdict for a run.
 pause_check() {
 	local why=()
@@ -80,6 +82,9 @@ pause_check() {
 		echo "PASS not converged (cancelled after ${limit}s); max-pause ${4}ms"
 	fi
 }
+
+# A field of a JSON answer, or '-' when it has none (an older build's).
+field_or() { "$PY" -c "import json,sys; print(json.loads(sys.argv[1]).get(sys.argv[2], '-'))" "$1" "$2"; }
 
 # MB/s of a query-workload answer: over the time its writes were made in
 # (elapsed-us), or, from a build without that figure, over SECS.
@@ -121,13 +126,14 @@ for bs in $sizes; do
 			fi
 			during=$(ctl "$W/src.sock" query-workload)
 			secs=$("$PY" -c "print('%.1f' % ($(field "$st" total-time)/1000))")
-			printf '%-6s %-4s %-5s %-6s | %-4s %7s %8s %6s %6sms %6sms %8s | %7sus %7sus %8s | %7sus %7sus %8s\n' \
+			printf '%-6s %-4s %-5s %-6s | %-4s %7s %8s %6s %6sms %6sms %8s | %7sus %7sus %8s | %7sus %7sus %7sus %7sus %8s\n' \
 				"$build" "$bs" "$rate" "$mode" "$conv" "$secs" \
 				"$(( $(field "$st" transferred) / 1048576 ))" "$(field "$st" iterations)" \
 				"$(field "$st" downtime)" "$(field "$st" max-pause)" "$(field "$st" mirrored-writes)" \
 				"$(field "$base" latency-p50-us)" "$(field "$base" latency-p99-us)" \
 				"$(write_rate "$base" "$quiet")" \
 				"$(field "$during" latency-p50-us)" "$(field "$during" latency-p99-us)" \
+				"$(field_or "$during" latency-p999-us)" "$(field "$during" latency-max-us)" \
 				"$(write_rate "$during" "$secs")"
 			verdict=$(pause_check "$conv" "$(field "$st" status)" "$(field "$st" downtime)" "$(field "$st" max-pause)")
 			checks+=("$verdict  build=$build bs=$bs rate=$rate mode=$mode")

@@ -163,6 +163,7 @@ json_object *report_workload_json(const struct workload_stats *ws)
 	if (o && add_int(o, "writes", ws->writes) && add_int(o, "bytes", ws->bytes) &&
 	    add_int(o, "latency-p50-us", ws->p50_ns / 1000) &&
 	    add_int(o, "latency-p99-us", ws->p99_ns / 1000) &&
+	    add_int(o, "latency-p999-us", ws->p999_ns / 1000) &&
 	    add_int(o, "latency-max-us", ws->max_ns / 1000) &&
 	    add_int(o, "elapsed-us", ws->elapsed_ns / 1000) &&
 	    add(o, "stopped-by",

@@ -37,7 +37,7 @@ uint64_t report_eta_ns(const struct mig_stats *st);
  */
 json_object *report_stats_json(const struct mig_stats *st, const char *error);
 
-/* {writes, bytes, latency-p50-us, latency-p99-us, latency-max-us, elapsed-us,
+/* {writes, bytes, latency-p50-us, latency-p99-us, latency-p999-us, latency-max-us, elapsed-us,
  * stopped-by}; a new object the caller puts, or NULL on ENOMEM. */
 json_object *report_workload_json(const struct workload_stats *ws);
 

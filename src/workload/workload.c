@@ -3,7 +3,7 @@
  * Built-in writer (see workload.h).  Writes are paced against an absolute
  * schedule (start + n * bs / rate), so a slow write is caught up rather than
  * lowering the rate.  Latencies go into a log-linear histogram: 16 linear
- * sub-buckets per power of two of nanoseconds, enough for p50/p99 within
+ * sub-buckets per power of two of nanoseconds, enough for the quantiles within
  * about 6%.
  */
 #include "workload.h"
@@ -245,6 +245,7 @@ void workload_get_stats(struct workload *w, struct workload_stats *st)
 	/* A bucket's upper bound may lie above every sample in it. */
 	st->p50_ns = MIN(hist_quantile(w->hist, w->writes, 0.50), w->max_ns);
 	st->p99_ns = MIN(hist_quantile(w->hist, w->writes, 0.99), w->max_ns);
+	st->p999_ns = MIN(hist_quantile(w->hist, w->writes, 0.999), w->max_ns);
 	st->stopped_by = w->stopped_by;
 	end = w->ended_ns ? w->ended_ns : now_ns();
 	st->elapsed_ns = end > w->since_ns ? end - w->since_ns : 0;

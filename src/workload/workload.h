@@ -31,8 +31,8 @@ struct workload;
 struct workload_stats {
 	uint64_t writes;
 	uint64_t bytes;
-	uint64_t p50_ns, p99_ns, max_ns; /* write latency */
-	int stopped_by;			 /* 0, or the negative errno that stopped it */
+	uint64_t p50_ns, p99_ns, p999_ns, max_ns; /* write latency */
+	int stopped_by;				  /* 0, or the negative errno that stopped it */
 	/* Since the start or the last reset, until now or until the writer
 	 * stopped: what the counts above were made in. */
 	uint64_t elapsed_ns;

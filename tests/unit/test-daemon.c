@@ -376,7 +376,9 @@ static void test_workload(void **state)
 		"'reset' must be true or false, not string");
 	w = ok(&n, "query-workload", "{\"reset\":true}");
 	assert_true(num(w, "writes") >= 0);
-	assert_true(num(w, "latency-max-us") >= num(w, "latency-p50-us"));
+	assert_true(num(w, "latency-max-us") >= num(w, "latency-p999-us"));
+	assert_true(num(w, "latency-p999-us") >= num(w, "latency-p99-us"));
+	assert_true(num(w, "latency-p99-us") >= num(w, "latency-p50-us"));
 	assert_true(num(w, "elapsed-us") >= 0);
 	assert_string_equal(str(w, "stopped-by"), "");
 	json_object_put(w);

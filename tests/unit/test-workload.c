@@ -261,9 +261,10 @@ static void check_counts(const struct workload_stats *st, uint64_t bs)
 	assert_int_equal(st->bytes, st->writes * bs);
 	assert_true(st->p50_ns > 0);
 	assert_true(st->max_ns > 0);
-	if (st->p50_ns > st->p99_ns)
-		fail_msg("p50 %llu ns > p99 %llu ns", (unsigned long long)st->p50_ns,
-			 (unsigned long long)st->p99_ns);
+	if (st->p50_ns > st->p99_ns || st->p99_ns > st->p999_ns || st->p999_ns > st->max_ns)
+		fail_msg("p50 %llu, p99 %llu, p99.9 %llu, max %llu ns: out of order",
+			 (unsigned long long)st->p50_ns, (unsigned long long)st->p99_ns,
+			 (unsigned long long)st->p999_ns, (unsigned long long)st->max_ns);
 }
 
 static void test_run_random(void **state)
@@ -502,10 +503,10 @@ static void test_quantiles_not_above_max(void **state)
 	workload_stop(w, &st);
 	check_counts(&st, 4096);
 	assert_true(st.writes <= 100);
-	if (st.p99_ns > st.max_ns)
-		fail_msg("p99 %llu ns > max %llu ns over %llu writes",
-			 (unsigned long long)st.p99_ns, (unsigned long long)st.max_ns,
-			 (unsigned long long)st.writes);
+	if (st.p99_ns > st.max_ns || st.p999_ns > st.max_ns)
+		fail_msg("p99 %llu / p99.9 %llu ns > max %llu ns over %llu writes",
+			 (unsigned long long)st.p99_ns, (unsigned long long)st.p999_ns,
+			 (unsigned long long)st.max_ns, (unsigned long long)st.writes);
 	dev_close(&d);
 }
 
