@@ -1377,6 +1377,38 @@ static void test_active_cancel(void **state)
 	sdev_close(&s);
 }
 
+/* An active migration of a 16 MiB device capped at 8 MB/s, with a 4 KiB
+ * writer at 4 MB/s running on it (seed: its offsets). */
+static struct workload *active_fault_run(struct mig *m, struct sdev *s, const char *spec)
+{
+	struct workload_spec ws;
+	struct workload *w = NULL;
+
+	setup_fault_run(m, s, "disk0");
+	m->sp.chunk_size = 64 * KiB;
+	m->sp.max_bandwidth = 8 * MiB;
+	m->sp.mode = MIG_MODE_ACTIVE;
+	if (workload_parse(spec, &ws) != 0)
+		fail_msg("workload: %s", err_msg());
+	assert_int_equal(workload_start(&ws, s->track, &w), 0);
+	return w;
+}
+
+/* After a failed active migration: the destination is still marked
+ * incomplete, and the writer's writes all succeeded on the source, which
+ * serves on. */
+static void assert_writer_unharmed(struct mig *m, struct sdev *s, struct workload *w)
+{
+	struct workload_stats wst;
+
+	assert_int_equal(m->src_st.state, MIG_FAILED);
+	assert_int_equal(mark_check(m->dst.dev[0].path), 1);
+	workload_stop(w, &wst);
+	assert_int_equal(wst.stopped_by, 0);
+	assert_writable(s);
+	sdev_close(s);
+}
+
 /*
  * The destination's disk stops answering mirrored writes (they hang until
  * the source has given up).  The destination acknowledges them as long as
@@ -1386,29 +1418,20 @@ static void test_active_cancel(void **state)
  */
 static void test_active_silent_destination(void **state)
 {
-	struct workload_spec ws;
-	struct workload_stats wst;
-	struct workload *w = NULL;
+	struct workload *w;
 	uint64_t t0;
 	struct sdev s;
 	struct mig m;
 
 	(void)state;
-	setup_fault_run(&m, &s, "disk0");
-	m.sp.chunk_size = 64 * KiB;
-	m.sp.max_bandwidth = 8 * MiB;
-	m.sp.mode = MIG_MODE_ACTIVE;
+	w = active_fault_run(&m, &s, "disk0,bs=4K,rate=4M,seed=24");
 	m.dst.dev[0].hold_below = 64 * KiB;
 	atomic_store(&writes_held, true);
-	if (workload_parse("disk0,bs=4K,rate=4M,seed=24", &ws) != 0)
-		fail_msg("workload: %s", err_msg());
-	assert_int_equal(workload_start(&ws, s.track, &w), 0);
 	mig_start(&m);
 	xport_set_timeout(m.x, 1500);
 	t0 = now_ns();
 	mig_finish(&m);
 	assert_int_equal(m.src_r, -ETIMEDOUT);
-	assert_int_equal(m.src_st.state, MIG_FAILED);
 	print_message("silent destination: %s (after %.1f s; mirroring suspended %" PRIu64
 		      " times)\n",
 		      m.src_msg, (double)(now_ns() - t0) / 1e9, m.src_st.mirror_suspensions);
@@ -1416,11 +1439,7 @@ static void test_active_silent_destination(void **state)
 	 * marked dirty, and mirroring suspended, long before the idle
 	 * timeout's verdict on the link. */
 	assert_true(m.src_st.mirror_suspensions > 0);
-	assert_int_equal(mark_check(m.dst.dev[0].path), 1);
-	workload_stop(w, &wst);
-	assert_int_equal(wst.stopped_by, 0);
-	assert_writable(&s);
-	sdev_close(&s);
+	assert_writer_unharmed(&m, &s, w);
 }
 
 /*
@@ -1432,21 +1451,13 @@ static void test_active_silent_destination(void **state)
  */
 static void test_active_destination_write_error(void **state)
 {
-	struct workload_spec ws;
-	struct workload_stats wst;
-	struct workload *w = NULL;
+	struct workload *w;
 	struct sdev s;
 	struct mig m;
 
 	(void)state;
-	setup_fault_run(&m, &s, "disk0");
-	m.sp.chunk_size = 64 * KiB;
-	m.sp.max_bandwidth = 8 * MiB;
-	m.sp.mode = MIG_MODE_ACTIVE;
+	w = active_fault_run(&m, &s, "disk0,bs=4K,rate=4M,seed=25");
 	m.dst.dev[0].fail_below = 64 * KiB;
-	if (workload_parse("disk0,bs=4K,rate=4M,seed=25", &ws) != 0)
-		fail_msg("workload: %s", err_msg());
-	assert_int_equal(workload_start(&ws, s.track, &w), 0);
 	mig_run(&m);
 	print_message("mirrored write refused: %s\n", m.src_msg);
 	assert_int_equal(m.dst_r, -EIO);
@@ -1455,13 +1466,8 @@ static void test_active_destination_write_error(void **state)
 	assert_int_equal(m.src_r, -EIO);
 	assert_contains("source", m.src_msg, "destination failed");
 	assert_contains("source", m.src_msg, "mirrored write to disk0");
-	assert_int_equal(m.src_st.state, MIG_FAILED);
 	assert_true(m.src_st.mirror_writes > 0);
-	assert_int_equal(mark_check(m.dst.dev[0].path), 1);
-	workload_stop(w, &wst);
-	assert_int_equal(wst.stopped_by, 0);
-	assert_writable(&s);
-	sdev_close(&s);
+	assert_writer_unharmed(&m, &s, w);
 }
 
 /* ---- (d) source read errors ------------------------------------------------------- */
