@@ -66,6 +66,7 @@ struct dst_dev {
 	struct dirty *check;
 	uint64_t check_from;   /* where read_back_some() looks next */
 	struct dirty *ck_held; /* the background checkpoint's copy of carried */
+	struct dirty *pe_held; /* the background pass end's copy of carried */
 	bool marked;
 	bool created; /* the opener made the image for this migration */
 	bool written; /* something was written to it */
@@ -103,6 +104,21 @@ struct dst {
 	atomic_bool ck_done;
 	int ck_err;
 	char ck_msg[1024];
+	/* The pass end running in the background (pe_main; active mode):
+	 * while pe_running it owns the checkpoint thread and every device's
+	 * check set, and the engine applies only WRITE records; pe_err
+	 * (pe_msg) says how it failed, and pe_stopped that it stopped the
+	 * engine's reading to say so. */
+	pthread_t pe_thread;
+	bool pe_running;
+	uint64_t pe_upto; /* the writers' jobs of the pass */
+	uint64_t pe_pass; /* its number, for SYNCED */
+	int pe_err;
+	char pe_msg[1024];
+	atomic_bool pe_stopped;
+	/* Held around the ops that send while a pass end may run: the
+	 * engine's write_queued, the pass end's pass_end. */
+	pthread_mutex_t send_lock;
 	uint64_t differing; /* verify: chunks the source found different */
 	struct mig_stats st;
 };
@@ -450,8 +466,10 @@ static int open_devices(struct dst *d)
 		dev->pass = dirty_new(dev->size, o->chunk_size);
 		dev->check = dirty_new(dev->size, o->chunk_size);
 		dev->ck_held = dirty_new(dev->size, o->chunk_size);
+		dev->pe_held = dirty_new(dev->size, o->chunk_size);
 		dev->carried = dirty_new(dev->size, o->chunk_size);
-		if (!dev->dig || !dev->pass || !dev->carried || !dev->check || !dev->ck_held)
+		if (!dev->dig || !dev->pass || !dev->carried || !dev->check || !dev->ck_held ||
+		    !dev->pe_held)
 			return err_set(ENOMEM, "device %s: no memory for the tables of %llu chunks",
 				       dev->shown,
 				       (unsigned long long)div_round_up(dev->size, o->chunk_size));
@@ -743,7 +761,9 @@ static int apply_write(struct dst *d, const struct wire_record *rec, uint64_t re
 		off = next;
 	}
 	d->wseq = rec->seq;
+	pthread_mutex_lock(&d->send_lock);
 	r = d->f->ops->write_queued(d->f, rec->seq);
+	pthread_mutex_unlock(&d->send_lock);
 	if (r < 0)
 		return r;
 	dirty_mark(dev->pass, rec->offset, rec->length);
@@ -838,19 +858,12 @@ static bool checks_left(const struct dst *d)
 	return false;
 }
 
-/* Every chunk written since the last read-back (pass), and what
- * checkpoints left to read_back_some() (check), to the writers. */
-static int queue_read_back(struct dst *d)
+/* Every chunk in the check sets, to the writers. */
+static int submit_checks(struct dst *d)
 {
 	struct dst_dev *dev;
 	uint64_t idx;
 
-	for (unsigned i = 0; i < d->ndev; i++) {
-		/* Verify only: nothing is written, so nothing is queued. */
-		assert(d->writers ||
-		       (!dirty_count(d->dev[i].pass) && !dirty_count(d->dev[i].check)));
-		dirty_move(d->dev[i].check, d->dev[i].pass);
-	}
 	while (next_check(d, &dev, &idx)) {
 		int r = check_chunk(d, dev, idx);
 
@@ -858,6 +871,19 @@ static int queue_read_back(struct dst *d)
 			return r;
 	}
 	return 0;
+}
+
+/* Every chunk written since the last read-back (pass), and what
+ * checkpoints left to read_back_some() (check), to the writers. */
+static int queue_read_back(struct dst *d)
+{
+	for (unsigned i = 0; i < d->ndev; i++) {
+		/* Verify only: nothing is written, so nothing is queued. */
+		assert(d->writers ||
+		       (!dirty_count(d->dev[i].pass) && !dirty_count(d->dev[i].check)));
+		dirty_move(d->dev[i].check, d->dev[i].pass);
+	}
+	return submit_checks(d);
 }
 
 /*
@@ -877,7 +903,8 @@ static int read_back_some(struct dst *d, uint64_t bytes)
 	struct dst_dev *dev;
 	uint64_t idx;
 
-	if (!d->writers || !checks_left(d))
+	/* A pass end in the background owns the check sets. */
+	if (!d->writers || d->pe_running || !checks_left(d))
 		return 0;
 	d->check_credit += bytes;
 	for (;;) {
@@ -946,7 +973,9 @@ static int checkpoint(struct dst *d, uint64_t bytes)
 	uint64_t now;
 	int r;
 
-	if (!d->caps->pass_replies)
+	/* A pass end in the background makes everything durable anyway (and
+	 * owns the checkpoint thread meanwhile). */
+	if (!d->caps->pass_replies || d->pe_running)
 		return 0;
 	d->ck_bytes += bytes;
 	if (d->ck_bytes < DST_CHECKPOINT_BYTES && (now = now_ns()) - d->ck_ns < DST_CHECKPOINT_NS)
@@ -965,10 +994,122 @@ static int checkpoint(struct dst *d, uint64_t bytes)
 	return r;
 }
 
+/*
+ * Active mode: the pass end runs on a thread of its own, so that the client
+ * writes the source mirrors meanwhile (WRITE records are all it sends
+ * until SYNCED) are applied and acknowledged while the pass is made
+ * durable, not after it: a pass end's sync took tens of milliseconds on
+ * buffered images and up to half a second with --cache none on the
+ * development VM, and a client's write waited for all of it.
+ *
+ * It waits for the writers' jobs of the pass (not for later ones), syncs,
+ * queues the read-back of every chunk the pass (and the checkpoints before
+ * it) wrote, each on its chunk's writer behind whatever mirrored writes
+ * reached that chunk meanwhile (so a chunk is checked in the state its
+ * digest describes, which may be newer than the pass's), waits for those
+ * checks, records the chunks carried when the pass ended, and answers
+ * (SYNCED).  A WRITE taken meanwhile is not in that answer's promise: it
+ * is durable by the next one, or by the ACK.
+ *
+ * The engine joins it before anything but a WRITE record.  A failure here
+ * ends the engine's reading (it may be waiting for the source, which waits
+ * for SYNCED), and the engine then fails with this failure's message.
+ */
+static void *pe_main(void *arg)
+{
+	struct dst *d = arg;
+	int r = dstw_wait_done(d->writers, d->pe_upto);
+
+	if (r == 0)
+		r = ck_join(d);
+	for (unsigned i = 0; r == 0 && i < d->ndev; i++) {
+		r = blk_flush(d->dev[i].blk);
+		if (r < 0)
+			r = err_prefix(-r, "sync %s: ", d->dev[i].shown);
+	}
+	if (r == 0)
+		r = submit_checks(d);
+	if (r == 0)
+		r = dstw_wait_done(d->writers, dstw_submitted(d->writers));
+	for (unsigned i = 0; r == 0 && has_id(d) && i < d->ndev; i++) {
+		r = save_rec(d, &d->dev[i], 0, d->dev[i].pe_held);
+		if (r < 0)
+			r = err_prefix(-r, "device %s: ", d->dev[i].shown);
+	}
+	if (r == 0) {
+		pthread_mutex_lock(&d->send_lock);
+		r = d->f->ops->pass_end(d->f, d->pe_pass);
+		pthread_mutex_unlock(&d->send_lock);
+	}
+	if (r < 0) {
+		d->pe_err = -r;
+		snprintf(d->pe_msg, sizeof(d->pe_msg), "%s", err_msg());
+		/* The engine sees the flag after its next record, and a wait
+		 * for one (the source may be waiting for SYNCED) ends. */
+		atomic_store(&d->pe_stopped, true);
+		xport_shutdown_read(d->f->x);
+	}
+	return NULL;
+}
+
+/* Whether pass ends run in the background (pe_main). */
+static bool pe_wanted(const struct dst *d)
+{
+	return d->offer.mirror && d->caps->pass_replies && d->f->ops->pass_end &&
+	       !d->p->verify_only;
+}
+
+static int pe_start(struct dst *d)
+{
+	/* Writer threads: the pass end's read-back and the engine's writes
+	 * are both queued to them. */
+	int r = writers_for_mirror(d);
+
+	if (r < 0)
+		return r;
+	d->st.iterations++;
+	d->ck_bytes = 0;
+	d->ck_ns = now_ns();
+	d->pe_pass = d->st.iterations;
+	d->pe_upto = dstw_submitted(d->writers);
+	for (unsigned i = 0; i < d->ndev; i++) {
+		struct dst_dev *dev = &d->dev[i];
+
+		dirty_move(dev->check, dev->pass);
+		dirty_copy(dev->pe_held, dev->carried);
+		dev->recorded = dev->recorded || (has_id(d) && dev->path[0]);
+	}
+	d->unsynced = false; /* set again by the next write */
+	d->pe_err = 0;
+	atomic_store(&d->pe_stopped, false);
+	r = pthread_create(&d->pe_thread, NULL, pe_main, d);
+	if (r)
+		return err_set(r, "cannot start a pass end's thread: %s", strerror(r));
+	d->pe_running = true;
+	return 0;
+}
+
+/* Wait for the pass end in the background, if one runs: its failure, as
+ * ours (once), or 0. */
+static int pe_join(struct dst *d)
+{
+	if (!d->pe_running)
+		return 0;
+	pthread_join(d->pe_thread, NULL);
+	d->pe_running = false;
+	if (!d->pe_err)
+		return 0;
+	err_copy_in(d->pe_msg);
+	return -d->pe_err;
+}
+
 static int pass_end(struct dst *d)
 {
-	int r = drain(d);
+	int r;
 
+	if (pe_wanted(d))
+		return pe_start(d);
+	r = drain(d);
 	if (r < 0)
 		return r;
 	d->st.iterations++;
@@ -1190,6 +1331,17 @@ static int run(struct dst *d)
 		uint64_t bytes;
 
 		r = ops->next(d->f, &ev);
+		/* A pass end in the background is joined before anything but
+		 * a WRITE record, and once it has failed: then it also ended
+		 * our reading (a wait for a source that waits for SYNCED), and
+		 * its failure is the one to report. */
+		if (d->pe_running && (r < 0 || atomic_load(&d->pe_stopped) ||
+				      ev.kind != DST_EV_RECORD || ev.rec->kind != WIRE_REC_WRITE)) {
+			int e = pe_join(d);
+
+			if (e < 0)
+				return e;
+		}
 		if (r < 0)
 			return r;
 		/* Anything but COMMIT after an ACK: that attempt was abandoned
@@ -1272,10 +1424,20 @@ int dst_run(const struct dst_params *p, struct xport *x, struct cancel *cancel,
 	d->p = p;
 	d->caps = &ops->caps;
 	d->st.state = MIG_SETUP;
+	pthread_mutex_init(&d->send_lock, NULL);
 	xport_set_cancel(x, cancel);
 	r = ops->open(p, x, &d->f);
 	if (r == 0)
 		r = run(d);
+	if (d->pe_running) {
+		/* The engine failed first (the pass end would have been
+		 * joined otherwise): its message stands. */
+		char msg[1024];
+
+		snprintf(msg, sizeof(msg), "%s", err_msg());
+		(void)pe_join(d);
+		err_copy_in(msg);
+	}
 	if (r < 0) {
 		char msg[1024];
 
@@ -1308,11 +1470,13 @@ int dst_run(const struct dst_params *p, struct xport *x, struct cancel *cancel,
 		dirty_free(d->dev[i].carried);
 		dirty_free(d->dev[i].check);
 		dirty_free(d->dev[i].ck_held);
+		dirty_free(d->dev[i].pe_held);
 		dirty_free(d->dev[i].held);
 	}
 	if (st)
 		*st = d->st;
 	ops->close(d->f);
+	pthread_mutex_destroy(&d->send_lock);
 	free(d->scratch);
 	free(d);
 	return r;

@@ -1,10 +1,13 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * The destination's writer pool; see dst-writers.h.  One lock guards every
- * queue and the error: the engine takes it about twice per chunk, a writer
- * twice per job, which is nothing next to a chunk's write.  The copy of a
- * job's data into its slot happens outside the lock: only the engine fills
- * slots, and a slot is not in the queue (count) until it is full.
+ * queue and the error: a submitter takes it twice per job, a writer twice
+ * per job, which is nothing next to a chunk's write.  The copy of a job's
+ * data into its slot happens outside the lock: a submitter reserves the
+ * slot (its place in the queue and its number) under the lock, fills it,
+ * and marks it ready under the lock again; a writer takes its head slot
+ * only once it is ready.  So several threads may submit, and each writer
+ * still runs its jobs in the order their slots were reserved.
  */
 #include "dst-writers.h"
 
@@ -28,6 +31,7 @@
 struct dstw_slot {
 	struct dstw_job job;
 	uint64_t no;  /* its place among all jobs submitted (dstw_submitted()) */
+	bool ready;   /* filled: its writer may run it (under lock) */
 	uint8_t *buf; /* the job's data, chunk-sized, aligned */
 };
 
@@ -37,7 +41,9 @@ struct dstw_writer {
 	bool started;
 	pthread_cond_t work; /* the queue got a job, or stop */
 	struct dstw_slot *slot;
-	unsigned head, count; /* the queue: slot[head], ... (count of them) */
+	/* The queue: slot[head], ... (count of them, reserved in order; a
+	 * writer waits for its head to be ready). */
+	unsigned head, count;
 };
 
 struct dstw {
@@ -47,7 +53,7 @@ struct dstw {
 	 * from the caller's buffer (a read-back reads into check_buf). */
 	unsigned nwriters, nslots;
 	uint32_t chunk_size;
-	uint64_t submitted; /* jobs submitted so far (the engine's; read under lock) */
+	uint64_t submitted; /* jobs submitted (slots reserved) so far */
 	/* digest_update() keeps a cache and a buffer per table: DSTW_MIRROR
 	 * jobs of different writers take turns (a leaf, held alone). */
 	pthread_mutex_t dig_lock;
@@ -141,7 +147,7 @@ static void *writer_main(void *arg)
 		struct dstw_slot *s;
 		int r = 0;
 
-		while (!wr->count && !w->stop)
+		while ((!wr->count || !wr->slot[wr->head].ready) && !w->stop)
 			pthread_cond_wait(&wr->work, &w->lock);
 		if (!wr->count)
 			break;
@@ -259,7 +265,6 @@ int dstw_submit(struct dstw *w, const struct dstw_job *job)
 {
 	struct dstw_writer *wr;
 	struct dstw_slot *s;
-	unsigned tail;
 	int r;
 
 	if (job->len > w->chunk_size)
@@ -275,20 +280,24 @@ int dstw_submit(struct dstw *w, const struct dstw_job *job)
 	while (wr->count == w->nslots && !w->err)
 		pthread_cond_wait(&w->space, &w->lock);
 	r = failed_locked(w);
-	tail = (wr->head + wr->count) % w->nslots;
-	pthread_mutex_unlock(&w->lock);
-	if (r < 0)
+	if (r < 0) {
+		pthread_mutex_unlock(&w->lock);
 		return r;
-	/* Not in the queue yet (count): the writer does not touch it. */
-	s = &wr->slot[tail];
+	}
+	/* Reserved: its place in the queue, which its writer does not take
+	 * until it is ready. */
+	s = &wr->slot[(wr->head + wr->count) % w->nslots];
+	s->ready = false;
+	s->no = ++w->submitted;
+	wr->count++;
+	pthread_mutex_unlock(&w->lock);
 	s->job = *job;
 	if (job->data && (job->op == DSTW_WRITE || job->op == DSTW_MIRROR)) {
 		memcpy(s->buf, job->data, job->len);
 		s->job.data = s->buf;
 	}
 	pthread_mutex_lock(&w->lock);
-	s->no = ++w->submitted;
-	wr->count++;
+	s->ready = true;
 	pthread_cond_signal(&wr->work);
 	pthread_mutex_unlock(&w->lock);
 	return 0;

@@ -9,7 +9,12 @@
  * Order: a chunk always goes to the same writer (chunk index modulo the
  * number of writers) and each writer applies its queue in order, so two
  * records for one chunk (chunk records, or a mirrored client write's part
- * in it) land in the order they arrived.  Memory: each
+ * in it) land in the order they arrived.  Threads: any number may submit
+ * to a pool with writer threads at once (the engine its records, a pass
+ * end running beside it its read-back checks); two jobs for one chunk run
+ * in the order their dstw_submit() calls took their places, which is the
+ * order of the calls whenever one returned before the other began.  An
+ * inline pool (no threads) has one submitter.  Memory: each
  * writer holds at most a few chunk buffers (about DSTW_QUEUE_BYTES); the
  * engine waits when the chunk's writer is full.
  *

@@ -294,15 +294,26 @@ static int stall_pread(struct blk *b, void *buf, size_t len, uint64_t off)
 	return blk_pread(b->lower, buf, len, off);
 }
 
-/* Set while a test holds its destination's flushes (hold_flush). */
+/* Set while a test holds its destination's flushes (hold_flush); how many
+ * wait meanwhile; set when the held flushes are to fail once let go. */
 static atomic_bool flush_held;
+static atomic_uint flushes_waiting;
+static atomic_bool flush_failing;
 
 static int stall_flush(struct blk *b)
 {
 	struct stall_blk *s = (struct stall_blk *)b;
 
-	while (s->hold_flush && atomic_load(&flush_held))
-		sleep_ns(1000000);
+	if (!s->hold_flush)
+		return blk_flush(b->lower);
+	if (atomic_load(&flush_held)) {
+		atomic_fetch_add(&flushes_waiting, 1);
+		while (atomic_load(&flush_held))
+			sleep_ns(1000000);
+		atomic_fetch_sub(&flushes_waiting, 1);
+	}
+	if (atomic_load(&flush_failing))
+		return err_set(EIO, "injected failure of a flush");
 	return blk_flush(b->lower);
 }
 
@@ -483,6 +494,7 @@ static void mig_finish(struct mig *m)
 	pthread_join(m->dth, NULL);
 	cancel_free(m->dcancel);
 	m->dcancel = NULL;
+	atomic_store(&flush_failing, false);
 	close(m->lfd);
 	if (m->user_thread)
 		pthread_join(*m->user_thread, NULL);
@@ -1470,6 +1482,134 @@ static void test_active_destination_write_error(void **state)
 	assert_writer_unharmed(&m, &s, w);
 }
 
+/*
+ * Holds the destination's flushes once the bulk pass is on the wire (the
+ * pass end's sync among them) until the source has mirrored 'writes' more
+ * writes than when the first one began to wait, or 30 s have passed (then
+ * r = -1), and lets them go: to fail, with 'fail'.  mig_finish() joins it.
+ */
+struct flush_holder {
+	pthread_t th;
+	struct src_job *job;
+	uint64_t writes;
+	bool fail;
+	uint64_t before, after; /* mirrored writes when a flush first waited, when let go */
+	unsigned suspensions;	/* mirroring suspended meanwhile */
+	int r;
+};
+
+static void *flush_holder_main(void *arg)
+{
+	struct flush_holder *h = arg;
+	uint64_t t0 = now_ns();
+	struct mig_stats st;
+
+	h->r = -1;
+	for (;;) {
+		src_stats(h->job, &st);
+		if (st.total && st.bulk_done == st.total)
+			break;
+		if (st.state >= MIG_COMPLETED || now_ns() - t0 > 30 * 1000000000ull)
+			return NULL;
+		sleep_ns(1000000);
+	}
+	atomic_store(&flush_held, true);
+	while (!atomic_load(&flushes_waiting) && now_ns() - t0 < 30 * 1000000000ull)
+		sleep_ns(1000000);
+	src_stats(h->job, &st);
+	h->before = st.mirror_writes;
+	h->suspensions = (unsigned)st.mirror_suspensions;
+	while (atomic_load(&flushes_waiting)) {
+		src_stats(h->job, &st);
+		if (st.mirror_writes >= h->before + h->writes) {
+			h->r = 0;
+			break;
+		}
+		if (st.state >= MIG_COMPLETED || now_ns() - t0 > 30 * 1000000000ull)
+			break;
+		sleep_ns(1000000);
+	}
+	h->after = st.mirror_writes;
+	h->suspensions = (unsigned)st.mirror_suspensions - h->suspensions;
+	atomic_store(&flush_failing, h->fail);
+	atomic_store(&flush_held, false);
+	return NULL;
+}
+
+static void start_flush_holder(struct mig *m, struct flush_holder *h, uint64_t writes, bool fail)
+{
+	*h = (struct flush_holder){ .job = m->job, .writes = writes, .fail = fail };
+	assert_int_equal(pthread_create(&h->th, NULL, flush_holder_main, h), 0);
+	m->user_thread = &h->th;
+}
+
+/*
+ * While the destination syncs a pass (its flush held), mirrored writes are
+ * still applied and acknowledged: the writer goes on through 3000 writes,
+ * more than its patience (2 s at 4 MB/s) would allow if the pass end held
+ * them, and mirroring is never suspended.  Let go, the pass end answers
+ * and the migration completes with the image identical.
+ */
+static void test_active_write_during_pass_end(void **state)
+{
+	struct flush_holder h;
+	struct workload_stats wst;
+	struct workload *w;
+	struct sdev s;
+	struct mig m;
+
+	(void)state;
+	w = active_fault_run(&m, &s, "disk0,bs=4K,rate=4M,seed=26");
+	m.dst.dev[0].hold_flush = true;
+	mig_start(&m);
+	start_flush_holder(&m, &h, 3000, false);
+	mig_finish(&m);
+	print_message("writes acknowledged while a flush was held: %" PRIu64
+		      " (suspensions meanwhile: %u)\n",
+		      h.after - h.before, h.suspensions);
+	assert_int_equal(h.r, 0);
+	assert_int_equal(h.suspensions, 0);
+	assert_success(&m);
+	assert_fenced(&s);
+	workload_stop(w, &wst);
+	assert_true(wst.stopped_by == 0 || wst.stopped_by == -ESHUTDOWN);
+	assert_same(&s, m.dst.dev[0].path);
+	assert_int_equal(mark_check(m.dst.dev[0].path), 0);
+	assert_int_equal(m.dst_st.mirror_writes, m.src_st.mirror_writes);
+	sdev_close(&s);
+}
+
+/*
+ * The pass end's sync fails while mirrored writes go on: the migration
+ * fails with that message on both sides (the destination stops reading a
+ * source that waits for SYNCED, instead of leaving it to its timeout), the
+ * destination stays marked, and the writer's writes all succeed on the
+ * source.
+ */
+static void test_active_pass_end_failure(void **state)
+{
+	struct flush_holder h;
+	struct workload *w;
+	struct sdev s;
+	struct mig m;
+
+	(void)state;
+	w = active_fault_run(&m, &s, "disk0,bs=4K,rate=4M,seed=27");
+	m.dst.dev[0].hold_flush = true;
+	mig_start(&m);
+	start_flush_holder(&m, &h, 200, true);
+	mig_finish(&m);
+	print_message("pass end failed: %s\n", m.src_msg);
+	assert_int_equal(h.r, 0);
+	assert_int_equal(m.dst_r, -EIO);
+	assert_contains("destination", m.dst_msg, "sync disk0: ");
+	assert_contains("destination", m.dst_msg, "injected failure of a flush");
+	assert_int_equal(m.src_r, -EIO);
+	assert_contains("source", m.src_msg, "destination failed");
+	assert_contains("source", m.src_msg, "injected failure of a flush");
+	assert_writer_unharmed(&m, &s, w);
+}
+
 /* ---- (d) source read errors ------------------------------------------------------- */
 
 static void setup_fault_run(struct mig *m, struct sdev *s, const char *name)
@@ -2412,6 +2552,8 @@ int main(void)
 		T(test_active_cancel),
 		T(test_active_silent_destination),
 		T(test_active_destination_write_error),
+		T(test_active_write_during_pass_end),
+		T(test_active_pass_end_failure),
 		T(test_source_read_error),
 		T(test_source_read_error_final),
 		T(test_destination_write_error),
