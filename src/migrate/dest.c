@@ -9,7 +9,8 @@
  *   records   -> validate each fully, then apply it (last wins), noting
  *                which chunks were carried
  *   pass end  -> where the format answers each pass: fdatasync, read back
- *                what the pass wrote, answer
+ *                what the pass wrote, answer (active mode: on a thread of
+ *                its own, while mirrored writes go on; pe_main())
  *   complete  -> make durable and read back what is not yet; every chunk
  *                carried (unless a shared base holds the rest)? digests
  *                match (where the format has them)? hand-over, clear marks
@@ -23,8 +24,9 @@
  * pool (dst-writers.h), which hashes and writes them while the engine reads
  * the next record.  The pool is drained (a barrier, its first failure
  * reported) before anything that needs every write done: a sync, a pass
- * end, completion.  A mirrored WRITE waits only for the jobs of its own
- * chunks, a checkpoint's thread for the jobs submitted before it began.
+ * end, completion.  A mirrored WRITE waits for no job (it is queued behind
+ * those of its chunks), a checkpoint's or an active pass end's thread
+ * only for the jobs submitted before it began.
  */
 #include <assert.h>
 #include <errno.h>
@@ -709,10 +711,12 @@ static int writers_for_mirror(struct dst *d)
  * chunk and ahead of every one after, which writes it and then updates
  * the chunk's hash from the written bytes.  A failure there fails the
  * migration at the next submit or barrier, before any SYNCED, as a chunk
- * record's would; the source still holds the write.  The chunks join the
- * pass's read-back set, so the end of the pass checks that the image
- * holds what those hashes say (once per chunk, however many writes it
- * had).
+ * record's would; the source still holds the write.  The writer reads
+ * the written bytes back right after writing them (DSTW_MIRROR), so the
+ * chunks do not join the pass's read-back: a whole chunk read at the pass
+ * end for each chunk a few KiB were written to (every chunk of the device,
+ * under 4 KiB random writes) made the final pause's read-back as large as
+ * the device.
  */
 static int apply_write(struct dst *d, const struct wire_record *rec, uint64_t rec_off)
 {
@@ -766,7 +770,6 @@ static int apply_write(struct dst *d, const struct wire_record *rec, uint64_t re
 	pthread_mutex_unlock(&d->send_lock);
 	if (r < 0)
 		return r;
-	dirty_mark(dev->pass, rec->offset, rec->length);
 	dirty_mark(dev->carried, rec->offset, rec->length);
 	d->st.mirror_writes++;
 	d->st.mirror_bytes += rec->length;

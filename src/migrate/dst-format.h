@@ -94,11 +94,14 @@ struct dst_format_ops {
 	int (*accept)(struct dst_fmt *f);
 	int (*next)(struct dst_fmt *f, struct dst_event *ev);
 	/* Pass 'passes' is applied (and, with caps.pass_replies, durable and
-	 * read back).  May be NULL. */
+	 * read back).  May be NULL.  With caps.mirror it may be called from
+	 * another thread than the engine's, while the engine is in next()
+	 * or write_queued() (never two sending ops at once: the engine
+	 * holds a lock around both); it must only send. */
 	int (*pass_end)(struct dst_fmt *f, uint64_t passes);
 	/* Every WRITE up to seq is checked and queued in order (applied, and
-	 * durable, before the next pass_end or acknowledge).  NULL when
-	 * !caps.mirror. */
+	 * durable, before the pass_end of a pass that ends after it, and
+	 * before acknowledge).  NULL when !caps.mirror. */
 	int (*write_queued)(struct dst_fmt *f, uint64_t seq);
 	/* After the accept, formats with a return path: what this side holds
 	 * of the migration, then its chunks' digests (as many SUMS as STATE

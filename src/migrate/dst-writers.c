@@ -41,6 +41,7 @@ struct dstw_writer {
 	bool started;
 	pthread_cond_t work; /* the queue got a job, or stop */
 	struct dstw_slot *slot;
+	uint8_t *rbuf; /* a mirrored write read back: chunk-sized, aligned */
 	/* The queue: slot[head], ... (count of them, reserved in order; a
 	 * writer waits for its head to be ready). */
 	unsigned head, count;
@@ -91,8 +92,14 @@ static int read_blk(void *arg, void *buf, size_t len, uint64_t off)
 	return blk_pread(arg, buf, len, off);
 }
 
-/* DSTW_MIRROR: the write, then the chunk's hash from its bytes. */
-static int mirror_job(struct dstw *w, const struct dstw_job *job, const uint8_t *buf)
+/*
+ * DSTW_MIRROR: the write; its bytes read back into rbuf and compared, here
+ * and now (the pass end does not read its chunk back for it: a few KiB
+ * written would cost the whole chunk there, for every chunk the writes
+ * touched, in the final pause too); then the chunk's hash from the
+ * written bytes (and, for a block written in part, the device's).
+ */
+static int mirror_job(struct dstw *w, const struct dstw_job *job, const uint8_t *buf, uint8_t *rbuf)
 {
 	int r = buf ? blk_pwrite(job->blk, buf, job->len, job->off)
 		    : blk_zero(job->blk, job->off, job->len, BLK_ZERO_MAY_TRIM);
@@ -100,6 +107,15 @@ static int mirror_job(struct dstw *w, const struct dstw_job *job, const uint8_t 
 	if (r < 0)
 		return err_prefix(-r, "mirrored write to %s at offset %llu: ", job->shown,
 				  (unsigned long long)job->off);
+	r = blk_pread(job->blk, rbuf, job->len, job->off);
+	if (r < 0)
+		return err_prefix(-r, "read back %s after a mirrored write at offset %llu: ",
+				  job->shown, (unsigned long long)job->off);
+	if (buf ? memcmp(rbuf, buf, job->len) != 0 : !mem_is_zero(rbuf, job->len))
+		return err_set(EILSEQ,
+			       "device %s: the mirrored write at offset %llu does not read back "
+			       "as it was written",
+			       job->shown, (unsigned long long)job->off);
 	pthread_mutex_lock(&w->dig_lock);
 	r = digest_update(job->dig, job->off, job->len, buf, read_blk, job->blk);
 	pthread_mutex_unlock(&w->dig_lock);
@@ -109,14 +125,16 @@ static int mirror_job(struct dstw *w, const struct dstw_job *job, const uint8_t 
 	return 0;
 }
 
-static int apply_job(struct dstw *w, const struct dstw_job *job, uint8_t *buf)
+/* Apply one job from buf (its data, or room for a chunk); rbuf: room for
+ * another chunk. */
+static int apply_job(struct dstw *w, const struct dstw_job *job, uint8_t *buf, uint8_t *rbuf)
 {
 	int r;
 
 	if (job->op == DSTW_CHECK)
 		return check_job(job, buf);
 	if (job->op == DSTW_MIRROR)
-		return mirror_job(w, job, job->data ? buf : NULL);
+		return mirror_job(w, job, job->data ? buf : NULL, rbuf);
 	if (job->op == DSTW_ZERO) {
 		r = blk_zero(job->blk, job->off, job->len, BLK_ZERO_MAY_TRIM);
 		if (r == 0)
@@ -156,7 +174,7 @@ static void *writer_main(void *arg)
 		 * queued, the rest is dropped: the migration fails. */
 		if (!w->err && !w->stop) {
 			pthread_mutex_unlock(&w->lock);
-			r = apply_job(w, &s->job, s->buf);
+			r = apply_job(w, &s->job, s->buf, wr->rbuf);
 			pthread_mutex_lock(&w->lock);
 		}
 		if (r < 0 && !w->err) {
@@ -216,7 +234,7 @@ int dstw_new(unsigned nwriters, uint32_t chunk_size, struct dstw **out)
 		struct dstw_writer *wr = &w->wr[i];
 
 		wr->slot = calloc(w->nslots, sizeof(*wr->slot));
-		if (!wr->slot)
+		if (!wr->slot || posix_memalign((void **)&wr->rbuf, DSTW_ALIGN, bufsize) != 0)
 			goto err_nomem;
 		for (unsigned k = 0; k < w->nslots; k++) {
 			void *p;
@@ -253,7 +271,8 @@ static int submit_inline(struct dstw *w, const struct dstw_job *job)
 
 	if (w->err)
 		return failed_locked(w);
-	r = apply_job(w, job, job->op == DSTW_CHECK ? w->check_buf : (uint8_t *)job->data);
+	r = apply_job(w, job, job->op == DSTW_CHECK ? w->check_buf : (uint8_t *)job->data,
+		      w->check_buf);
 	if (r < 0) {
 		w->err = -r;
 		snprintf(w->msg, sizeof(w->msg), "%s", err_msg());
@@ -380,6 +399,7 @@ void dstw_free(struct dstw *w)
 		for (unsigned k = 0; wr->slot && k < w->nslots; k++)
 			free(wr->slot[k].buf);
 		free(wr->slot);
+		free(wr->rbuf);
 		pthread_cond_destroy(&wr->work);
 	}
 	free(w->check_buf);

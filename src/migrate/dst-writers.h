@@ -44,9 +44,10 @@ enum dstw_op {
 	 * (a zero chunk that is a hole needs no read): EILSEQ if it differs. */
 	DSTW_CHECK,
 	/* A mirrored client write's part in one chunk: len bytes at off
-	 * (data NULL: zeros; otherwise a copy is taken), then the chunk's
-	 * digest brought up to date from the written bytes (digest_update(),
-	 * one thread at a time in a pool). */
+	 * (data NULL: zeros; otherwise a copy is taken), read back at once
+	 * and compared (EILSEQ if it differs), then the chunk's digest
+	 * brought up to date from the written bytes (digest_update(), one
+	 * thread at a time in a pool). */
 	DSTW_MIRROR,
 };
 

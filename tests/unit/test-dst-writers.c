@@ -8,7 +8,8 @@
  * after the records before it for its chunk and not behind other chunks',
  * with its chunk's digest brought up to date, a wait for the jobs up to
  * one waits for those and for no others, and two threads may submit at
- * once, each one's jobs for a chunk landing in its order.
+ * once, each one's jobs for a chunk landing in its order, and a mirrored
+ * write that does not read back as written fails.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -374,6 +375,60 @@ static void test_mirror_order(void **state)
 	assert_int_equal(dstw_barrier(f->w), 0);
 }
 
+/* A layer whose writes land with their first byte flipped: a device
+ * that answers a write it did not do as asked. */
+static int liar_pwrite(struct blk *b, const void *buf, size_t len, uint64_t off)
+{
+	uint8_t first = *(const uint8_t *)buf ^ 1;
+	int r = blk_pwrite(b->lower, buf, len, off);
+
+	return r < 0 ? r : blk_pwrite(b->lower, &first, 1, off);
+}
+
+static int liar_pread(struct blk *b, void *buf, size_t len, uint64_t off)
+{
+	return blk_pread(b->lower, buf, len, off);
+}
+
+static const struct blk_ops liar_ops = {
+	.name = "liar",
+	.pread = liar_pread,
+	.pwrite = liar_pwrite,
+};
+
+/*
+ * A mirrored write is read back by its writer as soon as it is written
+ * (the pass end does not read its chunk back for it): one that does not
+ * land as written fails, inline at once or threaded at the barrier, with
+ * its own message; an honest one goes through.
+ */
+static void test_mirror_reads_back(void **state)
+{
+	struct fx *f = *state;
+	struct blk liar = { .ops = &liar_ops, .lower = f->blk, .size = blk_size(f->blk) };
+	struct dstw_job job = { .op = DSTW_MIRROR,
+				.blk = f->blk,
+				.dig = f->dig,
+				.shown = "d0",
+				.idx = 2,
+				.off = 2 * CS + 8192,
+				.len = 4096,
+				.data = f->buf };
+	int r;
+
+	memset(f->buf, 0x21, 4096);
+	assert_int_equal(dstw_submit(f->w, &job), 0);
+	assert_int_equal(dstw_barrier(f->w), 0);
+	job.blk = &liar;
+	job.off += 4096;
+	r = dstw_submit(f->w, &job);
+	assert_true(r == 0 || r == -EILSEQ);
+	err_clear();
+	assert_int_equal(dstw_barrier(f->w), -EILSEQ);
+	assert_non_null(strstr(err_msg(), "device d0: the mirrored write at offset 143360 does "
+					  "not read back as it was written"));
+}
+
 /* One of two threads submitting at once: round after round, its own 4 KiB
  * of every chunk (part k), with the round's byte. */
 struct submitter {
@@ -549,6 +604,8 @@ int main(void)
 		FT0(test_wait_inline),
 		FT(test_mirror_failure),
 		FT(test_two_submitters),
+		FT(test_mirror_reads_back),
+		FT0(test_mirror_reads_back),
 		FT0(test_mirror_failure),
 		FT0(test_order_and_digests),
 		FT0(test_check_catches_difference),
