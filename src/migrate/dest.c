@@ -54,6 +54,15 @@ _Static_assert(sizeof(((struct native_dev *)0)->name) == WIRE_NAME_MAX + 1 &&
 		   sizeof(((struct mig_dev_stats *)0)->name) == WIRE_NAME_MAX + 1,
 	       "device names are copied whole");
 
+/* A thread the engine starts and later joins (a checkpoint, an active
+ * pass end): err (msg) says how it failed. */
+struct dst_bg {
+	pthread_t thread;
+	bool running;
+	int err; /* positive errno, 0: none */
+	char msg[1024];
+};
+
 struct dst_dev {
 	char name[WIRE_NAME_MAX + 1];
 	char shown[STR_ESCAPE_CAP(WIRE_NAME_MAX)]; /* name, str_escape()d for messages */
@@ -97,26 +106,19 @@ struct dst {
 	uint64_t ck_bytes, ck_ns; /* written since the last checkpoint, and when it was */
 	uint64_t check_credit;	  /* bytes applied that read_back_some() may match */
 	/* The checkpoint running in the background (ck_sync_main): while
-	 * ck_running, ck_done says it has finished, and ck_err (ck_msg) how;
-	 * the engine joins it before any sync or record of its own. */
-	pthread_t ck_thread;
+	 * it runs, ck_done says it has finished; the engine joins it before
+	 * any sync or record of its own. */
+	struct dst_bg ck;
 	struct dstw *ck_pool; /* the writer threads it waits for (NULL: inline) */
 	uint64_t ck_upto;     /* up to that job, before its sync */
-	bool ck_running;
 	atomic_bool ck_done;
-	int ck_err;
-	char ck_msg[1024];
 	/* The pass end running in the background (pe_main; active mode):
-	 * while pe_running it owns the checkpoint thread and every device's
-	 * check set, and the engine applies only WRITE records; pe_err
-	 * (pe_msg) says how it failed, and pe_stopped that it stopped the
-	 * engine's reading to say so. */
-	pthread_t pe_thread;
-	bool pe_running;
+	 * while it runs it owns the checkpoint thread and every device's
+	 * check set, and the engine applies only WRITE records; pe_stopped
+	 * says it failed and stopped the engine's reading to say so. */
+	struct dst_bg pe;
 	uint64_t pe_upto; /* the writers' jobs of the pass */
 	uint64_t pe_pass; /* its number, for SYNCED */
-	int pe_err;
-	char pe_msg[1024];
 	atomic_bool pe_stopped;
 	/* Held around the ops that send while a pass end may run: the
 	 * engine's write_queued, the pass end's pass_end. */
@@ -254,6 +256,40 @@ static int load_record(struct dst *d, struct dst_dev *dev)
  * far (attempt 0: PARTIAL); before the ACK of attempt n, that it was
  * acknowledged and with which digest (AWAITING).
  */
+/* ---- threads in the background ------------------------------------------------- */
+
+static int bg_start(struct dst_bg *b, void *(*fn)(void *), void *arg, const char *what)
+{
+	int e;
+
+	b->err = 0;
+	e = pthread_create(&b->thread, NULL, fn, arg);
+	if (e)
+		return err_set(e, "cannot start %s: %s", what, strerror(e));
+	b->running = true;
+	return 0;
+}
+
+/* On the thread: it failed with r (a negative errno) and its message. */
+static void bg_fail(struct dst_bg *b, int r)
+{
+	b->err = -r;
+	snprintf(b->msg, sizeof(b->msg), "%s", err_msg());
+}
+
+/* Wait for it, if it runs: its failure, as ours (once), or 0. */
+static int bg_join(struct dst_bg *b)
+{
+	if (!b->running)
+		return 0;
+	pthread_join(b->thread, NULL);
+	b->running = false;
+	if (!b->err)
+		return 0;
+	err_copy_in(b->msg);
+	return -b->err;
+}
+
 /* ---- checkpoints in the background ----------------------------------------------- */
 
 /*
@@ -303,34 +339,21 @@ static void *ck_sync_main(void *arg)
 		if (r < 0)
 			r = err_prefix(-r, "checkpoint: device %s: ", d->dev[i].shown);
 	}
-	if (r < 0) {
-		d->ck_err = -r;
-		snprintf(d->ck_msg, sizeof(d->ck_msg), "%s", err_msg());
-	}
+	if (r < 0)
+		bg_fail(&d->ck, r);
 	atomic_store(&d->ck_done, true);
 	return NULL;
 }
 
-/* Wait for the background checkpoint, if one runs: its failure, as ours
- * (once), or 0. */
 static int ck_join(struct dst *d)
 {
-	if (!d->ck_running)
-		return 0;
-	pthread_join(d->ck_thread, NULL);
-	d->ck_running = false;
-	if (!d->ck_err)
-		return 0;
-	err_copy_in(d->ck_msg);
-	return -d->ck_err;
+	return bg_join(&d->ck);
 }
 
 /* Start one: everything submitted to the writers so far is made durable
  * once they have applied it, and the chunks carried until now recorded. */
 static int ck_start(struct dst *d)
 {
-	int e;
-
 	/* An inline pool has applied everything submitted to it already; it
 	 * is not touched from the checkpoint's thread (writers_for_mirror()
 	 * may replace it meanwhile). */
@@ -342,13 +365,8 @@ static int ck_start(struct dst *d)
 		dirty_copy(dev->ck_held, dev->carried);
 		dev->recorded = dev->recorded || (has_id(d) && dev->path[0]);
 	}
-	d->ck_err = 0;
 	atomic_store(&d->ck_done, false);
-	e = pthread_create(&d->ck_thread, NULL, ck_sync_main, d);
-	if (e)
-		return err_set(e, "cannot start a checkpoint thread: %s", strerror(e));
-	d->ck_running = true;
-	return 0;
+	return bg_start(&d->ck, ck_sync_main, d, "a checkpoint thread");
 }
 
 static int save_records(struct dst *d, uint32_t attempt)
@@ -907,7 +925,7 @@ static int read_back_some(struct dst *d, uint64_t bytes)
 	uint64_t idx;
 
 	/* A pass end in the background owns the check sets. */
-	if (!d->writers || d->pe_running || !checks_left(d))
+	if (!d->writers || d->pe.running || !checks_left(d))
 		return 0;
 	d->check_credit += bytes;
 	for (;;) {
@@ -978,13 +996,13 @@ static int checkpoint(struct dst *d, uint64_t bytes)
 
 	/* A pass end in the background makes everything durable anyway (and
 	 * owns the checkpoint thread meanwhile). */
-	if (!d->caps->pass_replies || d->pe_running)
+	if (!d->caps->pass_replies || d->pe.running)
 		return 0;
 	d->ck_bytes += bytes;
 	if (d->ck_bytes < DST_CHECKPOINT_BYTES && (now = now_ns()) - d->ck_ns < DST_CHECKPOINT_NS)
 		return 0;
 	/* The last one still syncing: look again after the next record. */
-	if (d->ck_running && !atomic_load(&d->ck_done))
+	if (d->ck.running && !atomic_load(&d->ck_done))
 		return 0;
 	r = ck_join(d);
 	if (r == 0)
@@ -1045,8 +1063,7 @@ static void *pe_main(void *arg)
 		pthread_mutex_unlock(&d->send_lock);
 	}
 	if (r < 0) {
-		d->pe_err = -r;
-		snprintf(d->pe_msg, sizeof(d->pe_msg), "%s", err_msg());
+		bg_fail(&d->pe, r);
 		/* The engine sees the flag after its next record, and a wait
 		 * for one (the source may be waiting for SYNCED) ends. */
 		atomic_store(&d->pe_stopped, true);
@@ -1083,27 +1100,8 @@ static int pe_start(struct dst *d)
 		dev->recorded = dev->recorded || (has_id(d) && dev->path[0]);
 	}
 	d->unsynced = false; /* set again by the next write */
-	d->pe_err = 0;
 	atomic_store(&d->pe_stopped, false);
-	r = pthread_create(&d->pe_thread, NULL, pe_main, d);
-	if (r)
-		return err_set(r, "cannot start a pass end's thread: %s", strerror(r));
-	d->pe_running = true;
-	return 0;
-}
-
-/* Wait for the pass end in the background, if one runs: its failure, as
- * ours (once), or 0. */
-static int pe_join(struct dst *d)
-{
-	if (!d->pe_running)
-		return 0;
-	pthread_join(d->pe_thread, NULL);
-	d->pe_running = false;
-	if (!d->pe_err)
-		return 0;
-	err_copy_in(d->pe_msg);
-	return -d->pe_err;
+	return bg_start(&d->pe, pe_main, d, "a pass end's thread");
 }
 
 static int pass_end(struct dst *d)
@@ -1338,9 +1336,9 @@ static int run(struct dst *d)
 		 * a WRITE record, and once it has failed: then it also ended
 		 * our reading (a wait for a source that waits for SYNCED), and
 		 * its failure is the one to report. */
-		if (d->pe_running && (r < 0 || atomic_load(&d->pe_stopped) ||
+		if (d->pe.running && (r < 0 || atomic_load(&d->pe_stopped) ||
 				      ev.kind != DST_EV_RECORD || ev.rec->kind != WIRE_REC_WRITE)) {
-			int e = pe_join(d);
+			int e = bg_join(&d->pe);
 
 			if (e < 0)
 				return e;
@@ -1432,13 +1430,13 @@ int dst_run(const struct dst_params *p, struct xport *x, struct cancel *cancel,
 	r = ops->open(p, x, &d->f);
 	if (r == 0)
 		r = run(d);
-	if (d->pe_running) {
+	if (d->pe.running) {
 		/* The engine failed first (the pass end would have been
 		 * joined otherwise): its message stands. */
 		char msg[1024];
 
 		snprintf(msg, sizeof(msg), "%s", err_msg());
-		(void)pe_join(d);
+		(void)bg_join(&d->pe);
 		err_copy_in(msg);
 	}
 	if (r < 0) {

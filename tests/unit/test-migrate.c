@@ -1536,11 +1536,20 @@ static void *flush_holder_main(void *arg)
 	return NULL;
 }
 
-static void start_flush_holder(struct mig *m, struct flush_holder *h, uint64_t writes, bool fail)
+/* An active fault run (spec: its writer) with the destination's flushes
+ * held by h from the end of the bulk pass on, to its end. */
+static struct workload *run_flush_held(struct mig *m, struct sdev *s, const char *spec,
+				       struct flush_holder *h, uint64_t writes, bool fail)
 {
+	struct workload *w = active_fault_run(m, s, spec);
+
+	m->dst.dev[0].hold_flush = true;
+	mig_start(m);
 	*h = (struct flush_holder){ .job = m->job, .writes = writes, .fail = fail };
 	assert_int_equal(pthread_create(&h->th, NULL, flush_holder_main, h), 0);
 	m->user_thread = &h->th;
+	mig_finish(m);
+	return w;
 }
 
 /*
@@ -1559,11 +1568,7 @@ static void test_active_write_during_pass_end(void **state)
 	struct mig m;
 
 	(void)state;
-	w = active_fault_run(&m, &s, "disk0,bs=4K,rate=4M,seed=26");
-	m.dst.dev[0].hold_flush = true;
-	mig_start(&m);
-	start_flush_holder(&m, &h, 3000, false);
-	mig_finish(&m);
+	w = run_flush_held(&m, &s, "disk0,bs=4K,rate=4M,seed=26", &h, 3000, false);
 	print_message("writes acknowledged while a flush was held: %" PRIu64
 		      " (suspensions meanwhile: %u)\n",
 		      h.after - h.before, h.suspensions);
@@ -1594,11 +1599,7 @@ static void test_active_pass_end_failure(void **state)
 	struct mig m;
 
 	(void)state;
-	w = active_fault_run(&m, &s, "disk0,bs=4K,rate=4M,seed=27");
-	m.dst.dev[0].hold_flush = true;
-	mig_start(&m);
-	start_flush_holder(&m, &h, 200, true);
-	mig_finish(&m);
+	w = run_flush_held(&m, &s, "disk0,bs=4K,rate=4M,seed=27", &h, 200, true);
 	print_message("pass end failed: %s\n", m.src_msg);
 	assert_int_equal(h.r, 0);
 	assert_int_equal(m.dst_r, -EIO);
