@@ -314,6 +314,18 @@ static int save_rec(struct dst *d, struct dst_dev *dev, uint32_t attempt, struct
 	return dst_rec_save(dev->path, &rec);
 }
 
+/* fdatasync every device; a failure names it, after 'what'. */
+static int flush_devices(struct dst *d, const char *what)
+{
+	for (unsigned i = 0; i < d->ndev; i++) {
+		int r = blk_flush(d->dev[i].blk);
+
+		if (r < 0)
+			return err_prefix(-r, "%ssync %s: ", what, d->dev[i].shown);
+	}
+	return 0;
+}
+
 /*
  * A checkpoint's sync and record (see checkpoint()), on a thread of its
  * own while the engine goes on applying records: the engine's view of the
@@ -329,11 +341,8 @@ static void *ck_sync_main(void *arg)
 	/* A writer's failure is its own (the write's message). */
 	int r = d->ck_pool ? dstw_wait_done(d->ck_pool, d->ck_upto) : 0;
 
-	for (unsigned i = 0; r == 0 && i < d->ndev; i++) {
-		r = blk_flush(d->dev[i].blk);
-		if (r < 0)
-			r = err_prefix(-r, "checkpoint: sync %s: ", d->dev[i].shown);
-	}
+	if (r == 0)
+		r = flush_devices(d, "checkpoint: ");
 	for (unsigned i = 0; r == 0 && has_id(d) && i < d->ndev; i++) {
 		r = save_rec(d, &d->dev[i], 0, d->dev[i].ck_held);
 		if (r < 0)
@@ -806,14 +815,10 @@ static int sync_all(struct dst *d)
 
 	if (r == 0)
 		r = ck_join(d);
+	if (r == 0)
+		r = flush_devices(d, "");
 	if (r < 0)
 		return r;
-	for (unsigned i = 0; i < d->ndev; i++) {
-		r = blk_flush(d->dev[i].blk);
-
-		if (r < 0)
-			return err_prefix(-r, "sync %s: ", d->dev[i].shown);
-	}
 	d->unsynced = false;
 	return 0;
 }
@@ -1043,11 +1048,8 @@ static void *pe_main(void *arg)
 
 	if (r == 0)
 		r = ck_join(d);
-	for (unsigned i = 0; r == 0 && i < d->ndev; i++) {
-		r = blk_flush(d->dev[i].blk);
-		if (r < 0)
-			r = err_prefix(-r, "sync %s: ", d->dev[i].shown);
-	}
+	if (r == 0)
+		r = flush_devices(d, "");
 	if (r == 0)
 		r = submit_checks(d);
 	if (r == 0)

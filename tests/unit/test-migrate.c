@@ -1237,22 +1237,39 @@ struct cancel_thread {
 	uint64_t rate_seen; /* that limit */
 };
 
-static void *canceller_main(void *arg)
+/* Poll the job's figures until when() says so (true), or until the
+ * migration ends or limit_ns has passed (false). */
+static bool await_stats(struct src_job *job, bool (*when)(const struct mig_stats *st),
+			uint64_t limit_ns)
 {
-	struct cancel_thread *c = arg;
 	uint64_t t0 = now_ns();
 
 	for (;;) {
 		struct mig_stats st;
 
-		src_stats(c->job, &st);
-		if (c->when(&st))
-			break;
-		if (st.state >= MIG_COMPLETED || now_ns() - t0 > 20 * 1000000000ull) {
-			c->r = -1;
-			return NULL;
-		}
+		src_stats(job, &st);
+		if (when(&st))
+			return true;
+		if (st.state >= MIG_COMPLETED || now_ns() - t0 > limit_ns)
+			return false;
 		sleep_ns(1000000);
+	}
+}
+
+/* The bulk pass is on the wire (the job's total is known from the
+ * start): the source then waits for the destination's SYNCED. */
+static bool bulk_sent(const struct mig_stats *st)
+{
+	return st->bulk_done == st->total;
+}
+
+static void *canceller_main(void *arg)
+{
+	struct cancel_thread *c = arg;
+
+	if (!await_stats(c->job, c->when, 20 * 1000000000ull)) {
+		c->r = -1;
+		return NULL;
 	}
 	sleep_ns(c->delay_ns);
 	if (c->x)
@@ -1505,14 +1522,8 @@ static void *flush_holder_main(void *arg)
 	struct mig_stats st;
 
 	h->r = -1;
-	for (;;) {
-		src_stats(h->job, &st);
-		if (st.total && st.bulk_done == st.total)
-			break;
-		if (st.state >= MIG_COMPLETED || now_ns() - t0 > 30 * 1000000000ull)
-			return NULL;
-		sleep_ns(1000000);
-	}
+	if (!await_stats(h->job, bulk_sent, 30 * 1000000000ull))
+		return NULL;
 	atomic_store(&flush_held, true);
 	while (!atomic_load(&flushes_waiting) && now_ns() - t0 < 30 * 1000000000ull)
 		sleep_ns(1000000);
@@ -1804,18 +1815,12 @@ static void test_cancel_from_thread(void **state)
 	sdev_close(&s);
 }
 
-/* Cancel once the bulk pass is on the wire (and 20 ms more): the source
- * then waits for the destination's SYNCED. */
-static bool bulk_sent(const struct mig_stats *st)
-{
-	return st->bulk_done == st->total;
-}
-
 /*
  * A destination that never answers (its flush is held until the source
- * returns), with no idle timeout: only the cancel can end the wait for
- * SYNCED, and it must wake the engine itself (if it did not, this test
- * would hang until its time limit).
+ * returns), with no idle timeout: only the cancel, 20 ms after the bulk
+ * pass is on the wire, can end the wait for SYNCED, and it must wake the
+ * engine itself (if it did not, this test would hang until its time
+ * limit).
  */
 static void test_cancel_silent_no_timeout(void **state)
 {
