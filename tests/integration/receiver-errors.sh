@@ -88,3 +88,22 @@ start_receiver mo --device d0="$T/d.img"
 wait_rc "$RECV_PID"; [ "$RC" = 0 ] || { cat "$T/mo.err" >&2; fail "mirror-ok: refused"; }
 [ "$(dd if="$T/d.img" bs=1 skip=1000 count=5 status=none)" = hello ] || fail "mirror-ok: the WRITE is not in the image"
 pass "a mirrored WRITE is applied and acknowledged"
+
+# In active mode the receiver syncs a pass beside what follows its EOS:
+# a WRITE sent then lands and is acknowledged; a chunk record sent then
+# (a source that does not wait for SYNCED) waits for that pass end and
+# lands over it.  craft's digests must match the image either way.
+rm -f "$T/d.img"
+make_random "$T/d.img" $size 63
+start_receiver ma --device d0="$T/d.img"
+"$BLKMIG_CRAFT" --to "127.0.0.1:$RECV_PORT" --size $size --fault mirror-after-eos >"$T/ma.craft" 2>&1 || { cat "$T/ma.craft" >&2; fail "mirror-after-eos: craft"; }
+wait_rc "$RECV_PID"; [ "$RC" = 0 ] || { cat "$T/ma.err" >&2; fail "mirror-after-eos: refused"; }
+[ "$(dd if="$T/d.img" bs=1 skip=1000 count=5 status=none)" = hello ] || fail "mirror-after-eos: the WRITE is not in the image"
+pass "a mirrored WRITE sent while the receiver syncs the pass is applied and acknowledged"
+rm -f "$T/d.img"
+make_random "$T/d.img" $size 64
+start_receiver da --device d0="$T/d.img"
+"$BLKMIG_CRAFT" --to "127.0.0.1:$RECV_PORT" --size $size --fault data-after-eos >"$T/da.craft" 2>&1 || { cat "$T/da.craft" >&2; fail "data-after-eos: craft"; }
+wait_rc "$RECV_PID"; [ "$RC" = 0 ] || { cat "$T/da.err" >&2; fail "data-after-eos: refused"; }
+grep -q "receiver acknowledged" "$T/da.craft" || fail "data-after-eos: not acknowledged"
+pass "a chunk record sent before the pass's SYNCED waits for that pass end and lands"

@@ -47,12 +47,18 @@ static const char *const faults[] = {
 	"write-unannounced", /* a WRITE record without MIRROR in HELLO */
 	"write-sequence",    /* MIRROR, but the first WRITE has sequence number 2 */
 	"write-beyond",	     /* MIRROR, a WRITE that runs past the device end */
-	"record-name",	     /* a record whose device name holds a newline and an escape */
-	"zstd-ok",	     /* COMPRESS announced, every chunk a zstd frame: accepted */
-	"zstd-unannounced",  /* a compressed chunk without COMPRESS in HELLO */
-	"zstd-corrupt",	     /* COMPRESS, one frame with its first block header damaged */
-	"zstd-size",	     /* COMPRESS, one frame of half a chunk */
-	"zstd-long",	     /* COMPRESS, one frame claimed as long as a chunk */
+	/* MIRROR; the WRITE comes after the pass's EOS, before its SYNCED
+	 * (while the receiver syncs the pass): accepted */
+	"mirror-after-eos",
+	/* MIRROR; chunk 0 again, as DATA, right after the pass's EOS, before
+	 * its SYNCED (a source that does not wait for it): accepted */
+	"data-after-eos",
+	"record-name",	    /* a record whose device name holds a newline and an escape */
+	"zstd-ok",	    /* COMPRESS announced, every chunk a zstd frame: accepted */
+	"zstd-unannounced", /* a compressed chunk without COMPRESS in HELLO */
+	"zstd-corrupt",	    /* COMPRESS, one frame with its first block header damaged */
+	"zstd-size",	    /* COMPRESS, one frame of half a chunk */
+	"zstd-long",	    /* COMPRESS, one frame claimed as long as a chunk */
 };
 
 static bool is(const char *fault, const char *name)
@@ -158,7 +164,8 @@ int main(int argc, char **argv)
 	h.dev[0].size = strcmp(fault, "size-mismatch") == 0 ? size + cs : size;
 	if (strcmp(fault, "shared-base") == 0)
 		h.caps |= NATIVE_CAP_SHARED_BASE;
-	if (is(fault, "mirror-ok") || is(fault, "write-sequence") || is(fault, "write-beyond"))
+	if (is(fault, "mirror-ok") || is(fault, "write-sequence") || is(fault, "write-beyond") ||
+	    strstr(fault, "-after-eos"))
 		h.caps |= NATIVE_CAP_MIRROR;
 	if (strncmp(fault, "zstd-", 5) == 0 && !is(fault, "zstd-unannounced"))
 		h.caps |= NATIVE_CAP_COMPRESS;
@@ -271,7 +278,26 @@ int main(int argc, char **argv)
 			goto answer;
 		}
 	}
-	if (is(fault, "mirror-ok") || strncmp(fault, "write-", 6) == 0) {
+	if (strstr(fault, "-after-eos")) {
+		/* The pass ends; what follows reaches a receiver syncing it. */
+		n = wire_rec_encode_header(hdr, &(struct wire_record){ .kind = WIRE_REC_EOS });
+		xport_write(x, hdr, (size_t)n);
+		type = NATIVE_MSG_BLOCKS;
+		xport_write(x, &type, 1);
+	}
+	if (is(fault, "data-after-eos")) {
+		struct wire_record rec = { .kind = WIRE_REC_DATA, .offset = 0 };
+
+		snprintf(rec.name, sizeof(rec.name), "%s", name);
+		rec.name_len = (uint8_t)strlen(name);
+		fill_chunk(chunk, cs, nchunks);
+		digest_set(dig, 0, digest_hash(chunk, digest_chunk_len(dig, 0)));
+		n = wire_rec_encode_header(hdr, &rec);
+		if (n < 0 || xport_write2(x, hdr, (size_t)n, chunk, cs) < 0)
+			goto closed;
+	}
+	if (is(fault, "mirror-ok") || is(fault, "mirror-after-eos") ||
+	    strncmp(fault, "write-", 6) == 0) {
 		/* A mirrored client write of "hello" into chunk 0. */
 		struct wire_record rec = { .kind = WIRE_REC_WRITE,
 					   .seq = is(fault, "write-sequence") ? 2 : 1,
@@ -321,7 +347,7 @@ answer:
 		 hdr[0] == NATIVE_MSG_STATE || hdr[0] == NATIVE_MSG_SUMS);
 	if (hdr[0] == NATIVE_MSG_ACK) {
 		bool good = is(fault, "ok") || is(fault, "shared-base") || is(fault, "mirror-ok") ||
-			    is(fault, "zstd-ok");
+			    is(fault, "zstd-ok") || strstr(fault, "-after-eos");
 
 		printf("receiver acknowledged\n");
 		if (strcmp(fault, "no-commit") == 0)
