@@ -29,14 +29,20 @@
 # machine at nearly the same time.  --dst-opts adds options to the
 # destination's `serve --incoming` (its --cache, say).
 #
+# --link wanN runs the two daemons as two hosts of bench/wan.sh's emulated
+# WAN (N ms round trip at --wan-rate, 1gbit by default; root only), where
+# a mirrored write costs at least one round trip; --bandwidth 0 leaves the
+# migration uncapped, so that it fills the link.
+#
 #   bench/converge.sh [--size 1G] [--bandwidth 100M] [--limit 60]
 #                     [--rates "20M 80M 200M"] [--sizes "4K 64K"]
 #                     [--modes "dirty active auto"] [--quiet-secs 3]
 #                     [--max-downtime 300] [--baseline BLKMIG]
 #                     [--dst-opts "--cache none"]
+#                     [--link loopback|wanN] [--wan-rate 1gbit]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-size=1G bw=100M limit=60 quiet=3 maxdt=300 baseline=
+size=1G bw=100M limit=60 quiet=3 maxdt=300 baseline= link=loopback wan_rate=1gbit
 rates="20M 80M 200M" sizes="4K 64K" modes="dirty active auto"
 while [ $# -gt 0 ]; do
 	case $1 in
@@ -50,7 +56,9 @@ while [ $# -gt 0 ]; do
 	--max-downtime) maxdt=$2; shift 2 ;;
 	--baseline) baseline=$2; shift 2 ;;
 	--dst-opts) DST_OPTS=$2; shift 2 ;;
-	*) echo "usage: bench/converge.sh [--size SIZE] [--bandwidth RATE] [--limit SECS] [--rates LIST] [--sizes LIST] [--modes LIST] [--quiet-secs N] [--max-downtime MS] [--baseline BLKMIG] [--dst-opts OPTS]" >&2; exit 2 ;;
+	--link) link=$2; shift 2 ;;
+	--wan-rate) wan_rate=$2; shift 2 ;;
+	*) echo "usage: bench/converge.sh [--size SIZE] [--bandwidth RATE|0] [--limit SECS] [--rates LIST] [--sizes LIST] [--modes LIST] [--quiet-secs N] [--max-downtime MS] [--baseline BLKMIG] [--dst-opts OPTS] [--link loopback|wanN] [--wan-rate RATE]" >&2; exit 2 ;;
 	esac
 done
 # 0 would mean "the default" to blkmig, and the goal checked would not be
@@ -58,8 +66,22 @@ done
 case $maxdt in '' | *[!0-9]* | 0) echo "bench/converge.sh: --max-downtime needs a whole number of ms >= 1" >&2; exit 2 ;; esac
 . bench/lib.sh
 bench_setup conv "$size"
+case $link in
+loopback) link_desc="loopback" ;;
+wan[0-9]*)
+	WAN_NAME=bmconv # not bench/wan.sh's own bmwan-*, which someone may be using
+	. bench/wan.sh
+	trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; wan_down >/dev/null 2>&1; rm -rf "$W" "$WAN_STATE"' EXIT
+	wan_up --rtt "${link#wan}" --rate "$wan_rate" >/dev/null || exit 1
+	SRC_NS=$WAN_A DST_NS=$WAN_B DST_IP=$WAN_B_IP
+	link_desc="emulated WAN, ${link#wan} ms round trip at $wan_rate"
+	;;
+*) echo "bench/converge.sh: no link $link (loopback, wan20, wan80, ...)" >&2; exit 2 ;;
+esac
+cap=(--max-bandwidth "$bw")
+[ "$bw" != 0 ] || cap=()
 
-echo "blkmig convergence: $size image, --max-bandwidth $bw, --max-downtime ${maxdt}ms, built-in writer (random offsets), limit ${limit}s"
+echo "blkmig convergence: $size image, $link_desc, --max-bandwidth ${bw/#0/0 (none)}, --max-downtime ${maxdt}ms, built-in writer (random offsets), limit ${limit}s"
 checks=() failed=0
 [ -z "$baseline" ] || [ -x "$baseline" ] || { echo "bench/converge.sh: --baseline $baseline is not an executable" >&2; exit 2; }
 current=$BLKMIG
@@ -108,8 +130,8 @@ for bs in $sizes; do
 			ctl "$W/src.sock" query-workload '{"reset": true}' >/dev/null
 			sleep "$quiet"
 			base=$(ctl "$W/src.sock" query-workload '{"reset": true}')
-			"$BLKMIG" migrate --control "$W/src.sock" --to "127.0.0.1:$(sed -n 's/^incoming=//p' "$W/dst.ports")" \
-				--max-bandwidth "$bw" --max-downtime "$maxdt" --mode "$mode" >/dev/null
+			"$BLKMIG" migrate --control "$W/src.sock" --to "$dst_addr" \
+				"${cap[@]}" --max-downtime "$maxdt" --mode "$mode" >/dev/null
 			# One process polls until the end or the limit: a poll loop
 			# of shell commands here took a third of this 2-vCPU
 			# machine during the migration, and the writer measured

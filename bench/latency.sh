@@ -27,7 +27,7 @@ for spec in "bs=4K,rate=256K" "bs=64K,rate=4M" "bs=64K,rate=16M"; do
 	ctl "$W/src.sock" query-workload '{"reset": true}' >/dev/null
 	sleep "$quiet"
 	base=$(ctl "$W/src.sock" query-workload '{"reset": true}')
-	"$BLKMIG" migrate --control "$W/src.sock" --to "127.0.0.1:$(sed -n 's/^incoming=//p' "$W/dst.ports")" --wait --json >"$W/mig.json"
+	"$BLKMIG" migrate --control "$W/src.sock" --to "$dst_addr" --wait --json >"$W/mig.json"
 	during=$(ctl "$W/src.sock" query-workload)
 	mig=$(cat "$W/mig.json")
 	printf '%-22s %-14s %7s %7s %8s | %7s %7s %8s | %7sms %5.1fs %6s\n' "$spec" "none|migrating" \

@@ -40,17 +40,26 @@ wait_ports() {
 }
 field() { "$PY" -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
 
+# With SRC_NS and DST_NS set (network namespaces, e.g. bench/wan.sh's two
+# hosts), each daemon runs in its own and the destination listens for the
+# migration on DST_IP, without TLS; the control socket is a file, so it is
+# reached from here all the same.  dst_addr is where `migrate --to` goes.
 start() {
+	local sns=() dns=() dip=127.0.0.1 notls=()
+	[ -z "${SRC_NS:-}" ] || sns=(ip netns exec "$SRC_NS")
+	[ -z "${DST_NS:-}" ] || { dns=(ip netns exec "$DST_NS"); dip=$DST_IP; notls=(--no-tls); }
 	# The records a completed migration leaves (the source's hand-over
 	# fence, the destination's state) belong to the previous run.
 	cp "$W/base.img" "$W/src.img"; rm -f "$W/dst.img" "$W"/*.ports "$W"/*.blkmig-*
-	"$BLKMIG" serve --nbd 127.0.0.1:0 --port-file "$W/dst.ports" --incoming 127.0.0.1:0 --device d0="$W/dst.img" --create ${DST_OPTS:-} 2>"$W/dst.log" &
+	"${dns[@]}" "$BLKMIG" serve --nbd 127.0.0.1:0 --port-file "$W/dst.ports" --incoming "$dip:0" "${notls[@]}" \
+		--device d0="$W/dst.img" --create ${DST_OPTS:-} 2>"$W/dst.log" &
 	dpid=$!
-	"$BLKMIG" serve --nbd 127.0.0.1:0 --port-file "$W/src.ports" --control "$W/src.sock" --device d0="$W/src.img" \
+	"${sns[@]}" "$BLKMIG" serve --nbd 127.0.0.1:0 --port-file "$W/src.ports" --control "$W/src.sock" --device d0="$W/src.img" \
 		--workload "d0,$1,seed=3" 2>"$W/src.log" &
 	spid=$!
 	wait_ports "$W/dst.ports" incoming; wait_ports "$W/src.ports" nbd
 	for _ in $(seq 100); do [ -S "$W/src.sock" ] && break; sleep 0.05; done
+	dst_addr=$dip:$(sed -n 's/^incoming=//p' "$W/dst.ports")
 }
 stop() { kill $spid $dpid 2>/dev/null; wait $spid $dpid 2>/dev/null || true; }
 
