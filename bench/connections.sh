@@ -71,7 +71,8 @@ for rtt in $rtts; do
 		row "${rtt}ms" "1 stream, SO_SNDBUF $([ $snd = max ] && echo "$v (explicit)" || echo auto)" "$mbs" "$(pct "$mbs")"
 	done
 	for n in $conns; do
-		rm -f "$dir/dst.img" "$dir"/dst.img.blkmig*
+		# The previous run handed src.img over: this one starts afresh.
+		rm -f "$dir/dst.img" "$dir"/dst.img.blkmig* "$dir/src.img.blkmig-handover"
 		wan_exec_b "$blkmig" receive --listen "$WAN_B_IP:5397" --no-tls --device d0="$dir/dst.img" --create \
 			--port-file "$dir/port" >/dev/null 2>"$dir/recv.err" &
 		bgp=$!

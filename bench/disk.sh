@@ -64,6 +64,7 @@ run_blkmig() { # fresh|existing receive-cache send-cache
 		--cache "$2" >/dev/null 2>"$W/recv.err" &
 	rpid=$!
 	while [ ! -s "$W/port" ]; do sleep 0.01; done
+	rm -f "$W/src.img.blkmig-handover" # the previous run handed it over
 	t0=$(now)
 	"$BLKMIG" send --to "127.0.0.1:$(cat "$W/port")" --device d0="$W/src.img" --cache "$3" >/dev/null 2>"$W/send.err" ||
 		{ cat "$W/send.err" "$W/recv.err" >&2; exit 1; }

@@ -41,11 +41,12 @@ run() { # label
 	qemu-blkmig)
 		"$BLKMIG" receive --format qemu --listen 127.0.0.1:$p --device drive0="$W/dst.img" >/dev/null & local r=$!
 		sleep 0.2; t0=$(now); qemu_send $p; wait $r ;;
-	blkmig-qemu) qemu_recv $p; t0=$(now)
+	blkmig-qemu) qemu_recv $p; rm -f "$W/src.img.blkmig-handover"; t0=$(now)
 		"$BLKMIG" send --format qemu --to 127.0.0.1:$p --device drive0="$W/src.img" >/dev/null
 		$QMP "$W/d.qmp" wait-migration 600 >/dev/null; kill $DPID ;;
 	blkmig-blkmig)
 		"$BLKMIG" receive --listen 127.0.0.1:$p --device drive0="$W/dst.img" >/dev/null & local r=$!
+		rm -f "$W/src.img.blkmig-handover" # the previous run handed it over
 		sleep 0.2; t0=$(now); "$BLKMIG" send --to 127.0.0.1:$p --device drive0="$W/src.img" >/dev/null; wait $r ;;
 	esac
 	local t; t=$(python3 -c "print($(now) - $t0)")

@@ -70,7 +70,8 @@ t_socat() {
 }
 
 t_blkmig() {
-	local extra=$1; rm -f "$W/dst.img" "$W/port"
+	# The previous run handed src.img over: this one starts afresh.
+	local extra=$1; rm -f "$W/dst.img" "$W/port" "$W/src.img.blkmig-handover"
 	"$BLKMIG" receive --listen 127.0.0.1:0 --port-file "$W/port" --device d0="$W/dst.img" --create >/dev/null & local l=$!
 	while [ ! -s "$W/port" ]; do sleep 0.02; done
 	local t0; t0=$(now)
@@ -98,7 +99,7 @@ if command -v certtool >/dev/null; then
 fi
 
 t_blkmig_tls() {
-	local opt=$1 arg=$2; rm -f "$W/dst.img" "$W/port"
+	local opt=$1 arg=$2; rm -f "$W/dst.img" "$W/port" "$W/src.img.blkmig-handover"
 	"$BLKMIG" receive --listen 127.0.0.1:0 --port-file "$W/port" --device d0="$W/dst.img" --create \
 		"$opt" "$arg" >/dev/null & local l=$!
 	while [ ! -s "$W/port" ]; do sleep 0.02; done

@@ -29,7 +29,7 @@ static const char send_help[] =
     "                   [--tls-authz ID,...] [--retry-for DURATION] [--delta]\n"
     "                   [--verify-only] [--compress off|zstd[:LEVEL]|auto]\n"
     "                   [--cache none|writeback] [--connections N] [--state-dir DIR]\n"
-    "                   [--json]\n"
+    "                   [--reclaim] [--json]\n"
     "\n"
     "Migrate the named images to a `blkmig receive` at HOST:PORT: a bulk pass,\n"
     "passes that resend chunks written meanwhile, and a final pass with writers\n"
@@ -73,7 +73,10 @@ static const char send_help[] =
     "                        O_DIRECT, bypassing the page cache, except chunks it\n"
     "                        holds whole (buffered where the file system refuses\n"
     "                        O_DIRECT, said in one line); writeback: through it.\n"
-    "                        The workload's writes stay buffered\n" CLI_STATE_HELP CLI_TLS_HELP
+    "                        The workload's writes stay buffered\n"
+    "  --reclaim             send images this host handed over to another (their\n"
+    "                        hand-over record is removed); refused otherwise\n" CLI_STATE_HELP
+	CLI_TLS_HELP
     "  --tls-hostname NAME   the receiver's name in its certificate (default: the\n"
     "                        host of --to)\n"
     "  --json                print a JSON report on stdout at the end\n"
@@ -223,7 +226,8 @@ int cmd_send(int argc, char **argv)
 		OPT_VERIFY,
 		OPT_COMPRESS,
 		OPT_CACHE,
-		OPT_CONNECTIONS
+		OPT_CONNECTIONS,
+		OPT_RECLAIM
 	};
 	static const struct option opts[] = {
 		{ "to", required_argument, NULL, 't' },
@@ -244,6 +248,7 @@ int cmd_send(int argc, char **argv)
 		{ "compress", required_argument, NULL, OPT_COMPRESS },
 		{ "cache", required_argument, NULL, OPT_CACHE },
 		{ "connections", required_argument, NULL, OPT_CONNECTIONS },
+		{ "reclaim", no_argument, NULL, OPT_RECLAIM },
 		CLI_STATE_OPTION,
 		CLI_TLS_OPTIONS,
 		{ "help", no_argument, NULL, 'h' },
@@ -266,7 +271,7 @@ int cmd_send(int argc, char **argv)
 	struct src_session sess;
 	const char *to = NULL, *workload = NULL;
 	unsigned ndev = 0, nsend = 0;
-	bool json = false, qemu = false;
+	bool json = false, qemu = false, reclaim = false;
 	long timeout_s = XPORT_DEFAULT_TIMEOUT_MS / 1000;
 	uint64_t v, retry_ns = SEND_DEFAULT_RETRY_NS;
 	int c, r, rc = EXIT_FAIL;
@@ -363,6 +368,9 @@ int cmd_send(int argc, char **argv)
 				return r;
 			p.connections = (unsigned)v;
 			break;
+		case OPT_RECLAIM:
+			reclaim = true;
+			break;
 		case 'h':
 			fputs(send_help, stdout);
 			return EXIT_OK;
@@ -397,11 +405,22 @@ int cmd_send(int argc, char **argv)
 		struct blk *base;
 		bool writer = workload && strcmp(wspec.name, devs[i].name) == 0;
 
+		bool reclaimed = false;
+
 		if (devs[i].readonly) {
 			if (!json)
 				fprintf(stderr, "blkmig: send: %s is read-only: skipped\n",
 					devs[i].name);
 			continue;
+		}
+		/* Handed over: the other host's now (a comparison is fine).
+		 * --reclaim takes it back as asked, without a word: this
+		 * send's own record replaces the one it removed. */
+		r = p.verify_only ? 0
+				  : src_rec_check_ours(devs[i].path, "send", reclaim, &reclaimed);
+		if (r < 0) {
+			cli_fail("send: %s", err_msg());
+			goto out;
 		}
 		r = blk_file_open(devs[i].path, writer ? 0 : BLK_OPEN_RDONLY, 0, &base);
 		if (r < 0) {

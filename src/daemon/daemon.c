@@ -544,33 +544,12 @@ int daemon_handover(void *user, const struct src_session *s, uint32_t attempt)
  */
 static int check_handed_over(const struct daemon *d, const struct daemon_device *dev)
 {
-	struct src_rec rec;
-	char when[64];
-	time_t t;
-	int r = src_rec_load(dev->path, &rec);
+	bool reclaimed;
+	int r = src_rec_check_ours(dev->path, "serve", d->cfg.reclaim, &reclaimed);
 
-	if (r == -ENOENT || (r == 0 && rec.attempt == 0))
-		return 0;
-	if (r < 0 && r != -EBADMSG)
-		return r;
-	if (d->cfg.reclaim) {
-		r = src_rec_clear(dev->path);
-		if (r == 0)
-			daemon_log(d, "%s: reclaimed (its hand-over record is removed)", dev->path);
-		return r;
-	}
-	if (r == -EBADMSG)
-		return err_set(EUCLEAN,
-			       "%s has an unreadable hand-over record: refusing to serve "
-			       "it (serve --reclaim takes it back)",
-			       dev->path);
-	t = (time_t)rec.when;
-	strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S UTC", gmtime(&t));
-	return err_set(EUCLEAN,
-		       "%s was handed over to %s at %s (switch-over attempt %u): it belongs to "
-		       "that host now; refusing to serve it (serve --reclaim takes it back, "
-		       "once the destination is known to be gone)",
-		       dev->path, rec.dest[0] ? rec.dest : "another host", when, rec.attempt);
+	if (reclaimed)
+		daemon_log(d, "%s: reclaimed (its hand-over record is removed)", dev->path);
+	return r;
 }
 
 /* Open every device under a tracking layer; the writable ones migrate. */

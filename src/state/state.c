@@ -773,3 +773,34 @@ int src_rec_clear(const char *image)
 {
 	return clear_file(image, SRC_REC_SUFFIX);
 }
+
+int src_rec_check_ours(const char *image, const char *cmd, bool reclaim, bool *reclaimed)
+{
+	struct src_rec rec;
+	char when[64];
+	time_t t;
+	int r = src_rec_load(image, &rec);
+
+	*reclaimed = false;
+	if (r == -ENOENT || (r == 0 && rec.attempt == 0))
+		return 0;
+	if (r < 0 && r != -EBADMSG)
+		return r;
+	if (reclaim) {
+		r = src_rec_clear(image);
+		*reclaimed = r == 0;
+		return r;
+	}
+	if (r == -EBADMSG)
+		return err_set(EUCLEAN,
+			       "%s has an unreadable hand-over record: refusing to %s it (%s "
+			       "--reclaim takes it back)",
+			       image, cmd, cmd);
+	t = (time_t)rec.when;
+	strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S UTC", gmtime(&t));
+	return err_set(EUCLEAN,
+		       "%s was handed over to %s at %s (switch-over attempt %u): it belongs to "
+		       "that host now; refusing to %s it (%s --reclaim takes it back, once the "
+		       "destination is known to be gone)",
+		       image, rec.dest[0] ? rec.dest : "another host", when, rec.attempt, cmd, cmd);
+}

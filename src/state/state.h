@@ -188,5 +188,13 @@ void src_rec_init(struct src_rec *r, const uint8_t id[STATE_ID_LEN], uint32_t at
 		  const char *dest);
 int src_rec_load(const char *image, struct src_rec *r);
 int src_rec_clear(const char *image);
+/*
+ * Whether IMAGE is this host's to migrate or serve: 0 when it has no
+ * record, or one of a migration not handed over yet (attempt 0).  An image
+ * handed over to another host belongs to it; EUCLEAN then (an unreadable
+ * record too), naming where it went and cmd's --reclaim ("serve", "send").
+ * With reclaim set the record is removed instead and *reclaimed set.
+ */
+int src_rec_check_ours(const char *image, const char *cmd, bool reclaim, bool *reclaimed);
 
 #endif

@@ -5,6 +5,7 @@
 # refuses it) falls back to buffered with one line saying so; bad values
 # give one clear error each.
 . "$(dirname "$0")/lib.sh"
+# Each send hands its image over; the next send of it takes it back (--reclaim).
 requires cmp python3
 
 # label, receive cache, send cache, src, dst, [receive args...]
@@ -12,7 +13,7 @@ migrate() {
 	local label=$1 rc_mode=$2 sc_mode=$3 src=$4 dst=$5
 	shift 5
 	start_receiver "$label" --device d0="$dst" --cache "$rc_mode" "$@"
-	"$BLKMIG" send --to "127.0.0.1:$RECV_PORT" --device d0="$src" --cache "$sc_mode" \
+	"$BLKMIG" send --reclaim --to "127.0.0.1:$RECV_PORT" --device d0="$src" --cache "$sc_mode" \
 		>/dev/null 2>"$T/$label.send.err" ||
 		{ cat "$T/$label.send.err" "$T/$label.err" >&2; fail "$label: send failed"; }
 	wait_rc "$RECV_PID"
@@ -70,7 +71,7 @@ fi
 # serve --incoming --cache none with O_DIRECT refused: the daemon's log says so.
 BLKMIG_TEST_REFUSE_O_DIRECT=1 start_serve srv --incoming 127.0.0.1:0 --device d0="$T/serve.dst" \
 	--create --cache none
-"$BLKMIG" send --to "127.0.0.1:$INCOMING_PORT" --device d0="$T/odd.img" >/dev/null 2>"$T/srv.send.err" ||
+"$BLKMIG" send --reclaim --to "127.0.0.1:$INCOMING_PORT" --device d0="$T/odd.img" >/dev/null 2>"$T/srv.send.err" ||
 	{ cat "$T/srv.send.err" "$T/srv.err" >&2; fail "serve: send failed"; }
 wait_export "$NBD_PORT" d0
 cmp "$T/odd.img" "$T/serve.dst" || fail "serve: image differs"

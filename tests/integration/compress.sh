@@ -7,6 +7,7 @@
 # incompressible chunks travel raw; a hostile source's compressed records
 # are refused; bad option values are usage errors.
 . "$(dirname "$0")/lib.sh"
+# Each send hands its image over; the next send of it takes it back (--reclaim).
 requires cmp python3 md5sum
 
 # make_text PATH SIZE: text files from /usr/share, end to end, repeated
@@ -47,7 +48,7 @@ send_ok() {
 	local label=$1 src=$2 dst=$3
 	shift 3
 	start_receiver "$label" --device d0="$dst" --create --json
-	"$BLKMIG" send --to "127.0.0.1:$RECV_PORT" --device d0="$src" --json "$@" \
+	"$BLKMIG" send --reclaim --to "127.0.0.1:$RECV_PORT" --device d0="$src" --json "$@" \
 		>"$T/$label.send.json" 2>"$T/$label.send.err" ||
 		{ cat "$T/$label.send.err" "$T/$label.err" >&2; fail "$label: send failed"; }
 	wait_rc "$RECV_PID"
@@ -90,14 +91,14 @@ pass "the receiver read $(json_field "$T/text-zstd.out" "['transferred']") bytes
 
 start_receiver nocomp --device d0="$T/nocomp.dst" --create --no-compress --json
 NOCOMP_PID=$RECV_PID
-"$BLKMIG" send --to "127.0.0.1:$RECV_PORT" --device d0="$T/text.img" --compress zstd 2>"$T/nocomp.send.err"
+"$BLKMIG" send --reclaim --to "127.0.0.1:$RECV_PORT" --device d0="$T/text.img" --compress zstd 2>"$T/nocomp.send.err"
 expect_error $? 1 "$T/nocomp.send.err" \
 	"the destination does not accept compressed chunks \(an older blkmig, or one started with --no-compress\): run without --compress"
 [ "$(wc -l <"$T/nocomp.send.err")" = 1 ] || { cat "$T/nocomp.send.err" >&2; fail "more than one line"; }
 [ -e "$T/nocomp.dst" ] && fail "a refused migration created the image"
 pass "--no-compress destination: $(cat "$T/nocomp.send.err")"
 # auto: the same receiver (still waiting) gets the chunks raw.
-"$BLKMIG" send --to "127.0.0.1:$RECV_PORT" --device d0="$T/text.img" --compress auto --json \
+"$BLKMIG" send --reclaim --to "127.0.0.1:$RECV_PORT" --device d0="$T/text.img" --compress auto --json \
 	>"$T/nocomp-auto.send.json" 2>"$T/nocomp-auto.send.err" ||
 	{ cat "$T/nocomp-auto.send.err" "$T/nocomp.err" >&2; fail "auto to a --no-compress destination failed"; }
 wait_rc "$NOCOMP_PID"
@@ -127,7 +128,7 @@ PY
 OLD_PID=$!
 BG_PIDS+=("$OLD_PID")
 for _ in $(seq 1 200); do [ -s "$T/old.port" ] && break; sleep 0.025; done
-"$BLKMIG" send --to "127.0.0.1:$(cat "$T/old.port")" --device d0="$T/text.img" --compress zstd 2>"$T/old.send.err"
+"$BLKMIG" send --reclaim --to "127.0.0.1:$(cat "$T/old.port")" --device d0="$T/text.img" --compress zstd 2>"$T/old.send.err"
 expect_error $? 1 "$T/old.send.err" "the destination does not accept compressed chunks \(an older blkmig"
 wait_rc "$OLD_PID"
 pass "older destination: $(cat "$T/old.send.err")"

@@ -8,6 +8,7 @@
 # are each refused with their log line and the migration goes on; bad
 # option values are usage errors.
 . "$(dirname "$0")/lib.sh"
+# Each send hands its image over; the next send of it takes it back (--reclaim).
 requires cmp python3 openssl qemu-io nbdinfo
 
 size=$((48 * MiB))
@@ -22,7 +23,7 @@ send_ok() {
 	shift
 	rm -f "$T/$name.img"
 	start_receiver "$name" --device d0="$T/$name.img" --create "${rargs[@]}"
-	"$BLKMIG" send --to "127.0.0.1:$RECV_PORT" --device d0="$T/src.img" --json "$@" \
+	"$BLKMIG" send --reclaim --to "127.0.0.1:$RECV_PORT" --device d0="$T/src.img" --json "$@" \
 		>"$T/$name.json" 2>"$T/$name.send.err" || { cat "$T/$name.send.err" "$T/$name.err" >&2; fail "$name: send failed"; }
 	wait_rc "$RECV_PID"
 	[ "$RC" = 0 ] || { cat "$T/$name.err" >&2; fail "$name: receive exited $RC"; }
@@ -53,7 +54,7 @@ pass "receive --max-connections 1: the source goes on over its one connection"
 rm -f "$T/cut.img"
 start_receiver cut --device d0="$T/cut.img" --create --retry-for 60s
 start_relay cut "$RECV_PORT" --conn 3 --cut-at $((4 * MiB))
-"$BLKMIG" send --to "127.0.0.1:$RELAY_PORT" --device d0="$T/src.img" --connections 4 \
+"$BLKMIG" send --reclaim --to "127.0.0.1:$RELAY_PORT" --device d0="$T/src.img" --connections 4 \
 	--max-bandwidth 32M --retry-for 60s --json >"$T/cut.json" 2>"$T/cut.send.err" ||
 	{ cat "$T/cut.send.err" "$T/cut.err" "$T/cut.relay.log" >&2; fail "cut: send failed"; }
 wait_rc "$RECV_PID"
@@ -97,7 +98,7 @@ rm -f "$T/hostile.img"
 start_receiver hostile --device d0="$T/hostile.img" --create
 join "$RECV_PORT" 1 $tok >"$T/j-none.out" || fail "join script"
 grep -q "none is running here" "$T/j-none.out" || { cat "$T/j-none.out" >&2; fail "a join with no migration was not refused as such"; }
-"$BLKMIG" send --to "127.0.0.1:$RECV_PORT" --device d0="$T/src.img" --connections 3 --max-bandwidth 16M \
+"$BLKMIG" send --reclaim --to "127.0.0.1:$RECV_PORT" --device d0="$T/src.img" --connections 3 --max-bandwidth 16M \
 	--json >"$T/hostile.json" 2>"$T/hostile.send.err" &
 SEND_PID=$!
 BG_PIDS+=("$SEND_PID")
@@ -156,10 +157,10 @@ pass "serve + migrate --connections 3 with $oks client writes: identical image"
 
 # ---- bad option values ---------------------------------------------------------
 for v in 0 17 abc; do
-	"$BLKMIG" send --to 127.0.0.1:1 --device d0="$T/src.img" --connections $v 2>"$T/bad.err"
+	"$BLKMIG" send --reclaim --to 127.0.0.1:1 --device d0="$T/src.img" --connections $v 2>"$T/bad.err"
 	expect_error $? 2 "$T/bad.err" "connections"
 done
-"$BLKMIG" send --to 127.0.0.1:1 --device d0="$T/src.img" --connections 2 --format qemu 2>"$T/bad.err"
+"$BLKMIG" send --reclaim --to 127.0.0.1:1 --device d0="$T/src.img" --connections 2 --format qemu 2>"$T/bad.err"
 expect_error $? 2 "$T/bad.err" "needs the native format"
 "$BLKMIG" receive --listen 127.0.0.1:0 --device d0="$T/x.img" --max-connections 0 2>"$T/bad.err"
 expect_error $? 2 "$T/bad.err" "max-connections"

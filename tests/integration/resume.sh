@@ -16,7 +16,8 @@ for point in 5000 $((20 * MiB + 77)) $((35 * MiB + 4099)); do
 	rm -f "$T/cut.dst"
 	start_receiver cut-rx --device d0="$T/cut.dst" --create
 	start_relay cut "$RECV_PORT" --cut-at "$point"
-	"$BLKMIG" send --to "127.0.0.1:$RELAY_PORT" --device d0="$T/cut.src" --chunk-size 256K \
+	# --reclaim: the previous point handed cut.src (rewritten since) over.
+	"$BLKMIG" send --reclaim --to "127.0.0.1:$RELAY_PORT" --device d0="$T/cut.src" --chunk-size 256K \
 		--workload d0,bs=4K,rate=1M --json >"$T/cut.json" 2>"$T/cut.err" || {
 		cat "$T/cut.err" >&2
 		fail "cut at $point: send failed"
@@ -113,7 +114,7 @@ data=$(json_field "$T/d.json" "['devices'][0]['data-chunks']")
 pass "delta: 3 of 48 chunks differed and only they were sent"
 
 start_receiver d2-rx --device d0="$T/d.dst" --max-refused 1 --retry-for 0
-"$BLKMIG" send --to "127.0.0.1:$RECV_PORT" --device d0="$T/d.src" --delta >/dev/null 2>"$T/d2.err"
+"$BLKMIG" send --reclaim --to "127.0.0.1:$RECV_PORT" --device d0="$T/d.src" --delta >/dev/null 2>"$T/d2.err"
 expect_error $? 1 "$T/d2.err" "delta sync.*accept it with --delta"
 wait_rc "$RECV_PID"
 pass "delta refused by a receiver without --delta"

@@ -14,7 +14,7 @@ migrate_and_compare() { # label, then --device pairs as "NAME=SRC:DST"
 		rargs+=(--device "$name=${rest#*:}")
 	done
 	start_receiver "$label" "${rargs[@]}" --create --json
-	"$BLKMIG" send --to "127.0.0.1:$RECV_PORT" "${sargs[@]}" --json >"$T/$label.send.json" 2>"$T/$label.send.err" ||
+	"$BLKMIG" send --to "127.0.0.1:$RECV_PORT" "${sargs[@]}" ${send_opts:-} --json >"$T/$label.send.json" 2>"$T/$label.send.err" ||
 		{ cat "$T/$label.send.err" "$T/$label.err" >&2; fail "$label: send failed"; }
 	wait_rc "$RECV_PID"; rc=$RC
 	[ "$rc" = 0 ] || { cat "$T/$label.err" >&2; fail "$label: receive exited $rc"; }
@@ -45,14 +45,41 @@ make_random "$T/m3.img" 4096 23
 migrate_and_compare multi "alpha=$T/m1.img:$T/m1.dst" "beta=$T/m2.img:$T/m2.dst" "gamma=$T/m3.img:$T/m3.dst"
 [ "$(json_field "$T/multi.send.json" "['devices'][1]['name']")" = beta ] || fail "multi: per-device report"
 
-# An existing destination with other contents is overwritten completely.
+# dense.img was handed over to the "dense" receiver: it is that host's now.
+# Sending it again is refused before anything is sent, and its record is
+# kept (refused the same way twice); comparing it is not a migration.
+dense_to=127.0.0.1:$(cat "$T/dense.port")
+for try in 1 2; do
+	"$BLKMIG" send --to 127.0.0.1:1 --device d0="$T/dense.img" >/dev/null 2>"$T/again.err"
+	expect_error $? 1 "$T/again.err" "dense.img was handed over to $dense_to .*refusing to send it \(send --reclaim takes it back"
+done
+pass "send refuses an image it handed over, and keeps its record"
+start_receiver verify --device d0="$T/dense.dst" --verify-only
+"$BLKMIG" send --to "127.0.0.1:$RECV_PORT" --device d0="$T/dense.img" --verify-only >"$T/verify.out" 2>"$T/verify.err" ||
+	{ cat "$T/verify.err" >&2; fail "verify-only of a handed-over image failed"; }
+grep -q "^identical" "$T/verify.out" || fail "verify-only of a handed-over image: not identical"
+wait_rc "$RECV_PID"; [ "$RC" = 0 ] || fail "verify-only receiver exited $RC"
+pass "send --verify-only compares an image it handed over"
+
+# An existing destination with other contents is overwritten completely;
+# --reclaim takes dense.img back to send it again, and it is then the new
+# receiver's.
 make_random "$T/over.dst" $((32 * MiB)) 99
-migrate_and_compare overwrite "d0=$T/dense.img:$T/over.dst"
+send_opts=--reclaim migrate_and_compare overwrite "d0=$T/dense.img:$T/over.dst"
+"$BLKMIG" send --to 127.0.0.1:1 --device d0="$T/dense.img" >/dev/null 2>"$T/again.err"
+expect_error $? 1 "$T/again.err" "dense.img was handed over to 127.0.0.1:$(cat "$T/overwrite.port") "
+pass "send --reclaim sends it again, to be handed over to the new receiver"
 
 # Smaller chunks than QEMU's 1 MiB.
 start_receiver chunk --device d0="$T/chunk.dst" --create
-"$BLKMIG" send --to "127.0.0.1:$RECV_PORT" --device d0="$T/odd.img" --chunk-size 64K >/dev/null 2>"$T/chunk.send.err" ||
+"$BLKMIG" send --reclaim --to "127.0.0.1:$RECV_PORT" --device d0="$T/odd.img" --chunk-size 64K >/dev/null 2>"$T/chunk.send.err" ||
 	{ cat "$T/chunk.send.err" >&2; fail "chunk-size 64K: send failed"; }
 wait_rc "$RECV_PID"; [ "$RC" = 0 ] || fail "chunk-size 64K: receive failed"
 cmp "$T/odd.img" "$T/chunk.dst" || fail "chunk-size 64K: differs"
 pass "chunk-size 64K"
+
+# A hand-over record that cannot be read may be one: refused the same way.
+printf 'not a record' >"$T/m3.img.blkmig-handover"
+"$BLKMIG" send --to 127.0.0.1:1 --device d0="$T/m3.img" >/dev/null 2>"$T/badrec.err"
+expect_error $? 1 "$T/badrec.err" "m3.img has an unreadable hand-over record: refusing to send it \(send --reclaim takes it back\)"
+pass "send refuses an image whose hand-over record is unreadable"

@@ -5,6 +5,7 @@
 # sender with one 'blkmig:' line, writes nothing, and leaves the receiver
 # waiting for the real source, which then completes.
 . "$(dirname "$0")/lib.sh"
+# Each send hands its image over; the next send of it takes it back (--reclaim).
 requires certtool cmp nc python3 ss
 
 size=$((4 * MiB + 12288))
@@ -20,7 +21,7 @@ mkdir -p "$T/mixed" && cp "$T/pki2"/client-*.pem "$T/pki/ca-cert.pem" "$T/mixed/
 send_ok() {
 	local label=$1
 	shift
-	"$BLKMIG" send --to "127.0.0.1:$RECV_PORT" --device d0="$T/src.img" "$@" \
+	"$BLKMIG" send --reclaim --to "127.0.0.1:$RECV_PORT" --device d0="$T/src.img" "$@" \
 		>"$T/$label.send.out" 2>"$T/$label.send.err" ||
 		{ cat "$T/$label.send.err" "$T/$label.err" >&2; fail "$label: send failed"; }
 	wait_rc "$RECV_PID"
@@ -36,7 +37,7 @@ send_refused() {
 	local label=$1 pat=$2 before
 	shift 2
 	before=$(sha256sum <"$DST")
-	"$BLKMIG" send --to "127.0.0.1:$RECV_PORT" --device d0="$T/src.img" "$@" \
+	"$BLKMIG" send --reclaim --to "127.0.0.1:$RECV_PORT" --device d0="$T/src.img" "$@" \
 		>/dev/null 2>"$T/$label.send.err"
 	expect_error $? 1 "$T/$label.send.err" "$pat"
 	[ "$(grep -c . "$T/$label.send.err")" = 1 ] || { cat "$T/$label.send.err" >&2; fail "$label: more than one line"; }
@@ -164,12 +165,12 @@ pass "plaintext receiver: a forged hello, garbage and a HELLO+ABORT refused; the
 # While one migration runs, a second sender is refused and the first wins.
 DST="$T/busy.img"
 start_receiver busy --device d0="$DST" --create --tls-psk "$T/keys.psk"
-"$BLKMIG" send --to "127.0.0.1:$RECV_PORT" --device d0="$T/src.img" --tls-psk "$T/keys.psk" \
+"$BLKMIG" send --reclaim --to "127.0.0.1:$RECV_PORT" --device d0="$T/src.img" --tls-psk "$T/keys.psk" \
 	--max-bandwidth 2M >"$T/busy.send.out" 2>"$T/busy.send.err" &
 first=$!
 for _ in $(seq 200); do [ -s "$DST" ] && break; sleep 0.05; done
 make_random "$T/intruder.img" $size 13
-"$BLKMIG" send --to "127.0.0.1:$RECV_PORT" --device d0="$T/intruder.img" --tls-psk "$T/keys.psk" \
+"$BLKMIG" send --reclaim --to "127.0.0.1:$RECV_PORT" --device d0="$T/intruder.img" --tls-psk "$T/keys.psk" \
 	>/dev/null 2>"$T/busy2.err"
 expect_error $? 1 "$T/busy2.err" "another migration is already being received"
 wait_rc $first
@@ -242,7 +243,7 @@ wait $nt 2>/dev/null
 pass "--no-tls listens off loopback"
 
 chmod 644 "$T/other.psk"
-"$BLKMIG" send --to 127.0.0.1:1 --device d0="$T/src.img" --tls-psk "$T/other.psk" >/dev/null 2>"$T/k1.err"
+"$BLKMIG" send --reclaim --to 127.0.0.1:1 --device d0="$T/src.img" --tls-psk "$T/other.psk" >/dev/null 2>"$T/k1.err"
 expect_error $? 1 "$T/k1.err" "accessible by group or others \(mode 0644\).*chmod 600"
 chmod 640 "$T/pki/server-key.pem"
 "$BLKMIG" receive --listen 127.0.0.1:0 --device d0="$T/k.img" --tls-creds "$T/pki" >/dev/null 2>"$T/k2.err"
@@ -251,11 +252,11 @@ chmod 600 "$T/pki/server-key.pem"
 pass "key files readable by others are refused"
 
 echo "src:nothex" >"$T/bad.psk" && chmod 600 "$T/bad.psk"
-"$BLKMIG" send --to 127.0.0.1:1 --device d0="$T/src.img" --tls-psk "$T/bad.psk" >/dev/null 2>"$T/k3.err"
+"$BLKMIG" send --reclaim --to 127.0.0.1:1 --device d0="$T/src.img" --tls-psk "$T/bad.psk" >/dev/null 2>"$T/k3.err"
 expect_error $? 1 "$T/k3.err" "bad.psk line 1"
-"$BLKMIG" send --to 127.0.0.1:1 --device d0="$T/src.img" --tls-creds "$T/nowhere" >/dev/null 2>"$T/k4.err"
+"$BLKMIG" send --reclaim --to 127.0.0.1:1 --device d0="$T/src.img" --tls-creds "$T/nowhere" >/dev/null 2>"$T/k4.err"
 expect_error $? 1 "$T/k4.err" "nowhere/ca-cert.pem"
-"$BLKMIG" send --to 127.0.0.1:1 --device d0="$T/src.img" --tls-psk "$T/keys.psk" --tls-creds "$T/pki" >/dev/null 2>"$T/k5.err"
+"$BLKMIG" send --reclaim --to 127.0.0.1:1 --device d0="$T/src.img" --tls-psk "$T/keys.psk" --tls-creds "$T/pki" >/dev/null 2>"$T/k5.err"
 expect_error $? 2 "$T/k5.err" "exclude each other"
 "$BLKMIG" receive --listen 127.0.0.1:0 --device d0="$T/k.img" --tls-authz src >/dev/null 2>"$T/k6.err"
 expect_error $? 2 "$T/k6.err" "--tls-authz needs"

@@ -2,6 +2,7 @@
 # --zero-blocks: holes and zero chunks travel as flags, and the destination
 # stays sparse; without it they travel as data, and still land as holes.
 . "$(dirname "$0")/lib.sh"
+# Each send hands its image over; the next send of it takes it back (--reclaim).
 requires cmp du python3
 
 size=$((256 * MiB))
@@ -10,7 +11,7 @@ make_sparse "$T/src.img" $size "0:$((8 * MiB)),$((128 * MiB)):$((8 * MiB))" 5
 dd if=/dev/zero of="$T/src.img" bs=1M seek=64 count=16 conv=notrunc status=none
 
 start_receiver zb --device d0="$T/zb.dst" --create
-"$BLKMIG" send --to "127.0.0.1:$RECV_PORT" --device d0="$T/src.img" --zero-blocks --json >"$T/zb.json" 2>"$T/zb.send.err" ||
+"$BLKMIG" send --reclaim --to "127.0.0.1:$RECV_PORT" --device d0="$T/src.img" --zero-blocks --json >"$T/zb.json" 2>"$T/zb.send.err" ||
 	{ cat "$T/zb.send.err" >&2; fail "send --zero-blocks failed"; }
 wait_rc "$RECV_PID"; [ "$RC" = 0 ] || { cat "$T/zb.err" >&2; fail "receive failed"; }
 cmp "$T/src.img" "$T/zb.dst" || fail "--zero-blocks: images differ"
@@ -26,7 +27,7 @@ pass "--zero-blocks: $wire bytes on the wire, destination uses ${used} KiB"
 # punches holes for them, over a destination full of old data.
 make_random "$T/full.dst" $size 77
 start_receiver nz --device d0="$T/full.dst"
-"$BLKMIG" send --to "127.0.0.1:$RECV_PORT" --device d0="$T/src.img" --json >"$T/nz.json" 2>"$T/nz.send.err" ||
+"$BLKMIG" send --reclaim --to "127.0.0.1:$RECV_PORT" --device d0="$T/src.img" --json >"$T/nz.json" 2>"$T/nz.send.err" ||
 	{ cat "$T/nz.send.err" >&2; fail "send without --zero-blocks failed"; }
 wait_rc "$RECV_PID"; [ "$RC" = 0 ] || { cat "$T/nz.err" >&2; fail "receive failed"; }
 cmp "$T/src.img" "$T/full.dst" || fail "without --zero-blocks: images differ"
