@@ -928,11 +928,16 @@ static enum mig_state state_final(struct src_job *j, struct run *run)
 	j->pass_deadline = 0;
 	if (run->err == 0 && j->truncated)
 		return final_cut_short(j, run, w0, before);
+	/* The digests go right behind the pass: the destination checks them
+	 * once it has synced it, so its SYNCED and ACK come back together. */
+	if (run->err == 0)
+		run->err = j->fmt->complete(j);
 	if (run->err == 0)
 		run->err = j->fmt->synced(j);
 	if (run->err == 0) {
 		src_stats_update(j, count_pass_fn, NULL);
-		run->err = j->fmt->complete(j);
+		if (j->fmt->acked)
+			run->err = j->fmt->acked(j);
 	}
 	if (attempt_abandoned(j) || (run->err == 0 && !begin_hand_over(j))) {
 		/* Too late: the watchdog let the writers go on.  An ACK is for

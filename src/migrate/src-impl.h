@@ -138,8 +138,13 @@ struct src_format {
 	int (*pass_end)(struct src_job *j, bool final);
 	/* Until the destination has made every pass so far durable. */
 	int (*synced)(struct src_job *j);
-	/* After the final pass: hand over (digests, the acknowledgement). */
+	/* Right after the final pass: the digests (verify only: the
+	 * verdict).  They follow the pass on the wire before its SYNCED is
+	 * in, so the switch-over waits one round trip, not two. */
 	int (*complete)(struct src_job *j);
+	/* After synced: until the destination acknowledges the digests
+	 * (NULL: it says nothing). */
+	int (*acked)(struct src_job *j);
 	/* After the devices were fenced: the destination takes over. */
 	int (*commit)(struct src_job *j);
 	/* Tell the destination the migration failed (best effort). */

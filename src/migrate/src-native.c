@@ -377,7 +377,6 @@ static int native_complete(struct src_job *j)
 {
 	struct native_complete *c = calloc(1, sizeof(*c));
 	uint8_t *buf = malloc(NATIVE_MSG_MAX + NATIVE_FRAME_HDR);
-	uint64_t acked;
 	int n, r;
 
 	if (j->p.verify_only) {
@@ -400,8 +399,14 @@ static int native_complete(struct src_job *j)
 	r = n < 0 ? n : xport_write(j->x, buf, (size_t)n);
 	free(c);
 	free(buf);
-	if (r == 0)
-		r = xport_flush(j->x);
+	return r == 0 ? xport_flush(j->x) : r;
+}
+
+static int native_acked(struct src_job *j)
+{
+	uint64_t acked;
+	int r = 0;
+
 	/* An ACK of an earlier, abandoned attempt is no answer to this one. */
 	while (r == 0 && (r = rp_await(j, NATIVE_MSG_ACK, "to acknowledge", &acked)) == 0 &&
 	       acked != j->attempt) {
@@ -460,6 +465,7 @@ const struct src_format src_format_native = {
 	.pass_end = native_pass_end,
 	.synced = native_synced,
 	.complete = native_complete,
+	.acked = native_acked,
 	.commit = native_commit,
 	.abort = native_abort,
 };

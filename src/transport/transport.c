@@ -406,6 +406,11 @@ const char *xport_peer(const struct xport *x)
 	return x->peer;
 }
 
+int xport_fd(const struct xport *x)
+{
+	return x->fd;
+}
+
 /* Failure is sticky per direction: a peer that closed after sending its
  * reason can still be read after our sends start failing. */
 static int fail(struct xport *x, short dir, int r)

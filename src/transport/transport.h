@@ -56,6 +56,10 @@ int xport_addr_split(const char *hostport, char *host, size_t host_cap, uint16_t
  * resolved. */
 int xport_addr_is_loopback(const char *hostport);
 
+/* The connection's socket (the first one's, with lanes): for the kernel's
+ * view of it (its queues, say), never to read or write. */
+int xport_fd(const struct xport *x);
+
 /* Wait up to timeout_ms (-1: forever) for one connection on lfd; -ECANCELED
  * as soon as cancel (may be NULL; not owned) fires.  The caller owns *out. */
 int xport_accept(int lfd, int timeout_ms, struct cancel *cancel, struct xport **out);
