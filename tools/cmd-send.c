@@ -404,8 +404,7 @@ int cmd_send(int argc, char **argv)
 	for (unsigned i = 0; i < ndev; i++) {
 		struct blk *base;
 		bool writer = workload && strcmp(wspec.name, devs[i].name) == 0;
-
-		bool reclaimed = false;
+		bool reclaimed;
 
 		if (devs[i].readonly) {
 			if (!json)
