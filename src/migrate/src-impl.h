@@ -163,6 +163,10 @@ struct live_pass {
 	struct policy pol;
 };
 
+/* The most answers the destination may have sent that the engine has
+ * not taken yet (struct src_job's rp_q). */
+#define SRC_ANSWERS_MAX 2
+
 struct src_job {
 	struct src_params p;
 	const struct src_format *fmt;
@@ -226,10 +230,15 @@ struct src_job {
 
 	/* What the return path received (src-rpath.c). */
 	bool rp_running, rp_quit;
-	bool rp_have;	   /* a SYNCED or ACK waits for the engine */
-	uint8_t rp_type;   /* its type */
-	uint64_t rp_value; /* SYNCED's count */
-	int rp_err;	   /* the destination's ERROR or a read failure */
+	/* Answers (SYNCED, ACK, DONE) that wait for the engine, oldest
+	 * first: at most two, the final pass's SYNCED and the ACK of the
+	 * digests sent behind it. */
+	struct {
+		uint8_t type;
+		uint64_t value; /* SYNCED's count, ACK's and DONE's attempt */
+	} rp_q[SRC_ANSWERS_MAX];
+	unsigned rp_n;
+	int rp_err; /* the destination's ERROR or a read failure */
 	char rp_msg[1024];
 	uint64_t wacked;    /* WACK: writes up to here are applied there */
 	uint64_t wseq_sent; /* the last WRITE on the wire */

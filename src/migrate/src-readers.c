@@ -323,9 +323,9 @@ int readers_next_locked(struct src_job *j, bool may_stop, struct result *res, bo
 			err_copy_in(j->rp_msg);
 			return j->rp_err;
 		}
-		if (j->rp_have)
+		if (j->rp_n)
 			return err_set(EPROTO, "destination sent %s, which nothing asked for",
-				       native_msg_name(j->rp_type));
+				       native_msg_name(j->rp_q[0].type));
 		/* Out of time: stop claiming, send what was read.  Reads may
 		 * keep the queue full, so the clock is read here every time. */
 		if (may_stop && deadline_passed_locked(j))

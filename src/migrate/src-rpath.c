@@ -58,12 +58,12 @@ static int deliver_locked(struct src_job *j, uint8_t type, uint64_t v)
 		return 0;
 	}
 	j->mirror_suspended = false; /* any answer: the link works again */
-	if (j->rp_have)
+	if (j->rp_n == SRC_ANSWERS_MAX)
 		return err_set(EPROTO, "destination sent %s before the last answer was expected",
 			       native_msg_name(type));
-	j->rp_have = true;
-	j->rp_type = type;
-	j->rp_value = v;
+	j->rp_q[j->rp_n].type = type;
+	j->rp_q[j->rp_n].value = v;
+	j->rp_n++;
 	pthread_cond_broadcast(&j->done_cond);
 	return 0;
 }
@@ -157,7 +157,7 @@ int rp_await(struct src_job *j, uint8_t want, const char *what, uint64_t *value)
 
 	pthread_mutex_lock(&j->lock);
 	for (;;) {
-		if (j->rp_have || j->rp_err)
+		if (j->rp_n || j->rp_err)
 			break;
 		if (src_cancelled(j)) {
 			r = err_set(ECANCELED, "migration cancelled");
@@ -179,21 +179,21 @@ int rp_await(struct src_job *j, uint8_t want, const char *what, uint64_t *value)
 		if (timeout <= 0) {
 			pthread_cond_wait(&j->done_cond, &j->lock);
 		} else if (pthread_cond_timedwait(&j->done_cond, &j->lock, &ts) == ETIMEDOUT &&
-			   !j->rp_have && !j->rp_err) {
+			   !j->rp_n && !j->rp_err) {
 			r = err_set(ETIMEDOUT, "waiting for the destination %s: no answer in %d s",
 				    what, timeout / 1000);
 			break;
 		}
 	}
-	if (r == 0 && !j->rp_have) {
+	if (r == 0 && !j->rp_n) {
 		r = j->rp_err;
 		err_copy_in(j->rp_msg);
 	} else if (r == 0) {
-		if (j->rp_type != want)
+		if (j->rp_q[0].type != want)
 			r = err_set(EPROTO, "waiting for the destination %s: it sent %s", what,
-				    native_msg_name(j->rp_type));
-		*value = j->rp_value;
-		j->rp_have = false;
+				    native_msg_name(j->rp_q[0].type));
+		*value = j->rp_q[0].value;
+		memmove(&j->rp_q[0], &j->rp_q[1], --j->rp_n * sizeof(j->rp_q[0]));
 	}
 	pthread_mutex_unlock(&j->lock);
 	return r;

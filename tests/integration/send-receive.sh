@@ -83,3 +83,21 @@ printf 'not a record' >"$T/m3.img.blkmig-handover"
 "$BLKMIG" send --to 127.0.0.1:1 --device d0="$T/m3.img" >/dev/null 2>"$T/badrec.err"
 expect_error $? 1 "$T/badrec.err" "m3.img has an unreadable hand-over record: refusing to send it \(send --reclaim takes it back\)"
 pass "send refuses an image whose hand-over record is unreadable"
+
+# The final pass's SYNCED and the ACK of the digests sent right behind that
+# pass reach the source in one read (the relay holds the SYNCED back and
+# passes it on with the ACK): it takes both, in order.  A source that
+# waited for SYNCED before sending the digests would wait here for ever
+# (--timeout bounds it).
+make_random "$T/join.img" $((8 * MiB)) 31
+start_receiver join --device d0="$T/join.dst" --create
+start_relay join "$RECV_PORT" --join-reply 0x84:2
+"$BLKMIG" send --to "127.0.0.1:$RELAY_PORT" --device d0="$T/join.img" --timeout 20 --retry-for 0 \
+	--json >"$T/join.json" 2>"$T/join.send.err" ||
+	{ cat "$T/join.send.err" "$T/join.relay.log" >&2; fail "joined answers: send failed"; }
+wait_rc "$RECV_PID"; [ "$RC" = 0 ] || fail "joined answers: receive exited $RC"
+cmp "$T/join.img" "$T/join.dst" || fail "joined answers: images differ"
+grep -q "fault join-reply type=0x84 n=2" "$T/join.relay.log" ||
+	{ cat "$T/join.relay.log" >&2; fail "joined answers: the relay did not hold the final SYNCED"; }
+[ "$(json_field "$T/join.json" "['iterations']")" = 2 ] || fail "joined answers: not a bulk and a final pass"
+pass "the final SYNCED and the ACK arrive together"

@@ -31,6 +31,10 @@ docs/wire-format.md), so new message types need no change here:
                                           (default 1st) message of TYPE
   --stall-after-reply TYPE[:N[:SECONDS]]  stall there instead
   --drop-reply TYPE[:N]                   swallow that message, relay the rest
+  --join-reply TYPE[:N]                   hold that message back and pass it
+                                          on with the whole next one, in one
+                                          send (two answers that reach the
+                                          source at once)
 
 TYPE is a number, 0x84 or 132.  Every option above may be given more than
 once.  A cut waits (up to 2 s) for what was already forwarded to reach the
@@ -142,6 +146,7 @@ def parse_args(argv):
     p.add_argument("--cut-after-reply", action="append", default=[])
     p.add_argument("--stall-after-reply", action="append", default=[])
     p.add_argument("--drop-reply", action="append", default=[])
+    p.add_argument("--join-reply", action="append", default=[])
     p.add_argument("--control", help="FIFO for cut/stall/resume commands")
     p.add_argument("--log", help="append a line per connection and fault here")
     p.add_argument("--exit-after", type=int, default=0, help="exit once N connections have ended")
@@ -190,6 +195,10 @@ def parse_args(argv):
     for s in a.drop_reply:
         t, n, _ = parse_reply(s, "--drop-reply")
         a.drop.add((t, n))
+    a.join = set()
+    for s in a.join_reply:
+        t, n, _ = parse_reply(s, "--join-reply")
+        a.join.add((t, n))
     return a
 
 
@@ -230,6 +239,9 @@ class Conn:
         self.corrupt = sorted(a.corrupt) if faulty else []
         self.reply_points = dict(a.reply_points) if faulty else {}
         self.drop = set(a.drop) if faulty else set()
+        self.join = set(a.join) if faulty else set()
+        self.held = b""        # --join-reply: bytes held back until the next message ends
+        self.joining = False
         # Reverse framing: header bytes held back, body bytes left, the
         # message being read (type, its count, whether it is dropped).
         self.hdr = b""
@@ -356,6 +368,17 @@ class Conn:
                 self.cur_drop = False
                 self.fault("drop-reply %s fwd=%d rev=%d" % (where, self.fwd.sent, side.count + i))
                 continue
+            if (t, cnt) in self.join:
+                self.join.discard((t, cnt))
+                self.held += b"".join(out)
+                out = []
+                self.joining = True
+                self.fault("join-reply %s rev=%d (held)" % (where, side.count + i))
+                continue
+            if self.joining:
+                out.insert(0, self.held)
+                self.held = b""
+                self.joining = False
             acts = self.reply_points.pop((t, cnt), None)
             if acts:
                 if out:
@@ -366,7 +389,9 @@ class Conn:
                         side.queue.append(Action("cut", None, "cut-after-reply " + where))
                     else:
                         side.queue.append(Action("stall", arg, "stall-after-reply " + where, " seconds=%s" % arg))
-        if out:
+        if out and self.joining:
+            self.held += b"".join(out)
+        elif out:
             side.queue.append(b"".join(out))
         side.count += n
 
