@@ -239,6 +239,13 @@ cmp -s "$T/small.in" "$T/drop.dst" || fail "drop-reply: forward bytes changed"
 [ "$(grep -c "fault drop-reply" "$T/drop.log")" = 2 ] || fail "drop-reply: log"
 pass "--drop-reply 0x84:2 --drop-reply 0x82: both swallowed, the rest relayed"
 
+run join "$T/small.in" "$R" 1 --join-reply 0x85 --join-reply 0x82
+expect_replies join 81:00000001 84:0000000000000001 85:0000000000000007 84:0000000000000002 84:0000000000000003 82:
+grep -q "fault join-reply type=0x85 n=1 rev=35 (held)" "$T/join.log" &&
+	grep -q "fault join-reply type=0x82 n=1 " "$T/join.log" ||
+	{ cat "$T/join.log" >&2; fail "join-reply: log"; }
+pass "--join-reply 0x85 --join-reply 0x82: held, then passed on with the next message and at EOF"
+
 start=$(date +%s%N)
 run stallreply "$T/small.in" "$R" 0.5 --stall-after-reply 0x84:1:1.5
 took=$((($(date +%s%N) - start) / 1000000))

@@ -34,7 +34,8 @@ docs/wire-format.md), so new message types need no change here:
   --join-reply TYPE[:N]                   hold that message back and pass it
                                           on with the whole next one, in one
                                           send (two answers that reach the
-                                          source at once)
+                                          source at once), or at the
+                                          destination's EOF
 
 TYPE is a number, 0x84 or 132.  Every option above may be given more than
 once.  A cut waits (up to 2 s) for what was already forwarded to reach the
@@ -324,6 +325,9 @@ class Conn:
             return
         if not data:
             side.eof = True
+            if self.held:  # --join-reply held the last message: it goes now
+                side.queue.append(self.held)
+                self.held, self.joining = b"", False
             log("conn %d destination EOF %s" % (self.idx, self.offsets()))
             return
         self.parse_rev(data)
