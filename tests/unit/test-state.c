@@ -322,6 +322,65 @@ static void test_src_init(void **state)
 	assert_int_equal(src_rec_clear(img), 0);
 }
 
+/*
+ * src_rec_check_ours(): no record, or a migration not handed over yet, is
+ * ours; a hand-over (or an unreadable record) is refused, naming where it
+ * went and the command's --reclaim, and the record stays; reclaim removes
+ * it, once.
+ */
+static void msg_has(const char *what)
+{
+	if (!strstr(err_msg(), what))
+		fail_msg("message \"%s\" lacks \"%s\"", err_msg(), what);
+}
+
+static void test_src_check_ours(void **state)
+{
+	char img[PATH_MAX], rec[PATH_MAX + 32];
+	uint8_t id[STATE_ID_LEN];
+	struct src_rec r;
+	bool reclaimed = true;
+	FILE *f;
+
+	(void)state;
+	make_file(img, sizeof(img), "ours.img", "");
+	assert_int_equal(src_rec_check_ours(img, "send", false, &reclaimed), 0);
+	assert_false(reclaimed);
+	fill_id(id, 9);
+	src_rec_init(&r, id, 0, "10.0.0.2:7000");
+	assert_int_equal(src_rec_save(img, &r), 0);
+	assert_int_equal(src_rec_check_ours(img, "send", false, &reclaimed), 0);
+	assert_int_equal(src_rec_load(img, &r), 0); /* in progress: kept */
+
+	src_rec_init(&r, id, 2, "10.0.0.2:7000");
+	assert_int_equal(src_rec_save(img, &r), 0);
+	for (int i = 0; i < 2; i++) {
+		assert_int_equal(src_rec_check_ours(img, "serve", false, &reclaimed), -EUCLEAN);
+		assert_false(reclaimed);
+		msg_has("ours.img was handed over to 10.0.0.2:7000 at ");
+		msg_has("(switch-over attempt 2)");
+		msg_has("refusing to serve it (serve --reclaim takes it back, once");
+	}
+	assert_int_equal(src_rec_check_ours(img, "send", true, &reclaimed), 0);
+	assert_true(reclaimed);
+	assert_int_equal(src_rec_load(img, &r), -ENOENT);
+	assert_int_equal(src_rec_check_ours(img, "send", true, &reclaimed), 0);
+	assert_false(reclaimed);
+
+	snprintf(rec, sizeof(rec), "%s%s", img, SRC_REC_SUFFIX);
+	f = fopen(rec, "w");
+	assert_non_null(f);
+	fputs("not a record", f);
+	fclose(f);
+	assert_int_equal(src_rec_check_ours(img, "send", false, &reclaimed), -EUCLEAN);
+	msg_has("ours.img has an unreadable hand-over record: refusing to send it (send "
+		"--reclaim takes it back)");
+	assert_int_equal(access(rec, F_OK), 0);
+	assert_int_equal(src_rec_check_ours(img, "send", true, &reclaimed), 0);
+	assert_true(reclaimed);
+	assert_int_equal(access(rec, F_OK), -1);
+}
+
 /* ---- refusals -------------------------------------------------------------- */
 
 static void test_missing_and_clear(void **state)
@@ -1071,6 +1130,7 @@ int main(void)
 		cmocka_unit_test_teardown(test_awaiting, reset),
 		cmocka_unit_test_teardown(test_src_roundtrip, reset),
 		cmocka_unit_test_teardown(test_src_init, reset),
+		cmocka_unit_test_teardown(test_src_check_ours, reset),
 		cmocka_unit_test_teardown(test_missing_and_clear, reset),
 		cmocka_unit_test_teardown(test_corrupt_every_byte, reset),
 		cmocka_unit_test_teardown(test_truncated, reset),
