@@ -34,12 +34,16 @@
 # a mirrored write costs at least one round trip; --bandwidth 0 leaves the
 # migration uncapped, so that it fills the link.
 #
+# --dst-nice N runs the destination daemon at that nice value: on one
+# machine both daemons share its CPUs, where between two hosts the
+# destination would take none of the source's (19 comes close).
+#
 #   bench/converge.sh [--size 1G] [--bandwidth 100M] [--limit 60]
 #                     [--rates "20M 80M 200M"] [--sizes "4K 64K"]
 #                     [--modes "dirty active auto"] [--quiet-secs 3]
 #                     [--max-downtime 300] [--baseline BLKMIG]
 #                     [--dst-opts "--cache none"]
-#                     [--link loopback|wanN] [--wan-rate 1gbit]
+#                     [--link loopback|wanN] [--wan-rate 1gbit] [--dst-nice N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 size=1G bw=100M limit=60 quiet=3 maxdt=300 baseline= link=loopback wan_rate=1gbit
@@ -58,7 +62,8 @@ while [ $# -gt 0 ]; do
 	--dst-opts) DST_OPTS=$2; shift 2 ;;
 	--link) link=$2; shift 2 ;;
 	--wan-rate) wan_rate=$2; shift 2 ;;
-	*) echo "usage: bench/converge.sh [--size SIZE] [--bandwidth RATE|0] [--limit SECS] [--rates LIST] [--sizes LIST] [--modes LIST] [--quiet-secs N] [--max-downtime MS] [--baseline BLKMIG] [--dst-opts OPTS] [--link loopback|wanN] [--wan-rate RATE]" >&2; exit 2 ;;
+	--dst-nice) DST_WRAP="nice -n $2"; shift 2 ;;
+	*) echo "usage: bench/converge.sh [--size SIZE] [--bandwidth RATE|0] [--limit SECS] [--rates LIST] [--sizes LIST] [--modes LIST] [--quiet-secs N] [--max-downtime MS] [--baseline BLKMIG] [--dst-opts OPTS] [--link loopback|wanN] [--wan-rate RATE] [--dst-nice N]" >&2; exit 2 ;;
 	esac
 done
 # 0 would mean "the default" to blkmig, and the goal checked would not be

@@ -40,7 +40,8 @@ wait_ports() {
 }
 field() { "$PY" -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
 
-# With SRC_NS and DST_NS set (network namespaces, e.g. bench/wan.sh's two
+# DST_WRAP is put before the destination daemon's command (e.g. "nice -n
+# 19"). With SRC_NS and DST_NS set (network namespaces, e.g. bench/wan.sh's two
 # hosts), each daemon runs in its own and the destination listens for the
 # migration on DST_IP, without TLS; the control socket is a file, so it is
 # reached from here all the same.  dst_addr is where `migrate --to` goes.
@@ -51,7 +52,8 @@ start() {
 	# The records a completed migration leaves (the source's hand-over
 	# fence, the destination's state) belong to the previous run.
 	cp "$W/base.img" "$W/src.img"; rm -f "$W/dst.img" "$W"/*.ports "$W"/*.blkmig-*
-	"${dns[@]}" "$BLKMIG" serve --nbd 127.0.0.1:0 --port-file "$W/dst.ports" --incoming "$dip:0" "${notls[@]}" \
+	# shellcheck disable=SC2086 # DST_WRAP is words (e.g. "nice -n 19")
+	"${dns[@]}" ${DST_WRAP:-} "$BLKMIG" serve --nbd 127.0.0.1:0 --port-file "$W/dst.ports" --incoming "$dip:0" "${notls[@]}" \
 		--device d0="$W/dst.img" --create ${DST_OPTS:-} 2>"$W/dst.log" &
 	dpid=$!
 	"${sns[@]}" "$BLKMIG" serve --nbd 127.0.0.1:0 --port-file "$W/src.ports" --control "$W/src.sock" --device d0="$W/src.img" \
