@@ -198,14 +198,43 @@ int xport_accept(int lfd, int timeout_ms, struct cancel *cancel, struct xport **
 	return r;
 }
 
-/* A non-blocking connect, waited for: 0 or a positive errno. */
+/*
+ * Whether a connected socket is connected to itself (and if so, set to be
+ * aborted when closed).  TCP lets a connect to
+ * a local port nobody listens on pick that same port as its own and open
+ * simultaneously with itself: the connect "succeeds", the listener that
+ * comes up later cannot bind, and the peer we wait for is our own echo.
+ * Retrying refusals against a local port makes it a matter of time.
+ */
+static bool connected_to_self(int fd)
+{
+	struct sockaddr_storage me, peer;
+	socklen_t ml = sizeof(me), pl = sizeof(peer);
+
+	memset(&me, 0, sizeof(me));
+	memset(&peer, 0, sizeof(peer));
+	if (getsockname(fd, (struct sockaddr *)&me, &ml) < 0 ||
+	    getpeername(fd, (struct sockaddr *)&peer, &pl) < 0)
+		return false;
+	if (ml != pl || memcmp(&me, &peer, ml) != 0)
+		return false;
+	/* Closed normally, the connection would hold the port in its closing
+	 * states for a minute, and the listener we are waiting for could not
+	 * bind it: abort it instead. */
+	setsockopt(fd, SOL_SOCKET, SO_LINGER, &(struct linger){ .l_onoff = 1, .l_linger = 0 },
+		   sizeof(struct linger));
+	return true;
+}
+
+/* A non-blocking connect, waited for: 0 or a positive errno.  A socket
+ * that connected to itself counts as refused, which it is. */
 static int connect_wait(int fd, const struct addrinfo *ai, uint64_t deadline, struct cancel *cancel)
 {
 	socklen_t sl = sizeof(int);
 	int e = 0, r;
 
 	if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
-		return 0;
+		return connected_to_self(fd) ? ECONNREFUSED : 0;
 	if (errno != EINPROGRESS)
 		return errno;
 	/* Polls at least once, so a refusal already answered is reported as
@@ -217,6 +246,8 @@ static int connect_wait(int fd, const struct addrinfo *ai, uint64_t deadline, st
 		return -r;
 	if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &sl) < 0)
 		return errno;
+	if (e == 0 && connected_to_self(fd))
+		return ECONNREFUSED;
 	return e;
 }
 

@@ -23,13 +23,19 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <fcntl.h>
+#include <net/if.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "common/error.h"
@@ -1169,6 +1175,108 @@ static void test_connect_retries(void **state)
 	xport_close(l.x);
 }
 
+/*
+ * A connect that TCP opens with itself is a refusal.  In a network
+ * namespace of its own whose local ports are P and P+1, a connect to
+ * 127.0.0.1:P with nobody listening first gets P (the kernel tries even
+ * ports first) as its own port and connects to itself (a simultaneous
+ * open).  connect must see that and not hand back a connection to itself;
+ * a listener that comes up on P later is then found.  Retrying against a
+ * local port of the ephemeral range hit this in CI (test_connect_retries:
+ * the late listener's bind found the port taken).
+ */
+static int write_file(const char *path, const char *text)
+{
+	int fd = open(path, O_WRONLY | O_CLOEXEC), r = 0;
+
+	if (fd < 0)
+		return -1;
+	if (write(fd, text, strlen(text)) != (ssize_t)strlen(text))
+		r = -1;
+	close(fd);
+	return r;
+}
+
+/* The child's own namespace: 0, or 77 where the machine allows none. */
+static int self_ns_enter(void)
+{
+	char map[64];
+	uid_t uid = getuid();
+	gid_t gid = getgid();
+	struct ifreq ifr;
+	int fd, r;
+
+	if (unshare(CLONE_NEWNET) < 0) {
+		if (unshare(CLONE_NEWUSER | CLONE_NEWNET) < 0)
+			return 77;
+		snprintf(map, sizeof(map), "0 %u 1", (unsigned)uid);
+		if (write_file("/proc/self/uid_map", map) < 0)
+			return 77;
+		write_file("/proc/self/setgroups", "deny");
+		snprintf(map, sizeof(map), "0 %u 1", (unsigned)gid);
+		if (write_file("/proc/self/gid_map", map) < 0)
+			return 77;
+	}
+	if (write_file("/proc/sys/net/ipv4/ip_local_port_range", "40000 40001") < 0)
+		return 77;
+	fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return 77;
+	memset(&ifr, 0, sizeof(ifr));
+	snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "lo");
+	r = ioctl(fd, SIOCGIFFLAGS, &ifr);
+	if (r == 0) {
+		ifr.ifr_flags |= IFF_UP;
+		r = ioctl(fd, SIOCSIFFLAGS, &ifr);
+	}
+	close(fd);
+	return r == 0 ? 0 : 77;
+}
+
+static void test_connect_not_to_self(void **state)
+{
+	pid_t pid;
+	int st;
+
+	(void)state;
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		struct xport *x = NULL, *s = NULL;
+		char bound[ADDR_CAP];
+		int r = self_ns_enter(), lfd;
+
+		if (r != 0)
+			_exit(r);
+		/* Without the check, the first attempt connects to itself and
+		 * returns 0.  With it, the attempts that follow are refused,
+		 * or find no local port while P waits out its TIME_WAIT. */
+		r = xport_connect("127.0.0.1:40000", 300, NULL, &x);
+		if (r == 0 || x)
+			_exit(1);
+		if (r != -ECONNREFUSED && r != -EADDRNOTAVAIL) {
+			fprintf(stderr, "connect: %d %s\n", r, err_msg());
+			_exit(2);
+		}
+		/* P is free for a listener, and a connect reaches it. */
+		if (xport_listen("127.0.0.1:40000", &lfd, bound, sizeof(bound)) < 0)
+			_exit(3);
+		if (xport_connect("127.0.0.1:40000", SAFETY_TIMEOUT_MS, NULL, &x) < 0)
+			_exit(4);
+		if (xport_accept(lfd, SAFETY_TIMEOUT_MS, NULL, &s) < 0)
+			_exit(5);
+		xport_close(x);
+		xport_close(s);
+		close(lfd);
+		_exit(0);
+	}
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_true(WIFEXITED(st));
+	if (WEXITSTATUS(st) == 77)
+		skip(); /* no network namespace of our own here */
+	assert_int_equal(WEXITSTATUS(st), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1199,6 +1307,7 @@ int main(void)
 		cmocka_unit_test(test_connect_closed_port),
 		cmocka_unit_test(test_connect_refused),
 		cmocka_unit_test(test_connect_retries),
+		cmocka_unit_test(test_connect_not_to_self),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
