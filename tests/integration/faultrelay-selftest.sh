@@ -246,6 +246,13 @@ grep -q "fault join-reply type=0x85 n=1 rev=35 (held)" "$T/join.log" &&
 	{ cat "$T/join.log" >&2; fail "join-reply: log"; }
 pass "--join-reply 0x85 --join-reply 0x82: held, then passed on with the next message and at EOF"
 
+run dup "$T/small.in" "$R" 1 --dup-reply 0x85 --dup-reply 0x84:3
+expect_replies dup 81:00000001 84:0000000000000001 85:0000000000000007 85:0000000000000007 \
+	84:0000000000000002 84:0000000000000003 84:0000000000000003 82:
+cmp -s "$T/small.in" "$T/dup.dst" || fail "dup-reply: forward bytes changed"
+[ "$(grep -c "fault dup-reply" "$T/dup.log")" = 2 ] || { cat "$T/dup.log" >&2; fail "dup-reply: log"; }
+pass "--dup-reply 0x85 --dup-reply 0x84:3: each passed on twice, the rest once"
+
 start=$(date +%s%N)
 run stallreply "$T/small.in" "$R" 0.5 --stall-after-reply 0x84:1:1.5
 took=$((($(date +%s%N) - start) / 1000000))

@@ -52,12 +52,22 @@ check write-unannounced "a WRITE record, which this stream did not announce" yes
 check write-sequence "write 2 out of sequence .expected 1." yes
 check write-beyond "write of 5 bytes at offset [0-9]+ beyond device d0" yes
 
+# accepted LABEL SEED FAULT [receive options]: a crafted stream the
+# receiver must take, into a fresh d.img of random data (SEED).
+accepted() {
+	local label=$1 seed=$2 fault=$3
+	shift 3
+	rm -f "$T/d.img"
+	make_random "$T/d.img" $size "$seed"
+	start_receiver "$label" --device d0="$T/d.img" "$@"
+	"$BLKMIG_CRAFT" --to "127.0.0.1:$RECV_PORT" --size $size --fault "$fault" >"$T/$label.craft" 2>&1 ||
+		{ cat "$T/$label.craft" >&2; fail "$fault: craft"; }
+	wait_rc "$RECV_PID"
+	[ "$RC" = 0 ] || { cat "$T/$label.err" >&2; fail "$fault: refused"; }
+}
+
 # The same stream, well formed, is accepted: the faults above are the cause.
-rm -f "$T/d.img"
-make_random "$T/d.img" $size 62
-start_receiver ok --device d0="$T/d.img"
-"$BLKMIG_CRAFT" --to "127.0.0.1:$RECV_PORT" --size $size --fault ok >"$T/ok.craft" 2>&1 || fail "ok: craft"
-wait_rc "$RECV_PID"; [ "$RC" = 0 ] || { cat "$T/ok.err" >&2; fail "ok: the well-formed stream was refused"; }
+accepted ok 62 ok
 python3 - "$T/d.img" <<'PY' || fail "ok: contents"
 import sys
 d = open(sys.argv[1], "rb").read()
@@ -69,23 +79,15 @@ pass "well-formed crafted stream accepted"
 
 # A shared-base stream is accepted when the receiver opts in; the chunk it
 # leaves out keeps the image's own data.
-rm -f "$T/d.img"
-make_random "$T/d.img" $size 62
-cp "$T/d.img" "$T/base.img"
-start_receiver sb --device d0="$T/d.img" --shared-base
-"$BLKMIG_CRAFT" --to "127.0.0.1:$RECV_PORT" --size $size --fault shared-base >"$T/sb.craft" 2>&1 || fail "shared-base: craft"
-wait_rc "$RECV_PID"; [ "$RC" = 0 ] || { cat "$T/sb.err" >&2; fail "shared-base: refused with --shared-base"; }
+make_random "$T/base.img" $size 62
+accepted sb 62 shared-base --shared-base
 cmp -n $MiB "$T/d.img" "$T/base.img" || fail "shared-base: the chunk not sent was changed"
 is_marked "$T/d.img" && fail "shared-base: still marked"
 pass "shared-base stream accepted with receive --shared-base"
 
 # A mirrored WRITE (active mode) is applied over the chunk it lands in,
 # acknowledged, and the digests agree.
-rm -f "$T/d.img"
-make_random "$T/d.img" $size 62
-start_receiver mo --device d0="$T/d.img"
-"$BLKMIG_CRAFT" --to "127.0.0.1:$RECV_PORT" --size $size --fault mirror-ok >"$T/mo.craft" 2>&1 || { cat "$T/mo.craft" >&2; fail "mirror-ok: craft"; }
-wait_rc "$RECV_PID"; [ "$RC" = 0 ] || { cat "$T/mo.err" >&2; fail "mirror-ok: refused"; }
+accepted mo 62 mirror-ok
 [ "$(dd if="$T/d.img" bs=1 skip=1000 count=5 status=none)" = hello ] || fail "mirror-ok: the WRITE is not in the image"
 pass "a mirrored WRITE is applied and acknowledged"
 
@@ -93,17 +95,9 @@ pass "a mirrored WRITE is applied and acknowledged"
 # a WRITE sent then lands and is acknowledged; a chunk record sent then
 # (a source that does not wait for SYNCED) waits for that pass end and
 # lands over it.  craft's digests must match the image either way.
-rm -f "$T/d.img"
-make_random "$T/d.img" $size 63
-start_receiver ma --device d0="$T/d.img"
-"$BLKMIG_CRAFT" --to "127.0.0.1:$RECV_PORT" --size $size --fault mirror-after-eos >"$T/ma.craft" 2>&1 || { cat "$T/ma.craft" >&2; fail "mirror-after-eos: craft"; }
-wait_rc "$RECV_PID"; [ "$RC" = 0 ] || { cat "$T/ma.err" >&2; fail "mirror-after-eos: refused"; }
+accepted ma 63 mirror-after-eos
 [ "$(dd if="$T/d.img" bs=1 skip=1000 count=5 status=none)" = hello ] || fail "mirror-after-eos: the WRITE is not in the image"
 pass "a mirrored WRITE sent while the receiver syncs the pass is applied and acknowledged"
-rm -f "$T/d.img"
-make_random "$T/d.img" $size 64
-start_receiver da --device d0="$T/d.img"
-"$BLKMIG_CRAFT" --to "127.0.0.1:$RECV_PORT" --size $size --fault data-after-eos >"$T/da.craft" 2>&1 || { cat "$T/da.craft" >&2; fail "data-after-eos: craft"; }
-wait_rc "$RECV_PID"; [ "$RC" = 0 ] || { cat "$T/da.err" >&2; fail "data-after-eos: refused"; }
+accepted da 64 data-after-eos
 grep -q "receiver acknowledged" "$T/da.craft" || fail "data-after-eos: not acknowledged"
 pass "a chunk record sent before the pass's SYNCED waits for that pass end and lands"

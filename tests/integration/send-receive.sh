@@ -101,3 +101,24 @@ grep -q "fault join-reply type=0x84 n=2" "$T/join.relay.log" ||
 	{ cat "$T/join.relay.log" >&2; fail "joined answers: the relay did not hold the final SYNCED"; }
 [ "$(json_field "$T/join.json" "['iterations']")" = 2 ] || fail "joined answers: not a bulk and a final pass"
 pass "the final SYNCED and the ACK arrive together"
+
+# An answer nothing asked for: the bulk pass's SYNCED comes twice.  The
+# source takes the copy for the final pass's (and finds it counts one pass
+# of two) or meets it before that; either way it stops with one line, and
+# the receiver has not committed.
+make_random "$T/dup.img" $((8 * MiB)) 32
+start_receiver dup --device d0="$T/dup.dst" --create
+start_relay dup "$RECV_PORT" --dup-reply 0x84:1
+"$BLKMIG" send --to "127.0.0.1:$RELAY_PORT" --device d0="$T/dup.img" --timeout 20 --retry-for 0 \
+	>/dev/null 2>"$T/dup.send.err"
+expect_error $? 1 "$T/dup.send.err" \
+	"destination (synced 1 passes, 2 were sent|sent SYNCED, which nothing asked for)"
+[ "$(wc -l <"$T/dup.send.err")" = 1 ] || { cat "$T/dup.send.err" >&2; fail "answer twice: more than one line"; }
+grep -q "fault dup-reply type=0x84 n=1" "$T/dup.relay.log" ||
+	{ cat "$T/dup.relay.log" >&2; fail "answer twice: the relay did not repeat the SYNCED"; }
+wait_rc "$RECV_PID"; [ "$RC" != 0 ] || fail "answer twice: the receiver completed"
+is_marked "$T/dup.dst" || fail "answer twice: the image is not marked incomplete"
+# Nothing was handed over: the image is still the source's to send.
+"$BLKMIG" send --to 127.0.0.1:1 --retry-for 0 --device d0="$T/dup.img" >/dev/null 2>"$T/dup.again.err"
+expect_error $? 1 "$T/dup.again.err" "connect to 127.0.0.1:1: Connection refused"
+pass "a SYNCED sent twice: $(cat "$T/dup.send.err")"

@@ -36,6 +36,9 @@ docs/wire-format.md), so new message types need no change here:
                                           send (two answers that reach the
                                           source at once), or at the
                                           destination's EOF
+  --dup-reply TYPE[:N]                    pass that message on twice, the
+                                          copy right behind it (an answer
+                                          the source did not ask for)
 
 TYPE is a number, 0x84 or 132.  Every option above may be given more than
 once.  A cut waits (up to 2 s) for what was already forwarded to reach the
@@ -148,6 +151,7 @@ def parse_args(argv):
     p.add_argument("--stall-after-reply", action="append", default=[])
     p.add_argument("--drop-reply", action="append", default=[])
     p.add_argument("--join-reply", action="append", default=[])
+    p.add_argument("--dup-reply", action="append", default=[])
     p.add_argument("--control", help="FIFO for cut/stall/resume commands")
     p.add_argument("--log", help="append a line per connection and fault here")
     p.add_argument("--exit-after", type=int, default=0, help="exit once N connections have ended")
@@ -200,6 +204,10 @@ def parse_args(argv):
     for s in a.join_reply:
         t, n, _ = parse_reply(s, "--join-reply")
         a.join.add((t, n))
+    a.dup = set()
+    for s in a.dup_reply:
+        t, n, _ = parse_reply(s, "--dup-reply")
+        a.dup.add((t, n))
     return a
 
 
@@ -241,6 +249,8 @@ class Conn:
         self.reply_points = dict(a.reply_points) if faulty else {}
         self.drop = set(a.drop) if faulty else set()
         self.join = set(a.join) if faulty else set()
+        self.dup = set(a.dup) if faulty else set()
+        self.copy = None       # --dup-reply: the message being read, whole
         self.held = b""        # --join-reply: bytes held back until the next message ends
         self.joining = False
         # Reverse framing: header bytes held back, body bytes left, the
@@ -355,10 +365,14 @@ class Conn:
                 self.cur_drop = (t, cnt) in self.drop
                 if not self.cur_drop:
                     out.append(self.hdr)
+                if (t, cnt) in self.dup:
+                    self.copy = [self.hdr]
                 self.hdr = b""
             take = min(self.body_left, n - i)
             if take and not self.cur_drop:
                 out.append(data[i:i + take])
+            if take and self.copy is not None:
+                self.copy.append(data[i:i + take])
             i += take
             self.body_left -= take
             if self.body_left:
@@ -372,6 +386,11 @@ class Conn:
                 self.cur_drop = False
                 self.fault("drop-reply %s fwd=%d rev=%d" % (where, self.fwd.sent, side.count + i))
                 continue
+            if self.copy is not None:
+                self.dup.discard((t, cnt))
+                out.append(b"".join(self.copy))
+                self.copy = None
+                self.fault("dup-reply %s rev=%d" % (where, side.count + i))
             if (t, cnt) in self.join:
                 self.join.discard((t, cnt))
                 self.held += b"".join(out)
