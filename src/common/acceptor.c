@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "error.h"
+#include "util.h"
 
 /* Pause after accept() fails for lack of resources, so it does not spin. */
 #define ACCEPT_RETRY_MS 100
@@ -63,6 +64,7 @@ static void *conn_thread(void *arg)
 	struct acc_conn *c = arg;
 	struct acc *a = c->acc;
 
+	thread_name("bm-conn");
 	a->ops->run(c->conn);
 	pthread_mutex_lock(&a->lock);
 	a->nlive--;
@@ -146,6 +148,7 @@ static void *accept_main(void *arg)
 	struct acc *a = arg;
 	bool backoff = false;
 
+	thread_name("bm-accept");
 	while (!atomic_load(&a->stopping)) {
 		struct pollfd p[2] = {
 			{ .fd = a->wake_fd, .events = POLLIN },

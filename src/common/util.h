@@ -151,4 +151,16 @@ static inline bool mono_passed(const struct timespec *deadline)
 /* Sleep for ns nanoseconds, restarting after signals. */
 void sleep_ns(uint64_t ns);
 
+/* Name the calling thread (at most 15 bytes are kept), so that top -H,
+ * ps -L and perf say which of the daemon's threads is which. */
+void thread_name(const char *name);
+
+/*
+ * Mark the calling thread as bulk work (SCHED_BATCH): it keeps its fair
+ * share of the CPU, but waking up does not preempt a thread that is
+ * running, so a client's write is not cut short by a copy thread that a
+ * free queue slot woke onto its CPU.  Best effort: a failure is ignored.
+ */
+void thread_bulk(void);
+
 #endif

@@ -339,8 +339,11 @@ static void *ck_sync_main(void *arg)
 {
 	struct dst *d = arg;
 	/* A writer's failure is its own (the write's message). */
-	int r = d->ck_pool ? dstw_wait_done(d->ck_pool, d->ck_upto) : 0;
+	int r;
 
+	thread_name("bm-dst-ckpt");
+	thread_bulk();
+	r = d->ck_pool ? dstw_wait_done(d->ck_pool, d->ck_upto) : 0;
 	if (r == 0)
 		r = flush_devices(d, "checkpoint: ");
 	for (unsigned i = 0; r == 0 && has_id(d) && i < d->ndev; i++) {
@@ -1044,8 +1047,10 @@ static int checkpoint(struct dst *d, uint64_t bytes)
 static void *pe_main(void *arg)
 {
 	struct dst *d = arg;
-	int r = dstw_wait_done(d->writers, d->pe_upto);
+	int r;
 
+	thread_name("bm-dst-passend");
+	r = dstw_wait_done(d->writers, d->pe_upto);
 	if (r == 0)
 		r = ck_join(d);
 	if (r == 0)

@@ -160,6 +160,7 @@ static void *writer_main(void *arg)
 	struct dstw_writer *wr = arg;
 	struct dstw *w = wr->pool;
 
+	thread_name("bm-dst-writer");
 	pthread_mutex_lock(&w->lock);
 	for (;;) {
 		struct dstw_slot *s;

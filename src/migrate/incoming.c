@@ -238,6 +238,7 @@ static void *conn_main(void *arg)
 	bool joined = false;
 	int r = 0;
 
+	thread_name("bm-incoming");
 	p.claim = claim;
 	p.claim_user = c;
 	xport_set_cancel(c->x, c->stop);

@@ -176,6 +176,7 @@ static void *job_main(void *arg)
 				.cancel = j->cancel };
 	int r;
 
+	thread_name("bm-job");
 	j->p.session = &j->sess;
 	r = src_migrate(&j->p, j->devs, j->ndev, &rt, &st);
 	if (r < 0 && st.state != MIG_FAILED && st.state != MIG_CANCELLED)

@@ -404,6 +404,7 @@ static void *cancel_main(void *arg)
 	struct pollfd fds[2] = { { .fd = cancel_fd(j->cancel), .events = POLLIN },
 				 { .fd = j->stop_fd, .events = POLLIN } };
 
+	thread_name("bm-src-cancel");
 	for (;;) {
 		if (poll(fds, 2, -1) < 0 && errno != EINTR)
 			return NULL;
@@ -626,6 +627,7 @@ static void *watchdog_main(void *arg)
 {
 	struct src_job *j = arg;
 
+	thread_name("bm-src-watchdog");
 	pthread_mutex_lock(&j->pause_lock);
 	while (!j->watchdog_quit) {
 		uint64_t now = now_ns(), held;

@@ -154,6 +154,8 @@ static void *reader_main(void *arg)
 	ZSTD_CCtx *cctx = j->p.compress != MIG_COMPRESS_OFF ? ZSTD_createCCtx() : NULL;
 	unsigned seen = 0;
 
+	thread_name("bm-src-reader");
+	thread_bulk();
 	pthread_mutex_lock(&j->lock);
 	for (;;) {
 		struct result res = { 0 };

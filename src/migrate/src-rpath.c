@@ -72,6 +72,7 @@ static void *rp_main(void *arg)
 {
 	struct src_job *j = arg;
 
+	thread_name("bm-src-rpath");
 	wire_stream_allow(j->rs, NATIVE_ALLOW(NATIVE_MSG_SYNCED) | NATIVE_ALLOW(NATIVE_MSG_ACK) |
 				     NATIVE_ALLOW(NATIVE_MSG_WACK) | NATIVE_ALLOW(NATIVE_MSG_DONE) |
 				     NATIVE_ALLOW(NATIVE_MSG_EXPORT) |

@@ -452,6 +452,7 @@ static void *dial_main(void *arg)
 	int timeout = x->timeout_ms > 0 ? x->timeout_ms : XPORT_DEFAULT_TIMEOUT_MS;
 	uint8_t join[XPORT_JOIN_LEN];
 
+	thread_name("bm-dial");
 	d->r = xport_dial(x->dial_to, timeout, x->cancel, x->dial_tls, &d->lane);
 	if (d->r == 0) {
 		xport_set_cancel(d->lane, x->cancel);

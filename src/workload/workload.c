@@ -160,6 +160,7 @@ static void *writer_main(void *arg)
 	uint64_t start = now_ns(), n = 0;
 	uint8_t *buf = malloc(bs);
 
+	thread_name("bm-workload");
 	if (!buf) {
 		pthread_mutex_lock(&w->lock); /* workload_get_stats() reads it */
 		w->stopped_by = -ENOMEM;

@@ -11,6 +11,8 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <pthread.h>
+#include <sched.h>
 #include <string.h>
 
 #include "common/error.h"
@@ -295,14 +297,48 @@ static void test_checked_arith(void **state)
 	assert_int_equal(div_round_up(UINT64_MAX, 2), UINT64_C(1) << 63);
 }
 
+/* A thread's name is what ps and perf show, cut to 15 bytes; a bulk
+ * thread is SCHED_BATCH, and only it. */
+static void *named_bulk_main(void *arg)
+{
+	char *got = arg;
+
+	thread_name("bm-a-name-longer-than-fifteen");
+	thread_bulk();
+	if (pthread_getname_np(pthread_self(), got, 32) != 0)
+		got[0] = 0;
+	if (sched_getscheduler(0) != SCHED_BATCH)
+		got[0] = 0;
+	return NULL;
+}
+
+static void test_thread_name_and_bulk(void **state)
+{
+	char got[32] = "";
+	pthread_t th;
+
+	(void)state;
+	assert_int_equal(pthread_create(&th, NULL, named_bulk_main, got), 0);
+	assert_int_equal(pthread_join(th, NULL), 0);
+	assert_string_equal(got, "bm-a-name-longe");
+	/* Only the thread that asked. */
+	assert_int_equal(sched_getscheduler(0), SCHED_OTHER);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_parse_size_ok), cmocka_unit_test(test_parse_size_errors),
-		cmocka_unit_test(test_parse_rate),    cmocka_unit_test(test_parse_duration),
-		cmocka_unit_test(test_fmt_bytes),     cmocka_unit_test(test_str_escape),
-		cmocka_unit_test(test_be_layout),     cmocka_unit_test(test_be_round_trip),
-		cmocka_unit_test(test_range_inside),  cmocka_unit_test(test_checked_arith),
+		cmocka_unit_test(test_parse_size_ok),
+		cmocka_unit_test(test_parse_size_errors),
+		cmocka_unit_test(test_parse_rate),
+		cmocka_unit_test(test_parse_duration),
+		cmocka_unit_test(test_fmt_bytes),
+		cmocka_unit_test(test_str_escape),
+		cmocka_unit_test(test_be_layout),
+		cmocka_unit_test(test_be_round_trip),
+		cmocka_unit_test(test_range_inside),
+		cmocka_unit_test(test_checked_arith),
+		cmocka_unit_test(test_thread_name_and_bulk),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
