@@ -79,6 +79,10 @@ int blk_flush(struct blk *b)
 
 bool blk_is_hole(struct blk *b, uint64_t off, uint64_t len)
 {
+	assert(b && b->ops);
+	if (b->ops->is_hole)
+		return len == 0 ||
+		       (range_inside(off, len, b->size) && b->ops->is_hole(b, off, len));
 	while (len > 0) {
 		uint64_t pnum = 0;
 		bool alloc = true;

@@ -43,6 +43,12 @@ struct blk_ops {
 	int (*block_status)(struct blk *b, uint64_t off, uint64_t len, uint64_t *pnum,
 			    bool *allocated);
 	/*
+	 * Optional: whether [off, off+len) (checked by the caller) is wholly
+	 * a hole, as blk_is_hole(), where the backend can tell more cheaply
+	 * than block_status can.  NULL: blk_is_hole() walks block_status.
+	 */
+	bool (*is_hole)(struct blk *b, uint64_t off, uint64_t len);
+	/*
 	 * Optional hint: start writing [off, off+len) back to stable storage
 	 * without waiting, so a later flush has less to do.  Durability still
 	 * needs flush.  NULL: nothing to start.

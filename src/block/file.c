@@ -420,6 +420,43 @@ all_allocated:
 	return 0;
 }
 
+/*
+ * blk_is_hole() for a file, with as little of the file system's attention
+ * as it can: the source asks it of every chunk it copies, while clients
+ * write.  lseek(SEEK_DATA) and SEEK_HOLE take the inode's lock (ext4,
+ * xfs, tmpfs), which a buffered write needs exclusively: a client's 4 KiB
+ * write that met a copy's lseek slept until it was woken, the tail of its
+ * latency during a migration (docs/benchmarks.md, "Dirty-pass latency").
+ *
+ * - A file with at least as many bytes of blocks as of data has no hole
+ *   worth finding, and fstat takes no lock.  (Blocks of metadata can hide
+ *   a small hole: that costs a read of zeros, which are then sent as
+ *   zeros; "not a hole" is never wrong, only slower.)
+ * - Otherwise one SEEK_DATA says it: data at or past the range's end, or
+ *   none up to the end of the file, is a hole.  block_status would also
+ *   ask SEEK_HOLE, to say how far data goes, which this does not need.
+ */
+static bool file_is_hole(struct blk *b, uint64_t off, uint64_t len)
+{
+	struct file_blk *f = to_file(b);
+	struct stat st;
+	off_t data;
+	int e;
+
+	if (atomic_load(&f->no_seek_data))
+		return false;
+	if (fstat(f->fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_blocks >= 0 &&
+	    (uint64_t)st.st_blocks >= ((uint64_t)st.st_size + 511) / 512)
+		return false;
+	data = lseek(f->fd, (off_t)off, SEEK_DATA);
+	if (data >= 0)
+		return (uint64_t)data >= off + len;
+	e = errno;
+	if (unsupported(e) || e == EINVAL)
+		atomic_store(&f->no_seek_data, true);
+	return e == ENXIO;
+}
+
 /* ---- open and close ------------------------------------------------------- */
 
 static void file_close(struct blk *b)
@@ -623,6 +660,7 @@ static const struct blk_ops file_ops = {
 	.zero = file_zero,
 	.trim = file_trim,
 	.block_status = file_block_status,
+	.is_hole = file_is_hole,
 	.writeback = file_writeback,
 	.close = file_close,
 };

@@ -369,6 +369,11 @@ static int track_flush(struct blk *b)
 	return r;
 }
 
+static bool track_is_hole(struct blk *b, uint64_t off, uint64_t len)
+{
+	return blk_is_hole(read_target(b), off, len);
+}
+
 static int track_block_status(struct blk *b, uint64_t off, uint64_t len, uint64_t *pnum,
 			      bool *allocated)
 {
@@ -559,5 +564,6 @@ static const struct blk_ops track_ops = {
 	.zero = track_zero,
 	.trim = track_trim,
 	.block_status = track_block_status,
+	.is_hole = track_is_hole,
 	.close = track_close,
 };

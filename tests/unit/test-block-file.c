@@ -360,6 +360,79 @@ static void test_block_status(void **state)
 	blk_close(b);
 }
 
+/* Whether [off, off + len) is a hole, the long way: walking block_status. */
+static bool walked_hole(struct blk *b, uint64_t off, uint64_t len)
+{
+	uint64_t pnum;
+	bool alloc;
+
+	while (len > 0) {
+		assert_int_equal(blk_block_status(b, off, len, &pnum, &alloc), 0);
+		if (alloc)
+			return false;
+		off += pnum;
+		len -= pnum;
+	}
+	return true;
+}
+
+/*
+ * blk_is_hole() asks the file directly (one SEEK_DATA, or none for a file
+ * with no room for holes): the same answers as walking block_status, on
+ * the file and through the tracking layer, and never a stale one.
+ */
+static void test_is_hole(void **state)
+{
+	struct fixture *fx = *state;
+	struct blk *b = open_or_fail(fx->path, BLK_OPEN_CREATE, 4 * MiB), *t;
+	static const uint64_t offs[] = { 0,	  4096,	   MiB - 4096,	  MiB, MiB + 64 * 1024,
+					 2 * MiB, 3 * MiB, 4 * MiB - 4096 };
+	static const uint64_t lens[] = { 4096, 64 * 1024, MiB - 4096, MiB, MiB + 4096, 2 * MiB };
+	uint8_t *buf = malloc(4 * MiB);
+
+	assert_non_null(buf);
+	require_holes(b);
+	memset(buf, 0x5a, 4 * MiB);
+	assert_int_equal(blk_pwrite(b, buf, 64 * 1024, MiB), 0);
+	assert_int_equal(blk_track_open(b, &t), 0);
+
+	assert_true(blk_is_hole(t, 0, MiB));
+	assert_false(blk_is_hole(t, 0, MiB + 1));
+	assert_false(blk_is_hole(t, MiB + 100, 10));
+	assert_true(blk_is_hole(t, 2 * MiB, 2 * MiB)); /* no data to the end */
+	assert_true(blk_is_hole(t, 4 * MiB - 1, 1));
+	assert_true(blk_is_hole(t, MiB, 0));
+	assert_false(blk_is_hole(t, 4 * MiB - 1, 2)); /* past the end: "read it" */
+	for (size_t i = 0; i < sizeof(offs) / sizeof(offs[0]); i++)
+		for (size_t k = 0; k < sizeof(lens) / sizeof(lens[0]); k++) {
+			uint64_t len = MIN(lens[k], 4 * MiB - offs[i]);
+
+			if (blk_is_hole(t, offs[i], len) != walked_hole(b, offs[i], len))
+				fail_msg("is_hole(%" PRIu64 ", %" PRIu64 ") differs from "
+					 "block_status",
+					 offs[i], len);
+		}
+
+	/* A write through the layer is seen at once. */
+	assert_int_equal(blk_pwrite(t, buf, 4096, 3 * MiB), 0);
+	assert_false(blk_is_hole(t, 2 * MiB, 2 * MiB));
+	assert_true(blk_is_hole(t, 2 * MiB, MiB));
+
+	/* Every block written: no lseek needed, nothing is a hole. */
+	assert_int_equal(blk_pwrite(t, buf, 4 * MiB, 0), 0);
+	assert_int_equal(blk_flush(t), 0);
+	for (size_t i = 0; i < sizeof(offs) / sizeof(offs[0]); i++)
+		assert_false(blk_is_hole(t, offs[i], 4096));
+	/* A hole punched in it is found again. */
+	assert_int_equal(blk_zero(t, MiB, MiB, BLK_ZERO_MAY_TRIM), 0);
+	assert_true(blk_is_hole(t, MiB, MiB));
+	assert_true(blk_is_hole(t, MiB + 4096, 4096));
+	assert_false(blk_is_hole(t, MiB - 4096, 8192));
+	assert_false(blk_is_hole(t, MiB, MiB + 4096));
+	blk_close(t);
+	free(buf);
+}
+
 /* ---- errors --------------------------------------------------------------- */
 
 static void test_range_errors(void **state)
@@ -759,6 +832,7 @@ int main(void)
 		FT(test_zero_may_trim_makes_hole),
 		FT(test_trim),
 		FT(test_block_status),
+		FT(test_is_hole),
 		FT(test_range_errors),
 		FT(test_readonly),
 		FT(test_write_error_message),
