@@ -29,10 +29,21 @@
 # machine at nearly the same time.  --dst-opts adds options to the
 # destination's `serve --incoming` (its --cache, say).
 #
+# Mode "hog" is a control row, not a migration: for --limit seconds a
+# shell busy loop takes one CPU (about what a migration takes of this
+# 2-vCPU test machine) and the writer is measured as during a migration.
+# A lock-free tracking path leaves the writer no worse off in dirty mode
+# than it is beside any other load of the same size; this row says how
+# much that is on the machine at hand.
+#
 # --link wanN runs the two daemons as two hosts of bench/wan.sh's emulated
 # WAN (N ms round trip at --wan-rate, 1gbit by default; root only), where
 # a mirrored write costs at least one round trip; --bandwidth 0 leaves the
 # migration uncapped, so that it fills the link.
+#
+# --dst-dir DIR puts the destination's image in DIR (on another file
+# system, say, as it would be on another host: on one, the destination's
+# writeback and journal commits are the source's too).
 #
 # --dst-nice N runs the destination daemon at that nice value: on one
 # machine both daemons share its CPUs, where between two hosts the
@@ -44,6 +55,7 @@
 #                     [--max-downtime 300] [--baseline BLKMIG]
 #                     [--dst-opts "--cache none"]
 #                     [--link loopback|wanN] [--wan-rate 1gbit] [--dst-nice N]
+#                     [--dst-dir DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 size=1G bw=100M limit=60 quiet=3 maxdt=300 baseline= link=loopback wan_rate=1gbit
@@ -63,7 +75,8 @@ while [ $# -gt 0 ]; do
 	--link) link=$2; shift 2 ;;
 	--wan-rate) wan_rate=$2; shift 2 ;;
 	--dst-nice) DST_WRAP="nice -n $2"; shift 2 ;;
-	*) echo "usage: bench/converge.sh [--size SIZE] [--bandwidth RATE|0] [--limit SECS] [--rates LIST] [--sizes LIST] [--modes LIST] [--quiet-secs N] [--max-downtime MS] [--baseline BLKMIG] [--dst-opts OPTS] [--link loopback|wanN] [--wan-rate RATE] [--dst-nice N]" >&2; exit 2 ;;
+	--dst-dir) DST_DIR=$2; shift 2 ;;
+	*) echo "usage: bench/converge.sh [--size SIZE] [--bandwidth RATE|0] [--limit SECS] [--rates LIST] [--sizes LIST] [--modes LIST] [--quiet-secs N] [--max-downtime MS] [--baseline BLKMIG] [--dst-opts OPTS] [--link loopback|wanN] [--wan-rate RATE] [--dst-nice N] [--dst-dir DIR]" >&2; exit 2 ;;
 	esac
 done
 # 0 would mean "the default" to blkmig, and the goal checked would not be
@@ -135,6 +148,21 @@ for bs in $sizes; do
 			ctl "$W/src.sock" query-workload '{"reset": true}' >/dev/null
 			sleep "$quiet"
 			base=$(ctl "$W/src.sock" query-workload '{"reset": true}')
+			if [ "$mode" = hog ]; then
+				t0=$(now)
+				timeout "$limit" sh -c 'while :; do :; done' || true
+				during=$(ctl "$W/src.sock" query-workload)
+				secs=$("$PY" -c "print('%.1f' % ($(now) - $t0))")
+				printf '%-6s %-4s %-5s %-6s | %-4s %7s %8s %6s %8s %8s %8s | %7sus %7sus %8s | %7sus %7sus %7sus %7sus %8s\n' \
+					"$build" "$bs" "$rate" "$mode" - "$secs" - - - - - \
+					"$(field "$base" latency-p50-us)" "$(field "$base" latency-p99-us)" \
+					"$(write_rate "$base" "$quiet")" \
+					"$(field "$during" latency-p50-us)" "$(field "$during" latency-p99-us)" \
+					"$(field_or "$during" latency-p999-us)" "$(field "$during" latency-max-us)" \
+					"$(write_rate "$during" "$secs")"
+				stop
+				continue
+			fi
 			"$BLKMIG" migrate --control "$W/src.sock" --to "$dst_addr" \
 				"${cap[@]}" --max-downtime "$maxdt" --mode "$mode" >/dev/null
 			# One process polls until the end or the limit: a poll loop

@@ -11,7 +11,8 @@
 #   start SPEC / stop       a destination `serve --incoming` and a source
 #                           `serve --workload d0,SPEC` on a copy of base.img
 #                           ($spid, $dpid; $W/src.sock, $W/dst.ports);
-#                           $DST_OPTS: more options for the destination
+#                           $DST_OPTS: more options for the destination;
+#                           $DST_DIR: where its image goes (default $W)
 #   warm_memory FILE        touch, and free, 1.5x FILE's allocated size
 #                           of page cache (see below)
 
@@ -51,10 +52,11 @@ start() {
 	[ -z "${DST_NS:-}" ] || { dns=(ip netns exec "$DST_NS"); dip=$DST_IP; notls=(--no-tls); }
 	# The records a completed migration leaves (the source's hand-over
 	# fence, the destination's state) belong to the previous run.
-	cp "$W/base.img" "$W/src.img"; rm -f "$W/dst.img" "$W"/*.ports "$W"/*.blkmig-*
+	local dimg=${DST_DIR:-$W}/dst.img
+	cp "$W/base.img" "$W/src.img"; rm -f "$dimg" "$dimg".blkmig-* "$W"/*.ports "$W"/*.blkmig-*
 	# shellcheck disable=SC2086 # DST_WRAP is words (e.g. "nice -n 19")
 	"${dns[@]}" ${DST_WRAP:-} "$BLKMIG" serve --nbd 127.0.0.1:0 --port-file "$W/dst.ports" --incoming "$dip:0" "${notls[@]}" \
-		--device d0="$W/dst.img" --create ${DST_OPTS:-} 2>"$W/dst.log" &
+		--device d0="$dimg" --create ${DST_OPTS:-} 2>"$W/dst.log" &
 	dpid=$!
 	"${sns[@]}" "$BLKMIG" serve --nbd 127.0.0.1:0 --port-file "$W/src.ports" --control "$W/src.sock" --device d0="$W/src.img" \
 		--workload "d0,$1,seed=3" 2>"$W/src.log" &

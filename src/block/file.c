@@ -426,7 +426,7 @@ all_allocated:
  * write.  lseek(SEEK_DATA) and SEEK_HOLE take the inode's lock (ext4,
  * xfs, tmpfs), which a buffered write needs exclusively: a client's 4 KiB
  * write that met a copy's lseek slept until it was woken, the tail of its
- * latency during a migration (docs/benchmarks.md, "Dirty-pass latency").
+ * latency during a migration (README, "Benchmarks").
  *
  * - A file with at least as many bytes of blocks as of data has no hole
  *   worth finding, and fstat takes no lock.  (Blocks of metadata can hide
