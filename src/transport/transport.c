@@ -200,11 +200,11 @@ int xport_accept(int lfd, int timeout_ms, struct cancel *cancel, struct xport **
 
 /*
  * Whether a connected socket is connected to itself (and if so, set to be
- * aborted when closed).  TCP lets a connect to
- * a local port nobody listens on pick that same port as its own and open
- * simultaneously with itself: the connect "succeeds", the listener that
- * comes up later cannot bind, and the peer we wait for is our own echo.
- * Retrying refusals against a local port makes it a matter of time.
+ * aborted when closed).  TCP lets a connect to a local port nobody listens
+ * on pick that same port as its own and open simultaneously with itself:
+ * the connect "succeeds", the listener that comes up later cannot bind,
+ * and the peer we wait for is our own echo.  Retrying refusals against a
+ * local port makes it a matter of time.
  */
 static bool connected_to_self(int fd)
 {
