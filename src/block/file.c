@@ -366,57 +366,67 @@ static int file_trim(struct blk *b, uint64_t off, uint64_t len)
 
 /* ---- block status --------------------------------------------------------- */
 
+/*
+ * Where the first data at or after off is (lseek SEEK_DATA): 0 with *data
+ * set, or with *data -1 when there is none up to the end of the file; 1
+ * when the file system cannot tell (everything then counts as data, and it
+ * is not asked again); or a negative errno (err_set).  lseek() moves the
+ * shared file offset, but only pread()/pwrite() use this descriptor, and
+ * they ignore it.
+ */
+static int seek_data(struct file_blk *f, uint64_t off, off_t *data)
+{
+	int e;
+
+	if (atomic_load(&f->no_seek_data))
+		return 1;
+	*data = lseek(f->fd, (off_t)off, SEEK_DATA);
+	if (*data >= 0)
+		return 0;
+	e = errno;
+	if (e == ENXIO) {
+		*data = -1;
+		return 0;
+	}
+	if (unsupported(e) || e == EINVAL) {
+		atomic_store(&f->no_seek_data, true);
+		return 1;
+	}
+	return err_set(e, "lseek SEEK_DATA %s at offset %" PRIu64 ": %s", f->path, off,
+		       strerror(e));
+}
+
 static int file_block_status(struct blk *b, uint64_t off, uint64_t len, uint64_t *pnum,
 			     bool *allocated)
 {
 	struct file_blk *f = to_file(b);
 	off_t data, hole;
-	int e;
+	int r = seek_data(f, off, &data);
 
-	/*
-	 * lseek() moves the shared file offset, but only pread()/pwrite()
-	 * use this descriptor, and they ignore it.
-	 */
-	if (atomic_load(&f->no_seek_data))
-		goto all_allocated;
-	data = lseek(f->fd, (off_t)off, SEEK_DATA);
-	if (data < 0) {
-		e = errno;
-		if (e == ENXIO) {
-			/* No data from off to the end of the file. */
-			*pnum = len;
-			*allocated = false;
-			return 0;
-		}
-		if (unsupported(e) || e == EINVAL) {
-			atomic_store(&f->no_seek_data, true);
-			goto all_allocated;
-		}
-		return err_set(e, "lseek SEEK_DATA %s at offset %" PRIu64 ": %s", f->path, off,
-			       strerror(e));
-	}
-	if ((uint64_t)data > off) {
-		*pnum = MIN((uint64_t)data - off, len);
+	if (r < 0)
+		return r;
+	if (r == 0 && (data < 0 || (uint64_t)data > off)) {
+		/* A hole up to the data, or to the end of the file. */
+		*pnum = data < 0 ? len : MIN((uint64_t)data - off, len);
 		*allocated = false;
 		return 0;
 	}
+	*pnum = len;
+	*allocated = true;
+	if (r > 0)
+		return 0;
 	hole = lseek(f->fd, (off_t)off, SEEK_HOLE);
 	if (hole < 0) {
-		e = errno;
-		return err_set(e, "lseek SEEK_HOLE %s at offset %" PRIu64 ": %s", f->path, off,
-			       strerror(e));
+		r = errno;
+		return err_set(r, "lseek SEEK_HOLE %s at offset %" PRIu64 ": %s", f->path, off,
+			       strerror(r));
 	}
 	/*
 	 * hole == off only if a hole was punched between the two calls;
 	 * reporting data is always safe, so say the whole range is data.
 	 */
-	*pnum = (uint64_t)hole > off ? MIN((uint64_t)hole - off, len) : len;
-	*allocated = true;
-	return 0;
-
-all_allocated:
-	*pnum = len;
-	*allocated = true;
+	if ((uint64_t)hole > off)
+		*pnum = MIN((uint64_t)hole - off, len);
 	return 0;
 }
 
@@ -441,20 +451,11 @@ static bool file_is_hole(struct blk *b, uint64_t off, uint64_t len)
 	struct file_blk *f = to_file(b);
 	struct stat st;
 	off_t data;
-	int e;
 
-	if (atomic_load(&f->no_seek_data))
-		return false;
 	if (fstat(f->fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_blocks >= 0 &&
 	    (uint64_t)st.st_blocks >= ((uint64_t)st.st_size + 511) / 512)
 		return false;
-	data = lseek(f->fd, (off_t)off, SEEK_DATA);
-	if (data >= 0)
-		return (uint64_t)data >= off + len;
-	e = errno;
-	if (unsupported(e) || e == EINVAL)
-		atomic_store(&f->no_seek_data, true);
-	return e == ENXIO;
+	return seek_data(f, off, &data) == 0 && (data < 0 || (uint64_t)data >= off + len);
 }
 
 /* ---- open and close ------------------------------------------------------- */

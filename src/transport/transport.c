@@ -233,22 +233,22 @@ static int connect_wait(int fd, const struct addrinfo *ai, uint64_t deadline, st
 	socklen_t sl = sizeof(int);
 	int e = 0, r;
 
-	if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
-		return connected_to_self(fd) ? ECONNREFUSED : 0;
-	if (errno != EINPROGRESS)
-		return errno;
-	/* Polls at least once, so a refusal already answered is reported as
-	 * such even with no time left. */
-	r = cancel_poll(cancel, fd, POLLOUT, deadline);
-	if (r == 0)
-		return ETIMEDOUT;
-	if (r < 0)
-		return -r;
-	if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &sl) < 0)
-		return errno;
-	if (e == 0 && connected_to_self(fd))
-		return ECONNREFUSED;
-	return e;
+	if (connect(fd, ai->ai_addr, ai->ai_addrlen) < 0) {
+		if (errno != EINPROGRESS)
+			return errno;
+		/* Polls at least once, so a refusal already answered is
+		 * reported as such even with no time left. */
+		r = cancel_poll(cancel, fd, POLLOUT, deadline);
+		if (r == 0)
+			return ETIMEDOUT;
+		if (r < 0)
+			return -r;
+		if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &sl) < 0)
+			return errno;
+		if (e)
+			return e;
+	}
+	return connected_to_self(fd) ? ECONNREFUSED : 0;
 }
 
 int xport_connect(const char *hostport, int timeout_ms, struct cancel *cancel, struct xport **out)
