@@ -92,6 +92,10 @@ static int show_record(struct walk *w, const struct wire_item *it)
 			       off, esc(rec->name), rec->seq, rec->offset, rec->length,
 			       rec->op == WIRE_WRITE_ZERO ? "zero" : "data");
 		break;
+	case WIRE_REC_FENCE:
+		if (!w->quiet)
+			printf("    %10" PRIu64 "  FENCE after write %" PRIu64 "\n", off, rec->seq);
+		break;
 	case WIRE_REC_ZSTD: /* the stream yields a compressed chunk as DATA */
 		break;
 	case WIRE_REC_DATA:

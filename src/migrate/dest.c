@@ -35,6 +35,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -123,6 +124,24 @@ struct dst {
 	/* Held around the ops that send while a pass end may run: the
 	 * engine's write_queued, the pass end's pass_end. */
 	pthread_mutex_t send_lock;
+	/*
+	 * The write lane (active mode, native; docs/write-lane.md): its
+	 * thread (wl_main) applies the WRITEs it carries.  Under wl_lock:
+	 * wl_recs, the chunk records the engine has handed to the writers
+	 * (a WRITE waits for its 'after'); wl_applied, the last WRITE the
+	 * lane applied (a FENCE waits for it); wl_done, the thread has
+	 * stopped (its failure in wl); what its writes did, which the engine
+	 * takes in at each FENCE (wl_take()).
+	 */
+	struct xport *wlx;
+	struct dst_bg wl;
+	pthread_mutex_t wl_lock;
+	pthread_cond_t wl_cond;
+	uint64_t wl_recs, wl_applied;
+	bool wl_quit, wl_done;
+	atomic_bool wl_waiting; /* the lane waits for wl_recs: wake it */
+	uint64_t wl_writes, wl_bytes;
+	bool wl_written[NATIVE_MAX_DEVICES];
 	uint64_t differing; /* verify: chunks the source found different */
 	struct mig_stats st;
 };
@@ -748,19 +767,13 @@ static int writers_for_mirror(struct dst *d)
  * under 4 KiB random writes) made the final pause's read-back as large as
  * the device.
  */
-static int apply_write(struct dst *d, const struct wire_record *rec, uint64_t rec_off)
+static int queue_write(struct dst *d, struct dst_dev *dev, const struct wire_record *rec,
+		       uint64_t rec_off, uint64_t expect)
 {
-	struct dst_dev *dev = find_dev(d, rec->name);
 	uint32_t cs = d->offer.chunk_size;
 	uint64_t end, off;
-	int r = writers_for_mirror(d);
+	int r;
 
-	if (r < 0)
-		return r;
-	/* The reader refuses WRITE records a handshake did not announce. */
-	assert(d->offer.mirror && d->f->ops->write_queued);
-	if (!dev)
-		return unknown_device(rec, rec_off);
 	if (ckd_add_u64(&end, rec->offset, rec->length) || end > dev->size)
 		return err_set(ERANGE,
 			       "record at stream offset %llu: write of %u bytes at offset %llu "
@@ -768,14 +781,12 @@ static int apply_write(struct dst *d, const struct wire_record *rec, uint64_t re
 			       (unsigned long long)rec_off, rec->length,
 			       (unsigned long long)rec->offset, dev->shown,
 			       (unsigned long long)dev->size);
-	if (rec->seq != d->wseq + 1)
+	if (rec->seq != expect)
 		return err_set(EBADMSG,
 			       "record at stream offset %llu: write %llu out of sequence "
 			       "(expected %llu)",
 			       (unsigned long long)rec_off, (unsigned long long)rec->seq,
-			       (unsigned long long)d->wseq + 1);
-	d->unsynced = d->wrote = true;
-	dev->written = true;
+			       (unsigned long long)expect);
 	for (off = rec->offset; off < end;) {
 		uint64_t next = MIN(end, (off / cs + 1) * cs);
 		struct dstw_job job = {
@@ -794,16 +805,256 @@ static int apply_write(struct dst *d, const struct wire_record *rec, uint64_t re
 			return r;
 		off = next;
 	}
+	dirty_mark(dev->carried, rec->offset, rec->length);
+	return 0;
+}
+
+static int apply_write(struct dst *d, const struct wire_record *rec, uint64_t rec_off)
+{
+	struct dst_dev *dev = find_dev(d, rec->name);
+	int r = writers_for_mirror(d);
+
+	if (r < 0)
+		return r;
+	/* The reader refuses WRITE records a handshake did not announce. */
+	assert(d->offer.mirror && d->f->ops->write_queued);
+	if (d->wlx)
+		return err_set(EPROTO,
+			       "record at stream offset %llu: a WRITE on the main stream, while "
+			       "the write lane carries them",
+			       (unsigned long long)rec_off);
+	if (!dev)
+		return unknown_device(rec, rec_off);
+	r = queue_write(d, dev, rec, rec_off, d->wseq + 1);
+	if (r < 0)
+		return r;
+	d->unsynced = d->wrote = true;
+	dev->written = true;
 	d->wseq = rec->seq;
 	pthread_mutex_lock(&d->send_lock);
 	r = d->f->ops->write_queued(d->f, rec->seq);
 	pthread_mutex_unlock(&d->send_lock);
 	if (r < 0)
 		return r;
-	dirty_mark(dev->carried, rec->offset, rec->length);
 	d->st.mirror_writes++;
 	d->st.mirror_bytes += rec->length;
 	return 0;
+}
+
+/* ---- the write lane ------------------------------------------------------------- */
+
+/* The engine handed one more chunk record to the writers. */
+static void wl_record_done(struct dst *d)
+{
+	if (!d->wlx)
+		return;
+	pthread_mutex_lock(&d->wl_lock);
+	d->wl_recs++;
+	if (atomic_load(&d->wl_waiting))
+		pthread_cond_broadcast(&d->wl_cond);
+	pthread_mutex_unlock(&d->wl_lock);
+}
+
+/* Engine: take in what the lane's writes did (at a FENCE, which they all
+ * precede). */
+static void wl_take(struct dst *d)
+{
+	pthread_mutex_lock(&d->wl_lock);
+	if (d->wl_writes) {
+		d->unsynced = d->wrote = true;
+		d->st.mirror_writes += d->wl_writes;
+		d->st.mirror_bytes += d->wl_bytes;
+		d->wl_writes = d->wl_bytes = 0;
+	}
+	for (unsigned i = 0; i < d->ndev; i++)
+		if (d->wl_written[i])
+			d->dev[i].written = true;
+	pthread_mutex_unlock(&d->wl_lock);
+}
+
+/* The lane thread, until the engine's chunk records reach 'after' (lock
+ * held): 0, or -ETIMEDOUT after the idle timeout, or -ECANCELED to stop. */
+static int wl_await_recs(struct dst *d, uint64_t after, uint64_t seq)
+{
+	int timeout = xport_get_timeout(d->wlx);
+	struct timespec ts = mono_deadline((uint64_t)(timeout > 0 ? timeout : 0) * 1000000u);
+
+	while (d->wl_recs < after && !d->wl_quit) {
+		atomic_store(&d->wl_waiting, true);
+		if (timeout <= 0)
+			pthread_cond_wait(&d->wl_cond, &d->wl_lock);
+		else if (pthread_cond_timedwait(&d->wl_cond, &d->wl_lock, &ts) == ETIMEDOUT &&
+			 d->wl_recs < after)
+			return err_set(ETIMEDOUT,
+				       "write %llu follows chunk record %llu, which did not come "
+				       "in %d s (%llu came)",
+				       (unsigned long long)seq, (unsigned long long)after,
+				       timeout / 1000, (unsigned long long)d->wl_recs);
+	}
+	atomic_store(&d->wl_waiting, false);
+	return d->wl_quit ? -ECANCELED : 0;
+}
+
+/* One message off the lane: its WRITE record decoded into *rec (pointing
+ * into buf) and its 'after'.  1 at the lane's clean end, 0, or an error. */
+static int wl_read(struct dst *d, uint8_t *buf, struct wire_record *rec, uint64_t *after)
+{
+	uint32_t cs = d->offer.chunk_size, len;
+	uint8_t hdr[NATIVE_LANE_HDR];
+	size_t got = 0, used = 0;
+	int r = xport_read(d->wlx, hdr, sizeof(hdr), &got);
+
+	if (r == -ECONNRESET && got == 0)
+		return 1;
+	if (r == 0)
+		r = native_lane_decode(hdr, WIRE_REC_HDR_MAX + cs, after, &len);
+	if (r == 0)
+		r = xport_read(d->wlx, buf, len, NULL);
+	if (r == 0) {
+		r = wire_rec_decode(buf, len, cs, rec, &used);
+		if (r == -EAGAIN || (r == 0 && used != len))
+			r = err_set(EBADMSG, "a message of %u bytes holds a record of %zu", len,
+				    used);
+		else if (r == 0 && rec->kind != WIRE_REC_WRITE)
+			r = err_set(EBADMSG, "a record other than WRITE");
+	}
+	return r;
+}
+
+/*
+ * The lane's thread: each WRITE, once the chunk records it follows are
+ * with the writers, is queued to its chunks' writers as on the main
+ * stream (apply_write()) and acknowledged on the lane.  A failure ends the
+ * engine's reading too (as a pass end's does), and is the one reported.
+ */
+static void *wl_main(void *arg)
+{
+	struct dst *d = arg;
+	uint8_t *buf = malloc(WIRE_REC_HDR_MAX + (size_t)d->offer.chunk_size);
+	int r = buf ? 0 : err_set(ENOMEM, "no memory for the write lane");
+
+	thread_name("bm-dst-wlane");
+	while (r == 0) {
+		uint8_t ack[NATIVE_FRAME_HDR + 8];
+		struct wire_record rec;
+		struct dst_dev *dev;
+		uint64_t after = 0;
+
+		r = wl_read(d, buf, &rec, &after);
+		if (r == 1) {
+			r = 0;
+			break;
+		}
+		if (r < 0)
+			break;
+		dev = find_dev(d, rec.name);
+		if (!dev) {
+			r = unknown_device(&rec, 0);
+			break;
+		}
+		pthread_mutex_lock(&d->wl_lock);
+		if (getenv("WLDEBUG")) fprintf(stderr, "DBG dst lane seq %llu after %llu recs %llu\n", (unsigned long long)rec.seq, (unsigned long long)after, (unsigned long long)d->wl_recs);
+		r = wl_await_recs(d, after, rec.seq);
+		pthread_mutex_unlock(&d->wl_lock);
+		if (r == 0)
+			r = queue_write(d, dev, &rec, 0, d->wl_applied + 1);
+		if (r == 0)
+			r = native_wack_encode(ack, sizeof(ack), rec.seq);
+		if (r > 0)
+			r = xport_write(d->wlx, ack, (size_t)r);
+		if (r == 0)
+			r = xport_flush(d->wlx);
+		if (r < 0)
+			break;
+		pthread_mutex_lock(&d->wl_lock);
+		d->wl_applied = rec.seq;
+		d->wl_writes++;
+		d->wl_bytes += rec.length;
+		d->wl_written[dev - d->dev] = true;
+		pthread_cond_broadcast(&d->wl_cond);
+		pthread_mutex_unlock(&d->wl_lock);
+	}
+	free(buf);
+	pthread_mutex_lock(&d->wl_lock);
+	if (r < 0 && r != -ECANCELED && !d->wl_quit) {
+		bg_fail(&d->wl, err_prefix(-r, "write lane: "));
+		/* The engine sees it at its next record, or its wait for one
+		 * ends (as a failed pass end's does). */
+		xport_shutdown_read(d->f->x);
+	}
+	d->wl_done = true;
+	pthread_cond_broadcast(&d->wl_cond);
+	pthread_mutex_unlock(&d->wl_lock);
+	return NULL;
+}
+
+/* Engine, at a FENCE: until the lane has applied write seq. */
+static int wl_fence(struct dst *d, uint64_t seq, uint64_t rec_off)
+{
+	int timeout = xport_get_timeout(d->f->x);
+	struct timespec ts = mono_deadline((uint64_t)(timeout > 0 ? timeout : 0) * 1000000u);
+	int r = 0;
+
+	if (!d->wlx)
+		return err_set(EPROTO, "record at stream offset %llu: a FENCE, but no write lane "
+				       "joined",
+			       (unsigned long long)rec_off);
+	pthread_mutex_lock(&d->wl_lock);
+	if (getenv("WLDEBUG")) fprintf(stderr, "DBG dst fence %llu applied %llu recs %llu\n", (unsigned long long)seq, (unsigned long long)d->wl_applied, (unsigned long long)d->wl_recs);
+	while (d->wl_applied < seq && !d->wl_done) {
+		if (timeout <= 0) {
+			pthread_cond_wait(&d->wl_cond, &d->wl_lock);
+		} else if (pthread_cond_timedwait(&d->wl_cond, &d->wl_lock, &ts) == ETIMEDOUT &&
+			   d->wl_applied < seq) {
+			r = err_set(ETIMEDOUT,
+				    "record at stream offset %llu: FENCE after write %llu, which "
+				    "did not come in %d s (%llu came)",
+				    (unsigned long long)rec_off, (unsigned long long)seq,
+				    timeout / 1000, (unsigned long long)d->wl_applied);
+			break;
+		}
+	}
+	if (r == 0 && d->wl_applied < seq)
+		r = d->wl.err ? -d->wl.err
+			      : err_set(EPROTO,
+					"record at stream offset %llu: FENCE after write %llu, but "
+					"the write lane closed after write %llu",
+					(unsigned long long)rec_off, (unsigned long long)seq,
+					(unsigned long long)d->wl_applied);
+	if (r < 0 && d->wl.err)
+		err_copy_in(d->wl.msg);
+	pthread_mutex_unlock(&d->wl_lock);
+	if (r == 0)
+		wl_take(d);
+	return r;
+}
+
+static int wl_start(struct dst *d)
+{
+	int r;
+
+	d->wlx = xport_write_lane(d->f->x);
+	if (!d->wlx)
+		return 0;
+	/* Its writes go to writer threads, beside the engine's records. */
+	r = writers_for_mirror(d);
+	if (r < 0)
+		return r;
+	return bg_start(&d->wl, wl_main, d, "the write lane's thread");
+}
+
+/* Stop the lane's thread: its failure, if it failed, or 0. */
+static int wl_stop(struct dst *d)
+{
+	if (!d->wl.running)
+		return 0;
+	pthread_mutex_lock(&d->wl_lock);
+	d->wl_quit = true;
+	pthread_cond_broadcast(&d->wl_cond);
+	pthread_mutex_unlock(&d->wl_lock);
+	/* Ends its read, or a WACK stuck on a stalled link. */
+	shutdown(xport_fd(d->wlx), SHUT_RDWR);
+	return bg_join(&d->wl);
 }
 
 /* Every chunk handed to the writers is applied (or the first failure). */
@@ -1330,6 +1581,8 @@ static int run(struct dst *d)
 		r = ops->accept(d->f);
 	if (r == 0)
 		r = offer_held(d);
+	if (r == 0)
+		r = wl_start(d);
 	if (r < 0)
 		return r;
 	d->st.state = MIG_BULK;
@@ -1339,6 +1592,15 @@ static int run(struct dst *d)
 		uint64_t bytes;
 
 		r = ops->next(d->f, &ev);
+		/* The write lane failed: its failure stopped our reading. */
+		if (r < 0 && d->wl.running) {
+			pthread_mutex_lock(&d->wl_lock);
+			if (d->wl.err) {
+				err_copy_in(d->wl.msg);
+				r = -d->wl.err;
+			}
+			pthread_mutex_unlock(&d->wl_lock);
+		}
 		/* A pass end in the background is joined before anything but
 		 * a WRITE record, and once it has failed: then it also ended
 		 * our reading (a wait for a source that waits for SYNCED), and
@@ -1366,10 +1628,17 @@ static int run(struct dst *d)
 					       "record at stream offset %llu: a verify-only "
 					       "source sent data",
 					       (unsigned long long)ev.offset);
-			if (ev.rec->kind == WIRE_REC_WRITE)
+			if (ev.rec->kind == WIRE_REC_FENCE) {
+				r = wl_fence(d, ev.rec->seq, ev.offset);
+				break;
+			}
+			if (ev.rec->kind == WIRE_REC_WRITE) {
 				r = apply_write(d, ev.rec, ev.offset);
-			else
+			} else {
 				r = apply(d, ev.rec, ev.offset);
+				if (r == 0)
+					wl_record_done(d);
+			}
 			/* A checkpoint bounds what a dropped connection costs
 			 * again: a ZERO record costs next to nothing to resend
 			 * (only the clock triggers checkpoints for them). */
@@ -1433,10 +1702,29 @@ int dst_run(const struct dst_params *p, struct xport *x, struct cancel *cancel,
 	d->caps = &ops->caps;
 	d->st.state = MIG_SETUP;
 	pthread_mutex_init(&d->send_lock, NULL);
+	pthread_mutex_init(&d->wl_lock, NULL);
+	{
+		/* Its waits have mono_deadline()s. */
+		pthread_condattr_t ca;
+
+		pthread_condattr_init(&ca);
+		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+		pthread_cond_init(&d->wl_cond, &ca);
+		pthread_condattr_destroy(&ca);
+	}
 	xport_set_cancel(x, cancel);
 	r = ops->open(p, x, &d->f);
 	if (r == 0)
 		r = run(d);
+	if (d->wl.running) {
+		/* The engine's outcome stands; the lane's failure was taken
+		 * in already if it caused it. */
+		char msg[1024];
+
+		snprintf(msg, sizeof(msg), "%s", err_msg());
+		(void)wl_stop(d);
+		err_copy_in(msg);
+	}
 	if (d->pe.running) {
 		/* The engine failed first (the pass end would have been
 		 * joined otherwise): its message stands. */
@@ -1485,6 +1773,8 @@ int dst_run(const struct dst_params *p, struct xport *x, struct cancel *cancel,
 		*st = d->st;
 	ops->close(d->f);
 	pthread_mutex_destroy(&d->send_lock);
+	pthread_mutex_destroy(&d->wl_lock);
+	pthread_cond_destroy(&d->wl_cond);
 	free(d->scratch);
 	free(d);
 	return r;

@@ -22,6 +22,7 @@ struct native_fmt {
 	bool aborted;	/* the source sent ABORT: it hears nothing more */
 	bool forward;	/* HELLO asked where the NBD export is (FORWARD) */
 	unsigned lanes; /* connections HELLO asked for (LANES); 1: none */
+	bool wlane;	/* HELLO asked for the write lane */
 };
 
 static int send_frame(struct dst_fmt *f, int n, const uint8_t *buf)
@@ -62,6 +63,7 @@ static int native_handshake(struct dst_fmt *f, struct dst_offer *o)
 	memcpy(o->dev, h->dev, h->ndev * sizeof(h->dev[0]));
 	((struct native_fmt *)f)->forward = h->caps & NATIVE_CAP_FORWARD;
 	((struct native_fmt *)f)->lanes = h->caps & NATIVE_CAP_LANES ? h->lanes : 1;
+	((struct native_fmt *)f)->wlane = h->caps & NATIVE_CAP_WLANE;
 	/* The engine checks which of these may come when. */
 	wire_stream_allow(f->ws,
 			  NATIVE_ALLOW(NATIVE_MSG_BLOCKS) | NATIVE_ALLOW(NATIVE_MSG_COMPLETE) |
@@ -119,27 +121,31 @@ static int send_export(struct dst_fmt *f)
  * listener hands them to x), and from then on the source's bytes come
  * striped over them.
  */
-static int offer_lanes(struct dst_fmt *f, unsigned asked)
+static int offer_lanes(struct dst_fmt *f, unsigned asked, bool wlane)
 {
-	uint8_t buf[NATIVE_FRAME_HDR + 2 + NATIVE_TOKEN_LEN];
+	uint8_t buf[NATIVE_FRAME_HDR + 2 + NATIVE_TOKEN_LEN + 2];
 	unsigned max = f->p->max_connections ? f->p->max_connections : MIG_DEFAULT_MAX_CONNECTIONS;
-	struct native_lanes l = { .count = (uint16_t)MIN(asked, max) };
+	struct native_lanes l = { .count = (uint16_t)MIN(asked, max), .has_flags = wlane };
+	bool joins;
 	int r;
 
 	/* Without a listener to route joins here (dst_run() called on its
-	 * own), none could arrive: one connection. */
+	 * own), none could arrive: one connection, no write lane. */
 	if (!f->p->claim)
 		l.count = 1;
+	else if (wlane)
+		l.flags = NATIVE_LANES_WLANE;
+	joins = l.count > 1 || l.flags;
 
 	if (getrandom(l.token, sizeof(l.token), 0) != (ssize_t)sizeof(l.token))
 		return err_set(EIO, "cannot pick a join token: %s", strerror(errno));
-	if (l.count > 1) {
-		r = xport_lanes_offer(f->x, l.count, l.token);
+	if (joins) {
+		r = xport_lanes_offer(f->x, l.count, l.token, l.flags & NATIVE_LANES_WLANE);
 		if (r < 0)
 			return r;
 	}
 	r = send_frame(f, native_lanes_encode(buf, sizeof(buf), &l), buf);
-	if (r == 0 && l.count > 1)
+	if (r == 0 && joins)
 		r = xport_lanes_wait(f->x, xport_get_timeout(f->x));
 	/* 1: the source spoke on this connection first (an ABORT, say, after
 	 * a join of its failed): the stream reads it, unstriped. */
@@ -150,13 +156,14 @@ static int native_accept(struct dst_fmt *f)
 {
 	uint8_t buf[NATIVE_FRAME_HDR + 8];
 	unsigned lanes = ((struct native_fmt *)f)->lanes;
+	bool wlane = ((struct native_fmt *)f)->wlane;
 	int r = send_frame(f, native_ready_encode(buf, sizeof(buf), NATIVE_VERSION), buf);
 
 	/* Right after READY, before STATE: the source reads it first. */
 	if (r == 0 && ((struct native_fmt *)f)->forward)
 		r = send_export(f);
-	if (r == 0 && lanes > 1)
-		r = offer_lanes(f, lanes);
+	if (r == 0 && (lanes > 1 || wlane))
+		r = offer_lanes(f, lanes, wlane);
 	return r < 0 ? err_prefix(-r, "handshake: ") : 0;
 }
 

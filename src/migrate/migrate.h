@@ -202,6 +202,9 @@ struct src_session {
 	/* The destination refused compressed chunks (src_params.compress
 	 * AUTO): the next connection offers none.  Set by the engine. */
 	bool compress_refused;
+	/* The destination refused the write lane (an older one): the next
+	 * connection offers none.  Set by the engine. */
+	bool wlane_refused;
 	/* Figures over every connection so far (the job's start from them). */
 	uint64_t switchovers, abandoned, max_pause_ns;
 	/*

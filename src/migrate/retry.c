@@ -82,7 +82,7 @@ int src_migrate(const struct src_params *params, const struct src_device *devs, 
 	struct src_session own;
 	uint64_t backoff = RETRY_FIRST_NS, give_up = 0;
 	unsigned corruptions = 0, tries = 0;
-	bool refused = false;
+	bool refused = false, wl_refused = false;
 	int r;
 
 	if (!p.session) {
@@ -127,6 +127,14 @@ int src_migrate(const struct src_params *params, const struct src_device *devs, 
 			if (rt->log)
 				rt->log(rt->user, "the destination does not accept compressed "
 						  "chunks: sending them as they are");
+			continue;
+		}
+		/* An older destination refused the write lane: the same. */
+		if (r < 0 && !wl_refused && p.session->wlane_refused) {
+			wl_refused = true;
+			if (rt->log)
+				rt->log(rt->user, "the destination does not take a write lane: "
+						  "mirrored writes share the one connection");
 			continue;
 		}
 		/* Only a migration that has begun is resumed: a first

@@ -222,6 +222,7 @@ static int init_sync(struct src_job *j)
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&j->done_cond, &ca);
 	pthread_cond_init(&j->wack_cond, &ca);
+	pthread_cond_init(&j->wl_cond, NULL);
 	pthread_cond_init(&j->pause_cond, &ca);
 	pthread_condattr_destroy(&ca);
 	j->mq_tail = &j->mq_head;
@@ -331,6 +332,7 @@ void src_free(struct src_job *j)
 		pthread_cond_destroy(&j->work_cond);
 		pthread_cond_destroy(&j->done_cond);
 		pthread_cond_destroy(&j->wack_cond);
+		pthread_cond_destroy(&j->wl_cond);
 		pthread_cond_destroy(&j->pause_cond);
 		pthread_mutex_destroy(&j->pause_lock);
 		pthread_mutex_destroy(&j->lock);
@@ -1048,6 +1050,7 @@ int src_run(struct src_job *j, struct xport *x)
 	}
 	/* From here on no thread but this one uses the transport. */
 	mirror_stop(j);
+	wl_stop(j);
 	rp_stop(j);
 	wire_stream_free(j->rs);
 	j->rs = NULL;

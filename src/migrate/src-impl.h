@@ -7,6 +7,8 @@
  *   src-readers.c the reader pool: claims chunks, reads them, queues results
  *   src-rpath.c   the return path: the thread that hears the destination
  *   src-mirror.c  active mode: client writes queued to the engine, WACKs
+ *   src-wlane.c   active mode's write lane: queued writes on a connection
+ *                 of their own, and the FENCEs that keep their order
  *   src-native.c  the native stream format (struct src_format)
  *   src-qemu.c    QEMU 7.2's stream format (struct src_format)
  *
@@ -105,6 +107,7 @@ struct mirror_req {
 	const void *buf;
 	uint64_t off, len;
 	uint64_t qseq; /* its place in the queue (j->mq_seq when queued) */
+	uint64_t after; /* write lane: chunk records that must go first */
 	uint64_t seq;  /* the last WRITE sequence number it became (engine) */
 	bool queued;   /* still in the queue (j->lock) */
 	bool sending;  /* the engine is writing it (j->lock) */
@@ -162,6 +165,10 @@ struct live_pass {
 	bool bulk;
 	struct policy pol;
 };
+
+/* Write lane: how many of the last chunk records the engine remembers
+ * (src-wlane.c). */
+#define WL_RING 256
 
 /* The most answers the destination may have sent that the engine has
  * not taken yet (struct src_job's rp_q). */
@@ -245,6 +252,29 @@ struct src_job {
 	pthread_t rp_thread;
 	struct wire_stream *rs; /* what the destination says (native): read by
 				 * the engine until READY, then by the return path */
+
+	/*
+	 * The write lane (src-wlane.c), under lock but for wl itself, set in
+	 * the handshake: the sender takes the mirror queue, wl_busy is the
+	 * queue number of the write it is sending (0: none), wl_handed the
+	 * last WRITE it finished sending, wl_fenced the last a FENCE named.
+	 * wl_ring holds the last chunk records' (device, chunk, wl_recs
+	 * after it); wl_recs counts chunk records sent (engine only).
+	 * wl_closed: the destination closed the lane; writes are no longer
+	 * mirrored.
+	 */
+	struct xport *wl;
+	struct wire_stream *wl_rs;
+	pthread_cond_t wl_cond; /* the sender: a queued write, or quit */
+	pthread_t wl_send_thread, wl_recv_thread;
+	bool wl_send_running, wl_recv_running, wl_quit, wl_closed;
+	uint64_t wl_busy, wl_handed, wl_fenced;
+	uint64_t wl_recs;
+	struct {
+		unsigned dev;
+		uint64_t chunk, recs;
+	} wl_ring[WL_RING];
+	unsigned wl_ring_next, wl_ring_n;
 
 	/*
 	 * The switch-over's pause, under pause_lock (taken before a tracking
@@ -352,6 +382,28 @@ void mirror_start(struct src_job *j, const char *why);
 /* The migration is over: wake and release every writer, detach. */
 void mirror_stop(struct src_job *j);
 
+/* Send one write taken out of the queue (lock held, dropped while
+ * sending): WRITE records on the write lane if there is one, else on the
+ * main stream; then its chunks' hashes.  0 or the transport's error. */
+int mirror_send_one_locked(struct src_job *j, struct mirror_req *m);
+
+/* ---- src-wlane.c -------------------------------------------------------- */
+
+/* Start the lane's threads (after the handshake dialled j->wl). */
+int wl_start(struct src_job *j);
+void wl_stop(struct src_job *j);
+/* A chunk record for chunk c of device di is done (lock held). */
+void wl_note_locked(struct src_job *j, unsigned di, uint64_t c);
+/* The chunk records a write to chunks c0..c1 of di must follow (lock held). */
+uint64_t wl_after_locked(struct src_job *j, unsigned di, uint64_t c0, uint64_t c1);
+/* With a write lane: flush the main stream, whose buffered records a
+ * write on the lane may wait for (lock held, dropped meanwhile). */
+int wl_flush_locked(struct src_job *j);
+/* Before a chunk record or EOS: wait until the sender has taken every write
+ * queued up to the upto'th, then FENCE the last one sent (lock held,
+ * dropped while sending).  0 or a negative errno. */
+int wl_fence_locked(struct src_job *j, uint64_t upto);
+
 /* ---- src-rpath.c -------------------------------------------------------- */
 
 int rp_start(struct src_job *j);
@@ -359,6 +411,12 @@ void rp_stop(struct src_job *j);
 /* Wait for the destination's answer 'want' (SYNCED or ACK), sending
  * queued writes meanwhile; *value receives SYNCED's count. */
 int rp_await(struct src_job *j, uint8_t want, const char *what, uint64_t *value);
+/* Record the first failure heard (or of hearing) and wake every waiter
+ * (j->lock held). */
+void rp_fail_locked(struct src_job *j, int r);
+/* A WACK of write v arrived (j->lock held): 0, or -EPROTO for one that
+ * acknowledges nothing sent. */
+int rp_wack_locked(struct src_job *j, uint64_t v);
 /* A send failed: prefer the destination's own reason if it gave one. */
 int rp_explain(struct src_job *j, int r);
 /* Turn the destination's ERROR into this thread's error. */

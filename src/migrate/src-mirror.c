@@ -70,94 +70,123 @@ static int read_dev(void *arg, void *buf, size_t len, uint64_t off)
 	return blk_pread(arg, buf, len, off);
 }
 
-/* Put one write on the wire as WRITE records (engine, no lock held). */
-static int send_write(struct src_job *j, struct mirror_req *m, uint64_t *last_seq)
+/* One WRITE record's header (and, on the write lane, the lane's header
+ * before it) for the part of m at done: its length in *len. */
+static int write_header(struct src_job *j, struct mirror_req *m, uint64_t done, uint8_t *hdr,
+			uint32_t *len)
 {
 	struct src_dev *d = &j->dev[m->dev];
-	uint32_t cs = j->p.chunk_size;
+	size_t at = j->wl ? NATIVE_LANE_HDR : 0;
+	struct wire_record rec = {
+		.kind = WIRE_REC_WRITE,
+		.offset = m->off + done,
+		.length = (uint32_t)MIN(m->len - done, (uint64_t)j->p.chunk_size),
+		.op = m->op == TRACK_OP_WRITE ? WIRE_WRITE_DATA : WIRE_WRITE_ZERO,
+		.seq = j->wseq + 1,
+	};
+	int n;
+
+	snprintf(rec.name, sizeof(rec.name), "%s", d->name);
+	n = wire_rec_encode_header(hdr + at, &rec);
+	if (n < 0)
+		return n;
+	if (j->wl)
+		native_lane_encode(hdr, m->after,
+				   (uint32_t)n + (rec.op == WIRE_WRITE_DATA ? rec.length : 0));
+	*len = rec.length;
+	return (int)at + n;
+}
+
+/* Put one write on the wire as WRITE records (no lock held): on the write
+ * lane (its sender), or on the main stream (the engine). */
+static int send_write(struct src_job *j, struct mirror_req *m, uint64_t *last_seq)
+{
+	struct xport *x = j->wl ? j->wl : j->x;
 	uint64_t done = 0;
-	int r = src_open_blocks(j);
+	int r = j->wl ? 0 : src_open_blocks(j);
 
-	/* A writer waits for it: it goes before chunk records, within
-	 * half of the rate limit (xport_set_urgent()). */
-	xport_set_urgent(j->x, true);
+	/* A writer waits for it: on the main stream it goes before chunk
+	 * records, within half of the rate limit (xport_set_urgent()). */
+	if (!j->wl)
+		xport_set_urgent(x, true);
 	while (r == 0 && done < m->len) {
-		uint8_t hdr[WIRE_REC_HDR_MAX];
-		struct wire_record rec = {
-			.kind = WIRE_REC_WRITE,
-			.offset = m->off + done,
-			.length = (uint32_t)MIN(m->len - done, (uint64_t)cs),
-			.op = m->op == TRACK_OP_WRITE ? WIRE_WRITE_DATA : WIRE_WRITE_ZERO,
-			.seq = j->wseq + 1,
-		};
-		int n;
+		uint8_t hdr[NATIVE_LANE_HDR + WIRE_REC_HDR_MAX];
+		uint32_t len = 0;
+		int n = write_header(j, m, done, hdr, &len);
 
-		snprintf(rec.name, sizeof(rec.name), "%s", d->name);
-		n = wire_rec_encode_header(hdr, &rec);
 		if (n < 0) {
 			r = n;
 			break;
 		}
 		j->wseq++;
-		if (rec.op == WIRE_WRITE_DATA)
-			r = xport_write2(j->x, hdr, (size_t)n, (const uint8_t *)m->buf + done,
-					 rec.length);
+		if (m->op == TRACK_OP_WRITE)
+			r = xport_write2(x, hdr, (size_t)n, (const uint8_t *)m->buf + done, len);
 		else
-			r = xport_write(j->x, hdr, (size_t)n);
-		done += rec.length;
+			r = xport_write(x, hdr, (size_t)n);
+		done += len;
 	}
 	if (r == 0)
-		r = xport_flush(j->x);
-	xport_set_urgent(j->x, false);
+		r = xport_flush(x);
+	if (!j->wl)
+		xport_set_urgent(x, false);
 	*last_seq = j->wseq;
 	return r;
+}
+
+int mirror_send_one_locked(struct src_job *j, struct mirror_req *m)
+{
+	struct src_dev *d = &j->dev[m->dev];
+	uint64_t seq = 0, len = m->len;
+	int r;
+
+	m->queued = false;
+	m->sending = true;
+	/* Known to the return path before the destination can answer. */
+	j->wseq_sent = j->wseq + div_round_up(m->len, j->p.chunk_size);
+	pthread_mutex_unlock(&j->lock);
+
+	r = send_write(j, m, &seq);
+	/* The chunks' hashes, from the write's own bytes while its writer
+	 * still waits (m->sending): the destination does the same once it
+	 * applied it.  A chunk whose hash cannot be taken is marked dirty:
+	 * resent, and hashed then. */
+	if (r == 0 &&
+	    digest_update(d->dig, m->off, m->len, m->op == TRACK_OP_WRITE ? m->buf : NULL,
+			  read_dev, d->blk) < 0)
+		dirty_mark(d->dirty, m->off, m->len);
+
+	pthread_mutex_lock(&j->lock);
+	m->sending = false;
+	m->sent = r == 0;
+	m->seq = seq;
+	m->err = r;
+	/* Its writer waits for the WACK, which wakes it, unless that came
+	 * already, or the send failed, or the writer gave up: waking it for
+	 * nothing costs a busy machine two context switches per write. */
+	if (r < 0 || m->leaving || j->wacked >= seq)
+		pthread_cond_broadcast(&j->wack_cond);
+	if (r < 0)
+		return r; /* the transport's error is sticky */
+	pthread_mutex_unlock(&j->lock);
+	/* m may be gone now (its writer may have given up): only the copies
+	 * taken above are used. */
+	src_stats_update(j, mirror_fn, &len);
+	pthread_mutex_lock(&j->lock);
+	return 0;
 }
 
 int mirror_send_queued_locked(struct src_job *j, uint64_t upto)
 {
 	while (j->mq_head && j->mq_head->qseq <= upto) {
 		struct mirror_req *m = j->mq_head;
-		struct src_dev *d = &j->dev[m->dev];
-		uint64_t seq = 0, len = m->len;
 		int r;
 
 		j->mq_head = m->next;
 		if (!j->mq_head)
 			j->mq_tail = &j->mq_head;
-		m->queued = false;
-		m->sending = true;
-		/* Known to the return path before the destination can answer. */
-		j->wseq_sent = j->wseq + div_round_up(m->len, j->p.chunk_size);
-		pthread_mutex_unlock(&j->lock);
-
-		r = send_write(j, m, &seq);
-		/* The chunks' hashes, from the write's own bytes while its
-		 * writer still waits (m->sending): the destination does the
-		 * same once it applied it.  A chunk whose hash cannot be
-		 * taken is marked dirty: resent, and hashed then. */
-		if (r == 0 &&
-		    digest_update(d->dig, m->off, m->len, m->op == TRACK_OP_WRITE ? m->buf : NULL,
-				  read_dev, d->blk) < 0)
-			dirty_mark(d->dirty, m->off, m->len);
-
-		pthread_mutex_lock(&j->lock);
-		m->sending = false;
-		m->sent = r == 0;
-		m->seq = seq;
-		m->err = r;
-		/* Its writer waits for the WACK, which wakes it, unless that
-		 * came already, or the send failed, or the writer gave up:
-		 * waking it for nothing costs a busy machine two context
-		 * switches per write. */
-		if (r < 0 || m->leaving || j->wacked >= seq)
-			pthread_cond_broadcast(&j->wack_cond);
+		r = mirror_send_one_locked(j, m);
 		if (r < 0)
-			return r; /* the transport's error is sticky */
-		pthread_mutex_unlock(&j->lock);
-		/* m may be gone now (its writer may have given up): only the
-		 * copies taken above are used. */
-		src_stats_update(j, mirror_fn, &len);
-		pthread_mutex_lock(&j->lock);
+			return r;
 	}
 	return 0;
 }
@@ -183,13 +212,20 @@ static int mirror_submit(void *opaque, enum track_op op, const void *buf, uint64
 		ok = readers_copied_locked(j, di, c);
 	/* A failing or cancelled migration takes no more: the range is
 	 * marked dirty, and the writer does not come back for a WACK. */
-	ok = ok && !j->mirror_stop && !j->rp_err && !j->mirror_suspended && !src_cancelled(j);
+	ok = ok && !j->mirror_stop && !j->rp_err && !j->mirror_suspended && !src_cancelled(j) &&
+	     !j->wl_closed;
 	if (ok) {
 		m->queued = true;
 		m->qseq = ++j->mq_seq;
 		*j->mq_tail = m;
 		j->mq_tail = &m->next;
-		pthread_cond_broadcast(&j->done_cond);
+		/* The lane's sender takes it; otherwise the engine. */
+		if (j->wl) {
+			m->after = wl_after_locked(j, di, c0, c1);
+			pthread_cond_signal(&j->wl_cond);
+		} else {
+			pthread_cond_broadcast(&j->done_cond);
+		}
 	}
 	pthread_mutex_unlock(&j->lock);
 	if (!ok) {
@@ -237,7 +273,8 @@ static int mirror_wait(void *opaque, uint64_t ticket)
 		/* The engine may be waiting for this write to drain: a cancel,
 		 * a failure or a silent destination must not hold it, or the
 		 * writer, for ever. */
-		if (m->err || j->rp_err || j->mirror_stop || src_cancelled(j) || timed_out)
+		if (m->err || j->rp_err || j->mirror_stop || src_cancelled(j) || timed_out ||
+		    j->wl_closed)
 			break;
 		timed_out = pthread_cond_timedwait(&j->wack_cond, &j->lock, &ts) == ETIMEDOUT;
 	}

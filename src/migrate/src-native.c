@@ -21,6 +21,23 @@ _Static_assert(NATIVE_TOKEN_LEN == XPORT_TOKEN_LEN && NATIVE_LANES_MAX == XPORT_
 
 /* ---- compression ---- */
 
+/* The capability bits an older destination named unknown when it refused
+ * HELLO ("unknown capability bits 0x...", native.c's own words), or 0. */
+static uint32_t unknown_bits(const char *reason)
+{
+	static const char words[] = "unknown capability bits 0x";
+	const char *p = strstr(reason, words);
+
+	return p ? (uint32_t)strtoul(p + sizeof(words) - 1, NULL, 16) : 0;
+}
+
+/* Whether HELLO offered the write lane: wherever writes may be mirrored,
+ * unless this destination refused it on an earlier connection. */
+static bool wlane_offered(const struct src_job *j)
+{
+	return !j->p.verify_only && !j->sess->wlane_refused;
+}
+
 /* Whether HELLO offered compressed chunks. */
 static bool compress_offered(const struct src_job *j)
 {
@@ -35,7 +52,7 @@ static bool compress_offered(const struct src_job *j)
 static bool compress_refused(const struct src_job *j, const struct native_error *e)
 {
 	return compress_offered(j) &&
-	       (e->err == ENOTSUP || strstr(e->reason, "unknown capability bits"));
+	       (e->err == ENOTSUP || (unknown_bits(e->reason) & NATIVE_CAP_COMPRESS));
 }
 
 /* AUTO: the next connection (src_migrate) offers none.  ZSTD: an error. */
@@ -64,6 +81,17 @@ static int await_ready(struct src_job *j, uint64_t *version)
 	r = wire_stream_next(j->rs, &it);
 	if (r < 0)
 		return err_prefix(-r, "waiting for the destination to accept the handshake: ");
+	/* An older destination: the next connection offers no write lane
+	 * (retry.c), and mirrored writes share the one stream. */
+	if (it.kind == WIRE_ITEM_ERROR && wlane_offered(j) &&
+	    (unknown_bits(it.error->reason) & NATIVE_CAP_WLANE)) {
+		j->sess->wlane_refused = true;
+		if (!compress_refused(j, it.error))
+			return err_set(EPROTONOSUPPORT,
+				       "the destination does not take a write lane (an older "
+				       "blkmig): connecting again with mirrored writes on one "
+				       "connection");
+	}
 	if (it.kind == WIRE_ITEM_ERROR && compress_refused(j, it.error))
 		return refused_compression(j);
 	if (it.kind == WIRE_ITEM_ERROR)
@@ -145,9 +173,10 @@ static int take_export(struct src_job *j, const struct native_export *e, bool *s
 static int take_lanes(struct src_job *j, const struct native_lanes *l, bool *seen)
 {
 	unsigned asked = MAX(j->p.connections, 1u);
+	bool wl = wlane_offered(j);
 	int r;
 
-	if (asked < 2)
+	if (asked < 2 && !wl)
 		return err_set(EPROTO, "the destination offered connections (LANES), which this "
 				       "source did not ask for");
 	if (*seen)
@@ -157,9 +186,16 @@ static int take_lanes(struct src_job *j, const struct native_lanes *l, bool *see
 		return err_set(EPROTO,
 			       "the destination accepts %u connections where %u were asked for",
 			       l->count, asked);
-	r = xport_lanes_connect(j->x, l->count, l->token);
+	if (l->has_flags != wl)
+		return err_set(EPROTO,
+			       "the destination's LANES %s whether the write lane may join, which "
+			       "this source %s",
+			       l->has_flags ? "says" : "does not say",
+			       wl ? "asked" : "did not ask");
+	r = xport_lanes_connect(j->x, l->count, l->token, l->flags & NATIVE_LANES_WLANE);
 	if (r < 0)
 		return r;
+	j->wl = xport_write_lane(j->x);
 	pthread_mutex_lock(&j->stats_lock);
 	j->stats.lanes = l->count;
 	pthread_mutex_unlock(&j->stats_lock);
@@ -282,6 +318,8 @@ static int native_open(struct src_job *j)
 		h.caps |= NATIVE_CAP_VERIFY;
 	else /* offered: the mode may change to active while running */
 		h.caps |= NATIVE_CAP_MIRROR;
+	if (wlane_offered(j))
+		h.caps |= NATIVE_CAP_WLANE;
 	/* Nothing to compress in a verify. */
 	if (compress_offered(j) && !j->p.verify_only)
 		h.caps |= NATIVE_CAP_COMPRESS;
@@ -299,7 +337,7 @@ static int native_open(struct src_job *j)
 		return err_prefix(-r, "handshake: ");
 	r = await_ready(j, &version);
 	/* An older destination refuses the capability bit it does not know. */
-	if (r < 0 && j->p.connections > 1 && strstr(err_msg(), "unknown capability bits"))
+	if (r < 0 && j->p.connections > 1 && (unknown_bits(err_msg()) & NATIVE_CAP_LANES))
 		r = err_prefix(-r, "the destination does not take --connections (an older blkmig? "
 				   "run with --connections 1): ");
 	if (r == 0)
@@ -308,7 +346,8 @@ static int native_open(struct src_job *j)
 		return r;
 	j->sess->accepted++;
 	src_compress_start(j, h.caps & NATIVE_CAP_COMPRESS);
-	return rp_start(j);
+	r = rp_start(j);
+	return r == 0 && j->wl ? wl_start(j) : r;
 }
 
 static int native_pass_begin(struct src_job *j, bool final)
@@ -324,6 +363,16 @@ static int native_pass_end(struct src_job *j, bool final)
 	int r = wire_rec_encode_header(hdr, &(struct wire_record){ .kind = WIRE_REC_EOS });
 
 	(void) final;
+	/* Every write queued in the pass (in the final one: every write)
+	 * precedes its end at the destination. */
+	if (r >= 0 && j->wl) {
+		int n = r;
+
+		pthread_mutex_lock(&j->lock);
+		r = wl_fence_locked(j, j->mq_seq);
+		pthread_mutex_unlock(&j->lock);
+		r = r < 0 ? r : n;
+	}
 	r = r < 0 ? r : xport_write(j->x, hdr, (size_t)r);
 	if (r == 0) {
 		j->in_blocks = false;

@@ -156,6 +156,7 @@ static int send_result(struct src_job *j, const struct result *res, bool bulk, u
 		}
 		if (r < 0)
 			return r;
+		j->wl_recs++; /* what a mirrored write to it will follow */
 		digest_set(d->dig, res->chunk, hash);
 	}
 	a.ztried = res->ztried;

@@ -300,12 +300,15 @@ static int await_rate_locked(struct src_job *j)
 
 		if (src_cancelled(j) || j->rp_err)
 			return 0; /* the caller's next look reports it */
-		if (j->mq_head) {
+		if (j->mq_head && !j->wl) {
 			r = mirror_send_queued_locked(j, j->mq_seq);
 			if (r < 0)
 				return r;
 			continue;
 		}
+		r = wl_flush_locked(j);
+		if (r < 0)
+			return r;
 		ts = mono_deadline(delay);
 		pthread_cond_timedwait(&j->done_cond, &j->lock, &ts);
 	}
@@ -342,7 +345,7 @@ int readers_next_locked(struct src_job *j, bool may_stop, struct result *res, bo
 			*res = j->q[j->qhead];
 			j->qhead = (j->qhead + 1) % j->nbufs;
 			j->qlen--;
-			r = mirror_send_queued_locked(j, upto);
+			r = j->wl ? wl_fence_locked(j, upto) : mirror_send_queued_locked(j, upto);
 			if (r == 0)
 				r = await_rate_locked(j);
 			if (r < 0) {
@@ -353,18 +356,22 @@ int readers_next_locked(struct src_job *j, bool may_stop, struct result *res, bo
 		}
 		/* The pass is over.  Writes still queued go out after it,
 		 * except in the final pass: the writers are paused, so the
-		 * queue is finite, and all of it must precede the digests. */
-		if (j->pass_exhausted && j->busy == 0 && (!j->final_pass || !j->mq_head))
+		 * queue is finite, and all of it must precede the digests.
+		 * (With a write lane, the FENCE before EOS sees to that.) */
+		if (j->pass_exhausted && j->busy == 0 && (!j->final_pass || !j->mq_head || j->wl))
 			return 0;
 		/* Nothing else to send: the writes queued until now go, then
 		 * everything above is looked at again (a writer that queues
 		 * as fast as its WACKs come back cannot hold the engine). */
-		if (j->mq_head) {
+		if (j->mq_head && !j->wl) {
 			r = mirror_send_queued_locked(j, j->mq_seq);
 			if (r < 0)
 				return r;
 			continue;
 		}
+		r = wl_flush_locked(j);
+		if (r < 0)
+			return r;
 		wait_done_locked(j, may_stop);
 	}
 }
@@ -373,10 +380,13 @@ void readers_done_locked(struct src_job *j, const struct result *res, bool sent)
 {
 	struct src_dev *d = &j->dev[res->dev];
 
-	/* On the wire now: a write to it may be mirrored from here on. */
+	/* On the wire now: a write to it may be mirrored from here on, and
+	 * follows this record. */
 	dirty_test_and_clear(d->claimed, res->chunk);
 	if (!sent)
 		dirty_mark(d->dirty, res->chunk * j->p.chunk_size, 1);
+	else
+		wl_note_locked(j, res->dev, res->chunk);
 	j->free[j->nfree++] = res->buf;
 	/* One buffer is free again: one reader can go on. */
 	pthread_cond_signal(&j->work_cond);

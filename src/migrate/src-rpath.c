@@ -22,9 +22,7 @@ int rp_peer_error(struct src_job *j, const struct native_error *e)
 	return err_set(e->err ? (int)e->err : EIO, "destination failed: %s", e->reason);
 }
 
-/* Record the first failure heard (or of hearing) and wake every waiter
- * (j->lock held). */
-static void fail_locked(struct src_job *j, int r)
+void rp_fail_locked(struct src_job *j, int r)
 {
 	if (!j->rp_err) {
 		j->rp_err = r;
@@ -37,26 +35,30 @@ static void fail_locked(struct src_job *j, int r)
 static void rp_fail(struct src_job *j, int r)
 {
 	pthread_mutex_lock(&j->lock);
-	fail_locked(j, r);
+	rp_fail_locked(j, r);
 	pthread_mutex_unlock(&j->lock);
 }
 
 /* Take one decoded message (j->lock held); 0, or the error that ends the
  * return path. */
+int rp_wack_locked(struct src_job *j, uint64_t v)
+{
+	if (v <= j->wacked || v > j->wseq_sent)
+		return err_set(EPROTO,
+			       "destination acknowledged write %llu; %llu were "
+			       "acknowledged and %llu sent",
+			       (unsigned long long)v, (unsigned long long)j->wacked,
+			       (unsigned long long)j->wseq_sent);
+	j->wacked = v;
+	j->mirror_suspended = false; /* the link answers again */
+	pthread_cond_broadcast(&j->wack_cond);
+	return 0;
+}
+
 static int deliver_locked(struct src_job *j, uint8_t type, uint64_t v)
 {
-	if (type == NATIVE_MSG_WACK) {
-		if (v <= j->wacked || v > j->wseq_sent)
-			return err_set(EPROTO,
-				       "destination acknowledged write %llu; %llu were "
-				       "acknowledged and %llu sent",
-				       (unsigned long long)v, (unsigned long long)j->wacked,
-				       (unsigned long long)j->wseq_sent);
-		j->wacked = v;
-		j->mirror_suspended = false; /* the link answers again */
-		pthread_cond_broadcast(&j->wack_cond);
-		return 0;
-	}
+	if (type == NATIVE_MSG_WACK)
+		return rp_wack_locked(j, v);
 	j->mirror_suspended = false; /* any answer: the link works again */
 	if (j->rp_n == SRC_ANSWERS_MAX)
 		return err_set(EPROTO, "destination sent %s before the last answer was expected",
@@ -120,7 +122,7 @@ static void *rp_main(void *arg)
 		pthread_mutex_lock(&j->lock);
 		r = deliver_locked(j, type, it.value);
 		if (r < 0)
-			fail_locked(j, r);
+			rp_fail_locked(j, r);
 		pthread_mutex_unlock(&j->lock);
 		if (r < 0)
 			break;
@@ -170,8 +172,9 @@ int rp_await(struct src_job *j, uint8_t want, const char *what, uint64_t *value)
 			break;
 		}
 		/* Writes still go out while the destination syncs: those
-		 * queued until now, then the answer is looked for again. */
-		if (j->mq_head) {
+		 * queued until now, then the answer is looked for again.
+		 * (The write lane's sender sends its own.) */
+		if (j->mq_head && !j->wl) {
 			r = mirror_send_queued_locked(j, j->mq_seq);
 			if (r < 0)
 				break;

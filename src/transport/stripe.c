@@ -63,8 +63,8 @@ int xport_join_decode(const uint8_t buf[XPORT_JOIN_LEN], unsigned *lane,
 	if (get_be16(buf + 10) != 0)
 		return err_set(EPROTO, "join: reserved field 0x%04x is not zero",
 			       get_be16(buf + 10));
-	if (l == 0 || l >= XPORT_LANES_MAX)
-		return err_set(ERANGE, "join: connection index %u out of range (1..%u)", l,
+	if (l >= XPORT_LANES_MAX)
+		return err_set(ERANGE, "join: connection index %u out of range (0..%u)", l,
 			       XPORT_LANES_MAX - 1);
 	*lane = l;
 	memcpy(token, buf + 12, XPORT_TOKEN_LEN);
@@ -83,18 +83,22 @@ static void lane_name(struct xport *lane, const char *peer, unsigned index, unsi
 {
 	char buf[sizeof(lane->peer) + 40];
 
-	snprintf(buf, sizeof(buf), "%s (connection %u of %u)", peer, index + 1, n);
+	if (index == XPORT_WLANE_INDEX)
+		snprintf(buf, sizeof(buf), "%s (write lane)", peer);
+	else
+		snprintf(buf, sizeof(buf), "%s (connection %u of %u)", peer, index + 1, n);
 	buf[sizeof(lane->peer) - 1] = '\0';
 	memcpy(lane->peer, buf, sizeof(lane->peer));
 }
 
 static int stripe_new(struct xport *x, unsigned n, const uint8_t token[XPORT_TOKEN_LEN],
-		      struct xport_stripe **out)
+		      bool wlane, struct xport_stripe **out)
 {
 	struct xport_stripe *s;
 
-	if (n < 2 || n > XPORT_LANES_MAX)
-		return err_set(EINVAL, "%u connections (must be 2..%u)", n, XPORT_LANES_MAX);
+	if (n < (wlane ? 1u : 2u) || n > XPORT_LANES_MAX)
+		return err_set(EINVAL, "%u connections (must be %u..%u)", n, wlane ? 1 : 2,
+			       XPORT_LANES_MAX);
 	if (atomic_load(&x->stripe))
 		return err_set(EINVAL, "this connection already has lanes");
 	s = calloc(1, sizeof(*s));
@@ -109,10 +113,22 @@ static int stripe_new(struct xport *x, unsigned n, const uint8_t token[XPORT_TOK
 	}
 	pthread_mutex_init(&s->lock, NULL);
 	s->n = n;
+	s->wlane_wanted = wlane;
 	memcpy(s->token, token, XPORT_TOKEN_LEN);
 	s->lane[0] = x;
 	*out = s;
 	return 0;
+}
+
+/* Free what stripe_new() made and the lanes in it (x does not point to it). */
+static void stripe_destroy(struct xport_stripe *s)
+{
+	for (unsigned i = 1; i < s->n; i++)
+		xport_close(s->lane[i]);
+	xport_close(s->wlane);
+	close(s->evfd);
+	pthread_mutex_destroy(&s->lock);
+	free(s);
 }
 
 void xport_stripe_free(struct xport *x)
@@ -122,11 +138,20 @@ void xport_stripe_free(struct xport *x)
 	if (!s)
 		return;
 	atomic_store(&x->stripe, NULL);
-	for (unsigned i = 1; i < s->n; i++)
-		xport_close(s->lane[i]);
-	close(s->evfd);
-	pthread_mutex_destroy(&s->lock);
-	free(s);
+	stripe_destroy(s);
+}
+
+struct xport *xport_write_lane(const struct xport *x)
+{
+	struct xport_stripe *s = atomic_load(&((struct xport *)x)->stripe);
+	struct xport *w;
+
+	if (!s)
+		return NULL;
+	pthread_mutex_lock(&s->lock);
+	w = s->wlane;
+	pthread_mutex_unlock(&s->lock);
+	return w;
 }
 
 unsigned xport_lanes(const struct xport *x)
@@ -472,22 +497,25 @@ static void *dial_main(void *arg)
 	return NULL;
 }
 
-int xport_lanes_connect(struct xport *x, unsigned n, const uint8_t token[XPORT_TOKEN_LEN])
+int xport_lanes_connect(struct xport *x, unsigned n, const uint8_t token[XPORT_TOKEN_LEN],
+			bool wlane)
 {
+	/* d[0] dials the write lane (JOIN index 0), d[1..n-1] the others. */
 	struct dialer d[XPORT_LANES_MAX] = { { 0 } };
 	pthread_t t[XPORT_LANES_MAX];
 	bool started[XPORT_LANES_MAX] = { false };
 	struct xport_stripe *s = NULL;
+	unsigned first = wlane ? 0 : 1;
 	int r = 0;
 
-	if (n == 1)
+	if (n == 1 && !wlane)
 		return 0;
 	if (!x->dial_to)
 		return err_set(EINVAL, "cannot open more connections: this one was not dialled");
-	r = stripe_new(x, n, token, &s);
+	r = stripe_new(x, n, token, wlane, &s);
 	if (r < 0)
 		return r;
-	for (unsigned i = 1; i < n; i++) {
+	for (unsigned i = first; i < n; i++) {
 		d[i] = (struct dialer){ .x = x, .index = i, .n = n, .token = token };
 		if (pthread_create(&t[i], NULL, dial_main, &d[i]) == 0) {
 			started[i] = true;
@@ -496,43 +524,48 @@ int xport_lanes_connect(struct xport *x, unsigned n, const uint8_t token[XPORT_T
 			snprintf(d[i].msg, sizeof(d[i].msg), "no thread to dial it");
 		}
 	}
-	for (unsigned i = 1; i < n; i++)
+	for (unsigned i = first; i < n; i++)
 		if (started[i])
 			pthread_join(t[i], NULL);
-	for (unsigned i = 1; i < n; i++) {
-		if (d[i].r < 0 && r == 0)
+	for (unsigned i = first; i < n; i++) {
+		if (d[i].r < 0 && r == 0 && i == XPORT_WLANE_INDEX)
+			r = err_set(-d[i].r, "opening the write lane: %s", d[i].msg);
+		else if (d[i].r < 0 && r == 0)
 			r = err_set(-d[i].r, "opening connection %u of %u: %s", i + 1, n, d[i].msg);
-		s->lane[i] = d[i].lane;
+		if (i == XPORT_WLANE_INDEX)
+			s->wlane = d[i].lane;
+		else
+			s->lane[i] = d[i].lane;
 	}
 	if (r == 0) {
 		char peer[sizeof(x->peer)];
 
 		snprintf(peer, sizeof(peer), "%s", x->peer);
-		for (unsigned i = 0; i < n; i++)
+		for (unsigned i = n > 1 ? 0 : 1; i < n; i++)
 			lane_name(s->lane[i], peer, i, n);
-		s->joined = n - 1;
-		s->tx = true;
+		if (s->wlane)
+			lane_name(s->wlane, peer, XPORT_WLANE_INDEX, n);
+		s->joined = n - 1 + (s->wlane != NULL);
+		s->tx = n > 1;
 		atomic_store(&x->stripe, s);
 		return 0;
 	}
-	for (unsigned i = 1; i < n; i++)
-		xport_close(s->lane[i]);
-	close(s->evfd);
-	pthread_mutex_destroy(&s->lock);
-	free(s);
+	stripe_destroy(s);
 	return r;
 }
 
 /* ---- destination ---------------------------------------------------------- */
 
-int xport_lanes_offer(struct xport *x, unsigned n, const uint8_t token[XPORT_TOKEN_LEN])
+int xport_lanes_offer(struct xport *x, unsigned n, const uint8_t token[XPORT_TOKEN_LEN],
+		      bool wlane)
 {
 	struct xport_stripe *s = NULL;
-	int r = stripe_new(x, n, token, &s);
+	int r = stripe_new(x, n, token, wlane, &s);
 
 	if (r < 0)
 		return r;
-	tcp_fix_rcvbuf(x->fd);
+	if (n > 1)
+		tcp_fix_rcvbuf(x->fd);
 	atomic_store(&x->stripe, s);
 	return 0;
 }
@@ -567,6 +600,46 @@ static bool token_eq(const uint8_t *a, const uint8_t *b)
 	return d == 0;
 }
 
+/* xport_lanes_attach() for the write lane. */
+static int wlane_attach(struct xport *x, struct xport_stripe *s,
+			const uint8_t token[XPORT_TOKEN_LEN], struct xport *lane)
+{
+	uint64_t one = 1;
+	int r = 0;
+
+	pthread_mutex_lock(&s->lock);
+	if (!token_eq(token, s->token))
+		r = err_set(EACCES, "wrong join token for the write lane");
+	else if (!s->wlane_wanted)
+		r = err_set(EPROTO, "the migration it names asked for no write lane");
+	else if (s->wlane)
+		r = err_set(EEXIST, "the write lane has already joined");
+	else if (s->rx || s->spoke)
+		r = err_set(EPROTO, "the stream is already under way");
+	else if (lane->rpos != lane->rlen)
+		r = err_set(EPROTO, "the write lane sent bytes after its join");
+	if (r == 0) {
+		r = send_joined(lane, 0, "");
+		if (r < 0)
+			r = err_prefix(-r, "answering the join of the write lane: ");
+	}
+	if (r == 0) {
+		char peer[sizeof(lane->peer)];
+
+		snprintf(peer, sizeof(peer), "%s", lane->peer);
+		lane_name(lane, peer, XPORT_WLANE_INDEX, s->n);
+		lane->cancel = x->cancel;
+		lane->timeout_ms = x->timeout_ms;
+		s->wlane = lane;
+		s->joined++;
+		if (write(s->evfd, &one, sizeof(one)) < 0) {
+			/* Cannot fail: the counter is far from its limit. */
+		}
+	}
+	pthread_mutex_unlock(&s->lock);
+	return r;
+}
+
 int xport_lanes_attach(struct xport *x, unsigned index, const uint8_t token[XPORT_TOKEN_LEN],
 		       struct xport *lane)
 {
@@ -576,6 +649,8 @@ int xport_lanes_attach(struct xport *x, unsigned index, const uint8_t token[XPOR
 
 	if (!s)
 		return err_set(EPROTO, "the migration it names asked for no more connections");
+	if (index == XPORT_WLANE_INDEX)
+		return wlane_attach(x, s, token, lane);
 	pthread_mutex_lock(&s->lock);
 	if (!token_eq(token, s->token))
 		r = err_set(EACCES, "wrong join token for connection %u", index + 1);
@@ -646,7 +721,7 @@ int xport_lanes_wait(struct xport *x, int timeout_ms)
 		pthread_mutex_lock(&s->lock);
 		joined = s->joined;
 		pthread_mutex_unlock(&s->lock);
-		if (joined == s->n - 1)
+		if (joined == s->n - 1 + s->wlane_wanted)
 			break;
 		r = wait_join(x, s, deadline);
 		if (r == 2) {
@@ -663,7 +738,8 @@ int xport_lanes_wait(struct xport *x, int timeout_ms)
 			return xport_fail(x, POLLIN,
 					  err_set(ETIMEDOUT,
 						  "only %u of %u connections joined within %.1f s",
-						  joined + 1, s->n, timeout_ms / 1000.0));
+						  joined + 1, s->n + s->wlane_wanted,
+						  timeout_ms / 1000.0));
 		if (r < 0)
 			return xport_fail(x, POLLIN, err_set(-r, "poll: %s", strerror(-r)));
 		if (read(s->evfd, &v, sizeof(v)) < 0) {
@@ -675,7 +751,8 @@ int xport_lanes_wait(struct xport *x, int timeout_ms)
 				  err_set(EPROTO, "the source sent data before its connections "
 						  "joined"));
 	pthread_mutex_lock(&s->lock);
-	s->rx = true;
+	s->rx = s->n > 1;
+	s->spoke = s->spoke || s->n == 1; /* no lane may join from here on */
 	pthread_mutex_unlock(&s->lock);
 	return 0;
 }

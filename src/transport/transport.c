@@ -376,6 +376,8 @@ void xport_set_cancel(struct xport *x, struct cancel *cancel)
 	for (unsigned i = 1; i < s->n; i++)
 		if (s->lane[i])
 			s->lane[i]->cancel = cancel;
+	if (s->wlane)
+		s->wlane->cancel = cancel;
 	pthread_mutex_unlock(&s->lock);
 }
 
@@ -390,6 +392,8 @@ void xport_set_timeout(struct xport *x, int idle_timeout_ms)
 	for (unsigned i = 1; i < s->n; i++)
 		if (s->lane[i])
 			s->lane[i]->timeout_ms = idle_timeout_ms;
+	if (s->wlane)
+		s->wlane->timeout_ms = idle_timeout_ms;
 	pthread_mutex_unlock(&s->lock);
 }
 

@@ -181,15 +181,28 @@ void xport_join_encode(uint8_t buf[XPORT_JOIN_LEN], unsigned lane,
 int xport_join_decode(const uint8_t buf[XPORT_JOIN_LEN], unsigned *lane,
 		      uint8_t token[XPORT_TOKEN_LEN]);
 
-/* Source: dial n - 1 more lanes to where x was dialled (xport_dial), in
- * parallel, each presenting token; once every one has joined, writes on x
- * are striped over all n.  0, or negative errno with the message set (no
- * lane is kept then).  n == 1: nothing to do. */
-int xport_lanes_connect(struct xport *x, unsigned n, const uint8_t token[XPORT_TOKEN_LEN]);
+/*
+ * The write lane: with wlane, one more connection joins (JOIN index
+ * XPORT_WLANE_INDEX), which is not striped: x's user reads and writes it
+ * as a transport of its own (xport_write_lane()), say for messages that
+ * must not wait behind x's bytes.  x owns it (closed with x); it follows
+ * x's cancel token and idle timeout.  n may be 1 with it.
+ */
+#define XPORT_WLANE_INDEX 0
+struct xport *xport_write_lane(const struct xport *x); /* NULL: none */
+
+/* Source: dial n - 1 more lanes to where x was dialled (xport_dial), and
+ * the write lane if wlane, in parallel, each presenting token; once every
+ * one has joined, writes on x are striped over all n.  0, or negative
+ * errno with the message set (no lane is kept then).  n == 1 without
+ * wlane: nothing to do. */
+int xport_lanes_connect(struct xport *x, unsigned n, const uint8_t token[XPORT_TOKEN_LEN],
+			bool wlane);
 
 /* Destination: expect n - 1 lanes to join x with token (n 2 ..
- * XPORT_LANES_MAX). */
-int xport_lanes_offer(struct xport *x, unsigned n, const uint8_t token[XPORT_TOKEN_LEN]);
+ * XPORT_LANES_MAX), and the write lane if wlane (n 1 .. with it). */
+int xport_lanes_offer(struct xport *x, unsigned n, const uint8_t token[XPORT_TOKEN_LEN],
+		      bool wlane);
 /* Destination, the listener's thread: lane (TLS done, its JOIN read) asks
  * to be lane 'index' of x.  On success the JOINED answer is sent and x owns
  * lane; on failure (wrong token, an index beyond those agreed, a lane that

@@ -68,7 +68,11 @@ struct xport_stripe {
 	unsigned n;
 	uint8_t token[XPORT_TOKEN_LEN];
 	struct xport *lane[XPORT_LANES_MAX];
-	unsigned joined; /* lanes other than 0 attached */
+	unsigned joined; /* lanes other than 0 attached, the write lane included */
+	/* The write lane (n may be 1 with it): a connection of its own for
+	 * the stream's user, joined with index 0, never striped. */
+	bool wlane_wanted;
+	struct xport *wlane;
 	bool tx, rx;	 /* that direction of x is striped */
 	bool spoke;	 /* lane 0 had bytes (or ended) before the others joined */
 	/* The writer's: the next frame's number, and the lane a tie between

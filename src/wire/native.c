@@ -110,6 +110,8 @@ static int hello_check_fixed(int err, uint32_t caps, uint32_t chunk_size, uint32
 	if (caps & ~NATIVE_CAP_KNOWN)
 		return err_set(err, "hello: unknown capability bits 0x%" PRIx32 " (known 0x%x)",
 			       caps & ~NATIVE_CAP_KNOWN, NATIVE_CAP_KNOWN);
+	if ((caps & NATIVE_CAP_WLANE) && !(caps & NATIVE_CAP_MIRROR))
+		return err_set(err, "hello: a write lane (WLANE) without mirrored writes (MIRROR)");
 	if (!wire_chunk_size_valid(chunk_size))
 		return err_set(err,
 			       "hello: invalid chunk size %" PRIu32
@@ -898,6 +900,7 @@ int native_export_decode(const uint8_t *body, size_t len, struct native_export *
 /* LANES                                                                    */
 
 #define LANES_BODY (2 + NATIVE_TOKEN_LEN)
+#define LANES_FLAGS_KNOWN NATIVE_LANES_WLANE
 
 int native_lanes_encode(uint8_t *buf, size_t cap, const struct native_lanes *l)
 {
@@ -906,22 +909,54 @@ int native_lanes_encode(uint8_t *buf, size_t cap, const struct native_lanes *l)
 	if (l->count < 1 || l->count > NATIVE_LANES_MAX)
 		return err_set(EINVAL, "lanes: %u connections (must be 1..%u)", l->count,
 			       NATIVE_LANES_MAX);
-	r = frame_put(buf, cap, NATIVE_MSG_LANES, LANES_BODY);
+	if (l->flags & ~LANES_FLAGS_KNOWN || (l->flags && !l->has_flags))
+		return err_set(EINVAL, "lanes: flags 0x%x", l->flags);
+	r = frame_put(buf, cap, NATIVE_MSG_LANES, LANES_BODY + (l->has_flags ? 2u : 0u));
 	if (r < 0)
 		return r;
 	put_be16(buf + NATIVE_FRAME_HDR, l->count);
 	memcpy(buf + NATIVE_FRAME_HDR + 2, l->token, NATIVE_TOKEN_LEN);
-	return NATIVE_FRAME_HDR + LANES_BODY;
+	if (l->has_flags)
+		put_be16(buf + NATIVE_FRAME_HDR + LANES_BODY, l->flags);
+	return NATIVE_FRAME_HDR + LANES_BODY + (l->has_flags ? 2 : 0);
 }
 
 int native_lanes_decode(const uint8_t *body, size_t len, struct native_lanes *l)
 {
-	if (len != LANES_BODY)
-		return err_set(EBADMSG, "lanes: body of %zu bytes (must be %u)", len, LANES_BODY);
+	if (len != LANES_BODY && len != LANES_BODY + 2)
+		return err_set(EBADMSG, "lanes: body of %zu bytes (must be %u or %u)", len,
+			       LANES_BODY, LANES_BODY + 2);
 	l->count = get_be16(body);
 	if (l->count < 1 || l->count > NATIVE_LANES_MAX)
 		return err_set(EBADMSG, "lanes: %u connections (must be 1..%u)", l->count,
 			       NATIVE_LANES_MAX);
 	memcpy(l->token, body + 2, NATIVE_TOKEN_LEN);
+	l->has_flags = len == LANES_BODY + 2;
+	l->flags = l->has_flags ? get_be16(body + LANES_BODY) : 0;
+	if (l->flags & ~LANES_FLAGS_KNOWN)
+		return err_set(EBADMSG, "lanes: unknown flags 0x%x", l->flags & ~LANES_FLAGS_KNOWN);
+	return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* The write lane's messages                                                */
+
+void native_lane_encode(uint8_t hdr[NATIVE_LANE_HDR], uint64_t after, uint32_t len)
+{
+	put_be64(hdr, after);
+	put_be32(hdr + 8, len);
+}
+
+int native_lane_decode(const uint8_t hdr[NATIVE_LANE_HDR], uint32_t max, uint64_t *after,
+		       uint32_t *len)
+{
+	uint32_t l = get_be32(hdr + 8);
+
+	if (l == 0 || l > max)
+		return err_set(EBADMSG, "write lane: a record of %" PRIu32 " bytes (must be 1..%" PRIu32
+				       ")",
+			       l, max);
+	*after = get_be64(hdr);
+	*len = l;
 	return 0;
 }

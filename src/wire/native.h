@@ -89,9 +89,26 @@
 #define NATIVE_LANES_MAX 16
 #define NATIVE_TOKEN_LEN 16
 /* ---- end lanes ---- */
+/* ---- the write lane (docs/write-lane.md) ---- */
+/* With MIRROR: the source would carry mirrored writes on a connection of
+ * their own.  A destination that takes it answers with LANES (whatever
+ * HELLO asked of CAP_LANES), whose flags say whether the lane may join;
+ * the main stream then carries FENCE records (record.h) and no WRITE. */
+#define NATIVE_CAP_WLANE   (1U << 9)
+#define NATIVE_LANES_WLANE (1U << 0) /* LANES flags: the write lane may join */
+/*
+ * On the write lane, source to destination, one message per WRITE record:
+ *   be64 after  the chunk records (DATA, ZERO, ZSTD) of the main stream the
+ *               destination applies before this write
+ *   be32 len    bytes of the record that follows (a WRITE, record.h)
+ * and destination to source: WACK messages (framed as on the main stream).
+ */
+#define NATIVE_LANE_HDR 12
+/* ---- end of the write lane ---- */
 #define NATIVE_CAP_KNOWN                                                                           \
 	(NATIVE_CAP_ZERO_BLOCKS | NATIVE_CAP_SHARED_BASE | NATIVE_CAP_MIRROR | NATIVE_CAP_DELTA |  \
-	 NATIVE_CAP_VERIFY | NATIVE_CAP_FORWARD | NATIVE_CAP_COMPRESS | NATIVE_CAP_LANES)
+	 NATIVE_CAP_VERIFY | NATIVE_CAP_FORWARD | NATIVE_CAP_COMPRESS | NATIVE_CAP_LANES |         \
+	 NATIVE_CAP_WLANE)
 
 enum native_msg {
 	NATIVE_MSG_BLOCKS = 0x01,
@@ -207,15 +224,25 @@ struct native_export {
 };
 
 /* LANES: the connections the destination accepts (1 .. what HELLO asked
- * for), and the token the other connections present when they join. */
+ * for), and the token the other connections present when they join.  When
+ * HELLO asked for the write lane (CAP_WLANE) the body ends with be16 flags
+ * (has_flags): NATIVE_LANES_WLANE says it may join. */
 struct native_lanes {
 	uint16_t count;
 	uint8_t token[NATIVE_TOKEN_LEN];
+	bool has_flags;
+	uint16_t flags;
 };
 
 int native_lanes_encode(uint8_t *buf, size_t cap, const struct native_lanes *l);
 /* Whether count is within what HELLO asked for is the engine's check. */
 int native_lanes_decode(const uint8_t *body, size_t len, struct native_lanes *l);
+
+/* A write lane message's header (NATIVE_LANE_HDR bytes). */
+void native_lane_encode(uint8_t hdr[NATIVE_LANE_HDR], uint64_t after, uint32_t len);
+/* len must be 1..max: 0, or -EBADMSG with the message set. */
+int native_lane_decode(const uint8_t hdr[NATIVE_LANE_HDR], uint32_t max, uint64_t *after,
+		       uint32_t *len);
 
 /* ABORT and ERROR share one body. */
 struct native_error {

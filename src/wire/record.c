@@ -25,7 +25,9 @@
 
 #define REC_F_KNOWN                                                                                \
 	(WIRE_F_DEVICE_BLOCK | WIRE_F_EOS | WIRE_F_PROGRESS | WIRE_F_ZERO_BLOCK | WIRE_F_WRITE |   \
-	 WIRE_F_ZSTD)
+	 WIRE_F_ZSTD | WIRE_F_FENCE)
+/* FENCE's field after the word: seq. */
+#define REC_FENCE_FIELDS 8
 /* WRITE's fields after the name: seq, offset, length, op. */
 #define REC_WRITE_FIELDS (8 + 8 + 4 + 1)
 /* ZSTD's field after the name: the frame's length. */
@@ -53,6 +55,7 @@ static const char *flag_names(char *buf, size_t cap, unsigned int f)
 		{ WIRE_F_ZERO_BLOCK, "ZERO_BLOCK" },
 		{ WIRE_F_WRITE, "WRITE" },
 		{ WIRE_F_ZSTD, "ZSTD" },
+		{ WIRE_F_FENCE, "FENCE" },
 	};
 	size_t pos = 0;
 
@@ -71,7 +74,7 @@ static const char *flag_names(char *buf, size_t cap, unsigned int f)
 }
 
 /*
- * Map the flag bits of a word to a record kind.  Exactly six combinations
+ * Map the flag bits of a word to a record kind.  Exactly seven combinations
  * are valid; anything else is -EBADMSG with the flags named in the message.
  */
 static int flags_to_kind(unsigned int flags, enum wire_rec_kind *kind)
@@ -102,6 +105,9 @@ static int flags_to_kind(unsigned int flags, enum wire_rec_kind *kind)
 		return 0;
 	case WIRE_F_DEVICE_BLOCK | WIRE_F_ZSTD:
 		*kind = WIRE_REC_ZSTD;
+		return 0;
+	case WIRE_F_FENCE:
+		*kind = WIRE_REC_FENCE;
 		return 0;
 	default:
 		return err_set(EBADMSG, "record: invalid flag combination 0x%02x (%s)", flags,
@@ -176,6 +182,12 @@ int wire_rec_encode_header(uint8_t *buf, const struct wire_record *rec)
 	case WIRE_REC_EOS:
 		put_be64(buf, WIRE_F_EOS);
 		return REC_WORD_LEN;
+	case WIRE_REC_FENCE:
+		if (rec->seq == 0)
+			return err_set(EINVAL, "record: FENCE needs seq >= 1");
+		put_be64(buf, WIRE_F_FENCE);
+		put_be64(buf + REC_WORD_LEN, rec->seq);
+		return REC_WORD_LEN + REC_FENCE_FIELDS;
 	}
 	return err_set(EINVAL, "record: invalid record kind %d", (int)rec->kind);
 }
@@ -229,6 +241,20 @@ int wire_rec_decode(const uint8_t *buf, size_t len, uint32_t chunk_size, struct 
 		return 0;
 	case WIRE_REC_EOS:
 		*used = REC_WORD_LEN;
+		return 0;
+	case WIRE_REC_FENCE:
+		if (offset)
+			return err_set(EBADMSG,
+				       "record: FENCE with offset bits 0x%" PRIx64 " in its word",
+				       offset);
+		if (len < REC_WORD_LEN + REC_FENCE_FIELDS) {
+			*used = REC_WORD_LEN + REC_FENCE_FIELDS;
+			return -EAGAIN;
+		}
+		rec->seq = get_be64(buf + REC_WORD_LEN);
+		if (rec->seq == 0)
+			return err_set(EBADMSG, "record: FENCE with sequence number 0");
+		*used = REC_WORD_LEN + REC_FENCE_FIELDS;
 		return 0;
 	case WIRE_REC_DATA:
 	case WIRE_REC_ZERO:

@@ -27,6 +27,10 @@
  *   seq counts WRITE records from 1, one more each time; length is
  *   1..chunk_size; op 0 = data (the payload follows), 1 = zeros (no
  *   payload).
+ *   FENCE (0x40, native format with a write lane only, offset bits 0):
+ *   +---------+  the destination applies every WRITE up to seq (they
+ *   | be64 seq|  travel on the write lane) before any record after this
+ *   +---------+  one; seq >= 1
  *   DEVICE_BLOCK | ZSTD (0x21, native only): a compressed chunk:
  *   +------+-----------------+---------+-------------------------+
  *   | u8 n | n bytes name    | be32 z  | z bytes: one zstd frame |
@@ -55,6 +59,7 @@
 #define WIRE_F_ZERO_BLOCK   0x08U
 #define WIRE_F_WRITE	    0x10U /* native only */
 #define WIRE_F_ZSTD	    0x20U /* native only, with DEVICE_BLOCK */
+#define WIRE_F_FENCE	    0x40U /* native only, with a write lane */
 #define WIRE_FLAG_MASK	    0x1ffU
 
 #define WIRE_QEMU_CHUNK_SIZE (1U << 20)
@@ -79,6 +84,7 @@ enum wire_rec_kind {
 	/* DEVICE_BLOCK | ZSTD: a chunk as one zstd frame of 'length' bytes
 	 * at data (native only; stream.c turns it into DATA). */
 	WIRE_REC_ZSTD,
+	WIRE_REC_FENCE, /* FENCE: every WRITE up to seq goes first (native only) */
 };
 
 struct wire_record {
@@ -88,7 +94,7 @@ struct wire_record {
 	uint8_t name_len;	      /* DATA/ZERO */
 	char name[WIRE_NAME_MAX + 1]; /* NUL-terminated copy of the name */
 	const uint8_t *data;	      /* DATA, WRITE data: points into the decoded buffer */
-	/* WRITE only (offset above is its byte offset): */
+	/* WRITE only (offset above is its byte offset), and FENCE's seq: */
 	uint64_t seq;
 	uint32_t length; /* WRITE: bytes written; ZSTD: bytes of the frame */
 	uint8_t op;	 /* WIRE_WRITE_DATA or WIRE_WRITE_ZERO */

@@ -420,6 +420,13 @@ static int read_record(struct wire_stream *s, struct wire_item *it)
 			       "record at stream offset %llu: a WRITE record, which this stream "
 			       "did not announce",
 			       (unsigned long long)it->offset);
+	/* And fences only where it announced a write lane. */
+	if (s->cur_rec.kind == WIRE_REC_FENCE &&
+	    (s->fmt != WIRE_STREAM_NATIVE || !(s->hello.caps & NATIVE_CAP_WLANE)))
+		return err_set(EBADMSG,
+			       "record at stream offset %llu: a FENCE record, which this stream "
+			       "did not announce",
+			       (unsigned long long)it->offset);
 	it->kind = WIRE_ITEM_RECORD;
 	it->rec = s->cur_rec;
 	if (s->cur_rec.kind == WIRE_REC_ZSTD)

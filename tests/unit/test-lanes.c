@@ -83,12 +83,13 @@ static void test_join_golden(void **state)
 	buf[11] = 1;
 	assert_int_equal(xport_join_decode(buf, &lane, t), -EPROTO);
 	assert_string_equal(err_msg(), "join: reserved field 0x0001 is not zero");
-	xport_join_encode(buf, 0, token);
-	assert_int_equal(xport_join_decode(buf, &lane, t), -ERANGE);
-	assert_string_equal(err_msg(), "join: connection index 0 out of range (1..15)");
+	/* Index 0 is the write lane. */
+	xport_join_encode(buf, XPORT_WLANE_INDEX, token);
+	assert_int_equal(xport_join_decode(buf, &lane, t), 0);
+	assert_int_equal(lane, XPORT_WLANE_INDEX);
 	xport_join_encode(buf, XPORT_LANES_MAX, token);
 	assert_int_equal(xport_join_decode(buf, &lane, t), -ERANGE);
-	assert_string_equal(err_msg(), "join: connection index 16 out of range (1..15)");
+	assert_string_equal(err_msg(), "join: connection index 16 out of range (0..15)");
 }
 
 static void test_lanes_msg_golden(void **state)
@@ -106,8 +107,32 @@ static void test_lanes_msg_golden(void **state)
 	assert_int_equal(d.count, 4);
 	assert_memory_equal(d.token, token, sizeof(d.token));
 
+	assert_false(d.has_flags);
+	assert_int_equal(d.flags, 0);
+
+	/* With the write lane asked for: be16 flags at the end. */
+	l.has_flags = true;
+	l.flags = NATIVE_LANES_WLANE;
+	assert_int_equal(native_lanes_encode(buf, sizeof(buf), &l), sizeof(want) + 2);
+	assert_int_equal(buf[4], 20);
+	assert_int_equal(buf[23], 0);
+	assert_int_equal(buf[24], 1);
+	assert_int_equal(native_lanes_decode(buf + 5, 20, &d), 0);
+	assert_true(d.has_flags);
+	assert_int_equal(d.flags, NATIVE_LANES_WLANE);
+	buf[24] = 3;
+	assert_int_equal(native_lanes_decode(buf + 5, 20, &d), -EBADMSG);
+	assert_string_equal(err_msg(), "lanes: unknown flags 0x2");
+	l.flags = 2;
+	assert_int_equal(native_lanes_encode(buf, sizeof(buf), &l), -EINVAL);
+	l.has_flags = false;
+	l.flags = NATIVE_LANES_WLANE;
+	assert_int_equal(native_lanes_encode(buf, sizeof(buf), &l), -EINVAL);
+	l.flags = 0;
+	assert_int_equal(native_lanes_encode(buf, sizeof(buf), &l), sizeof(want));
+
 	assert_int_equal(native_lanes_decode(buf + 5, 17, &d), -EBADMSG);
-	assert_string_equal(err_msg(), "lanes: body of 17 bytes (must be 18)");
+	assert_string_equal(err_msg(), "lanes: body of 17 bytes (must be 18 or 20)");
 	buf[6] = 0;
 	assert_int_equal(native_lanes_decode(buf + 5, 18, &d), -EBADMSG);
 	assert_string_equal(err_msg(), "lanes: 0 connections (must be 1..16)");
@@ -220,7 +245,7 @@ static int join_by_hand(struct pair *p, unsigned index, const uint8_t *tok)
 /* The destination of p expects n lanes; all n - 1 join by hand. */
 static void pair_lanes_by_hand(struct pair *p, unsigned n)
 {
-	assert_int_equal(xport_lanes_offer(p->dst, n, token), 0);
+	assert_int_equal(xport_lanes_offer(p->dst, n, token, false), 0);
 	for (unsigned i = 1; i < n; i++)
 		assert_int_equal(join_by_hand(p, i, token), 0);
 	assert_int_equal(xport_lanes_wait(p->dst, SAFETY_TIMEOUT_MS), 0);
@@ -309,10 +334,10 @@ static void test_round_trip(void **state)
 	for (size_t i = 0; i < TOTAL; i++)
 		out[i] = (uint8_t)(i * 7 + i / 251);
 	pair_open(&p);
-	assert_int_equal(xport_lanes_offer(p.dst, N, token), 0);
+	assert_int_equal(xport_lanes_offer(p.dst, N, token, false), 0);
 	j = (struct joiner){ .p = &p, .n = N };
 	assert_int_equal(pthread_create(&t, NULL, joiner_main, &j), 0);
-	assert_int_equal(xport_lanes_connect(p.src, N, token), 0);
+	assert_int_equal(xport_lanes_connect(p.src, N, token, false), 0);
 	pthread_join(t, NULL);
 	assert_int_equal(xport_lanes_wait(p.dst, SAFETY_TIMEOUT_MS), 0);
 	assert_int_equal(xport_lanes(p.src), N);
@@ -477,7 +502,7 @@ static void test_join_refusals(void **state)
 	/* Nothing offered yet. */
 	assert_int_equal(join_by_hand(&p, 1, token), -EPROTO);
 	assert_string_equal(err_msg(), "the migration it names asked for no more connections");
-	assert_int_equal(xport_lanes_offer(p.dst, 3, token), 0);
+	assert_int_equal(xport_lanes_offer(p.dst, 3, token, false), 0);
 	assert_int_equal(join_by_hand(&p, 1, wrong), -EACCES);
 	assert_string_equal(err_msg(), "wrong join token for connection 2");
 	assert_int_equal(join_by_hand(&p, 3, token), -ERANGE);
@@ -503,7 +528,7 @@ static void test_source_speaks_first(void **state)
 
 	(void)state;
 	pair_open(&p);
-	assert_int_equal(xport_lanes_offer(p.dst, 3, token), 0);
+	assert_int_equal(xport_lanes_offer(p.dst, 3, token, false), 0);
 	assert_int_equal(join_by_hand(&p, 1, token), 0);
 	assert_int_equal(xport_write(p.src, "abort", 5), 0);
 	assert_int_equal(xport_flush(p.src), 0);
@@ -516,7 +541,7 @@ static void test_source_speaks_first(void **state)
 
 	/* Or it just goes away. */
 	pair_open(&p);
-	assert_int_equal(xport_lanes_offer(p.dst, 2, token), 0);
+	assert_int_equal(xport_lanes_offer(p.dst, 2, token, false), 0);
 	xport_close(p.src);
 	p.src = NULL;
 	assert_int_equal(xport_lanes_wait(p.dst, SAFETY_TIMEOUT_MS), 1);

@@ -233,6 +233,7 @@ static void round_trip(enum wire_rec_kind kind, uint64_t offset, const char *nam
 	case WIRE_REC_EOS:
 	case WIRE_REC_WRITE: /* test_write */
 	case WIRE_REC_ZSTD:  /* test_zstd */
+	case WIRE_REC_FENCE: /* test_fence */
 		break;
 	}
 	free(b);
@@ -315,6 +316,40 @@ static void test_write(void **state)
 
 /* ZSTD (native only): golden bytes, every prefix, and the frame's bounds,
  * checked before the frame is asked for. */
+/* FENCE: the word 0x40 and a be64 sequence number, nothing else. */
+static void test_fence(void **state)
+{
+	static const uint8_t golden[16] = { 0, 0, 0, 0, 0, 0, 0, 0x40, 0, 0, 0, 0, 0, 0, 0x01, 0x02 };
+	struct wire_record in = { .kind = WIRE_REC_FENCE, .seq = 0x102 }, out;
+	uint8_t hdr[WIRE_REC_HDR_MAX], bad[16];
+	size_t used = 0;
+
+	(void)state;
+	assert_int_equal(wire_rec_encode_header(hdr, &in), 16);
+	assert_memory_equal(hdr, golden, 16);
+	assert_int_equal(wire_rec_decode(golden, 16, 65536, &out, &used), 0);
+	assert_int_equal(out.kind, WIRE_REC_FENCE);
+	assert_int_equal(out.seq, 0x102);
+	assert_int_equal(used, 16);
+	/* Every prefix asks for the whole record. */
+	for (size_t n = 8; n < 16; n++) {
+		assert_int_equal(wire_rec_decode(golden, n, 65536, &out, &used), -EAGAIN);
+		assert_int_equal(used, 16);
+	}
+	/* Sequence number 0, offset bits, combined with another flag. */
+	memcpy(bad, golden, 16);
+	memset(bad + 8, 0, 8);
+	assert_int_equal(wire_rec_decode(bad, 16, 65536, &out, &used), -EBADMSG);
+	memcpy(bad, golden, 16);
+	bad[6] = 0x02; /* offset 512 */
+	assert_int_equal(wire_rec_decode(bad, 16, 65536, &out, &used), -EBADMSG);
+	memcpy(bad, golden, 16);
+	bad[7] = 0x50; /* FENCE | WRITE */
+	assert_int_equal(wire_rec_decode(bad, 16, 65536, &out, &used), -EBADMSG);
+	in.seq = 0;
+	assert_int_equal(wire_rec_encode_header(hdr, &in), -EINVAL);
+}
+
 static void test_zstd(void **state)
 {
 	static const uint8_t golden[] = {
@@ -541,14 +576,16 @@ static void check_bad_word(uint64_t word, const char *msg)
 static void test_bad_flags(void **state)
 {
 	(void)state;
-	check_bad_word(MiB | 0x40, "record: unknown flags 0x40");
+	check_bad_word(MiB | 0x80, "record: unknown flags 0x80");
+	check_bad_word(MiB | 0x40, "record: FENCE with offset bits 0x100000 in its word");
+	check_bad_word(MiB | 0x41, "record: invalid flag combination 0x41 (DEVICE_BLOCK|FENCE)");
 	check_bad_word(MiB | 0x20, "record: invalid flag combination 0x20 (ZSTD)");
 	check_bad_word(MiB | 0x29,
 		       "record: invalid flag combination 0x29 (DEVICE_BLOCK|ZERO_BLOCK|ZSTD)");
 	check_bad_word(MiB | 0x100, "record: unknown flags 0x100");
-	check_bad_word(0x1e0, "record: unknown flags 0x1c0 (flags 0x1e0)");
-	check_bad_word(MiB | 0x41, "record: unknown flags 0x40 (flags 0x41)");
-	check_bad_word(MiB | 0x1ff, "record: unknown flags 0x1c0 (flags 0x1ff)");
+	check_bad_word(0x1e0, "record: unknown flags 0x180 (flags 0x1e0)");
+	check_bad_word(MiB | 0x81, "record: unknown flags 0x80 (flags 0x81)");
+	check_bad_word(MiB | 0x1ff, "record: unknown flags 0x180 (flags 0x1ff)");
 	check_bad_word(MiB | 0x11, "record: invalid flag combination 0x11 (DEVICE_BLOCK|WRITE)");
 	check_bad_word(MiB | 0x10, "record: WRITE with offset bits 0x100000 in its word");
 	check_bad_word(MiB | 0x03, "record: invalid flag combination 0x03 (DEVICE_BLOCK|EOS)");
@@ -713,6 +750,7 @@ int main(void)
 		cmocka_unit_test(test_bad_chunk_size),
 		cmocka_unit_test(test_encode_errors),
 		cmocka_unit_test(test_zstd),
+		cmocka_unit_test(test_fence),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -797,8 +797,15 @@ static void test_native_refused(void **state)
 	/* A record with an unknown flag, and one with an empty name. */
 	hello(&b, 0, CHUNK);
 	u8(&b, 0x01);
-	be64(&b, 0x41);
+	be64(&b, 0x81);
 	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "record at stream offset 54", "unknown flags");
+	/* A FENCE where HELLO announced no write lane. */
+	hello(&b, NATIVE_CAP_MIRROR, CHUNK);
+	u8(&b, 0x01);
+	be64(&b, 0x40);
+	be64(&b, 1);
+	refused(WIRE_STREAM_NATIVE, &b, EBADMSG, "record at stream offset 54",
+		"a FENCE record, which this stream did not announce");
 	hello(&b, 0, CHUNK);
 	u8(&b, 0x01);
 	be64(&b, 0x01);

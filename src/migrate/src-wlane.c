@@ -1,0 +1,243 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The write lane, source side (docs/write-lane.md): in active mode the
+ * mirrored writes travel on a connection of their own, so that a client's
+ * write waits for its own bytes and a round trip, not behind the chunk
+ * records ahead of it in the main stream's socket and the link's queue.
+ *
+ * Threads: the lane's sender (bm-src-wlane) takes the mirror queue in
+ * order and sends each write as WRITE records, each behind a lane header
+ * with its 'after'; its receiver (bm-src-wlrx) hands the destination's
+ * WACKs over as the return path does.  The engine sends no writes.
+ *
+ * Order, which one stream gave for free, now rests on two numbers:
+ *  - 'after': a WRITE waits at the destination until as many chunk
+ *    records (DATA, ZERO, ZSTD) of the main stream have been applied.  It
+ *    is the count just after the last record of any chunk the write
+ *    covers, taken when the write is queued: the chunks are copied, not
+ *    claimed and not dirty then (mirror_submit()), so those records are on
+ *    the wire already.  The engine remembers the last WL_RING records'
+ *    (device, chunk, count); a chunk not among them was last sent before
+ *    the oldest, whose count then bounds it.
+ *  - FENCE: before a chunk record, and before each EOS, the engine waits
+ *    until the sender has taken every write queued before it took that
+ *    record's result (or, for EOS, every write queued), and if writes were
+ *    sent since the last FENCE it sends one naming the last: the
+ *    destination applies that WRITE before anything after the FENCE.  A
+ *    record of chunk C taken after a write to C was queued (C written
+ *    again, not mirrored, and so dirty) therefore lands after the write.
+ * A write waits only for records taken before it was queued, a record
+ * only for writes queued before it was taken: no cycle.  And every record
+ * a write waits for reaches the destination: the engine flushes the main
+ * stream before it waits for anything (a small record, ZERO say, may sit
+ * in its buffer until then).
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "common/error.h"
+#include "common/util.h"
+#include "src-impl.h"
+#include "transport/transport.h"
+
+void wl_note_locked(struct src_job *j, unsigned di, uint64_t c)
+{
+	if (!j->wl)
+		return;
+	j->wl_ring[j->wl_ring_next].dev = di;
+	j->wl_ring[j->wl_ring_next].chunk = c;
+	j->wl_ring[j->wl_ring_next].recs = j->wl_recs;
+	j->wl_ring_next = (j->wl_ring_next + 1) % WL_RING;
+	if (j->wl_ring_n < WL_RING)
+		j->wl_ring_n++;
+}
+
+uint64_t wl_after_locked(struct src_job *j, unsigned di, uint64_t c0, uint64_t c1)
+{
+	uint64_t after = 0;
+
+	for (uint64_t c = c0; c <= c1; c++) {
+		bool found = false;
+
+		/* Newest first: the last record of c is the one to follow. */
+		for (unsigned k = 1; k <= j->wl_ring_n && !found; k++) {
+			unsigned i = (j->wl_ring_next + WL_RING - k) % WL_RING;
+
+			if (j->wl_ring[i].dev == di && j->wl_ring[i].chunk == c) {
+				after = MAX(after, j->wl_ring[i].recs);
+				found = true;
+			}
+		}
+		/* Older than the ring: bounded by its oldest entry. */
+		if (!found && j->wl_ring_n == WL_RING)
+			after = MAX(after, j->wl_ring[j->wl_ring_next].recs);
+	}
+	return after;
+}
+
+int wl_flush_locked(struct src_job *j)
+{
+	int r;
+
+	if (!j->wl)
+		return 0;
+	pthread_mutex_unlock(&j->lock);
+	r = xport_flush(j->x);
+	pthread_mutex_lock(&j->lock);
+	return r;
+}
+
+int wl_fence_locked(struct src_job *j, uint64_t upto)
+{
+	uint8_t hdr[WIRE_REC_HDR_MAX];
+	uint64_t seq;
+	int n, r;
+
+	for (;;) {
+		if (j->rp_err) {
+			err_copy_in(j->rp_msg);
+			return j->rp_err;
+		}
+		if (src_cancelled(j))
+			return err_set(ECANCELED, "migration cancelled");
+		if ((!j->mq_head || j->mq_head->qseq > upto) && (!j->wl_busy || j->wl_busy > upto))
+			break;
+		/* The sender makes headway or fails (its transport's idle
+		 * timeout); a writer that gives up takes its write out.  The
+		 * writes it sends may wait for records still buffered here. */
+		r = wl_flush_locked(j);
+		if (r < 0)
+			return r;
+		pthread_cond_wait(&j->done_cond, &j->lock);
+	}
+	if (j->wl_handed <= j->wl_fenced)
+		return 0;
+	seq = j->wl_handed;
+	if (getenv("WLDEBUG")) fprintf(stderr, "DBG src fence %llu recs %llu\n", (unsigned long long)seq, (unsigned long long)j->wl_recs);
+	pthread_mutex_unlock(&j->lock);
+	r = src_open_blocks(j);
+	n = wire_rec_encode_header(hdr, &(struct wire_record){ .kind = WIRE_REC_FENCE, .seq = seq });
+	if (r == 0)
+		r = n < 0 ? n : xport_write(j->x, hdr, (size_t)n);
+	pthread_mutex_lock(&j->lock);
+	if (r == 0)
+		j->wl_fenced = seq;
+	return r;
+}
+
+static void *send_main(void *arg)
+{
+	struct src_job *j = arg;
+
+	thread_name("bm-src-wlane");
+	pthread_mutex_lock(&j->lock);
+	for (;;) {
+		struct mirror_req *m;
+		int r;
+
+		while (!j->mq_head && !j->wl_quit && !j->rp_err)
+			pthread_cond_wait(&j->wl_cond, &j->lock);
+		if (j->wl_quit || j->rp_err)
+			break;
+		m = j->mq_head;
+		j->mq_head = m->next;
+		if (!j->mq_head)
+			j->mq_tail = &j->mq_head;
+		j->wl_busy = m->qseq;
+		uint64_t dbg_after = m->after;
+		r = mirror_send_one_locked(j, m);
+		j->wl_busy = 0;
+		if (r < 0) {
+			rp_fail_locked(j, err_prefix(-r, "write lane: "));
+			break;
+		}
+		j->wl_handed = j->wseq;
+		if (getenv("WLDEBUG")) fprintf(stderr, "DBG src handed %llu after %llu\n", (unsigned long long)j->wseq, (unsigned long long)dbg_after);
+		/* The engine may wait for this write to be taken (a FENCE). */
+		pthread_cond_broadcast(&j->done_cond);
+	}
+	pthread_cond_broadcast(&j->done_cond);
+	pthread_mutex_unlock(&j->lock);
+	return NULL;
+}
+
+static void *recv_main(void *arg)
+{
+	struct src_job *j = arg;
+
+	thread_name("bm-src-wlrx");
+	wire_stream_allow(j->wl_rs, NATIVE_ALLOW(NATIVE_MSG_WACK) | NATIVE_ALLOW(NATIVE_MSG_ERROR));
+	for (;;) {
+		struct wire_item it;
+		bool quit;
+		int r = xport_readable(j->wl, -1);
+
+		if (r == 0)
+			continue; /* EINTR */
+		pthread_mutex_lock(&j->lock);
+		quit = j->wl_quit;
+		pthread_mutex_unlock(&j->lock);
+		if (quit)
+			break;
+		if (r > 0)
+			r = wire_stream_next(j->wl_rs, &it);
+		pthread_mutex_lock(&j->lock);
+		if (r == 0 && it.kind == WIRE_ITEM_END) {
+			/* The destination is done with it (or gone, which the
+			 * main stream tells): writes are marked dirty again. */
+			j->wl_closed = true;
+			pthread_cond_broadcast(&j->wack_cond);
+			pthread_mutex_unlock(&j->lock);
+			break;
+		}
+		if (r == 0 && it.kind == WIRE_ITEM_ERROR)
+			r = rp_peer_error(j, it.error);
+		else if (r == 0)
+			r = rp_wack_locked(j, it.value);
+		if (r < 0 && !j->wl_quit)
+			rp_fail_locked(j, err_prefix(-r, "write lane: "));
+		pthread_mutex_unlock(&j->lock);
+		if (r < 0)
+			break;
+	}
+	return NULL;
+}
+
+int wl_start(struct src_job *j)
+{
+	int r;
+
+	r = wire_stream_new(WIRE_STREAM_NATIVE_REPLIES, engine_xport_read, j->wl, &j->wl_rs);
+	if (r < 0)
+		return r;
+	r = pthread_create(&j->wl_recv_thread, NULL, recv_main, j);
+	if (r)
+		return err_set(r, "cannot start the write lane's receiver: %s", strerror(r));
+	j->wl_recv_running = true;
+	r = pthread_create(&j->wl_send_thread, NULL, send_main, j);
+	if (r)
+		return err_set(r, "cannot start the write lane's sender: %s", strerror(r));
+	j->wl_send_running = true;
+	return 0;
+}
+
+void wl_stop(struct src_job *j)
+{
+	if (!j->wl)
+		return;
+	pthread_mutex_lock(&j->lock);
+	j->wl_quit = true;
+	pthread_cond_broadcast(&j->wl_cond);
+	pthread_mutex_unlock(&j->lock);
+	/* Ends a send stuck on a stalled link, and the receiver's wait. */
+	shutdown(xport_fd(j->wl), SHUT_RDWR);
+	if (j->wl_send_running)
+		pthread_join(j->wl_send_thread, NULL);
+	if (j->wl_recv_running)
+		pthread_join(j->wl_recv_thread, NULL);
+	j->wl_send_running = j->wl_recv_running = false;
+	wire_stream_free(j->wl_rs);
+	j->wl_rs = NULL;
+}
