@@ -953,7 +953,6 @@ static void *wl_main(void *arg)
 			break;
 		}
 		pthread_mutex_lock(&d->wl_lock);
-		if (getenv("WLDEBUG")) fprintf(stderr, "DBG dst lane seq %llu after %llu recs %llu\n", (unsigned long long)rec.seq, (unsigned long long)after, (unsigned long long)d->wl_recs);
 		r = wl_await_recs(d, after, rec.seq);
 		pthread_mutex_unlock(&d->wl_lock);
 		if (r == 0)
@@ -1000,7 +999,6 @@ static int wl_fence(struct dst *d, uint64_t seq, uint64_t rec_off)
 				       "joined",
 			       (unsigned long long)rec_off);
 	pthread_mutex_lock(&d->wl_lock);
-	if (getenv("WLDEBUG")) fprintf(stderr, "DBG dst fence %llu applied %llu recs %llu\n", (unsigned long long)seq, (unsigned long long)d->wl_applied, (unsigned long long)d->wl_recs);
 	while (d->wl_applied < seq && !d->wl_done) {
 		if (timeout <= 0) {
 			pthread_cond_wait(&d->wl_cond, &d->wl_lock);

@@ -397,7 +397,9 @@ void wl_note_locked(struct src_job *j, unsigned di, uint64_t c);
 /* The chunk records a write to chunks c0..c1 of di must follow (lock held). */
 uint64_t wl_after_locked(struct src_job *j, unsigned di, uint64_t c0, uint64_t c1);
 /* With a write lane: flush the main stream, whose buffered records a
- * write on the lane may wait for (lock held, dropped meanwhile). */
+ * write on the lane may wait for (lock held, dropped meanwhile: 1, and the
+ * caller looks again at what it waits for; 0: nothing was buffered, the
+ * lock was held throughout), or the transport's error. */
 int wl_flush_locked(struct src_job *j);
 /* Before a chunk record or EOS: wait until the sender has taken every write
  * queued up to the upto'th, then FENCE the last one sent (lock held,

@@ -309,6 +309,8 @@ static int await_rate_locked(struct src_job *j)
 		r = wl_flush_locked(j);
 		if (r < 0)
 			return r;
+		if (r > 0)
+			continue;
 		ts = mono_deadline(delay);
 		pthread_cond_timedwait(&j->done_cond, &j->lock, &ts);
 	}
@@ -372,7 +374,8 @@ int readers_next_locked(struct src_job *j, bool may_stop, struct result *res, bo
 		r = wl_flush_locked(j);
 		if (r < 0)
 			return r;
-		wait_done_locked(j, may_stop);
+		if (r == 0)
+			wait_done_locked(j, may_stop);
 	}
 }
 

@@ -81,12 +81,12 @@ int wl_flush_locked(struct src_job *j)
 {
 	int r;
 
-	if (!j->wl)
+	if (!j->wl || !xport_buffered(j->x))
 		return 0;
 	pthread_mutex_unlock(&j->lock);
 	r = xport_flush(j->x);
 	pthread_mutex_lock(&j->lock);
-	return r;
+	return r < 0 ? r : 1;
 }
 
 int wl_fence_locked(struct src_job *j, uint64_t upto)
@@ -110,12 +110,12 @@ int wl_fence_locked(struct src_job *j, uint64_t upto)
 		r = wl_flush_locked(j);
 		if (r < 0)
 			return r;
-		pthread_cond_wait(&j->done_cond, &j->lock);
+		if (r == 0)
+			pthread_cond_wait(&j->done_cond, &j->lock);
 	}
 	if (j->wl_handed <= j->wl_fenced)
 		return 0;
 	seq = j->wl_handed;
-	if (getenv("WLDEBUG")) fprintf(stderr, "DBG src fence %llu recs %llu\n", (unsigned long long)seq, (unsigned long long)j->wl_recs);
 	pthread_mutex_unlock(&j->lock);
 	r = src_open_blocks(j);
 	n = wire_rec_encode_header(hdr, &(struct wire_record){ .kind = WIRE_REC_FENCE, .seq = seq });
@@ -146,7 +146,6 @@ static void *send_main(void *arg)
 		if (!j->mq_head)
 			j->mq_tail = &j->mq_head;
 		j->wl_busy = m->qseq;
-		uint64_t dbg_after = m->after;
 		r = mirror_send_one_locked(j, m);
 		j->wl_busy = 0;
 		if (r < 0) {
@@ -154,7 +153,6 @@ static void *send_main(void *arg)
 			break;
 		}
 		j->wl_handed = j->wseq;
-		if (getenv("WLDEBUG")) fprintf(stderr, "DBG src handed %llu after %llu\n", (unsigned long long)j->wseq, (unsigned long long)dbg_after);
 		/* The engine may wait for this write to be taken (a FENCE). */
 		pthread_cond_broadcast(&j->done_cond);
 	}

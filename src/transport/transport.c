@@ -426,6 +426,11 @@ void xport_set_urgent(struct xport *x, bool on)
 	x->urgent = on;
 }
 
+size_t xport_buffered(const struct xport *x)
+{
+	return x->wlen;
+}
+
 uint64_t xport_tx_bytes(const struct xport *x)
 {
 	return atomic_load(&((struct xport *)x)->tx);

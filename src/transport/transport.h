@@ -136,6 +136,9 @@ int xport_read(struct xport *x, void *buf, size_t len, size_t *got);
  * not watch the cancel token. */
 int xport_readable(struct xport *x, int timeout_ms);
 
+/* Bytes written and not yet handed to the socket (xport_flush() sends
+ * them); the writer's thread only. */
+size_t xport_buffered(const struct xport *x);
 uint64_t xport_tx_bytes(const struct xport *x);
 uint64_t xport_rx_bytes(const struct xport *x);
 const char *xport_peer(const struct xport *x);

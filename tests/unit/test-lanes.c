@@ -549,6 +549,84 @@ static void test_source_speaks_first(void **state)
 	pair_close(&p);
 }
 
+/*
+ * The write lane: joined with index 0 where it was offered, once; not
+ * striped (x's bytes still come on x alone, in order); refused where it
+ * was not offered; and no lane joins once the stream is under way.
+ */
+static void test_write_lane(void **state)
+{
+	uint8_t wrong[XPORT_TOKEN_LEN], got[6];
+	struct xport *wl;
+	struct pair p;
+
+	(void)state;
+	memcpy(wrong, token, sizeof(wrong));
+	wrong[0] ^= 1;
+	pair_open(&p);
+	/* Offered lanes, but no write lane. */
+	assert_int_equal(xport_lanes_offer(p.dst, 2, token, false), 0);
+	assert_int_equal(join_by_hand(&p, XPORT_WLANE_INDEX, token), -EPROTO);
+	assert_string_equal(err_msg(), "the migration it names asked for no write lane");
+	pair_close(&p);
+
+	pair_open(&p);
+	assert_int_equal(xport_lanes_offer(p.dst, 1, token, true), 0);
+	assert_null(xport_write_lane(p.dst));
+	assert_int_equal(join_by_hand(&p, 1, token), -ERANGE);
+	assert_int_equal(join_by_hand(&p, XPORT_WLANE_INDEX, wrong), -EACCES);
+	assert_string_equal(err_msg(), "wrong join token for the write lane");
+	assert_int_equal(join_by_hand(&p, XPORT_WLANE_INDEX, token), 0);
+	assert_int_equal(join_by_hand(&p, XPORT_WLANE_INDEX, token), -EEXIST);
+	assert_string_equal(err_msg(), "the write lane has already joined");
+	assert_int_equal(xport_lanes_wait(p.dst, SAFETY_TIMEOUT_MS), 0);
+	assert_int_equal(xport_lanes(p.dst), 1);
+	wl = xport_write_lane(p.dst);
+	assert_non_null(wl);
+	/* x is read as it is written: not striped. */
+	assert_int_equal(xport_write(p.src, "stream", 6), 0);
+	assert_int_equal(xport_flush(p.src), 0);
+	assert_int_equal(xport_read(p.dst, got, sizeof(got), NULL), 0);
+	assert_memory_equal(got, "stream", 6);
+	/* The lane is a transport of its own, both ways. */
+	assert_int_equal(xport_write(wl, "lane", 4), 0);
+	assert_int_equal(xport_flush(wl), 0);
+	pair_close(&p);
+
+	/* Offered, never joined: the wait says so. */
+	pair_open(&p);
+	assert_int_equal(xport_lanes_offer(p.dst, 1, token, true), 0);
+	assert_int_equal(xport_lanes_wait(p.dst, 200), -ETIMEDOUT);
+	assert_string_equal(err_msg(), "only 1 of 2 connections joined within 0.2 s");
+	pair_close(&p);
+}
+
+/* The source's side: xport_lanes_connect() dials the write lane too. */
+static void test_write_lane_connect(void **state)
+{
+	struct joiner jn;
+	pthread_t t;
+	uint8_t got[4];
+	struct pair p;
+
+	(void)state;
+	pair_open(&p);
+	assert_int_equal(xport_lanes_offer(p.dst, 2, token, true), 0);
+	/* It accepts n - 1 connections: lane 1 and the write lane. */
+	jn = (struct joiner){ .p = &p, .n = 3 };
+	assert_int_equal(pthread_create(&t, NULL, joiner_main, &jn), 0);
+	assert_int_equal(xport_lanes_connect(p.src, 2, token, true), 0);
+	assert_int_equal(pthread_join(t, NULL), 0);
+	assert_int_equal(xport_lanes_wait(p.dst, SAFETY_TIMEOUT_MS), 0);
+	assert_non_null(xport_write_lane(p.src));
+	assert_non_null(xport_write_lane(p.dst));
+	assert_int_equal(xport_write(xport_write_lane(p.src), "wack", 4), 0);
+	assert_int_equal(xport_flush(xport_write_lane(p.src)), 0);
+	assert_int_equal(xport_read(xport_write_lane(p.dst), got, 4, NULL), 0);
+	assert_memory_equal(got, "wack", 4);
+	pair_close(&p);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -557,6 +635,7 @@ int main(void)
 		cmocka_unit_test(test_round_trip),	 cmocka_unit_test(test_any_lane),
 		cmocka_unit_test(test_sequence_gap),	 cmocka_unit_test(test_bad_lengths),
 		cmocka_unit_test(test_join_refusals),	 cmocka_unit_test(test_source_speaks_first),
+		cmocka_unit_test(test_write_lane),	 cmocka_unit_test(test_write_lane_connect),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
