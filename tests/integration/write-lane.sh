@@ -51,6 +51,12 @@ lane_run() {
 	[ "$(json_field "$T/$name.json" "['status']")" = completed ] || fail "$name: not completed"
 	mirrored=$(json_field "$T/$name.json" "['mirrored-writes']")
 	[ "$mirrored" -gt 0 ] || fail "$name: no write was mirrored"
+	# In one go: a write applied out of order is caught by the digests and
+	# healed on a new connection, which must not have been needed.
+	[ "$(json_field "$T/$name.json" "['connections']")" = 1 ] ||
+		{ cat "$T/$name-dst.err" >&2; fail "$name: needed $(json_field "$T/$name.json" "['connections']") connections"; }
+	[ "$(json_field "$T/$name.json" "['switchover-attempts']")" = 1 ] ||
+		fail "$name: needed $(json_field "$T/$name.json" "['switchover-attempts']") switch-over attempts"
 	wait_export "$DST_NBD" d0
 	stop "$SRC_PID"
 	stop "$DST_PID"
