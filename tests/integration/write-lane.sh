@@ -16,18 +16,29 @@ requires python3 cmp qemu-io
 size=$((16 * MiB))
 RELAY_PY="$(dirname "$0")/../tools/delayrelay.py"
 
-# lane_run NAME DELAYS: DELAYS as delayrelay.py takes them (main,lane).
+# lane_run NAME CONNECTIONS delay DELAYS: through delayrelay.py (DELAYS as
+# it takes them: main,lane); lane_run NAME CONNECTIONS fault OPTIONS...:
+# through faultrelay.py with OPTIONS.  CONNECTIONS: how many the migration
+# may take.
 lane_run() {
-	local name=$1 delays=$2
+	local name=$1 conns=$2 kind=$3 port
+	shift 3
 	make_random "$T/$name.src" $size 301
 	make_random "$T/$name.src1" $((4 * MiB)) 302
 	start_serve "$name-dst" --incoming 127.0.0.1:0 --device d0="$T/$name.dst" \
 		--device d1="$T/$name.dst1" --create
 	DST_PID=$SERVE_PID DST_NBD=$NBD_PORT
-	python3 "$RELAY_PY" "$T/$name.relay" "127.0.0.1:$INCOMING_PORT" "$delays" &
-	RELAY=$!
-	for _ in $(seq 1 100); do [ -s "$T/$name.relay" ] && break; sleep 0.05; done
-	[ -s "$T/$name.relay" ] || fail "$name: the relay did not start"
+	if [ "$kind" = delay ]; then
+		/usr/bin/python3 "$RELAY_PY" "$T/$name.relay" "127.0.0.1:$INCOMING_PORT" "$1" &
+		RELAY=$!
+		BG_PIDS+=("$RELAY")
+		for _ in $(seq 1 100); do [ -s "$T/$name.relay" ] && break; sleep 0.05; done
+		[ -s "$T/$name.relay" ] || fail "$name: the relay did not start"
+		port=$(cat "$T/$name.relay")
+	else
+		start_relay "$name" "$INCOMING_PORT" "$@"
+		RELAY=$RELAY_PID port=$RELAY_PORT
+	fi
 	start_serve "$name-src" --device d0="$T/$name.src" --device d1="$T/$name.src1" \
 		--control "$T/$name.sock" --workload "d0,bs=4K,rate=16M,seed=9"
 	SRC_PID=$SERVE_PID SRC_NBD=$NBD_PORT
@@ -42,7 +53,7 @@ lane_run() {
 		done >"$T/$name.client"
 	) &
 	CLIENT=$!
-	"$BLKMIG" migrate --control "$T/$name.sock" --to "127.0.0.1:$(cat "$T/$name.relay")" \
+	"$BLKMIG" migrate --control "$T/$name.sock" --to "127.0.0.1:$port" \
 		--after refuse --max-bandwidth 8M --mode active --wait --json >"$T/$name.json" \
 		2>"$T/$name.err" ||
 		{ cat "$T/$name.err" "$T/$name-src.err" "$T/$name-dst.err" >&2; fail "$name: migrate failed"; }
@@ -53,8 +64,8 @@ lane_run() {
 	[ "$mirrored" -gt 0 ] || fail "$name: no write was mirrored"
 	# In one go: a write applied out of order is caught by the digests and
 	# healed on a new connection, which must not have been needed.
-	[ "$(json_field "$T/$name.json" "['connections']")" = 1 ] ||
-		{ cat "$T/$name-dst.err" >&2; fail "$name: needed $(json_field "$T/$name.json" "['connections']") connections"; }
+	used=$(json_field "$T/$name.json" "['connections']")
+	[ "$used" = "$conns" ] || { cat "$T/$name-dst.err" >&2; fail "$name: took $used connections, not $conns"; }
 	[ "$(json_field "$T/$name.json" "['switchover-attempts']")" = 1 ] ||
 		fail "$name: needed $(json_field "$T/$name.json" "['switchover-attempts']") switch-over attempts"
 	wait_export "$DST_NBD" d0
@@ -62,10 +73,21 @@ lane_run() {
 	stop "$DST_PID"
 	kill "$RELAY" 2>/dev/null
 	wait "$RELAY" 2>/dev/null
+	if [ "$kind" = fault ]; then
+		grep -q "conn 2 fault" "$T/$name.relay.log" ||
+			fail "$name: the lane never reached its fault point"
+	fi
 	cmp "$T/$name.src" "$T/$name.dst" || fail "$name: d0 differs from the source at the switch-over"
 	cmp "$T/$name.src1" "$T/$name.dst1" || fail "$name: d1 differs from the source at the switch-over"
-	pass "$name: completed with $mirrored writes mirrored on the write lane; both devices equal"
+	pass "$name: completed on $used connection(s) with $mirrored writes mirrored on the write lane; both devices equal"
 }
 
-lane_run late-records 40,0
-lane_run late-writes 0,40
+lane_run late-records 1 delay 40,0
+lane_run late-writes 1 delay 0,40
+# The lane cut mid-pass (its 2nd connection, after about 100 writes): the
+# attempt fails and the migration resumes on a new connection (and lane).
+lane_run lane-cut 2 fault --conn 2 --cut-at 400000
+# The lane stalled for 4 s: writers stop waiting after their patience (their
+# writes are marked dirty and sent again), the destination holds its next
+# FENCE until the lane moves again, and nothing is lost.
+lane_run lane-stall 1 fault --conn 2 --stall-at 400000:4
