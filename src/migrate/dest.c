@@ -995,8 +995,9 @@ static int wl_fence(struct dst *d, uint64_t seq, uint64_t rec_off)
 	int r = 0;
 
 	if (!d->wlx)
-		return err_set(EPROTO, "record at stream offset %llu: a FENCE, but no write lane "
-				       "joined",
+		return err_set(EPROTO,
+			       "record at stream offset %llu: a FENCE, but no write lane "
+			       "joined",
 			       (unsigned long long)rec_off);
 	pthread_mutex_lock(&d->wl_lock);
 	while (d->wl_applied < seq && !d->wl_done) {

@@ -106,14 +106,14 @@ struct mirror_req {
 	enum track_op op;
 	const void *buf;
 	uint64_t off, len;
-	uint64_t qseq; /* its place in the queue (j->mq_seq when queued) */
+	uint64_t qseq;	/* its place in the queue (j->mq_seq when queued) */
 	uint64_t after; /* write lane: chunk records that must go first */
-	uint64_t seq;  /* the last WRITE sequence number it became (engine) */
-	bool queued;   /* still in the queue (j->lock) */
-	bool sending;  /* the engine is writing it (j->lock) */
-	bool sent;     /* on the wire, seq valid (j->lock) */
-	bool leaving;  /* its writer gave up and waits for !sending (j->lock) */
-	int err;       /* the send failed (j->lock) */
+	uint64_t seq;	/* the last WRITE sequence number it became (engine) */
+	bool queued;	/* still in the queue (j->lock) */
+	bool sending;	/* the engine is writing it (j->lock) */
+	bool sent;	/* on the wire, seq valid (j->lock) */
+	bool leaving;	/* its writer gave up and waits for !sending (j->lock) */
+	int err;	/* the send failed (j->lock) */
 };
 
 /*

@@ -150,9 +150,8 @@ int mirror_send_one_locked(struct src_job *j, struct mirror_req *m)
 	 * still waits (m->sending): the destination does the same once it
 	 * applied it.  A chunk whose hash cannot be taken is marked dirty:
 	 * resent, and hashed then. */
-	if (r == 0 &&
-	    digest_update(d->dig, m->off, m->len, m->op == TRACK_OP_WRITE ? m->buf : NULL,
-			  read_dev, d->blk) < 0)
+	if (r == 0 && digest_update(d->dig, m->off, m->len, m->op == TRACK_OP_WRITE ? m->buf : NULL,
+				    read_dev, d->blk) < 0)
 		dirty_mark(d->dirty, m->off, m->len);
 
 	pthread_mutex_lock(&j->lock);

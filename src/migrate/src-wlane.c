@@ -118,7 +118,8 @@ int wl_fence_locked(struct src_job *j, uint64_t upto)
 	seq = j->wl_handed;
 	pthread_mutex_unlock(&j->lock);
 	r = src_open_blocks(j);
-	n = wire_rec_encode_header(hdr, &(struct wire_record){ .kind = WIRE_REC_FENCE, .seq = seq });
+	n = wire_rec_encode_header(hdr,
+				   &(struct wire_record){ .kind = WIRE_REC_FENCE, .seq = seq });
 	if (r == 0)
 		r = n < 0 ? n : xport_write(j->x, hdr, (size_t)n);
 	pthread_mutex_lock(&j->lock);

@@ -91,8 +91,8 @@ static void lane_name(struct xport *lane, const char *peer, unsigned index, unsi
 	memcpy(lane->peer, buf, sizeof(lane->peer));
 }
 
-static int stripe_new(struct xport *x, unsigned n, const uint8_t token[XPORT_TOKEN_LEN],
-		      bool wlane, struct xport_stripe **out)
+static int stripe_new(struct xport *x, unsigned n, const uint8_t token[XPORT_TOKEN_LEN], bool wlane,
+		      struct xport_stripe **out)
 {
 	struct xport_stripe *s;
 
@@ -543,8 +543,10 @@ int xport_lanes_connect(struct xport *x, unsigned n, const uint8_t token[XPORT_T
 		snprintf(peer, sizeof(peer), "%s", x->peer);
 		for (unsigned i = n > 1 ? 0 : 1; i < n; i++)
 			lane_name(s->lane[i], peer, i, n);
-		if (s->wlane)
+		if (s->wlane) {
 			lane_name(s->wlane, peer, XPORT_WLANE_INDEX, n);
+			s->wlane->rate_of = x; /* --max-bandwidth caps the whole */
+		}
 		s->joined = n - 1 + (s->wlane != NULL);
 		s->tx = n > 1;
 		atomic_store(&x->stripe, s);
@@ -556,8 +558,7 @@ int xport_lanes_connect(struct xport *x, unsigned n, const uint8_t token[XPORT_T
 
 /* ---- destination ---------------------------------------------------------- */
 
-int xport_lanes_offer(struct xport *x, unsigned n, const uint8_t token[XPORT_TOKEN_LEN],
-		      bool wlane)
+int xport_lanes_offer(struct xport *x, unsigned n, const uint8_t token[XPORT_TOKEN_LEN], bool wlane)
 {
 	struct xport_stripe *s = NULL;
 	int r = stripe_new(x, n, token, wlane, &s);
@@ -630,6 +631,7 @@ static int wlane_attach(struct xport *x, struct xport_stripe *s,
 		lane_name(lane, peer, XPORT_WLANE_INDEX, s->n);
 		lane->cancel = x->cancel;
 		lane->timeout_ms = x->timeout_ms;
+		lane->rate_of = x;
 		s->wlane = lane;
 		s->joined++;
 		if (write(s->evfd, &one, sizeof(one)) < 0) {
@@ -735,11 +737,10 @@ int xport_lanes_wait(struct xport *x, int timeout_ms)
 					  err_set(ECANCELED, "cancelled while waiting for the "
 							     "connections to join"));
 		if (r == 0)
-			return xport_fail(x, POLLIN,
-					  err_set(ETIMEDOUT,
-						  "only %u of %u connections joined within %.1f s",
-						  joined + 1, s->n + s->wlane_wanted,
-						  timeout_ms / 1000.0));
+			return xport_fail(
+			    x, POLLIN,
+			    err_set(ETIMEDOUT, "only %u of %u connections joined within %.1f s",
+				    joined + 1, s->n + s->wlane_wanted, timeout_ms / 1000.0));
 		if (r < 0)
 			return xport_fail(x, POLLIN, err_set(-r, "poll: %s", strerror(-r)));
 		if (read(s->evfd, &v, sizeof(v)) < 0) {

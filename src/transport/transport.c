@@ -346,6 +346,7 @@ int xport_base_init(struct xport *x, const struct xport_ops *ops, int fd, const 
 		return -ENOMEM;
 	}
 	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+	pthread_mutex_init(&x->rate_lock, NULL);
 	return 0;
 }
 
@@ -353,6 +354,7 @@ void xport_base_destroy(struct xport *x)
 {
 	free(x->wbuf);
 	free(x->rbuf);
+	pthread_mutex_destroy(&x->rate_lock);
 }
 
 void xport_close(struct xport *x)
@@ -414,11 +416,14 @@ uint64_t xport_get_rate(const struct xport *x)
 
 uint64_t xport_send_delay(struct xport *x)
 {
-	uint64_t now = now_ns();
+	uint64_t now = now_ns(), ok;
 
-	if (!atomic_load(&x->rate) || x->next_ok_ns <= now)
+	if (!atomic_load(&x->rate))
 		return 0;
-	return x->next_ok_ns - now;
+	pthread_mutex_lock(&x->rate_lock);
+	ok = x->next_ok_ns;
+	pthread_mutex_unlock(&x->rate_lock);
+	return ok > now ? ok - now : 0;
 }
 
 void xport_set_urgent(struct xport *x, bool on)
@@ -512,31 +517,37 @@ static uint64_t rate_ns(uint64_t rate, size_t n)
  */
 #define XPORT_URGENT_SHARE 2 /* urgent sends: at most 1/2 of the rate */
 
-static int rate_limit(struct xport *x, uint64_t rate, size_t n)
+static int rate_limit(struct xport *x, uint64_t rate, size_t n, bool urgent)
 {
-	uint64_t now = now_ns();
-	uint64_t *ok = x->urgent ? &x->urgent_ok_ns : &x->next_ok_ns;
+	uint64_t now = now_ns(), until;
 
 	if (!rate)
 		return 0;
+	/* Charged before the wait: a sender on another thread (a write
+	 * lane's) queues behind this one's charge. */
+	pthread_mutex_lock(&x->rate_lock);
 	if (x->next_ok_ns + RATE_BURST_NS < now)
 		x->next_ok_ns = now;
 	if (x->urgent_ok_ns + RATE_BURST_NS < now)
 		x->urgent_ok_ns = now;
-	if (*ok > now && cancel_sleep(x->cancel, (int64_t)(*ok - now)))
-		return fail(x, POLLOUT, err_set(ECANCELED, "cancelled"));
+	until = urgent ? x->urgent_ok_ns : x->next_ok_ns;
 	x->next_ok_ns += rate_ns(rate, n);
-	if (x->urgent)
+	if (urgent)
 		x->urgent_ok_ns += rate_ns(rate, n) * XPORT_URGENT_SHARE;
+	pthread_mutex_unlock(&x->rate_lock);
+	if (until > now && cancel_sleep(x->cancel, (int64_t)(until - now)))
+		return fail(x, POLLOUT, err_set(ECANCELED, "cancelled"));
 	return 0;
 }
 
 /* Bytes charged by rate_limit() that the kernel did not take. */
-static void rate_refund(struct xport *x, uint64_t rate, size_t n)
+static void rate_refund(struct xport *x, uint64_t rate, size_t n, bool urgent)
 {
+	pthread_mutex_lock(&x->rate_lock);
 	x->next_ok_ns -= rate_ns(rate, n);
-	if (x->urgent)
+	if (urgent)
 		x->urgent_ok_ns -= rate_ns(rate, n) * XPORT_URGENT_SHARE;
+	pthread_mutex_unlock(&x->rate_lock);
 }
 
 /*
@@ -550,6 +561,7 @@ int xport_send_raw(struct xport *x, struct xport *rl, _Atomic uint64_t *ctr, str
 		   int iovcnt)
 {
 	uint64_t idle_since = now_ns();
+	bool urgent = x->rate_of ? true : rl->urgent;
 
 	assert(iovcnt <= 8);
 	while (iovcnt > 0) {
@@ -569,7 +581,7 @@ int xport_send_raw(struct xport *x, struct xport *rl, _Atomic uint64_t *ctr, str
 			clip[nclip].iov_len = MIN(clip[nclip].iov_len, left);
 			left -= clip[nclip].iov_len;
 		}
-		r = rate_limit(rl, rate, budget);
+		r = rate_limit(rl, rate, budget, urgent);
 		if (r < 0)
 			return r;
 		n = x->ops->sendv(x, clip, nclip);
@@ -580,7 +592,7 @@ int xport_send_raw(struct xport *x, struct xport *rl, _Atomic uint64_t *ctr, str
 		/* Unsent bytes were charged to the limiter; refund them at
 		 * the rate they were charged at. */
 		if (rate && (size_t)n < budget)
-			rate_refund(rl, rate, budget - (size_t)n);
+			rate_refund(rl, rate, budget - (size_t)n, urgent);
 		if (n == 0) {
 			r = wait_ready(x, POLLOUT, &idle_since);
 			if (r < 0)
@@ -652,7 +664,7 @@ static int send_all(struct xport *x, struct iovec *iov, int iovcnt)
 
 	if (s && s->tx)
 		return stripe_send(x, s, iov, iovcnt);
-	return xport_send_raw(x, x, &x->tx, iov, iovcnt);
+	return xport_send_raw(x, x->rate_of ? x->rate_of : x, &x->tx, iov, iovcnt);
 }
 
 int xport_flush(struct xport *x)

@@ -27,9 +27,15 @@ struct xport {
 	int timeout_ms;
 
 	_Atomic uint64_t rate; /* bytes per second, 0 unlimited */
-	uint64_t next_ok_ns;   /* rate limiter: earliest time of the next send */
+	/* The rate limiter, under rate_lock: a write lane's sender charges it
+	 * from its own thread (rate_of). */
+	pthread_mutex_t rate_lock;
+	uint64_t next_ok_ns;   /* earliest time of the next send */
 	uint64_t urgent_ok_ns; /* urgent sends' own bucket (xport_set_urgent) */
 	bool urgent;
+	/* A write lane: the xport whose limiter paces its sends, as urgent
+	 * ones (NULL: its own). */
+	struct xport *rate_of;
 
 	_Atomic uint64_t tx, rx;
 
@@ -73,8 +79,8 @@ struct xport_stripe {
 	 * the stream's user, joined with index 0, never striped. */
 	bool wlane_wanted;
 	struct xport *wlane;
-	bool tx, rx;	 /* that direction of x is striped */
-	bool spoke;	 /* lane 0 had bytes (or ended) before the others joined */
+	bool tx, rx; /* that direction of x is striped */
+	bool spoke;  /* lane 0 had bytes (or ended) before the others joined */
 	/* The writer's: the next frame's number, and the lane a tie between
 	 * equally empty lanes goes to. */
 	uint64_t tseq;

@@ -899,7 +899,7 @@ int native_export_decode(const uint8_t *body, size_t len, struct native_export *
 /* ------------------------------------------------------------------------ */
 /* LANES                                                                    */
 
-#define LANES_BODY (2 + NATIVE_TOKEN_LEN)
+#define LANES_BODY	  (2 + NATIVE_TOKEN_LEN)
 #define LANES_FLAGS_KNOWN NATIVE_LANES_WLANE
 
 int native_lanes_encode(uint8_t *buf, size_t cap, const struct native_lanes *l)
@@ -953,8 +953,8 @@ int native_lane_decode(const uint8_t hdr[NATIVE_LANE_HDR], uint32_t max, uint64_
 	uint32_t l = get_be32(hdr + 8);
 
 	if (l == 0 || l > max)
-		return err_set(EBADMSG, "write lane: a record of %" PRIu32 " bytes (must be 1..%" PRIu32
-				       ")",
+		return err_set(EBADMSG,
+			       "write lane: a record of %" PRIu32 " bytes (must be 1..%" PRIu32 ")",
 			       l, max);
 	*after = get_be64(hdr);
 	*len = l;

@@ -38,7 +38,7 @@ check truncated-hello "handshake: .*connection closed" no
 check beyond "offset 0x[0-9a-f]+ beyond device d0" yes
 check unknown-device "unknown device 'nosuchdev'" yes
 check hello-device "unknown device 'stranger'" no
-check unknown-flag "unknown flags 0x40" yes
+check unknown-flag "unknown flags 0x80" yes
 check size-mismatch "size mismatch" no
 check digest-mismatch "digest mismatch" yes
 check bad-magic "bad magic" no
@@ -51,6 +51,7 @@ check shared-base "accept it with receive --shared-base" no
 check write-unannounced "a WRITE record, which this stream did not announce" yes
 check write-sequence "write 2 out of sequence .expected 1." yes
 check write-beyond "write of 5 bytes at offset [0-9]+ beyond device d0" yes
+check fence-unannounced "a FENCE record, which this stream did not announce" yes
 
 # accepted LABEL SEED FAULT [receive options]: a crafted stream the
 # receiver must take, into a fresh d.img of random data (SEED).

@@ -32,7 +32,7 @@ static const char *const faults[] = {
 	"beyond",	     /* a record at an offset past the device end */
 	"unknown-device",    /* a record for a device HELLO did not announce */
 	"hello-device",	     /* HELLO announces a device the receiver lacks */
-	"unknown-flag",	     /* a record word with flag 0x40 */
+	"unknown-flag",	     /* a record word with flag 0x80 */
 	"size-mismatch",     /* HELLO size differs from the receiver's image */
 	"digest-mismatch",   /* COMPLETE with a wrong digest */
 	"bad-magic",	     /* not a blkmig stream */
@@ -53,12 +53,13 @@ static const char *const faults[] = {
 	/* MIRROR; chunk 0 again, as DATA, right after the pass's EOS, before
 	 * its SYNCED (a source that does not wait for it): accepted */
 	"data-after-eos",
-	"record-name",	    /* a record whose device name holds a newline and an escape */
-	"zstd-ok",	    /* COMPRESS announced, every chunk a zstd frame: accepted */
-	"zstd-unannounced", /* a compressed chunk without COMPRESS in HELLO */
-	"zstd-corrupt",	    /* COMPRESS, one frame with its first block header damaged */
-	"zstd-size",	    /* COMPRESS, one frame of half a chunk */
-	"zstd-long",	    /* COMPRESS, one frame claimed as long as a chunk */
+	"record-name",	     /* a record whose device name holds a newline and an escape */
+	"zstd-ok",	     /* COMPRESS announced, every chunk a zstd frame: accepted */
+	"zstd-unannounced",  /* a compressed chunk without COMPRESS in HELLO */
+	"zstd-corrupt",	     /* COMPRESS, one frame with its first block header damaged */
+	"zstd-size",	     /* COMPRESS, one frame of half a chunk */
+	"zstd-long",	     /* COMPRESS, one frame claimed as long as a chunk */
+	"fence-unannounced", /* a FENCE record without WLANE in HELLO */
 };
 
 static bool is(const char *fault, const char *name)
@@ -240,7 +241,7 @@ int main(int argc, char **argv)
 		if (n < 0)
 			return 1;
 		if (strcmp(fault, "unknown-flag") == 0 && i == nchunks / 2)
-			hdr[7] |= 0x40;
+			hdr[7] |= 0x80;
 		fill_chunk(chunk, cs, i);
 		digest_set(dig, i, digest_hash(chunk, clen));
 		if (strncmp(fault, "zstd-", 5) == 0 && (is(fault, "zstd-ok") || i == nchunks / 2)) {
@@ -259,6 +260,14 @@ int main(int argc, char **argv)
 			if (n < 0 || xport_write2(x, hdr, (size_t)n, frame, fl) < 0)
 				goto closed;
 			continue;
+		}
+		if (is(fault, "fence-unannounced") && i == nchunks / 2) {
+			uint8_t fh[WIRE_REC_HDR_MAX];
+			int fn = wire_rec_encode_header(
+			    fh, &(struct wire_record){ .kind = WIRE_REC_FENCE, .seq = 1 });
+
+			if (fn < 0 || xport_write(x, fh, (size_t)fn) < 0)
+				goto closed;
 		}
 		if (strcmp(fault, "truncated") == 0 && i == nchunks / 2) {
 			xport_write2(x, hdr, (size_t)n, chunk, cs / 2);

@@ -319,7 +319,9 @@ static void test_write(void **state)
 /* FENCE: the word 0x40 and a be64 sequence number, nothing else. */
 static void test_fence(void **state)
 {
-	static const uint8_t golden[16] = { 0, 0, 0, 0, 0, 0, 0, 0x40, 0, 0, 0, 0, 0, 0, 0x01, 0x02 };
+	static const uint8_t golden[16] = {
+		0, 0, 0, 0, 0, 0, 0, 0x40, 0, 0, 0, 0, 0, 0, 0x01, 0x02
+	};
 	struct wire_record in = { .kind = WIRE_REC_FENCE, .seq = 0x102 }, out;
 	uint8_t hdr[WIRE_REC_HDR_MAX], bad[16];
 	size_t used = 0;
