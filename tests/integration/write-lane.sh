@@ -91,3 +91,45 @@ lane_run lane-cut 2 fault --conn 2 --cut-at 400000
 # writes are marked dirty and sent again), the destination holds its next
 # FENCE until the lane moves again, and nothing is lost.
 lane_run lane-stall 1 fault --conn 2 --stall-at 400000:4
+
+# An older destination refuses the WLANE bit it does not know; the source
+# connects again at once without it (mirrored writes then share the one
+# stream).  A stand-in answers the first HELLO as an older blkmig does and
+# keeps the second's capability bits.
+python3 - "$T/old.port" "$T/old.caps" >"$T/old.log" 2>&1 <<'PY' &
+import socket, struct, sys
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(2)
+open(sys.argv[1], "w").write(str(s.getsockname()[1]))
+for n in range(2):
+    c, _ = s.accept()
+    c.settimeout(10)
+    hello = b""
+    while len(hello) < 16:
+        hello += c.recv(65536)
+    caps = struct.unpack(">I", hello[12:16])[0]
+    if n == 0:
+        reason = b"handshake: hello: unknown capability bits 0x200 (known 0x1bf)"
+        err = 74  # EBADMSG
+    else:
+        open(sys.argv[2], "w").write("%#x\n" % caps)
+        reason = b"stand-in: no further"
+        err = 71  # EPROTO
+    c.sendall(struct.pack(">BII", 0x83, 4 + len(reason), err) + reason)
+    c.close()
+PY
+OLD_PID=$!
+BG_PIDS+=("$OLD_PID")
+for _ in $(seq 1 200); do [ -s "$T/old.port" ] && break; sleep 0.025; done
+make_random "$T/old.img" $((1 * MiB)) 303
+"$BLKMIG" send --reclaim --to "127.0.0.1:$(cat "$T/old.port")" --device d0="$T/old.img" \
+	2>"$T/old.send.err"
+expect_error $? 1 "$T/old.send.err" "stand-in: no further"
+wait_rc "$OLD_PID"
+[ -s "$T/old.caps" ] || { cat "$T/old.send.err" "$T/old.log" >&2; fail "older destination: no second HELLO"; }
+python3 -c "import sys; c = int(open(sys.argv[1]).read(), 16); sys.exit(0 if c & 0x4 and not c & 0x200 else 1)" \
+	"$T/old.caps" || fail "older destination: the second HELLO has caps $(cat "$T/old.caps")"
+grep -q "does not take a write lane" "$T/old.send.err" ||
+	{ cat "$T/old.send.err" >&2; fail "older destination: the source did not say why it connected again"; }
+pass "older destination: connected again without the write lane (caps $(cat "$T/old.caps")), and said so"
