@@ -22,11 +22,16 @@
  * claimed is sent before that chunk's record, because before it sends a
  * result the engine sends every write queued until it took that result.
  *
+ * With a write lane (src-wlane.c) the lane's sender takes the queue
+ * instead, in the same order, and the engine only fences: the order
+ * argument becomes the lane's 'after' and FENCE, described there.
+ *
  * Once a write is on the wire the engine updates its chunks' hashes from
  * the write's bytes (digest_update(): the block hashes of the chunk, read
  * once and cached); a later write to the chunk is either queued behind it
  * (and hashed later) or marked dirty (and resent later), so the last hash
- * set is the destination's.
+ * set is the destination's.  (With a lane its sender does, and the
+ * engine's FENCE waits for that before a record of the chunk.)
  */
 #include <errno.h>
 #include <stdlib.h>
