@@ -601,73 +601,40 @@ static bool token_eq(const uint8_t *a, const uint8_t *b)
 	return d == 0;
 }
 
-/* xport_lanes_attach() for the write lane. */
-static int wlane_attach(struct xport *x, struct xport_stripe *s,
-			const uint8_t token[XPORT_TOKEN_LEN], struct xport *lane)
-{
-	uint64_t one = 1;
-	int r = 0;
-
-	pthread_mutex_lock(&s->lock);
-	if (!token_eq(token, s->token))
-		r = err_set(EACCES, "wrong join token for the write lane");
-	else if (!s->wlane_wanted)
-		r = err_set(EPROTO, "the migration it names asked for no write lane");
-	else if (s->wlane)
-		r = err_set(EEXIST, "the write lane has already joined");
-	else if (s->rx || s->spoke)
-		r = err_set(EPROTO, "the stream is already under way");
-	else if (lane->rpos != lane->rlen)
-		r = err_set(EPROTO, "the write lane sent bytes after its join");
-	if (r == 0) {
-		r = send_joined(lane, 0, "");
-		if (r < 0)
-			r = err_prefix(-r, "answering the join of the write lane: ");
-	}
-	if (r == 0) {
-		char peer[sizeof(lane->peer)];
-
-		snprintf(peer, sizeof(peer), "%s", lane->peer);
-		lane_name(lane, peer, XPORT_WLANE_INDEX, s->n);
-		lane->cancel = x->cancel;
-		lane->timeout_ms = x->timeout_ms;
-		lane->rate_of = x;
-		s->wlane = lane;
-		s->joined++;
-		if (write(s->evfd, &one, sizeof(one)) < 0) {
-			/* Cannot fail: the counter is far from its limit. */
-		}
-	}
-	pthread_mutex_unlock(&s->lock);
-	return r;
-}
-
 int xport_lanes_attach(struct xport *x, unsigned index, const uint8_t token[XPORT_TOKEN_LEN],
 		       struct xport *lane)
 {
 	struct xport_stripe *s = atomic_load(&x->stripe);
+	bool wl = index == XPORT_WLANE_INDEX;
+	char what[48];
 	uint64_t one = 1;
 	int r = 0;
 
 	if (!s)
 		return err_set(EPROTO, "the migration it names asked for no more connections");
-	if (index == XPORT_WLANE_INDEX)
-		return wlane_attach(x, s, token, lane);
+	if (wl)
+		snprintf(what, sizeof(what), "the write lane");
+	else
+		snprintf(what, sizeof(what), "connection %u", index + 1);
 	pthread_mutex_lock(&s->lock);
 	if (!token_eq(token, s->token))
-		r = err_set(EACCES, "wrong join token for connection %u", index + 1);
-	else if (index == 0 || index >= s->n)
+		r = err_set(EACCES, "wrong join token for %s", what);
+	else if (wl && !s->wlane_wanted)
+		r = err_set(EPROTO, "the migration it names asked for no write lane");
+	else if (!wl && index >= s->n)
 		r = err_set(ERANGE, "connection %u is beyond the %u agreed", index + 1, s->n);
-	else if (s->lane[index])
+	else if (wl && s->wlane)
+		r = err_set(EEXIST, "the write lane has already joined");
+	else if (!wl && s->lane[index])
 		r = err_set(EEXIST, "connection %u of %u has already joined", index + 1, s->n);
 	else if (s->rx || s->spoke)
 		r = err_set(EPROTO, "the stream is already under way");
 	else if (lane->rpos != lane->rlen)
-		r = err_set(EPROTO, "connection %u sent bytes after its join", index + 1);
+		r = err_set(EPROTO, "%s sent bytes after its join", what);
 	if (r == 0) {
 		r = send_joined(lane, 0, "");
 		if (r < 0)
-			r = err_prefix(-r, "answering the join of connection %u: ", index + 1);
+			r = err_prefix(-r, "answering the join of %s: ", what);
 	}
 	if (r == 0) {
 		char peer[sizeof(lane->peer)];
@@ -676,8 +643,13 @@ int xport_lanes_attach(struct xport *x, unsigned index, const uint8_t token[XPOR
 		lane_name(lane, peer, index, s->n);
 		lane->cancel = x->cancel;
 		lane->timeout_ms = x->timeout_ms;
-		tcp_fix_rcvbuf(lane->fd);
-		s->lane[index] = lane;
+		if (wl) {
+			lane->rate_of = x;
+			s->wlane = lane;
+		} else {
+			tcp_fix_rcvbuf(lane->fd);
+			s->lane[index] = lane;
+		}
 		s->joined++;
 		if (write(s->evfd, &one, sizeof(one)) < 0) {
 			/* Cannot fail: the counter is far from its limit. */
