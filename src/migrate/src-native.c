@@ -31,11 +31,14 @@ static uint32_t unknown_bits(const char *reason)
 	return p ? (uint32_t)strtoul(p + sizeof(words) - 1, NULL, 16) : 0;
 }
 
-/* Whether HELLO offered the write lane: wherever writes may be mirrored,
- * unless this destination refused it on an earlier connection. */
+/* Whether HELLO offered the write lane: where writes will or may be
+ * mirrored (active, auto), unless this destination refused it on an
+ * earlier connection.  A dirty migration keeps to one connection; one
+ * switched to active later mirrors on it. */
 static bool wlane_offered(const struct src_job *j)
 {
-	return !j->p.verify_only && !j->sess->wlane_refused;
+	return !j->p.verify_only && !j->sess->wlane_refused &&
+	       atomic_load(&((struct src_job *)j)->want_mode) != MIG_MODE_DIRTY;
 }
 
 /* Whether HELLO offered compressed chunks. */
