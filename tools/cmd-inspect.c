@@ -136,6 +136,9 @@ static void show_hello(const struct native_hello *h)
 	if (h->caps & NATIVE_CAP_LANES)
 		printf("  asks for %u connections (LANES): what follows is striped over them\n",
 		       h->lanes);
+	if (h->caps & NATIVE_CAP_WLANE)
+		printf("  asks for a write lane (WLANE): mirrored writes travel on a connection of "
+		       "their own, not here\n");
 	printf("  migration id ");
 	for (unsigned i = 0; i < NATIVE_ID_LEN; i++)
 		printf("%02x", h->id[i]);

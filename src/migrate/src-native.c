@@ -32,12 +32,13 @@ static uint32_t unknown_bits(const char *reason)
 }
 
 /* Whether HELLO offered the write lane: where writes will or may be
- * mirrored (active, auto), unless this destination refused it on an
- * earlier connection.  A dirty migration keeps to one connection; one
- * switched to active later mirrors on it. */
+ * mirrored (active, auto) and the connection can be dialled again, unless
+ * this destination refused it on an earlier connection.  A dirty
+ * migration keeps to one connection; one switched to active later
+ * mirrors on it. */
 static bool wlane_offered(const struct src_job *j)
 {
-	return !j->p.verify_only && !j->sess->wlane_refused &&
+	return !j->p.verify_only && !j->sess->wlane_refused && xport_dialled(j->x) &&
 	       atomic_load(&((struct src_job *)j)->want_mode) != MIG_MODE_DIRTY;
 }
 

@@ -431,6 +431,11 @@ void xport_set_urgent(struct xport *x, bool on)
 	x->urgent = on;
 }
 
+bool xport_dialled(const struct xport *x)
+{
+	return x->dial_to != NULL;
+}
+
 size_t xport_buffered(const struct xport *x)
 {
 	return x->wlen;

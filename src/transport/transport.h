@@ -136,6 +136,9 @@ int xport_read(struct xport *x, void *buf, size_t len, size_t *got);
  * not watch the cancel token. */
 int xport_readable(struct xport *x, int timeout_ms);
 
+/* Whether x was dialled (xport_dial): more connections (lanes, the write
+ * lane) can be opened to where it leads. */
+bool xport_dialled(const struct xport *x);
 /* Bytes written and not yet handed to the socket (xport_flush() sends
  * them); the writer's thread only. */
 size_t xport_buffered(const struct xport *x);
