@@ -902,8 +902,17 @@ static int wl_read(struct dst *d, uint8_t *buf, struct wire_record *rec, uint64_
 	uint32_t cs = d->offer.chunk_size, len;
 	uint8_t hdr[NATIVE_LANE_HDR];
 	size_t got = 0, used = 0;
-	int r = xport_read(d->wlx, hdr, sizeof(hdr), &got);
+	int r;
 
+	/* The lane may carry nothing for as long as nothing is mirrored,
+	 * which is no failure: wait without the idle timeout until it says
+	 * something (a message that stops halfway is one), or until
+	 * wl_stop() shuts it. */
+	do
+		r = xport_readable(d->wlx, -1);
+	while (r == 0);
+	if (r > 0)
+		r = xport_read(d->wlx, hdr, sizeof(hdr), &got);
 	if (r == -ECONNRESET && got == 0)
 		return 1;
 	if (r == 0)
@@ -1035,6 +1044,9 @@ static int wl_start(struct dst *d)
 	d->wlx = xport_write_lane(d->f->x);
 	if (!d->wlx)
 		return 0;
+	/* Offered only with mirrored writes, which a verify never takes. */
+	if (!d->offer.mirror || d->p->verify_only || !d->writers)
+		return err_set(EPROTO, "a write lane joined a migration that takes no writes");
 	/* Its writes go to writer threads, beside the engine's records. */
 	r = writers_for_mirror(d);
 	if (r < 0)

@@ -63,6 +63,7 @@ static int native_handshake(struct dst_fmt *f, struct dst_offer *o)
 	memcpy(o->dev, h->dev, h->ndev * sizeof(h->dev[0]));
 	((struct native_fmt *)f)->forward = h->caps & NATIVE_CAP_FORWARD;
 	((struct native_fmt *)f)->lanes = h->caps & NATIVE_CAP_LANES ? h->lanes : 1;
+	/* HELLO decoding refused it without MIRROR, or with VERIFY. */
 	((struct native_fmt *)f)->wlane = h->caps & NATIVE_CAP_WLANE;
 	/* The engine checks which of these may come when. */
 	wire_stream_allow(f->ws,
@@ -133,7 +134,7 @@ static int offer_lanes(struct dst_fmt *f, unsigned asked, bool wlane)
 	 * own), none could arrive: one connection, no write lane. */
 	if (!f->p->claim)
 		l.count = 1;
-	else if (wlane)
+	else if (wlane && !f->p->verify_only)
 		l.flags = NATIVE_LANES_WLANE;
 	joins = l.count > 1 || l.flags;
 

@@ -1049,8 +1049,10 @@ int src_run(struct src_job *j, struct xport *x)
 			run.err = rp_explain(j, run.err);
 	}
 	/* From here on no thread but this one uses the transport. */
-	mirror_stop(j);
+	/* The lane first: a writer waits in mirror_stop() for a write the
+	 * lane's sender may be stuck sending on a stalled link. */
 	wl_stop(j);
+	mirror_stop(j);
 	rp_stop(j);
 	wire_stream_free(j->rs);
 	j->rs = NULL;

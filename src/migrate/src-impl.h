@@ -264,6 +264,8 @@ struct src_job {
 	 * mirrored.
 	 */
 	struct xport *wl;
+	bool wl_asked; /* HELLO offered the lane (decided once, in the handshake) */
+	bool wl_hold;  /* the final pass is fenced: the sender waits (its digests) */
 	struct wire_stream *wl_rs;
 	pthread_cond_t wl_cond; /* the sender: a queued write, or quit */
 	pthread_t wl_send_thread, wl_recv_thread;

@@ -257,6 +257,9 @@ static void unqueue_locked(struct src_job *j, struct mirror_req *m)
 	if (!m->next)
 		j->mq_tail = pp;
 	m->queued = false;
+	/* The engine may wait at a FENCE for the queue to move past it. */
+	if (j->wl)
+		pthread_cond_broadcast(&j->done_cond);
 }
 
 /* track_mirror.wait: until the destination applied it, or the end. */

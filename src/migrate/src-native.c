@@ -36,7 +36,7 @@ static uint32_t unknown_bits(const char *reason)
  * this destination refused it on an earlier connection.  A dirty
  * migration keeps to one connection; one switched to active later
  * mirrors on it. */
-static bool wlane_offered(const struct src_job *j)
+static bool wlane_wanted(const struct src_job *j)
 {
 	return !j->p.verify_only && !j->sess->wlane_refused && xport_dialled(j->x) &&
 	       atomic_load(&((struct src_job *)j)->want_mode) != MIG_MODE_DIRTY;
@@ -87,7 +87,7 @@ static int await_ready(struct src_job *j, uint64_t *version)
 		return err_prefix(-r, "waiting for the destination to accept the handshake: ");
 	/* An older destination: the next connection offers no write lane
 	 * (retry.c), and mirrored writes share the one stream. */
-	if (it.kind == WIRE_ITEM_ERROR && wlane_offered(j) &&
+	if (it.kind == WIRE_ITEM_ERROR && j->wl_asked &&
 	    (unknown_bits(it.error->reason) & NATIVE_CAP_WLANE)) {
 		j->sess->wlane_refused = true;
 		if (!compress_refused(j, it.error))
@@ -177,7 +177,7 @@ static int take_export(struct src_job *j, const struct native_export *e, bool *s
 static int take_lanes(struct src_job *j, const struct native_lanes *l, bool *seen)
 {
 	unsigned asked = MAX(j->p.connections, 1u);
-	bool wl = wlane_offered(j);
+	bool wl = j->wl_asked;
 	int r;
 
 	if (asked < 2 && !wl)
@@ -322,7 +322,8 @@ static int native_open(struct src_job *j)
 		h.caps |= NATIVE_CAP_VERIFY;
 	else /* offered: the mode may change to active while running */
 		h.caps |= NATIVE_CAP_MIRROR;
-	if (wlane_offered(j))
+	j->wl_asked = wlane_wanted(j);
+	if (j->wl_asked)
 		h.caps |= NATIVE_CAP_WLANE;
 	/* Nothing to compress in a verify. */
 	if (compress_offered(j) && !j->p.verify_only)
@@ -374,6 +375,11 @@ static int native_pass_end(struct src_job *j, bool final)
 
 		pthread_mutex_lock(&j->lock);
 		r = wl_fence_locked(j, j->mq_seq);
+		/* After the final pass come the digests: writes let go by an
+		 * abandoned switch-over wait for the next pass, as on one
+		 * stream they would wait behind COMPLETE. */
+		if (r == 0 && final)
+			j->wl_hold = true;
 		pthread_mutex_unlock(&j->lock);
 		r = r < 0 ? r : n;
 	}

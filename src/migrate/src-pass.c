@@ -281,6 +281,10 @@ int src_run_pass(struct src_job *j, enum pass_kind kind)
 	if (r < 0)
 		return r;
 	pthread_mutex_lock(&j->lock);
+	if (j->wl_hold) { /* a switch-over was abandoned: writes go on */
+		j->wl_hold = false;
+		pthread_cond_signal(&j->wl_cond);
+	}
 	readers_pass_begin_locked(j, kind);
 	/* Auto's intervals are within passes: the waits between them (for
 	 * SYNCED) say nothing about either way. */

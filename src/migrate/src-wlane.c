@@ -138,7 +138,7 @@ static void *send_main(void *arg)
 		struct mirror_req *m;
 		int r;
 
-		while (!j->mq_head && !j->wl_quit && !j->rp_err)
+		while ((!j->mq_head || j->wl_hold) && !j->wl_quit && !j->rp_err)
 			pthread_cond_wait(&j->wl_cond, &j->lock);
 		if (j->wl_quit || j->rp_err)
 			break;

@@ -541,7 +541,7 @@ static int rate_limit(struct xport *x, uint64_t rate, size_t n, bool urgent)
 		x->urgent_ok_ns += rate_ns(rate, n) * XPORT_URGENT_SHARE;
 	pthread_mutex_unlock(&x->rate_lock);
 	if (until > now && cancel_sleep(x->cancel, (int64_t)(until - now)))
-		return fail(x, POLLOUT, err_set(ECANCELED, "cancelled"));
+		return err_set(ECANCELED, "cancelled");
 	return 0;
 }
 
@@ -588,7 +588,7 @@ int xport_send_raw(struct xport *x, struct xport *rl, _Atomic uint64_t *ctr, str
 		}
 		r = rate_limit(rl, rate, budget, urgent);
 		if (r < 0)
-			return r;
+			return fail(x, POLLOUT, r); /* x's own state: rl's is its thread's */
 		n = x->ops->sendv(x, clip, nclip);
 		if (n == -EAGAIN || n == -EINTR)
 			n = 0;

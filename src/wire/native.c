@@ -112,6 +112,8 @@ static int hello_check_fixed(int err, uint32_t caps, uint32_t chunk_size, uint32
 			       caps & ~NATIVE_CAP_KNOWN, NATIVE_CAP_KNOWN);
 	if ((caps & NATIVE_CAP_WLANE) && !(caps & NATIVE_CAP_MIRROR))
 		return err_set(err, "hello: a write lane (WLANE) without mirrored writes (MIRROR)");
+	if ((caps & NATIVE_CAP_WLANE) && (caps & NATIVE_CAP_VERIFY))
+		return err_set(err, "hello: a write lane (WLANE) in a verify (VERIFY)");
 	if (!wire_chunk_size_valid(chunk_size))
 		return err_set(err,
 			       "hello: invalid chunk size %" PRIu32

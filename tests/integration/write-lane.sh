@@ -92,6 +92,21 @@ lane_run lane-cut 2 fault --conn 2 --cut-at 400000
 # FENCE until the lane moves again, and nothing is lost.
 lane_run lane-stall 1 fault --conn 2 --stall-at 400000:4
 
+# An idle lane is no failure: a migration in auto mode with nobody
+# writing opens the lane and sends nothing on it, for longer than both
+# sides' idle timeout (2 s here; 16 MiB at 4 MB/s takes 4 s).
+make_random "$T/idle.img" $size 304
+start_receiver idle-rx --device d0="$T/idle.dst" --create --timeout 2
+"$BLKMIG" send --to "127.0.0.1:$RECV_PORT" --device d0="$T/idle.img" --max-bandwidth 4M \
+	--timeout 2 --json >"$T/idle.json" 2>"$T/idle.err" ||
+	{ cat "$T/idle.err" "$T/idle-rx.err" >&2; fail "idle lane: send failed"; }
+wait_rc "$RECV_PID"
+[ "$RC" = 0 ] || { cat "$T/idle-rx.err" >&2; fail "idle lane: receive failed"; }
+[ "$(json_field "$T/idle.json" "['connections']")" = 1 ] || fail "idle lane: took more than one connection"
+grep -q "WLANE\|write lane" "$T/idle-rx.err" && { cat "$T/idle-rx.err" >&2; fail "idle lane: the receiver complained"; }
+cmp "$T/idle.img" "$T/idle.dst" || fail "idle lane: the image differs"
+pass "idle lane: a 4 s migration with the lane idle past a 2 s timeout completed on one connection"
+
 # An older destination refuses the WLANE bit it does not know; the source
 # connects again at once without it (mirrored writes then share the one
 # stream).  A stand-in answers the first HELLO as an older blkmig does and
