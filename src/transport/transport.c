@@ -441,14 +441,19 @@ size_t xport_buffered(const struct xport *x)
 	return x->wlen;
 }
 
+/* The write lane's bytes count with x's: they share the link. */
 uint64_t xport_tx_bytes(const struct xport *x)
 {
-	return atomic_load(&((struct xport *)x)->tx);
+	struct xport *w = xport_write_lane(x);
+
+	return atomic_load(&((struct xport *)x)->tx) + (w ? atomic_load(&w->tx) : 0);
 }
 
 uint64_t xport_rx_bytes(const struct xport *x)
 {
-	return atomic_load(&((struct xport *)x)->rx);
+	struct xport *w = xport_write_lane(x);
+
+	return atomic_load(&((struct xport *)x)->rx) + (w ? atomic_load(&w->rx) : 0);
 }
 
 const char *xport_peer(const struct xport *x)

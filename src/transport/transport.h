@@ -142,6 +142,7 @@ bool xport_dialled(const struct xport *x);
 /* Bytes written and not yet handed to the socket (xport_flush() sends
  * them); the writer's thread only. */
 size_t xport_buffered(const struct xport *x);
+/* Bytes moved, the write lane's included. */
 uint64_t xport_tx_bytes(const struct xport *x);
 uint64_t xport_rx_bytes(const struct xport *x);
 const char *xport_peer(const struct xport *x);
