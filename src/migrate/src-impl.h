@@ -384,10 +384,11 @@ void mirror_start(struct src_job *j, const char *why);
 /* The migration is over: wake and release every writer, detach. */
 void mirror_stop(struct src_job *j);
 
-/* Send one write taken out of the queue (lock held, dropped while
- * sending): WRITE records on the write lane if there is one, else on the
- * main stream; then its chunks' hashes.  0 or the transport's error. */
-int mirror_send_one_locked(struct src_job *j, struct mirror_req *m);
+/* Take the write at the head of the queue (there is one) and send it
+ * (lock held, dropped while sending): WRITE records on the write lane if
+ * there is one, else on the main stream; then its chunks' hashes.  0 or
+ * the transport's error. */
+int mirror_send_head_locked(struct src_job *j);
 
 /* ---- src-wlane.c -------------------------------------------------------- */
 

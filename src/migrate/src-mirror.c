@@ -138,12 +138,16 @@ static int send_write(struct src_job *j, struct mirror_req *m, uint64_t *last_se
 	return r;
 }
 
-int mirror_send_one_locked(struct src_job *j, struct mirror_req *m)
+int mirror_send_head_locked(struct src_job *j)
 {
+	struct mirror_req *m = j->mq_head;
 	struct src_dev *d = &j->dev[m->dev];
 	uint64_t seq = 0, len = m->len;
 	int r;
 
+	j->mq_head = m->next;
+	if (!j->mq_head)
+		j->mq_tail = &j->mq_head;
 	m->queued = false;
 	m->sending = true;
 	/* Known to the return path before the destination can answer. */
@@ -182,13 +186,8 @@ int mirror_send_one_locked(struct src_job *j, struct mirror_req *m)
 int mirror_send_queued_locked(struct src_job *j, uint64_t upto)
 {
 	while (j->mq_head && j->mq_head->qseq <= upto) {
-		struct mirror_req *m = j->mq_head;
-		int r;
+		int r = mirror_send_head_locked(j);
 
-		j->mq_head = m->next;
-		if (!j->mq_head)
-			j->mq_tail = &j->mq_head;
-		r = mirror_send_one_locked(j, m);
 		if (r < 0)
 			return r;
 	}

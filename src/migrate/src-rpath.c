@@ -39,8 +39,6 @@ static void rp_fail(struct src_job *j, int r)
 	pthread_mutex_unlock(&j->lock);
 }
 
-/* Take one decoded message (j->lock held); 0, or the error that ends the
- * return path. */
 int rp_wack_locked(struct src_job *j, uint64_t v)
 {
 	if (v <= j->wacked || v > j->wseq_sent)
@@ -55,6 +53,8 @@ int rp_wack_locked(struct src_job *j, uint64_t v)
 	return 0;
 }
 
+/* Take one decoded message (j->lock held); 0, or the error that ends the
+ * return path. */
 static int deliver_locked(struct src_job *j, uint8_t type, uint64_t v)
 {
 	if (type == NATIVE_MSG_WACK)

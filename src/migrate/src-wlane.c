@@ -135,19 +135,14 @@ static void *send_main(void *arg)
 	thread_name("bm-src-wlane");
 	pthread_mutex_lock(&j->lock);
 	for (;;) {
-		struct mirror_req *m;
 		int r;
 
 		while ((!j->mq_head || j->wl_hold) && !j->wl_quit && !j->rp_err)
 			pthread_cond_wait(&j->wl_cond, &j->lock);
 		if (j->wl_quit || j->rp_err)
 			break;
-		m = j->mq_head;
-		j->mq_head = m->next;
-		if (!j->mq_head)
-			j->mq_tail = &j->mq_head;
-		j->wl_busy = m->qseq;
-		r = mirror_send_one_locked(j, m);
+		j->wl_busy = j->mq_head->qseq;
+		r = mirror_send_head_locked(j);
 		j->wl_busy = 0;
 		if (r < 0) {
 			rp_fail_locked(j, err_prefix(-r, "write lane: "));
