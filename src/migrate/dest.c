@@ -896,10 +896,12 @@ static int wl_await_recs(struct dst *d, uint64_t after, uint64_t seq)
 }
 
 /* One message off the lane: its WRITE record decoded into *rec (pointing
- * into buf) and its 'after'.  1 at the lane's clean end, 0, or an error. */
-static int wl_read(struct dst *d, uint8_t *buf, struct wire_record *rec, uint64_t *after)
+ * into buf), its 'after' and the record's length in *len.  1 at the lane's
+ * clean end, 0, or an error. */
+static int wl_read(struct dst *d, uint8_t *buf, struct wire_record *rec, uint64_t *after,
+		   uint32_t *len)
 {
-	uint32_t cs = d->offer.chunk_size, len;
+	uint32_t cs = d->offer.chunk_size;
 	uint8_t hdr[NATIVE_LANE_HDR];
 	size_t got = 0, used = 0;
 	int r;
@@ -916,13 +918,13 @@ static int wl_read(struct dst *d, uint8_t *buf, struct wire_record *rec, uint64_
 	if (r == -ECONNRESET && got == 0)
 		return 1;
 	if (r == 0)
-		r = native_lane_decode(hdr, WIRE_REC_HDR_MAX + cs, after, &len);
+		r = native_lane_decode(hdr, WIRE_REC_HDR_MAX + cs, after, len);
 	if (r == 0)
-		r = xport_read(d->wlx, buf, len, NULL);
+		r = xport_read(d->wlx, buf, *len, NULL);
 	if (r == 0) {
-		r = wire_rec_decode(buf, len, cs, rec, &used);
-		if (r == -EAGAIN || (r == 0 && used != len))
-			r = err_set(EBADMSG, "a message of %u bytes holds a record of %zu", len,
+		r = wire_rec_decode(buf, *len, cs, rec, &used);
+		if (r == -EAGAIN || (r == 0 && used != *len))
+			r = err_set(EBADMSG, "a message of %u bytes holds a record of %zu", *len,
 				    used);
 		else if (r == 0 && rec->kind != WIRE_REC_WRITE)
 			r = err_set(EBADMSG, "a record other than WRITE");
@@ -941,31 +943,34 @@ static void *wl_main(void *arg)
 	struct dst *d = arg;
 	uint8_t *buf = malloc(WIRE_REC_HDR_MAX + (size_t)d->offer.chunk_size);
 	int r = buf ? 0 : err_set(ENOMEM, "no memory for the write lane");
+	uint64_t at = 0; /* the lane's offset, for messages */
 
 	thread_name("bm-dst-wlane");
 	while (r == 0) {
 		uint8_t ack[NATIVE_FRAME_HDR + 8];
 		struct wire_record rec;
 		struct dst_dev *dev;
-		uint64_t after = 0;
+		uint64_t after = 0, rec_off = at + NATIVE_LANE_HDR;
+		uint32_t len = 0;
 
-		r = wl_read(d, buf, &rec, &after);
+		r = wl_read(d, buf, &rec, &after, &len);
 		if (r == 1) {
 			r = 0;
 			break;
 		}
 		if (r < 0)
 			break;
+		at = rec_off + len;
 		dev = find_dev(d, rec.name);
 		if (!dev) {
-			r = unknown_device(&rec, 0);
+			r = unknown_device(&rec, rec_off);
 			break;
 		}
 		pthread_mutex_lock(&d->wl_lock);
 		r = wl_await_recs(d, after, rec.seq);
 		pthread_mutex_unlock(&d->wl_lock);
 		if (r == 0)
-			r = queue_write(d, dev, &rec, 0, d->wl_applied + 1);
+			r = queue_write(d, dev, &rec, rec_off, d->wl_applied + 1);
 		if (r == 0)
 			r = native_wack_encode(ack, sizeof(ack), rec.seq);
 		if (r > 0)
