@@ -143,6 +143,29 @@ static void test_lanes_msg_golden(void **state)
 	assert_int_equal(native_lanes_encode(buf, sizeof(buf), &l), -EINVAL);
 }
 
+/* A write lane message's header: be64 after, be32 len (1 .. max). */
+static void test_lane_msg_golden(void **state)
+{
+	static const uint8_t want[NATIVE_LANE_HDR] = { 0, 0, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 40 };
+	uint8_t hdr[NATIVE_LANE_HDR];
+	uint64_t after = 0;
+	uint32_t len = 0;
+
+	(void)state;
+	native_lane_encode(hdr, 0x102, 40);
+	assert_memory_equal(hdr, want, sizeof(want));
+	assert_int_equal(native_lane_decode(hdr, 40, &after, &len), 0);
+	assert_int_equal(after, 0x102);
+	assert_int_equal(len, 40);
+	assert_int_equal(native_lane_decode(hdr, 39, &after, &len), -EBADMSG);
+	assert_string_equal(err_msg(), "write lane: a record of 40 bytes (must be 1..39)");
+	native_lane_encode(hdr, 7, 0);
+	assert_int_equal(native_lane_decode(hdr, 39, &after, &len), -EBADMSG);
+	assert_string_equal(err_msg(), "write lane: a record of 0 bytes (must be 1..39)");
+	native_lane_encode(hdr, 7, UINT32_MAX);
+	assert_int_equal(native_lane_decode(hdr, 39, &after, &len), -EBADMSG);
+}
+
 static void test_hello_lanes(void **state)
 {
 	struct native_hello h = { .version = NATIVE_VERSION,
@@ -636,6 +659,7 @@ int main(void)
 		cmocka_unit_test(test_sequence_gap),	 cmocka_unit_test(test_bad_lengths),
 		cmocka_unit_test(test_join_refusals),	 cmocka_unit_test(test_source_speaks_first),
 		cmocka_unit_test(test_write_lane),	 cmocka_unit_test(test_write_lane_connect),
+		cmocka_unit_test(test_lane_msg_golden),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
