@@ -110,7 +110,7 @@ struct mirror_req {
 	uint64_t after; /* write lane: chunk records that must go first */
 	uint64_t seq;	/* the last WRITE sequence number it became (engine) */
 	bool queued;	/* still in the queue (j->lock) */
-	bool sending;	/* the engine is writing it (j->lock) */
+	bool sending;	/* the engine or the lane is sending it (j->lock) */
 	bool sent;	/* on the wire, seq valid (j->lock) */
 	bool leaving;	/* its writer gave up and waits for !sending (j->lock) */
 	int err;	/* the send failed (j->lock) */
@@ -255,19 +255,18 @@ struct src_job {
 
 	/*
 	 * The write lane (src-wlane.c), under lock but for wl itself, set in
-	 * the handshake: the sender takes the mirror queue, wl_busy is the
-	 * queue number of the write it is sending (0: none), wl_handed the
-	 * last WRITE it finished sending, wl_fenced the last a FENCE named.
-	 * wl_ring holds the last chunk records' (device, chunk, wl_recs
-	 * after it); wl_recs counts chunk records sent (engine only).
-	 * wl_closed: the destination closed the lane; writes are no longer
-	 * mirrored.
+	 * the handshake: the sender (or a writer, wl_queued_locked()) takes
+	 * the mirror queue, wl_busy is the queue number of the write being
+	 * sent (0: none), wl_handed the last WRITE whose sending finished,
+	 * wl_fenced the last a FENCE named.  wl_ring holds the last chunk records' (device, chunk,
+	 * wl_recs after it); wl_recs counts chunk records sent (engine only). wl_closed: the
+	 * destination closed the lane; writes are no longer mirrored.
 	 */
 	struct xport *wl;
 	bool wl_asked; /* HELLO offered the lane (decided once, in the handshake) */
 	bool wl_hold;  /* the final pass is fenced: the sender waits (its digests) */
 	struct wire_stream *wl_rs;
-	pthread_cond_t wl_cond; /* the sender: a queued write, or quit */
+	pthread_cond_t wl_cond; /* the sender: a queued write, an idle lane, quit */
 	pthread_t wl_send_thread, wl_recv_thread;
 	bool wl_send_running, wl_recv_running, wl_quit, wl_closed;
 	uint64_t wl_busy, wl_handed, wl_fenced;
@@ -408,6 +407,10 @@ int wl_flush_locked(struct src_job *j);
  * queued up to the upto'th, then FENCE the last one sent (lock held,
  * dropped while sending).  0 or a negative errno. */
 int wl_fence_locked(struct src_job *j, uint64_t upto);
+/* m was just queued (lock held): its writer sends it if the lane is idle
+ * and nothing is ahead of it (the lock is dropped meanwhile), or wakes the
+ * lane's sender. */
+void wl_queued_locked(struct src_job *j, struct mirror_req *m);
 
 /* ---- src-rpath.c -------------------------------------------------------- */
 

@@ -7,14 +7,14 @@
  * the backend.  A write whose chunks have all been copied, are not being
  * copied and are not dirty is queued for the engine; any other write is
  * marked dirty by the layer as usual.  The writer then waits in
- * mirror_wait() for the destination's WACK.  Writer threads never touch
- * the transport: the engine sends queued writes (mirror_send_queued_locked)
- * in queue order, which is the order they reached the backend: before each
- * chunk record, the writes queued until that chunk's result was taken, and
- * whatever is queued while it has nothing else to send.  Writes queued
- * later wait for the next record, so writers that keep the queue busy
- * cannot starve the copy (they share the link about one write per writer
- * per chunk record).
+ * mirror_wait() for the destination's WACK.  Without a write lane,
+ * writer threads never touch the transport: the engine sends queued
+ * writes (mirror_send_queued_locked) in queue order, which is the order
+ * they reached the backend: before each chunk record, the writes queued
+ * until that chunk's result was taken, and whatever is queued while it
+ * has nothing else to send.  Writes queued later wait for the next
+ * record, so writers that keep the queue busy cannot starve the copy
+ * (they share the link about one write per writer per chunk record).
  *
  * Why the order is safe: a chunk being copied is "claimed" from the moment
  * a reader takes it until its record is on the wire, and writes to a
@@ -222,10 +222,11 @@ static int mirror_submit(void *opaque, enum track_op op, const void *buf, uint64
 		m->qseq = ++j->mq_seq;
 		*j->mq_tail = m;
 		j->mq_tail = &m->next;
-		/* The lane's sender takes it; otherwise the engine. */
+		/* The lane takes it (its sender, or this writer); otherwise
+		 * the engine. */
 		if (j->wl) {
 			m->after = wl_after_locked(j, di, c0, c1);
-			pthread_cond_signal(&j->wl_cond);
+			wl_queued_locked(j, m);
 		} else {
 			pthread_cond_broadcast(&j->done_cond);
 		}
