@@ -8,6 +8,9 @@
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -189,6 +192,33 @@ void sleep_ns(uint64_t ns)
 
 	while (nanosleep(&ts, &ts) == -1 && errno == EINTR)
 		;
+}
+
+/* sched_setattr(2)'s argument, its first published layout (48 bytes);
+ * <linux/sched/types.h> cannot be included beside <sched.h>. */
+struct sched_attr_v0 {
+	uint32_t size, sched_policy;
+	uint64_t sched_flags;
+	int32_t sched_nice;
+	uint32_t sched_priority;
+	uint64_t sched_runtime, sched_deadline, sched_period;
+};
+
+void thread_latency(void)
+{
+	struct sched_attr_v0 a = {
+		.size = sizeof(a),
+		.sched_policy = SCHED_OTHER,
+		.sched_runtime = THREAD_LATENCY_SLICE_NS,
+	};
+	int nice;
+
+	errno = 0;
+	nice = getpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid));
+	if (nice == -1 && errno)
+		return;
+	a.sched_nice = nice;
+	(void)syscall(SYS_sched_setattr, 0, &a, 0u);
 }
 
 void thread_bulk(void)

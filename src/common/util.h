@@ -163,4 +163,15 @@ void thread_name(const char *name);
  */
 void thread_bulk(void);
 
+/*
+ * Mark the calling thread as latency-bound: a client's write waits for it
+ * each time it wakes.  On a kernel with EEVDF custom slices (Linux 6.12 and
+ * later) it asks for a short slice, THREAD_LATENCY_SLICE_NS, which lets it
+ * preempt a thread that has run for longer as soon as it wakes, instead of
+ * waiting out that thread's slice (about a millisecond or more); its share
+ * of the CPU is unchanged.  Older kernels ignore it.  Best effort.
+ */
+#define THREAD_LATENCY_SLICE_NS (100u * 1000)
+void thread_latency(void);
+
 #endif

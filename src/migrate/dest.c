@@ -946,6 +946,7 @@ static void *wl_main(void *arg)
 	uint64_t at = 0; /* the lane's offset, for messages */
 
 	thread_name("bm-dst-wlane");
+	thread_latency(); /* each mirrored write waits for it to wake */
 	while (r == 0) {
 		uint8_t ack[NATIVE_FRAME_HDR + 8];
 		struct wire_record rec;

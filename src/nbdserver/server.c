@@ -858,6 +858,8 @@ static void conn_main(void *arg)
 	bool debug = debug_enabled();
 
 	err_clear();
+	/* A client's writes wait for this thread each time it wakes. */
+	thread_latency();
 	c->state = CONN_GREET;
 	if (!c->refusal && !unauth_acquire(c) && !c->refusal)
 		c->state = CONN_CLOSE;

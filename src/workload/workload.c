@@ -161,6 +161,8 @@ static void *writer_main(void *arg)
 	uint8_t *buf = malloc(bs);
 
 	thread_name("bm-workload");
+	/* As an NBD client's thread (conn_main()) is: it stands for one. */
+	thread_latency();
 	if (!buf) {
 		pthread_mutex_lock(&w->lock); /* workload_get_stats() reads it */
 		w->stopped_by = -ENOMEM;

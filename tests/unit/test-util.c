@@ -13,7 +13,12 @@
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/utsname.h>
+#include <unistd.h>
 
 #include "common/error.h"
 #include "common/util.h"
@@ -325,9 +330,80 @@ static void test_thread_name_and_bulk(void **state)
 	assert_int_equal(sched_getscheduler(0), SCHED_OTHER);
 }
 
+static bool kernel_at_least(int major, int minor)
+{
+	struct utsname u;
+	int ma = 0, mi = 0;
+
+	if (uname(&u) != 0 || sscanf(u.release, "%d.%d", &ma, &mi) != 2)
+		return false;
+	return ma > major || (ma == major && mi >= minor);
+}
+
+/* The kernel's slice for this thread, from /proc (0: not shown, as
+ * before EEVDF). */
+static unsigned long long own_slice(void)
+{
+	char path[64], line[256];
+	unsigned long long ns = 0;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/self/task/%ld/sched", (long)syscall(SYS_gettid));
+	f = fopen(path, "r");
+	if (!f)
+		return 0;
+	while (fgets(line, sizeof(line), f))
+		if (strncmp(line, "se.slice", 8) == 0)
+			sscanf(strchr(line, ':') + 1, "%llu", &ns);
+	fclose(f);
+	return ns;
+}
+
+struct latency_seen {
+	int policy_before, policy_after, nice_before, nice_after;
+	unsigned long long slice_before, slice_after;
+};
+
+static void *latency_main(void *arg)
+{
+	struct latency_seen *s = arg;
+	pid_t tid = (pid_t)syscall(SYS_gettid);
+
+	/* A nice value of its own, which the call must keep. */
+	setpriority(PRIO_PROCESS, (id_t)tid, 3);
+	s->policy_before = sched_getscheduler(0);
+	s->nice_before = getpriority(PRIO_PROCESS, (id_t)tid);
+	s->slice_before = own_slice();
+	thread_latency();
+	s->policy_after = sched_getscheduler(0);
+	s->nice_after = getpriority(PRIO_PROCESS, (id_t)tid);
+	s->slice_after = own_slice();
+	return NULL;
+}
+
+static void test_thread_latency(void **state)
+{
+	struct latency_seen s = { 0 };
+	pthread_t th;
+
+	(void)state;
+	assert_int_equal(pthread_create(&th, NULL, latency_main, &s), 0);
+	assert_int_equal(pthread_join(th, NULL), 0);
+	/* Its share of the CPU is what it was: same policy, same nice. */
+	assert_int_equal(s.policy_after, SCHED_OTHER);
+	assert_int_equal(s.nice_before, 3);
+	assert_int_equal(s.nice_after, 3);
+	/* A kernel with custom slices (6.12 on) gave it the short one. */
+	if (kernel_at_least(6, 12) && s.slice_before)
+		assert_int_equal(s.slice_after, THREAD_LATENCY_SLICE_NS);
+	else
+		print_message("a kernel before custom slices: only the share is checked\n");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_thread_latency),
 		cmocka_unit_test(test_parse_size_ok),
 		cmocka_unit_test(test_parse_size_errors),
 		cmocka_unit_test(test_parse_rate),
