@@ -11,11 +11,12 @@ neighbour="$T/neighbour.img"
 make_random "$neighbour" $MiB 61
 nsum=$(md5sum <"$neighbour")
 
-check() { # fault, expected pattern, whether the image is marked afterwards
+check() { # fault, expected pattern, whether the image is marked afterwards [receive options]
 	local fault=$1 pat=$2 marked=$3
+	shift 3
 	rm -f "$T/d.img"
 	make_random "$T/d.img" $size 62
-	start_receiver "$fault" --device d0="$T/d.img" --timeout 10 --max-refused 1 --retry-for 0
+	start_receiver "$fault" --device d0="$T/d.img" --timeout 10 --max-refused 1 --retry-for 0 "$@"
 	"$BLKMIG_CRAFT" --to "127.0.0.1:$RECV_PORT" --size $size --fault "$fault" >"$T/$fault.craft" 2>&1 ||
 		{ cat "$T/$fault.craft" >&2; fail "$fault: craft saw an unexpected answer"; }
 	wait_rc "$RECV_PID"; rc=$RC
@@ -52,6 +53,13 @@ check write-unannounced "a WRITE record, which this stream did not announce" yes
 check write-sequence "write 2 out of sequence .expected 1." yes
 check write-beyond "write of 5 bytes at offset [0-9]+ beyond device d0" yes
 check fence-unannounced "a FENCE record, which this stream did not announce" yes
+# The write lane (craft joins one): what its writes and the main stream's
+# FENCEs wait for never comes, or comes on the wrong connection.  The
+# waits are bounded by the idle timeout (2 s here).
+check lane-after-never "write lane: .*write 1 follows chunk record 6, which did not come in 2 s .5 came." yes --timeout 2
+check lane-fence-beyond "FENCE after write 2, which did not come in 2 s .1 came." yes --timeout 2
+check lane-closed-fence "FENCE after write 2, but the write lane closed after write 1" yes
+check lane-write-main "a WRITE on the main stream, while the write lane carries them" yes
 
 # accepted LABEL SEED FAULT [receive options]: a crafted stream the
 # receiver must take, into a fresh d.img of random data (SEED).
@@ -91,6 +99,13 @@ pass "shared-base stream accepted with receive --shared-base"
 accepted mo 62 mirror-ok
 [ "$(dd if="$T/d.img" bs=1 skip=1000 count=5 status=none)" = hello ] || fail "mirror-ok: the WRITE is not in the image"
 pass "a mirrored WRITE is applied and acknowledged"
+
+# The same on the write lane: the WRITE follows every chunk record, a
+# FENCE names it before EOS; it is applied, acknowledged, and counted in
+# the digests.
+accepted lo 62 lane-ok
+[ "$(dd if="$T/d.img" bs=1 skip=1000 count=5 status=none)" = hello ] || fail "lane-ok: the WRITE is not in the image"
+pass "a WRITE on a crafted write lane is applied and acknowledged"
 
 # In active mode the receiver syncs a pass beside what follows its EOS:
 # a WRITE sent then lands and is acknowledged; a chunk record sent then

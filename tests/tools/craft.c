@@ -60,6 +60,13 @@ static const char *const faults[] = {
 	"zstd-size",	     /* COMPRESS, one frame of half a chunk */
 	"zstd-long",	     /* COMPRESS, one frame claimed as long as a chunk */
 	"fence-unannounced", /* a FENCE record without WLANE in HELLO */
+	/* The write lane (MIRROR|WLANE; the lane joins with the LANES
+	 * token).  "lane-ok": a WRITE on it after every chunk record, a
+	 * FENCE naming it before EOS: accepted. */
+	"lane-ok", "lane-after-never", /* its WRITE follows a chunk record that never comes */
+	"lane-fence-beyond",	       /* a FENCE after write 2, where the lane carried 1 */
+	"lane-closed-fence",	       /* the lane closes after write 1, then a FENCE after 2 */
+	"lane-write-main",	       /* a WRITE on the main stream while the lane is open */
 };
 
 static bool is(const char *fault, const char *name)
@@ -67,13 +74,20 @@ static bool is(const char *fault, const char *name)
 	return strcmp(fault, name) == 0;
 }
 
+/* Streams that must be acknowledged: a refusal of one is craft's failure. */
+static bool must_pass(const char *fault)
+{
+	return is(fault, "ok") || is(fault, "zstd-ok") || is(fault, "lane-ok");
+}
+
 /* Released at exit, whichever way main() leaves. */
-static struct xport *g_x;
+static struct xport *g_x, *g_lane;
 static struct digest_table *g_dig;
 static uint8_t *g_chunk;
 
 static void release(void)
 {
+	xport_close(g_lane);
 	xport_close(g_x);
 	digest_free(g_dig);
 	free(g_chunk);
@@ -84,6 +98,65 @@ static int send_all(struct xport *x, const void *p, size_t n)
 	int r = xport_write(x, p, n);
 
 	return r ? r : xport_flush(x);
+}
+
+/* After READY: read LANES, and join the write lane with its token. */
+static int join_lane(struct xport *x, const char *to, struct xport **out)
+{
+	uint8_t hdr[NATIVE_FRAME_HDR], body[64], join[XPORT_JOIN_LEN], ans[XPORT_JOINED_HDR];
+	struct native_lanes l;
+	uint32_t len;
+
+	if (xport_read(x, hdr, sizeof(hdr), NULL) < 0)
+		return -1;
+	len = get_be32(hdr + 1);
+	if (hdr[0] != NATIVE_MSG_LANES || len > sizeof(body) ||
+	    xport_read(x, body, len, NULL) < 0 || native_lanes_decode(body, len, &l) < 0 ||
+	    !(l.flags & NATIVE_LANES_WLANE)) {
+		fprintf(stderr, "craft: no write lane offered (message 0x%02x)\n", hdr[0]);
+		return -1;
+	}
+	if (xport_connect(to, 10000, NULL, out) < 0)
+		return -1;
+	xport_join_encode(join, XPORT_WLANE_INDEX, l.token);
+	if (send_all(*out, join, sizeof(join)) < 0 || xport_read(*out, ans, sizeof(ans), NULL) < 0)
+		return -1;
+	if (ans[0] != XPORT_JOINED_TYPE || get_be32(ans + 1) != 4 || get_be32(ans + 5) != 0) {
+		fprintf(stderr, "craft: the write lane's join was refused\n");
+		return -1;
+	}
+	return 0;
+}
+
+/* A WRITE of len bytes at off, as the lane carries it: after 'after'
+ * chunk records of the main stream. */
+static int lane_write(struct xport *lane, const char *name, uint64_t seq, uint64_t after,
+		      uint64_t off, const void *data, uint32_t len)
+{
+	uint8_t hdr[NATIVE_LANE_HDR + WIRE_REC_HDR_MAX];
+	struct wire_record rec = { .kind = WIRE_REC_WRITE,
+				   .seq = seq,
+				   .offset = off,
+				   .length = len,
+				   .op = WIRE_WRITE_DATA };
+	int n;
+
+	snprintf(rec.name, sizeof(rec.name), "%s", name);
+	n = wire_rec_encode_header(hdr + NATIVE_LANE_HDR, &rec);
+	if (n < 0)
+		return n;
+	native_lane_encode(hdr, after, (uint32_t)n + len);
+	n = xport_write2(lane, hdr, NATIVE_LANE_HDR + (size_t)n, data, len);
+	return n ? n : xport_flush(lane);
+}
+
+static int send_fence(struct xport *x, uint64_t seq)
+{
+	uint8_t fh[WIRE_REC_HDR_MAX];
+	int fn =
+	    wire_rec_encode_header(fh, &(struct wire_record){ .kind = WIRE_REC_FENCE, .seq = seq });
+
+	return fn < 0 ? fn : send_all(x, fh, (size_t)fn);
 }
 
 static void fill_chunk(uint8_t *buf, uint32_t cs, uint64_t idx)
@@ -170,6 +243,8 @@ int main(int argc, char **argv)
 		h.caps |= NATIVE_CAP_MIRROR;
 	if (strncmp(fault, "zstd-", 5) == 0 && !is(fault, "zstd-unannounced"))
 		h.caps |= NATIVE_CAP_COMPRESS;
+	if (strncmp(fault, "lane-", 5) == 0)
+		h.caps |= NATIVE_CAP_MIRROR | NATIVE_CAP_WLANE;
 	n = native_hello_encode(buf, sizeof(buf), &h);
 	if (n < 0)
 		return 1;
@@ -197,9 +272,11 @@ int main(int argc, char **argv)
 			if (native_error_decode(body, len, &e) == 0)
 				printf("receiver refused: %s\n", e.reason);
 		}
-		return is(fault, "ok") || is(fault, "zstd-ok") ? 1 : 0;
+		return must_pass(fault) ? 1 : 0;
 	}
 	xport_read(x, body, get_be32(hdr + 1), NULL);
+	if (strncmp(fault, "lane-", 5) == 0 && join_lane(x, to, &g_lane) < 0)
+		goto closed;
 	/* Only now: a refused claim of terabytes costs no tables here. */
 	chunk = g_chunk = malloc(cs);
 	dig = g_dig = digest_new(size, cs);
@@ -213,6 +290,13 @@ int main(int argc, char **argv)
 		n = native_error_encode(buf, sizeof(buf), NATIVE_MSG_ABORT, &e);
 		send_all(x, buf, (size_t)n);
 		goto answer;
+	}
+	/* Sent before any chunk record, and given a second's start on the
+	 * main stream: its wait (the lane's idle timeout) ends first. */
+	if (is(fault, "lane-after-never")) {
+		if (lane_write(g_lane, name, 1, nchunks + 1, 1000, "hello", 5) < 0)
+			goto closed;
+		sleep_ns(1000000000ull);
 	}
 	/* One pass over every chunk, with the fault in the middle. */
 	type = NATIVE_MSG_BLOCKS;
@@ -305,8 +389,26 @@ int main(int argc, char **argv)
 		if (n < 0 || xport_write2(x, hdr, (size_t)n, chunk, cs) < 0)
 			goto closed;
 	}
+	if (strncmp(fault, "lane-", 5) == 0 && !is(fault, "lane-after-never")) {
+		/* "hello" into chunk 0, after every chunk record. */
+		if (!is(fault, "lane-write-main") &&
+		    lane_write(g_lane, name, 1, nchunks, 1000, "hello", 5) < 0)
+			goto closed;
+		if (is(fault, "lane-closed-fence"))
+			xport_shutdown_write(g_lane);
+		fill_chunk(chunk, cs, 0);
+		memcpy(chunk + 1000, "hello", 5);
+		digest_set(dig, 0, digest_hash(chunk, digest_chunk_len(dig, 0)));
+	}
+	if (strncmp(fault, "lane-", 5) == 0 && !is(fault, "lane-write-main")) {
+		if (send_fence(x, is(fault, "lane-ok") || is(fault, "lane-after-never") ? 1 : 2) <
+		    0)
+			goto closed;
+		if (!is(fault, "lane-ok"))
+			goto answer; /* the receiver waits, then fails */
+	}
 	if (is(fault, "mirror-ok") || is(fault, "mirror-after-eos") ||
-	    strncmp(fault, "write-", 6) == 0) {
+	    strncmp(fault, "write-", 6) == 0 || is(fault, "lane-write-main")) {
 		/* A mirrored client write of "hello" into chunk 0. */
 		struct wire_record rec = { .kind = WIRE_REC_WRITE,
 					   .seq = is(fault, "write-sequence") ? 2 : 1,
@@ -356,7 +458,8 @@ answer:
 		 hdr[0] == NATIVE_MSG_STATE || hdr[0] == NATIVE_MSG_SUMS);
 	if (hdr[0] == NATIVE_MSG_ACK) {
 		bool good = is(fault, "ok") || is(fault, "shared-base") || is(fault, "mirror-ok") ||
-			    is(fault, "zstd-ok") || strstr(fault, "-after-eos");
+			    is(fault, "zstd-ok") || strstr(fault, "-after-eos") ||
+			    is(fault, "lane-ok");
 
 		printf("receiver acknowledged\n");
 		if (strcmp(fault, "no-commit") == 0)
@@ -371,12 +474,12 @@ answer:
 
 		if (native_error_decode(body, len, &e) == 0)
 			printf("receiver failed: %s\n", e.reason);
-		return is(fault, "ok") || is(fault, "zstd-ok") ? 1 : 0;
+		return must_pass(fault) ? 1 : 0;
 	}
 	printf("receiver sent message type 0x%02x\n", hdr[0]);
 	return 1;
 
 closed:
 	printf("receiver closed the connection: %s\n", err_msg());
-	return is(fault, "ok") || is(fault, "zstd-ok") ? 1 : 0;
+	return must_pass(fault) ? 1 : 0;
 }
