@@ -285,6 +285,7 @@ int dstw_submit(struct dstw *w, const struct dstw_job *job)
 {
 	struct dstw_writer *wr;
 	struct dstw_slot *s;
+	unsigned cap;
 	int r;
 
 	if (job->len > w->chunk_size)
@@ -296,8 +297,10 @@ int dstw_submit(struct dstw *w, const struct dstw_job *job)
 		return r;
 	}
 	wr = &w->wr[job->idx % w->nwriters];
+	/* The last slot is a mirrored write's (see dst-writers.h). */
+	cap = job->op == DSTW_MIRROR || w->nslots == 1 ? w->nslots : w->nslots - 1;
 	pthread_mutex_lock(&w->lock);
-	while (wr->count == w->nslots && !w->err)
+	while (wr->count >= cap && !w->err)
 		pthread_cond_wait(&w->space, &w->lock);
 	r = failed_locked(w);
 	if (r < 0) {
@@ -334,6 +337,11 @@ int dstw_barrier(struct dstw *w)
 	r = failed_locked(w);
 	pthread_mutex_unlock(&w->lock);
 	return r;
+}
+
+unsigned dstw_slots(const struct dstw *w)
+{
+	return w->nslots;
 }
 
 unsigned dstw_backlog(struct dstw *w)

@@ -16,7 +16,10 @@
  * order of the calls whenever one returned before the other began.  An
  * inline pool (no threads) has one submitter.  Memory: each
  * writer holds at most a few chunk buffers (about DSTW_QUEUE_BYTES); the
- * engine waits when the chunk's writer is full.
+ * engine waits when the chunk's writer is full.  Of a writer's slots the
+ * last is kept for mirrored writes (DSTW_MIRROR) when it has more than
+ * one: a client waits for its write to be queued (the WACK follows), and
+ * a copy that fills the queues would make it wait for a chunk's write.
  *
  * Errors: the first failure is kept (its message too) and returned by the
  * next dstw_submit(), dstw_barrier() or dstw_wait_done(), and every one after; writers skip the
@@ -74,6 +77,9 @@ int dstw_barrier(struct dstw *w);
 /* The most jobs queued or running on any one writer (0 inline): how long
  * a new job could wait. */
 unsigned dstw_backlog(struct dstw *w);
+/* Each writer's queue slots (the last of them kept for DSTW_MIRROR when
+ * there are several). */
+unsigned dstw_slots(const struct dstw *w);
 /*
  * Jobs are numbered from 1 as they are submitted: the number of the last
  * one (0: none yet), and a wait until every job up to 'upto' is applied,

@@ -375,6 +375,76 @@ static void test_mirror_order(void **state)
 	assert_int_equal(dstw_barrier(f->w), 0);
 }
 
+struct record_submit {
+	struct fx *f;
+	struct gate *g;
+	int r;
+	bool returned;
+	uint8_t data[CS];
+};
+
+static void *record_main(void *arg)
+{
+	struct record_submit *rs = arg;
+	int r = submit(rs->f, DSTW_WRITE, 9, rs->data);
+
+	pthread_mutex_lock(&rs->g->lock);
+	rs->r = r;
+	rs->returned = true;
+	pthread_mutex_unlock(&rs->g->lock);
+	return NULL;
+}
+
+/*
+ * A writer's last slot is kept for mirrored writes: with chunk 3's record
+ * held in its writer and that writer's queue filled with chunk records
+ * up to the last slot, one more record waits for room, while a mirrored
+ * write (chunk 6, the same writer) takes the kept slot at once (a client
+ * waits for that).  Given all the slots, the records would have left the
+ * write waiting for chunk 3's.  Order holds: the write lands after the
+ * records queued before it, and the waiting record after it.
+ */
+static void test_mirror_slot_kept(void **state)
+{
+	struct fx *f = *state;
+	struct gate *g = (struct gate *)f->blk;
+	unsigned slots = dstw_slots(f->w);
+	struct record_submit *rs = calloc(1, sizeof(*rs));
+	uint8_t src[4096], want[CS];
+	pthread_t t;
+	bool early;
+
+	assert_non_null(rs);
+	assert_true(slots > 1);
+	memset(f->buf, 0x33, CS);
+	assert_int_equal(submit(f, DSTW_WRITE, 3, f->buf), 0);
+	gate_wait_holding(g);
+	/* Chunks 0, 3, 6 and 9 are the first writer's (of three). */
+	for (unsigned i = 1; i < slots - 1; i++)
+		assert_int_equal(submit(f, DSTW_WRITE, 6, f->buf), 0);
+	*rs = (struct record_submit){ .f = f, .g = g };
+	memset(rs->data, 0x44, CS);
+	assert_int_equal(pthread_create(&t, NULL, record_main, rs), 0);
+	usleep(20000);
+	pthread_mutex_lock(&g->lock);
+	early = rs->returned;
+	pthread_mutex_unlock(&g->lock);
+	memset(src, 0x77, sizeof(src));
+	if (!early)
+		assert_int_equal(submit_mirror(f, 6 * CS + 4096, sizeof(src), src), 0);
+	gate_open(g);
+	assert_int_equal(pthread_join(t, NULL), 0);
+	assert_false(early);
+	assert_int_equal(rs->r, 0);
+	assert_int_equal(dstw_barrier(f->w), 0);
+	memset(want, 0x33, CS);
+	memset(want + 4096, 0x77, sizeof(src));
+	assert_int_equal(blk_pread(f->blk, f->buf, CS, 6 * CS), 0);
+	assert_memory_equal(f->buf, want, CS);
+	assert_true(reads_as(f, 9 * CS, CS, 0x44));
+	free(rs);
+}
+
 /* A layer whose writes land with their first byte flipped: a device
  * that answers a write it did not do as asked. */
 static int liar_pwrite(struct blk *b, const void *buf, size_t len, uint64_t off)
@@ -594,23 +664,15 @@ static void test_bad_args(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		FT(test_order_and_digests),
-		FT(test_check_catches_difference),
-		FT(test_error_surfaces),
-		FT(test_bad_args),
-		GT(test_mirror_order),
-		GT(test_wait_done),
-		GT(test_wait_ends_on_failure),
-		FT0(test_wait_inline),
-		FT(test_mirror_failure),
-		FT(test_two_submitters),
-		FT(test_mirror_reads_back),
-		FT0(test_mirror_reads_back),
-		FT0(test_mirror_failure),
-		FT0(test_order_and_digests),
-		FT0(test_check_catches_difference),
-		FT0(test_error_surfaces),
-		FT0(test_bad_args),
+		FT(test_order_and_digests),  FT(test_check_catches_difference),
+		FT(test_error_surfaces),     FT(test_bad_args),
+		GT(test_mirror_order),	     GT(test_mirror_slot_kept),
+		GT(test_wait_done),	     GT(test_wait_ends_on_failure),
+		FT0(test_wait_inline),	     FT(test_mirror_failure),
+		FT(test_two_submitters),     FT(test_mirror_reads_back),
+		FT0(test_mirror_reads_back), FT0(test_mirror_failure),
+		FT0(test_order_and_digests), FT0(test_check_catches_difference),
+		FT0(test_error_surfaces),    FT0(test_bad_args),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
