@@ -255,7 +255,7 @@ struct src_job {
 
 	/*
 	 * The write lane (src-wlane.c), under lock but for wl itself, set in
-	 * the handshake: the sender (or a writer, wl_queued_locked()) takes
+	 * the handshake: the sender (or a writer, wl_send_own_locked()) takes
 	 * the mirror queue, wl_busy is the queue number of the write being
 	 * sent (0: none), wl_handed the last WRITE whose sending finished,
 	 * wl_fenced the last a FENCE named.  wl_ring holds the last chunk records' (device, chunk,
@@ -407,10 +407,13 @@ int wl_flush_locked(struct src_job *j);
  * queued up to the upto'th, then FENCE the last one sent (lock held,
  * dropped while sending).  0 or a negative errno. */
 int wl_fence_locked(struct src_job *j, uint64_t upto);
-/* m was just queued (lock held): its writer sends it if the lane is idle
- * and nothing is ahead of it (the lock is dropped meanwhile), or wakes the
- * lane's sender. */
+/* m was just queued (lock held): the lane's sender is woken unless m's
+ * writer will send it itself (nothing ahead of it, the lane idle). */
 void wl_queued_locked(struct src_job *j, struct mirror_req *m);
+/* In m's writer, its order locks released (lock held, dropped while
+ * sending): send m if it is still the head and the lane idle; wake the
+ * sender if writes are left for it. */
+void wl_send_own_locked(struct src_job *j, struct mirror_req *m);
 
 /* ---- src-rpath.c -------------------------------------------------------- */
 

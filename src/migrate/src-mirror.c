@@ -272,6 +272,8 @@ static int mirror_wait(void *opaque, uint64_t ticket)
 	int r = -EIO;
 
 	pthread_mutex_lock(&j->lock);
+	if (j->wl)
+		wl_send_own_locked(j, m);
 	for (;;) {
 		if (m->sent && j->wacked >= m->seq) {
 			r = 0;

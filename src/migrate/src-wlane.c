@@ -10,9 +10,12 @@
  * with its 'after'; its receiver (bm-src-wlrx) hands the destination's
  * WACKs over as the return path does.  The engine sends no writes.  A
  * writer whose write is alone in the queue while the lane is idle sends
- * it itself (wl_queued_locked()): one wake-up fewer in each write's round
- * trip, which is most of what a small write costs on a busy machine.
- * Either way one write is sent at a time (wl_busy), in queue order.
+ * it itself, from mirror_wait() (wl_send_own_locked()): one wake-up fewer
+ * in each write's round trip, which is most of what a small write costs
+ * on a busy machine.  Not from mirror_submit(): the tracking layer holds
+ * the write's order locks there, which a send on a stalled lane would
+ * hold for the idle timeout.  Either way one write is sent at a time
+ * (wl_busy), the head of the queue first.
  *
  * Order, which one stream gave for free, now rests on two numbers:
  *  - 'after': a WRITE waits at the destination until as many chunk
@@ -161,11 +164,19 @@ static bool lane_idle_locked(struct src_job *j)
 
 void wl_queued_locked(struct src_job *j, struct mirror_req *m)
 {
-	/* Nothing ahead of it and nobody sending: its writer sends it, which
-	 * spares a wake-up of the sender on the way to the destination.
-	 * Whatever happens to the send, the writer learns it in mirror_wait()
-	 * (m->err), as it would from the sender. */
-	if (j->mq_head == m && lane_idle_locked(j))
+	/* Nothing ahead of it and nobody sending: its writer sends it, from
+	 * mirror_wait(), once the tracking layer's order locks are released
+	 * (wl_send_own_locked()).  The sender may still take it first, woken
+	 * by a write queued behind it: whoever finds it at the head sends. */
+	if (j->mq_head != m || !lane_idle_locked(j))
+		pthread_cond_signal(&j->wl_cond);
+}
+
+void wl_send_own_locked(struct src_job *j, struct mirror_req *m)
+{
+	/* Whatever happens to the send, the writer learns it from m->err, as
+	 * it would from the sender. */
+	if (m->queued && j->mq_head == m && lane_idle_locked(j))
 		send_head_locked(j);
 	if (j->mq_head && lane_idle_locked(j))
 		pthread_cond_signal(&j->wl_cond);
