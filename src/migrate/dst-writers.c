@@ -59,6 +59,7 @@ struct dstw {
 	 * jobs of different writers take turns (a leaf, held alone). */
 	pthread_mutex_t dig_lock;
 	bool stop;
+	bool mirrored; /* a DSTW_MIRROR job came: keep a slot for them */
 	uint8_t *check_buf;
 	int err; /* the first failure (positive errno), sticky */
 	char msg[1024];
@@ -297,9 +298,12 @@ int dstw_submit(struct dstw *w, const struct dstw_job *job)
 		return r;
 	}
 	wr = &w->wr[job->idx % w->nwriters];
-	/* The last slot is a mirrored write's (see dst-writers.h). */
-	cap = job->op == DSTW_MIRROR || w->nslots == 1 ? w->nslots : w->nslots - 1;
 	pthread_mutex_lock(&w->lock);
+	/* From the first mirrored write on, the last slot is theirs (see
+	 * dst-writers.h). */
+	if (job->op == DSTW_MIRROR)
+		w->mirrored = true;
+	cap = job->op == DSTW_MIRROR || !w->mirrored || w->nslots == 1 ? w->nslots : w->nslots - 1;
 	while (wr->count >= cap && !w->err)
 		pthread_cond_wait(&w->space, &w->lock);
 	r = failed_locked(w);

@@ -16,10 +16,11 @@
  * order of the calls whenever one returned before the other began.  An
  * inline pool (no threads) has one submitter.  Memory: each
  * writer holds at most a few chunk buffers (about DSTW_QUEUE_BYTES); the
- * engine waits when the chunk's writer is full.  Of a writer's slots the
- * last is kept for mirrored writes (DSTW_MIRROR) when it has more than
- * one: a client waits for its write to be queued (the WACK follows), and
- * a copy that fills the queues would make it wait for a chunk's write.
+ * engine waits when the chunk's writer is full.  From the first mirrored
+ * write (DSTW_MIRROR) on, the last of a writer's slots is kept for them
+ * when it has more than one: a client waits for its write to be queued
+ * (the WACK follows), and a copy that fills the queues would make it wait
+ * for a chunk's write.
  *
  * Errors: the first failure is kept (its message too) and returned by the
  * next dstw_submit(), dstw_barrier() or dstw_wait_done(), and every one after; writers skip the
@@ -77,8 +78,8 @@ int dstw_barrier(struct dstw *w);
 /* The most jobs queued or running on any one writer (0 inline): how long
  * a new job could wait. */
 unsigned dstw_backlog(struct dstw *w);
-/* Each writer's queue slots (the last of them kept for DSTW_MIRROR when
- * there are several). */
+/* Each writer's queue slots (the last of them kept for DSTW_MIRROR jobs
+ * once one came, when there are several). */
 unsigned dstw_slots(const struct dstw *w);
 /*
  * Jobs are numbered from 1 as they are submitted: the number of the last

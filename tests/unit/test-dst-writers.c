@@ -396,13 +396,14 @@ static void *record_main(void *arg)
 }
 
 /*
- * A writer's last slot is kept for mirrored writes: with chunk 3's record
- * held in its writer and that writer's queue filled with chunk records
- * up to the last slot, one more record waits for room, while a mirrored
- * write (chunk 6, the same writer) takes the kept slot at once (a client
- * waits for that).  Given all the slots, the records would have left the
- * write waiting for chunk 3's.  Order holds: the write lands after the
- * records queued before it, and the waiting record after it.
+ * Once a mirrored write came, a writer's last slot is kept for them: with
+ * chunk 3's record held in its writer and that writer's queue filled with
+ * chunk records up to the last slot, one more record waits for room,
+ * while a mirrored write (chunk 6, the same writer) takes the kept slot
+ * at once (a client waits for that).  Given all the slots, the records
+ * would have left the write waiting for chunk 3's.  The write lands over
+ * the records queued before it for its chunk, and the waiting record
+ * lands once there is room.
  */
 static void test_mirror_slot_kept(void **state)
 {
@@ -416,6 +417,9 @@ static void test_mirror_slot_kept(void **state)
 
 	assert_non_null(rs);
 	assert_true(slots > 1);
+	/* The first mirrored write (chunk 1, another writer) keeps the slot. */
+	memset(src, 0x11, sizeof(src));
+	assert_int_equal(submit_mirror(f, CS, sizeof(src), src), 0);
 	memset(f->buf, 0x33, CS);
 	assert_int_equal(submit(f, DSTW_WRITE, 3, f->buf), 0);
 	gate_wait_holding(g);
@@ -443,6 +447,25 @@ static void test_mirror_slot_kept(void **state)
 	assert_memory_equal(f->buf, want, CS);
 	assert_true(reads_as(f, 9 * CS, CS, 0x44));
 	free(rs);
+}
+
+/* Without mirrored writes (dirty mode, a plain send) chunk records have
+ * every slot: the held record and slots - 1 more are all queued at once
+ * (one kept slot would leave the last waiting, until the alarm). */
+static void test_all_slots_without_mirror(void **state)
+{
+	struct fx *f = *state;
+	struct gate *g = (struct gate *)f->blk;
+	unsigned slots = dstw_slots(f->w);
+
+	memset(f->buf, 0x33, CS);
+	assert_int_equal(submit(f, DSTW_WRITE, 3, f->buf), 0);
+	gate_wait_holding(g);
+	for (unsigned i = 1; i < slots; i++)
+		assert_int_equal(submit(f, DSTW_WRITE, 6, f->buf), 0);
+	gate_open(g);
+	assert_int_equal(dstw_barrier(f->w), 0);
+	assert_true(reads_as(f, 6 * CS, CS, 0x33));
 }
 
 /* A layer whose writes land with their first byte flipped: a device
@@ -664,15 +687,25 @@ static void test_bad_args(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		FT(test_order_and_digests),  FT(test_check_catches_difference),
-		FT(test_error_surfaces),     FT(test_bad_args),
-		GT(test_mirror_order),	     GT(test_mirror_slot_kept),
-		GT(test_wait_done),	     GT(test_wait_ends_on_failure),
-		FT0(test_wait_inline),	     FT(test_mirror_failure),
-		FT(test_two_submitters),     FT(test_mirror_reads_back),
-		FT0(test_mirror_reads_back), FT0(test_mirror_failure),
-		FT0(test_order_and_digests), FT0(test_check_catches_difference),
-		FT0(test_error_surfaces),    FT0(test_bad_args),
+		FT(test_order_and_digests),
+		FT(test_check_catches_difference),
+		FT(test_error_surfaces),
+		FT(test_bad_args),
+		GT(test_mirror_order),
+		GT(test_mirror_slot_kept),
+		GT(test_all_slots_without_mirror),
+		GT(test_wait_done),
+		GT(test_wait_ends_on_failure),
+		FT0(test_wait_inline),
+		FT(test_mirror_failure),
+		FT(test_two_submitters),
+		FT(test_mirror_reads_back),
+		FT0(test_mirror_reads_back),
+		FT0(test_mirror_failure),
+		FT0(test_order_and_digests),
+		FT0(test_check_catches_difference),
+		FT0(test_error_surfaces),
+		FT0(test_bad_args),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
