@@ -204,7 +204,7 @@ struct sched_attr_v0 {
 	uint64_t sched_runtime, sched_deadline, sched_period;
 };
 
-void thread_latency(void)
+int thread_latency(void)
 {
 	struct sched_attr_v0 a = {
 		.size = sizeof(a),
@@ -213,12 +213,15 @@ void thread_latency(void)
 	};
 	int nice;
 
+	/* Another policy (the operator's chrt, say) is left alone. */
+	if (sched_getscheduler(0) != SCHED_OTHER)
+		return -EPERM;
 	errno = 0;
 	nice = getpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid));
 	if (nice == -1 && errno)
-		return;
+		return -errno;
 	a.sched_nice = nice;
-	(void)syscall(SYS_sched_setattr, 0, &a, 0u);
+	return syscall(SYS_sched_setattr, 0, &a, 0u) == 0 ? 0 : -errno;
 }
 
 void thread_bulk(void)

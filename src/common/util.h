@@ -169,9 +169,11 @@ void thread_bulk(void);
  * later) it asks for a short slice, THREAD_LATENCY_SLICE_NS, which lets it
  * preempt a thread that has run for longer as soon as it wakes, instead of
  * waiting out that thread's slice (about a millisecond or more); its share
- * of the CPU is unchanged.  Older kernels ignore it.  Best effort.
+ * of the CPU is unchanged (policy and nice value).  Older kernels ignore
+ * it; a thread under another policy than SCHED_OTHER is left alone.  Best
+ * effort: callers ignore the result (0, or a negative errno).
  */
 #define THREAD_LATENCY_SLICE_NS (100u * 1000)
-void thread_latency(void);
+int thread_latency(void);
 
 #endif
