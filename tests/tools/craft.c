@@ -150,6 +150,18 @@ static int lane_write(struct xport *lane, const char *name, uint64_t seq, uint64
 	return n ? n : xport_flush(lane);
 }
 
+/* The next WACK on the lane: the write it acknowledges, or 0. */
+static uint64_t read_wack(struct xport *lane)
+{
+	uint8_t hdr[NATIVE_FRAME_HDR], body[8];
+
+	xport_set_timeout(lane, 30000);
+	if (xport_read(lane, hdr, sizeof(hdr), NULL) < 0 || hdr[0] != NATIVE_MSG_WACK ||
+	    get_be32(hdr + 1) != sizeof(body) || xport_read(lane, body, sizeof(body), NULL) < 0)
+		return 0;
+	return get_be64(body);
+}
+
 static int send_fence(struct xport *x, uint64_t seq)
 {
 	uint8_t fh[WIRE_REC_HDR_MAX];
@@ -275,8 +287,9 @@ int main(int argc, char **argv)
 		return must_pass(fault) ? 1 : 0;
 	}
 	xport_read(x, body, get_be32(hdr + 1), NULL);
+	/* A lane not offered, or its join refused, is no answer to the fault. */
 	if (strncmp(fault, "lane-", 5) == 0 && join_lane(x, to, &g_lane) < 0)
-		goto closed;
+		return 1;
 	/* Only now: a refused claim of terabytes costs no tables here. */
 	chunk = g_chunk = malloc(cs);
 	dig = g_dig = digest_new(size, cs);
@@ -291,12 +304,12 @@ int main(int argc, char **argv)
 		send_all(x, buf, (size_t)n);
 		goto answer;
 	}
-	/* Sent before any chunk record, and given a second's start on the
-	 * main stream: its wait (the lane's idle timeout) ends first. */
+	/* Sent before any chunk record, and given 1.5 s's start on the main
+	 * stream: its wait (the lane's idle timeout) ends first. */
 	if (is(fault, "lane-after-never")) {
 		if (lane_write(g_lane, name, 1, nchunks + 1, 1000, "hello", 5) < 0)
 			goto closed;
-		sleep_ns(1000000000ull);
+		sleep_ns(1500000000ull);
 	}
 	/* One pass over every chunk, with the fault in the middle. */
 	type = NATIVE_MSG_BLOCKS;
@@ -394,6 +407,11 @@ int main(int argc, char **argv)
 		if (!is(fault, "lane-write-main") &&
 		    lane_write(g_lane, name, 1, nchunks, 1000, "hello", 5) < 0)
 			goto closed;
+		/* Applied after every chunk record, and acknowledged. */
+		if (is(fault, "lane-ok") && read_wack(g_lane) != 1) {
+			fprintf(stderr, "craft: no WACK 1 on the write lane\n");
+			return 1;
+		}
 		if (is(fault, "lane-closed-fence"))
 			xport_shutdown_write(g_lane);
 		fill_chunk(chunk, cs, 0);
