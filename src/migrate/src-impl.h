@@ -258,9 +258,10 @@ struct src_job {
 	 * the handshake: the sender (or a writer, wl_send_own_locked()) takes
 	 * the mirror queue, wl_busy is the queue number of the write being
 	 * sent (0: none), wl_handed the last WRITE whose sending finished,
-	 * wl_fenced the last a FENCE named.  wl_ring holds the last chunk records' (device, chunk,
-	 * wl_recs after it); wl_recs counts chunk records sent (engine only). wl_closed: the
-	 * destination closed the lane; writes are no longer mirrored.
+	 * wl_fenced the last a FENCE named.  wl_ring holds the last chunk
+	 * records' (device, chunk, wl_recs after it); wl_recs counts chunk
+	 * records sent (engine only).  wl_closed: the destination closed the
+	 * lane; writes are no longer mirrored.
 	 */
 	struct xport *wl;
 	bool wl_asked; /* HELLO offered the lane (decided once, in the handshake) */

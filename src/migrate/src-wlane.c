@@ -145,16 +145,13 @@ static int send_head_locked(struct src_job *j)
 	j->wl_busy = j->mq_head->qseq;
 	r = mirror_send_head_locked(j);
 	j->wl_busy = 0;
-	if (r < 0) {
-		if (!j->wl_quit)
-			rp_fail_locked(j, err_prefix(-r, "write lane: "));
-		pthread_cond_broadcast(&j->done_cond);
-		return r;
-	}
-	j->wl_handed = j->wseq;
+	if (r == 0)
+		j->wl_handed = j->wseq;
+	else if (!j->wl_quit)
+		rp_fail_locked(j, err_prefix(-r, "write lane: "));
 	/* The engine may wait for this write to be taken (a FENCE). */
 	pthread_cond_broadcast(&j->done_cond);
-	return 0;
+	return r;
 }
 
 static bool lane_idle_locked(struct src_job *j)
