@@ -223,6 +223,7 @@ static int init_sync(struct src_job *j)
 	pthread_cond_init(&j->done_cond, &ca);
 	pthread_cond_init(&j->wack_cond, &ca);
 	pthread_cond_init(&j->wl_cond, NULL);
+	pthread_cond_init(&j->wl_rx_cond, NULL);
 	pthread_cond_init(&j->pause_cond, &ca);
 	pthread_condattr_destroy(&ca);
 	j->mq_tail = &j->mq_head;
@@ -244,6 +245,7 @@ int src_new(const struct src_params *p, const struct src_device *devs, unsigned 
 	if (!j)
 		return -ENOMEM;
 	j->stop_fd = -1;
+	j->wl_kick = -1;
 	j->p = *p;
 	j->fmt = format_of(p->format);
 	if (!j->p.chunk_size)
@@ -333,6 +335,7 @@ void src_free(struct src_job *j)
 		pthread_cond_destroy(&j->done_cond);
 		pthread_cond_destroy(&j->wack_cond);
 		pthread_cond_destroy(&j->wl_cond);
+		pthread_cond_destroy(&j->wl_rx_cond);
 		pthread_cond_destroy(&j->pause_cond);
 		pthread_mutex_destroy(&j->pause_lock);
 		pthread_mutex_destroy(&j->lock);
@@ -357,6 +360,8 @@ void src_free(struct src_job *j)
 	cancel_free(j->cancel);
 	if (j->stop_fd >= 0)
 		close(j->stop_fd);
+	if (j->wl_kick >= 0)
+		close(j->wl_kick);
 	free(j);
 }
 
@@ -423,6 +428,7 @@ static void *cancel_main(void *arg)
 	pthread_cond_broadcast(&j->done_cond);
 	pthread_cond_broadcast(&j->wack_cond);
 	pthread_cond_broadcast(&j->work_cond);
+	wl_kick_locked(j);
 	pthread_mutex_unlock(&j->lock);
 	return NULL;
 }

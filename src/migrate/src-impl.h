@@ -108,7 +108,7 @@ struct mirror_req {
 	uint64_t off, len;
 	uint64_t qseq;	/* its place in the queue (j->mq_seq when queued) */
 	uint64_t after; /* write lane: chunk records that must go first */
-	uint64_t seq;	/* the last WRITE sequence number it became (engine) */
+	uint64_t seq;	/* the last WRITE sequence number it becomes (set when taken) */
 	bool queued;	/* still in the queue (j->lock) */
 	bool sending;	/* the engine or the lane is sending it (j->lock) */
 	bool sent;	/* on the wire, seq valid (j->lock) */
@@ -261,15 +261,22 @@ struct src_job {
 	 * wl_fenced the last a FENCE named.  wl_ring holds the last chunk
 	 * records' (device, chunk, wl_recs after it); wl_recs counts chunk
 	 * records sent (engine only).  wl_closed: the destination closed the
-	 * lane; writes are no longer mirrored.
+	 * lane (or reading it failed); writes are no longer mirrored.
+	 * wl_reading: somebody reads the lane (a waiting writer, or the
+	 * receiver); wl_waiters: writers in mirror_wait().  wl_kick, set
+	 * once in wl_start(), wakes a writer reading it.
 	 */
 	struct xport *wl;
 	bool wl_asked; /* HELLO offered the lane (decided once, in the handshake) */
 	bool wl_hold;  /* the final pass is fenced: the sender waits (its digests) */
 	struct wire_stream *wl_rs;
-	pthread_cond_t wl_cond; /* the sender: a queued write, an idle lane, quit */
+	pthread_cond_t wl_cond;	   /* the sender: a queued write, an idle lane, quit */
+	pthread_cond_t wl_rx_cond; /* the receiver: a WACK nobody waits for, quit */
 	pthread_t wl_send_thread, wl_recv_thread;
 	bool wl_send_running, wl_recv_running, wl_quit, wl_closed;
+	bool wl_reading;
+	unsigned wl_waiters;
+	int wl_kick; /* eventfd: ends a writer's read of the lane (-1: none yet) */
 	uint64_t wl_busy, wl_handed, wl_fenced;
 	uint64_t wl_recs;
 	struct {
@@ -415,6 +422,16 @@ void wl_queued_locked(struct src_job *j, struct mirror_req *m);
  * sending): send m if it is still the head and the lane idle; wake the
  * sender if writes are left for it. */
 void wl_send_own_locked(struct src_job *j, struct mirror_req *m);
+/* A writer starts or stops waiting for its WACK on the lane (lock held). */
+void wl_wait_begin_locked(struct src_job *j);
+void wl_wait_end_locked(struct src_job *j);
+/* In a writer waiting for its WACK (lock held, dropped while reading):
+ * if nobody reads the lane, read one message, waiting until deadline
+ * (now_ns()) at most, and return true; false if somebody else reads it,
+ * or the lane is closed: the caller waits on wack_cond. */
+bool wl_read_locked(struct src_job *j, uint64_t deadline);
+/* A failure or a cancel: a writer reading the lane stops (lock held). */
+void wl_kick_locked(struct src_job *j);
 
 /* ---- src-rpath.c -------------------------------------------------------- */
 

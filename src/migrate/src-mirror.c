@@ -150,8 +150,11 @@ int mirror_send_head_locked(struct src_job *j)
 		j->mq_tail = &j->mq_head;
 	m->queued = false;
 	m->sending = true;
-	/* Known to the return path before the destination can answer. */
+	/* Known to the return path, and to its writer, before the
+	 * destination can answer: a writer reading the lane itself may read
+	 * its WACK while this thread still hashes (src-wlane.c). */
 	j->wseq_sent = j->wseq + div_round_up(m->len, j->p.chunk_size);
+	m->seq = j->wseq_sent;
 	pthread_mutex_unlock(&j->lock);
 
 	r = send_write(j, m, &seq);
@@ -168,9 +171,10 @@ int mirror_send_head_locked(struct src_job *j)
 	m->sent = r == 0;
 	m->seq = seq;
 	m->err = r;
-	/* Its writer waits for the WACK, which wakes it, unless that came
-	 * already, or the send failed, or the writer gave up: waking it for
-	 * nothing costs a busy machine two context switches per write. */
+	/* Its writer waits for the WACK, which wakes it (or which it reads
+	 * itself), unless that came already, or the send failed, or the
+	 * writer gave up: waking it for nothing costs a busy machine two
+	 * context switches per write. */
 	if (r < 0 || m->leaving || j->wacked >= seq)
 		pthread_cond_broadcast(&j->wack_cond);
 	if (r < 0)
@@ -267,15 +271,20 @@ static int mirror_wait(void *opaque, uint64_t ticket)
 {
 	struct src_job *j = ((struct src_dev *)opaque)->job;
 	struct mirror_req *m = (struct mirror_req *)(uintptr_t)ticket;
-	struct timespec ts = mono_deadline(mirror_patience(j));
+	uint64_t patience = mirror_patience(j), deadline = now_ns() + patience;
+	struct timespec ts = mono_deadline(patience);
 	bool timed_out = false;
 	int r = -EIO;
 
 	pthread_mutex_lock(&j->lock);
-	if (j->wl)
+	if (j->wl) {
+		wl_wait_begin_locked(j);
 		wl_send_own_locked(j, m);
+	}
 	for (;;) {
-		if (m->sent && j->wacked >= m->seq) {
+		/* Acknowledged, perhaps while its sender still hashes: the
+		 * end of this function waits for that. */
+		if ((m->sent || m->sending) && m->seq && j->wacked >= m->seq) {
 			r = 0;
 			break;
 		}
@@ -285,13 +294,21 @@ static int mirror_wait(void *opaque, uint64_t ticket)
 		if (m->err || j->rp_err || j->mirror_stop || src_cancelled(j) || timed_out ||
 		    j->wl_closed)
 			break;
-		timed_out = pthread_cond_timedwait(&j->wack_cond, &j->lock, &ts) == ETIMEDOUT;
+		/* On a lane nobody else reads, the WACK is this writer's to
+		 * read (src-wlane.c). */
+		if (j->wl && wl_read_locked(j, deadline))
+			timed_out = now_ns() >= deadline;
+		else
+			timed_out =
+			    pthread_cond_timedwait(&j->wack_cond, &j->lock, &ts) == ETIMEDOUT;
 	}
+	if (j->wl)
+		wl_wait_end_locked(j);
 	/* Not acknowledged in time: the write is marked dirty (by the tracking
 	 * layer, as r < 0 says), and later writes are not mirrored until the
 	 * destination answers again (a WACK, src-rpath.c).  A silent link is
 	 * the idle timeout's to end. */
-	if (timed_out && !j->mirror_suspended) {
+	if (timed_out && r < 0 && !j->mirror_suspended) {
 		j->mirror_suspended = true;
 		src_stats_update(j, suspend_fn, NULL);
 	}

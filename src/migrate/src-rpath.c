@@ -30,6 +30,7 @@ void rp_fail_locked(struct src_job *j, int r)
 	}
 	pthread_cond_broadcast(&j->done_cond);
 	pthread_cond_broadcast(&j->wack_cond);
+	wl_kick_locked(j);
 }
 
 static void rp_fail(struct src_job *j, int r)

@@ -7,15 +7,16 @@
  *
  * Threads: the lane's sender (bm-src-wlane) takes the mirror queue in
  * order and sends each write as WRITE records, each behind a lane header
- * with its 'after'; its receiver (bm-src-wlrx) hands the destination's
- * WACKs over as the return path does.  The engine sends no writes.  A
- * writer whose write is alone in the queue while the lane is idle sends
- * it itself, from mirror_wait() (wl_send_own_locked()): one wake-up fewer
- * in each write's round trip, which is most of what a small write costs
- * on a busy machine.  Not from mirror_submit(): the tracking layer holds
- * the write's order locks there, which a send on a stalled lane would
- * hold for the idle timeout.  Either way one write is sent at a time
- * (wl_busy), the head of the queue first.
+ * with its 'after'.  The engine sends no writes.  A writer whose write is
+ * alone in the queue while the lane is idle sends it itself, from
+ * mirror_wait() (wl_send_own_locked()): one wake-up fewer in each write's
+ * round trip, which is most of what a small write costs on a busy
+ * machine.  Not from mirror_submit(): the tracking layer holds the
+ * write's order locks there, which a send on a stalled lane would hold
+ * for the idle timeout.  Either way one write is sent at a time
+ * (wl_busy), the head of the queue first.  The destination's WACKs are
+ * read by the writers waiting for them, the receiver (bm-src-wlrx) only
+ * reading those nobody waits for (below, "Reading the lane").
  *
  * Order, which one stream gave for free, now rests on two numbers:
  *  - 'after': a WRITE waits at the destination until as many chunk
@@ -39,10 +40,14 @@
  * stream before it waits for anything (a small record, ZERO say, may sit
  * in its buffer until then).
  */
+#include <assert.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include "common/error.h"
 #include "common/util.h"
@@ -199,46 +204,187 @@ static void *send_main(void *arg)
 	return NULL;
 }
 
+/*
+ * Reading the lane: whoever waits for a WACK reads it.  A writer in
+ * mirror_wait() reads the lane itself while nobody else does (wl_reading),
+ * so it wakes straight from the socket when its WACK comes: one wake-up
+ * where the receiver's hand-over made two.  Each WACK it reads wakes the
+ * other waiting writers (rp_wack_locked()), and one of them reads on once
+ * it has gone.  The receiver (bm-src-wlrx) reads only what no writer waits
+ * for: writes sent and not acknowledged while no writer is in
+ * mirror_wait() (one gave up, say), whose WACK must still be heard (it
+ * ends a suspension).  Between writes nobody reads: an END or an ERROR
+ * that comes then is read with the next write's WACK, and the main
+ * stream's return path hears a failing destination meanwhile.
+ */
+
+#define LANE_REPLIES (NATIVE_ALLOW(NATIVE_MSG_WACK) | NATIVE_ALLOW(NATIVE_MSG_ERROR))
+
+/* Whether a whole message is here, or the end, or bytes that are none
+ * (wire_stream_next() then reports either without waiting): 1, 0 if not
+ * yet, or the transport's error. */
+static int rx_whole(struct src_job *j)
+{
+	uint8_t hdr[NATIVE_FRAME_HDR], type;
+	uint32_t len;
+	bool eof;
+	int n = xport_peek_now(j->wl, hdr, sizeof(hdr), &eof);
+
+	if (n < 0 || eof)
+		return n < 0 ? n : 1;
+	if (n < (int)sizeof(hdr))
+		return 0;
+	if (native_frame_header(hdr, LANE_REPLIES, &type, &len) < 0) {
+		err_clear();
+		return 1;
+	}
+	n = xport_peek_now(j->wl, NULL, NATIVE_FRAME_HDR + (size_t)len, &eof);
+	if (n < 0 || eof)
+		return n < 0 ? n : 1;
+	return n == NATIVE_FRAME_HDR + (int)len;
+}
+
+/* A writer's wait for a whole message (no lock held): 1 once it is here,
+ * 0 at the deadline or a kick, or the transport's error.  Never inside a
+ * message: one that stops halfway on a stalled link holds the writer no
+ * longer than its patience. */
+static int rx_wait_whole(struct src_job *j, uint64_t deadline)
+{
+	for (;;) {
+		struct pollfd p[2] = { { .fd = xport_fd(j->wl), .events = POLLIN },
+				       { .fd = j->wl_kick, .events = POLLIN } };
+		int r = rx_whole(j);
+
+		if (r != 0)
+			return r;
+		r = poll(p, 2, poll_ms_until(deadline));
+		if (r < 0 && errno != EINTR)
+			return err_set(errno, "poll: %s", strerror(errno));
+		if (r == 0)
+			return 0;
+		if (r > 0 && p[1].revents) {
+			uint64_t v;
+
+			if (read(j->wl_kick, &v, sizeof(v)) < 0) {
+				/* Taken by another reader: a kick all the same. */
+			}
+			return 0;
+		}
+	}
+}
+
+/* Take one message off the lane (lock held, dropped while it waits and
+ * reads; the caller holds wl_reading): the receiver waits for as long as
+ * it takes, a writer (deadline != 0) until deadline or a kick.  1 if one
+ * was taken, 0 if none, or the failure, after which the lane is closed to
+ * everyone. */
+static int rx_one_locked(struct src_job *j, uint64_t deadline)
+{
+	struct wire_item it;
+	int r;
+
+	pthread_mutex_unlock(&j->lock);
+	r = deadline ? rx_wait_whole(j, deadline) : xport_readable(j->wl, -1);
+	if (r > 0) {
+		r = wire_stream_next(j->wl_rs, &it);
+		r = r < 0 ? r : 1;
+	}
+	pthread_mutex_lock(&j->lock);
+	if (r == 0)
+		return 0;
+	if (r > 0 && it.kind == WIRE_ITEM_END) {
+		/* The destination is done with it (or gone, which the main
+		 * stream tells): writes are marked dirty again. */
+		j->wl_closed = true;
+		pthread_cond_broadcast(&j->wack_cond);
+		return 1;
+	}
+	if (r > 0 && it.kind == WIRE_ITEM_ERROR)
+		r = rp_peer_error(j, it.error);
+	else if (r > 0)
+		r = rp_wack_locked(j, it.value);
+	if (r == 0)
+		return 1;
+	if (!j->wl_quit)
+		rp_fail_locked(j, err_prefix(-r, "write lane: "));
+	j->wl_closed = true;
+	pthread_cond_broadcast(&j->wack_cond);
+	return r;
+}
+
+void wl_kick_locked(struct src_job *j)
+{
+	static const uint64_t one = 1;
+
+	if (!j->wl_reading || j->wl_kick < 0)
+		return;
+	if (write(j->wl_kick, &one, sizeof(one)) < 0) {
+		/* Full (it never is): a kick is pending anyway. */
+	}
+}
+
+/* Sent writes nobody waits for, and nobody reading: the receiver's turn. */
+static bool rx_orphans_locked(struct src_job *j)
+{
+	return !j->wl_reading && !j->wl_waiters && j->wacked < j->wseq_sent;
+}
+
+void wl_wait_begin_locked(struct src_job *j)
+{
+	j->wl_waiters++;
+}
+
+void wl_wait_end_locked(struct src_job *j)
+{
+	assert(j->wl_waiters > 0);
+	j->wl_waiters--;
+	if (j->wl_reading)
+		return;
+	/* The reading is free: to a writer still waiting (which may have
+	 * gone to sleep while this one read), else to the receiver if a
+	 * WACK is still due. */
+	if (j->wl_waiters)
+		pthread_cond_broadcast(&j->wack_cond);
+	else if (rx_orphans_locked(j))
+		pthread_cond_signal(&j->wl_rx_cond);
+}
+
+bool wl_read_locked(struct src_job *j, uint64_t deadline)
+{
+	if (j->wl_reading || j->wl_closed || j->wl_quit)
+		return false;
+	j->wl_reading = true;
+	(void)rx_one_locked(j, MAX(deadline, 1));
+	j->wl_reading = false;
+	/* wl_stop() waits for the last read to end before it frees it. */
+	if (j->wl_quit)
+		pthread_cond_broadcast(&j->wl_rx_cond);
+	return true;
+}
+
 static void *recv_main(void *arg)
 {
 	struct src_job *j = arg;
 
 	thread_name("bm-src-wlrx");
-	thread_latency(); /* each WACK has a writer waiting */
-	wire_stream_allow(j->wl_rs, NATIVE_ALLOW(NATIVE_MSG_WACK) | NATIVE_ALLOW(NATIVE_MSG_ERROR));
+	thread_latency(); /* a WACK it reads may have a writer waiting yet */
+	pthread_mutex_lock(&j->lock);
 	for (;;) {
-		struct wire_item it;
-		bool quit;
-		int r = xport_readable(j->wl, -1);
-
-		if (r == 0)
-			continue; /* EINTR */
-		pthread_mutex_lock(&j->lock);
-		quit = j->wl_quit;
-		pthread_mutex_unlock(&j->lock);
-		if (quit)
+		while (!j->wl_quit && !j->wl_closed && !rx_orphans_locked(j))
+			pthread_cond_wait(&j->wl_rx_cond, &j->lock);
+		if (j->wl_quit || j->wl_closed)
 			break;
-		if (r > 0)
-			r = wire_stream_next(j->wl_rs, &it);
-		pthread_mutex_lock(&j->lock);
-		if (r == 0 && it.kind == WIRE_ITEM_END) {
-			/* The destination is done with it (or gone, which the
-			 * main stream tells): writes are marked dirty again. */
-			j->wl_closed = true;
-			pthread_cond_broadcast(&j->wack_cond);
-			pthread_mutex_unlock(&j->lock);
-			break;
-		}
-		if (r == 0 && it.kind == WIRE_ITEM_ERROR)
-			r = rp_peer_error(j, it.error);
-		else if (r == 0)
-			r = rp_wack_locked(j, it.value);
-		if (r < 0 && !j->wl_quit)
-			rp_fail_locked(j, err_prefix(-r, "write lane: "));
-		pthread_mutex_unlock(&j->lock);
+		j->wl_reading = true;
+		int r = rx_one_locked(j, 0);
+		j->wl_reading = false;
 		if (r < 0)
 			break;
+		/* A writer that came meanwhile reads on (a WACK woke it;
+		 * EINTR did not). */
+		if (j->wl_waiters)
+			pthread_cond_broadcast(&j->wack_cond);
 	}
+	pthread_mutex_unlock(&j->lock);
 	return NULL;
 }
 
@@ -249,6 +395,10 @@ int wl_start(struct src_job *j)
 	r = wire_stream_new(WIRE_STREAM_NATIVE_REPLIES, engine_xport_read, j->wl, &j->wl_rs);
 	if (r < 0)
 		return r;
+	wire_stream_allow(j->wl_rs, LANE_REPLIES);
+	j->wl_kick = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (j->wl_kick < 0)
+		return err_set(errno, "eventfd: %s", strerror(errno));
 	r = pthread_create(&j->wl_recv_thread, NULL, recv_main, j);
 	if (r)
 		return err_set(r, "cannot start the write lane's receiver: %s", strerror(r));
@@ -267,14 +417,22 @@ void wl_stop(struct src_job *j)
 	pthread_mutex_lock(&j->lock);
 	j->wl_quit = true;
 	pthread_cond_broadcast(&j->wl_cond);
+	pthread_cond_broadcast(&j->wl_rx_cond);
 	pthread_mutex_unlock(&j->lock);
-	/* Ends a send stuck on a stalled link, and the receiver's wait. */
+	/* Ends a send stuck on a stalled link, and any read of the lane
+	 * (the receiver's, or a writer's). */
 	shutdown(xport_fd(j->wl), SHUT_RDWR);
 	if (j->wl_send_running)
 		pthread_join(j->wl_send_thread, NULL);
 	if (j->wl_recv_running)
 		pthread_join(j->wl_recv_thread, NULL);
 	j->wl_send_running = j->wl_recv_running = false;
+	/* A writer woken from its read by the shutdown may still be in
+	 * wire_stream_next(); no new read starts once wl_quit is set. */
+	pthread_mutex_lock(&j->lock);
+	while (j->wl_reading)
+		pthread_cond_wait(&j->wl_rx_cond, &j->lock);
+	pthread_mutex_unlock(&j->lock);
 	wire_stream_free(j->wl_rs);
 	j->wl_rs = NULL;
 }

@@ -974,11 +974,15 @@ int xport_readable(struct xport *x, int timeout_ms)
 	return r > 0;
 }
 
-int xport_peek(struct xport *x, void *buf, size_t len)
+/* Move bytes into the read buffer until len are there (at most its size),
+ * waiting for them (idle timeout) or, with !wait, only taking what has
+ * come: how many are there, or negative errno.  *eof: the stream ended. */
+static int peek_fill(struct xport *x, size_t len, bool wait, bool *eof)
 {
 	uint64_t idle_since = now_ns();
 
-	assert(len <= 64);
+	assert(len <= XPORT_RBUF_SIZE);
+	*eof = false;
 	if (x->rerr)
 		return x->rerr;
 	while (x->rlen - x->rpos < len) {
@@ -997,15 +1001,44 @@ int xport_peek(struct xport *x, void *buf, size_t len)
 			idle_since = now_ns();
 			continue;
 		}
-		if (n == 0)
+		if (n == 0) {
+			*eof = true;
 			break;
+		}
 		if (n != -EAGAIN && n != -EINTR)
 			return fail(x, POLLIN, err_prefix((int)-n, "receive from %s: ", x->peer));
+		if (!wait && n == -EAGAIN)
+			break;
+		if (!wait)
+			continue;
 		r = wait_ready(x, POLLIN, &idle_since);
 		if (r < 0)
 			return r;
 	}
-	len = MIN(len, x->rlen - x->rpos);
-	memcpy(buf, x->rbuf + x->rpos, len);
-	return (int)len;
+	return (int)MIN(len, x->rlen - x->rpos);
+}
+
+int xport_peek(struct xport *x, void *buf, size_t len)
+{
+	bool eof;
+	int n;
+
+	assert(len <= 64);
+	n = peek_fill(x, len, true, &eof);
+	if (n > 0)
+		memcpy(buf, x->rbuf + x->rpos, (size_t)n);
+	return n;
+}
+
+int xport_peek_now(struct xport *x, void *buf, size_t len, bool *eof)
+{
+	int n;
+
+	if (atomic_load(&x->stripe))
+		return err_set(EINVAL, "peek on a striped connection");
+	n = peek_fill(x, len, false, eof);
+
+	if (n > 0 && buf)
+		memcpy(buf, x->rbuf + x->rpos, (size_t)n);
+	return n;
 }

@@ -234,5 +234,11 @@ uint64_t xport_lane_bytes(const struct xport *x, unsigned index);
 /* Look at the first len (<= 64) bytes without consuming them: how many are
  * there (fewer only at the end of the stream), or negative errno. */
 int xport_peek(struct xport *x, void *buf, size_t len);
+/* The same without waiting (len up to 256 KiB, buf NULL to copy nothing):
+ * how many of the first len bytes have come, or negative errno; *eof says
+ * the stream ended (fewer will ever come).  For a reader that must not
+ * wait for a message that came only in part: it reads the message once
+ * the whole is here.  Not on a striped connection. */
+int xport_peek_now(struct xport *x, void *buf, size_t len, bool *eof);
 
 #endif

@@ -262,6 +262,14 @@ grep -q "stall-after-reply type=0x84 n=1 .*seconds=1.5" "$T/stallreply.log" && g
 	{ cat "$T/stallreply.log" >&2; fail "stall-after-reply: log"; }
 pass "--stall-after-reply 0x84:1:1.5: everything arrives, $took ms"
 
+# A message cut in two: the stall comes after the WACK's 5-byte header
+# (reverse offset 22 + 5), before its body.
+run split "$T/small.in" "$R" 0.5 --split-reply 0x85:1:1.5
+expect_replies split 81:00000001 84:0000000000000001 85:0000000000000007 84:0000000000000002 84:0000000000000003 82:
+grep -q "fault split-reply type=0x85 n=1 fwd=[0-9]* rev=27 seconds=1.5" "$T/split.log" &&
+	grep -q "stall ends" "$T/split.log" || { cat "$T/split.log" >&2; fail "split-reply: log"; }
+pass "--split-reply 0x85:1:1.5: a stall between the WACK's header and its body, then everything arrives"
+
 # ---- stalls, signals, the control FIFO, reconnects ------------------------
 start=$(date +%s%N)
 run stall "$T/big.in" "" "" --stall-at 3000000:1

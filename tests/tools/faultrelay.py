@@ -39,6 +39,9 @@ docs/wire-format.md), so new message types need no change here:
   --dup-reply TYPE[:N]                    pass that message on twice, the
                                           copy right behind it (an answer
                                           the source did not ask for)
+  --split-reply TYPE[:N[:SECONDS]]        stall right after that message's
+                                          5-byte header, before its body (a
+                                          message cut in two by a stall)
 
 TYPE is a number, 0x84 or 132.  Every option above may be given more than
 once.  A cut waits (up to 2 s) for what was already forwarded to reach the
@@ -152,6 +155,7 @@ def parse_args(argv):
     p.add_argument("--drop-reply", action="append", default=[])
     p.add_argument("--join-reply", action="append", default=[])
     p.add_argument("--dup-reply", action="append", default=[])
+    p.add_argument("--split-reply", action="append", default=[])
     p.add_argument("--control", help="FIFO for cut/stall/resume commands")
     p.add_argument("--log", help="append a line per connection and fault here")
     p.add_argument("--exit-after", type=int, default=0, help="exit once N connections have ended")
@@ -208,6 +212,10 @@ def parse_args(argv):
     for s in a.dup_reply:
         t, n, _ = parse_reply(s, "--dup-reply")
         a.dup.add((t, n))
+    a.split = {}
+    for s in a.split_reply:
+        t, n, secs = parse_reply(s, "--split-reply", True)
+        a.split[(t, n)] = secs
     return a
 
 
@@ -250,6 +258,7 @@ class Conn:
         self.drop = set(a.drop) if faulty else set()
         self.join = set(a.join) if faulty else set()
         self.dup = set(a.dup) if faulty else set()
+        self.split = dict(a.split) if faulty else {}
         self.copy = None       # --dup-reply: the message being read, whole
         self.held = b""        # --join-reply: bytes held back until the next message ends
         self.joining = False
@@ -368,6 +377,12 @@ class Conn:
                 if (t, cnt) in self.dup:
                     self.copy = [self.hdr]
                 self.hdr = b""
+                secs = self.split.pop((t, cnt), None)
+                if secs is not None and not self.cur_drop and not self.joining:
+                    side.queue.append(b"".join(out))
+                    out = []
+                    side.queue.append(Action("stall", secs, "split-reply type=0x%02x n=%d" % (t, cnt),
+                                             " seconds=%s" % secs))
             take = min(self.body_left, n - i)
             if take and not self.cur_drop:
                 out.append(data[i:i + take])

@@ -546,6 +546,59 @@ static void test_readable(void **state)
 	pair_close(&p);
 }
 
+/* xport_peek_now: what has come of a message, without waiting for the rest;
+ * a later read sees every byte. */
+static void test_peek_now(void **state)
+{
+	struct pair p;
+	uint8_t got[16];
+	bool eof = true;
+
+	(void)state;
+	pair_open(&p);
+	/* Nothing yet: 0 at once, not the idle timeout. */
+	assert_int_equal(xport_peek_now(p.s, got, 5, &eof), 0);
+	assert_false(eof);
+
+	/* Part of a message: that part. */
+	assert_int_equal(xport_write(p.c, "abc", 3), 0);
+	assert_int_equal(xport_flush(p.c), 0);
+	assert_int_equal(xport_readable(p.s, SAFETY_TIMEOUT_MS), 1);
+	assert_int_equal(xport_peek_now(p.s, got, 5, &eof), 3);
+	assert_false(eof);
+	assert_memory_equal(got, "abc", 3);
+
+	/* The rest, then more than asked for: len at most, counted without
+	 * a buffer too; nothing is consumed. */
+	assert_int_equal(xport_write(p.c, "defghij", 7), 0);
+	assert_int_equal(xport_flush(p.c), 0);
+	for (int i = 0; i < 200 && xport_peek_now(p.s, NULL, 10, &eof) < 10; i++)
+		xport_readable(p.s, 10);
+	assert_int_equal(xport_peek_now(p.s, NULL, 10, &eof), 10);
+	assert_int_equal(xport_peek_now(p.s, got, 5, &eof), 5);
+	assert_memory_equal(got, "abcde", 5);
+	assert_int_equal(xport_read(p.s, got, 4, NULL), 0);
+	assert_memory_equal(got, "abcd", 4);
+	/* After a read, what is left comes first. */
+	assert_int_equal(xport_peek_now(p.s, got, 16, &eof), 6);
+	assert_memory_equal(got, "efghij", 6);
+	assert_int_equal(xport_read(p.s, got, 6, NULL), 0);
+
+	/* The end: fewer will ever come. */
+	assert_int_equal(xport_write(p.c, "k", 1), 0);
+	assert_int_equal(xport_flush(p.c), 0);
+	assert_int_equal(xport_shutdown_write(p.c), 0);
+	for (int i = 0; i < 200 && !eof; i++) {
+		assert_true(xport_peek_now(p.s, got, 5, &eof) >= 0);
+		if (!eof)
+			xport_readable(p.s, 10);
+	}
+	assert_true(eof);
+	assert_int_equal(xport_peek_now(p.s, got, 5, &eof), 1);
+	assert_memory_equal(got, "k", 1);
+	pair_close(&p);
+}
+
 /* ---- idle timeout and cancel ------------------------------------------------------ */
 
 static void test_idle_timeout_read(void **state)
@@ -1290,6 +1343,7 @@ int main(void)
 		cmocka_unit_test(test_eof_large_read),
 		cmocka_unit_test(test_write_error_sticky),
 		cmocka_unit_test(test_readable),
+		cmocka_unit_test(test_peek_now),
 		cmocka_unit_test(test_idle_timeout_read),
 		cmocka_unit_test(test_idle_timeout_partial),
 		cmocka_unit_test(test_idle_timeout_write),
