@@ -68,7 +68,11 @@ struct tls_session {
 	 * receiver at a time, and a failed send looks for the peer's alert
 	 * (tls_send) while another thread may be receiving. */
 	pthread_mutex_t rlock;
-	bool send_again;    /* the last send returned EAGAIN with a record queued */
+	bool send_again; /* the last send returned EAGAIN with a record queued */
+	/* What the last receive found after the bytes it returned, for the
+	 * next (under rlock): GnuTLS ends the session at the first failure
+	 * or premature end, and would only say so if asked again. */
+	int recv_next;	    /* 0: ask GnuTLS; 1: the end; else the GnuTLS error */
 	bool refused_authz; /* a PSK identity was refused by the authz list */
 	char peer_id[PEER_ID_MAX];
 };
@@ -718,17 +722,25 @@ static ssize_t recv_locked(struct tls_session *s, void *buf, size_t len)
 	size_t done = 0;
 
 	while (done < len) {
-		ssize_t gr = gnutls_record_recv(s->g, (uint8_t *)buf + done, len - done);
+		ssize_t gr;
 
+		if (s->recv_next)
+			gr = s->recv_next == 1 ? 0 : s->recv_next;
+		else
+			gr = gnutls_record_recv(s->g, (uint8_t *)buf + done, len - done);
 		if (gr > 0) {
 			done += (size_t)gr;
 			continue;
 		}
-		if (done)
-			break; /* report the end or the error on the next call */
 		/* A peer that closes without close_notify (QEMU 7.2 does)
 		 * ends the stream: the formats carry their own end marks. */
 		if (gr == 0 || gr == GNUTLS_E_PREMATURE_TERMINATION)
+			s->recv_next = 1;
+		else if (gr != GNUTLS_E_AGAIN && gr != GNUTLS_E_INTERRUPTED)
+			s->recv_next = (int)gr;
+		if (done)
+			break; /* report the end or the error on the next call */
+		if (s->recv_next == 1)
 			return 0;
 		return io_error(s, gr, "receive");
 	}

@@ -842,6 +842,22 @@ static int stripe_fill(struct xport *x, struct xport_stripe *s, bool *eof)
 	return r;
 }
 
+/* The implementation's recv, once more after the end only as the end: a
+ * TLS session that saw its peer close without close_notify fails the next
+ * call, where a reader that looked ahead (xport_peek_now()) must still
+ * see the end. */
+static ssize_t recv_some(struct xport *x, void *buf, size_t len)
+{
+	ssize_t n;
+
+	if (x->reof)
+		return 0;
+	n = x->ops->recv(x, buf, len);
+	if (n == 0)
+		x->reof = true;
+	return n;
+}
+
 /* Refill the read buffer with what is available; 0 at EOF sets *eof. */
 static int fill(struct xport *x, bool *eof)
 {
@@ -851,7 +867,7 @@ static int fill(struct xport *x, bool *eof)
 	if (s && s->rx)
 		return stripe_fill(x, s, eof);
 	for (;;) {
-		ssize_t n = x->ops->recv(x, x->rbuf, XPORT_RBUF_SIZE);
+		ssize_t n = recv_some(x, x->rbuf, XPORT_RBUF_SIZE);
 
 		if (n > 0) {
 			x->rpos = 0;
@@ -908,7 +924,7 @@ int xport_read(struct xport *x, void *buf, size_t len, size_t *got)
 			if (!eof)
 				continue;
 		} else if (len - done >= XPORT_RBUF_SIZE && (!s || !s->rx)) {
-			ssize_t n = x->ops->recv(x, p + done, len - done);
+			ssize_t n = recv_some(x, p + done, len - done);
 
 			if (n > 0) {
 				atomic_fetch_add(&x->rx, (uint64_t)n);
@@ -959,7 +975,7 @@ int xport_readable(struct xport *x, int timeout_ms)
 
 	if (x->rerr)
 		return x->rerr;
-	if (x->rpos < x->rlen)
+	if (x->rpos < x->rlen || x->reof)
 		return 1;
 	s = atomic_load(&x->stripe);
 	if (s && s->rx)
@@ -994,7 +1010,7 @@ static int peek_fill(struct xport *x, size_t len, bool wait, bool *eof)
 			x->rlen -= x->rpos;
 			x->rpos = 0;
 		}
-		n = x->ops->recv(x, x->rbuf + x->rlen, XPORT_RBUF_SIZE - x->rlen);
+		n = recv_some(x, x->rbuf + x->rlen, XPORT_RBUF_SIZE - x->rlen);
 		if (n > 0) {
 			atomic_fetch_add(&x->rx, (uint64_t)n);
 			x->rlen += (size_t)n;

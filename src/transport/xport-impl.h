@@ -23,6 +23,7 @@ struct xport {
 	char peer[80];
 	int werr;	       /* sticky: first send failure, negative errno */
 	int rerr;	       /* sticky: first receive failure */
+	bool reof;	       /* sticky: a receive saw the end (TLS is not asked twice) */
 	struct cancel *cancel; /* not owned; NULL: none */
 	int timeout_ms;
 

@@ -322,6 +322,49 @@ static void expect_refused(struct tls_creds *sc, struct tls_creds *cc, const cha
 	xport_close(sv.s.x);
 }
 
+/* A peer that closes without close_notify (a process that dies, a
+ * shutdown(2)) ends the stream, also for a reader that looked ahead with
+ * xport_peek_now() first: GnuTLS is not asked again after the end. */
+static void test_peek_now_end_without_close_notify(void **state)
+{
+	struct tls_creds *sc = psk("s.psk", "src:" KEY_A "\n", "src", TLS_SERVER);
+	struct tls_creds *cc = psk("c.psk", "src:" KEY_A "\n", NULL, TLS_CLIENT);
+	struct server sv;
+	struct xport *x = NULL;
+	char bound[128];
+	uint8_t got[8];
+	bool eof = false;
+	int n = 0;
+
+	(void)state;
+	server_start(&sv, sc, NULL, SAFETY_TIMEOUT_MS, bound, sizeof(bound));
+	if (xport_dial(bound, SAFETY_TIMEOUT_MS, NULL, cc, &x) != 0)
+		fail_msg("dial: %s", err_msg());
+	server_join(&sv);
+	if (sv.s.r != 0)
+		fail_msg("server: %s", sv.s.msg);
+	assert_int_equal(xport_write(x, "abc", 3), 0);
+	assert_int_equal(xport_flush(x), 0);
+	shutdown(xport_fd(x), SHUT_RDWR);
+	for (int i = 0; i < 500 && !eof; i++) {
+		n = xport_peek_now(sv.s.x, got, 5, &eof);
+		if (n < 0)
+			fail_msg("peek: %s", err_msg());
+		if (!eof)
+			assert_true(xport_readable(sv.s.x, 10) >= 0);
+	}
+	assert_true(eof);
+	assert_int_equal(n, 3);
+	assert_true(xport_readable(sv.s.x, 0) == 1);
+	assert_int_equal(xport_read(sv.s.x, got, 3, NULL), 0);
+	assert_memory_equal(got, "abc", 3);
+	assert_int_equal(xport_read(sv.s.x, got, 1, NULL), -ECONNRESET);
+	xport_close(x);
+	xport_close(sv.s.x);
+	tls_creds_free(sc);
+	tls_creds_free(cc);
+}
+
 static void test_psk_refusals(void **state)
 {
 	struct tls_creds *sc = psk("s.psk", "src:" KEY_A "\nadmin:" KEY_B "\n", "src", TLS_SERVER);
@@ -396,6 +439,7 @@ int main(void)
 		cmocka_unit_test(test_psk_file_errors),
 		cmocka_unit_test(test_option_errors),
 		cmocka_unit_test(test_psk_roundtrip_both_ways),
+		cmocka_unit_test(test_peek_now_end_without_close_notify),
 		cmocka_unit_test(test_psk_refusals),
 		cmocka_unit_test(test_plaintext_peer),
 		cmocka_unit_test(test_handshake_cancel_and_timeout),
