@@ -14,12 +14,15 @@
  *
  * Threads and locks (docs/architecture.md has the whole picture):
  *  - The engine thread (src_run's caller) runs the state machine and is
- *    the only thread that writes to the transport.
+ *    the only thread that writes to the main stream.
  *  - Reader threads take chunks, read them and queue the results.
  *  - The return-path thread (formats with a return path) reads what the
  *    destination says and hands it over.
  *  - Client threads (through the tracking layers) queue mirrored writes
- *    and wait for their WACK; they never touch the transport.
+ *    and wait for their WACK.  They never touch the main stream; with a
+ *    write lane a client thread may send its own write on it and read
+ *    WACKs off it, one thread at a time each way (src-wlane.c).
+ *  - The write lane's sender and receiver (src-wlane.c).
  *  - The cancel thread waits for src_cancel() and wakes every waiter.
  *
  * Lock order: a tracking layer's 'order' -> j->lock -> j->stats_lock.
@@ -111,7 +114,7 @@ struct mirror_req {
 	uint64_t seq;	/* the last WRITE sequence number it becomes (set when taken) */
 	bool queued;	/* still in the queue (j->lock) */
 	bool sending;	/* the engine or the lane is sending it (j->lock) */
-	bool sent;	/* on the wire, seq valid (j->lock) */
+	bool sent;	/* on the wire (j->lock) */
 	bool leaving;	/* its writer gave up and waits for !sending (j->lock) */
 	int err;	/* the send failed (j->lock) */
 };

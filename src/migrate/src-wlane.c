@@ -266,7 +266,7 @@ static int rx_wait_whole(struct src_job *j, uint64_t deadline)
 			uint64_t v;
 
 			if (read(j->wl_kick, &v, sizeof(v)) < 0) {
-				/* Taken by another reader: a kick all the same. */
+				/* Drained already (EAGAIN): a kick all the same. */
 			}
 			return 0;
 		}

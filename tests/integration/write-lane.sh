@@ -92,16 +92,17 @@ lane_run lane-cut 2 fault --conn 2 --cut-at 400000
 # writes are marked dirty and sent again), the destination holds its next
 # FENCE until the lane moves again, and nothing is lost.
 lane_run lane-stall 1 fault --conn 2 --stall-at 400000:4
-# A WACK cut in two: the lane stalls for 3 s between the 40th WACK's
+# A WACK cut in two: the lane stalls for 4 s between the 40th WACK's
 # header and its body.  The writer waiting for it reads the lane itself;
 # it must not wait inside the message (for the idle timeout, or the
-# stall), but give up after its patience (2 s): its write is marked dirty
+# stall), but give up after its patience (2 s at the default 300 ms
+# --max-downtime; twice that beyond 1 s): its write is marked dirty
 # and mirroring suspended until the lane answers again.  The built-in
 # writer alone, so that no other writer gives up on a WACK of its own,
 # and a 48 MiB image, so that the migration outlasts the stall (a writer
 # that waited inside the message would have its WACK then, and no
 # suspension).
-size=$((48 * MiB)) LANE_CLIENT=0 lane_run lane-split 1 fault --conn 2 --split-reply 0x85:40:3
+size=$((48 * MiB)) LANE_CLIENT=0 lane_run lane-split 1 fault --conn 2 --split-reply 0x85:40:4
 susp=$(json_field "$T/lane-split.json" "['mirror-suspensions']")
 [ "$susp" -ge 1 ] || fail "lane-split: the writer waited out the stall inside the WACK (mirror-suspensions $susp)"
 pass "lane-split: the writer gave up on a WACK cut in two after its patience ($susp suspension(s))"
