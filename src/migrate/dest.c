@@ -738,8 +738,12 @@ static int writers_for_mirror(struct dst *d)
 	struct dstw *w;
 	int r;
 
-	if (!d->writers || dstw_threaded(d->writers))
+	if (!d->writers)
 		return 0;
+	if (dstw_threaded(d->writers)) {
+		dstw_seed_blocks(d->writers);
+		return 0;
+	}
 	/* An inline pool holds nothing that is not applied, and a running
 	 * checkpoint does not use it (ck_start()). */
 	r = dstw_new(DSTW_WRITERS, d->offer.chunk_size, &w);
@@ -747,6 +751,7 @@ static int writers_for_mirror(struct dst *d)
 		return r;
 	dstw_free(d->writers);
 	d->writers = w;
+	dstw_seed_blocks(w);
 	return 0;
 }
 

@@ -3,8 +3,10 @@
 #include "digest.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdlib.h>
+#include <string.h>
 #define XXH_STATIC_LINKING_ONLY
 #include <xxhash.h>
 
@@ -33,7 +35,10 @@ struct digest_table {
 	uint8_t *covered;
 	uint32_t *gen; /* bumped whenever a chunk's hash is set from outside the cache */
 	uint64_t zero_full, zero_last; /* hashes of a zero chunk, and of a zero last chunk */
-	/* digest_update()'s cache and read buffer, made on first use. */
+	/* digest_update()'s cache and read buffer, made on first use, under
+	 * cache_lock: digest_update() holds it throughout, digest_set_blocks()
+	 * only tries it. */
+	pthread_mutex_t cache_lock;
 	struct sub_slot *slot;
 	uint64_t nslots;
 	uint64_t *subs;
@@ -48,6 +53,7 @@ struct digest_table *digest_new(uint64_t dev_size, uint32_t chunk_size)
 
 	if (!t)
 		return NULL;
+	pthread_mutex_init(&t->cache_lock, NULL);
 	t->size = dev_size;
 	t->chunk_size = chunk_size;
 	t->nchunks = div_round_up(dev_size, chunk_size);
@@ -74,6 +80,7 @@ void digest_free(struct digest_table *t)
 	free(t->slot);
 	free(t->subs);
 	free(t->scratch);
+	pthread_mutex_destroy(&t->cache_lock);
 	free(t);
 }
 
@@ -143,6 +150,21 @@ static uint64_t two_level(const uint8_t *buf, size_t len)
 uint64_t digest_hash(const void *buf, size_t len)
 {
 	return two_level(buf, len);
+}
+
+uint64_t digest_hash_blocks(const void *buf, size_t len, uint64_t *subs)
+{
+	struct top top;
+
+	top_begin(&top);
+	for (size_t b = 0; b < nblocks(len); b++) {
+		size_t off = b * DIGEST_BLOCK;
+
+		subs[b] =
+		    block_hash((const uint8_t *)buf + off, MIN((size_t)DIGEST_BLOCK, len - off));
+		top_add(&top, subs[b]);
+	}
+	return top_end(&top);
 }
 
 uint64_t digest_zero_hash(struct digest_table *t, uint64_t idx)
@@ -217,6 +239,32 @@ static int cache_init(struct digest_table *t)
 	return 0;
 }
 
+void digest_set_blocks(struct digest_table *t, uint64_t idx, uint64_t hash, const uint64_t *subs)
+{
+	size_t clen = digest_chunk_len(t, idx);
+	struct sub_slot *s;
+
+	digest_set(t, idx, hash);
+	/* An update of another chunk holds the cache: this chunk is then
+	 * read at its first mirrored write, as without a seed. */
+	if (pthread_mutex_trylock(&t->cache_lock) != 0)
+		return;
+	if (cache_init(t) == 0) {
+		s = &t->slot[idx % t->nslots];
+		if (subs) {
+			memcpy(s->sub, subs, nblocks(clen) * sizeof(*subs));
+		} else {
+			for (size_t b = 0; b < nblocks(clen); b++)
+				s->sub[b] = block_hash(
+				    NULL, MIN((size_t)DIGEST_BLOCK, clen - b * DIGEST_BLOCK));
+		}
+		s->idx = idx;
+		s->gen = t->gen[idx];
+		s->valid = true;
+	}
+	pthread_mutex_unlock(&t->cache_lock);
+}
+
 /*
  * Chunk c (clen bytes at cstart) changed in [lo, hi) of it, to src (NULL:
  * zeros) if src covers that range: bring its block hashes up to date and
@@ -273,9 +321,13 @@ int digest_update(struct digest_table *t, uint64_t off, uint64_t len, const void
 		  digest_read_fn read, void *arg)
 {
 	uint64_t cs = t->chunk_size, end = off + len;
-	int r = len ? cache_init(t) : 0;
+	int r;
 
-	for (uint64_t c = off / cs; r == 0 && len && c <= (end - 1) / cs; c++) {
+	if (!len)
+		return 0;
+	pthread_mutex_lock(&t->cache_lock);
+	r = cache_init(t);
+	for (uint64_t c = off / cs; r == 0 && c <= (end - 1) / cs; c++) {
 		uint64_t cstart = c * cs;
 		size_t lo = (size_t)(MAX(off, cstart) - cstart);
 		size_t hi = (size_t)(MIN(end, cstart + digest_chunk_len(t, c)) - cstart);
@@ -283,6 +335,7 @@ int digest_update(struct digest_table *t, uint64_t off, uint64_t len, const void
 
 		r = update_chunk(t, c, lo, hi, src, read, arg);
 	}
+	pthread_mutex_unlock(&t->cache_lock);
 	return r;
 }
 

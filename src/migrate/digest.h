@@ -17,11 +17,10 @@
  * dirty chunk, the source's table describes the device at switch-over.
  *
  * Not thread-safe: one engine thread owns a table, except that
- * digest_set(), digest_get() and digest_zero_hash() of different chunks
- * may run on several threads at once, and beside digest_update() of yet
- * other chunks, which one thread at a time may call (the destination's
- * writer threads: a chunk is always on the same writer, and the pool's
- * dig_lock takes digest_update() calls in turn).
+ * digest_set(), digest_set_blocks(), digest_get() and digest_zero_hash()
+ * of different chunks may run on several threads at once, and beside
+ * digest_update() of yet other chunks (the cache they share has a lock of
+ * its own, which digest_update() holds: its calls are taken in turn).
  */
 #ifndef BLKMIG_MIGRATE_DIGEST_H
 #define BLKMIG_MIGRATE_DIGEST_H
@@ -47,7 +46,19 @@ uint64_t digest_hash(const void *buf, size_t len);
 /* Hash of chunk idx when all zeros (computed when the table is made). */
 uint64_t digest_zero_hash(struct digest_table *t, uint64_t idx);
 
+/* The chunk hash, as digest_hash(), and the block hashes it is made of
+ * in subs[] (one per DIGEST_BLOCK of len, the last one short).  Thread-safe. */
+uint64_t digest_hash_blocks(const void *buf, size_t len, uint64_t *subs);
+
 void digest_set(struct digest_table *t, uint64_t idx, uint64_t hash);
+/*
+ * digest_set(), and the chunk's block hashes (subs, from
+ * digest_hash_blocks(); NULL: a chunk of zeros) kept in the cache, so that
+ * the chunk's first mirrored write after this reads nothing of it.  The
+ * cache is only tried: while a digest_update() holds it, the hash is set
+ * all the same and the block hashes are not kept.
+ */
+void digest_set_blocks(struct digest_table *t, uint64_t idx, uint64_t hash, const uint64_t *subs);
 /* The hash last set for idx (0 if never set). */
 uint64_t digest_get(const struct digest_table *t, uint64_t idx);
 uint64_t digest_nchunks(const struct digest_table *t);

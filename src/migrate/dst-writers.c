@@ -13,6 +13,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,7 +60,8 @@ struct dstw {
 	 * jobs of different writers take turns (a leaf, held alone). */
 	pthread_mutex_t dig_lock;
 	bool stop;
-	bool mirrored; /* a DSTW_MIRROR job came: keep a slot for them */
+	bool mirrored;	   /* a DSTW_MIRROR job came: keep a slot for them */
+	_Atomic bool seed; /* dstw_seed_blocks() */
 	uint8_t *check_buf;
 	int err; /* the first failure (positive errno), sticky */
 	char msg[1024];
@@ -130,6 +132,7 @@ static int mirror_job(struct dstw *w, const struct dstw_job *job, const uint8_t 
  * another chunk. */
 static int apply_job(struct dstw *w, const struct dstw_job *job, uint8_t *buf, uint8_t *rbuf)
 {
+	bool seed = atomic_load(&w->seed);
 	int r;
 
 	if (job->op == DSTW_CHECK)
@@ -138,12 +141,23 @@ static int apply_job(struct dstw *w, const struct dstw_job *job, uint8_t *buf, u
 		return mirror_job(w, job, job->data ? buf : NULL, rbuf);
 	if (job->op == DSTW_ZERO) {
 		r = blk_zero(job->blk, job->off, job->len, BLK_ZERO_MAY_TRIM);
-		if (r == 0)
+		if (r == 0 && seed)
+			digest_set_blocks(job->dig, job->idx, digest_zero_hash(job->dig, job->idx),
+					  NULL);
+		else if (r == 0)
 			digest_set(job->dig, job->idx, digest_zero_hash(job->dig, job->idx));
 	} else {
 		r = blk_pwrite(job->blk, buf, job->len, job->off);
-		if (r == 0) {
+		if (r == 0 && seed) {
+			/* rbuf (a chunk) has room for the chunk's block hashes. */
+			uint64_t *subs = (uint64_t *)(void *)rbuf;
+
+			digest_set_blocks(job->dig, job->idx,
+					  digest_hash_blocks(buf, job->len, subs), subs);
+		} else if (r == 0) {
 			digest_set(job->dig, job->idx, digest_hash(buf, job->len));
+		}
+		if (r == 0) {
 			/* Buffered: start writeback so the pass's fdatasync
 			 * waits only for the last few chunks (direct: nothing
 			 * to do). */
@@ -388,6 +402,11 @@ int dstw_wait_done(struct dstw *w, uint64_t upto)
 	r = failed_locked(w);
 	pthread_mutex_unlock(&w->lock);
 	return r;
+}
+
+void dstw_seed_blocks(struct dstw *w)
+{
+	atomic_store(&w->seed, true);
 }
 
 bool dstw_threaded(const struct dstw *w)

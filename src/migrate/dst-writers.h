@@ -92,6 +92,11 @@ uint64_t dstw_submitted(struct dstw *w);
 int dstw_wait_done(struct dstw *w, uint64_t upto);
 /* Whether jobs run on threads of their own (not inline; false for NULL). */
 bool dstw_threaded(const struct dstw *w);
+/* Mirrored writes may come: from now on a DSTW_WRITE or DSTW_ZERO also
+ * keeps its chunk's block hashes in the digest table
+ * (digest_set_blocks()), so the chunk's first DSTW_MIRROR reads nothing
+ * of it for its hash. */
+void dstw_seed_blocks(struct dstw *w);
 /* Stop and free (after a barrier, or abandoning what is queued).  NULL ok. */
 void dstw_free(struct dstw *w);
 

@@ -157,7 +157,12 @@ static int send_result(struct src_job *j, const struct result *res, bool bulk, u
 		if (r < 0)
 			return r;
 		j->wl_recs++; /* what a mirrored write to it will follow */
-		digest_set(d->dig, res->chunk, hash);
+		if (j->seed_blocks && (res->kind == RES_ZERO || res->zero))
+			digest_set_blocks(d->dig, res->chunk, hash, NULL);
+		else if (res->kind == RES_DATA && res->subs)
+			digest_set_blocks(d->dig, res->chunk, hash, res->subs);
+		else
+			digest_set(d->dig, res->chunk, hash);
 	}
 	a.ztried = res->ztried;
 	src_stats_update(j, account_fn, &a);

@@ -19,6 +19,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -525,6 +526,139 @@ static void test_update(void **state)
 	digest_free(t);
 }
 
+/* digest_hash_blocks() is digest_hash(), with the block hashes on the side;
+ * digest_set_blocks() keeps them, so the chunk's next update reads
+ * nothing whole (a chunk of zeros with subs NULL too), and the hashes it
+ * then sets are the device's. */
+static void test_set_blocks(void **state)
+{
+	const uint32_t chunk = 64 * KiB;
+	struct memdev m = { .size = 2 * 64 * KiB + 5000 };
+	struct digest_table *t = table_new(m.size, chunk);
+	uint64_t subs[64 * KiB / DIGEST_BLOCK];
+	uint8_t data[DIGEST_BLOCK];
+
+	(void)state;
+	m.p = calloc(1, m.size);
+	assert_non_null(m.p);
+	for (uint64_t i = 0; i < chunk; i++)
+		m.p[i] = (uint8_t)mix(i);
+	for (uint64_t i = 2 * chunk; i < m.size; i++)
+		m.p[i] = (uint8_t)mix(i);
+	for (size_t i = 0; i < sizeof(data); i++)
+		data[i] = (uint8_t)mix(5000 + i);
+
+	/* Chunk 0 as data, chunk 1 as zeros, chunk 2 short (a partial block). */
+	assert_int_equal(digest_hash_blocks(m.p, chunk, subs), digest_hash(m.p, chunk));
+	digest_set_blocks(t, 0, digest_hash(m.p, chunk), subs);
+	digest_set_blocks(t, 1, digest_zero_hash(t, 1), NULL);
+	assert_int_equal(digest_hash_blocks(m.p + 2 * chunk, 5000, subs),
+			 digest_hash(m.p + 2 * chunk, 5000));
+	digest_set_blocks(t, 2, digest_hash(m.p + 2 * chunk, 5000), subs);
+	assert_table_matches(t, &m, chunk);
+
+	/* Whole blocks of each: nothing read. */
+	dev_write(t, &m, 4 * DIGEST_BLOCK, DIGEST_BLOCK, data);
+	dev_write(t, &m, chunk + 2 * DIGEST_BLOCK, DIGEST_BLOCK, data);
+	dev_write(t, &m, 2 * chunk, DIGEST_BLOCK, data);
+	assert_int_equal(m.reads, 0);
+	assert_table_matches(t, &m, chunk);
+
+	/* Set again without the blocks: the seed is stale, the chunk read. */
+	digest_set(t, 0, digest_hash(m.p, chunk));
+	dev_write(t, &m, 0, DIGEST_BLOCK, data);
+	assert_int_equal(m.reads, 1);
+	assert_int_equal(m.bytes, chunk);
+	assert_table_matches(t, &m, chunk);
+	free(m.p);
+	digest_free(t);
+}
+
+/* A device read that waits, inside digest_update(), until told to go on. */
+struct gated {
+	struct memdev m;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	bool inside, go;
+};
+
+static int gated_read(void *arg, void *buf, size_t len, uint64_t off)
+{
+	struct gated *g = arg;
+
+	pthread_mutex_lock(&g->lock);
+	g->inside = true;
+	pthread_cond_broadcast(&g->cond);
+	while (!g->go)
+		pthread_cond_wait(&g->cond, &g->lock);
+	pthread_mutex_unlock(&g->lock);
+	return memdev_read(&g->m, buf, len, off);
+}
+
+struct upd {
+	struct digest_table *t;
+	struct gated *g;
+	uint8_t data[DIGEST_BLOCK];
+	int r;
+};
+
+static void *update_main(void *arg)
+{
+	struct upd *u = arg;
+
+	u->r = digest_update(u->t, 64 * KiB, DIGEST_BLOCK, u->data, gated_read, u->g);
+	return NULL;
+}
+
+/* While an update of another chunk holds the cache (here: waits in its
+ * read), digest_set_blocks() does not wait for it: the hash is set, the
+ * blocks are not kept, and that chunk's next update reads it. */
+static void test_set_blocks_while_updating(void **state)
+{
+	const uint32_t chunk = 64 * KiB;
+	struct gated g = { .m = { .size = 2 * 64 * KiB } };
+	struct digest_table *t = table_new(g.m.size, chunk);
+	uint64_t subs[64 * KiB / DIGEST_BLOCK];
+	struct upd u = { .t = t, .g = &g };
+	pthread_t th;
+
+	(void)state;
+	g.m.p = calloc(1, g.m.size);
+	assert_non_null(g.m.p);
+	pthread_mutex_init(&g.lock, NULL);
+	pthread_cond_init(&g.cond, NULL);
+	for (uint64_t i = 0; i < g.m.size; i++)
+		g.m.p[i] = (uint8_t)mix(i);
+	for (size_t i = 0; i < sizeof(u.data); i++)
+		u.data[i] = (uint8_t)mix(9000 + i);
+	digest_set(t, 1, digest_hash(g.m.p + chunk, chunk));
+	memcpy(g.m.p + chunk, u.data, sizeof(u.data));
+	assert_int_equal(pthread_create(&th, NULL, update_main, &u), 0);
+	pthread_mutex_lock(&g.lock);
+	while (!g.inside)
+		pthread_cond_wait(&g.cond, &g.lock);
+	pthread_mutex_unlock(&g.lock);
+
+	digest_set_blocks(t, 0, digest_hash_blocks(g.m.p, chunk, subs), subs);
+	assert_int_equal(digest_get(t, 0), digest_hash(g.m.p, chunk));
+
+	pthread_mutex_lock(&g.lock);
+	g.go = true;
+	pthread_cond_broadcast(&g.cond);
+	pthread_mutex_unlock(&g.lock);
+	pthread_join(th, NULL);
+	assert_int_equal(u.r, 0);
+	g.m.reads = 0;
+	g.m.bytes = 0;
+	dev_write(t, &g.m, 0, DIGEST_BLOCK, u.data);
+	assert_int_equal(g.m.bytes, chunk); /* not seeded: read whole */
+	assert_table_matches(t, &g.m, chunk);
+	pthread_mutex_destroy(&g.lock);
+	pthread_cond_destroy(&g.cond);
+	free(g.m.p);
+	digest_free(t);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -538,6 +672,8 @@ int main(void)
 		cmocka_unit_test(test_last_set_wins),
 		cmocka_unit_test(test_worked_example),
 		cmocka_unit_test(test_update),
+		cmocka_unit_test(test_set_blocks),
+		cmocka_unit_test(test_set_blocks_while_updating),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
