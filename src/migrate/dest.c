@@ -738,12 +738,8 @@ static int writers_for_mirror(struct dst *d)
 	struct dstw *w;
 	int r;
 
-	if (!d->writers)
+	if (!d->writers || dstw_threaded(d->writers))
 		return 0;
-	if (dstw_threaded(d->writers)) {
-		dstw_seed_blocks(d->writers);
-		return 0;
-	}
 	/* An inline pool holds nothing that is not applied, and a running
 	 * checkpoint does not use it (ck_start()). */
 	r = dstw_new(DSTW_WRITERS, d->offer.chunk_size, &w);
@@ -751,7 +747,6 @@ static int writers_for_mirror(struct dst *d)
 		return r;
 	dstw_free(d->writers);
 	d->writers = w;
-	dstw_seed_blocks(w);
 	return 0;
 }
 
@@ -821,6 +816,7 @@ static int apply_write(struct dst *d, const struct wire_record *rec, uint64_t re
 
 	if (r < 0)
 		return r;
+	dstw_seed_blocks(d->writers);
 	/* The reader refuses WRITE records a handshake did not announce. */
 	assert(d->offer.mirror && d->f->ops->write_queued);
 	if (d->wlx)
@@ -1058,10 +1054,12 @@ static int wl_start(struct dst *d)
 	/* Offered only with mirrored writes, which a verify never takes. */
 	if (!d->offer.mirror || d->p->verify_only || !d->writers)
 		return err_set(EPROTO, "a write lane joined a migration that takes no writes");
-	/* Its writes go to writer threads, beside the engine's records. */
+	/* Its writes go to writer threads, beside the engine's records,
+	 * which leave their block hashes for them in the digest table. */
 	r = writers_for_mirror(d);
 	if (r < 0)
 		return r;
+	dstw_seed_blocks(d->writers);
 	return bg_start(&d->wl, wl_main, d, "the write lane's thread");
 }
 

@@ -35,6 +35,9 @@ struct digest_table {
 	uint8_t *covered;
 	uint32_t *gen; /* bumped whenever a chunk's hash is set from outside the cache */
 	uint64_t zero_full, zero_last; /* hashes of a zero chunk, and of a zero last chunk */
+	/* Block hashes of zeros: a whole block, and the device's last block
+	 * (whole too if the device ends on a block boundary). */
+	uint64_t zero_bhash, zero_thash;
 	/* digest_update()'s cache and read buffer, made on first use, under
 	 * cache_lock: digest_update() holds it throughout, digest_set_blocks()
 	 * only tries it. */
@@ -46,6 +49,7 @@ struct digest_table {
 };
 
 static uint64_t two_level(const uint8_t *buf, size_t len);
+static uint64_t block_hash(const uint8_t *buf, size_t len);
 
 struct digest_table *digest_new(uint64_t dev_size, uint32_t chunk_size)
 {
@@ -67,6 +71,9 @@ struct digest_table *digest_new(uint64_t dev_size, uint32_t chunk_size)
 	/* Now, so that digest_zero_hash() only reads (writer threads call it). */
 	t->zero_full = two_level(NULL, chunk_size);
 	t->zero_last = t->nchunks ? two_level(NULL, digest_chunk_len(t, t->nchunks - 1)) : 0;
+	t->zero_bhash = block_hash(NULL, DIGEST_BLOCK);
+	t->zero_thash =
+	    dev_size % DIGEST_BLOCK ? block_hash(NULL, dev_size % DIGEST_BLOCK) : t->zero_bhash;
 	return t;
 }
 
@@ -251,12 +258,16 @@ void digest_set_blocks(struct digest_table *t, uint64_t idx, uint64_t hash, cons
 		return;
 	if (cache_init(t) == 0) {
 		s = &t->slot[idx % t->nslots];
+		size_t n = nblocks(clen);
+
 		if (subs) {
-			memcpy(s->sub, subs, nblocks(clen) * sizeof(*subs));
+			memcpy(s->sub, subs, n * sizeof(*subs));
 		} else {
-			for (size_t b = 0; b < nblocks(clen); b++)
-				s->sub[b] = block_hash(
-				    NULL, MIN((size_t)DIGEST_BLOCK, clen - b * DIGEST_BLOCK));
+			/* Only the device's last block can be short. */
+			for (size_t b = 0; b < n; b++)
+				s->sub[b] = t->zero_bhash;
+			if (idx == t->nchunks - 1)
+				s->sub[n - 1] = t->zero_thash;
 		}
 		s->idx = idx;
 		s->gen = t->gen[idx];

@@ -56,9 +56,6 @@ struct dstw {
 	unsigned nwriters, nslots;
 	uint32_t chunk_size;
 	uint64_t submitted; /* jobs submitted (slots reserved) so far */
-	/* digest_update() keeps a cache and a buffer per table: DSTW_MIRROR
-	 * jobs of different writers take turns (a leaf, held alone). */
-	pthread_mutex_t dig_lock;
 	bool stop;
 	bool mirrored;	   /* a DSTW_MIRROR job came: keep a slot for them */
 	_Atomic bool seed; /* dstw_seed_blocks() */
@@ -102,7 +99,7 @@ static int read_blk(void *arg, void *buf, size_t len, uint64_t off)
  * touched, in the final pause too); then the chunk's hash from the
  * written bytes (and, for a block written in part, the device's).
  */
-static int mirror_job(struct dstw *w, const struct dstw_job *job, const uint8_t *buf, uint8_t *rbuf)
+static int mirror_job(const struct dstw_job *job, const uint8_t *buf, uint8_t *rbuf)
 {
 	int r = buf ? blk_pwrite(job->blk, buf, job->len, job->off)
 		    : blk_zero(job->blk, job->off, job->len, BLK_ZERO_MAY_TRIM);
@@ -119,9 +116,9 @@ static int mirror_job(struct dstw *w, const struct dstw_job *job, const uint8_t 
 			       "device %s: the mirrored write at offset %llu does not read back "
 			       "as it was written",
 			       job->shown, (unsigned long long)job->off);
-	pthread_mutex_lock(&w->dig_lock);
+	/* DSTW_MIRROR jobs of different writers take turns in it (the
+	 * table's cache has a lock of its own). */
 	r = digest_update(job->dig, job->off, job->len, buf, read_blk, job->blk);
-	pthread_mutex_unlock(&w->dig_lock);
 	if (r < 0)
 		return err_prefix(-r, "read back %s after a mirrored write at offset %llu: ",
 				  job->shown, (unsigned long long)job->off);
@@ -138,7 +135,7 @@ static int apply_job(struct dstw *w, const struct dstw_job *job, uint8_t *buf, u
 	if (job->op == DSTW_CHECK)
 		return check_job(job, buf);
 	if (job->op == DSTW_MIRROR)
-		return mirror_job(w, job, job->data ? buf : NULL, rbuf);
+		return mirror_job(job, job->data ? buf : NULL, rbuf);
 	if (job->op == DSTW_ZERO) {
 		r = blk_zero(job->blk, job->off, job->len, BLK_ZERO_MAY_TRIM);
 		if (r == 0 && seed)
@@ -227,7 +224,6 @@ int dstw_new(unsigned nwriters, uint32_t chunk_size, struct dstw **out)
 	if (!w)
 		return err_set(ENOMEM, "no memory for the writer pool");
 	pthread_mutex_init(&w->lock, NULL);
-	pthread_mutex_init(&w->dig_lock, NULL);
 	pthread_cond_init(&w->space, NULL);
 	w->nwriters = nwriters;
 	w->chunk_size = chunk_size;
@@ -436,7 +432,6 @@ void dstw_free(struct dstw *w)
 	}
 	free(w->check_buf);
 	pthread_cond_destroy(&w->space);
-	pthread_mutex_destroy(&w->dig_lock);
 	pthread_mutex_destroy(&w->lock);
 	free(w);
 }

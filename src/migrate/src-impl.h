@@ -70,9 +70,9 @@ struct result {
 	uint64_t chunk;
 	uint8_t *buf; /* a pool buffer, held until the result is sent */
 	uint64_t hash;
-	/* DATA read with j->seed_blocks: the chunk's block hashes, at the
-	 * end of buf (digest_set_blocks()). */
-	const uint64_t *subs;
+	/* A chunk read: its block hashes, at buf + j->subs_off
+	 * (digest_set_blocks()); NULL otherwise. */
+	uint64_t *subs;
 	bool zero; /* SAME, DIFF: the chunk reads as zeros (hash not set) */
 	/* DATA with compression on: the reader tried (ztried) and the chunk
 	 * shrank to zlen bytes at buf + chunk_size (0: it goes raw). */
@@ -221,10 +221,9 @@ struct src_job {
 	char read_msg[512];
 	unsigned nbufs;
 	uint8_t **bufs; /* every buffer, for freeing */
-	/* Mirrored writes may come (not --mode dirty): the readers keep each
-	 * chunk's block hashes at buf + subs_off, and the digest table gets
-	 * them, so a chunk's first mirrored write need not read it. */
-	bool seed_blocks;
+	/* Where a buffer keeps its chunk's block hashes, which the digest
+	 * table gets once mirrored writes may come (a mode but dirty), so a
+	 * chunk's first mirrored write need not read it. */
 	size_t subs_off;
 	uint8_t **free; /* stack of free buffers */
 	unsigned nfree;

@@ -157,7 +157,11 @@ static int send_result(struct src_job *j, const struct result *res, bool bulk, u
 		if (r < 0)
 			return r;
 		j->wl_recs++; /* what a mirrored write to it will follow */
-		if (j->seed_blocks && (res->kind == RES_ZERO || res->zero))
+		/* Mirrored writes may come (auto may switch to them; so may
+		 * migrate-set-parameters): keep the block hashes too. */
+		if (atomic_load(&j->want_mode) == MIG_MODE_DIRTY)
+			digest_set(d->dig, res->chunk, hash);
+		else if (res->kind == RES_ZERO || res->zero)
 			digest_set_blocks(d->dig, res->chunk, hash, NULL);
 		else if (res->kind == RES_DATA && res->subs)
 			digest_set_blocks(d->dig, res->chunk, hash, res->subs);

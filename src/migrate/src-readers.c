@@ -96,14 +96,8 @@ static int read_chunk(struct src_job *j, struct result *res, enum pass_kind pass
 		if (len < j->p.chunk_size)
 			memset(res->buf + len, 0, j->p.chunk_size - len);
 		res->kind = mem_is_zero(res->buf, len) ? RES_ZERO : RES_DATA;
-		if (j->seed_blocks) {
-			uint64_t *subs = (uint64_t *)(void *)(res->buf + j->subs_off);
-
-			res->hash = digest_hash_blocks(res->buf, len, subs);
-			res->subs = subs;
-		} else {
-			res->hash = digest_hash(res->buf, len);
-		}
+		res->subs = (uint64_t *)(void *)(res->buf + j->subs_off);
+		res->hash = digest_hash_blocks(res->buf, len, res->subs);
 	}
 	/* The destination offered its digest of this chunk: the bulk pass
 	 * sends it only if it differs (a verify compares in every pass, as
@@ -220,10 +214,9 @@ int readers_start(struct src_job *j)
 
 	/* And after it, the chunk's block hashes (a multiple of the
 	 * alignment, as aligned_alloc() wants). */
-	j->seed_blocks = j->p.mode != MIG_MODE_DIRTY;
 	j->subs_off = size;
-	if (j->seed_blocks)
-		size += (j->p.chunk_size / DIGEST_BLOCK * sizeof(uint64_t) + 4095) / 4096 * 4096;
+	size +=
+	    (div_round_up(j->p.chunk_size, DIGEST_BLOCK) * sizeof(uint64_t) + 4095) / 4096 * 4096;
 
 	j->bufs = calloc(nbufs, sizeof(*j->bufs));
 	j->free = calloc(nbufs, sizeof(*j->free));

@@ -564,8 +564,21 @@ static void test_set_blocks(void **state)
 	assert_int_equal(m.reads, 0);
 	assert_table_matches(t, &m, chunk);
 
+	/* Zeros seeded without block hashes, the short last chunk too (its
+	 * last block is 904 bytes). */
+	memset(m.p + chunk, 0, m.size - chunk);
+	digest_set_blocks(t, 1, digest_zero_hash(t, 1), NULL);
+	digest_set_blocks(t, 2, digest_zero_hash(t, 2), NULL);
+	m.reads = 0;
+	dev_write(t, &m, 2 * chunk, DIGEST_BLOCK, data);
+	dev_write(t, &m, chunk + chunk - DIGEST_BLOCK, DIGEST_BLOCK, data);
+	assert_int_equal(m.reads, 0);
+	assert_table_matches(t, &m, chunk);
+
 	/* Set again without the blocks: the seed is stale, the chunk read. */
 	digest_set(t, 0, digest_hash(m.p, chunk));
+	m.reads = 0;
+	m.bytes = 0;
 	dev_write(t, &m, 0, DIGEST_BLOCK, data);
 	assert_int_equal(m.reads, 1);
 	assert_int_equal(m.bytes, chunk);
