@@ -214,6 +214,22 @@ static struct tls_creds *psk(const char *name, const char *text, const char *aut
 	return c;
 }
 
+/* A TLS connection on 127.0.0.1, both ends: the client's returned, the
+ * server's in sv->s.x. */
+static struct xport *tls_pair(struct server *sv, struct tls_creds *sc, struct tls_creds *cc)
+{
+	struct xport *x = NULL;
+	char bound[128];
+
+	server_start(sv, sc, NULL, SAFETY_TIMEOUT_MS, bound, sizeof(bound));
+	if (xport_dial(bound, SAFETY_TIMEOUT_MS, NULL, cc, &x) != 0)
+		fail_msg("dial: %s", err_msg());
+	server_join(sv);
+	if (sv->s.r != 0)
+		fail_msg("server: %s", sv->s.msg);
+	return x;
+}
+
 /* Both directions at once: each side sends len bytes and reads the
  * other's, through socket buffers small enough that sends stall. */
 struct pump {
@@ -257,17 +273,11 @@ static void test_psk_roundtrip_both_ways(void **state)
 	uint8_t *a = pattern(len, 1), *b = pattern(len, 2), *got = malloc(len);
 	struct pump pa, pb;
 	struct server sv;
-	struct xport *x = NULL;
-	char bound[128];
+	struct xport *x;
 
 	(void)state;
 	assert_non_null(got);
-	server_start(&sv, sc, NULL, SAFETY_TIMEOUT_MS, bound, sizeof(bound));
-	if (xport_dial(bound, SAFETY_TIMEOUT_MS, NULL, cc, &x) != 0)
-		fail_msg("dial: %s", err_msg());
-	server_join(&sv);
-	if (sv.s.r != 0)
-		fail_msg("server: %s", sv.s.msg);
+	x = tls_pair(&sv, sc, cc);
 	assert_true(xport_is_tls(x) && xport_is_tls(sv.s.x));
 	assert_string_equal(sv.s.peer_id, "src");
 	assert_string_equal(xport_peer_id(x), "psk:src");
@@ -330,19 +340,13 @@ static void test_peek_now_end_without_close_notify(void **state)
 	struct tls_creds *sc = psk("s.psk", "src:" KEY_A "\n", "src", TLS_SERVER);
 	struct tls_creds *cc = psk("c.psk", "src:" KEY_A "\n", NULL, TLS_CLIENT);
 	struct server sv;
-	struct xport *x = NULL;
-	char bound[128];
+	struct xport *x;
 	uint8_t got[8];
 	bool eof = false;
 	int n = 0;
 
 	(void)state;
-	server_start(&sv, sc, NULL, SAFETY_TIMEOUT_MS, bound, sizeof(bound));
-	if (xport_dial(bound, SAFETY_TIMEOUT_MS, NULL, cc, &x) != 0)
-		fail_msg("dial: %s", err_msg());
-	server_join(&sv);
-	if (sv.s.r != 0)
-		fail_msg("server: %s", sv.s.msg);
+	x = tls_pair(&sv, sc, cc);
 	assert_int_equal(xport_write(x, "abc", 3), 0);
 	assert_int_equal(xport_flush(x), 0);
 	shutdown(xport_fd(x), SHUT_RDWR);
