@@ -125,11 +125,21 @@ static int mirror_job(const struct dstw_job *job, const uint8_t *buf, uint8_t *r
 	return 0;
 }
 
+/* An applied chunk's hash, and once mirrored writes may come its block
+ * hashes too (subs NULL: zeros). */
+static void set_digest(struct dstw *w, const struct dstw_job *job, uint64_t hash,
+		       const uint64_t *subs)
+{
+	if (atomic_load(&w->seed))
+		digest_set_blocks(job->dig, job->idx, hash, subs);
+	else
+		digest_set(job->dig, job->idx, hash);
+}
+
 /* Apply one job from buf (its data, or room for a chunk); rbuf: room for
  * another chunk. */
 static int apply_job(struct dstw *w, const struct dstw_job *job, uint8_t *buf, uint8_t *rbuf)
 {
-	bool seed = atomic_load(&w->seed);
 	int r;
 
 	if (job->op == DSTW_CHECK)
@@ -138,23 +148,15 @@ static int apply_job(struct dstw *w, const struct dstw_job *job, uint8_t *buf, u
 		return mirror_job(job, job->data ? buf : NULL, rbuf);
 	if (job->op == DSTW_ZERO) {
 		r = blk_zero(job->blk, job->off, job->len, BLK_ZERO_MAY_TRIM);
-		if (r == 0 && seed)
-			digest_set_blocks(job->dig, job->idx, digest_zero_hash(job->dig, job->idx),
-					  NULL);
-		else if (r == 0)
-			digest_set(job->dig, job->idx, digest_zero_hash(job->dig, job->idx));
+		if (r == 0)
+			set_digest(w, job, digest_zero_hash(job->dig, job->idx), NULL);
 	} else {
 		r = blk_pwrite(job->blk, buf, job->len, job->off);
-		if (r == 0 && seed) {
+		if (r == 0) {
 			/* rbuf (a chunk) has room for the chunk's block hashes. */
 			uint64_t *subs = (uint64_t *)(void *)rbuf;
 
-			digest_set_blocks(job->dig, job->idx,
-					  digest_hash_blocks(buf, job->len, subs), subs);
-		} else if (r == 0) {
-			digest_set(job->dig, job->idx, digest_hash(buf, job->len));
-		}
-		if (r == 0) {
+			set_digest(w, job, digest_hash_blocks(buf, job->len, subs), subs);
 			/* Buffered: start writeback so the pass's fdatasync
 			 * waits only for the last few chunks (direct: nothing
 			 * to do). */
