@@ -107,6 +107,15 @@ susp=$(json_field "$T/lane-split.json" "['mirror-suspensions']")
 [ "$susp" -ge 1 ] || fail "lane-split: the writer waited out the stall inside the WACK (mirror-suspensions $susp)"
 pass "lane-split: the writer gave up on a WACK cut in two after its patience ($susp suspension(s))"
 
+# A WACK the destination did not owe: the lane's 40th WACK comes twice.
+# The writer that reads the copy refuses it (it acknowledges nothing new),
+# the attempt fails with that reason (the destination hears it in the
+# source's ABORT), and the migration resumes on a new connection.
+lane_run lane-dup 2 fault --conn 2 --dup-reply 0x85:40
+grep -q "write lane: destination acknowledged write 40; 40 were acknowledged" \
+	"$T/lane-dup-dst.err" || { cat "$T/lane-dup-dst.err" >&2; fail "lane-dup: the duplicate WACK was not refused"; }
+pass "lane-dup: a WACK sent twice was refused, and the migration resumed on a new connection"
+
 # The lane over TLS (PSK): the writers' look-ahead (xport_peek_now())
 # and reads of the lane go through GnuTLS, and the destination closes the
 # lane without close_notify at its end.  The built-in writer at 16 MB/s
