@@ -45,6 +45,13 @@
 # system, say, as it would be on another host: on one, the destination's
 # writeback and journal commits are the source's too).
 #
+# --repeat N runs every row N times, the builds taking turns (before,
+# after, before, after, ...), prints each run as it ends and then, per row
+# and build, the median of each figure over the N runs, with the lowest
+# and highest mig_p99: on a machine whose p99 moves several-fold between
+# runs of the same build, one run says little and a difference smaller
+# than the spread says nothing.
+#
 # --dst-nice N runs the destination daemon at that nice value: on one
 # machine both daemons share its CPUs, where between two hosts the
 # destination would take none of the source's (19 comes close).
@@ -55,10 +62,10 @@
 #                     [--max-downtime 300] [--baseline BLKMIG]
 #                     [--dst-opts "--cache none"]
 #                     [--link loopback|wanN] [--wan-rate 1gbit] [--dst-nice N]
-#                     [--dst-dir DIR]
+#                     [--dst-dir DIR] [--repeat N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-size=1G bw=100M limit=60 quiet=3 maxdt=300 baseline= link=loopback wan_rate=1gbit
+size=1G bw=100M limit=60 quiet=3 maxdt=300 baseline= link=loopback wan_rate=1gbit repeat=1
 rates="20M 80M 200M" sizes="4K 64K" modes="dirty active auto"
 while [ $# -gt 0 ]; do
 	case $1 in
@@ -76,12 +83,14 @@ while [ $# -gt 0 ]; do
 	--wan-rate) wan_rate=$2; shift 2 ;;
 	--dst-nice) DST_WRAP="nice -n $2"; shift 2 ;;
 	--dst-dir) DST_DIR=$2; shift 2 ;;
-	*) echo "usage: bench/converge.sh [--size SIZE] [--bandwidth RATE|0] [--limit SECS] [--rates LIST] [--sizes LIST] [--modes LIST] [--quiet-secs N] [--max-downtime MS] [--baseline BLKMIG] [--dst-opts OPTS] [--link loopback|wanN] [--wan-rate RATE] [--dst-nice N] [--dst-dir DIR]" >&2; exit 2 ;;
+	--repeat) repeat=$2; shift 2 ;;
+	*) echo "usage: bench/converge.sh [--size SIZE] [--bandwidth RATE|0] [--limit SECS] [--rates LIST] [--sizes LIST] [--modes LIST] [--quiet-secs N] [--max-downtime MS] [--baseline BLKMIG] [--dst-opts OPTS] [--link loopback|wanN] [--wan-rate RATE] [--dst-nice N] [--dst-dir DIR] [--repeat N]" >&2; exit 2 ;;
 	esac
 done
 # 0 would mean "the default" to blkmig, and the goal checked would not be
 # the one it used.
 case $maxdt in '' | *[!0-9]* | 0) echo "bench/converge.sh: --max-downtime needs a whole number of ms >= 1" >&2; exit 2 ;; esac
+case $repeat in '' | *[!0-9]* | 0) echo "bench/converge.sh: --repeat needs a whole number >= 1" >&2; exit 2 ;; esac
 . bench/lib.sh
 bench_setup conv "$size"
 case $link in
@@ -103,9 +112,14 @@ echo "blkmig convergence: $size image, $link_desc, --max-bandwidth ${bw/#0/0 (no
 checks=() failed=0
 [ -z "$baseline" ] || [ -x "$baseline" ] || { echo "bench/converge.sh: --baseline $baseline is not an executable" >&2; exit 2; }
 current=$BLKMIG
-printf '%-6s %-4s %-5s %-6s | %-4s %7s %8s %6s %8s %8s %8s | %9s %9s %8s | %9s %9s %9s %9s %8s\n' \
-	build bs rate mode conv total_s wire_MiB passes downtime maxpause mirrored \
-	base_p50 base_p99 base_MB/s mig_p50 mig_p99 mig_p99.9 mig_max mig_MB/s
+header() {
+	printf '%-6s %-4s %-5s %-6s | %-4s %7s %8s %6s %8s %8s %8s | %9s %9s %8s | %9s %9s %9s %9s %8s%s\n' \
+		build bs rate mode conv total_s wire_MiB passes downtime maxpause mirrored \
+		base_p50 base_p99 base_MB/s mig_p50 mig_p99 mig_p99.9 mig_max mig_MB/s "$1"
+}
+header ''
+runs=$W/runs.txt
+: >"$runs"
 # pause_check CONV STATUS DOWNTIME MAXPAUSE: one verdict for a run.
 pause_check() {
 	local why=()
@@ -139,6 +153,7 @@ for bs in $sizes; do
 	for rate in $rates; do
 		spec="bs=$bs,rate=$rate"
 		for mode in $modes; do
+		for rep in $(seq "$repeat"); do
 		for build in ${baseline:+before} after; do
 			BLKMIG=$current
 			[ "$build" = before ] && BLKMIG=$baseline
@@ -182,7 +197,7 @@ for bs in $sizes; do
 				"$(write_rate "$base" "$quiet")" \
 				"$(field "$during" latency-p50-us)" "$(field "$during" latency-p99-us)" \
 				"$(field_or "$during" latency-p999-us)" "$(field "$during" latency-max-us)" \
-				"$(write_rate "$during" "$secs")"
+				"$(write_rate "$during" "$secs")" | tee -a "$runs"
 			if [ "$mode" != hog ]; then
 				verdict=$(pause_check "$conv" "$(field "$st" status)" "$(field "$st" downtime)" "$(field "$st" max-pause)")
 				checks+=("$verdict  build=$build bs=$bs rate=$rate mode=$mode")
@@ -191,8 +206,43 @@ for bs in $sizes; do
 			stop
 		done
 		done
+		done
 	done
 done
+if [ "$repeat" -gt 1 ]; then
+	echo
+	echo "median of $repeat runs (mig_p99: lowest-highest after it; conv: runs that converged)"
+	header '  mig_p99 range'
+	# Each run's line: its words, '|' apart; '-' (a hog row's, or an
+	# older build's p99.9) stays '-'.
+	"$PY" - "$runs" <<'PYEOF'
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    w = line.split()
+    if len(w) < 20:
+        continue
+    rows.setdefault(tuple(w[:4]), []).append([x for x in w[4:] if x != '|'])
+def med(vals):
+    nums = []
+    for v in vals:
+        unit = v[-2:] if v[-2:] in ('us', 'ms') else ''
+        try:
+            nums.append(float(v[:len(v) - len(unit)]))
+        except ValueError:
+            return '-'
+    m = statistics.median(nums)
+    return ('%d' % m if m == int(m) else '%.1f' % m) + unit
+for key, runs in rows.items():
+    cols = list(zip(*runs))
+    conv = '%d/%d' % (sum(r[0] == 'yes' for r in runs), len(runs)) if runs[0][0] != '-' else '-'
+    figs = [med(c) for c in cols[1:]]
+    p99 = sorted(int(r[11][:-2]) for r in runs if r[11].endswith('us'))
+    rng = '%d-%dus' % (p99[0], p99[-1]) if p99 else '-'
+    print('%-6s %-4s %-5s %-6s | %-4s %7s %8s %6s %8s %8s %8s | %9s %9s %8s | %9s %9s %9s %9s %8s  %s'
+          % (*key, conv, *figs, rng))
+PYEOF
+fi
 echo
 echo "pause goal: no pause of the writers longer than --max-downtime ${maxdt}ms"
 printf '%s\n' "${checks[@]}"
