@@ -9,7 +9,8 @@
  * with its chunk's digest brought up to date, a wait for the jobs up to
  * one waits for those and for no others, and two threads may submit at
  * once, each one's jobs for a chunk landing in its order, and a mirrored
- * write that does not read back as written fails.
+ * write that does not read back as written fails, and buffered chunk
+ * writes start their writeback a piece (1 MiB) at a time, not a chunk.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -680,6 +681,160 @@ static void test_bad_args(void **state)
 	dstw_free(NULL);
 }
 
+/* A layer that logs the writeback hints it is given. */
+struct wblog {
+	struct blk b;	      /* first */
+	pthread_mutex_t lock; /* writers hint at once */
+	unsigned n;
+	uint64_t off[64], len[64];
+};
+
+static int wb_pread(struct blk *b, void *buf, size_t len, uint64_t off)
+{
+	return blk_pread(b->lower, buf, len, off);
+}
+
+static int wb_pwrite(struct blk *b, const void *buf, size_t len, uint64_t off)
+{
+	return blk_pwrite(b->lower, buf, len, off);
+}
+
+static int wb_zero(struct blk *b, uint64_t off, uint64_t len, unsigned flags)
+{
+	return blk_zero(b->lower, off, len, flags);
+}
+
+static int wb_writeback(struct blk *b, uint64_t off, uint64_t len)
+{
+	struct wblog *l = (struct wblog *)b;
+
+	pthread_mutex_lock(&l->lock);
+	if (l->n < 64) {
+		l->off[l->n] = off;
+		l->len[l->n] = len;
+	}
+	l->n++;
+	pthread_mutex_unlock(&l->lock);
+	return 0;
+}
+
+static void wb_close(struct blk *b)
+{
+	pthread_mutex_destroy(&((struct wblog *)b)->lock);
+	free(b);
+}
+
+static const struct blk_ops wb_ops = {
+	.name = "wblog",
+	.pread = wb_pread,
+	.pwrite = wb_pwrite,
+	.zero = wb_zero,
+	.writeback = wb_writeback,
+	.close = wb_close,
+};
+
+/* Chunks first..last of a 3 MiB device in order (or those in 'only',
+ * ended by UINT64_MAX), chunk 'zero' as zeros, by a pool of nwriters; the
+ * writeback hints it gave. */
+static struct wblog *write_chunks(unsigned nwriters, uint32_t cs, const uint64_t *only,
+				  uint64_t zero)
+{
+	const uint64_t size = 3 * 1024 * 1024;
+	struct wblog *l = calloc(1, sizeof(*l));
+	struct digest_table *dig = digest_new(size, cs);
+	uint8_t *buf = malloc(cs);
+	struct dstw *w = NULL;
+	struct blk *mem = NULL;
+
+	assert_non_null(l);
+	assert_non_null(dig);
+	assert_non_null(buf);
+	assert_int_equal(blk_mem_open(size, &mem), 0);
+	l->b = (struct blk){ .ops = &wb_ops, .lower = mem, .size = size };
+	pthread_mutex_init(&l->lock, NULL);
+	assert_int_equal(dstw_new(nwriters, cs, &w), 0);
+	memset(buf, 0x5a, cs);
+	for (uint64_t k = 0; only ? only[k] != UINT64_MAX : k < size / cs; k++) {
+		uint64_t i = only ? only[k] : k;
+		struct dstw_job job = { .op = i == zero ? DSTW_ZERO : DSTW_WRITE,
+					.blk = &l->b,
+					.dig = dig,
+					.shown = "d0",
+					.idx = i,
+					.off = i * cs,
+					.len = cs,
+					.data = i == zero ? NULL : buf };
+
+		assert_int_equal(dstw_submit(w, &job), 0);
+	}
+	assert_int_equal(dstw_barrier(w), 0);
+	dstw_free(w);
+	digest_free(dig);
+	free(buf);
+	return l;
+}
+
+/* Whether the log holds the hint [off, off+len), in any order (threaded
+ * writers give them in their own). */
+static bool hinted(const struct wblog *l, uint64_t off, uint64_t len)
+{
+	for (unsigned i = 0; i < l->n && i < 64; i++)
+		if (l->off[i] == off && l->len[i] == len)
+			return true;
+	return false;
+}
+
+/*
+ * A run of 64 KiB chunks, one after the other (a bulk pass): the chunk
+ * that ends a 1 MiB piece starts the writeback of the piece before it
+ * (whose chunks other writers have written by then), so 48 chunks make
+ * three hints, not 48: the first chunk's own (it follows nothing), and
+ * the first two pieces; a zero chunk that ends a piece does it too.
+ * Inline and with writers alike.
+ */
+static void test_writeback_in_pieces(void **state)
+{
+	const uint64_t mib = 1024 * 1024, cs = 64 * 1024;
+
+	(void)state;
+	for (unsigned nw = 0; nw <= 3; nw += 3) {
+		struct wblog *l = write_chunks(nw, cs, NULL, 31); /* 31 ends piece 1 */
+
+		assert_int_equal(l->n, 3);
+		assert_true(hinted(l, 0, cs));
+		assert_true(hinted(l, 0, mib));
+		assert_true(hinted(l, mib, mib));
+		blk_close(&l->b);
+	}
+}
+
+/* Scattered chunks (a later pass's) each start their own writeback, so
+ * the final pause's sync is not left them all; one that follows the
+ * chunk before it waits for its piece.  Chunks of a piece or more: each
+ * its own. */
+static void test_writeback_scattered(void **state)
+{
+	const uint64_t mib = 1024 * 1024, cs = 64 * 1024;
+	const uint64_t only[] = { 5, 9, 20, 21, 40, UINT64_MAX };
+	struct wblog *l = write_chunks(0, cs, only, UINT64_MAX);
+
+	(void)state;
+	assert_int_equal(l->n, 4);
+	assert_true(hinted(l, 5 * cs, cs));
+	assert_true(hinted(l, 9 * cs, cs));
+	assert_true(hinted(l, 20 * cs, cs));
+	assert_true(hinted(l, 40 * cs, cs));
+	blk_close(&l->b);
+
+	l = write_chunks(0, mib, NULL, UINT64_MAX);
+	assert_int_equal(l->n, 3);
+	for (unsigned i = 0; i < 3; i++) {
+		assert_int_equal(l->off[i], i * mib);
+		assert_int_equal(l->len[i], mib);
+	}
+	blk_close(&l->b);
+}
+
 #define FT(t)  cmocka_unit_test_setup_teardown(t, setup, teardown)
 #define FT0(t) cmocka_unit_test_setup_teardown(t, setup_inline, teardown)
 #define GT(t)  cmocka_unit_test_setup_teardown(t, setup_gate, teardown_gate)
@@ -706,6 +861,8 @@ int main(void)
 		FT0(test_check_catches_difference),
 		FT0(test_error_surfaces),
 		FT0(test_bad_args),
+		cmocka_unit_test(test_writeback_in_pieces),
+		cmocka_unit_test(test_writeback_scattered),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
