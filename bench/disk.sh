@@ -10,23 +10,25 @@
 # Prints a table of medians of N runs (seconds) and each blkmig figure's
 # ratio to dd's.  The source image is read with send's default (--cache
 # none); with --cold the caches are dropped before every run (needs root),
-# and send --cache writeback is compared too.
+# and send --cache writeback is compared too.  --chunk-size is send's
+# (1 MiB by default; 64K is what `serve` uses for its disks).
 #
-#   bench/disk.sh [--size 1G] [--runs 3] [--dir /var/tmp] [--cold]
+#   bench/disk.sh [--size 1G] [--runs 3] [--dir /var/tmp] [--cold] [--chunk-size SIZE]
 #
 # The work directory must be on the disk to measure (not tmpfs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BLKMIG=${BLKMIG:-build/tools/blkmig}
 [ -x "$BLKMIG" ] || { echo "bench: build first (make)" >&2; exit 1; }
-size=1G runs=3 dir=${TMPDIR:-/var/tmp} cold=0
+size=1G runs=3 dir=${TMPDIR:-/var/tmp} cold=0 chunk=()
 while [ $# -gt 0 ]; do
 	case $1 in
 	--size) size=$2; shift ;;
 	--runs) runs=$2; shift ;;
 	--dir) dir=$2; shift ;;
 	--cold) cold=1 ;;
-	*) echo "usage: bench/disk.sh [--size SIZE] [--runs N] [--dir DIR] [--cold]" >&2; exit 2 ;;
+	--chunk-size) chunk=(--chunk-size "$2"); shift ;;
+	*) echo "usage: bench/disk.sh [--size SIZE] [--runs N] [--dir DIR] [--cold] [--chunk-size SIZE]" >&2; exit 2 ;;
 	esac
 	shift
 done
@@ -66,7 +68,7 @@ run_blkmig() { # fresh|existing receive-cache send-cache
 	while [ ! -s "$W/port" ]; do sleep 0.01; done
 	rm -f "$W/src.img.blkmig-handover" # the previous run handed it over
 	t0=$(now)
-	"$BLKMIG" send --to "127.0.0.1:$(cat "$W/port")" --device d0="$W/src.img" --cache "$3" >/dev/null 2>"$W/send.err" ||
+	"$BLKMIG" send --to "127.0.0.1:$(cat "$W/port")" --device d0="$W/src.img" --cache "$3" "${chunk[@]}" >/dev/null 2>"$W/send.err" ||
 		{ cat "$W/send.err" "$W/recv.err" >&2; exit 1; }
 	wait $rpid || { cat "$W/recv.err" >&2; exit 1; }
 	echo "$(now) - $t0" | bc
@@ -77,7 +79,7 @@ median() { sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 
 measure() { for _ in $(seq "$runs"); do "$@"; done | median; }
 
-echo "dense random image of $size over loopback, median of $runs (s); work dir $W ($(stat -f -c %T "$W"))"
+echo "dense random image of $size over loopback, ${chunk[1]:-1M} chunks, median of $runs (s); work dir $W ($(stat -f -c %T "$W"))"
 printf "%-10s %-28s %8s %8s\n" target what seconds "x dd"
 for target in fresh existing; do
 	dd_t=$(measure run_dd $target)
