@@ -33,8 +33,13 @@ struct dstw_slot {
 	struct dstw_job job;
 	uint64_t no;  /* its place among all jobs submitted (dstw_submitted()) */
 	bool ready;   /* filled: its writer may run it (under lock) */
-	bool follows; /* a chunk job right after the one before (start_writeback()) */
 	uint8_t *buf; /* the job's data, chunk-sized, aligned */
+};
+
+/* A range whose writeback is to start once jobs up to 'after' are done. */
+struct dstw_hint {
+	struct blk *blk;
+	uint64_t off, len, after;
 };
 
 struct dstw_writer {
@@ -57,9 +62,16 @@ struct dstw {
 	unsigned nwriters, nslots;
 	uint32_t chunk_size;
 	uint64_t submitted; /* jobs submitted (slots reserved) so far */
-	/* Where the last chunk job (DSTW_WRITE or DSTW_ZERO) ended. */
-	const struct blk *last_blk;
-	uint64_t last_end;
+	/* The run of chunk jobs (DSTW_WRITE, DSTW_ZERO) being submitted:
+	 * one after the other on run_blk, from run_from (where its
+	 * writeback has not been asked for yet) to run_end; and the ranges
+	 * asked for, hint[hint_head], ... (hint_n of hint_cap: a job asks
+	 * for two at most, room for twice the jobs that can be queued).
+	 * Under lock. */
+	struct blk *run_blk;
+	uint64_t run_from, run_end;
+	struct dstw_hint *hint;
+	unsigned hint_cap, hint_head, hint_n;
 	bool stop;
 	bool mirrored;	   /* a DSTW_MIRROR job came: keep a slot for them */
 	_Atomic bool seed; /* dstw_seed_blocks() */
@@ -141,50 +153,84 @@ static void set_digest(struct dstw *w, const struct dstw_job *job, uint64_t hash
 }
 
 /*
- * Buffered chunk writes start their own writeback, so that a pass's
- * fdatasync waits only for the last few.  Each call is a walk of ext4's
- * writepages and a request to the disk (on a virtio disk, an exit to the
- * host): one per 64 KiB chunk, a served disk's default, took a third of
- * the receiver's kernel time in a copy.  So a run of chunks, one right
- * after the other (a bulk pass), starts it in pieces of DSTW_WB_BYTES (a
- * whole number of chunks): the chunk that ends a piece starts the piece
- * before it, which the other writers (chunks go round-robin) have
- * finished by then.  A chunk that does not follow the one before (a later
- * pass's, scattered) starts its own, as any chunk larger than a piece
- * does, so the final pass's sync is not left more to write.  What this
- * misses, fdatasync writes.  (Direct: nothing to do.)
+ * Buffered chunk writes get their writeback started early, so that a
+ * pass's fdatasync finds most of it under way.  Each sync_file_range is a
+ * walk of ext4's writepages and a request to the disk (on a virtio disk,
+ * an exit to the host): one per 64 KiB chunk, a served disk's default,
+ * took a third of the receiver's kernel time in a copy.  So it is asked
+ * for per run of chunks, one right after the other on a device (a bulk
+ * pass is one long run; a later pass's scattered chunks are runs of one
+ * or a few): every DSTW_WB_BYTES of a run, and where the run ends (the
+ * next chunk job is elsewhere).  Chunks go round-robin to the writers, so
+ * a range is started only once every job up to its last is done: by
+ * whichever writer finishes the last of them (hints_ready_locked()).
+ * What is not started, fdatasync writes: at a pass end, at most the last
+ * run's last DSTW_WB_BYTES.  (Direct: blk_writeback() does nothing.)
  */
 #define DSTW_WB_BYTES (1024u * 1024)
 
-static void start_writeback(const struct dstw *w, const struct dstw_job *job, bool follows)
+/* Ask for [off, off+len) of blk once jobs up to 'after' are done (lock
+ * held).  A full list (one writer held up while the others ran on through
+ * scattered chunks) leaves the range to fdatasync. */
+static void hint_push(struct dstw *w, struct blk *blk, uint64_t off, uint64_t len, uint64_t after)
 {
-	uint64_t piece = (uint64_t)div_round_up(DSTW_WB_BYTES, w->chunk_size) * w->chunk_size;
-	uint64_t end = job->off + job->len;
-
-	if (piece == w->chunk_size || !follows)
-		blk_writeback(job->blk, job->off, job->len);
-	else if (end % piece == 0 && end >= 2 * piece)
-		blk_writeback(job->blk, end - 2 * piece, piece);
+	if (len && w->hint_n < w->hint_cap)
+		w->hint[(w->hint_head + w->hint_n++) % w->hint_cap] =
+		    (struct dstw_hint){ .blk = blk, .off = off, .len = len, .after = after };
 }
 
-/* Whether a chunk job follows the one submitted before it (lock held, or
- * the inline pool's one submitter). */
-static bool note_chunk_job(struct dstw *w, const struct dstw_job *job)
+/* A chunk job, number no, submitted (lock held): the run it ends, joins
+ * or starts, and the writeback asked for. */
+static void run_note(struct dstw *w, const struct dstw_job *job, uint64_t no)
 {
-	bool follows;
-
 	if (job->op != DSTW_WRITE && job->op != DSTW_ZERO)
-		return false;
-	follows = job->blk == w->last_blk && job->off == w->last_end;
-	w->last_blk = job->blk;
-	w->last_end = job->off + job->len;
-	return follows;
+		return;
+	if (job->blk != w->run_blk || job->off != w->run_end) {
+		hint_push(w, w->run_blk, w->run_from, w->run_end - w->run_from, no - 1);
+		w->run_blk = job->blk;
+		w->run_from = job->off;
+	}
+	w->run_end = job->off + job->len;
+	if (w->run_end - w->run_from >= DSTW_WB_BYTES) {
+		hint_push(w, w->run_blk, w->run_from, w->run_end - w->run_from, no);
+		w->run_from = w->run_end;
+	}
+}
+
+/* Whether every job up to 'after' is done (lock held).  Each queue is in
+ * submission order, and its head stays counted until it is done. */
+static bool done_upto_locked(const struct dstw *w, uint64_t after)
+{
+	for (unsigned i = 0; i < w->nwriters; i++) {
+		const struct dstw_writer *wr = &w->wr[i];
+
+		if (wr->count && wr->slot[wr->head].no <= after)
+			return false;
+	}
+	return true;
+}
+
+/* Start the writeback of every range whose jobs are all done (lock held,
+ * dropped while it starts one). */
+static void hints_start_locked(struct dstw *w)
+{
+	while (w->hint_n && !w->err && !w->stop &&
+	       done_upto_locked(w, w->hint[w->hint_head].after)) {
+		struct dstw_hint h = w->hint[w->hint_head];
+
+		w->hint_head = (w->hint_head + 1) % w->hint_cap;
+		w->hint_n--;
+		if (w->nwriters)
+			pthread_mutex_unlock(&w->lock);
+		blk_writeback(h.blk, h.off, h.len);
+		if (w->nwriters)
+			pthread_mutex_lock(&w->lock);
+	}
 }
 
 /* Apply one job from buf (its data, or room for a chunk); rbuf: room for
  * another chunk. */
-static int apply_job(struct dstw *w, const struct dstw_job *job, bool follows, uint8_t *buf,
-		     uint8_t *rbuf)
+static int apply_job(struct dstw *w, const struct dstw_job *job, uint8_t *buf, uint8_t *rbuf)
 {
 	int r;
 
@@ -194,11 +240,8 @@ static int apply_job(struct dstw *w, const struct dstw_job *job, bool follows, u
 		return mirror_job(job, job->data ? buf : NULL, rbuf);
 	if (job->op == DSTW_ZERO) {
 		r = blk_zero(job->blk, job->off, job->len, BLK_ZERO_MAY_TRIM);
-		if (r == 0) {
+		if (r == 0)
 			set_digest(w, job, digest_zero_hash(job->dig, job->idx), NULL);
-			/* It may end a piece whose other chunks hold data. */
-			start_writeback(w, job, follows);
-		}
 	} else {
 		r = blk_pwrite(job->blk, buf, job->len, job->off);
 		if (r == 0) {
@@ -206,7 +249,6 @@ static int apply_job(struct dstw *w, const struct dstw_job *job, bool follows, u
 			uint64_t *subs = (uint64_t *)(void *)rbuf;
 
 			set_digest(w, job, digest_hash_blocks(buf, job->len, subs), subs);
-			start_writeback(w, job, follows);
 		}
 	}
 	if (r < 0)
@@ -235,7 +277,7 @@ static void *writer_main(void *arg)
 		 * queued, the rest is dropped: the migration fails. */
 		if (!w->err && !w->stop) {
 			pthread_mutex_unlock(&w->lock);
-			r = apply_job(w, &s->job, s->follows, s->buf, wr->rbuf);
+			r = apply_job(w, &s->job, s->buf, wr->rbuf);
 			pthread_mutex_lock(&w->lock);
 		}
 		if (r < 0 && !w->err) {
@@ -245,6 +287,7 @@ static void *writer_main(void *arg)
 		wr->head = (wr->head + 1) % w->nslots;
 		wr->count--;
 		pthread_cond_broadcast(&w->space);
+		hints_start_locked(w);
 	}
 	pthread_mutex_unlock(&w->lock);
 	return NULL;
@@ -276,11 +319,17 @@ int dstw_new(unsigned nwriters, uint32_t chunk_size, struct dstw **out)
 	w->nwriters = nwriters;
 	w->chunk_size = chunk_size;
 	w->nslots = (unsigned)MIN(MAX(DSTW_QUEUE_BYTES / chunk_size, 1u), DSTW_MAX_SLOTS);
+	w->hint_cap = 2 * (nwriters * w->nslots + 1);
+	w->hint = calloc(w->hint_cap, sizeof(*w->hint));
 	/* Every condition before anything can fail: dstw_free() destroys
 	 * all of them. */
 	for (unsigned i = 0; i < nwriters; i++) {
 		w->wr[i].pool = w;
 		pthread_cond_init(&w->wr[i].work, NULL);
+	}
+	if (!w->hint) {
+		dstw_free(w);
+		return err_set(ENOMEM, "no memory for the writer pool");
 	}
 	if (!nwriters) {
 		if (posix_memalign((void **)&w->check_buf, DSTW_ALIGN, bufsize) != 0) {
@@ -331,11 +380,15 @@ static int submit_inline(struct dstw *w, const struct dstw_job *job)
 
 	if (w->err)
 		return failed_locked(w);
-	r = apply_job(w, job, note_chunk_job(w, job),
-		      job->op == DSTW_CHECK ? w->check_buf : (uint8_t *)job->data, w->check_buf);
+	r = apply_job(w, job, job->op == DSTW_CHECK ? w->check_buf : (uint8_t *)job->data,
+		      w->check_buf);
 	if (r < 0) {
 		w->err = -r;
 		snprintf(w->msg, sizeof(w->msg), "%s", err_msg());
+	} else {
+		/* Every job before is done: what it asks for starts now. */
+		run_note(w, job, w->submitted + 1);
+		hints_start_locked(w);
 	}
 	return r;
 }
@@ -374,7 +427,7 @@ int dstw_submit(struct dstw *w, const struct dstw_job *job)
 	s = &wr->slot[(wr->head + wr->count) % w->nslots];
 	s->ready = false;
 	s->no = ++w->submitted;
-	s->follows = note_chunk_job(w, job);
+	run_note(w, job, s->no);
 	wr->count++;
 	pthread_mutex_unlock(&w->lock);
 	s->job = *job;
@@ -480,6 +533,7 @@ void dstw_free(struct dstw *w)
 		pthread_cond_destroy(&wr->work);
 	}
 	free(w->check_buf);
+	free(w->hint);
 	pthread_cond_destroy(&w->space);
 	pthread_mutex_destroy(&w->lock);
 	free(w);

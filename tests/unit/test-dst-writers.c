@@ -9,8 +9,9 @@
  * with its chunk's digest brought up to date, a wait for the jobs up to
  * one waits for those and for no others, and two threads may submit at
  * once, each one's jobs for a chunk landing in its order, and a mirrored
- * write that does not read back as written fails, and buffered chunk
- * writes start their writeback a piece (1 MiB) at a time, not a chunk.
+ * write that does not read back as written fails, and chunk writes have
+ * their writeback started per run of chunks, a 1 MiB piece at a time,
+ * once every chunk of the range is written.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -681,13 +682,32 @@ static void test_bad_args(void **state)
 	dstw_free(NULL);
 }
 
-/* A layer that logs the writeback hints it is given. */
+/* A layer that logs the writeback hints it is given, and checks that
+ * each comes after the writes of every chunk in its range (chunks whose
+ * index is a multiple of 3 are slow to write, so that threaded writers
+ * finish out of order). */
+#define WB_SIZE (3 * 1024 * 1024)
+#define WB_MIN	(64 * 1024)
+
 struct wblog {
 	struct blk b;	      /* first */
-	pthread_mutex_t lock; /* writers hint at once */
-	unsigned n;
+	pthread_mutex_t lock; /* writers write and hint at once */
+	uint32_t cs;
+	bool written[WB_SIZE / WB_MIN];
+	unsigned n, early; /* hints; hints over a chunk not written yet */
 	uint64_t off[64], len[64];
 };
+
+static void wb_wrote(struct blk *b, uint64_t off)
+{
+	struct wblog *l = (struct wblog *)b;
+
+	if (off / l->cs % 3 == 0)
+		usleep(300);
+	pthread_mutex_lock(&l->lock);
+	l->written[off / l->cs] = true;
+	pthread_mutex_unlock(&l->lock);
+}
 
 static int wb_pread(struct blk *b, void *buf, size_t len, uint64_t off)
 {
@@ -696,12 +716,18 @@ static int wb_pread(struct blk *b, void *buf, size_t len, uint64_t off)
 
 static int wb_pwrite(struct blk *b, const void *buf, size_t len, uint64_t off)
 {
-	return blk_pwrite(b->lower, buf, len, off);
+	int r = blk_pwrite(b->lower, buf, len, off);
+
+	wb_wrote(b, off);
+	return r;
 }
 
 static int wb_zero(struct blk *b, uint64_t off, uint64_t len, unsigned flags)
 {
-	return blk_zero(b->lower, off, len, flags);
+	int r = blk_zero(b->lower, off, len, flags);
+
+	wb_wrote(b, off);
+	return r;
 }
 
 static int wb_writeback(struct blk *b, uint64_t off, uint64_t len)
@@ -709,6 +735,8 @@ static int wb_writeback(struct blk *b, uint64_t off, uint64_t len)
 	struct wblog *l = (struct wblog *)b;
 
 	pthread_mutex_lock(&l->lock);
+	for (uint64_t c = off / l->cs; c < (off + len) / l->cs; c++)
+		l->early += !l->written[c];
 	if (l->n < 64) {
 		l->off[l->n] = off;
 		l->len[l->n] = len;
@@ -733,15 +761,13 @@ static const struct blk_ops wb_ops = {
 	.close = wb_close,
 };
 
-/* Chunks first..last of a 3 MiB device in order (or those in 'only',
- * ended by UINT64_MAX), chunk 'zero' as zeros, by a pool of nwriters; the
- * writeback hints it gave. */
+/* Chunks of a 3 MiB device in order (or those in 'only', ended by
+ * UINT64_MAX), chunk 'zero' as zeros, by a pool of nwriters; the log. */
 static struct wblog *write_chunks(unsigned nwriters, uint32_t cs, const uint64_t *only,
 				  uint64_t zero)
 {
-	const uint64_t size = 3 * 1024 * 1024;
 	struct wblog *l = calloc(1, sizeof(*l));
-	struct digest_table *dig = digest_new(size, cs);
+	struct digest_table *dig = digest_new(WB_SIZE, cs);
 	uint8_t *buf = malloc(cs);
 	struct dstw *w = NULL;
 	struct blk *mem = NULL;
@@ -749,12 +775,13 @@ static struct wblog *write_chunks(unsigned nwriters, uint32_t cs, const uint64_t
 	assert_non_null(l);
 	assert_non_null(dig);
 	assert_non_null(buf);
-	assert_int_equal(blk_mem_open(size, &mem), 0);
-	l->b = (struct blk){ .ops = &wb_ops, .lower = mem, .size = size };
+	assert_int_equal(blk_mem_open(WB_SIZE, &mem), 0);
+	l->b = (struct blk){ .ops = &wb_ops, .lower = mem, .size = WB_SIZE };
+	l->cs = cs;
 	pthread_mutex_init(&l->lock, NULL);
 	assert_int_equal(dstw_new(nwriters, cs, &w), 0);
 	memset(buf, 0x5a, cs);
-	for (uint64_t k = 0; only ? only[k] != UINT64_MAX : k < size / cs; k++) {
+	for (uint64_t k = 0; only ? only[k] != UINT64_MAX : k < WB_SIZE / cs; k++) {
 		uint64_t i = only ? only[k] : k;
 		struct dstw_job job = { .op = i == zero ? DSTW_ZERO : DSTW_WRITE,
 					.blk = &l->b,
@@ -771,11 +798,11 @@ static struct wblog *write_chunks(unsigned nwriters, uint32_t cs, const uint64_t
 	dstw_free(w);
 	digest_free(dig);
 	free(buf);
+	assert_int_equal(l->early, 0);
 	return l;
 }
 
-/* Whether the log holds the hint [off, off+len), in any order (threaded
- * writers give them in their own). */
+/* Whether the log holds the hint [off, off+len), in any order. */
 static bool hinted(const struct wblog *l, uint64_t off, uint64_t len)
 {
 	for (unsigned i = 0; i < l->n && i < 64; i++)
@@ -785,53 +812,54 @@ static bool hinted(const struct wblog *l, uint64_t off, uint64_t len)
 }
 
 /*
- * A run of 64 KiB chunks, one after the other (a bulk pass): the chunk
- * that ends a 1 MiB piece starts the writeback of the piece before it
- * (whose chunks other writers have written by then), so 48 chunks make
- * three hints, not 48: the first chunk's own (it follows nothing), and
- * the first two pieces; a zero chunk that ends a piece does it too.
- * Inline and with writers alike.
+ * A run of 64 KiB chunks, one after the other (a bulk pass): its
+ * writeback is started a 1 MiB piece at a time, three hints for 48
+ * chunks, each once every chunk of its piece is written (with threaded
+ * writers finishing out of order too); a zero chunk counts as any other.
  */
 static void test_writeback_in_pieces(void **state)
 {
 	const uint64_t mib = 1024 * 1024, cs = 64 * 1024;
 
 	(void)state;
-	for (unsigned nw = 0; nw <= 3; nw += 3) {
-		struct wblog *l = write_chunks(nw, cs, NULL, 31); /* 31 ends piece 1 */
+	for (unsigned nw = 0; nw <= 4; nw += 2) {
+		struct wblog *l = write_chunks(nw, cs, NULL, 31);
 
 		assert_int_equal(l->n, 3);
-		assert_true(hinted(l, 0, cs));
-		assert_true(hinted(l, 0, mib));
-		assert_true(hinted(l, mib, mib));
+		for (unsigned i = 0; i < 3; i++)
+			assert_true(hinted(l, i * mib, mib));
 		blk_close(&l->b);
 	}
 }
 
-/* Scattered chunks (a later pass's) each start their own writeback, so
- * the final pause's sync is not left them all; one that follows the
- * chunk before it waits for its piece.  Chunks of a piece or more: each
- * its own. */
+/*
+ * Scattered chunks (a later pass's): each run's writeback is started
+ * where it ends, once its chunks are written; a chunk that follows the one
+ * before joins its run.  The last run is left to the pass's fdatasync.
+ * Chunks of 1 MiB: one hint each.
+ */
 static void test_writeback_scattered(void **state)
 {
 	const uint64_t mib = 1024 * 1024, cs = 64 * 1024;
-	const uint64_t only[] = { 5, 9, 20, 21, 40, UINT64_MAX };
-	struct wblog *l = write_chunks(0, cs, only, UINT64_MAX);
+	const uint64_t only[] = { 5, 9, 20, 21, 40, 41, 2, UINT64_MAX };
 
 	(void)state;
-	assert_int_equal(l->n, 4);
-	assert_true(hinted(l, 5 * cs, cs));
-	assert_true(hinted(l, 9 * cs, cs));
-	assert_true(hinted(l, 20 * cs, cs));
-	assert_true(hinted(l, 40 * cs, cs));
-	blk_close(&l->b);
+	for (unsigned nw = 0; nw <= 4; nw += 2) {
+		struct wblog *l = write_chunks(nw, cs, only, UINT64_MAX);
 
-	l = write_chunks(0, mib, NULL, UINT64_MAX);
-	assert_int_equal(l->n, 3);
-	for (unsigned i = 0; i < 3; i++) {
-		assert_int_equal(l->off[i], i * mib);
-		assert_int_equal(l->len[i], mib);
+		assert_int_equal(l->n, 4);
+		assert_true(hinted(l, 5 * cs, cs));
+		assert_true(hinted(l, 9 * cs, cs));
+		assert_true(hinted(l, 20 * cs, 2 * cs));
+		assert_true(hinted(l, 40 * cs, 2 * cs));
+		blk_close(&l->b);
 	}
+
+	struct wblog *l = write_chunks(2, mib, NULL, UINT64_MAX);
+
+	assert_int_equal(l->n, 3);
+	for (unsigned i = 0; i < 3; i++)
+		assert_true(hinted(l, i * mib, mib));
 	blk_close(&l->b);
 }
 
