@@ -65,13 +65,14 @@ struct dstw {
 	/* The run of chunk jobs (DSTW_WRITE, DSTW_ZERO) being submitted:
 	 * one after the other on run_blk, from run_from (where its
 	 * writeback has not been asked for yet) to run_end; and the ranges
-	 * asked for, hint[hint_head], ... (hint_n of hint_cap: a job asks
-	 * for two at most, room for twice the jobs that can be queued).
-	 * Under lock. */
+	 * asked for, hint[hint_head], ... (hint_n of hint_cap: two per job
+	 * that can be queued, enough for runs; scattered chunks past a
+	 * writer held up may find it full).  Under lock. */
 	struct blk *run_blk;
 	uint64_t run_from, run_end;
 	struct dstw_hint *hint;
 	unsigned hint_cap, hint_head, hint_n;
+	unsigned hinting; /* writers starting a range's writeback, unlocked */
 	bool stop;
 	bool mirrored;	   /* a DSTW_MIRROR job came: keep a slot for them */
 	_Atomic bool seed; /* dstw_seed_blocks() */
@@ -162,16 +163,19 @@ static void set_digest(struct dstw *w, const struct dstw_job *job, uint64_t hash
  * pass is one long run; a later pass's scattered chunks are runs of one
  * or a few): every DSTW_WB_BYTES of a run, and where the run ends (the
  * next chunk job is elsewhere).  Chunks go round-robin to the writers, so
- * a range is started only once every job up to its last is done: by
- * whichever writer finishes the last of them (hints_ready_locked()).
- * What is not started, fdatasync writes: at a pass end, at most the last
- * run's last DSTW_WB_BYTES.  (Direct: blk_writeback() does nothing.)
+ * a range is started only once every job submitted up to its last is
+ * done: by whichever writer finishes the last of them
+ * (hints_start_locked()), or at once by an inline pool.  dstw_barrier()
+ * waits for the ranges being started.  What is not started, fdatasync
+ * writes: at a pass end, the last run's last part (under
+ * DSTW_WB_BYTES), and any range the list had no room for.  (Direct:
+ * blk_writeback() does nothing.)
  */
 #define DSTW_WB_BYTES (1024u * 1024)
 
 /* Ask for [off, off+len) of blk once jobs up to 'after' are done (lock
- * held).  A full list (one writer held up while the others ran on through
- * scattered chunks) leaves the range to fdatasync. */
+ * held, or the inline pool's one submitter).  A full list (one writer held up while the others ran
+ * on through scattered chunks) leaves the range to fdatasync. */
 static void hint_push(struct dstw *w, struct blk *blk, uint64_t off, uint64_t len, uint64_t after)
 {
 	if (len && w->hint_n < w->hint_cap)
@@ -179,8 +183,9 @@ static void hint_push(struct dstw *w, struct blk *blk, uint64_t off, uint64_t le
 		    (struct dstw_hint){ .blk = blk, .off = off, .len = len, .after = after };
 }
 
-/* A chunk job, number no, submitted (lock held): the run it ends, joins
- * or starts, and the writeback asked for. */
+/* A chunk job, number no, submitted (lock held, or the inline pool's one
+ * submitter): the run it ends, joins or starts, and the writeback asked
+ * for. */
 static void run_note(struct dstw *w, const struct dstw_job *job, uint64_t no)
 {
 	if (job->op != DSTW_WRITE && job->op != DSTW_ZERO)
@@ -210,8 +215,9 @@ static bool done_upto_locked(const struct dstw *w, uint64_t after)
 	return true;
 }
 
-/* Start the writeback of every range whose jobs are all done (lock held,
- * dropped while it starts one). */
+/* Start the writeback of every range whose jobs are all done (a
+ * writer: lock held, dropped while it starts one, counted in 'hinting'
+ * meanwhile; the inline pool: its submitter). */
 static void hints_start_locked(struct dstw *w)
 {
 	while (w->hint_n && !w->err && !w->stop &&
@@ -220,11 +226,16 @@ static void hints_start_locked(struct dstw *w)
 
 		w->hint_head = (w->hint_head + 1) % w->hint_cap;
 		w->hint_n--;
-		if (w->nwriters)
-			pthread_mutex_unlock(&w->lock);
+		if (!w->nwriters) {
+			blk_writeback(h.blk, h.off, h.len);
+			continue;
+		}
+		w->hinting++;
+		pthread_mutex_unlock(&w->lock);
 		blk_writeback(h.blk, h.off, h.len);
-		if (w->nwriters)
-			pthread_mutex_lock(&w->lock);
+		pthread_mutex_lock(&w->lock);
+		if (--w->hinting == 0)
+			pthread_cond_broadcast(&w->space);
 	}
 }
 
@@ -450,6 +461,10 @@ int dstw_barrier(struct dstw *w)
 	for (unsigned i = 0; i < w->nwriters; i++)
 		while (w->wr[i].count)
 			pthread_cond_wait(&w->space, &w->lock);
+	/* The last job's writer starts what it made ready before it looks
+	 * for work again (hints_start_locked()). */
+	while (w->hinting)
+		pthread_cond_wait(&w->space, &w->lock);
 	r = failed_locked(w);
 	pthread_mutex_unlock(&w->lock);
 	return r;

@@ -683,9 +683,12 @@ static void test_bad_args(void **state)
 }
 
 /* A layer that logs the writeback hints it is given, and checks that
- * each comes after the writes of every chunk in its range (chunks whose
+ * each comes after the writes of every chunk in its range.  Chunks whose
  * index is a multiple of 3 are slow to write, so that threaded writers
- * finish out of order). */
+ * finish out of order; with 1 MiB chunks, chunk 1 is slower still, so
+ * that its writer's finishing makes two ranges ready at once; and a hint
+ * takes a while, so that a barrier that returned while a writer was
+ * still starting them would be seen. */
 #define WB_SIZE (3 * 1024 * 1024)
 #define WB_MIN	(64 * 1024)
 
@@ -704,6 +707,8 @@ static void wb_wrote(struct blk *b, uint64_t off)
 
 	if (off / l->cs % 3 == 0)
 		usleep(300);
+	if (l->cs == 1024 * 1024 && off / l->cs == 1)
+		usleep(5000);
 	pthread_mutex_lock(&l->lock);
 	l->written[off / l->cs] = true;
 	pthread_mutex_unlock(&l->lock);
@@ -734,6 +739,7 @@ static int wb_writeback(struct blk *b, uint64_t off, uint64_t len)
 {
 	struct wblog *l = (struct wblog *)b;
 
+	usleep(1000);
 	pthread_mutex_lock(&l->lock);
 	for (uint64_t c = off / l->cs; c < (off + len) / l->cs; c++)
 		l->early += !l->written[c];
