@@ -174,8 +174,9 @@ static void set_digest(struct dstw *w, const struct dstw_job *job, uint64_t hash
 #define DSTW_WB_BYTES (1024u * 1024)
 
 /* Ask for [off, off+len) of blk once jobs up to 'after' are done (lock
- * held, or the inline pool's one submitter).  A full list (one writer held up while the others ran
- * on through scattered chunks) leaves the range to fdatasync. */
+ * held, or the inline pool's one submitter).  A full list (one writer
+ * held up while the others ran on through scattered chunks) leaves the
+ * range to fdatasync. */
 static void hint_push(struct dstw *w, struct blk *blk, uint64_t off, uint64_t len, uint64_t after)
 {
 	if (len && w->hint_n < w->hint_cap)
@@ -505,13 +506,8 @@ int dstw_wait_done(struct dstw *w, uint64_t upto)
 	if (!w->nwriters)
 		return 0; /* inline: done when submitted, failures the engine's */
 	pthread_mutex_lock(&w->lock);
-	/* Each queue is in submission order: its head is its oldest job. */
-	for (unsigned i = 0; i < w->nwriters; i++) {
-		const struct dstw_writer *wr = &w->wr[i];
-
-		while (!w->err && wr->count && wr->slot[wr->head].no <= upto)
-			pthread_cond_wait(&w->space, &w->lock);
-	}
+	while (!w->err && !done_upto_locked(w, upto))
+		pthread_cond_wait(&w->space, &w->lock);
 	r = failed_locked(w);
 	pthread_mutex_unlock(&w->lock);
 	return r;

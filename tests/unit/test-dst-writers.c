@@ -158,6 +158,17 @@ static void test_error_surfaces(void **state)
 	assert_int_equal(dstw_barrier(f->w), -ENOSPC);
 }
 
+/* The test layers' reads and zeroes: straight to the device below. */
+static int lower_pread(struct blk *b, void *buf, size_t len, uint64_t off)
+{
+	return blk_pread(b->lower, buf, len, off);
+}
+
+static int lower_zero(struct blk *b, uint64_t off, uint64_t len, unsigned flags)
+{
+	return blk_zero(b->lower, off, len, flags);
+}
+
 /* A layer over a device that holds a write at one offset until opened. */
 struct gate {
 	struct blk b; /* first */
@@ -167,11 +178,6 @@ struct gate {
 	bool holding, open;
 	bool returned; /* a waiter's wait has returned */
 };
-
-static int gate_pread(struct blk *b, void *buf, size_t len, uint64_t off)
-{
-	return blk_pread(b->lower, buf, len, off);
-}
 
 static int gate_pwrite(struct blk *b, const void *buf, size_t len, uint64_t off)
 {
@@ -188,11 +194,6 @@ static int gate_pwrite(struct blk *b, const void *buf, size_t len, uint64_t off)
 	return blk_pwrite(b->lower, buf, len, off);
 }
 
-static int gate_zero(struct blk *b, uint64_t off, uint64_t len, unsigned flags)
-{
-	return blk_zero(b->lower, off, len, flags);
-}
-
 static void gate_close(struct blk *b)
 {
 	struct gate *g = (struct gate *)b;
@@ -204,9 +205,9 @@ static void gate_close(struct blk *b)
 
 static const struct blk_ops gate_ops = {
 	.name = "gate",
-	.pread = gate_pread,
+	.pread = lower_pread,
 	.pwrite = gate_pwrite,
-	.zero = gate_zero,
+	.zero = lower_zero,
 	.close = gate_close,
 };
 
@@ -480,14 +481,9 @@ static int liar_pwrite(struct blk *b, const void *buf, size_t len, uint64_t off)
 	return r < 0 ? r : blk_pwrite(b->lower, &first, 1, off);
 }
 
-static int liar_pread(struct blk *b, void *buf, size_t len, uint64_t off)
-{
-	return blk_pread(b->lower, buf, len, off);
-}
-
 static const struct blk_ops liar_ops = {
 	.name = "liar",
-	.pread = liar_pread,
+	.pread = lower_pread,
 	.pwrite = liar_pwrite,
 };
 
@@ -714,11 +710,6 @@ static void wb_wrote(struct blk *b, uint64_t off)
 	pthread_mutex_unlock(&l->lock);
 }
 
-static int wb_pread(struct blk *b, void *buf, size_t len, uint64_t off)
-{
-	return blk_pread(b->lower, buf, len, off);
-}
-
 static int wb_pwrite(struct blk *b, const void *buf, size_t len, uint64_t off)
 {
 	int r = blk_pwrite(b->lower, buf, len, off);
@@ -760,7 +751,7 @@ static void wb_close(struct blk *b)
 
 static const struct blk_ops wb_ops = {
 	.name = "wblog",
-	.pread = wb_pread,
+	.pread = lower_pread,
 	.pwrite = wb_pwrite,
 	.zero = wb_zero,
 	.writeback = wb_writeback,
