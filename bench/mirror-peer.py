@@ -13,12 +13,18 @@ flight, to either
           `serve --incoming` on 127.0.0.1; or
   qemu:   a qemu-storage-daemon exporting the image over NBD, mirroring it
           (sync full, write-blocking, speed BW) to a qemu-nbd on 127.0.0.1;
+  floor:  a third `blkmig serve`, exporting a copy of the image and
+          migrating nothing, while the pair of blkmig's row migrates the
+          same image in dirty mode with nobody writing to it: an NBD write
+          (a round trip and a write to the page cache) beside the same
+          copy, and nothing else.  A mirrored write makes two round trips
+          (the client's, then the mirror's): about twice this is what the
+          machine at hand allows;
 first for --quiet-secs with nothing else running (base, after a second
-of warm-up), then from the
-start of the migration to its end (blkmig: completed, after its
-switch-over; qemu: the job ready, every byte copied).  Both sides are
-buffered (page cache) on both hosts, so the two systems see the same
-disk.
+of warm-up), then from the start of the migration to its end (blkmig:
+completed, after its switch-over; qemu: the job ready, every byte
+copied).  blkmig and qemu write through the page cache on both hosts,
+so the two see the same disk.
 
 Per run: how long the copy took, and the writer's p50/p99/p99.9/max and
 rate in both phases.  --repeat N runs each row N times, the systems
@@ -28,7 +34,7 @@ says little).  Nothing is asserted: the figures are for reading.
 
     bench/mirror-peer.py [--size 1G] [--bandwidth 100M] [--sizes 64K,4K]
                          [--rates 20M] [--quiet-secs 3] [--limit 60]
-                         [--repeat 1] [--systems blkmig,qemu]
+                         [--repeat 1] [--systems blkmig,qemu,floor]
 """
 import argparse
 import json
@@ -138,14 +144,17 @@ def quiet_phase(a, wr):
 def fresh_images(w):
     shutil.copy(os.path.join(w, "base.img"), os.path.join(w, "src.img"))
     for name in os.listdir(w):  # the previous run's images and records
-        if name.startswith(("dst.img", "src.img.")) or name.endswith((".ports", ".sock")):
+        if name.startswith(("dst.img", "src.img.", "floor.img")) or name.endswith((".ports", ".sock")):
             os.unlink(os.path.join(w, name))
     # The page cache holds what the copy just wrote: drop it as the
     # writes go to disk, so no run starts with more dirty memory.
     subprocess.run(["sync"], check=True)
 
 
-def run_blkmig(a, w, procs, writer_exe, bs, rate):
+def run_blkmig(a, w, procs, writer_exe, bs, rate, floor=False):
+    """floor: the writer writes to a third daemon's image instead, while
+    blkmig migrates in dirty mode, unwritten: an NBD write with nothing
+    behind it, beside the same copy."""
     dst = os.path.join(w, "dst.img")
     procs.start([a.blkmig, "serve", "--nbd", "127.0.0.1:0", "--port-file", os.path.join(w, "dst.ports"),
                  "--incoming", "127.0.0.1:0", "--device", f"d0={dst}", "--create"], os.path.join(w, "dst.log"))
@@ -154,11 +163,18 @@ def run_blkmig(a, w, procs, writer_exe, bs, rate):
                  "--control", sock, "--device", f"d0={os.path.join(w, 'src.img')}"], os.path.join(w, "src.log"))
     inc = port_from(os.path.join(w, "dst.ports"), "incoming")
     nbd = port_from(os.path.join(w, "src.ports"), "nbd")
+    if floor:
+        shutil.copy(os.path.join(w, "base.img"), os.path.join(w, "floor.img"))
+        subprocess.run(["sync"], check=True)
+        procs.start([a.blkmig, "serve", "--nbd", "127.0.0.1:0", "--port-file", os.path.join(w, "floor.ports"),
+                     "--device", f"d0={os.path.join(w, 'floor.img')}"], os.path.join(w, "floor.log"))
+        nbd = port_from(os.path.join(w, "floor.ports"), "nbd")
     q = QMP(sock)
     wr = Writer(writer_exe, f"nbd://127.0.0.1:{nbd}/d0", bs, rate)
     base = quiet_phase(a, wr)
     t0 = time.monotonic()
-    q.call("migrate", to=f"127.0.0.1:{inc}", mode="active", **{"max-bandwidth": size(a.bandwidth)})
+    q.call("migrate", to=f"127.0.0.1:{inc}", mode="dirty" if floor else "active",
+           **{"max-bandwidth": size(a.bandwidth)})
     try:
         st = q.wait_migration(a.limit, poll=0.2)
         ok = "yes" if st["status"] == "completed" else "FAIL"
@@ -234,7 +250,7 @@ def main():
     ap.add_argument("--quiet-secs", type=float, default=3)
     ap.add_argument("--limit", type=float, default=60)
     ap.add_argument("--repeat", type=int, default=1)
-    ap.add_argument("--systems", default="blkmig,qemu")
+    ap.add_argument("--systems", default="blkmig,qemu,floor")
     a = ap.parse_args()
     a.blkmig = os.environ.get("BLKMIG", os.path.join(HERE, "..", "build", "tools", "blkmig"))
     for tool in ("qemu-storage-daemon", "qemu-nbd", "cc", "pkg-config"):
@@ -266,6 +282,8 @@ def main():
                         try:
                             if system == "blkmig":
                                 r = run_blkmig(a, w, procs, writer, size(bs), size(rate))
+                            elif system == "floor":
+                                r = run_blkmig(a, w, procs, writer, size(bs), size(rate), floor=True)
                             elif system == "qemu":
                                 r = run_qemu(a, w, procs, writer, size(bs), size(rate), dev_size)
                             else:
