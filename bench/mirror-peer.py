@@ -27,7 +27,10 @@ copied).  blkmig and qemu write through the page cache on both hosts,
 so the two see the same disk.
 
 Per run: how long the copy took, and the writer's p50/p99/p99.9/max and
-rate in both phases.  --repeat N runs each row N times, the systems
+rate in both phases, and during the copy the p99 of how late each write
+completed against when it was due (a system the writer cannot keep pace
+with loses rate, not latency: late_p99 and mig_MB/s show it).  Rates are
+as converge.sh's: RATE 20M is 20 MiB/s, the MB/s columns 10^6 bytes/s.  --repeat N runs each row N times, the systems
 taking turns, and then prints the median of each figure per row and
 system with the lowest and highest mig p99 (on a noisy machine one run
 says little).  Nothing is asserted: the figures are for reading.
@@ -39,6 +42,7 @@ says little).  Nothing is asserted: the figures are for reading.
 import argparse
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -90,12 +94,18 @@ def port_from(path, key, secs=10):
 
 
 class Writer:
-    """bench/nbd-writer: phase() ends a phase, finish() the last."""
+    """bench/nbd-writer: phase() ends a phase, finish() the last.  Its
+    process is one of the run's (procs), killed with the rest on a
+    failure."""
 
-    def __init__(self, exe, uri, bs, rate):
+    def __init__(self, procs, exe, uri, bs, rate):
         self.p = subprocess.Popen([exe, uri, str(bs), str(rate)], stdout=subprocess.PIPE, text=True)
+        procs.ps.append(self.p)
 
     def _figures(self):
+        # A write that never returns holds the figures back: give up.
+        if not select.select([self.p.stdout], [], [], 60)[0]:
+            raise RuntimeError("the writer did not answer in 60 s")
         line = self.p.stdout.readline()
         if not line:
             raise RuntimeError("the writer died")
@@ -146,8 +156,8 @@ def fresh_images(w):
     for name in os.listdir(w):  # the previous run's images and records
         if name.startswith(("dst.img", "src.img.", "floor.img")) or name.endswith((".ports", ".sock")):
             os.unlink(os.path.join(w, name))
-    # The page cache holds what the copy just wrote: drop it as the
-    # writes go to disk, so no run starts with more dirty memory.
+    # The page cache holds what the copy just wrote: write it back now,
+    # so that no run starts with more dirty memory than another.
     subprocess.run(["sync"], check=True)
 
 
@@ -170,7 +180,7 @@ def run_blkmig(a, w, procs, writer_exe, bs, rate, floor=False):
                      "--device", f"d0={os.path.join(w, 'floor.img')}"], os.path.join(w, "floor.log"))
         nbd = port_from(os.path.join(w, "floor.ports"), "nbd")
     q = QMP(sock)
-    wr = Writer(writer_exe, f"nbd://127.0.0.1:{nbd}/d0", bs, rate)
+    wr = Writer(procs, writer_exe, f"nbd://127.0.0.1:{nbd}/d0", bs, rate)
     base = quiet_phase(a, wr)
     t0 = time.monotonic()
     q.call("migrate", to=f"127.0.0.1:{inc}", mode="dirty" if floor else "active",
@@ -207,7 +217,7 @@ def run_qemu(a, w, procs, writer_exe, bs, rate, dev_size):
     wait_listening(dport)
     wait_listening(sport)
     q = QMP(sock)
-    wr = Writer(writer_exe, f"nbd://127.0.0.1:{sport}/d0", bs, rate)
+    wr = Writer(procs, writer_exe, f"nbd://127.0.0.1:{sport}/d0", bs, rate)
     base = quiet_phase(a, wr)
     q.call("blockdev-add", {"driver": "nbd", "node-name": "t0", "export": "d0",
                             "server": {"type": "inet", "host": "127.0.0.1", "port": str(dport)}})
@@ -232,9 +242,9 @@ def run_qemu(a, w, procs, writer_exe, bs, rate, dev_size):
     return ok, secs, base, mig, ""
 
 
-ROW = "{:6} {:4} {:5} | {:4} {:>7} | {:>8} {:>8} {:>9} | {:>8} {:>8} {:>9} {:>9} {:>9}"
+ROW = "{:6} {:4} {:5} | {:4} {:>7} | {:>8} {:>8} {:>9} | {:>8} {:>8} {:>9} {:>9} {:>9} {:>9}"
 HEAD = ROW.format("system", "bs", "rate", "conv", "total_s", "base_p50", "base_p99", "base_MB/s",
-                  "mig_p50", "mig_p99", "mig_p99.9", "mig_max", "mig_MB/s")
+                  "mig_p50", "mig_p99", "mig_p99.9", "mig_max", "mig_MB/s", "late_p99")
 
 
 def us(v):
@@ -252,6 +262,9 @@ def main():
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--systems", default="blkmig,qemu,floor")
     a = ap.parse_args()
+    # A SIGTERM (timeout(1), say) goes through the finally clauses: the
+    # daemons are killed and the work directory removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("bench: terminated"))
     a.blkmig = os.environ.get("BLKMIG", os.path.join(HERE, "..", "build", "tools", "blkmig"))
     for tool in ("qemu-storage-daemon", "qemu-nbd", "cc", "pkg-config"):
         if not shutil.which(tool):
@@ -264,7 +277,7 @@ def main():
                                capture_output=True, text=True).stdout.split()
         writer = os.path.join(w, "nbd-writer")
         subprocess.run(["cc", "-O2", "-Wall", "-Wextra", "-Werror", "-pthread", "-o", writer,
-                        os.path.join(HERE, "nbd-writer.c")] + flags, check=True)
+                        os.path.join(HERE, "nbd-writer.c")] + flags + ["-lm"], check=True)
         dev_size = size(a.size)
         with open(os.path.join(w, "base.img"), "wb") as f:
             for _ in range(dev_size // (1 << 20)):
@@ -295,7 +308,8 @@ def main():
                         print(ROW.format(system, bs, rate, ok, f"{secs:.1f}", us(base["p50_us"]),
                                          us(base["p99_us"]), f"{base['mbps']:.1f}", us(mig["p50_us"]),
                                          us(mig["p99_us"]), us(mig["p999_us"]), us(mig["max_us"]),
-                                         f"{mig['mbps']:.1f}"), extra, mig["error"], flush=True)
+                                         f"{mig['mbps']:.1f}", us(mig["late_p99_us"])), extra, mig["error"],
+                              flush=True)
         if a.repeat > 1:
             summary(runs)
     finally:
@@ -316,7 +330,8 @@ def summary(runs):
                          us(med(lambda r: r[2]["p99_us"])), f"{med(lambda r: r[2]['mbps']):.1f}",
                          us(med(lambda r: r[3]["p50_us"])), us(statistics.median(p99s)),
                          us(med(lambda r: r[3]["p999_us"])), us(med(lambda r: r[3]["max_us"])),
-                         f"{med(lambda r: r[3]['mbps']):.1f}"), f" {min(p99s):.0f}-{max(p99s):.0f}us")
+                         f"{med(lambda r: r[3]['mbps']):.1f}", us(med(lambda r: r[3]["late_p99_us"]))),
+              f" {min(p99s):.0f}-{max(p99s):.0f}us")
 
 
 if __name__ == "__main__":

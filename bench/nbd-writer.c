@@ -13,11 +13,15 @@
  * failed write stops the writing (a source that handed its disk over
  * answers ESHUTDOWN); its message goes in "error" and the writer waits for
  * the signal.  Every latency is kept, so the percentiles are exact.
+ * "late_p99_us" counts from when each write was due rather than from the
+ * call: a server the writer cannot keep pace with shows there (and in the
+ * rate), not in the latencies of the writes it did make.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <inttypes.h>
 #include <libnbd.h>
+#include <math.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -26,11 +30,14 @@
 #include <string.h>
 #include <time.h>
 
+#define MIN(a, b) ((a) < (b) ? (a) : (b))
+
 static atomic_int phase_end; /* SIGUSR1 seen, figures not yet printed */
 static atomic_int quit;
 
 struct figures {
-	uint64_t *lat; /* ns, one per write */
+	uint64_t *lat;	/* ns, one per write: from the call to the reply */
+	uint64_t *late; /* ns, one per write: from when it was due to the reply */
 	size_t n, cap;
 	uint64_t start_ns;
 	char error[256];
@@ -49,25 +56,26 @@ static int cmp_u64(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-/* The latency below which a fraction q of the writes took. */
+/* The nearest-rank q-quantile of the n sorted values v, in µs. */
 static double pct_us(const uint64_t *v, size_t n, double q)
 {
 	if (n == 0)
 		return 0;
-	size_t i = (size_t)(q * (double)n);
-	return (double)v[i < n ? i : n - 1] / 1000.0;
+	size_t i = (size_t)ceil(q * (double)n);
+	return (double)v[i > 0 ? MIN(i, n) - 1 : 0] / 1000.0;
 }
 
 static void print_figures(struct figures *f, uint64_t bs)
 {
 	double secs = (double)(now_ns() - f->start_ns) / 1e9;
 	qsort(f->lat, f->n, sizeof *f->lat, cmp_u64);
+	qsort(f->late, f->n, sizeof *f->late, cmp_u64);
 	printf(
 	    "{\"writes\": %zu, \"secs\": %.3f, \"mbps\": %.1f, \"p50_us\": %.0f, \"p99_us\": %.0f, "
-	    "\"p999_us\": %.0f, \"max_us\": %.0f, \"error\": \"%s\"}\n",
+	    "\"p999_us\": %.0f, \"max_us\": %.0f, \"late_p99_us\": %.0f, \"error\": \"%s\"}\n",
 	    f->n, secs, secs > 0 ? (double)f->n * (double)bs / secs / 1e6 : 0.0,
 	    pct_us(f->lat, f->n, 0.5), pct_us(f->lat, f->n, 0.99), pct_us(f->lat, f->n, 0.999),
-	    f->n ? (double)f->lat[f->n - 1] / 1000.0 : 0.0, f->error);
+	    pct_us(f->lat, f->n, 1.0), pct_us(f->late, f->n, 0.99), f->error);
 	fflush(stdout);
 	f->n = 0;
 	f->start_ns = now_ns();
@@ -124,7 +132,7 @@ int main(int argc, char **argv)
 	}
 	uint64_t bs = parse_size(argv[2]), rate = parse_size(argv[3]);
 	uint64_t rng = argc == 5 ? strtoull(argv[4], NULL, 10) : 3;
-	if (bs == 0 || rate == 0 || bs > (32u << 20)) {
+	if (bs < sizeof(uint64_t) || rate == 0 || bs > (32u << 20)) {
 		fprintf(stderr, "nbd-writer: bad BS or RATE\n");
 		return 2;
 	}
@@ -193,23 +201,30 @@ int main(int argc, char **argv)
 					*c = ' ';
 			continue;
 		}
+		uint64_t end = now_ns();
 		if (f.n == f.cap) {
 			size_t cap = f.cap ? f.cap * 2 : 65536;
-			uint64_t *p = realloc(f.lat, cap * sizeof *p);
-			if (!p) {
+			uint64_t *p = realloc(f.lat, cap * sizeof *p), *q;
+			if (p)
+				f.lat = p;
+			q = realloc(f.late, cap * sizeof *q);
+			if (q)
+				f.late = q;
+			if (!p || !q) {
 				fprintf(stderr, "nbd-writer: out of memory\n");
 				return 1;
 			}
-			f.lat = p;
 			f.cap = cap;
 		}
-		f.lat[f.n++] = now_ns() - t;
+		f.lat[f.n] = end - t;
+		f.late[f.n++] = end - due;
 		n++;
 	}
 	print_figures(&f, bs);
 	nbd_close(h);
 	free(buf);
 	free(f.lat);
+	free(f.late);
 	pthread_join(sig_thread, NULL);
 	return 0;
 }
