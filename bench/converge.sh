@@ -56,17 +56,20 @@
 # machine both daemons share its CPUs, where between two hosts the
 # destination would take none of the source's (19 comes close).
 #
+# --mirror-share PCT passes that share of the rate for mirrored writes to
+# both builds' migrate (a baseline without the option fails to start).
+#
 #   bench/converge.sh [--size 1G] [--bandwidth 100M] [--limit 60]
 #                     [--rates "20M 80M 200M"] [--sizes "4K 64K"]
 #                     [--modes "dirty active auto"] [--quiet-secs 3]
 #                     [--max-downtime 300] [--baseline BLKMIG]
 #                     [--dst-opts "--cache none"]
 #                     [--link loopback|wanN] [--wan-rate 1gbit] [--dst-nice N]
-#                     [--dst-dir DIR] [--repeat N]
+#                     [--dst-dir DIR] [--repeat N] [--mirror-share PCT]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 size=1G bw=100M limit=60 quiet=3 maxdt=300 baseline= link=loopback wan_rate=1gbit repeat=1
-rates="20M 80M 200M" sizes="4K 64K" modes="dirty active auto"
+rates="20M 80M 200M" sizes="4K 64K" modes="dirty active auto" share=()
 while [ $# -gt 0 ]; do
 	case $1 in
 	--size) size=$2; shift 2 ;;
@@ -84,7 +87,8 @@ while [ $# -gt 0 ]; do
 	--dst-nice) DST_WRAP="nice -n $2"; shift 2 ;;
 	--dst-dir) DST_DIR=$2; shift 2 ;;
 	--repeat) repeat=$2; shift 2 ;;
-	*) echo "usage: bench/converge.sh [--size SIZE] [--bandwidth RATE|0] [--limit SECS] [--rates LIST] [--sizes LIST] [--modes LIST] [--quiet-secs N] [--max-downtime MS] [--baseline BLKMIG] [--dst-opts OPTS] [--link loopback|wanN] [--wan-rate RATE] [--dst-nice N] [--dst-dir DIR] [--repeat N]" >&2; exit 2 ;;
+	--mirror-share) share=(--mirror-share "$2"); shift 2 ;;
+	*) echo "usage: bench/converge.sh [--size SIZE] [--bandwidth RATE|0] [--limit SECS] [--rates LIST] [--sizes LIST] [--modes LIST] [--quiet-secs N] [--max-downtime MS] [--baseline BLKMIG] [--dst-opts OPTS] [--link loopback|wanN] [--wan-rate RATE] [--dst-nice N] [--dst-dir DIR] [--repeat N] [--mirror-share PCT]" >&2; exit 2 ;;
 	esac
 done
 # 0 would mean "the default" to blkmig, and the goal checked would not be
@@ -170,7 +174,7 @@ for bs in $sizes; do
 				mig=(- "$secs" - - - - -)
 			else
 				"$BLKMIG" migrate --control "$W/src.sock" --to "$dst_addr" \
-					"${cap[@]}" --max-downtime "$maxdt" --mode "$mode" >/dev/null
+					"${cap[@]}" "${share[@]}" --max-downtime "$maxdt" --mode "$mode" >/dev/null
 				# One process polls until the end or the limit: a
 				# poll loop of shell commands here took a third of
 				# this 2-vCPU machine during the migration, and the

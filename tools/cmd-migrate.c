@@ -18,7 +18,8 @@
 static const char migrate_help[] =
     "Usage: blkmig migrate --control PATH --to HOST:PORT [--shared-base] [--zero-blocks]\n"
     "                      [--max-downtime MS] [--max-bandwidth RATE]\n"
-    "                      [--mode auto|dirty|active] [--chunk-size SIZE]\n"
+    "                      [--mode auto|dirty|active] [--mirror-share PCT]\n"
+    "                      [--chunk-size SIZE]\n"
     "                      [--format native|qemu] [--wait] [--json]\n"
     "                      [--tls-psk FILE | --tls-creds DIR [--tls-hostname NAME]]\n"
     "                      [--tls-authz ID,...] [--retry-for DURATION] [--resume]\n"
@@ -46,6 +47,10 @@ static const char migrate_help[] =
     "                        as part of the write (write-blocking mirror)\n"
     "                        auto (default): dirty, then active when passes stop\n"
     "                        shrinking what is left\n"
+    "  --mirror-share PCT    with --max-bandwidth, the share of it that mirrored\n"
+    "                        writes may take, 10..90 (default 50); the passes keep\n"
+    "                        the rest.  More: writers wait less for the link, and\n"
+    "                        the copy takes longer while they write\n"
     "  --chunk-size SIZE     tracking and resend granularity, 4K..16M power of two\n"
     "                        (default 64K; the QEMU format has 1M)\n"
     "  --format native|qemu  stream format; qemu: to a -M none QEMU 7.2 started with\n"
@@ -89,6 +94,7 @@ int cmd_migrate(int argc, char **argv)
 		OPT_DOWNTIME,
 		OPT_BW,
 		OPT_MODE,
+		OPT_SHARE,
 		OPT_CHUNK,
 		OPT_FORMAT,
 		OPT_WAIT,
@@ -110,6 +116,7 @@ int cmd_migrate(int argc, char **argv)
 		{ "max-downtime", required_argument, NULL, OPT_DOWNTIME },
 		{ "max-bandwidth", required_argument, NULL, OPT_BW },
 		{ "mode", required_argument, NULL, OPT_MODE },
+		{ "mirror-share", required_argument, NULL, OPT_SHARE },
 		{ "chunk-size", required_argument, NULL, OPT_CHUNK },
 		{ "format", required_argument, NULL, OPT_FORMAT },
 		{ "wait", no_argument, NULL, OPT_WAIT },
@@ -172,6 +179,16 @@ int cmd_migrate(int argc, char **argv)
 				goto usage;
 			}
 			json_object_object_add(args, "mode", json_object_new_string(optarg));
+			break;
+		}
+		case OPT_SHARE: {
+			unsigned pct;
+
+			if (mig_mirror_share_parse(optarg, &pct) < 0) {
+				r = cli_usage_error("migrate", "--mirror-share: %s", err_msg());
+				goto usage;
+			}
+			json_object_object_add(args, "mirror-share", json_object_new_int64(pct));
 			break;
 		}
 		case OPT_CHUNK:

@@ -24,7 +24,8 @@ static const char send_help[] =
     "Usage: blkmig send --to HOST:PORT --device NAME=PATH[,readonly] [--device ...]\n"
     "                   [--format native|qemu] [--shared-base] [--zero-blocks]\n"
     "                   [--max-bandwidth RATE] [--max-downtime MS] [--chunk-size SIZE]\n"
-    "                   [--mode auto|dirty|active] [--workload SPEC] [--timeout SECONDS]\n"
+    "                   [--mode auto|dirty|active] [--mirror-share PCT] [--workload SPEC]\n"
+    "                   [--timeout SECONDS]\n"
     "                   [--tls-psk FILE | --tls-creds DIR [--tls-hostname NAME]]\n"
     "                   [--tls-authz ID,...] [--retry-for DURATION] [--delta]\n"
     "                   [--verify-only] [--compress off|zstd[:LEVEL]|auto]\n"
@@ -56,6 +57,8 @@ static const char send_help[] =
     "  --chunk-size SIZE     migration granularity, 4K..16M power of two (default 1M)\n"
     "  --mode MODE           auto (default), dirty or active: how writes made during\n"
     "                        the migration are carried (see blkmig migrate --help)\n"
+    "  --mirror-share PCT    with --max-bandwidth, the share of it that mirrored\n"
+    "                        writes may take, 10..90 (default 50; see blkmig migrate)\n"
     "  --workload SPEC       run the built-in writer during the migration:\n"
     "                        NAME,bs=SIZE,rate=RATE[,seed=N][,pattern=random|sequential]\n"
     "  --timeout SECONDS     give up when the connection is idle this long (120)\n"
@@ -221,6 +224,7 @@ int cmd_send(int argc, char **argv)
 		OPT_JSON,
 		OPT_FORMAT,
 		OPT_MODE,
+		OPT_SHARE,
 		OPT_RETRY,
 		OPT_DELTA,
 		OPT_VERIFY,
@@ -239,6 +243,7 @@ int cmd_send(int argc, char **argv)
 		{ "max-downtime", required_argument, NULL, OPT_DOWNTIME },
 		{ "chunk-size", required_argument, NULL, OPT_CHUNK },
 		{ "mode", required_argument, NULL, OPT_MODE },
+		{ "mirror-share", required_argument, NULL, OPT_SHARE },
 		{ "workload", required_argument, NULL, OPT_WORKLOAD },
 		{ "timeout", required_argument, NULL, OPT_TIMEOUT },
 		{ "json", no_argument, NULL, OPT_JSON },
@@ -316,6 +321,10 @@ int cmd_send(int argc, char **argv)
 		case OPT_COMPRESS:
 			if (mig_compress_parse(optarg, &p.compress, &p.compress_level) < 0)
 				return cli_usage_error("send", "--compress: %s", err_msg());
+			break;
+		case OPT_SHARE:
+			if (mig_mirror_share_parse(optarg, &p.mirror_share) < 0)
+				return cli_usage_error("send", "--mirror-share: %s", err_msg());
 			break;
 		case OPT_DOWNTIME:
 			r = cli_parse_uint("send", "--max-downtime", optarg, 0, 3600 * 1000, &v);

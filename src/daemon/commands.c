@@ -273,6 +273,10 @@ static const char *const afters[] = { "forward", "refuse", NULL };
 	{                                                                                          \
 		"mode", ARG_STRING, false, 0, 0, modes                                             \
 	}
+#define ARG_MIRROR_SHARE                                                                           \
+	{                                                                                          \
+		"mirror-share", ARG_INT, false, MIG_MIRROR_SHARE_MIN, MIG_MIRROR_SHARE_MAX, NULL   \
+	}
 
 static const struct arg_spec migrate_args[] = {
 	{ "to", ARG_STRING, true, 0, 0, NULL },
@@ -281,6 +285,7 @@ static const struct arg_spec migrate_args[] = {
 	ARG_MAX_BANDWIDTH,
 	ARG_MAX_DOWNTIME,
 	ARG_MODE,
+	ARG_MIRROR_SHARE,
 	{ "chunk-size", ARG_SIZE, false, WIRE_MIN_CHUNK_SIZE, WIRE_MAX_CHUNK_SIZE, NULL },
 	{ "format", ARG_STRING, false, 0, 0, formats },
 	{ "tls-psk", ARG_STRING, false, 0, 0, NULL },
@@ -362,7 +367,7 @@ static json_object *cmd_migrate(struct daemon *d, const struct args *a, struct c
 				.max_downtime_ns = d->max_downtime_ns,
 				.mode = d->mode };
 	const char *to = NULL, *mode = NULL, *format = "native", *compress = NULL;
-	uint64_t ms = 0, chunk = 0, conns = 0, retry_ms = DAEMON_DEFAULT_RETRY_MS;
+	uint64_t ms = 0, chunk = 0, conns = 0, share = 0, retry_ms = DAEMON_DEFAULT_RETRY_MS;
 	struct job_options jo = { 0 };
 	struct tls_creds *tls = NULL;
 	struct tls_options used = { 0 };
@@ -394,6 +399,13 @@ static json_object *cmd_migrate(struct daemon *d, const struct args *a, struct c
 	arg_str(a, "format", &format);
 	if (strcmp(format, "qemu") == 0)
 		p.format = MIG_FORMAT_QEMU;
+	/* The schema bounds mirror-share; the one set by
+	 * migrate-set-parameters is for native migrations (QEMU's stream
+	 * mirrors nothing), one given here for this one. */
+	if (arg_u64(a, "mirror-share", &share))
+		p.mirror_share = (unsigned)share;
+	else if (p.format == MIG_FORMAT_NATIVE)
+		p.mirror_share = d->mirror_share;
 	/* The schema bounds chunk-size to 4K..16M. */
 	arg_u64(a, "chunk-size", &chunk);
 	p.chunk_size = (uint32_t)chunk;
@@ -513,10 +525,7 @@ static json_object *cmd_migrate_cancel(struct daemon *d, const struct args *a, s
 }
 
 static const struct arg_spec set_parameters_args[] = {
-	ARG_MAX_BANDWIDTH,
-	ARG_MAX_DOWNTIME,
-	ARG_MODE,
-	{ NULL },
+	ARG_MAX_BANDWIDTH, ARG_MAX_DOWNTIME, ARG_MODE, ARG_MIRROR_SHARE, { NULL },
 };
 
 /* Only what is given changes, for the running migration and the next ones
@@ -545,6 +554,10 @@ static json_object *cmd_set_parameters(struct daemon *d, const struct args *a, s
 	if (arg_u64(a, "max-downtime", &v)) {
 		d->max_downtime_ns = v * 1000000u;
 		job_set_max_downtime(d->job, d->max_downtime_ns);
+	}
+	if (arg_u64(a, "mirror-share", &v)) { /* the schema bounds it */
+		d->mirror_share = (unsigned)v;
+		job_set_mirror_share(d->job, d->mirror_share);
 	}
 	return json_object_new_object();
 }

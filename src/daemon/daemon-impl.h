@@ -55,6 +55,7 @@ struct daemon {
 	uint64_t max_bandwidth;	  /* for the next migrate without it */
 	uint64_t max_downtime_ns;
 	enum mig_mode mode;
+	unsigned mirror_share; /* 0: not set (the default, native migrations only) */
 
 	pthread_mutex_t lock;  /* guards migrated_to, fwd and ctl (read by the job's thread) */
 	char migrated_to[256]; /* the last migrate's destination */

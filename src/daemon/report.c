@@ -109,6 +109,7 @@ json_object *report_stats_json(const struct mig_stats *st, const char *error)
 	     add_int(o, "pass", report_pass(st)) && add_int(o, "rate", st->rate) &&
 	     add(o, "eta", json_object_new_int64(eta == UINT64_MAX ? -1 : ms(eta))) &&
 	     add(o, "mode", json_object_new_string(mig_mode_name(st->mode))) &&
+	     (!st->mirror_share || add_int(o, "mirror-share", st->mirror_share)) &&
 	     add(o, "mirroring", json_object_new_boolean(st->active));
 	if (ok && st->active && st->mode_reason[0])
 		ok = add(o, "mirroring-reason", json_object_new_string(st->mode_reason));

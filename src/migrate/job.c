@@ -307,6 +307,19 @@ void job_set_max_bandwidth(struct job *j, uint64_t bytes_per_sec)
 	pthread_mutex_unlock(&j->lock);
 }
 
+void job_set_mirror_share(struct job *j, unsigned pct)
+{
+	pthread_mutex_lock(&j->lock);
+	/* QEMU's stream mirrors nothing (and src_params_check() refuses a
+	 * share with it). */
+	if (j->p.format == MIG_FORMAT_NATIVE) {
+		j->p.mirror_share = pct;
+		if (j->src)
+			src_set_mirror_share(j->src, pct);
+	}
+	pthread_mutex_unlock(&j->lock);
+}
+
 void job_set_max_downtime(struct job *j, uint64_t ns)
 {
 	pthread_mutex_lock(&j->lock);

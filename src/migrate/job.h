@@ -56,6 +56,8 @@ int job_startable(struct job *j);
 void job_cancel(struct job *j);
 void job_set_max_bandwidth(struct job *j, uint64_t bytes_per_sec);
 void job_set_max_downtime(struct job *j, uint64_t ns);
+/* src_set_mirror_share() for the running attempt and the later ones. */
+void job_set_mirror_share(struct job *j, unsigned pct);
 /* Change the running migration's mode (src_set_mode); -ENOENT if none runs. */
 int job_set_mode(struct job *j, enum mig_mode m);
 /* Wait for the running attempt (if any) to end; its result. */

@@ -66,6 +66,22 @@ const char *mig_mode_name(enum mig_mode m);
 int mig_mode_parse(const char *s, enum mig_mode *out);
 
 /*
+ * In active mode with a rate limit, the share of it (percent) that
+ * mirrored writes may take; the passes keep the rest, so that the copy
+ * ends however fast the writers write (src_params' mirror_share).  A
+ * larger share: writers wait less, the copy takes longer.
+ */
+#define MIG_MIRROR_SHARE_MIN	 10
+#define MIG_MIRROR_SHARE_MAX	 90
+#define MIG_MIRROR_SHARE_DEFAULT 50
+
+/* 0 for MIG_MIRROR_SHARE_MIN..MAX; -EINVAL with the reason otherwise. */
+int mig_mirror_share_check(unsigned long pct);
+/* "PCT" or "PCT%" within the bounds -> 0 and *out; -EINVAL with the
+ * reason otherwise. */
+int mig_mirror_share_parse(const char *s, unsigned *out);
+
+/*
  * The stream format a migration speaks.
  *  NATIVE: blkmig's own (docs/wire-format.md): a handshake, a return path
  *          (per-pass sync, digests, acknowledgement), mirrored writes, any
@@ -146,6 +162,7 @@ struct mig_stats {
 	uint64_t total_ns;	/* the whole run; the time so far while running (job.h) */
 	uint64_t rate;		/* bytes/s on the wire over the last seconds (job.h); 0: unknown */
 	enum mig_mode mode;	/* as asked for */
+	unsigned mirror_share;	/* percent of the rate mirrored writes may take */
 	bool active;		/* writes are mirrored now */
 	bool converging;	/* the dirty set is expected to fit the downtime */
 	uint64_t active_since;	/* iterations finished when mirroring began */
@@ -230,6 +247,10 @@ struct src_params {
 	uint32_t chunk_size;	  /* default 1 MiB */
 	unsigned readers;	  /* reads in flight, default 4 */
 	enum mig_mode mode;	  /* default AUTO (DIRTY with the QEMU format) */
+	/* Native only: the share of max_bandwidth, in percent, that mirrored
+	 * writes may take in active mode (MIG_MIRROR_SHARE_MIN..MAX); the bulk
+	 * and dirty passes keep the rest.  0: MIG_MIRROR_SHARE_DEFAULT. */
+	unsigned mirror_share;
 	bool shared_base;
 	bool zero_blocks;
 	/* With QEMU, the devices are fenced all the same once the stream is
@@ -323,6 +344,9 @@ int src_run(struct src_job *j, struct xport *x);
 void src_cancel(struct src_job *j);
 /* May be called from any thread. */
 void src_set_max_bandwidth(struct src_job *j, uint64_t bytes_per_sec);
+/* src_params' mirror_share, checked by mig_mirror_share_check(); applies
+ * at once.  May be called from any thread. */
+void src_set_mirror_share(struct src_job *j, unsigned pct);
 /* The switch-over threshold (0: the default); used from the next decision. */
 void src_set_max_downtime(struct src_job *j, uint64_t ns);
 /*

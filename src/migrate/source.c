@@ -26,6 +26,11 @@
 #include "src-impl.h"
 #include "transport/transport.h"
 
+_Static_assert(MIG_MIRROR_SHARE_MIN == RATE_URGENT_PCT_MIN &&
+		   MIG_MIRROR_SHARE_MAX == RATE_URGENT_PCT_MAX &&
+		   MIG_MIRROR_SHARE_DEFAULT == RATE_URGENT_PCT_DEFAULT,
+	       "the mirror share is the transport's urgent share");
+
 #define PROGRESS_INTERVAL_NS (100 * 1000000ull)
 
 /* ---- figures ------------------------------------------------------------ */
@@ -54,6 +59,8 @@ void src_stats(struct src_job *j, struct mig_stats *out)
 
 	pthread_mutex_lock(&j->stats_lock);
 	*out = j->stats;
+	if (j->p.format == MIG_FORMAT_NATIVE)
+		out->mirror_share = atomic_load(&j->mirror_share);
 	live = j->live;
 	x = j->x;
 	/* The transport cannot go away while stats_lock is held. */
@@ -93,6 +100,8 @@ static void set_transport(struct src_job *j, struct xport *x)
 {
 	pthread_mutex_lock(&j->stats_lock);
 	j->x = x;
+	if (x)
+		xport_set_urgent_share(x, atomic_load(&j->mirror_share));
 	pthread_mutex_unlock(&j->stats_lock);
 }
 
@@ -162,6 +171,11 @@ int src_params_check(const struct src_params *p)
 	if (p->delta && (p->verify_only || p->shared_base))
 		return err_set(EINVAL, "delta compares every chunk: it goes with neither "
 				       "verify-only nor shared-base");
+	if (p->mirror_share && mig_mirror_share_check(p->mirror_share) < 0)
+		return -EINVAL;
+	if (p->mirror_share && p->format != MIG_FORMAT_NATIVE)
+		return err_set(EINVAL, "mirror-share needs the native format: QEMU's stream "
+				       "mirrors no writes");
 	if (p->connections > MIG_CONNECTIONS_MAX)
 		return err_set(EINVAL, "%u connections (must be 1..%u)", p->connections,
 			       MIG_CONNECTIONS_MAX);
@@ -273,6 +287,7 @@ int src_new(const struct src_params *p, const struct src_device *devs, unsigned 
 		return r;
 	}
 	atomic_init(&j->rate, p->max_bandwidth);
+	atomic_init(&j->mirror_share, p->mirror_share ? p->mirror_share : MIG_MIRROR_SHARE_DEFAULT);
 	atomic_init(&j->downtime_ns, j->p.max_downtime_ns);
 	atomic_init(&j->want_mode, (int)j->p.mode);
 	atomic_init(&j->mirroring, false);
@@ -464,6 +479,15 @@ void src_set_max_bandwidth(struct src_job *j, uint64_t bytes_per_sec)
 	pthread_mutex_lock(&j->stats_lock);
 	if (j->x && !j->rate_lifted)
 		xport_set_rate(j->x, bytes_per_sec);
+	pthread_mutex_unlock(&j->stats_lock);
+}
+
+void src_set_mirror_share(struct src_job *j, unsigned pct)
+{
+	atomic_store(&j->mirror_share, pct);
+	pthread_mutex_lock(&j->stats_lock);
+	if (j->x)
+		xport_set_urgent_share(j->x, pct);
 	pthread_mutex_unlock(&j->stats_lock);
 }
 

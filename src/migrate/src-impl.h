@@ -187,7 +187,8 @@ struct src_job {
 	struct src_dev dev[NATIVE_MAX_DEVICES];
 	struct cancel *cancel; /* src_cancel() fires it; the transport watches it */
 	_Atomic uint64_t rate;
-	_Atomic uint64_t downtime_ns; /* max downtime; may change while running */
+	_Atomic unsigned mirror_share; /* percent (src_params) */
+	_Atomic uint64_t downtime_ns;  /* max downtime; may change while running */
 	/* The transport, set and cleared by the engine under stats_lock, so
 	 * src_stats() and src_set_max_bandwidth() may read it from any
 	 * thread. */
@@ -214,6 +215,7 @@ struct src_job {
 	bool pass_active;
 	bool pass_exhausted;
 	enum pass_kind pass;
+	bool pass_final; /* final_pass, for the readers: writers paused, rate lifted */
 	unsigned cur_dev;
 	uint64_t cur_chunk;
 	unsigned busy; /* readers holding a task */
@@ -244,6 +246,9 @@ struct src_job {
 	/* A mirrored write went unacknowledged past its patience: writes are
 	 * marked dirty instead of mirrored until the next WACK. */
 	bool mirror_suspended;
+	/* Writers waiting in mirror_submit() for a chunk being copied to go
+	 * on the wire (readers_done_locked() wakes them on wack_cond). */
+	unsigned claim_waiters;
 
 	/* What the return path received (src-rpath.c). */
 	bool rp_running, rp_quit;
@@ -381,6 +386,9 @@ void readers_done_locked(struct src_job *j, const struct result *res, bool sent)
 void readers_pass_end_locked(struct src_job *j);
 /* Whether a write to chunk c of device di may be mirrored (j->lock held). */
 bool readers_copied_locked(struct src_job *j, unsigned di, uint64_t c);
+/* Whether chunk c of device di is being copied: read, or waiting to be
+ * sent (j->lock held). */
+bool readers_claimed_locked(struct src_job *j, unsigned di, uint64_t c);
 
 /* ---- src-pass.c --------------------------------------------------------- */
 

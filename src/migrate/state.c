@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* Names shared by both engines, and the frame reader both use. */
+#include <ctype.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,6 +48,32 @@ int mig_mode_parse(const char *s, enum mig_mode *out)
 			return 0;
 		}
 	return err_set(EINVAL, "unknown mode '%s' (auto, dirty or active)", s);
+}
+
+int mig_mirror_share_check(unsigned long pct)
+{
+	if (pct < MIG_MIRROR_SHARE_MIN || pct > MIG_MIRROR_SHARE_MAX)
+		return err_set(EINVAL,
+			       "mirror share %lu%% is out of range (%d to %d percent of the rate)",
+			       pct, MIG_MIRROR_SHARE_MIN, MIG_MIRROR_SHARE_MAX);
+	return 0;
+}
+
+int mig_mirror_share_parse(const char *s, unsigned *out)
+{
+	unsigned long v;
+	char *end;
+
+	errno = 0;
+	v = strtoul(s, &end, 10);
+	/* strtoul() would take a sign or leading blanks too. */
+	if (!isdigit((unsigned char)s[0]) || (*end && strcmp(end, "%") != 0) || errno)
+		return err_set(EINVAL, "'%s' is not a percentage (%d to %d)", s,
+			       MIG_MIRROR_SHARE_MIN, MIG_MIRROR_SHARE_MAX);
+	if (mig_mirror_share_check(v) < 0)
+		return -EINVAL;
+	*out = (unsigned)v;
+	return 0;
 }
 
 const char *mig_compress_name(enum mig_compress c)

@@ -18,11 +18,8 @@
 
 #include "common/error.h"
 #include "common/util.h"
+#include "ratelimit.h"
 #include "xport-impl.h"
-
-/* The limiter forgives at most this much idle time, so a pause in sending
- * does not turn into an unlimited burst afterwards. */
-#define RATE_BURST_NS (50 * 1000000ull)
 
 /* ---- addresses ----------------------------------------------------------- */
 
@@ -347,6 +344,7 @@ int xport_base_init(struct xport *x, const struct xport_ops *ops, int fd, const 
 	}
 	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
 	pthread_mutex_init(&x->rate_lock, NULL);
+	atomic_init(&x->urgent_pct, RATE_URGENT_PCT_DEFAULT);
 	return 0;
 }
 
@@ -421,7 +419,7 @@ uint64_t xport_send_delay(struct xport *x)
 	if (!atomic_load(&x->rate))
 		return 0;
 	pthread_mutex_lock(&x->rate_lock);
-	ok = x->next_ok_ns;
+	ok = x->bucket.next_ok_ns;
 	pthread_mutex_unlock(&x->rate_lock);
 	return ok > now ? ok - now : 0;
 }
@@ -429,6 +427,11 @@ uint64_t xport_send_delay(struct xport *x)
 void xport_set_urgent(struct xport *x, bool on)
 {
 	x->urgent = on;
+}
+
+void xport_set_urgent_share(struct xport *x, unsigned pct)
+{
+	atomic_store(&x->urgent_pct, pct);
 }
 
 bool xport_dialled(const struct xport *x)
@@ -513,20 +516,10 @@ static int wait_ready(struct xport *x, short events, uint64_t *idle_since)
 	return xport_wait_idle(x, &p, 1, idle_since);
 }
 
-/* The time n bytes take at rate (bytes per second). */
-static uint64_t rate_ns(uint64_t rate, size_t n)
-{
-	return (uint64_t)((double)n * 1e9 / (double)rate);
-}
-
 /*
- * Hold the sender back to the configured rate before sending n bytes.
- * Every send is charged to next_ok_ns.  An urgent one waits only for its
- * own bucket, urgent_ok_ns, which runs at XPORT_URGENT_SHARE of the rate:
- * urgent sends never wait behind others, and others keep the rest.
+ * Hold the sender back to the configured rate before sending n bytes
+ * (ratelimit.h: urgent sends wait only for their own share of the rate).
  */
-#define XPORT_URGENT_SHARE 2 /* urgent sends: at most 1/2 of the rate */
-
 static int rate_limit(struct xport *x, uint64_t rate, size_t n, bool urgent)
 {
 	uint64_t now = now_ns(), until;
@@ -536,14 +529,7 @@ static int rate_limit(struct xport *x, uint64_t rate, size_t n, bool urgent)
 	/* Charged before the wait: a sender on another thread (a write
 	 * lane's) queues behind this one's charge. */
 	pthread_mutex_lock(&x->rate_lock);
-	if (x->next_ok_ns + RATE_BURST_NS < now)
-		x->next_ok_ns = now;
-	if (x->urgent_ok_ns + RATE_BURST_NS < now)
-		x->urgent_ok_ns = now;
-	until = urgent ? x->urgent_ok_ns : x->next_ok_ns;
-	x->next_ok_ns += rate_ns(rate, n);
-	if (urgent)
-		x->urgent_ok_ns += rate_ns(rate, n) * XPORT_URGENT_SHARE;
+	until = rate_charge(&x->bucket, now, rate, n, urgent, atomic_load(&x->urgent_pct));
 	pthread_mutex_unlock(&x->rate_lock);
 	if (until > now && cancel_sleep(x->cancel, (int64_t)(until - now)))
 		return err_set(ECANCELED, "cancelled");
@@ -554,9 +540,7 @@ static int rate_limit(struct xport *x, uint64_t rate, size_t n, bool urgent)
 static void rate_refund(struct xport *x, uint64_t rate, size_t n, bool urgent)
 {
 	pthread_mutex_lock(&x->rate_lock);
-	x->next_ok_ns -= rate_ns(rate, n);
-	if (urgent)
-		x->urgent_ok_ns -= rate_ns(rate, n) * XPORT_URGENT_SHARE;
+	rate_refund_charge(&x->bucket, rate, n, urgent, atomic_load(&x->urgent_pct));
 	pthread_mutex_unlock(&x->rate_lock);
 }
 

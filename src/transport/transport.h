@@ -22,6 +22,7 @@
 #include <sys/uio.h>
 
 #include "common/cancel.h"
+#include "ratelimit.h"
 
 struct xport;
 struct tls_creds;
@@ -109,11 +110,18 @@ uint64_t xport_get_rate(const struct xport *x);
 uint64_t xport_send_delay(struct xport *x);
 /*
  * Urgent sends (on) never wait behind other sends for the rate limit: they
- * wait only while urgent sends alone would exceed half of it.  Everything
- * sent is charged to the limit, so other sends wait longer, and the rate
- * is kept.  The writer's thread only.
+ * wait only while urgent sends alone would exceed their share of it
+ * (xport_set_urgent_share()).  Everything sent is charged to the limit, so
+ * other sends wait longer, and the rate is kept.  The writer's thread only.
  */
 void xport_set_urgent(struct xport *x, bool on);
+/*
+ * The share of the rate urgent sends may take, in percent
+ * (RATE_URGENT_PCT_MIN..MAX, clamped; default RATE_URGENT_PCT_DEFAULT);
+ * the others keep the rest.  On the xport whose limiter counts (a striped
+ * stream's, not a lane's).  May be changed at any time.
+ */
+void xport_set_urgent_share(struct xport *x, unsigned pct);
 
 /* Buffered write: small items are coalesced until xport_flush() or a
  * large write.  Returns 0 or negative errno. */

@@ -9,6 +9,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
+#include "ratelimit.h"
 #include "transport.h"
 
 #define XPORT_WBUF_SIZE (256 * 1024)
@@ -31,8 +32,8 @@ struct xport {
 	/* The rate limiter, under rate_lock: a write lane's sender charges it
 	 * from its own thread (rate_of). */
 	pthread_mutex_t rate_lock;
-	uint64_t next_ok_ns;   /* earliest time of the next send */
-	uint64_t urgent_ok_ns; /* urgent sends' own bucket (xport_set_urgent) */
+	struct rate_bucket bucket;
+	_Atomic unsigned urgent_pct; /* xport_set_urgent_share() */
 	bool urgent;
 	/* A write lane: the xport whose limiter paces its sends, as urgent
 	 * ones (NULL: its own). */

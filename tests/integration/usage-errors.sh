@@ -36,6 +36,15 @@ expect_error "$(run cancel)" 2 "$T/err" "--control PATH is required"
 expect_error "$(run migrate --control /x --to 127.0.0.1:1 --chunk-size 3K)" 2 "$T/err" "power of two"
 expect_error "$(run send --to 127.0.0.1:1 --device a=/dev/null --mode sideways)" 2 "$T/err" "unknown mode"
 expect_error "$(run send --to 127.0.0.1:1 --device a=/dev/null --format qemu --mode active)" 2 "$T/err" "needs the native format"
+# The mirrored writes' share of the rate: a percentage within 10..90, for
+# the native format.
+expect_error "$(run send --to 127.0.0.1:1 --device a=/dev/null --mirror-share 95)" 2 "$T/err" "--mirror-share: mirror share 95% is out of range \\(10 to 90 percent of the rate\\)"
+expect_error "$(run send --to 127.0.0.1:1 --device a=/dev/null --mirror-share 9%)" 2 "$T/err" "mirror share 9% is out of range"
+expect_error "$(run send --to 127.0.0.1:1 --device a=/dev/null --mirror-share ' 50')" 2 "$T/err" "--mirror-share: ' 50' is not a percentage \\(10 to 90\\)"
+expect_error "$(run send --to 127.0.0.1:1 --device a=/dev/null --mirror-share 50%%)" 2 "$T/err" "'50%%' is not a percentage"
+expect_error "$(run send --to 127.0.0.1:1 --device a=/dev/null --mirror-share 99999999999999999999)" 2 "$T/err" "is not a percentage"
+expect_error "$(run send --to 127.0.0.1:1 --device a=/dev/null --format qemu --mirror-share 60)" 2 "$T/err" "mirror-share needs the native format"
+expect_error "$(run migrate --control /x --to 127.0.0.1:1 --mirror-share half)" 2 "$T/err" "--mirror-share: 'half' is not a percentage"
 # Resume, delta and verify: what goes with what.
 expect_error "$(run send --to 127.0.0.1:1 --device a=/dev/null --retry-for 5x)" 2 "$T/err" "--retry-for: duration '5x': unknown unit 'x'"
 expect_error "$(run send --to 127.0.0.1:1 --device a=/dev/null --retry-for 2d)" 2 "$T/err" "unknown unit 'd'"

@@ -297,6 +297,14 @@ static const struct refusal refusals[] = {
 	  "'max-downtime' must be from 0 to 3600000, not -1" },
 	{ "migrate-set-parameters", "{\"max-bandwidth\":-5}", CTL_ERR_INVALID_PARAM,
 	  "'max-bandwidth' must be from 0 to" },
+	{ "migrate", "{\"to\":\"x:1\",\"mirror-share\":9}", CTL_ERR_INVALID_PARAM,
+	  "'mirror-share' must be from 10 to 90, not 9" },
+	{ "migrate", "{\"to\":\"x:1\",\"mirror-share\":91}", CTL_ERR_INVALID_PARAM,
+	  "'mirror-share' must be from 10 to 90, not 91" },
+	{ "migrate-set-parameters", "{\"mirror-share\":100}", CTL_ERR_INVALID_PARAM,
+	  "'mirror-share' must be from 10 to 90, not 100" },
+	{ "migrate-set-parameters", "{\"mirror-share\":\"50%\"}", CTL_ERR_INVALID_PARAM,
+	  "'mirror-share' must be an integer, not string" },
 	{ "migrate", "{\"to\":\"x:1\",\"chunk-size\":2048}", CTL_ERR_INVALID_PARAM,
 	  "'chunk-size' must be from 4096 to 16777216, not 2048" },
 	{ "migrate", "{\"to\":\"x:1\",\"chunk-size\":\"32M\"}", CTL_ERR_INVALID_PARAM,
@@ -315,6 +323,8 @@ static const struct refusal refusals[] = {
 	  CTL_ERR_INVALID_PARAM, "format has 1M chunks" },
 	{ "migrate", "{\"to\":\"x:1\",\"format\":\"qemu\",\"mode\":\"active\"}",
 	  CTL_ERR_INVALID_PARAM, "" },
+	{ "migrate", "{\"to\":\"x:1\",\"format\":\"qemu\",\"mirror-share\":80}",
+	  CTL_ERR_INVALID_PARAM, "mirror-share needs the native format" },
 	{ "migrate", "{\"to\":\"x:1\",\"format\":\"qemu\",\"delta\":true}", CTL_ERR_INVALID_PARAM,
 	  "delta needs the native format" },
 	{ "migrate", "{\"to\":\"x:1\",\"delta\":true,\"shared-base\":true}", CTL_ERR_INVALID_PARAM,
@@ -551,11 +561,16 @@ static void test_query_tune_cancel(void **state)
 	assert_true(num(q, "pass") >= 1);
 	assert_true(strcmp(str(q, "phase"), "bulk") == 0 || strcmp(str(q, "phase"), "dirty") == 0);
 	assert_true(num(q, "eta") > 0);
+	assert_int_equal(num(q, "mirror-share"), 50);
 	json_object_put(q);
 
 	/* Tuning a running migration. */
 	json_object_put(ok(&src, "migrate-set-parameters", "{\"max-bandwidth\":\"2M\"}"));
 	json_object_put(ok(&src, "migrate-set-parameters", "{\"max-downtime\":100}"));
+	json_object_put(ok(&src, "migrate-set-parameters", "{\"mirror-share\":80}"));
+	q = ok(&src, "query-migrate", NULL);
+	assert_int_equal(num(q, "mirror-share"), 80);
+	json_object_put(q);
 	refused(&src, "migrate-set-parameters", "{\"max-downtime\":null}", CTL_ERR_INVALID_PARAM,
 		"'max-downtime' must be an integer, not null");
 

@@ -997,6 +997,118 @@ static void test_rate_limit_large_sends(void **state)
 	check_rate_limited(SEND_WRITE2, 100);
 }
 
+/*
+ * The limiter's arithmetic (ratelimit.h), on a clock of the test's own: the
+ * shares it promises, exactly, with no timing in the test.
+ */
+
+/* Back-to-back urgent sends at one instant are spaced by their time at
+ * urgent_pct of the rate; each is charged in full to the common bucket. */
+static void check_urgent_spacing(unsigned pct, unsigned want_pct)
+{
+	const uint64_t rate = 100 * 1000 * 1000, t0 = 1000000000000ull;
+	const size_t n = 64 * KiB;
+	struct rate_bucket b = { 0 };
+	uint64_t one = rate_ns(rate, n), spacing = one * 100 / want_pct;
+
+	for (unsigned i = 0; i < 8; i++) {
+		uint64_t until = rate_charge(&b, t0, rate, n, true, pct);
+
+		if (until + i < t0 + i * spacing || until > t0 + i * spacing + i)
+			fail_msg("share %u: urgent send %u may go at +%llu ns, not +%llu", pct, i,
+				 (unsigned long long)(until - t0),
+				 (unsigned long long)(i * spacing));
+	}
+	/* A bulk send waits for all eight. */
+	assert_in_range(rate_charge(&b, t0, rate, n, false, pct), t0 + 8 * one - 8,
+			t0 + 8 * one + 8);
+}
+
+static void test_rate_urgent_spacing(void **state)
+{
+	(void)state;
+	check_urgent_spacing(50, 50);
+	check_urgent_spacing(90, 90);
+	check_urgent_spacing(10, 10);
+	check_urgent_spacing(0, RATE_URGENT_PCT_MIN);	/* clamped */
+	check_urgent_spacing(100, RATE_URGENT_PCT_MAX); /* clamped */
+}
+
+/*
+ * Two senders that always have more to send, as the mirror and the passes
+ * do under a writer faster than the link: each charges, sleeps until it
+ * may go, sends, and charges again.  Over 20 s of the simulated clock the
+ * urgent one gets its share of the rate and no more, the other the rest,
+ * and the two together the rate.  Sends are counted when they start, so
+ * the sum runs ahead of the rate by what is charged and not yet due: the
+ * other sender's piece and the urgent sends its wait lets through, at
+ * most a piece * 100 / (100 - pct), however long the run.
+ */
+static void check_shares(unsigned pct)
+{
+	const uint64_t rate = 50 * 1000 * 1000, span = 20 * 1000000000ull, t0 = 5000000000ull;
+	const size_t piece[2] = { 64 * KiB, 256 * KiB }; /* urgent, bulk */
+	struct rate_bucket b = { 0 };
+	uint64_t next[2] = { t0, t0 }, sent[2] = { 0, 0 };
+	double total = (double)rate * (double)span / 1e9, slack = (double)(2 * piece[0]);
+	double lead = (double)piece[1] * 100 / (100 - pct) + slack;
+
+	for (;;) {
+		int who = next[0] <= next[1] ? 0 : 1;
+		uint64_t now = next[who], at;
+
+		if (now >= t0 + span)
+			break;
+		at = rate_charge(&b, now, rate, piece[who], who == 0, pct);
+		if (at < now)
+			at = now;
+		if (at < t0 + span)
+			sent[who] += piece[who];
+		next[who] = at;
+	}
+	if ((double)sent[0] > total * pct / 100 + slack ||
+	    (double)sent[0] < total * pct / 100 - slack)
+		fail_msg("share %u%%: urgent sends got %.1f%% of the rate", pct,
+			 100.0 * (double)sent[0] / total);
+	if ((double)sent[1] < total * (100 - pct) / 100 - slack)
+		fail_msg("share %u%%: the others got %.1f%% of the rate", pct,
+			 100.0 * (double)sent[1] / total);
+	if ((double)(sent[0] + sent[1]) > total + lead)
+		fail_msg("share %u%%: %.1f%% of the rate was sent", pct,
+			 100.0 * (double)(sent[0] + sent[1]) / total);
+}
+
+static void test_rate_shares(void **state)
+{
+	(void)state;
+	check_shares(10);
+	check_shares(50);
+	check_shares(75);
+	check_shares(90);
+}
+
+/* A refund undoes its charge in both buckets, at the share it was
+ * charged at; idle time is forgiven only up to RATE_BURST_NS. */
+static void test_rate_refund_and_burst(void **state)
+{
+	const uint64_t rate = 10 * 1000 * 1000, t0 = 7000000000ull;
+	struct rate_bucket b = { 0 }, before;
+
+	(void)state;
+	rate_charge(&b, t0, rate, 100 * KiB, true, 80);
+	before = b;
+	rate_charge(&b, t0, rate, 64 * KiB, true, 80);
+	rate_refund_charge(&b, rate, 64 * KiB, true, 80);
+	assert_in_range(b.next_ok_ns, before.next_ok_ns - 1, before.next_ok_ns + 1);
+	assert_in_range(b.urgent_ok_ns, before.urgent_ok_ns - 1, before.urgent_ok_ns + 1);
+	/* After a second idle, the next send may go at once, and the one
+	 * after it waits for it: no second of credit. */
+	assert_int_equal(rate_charge(&b, t0 + 1000000000ull, rate, 1 * MiB, false, 80),
+			 t0 + 1000000000ull);
+	assert_int_equal(rate_charge(&b, t0 + 1000000000ull, rate, 1 * MiB, false, 80),
+			 t0 + 1000000000ull + rate_ns(rate, 1 * MiB));
+}
+
 /* ---- addresses ------------------------------------------------------------------- */
 
 static void test_address_errors(void **state)
@@ -1355,6 +1467,9 @@ int main(void)
 		cmocka_unit_test(test_cancel_from_signal_handler),
 		cmocka_unit_test(test_rate_limit_small_writes),
 		cmocka_unit_test(test_rate_limit_large_sends),
+		cmocka_unit_test(test_rate_urgent_spacing),
+		cmocka_unit_test(test_rate_shares),
+		cmocka_unit_test(test_rate_refund_and_burst),
 		cmocka_unit_test(test_address_errors),
 		cmocka_unit_test(test_address_forms),
 		cmocka_unit_test(test_address_split),
