@@ -5,8 +5,10 @@
  * The devices' tracking layers offer every write to mirror_submit() on the
  * writer's thread, under the device's write order, after the write reached
  * the backend.  A write whose chunks have all been copied, are not being
- * copied and are not dirty is queued for the engine; any other write is
- * marked dirty by the layer as usual.  The writer then waits in
+ * copied and are not dirty is queued for the engine; one to a chunk being
+ * copied waits for the chunk's record to go on the wire first
+ * (claims_wait_locked()); any other write is marked dirty by the layer as
+ * usual.  The writer then waits in
  * mirror_wait() for the destination's WACK.  Without a write lane,
  * writer threads never touch the transport: the engine sends queued
  * writes (mirror_send_queued_locked) in queue order, which is the order
@@ -17,8 +19,8 @@
  * (they share the link about one write per writer per chunk record).
  *
  * Why the order is safe: a chunk being copied is "claimed" from the moment
- * a reader takes it until its record is on the wire, and writes to a
- * claimed chunk are not mirrored; a write queued before a chunk was
+ * a reader takes it until its record is on the wire, and no write to a
+ * claimed chunk is queued until then; a write queued before a chunk was
  * claimed is sent before that chunk's record, because before it sends a
  * result the engine sends every write queued until it took that result.
  *
@@ -198,6 +200,50 @@ int mirror_send_queued_locked(struct src_job *j, uint64_t upto)
 	return 0;
 }
 
+/* Whether chunks c0..c1 of device di are all copied, all but some being
+ * copied now (*claimed), or not (lock held). */
+static bool copied_locked(struct src_job *j, unsigned di, uint64_t c0, uint64_t c1, bool *claimed)
+{
+	*claimed = false;
+	for (uint64_t c = c0; c <= c1; c++) {
+		if (readers_copied_locked(j, di, c))
+			continue;
+		if (!readers_claimed_locked(j, di, c))
+			return false;
+		*claimed = true;
+	}
+	return !*claimed;
+}
+
+/*
+ * Whether a write to chunks c0..c1 may be mirrored (lock held).  A write
+ * to a chunk being copied waits for the chunk's record to go on the wire,
+ * then is mirrored behind it, as QEMU's write-blocking mirror waits for
+ * the copy in flight; marking it dirty instead would spare the writer the
+ * wait but resend the chunk, and a chunk written more often than it takes
+ * to copy would be dirty again after every pass: with a slow copy (a low
+ * rate, or a large --mirror-share) and a hot chunk, the dirty set stops
+ * shrinking and the migration never converges.  The copy is in flight:
+ * the wait is for nbufs chunk records at most, bounded by the writer's
+ * patience, after which the write is marked dirty as before.
+ */
+static bool claims_wait_locked(struct src_job *j, unsigned di, uint64_t c0, uint64_t c1)
+{
+	uint64_t patience = mirror_patience(j), deadline = now_ns() + patience;
+	struct timespec ts = mono_deadline(patience);
+	bool claimed;
+
+	while (!copied_locked(j, di, c0, c1, &claimed)) {
+		if (!claimed || j->mirror_stop || j->rp_err || j->mirror_suspended ||
+		    src_cancelled(j) || j->wl_closed || now_ns() >= deadline)
+			return false;
+		j->claim_waiters++;
+		pthread_cond_timedwait(&j->wack_cond, &j->lock, &ts);
+		j->claim_waiters--;
+	}
+	return true;
+}
+
 /* track_mirror.submit: see backend.h and the top of this file. */
 static int mirror_submit(void *opaque, enum track_op op, const void *buf, uint64_t off,
 			 uint64_t len, uint64_t *ticket)
@@ -215,8 +261,7 @@ static int mirror_submit(void *opaque, enum track_op op, const void *buf, uint64
 		return 0;
 	*m = (struct mirror_req){ .dev = di, .op = op, .buf = buf, .off = off, .len = len };
 	pthread_mutex_lock(&j->lock);
-	for (uint64_t c = c0; ok && c <= c1; c++)
-		ok = readers_copied_locked(j, di, c);
+	ok = ok && claims_wait_locked(j, di, c0, c1);
 	/* A failing or cancelled migration takes no more: the range is
 	 * marked dirty, and the writer does not come back for a WACK. */
 	ok = ok && !j->mirror_stop && !j->rp_err && !j->mirror_suspended && !src_cancelled(j) &&

@@ -7,9 +7,10 @@
  * chunk the destination receives is the last one read here.
  *
  * A chunk is "claimed" from the moment a reader takes it until its record
- * is on the wire (or the pass gives it back as dirty); writes to a claimed
- * chunk are never mirrored (src-mirror.c), so a mirrored write can never
- * reach the destination before an older copy of its chunk.
+ * is on the wire (or the pass gives it back as dirty); a write to a
+ * claimed chunk is mirrored only after that (src-mirror.c), so a mirrored
+ * write can never reach the destination before an older copy of its
+ * chunk.
  *
  * Everything here runs under j->lock except the read itself.
  */
@@ -75,6 +76,11 @@ bool readers_copied_locked(struct src_job *j, unsigned di, uint64_t c)
 			return false;
 	}
 	return !dirty_test(d->claimed, c) && !dirty_test(d->dirty, c);
+}
+
+bool readers_claimed_locked(struct src_job *j, unsigned di, uint64_t c)
+{
+	return dirty_test(j->dev[di].claimed, c);
 }
 
 static int read_chunk(struct src_job *j, struct result *res, enum pass_kind pass)
@@ -147,6 +153,32 @@ static void compress_chunk(struct src_job *j, ZSTD_CCtx *cctx, struct result *re
 		res->zlen = (uint32_t)n;
 }
 
+/*
+ * While writes are mirrored under a rate limit, how many chunks may be
+ * claimed at once (read, being read, or waiting to be sent): as many as
+ * the copy's share of the limit sends in READ_AHEAD_NS, at least 2 (one
+ * on the wire, one read meanwhile).  A writer to a claimed chunk waits
+ * for its record (src-mirror.c), so claims should not run further ahead
+ * of the wire than keeps it busy: 6 chunks at 10% of 8 MB/s are half a
+ * second.  Otherwise every buffer.
+ */
+#define READ_AHEAD_NS (10 * 1000000ull)
+
+static unsigned claims_max_locked(struct src_job *j)
+{
+	uint64_t rate = atomic_load(&j->rate), copy_rate, chunk_ns;
+	unsigned n;
+
+	if (!rate || !atomic_load(&j->mirroring) || j->pass_final || j->nbufs <= 2)
+		return j->nbufs;
+	copy_rate = rate / 100 * (100 - atomic_load(&j->mirror_share));
+	if (!copy_rate)
+		return 2;
+	chunk_ns = (uint64_t)((double)j->p.chunk_size * 1e9 / (double)copy_rate);
+	n = chunk_ns ? (unsigned)MIN(READ_AHEAD_NS / chunk_ns, (uint64_t)j->nbufs) : j->nbufs;
+	return MAX(n, 2u);
+}
+
 static void *reader_main(void *arg)
 {
 	struct src_job *j = arg;
@@ -163,8 +195,8 @@ static void *reader_main(void *arg)
 		enum pass_kind pass;
 		int r;
 
-		while (!j->quit &&
-		       !(j->pass_active && !j->pass_exhausted && j->nfree > 0 && !j->read_err))
+		while (!j->quit && !(j->pass_active && !j->pass_exhausted && j->nfree > 0 &&
+				     j->nbufs - j->nfree < claims_max_locked(j) && !j->read_err))
 			pthread_cond_wait(&j->work_cond, &j->lock);
 		if (j->quit)
 			break;
@@ -257,6 +289,8 @@ void readers_stop(struct src_job *j)
 void readers_pass_begin_locked(struct src_job *j, enum pass_kind kind)
 {
 	j->pass = kind;
+	/* The engine's own flag, copied where the readers may look. */
+	j->pass_final = j->final_pass;
 	j->cur_dev = 0;
 	j->cur_chunk = 0;
 	j->pass_exhausted = false;
@@ -393,6 +427,8 @@ void readers_done_locked(struct src_job *j, const struct result *res, bool sent)
 	/* On the wire now: a write to it may be mirrored from here on, and
 	 * follows this record. */
 	dirty_test_and_clear(d->claimed, res->chunk);
+	if (j->claim_waiters)
+		pthread_cond_broadcast(&j->wack_cond);
 	if (!sent)
 		dirty_mark(d->dirty, res->chunk * j->p.chunk_size, 1);
 	else
