@@ -29,6 +29,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "transport/ratelimit.h"
 #include "wire/native.h"
 
 struct blk;
@@ -71,9 +72,9 @@ int mig_mode_parse(const char *s, enum mig_mode *out);
  * ends however fast the writers write (src_params' mirror_share).  A
  * larger share: writers wait less, the copy takes longer.
  */
-#define MIG_MIRROR_SHARE_MIN	 10
-#define MIG_MIRROR_SHARE_MAX	 90
-#define MIG_MIRROR_SHARE_DEFAULT 50
+#define MIG_MIRROR_SHARE_MIN	 RATE_URGENT_PCT_MIN
+#define MIG_MIRROR_SHARE_MAX	 RATE_URGENT_PCT_MAX
+#define MIG_MIRROR_SHARE_DEFAULT RATE_URGENT_PCT_DEFAULT
 
 /* 0 for MIG_MIRROR_SHARE_MIN..MAX; -EINVAL with the reason otherwise. */
 int mig_mirror_share_check(unsigned long pct);

@@ -26,11 +26,6 @@
 #include "src-impl.h"
 #include "transport/transport.h"
 
-_Static_assert(MIG_MIRROR_SHARE_MIN == RATE_URGENT_PCT_MIN &&
-		   MIG_MIRROR_SHARE_MAX == RATE_URGENT_PCT_MAX &&
-		   MIG_MIRROR_SHARE_DEFAULT == RATE_URGENT_PCT_DEFAULT,
-	       "the mirror share is the transport's urgent share");
-
 #define PROGRESS_INTERVAL_NS (100 * 1000000ull)
 
 /* ---- figures ------------------------------------------------------------ */

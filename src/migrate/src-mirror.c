@@ -113,7 +113,8 @@ static int send_write(struct src_job *j, struct mirror_req *m, uint64_t *last_se
 	int r = j->wl ? 0 : src_open_blocks(j);
 
 	/* A writer waits for it: on the main stream it goes before chunk
-	 * records, within half of the rate limit (xport_set_urgent()). */
+	 * records, within its share of the rate limit (xport_set_urgent(),
+	 * --mirror-share). */
 	if (!j->wl)
 		xport_set_urgent(x, true);
 	while (r == 0 && done < m->len) {
@@ -200,6 +201,14 @@ int mirror_send_queued_locked(struct src_job *j, uint64_t upto)
 	return 0;
 }
 
+/* Whether the migration takes mirrored writes now: not failing, cancelled
+ * or over, and the destination answering (lock held). */
+static bool mirror_open_locked(struct src_job *j)
+{
+	return !j->mirror_stop && !j->rp_err && !j->mirror_suspended && !src_cancelled(j) &&
+	       !j->wl_closed;
+}
+
 /* Whether chunks c0..c1 of device di are all copied, all but some being
  * copied now (*claimed), or not (lock held). */
 static bool copied_locked(struct src_job *j, unsigned di, uint64_t c0, uint64_t c1, bool *claimed)
@@ -234,8 +243,7 @@ static bool claims_wait_locked(struct src_job *j, unsigned di, uint64_t c0, uint
 	bool claimed;
 
 	while (!copied_locked(j, di, c0, c1, &claimed)) {
-		if (!claimed || j->mirror_stop || j->rp_err || j->mirror_suspended ||
-		    src_cancelled(j) || j->wl_closed || now_ns() >= deadline)
+		if (!claimed || !mirror_open_locked(j) || now_ns() >= deadline)
 			return false;
 		j->claim_waiters++;
 		pthread_cond_timedwait(&j->wack_cond, &j->lock, &ts);
@@ -264,8 +272,7 @@ static int mirror_submit(void *opaque, enum track_op op, const void *buf, uint64
 	ok = ok && claims_wait_locked(j, di, c0, c1);
 	/* A failing or cancelled migration takes no more: the range is
 	 * marked dirty, and the writer does not come back for a WACK. */
-	ok = ok && !j->mirror_stop && !j->rp_err && !j->mirror_suspended && !src_cancelled(j) &&
-	     !j->wl_closed;
+	ok = ok && mirror_open_locked(j);
 	if (ok) {
 		m->queued = true;
 		m->qseq = ++j->mq_seq;

@@ -174,7 +174,7 @@ static unsigned claims_max_locked(struct src_job *j)
 	copy_rate = rate / 100 * (100 - atomic_load(&j->mirror_share));
 	if (!copy_rate)
 		return 2;
-	chunk_ns = (uint64_t)((double)j->p.chunk_size * 1e9 / (double)copy_rate);
+	chunk_ns = rate_ns(copy_rate, j->p.chunk_size);
 	n = chunk_ns ? (unsigned)MIN(READ_AHEAD_NS / chunk_ns, (uint64_t)j->nbufs) : j->nbufs;
 	return MAX(n, 2u);
 }
@@ -327,7 +327,8 @@ static void wait_done_locked(struct src_job *j, bool may_stop)
  * Before a chunk record: wait here, not in the transport, for the rate
  * limit to let it go, and meanwhile send every write that is queued.  They
  * are urgent (xport_set_urgent(): they wait for no chunk's share of the
- * link, and take at most half of it, so the copy always goes on).  Writes
+ * link, and take at most their share of it, --mirror-share, so the copy
+ * always goes on).  Writes
  * queued now are to chunks not claimed, so none of them needs to follow
  * the record.
  */

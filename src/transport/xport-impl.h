@@ -9,7 +9,6 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
-#include "ratelimit.h"
 #include "transport.h"
 
 #define XPORT_WBUF_SIZE (256 * 1024)
